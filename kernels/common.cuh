@@ -1,0 +1,22 @@
+// Helpers shared by every kernel file. Kernels are `extern "C"` so that nsys/ncu show their
+// plain names (e.g. `attn_window_f32`), not mangled C++ ones.
+#pragma once
+
+#define ATTNRT_KERNEL extern "C" __global__
+
+// Grid-stride loop over [0, n).
+#define GRID_STRIDE(i, n)                                                                   \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
+         i += (long long)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}

@@ -1,0 +1,180 @@
+//! Device discovery and selection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+
+use crate::error::{CudaContext as _, Error, Result};
+use crate::kernels::KernelModule;
+
+use super::module::Kernel;
+
+/// Number of CUDA devices, or [`Error::NoGpu`] saying why there are none usable.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only probes whether the driver library can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::NoGpu {
+            reason: "the CUDA driver library (libcuda.so) was not found".into(),
+        });
+    }
+    let n = CudaContext::device_count().map_err(|e| Error::NoGpu {
+        reason: format!("the CUDA driver reports no usable device ({e})"),
+    })?;
+    if n <= 0 {
+        return Err(Error::NoGpu {
+            reason: "the CUDA driver reports 0 devices".into(),
+        });
+    }
+    Ok(n as usize)
+}
+
+/// Where to run, as given on the command line: `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("'{s}' is not one of auto, cpu, cuda, cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// One GPU: its context, a main stream, and the modules loaded on it so far.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
+}
+
+impl fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Gpu({})", self.ctx.ordinal())
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, with cudarc's event tracking off (see the module docs).
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoGpu {
+                reason: format!("device cuda:{ordinal} asked for, but only {count} present"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).cuda(|| format!("opening device cuda:{ordinal}"))?;
+        // SAFETY: called before any allocation or stream exists on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .cuda(|| format!("creating a stream on cuda:{ordinal}"))?;
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            modules: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Resolves a [`DeviceChoice`]: `Ok(None)` means the CPU. `Auto` falls back to the CPU
+    /// and returns the reason, for the caller to show.
+    pub fn select(choice: DeviceChoice) -> Result<(Option<Arc<Gpu>>, Option<String>)> {
+        match choice {
+            DeviceChoice::Cpu => Ok((None, None)),
+            DeviceChoice::Cuda(n) => Ok((Some(Gpu::open(n)?), None)),
+            DeviceChoice::Auto => {
+                if !crate::kernels::compiled() {
+                    return Ok((None, Some(not_compiled_reason())));
+                }
+                match Gpu::open(0) {
+                    Ok(g) => Ok((Some(g), None)),
+                    Err(e) => Ok((None, Some(e.to_string()))),
+                }
+            }
+        }
+    }
+
+    pub fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The main stream: work not forked elsewhere runs here.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    /// "NVIDIA H100 80GB HBM3 (sm_90)", for reports.
+    pub fn describe(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        match self.ctx.compute_capability() {
+            Ok((maj, min)) => format!("{name} (sm_{maj}{min})"),
+            Err(_) => name,
+        }
+    }
+
+    /// Loads `module` on this device the first time it is asked for, and returns the named
+    /// kernel from it.
+    pub fn kernel(&self, module: KernelModule, name: &'static str) -> Result<Kernel> {
+        let m = {
+            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+            match modules.get(&module) {
+                Some(m) => m.clone(),
+                None => {
+                    let image = module.image().ok_or_else(|| Error::NoGpu {
+                        reason: not_compiled_reason(),
+                    })?;
+                    let m = self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+                        .cuda(|| format!("loading kernels/{}.cu", module.name()))?;
+                    modules.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        let func = m
+            .load_function(name)
+            .cuda(|| format!("finding kernel {name} in kernels/{}.cu", module.name()))?;
+        Ok(Kernel::new(name, func))
+    }
+
+    /// Blocks until all work on the main stream is done.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().cuda(|| "synchronising".into())
+    }
+}
+
+fn not_compiled_reason() -> String {
+    "this build has no compiled CUDA kernels (nvcc was not found when it was built); \
+     run scripts/setup-cuda.sh, then rebuild"
+        .into()
+}

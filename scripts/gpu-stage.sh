@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds the release binaries and every test executable with kernels compiled in, and stages
+# them (with the golden files) into stage/, a git-ignored folder to `carry` to the device
+# machine, which has no Rust toolchain. Prints the command that runs every GPU test there.
+#
+# Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+stage="${1:-stage}"
+[ -f .cuda/nvcc-path ] || command -v nvcc >/dev/null || scripts/setup-cuda.sh
+
+cargo build --release --features require-kernels --bins
+# The test executables' paths, from cargo's JSON messages.
+mapfile -t tests < <(cargo test --release --features require-kernels --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["executable"])
+')
+
+rm -rf "$stage"
+mkdir -p "$stage/bin" "$stage/tests" "$stage/golden"
+cp target/release/attnrt-infer target/release/attnrt-train "$stage/bin/"
+for t in "${tests[@]}"; do
+  # Drop cargo's hash suffix so the names are stable: gpu_smoke-0123abcd -> gpu_smoke.
+  name="$(basename "$t")"
+  cp "$t" "$stage/tests/${name%-*}"
+done
+strip "$stage"/bin/* "$stage"/tests/*
+golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
+cp "$golden"/*.safetensors "$stage/golden/"
+cp scripts/run-gpu-tests.sh "$stage/"
+
+du -sh "$stage"
+echo
+echo "Run every GPU test on the device machine (carry '$stage'):"
+echo "  bash $stage/run-gpu-tests.sh $stage"

@@ -141,3 +141,22 @@ fn no_gpu_errors_name_the_fix() {
         }
     }
 }
+
+#[test]
+fn half_precision_buffers_round_trip_and_poison() {
+    let Some(gpu) = gpu_or_skip("half_precision_buffers_round_trip_and_poison") else {
+        return;
+    };
+    let s = gpu.stream();
+    let x = random(257, 5);
+    let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let b: Vec<half::bf16> = x.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let mut dh = gpu::upload(s, &h).unwrap();
+    let mut db = gpu::upload(s, &b).unwrap();
+    assert_eq!(gpu::download(s, &dh).unwrap(), h);
+    assert_eq!(gpu::download(s, &db).unwrap(), b);
+    gpu::poison_nan(s, &mut dh).unwrap();
+    gpu::poison_nan(s, &mut db).unwrap();
+    assert!(gpu::download(s, &dh).unwrap().iter().all(|v| v.is_nan()));
+    assert!(gpu::download(s, &db).unwrap().iter().all(|v| v.is_nan()));
+}

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Our own PyTorch implementation of the CSWinTT transformer spec, for peer comparison.
+
+It follows ../shared/spec/cswintt-transformer.md and is validated against the golden files
+before anything is timed. It then times what a PyTorch user would pick, on the same card:
+eager, a CUDA graph of eager, and torch.compile (default and reduce-overhead).
+
+Usage:
+  python3 scripts/torch_reference.py --validate GOLDEN_DIR [--device cpu|cuda]
+  python3 scripts/torch_reference.py --bench [--batch 1] [--iters 200] [--json OUT]
+
+--bench uses a released-size model (c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8)
+with random weights: time does not depend on the values. Exit code 1 when validation fails.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+F32_TOL = 1e-5
+
+
+class Config:
+    def __init__(self, d_model, nhead, ff, enc_layers, dec_layers, search, template, windows):
+        self.c, self.h, self.ff = d_model, nhead, ff
+        self.enc_layers, self.dec_layers = enc_layers, dec_layers
+        self.S, self.T = search, template
+        self.windows = windows
+        self.hd = d_model // nhead
+        self.l_all = search * search + 2 * template * template
+
+    @staticmethod
+    def from_metadata(md):
+        return Config(int(md["d_model"]), int(md["nhead"]), int(md["dim_feedforward"]),
+                      int(md["enc_layers"]), int(md["dec_layers"]), int(md["search_size"]),
+                      int(md["template_size"]), [int(w) for w in md["window_sizes"].split(",")])
+
+    def shift(self, h):
+        return self.windows[h] // 2 if h >= self.h // 2 else 0
+
+
+def partition(x, cfg, w, s):
+    """P(w, s): (b, L_all, d) -> (b, L_all / w^2, w*w*d); the search grid rolled by -s."""
+    b, _, d = x.shape
+    T2 = cfg.T * cfg.T
+    regions = [(x[:, :T2], cfg.T, 0), (x[:, T2:2 * T2], cfg.T, 0), (x[:, 2 * T2:], cfg.S, s)]
+    out = []
+    for g, side, shift in regions:
+        g = g.reshape(b, side, side, d)
+        if shift:
+            g = torch.roll(g, shifts=(-shift, -shift), dims=(1, 2))
+        n = side // w
+        g = g.reshape(b, n, w, n, w, d).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, w * w * d)
+        out.append(g)
+    return torch.cat(out, dim=1)
+
+
+def reverse(o, cfg, w, s, d):
+    """Inverse of P(w, s): (b, L, w*w*d) -> (b, L_all, d)."""
+    b = o.shape[0]
+    nT, nS = cfg.T // w, cfg.S // w
+    counts = [(nT * nT, cfg.T, 0), (nT * nT, cfg.T, 0), (nS * nS, cfg.S, s)]
+    out, start = [], 0
+    for count, side, shift in counts:
+        n = side // w
+        g = o[:, start:start + count].reshape(b, n, n, w, w, d).permute(0, 1, 3, 2, 4, 5)
+        g = g.reshape(b, side, side, d)
+        if shift:
+            g = torch.roll(g, shifts=(shift, shift), dims=(1, 2))
+        out.append(g.reshape(b, side * side, d))
+        start += count
+    return torch.cat(out, dim=1)
+
+
+class HeadTables:
+    """What depends only on the config and a head's window: shift gather, sr, bias index."""
+
+    def __init__(self, cfg, w, device):
+        L = cfg.l_all // (w * w)
+        r = torch.arange(w)
+        a = torch.arange(w)
+        # K(l,a,e)[r][c] = K(l)[(r-a) mod w][(c-e) mod w]; rows (a,e), columns (r,c).
+        src_r = (r[None, :] - a[:, None]) % w  # (a, r)
+        idx = (src_r[:, None, :, None] * w + src_r[None, :, None, :])  # (a, e, r, c)
+        self.shift_idx = idx.reshape(-1).to(device)
+        u = torch.tensor([t / w if t / w > 0.5 else 1 - t / w for t in range(w)], dtype=torch.float64)
+        sr = (u[:, None] * u[None, :] - 1).to(torch.float16).to(torch.float32)
+        self.sr = sr.reshape(-1).repeat(L).to(device)  # column l*w*w + a*w + e
+        i = torch.arange(L)[:, None]
+        col = torch.arange(cfg.l_all)[None, :]
+        self.bias_idx = (((i // w) - (col // w) + cfg.l_all // w - 1) * (2 * w - 1)
+                         + (i % w) - (col % w) + w - 1).to(device)
+
+
+def window_attention(q, k, v, key_pad, cfg, w, tables, bias_table):
+    """One head: q, k, v (b, L, w*w*hd) already partitioned; key_pad (b, L_all) bool."""
+    b, L, D = q.shape
+    hd = D // (w * w)
+    if w == 1:
+        score = q @ k.transpose(1, 2)
+    else:
+        def expand(t):
+            t = t.reshape(b, L, w * w, hd)[:, :, tables.shift_idx]
+            return t.reshape(b, L * w * w, D)
+        k, v = expand(k), expand(v)
+        score = (q @ k.transpose(1, 2) + tables.sr) / (w * w)
+    score = score.masked_fill(key_pad[:, None, :], float("-inf"))
+    if bias_table is not None:
+        score = score + bias_table[tables.bias_idx]
+    return torch.softmax(score, dim=-1) @ v
+
+
+def key_padding(mask, cfg, w):
+    """(b, L_all) bool: padded key columns for a head with window w (mask partitioned unshifted)."""
+    if w == 1:
+        return mask
+    win = partition(mask[:, :, None].float(), cfg, w, 0)  # (b, L, w*w)
+    padded = win.min(dim=-1).values > 0
+    return padded.repeat_interleave(w * w, dim=1)
+
+
+def layer_norm(x, p, name):
+    return F.layer_norm(x, x.shape[-1:], p[name + ".weight"], p[name + ".bias"], 1e-5)
+
+
+def linear(x, p, name):
+    return F.linear(x, p[name + ".weight"], p[name + ".bias"])
+
+
+def encoder_layer(x, mask, p, i, cfg, tables, trace=None):
+    pre = f"transformer.transformer.{i}."
+    L_all, b, c = x.shape
+    qkv = linear(x, p, pre + "qkv_embedding")
+    q, k, v = qkv[..., :c] * cfg.hd ** -0.5, qkv[..., c:2 * c], qkv[..., 2 * c:]
+    heads = []
+    for h, w in enumerate(cfg.windows):
+        s = cfg.shift(h)
+        sl = slice(h * cfg.hd, (h + 1) * cfg.hd)
+        qh, kh, vh = (partition(t[..., sl].transpose(0, 1), cfg, w, s) for t in (q, k, v))
+        bias = p.get(f"transformer.rel_bias_table{w}") if w in (1, 2, 4) else None
+        o = window_attention(qh, kh, vh, key_padding(mask, cfg, w), cfg, w, tables[w], bias)
+        if trace is not None and i == 0:
+            trace[f"expected.encoder.0.head.{h}"] = o
+        heads.append(reverse(o, cfg, w, s, cfg.hd).transpose(0, 1))
+    concat = torch.cat(heads, dim=-1)
+    if trace is not None and i == 0:
+        trace["expected.encoder.0.heads_concat"] = concat
+    x1 = layer_norm(x + linear(concat, p, pre + "output_linear"), p, pre + "norm1")
+    ff = linear(F.relu(linear(x1, p, pre + "feedforward.0")), p, pre + "feedforward.3")
+    return layer_norm(x1 + ff, p, pre + "norm2")
+
+
+def mha(q_in, k_in, v_in, p, name, nhead, key_pad=None):
+    c = q_in.shape[-1]
+    W, B = p[name + ".in_proj_weight"], p[name + ".in_proj_bias"]
+    q = F.linear(q_in, W[:c], B[:c])
+    k = F.linear(k_in, W[c:2 * c], B[c:2 * c])
+    v = F.linear(v_in, W[2 * c:], B[2 * c:])
+    Lq, b, _ = q.shape
+    Lk = k.shape[0]
+    hd = c // nhead
+    q = q.reshape(Lq, b * nhead, hd).transpose(0, 1) * hd ** -0.5
+    k = k.reshape(Lk, b * nhead, hd).transpose(0, 1)
+    v = v.reshape(Lk, b * nhead, hd).transpose(0, 1)
+    score = q @ k.transpose(1, 2)
+    if key_pad is not None:
+        score = score.reshape(b, nhead, Lq, Lk).masked_fill(key_pad[:, None, None, :], float("-inf"))
+        score = score.reshape(b * nhead, Lq, Lk)
+    o = (torch.softmax(score, dim=-1) @ v).transpose(0, 1).reshape(Lq, b, c)
+    return F.linear(o, p[name + ".out_proj.weight"], p[name + ".out_proj.bias"])
+
+
+def decoder_layer(t, qpos, mem, mask, p, i, cfg):
+    pre = f"transformer.transformer_post.{i}."
+    t = layer_norm(t + mha(t + qpos, t + qpos, t, p, pre + "self_attn", cfg.h), p, pre + "norm1")
+    t = layer_norm(t + mha(t + qpos, mem, mem, p, pre + "multihead_attn", cfg.h, mask), p, pre + "norm2")
+    ff = linear(F.relu(linear(t, p, pre + "linear1")), p, pre + "linear2")
+    return layer_norm(t + ff, p, pre + "norm3")
+
+
+def merge_inputs(inp):
+    """The three regions, flattened row-major and concatenated: x0 (L_all, b, c), m (b, L_all)."""
+    feats = [inp[f"input.{r}.feat"] for r in ("template1", "template2", "search")]
+    x0 = torch.cat([f.reshape(-1, f.shape[2], f.shape[3]) for f in feats], dim=0)
+    masks = [inp[f"input.{r}.mask"] for r in ("template1", "template2", "search")]
+    m = torch.cat([mk.reshape(mk.shape[0], -1) for mk in masks], dim=1) != 0
+    return x0, m
+
+
+def encoder(x, m, p, cfg, tables, trace=None):
+    for i in range(cfg.enc_layers):
+        x = encoder_layer(x, m, p, i, cfg, tables, trace)
+        if trace is not None:
+            trace[f"expected.encoder.{i}"] = x
+    return x
+
+
+def transformer(x, m, query, p, cfg, tables, trace=None):
+    mem = encoder(x, m, p, cfg, tables, trace)
+    b = x.shape[1]
+    qpos = query[:, None, :].expand(1, b, cfg.c)
+    t = torch.zeros_like(qpos)
+    for i in range(cfg.dec_layers):
+        t = decoder_layer(t, qpos, mem, m, p, i, cfg)
+        if trace is not None:
+            trace[f"expected.decoder.{i}"] = t
+    hs = layer_norm(t, p, "transformer.post_norm")
+    if trace is not None:
+        trace["expected.search_feat"] = mem[2 * cfg.T * cfg.T:]
+        trace["expected.hs"] = hs
+    return mem[2 * cfg.T * cfg.T:], hs
+
+
+def make_tables(cfg, device):
+    return {w: HeadTables(cfg, w, device) for w in sorted(set(cfg.windows))}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def validate(golden_dir, device):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    import pathlib
+    ok = True
+    for wfile in sorted(pathlib.Path(golden_dir).glob("*.weights.safetensors")):
+        name = wfile.name.replace(".weights.safetensors", "")
+        with safe_open(str(wfile), "pt") as f:
+            cfg = Config.from_metadata(f.metadata())
+        p = {k: v.to(device) for k, v in load_file(str(wfile)).items()}
+        g = {k: v.to(device) for k, v in load_file(str(wfile).replace(".weights.", ".golden.")).items()}
+        x0, m = merge_inputs(g)
+        trace = {}
+        with torch.no_grad():
+            transformer(x0, m, g["input.query_embed"], p, cfg, make_tables(cfg, device), trace)
+        for k in sorted(kk for kk in g if kk.startswith("expected.")):
+            err = rel_err(trace[k], g[k])
+            ok &= err <= F32_TOL
+            print(f"{name} {k}: rel err {err:.2e} {'ok' if err <= F32_TOL else 'FAIL'}")
+    return ok
+
+
+def released_model(device, batch, seed=0):
+    cfg = Config(256, 8, 2048, 6, 6, 24, 8, [1, 2, 4, 8, 1, 2, 4, 8])
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale):
+        return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).to(device)
+
+    c, ff = cfg.c, cfg.ff
+    p = {}
+    for w in (1, 2, 4):
+        L = cfg.l_all // (w * w)
+        p[f"transformer.rel_bias_table{w}"] = rnd((2 * w - 1) * (cfg.l_all // w + L // w - 1), scale=0.02)
+    for i in range(cfg.enc_layers):
+        pre = f"transformer.transformer.{i}."
+        for n, (o, inn) in {"qkv_embedding": (3 * c, c), "output_linear": (c, c),
+                            "feedforward.0": (ff, c), "feedforward.3": (c, ff)}.items():
+            p[pre + n + ".weight"] = rnd(o, inn, scale=inn ** -0.5)
+            p[pre + n + ".bias"] = rnd(o, scale=0.02)
+        for n in ("norm1", "norm2"):
+            p[pre + n + ".weight"] = 1 + rnd(c, scale=0.1)
+            p[pre + n + ".bias"] = rnd(c, scale=0.02)
+    for i in range(cfg.dec_layers):
+        pre = f"transformer.transformer_post.{i}."
+        for a in ("self_attn", "multihead_attn"):
+            p[pre + a + ".in_proj_weight"] = rnd(3 * c, c, scale=c ** -0.5)
+            p[pre + a + ".in_proj_bias"] = rnd(3 * c, scale=0.02)
+            p[pre + a + ".out_proj.weight"] = rnd(c, c, scale=c ** -0.5)
+            p[pre + a + ".out_proj.bias"] = rnd(c, scale=0.02)
+        for n, (o, inn) in {"linear1": (ff, c), "linear2": (c, ff)}.items():
+            p[pre + n + ".weight"] = rnd(o, inn, scale=inn ** -0.5)
+            p[pre + n + ".bias"] = rnd(o, scale=0.02)
+        for n in ("norm1", "norm2", "norm3"):
+            p[pre + n + ".weight"] = 1 + rnd(c, scale=0.1)
+            p[pre + n + ".bias"] = rnd(c, scale=0.02)
+    p["transformer.post_norm.weight"] = 1 + rnd(c, scale=0.1)
+    p["transformer.post_norm.bias"] = rnd(c, scale=0.02)
+    x = rnd(cfg.l_all, batch, c, scale=1.0)
+    m = torch.zeros(batch, cfg.l_all, dtype=torch.bool, device=device)
+    query = rnd(1, c, scale=1.0)
+    return cfg, p, x, m, query
+
+
+def time_fn(fn, iters, warmup):
+    """Median and p90 milliseconds over `iters` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
+
+
+def cuda_graph(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def bench(batch, iters, warmup):
+    device = "cuda"
+    cfg, p, x, m, query = released_model(device, batch)
+    tables = make_tables(cfg, device)
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": batch,
+               "iters": iters}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    parts = {
+        "encoder": lambda: encoder(x, m, p, cfg, tables),
+        "transformer": lambda: transformer(x, m, query, p, cfg, tables),
+    }
+    with torch.no_grad():
+        for part, fn in parts.items():
+            r = {"eager": time_fn(fn, iters, warmup)}
+            r["cuda_graph"] = time_fn(cuda_graph(fn), iters, warmup)
+            for mode in ("default", "reduce-overhead"):
+                try:
+                    torch._dynamo.reset()
+                    compiled = torch.compile(fn, mode=None if mode == "default" else mode)
+                    r[f"compile_{mode}"] = time_fn(compiled, iters, warmup)
+                except Exception as e:  # report, do not hide: a missing compiler is a result too
+                    r[f"compile_{mode}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            results[part] = r
+            print(f"{part}: " + ", ".join(
+                f"{k} {v['p50_ms']:.3f} ms" if "p50_ms" in v else f"{k} {v['error']}" for k, v in r.items()),
+                flush=True)
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--validate", metavar="GOLDEN_DIR")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--json", metavar="OUT")
+    a = ap.parse_args()
+    if not a.validate and not a.bench:
+        ap.error("give --validate GOLDEN_DIR and/or --bench")
+    if a.validate:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        if not validate(a.validate, a.device):
+            print("validation FAILED", file=sys.stderr)
+            return 1
+        print("validation ok")
+    if a.bench:
+        if not torch.cuda.is_available():
+            print("--bench needs a CUDA GPU", file=sys.stderr)
+            return 2
+        res = bench(a.batch, a.iters, a.warmup)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,13 @@ pub enum Error {
         what: String,
         source: cudarc::driver::DriverError,
     },
+
+    /// A cuBLAS call failed; `what` names the operation and its shape.
+    #[error("cuBLAS error in {what}: {source}")]
+    Blas {
+        what: String,
+        source: cudarc::cublas::result::CublasError,
+    },
 }
 
 impl Error {

@@ -15,5 +15,6 @@ pub mod gpu;
 pub mod kernels;
 pub mod model;
 pub mod sched;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,9 +1,11 @@
 //! `attnrt-train`: Slow-Down-fair multi-job data-parallel training.
 //!
-//! For now only `--simulate` exists: it runs the job file through the discrete-event
-//! simulator with the chosen policy, prints a table, and optionally writes the JSON report
-//! and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error, 2 usage error or a mode
-//! that is not implemented yet.
+//! Without `--simulate` it trains the job file's one job for real (see `train_main`), on the
+//! GPUs `--gpus` names or on the CPU. With `--simulate` it runs the job file through the
+//! discrete-event simulator with the chosen policy, prints a table, and optionally writes the
+//! JSON report and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error, 2 usage
+//! error or a mode that is not implemented yet, 130 stopped by SIGINT/SIGTERM (after a
+//! checkpoint).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,9 @@ use clap::{Parser, ValueEnum};
 
 use attnrt::sched::plot::write_trace_svg;
 use attnrt::sched::{JobFile, PolicyKind, SimOptions, simulate};
+
+#[path = "attnrt-train/train_cli.rs"]
+mod train_cli;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum PolicyArg {
@@ -43,11 +48,14 @@ impl From<PolicyArg> for PolicyKind {
 /// Several training jobs share the GPUs; a manager sets each job's distribution ratio (how
 /// its mini-batch is split over the GPUs) so that no job is slowed down much more than the
 /// others. With --simulate, the job file runs through a deterministic simulator instead of
-/// on GPUs (no GPU needed). Real training is not implemented yet.
+/// on GPUs (no GPU needed). Without it, the file's one job trains for real (multi-job
+/// training comes with issue 8).
 ///
-/// Example:
+/// Examples:
 ///   attnrt-train --simulate --jobs examples/thesis-4gpu.toml --policy thesis \
 ///       --report thesis.json --plot thesis.svg
+///   attnrt-train --jobs examples/train-mlp-synthetic.toml --gpus 0,1 \
+///       --checkpoint-dir ckpt --checkpoint-every 50 --report run.json
 #[derive(Debug, Parser)]
 #[command(name = "attnrt-train", version, verbatim_doc_comment)]
 struct Args {
@@ -86,16 +94,15 @@ struct Args {
     /// Print every distribution-ratio change the manager makes (to stderr).
     #[arg(long)]
     log_changes: bool,
+
+    #[command(flatten)]
+    train: train_cli::TrainArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if !args.simulate {
-        eprintln!(
-            "attnrt-train: real training is not implemented yet; \
-             run with --simulate to simulate the job file"
-        );
-        return ExitCode::from(2);
+        return train_cli::main(&args.jobs, args.report.as_deref(), &args.train);
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

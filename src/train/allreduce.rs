@@ -1,0 +1,152 @@
+//! Summing the replicas' gradient buffers without NCCL.
+//!
+//! **Direct all-reduce over peer memory.** The buffer of `len` values is cut into one chunk per
+//! participant ([`chunk`]). Phase 1 (reduce-scatter): participant `r` sums chunk `r` of every
+//! buffer, reading the peers' memory directly, and writes it into its own buffer. Phase 2
+//! (all-gather): participant `r` copies chunk `q` from participant `q`'s buffer, for every
+//! `q != r`. Every participant moves `(n - 1) / n` of the buffer in each phase, as in a ring,
+//! but in one hop instead of `n - 1`, which suits the all-to-all NVLink of one host. Each
+//! chunk is summed by one GPU in participant order, so all replicas end with bit-identical
+//! sums. The phases must be separated by a barrier across participants (the caller's), and so
+//! must the end of phase 2 and the next write to any buffer.
+//!
+//! **Host staging** ([`HostExchange`]) is the fallback when peer access is unavailable: each
+//! participant copies its buffer to the host, and each sums all of them in participant
+//! order and copies the sum back.
+
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, sys};
+
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::train_ops;
+
+/// Participant `rank`'s chunk of a buffer of `len` values shared by `n`: sizes differ by at
+/// most one, and the chunks tile `0..len` in rank order.
+pub fn chunk(len: usize, n: usize, rank: usize) -> Range<usize> {
+    let start = |r: usize| (len as u128 * r as u128 / n as u128) as usize;
+    start(rank)..start(rank + 1)
+}
+
+/// Enables peer access between every pair of `gpus`. `Ok(true)` when all pairs can reach each
+/// other; `Ok(false)` (nothing enabled that matters) when some pair cannot.
+pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
+    for a in gpus {
+        for b in gpus {
+            if a.ordinal() == b.ordinal() {
+                continue;
+            }
+            let mut can = 0;
+            // SAFETY: both devices come from open contexts; `can` is a valid out-pointer.
+            unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.ctx().cu_device(), b.ctx().cu_device()) }
+                .result()
+                .cuda(|| format!("asking whether cuda:{} can reach cuda:{}", a.ordinal(), b.ordinal()))?;
+            if can == 0 {
+                return Ok(false);
+            }
+        }
+    }
+    for a in gpus {
+        a.ctx()
+            .bind_to_thread()
+            .cuda(|| format!("binding cuda:{}", a.ordinal()))?;
+        for b in gpus {
+            if a.ordinal() == b.ordinal() {
+                continue;
+            }
+            // SAFETY: the current context is a's; b's context is alive.
+            match unsafe { sys::cuCtxEnablePeerAccess(b.ctx().cu_ctx(), 0) } {
+                sys::CUresult::CUDA_SUCCESS
+                | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
+                e => {
+                    return Err(e).map_err(|e| Error::Cuda {
+                        what: format!("enabling peer access cuda:{} -> cuda:{}", a.ordinal(), b.ordinal()),
+                        source: cudarc::driver::DriverError(e),
+                    });
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Phase 1 on participant `rank`: its chunk of every buffer, summed into its own.
+///
+/// # Safety
+/// `bufs` are device addresses of `len` f32s each, all reachable from `gpu`, `bufs[rank]` on
+/// `gpu`; no participant writes chunk `rank` of any buffer meanwhile.
+pub unsafe fn reduce_scatter(
+    gpu: &Gpu,
+    stream: &cudarc::driver::CudaStream,
+    bufs: &[u64],
+    rank: usize,
+    len: usize,
+) -> Result<()> {
+    let r = chunk(len, bufs.len(), rank);
+    if r.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: forwarded to the caller.
+    unsafe { train_ops::allreduce_sum_chunk(gpu, stream, bufs, rank, r.start, r.end) }
+}
+
+/// Phase 2 on participant `rank`: every other participant's chunk, copied from its owner.
+///
+/// # Safety
+/// As for [`reduce_scatter`], and phase 1 has finished on every participant.
+pub unsafe fn all_gather(
+    gpu: &Gpu,
+    stream: &cudarc::driver::CudaStream,
+    bufs: &[u64],
+    rank: usize,
+    len: usize,
+) -> Result<()> {
+    for (owner, &src) in bufs.iter().enumerate() {
+        let r = chunk(len, bufs.len(), owner);
+        if owner != rank && !r.is_empty() {
+            // SAFETY: forwarded to the caller.
+            unsafe { train_ops::copy_range(gpu, stream, bufs[rank], src, r.start, r.end)? };
+        }
+    }
+    Ok(())
+}
+
+/// The host-staged fallback: one host vector per participant.
+pub struct HostExchange {
+    slots: Vec<Mutex<Vec<f32>>>,
+}
+
+impl HostExchange {
+    pub fn new(participants: usize) -> HostExchange {
+        HostExchange {
+            slots: (0..participants).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    /// Phase 1: participant `rank` copies its buffer to the host (waits for it).
+    pub fn stage(&self, gpu: &Gpu, buf: &CudaSlice<f32>, rank: usize) -> Result<()> {
+        let host = crate::gpu::download(gpu.stream(), buf)?;
+        *self.slots[rank].lock().unwrap_or_else(|p| p.into_inner()) = host;
+        Ok(())
+    }
+
+    /// Phase 2 (after every participant's phase 1): the sum, in participant order, copied into
+    /// `buf`.
+    pub fn sum_into(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>) -> Result<()> {
+        let mut sum = vec![0.0f32; buf.len()];
+        for (k, slot) in self.slots.iter().enumerate() {
+            let v = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if k == 0 {
+                sum.copy_from_slice(&v);
+            } else {
+                sum.iter_mut().zip(v.iter()).for_each(|(s, x)| *s += x);
+            }
+        }
+        let s = gpu.stream();
+        s.memcpy_htod(sum.as_slice(), buf)
+            .cuda(|| "copying the summed gradients back".into())?;
+        s.synchronize().cuda(|| "synchronising".into())
+    }
+}

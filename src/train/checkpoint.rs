@@ -1,0 +1,214 @@
+//! Checkpoints: the tensors (parameters, optimizer state) in a safetensors file, and the rest
+//! (step, RNG seed, data position, what was trained) in a JSON file beside it that also holds
+//! the tensors file's SHA-256.
+//!
+//! Both files are written atomically: to a temporary name, `fsync`ed, renamed into place, and
+//! the directory `fsync`ed. The tensors file goes first and the JSON last, so a JSON file only
+//! exists for a complete tensors file; a crash in between leaves an orphan that the next save
+//! overwrites. Loading takes the JSON with the highest step and checks the checksum: a
+//! truncated or altered tensors file is an error naming it, never silently used.
+//! The two newest checkpoints are kept.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// Checkpoints kept in a directory; older ones are removed after a save.
+const KEEP: usize = 2;
+
+/// What a checkpoint's JSON file holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    /// Steps completed; training resumes at this step.
+    pub step: u64,
+    /// The seed that fixes initialisation, sample order and augmentation; with `step` it is
+    /// the whole RNG state (every draw is a function of the seed and a position).
+    pub seed: u64,
+    /// Samples consumed so far (`step * batch_size`): the data position.
+    pub data_position: u64,
+    pub job: String,
+    pub model: String,
+    pub dataset: String,
+    pub batch_size: u64,
+    /// The optimizer, as the trainer names it (e.g. `adamw(lr=0.001,...)`).
+    pub optimizer: String,
+    /// The tensors file, relative to the JSON file's directory.
+    pub tensors_file: String,
+    /// Lower-case hex SHA-256 of the tensors file.
+    pub sha256: String,
+}
+
+pub const FORMAT: u32 = 1;
+
+/// One named f32 tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Writes a checkpoint for `meta.step` into `dir` (created if needed) and returns the JSON
+/// file's path. `meta.tensors_file` and `meta.sha256` are filled in here.
+pub fn save(dir: &Path, meta: &CheckpointMeta, tensors: &[(&str, &[usize], &[f32])]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let stem = format!("ckpt-{:010}", meta.step);
+    let tensors_name = format!("{stem}.safetensors");
+    let tensors_path = dir.join(&tensors_name);
+
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, shape, data) in tensors {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| {
+            Error::invalid(format!("checkpoint tensor {name}"), e.to_string())
+        })?;
+        views.push((name.to_string(), view));
+    }
+    let bytes = safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::invalid(tensors_path.display().to_string(), e.to_string()))?;
+    write_atomic(&tensors_path, &bytes)?;
+
+    let mut meta = meta.clone();
+    meta.format = FORMAT;
+    meta.tensors_file = tensors_name;
+    meta.sha256 = sha256_hex(&bytes);
+    let json_path = dir.join(format!("{stem}.json"));
+    let json = serde_json::to_string_pretty(&meta)
+        .map_err(|e| Error::invalid(json_path.display().to_string(), e.to_string()))?;
+    write_atomic(&json_path, json.as_bytes())?;
+    sync_dir(dir)?;
+    prune(dir)?;
+    Ok(json_path)
+}
+
+/// The newest checkpoint in `dir`, checked; `Ok(None)` when the directory has none.
+pub fn load_latest(dir: &Path) -> Result<Option<(CheckpointMeta, HashMap<String, Tensor>)>> {
+    match list(dir)?.pop() {
+        Some((_, json)) => load(&json).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Loads the checkpoint whose JSON file is `json_path`, verifying the tensors file's checksum.
+pub fn load(json_path: &Path) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
+    let text = std::fs::read_to_string(json_path).map_err(|e| Error::io(json_path, e))?;
+    let meta: CheckpointMeta = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(json_path.display().to_string(), e.to_string()))?;
+    if meta.format != FORMAT {
+        return Err(Error::invalid(
+            json_path.display().to_string(),
+            format!("checkpoint format {} is not the supported {FORMAT}", meta.format),
+        ));
+    }
+    let dir = json_path.parent().unwrap_or(Path::new("."));
+    let tensors_path = dir.join(&meta.tensors_file);
+    let bytes = std::fs::read(&tensors_path).map_err(|e| Error::io(&tensors_path, e))?;
+    let actual = sha256_hex(&bytes);
+    if actual != meta.sha256 {
+        return Err(Error::invalid(
+            tensors_path.display().to_string(),
+            format!(
+                "checkpoint is corrupted: SHA-256 is {actual}, {} records {}",
+                json_path.display(),
+                meta.sha256
+            ),
+        ));
+    }
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::invalid(tensors_path.display().to_string(), e.to_string()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::invalid(
+                format!("{}: {name}", tensors_path.display()),
+                format!("expected F32, found {:?}", view.dtype()),
+            ));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        tensors.insert(
+            name,
+            Tensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok((meta, tensors))
+}
+
+/// The checkpoints in `dir` as `(step, json path)`, oldest first.
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("ckpt-"))
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Removes all but the newest [`KEEP`] checkpoints.
+fn prune(dir: &Path) -> Result<()> {
+    let all = list(dir)?;
+    for (_, json) in all.iter().take(all.len().saturating_sub(KEEP)) {
+        let tensors = json.with_extension("safetensors");
+        // The JSON goes first: a checkpoint without its JSON is never loaded.
+        std::fs::remove_file(json).map_err(|e| Error::io(json, e))?;
+        if tensors.exists() {
+            std::fs::remove_file(&tensors).map_err(|e| Error::io(&tensors, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory: write, fsync,
+/// rename. Readers see the old file or the whole new one, never a part.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,317 @@
+//! Training data: a seeded synthetic set and the CIFAR-10 and MNIST file formats, held in
+//! memory and read by sample index.
+//!
+//! - `synthetic` (or `synthetic:N`, N samples, default 50 000): 32x32x3 images, 10 classes.
+//!   Each class has a fixed random smooth pattern; a sample is its class pattern plus
+//!   Gaussian noise, both drawn from the seed, so a model can learn it and accuracy rises.
+//! - `cifar10:DIR`: `data_batch_1.bin` .. `data_batch_5.bin`, records of 1 label byte and
+//!   3072 pixel bytes (channel-major 32x32x3). Missing batches after the first are allowed
+//!   (a small subset), a missing first one is an error.
+//! - `mnist:DIR`: `train-images-idx3-ubyte` and `train-labels-idx1-ubyte` (IDX format).
+//!
+//! Pixels become `(x / 255 - 0.5) / 0.25`. Every error names the file and what is wrong.
+
+use std::path::Path;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::{Error, Result};
+
+/// Channels, height and width of one sample; features are channel-major (`c, h, w`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageShape {
+    pub const CIFAR: ImageShape = ImageShape {
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+    pub const MNIST: ImageShape = ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
+
+    /// Features per sample.
+    pub fn features(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// Where the samples come from.
+enum Source {
+    /// Class patterns (`classes x features`) and the noise level; samples are generated on
+    /// demand from `(seed, index)`, so nothing but the patterns is held.
+    Synthetic {
+        seed: u64,
+        patterns: Vec<f32>,
+        noise: f32,
+    },
+    /// Raw pixel bytes, `len x features`.
+    Pixels { pixels: Vec<u8>, labels: Vec<u8> },
+}
+
+/// A dataset held in memory: samples by index, their labels, and the image shape.
+pub struct Dataset {
+    name: String,
+    shape: ImageShape,
+    classes: usize,
+    len: usize,
+    /// Random horizontal flips (CIFAR-10 only: the synthetic patterns and digits are not
+    /// mirror-symmetric classes).
+    flip: bool,
+    source: Source,
+}
+
+const SYNTHETIC_DEFAULT_LEN: usize = 50_000;
+const CLASSES: usize = 10;
+
+impl Dataset {
+    /// Opens the dataset named by a job file's `dataset` value. `seed` drives the synthetic
+    /// set; `context` (say "jobs.toml: job 'a': dataset") starts errors about the value itself.
+    pub fn open(spec: &str, seed: u64, context: &str) -> Result<Dataset> {
+        let (kind, arg) = match spec.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (spec, None),
+        };
+        match (kind, arg) {
+            ("synthetic", None) => Ok(Dataset::synthetic(SYNTHETIC_DEFAULT_LEN, seed)),
+            ("synthetic", Some(n)) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Dataset::synthetic(n, seed)),
+                _ => Err(Error::invalid(
+                    context,
+                    format!("'{spec}': synthetic:N needs a sample count N >= 1"),
+                )),
+            },
+            ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),
+            ("mnist", Some(dir)) if !dir.is_empty() => Dataset::mnist(Path::new(dir)),
+            _ => Err(Error::invalid(
+                context,
+                format!("'{spec}' is not one of synthetic, synthetic:N, cifar10:DIR, mnist:DIR"),
+            )),
+        }
+    }
+
+    /// `len` synthetic 32x32x3 samples in 10 classes, drawn from `seed`.
+    pub fn synthetic(len: usize, seed: u64) -> Dataset {
+        let shape = ImageShape::CIFAR;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DA7A);
+        // Smooth patterns: a few random low-frequency waves per class and channel, so the
+        // classes differ in structure a convolution-free model can still pick up.
+        let mut patterns = vec![0.0f32; CLASSES * shape.features()];
+        for class in patterns.chunks_mut(shape.features()) {
+            for channel in class.chunks_mut(shape.height * shape.width) {
+                let (fy, fx): (f32, f32) = (rng.random_range(0.5..3.0), rng.random_range(0.5..3.0));
+                let (py, px): (f32, f32) = (rng.random_range(0.0..6.3), rng.random_range(0.0..6.3));
+                for (i, v) in channel.iter_mut().enumerate() {
+                    let (y, x) = ((i / shape.width) as f32, (i % shape.width) as f32);
+                    let t = std::f32::consts::TAU / shape.width as f32;
+                    *v = (fy * y * t + py).sin() * (fx * x * t + px).cos();
+                }
+            }
+        }
+        Dataset {
+            name: format!("synthetic:{len}"),
+            shape,
+            classes: CLASSES,
+            len,
+            flip: false,
+            source: Source::Synthetic {
+                seed,
+                patterns,
+                noise: 3.0,
+            },
+        }
+    }
+
+    /// The CIFAR-10 binary training batches in `dir`.
+    pub fn cifar10(dir: &Path) -> Result<Dataset> {
+        const RECORD: usize = 1 + 3072;
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for k in 1..=5 {
+            let path = dir.join(format!("data_batch_{k}.bin"));
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                // Batches 2..5 are optional so that a small file set works.
+                Err(e) if k > 1 && e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) => return Err(Error::io(&path, e)),
+            };
+            if bytes.is_empty() || bytes.len() % RECORD != 0 {
+                return Err(Error::invalid(
+                    path.display().to_string(),
+                    format!(
+                        "a CIFAR-10 batch holds records of {RECORD} bytes (1 label, 3072 pixels); \
+                         this file has {} bytes",
+                        bytes.len()
+                    ),
+                ));
+            }
+            for (r, rec) in bytes.chunks_exact(RECORD).enumerate() {
+                if usize::from(rec[0]) >= CLASSES {
+                    return Err(Error::invalid(
+                        path.display().to_string(),
+                        format!("record {r} has label {}, expected 0..=9", rec[0]),
+                    ));
+                }
+                labels.push(rec[0]);
+                pixels.extend_from_slice(&rec[1..]);
+            }
+        }
+        Ok(Dataset::from_pixels(
+            format!("cifar10:{}", dir.display()),
+            ImageShape::CIFAR,
+            true,
+            pixels,
+            labels,
+        ))
+    }
+
+    /// The MNIST training set (IDX files) in `dir`.
+    pub fn mnist(dir: &Path) -> Result<Dataset> {
+        let images_path = dir.join("train-images-idx3-ubyte");
+        let labels_path = dir.join("train-labels-idx1-ubyte");
+        let (dims, pixels) = read_idx(&images_path, 0x0803)?;
+        let (ldims, labels) = read_idx(&labels_path, 0x0801)?;
+        let shape = ImageShape {
+            channels: 1,
+            height: dims[1],
+            width: dims[2],
+        };
+        if ldims[0] != dims[0] {
+            return Err(Error::invalid(
+                labels_path.display().to_string(),
+                format!(
+                    "holds {} labels but {} holds {} images",
+                    ldims[0],
+                    images_path.display(),
+                    dims[0]
+                ),
+            ));
+        }
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| usize::from(**l) >= CLASSES) {
+            return Err(Error::invalid(
+                labels_path.display().to_string(),
+                format!("label {i} is {l}, expected 0..=9"),
+            ));
+        }
+        Ok(Dataset::from_pixels(
+            format!("mnist:{}", dir.display()),
+            shape,
+            false,
+            pixels,
+            labels,
+        ))
+    }
+
+    fn from_pixels(
+        name: String,
+        shape: ImageShape,
+        flip: bool,
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+    ) -> Dataset {
+        Dataset {
+            name,
+            shape,
+            classes: CLASSES,
+            len: labels.len(),
+            flip,
+            source: Source::Pixels { pixels, labels },
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn shape(&self) -> ImageShape {
+        self.shape
+    }
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes sample `index`'s normalised features into `out` (`shape().features()` long) and
+    /// returns its label. `flip` mirrors the image left-right (augmentation; ignored by sets
+    /// without it). `index` must be below `len()`.
+    pub fn sample(&self, index: usize, flip: bool, out: &mut [f32]) -> u32 {
+        let label = match &self.source {
+            Source::Synthetic {
+                seed,
+                patterns,
+                noise,
+            } => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(index as u64));
+                let label = rng.random_range(0..self.classes);
+                let pattern = &patterns[label * out.len()..(label + 1) * out.len()];
+                let normal = Normal::new(0.0f32, *noise).unwrap_or_else(|_| unreachable!());
+                for (o, p) in out.iter_mut().zip(pattern) {
+                    *o = p + normal.sample(&mut rng);
+                }
+                label as u32
+            }
+            Source::Pixels { pixels, labels } => {
+                let f = out.len();
+                for (o, p) in out.iter_mut().zip(&pixels[index * f..(index + 1) * f]) {
+                    *o = (f32::from(*p) / 255.0 - 0.5) / 0.25;
+                }
+                u32::from(labels[index])
+            }
+        };
+        if flip && self.flip {
+            for row in out.chunks_mut(self.shape.width) {
+                row.reverse();
+            }
+        }
+        label
+    }
+
+    /// Whether [`sample`](Self::sample) honours `flip`.
+    pub fn augments(&self) -> bool {
+        self.flip
+    }
+}
+
+/// Reads an unsigned-byte IDX file with the given magic number; returns its dimensions and
+/// data. The magic is `0x0801` for labels (1 dimension) and `0x0803` for images (3).
+fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |problem: String| Error::invalid(path.display().to_string(), problem);
+    let ndim = (magic & 0xFF) as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(bad(format!(
+            "too short for an IDX header ({} bytes)",
+            bytes.len()
+        )));
+    }
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if word(0) != magic {
+        return Err(bad(format!(
+            "IDX magic number is {:#010x}, expected {magic:#010x} (unsigned bytes, {ndim} dimensions)",
+            word(0)
+        )));
+    }
+    let dims: Vec<usize> = (0..ndim).map(|d| word(4 + 4 * d) as usize).collect();
+    let expected: usize = dims.iter().product();
+    if expected == 0 || bytes.len() - header != expected {
+        return Err(bad(format!(
+            "dimensions {dims:?} need {expected} data bytes, the file has {}",
+            bytes.len() - header
+        )));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}

@@ -1,0 +1,29 @@
+//! The data-parallel trainer (issue 7): one job, its mini-batch split over GPUs by a
+//! distribution ratio, gradients summed peer to peer by our own kernels (no NCCL).
+//!
+//! - [`data`]: the datasets (synthetic, CIFAR-10, MNIST);
+//! - [`batches`]: the seeded sample order, batches, DR shards, the prefetching loader;
+//! - [`model`]: model specs and the flat parameter layout; [`optim`]: SGD and AdamW;
+//! - [`cpu`]: the CPU forward/backward (reference and backend); [`replica`]: the same on a
+//!   GPU (cuBLAS + `kernels/train_ops.cu`);
+//! - [`allreduce`]: the gradient exchange; [`engine`]: CPU and multi-GPU engines;
+//! - [`checkpoint`]: atomic, checksummed checkpoints; [`trainer`]: the loop.
+//!
+//! See `docs/TRAINING.md`.
+
+pub mod allreduce;
+pub mod batches;
+pub mod checkpoint;
+pub mod cpu;
+pub mod data;
+pub mod engine;
+pub mod model;
+pub mod optim;
+pub mod replica;
+pub mod trainer;
+
+pub use data::Dataset;
+pub use engine::{CpuEngine, Engine, GpuEngine, State};
+pub use model::ModelSpec;
+pub use optim::Optimizer;
+pub use trainer::{Job, Outcome, Progress, TrainOptions, train};

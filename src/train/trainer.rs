@@ -1,0 +1,269 @@
+//! The training loop of one job: batches from the loader, split by the DR, stepped by an
+//! [`Engine`], checkpointed every K steps and when asked to stop, resumable.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::batches::{Loader, shard_ranges};
+use super::checkpoint::{self, CheckpointMeta, Tensor};
+use super::data::Dataset;
+use super::engine::{Engine, State};
+use super::model::{Layout, ModelSpec};
+use super::optim::Optimizer;
+use crate::sched::DistributionRatio;
+use crate::{Error, Result};
+
+/// One job, resolved: its model and data.
+pub struct Job {
+    pub name: String,
+    /// The model as the job file names it (checked on resume).
+    pub model_name: String,
+    pub model: ModelSpec,
+    pub dataset: Arc<Dataset>,
+    pub batch_size: usize,
+    pub iterations: u64,
+}
+
+pub struct TrainOptions {
+    pub seed: u64,
+    pub optimizer: Optimizer,
+    /// The split over the engine's devices.
+    pub dr: DistributionRatio,
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Save every this many steps (0: only on stop and at the end).
+    pub checkpoint_every: u64,
+    /// Continue from the newest checkpoint in `checkpoint_dir`, if there is one.
+    pub resume: bool,
+    /// Batches assembled ahead of the loop.
+    pub prefetch: usize,
+    /// Set (by a signal handler, say) to stop at the next step boundary after a checkpoint.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// After each step, for progress output.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Steps completed, out of `iterations`.
+    pub step: u64,
+    pub iterations: u64,
+    /// The step's mean loss and accuracy over its batch.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Samples per second since this run (or resume) started.
+    pub samples_per_s: f64,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The step the run started from (non-zero after a resume).
+    pub start_step: u64,
+    /// Steps completed in total.
+    pub step: u64,
+    /// Stopped early by the stop flag.
+    pub stopped: bool,
+    pub elapsed_s: f64,
+    pub samples_per_s: f64,
+    /// The last step's loss and accuracy (NaN when no step ran).
+    pub loss: f64,
+    pub accuracy: f64,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Trains `job` on `engine` from scratch or from the newest checkpoint.
+pub fn train(
+    job: &Job,
+    engine: &mut dyn Engine,
+    opts: &TrainOptions,
+    on_step: &mut dyn FnMut(&Progress),
+) -> Result<Outcome> {
+    if opts.dr.gpus() != engine.devices() {
+        return Err(Error::invalid(
+            format!("job '{}': distribution ratio", job.name),
+            format!("{} has {} entries for {} devices", opts.dr, opts.dr.gpus(), engine.devices()),
+        ));
+    }
+    let layout = job.model.layout();
+    let mut start_step = 0;
+    if opts.resume
+        && let Some(dir) = &opts.checkpoint_dir
+        && let Some((meta, tensors)) = checkpoint::load_latest(dir)?
+    {
+        check_resumable(job, opts, &meta)?;
+        engine.set_state(&state_from_tensors(&layout, &opts.optimizer, &tensors, &meta)?)?;
+        start_step = meta.step;
+    }
+
+    let mut loader = Loader::spawn(
+        job.dataset.clone(),
+        opts.seed,
+        job.batch_size,
+        start_step,
+        job.iterations,
+        opts.prefetch,
+    )?;
+    let shards = shard_ranges(&opts.dr, job.batch_size);
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        start_step,
+        step: start_step,
+        stopped: false,
+        elapsed_s: 0.0,
+        samples_per_s: 0.0,
+        loss: f64::NAN,
+        accuracy: f64::NAN,
+        last_checkpoint: None,
+    };
+    let mut saved_at = start_step;
+    while outcome.step < job.iterations {
+        if opts.stop.load(Ordering::SeqCst) {
+            outcome.stopped = true;
+            break;
+        }
+        let Some(batch) = loader.next() else {
+            return Err(Error::invalid(
+                format!("job '{}'", job.name),
+                "the loader stopped before the last step",
+            ));
+        };
+        let batch = Arc::new(batch);
+        let stats = engine.step(outcome.step + 1, &batch, &shards)?;
+        if let Ok(b) = Arc::try_unwrap(batch) {
+            loader.recycle(b);
+        }
+        outcome.step += 1;
+        let done = (outcome.step - start_step) as f64 * job.batch_size as f64;
+        outcome.elapsed_s = started.elapsed().as_secs_f64();
+        outcome.samples_per_s = done / outcome.elapsed_s.max(1e-9);
+        outcome.loss = stats.loss;
+        outcome.accuracy = stats.correct as f64 / job.batch_size as f64;
+        on_step(&Progress {
+            step: outcome.step,
+            iterations: job.iterations,
+            loss: outcome.loss,
+            accuracy: outcome.accuracy,
+            samples_per_s: outcome.samples_per_s,
+        });
+        if opts.checkpoint_every > 0 && outcome.step % opts.checkpoint_every == 0 {
+            outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
+            saved_at = outcome.step;
+        }
+    }
+    if saved_at != outcome.step {
+        outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
+    }
+    outcome.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+fn save(
+    job: &Job,
+    engine: &mut dyn Engine,
+    opts: &TrainOptions,
+    layout: &Layout,
+    step: u64,
+) -> Result<Option<PathBuf>> {
+    let Some(dir) = &opts.checkpoint_dir else {
+        return Ok(None);
+    };
+    let state = engine.state()?;
+    let names: Vec<Vec<String>> = (0..=state.optimizer.len())
+        .map(|k| layout.slots.iter().map(|s| tensor_name(k, &s.name)).collect())
+        .collect();
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = Vec::new();
+    for (k, vector) in std::iter::once(&state.params).chain(&state.optimizer).enumerate() {
+        for (slot, name) in layout.slots.iter().zip(&names[k]) {
+            tensors.push((name, &slot.shape, &vector[slot.range()]));
+        }
+    }
+    let meta = CheckpointMeta {
+        format: checkpoint::FORMAT,
+        step,
+        seed: opts.seed,
+        data_position: step * job.batch_size as u64,
+        job: job.name.clone(),
+        model: job.model_name.clone(),
+        dataset: job.dataset.name().to_string(),
+        batch_size: job.batch_size as u64,
+        optimizer: opts.optimizer.to_string(),
+        tensors_file: String::new(),
+        sha256: String::new(),
+    };
+    checkpoint::save(dir, &meta, &tensors).map(Some)
+}
+
+/// `param/NAME` for the parameters (k = 0), `opt{k-1}/NAME` for optimizer state vector k-1.
+fn tensor_name(k: usize, name: &str) -> String {
+    if k == 0 {
+        format!("param/{name}")
+    } else {
+        format!("opt{}/{name}", k - 1)
+    }
+}
+
+fn check_resumable(job: &Job, opts: &TrainOptions, meta: &CheckpointMeta) -> Result<()> {
+    let ctx = format!("checkpoint for step {} of job '{}'", meta.step, meta.job);
+    let mismatch = |what: &str, theirs: String, ours: String| {
+        Err(Error::invalid(
+            &ctx,
+            format!("was written with {what} {theirs}, this run has {ours}"),
+        ))
+    };
+    if meta.job != job.name {
+        return mismatch("job", meta.job.clone(), job.name.clone());
+    }
+    if meta.model != job.model_name {
+        return mismatch("model", meta.model.clone(), job.model_name.clone());
+    }
+    if meta.dataset != job.dataset.name() {
+        return mismatch("dataset", meta.dataset.clone(), job.dataset.name().into());
+    }
+    if meta.batch_size != job.batch_size as u64 {
+        return mismatch("batch_size", meta.batch_size.to_string(), job.batch_size.to_string());
+    }
+    if meta.seed != opts.seed {
+        return mismatch("seed", meta.seed.to_string(), opts.seed.to_string());
+    }
+    if meta.optimizer != opts.optimizer.to_string() {
+        return mismatch("optimizer", meta.optimizer.clone(), opts.optimizer.to_string());
+    }
+    if meta.step > job.iterations {
+        return mismatch("step", meta.step.to_string(), format!("iterations {}", job.iterations));
+    }
+    Ok(())
+}
+
+fn state_from_tensors(
+    layout: &Layout,
+    optimizer: &Optimizer,
+    tensors: &HashMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<State> {
+    let mut vectors = vec![vec![0.0f32; layout.total]; 1 + optimizer.state_slots()];
+    for (k, vector) in vectors.iter_mut().enumerate() {
+        for slot in &layout.slots {
+            let name = tensor_name(k, &slot.name);
+            let t = tensors.get(&name).ok_or_else(|| {
+                Error::invalid(
+                    format!("checkpoint {}", meta.tensors_file),
+                    format!("has no tensor {name}"),
+                )
+            })?;
+            if t.shape != slot.shape {
+                return Err(Error::invalid(
+                    format!("checkpoint {}: {name}", meta.tensors_file),
+                    format!("shape {:?}, the model needs {:?}", t.shape, slot.shape),
+                ));
+            }
+            vector[slot.range()].copy_from_slice(&t.data);
+        }
+    }
+    let params = vectors.remove(0);
+    Ok(State {
+        params,
+        optimizer: vectors,
+    })
+}

@@ -1,0 +1,302 @@
+//! The trainer's CPU parts, which always run: datasets and their errors, the sample order and
+//! DR shards, the loader, checkpoints, the CPU forward/backward against finite differences,
+//! and the shard weighting (any DR gives the full-batch update).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use attnrt::sched::DistributionRatio;
+use attnrt::train::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
+use attnrt::train::checkpoint::{self, CheckpointMeta};
+use attnrt::train::cpu::forward_backward;
+use attnrt::train::{CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train};
+
+fn dr(units: &[u8]) -> DistributionRatio {
+    DistributionRatio::new(units.to_vec()).unwrap()
+}
+
+// ---- data ----
+
+#[test]
+fn synthetic_is_seeded_and_labels_are_classes() {
+    let a = Dataset::synthetic(100, 7);
+    let b = Dataset::synthetic(100, 7);
+    let c = Dataset::synthetic(100, 8);
+    let f = a.shape().features();
+    let (mut xa, mut xb, mut xc) = (vec![0.0; f], vec![0.0; f], vec![0.0; f]);
+    let mut labels = HashSet::new();
+    for i in 0..100 {
+        let la = a.sample(i, false, &mut xa);
+        assert_eq!(la, b.sample(i, false, &mut xb));
+        assert_eq!(xa, xb);
+        c.sample(i, false, &mut xc);
+        assert_ne!(xa, xc);
+        assert!(la < 10);
+        labels.insert(la);
+    }
+    assert!(labels.len() >= 8, "labels should spread over the classes: {labels:?}");
+}
+
+fn write_cifar(dir: &std::path::Path, records: usize) {
+    let mut bytes = Vec::new();
+    for r in 0..records {
+        bytes.push((r % 10) as u8);
+        bytes.extend((0..3072).map(|p| ((p + r) % 256) as u8));
+    }
+    std::fs::write(dir.join("data_batch_1.bin"), bytes).unwrap();
+}
+
+#[test]
+fn cifar10_reads_records_and_flips() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar(dir.path(), 12);
+    let spec = format!("cifar10:{}", dir.path().display());
+    let d = Dataset::open(&spec, 0, "test").unwrap();
+    assert_eq!(d.len(), 12);
+    let mut x = vec![0.0; 3072];
+    assert_eq!(d.sample(3, false, &mut x), 3);
+    let expect = |p: usize| ((((p + 3) % 256) as f32) / 255.0 - 0.5) / 0.25;
+    assert_eq!(x[0], expect(0));
+    assert_eq!(x[3071], expect(3071));
+    d.sample(3, true, &mut x);
+    assert_eq!(x[0], expect(31), "a flip mirrors each row");
+}
+
+#[test]
+fn cifar10_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("cifar10:{}", dir.path().display());
+    let e = Dataset::open(&spec, 0, "test").err().unwrap().to_string();
+    assert!(e.contains("data_batch_1.bin"), "{e}");
+    std::fs::write(dir.path().join("data_batch_1.bin"), vec![0u8; 3073 + 5]).unwrap();
+    let e = Dataset::open(&spec, 0, "test").err().unwrap().to_string();
+    assert!(e.contains("data_batch_1.bin") && e.contains("3078 bytes"), "{e}");
+    let e = Dataset::open("imagenet:/x", 0, "jobs.toml: job 'a': dataset").err().unwrap().to_string();
+    assert!(e.starts_with("jobs.toml: job 'a': dataset"), "{e}");
+}
+
+fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_be_bytes().to_vec();
+    for d in dims {
+        v.extend(d.to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn mnist_reads_idx_and_rejects_bad_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<u8> = (0..3 * 28 * 28).map(|i| (i % 256) as u8).collect();
+    std::fs::write(dir.path().join("train-images-idx3-ubyte"), idx(0x803, &[3, 28, 28], &images)).unwrap();
+    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx(0x801, &[3], &[4, 5, 6])).unwrap();
+    let spec = format!("mnist:{}", dir.path().display());
+    let d = Dataset::open(&spec, 0, "test").unwrap();
+    assert_eq!((d.len(), d.shape().features()), (3, 784));
+    let mut x = vec![0.0; 784];
+    assert_eq!(d.sample(2, false, &mut x), 6);
+    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx(0x803, &[3], &[4, 5, 6])).unwrap();
+    let e = Dataset::open(&spec, 0, "test").err().unwrap().to_string();
+    assert!(e.contains("train-labels-idx1-ubyte") && e.contains("magic"), "{e}");
+}
+
+// ---- order, shards, loader ----
+
+#[test]
+fn every_epoch_visits_every_sample_once() {
+    let mut order = SampleOrder::new(37, 3);
+    for epoch in 0..3u64 {
+        let seen: HashSet<usize> = (0..37).map(|i| order.at(epoch * 37 + i).0).collect();
+        assert_eq!(seen.len(), 37);
+    }
+    let mut a = SampleOrder::new(37, 3);
+    let first: Vec<usize> = (0..37).map(|i| a.at(i).0).collect();
+    let second: Vec<usize> = (37..74).map(|i| a.at(i).0).collect();
+    assert_ne!(first, second, "epochs are reshuffled");
+}
+
+#[test]
+fn shards_sum_to_the_batch_and_zero_shares_are_empty() {
+    for b in [1usize, 7, 10, 64, 129] {
+        for units in [vec![10u8], vec![5, 5], vec![2, 8], vec![3, 0, 7], vec![1, 2, 3, 4]] {
+            let shards = shard_ranges(&dr(&units), b);
+            assert_eq!(shards.first().unwrap().start, 0);
+            assert_eq!(shards.last().unwrap().end, b);
+            for (w, u) in shards.windows(2).zip(&units) {
+                assert_eq!(w[0].end, w[1].start);
+                let _ = u;
+            }
+            for (s, u) in shards.iter().zip(&units) {
+                if *u == 0 {
+                    assert!(s.is_empty());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
+    let d = Dataset::synthetic(50, 1);
+    let f = d.shape().features();
+    let mut order = SampleOrder::new(d.len(), 9);
+    let drs = [dr(&[5, 5]), dr(&[2, 8]), dr(&[10, 0]), dr(&[0, 10])];
+    let batch_size = 10;
+    let mut seen = Vec::new();
+    let mut batch = Batch { step: 0, features: Vec::new(), labels: Vec::new() };
+    for step in 0..5u64 {
+        fill_batch(&d, &mut order, step, batch_size, &mut batch);
+        for shard in shard_ranges(&drs[step as usize % drs.len()], batch_size) {
+            for i in shard {
+                seen.push(batch.features[i * f..(i + 1) * f].to_vec());
+            }
+        }
+    }
+    // 5 steps of 10 = one epoch of 50 distinct samples, each exactly once.
+    assert_eq!(seen.len(), 50);
+    let distinct: HashSet<Vec<u32>> = seen.iter().map(|x| x.iter().map(|v| v.to_bits()).collect()).collect();
+    assert_eq!(distinct.len(), 50);
+}
+
+#[test]
+fn loader_prefetches_the_same_batches_from_any_start() {
+    let d = Arc::new(Dataset::synthetic(40, 2));
+    let mut order = SampleOrder::new(40, 5);
+    let mut direct = Batch { step: 0, features: Vec::new(), labels: Vec::new() };
+    let mut loader = Loader::spawn(d.clone(), 5, 16, 3, 7, 2).unwrap();
+    for step in 3..7 {
+        let b = loader.next().unwrap();
+        fill_batch(&d, &mut order, step, 16, &mut direct);
+        assert_eq!((b.step, &b.labels, &b.features), (step, &direct.labels, &direct.features));
+        loader.recycle(b);
+    }
+    assert!(loader.next().is_none());
+}
+
+// ---- checkpoints ----
+
+fn meta(step: u64) -> CheckpointMeta {
+    CheckpointMeta {
+        format: checkpoint::FORMAT,
+        step,
+        seed: 1,
+        data_position: step * 8,
+        job: "j".into(),
+        model: "mlp:4".into(),
+        dataset: "synthetic:10".into(),
+        batch_size: 8,
+        optimizer: "sgd".into(),
+        tensors_file: String::new(),
+        sha256: String::new(),
+    }
+}
+
+#[test]
+fn checkpoint_round_trips_keeps_two_and_leaves_no_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = [1.0f32, -2.5, 3.25, 0.0, 5.0, 6.0];
+    for step in [5, 10, 15] {
+        checkpoint::save(dir.path(), &meta(step), &[("param/w", &[2, 3], &w), ("opt0/w", &[6], &w)]).unwrap();
+    }
+    let (m, t) = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!(m.step, 15);
+    assert_eq!(t["param/w"].shape, vec![2, 3]);
+    assert_eq!(t["param/w"].data, w);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "ckpt-0000000010.json",
+            "ckpt-0000000010.safetensors",
+            "ckpt-0000000015.json",
+            "ckpt-0000000015.safetensors"
+        ]
+    );
+}
+
+#[test]
+fn corrupted_checkpoint_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = vec![0.5f32; 100];
+    checkpoint::save(dir.path(), &meta(3), &[("param/w", &[100], &w)]).unwrap();
+    let path = dir.path().join("ckpt-0000000003.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = checkpoint::load_latest(dir.path()).err().unwrap().to_string();
+    assert!(e.contains("corrupted") && e.contains("ckpt-0000000003.safetensors"), "{e}");
+    // Truncated: same.
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(checkpoint::load_latest(dir.path()).is_err());
+}
+
+// ---- math ----
+
+#[test]
+fn cpu_gradients_match_finite_differences() {
+    let model = ModelSpec::Mlp { dims: vec![5, 4, 3, 3] };
+    let params = model.init(11);
+    let n = 6;
+    let x: Vec<f32> = (0..n * 5).map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0).collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+    let scale = 1.0 / 8.0;
+    let mut grads = vec![0.0; params.len()];
+    forward_backward(&model, &params, &x, &labels, scale, &mut grads);
+    let mut scratch = vec![0.0; params.len()];
+    // Small enough that no ReLU input crosses zero (1e-3 does here), large enough for f32.
+    let eps = 1e-4f32;
+    for i in 0..params.len() {
+        let mut p = params.clone();
+        p[i] += eps;
+        let up = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        p[i] -= 2.0 * eps;
+        let down = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        let fd = (up - down) / (2.0 * f64::from(eps));
+        let err = (fd - f64::from(grads[i])).abs();
+        assert!(err <= 2e-3 * fd.abs().max(0.05), "param {i}: analytic {} fd {fd}", grads[i]);
+    }
+}
+
+/// The shard weighting: with gradients of `sum(loss) / B` per shard, any DR gives the
+/// full-batch update. Same seed, 20 steps, DR [10] vs [5,5] vs [2,8] vs [0,10] on the CPU.
+#[test]
+fn any_dr_gives_the_full_batch_update_on_cpu() {
+    let d = Arc::new(Dataset::synthetic(256, 4));
+    let model = ModelSpec::parse("mlp:16", d.shape().features(), 10, "test").unwrap();
+    let run = |units: &[u8]| {
+        let opt = Optimizer::sgd(0.05);
+        let mut engine = CpuEngine::new(model.clone(), opt, units.len(), State::fresh(model.init(1), &opt));
+        let job = Job {
+            name: "j".into(),
+            model_name: "mlp:16".into(),
+            model: model.clone(),
+            dataset: d.clone(),
+            batch_size: 30,
+            iterations: 20,
+        };
+        let opts = TrainOptions {
+            seed: 1,
+            optimizer: opt,
+            dr: dr(units),
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            resume: false,
+            prefetch: 2,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
+        engine.state().unwrap().params
+    };
+    let whole = run(&[10]);
+    for units in [&[5u8, 5][..], &[2, 8], &[0, 10]] {
+        let split = run(units);
+        let worst = whole.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "DR {units:?}: max |diff| {worst}");
+    }
+}

@@ -41,7 +41,15 @@ fn train(job: &Path, ckpt: &Path, device: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(binary());
     c.arg("--jobs")
         .arg(job)
-        .args(["--gpus", device, "--optimizer", "sgd", "--lr", "0.01", "--checkpoint-dir"])
+        .args([
+            "--gpus",
+            device,
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.01",
+            "--checkpoint-dir",
+        ])
         .arg(ckpt)
         .args(extra)
         .stdout(Stdio::null())
@@ -62,7 +70,10 @@ fn wait_for_checkpoint(child: &mut Child, dir: &Path, step: u64) -> u64 {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the run ended ({status}) before checkpoint {step}");
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint {step} within 60 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint {step} within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -82,7 +93,11 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
         let job = job_file(dir.path(), 300);
         let (whole, killed) = (dir.path().join("whole"), dir.path().join("killed"));
         let out = train(&job, &whole, device, &[]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let mut child = train(&job, &killed, device, &["--checkpoint-every", "2"])
             .spawn()
@@ -91,11 +106,20 @@ fn sigkill_then_resume_matches_an_uninterrupted_run() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let (meta, _) = checkpoint::load_latest(&killed).unwrap().unwrap();
-        assert!(meta.step >= at && meta.step < 300, "killed at step {}", meta.step);
+        assert!(
+            meta.step >= at && meta.step < 300,
+            "killed at step {}",
+            meta.step
+        );
 
-        let out = train(&job, &killed, device, &["--checkpoint-every", "2", "--resume"])
-            .output()
-            .unwrap();
+        let out = train(
+            &job,
+            &killed,
+            device,
+            &["--checkpoint-every", "2", "--resume"],
+        )
+        .output()
+        .unwrap();
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{log}");
         assert!(log.contains("resumed from step"), "{log}");
@@ -117,7 +141,9 @@ fn sigterm_checkpoints_and_exits_130() {
         let dir = tempfile::tempdir().unwrap();
         let job = job_file(dir.path(), 100_000);
         let ckpt = dir.path().join("ckpt");
-        let child = train(&job, &ckpt, device, &["--checkpoint-every", "1000"]).spawn().unwrap();
+        let child = train(&job, &ckpt, device, &["--checkpoint-every", "1000"])
+            .spawn()
+            .unwrap();
         // The first checkpoint would be at 1000: wait for training to be under way instead.
         std::thread::sleep(Duration::from_millis(1500));
         let status = Command::new("kill")
@@ -138,16 +164,28 @@ fn sigterm_checkpoints_and_exits_130() {
 fn several_jobs_are_refused_for_now() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("two.toml");
-    let one = "name = \"{}\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\nbatch_size = 8\niterations = 1\n";
+    let one =
+        "name = \"{}\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\nbatch_size = 8\niterations = 1\n";
     std::fs::write(
         &path,
-        format!("[[job]]\n{}[[job]]\n{}", one.replace("{}", "a"), one.replace("{}", "b")),
+        format!(
+            "[[job]]\n{}[[job]]\n{}",
+            one.replace("{}", "a"),
+            one.replace("{}", "b")
+        ),
     )
     .unwrap();
-    let out = Command::new(binary()).arg("--jobs").arg(&path).output().unwrap();
+    let out = Command::new(binary())
+        .arg("--jobs")
+        .arg(&path)
+        .output()
+        .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(log.contains("multi-job training comes with issue 8"), "{log}");
+    assert!(
+        log.contains("multi-job training comes with issue 8"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -164,5 +202,8 @@ fn corrupted_checkpoint_stops_resume_with_the_file_named() {
     let out = train(&job, &ckpt, "cpu", &["--resume"]).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("corrupted") && log.contains("ckpt-0000000004.safetensors"), "{log}");
+    assert!(
+        log.contains("corrupted") && log.contains("ckpt-0000000004.safetensors"),
+        "{log}"
+    );
 }

@@ -10,7 +10,9 @@ use attnrt::sched::DistributionRatio;
 use attnrt::train::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::checkpoint::{self, CheckpointMeta};
 use attnrt::train::cpu::forward_backward;
-use attnrt::train::{CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train};
+use attnrt::train::{
+    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
+};
 
 fn dr(units: &[u8]) -> DistributionRatio {
     DistributionRatio::new(units.to_vec()).unwrap()
@@ -35,7 +37,10 @@ fn synthetic_is_seeded_and_labels_are_classes() {
         assert!(la < 10);
         labels.insert(la);
     }
-    assert!(labels.len() >= 8, "labels should spread over the classes: {labels:?}");
+    assert!(
+        labels.len() >= 8,
+        "labels should spread over the classes: {labels:?}"
+    );
 }
 
 fn write_cifar(dir: &std::path::Path, records: usize) {
@@ -71,8 +76,14 @@ fn cifar10_errors_name_the_file() {
     assert!(e.contains("data_batch_1.bin"), "{e}");
     std::fs::write(dir.path().join("data_batch_1.bin"), vec![0u8; 3073 + 5]).unwrap();
     let e = Dataset::open(&spec, 0, "test").err().unwrap().to_string();
-    assert!(e.contains("data_batch_1.bin") && e.contains("3078 bytes"), "{e}");
-    let e = Dataset::open("imagenet:/x", 0, "jobs.toml: job 'a': dataset").err().unwrap().to_string();
+    assert!(
+        e.contains("data_batch_1.bin") && e.contains("3078 bytes"),
+        "{e}"
+    );
+    let e = Dataset::open("imagenet:/x", 0, "jobs.toml: job 'a': dataset")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.starts_with("jobs.toml: job 'a': dataset"), "{e}");
 }
 
@@ -89,16 +100,31 @@ fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
 fn mnist_reads_idx_and_rejects_bad_magic() {
     let dir = tempfile::tempdir().unwrap();
     let images: Vec<u8> = (0..3 * 28 * 28).map(|i| (i % 256) as u8).collect();
-    std::fs::write(dir.path().join("train-images-idx3-ubyte"), idx(0x803, &[3, 28, 28], &images)).unwrap();
-    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx(0x801, &[3], &[4, 5, 6])).unwrap();
+    std::fs::write(
+        dir.path().join("train-images-idx3-ubyte"),
+        idx(0x803, &[3, 28, 28], &images),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("train-labels-idx1-ubyte"),
+        idx(0x801, &[3], &[4, 5, 6]),
+    )
+    .unwrap();
     let spec = format!("mnist:{}", dir.path().display());
     let d = Dataset::open(&spec, 0, "test").unwrap();
     assert_eq!((d.len(), d.shape().features()), (3, 784));
     let mut x = vec![0.0; 784];
     assert_eq!(d.sample(2, false, &mut x), 6);
-    std::fs::write(dir.path().join("train-labels-idx1-ubyte"), idx(0x803, &[3], &[4, 5, 6])).unwrap();
+    std::fs::write(
+        dir.path().join("train-labels-idx1-ubyte"),
+        idx(0x803, &[3], &[4, 5, 6]),
+    )
+    .unwrap();
     let e = Dataset::open(&spec, 0, "test").err().unwrap().to_string();
-    assert!(e.contains("train-labels-idx1-ubyte") && e.contains("magic"), "{e}");
+    assert!(
+        e.contains("train-labels-idx1-ubyte") && e.contains("magic"),
+        "{e}"
+    );
 }
 
 // ---- order, shards, loader ----
@@ -119,7 +145,13 @@ fn every_epoch_visits_every_sample_once() {
 #[test]
 fn shards_sum_to_the_batch_and_zero_shares_are_empty() {
     for b in [1usize, 7, 10, 64, 129] {
-        for units in [vec![10u8], vec![5, 5], vec![2, 8], vec![3, 0, 7], vec![1, 2, 3, 4]] {
+        for units in [
+            vec![10u8],
+            vec![5, 5],
+            vec![2, 8],
+            vec![3, 0, 7],
+            vec![1, 2, 3, 4],
+        ] {
             let shards = shard_ranges(&dr(&units), b);
             assert_eq!(shards.first().unwrap().start, 0);
             assert_eq!(shards.last().unwrap().end, b);
@@ -144,7 +176,11 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
     let drs = [dr(&[5, 5]), dr(&[2, 8]), dr(&[10, 0]), dr(&[0, 10])];
     let batch_size = 10;
     let mut seen = Vec::new();
-    let mut batch = Batch { step: 0, features: Vec::new(), labels: Vec::new() };
+    let mut batch = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
     for step in 0..5u64 {
         fill_batch(&d, &mut order, step, batch_size, &mut batch);
         for shard in shard_ranges(&drs[step as usize % drs.len()], batch_size) {
@@ -155,7 +191,10 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
     }
     // 5 steps of 10 = one epoch of 50 distinct samples, each exactly once.
     assert_eq!(seen.len(), 50);
-    let distinct: HashSet<Vec<u32>> = seen.iter().map(|x| x.iter().map(|v| v.to_bits()).collect()).collect();
+    let distinct: HashSet<Vec<u32>> = seen
+        .iter()
+        .map(|x| x.iter().map(|v| v.to_bits()).collect())
+        .collect();
     assert_eq!(distinct.len(), 50);
 }
 
@@ -163,15 +202,22 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
 fn loader_prefetches_the_same_batches_from_any_start() {
     let d = Arc::new(Dataset::synthetic(40, 2));
     let mut order = SampleOrder::new(40, 5);
-    let mut direct = Batch { step: 0, features: Vec::new(), labels: Vec::new() };
+    let mut direct = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
     let mut loader = Loader::spawn(d.clone(), 5, 16, 3, 7, 2).unwrap();
     for step in 3..7 {
-        let b = loader.next().unwrap();
+        let b = loader.next_batch().unwrap();
         fill_batch(&d, &mut order, step, 16, &mut direct);
-        assert_eq!((b.step, &b.labels, &b.features), (step, &direct.labels, &direct.features));
+        assert_eq!(
+            (b.step, &b.labels, &b.features),
+            (step, &direct.labels, &direct.features)
+        );
         loader.recycle(b);
     }
-    assert!(loader.next().is_none());
+    assert!(loader.next_batch().is_none());
 }
 
 // ---- checkpoints ----
@@ -197,7 +243,12 @@ fn checkpoint_round_trips_keeps_two_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let w = [1.0f32, -2.5, 3.25, 0.0, 5.0, 6.0];
     for step in [5, 10, 15] {
-        checkpoint::save(dir.path(), &meta(step), &[("param/w", &[2, 3], &w), ("opt0/w", &[6], &w)]).unwrap();
+        checkpoint::save(
+            dir.path(),
+            &meta(step),
+            &[("param/w", &[2, 3], &w), ("opt0/w", &[6], &w)],
+        )
+        .unwrap();
     }
     let (m, t) = checkpoint::load_latest(dir.path()).unwrap().unwrap();
     assert_eq!(m.step, 15);
@@ -229,8 +280,14 @@ fn corrupted_checkpoint_is_detected() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let e = checkpoint::load_latest(dir.path()).err().unwrap().to_string();
-    assert!(e.contains("corrupted") && e.contains("ckpt-0000000003.safetensors"), "{e}");
+    let e = checkpoint::load_latest(dir.path())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("corrupted") && e.contains("ckpt-0000000003.safetensors"),
+        "{e}"
+    );
     // Truncated: same.
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert!(checkpoint::load_latest(dir.path()).is_err());
@@ -240,10 +297,14 @@ fn corrupted_checkpoint_is_detected() {
 
 #[test]
 fn cpu_gradients_match_finite_differences() {
-    let model = ModelSpec::Mlp { dims: vec![5, 4, 3, 3] };
+    let model = ModelSpec::Mlp {
+        dims: vec![5, 4, 3, 3],
+    };
     let params = model.init(11);
     let n = 6;
-    let x: Vec<f32> = (0..n * 5).map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0).collect();
+    let x: Vec<f32> = (0..n * 5)
+        .map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0)
+        .collect();
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
     let scale = 1.0 / 8.0;
     let mut grads = vec![0.0; params.len()];
@@ -259,7 +320,11 @@ fn cpu_gradients_match_finite_differences() {
         let down = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
         let fd = (up - down) / (2.0 * f64::from(eps));
         let err = (fd - f64::from(grads[i])).abs();
-        assert!(err <= 2e-3 * fd.abs().max(0.05), "param {i}: analytic {} fd {fd}", grads[i]);
+        assert!(
+            err <= 2e-3 * fd.abs().max(0.05),
+            "param {i}: analytic {} fd {fd}",
+            grads[i]
+        );
     }
 }
 
@@ -271,7 +336,12 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
     let model = ModelSpec::parse("mlp:16", d.shape().features(), 10, "test").unwrap();
     let run = |units: &[u8]| {
         let opt = Optimizer::sgd(0.05);
-        let mut engine = CpuEngine::new(model.clone(), opt, units.len(), State::fresh(model.init(1), &opt));
+        let mut engine = CpuEngine::new(
+            model.clone(),
+            opt,
+            units.len(),
+            State::fresh(model.init(1), &opt),
+        );
         let job = Job {
             name: "j".into(),
             model_name: "mlp:16".into(),
@@ -296,7 +366,11 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
     let whole = run(&[10]);
     for units in [&[5u8, 5][..], &[2, 8], &[0, 10]] {
         let split = run(units);
-        let worst = whole.iter().zip(&split).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = whole
+            .iter()
+            .zip(&split)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "DR {units:?}: max |diff| {worst}");
     }
 }

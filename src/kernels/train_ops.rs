@@ -106,13 +106,25 @@ pub fn bias_grad<D: DevicePtr<f32>, B: DevicePtrMut<f32>>(
     let (bp, _b) = db.device_ptr_mut(stream);
     let (r, c) = (rows as i32, cols as i32);
     // SAFETY: argument types match; sizes checked above.
-    unsafe { k.on(stream).arg(&dp).arg(&bp).arg(&r).arg(&c).go(elementwise(cols)) }
+    unsafe {
+        k.on(stream)
+            .arg(&dp)
+            .arg(&bp)
+            .arg(&r)
+            .arg(&c)
+            .go(elementwise(cols))
+    }
 }
 
 /// Softmax cross-entropy over `rows x cols` logits: writes `dlogits` and adds the scaled loss
 /// and the correct count to `stats[0]`, `stats[1]` (zero them first).
 #[allow(clippy::too_many_arguments)]
-pub fn softmax_xent<Z: DevicePtr<f32>, L: DevicePtr<u32>, D: DevicePtrMut<f32>, S: DevicePtrMut<f32>>(
+pub fn softmax_xent<
+    Z: DevicePtr<f32>,
+    L: DevicePtr<u32>,
+    D: DevicePtrMut<f32>,
+    S: DevicePtrMut<f32>,
+>(
     gpu: &Gpu,
     stream: &CudaStream,
     logits: &Z,
@@ -187,7 +199,12 @@ pub fn sgd<P: DevicePtrMut<f32>, G: DevicePtr<f32>, V: DevicePtrMut<f32>>(
 }
 
 /// One AdamW step over all of `p`; `hyper` is `[lr, beta1, beta2, eps, weight_decay, c1, c2]`.
-pub fn adamw<P: DevicePtrMut<f32>, G: DevicePtr<f32>, M: DevicePtrMut<f32>, V: DevicePtrMut<f32>>(
+pub fn adamw<
+    P: DevicePtrMut<f32>,
+    G: DevicePtr<f32>,
+    M: DevicePtrMut<f32>,
+    V: DevicePtrMut<f32>,
+>(
     gpu: &Gpu,
     stream: &CudaStream,
     p: &mut P,
@@ -246,7 +263,15 @@ pub unsafe fn allreduce_sum_chunk(
     // A grid that fills the GPU: the kernel strides, and one chunk can be hundreds of MB.
     let cfg = elementwise((end - begin).div_ceil(4).min(132 * 8 * 256));
     // SAFETY: forwarded to the caller.
-    unsafe { k.on(stream).arg(&peers).arg(&n).arg(&own).arg(&b).arg(&e).go(cfg) }
+    unsafe {
+        k.on(stream)
+            .arg(&peers)
+            .arg(&n)
+            .arg(&own)
+            .arg(&b)
+            .arg(&e)
+            .go(cfg)
+    }
 }
 
 /// All-gather step: `dst[begin..end] = src[begin..end]`.

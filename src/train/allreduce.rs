@@ -40,9 +40,17 @@ pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
             }
             let mut can = 0;
             // SAFETY: both devices come from open contexts; `can` is a valid out-pointer.
-            unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.ctx().cu_device(), b.ctx().cu_device()) }
-                .result()
-                .cuda(|| format!("asking whether cuda:{} can reach cuda:{}", a.ordinal(), b.ordinal()))?;
+            unsafe {
+                sys::cuDeviceCanAccessPeer(&mut can, a.ctx().cu_device(), b.ctx().cu_device())
+            }
+            .result()
+            .cuda(|| {
+                format!(
+                    "asking whether cuda:{} can reach cuda:{}",
+                    a.ordinal(),
+                    b.ordinal()
+                )
+            })?;
             if can == 0 {
                 return Ok(false);
             }
@@ -62,7 +70,11 @@ pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
                 | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
                 e => {
                     return Err(e).map_err(|e| Error::Cuda {
-                        what: format!("enabling peer access cuda:{} -> cuda:{}", a.ordinal(), b.ordinal()),
+                        what: format!(
+                            "enabling peer access cuda:{} -> cuda:{}",
+                            a.ordinal(),
+                            b.ordinal()
+                        ),
                         source: cudarc::driver::DriverError(e),
                     });
                 }

@@ -46,7 +46,8 @@ impl SampleOrder {
     fn shuffle(&mut self, epoch: u64) {
         self.epoch = epoch;
         self.perm = (0..self.len as u32).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         self.perm.shuffle(&mut rng);
     }
 
@@ -59,7 +60,10 @@ impl SampleOrder {
         }
         let flip = ChaCha8Rng::seed_from_u64(self.seed ^ position.rotate_left(17) ^ 0xF11F)
             .random_bool(0.5);
-        (self.perm[(position % self.len as u64) as usize] as usize, flip)
+        (
+            self.perm[(position % self.len as u64) as usize] as usize,
+            flip,
+        )
     }
 }
 
@@ -90,7 +94,9 @@ pub fn fill_batch(
 ) {
     let features = dataset.shape().features();
     let first = step * batch_size as u64;
-    let picks: Vec<(usize, bool)> = (0..batch_size as u64).map(|i| order.at(first + i)).collect();
+    let picks: Vec<(usize, bool)> = (0..batch_size as u64)
+        .map(|i| order.at(first + i))
+        .collect();
     batch.step = step;
     batch.features.resize(batch_size * features, 0.0);
     batch.labels.resize(batch_size, 0);
@@ -165,7 +171,7 @@ impl Loader {
     }
 
     /// The next batch, waiting for it if needed; `None` after the last step.
-    pub fn next(&mut self) -> Option<Batch> {
+    pub fn next_batch(&mut self) -> Option<Batch> {
         self.ready.as_ref().and_then(|r| r.recv().ok())
     }
 

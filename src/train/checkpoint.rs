@@ -58,7 +58,11 @@ pub struct Tensor {
 
 /// Writes a checkpoint for `meta.step` into `dir` (created if needed) and returns the JSON
 /// file's path. `meta.tensors_file` and `meta.sha256` are filled in here.
-pub fn save(dir: &Path, meta: &CheckpointMeta, tensors: &[(&str, &[usize], &[f32])]) -> Result<PathBuf> {
+pub fn save(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    tensors: &[(&str, &[usize], &[f32])],
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let stem = format!("ckpt-{:010}", meta.step);
     let tensors_name = format!("{stem}.safetensors");
@@ -67,9 +71,8 @@ pub fn save(dir: &Path, meta: &CheckpointMeta, tensors: &[(&str, &[usize], &[f32
     let mut views = Vec::with_capacity(tensors.len());
     for (name, shape, data) in tensors {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(|e| {
-            Error::invalid(format!("checkpoint tensor {name}"), e.to_string())
-        })?;
+        let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)
+            .map_err(|e| Error::invalid(format!("checkpoint tensor {name}"), e.to_string()))?;
         views.push((name.to_string(), view));
     }
     let bytes = safetensors::tensor::serialize(views, None)
@@ -105,7 +108,10 @@ pub fn load(json_path: &Path) -> Result<(CheckpointMeta, HashMap<String, Tensor>
     if meta.format != FORMAT {
         return Err(Error::invalid(
             json_path.display().to_string(),
-            format!("checkpoint format {} is not the supported {FORMAT}", meta.format),
+            format!(
+                "checkpoint format {} is not the supported {FORMAT}",
+                meta.format
+            ),
         ));
     }
     let dir = json_path.parent().unwrap_or(Path::new("."));

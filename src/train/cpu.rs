@@ -75,7 +75,11 @@ fn mlp(
             let xr = &input[r * din..(r + 1) * din];
             for (o, y) in row.iter_mut().enumerate() {
                 let wr = &w[o * din..(o + 1) * din];
-                let s: f64 = xr.iter().zip(wr).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                let s: f64 = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
                 let v = (s + f64::from(b[o])) as f32;
                 *y = if relu { v.max(0.0) } else { v };
             }
@@ -121,7 +125,9 @@ fn mlp(
                 let d = f64::from(dy[r * dout + o]);
                 if d != 0.0 {
                     let xr = &input[r * din..(r + 1) * din];
-                    acc.iter_mut().zip(xr).for_each(|(a, x)| *a += d * f64::from(*x));
+                    acc.iter_mut()
+                        .zip(xr)
+                        .for_each(|(a, x)| *a += d * f64::from(*x));
                 }
             }
             row.iter_mut().zip(&acc).for_each(|(g, a)| *g = *a as f32);
@@ -137,7 +143,9 @@ fn mlp(
                 for o in 0..dout {
                     let d = f64::from(dy[r * dout + o]);
                     let wr = &w[o * din..(o + 1) * din];
-                    acc.iter_mut().zip(wr).for_each(|(a, w)| *a += d * f64::from(*w));
+                    acc.iter_mut()
+                        .zip(wr)
+                        .for_each(|(a, w)| *a += d * f64::from(*w));
                 }
                 // ReLU's gradient: zero where its output was zero.
                 for (i, g) in row.iter_mut().enumerate() {

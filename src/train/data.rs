@@ -196,7 +196,11 @@ impl Dataset {
                 ),
             ));
         }
-        if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| usize::from(**l) >= CLASSES) {
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| usize::from(**l) >= CLASSES)
+        {
             return Err(Error::invalid(
                 labels_path.display().to_string(),
                 format!("label {i} is {l}, expected 0..=9"),

@@ -56,7 +56,8 @@ pub trait Engine {
 
 fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Result<()> {
     let total: usize = shards.iter().map(|r| r.len()).sum();
-    if shards.len() != devices || total != batch.len() || shards.iter().any(|r| r.end > batch.len()) {
+    if shards.len() != devices || total != batch.len() || shards.iter().any(|r| r.end > batch.len())
+    {
         return Err(Error::invalid(
             "training step",
             format!(
@@ -114,10 +115,17 @@ impl Engine for CpuEngine {
                 scale,
                 &mut self.shard_grads,
             );
-            self.grads.iter_mut().zip(&self.shard_grads).for_each(|(g, s)| *g += s);
+            self.grads
+                .iter_mut()
+                .zip(&self.shard_grads)
+                .for_each(|(g, s)| *g += s);
         }
-        self.optimizer
-            .step_cpu(t, &mut self.state.params, &self.grads, &mut self.state.optimizer);
+        self.optimizer.step_cpu(
+            t,
+            &mut self.state.params,
+            &self.grads,
+            &mut self.state.optimizer,
+        );
         Ok(stats)
     }
 
@@ -204,7 +212,10 @@ impl GpuEngine {
                 ),
             ));
         }
-        let gpus = ordinals.iter().map(|&o| Gpu::open(o)).collect::<Result<Vec<_>>>()?;
+        let gpus = ordinals
+            .iter()
+            .map(|&o| Gpu::open(o))
+            .collect::<Result<Vec<_>>>()?;
         let peer = gpus.len() > 1 && allreduce::enable_peer_access(&gpus)?;
         let replicas = gpus
             .iter()
@@ -263,7 +274,10 @@ impl GpuEngine {
             .enumerate()
             .map(|(rank, w)| {
                 w.replies.recv().unwrap_or_else(|_| {
-                    Err(Error::invalid("GPU worker", format!("worker {rank} has stopped")))
+                    Err(Error::invalid(
+                        "GPU worker",
+                        format!("worker {rank} has stopped"),
+                    ))
                 })
             })
             .collect();
@@ -350,9 +364,7 @@ fn worker(
             Command::Step { t, batch, shard } => {
                 step(rank, &mut replica, features, &shared, t, &batch, shard).map(Reply::Stats)
             }
-            Command::Download => replica.download().map(|(params, optimizer, _)| {
-                Reply::State(State { params, optimizer })
-            }),
+            Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
             Command::Upload(state) => replica
                 .upload(&state.params, &state.optimizer)
                 .map(|()| Reply::Done),
@@ -385,12 +397,10 @@ fn step(
     let gpu = replica.gpu().clone();
     let stream = gpu.stream().clone();
     let sync = || {
-        stream
-            .synchronize()
-            .map_err(|e| Error::Cuda {
-                what: format!("all-reduce on cuda:{}", gpu.ordinal()),
-                source: e,
-            })
+        stream.synchronize().map_err(|e| Error::Cuda {
+            what: format!("all-reduce on cuda:{}", gpu.ordinal()),
+            source: e,
+        })
     };
     match &shared.exchange {
         Exchange::Alone => {}

@@ -112,7 +112,10 @@ impl fmt::Display for Optimizer {
                 lr,
                 momentum,
                 weight_decay,
-            } => write!(f, "sgd(lr={lr},momentum={momentum},weight_decay={weight_decay})"),
+            } => write!(
+                f,
+                "sgd(lr={lr},momentum={momentum},weight_decay={weight_decay})"
+            ),
             Optimizer::AdamW {
                 lr,
                 beta1,

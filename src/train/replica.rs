@@ -14,6 +14,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 
 use super::cpu::ShardStats;
+use super::engine::State;
 use super::model::ModelSpec;
 use super::optim::Optimizer;
 use crate::error::{CudaContext as _, Error, Result};
@@ -59,7 +60,10 @@ impl Replica {
             what: format!("creating a cuBLAS handle on cuda:{}", gpu.ordinal()),
             source: e,
         })?;
-        let up = |v: &[f32]| s.clone_htod(v).cuda(|| format!("uploading {} values", v.len()));
+        let up = |v: &[f32]| {
+            s.clone_htod(v)
+                .cuda(|| format!("uploading {} values", v.len()))
+        };
         let params_d = up(params)?;
         let grads = s
             .alloc_zeros::<f32>(params.len())
@@ -107,11 +111,20 @@ impl Replica {
         }
         let s = self.gpu.stream().clone();
         let ctx = self.gpu.ctx().clone();
-        let alloc = |n: usize| s.alloc_zeros::<f32>(n).cuda(|| format!("allocating {n} activations"));
-        self.acts = self.dims.iter().map(|&d| alloc(rows * d)).collect::<Result<_>>()?;
+        let alloc = |n: usize| {
+            s.alloc_zeros::<f32>(n)
+                .cuda(|| format!("allocating {n} activations"))
+        };
+        self.acts = self
+            .dims
+            .iter()
+            .map(|&d| alloc(rows * d))
+            .collect::<Result<_>>()?;
         let widest = self.dims.iter().copied().max().unwrap_or(1);
         self.dbuf = [alloc(rows * widest)?, alloc(rows * widest)?];
-        self.labels = s.alloc_zeros::<u32>(rows).cuda(|| "allocating labels".into())?;
+        self.labels = s
+            .alloc_zeros::<u32>(rows)
+            .cuda(|| "allocating labels".into())?;
         // SAFETY: the staging buffers are written in full before each copy reads them.
         unsafe {
             self.pinned_x = Some(
@@ -133,9 +146,12 @@ impl Replica {
         let rows = labels.len();
         self.last_rows = rows;
         let s = self.gpu.stream().clone();
-        s.memset_zeros(&mut self.stats).cuda(|| "zeroing stats".into())?;
+        s.memset_zeros(&mut self.stats)
+            .cuda(|| "zeroing stats".into())?;
         if rows == 0 {
-            return s.memset_zeros(&mut self.grads).cuda(|| "zeroing gradients".into());
+            return s
+                .memset_zeros(&mut self.grads)
+                .cuda(|| "zeroing gradients".into());
         }
         self.reserve(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
@@ -276,15 +292,15 @@ impl Replica {
         }
     }
 
-    /// Parameters, optimizer state and gradients, copied to the host.
-    pub fn download(&self) -> Result<(Vec<f32>, Vec<Vec<f32>>, Vec<f32>)> {
+    /// Parameters and optimizer state, and the gradients, copied to the host.
+    pub fn download(&self) -> Result<(State, Vec<f32>)> {
         let s = self.gpu.stream();
         let get = |b: &CudaSlice<f32>| s.clone_dtoh(b).cuda(|| "downloading state".into());
         let params = get(&self.params)?;
-        let state = self.state.iter().map(get).collect::<Result<Vec<_>>>()?;
+        let optimizer = self.state.iter().map(get).collect::<Result<Vec<_>>>()?;
         let grads = get(&self.grads)?;
         s.synchronize().cuda(|| "synchronising".into())?;
-        Ok((params, state, grads))
+        Ok((State { params, optimizer }, grads))
     }
 
     /// Replaces parameters and optimizer state (resume).
@@ -293,7 +309,8 @@ impl Replica {
         s.memcpy_htod(params, &mut self.params)
             .cuda(|| "uploading parameters".into())?;
         for (d, h) in self.state.iter_mut().zip(state) {
-            s.memcpy_htod(h.as_slice(), d).cuda(|| "uploading optimizer state".into())?;
+            s.memcpy_htod(h.as_slice(), d)
+                .cuda(|| "uploading optimizer state".into())?;
         }
         s.synchronize().cuda(|| "synchronising".into())
     }

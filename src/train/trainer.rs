@@ -83,7 +83,12 @@ pub fn train(
     if opts.dr.gpus() != engine.devices() {
         return Err(Error::invalid(
             format!("job '{}': distribution ratio", job.name),
-            format!("{} has {} entries for {} devices", opts.dr, opts.dr.gpus(), engine.devices()),
+            format!(
+                "{} has {} entries for {} devices",
+                opts.dr,
+                opts.dr.gpus(),
+                engine.devices()
+            ),
         ));
     }
     let layout = job.model.layout();
@@ -93,7 +98,12 @@ pub fn train(
         && let Some((meta, tensors)) = checkpoint::load_latest(dir)?
     {
         check_resumable(job, opts, &meta)?;
-        engine.set_state(&state_from_tensors(&layout, &opts.optimizer, &tensors, &meta)?)?;
+        engine.set_state(&state_from_tensors(
+            &layout,
+            &opts.optimizer,
+            &tensors,
+            &meta,
+        )?)?;
         start_step = meta.step;
     }
 
@@ -123,7 +133,7 @@ pub fn train(
             outcome.stopped = true;
             break;
         }
-        let Some(batch) = loader.next() else {
+        let Some(batch) = loader.next_batch() else {
             return Err(Error::invalid(
                 format!("job '{}'", job.name),
                 "the loader stopped before the last step",
@@ -147,7 +157,7 @@ pub fn train(
             accuracy: outcome.accuracy,
             samples_per_s: outcome.samples_per_s,
         });
-        if opts.checkpoint_every > 0 && outcome.step % opts.checkpoint_every == 0 {
+        if opts.checkpoint_every > 0 && outcome.step.is_multiple_of(opts.checkpoint_every) {
             outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
             saved_at = outcome.step;
         }
@@ -171,10 +181,19 @@ fn save(
     };
     let state = engine.state()?;
     let names: Vec<Vec<String>> = (0..=state.optimizer.len())
-        .map(|k| layout.slots.iter().map(|s| tensor_name(k, &s.name)).collect())
+        .map(|k| {
+            layout
+                .slots
+                .iter()
+                .map(|s| tensor_name(k, &s.name))
+                .collect()
+        })
         .collect();
     let mut tensors: Vec<(&str, &[usize], &[f32])> = Vec::new();
-    for (k, vector) in std::iter::once(&state.params).chain(&state.optimizer).enumerate() {
+    for (k, vector) in std::iter::once(&state.params)
+        .chain(&state.optimizer)
+        .enumerate()
+    {
         for (slot, name) in layout.slots.iter().zip(&names[k]) {
             tensors.push((name, &slot.shape, &vector[slot.range()]));
         }
@@ -222,16 +241,28 @@ fn check_resumable(job: &Job, opts: &TrainOptions, meta: &CheckpointMeta) -> Res
         return mismatch("dataset", meta.dataset.clone(), job.dataset.name().into());
     }
     if meta.batch_size != job.batch_size as u64 {
-        return mismatch("batch_size", meta.batch_size.to_string(), job.batch_size.to_string());
+        return mismatch(
+            "batch_size",
+            meta.batch_size.to_string(),
+            job.batch_size.to_string(),
+        );
     }
     if meta.seed != opts.seed {
         return mismatch("seed", meta.seed.to_string(), opts.seed.to_string());
     }
     if meta.optimizer != opts.optimizer.to_string() {
-        return mismatch("optimizer", meta.optimizer.clone(), opts.optimizer.to_string());
+        return mismatch(
+            "optimizer",
+            meta.optimizer.clone(),
+            opts.optimizer.to_string(),
+        );
     }
     if meta.step > job.iterations {
-        return mismatch("step", meta.step.to_string(), format!("iterations {}", job.iterations));
+        return mismatch(
+            "step",
+            meta.step.to_string(),
+            format!("iterations {}", job.iterations),
+        );
     }
     Ok(())
 }

@@ -134,7 +134,8 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
                     format!("has {} entries for {count} devices", units.len()),
                 ));
             }
-            DistributionRatio::from_signed(&units).map_err(|p| Error::invalid(format!("--dr {text}"), p))?
+            DistributionRatio::from_signed(&units)
+                .map_err(|p| Error::invalid(format!("--dr {text}"), p))?
         }
         None => match spec.initial_dr(count, &origin)? {
             Some(dr) => dr,
@@ -176,7 +177,8 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::io("signal handler", e))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::io("signal handler", e))?;
     }
     let opts = TrainOptions {
         seed: args.seed,

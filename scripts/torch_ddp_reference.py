@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""PyTorch references for the trainer's measurements (docs/TRAINING.md, docs/PERF.md).
+
+  --allreduce: NCCL all-reduce bus bandwidth at 1, 16, 64 and 256 MB, one process per GPU,
+               measured like tests/train_gpu.rs::allreduce_bandwidth (2 (n-1)/n * bytes / time).
+  --train:     DistributedDataParallel training throughput of the same MLP as `mlp:H1,H2`
+               (3072 -> H1 -> H2 -> 10, ReLU, AdamW, f32, no TF32) on random data already on the
+               GPU, so it measures compute and gradient exchange only.
+
+Usage: python3 scripts/torch_ddp_reference.py --allreduce [--gpus 2]
+       python3 scripts/torch_ddp_reference.py --train --hidden 512,256 --batch 256 --gpus 1
+NCCL_NVLS_ENABLE=0 must stay set on shared machines (NVLink multicast off).
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def allreduce(rank, world, out):
+    for mb in (1, 16, 64, 256):
+        n = mb * 1_000_000 // 4
+        x = torch.zeros(n, device=rank)
+        for _ in range(5):
+            dist.all_reduce(x)
+        torch.cuda.synchronize()
+        iters = 50
+        t = time.perf_counter()
+        for _ in range(iters):
+            dist.all_reduce(x)
+        torch.cuda.synchronize()
+        s = (time.perf_counter() - t) / iters
+        bus = 2 * (world - 1) / world * n * 4 / s / 1e9
+        if rank == 0:
+            out.append({"mb": mb, "us": s * 1e6, "bus_gbps": bus})
+            print(f"nccl allreduce {mb:>4} MB: {s * 1e6:.1f} us, bus bandwidth {bus:.1f} GB/s", flush=True)
+
+
+def train(rank, world, args, out):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dims = [3072] + [int(h) for h in args.hidden.split(",")] + [10]
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
+        if i + 2 < len(dims):
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(rank)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    shard = args.batch // world
+    x = torch.randn(shard, 3072, device=rank)
+    y = torch.randint(0, 10, (shard,), device=rank)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    for _ in range(20):
+        step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    s = time.perf_counter() - t
+    if rank == 0:
+        rate = args.steps * args.batch / s
+        out.append({"gpus": world, "samples_per_s": rate})
+        print(f"torch {'DDP' if world > 1 else 'eager'} mlp:{args.hidden} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
+
+
+def worker(rank, world, args, out):
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    torch.cuda.set_device(rank)
+    if world > 1 or args.allreduce:
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(rank))
+    if args.allreduce:
+        allreduce(rank, world, out)
+    else:
+        train(rank, world, args, out)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--allreduce", action="store_true")
+    p.add_argument("--train", action="store_true")
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    p.add_argument("--hidden", default="512,256")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--json")
+    args = p.parse_args()
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    print(torch.cuda.get_device_name(0), "x", args.gpus, "torch", torch.__version__, flush=True)
+    with mp.Manager() as m:
+        out = m.list()
+        mp.spawn(worker, args=(args.gpus, args, out), nprocs=args.gpus)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(list(out), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

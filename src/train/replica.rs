@@ -110,7 +110,6 @@ impl Replica {
             return Ok(());
         }
         let s = self.gpu.stream().clone();
-        let ctx = self.gpu.ctx().clone();
         let alloc = |n: usize| {
             s.alloc_zeros::<f32>(n)
                 .cuda(|| format!("allocating {n} activations"))
@@ -125,6 +124,21 @@ impl Replica {
         self.labels = s
             .alloc_zeros::<u32>(rows)
             .cuda(|| "allocating labels".into())?;
+        self.capacity = rows;
+        Ok(())
+    }
+
+    /// Makes the page-locked staging buffers exactly `rows` samples long: a copy moves a
+    /// whole pinned buffer, so its length must be the shard's. Shard sizes change only with the
+    /// DR, so this reallocates rarely.
+    fn stage_exactly(&mut self, rows: usize) -> Result<()> {
+        if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
+            return Ok(());
+        }
+        // Drop the old buffers first (their drop waits for pending copies).
+        self.pinned_x = None;
+        self.pinned_y = None;
+        let ctx = self.gpu.ctx().clone();
         // SAFETY: the staging buffers are written in full before each copy reads them.
         unsafe {
             self.pinned_x = Some(
@@ -136,7 +150,6 @@ impl Replica {
                     .cuda(|| "allocating pinned staging".into())?,
             );
         }
-        self.capacity = rows;
         Ok(())
     }
 
@@ -154,13 +167,18 @@ impl Replica {
                 .cuda(|| "zeroing gradients".into());
         }
         self.reserve(rows)?;
+        self.stage_exactly(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
             (Some(px), Some(py)) => (px, py),
-            _ => unreachable!("reserve allocates the staging buffers"),
+            _ => unreachable!("stage_exactly allocates the staging buffers"),
         };
-        px.as_mut_slice().cuda(|| "waiting for staging".into())?[..x.len()].copy_from_slice(x);
-        py.as_mut_slice().cuda(|| "waiting for staging".into())?[..rows].copy_from_slice(labels);
-        s.memcpy_htod(&*px, &mut self.acts[0].slice_mut(..x.len().max(1)))
+        px.as_mut_slice()
+            .cuda(|| "waiting for staging".into())?
+            .copy_from_slice(x);
+        py.as_mut_slice()
+            .cuda(|| "waiting for staging".into())?
+            .copy_from_slice(labels);
+        s.memcpy_htod(&*px, &mut self.acts[0].slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
         s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
             .cuda(|| "copying labels to the GPU".into())?;
@@ -183,7 +201,6 @@ impl Replica {
                 (CUBLAS_OP_T, CUBLAS_OP_N),
                 (dout, rows, din),
                 (din, din, dout),
-                0.0,
                 &self.params.slice(wo..bo),
                 x,
                 y,
@@ -217,7 +234,6 @@ impl Replica {
                     (CUBLAS_OP_N, CUBLAS_OP_T),
                     (din, dout, rows),
                     (din, dout, din),
-                    0.0,
                     x,
                     &*dy,
                     &mut gw.slice_mut(wo..bo),
@@ -231,7 +247,6 @@ impl Replica {
                     (CUBLAS_OP_N, CUBLAS_OP_N),
                     (din, rows, dout),
                     (din, dout, din),
-                    0.0,
                     &self.params.slice(wo..bo),
                     &*dy,
                     dx,
@@ -316,7 +331,7 @@ impl Replica {
     }
 }
 
-/// One cuBLAS SGEMM, column-major: `C[m x n] = op(A) op(B) (+ beta C)`.
+/// One cuBLAS SGEMM, column-major: `C[m x n] = op(A) op(B)` (C overwritten).
 #[allow(clippy::too_many_arguments)]
 fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
     blas: &CudaBlas,
@@ -327,7 +342,6 @@ fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
     ),
     (m, n, k): (usize, usize, usize),
     (lda, ldb, ldc): (usize, usize, usize),
-    beta: f32,
     a: &A,
     b: &B,
     c: &mut C,
@@ -341,7 +355,7 @@ fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
         alpha: 1.0f32,
         lda: lda as i32,
         ldb: ldb as i32,
-        beta,
+        beta: 0.0,
         ldc: ldc as i32,
     };
     // SAFETY: the caller passes buffers of at least the sizes the shapes imply (the replica

@@ -32,17 +32,22 @@ pub fn chunk(len: usize, n: usize, rank: usize) -> Range<usize> {
 
 /// Enables peer access between every pair of `gpus`. `Ok(true)` when all pairs can reach each
 /// other; `Ok(false)` (nothing enabled that matters) when some pair cannot.
+///
+/// Two grants are needed: `cuCtxEnablePeerAccess` maps `cuMemAlloc` memory, but cudarc
+/// allocates from the device's stream-ordered memory pool (`cuMemAllocAsync`) where it can,
+/// and pool memory becomes reachable from a peer only through `cuMemPoolSetAccess`.
 pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
-    for a in gpus {
-        for b in gpus {
-            if a.ordinal() == b.ordinal() {
-                continue;
-            }
-            let mut can = 0;
-            // SAFETY: both devices come from open contexts; `can` is a valid out-pointer.
-            unsafe {
-                sys::cuDeviceCanAccessPeer(&mut can, a.ctx().cu_device(), b.ctx().cu_device())
-            }
+    let pairs = || {
+        gpus.iter().flat_map(|a| {
+            gpus.iter()
+                .filter(move |b| b.ordinal() != a.ordinal())
+                .map(move |b| (a, b))
+        })
+    };
+    for (a, b) in pairs() {
+        let mut can = 0;
+        // SAFETY: both devices come from open contexts; `can` is a valid out-pointer.
+        unsafe { sys::cuDeviceCanAccessPeer(&mut can, a.ctx().cu_device(), b.ctx().cu_device()) }
             .result()
             .cuda(|| {
                 format!(
@@ -51,34 +56,48 @@ pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
                     b.ordinal()
                 )
             })?;
-            if can == 0 {
-                return Ok(false);
-            }
+        if can == 0 {
+            return Ok(false);
         }
     }
-    for a in gpus {
-        a.ctx()
-            .bind_to_thread()
-            .cuda(|| format!("binding cuda:{}", a.ordinal()))?;
-        for b in gpus {
-            if a.ordinal() == b.ordinal() {
-                continue;
+    for (a, b) in pairs() {
+        let what = || {
+            format!(
+                "enabling peer access cuda:{} -> cuda:{}",
+                a.ordinal(),
+                b.ordinal()
+            )
+        };
+        a.ctx().bind_to_thread().cuda(what)?;
+        // SAFETY: the current context is a's; b's context is alive.
+        match unsafe { sys::cuCtxEnablePeerAccess(b.ctx().cu_ctx(), 0) } {
+            sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
             }
-            // SAFETY: the current context is a's; b's context is alive.
-            match unsafe { sys::cuCtxEnablePeerAccess(b.ctx().cu_ctx(), 0) } {
-                sys::CUresult::CUDA_SUCCESS
-                | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
-                e => {
-                    return Err(e).map_err(|e| Error::Cuda {
-                        what: format!(
-                            "enabling peer access cuda:{} -> cuda:{}",
-                            a.ordinal(),
-                            b.ordinal()
-                        ),
-                        source: cudarc::driver::DriverError(e),
-                    });
-                }
+            e => {
+                return Err(e).map_err(|e| Error::Cuda {
+                    what: what(),
+                    source: cudarc::driver::DriverError(e),
+                });
             }
+        }
+        if b.ctx().has_async_alloc() {
+            // b's pool memory becomes readable and writable from a.
+            let mut pool = std::ptr::null_mut();
+            // SAFETY: valid out-pointer and device.
+            unsafe { sys::cuDeviceGetMemPool(&mut pool, b.ctx().cu_device()) }
+                .result()
+                .cuda(what)?;
+            let desc = sys::CUmemAccessDesc {
+                location: sys::CUmemLocation {
+                    type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                    id: a.ctx().cu_device(),
+                },
+                flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            };
+            // SAFETY: `pool` is b's current pool; one descriptor.
+            unsafe { sys::cuMemPoolSetAccess(pool, &desc, 1) }
+                .result()
+                .cuda(what)?;
         }
     }
     Ok(true)

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use rayon::prelude::*;
 
 use super::cpu::ShardStats;
 use super::engine::State;
@@ -172,9 +173,12 @@ impl Replica {
             (Some(px), Some(py)) => (px, py),
             _ => unreachable!("stage_exactly allocates the staging buffers"),
         };
+        // The shard can be tens of MB: copy it in parallel, one copy thread is the bottleneck.
         px.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
-            .copy_from_slice(x);
+            .par_chunks_mut(1 << 16)
+            .zip(x.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);

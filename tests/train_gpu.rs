@@ -291,7 +291,7 @@ fn same_seed_same_parameters_for_any_split() {
     };
     println!("pair of replicas on GPUs {pair:?}");
     let data = Arc::new(Dataset::synthetic(1024, 9));
-    let model = ModelSpec::parse("mlp:64,32", data.shape().features(), 10, "test").unwrap();
+    let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     for (opt, tol) in [
         (Optimizer::sgd(0.05), 2e-5f32),
         (Optimizer::adamw(1e-3), 2e-4),

@@ -26,6 +26,39 @@ impl std::ops::AddAssign for ShardStats {
 /// Forward and backward over one shard: `x` is `n x features` row-major, `labels` has `n`
 /// entries. Writes the gradient of `scale * sum(cross_entropy)` into `grads` (overwriting it;
 /// all zeros for an empty shard).
+/// Softmax cross-entropy over rows of `classes` logits: the scaled loss sum, the correct
+/// count (the first largest logit wins ties, as in the kernel), and `dlogits =
+/// scale * (softmax - onehot)`.
+pub fn softmax_xent(
+    logits: &[f32],
+    labels: &[u32],
+    classes: usize,
+    scale: f32,
+) -> (ShardStats, Vec<f32>) {
+    let mut dy = vec![0.0f32; logits.len()];
+    let mut stats = ShardStats::default();
+    for (r, (z, d)) in logits
+        .chunks(classes)
+        .zip(dy.chunks_mut(classes))
+        .enumerate()
+    {
+        let label = labels[r] as usize;
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = z.iter().map(|&v| f64::from(v - max).exp()).sum();
+        stats.loss += f64::from(scale) * (sum.ln() - f64::from(z[label] - max));
+        let argmax = z
+            .iter()
+            .enumerate()
+            .fold(0, |best, (i, &v)| if v > z[best] { i } else { best });
+        stats.correct += u64::from(argmax == label);
+        for (c, g) in d.iter_mut().enumerate() {
+            let p = f64::from(z[c] - max).exp() / sum;
+            *g = (f64::from(scale) * (p - f64::from(u8::from(c == label)))) as f32;
+        }
+    }
+    (stats, dy)
+}
+
 pub fn forward_backward(
     model: &ModelSpec,
     params: &[f32],
@@ -36,6 +69,7 @@ pub fn forward_backward(
 ) -> ShardStats {
     match model {
         ModelSpec::Mlp { dims } => mlp(dims, params, x, labels, scale, grads),
+        ModelSpec::Vit(c) => super::vit::forward_backward(c, params, x, labels, scale, grads),
     }
 }
 
@@ -87,30 +121,8 @@ fn mlp(
         acts.push(out);
     }
 
-    // Softmax cross-entropy and its gradient, scaled.
     let classes = dims[layers];
-    let mut dy = vec![0.0f32; n * classes];
-    let mut stats = ShardStats::default();
-    for (r, (logits, d)) in acts[layers]
-        .chunks(classes)
-        .zip(dy.chunks_mut(classes))
-        .enumerate()
-    {
-        let label = labels[r] as usize;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
-        stats.loss += f64::from(scale) * (sum.ln() - f64::from(logits[label] - max));
-        // The first maximum wins ties, as in the kernel.
-        let argmax = logits
-            .iter()
-            .enumerate()
-            .fold(0, |best, (i, &v)| if v > logits[best] { i } else { best });
-        stats.correct += u64::from(argmax == label);
-        for (c, g) in d.iter_mut().enumerate() {
-            let p = f64::from(logits[c] - max).exp() / sum;
-            *g = (f64::from(scale) * (p - f64::from(u8::from(c == label)))) as f32;
-        }
-    }
+    let (stats, mut dy) = softmax_xent(&acts[layers], labels, classes, scale);
 
     // Backward.
     for l in (0..layers).rev() {

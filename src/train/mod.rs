@@ -3,7 +3,8 @@
 //!
 //! - [`data`]: the datasets (synthetic, CIFAR-10, MNIST);
 //! - [`batches`]: the seeded sample order, batches, DR shards, the prefetching loader;
-//! - [`model`]: model specs and the flat parameter layout; [`optim`]: SGD and AdamW;
+//! - [`model`]: model specs and the flat parameter layout; [`vit`]: the ViT classifier;
+//!   [`optim`]: SGD and AdamW;
 //! - [`cpu`]: the CPU forward/backward (reference and backend); [`replica`]: the same on a
 //!   GPU (cuBLAS + `kernels/train_ops.cu`);
 //! - [`allreduce`]: the gradient exchange; [`engine`]: CPU and multi-GPU engines;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod optim;
 pub mod replica;
 pub mod trainer;
+pub mod vit;
 
 pub use data::Dataset;
 pub use engine::{CpuEngine, Engine, GpuEngine, State};

@@ -7,100 +7,153 @@
 //! Models, as the job file's `model` names them:
 //! - `mlp` or `mlp:H1,H2,...`: fully connected layers `features -> H1 -> ... -> classes`
 //!   with ReLU between them (default hidden sizes `512,256`);
-//! - `vit-tiny`, `vit-small`: the ViT classifier, not built yet (see docs/TRAINING.md).
+//! - `vit-tiny`, `vit-small`, or `vit:P,D,L,H,M` (patch, width, depth, heads, MLP width):
+//!   the ViT classifier of [`super::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
+//!   `vit-small` is `vit:4,384,12,6,1536`. It runs on the CPU engine; the GPU replica is a
+//!   follow-up (docs/TRAINING.md).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::data::ImageShape;
+use super::vit::{self, VitConfig};
 use crate::{Error, Result};
 
 /// A model the trainer can build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ModelSpec {
     /// Layer widths, input first and classes last: `[features, H1, ..., classes]`.
-    Mlp { dims: Vec<usize> },
+    Mlp {
+        dims: Vec<usize>,
+    },
+    Vit(VitConfig),
 }
 
 const DEFAULT_HIDDEN: [usize; 2] = [512, 256];
 
 impl ModelSpec {
-    /// Parses a job file's `model` value for inputs of `features` values and `classes`
-    /// classes. `context` names the job and key in errors.
-    pub fn parse(spec: &str, features: usize, classes: usize, context: &str) -> Result<ModelSpec> {
+    /// Parses a job file's `model` value for images of `image` shape and `classes` classes.
+    /// `context` names the job and key in errors.
+    pub fn parse(
+        spec: &str,
+        image: ImageShape,
+        classes: usize,
+        context: &str,
+    ) -> Result<ModelSpec> {
         let (name, arg) = match spec.split_once(':') {
             Some((n, a)) => (n, Some(a)),
             None => (spec, None),
+        };
+        let sizes = |list: &str, what: &str| {
+            list.split(',')
+                .map(|h| h.trim().parse::<usize>().ok().filter(|&h| h > 0))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| Error::invalid(context, format!("'{spec}': {what}")))
+        };
+        let vit = |v: &[usize]| {
+            let c = VitConfig {
+                image,
+                patch: v[0],
+                dim: v[1],
+                depth: v[2],
+                heads: v[3],
+                mlp: v[4],
+                classes,
+            };
+            if image.height != image.width
+                || !image.height.is_multiple_of(c.patch)
+                || !c.dim.is_multiple_of(c.heads)
+            {
+                return Err(Error::invalid(
+                    context,
+                    format!(
+                        "'{spec}': the ViT needs square images whose side the patch ({}) divides \
+                         and a width ({}) the heads ({}) divide; the dataset's images are {}x{}x{}",
+                        c.patch, c.dim, c.heads, image.channels, image.height, image.width
+                    ),
+                ));
+            }
+            Ok(ModelSpec::Vit(c))
         };
         match (name, arg) {
             ("mlp", hidden) => {
                 let hidden = match hidden {
                     None => DEFAULT_HIDDEN.to_vec(),
-                    Some(list) => list
-                        .split(',')
-                        .map(|h| h.trim().parse::<usize>().ok().filter(|&h| h > 0))
-                        .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| {
-                            Error::invalid(
-                                context,
-                                format!(
-                                    "'{spec}': mlp:H1,H2,... needs hidden sizes >= 1, \
-                                     separated by commas"
-                                ),
-                            )
-                        })?,
+                    Some(list) => sizes(
+                        list,
+                        "mlp:H1,H2,... needs hidden sizes >= 1, separated by commas",
+                    )?,
                 };
-                let mut dims = vec![features];
+                let mut dims = vec![image.features()];
                 dims.extend(hidden);
                 dims.push(classes);
                 Ok(ModelSpec::Mlp { dims })
             }
-            ("vit-tiny" | "vit-small", None) => Err(Error::invalid(
-                context,
-                format!(
-                    "'{spec}': the ViT models are not built yet; use mlp or mlp:H1,H2,... \
-                     (docs/TRAINING.md)"
-                ),
-            )),
+            ("vit-tiny", None) => vit(&[4, 192, 6, 3, 768]),
+            ("vit-small", None) => vit(&[4, 384, 12, 6, 1536]),
+            ("vit", Some(list)) => {
+                let v = sizes(list, "vit:P,D,L,H,M needs five sizes >= 1")?;
+                if v.len() != 5 {
+                    return Err(Error::invalid(
+                        context,
+                        format!("'{spec}': vit:P,D,L,H,M needs five sizes"),
+                    ));
+                }
+                vit(&v)
+            }
             _ => Err(Error::invalid(
                 context,
-                format!("'{spec}' is not one of mlp, mlp:H1,H2,..., vit-tiny, vit-small"),
+                format!(
+                    "'{spec}' is not one of mlp, mlp:H1,H2,..., vit-tiny, vit-small, vit:P,D,L,H,M"
+                ),
             )),
         }
     }
 
     /// The parameter layout.
     pub fn layout(&self) -> Layout {
-        let mut layout = Layout::default();
         match self {
             ModelSpec::Mlp { dims } => {
+                let mut layout = Layout::default();
                 for (i, w) in dims.windows(2).enumerate() {
                     layout.push(format!("fc{i}.weight"), vec![w[1], w[0]]);
                     layout.push(format!("fc{i}.bias"), vec![w[1]]);
                 }
+                layout
             }
+            ModelSpec::Vit(c) => vit::layout(c).0,
         }
-        layout
     }
 
-    /// Initial parameters drawn from `seed`: every tensor uniform in `±1/sqrt(fan_in)`
-    /// (PyTorch's default for linear layers).
+    /// Initial parameters drawn from `seed`: linear layers uniform in `±1/sqrt(fan_in)`
+    /// (PyTorch's default; a bias takes its weight's bound), LayerNorm scales 1 and shifts 0,
+    /// the position embedding uniform in `±0.02`.
     pub fn init(&self, seed: u64) -> Vec<f32> {
         let layout = self.layout();
         let mut params = vec![0.0f32; layout.total];
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1417_1A11);
-        match self {
-            ModelSpec::Mlp { dims } => {
-                for (slot, fan_in) in layout
-                    .slots
-                    .iter()
-                    .zip(dims.windows(2).flat_map(|w| [w[0], w[0]]))
-                {
-                    let bound = 1.0 / (fan_in as f32).sqrt();
-                    for p in &mut params[slot.range()] {
-                        *p = rng.random_range(-bound..bound);
-                    }
-                }
+        let mut bound = 1.0f32;
+        for slot in &layout.slots {
+            let p = &mut params[slot.range()];
+            let is_norm = slot.name.contains(".ln") || slot.name.starts_with("norm.");
+            if is_norm {
+                p.fill(if slot.name.ends_with(".weight") {
+                    1.0
+                } else {
+                    0.0
+                });
+                continue;
             }
+            if slot.name == "pos" {
+                p.iter_mut()
+                    .for_each(|v| *v = rng.random_range(-0.02..0.02));
+                continue;
+            }
+            if let [_, fan_in] = slot.shape[..] {
+                bound = 1.0 / (fan_in as f32).sqrt();
+            }
+            p.iter_mut()
+                .for_each(|v| *v = rng.random_range(-bound..bound));
         }
         params
     }
@@ -109,6 +162,7 @@ impl ModelSpec {
     pub fn features(&self) -> usize {
         match self {
             ModelSpec::Mlp { dims } => dims[0],
+            ModelSpec::Vit(c) => c.image.features(),
         }
     }
 
@@ -116,6 +170,7 @@ impl ModelSpec {
     pub fn classes(&self) -> usize {
         match self {
             ModelSpec::Mlp { dims } => dims[dims.len() - 1],
+            ModelSpec::Vit(c) => c.classes,
         }
     }
 }
@@ -143,14 +198,17 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn push(&mut self, name: String, shape: Vec<usize>) {
+    /// Appends a tensor and returns its offset.
+    pub(crate) fn push(&mut self, name: String, shape: Vec<usize>) -> usize {
         let len = shape.iter().product();
+        let offset = self.total;
         self.slots.push(Slot {
             name,
             shape,
-            offset: self.total,
+            offset,
             len,
         });
         self.total += len;
+        offset
     }
 }

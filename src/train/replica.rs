@@ -55,7 +55,13 @@ impl Replica {
         params: &[f32],
         state: &[Vec<f32>],
     ) -> Result<Replica> {
-        let ModelSpec::Mlp { dims } = model;
+        let ModelSpec::Mlp { dims } = model else {
+            return Err(Error::invalid(
+                "model",
+                "the ViT trains on the CPU engine only for now (--gpus cpu); its GPU replica \
+                 is not built yet (docs/TRAINING.md)",
+            ));
+        };
         let s = gpu.stream().clone();
         let blas = CudaBlas::new(s.clone()).map_err(|e| Error::Blas {
             what: format!("creating a cuBLAS handle on cuda:{}", gpu.ordinal()),

@@ -147,7 +147,7 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
     let dataset = Arc::new(Dataset::open(&spec.dataset, args.seed, &ctx("dataset"))?);
     let model = ModelSpec::parse(
         &spec.model,
-        dataset.shape().features(),
+        dataset.shape(),
         dataset.classes(),
         &ctx("model"),
     )?;

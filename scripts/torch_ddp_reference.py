@@ -3,9 +3,11 @@
 
   --allreduce: NCCL all-reduce bus bandwidth at 1, 16, 64 and 256 MB, one process per GPU,
                measured like tests/train_gpu.rs::allreduce_bandwidth (2 (n-1)/n * bytes / time).
-  --train:     DistributedDataParallel training throughput of the same MLP as `mlp:H1,H2`
-               (3072 -> H1 -> H2 -> 10, ReLU, AdamW, f32, no TF32) on random data already on the
-               GPU, so it measures compute and gradient exchange only.
+  --train:     DistributedDataParallel training throughput of the same model as ours:
+               `--model mlp` (3072 -> H1 -> H2 -> 10, ReLU; --hidden) or `--model vit-small`
+               (patch 4, width 384, 12 pre-norm blocks of 6-head attention and a 1536-wide tanh-GELU
+               MLP, mean pool, head), AdamW, f32, no TF32, on random data already on the GPU, so it
+               measures compute and gradient exchange only.
 
 Usage: python3 scripts/torch_ddp_reference.py --allreduce [--gpus 2]
        python3 scripts/torch_ddp_reference.py --train --hidden 512,256 --batch 256 --gpus 1
@@ -40,15 +42,54 @@ def allreduce(rank, world, out):
             print(f"nccl allreduce {mb:>4} MB: {s * 1e6:.1f} us, bus bandwidth {bus:.1f} GB/s", flush=True)
 
 
+class Block(torch.nn.Module):
+    def __init__(self, d, heads, mlp):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
+        self.qkv, self.proj = torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+        self.fc1, self.fc2 = torch.nn.Linear(d, mlp), torch.nn.Linear(mlp, d)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(a.transpose(1, 2).reshape(n, t, d))
+        return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x)), approximate="tanh"))
+
+
+class Vit(torch.nn.Module):
+    def __init__(self, patch=4, d=384, depth=12, heads=6, mlp=1536, classes=10):
+        super().__init__()
+        self.patch = patch
+        t = (32 // patch) ** 2
+        self.embed = torch.nn.Linear(3 * patch * patch, d)
+        self.pos = torch.nn.Parameter(torch.zeros(t, d))
+        self.blocks = torch.nn.Sequential(*[Block(d, heads, mlp) for _ in range(depth)])
+        self.norm, self.head = torch.nn.LayerNorm(d), torch.nn.Linear(d, classes)
+
+    def forward(self, x):
+        n, p = x.shape[0], self.patch
+        x = x.view(n, 3, 32 // p, p, 32 // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, 3 * p * p)
+        x = self.blocks(self.embed(x) + self.pos)
+        return self.head(self.norm(x).mean(1))
+
+
 def train(rank, world, args, out):
     torch.backends.cuda.matmul.allow_tf32 = False
-    dims = [3072] + [int(h) for h in args.hidden.split(",")] + [10]
-    layers = []
-    for i in range(len(dims) - 1):
-        layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
-        if i + 2 < len(dims):
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).to(rank)
+    torch.backends.cudnn.allow_tf32 = False
+    if args.model == "vit-small":
+        model = Vit().to(rank)
+        name = "vit-small"
+    else:
+        dims = [3072] + [int(h) for h in args.hidden.split(",")] + [10]
+        layers = []
+        for i in range(len(dims) - 1):
+            layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
+            if i + 2 < len(dims):
+                layers.append(torch.nn.ReLU())
+        model = torch.nn.Sequential(*layers).to(rank)
+        name = f"mlp:{args.hidden}"
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rank])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -73,7 +114,7 @@ def train(rank, world, args, out):
     if rank == 0:
         rate = args.steps * args.batch / s
         out.append({"gpus": world, "samples_per_s": rate})
-        print(f"torch {'DDP' if world > 1 else 'eager'} mlp:{args.hidden} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
+        print(f"torch {'DDP' if world > 1 else 'eager'} {name} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
 
 
 def worker(rank, world, args, out):
@@ -95,6 +136,7 @@ def main():
     p.add_argument("--allreduce", action="store_true")
     p.add_argument("--train", action="store_true")
     p.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    p.add_argument("--model", default="mlp", choices=["mlp", "vit-small"])
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=200)

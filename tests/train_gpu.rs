@@ -78,6 +78,52 @@ fn replica_gradients_match_the_cpu_reference() {
     assert!(grads.iter().all(|&g| g == 0.0));
 }
 
+/// The ViT's GPU pass (patch embedding, LayerNorm, batched attention, GELU MLP, mean pool,
+/// head) against the CPU reference: every gradient within 2e-3 relative plus 1e-5 of the
+/// largest gradient (f32 through 2 blocks against f64 accumulation).
+#[test]
+fn vit_replica_gradients_match_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("vit_replica_gradients_match_the_cpu_reference") else {
+        return;
+    };
+    let data = Dataset::synthetic(8, 2);
+    let model = ModelSpec::parse("vit:8,16,2,2,32", data.shape(), 10, "test").unwrap();
+    let params = model.init(7);
+    let opt = Optimizer::sgd(0.1);
+    let state = State::fresh(params.clone(), &opt);
+    let mut replica = Replica::new(gpu, &model, opt, &params, &state.optimizer).unwrap();
+    for n in [3usize, 5] {
+        let f = data.shape().features();
+        let mut x = vec![0.0; n * f];
+        let labels: Vec<u32> = x
+            .chunks_mut(f)
+            .enumerate()
+            .map(|(i, out)| data.sample(i, false, out))
+            .collect();
+        replica.forward_backward(&x, &labels, 0.25).unwrap();
+        let stats = replica.stats().unwrap();
+        let (_, grads) = replica.download().unwrap();
+        let mut want = vec![0.0; params.len()];
+        let cpu = forward_backward(&model, &params, &x, &labels, 0.25, &mut want);
+        let top = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
+        let mut worst = 0.0f32;
+        for (i, (g, w)) in grads.iter().zip(&want).enumerate() {
+            let err = (g - w).abs();
+            worst = worst.max(err / (w.abs() + 1e-3 * top));
+            assert!(
+                err <= 2e-3 * w.abs() + 1e-5 * top,
+                "n {n} param {i}: {g} vs {w}"
+            );
+        }
+        println!(
+            "vit n {n}: worst scaled error {worst:.2e}, loss {} vs {}",
+            stats.loss, cpu.loss
+        );
+        assert!((stats.loss - cpu.loss).abs() < 1e-4 * cpu.loss.max(1.0));
+        assert_eq!(stats.correct, cpu.correct);
+    }
+}
+
 #[test]
 fn optimizer_kernels_match_the_cpu() {
     let Some(gpu) = gpu_or_skip("optimizer_kernels_match_the_cpu") else {
@@ -316,6 +362,32 @@ fn same_seed_same_parameters_for_any_split() {
             assert!(d < tol, "{opt}: DR {units:?} vs 1 GPU {d}");
         }
     }
+}
+
+/// The ViT: 20 AdamW steps on 1 GPU and on a pair with DR [2,8] give the same parameters
+/// (within 2e-4), and the replicas are identical.
+#[test]
+fn vit_same_seed_same_parameters_for_any_split() {
+    let Some(_gpu) = gpu_or_skip("vit_same_seed_same_parameters_for_any_split") else {
+        return;
+    };
+    let pair: Vec<usize> = if gpu_count() >= 2 {
+        vec![0, 1]
+    } else {
+        vec![0, 0]
+    };
+    let data = Arc::new(Dataset::synthetic(256, 3));
+    let model = ModelSpec::parse("vit:8,32,2,4,64", data.shape(), 10, "test").unwrap();
+    let opt = Optimizer::adamw(1e-3);
+    let fresh = State::fresh(model.init(2), &opt);
+    let mut one = GpuEngine::new(&[0], &model, opt, &fresh).unwrap();
+    let single = run(&mut one, &model, opt, &[10], &data).remove(0);
+    let mut two = GpuEngine::new(&pair, &model, opt, &fresh).unwrap();
+    let replicas = run(&mut two, &model, opt, &[2, 8], &data);
+    assert_eq!(replicas[0], replicas[1], "replicas differ");
+    let d = max_abs_diff(&replicas[0], &single);
+    println!("vit: DR [2,8] on {pair:?} vs 1 GPU max |diff| {d:.2e}");
+    assert!(d < 2e-4, "{d}");
 }
 
 /// Bus bandwidth of the direct all-reduce at 1, 16, 64 and 256 MB over every GPU (run with

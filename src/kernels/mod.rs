@@ -5,6 +5,7 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 pub mod smoke;
 pub mod train_ops;
+pub mod train_vit;
 
 /// Whether this build holds compiled kernels (nvcc was found at build time).
 pub fn compiled() -> bool {

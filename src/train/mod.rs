@@ -6,7 +6,7 @@
 //! - [`model`]: model specs and the flat parameter layout; [`vit`]: the ViT classifier;
 //!   [`optim`]: SGD and AdamW;
 //! - [`cpu`]: the CPU forward/backward (reference and backend); [`replica`]: the same on a
-//!   GPU (cuBLAS + `kernels/train_ops.cu`);
+//!   GPU (cuBLAS through [`blas`] + `kernels/train_ops.cu`), the ViT's in [`vit_gpu`];
 //! - [`allreduce`]: the gradient exchange; [`engine`]: CPU and multi-GPU engines;
 //! - [`checkpoint`]: atomic, checksummed checkpoints; [`trainer`]: the loop.
 //!
@@ -14,6 +14,7 @@
 
 pub mod allreduce;
 pub mod batches;
+pub mod blas;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
@@ -23,6 +24,7 @@ pub mod optim;
 pub mod replica;
 pub mod trainer;
 pub mod vit;
+pub mod vit_gpu;
 
 pub use data::Dataset;
 pub use engine::{CpuEngine, Engine, GpuEngine, State};

@@ -9,8 +9,7 @@
 //!   with ReLU between them (default hidden sizes `512,256`);
 //! - `vit-tiny`, `vit-small`, or `vit:P,D,L,H,M` (patch, width, depth, heads, MLP width):
 //!   the ViT classifier of [`super::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
-//!   `vit-small` is `vit:4,384,12,6,1536`. It runs on the CPU engine; the GPU replica is a
-//!   follow-up (docs/TRAINING.md).
+//!   `vit-small` is `vit:4,384,12,6,1536`.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,48 +1,63 @@
 //! One model replica on one GPU: its parameters, gradients and optimizer state (flat f32
-//! vectors in the [`Layout`](super::model::Layout) order), activation buffers sized for the
-//! largest shard seen, and the forward/backward pass: GEMMs through cuBLAS, the rest through
-//! `kernels/train_ops.cu`.
-//!
-//! Row-major activations meet column-major cuBLAS by computing transposes: a row-major
-//! `[r x c]` matrix is a column-major `[c x r]` one, so `Y = X W^T` is issued as
-//! `Y^T = W X^T`, and likewise for the two backward products.
+//! vectors in the [`Layout`](super::model::Layout) order), the shard's input staged through
+//! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
+//! [`super::vit_gpu`]): GEMMs through cuBLAS ([`super::blas`]), the rest through our kernels.
 
 use std::sync::Arc;
 
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
 use rayon::prelude::*;
 
+use super::blas;
 use super::cpu::ShardStats;
 use super::engine::State;
 use super::model::ModelSpec;
 use super::optim::Optimizer;
+use super::vit_gpu::VitNet;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
 
+/// What a model's pass gets: the device, its stream and cuBLAS handle, the parameters, the
+/// gradient buffer to fill, the shard (`rows` samples) and its labels, the loss scale and the
+/// stats buffer the loss kernel adds to.
+pub struct Pass<'a> {
+    pub gpu: &'a Gpu,
+    pub blas: &'a CudaBlas,
+    pub params: &'a CudaSlice<f32>,
+    pub grads: &'a mut CudaSlice<f32>,
+    pub input: &'a CudaSlice<f32>,
+    pub labels: &'a CudaSlice<u32>,
+    pub rows: usize,
+    pub scale: f32,
+    pub stats: &'a mut CudaSlice<f32>,
+}
+
+enum Net {
+    Mlp(MlpNet),
+    Vit(Box<VitNet>),
+}
+
 pub struct Replica {
     gpu: Arc<Gpu>,
     blas: CudaBlas,
-    dims: Vec<usize>,
     optimizer: Optimizer,
+    features: usize,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
     state: Vec<CudaSlice<f32>>,
-    /// Rows the buffers below hold.
+    /// Samples the input and label buffers hold.
     capacity: usize,
-    /// `acts[0]` is the input, `acts[l + 1]` layer `l`'s output (after ReLU).
-    acts: Vec<CudaSlice<f32>>,
+    input: CudaSlice<f32>,
     labels: CudaSlice<u32>,
-    /// Two gradient buffers of the widest layer, used in turns by the backward pass.
-    dbuf: [CudaSlice<f32>; 2],
     stats: CudaSlice<f32>,
     /// Page-locked staging for the shard, so the copy to the device is a real async DMA.
     pinned_x: Option<PinnedHostSlice<f32>>,
     pinned_y: Option<PinnedHostSlice<u32>>,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
+    net: Net,
 }
 
 impl Replica {
@@ -55,13 +70,6 @@ impl Replica {
         params: &[f32],
         state: &[Vec<f32>],
     ) -> Result<Replica> {
-        let ModelSpec::Mlp { dims } = model else {
-            return Err(Error::invalid(
-                "model",
-                "the ViT trains on the CPU engine only for now (--gpus cpu); its GPU replica \
-                 is not built yet (docs/TRAINING.md)",
-            ));
-        };
         let s = gpu.stream().clone();
         let blas = CudaBlas::new(s.clone()).map_err(|e| Error::Blas {
             what: format!("creating a cuBLAS handle on cuda:{}", gpu.ordinal()),
@@ -71,28 +79,26 @@ impl Replica {
             s.clone_htod(v)
                 .cuda(|| format!("uploading {} values", v.len()))
         };
-        let params_d = up(params)?;
-        let grads = s
-            .alloc_zeros::<f32>(params.len())
-            .cuda(|| "allocating gradients".into())?;
-        let state_d = state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?;
-        let widest = dims.iter().copied().max().unwrap_or(1);
-        let one = |n: usize| s.alloc_zeros::<f32>(n.max(1)).cuda(|| "allocating".into());
+        let one = |n: usize| s.alloc_zeros::<f32>(n).cuda(|| "allocating".into());
+        let net = match model {
+            ModelSpec::Mlp { dims } => Net::Mlp(MlpNet::new(dims.clone())),
+            ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(*c))),
+        };
         Ok(Replica {
             blas,
-            dims: dims.clone(),
             optimizer,
-            params: params_d,
-            grads,
-            state: state_d,
+            features: model.features(),
+            params: up(params)?,
+            grads: one(params.len())?,
+            state: state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?,
             capacity: 0,
-            acts: Vec::new(),
+            input: one(1)?,
             labels: s.alloc_zeros::<u32>(1).cuda(|| "allocating".into())?,
-            dbuf: [one(widest)?, one(widest)?],
             stats: one(2)?,
             pinned_x: None,
             pinned_y: None,
             last_rows: 0,
+            net,
             gpu,
         })
     }
@@ -111,34 +117,20 @@ impl Replica {
         &mut self.grads
     }
 
-    /// Grows the activation buffers to hold `rows` samples.
-    fn reserve(&mut self, rows: usize) -> Result<()> {
-        if rows <= self.capacity {
-            return Ok(());
-        }
+    /// Makes the page-locked staging buffers exactly `rows` samples long (a copy moves a whole
+    /// pinned buffer) and the device input at least that long. Shard sizes change only with
+    /// the DR, so this reallocates rarely.
+    fn stage(&mut self, rows: usize) -> Result<()> {
         let s = self.gpu.stream().clone();
-        let alloc = |n: usize| {
-            s.alloc_zeros::<f32>(n)
-                .cuda(|| format!("allocating {n} activations"))
-        };
-        self.acts = self
-            .dims
-            .iter()
-            .map(|&d| alloc(rows * d))
-            .collect::<Result<_>>()?;
-        let widest = self.dims.iter().copied().max().unwrap_or(1);
-        self.dbuf = [alloc(rows * widest)?, alloc(rows * widest)?];
-        self.labels = s
-            .alloc_zeros::<u32>(rows)
-            .cuda(|| "allocating labels".into())?;
-        self.capacity = rows;
-        Ok(())
-    }
-
-    /// Makes the page-locked staging buffers exactly `rows` samples long: a copy moves a
-    /// whole pinned buffer, so its length must be the shard's. Shard sizes change only with the
-    /// DR, so this reallocates rarely.
-    fn stage_exactly(&mut self, rows: usize) -> Result<()> {
+        if rows > self.capacity {
+            self.input = s
+                .alloc_zeros::<f32>(rows * self.features)
+                .cuda(|| "allocating the input".into())?;
+            self.labels = s
+                .alloc_zeros::<u32>(rows)
+                .cuda(|| "allocating labels".into())?;
+            self.capacity = rows;
+        }
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
             return Ok(());
         }
@@ -149,7 +141,7 @@ impl Replica {
         // SAFETY: the staging buffers are written in full before each copy reads them.
         unsafe {
             self.pinned_x = Some(
-                ctx.alloc_pinned::<f32>(rows * self.dims[0])
+                ctx.alloc_pinned::<f32>(rows * self.features)
                     .cuda(|| "allocating pinned staging".into())?,
             );
             self.pinned_y = Some(
@@ -173,11 +165,10 @@ impl Replica {
                 .memset_zeros(&mut self.grads)
                 .cuda(|| "zeroing gradients".into());
         }
-        self.reserve(rows)?;
-        self.stage_exactly(rows)?;
+        self.stage(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
             (Some(px), Some(py)) => (px, py),
-            _ => unreachable!("stage_exactly allocates the staging buffers"),
+            _ => unreachable!("stage allocates the staging buffers"),
         };
         // The shard can be tens of MB: copy it in parallel, one copy thread is the bottleneck.
         px.as_mut_slice()
@@ -188,84 +179,25 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
-        s.memcpy_htod(&*px, &mut self.acts[0].slice_mut(..x.len()))
+        s.memcpy_htod(&*px, &mut self.input.slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
         s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
             .cuda(|| "copying labels to the GPU".into())?;
-
-        let layers = self.dims.len() - 1;
-        let mut offsets = Vec::with_capacity(layers);
-        let mut at = 0;
-        for w in self.dims.windows(2) {
-            offsets.push((at, at + w[0] * w[1]));
-            at += w[0] * w[1] + w[1];
-        }
-        for l in 0..layers {
-            let (din, dout) = (self.dims[l], self.dims[l + 1]);
-            let (wo, bo) = offsets[l];
-            let (inputs, outputs) = self.acts.split_at_mut(l + 1);
-            let (x, y) = (&inputs[l], &mut outputs[0]);
-            gemm(
-                &self.blas,
-                "forward Y = X W^T",
-                (CUBLAS_OP_T, CUBLAS_OP_N),
-                (dout, rows, din),
-                (din, din, dout),
-                &self.params.slice(wo..bo),
-                x,
-                y,
-            )?;
-            let b = self.params.slice(bo..bo + dout);
-            train_ops::bias_act(&self.gpu, &s, y, &b, rows, dout, l + 1 < layers)?;
-        }
-        let classes = self.dims[layers];
-        let [d0, d1] = &mut self.dbuf;
-        train_ops::softmax_xent(
-            &self.gpu,
-            &s,
-            &self.acts[layers],
-            &self.labels,
-            d0,
-            &mut self.stats,
+        let pass = Pass {
+            gpu: &self.gpu,
+            blas: &self.blas,
+            params: &self.params,
+            grads: &mut self.grads,
+            input: &self.input,
+            labels: &self.labels,
             rows,
-            classes,
             scale,
-        )?;
-        let (mut dy, mut dx) = (d0, d1);
-        for l in (0..layers).rev() {
-            let (din, dout) = (self.dims[l], self.dims[l + 1]);
-            let (wo, bo) = offsets[l];
-            let x = &self.acts[l];
-            {
-                let (mut gw, mut gb) = self.grads.split_at_mut(bo);
-                gemm(
-                    &self.blas,
-                    "backward dW = dY^T X",
-                    (CUBLAS_OP_N, CUBLAS_OP_T),
-                    (din, dout, rows),
-                    (din, dout, din),
-                    x,
-                    &*dy,
-                    &mut gw.slice_mut(wo..bo),
-                )?;
-                train_ops::bias_grad(&self.gpu, &s, &*dy, &mut gb.slice_mut(..dout), rows, dout)?;
-            }
-            if l > 0 {
-                gemm(
-                    &self.blas,
-                    "backward dX = dY W",
-                    (CUBLAS_OP_N, CUBLAS_OP_N),
-                    (din, rows, dout),
-                    (din, dout, din),
-                    &self.params.slice(wo..bo),
-                    &*dy,
-                    dx,
-                )?;
-                train_ops::relu_backward(&self.gpu, &s, dx, x, rows * din)?;
-                std::mem::swap(&mut dy, &mut dx);
-            }
+            stats: &mut self.stats,
+        };
+        match &mut self.net {
+            Net::Mlp(net) => net.forward_backward(pass),
+            Net::Vit(net) => net.forward_backward(pass),
         }
-        Ok(())
     }
 
     /// Waits for the step's work and returns the last shard's loss and correct count.
@@ -341,37 +273,106 @@ impl Replica {
     }
 }
 
-/// One cuBLAS SGEMM, column-major: `C[m x n] = op(A) op(B)` (C overwritten).
-#[allow(clippy::too_many_arguments)]
-fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
-    blas: &CudaBlas,
-    what: &str,
-    (transa, transb): (
-        cudarc::cublas::sys::cublasOperation_t,
-        cudarc::cublas::sys::cublasOperation_t,
-    ),
-    (m, n, k): (usize, usize, usize),
-    (lda, ldb, ldc): (usize, usize, usize),
-    a: &A,
-    b: &B,
-    c: &mut C,
-) -> Result<()> {
-    let cfg = GemmConfig {
-        transa,
-        transb,
-        m: m as i32,
-        n: n as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: lda as i32,
-        ldb: ldb as i32,
-        beta: 0.0,
-        ldc: ldc as i32,
-    };
-    // SAFETY: the caller passes buffers of at least the sizes the shapes imply (the replica
-    // sizes them from the layout and `reserve`).
-    unsafe { blas.gemm(cfg, a, b, c) }.map_err(|e| Error::Blas {
-        what: format!("{what} ({m}x{n}x{k})"),
-        source: e,
-    })
+/// The MLP's activations: `acts[l]` is layer `l`'s output (after ReLU but for the last), and
+/// two gradient buffers of the widest layer, used in turns by the backward pass.
+struct MlpNet {
+    dims: Vec<usize>,
+    capacity: usize,
+    acts: Vec<CudaSlice<f32>>,
+    dbuf: Vec<CudaSlice<f32>>,
+}
+
+impl MlpNet {
+    fn new(dims: Vec<usize>) -> MlpNet {
+        MlpNet {
+            dims,
+            capacity: 0,
+            acts: Vec::new(),
+            dbuf: Vec::new(),
+        }
+    }
+
+    fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
+        if rows <= self.capacity {
+            return Ok(());
+        }
+        let s = gpu.stream();
+        let alloc = |n: usize| {
+            s.alloc_zeros::<f32>(n)
+                .cuda(|| format!("allocating {n} activations"))
+        };
+        self.acts = self.dims[1..]
+            .iter()
+            .map(|&d| alloc(rows * d))
+            .collect::<Result<_>>()?;
+        let widest = self.dims.iter().copied().max().unwrap_or(1);
+        self.dbuf = vec![alloc(rows * widest)?, alloc(rows * widest)?];
+        self.capacity = rows;
+        Ok(())
+    }
+
+    fn forward_backward(&mut self, p: Pass) -> Result<()> {
+        let (gpu, rows) = (p.gpu, p.rows);
+        self.reserve(gpu, rows)?;
+        let s = gpu.stream();
+        let layers = self.dims.len() - 1;
+        let mut offsets = Vec::with_capacity(layers);
+        let mut at = 0;
+        for w in self.dims.windows(2) {
+            offsets.push((at, at + w[0] * w[1]));
+            at += w[0] * w[1] + w[1];
+        }
+        for l in 0..layers {
+            let (din, dout) = (self.dims[l], self.dims[l + 1]);
+            let (wo, bo) = offsets[l];
+            let (before, from) = self.acts.split_at_mut(l);
+            let x = if l == 0 { p.input } else { &before[l - 1] };
+            let y = &mut from[0];
+            blas::linear(p.blas, x, &p.params.slice(wo..bo), y, rows, din, dout)?;
+            let b = p.params.slice(bo..bo + dout);
+            train_ops::bias_act(gpu, s, y, &b, rows, dout, l + 1 < layers)?;
+        }
+        let classes = self.dims[layers];
+        let (d0, d1) = self.dbuf.split_at_mut(1);
+        let (mut dy, mut dx) = (&mut d0[0], &mut d1[0]);
+        train_ops::softmax_xent(
+            gpu,
+            s,
+            &self.acts[layers - 1],
+            p.labels,
+            dy,
+            p.stats,
+            rows,
+            classes,
+            p.scale,
+        )?;
+        for l in (0..layers).rev() {
+            let (din, dout) = (self.dims[l], self.dims[l + 1]);
+            let (wo, bo) = offsets[l];
+            let x = if l == 0 { p.input } else { &self.acts[l - 1] };
+            blas::linear_grad_w(
+                p.blas,
+                x,
+                &*dy,
+                &mut p.grads.slice_mut(wo..bo),
+                rows,
+                din,
+                dout,
+            )?;
+            train_ops::bias_grad(
+                gpu,
+                s,
+                &*dy,
+                &mut p.grads.slice_mut(bo..bo + dout),
+                rows,
+                dout,
+            )?;
+            if l > 0 {
+                blas::linear_grad_x(p.blas, &*dy, &p.params.slice(wo..bo), dx, rows, din, dout)?;
+                train_ops::relu_backward(gpu, s, dx, x, rows * din)?;
+                std::mem::swap(&mut dy, &mut dx);
+            }
+        }
+        Ok(())
+    }
 }

@@ -1,0 +1,441 @@
+//! The ViT's forward and backward pass on one GPU, step for step the CPU reference of
+//! [`super::vit`]: GEMMs through [`super::blas`] (attention as strided batches over images
+//! and heads), the rest through `kernels/train_vit.cu` and `kernels/train_ops.cu`.
+//! Attention runs head-major: `q`, `k`, `v` are copied out of the `qkv` rows into
+//! `[images * heads, tokens, head_dim]` so one batched GEMM covers every image and head.
+
+use cudarc::driver::CudaSlice;
+
+use super::blas::{self, Batched};
+use super::replica::Pass;
+use super::vit::{VitConfig, VitOffsets, layout};
+use crate::error::{CudaContext as _, Result};
+use crate::gpu::Gpu;
+use crate::kernels::train_ops;
+use crate::kernels::train_vit::{self as k, Heads};
+
+/// One block's activations, kept for the backward pass.
+struct BlockBufs {
+    ln1_y: CudaSlice<f32>,
+    ln1_xhat: CudaSlice<f32>,
+    ln1_rstd: CudaSlice<f32>,
+    qkv: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    /// Attention probabilities, `[images * heads, tokens, tokens]`.
+    p: CudaSlice<f32>,
+    attn: CudaSlice<f32>,
+    h: CudaSlice<f32>,
+    ln2_y: CudaSlice<f32>,
+    ln2_xhat: CudaSlice<f32>,
+    ln2_rstd: CudaSlice<f32>,
+    fc1: CudaSlice<f32>,
+    act: CudaSlice<f32>,
+    out: CudaSlice<f32>,
+}
+
+/// Everything else: embedding and head activations, and backward scratch.
+struct Bufs {
+    patches: CudaSlice<f32>,
+    x0: CudaSlice<f32>,
+    blocks: Vec<BlockBufs>,
+    norm_y: CudaSlice<f32>,
+    norm_xhat: CudaSlice<f32>,
+    norm_rstd: CudaSlice<f32>,
+    pooled: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    dlogits: CudaSlice<f32>,
+    dpooled: CudaSlice<f32>,
+    /// The gradient flowing back through the residual stream.
+    dx: CudaSlice<f32>,
+    dtmp: CudaSlice<f32>,
+    dyxhat: CudaSlice<f32>,
+    dbig: CudaSlice<f32>,
+    dqkv: CudaSlice<f32>,
+    heads: [CudaSlice<f32>; 4],
+    dp: CudaSlice<f32>,
+    /// Ones, for column sums (bias and LayerNorm gradients) as GEMMs.
+    ones: CudaSlice<f32>,
+}
+
+pub struct VitNet {
+    cfg: VitConfig,
+    off: VitOffsets,
+    /// Images the buffers hold.
+    capacity: usize,
+    bufs: Option<Bufs>,
+}
+
+impl VitNet {
+    pub fn new(cfg: VitConfig) -> VitNet {
+        VitNet {
+            off: layout(&cfg).1,
+            cfg,
+            capacity: 0,
+            bufs: None,
+        }
+    }
+
+    fn reserve(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        if n <= self.capacity {
+            return Ok(());
+        }
+        self.bufs = None; // free the old set first
+        let c = &self.cfg;
+        let (t, d, m) = (c.tokens(), c.dim, c.mlp);
+        let rows = n * t;
+        let s = gpu.stream();
+        let a = |len: usize| {
+            s.alloc_zeros::<f32>(len.max(1))
+                .cuda(|| format!("allocating {len} ViT activations"))
+        };
+        let blocks = (0..c.depth)
+            .map(|_| {
+                Ok(BlockBufs {
+                    ln1_y: a(rows * d)?,
+                    ln1_xhat: a(rows * d)?,
+                    ln1_rstd: a(rows)?,
+                    qkv: a(rows * 3 * d)?,
+                    q: a(rows * d)?,
+                    k: a(rows * d)?,
+                    v: a(rows * d)?,
+                    p: a(n * c.heads * t * t)?,
+                    attn: a(rows * d)?,
+                    h: a(rows * d)?,
+                    ln2_y: a(rows * d)?,
+                    ln2_xhat: a(rows * d)?,
+                    ln2_rstd: a(rows)?,
+                    fc1: a(rows * m)?,
+                    act: a(rows * m)?,
+                    out: a(rows * d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.bufs = Some(Bufs {
+            patches: a(rows * c.patch_dim())?,
+            x0: a(rows * d)?,
+            blocks,
+            norm_y: a(rows * d)?,
+            norm_xhat: a(rows * d)?,
+            norm_rstd: a(rows)?,
+            pooled: a(n * d)?,
+            logits: a(n * c.classes)?,
+            dlogits: a(n * c.classes)?,
+            dpooled: a(n * d)?,
+            dx: a(rows * d)?,
+            dtmp: a(rows * d)?,
+            dyxhat: a(rows * d)?,
+            dbig: a(rows * m)?,
+            dqkv: a(rows * 3 * d)?,
+            heads: [a(rows * d)?, a(rows * d)?, a(rows * d)?, a(rows * d)?],
+            dp: a(n * c.heads * t * t)?,
+            ones: s
+                .clone_htod(&vec![1.0f32; rows])
+                .cuda(|| "allocating ones".into())?,
+        });
+        self.capacity = n;
+        Ok(())
+    }
+
+    pub fn forward_backward(&mut self, p: Pass) -> Result<()> {
+        let n = p.rows;
+        self.reserve(p.gpu, n)?;
+        let (c, off) = (self.cfg, &self.off);
+        let Some(b) = self.bufs.as_mut() else {
+            unreachable!("reserve allocates the buffers")
+        };
+        let (gpu, s, cb) = (p.gpu, p.gpu.stream(), p.blas);
+        let (t, d, m, pd, hh, dh) = (
+            c.tokens(),
+            c.dim,
+            c.mlp,
+            c.patch_dim(),
+            c.heads,
+            c.head_dim(),
+        );
+        let rows = n * t;
+        let w = |o: usize, len: usize| p.params.slice(o..o + len);
+        let heads = |stride: usize, offset: usize| Heads {
+            n,
+            t,
+            h: hh,
+            dh,
+            stride,
+            offset,
+        };
+        let batch = n * hh;
+        let score_scale = 1.0 / (dh as f32).sqrt();
+
+        // Embedding: patches, linear, position.
+        let (ch, side) = (c.image.channels, c.image.width);
+        k::patchify(gpu, s, p.input, &mut b.patches, n, ch, side, c.patch)?;
+        blas::linear(
+            cb,
+            &b.patches,
+            &w(off.patch_w, d * pd),
+            &mut b.x0,
+            rows,
+            pd,
+            d,
+        )?;
+        train_ops::bias_act(gpu, s, &mut b.x0, &w(off.patch_b, d), rows, d, false)?;
+        k::add_periodic(gpu, s, &mut b.x0, &w(off.pos, t * d), rows * d, t * d)?;
+
+        // Blocks.
+        for (i, o) in off.blocks.iter().enumerate() {
+            let (done, rest) = b.blocks.split_at_mut(i);
+            let x = if i == 0 { &b.x0 } else { &done[i - 1].out };
+            let bk = &mut rest[0];
+            k::layernorm_fwd(
+                gpu,
+                s,
+                x,
+                &w(o.ln1_g, d),
+                &w(o.ln1_b, d),
+                &mut bk.ln1_y,
+                &mut bk.ln1_xhat,
+                &mut bk.ln1_rstd,
+                rows,
+                d,
+            )?;
+            blas::linear(
+                cb,
+                &bk.ln1_y,
+                &w(o.qkv_w, 3 * d * d),
+                &mut bk.qkv,
+                rows,
+                d,
+                3 * d,
+            )?;
+            train_ops::bias_act(gpu, s, &mut bk.qkv, &w(o.qkv_b, 3 * d), rows, 3 * d, false)?;
+            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0))?;
+            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d))?;
+            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d))?;
+            blas::batched(
+                cb,
+                Batched::XYt,
+                &bk.q,
+                &bk.k,
+                &mut bk.p,
+                batch,
+                t,
+                dh,
+                score_scale,
+            )?;
+            k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
+            blas::batched(
+                cb,
+                Batched::PX,
+                &bk.p,
+                &bk.v,
+                &mut b.heads[0],
+                batch,
+                t,
+                dh,
+                1.0,
+            )?;
+            k::heads_to_rows(gpu, s, &b.heads[0], &mut bk.attn, heads(d, 0))?;
+            blas::linear(cb, &bk.attn, &w(o.proj_w, d * d), &mut bk.h, rows, d, d)?;
+            train_ops::bias_act(gpu, s, &mut bk.h, &w(o.proj_b, d), rows, d, false)?;
+            k::add(gpu, s, &mut bk.h, x, rows * d)?;
+            k::layernorm_fwd(
+                gpu,
+                s,
+                &bk.h,
+                &w(o.ln2_g, d),
+                &w(o.ln2_b, d),
+                &mut bk.ln2_y,
+                &mut bk.ln2_xhat,
+                &mut bk.ln2_rstd,
+                rows,
+                d,
+            )?;
+            blas::linear(cb, &bk.ln2_y, &w(o.fc1_w, m * d), &mut bk.fc1, rows, d, m)?;
+            train_ops::bias_act(gpu, s, &mut bk.fc1, &w(o.fc1_b, m), rows, m, false)?;
+            k::gelu_fwd(gpu, s, &bk.fc1, &mut bk.act, rows * m)?;
+            blas::linear(cb, &bk.act, &w(o.fc2_w, d * m), &mut bk.out, rows, m, d)?;
+            train_ops::bias_act(gpu, s, &mut bk.out, &w(o.fc2_b, d), rows, d, false)?;
+            k::add(gpu, s, &mut bk.out, &bk.h, rows * d)?;
+        }
+
+        // Head: final norm, mean over tokens, linear, loss.
+        let last = b.blocks.last().map_or(&b.x0, |bk| &bk.out);
+        k::layernorm_fwd(
+            gpu,
+            s,
+            last,
+            &w(off.norm_g, d),
+            &w(off.norm_b, d),
+            &mut b.norm_y,
+            &mut b.norm_xhat,
+            &mut b.norm_rstd,
+            rows,
+            d,
+        )?;
+        k::mean_tokens(gpu, s, &b.norm_y, &mut b.pooled, n, t, d)?;
+        let classes = c.classes;
+        blas::linear(
+            cb,
+            &b.pooled,
+            &w(off.head_w, classes * d),
+            &mut b.logits,
+            n,
+            d,
+            classes,
+        )?;
+        train_ops::bias_act(
+            gpu,
+            s,
+            &mut b.logits,
+            &w(off.head_b, classes),
+            n,
+            classes,
+            false,
+        )?;
+        train_ops::softmax_xent(
+            gpu,
+            s,
+            &b.logits,
+            p.labels,
+            &mut b.dlogits,
+            p.stats,
+            n,
+            classes,
+            p.scale,
+        )?;
+
+        // Backward. `g(o, len)` is a gradient slice; each is written exactly once.
+        let grads = p.grads;
+        macro_rules! g {
+            ($o:expr, $len:expr) => {
+                &mut grads.slice_mut($o..$o + $len)
+            };
+        }
+        blas::linear_grad_w(
+            cb,
+            &b.pooled,
+            &b.dlogits,
+            g!(off.head_w, classes * d),
+            n,
+            d,
+            classes,
+        )?;
+        blas::column_sums(cb, &b.dlogits, &b.ones, g!(off.head_b, classes), n, classes)?;
+        blas::linear_grad_x(
+            cb,
+            &b.dlogits,
+            &w(off.head_w, classes * d),
+            &mut b.dpooled,
+            n,
+            d,
+            classes,
+        )?;
+        k::mean_tokens_bwd(gpu, s, &b.dpooled, &mut b.dtmp, n, t, d)?;
+        k::layernorm_bwd(
+            gpu,
+            s,
+            &b.dtmp,
+            &b.norm_xhat,
+            &b.norm_rstd,
+            &w(off.norm_g, d),
+            &mut b.dx,
+            &mut b.dyxhat,
+            rows,
+            d,
+            false,
+        )?;
+        blas::column_sums(cb, &b.dyxhat, &b.ones, g!(off.norm_g, d), rows, d)?;
+        blas::column_sums(cb, &b.dtmp, &b.ones, g!(off.norm_b, d), rows, d)?;
+
+        for (i, o) in off.blocks.iter().enumerate().rev() {
+            let bk = &b.blocks[i];
+            // out = h + fc2(gelu(fc1(LN2(h)))); dx holds d(out).
+            blas::linear_grad_w(cb, &bk.act, &b.dx, g!(o.fc2_w, d * m), rows, m, d)?;
+            blas::column_sums(cb, &b.dx, &b.ones, g!(o.fc2_b, d), rows, d)?;
+            blas::linear_grad_x(cb, &b.dx, &w(o.fc2_w, d * m), &mut b.dbig, rows, m, d)?;
+            k::gelu_bwd(gpu, s, &bk.fc1, &mut b.dbig, rows * m)?;
+            blas::linear_grad_w(cb, &bk.ln2_y, &b.dbig, g!(o.fc1_w, m * d), rows, d, m)?;
+            blas::column_sums(cb, &b.dbig, &b.ones, g!(o.fc1_b, m), rows, m)?;
+            blas::linear_grad_x(cb, &b.dbig, &w(o.fc1_w, m * d), &mut b.dtmp, rows, d, m)?;
+            k::layernorm_bwd(
+                gpu,
+                s,
+                &b.dtmp,
+                &bk.ln2_xhat,
+                &bk.ln2_rstd,
+                &w(o.ln2_g, d),
+                &mut b.dx,
+                &mut b.dyxhat,
+                rows,
+                d,
+                true,
+            )?;
+            blas::column_sums(cb, &b.dyxhat, &b.ones, g!(o.ln2_g, d), rows, d)?;
+            blas::column_sums(cb, &b.dtmp, &b.ones, g!(o.ln2_b, d), rows, d)?;
+            // h = x + proj(attn(LN1(x))); dx holds d(h).
+            blas::linear_grad_w(cb, &bk.attn, &b.dx, g!(o.proj_w, d * d), rows, d, d)?;
+            blas::column_sums(cb, &b.dx, &b.ones, g!(o.proj_b, d), rows, d)?;
+            blas::linear_grad_x(cb, &b.dx, &w(o.proj_w, d * d), &mut b.dtmp, rows, d, d)?;
+            let [dout, dq, dk, dv] = &mut b.heads;
+            k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0))?;
+            blas::batched(
+                cb,
+                Batched::XYt,
+                &*dout,
+                &bk.v,
+                &mut b.dp,
+                batch,
+                t,
+                dh,
+                1.0,
+            )?;
+            blas::batched(cb, Batched::PtX, &bk.p, &*dout, dv, batch, t, dh, 1.0)?;
+            k::softmax_bwd_rows(gpu, s, &bk.p, &mut b.dp, batch * t, t, score_scale)?;
+            blas::batched(cb, Batched::PX, &b.dp, &bk.k, dq, batch, t, dh, 1.0)?;
+            blas::batched(cb, Batched::PtX, &b.dp, &bk.q, dk, batch, t, dh, 1.0)?;
+            k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0))?;
+            k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d))?;
+            k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d))?;
+            blas::linear_grad_w(
+                cb,
+                &bk.ln1_y,
+                &b.dqkv,
+                g!(o.qkv_w, 3 * d * d),
+                rows,
+                d,
+                3 * d,
+            )?;
+            blas::column_sums(cb, &b.dqkv, &b.ones, g!(o.qkv_b, 3 * d), rows, 3 * d)?;
+            blas::linear_grad_x(
+                cb,
+                &b.dqkv,
+                &w(o.qkv_w, 3 * d * d),
+                &mut b.dtmp,
+                rows,
+                d,
+                3 * d,
+            )?;
+            k::layernorm_bwd(
+                gpu,
+                s,
+                &b.dtmp,
+                &bk.ln1_xhat,
+                &bk.ln1_rstd,
+                &w(o.ln1_g, d),
+                &mut b.dx,
+                &mut b.dyxhat,
+                rows,
+                d,
+                true,
+            )?;
+            blas::column_sums(cb, &b.dyxhat, &b.ones, g!(o.ln1_g, d), rows, d)?;
+            blas::column_sums(cb, &b.dtmp, &b.ones, g!(o.ln1_b, d), rows, d)?;
+        }
+
+        // Embedding: the position gradient sums over images; the patch linear layer.
+        blas::column_sums(cb, &b.dx, &b.ones, g!(off.pos, t * d), n, t * d)?;
+        blas::linear_grad_w(cb, &b.patches, &b.dx, g!(off.patch_w, d * pd), rows, pd, d)?;
+        blas::column_sums(cb, &b.dx, &b.ones, g!(off.patch_b, d), rows, d)
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
-use attnrt::train::allreduce::{self, HostExchange};
+use attnrt::train::allreduce::{self, HostExchange, PhaseEvents};
 use attnrt::train::cpu::forward_backward;
 use attnrt::train::replica::Replica;
 use attnrt::train::{
@@ -198,16 +198,22 @@ fn ordered_sum(bufs: &[Vec<f32>]) -> Vec<f32> {
     sum
 }
 
-/// Runs both phases over `bufs` (device addresses) with participant `r` on `gpus[r]`.
-fn direct_allreduce(gpus: &[Arc<Gpu>], bufs: &[u64], len: usize) {
+/// Runs both phases over `bufs` (device addresses) with participant `r` on `gpus[r]`, ordered
+/// by events as the trainer does, then waits for all of it.
+fn direct_allreduce(gpus: &[Arc<Gpu>], events: &PhaseEvents, bufs: &[u64], len: usize) {
     for (r, g) in gpus.iter().enumerate() {
         // SAFETY: the buffers hold len values each and are reachable from every GPU.
         unsafe { allreduce::reduce_scatter(g, g.stream(), bufs, r, len).unwrap() };
+        events.record(r, 0, g.stream()).unwrap();
     }
-    gpus.iter().for_each(|g| g.sync().unwrap());
     for (r, g) in gpus.iter().enumerate() {
-        // SAFETY: as above; phase 1 is complete on every GPU.
+        events.wait_for_others(r, 0, g.stream()).unwrap();
+        // SAFETY: as above; the stream waits for phase 1 on every GPU.
         unsafe { allreduce::all_gather(g, g.stream(), bufs, r, len).unwrap() };
+        events.record(r, 1, g.stream()).unwrap();
+    }
+    for (r, g) in gpus.iter().enumerate() {
+        events.wait_for_others(r, 1, g.stream()).unwrap();
     }
     gpus.iter().for_each(|g| g.sync().unwrap());
 }
@@ -223,7 +229,8 @@ fn allreduce_sums_exactly_for_odd_sizes_and_2_3_4_participants_on_one_gpu() {
             let host: Vec<Vec<f32>> = (0..n).map(|k| random(len, (n * 1000 + k) as u64)).collect();
             let bufs: Vec<_> = host.iter().map(|h| gpu::upload(s, h).unwrap()).collect();
             let ptrs: Vec<u64> = bufs.iter().map(|b| b.device_ptr(s).0).collect();
-            direct_allreduce(&vec![gpu.clone(); n], &ptrs, len);
+            let gpus = vec![gpu.clone(); n];
+            direct_allreduce(&gpus, &PhaseEvents::new(&gpus).unwrap(), &ptrs, len);
             let want = ordered_sum(&host);
             for (k, b) in bufs.iter().enumerate() {
                 assert_eq!(
@@ -280,7 +287,7 @@ fn allreduce_across_gpus_over_peer_memory() {
                 .zip(&gpus)
                 .map(|(b, g)| b.device_ptr(g.stream()).0)
                 .collect();
-            direct_allreduce(&gpus, &ptrs, len);
+            direct_allreduce(&gpus, &PhaseEvents::new(&gpus).unwrap(), &ptrs, len);
             let want = ordered_sum(&host);
             for (b, g) in bufs.iter().zip(&gpus) {
                 assert_eq!(
@@ -392,8 +399,8 @@ fn vit_same_seed_same_parameters_for_any_split() {
 
 /// Bus bandwidth of the direct all-reduce at 1, 16, 64 and 256 MB over every GPU (run with
 /// `--ignored`; needs 2 or more GPUs). Bus bandwidth as nccl-tests defines it:
-/// `2 (n-1)/n * bytes / time`. Each iteration is the trainer's protocol: both phases with a
-/// host synchronisation after each.
+/// `2 (n-1)/n * bytes / time`. Each iteration is the trainer's protocol: both phases ordered
+/// by events, then one host synchronisation (the trainer's is the next step's stats read).
 #[test]
 #[ignore]
 fn allreduce_bandwidth() {
@@ -416,13 +423,14 @@ fn allreduce_bandwidth() {
             .zip(&gpus)
             .map(|(b, g)| b.device_ptr(g.stream()).0)
             .collect();
+        let events = PhaseEvents::new(&gpus).unwrap();
         for _ in 0..5 {
-            direct_allreduce(&gpus, &ptrs, len);
+            direct_allreduce(&gpus, &events, &ptrs, len);
         }
         let iters = 50;
         let t = Instant::now();
         for _ in 0..iters {
-            direct_allreduce(&gpus, &ptrs, len);
+            direct_allreduce(&gpus, &events, &ptrs, len);
         }
         let s = t.elapsed().as_secs_f64() / iters as f64;
         let bus = 2.0 * (count - 1) as f64 / count as f64 * (len * 4) as f64 / s / 1e9;

@@ -7,8 +7,11 @@
 //! `q != r`. Every participant moves `(n - 1) / n` of the buffer in each phase, as in a ring,
 //! but in one hop instead of `n - 1`, which suits the all-to-all NVLink of one host. Each
 //! chunk is summed by one GPU in participant order, so all replicas end with bit-identical
-//! sums. The phases must be separated by a barrier across participants (the caller's), and so
-//! must the end of phase 2 and the next write to any buffer.
+//! sums. The phases are ordered across GPUs by [`PhaseEvents`]: participant `q` records an
+//! event after each phase, and the others' streams wait on it before phase 2 (which reads
+//! what phase 1 wrote and overwrites what it read) and before their next write to their own
+//! buffer (which peers read in phase 2). The host only needs a barrier between the enqueues,
+//! never a synchronisation.
 //!
 //! **Host staging** ([`HostExchange`]) is the fallback when peer access is unavailable: each
 //! participant copies its buffer to the host, and each sums all of them in participant
@@ -17,7 +20,7 @@
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, sys};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, sys};
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
@@ -107,10 +110,11 @@ pub fn enable_peer_access(gpus: &[Arc<Gpu>]) -> Result<bool> {
 ///
 /// # Safety
 /// `bufs` are device addresses of `len` f32s each, all reachable from `gpu`, `bufs[rank]` on
-/// `gpu`; no participant writes chunk `rank` of any buffer meanwhile.
+/// `gpu`; every buffer's gradients are complete, and no participant writes chunk `rank` of
+/// any buffer meanwhile.
 pub unsafe fn reduce_scatter(
     gpu: &Gpu,
-    stream: &cudarc::driver::CudaStream,
+    stream: &CudaStream,
     bufs: &[u64],
     rank: usize,
     len: usize,
@@ -126,10 +130,11 @@ pub unsafe fn reduce_scatter(
 /// Phase 2 on participant `rank`: every other participant's chunk, copied from its owner.
 ///
 /// # Safety
-/// As for [`reduce_scatter`], and phase 1 has finished on every participant.
+/// As for [`reduce_scatter`], and phase 1 has finished on every participant (its events are
+/// waited on by `stream`).
 pub unsafe fn all_gather(
     gpu: &Gpu,
-    stream: &cudarc::driver::CudaStream,
+    stream: &CudaStream,
     bufs: &[u64],
     rank: usize,
     len: usize,
@@ -142,6 +147,52 @@ pub unsafe fn all_gather(
         }
     }
     Ok(())
+}
+
+/// One event per participant and phase, for ordering the phases across GPUs (module docs).
+pub struct PhaseEvents {
+    done: Vec<[CudaEvent; 2]>,
+}
+
+impl PhaseEvents {
+    /// Events for participants `gpus` (by rank), each made in its GPU's context.
+    pub fn new(gpus: &[Arc<Gpu>]) -> Result<PhaseEvents> {
+        let done = gpus
+            .iter()
+            .map(|g| {
+                let make = || {
+                    g.ctx()
+                        .new_event(None)
+                        .cuda(|| format!("creating an event on cuda:{}", g.ordinal()))
+                };
+                Ok([make()?, make()?])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PhaseEvents { done })
+    }
+
+    /// Marks the end of participant `rank`'s `phase` (0 or 1) on its `stream`.
+    pub fn record(&self, rank: usize, phase: usize, stream: &CudaStream) -> Result<()> {
+        self.done[rank][phase].record(stream).cuda(|| {
+            format!(
+                "recording the end of all-reduce phase {} on rank {rank}",
+                phase + 1
+            )
+        })
+    }
+
+    /// Makes `stream` (participant `rank`'s) wait for every other participant's `phase`, as
+    /// last recorded. The caller makes sure those records were enqueued first.
+    pub fn wait_for_others(&self, rank: usize, phase: usize, stream: &CudaStream) -> Result<()> {
+        for (q, events) in self.done.iter().enumerate() {
+            if q != rank {
+                stream
+                    .wait(&events[phase])
+                    .cuda(|| format!("waiting for rank {q}'s all-reduce phase {}", phase + 1))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The host-staged fallback: one host vector per participant.

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
-use super::allreduce::{self, HostExchange};
+use super::allreduce::{self, HostExchange, PhaseEvents};
 use super::batches::Batch;
 use super::cpu::{self, ShardStats};
 use super::model::ModelSpec;
@@ -151,8 +151,9 @@ impl Engine for CpuEngine {
 enum Exchange {
     /// One GPU: nothing to exchange.
     Alone,
-    /// Direct all-reduce over peer memory; the gradient buffers' addresses by rank.
-    Peer(Vec<u64>),
+    /// Direct all-reduce over peer memory: the gradient buffers' addresses by rank, and the
+    /// events that order the phases across GPUs.
+    Peer(Vec<u64>, PhaseEvents),
     /// Staged through host memory.
     Host(HostExchange),
 }
@@ -224,7 +225,10 @@ impl GpuEngine {
         let (exchange, notice) = match (gpus.len(), peer) {
             (1, _) => (Exchange::Alone, None),
             (_, true) => (
-                Exchange::Peer(replicas.iter().map(Replica::grads_ptr).collect()),
+                Exchange::Peer(
+                    replicas.iter().map(Replica::grads_ptr).collect(),
+                    PhaseEvents::new(&gpus)?,
+                ),
                 None,
             ),
             (n, false) => (
@@ -396,31 +400,36 @@ fn step(
         .and_then(|()| replica.stats());
     let gpu = replica.gpu().clone();
     let stream = gpu.stream().clone();
-    let sync = || {
-        stream.synchronize().map_err(|e| Error::Cuda {
-            what: format!("all-reduce on cuda:{}", gpu.ordinal()),
-            source: e,
-        })
-    };
     match &shared.exchange {
         Exchange::Alone => {}
-        Exchange::Peer(bufs) => {
+        Exchange::Peer(bufs, events) => {
+            // The barriers order the enqueues (each event is recorded before anyone waits on
+            // it); the events order the GPUs' work, with no host synchronisation.
             shared.barrier.wait();
             if result.is_ok() {
-                // SAFETY: every rank's gradients are complete (barrier above); each rank
-                // writes only its own chunk of its own buffer in this phase.
+                // SAFETY: every rank's gradients are complete (each synchronised in `stats`
+                // before the barrier); each rank writes only its own chunk of its own buffer.
                 let r = unsafe { allreduce::reduce_scatter(&gpu, &stream, bufs, rank, shared.len) };
-                result = r.and_then(|()| sync()).and(result);
+                result = r.and_then(|()| events.record(rank, 0, &stream)).and(result);
             }
             shared.barrier.wait();
             if result.is_ok() {
-                // SAFETY: every chunk is final (barrier above); each rank writes only the
-                // chunks it does not own, in its own buffer, which nobody reads now.
-                let r = unsafe { allreduce::all_gather(&gpu, &stream, bufs, rank, shared.len) };
-                result = r.and_then(|()| sync()).and(result);
+                // SAFETY: the stream waits for every rank's phase 1 (the chunks are final and
+                // nobody reads this buffer's other chunks any more); each rank writes only the
+                // chunks it does not own, in its own buffer.
+                let r = events
+                    .wait_for_others(rank, 0, &stream)
+                    .and_then(|()| unsafe {
+                        allreduce::all_gather(&gpu, &stream, bufs, rank, shared.len)
+                    });
+                result = r.and_then(|()| events.record(rank, 1, &stream)).and(result);
             }
-            // Nobody may write gradients again until every peer has read its chunks.
             shared.barrier.wait();
+            if result.is_ok() {
+                // Our buffer is not written again (next backward pass) before every peer has
+                // copied its chunk out of it.
+                result = events.wait_for_others(rank, 1, &stream).and(result);
+            }
         }
         Exchange::Host(host) => {
             shared.barrier.wait();

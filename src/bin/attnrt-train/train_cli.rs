@@ -73,14 +73,21 @@ pub fn main(jobs: &Path, report: Option<&Path>, args: &TrainArgs) -> ExitCode {
     }
 }
 
-/// The devices to train on: `None` is the CPU.
+/// The devices to train on: `None` is the CPU. `all` without a usable GPU says why on stderr.
 fn devices(flag: &str) -> Result<Option<Vec<usize>>> {
     let bad = |p: String| Error::invalid(format!("--gpus {flag}"), p);
     match flag {
         "cpu" => Ok(None),
         "all" => match attnrt::gpu::device_count() {
             Ok(n) if attnrt::kernels::compiled() => Ok(Some((0..n).collect())),
-            _ => Ok(None),
+            Ok(_) => {
+                eprintln!("attnrt-train: this build has no compiled kernels; training on the CPU");
+                Ok(None)
+            }
+            Err(e) => {
+                eprintln!("attnrt-train: {e}; training on the CPU");
+                Ok(None)
+            }
         },
         list => {
             let ordinals = list

@@ -33,12 +33,6 @@ impl ImageShape {
         height: 32,
         width: 32,
     };
-    pub const MNIST: ImageShape = ImageShape {
-        channels: 1,
-        height: 28,
-        width: 28,
-    };
-
     /// Features per sample.
     pub fn features(&self) -> usize {
         self.channels * self.height * self.width
@@ -281,11 +275,6 @@ impl Dataset {
             }
         }
         label
-    }
-
-    /// Whether [`sample`](Self::sample) honours `flip`.
-    pub fn augments(&self) -> bool {
-        self.flip
     }
 }
 

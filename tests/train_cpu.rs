@@ -155,9 +155,8 @@ fn shards_sum_to_the_batch_and_zero_shares_are_empty() {
             let shards = shard_ranges(&dr(&units), b);
             assert_eq!(shards.first().unwrap().start, 0);
             assert_eq!(shards.last().unwrap().end, b);
-            for (w, u) in shards.windows(2).zip(&units) {
+            for w in shards.windows(2) {
                 assert_eq!(w[0].end, w[1].start);
-                let _ = u;
             }
             for (s, u) in shards.iter().zip(&units) {
                 if *u == 0 {
@@ -400,6 +399,77 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
     };
     let whole = run(&[10]);
     for units in [&[5u8, 5][..], &[2, 8], &[0, 10]] {
+        let split = run(units);
+        let worst = whole
+            .iter()
+            .zip(&split)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "DR {units:?}: max |diff| {worst}");
+    }
+}
+
+#[test]
+fn model_names_are_checked_with_the_job_named() {
+    let shape = Dataset::synthetic(1, 0).shape();
+    let ctx = "jobs.toml: job 'a': model";
+    for bad in [
+        "resnet50",
+        "mlp:0",
+        "mlp:12,x",
+        "vit:4,30,2,4,64",
+        "vit:5,32,2,4,64",
+        "vit:4,32",
+    ] {
+        let e = ModelSpec::parse(bad, shape, 10, ctx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with(ctx) && e.contains(bad), "{bad}: {e}");
+    }
+    match ModelSpec::parse("vit-small", shape, 10, ctx).unwrap() {
+        ModelSpec::Vit(c) => assert_eq!((c.dim, c.depth, c.heads, c.tokens()), (384, 12, 6, 64)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The ViT under the shard weighting too: DR [5,5] and [3,7] on the CPU engine give the
+/// full-batch update of DR [10] (3 AdamW steps of a tiny ViT).
+#[test]
+fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
+    let d = Arc::new(Dataset::synthetic(64, 6));
+    let model = ModelSpec::parse("vit:8,8,1,2,16", d.shape(), 10, "test").unwrap();
+    let run = |units: &[u8]| {
+        let opt = Optimizer::adamw(1e-3);
+        let mut engine = CpuEngine::new(
+            model.clone(),
+            opt,
+            units.len(),
+            State::fresh(model.init(3), &opt),
+        );
+        let job = Job {
+            name: "v".into(),
+            model_name: "vit:8,8,1,2,16".into(),
+            model: model.clone(),
+            dataset: d.clone(),
+            batch_size: 10,
+            iterations: 3,
+        };
+        let opts = TrainOptions {
+            seed: 2,
+            optimizer: opt,
+            dr: dr(units),
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            resume: false,
+            prefetch: 1,
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
+        engine.state().unwrap().params
+    };
+    let whole = run(&[10]);
+    for units in [&[5u8, 5][..], &[3, 7]] {
         let split = run(units);
         let worst = whole
             .iter()

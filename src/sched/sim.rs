@@ -162,6 +162,7 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
                 )?,
                 shards_left: 0,
                 shards_used: 0,
+                plan: Vec::new(),
                 finish_s: 0.0,
             })
         })
@@ -191,7 +192,45 @@ struct SimJob {
     progress: JobProgress,
     shards_left: u32,
     shards_used: u32,
+    /// `(GPU, work in seconds)` of each shard under the current DR.
+    plan: Vec<(usize, f64)>,
     finish_s: f64,
+}
+
+impl SimJob {
+    /// Sets the DR and recomputes the per-GPU shards it gives.
+    fn set_dr(&mut self, dr: DistributionRatio) {
+        let shards = dr.split_batch(self.batch);
+        self.plan = shards
+            .iter()
+            .enumerate()
+            .filter(|&(_, &samples)| samples > 0)
+            .map(|(g, &samples)| (g, samples as f64 * self.sample_s + self.overhead_s))
+            .collect();
+        self.dr = Some(dr);
+    }
+}
+
+/// A shard's completion point on its GPU: `(vtime at which it completes, job)`, ordered so
+/// that a `BinaryHeap` pops the earliest (then the lowest job index) first.
+#[derive(Clone, Copy, Debug)]
+struct Due(f64, usize);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0).then(other.1.cmp(&self.1))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -200,8 +239,8 @@ struct Gpu {
     vtime: f64,
     /// Time `vtime` was last brought up to date.
     last_t: f64,
-    /// `(job, vtime at which its shard completes)`.
-    active: Vec<(usize, f64)>,
+    /// The shards running, earliest completion first.
+    active: BinaryHeap<Due>,
     /// Bumped whenever the next completion may change; stale events are skipped.
     version: u64,
     dirty: bool,
@@ -232,7 +271,7 @@ impl Gpu {
         if self.active.is_empty() {
             self.busy_since = Some(t);
         }
-        self.active.push((job, self.vtime + work_s));
+        self.active.push(Due(self.vtime + work_s, job));
         self.dirty = true;
     }
 
@@ -416,7 +455,7 @@ impl Simulator {
         };
         let dr = self.manager.admit(&admission)?;
         let job = &mut self.jobs[k];
-        job.dr = Some(dr);
+        job.set_dr(dr);
         job.state = JobState::Running;
         self.ready.push(k);
         Ok(())
@@ -429,25 +468,20 @@ impl Simulator {
             return;
         }
         gpu.advance(t, eff);
-        let target = gpu
-            .active
-            .iter()
-            .map(|&(_, f)| f)
-            .fold(f64::INFINITY, f64::min);
+        let target = gpu.active.peek().map_or(f64::INFINITY, |d| d.0);
         // Snap to the completing shard's finish, then complete every shard within 1 ns.
         if gpu.vtime < target {
             gpu.vtime = target;
         }
         let limit = gpu.vtime + 1e-9;
         let mut done = Vec::new();
-        gpu.active.retain(|&(job, f)| {
-            if f <= limit {
-                done.push(job);
-                false
-            } else {
-                true
+        while let Some(&Due(f, job)) = gpu.active.peek() {
+            if f > limit {
+                break;
             }
-        });
+            gpu.active.pop();
+            done.push(job);
+        }
         if gpu.active.is_empty() {
             gpu.went_idle(t);
         }
@@ -514,17 +548,10 @@ impl Simulator {
     fn start_iteration(&mut self, k: usize, t: f64) {
         let eff = self.eff;
         let job = &mut self.jobs[k];
-        let Some(dr) = &job.dr else { return };
-        let shards = dr.split_batch(job.batch);
-        let mut used = 0;
-        for (g, &samples) in shards.iter().enumerate() {
-            if samples == 0 {
-                continue;
-            }
-            let work = samples as f64 * job.sample_s + job.overhead_s;
+        for &(g, work) in &job.plan {
             self.gpus[g].add(k, work, t, eff);
-            used += 1;
         }
+        let used = job.plan.len() as u32;
         job.shards_left = used;
         job.shards_used = used;
         job.progress.iteration_started(t);
@@ -543,11 +570,7 @@ impl Simulator {
                 continue;
             }
             gpu.advance(t, eff);
-            let next = gpu
-                .active
-                .iter()
-                .map(|&(_, f)| f)
-                .fold(f64::INFINITY, f64::min);
+            let next = gpu.active.peek().map_or(f64::INFINITY, |d| d.0);
             let dt = ((next - gpu.vtime) / gpu.speed(eff)).max(0.0);
             let version = gpu.version;
             self.push(t + dt, Kind::GpuDone, g, version);
@@ -613,7 +636,7 @@ impl Simulator {
                     action: decision.action,
                 });
             }
-            self.jobs[k].dr = Some(decision.dr);
+            self.jobs[k].set_dr(decision.dr);
         }
         Ok(())
     }

@@ -60,6 +60,15 @@ fn scale_workload_runs() {
     assert_eq!(a.report, b.report);
 }
 
+#[test]
+fn scale_example_matches_its_generator() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scale-64gpu.toml");
+    let file = JobFile::load(path.as_ref()).unwrap();
+    assert_eq!(file, synthetic(&SyntheticSpec::scale_64x500()).unwrap());
+    assert_eq!(file.jobs.len(), 500);
+    assert_eq!(file.simulation.unwrap().gpus, 64);
+}
+
 fn small_workload() -> impl Strategy<Value = JobFile> {
     (1usize..=5, 1usize..=6).prop_flat_map(|(m, n)| {
         let job = (

@@ -14,7 +14,9 @@
 //!   The all-reduce uses the links, not the GPU's compute: other jobs' shards run on at full
 //!   share meanwhile, and it does not count as busy time. Links are not shared between jobs.
 //! - **DR changes** take effect at a job's next iteration; the iteration in flight finishes
-//!   with its old split. Changing a DR costs nothing here.
+//!   with its old split. That next iteration first stalls for `reconfigure_ms` (default 0:
+//!   free), a stand-in for moving replicas and rebuilding communicators; the stall counts
+//!   in the iteration's measured time but keeps no GPU busy.
 //! - **Exclusive time** of a job: `iterations * (B * sample_ms + iter_overhead_ms)`.
 //! - **Manager.** It runs at `t = period_s, 2 period_s, ...` and at every arrival and finish
 //!   (events at the same instant are processed first, then one round). Jobs that are ready
@@ -163,6 +165,8 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
                 shards_left: 0,
                 shards_used: 0,
                 plan: Vec::new(),
+                reconfigured: false,
+                started: false,
                 finish_s: 0.0,
             })
         })
@@ -194,6 +198,10 @@ struct SimJob {
     shards_used: u32,
     /// `(GPU, work in seconds)` of each shard under the current DR.
     plan: Vec<(usize, f64)>,
+    /// The DR changed since the last iteration started (costs `reconfigure_ms`).
+    reconfigured: bool,
+    /// An iteration has started (a DR change before that costs nothing).
+    started: bool,
     finish_s: f64,
 }
 
@@ -307,6 +315,7 @@ enum Kind {
     // The order is the processing order of events at equal times.
     GpuDone,
     AllReduceDone,
+    Resume,
     Arrival,
     Tick,
 }
@@ -347,6 +356,7 @@ struct Simulator {
     eff: f64,
     allreduce_gbps: f64,
     allreduce_latency_s: f64,
+    reconfigure_s: f64,
     period_s: f64,
     manager: Manager,
     jobs: Vec<SimJob>,
@@ -379,6 +389,7 @@ impl Simulator {
             eff: machine.colocation_efficiency,
             allreduce_gbps: machine.allreduce_gbps,
             allreduce_latency_s: machine.allreduce_latency_ms / 1000.0,
+            reconfigure_s: machine.reconfigure_ms / 1000.0,
             period_s: manager_cfg.period_s,
             manager,
             jobs,
@@ -425,6 +436,7 @@ impl Simulator {
                         self.arrive(ev.index)?;
                         need_round = true;
                     }
+                    Kind::Resume => self.launch_shards(ev.index, t),
                     Kind::Tick => {
                         need_round = true;
                         tick_count += 1;
@@ -539,13 +551,23 @@ impl Simulator {
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable();
         for &k in &ready {
-            self.start_iteration(k, t);
+            let job = &mut self.jobs[k];
+            job.progress.iteration_started(t);
+            job.started = true;
+            if job.reconfigured && self.reconfigure_s > 0.0 {
+                // The iteration starts with the stall: it is part of its measured time.
+                job.reconfigured = false;
+                self.push(t + self.reconfigure_s, Kind::Resume, k, 0);
+            } else {
+                job.reconfigured = false;
+                self.launch_shards(k, t);
+            }
         }
         ready.clear();
         self.ready = ready;
     }
 
-    fn start_iteration(&mut self, k: usize, t: f64) {
+    fn launch_shards(&mut self, k: usize, t: f64) {
         let eff = self.eff;
         let job = &mut self.jobs[k];
         for &(g, work) in &job.plan {
@@ -554,7 +576,6 @@ impl Simulator {
         let used = job.plan.len() as u32;
         job.shards_left = used;
         job.shards_used = used;
-        job.progress.iteration_started(t);
     }
 
     fn reschedule(&mut self, t: f64) {
@@ -637,6 +658,7 @@ impl Simulator {
                 });
             }
             self.jobs[k].set_dr(decision.dr);
+            self.jobs[k].reconfigured = self.jobs[k].started;
         }
         Ok(())
     }
@@ -790,6 +812,26 @@ mod tests {
         let st = run(&f, PolicyKind::Static).report;
         let th = run(&f, PolicyKind::Thesis).report;
         assert!(th.max_slowdown < st.max_slowdown, "{th:?} vs {st:?}");
+    }
+
+    #[test]
+    fn reconfiguration_stalls_the_job() {
+        // One job on two GPUs under thesis: fewer jobs than GPUs, so it hops to the idle GPU
+        // every round; each hop after its start costs 0.25 s.
+        let mut f = file(2, vec![job("a", 0.0, 100, None)]);
+        f.manager.period_s = 1.0;
+        let free = run(&f, PolicyKind::Thesis);
+        assert!((free.report.jobs[0].completion_s - 10.0).abs() < 1e-9);
+        f.simulation.as_mut().unwrap().reconfigure_ms = 250.0;
+        let paid = run(&f, PolicyKind::Thesis);
+        let hops = paid.stats.dr_changes as f64 - 1.0; // the first is at arrival
+        let extra = paid.report.jobs[0].completion_s - 10.0;
+        assert!(
+            extra >= 0.25 * (hops - 1.0) - 1e-9 && extra <= 0.25 * hops + 1e-9,
+            "{extra} {hops}"
+        );
+        // Stalls are not busy time.
+        assert!(paid.report.mean_gpu_util < free.report.mean_gpu_util);
     }
 
     #[test]

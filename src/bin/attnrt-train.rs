@@ -5,6 +5,9 @@
 //! and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error, 2 usage error or a mode
 //! that is not implemented yet.
 
+// The argument docs are clap's help text, where `[manager]` names a TOML table, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

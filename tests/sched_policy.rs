@@ -29,9 +29,11 @@ fn sd_strategy() -> impl Strategy<Value = f64> {
     prop_oneof![(1u8..=4).prop_map(f64::from), 0.0..6.0f64]
 }
 
-/// `(inputs, params)` with `m` in 1..=12 GPUs and 0..=30 jobs.
-fn inputs_strategy() -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
-    (1usize..=12, 0usize..=30)
+/// `(inputs, params)` over `m` GPUs and `n` jobs, as drawn by `sizes`.
+fn inputs_with(
+    sizes: impl Strategy<Value = (usize, usize)>,
+) -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
+    sizes
         .prop_flat_map(|(m, n)| {
             (
                 prop::collection::vec(util_strategy(), m),
@@ -50,6 +52,21 @@ fn inputs_strategy() -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
                 ThesisParams::new(sd_th, util_th).unwrap(),
             )
         })
+}
+
+/// 1..=12 GPUs, 0..=30 jobs.
+fn inputs_strategy() -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
+    inputs_with((1usize..=12, 0usize..=30))
+}
+
+/// At least as many jobs as GPUs (Algorithm 1's second branch).
+fn crowded_inputs() -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
+    inputs_with((1usize..=12).prop_flat_map(|m| (Just(m), m..=m + 20)))
+}
+
+/// Fewer jobs than GPUs (Algorithm 1's first branch).
+fn sparse_inputs() -> impl Strategy<Value = (PeriodInputs, ThesisParams)> {
+    inputs_with((1usize..=16).prop_flat_map(|m| (Just(m), 0..m)))
 }
 
 fn assert_valid(dr: &DistributionRatio, m: usize) {
@@ -93,10 +110,8 @@ proptest! {
     }
 
     #[test]
-    fn thesis_moves_only_the_most_slowed_down_job((inputs, params) in inputs_strategy()) {
-        let m = inputs.gpus();
-        let n = inputs.jobs().len();
-        prop_assume!(n >= m && n > 0);
+    fn thesis_moves_only_the_most_slowed_down_job((inputs, params) in crowded_inputs()) {
+        prop_assert!(inputs.jobs().len() >= inputs.gpus());
         let decisions = ThesisPolicy::new(params).evaluate(&inputs).unwrap();
         let top = max_job(&inputs).unwrap();
         for (i, (d, job)) in decisions.iter().zip(inputs.jobs()).enumerate() {
@@ -114,10 +129,10 @@ proptest! {
     }
 
     #[test]
-    fn fewer_jobs_than_gpus_get_a_gpu_each((inputs, params) in inputs_strategy()) {
+    fn fewer_jobs_than_gpus_get_a_gpu_each((inputs, params) in sparse_inputs()) {
         let m = inputs.gpus();
         let n = inputs.jobs().len();
-        prop_assume!(n < m);
+        prop_assert!(n < m);
         let decisions = ThesisPolicy::new(params).evaluate(&inputs).unwrap();
         let mut taken = vec![false; m];
         for d in &decisions {

@@ -64,8 +64,11 @@ fn batch_items_are_independent() {
     for bi in 0..3 {
         let one = run(&cfg, 3, &slice_inputs(&inputs, bi));
         for name in ["search_feat", "hs", "encoder.1", "decoder.0"] {
-            let err = relative_error(&item(all.get(name).unwrap(), bi), &one.get(name).unwrap().data)
-                .unwrap();
+            let err = relative_error(
+                &item(all.get(name).unwrap(), bi),
+                &one.get(name).unwrap().data,
+            )
+            .unwrap();
             assert!(err < 1e-12, "item {bi} {name}: {err}");
         }
     }
@@ -144,10 +147,20 @@ fn wrong_inputs_are_errors() {
     let cpu = CpuReference::new(w).unwrap();
     let mut i = random_inputs(&cfg, 1, 0, Padding::None, false);
     i.search.data[5] = f32::NAN;
-    assert!(cpu.forward(&i, false).unwrap_err().to_string().contains("non-finite"));
+    assert!(
+        cpu.forward(&i, false)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite")
+    );
     let mut i = random_inputs(&cfg, 1, 0, Padding::None, false);
     i.batch = 2;
-    assert!(cpu.forward(&i, false).unwrap_err().to_string().contains("expected shape"));
+    assert!(
+        cpu.forward(&i, false)
+            .unwrap_err()
+            .to_string()
+            .contains("expected shape")
+    );
 }
 
 #[test]

@@ -39,7 +39,12 @@ fn check_passes_on_both_golden_files() {
         assert!(o.status.success(), "{name}: {out}\n{err}");
         let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("expected.")).collect();
         assert_eq!(lines.len(), 15, "{out}");
-        assert!(lines.iter().all(|l| l.contains("rel err") && l.ends_with("ok")), "{out}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains("rel err") && l.ends_with("ok")),
+            "{out}"
+        );
         assert!(out.contains("PASS"), "{out}");
     }
 }
@@ -133,8 +138,18 @@ fn golden_weights_with_random_inputs_json() {
     // The golden weights hold no query_embed: random inputs bring one.
     let (w, _) = golden("tiny_s1");
     let o = run(&[
-        "--model", s(&w), "--device", "cpu", "--batch", "3", "--iters", "3", "--warmup", "1",
-        "--json", "--pad",
+        "--model",
+        s(&w),
+        "--device",
+        "cpu",
+        "--batch",
+        "3",
+        "--iters",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        "--pad",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -147,7 +162,16 @@ fn golden_weights_with_random_inputs_json() {
     }
     assert!(j["fps"].as_f64().unwrap() > 0.0);
     // --mode is accepted (and ignored) on the CPU.
-    let o = run(&["--model", s(&w), "--device", "cpu", "--iters", "1", "--mode", "fused"]);
+    let o = run(&[
+        "--model",
+        s(&w),
+        "--device",
+        "cpu",
+        "--iters",
+        "1",
+        "--mode",
+        "fused",
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
 }
 
@@ -171,7 +195,10 @@ fn expect_error(args: &[&str], code: i32, needle: &str) {
     let o = run(args);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(code), "{args:?}: {out}\n{err}");
-    assert!(err.contains(needle), "{args:?}: stderr lacks '{needle}': {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: stderr lacks '{needle}': {err}"
+    );
 }
 
 #[test]
@@ -179,36 +206,80 @@ fn bad_flags_and_files() {
     let (w, g) = golden("tiny_s1");
     let (w, g) = (s(&w), s(&g));
     // Parse errors (clap): exit 2.
-    expect_error(&["--device", "gpu7"], 2, "not one of auto, cpu, cuda, cuda:N");
-    expect_error(&["--mode", "warp"], 2, "not one of sequential, streams, fused");
+    expect_error(
+        &["--device", "gpu7"],
+        2,
+        "not one of auto, cpu, cuda, cuda:N",
+    );
+    expect_error(
+        &["--mode", "warp"],
+        2,
+        "not one of sequential, streams, fused",
+    );
     expect_error(&["--precision", "fp8"], 2, "not one of f32, tf32, bf16");
     expect_error(&["--batch", "many"], 2, "invalid value");
     expect_error(&["--frobnicate"], 2, "unexpected argument");
     expect_error(&["--check", g, "--input", g], 2, "cannot be used with");
     // Library errors: exit 2 with a message naming the flag or file.
-    expect_error(&["--model", w, "--batch", "0", "--device", "cpu"], 2, "--batch");
+    expect_error(
+        &["--model", w, "--batch", "0", "--device", "cpu"],
+        2,
+        "--batch",
+    );
     expect_error(
         &["--model", w, "--device", "cpu", "--precision", "bf16"],
         2,
         "bf16 is GPU-only",
     );
-    expect_error(&["--model", w, "--device", "cuda"], 2, "GPU engine not built yet");
-    expect_error(&["--model", w, "--device", "cuda:1"], 2, "GPU engine not built yet");
-    expect_error(&["--model", "/no/such/model.safetensors"], 2, "/no/such/model.safetensors");
-    expect_error(&["--model", g, "--device", "cpu"], 2, "transformer.post_norm.weight");
     expect_error(
-        &["--model", w, "--input", "/no/such/in.safetensors", "--device", "cpu"],
+        &["--model", w, "--device", "cuda"],
+        2,
+        "GPU engine not built yet",
+    );
+    expect_error(
+        &["--model", w, "--device", "cuda:1"],
+        2,
+        "GPU engine not built yet",
+    );
+    expect_error(
+        &["--model", "/no/such/model.safetensors"],
+        2,
+        "/no/such/model.safetensors",
+    );
+    expect_error(
+        &["--model", g, "--device", "cpu"],
+        2,
+        "transformer.post_norm.weight",
+    );
+    expect_error(
+        &[
+            "--model",
+            w,
+            "--input",
+            "/no/such/in.safetensors",
+            "--device",
+            "cpu",
+        ],
         2,
         "/no/such/in.safetensors",
     );
     expect_error(
-        &["--model", w, "--input", g, "--batch", "2", "--device", "cpu"],
+        &[
+            "--model", w, "--input", g, "--batch", "2", "--device", "cpu",
+        ],
         2,
         "--batch",
     );
     // A golden file that does not exist.
     expect_error(
-        &["--model", w, "--check", "/no/such/x.golden.safetensors", "--device", "cpu"],
+        &[
+            "--model",
+            w,
+            "--check",
+            "/no/such/x.golden.safetensors",
+            "--device",
+            "cpu",
+        ],
         2,
         "/no/such/x.golden.safetensors",
     );
@@ -220,8 +291,17 @@ fn help_explains_each_flag() {
     let (out, _) = text(&o);
     assert!(o.status.success());
     for flag in [
-        "--model", "--device", "--batch", "--input", "--output", "--check", "--iters", "--warmup",
-        "--json", "--mode", "--precision",
+        "--model",
+        "--device",
+        "--batch",
+        "--input",
+        "--output",
+        "--check",
+        "--iters",
+        "--warmup",
+        "--json",
+        "--mode",
+        "--precision",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }

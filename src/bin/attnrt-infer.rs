@@ -187,11 +187,11 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
         lat_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         last = Some(out);
     }
-    let out = match last {
-        Some(o) => o,
-        None => backend.run(&inputs, false)?,
-    };
     if let Some(p) = &args.output {
+        let out = match last {
+            Some(o) => o,
+            None => backend.run(&inputs, false)?,
+        };
         out.save(p)?;
     }
 
@@ -287,8 +287,8 @@ fn check(
             "holds no expected.* tensor this engine produces",
         ));
     }
-    if args.output.is_some() {
-        out.save(args.output.as_ref().unwrap())?;
+    if let Some(p) = &args.output {
+        out.save(p)?;
     }
     if args.json {
         let tensors: Vec<_> = rows

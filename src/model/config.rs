@@ -148,7 +148,7 @@ impl Config {
                 return bad(field, "must be at least 1, found 0".into());
             }
         }
-        if self.d_model % self.nhead != 0 {
+        if !self.d_model.is_multiple_of(self.nhead) {
             return bad(
                 "nhead",
                 format!(

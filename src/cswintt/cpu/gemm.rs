@@ -280,7 +280,7 @@ mod avx2 {
         out: &mut [f64],
     ) {
         assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
-        assert!(mv <= m && mv % 8 == 0);
+        assert!(mv <= m && mv.is_multiple_of(8));
         let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
         let mut r = 0;
         while r < rows {
@@ -474,7 +474,7 @@ mod avx512 {
         out: &mut [f64],
     ) {
         assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
-        assert!(mv <= m && mv % 8 == 0);
+        assert!(mv <= m && mv.is_multiple_of(8));
         let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
         let mut r = 0;
         while r < rows {

@@ -306,3 +306,19 @@ fn help_explains_each_flag() {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn check_passes_with_every_cpu_kernel() {
+    // The portable and AVX2 paths (AVX-512 is the default where the CPU has it).
+    let (_, g) = golden("tiny_pad_s2");
+    for simd in ["portable", "avx2"] {
+        let o = bin()
+            .args(["--check", s(&g), "--device", "cpu"])
+            .env("ATTNRT_CPU_SIMD", simd)
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{simd}: {out}\n{err}");
+        assert!(out.contains("PASS"), "{simd}: {out}");
+    }
+}

@@ -1,10 +1,15 @@
 //! Dense products for the CPU reference, with f64 accumulation.
 //!
-//! [`gemm_nt`] computes `out[i][j] = sum_k a[i][k] * b[j][k]` with `a` in f64 and `b` in
-//! f32 (weights, keys, values), accumulating in f64. Rows are split across rayon
-//! threads. On x86-64 CPUs with AVX2 and FMA a register-blocked kernel (4 rows x 2
-//! columns, 4 f64 lanes) is used, chosen at run time; elsewhere a portable loop. Both
-//! accumulate in f64; they differ only in summation order (far below f32 resolution).
+//! - [`gemm_nt`]: `out[i][j] = sum_k a[i][k] * b[j][k]` (`b` row-major over `k`: the
+//!   weights of a linear layer, `(out, in)`);
+//! - [`gemm_nn`]: `out[i][j] = sum_k a[i][k] * b[k][j]` (attention: scores against
+//!   transposed keys, probabilities times values).
+//!
+//! `a` is f64 and `b` f32 (weights, keys, values); every product and sum is in f64.
+//! Rows of `a` are split across rayon threads. The kernel is chosen at run time
+//! ([`simd_level`]): AVX-512F (8 f64 lanes, 4x4 register tiles of dot products for NT,
+//! 4 rows x 32 columns for NN), else AVX2+FMA (4 lanes), else a portable loop. They
+//! differ only in summation order, far below f32 resolution (tests compare them).
 
 use rayon::prelude::*;
 

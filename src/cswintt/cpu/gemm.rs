@@ -14,7 +14,7 @@
 use rayon::prelude::*;
 
 /// Rows of `a` per task.
-const ROWS: usize = 16;
+pub const ROWS: usize = 16;
 
 /// `out = a b^T`: `a` is `(n, k)` f64, `b` is `(m, k)` f32, the result `(n, m)` f64.
 pub fn gemm_nt(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
@@ -24,24 +24,34 @@ pub fn gemm_nt(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
     if m == 0 || n == 0 {
         return out;
     }
-    let simd = simd_level();
     out.par_chunks_mut(ROWS * m)
         .enumerate()
         .for_each(|(blk, out_rows)| {
             let r0 = blk * ROWS;
             let rows = out_rows.len() / m;
-            let a_rows = &a[r0 * k..(r0 + rows) * k];
-            match simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F was detected at run time; slices are sized above.
-                Simd::Avx512 => unsafe { avx512::block(a_rows, rows, b, m, k, out_rows) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX2 and FMA were detected at run time; slices are sized above.
-                Simd::Avx2 => unsafe { avx2::block(a_rows, rows, b, m, k, out_rows) },
-                _ => portable_block(a_rows, rows, b, m, k, out_rows),
-            }
+            nt_rows(&a[r0 * k..(r0 + rows) * k], rows, b, m, k, out_rows);
         });
     out
+}
+
+/// Single-threaded [`gemm_nt`] into `out` (`(rows, m)`, overwritten), for callers that
+/// split the rows themselves.
+pub fn nt_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
+    assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+    match simd_level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F was detected at run time; slices are sized above.
+        Simd::Avx512 => unsafe { avx512::block(a, rows, b, m, k, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected at run time; slices are sized above.
+        Simd::Avx2 => unsafe { avx2::block(a, rows, b, m, k, out) },
+        _ => portable_block(a, rows, b, m, k, out),
+    }
+}
+
+/// Single-threaded [`gemm_nn`] into `out` (`(rows, m)`, overwritten).
+pub fn nn_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
+    nn_block(simd_level(), a, rows, b, m, k, out);
 }
 
 /// `out = a b`: `a` is `(n, k)` f64, `b` is `(k, m)` f32, the result `(n, m)` f64,
@@ -287,11 +297,12 @@ mod avx2 {
         assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
         assert!(mv <= m && mv.is_multiple_of(8));
         let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
-        let mut r = 0;
-        while r < rows {
-            let tr = if r + 4 <= rows { 4 } else { 1 };
-            let mut j = 0;
-            while j < mv {
+        // Column strips outermost: a strip of b (k x 8) stays in cache for all rows.
+        let mut j = 0;
+        while j < mv {
+            let mut r = 0;
+            while r < rows {
+                let tr = if r + 4 <= rows { 4 } else { 1 };
                 // SAFETY: rows r..r+tr, columns j..j+8 <= mv <= m, k rows of b.
                 unsafe {
                     if tr == 4 {
@@ -300,9 +311,9 @@ mod avx2 {
                         nn_tile::<1>(ap.add(r * k), k, bp.add(j), m, op.add(r * m + j), m);
                     }
                 }
-                j += 8;
+                r += tr;
             }
-            r += tr;
+            j += 8;
         }
     }
 
@@ -481,12 +492,13 @@ mod avx512 {
         assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
         assert!(mv <= m && mv.is_multiple_of(8));
         let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
-        let mut r = 0;
-        while r < rows {
-            let tr = if r + 4 <= rows { 4 } else { 1 };
-            let mut j = 0;
-            while j < mv {
-                let cols = if j + 32 <= mv { 4 } else { 1 };
+        // Column strips outermost: a strip of b (k x 32) stays in cache for all rows.
+        let mut j = 0;
+        while j < mv {
+            let cols = if j + 32 <= mv { 4 } else { 1 };
+            let mut r = 0;
+            while r < rows {
+                let tr = if r + 4 <= rows { 4 } else { 1 };
                 // SAFETY: rows r..r+tr, columns j..j+8*cols <= mv <= m, k rows of b.
                 unsafe {
                     let (a0, b0, o0) = (ap.add(r * k), bp.add(j), op.add(r * m + j));
@@ -497,9 +509,9 @@ mod avx512 {
                         _ => nn_tile::<1, 1>(a0, k, b0, m, o0, m),
                     }
                 }
-                j += 8 * cols;
+                r += tr;
             }
-            r += tr;
+            j += 8 * cols;
         }
     }
 

@@ -7,6 +7,9 @@
 //! error or a mode that is not implemented yet, 130 stopped by SIGINT/SIGTERM (after a
 //! checkpoint).
 
+// The argument docs are clap's help text, where `[manager]` names a TOML table, not a link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -11,6 +11,7 @@
 //! colocation_efficiency = 1.0
 //! allreduce_gbps = 10.0
 //! allreduce_latency_ms = 0.5
+//! reconfigure_ms = 0.0
 //! [[job]]
 //! name = "resnet50"
 //! model = "vit-small"      # used by the real trainer
@@ -105,6 +106,10 @@ pub struct SimulationConfig {
     /// Fixed cost of one all-reduce, ms. Default 0.5.
     #[serde(default = "default_allreduce_latency")]
     pub allreduce_latency_ms: f64,
+    /// Stall of a running job before its first iteration after a DR change, ms (moving
+    /// replicas, rebuilding communicators). Default 0.
+    #[serde(default)]
+    pub reconfigure_ms: f64,
 }
 
 fn default_one() -> f64 {
@@ -125,6 +130,7 @@ impl SimulationConfig {
             colocation_efficiency: default_one(),
             allreduce_gbps: default_allreduce_gbps(),
             allreduce_latency_ms: default_allreduce_latency(),
+            reconfigure_ms: 0.0,
         }
     }
 }
@@ -286,6 +292,8 @@ impl JobFile {
             positive(s.allreduce_gbps).map_err(|p| Error::invalid(sctx("allreduce_gbps"), p))?;
             non_negative(s.allreduce_latency_ms)
                 .map_err(|p| Error::invalid(sctx("allreduce_latency_ms"), p))?;
+            non_negative(s.reconfigure_ms)
+                .map_err(|p| Error::invalid(sctx("reconfigure_ms"), p))?;
         }
         let mut names = HashSet::new();
         for (k, job) in self.jobs.iter().enumerate() {

@@ -14,7 +14,9 @@
 //!   The all-reduce uses the links, not the GPU's compute: other jobs' shards run on at full
 //!   share meanwhile, and it does not count as busy time. Links are not shared between jobs.
 //! - **DR changes** take effect at a job's next iteration; the iteration in flight finishes
-//!   with its old split. Changing a DR costs nothing here.
+//!   with its old split. That next iteration first stalls for `reconfigure_ms` (default 0:
+//!   free), a stand-in for moving replicas and rebuilding communicators; the stall counts
+//!   in the iteration's measured time but keeps no GPU busy.
 //! - **Exclusive time** of a job: `iterations * (B * sample_ms + iter_overhead_ms)`.
 //! - **Manager.** It runs at `t = period_s, 2 period_s, ...` and at every arrival and finish
 //!   (events at the same instant are processed first, then one round). Jobs that are ready
@@ -162,6 +164,9 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
                 )?,
                 shards_left: 0,
                 shards_used: 0,
+                plan: Vec::new(),
+                reconfigured: false,
+                started: false,
                 finish_s: 0.0,
             })
         })
@@ -191,7 +196,49 @@ struct SimJob {
     progress: JobProgress,
     shards_left: u32,
     shards_used: u32,
+    /// `(GPU, work in seconds)` of each shard under the current DR.
+    plan: Vec<(usize, f64)>,
+    /// The DR changed since the last iteration started (costs `reconfigure_ms`).
+    reconfigured: bool,
+    /// An iteration has started (a DR change before that costs nothing).
+    started: bool,
     finish_s: f64,
+}
+
+impl SimJob {
+    /// Sets the DR and recomputes the per-GPU shards it gives.
+    fn set_dr(&mut self, dr: DistributionRatio) {
+        let shards = dr.split_batch(self.batch);
+        self.plan = shards
+            .iter()
+            .enumerate()
+            .filter(|&(_, &samples)| samples > 0)
+            .map(|(g, &samples)| (g, samples as f64 * self.sample_s + self.overhead_s))
+            .collect();
+        self.dr = Some(dr);
+    }
+}
+
+/// A shard's completion point on its GPU: `(vtime at which it completes, job)`, ordered so
+/// that a `BinaryHeap` pops the earliest (then the lowest job index) first.
+#[derive(Clone, Copy, Debug)]
+struct Due(f64, usize);
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.total_cmp(&self.0).then(other.1.cmp(&self.1))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -200,8 +247,8 @@ struct Gpu {
     vtime: f64,
     /// Time `vtime` was last brought up to date.
     last_t: f64,
-    /// `(job, vtime at which its shard completes)`.
-    active: Vec<(usize, f64)>,
+    /// The shards running, earliest completion first.
+    active: BinaryHeap<Due>,
     /// Bumped whenever the next completion may change; stale events are skipped.
     version: u64,
     dirty: bool,
@@ -232,7 +279,7 @@ impl Gpu {
         if self.active.is_empty() {
             self.busy_since = Some(t);
         }
-        self.active.push((job, self.vtime + work_s));
+        self.active.push(Due(self.vtime + work_s, job));
         self.dirty = true;
     }
 
@@ -268,6 +315,7 @@ enum Kind {
     // The order is the processing order of events at equal times.
     GpuDone,
     AllReduceDone,
+    Resume,
     Arrival,
     Tick,
 }
@@ -308,6 +356,7 @@ struct Simulator {
     eff: f64,
     allreduce_gbps: f64,
     allreduce_latency_s: f64,
+    reconfigure_s: f64,
     period_s: f64,
     manager: Manager,
     jobs: Vec<SimJob>,
@@ -340,6 +389,7 @@ impl Simulator {
             eff: machine.colocation_efficiency,
             allreduce_gbps: machine.allreduce_gbps,
             allreduce_latency_s: machine.allreduce_latency_ms / 1000.0,
+            reconfigure_s: machine.reconfigure_ms / 1000.0,
             period_s: manager_cfg.period_s,
             manager,
             jobs,
@@ -386,6 +436,7 @@ impl Simulator {
                         self.arrive(ev.index)?;
                         need_round = true;
                     }
+                    Kind::Resume => self.launch_shards(ev.index, t),
                     Kind::Tick => {
                         need_round = true;
                         tick_count += 1;
@@ -416,7 +467,7 @@ impl Simulator {
         };
         let dr = self.manager.admit(&admission)?;
         let job = &mut self.jobs[k];
-        job.dr = Some(dr);
+        job.set_dr(dr);
         job.state = JobState::Running;
         self.ready.push(k);
         Ok(())
@@ -429,25 +480,20 @@ impl Simulator {
             return;
         }
         gpu.advance(t, eff);
-        let target = gpu
-            .active
-            .iter()
-            .map(|&(_, f)| f)
-            .fold(f64::INFINITY, f64::min);
+        let target = gpu.active.peek().map_or(f64::INFINITY, |d| d.0);
         // Snap to the completing shard's finish, then complete every shard within 1 ns.
         if gpu.vtime < target {
             gpu.vtime = target;
         }
         let limit = gpu.vtime + 1e-9;
         let mut done = Vec::new();
-        gpu.active.retain(|&(job, f)| {
-            if f <= limit {
-                done.push(job);
-                false
-            } else {
-                true
+        while let Some(&Due(f, job)) = gpu.active.peek() {
+            if f > limit {
+                break;
             }
-        });
+            gpu.active.pop();
+            done.push(job);
+        }
         if gpu.active.is_empty() {
             gpu.went_idle(t);
         }
@@ -505,29 +551,31 @@ impl Simulator {
         let mut ready = std::mem::take(&mut self.ready);
         ready.sort_unstable();
         for &k in &ready {
-            self.start_iteration(k, t);
+            let job = &mut self.jobs[k];
+            job.progress.iteration_started(t);
+            job.started = true;
+            if job.reconfigured && self.reconfigure_s > 0.0 {
+                // The iteration starts with the stall: it is part of its measured time.
+                job.reconfigured = false;
+                self.push(t + self.reconfigure_s, Kind::Resume, k, 0);
+            } else {
+                job.reconfigured = false;
+                self.launch_shards(k, t);
+            }
         }
         ready.clear();
         self.ready = ready;
     }
 
-    fn start_iteration(&mut self, k: usize, t: f64) {
+    fn launch_shards(&mut self, k: usize, t: f64) {
         let eff = self.eff;
         let job = &mut self.jobs[k];
-        let Some(dr) = &job.dr else { return };
-        let shards = dr.split_batch(job.batch);
-        let mut used = 0;
-        for (g, &samples) in shards.iter().enumerate() {
-            if samples == 0 {
-                continue;
-            }
-            let work = samples as f64 * job.sample_s + job.overhead_s;
+        for &(g, work) in &job.plan {
             self.gpus[g].add(k, work, t, eff);
-            used += 1;
         }
+        let used = job.plan.len() as u32;
         job.shards_left = used;
         job.shards_used = used;
-        job.progress.iteration_started(t);
     }
 
     fn reschedule(&mut self, t: f64) {
@@ -543,11 +591,7 @@ impl Simulator {
                 continue;
             }
             gpu.advance(t, eff);
-            let next = gpu
-                .active
-                .iter()
-                .map(|&(_, f)| f)
-                .fold(f64::INFINITY, f64::min);
+            let next = gpu.active.peek().map_or(f64::INFINITY, |d| d.0);
             let dt = ((next - gpu.vtime) / gpu.speed(eff)).max(0.0);
             let version = gpu.version;
             self.push(t + dt, Kind::GpuDone, g, version);
@@ -613,7 +657,8 @@ impl Simulator {
                     action: decision.action,
                 });
             }
-            self.jobs[k].dr = Some(decision.dr);
+            self.jobs[k].set_dr(decision.dr);
+            self.jobs[k].reconfigured = self.jobs[k].started;
         }
         Ok(())
     }
@@ -767,6 +812,26 @@ mod tests {
         let st = run(&f, PolicyKind::Static).report;
         let th = run(&f, PolicyKind::Thesis).report;
         assert!(th.max_slowdown < st.max_slowdown, "{th:?} vs {st:?}");
+    }
+
+    #[test]
+    fn reconfiguration_stalls_the_job() {
+        // One job on two GPUs under thesis: fewer jobs than GPUs, so it hops to the idle GPU
+        // every round; each hop after its start costs 0.25 s.
+        let mut f = file(2, vec![job("a", 0.0, 100, None)]);
+        f.manager.period_s = 1.0;
+        let free = run(&f, PolicyKind::Thesis);
+        assert!((free.report.jobs[0].completion_s - 10.0).abs() < 1e-9);
+        f.simulation.as_mut().unwrap().reconfigure_ms = 250.0;
+        let paid = run(&f, PolicyKind::Thesis);
+        let hops = paid.stats.dr_changes as f64 - 1.0; // the first is at arrival
+        let extra = paid.report.jobs[0].completion_s - 10.0;
+        assert!(
+            extra >= 0.25 * (hops - 1.0) - 1e-9 && extra <= 0.25 * hops + 1e-9,
+            "{extra} {hops}"
+        );
+        // Stalls are not busy time.
+        assert!(paid.report.mean_gpu_util < free.report.mean_gpu_util);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `attnrt-train`: Slow-Down-fair multi-job data-parallel training.
 //!
-//! Without `--simulate` it trains the job file's one job for real (see `train_main`), on the
-//! GPUs `--gpus` names or on the CPU. With `--simulate` it runs the job file through the
+//! Without `--simulate` it trains the job file's one job for real (`attnrt-train/train_cli.rs`),
+//! on the GPUs `--gpus` names or on the CPU. With `--simulate` it runs the job file through the
 //! discrete-event simulator with the chosen policy, prints a table, and optionally writes the
-//! JSON report and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error, 2 usage
-//! error or a mode that is not implemented yet, 130 stopped by SIGINT/SIGTERM (after a
-//! checkpoint).
+//! JSON report and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error (a file with
+//! several jobs, without --simulate, included), 2 usage error, 130 stopped by SIGINT/SIGTERM
+//! (after a checkpoint).
 
 // The argument docs are clap's help text, where `[manager]` names a TOML table, not a link.
 #![allow(rustdoc::broken_intra_doc_links)]

@@ -3,7 +3,11 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+pub mod layer_norm;
+pub mod linear;
+mod raw;
 pub mod smoke;
+pub mod window_attention;
 
 /// Whether this build holds compiled kernels (nvcc was found at build time).
 pub fn compiled() -> bool {

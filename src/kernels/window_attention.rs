@@ -1,0 +1,208 @@
+//! Launcher for `kernels/window_attention.cu`: cyclic-shift window attention of one head (or,
+//! with `w == 1`, plain attention of several heads), fused with window reverse and concat.
+
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
+
+use super::KernelModule;
+use super::raw::{check_len, opt_ptr, ptr, ptr_mut};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel};
+
+/// Mirrors `WindowAttentionArgs` in `kernels/window_attention.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct WindowAttentionArgs {
+    q: u64,
+    k: u64,
+    v: u64,
+    bias: u64,
+    key_pad: u64,
+    sr: u64,
+    slot_token: u64,
+    out: u64,
+    head_out: u64,
+    q_batch_stride: i64,
+    q_slot_stride: i64,
+    kv_batch_stride: i64,
+    kv_slot_stride: i64,
+    head_stride: i64,
+    w: i32,
+    hd: i32,
+    n_keys: i32,
+    batch: i32,
+    out_row: i32,
+    out_channel: i32,
+}
+
+// SAFETY: plain old data with the C struct's layout.
+unsafe impl DeviceRepr for WindowAttentionArgs {}
+
+const THREADS: u32 = 256;
+/// Shared memory a block may use without opting in to more.
+const SMEM_LIMIT: usize = 48 * 1024;
+
+/// Where slot `s` of batch item `b` starts (in elements): `b * batch + s * slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotLayout {
+    pub batch: usize,
+    pub slot: usize,
+}
+
+/// The shape of one launch: `queries` query windows of `w*w` slots, against `n_keys` key
+/// slots (`n_keys / (w*w)` key windows), for `batch` items and `heads` heads that sit
+/// `head_stride` elements apart in q, k and v and `hd` channels apart in `out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub w: usize,
+    pub hd: usize,
+    pub queries: usize,
+    pub n_keys: usize,
+    pub batch: usize,
+    pub heads: usize,
+    pub head_stride: usize,
+}
+
+/// One launch's operands. Shapes are in the `.cu` file's header.
+pub struct AttentionOperands<'a> {
+    pub q: CudaView<'a, f32>,
+    pub q_layout: SlotLayout,
+    pub k: CudaView<'a, f32>,
+    pub v: CudaView<'a, f32>,
+    pub kv_layout: SlotLayout,
+    /// `(queries, n_keys)`, added after masking.
+    pub bias: Option<CudaView<'a, f32>>,
+    /// `(batch, n_keys)`, nonzero = masked key.
+    pub key_pad: CudaView<'a, u8>,
+    /// `sr(a, e)`, `(w*w)`; required when `w > 1`.
+    pub sr: Option<CudaView<'a, f32>>,
+    /// Slot -> token (`queries * w*w` entries); `None` is the identity.
+    pub slot_token: Option<CudaView<'a, u32>>,
+    /// `(tokens, batch, out_row)`; head `z` writes channels `out_channel + z*hd ..`.
+    pub out: CudaViewMut<'a, f32>,
+    pub out_row: usize,
+    pub out_channel: usize,
+    /// `(batch, n_keys, hd)` in slot order (before window reverse), when wanted.
+    pub head_out: Option<CudaViewMut<'a, f32>>,
+}
+
+/// `window_attention_f32`, loaded once.
+#[derive(Debug, Clone)]
+pub struct WindowAttentionKernel {
+    kernel: Kernel,
+}
+
+/// One past the largest element index a launch reads at `layout` for `slots` slots.
+fn extent(layout: SlotLayout, s: &AttentionShape, slots: usize) -> usize {
+    (s.batch - 1) * layout.batch + (slots - 1) * layout.slot + (s.heads - 1) * s.head_stride + s.hd
+}
+
+fn check_covers(kernel: &str, what: &str, len: usize, need: usize) -> Result<()> {
+    if len >= need {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            kernel,
+            format!("{what} has {len} elements, but the launch reads up to {need}"),
+        ))
+    }
+}
+
+impl WindowAttentionKernel {
+    pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernel> {
+        Ok(WindowAttentionKernel {
+            kernel: gpu.kernel(KernelModule::WindowAttention, "window_attention_f32")?,
+        })
+    }
+
+    /// Shared memory per block: the query window, one score row, one float per thread.
+    fn shared_bytes(s: &AttentionShape) -> usize {
+        (s.w * s.w * s.hd + s.n_keys + THREADS as usize) * std::mem::size_of::<f32>()
+    }
+
+    pub fn run(
+        &self,
+        stream: &CudaStream,
+        s: &AttentionShape,
+        mut ops: AttentionOperands<'_>,
+    ) -> Result<()> {
+        let name = self.kernel.name();
+        let ww = s.w * s.w;
+        let bad = |problem: String| Err(Error::invalid(name, problem));
+        if !s.w.is_power_of_two() || s.hd == 0 || s.batch == 0 || s.heads == 0 || s.queries == 0
+        {
+            return bad(format!("window {} must be a power of two, sizes nonzero: {s:?}", s.w));
+        }
+        if s.n_keys == 0 || s.n_keys % ww != 0 {
+            return bad(format!("{} keys are not whole {}x{} windows", s.n_keys, s.w, s.w));
+        }
+        let smem = Self::shared_bytes(s);
+        if smem > SMEM_LIMIT {
+            return bad(format!("needs {smem} bytes of shared memory, over {SMEM_LIMIT}"));
+        }
+        let slots = s.queries * ww;
+        check_covers(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;
+        check_covers(name, "k", ops.k.len(), extent(ops.kv_layout, s, s.n_keys))?;
+        check_covers(name, "v", ops.v.len(), extent(ops.kv_layout, s, s.n_keys))?;
+        if let Some(b) = &ops.bias {
+            check_len(name, "bias", b.len(), s.queries * s.n_keys)?;
+        }
+        check_len(name, "key_pad", ops.key_pad.len(), s.batch * s.n_keys)?;
+        match &ops.sr {
+            Some(sr) => check_len(name, "sr", sr.len(), ww)?,
+            None if s.w > 1 => return bad("sr is required when w > 1".into()),
+            None => {}
+        }
+        // Tokens the output rows are indexed by: the slot_token table's range, else slots.
+        let tokens = match &ops.slot_token {
+            Some(t) => {
+                check_len(name, "slot_token", t.len(), slots)?;
+                s.n_keys
+            }
+            None => slots,
+        };
+        if ops.out_channel + s.heads * s.hd > ops.out_row {
+            return bad(format!(
+                "{} heads of {} channels from channel {} overflow rows of {}",
+                s.heads, s.hd, ops.out_channel, ops.out_row
+            ));
+        }
+        check_covers(name, "out", ops.out.len(), tokens * s.batch * ops.out_row)?;
+        if let Some(h) = &ops.head_out {
+            if s.heads != 1 {
+                return bad("head_out is for single-head launches".into());
+            }
+            check_len(name, "head_out", h.len(), s.batch * s.n_keys * s.hd)?;
+        }
+        let i32_of = |v: usize| i32::try_from(v).map_err(|_| Error::invalid(name, "size over i32"));
+        let args = WindowAttentionArgs {
+            q: ptr(&ops.q, stream),
+            k: ptr(&ops.k, stream),
+            v: ptr(&ops.v, stream),
+            bias: opt_ptr(ops.bias.as_ref(), stream),
+            key_pad: ptr(&ops.key_pad, stream),
+            sr: opt_ptr(ops.sr.as_ref(), stream),
+            slot_token: opt_ptr(ops.slot_token.as_ref(), stream),
+            out: ptr_mut(&mut ops.out, stream),
+            head_out: ops.head_out.as_mut().map_or(0, |h| ptr_mut(h, stream)),
+            q_batch_stride: ops.q_layout.batch as i64,
+            q_slot_stride: ops.q_layout.slot as i64,
+            kv_batch_stride: ops.kv_layout.batch as i64,
+            kv_slot_stride: ops.kv_layout.slot as i64,
+            head_stride: s.head_stride as i64,
+            w: i32_of(s.w)?,
+            hd: i32_of(s.hd)?,
+            n_keys: i32_of(s.n_keys)?,
+            batch: i32_of(s.batch)?,
+            out_row: i32_of(ops.out_row)?,
+            out_channel: i32_of(ops.out_channel)?,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (s.queries as u32, s.batch as u32, s.heads as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: `args` mirrors the kernel's struct; every buffer covers the indices the
+        // launch reads or writes (checked above).
+        unsafe { self.kernel.on(stream).arg(&args).go(cfg) }
+    }
+}

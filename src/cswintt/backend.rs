@@ -1,0 +1,109 @@
+//! The engine interface and device selection. Every engine (the CPU reference, the GPU
+//! engine) implements [`Backend`]; [`select_backend`] turns a `--device` choice into
+//! one, and [`gpu_backend`] is the single place the GPU engine plugs in.
+
+use std::sync::Arc;
+
+use super::cpu::CpuReference;
+use super::{Inputs, Mode, Outputs, Precision};
+use crate::error::{Error, Result};
+use crate::gpu::DeviceChoice;
+use crate::model::weights::Weights;
+
+/// An engine that runs the transformer on a batch of inputs.
+pub trait Backend {
+    /// One line for reports: `"CPU reference (f32, 2 threads)"`.
+    fn describe(&self) -> String;
+
+    /// `"cpu"` or `"cuda:N"`.
+    fn device(&self) -> String;
+
+    /// The precision this engine computes in.
+    fn precision(&self) -> Precision;
+
+    /// The relative error (`||ours - expected||_F / ||expected||_F`) this engine is held
+    /// to against the golden files and the CPU reference.
+    fn tolerance(&self) -> f64;
+
+    /// Runs the transformer. With `intermediates`, also returns the tensors the golden
+    /// files name `expected.encoder.*`, `expected.decoder.*` (those the engine can
+    /// produce; see [`Outputs::get`]).
+    fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs>;
+}
+
+/// Engine settings from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineOptions {
+    /// Head dispatch (GPU only; the CPU ignores it).
+    pub mode: Mode,
+    /// Arithmetic precision (the CPU supports only `F32`).
+    pub precision: Precision,
+}
+
+/// The engine chosen, and a one-line notice when `auto` fell back to the CPU.
+pub struct Selected {
+    pub backend: Box<dyn Backend>,
+    pub notice: Option<String>,
+}
+
+/// Resolves `device` to an engine: `cpu` is the CPU reference, `cuda[:N]` the GPU engine
+/// (an error when unavailable), `auto` the GPU engine when usable, else the CPU with a
+/// notice saying why.
+pub fn select_backend(
+    device: DeviceChoice,
+    weights: Arc<Weights>,
+    options: EngineOptions,
+) -> Result<Selected> {
+    match device {
+        DeviceChoice::Cpu => Ok(Selected {
+            backend: cpu_backend(weights, options)?,
+            notice: None,
+        }),
+        DeviceChoice::Cuda(n) => Ok(Selected {
+            backend: gpu_backend(n, weights, options)?,
+            notice: None,
+        }),
+        DeviceChoice::Auto => match gpu_backend(0, weights.clone(), options) {
+            Ok(backend) => Ok(Selected {
+                backend,
+                notice: None,
+            }),
+            Err(e) => {
+                let reason = match e {
+                    Error::NoGpu { reason } => reason,
+                    other => other.to_string(),
+                };
+                Ok(Selected {
+                    backend: cpu_backend(weights, options)?,
+                    notice: Some(format!("no GPU used ({reason}); running on the CPU")),
+                })
+            }
+        },
+    }
+}
+
+/// The CPU reference; only `f32` precision.
+pub fn cpu_backend(weights: Arc<Weights>, options: EngineOptions) -> Result<Box<dyn Backend>> {
+    if options.precision != Precision::F32 {
+        return Err(Error::invalid(
+            "--precision",
+            format!(
+                "{} is GPU-only; the CPU reference computes in f32",
+                options.precision
+            ),
+        ));
+    }
+    Ok(Box::new(CpuReference::new(weights)?))
+}
+
+/// The GPU engine on device `ordinal`. The engine plugs in here.
+pub fn gpu_backend(
+    ordinal: usize,
+    weights: Arc<Weights>,
+    options: EngineOptions,
+) -> Result<Box<dyn Backend>> {
+    let _ = (ordinal, weights, options);
+    Err(Error::NoGpu {
+        reason: "GPU engine not built yet".into(),
+    })
+}

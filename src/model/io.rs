@@ -1,0 +1,302 @@
+//! Safetensors files: reading tensors as `f32` (from f32, f16 or bf16) or as masks, with
+//! errors that name the file and the tensor, and writing tensors with metadata.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors, View};
+
+use super::tensor::{Tensor, shape_string};
+use crate::error::{Error, Result};
+
+/// A safetensors file read into memory, with its header parsed and validated.
+pub struct TensorFile {
+    label: PathBuf,
+    bytes: Vec<u8>,
+    header_len: usize,
+    meta: Metadata,
+}
+
+impl std::fmt::Debug for TensorFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TensorFile({})", self.label.display())
+    }
+}
+
+impl TensorFile {
+    /// Reads and validates `path`: a missing or unreadable file is [`Error::Io`]; a file
+    /// that is not safetensors, or whose data is shorter than its header says
+    /// (truncated), is [`Error::Invalid`] naming the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<TensorFile> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        TensorFile::from_bytes(path, bytes)
+    }
+
+    /// Parses bytes already in memory; `label` names them in errors.
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<TensorFile> {
+        let label = label.into();
+        let ctx = || label.display().to_string();
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::invalid(
+                ctx(),
+                format!("not a readable safetensors file (bad header: {e})"),
+            )
+        })?;
+        // Full validation: offsets cover the data exactly (catches truncation).
+        SafeTensors::deserialize(&bytes).map_err(|e| {
+            let problem = match e {
+                safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                    "truncated or padded safetensors file: the header describes {} bytes of \
+                     tensor data, the file holds {}",
+                    meta.data_len_hint(),
+                    bytes.len().saturating_sub(8 + header_len)
+                ),
+                other => format!("not a valid safetensors file ({other})"),
+            };
+            Error::invalid(ctx(), problem)
+        })?;
+        Ok(TensorFile {
+            label,
+            bytes,
+            header_len,
+            meta,
+        })
+    }
+
+    /// The path (or label) the file was read from.
+    pub fn path(&self) -> &Path {
+        &self.label
+    }
+
+    /// `"FILE: tensor 'NAME'"`, the error context for one tensor.
+    pub fn context(&self, name: &str) -> String {
+        format!("{}: tensor '{name}'", self.label.display())
+    }
+
+    /// `"FILE: metadata 'KEY'"`, the error context for one metadata field.
+    pub fn meta_context(&self, key: &str) -> String {
+        format!("{}: metadata '{key}'", self.label.display())
+    }
+
+    /// The `__metadata__` strings of the header (empty when there are none).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        self.meta
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// One metadata value.
+    pub fn meta_value(&self, key: &str) -> Option<&str> {
+        self.meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map(|s| s.as_str())
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.meta.tensors().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.meta.info(name).is_some()
+    }
+
+    /// The shape of tensor `name`, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.meta.info(name).map(|i| i.shape.as_slice())
+    }
+
+    /// The dtype of tensor `name`, if present.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.meta.info(name).map(|i| i.dtype)
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.meta
+            .info(name)
+            .ok_or_else(|| Error::invalid(self.context(name), "missing from the file"))
+    }
+
+    fn raw(&self, info: &TensorInfo) -> &[u8] {
+        let start = 8 + self.header_len;
+        &self.bytes[start + info.data_offsets.0..start + info.data_offsets.1]
+    }
+
+    /// Tensor `name` as `f32`, converted from f32, f16 or bf16 (other dtypes are an error),
+    /// and checked to be finite.
+    pub fn f32(&self, name: &str) -> Result<Tensor> {
+        let info = self.info(name)?;
+        let raw = self.raw(info);
+        let data: Vec<f32> = match info.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::invalid(
+                    self.context(name),
+                    format!("unsupported dtype {other:?}: expected F32, F16 or BF16"),
+                ));
+            }
+        };
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                self.context(name),
+                format!(
+                    "non-finite value {} at flat index {i} (of {})",
+                    data[i],
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape: info.shape.clone(),
+            data,
+        })
+    }
+
+    /// Like [`TensorFile::f32`], and checks the shape.
+    pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.check_shape(name, shape)?;
+        self.f32(name)
+    }
+
+    /// Checks that tensor `name` exists and has `shape`.
+    pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let info = self.info(name)?;
+        if info.shape != shape {
+            return Err(Error::invalid(
+                self.context(name),
+                format!(
+                    "expected shape {}, found {}",
+                    shape_string(shape),
+                    shape_string(&info.shape)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A padding mask: nonzero = padded. Accepts U8, BOOL, I8, I32, I64 (any nonzero is
+    /// padded) and F32/F16/BF16 (nonzero is padded; NaN is an error). Returns 0/1 bytes.
+    pub fn mask(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        self.check_shape(name, shape)?;
+        let info = self.info(name)?;
+        let raw = self.raw(info);
+        let ints = |size: usize| -> Vec<u8> {
+            raw.chunks_exact(size)
+                .map(|c| u8::from(c.iter().any(|&b| b != 0)))
+                .collect()
+        };
+        Ok(match info.dtype {
+            Dtype::U8 | Dtype::BOOL | Dtype::I8 => ints(1),
+            Dtype::I32 | Dtype::U32 => ints(4),
+            Dtype::I64 | Dtype::U64 => ints(8),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 => self
+                .f32(name)?
+                .data
+                .iter()
+                .map(|&x| u8::from(x != 0.0))
+                .collect(),
+            other => {
+                return Err(Error::invalid(
+                    self.context(name),
+                    format!("unsupported dtype {other:?} for a mask: expected U8 or BOOL"),
+                ));
+            }
+        })
+    }
+}
+
+trait DataLenHint {
+    fn data_len_hint(&self) -> usize;
+}
+
+impl DataLenHint for Metadata {
+    fn data_len_hint(&self) -> usize {
+        self.tensors()
+            .values()
+            .map(|i| i.data_offsets.1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A tensor to write: `f32` data or a `u8` mask.
+#[derive(Debug, Clone)]
+pub enum OutTensor {
+    F32(Tensor),
+    U8 { shape: Vec<usize>, data: Vec<u8> },
+}
+
+impl From<Tensor> for OutTensor {
+    fn from(t: Tensor) -> Self {
+        OutTensor::F32(t)
+    }
+}
+
+impl View for &OutTensor {
+    fn dtype(&self) -> Dtype {
+        match self {
+            OutTensor::F32(_) => Dtype::F32,
+            OutTensor::U8 { .. } => Dtype::U8,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            OutTensor::F32(t) => &t.shape,
+            OutTensor::U8 { shape, .. } => shape,
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            OutTensor::F32(t) => Cow::Borrowed(bytemuck::cast_slice(&t.data)),
+            OutTensor::U8 { data, .. } => Cow::Borrowed(data),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            OutTensor::F32(t) => t.data.len() * 4,
+            OutTensor::U8 { data, .. } => data.len(),
+        }
+    }
+}
+
+/// Serializes tensors (f32 little-endian, as safetensors requires) with metadata strings.
+pub fn serialize(
+    tensors: &[(String, OutTensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let meta = (!meta.is_empty()).then_some(meta);
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), meta)
+        .map_err(|e| Error::invalid("safetensors serialization", e.to_string()))
+}
+
+/// Writes tensors with metadata strings to `path`.
+pub fn write_file(
+    path: impl AsRef<Path>,
+    tensors: &[(String, OutTensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = serialize(tensors, metadata)?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}

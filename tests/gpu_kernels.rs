@@ -38,7 +38,9 @@ fn linear_cpu(x: &[f32], w: &[f32], bias: &[f32], n: usize, m: usize, k: usize) 
     let mut y = vec![0.0f64; n * m];
     for r in 0..n {
         for c in 0..m {
-            let dot: f64 = (0..k).map(|i| x[r * k + i] as f64 * w[c * k + i] as f64).sum();
+            let dot: f64 = (0..k)
+                .map(|i| x[r * k + i] as f64 * w[c * k + i] as f64)
+                .sum();
             y[r * m + c] = dot + bias[c] as f64;
         }
     }
@@ -84,7 +86,10 @@ fn linear_epilogues_match_a_cpu_loop() {
             Epilogue::BiasResidual {
                 residual: dres.as_view(),
             },
-            base.iter().zip(&res).map(|(v, r)| (v + *r as f64) as f32).collect(),
+            base.iter()
+                .zip(&res)
+                .map(|(v, r)| (v + *r as f64) as f32)
+                .collect(),
         ),
     ];
     for (what, epilogue, want) in cases {
@@ -127,7 +132,11 @@ fn qkv_projection_writes_each_heads_window_layout() {
         for col in 0..m {
             let (which, h, ch) = (col / c, (col % c) / hd, col % hd);
             let slot = table[h * tokens + t] as usize;
-            let v = if which == 0 { y[r * m + col] * scale as f64 } else { y[r * m + col] };
+            let v = if which == 0 {
+                y[r * m + col] * scale as f64
+            } else {
+                y[r * m + col]
+            };
             want[(((which * heads + h) * batch + b) * tokens + slot) * hd + ch] = v as f32;
         }
     }
@@ -160,7 +169,10 @@ fn layer_norm_matches_a_cpu_loop() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     // 37 rows: the last block has idle warps; c = 100 is not a multiple of 32.
     let (rows, c, eps) = (37, 100, 1e-5f32);
-    let x: Vec<f32> = random(&mut rng, rows * c).iter().map(|v| 3.0 * v + 0.5).collect();
+    let x: Vec<f32> = random(&mut rng, rows * c)
+        .iter()
+        .map(|v| 3.0 * v + 0.5)
+        .collect();
     let (gamma, beta, add) = (
         random(&mut rng, c),
         random(&mut rng, c),
@@ -197,7 +209,11 @@ fn layer_norm_matches_a_cpu_loop() {
         )
         .unwrap();
     assert_close("layer norm", &gpu::download(s, &y).unwrap(), &want);
-    assert_close("layer norm + add", &gpu::download(s, &y_plus).unwrap(), &want_plus);
+    assert_close(
+        "layer norm + add",
+        &gpu::download(s, &y_plus).unwrap(),
+        &want_plus,
+    );
 }
 
 /// One window-attention problem with its CPU answer.
@@ -269,7 +285,11 @@ impl AttentionCase {
     fn expected(&self) -> (Vec<f32>, Vec<f32>) {
         let s = &self.shape;
         let (w, hd, ww) = (s.w, s.hd, s.w * s.w);
-        let tokens = if self.slot_token.is_some() { s.n_keys } else { s.queries * ww };
+        let tokens = if self.slot_token.is_some() {
+            s.n_keys
+        } else {
+            s.queries * ww
+        };
         let mut out = vec![f32::NAN; tokens * s.batch * self.out_row];
         let mut head_out = vec![f32::NAN; s.batch * s.n_keys * hd];
         let at = |layout: SlotLayout, b: usize, slot: usize, z: usize| {
@@ -330,14 +350,22 @@ impl AttentionCase {
         (out, head_out)
     }
 
-    fn run_on(&self, gpu: &Gpu, kernel: &WindowAttentionKernel, with_head_out: bool) -> (Vec<f32>, Vec<f32>) {
+    fn run_on(
+        &self,
+        gpu: &Gpu,
+        kernel: &WindowAttentionKernel,
+        with_head_out: bool,
+    ) -> (Vec<f32>, Vec<f32>) {
         let st = gpu.stream();
         let up = |v: &[f32]| gpu::upload(st, v).unwrap();
         let (q, k, v) = (up(&self.q), up(&self.k), up(&self.v));
         let bias = self.bias.as_ref().map(|b| up(b));
         let sr = up(&self.sr);
         let pad = gpu::upload(st, &self.key_pad).unwrap();
-        let slot_token = self.slot_token.as_ref().map(|t| gpu::upload(st, t).unwrap());
+        let slot_token = self
+            .slot_token
+            .as_ref()
+            .map(|t| gpu::upload(st, t).unwrap());
         let (want_out, want_head) = self.expected();
         let mut out = poisoned(gpu, want_out.len());
         let mut head_out = poisoned(gpu, want_head.len());
@@ -369,7 +397,10 @@ fn assert_written_exactly(what: &str, got: &[f32], want: &[f32]) {
     let (mut g, mut w) = (Vec::new(), Vec::new());
     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
         if b.is_nan() {
-            assert!(a.is_nan(), "{what}: element {i} should be untouched, found {a}");
+            assert!(
+                a.is_nan(),
+                "{what}: element {i} should be untouched, found {a}"
+            );
         } else {
             g.push(a);
             w.push(b);
@@ -405,8 +436,7 @@ fn window_attention_matches_a_cpu_loop_for_every_window() {
 
 #[test]
 fn attention_of_one_query_over_token_rows_with_several_heads() {
-    let Some(gpu) = gpu_or_skip("attention_of_one_query_over_token_rows_with_several_heads")
-    else {
+    let Some(gpu) = gpu_or_skip("attention_of_one_query_over_token_rows_with_several_heads") else {
         return;
     };
     let kernel = WindowAttentionKernel::load(&gpu).unwrap();

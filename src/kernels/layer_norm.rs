@@ -1,6 +1,8 @@
 //! Launchers for `kernels/layer_norm.cu`.
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+};
 
 use super::KernelModule;
 use super::raw::{check_len, ptr, ptr_mut};
@@ -60,7 +62,7 @@ impl LayerNormKernel {
         let name = self.kernel.name();
         let c = gamma.len();
         check_len(name, "beta", beta.len(), c)?;
-        let rows = if c == 0 { 0 } else { x.len() / c };
+        let rows = x.len().checked_div(c).unwrap_or(0);
         check_len(name, "x", x.len(), rows * c)?;
         check_len(name, "y", y.len(), rows * c)?;
         let (add, y_plus) = match plus {

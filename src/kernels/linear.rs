@@ -127,7 +127,12 @@ impl LinearKernels {
                 scale,
             } => {
                 let c = m / 3;
-                if m % 3 != 0 || *heads == 0 || c % heads != 0 || *batch == 0 || n % batch != 0 {
+                if !m.is_multiple_of(3)
+                    || *heads == 0
+                    || !c.is_multiple_of(*heads)
+                    || *batch == 0
+                    || !n.is_multiple_of(*batch)
+                {
                     return Err(Error::invalid(
                         name,
                         format!(

@@ -128,16 +128,23 @@ impl WindowAttentionKernel {
         let name = self.kernel.name();
         let ww = s.w * s.w;
         let bad = |problem: String| Err(Error::invalid(name, problem));
-        if !s.w.is_power_of_two() || s.hd == 0 || s.batch == 0 || s.heads == 0 || s.queries == 0
-        {
-            return bad(format!("window {} must be a power of two, sizes nonzero: {s:?}", s.w));
+        if !s.w.is_power_of_two() || s.hd == 0 || s.batch == 0 || s.heads == 0 || s.queries == 0 {
+            return bad(format!(
+                "window {} must be a power of two, sizes nonzero: {s:?}",
+                s.w
+            ));
         }
-        if s.n_keys == 0 || s.n_keys % ww != 0 {
-            return bad(format!("{} keys are not whole {}x{} windows", s.n_keys, s.w, s.w));
+        if s.n_keys == 0 || !s.n_keys.is_multiple_of(ww) {
+            return bad(format!(
+                "{} keys are not whole {}x{} windows",
+                s.n_keys, s.w, s.w
+            ));
         }
         let smem = Self::shared_bytes(s);
         if smem > SMEM_LIMIT {
-            return bad(format!("needs {smem} bytes of shared memory, over {SMEM_LIMIT}"));
+            return bad(format!(
+                "needs {smem} bytes of shared memory, over {SMEM_LIMIT}"
+            ));
         }
         let slots = s.queries * ww;
         check_covers(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;

@@ -23,7 +23,8 @@ for line in sys.stdin:
 
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/tests" "$stage/golden"
-cp target/release/attnrt-infer target/release/attnrt-train "$stage/bin/"
+target="${CARGO_TARGET_DIR:-target}"
+cp "$target"/release/attnrt-infer "$target"/release/attnrt-train "$stage/bin/"
 for t in "${tests[@]}"; do
   # Drop cargo's hash suffix so the names are stable: gpu_smoke-0123abcd -> gpu_smoke.
   name="$(basename "$t")"

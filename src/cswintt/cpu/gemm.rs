@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 
-/// Rows of `a` per task (and per register tile).
-const ROWS: usize = 4;
+/// Rows of `a` per task.
+const ROWS: usize = 16;
 
 /// `out = a b^T`: `a` is `(n, k)` f64, `b` is `(m, k)` f32, the result `(n, m)` f64.
 pub fn gemm_nt(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
@@ -19,24 +19,90 @@ pub fn gemm_nt(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
     if m == 0 || n == 0 {
         return out;
     }
-    let simd = simd_available();
+    let simd = simd_level();
     out.par_chunks_mut(ROWS * m)
         .enumerate()
         .for_each(|(blk, out_rows)| {
             let r0 = blk * ROWS;
             let rows = out_rows.len() / m;
             let a_rows = &a[r0 * k..(r0 + rows) * k];
-            if simd {
+            match simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F was detected at run time; slices are sized above.
+                Simd::Avx512 => unsafe { avx512::block(a_rows, rows, b, m, k, out_rows) },
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX2 and FMA were detected at run time; slices are sized above.
-                unsafe {
-                    avx2::block(a_rows, rows, b, m, k, out_rows)
-                };
-            } else {
-                portable_block(a_rows, rows, b, m, k, out_rows);
+                Simd::Avx2 => unsafe { avx2::block(a_rows, rows, b, m, k, out_rows) },
+                _ => portable_block(a_rows, rows, b, m, k, out_rows),
             }
         });
     out
+}
+
+/// `out = a b`: `a` is `(n, k)` f64, `b` is `(k, m)` f32, the result `(n, m)` f64,
+/// accumulated in f64. Suited to short `k` and to products whose right operand is
+/// naturally row-major over `k` (attention scores against transposed keys, and
+/// probabilities times values).
+pub fn gemm_nn(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
+    assert_eq!(a.len(), n * k, "gemm_nn: a is not (n, k)");
+    assert_eq!(b.len(), k * m, "gemm_nn: b is not (k, m)");
+    let mut out = vec![0.0f64; n * m];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let simd = simd_level();
+    out.par_chunks_mut(ROWS * m)
+        .enumerate()
+        .for_each(|(blk, out_rows)| {
+            let r0 = blk * ROWS;
+            let rows = out_rows.len() / m;
+            let a_rows = &a[r0 * k..(r0 + rows) * k];
+            nn_block(simd, a_rows, rows, b, m, k, out_rows);
+        });
+    out
+}
+
+/// [`gemm_nn`] with a given kernel, single-threaded; for tests comparing the paths.
+pub fn gemm_nn_with(simd: Simd, a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
+    let simd = match (simd, detect("")) {
+        (Simd::Avx512, Simd::Avx512) => Simd::Avx512,
+        (Simd::Avx2 | Simd::Avx512, Simd::Avx2 | Simd::Avx512) => Simd::Avx2,
+        _ => Simd::Portable,
+    };
+    let mut out = vec![0.0f64; n * m];
+    nn_block(simd, a, n, b, m, k, &mut out);
+    out
+}
+
+fn nn_block(simd: Simd, a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
+    assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+    // Columns handled by the vector kernel; the rest (m % 8) by the portable loop.
+    let mv = match simd {
+        Simd::Portable => 0,
+        _ => m / 8 * 8,
+    };
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F was detected; bounds checked above.
+        Simd::Avx512 => unsafe { avx512::nn_block(a, rows, b, m, mv, k, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA were detected; bounds checked above.
+        Simd::Avx2 => unsafe { avx2::nn_block(a, rows, b, m, mv, k, out) },
+        _ => {}
+    }
+    if mv < m {
+        for r in 0..rows {
+            let o = &mut out[r * m..(r + 1) * m];
+            o[mv..].fill(0.0);
+            for kk in 0..k {
+                let x = a[r * k + kk];
+                let brow = &b[kk * m..(kk + 1) * m];
+                for j in mv..m {
+                    o[j] += x * brow[j] as f64;
+                }
+            }
+        }
+    }
 }
 
 /// Dot product of f64 `a` and f32 `b`, accumulated in f64 (portable).
@@ -64,57 +130,208 @@ fn portable_block(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &m
     }
 }
 
-fn simd_available() -> bool {
+/// The instruction set the kernels use, detected at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+/// The best kernel this CPU supports; `ATTNRT_CPU_SIMD=portable|avx2` caps it (for
+/// testing the other paths).
+pub fn simd_level() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = std::env::var("ATTNRT_CPU_SIMD").unwrap_or_default();
+        detect(&cap)
+    })
+}
+
+fn detect(cap: &str) -> Simd {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let avx512 = avx2 && std::is_x86_feature_detected!("avx512f");
+        match cap {
+            "portable" => Simd::Portable,
+            "avx2" if avx2 => Simd::Avx2,
+            _ if avx512 => Simd::Avx512,
+            _ if avx2 => Simd::Avx2,
+            _ => Simd::Portable,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        let _ = cap;
+        Simd::Portable
     }
+}
+
+/// [`gemm_nt`] with a given kernel (falls back to portable when the CPU lacks it);
+/// for tests comparing the paths.
+pub fn gemm_nt_with(simd: Simd, a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
+    let simd = match (simd, detect("")) {
+        (Simd::Avx512, Simd::Avx512) => Simd::Avx512,
+        (Simd::Avx2 | Simd::Avx512, Simd::Avx2 | Simd::Avx512) => Simd::Avx2,
+        _ => Simd::Portable,
+    };
+    let mut out = vec![0.0f64; n * m];
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detected above.
+        Simd::Avx512 => unsafe { avx512::block(a, n, b, m, k, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: detected above.
+        Simd::Avx2 => unsafe { avx2::block(a, n, b, m, k, &mut out) },
+        _ => portable_block(a, n, b, m, k, &mut out),
+    }
+    out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `out[r][j] = a[r] . b[j]` for `rows <= 4` rows of `a`.
+    /// `out[r][j] = a[r] . b[j]` for the `rows` rows of `a` (any number).
+    ///
+    /// Blocked for the caches: `k` is cut into chunks of `KC` (a chunk of the `a` rows
+    /// stays in L1), and each pair of `b` rows is reused by every 4-row tile of `a`.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `a` is `(rows, k)`, `b` is `(m, k)`, `out` is
     /// `(rows, m)`.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn block(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
+        const KC: usize = 256;
         assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+        out[..rows * m].fill(0.0);
         let ap = a.as_ptr();
         let bp = b.as_ptr();
-        let mut j = 0;
-        while j + 2 <= m {
-            // SAFETY: rows < 4 index rows of `a`, columns j, j+1 < m rows of `b`.
-            unsafe {
-                let bj = [bp.add(j * k), bp.add((j + 1) * k)];
-                if rows == 4 {
-                    let t = tile::<4, 2>([ap, ap.add(k), ap.add(2 * k), ap.add(3 * k)], bj, k);
-                    for (r, row) in t.iter().enumerate() {
-                        out[r * m + j] = row[0];
-                        out[r * m + j + 1] = row[1];
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let mut j = 0;
+            while j < m {
+                let cols = if j + 2 <= m { 2 } else { 1 };
+                let mut r = 0;
+                while r < rows {
+                    let tr = if r + 4 <= rows { 4 } else { 1 };
+                    // SAFETY: rows r..r+tr of `a`, rows j..j+cols of `b`, and columns
+                    // k0..k0+kc are in bounds (checked above).
+                    unsafe {
+                        let arow = |i: usize| ap.add((r + i) * k + k0);
+                        let brow = |i: usize| bp.add((j + i) * k + k0);
+                        match (tr, cols) {
+                            (4, 2) => {
+                                let t = tile::<4, 2>(
+                                    [arow(0), arow(1), arow(2), arow(3)],
+                                    [brow(0), brow(1)],
+                                    kc,
+                                );
+                                for (i, row) in t.iter().enumerate() {
+                                    out[(r + i) * m + j] += row[0];
+                                    out[(r + i) * m + j + 1] += row[1];
+                                }
+                            }
+                            (4, _) => {
+                                let t = tile::<4, 1>(
+                                    [arow(0), arow(1), arow(2), arow(3)],
+                                    [brow(0)],
+                                    kc,
+                                );
+                                for (i, row) in t.iter().enumerate() {
+                                    out[(r + i) * m + j] += row[0];
+                                }
+                            }
+                            (_, 2) => {
+                                let t = tile::<1, 2>([arow(0)], [brow(0), brow(1)], kc);
+                                out[r * m + j] += t[0][0];
+                                out[r * m + j + 1] += t[0][1];
+                            }
+                            _ => {
+                                let t = tile::<1, 1>([arow(0)], [brow(0)], kc);
+                                out[r * m + j] += t[0][0];
+                            }
+                        }
                     }
-                } else {
-                    for r in 0..rows {
-                        let t = tile::<1, 2>([ap.add(r * k)], bj, k);
-                        out[r * m + j] = t[0][0];
-                        out[r * m + j + 1] = t[0][1];
+                    r += tr;
+                }
+                j += cols;
+            }
+            k0 += kc;
+        }
+    }
+
+    /// `out[r][0..mv] = sum_k a[r][k] * b[k][0..mv]` (`mv` a multiple of 8): tiles of
+    /// 4 rows x 8 columns (2 vectors of 4 f64), `k` in chunks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` is `(rows, k)`, `b` is `(k, m)`, `out`
+    /// is `(rows, m)`, `mv <= m`, `mv % 8 == 0`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn nn_block(
+        a: &[f64],
+        rows: usize,
+        b: &[f32],
+        m: usize,
+        mv: usize,
+        k: usize,
+        out: &mut [f64],
+    ) {
+        assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+        assert!(mv <= m && mv % 8 == 0);
+        let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        while r < rows {
+            let tr = if r + 4 <= rows { 4 } else { 1 };
+            let mut j = 0;
+            while j < mv {
+                // SAFETY: rows r..r+tr, columns j..j+8 <= mv <= m, k rows of b.
+                unsafe {
+                    if tr == 4 {
+                        nn_tile::<4>(ap.add(r * k), k, bp.add(j), m, op.add(r * m + j), m);
+                    } else {
+                        nn_tile::<1>(ap.add(r * k), k, bp.add(j), m, op.add(r * m + j), m);
                     }
                 }
+                j += 8;
             }
-            j += 2;
+            r += tr;
         }
-        if j < m {
-            for r in 0..rows {
-                // SAFETY: as above, one column.
-                let t = unsafe { tile::<1, 1>([ap.add(r * k)], [bp.add(j * k)], k) };
-                out[r * m + j] = t[0][0];
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn nn_tile<const R: usize>(
+        a: *const f64,
+        k: usize,
+        b: *const f32,
+        ldb: usize,
+        out: *mut f64,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_pd(); 2]; R];
+        for kk in 0..k {
+            // SAFETY: kk < k rows of b, 8 columns from b.
+            let (w0, w1) = unsafe {
+                (
+                    _mm256_cvtps_pd(_mm_loadu_ps(b.add(kk * ldb))),
+                    _mm256_cvtps_pd(_mm_loadu_ps(b.add(kk * ldb + 4))),
+                )
+            };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < R, kk < k.
+                let x = _mm256_set1_pd(unsafe { *a.add(r * k + kk) });
+                acc_r[0] = _mm256_fmadd_pd(x, w0, acc_r[0]);
+                acc_r[1] = _mm256_fmadd_pd(x, w1, acc_r[1]);
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            // SAFETY: 8 outputs of row r.
+            unsafe {
+                _mm256_storeu_pd(out.add(r * ldo), acc_r[0]);
+                _mm256_storeu_pd(out.add(r * ldo + 4), acc_r[1]);
             }
         }
     }
@@ -163,13 +380,213 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// As `avx2::block`, with 8 f64 lanes and 4 x 4 register tiles.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` is `(rows, k)`, `b` is `(m, k)`, `out` is
+    /// `(rows, m)`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
+        const KC: usize = 256;
+        assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+        out[..rows * m].fill(0.0);
+        let ap = a.as_ptr();
+        let bp = b.as_ptr();
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let mut j = 0;
+            while j < m {
+                let cols = if j + 4 <= m { 4 } else { 1 };
+                let mut r = 0;
+                while r < rows {
+                    let tr = if r + 4 <= rows { 4 } else { 1 };
+                    // SAFETY: rows r..r+tr of `a`, rows j..j+cols of `b`, and columns
+                    // k0..k0+kc are in bounds (checked above).
+                    unsafe {
+                        let arow = |i: usize| ap.add((r + i) * k + k0);
+                        let brow = |i: usize| bp.add((j + i) * k + k0);
+                        match (tr, cols) {
+                            (4, 4) => {
+                                let t = tile::<4, 4>(
+                                    [arow(0), arow(1), arow(2), arow(3)],
+                                    [brow(0), brow(1), brow(2), brow(3)],
+                                    kc,
+                                );
+                                for (i, row) in t.iter().enumerate() {
+                                    for (c, v) in row.iter().enumerate() {
+                                        out[(r + i) * m + j + c] += v;
+                                    }
+                                }
+                            }
+                            (4, _) => {
+                                let t = tile::<4, 1>(
+                                    [arow(0), arow(1), arow(2), arow(3)],
+                                    [brow(0)],
+                                    kc,
+                                );
+                                for (i, row) in t.iter().enumerate() {
+                                    out[(r + i) * m + j] += row[0];
+                                }
+                            }
+                            (_, 4) => {
+                                let t = tile::<1, 4>(
+                                    [arow(0)],
+                                    [brow(0), brow(1), brow(2), brow(3)],
+                                    kc,
+                                );
+                                for (c, v) in t[0].iter().enumerate() {
+                                    out[r * m + j + c] += v;
+                                }
+                            }
+                            _ => {
+                                let t = tile::<1, 1>([arow(0)], [brow(0)], kc);
+                                out[r * m + j] += t[0][0];
+                            }
+                        }
+                    }
+                    r += tr;
+                }
+                j += cols;
+            }
+            k0 += kc;
+        }
+    }
+
+    /// As `avx2::nn_block`, with tiles of 4 rows x 32 columns (4 vectors of 8 f64) and
+    /// 4 x 8 at the edge.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `a` is `(rows, k)`, `b` is `(k, m)`, `out` is
+    /// `(rows, m)`, `mv <= m`, `mv % 8 == 0`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn nn_block(
+        a: &[f64],
+        rows: usize,
+        b: &[f32],
+        m: usize,
+        mv: usize,
+        k: usize,
+        out: &mut [f64],
+    ) {
+        assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
+        assert!(mv <= m && mv % 8 == 0);
+        let (ap, bp, op) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
+        let mut r = 0;
+        while r < rows {
+            let tr = if r + 4 <= rows { 4 } else { 1 };
+            let mut j = 0;
+            while j < mv {
+                let cols = if j + 32 <= mv { 4 } else { 1 };
+                // SAFETY: rows r..r+tr, columns j..j+8*cols <= mv <= m, k rows of b.
+                unsafe {
+                    let (a0, b0, o0) = (ap.add(r * k), bp.add(j), op.add(r * m + j));
+                    match (tr, cols) {
+                        (4, 4) => nn_tile::<4, 4>(a0, k, b0, m, o0, m),
+                        (4, _) => nn_tile::<4, 1>(a0, k, b0, m, o0, m),
+                        (_, 4) => nn_tile::<1, 4>(a0, k, b0, m, o0, m),
+                        _ => nn_tile::<1, 1>(a0, k, b0, m, o0, m),
+                    }
+                }
+                j += 8 * cols;
+            }
+            r += tr;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn nn_tile<const R: usize, const C: usize>(
+        a: *const f64,
+        k: usize,
+        b: *const f32,
+        ldb: usize,
+        out: *mut f64,
+        ldo: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_pd(); C]; R];
+        for kk in 0..k {
+            let mut w = [_mm512_setzero_pd(); C];
+            for (c, wc) in w.iter_mut().enumerate() {
+                // SAFETY: kk < k rows of b, 8 columns at 8*c.
+                *wc = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(b.add(kk * ldb + 8 * c)) });
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < R, kk < k.
+                let x = _mm512_set1_pd(unsafe { *a.add(r * k + kk) });
+                for c in 0..C {
+                    acc_r[c] = _mm512_fmadd_pd(x, w[c], acc_r[c]);
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (c, v) in acc_r.iter().enumerate() {
+                // SAFETY: 8 outputs of row r at 8*c.
+                unsafe { _mm512_storeu_pd(out.add(r * ldo + 8 * c), *v) };
+            }
+        }
+    }
+
+    /// An `R x C` tile of dot products of length `k`, 8 f64 lanes per accumulator.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize, const C: usize>(
+        a: [*const f64; R],
+        b: [*const f32; C],
+        k: usize,
+    ) -> [[f64; C]; R] {
+        let k8 = k & !7;
+        let mut acc = [[_mm512_setzero_pd(); C]; R];
+        let mut kk = 0;
+        while kk < k8 {
+            let mut w = [_mm512_setzero_pd(); C];
+            for c in 0..C {
+                // SAFETY: kk + 8 <= k.
+                w[c] = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(b[c].add(kk)) });
+            }
+            for r in 0..R {
+                // SAFETY: kk + 8 <= k.
+                let x = unsafe { _mm512_loadu_pd(a[r].add(kk)) };
+                for c in 0..C {
+                    acc[r][c] = _mm512_fmadd_pd(x, w[c], acc[r][c]);
+                }
+            }
+            kk += 8;
+        }
+        let mut out = [[0.0f64; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let mut s = _mm512_reduce_add_pd(acc[r][c]);
+                for t in k8..k {
+                    // SAFETY: t < k.
+                    s += unsafe { *a[r].add(t) * *b[c].add(t) as f64 };
+                }
+                out[r][c] = s;
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn matches_naive() {
-        for &(n, m, k) in &[(1, 1, 1), (5, 3, 7), (9, 8, 33), (4, 2, 4), (13, 11, 70)] {
+        for &(n, m, k) in &[
+            (1, 1, 1),
+            (5, 3, 7),
+            (9, 8, 33),
+            (4, 2, 4),
+            (13, 11, 70),
+            (21, 9, 300),
+            (17, 19, 520),
+        ] {
             let a: Vec<f64> = (0..n * k)
                 .map(|i| ((i * 7 % 13) as f64 - 6.0) / 3.0)
                 .collect();

@@ -3,7 +3,7 @@
 //! modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
 //! around each pass (inputs already on the device); the table gives p50 (p10-p90) over
 //! `--reps` passes after `--warmup` passes. With `--trace-dir DIR` it also writes one
-//! Chrome-trace timeline per mode (`DIR/encoder_{mode}.json`, per-stage and per-head spans)
+//! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
 //! and prints how much the head kernels overlap.
 //!
 //! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--trace-dir DIR]`
@@ -107,7 +107,7 @@ fn main() {
         }
         if let Some(dir) = &o.trace_dir {
             let mut timer = EventTimer::start(gpu.stream()).unwrap();
-            e.enqueue(Part::Encoder, Some(&mut timer)).unwrap();
+            e.enqueue(Part::Transformer, Some(&mut timer)).unwrap();
             gpu.sync().unwrap();
             let spans = timer.spans().unwrap();
             let ov = head_overlap(&spans);
@@ -120,7 +120,7 @@ fn main() {
                 ov.max_concurrent
             );
             std::fs::create_dir_all(dir).unwrap();
-            let path = dir.join(format!("encoder_{mode}.json"));
+            let path = dir.join(format!("transformer_{mode}.json"));
             std::fs::write(&path, chrome_trace(&spans).to_string()).unwrap();
         }
     }

@@ -1,29 +1,39 @@
 // Cyclic-shift window attention for one head (spec, encoder step 5), fused with the window
 // reverse and head concatenation (steps 6-7) in its output write.
 //
-// One block per (query window i, batch item b, head z). The query window is a w*w*hd vector
-// (w*w consecutive slots of hd channels). Score column col = l*w*w + a*w + e pairs it with key
-// window l rolled by (+a, +e): K(l,a,e)[r][c] = K(l)[(r-a) mod w][(c-e) mod w]. The roll is
-// modular indexing into the unshifted K and V (w is a power of two), so shifted copies never
-// exist in memory:
-//   s = q_i . K(l,a,e);  w > 1: s = (s + sr[a*w+e]) / (w*w);  padded key: s = -inf;
-//   s += bias[i][col] (when given);  p = softmax over the n_keys columns;
-//   o_i[pos][ch] = sum_col p[col] * V(l,a,e)[pos][ch].
-// With w == 1 this is plain scaled-dot-product attention over tokens (the query is expected
+// Math. Query window i and key window l are w*w slots of hd channels. Score column
+// col = l*w*w + a*w + e pairs query window i with key window l rolled by (+a, +e):
+//   s = q_i . K(l,a,e),  K(l,a,e)[r][c] = K(l)[(r-a) mod w][(c-e) mod w];
+//   w > 1: s = (s + sr[a*w+e]) / (w*w);  padded key: s = -inf;  s += bias[i][col] (if any);
+//   p = softmax over the n_keys columns;  o_i[pos] = sum_col p[col] * V(l,a,e)[pos].
+// A rolled window is a 2-D circular cross-correlation, so (architecture note, "Leads")
+//   s(i,l,a,e) = sum_pos D[i*ww + pos][l*ww + shift(pos,a,e)],   D = Q K^T over tokens,
+//   o[i*ww + pos] = sum_src P'[i*ww + pos][src] V[src],  P'[i*ww+pos][l*ww+src_pos] = p(i,l,ae),
+// where ae is the (a, e) that takes pos to src_pos. Both products are token-level GEMM tiles;
+// no shifted copy of K or V is ever made, in global or shared memory.
+// With w == 1 this is plain scaled-dot-product attention over tokens (the query arrives
 // pre-scaled), which is how the decoder's cross attention uses it.
 //
-// Layouts. Slot s of batch item b (s in [0, n_keys)) has its hd channels at
-//   q + b*q_batch_stride + s*q_slot_stride (+ z*head_stride), likewise k and v with kv_*.
-// The encoder passes its per-head (b, L_all, hd) window layout (written by
-// linear_qkv_windows_f32); the decoder passes (tokens, b, c) rows with head z at channel z*hd.
-//   bias     (gridDim.x, n_keys) or null          key_pad  (batch, n_keys), nonzero = -inf
-//   sr       (w*w) for w > 1                      slot_token (n_keys) slot -> token, or null
-//   out      (tokens, batch, out_row) rows; this head's channels start at out_channel + z*hd:
-//            the window-reversed, concatenated output (token = slot_token[slot]).
-//   head_out (batch, n_keys, hd), or null: the output before window reverse, for tests.
+// Blocks. One block per (tile of 64 query slots, batch item b, head z): 64 / (w*w) whole query
+// windows (w*w <= 64). It walks the keys in chunks of 64 slots (whole key windows), flash
+// style: D tile (64x64, 4x4 register blocks) -> the chunk's scores (64 columns per query
+// window, each a sum of w*w D entries along a wrapped diagonal) -> online softmax per query
+// window (running max and sum, accumulator rescaled) -> P' tile -> O += P' V. Every head of
+// the released model (704 tokens) is 11 query tiles per batch item: a per-head launch fills
+// only 11 SMs, which is what running heads on their own streams recovers.
 //
-// Variants: window_attention_f32 only. Work per block is n_keys * w*w*hd multiply-adds for
-// the scores and as many for the output; scores live in shared memory (n_keys floats).
+// Layouts. Slot s of batch item b has its hd channels at
+//   q + b*q_batch_stride + s*q_slot_stride + z*head_stride (likewise k, v with kv_*).
+// The encoder passes its per-head (b, L_all, hd) window layout (linear_qkv_windows_f32); the
+// decoder passes (tokens, b, c) rows with head z at channel z*hd.
+//   bias     (n_queries / (w*w), n_keys) or null     key_pad  (batch, n_keys), nonzero = -inf
+//   sr       (w*w), read when w > 1                  slot_token (n_queries) slot -> token, or null
+//   out      (tokens, batch, out_row); head z writes channels out_channel + z*hd + [0, hd):
+//            the window-reversed, concatenated output (token = slot_token[slot]).
+//   head_out (batch, n_queries, hd) or null: the output before window reverse, for tests.
+//
+// Variants: window_attention_f32 only. hd must divide 256 and be at most 64 (the launcher
+// checks); shared memory is dynamic (above 48 KB the launcher opts in).
 #include "common.cuh"
 
 struct WindowAttentionArgs {
@@ -37,96 +47,168 @@ struct WindowAttentionArgs {
     float* out;
     float* head_out;
     long long q_batch_stride, q_slot_stride, kv_batch_stride, kv_slot_stride, head_stride;
-    int w, hd, n_keys, batch, out_row, out_channel;
+    int w, hd, n_queries, n_keys, batch, out_row, out_channel;
 };
 
 namespace {
 
-// sum over columns col = first, first + step, ... of p[col] * V(l,a,e)[pos][ch], entry = pos*hd + ch.
-__device__ float weighted_values(const WindowAttentionArgs& p, const float* weights,
-                                 const float* v, int entry, int first, int step) {
-    const int ww = p.w * p.w, wmask = p.w - 1;
-    const int pos = entry / p.hd, ch = entry % p.hd, r = pos / p.w, c = pos % p.w;
-    float acc = 0.0f;
-    for (int col = first; col < p.n_keys; col += step) {
-        const int l = col / ww, a = (col % ww) / p.w, e = col % p.w;
-        const int src = ((r - a) & wmask) * p.w + ((c - e) & wmask);
-        acc = fmaf(weights[col], v[(long long)(l * ww + src) * p.kv_slot_stride + ch], acc);
+constexpr int TILE = 64;      // query slots per block and key slots per chunk
+constexpr int THREADS = 256;
+constexpr int MAX_HD = 64;
+constexpr int PAD = TILE + 1;  // row stride of the 64x64 tiles: column walks hit distinct banks
+
+// Loads `TILE` slots from `first` (zeros past `count`) into a (TILE, stride) tile; hd = 1 << lhd.
+__device__ void load_slots(float* tile, int stride, const float* base, long long slot_stride,
+                           int first, int count, int lhd) {
+    const int hd = 1 << lhd;
+    for (int e = threadIdx.x; e < TILE * hd; e += THREADS) {
+        const int t = e >> lhd, ch = e & (hd - 1);
+        tile[t * stride + ch] = first + t < count ? base[(first + t) * slot_stride + ch] : 0.0f;
     }
-    return acc;
 }
 
-// Stores output entry `entry` of query window i: window-reversed into `out`, and in slot
-// order into `head_out` when asked.
-__device__ void store_output(const WindowAttentionArgs& p, int i, int b, int z, int entry,
-                             float o) {
-    const int slot = i * p.w * p.w + entry / p.hd, ch = entry % p.hd;
-    const long long token = p.slot_token ? p.slot_token[slot] : slot;
-    p.out[(token * p.batch + b) * p.out_row + p.out_channel + z * p.hd + ch] = o;
-    if (p.head_out) p.head_out[((long long)b * p.n_keys + slot) * p.hd + ch] = o;
+// acc (+)= A B^T for 64x64 tiles of A (64, k) and B (64, k) with row strides sa, sb; each
+// thread owns rows ty + 16i and columns tx + 16j.
+__device__ void tile_abt(const float* a, int sa, const float* b, int sb, int k, float* out) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    float acc[4][4] = {};
+    for (int kk = 0; kk < k; ++kk) {
+        float x[4], y[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) x[i] = a[(ty + 16 * i) * sa + kk];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) y[j] = b[(tx + 16 * j) * sb + kk];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(x[i], y[j], acc[i][j]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) out[(ty + 16 * i) * PAD + tx + 16 * j] = acc[i][j];
+}
+
+// In-window positions of a w x w window (w = 1 << lw), pos = r*w + c. The position at
+// (r_x - r_y, c_x - c_y) mod w: both the key position that roll y = a*w + e brings to query
+// position x, and the roll that brings key position y to x.
+__device__ __forceinline__ int wrap_diff(int x, int y, int lw) {
+    const int m = (1 << lw) - 1;
+    return ((((x >> lw) - (y >> lw)) & m) << lw) | (((x & m) - (y & m)) & m);
 }
 
 }  // namespace
 
-ATTNRT_KERNEL void window_attention_f32(WindowAttentionArgs p) {
+ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_f32(WindowAttentionArgs p) {
     extern __shared__ float smem[];
-    const int ww = p.w * p.w, dim = ww * p.hd, wmask = p.w - 1;
-    float* qs = smem;                    // the query window, dim floats
-    float* scores = qs + dim;            // n_keys floats
-    float* partial = scores + p.n_keys;  // blockDim.x floats, also the reduction scratch
-    const int tid = threadIdx.x, nt = blockDim.x;
-    const int i = blockIdx.x, b = blockIdx.y, z = blockIdx.z;
+    // w and hd are powers of two (the launcher checks): index arithmetic is shifts and masks.
+    const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww, lhd = __ffs(p.hd) - 1;
+    const int hd = p.hd, windows = TILE >> lww;
+    float* qs = smem;                  // (TILE, hd) query slots
+    float* ks = qs + TILE * hd;        // (TILE, hd + 1) key chunk
+    float* vs = ks + TILE * (hd + 1);  // (TILE, hd) value chunk
+    float* dp = vs + TILE * hd;        // (TILE, PAD): D, then P'
+    float* sc = dp + TILE * PAD;       // (windows, TILE): the chunk's scores, then p
+    float* run_max = sc + TILE * TILE;
+    float* run_sum = run_max + TILE;
+    float* rescale = run_sum + TILE;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
+    const int q0 = blockIdx.x * TILE, b = blockIdx.y, z = blockIdx.z;
     const long long head = z * p.head_stride;
-    const float* q = p.q + b * p.q_batch_stride + (long long)i * ww * p.q_slot_stride + head;
+    const float* q = p.q + b * p.q_batch_stride + head;
     const float* k = p.k + b * p.kv_batch_stride + head;
     const float* v = p.v + b * p.kv_batch_stride + head;
-
-    for (int e = tid; e < dim; e += nt) qs[e] = q[(e / p.hd) * p.q_slot_stride + e % p.hd];
-    __syncthreads();
-
-    // Scores, one column per thread: the query reads are broadcasts (every thread walks the
-    // same position), the key rows come through L1.
+    const int first_window = q0 >> lww;
     const float inv_ww = 1.0f / ww;  // exact: ww is a power of two
-    float local_max = NEG_INF;
-    for (int col = tid; col < p.n_keys; col += nt) {
-        const int l = col / ww, a = (col % ww) / p.w, e = col % p.w;
-        float s = 0.0f;
-        for (int pos = 0; pos < ww; ++pos) {
-            const int src = (((pos / p.w) - a) & wmask) * p.w + (((pos % p.w) - e) & wmask);
-            const float* kr = k + (long long)(l * ww + src) * p.kv_slot_stride;
-            const float* qr = qs + pos * p.hd;
-            for (int ch = 0; ch < p.hd; ++ch) s = fmaf(qr[ch], kr[ch], s);
-        }
-        if (ww > 1) s = (s + p.sr[col % ww]) * inv_ww;
-        if (p.key_pad[(long long)b * p.n_keys + col]) s = NEG_INF;
-        if (p.bias) s += p.bias[(long long)i * p.n_keys + col];
-        scores[col] = s;
-        local_max = fmaxf(local_max, s);
-    }
-    const float row_max = block_max(local_max, partial);
-    float local_sum = 0.0f;
-    for (int col = tid; col < p.n_keys; col += nt) {
-        const float e = expf(scores[col] - row_max);
-        scores[col] = e;
-        local_sum += e;
-    }
-    // block_sum's barriers also make every thread's scores[] visible to all.
-    const float inv_sum = 1.0f / block_sum(local_sum, partial);
+    // Threads per score: with few query windows (w = 8) several threads share one score's
+    // w*w-term sum, then combine it with shuffles (all threads take part exactly once).
+    const int scores = windows * TILE, parts = scores < THREADS ? THREADS / scores : 1;
 
-    if (dim >= nt) {
-        for (int entry = tid; entry < dim; entry += nt)
-            store_output(p, i, b, z, entry, weighted_values(p, scores, v, entry, 0, 1) * inv_sum);
-        return;
+    load_slots(qs, hd, q, p.q_slot_stride, q0, p.n_queries, lhd);
+    if (tid < TILE) {
+        run_max[tid] = NEG_INF;
+        run_sum[tid] = 0.0f;
     }
-    // Fewer entries than threads: `groups` threads share an entry over interleaved columns,
-    // and their partial sums are added in a fixed order (results do not depend on timing).
-    const int groups = nt / dim, group = tid / dim, entry = tid % dim;
-    __syncthreads();  // block_sum's last reads of `partial` are done
-    if (group < groups) partial[tid] = weighted_values(p, scores, v, entry, group, groups);
-    __syncthreads();
-    if (tid < dim) {
-        float acc = 0.0f;
-        for (int g = 0; g < groups; ++g) acc += partial[g * dim + tid];
-        store_output(p, i, b, z, tid, acc * inv_sum);
+    // Output accumulators: channel ch of tokens tg + groups * j, j < rows.
+    const int ch = tid & (hd - 1), tg = tid >> lhd, groups = THREADS >> lhd, rows = TILE / groups;
+    float acc[MAX_HD / 4] = {};
+
+    for (int k0 = 0; k0 < p.n_keys; k0 += TILE) {
+        load_slots(ks, hd + 1, k, p.kv_slot_stride, k0, p.n_keys, lhd);
+        load_slots(vs, hd, v, p.kv_slot_stride, k0, p.n_keys, lhd);
+        __syncthreads();
+        tile_abt(qs, hd, ks, hd + 1, hd, dp);  // D[query slot][key slot]
+        __syncthreads();
+
+        // Scores: (window g, column c = l*ww + roll) sums D along the roll's wrapped diagonal.
+        for (int idx = tid; idx < scores * parts; idx += THREADS) {
+            const int score = idx / parts, part = idx % parts;
+            const int g = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
+            float s = 0.0f;
+            for (int pos = part; pos < ww; pos += parts)
+                s += dp[((g << lww) + pos) * PAD + (l << lww) + wrap_diff(pos, roll, lw)];
+            for (int o = parts / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (part != 0) continue;
+            const int col = k0 + c, window = first_window + g;
+            if (ww > 1) s = (s + p.sr[roll]) * inv_ww;
+            if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col]) {
+                s = NEG_INF;  // the bias would not change that; and col may be out of range
+            } else if (p.bias && (window << lww) < p.n_queries) {
+                s += p.bias[(long long)window * p.n_keys + col];
+            }
+            sc[score] = s;
+        }
+        __syncthreads();
+
+        // Online softmax, one warp per query window: p = exp(s - max so far).
+        for (int g = warp; g < windows; g += THREADS / 32) {
+            const float s0 = sc[g * TILE + lane], s1 = sc[g * TILE + lane + 32];
+            const float old_max = run_max[g];
+            const float new_max = fmaxf(old_max, warp_max(fmaxf(s0, s1)));
+            // While every column so far is masked, keep the accumulators at 0.
+            const float base = new_max == NEG_INF ? 0.0f : new_max;
+            const float e0 = expf(s0 - base), e1 = expf(s1 - base);
+            const float chunk_sum = warp_sum(e0 + e1);
+            sc[g * TILE + lane] = e0;
+            sc[g * TILE + lane + 32] = e1;
+            __syncwarp();  // every lane has read run_max[g] before lane 0 updates it
+            if (lane == 0) {
+                const float r = expf(old_max - base);
+                rescale[g] = r;
+                run_sum[g] = run_sum[g] * r + chunk_sum;
+                run_max[g] = new_max;
+            }
+        }
+        __syncthreads();
+
+        // P'[query slot t][key slot src] = p(window of t, key window of src, roll src -> t).
+        for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
+            const int t = idx / TILE, src = idx % TILE;
+            const int roll = wrap_diff(t & (ww - 1), src & (ww - 1), lw);
+            dp[t * PAD + src] = sc[(t >> lww) * TILE + (src & ~(ww - 1)) + roll];
+        }
+        __syncthreads();
+
+        // O = O * rescale + P' V.
+#pragma unroll
+        for (int j = 0; j < MAX_HD / 4; ++j)
+            if (j < rows) acc[j] *= rescale[(tg + groups * j) >> lww];
+        for (int src = 0; src < TILE; ++src) {
+            const float x = vs[src * hd + ch];
+#pragma unroll
+            for (int j = 0; j < MAX_HD / 4; ++j)
+                if (j < rows) acc[j] = fmaf(dp[(tg + groups * j) * PAD + src], x, acc[j]);
+        }
+        __syncthreads();  // before the next chunk overwrites ks, vs, dp, sc
+    }
+
+#pragma unroll
+    for (int j = 0; j < MAX_HD / 4; ++j) {
+        const int t = tg + groups * j, slot = q0 + t;
+        if (j >= rows || slot >= p.n_queries) continue;
+        const float o = acc[j] / run_sum[t >> lww];
+        const long long token = p.slot_token ? p.slot_token[slot] : slot;
+        p.out[(token * p.batch + b) * p.out_row + p.out_channel + z * hd + ch] = o;
+        if (p.head_out) p.head_out[((long long)b * p.n_queries + slot) * hd + ch] = o;
     }
 }

@@ -255,7 +255,7 @@ impl AttentionCase {
             shape: AttentionShape {
                 w,
                 hd,
-                queries: windows,
+                n_queries: n_keys,
                 n_keys,
                 batch,
                 heads: 1,
@@ -288,16 +288,16 @@ impl AttentionCase {
         let tokens = if self.slot_token.is_some() {
             s.n_keys
         } else {
-            s.queries * ww
+            s.n_queries
         };
         let mut out = vec![f32::NAN; tokens * s.batch * self.out_row];
-        let mut head_out = vec![f32::NAN; s.batch * s.n_keys * hd];
+        let mut head_out = vec![f32::NAN; s.batch * s.n_queries * hd];
         let at = |layout: SlotLayout, b: usize, slot: usize, z: usize| {
             b * layout.batch + slot * layout.slot + z * s.head_stride
         };
         for z in 0..s.heads {
             for b in 0..s.batch {
-                for i in 0..s.queries {
+                for i in 0..s.n_queries / ww {
                     let mut scores = vec![0.0f64; s.n_keys];
                     for (col, sc) in scores.iter_mut().enumerate() {
                         let (l, a, e) = (col / ww, (col % ww) / w, col % w);
@@ -341,7 +341,7 @@ impl AttentionCase {
                                 + z * hd
                                 + ch;
                             out[dst] = o as f32;
-                            head_out[(b * s.n_keys + slot) * hd + ch] = o as f32;
+                            head_out[(b * s.n_queries + slot) * hd + ch] = o as f32;
                         }
                     }
                 }
@@ -416,9 +416,16 @@ fn window_attention_matches_a_cpu_loop_for_every_window() {
     };
     let kernel = WindowAttentionKernel::load(&gpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    // (w, hd, windows, batch): odd window counts; 8*8*5 = 320 entries exceed the 256 threads,
-    // the others share entries between thread groups.
-    for (w, hd, windows, batch) in [(1, 7, 37, 2), (2, 6, 13, 3), (4, 3, 5, 2), (8, 5, 3, 2)] {
+    // (w, hd, windows, batch): window counts whose slots leave the last 64-slot query tile
+    // and key chunk partly empty (37, 52, 80 slots), and w = 8 over several tiles.
+    let cases = [
+        (1, 8, 37, 2),
+        (2, 4, 13, 3),
+        (4, 16, 5, 2),
+        (8, 32, 3, 2),
+        (8, 8, 13, 1),
+    ];
+    for (w, hd, windows, batch) in cases {
         let case = AttentionCase::window(&mut rng, w, hd, windows, batch);
         let (want_out, want_head) = case.expected();
         let (out, head_out) = case.run_on(&gpu, &kernel, true);
@@ -443,7 +450,7 @@ fn attention_of_one_query_over_token_rows_with_several_heads() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     // The decoder's cross attention: one query, keys are (tokens, batch, c) rows of a wider
     // buffer (stride `row`), heads `hd` channels apart.
-    let (heads, hd, tokens, batch) = (3, 6, 45, 2);
+    let (heads, hd, tokens, batch) = (3, 8, 45, 2);
     let c = heads * hd;
     let row = 2 * c + 4;
     let mut key_pad: Vec<u8> = (0..batch * tokens)
@@ -456,7 +463,7 @@ fn attention_of_one_query_over_token_rows_with_several_heads() {
         shape: AttentionShape {
             w: 1,
             hd,
-            queries: 1,
+            n_queries: 1,
             n_keys: tokens,
             batch,
             heads,
@@ -480,4 +487,40 @@ fn attention_of_one_query_over_token_rows_with_several_heads() {
     let (want_out, _) = case.expected();
     let (out, _) = case.run_on(&gpu, &kernel, false);
     assert_written_exactly("one query", &out, &want_out);
+}
+
+#[test]
+fn window_attention_rejects_unsupported_shapes() {
+    let Some(gpu) = gpu_or_skip("window_attention_rejects_unsupported_shapes") else {
+        return;
+    };
+    let kernel = WindowAttentionKernel::load(&gpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    // hd = 6 does not divide the 256 threads: an error naming the kernel, nothing launched.
+    let case = AttentionCase::window(&mut rng, 2, 6, 3, 1);
+    let st = gpu.stream();
+    let up = |v: &[f32]| gpu::upload(st, v).unwrap();
+    let (q, k, v, sr) = (up(&case.q), up(&case.k), up(&case.v), up(&case.sr));
+    let pad = gpu::upload(st, &case.key_pad).unwrap();
+    let mut out = poisoned(&gpu, case.shape.n_keys * case.out_row);
+    let ops = AttentionOperands {
+        q: q.as_view(),
+        q_layout: case.q_layout,
+        k: k.as_view(),
+        v: v.as_view(),
+        kv_layout: case.kv_layout,
+        bias: None,
+        key_pad: pad.as_view(),
+        sr: Some(sr.as_view()),
+        slot_token: None,
+        out: out.as_view_mut(),
+        out_row: case.out_row,
+        out_channel: case.out_channel,
+        head_out: None,
+    };
+    let err = kernel.run(st, &case.shape, ops).unwrap_err().to_string();
+    assert!(
+        err.contains("window_attention_f32") && err.contains("head width"),
+        "{err}"
+    );
 }

@@ -28,6 +28,7 @@ struct WindowAttentionArgs {
     head_stride: i64,
     w: i32,
     hd: i32,
+    n_queries: i32,
     n_keys: i32,
     batch: i32,
     out_row: i32,
@@ -38,8 +39,13 @@ struct WindowAttentionArgs {
 unsafe impl DeviceRepr for WindowAttentionArgs {}
 
 const THREADS: u32 = 256;
-/// Shared memory a block may use without opting in to more.
-const SMEM_LIMIT: usize = 48 * 1024;
+/// Query slots per block and key slots per chunk (`TILE` in the .cu file).
+const TILE: usize = 64;
+/// The largest head width the kernel's register accumulators hold.
+const MAX_HD: usize = 64;
+/// Shared memory the kernel is allowed (above the 48 KB default; every GPU we build for
+/// has at least 99 KB per block). `MAX_HD` needs 83 KB.
+const SMEM_LIMIT: usize = 96 * 1024;
 
 /// Where slot `s` of batch item `b` starts (in elements): `b * batch + s * slot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +54,14 @@ pub struct SlotLayout {
     pub slot: usize,
 }
 
-/// The shape of one launch: `queries` query windows of `w*w` slots, against `n_keys` key
-/// slots (`n_keys / (w*w)` key windows), for `batch` items and `heads` heads that sit
-/// `head_stride` elements apart in q, k and v and `hd` channels apart in `out`.
+/// The shape of one launch: `n_queries` query slots (`n_queries / (w*w)` windows) against
+/// `n_keys` key slots (`n_keys / (w*w)` windows), for `batch` items and `heads` heads that
+/// sit `head_stride` elements apart in q, k and v and `hd` channels apart in `out`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionShape {
     pub w: usize,
     pub hd: usize,
-    pub queries: usize,
+    pub n_queries: usize,
     pub n_keys: usize,
     pub batch: usize,
     pub heads: usize,
@@ -69,19 +75,19 @@ pub struct AttentionOperands<'a> {
     pub k: CudaView<'a, f32>,
     pub v: CudaView<'a, f32>,
     pub kv_layout: SlotLayout,
-    /// `(queries, n_keys)`, added after masking.
+    /// `(n_queries / (w*w), n_keys)`, added after masking.
     pub bias: Option<CudaView<'a, f32>>,
     /// `(batch, n_keys)`, nonzero = masked key.
     pub key_pad: CudaView<'a, u8>,
     /// `sr(a, e)`, `(w*w)`; required when `w > 1`.
     pub sr: Option<CudaView<'a, f32>>,
-    /// Slot -> token (`queries * w*w` entries); `None` is the identity.
+    /// Slot -> token (`n_queries` entries, each below `n_keys`); `None` is the identity.
     pub slot_token: Option<CudaView<'a, u32>>,
     /// `(tokens, batch, out_row)`; head `z` writes channels `out_channel + z*hd ..`.
     pub out: CudaViewMut<'a, f32>,
     pub out_row: usize,
     pub out_channel: usize,
-    /// `(batch, n_keys, hd)` in slot order (before window reverse), when wanted.
+    /// `(batch, n_queries, hd)` in slot order (before window reverse), when wanted.
     pub head_out: Option<CudaViewMut<'a, f32>>,
 }
 
@@ -109,14 +115,16 @@ fn check_covers(kernel: &str, what: &str, len: usize, need: usize) -> Result<()>
 
 impl WindowAttentionKernel {
     pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernel> {
-        Ok(WindowAttentionKernel {
-            kernel: gpu.kernel(KernelModule::WindowAttention, "window_attention_f32")?,
-        })
+        let kernel = gpu.kernel(KernelModule::WindowAttention, "window_attention_f32")?;
+        kernel.allow_dynamic_shared(SMEM_LIMIT)?;
+        Ok(WindowAttentionKernel { kernel })
     }
 
-    /// Shared memory per block: the query window, one score row, one float per thread.
-    fn shared_bytes(s: &AttentionShape) -> usize {
-        (s.w * s.w * s.hd + s.n_keys + THREADS as usize) * std::mem::size_of::<f32>()
+    /// Shared memory per block: q, k and v tiles, the D/P' tile, the scores, and three
+    /// per-window running values (the layout at the top of the kernel).
+    fn shared_bytes(hd: usize) -> usize {
+        let floats = TILE * hd + TILE * (hd + 1) + TILE * hd + TILE * (TILE + 1) + TILE * TILE;
+        (floats + 3 * TILE) * std::mem::size_of::<f32>()
     }
 
     pub fn run(
@@ -128,30 +136,31 @@ impl WindowAttentionKernel {
         let name = self.kernel.name();
         let ww = s.w * s.w;
         let bad = |problem: String| Err(Error::invalid(name, problem));
-        if !s.w.is_power_of_two() || s.hd == 0 || s.batch == 0 || s.heads == 0 || s.queries == 0 {
+        if !s.w.is_power_of_two() || ww > TILE || s.batch == 0 || s.heads == 0 {
             return bad(format!(
-                "window {} must be a power of two, sizes nonzero: {s:?}",
+                "window {} must be a power of two with at most {TILE} pixels, batch and \
+                 heads nonzero: {s:?}",
                 s.w
             ));
         }
-        if s.n_keys == 0 || !s.n_keys.is_multiple_of(ww) {
+        if !(4..=MAX_HD).contains(&s.hd) || !(THREADS as usize).is_multiple_of(s.hd) {
             return bad(format!(
-                "{} keys are not whole {}x{} windows",
-                s.n_keys, s.w, s.w
+                "head width {} must divide {THREADS} and be 4 to {MAX_HD}",
+                s.hd
             ));
         }
-        let smem = Self::shared_bytes(s);
-        if smem > SMEM_LIMIT {
-            return bad(format!(
-                "needs {smem} bytes of shared memory, over {SMEM_LIMIT}"
-            ));
+        for (what, n) in [("queries", s.n_queries), ("keys", s.n_keys)] {
+            if n == 0 || !n.is_multiple_of(ww) {
+                return bad(format!("{n} {what} are not whole {}x{} windows", s.w, s.w));
+            }
         }
-        let slots = s.queries * ww;
+        let smem = Self::shared_bytes(s.hd);
+        let slots = s.n_queries;
         check_covers(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;
         check_covers(name, "k", ops.k.len(), extent(ops.kv_layout, s, s.n_keys))?;
         check_covers(name, "v", ops.v.len(), extent(ops.kv_layout, s, s.n_keys))?;
         if let Some(b) = &ops.bias {
-            check_len(name, "bias", b.len(), s.queries * s.n_keys)?;
+            check_len(name, "bias", b.len(), slots / ww * s.n_keys)?;
         }
         check_len(name, "key_pad", ops.key_pad.len(), s.batch * s.n_keys)?;
         match &ops.sr {
@@ -178,7 +187,7 @@ impl WindowAttentionKernel {
             if s.heads != 1 {
                 return bad("head_out is for single-head launches".into());
             }
-            check_len(name, "head_out", h.len(), s.batch * s.n_keys * s.hd)?;
+            check_len(name, "head_out", h.len(), s.batch * slots * s.hd)?;
         }
         let i32_of = |v: usize| i32::try_from(v).map_err(|_| Error::invalid(name, "size over i32"));
         let args = WindowAttentionArgs {
@@ -198,13 +207,14 @@ impl WindowAttentionKernel {
             head_stride: s.head_stride as i64,
             w: i32_of(s.w)?,
             hd: i32_of(s.hd)?,
+            n_queries: i32_of(s.n_queries)?,
             n_keys: i32_of(s.n_keys)?,
             batch: i32_of(s.batch)?,
             out_row: i32_of(ops.out_row)?,
             out_channel: i32_of(ops.out_channel)?,
         };
         let cfg = LaunchConfig {
-            grid_dim: (s.queries as u32, s.batch as u32, s.heads as u32),
+            grid_dim: (slots.div_ceil(TILE) as u32, s.batch as u32, s.heads as u32),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };

@@ -70,7 +70,7 @@ impl HeadWork {
         let shape = AttentionShape {
             w: p.w,
             hd: p.hd,
-            queries: p.l,
+            n_queries: p.l_all,
             n_keys: p.l_all,
             batch: io.batch,
             heads: 1,

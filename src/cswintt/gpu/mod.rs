@@ -446,7 +446,7 @@ impl GpuEngine {
                 let shape = AttentionShape {
                     w: 1,
                     hd,
-                    queries: 1,
+                    n_queries: 1,
                     n_keys: l_all,
                     batch: b,
                     heads: h,

@@ -10,8 +10,12 @@
 //   linear_bias_f32           out (n, m) = (acc + bias) * scale      (scale 1: plain linear;
 //                                                                     the decoder's query uses hd^-0.5)
 //   linear_bias_relu_f32      out (n, m) = relu(acc + bias)          (FFN1)
-//   linear_bias_residual_f32  out (n, m) = acc + bias + residual     (output projection, FFN2;
-//                                                                     LayerNorm follows in layer_norm.cu)
+//   linear_split_k_f32        out (splits, n, m): blockIdx.z sums k in [z*k_chunk, (z+1)*k_chunk),
+//                             no bias. For the layers followed by bias + residual + LayerNorm
+//                             (output projection, FFN2): their outputs are only c = 256 wide, so
+//                             64x64 tiles alone give too few blocks (44 at 704 rows, 4 in the
+//                             decoder); add_layer_norm_f32 (layer_norm.cu) then sums the partials
+//                             in a fixed order with bias and residual, and normalises.
 //   linear_qkv_windows_f32    the encoder's QKV projection, m = 3c: q (scaled by `scale`), k
 //                             and v are written per head straight into the window-partitioned,
 //                             cyclically shifted layout the attention reads:
@@ -24,10 +28,10 @@ struct LinearArgs {
     const float* x;
     const float* weight;
     const float* bias;
-    const float* residual;        // linear_bias_residual_f32 only
     float* out;
     const unsigned* token_slot;   // linear_qkv_windows_f32 only: (heads, l_all)
     long long n, m, k;
+    long long k_chunk;            // linear_split_k_f32 only
     float scale;
     int batch, l_all, heads, hd;  // linear_qkv_windows_f32 only
 };
@@ -36,8 +40,10 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 
+// Accumulates x W^T over k in [k_begin, k_end) for this block's tile, then applies `epilogue`.
 template <class Epilogue>
-__device__ void linear_tile(const LinearArgs& p, Epilogue epilogue) {
+__device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
+                            Epilogue epilogue) {
     // +1 column: the transposed stores below hit distinct banks.
     __shared__ float xs[BK][BM + 1];
     __shared__ float ws[BK][BN + 1];
@@ -47,12 +53,12 @@ __device__ void linear_tile(const LinearArgs& p, Epilogue epilogue) {
     const int lr = tid / 4, lk = (tid % 4) * 4;
     const long long xr = row0 + lr, wr = col0 + lr;
     float acc[4][4] = {};
-    for (long long k0 = 0; k0 < p.k; k0 += BK) {
+    for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const long long kk = k0 + lk + j;
-            xs[lk + j][lr] = (xr < p.n && kk < p.k) ? p.x[xr * p.k + kk] : 0.0f;
-            ws[lk + j][lr] = (wr < p.m && kk < p.k) ? p.weight[wr * p.k + kk] : 0.0f;
+            xs[lk + j][lr] = (xr < p.n && kk < k_end) ? p.x[xr * p.k + kk] : 0.0f;
+            ws[lk + j][lr] = (wr < p.m && kk < k_end) ? p.weight[wr * p.k + kk] : 0.0f;
         }
         __syncthreads();
 #pragma unroll
@@ -81,26 +87,26 @@ __device__ void linear_tile(const LinearArgs& p, Epilogue epilogue) {
 }  // namespace
 
 ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_f32(LinearArgs p) {
-    linear_tile(p, [&](long long r, long long c, float acc) {
+    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = (acc + p.bias[c]) * p.scale;
     });
 }
 
 ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_relu_f32(LinearArgs p) {
-    linear_tile(p, [&](long long r, long long c, float acc) {
+    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = fmaxf(acc + p.bias[c], 0.0f);
     });
 }
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_residual_f32(LinearArgs p) {
-    linear_tile(p, [&](long long r, long long c, float acc) {
-        p.out[r * p.m + c] = acc + p.bias[c] + p.residual[r * p.m + c];
-    });
+ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_split_k_f32(LinearArgs p) {
+    const long long begin = blockIdx.z * p.k_chunk, end = min(p.k, begin + p.k_chunk);
+    float* out = p.out + blockIdx.z * p.n * p.m;
+    linear_tile(p, begin, end, [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
 ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_f32(LinearArgs p) {
     const long long width = p.m / 3;  // c
-    linear_tile(p, [&](long long r, long long c, float acc) {
+    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
         const long long which = c / width, channel = c % width;
         const long long head = channel / p.hd, ch = channel % p.hd;
         const long long token = r / p.batch, b = r % p.batch;

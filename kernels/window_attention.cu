@@ -32,8 +32,10 @@
 //            the window-reversed, concatenated output (token = slot_token[slot]).
 //   head_out (batch, n_queries, hd) or null: the output before window reverse, for tests.
 //
-// Variants: window_attention_f32 only. hd must divide 256 and be at most 64 (the launcher
-// checks); shared memory is dynamic (above 48 KB the launcher opts in).
+// Variants: window_attention_hd{8,16,32,64}_f32, one per head width, so that every loop
+// over channels and accumulator rows has a compile-time trip count (a run-time hd cost 3x
+// the instructions: predicated unrolled loops and index arithmetic). The launcher picks the
+// variant; shared memory is dynamic (above 48 KB the launcher opts in).
 #include "common.cuh"
 
 struct WindowAttentionArgs {
@@ -47,32 +49,34 @@ struct WindowAttentionArgs {
     float* out;
     float* head_out;
     long long q_batch_stride, q_slot_stride, kv_batch_stride, kv_slot_stride, head_stride;
-    int w, hd, n_queries, n_keys, batch, out_row, out_channel;
+    int w, n_queries, n_keys, batch, out_row, out_channel;
 };
 
 namespace {
 
 constexpr int TILE = 64;      // query slots per block and key slots per chunk
 constexpr int THREADS = 256;
-constexpr int MAX_HD = 64;
 constexpr int PAD = TILE + 1;  // row stride of the 64x64 tiles: column walks hit distinct banks
 
-// Loads `TILE` slots from `first` (zeros past `count`) into a (TILE, stride) tile; hd = 1 << lhd.
+// Loads `TILE` slots from `first` (zeros past `count`) into a (TILE, stride) tile.
+template <int HD>
 __device__ void load_slots(float* tile, int stride, const float* base, long long slot_stride,
-                           int first, int count, int lhd) {
-    const int hd = 1 << lhd;
-    for (int e = threadIdx.x; e < TILE * hd; e += THREADS) {
-        const int t = e >> lhd, ch = e & (hd - 1);
+                           int first, int count) {
+#pragma unroll
+    for (int e = threadIdx.x; e < TILE * HD; e += THREADS) {
+        const int t = e / HD, ch = e % HD;
         tile[t * stride + ch] = first + t < count ? base[(first + t) * slot_stride + ch] : 0.0f;
     }
 }
 
-// acc (+)= A B^T for 64x64 tiles of A (64, k) and B (64, k) with row strides sa, sb; each
+// out = A B^T for 64x64 tiles of A (64, HD) and B (64, HD) with row strides sa, sb; each
 // thread owns rows ty + 16i and columns tx + 16j.
-__device__ void tile_abt(const float* a, int sa, const float* b, int sb, int k, float* out) {
+template <int HD>
+__device__ void tile_abt(const float* a, int sa, const float* b, int sb, float* out) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     float acc[4][4] = {};
-    for (int kk = 0; kk < k; ++kk) {
+#pragma unroll 8
+    for (int kk = 0; kk < HD; ++kk) {
         float x[4], y[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) x[i] = a[(ty + 16 * i) * sa + kk];
@@ -99,11 +103,13 @@ __device__ __forceinline__ int wrap_diff(int x, int y, int lw) {
 
 }  // namespace
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_f32(WindowAttentionArgs p) {
+template <int HD>
+__device__ void window_attention(const WindowAttentionArgs& p) {
     extern __shared__ float smem[];
-    // w and hd are powers of two (the launcher checks): index arithmetic is shifts and masks.
-    const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww, lhd = __ffs(p.hd) - 1;
-    const int hd = p.hd, windows = TILE >> lww;
+    // w is a power of two (the launcher checks): index arithmetic is shifts and masks.
+    const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww;
+    constexpr int hd = HD, groups = THREADS / HD, rows = TILE / groups;
+    const int windows = TILE >> lww;
     float* qs = smem;                  // (TILE, hd) query slots
     float* ks = qs + TILE * hd;        // (TILE, hd + 1) key chunk
     float* vs = ks + TILE * (hd + 1);  // (TILE, hd) value chunk
@@ -124,20 +130,20 @@ ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_f32(WindowAttenti
     // w*w-term sum, then combine it with shuffles (all threads take part exactly once).
     const int scores = windows * TILE, parts = scores < THREADS ? THREADS / scores : 1;
 
-    load_slots(qs, hd, q, p.q_slot_stride, q0, p.n_queries, lhd);
+    load_slots<HD>(qs, hd, q, p.q_slot_stride, q0, p.n_queries);
     if (tid < TILE) {
         run_max[tid] = NEG_INF;
         run_sum[tid] = 0.0f;
     }
     // Output accumulators: channel ch of tokens tg + groups * j, j < rows.
-    const int ch = tid & (hd - 1), tg = tid >> lhd, groups = THREADS >> lhd, rows = TILE / groups;
-    float acc[MAX_HD / 4] = {};
+    const int ch = tid % HD, tg = tid / HD;
+    float acc[rows] = {};
 
     for (int k0 = 0; k0 < p.n_keys; k0 += TILE) {
-        load_slots(ks, hd + 1, k, p.kv_slot_stride, k0, p.n_keys, lhd);
-        load_slots(vs, hd, v, p.kv_slot_stride, k0, p.n_keys, lhd);
+        load_slots<HD>(ks, hd + 1, k, p.kv_slot_stride, k0, p.n_keys);
+        load_slots<HD>(vs, hd, v, p.kv_slot_stride, k0, p.n_keys);
         __syncthreads();
-        tile_abt(qs, hd, ks, hd + 1, hd, dp);  // D[query slot][key slot]
+        tile_abt<HD>(qs, hd, ks, hd + 1, dp);  // D[query slot][key slot]
         __syncthreads();
 
         // Scores: (window g, column c = l*ww + roll) sums D along the roll's wrapped diagonal.
@@ -191,24 +197,33 @@ ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_f32(WindowAttenti
 
         // O = O * rescale + P' V.
 #pragma unroll
-        for (int j = 0; j < MAX_HD / 4; ++j)
-            if (j < rows) acc[j] *= rescale[(tg + groups * j) >> lww];
+        for (int j = 0; j < rows; ++j) acc[j] *= rescale[(tg + groups * j) >> lww];
+#pragma unroll 4
         for (int src = 0; src < TILE; ++src) {
             const float x = vs[src * hd + ch];
 #pragma unroll
-            for (int j = 0; j < MAX_HD / 4; ++j)
-                if (j < rows) acc[j] = fmaf(dp[(tg + groups * j) * PAD + src], x, acc[j]);
+            for (int j = 0; j < rows; ++j) acc[j] = fmaf(dp[(tg + groups * j) * PAD + src], x, acc[j]);
         }
         __syncthreads();  // before the next chunk overwrites ks, vs, dp, sc
     }
 
 #pragma unroll
-    for (int j = 0; j < MAX_HD / 4; ++j) {
+    for (int j = 0; j < rows; ++j) {
         const int t = tg + groups * j, slot = q0 + t;
-        if (j >= rows || slot >= p.n_queries) continue;
+        if (slot >= p.n_queries) continue;
         const float o = acc[j] / run_sum[t >> lww];
         const long long token = p.slot_token ? p.slot_token[slot] : slot;
         p.out[(token * p.batch + b) * p.out_row + p.out_channel + z * hd + ch] = o;
         if (p.head_out) p.head_out[((long long)b * p.n_queries + slot) * hd + ch] = o;
     }
 }
+
+#define WINDOW_ATTENTION(HD)                                                         \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_hd##HD##_f32( \
+        WindowAttentionArgs p) {                                                     \
+        window_attention<HD>(p);                                                     \
+    }
+WINDOW_ATTENTION(8)
+WINDOW_ATTENTION(16)
+WINDOW_ATTENTION(32)
+WINDOW_ATTENTION(64)

@@ -4,7 +4,7 @@
 //! `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
-use attnrt::kernels::layer_norm::LayerNormKernel;
+use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
@@ -57,17 +57,15 @@ fn linear_epilogues_match_a_cpu_loop() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     // Not multiples of the 64x64 tile nor of the 16-wide k step.
     let (n, m, k) = (131, 97, 45);
-    let (x, w, bias, res) = (
+    let (x, w, bias) = (
         random(&mut rng, n * k),
         random(&mut rng, m * k),
         random(&mut rng, m),
-        random(&mut rng, n * m),
     );
-    let (dx, dw, db, dres) = (
+    let (dx, dw, db) = (
         gpu::upload(s, &x).unwrap(),
         gpu::upload(s, &w).unwrap(),
         gpu::upload(s, &bias).unwrap(),
-        gpu::upload(s, &res).unwrap(),
     );
     let base = linear_cpu(&x, &w, &bias, n, m, k);
     let cases: Vec<(&str, Epilogue, Vec<f32>)> = vec![
@@ -81,16 +79,6 @@ fn linear_epilogues_match_a_cpu_loop() {
             Epilogue::BiasRelu,
             base.iter().map(|v| v.max(0.0) as f32).collect(),
         ),
-        (
-            "bias + residual",
-            Epilogue::BiasResidual {
-                residual: dres.as_view(),
-            },
-            base.iter()
-                .zip(&res)
-                .map(|(v, r)| (v + *r as f64) as f32)
-                .collect(),
-        ),
     ];
     for (what, epilogue, want) in cases {
         let mut out = poisoned(&gpu, n * m);
@@ -99,6 +87,21 @@ fn linear_epilogues_match_a_cpu_loop() {
             .unwrap();
         assert_close(what, &gpu::download(s, &out).unwrap(), &want);
     }
+    // Split over k in 3 chunks (of 16, 16 and 13): the partial products sum to x W^T.
+    let splits = 3;
+    let mut out = poisoned(&gpu, splits * n * m);
+    let epilogue = Epilogue::SplitK { splits };
+    kernels
+        .run(s, &dx, &dw, &db, (n, m, k), &mut out, epilogue)
+        .unwrap();
+    let parts = gpu::download(s, &out).unwrap();
+    let got: Vec<f32> = (0..n * m)
+        .map(|e| (0..splits).map(|z| parts[z * n * m + e]).sum())
+        .collect();
+    let want: Vec<f32> = (0..n * m)
+        .map(|e| (base[e] - bias[e % m] as f64) as f32)
+        .collect();
+    assert_close("split k", &got, &want);
 }
 
 #[test]
@@ -159,6 +162,20 @@ fn qkv_projection_writes_each_heads_window_layout() {
     assert_close("qkv windows", &gpu::download(s, &out).unwrap(), &want);
 }
 
+/// `LN(v) * gamma + beta` per row of `c`, in f64.
+fn layer_norm_cpu(v: &[f64], gamma: &[f32], beta: &[f32], c: usize, eps: f32) -> Vec<f32> {
+    let mut y = vec![0.0f32; v.len()];
+    for (row, out) in v.chunks(c).zip(y.chunks_mut(c)) {
+        let mean = row.iter().sum::<f64>() / c as f64;
+        let var = row.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / c as f64;
+        for j in 0..c {
+            let z = (row[j] - mean) / (var + eps as f64).sqrt();
+            out[j] = (z * gamma[j] as f64 + beta[j] as f64) as f32;
+        }
+    }
+    y
+}
+
 #[test]
 fn layer_norm_matches_a_cpu_loop() {
     let Some(gpu) = gpu_or_skip("layer_norm_matches_a_cpu_loop") else {
@@ -168,51 +185,60 @@ fn layer_norm_matches_a_cpu_loop() {
     let kernel = LayerNormKernel::load(&gpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     // 37 rows: the last block has idle warps; c = 100 is not a multiple of 32.
-    let (rows, c, eps) = (37, 100, 1e-5f32);
-    let x: Vec<f32> = random(&mut rng, rows * c)
+    let (rows, c, parts, eps) = (37, 100, 3, 1e-5f32);
+    let x: Vec<f32> = random(&mut rng, parts * rows * c)
         .iter()
         .map(|v| 3.0 * v + 0.5)
         .collect();
-    let (gamma, beta, add) = (
+    let (gamma, beta, bias, residual, add) = (
+        random(&mut rng, c),
         random(&mut rng, c),
         random(&mut rng, c),
         random(&mut rng, rows * c),
+        random(&mut rng, rows * c),
     );
-    let mut want = vec![0.0f32; rows * c];
-    for r in 0..rows {
-        let row = &x[r * c..(r + 1) * c];
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
-        for j in 0..c {
-            let z = (row[j] as f64 - mean) / (var + eps as f64).sqrt();
-            want[r * c + j] = (z * gamma[j] as f64 + beta[j] as f64) as f32;
-        }
-    }
+    let up = |v: &[f32]| gpu::upload(s, v).unwrap();
+    let (dx, dg, db, dbias, dres, dadd) = (
+        up(&x),
+        up(&gamma),
+        up(&beta),
+        up(&bias),
+        up(&residual),
+        up(&add),
+    );
+
+    // Plain LayerNorm of the first part, with the fused `+ add`.
+    let first: Vec<f64> = x[..rows * c].iter().map(|&v| v as f64).collect();
+    let want = layer_norm_cpu(&first, &gamma, &beta, c, eps);
     let want_plus: Vec<f32> = want.iter().zip(&add).map(|(a, b)| a + b).collect();
-    let (dx, dg, db, dadd) = (
-        gpu::upload(s, &x).unwrap(),
-        gpu::upload(s, &gamma).unwrap(),
-        gpu::upload(s, &beta).unwrap(),
-        gpu::upload(s, &add).unwrap(),
-    );
     let mut y = poisoned(&gpu, rows * c);
     let mut y_plus = poisoned(&gpu, rows * c);
-    kernel
-        .run(
-            s,
-            &dx,
-            &dg,
-            &db,
-            eps,
-            &mut y,
-            Some((dadd.as_view(), y_plus.as_view_mut())),
-        )
-        .unwrap();
+    let plain = NormInput::of(dx.slice(..rows * c));
+    let plus = Some((dadd.as_view(), y_plus.as_view_mut()));
+    kernel.run(s, plain, &dg, &db, eps, &mut y, plus).unwrap();
     assert_close("layer norm", &gpu::download(s, &y).unwrap(), &want);
+    assert_close("+ add", &gpu::download(s, &y_plus).unwrap(), &want_plus);
+
+    // The linear epilogue: LN(part 0 + part 1 + part 2 + bias + residual).
+    let sum: Vec<f64> = (0..rows * c)
+        .map(|e| {
+            let parts_sum: f64 = (0..parts).map(|p| x[p * rows * c + e] as f64).sum();
+            parts_sum + bias[e % c] as f64 + residual[e] as f64
+        })
+        .collect();
+    let want = layer_norm_cpu(&sum, &gamma, &beta, c, eps);
+    let mut y = poisoned(&gpu, rows * c);
+    let input = NormInput {
+        parts: dx.as_view(),
+        n_parts: parts,
+        bias: Some(dbias.as_view()),
+        residual: Some(dres.as_view()),
+    };
+    kernel.run(s, input, &dg, &db, eps, &mut y, None).unwrap();
     assert_close(
-        "layer norm + add",
-        &gpu::download(s, &y_plus).unwrap(),
-        &want_plus,
+        "parts + bias + residual",
+        &gpu::download(s, &y).unwrap(),
+        &want,
     );
 }
 
@@ -420,8 +446,8 @@ fn window_attention_matches_a_cpu_loop_for_every_window() {
     // and key chunk partly empty (37, 52, 80 slots), and w = 8 over several tiles.
     let cases = [
         (1, 8, 37, 2),
-        (2, 4, 13, 3),
-        (4, 16, 5, 2),
+        (2, 16, 13, 3),
+        (4, 64, 5, 2),
         (8, 32, 3, 2),
         (8, 8, 13, 1),
     ];
@@ -520,7 +546,7 @@ fn window_attention_rejects_unsupported_shapes() {
     };
     let err = kernel.run(st, &case.shape, ops).unwrap_err().to_string();
     assert!(
-        err.contains("window_attention_f32") && err.contains("head width"),
+        err.contains("window_attention") && err.contains("head width 6"),
         "{err}"
     );
 }

@@ -1,9 +1,9 @@
 //! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue.
 
-use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{check_len, opt_ptr, ptr, ptr_mut};
+use super::raw::{check_len, ptr, ptr_mut};
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
 
@@ -14,12 +14,12 @@ struct LinearArgs {
     x: u64,
     weight: u64,
     bias: u64,
-    residual: u64,
     out: u64,
     token_slot: u64,
     n: i64,
     m: i64,
     k: i64,
+    k_chunk: i64,
     scale: f32,
     batch: i32,
     l_all: i32,
@@ -33,6 +33,16 @@ unsafe impl DeviceRepr for LinearArgs {}
 /// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
 const TILE: usize = 64;
 const THREADS: u32 = 256;
+/// The k step of the kernel's main loop (`BK`): k-split chunks are multiples of it.
+const K_STEP: usize = 16;
+
+/// How many k-split partial products [`Epilogue::SplitK`] should use for an `(n, m, k)`
+/// product: enough blocks for about two per SM of an H100 (132), while every split keeps
+/// at least 128 of k (8 steps of the main loop).
+pub fn split_k(n: usize, m: usize, k: usize) -> usize {
+    let tiles = n.div_ceil(TILE) * m.div_ceil(TILE);
+    (264usize.div_ceil(tiles)).clamp(1, (k / 128).max(1))
+}
 
 /// What happens to each result element `acc` (row `r`, column `c`).
 #[derive(Debug)]
@@ -41,8 +51,9 @@ pub enum Epilogue<'a> {
     Bias { scale: f32 },
     /// `out[r][c] = relu(acc + bias[c])`.
     BiasRelu,
-    /// `out[r][c] = acc + bias[c] + residual[r][c]`.
-    BiasResidual { residual: CudaView<'a, f32> },
+    /// No bias: `out[z][r][c]` is the product over the `z`-th of `splits` chunks of k,
+    /// `out` `(splits, n, m)`; `layer_norm`'s `add_layer_norm_f32` sums them.
+    SplitK { splits: usize },
     /// The encoder's QKV projection (`m = 3c`, rows `token * batch + b`): q (times `scale`),
     /// k and v go to `out[which][head][b][slot][hd]` with `slot = token_slot[head][token]`.
     QkvWindows {
@@ -58,7 +69,7 @@ pub enum Epilogue<'a> {
 pub struct LinearKernels {
     bias: Kernel,
     bias_relu: Kernel,
-    bias_residual: Kernel,
+    split_k: Kernel,
     qkv_windows: Kernel,
 }
 
@@ -68,13 +79,13 @@ impl LinearKernels {
         Ok(LinearKernels {
             bias: k("linear_bias_f32")?,
             bias_relu: k("linear_bias_relu_f32")?,
-            bias_residual: k("linear_bias_residual_f32")?,
+            split_k: k("linear_split_k_f32")?,
             qkv_windows: k("linear_qkv_windows_f32")?,
         })
     }
 
     /// `out = epilogue(x W^T + bias)` with `x` `(n, k)`, `weight` `(m, k)`, `bias` `(m)`; `out`
-    /// is `(n, m)` (for `QkvWindows`, `3 * n * m / 3` elements in the window layout).
+    /// is `(n, m)` (for `QkvWindows` in the window layout; for `SplitK`, `(splits, n, m)`).
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -89,24 +100,28 @@ impl LinearKernels {
         let kernel = match &epilogue {
             Epilogue::Bias { .. } => &self.bias,
             Epilogue::BiasRelu => &self.bias_relu,
-            Epilogue::BiasResidual { .. } => &self.bias_residual,
+            Epilogue::SplitK { .. } => &self.split_k,
             Epilogue::QkvWindows { .. } => &self.qkv_windows,
         };
         let name = kernel.name();
         check_len(name, "x", x.len(), n * k)?;
         check_len(name, "weight", weight.len(), m * k)?;
         check_len(name, "bias", bias.len(), m)?;
-        check_len(name, "out", out.len(), n * m)?;
+        let splits = match epilogue {
+            Epilogue::SplitK { splits } => splits,
+            _ => 1,
+        };
+        check_len(name, "out", out.len(), splits * n * m)?;
         let mut args = LinearArgs {
             x: ptr(x, stream),
             weight: ptr(weight, stream),
             bias: ptr(bias, stream),
-            residual: 0,
             out: 0,
             token_slot: 0,
             n: n as i64,
             m: m as i64,
             k: k as i64,
+            k_chunk: k as i64,
             scale: 1.0,
             batch: 0,
             l_all: 0,
@@ -116,9 +131,11 @@ impl LinearKernels {
         match &epilogue {
             Epilogue::Bias { scale } => args.scale = *scale,
             Epilogue::BiasRelu => {}
-            Epilogue::BiasResidual { residual } => {
-                check_len(name, "residual", residual.len(), n * m)?;
-                args.residual = opt_ptr(Some(residual), stream);
+            Epilogue::SplitK { splits } => {
+                if *splits == 0 || *splits > k.max(1) {
+                    return Err(Error::invalid(name, format!("{splits} splits of k = {k}")));
+                }
+                args.k_chunk = k.div_ceil(*splits).next_multiple_of(K_STEP) as i64;
             }
             Epilogue::QkvWindows {
                 token_slot,
@@ -153,7 +170,11 @@ impl LinearKernels {
         }
         args.out = ptr_mut(out, stream);
         let cfg = LaunchConfig {
-            grid_dim: (m.div_ceil(TILE) as u32, n.div_ceil(TILE) as u32, 1),
+            grid_dim: (
+                m.div_ceil(TILE) as u32,
+                n.div_ceil(TILE) as u32,
+                splits as u32,
+            ),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

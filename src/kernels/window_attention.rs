@@ -27,7 +27,6 @@ struct WindowAttentionArgs {
     kv_slot_stride: i64,
     head_stride: i64,
     w: i32,
-    hd: i32,
     n_queries: i32,
     n_keys: i32,
     batch: i32,
@@ -41,10 +40,10 @@ unsafe impl DeviceRepr for WindowAttentionArgs {}
 const THREADS: u32 = 256;
 /// Query slots per block and key slots per chunk (`TILE` in the .cu file).
 const TILE: usize = 64;
-/// The largest head width the kernel's register accumulators hold.
-const MAX_HD: usize = 64;
+/// Head widths with a compiled variant (`window_attention_hd{HD}_f32`).
+const HEAD_WIDTHS: [usize; 4] = [8, 16, 32, 64];
 /// Shared memory the kernel is allowed (above the 48 KB default; every GPU we build for
-/// has at least 99 KB per block). `MAX_HD` needs 83 KB.
+/// has at least 99 KB per block). hd = 64 needs 83 KB.
 const SMEM_LIMIT: usize = 96 * 1024;
 
 /// Where slot `s` of batch item `b` starts (in elements): `b * batch + s * slot`.
@@ -91,10 +90,10 @@ pub struct AttentionOperands<'a> {
     pub head_out: Option<CudaViewMut<'a, f32>>,
 }
 
-/// `window_attention_f32`, loaded once.
+/// The `window_attention_hd*_f32` variants, loaded once (in `HEAD_WIDTHS` order).
 #[derive(Debug, Clone)]
 pub struct WindowAttentionKernel {
-    kernel: Kernel,
+    variants: Vec<Kernel>,
 }
 
 /// One past the largest element index a launch reads at `layout` for `slots` slots.
@@ -115,9 +114,21 @@ fn check_covers(kernel: &str, what: &str, len: usize, need: usize) -> Result<()>
 
 impl WindowAttentionKernel {
     pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernel> {
-        let kernel = gpu.kernel(KernelModule::WindowAttention, "window_attention_f32")?;
-        kernel.allow_dynamic_shared(SMEM_LIMIT)?;
-        Ok(WindowAttentionKernel { kernel })
+        const NAMES: [&str; 4] = [
+            "window_attention_hd8_f32",
+            "window_attention_hd16_f32",
+            "window_attention_hd32_f32",
+            "window_attention_hd64_f32",
+        ];
+        let variants = NAMES
+            .iter()
+            .map(|name| {
+                let kernel = gpu.kernel(KernelModule::WindowAttention, name)?;
+                kernel.allow_dynamic_shared(SMEM_LIMIT)?;
+                Ok(kernel)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WindowAttentionKernel { variants })
     }
 
     /// Shared memory per block: q, k and v tiles, the D/P' tile, the scores, and three
@@ -133,20 +144,24 @@ impl WindowAttentionKernel {
         s: &AttentionShape,
         mut ops: AttentionOperands<'_>,
     ) -> Result<()> {
-        let name = self.kernel.name();
         let ww = s.w * s.w;
+        let Some(variant) = HEAD_WIDTHS.iter().position(|&hd| hd == s.hd) else {
+            return Err(Error::invalid(
+                "window_attention_f32",
+                format!(
+                    "head width {} has no variant (one of {HEAD_WIDTHS:?})",
+                    s.hd
+                ),
+            ));
+        };
+        let kernel = &self.variants[variant];
+        let name = kernel.name();
         let bad = |problem: String| Err(Error::invalid(name, problem));
         if !s.w.is_power_of_two() || ww > TILE || s.batch == 0 || s.heads == 0 {
             return bad(format!(
                 "window {} must be a power of two with at most {TILE} pixels, batch and \
                  heads nonzero: {s:?}",
                 s.w
-            ));
-        }
-        if !(4..=MAX_HD).contains(&s.hd) || !(THREADS as usize).is_multiple_of(s.hd) {
-            return bad(format!(
-                "head width {} must divide {THREADS} and be 4 to {MAX_HD}",
-                s.hd
             ));
         }
         for (what, n) in [("queries", s.n_queries), ("keys", s.n_keys)] {
@@ -206,7 +221,6 @@ impl WindowAttentionKernel {
             kv_slot_stride: ops.kv_layout.slot as i64,
             head_stride: s.head_stride as i64,
             w: i32_of(s.w)?,
-            hd: i32_of(s.hd)?,
             n_queries: i32_of(s.n_queries)?,
             n_keys: i32_of(s.n_keys)?,
             batch: i32_of(s.batch)?,
@@ -220,6 +234,6 @@ impl WindowAttentionKernel {
         };
         // SAFETY: `args` mirrors the kernel's struct; every buffer covers the indices the
         // launch reads or writes (checked above).
-        unsafe { self.kernel.on(stream).arg(&args).go(cfg) }
+        unsafe { kernel.on(stream).arg(&args).go(cfg) }
     }
 }

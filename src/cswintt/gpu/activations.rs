@@ -6,6 +6,7 @@ use cudarc::driver::CudaStream;
 
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::{DeviceBuffer, poison_nan};
+use crate::kernels::linear::split_k;
 use crate::model::config::Config;
 
 pub(super) struct Activations {
@@ -15,8 +16,6 @@ pub(super) struct Activations {
     pub x: DeviceBuffer<f32>,
     /// After the first LayerNorm.
     pub x1: DeviceBuffer<f32>,
-    /// Residual sums before a LayerNorm.
-    pub sum: DeviceBuffer<f32>,
     /// q|k|v per head in window layout, `(3, H, batch, L_all, hd)`.
     pub qkv: DeviceBuffer<f32>,
     /// Heads after window reverse, concatenated, `(n, c)`.
@@ -34,23 +33,34 @@ pub(super) struct Activations {
     pub mem_kv: DeviceBuffer<f32>,
     /// `qpos`, the query embedding per batch item, `(batch, c)`.
     pub qpos: DeviceBuffer<f32>,
-    /// `t`, and `t + qpos`.
+    /// `t`; the next `t` (a LayerNorm reads `t` as its residual while writing `t_next`;
+    /// then they swap); `t + qpos`.
     pub t: DeviceBuffer<f32>,
+    pub t_next: DeviceBuffer<f32>,
     pub tq: DeviceBuffer<f32>,
-    /// Projections, attention output and residual sums, `(batch, c)`.
+    /// Projections and attention output, `(batch, c)`.
     pub proj: DeviceBuffer<f32>,
     pub attn: DeviceBuffer<f32>,
-    pub dsum: DeviceBuffer<f32>,
     /// Decoder FFN hidden layer, `(batch, ff)`.
     pub dhidden: DeviceBuffer<f32>,
     /// `hs = post_norm(t)`.
     pub hs: DeviceBuffer<f32>,
+    /// k-split partial products of the linears followed by bias + residual + LayerNorm,
+    /// `(splits, rows, c)`, sized for the largest of them.
+    pub partial: DeviceBuffer<f32>,
 }
 
 impl Activations {
     pub fn new(s: &Arc<CudaStream>, cfg: &Config, batch: usize) -> Result<Activations> {
         let (c, h, ff) = (cfg.d_model, cfg.nhead, cfg.dim_feedforward);
         let n = cfg.l_all() * batch;
+        // The linears before a LayerNorm: output projections (k = c) and FFN2 (k = ff), on
+        // the encoder's n rows and the decoder's batch rows.
+        let partial = [(n, c), (n, ff), (batch, c), (batch, ff)]
+            .iter()
+            .map(|&(rows, k)| split_k(rows, c, k) * rows * c)
+            .max()
+            .unwrap_or(0);
         let f = |len: usize| -> Result<DeviceBuffer<f32>> {
             s.alloc_zeros::<f32>(len)
                 .cuda(|| format!("allocating {len} activations"))
@@ -63,7 +73,6 @@ impl Activations {
             batch,
             x: f(n * c)?,
             x1: f(n * c)?,
-            sum: f(n * c)?,
             qkv: f(3 * n * c)?,
             concat: f(n * c)?,
             hidden: f(n * ff)?,
@@ -73,12 +82,13 @@ impl Activations {
             mem_kv: f(n * cfg.dec_layers * 2 * c)?,
             qpos: f(batch * c)?,
             t: f(batch * c)?,
+            t_next: f(batch * c)?,
             tq: f(batch * c)?,
             proj: f(batch * c)?,
             attn: f(batch * c)?,
-            dsum: f(batch * c)?,
             dhidden: f(batch * ff)?,
             hs: f(batch * c)?,
+            partial: f(partial)?,
         })
     }
 
@@ -86,31 +96,30 @@ impl Activations {
     pub fn poison(&mut self, s: &CudaStream) -> Result<()> {
         let Activations {
             batch: _,
+            key_pad: _,
+            mask: _,
+            head_out,
             x,
             x1,
-            sum,
             qkv,
             concat,
             hidden,
-            head_out,
-            key_pad: _,
-            mask: _,
             mem_kv,
             qpos,
             t,
+            t_next,
             tq,
             proj,
             attn,
-            dsum,
             dhidden,
             hs,
+            partial,
         } = self;
-        for b in [
-            x, x1, sum, qkv, concat, hidden, mem_kv, qpos, t, tq, proj, attn, dsum, dhidden, hs,
-        ]
-        .into_iter()
-        .chain(head_out.iter_mut())
-        {
+        let all = [
+            x, x1, qkv, concat, hidden, mem_kv, qpos, t, t_next, tq, proj, attn, dhidden, hs,
+            partial,
+        ];
+        for b in all.into_iter().chain(head_out.iter_mut()) {
             poison_nan(s, b)?;
         }
         Ok(())

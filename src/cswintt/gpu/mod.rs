@@ -25,14 +25,14 @@ use cudarc::driver::CudaStream;
 use self::activations::Activations;
 use self::dispatch::{Dispatch, Recorder};
 use self::heads::{HeadIo, HeadWork};
-use self::params::{DeviceLayerNorm, DeviceParams};
+use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, download, upload};
-use crate::kernels::layer_norm::{LayerNormKernel, PlusOutput};
-use crate::kernels::linear::{Epilogue, LinearKernels};
+use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
+use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
 };
@@ -249,10 +249,48 @@ impl GpuEngine {
         out
     }
 
-    fn layer_norm(
+    /// `y = LN(x W^T + bias + residual)` over `rows` rows: the linear split over k into
+    /// `partial` (its outputs are only c wide: split-k gives the GEMM enough blocks), then
+    /// one row kernel as its epilogue: partial sums, bias, residual, LayerNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_add_norm(
         &self,
         s: &CudaStream,
         x: &DeviceBuffer<f32>,
+        lin: &DeviceLinear,
+        rows: usize,
+        residual: &DeviceBuffer<f32>,
+        ln: &DeviceLayerNorm,
+        partial: &mut DeviceBuffer<f32>,
+        y: &mut DeviceBuffer<f32>,
+        plus: Option<PlusOutput<'_>>,
+    ) -> Result<()> {
+        let (n, m, k) = lin.shape(rows);
+        let splits = split_k(n, m, k);
+        let len = splits * n * m;
+        let epilogue = Epilogue::SplitK { splits };
+        self.kernels.linear.run(
+            s,
+            x,
+            &lin.weight,
+            &lin.bias,
+            (n, m, k),
+            &mut partial.slice_mut(..len),
+            epilogue,
+        )?;
+        let input = NormInput {
+            parts: partial.slice(..len),
+            n_parts: splits,
+            bias: Some(lin.bias.as_view()),
+            residual: Some(residual.as_view()),
+        };
+        self.layer_norm(s, input, ln, y, plus)
+    }
+
+    fn layer_norm(
+        &self,
+        s: &CudaStream,
+        input: NormInput<'_>,
         ln: &DeviceLayerNorm,
         y: &mut DeviceBuffer<f32>,
         plus: Option<PlusOutput<'_>>,
@@ -260,7 +298,7 @@ impl GpuEngine {
         let eps = LN_EPS as f32;
         self.kernels
             .layer_norm
-            .run(s, x, &ln.gamma, &ln.beta, eps, y, plus)
+            .run(s, input, &ln.gamma, &ln.beta, eps, y, plus)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's
@@ -329,23 +367,13 @@ impl GpuEngine {
         }
 
         rec.stage(&format!("{name}/output + norm1"), 0, s, || {
-            let residual = Epilogue::BiasResidual {
-                residual: act.x.as_view(),
-            };
-            let o = &p.output;
-            lin.run(
-                s,
-                &act.concat,
-                &o.weight,
-                &o.bias,
-                o.shape(n),
-                &mut act.sum,
-                residual,
-            )?;
-            self.layer_norm(s, &act.sum, &p.norm1, &mut act.x1, None)
+            let (o, ln) = (&p.output, &p.norm1);
+            let (x, x1, partial) = (&act.x, &mut act.x1, &mut act.partial);
+            self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1, None)
         })?;
         rec.stage(&format!("{name}/ffn + norm2"), 0, s, || {
-            let (f1, f2) = (&p.ff1, &p.ff2);
+            let f1 = &p.ff1;
+            let relu = Epilogue::BiasRelu;
             lin.run(
                 s,
                 &act.x1,
@@ -353,21 +381,10 @@ impl GpuEngine {
                 &f1.bias,
                 f1.shape(n),
                 &mut act.hidden,
-                Epilogue::BiasRelu,
+                relu,
             )?;
-            let residual = Epilogue::BiasResidual {
-                residual: act.x1.as_view(),
-            };
-            lin.run(
-                s,
-                &act.hidden,
-                &f2.weight,
-                &f2.bias,
-                f2.shape(n),
-                &mut act.sum,
-                residual,
-            )?;
-            self.layer_norm(s, &act.sum, &p.norm2, &mut act.x, None)
+            let (x1, x, partial) = (&act.x1, &mut act.x, &mut act.partial);
+            self.linear_add_norm(s, &act.hidden, &p.ff2, n, x1, &p.norm2, partial, x, None)
         })
     }
 
@@ -404,7 +421,8 @@ impl GpuEngine {
         for (j, p) in self.params.decoder.iter().enumerate() {
             let name = format!("decoder {j}");
             rec.stage(&format!("{name}/self attention + norm1"), 0, s, || {
-                let (v, o) = (&p.self_v, &p.self_out);
+                // One query and one key: softmax is exactly 1, the output is out_proj(v).
+                let v = &p.self_v;
                 lin.run(
                     s,
                     &act.t,
@@ -414,23 +432,23 @@ impl GpuEngine {
                     &mut act.proj,
                     plain(),
                 )?;
-                let residual = Epilogue::BiasResidual {
-                    residual: act.t.as_view(),
-                };
-                lin.run(
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                let plus = (act.qpos.as_view(), act.tq.as_view_mut());
+                self.linear_add_norm(
                     s,
                     &act.proj,
-                    &o.weight,
-                    &o.bias,
-                    o.shape(b),
-                    &mut act.dsum,
-                    residual,
-                )?;
-                let plus = (act.qpos.as_view(), act.tq.as_view_mut());
-                self.layer_norm(s, &act.dsum, &p.norm1, &mut act.t, Some(plus))
+                    &p.self_out,
+                    b,
+                    t,
+                    &p.norm1,
+                    partial,
+                    next,
+                    Some(plus),
+                )
             })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
             rec.stage(&format!("{name}/cross attention + norm2"), 0, s, || {
-                let (q, o) = (&p.cross_q, &p.cross_out);
+                let q = &p.cross_q;
                 let scaled = Epilogue::Bias {
                     scale: self.q_scale,
                 };
@@ -472,22 +490,23 @@ impl GpuEngine {
                     head_out: None,
                 };
                 self.kernels.attention.run(s, &shape, ops)?;
-                let residual = Epilogue::BiasResidual {
-                    residual: act.t.as_view(),
-                };
-                lin.run(
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                self.linear_add_norm(
                     s,
                     &act.attn,
-                    &o.weight,
-                    &o.bias,
-                    o.shape(b),
-                    &mut act.dsum,
-                    residual,
-                )?;
-                self.layer_norm(s, &act.dsum, &p.norm2, &mut act.t, None)
+                    &p.cross_out,
+                    b,
+                    t,
+                    &p.norm2,
+                    partial,
+                    next,
+                    None,
+                )
             })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
             rec.stage(&format!("{name}/ffn + norm3"), 0, s, || {
-                let (f1, f2) = (&p.linear1, &p.linear2);
+                let f1 = &p.linear1;
+                let relu = Epilogue::BiasRelu;
                 lin.run(
                     s,
                     &act.t,
@@ -495,28 +514,29 @@ impl GpuEngine {
                     &f1.bias,
                     f1.shape(b),
                     &mut act.dhidden,
-                    Epilogue::BiasRelu,
+                    relu,
                 )?;
-                let residual = Epilogue::BiasResidual {
-                    residual: act.t.as_view(),
-                };
-                lin.run(
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                self.linear_add_norm(
                     s,
                     &act.dhidden,
-                    &f2.weight,
-                    &f2.bias,
-                    f2.shape(b),
-                    &mut act.dsum,
-                    residual,
-                )?;
-                self.layer_norm(s, &act.dsum, &p.norm3, &mut act.t, None)
+                    &p.linear2,
+                    b,
+                    t,
+                    &p.norm3,
+                    partial,
+                    next,
+                    None,
+                )
             })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
             if let Some(im) = capture.as_deref_mut() {
                 im.decoder.push(self.fetch(&act.t, vec![1, b, c])?);
             }
         }
         rec.stage("decoder/post norm", 0, s, || {
-            self.layer_norm(s, &act.t, &self.params.post_norm, &mut act.hs, None)
+            let input = NormInput::of(act.t.as_view());
+            self.layer_norm(s, input, &self.params.post_norm, &mut act.hs, None)
         })
     }
 }

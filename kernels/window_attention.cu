@@ -129,11 +129,15 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
     // Threads per score: with few query windows (w = 8) several threads share one score's
     // w*w-term sum, then combine it with shuffles (all threads take part exactly once).
     const int scores = windows * TILE, parts = scores < THREADS ? THREADS / scores : 1;
+    // Query windows of this tile that exist (all but the last tile: all of them; the decoder's
+    // single query: one). Scores and softmax skip the others; their outputs are not written.
+    const int live = min(windows, (p.n_queries - q0) >> lww);
 
     load_slots<HD>(qs, hd, q, p.q_slot_stride, q0, p.n_queries);
     if (tid < TILE) {
         run_max[tid] = NEG_INF;
         run_sum[tid] = 0.0f;
+        rescale[tid] = 1.0f;  // windows past `live` keep it
     }
     // Output accumulators: channel ch of tokens tg + groups * j, j < rows.
     const int ch = tid % HD, tg = tid / HD;
@@ -147,7 +151,8 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
         __syncthreads();
 
         // Scores: (window g, column c = l*ww + roll) sums D along the roll's wrapped diagonal.
-        for (int idx = tid; idx < scores * parts; idx += THREADS) {
+#pragma unroll 4
+        for (int idx = tid; idx < live * TILE * parts; idx += THREADS) {
             const int score = idx / parts, part = idx % parts;
             const int g = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
             float s = 0.0f;
@@ -159,7 +164,7 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
             if (ww > 1) s = (s + p.sr[roll]) * inv_ww;
             if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col]) {
                 s = NEG_INF;  // the bias would not change that; and col may be out of range
-            } else if (p.bias && (window << lww) < p.n_queries) {
+            } else if (p.bias) {
                 s += p.bias[(long long)window * p.n_keys + col];
             }
             sc[score] = s;
@@ -167,7 +172,7 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
         __syncthreads();
 
         // Online softmax, one warp per query window: p = exp(s - max so far).
-        for (int g = warp; g < windows; g += THREADS / 32) {
+        for (int g = warp; g < live; g += THREADS / 32) {
             const float s0 = sc[g * TILE + lane], s1 = sc[g * TILE + lane + 32];
             const float old_max = run_max[g];
             const float new_max = fmaxf(old_max, warp_max(fmaxf(s0, s1)));
@@ -190,8 +195,8 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
         // P'[query slot t][key slot src] = p(window of t, key window of src, roll src -> t).
         for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
             const int t = idx / TILE, src = idx % TILE;
-            const int roll = wrap_diff(t & (ww - 1), src & (ww - 1), lw);
-            dp[t * PAD + src] = sc[(t >> lww) * TILE + (src & ~(ww - 1)) + roll];
+            const int g = t >> lww, roll = wrap_diff(t & (ww - 1), src & (ww - 1), lw);
+            dp[t * PAD + src] = g < live ? sc[g * TILE + (src & ~(ww - 1)) + roll] : 0.0f;
         }
         __syncthreads();
 
@@ -219,7 +224,7 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
 }
 
 #define WINDOW_ATTENTION(HD)                                                         \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) window_attention_hd##HD##_f32( \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_hd##HD##_f32( \
         WindowAttentionArgs p) {                                                     \
         window_attention<HD>(p);                                                     \
     }

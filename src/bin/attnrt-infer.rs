@@ -25,10 +25,10 @@ Examples:
 Exit status: 0 success; 1 --check found a tensor over the tolerance; 2 an error
 (bad flag, unreadable or invalid file, unavailable device).";
 
-/// Run the CSWinTT transformer (encoder + decoder) and time it, or check it against a
-/// golden file.
+/// Run the CSWinTT transformer (encoder + decoder) on the CPU reference or the GPU
+/// engine: time it, check it against a golden file, or write its outputs.
 #[derive(Parser, Debug)]
-#[command(name = "attnrt-infer", version, about, after_help = AFTER_HELP)]
+#[command(name = "attnrt-infer", version, after_help = AFTER_HELP)]
 struct Args {
     /// Weights file (safetensors, parameter names of the released checkpoint; f32, f16 or
     /// bf16). Default: the built-in synthetic model of the released size (c=256, 8 heads,
@@ -63,10 +63,10 @@ struct Args {
     /// produce, print one line per tensor with its relative error
     /// ||ours - expected||_F / ||expected||_F, and exit 1 when one exceeds the
     /// tolerance of the precision in use (f32 on the CPU: 1e-5).
-    #[arg(long, value_name = "GOLDEN", conflicts_with_all = ["input", "batch"])]
+    #[arg(long, value_name = "GOLDEN", conflicts_with_all = ["input", "batch", "iters"])]
     check: Option<PathBuf>,
 
-    /// Timed runs (default 10; with --check, 0).
+    /// Timed runs (default 10). Not used by --check, which runs once.
     #[arg(long, value_name = "N")]
     iters: Option<usize>,
 
@@ -187,11 +187,11 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
         lat_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         last = Some(out);
     }
-    let out = match last {
-        Some(o) => o,
-        None => backend.run(&inputs, false)?,
-    };
     if let Some(p) = &args.output {
+        let out = match last {
+            Some(o) => o,
+            None => backend.run(&inputs, false)?,
+        };
         out.save(p)?;
     }
 
@@ -287,8 +287,8 @@ fn check(
             "holds no expected.* tensor this engine produces",
         ));
     }
-    if args.output.is_some() {
-        out.save(args.output.as_ref().unwrap())?;
+    if let Some(p) = &args.output {
+        out.save(p)?;
     }
     if args.json {
         let tensors: Vec<_> = rows

@@ -48,6 +48,12 @@ impl Config {
         }
     }
 
+    /// The config of a weights file: its metadata where present, else inferred from
+    /// tensor shapes (see [`crate::model::weights::infer_config`]).
+    pub fn from_file(file: &crate::model::io::TensorFile) -> Result<Config> {
+        crate::model::weights::infer_config(file)
+    }
+
     /// The golden files' tiny model: c=64, 8 heads, ff=128, 2+2 layers, S=24, T=8.
     pub fn tiny() -> Config {
         Config {
@@ -148,7 +154,7 @@ impl Config {
                 return bad(field, "must be at least 1, found 0".into());
             }
         }
-        if self.d_model % self.nhead != 0 {
+        if !self.d_model.is_multiple_of(self.nhead) {
             return bad(
                 "nhead",
                 format!(

@@ -39,25 +39,31 @@ impl TensorFile {
     pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<TensorFile> {
         let label = label.into();
         let ctx = || label.display().to_string();
-        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
-            Error::invalid(
-                ctx(),
-                format!("not a readable safetensors file (bad header: {e})"),
-            )
-        })?;
-        // Full validation: offsets cover the data exactly (catches truncation).
-        SafeTensors::deserialize(&bytes).map_err(|e| {
-            let problem = match e {
-                safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
-                    "truncated or padded safetensors file: the header describes {} bytes of \
-                     tensor data, the file holds {}",
-                    meta.data_len_hint(),
-                    bytes.len().saturating_sub(8 + header_len)
+        let describe = |e: safetensors::SafeTensorError| -> String {
+            use safetensors::SafeTensorError as E;
+            match e {
+                E::MetadataIncompleteBuffer => format!(
+                    "truncated (or padded) safetensors file: the header's tensor offsets do \
+                     not match the {} bytes of data the file holds",
+                    bytes.len().saturating_sub(8 + header_len_hint(&bytes))
                 ),
-                other => format!("not a valid safetensors file ({other})"),
-            };
-            Error::invalid(ctx(), problem)
-        })?;
+                E::InvalidHeaderLength => format!(
+                    "not a safetensors file, or truncated inside its header: the header \
+                     length {} exceeds the file size {}",
+                    header_len_hint(&bytes),
+                    bytes.len()
+                ),
+                E::HeaderTooSmall => format!(
+                    "not a safetensors file: {} bytes, too short for a header",
+                    bytes.len()
+                ),
+                other => format!("not a readable safetensors file ({other})"),
+            }
+        };
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::invalid(ctx(), describe(e)))?;
+        // Full validation: offsets cover the data exactly (catches truncation).
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::invalid(ctx(), describe(e)))?;
         Ok(TensorFile {
             label,
             bytes,
@@ -225,18 +231,12 @@ impl TensorFile {
     }
 }
 
-trait DataLenHint {
-    fn data_len_hint(&self) -> usize;
-}
-
-impl DataLenHint for Metadata {
-    fn data_len_hint(&self) -> usize {
-        self.tensors()
-            .values()
-            .map(|i| i.data_offsets.1)
-            .max()
-            .unwrap_or(0)
-    }
+/// The header length a safetensors file declares (its first 8 bytes), or 0.
+fn header_len_hint(bytes: &[u8]) -> usize {
+    bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+        .unwrap_or(0)
 }
 
 /// A tensor to write: `f32` data or a `u8` mask.

@@ -22,7 +22,7 @@ use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Outputs, Precision};
 use crate::error::{Error, Result};
 use crate::model::tensor::Tensor;
 use crate::model::weights::{EncoderLayer, LN_EPS, LayerNorm, Linear, Mha, Weights};
-use gemm::{gemm_nn, gemm_nt};
+use gemm::ROWS;
 
 /// Per-head tables computed once from the plan and the weights.
 #[derive(Debug, Clone)]
@@ -354,40 +354,60 @@ fn head_attention(
         }
     }
 
-    // Scores: q_i . K'(col) over all w*w*hd entries (f64 accumulation).
-    let mut scores = gemm_nn(&q, l, &kt, l_all, d);
-    for i in 0..l {
-        let row = &mut scores[i * l_all..(i + 1) * l_all];
-        for (col, s) in row.iter_mut().enumerate() {
-            if w > 1 {
-                // (q_i . K(l,a,e) + sr(a,e)) / (w*w)
-                *s = (*s + ht.sr[col % ww] as f64) / ww as f64;
+    // Query windows in blocks of ROWS (in parallel): scores, softmax, p V'.
+    let mut o = vec![0.0f32; l * d];
+    o.par_chunks_mut(ROWS * d)
+        .enumerate()
+        .for_each(|(blk, o_blk)| {
+            let i0 = blk * ROWS;
+            let rows = o_blk.len() / d;
+            // Scores: q_i . K'(col) over all w*w*hd entries (f64 accumulation).
+            let mut scores = vec![0.0f64; rows * l_all];
+            gemm::nn_rows(
+                &q[i0 * d..(i0 + rows) * d],
+                rows,
+                &kt,
+                l_all,
+                d,
+                &mut scores,
+            );
+            for (r, row) in scores.chunks_exact_mut(l_all).enumerate() {
+                let i = i0 + r;
+                for (col, s) in row.iter_mut().enumerate() {
+                    if w > 1 {
+                        // (q_i . K(l,a,e) + sr(a,e)) / (w*w)
+                        *s = (*s + ht.sr[col % ww] as f64) / ww as f64;
+                    }
+                    if col_pad[col] != 0 {
+                        *s = f64::NEG_INFINITY;
+                    }
+                    if let Some(bias) = &ht.bias {
+                        *s += bias[i * l_all + col] as f64;
+                    }
+                }
+                // softmax over the L_all columns (f64 sums). Inputs::validate guarantees
+                // a non-padded key, so the max is finite.
+                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0f64;
+                for s in row.iter_mut() {
+                    // exp(s - max) <= 1 is evaluated in f32 (relative error ~1e-7, far
+                    // below the tolerance, and several times faster than f64 exp); the
+                    // sum is f64.
+                    *s = ((*s - max) as f32).exp() as f64;
+                    sum += *s;
+                }
+                for s in row.iter_mut() {
+                    *s /= sum;
+                }
             }
-            if col_pad[col] != 0 {
-                *s = f64::NEG_INFINITY;
+            // o = p V': (rows, d).
+            let mut acc = vec![0.0f64; rows * d];
+            gemm::nn_rows(&scores, rows, &vx, d, l_all, &mut acc);
+            for (dst, a) in o_blk.iter_mut().zip(&acc) {
+                *dst = *a as f32;
             }
-            if let Some(bias) = &ht.bias {
-                *s += bias[i * l_all + col] as f64;
-            }
-        }
-        // softmax over the L_all columns (f64 sums). Inputs::validate guarantees a
-        // non-padded key, so the max is finite.
-        let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let mut sum = 0.0f64;
-        for s in row.iter_mut() {
-            // exp(s - max) <= 1 is evaluated in f32 (relative error ~1e-7, far below
-            // the tolerance, and several times faster than f64 exp); the sum is f64.
-            *s = ((*s - max) as f32).exp() as f64;
-            sum += *s;
-        }
-        for s in row.iter_mut() {
-            *s /= sum;
-        }
-    }
-
-    // o = p V': (L, d).
-    let o = gemm_nn(&scores, l, &vx, d, l_all);
-    o.into_iter().map(|x| x as f32).collect()
+        });
+    o
 }
 
 /// `torch.nn.MultiheadAttention` (eval): `nq` queries and `nk` keys per batch item, rows
@@ -472,18 +492,25 @@ fn mha(
     linear(&out, nq * b, &m.out_proj)
 }
 
-/// `y = x W^T + b` for `n` rows (f64 accumulation).
+/// `y = x W^T + b` for `n` rows (f64 accumulation), rows in parallel blocks.
 fn linear(x: &[f32], n: usize, lin: &Linear) -> Vec<f32> {
     let (m, k) = (lin.out_features(), lin.in_features());
-    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-    let y = gemm_nt(&x64, n, &lin.weight.data, m, k);
-    y.chunks_exact(m)
-        .flat_map(|row| {
-            row.iter()
-                .zip(&lin.bias.data)
-                .map(|(&a, &bias)| (a + bias as f64) as f32)
-        })
-        .collect()
+    assert_eq!(x.len(), n * k, "linear: x is not (n, in)");
+    let mut y = vec![0.0f32; n * m];
+    y.par_chunks_mut(ROWS * m)
+        .zip(x.par_chunks(ROWS * k))
+        .for_each(|(y_blk, x_blk)| {
+            let rows = y_blk.len() / m;
+            let a: Vec<f64> = x_blk.iter().map(|&v| v as f64).collect();
+            let mut acc = vec![0.0f64; rows * m];
+            gemm::nt_rows(&a, rows, &lin.weight.data, m, k, &mut acc);
+            for (y_row, acc_row) in y_blk.chunks_exact_mut(m).zip(acc.chunks_exact(m)) {
+                for ((dst, &v), &bias) in y_row.iter_mut().zip(acc_row).zip(&lin.bias.data) {
+                    *dst = (v + bias as f64) as f32;
+                }
+            }
+        });
+    y
 }
 
 fn relu(x: &mut [f32]) {

@@ -287,6 +287,28 @@ impl GpuEngine {
         self.layer_norm(s, input, ln, y, plus)
     }
 
+    /// `y = LN(x + W2 relu(W1 x + b1) + b2)` over `rows` rows: the feed-forward block with
+    /// its residual and LayerNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        s: &CudaStream,
+        x: &DeviceBuffer<f32>,
+        (ff1, ff2): (&DeviceLinear, &DeviceLinear),
+        rows: usize,
+        ln: &DeviceLayerNorm,
+        hidden: &mut DeviceBuffer<f32>,
+        partial: &mut DeviceBuffer<f32>,
+        y: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let relu = Epilogue::BiasRelu;
+        let shape = ff1.shape(rows);
+        self.kernels
+            .linear
+            .run(s, x, &ff1.weight, &ff1.bias, shape, hidden, relu)?;
+        self.linear_add_norm(s, hidden, ff2, rows, x, ln, partial, y, None)
+    }
+
     fn layer_norm(
         &self,
         s: &CudaStream,
@@ -372,19 +394,9 @@ impl GpuEngine {
             self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1, None)
         })?;
         rec.stage(&format!("{name}/ffn + norm2"), 0, s, || {
-            let f1 = &p.ff1;
-            let relu = Epilogue::BiasRelu;
-            lin.run(
-                s,
-                &act.x1,
-                &f1.weight,
-                &f1.bias,
-                f1.shape(n),
-                &mut act.hidden,
-                relu,
-            )?;
-            let (x1, x, partial) = (&act.x1, &mut act.x, &mut act.partial);
-            self.linear_add_norm(s, &act.hidden, &p.ff2, n, x1, &p.norm2, partial, x, None)
+            let (hidden, partial) = (&mut act.hidden, &mut act.partial);
+            let ffn = (&p.ff1, &p.ff2);
+            self.feed_forward(s, &act.x1, ffn, n, &p.norm2, hidden, partial, &mut act.x)
         })
     }
 
@@ -505,28 +517,17 @@ impl GpuEngine {
             })?;
             std::mem::swap(&mut act.t, &mut act.t_next);
             rec.stage(&format!("{name}/ffn + norm3"), 0, s, || {
-                let f1 = &p.linear1;
-                let relu = Epilogue::BiasRelu;
-                lin.run(
+                let (hidden, partial) = (&mut act.dhidden, &mut act.partial);
+                let ffn = (&p.linear1, &p.linear2);
+                self.feed_forward(
                     s,
                     &act.t,
-                    &f1.weight,
-                    &f1.bias,
-                    f1.shape(b),
-                    &mut act.dhidden,
-                    relu,
-                )?;
-                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
-                self.linear_add_norm(
-                    s,
-                    &act.dhidden,
-                    &p.linear2,
+                    ffn,
                     b,
-                    t,
                     &p.norm3,
+                    hidden,
                     partial,
-                    next,
-                    None,
+                    &mut act.t_next,
                 )
             })?;
             std::mem::swap(&mut act.t, &mut act.t_next);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release binaries, every test executable and the benchmarks with kernels compiled
 # in, and stages them (with the golden files and the PyTorch reference) into stage/, a
-# git-ignored folder to `carry` to the device machine, which has no Rust toolchain. Prints the command that runs every GPU test there.
+# git-ignored folder to `carry` to the device machine, which has no Rust toolchain. Prints the
+# command that runs every GPU test there.
 #
 # Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
 set -euo pipefail

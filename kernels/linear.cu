@@ -3,8 +3,10 @@
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
 // result in 16-wide k steps through shared memory; each of its 256 threads keeps a 4x4
-// register block (rows ty + 16 i, columns tx + 16 j, so a warp's shared-memory reads are
-// broadcasts or 16 distinct banks). Every load and store is bounds-checked: any n, m, k.
+// register block (rows 4 ty + i, columns 4 tx + j), read from shared memory as float4s.
+// Global loads are float4s when k is a multiple of 4 and x, W are 16-byte aligned (the
+// engine's buffers), and the next k step's loads are issued before the current step's
+// products (register prefetch). Every load and store is bounds-checked: any n, m, k.
 //
 // Variants (the epilogue applied to each result element; all take LinearArgs):
 //   linear_bias_f32           out (n, m) = (acc + bias) * scale      (scale 1: plain linear;
@@ -40,34 +42,51 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 
+__device__ __forceinline__ bool aligned16(const void* ptr) {
+    return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
+}
+
+// Four consecutive k of one row, k in [kk, kk + 4), zeros past `k_end` or past `rows`.
+__device__ __forceinline__ float4 load4(const float* base, long long row, long long rows,
+                                        long long stride, long long kk, long long k_end,
+                                        bool vector) {
+    if (row >= rows) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float* src = base + row * stride + kk;
+    // k_end is a multiple of 4 whenever `vector` holds (k and the split chunks are).
+    if (vector) return kk < k_end ? *reinterpret_cast<const float4*>(src) : make_float4(0, 0, 0, 0);
+    return make_float4(kk < k_end ? src[0] : 0.0f, kk + 1 < k_end ? src[1] : 0.0f,
+                       kk + 2 < k_end ? src[2] : 0.0f, kk + 3 < k_end ? src[3] : 0.0f);
+}
+
 // Accumulates x W^T over k in [k_begin, k_end) for this block's tile, then applies `epilogue`.
 template <class Epilogue>
 __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
                             Epilogue epilogue) {
-    // +1 column: the transposed stores below hit distinct banks.
-    __shared__ float xs[BK][BM + 1];
-    __shared__ float ws[BK][BN + 1];
+    // Rows padded to 68 floats: still 16-byte aligned for the float4 reads, and the
+    // transposed stores below conflict at most 2-way.
+    __shared__ __align__(16) float xs[BK][BM + 4];
+    __shared__ __align__(16) float ws[BK][BN + 4];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
     // Loading: thread -> (tile row tid / 4, four consecutive k from (tid % 4) * 4).
     const int lr = tid / 4, lk = (tid % 4) * 4;
-    const long long xr = row0 + lr, wr = col0 + lr;
+    const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
     float acc[4][4] = {};
+    float4 xv = load4(p.x, row0 + lr, p.n, p.k, k_begin + lk, k_end, vector);
+    float4 wv = load4(p.weight, col0 + lr, p.m, p.k, k_begin + lk, k_end, vector);
     for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const long long kk = k0 + lk + j;
-            xs[lk + j][lr] = (xr < p.n && kk < k_end) ? p.x[xr * p.k + kk] : 0.0f;
-            ws[lk + j][lr] = (wr < p.m && kk < k_end) ? p.weight[wr * p.k + kk] : 0.0f;
-        }
+        xs[lk][lr] = xv.x, xs[lk + 1][lr] = xv.y, xs[lk + 2][lr] = xv.z, xs[lk + 3][lr] = xv.w;
+        ws[lk][lr] = wv.x, ws[lk + 1][lr] = wv.y, ws[lk + 2][lr] = wv.z, ws[lk + 3][lr] = wv.w;
         __syncthreads();
+        if (k0 + BK < k_end) {  // the next step's loads overlap this step's products
+            xv = load4(p.x, row0 + lr, p.n, p.k, k0 + BK + lk, k_end, vector);
+            wv = load4(p.weight, col0 + lr, p.m, p.k, k0 + BK + lk, k_end, vector);
+        }
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i) a[i] = xs[kk][ty + 16 * i];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) b[j] = ws[kk][tx + 16 * j];
+            const float4 a4 = *reinterpret_cast<const float4*>(&xs[kk][4 * ty]);
+            const float4 b4 = *reinterpret_cast<const float4*>(&ws[kk][4 * tx]);
+            const float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -79,7 +98,7 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const long long r = row0 + ty + 16 * i, c = col0 + tx + 16 * j;
+            const long long r = row0 + 4 * ty + i, c = col0 + 4 * tx + j;
             if (r < p.n && c < p.m) epilogue(r, c, acc[i][j]);
         }
 }

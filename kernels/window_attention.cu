@@ -118,7 +118,7 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
     float* run_max = sc + TILE * TILE;
     float* run_sum = run_max + TILE;
     float* rescale = run_sum + TILE;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
+    const int tid = threadIdx.x;
     const int q0 = blockIdx.x * TILE, b = blockIdx.y, z = blockIdx.z;
     const long long head = z * p.head_stride;
     const float* q = p.q + b * p.q_batch_stride + head;
@@ -132,6 +132,9 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
     // Query windows of this tile that exist (all but the last tile: all of them; the decoder's
     // single query: one). Scores and softmax skip the others; their outputs are not written.
     const int live = min(windows, (p.n_queries - q0) >> lww);
+    // Threads per query window in the softmax: all threads when there are many windows,
+    // at most a warp (a power of two, so groups never straddle warps).
+    const int spread = min(32, THREADS / windows);
 
     load_slots<HD>(qs, hd, q, p.q_slot_stride, q0, p.n_queries);
     if (tid < TILE) {
@@ -171,23 +174,35 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
         }
         __syncthreads();
 
-        // Online softmax, one warp per query window: p = exp(s - max so far).
-        for (int g = warp; g < live; g += THREADS / 32) {
-            const float s0 = sc[g * TILE + lane], s1 = sc[g * TILE + lane + 32];
-            const float old_max = run_max[g];
-            const float new_max = fmaxf(old_max, warp_max(fmaxf(s0, s1)));
-            // While every column so far is masked, keep the accumulators at 0.
-            const float base = new_max == NEG_INF ? 0.0f : new_max;
-            const float e0 = expf(s0 - base), e1 = expf(s1 - base);
-            const float chunk_sum = warp_sum(e0 + e1);
-            sc[g * TILE + lane] = e0;
-            sc[g * TILE + lane + 32] = e1;
-            __syncwarp();  // every lane has read run_max[g] before lane 0 updates it
-            if (lane == 0) {
-                const float r = expf(old_max - base);
-                rescale[g] = r;
-                run_sum[g] = run_sum[g] * r + chunk_sum;
-                run_max[g] = new_max;
+        // Online softmax: `spread` neighbouring threads per query window (4 for w = 1, a
+        // warp for w >= 4), each over every spread-th column: p = exp(s - max so far).
+        {
+            const int g = tid / spread, sub = tid % spread;
+            const unsigned group = __ballot_sync(0xffffffffu, g < live);
+            if (g < live) {
+                float* row = sc + g * TILE;
+                float chunk_max = NEG_INF;
+                for (int c = sub; c < TILE; c += spread) chunk_max = fmaxf(chunk_max, row[c]);
+                for (int o = spread / 2; o > 0; o >>= 1)
+                    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(group, chunk_max, o));
+                const float old_max = run_max[g], new_max = fmaxf(old_max, chunk_max);
+                // While every column so far is masked, keep the accumulators at 0.
+                const float base = new_max == NEG_INF ? 0.0f : new_max;
+                float chunk_sum = 0.0f;
+                for (int c = sub; c < TILE; c += spread) {
+                    const float e = expf(row[c] - base);
+                    row[c] = e;
+                    chunk_sum += e;
+                }
+                for (int o = spread / 2; o > 0; o >>= 1)
+                    chunk_sum += __shfl_xor_sync(group, chunk_sum, o);
+                __syncwarp(group);  // the group has read run_max[g] before it is updated
+                if (sub == 0) {
+                    const float r = expf(old_max - base);
+                    rescale[g] = r;
+                    run_sum[g] = run_sum[g] * r + chunk_sum;
+                    run_max[g] = new_max;
+                }
             }
         }
         __syncthreads();

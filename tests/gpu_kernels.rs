@@ -52,11 +52,17 @@ fn linear_epilogues_match_a_cpu_loop() {
     let Some(gpu) = gpu_or_skip("linear_epilogues_match_a_cpu_loop") else {
         return;
     };
+    // n, m: not multiples of the 64x64 tile. k = 45: scalar loads, a partial 16-wide k
+    // step; k = 48: float4 loads.
+    for k in [45, 48] {
+        check_linear(&gpu, 131, 97, k);
+    }
+}
+
+fn check_linear(gpu: &Gpu, n: usize, m: usize, k: usize) {
     let s = gpu.stream();
-    let kernels = LinearKernels::load(&gpu).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    // Not multiples of the 64x64 tile nor of the 16-wide k step.
-    let (n, m, k) = (131, 97, 45);
+    let kernels = LinearKernels::load(gpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5 + k as u64);
     let (x, w, bias) = (
         random(&mut rng, n * k),
         random(&mut rng, m * k),
@@ -81,15 +87,19 @@ fn linear_epilogues_match_a_cpu_loop() {
         ),
     ];
     for (what, epilogue, want) in cases {
-        let mut out = poisoned(&gpu, n * m);
+        let mut out = poisoned(gpu, n * m);
         kernels
             .run(s, &dx, &dw, &db, (n, m, k), &mut out, epilogue)
             .unwrap();
-        assert_close(what, &gpu::download(s, &out).unwrap(), &want);
+        assert_close(
+            &format!("{what}, k = {k}"),
+            &gpu::download(s, &out).unwrap(),
+            &want,
+        );
     }
     // Split over k in 3 chunks (of 16, 16 and 13): the partial products sum to x W^T.
     let splits = 3;
-    let mut out = poisoned(&gpu, splits * n * m);
+    let mut out = poisoned(gpu, splits * n * m);
     let epilogue = Epilogue::SplitK { splits };
     kernels
         .run(s, &dx, &dw, &db, (n, m, k), &mut out, epilogue)
@@ -101,7 +111,7 @@ fn linear_epilogues_match_a_cpu_loop() {
     let want: Vec<f32> = (0..n * m)
         .map(|e| (base[e] - bias[e % m] as f64) as f32)
         .collect();
-    assert_close("split k", &got, &want);
+    assert_close(&format!("split k, k = {k}"), &got, &want);
 }
 
 #[test]

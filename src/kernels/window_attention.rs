@@ -138,6 +138,24 @@ impl WindowAttentionKernel {
         (floats + 3 * TILE) * std::mem::size_of::<f32>()
     }
 
+    /// Whether a head of window `w` and width `hd` can run: `w` a power of two with at most
+    /// 64 pixels, `hd` one of the compiled widths. Returns the variant's index.
+    pub fn supports(w: usize, hd: usize) -> Result<usize> {
+        let variant = HEAD_WIDTHS.iter().position(|&x| x == hd).ok_or_else(|| {
+            Error::invalid(
+                "window_attention_f32",
+                format!("head width {hd} has no variant (one of {HEAD_WIDTHS:?})"),
+            )
+        })?;
+        if !w.is_power_of_two() || w * w > TILE {
+            return Err(Error::invalid(
+                "window_attention_f32",
+                format!("window {w} must be a power of two with at most {TILE} pixels"),
+            ));
+        }
+        Ok(variant)
+    }
+
     pub fn run(
         &self,
         stream: &CudaStream,
@@ -145,24 +163,11 @@ impl WindowAttentionKernel {
         mut ops: AttentionOperands<'_>,
     ) -> Result<()> {
         let ww = s.w * s.w;
-        let Some(variant) = HEAD_WIDTHS.iter().position(|&hd| hd == s.hd) else {
-            return Err(Error::invalid(
-                "window_attention_f32",
-                format!(
-                    "head width {} has no variant (one of {HEAD_WIDTHS:?})",
-                    s.hd
-                ),
-            ));
-        };
-        let kernel = &self.variants[variant];
+        let kernel = &self.variants[Self::supports(s.w, s.hd)?];
         let name = kernel.name();
         let bad = |problem: String| Err(Error::invalid(name, problem));
-        if !s.w.is_power_of_two() || ww > TILE || s.batch == 0 || s.heads == 0 {
-            return bad(format!(
-                "window {} must be a power of two with at most {TILE} pixels, batch and \
-                 heads nonzero: {s:?}",
-                s.w
-            ));
+        if s.batch == 0 || s.heads == 0 {
+            return bad(format!("batch and heads must be nonzero: {s:?}"));
         }
         for (what, n) in [("queries", s.n_queries), ("keys", s.n_keys)] {
             if n == 0 || !n.is_multiple_of(ww) {

@@ -41,7 +41,9 @@ pub(super) struct HeadIo<'a> {
 }
 
 impl HeadWork {
+    /// Checks that the attention kernel supports this head, and uploads its tables.
     pub fn new(s: &Arc<CudaStream>, plan: &HeadPlan, weights: &Weights) -> Result<HeadWork> {
+        WindowAttentionKernel::supports(plan.w, plan.hd)?;
         let table = weights.rel_bias_tables.get(&plan.w).map(|t| t.as_slice());
         let bias = plan
             .gathered_bias(table)?

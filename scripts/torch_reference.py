@@ -1,297 +1,381 @@
 #!/usr/bin/env python3
-"""Our PyTorch implementation of the CSWinTT transformer (shared/spec/cswintt-transformer.md),
-written the way the original computes it: window partition with torch.roll, every key/value
-window expanded into its w*w cyclic shifts (materialised, torch.roll + stack), one batched
-matmul per head, softmax, window reverse, and nn.MultiheadAttention semantics in the decoder.
+"""Our own PyTorch implementation of the CSWinTT transformer spec, for peer comparison.
 
-It is the PyTorch baseline of docs/PERF.md:
-  --check GOLDEN...   runs each golden file in float64 and float32 and prints the largest
-                      relative error (||ours - expected||_F / ||expected||_F) over its
-                      expected.* tensors; exits 1 when the float32 run is over 1e-5.
-  --bench             times the eager encoder (6 layers) and the whole transformer at the
-                      released size (c=256, 8 heads, ff=2048, S=24, T=8), batch 1, random
-                      weights and inputs, float32 (TF32 off): p50 over --reps passes with
-                      CUDA events, after warm-up.
+It follows ../shared/spec/cswintt-transformer.md and is validated against the golden files
+before anything is timed. It then times what a PyTorch user would pick, on the same card:
+eager, a CUDA graph of eager, and torch.compile (default and reduce-overhead).
+
+Usage:
+  python3 scripts/torch_reference.py --validate GOLDEN_DIR [--device cpu|cuda]
+  python3 scripts/torch_reference.py --bench [--batch 1] [--iters 200] [--json OUT]
+
+--bench uses a released-size model (c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8)
+with random weights: time does not depend on the values. Exit code 1 when validation fails.
 """
 import argparse
+import json
+import math
+import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 
-P = "transformer."
+F32_TOL = 1e-5
 
 
 class Config:
-    def __init__(self, d_model=256, nhead=8, ff=2048, enc=6, dec=6, s=24, t=8, windows=None):
-        self.c, self.h, self.ff, self.enc, self.dec, self.s, self.t = d_model, nhead, ff, enc, dec, s, t
-        self.windows = windows or [1, 2, 4, 8, 1, 2, 4, 8]
+    def __init__(self, d_model, nhead, ff, enc_layers, dec_layers, search, template, windows):
+        self.c, self.h, self.ff = d_model, nhead, ff
+        self.enc_layers, self.dec_layers = enc_layers, dec_layers
+        self.S, self.T = search, template
+        self.windows = windows
         self.hd = d_model // nhead
-        self.l_all = s * s + 2 * t * t
+        self.l_all = search * search + 2 * template * template
 
     @staticmethod
-    def from_metadata(m):
-        return Config(int(m["d_model"]), int(m["nhead"]), int(m["dim_feedforward"]),
-                      int(m["enc_layers"]), int(m["dec_layers"]), int(m["search_size"]),
-                      int(m["template_size"]), [int(w) for w in m["window_sizes"].split(",")])
+    def from_metadata(md):
+        return Config(int(md["d_model"]), int(md["nhead"]), int(md["dim_feedforward"]),
+                      int(md["enc_layers"]), int(md["dec_layers"]), int(md["search_size"]),
+                      int(md["template_size"]), [int(w) for w in md["window_sizes"].split(",")])
 
     def shift(self, h):
         return self.windows[h] // 2 if h >= self.h // 2 else 0
 
-    def regions(self):
-        """(first token, side, rolled) of template1, template2, search."""
-        tt = self.t * self.t
-        return [(0, self.t, False), (tt, self.t, False), (2 * tt, self.s, True)]
+
+def partition(x, cfg, w, s):
+    """P(w, s): (b, L_all, d) -> (b, L_all / w^2, w*w*d); the search grid rolled by -s."""
+    b, _, d = x.shape
+    T2 = cfg.T * cfg.T
+    regions = [(x[:, :T2], cfg.T, 0), (x[:, T2:2 * T2], cfg.T, 0), (x[:, 2 * T2:], cfg.S, s)]
+    out = []
+    for g, side, shift in regions:
+        g = g.reshape(b, side, side, d)
+        if shift:
+            g = torch.roll(g, shifts=(-shift, -shift), dims=(1, 2))
+        n = side // w
+        g = g.reshape(b, n, w, n, w, d).permute(0, 1, 3, 2, 4, 5).reshape(b, n * n, w * w * d)
+        out.append(g)
+    return torch.cat(out, dim=1)
 
 
-def random_weights(cfg, gen):
-    def u(*shape):
-        return (torch.rand(*shape, generator=gen) - 0.5) * 0.1
-    c, ff, w = cfg.c, cfg.ff, {}
-    for i in range(cfg.enc):
-        e = f"{P}transformer.{i}."
-        for name, shape in [("qkv_embedding", (3 * c, c)), ("output_linear", (c, c)),
-                            ("feedforward.0", (ff, c)), ("feedforward.3", (c, ff))]:
-            w[e + name + ".weight"], w[e + name + ".bias"] = u(*shape), u(shape[0])
+def reverse(o, cfg, w, s, d):
+    """Inverse of P(w, s): (b, L, w*w*d) -> (b, L_all, d)."""
+    b = o.shape[0]
+    nT, nS = cfg.T // w, cfg.S // w
+    counts = [(nT * nT, cfg.T, 0), (nT * nT, cfg.T, 0), (nS * nS, cfg.S, s)]
+    out, start = [], 0
+    for count, side, shift in counts:
+        n = side // w
+        g = o[:, start:start + count].reshape(b, n, n, w, w, d).permute(0, 1, 3, 2, 4, 5)
+        g = g.reshape(b, side, side, d)
+        if shift:
+            g = torch.roll(g, shifts=(shift, shift), dims=(1, 2))
+        out.append(g.reshape(b, side * side, d))
+        start += count
+    return torch.cat(out, dim=1)
+
+
+class HeadTables:
+    """What depends only on the config and a head's window: shift gather, sr, bias index."""
+
+    def __init__(self, cfg, w, device):
+        L = cfg.l_all // (w * w)
+        r = torch.arange(w)
+        a = torch.arange(w)
+        # K(l,a,e)[r][c] = K(l)[(r-a) mod w][(c-e) mod w]; rows (a,e), columns (r,c).
+        src_r = (r[None, :] - a[:, None]) % w  # (a, r)
+        idx = (src_r[:, None, :, None] * w + src_r[None, :, None, :])  # (a, e, r, c)
+        self.shift_idx = idx.reshape(-1).to(device)
+        u = torch.tensor([t / w if t / w > 0.5 else 1 - t / w for t in range(w)], dtype=torch.float64)
+        sr = (u[:, None] * u[None, :] - 1).to(torch.float16).to(torch.float32)
+        self.sr = sr.reshape(-1).repeat(L).to(device)  # column l*w*w + a*w + e
+        i = torch.arange(L)[:, None]
+        col = torch.arange(cfg.l_all)[None, :]
+        self.bias_idx = (((i // w) - (col // w) + cfg.l_all // w - 1) * (2 * w - 1)
+                         + (i % w) - (col % w) + w - 1).to(device)
+
+
+def window_attention(q, k, v, key_pad, cfg, w, tables, bias_table):
+    """One head: q, k, v (b, L, w*w*hd) already partitioned; key_pad (b, L_all) bool."""
+    b, L, D = q.shape
+    hd = D // (w * w)
+    if w == 1:
+        score = q @ k.transpose(1, 2)
+    else:
+        def expand(t):
+            t = t.reshape(b, L, w * w, hd)[:, :, tables.shift_idx]
+            return t.reshape(b, L * w * w, D)
+        k, v = expand(k), expand(v)
+        score = (q @ k.transpose(1, 2) + tables.sr) / (w * w)
+    score = score.masked_fill(key_pad[:, None, :], float("-inf"))
+    if bias_table is not None:
+        score = score + bias_table[tables.bias_idx]
+    return torch.softmax(score, dim=-1) @ v
+
+
+def key_padding(mask, cfg, w):
+    """(b, L_all) bool: padded key columns for a head with window w (mask partitioned unshifted)."""
+    if w == 1:
+        return mask
+    win = partition(mask[:, :, None].float(), cfg, w, 0)  # (b, L, w*w)
+    padded = win.min(dim=-1).values > 0
+    return padded.repeat_interleave(w * w, dim=1)
+
+
+def layer_norm(x, p, name):
+    return F.layer_norm(x, x.shape[-1:], p[name + ".weight"], p[name + ".bias"], 1e-5)
+
+
+def linear(x, p, name):
+    return F.linear(x, p[name + ".weight"], p[name + ".bias"])
+
+
+def encoder_layer(x, mask, p, i, cfg, tables, trace=None):
+    pre = f"transformer.transformer.{i}."
+    L_all, b, c = x.shape
+    qkv = linear(x, p, pre + "qkv_embedding")
+    q, k, v = qkv[..., :c] * cfg.hd ** -0.5, qkv[..., c:2 * c], qkv[..., 2 * c:]
+    heads = []
+    for h, w in enumerate(cfg.windows):
+        s = cfg.shift(h)
+        sl = slice(h * cfg.hd, (h + 1) * cfg.hd)
+        qh, kh, vh = (partition(t[..., sl].transpose(0, 1), cfg, w, s) for t in (q, k, v))
+        bias = p.get(f"transformer.rel_bias_table{w}") if w in (1, 2, 4) else None
+        o = window_attention(qh, kh, vh, key_padding(mask, cfg, w), cfg, w, tables[w], bias)
+        if trace is not None and i == 0:
+            trace[f"expected.encoder.0.head.{h}"] = o
+        heads.append(reverse(o, cfg, w, s, cfg.hd).transpose(0, 1))
+    concat = torch.cat(heads, dim=-1)
+    if trace is not None and i == 0:
+        trace["expected.encoder.0.heads_concat"] = concat
+    x1 = layer_norm(x + linear(concat, p, pre + "output_linear"), p, pre + "norm1")
+    ff = linear(F.relu(linear(x1, p, pre + "feedforward.0")), p, pre + "feedforward.3")
+    return layer_norm(x1 + ff, p, pre + "norm2")
+
+
+def mha(q_in, k_in, v_in, p, name, nhead, key_pad=None):
+    c = q_in.shape[-1]
+    W, B = p[name + ".in_proj_weight"], p[name + ".in_proj_bias"]
+    q = F.linear(q_in, W[:c], B[:c])
+    k = F.linear(k_in, W[c:2 * c], B[c:2 * c])
+    v = F.linear(v_in, W[2 * c:], B[2 * c:])
+    Lq, b, _ = q.shape
+    Lk = k.shape[0]
+    hd = c // nhead
+    q = q.reshape(Lq, b * nhead, hd).transpose(0, 1) * hd ** -0.5
+    k = k.reshape(Lk, b * nhead, hd).transpose(0, 1)
+    v = v.reshape(Lk, b * nhead, hd).transpose(0, 1)
+    score = q @ k.transpose(1, 2)
+    if key_pad is not None:
+        score = score.reshape(b, nhead, Lq, Lk).masked_fill(key_pad[:, None, None, :], float("-inf"))
+        score = score.reshape(b * nhead, Lq, Lk)
+    o = (torch.softmax(score, dim=-1) @ v).transpose(0, 1).reshape(Lq, b, c)
+    return F.linear(o, p[name + ".out_proj.weight"], p[name + ".out_proj.bias"])
+
+
+def decoder_layer(t, qpos, mem, mask, p, i, cfg):
+    pre = f"transformer.transformer_post.{i}."
+    t = layer_norm(t + mha(t + qpos, t + qpos, t, p, pre + "self_attn", cfg.h), p, pre + "norm1")
+    t = layer_norm(t + mha(t + qpos, mem, mem, p, pre + "multihead_attn", cfg.h, mask), p, pre + "norm2")
+    ff = linear(F.relu(linear(t, p, pre + "linear1")), p, pre + "linear2")
+    return layer_norm(t + ff, p, pre + "norm3")
+
+
+def merge_inputs(inp):
+    """The three regions, flattened row-major and concatenated: x0 (L_all, b, c), m (b, L_all)."""
+    feats = [inp[f"input.{r}.feat"] for r in ("template1", "template2", "search")]
+    x0 = torch.cat([f.reshape(-1, f.shape[2], f.shape[3]) for f in feats], dim=0)
+    masks = [inp[f"input.{r}.mask"] for r in ("template1", "template2", "search")]
+    m = torch.cat([mk.reshape(mk.shape[0], -1) for mk in masks], dim=1) != 0
+    return x0, m
+
+
+def encoder(x, m, p, cfg, tables, trace=None):
+    for i in range(cfg.enc_layers):
+        x = encoder_layer(x, m, p, i, cfg, tables, trace)
+        if trace is not None:
+            trace[f"expected.encoder.{i}"] = x
+    return x
+
+
+def transformer(x, m, query, p, cfg, tables, trace=None):
+    mem = encoder(x, m, p, cfg, tables, trace)
+    b = x.shape[1]
+    qpos = query[:, None, :].expand(1, b, cfg.c)
+    t = torch.zeros_like(qpos)
+    for i in range(cfg.dec_layers):
+        t = decoder_layer(t, qpos, mem, m, p, i, cfg)
+        if trace is not None:
+            trace[f"expected.decoder.{i}"] = t
+    hs = layer_norm(t, p, "transformer.post_norm")
+    if trace is not None:
+        trace["expected.search_feat"] = mem[2 * cfg.T * cfg.T:]
+        trace["expected.hs"] = hs
+    return mem[2 * cfg.T * cfg.T:], hs
+
+
+def make_tables(cfg, device):
+    return {w: HeadTables(cfg, w, device) for w in sorted(set(cfg.windows))}
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def validate(golden_dir, device):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    import pathlib
+    ok = True
+    for wfile in sorted(pathlib.Path(golden_dir).glob("*.weights.safetensors")):
+        name = wfile.name.replace(".weights.safetensors", "")
+        with safe_open(str(wfile), "pt") as f:
+            cfg = Config.from_metadata(f.metadata())
+        p = {k: v.to(device) for k, v in load_file(str(wfile)).items()}
+        g = {k: v.to(device) for k, v in load_file(str(wfile).replace(".weights.", ".golden.")).items()}
+        x0, m = merge_inputs(g)
+        trace = {}
+        with torch.no_grad():
+            transformer(x0, m, g["input.query_embed"], p, cfg, make_tables(cfg, device), trace)
+        for k in sorted(kk for kk in g if kk.startswith("expected.")):
+            err = rel_err(trace[k], g[k])
+            ok &= err <= F32_TOL
+            print(f"{name} {k}: rel err {err:.2e} {'ok' if err <= F32_TOL else 'FAIL'}")
+    return ok
+
+
+def released_model(device, batch, seed=0):
+    cfg = Config(256, 8, 2048, 6, 6, 24, 8, [1, 2, 4, 8, 1, 2, 4, 8])
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale):
+        return ((torch.rand(*shape, generator=gen) * 2 - 1) * scale).to(device)
+
+    c, ff = cfg.c, cfg.ff
+    p = {}
+    for w in (1, 2, 4):
+        L = cfg.l_all // (w * w)
+        p[f"transformer.rel_bias_table{w}"] = rnd((2 * w - 1) * (cfg.l_all // w + L // w - 1), scale=0.02)
+    for i in range(cfg.enc_layers):
+        pre = f"transformer.transformer.{i}."
+        for n, (o, inn) in {"qkv_embedding": (3 * c, c), "output_linear": (c, c),
+                            "feedforward.0": (ff, c), "feedforward.3": (c, ff)}.items():
+            p[pre + n + ".weight"] = rnd(o, inn, scale=inn ** -0.5)
+            p[pre + n + ".bias"] = rnd(o, scale=0.02)
         for n in ("norm1", "norm2"):
-            w[e + n + ".weight"], w[e + n + ".bias"] = 1 + u(c), u(c)
-    for i in range(cfg.dec):
-        d = f"{P}transformer_post.{i}."
+            p[pre + n + ".weight"] = 1 + rnd(c, scale=0.1)
+            p[pre + n + ".bias"] = rnd(c, scale=0.02)
+    for i in range(cfg.dec_layers):
+        pre = f"transformer.transformer_post.{i}."
         for a in ("self_attn", "multihead_attn"):
-            w[d + a + ".in_proj_weight"], w[d + a + ".in_proj_bias"] = u(3 * c, c), u(3 * c)
-            w[d + a + ".out_proj.weight"], w[d + a + ".out_proj.bias"] = u(c, c), u(c)
-        for name, shape in [("linear1", (ff, c)), ("linear2", (c, ff))]:
-            w[d + name + ".weight"], w[d + name + ".bias"] = u(*shape), u(shape[0])
+            p[pre + a + ".in_proj_weight"] = rnd(3 * c, c, scale=c ** -0.5)
+            p[pre + a + ".in_proj_bias"] = rnd(3 * c, scale=0.02)
+            p[pre + a + ".out_proj.weight"] = rnd(c, c, scale=c ** -0.5)
+            p[pre + a + ".out_proj.bias"] = rnd(c, scale=0.02)
+        for n, (o, inn) in {"linear1": (ff, c), "linear2": (c, ff)}.items():
+            p[pre + n + ".weight"] = rnd(o, inn, scale=inn ** -0.5)
+            p[pre + n + ".bias"] = rnd(o, scale=0.02)
         for n in ("norm1", "norm2", "norm3"):
-            w[d + n + ".weight"], w[d + n + ".bias"] = 1 + u(c), u(c)
-    w[P + "post_norm.weight"], w[P + "post_norm.bias"] = 1 + u(c), u(c)
-    for win in sorted(set(cfg.windows) & {1, 2, 4}):
-        l = cfg.l_all // (win * win)
-        w[f"{P}rel_bias_table{win}"] = u((2 * win - 1) * (cfg.l_all // win + (l - 1) // win))
-    return w
+            p[pre + n + ".weight"] = 1 + rnd(c, scale=0.1)
+            p[pre + n + ".bias"] = rnd(c, scale=0.02)
+    p["transformer.post_norm.weight"] = 1 + rnd(c, scale=0.1)
+    p["transformer.post_norm.bias"] = rnd(c, scale=0.02)
+    x = rnd(cfg.l_all, batch, c, scale=1.0)
+    m = torch.zeros(batch, cfg.l_all, dtype=torch.bool, device=device)
+    query = rnd(1, c, scale=1.0)
+    return cfg, p, x, m, query
 
 
-class Transformer:
-    def __init__(self, cfg, weights, device, dtype):
-        self.cfg = cfg
-        self.w = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
-        self.device, self.dtype = device, dtype
-        self.sr, self.bias_index = {}, {}
-        for win in set(cfg.windows):
-            self.sr[win] = self._sr(win).to(device=device, dtype=dtype)
-            if win in (1, 2, 4):
-                self.bias_index[win] = self._bias_index(win).to(device)
-
-    @staticmethod
-    def _sr(w):
-        """sr(a, e) = u(a) u(e) - 1 in float16, as the original stores it; (w*w,)."""
-        t = torch.arange(w, dtype=torch.float64) / w
-        u = torch.where(t > 0.5, t, 1 - t).half()
-        return (u[:, None] * u[None, :] - 1).reshape(-1).double()
-
-    def _bias_index(self, w):
-        l_all = self.cfg.l_all
-        i = torch.arange(l_all // (w * w))[:, None]
-        col = torch.arange(l_all)[None, :]
-        return (i // w - col // w + l_all // w - 1) * (2 * w - 1) + i % w - col % w + w - 1
-
-    # -- window partition and reverse, per region ------------------------------------
-    def partition(self, x, w, s):
-        """(b, L_all, d) -> (b, L, w*w*d) with P(w, s)."""
-        b, _, d = x.shape
-        out = []
-        for first, side, rolled in self.cfg.regions():
-            g = x[:, first:first + side * side].reshape(b, side, side, d)
-            if rolled and s > 0:
-                g = torch.roll(g, shifts=(-s, -s), dims=(1, 2))
-            n = side // w
-            g = g.reshape(b, n, w, n, w, d).permute(0, 1, 3, 2, 4, 5)
-            out.append(g.reshape(b, n * n, w * w * d))
-        return torch.cat(out, dim=1)
-
-    def reverse(self, o, w, s, d):
-        """(b, L, w*w*d) -> (b, L_all, d), the inverse of partition."""
-        b = o.shape[0]
-        out, at = [], 0
-        for _, side, rolled in self.cfg.regions():
-            n = side // w
-            g = o[:, at:at + n * n].reshape(b, n, n, w, w, d).permute(0, 1, 3, 2, 4, 5)
-            g = g.reshape(b, side, side, d)
-            if rolled and s > 0:
-                g = torch.roll(g, shifts=(s, s), dims=(1, 2))
-            out.append(g.reshape(b, side * side, d))
-            at += n * n
-        return torch.cat(out, dim=1)
-
-    # -- encoder ---------------------------------------------------------------------
-    def head(self, q, k, v, m, w, s, layer_heads=None):
-        cfg, hd = self.cfg, self.cfg.hd
-        b = q.shape[0]
-        qw, kw, vw = (self.partition(t, w, s) for t in (q, k, v))
-        pad = self.partition(m[:, :, None].to(q.dtype), w, 0).bool().all(dim=2)  # (b, L)
-        if w > 1:
-            L = qw.shape[1]
-            # Every key/value window in its w*w cyclic shifts: column l*w*w + a*w + e.
-            def expand(t):
-                t = t.reshape(b, L, w, w, hd)
-                shifted = [torch.roll(t, shifts=(a, e), dims=(2, 3))
-                           for a in range(w) for e in range(w)]
-                return torch.stack(shifted, dim=2).reshape(b, L * w * w, w * w * hd)
-            kx, vx = expand(kw), expand(vw)
-            scores = (qw @ kx.transpose(1, 2) + self.sr[w].repeat(L)) / (w * w)
-            colpad = pad.repeat_interleave(w * w, dim=1)
-        else:
-            kx, vx = kw, vw
-            scores = qw @ kx.transpose(1, 2)
-            colpad = pad
-        scores = scores.masked_fill(colpad[:, None, :], float("-inf"))
-        if w in self.bias_index:
-            scores = scores + self.w[f"{P}rel_bias_table{w}"][self.bias_index[w]]
-        o = torch.softmax(scores, dim=-1) @ vx
-        return o
-
-    def encoder_layer(self, i, x, m, capture=None):
-        cfg, e = self.cfg, f"{P}transformer.{i}."
-        W = self.w
-        l_all, b, c = x.shape
-        qkv = F.linear(x, W[e + "qkv_embedding.weight"], W[e + "qkv_embedding.bias"])
-        q, k, v = qkv.split(c, dim=2)
-        q = q * cfg.hd ** -0.5
-        outs = []
-        for h in range(cfg.h):
-            sl = slice(h * cfg.hd, (h + 1) * cfg.hd)
-            per = [t[:, :, sl].permute(1, 0, 2) for t in (q, k, v)]  # (b, L_all, hd)
-            w, s = cfg.windows[h], cfg.shift(h)
-            o = self.head(*per, m, w, s)
-            if capture is not None:
-                capture[f"encoder.0.head.{h}"] = o
-            outs.append(self.reverse(o, w, s, cfg.hd))
-        concat = torch.cat(outs, dim=2).permute(1, 0, 2)  # (L_all, b, c)
-        if capture is not None:
-            capture["encoder.0.heads_concat"] = concat
-        y = F.linear(concat, W[e + "output_linear.weight"], W[e + "output_linear.bias"])
-        x1 = F.layer_norm(x + y, (c,), W[e + "norm1.weight"], W[e + "norm1.bias"], 1e-5)
-        f = F.linear(F.relu(F.linear(x1, W[e + "feedforward.0.weight"], W[e + "feedforward.0.bias"])),
-                     W[e + "feedforward.3.weight"], W[e + "feedforward.3.bias"])
-        return F.layer_norm(x1 + f, (c,), W[e + "norm2.weight"], W[e + "norm2.bias"], 1e-5)
-
-    def encoder(self, x, m, capture=None):
-        for i in range(self.cfg.enc):
-            x = self.encoder_layer(i, x, m, capture if i == 0 else None)
-            if capture is not None:
-                capture[f"encoder.{i}"] = x
-        return x
-
-    # -- decoder ---------------------------------------------------------------------
-    def mha(self, prefix, q, k, v, pad=None):
-        W, c = self.w, self.cfg.c
-        out, _ = F.multi_head_attention_forward(
-            q, k, v, c, self.cfg.h, W[prefix + "in_proj_weight"], W[prefix + "in_proj_bias"],
-            None, None, False, 0.0, W[prefix + "out_proj.weight"], W[prefix + "out_proj.bias"],
-            training=False, key_padding_mask=pad, need_weights=False)
-        return out
-
-    def decoder(self, mem, m, query, capture=None):
-        W, c = self.w, self.cfg.c
-        b = mem.shape[1]
-        qpos = query[:, None, :].expand(1, b, c)
-        t = torch.zeros(1, b, c, device=mem.device, dtype=mem.dtype)
-        ln = lambda x, n: F.layer_norm(x, (c,), W[n + ".weight"], W[n + ".bias"], 1e-5)
-        for i in range(self.cfg.dec):
-            d = f"{P}transformer_post.{i}."
-            t = ln(t + self.mha(d + "self_attn.", t + qpos, t + qpos, t), d + "norm1")
-            t = ln(t + self.mha(d + "multihead_attn.", t + qpos, mem, mem, m.bool()), d + "norm2")
-            f = F.linear(F.relu(F.linear(t, W[d + "linear1.weight"], W[d + "linear1.bias"])),
-                         W[d + "linear2.weight"], W[d + "linear2.bias"])
-            t = ln(t + f, d + "norm3")
-            if capture is not None:
-                capture[f"decoder.{i}"] = t
-        return ln(t, P + "post_norm")
-
-    def forward(self, x, m, query, capture=None):
-        mem = self.encoder(x, m, capture)
-        hs = self.decoder(mem, m, query, capture)
-        return mem[2 * self.cfg.t * self.cfg.t:], hs
+def time_fn(fn, iters, warmup):
+    """Median and p90 milliseconds over `iters` runs, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
 
-def merged_inputs(g, cfg, device, dtype):
-    """x0 (L_all, b, c), m (b, L_all) and the query from golden `input.*` tensors."""
-    feats = [g[f"input.{r}.feat"] for r in ("template1", "template2", "search")]
-    b = feats[2].shape[2]
-    x = torch.cat([f.reshape(-1, b, cfg.c) for f in feats], dim=0)
-    masks = [g.get(f"input.{r}.mask") for r in ("template1", "template2", "search")]
-    m = torch.cat([mk.reshape(b, -1) if mk is not None else torch.zeros(b, f.shape[0] * f.shape[1])
-                   for mk, f in zip(masks, feats)], dim=1) != 0
-    return x.to(device, dtype), m.to(device), g["input.query_embed"].to(device, dtype)
+def cuda_graph(fn):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
 
 
-def relative_error(ours, want):
-    ours, want = ours.double().cpu(), want.double().cpu()
-    return float((ours - want).norm() / want.norm())
-
-
-def check(golden_path, device):
-    weights_path = golden_path.replace(".golden.", ".weights.")
-    with safe_open(weights_path, "pt") as f:
-        cfg = Config.from_metadata(f.metadata())
-    weights, g = load_file(weights_path), load_file(golden_path)
-    worst = {}
-    for dtype in (torch.float64, torch.float32):
-        model = Transformer(cfg, weights, device, dtype)
-        x, m, query = merged_inputs(g, cfg, device, dtype)
-        cap = {}
-        search, hs = model.forward(x, m, query, cap)
-        cap["search_feat"], cap["hs"] = search, hs
-        errs = {n: relative_error(cap[n[len("expected."):]], g[n])
-                for n in g if n.startswith("expected.")}
-        worst[dtype] = max(errs.values())
-        print(f"{golden_path}: {dtype}: {len(errs)} tensors, max relative error {worst[dtype]:.3e}")
-    return worst[torch.float32] <= 1e-5
-
-
-def bench(device, reps, warmup):
+def bench(batch, iters, warmup):
+    device = "cuda"
+    cfg, p, x, m, query = released_model(device, batch)
+    tables = make_tables(cfg, device)
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": batch,
+               "iters": iters}
     torch.backends.cuda.matmul.allow_tf32 = False
-    cfg = Config()
-    gen = torch.Generator().manual_seed(2022)
-    model = Transformer(cfg, random_weights(cfg, gen), device, torch.float32)
-    x = torch.randn(cfg.l_all, 1, cfg.c, generator=gen).to(device)
-    m = torch.zeros(1, cfg.l_all, dtype=torch.bool, device=device)
-    query = torch.randn(1, cfg.c, generator=gen).to(device)
-    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; released size, batch 1, "
-          f"float32 (TF32 off); p50 (p10-p90) over {reps} passes after {warmup} warm-up")
-    with torch.inference_mode():
-        for name, fn in [("encoder", lambda: model.encoder(x, m)),
-                         ("transformer", lambda: model.forward(x, m, query))]:
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(reps):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            times.sort()
-            pick = lambda p: times[round((len(times) - 1) * p)]
-            print(f"torch eager {name:<12} {pick(0.5):8.3f} ({pick(0.1):.3f}-{pick(0.9):.3f}) ms")
+    torch.backends.cudnn.allow_tf32 = False
+    parts = {
+        "encoder": lambda: encoder(x, m, p, cfg, tables),
+        "transformer": lambda: transformer(x, m, query, p, cfg, tables),
+    }
+    with torch.no_grad():
+        for part, fn in parts.items():
+            r = {"eager": time_fn(fn, iters, warmup)}
+            r["cuda_graph"] = time_fn(cuda_graph(fn), iters, warmup)
+            for mode in ("default", "reduce-overhead"):
+                try:
+                    torch._dynamo.reset()
+                    compiled = torch.compile(fn, mode=None if mode == "default" else mode)
+                    r[f"compile_{mode}"] = time_fn(compiled, iters, warmup)
+                except Exception as e:  # report, do not hide: a missing compiler is a result too
+                    r[f"compile_{mode}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            results[part] = r
+            print(f"{part}: " + ", ".join(
+                f"{k} {v['p50_ms']:.3f} ms" if "p50_ms" in v else f"{k} {v['error']}" for k, v in r.items()),
+                flush=True)
+    return results
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--check", nargs="*", default=[], metavar="GOLDEN")
-    ap.add_argument("--bench", action="store_true")
-    ap.add_argument("--reps", type=int, default=200)
-    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--validate", metavar="GOLDEN_DIR")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--json", metavar="OUT")
     a = ap.parse_args()
-    ok = all([check(g, a.device) for g in a.check])
+    if not a.validate and not a.bench:
+        ap.error("give --validate GOLDEN_DIR and/or --bench")
+    if a.validate:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        if not validate(a.validate, a.device):
+            print("validation FAILED", file=sys.stderr)
+            return 1
+        print("validation ok")
     if a.bench:
-        bench(a.device, a.reps, a.warmup)
-    sys.exit(0 if ok else 1)
+        if not torch.cuda.is_available():
+            print("--bench needs a CUDA GPU", file=sys.stderr)
+            return 2
+        res = bench(a.batch, a.iters, a.warmup)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,1 +1,28 @@
-//! placeholder, filled by its issue
+//! Slow-Down-fair scheduling of data-parallel training jobs on a shared multi-GPU machine.
+//! Pure Rust, no CUDA: the same code runs in the simulator, in tests and in the trainer.
+//!
+//! - [`dr`]: [`DistributionRatio`], the per-GPU split of a job's mini-batch, and the
+//!   largest-remainder rounding that keeps splits exact;
+//! - [`slowdown`]: the Slow-Down estimator and per-job progress tracking;
+//! - [`policy`]: the [`Policy`] trait, the `static`, `even`, `packed` and `thesis` policies,
+//!   and the [`Manager`] whose [`Manager::evaluate`] is one evaluation round;
+//! - [`jobs`]: the job file (TOML) shared with the trainer;
+//! - [`sim`]: the discrete-event simulator; [`report`]: its report; [`plot`]: SVG plots;
+//! - [`workload`]: synthetic workloads for scale runs.
+//!
+//! The model and the policies are described in `docs/SCHEDULING.md`.
+
+pub mod dr;
+pub mod jobs;
+pub mod plot;
+pub mod policy;
+pub mod report;
+pub mod sim;
+pub mod slowdown;
+pub mod workload;
+
+pub use dr::DistributionRatio;
+pub use jobs::JobFile;
+pub use policy::{Decision, Manager, PeriodInputs, Policy, PolicyKind, ThesisParams};
+pub use report::Report;
+pub use sim::{SimOptions, SimOutcome, simulate};

@@ -1,0 +1,521 @@
+//! The job file (TOML), shared by the simulator and the real trainer.
+//!
+//! ```toml
+//! [manager]
+//! policy = "thesis"        # static | even | packed | thesis
+//! period_s = 5.0
+//! sd_threshold = 1.1
+//! util_threshold = 20.0
+//! [simulation]             # read by the simulator only
+//! gpus = 4
+//! colocation_efficiency = 1.0
+//! allreduce_gbps = 10.0
+//! allreduce_latency_ms = 0.5
+//! reconfigure_ms = 0.0
+//! [[job]]
+//! name = "resnet50"
+//! model = "vit-small"      # used by the real trainer
+//! dataset = "synthetic"
+//! batch_size = 128
+//! iterations = 3000
+//! arrival_s = 0.0
+//! initial_dr = [5, 5, 0, 0]   # optional; default even
+//! [job.sim]                # read by the simulator only
+//! sample_ms = 0.9
+//! iter_overhead_ms = 3.0
+//! grad_mb = 98.0
+//! ```
+//!
+//! Unknown keys are errors. Every error names the file, the section or job, and the key.
+//! `initial_dr` entries and sum are checked on load; its length is checked against the GPU
+//! count by whoever knows it ([`JobFile::check_gpus`]: the simulator with `[simulation]
+//! gpus`, the trainer with the machine's).
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::dr::DistributionRatio;
+use super::policy::{PolicyKind, ThesisParams};
+use crate::{Error, Result};
+
+/// `[manager]`: the policy and its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// Default `thesis`.
+    #[serde(default = "default_policy")]
+    pub policy: PolicyKind,
+    /// Seconds between evaluation rounds, and the window over which utilisation and the
+    /// recent iteration time are measured. Default 5.
+    #[serde(default = "default_period")]
+    pub period_s: f64,
+    /// Default 1.1.
+    #[serde(default = "default_sd_threshold")]
+    pub sd_threshold: f64,
+    /// Percentage points. Default 20.
+    #[serde(default = "default_util_threshold")]
+    pub util_threshold: f64,
+}
+
+fn default_policy() -> PolicyKind {
+    PolicyKind::Thesis
+}
+fn default_period() -> f64 {
+    5.0
+}
+fn default_sd_threshold() -> f64 {
+    ThesisParams::DEFAULT_SD_THRESHOLD
+}
+fn default_util_threshold() -> f64 {
+    ThesisParams::DEFAULT_UTIL_THRESHOLD
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            policy: default_policy(),
+            period_s: default_period(),
+            sd_threshold: default_sd_threshold(),
+            util_threshold: default_util_threshold(),
+        }
+    }
+}
+
+impl ManagerConfig {
+    /// The thesis thresholds, checked.
+    pub fn thesis_params(&self) -> Result<ThesisParams> {
+        ThesisParams::new(self.sd_threshold, self.util_threshold)
+    }
+}
+
+/// `[simulation]`: the simulated machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Number of GPUs, at least 1.
+    pub gpus: usize,
+    /// Aggregate speed of a GPU running shards of two or more jobs at once, relative to one
+    /// job alone (1.0: perfect time slicing; 0.9: 10% lost to switching). Default 1.
+    #[serde(default = "default_one")]
+    pub colocation_efficiency: f64,
+    /// All-reduce bandwidth between GPUs, GB/s (10^9 bytes/s). Default 10.
+    #[serde(default = "default_allreduce_gbps")]
+    pub allreduce_gbps: f64,
+    /// Fixed cost of one all-reduce, ms. Default 0.5.
+    #[serde(default = "default_allreduce_latency")]
+    pub allreduce_latency_ms: f64,
+    /// Stall of a running job before its first iteration after a DR change, ms (moving
+    /// replicas, rebuilding communicators). Default 0.
+    #[serde(default)]
+    pub reconfigure_ms: f64,
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+fn default_allreduce_gbps() -> f64 {
+    10.0
+}
+fn default_allreduce_latency() -> f64 {
+    0.5
+}
+
+impl SimulationConfig {
+    /// A machine of `gpus` GPUs with the default parameters.
+    pub fn with_gpus(gpus: usize) -> Self {
+        SimulationConfig {
+            gpus,
+            colocation_efficiency: default_one(),
+            allreduce_gbps: default_allreduce_gbps(),
+            allreduce_latency_ms: default_allreduce_latency(),
+            reconfigure_ms: 0.0,
+        }
+    }
+}
+
+/// `[job.sim]`: a job's simulated costs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSim {
+    /// Compute per sample, ms, alone on one GPU.
+    pub sample_ms: f64,
+    /// Fixed cost per iteration on each GPU the job uses, ms.
+    #[serde(default)]
+    pub iter_overhead_ms: f64,
+    /// Gradient size, MB (10^6 bytes), all-reduced every iteration on more than one GPU.
+    #[serde(default)]
+    pub grad_mb: f64,
+}
+
+/// One `[[job]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// The model the real trainer builds.
+    pub model: String,
+    /// The dataset the real trainer reads.
+    pub dataset: String,
+    pub batch_size: u64,
+    pub iterations: u64,
+    /// Seconds after the start at which the job arrives. Default 0.
+    #[serde(default)]
+    pub arrival_s: f64,
+    /// Initial distribution ratio, one entry per GPU; `None` means even.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_dr: Option<Vec<i64>>,
+    /// Simulated costs; ignored by the real trainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<JobSim>,
+}
+
+impl JobSpec {
+    /// The initial DR checked against a machine of `gpus` GPUs.
+    pub fn initial_dr(&self, gpus: usize, origin: &str) -> Result<Option<DistributionRatio>> {
+        let Some(units) = &self.initial_dr else {
+            return Ok(None);
+        };
+        let ctx = format!("{origin}: job '{}': initial_dr", self.name);
+        if units.len() != gpus {
+            return Err(Error::invalid(
+                ctx,
+                format!("has {} entries, expected one per GPU ({gpus})", units.len()),
+            ));
+        }
+        DistributionRatio::from_signed(units)
+            .map(Some)
+            .map_err(|p| Error::invalid(ctx, p))
+    }
+
+    /// Exclusive iteration time in seconds from the `sim` table: `batch * sample_ms +
+    /// iter_overhead_ms`.
+    pub fn exclusive_iter_s(&self) -> Option<f64> {
+        self.sim
+            .as_ref()
+            .map(|s| (self.batch_size as f64 * s.sample_ms + s.iter_overhead_ms) / 1000.0)
+    }
+}
+
+/// A whole job file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    #[serde(default)]
+    pub manager: ManagerConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<SimulationConfig>,
+    #[serde(rename = "job", default)]
+    pub jobs: Vec<JobSpec>,
+}
+
+impl JobFile {
+    /// Reads and checks a job file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks job-file text; `origin` (usually the path) starts every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::invalid(origin, one_line(&e.to_string())))?;
+        let mut file = JobFile {
+            manager: ManagerConfig::default(),
+            simulation: None,
+            jobs: Vec::new(),
+        };
+        for (key, value) in table {
+            match key.as_str() {
+                "manager" => {
+                    file.manager = ManagerConfig::deserialize(value).map_err(|e| {
+                        Error::invalid(format!("{origin}: [manager]"), one_line(&e.to_string()))
+                    })?;
+                }
+                "simulation" => {
+                    file.simulation = Some(SimulationConfig::deserialize(value).map_err(|e| {
+                        Error::invalid(format!("{origin}: [simulation]"), one_line(&e.to_string()))
+                    })?);
+                }
+                "job" => {
+                    let toml::Value::Array(items) = value else {
+                        return Err(Error::invalid(
+                            format!("{origin}: job"),
+                            "expected an array of tables, written [[job]]",
+                        ));
+                    };
+                    for (k, item) in items.into_iter().enumerate() {
+                        file.jobs.push(parse_job(item, k, origin)?);
+                    }
+                }
+                other => {
+                    return Err(Error::invalid(
+                        origin,
+                        format!("unknown key `{other}`, expected `manager`, `simulation` or `job`"),
+                    ));
+                }
+            }
+        }
+        file.validate(origin)?;
+        Ok(file)
+    }
+
+    /// Checks every value that does not depend on the GPU count (see the module docs).
+    /// [`parse`](Self::parse) calls it; call it again on a file built in code.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let m = &self.manager;
+        let mctx = |key: &str| format!("{origin}: [manager] {key}");
+        positive(m.period_s).map_err(|p| Error::invalid(mctx("period_s"), p))?;
+        if !m.sd_threshold.is_finite() || m.sd_threshold < 0.0 {
+            return Err(Error::invalid(
+                mctx("sd_threshold"),
+                format!("must be finite and >= 0, got {}", m.sd_threshold),
+            ));
+        }
+        if !m.util_threshold.is_finite() || !(0.0..=100.0).contains(&m.util_threshold) {
+            return Err(Error::invalid(
+                mctx("util_threshold"),
+                format!(
+                    "must be percentage points in 0..=100, got {}",
+                    m.util_threshold
+                ),
+            ));
+        }
+        if let Some(s) = &self.simulation {
+            let sctx = |key: &str| format!("{origin}: [simulation] {key}");
+            if s.gpus == 0 {
+                return Err(Error::invalid(sctx("gpus"), "must be at least 1, got 0"));
+            }
+            positive(s.colocation_efficiency)
+                .map_err(|p| Error::invalid(sctx("colocation_efficiency"), p))?;
+            positive(s.allreduce_gbps).map_err(|p| Error::invalid(sctx("allreduce_gbps"), p))?;
+            non_negative(s.allreduce_latency_ms)
+                .map_err(|p| Error::invalid(sctx("allreduce_latency_ms"), p))?;
+            non_negative(s.reconfigure_ms)
+                .map_err(|p| Error::invalid(sctx("reconfigure_ms"), p))?;
+        }
+        let mut names = HashSet::new();
+        for (k, job) in self.jobs.iter().enumerate() {
+            let jctx = |key: &str| format!("{origin}: job '{}': {key}", job.name);
+            if job.name.trim().is_empty() {
+                return Err(Error::invalid(
+                    format!("{origin}: job #{}: name", k + 1),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(job.name.as_str()) {
+                return Err(Error::invalid(
+                    jctx("name"),
+                    "another job has the same name",
+                ));
+            }
+            if job.model.trim().is_empty() {
+                return Err(Error::invalid(jctx("model"), "must not be empty"));
+            }
+            if job.dataset.trim().is_empty() {
+                return Err(Error::invalid(jctx("dataset"), "must not be empty"));
+            }
+            if job.batch_size == 0 {
+                return Err(Error::invalid(jctx("batch_size"), "must be at least 1"));
+            }
+            if job.iterations == 0 {
+                return Err(Error::invalid(jctx("iterations"), "must be at least 1"));
+            }
+            non_negative(job.arrival_s).map_err(|p| Error::invalid(jctx("arrival_s"), p))?;
+            if let Some(units) = &job.initial_dr {
+                DistributionRatio::from_signed(units)
+                    .map_err(|p| Error::invalid(jctx("initial_dr"), p))?;
+            }
+            if let Some(sim) = &job.sim {
+                non_negative(sim.sample_ms)
+                    .map_err(|p| Error::invalid(jctx("sim.sample_ms"), p))?;
+                non_negative(sim.iter_overhead_ms)
+                    .map_err(|p| Error::invalid(jctx("sim.iter_overhead_ms"), p))?;
+                non_negative(sim.grad_mb).map_err(|p| Error::invalid(jctx("sim.grad_mb"), p))?;
+                let exclusive = job.exclusive_iter_s().unwrap_or(0.0);
+                if !(exclusive.is_finite() && exclusive > 0.0) {
+                    return Err(Error::invalid(
+                        jctx("sim"),
+                        "batch_size * sample_ms + iter_overhead_ms must be > 0 \
+                         (the exclusive iteration time)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every `initial_dr` has one entry per GPU of a `gpus`-GPU machine.
+    pub fn check_gpus(&self, gpus: usize, origin: &str) -> Result<()> {
+        for job in &self.jobs {
+            job.initial_dr(gpus, origin)?;
+        }
+        Ok(())
+    }
+
+    /// The file as TOML text (for generated workloads).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::invalid("job file", e.to_string()))
+    }
+}
+
+fn parse_job(item: toml::Value, k: usize, origin: &str) -> Result<JobSpec> {
+    let toml::Value::Table(mut table) = item else {
+        return Err(Error::invalid(
+            format!("{origin}: job #{}", k + 1),
+            "expected a table",
+        ));
+    };
+    let label = match table.get("name").and_then(|v| v.as_str()) {
+        Some(name) => format!("{origin}: job '{name}'"),
+        None => format!("{origin}: job #{}", k + 1),
+    };
+    // The sim table is read on its own so that its errors say `sim`.
+    let sim = match table.remove("sim") {
+        None => None,
+        Some(v) => Some(
+            JobSim::deserialize(v)
+                .map_err(|e| Error::invalid(format!("{label}: sim"), one_line(&e.to_string())))?,
+        ),
+    };
+    let mut job = JobSpec::deserialize(toml::Value::Table(table))
+        .map_err(|e| Error::invalid(label, one_line(&e.to_string())))?;
+    job.sim = sim;
+    Ok(job)
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn positive(v: f64) -> std::result::Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be finite and > 0, got {v}"))
+    }
+}
+
+fn non_negative(v: f64) -> std::result::Result<(), String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("must be finite and >= 0, got {v}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[manager]
+policy = "thesis"
+period_s = 5.0
+sd_threshold = 1.1
+util_threshold = 20.0
+[simulation]
+gpus = 4
+colocation_efficiency = 1.0
+[[job]]
+name = "resnet50"
+model = "vit-small"
+dataset = "synthetic"
+batch_size = 128
+iterations = 3000
+arrival_s = 0.0
+initial_dr = [5, 5, 0, 0]
+[job.sim]
+sample_ms = 0.9
+iter_overhead_ms = 3.0
+grad_mb = 98.0
+[[job]]
+name = "alexnet"
+model = "vit-tiny"
+dataset = "synthetic"
+batch_size = 64
+iterations = 10
+"#;
+
+    fn err(text: &str) -> String {
+        JobFile::parse(text, "jobs.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_issue_example() {
+        let f = JobFile::parse(GOOD, "jobs.toml").unwrap();
+        assert_eq!(f.manager.policy, PolicyKind::Thesis);
+        assert_eq!(f.simulation.as_ref().unwrap().gpus, 4);
+        assert_eq!(f.simulation.as_ref().unwrap().allreduce_gbps, 10.0);
+        assert_eq!(f.jobs.len(), 2);
+        assert_eq!(f.jobs[0].sim.as_ref().unwrap().grad_mb, 98.0);
+        assert!(f.jobs[1].sim.is_none());
+        assert_eq!(f.jobs[1].arrival_s, 0.0);
+        let dr = f.jobs[0].initial_dr(4, "jobs.toml").unwrap().unwrap();
+        assert_eq!(dr.units(), &[5, 5, 0, 0]);
+        assert!(f.check_gpus(4, "x").is_ok());
+        let e = f.check_gpus(3, "jobs.toml").unwrap_err().to_string();
+        assert!(e.contains("job 'resnet50': initial_dr"), "{e}");
+        // Round trip through the writer.
+        let again = JobFile::parse(&f.to_toml().unwrap(), "again").unwrap();
+        assert_eq!(again, f);
+    }
+
+    #[test]
+    fn errors_name_job_and_key() {
+        let e = err(&GOOD.replace("grad_mb = 98.0", "grad_mb = 98.0\ncolour = 1"));
+        assert!(
+            e.contains("job 'resnet50': sim") && e.contains("colour"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("iterations = 3000", "iterations = 3000\nepochs = 1"));
+        assert!(e.contains("job 'resnet50'") && e.contains("epochs"), "{e}");
+        let e = err(&GOOD.replace("[5, 5, 0, 0]", "[5, 4, 0, 0]"));
+        assert!(
+            e.contains("job 'resnet50': initial_dr") && e.contains("sum"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[5, 5, 0, 0]", "[-5, 15, 0, 0]"));
+        assert!(e.contains("job 'resnet50': initial_dr"), "{e}");
+        let e = err(&GOOD.replace("sample_ms = 0.9", "sample_ms = -0.9"));
+        assert!(e.contains("job 'resnet50': sim.sample_ms"), "{e}");
+        let e = err(&GOOD.replace("arrival_s = 0.0", "arrival_s = -1.0"));
+        assert!(e.contains("job 'resnet50': arrival_s"), "{e}");
+        let e = err(&GOOD.replace("gpus = 4", "gpus = 0"));
+        assert!(e.contains("[simulation] gpus"), "{e}");
+        let e = err(&GOOD.replace("batch_size = 64", "batch_size = \"many\""));
+        assert!(
+            e.contains("job 'alexnet'") && e.contains("batch_size"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("policy = \"thesis\"", "policy = \"fair\""));
+        assert!(e.contains("[manager]") && e.contains("fair"), "{e}");
+        let e = err(&GOOD.replace("period_s = 5.0", "period_s = 0.0"));
+        assert!(e.contains("[manager] period_s"), "{e}");
+        let e = err(&GOOD.replace("util_threshold = 20.0", "util_threshold = 200.0"));
+        assert!(e.contains("[manager] util_threshold"), "{e}");
+        let e = err(&GOOD.replace("colocation_efficiency = 1.0", "colocation = 1.0"));
+        assert!(
+            e.contains("[simulation]") && e.contains("colocation"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[extra]\nx = 1\n"));
+        assert!(e.contains("extra"), "{e}");
+        let e = err(&GOOD.replace("name = \"alexnet\"", "name = \"resnet50\""));
+        assert!(e.contains("job 'resnet50': name"), "{e}");
+        let e = err(&GOOD.replace("name = \"alexnet\"\n", ""));
+        assert!(e.contains("job #2") && e.contains("name"), "{e}");
+        let e = err("[[job]\n");
+        assert!(e.starts_with("jobs.toml:"), "{e}");
+        let e = err(&GOOD.replace(
+            "sample_ms = 0.9\niter_overhead_ms = 3.0",
+            "sample_ms = 0.0\niter_overhead_ms = 0.0",
+        ));
+        assert!(e.contains("job 'resnet50': sim"), "{e}");
+    }
+}

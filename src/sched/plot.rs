@@ -1,0 +1,144 @@
+//! SVG plots of a simulated run: each job's Slow-Down over time (top) and each GPU's
+//! utilisation over time (bottom), as the manager saw them at its rounds.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::sim::Trace;
+use crate::{Error, Result};
+
+/// Legends are drawn only up to this many series; beyond it they would hide the plot.
+const MAX_LEGEND: usize = 16;
+
+/// The plot as SVG text; `title` heads it (e.g. the policy and the file).
+pub fn trace_svg(trace: &Trace, title: &str) -> Result<String> {
+    let mut svg = String::new();
+    draw(trace, title, &mut svg).map_err(|e| Error::invalid("plot", e))?;
+    Ok(svg)
+}
+
+/// Writes [`trace_svg`] to `path`.
+pub fn write_trace_svg(trace: &Trace, title: &str, path: &Path) -> Result<()> {
+    let svg = trace_svg(trace, title)?;
+    std::fs::write(path, svg).map_err(|e| Error::io(path, e))
+}
+
+fn draw(trace: &Trace, title: &str, out: &mut String) -> std::result::Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let t_max = trace
+        .job_sd
+        .iter()
+        .chain(&trace.gpu_util)
+        .flat_map(|s| s.iter().map(|p| p.0))
+        .fold(0.0, f64::max)
+        .max(1e-3);
+    let sd_max = trace
+        .job_sd
+        .iter()
+        .flat_map(|s| s.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max)
+        * 1.05;
+
+    let root = SVGBackend::with_string(out, (1100, 950)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(460);
+
+    let mut chart = ChartBuilder::on(&top)
+        .caption("Slow-Down per job", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..t_max, 0.0..sd_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("Slow-Down")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, series) in trace.job_sd.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let name = trace.job_names.get(i).cloned().unwrap_or_default();
+        let anno = chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+        if trace.job_sd.len() <= MAX_LEGEND {
+            anno.label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    if trace.job_sd.len() <= MAX_LEGEND {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption("GPU utilisation over the last period", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..t_max, 0.0..105.0)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc("utilisation (%)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (g, series) in trace.gpu_util.iter().enumerate() {
+        let color = Palette99::pick(g + 7).to_rgba();
+        let anno = chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?;
+        if trace.gpu_util.len() <= MAX_LEGEND {
+            anno.label(format!("GPU {g}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+    }
+    if trace.gpu_util.len() <= MAX_LEGEND {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_svg() {
+        let trace = Trace {
+            job_names: vec!["a".into(), "b".into()],
+            job_sd: vec![vec![(0.0, 1.0), (5.0, 1.5)], vec![(1.0, 1.0), (6.0, 2.0)]],
+            gpu_util: vec![vec![(5.0, 80.0), (10.0, 90.0)]],
+            changes: Vec::new(),
+        };
+        let svg = trace_svg(&trace, "test").unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
+        assert!(svg.contains("GPU 0"));
+        assert!(trace_svg(&Trace::default(), "empty").is_ok());
+    }
+}

@@ -1,0 +1,148 @@
+//! `attnrt-train --simulate` from the command line.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_attnrt-train");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/thesis-4gpu.toml");
+
+fn train(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn all_policies_write_report_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut max_sd = std::collections::HashMap::new();
+    for policy in ["static", "even", "packed", "thesis"] {
+        let report = dir.path().join(format!("{policy}.json"));
+        let plot = dir.path().join(format!("{policy}.svg"));
+        let out = train(&[
+            "--simulate",
+            "--jobs",
+            EXAMPLE,
+            "--policy",
+            policy,
+            "--report",
+            report.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{policy}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("max slowdown"), "{stdout}");
+        assert!(stdout.contains("resnext50"), "{stdout}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let mut keys: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "gpus",
+                "jain_index",
+                "jobs",
+                "makespan_s",
+                "max_slowdown",
+                "mean_gpu_util",
+                "mean_slowdown",
+                "policy"
+            ]
+        );
+        assert_eq!(json["policy"], policy);
+        assert_eq!(json["gpus"], 4);
+        assert_eq!(json["jobs"].as_array().unwrap().len(), 5);
+        max_sd.insert(policy, json["max_slowdown"].as_f64().unwrap());
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("Slow-Down"));
+    }
+    assert!(max_sd["thesis"] < max_sd["static"], "{max_sd:?}");
+}
+
+#[test]
+fn policy_comes_from_the_file_by_default_and_report_to_stdout() {
+    let out = train(&["--simulate", "--jobs", EXAMPLE, "--report", "-"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["policy"], "thesis");
+    assert!(text(&out.stderr).contains("max slowdown"));
+}
+
+#[test]
+fn without_simulate_it_says_training_is_not_there_yet() {
+    let out = train(&["--jobs", EXAMPLE]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not implemented"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_files_and_arguments_fail_with_a_named_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let good = std::fs::read_to_string(EXAMPLE).unwrap();
+    std::fs::write(
+        &bad,
+        good.replacen("initial_dr = [5, 5, 0, 0]", "initial_dr = [5, 5, 0]", 1),
+    )
+    .unwrap();
+    let out = train(&["--simulate", "--jobs", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("job 'densenet121': initial_dr"), "{err}");
+
+    std::fs::write(
+        &bad,
+        good.replacen("grad_mb = 32.0", "grad_mb = 32.0\nfoo = 1", 1),
+    )
+    .unwrap();
+    let out = train(&["--simulate", "--jobs", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("job 'densenet121': sim") && err.contains("foo"),
+        "{err}"
+    );
+
+    let out = train(&["--simulate", "--jobs", "/nonexistent/jobs.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/jobs.toml"));
+
+    let out = train(&["--simulate", "--jobs", EXAMPLE, "--policy", "fair"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    let png = dir.path().join("p.png");
+    let out = train(&[
+        "--simulate",
+        "--jobs",
+        EXAMPLE,
+        "--plot",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!Path::new(&png).exists());
+}
+
+#[test]
+fn help_lists_the_options() {
+    let out = train(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for word in [
+        "--simulate",
+        "--jobs",
+        "--policy",
+        "--report",
+        "--plot",
+        "thesis",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+}

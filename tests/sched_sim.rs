@@ -1,0 +1,156 @@
+//! The simulator on the shipped example and on random small workloads.
+
+use attnrt::sched::jobs::{JobFile, JobSim, JobSpec, ManagerConfig, SimulationConfig};
+use attnrt::sched::workload::{SyntheticSpec, synthetic};
+use attnrt::sched::{PolicyKind, SimOptions, simulate};
+use proptest::prelude::*;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/thesis-4gpu.toml");
+
+fn run(file: &JobFile, policy: PolicyKind) -> attnrt::sched::SimOutcome {
+    let options = SimOptions {
+        policy: Some(policy),
+        trace: true,
+        ..SimOptions::default()
+    };
+    simulate(file, "test", &options).unwrap()
+}
+
+#[test]
+fn thesis_lowers_the_maximum_slowdown_on_the_example() {
+    let file = JobFile::load(EXAMPLE.as_ref()).unwrap();
+    assert_eq!(file.simulation.as_ref().unwrap().gpus, 4);
+    assert_eq!(file.jobs.len(), 5);
+    let st = run(&file, PolicyKind::Static).report;
+    let th = run(&file, PolicyKind::Thesis).report;
+    assert!(
+        th.max_slowdown < 0.8 * st.max_slowdown,
+        "thesis {} vs static {}",
+        th.max_slowdown,
+        st.max_slowdown
+    );
+    assert!(th.mean_gpu_util > st.mean_gpu_util);
+    // Minutes of simulated time.
+    assert!(
+        st.makespan_s > 120.0 && st.makespan_s < 1800.0,
+        "{}",
+        st.makespan_s
+    );
+    for p in PolicyKind::ALL {
+        let r = run(&file, p).report;
+        assert_eq!(r.policy, p.name());
+        assert_eq!(r.jobs.len(), 5);
+        assert!(r.jain_index > 0.2 && r.jain_index <= 1.0 + 1e-12);
+    }
+}
+
+#[test]
+fn scale_workload_runs() {
+    // A quarter of the 64-GPU, 500-job scale run, to keep debug test time low; the full one
+    // is timed by `benches/sched.rs` and `examples/scale-64gpu.toml`.
+    let spec = SyntheticSpec {
+        jobs: 60,
+        ..SyntheticSpec::scale_64x500()
+    };
+    let file = synthetic(&spec).unwrap();
+    let a = run(&file, PolicyKind::Thesis);
+    assert_eq!(a.report.jobs.len(), 60);
+    assert_eq!(a.report.gpus, 64);
+    let b = run(&file, PolicyKind::Thesis);
+    assert_eq!(a.report, b.report);
+}
+
+#[test]
+fn scale_example_matches_its_generator() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scale-64gpu.toml");
+    let file = JobFile::load(path.as_ref()).unwrap();
+    assert_eq!(file, synthetic(&SyntheticSpec::scale_64x500()).unwrap());
+    assert_eq!(file.jobs.len(), 500);
+    assert_eq!(file.simulation.unwrap().gpus, 64);
+}
+
+fn small_workload() -> impl Strategy<Value = JobFile> {
+    (1usize..=5, 1usize..=6).prop_flat_map(|(m, n)| {
+        let job = (
+            1u64..=64,
+            1u64..=40,
+            0.0..20.0f64,
+            0.0..3.0f64,
+            0.0..10.0f64,
+            0.0..200.0f64,
+            prop::option::of(prop::collection::vec(0..m, 10)),
+        );
+        (
+            Just(m),
+            prop::collection::vec(job, n),
+            prop::sample::select(PolicyKind::ALL.to_vec()),
+            0.5..10.0f64,
+            0.5..1.2f64,
+        )
+            .prop_map(|(m, jobs, policy, period, eff)| {
+                let jobs = jobs
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(k, (batch, iters, arrival, sample, overhead, grad, dr))| JobSpec {
+                            name: format!("j{k}"),
+                            model: "m".into(),
+                            dataset: "d".into(),
+                            batch_size: batch,
+                            iterations: iters,
+                            arrival_s: arrival,
+                            initial_dr: dr.map(|placement| {
+                                let mut u = vec![0i64; m];
+                                for g in placement {
+                                    u[g] += 1;
+                                }
+                                u
+                            }),
+                            sim: Some(JobSim {
+                                sample_ms: sample,
+                                iter_overhead_ms: overhead + 0.01,
+                                grad_mb: grad,
+                            }),
+                        },
+                    )
+                    .collect();
+                let mut sim = SimulationConfig::with_gpus(m);
+                sim.colocation_efficiency = eff;
+                JobFile {
+                    manager: ManagerConfig {
+                        policy,
+                        period_s: period,
+                        ..ManagerConfig::default()
+                    },
+                    simulation: Some(sim),
+                    jobs,
+                }
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn random_workloads_finish_deterministically(file in small_workload()) {
+        let options = SimOptions { trace: true, ..SimOptions::default() };
+        let a = simulate(&file, "random", &options).unwrap();
+        let b = simulate(&file, "random", &options).unwrap();
+        prop_assert_eq!(&a.report, &b.report);
+        prop_assert_eq!(&a.trace, &b.trace);
+        let total: u64 = file.jobs.iter().map(|j| j.iterations).sum();
+        prop_assert_eq!(a.stats.iterations, total);
+        for (j, spec) in a.report.jobs.iter().zip(&file.jobs) {
+            prop_assert!(j.completion_s.is_finite() && j.completion_s > 0.0);
+            prop_assert!(j.slowdown.is_finite() && j.slowdown > 0.0);
+            let first = spec.arrival_s;
+            prop_assert!(j.completion_s <= a.report.makespan_s + (first - 0.0).abs() + 1e-6);
+        }
+        prop_assert!(a.report.mean_gpu_util >= 0.0 && a.report.mean_gpu_util <= 100.0 + 1e-9);
+        for series in &a.trace.gpu_util {
+            for &(_, u) in series {
+                prop_assert!((0.0..=100.0).contains(&u));
+            }
+        }
+    }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the release binaries and every test executable with kernels compiled in, and stages
-# them (with the golden files) into stage/, a git-ignored folder to `carry` to the device
-# machine, which has no Rust toolchain. Prints the command that runs every GPU test there.
+# Builds the release binaries, every test executable and the benchmarks with kernels compiled
+# in, and stages them (with the golden files and the PyTorch reference) into stage/, a
+# git-ignored folder to `carry` to the device machine, which has no Rust toolchain. Prints the
+# command that runs every GPU test there.
 #
 # Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
 set -euo pipefail
@@ -21,18 +22,33 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 
+# The benchmarks (plain programs, `harness = false`), e.g. benches/engine.rs.
+mapfile -t benches < <(cargo bench --features require-kernels --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and "bench" in m["target"]["kind"] and m.get("executable"):
+        print(m["executable"])
+')
+
 rm -rf "$stage"
-mkdir -p "$stage/bin" "$stage/tests" "$stage/golden"
-cp "${CARGO_TARGET_DIR:-target}"/release/attnrt-infer "${CARGO_TARGET_DIR:-target}"/release/attnrt-train "$stage/bin/"
+mkdir -p "$stage/bin" "$stage/tests" "$stage/bench" "$stage/golden"
+target="${CARGO_TARGET_DIR:-target}"
+cp "$target"/release/attnrt-infer "$target"/release/attnrt-train "$stage/bin/"
 for t in "${tests[@]}"; do
   # Drop cargo's hash suffix so the names are stable: gpu_smoke-0123abcd -> gpu_smoke.
   name="$(basename "$t")"
   cp "$t" "$stage/tests/${name%-*}"
 done
-strip "$stage"/bin/* "$stage"/tests/*
+for b in "${benches[@]}"; do
+  name="$(basename "$b")"
+  cp "$b" "$stage/bench/${name%-*}"
+done
+strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 cp "$golden"/*.safetensors "$stage/golden/"
-cp scripts/run-gpu-tests.sh "$stage/"
+cp scripts/run-gpu-tests.sh scripts/torch_reference.py "$stage/"
 
 du -sh "$stage"
 echo

@@ -102,8 +102,16 @@ pub fn gpu_backend(
     weights: Arc<Weights>,
     options: EngineOptions,
 ) -> Result<Box<dyn Backend>> {
-    let _ = (ordinal, weights, options);
-    Err(Error::NoGpu {
-        reason: "GPU engine not built yet".into(),
-    })
+    if options.precision != Precision::F32 {
+        return Err(Error::invalid(
+            "--precision",
+            format!("the GPU engine computes in f32, not {}", options.precision),
+        ));
+    }
+    let gpu = crate::gpu::Gpu::open(ordinal)?;
+    Ok(Box::new(super::gpu::GpuEngine::new(
+        gpu,
+        weights,
+        options.mode,
+    )?))
 }

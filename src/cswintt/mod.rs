@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod gpu;
 pub mod plan;
 
 use std::fmt;

@@ -20,6 +20,18 @@ impl Kernel {
         self.name
     }
 
+    /// Lets launches of this kernel use up to `bytes` of dynamic shared memory: above 48 KB
+    /// a kernel must opt in (the device's per-block limit still applies).
+    pub fn allow_dynamic_shared(&self, bytes: usize) -> Result<()> {
+        let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        self.func.set_attribute(attr, bytes as i32).cuda(|| {
+            format!(
+                "allowing kernel {} {bytes} bytes of shared memory",
+                self.name
+            )
+        })
+    }
+
     /// Starts a launch of this kernel on `stream`; push the arguments, then [`Launch::go`].
     pub fn on<'a>(&'a self, stream: &'a CudaStream) -> Launch<'a> {
         Launch {

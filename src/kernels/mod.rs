@@ -3,9 +3,13 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+pub mod layer_norm;
+pub mod linear;
+mod raw;
 pub mod smoke;
 pub mod train_ops;
 pub mod train_vit;
+pub mod window_attention;
 
 /// Whether this build holds compiled kernels (nvcc was found at build time).
 pub fn compiled() -> bool {

@@ -1,0 +1,141 @@
+//! GPU engine latency at the released size (c=256, 8 heads, ff=2048, 6+6 layers, S=24,
+//! T=8), batch 1: the encoder alone and the whole transformer, in `sequential` and `streams`
+//! modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
+//! around each pass (inputs already on the device); the table gives p50 (p10-p90) over
+//! `--reps` passes after `--warmup` passes. With `--trace-dir DIR` it also writes one
+//! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
+//! and prints how much the head kernels overlap.
+//!
+//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--trace-dir DIR]`
+//! (a plain program, not criterion: p50 of event-timed passes is the figure we report).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use attnrt::cswintt::Mode;
+use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
+use attnrt::cswintt::gpu::{GpuEngine, Part};
+use attnrt::gpu::{EventTimer, Gpu, Graph};
+use attnrt::model::Config;
+use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
+
+struct Options {
+    reps: usize,
+    warmup: usize,
+    trace_dir: Option<PathBuf>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        reps: 300,
+        warmup: 30,
+        trace_dir: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().expect("a value after the flag");
+        match a.as_str() {
+            "--reps" => o.reps = value().parse().expect("--reps N"),
+            "--warmup" => o.warmup = value().parse().expect("--warmup N"),
+            "--trace-dir" => o.trace_dir = Some(PathBuf::from(value())),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    o
+}
+
+/// Times `pass` `reps` times with events on the main stream; returns sorted milliseconds.
+fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) -> Vec<f64> {
+    let s = gpu.stream();
+    for _ in 0..o.warmup {
+        pass().unwrap();
+    }
+    gpu.sync().unwrap();
+    let mut ms: Vec<f64> = (0..o.reps)
+        .map(|_| {
+            let t = EventTimer::start(s).unwrap();
+            pass().unwrap();
+            t.elapsed_ms(s).unwrap()
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let o = options();
+    let gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("skipped: {e}");
+            return;
+        }
+    };
+    let weights = Arc::new(synthetic_weights(&Config::released(), 2022));
+    let inputs = random_inputs(&weights.config, 1, 1, Padding::None, true);
+    println!(
+        "{}; released size, batch 1; p50 (p10-p90) over {} passes after {} warm-up",
+        gpu.describe(),
+        o.reps,
+        o.warmup
+    );
+    println!("{:<12} {:<12} {:<8} {:>24}", "part", "mode", "launch", "ms");
+    let mut p50 = Vec::new();
+    for mode in [Mode::Sequential, Mode::Streams] {
+        let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
+        e.load_inputs(&inputs).unwrap();
+        for part in [Part::Encoder, Part::Transformer] {
+            let eager = time(&gpu, &o, || e.enqueue(part, None));
+            let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
+            let replay = time(&gpu, &o, || graph.replay());
+            for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
+                println!(
+                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3})",
+                    format!("{part:?}").to_lowercase(),
+                    mode.to_string(),
+                    launch,
+                    pct(ms, 0.5),
+                    pct(ms, 0.1),
+                    pct(ms, 0.9)
+                );
+                p50.push(((part, mode, launch), pct(ms, 0.5)));
+            }
+        }
+        if let Some(dir) = &o.trace_dir {
+            let mut timer = EventTimer::start(gpu.stream()).unwrap();
+            e.enqueue(Part::Transformer, Some(&mut timer)).unwrap();
+            gpu.sync().unwrap();
+            let spans = timer.spans().unwrap();
+            let ov = head_overlap(&spans);
+            println!(
+                "timeline {mode}: head kernels busy {:.3} ms within {:.3} ms: concurrency {:.2}, \
+                 up to {} heads at once",
+                ov.busy_ms,
+                ov.union_ms,
+                ov.concurrency(),
+                ov.max_concurrent
+            );
+            std::fs::create_dir_all(dir).unwrap();
+            let path = dir.join(format!("transformer_{mode}.json"));
+            std::fs::write(&path, chrome_trace(&spans).to_string()).unwrap();
+        }
+    }
+    for part in [Part::Encoder, Part::Transformer] {
+        for launch in ["eager", "graph"] {
+            let get = |mode| {
+                p50.iter()
+                    .find(|(k, _)| *k == (part, mode, launch))
+                    .map_or(f64::NAN, |(_, v)| *v)
+            };
+            let (seq, st) = (get(Mode::Sequential), get(Mode::Streams));
+            println!(
+                "{part:?} {launch}: streams vs sequential p50 {:+.1}%",
+                (st - seq) / seq * 100.0
+            );
+        }
+    }
+}

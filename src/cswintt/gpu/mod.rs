@@ -1,0 +1,569 @@
+//! The GPU engine: the CSWinTT transformer in f32 on CUDA cores with our own kernels
+//! (`kernels/linear.cu`, `layer_norm.cu`, `window_attention.cu`).
+//!
+//! Parameters and per-head tables (gathered bias `B_w`, `sr`, partition index maps) are
+//! uploaded once by [`GpuEngine::new`]; activations are allocated once per batch size and
+//! reused. An encoder layer is: the QKV projection writing each head's q, k, v in its window
+//! layout; one attention launch per head with the window reverse and concat fused into its
+//! output write, dispatched `sequential` or `streams` (see [`dispatch`]); the output
+//! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
+//! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
+//! encoder output in one GEMM, then per layer: self attention (with one query and one key,
+//! exactly `out_proj(v)`), cross attention (the same attention kernel with `w = 1`), FFN,
+//! each followed by LayerNorm.
+
+mod activations;
+mod dispatch;
+mod heads;
+mod params;
+pub mod trace;
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+
+use self::activations::Activations;
+use self::dispatch::{Dispatch, Recorder};
+use self::heads::{HeadIo, HeadWork};
+use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
+use super::backend::Backend;
+use super::plan::Plan;
+use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, download, upload};
+use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
+use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
+use crate::kernels::window_attention::{
+    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
+};
+use crate::model::tensor::Tensor;
+use crate::model::weights::{LN_EPS, Weights};
+
+/// Relative error the GPU engine is held to (f32 throughout, as the CPU reference).
+pub const GPU_F32_TOLERANCE: f64 = CPU_F32_TOLERANCE;
+
+/// Which part of the transformer [`GpuEngine::enqueue`] queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The encoder layers only (`search_feat`).
+    Encoder,
+    /// Encoder and decoder (`search_feat` and `hs`).
+    Transformer,
+}
+
+/// The kernels the engine launches, loaded once.
+struct Kernels {
+    linear: LinearKernels,
+    layer_norm: LayerNormKernel,
+    attention: WindowAttentionKernel,
+}
+
+pub struct GpuEngine {
+    gpu: Arc<Gpu>,
+    weights: Arc<Weights>,
+    params: DeviceParams,
+    heads: Vec<HeadWork>,
+    /// Every head's token -> slot map, `(H, L_all)`: where the QKV projection writes.
+    token_slot: DeviceBuffer<u32>,
+    /// `hd^-0.5`.
+    q_scale: f32,
+    kernels: Kernels,
+    dispatch: Dispatch,
+    act: Option<Activations>,
+    poison: bool,
+}
+
+impl GpuEngine {
+    /// Uploads the weights and per-head tables to `gpu` and loads the kernels.
+    pub fn new(gpu: Arc<Gpu>, weights: Arc<Weights>, mode: Mode) -> Result<GpuEngine> {
+        let plan = Plan::new(&weights.config)?;
+        let s = gpu.stream();
+        let kernels = Kernels {
+            linear: LinearKernels::load(&gpu)?,
+            layer_norm: LayerNormKernel::load(&gpu)?,
+            attention: WindowAttentionKernel::load(&gpu)?,
+        };
+        let heads = plan
+            .heads
+            .iter()
+            .map(|h| HeadWork::new(s, h, &weights))
+            .collect::<Result<Vec<_>>>()?;
+        let token_slot: Vec<u32> = plan.heads.iter().flat_map(|h| h.reverse_index()).collect();
+        let hd = weights.config.hd();
+        Ok(GpuEngine {
+            params: DeviceParams::upload(s, &weights)?,
+            token_slot: upload(s, &token_slot)?,
+            q_scale: (hd as f64).powf(-0.5) as f32,
+            dispatch: Dispatch::new(&gpu, mode, heads.len())?,
+            heads,
+            kernels,
+            gpu,
+            weights,
+            act: None,
+            poison: false,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.dispatch.mode()
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// When on, every activation buffer is filled with NaN before each run's inputs are
+    /// uploaded, so that an element a run fails to write shows up in its outputs (tests).
+    pub fn set_poison(&mut self, on: bool) {
+        self.poison = on;
+    }
+
+    /// Runs the transformer on `inputs`; with `intermediates`, also every tensor the golden
+    /// files name (each encoder and decoder layer; layer 0's heads and their concat).
+    pub fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
+        self.load_inputs(inputs)?;
+        if !intermediates {
+            self.enqueue(Part::Transformer, None)?;
+            return self.outputs(None);
+        }
+        let mut im = Intermediates::default();
+        self.with_activations(|e, act| {
+            let mut rec = Recorder::new(None);
+            for i in 0..e.params.encoder.len() {
+                e.encoder_layer(i, act, &mut rec, (i == 0).then_some(&mut im))?;
+                im.encoder
+                    .push(e.fetch(&act.x, vec![e.cfg_l_all(), act.batch, e.c()])?);
+            }
+            e.decoder(act, &mut rec, Some(&mut im))
+        })?;
+        self.outputs(Some(im))
+    }
+
+    /// Uploads `inputs` (merged tokens, masks, query) into the activations for its batch,
+    /// allocating them when the batch size changed.
+    pub fn load_inputs(&mut self, inputs: &Inputs) -> Result<()> {
+        let cfg = &self.weights.config;
+        inputs.validate(cfg)?;
+        let query = inputs
+            .query_embed
+            .as_ref()
+            .or(self.weights.query_embed.as_ref())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "inputs: tensor 'input.query_embed'",
+                    "absent, and the model has no 'query_embed.weight'",
+                )
+            })?;
+        let b = inputs.batch;
+        let s = self.gpu.stream().clone();
+        if self.act.as_ref().is_none_or(|a| a.batch != b) {
+            self.act = None; // free the old size first
+            self.act = Some(Activations::new(&s, cfg, b)?);
+        }
+        let mask = inputs.merged_mask(cfg);
+        let key_pad: Vec<u8> = self
+            .heads
+            .iter()
+            .flat_map(|h| h.plan.column_padding(&h.plan.window_padding(&mask, b), b))
+            .collect();
+        let qpos: Vec<f32> = (0..b).flat_map(|_| query.data.iter().copied()).collect();
+        let poison = self.poison;
+        let act = self
+            .act
+            .as_mut()
+            .ok_or_else(|| Error::invalid("engine", "no activations"))?;
+        if poison {
+            act.poison(&s)?;
+        }
+        let what = || "uploading inputs".to_string();
+        s.memcpy_htod(&inputs.merged_tokens(), &mut act.x)
+            .cuda(what)?;
+        s.memcpy_htod(&mask, &mut act.mask).cuda(what)?;
+        s.memcpy_htod(&key_pad, &mut act.key_pad).cuda(what)?;
+        s.memcpy_htod(&qpos, &mut act.qpos).cuda(what)
+    }
+
+    /// Queues `part` on the main stream for the inputs loaded last, recording a span per
+    /// stage (per head in the attention) on `timer` when given.
+    pub fn enqueue(&mut self, part: Part, timer: Option<&mut EventTimer>) -> Result<()> {
+        self.with_activations(|e, act| {
+            let mut rec = Recorder::new(timer);
+            for i in 0..e.params.encoder.len() {
+                e.encoder_layer(i, act, &mut rec, None)?;
+            }
+            match part {
+                Part::Encoder => Ok(()),
+                Part::Transformer => e.decoder(act, &mut rec, None),
+            }
+        })
+    }
+
+    /// Waits for the queued work and reads `search_feat` and `hs`.
+    pub fn outputs(&mut self, intermediates: Option<Intermediates>) -> Result<Outputs> {
+        let cfg = &self.weights.config;
+        let act = self.act.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "GPU engine",
+                "outputs asked for before any inputs were loaded",
+            )
+        })?;
+        let (b, c) = (act.batch, cfg.d_model);
+        let s = self.gpu.stream();
+        let search = act.x.slice(cfg.search_offset() * b * c..);
+        Ok(Outputs {
+            search_feat: Tensor {
+                shape: vec![cfg.search_tokens(), b, c],
+                data: download(s, &search)?,
+            },
+            hs: self.fetch(&act.hs, vec![1, b, c])?,
+            intermediates,
+        })
+    }
+
+    fn c(&self) -> usize {
+        self.weights.config.d_model
+    }
+
+    fn cfg_l_all(&self) -> usize {
+        self.weights.config.l_all()
+    }
+
+    /// Downloads `buf` as a tensor of `shape` (waits for the main stream).
+    fn fetch(&self, buf: &DeviceBuffer<f32>, shape: Vec<usize>) -> Result<Tensor> {
+        Ok(Tensor {
+            shape,
+            data: download(self.gpu.stream(), buf)?,
+        })
+    }
+
+    /// Lends the activations out of `self` for `f` (they are put back even on error).
+    fn with_activations<T>(
+        &mut self,
+        f: impl FnOnce(&Self, &mut Activations) -> Result<T>,
+    ) -> Result<T> {
+        let mut act = self.act.take().ok_or_else(|| {
+            Error::invalid("GPU engine", "run asked for before any inputs were loaded")
+        })?;
+        let out = f(self, &mut act);
+        self.act = Some(act);
+        out
+    }
+
+    /// `y = LN(x W^T + bias + residual)` over `rows` rows: the linear split over k into
+    /// `partial` (its outputs are only c wide: split-k gives the GEMM enough blocks), then
+    /// one row kernel as its epilogue: partial sums, bias, residual, LayerNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_add_norm(
+        &self,
+        s: &CudaStream,
+        x: &DeviceBuffer<f32>,
+        lin: &DeviceLinear,
+        rows: usize,
+        residual: &DeviceBuffer<f32>,
+        ln: &DeviceLayerNorm,
+        partial: &mut DeviceBuffer<f32>,
+        y: &mut DeviceBuffer<f32>,
+        plus: Option<PlusOutput<'_>>,
+    ) -> Result<()> {
+        let (n, m, k) = lin.shape(rows);
+        let splits = split_k(n, m, k);
+        let len = splits * n * m;
+        let epilogue = Epilogue::SplitK { splits };
+        self.kernels.linear.run(
+            s,
+            x,
+            &lin.weight,
+            &lin.bias,
+            (n, m, k),
+            &mut partial.slice_mut(..len),
+            epilogue,
+        )?;
+        let input = NormInput {
+            parts: partial.slice(..len),
+            n_parts: splits,
+            bias: Some(lin.bias.as_view()),
+            residual: Some(residual.as_view()),
+        };
+        self.layer_norm(s, input, ln, y, plus)
+    }
+
+    /// `y = LN(x + W2 relu(W1 x + b1) + b2)` over `rows` rows: the feed-forward block with
+    /// its residual and LayerNorm.
+    #[allow(clippy::too_many_arguments)]
+    fn feed_forward(
+        &self,
+        s: &CudaStream,
+        x: &DeviceBuffer<f32>,
+        (ff1, ff2): (&DeviceLinear, &DeviceLinear),
+        rows: usize,
+        ln: &DeviceLayerNorm,
+        hidden: &mut DeviceBuffer<f32>,
+        partial: &mut DeviceBuffer<f32>,
+        y: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let relu = Epilogue::BiasRelu;
+        let shape = ff1.shape(rows);
+        self.kernels
+            .linear
+            .run(s, x, &ff1.weight, &ff1.bias, shape, hidden, relu)?;
+        self.linear_add_norm(s, hidden, ff2, rows, x, ln, partial, y, None)
+    }
+
+    fn layer_norm(
+        &self,
+        s: &CudaStream,
+        input: NormInput<'_>,
+        ln: &DeviceLayerNorm,
+        y: &mut DeviceBuffer<f32>,
+        plus: Option<PlusOutput<'_>>,
+    ) -> Result<()> {
+        let eps = LN_EPS as f32;
+        self.kernels
+            .layer_norm
+            .run(s, input, &ln.gamma, &ln.beta, eps, y, plus)
+    }
+
+    /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's
+    /// per-head outputs and their concat.
+    fn encoder_layer(
+        &self,
+        i: usize,
+        act: &mut Activations,
+        rec: &mut Recorder<'_>,
+        capture: Option<&mut Intermediates>,
+    ) -> Result<()> {
+        let cfg = &self.weights.config;
+        let s = self.gpu.stream();
+        let (b, c, h, hd) = (act.batch, cfg.d_model, cfg.nhead, cfg.hd());
+        let n = cfg.l_all() * b;
+        let p = &self.params.encoder[i];
+        let lin = &self.kernels.linear;
+        let name = format!("encoder {i}");
+
+        rec.stage(&format!("{name}/qkv"), 0, s, || {
+            let epilogue = Epilogue::QkvWindows {
+                token_slot: &self.token_slot,
+                batch: b,
+                heads: h,
+                scale: self.q_scale,
+            };
+            lin.run(
+                s,
+                &act.x,
+                &p.qkv.weight,
+                &p.qkv.bias,
+                p.qkv.shape(n),
+                &mut act.qkv,
+                epilogue,
+            )
+        })?;
+
+        let per_head = n * hd;
+        let want_heads = capture.is_some();
+        let (qkv, key_pad, concat, head_out) =
+            (&act.qkv, &act.key_pad, &mut act.concat, &mut act.head_out);
+        self.dispatch
+            .heads(s, h, &format!("{name}/attention"), rec, |j, stream| {
+                let part = |which: usize| {
+                    let at = (which * h + j) * per_head;
+                    qkv.slice(at..at + per_head)
+                };
+                let io = HeadIo {
+                    q: part(0),
+                    k: part(1),
+                    v: part(2),
+                    key_pad: key_pad.slice(j * n..(j + 1) * n),
+                    concat: concat.as_view_mut(),
+                    head_out: want_heads.then(|| head_out[j].as_view_mut()),
+                    batch: b,
+                    c,
+                };
+                self.heads[j].attend(&self.kernels.attention, stream, io)
+            })?;
+        if let Some(im) = capture {
+            for (head, buf) in self.heads.iter().zip(&act.head_out) {
+                let shape = vec![b, head.plan.l, head.plan.window_dim()];
+                im.encoder0_heads.push(self.fetch(buf, shape)?);
+            }
+            im.encoder0_heads_concat = Some(self.fetch(&act.concat, vec![cfg.l_all(), b, c])?);
+        }
+
+        rec.stage(&format!("{name}/output + norm1"), 0, s, || {
+            let (o, ln) = (&p.output, &p.norm1);
+            let (x, x1, partial) = (&act.x, &mut act.x1, &mut act.partial);
+            self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1, None)
+        })?;
+        rec.stage(&format!("{name}/ffn + norm2"), 0, s, || {
+            let (hidden, partial) = (&mut act.hidden, &mut act.partial);
+            let ffn = (&p.ff1, &p.ff2);
+            self.feed_forward(s, &act.x1, ffn, n, &p.norm2, hidden, partial, &mut act.x)
+        })
+    }
+
+    /// The decoder on the encoder output `act.x` (spec, "Decoder"), then `post_norm` into
+    /// `act.hs`; `capture` receives each layer's `t`.
+    fn decoder(
+        &self,
+        act: &mut Activations,
+        rec: &mut Recorder<'_>,
+        mut capture: Option<&mut Intermediates>,
+    ) -> Result<()> {
+        let cfg = &self.weights.config;
+        let s = self.gpu.stream();
+        let (b, c, h, hd) = (act.batch, cfg.d_model, cfg.nhead, cfg.hd());
+        let (l_all, n) = (cfg.l_all(), cfg.l_all() * b);
+        let lin = &self.kernels.linear;
+        let plain = || Epilogue::Bias { scale: 1.0 };
+
+        rec.stage("decoder/memory k|v", 0, s, || {
+            let kv = &self.params.cross_kv;
+            lin.run(
+                s,
+                &act.x,
+                &kv.weight,
+                &kv.bias,
+                kv.shape(n),
+                &mut act.mem_kv,
+                plain(),
+            )?;
+            s.memset_zeros(&mut act.t)
+                .cuda(|| "zeroing the decoder state".into())
+        })?;
+        let kv_row = self.params.cross_kv.out;
+        for (j, p) in self.params.decoder.iter().enumerate() {
+            let name = format!("decoder {j}");
+            rec.stage(&format!("{name}/self attention + norm1"), 0, s, || {
+                // One query and one key: softmax is exactly 1, the output is out_proj(v).
+                let v = &p.self_v;
+                lin.run(
+                    s,
+                    &act.t,
+                    &v.weight,
+                    &v.bias,
+                    v.shape(b),
+                    &mut act.proj,
+                    plain(),
+                )?;
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                let plus = (act.qpos.as_view(), act.tq.as_view_mut());
+                self.linear_add_norm(
+                    s,
+                    &act.proj,
+                    &p.self_out,
+                    b,
+                    t,
+                    &p.norm1,
+                    partial,
+                    next,
+                    Some(plus),
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            rec.stage(&format!("{name}/cross attention + norm2"), 0, s, || {
+                let q = &p.cross_q;
+                let scaled = Epilogue::Bias {
+                    scale: self.q_scale,
+                };
+                lin.run(
+                    s,
+                    &act.tq,
+                    &q.weight,
+                    &q.bias,
+                    q.shape(b),
+                    &mut act.proj,
+                    scaled,
+                )?;
+                let shape = AttentionShape {
+                    w: 1,
+                    hd,
+                    n_queries: 1,
+                    n_keys: l_all,
+                    batch: b,
+                    heads: h,
+                    head_stride: hd,
+                };
+                let at = j * 2 * c;
+                let ops = AttentionOperands {
+                    q: act.proj.as_view(),
+                    q_layout: SlotLayout { batch: c, slot: 0 },
+                    k: act.mem_kv.slice(at..),
+                    v: act.mem_kv.slice(at + c..),
+                    kv_layout: SlotLayout {
+                        batch: kv_row,
+                        slot: b * kv_row,
+                    },
+                    bias: None,
+                    key_pad: act.mask.as_view(),
+                    sr: None,
+                    slot_token: None,
+                    out: act.attn.as_view_mut(),
+                    out_row: c,
+                    out_channel: 0,
+                    head_out: None,
+                };
+                self.kernels.attention.run(s, &shape, ops)?;
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                self.linear_add_norm(
+                    s,
+                    &act.attn,
+                    &p.cross_out,
+                    b,
+                    t,
+                    &p.norm2,
+                    partial,
+                    next,
+                    None,
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            rec.stage(&format!("{name}/ffn + norm3"), 0, s, || {
+                let (hidden, partial) = (&mut act.dhidden, &mut act.partial);
+                let ffn = (&p.linear1, &p.linear2);
+                self.feed_forward(
+                    s,
+                    &act.t,
+                    ffn,
+                    b,
+                    &p.norm3,
+                    hidden,
+                    partial,
+                    &mut act.t_next,
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            if let Some(im) = capture.as_deref_mut() {
+                im.decoder.push(self.fetch(&act.t, vec![1, b, c])?);
+            }
+        }
+        rec.stage("decoder/post norm", 0, s, || {
+            let input = NormInput::of(act.t.as_view());
+            self.layer_norm(s, input, &self.params.post_norm, &mut act.hs, None)
+        })
+    }
+}
+
+impl Backend for GpuEngine {
+    fn describe(&self) -> String {
+        format!(
+            "GPU engine on {} (f32 CUDA cores, heads {})",
+            self.gpu.describe(),
+            self.mode()
+        )
+    }
+
+    fn device(&self) -> String {
+        format!("cuda:{}", self.gpu.ordinal())
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    fn tolerance(&self) -> f64 {
+        GPU_F32_TOLERANCE
+    }
+
+    fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
+        GpuEngine::run(self, inputs, intermediates)
+    }
+}

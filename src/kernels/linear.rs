@@ -1,0 +1,185 @@
+//! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue.
+
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+
+use super::KernelModule;
+use super::raw::{check_len, ptr, ptr_mut};
+use crate::error::{Error, Result};
+use crate::gpu::{DeviceBuffer, Gpu, Kernel};
+
+/// Mirrors `LinearArgs` in `kernels/linear.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct LinearArgs {
+    x: u64,
+    weight: u64,
+    bias: u64,
+    out: u64,
+    token_slot: u64,
+    n: i64,
+    m: i64,
+    k: i64,
+    k_chunk: i64,
+    scale: f32,
+    batch: i32,
+    l_all: i32,
+    heads: i32,
+    hd: i32,
+}
+
+// SAFETY: plain old data with the C struct's layout (`#[repr(C)]`, same field order).
+unsafe impl DeviceRepr for LinearArgs {}
+
+/// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
+const TILE: usize = 64;
+const THREADS: u32 = 256;
+/// The k step of the kernel's main loop (`BK`): k-split chunks are multiples of it.
+const K_STEP: usize = 16;
+
+/// How many k-split partial products [`Epilogue::SplitK`] should use for an `(n, m, k)`
+/// product: enough blocks for about two per SM of an H100 (132), while every split keeps
+/// at least 128 of k (8 steps of the main loop).
+pub fn split_k(n: usize, m: usize, k: usize) -> usize {
+    let tiles = n.div_ceil(TILE) * m.div_ceil(TILE);
+    (264usize.div_ceil(tiles)).clamp(1, (k / 128).max(1))
+}
+
+/// What happens to each result element `acc` (row `r`, column `c`).
+#[derive(Debug)]
+pub enum Epilogue<'a> {
+    /// `out[r][c] = (acc + bias[c]) * scale`.
+    Bias { scale: f32 },
+    /// `out[r][c] = relu(acc + bias[c])`.
+    BiasRelu,
+    /// No bias: `out[z][r][c]` is the product over the `z`-th of `splits` chunks of k,
+    /// `out` `(splits, n, m)`; `layer_norm`'s `add_layer_norm_f32` sums them.
+    SplitK { splits: usize },
+    /// The encoder's QKV projection (`m = 3c`, rows `token * batch + b`): q (times `scale`),
+    /// k and v go to `out[which][head][b][slot][hd]` with `slot = token_slot[head][token]`.
+    QkvWindows {
+        token_slot: &'a DeviceBuffer<u32>,
+        batch: usize,
+        heads: usize,
+        scale: f32,
+    },
+}
+
+/// The kernels of `linear.cu`, loaded once.
+#[derive(Debug, Clone)]
+pub struct LinearKernels {
+    bias: Kernel,
+    bias_relu: Kernel,
+    split_k: Kernel,
+    qkv_windows: Kernel,
+}
+
+impl LinearKernels {
+    pub fn load(gpu: &Gpu) -> Result<LinearKernels> {
+        let k = |name| gpu.kernel(KernelModule::Linear, name);
+        Ok(LinearKernels {
+            bias: k("linear_bias_f32")?,
+            bias_relu: k("linear_bias_relu_f32")?,
+            split_k: k("linear_split_k_f32")?,
+            qkv_windows: k("linear_qkv_windows_f32")?,
+        })
+    }
+
+    /// `out = epilogue(x W^T + bias)` with `x` `(n, k)`, `weight` `(m, k)`, `bias` `(m)`; `out`
+    /// is `(n, m)` (for `QkvWindows` in the window layout; for `SplitK`, `(splits, n, m)`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &self,
+        stream: &CudaStream,
+        x: &impl DevicePtr<f32>,
+        weight: &impl DevicePtr<f32>,
+        bias: &impl DevicePtr<f32>,
+        (n, m, k): (usize, usize, usize),
+        out: &mut impl DevicePtrMut<f32>,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let kernel = match &epilogue {
+            Epilogue::Bias { .. } => &self.bias,
+            Epilogue::BiasRelu => &self.bias_relu,
+            Epilogue::SplitK { .. } => &self.split_k,
+            Epilogue::QkvWindows { .. } => &self.qkv_windows,
+        };
+        let name = kernel.name();
+        check_len(name, "x", x.len(), n * k)?;
+        check_len(name, "weight", weight.len(), m * k)?;
+        check_len(name, "bias", bias.len(), m)?;
+        let splits = match epilogue {
+            Epilogue::SplitK { splits } => splits,
+            _ => 1,
+        };
+        check_len(name, "out", out.len(), splits * n * m)?;
+        let mut args = LinearArgs {
+            x: ptr(x, stream),
+            weight: ptr(weight, stream),
+            bias: ptr(bias, stream),
+            out: 0,
+            token_slot: 0,
+            n: n as i64,
+            m: m as i64,
+            k: k as i64,
+            k_chunk: k as i64,
+            scale: 1.0,
+            batch: 0,
+            l_all: 0,
+            heads: 0,
+            hd: 0,
+        };
+        match &epilogue {
+            Epilogue::Bias { scale } => args.scale = *scale,
+            Epilogue::BiasRelu => {}
+            Epilogue::SplitK { splits } => {
+                if *splits == 0 || *splits > k.max(1) {
+                    return Err(Error::invalid(name, format!("{splits} splits of k = {k}")));
+                }
+                args.k_chunk = k.div_ceil(*splits).next_multiple_of(K_STEP) as i64;
+            }
+            Epilogue::QkvWindows {
+                token_slot,
+                batch,
+                heads,
+                scale,
+            } => {
+                let c = m / 3;
+                if !m.is_multiple_of(3)
+                    || *heads == 0
+                    || !c.is_multiple_of(*heads)
+                    || *batch == 0
+                    || !n.is_multiple_of(*batch)
+                {
+                    return Err(Error::invalid(
+                        name,
+                        format!(
+                            "m = {m} must be 3c with c divisible by {heads} heads, and \
+                             n = {n} a multiple of batch {batch}"
+                        ),
+                    ));
+                }
+                let l_all = n / batch;
+                check_len(name, "token_slot", token_slot.len(), heads * l_all)?;
+                args.token_slot = ptr(*token_slot, stream);
+                args.scale = *scale;
+                args.batch = *batch as i32;
+                args.l_all = l_all as i32;
+                args.heads = *heads as i32;
+                args.hd = (c / heads) as i32;
+            }
+        }
+        args.out = ptr_mut(out, stream);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(TILE) as u32,
+                n.div_ceil(TILE) as u32,
+                splits as u32,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `args` mirrors the kernel's struct; every buffer was checked against the
+        // shape the kernel reads or writes.
+        unsafe { kernel.on(stream).arg(&args).go(cfg) }
+    }
+}

@@ -95,7 +95,10 @@ fn captured_graph_replays_with_the_same_result() {
     // Nothing ran during capture.
     assert!(gpu::download(s, &dy0).unwrap().iter().all(|&v| v == 0.0));
     graph.replay().unwrap();
-    let once = (gpu::download(s, &dy0).unwrap(), gpu::download(s, &dy1).unwrap());
+    let once = (
+        gpu::download(s, &dy0).unwrap(),
+        gpu::download(s, &dy1).unwrap(),
+    );
     assert_eq!(once.0, axpy_cpu(2.0, &x, &vec![0.0; n]));
     assert_eq!(once.1, axpy_cpu(3.0, &x, &vec![0.0; n]));
     graph.replay().unwrap();
@@ -115,7 +118,9 @@ fn event_timing_gives_positive_durations() {
     let mut timer = EventTimer::start(s).unwrap();
     for i in 0..3 {
         timer
-            .span(format!("axpy {i}"), 0, s, || axpy(&gpu, s, 1.0, &dx, &mut dy))
+            .span(format!("axpy {i}"), 0, s, || {
+                axpy(&gpu, s, 1.0, &dx, &mut dy)
+            })
             .unwrap();
     }
     let total = timer.elapsed_ms(s).unwrap();
@@ -123,7 +128,10 @@ fn event_timing_gives_positive_durations() {
     assert!(total > 0.0);
     assert_eq!(spans.len(), 3);
     for w in spans.windows(2) {
-        assert!(w[0].end_ms <= w[1].start_ms + 1e-3, "spans on one stream are ordered");
+        assert!(
+            w[0].end_ms <= w[1].start_ms + 1e-3,
+            "spans on one stream are ordered"
+        );
     }
     for sp in &spans {
         assert!(sp.end_ms > sp.start_ms, "{sp:?}");

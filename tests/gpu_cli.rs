@@ -3,18 +3,18 @@
 //! from `ATTNRT_BIN_DIR` when set (staged binaries on the device machine), else cargo's.
 //! Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::model::golden::{GOLDEN_NAMES, golden_pair};
 
+mod common;
+
 fn infer() -> Command {
-    let bin = match std::env::var_os("ATTNRT_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir).join("attnrt-infer"),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_attnrt-infer")),
-    };
-    Command::new(bin)
+    Command::new(common::bin(
+        "attnrt-infer",
+        env!("CARGO_BIN_EXE_attnrt-infer"),
+    ))
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -3,11 +3,22 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_attnrt-train");
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/thesis-4gpu.toml");
+mod common;
+
+fn example() -> String {
+    common::repo_file("examples/thesis-4gpu.toml")
+        .to_string_lossy()
+        .into_owned()
+}
 
 fn train(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
+    Command::new(common::bin(
+        "attnrt-train",
+        env!("CARGO_BIN_EXE_attnrt-train"),
+    ))
+    .args(args)
+    .output()
+    .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -24,7 +35,7 @@ fn all_policies_write_report_and_plot() {
         let out = train(&[
             "--simulate",
             "--jobs",
-            EXAMPLE,
+            example().as_str(),
             "--policy",
             policy,
             "--report",
@@ -65,7 +76,7 @@ fn all_policies_write_report_and_plot() {
 
 #[test]
 fn policy_comes_from_the_file_by_default_and_report_to_stdout() {
-    let out = train(&["--simulate", "--jobs", EXAMPLE, "--report", "-"]);
+    let out = train(&["--simulate", "--jobs", example().as_str(), "--report", "-"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["policy"], "thesis");
@@ -75,7 +86,7 @@ fn policy_comes_from_the_file_by_default_and_report_to_stdout() {
 /// Real training (issue 7) takes one job; the multi-job example waits for issue 8.
 #[test]
 fn without_simulate_several_jobs_wait_for_issue_8() {
-    let out = train(&["--jobs", EXAMPLE]);
+    let out = train(&["--jobs", example().as_str()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("multi-job training comes with issue 8"),
@@ -88,7 +99,7 @@ fn without_simulate_several_jobs_wait_for_issue_8() {
 fn bad_files_and_arguments_fail_with_a_named_key() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
-    let good = std::fs::read_to_string(EXAMPLE).unwrap();
+    let good = std::fs::read_to_string(example().as_str()).unwrap();
     std::fs::write(
         &bad,
         good.replacen("initial_dr = [5, 5, 0, 0]", "initial_dr = [5, 5, 0]", 1),
@@ -116,14 +127,20 @@ fn bad_files_and_arguments_fail_with_a_named_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("/nonexistent/jobs.toml"));
 
-    let out = train(&["--simulate", "--jobs", EXAMPLE, "--policy", "fair"]);
+    let out = train(&[
+        "--simulate",
+        "--jobs",
+        example().as_str(),
+        "--policy",
+        "fair",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 
     let png = dir.path().join("p.png");
     let out = train(&[
         "--simulate",
         "--jobs",
-        EXAMPLE,
+        example().as_str(),
         "--plot",
         png.to_str().unwrap(),
     ]);

@@ -5,7 +5,13 @@ use attnrt::sched::workload::{SyntheticSpec, synthetic};
 use attnrt::sched::{PolicyKind, SimOptions, simulate};
 use proptest::prelude::*;
 
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/thesis-4gpu.toml");
+mod common;
+
+fn example() -> String {
+    common::repo_file("examples/thesis-4gpu.toml")
+        .to_string_lossy()
+        .into_owned()
+}
 
 fn run(file: &JobFile, policy: PolicyKind) -> attnrt::sched::SimOutcome {
     let options = SimOptions {
@@ -18,7 +24,7 @@ fn run(file: &JobFile, policy: PolicyKind) -> attnrt::sched::SimOutcome {
 
 #[test]
 fn thesis_lowers_the_maximum_slowdown_on_the_example() {
-    let file = JobFile::load(EXAMPLE.as_ref()).unwrap();
+    let file = JobFile::load(example().as_ref()).unwrap();
     assert_eq!(file.simulation.as_ref().unwrap().gpus, 4);
     assert_eq!(file.jobs.len(), 5);
     let st = run(&file, PolicyKind::Static).report;
@@ -62,7 +68,7 @@ fn scale_workload_runs() {
 
 #[test]
 fn scale_example_matches_its_generator() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/scale-64gpu.toml");
+    let path = common::repo_file("examples/scale-64gpu.toml");
     let file = JobFile::load(path.as_ref()).unwrap();
     assert_eq!(file, synthetic(&SyntheticSpec::scale_64x500()).unwrap());
     assert_eq!(file.jobs.len(), 500);

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use attnrt::train::checkpoint;
 
+mod common;
+
 fn binary() -> PathBuf {
-    match std::env::var_os("ATTNRT_BIN_DIR") {
-        Some(dir) => Path::new(&dir).join("attnrt-train"),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_attnrt-train")),
-    }
+    common::bin("attnrt-train", env!("CARGO_BIN_EXE_attnrt-train"))
 }
 
 /// A small CIFAR-10-format dataset and a one-job file of `iterations` steps, in `dir`.

@@ -5,7 +5,7 @@
 //! uploaded once by [`GpuEngine::new`]; activations are allocated once per batch size and
 //! reused. An encoder layer is: the QKV projection writing each head's q, k, v in its window
 //! layout; one attention launch per head with the window reverse and concat fused into its
-//! output write, dispatched `sequential` or `streams` (see [`dispatch`]); the output
+//! output write, dispatched `sequential`, `streams` or `fused` (see [`dispatch`]); the output
 //! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
 //! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
 //! encoder output in one GEMM, then per layer: self attention (with one query and one key,
@@ -90,11 +90,12 @@ impl GpuEngine {
             .collect::<Result<Vec<_>>>()?;
         let token_slot: Vec<u32> = plan.heads.iter().flat_map(|h| h.reverse_index()).collect();
         let hd = weights.config.hd();
+        let head_widths: Vec<usize> = plan.heads.iter().map(|h| h.hd).collect();
         Ok(GpuEngine {
             params: DeviceParams::upload(s, &weights)?,
             token_slot: upload(s, &token_slot)?,
             q_scale: (hd as f64).powf(-0.5) as f32,
-            dispatch: Dispatch::new(&gpu, mode, heads.len())?,
+            dispatch: Dispatch::new(&gpu, mode, &head_widths)?,
             heads,
             kernels,
             gpu,
@@ -362,8 +363,14 @@ impl GpuEngine {
         let want_heads = capture.is_some();
         let (qkv, key_pad, concat, head_out) =
             (&act.qkv, &act.key_pad, &mut act.concat, &mut act.head_out);
-        self.dispatch
-            .heads(s, h, &format!("{name}/attention"), rec, |j, stream| {
+        let attention = &self.kernels.attention;
+        self.dispatch.heads(
+            s,
+            h,
+            &format!("{name}/attention"),
+            rec,
+            attention,
+            |j, stream| {
                 let part = |which: usize| {
                     let at = (which * h + j) * per_head;
                     qkv.slice(at..at + per_head)
@@ -378,8 +385,9 @@ impl GpuEngine {
                     batch: b,
                     c,
                 };
-                self.heads[j].attend(&self.kernels.attention, stream, io)
-            })?;
+                self.heads[j].prepare(attention, stream, io)
+            },
+        )?;
         if let Some(im) = capture {
             for (head, buf) in self.heads.iter().zip(&act.head_out) {
                 let shape = vec![b, head.plan.l, head.plan.window_dim()];

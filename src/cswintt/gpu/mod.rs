@@ -11,6 +11,12 @@
 //! encoder output in one GEMM, then per layer: self attention (with one query and one key,
 //! exactly `out_proj(v)`), cross attention (the same attention kernel with `w = 1`), FFN,
 //! each followed by LayerNorm.
+//!
+//! With [`GpuEngine::set_graph`] on, [`GpuEngine::run`] captures the whole forward pass into
+//! a CUDA graph the first time it runs a batch size and replays it afterwards: the graph
+//! reads the inputs from the persistent activation buffers [`GpuEngine::load_inputs`] fills
+//! and writes the outputs where [`GpuEngine::outputs`] reads them. A new batch size
+//! reallocates the activations, which drops the graph (its addresses would be stale).
 
 mod activations;
 mod dispatch;
@@ -30,7 +36,7 @@ use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{DeviceBuffer, EventTimer, Gpu, download, upload};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
@@ -71,6 +77,10 @@ pub struct GpuEngine {
     dispatch: Dispatch,
     act: Option<Activations>,
     poison: bool,
+    /// Run through a CUDA graph (see the module doc).
+    use_graph: bool,
+    /// The captured forward pass for the current activations, once captured.
+    graph: Option<Graph>,
 }
 
 impl GpuEngine {
@@ -102,6 +112,8 @@ impl GpuEngine {
             weights,
             act: None,
             poison: false,
+            use_graph: false,
+            graph: None,
         })
     }
 
@@ -119,12 +131,30 @@ impl GpuEngine {
         self.poison = on;
     }
 
+    /// When on, [`GpuEngine::run`] without intermediates replays a CUDA graph of the whole
+    /// forward pass, captured on first use for each batch size.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    pub fn graph(&self) -> bool {
+        self.use_graph
+    }
+
     /// Runs the transformer on `inputs`; with `intermediates`, also every tensor the golden
-    /// files name (each encoder and decoder layer; layer 0's heads and their concat).
+    /// files name (each encoder and decoder layer; layer 0's heads and their concat). The
+    /// intermediates are read between layers, so such a run is always eager.
     pub fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
         self.load_inputs(inputs)?;
         if !intermediates {
-            self.enqueue(Part::Transformer, None)?;
+            if self.use_graph {
+                self.replay()?;
+            } else {
+                self.enqueue(Part::Transformer, None)?;
+            }
             return self.outputs(None);
         }
         let mut im = Intermediates::default();
@@ -138,6 +168,30 @@ impl GpuEngine {
             e.decoder(act, &mut rec, Some(&mut im))
         })?;
         self.outputs(Some(im))
+    }
+
+    /// Queues one replay of the forward pass's graph, capturing it first when there is none
+    /// for the current activations.
+    fn replay(&mut self) -> Result<()> {
+        if self.graph.is_none() {
+            let stream = self.gpu.stream().clone();
+            let graph = Graph::capture(&stream, || self.enqueue(Part::Transformer, None))?;
+            self.graph = Some(graph);
+        }
+        match &self.graph {
+            Some(g) => g.replay(),
+            None => Err(Error::invalid("GPU engine", "no graph captured")),
+        }
+    }
+
+    /// Times one eager forward pass of the inputs loaded last: one span per stage (per head
+    /// in the attention, or per fused launch) on the lane of its stream, from CUDA events.
+    pub fn trace(&mut self, inputs: &Inputs) -> Result<Vec<Span>> {
+        self.load_inputs(inputs)?;
+        let mut timer = EventTimer::start(self.gpu.stream())?;
+        self.enqueue(Part::Transformer, Some(&mut timer))?;
+        self.gpu.sync()?;
+        timer.spans()
     }
 
     /// Uploads `inputs` (merged tokens, masks, query) into the activations for its batch,
@@ -159,6 +213,7 @@ impl GpuEngine {
         let s = self.gpu.stream().clone();
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
             self.act = None; // free the old size first
+            self.graph = None; // it holds the old buffers' addresses
             self.act = Some(Activations::new(&s, cfg, b)?);
         }
         let mask = inputs.merged_mask(cfg);
@@ -553,9 +608,10 @@ impl GpuEngine {
 impl Backend for GpuEngine {
     fn describe(&self) -> String {
         format!(
-            "GPU engine on {} (f32 CUDA cores, heads {})",
+            "GPU engine on {} (f32 CUDA cores, heads {}{})",
             self.gpu.describe(),
-            self.mode()
+            self.mode(),
+            if self.use_graph { ", CUDA graph" } else { "" }
         )
     }
 
@@ -573,5 +629,9 @@ impl Backend for GpuEngine {
 
     fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
         GpuEngine::run(self, inputs, intermediates)
+    }
+
+    fn trace(&mut self, inputs: &Inputs) -> Result<Vec<Span>> {
+        GpuEngine::trace(self, inputs)
     }
 }

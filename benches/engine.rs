@@ -1,6 +1,6 @@
 //! GPU engine latency at the released size (c=256, 8 heads, ff=2048, 6+6 layers, S=24,
-//! T=8), batch 1: the encoder alone and the whole transformer, in `sequential` and `streams`
-//! modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
+//! T=8), batch 1: the encoder alone and the whole transformer, in `sequential`, `streams` and
+//! `fused` modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
 //! around each pass (inputs already on the device); the table gives p50 (p10-p90) over
 //! `--reps` passes after `--warmup` passes. With `--trace-dir DIR` it also writes one
 //! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
@@ -85,7 +85,7 @@ fn main() {
     );
     println!("{:<12} {:<12} {:<8} {:>24}", "part", "mode", "launch", "ms");
     let mut p50 = Vec::new();
-    for mode in [Mode::Sequential, Mode::Streams] {
+    for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
         let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
         e.load_inputs(&inputs).unwrap();
         for part in [Part::Encoder, Part::Transformer] {
@@ -131,11 +131,13 @@ fn main() {
                     .find(|(k, _)| *k == (part, mode, launch))
                     .map_or(f64::NAN, |(_, v)| *v)
             };
-            let (seq, st) = (get(Mode::Sequential), get(Mode::Streams));
-            println!(
-                "{part:?} {launch}: streams vs sequential p50 {:+.1}%",
-                (st - seq) / seq * 100.0
-            );
+            let seq = get(Mode::Sequential);
+            for mode in [Mode::Streams, Mode::Fused] {
+                println!(
+                    "{part:?} {launch}: {mode} vs sequential p50 {:+.1}%",
+                    (get(mode) - seq) / seq * 100.0
+                );
+            }
         }
     }
 }

@@ -12,9 +12,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use attnrt::cswintt::Mode;
 use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
 use attnrt::cswintt::gpu::{GpuEngine, Part};
+use attnrt::cswintt::{Mode, flops};
 use attnrt::gpu::{EventTimer, Gpu, Graph};
 use attnrt::model::Config;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
@@ -83,7 +83,12 @@ fn main() {
         o.reps,
         o.warmup
     );
-    println!("{:<12} {:<12} {:<8} {:>24}", "part", "mode", "launch", "ms");
+    println!(
+        "{:<12} {:<12} {:<8} {:>24} {:>10}",
+        "part", "mode", "launch", "ms", "GFLOP/s"
+    );
+    // GFLOP/s for the whole transformer (`cswintt::flops` counts encoder and decoder).
+    let transformer_flops = flops(&weights.config, 1);
     let mut p50 = Vec::new();
     for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
         let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
@@ -93,8 +98,12 @@ fn main() {
             let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
             let replay = time(&gpu, &o, || graph.replay());
             for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
+                let rate = match part {
+                    Part::Transformer => format!("{:.0}", transformer_flops / (pct(ms, 0.5) * 1e6)),
+                    Part::Encoder => "-".into(),
+                };
                 println!(
-                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3})",
+                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {rate:>10}",
                     format!("{part:?}").to_lowercase(),
                     mode.to_string(),
                     launch,

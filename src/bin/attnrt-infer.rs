@@ -91,8 +91,9 @@ struct Args {
     #[arg(long)]
     json: bool,
 
-    /// GPU head dispatch: sequential, streams (one stream per head) or fused. Ignored on
-    /// the CPU.
+    /// GPU head dispatch: sequential, streams (one stream per head) or fused (one launch
+    /// for all heads of a layer). Results are bit-identical across modes. Ignored on the
+    /// CPU.
     #[arg(long, value_name = "MODE", default_value = "sequential")]
     mode: Mode,
 

@@ -355,7 +355,7 @@ pub enum Mode {
     Sequential,
     /// One stream per head.
     Streams,
-    /// All heads in fused kernels.
+    /// All heads of a layer in one launch of the fused attention kernel.
     Fused,
 }
 

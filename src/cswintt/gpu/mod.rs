@@ -212,8 +212,8 @@ impl GpuEngine {
         let b = inputs.batch;
         let s = self.gpu.stream().clone();
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
-            self.act = None; // free the old size first
             self.graph = None; // it holds the old buffers' addresses
+            self.act = None; // free the old size first
             self.act = Some(Activations::new(&s, cfg, b)?);
         }
         let mask = inputs.merged_mask(cfg);

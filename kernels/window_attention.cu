@@ -254,6 +254,9 @@ struct WindowAttentionHeads {
     int tile_start[MAX_FUSED + 1];  // prefix sum of query tiles x heads per set
     int count;
 };
+// The Rust mirrors assert the same sizes: a field added on one side only fails both builds.
+static_assert(sizeof(WindowAttentionArgs) == 136, "mirrored in src/kernels/window_attention.rs");
+static_assert(sizeof(WindowAttentionHeads) == 2248, "mirrored in src/kernels/window_attention.rs");
 
 #define WINDOW_ATTENTION(HD)                                                               \
     ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_hd##HD##_f32(       \

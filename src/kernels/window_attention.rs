@@ -59,6 +59,10 @@ struct WindowAttentionHeads {
 // SAFETY: plain old data with the C struct's layout.
 unsafe impl DeviceRepr for WindowAttentionHeads {}
 
+// The sizes `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<WindowAttentionArgs>() == 136);
+const _: () = assert!(std::mem::size_of::<WindowAttentionHeads>() == 2248);
+
 /// One checked launch: the packed arguments and the grid they need. Made only by
 /// [`WindowAttentionKernel::prepare`], which checked every buffer against the shape.
 ///

@@ -1,6 +1,6 @@
 //! GPU engine latency at the released size (c=256, 8 heads, ff=2048, 6+6 layers, S=24,
-//! T=8), batch 1: the encoder alone and the whole transformer, in `sequential` and `streams`
-//! modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
+//! T=8), batch 1: the encoder alone and the whole transformer, in `sequential`, `streams` and
+//! `fused` modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
 //! around each pass (inputs already on the device); the table gives p50 (p10-p90) over
 //! `--reps` passes after `--warmup` passes. With `--trace-dir DIR` it also writes one
 //! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
@@ -12,9 +12,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use attnrt::cswintt::Mode;
 use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
 use attnrt::cswintt::gpu::{GpuEngine, Part};
+use attnrt::cswintt::{Mode, flops};
 use attnrt::gpu::{EventTimer, Gpu, Graph};
 use attnrt::model::Config;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
@@ -83,9 +83,14 @@ fn main() {
         o.reps,
         o.warmup
     );
-    println!("{:<12} {:<12} {:<8} {:>24}", "part", "mode", "launch", "ms");
+    println!(
+        "{:<12} {:<12} {:<8} {:>24} {:>10}",
+        "part", "mode", "launch", "ms", "GFLOP/s"
+    );
+    // GFLOP/s for the whole transformer (`cswintt::flops` counts encoder and decoder).
+    let transformer_flops = flops(&weights.config, 1);
     let mut p50 = Vec::new();
-    for mode in [Mode::Sequential, Mode::Streams] {
+    for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
         let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
         e.load_inputs(&inputs).unwrap();
         for part in [Part::Encoder, Part::Transformer] {
@@ -93,8 +98,12 @@ fn main() {
             let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
             let replay = time(&gpu, &o, || graph.replay());
             for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
+                let rate = match part {
+                    Part::Transformer => format!("{:.0}", transformer_flops / (pct(ms, 0.5) * 1e6)),
+                    Part::Encoder => "-".into(),
+                };
                 println!(
-                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3})",
+                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {rate:>10}",
                     format!("{part:?}").to_lowercase(),
                     mode.to_string(),
                     launch,
@@ -131,11 +140,13 @@ fn main() {
                     .find(|(k, _)| *k == (part, mode, launch))
                     .map_or(f64::NAN, |(_, v)| *v)
             };
-            let (seq, st) = (get(Mode::Sequential), get(Mode::Streams));
-            println!(
-                "{part:?} {launch}: streams vs sequential p50 {:+.1}%",
-                (st - seq) / seq * 100.0
-            );
+            let seq = get(Mode::Sequential);
+            for mode in [Mode::Streams, Mode::Fused] {
+                println!(
+                    "{part:?} {launch}: {mode} vs sequential p50 {:+.1}%",
+                    (get(mode) - seq) / seq * 100.0
+                );
+            }
         }
     }
 }

@@ -32,6 +32,14 @@
 //            the window-reversed, concatenated output (token = slot_token[slot]).
 //   head_out (batch, n_queries, hd) or null: the output before window reverse, for tests.
 //
+// Fused heads: window_attention_heads_hd*_f32 runs up to MAX_FUSED argument sets (heads of
+// different windows, sharing hd and batch) in one launch, so one layer's attention fills the
+// GPU with 8 x 11 blocks instead of 11. The arguments arrive as one __grid_constant__ struct
+// (2.2 KB of kernel parameters, read in place: no upload, capturable in a graph). blockIdx.x
+// is flattened over the sets: set i owns blocks [tile_start[i], tile_start[i+1]), that is
+// its query tiles times its heads. Both entry points call the same window_attention body
+// with the block's (tile, b, z), so a head computes bit for bit the same either way.
+//
 // Variants: window_attention_hd{8,16,32,64}_f32, one per head width, so that every loop
 // over channels and accumulator rows has a compile-time trip count (a run-time hd cost 3x
 // the instructions: predicated unrolled loops and index arithmetic). The launcher picks the
@@ -103,8 +111,9 @@ __device__ __forceinline__ int wrap_diff(int x, int y, int lw) {
 
 }  // namespace
 
+// The attention of query tile `tile`, batch item `b`, head `z` (one block's work).
 template <int HD>
-__device__ void window_attention(const WindowAttentionArgs& p) {
+__device__ void window_attention(const WindowAttentionArgs& p, int tile, int b, int z) {
     extern __shared__ float smem[];
     // w is a power of two (the launcher checks): index arithmetic is shifts and masks.
     const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww;
@@ -119,7 +128,7 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
     float* run_sum = run_max + TILE;
     float* rescale = run_sum + TILE;
     const int tid = threadIdx.x;
-    const int q0 = blockIdx.x * TILE, b = blockIdx.y, z = blockIdx.z;
+    const int q0 = tile * TILE;
     const long long head = z * p.head_stride;
     const float* q = p.q + b * p.q_batch_stride + head;
     const float* k = p.k + b * p.kv_batch_stride + head;
@@ -238,10 +247,30 @@ __device__ void window_attention(const WindowAttentionArgs& p) {
     }
 }
 
-#define WINDOW_ATTENTION(HD)                                                         \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_hd##HD##_f32( \
-        WindowAttentionArgs p) {                                                     \
-        window_attention<HD>(p);                                                     \
+// Argument sets of one fused launch (mirrored in src/kernels/window_attention.rs).
+constexpr int MAX_FUSED = 16;
+struct WindowAttentionHeads {
+    WindowAttentionArgs set[MAX_FUSED];
+    int tile_start[MAX_FUSED + 1];  // prefix sum of query tiles x heads per set
+    int count;
+};
+// The Rust mirrors assert the same sizes: a field added on one side only fails both builds.
+static_assert(sizeof(WindowAttentionArgs) == 136, "mirrored in src/kernels/window_attention.rs");
+static_assert(sizeof(WindowAttentionHeads) == 2248, "mirrored in src/kernels/window_attention.rs");
+
+#define WINDOW_ATTENTION(HD)                                                               \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_hd##HD##_f32(       \
+        WindowAttentionArgs p) {                                                           \
+        window_attention<HD>(p, blockIdx.x, blockIdx.y, blockIdx.z);                       \
+    }                                                                                      \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_heads_hd##HD##_f32( \
+        const __grid_constant__ WindowAttentionHeads a) {                                  \
+        int i = 0;                                                                         \
+        while (i + 1 < a.count && (int)blockIdx.x >= a.tile_start[i + 1]) ++i;             \
+        const WindowAttentionArgs& p = a.set[i];                                           \
+        const int tiles = (p.n_queries + TILE - 1) / TILE;                                 \
+        const int local = blockIdx.x - a.tile_start[i];                                    \
+        window_attention<HD>(p, local % tiles, blockIdx.y, local / tiles);                 \
     }
 WINDOW_ATTENTION(8)
 WINDOW_ATTENTION(16)

@@ -1,8 +1,9 @@
-//! The GPU engine, in both dispatch modes, against the golden files (every `expected.*`
-//! tensor) and against the CPU reference at the released size on fresh random inputs.
-//! Activations are poisoned (NaN) before every run, so an unwritten element fails. Both
-//! modes must agree bit for bit. Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a
-//! missing GPU fail.
+//! The GPU engine, in every dispatch mode (sequential, streams, fused), against the golden
+//! files (every `expected.*` tensor) and against the CPU reference at the released size on
+//! fresh random inputs. Activations are poisoned (NaN) before every run, so an unwritten
+//! element fails. All modes must agree bit for bit, and a CUDA-graph replay must equal the
+//! eager run bit for bit. Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU
+//! fail.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
 use attnrt::model::{Config, TensorFile, Weights, relative_error};
 
-const MODES: [Mode; 2] = [Mode::Sequential, Mode::Streams];
+const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
 fn engine(gpu: &Arc<Gpu>, weights: &Arc<Weights>, mode: Mode) -> GpuEngine {
     let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
@@ -71,30 +72,32 @@ fn check_golden(name: &str) {
         );
         results.push(out);
     }
-    assert_eq!(
-        bits(&results[0]),
-        bits(&results[1]),
-        "{name}: sequential and streams differ"
-    );
-    for n in &expected {
-        let (a, b) = (results[0].get(n).unwrap(), results[1].get(n).unwrap());
-        assert!(
-            a.data
-                .iter()
-                .zip(&b.data)
-                .all(|(x, y)| x.to_bits() == y.to_bits()),
-            "{name}: {n} differs between modes"
+    for (mode, other) in MODES.iter().zip(&results).skip(1) {
+        assert_eq!(
+            bits(&results[0]),
+            bits(other),
+            "{name}: sequential and {mode} differ"
         );
+        for n in &expected {
+            let (a, b) = (results[0].get(n).unwrap(), other.get(n).unwrap());
+            assert!(
+                a.data
+                    .iter()
+                    .zip(&b.data)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {n} differs between sequential and {mode}"
+            );
+        }
     }
 }
 
 #[test]
-fn golden_tiny_s1_both_modes() {
+fn golden_tiny_s1_all_modes() {
     check_golden("tiny_s1");
 }
 
 #[test]
-fn golden_tiny_pad_s2_both_modes() {
+fn golden_tiny_pad_s2_all_modes() {
     check_golden("tiny_pad_s2");
 }
 
@@ -126,7 +129,13 @@ fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
         }
         results.push(out);
     }
-    assert_eq!(bits(&results[0]), bits(&results[1]), "{test}: modes differ");
+    for (mode, other) in MODES.iter().zip(&results).skip(1) {
+        assert_eq!(
+            bits(&results[0]),
+            bits(other),
+            "{test}: sequential and {mode} differ"
+        );
+    }
 }
 
 #[test]
@@ -186,6 +195,122 @@ fn batch_size_changes_between_runs() {
     }
 }
 
+/// Graph replay against eager, bit for bit, in every mode: on `inputs[0]` first, then on
+/// each further input in turn with the same graph (no re-capture), which proves the replay
+/// reads the input buffers rather than values frozen at capture.
+fn check_graph_replay(test: &str, weights: &Arc<Weights>, inputs: &[Inputs]) {
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for mode in MODES {
+        let mut eager = engine(&gpu, weights, mode);
+        let mut graph = engine(&gpu, weights, mode);
+        graph.set_graph(true);
+        let mut previous: Option<Vec<u32>> = None;
+        for (k, input) in inputs.iter().enumerate() {
+            let want = bits(&eager.run(input, false).unwrap());
+            let got = bits(&graph.run(input, false).unwrap());
+            assert_eq!(got, want, "{test} {mode}: replay {k} differs from eager");
+            if let Some(p) = &previous {
+                assert_ne!(
+                    &got, p,
+                    "{test} {mode}: replay {k} repeats the previous outputs"
+                );
+            }
+            previous = Some(got);
+        }
+        println!("{test} {mode}: {} replays equal eager", inputs.len());
+    }
+}
+
+#[test]
+fn graph_replay_equals_eager_on_golden_inputs() {
+    let test = "graph_replay_equals_eager_on_golden_inputs";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    for name in ["tiny_s1", "tiny_pad_s2"] {
+        let (wpath, gpath) = golden_pair(name).unwrap();
+        let weights = Arc::new(Weights::load(&wpath).unwrap());
+        let golden = TensorFile::open(&gpath).unwrap();
+        let inputs = Inputs::from_file(&golden, &weights.config).unwrap();
+        // The golden inputs, then fresh ones of the same batch through the same graph.
+        let fresh = random_inputs(&weights.config, inputs.batch, 9, Padding::Borders, false);
+        let fresh = Inputs {
+            query_embed: inputs.query_embed.clone(),
+            ..fresh
+        };
+        check_graph_replay(&format!("{test} {name}"), &weights, &[inputs, fresh]);
+    }
+}
+
+#[test]
+fn graph_replay_equals_eager_on_random_inputs() {
+    let weights = Arc::new(synthetic_weights(&Config::released(), 21));
+    let inputs: Vec<Inputs> = [
+        (1, Padding::None),
+        (2, Padding::Borders),
+        (3, Padding::None),
+    ]
+    .into_iter()
+    .map(|(seed, pad)| random_inputs(&weights.config, 2, seed, pad, true))
+    .collect();
+    check_graph_replay(
+        "graph_replay_equals_eager_on_random_inputs",
+        &weights,
+        &inputs,
+    );
+}
+
+/// A new batch size reallocates the activations; the graph must be captured again, not
+/// replayed on freed buffers.
+#[test]
+fn graph_recaptures_when_batch_changes() {
+    let Some(gpu) = gpu_or_skip("graph_recaptures_when_batch_changes") else {
+        return;
+    };
+    let weights = Arc::new(synthetic_weights(&Config::tiny(), 7));
+    let cpu = CpuReference::new(weights.clone()).unwrap();
+    for mode in MODES {
+        let mut e = engine(&gpu, &weights, mode);
+        e.set_graph(true);
+        for (batch, seed) in [(2, 1), (3, 2), (2, 3)] {
+            let inputs = random_inputs(&weights.config, batch, seed, Padding::Borders, false);
+            let want = cpu.forward(&inputs, false).unwrap();
+            let out = e.run(&inputs, false).unwrap();
+            let err = relative_error(&out.hs.data, &want.hs.data).unwrap();
+            assert!(
+                err <= GPU_F32_TOLERANCE,
+                "{mode} batch {batch}: hs {err:.3e}"
+            );
+        }
+    }
+}
+
+/// `fused` launches every head of a layer at once: one attention span per layer, named
+/// after all heads, and no per-head spans.
+#[test]
+fn fused_mode_launches_all_heads_at_once() {
+    let Some(gpu) = gpu_or_skip("fused_mode_launches_all_heads_at_once") else {
+        return;
+    };
+    let weights = Arc::new(synthetic_weights(&Config::released(), 11));
+    let cfg = weights.config.clone();
+    let inputs = random_inputs(&cfg, 1, 5, Padding::None, true);
+    let mut e = engine(&gpu, &weights, Mode::Fused);
+    let spans = e.trace(&inputs).unwrap();
+    let attention: Vec<&str> = spans
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| n.contains("/attention/"))
+        .collect();
+    let want: Vec<String> = (0..cfg.enc_layers)
+        .map(|i| format!("encoder {i}/attention/heads 0-{} fused", cfg.nhead - 1))
+        .collect();
+    assert_eq!(attention, want);
+    assert_eq!(head_overlap(&spans).max_concurrent, 0);
+}
+
 /// The timeline evidence: in `streams` mode head kernels overlap; in `sequential` they
 /// never do.
 #[test]
@@ -195,7 +320,7 @@ fn streams_mode_runs_heads_concurrently() {
     };
     let weights = Arc::new(synthetic_weights(&Config::released(), 11));
     let inputs = random_inputs(&weights.config, 1, 5, Padding::None, true);
-    for mode in MODES {
+    for mode in [Mode::Sequential, Mode::Streams] {
         let mut e = engine(&gpu, &weights, mode);
         e.run(&inputs, false).unwrap(); // warm-up: module loads, allocations
         e.load_inputs(&inputs).unwrap();

@@ -386,6 +386,45 @@ impl AttentionCase {
         (out, head_out)
     }
 
+    /// The case's operands on the device, outputs poisoned (NaN).
+    fn upload(&self, gpu: &Gpu) -> OnDevice {
+        let st = gpu.stream();
+        let up = |v: &[f32]| gpu::upload(st, v).unwrap();
+        let (want_out, want_head) = self.expected();
+        OnDevice {
+            q: up(&self.q),
+            k: up(&self.k),
+            v: up(&self.v),
+            bias: self.bias.as_ref().map(|b| up(b)),
+            sr: up(&self.sr),
+            pad: gpu::upload(st, &self.key_pad).unwrap(),
+            slot_token: self
+                .slot_token
+                .as_ref()
+                .map(|t| gpu::upload(st, t).unwrap()),
+            out: poisoned(gpu, want_out.len()),
+            head_out: poisoned(gpu, want_head.len()),
+        }
+    }
+
+    fn operands<'a>(&self, d: &'a mut OnDevice, with_head_out: bool) -> AttentionOperands<'a> {
+        AttentionOperands {
+            q: d.q.as_view(),
+            q_layout: self.q_layout,
+            k: d.k.as_view(),
+            v: d.v.as_view(),
+            kv_layout: self.kv_layout,
+            bias: d.bias.as_ref().map(|b| b.as_view()),
+            key_pad: d.pad.as_view(),
+            sr: Some(d.sr.as_view()),
+            slot_token: d.slot_token.as_ref().map(|t| t.as_view()),
+            out: d.out.as_view_mut(),
+            out_row: self.out_row,
+            out_channel: self.out_channel,
+            head_out: with_head_out.then(|| d.head_out.as_view_mut()),
+        }
+    }
+
     fn run_on(
         &self,
         gpu: &Gpu,
@@ -393,39 +432,106 @@ impl AttentionCase {
         with_head_out: bool,
     ) -> (Vec<f32>, Vec<f32>) {
         let st = gpu.stream();
-        let up = |v: &[f32]| gpu::upload(st, v).unwrap();
-        let (q, k, v) = (up(&self.q), up(&self.k), up(&self.v));
-        let bias = self.bias.as_ref().map(|b| up(b));
-        let sr = up(&self.sr);
-        let pad = gpu::upload(st, &self.key_pad).unwrap();
-        let slot_token = self
-            .slot_token
-            .as_ref()
-            .map(|t| gpu::upload(st, t).unwrap());
-        let (want_out, want_head) = self.expected();
-        let mut out = poisoned(gpu, want_out.len());
-        let mut head_out = poisoned(gpu, want_head.len());
-        let ops = AttentionOperands {
-            q: q.as_view(),
-            q_layout: self.q_layout,
-            k: k.as_view(),
-            v: v.as_view(),
-            kv_layout: self.kv_layout,
-            bias: bias.as_ref().map(|b| b.as_view()),
-            key_pad: pad.as_view(),
-            sr: Some(sr.as_view()),
-            slot_token: slot_token.as_ref().map(|t| t.as_view()),
-            out: out.as_view_mut(),
-            out_row: self.out_row,
-            out_channel: self.out_channel,
-            head_out: with_head_out.then(|| head_out.as_view_mut()),
-        };
-        kernel.run(st, &self.shape, ops).unwrap();
+        let mut d = self.upload(gpu);
+        kernel
+            .run(st, &self.shape, self.operands(&mut d, with_head_out))
+            .unwrap();
+        d.download(gpu)
+    }
+}
+
+/// An [`AttentionCase`]'s device buffers.
+struct OnDevice {
+    q: gpu::DeviceBuffer<f32>,
+    k: gpu::DeviceBuffer<f32>,
+    v: gpu::DeviceBuffer<f32>,
+    bias: Option<gpu::DeviceBuffer<f32>>,
+    sr: gpu::DeviceBuffer<f32>,
+    pad: gpu::DeviceBuffer<u8>,
+    slot_token: Option<gpu::DeviceBuffer<u32>>,
+    out: gpu::DeviceBuffer<f32>,
+    head_out: gpu::DeviceBuffer<f32>,
+}
+
+impl OnDevice {
+    /// `(out, head_out)`.
+    fn download(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
+        let st = gpu.stream();
         (
-            gpu::download(st, &out).unwrap(),
-            gpu::download(st, &head_out).unwrap(),
+            gpu::download(st, &self.out).unwrap(),
+            gpu::download(st, &self.head_out).unwrap(),
         )
     }
+}
+
+fn to_bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The fused kernel runs heads of different windows and lengths in one launch, each exactly
+/// (bit for bit) as its own launch would.
+#[test]
+fn fused_window_attention_equals_per_head_launches() {
+    let Some(gpu) = gpu_or_skip("fused_window_attention_equals_per_head_launches") else {
+        return;
+    };
+    let kernel = WindowAttentionKernel::load(&gpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let st = gpu.stream();
+    for (hd, batch) in [(16, 2), (32, 1)] {
+        // (w, windows): 1..4 query tiles each, partial last tiles.
+        let cases: Vec<AttentionCase> = [(1, 37), (2, 13), (4, 5), (8, 3), (2, 40)]
+            .into_iter()
+            .map(|(w, windows)| AttentionCase::window(&mut rng, w, hd, windows, batch))
+            .collect();
+        let alone: Vec<_> = cases
+            .iter()
+            .map(|c| c.run_on(&gpu, &kernel, true))
+            .collect();
+        let mut dev: Vec<OnDevice> = cases.iter().map(|c| c.upload(&gpu)).collect();
+        let sets: Vec<_> = cases
+            .iter()
+            .zip(dev.iter_mut())
+            .map(|(c, d)| kernel.prepare(st, &c.shape, c.operands(d, true)).unwrap())
+            .collect();
+        kernel.launch_fused(st, &sets).unwrap();
+        for ((case, d), (out, head_out)) in cases.iter().zip(&dev).zip(&alone) {
+            let w = case.shape.w;
+            let (fused_out, fused_head) = d.download(&gpu);
+            assert_eq!(to_bits(&fused_out), to_bits(out), "hd={hd} w={w}: out");
+            assert_eq!(
+                to_bits(&fused_head),
+                to_bits(head_out),
+                "hd={hd} w={w}: head_out"
+            );
+            let (want_out, _) = case.expected();
+            assert_written_exactly(&format!("fused hd={hd} w={w}"), &fused_out, &want_out);
+        }
+    }
+}
+
+#[test]
+fn fused_window_attention_rejects_mixed_head_widths() {
+    let Some(gpu) = gpu_or_skip("fused_window_attention_rejects_mixed_head_widths") else {
+        return;
+    };
+    let kernel = WindowAttentionKernel::load(&gpu).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let st = gpu.stream();
+    let cases = [
+        AttentionCase::window(&mut rng, 2, 16, 4, 1),
+        AttentionCase::window(&mut rng, 2, 32, 4, 1),
+    ];
+    let mut dev: Vec<OnDevice> = cases.iter().map(|c| c.upload(&gpu)).collect();
+    let sets: Vec<_> = cases
+        .iter()
+        .zip(dev.iter_mut())
+        .map(|(c, d)| kernel.prepare(st, &c.shape, c.operands(d, false)).unwrap())
+        .collect();
+    let err = kernel.launch_fused(st, &sets).unwrap_err().to_string();
+    assert!(err.contains("share head width"), "{err}");
+    let err = kernel.launch_fused(st, &[]).unwrap_err().to_string();
+    assert!(err.contains("no attention"), "{err}");
 }
 
 /// Compares where the expected value is written, and requires NaN (untouched) elsewhere.

@@ -9,7 +9,10 @@ use std::time::Instant;
 use clap::Parser;
 use serde_json::json;
 
-use attnrt::cswintt::{EXPECTED_PREFIX, EngineOptions, Inputs, Mode, Precision, select_backend};
+use attnrt::cswintt::gpu::trace::{Overlap, chrome_trace, head_overlap};
+use attnrt::cswintt::{
+    Backend, EXPECTED_PREFIX, EngineOptions, Inputs, Mode, Precision, flops, select_backend,
+};
 use attnrt::gpu::DeviceChoice;
 use attnrt::model::golden::weights_for_golden;
 use attnrt::model::synthetic::{self, DEFAULT_SEED, Padding};
@@ -21,6 +24,8 @@ Examples:
   attnrt-infer --check shared/golden/tiny_s1.golden.safetensors
   attnrt-infer --model cswintt.safetensors --batch 4 --iters 50 --json
   attnrt-infer --input inputs.safetensors --output out.safetensors --iters 1
+  attnrt-infer --device cuda --mode fused --graph --iters 100
+  attnrt-infer --device cuda --mode streams --trace streams.json   (open in ui.perfetto.dev)
 
 Exit status: 0 success; 1 --check found a tensor over the tolerance; 2 an error
 (bad flag, unreadable or invalid file, unavailable device).";
@@ -86,8 +91,9 @@ struct Args {
     #[arg(long)]
     json: bool,
 
-    /// GPU head dispatch: sequential, streams (one stream per head) or fused. Ignored on
-    /// the CPU.
+    /// GPU head dispatch: sequential, streams (one stream per head) or fused (one launch
+    /// for all heads of a layer). Results are bit-identical across modes. Ignored on the
+    /// CPU.
     #[arg(long, value_name = "MODE", default_value = "sequential")]
     mode: Mode,
 
@@ -95,6 +101,20 @@ struct Args {
     /// tf32 and bf16 are GPU-only.
     #[arg(long, value_name = "P", default_value = "f32")]
     precision: Precision,
+
+    /// GPU: capture the whole forward pass in a CUDA graph once (per batch size) and
+    /// replay it; inputs are uploaded into the engine's buffers before each replay. With
+    /// --check, the intermediates come from an eager run and search_feat and hs from a
+    /// replay. Ignored on the CPU.
+    #[arg(long)]
+    graph: bool,
+
+    /// GPU: after the timed runs, time one eager forward pass with CUDA events and write
+    /// it as a Chrome-trace JSON (open in ui.perfetto.dev or chrome://tracing): one span
+    /// per stage and per head kernel, one track per stream. Also prints how much the head
+    /// kernels overlapped.
+    #[arg(long, value_name = "FILE", conflicts_with = "check")]
+    trace: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -136,6 +156,7 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
     let options = EngineOptions {
         mode: args.mode,
         precision: args.precision,
+        graph: args.graph,
     };
     let selected = select_backend(args.device, weights.clone(), options)?;
     if let Some(n) = &selected.notice {
@@ -194,8 +215,12 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
         };
         out.save(p)?;
     }
+    let overlap = match &args.trace {
+        Some(p) => Some(write_trace(backend.as_mut(), &inputs, p)?),
+        None => None,
+    };
 
-    let stats = Stats::new(&lat_ms, inputs.batch);
+    let stats = Stats::new(&lat_ms, inputs.batch, flops(&cfg, inputs.batch));
     if args.json {
         let mut j = json!({
             "model": model_desc,
@@ -204,6 +229,7 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
             "engine": backend.describe(),
             "precision": backend.precision().to_string(),
             "mode": args.mode.to_string(),
+            "graph": args.graph,
             "batch": inputs.batch,
             "tokens": cfg.l_all(),
             "warmup": warmup,
@@ -212,6 +238,17 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
         if let Some(s) = &stats {
             j["latency_ms"] = json!({"p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean, "min": s.min, "max": s.max});
             j["fps"] = json!(s.fps);
+            j["gflops"] = json!(s.gflops);
+        }
+        j["flops_per_pass"] = json!(flops(&cfg, inputs.batch));
+        if let (Some(p), Some(o)) = (&args.trace, &overlap) {
+            j["trace"] = json!({
+                "file": p.display().to_string(),
+                "head_busy_ms": o.busy_ms,
+                "head_union_ms": o.union_ms,
+                "concurrency": o.concurrency(),
+                "max_concurrent": o.max_concurrent,
+            });
         }
         if let Some(p) = &args.output {
             j["output"] = json!(p.display().to_string());
@@ -232,14 +269,52 @@ fn run(args: Args) -> attnrt::Result<ExitCode> {
                     s.p50, s.p90, s.p99, s.mean, s.min, s.max
                 );
                 println!("fps:     {:.2} frames/s (batch / mean latency)", s.fps);
+                println!(
+                    "compute: {:.1} GFLOP/s ({:.3} GFLOP per pass / mean latency; matrix products only)",
+                    s.gflops,
+                    flops(&cfg, inputs.batch) / 1e9
+                );
             }
             None => println!("latency: no timed runs (--iters 0)"),
         }
         if let Some(p) = &args.output {
             println!("output:  search_feat, hs -> {}", p.display());
         }
+        if let (Some(p), Some(o)) = (&args.trace, &overlap) {
+            println!("trace:   one eager pass -> {}", p.display());
+            println!("heads:   {}", overlap_line(o));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Times one pass as spans, writes them to `path` as a Chrome trace, and returns how much
+/// the per-head attention spans overlapped.
+fn write_trace(
+    backend: &mut dyn Backend,
+    inputs: &Inputs,
+    path: &PathBuf,
+) -> attnrt::Result<Overlap> {
+    let spans = backend.trace(inputs)?;
+    let text = chrome_trace(&spans).to_string();
+    std::fs::write(path, text).map_err(|e| {
+        attnrt::Error::invalid(format!("--trace {}", path.display()), e.to_string())
+    })?;
+    Ok(head_overlap(&spans))
+}
+
+/// The head-overlap figure: how long head kernels ran in total against the time any ran.
+fn overlap_line(o: &Overlap) -> String {
+    if o.max_concurrent == 0 {
+        return "no per-head spans (fused mode: one launch per layer runs every head)".into();
+    }
+    format!(
+        "head kernels busy {:.3} ms within {:.3} ms: concurrency {:.2}, up to {} at once",
+        o.busy_ms,
+        o.union_ms,
+        o.concurrency(),
+        o.max_concurrent
+    )
 }
 
 fn check(
@@ -247,7 +322,7 @@ fn check(
     golden: &PathBuf,
     cfg: &Config,
     model_desc: &str,
-    backend: &mut dyn attnrt::cswintt::Backend,
+    backend: &mut dyn Backend,
 ) -> attnrt::Result<ExitCode> {
     let file = TensorFile::open(golden)?;
     let inputs = Inputs::from_file(&file, cfg)?;
@@ -256,8 +331,14 @@ fn check(
         backend.run(&inputs, false)?;
     }
     let t0 = Instant::now();
-    let out = backend.run(&inputs, true)?;
+    let mut out = backend.run(&inputs, true)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
+    if args.graph {
+        // Intermediates need an eager run; the final outputs come from a graph replay.
+        let replayed = backend.run(&inputs, false)?;
+        out.search_feat = replayed.search_feat;
+        out.hs = replayed.hs;
+    }
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
     let mut failed = 0usize;
@@ -353,10 +434,12 @@ struct Stats {
     min: f64,
     max: f64,
     fps: f64,
+    /// `flops` per pass over the mean latency, in GFLOP/s.
+    gflops: f64,
 }
 
 impl Stats {
-    fn new(lat_ms: &[f64], batch: usize) -> Option<Stats> {
+    fn new(lat_ms: &[f64], batch: usize, flops: f64) -> Option<Stats> {
         if lat_ms.is_empty() {
             return None;
         }
@@ -373,6 +456,7 @@ impl Stats {
             min: v[0],
             max: v[v.len() - 1],
             fps: batch as f64 * 1e3 / mean,
+            gflops: flops / (mean * 1e6),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::cpu::CpuReference;
 use super::{Inputs, Mode, Outputs, Precision};
 use crate::error::{Error, Result};
-use crate::gpu::DeviceChoice;
+use crate::gpu::{DeviceChoice, Span};
 use crate::model::weights::Weights;
 
 /// An engine that runs the transformer on a batch of inputs.
@@ -29,6 +29,18 @@ pub trait Backend {
     /// files name `expected.encoder.*`, `expected.decoder.*` (those the engine can
     /// produce; see [`Outputs::get`]).
     fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs>;
+
+    /// Times one forward pass on `inputs` as named spans per stream (a timeline), where the
+    /// engine can; the CPU reference cannot.
+    fn trace(&mut self, _inputs: &Inputs) -> Result<Vec<Span>> {
+        Err(Error::invalid(
+            "--trace",
+            format!(
+                "{} records no kernel timeline; use the GPU engine",
+                self.describe()
+            ),
+        ))
+    }
 }
 
 /// Engine settings from the command line.
@@ -38,6 +50,8 @@ pub struct EngineOptions {
     pub mode: Mode,
     /// Arithmetic precision (the CPU supports only `F32`).
     pub precision: Precision,
+    /// Replay the forward pass from a CUDA graph (GPU only; the CPU ignores it).
+    pub graph: bool,
 }
 
 /// The engine chosen, and a one-line notice when `auto` fell back to the CPU.
@@ -109,9 +123,7 @@ pub fn gpu_backend(
         ));
     }
     let gpu = crate::gpu::Gpu::open(ordinal)?;
-    Ok(Box::new(super::gpu::GpuEngine::new(
-        gpu,
-        weights,
-        options.mode,
-    )?))
+    let mut engine = super::gpu::GpuEngine::new(gpu, weights, options.mode)?;
+    engine.set_graph(options.graph);
+    Ok(Box::new(engine))
 }

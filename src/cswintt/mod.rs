@@ -3,6 +3,7 @@
 //! - [`plan`]: each head's work as a value (window, shift, index maps, gathered bias,
 //!   window padding), shared by the CPU reference and the GPU engine;
 //! - [`cpu`]: the CPU reference, f32 with f64 accumulation, heads in parallel (rayon);
+//! - [`flops`]: the arithmetic of one forward pass, counted once, for FLOP/s figures;
 //! - [`backend`]: the [`Backend`] trait every engine implements, and [`select_backend`],
 //!   the one place a device choice becomes an engine.
 //!
@@ -10,6 +11,7 @@
 
 pub mod backend;
 pub mod cpu;
+mod flops;
 pub mod gpu;
 pub mod plan;
 
@@ -23,6 +25,7 @@ use crate::model::io::{OutTensor, TensorFile};
 use crate::model::tensor::Tensor;
 
 pub use backend::{Backend, EngineOptions, Selected, select_backend};
+pub use flops::flops;
 pub use plan::{HeadPlan, Plan};
 
 /// The transformer's inputs for one batch (names as in the golden files, `input.*`).
@@ -352,7 +355,7 @@ pub enum Mode {
     Sequential,
     /// One stream per head.
     Streams,
-    /// All heads in fused kernels.
+    /// All heads of a layer in one launch of the fused attention kernel.
     Fused,
 }
 

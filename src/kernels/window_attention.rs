@@ -1,5 +1,11 @@
 //! Launcher for `kernels/window_attention.cu`: cyclic-shift window attention of one head (or,
 //! with `w == 1`, plain attention of several heads), fused with window reverse and concat.
+//!
+//! A launch is checked and packed first ([`WindowAttentionKernel::prepare`] gives a
+//! [`PreparedAttention`], a value holding the kernel's argument struct), then launched alone
+//! ([`WindowAttentionKernel::launch`]) or together with others in one fused launch
+//! ([`WindowAttentionKernel::launch_fused`]), which is how the `fused` mode runs all heads
+//! of a layer at once.
 
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 
@@ -36,6 +42,42 @@ struct WindowAttentionArgs {
 
 // SAFETY: plain old data with the C struct's layout.
 unsafe impl DeviceRepr for WindowAttentionArgs {}
+
+/// Argument sets of one fused launch (`MAX_FUSED` in the .cu file).
+pub const MAX_FUSED: usize = 16;
+
+/// Mirrors `WindowAttentionHeads` in `kernels/window_attention.cu`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct WindowAttentionHeads {
+    set: [WindowAttentionArgs; MAX_FUSED],
+    /// Prefix sum of each set's blocks along x (query tiles times heads).
+    tile_start: [i32; MAX_FUSED + 1],
+    count: i32,
+}
+
+// SAFETY: plain old data with the C struct's layout.
+unsafe impl DeviceRepr for WindowAttentionHeads {}
+
+// The sizes `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<WindowAttentionArgs>() == 136);
+const _: () = assert!(std::mem::size_of::<WindowAttentionHeads>() == 2248);
+
+/// One checked launch: the packed arguments and the grid they need. Made only by
+/// [`WindowAttentionKernel::prepare`], which checked every buffer against the shape.
+///
+/// It holds raw device addresses, as every queued launch does: the buffers it was prepared
+/// from must outlive the work it is launched with (the engine owns them for its lifetime).
+#[derive(Debug, Clone, Copy)]
+pub struct PreparedAttention {
+    args: WindowAttentionArgs,
+    variant: usize,
+    hd: usize,
+    /// Query tiles per (batch item, head).
+    tiles: usize,
+    batch: usize,
+    heads: usize,
+}
 
 const THREADS: u32 = 256;
 /// Query slots per block and key slots per chunk (`TILE` in the .cu file).
@@ -90,10 +132,12 @@ pub struct AttentionOperands<'a> {
     pub head_out: Option<CudaViewMut<'a, f32>>,
 }
 
-/// The `window_attention_hd*_f32` variants, loaded once (in `HEAD_WIDTHS` order).
+/// The `window_attention_hd*_f32` variants and their fused `window_attention_heads_hd*_f32`
+/// twins, loaded once (in `HEAD_WIDTHS` order).
 #[derive(Debug, Clone)]
 pub struct WindowAttentionKernel {
     variants: Vec<Kernel>,
+    fused: Vec<Kernel>,
 }
 
 /// One past the largest element index a launch reads at `layout` for `slots` slots.
@@ -120,15 +164,26 @@ impl WindowAttentionKernel {
             "window_attention_hd32_f32",
             "window_attention_hd64_f32",
         ];
-        let variants = NAMES
-            .iter()
-            .map(|name| {
-                let kernel = gpu.kernel(KernelModule::WindowAttention, name)?;
-                kernel.allow_dynamic_shared(SMEM_LIMIT)?;
-                Ok(kernel)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(WindowAttentionKernel { variants })
+        const FUSED: [&str; 4] = [
+            "window_attention_heads_hd8_f32",
+            "window_attention_heads_hd16_f32",
+            "window_attention_heads_hd32_f32",
+            "window_attention_heads_hd64_f32",
+        ];
+        let load = |names: [&'static str; 4]| {
+            names
+                .iter()
+                .map(|name| {
+                    let kernel = gpu.kernel(KernelModule::WindowAttention, name)?;
+                    kernel.allow_dynamic_shared(SMEM_LIMIT)?;
+                    Ok(kernel)
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(WindowAttentionKernel {
+            variants: load(NAMES)?,
+            fused: load(FUSED)?,
+        })
     }
 
     /// Shared memory per block: q, k and v tiles, the D/P' tile, the scores, and three
@@ -156,15 +211,27 @@ impl WindowAttentionKernel {
         Ok(variant)
     }
 
+    /// Checks and launches one attention on `stream`.
     pub fn run(
         &self,
         stream: &CudaStream,
         s: &AttentionShape,
-        mut ops: AttentionOperands<'_>,
+        ops: AttentionOperands<'_>,
     ) -> Result<()> {
+        let prepared = self.prepare(stream, s, ops)?;
+        self.launch(stream, &prepared)
+    }
+
+    /// Checks `ops` against `s` and packs the kernel's arguments (launches nothing).
+    pub fn prepare(
+        &self,
+        stream: &CudaStream,
+        s: &AttentionShape,
+        mut ops: AttentionOperands<'_>,
+    ) -> Result<PreparedAttention> {
         let ww = s.w * s.w;
-        let kernel = &self.variants[Self::supports(s.w, s.hd)?];
-        let name = kernel.name();
+        let variant = Self::supports(s.w, s.hd)?;
+        let name = self.variants[variant].name();
         let bad = |problem: String| Err(Error::invalid(name, problem));
         if s.batch == 0 || s.heads == 0 {
             return bad(format!("batch and heads must be nonzero: {s:?}"));
@@ -174,7 +241,6 @@ impl WindowAttentionKernel {
                 return bad(format!("{n} {what} are not whole {}x{} windows", s.w, s.w));
             }
         }
-        let smem = Self::shared_bytes(s.hd);
         let slots = s.n_queries;
         check_covers(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;
         check_covers(name, "k", ops.k.len(), extent(ops.kv_layout, s, s.n_keys))?;
@@ -232,13 +298,75 @@ impl WindowAttentionKernel {
             out_row: i32_of(ops.out_row)?,
             out_channel: i32_of(ops.out_channel)?,
         };
+        Ok(PreparedAttention {
+            args,
+            variant,
+            hd: s.hd,
+            tiles: slots.div_ceil(TILE),
+            batch: s.batch,
+            heads: s.heads,
+        })
+    }
+
+    /// Launches one prepared attention on `stream` (`window_attention_hd*_f32`).
+    pub fn launch(&self, stream: &CudaStream, p: &PreparedAttention) -> Result<()> {
         let cfg = LaunchConfig {
-            grid_dim: (slots.div_ceil(TILE) as u32, s.batch as u32, s.heads as u32),
+            grid_dim: (p.tiles as u32, p.batch as u32, p.heads as u32),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: smem as u32,
+            shared_mem_bytes: Self::shared_bytes(p.hd) as u32,
         };
-        // SAFETY: `args` mirrors the kernel's struct; every buffer covers the indices the
-        // launch reads or writes (checked above).
-        unsafe { kernel.on(stream).arg(&args).go(cfg) }
+        // SAFETY: `args` mirrors the kernel's struct; `prepare` checked that every buffer
+        // covers the indices the launch reads or writes.
+        unsafe { self.variants[p.variant].on(stream).arg(&p.args).go(cfg) }
+    }
+
+    /// Launches up to [`MAX_FUSED`] prepared attentions as one kernel on `stream`
+    /// (`window_attention_heads_hd*_f32`): one block per (query tile, batch item, head) of
+    /// every set. They must share the head width and the batch (one grid shape, one
+    /// shared-memory size); their windows and lengths may differ. Each set computes exactly
+    /// what [`WindowAttentionKernel::launch`] would.
+    pub fn launch_fused(&self, stream: &CudaStream, sets: &[PreparedAttention]) -> Result<()> {
+        let name = "window_attention_heads_f32";
+        let first = sets
+            .first()
+            .ok_or_else(|| Error::invalid(name, "no attention to launch"))?;
+        if sets.len() > MAX_FUSED {
+            return Err(Error::invalid(
+                name,
+                format!("{} sets, at most {MAX_FUSED} per launch", sets.len()),
+            ));
+        }
+        if let Some(odd) = sets
+            .iter()
+            .find(|p| p.hd != first.hd || p.batch != first.batch)
+        {
+            return Err(Error::invalid(
+                name,
+                format!(
+                    "fused sets must share head width and batch: hd {} batch {} vs hd {} batch {}",
+                    first.hd, first.batch, odd.hd, odd.batch
+                ),
+            ));
+        }
+        let mut heads = WindowAttentionHeads {
+            set: [first.args; MAX_FUSED],
+            tile_start: [0; MAX_FUSED + 1],
+            count: sets.len() as i32,
+        };
+        let mut blocks = 0usize;
+        for (i, p) in sets.iter().enumerate() {
+            heads.set[i] = p.args;
+            blocks += p.tiles * p.heads;
+            heads.tile_start[i + 1] = i32::try_from(blocks)
+                .map_err(|_| Error::invalid(name, "more blocks than fit in i32"))?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, first.batch as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: Self::shared_bytes(first.hd) as u32,
+        };
+        // SAFETY: `heads` mirrors the kernel's struct; each set was checked by `prepare`, and
+        // the grid covers exactly the blocks of `tile_start`.
+        unsafe { self.fused[first.variant].on(stream).arg(&heads).go(cfg) }
     }
 }

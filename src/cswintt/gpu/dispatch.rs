@@ -1,7 +1,9 @@
 //! How a layer's heads are launched: `sequential` (one stream, one head after another, the
-//! thesis's baseline) or `streams` (one stream per head, forked from and joined back to the
-//! main stream with events, the thesis's method). Both launch the same [`super::heads::HeadWork`]
-//! values with the same kernels, so they give bitwise-identical results.
+//! thesis's baseline), `streams` (one stream per head, forked from and joined back to the
+//! main stream with events, the thesis's method) or `fused` (one launch of the fused kernel
+//! for all heads, beyond the thesis: its blocks fill the GPU without streams). All three
+//! launch the same [`PreparedAttention`] values, each head through the same device code, so
+//! they give bitwise-identical results.
 //!
 //! Heads write disjoint channels of one concat buffer and their own `head_out` buffers.
 //! cudarc's event tracking is off on our contexts, so those disjoint writes do not make the
@@ -14,21 +16,37 @@ use cudarc::driver::CudaStream;
 use crate::cswintt::Mode;
 use crate::error::{Error, Result};
 use crate::gpu::{EventTimer, Gpu, StreamSet, nvtx};
+use crate::kernels::window_attention::{MAX_FUSED, PreparedAttention, WindowAttentionKernel};
 
 pub(super) enum Dispatch {
     Sequential,
     Streams(StreamSet),
+    Fused,
 }
 
 impl Dispatch {
-    pub fn new(gpu: &Gpu, mode: Mode, heads: usize) -> Result<Dispatch> {
+    /// The dispatch for `mode` over heads of widths `head_widths`. `fused` needs one shared
+    /// width (one kernel variant, one shared-memory size) and at most [`MAX_FUSED`] heads.
+    pub fn new(gpu: &Gpu, mode: Mode, head_widths: &[usize]) -> Result<Dispatch> {
+        let heads = head_widths.len();
         match mode {
             Mode::Sequential => Ok(Dispatch::Sequential),
             Mode::Streams => Ok(Dispatch::Streams(StreamSet::new(gpu, heads)?)),
-            other => Err(Error::invalid(
-                "--mode",
-                format!("the GPU engine runs sequential or streams, not {other}"),
-            )),
+            Mode::Fused => {
+                if heads > MAX_FUSED {
+                    return Err(Error::invalid(
+                        "--mode fused",
+                        format!("{heads} heads; the fused kernel takes at most {MAX_FUSED}"),
+                    ));
+                }
+                if head_widths.windows(2).any(|w| w[0] != w[1]) {
+                    return Err(Error::invalid(
+                        "--mode fused",
+                        format!("heads of different widths {head_widths:?} cannot share a launch"),
+                    ));
+                }
+                Ok(Dispatch::Fused)
+            }
         }
     }
 
@@ -36,11 +54,13 @@ impl Dispatch {
         match self {
             Dispatch::Sequential => Mode::Sequential,
             Dispatch::Streams(_) => Mode::Streams,
+            Dispatch::Fused => Mode::Fused,
         }
     }
 
-    /// Runs `launch(h, stream)` for heads `0..n`, each on its stream, recording a stage
-    /// named `{prefix}/head {h}` per head. Work queued on `main` before this call happens
+    /// Launches the attention `work(h, stream)` prepares for heads `0..n`. Sequential and
+    /// streams record a stage named `{prefix}/head {h}` per head; fused records one stage,
+    /// `{prefix}/heads 0-{n-1} fused`. Work queued on `main` before this call happens
     /// before every head; work queued on `main` after it waits for all of them.
     pub fn heads(
         &self,
@@ -48,12 +68,15 @@ impl Dispatch {
         n: usize,
         prefix: &str,
         rec: &mut Recorder<'_>,
-        mut launch: impl FnMut(usize, &CudaStream) -> Result<()>,
+        kernel: &WindowAttentionKernel,
+        mut work: impl FnMut(usize, &CudaStream) -> Result<PreparedAttention>,
     ) -> Result<()> {
         match self {
             Dispatch::Sequential => {
                 for h in 0..n {
-                    rec.stage(&format!("{prefix}/head {h}"), 0, main, || launch(h, main))?;
+                    rec.stage(&format!("{prefix}/head {h}"), 0, main, || {
+                        kernel.launch(main, &work(h, main)?)
+                    })?;
                 }
                 Ok(())
             }
@@ -61,9 +84,18 @@ impl Dispatch {
                 set.fork(main)?;
                 for h in 0..n {
                     let s = set.stream(h);
-                    rec.stage(&format!("{prefix}/head {h}"), h + 1, s, || launch(h, s))?;
+                    rec.stage(&format!("{prefix}/head {h}"), h + 1, s, || {
+                        kernel.launch(s, &work(h, s)?)
+                    })?;
                 }
                 set.join(main)
+            }
+            Dispatch::Fused => {
+                let name = format!("{prefix}/heads 0-{} fused", n.saturating_sub(1));
+                rec.stage(&name, 0, main, || {
+                    let sets = (0..n).map(|h| work(h, main)).collect::<Result<Vec<_>>>()?;
+                    kernel.launch_fused(main, &sets)
+                })
             }
         }
     }

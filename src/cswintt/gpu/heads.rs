@@ -1,6 +1,7 @@
 //! A head's work as a value: its plan (window, shift, offsets) and the tables that depend
-//! only on the weights and shapes, precomputed on the host and uploaded once. The dispatch
-//! modes differ only in which stream [`HeadWork::attend`] is given.
+//! only on the weights and shapes, precomputed on the host and uploaded once.
+//! [`HeadWork::prepare`] turns it and one layer's buffers into a checked launch value; the
+//! dispatch modes differ only in how (and on which stream) those values are launched.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
 };
 use crate::model::weights::Weights;
 
@@ -57,13 +58,14 @@ impl HeadWork {
         })
     }
 
-    /// Queues this head's attention (with fused window reverse into `io.concat`) on `stream`.
-    pub fn attend(
+    /// This head's attention (with fused window reverse into `io.concat`), checked and packed
+    /// for a launch on `stream`.
+    pub fn prepare(
         &self,
         kernel: &WindowAttentionKernel,
         stream: &CudaStream,
         io: HeadIo<'_>,
-    ) -> Result<()> {
+    ) -> Result<PreparedAttention> {
         let p = &self.plan;
         let layout = SlotLayout {
             batch: p.l_all * p.hd,
@@ -93,6 +95,6 @@ impl HeadWork {
             out_channel: p.channel_offset,
             head_out: io.head_out,
         };
-        kernel.run(stream, &shape, ops)
+        kernel.prepare(stream, &shape, ops)
     }
 }

@@ -5,12 +5,18 @@
 //! uploaded once by [`GpuEngine::new`]; activations are allocated once per batch size and
 //! reused. An encoder layer is: the QKV projection writing each head's q, k, v in its window
 //! layout; one attention launch per head with the window reverse and concat fused into its
-//! output write, dispatched `sequential` or `streams` (see [`dispatch`]); the output
+//! output write, dispatched `sequential`, `streams` or `fused` (see [`dispatch`]); the output
 //! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
 //! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
 //! encoder output in one GEMM, then per layer: self attention (with one query and one key,
 //! exactly `out_proj(v)`), cross attention (the same attention kernel with `w = 1`), FFN,
 //! each followed by LayerNorm.
+//!
+//! With [`GpuEngine::set_graph`] on, [`GpuEngine::run`] captures the whole forward pass into
+//! a CUDA graph the first time it runs a batch size and replays it afterwards: the graph
+//! reads the inputs from the persistent activation buffers [`GpuEngine::load_inputs`] fills
+//! and writes the outputs where [`GpuEngine::outputs`] reads them. A new batch size
+//! reallocates the activations, which drops the graph (its addresses would be stale).
 
 mod activations;
 mod dispatch;
@@ -30,7 +36,7 @@ use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{DeviceBuffer, EventTimer, Gpu, download, upload};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
@@ -71,6 +77,10 @@ pub struct GpuEngine {
     dispatch: Dispatch,
     act: Option<Activations>,
     poison: bool,
+    /// Run through a CUDA graph (see the module doc).
+    use_graph: bool,
+    /// The captured forward pass for the current activations, once captured.
+    graph: Option<Graph>,
 }
 
 impl GpuEngine {
@@ -90,17 +100,20 @@ impl GpuEngine {
             .collect::<Result<Vec<_>>>()?;
         let token_slot: Vec<u32> = plan.heads.iter().flat_map(|h| h.reverse_index()).collect();
         let hd = weights.config.hd();
+        let head_widths: Vec<usize> = plan.heads.iter().map(|h| h.hd).collect();
         Ok(GpuEngine {
             params: DeviceParams::upload(s, &weights)?,
             token_slot: upload(s, &token_slot)?,
             q_scale: (hd as f64).powf(-0.5) as f32,
-            dispatch: Dispatch::new(&gpu, mode, heads.len())?,
+            dispatch: Dispatch::new(&gpu, mode, &head_widths)?,
             heads,
             kernels,
             gpu,
             weights,
             act: None,
             poison: false,
+            use_graph: false,
+            graph: None,
         })
     }
 
@@ -118,12 +131,30 @@ impl GpuEngine {
         self.poison = on;
     }
 
+    /// When on, [`GpuEngine::run`] without intermediates replays a CUDA graph of the whole
+    /// forward pass, captured on first use for each batch size.
+    pub fn set_graph(&mut self, on: bool) {
+        self.use_graph = on;
+        if !on {
+            self.graph = None;
+        }
+    }
+
+    pub fn graph(&self) -> bool {
+        self.use_graph
+    }
+
     /// Runs the transformer on `inputs`; with `intermediates`, also every tensor the golden
-    /// files name (each encoder and decoder layer; layer 0's heads and their concat).
+    /// files name (each encoder and decoder layer; layer 0's heads and their concat). The
+    /// intermediates are read between layers, so such a run is always eager.
     pub fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
         self.load_inputs(inputs)?;
         if !intermediates {
-            self.enqueue(Part::Transformer, None)?;
+            if self.use_graph {
+                self.replay()?;
+            } else {
+                self.enqueue(Part::Transformer, None)?;
+            }
             return self.outputs(None);
         }
         let mut im = Intermediates::default();
@@ -137,6 +168,30 @@ impl GpuEngine {
             e.decoder(act, &mut rec, Some(&mut im))
         })?;
         self.outputs(Some(im))
+    }
+
+    /// Queues one replay of the forward pass's graph, capturing it first when there is none
+    /// for the current activations.
+    fn replay(&mut self) -> Result<()> {
+        if self.graph.is_none() {
+            let stream = self.gpu.stream().clone();
+            let graph = Graph::capture(&stream, || self.enqueue(Part::Transformer, None))?;
+            self.graph = Some(graph);
+        }
+        match &self.graph {
+            Some(g) => g.replay(),
+            None => Err(Error::invalid("GPU engine", "no graph captured")),
+        }
+    }
+
+    /// Times one eager forward pass of the inputs loaded last: one span per stage (per head
+    /// in the attention, or per fused launch) on the lane of its stream, from CUDA events.
+    pub fn trace(&mut self, inputs: &Inputs) -> Result<Vec<Span>> {
+        self.load_inputs(inputs)?;
+        let mut timer = EventTimer::start(self.gpu.stream())?;
+        self.enqueue(Part::Transformer, Some(&mut timer))?;
+        self.gpu.sync()?;
+        timer.spans()
     }
 
     /// Uploads `inputs` (merged tokens, masks, query) into the activations for its batch,
@@ -157,6 +212,7 @@ impl GpuEngine {
         let b = inputs.batch;
         let s = self.gpu.stream().clone();
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
+            self.graph = None; // it holds the old buffers' addresses
             self.act = None; // free the old size first
             self.act = Some(Activations::new(&s, cfg, b)?);
         }
@@ -362,8 +418,14 @@ impl GpuEngine {
         let want_heads = capture.is_some();
         let (qkv, key_pad, concat, head_out) =
             (&act.qkv, &act.key_pad, &mut act.concat, &mut act.head_out);
-        self.dispatch
-            .heads(s, h, &format!("{name}/attention"), rec, |j, stream| {
+        let attention = &self.kernels.attention;
+        self.dispatch.heads(
+            s,
+            h,
+            &format!("{name}/attention"),
+            rec,
+            attention,
+            |j, stream| {
                 let part = |which: usize| {
                     let at = (which * h + j) * per_head;
                     qkv.slice(at..at + per_head)
@@ -378,8 +440,9 @@ impl GpuEngine {
                     batch: b,
                     c,
                 };
-                self.heads[j].attend(&self.kernels.attention, stream, io)
-            })?;
+                self.heads[j].prepare(attention, stream, io)
+            },
+        )?;
         if let Some(im) = capture {
             for (head, buf) in self.heads.iter().zip(&act.head_out) {
                 let shape = vec![b, head.plan.l, head.plan.window_dim()];
@@ -545,9 +608,10 @@ impl GpuEngine {
 impl Backend for GpuEngine {
     fn describe(&self) -> String {
         format!(
-            "GPU engine on {} (f32 CUDA cores, heads {})",
+            "GPU engine on {} (f32 CUDA cores, heads {}{})",
             self.gpu.describe(),
-            self.mode()
+            self.mode(),
+            if self.use_graph { ", CUDA graph" } else { "" }
         )
     }
 
@@ -565,5 +629,9 @@ impl Backend for GpuEngine {
 
     fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
         GpuEngine::run(self, inputs, intermediates)
+    }
+
+    fn trace(&mut self, inputs: &Inputs) -> Result<Vec<Span>> {
+        GpuEngine::trace(self, inputs)
     }
 }

@@ -49,6 +49,10 @@ strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 cp "$golden"/*.safetensors "$stage/golden/"
 cp scripts/run-gpu-tests.sh scripts/torch_reference.py "$stage/"
+# Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
+# carries (64 MiB): ship them compressed; run-gpu-tests.sh unpacks them there.
+tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
+rm -rf "$stage/bin" "$stage/tests" "$stage/bench"
 
 du -sh "$stage"
 echo

@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::io::{OutTensor, TensorFile};
 use crate::model::tensor::Tensor;
+use crate::model::weights::Weights;
 
 pub use backend::{Backend, EngineOptions, Selected, select_backend};
 pub use flops::flops;
@@ -61,6 +62,20 @@ pub mod input_names {
 }
 
 impl Inputs {
+    /// The object query: the input's `query_embed` when given, else the model's
+    /// `query_embed.weight`.
+    pub fn query<'a>(&'a self, weights: &'a Weights) -> Result<&'a Tensor> {
+        self.query_embed
+            .as_ref()
+            .or(weights.query_embed.as_ref())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "inputs: tensor 'input.query_embed'",
+                    "absent, and the model has no 'query_embed.weight'",
+                )
+            })
+    }
+
     /// Inputs with no padding and no query (the model's is used).
     pub fn unpadded(template1: Tensor, template2: Tensor, search: Tensor, batch: usize) -> Inputs {
         let t = template1.shape.first().copied().unwrap_or(0);

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::backend::Backend;
 use super::plan::{HeadPlan, Plan};
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Outputs, Precision};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::tensor::Tensor;
 use crate::model::weights::{EncoderLayer, LN_EPS, LayerNorm, Linear, Mha, Weights};
 use gemm::ROWS;
@@ -95,16 +95,7 @@ impl CpuReference {
     pub fn forward(&self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {
         let cfg = &self.weights.config;
         inputs.validate(cfg)?;
-        let query = inputs
-            .query_embed
-            .as_ref()
-            .or(self.weights.query_embed.as_ref())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "inputs: tensor 'input.query_embed'",
-                    "absent, and the model has no 'query_embed.weight'",
-                )
-            })?;
+        let query = inputs.query(&self.weights)?;
         let (b, c) = (inputs.batch, cfg.d_model);
         let mut im = Intermediates::default();
 

@@ -199,16 +199,7 @@ impl GpuEngine {
     pub fn load_inputs(&mut self, inputs: &Inputs) -> Result<()> {
         let cfg = &self.weights.config;
         inputs.validate(cfg)?;
-        let query = inputs
-            .query_embed
-            .as_ref()
-            .or(self.weights.query_embed.as_ref())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "inputs: tensor 'input.query_embed'",
-                    "absent, and the model has no 'query_embed.weight'",
-                )
-            })?;
+        let query = inputs.query(&self.weights)?;
         let b = inputs.batch;
         let s = self.gpu.stream().clone();
         if self.act.as_ref().is_none_or(|a| a.batch != b) {

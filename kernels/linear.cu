@@ -1,4 +1,10 @@
-// Linear layers: out = x W^T + bias, a tiled fp32 SGEMM (CUDA cores) with fused epilogues.
+// Linear layers: out = x W^T + bias, a tiled GEMM with fused epilogues, in three precisions.
+//
+// Precision: the tile's arithmetic is a template parameter of `linear_tile` (the "core"):
+// SimtF32 (fp32 FMAs on CUDA cores, the 4x4 register blocks below), Tf32Core and Bf16Core
+// (mma.sync on tensor cores, f32 accumulation; operands are rounded from the f32 shared tiles
+// in registers). Loads, shared memory and epilogues are shared; each epilogue is instantiated
+// once per core as linear_<epilogue>_<f32|tf32|bf16> (LINEAR_KERNELS at the end).
 //
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
@@ -8,7 +14,8 @@
 // engine's buffers), and the next k step's loads are issued before the current step's
 // products (register prefetch). Every load and store is bounds-checked: any n, m, k.
 //
-// Variants (the epilogue applied to each result element; all take LinearArgs):
+// Variants (the epilogue applied to each result element; all take LinearArgs; the _f32 names
+// below exist as _tf32 and _bf16 too):
 //   linear_bias_f32           out (n, m) = (acc + bias) * scale      (scale 1: plain linear;
 //                                                                     the decoder's query uses hd^-0.5)
 //   linear_bias_relu_f32      out (n, m) = relu(acc + bias)          (FFN1)
@@ -58,30 +65,17 @@ __device__ __forceinline__ float4 load4(const float* base, long long row, long l
                        kk + 2 < k_end ? src[2] : 0.0f, kk + 3 < k_end ? src[3] : 0.0f);
 }
 
-// Accumulates x W^T over k in [k_begin, k_end) for this block's tile, then applies `epilogue`.
-template <class Epilogue>
-__device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
-                            Epilogue epilogue) {
-    // Rows padded to 68 floats: still 16-byte aligned for the float4 reads, and the
-    // transposed stores below conflict at most 2-way.
-    __shared__ __align__(16) float xs[BK][BM + 4];
-    __shared__ __align__(16) float ws[BK][BN + 4];
-    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
-    // Loading: thread -> (tile row tid / 4, four consecutive k from (tid % 4) * 4).
-    const int lr = tid / 4, lk = (tid % 4) * 4;
-    const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
+// The tile's arithmetic, one struct per precision (the template parameter of `linear_tile`).
+// Each holds its threads' share of the 64x64 accumulator tile, adds one BK step from the
+// shared-memory tiles xs[k][row], ws[k][col] (both f32), and hands every element it holds
+// to the epilogue. Loads, shared memory and epilogues are common to all three.
+
+// f32 on CUDA cores: a 4x4 register block per thread (rows 4 ty + i, columns 4 tx + j).
+struct SimtF32 {
     float acc[4][4] = {};
-    float4 xv = load4(p.x, row0 + lr, p.n, p.k, k_begin + lk, k_end, vector);
-    float4 wv = load4(p.weight, col0 + lr, p.m, p.k, k_begin + lk, k_end, vector);
-    for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
-        xs[lk][lr] = xv.x, xs[lk + 1][lr] = xv.y, xs[lk + 2][lr] = xv.z, xs[lk + 3][lr] = xv.w;
-        ws[lk][lr] = wv.x, ws[lk + 1][lr] = wv.y, ws[lk + 2][lr] = wv.z, ws[lk + 3][lr] = wv.w;
-        __syncthreads();
-        if (k0 + BK < k_end) {  // the next step's loads overlap this step's products
-            xv = load4(p.x, row0 + lr, p.n, p.k, k0 + BK + lk, k_end, vector);
-            wv = load4(p.weight, col0 + lr, p.m, p.k, k0 + BK + lk, k_end, vector);
-        }
+
+    __device__ __forceinline__ void step(const float (*xs)[BM + 4], const float (*ws)[BN + 4]) {
+        const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             const float4 a4 = *reinterpret_cast<const float4*>(&xs[kk][4 * ty]);
@@ -92,40 +86,200 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
 #pragma unroll
                 for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
         }
-        __syncthreads();
     }
+
+    template <class Epilogue>
+    __device__ __forceinline__ void store(const LinearArgs& p, long long row0, long long col0,
+                                          Epilogue& epilogue) const {
+        const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const long long r = row0 + 4 * ty + i, c = col0 + 4 * tx + j;
-            if (r < p.n && c < p.m) epilogue(r, c, acc[i][j]);
-        }
+            for (int j = 0; j < 4; ++j) {
+                const long long r = row0 + 4 * ty + i, c = col0 + 4 * tx + j;
+                if (r < p.n && c < p.m) epilogue(r, c, acc[i][j]);
+            }
+    }
+};
+
+// Tensor cores (mma.sync, f32 accumulators). The 8 warps tile the 64x64 block 2 x 4: warp w
+// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles.
+// PTX ISA fragment layouts, with g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group):
+//   C/D of m16n8 (f32): c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1).
+//   m16n8k8 .tf32:  A a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4);
+//                   B b0 (k = t, n = g), b1 (k = t + 4, n = g).
+//   m16n8k16 .bf16: A (two bf16 per register, the lower k in the lower half)
+//                   a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9), a3 (g + 8, 2t+8..2t+9);
+//                   B b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g).
+// Operands are rounded from the f32 tiles in registers: cvt.rna.tf32.f32, or to bf16 (RN).
+enum class TensorOp { Tf32, Bf16 };
+
+__device__ __forceinline__ unsigned to_tf32(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return r;
 }
 
-}  // namespace
+// Two bf16 (round to nearest even) in one register, `lo` in the lower 16 bits.
+__device__ __forceinline__ unsigned to_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_f32(LinearArgs p) {
-    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
+template <TensorOp OP>
+struct MmaCore {
+    float acc[2][2][4] = {};  // [m16 tile][n8 tile][c0..c3]
+
+    __device__ __forceinline__ void step(const float (*xs)[BM + 4], const float (*ws)[BN + 4]) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int g = lane / 4, t = lane % 4;
+        const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
+        if constexpr (OP == TensorOp::Tf32) {
+#pragma unroll
+            for (int k8 = 0; k8 < BK; k8 += 8) {
+                unsigned a[2][4], b[2][2];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int r = wr + 16 * mi + g;
+                    a[mi][0] = to_tf32(xs[k8 + t][r]);
+                    a[mi][1] = to_tf32(xs[k8 + t][r + 8]);
+                    a[mi][2] = to_tf32(xs[k8 + t + 4][r]);
+                    a[mi][3] = to_tf32(xs[k8 + t + 4][r + 8]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    const int c = wc + 8 * ni + g;
+                    b[ni][0] = to_tf32(ws[k8 + t][c]);
+                    b[ni][1] = to_tf32(ws[k8 + t + 4][c]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < 2; ++ni) {
+                        float* d = acc[mi][ni];
+                        asm volatile(
+                            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                            "{%0, %1, %2, %3};"
+                            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                            : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
+                              "r"(b[ni][0]), "r"(b[ni][1]));
+                    }
+            }
+        } else {
+            static_assert(BK == 16, "one m16n8k16 step per BK step");
+            unsigned a[2][4], b[2][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wr + 16 * mi + g;
+                a[mi][0] = to_bf16x2(xs[2 * t][r], xs[2 * t + 1][r]);
+                a[mi][1] = to_bf16x2(xs[2 * t][r + 8], xs[2 * t + 1][r + 8]);
+                a[mi][2] = to_bf16x2(xs[2 * t + 8][r], xs[2 * t + 9][r]);
+                a[mi][3] = to_bf16x2(xs[2 * t + 8][r + 8], xs[2 * t + 9][r + 8]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni) {
+                const int c = wc + 8 * ni + g;
+                b[ni][0] = to_bf16x2(ws[2 * t][c], ws[2 * t + 1][c]);
+                b[ni][1] = to_bf16x2(ws[2 * t + 8][c], ws[2 * t + 9][c]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    float* d = acc[mi][ni];
+                    asm volatile(
+                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                        "{%0, %1, %2, %3};"
+                        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                        : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
+                          "r"(b[ni][0]), "r"(b[ni][1]));
+                }
+        }
+    }
+
+    template <class Epilogue>
+    __device__ __forceinline__ void store(const LinearArgs& p, long long row0, long long col0,
+                                          Epilogue& epilogue) const {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int g = lane / 4, t = lane % 4;
+        const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const long long r = row0 + wr + 16 * mi + g + (e >= 2 ? 8 : 0);
+                    const long long c = col0 + wc + 8 * ni + 2 * t + (e & 1);
+                    if (r < p.n && c < p.m) epilogue(r, c, acc[mi][ni][e]);
+                }
+    }
+};
+
+using Tf32Core = MmaCore<TensorOp::Tf32>;
+using Bf16Core = MmaCore<TensorOp::Bf16>;
+
+// Accumulates x W^T over k in [k_begin, k_end) for this block's tile with `Core`'s
+// arithmetic, then applies `epilogue` to every element of the tile inside (n, m).
+template <class Core, class Epilogue>
+__device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
+                            Epilogue epilogue) {
+    // Rows padded to 68 floats: still 16-byte aligned for the float4 reads, and the
+    // transposed stores below conflict at most 2-way.
+    __shared__ __align__(16) float xs[BK][BM + 4];
+    __shared__ __align__(16) float ws[BK][BN + 4];
+    const int tid = threadIdx.x;
+    const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
+    // Loading: thread -> (tile row tid / 4, four consecutive k from (tid % 4) * 4).
+    const int lr = tid / 4, lk = (tid % 4) * 4;
+    const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
+    Core core;
+    float4 xv = load4(p.x, row0 + lr, p.n, p.k, k_begin + lk, k_end, vector);
+    float4 wv = load4(p.weight, col0 + lr, p.m, p.k, k_begin + lk, k_end, vector);
+    for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
+        xs[lk][lr] = xv.x, xs[lk + 1][lr] = xv.y, xs[lk + 2][lr] = xv.z, xs[lk + 3][lr] = xv.w;
+        ws[lk][lr] = wv.x, ws[lk + 1][lr] = wv.y, ws[lk + 2][lr] = wv.z, ws[lk + 3][lr] = wv.w;
+        __syncthreads();
+        if (k0 + BK < k_end) {  // the next step's loads overlap this step's products
+            xv = load4(p.x, row0 + lr, p.n, p.k, k0 + BK + lk, k_end, vector);
+            wv = load4(p.weight, col0 + lr, p.m, p.k, k0 + BK + lk, k_end, vector);
+        }
+        core.step(xs, ws);
+        __syncthreads();
+    }
+    core.store(p, row0, col0, epilogue);
+}
+
+// The four epilogues, each over any `Core`; the kernels below instantiate them per precision.
+template <class Core>
+__device__ void linear_bias(const LinearArgs& p) {
+    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = (acc + p.bias[c]) * p.scale;
     });
 }
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_relu_f32(LinearArgs p) {
-    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
+template <class Core>
+__device__ void linear_bias_relu(const LinearArgs& p) {
+    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = fmaxf(acc + p.bias[c], 0.0f);
     });
 }
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_split_k_f32(LinearArgs p) {
+template <class Core>
+__device__ void linear_split_k(const LinearArgs& p) {
     const long long begin = blockIdx.z * p.k_chunk, end = min(p.k, begin + p.k_chunk);
     float* out = p.out + blockIdx.z * p.n * p.m;
-    linear_tile(p, begin, end, [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
+    linear_tile<Core>(p, begin, end,
+                      [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
-ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_f32(LinearArgs p) {
+template <class Core>
+__device__ void linear_qkv_windows(const LinearArgs& p) {
     const long long width = p.m / 3;  // c
-    linear_tile(p, 0, p.k, [&](long long r, long long c, float acc) {
+    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
         const long long which = c / width, channel = c % width;
         const long long head = channel / p.hd, ch = channel % p.hd;
         const long long token = r / p.batch, b = r % p.batch;
@@ -135,3 +289,24 @@ ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_f32(LinearArgs 
         p.out[(((which * p.heads + head) * p.batch + b) * p.l_all + slot) * p.hd + ch] = v;
     });
 }
+
+}  // namespace
+
+// linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores).
+#define LINEAR_KERNELS(PRECISION, CORE)                                                    \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_##PRECISION(LinearArgs p) {  \
+        linear_bias<CORE>(p);                                                              \
+    }                                                                                      \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_relu_##PRECISION(LinearArgs p) { \
+        linear_bias_relu<CORE>(p);                                                         \
+    }                                                                                      \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_split_k_##PRECISION(LinearArgs p) { \
+        linear_split_k<CORE>(p);                                                           \
+    }                                                                                      \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_##PRECISION(LinearArgs p) { \
+        linear_qkv_windows<CORE>(p);                                                       \
+    }
+
+LINEAR_KERNELS(f32, SimtF32)
+LINEAR_KERNELS(tf32, Tf32Core)
+LINEAR_KERNELS(bf16, Bf16Core)

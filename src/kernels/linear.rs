@@ -4,6 +4,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConf
 
 use super::KernelModule;
 use super::raw::{check_len, ptr, ptr_mut};
+use crate::cswintt::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
 
@@ -64,9 +65,12 @@ pub enum Epilogue<'a> {
     },
 }
 
-/// The kernels of `linear.cu`, loaded once.
+/// The kernels of `linear.cu` for one precision, loaded once: `linear_<epilogue>_<precision>`,
+/// f32 on CUDA cores, tf32 and bf16 on tensor cores (f32 operands in memory, rounded in
+/// registers; f32 accumulation). Every variant takes the same arguments and shapes.
 #[derive(Debug, Clone)]
 pub struct LinearKernels {
+    precision: Precision,
     bias: Kernel,
     bias_relu: Kernel,
     split_k: Kernel,
@@ -74,14 +78,45 @@ pub struct LinearKernels {
 }
 
 impl LinearKernels {
+    /// The f32 (CUDA-core) kernels.
     pub fn load(gpu: &Gpu) -> Result<LinearKernels> {
+        Self::load_precision(gpu, Precision::F32)
+    }
+
+    /// The kernels computing in `precision`: the one place a precision picks its GEMMs.
+    pub fn load_precision(gpu: &Gpu, precision: Precision) -> Result<LinearKernels> {
+        let [bias, bias_relu, split_k, qkv_windows] = match precision {
+            Precision::F32 => [
+                "linear_bias_f32",
+                "linear_bias_relu_f32",
+                "linear_split_k_f32",
+                "linear_qkv_windows_f32",
+            ],
+            Precision::Tf32 => [
+                "linear_bias_tf32",
+                "linear_bias_relu_tf32",
+                "linear_split_k_tf32",
+                "linear_qkv_windows_tf32",
+            ],
+            Precision::Bf16 => [
+                "linear_bias_bf16",
+                "linear_bias_relu_bf16",
+                "linear_split_k_bf16",
+                "linear_qkv_windows_bf16",
+            ],
+        };
         let k = |name| gpu.kernel(KernelModule::Linear, name);
         Ok(LinearKernels {
-            bias: k("linear_bias_f32")?,
-            bias_relu: k("linear_bias_relu_f32")?,
-            split_k: k("linear_split_k_f32")?,
-            qkv_windows: k("linear_qkv_windows_f32")?,
+            precision,
+            bias: k(bias)?,
+            bias_relu: k(bias_relu)?,
+            split_k: k(split_k)?,
+            qkv_windows: k(qkv_windows)?,
         })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// `out = epilogue(x W^T + bias)` with `x` `(n, k)`, `weight` `(m, k)`, `bias` `(m)`; `out`

@@ -116,14 +116,9 @@ pub fn gpu_backend(
     weights: Arc<Weights>,
     options: EngineOptions,
 ) -> Result<Box<dyn Backend>> {
-    if options.precision != Precision::F32 {
-        return Err(Error::invalid(
-            "--precision",
-            format!("the GPU engine computes in f32, not {}", options.precision),
-        ));
-    }
     let gpu = crate::gpu::Gpu::open(ordinal)?;
-    let mut engine = super::gpu::GpuEngine::new(gpu, weights, options.mode)?;
+    let mut engine =
+        super::gpu::GpuEngine::with_precision(gpu, weights, options.mode, options.precision)?;
     engine.set_graph(options.graph);
     Ok(Box::new(engine))
 }

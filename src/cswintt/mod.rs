@@ -430,3 +430,21 @@ impl fmt::Display for Precision {
 /// Tolerance of the CPU reference against the golden files: relative error
 /// `||ours - expected||_F / ||expected||_F <= 1e-5`.
 pub const CPU_F32_TOLERANCE: f64 = 1e-5;
+
+/// Tolerance of an engine whose linear layers run on tf32 tensor cores (f32 accumulation).
+pub const TF32_TOLERANCE: f64 = 2e-3;
+
+/// Tolerance of an engine whose linear layers run on bf16 tensor cores (f32 accumulation).
+pub const BF16_TOLERANCE: f64 = 2e-2;
+
+impl Precision {
+    /// The relative error (`||ours - expected||_F / ||expected||_F`) an engine computing in
+    /// this precision is held to against the golden files and the CPU reference.
+    pub fn tolerance(self) -> f64 {
+        match self {
+            Precision::F32 => CPU_F32_TOLERANCE,
+            Precision::Tf32 => TF32_TOLERANCE,
+            Precision::Bf16 => BF16_TOLERANCE,
+        }
+    }
+}

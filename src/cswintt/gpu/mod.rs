@@ -1,5 +1,7 @@
-//! The GPU engine: the CSWinTT transformer in f32 on CUDA cores with our own kernels
-//! (`kernels/linear.cu`, `layer_norm.cu`, `window_attention.cu`).
+//! The GPU engine: the CSWinTT transformer with our own kernels (`kernels/linear.cu`,
+//! `layer_norm.cu`, `window_attention.cu`). In f32 everything runs on CUDA cores; in tf32 or
+//! bf16 ([`GpuEngine::with_precision`]) the linear layers' GEMMs run on tensor cores with f32
+//! accumulation, while attention (softmax) and LayerNorm stay f32.
 //!
 //! Parameters and per-head tables (gathered bias `B_w`, `sr`, partition index maps) are
 //! uploaded once by [`GpuEngine::new`]; activations are allocated once per batch size and
@@ -84,12 +86,22 @@ pub struct GpuEngine {
 }
 
 impl GpuEngine {
-    /// Uploads the weights and per-head tables to `gpu` and loads the kernels.
+    /// Uploads the weights and per-head tables to `gpu` and loads the kernels (f32).
     pub fn new(gpu: Arc<Gpu>, weights: Arc<Weights>, mode: Mode) -> Result<GpuEngine> {
+        Self::with_precision(gpu, weights, mode, Precision::F32)
+    }
+
+    /// As [`GpuEngine::new`], with the linear layers computing in `precision`.
+    pub fn with_precision(
+        gpu: Arc<Gpu>,
+        weights: Arc<Weights>,
+        mode: Mode,
+        precision: Precision,
+    ) -> Result<GpuEngine> {
         let plan = Plan::new(&weights.config)?;
         let s = gpu.stream();
         let kernels = Kernels {
-            linear: LinearKernels::load(&gpu)?,
+            linear: LinearKernels::load_precision(&gpu, precision)?,
             layer_norm: LayerNormKernel::load(&gpu)?,
             attention: WindowAttentionKernel::load(&gpu)?,
         };
@@ -119,6 +131,11 @@ impl GpuEngine {
 
     pub fn mode(&self) -> Mode {
         self.dispatch.mode()
+    }
+
+    /// The precision of the linear layers (attention and LayerNorm are always f32).
+    pub fn precision(&self) -> Precision {
+        self.kernels.linear.precision()
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -599,8 +616,12 @@ impl GpuEngine {
 impl Backend for GpuEngine {
     fn describe(&self) -> String {
         format!(
-            "GPU engine on {} (f32 CUDA cores, heads {}{})",
+            "GPU engine on {} ({}, heads {}{})",
             self.gpu.describe(),
+            match GpuEngine::precision(self) {
+                Precision::F32 => "f32 CUDA cores".to_string(),
+                p => format!("{p} tensor-core linear layers"),
+            },
             self.mode(),
             if self.use_graph { ", CUDA graph" } else { "" }
         )
@@ -611,11 +632,14 @@ impl Backend for GpuEngine {
     }
 
     fn precision(&self) -> Precision {
-        Precision::F32
+        GpuEngine::precision(self)
     }
 
     fn tolerance(&self) -> f64 {
-        GPU_F32_TOLERANCE
+        match GpuEngine::precision(self) {
+            Precision::F32 => GPU_F32_TOLERANCE,
+            p => p.tolerance(),
+        }
     }
 
     fn run(&mut self, inputs: &Inputs, intermediates: bool) -> Result<Outputs> {

@@ -58,6 +58,38 @@ fn check_passes_on_every_golden_file_in_every_mode() {
     }
 }
 
+/// `--precision P --check GOLDEN` on every golden file, eager and with `--graph` (fused).
+fn check_passes_in(test: &str, precision: &str) {
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    for name in GOLDEN_NAMES {
+        let (_, golden) = golden_pair(name).unwrap();
+        for (mode, graph) in [("sequential", false), ("fused", true)] {
+            let mut cmd = infer();
+            cmd.args(["--device", "cuda", "--precision", precision, "--mode", mode])
+                .arg("--check")
+                .arg(&golden);
+            if graph {
+                cmd.arg("--graph");
+            }
+            let text = run_ok(&mut cmd);
+            assert!(text.contains("PASS"), "{text}");
+            println!("{name} {precision} {mode} graph {graph}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn check_passes_on_every_golden_file_tf32() {
+    check_passes_in("check_passes_on_every_golden_file_tf32", "tf32");
+}
+
+#[test]
+fn check_passes_on_every_golden_file_bf16() {
+    check_passes_in("check_passes_on_every_golden_file_bf16", "bf16");
+}
+
 #[test]
 fn default_model_runs_fused_with_graph_and_reports_gflops() {
     if gpu_or_skip("default_model_runs_fused_with_graph_and_reports_gflops").is_none() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use attnrt::cswintt::cpu::CpuReference;
 use attnrt::cswintt::gpu::trace::head_overlap;
 use attnrt::cswintt::gpu::{GPU_F32_TOLERANCE, GpuEngine, Part};
-use attnrt::cswintt::{EXPECTED_PREFIX, Inputs, Mode, Outputs};
+use attnrt::cswintt::{EXPECTED_PREFIX, Inputs, Mode, Outputs, Precision};
 use attnrt::gpu::{EventTimer, Gpu, testing::gpu_or_skip};
 use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
@@ -19,9 +19,27 @@ use attnrt::model::{Config, TensorFile, Weights, relative_error};
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
 fn engine(gpu: &Arc<Gpu>, weights: &Arc<Weights>, mode: Mode) -> GpuEngine {
-    let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
+    engine_in(gpu, weights, mode, Precision::F32)
+}
+
+fn engine_in(
+    gpu: &Arc<Gpu>,
+    weights: &Arc<Weights>,
+    mode: Mode,
+    precision: Precision,
+) -> GpuEngine {
+    let mut e = GpuEngine::with_precision(gpu.clone(), weights.clone(), mode, precision).unwrap();
+    assert_eq!(e.precision(), precision);
     e.set_poison(true);
     e
+}
+
+/// The relative error each precision is held to (f32: the engine's own 1e-5).
+fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => GPU_F32_TOLERANCE,
+        p => p.tolerance(),
+    }
 }
 
 fn bits(o: &Outputs) -> Vec<u32> {
@@ -31,9 +49,16 @@ fn bits(o: &Outputs) -> Vec<u32> {
 }
 
 fn check_golden(name: &str) {
-    let Some(gpu) = gpu_or_skip(name) else {
+    check_golden_in(name, name, Precision::F32);
+}
+
+/// Every `expected.*` of golden file `name` in every mode, computing in `precision`; all
+/// modes agree bit for bit (they share the GEMMs and differ only in head dispatch).
+fn check_golden_in(test: &str, name: &str, precision: Precision) {
+    let Some(gpu) = gpu_or_skip(test) else {
         return;
     };
+    let tol = tolerance(precision);
     let (wpath, gpath) = golden_pair(name).unwrap();
     let weights = Arc::new(Weights::load(&wpath).unwrap());
     let golden = TensorFile::open(&gpath).unwrap();
@@ -46,7 +71,7 @@ fn check_golden(name: &str) {
     assert_eq!(expected.len(), 15, "{name}: expected.* tensors");
     let mut results = Vec::new();
     for mode in MODES {
-        let mut e = engine(&gpu, &weights, mode);
+        let mut e = engine_in(&gpu, &weights, mode, precision);
         let out = e.run(&inputs, true).unwrap();
         let mut worst = 0.0f64;
         let mut failures = Vec::new();
@@ -58,17 +83,17 @@ fn check_golden(name: &str) {
             assert_eq!(ours.shape, want.shape, "{name} {mode}: {n} shape");
             let err = relative_error(&ours.data, &want.data).unwrap();
             worst = worst.max(err);
-            if err > GPU_F32_TOLERANCE {
+            if err > tol {
                 failures.push(format!("{n}: {err:.3e}"));
             }
         }
         println!(
-            "{name} {mode}: max relative error over {} tensors {worst:.3e}",
+            "{name} {mode} {precision}: max relative error over {} tensors {worst:.3e}",
             expected.len()
         );
         assert!(
             failures.is_empty(),
-            "{name} {mode}: over 1e-5: {failures:?}"
+            "{name} {mode} {precision}: over {tol:e}: {failures:?}"
         );
         results.push(out);
     }
@@ -101,11 +126,44 @@ fn golden_tiny_pad_s2_all_modes() {
     check_golden("tiny_pad_s2");
 }
 
+#[test]
+fn golden_tiny_s1_all_modes_tf32() {
+    check_golden_in("golden_tiny_s1_all_modes_tf32", "tiny_s1", Precision::Tf32);
+}
+
+#[test]
+fn golden_tiny_pad_s2_all_modes_tf32() {
+    check_golden_in(
+        "golden_tiny_pad_s2_all_modes_tf32",
+        "tiny_pad_s2",
+        Precision::Tf32,
+    );
+}
+
+#[test]
+fn golden_tiny_s1_all_modes_bf16() {
+    check_golden_in("golden_tiny_s1_all_modes_bf16", "tiny_s1", Precision::Bf16);
+}
+
+#[test]
+fn golden_tiny_pad_s2_all_modes_bf16() {
+    check_golden_in(
+        "golden_tiny_pad_s2_all_modes_bf16",
+        "tiny_pad_s2",
+        Precision::Bf16,
+    );
+}
+
 /// The released size on fresh random inputs: both modes against one CPU reference run.
 fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
+    check_released_in(test, batch, padding, seed, Precision::F32);
+}
+
+fn check_released_in(test: &str, batch: usize, padding: Padding, seed: u64, precision: Precision) {
     let Some(gpu) = gpu_or_skip(test) else {
         return;
     };
+    let tol = tolerance(precision);
     let weights = Arc::new(synthetic_weights(&Config::released(), 100 + seed));
     let inputs = random_inputs(&weights.config, batch, seed, padding, true);
     let want = CpuReference::new(weights.clone())
@@ -114,7 +172,7 @@ fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
         .unwrap();
     let mut results = Vec::new();
     for mode in MODES {
-        let mut e = engine(&gpu, &weights, mode);
+        let mut e = engine_in(&gpu, &weights, mode, precision);
         // Twice, so the second run reuses (poisoned) activations.
         e.run(&inputs, false).unwrap();
         let out = e.run(&inputs, false).unwrap();
@@ -124,8 +182,11 @@ fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
         ] {
             assert_eq!(ours.shape, theirs.shape, "{test} {mode}: {what} shape");
             let err = relative_error(&ours.data, &theirs.data).unwrap();
-            println!("{test} {mode}: {what} relative error vs CPU {err:.3e}");
-            assert!(err <= GPU_F32_TOLERANCE, "{test} {mode}: {what} {err:.3e}");
+            println!("{test} {mode} {precision}: {what} relative error vs CPU {err:.3e}");
+            assert!(
+                err <= tol,
+                "{test} {mode} {precision}: {what} {err:.3e} > {tol:e}"
+            );
         }
         results.push(out);
     }
@@ -156,6 +217,30 @@ fn released_size_batch1_padded_matches_cpu() {
         Padding::Borders,
         2,
     );
+}
+
+#[test]
+fn released_size_batch1_unpadded_tf32_matches_cpu() {
+    let test = "released_size_batch1_unpadded_tf32_matches_cpu";
+    check_released_in(test, 1, Padding::None, 1, Precision::Tf32);
+}
+
+#[test]
+fn released_size_batch1_padded_tf32_matches_cpu() {
+    let test = "released_size_batch1_padded_tf32_matches_cpu";
+    check_released_in(test, 1, Padding::Borders, 2, Precision::Tf32);
+}
+
+#[test]
+fn released_size_batch1_unpadded_bf16_matches_cpu() {
+    let test = "released_size_batch1_unpadded_bf16_matches_cpu";
+    check_released_in(test, 1, Padding::None, 1, Precision::Bf16);
+}
+
+#[test]
+fn released_size_batch1_padded_bf16_matches_cpu() {
+    let test = "released_size_batch1_padded_bf16_matches_cpu";
+    check_released_in(test, 1, Padding::Borders, 2, Precision::Bf16);
 }
 
 #[test]

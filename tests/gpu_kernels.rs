@@ -3,6 +3,7 @@
 //! are poisoned (NaN) first, so an unwritten element fails. Skips without a GPU;
 //! `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
+use attnrt::cswintt::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels};
@@ -21,8 +22,22 @@ fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_within(what, got, want, TOL);
+}
+
+fn assert_within(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let err = relative_error(got, want).expect("same length");
-    assert!(err <= TOL, "{what}: relative error {err:e} > {TOL:e}");
+    println!("{what}: relative error {err:.3e}");
+    assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+}
+
+/// What each linear-kernel test holds a precision's GEMMs to against the f64 loop.
+fn linear_tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => TOL,
+        Precision::Tf32 => 2e-3,
+        Precision::Bf16 => 1e-2,
+    }
 }
 
 /// A NaN-filled device buffer of `n` floats.
@@ -55,13 +70,36 @@ fn linear_epilogues_match_a_cpu_loop() {
     // n, m: not multiples of the 64x64 tile. k = 45: scalar loads, a partial 16-wide k
     // step; k = 48: float4 loads.
     for k in [45, 48] {
-        check_linear(&gpu, 131, 97, k);
+        check_linear(&gpu, Precision::F32, 131, 97, k);
     }
 }
 
-fn check_linear(gpu: &Gpu, n: usize, m: usize, k: usize) {
+/// The tensor-core variants on odd sizes: partial tiles in n and m, a partial k step (k not
+/// a multiple of 8 or 16), float4 loads, and a long k (several split chunks of many steps).
+fn check_linear_tensor_cores(test: &str, precision: Precision) {
+    let Some(gpu) = gpu_or_skip(test) else {
+        return;
+    };
+    for (n, m, k) in [(131, 97, 45), (131, 97, 48), (70, 200, 1030), (5, 33, 256)] {
+        check_linear(&gpu, precision, n, m, k);
+    }
+}
+
+#[test]
+fn linear_epilogues_tf32_match_a_cpu_loop() {
+    check_linear_tensor_cores("linear_epilogues_tf32_match_a_cpu_loop", Precision::Tf32);
+}
+
+#[test]
+fn linear_epilogues_bf16_match_a_cpu_loop() {
+    check_linear_tensor_cores("linear_epilogues_bf16_match_a_cpu_loop", Precision::Bf16);
+}
+
+fn check_linear(gpu: &Gpu, precision: Precision, n: usize, m: usize, k: usize) {
     let s = gpu.stream();
-    let kernels = LinearKernels::load(gpu).unwrap();
+    let kernels = LinearKernels::load_precision(gpu, precision).unwrap();
+    let tol = linear_tolerance(precision);
+    let label = format!("{precision} ({n}, {m}, {k})");
     let mut rng = ChaCha8Rng::seed_from_u64(5 + k as u64);
     let (x, w, bias) = (
         random(&mut rng, n * k),
@@ -91,13 +129,15 @@ fn check_linear(gpu: &Gpu, n: usize, m: usize, k: usize) {
         kernels
             .run(s, &dx, &dw, &db, (n, m, k), &mut out, epilogue)
             .unwrap();
-        assert_close(
-            &format!("{what}, k = {k}"),
+        assert_within(
+            &format!("{what}, {label}"),
             &gpu::download(s, &out).unwrap(),
             &want,
+            tol,
         );
     }
-    // Split over k in 3 chunks (of 16, 16 and 13): the partial products sum to x W^T.
+    // Split over k in 3 chunks (of 16, 16 and 13 for k = 45): the partial products sum to
+    // x W^T.
     let splits = 3;
     let mut out = poisoned(gpu, splits * n * m);
     let epilogue = Epilogue::SplitK { splits };
@@ -111,18 +151,44 @@ fn check_linear(gpu: &Gpu, n: usize, m: usize, k: usize) {
     let want: Vec<f32> = (0..n * m)
         .map(|e| (base[e] - bias[e % m] as f64) as f32)
         .collect();
-    assert_close(&format!("split k, k = {k}"), &got, &want);
+    assert_within(&format!("split k, {label}"), &got, &want, tol);
 }
 
 #[test]
 fn qkv_projection_writes_each_heads_window_layout() {
-    let Some(gpu) = gpu_or_skip("qkv_projection_writes_each_heads_window_layout") else {
+    check_qkv_windows(
+        "qkv_projection_writes_each_heads_window_layout",
+        Precision::F32,
+        (23, 3, 3, 5, 19),
+    );
+}
+
+#[test]
+fn qkv_projection_tf32_writes_each_heads_window_layout() {
+    let test = "qkv_projection_tf32_writes_each_heads_window_layout";
+    check_qkv_windows(test, Precision::Tf32, (23, 3, 3, 5, 19));
+    check_qkv_windows(test, Precision::Tf32, (41, 2, 4, 8, 67));
+}
+
+#[test]
+fn qkv_projection_bf16_writes_each_heads_window_layout() {
+    let test = "qkv_projection_bf16_writes_each_heads_window_layout";
+    check_qkv_windows(test, Precision::Bf16, (23, 3, 3, 5, 19));
+    check_qkv_windows(test, Precision::Bf16, (41, 2, 4, 8, 67));
+}
+
+/// `(tokens, batch, heads, hd, k)`: the QKV projection into each head's window layout.
+fn check_qkv_windows(
+    test: &str,
+    precision: Precision,
+    (tokens, batch, heads, hd, k): (usize, usize, usize, usize, usize),
+) {
+    let Some(gpu) = gpu_or_skip(test) else {
         return;
     };
     let s = gpu.stream();
-    let kernels = LinearKernels::load(&gpu).unwrap();
+    let kernels = LinearKernels::load_precision(&gpu, precision).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(6);
-    let (tokens, batch, heads, hd, k) = (23, 3, 3, 5, 19);
     let (c, n) = (heads * hd, tokens * batch);
     let m = 3 * c;
     let (x, w, bias) = (
@@ -169,7 +235,12 @@ fn qkv_projection_writes_each_heads_window_layout() {
     kernels
         .run(s, &dx, &dw, &db, (n, m, k), &mut out, epilogue)
         .unwrap();
-    assert_close("qkv windows", &gpu::download(s, &out).unwrap(), &want);
+    assert_within(
+        &format!("qkv windows, {precision} ({tokens}, {batch}, {heads}, {hd}, {k})"),
+        &gpu::download(s, &out).unwrap(),
+        &want,
+        linear_tolerance(precision),
+    );
 }
 
 /// `LN(v) * gamma + beta` per row of `c`, in f64.

@@ -6,7 +6,10 @@
 //! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
 //! and prints how much the head kernels overlap.
 //!
-//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--trace-dir DIR]`
+//! `--precision f32|tf32|bf16` (default f32) picks the linear layers' arithmetic (tf32 and bf16:
+//! tensor cores); `--precision all` times the three in turn.
+//!
+//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--precision P] [--trace-dir DIR]`
 //! (a plain program, not criterion: p50 of event-timed passes is the figure we report).
 
 use std::path::PathBuf;
@@ -14,7 +17,7 @@ use std::sync::Arc;
 
 use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
 use attnrt::cswintt::gpu::{GpuEngine, Part};
-use attnrt::cswintt::{Mode, flops};
+use attnrt::cswintt::{Mode, Precision, flops};
 use attnrt::gpu::{EventTimer, Gpu, Graph};
 use attnrt::model::Config;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
@@ -23,6 +26,7 @@ struct Options {
     reps: usize,
     warmup: usize,
     trace_dir: Option<PathBuf>,
+    precisions: Vec<Precision>,
 }
 
 fn options() -> Options {
@@ -30,6 +34,7 @@ fn options() -> Options {
         reps: 300,
         warmup: 30,
         trace_dir: None,
+        precisions: vec![Precision::F32],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -38,6 +43,12 @@ fn options() -> Options {
             "--reps" => o.reps = value().parse().expect("--reps N"),
             "--warmup" => o.warmup = value().parse().expect("--warmup N"),
             "--trace-dir" => o.trace_dir = Some(PathBuf::from(value())),
+            "--precision" => {
+                o.precisions = match value().as_str() {
+                    "all" => vec![Precision::F32, Precision::Tf32, Precision::Bf16],
+                    p => vec![p.parse().expect("--precision f32|tf32|bf16|all")],
+                }
+            }
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -77,8 +88,21 @@ fn main() {
     };
     let weights = Arc::new(synthetic_weights(&Config::released(), 2022));
     let inputs = random_inputs(&weights.config, 1, 1, Padding::None, true);
+    for &precision in &o.precisions {
+        bench_precision(&gpu, &o, &weights, &inputs, precision);
+    }
+}
+
+fn bench_precision(
+    gpu: &Arc<Gpu>,
+    o: &Options,
+    weights: &Arc<attnrt::model::Weights>,
+    inputs: &attnrt::cswintt::Inputs,
+    precision: Precision,
+) {
     println!(
-        "{}; released size, batch 1; p50 (p10-p90) over {} passes after {} warm-up",
+        "{}; released size, batch 1, {precision} linear layers; p50 (p10-p90) over {} passes \
+         after {} warm-up",
         gpu.describe(),
         o.reps,
         o.warmup
@@ -91,12 +115,13 @@ fn main() {
     let transformer_flops = flops(&weights.config, 1);
     let mut p50 = Vec::new();
     for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
-        let mut e = GpuEngine::new(gpu.clone(), weights.clone(), mode).unwrap();
-        e.load_inputs(&inputs).unwrap();
+        let mut e =
+            GpuEngine::with_precision(gpu.clone(), weights.clone(), mode, precision).unwrap();
+        e.load_inputs(inputs).unwrap();
         for part in [Part::Encoder, Part::Transformer] {
-            let eager = time(&gpu, &o, || e.enqueue(part, None));
+            let eager = time(gpu, o, || e.enqueue(part, None));
             let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
-            let replay = time(&gpu, &o, || graph.replay());
+            let replay = time(gpu, o, || graph.replay());
             for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
                 let rate = match part {
                     Part::Transformer => format!("{:.0}", transformer_flops / (pct(ms, 0.5) * 1e6)),
@@ -129,7 +154,10 @@ fn main() {
                 ov.max_concurrent
             );
             std::fs::create_dir_all(dir).unwrap();
-            let path = dir.join(format!("transformer_{mode}.json"));
+            let path = match precision {
+                Precision::F32 => dir.join(format!("transformer_{mode}.json")),
+                p => dir.join(format!("transformer_{mode}_{p}.json")),
+            };
             std::fs::write(&path, chrome_trace(&spans).to_string()).unwrap();
         }
     }
@@ -143,7 +171,7 @@ fn main() {
             let seq = get(Mode::Sequential);
             for mode in [Mode::Streams, Mode::Fused] {
                 println!(
-                    "{part:?} {launch}: {mode} vs sequential p50 {:+.1}%",
+                    "{part:?} {launch} {precision}: {mode} vs sequential p50 {:+.1}%",
                     (get(mode) - seq) / seq * 100.0
                 );
             }

@@ -1,5 +1,5 @@
 //! `attnrt-infer` on the GPU: `--device cuda --check GOLDEN` passes on both golden files in
-//! every dispatch mode, eager and with `--graph`; the default model runs in `streams` and
+//! every dispatch mode, eager and with `--graph`, and with `--precision tf32|bf16`; the default model runs in `streams` and
 //! `fused` mode and reports GFLOP/s; `--trace FILE` writes a Chrome trace with every head. The binary is taken
 //! from `ATTNRT_BIN_DIR` when set (staged binaries on the device machine), else cargo's.
 //! Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.

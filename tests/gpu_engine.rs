@@ -2,8 +2,9 @@
 //! files (every `expected.*` tensor) and against the CPU reference at the released size on
 //! fresh random inputs. Activations are poisoned (NaN) before every run, so an unwritten
 //! element fails. All modes must agree bit for bit, and a CUDA-graph replay must equal the
-//! eager run bit for bit. Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU
-//! fail.
+//! eager run bit for bit. The `*_tf32` / `*_bf16` tests do the same with the linear layers on
+//! tensor cores, held to 2e-3 / 2e-2 (golden files, and the CPU at batch 1). Skips without a
+//! GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! Each kernel of the GPU engine against a plain CPU loop (f64 accumulation) on odd sizes:
 //! partial tiles, window counts that do not fill a block, batch > 1, several heads. Outputs
-//! are poisoned (NaN) first, so an unwritten element fails. Skips without a GPU;
-//! `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
+//! are poisoned (NaN) first, so an unwritten element fails. The linear kernels are also run in
+//! tf32 and bf16 (tensor cores; tests named `*_tf32_*`, `*_bf16_*`), held to 2e-3 and 1e-2.
+//! Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
 use attnrt::cswintt::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};

@@ -4,7 +4,8 @@ use cudarc::driver::LaunchConfig;
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::KernelModule;
-use super::raw::{check_len, opt_ptr, ptr, ptr_mut};
+use super::raw::{opt_ptr, ptr, ptr_mut};
+use super::shape::check_len;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 

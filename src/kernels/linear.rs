@@ -3,7 +3,8 @@
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{check_len, ptr, ptr_mut};
+use super::raw::{ptr, ptr_mut};
+use super::shape::check_len;
 use crate::cswintt::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};

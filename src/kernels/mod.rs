@@ -6,6 +6,7 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 pub mod layer_norm;
 pub mod linear;
 mod raw;
+pub(crate) mod shape;
 pub mod smoke;
 pub mod train_ops;
 pub mod train_vit;

@@ -22,15 +22,3 @@ pub(crate) fn ptr_mut<T>(buf: &mut impl DevicePtrMut<T>, stream: &CudaStream) ->
 pub(crate) fn opt_ptr<T>(buf: Option<&CudaView<'_, T>>, stream: &CudaStream) -> u64 {
     buf.map_or(0, |b| ptr(b, stream))
 }
-
-/// Fails with a message naming `kernel` and `what` unless `len == want`.
-pub(crate) fn check_len(kernel: &str, what: &str, len: usize, want: usize) -> crate::Result<()> {
-    if len == want {
-        Ok(())
-    } else {
-        Err(crate::Error::invalid(
-            kernel,
-            format!("{what} has {len} elements, expected {want}"),
-        ))
-    }
-}

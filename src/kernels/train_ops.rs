@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
 use super::KernelModule;
+use super::shape::{check_at_least as check, elementwise};
 
 /// Most participants the all-reduce kernel takes (`MAX_PEERS` in the .cu file).
 pub const MAX_PEERS: usize = 8;
@@ -20,26 +21,6 @@ struct Peers([u64; MAX_PEERS]);
 
 // SAFETY: plain data with the C layout of the kernel's `struct Peers`.
 unsafe impl DeviceRepr for Peers {}
-
-fn check(kernel: &str, what: &str, len: usize, want: usize) -> Result<()> {
-    if len < want {
-        return Err(Error::invalid(
-            kernel,
-            format!("{what} has {len} elements, needs {want}"),
-        ));
-    }
-    Ok(())
-}
-
-/// A grid for element-wise work over `n` items, capped (the kernels stride).
-fn elementwise(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
 
 /// `y[r, c] += b[c]`, then ReLU when `relu`.
 pub fn bias_act<Y: DevicePtrMut<f32>, B: DevicePtr<f32>>(

@@ -7,24 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
 use super::KernelModule;
-
-fn check(kernel: &str, what: &str, len: usize, want: usize) -> Result<()> {
-    if len < want {
-        return Err(Error::invalid(
-            kernel,
-            format!("{what} has {len} elements, needs {want}"),
-        ));
-    }
-    Ok(())
-}
-
-fn elementwise(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
+use super::shape::{check_at_least as check, elementwise};
 
 /// One warp per row, 8 rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {

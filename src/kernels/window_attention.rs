@@ -10,7 +10,8 @@
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{check_len, opt_ptr, ptr, ptr_mut};
+use super::raw::{opt_ptr, ptr, ptr_mut};
+use super::shape::{check_at_least, check_len};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
@@ -145,17 +146,6 @@ fn extent(layout: SlotLayout, s: &AttentionShape, slots: usize) -> usize {
     (s.batch - 1) * layout.batch + (slots - 1) * layout.slot + (s.heads - 1) * s.head_stride + s.hd
 }
 
-fn check_covers(kernel: &str, what: &str, len: usize, need: usize) -> Result<()> {
-    if len >= need {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            kernel,
-            format!("{what} has {len} elements, but the launch reads up to {need}"),
-        ))
-    }
-}
-
 impl WindowAttentionKernel {
     pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernel> {
         const NAMES: [&str; 4] = [
@@ -242,9 +232,9 @@ impl WindowAttentionKernel {
             }
         }
         let slots = s.n_queries;
-        check_covers(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;
-        check_covers(name, "k", ops.k.len(), extent(ops.kv_layout, s, s.n_keys))?;
-        check_covers(name, "v", ops.v.len(), extent(ops.kv_layout, s, s.n_keys))?;
+        check_at_least(name, "q", ops.q.len(), extent(ops.q_layout, s, slots))?;
+        check_at_least(name, "k", ops.k.len(), extent(ops.kv_layout, s, s.n_keys))?;
+        check_at_least(name, "v", ops.v.len(), extent(ops.kv_layout, s, s.n_keys))?;
         if let Some(b) = &ops.bias {
             check_len(name, "bias", b.len(), slots / ww * s.n_keys)?;
         }
@@ -268,7 +258,7 @@ impl WindowAttentionKernel {
                 s.heads, s.hd, ops.out_channel, ops.out_row
             ));
         }
-        check_covers(name, "out", ops.out.len(), tokens * s.batch * ops.out_row)?;
+        check_at_least(name, "out", ops.out.len(), tokens * s.batch * ops.out_row)?;
         if let Some(h) = &ops.head_out {
             if s.heads != 1 {
                 return bad("head_out is for single-head launches".into());

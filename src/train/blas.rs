@@ -8,6 +8,7 @@ use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
+use crate::kernels::shape::check_at_least;
 use crate::{Error, Result};
 
 struct Shape {
@@ -35,13 +36,7 @@ impl Shape {
 }
 
 fn check(what: &str, name: &str, len: usize, need: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::invalid(
-            format!("GEMM {what}"),
-            format!("{name} has {len} elements, needs {need}"),
-        ));
-    }
-    Ok(())
+    check_at_least(&format!("GEMM {what}"), name, len, need)
 }
 
 fn run<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(

@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
 use super::KernelModule;
-use super::shape::{check_at_least as check, elementwise};
+use super::raw::{ptr, ptr_mut};
+use super::shape::{check_at_least as check, elementwise, pointwise};
 
 /// Most participants the all-reduce kernel takes (`MAX_PEERS` in the .cu file).
 pub const MAX_PEERS: usize = 8;
@@ -59,15 +60,17 @@ pub fn relu_backward<D: DevicePtrMut<f32>, Y: DevicePtr<f32>>(
     y: &Y,
     n: usize,
 ) -> Result<()> {
-    const K: &str = "relu_backward_f32";
-    check(K, "dx", dx.len(), n)?;
-    check(K, "y", y.len(), n)?;
-    let k = gpu.kernel(KernelModule::TrainOps, K)?;
-    let (dp, _d) = dx.device_ptr_mut(stream);
-    let (yp, _y) = y.device_ptr(stream);
-    let n64 = n as i64;
-    // SAFETY: argument types match; both buffers hold n elements.
-    unsafe { k.on(stream).arg(&dp).arg(&yp).arg(&n64).go(elementwise(n)) }
+    let a = ("dx", dx.len(), ptr_mut(dx, stream));
+    let b = ("y", y.len(), ptr(y, stream));
+    pointwise(
+        gpu,
+        stream,
+        KernelModule::TrainOps,
+        "relu_backward_f32",
+        a,
+        b,
+        n,
+    )
 }
 
 /// `db[c] = sum_r dy[r, c]`.

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
 use super::KernelModule;
-use super::shape::{check_at_least as check, elementwise};
+use super::raw::{ptr, ptr_mut};
+use super::shape::{check_at_least as check, elementwise, pointwise};
 
 /// One warp per row, 8 rows per block.
 fn warp_rows(rows: usize) -> LaunchConfig {
@@ -86,15 +87,9 @@ pub fn add<Y: DevicePtrMut<f32>, X: DevicePtr<f32>>(
     x: &X,
     n: usize,
 ) -> Result<()> {
-    const K: &str = "add_f32";
-    check(K, "y", y.len(), n)?;
-    check(K, "x", x.len(), n)?;
-    let k = gpu.kernel(KernelModule::TrainVit, K)?;
-    let (yp, _y) = y.device_ptr_mut(stream);
-    let (xp, _x) = x.device_ptr(stream);
-    let n64 = n as i64;
-    // SAFETY: argument types match; sizes checked.
-    unsafe { k.on(stream).arg(&yp).arg(&xp).arg(&n64).go(elementwise(n)) }
+    let a = ("y", y.len(), ptr_mut(y, stream));
+    let b = ("x", x.len(), ptr(x, stream));
+    pointwise(gpu, stream, KernelModule::TrainVit, "add_f32", a, b, n)
 }
 
 /// LayerNorm forward over `rows x d`; writes `y`, `xhat` and `rstd` (one per row).
@@ -213,15 +208,9 @@ pub fn gelu_fwd<X: DevicePtr<f32>, Y: DevicePtrMut<f32>>(
     y: &mut Y,
     n: usize,
 ) -> Result<()> {
-    const K: &str = "gelu_fwd_f32";
-    check(K, "x", x.len(), n)?;
-    check(K, "y", y.len(), n)?;
-    let k = gpu.kernel(KernelModule::TrainVit, K)?;
-    let (xp, _x) = x.device_ptr(stream);
-    let (yp, _y) = y.device_ptr_mut(stream);
-    let n64 = n as i64;
-    // SAFETY: argument types match; sizes checked.
-    unsafe { k.on(stream).arg(&xp).arg(&yp).arg(&n64).go(elementwise(n)) }
+    let a = ("x", x.len(), ptr(x, stream));
+    let b = ("y", y.len(), ptr_mut(y, stream));
+    pointwise(gpu, stream, KernelModule::TrainVit, "gelu_fwd_f32", a, b, n)
 }
 
 /// `d *= gelu'(x)` for the first `n` elements.
@@ -232,15 +221,9 @@ pub fn gelu_bwd<X: DevicePtr<f32>, D: DevicePtrMut<f32>>(
     d: &mut D,
     n: usize,
 ) -> Result<()> {
-    const K: &str = "gelu_bwd_f32";
-    check(K, "x", x.len(), n)?;
-    check(K, "d", d.len(), n)?;
-    let k = gpu.kernel(KernelModule::TrainVit, K)?;
-    let (xp, _x) = x.device_ptr(stream);
-    let (dp, _d) = d.device_ptr_mut(stream);
-    let n64 = n as i64;
-    // SAFETY: argument types match; sizes checked.
-    unsafe { k.on(stream).arg(&xp).arg(&dp).arg(&n64).go(elementwise(n)) }
+    let a = ("x", x.len(), ptr(x, stream));
+    let b = ("d", d.len(), ptr_mut(d, stream));
+    pointwise(gpu, stream, KernelModule::TrainVit, "gelu_bwd_f32", a, b, n)
 }
 
 /// Shape of a head split: `n` images, `t` tokens, `h` heads of `dh`, in rows of `stride`

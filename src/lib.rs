@@ -14,6 +14,7 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
+pub mod multijob;
 pub mod sched;
 pub mod train;
 

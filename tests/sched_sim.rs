@@ -112,6 +112,8 @@ fn small_workload() -> impl Strategy<Value = JobFile> {
                                 }
                                 u
                             }),
+                            optimizer: None,
+                            lr: None,
                             sim: Some(JobSim {
                                 sample_ms: sample,
                                 iter_overhead_ms: overhead + 0.01,

@@ -160,34 +160,6 @@ fn sigterm_checkpoints_and_exits_130() {
 }
 
 #[test]
-fn several_jobs_are_refused_for_now() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("two.toml");
-    let one =
-        "name = \"{}\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\nbatch_size = 8\niterations = 1\n";
-    std::fs::write(
-        &path,
-        format!(
-            "[[job]]\n{}[[job]]\n{}",
-            one.replace("{}", "a"),
-            one.replace("{}", "b")
-        ),
-    )
-    .unwrap();
-    let out = Command::new(binary())
-        .arg("--jobs")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        log.contains("multi-job training comes with issue 8"),
-        "{log}"
-    );
-}
-
-#[test]
 fn corrupted_checkpoint_stops_resume_with_the_file_named() {
     let dir = tempfile::tempdir().unwrap();
     let job = job_file(dir.path(), 4);

@@ -393,6 +393,7 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
             resume: false,
             prefetch: 2,
             stop: Arc::new(AtomicBool::new(false)),
+            dr_updates: None,
         };
         train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
         engine.state().unwrap().params
@@ -464,6 +465,7 @@ fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
             resume: false,
             prefetch: 1,
             stop: Arc::new(AtomicBool::new(false)),
+            dr_updates: None,
         };
         train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
         engine.state().unwrap().params

@@ -324,6 +324,7 @@ fn run(
         resume: false,
         prefetch: 2,
         stop: Arc::new(AtomicBool::new(false)),
+        dr_updates: None,
     };
     train(&job, engine, &opts, &mut |_| {}).unwrap();
     engine.replica_params().unwrap()

@@ -1,11 +1,12 @@
 //! `attnrt-train`: Slow-Down-fair multi-job data-parallel training.
 //!
-//! Without `--simulate` it trains the job file's one job for real (`attnrt-train/train_cli.rs`),
-//! on the GPUs `--gpus` names or on the CPU. With `--simulate` it runs the job file through the
-//! discrete-event simulator with the chosen policy, prints a table, and optionally writes the
-//! JSON report and an SVG plot. Exit codes: 0 success, 1 bad input or I/O error (a file with
-//! several jobs, without --simulate, included), 2 usage error, 130 stopped by SIGINT/SIGTERM
-//! (after a checkpoint).
+//! Without `--simulate`, a job file with one job trains it directly
+//! (`attnrt-train/train_cli.rs`); a file with several runs them all at once, one worker
+//! process each, under the DR manager (`attnrt-train/multi_cli.rs`, `attnrt::multijob`). With
+//! `--simulate` the file runs through the discrete-event simulator instead. Both print a table
+//! and can write the JSON report, the manager's decision log and an SVG plot. Exit codes: 0
+//! success, 1 bad input, I/O error or a failed job, 2 usage error, 130 stopped by
+//! SIGINT/SIGTERM (after a checkpoint).
 
 // The argument docs are clap's help text, where `[manager]` names a TOML table, not a link.
 #![allow(rustdoc::broken_intra_doc_links)]
@@ -17,9 +18,14 @@ use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
 
+use attnrt::sched::decisions::DecisionLog;
+use attnrt::sched::jobs::ManagerConfig;
 use attnrt::sched::plot::write_trace_svg;
-use attnrt::sched::{JobFile, PolicyKind, SimOptions, simulate};
+use attnrt::sched::sim::Trace;
+use attnrt::sched::{JobFile, PolicyKind, Report, SimOptions, simulate};
 
+#[path = "attnrt-train/multi_cli.rs"]
+mod multi_cli;
 #[path = "attnrt-train/train_cli.rs"]
 mod train_cli;
 
@@ -50,11 +56,14 @@ impl From<PolicyArg> for PolicyKind {
 ///
 /// Several training jobs share the GPUs; a manager sets each job's distribution ratio (how
 /// its mini-batch is split over the GPUs) so that no job is slowed down much more than the
-/// others. With --simulate, the job file runs through a deterministic simulator instead of
-/// on GPUs (no GPU needed). Without it, the file's one job trains for real (multi-job
-/// training comes with issue 8).
+/// others. Without --simulate, every job of the file trains for real, each in a process of
+/// its own, concurrently, while the manager measures GPU utilisation and each job's
+/// Slow-Down and changes DRs (a file with one job just trains it). With --simulate, the job
+/// file runs through a deterministic simulator instead (no GPU needed).
 ///
 /// Examples:
+///   attnrt-train --jobs examples/multijob-2gpu.toml --policy thesis \
+///       --checkpoint-dir ckpt --report run.json --plot run.svg --write-sim calibrated.toml
 ///   attnrt-train --simulate --jobs examples/thesis-4gpu.toml --policy thesis \
 ///       --report thesis.json --plot thesis.svg
 ///   attnrt-train --jobs examples/train-mlp-synthetic.toml --gpus 0,1 \
@@ -98,57 +107,146 @@ struct Args {
     #[arg(long)]
     log_changes: bool,
 
+    /// Write the manager's decision log (every admission and round, with the measured
+    /// inputs) as JSON.
+    #[arg(long, value_name = "PATH")]
+    decisions: Option<PathBuf>,
+
+    /// Multi-job runs: write the job file with [simulation] and [job.sim] fitted to the
+    /// calibration measurements, for --simulate.
+    #[arg(long, value_name = "PATH")]
+    write_sim: Option<PathBuf>,
+
+    /// Multi-job runs: take each job's exclusive iteration time from [job.sim] instead of
+    /// measuring it alone before the run.
+    #[arg(long)]
+    no_calibrate: bool,
+
+    /// Internal: run as the worker process of this job (started by the manager).
+    #[arg(long, value_name = "JOB", hide = true)]
+    worker: Option<String>,
+
     #[command(flatten)]
     train: train_cli::TrainArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.simulate {
-        return train_cli::main(&args.jobs, args.report.as_deref(), &args.train);
+    if let Some(job) = &args.worker {
+        return ExitCode::from(multi_cli::worker(job, &args.jobs, &args.train));
     }
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("attnrt-train: {e}");
-            ExitCode::from(1)
+    let result = if args.simulate {
+        run_simulation(&args).map(|()| ExitCode::SUCCESS)
+    } else {
+        match JobFile::load(&args.jobs) {
+            Ok(file) if file.jobs.len() == 1 => {
+                return train_cli::main(&args.jobs, args.report.as_deref(), &args.train);
+            }
+            Ok(file) => multi_cli::run(&args, file),
+            Err(e) => Err(e),
         }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("attnrt-train: {e}");
+        ExitCode::from(1)
+    })
+}
+
+/// Checks `--plot` names an SVG file (the one format built in).
+fn check_plot_path(args: &Args) -> attnrt::Result<()> {
+    match &args.plot {
+        Some(plot)
+            if plot
+                .extension()
+                .is_some_and(|e| !e.eq_ignore_ascii_case("svg")) =>
+        {
+            Err(attnrt::Error::invalid(
+                format!("--plot {}", plot.display()),
+                "only SVG is built in; give a path ending in .svg",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
-fn run(args: &Args) -> attnrt::Result<()> {
-    if let Some(plot) = &args.plot
-        && plot
-            .extension()
-            .is_some_and(|e| !e.eq_ignore_ascii_case("svg"))
-    {
-        return Err(attnrt::Error::invalid(
-            format!("--plot {}", plot.display()),
-            "only SVG is built in; give a path ending in .svg",
-        ));
+/// The policy settings: the file's [manager] table with the flags' overrides.
+fn manager_config(args: &Args, file: &JobFile) -> ManagerConfig {
+    let mut cfg = file.manager.clone();
+    if let Some(p) = args.policy {
+        cfg.policy = p.into();
     }
+    if let Some(v) = args.sd_threshold {
+        cfg.sd_threshold = v;
+    }
+    if let Some(v) = args.util_threshold {
+        cfg.util_threshold = v;
+    }
+    if let Some(v) = args.period {
+        cfg.period_s = v;
+    }
+    cfg
+}
+
+/// Prints `summary` and writes the report, decision log and plot the flags ask for. With
+/// `--report -` the JSON goes to standard output and the summary to standard error.
+fn write_outputs(
+    args: &Args,
+    summary: &str,
+    report: &Report,
+    trace: &Trace,
+    decisions: Option<&DecisionLog>,
+) -> attnrt::Result<()> {
+    let to_stdout = args.report.as_deref() == Some(Path::new("-"));
+    if to_stdout {
+        eprintln!("{summary}");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", report.to_json()).map_err(|e| attnrt::Error::io("-", e))?;
+    } else {
+        println!("{summary}");
+        if let Some(path) = &args.report {
+            std::fs::write(path, report.to_json() + "\n")
+                .map_err(|e| attnrt::Error::io(path, e))?;
+        }
+    }
+    if let (Some(path), Some(log)) = (&args.decisions, decisions) {
+        std::fs::write(path, log.to_json() + "\n").map_err(|e| attnrt::Error::io(path, e))?;
+    }
+    if args.log_changes {
+        for c in &trace.changes {
+            eprintln!(
+                "t={:>8.2}s  {:<16} SD {:>6.3}  {} -> {}  {:?}",
+                c.time_s, trace.job_names[c.job], c.sd, c.from, c.to, c.action
+            );
+        }
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{} on {} GPUs: {}",
+            report.policy,
+            report.gpus,
+            args.jobs.display()
+        );
+        write_trace_svg(trace, &title, path)?;
+    }
+    Ok(())
+}
+
+fn run_simulation(args: &Args) -> attnrt::Result<()> {
+    check_plot_path(args)?;
     let origin = args.jobs.display().to_string();
     let file = JobFile::load(&args.jobs)?;
+    let manager = manager_config(args, &file);
     let options = SimOptions {
-        policy: args.policy.map(PolicyKind::from),
-        sd_threshold: args.sd_threshold,
-        util_threshold: args.util_threshold,
-        period_s: args.period,
+        policy: Some(manager.policy),
+        sd_threshold: Some(manager.sd_threshold),
+        util_threshold: Some(manager.util_threshold),
+        period_s: Some(manager.period_s),
         trace: args.plot.is_some() || args.log_changes,
+        decisions: args.decisions.is_some(),
     };
     let started = Instant::now();
     let outcome = simulate(&file, &origin, &options)?;
     let wall = started.elapsed().as_secs_f64();
-
-    if args.log_changes {
-        for c in &outcome.trace.changes {
-            eprintln!(
-                "t={:>8.2}s  {:<16} SD {:>6.3}  {} -> {}  {:?}",
-                c.time_s, outcome.trace.job_names[c.job], c.sd, c.from, c.to, c.action
-            );
-        }
-    }
-    let to_stdout = args.report.as_deref() == Some(Path::new("-"));
     let summary = format!(
         "{}\n{} manager rounds, {} DR changes, {} iterations, {} events; simulated in {:.3} s",
         outcome.report.table(),
@@ -158,23 +256,11 @@ fn run(args: &Args) -> attnrt::Result<()> {
         outcome.stats.events,
         wall
     );
-    if to_stdout {
-        eprintln!("{summary}");
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", outcome.report.to_json()).map_err(|e| attnrt::Error::io("-", e))?;
-    } else {
-        println!("{summary}");
-        if let Some(path) = &args.report {
-            std::fs::write(path, outcome.report.to_json() + "\n")
-                .map_err(|e| attnrt::Error::io(path, e))?;
-        }
-    }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "{} on {} GPUs: {}",
-            outcome.report.policy, outcome.report.gpus, origin
-        );
-        write_trace_svg(&outcome.trace, &title, path)?;
-    }
-    Ok(())
+    write_outputs(
+        args,
+        &summary,
+        &outcome.report,
+        &outcome.trace,
+        outcome.decisions.as_ref(),
+    )
 }

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -20,8 +20,8 @@ use crate::{Error, Result};
 pub const DR_UNITS: u8 = 10;
 
 /// How one job splits its mini-batch over the `m` GPUs of a machine. See the module docs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
 pub struct DistributionRatio {
     units: Vec<u8>,
 }
@@ -198,6 +198,12 @@ impl TryFrom<Vec<u8>> for DistributionRatio {
     type Error = Error;
     fn try_from(units: Vec<u8>) -> Result<Self> {
         DistributionRatio::new(units)
+    }
+}
+
+impl From<DistributionRatio> for Vec<u8> {
+    fn from(dr: DistributionRatio) -> Vec<u8> {
+        dr.units
     }
 }
 

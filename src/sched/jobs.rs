@@ -20,6 +20,8 @@
 //! iterations = 3000
 //! arrival_s = 0.0
 //! initial_dr = [5, 5, 0, 0]   # optional; default even
+//! optimizer = "adamw"      # optional, real trainer only: sgd | adamw
+//! lr = 1e-3                # optional, real trainer only
 //! [job.sim]                # read by the simulator only
 //! sample_ms = 0.9
 //! iter_overhead_ms = 3.0
@@ -38,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dr::DistributionRatio;
 use super::policy::{PolicyKind, ThesisParams};
+use crate::train::optim::OptimizerKind;
 use crate::{Error, Result};
 
 /// `[manager]`: the policy and its parameters.
@@ -166,6 +169,12 @@ pub struct JobSpec {
     /// Initial distribution ratio, one entry per GPU; `None` means even.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_dr: Option<Vec<i64>>,
+    /// The real trainer's optimizer, `sgd` or `adamw` (`--optimizer` overrides; default adamw).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<String>,
+    /// The real trainer's learning rate (`--lr` overrides; default 1e-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
     /// Simulated costs; ignored by the real trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<JobSim>,
@@ -326,6 +335,13 @@ impl JobFile {
             if let Some(units) = &job.initial_dr {
                 DistributionRatio::from_signed(units)
                     .map_err(|p| Error::invalid(jctx("initial_dr"), p))?;
+            }
+            if let Some(name) = &job.optimizer {
+                name.parse::<OptimizerKind>()
+                    .map_err(|p| Error::invalid(jctx("optimizer"), p))?;
+            }
+            if let Some(lr) = job.lr {
+                positive(lr).map_err(|p| Error::invalid(jctx("lr"), p))?;
             }
             if let Some(sim) = &job.sim {
                 non_negative(sim.sample_ms)

@@ -6,12 +6,14 @@
 //! - [`slowdown`]: the Slow-Down estimator and per-job progress tracking;
 //! - [`policy`]: the [`Policy`] trait, the `static`, `even`, `packed` and `thesis` policies,
 //!   and the [`Manager`] whose [`Manager::evaluate`] is one evaluation round;
+//! - [`decisions`]: the manager's decision log and its replay;
 //! - [`jobs`]: the job file (TOML) shared with the trainer;
 //! - [`sim`]: the discrete-event simulator; [`report`]: its report; [`plot`]: SVG plots;
 //! - [`workload`]: synthetic workloads for scale runs.
 //!
 //! The model and the policies are described in `docs/SCHEDULING.md`.
 
+pub mod decisions;
 pub mod dr;
 pub mod jobs;
 pub mod plot;

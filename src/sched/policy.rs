@@ -21,6 +21,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::decisions::{DecisionLog, Entry, RoundJob};
 use super::dr::{DR_UNITS, DistributionRatio, largest_remainder};
 use crate::{Error, Result};
 
@@ -244,7 +245,7 @@ impl Policy for PackedPolicy {
 }
 
 /// The thesis' two thresholds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ThesisParams {
     /// `s`: a job whose SD is below this is never moved.
     pub sd_threshold: f64,
@@ -574,6 +575,10 @@ impl FromStr for PolicyKind {
 pub struct Manager {
     gpus: usize,
     policy: Box<dyn Policy + Send>,
+    /// The decision log, when recording ([`Manager::recording`]).
+    log: Option<DecisionLog>,
+    /// The caller's clock, stamped on log entries.
+    now_s: f64,
 }
 
 impl fmt::Debug for Manager {
@@ -593,7 +598,35 @@ impl Manager {
                 "a machine needs at least one GPU",
             ));
         }
-        Ok(Manager { gpus, policy })
+        Ok(Manager {
+            gpus,
+            policy,
+            log: None,
+            now_s: 0.0,
+        })
+    }
+
+    /// A manager running policy `kind` that logs every admission and round with the inputs
+    /// it saw (see [`super::decisions`]).
+    pub fn recording(gpus: usize, kind: PolicyKind, params: ThesisParams) -> Result<Self> {
+        let mut m = Manager::new(gpus, kind.build(params))?;
+        m.log = Some(DecisionLog {
+            policy: kind,
+            params,
+            gpus,
+            entries: Vec::new(),
+        });
+        Ok(m)
+    }
+
+    /// Sets the time stamped on the next log entries (seconds on the caller's clock).
+    pub fn set_time(&mut self, now_s: f64) {
+        self.now_s = now_s;
+    }
+
+    /// The decision log so far (`None` unless [`recording`](Self::recording)).
+    pub fn log(&self) -> Option<&DecisionLog> {
+        self.log.as_ref()
     }
 
     pub fn gpus(&self) -> usize {
@@ -617,11 +650,41 @@ impl Manager {
                 ),
             ));
         }
+        if let Some(log) = &mut self.log {
+            log.entries.push(Entry::Admit {
+                time_s: self.now_s,
+                job: job.job_index,
+                initial_dr: job.initial_dr.clone(),
+                dr: dr.clone(),
+            });
+        }
         Ok(dr)
     }
 
     /// One evaluation round: the policy's decisions, one per job of `inputs`, in order.
+    /// The log (when recording) names the jobs by their position in `inputs`.
     pub fn evaluate(&mut self, inputs: &PeriodInputs) -> Result<Vec<Decision>> {
+        let positions: Vec<usize> = (0..inputs.jobs().len()).collect();
+        self.evaluate_jobs(&positions, inputs)
+    }
+
+    /// [`evaluate`](Self::evaluate) with the job-file index of each job of `inputs`, for the
+    /// log.
+    pub fn evaluate_jobs(
+        &mut self,
+        jobs: &[usize],
+        inputs: &PeriodInputs,
+    ) -> Result<Vec<Decision>> {
+        if jobs.len() != inputs.jobs().len() {
+            return Err(Error::invalid(
+                "manager inputs",
+                format!(
+                    "{} job indices for {} jobs",
+                    jobs.len(),
+                    inputs.jobs().len()
+                ),
+            ));
+        }
         if inputs.gpus() != self.gpus {
             return Err(Error::invalid(
                 "manager inputs",
@@ -644,6 +707,24 @@ impl Manager {
                     inputs.jobs().len()
                 ),
             ));
+        }
+        if let Some(log) = &mut self.log {
+            log.entries.push(Entry::Round {
+                time_s: self.now_s,
+                util: inputs.util().to_vec(),
+                jobs: inputs
+                    .jobs()
+                    .iter()
+                    .zip(&decisions)
+                    .zip(jobs)
+                    .map(|((o, d), &job)| RoundJob {
+                        job,
+                        sd: o.sd,
+                        dr: o.dr.clone(),
+                        decided: d.dr.clone(),
+                    })
+                    .collect(),
+            });
         }
         Ok(decisions)
     }

@@ -18,7 +18,16 @@ pub struct JobReport {
     pub slowdown: f64,
 }
 
-/// A run's report; the JSON has exactly these fields.
+/// A job that did not finish (real runs only: a worker that failed or crashed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailedJob {
+    pub name: String,
+    /// Steps completed when it failed.
+    pub step: u64,
+    pub error: String,
+}
+
+/// A run's report; the JSON has exactly these fields (`failed` only when a job failed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub policy: String,
@@ -32,6 +41,9 @@ pub struct Report {
     pub makespan_s: f64,
     /// Busy fraction of each GPU over the makespan, averaged over GPUs, percent.
     pub mean_gpu_util: f64,
+    /// Jobs that failed; the figures above are over the finished jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedJob>,
 }
 
 impl Report {
@@ -68,7 +80,14 @@ impl Report {
             jain_index: jain_index(&inv),
             makespan_s,
             mean_gpu_util,
+            failed: Vec::new(),
         }
+    }
+
+    /// The report with `failed` jobs listed.
+    pub fn with_failed(mut self, failed: Vec<FailedJob>) -> Self {
+        self.failed = failed;
+        self
     }
 
     /// The JSON text of the report.
@@ -104,6 +123,13 @@ impl Report {
                 s,
                 "{:<width$}  {:>12.1}  {:>12.1}  {:>9.3}",
                 j.name, j.completion_s, j.exclusive_s, j.slowdown
+            );
+        }
+        for f in &self.failed {
+            let _ = writeln!(
+                s,
+                "{:<width$}  FAILED at step {}: {}",
+                f.name, f.step, f.error
             );
         }
         let _ = writeln!(s, "max slowdown   {:.3}", self.max_slowdown);

@@ -32,11 +32,10 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::decisions::DecisionLog;
 use super::dr::DistributionRatio;
 use super::jobs::{JobFile, ManagerConfig, SimulationConfig};
-use super::policy::{
-    Action, Admission, JobObservation, Manager, PeriodInputs, PolicyKind, ThesisParams,
-};
+use super::policy::{Action, Admission, JobObservation, Manager, PeriodInputs, PolicyKind};
 use super::report::{JobReport, Report};
 use super::slowdown::JobProgress;
 use crate::{Error, Result};
@@ -54,6 +53,8 @@ pub struct SimOptions {
     pub period_s: Option<f64>,
     /// Record the SD and utilisation seen at every round (for plots).
     pub trace: bool,
+    /// Record the manager's decision log ([`super::decisions`]).
+    pub decisions: bool,
 }
 
 /// What the manager saw over a run, one sample per round.
@@ -102,6 +103,8 @@ pub struct SimOutcome {
     pub report: Report,
     pub trace: Trace,
     pub stats: SimStats,
+    /// The manager's decision log, when [`SimOptions::decisions`] asked for it.
+    pub decisions: Option<DecisionLog>,
 }
 
 /// Runs the job file under its manager settings, with `options` overriding them. Every job
@@ -171,7 +174,12 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let sim = Simulator::new(machine, &manager_cfg, params, jobs, options.trace)?;
+    let manager = if options.decisions {
+        Manager::recording(machine.gpus, manager_cfg.policy, params)?
+    } else {
+        Manager::new(machine.gpus, manager_cfg.policy.build(params))?
+    };
+    let sim = Simulator::new(machine, &manager_cfg, manager, jobs, options.trace)?;
     sim.run()
 }
 
@@ -372,12 +380,11 @@ impl Simulator {
     fn new(
         machine: SimulationConfig,
         manager_cfg: &ManagerConfig,
-        params: ThesisParams,
+        manager: Manager,
         jobs: Vec<SimJob>,
         trace: bool,
     ) -> Result<Self> {
         let m = machine.gpus;
-        let manager = Manager::new(m, manager_cfg.policy.build(params))?;
         let trace = trace.then(|| Trace {
             job_names: jobs.iter().map(|j| j.name.clone()).collect(),
             job_sd: vec![Vec::new(); jobs.len()],
@@ -465,6 +472,7 @@ impl Simulator {
             job_index: k,
             initial_dr: self.jobs[k].initial_dr.clone(),
         };
+        self.manager.set_time(self.jobs[k].arrival_s);
         let dr = self.manager.admit(&admission)?;
         let job = &mut self.jobs[k];
         job.set_dr(dr);
@@ -641,7 +649,8 @@ impl Simulator {
             return Ok(());
         }
         let inputs = PeriodInputs::new(util, observations)?;
-        let decisions = self.manager.evaluate(&inputs)?;
+        self.manager.set_time(t);
+        let decisions = self.manager.evaluate_jobs(&running, &inputs)?;
         for ((decision, &k), obs) in decisions.into_iter().zip(&running).zip(inputs.jobs()) {
             if decision.dr == obs.dr {
                 continue;
@@ -692,6 +701,7 @@ impl Simulator {
         let busy: Vec<f64> = self.gpus.iter().map(|g| g.busy_total).collect();
         let report = Report::new(self.manager.policy_name(), self.m, jobs, makespan, &busy);
         SimOutcome {
+            decisions: self.manager.log().cloned(),
             report,
             trace: self.trace.unwrap_or_default(),
             stats: self.stats,
@@ -713,6 +723,8 @@ mod tests {
             iterations: iters,
             arrival_s: arrival,
             initial_dr: dr,
+            optimizer: None,
+            lr: None,
             sim: Some(JobSim {
                 sample_ms: 1.0,
                 iter_overhead_ms: 0.0,

@@ -146,6 +146,12 @@ impl JobProgress {
         })
     }
 
+    /// The same job resumed with `done` iterations already completed.
+    pub fn with_done_iters(mut self, done: u64) -> Self {
+        self.done_iters = done.min(self.total_iters);
+        self
+    }
+
     /// An iteration began at `now_s`.
     pub fn iteration_started(&mut self, now_s: f64) {
         self.current_start = Some(now_s);

@@ -135,6 +135,8 @@ pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
             iterations,
             arrival_s: (t * 1000.0_f64).round() / 1000.0,
             initial_dr: Some(dr),
+            optimizer: None,
+            lr: None,
             sim: Some(JobSim {
                 sample_ms: model.sample_ms,
                 iter_overhead_ms: model.iter_overhead_ms,

@@ -8,13 +8,16 @@
 //! - [`cpu`]: the CPU forward/backward (reference and backend); [`replica`]: the same on a
 //!   GPU (cuBLAS through [`blas`] + `kernels/train_ops.cu`), the ViT's in [`vit_gpu`];
 //! - [`allreduce`]: the gradient exchange; [`engine`]: CPU and multi-GPU engines;
-//! - [`checkpoint`]: atomic, checksummed checkpoints; [`trainer`]: the loop.
+//! - [`checkpoint`]: atomic, checksummed checkpoints; [`trainer`]: the loop;
+//! - [`setup`]: from a `[[job]]` and the flags to a job and an engine; [`calibrate`]: the
+//!   exclusive iteration time a multi-job manager needs.
 //!
 //! See `docs/TRAINING.md`.
 
 pub mod allreduce;
 pub mod batches;
 pub mod blas;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod cpu;
 pub mod data;
@@ -22,6 +25,7 @@ pub mod engine;
 pub mod model;
 pub mod optim;
 pub mod replica;
+pub mod setup;
 pub mod trainer;
 pub mod vit;
 pub mod vit_gpu;
@@ -30,4 +34,5 @@ pub use data::Dataset;
 pub use engine::{CpuEngine, Engine, GpuEngine, State};
 pub use model::ModelSpec;
 pub use optim::Optimizer;
+pub use setup::{Devices, open_engine, open_job, optimizer_for};
 pub use trainer::{Job, Outcome, Progress, TrainOptions, train};

@@ -148,6 +148,15 @@ impl FromStr for OptimizerKind {
     }
 }
 
+impl fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::AdamW => "adamw",
+        })
+    }
+}
+
 impl OptimizerKind {
     pub fn with_lr(self, lr: f32) -> Optimizer {
         match self {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use super::batches::{Loader, shard_ranges};
@@ -41,6 +42,9 @@ pub struct TrainOptions {
     pub prefetch: usize,
     /// Set (by a signal handler, say) to stop at the next step boundary after a checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// New distribution ratios (from a multi-job manager). The newest one received takes
+    /// effect at the next step boundary, so no sample is dropped or repeated.
+    pub dr_updates: Option<Receiver<DistributionRatio>>,
 }
 
 /// After each step, for progress output.
@@ -54,6 +58,8 @@ pub struct Progress {
     pub accuracy: f64,
     /// Samples per second since this run (or resume) started.
     pub samples_per_s: f64,
+    /// This step's wall time, seconds (waiting for the batch included).
+    pub step_s: f64,
 }
 
 /// How a run ended.
@@ -80,17 +86,7 @@ pub fn train(
     opts: &TrainOptions,
     on_step: &mut dyn FnMut(&Progress),
 ) -> Result<Outcome> {
-    if opts.dr.gpus() != engine.devices() {
-        return Err(Error::invalid(
-            format!("job '{}': distribution ratio", job.name),
-            format!(
-                "{} has {} entries for {} devices",
-                opts.dr,
-                opts.dr.gpus(),
-                engine.devices()
-            ),
-        ));
-    }
+    check_dr(job, &opts.dr, engine.devices())?;
     let layout = job.model.layout();
     let mut start_step = 0;
     if opts.resume
@@ -115,7 +111,7 @@ pub fn train(
         job.iterations,
         opts.prefetch,
     )?;
-    let shards = shard_ranges(&opts.dr, job.batch_size);
+    let mut shards = shard_ranges(&opts.dr, job.batch_size);
     let started = Instant::now();
     let mut outcome = Outcome {
         start_step,
@@ -133,6 +129,11 @@ pub fn train(
             outcome.stopped = true;
             break;
         }
+        if let Some(dr) = opts.dr_updates.as_ref().and_then(|r| r.try_iter().last()) {
+            check_dr(job, &dr, engine.devices())?;
+            shards = shard_ranges(&dr, job.batch_size);
+        }
+        let step_started = Instant::now();
         let Some(batch) = loader.next_batch() else {
             return Err(Error::invalid(
                 format!("job '{}'", job.name),
@@ -145,6 +146,15 @@ pub fn train(
             loader.recycle(b);
         }
         outcome.step += 1;
+        if !stats.loss.is_finite() {
+            return Err(Error::invalid(
+                format!("job '{}'", job.name),
+                format!(
+                    "the loss is {} at step {} (training diverged; lower the learning rate)",
+                    stats.loss, outcome.step
+                ),
+            ));
+        }
         let done = (outcome.step - start_step) as f64 * job.batch_size as f64;
         outcome.elapsed_s = started.elapsed().as_secs_f64();
         outcome.samples_per_s = done / outcome.elapsed_s.max(1e-9);
@@ -156,6 +166,7 @@ pub fn train(
             loss: outcome.loss,
             accuracy: outcome.accuracy,
             samples_per_s: outcome.samples_per_s,
+            step_s: step_started.elapsed().as_secs_f64(),
         });
         if opts.checkpoint_every > 0 && outcome.step.is_multiple_of(opts.checkpoint_every) {
             outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
@@ -167,6 +178,16 @@ pub fn train(
     }
     outcome.elapsed_s = started.elapsed().as_secs_f64();
     Ok(outcome)
+}
+
+fn check_dr(job: &Job, dr: &DistributionRatio, devices: usize) -> Result<()> {
+    if dr.gpus() != devices {
+        return Err(Error::invalid(
+            format!("job '{}': distribution ratio", job.name),
+            format!("{dr} has {} entries for {devices} devices", dr.gpus()),
+        ));
+    }
+    Ok(())
 }
 
 fn save(

@@ -11,46 +11,46 @@ use indicatif::{ProgressBar, ProgressStyle};
 use attnrt::sched::report::{JobReport, Report};
 use attnrt::sched::{DistributionRatio, JobFile};
 use attnrt::train::optim::OptimizerKind;
-use attnrt::train::{
-    CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, State, TrainOptions, train,
-};
+use attnrt::train::{Devices, TrainOptions, open_engine, open_job, optimizer_for, train};
 use attnrt::{Error, Result};
 
 /// Flags of real training (ignored with --simulate).
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Devices: `all` (every GPU; the CPU when there is none), `cpu`, or GPU ordinals like `0,1`.
+    /// Devices: `all` (every GPU; the CPU when there is none), `cpu`, `cpu:N` (N shards in
+    /// turn on the CPU: rehearses an N-GPU machine), or GPU ordinals like `0,1`.
     #[arg(long, value_name = "LIST", default_value = "all")]
-    gpus: String,
+    pub gpus: String,
 
     /// Distribution ratio over the chosen devices, tenths like `2,8`; overrides the job's
     /// initial_dr (default even).
     #[arg(long, value_name = "TENTHS")]
-    dr: Option<String>,
+    pub dr: Option<String>,
 
     /// Seed for initialisation, sample order and augmentation.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
 
-    /// `adamw` or `sgd` (momentum 0.9).
-    #[arg(long, default_value = "adamw")]
-    optimizer: OptimizerKind,
+    /// `adamw` or `sgd` (momentum 0.9); overrides the jobs' `optimizer` (default adamw).
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
 
-    /// Learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f32,
+    /// Learning rate; overrides the jobs' `lr` (default 1e-3).
+    #[arg(long)]
+    pub lr: Option<f32>,
 
-    /// Directory for checkpoints (safetensors + JSON).
+    /// Directory for checkpoints (safetensors + JSON; one subdirectory per job when the file
+    /// has several).
     #[arg(long, value_name = "DIR")]
-    checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_dir: Option<PathBuf>,
 
     /// Checkpoint every K steps (0: only on SIGINT/SIGTERM and at the end).
     #[arg(long, value_name = "K", default_value_t = 0)]
-    checkpoint_every: u64,
+    pub checkpoint_every: u64,
 
     /// Continue from the newest checkpoint in --checkpoint-dir.
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
 
     /// Print a loss/accuracy/throughput line every N steps (default: 10 lines per run).
     #[arg(long, value_name = "N")]
@@ -58,7 +58,7 @@ pub struct TrainArgs {
 
     /// Batches the loader prepares ahead.
     #[arg(long, value_name = "N", default_value_t = 4)]
-    prefetch: usize,
+    pub prefetch: usize,
 }
 
 /// Runs real training and maps the result to an exit code.
@@ -73,112 +73,45 @@ pub fn main(jobs: &Path, report: Option<&Path>, args: &TrainArgs) -> ExitCode {
     }
 }
 
-/// The devices to train on: `None` is the CPU. `all` without a usable GPU says why on stderr.
-fn devices(flag: &str) -> Result<Option<Vec<usize>>> {
-    let bad = |p: String| Error::invalid(format!("--gpus {flag}"), p);
-    match flag {
-        "cpu" => Ok(None),
-        "all" => match attnrt::gpu::device_count() {
-            Ok(n) if attnrt::kernels::compiled() => Ok(Some((0..n).collect())),
-            Ok(_) => {
-                eprintln!("attnrt-train: this build has no compiled kernels; training on the CPU");
-                Ok(None)
-            }
-            Err(e) => {
-                eprintln!("attnrt-train: {e}; training on the CPU");
-                Ok(None)
-            }
-        },
-        list => {
-            let ordinals = list
-                .split(',')
-                .map(|g| g.trim().parse::<usize>())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| bad("expected all, cpu, or GPU ordinals like 0,1".into()))?;
-            let mut seen = ordinals.clone();
-            seen.sort();
-            seen.dedup();
-            if seen.len() != ordinals.len() {
-                return Err(bad("names a GPU twice".into()));
-            }
-            Ok(Some(ordinals))
-        }
-    }
-}
-
 fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result<bool> {
     let origin = jobs_path.display().to_string();
     let file = JobFile::load(jobs_path)?;
-    let spec = match file.jobs.as_slice() {
-        [one] => one,
-        [] => return Err(Error::invalid(&origin, "has no [[job]]")),
-        many => {
-            return Err(Error::invalid(
-                &origin,
-                format!(
-                    "has {} jobs; multi-job training comes with issue 8 (train one job per \
-                     file for now, or use --simulate)",
-                    many.len()
-                ),
-            ));
-        }
+    let [spec] = file.jobs.as_slice() else {
+        return Err(Error::invalid(
+            &origin,
+            format!("has {} jobs, this path trains exactly one", file.jobs.len()),
+        ));
     };
     if args.resume && args.checkpoint_dir.is_none() {
         return Err(Error::invalid("--resume", "needs --checkpoint-dir"));
     }
-    let devices = devices(&args.gpus)?;
-    let count = devices.as_ref().map_or(1, Vec::len);
+    let (devices, notice) = Devices::parse(&args.gpus)?;
+    if let Some(n) = notice {
+        eprintln!("attnrt-train: {n}");
+    }
+    let count = devices.count();
     let dr = match &args.dr {
-        Some(text) => {
-            let units: Vec<i64> = text
-                .split(',')
-                .map(|u| u.trim().parse::<i64>())
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|_| Error::invalid(format!("--dr {text}"), "expected tenths like 2,8"))?;
-            if units.len() != count {
-                return Err(Error::invalid(
-                    format!("--dr {text}"),
-                    format!("has {} entries for {count} devices", units.len()),
-                ));
-            }
-            DistributionRatio::from_signed(&units)
-                .map_err(|p| Error::invalid(format!("--dr {text}"), p))?
-        }
+        Some(text) => parse_dr(text, count)?,
         None => match spec.initial_dr(count, &origin)? {
             Some(dr) => dr,
             None => DistributionRatio::even(count)?,
         },
     };
 
-    let ctx = |key: &str| format!("{origin}: job '{}': {key}", spec.name);
-    let dataset = Arc::new(Dataset::open(&spec.dataset, args.seed, &ctx("dataset"))?);
-    let model = ModelSpec::parse(
-        &spec.model,
-        dataset.shape(),
-        dataset.classes(),
-        &ctx("model"),
-    )?;
-    let optimizer = args.optimizer.with_lr(args.lr);
-    let state = State::fresh(model.init(args.seed), &optimizer);
-    let mut engine: Box<dyn Engine> = match &devices {
-        Some(ordinals) => Box::new(GpuEngine::new(ordinals, &model, optimizer, &state)?),
-        None => Box::new(CpuEngine::new(model.clone(), optimizer, 1, state)),
-    };
+    let job = open_job(spec, &origin, args.seed)?;
+    let optimizer = optimizer_for(spec, args.optimizer, args.lr)?;
+    let mut engine = open_engine(&devices, &job, optimizer, args.seed)?;
     if let Some(notice) = engine.notice() {
         eprintln!("attnrt-train: {notice}");
     }
-    let where_ = match &devices {
-        Some(o) => format!("GPUs {o:?}"),
-        None => "the CPU".to_string(),
-    };
     eprintln!(
-        "job '{}': {} on {} ({} samples), batch {}, {} iterations, {} on {where_}, DR {dr}",
-        spec.name,
-        spec.model,
-        dataset.name(),
-        dataset.len(),
-        spec.batch_size,
-        spec.iterations,
+        "job '{}': {} on {} ({} samples), batch {}, {} iterations, {} on {devices}, DR {dr}",
+        job.name,
+        job.model_name,
+        job.dataset.name(),
+        job.dataset.len(),
+        job.batch_size,
+        job.iterations,
         optimizer,
     );
 
@@ -196,14 +129,7 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
         resume: args.resume,
         prefetch: args.prefetch,
         stop,
-    };
-    let job = Job {
-        name: spec.name.clone(),
-        model_name: spec.model.clone(),
-        model,
-        dataset,
-        batch_size: spec.batch_size as usize,
-        iterations: spec.iterations,
+        dr_updates: None,
     };
 
     let bar = ProgressBar::new(job.iterations);
@@ -270,4 +196,20 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
         None => {}
     }
     Ok(true)
+}
+
+/// `--dr` over `count` devices.
+pub fn parse_dr(text: &str, count: usize) -> Result<DistributionRatio> {
+    let units: Vec<i64> = text
+        .split(',')
+        .map(|u| u.trim().parse::<i64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::invalid(format!("--dr {text}"), "expected tenths like 2,8"))?;
+    if units.len() != count {
+        return Err(Error::invalid(
+            format!("--dr {text}"),
+            format!("has {} entries for {count} devices", units.len()),
+        ));
+    }
+    DistributionRatio::from_signed(&units).map_err(|p| Error::invalid(format!("--dr {text}"), p))
 }

@@ -1,0 +1,688 @@
+//! The multi-job manager of a real run: one worker process per job, a calibration of each
+//! job alone, then the policy's rounds every period (and at every arrival, finish and
+//! failure) through the same [`Manager`] the simulator drives, with measured inputs:
+//! utilisation from [`Monitor`], Slow-Down from each job's step reports ([`JobProgress`]).
+//!
+//! A job's new DR is sent to its worker at once and applies from its next iteration. A job
+//! that fails is reported and dropped; the next round rebalances the others. A stop request
+//! (`stop`, set by SIGINT/SIGTERM) makes every worker checkpoint and exit, and the manager
+//! saves its own state ([`SavedRun`]) for `--resume`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::monitor::Monitor;
+use super::process::{Message, Worker, WorkerFlags};
+use super::protocol::{Command, Event};
+use super::saved::{SavedJob, SavedRun};
+use super::view::{JobRow, LiveView, Snapshot};
+use crate::sched::decisions::DecisionLog;
+use crate::sched::jobs::JobSpec;
+use crate::sched::policy::{Admission, JobObservation};
+use crate::sched::report::{FailedJob, JobReport, Report};
+use crate::sched::sim::{DrChange, Trace};
+use crate::sched::slowdown::JobProgress;
+use crate::sched::{DistributionRatio, JobFile, Manager, PeriodInputs, PolicyKind, ThesisParams};
+use crate::train::calibrate::Calibration;
+use crate::{Error, Result};
+
+/// How often the manager wakes up to poll utilisation and redraw.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the live view is redrawn.
+const REDRAW_S: f64 = 0.25;
+
+/// A multi-job run, resolved from the job file and the flags.
+pub struct RunConfig {
+    /// The file as loaded, and its path for messages.
+    pub file: JobFile,
+    pub origin: String,
+    pub flags: WorkerFlags,
+    pub policy: PolicyKind,
+    pub params: ThesisParams,
+    pub period_s: f64,
+    /// One subdirectory per job, plus the manager's `manager.json`.
+    pub checkpoint_dir: Option<PathBuf>,
+    pub resume: bool,
+    /// Measure each job alone before the run (else `[job.sim]` gives the exclusive time).
+    pub calibrate: bool,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+pub struct RunOutcome {
+    pub report: Report,
+    pub trace: Trace,
+    pub decisions: Option<DecisionLog>,
+    /// By job index (`None`: not calibrated, e.g. failed first).
+    pub calibrations: Vec<Option<Calibration>>,
+    /// Stopped by a signal (the state is saved for `--resume`).
+    pub stopped: bool,
+    /// Where utilisation came from: `nvml` or `steps`.
+    pub util_source: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Calibrating,
+    /// Calibrated (or given its exclusive time), waiting for its arrival time.
+    Waiting,
+    Running,
+    Finished,
+    Failed,
+    Stopped,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Calibrating => "calibrating",
+            Phase::Waiting => "waiting",
+            Phase::Running => "running",
+            Phase::Finished => "finished",
+            Phase::Failed => "failed",
+            Phase::Stopped => "stopped",
+        }
+    }
+
+    fn is_over(self) -> bool {
+        matches!(self, Phase::Finished | Phase::Failed | Phase::Stopped)
+    }
+}
+
+/// One job as the manager tracks it.
+struct LiveJob {
+    spec: JobSpec,
+    worker: Option<Worker>,
+    phase: Phase,
+    step: u64,
+    calibration: Option<Calibration>,
+    progress: Option<JobProgress>,
+    /// The DR the manager chose last.
+    dr: Option<DistributionRatio>,
+    /// The DR of the worker's current iteration, and a newer one sent at a time.
+    running_dr: Option<DistributionRatio>,
+    pending_dr: Option<(f64, DistributionRatio)>,
+    samples_per_s: f64,
+    last_sd: Option<f64>,
+    report: Option<JobReport>,
+    failure: Option<FailedJob>,
+    end_s: Option<f64>,
+}
+
+impl LiveJob {
+    fn new(spec: JobSpec) -> Self {
+        LiveJob {
+            spec,
+            worker: None,
+            phase: Phase::Starting,
+            step: 0,
+            calibration: None,
+            progress: None,
+            dr: None,
+            running_dr: None,
+            pending_dr: None,
+            samples_per_s: 0.0,
+            last_sd: None,
+            report: None,
+            failure: None,
+            end_s: None,
+        }
+    }
+
+    fn fail(&mut self, now_s: f64, error: String) {
+        if self.phase.is_over() {
+            return;
+        }
+        self.phase = Phase::Failed;
+        self.end_s = Some(now_s);
+        self.failure = Some(FailedJob {
+            name: self.spec.name.clone(),
+            step: self.step,
+            error,
+        });
+    }
+
+    fn exclusive_iter_s(&self) -> Option<f64> {
+        self.calibration
+            .as_ref()
+            .map(|c| c.full_s)
+            .or_else(|| self.spec.exclusive_iter_s())
+    }
+}
+
+/// The directory of job `name`'s checkpoints under `dir`: the name, with anything but
+/// letters, digits, `-`, `_` and `.` replaced, so a job name cannot leave `dir`.
+pub fn job_checkpoint_dir(dir: &Path, name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("job-{safe}"))
+}
+
+struct Supervisor<'a> {
+    cfg: &'a RunConfig,
+    jobs: Vec<LiveJob>,
+    manager: Manager,
+    monitor: Monitor,
+    view: LiveView,
+    trace: Trace,
+    events: Receiver<Message>,
+    /// The run clock: `offset_s` (time already run before a resume) plus time since `t0`.
+    offset_s: f64,
+    t0: Option<Instant>,
+    busy_offset_s: Vec<f64>,
+    next_round_s: f64,
+    need_round: bool,
+    stopping: bool,
+}
+
+/// Runs every job of `cfg.file` to the end (or until `cfg.stop`).
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
+    let names: Vec<&str> = cfg.file.jobs.iter().map(|j| j.name.as_str()).collect();
+    let m = cfg.flags.devices.count();
+    cfg.file.check_gpus(m, &cfg.origin)?;
+    if !cfg.calibrate
+        && let Some(job) = cfg.file.jobs.iter().find(|j| j.sim.is_none())
+    {
+        return Err(Error::invalid(
+            format!("{}: job '{}': sim", cfg.origin, job.name),
+            "missing; without calibration the exclusive iteration time comes from [job.sim]",
+        ));
+    }
+    let saved = match (&cfg.checkpoint_dir, cfg.resume) {
+        (Some(dir), true) => SavedRun::load(dir, &names)?,
+        _ => None,
+    };
+    let (monitor, notice) = Monitor::new(&cfg.flags.devices);
+    let (tx, events) = mpsc::channel();
+    let mut sup = Supervisor {
+        cfg,
+        jobs: cfg.file.jobs.iter().cloned().map(LiveJob::new).collect(),
+        manager: Manager::recording(m, cfg.policy, cfg.params)?,
+        monitor,
+        view: LiveView::new(cfg.period_s),
+        trace: Trace {
+            job_names: names.iter().map(|n| n.to_string()).collect(),
+            job_sd: vec![Vec::new(); names.len()],
+            gpu_util: vec![Vec::new(); m],
+            changes: Vec::new(),
+        },
+        events,
+        offset_s: saved.as_ref().map_or(0.0, |s| s.clock_s),
+        t0: None,
+        busy_offset_s: saved.as_ref().map_or(vec![0.0; m], |s| s.busy_s.clone()),
+        next_round_s: 0.0,
+        need_round: false,
+        stopping: false,
+    };
+    if let Some(n) = notice {
+        sup.view.note(&format!("attnrt-train: {n}"));
+    }
+    if let Some(saved) = saved {
+        sup.restore(saved);
+    }
+    for k in 0..sup.jobs.len() {
+        if sup.jobs[k].phase.is_over() {
+            continue;
+        }
+        let name = sup.jobs[k].spec.name.clone();
+        let dir = cfg
+            .checkpoint_dir
+            .as_ref()
+            .map(|d| job_checkpoint_dir(d, &name));
+        match Worker::spawn(&cfg.flags, k, &name, dir.as_deref(), cfg.resume, tx.clone()) {
+            Ok(w) => sup.jobs[k].worker = Some(w),
+            Err(e) => sup.jobs[k].fail(0.0, e.to_string()),
+        }
+    }
+    drop(tx);
+    sup.run_loop()?;
+    Ok(sup.finish())
+}
+
+impl Supervisor<'_> {
+    fn now_s(&self) -> f64 {
+        self.offset_s + self.t0.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    fn restore(&mut self, saved: SavedRun) {
+        for (job, s) in self.jobs.iter_mut().zip(saved.jobs) {
+            match s {
+                SavedJob::Unfinished {
+                    calibration, dr, ..
+                } => {
+                    job.calibration = calibration;
+                    job.dr = dr;
+                }
+                SavedJob::Finished { report } => {
+                    job.phase = Phase::Finished;
+                    job.step = job.spec.iterations;
+                    job.end_s = Some(job.spec.arrival_s + report.completion_s);
+                    job.report = Some(report);
+                }
+                SavedJob::Failed { failure } => {
+                    job.phase = Phase::Failed;
+                    job.step = failure.step;
+                    job.failure = Some(failure);
+                }
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<()> {
+        let mut last_redraw = f64::NEG_INFINITY;
+        loop {
+            if self.cfg.stop.load(Ordering::SeqCst) && !self.stopping {
+                self.stopping = true;
+                self.view
+                    .note("attnrt-train: stopping; every job checkpoints first");
+                for job in &mut self.jobs {
+                    if let Some(w) = &mut job.worker {
+                        w.send(&Command::Stop);
+                    }
+                }
+            }
+            match self.events.recv_timeout(TICK) {
+                Ok(msg) => {
+                    self.handle(msg);
+                    while let Ok(msg) = self.events.try_recv() {
+                        self.handle(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {}
+            }
+            if !self.stopping {
+                if self.t0.is_none() {
+                    self.prepare();
+                } else {
+                    self.schedule()?;
+                }
+            }
+            let now = self.now_s();
+            if now - last_redraw >= REDRAW_S {
+                last_redraw = now;
+                self.view.show(&self.snapshot());
+            }
+            if self
+                .jobs
+                .iter()
+                .all(|j| j.phase.is_over() && j.worker.is_none())
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Before the clock starts: calibrate the ready jobs one at a time (each alone on the
+    /// machine), then start the clock.
+    fn prepare(&mut self) {
+        let live = |j: &&mut LiveJob| !j.phase.is_over();
+        if self
+            .jobs
+            .iter_mut()
+            .filter(live)
+            .any(|j| matches!(j.phase, Phase::Starting | Phase::Calibrating))
+        {
+            return;
+        }
+        if self.cfg.calibrate
+            && let Some(job) = self
+                .jobs
+                .iter_mut()
+                .find(|j| j.phase == Phase::Ready && j.calibration.is_none())
+        {
+            job.phase = Phase::Calibrating;
+            if let Some(w) = &mut job.worker {
+                w.send(&Command::Calibrate { gpu: 0 });
+            }
+            return;
+        }
+        for job in self.jobs.iter_mut().filter(|j| j.phase == Phase::Ready) {
+            job.phase = Phase::Waiting;
+        }
+        self.t0 = Some(Instant::now());
+        self.next_round_s = self.offset_s + self.cfg.period_s;
+    }
+
+    /// With the clock running: arrivals, utilisation samples and rounds.
+    fn schedule(&mut self) -> Result<()> {
+        let now = self.now_s();
+        for k in 0..self.jobs.len() {
+            if self.jobs[k].phase == Phase::Waiting && self.jobs[k].spec.arrival_s <= now {
+                self.start_job(k, now)?;
+            }
+        }
+        self.monitor.poll(now, self.cfg.period_s);
+        if now >= self.next_round_s {
+            while self.next_round_s <= now {
+                self.next_round_s += self.cfg.period_s;
+            }
+            self.need_round = true;
+        }
+        if self.need_round {
+            self.need_round = false;
+            self.round(now)?;
+        }
+        Ok(())
+    }
+
+    fn start_job(&mut self, k: usize, now: f64) -> Result<()> {
+        let m = self.monitor_devices();
+        let job = &mut self.jobs[k];
+        let Some(exclusive) = job.exclusive_iter_s() else {
+            job.fail(now, "no exclusive iteration time (not calibrated)".into());
+            return Ok(());
+        };
+        let initial_dr = match &job.dr {
+            Some(dr) => Some(dr.clone()),
+            None => job.spec.initial_dr(m, &self.cfg.origin)?,
+        };
+        self.manager.set_time(now);
+        let dr = self.manager.admit(&Admission {
+            job_index: k,
+            initial_dr,
+        })?;
+        let progress = JobProgress::new(
+            job.spec.arrival_s,
+            job.spec.iterations,
+            exclusive,
+            self.cfg.period_s,
+        );
+        let mut progress = match progress {
+            Ok(p) => p.with_done_iters(job.step),
+            Err(e) => {
+                job.fail(now, e.to_string());
+                return Ok(());
+            }
+        };
+        progress.iteration_started(now);
+        job.progress = Some(progress);
+        if let Some(w) = &mut job.worker {
+            w.send(&Command::Start { dr: dr.clone() });
+        }
+        job.running_dr = Some(dr.clone());
+        job.dr = Some(dr);
+        job.phase = Phase::Running;
+        self.need_round = true;
+        Ok(())
+    }
+
+    fn monitor_devices(&self) -> usize {
+        self.cfg.flags.devices.count()
+    }
+
+    /// One manager round at `now`.
+    fn round(&mut self, now: f64) -> Result<()> {
+        let start = self.offset_s;
+        let from = (now - self.cfg.period_s).max(start);
+        let util = if now > from {
+            self.monitor.util(from, now)
+        } else {
+            vec![0.0; self.monitor_devices()]
+        };
+        let running: Vec<usize> = (0..self.jobs.len())
+            .filter(|&k| self.jobs[k].phase == Phase::Running)
+            .collect();
+        let mut observations = Vec::with_capacity(running.len());
+        for &k in &running {
+            let job = &mut self.jobs[k];
+            let sd = job.progress.as_mut().map_or(1.0, |p| p.slowdown(now));
+            job.last_sd = Some(sd);
+            self.trace.job_sd[k].push((now, sd));
+            let dr = job.dr.clone().ok_or_else(|| {
+                Error::invalid(format!("job '{}'", job.spec.name), "running without a DR")
+            })?;
+            observations.push(JobObservation { sd, dr });
+        }
+        for (g, u) in util.iter().enumerate() {
+            self.trace.gpu_util[g].push((now, *u));
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        let inputs = PeriodInputs::new(util, observations)?;
+        self.manager.set_time(now);
+        let decisions = self.manager.evaluate_jobs(&running, &inputs)?;
+        for ((decision, &k), obs) in decisions.into_iter().zip(&running).zip(inputs.jobs()) {
+            if decision.dr == obs.dr {
+                continue;
+            }
+            let job = &mut self.jobs[k];
+            self.view.note(&format!(
+                "[{now:>8.1} s] job {}: SD {:.3}, DR {} -> {} ({:?})",
+                job.spec.name, obs.sd, obs.dr, decision.dr, decision.action
+            ));
+            if let Some(w) = &mut job.worker {
+                w.send(&Command::SetDr {
+                    dr: decision.dr.clone(),
+                });
+            }
+            job.pending_dr = Some((now, decision.dr.clone()));
+            job.dr = Some(decision.dr.clone());
+            self.trace.changes.push(DrChange {
+                time_s: now,
+                job: k,
+                sd: obs.sd,
+                from: obs.dr.clone(),
+                to: decision.dr,
+                action: decision.action,
+            });
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Message) {
+        let now = self.now_s();
+        match msg {
+            Message::Event(k, event) => self.on_event(k, event, now),
+            Message::Closed(k) => {
+                let job = &mut self.jobs[k];
+                let how = job.worker.take().and_then(Worker::wait);
+                if !job.phase.is_over() {
+                    let error =
+                        how.unwrap_or_else(|| "the worker exited before finishing".to_string());
+                    self.view
+                        .note(&format!("job {} failed: {error}", job.spec.name));
+                    job.fail(now, error);
+                    self.need_round = true;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, k: usize, event: Event, now: f64) {
+        let job = &mut self.jobs[k];
+        match event {
+            Event::Ready {
+                start_step, notice, ..
+            } => {
+                job.step = start_step;
+                if job.phase == Phase::Starting {
+                    job.phase = Phase::Ready;
+                }
+                if let Some(n) = notice {
+                    self.view.note(&format!("job {}: {n}", job.spec.name));
+                }
+                if start_step > 0 {
+                    self.view.note(&format!(
+                        "job {}: resumed from step {start_step}",
+                        job.spec.name
+                    ));
+                }
+            }
+            Event::Calibrated { calibration } => {
+                self.view.note(&format!(
+                    "job {}: {:.2} ms per iteration alone",
+                    job.spec.name,
+                    calibration.full_s * 1e3
+                ));
+                job.calibration = Some(calibration);
+                job.phase = Phase::Ready;
+            }
+            Event::Step {
+                step,
+                step_s,
+                samples_per_s,
+                ..
+            } => {
+                job.step = step;
+                job.samples_per_s = samples_per_s;
+                if let Some(p) = &mut job.progress {
+                    p.iteration_finished(now);
+                    p.iteration_started(now);
+                }
+                let started = now - step_s;
+                if let Some((sent, dr)) = job.pending_dr.take() {
+                    if started >= sent {
+                        job.running_dr = Some(dr);
+                    } else {
+                        job.pending_dr = Some((sent, dr));
+                    }
+                }
+                if let Some(dr) = &job.running_dr {
+                    self.monitor.step(dr, started, now);
+                }
+            }
+            Event::Finished { step, .. } => {
+                job.step = step;
+                job.phase = Phase::Finished;
+                job.end_s = Some(now);
+                if let Some(exclusive) = job.exclusive_iter_s() {
+                    let completion_s = now - job.spec.arrival_s;
+                    let exclusive_s = job.spec.iterations as f64 * exclusive;
+                    job.report = Some(JobReport {
+                        name: job.spec.name.clone(),
+                        completion_s,
+                        exclusive_s,
+                        slowdown: completion_s / exclusive_s,
+                    });
+                    self.trace.job_sd[k].push((now, completion_s / exclusive_s));
+                }
+                self.need_round = true;
+            }
+            Event::Stopped { step } => {
+                job.step = step;
+                job.phase = Phase::Stopped;
+            }
+            Event::Failed { message } => {
+                self.view
+                    .note(&format!("job {} failed: {message}", job.spec.name));
+                job.fail(now, message);
+                self.need_round = true;
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            time_s: self.now_s(),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|j| JobRow {
+                    name: j.spec.name.clone(),
+                    state: j.phase.name(),
+                    step: j.step,
+                    iterations: j.spec.iterations,
+                    sd: j.report.as_ref().map(|r| r.slowdown).or(j.last_sd),
+                    dr: j.dr.clone().filter(|_| j.phase == Phase::Running),
+                    samples_per_s: if j.phase == Phase::Running {
+                        j.samples_per_s
+                    } else {
+                        0.0
+                    },
+                })
+                .collect(),
+            devices: self.monitor.status(),
+            device_kind: if self.cfg.flags.devices.is_gpu() {
+                "gpu"
+            } else {
+                "cpu"
+            },
+        }
+    }
+
+    fn finish(mut self) -> RunOutcome {
+        let now = self.now_s();
+        let last = self.snapshot();
+        self.view.finish(&last);
+        let stopped = self.stopping;
+        let busy: Vec<f64> = self
+            .monitor
+            .busy_s(now)
+            .iter()
+            .zip(&self.busy_offset_s)
+            .map(|(a, b)| a + b)
+            .collect();
+        if stopped && let Some(dir) = &self.cfg.checkpoint_dir {
+            let saved = SavedRun {
+                clock_s: now,
+                busy_s: busy.clone(),
+                jobs: self
+                    .jobs
+                    .iter()
+                    .map(|j| match (&j.report, &j.failure) {
+                        (Some(report), _) => SavedJob::Finished {
+                            report: report.clone(),
+                        },
+                        (None, Some(failure)) => SavedJob::Failed {
+                            failure: failure.clone(),
+                        },
+                        (None, None) => SavedJob::Unfinished {
+                            name: j.spec.name.clone(),
+                            calibration: j.calibration.clone(),
+                            dr: j.dr.clone(),
+                        },
+                    })
+                    .collect(),
+            };
+            if let Err(e) = saved.save(dir) {
+                self.view.note(&format!("attnrt-train: {e}"));
+            }
+        }
+        let first = self
+            .jobs
+            .iter()
+            .map(|j| j.spec.arrival_s)
+            .fold(f64::INFINITY, f64::min);
+        let end = self
+            .jobs
+            .iter()
+            .filter_map(|j| j.end_s)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let makespan = if end > first { end - first } else { 0.0 };
+        let reports: Vec<JobReport> = self.jobs.iter().filter_map(|j| j.report.clone()).collect();
+        let failed: Vec<FailedJob> = self.jobs.iter().filter_map(|j| j.failure.clone()).collect();
+        let report = Report::new(
+            self.manager.policy_name(),
+            self.monitor_devices(),
+            reports,
+            makespan,
+            &busy,
+        )
+        .with_failed(failed);
+        RunOutcome {
+            report,
+            decisions: self.manager.log().cloned(),
+            trace: self.trace,
+            calibrations: self.jobs.iter().map(|j| j.calibration.clone()).collect(),
+            stopped,
+            util_source: self.monitor.source(),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Calibration: a job's iteration time alone, measured on the real engine before a multi-job
+//! run starts (the Slow-Down's denominator, `iter_time_exclusive`), plus the two extra points
+//! that turn the job into the simulator's cost model (`[job.sim]`).
+//!
+//! Calibration steps are real forward/backward/update steps on the job's first batches, but
+//! the engine's state is put back afterwards: a calibrated run trains exactly as an
+//! uncalibrated one would.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::batches::{Loader, shard_ranges};
+use super::engine::Engine;
+use super::trainer::Job;
+use crate::Result;
+use crate::sched::DistributionRatio;
+use crate::sched::jobs::JobSim;
+
+/// Steps run before timing (first-use allocations, cuBLAS heuristics, caches).
+pub const WARMUP_STEPS: usize = 3;
+/// Steps timed per configuration; the median is kept.
+pub const TIMED_STEPS: usize = 8;
+
+/// Measured iteration times of one job, seconds (medians).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// The whole mini-batch alone on one device: `iter_time_exclusive`.
+    pub full_s: f64,
+    /// Half the mini-batch alone on one device (separates per-sample from fixed cost).
+    pub half_s: f64,
+    /// The whole mini-batch split 5/5 over two devices (the all-reduce's cost), when the
+    /// machine has two.
+    pub split_s: Option<f64>,
+    /// Gradient size, MB (10^6 bytes).
+    pub grad_mb: f64,
+    pub batch_size: usize,
+}
+
+impl Calibration {
+    /// Measures `job` on `engine` (device `gpu` for the one-device points). Leaves the
+    /// engine's state as it found it.
+    pub fn measure(job: &Job, engine: &mut dyn Engine, seed: u64, gpu: usize) -> Result<Self> {
+        let devices = engine.devices();
+        let saved = engine.state()?;
+        let alone = DistributionRatio::exclusive(devices, gpu)?;
+        let full_s = median_step_s(job, engine, seed, &alone, job.batch_size)?;
+        let half_s = median_step_s(job, engine, seed, &alone, (job.batch_size / 2).max(1))?;
+        let split_s = if devices >= 2 {
+            let other = if gpu == 0 { 1 } else { 0 };
+            let mut units = vec![0u8; devices];
+            units[gpu] = 5;
+            units[other] = 5;
+            let split = DistributionRatio::new(units)?;
+            Some(median_step_s(job, engine, seed, &split, job.batch_size)?)
+        } else {
+            None
+        };
+        engine.set_state(&saved)?;
+        Ok(Calibration {
+            full_s,
+            half_s,
+            split_s,
+            grad_mb: saved.params.len() as f64 * 4.0 / 1e6,
+            batch_size: job.batch_size,
+        })
+    }
+
+    /// The simulator's cost model fitted to the measurements: the per-sample slope from the
+    /// full and half batches, the rest of the full batch's time as fixed cost.
+    pub fn sim_costs(&self) -> JobSim {
+        let half = (self.batch_size / 2).max(1);
+        let per_sample_s = if self.batch_size > half {
+            ((self.full_s - self.half_s) / (self.batch_size - half) as f64).max(0.0)
+        } else {
+            self.full_s / self.batch_size as f64
+        };
+        let overhead_s = (self.full_s - per_sample_s * self.batch_size as f64).max(0.0);
+        JobSim {
+            sample_ms: per_sample_s * 1e3,
+            iter_overhead_ms: overhead_s * 1e3,
+            grad_mb: self.grad_mb,
+        }
+    }
+
+    /// The all-reduce's share of the split step: what the split took beyond its slower shard's
+    /// compute under [`sim_costs`](Self::sim_costs), seconds (`None` on one device).
+    pub fn allreduce_s(&self) -> Option<f64> {
+        let costs = self.sim_costs();
+        let shard = self.batch_size.div_ceil(2) as f64 * costs.sample_ms + costs.iter_overhead_ms;
+        self.split_s.map(|s| (s - shard / 1e3).max(0.0))
+    }
+}
+
+/// Median wall time of [`TIMED_STEPS`] steps of `batch` samples under `dr`, after
+/// [`WARMUP_STEPS`], on the job's first batches.
+fn median_step_s(
+    job: &Job,
+    engine: &mut dyn Engine,
+    seed: u64,
+    dr: &DistributionRatio,
+    batch: usize,
+) -> Result<f64> {
+    let steps = WARMUP_STEPS + TIMED_STEPS;
+    let mut loader = Loader::spawn(job.dataset.clone(), seed, batch, 0, steps as u64, 2)?;
+    let shards = shard_ranges(dr, batch);
+    let mut times = Vec::with_capacity(TIMED_STEPS);
+    for t in 1..=steps {
+        let started = Instant::now();
+        let Some(b) = loader.next_batch() else {
+            break;
+        };
+        engine.step(t as u64, &Arc::new(b), &shards)?;
+        if t > WARMUP_STEPS {
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(times.len() / 2).copied().unwrap_or(f64::NAN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_costs_fit_the_two_points() {
+        let c = Calibration {
+            full_s: 0.030,
+            half_s: 0.018,
+            split_s: Some(0.021),
+            grad_mb: 4.0,
+            batch_size: 128,
+        };
+        let sim = c.sim_costs();
+        // 12 ms over 64 samples; 30 - 128 * 0.1875 = 6 ms fixed.
+        assert!((sim.sample_ms - 0.1875).abs() < 1e-12);
+        assert!((sim.iter_overhead_ms - 6.0).abs() < 1e-9);
+        // Split: 64 * 0.1875 + 6 = 18 ms of compute, 3 ms of exchange.
+        assert!((c.allreduce_s().unwrap() - 0.003).abs() < 1e-9);
+        let exclusive = 128.0 * sim.sample_ms + sim.iter_overhead_ms;
+        assert!((exclusive - 30.0).abs() < 1e-9);
+    }
+}

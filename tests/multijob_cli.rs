@@ -1,0 +1,357 @@
+//! `attnrt-train --jobs FILE` with several jobs: every job trains in a worker process of its
+//! own under the DR manager. Each test runs on the CPU rehearsal of a two-device machine
+//! (`--gpus cpu:2`, always) and on the machine's GPUs (`--gpus all`) when there are any; with
+//! ATTNRT_REQUIRE_GPU=1 the GPU run is required.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use attnrt::sched::decisions::{DecisionLog, replay};
+use attnrt::sched::report::Report;
+use attnrt::train::checkpoint;
+
+fn binary() -> PathBuf {
+    common::bin("attnrt-train", env!("CARGO_BIN_EXE_attnrt-train"))
+}
+
+/// `cpu:2`, and `all` when a GPU is usable.
+fn devices() -> Vec<&'static str> {
+    let mut d = vec!["cpu:2"];
+    if attnrt::gpu::testing::gpu_or_skip("multijob_cli on the GPUs").is_some() {
+        d.push("all");
+    }
+    d
+}
+
+/// A job-file `[[job]]` of a small MLP on synthetic data.
+fn job(name: &str, hidden: usize, batch: u64, iterations: u64, extra: &str) -> String {
+    format!(
+        "[[job]]\nname = \"{name}\"\nmodel = \"mlp:{hidden}\"\ndataset = \"synthetic:2000\"\n\
+         batch_size = {batch}\niterations = {iterations}\n{extra}\n"
+    )
+}
+
+fn write_jobs(dir: &Path, policy: &str, jobs: &[String]) -> PathBuf {
+    let path = dir.join("jobs.toml");
+    let text = format!(
+        "[manager]\npolicy = \"{policy}\"\nperiod_s = 0.3\n\n{}",
+        jobs.concat()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn manager(jobs: &Path, device: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(binary());
+    cmd.arg("--jobs")
+        .arg(jobs)
+        .args(["--gpus", device])
+        .args(extra);
+    cmd
+}
+
+fn report(path: &Path) -> Report {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn log_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn every_job_finishes_and_the_decisions_replay_through_the_policy_code() {
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job("a", 64, 64, 60, ""),
+                job("b", 128, 128, 40, ""),
+                job("late", 32, 32, 80, "arrival_s = 0.5"),
+            ],
+        );
+        let (rep, dec, sim) = (
+            dir.path().join("r.json"),
+            dir.path().join("d.json"),
+            dir.path().join("sim.toml"),
+        );
+        let out = manager(&jobs, device, &["--report"])
+            .arg(&rep)
+            .arg("--decisions")
+            .arg(&dec)
+            .arg("--write-sim")
+            .arg(&sim)
+            .arg("--plot")
+            .arg(dir.path().join("p.svg"))
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert!(out.status.success(), "{device}: {log}");
+        let r = report(&rep);
+        assert_eq!(r.policy, "thesis");
+        assert_eq!(r.jobs.len(), 3, "{device}: {log}");
+        assert!(r.failed.is_empty());
+        for j in &r.jobs {
+            assert!(
+                j.slowdown.is_finite() && j.slowdown > 0.0,
+                "{device}: {j:?}"
+            );
+            assert!(j.exclusive_s > 0.0 && j.completion_s > 0.0);
+        }
+        assert!(r.makespan_s > 0.0 && r.mean_gpu_util > 0.0);
+
+        // The live manager's decisions, replayed through a fresh manager of the same policy
+        // on the recorded measurements, are reproduced one for one.
+        let log_file =
+            DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d.json").unwrap();
+        let admissions = log_file
+            .entries
+            .iter()
+            .filter(|e| matches!(e, attnrt::sched::decisions::Entry::Admit { .. }))
+            .count();
+        assert_eq!(admissions, 3);
+        assert!(log_file.entries.len() > 3, "no rounds recorded");
+        assert_eq!(replay(&log_file).unwrap(), None);
+
+        // The calibrated file simulates; the simulator's own log replays the same way.
+        let sim_dec = dir.path().join("sim-d.json");
+        let out = Command::new(binary())
+            .arg("--simulate")
+            .arg("--jobs")
+            .arg(&sim)
+            .arg("--decisions")
+            .arg(&sim_dec)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", log_of(&out));
+        let sim_log =
+            DecisionLog::from_json(&std::fs::read_to_string(&sim_dec).unwrap(), "sim").unwrap();
+        assert_eq!(replay(&sim_log).unwrap(), None);
+    }
+}
+
+/// The worker processes of the manager `pid`, with their command lines.
+fn workers_of(pid: u32) -> Vec<(u32, String)> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(|c| {
+            let cmd = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            (c, String::from_utf8_lossy(&cmd).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// Collects the manager's standard error on a thread; lines arrive on the channel.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (up to two minutes) until every job of `names` shows `running` with at least
+/// `steps` steps done in the live view's plain lines; returns everything read.
+fn wait_until_running(lines: &mpsc::Receiver<String>, names: &[&str], steps: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = String::new();
+    let mut ok = vec![false; names.len()];
+    while !ok.iter().all(|&o| o) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("jobs never all ran {steps} steps:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        for (k, name) in names.iter().enumerate() {
+            let prefix = format!("job {name} ");
+            if let Some(rest) = line
+                .split("] ")
+                .nth(1)
+                .and_then(|r| r.strip_prefix(&prefix))
+            {
+                let step: u64 = rest
+                    .trim_start()
+                    .split('/')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                ok[k] |= rest.contains("running") && step >= steps;
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn failing_jobs_are_reported_and_the_others_finish() {
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = write_jobs(
+            dir.path(),
+            "even",
+            &[
+                job("good", 64, 64, 120, ""),
+                // A learning rate this large makes the loss NaN within a few steps.
+                job(
+                    "diverges",
+                    64,
+                    64,
+                    100_000,
+                    "optimizer = \"sgd\"\nlr = 1e30",
+                ),
+                job("killed", 32, 32, 100_000, ""),
+                job("other", 32, 32, 150, ""),
+            ],
+        );
+        let rep = dir.path().join("r.json");
+        let mut child = manager(&jobs, device, &["--report"])
+            .arg(&rep)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = stderr_lines(&mut child);
+        let mut log = wait_until_running(&lines, &["killed"], 3);
+        let (victim, _) = workers_of(child.id())
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains("--worker killed"))
+            .expect("the worker of job 'killed'");
+        assert!(
+            Command::new("kill")
+                .args(["-KILL", &victim.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = child.wait().unwrap();
+        log.extend(lines.iter().map(|l| l + "\n"));
+        assert_eq!(status.code(), Some(1), "{device}: {log}");
+        let r = report(&rep);
+        let done: Vec<&str> = r.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(done, ["good", "other"], "{device}: {log}");
+        let failed = |name: &str| r.failed.iter().find(|f| f.name == name).unwrap();
+        assert!(
+            failed("diverges").error.contains("loss is NaN")
+                || failed("diverges").error.contains("loss is inf"),
+            "{device}: {:?}",
+            failed("diverges")
+        );
+        assert!(
+            failed("killed").error.contains("SIGKILL") || failed("killed").error.contains("9"),
+            "{device}: {:?}",
+            failed("killed")
+        );
+        assert!(failed("killed").step >= 3);
+    }
+}
+
+#[test]
+fn sigint_then_resume_keeps_every_jobs_progress() {
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["p", "q", "r"];
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job(names[0], 64, 64, 400, ""),
+                job(names[1], 32, 32, 600, ""),
+                job(names[2], 128, 64, 300, ""),
+            ],
+        );
+        let ckpt = dir.path().join("ckpt");
+        let mut first = manager(&jobs, device, &["--checkpoint-dir"])
+            .arg(&ckpt)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = stderr_lines(&mut first);
+        let mut log = wait_until_running(&lines, &names, 3);
+        assert!(
+            Command::new("kill")
+                .args(["-INT", &first.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = first.wait().unwrap();
+        log.extend(lines.iter().map(|l| l + "\n"));
+        assert_eq!(status.code(), Some(130), "{device}: {log}");
+        assert!(ckpt.join("manager.json").exists(), "{log}");
+        let stopped_at: Vec<u64> = names
+            .iter()
+            .map(|n| {
+                let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
+                let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
+                meta.step
+            })
+            .collect();
+        assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}");
+
+        let rep = dir.path().join("r.json");
+        let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
+            .arg(&ckpt)
+            .arg("--report")
+            .arg(&rep)
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert!(out.status.success(), "{device}: {log}");
+        for (name, step) in names.iter().zip(&stopped_at) {
+            // Each job continues exactly where its checkpoint left it.
+            assert!(
+                log.contains(&format!("job {name}: resumed from step {step}")),
+                "{device}: {name} at {step}: {log}"
+            );
+        }
+        let r = report(&rep);
+        assert_eq!(r.jobs.len(), 3, "{log}");
+        for (name, iterations) in names.iter().zip([400u64, 600, 300]) {
+            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
+            let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
+            assert_eq!(meta.step, iterations);
+        }
+    }
+}
+
+#[test]
+fn bad_flags_and_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        dir.path(),
+        "thesis",
+        &[job("a", 8, 8, 1, ""), job("b", 8, 8, 1, "lr = -1.0")],
+    );
+    let out = manager(&jobs, "cpu:2", &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(log_of(&out).contains("job 'b': lr"), "{}", log_of(&out));
+
+    let jobs = write_jobs(
+        dir.path(),
+        "thesis",
+        &[job("a", 8, 8, 1, ""), job("b", 8, 8, 1, "")],
+    );
+    let out = manager(&jobs, "cpu:2", &["--dr", "5,5"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(log_of(&out).contains("--dr 5,5"), "{}", log_of(&out));
+    let out = manager(&jobs, "cpu:2", &["--no-calibrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(log_of(&out).contains("job 'a': sim"), "{}", log_of(&out));
+}

@@ -164,14 +164,10 @@ impl Worker {
         match status {
             Ok(s) if s.success() => None,
             Ok(s) => Some(match last {
-                Some(line) => format!("worker {s}: {line}"),
-                None => format!("worker {s}"),
+                Some(line) => format!("the worker ended ({s}); its last words: {line}"),
+                None => format!("the worker ended ({s})"),
             }),
             Err(e) => Some(format!("waiting for the worker: {e}")),
         }
-    }
-
-    pub fn id(&self) -> u32 {
-        self.child.id()
     }
 }

@@ -296,7 +296,9 @@ fn check_allreduce(gpus: &[Arc<Gpu>], members: &[usize], len: usize, what: &str)
 
 #[test]
 fn allreduce_sums_exactly_for_odd_sizes_and_2_3_4_participants_on_one_gpu() {
-    let Some(gpu) = gpu_or_skip("allreduce_sums_exactly_on_one_gpu") else {
+    let Some(gpu) =
+        gpu_or_skip("allreduce_sums_exactly_for_odd_sizes_and_2_3_4_participants_on_one_gpu")
+    else {
         return;
     };
     for n in [2usize, 3, 4, 8] {
@@ -498,7 +500,12 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
         run_steps(&mut one, &data, |_| vec![10]);
         let want = one.state().unwrap();
         let mut two = GpuEngine::new(&[0, 1], &model, opt, &fresh).unwrap();
-        assert_eq!(two.notice(), None, "peer access between GPUs 0 and 1");
+        // Peer access makes the refreshes device-to-device copies; without it they go through
+        // the host, and the test still holds.
+        println!(
+            "{opt}: {}",
+            two.notice().unwrap_or_else(|| "peer path".into())
+        );
         run_steps(&mut two, &data, |s| changing_dr(s).to_vec());
         // The last steps ran on GPU 1 alone: GPU 0 is stale, and the state must be GPU 1's.
         let got = two.state().unwrap();

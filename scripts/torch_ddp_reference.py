@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """PyTorch references for the trainer's measurements (docs/TRAINING.md, docs/PERF.md).
 
-  --allreduce: NCCL all-reduce bus bandwidth at 1, 16, 64 and 256 MB, one process per GPU,
-               measured like tests/train_gpu.rs::allreduce_bandwidth (2 (n-1)/n * bytes / time).
+  --allreduce: NCCL all-reduce bus bandwidth at 1, 16, 64 and 256 MB over each GPU count of
+               --gpus (a list; default 2 up to every GPU), one process per GPU, measured and
+               printed as a table like tests/train_gpu.rs::allreduce_bandwidth
+               (2 (n-1)/n * bytes / time).
   --train:     DistributedDataParallel training throughput of the same model as ours:
                `--model mlp` (3072 -> H1 -> H2 -> 10, ReLU; --hidden) or `--model vit-small`
                (patch 4, width 384, 12 pre-norm blocks of 6-head attention and a 1536-wide tanh-GELU
                MLP, mean pool, head), AdamW, f32, no TF32, on random data already on the GPU, so it
                measures compute and gradient exchange only.
 
-Usage: python3 scripts/torch_ddp_reference.py --allreduce [--gpus 2]
+Usage: python3 scripts/torch_ddp_reference.py --allreduce [--gpus 2,4]
        python3 scripts/torch_ddp_reference.py --train --hidden 512,256 --batch 256 --gpus 1
+Processes are started with torch.multiprocessing (no torchrun).
 NCCL_NVLS_ENABLE=0 must stay set on shared machines (NVLink multicast off).
 """
 import argparse
@@ -23,8 +26,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+SIZES_MB = (1, 16, 64, 256)
+
+
 def allreduce(rank, world, out):
-    for mb in (1, 16, 64, 256):
+    for mb in SIZES_MB:
         n = mb * 1_000_000 // 4
         x = torch.zeros(n, device=rank)
         for _ in range(5):
@@ -38,8 +44,7 @@ def allreduce(rank, world, out):
         s = (time.perf_counter() - t) / iters
         bus = 2 * (world - 1) / world * n * 4 / s / 1e9
         if rank == 0:
-            out.append({"mb": mb, "us": s * 1e6, "bus_gbps": bus})
-            print(f"nccl allreduce {mb:>4} MB: {s * 1e6:.1f} us, bus bandwidth {bus:.1f} GB/s", flush=True)
+            out.append({"gpus": world, "mb": mb, "us": s * 1e6, "bus_gbps": bus})
 
 
 class Block(torch.nn.Module):
@@ -117,9 +122,9 @@ def train(rank, world, args, out):
         print(f"torch {'DDP' if world > 1 else 'eager'} {name} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
 
 
-def worker(rank, world, args, out):
+def worker(rank, world, port, args, out):
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
+    os.environ["MASTER_PORT"] = str(port)
     torch.cuda.set_device(rank)
     if world > 1 or args.allreduce:
         dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(rank))
@@ -131,25 +136,58 @@ def worker(rank, world, args, out):
         dist.destroy_process_group()
 
 
+def gpu_counts(arg, allreduce):
+    """--gpus as a list of GPU counts: `2,4`, or by default 2 up to every GPU (all-reduce) or
+    every GPU (training)."""
+    available = torch.cuda.device_count()
+    if arg:
+        counts = [int(n) for n in arg.split(",") if n.strip().isdigit()]
+        bad = len(counts) != len(arg.split(","))
+    else:
+        counts = list(range(2, available + 1)) if allreduce else [available]
+        bad = False
+    bad = bad or any(not 1 <= n <= available or (allreduce and n < 2) for n in counts)
+    if not counts or bad or (not allreduce and len(counts) != 1):
+        raise SystemExit(f"--gpus {arg}: {available} GPUs present; the all-reduce takes counts "
+                         f"from 2, training one count")
+    return counts
+
+
+def print_table(rows):
+    """The all-reduce results in the form tests/train_gpu.rs::allreduce_bandwidth prints."""
+    print(f"{'MB':>5} {'GPUs':>4} {'us':>10} {'bus GB/s':>10}")
+    for r in sorted(rows, key=lambda r: (r["mb"], r["gpus"])):
+        print(f"{r['mb']:>5} {r['gpus']:>4} {r['us']:>10.1f} {r['bus_gbps']:>10.1f}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--allreduce", action="store_true")
     p.add_argument("--train", action="store_true")
-    p.add_argument("--gpus", type=int, default=torch.cuda.device_count())
+    p.add_argument("--gpus", help="GPU counts, comma-separated (the all-reduce) or one (training)")
     p.add_argument("--model", default="mlp", choices=["mlp", "vit-small"])
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--json")
     args = p.parse_args()
+    counts = gpu_counts(args.gpus, args.allreduce)
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
-    print(torch.cuda.get_device_name(0), "x", args.gpus, "torch", torch.__version__, flush=True)
+    base_port = int(os.environ.get("MASTER_PORT", "29517"))
+    print(torch.cuda.get_device_name(0), "x", ",".join(map(str, counts)), "torch", torch.__version__,
+          flush=True)
     with mp.Manager() as m:
         out = m.list()
-        mp.spawn(worker, args=(args.gpus, args, out), nprocs=args.gpus)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(list(out), f, indent=1)
+        for world in counts:
+            # A port per group, so one group's lingering sockets cannot delay the next.
+            mp.spawn(worker, args=(world, base_port + world, args, out), nprocs=world)
+        results = list(out)
+    if args.allreduce:
+        print("nccl all-reduce (NCCL_NVLS_ENABLE=%s)" % os.environ["NCCL_NVLS_ENABLE"])
+        print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 //! The trainer on GPUs: the replica's forward/backward against the CPU reference, the optimizer
-//! kernels, the all-reduce (several buffers on one GPU, and across GPUs where present, peer and
-//! host-staged), and same-seed training under different DR splits. Without a GPU each test
-//! prints `skipped: <reason>` and passes; `ATTNRT_REQUIRE_GPU=1` makes that a failure.
+//! kernels, the all-reduce (several buffers on one GPU, and across 2, 3 and 4 GPUs where
+//! present, peer and host-staged, over all participants or a subset), same-seed training under
+//! different DR splits, a DR that changes between steps (idle GPUs, stale replicas refreshed),
+//! and host staging against the peer path. Without a GPU each test prints
+//! `skipped: <reason>` and passes; `ATTNRT_REQUIRE_GPU=1` makes that a failure. Tests that need
+//! more GPUs than the machine has print the reason and return.
 //!
 //! Tolerances: gradients within 1e-4 relative (cuBLAS sums in another order than the f64 CPU
 //! reference); the all-reduce exactly (it adds in participant order, as the CPU check does);
 //! 20 training steps under different splits within 2e-5 absolute for SGD and 2e-4 for AdamW
 //! (splitting changes float summation order only; AdamW's normalised step amplifies that for
-//! near-zero gradients); replicas of one run identical bit for bit.
+//! near-zero gradients); replicas of one run, and host staging against the peer path,
+//! identical bit for bit; a replica copy exact.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +21,9 @@ use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
 use attnrt::train::allreduce::{self, HostExchange, PhaseEvents};
+use attnrt::train::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::cpu::forward_backward;
+use attnrt::train::engine::ExchangeChoice;
 use attnrt::train::replica::Replica;
 use attnrt::train::{
     CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
@@ -198,56 +204,108 @@ fn ordered_sum(bufs: &[Vec<f32>]) -> Vec<f32> {
     sum
 }
 
-/// Runs both phases over `bufs` (device addresses) with participant `r` on `gpus[r]`, ordered
-/// by events as the trainer does, then waits for all of it.
-fn direct_allreduce(gpus: &[Arc<Gpu>], events: &PhaseEvents, bufs: &[u64], len: usize) {
-    for (r, g) in gpus.iter().enumerate() {
+/// Runs both phases with participants `members` (indices into `gpus` and `events`; rank `r` is
+/// `members[r]` on `gpus[members[r]]`, its buffer `bufs[r]`), ordered by events as the engine
+/// does, then waits for all of it.
+fn direct_allreduce(
+    gpus: &[Arc<Gpu>],
+    events: &PhaseEvents,
+    members: &[usize],
+    bufs: &[u64],
+    len: usize,
+) {
+    for (r, &m) in members.iter().enumerate() {
+        let s = gpus[m].stream();
         // SAFETY: the buffers hold len values each and are reachable from every GPU.
-        unsafe { allreduce::reduce_scatter(g, g.stream(), bufs, r, len).unwrap() };
-        events.record(r, 0, g.stream()).unwrap();
+        unsafe { allreduce::reduce_scatter(&gpus[m], s, bufs, r, len).unwrap() };
+        events.record(m, 0, s).unwrap();
     }
-    for (r, g) in gpus.iter().enumerate() {
-        events.wait_for_others(r, 0, g.stream()).unwrap();
+    for (r, &m) in members.iter().enumerate() {
+        let s = gpus[m].stream();
+        events.wait_for_others(members, m, 0, s).unwrap();
         // SAFETY: as above; the stream waits for phase 1 on every GPU.
-        unsafe { allreduce::all_gather(g, g.stream(), bufs, r, len).unwrap() };
-        events.record(r, 1, g.stream()).unwrap();
+        unsafe { allreduce::all_gather(&gpus[m], s, bufs, r, len).unwrap() };
+        events.record(m, 1, s).unwrap();
     }
-    for (r, g) in gpus.iter().enumerate() {
-        events.wait_for_others(r, 1, g.stream()).unwrap();
+    for &m in members {
+        events
+            .wait_for_others(members, m, 1, gpus[m].stream())
+            .unwrap();
     }
     gpus.iter().for_each(|g| g.sync().unwrap());
 }
 
+/// The participant sets to check among `n` GPUs (or buffers): all of them, and for 3 or more
+/// the odd-numbered ones and the last (a subset whose ranks differ from its indices, as when
+/// some GPUs of an engine are idle).
+fn member_sets(n: usize) -> Vec<Vec<usize>> {
+    let all: Vec<usize> = (0..n).collect();
+    let subset: Vec<usize> = (1..n).filter(|k| k % 2 == 1 || k + 1 == n).collect();
+    if n >= 3 { vec![all, subset] } else { vec![all] }
+}
+
+/// Odd sizes: chunks of different lengths, empty chunks (fewer values than participants), and
+/// remainders after the kernels' float4 loads.
+const ODD_LENS: [usize; 6] = [1, 3, 7, 1001, 100_003, 1_000_003];
+
+/// Sums `len` random values per member of `members` (indices into `gpus`, each member's buffer
+/// on its GPU) with the direct all-reduce and with host staging, and checks every member gets
+/// the participant-order sum exactly. Host-staged outputs are poisoned before the sum.
+fn check_allreduce(gpus: &[Arc<Gpu>], members: &[usize], len: usize, what: &str) {
+    let host: Vec<Vec<f32>> = members
+        .iter()
+        .map(|&m| random(len, (gpus.len() * 1000 + m) as u64))
+        .collect();
+    let want = ordered_sum(&host);
+    let upload = || -> Vec<_> {
+        members
+            .iter()
+            .zip(&host)
+            .map(|(&m, h)| gpu::upload(gpus[m].stream(), h).unwrap())
+            .collect()
+    };
+    let what = format!("{what}, members {members:?}, len {len}");
+    let bufs = upload();
+    let ptrs: Vec<u64> = bufs
+        .iter()
+        .zip(members)
+        .map(|(b, &m)| b.device_ptr(gpus[m].stream()).0)
+        .collect();
+    let events = PhaseEvents::new(gpus).unwrap();
+    direct_allreduce(gpus, &events, members, &ptrs, len);
+    for (b, &m) in bufs.iter().zip(members) {
+        let got = gpu::download(gpus[m].stream(), b).unwrap();
+        assert_eq!(got, want, "peer: {what}: member {m}");
+    }
+    let mut bufs = upload();
+    let exchange = HostExchange::new(gpus, len).unwrap();
+    for (b, &m) in bufs.iter().zip(members) {
+        exchange.stage(&gpus[m], b, m).unwrap();
+    }
+    for (b, &m) in bufs.iter_mut().zip(members) {
+        let s = gpus[m].stream();
+        s.memcpy_htod(&vec![f32::NAN; len], b).unwrap();
+        exchange.sum_into(&gpus[m], b, m, members).unwrap();
+        assert_eq!(
+            gpu::download(s, b).unwrap(),
+            want,
+            "host: {what}: member {m}"
+        );
+    }
+}
+
 #[test]
 fn allreduce_sums_exactly_for_odd_sizes_and_2_3_4_participants_on_one_gpu() {
-    let Some(gpu) = gpu_or_skip("allreduce_sums_exactly_on_one_gpu") else {
+    let Some(gpu) =
+        gpu_or_skip("allreduce_sums_exactly_for_odd_sizes_and_2_3_4_participants_on_one_gpu")
+    else {
         return;
     };
-    let s = gpu.stream();
     for n in [2usize, 3, 4, 8] {
-        for len in [1usize, 3, 7, 1001, 100_003] {
-            let host: Vec<Vec<f32>> = (0..n).map(|k| random(len, (n * 1000 + k) as u64)).collect();
-            let bufs: Vec<_> = host.iter().map(|h| gpu::upload(s, h).unwrap()).collect();
-            let ptrs: Vec<u64> = bufs.iter().map(|b| b.device_ptr(s).0).collect();
-            let gpus = vec![gpu.clone(); n];
-            direct_allreduce(&gpus, &PhaseEvents::new(&gpus).unwrap(), &ptrs, len);
-            let want = ordered_sum(&host);
-            for (k, b) in bufs.iter().enumerate() {
-                assert_eq!(
-                    gpu::download(s, b).unwrap(),
-                    want,
-                    "n {n} len {len} participant {k}"
-                );
-            }
-            // The host-staged fallback gives the same sums.
-            let mut bufs: Vec<_> = host.iter().map(|h| gpu::upload(s, h).unwrap()).collect();
-            let exchange = HostExchange::new(n);
-            for (k, b) in bufs.iter().enumerate() {
-                exchange.stage(&gpu, b, k).unwrap();
-            }
-            for b in bufs.iter_mut() {
-                exchange.sum_into(&gpu, b).unwrap();
-                assert_eq!(gpu::download(s, b).unwrap(), want, "host n {n} len {len}");
+        let gpus = vec![gpu.clone(); n];
+        for members in member_sets(n) {
+            for len in ODD_LENS {
+                check_allreduce(&gpus, &members, len, &format!("{n} buffers on one GPU"));
             }
         }
     }
@@ -257,46 +315,31 @@ fn gpu_count() -> usize {
     gpu::device_count().unwrap_or(0)
 }
 
+/// 2, 3 and 4 real GPUs (those the machine has; the others are skipped with a reason), every
+/// odd size, all participants and a subset, peer and host-staged.
 #[test]
-fn allreduce_across_gpus_over_peer_memory() {
-    let Some(_gpu) = gpu_or_skip("allreduce_across_gpus_over_peer_memory") else {
+fn allreduce_across_2_3_4_gpus_over_peer_memory() {
+    const NAME: &str = "allreduce_across_2_3_4_gpus_over_peer_memory";
+    let Some(_gpu) = gpu_or_skip(NAME) else {
         return;
     };
-    let count = gpu_count().min(4);
-    if count < 2 {
-        println!(
-            "allreduce_across_gpus_over_peer_memory: skipped: one GPU (the one-GPU test covers the kernels)"
-        );
-        return;
-    }
-    for n in 2..=count {
+    let count = gpu_count();
+    for n in [2usize, 3, 4] {
+        if n > count {
+            println!("{NAME}: {n} GPUs: skipped: the machine has {count}");
+            continue;
+        }
         let gpus: Vec<_> = (0..n).map(|o| Gpu::open(o).unwrap()).collect();
         assert!(
             allreduce::enable_peer_access(&gpus).unwrap(),
             "peer access between {n} GPUs"
         );
-        for len in [5usize, 1_000_003] {
-            let host: Vec<Vec<f32>> = (0..n).map(|k| random(len, k as u64 + 77)).collect();
-            let bufs: Vec<_> = gpus
-                .iter()
-                .zip(&host)
-                .map(|(g, h)| gpu::upload(g.stream(), h).unwrap())
-                .collect();
-            let ptrs: Vec<u64> = bufs
-                .iter()
-                .zip(&gpus)
-                .map(|(b, g)| b.device_ptr(g.stream()).0)
-                .collect();
-            direct_allreduce(&gpus, &PhaseEvents::new(&gpus).unwrap(), &ptrs, len);
-            let want = ordered_sum(&host);
-            for (b, g) in bufs.iter().zip(&gpus) {
-                assert_eq!(
-                    gpu::download(g.stream(), b).unwrap(),
-                    want,
-                    "{n} GPUs, len {len}"
-                );
+        for members in member_sets(n) {
+            for len in ODD_LENS {
+                check_allreduce(&gpus, &members, len, &format!("{n} GPUs"));
             }
         }
+        println!("{NAME}: {n} GPUs: exact");
     }
 }
 
@@ -398,21 +441,178 @@ fn vit_same_seed_same_parameters_for_any_split() {
     assert!(d < 2e-4, "{d}");
 }
 
-/// Bus bandwidth of the direct all-reduce at 1, 16, 64 and 256 MB over every GPU (run with
-/// `--ignored`; needs 2 or more GPUs). Bus bandwidth as nccl-tests defines it:
-/// `2 (n-1)/n * bytes / time`. Each iteration is the trainer's protocol: both phases ordered
-/// by events, then one host synchronisation (the trainer's is the next step's stats read).
+/// The DR for 0-based step `step` of [`changing_dr`]: three steps each of [10,0], [5,5],
+/// [0,10], [3,7], [10,0], [0,10], so each GPU is idle, then stale, then refreshed more than
+/// once, and the run ends with GPU 0 stale.
+fn changing_dr(step: u64) -> [u8; 2] {
+    const PHASES: [[u8; 2]; 6] = [[10, 0], [5, 5], [0, 10], [3, 7], [10, 0], [0, 10]];
+    PHASES[(step / 3) as usize % PHASES.len()]
+}
+
+const CHANGING_STEPS: u64 = 18;
+
+/// Steps `engine` through [`CHANGING_STEPS`] batches of 64 of `data` (seed 5), the DR of each
+/// step from `dr` (one unit for a one-device engine).
+fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8>) {
+    let batch_size = 64;
+    let mut order = SampleOrder::new(data.len(), 5);
+    let mut batch = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
+    for step in 0..CHANGING_STEPS {
+        fill_batch(data, &mut order, step, batch_size, &mut batch);
+        let shards = shard_ranges(&DistributionRatio::new(dr(step)).unwrap(), batch_size);
+        engine
+            .step(step + 1, &Arc::new(batch.clone()), &shards)
+            .unwrap();
+    }
+}
+
+fn needs_two_gpus(name: &str) -> bool {
+    if gpu_or_skip(name).is_none() {
+        return false;
+    }
+    let count = gpu_count();
+    if count < 2 {
+        println!("{name}: skipped: needs 2 GPUs, the machine has {count}");
+    }
+    count >= 2
+}
+
+/// A DR changing every 3 steps among [10,0], [5,5], [0,10], [3,7] on 2 GPUs: the same
+/// parameters and optimizer state as 1 GPU with the whole batch (SGD within 2e-5, AdamW within
+/// 2e-4), `state()` taken from the up-to-date GPU while the other is stale, and every replica
+/// identical at the end.
+#[test]
+fn changing_dr_on_two_gpus_matches_one_gpu() {
+    if !needs_two_gpus("changing_dr_on_two_gpus_matches_one_gpu") {
+        return;
+    }
+    let data = Dataset::synthetic(1024, 9);
+    let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
+    for (opt, tol) in [
+        (Optimizer::sgd(0.05), 2e-5f32),
+        (Optimizer::adamw(1e-3), 2e-4),
+    ] {
+        let fresh = State::fresh(model.init(5), &opt);
+        let mut one = GpuEngine::new(&[0], &model, opt, &fresh).unwrap();
+        run_steps(&mut one, &data, |_| vec![10]);
+        let want = one.state().unwrap();
+        let mut two = GpuEngine::new(&[0, 1], &model, opt, &fresh).unwrap();
+        // Peer access makes the refreshes device-to-device copies; without it they go through
+        // the host, and the test still holds.
+        println!(
+            "{opt}: {}",
+            two.notice().unwrap_or_else(|| "peer path".into())
+        );
+        run_steps(&mut two, &data, |s| changing_dr(s).to_vec());
+        // The last steps ran on GPU 1 alone: GPU 0 is stale, and the state must be GPU 1's.
+        let got = two.state().unwrap();
+        let d = max_abs_diff(&got.params, &want.params);
+        println!("{opt}: changing DR vs 1 GPU max |diff| {d:.2e}");
+        assert!(d < tol, "{opt}: changing DR vs 1 GPU {d}");
+        for (k, (g, w)) in got.optimizer.iter().zip(&want.optimizer).enumerate() {
+            let d = max_abs_diff(g, w);
+            assert!(d < tol, "{opt}: optimizer state {k} vs 1 GPU {d}");
+        }
+        let replicas = two.replica_params().unwrap();
+        assert_eq!(replicas[0], replicas[1], "{opt}: replicas differ");
+        assert_eq!(replicas[1], got.params, "{opt}: state() is not GPU 1's");
+    }
+}
+
+/// A replica's state copied from another's memory (GPU 1 into GPU 0 with 2 GPUs, else between
+/// two replicas on GPU 0): exact, over a destination poisoned with NaN.
+#[test]
+fn replica_copies_state_from_a_peer() {
+    let Some(gpu) = gpu_or_skip("replica_copies_state_from_a_peer") else {
+        return;
+    };
+    let src_gpu = if gpu_count() >= 2 {
+        let g = Gpu::open(1).unwrap();
+        assert!(allreduce::enable_peer_access(&[gpu.clone(), g.clone()]).unwrap());
+        g
+    } else {
+        gpu.clone()
+    };
+    let model = ModelSpec::Mlp {
+        dims: vec![37, 19, 10],
+    };
+    let opt = Optimizer::adamw(1e-3);
+    let n = model.init(1).len();
+    let slots: Vec<Vec<f32>> = (0..opt.state_slots())
+        .map(|k| random(n, 20 + k as u64))
+        .collect();
+    let src = Replica::new(src_gpu, &model, opt, &random(n, 3), &slots).unwrap();
+    let poison = vec![vec![f32::NAN; n]; opt.state_slots()];
+    let mut dst = Replica::new(gpu, &model, opt, &vec![f32::NAN; n], &poison).unwrap();
+    let addresses = src.state_ptrs().unwrap();
+    // SAFETY: same model and optimizer, peer access enabled, `src` idle meanwhile.
+    unsafe { dst.copy_state_from(&addresses).unwrap() };
+    assert_eq!(dst.download().unwrap().0, src.download().unwrap().0);
+    // A source with another number of buffers is refused before anything is copied.
+    // SAFETY: nothing is read.
+    assert!(unsafe { dst.copy_state_from(&addresses[..1]) }.is_err());
+}
+
+/// Host staging forced on a pair of replicas (2 GPUs, else two on GPU 0) gives bit for bit the
+/// parameters of the peer path under the changing DR, stale replicas refreshed through the
+/// host, with the one-line notice.
+#[test]
+fn host_staging_matches_the_peer_path() {
+    let Some(_gpu) = gpu_or_skip("host_staging_matches_the_peer_path") else {
+        return;
+    };
+    let pair: Vec<usize> = if gpu_count() >= 2 {
+        vec![0, 1]
+    } else {
+        vec![0, 0]
+    };
+    let data = Dataset::synthetic(1024, 9);
+    let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
+    let opt = Optimizer::adamw(1e-3);
+    let fresh = State::fresh(model.init(5), &opt);
+    let mut params = Vec::new();
+    for choice in [ExchangeChoice::Auto, ExchangeChoice::Host] {
+        let mut engine = GpuEngine::with_exchange(&pair, &model, opt, &fresh, choice).unwrap();
+        assert_eq!(
+            engine.notice().is_some(),
+            choice == ExchangeChoice::Host,
+            "{choice:?}: {:?}",
+            engine.notice()
+        );
+        run_steps(&mut engine, &data, |s| changing_dr(s).to_vec());
+        let replicas = engine.replica_params().unwrap();
+        assert_eq!(replicas[0], replicas[1], "{choice:?}: replicas differ");
+        params.push(replicas[0].clone());
+    }
+    assert_eq!(
+        params[0], params[1],
+        "host staging differs from the peer path"
+    );
+}
+
+/// Bus bandwidth of the direct all-reduce at 1, 16, 64 and 256 MB over 2, 3, ... up to every
+/// GPU of the machine (run with `--ignored`; needs 2 or more GPUs), as a table. Bus bandwidth
+/// as nccl-tests defines it: `2 (n-1)/n * bytes / time`. Each iteration is the engine's
+/// protocol: both phases ordered by events, then one host synchronisation (the engine's is the
+/// next step's stats read). `scripts/torch_ddp_reference.py --allreduce` prints NCCL's in the
+/// same form.
 #[test]
 #[ignore]
 fn allreduce_bandwidth() {
-    let count = gpu_count().min(8);
+    let count = gpu_count().min(train_ops::MAX_PEERS);
     if count < 2 {
         println!("allreduce_bandwidth: needs 2 GPUs, found {count}");
         return;
     }
     let gpus: Vec<_> = (0..count).map(|o| Gpu::open(o).unwrap()).collect();
     assert!(allreduce::enable_peer_access(&gpus).unwrap());
-    println!("{} x {}", count, gpus[0].describe());
+    let events = PhaseEvents::new(&gpus).unwrap();
+    println!("ours: direct all-reduce, {count} x {}", gpus[0].describe());
+    println!("{:>5} {:>4} {:>10} {:>10}", "MB", "GPUs", "us", "bus GB/s");
     for mb in [1usize, 16, 64, 256] {
         let len = mb * 1_000_000 / 4;
         let bufs: Vec<_> = gpus
@@ -424,20 +624,16 @@ fn allreduce_bandwidth() {
             .zip(&gpus)
             .map(|(b, g)| b.device_ptr(g.stream()).0)
             .collect();
-        let events = PhaseEvents::new(&gpus).unwrap();
-        for _ in 0..5 {
-            direct_allreduce(&gpus, &events, &ptrs, len);
+        for n in 2..=count {
+            let members: Vec<usize> = (0..n).collect();
+            let run = || direct_allreduce(&gpus, &events, &members, &ptrs[..n], len);
+            (0..5).for_each(|_| run());
+            let iters = 50;
+            let t = Instant::now();
+            (0..iters).for_each(|_| run());
+            let s = t.elapsed().as_secs_f64() / iters as f64;
+            let bus = 2.0 * (n - 1) as f64 / n as f64 * (len * 4) as f64 / s / 1e9;
+            println!("{mb:>5} {n:>4} {:>10.1} {bus:>10.1}", s * 1e6);
         }
-        let iters = 50;
-        let t = Instant::now();
-        for _ in 0..iters {
-            direct_allreduce(&gpus, &events, &ptrs, len);
-        }
-        let s = t.elapsed().as_secs_f64() / iters as f64;
-        let bus = 2.0 * (count - 1) as f64 / count as f64 * (len * 4) as f64 / s / 1e9;
-        println!(
-            "allreduce {mb:>4} MB: {:.1} us, bus bandwidth {bus:.1} GB/s",
-            s * 1e6
-        );
     }
 }

@@ -13,14 +13,18 @@
 //! buffer (which peers read in phase 2). The host only needs a barrier between the enqueues,
 //! never a synchronisation.
 //!
+//! The participants of one all-reduce can be any subset of the engine's GPUs (those with work
+//! in the step): the buffers are passed in participant order, and [`PhaseEvents`] (one pair
+//! per GPU) waits only on the participating GPUs' events.
+//!
 //! **Host staging** ([`HostExchange`]) is the fallback when peer access is unavailable: each
-//! participant copies its buffer to the host, and each sums all of them in participant
-//! order and copies the sum back.
+//! participant copies its buffer into its own page-locked host buffer, and each sums all of
+//! them in participant order and copies the sum back.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, sys};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice, sys};
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
@@ -149,13 +153,15 @@ pub unsafe fn all_gather(
     Ok(())
 }
 
-/// One event per participant and phase, for ordering the phases across GPUs (module docs).
+/// One event per GPU and phase, for ordering the phases across GPUs (module docs). GPUs are
+/// named by their index in the `gpus` given to [`new`](Self::new), whichever subset of them
+/// takes part in an all-reduce.
 pub struct PhaseEvents {
     done: Vec<[CudaEvent; 2]>,
 }
 
 impl PhaseEvents {
-    /// Events for participants `gpus` (by rank), each made in its GPU's context.
+    /// Events for `gpus`, each made in its GPU's context.
     pub fn new(gpus: &[Arc<Gpu>]) -> Result<PhaseEvents> {
         let done = gpus
             .iter()
@@ -171,64 +177,125 @@ impl PhaseEvents {
         Ok(PhaseEvents { done })
     }
 
-    /// Marks the end of participant `rank`'s `phase` (0 or 1) on its `stream`.
-    pub fn record(&self, rank: usize, phase: usize, stream: &CudaStream) -> Result<()> {
-        self.done[rank][phase].record(stream).cuda(|| {
+    /// Marks the end of GPU `own`'s `phase` (0 or 1) on its `stream`.
+    pub fn record(&self, own: usize, phase: usize, stream: &CudaStream) -> Result<()> {
+        self.done[own][phase].record(stream).cuda(|| {
             format!(
-                "recording the end of all-reduce phase {} on rank {rank}",
+                "recording the end of all-reduce phase {} on GPU {own}",
                 phase + 1
             )
         })
     }
 
-    /// Makes `stream` (participant `rank`'s) wait for every other participant's `phase`, as
-    /// last recorded. The caller makes sure those records were enqueued first.
-    pub fn wait_for_others(&self, rank: usize, phase: usize, stream: &CudaStream) -> Result<()> {
-        for (q, events) in self.done.iter().enumerate() {
-            if q != rank {
-                stream
-                    .wait(&events[phase])
-                    .cuda(|| format!("waiting for rank {q}'s all-reduce phase {}", phase + 1))?;
-            }
+    /// Makes `stream` (GPU `own`'s) wait for the `phase` of every other GPU in `members` (the
+    /// participants), as last recorded. The caller makes sure those records were enqueued
+    /// first.
+    pub fn wait_for_others(
+        &self,
+        members: &[usize],
+        own: usize,
+        phase: usize,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        for &q in members.iter().filter(|&&q| q != own) {
+            stream
+                .wait(&self.done[q][phase])
+                .cuda(|| format!("waiting for GPU {q}'s all-reduce phase {}", phase + 1))?;
         }
         Ok(())
     }
 }
 
-/// The host-staged fallback: one host vector per participant.
+/// The host-staged fallback: per GPU, a page-locked buffer its gradients are staged into (read
+/// by every participant) and one the sum is built in (its own, copied back to it). Page-locked
+/// memory makes both copies direct DMA; it is allocated without write-combining, since the host
+/// reads it.
 pub struct HostExchange {
-    slots: Vec<Mutex<Vec<f32>>>,
+    staged: Vec<RwLock<PinnedHostSlice<f32>>>,
+    sums: Vec<Mutex<PinnedHostSlice<f32>>>,
+}
+
+/// Locks that a panicking thread left poisoned still hold valid buffers (plain f32s).
+fn unpoison<G>(r: std::result::Result<G, std::sync::PoisonError<G>>) -> G {
+    r.unwrap_or_else(|p| p.into_inner())
 }
 
 impl HostExchange {
-    pub fn new(participants: usize) -> HostExchange {
-        HostExchange {
-            slots: (0..participants).map(|_| Mutex::new(Vec::new())).collect(),
+    /// Buffers of `len` values for each of `gpus` (each allocated in its GPU's context).
+    pub fn new(gpus: &[Arc<Gpu>], len: usize) -> Result<HostExchange> {
+        if len == 0 {
+            return Err(Error::invalid("host-staged all-reduce", "an empty buffer"));
         }
+        let pinned = |g: &Gpu| {
+            // SAFETY: every buffer is written in full (a copy of `len` values) before it is read.
+            unsafe { g.ctx().alloc_pinned_with_flags::<f32>(len, 0) }.cuda(|| {
+                format!(
+                    "allocating {len} page-locked values for cuda:{}",
+                    g.ordinal()
+                )
+            })
+        };
+        Ok(HostExchange {
+            staged: gpus
+                .iter()
+                .map(|g| pinned(g).map(RwLock::new))
+                .collect::<Result<_>>()?,
+            sums: gpus
+                .iter()
+                .map(|g| pinned(g).map(Mutex::new))
+                .collect::<Result<_>>()?,
+        })
     }
 
-    /// Phase 1: participant `rank` copies its buffer to the host (waits for it).
-    pub fn stage(&self, gpu: &Gpu, buf: &CudaSlice<f32>, rank: usize) -> Result<()> {
-        let host = crate::gpu::download(gpu.stream(), buf)?;
-        *self.slots[rank].lock().unwrap_or_else(|p| p.into_inner()) = host;
+    fn check_len(&self, buf: &CudaSlice<f32>, own: usize) -> Result<()> {
+        let want = unpoison(self.staged[own].read()).len();
+        if buf.len() != want {
+            return Err(Error::invalid(
+                "host-staged all-reduce",
+                format!("a buffer of {} values, {want} expected", buf.len()),
+            ));
+        }
         Ok(())
     }
 
-    /// Phase 2 (after every participant's phase 1): the sum, in participant order, copied into
-    /// `buf`.
-    pub fn sum_into(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>) -> Result<()> {
-        let mut sum = vec![0.0f32; buf.len()];
-        for (k, slot) in self.slots.iter().enumerate() {
-            let v = slot.lock().unwrap_or_else(|p| p.into_inner());
+    /// Phase 1: GPU `own` copies its buffer to the host (and waits for it).
+    pub fn stage(&self, gpu: &Gpu, buf: &CudaSlice<f32>, own: usize) -> Result<()> {
+        self.check_len(buf, own)?;
+        let s = gpu.stream();
+        let mut slot = unpoison(self.staged[own].write());
+        s.memcpy_dtoh(buf, &mut *slot)
+            .cuda(|| "staging gradients on the host".into())?;
+        gpu.sync()
+    }
+
+    /// Phase 2 (after every member's phase 1): GPU `own` sums the staged buffers of `members`
+    /// in their order and copies the sum into `buf` (and waits for it).
+    pub fn sum_into(
+        &self,
+        gpu: &Gpu,
+        buf: &mut CudaSlice<f32>,
+        own: usize,
+        members: &[usize],
+    ) -> Result<()> {
+        self.check_len(buf, own)?;
+        let mut sum = unpoison(self.sums[own].lock());
+        let out = sum
+            .as_mut_slice()
+            .cuda(|| "waiting for the host sum buffer".into())?;
+        for (k, &m) in members.iter().enumerate() {
+            let slot = unpoison(self.staged[m].read());
+            let v = slot
+                .as_slice()
+                .cuda(|| format!("reading GPU {m}'s staged gradients"))?;
             if k == 0 {
-                sum.copy_from_slice(&v);
+                out.copy_from_slice(v);
             } else {
-                sum.iter_mut().zip(v.iter()).for_each(|(s, x)| *s += x);
+                out.iter_mut().zip(v).for_each(|(s, x)| *s += x);
             }
         }
-        let s = gpu.stream();
-        s.memcpy_htod(sum.as_slice(), buf)
+        gpu.stream()
+            .memcpy_htod(&*sum, buf)
             .cuda(|| "copying the summed gradients back".into())?;
-        s.synchronize().cuda(|| "synchronising".into())
+        gpu.sync()
     }
 }

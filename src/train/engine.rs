@@ -4,8 +4,15 @@
 //!
 //! A step takes the whole batch and one shard range per device. Each shard's gradient is of
 //! `sum(loss) / B` (B the whole batch), so the sum over devices is the full batch's mean
-//! gradient whatever the split; a device with an empty shard contributes zeros and still
-//! applies the update, so every replica holds the same parameters after every step.
+//! gradient whatever the split.
+//!
+//! In a [`GpuEngine`] step only the devices with a non-empty shard work ([`ActiveSet`]): they
+//! alone run the pass, the all-reduce and the optimizer; an idle GPU gets no kernel and no
+//! barrier (other jobs may be measured on it). Its replica then misses the update, so the
+//! engine counts the updates each replica holds ([`Freshness`]) and, before a stale replica
+//! works again or is read, copies parameters and optimizer state into it from an up-to-date
+//! one (device to device over peer access, else through the host). Leaving an idle device out
+//! of the sum changes no value: it used to add zeros.
 
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -147,22 +154,119 @@ impl Engine for CpuEngine {
     }
 }
 
+/// The devices that work in a step: those with a non-empty shard, in device order. A member's
+/// position is its rank in the step's all-reduce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ActiveSet {
+    members: Vec<usize>,
+}
+
+impl ActiveSet {
+    /// The active devices of `shards` (one range per device); an error when every shard is
+    /// empty, since a step needs samples.
+    fn of(shards: &[Range<usize>]) -> Result<ActiveSet> {
+        let members: Vec<usize> = (0..shards.len())
+            .filter(|&d| !shards[d].is_empty())
+            .collect();
+        if members.is_empty() {
+            return Err(Error::invalid("training step", "a batch with no samples"));
+        }
+        Ok(ActiveSet { members })
+    }
+
+    fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// `device`'s rank in the all-reduce, if it is active.
+    fn rank(&self, device: usize) -> Option<usize> {
+        self.members.iter().position(|&d| d == device)
+    }
+}
+
+/// How many updates (steps and [`Engine::set_state`] calls) each replica holds. A replica that
+/// holds fewer than the most is stale: it was idle while others stepped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Freshness {
+    held: Vec<u64>,
+}
+
+impl Freshness {
+    /// `devices` replicas, all holding the initial state.
+    fn new(devices: usize) -> Freshness {
+        Freshness {
+            held: vec![0; devices],
+        }
+    }
+
+    fn latest(&self) -> u64 {
+        self.held.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Those of `devices` whose replica is stale.
+    fn stale(&self, devices: &[usize]) -> Vec<usize> {
+        let latest = self.latest();
+        devices
+            .iter()
+            .copied()
+            .filter(|&d| self.held[d] < latest)
+            .collect()
+    }
+
+    /// An up-to-date replica (the first): the one to copy from and to read the state of.
+    fn source(&self) -> usize {
+        let latest = self.latest();
+        self.held.iter().position(|&h| h == latest).unwrap_or(0)
+    }
+
+    /// `device` was brought up to date from a [`source`](Self::source).
+    fn refreshed(&mut self, device: usize) {
+        self.held[device] = self.latest();
+    }
+
+    /// A step's `members` (all up to date before it) applied its update.
+    fn stepped(&mut self, members: &[usize]) {
+        let next = self.latest() + 1;
+        members.iter().for_each(|&d| self.held[d] = next);
+    }
+
+    /// Every replica was given the same new state.
+    fn set_all(&mut self) {
+        let next = self.latest() + 1;
+        self.held.fill(next);
+    }
+}
+
+/// How a [`GpuEngine`] sums gradients across GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeChoice {
+    /// Over peer memory where every pair of GPUs can reach each other, else through the host
+    /// (with a notice).
+    Auto,
+    /// Through the host even where peer access is available (tests compare the two paths).
+    Host,
+}
+
 /// How the GPU workers exchange gradients.
 enum Exchange {
-    /// One GPU: nothing to exchange.
-    Alone,
-    /// Direct all-reduce over peer memory: the gradient buffers' addresses by rank, and the
+    /// Direct all-reduce over peer memory: every device's gradient buffer address, and the
     /// events that order the phases across GPUs.
     Peer(Vec<u64>, PhaseEvents),
-    /// Staged through host memory.
+    /// Staged through page-locked host memory.
     Host(HostExchange),
 }
 
-/// What the workers share: the barrier that separates the exchange phases, and the exchange.
+/// What the workers share for the whole run.
 struct Shared {
-    barrier: Barrier,
     exchange: Exchange,
     len: usize,
+}
+
+/// One step's participants: the active devices and the barrier that they, and only they, wait
+/// at between the exchange phases.
+struct Group {
+    active: ActiveSet,
+    barrier: Barrier,
 }
 
 enum Command {
@@ -170,14 +274,20 @@ enum Command {
         t: u64,
         batch: Arc<Batch>,
         shard: Range<usize>,
+        group: Arc<Group>,
     },
     Download,
     Upload(Arc<State>),
+    /// Wait for pending work and report the state buffers' addresses (a peer copies them).
+    Lend,
+    /// Copy parameters and optimizer state from a peer's [`Command::Lend`] addresses.
+    CopyFrom(Vec<u64>),
 }
 
 enum Reply {
     Stats(ShardStats),
     State(State),
+    Addresses(Vec<u64>),
     Done,
 }
 
@@ -191,6 +301,9 @@ struct Worker {
 /// replica.
 pub struct GpuEngine {
     workers: Vec<Worker>,
+    freshness: Freshness,
+    /// Whether a stale replica is refreshed over peer memory (else through the host).
+    peer: bool,
     notice: Option<String>,
 }
 
@@ -202,6 +315,18 @@ impl GpuEngine {
         model: &ModelSpec,
         optimizer: Optimizer,
         state: &State,
+    ) -> Result<GpuEngine> {
+        GpuEngine::with_exchange(ordinals, model, optimizer, state, ExchangeChoice::Auto)
+    }
+
+    /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
+    /// says.
+    pub fn with_exchange(
+        ordinals: &[usize],
+        model: &ModelSpec,
+        optimizer: Optimizer,
+        state: &State,
+        choice: ExchangeChoice,
     ) -> Result<GpuEngine> {
         if ordinals.is_empty() || ordinals.len() > crate::kernels::train_ops::MAX_PEERS {
             return Err(Error::invalid(
@@ -217,43 +342,43 @@ impl GpuEngine {
             .iter()
             .map(|&o| Gpu::open(o))
             .collect::<Result<Vec<_>>>()?;
-        let peer = gpus.len() > 1 && allreduce::enable_peer_access(&gpus)?;
+        let peer = match choice {
+            ExchangeChoice::Auto => gpus.len() == 1 || allreduce::enable_peer_access(&gpus)?,
+            ExchangeChoice::Host => false,
+        };
         let replicas = gpus
             .iter()
             .map(|g| Replica::new(g.clone(), model, optimizer, &state.params, &state.optimizer))
             .collect::<Result<Vec<_>>>()?;
-        let (exchange, notice) = match (gpus.len(), peer) {
-            (1, _) => (Exchange::Alone, None),
-            (_, true) => (
-                Exchange::Peer(
-                    replicas.iter().map(Replica::grads_ptr).collect(),
-                    PhaseEvents::new(&gpus)?,
-                ),
-                None,
-            ),
-            (n, false) => (
-                Exchange::Host(HostExchange::new(n)),
-                Some(
-                    "peer access between the GPUs is unavailable; gradients are summed through \
-                     host memory (slower)"
-                        .to_string(),
-                ),
-            ),
+        let len = state.params.len();
+        let exchange = if peer {
+            Exchange::Peer(
+                replicas.iter().map(Replica::grads_ptr).collect(),
+                PhaseEvents::new(&gpus)?,
+            )
+        } else {
+            Exchange::Host(HostExchange::new(&gpus, len)?)
         };
-        let shared = Arc::new(Shared {
-            barrier: Barrier::new(gpus.len()),
-            exchange,
-            len: state.params.len(),
-        });
+        let notice = match (peer, choice) {
+            (true, _) => None,
+            (false, ExchangeChoice::Auto) => Some(
+                "peer access between the GPUs is unavailable; gradients are summed through \
+                 host memory (slower)",
+            ),
+            (false, ExchangeChoice::Host) => {
+                Some("gradients are summed through host memory, as asked (slower)")
+            }
+        };
+        let shared = Arc::new(Shared { exchange, len });
         let features = model.features();
         let mut workers = Vec::new();
-        for (rank, replica) in replicas.into_iter().enumerate() {
+        for (device, replica) in replicas.into_iter().enumerate() {
             let (ctx, crx) = channel();
             let (rtx, rrx) = channel();
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
-                .name(format!("attnrt-gpu{}", ordinals[rank]))
-                .spawn(move || worker(rank, replica, features, shared, crx, rtx))
+                .name(format!("attnrt-gpu{}", ordinals[device]))
+                .spawn(move || worker(device, replica, features, shared, crx, rtx))
                 .map_err(|e| Error::io("GPU worker thread", e))?;
             workers.push(Worker {
                 commands: ctx,
@@ -261,32 +386,78 @@ impl GpuEngine {
                 thread: Some(thread),
             });
         }
-        Ok(GpuEngine { workers, notice })
+        Ok(GpuEngine {
+            freshness: Freshness::new(workers.len()),
+            workers,
+            peer,
+            notice: notice.map(str::to_string),
+        })
     }
 
-    /// Sends one command to every worker and collects the replies in rank order.
-    fn all(&mut self, make: impl Fn(usize) -> Command) -> Result<Vec<Reply>> {
-        for (rank, w) in self.workers.iter().enumerate() {
-            w.commands
-                .send(make(rank))
-                .map_err(|_| Error::invalid("GPU worker", format!("worker {rank} has stopped")))?;
+    /// Sends one command to each of `devices` and collects the replies in that order.
+    fn call(&self, devices: &[usize], make: impl Fn(usize) -> Command) -> Result<Vec<Reply>> {
+        let stopped = |d: usize| Error::invalid("GPU worker", format!("worker {d} has stopped"));
+        for &d in devices {
+            self.workers[d]
+                .commands
+                .send(make(d))
+                .map_err(|_| stopped(d))?;
         }
         // Collect every reply before returning an error, so no worker is left mid-command.
-        let replies: Vec<Result<Reply>> = self
-            .workers
+        let replies: Vec<Result<Reply>> = devices
             .iter()
-            .enumerate()
-            .map(|(rank, w)| {
-                w.replies.recv().unwrap_or_else(|_| {
-                    Err(Error::invalid(
-                        "GPU worker",
-                        format!("worker {rank} has stopped"),
-                    ))
-                })
+            .map(|&d| {
+                self.workers[d]
+                    .replies
+                    .recv()
+                    .unwrap_or_else(|_| Err(stopped(d)))
             })
             .collect();
         replies.into_iter().collect()
     }
+
+    fn every_device(&self) -> Vec<usize> {
+        (0..self.workers.len()).collect()
+    }
+
+    /// Replica `device`'s state, on the host.
+    fn download(&self, device: usize) -> Result<State> {
+        match self.call(&[device], |_| Command::Download)?.pop() {
+            Some(Reply::State(s)) => Ok(s),
+            _ => Err(unexpected_reply(device, "a download")),
+        }
+    }
+
+    /// Brings the stale replicas among `devices` up to date from an up-to-date one: device to
+    /// device when peer access is on, else through the host.
+    fn refresh(&mut self, devices: &[usize]) -> Result<()> {
+        let stale = self.freshness.stale(devices);
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let source = self.freshness.source();
+        if self.peer {
+            // The source waits for its pending work before lending its addresses, and gets no
+            // command until every copy from it has finished (each waits for its copy).
+            let addresses = match self.call(&[source], |_| Command::Lend)?.pop() {
+                Some(Reply::Addresses(a)) => a,
+                _ => return Err(unexpected_reply(source, "a lend")),
+            };
+            self.call(&stale, |_| Command::CopyFrom(addresses.clone()))?;
+        } else {
+            let state = Arc::new(self.download(source)?);
+            self.call(&stale, |_| Command::Upload(state.clone()))?;
+        }
+        stale.iter().for_each(|&d| self.freshness.refreshed(d));
+        Ok(())
+    }
+}
+
+fn unexpected_reply(device: usize, to: &str) -> Error {
+    Error::invalid(
+        "GPU worker",
+        format!("worker {device} answered {to} with something else"),
+    )
 }
 
 impl Engine for GpuEngine {
@@ -296,12 +467,23 @@ impl Engine for GpuEngine {
 
     fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats> {
         check_shards(self.workers.len(), batch, shards)?;
-        let mut stats = ShardStats::default();
-        for r in self.all(|g| Command::Step {
+        let active = ActiveSet::of(shards)?;
+        self.refresh(active.members())?;
+        let group = Arc::new(Group {
+            barrier: Barrier::new(active.members().len()),
+            active,
+        });
+        let members = group.active.members();
+        let replies = self.call(members, |d| Command::Step {
             t,
             batch: batch.clone(),
-            shard: shards[g].clone(),
-        })? {
+            shard: shards[d].clone(),
+            group: group.clone(),
+        })?;
+        // (A failed step returns above: the run stops, whatever the replicas hold.)
+        self.freshness.stepped(members);
+        let mut stats = ShardStats::default();
+        for r in replies {
             if let Reply::Stats(s) = r {
                 stats += s;
             }
@@ -309,20 +491,17 @@ impl Engine for GpuEngine {
         Ok(stats)
     }
 
+    /// The state of an up-to-date replica.
     fn state(&mut self) -> Result<State> {
-        match self.workers[0].commands.send(Command::Download) {
-            Ok(()) => match self.workers[0].replies.recv() {
-                Ok(Ok(Reply::State(s))) => Ok(s),
-                Ok(Err(e)) => Err(e),
-                _ => Err(Error::invalid("GPU worker", "worker 0 has stopped")),
-            },
-            Err(_) => Err(Error::invalid("GPU worker", "worker 0 has stopped")),
-        }
+        self.download(self.freshness.source())
     }
 
+    /// Every replica's parameters, stale ones refreshed first.
     fn replica_params(&mut self) -> Result<Vec<Vec<f32>>> {
+        let all = self.every_device();
+        self.refresh(&all)?;
         Ok(self
-            .all(|_| Command::Download)?
+            .call(&all, |_| Command::Download)?
             .into_iter()
             .filter_map(|r| match r {
                 Reply::State(s) => Some(s.params),
@@ -333,7 +512,9 @@ impl Engine for GpuEngine {
 
     fn set_state(&mut self, state: &State) -> Result<()> {
         let state = Arc::new(state.clone());
-        self.all(|_| Command::Upload(state.clone())).map(|_| ())
+        self.call(&self.every_device(), |_| Command::Upload(state.clone()))?;
+        self.freshness.set_all();
+        Ok(())
     }
 
     fn notice(&self) -> Option<String> {
@@ -356,7 +537,7 @@ impl Drop for GpuEngine {
 
 /// A worker's loop: one command at a time until the engine drops its channel.
 fn worker(
-    rank: usize,
+    device: usize,
     mut replica: Replica,
     features: usize,
     shared: Arc<Shared>,
@@ -365,13 +546,31 @@ fn worker(
 ) {
     while let Ok(cmd) = commands.recv() {
         let reply = match cmd {
-            Command::Step { t, batch, shard } => {
-                step(rank, &mut replica, features, &shared, t, &batch, shard).map(Reply::Stats)
+            Command::Step {
+                t,
+                batch,
+                shard,
+                group,
+            } => {
+                let work = Work {
+                    device,
+                    features,
+                    shared: &shared,
+                    group: &group,
+                };
+                work.step(&mut replica, t, &batch, shard).map(Reply::Stats)
             }
             Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
             Command::Upload(state) => replica
                 .upload(&state.params, &state.optimizer)
                 .map(|()| Reply::Done),
+            Command::Lend => replica.state_ptrs().map(Reply::Addresses),
+            // SAFETY: the engine sends only a peer replica's `Lend` addresses (same model and
+            // optimizer, peer access enabled between all its GPUs), and keeps that peer idle
+            // until this copy has finished.
+            Command::CopyFrom(addresses) => {
+                unsafe { replica.copy_state_from(&addresses) }.map(|()| Reply::Done)
+            }
         };
         if replies.send(reply).is_err() {
             return;
@@ -379,71 +578,174 @@ fn worker(
     }
 }
 
-/// One step on one worker. Every worker waits at the same barriers whatever happens, so one
-/// failing worker cannot leave the others waiting forever; it skips its work and reports.
-fn step(
-    rank: usize,
-    replica: &mut Replica,
+/// One worker's part in one step.
+struct Work<'a> {
+    device: usize,
     features: usize,
-    shared: &Shared,
-    t: u64,
-    batch: &Batch,
-    shard: Range<usize>,
-) -> Result<ShardStats> {
-    let scale = 1.0 / batch.len() as f32;
-    let mut result = replica
-        .forward_backward(
-            &batch.features[shard.start * features..shard.end * features],
-            &batch.labels[shard.clone()],
-            scale,
-        )
-        .and_then(|()| replica.stats());
-    let gpu = replica.gpu().clone();
-    let stream = gpu.stream().clone();
-    match &shared.exchange {
-        Exchange::Alone => {}
-        Exchange::Peer(bufs, events) => {
-            // The barriers order the enqueues (each event is recorded before anyone waits on
-            // it); the events order the GPUs' work, with no host synchronisation.
-            shared.barrier.wait();
-            if result.is_ok() {
-                // SAFETY: every rank's gradients are complete (each synchronised in `stats`
-                // before the barrier); each rank writes only its own chunk of its own buffer.
-                let r = unsafe { allreduce::reduce_scatter(&gpu, &stream, bufs, rank, shared.len) };
-                result = r.and_then(|()| events.record(rank, 0, &stream)).and(result);
-            }
-            shared.barrier.wait();
-            if result.is_ok() {
-                // SAFETY: the stream waits for every rank's phase 1 (the chunks are final and
-                // nobody reads this buffer's other chunks any more); each rank writes only the
-                // chunks it does not own, in its own buffer.
-                let r = events
-                    .wait_for_others(rank, 0, &stream)
-                    .and_then(|()| unsafe {
-                        allreduce::all_gather(&gpu, &stream, bufs, rank, shared.len)
-                    });
-                result = r.and_then(|()| events.record(rank, 1, &stream)).and(result);
-            }
-            shared.barrier.wait();
-            if result.is_ok() {
-                // Our buffer is not written again (next backward pass) before every peer has
-                // copied its chunk out of it.
-                result = events.wait_for_others(rank, 1, &stream).and(result);
-            }
-        }
-        Exchange::Host(host) => {
-            shared.barrier.wait();
-            if result.is_ok() {
-                result = host.stage(&gpu, replica.grads_mut(), rank).and(result);
-            }
-            shared.barrier.wait();
-            if result.is_ok() {
-                result = host.sum_into(&gpu, replica.grads_mut()).and(result);
-            }
-            shared.barrier.wait();
-        }
+    shared: &'a Shared,
+    group: &'a Group,
+}
+
+impl Work<'_> {
+    /// The pass over the shard, the exchange with the step's other members, the update.
+    fn step(
+        &self,
+        replica: &mut Replica,
+        t: u64,
+        batch: &Batch,
+        shard: Range<usize>,
+    ) -> Result<ShardStats> {
+        let f = self.features;
+        // A malformed batch is an error, not a panic: the other members are at the barriers.
+        let x = batch
+            .features
+            .get(shard.start * f..shard.end * f)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "training step",
+                    format!(
+                        "{} feature values for {} samples of {f}",
+                        batch.features.len(),
+                        batch.len()
+                    ),
+                )
+            });
+        let result = x
+            .and_then(|x| {
+                replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
+            })
+            .and_then(|()| replica.stats());
+        let stats = match self.group.active.rank(self.device) {
+            // Alone in the step (or, never, not in it): nothing to exchange.
+            Some(rank) if self.group.active.members().len() > 1 => match &self.shared.exchange {
+                Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, result),
+                Exchange::Host(host) => self.host(replica, host, result),
+            },
+            _ => result,
+        }?;
+        replica.optimizer_step(t)?;
+        Ok(stats)
     }
-    let stats = result?;
-    replica.optimizer_step(t)?;
-    Ok(stats)
+
+    /// The direct all-reduce among the step's members. Every member waits at the same
+    /// barriers whatever happens, so one failing worker cannot leave the others waiting
+    /// forever; it skips its work and reports.
+    fn peer(
+        &self,
+        replica: &Replica,
+        rank: usize,
+        all_bufs: &[u64],
+        events: &PhaseEvents,
+        mut result: Result<ShardStats>,
+    ) -> Result<ShardStats> {
+        let (own, len) = (self.device, self.shared.len);
+        let members = self.group.active.members();
+        let bufs: Vec<u64> = members.iter().map(|&d| all_bufs[d]).collect();
+        let gpu = replica.gpu();
+        let stream = gpu.stream();
+        // The barriers order the enqueues (each event is recorded before anyone waits on it);
+        // the events order the GPUs' work, with no host synchronisation.
+        self.group.barrier.wait();
+        if result.is_ok() {
+            // SAFETY: every member's gradients are complete (each synchronised in `stats`
+            // before the barrier); each member writes only its own chunk of its own buffer.
+            let r = unsafe { allreduce::reduce_scatter(gpu, stream, &bufs, rank, len) };
+            result = r.and_then(|()| events.record(own, 0, stream)).and(result);
+        }
+        self.group.barrier.wait();
+        if result.is_ok() {
+            // SAFETY: the stream waits for every member's phase 1 (the chunks are final and
+            // nobody reads this buffer's other chunks any more); each member writes only the
+            // chunks it does not own, in its own buffer.
+            let r = events
+                .wait_for_others(members, own, 0, stream)
+                .and_then(|()| unsafe { allreduce::all_gather(gpu, stream, &bufs, rank, len) });
+            result = r.and_then(|()| events.record(own, 1, stream)).and(result);
+        }
+        self.group.barrier.wait();
+        if result.is_ok() {
+            // Our buffer is not written again (our next backward pass) before every member
+            // has copied its chunk out of it.
+            result = events.wait_for_others(members, own, 1, stream).and(result);
+        }
+        result
+    }
+
+    /// The host-staged exchange among the step's members; the same barriers whatever happens,
+    /// as in [`peer`](Self::peer). No barrier is needed after the sums: the staged buffers are
+    /// written again only in the next step, which starts after every member has replied.
+    fn host(
+        &self,
+        replica: &mut Replica,
+        host: &HostExchange,
+        mut result: Result<ShardStats>,
+    ) -> Result<ShardStats> {
+        let gpu = replica.gpu().clone();
+        self.group.barrier.wait();
+        if result.is_ok() {
+            result = host
+                .stage(&gpu, replica.grads_mut(), self.device)
+                .and(result);
+        }
+        self.group.barrier.wait();
+        if result.is_ok() {
+            let members = self.group.active.members();
+            result = host
+                .sum_into(&gpu, replica.grads_mut(), self.device, members)
+                .and(result);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_set_ranks_the_devices_with_samples_in_device_order() {
+        let set = ActiveSet::of(&[0..3, 3..3, 3..10, 10..12]).unwrap();
+        assert_eq!(set.members(), &[0, 2, 3]);
+        assert_eq!(
+            (0..4).map(|d| set.rank(d)).collect::<Vec<_>>(),
+            [Some(0), None, Some(1), Some(2)]
+        );
+        let alone = ActiveSet::of(&[0..0, 0..8]).unwrap();
+        assert_eq!((alone.members(), alone.rank(1)), (&[1][..], Some(0)));
+        let err = ActiveSet::of(&[0..0, 0..0]).unwrap_err().to_string();
+        assert!(err.contains("no samples"), "{err}");
+    }
+
+    /// The bookkeeping for two devices whose DR goes [10,0], [5,5], [0,10], [5,5], [10,0],
+    /// [10,0] (who is refreshed before each step, and from whom), and for three.
+    #[test]
+    fn freshness_refreshes_exactly_the_replicas_that_missed_updates() {
+        let mut f = Freshness::new(2);
+        let mut plan = Vec::new();
+        for members in [&[0][..], &[0, 1], &[1], &[0, 1], &[0], &[0]] {
+            let stale = f.stale(members);
+            plan.push((stale.clone(), f.source()));
+            stale.iter().for_each(|&d| f.refreshed(d));
+            f.stepped(members);
+        }
+        assert_eq!(
+            plan,
+            [
+                (vec![], 0),
+                (vec![1], 0), // device 1 missed the [10,0] step
+                (vec![], 0),
+                (vec![0], 1), // device 0 missed the [0,10] step
+                (vec![], 0),
+                (vec![], 0),
+            ]
+        );
+        // Device 1 missed the last two steps: the state comes from device 0, and reading every
+        // replica refreshes device 1 only.
+        assert_eq!((f.source(), f.stale(&[0, 1])), (0, vec![1]));
+        f.set_all();
+        assert!(f.stale(&[0, 1]).is_empty());
+        let mut three = Freshness::new(3);
+        three.stepped(&[1, 2]);
+        assert_eq!((three.source(), three.stale(&[0, 1, 2])), (1, vec![0]));
+    }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, DevicePtr, PinnedHostSlice};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::blas;
@@ -115,6 +115,50 @@ impl Replica {
 
     pub fn grads_mut(&mut self) -> &mut CudaSlice<f32> {
         &mut self.grads
+    }
+
+    /// Waits for the replica's pending work, then gives the device addresses of its parameters
+    /// and optimizer state vectors (in that order), for a stale peer to copy from
+    /// ([`copy_state_from`](Self::copy_state_from)).
+    pub fn state_ptrs(&self) -> Result<Vec<u64>> {
+        self.gpu.sync()?;
+        let s = self.gpu.stream();
+        Ok(std::iter::once(&self.params)
+            .chain(&self.state)
+            .map(|b| b.device_ptr(s).0)
+            .collect())
+    }
+
+    /// Overwrites parameters and optimizer state with a peer's, device to device, and waits for
+    /// the copy. `src` is the peer's [`state_ptrs`](Self::state_ptrs).
+    ///
+    /// # Safety
+    /// `src` must come from a replica of the same model and optimizer whose memory this GPU can
+    /// reach (the same GPU, or a peer with peer access enabled), and that replica must not
+    /// write those buffers until this returns.
+    pub unsafe fn copy_state_from(&mut self, src: &[u64]) -> Result<()> {
+        if src.len() != 1 + self.state.len() {
+            return Err(Error::invalid(
+                "refreshing a replica",
+                format!(
+                    "{} source buffers for {} parameter and optimizer buffers",
+                    src.len(),
+                    1 + self.state.len()
+                ),
+            ));
+        }
+        let s = self.gpu.stream().clone();
+        for (dst, &from) in std::iter::once(&mut self.params)
+            .chain(self.state.iter_mut())
+            .zip(src)
+        {
+            let len = dst.len();
+            let (to, _) = dst.device_ptr_mut(&s);
+            // SAFETY: `dst` is this GPU's and holds `len` values, as does the source (same
+            // model and optimizer, caller's guarantee), which the caller keeps unwritten.
+            unsafe { train_ops::copy_range(&self.gpu, &s, to, from, 0, len)? };
+        }
+        self.gpu.sync()
     }
 
     /// Makes the page-locked staging buffers exactly `rows` samples long (a copy moves a whole

@@ -196,7 +196,7 @@ mod tests {
         };
         let t = plain_table(&s);
         assert!(
-            t.contains("job vit  40/100  running   SD 1.250  DR [3,7]  812 samples/s"),
+            t.contains("job vit  40/100  running    SD 1.250  DR [3,7]  812 samples/s"),
             "{t}"
         );
         assert!(t.contains("gpu 0  util  87%  mem 12.0/79.6 GiB"), "{t}");

@@ -60,5 +60,5 @@ du -sh "$stage"
 echo
 echo "On the device machine (carry '$stage'), every GPU test:"
 echo "  bash $stage/run-gpu-tests.sh $stage"
-echo "issue 6's measurements (about 6 minutes; results under \$OUT):"
+echo "issue 6's measurements (about 7 minutes; results under \$OUT):"
 echo "  bash $stage/perf-issue6.sh $stage"

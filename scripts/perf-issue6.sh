@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 6's measurements, in one call on the device machine (about 6 minutes on an H100, at most
-# about 9.5), everything written under $OUT (./perf-out when unset):
+# Issue 6's measurements, in one call on the device machine (about 7 minutes on an H100, most of
+# it compiling PyTorch; under 9 when the compiles time out), everything written under $OUT
+# (./perf-out when unset) as soon as each step has it:
 #   1. our engine, every mode x precision x launch: benches/engine.rs, p50 of 100 event-timed
 #      passes (engine.txt, engine.json);
 #   2. the criterion benches, short times (kernels.txt, encoder.txt; criterion's JSON under
@@ -8,8 +9,10 @@
 #   3. the PyTorch reference: validated on the golden files (torch-validate.txt), then timed
 #      eager, as a CUDA graph, and with torch.compile default and reduce-overhead
 #      (torch-bench.txt, torch.json). Last, since compiling is the slow and uncertain part: its
-#      jobs stop after $PERF_COMPILE_TIMEOUT seconds (default 220) and report an error;
-#   4. table.md: scripts/perf_table.py's side-by-side table for docs/PERF.md.
+#      jobs stop after $PERF_COMPILE_TIMEOUT seconds (default 270) and report an error;
+#   4. table.md: scripts/perf_table.py's side-by-side table for docs/PERF.md (it runs anywhere:
+#      `python3 scripts/perf_table.py --engine engine.json --torch torch.json --criterion
+#      criterion` remakes it from the fetched outputs).
 # Each step's exit status is in status.txt; the script exits 1 when one failed.
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here and
@@ -17,7 +20,7 @@
 set -uo pipefail
 stage="${1:?usage: perf-issue6.sh STAGE_DIR}"
 out="${OUT:-perf-out}"
-compile_timeout="${PERF_COMPILE_TIMEOUT:-220}"
+compile_timeout="${PERF_COMPILE_TIMEOUT:-270}"
 mkdir -p "$out"
 : > "$out/status.txt"
 bash "$stage/unpack-stage.sh" "$stage" || exit 1

@@ -89,6 +89,7 @@ fn random(gpu: &Gpu, n: usize) -> DeviceBuffer<f32> {
     upload(gpu.stream(), &host).expect("uploading bench data")
 }
 
+/// `n` zeros on the device (outputs, and key padding that pads nothing).
 fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     gpu: &Gpu,
     n: usize,
@@ -153,7 +154,8 @@ impl Linear {
     }
 }
 
-/// A k-split linear's epilogue, with its split count for `(n, m, k)` as the engine picks it.
+/// A k-split linear of `shape`, with room for its partial products, and the split count the
+/// engine picks for that shape.
 fn split_k_linear(gpu: &Gpu, shape: (usize, usize, usize)) -> (Linear, usize) {
     let splits = split_k(shape.0, shape.1, shape.2);
     (Linear::new(gpu, shape, splits), splits)

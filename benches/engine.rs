@@ -7,9 +7,12 @@
 //! and prints how much the head kernels overlap.
 //!
 //! `--precision f32|tf32|bf16` (default f32) picks the linear layers' arithmetic (tf32 and bf16:
-//! tensor cores); `--precision all` times the three in turn.
+//! tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
+//! row (part, mode, precision, launch, p50/p10/p90 ms, GFLOP/s) as JSON, for
+//! `scripts/perf_table.py`.
 //!
-//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--precision P] [--trace-dir DIR]`
+//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--precision P] [--trace-dir DIR]
+//! [--json PATH]`
 //! (a plain program, not criterion: p50 of event-timed passes is the figure we report).
 
 use std::path::PathBuf;
@@ -17,8 +20,9 @@ use std::sync::Arc;
 
 use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
 use attnrt::cswintt::gpu::{GpuEngine, Part};
-use attnrt::cswintt::{Mode, Precision, flops};
-use attnrt::gpu::{EventTimer, Gpu, Graph};
+use attnrt::cswintt::{Mode, Precision, encoder_flops, flops};
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{EventTimer, Gpu, Graph, time_ms};
 use attnrt::model::Config;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
 
@@ -26,6 +30,7 @@ struct Options {
     reps: usize,
     warmup: usize,
     trace_dir: Option<PathBuf>,
+    json: Option<PathBuf>,
     precisions: Vec<Precision>,
 }
 
@@ -34,6 +39,7 @@ fn options() -> Options {
         reps: 300,
         warmup: 30,
         trace_dir: None,
+        json: None,
         precisions: vec![Precision::F32],
     };
     let mut args = std::env::args().skip(1);
@@ -43,6 +49,7 @@ fn options() -> Options {
             "--reps" => o.reps = value().parse().expect("--reps N"),
             "--warmup" => o.warmup = value().parse().expect("--warmup N"),
             "--trace-dir" => o.trace_dir = Some(PathBuf::from(value())),
+            "--json" => o.json = Some(PathBuf::from(value())),
             "--precision" => {
                 o.precisions = match value().as_str() {
                     "all" => vec![Precision::F32, Precision::Tf32, Precision::Bf16],
@@ -63,11 +70,7 @@ fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) ->
     }
     gpu.sync().unwrap();
     let mut ms: Vec<f64> = (0..o.reps)
-        .map(|_| {
-            let t = EventTimer::start(s).unwrap();
-            pass().unwrap();
-            t.elapsed_ms(s).unwrap()
-        })
+        .map(|_| time_ms(s, &mut pass).unwrap())
         .collect();
     ms.sort_by(f64::total_cmp);
     ms
@@ -79,17 +82,25 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let o = options();
-    let gpu = match Gpu::open(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("skipped: {e}");
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("engine bench") else {
+        return;
     };
     let weights = Arc::new(synthetic_weights(&Config::released(), 2022));
     let inputs = random_inputs(&weights.config, 1, 1, Padding::None, true);
-    for &precision in &o.precisions {
-        bench_precision(&gpu, &o, &weights, &inputs, precision);
+    let rows: Vec<_> = o
+        .precisions
+        .iter()
+        .flat_map(|&precision| bench_precision(&gpu, &o, &weights, &inputs, precision))
+        .collect();
+    if let Some(path) = &o.json {
+        let report = serde_json::json!({
+            "device": gpu.describe(),
+            "batch": 1,
+            "reps": o.reps,
+            "warmup": o.warmup,
+            "rows": rows,
+        });
+        std::fs::write(path, format!("{report:#}\n")).unwrap();
     }
 }
 
@@ -99,7 +110,7 @@ fn bench_precision(
     weights: &Arc<attnrt::model::Weights>,
     inputs: &attnrt::cswintt::Inputs,
     precision: Precision,
-) {
+) -> Vec<serde_json::Value> {
     println!(
         "{}; released size, batch 1, {precision} linear layers; p50 (p10-p90) over {} passes \
          after {} warm-up",
@@ -111,22 +122,23 @@ fn bench_precision(
         "{:<12} {:<12} {:<8} {:>24} {:>10}",
         "part", "mode", "launch", "ms", "GFLOP/s"
     );
-    // GFLOP/s for the whole transformer (`cswintt::flops` counts encoder and decoder).
-    let transformer_flops = flops(&weights.config, 1);
     let mut p50 = Vec::new();
+    let mut rows = Vec::new();
     for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
         let mut e =
             GpuEngine::with_precision(gpu.clone(), weights.clone(), mode, precision).unwrap();
         e.load_inputs(inputs).unwrap();
         for part in [Part::Encoder, Part::Transformer] {
+            // GFLOP/s of the matrix products (`cswintt::encoder_flops`, `cswintt::flops`).
+            let part_flops = match part {
+                Part::Encoder => encoder_flops(&weights.config, 1),
+                Part::Transformer => flops(&weights.config, 1),
+            };
             let eager = time(gpu, o, || e.enqueue(part, None));
             let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
             let replay = time(gpu, o, || graph.replay());
             for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
-                let rate = match part {
-                    Part::Transformer => format!("{:.0}", transformer_flops / (pct(ms, 0.5) * 1e6)),
-                    Part::Encoder => "-".into(),
-                };
+                let rate = format!("{:.0}", part_flops / (pct(ms, 0.5) * 1e6));
                 println!(
                     "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {rate:>10}",
                     format!("{part:?}").to_lowercase(),
@@ -137,6 +149,16 @@ fn bench_precision(
                     pct(ms, 0.9)
                 );
                 p50.push(((part, mode, launch), pct(ms, 0.5)));
+                rows.push(serde_json::json!({
+                    "part": format!("{part:?}").to_lowercase(),
+                    "mode": mode.to_string(),
+                    "precision": precision.to_string(),
+                    "launch": launch,
+                    "p50_ms": pct(ms, 0.5),
+                    "p10_ms": pct(ms, 0.1),
+                    "p90_ms": pct(ms, 0.9),
+                    "gflops": part_flops / (pct(ms, 0.5) * 1e6),
+                }));
             }
         }
         if let Some(dir) = &o.trace_dir {
@@ -177,4 +199,5 @@ fn bench_precision(
             }
         }
     }
+    rows
 }

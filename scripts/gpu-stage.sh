@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release binaries, every test executable and the benchmarks with kernels compiled
-# in, and stages them (with the golden files and the PyTorch reference) into stage/, a
-# git-ignored folder to `carry` to the device machine, which has no Rust toolchain. Prints the
-# command that runs every GPU test there.
+# in, and stages them (with the golden files, the PyTorch reference and the scripts that run
+# them) into stage/, a git-ignored folder to `carry` to the device machine, which has no Rust
+# toolchain. Prints the commands that run every GPU test there, and issue 6's measurements.
 #
 # Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
 set -euo pipefail
@@ -22,7 +22,8 @@ for line in sys.stdin:
         print(m["executable"])
 ')
 
-# The benchmarks (plain programs, `harness = false`), e.g. benches/engine.rs.
+# The benchmarks (`harness = false`: plain programs such as benches/engine.rs, and criterion's
+# own main, as benches/kernels.rs).
 mapfile -t benches < <(cargo bench --features require-kernels --no-run \
   --message-format=json 2>/dev/null | python3 -c '
 import json, sys
@@ -48,13 +49,16 @@ done
 strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 cp "$golden"/*.safetensors "$stage/golden/"
-cp scripts/run-gpu-tests.sh scripts/torch_reference.py "$stage/"
+cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-issue6.sh \
+  scripts/torch_reference.py scripts/perf_table.py "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
-# carries (64 MiB): ship them compressed; run-gpu-tests.sh unpacks them there.
+# carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
 rm -rf "$stage/bin" "$stage/tests" "$stage/bench"
 
 du -sh "$stage"
 echo
-echo "Run every GPU test on the device machine (carry '$stage'):"
+echo "On the device machine (carry '$stage'), every GPU test:"
 echo "  bash $stage/run-gpu-tests.sh $stage"
+echo "issue 6's measurements (about 7 minutes; results under \$OUT):"
+echo "  bash $stage/perf-issue6.sh $stage"

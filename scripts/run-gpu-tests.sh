@@ -5,11 +5,7 @@
 set -uo pipefail
 stage="${1:-stage}"
 shift || true
-if [ -f "$stage/binaries.tar.xz" ] && [ ! -d "$stage/tests" ]; then
-  # Python's tarfile, since the device machine may lack the xz tool.
-  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-    "$stage/binaries.tar.xz" "$stage"
-fi
+bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"

@@ -8,15 +8,22 @@ eager, a CUDA graph of eager, and torch.compile (default and reduce-overhead).
 Usage:
   python3 scripts/torch_reference.py --validate GOLDEN_DIR [--device cpu|cuda]
   python3 scripts/torch_reference.py --bench [--batch 1] [--iters 200] [--json OUT]
+      [--compile-timeout S] [--no-compile]
 
 --bench uses a released-size model (c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8)
-with random weights: time does not depend on the values. Exit code 1 when validation fails.
+with random weights: time does not depend on the values. Everything is fp32 with TF32 off,
+timed per call with CUDA events (p50 and p90 in ms). The four torch.compile variants (encoder
+and transformer, default and reduce-overhead) compile at once in four processes and are then
+timed one at a time (see compile_all). Exit code 1 when validation fails.
 """
 import argparse
 import json
-import math
+import multiprocessing as mp
+import os
+import queue
 import statistics
 import sys
+import threading
 import time
 
 import torch
@@ -246,8 +253,16 @@ def validate(golden_dir, device):
     return ok
 
 
-def released_model(device, batch, seed=0):
-    cfg = Config(256, 8, 2048, 6, 6, 24, 8, [1, 2, 4, 8, 1, 2, 4, 8])
+SIZES = {
+    # The released model: c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8.
+    "released": lambda: Config(256, 8, 2048, 6, 6, 24, 8, [1, 2, 4, 8, 1, 2, 4, 8]),
+    # The golden files' tiny model: only to smoke-test the bench machinery (e.g. on the CPU).
+    "tiny": lambda: Config(64, 8, 128, 2, 2, 24, 8, [1, 2, 4, 8, 1, 2, 4, 8]),
+}
+
+
+def random_model(cfg, device, batch, seed=0):
+    """Random parameters with the checkpoint's names, inputs x (L_all, b, c), mask, query."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, scale):
@@ -285,22 +300,50 @@ def released_model(device, batch, seed=0):
     x = rnd(cfg.l_all, batch, c, scale=1.0)
     m = torch.zeros(batch, cfg.l_all, dtype=torch.bool, device=device)
     query = rnd(1, c, scale=1.0)
-    return cfg, p, x, m, query
+    return p, x, m, query
 
 
-def time_fn(fn, iters, warmup):
-    """Median and p90 milliseconds over `iters` runs, timed with CUDA events."""
+def bench_parts(size, device, batch):
+    """The two timed functions, `encoder` and `transformer`, on a random model of `size`."""
+    cfg = SIZES[size]()
+    p, x, m, query = random_model(cfg, device, batch)
+    tables = make_tables(cfg, device)
+    return {
+        "encoder": lambda: encoder(x, m, p, cfg, tables),
+        "transformer": lambda: transformer(x, m, query, p, cfg, tables),
+    }
+
+
+def fp32_only():
+    """Plain fp32 matrix products (TF32 off), as in every timing here."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, iters, warmup, device):
+    """Median and p90 milliseconds of one call of `fn` over `iters` calls after `warmup`:
+    CUDA events around each call (waited for) on a GPU, the wall clock on the CPU."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync(device)
     times = []
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
     times.sort()
     return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
@@ -318,33 +361,106 @@ def cuda_graph(fn):
     return g.replay
 
 
-def bench(batch, iters, warmup):
-    device = "cuda"
-    cfg, p, x, m, query = released_model(device, batch)
-    tables = make_tables(cfg, device)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": batch,
-               "iters": iters}
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    parts = {
-        "encoder": lambda: encoder(x, m, p, cfg, tables),
-        "transformer": lambda: transformer(x, m, query, p, cfg, tables),
-    }
+COMPILE_MODES = ("default", "reduce-overhead")
+
+
+def compile_and_time(part, mode, a, compiled_by, barrier, lock, results):
+    """One torch.compile job, in its own process: compile `part` in `mode`, wait until every
+    job has compiled (so that no compilation competes for the CPU while anything is timed;
+    at most until the wall-clock time `compiled_by`), then time it while holding `lock` (one
+    job on the GPU at a time). Puts (part, mode, result) on `results`."""
+    fp32_only()
+    out = {}
+    compiled = None
+    try:
+        with torch.no_grad():
+            fn = bench_parts(a.size, a.device, a.batch)[part]
+            t = time.perf_counter()
+            compiled = torch.compile(fn, mode=None if mode == "default" else mode)
+            # The first call compiles; reduce-overhead records its CUDA graph on the next ones.
+            for _ in range(3):
+                compiled()
+            sync(a.device)
+            out["compile_s"] = round(time.perf_counter() - t, 1)
+    except Exception as e:  # report, do not hide: a failing compiler is a result too
+        out["error"] = f"{type(e).__name__}: {e}"[:300]
+    try:
+        barrier.wait(timeout=max(0.0, compiled_by - time.time()))
+    except threading.BrokenBarrierError:
+        out["note"] = "timed while another compile job had not finished"
+    if compiled is not None:
+        with lock, torch.no_grad():
+            out.update(time_fn(compiled, a.iters, a.warmup, a.device))
+    results.put((part, mode, out))
+
+
+def compile_all(a, record):
+    """Compiles every (part, mode) at once, one process each, then times them one by one;
+    `record(part, mode, result)` gets each result as it arrives.
+
+    torch.compile of this model is expensive: it unrolls every layer and head into one graph
+    (about 5,000 nodes for the encoder) and Dynamo, AOTAutograd and Inductor each pass over it;
+    done one after another, the four compiles took about 8 minutes on the device machine.
+    Their caches do not help each other: `reduce-overhead` changes Inductor's config (part of
+    its FX-graph cache key) and the encoder alone is another graph than the transformer. Each
+    job compiles exactly what a single torch.compile call would, so the programs timed are
+    unchanged; only the compiles overlap. Jobs still compiling after `--compile-timeout`
+    seconds are stopped and reported as errors."""
+    ctx = mp.get_context("spawn")  # CUDA does not survive fork
+    jobs = [(part, mode) for part in ("encoder", "transformer") for mode in COMPILE_MODES]
+    # Inductor's own compile workers, shared out among the jobs (children inherit the setting).
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(2, (os.cpu_count() or 2) // 2)))
+    barrier, lock, results = ctx.Barrier(len(jobs)), ctx.Lock(), ctx.Queue()
+    compiled_by = time.time() + a.compile_timeout
+    procs = [ctx.Process(target=compile_and_time,
+                         args=(part, mode, a, compiled_by, barrier, lock, results))
+             for part, mode in jobs]
+    for proc in procs:
+        proc.start()
+    pending = set(jobs)
+    # Compiling, then each job's timing (about 2 s at the released size) with a margin.
+    deadline = compiled_by + 20 * len(jobs)
+    while pending and time.time() < deadline:
+        try:
+            part, mode, out = results.get(timeout=max(1.0, deadline - time.time()))
+        except queue.Empty:
+            break
+        pending.discard((part, mode))
+        record(part, mode, out)
+    for part, mode in sorted(pending):
+        record(part, mode, {"error": f"no result within {a.compile_timeout} s of compiling "
+                                     "(stopped) or the job died"})
+    for proc in procs:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+
+
+def bench(a):
+    fp32_only()
+    cuda = a.device.startswith("cuda")
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "size": a.size, "batch": a.batch, "iters": a.iters, "warmup": a.warmup,
+               "precision": "fp32, TF32 off"}
+
+    def record(part, variant, r):
+        """Keeps one result, prints it and rewrites the JSON, so a run cut short keeps its
+        results so far."""
+        results.setdefault(part, {})[variant] = r
+        shown = f"{r['p50_ms']:.3f} ms" if "p50_ms" in r else r.get("error", "no time")
+        extra = f" (compiled in {r['compile_s']} s)" if "compile_s" in r else ""
+        print(f"{part} {variant}: {shown}{extra}", flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+
     with torch.no_grad():
-        for part, fn in parts.items():
-            r = {"eager": time_fn(fn, iters, warmup)}
-            r["cuda_graph"] = time_fn(cuda_graph(fn), iters, warmup)
-            for mode in ("default", "reduce-overhead"):
-                try:
-                    torch._dynamo.reset()
-                    compiled = torch.compile(fn, mode=None if mode == "default" else mode)
-                    r[f"compile_{mode}"] = time_fn(compiled, iters, warmup)
-                except Exception as e:  # report, do not hide: a missing compiler is a result too
-                    r[f"compile_{mode}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            results[part] = r
-            print(f"{part}: " + ", ".join(
-                f"{k} {v['p50_ms']:.3f} ms" if "p50_ms" in v else f"{k} {v['error']}" for k, v in r.items()),
-                flush=True)
+        for part, fn in bench_parts(a.size, a.device, a.batch).items():
+            record(part, "eager", time_fn(fn, a.iters, a.warmup, a.device))
+            if cuda:
+                record(part, "cuda_graph", time_fn(cuda_graph(fn), a.iters, a.warmup, a.device))
+    if a.compile:
+        compile_all(a, lambda part, mode, r: record(part, f"compile_{mode}", r))
     return results
 
 
@@ -356,7 +472,13 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--json", metavar="OUT", help="write the timings here (rewritten after each)")
+    ap.add_argument("--size", choices=sorted(SIZES), default="released",
+                    help="model to time; 'tiny' only smoke-tests the bench (e.g. --device cpu)")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="time eager and the CUDA graph only")
+    ap.add_argument("--compile-timeout", type=float, default=300, metavar="S",
+                    help="seconds the torch.compile jobs may take to compile (default 300)")
     a = ap.parse_args()
     if not a.validate and not a.bench:
         ap.error("give --validate GOLDEN_DIR and/or --bench")
@@ -367,13 +489,10 @@ def main():
             return 1
         print("validation ok")
     if a.bench:
-        if not torch.cuda.is_available():
-            print("--bench needs a CUDA GPU", file=sys.stderr)
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            print("--bench --device cuda needs a CUDA GPU", file=sys.stderr)
             return 2
-        res = bench(a.batch, a.iters, a.warmup)
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(res, f, indent=1)
+        bench(a)
     return 0
 
 

@@ -26,7 +26,7 @@ use crate::model::tensor::Tensor;
 use crate::model::weights::Weights;
 
 pub use backend::{Backend, EngineOptions, Selected, select_backend};
-pub use flops::flops;
+pub use flops::{encoder_flops, flops};
 pub use plan::{HeadPlan, Plan};
 
 /// The transformer's inputs for one batch (names as in the golden files, `input.*`).

@@ -22,6 +22,6 @@ pub use device::{DeviceChoice, Gpu, device_count};
 pub use graph::Graph;
 pub use module::{Kernel, Launch};
 pub use stream::StreamSet;
-pub use timing::{EventTimer, Span};
+pub use timing::{EventTimer, Span, time_ms};
 
 pub use cudarc::driver::{CudaStream, LaunchConfig};

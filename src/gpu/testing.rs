@@ -1,5 +1,5 @@
-//! How GPU tests get their device: they skip with a printed reason when there is no usable
-//! GPU, and fail instead when `ATTNRT_REQUIRE_GPU=1` (as on the device machine).
+//! How GPU tests and benches get their device: they skip with a printed reason when there is no
+//! usable GPU, and fail instead when `ATTNRT_REQUIRE_GPU=1` (as on the device machine).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ fn required() -> bool {
     std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1")
 }
 
-/// The GPU for `test`, or `None` after printing `skipped: <reason>`. Panics (failing the
+/// The GPU for `test` (a test's or a bench's name), or `None` after printing `skipped: <reason>`. Panics (failing the
 /// test) when a GPU is required.
 pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
     let reason = if !crate::kernels::compiled() {

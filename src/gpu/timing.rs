@@ -13,6 +13,15 @@ fn timing_event(ctx: &Arc<CudaContext>) -> Result<CudaEvent> {
         .cuda(|| "creating a timing event".into())
 }
 
+/// Milliseconds, on the GPU's clock, that the work `f` queues on `stream` takes: from an event
+/// recorded before it to one recorded after it. Waits for that work. The one stopwatch of the
+/// benches (`benches/engine.rs`, `kernels.rs`, `encoder.rs`).
+pub fn time_ms(stream: &CudaStream, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let timer = EventTimer::start(stream)?;
+    f()?;
+    timer.elapsed_ms(stream)
+}
+
 /// Records a start event, then spans against it; durations come from the GPU's clock.
 pub struct EventTimer {
     ctx: Arc<CudaContext>,

@@ -1,0 +1,409 @@
+//! Criterion benches of each kernel family at the released size (c=256, 8 heads of hd=32,
+//! ff=2048, 704 tokens, 6 decoder layers), batch 1, with the shapes, epilogues and tables the
+//! GPU engine launches them with. Groups (ids `group/name[/precision]`):
+//! - `qkv_projection`: the encoder's QKV linear writing each head's window layout;
+//! - `output_projection`: the encoder's output linear (k-split, before `add_layer_norm`);
+//! - `ffn`: the encoder's FFN linears, `ffn1_bias_relu` and `ffn2_split_k`;
+//! - `window_attention`: one head per window size (`w1` .. `w8`), and all 8 heads of a layer
+//!   in one launch of the fused kernel (`fused_8_heads`), as the `fused` mode runs them;
+//! - `layer_norm`: plain LayerNorm, and `add_layer_norm` summing a k-split linear's partial
+//!   products, bias and residual (after the output projection and after FFN2);
+//! - `decoder`: the cross-attention keys and values of all layers (`memory_kv`), a c x c
+//!   projection of the one query (`projection`), the FFN linears on one row, and the cross
+//!   attention of one query over 704 keys, 8 heads in one launch.
+//!
+//! Linears run in f32 (CUDA cores), tf32 and bf16 (tensor cores); the attention and
+//! LayerNorm kernels are f32 only.
+//!
+//! Timing: `iter_custom` with CUDA events around all of a sample's launches, queued back to
+//! back as they are inside a forward pass: per launch, the kernel's GPU time (or the host's
+//! launch rate, a few microseconds, for a kernel shorter than that). Throughput: the matrix
+//! products' FLOPs as "elements" (criterion's elem/s reads as FLOP/s; counted as in
+//! `cswintt::flops`), and where memory bounds the kernel the bytes it must move at least
+//! (each operand read once, each result written once).
+//!
+//! Without a usable GPU or compiled kernels it prints one line saying why and exits 0
+//! (with `ATTNRT_REQUIRE_GPU=1` it fails instead).
+//!
+//! Run: `cargo bench --bench kernels [-- FILTER] [--warm-up-time S] [--measurement-time S]`.
+
+mod common;
+
+use std::time::Duration;
+
+use attnrt::Result;
+use attnrt::cswintt::{HeadPlan, Plan, Precision};
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
+use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
+use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
+use attnrt::kernels::window_attention::{
+    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
+};
+use attnrt::model::config::Config;
+use attnrt::model::weights::{LN_EPS, Weights};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
+
+const PRECISIONS: [Precision; 3] = [Precision::F32, Precision::Tf32, Precision::Bf16];
+const F32: u64 = std::mem::size_of::<f32>() as u64;
+
+fn main() {
+    let Some(gpu) = gpu_or_skip("kernels bench") else {
+        return;
+    };
+    let weights = common::released_weights();
+    let mut c = common::criterion();
+    encoder_linears(&mut c, &gpu, &weights.config);
+    window_attention(&mut c, &gpu, &weights);
+    layer_norm(&mut c, &gpu, &weights.config);
+    decoder(&mut c, &gpu, &weights.config);
+    c.final_summary();
+}
+
+/// Benches `launch` (one kernel launch on `stream`) as `id`, timing all of a sample's
+/// launches back to back between one pair of CUDA events.
+fn bench_launches<I: Into<String>>(
+    group: &mut Group<'_>,
+    id: I,
+    stream: &CudaStream,
+    mut launch: impl FnMut() -> Result<()>,
+) {
+    group.bench_function(id.into(), |b| {
+        b.iter_custom(|iters| {
+            let ms =
+                time_ms(stream, || (0..iters).try_for_each(|_| launch())).expect("timed launches");
+            Duration::from_secs_f64(ms / 1e3)
+        })
+    });
+}
+
+/// `n` values uniform in [-1, 1) on the device (the values do not change the time).
+fn random(gpu: &Gpu, n: usize) -> DeviceBuffer<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(n as u64);
+    let host: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    upload(gpu.stream(), &host).expect("uploading bench data")
+}
+
+/// `n` zeros on the device (outputs, and key padding that pads nothing).
+fn zeros<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    n: usize,
+) -> DeviceBuffer<T> {
+    gpu.stream().alloc_zeros(n).expect("allocating bench data")
+}
+
+/// A linear layer `out = x W^T + bias` of shape `(n, m, k)` with its operands on the device.
+struct Linear {
+    shape: (usize, usize, usize),
+    x: DeviceBuffer<f32>,
+    weight: DeviceBuffer<f32>,
+    bias: DeviceBuffer<f32>,
+    out: DeviceBuffer<f32>,
+}
+
+impl Linear {
+    /// Operands for `(n, m, k)`, with room for `splits` partial products.
+    fn new(gpu: &Gpu, (n, m, k): (usize, usize, usize), splits: usize) -> Linear {
+        Linear {
+            shape: (n, m, k),
+            x: random(gpu, n * k),
+            weight: random(gpu, m * k),
+            bias: random(gpu, m),
+            out: zeros(gpu, splits * n * m),
+        }
+    }
+
+    /// FLOPs of the product, and the bytes it moves at least.
+    fn throughput(&self) -> Throughput {
+        let (n, m, k) = self.shape;
+        Throughput::ElementsAndBytes {
+            elements: (2 * n * m * k) as u64,
+            bytes: F32 * (n * k + m * k + m + self.out.len()) as u64,
+        }
+    }
+
+    /// Benches this linear in every precision as `{name}/{precision}`, with the epilogue
+    /// `epilogue` makes for each launch.
+    fn bench<'e>(
+        &mut self,
+        group: &mut Group<'_>,
+        gpu: &Gpu,
+        name: &str,
+        epilogue: impl Fn() -> Epilogue<'e>,
+    ) {
+        group.throughput(self.throughput());
+        let Linear {
+            shape,
+            x,
+            weight,
+            bias,
+            out,
+        } = self;
+        let s = gpu.stream();
+        for precision in PRECISIONS {
+            let kernels = LinearKernels::load_precision(gpu, precision).expect("loading linear.cu");
+            bench_launches(group, format!("{name}/{precision}"), s, || {
+                kernels.run(s, x, weight, bias, *shape, out, epilogue())
+            });
+        }
+    }
+}
+
+/// A k-split linear of `shape`, with room for its partial products, and the split count the
+/// engine picks for that shape.
+fn split_k_linear(gpu: &Gpu, shape: (usize, usize, usize)) -> (Linear, usize) {
+    let splits = split_k(shape.0, shape.1, shape.2);
+    (Linear::new(gpu, shape, splits), splits)
+}
+
+/// The encoder's QKV, output and FFN linears.
+fn encoder_linears(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
+    let (n, d, ff, h) = (cfg.l_all(), cfg.d_model, cfg.dim_feedforward, cfg.nhead);
+    let plan = Plan::new(cfg).expect("the released config is valid");
+    let token_slot: Vec<u32> = plan.heads.iter().flat_map(|p| p.reverse_index()).collect();
+    let token_slot = &upload(gpu.stream(), &token_slot).expect("upload");
+    let scale = (cfg.hd() as f32).powf(-0.5);
+
+    let mut group = c.benchmark_group("qkv_projection");
+    Linear::new(gpu, (n, 3 * d, d), 1).bench(&mut group, gpu, "qkv_windows", || {
+        Epilogue::QkvWindows {
+            token_slot,
+            batch: 1,
+            heads: h,
+            scale,
+        }
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("output_projection");
+    let (mut output, splits) = split_k_linear(gpu, (n, d, d));
+    output.bench(&mut group, gpu, "split_k", move || Epilogue::SplitK {
+        splits,
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("ffn");
+    Linear::new(gpu, (n, ff, d), 1).bench(&mut group, gpu, "ffn1_bias_relu", || Epilogue::BiasRelu);
+    let (mut ffn2, splits) = split_k_linear(gpu, (n, d, ff));
+    ffn2.bench(&mut group, gpu, "ffn2_split_k", move || Epilogue::SplitK {
+        splits,
+    });
+    group.finish();
+}
+
+/// One encoder head's tables on the device, as the engine uploads them.
+struct Head {
+    plan: HeadPlan,
+    slot_token: DeviceBuffer<u32>,
+    sr: DeviceBuffer<f32>,
+    bias: Option<DeviceBuffer<f32>>,
+    /// No padding: `(1, L_all)` zeros.
+    key_pad: DeviceBuffer<u8>,
+}
+
+impl Head {
+    fn new(gpu: &Gpu, weights: &Weights, h: usize) -> Head {
+        let plan = HeadPlan::new(&weights.config, h);
+        let table = weights.rel_bias_tables.get(&plan.w).map(|t| t.as_slice());
+        let s = gpu.stream();
+        let bias = plan
+            .gathered_bias(table)
+            .expect("the synthetic model's bias tables");
+        Head {
+            slot_token: upload(s, &plan.partition_index()).expect("upload"),
+            sr: upload(s, &plan.sr_table()).expect("upload"),
+            bias: bias.map(|b| upload(s, &b).expect("upload")),
+            key_pad: zeros(gpu, plan.l_all),
+            plan,
+        }
+    }
+
+    /// This head's attention for batch 1 reading its q, k, v from `qkv` (`(3, H, L_all, hd)`,
+    /// the QKV projection's window layout) and writing its channels of `concat`.
+    fn prepare(
+        &self,
+        kernel: &WindowAttentionKernel,
+        s: &CudaStream,
+        qkv: &DeviceBuffer<f32>,
+        heads: usize,
+        concat: &mut DeviceBuffer<f32>,
+    ) -> PreparedAttention {
+        let p = &self.plan;
+        let block = p.l_all * p.hd;
+        let at = |which: usize| qkv.slice((which * heads + p.head) * block..);
+        let layout = SlotLayout {
+            batch: block,
+            slot: p.hd,
+        };
+        let shape = AttentionShape {
+            w: p.w,
+            hd: p.hd,
+            n_queries: p.l_all,
+            n_keys: p.l_all,
+            batch: 1,
+            heads: 1,
+            head_stride: 0,
+        };
+        let ops = AttentionOperands {
+            q: at(0),
+            q_layout: layout,
+            k: at(1),
+            v: at(2),
+            kv_layout: layout,
+            bias: self.bias.as_ref().map(|b| b.as_view()),
+            key_pad: self.key_pad.as_view(),
+            sr: Some(self.sr.as_view()),
+            slot_token: Some(self.slot_token.as_view()),
+            out: concat.as_view_mut(),
+            out_row: heads * p.hd,
+            out_channel: p.channel_offset,
+            head_out: None,
+        };
+        kernel.prepare(s, &shape, ops).expect("a valid attention")
+    }
+}
+
+/// FLOPs of one head's attention at batch 1 (`cswintt::flops`): `2 * 2*L_all^2*hd`.
+fn head_flops(p: &HeadPlan) -> u64 {
+    (4 * p.l_all * p.l_all * p.hd) as u64
+}
+
+/// One head per window size, then all heads in one fused launch.
+fn window_attention(c: &mut Criterion, gpu: &Gpu, weights: &Weights) {
+    let cfg = &weights.config;
+    let kernel = WindowAttentionKernel::load(gpu).expect("loading window_attention.cu");
+    let s = gpu.stream();
+    let heads: Vec<Head> = (0..cfg.nhead).map(|h| Head::new(gpu, weights, h)).collect();
+    let qkv = random(gpu, 3 * cfg.l_all() * cfg.d_model);
+    let mut concat = zeros(gpu, cfg.l_all() * cfg.d_model);
+    let prepared: Vec<PreparedAttention> = heads
+        .iter()
+        .map(|head| head.prepare(&kernel, s, &qkv, cfg.nhead, &mut concat))
+        .collect();
+
+    let mut group = c.benchmark_group("window_attention");
+    let mut windows_done = Vec::new();
+    for (head, p) in heads.iter().zip(&prepared) {
+        if windows_done.contains(&head.plan.w) {
+            continue; // the shifted heads cost the same as the unshifted ones
+        }
+        windows_done.push(head.plan.w);
+        group.throughput(Throughput::Elements(head_flops(&head.plan)));
+        bench_launches(&mut group, format!("w{}", head.plan.w), s, || {
+            kernel.launch(s, p)
+        });
+    }
+    let all: u64 = heads.iter().map(|h| head_flops(&h.plan)).sum();
+    group.throughput(Throughput::Elements(all));
+    bench_launches(
+        &mut group,
+        format!("fused_{}_heads", heads.len()),
+        s,
+        || kernel.launch_fused(s, &prepared),
+    );
+    group.finish();
+    // `prepared` holds the raw addresses of `qkv`, `concat` and the heads' tables, which
+    // live to the end of this function.
+}
+
+/// Plain LayerNorm, and the add + LayerNorm epilogues of the encoder's k-split linears.
+fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
+    let kernel = LayerNormKernel::load(gpu).expect("loading layer_norm.cu");
+    let s = gpu.stream();
+    let (rows, d) = (cfg.l_all(), cfg.d_model);
+    let (gamma, beta, bias) = (random(gpu, d), random(gpu, d), random(gpu, d));
+    let residual = random(gpu, rows * d);
+    let mut y = zeros(gpu, rows * d);
+    let mut group = c.benchmark_group("layer_norm");
+
+    // Reads x and writes y.
+    group.throughput(Throughput::Bytes(F32 * (2 * rows * d + 2 * d) as u64));
+    bench_launches(&mut group, "layer_norm", s, || {
+        let input = NormInput::of(residual.as_view());
+        kernel.run(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+    });
+
+    for (after, k) in [("output_projection", d), ("ffn2", cfg.dim_feedforward)] {
+        let splits = split_k(rows, d, k);
+        let parts = random(gpu, splits * rows * d);
+        // Reads the partial products and the residual, writes y.
+        let bytes = F32 * ((splits + 2) * rows * d + 3 * d) as u64;
+        group.throughput(Throughput::Bytes(bytes));
+        bench_launches(&mut group, format!("add_layer_norm/{after}"), s, || {
+            let input = NormInput {
+                parts: parts.as_view(),
+                n_parts: splits,
+                bias: Some(bias.as_view()),
+                residual: Some(residual.as_view()),
+            };
+            kernel.run(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+        });
+    }
+    group.finish();
+}
+
+/// The decoder's launches on the one query (batch 1), and the keys and values of all its
+/// layers from the encoder output.
+fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
+    let (l_all, d, ff, h) = (cfg.l_all(), cfg.d_model, cfg.dim_feedforward, cfg.nhead);
+    let kv_row = cfg.dec_layers * 2 * d;
+    let mut group = c.benchmark_group("decoder");
+    let bias = || Epilogue::Bias { scale: 1.0 };
+    let mut memory_kv = Linear::new(gpu, (l_all, kv_row, d), 1);
+    memory_kv.bench(&mut group, gpu, "memory_kv", bias);
+    Linear::new(gpu, (1, d, d), 1).bench(&mut group, gpu, "projection", bias);
+    Linear::new(gpu, (1, ff, d), 1).bench(&mut group, gpu, "ffn1_bias_relu", || Epilogue::BiasRelu);
+    let (mut ffn2, splits) = split_k_linear(gpu, (1, d, ff));
+    ffn2.bench(&mut group, gpu, "ffn2_split_k", move || Epilogue::SplitK {
+        splits,
+    });
+
+    // Layer 0's cross attention: the query against its k and v in `memory_kv`'s output.
+    let kernel = WindowAttentionKernel::load(gpu).expect("loading window_attention.cu");
+    let s = gpu.stream();
+    let (q, key_pad) = (random(gpu, d), zeros::<u8>(gpu, l_all));
+    let mut out = zeros(gpu, d);
+    let shape = AttentionShape {
+        w: 1,
+        hd: cfg.hd(),
+        n_queries: 1,
+        n_keys: l_all,
+        batch: 1,
+        heads: h,
+        head_stride: cfg.hd(),
+    };
+    let mem = &memory_kv.out;
+    let ops = AttentionOperands {
+        q: q.as_view(),
+        q_layout: SlotLayout { batch: d, slot: 0 },
+        k: mem.slice(..),
+        v: mem.slice(d..),
+        kv_layout: SlotLayout {
+            batch: kv_row,
+            slot: kv_row,
+        },
+        bias: None,
+        key_pad: key_pad.as_view(),
+        sr: None,
+        slot_token: None,
+        out: out.as_view_mut(),
+        out_row: d,
+        out_channel: 0,
+        head_out: None,
+    };
+    let prepared = kernel.prepare(s, &shape, ops).expect("a valid attention");
+    // One query against L_all keys, scores and output (`cswintt::flops`); k and v read once.
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: (4 * l_all * d) as u64,
+        bytes: F32 * (2 * l_all * d + 2 * d) as u64,
+    });
+    bench_launches(&mut group, "cross_attention", s, || {
+        kernel.launch(s, &prepared)
+    });
+    group.finish();
+}

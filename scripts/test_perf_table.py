@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Test scripts/perf_table.py on made-up outputs in the formats scripts/perf-issue6.sh collects
+(`benches/engine.rs --json`, `torch_reference.py --bench --json`, criterion's folder).
+
+  python3 scripts/test_perf_table.py
+
+The numbers are invented for the test only. Exit status 0 when every check passes.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+MODES, PRECISIONS, LAUNCHES = ("sequential", "streams", "fused"), ("f32", "tf32", "bf16"), ("eager", "graph")
+
+
+def engine_json():
+    rows = []
+    for part, base in (("encoder", 2.0), ("transformer", 4.0)):
+        for i, (mode, precision, launch) in enumerate(
+                (m, p, la) for m in MODES for p in PRECISIONS for la in LAUNCHES):
+            ms = base + i / 100
+            rows.append({"part": part, "mode": mode, "precision": precision, "launch": launch,
+                         "p50_ms": ms, "p10_ms": ms - 0.01, "p90_ms": ms + 0.01, "gflops": 10.0 / ms})
+    return {"device": "Test GPU (sm_90)", "batch": 1, "reps": 100, "warmup": 10, "rows": rows}
+
+
+def torch_json():
+    timing = lambda ms: {"p50_ms": ms, "p90_ms": ms * 1.1}
+    return {
+        "device": "Test GPU", "torch": "2.11.0", "size": "released", "batch": 1, "iters": 200,
+        "warmup": 20, "precision": "fp32, TF32 off",
+        "encoder": {"eager": timing(20.0), "cuda_graph": timing(4.0),
+                    "compile_default": {"compile_s": 90.0, **timing(5.0)},
+                    "compile_reduce-overhead": {"compile_s": 95.0, **timing(2.5)}},
+        "transformer": {"eager": timing(30.0), "cuda_graph": timing(5.0),
+                        "compile_default": {"compile_s": 120.0, **timing(6.0)},
+                        "compile_reduce-overhead": {"error": "no result within 220 s of compiling"}},
+    }
+
+
+def criterion_bench(root, group, function, value, throughput, median_ns, version="new"):
+    """One bench's files as criterion 0.8 writes them (only what perf_table.py reads, plus
+    the fields around it)."""
+    full = "/".join(x for x in (group, function, value) if x)
+    d = root / group / function.replace("/", "_") / (value or "") / version
+    d.mkdir(parents=True)
+    meta = {"group_id": group, "function_id": function, "value_str": value, "throughput": throughput,
+            "full_id": full, "directory_name": full, "title": full}
+    (d / "benchmark.json").write_text(json.dumps(meta))
+    est = lambda x: {"confidence_interval": {"confidence_level": 0.95, "lower_bound": x * 0.99,
+                                             "upper_bound": x * 1.01},
+                     "point_estimate": x, "standard_error": x / 100}
+    (d / "estimates.json").write_text(json.dumps(
+        {"mean": est(median_ns), "median": est(median_ns), "median_abs_dev": est(1.0),
+         "slope": est(median_ns), "std_dev": est(2.0)}))
+
+
+def main():
+    failures = []
+
+    def check(what, ok):
+        print(f"{'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            failures.append(what)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        (tmp / "engine.json").write_text(json.dumps(engine_json()))
+        (tmp / "torch.json").write_text(json.dumps(torch_json()))
+        crit = tmp / "criterion"
+        # 2 GFLOP and 1 GB in 1 ms: 2000 GFLOP/s and 1000 GB/s.
+        criterion_bench(crit, "ffn", "ffn1_bias_relu/f32", None,
+                        {"ElementsAndBytes": {"elements": 2_000_000_000, "bytes": 1_000_000_000}}, 1e6)
+        criterion_bench(crit, "layer_norm", "layer_norm", None, {"Bytes": 2_000_000}, 2e3)
+        criterion_bench(crit, "encoder", "fused/bf16", "graph", {"Elements": 14_118_027_264}, 1.5e6)
+        # A previous run's copy: must not be listed twice.
+        criterion_bench(crit, "layer_norm", "layer_norm", None, {"Bytes": 2_000_000}, 9e3, "base")
+        out = tmp / "table.md"
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--torch", str(tmp / "torch.json"), "--criterion", str(crit), "--out", str(out)],
+                             capture_output=True, text=True)
+        check("perf_table.py exits 0", run.returncode == 0)
+        if run.returncode != 0:
+            print(run.stderr)
+            return 1
+        text = out.read_text()
+        lines = text.splitlines()
+        rows = [line for line in lines if line.startswith("| encoder (6 layers) |")
+                or line.startswith("| transformer (6+6) |")]
+        check("one row per engine measurement (36)", len(rows) == 36)
+        check("one PyTorch row per part", sum("**PyTorch 2.11.0**" in line for line in lines) == 2)
+        # encoder sequential f32 eager is 2.00 ms: eager 20 ms gives 10.00x, reduce-overhead 1.25x.
+        first = next(line for line in rows if "| sequential | f32 | eager |" in line)
+        check("ratios are PyTorch / ours", "| 2.000 | 5 | 10.00x | 2.00x | 2.50x | 1.25x |" in first)
+        check("a failed PyTorch variant shows '-'",
+              all(line.endswith("| - |") for line in rows if line.startswith("| transformer")))
+        check("the failure is named", "compile (reduce-overhead): no result within 220 s" in text)
+        check("best line per part", "- encoder (6 layers): ours 2.000 ms (sequential, f32, eager) against "
+              "PyTorch's best, compile (reduce-overhead), 2.500 ms: 1.25x." in text)
+        check("compile times", "took (compiling all four at once): encoder compile 90 s, encoder "
+              "compile (reduce-overhead) 95 s, transformer compile 120 s." in text)
+        check("criterion FLOP/s and GB/s", "| `ffn/ffn1_bias_relu/f32` | 1.000 ms | 2000.0 | 1000.0 |" in text)
+        check("criterion bytes only", "| `layer_norm/layer_norm` | 2.00 us | - | 1000.0 |" in text)
+        check("criterion ids with a value", "| `encoder/fused/bf16/graph` | 1.500 ms | 9412.0 | - |" in text)
+        check("base copies ignored", text.count("`layer_norm/layer_norm`") == 1)
+        # A PyTorch run that never wrote its JSON still gives our side.
+        (tmp / "torch.json").unlink()
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--torch", str(tmp / "torch.json")], capture_output=True, text=True)
+        check("no torch.json: still a table", run.returncode == 0 and "| 2.000 | 5 | - | - | - | - |" in run.stdout)
+    print(f"{len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

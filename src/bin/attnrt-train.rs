@@ -171,20 +171,12 @@ fn check_plot_path(args: &Args) -> attnrt::Result<()> {
 
 /// The policy settings: the file's [manager] table with the flags' overrides.
 fn manager_config(args: &Args, file: &JobFile) -> ManagerConfig {
-    let mut cfg = file.manager.clone();
-    if let Some(p) = args.policy {
-        cfg.policy = p.into();
-    }
-    if let Some(v) = args.sd_threshold {
-        cfg.sd_threshold = v;
-    }
-    if let Some(v) = args.util_threshold {
-        cfg.util_threshold = v;
-    }
-    if let Some(v) = args.period {
-        cfg.period_s = v;
-    }
-    cfg
+    file.manager.overridden(
+        args.policy.map(PolicyKind::from),
+        args.sd_threshold,
+        args.util_threshold,
+        args.period,
+    )
 }
 
 /// Prints `summary` and writes the report, decision log and plot the flags ask for. With

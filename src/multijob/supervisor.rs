@@ -23,7 +23,7 @@ use crate::sched::decisions::DecisionLog;
 use crate::sched::jobs::JobSpec;
 use crate::sched::policy::{Admission, JobObservation};
 use crate::sched::report::{FailedJob, JobReport, Report};
-use crate::sched::sim::{DrChange, Trace};
+use crate::sched::sim::Trace;
 use crate::sched::slowdown::JobProgress;
 use crate::sched::{DistributionRatio, JobFile, Manager, PeriodInputs, PolicyKind, ThesisParams};
 use crate::train::calibrate::Calibration;
@@ -474,14 +474,7 @@ impl Supervisor<'_> {
             }
             job.pending_dr = Some((now, decision.dr.clone()));
             job.dr = Some(decision.dr.clone());
-            self.trace.changes.push(DrChange {
-                time_s: now,
-                job: k,
-                sd: obs.sd,
-                from: obs.dr.clone(),
-                to: decision.dr,
-                action: decision.action,
-            });
+            self.trace.record_change(now, k, obs, &decision);
         }
         Ok(())
     }

@@ -87,6 +87,22 @@ impl Default for ManagerConfig {
 }
 
 impl ManagerConfig {
+    /// This configuration with the given values (command-line flags, say) replacing its own.
+    pub fn overridden(
+        &self,
+        policy: Option<PolicyKind>,
+        sd_threshold: Option<f64>,
+        util_threshold: Option<f64>,
+        period_s: Option<f64>,
+    ) -> ManagerConfig {
+        ManagerConfig {
+            policy: policy.unwrap_or(self.policy),
+            sd_threshold: sd_threshold.unwrap_or(self.sd_threshold),
+            util_threshold: util_threshold.unwrap_or(self.util_threshold),
+            period_s: period_s.unwrap_or(self.period_s),
+        }
+    }
+
     /// The thesis thresholds, checked.
     pub fn thesis_params(&self) -> Result<ThesisParams> {
         ThesisParams::new(self.sd_threshold, self.util_threshold)

@@ -35,7 +35,9 @@ use std::collections::{BinaryHeap, VecDeque};
 use super::decisions::DecisionLog;
 use super::dr::DistributionRatio;
 use super::jobs::{JobFile, ManagerConfig, SimulationConfig};
-use super::policy::{Action, Admission, JobObservation, Manager, PeriodInputs, PolicyKind};
+use super::policy::{
+    Action, Admission, Decision, JobObservation, Manager, PeriodInputs, PolicyKind,
+};
 use super::report::{JobReport, Report};
 use super::slowdown::JobProgress;
 use crate::{Error, Result};
@@ -69,6 +71,26 @@ pub struct Trace {
     pub gpu_util: Vec<Vec<(f64, f64)>>,
     /// Every DR change, in order.
     pub changes: Vec<DrChange>,
+}
+
+impl Trace {
+    /// Records that job `k`, seen as `obs`, was given `decision` at `time_s`.
+    pub fn record_change(
+        &mut self,
+        time_s: f64,
+        k: usize,
+        obs: &JobObservation,
+        decision: &Decision,
+    ) {
+        self.changes.push(DrChange {
+            time_s,
+            job: k,
+            sd: obs.sd,
+            from: obs.dr.clone(),
+            to: decision.dr.clone(),
+            action: decision.action,
+        });
+    }
 }
 
 /// One DR change made by the manager.
@@ -118,19 +140,12 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
         )
     })?;
     file.check_gpus(machine.gpus, origin)?;
-    let mut manager_cfg = file.manager.clone();
-    if let Some(p) = options.policy {
-        manager_cfg.policy = p;
-    }
-    if let Some(v) = options.sd_threshold {
-        manager_cfg.sd_threshold = v;
-    }
-    if let Some(v) = options.util_threshold {
-        manager_cfg.util_threshold = v;
-    }
-    if let Some(v) = options.period_s {
-        manager_cfg.period_s = v;
-    }
+    let manager_cfg = file.manager.overridden(
+        options.policy,
+        options.sd_threshold,
+        options.util_threshold,
+        options.period_s,
+    );
     if !(manager_cfg.period_s.is_finite() && manager_cfg.period_s > 0.0) {
         return Err(Error::invalid(
             "period_s",
@@ -657,14 +672,7 @@ impl Simulator {
             }
             self.stats.dr_changes += 1;
             if let Some(trace) = &mut self.trace {
-                trace.changes.push(DrChange {
-                    time_s: t,
-                    job: k,
-                    sd: obs.sd,
-                    from: obs.dr.clone(),
-                    to: decision.dr.clone(),
-                    action: decision.action,
-                });
+                trace.record_change(t, k, obs, &decision);
             }
             self.jobs[k].set_dr(decision.dr);
             self.jobs[k].reconfigured = self.jobs[k].started;

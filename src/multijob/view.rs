@@ -134,13 +134,16 @@ impl LiveView {
         }
     }
 
-    /// Removes the bars (the final table follows on standard output).
+    /// Shows `last` and leaves it on screen (each job's final state; the report's table
+    /// follows on standard output).
     pub fn finish(&mut self, last: &Snapshot) {
         if self.multi.is_hidden() {
             eprint!("{}", plain_table(last));
+            return;
         }
+        self.show(last);
         for bar in self.jobs.iter().chain(&self.devices) {
-            bar.finish_and_clear();
+            bar.finish();
         }
     }
 }

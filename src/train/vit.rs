@@ -440,11 +440,11 @@ fn attention(qkv: &[f32], n: usize, t: usize, plans: &[HeadPlan]) -> (Vec<f32>, 
                 }
                 // o[query slot i*ww + pos] = sum over columns of p * (rolled value)[pos].
                 let mut acc = vec![0.0f64; ww * dh];
-                for col in 0..t {
+                for (col, &pc) in p.iter().enumerate() {
                     for (pos, (_, kt)) in view.pairs(i, col).enumerate() {
                         let v = &qkv[ix.at(s, kt, 2, h)..][..dh];
                         for (a, x) in acc[pos * dh..][..dh].iter_mut().zip(v) {
-                            *a += f64::from(p[col]) * f64::from(*x);
+                            *a += f64::from(pc) * f64::from(*x);
                         }
                     }
                 }

@@ -96,24 +96,30 @@ ATTNRT_KERNEL void gelu_bwd_f32(const float* __restrict__ x, float* __restrict__
     }
 }
 
-// Row-major [n * T, stride] columns offset .. offset + H * dh  ->  head-major [n * H, T, dh].
-ATTNRT_KERNEL void rows_to_heads_f32(const float* __restrict__ src, float* __restrict__ dst, int n, int t,
+// Row-major [n * T, stride] columns offset .. offset + H * dh  ->  head-major [n * H, T, dh],
+// times `scale`. Slot `slot` of head `head` takes token slot_token[head * T + slot]: the
+// head's window partition (window attention); a null table is the identity.
+ATTNRT_KERNEL void rows_to_heads_f32(const float* __restrict__ src, float* __restrict__ dst,
+                                     const unsigned* __restrict__ slot_token, float scale, int n, int t,
                                      int h, int dh, int stride, int offset) {
     GRID_STRIDE(i, (long long)n * h * t * dh) {
-        int c = i % dh, tok = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
+        int c = i % dh, slot = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
         long long img = i / ((long long)dh * t * h);
-        dst[i] = src[(img * t + tok) * stride + offset + head * dh + c];
+        int tok = slot_token ? slot_token[head * t + slot] : slot;
+        dst[i] = scale * src[(img * t + tok) * stride + offset + head * dh + c];
     }
 }
 
 // The inverse: head-major [n * H, T, dh] -> row-major columns offset .. offset + H * dh of
-// [n * T, stride].
-ATTNRT_KERNEL void heads_to_rows_f32(const float* __restrict__ src, float* __restrict__ dst, int n, int t,
+// [n * T, stride], times `scale`, slots put back at their tokens (window reverse).
+ATTNRT_KERNEL void heads_to_rows_f32(const float* __restrict__ src, float* __restrict__ dst,
+                                     const unsigned* __restrict__ slot_token, float scale, int n, int t,
                                      int h, int dh, int stride, int offset) {
     GRID_STRIDE(i, (long long)n * h * t * dh) {
-        int c = i % dh, tok = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
+        int c = i % dh, slot = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
         long long img = i / ((long long)dh * t * h);
-        dst[(img * t + tok) * stride + offset + head * dh + c] = src[i];
+        int tok = slot_token ? slot_token[head * t + slot] : slot;
+        dst[(img * t + tok) * stride + offset + head * dh + c] = scale * src[i];
     }
 }
 

@@ -45,6 +45,7 @@
 // the instructions: predicated unrolled loops and index arithmetic). The launcher picks the
 // variant; shared memory is dynamic (above 48 KB the launcher opts in).
 #include "common.cuh"
+#include "window_shift.cuh"  // wrap_diff
 
 struct WindowAttentionArgs {
     const float* q;
@@ -99,14 +100,6 @@ __device__ void tile_abt(const float* a, int sa, const float* b, int sb, float* 
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int j = 0; j < 4; ++j) out[(ty + 16 * i) * PAD + tx + 16 * j] = acc[i][j];
-}
-
-// In-window positions of a w x w window (w = 1 << lw), pos = r*w + c. The position at
-// (r_x - r_y, c_x - c_y) mod w: both the key position that roll y = a*w + e brings to query
-// position x, and the roll that brings key position y to x.
-__device__ __forceinline__ int wrap_diff(int x, int y, int lw) {
-    const int m = (1 << lw) - 1;
-    return ((((x >> lw) - (y >> lw)) & m) << lw) | (((x & m) - (y & m)) & m);
 }
 
 }  // namespace

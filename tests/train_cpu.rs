@@ -327,12 +327,11 @@ fn cpu_gradients_match_finite_differences() {
     }
 }
 
-/// Every ViT layer (patch embedding, position embedding, LayerNorm, multi-head attention,
-/// GELU MLP, residuals, mean pool, head) against central differences, on a 2-block ViT.
-#[test]
-fn vit_gradients_match_finite_differences() {
+/// Every ViT layer of `model` against central differences on every third parameter (every
+/// tensor is covered, in a third of the time).
+fn check_vit_gradients(model: &str) {
     let d = Dataset::synthetic(4, 3);
-    let model = ModelSpec::parse("vit:8,8,2,2,16", d.shape(), 10, "test").unwrap();
+    let model = ModelSpec::parse(model, d.shape(), 10, "test").unwrap();
     let params = model.init(5);
     let n = 2;
     let mut x = vec![0.0; n * d.shape().features()];
@@ -347,7 +346,6 @@ fn vit_gradients_match_finite_differences() {
     let mut scratch = vec![0.0; params.len()];
     let eps = 1e-3f32;
     let mut worst = 0.0f64;
-    // Every third parameter: every tensor is covered, in a third of the time.
     for i in (0..params.len()).step_by(3) {
         let mut p = params.clone();
         p[i] += eps;
@@ -360,6 +358,79 @@ fn vit_gradients_match_finite_differences() {
         assert!(err <= 1e-2, "param {i}: analytic {} fd {fd}", grads[i]);
     }
     println!("worst relative error {worst:.2e}");
+}
+
+/// Every ViT layer (patch embedding, position embedding, LayerNorm, multi-head attention,
+/// GELU MLP, residuals, mean pool, head) against central differences, on a 2-block ViT.
+#[test]
+fn vit_gradients_match_finite_differences() {
+    check_vit_gradients("vit:8,8,2,2,16");
+}
+
+/// The same with CSWinTT's window attention on a 4x4 token grid: 4 heads get windows
+/// 1, 2, 4, 1, the last two heads shifted (the window-2 head's shift is 1, that of window 1
+/// is 0), so unshifted and shifted windows, and a window covering the grid, are all checked.
+#[test]
+fn vit_window_gradients_match_finite_differences() {
+    let shape = Dataset::synthetic(1, 0).shape();
+    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
+        panic!("not a ViT")
+    };
+    let windows: Vec<_> = (0..4).map(|h| c.head_window(h)).collect();
+    assert_eq!(windows, [(1, 0), (2, 0), (4, 2), (1, 0)]);
+    check_vit_gradients("vit:8,8,2,4,16,win");
+}
+
+/// The partition of a shifted head is a permutation of the tokens, rolled by the shift: the
+/// first slot of window-4 head 2 on a 4x4 grid holds token (2, 2).
+#[test]
+fn vit_window_partition_is_a_rolled_permutation() {
+    let shape = Dataset::synthetic(1, 0).shape();
+    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
+        panic!("not a ViT")
+    };
+    let plans = c.head_plans();
+    for plan in &plans {
+        let mut seen = plan.partition_index();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..16).collect::<Vec<u32>>(), "head {}", plan.head);
+    }
+    assert_eq!(plans[2].partition_index()[..5], [10, 11, 8, 9, 14]);
+}
+
+/// A short CPU run of a windowed ViT learns: the loss of the last steps is below the first's.
+#[test]
+fn vit_window_training_lowers_the_loss() {
+    let d = Arc::new(Dataset::synthetic(256, 9));
+    let name = "vit:8,16,1,4,32,win";
+    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::adamw(3e-3);
+    let mut engine = CpuEngine::new(model.clone(), opt, 1, State::fresh(model.init(1), &opt));
+    let job = Job {
+        name: "w".into(),
+        model_name: name.into(),
+        model,
+        dataset: d,
+        batch_size: 32,
+        iterations: 30,
+    };
+    let opts = TrainOptions {
+        seed: 1,
+        optimizer: opt,
+        dr: dr(&[10]),
+        checkpoint_dir: None,
+        checkpoint_every: 0,
+        resume: false,
+        prefetch: 2,
+        stop: Arc::new(AtomicBool::new(false)),
+        dr_updates: None,
+    };
+    let mut losses = Vec::new();
+    train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
+    let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+    let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
+    println!("loss: first 5 steps {first:.3}, last 5 {last:.3}");
+    assert!(last < 0.9 * first, "loss {first} -> {last}");
 }
 
 /// The shard weighting: with gradients of `sum(loss) / B` per shard, any DR gives the
@@ -421,6 +492,9 @@ fn model_names_are_checked_with_the_job_named() {
         "vit:4,30,2,4,64",
         "vit:5,32,2,4,64",
         "vit:4,32",
+        "vit:4,32,2,4,64,wim",
+        "vit:4,32,2,4,win",
+        "vit-tiny-window",
     ] {
         let e = ModelSpec::parse(bad, shape, 10, ctx)
             .err()
@@ -430,6 +504,20 @@ fn model_names_are_checked_with_the_job_named() {
     }
     match ModelSpec::parse("vit-small", shape, 10, ctx).unwrap() {
         ModelSpec::Vit(c) => assert_eq!((c.dim, c.depth, c.heads, c.tokens()), (384, 12, 6, 64)),
+        other => panic!("{other:?}"),
+    }
+    for (name, windows) in [("vit-tiny", false), ("vit-tiny-win", true)] {
+        match ModelSpec::parse(name, shape, 10, ctx).unwrap() {
+            ModelSpec::Vit(c) => assert_eq!((c.dim, c.heads, c.windows), (192, 3, windows)),
+            other => panic!("{other:?}"),
+        }
+    }
+    match ModelSpec::parse("vit:4,32,2,4,64,win", shape, 10, ctx).unwrap() {
+        // An 8x8 grid: CSWinTT's windows 1, 2, 4, 8; the last two heads shifted by w/2.
+        ModelSpec::Vit(c) => assert_eq!(
+            (0..4).map(|h| c.head_window(h)).collect::<Vec<_>>(),
+            [(1, 0), (2, 0), (4, 2), (8, 4)]
+        ),
         other => panic!("{other:?}"),
     }
 }

@@ -84,21 +84,18 @@ fn replica_gradients_match_the_cpu_reference() {
     assert!(grads.iter().all(|&g| g == 0.0));
 }
 
-/// The ViT's GPU pass (patch embedding, LayerNorm, batched attention, GELU MLP, mean pool,
-/// head) against the CPU reference: every gradient within 2e-3 relative plus 1e-5 of the
-/// largest gradient (f32 through 2 blocks against f64 accumulation).
-#[test]
-fn vit_replica_gradients_match_the_cpu_reference() {
-    let Some(gpu) = gpu_or_skip("vit_replica_gradients_match_the_cpu_reference") else {
-        return;
-    };
+/// `model`'s GPU pass against the CPU reference for each batch size of `sizes`: every
+/// gradient within 2e-3 relative plus 1e-5 of the largest gradient (f32 through 2 blocks
+/// against f64 accumulation). Later sizes run on buffers that hold an earlier, larger
+/// batch's values, which poisons anything a kernel should write and does not.
+fn check_vit_replica(gpu: Arc<Gpu>, model: &str, sizes: &[usize]) {
     let data = Dataset::synthetic(8, 2);
-    let model = ModelSpec::parse("vit:8,16,2,2,32", data.shape(), 10, "test").unwrap();
+    let model = ModelSpec::parse(model, data.shape(), 10, "test").unwrap();
     let params = model.init(7);
     let opt = Optimizer::sgd(0.1);
     let state = State::fresh(params.clone(), &opt);
     let mut replica = Replica::new(gpu, &model, opt, &params, &state.optimizer).unwrap();
-    for n in [3usize, 5] {
+    for &n in sizes {
         let f = data.shape().features();
         let mut x = vec![0.0; n * f];
         let labels: Vec<u32> = x
@@ -122,12 +119,34 @@ fn vit_replica_gradients_match_the_cpu_reference() {
             );
         }
         println!(
-            "vit n {n}: worst scaled error {worst:.2e}, loss {} vs {}",
+            "n {n}: worst scaled error {worst:.2e}, loss {} vs {}",
             stats.loss, cpu.loss
         );
         assert!((stats.loss - cpu.loss).abs() < 1e-4 * cpu.loss.max(1.0));
         assert_eq!(stats.correct, cpu.correct);
     }
+}
+
+/// The ViT's GPU pass (patch embedding, LayerNorm, batched attention, GELU MLP, mean pool,
+/// head) against the CPU reference.
+#[test]
+fn vit_replica_gradients_match_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("vit_replica_gradients_match_the_cpu_reference") else {
+        return;
+    };
+    check_vit_replica(gpu, "vit:8,16,2,2,32", &[3, 5]);
+}
+
+/// The same with CSWinTT's window attention (forward by the inference kernel, backward by
+/// `train_window_attention.cu`), same tolerance: a 4x4 token grid (windows 1 and 2, the
+/// second shifted) and an 8x8 one (windows 1, 2, 4, 8, the last two shifted by 2 and 4).
+#[test]
+fn vit_window_replica_gradients_match_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("vit_window_replica_gradients_match_the_cpu_reference") else {
+        return;
+    };
+    check_vit_replica(gpu.clone(), "vit:8,16,2,2,32,win", &[5, 3]);
+    check_vit_replica(gpu, "vit:4,32,2,4,32,win", &[4, 2]);
 }
 
 #[test]

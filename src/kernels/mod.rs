@@ -10,6 +10,7 @@ pub(crate) mod shape;
 pub mod smoke;
 pub mod train_ops;
 pub mod train_vit;
+pub mod train_window_attention;
 pub mod window_attention;
 
 /// Whether this build holds compiled kernels (nvcc was found at build time).

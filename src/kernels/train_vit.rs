@@ -1,7 +1,7 @@
 //! Launchers for `kernels/train_vit.cu`. Every launcher checks its buffers' lengths against the
 //! shapes before launching.
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -238,13 +238,29 @@ pub struct Heads {
     pub offset: usize,
 }
 
+/// How head-major slots map to row tokens: `slot_token` (`[h, t]`, each head's window
+/// partition) or the identity, and a factor applied on the way.
+#[derive(Clone, Copy)]
+pub struct SlotOrder<'a> {
+    pub slot_token: Option<&'a CudaSlice<u32>>,
+    pub scale: f32,
+}
+
+impl SlotOrder<'_> {
+    /// Slot = token, unscaled.
+    pub const IDENTITY: SlotOrder<'static> = SlotOrder {
+        slot_token: None,
+        scale: 1.0,
+    };
+}
+
 fn heads_launch<S: DevicePtr<f32>, D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     stream: &CudaStream,
     name: &'static str,
-    src: &S,
-    dst: &mut D,
+    (src, dst): (&S, &mut D),
     s: Heads,
+    order: SlotOrder<'_>,
     rows_side_is_src: bool,
 ) -> Result<()> {
     let heads = s.n * s.h * s.t * s.dh;
@@ -262,39 +278,54 @@ fn heads_launch<S: DevicePtr<f32>, D: DevicePtrMut<f32>>(
     };
     check(name, "src", src.len(), src_need)?;
     check(name, "dst", dst.len(), dst_need)?;
+    if let Some(table) = order.slot_token {
+        check(name, "slot_token", table.len(), s.h * s.t)?;
+    }
     let k = gpu.kernel(KernelModule::TrainVit, name)?;
     let (sp, _s) = src.device_ptr(stream);
     let (dp, _d) = dst.device_ptr_mut(stream);
+    let tp = order.slot_token.map_or(0, |t| ptr(t, stream));
     let a = [s.n, s.t, s.h, s.dh, s.stride, s.offset].map(|v| v as i32);
     let mut l = k.on(stream);
-    l.arg(&sp).arg(&dp);
+    l.arg(&sp).arg(&dp).arg(&tp).arg(&order.scale);
     for v in &a {
         l.arg(v);
     }
-    // SAFETY: argument types match; sizes checked.
+    // SAFETY: argument types match; sizes checked (every table entry is below `t`: the
+    // tables are permutations built on the host).
     unsafe { l.go(elementwise(heads)) }
 }
 
-/// Row-major columns -> head-major `[n*h, t, dh]`.
+/// Row-major columns -> head-major `[n*h, t, dh]`, slots gathered in `order`.
 pub fn rows_to_heads<S: DevicePtr<f32>, D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     stream: &CudaStream,
     src: &S,
     dst: &mut D,
     s: Heads,
+    order: SlotOrder<'_>,
 ) -> Result<()> {
-    heads_launch(gpu, stream, "rows_to_heads_f32", src, dst, s, true)
+    heads_launch(gpu, stream, "rows_to_heads_f32", (src, dst), s, order, true)
 }
 
-/// Head-major `[n*h, t, dh]` -> row-major columns.
+/// Head-major `[n*h, t, dh]` -> row-major columns, slots put back in `order`.
 pub fn heads_to_rows<S: DevicePtr<f32>, D: DevicePtrMut<f32>>(
     gpu: &Gpu,
     stream: &CudaStream,
     src: &S,
     dst: &mut D,
     s: Heads,
+    order: SlotOrder<'_>,
 ) -> Result<()> {
-    heads_launch(gpu, stream, "heads_to_rows_f32", src, dst, s, false)
+    heads_launch(
+        gpu,
+        stream,
+        "heads_to_rows_f32",
+        (src, dst),
+        s,
+        order,
+        false,
+    )
 }
 
 /// Softmax of each row of `rows x cols`, in place.

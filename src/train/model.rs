@@ -9,7 +9,8 @@
 //!   with ReLU between them (default hidden sizes `512,256`);
 //! - `vit-tiny`, `vit-small`, or `vit:P,D,L,H,M` (patch, width, depth, heads, MLP width):
 //!   the ViT classifier of [`super::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
-//!   `vit-small` is `vit:4,384,12,6,1536`.
+//!   `vit-small` is `vit:4,384,12,6,1536`. `vit-tiny-win`, `vit-small-win` and
+//!   `vit:P,D,L,H,M,win` are the same with CSWinTT's cyclic-shift window attention.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -29,6 +30,9 @@ pub enum ModelSpec {
 }
 
 const DEFAULT_HIDDEN: [usize; 2] = [512, 256];
+/// `vit-tiny` and `vit-small` as `vit:P,D,L,H,M` sizes.
+const TINY: [usize; 5] = [4, 192, 6, 3, 768];
+const SMALL: [usize; 5] = [4, 384, 12, 6, 1536];
 
 impl ModelSpec {
     /// Parses a job file's `model` value for images of `image` shape and `classes` classes.
@@ -49,7 +53,7 @@ impl ModelSpec {
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| Error::invalid(context, format!("'{spec}': {what}")))
         };
-        let vit = |v: &[usize]| {
+        let vit = |v: &[usize], windows: bool| {
             let c = VitConfig {
                 image,
                 patch: v[0],
@@ -58,6 +62,7 @@ impl ModelSpec {
                 heads: v[3],
                 mlp: v[4],
                 classes,
+                windows,
             };
             if image.height != image.width
                 || !image.height.is_multiple_of(c.patch)
@@ -88,22 +93,28 @@ impl ModelSpec {
                 dims.push(classes);
                 Ok(ModelSpec::Mlp { dims })
             }
-            ("vit-tiny", None) => vit(&[4, 192, 6, 3, 768]),
-            ("vit-small", None) => vit(&[4, 384, 12, 6, 1536]),
+            ("vit-tiny", None) => vit(&TINY, false),
+            ("vit-small", None) => vit(&SMALL, false),
+            ("vit-tiny-win", None) => vit(&TINY, true),
+            ("vit-small-win", None) => vit(&SMALL, true),
             ("vit", Some(list)) => {
-                let v = sizes(list, "vit:P,D,L,H,M needs five sizes >= 1")?;
+                // A trailing `win` option picks window attention.
+                let (list, windows) = match list.rsplit_once(',') {
+                    Some((rest, opt)) if opt.trim() == "win" => (rest, true),
+                    _ => (list, false),
+                };
+                let need = "vit:P,D,L,H,M[,win] needs five sizes >= 1, then optionally win";
+                let v = sizes(list, need)?;
                 if v.len() != 5 {
-                    return Err(Error::invalid(
-                        context,
-                        format!("'{spec}': vit:P,D,L,H,M needs five sizes"),
-                    ));
+                    return Err(Error::invalid(context, format!("'{spec}': {need}")));
                 }
-                vit(&v)
+                vit(&v, windows)
             }
             _ => Err(Error::invalid(
                 context,
                 format!(
-                    "'{spec}' is not one of mlp, mlp:H1,H2,..., vit-tiny, vit-small, vit:P,D,L,H,M"
+                    "'{spec}' is not one of mlp, mlp:H1,H2,..., vit-tiny, vit-small, \
+                     vit-tiny-win, vit-small-win, vit:P,D,L,H,M[,win]"
                 ),
             )),
         }

@@ -4,12 +4,24 @@
 //! An image `[C, S, S]` is cut into `(S/P)^2` patches of `C*P*P` values (channel-major within
 //! a patch), each embedded by a linear layer, plus a learned position embedding. Then `depth`
 //! pre-norm encoder blocks: `h = x + proj(attn(LN1(x)))`, `x' = h + fc2(gelu(fc1(LN2(h))))`,
-//! with standard multi-head self-attention over all tokens. A final LayerNorm, the mean over
-//! tokens, and a linear head give the logits. GELU is the tanh approximation.
+//! with standard multi-head self-attention over all tokens, or (`windows`) CSWinTT's cyclic-shift
+//! window attention. A final LayerNorm, the mean over tokens, and a linear head give the
+//! logits. GELU is the tanh approximation.
+//!
+//! Window attention (`docs/TRAINING.md`; the exact semantics are CSWinTT's, spec encoder steps
+//! 2-6): the `G x G` token grid (`G = 32 / P`) is CSWinTT's search region on its own. Head `h`
+//! gets window `w = sides[h % sides.len()]`, `sides` being those of CSWinTT's `[1, 2, 4, 8]`
+//! that divide `G` (for `G = 8` all four, as CSWinTT's heads cycle), and the shift `w / 2`
+//! when `h >= heads / 2` (CSWinTT's rule; `w == 1` never shifts). Scores are
+//! `(q.k * hd^-0.5 + sr(a, e)) / (w*w)` over the key windows' `w*w` cyclic shifts, softmax
+//! over all `G*G` columns. No padding mask (every pixel is real) and no relative-position
+//! bias (the ViT has its learned position embedding). Standard attention is the `w == 1`
+//! case of the same code.
 
 use super::cpu::ShardStats;
 use super::data::ImageShape;
 use super::model::Layout;
+use crate::cswintt::plan::{HeadPlan, Region};
 
 /// A ViT's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +33,13 @@ pub struct VitConfig {
     pub heads: usize,
     pub mlp: usize,
     pub classes: usize,
+    /// CSWinTT's cyclic-shift window attention instead of standard multi-head attention.
+    pub windows: bool,
 }
+
+/// The window sides a head may get: CSWinTT's, whose largest (64 pixels) is also the limit of
+/// the inference kernel the GPU forward reuses.
+const WINDOW_SIDES: [usize; 4] = [1, 2, 4, 8];
 
 impl VitConfig {
     pub fn tokens(&self) -> usize {
@@ -32,6 +50,64 @@ impl VitConfig {
     }
     pub fn head_dim(&self) -> usize {
         self.dim / self.heads
+    }
+    /// Tokens per grid side.
+    pub fn grid(&self) -> usize {
+        self.image.width / self.patch
+    }
+
+    /// Head `h`'s window side and shift (see the module docs); `(1, 0)` without windows.
+    pub fn head_window(&self, h: usize) -> (usize, usize) {
+        if !self.windows {
+            return (1, 0);
+        }
+        let sides: Vec<usize> = WINDOW_SIDES
+            .into_iter()
+            .filter(|w| self.grid().is_multiple_of(*w))
+            .collect();
+        let w = sides[h % sides.len()];
+        (w, if h >= self.heads / 2 { w / 2 } else { 0 })
+    }
+
+    /// Every head's partition of the token grid, as CSWinTT's [`HeadPlan`]: the grid is the
+    /// search region (rolled by the shift), the two template regions are empty.
+    pub fn head_plans(&self) -> Vec<HeadPlan> {
+        let (g, hd) = (self.grid(), self.head_dim());
+        let empty = |name| Region {
+            name,
+            side: 0,
+            token_offset: 0,
+            window_offset: 0,
+            windows_per_side: 0,
+            rolled: false,
+        };
+        (0..self.heads)
+            .map(|head| {
+                let (w, shift) = self.head_window(head);
+                HeadPlan {
+                    head,
+                    w,
+                    shift,
+                    hd,
+                    channel_offset: head * hd,
+                    l_all: g * g,
+                    l: g * g / (w * w),
+                    regions: [
+                        empty("template1"),
+                        empty("template2"),
+                        Region {
+                            name: "search",
+                            side: g,
+                            token_offset: 0,
+                            window_offset: 0,
+                            windows_per_side: g / w,
+                            rolled: true,
+                        },
+                    ],
+                    has_rel_bias: false,
+                }
+            })
+            .collect()
     }
 }
 
@@ -264,33 +340,119 @@ fn gelu_grad(x: f32) -> f64 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x)
 }
 
-/// Multi-head self-attention over `n` sequences of `t` tokens: `qkv` rows are `[q | k | v]`
-/// (`3 * dim`), head `h` using columns `h*dh..(h+1)*dh` of each. Returns the concatenated
-/// head outputs (`n*t x dim`) and the attention probabilities (`n, heads, t, t`).
-fn attention(qkv: &[f32], n: usize, t: usize, heads: usize, dh: usize) -> (Vec<f32>, Vec<f32>) {
-    let dim = heads * dh;
+/// One head's view of an image's token grid: which token sits at each slot of its window
+/// partition, and the `sr(a, e)` term of each score column. Standard attention is the
+/// `w == 1` case: slot = token, column = key token, `sr = 0`, no division.
+struct HeadView<'a> {
+    plan: &'a HeadPlan,
+    slot_token: Vec<u32>,
+    sr: Vec<f32>,
+}
+
+impl<'a> HeadView<'a> {
+    fn new(plan: &'a HeadPlan) -> HeadView<'a> {
+        HeadView {
+            plan,
+            slot_token: plan.partition_index(),
+            sr: plan.sr_table(),
+        }
+    }
+
+    /// The `(query token, key token)` pairs whose dot products make score column `col` of
+    /// query window `i`: query slot `i*ww + pos` against position `pos` of key window `l`
+    /// rolled by `(a, e)`. The `pos`-th pair also carries value and output position `pos`.
+    fn pairs(&self, i: usize, col: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let (l, a, e) = self.plan.column(col);
+        let ww = self.plan.ww();
+        (0..ww).map(move |pos| {
+            let key = l * ww + self.plan.shifted_pos(pos, a, e);
+            (
+                self.slot_token[i * ww + pos] as usize,
+                self.slot_token[key] as usize,
+            )
+        })
+    }
+
+    /// `(scale * q.k + sr) / ww`, CSWinTT's score (spec, encoder step 5) from `q.k`.
+    fn score(&self, col: usize, qk: f64, scale: f64) -> f64 {
+        let ww = self.plan.ww();
+        (qk * scale + f64::from(self.sr[col % ww])) / ww as f64
+    }
+}
+
+/// Where head `h`'s `part` (0 q, 1 k, 2 v) of token `tok` of image `s` starts in `qkv` rows
+/// of `[q | k | v]` (`3 * dim`), head `h` using columns `h*dh..(h+1)*dh` of each.
+#[derive(Clone, Copy)]
+struct QkvIndex {
+    t: usize,
+    dim: usize,
+    dh: usize,
+}
+
+impl QkvIndex {
+    fn at(&self, s: usize, tok: usize, part: usize, h: usize) -> usize {
+        ((s * self.t + tok) * 3 + part) * self.dim + h * self.dh
+    }
+    /// Where the head's channels of token `tok` start in `[n*t, dim]` rows.
+    fn row(&self, s: usize, tok: usize, h: usize) -> usize {
+        (s * self.t + tok) * self.dim + h * self.dh
+    }
+}
+
+/// Self-attention over `n` images of `t` tokens, head `h` windowed by `plans[h]` (every
+/// `w == 1` for standard multi-head attention). Each query window's scores run over all `t`
+/// columns. Returns the concatenated, window-reversed head outputs (`n*t x dim`) and the
+/// probabilities (`n, heads, t, t`; query window `i` is row `i`, rows past `L` unused).
+fn attention(qkv: &[f32], n: usize, t: usize, plans: &[HeadPlan]) -> (Vec<f32>, Vec<f32>) {
+    let (heads, dh) = (plans.len(), plans[0].hd);
+    let ix = QkvIndex {
+        t,
+        dim: heads * dh,
+        dh,
+    };
     let scale = 1.0 / (dh as f64).sqrt();
-    let mut out = vec![0.0f32; n * t * dim];
+    let mut out = vec![0.0f32; n * t * ix.dim];
     let mut probs = vec![0.0f32; n * heads * t * t];
-    let at = |s: usize, i: usize, part: usize, h: usize| ((s * t + i) * 3 + part) * dim + h * dh;
-    for s in 0..n {
-        for h in 0..heads {
-            for i in 0..t {
-                let q = &qkv[at(s, i, 0, h)..at(s, i, 0, h) + dh];
+    for (h, plan) in plans.iter().enumerate() {
+        let view = HeadView::new(plan);
+        let ww = plan.ww();
+        for s in 0..n {
+            for i in 0..plan.l {
                 let scores: Vec<f64> = (0..t)
-                    .map(|j| dot(q, &qkv[at(s, j, 1, h)..at(s, j, 1, h) + dh]) * scale)
+                    .map(|col| {
+                        let qk: f64 = view
+                            .pairs(i, col)
+                            .map(|(qt, kt)| {
+                                dot(
+                                    &qkv[ix.at(s, qt, 0, h)..][..dh],
+                                    &qkv[ix.at(s, kt, 1, h)..][..dh],
+                                )
+                            })
+                            .sum();
+                        view.score(col, qk, scale)
+                    })
                     .collect();
                 let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let sum: f64 = scores.iter().map(|v| (v - max).exp()).sum();
                 let p = &mut probs[((s * heads + h) * t + i) * t..][..t];
-                for j in 0..t {
-                    p[j] = ((scores[j] - max).exp() / sum) as f32;
+                for col in 0..t {
+                    p[col] = ((scores[col] - max).exp() / sum) as f32;
                 }
-                for c in 0..dh {
-                    let v: f64 = (0..t)
-                        .map(|j| f64::from(p[j]) * f64::from(qkv[at(s, j, 2, h) + c]))
-                        .sum();
-                    out[(s * t + i) * dim + h * dh + c] = v as f32;
+                // o[query slot i*ww + pos] = sum over columns of p * (rolled value)[pos].
+                let mut acc = vec![0.0f64; ww * dh];
+                for (col, &pc) in p.iter().enumerate() {
+                    for (pos, (_, kt)) in view.pairs(i, col).enumerate() {
+                        let v = &qkv[ix.at(s, kt, 2, h)..][..dh];
+                        for (a, x) in acc[pos * dh..][..dh].iter_mut().zip(v) {
+                            *a += f64::from(pc) * f64::from(*x);
+                        }
+                    }
+                }
+                for (pos, (qt, _)) in view.pairs(i, 0).enumerate() {
+                    let o = &mut out[ix.row(s, qt, h)..][..dh];
+                    for (o, a) in o.iter_mut().zip(&acc[pos * dh..][..dh]) {
+                        *o = *a as f32;
+                    }
                 }
             }
         }
@@ -305,34 +467,48 @@ fn attention_back(
     dout: &[f32],
     n: usize,
     t: usize,
-    heads: usize,
-    dh: usize,
+    plans: &[HeadPlan],
 ) -> Vec<f32> {
-    let dim = heads * dh;
+    let (heads, dh) = (plans.len(), plans[0].hd);
+    let ix = QkvIndex {
+        t,
+        dim: heads * dh,
+        dh,
+    };
     let scale = 1.0 / (dh as f64).sqrt();
     let mut dqkv = vec![0.0f64; qkv.len()];
-    let at = |s: usize, i: usize, part: usize, h: usize| ((s * t + i) * 3 + part) * dim + h * dh;
-    for s in 0..n {
-        for h in 0..heads {
-            for i in 0..t {
+    let add = |acc: &mut [f64], k: f64, x: &[f32]| {
+        acc.iter_mut()
+            .zip(x)
+            .for_each(|(a, v)| *a += k * f64::from(*v));
+    };
+    for (h, plan) in plans.iter().enumerate() {
+        let view = HeadView::new(plan);
+        let ww = plan.ww() as f64;
+        for s in 0..n {
+            for i in 0..plan.l {
                 let p = &probs[((s * heads + h) * t + i) * t..][..t];
-                let dor = &dout[(s * t + i) * dim + h * dh..][..dh];
-                // dP_ij = dO_i . V_j; dV_j += P_ij dO_i
-                let dp: Vec<f64> = (0..t)
-                    .map(|j| dot(dor, &qkv[at(s, j, 2, h)..at(s, j, 2, h) + dh]))
-                    .collect();
-                for j in 0..t {
-                    for c in 0..dh {
-                        dqkv[at(s, j, 2, h) + c] += f64::from(p[j]) * f64::from(dor[c]);
+                // dP = dO . V' over the column's pairs; dV' += P dO.
+                let mut dp = vec![0.0f64; t];
+                for col in 0..t {
+                    for (qt, kt) in view.pairs(i, col) {
+                        let dor = &dout[ix.row(s, qt, h)..][..dh];
+                        dp[col] += dot(dor, &qkv[ix.at(s, kt, 2, h)..][..dh]);
+                        add(
+                            &mut dqkv[ix.at(s, kt, 2, h)..][..dh],
+                            f64::from(p[col]),
+                            dor,
+                        );
                     }
                 }
-                // dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik), times the score scale.
-                let inner: f64 = (0..t).map(|j| f64::from(p[j]) * dp[j]).sum();
-                for j in 0..t {
-                    let ds = f64::from(p[j]) * (dp[j] - inner) * scale;
-                    for c in 0..dh {
-                        dqkv[at(s, i, 0, h) + c] += ds * f64::from(qkv[at(s, j, 1, h) + c]);
-                        dqkv[at(s, j, 1, h) + c] += ds * f64::from(qkv[at(s, i, 0, h) + c]);
+                // dS = P (dP - sum_k P_k dP_k), times the score's scale / ww.
+                let inner: f64 = (0..t).map(|col| f64::from(p[col]) * dp[col]).sum();
+                for col in 0..t {
+                    let ds = f64::from(p[col]) * (dp[col] - inner) * scale / ww;
+                    for (qt, kt) in view.pairs(i, col) {
+                        let (qa, ka) = (ix.at(s, qt, 0, h), ix.at(s, kt, 1, h));
+                        add(&mut dqkv[qa..][..dh], ds, &qkv[ka..][..dh]);
+                        add(&mut dqkv[ka..][..dh], ds, &qkv[qa..][..dh]);
                     }
                 }
             }
@@ -369,6 +545,7 @@ pub fn forward_backward(
     let (_, off) = layout(c);
     let (d, t, pd) = (c.dim, c.tokens(), c.patch_dim());
     let w = |o: usize, len: usize| &params[o..o + len];
+    let plans = c.head_plans();
 
     // Embedding.
     let patches = patchify(c, x, n);
@@ -382,7 +559,7 @@ pub fn forward_backward(
     for b in &off.blocks {
         let ln1 = layernorm(&xs, d, w(b.ln1_g, d), w(b.ln1_b, d));
         let qkv = linear(&ln1.0, d, w(b.qkv_w, 3 * d * d), w(b.qkv_b, 3 * d), 3 * d);
-        let (attn, probs) = attention(&qkv, n, t, c.heads, c.head_dim());
+        let (attn, probs) = attention(&qkv, n, t, &plans);
         let proj = linear(&attn, d, w(b.proj_w, d * d), w(b.proj_b, d), d);
         let h: Vec<f32> = xs.iter().zip(&proj).map(|(a, b)| a + b).collect();
         let ln2 = layernorm(&h, d, w(b.ln2_g, d), w(b.ln2_b, d));
@@ -490,15 +667,7 @@ pub fn forward_backward(
             grads,
             (b.proj_w, b.proj_b),
         );
-        let dqkv = attention_back(
-            &cache.qkv,
-            &cache.probs,
-            &dattn,
-            n,
-            t,
-            c.heads,
-            c.head_dim(),
-        );
+        let dqkv = attention_back(&cache.qkv, &cache.probs, &dattn, n, t, &plans);
         let dln1 = linear_back(
             &cache.ln1.0,
             d,

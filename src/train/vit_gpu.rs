@@ -3,8 +3,16 @@
 //! and heads), the rest through `kernels/train_vit.cu` and `kernels/train_ops.cu`.
 //! Attention runs head-major: `q`, `k`, `v` are copied out of the `qkv` rows into
 //! `[images * heads, tokens, head_dim]` so one batched GEMM covers every image and head.
+//!
+//! Window attention (CSWinTT's, [`super::vit`]) gathers each head's tokens into its window
+//! partition's slot order on that copy (q pre-scaled, as the inference kernel wants it) and
+//! runs the forward with the inference kernel itself (`kernels/window_attention.cu`, all
+//! heads in fused launches), which also window-reverses and concatenates the heads. It writes
+//! token-major rows `(token, image, dim)`, the inference engine's layout; one transpose makes
+//! them the ViT's `(image, token, dim)`. The kernel keeps no probabilities, so the backward
+//! (`kernels/train_window_attention.cu`) recomputes them from the saved `q` and `k`.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::blas::{self, Batched};
 use super::replica::Pass;
@@ -12,7 +20,11 @@ use super::vit::{VitConfig, VitOffsets, layout};
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
-use crate::kernels::train_vit::{self as k, Heads};
+use crate::kernels::train_vit::{self as k, Heads, SlotOrder};
+use crate::kernels::train_window_attention::{self as twa, Saved, WindowHead};
+use crate::kernels::window_attention::{
+    AttentionOperands, AttentionShape, MAX_FUSED, SlotLayout, WindowAttentionKernel,
+};
 
 /// One block's activations, kept for the backward pass.
 struct BlockBufs {
@@ -23,7 +35,7 @@ struct BlockBufs {
     q: CudaSlice<f32>,
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
-    /// Attention probabilities, `[images * heads, tokens, tokens]`.
+    /// Attention probabilities, `[images * heads, tokens, tokens]` (standard attention only).
     p: CudaSlice<f32>,
     attn: CudaSlice<f32>,
     h: CudaSlice<f32>,
@@ -57,6 +69,113 @@ struct Bufs {
     dp: CudaSlice<f32>,
     /// Ones, for column sums (bias and LayerNorm gradients) as GEMMs.
     ones: CudaSlice<f32>,
+    /// Window attention's tables and scratch; `None` for standard attention.
+    win: Option<WindowBufs>,
+}
+
+/// What window attention needs besides the blocks' buffers.
+struct WindowBufs {
+    kernel: WindowAttentionKernel,
+    /// Head `h`'s window side.
+    sides: Vec<usize>,
+    /// `[heads, tokens]`: head `h`'s slot -> token (its window partition).
+    slot_token: CudaSlice<u32>,
+    /// Head `h`'s `sr(a, e)` table (`w*w`), for `w > 1`.
+    sr: Vec<Option<CudaSlice<f32>>>,
+    /// All zeros, `[images, tokens]`: no key is padded.
+    no_padding: CudaSlice<u8>,
+    /// The backward's recomputed probabilities, `[images * heads, tokens, tokens]`.
+    probs: CudaSlice<f32>,
+}
+
+impl WindowBufs {
+    fn new(gpu: &Gpu, c: &VitConfig, n: usize) -> Result<WindowBufs> {
+        let s = gpu.stream();
+        let plans = c.head_plans();
+        let table: Vec<u32> = plans.iter().flat_map(|p| p.partition_index()).collect();
+        let sr = plans
+            .iter()
+            .map(|p| {
+                (p.w > 1)
+                    .then(|| s.clone_htod(&p.sr_table()))
+                    .transpose()
+                    .cuda(|| "uploading sr tables".into())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t = c.tokens();
+        Ok(WindowBufs {
+            kernel: WindowAttentionKernel::load(gpu)?,
+            sides: plans.iter().map(|p| p.w).collect(),
+            slot_token: s
+                .clone_htod(&table)
+                .cuda(|| "uploading window partitions".into())?,
+            sr,
+            no_padding: s
+                .alloc_zeros::<u8>(n * t)
+                .cuda(|| "allocating the key padding".into())?,
+            probs: s
+                .alloc_zeros::<f32>(n * c.heads * t * t)
+                .cuda(|| "allocating window probabilities".into())?,
+        })
+    }
+
+    /// Each head's partition, with `scale` applied on the way.
+    fn order(&self, scale: f32) -> SlotOrder<'_> {
+        SlotOrder {
+            slot_token: Some(&self.slot_token),
+            scale,
+        }
+    }
+
+    /// The forward of every head of `n` images by the inference kernel, from windowed
+    /// `[n, heads, t, hd]` q (pre-scaled), k and v into token-major rows `out` `(t, n, dim)`.
+    fn forward(
+        &self,
+        stream: &CudaStream,
+        c: &VitConfig,
+        n: usize,
+        (q, k, v): (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>),
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let (t, hd, d) = (c.tokens(), c.head_dim(), c.dim);
+        let layout = SlotLayout {
+            batch: c.heads * t * hd,
+            slot: hd,
+        };
+        let prepared = (0..c.heads)
+            .map(|h| {
+                let shape = AttentionShape {
+                    w: self.sides[h],
+                    hd,
+                    n_queries: t,
+                    n_keys: t,
+                    batch: n,
+                    heads: 1,
+                    head_stride: 0,
+                };
+                let at = h * t * hd;
+                let ops = AttentionOperands {
+                    q: q.slice(at..),
+                    q_layout: layout,
+                    k: k.slice(at..),
+                    v: v.slice(at..),
+                    kv_layout: layout,
+                    bias: None,
+                    key_pad: self.no_padding.slice(..n * t),
+                    sr: self.sr[h].as_ref().map(|s| s.slice(..)),
+                    slot_token: Some(self.slot_token.slice(h * t..(h + 1) * t)),
+                    out: out.slice_mut(..t * n * d),
+                    out_row: d,
+                    out_channel: h * hd,
+                    head_out: None,
+                };
+                self.kernel.prepare(stream, &shape, ops)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        prepared
+            .chunks(MAX_FUSED)
+            .try_for_each(|sets| self.kernel.launch_fused(stream, sets))
+    }
 }
 
 pub struct VitNet {
@@ -100,7 +219,7 @@ impl VitNet {
                     q: a(rows * d)?,
                     k: a(rows * d)?,
                     v: a(rows * d)?,
-                    p: a(n * c.heads * t * t)?,
+                    p: a(if c.windows { 0 } else { n * c.heads * t * t })?,
                     attn: a(rows * d)?,
                     h: a(rows * d)?,
                     ln2_y: a(rows * d)?,
@@ -133,6 +252,7 @@ impl VitNet {
             ones: s
                 .clone_htod(&vec![1.0f32; rows])
                 .cuda(|| "allocating ones".into())?,
+            win: c.windows.then(|| WindowBufs::new(gpu, c, n)).transpose()?,
         });
         self.capacity = n;
         Ok(())
@@ -209,33 +329,53 @@ impl VitNet {
                 3 * d,
             )?;
             train_ops::bias_act(gpu, s, &mut bk.qkv, &w(o.qkv_b, 3 * d), rows, 3 * d, false)?;
-            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0))?;
-            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d))?;
-            k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d))?;
-            blas::batched(
-                cb,
-                Batched::XYt,
-                &bk.q,
-                &bk.k,
-                &mut bk.p,
-                batch,
-                t,
-                dh,
-                score_scale,
-            )?;
-            k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
-            blas::batched(
-                cb,
-                Batched::PX,
-                &bk.p,
-                &bk.v,
-                &mut b.heads[0],
-                batch,
-                t,
-                dh,
-                1.0,
-            )?;
-            k::heads_to_rows(gpu, s, &b.heads[0], &mut bk.attn, heads(d, 0))?;
+            if let Some(win) = &b.win {
+                let (q_order, order) = (win.order(score_scale), win.order(1.0));
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0), q_order)?;
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d), order)?;
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d), order)?;
+                let out = &mut b.heads[0];
+                win.forward(s, &c, n, (&bk.q, &bk.k, &bk.v), out)?;
+                // (token, image) rows to (image, token): the head split with images as heads.
+                let images = Heads {
+                    n: 1,
+                    t,
+                    h: n,
+                    dh: d,
+                    stride: n * d,
+                    offset: 0,
+                };
+                k::rows_to_heads(gpu, s, &*out, &mut bk.attn, images, SlotOrder::IDENTITY)?;
+            } else {
+                let id = SlotOrder::IDENTITY;
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0), id)?;
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d), id)?;
+                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d), id)?;
+                blas::batched(
+                    cb,
+                    Batched::XYt,
+                    &bk.q,
+                    &bk.k,
+                    &mut bk.p,
+                    batch,
+                    t,
+                    dh,
+                    score_scale,
+                )?;
+                k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
+                blas::batched(
+                    cb,
+                    Batched::PX,
+                    &bk.p,
+                    &bk.v,
+                    &mut b.heads[0],
+                    batch,
+                    t,
+                    dh,
+                    1.0,
+                )?;
+                k::heads_to_rows(gpu, s, &b.heads[0], &mut bk.attn, heads(d, 0), id)?;
+            }
             blas::linear(cb, &bk.attn, &w(o.proj_w, d * d), &mut bk.h, rows, d, d)?;
             train_ops::bias_act(gpu, s, &mut bk.h, &w(o.proj_b, d), rows, d, false)?;
             k::add(gpu, s, &mut bk.h, x, rows * d)?;
@@ -378,25 +518,54 @@ impl VitNet {
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.proj_b, d), rows, d)?;
             blas::linear_grad_x(cb, &b.dx, &w(o.proj_w, d * d), &mut b.dtmp, rows, d, d)?;
             let [dout, dq, dk, dv] = &mut b.heads;
-            k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0))?;
-            blas::batched(
-                cb,
-                Batched::XYt,
-                &*dout,
-                &bk.v,
-                &mut b.dp,
-                batch,
-                t,
-                dh,
-                1.0,
-            )?;
-            blas::batched(cb, Batched::PtX, &bk.p, &*dout, dv, batch, t, dh, 1.0)?;
-            k::softmax_bwd_rows(gpu, s, &bk.p, &mut b.dp, batch * t, t, score_scale)?;
-            blas::batched(cb, Batched::PX, &b.dp, &bk.k, dq, batch, t, dh, 1.0)?;
-            blas::batched(cb, Batched::PtX, &b.dp, &bk.q, dk, batch, t, dh, 1.0)?;
-            k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0))?;
-            k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d))?;
-            k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d))?;
+            if let Some(win) = &mut b.win {
+                k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), win.order(1.0))?;
+                let saved = Saved {
+                    q: &bk.q,
+                    k: &bk.k,
+                    v: &bk.v,
+                    dout: &*dout,
+                };
+                for (head, &w) in win.sides.iter().enumerate() {
+                    let h = WindowHead {
+                        n,
+                        w,
+                        t,
+                        hd: dh,
+                        heads: hh,
+                        head,
+                    };
+                    let sr = win.sr[head].as_ref();
+                    twa::scores_bwd(gpu, s, &h, &saved, sr, (&mut win.probs, &mut b.dp))?;
+                    twa::grads(gpu, s, &h, &saved, (&win.probs, &b.dp), [dq, dk, dv])?;
+                }
+                // dq is that of the pre-scaled q.
+                let (q_order, order) = (win.order(score_scale), win.order(1.0));
+                k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0), q_order)?;
+                k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d), order)?;
+                k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), order)?;
+            } else {
+                let id = SlotOrder::IDENTITY;
+                k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), id)?;
+                blas::batched(
+                    cb,
+                    Batched::XYt,
+                    &*dout,
+                    &bk.v,
+                    &mut b.dp,
+                    batch,
+                    t,
+                    dh,
+                    1.0,
+                )?;
+                blas::batched(cb, Batched::PtX, &bk.p, &*dout, dv, batch, t, dh, 1.0)?;
+                k::softmax_bwd_rows(gpu, s, &bk.p, &mut b.dp, batch * t, t, score_scale)?;
+                blas::batched(cb, Batched::PX, &b.dp, &bk.k, dq, batch, t, dh, 1.0)?;
+                blas::batched(cb, Batched::PtX, &b.dp, &bk.q, dk, batch, t, dh, 1.0)?;
+                k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0), id)?;
+                k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d), id)?;
+                k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), id)?;
+            }
             blas::linear_grad_w(
                 cb,
                 &bk.ln1_y,

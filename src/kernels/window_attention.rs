@@ -84,7 +84,7 @@ const THREADS: u32 = 256;
 /// Query slots per block and key slots per chunk (`TILE` in the .cu file).
 const TILE: usize = 64;
 /// Head widths with a compiled variant (`window_attention_hd{HD}_f32`).
-const HEAD_WIDTHS: [usize; 4] = [8, 16, 32, 64];
+pub const HEAD_WIDTHS: [usize; 4] = [8, 16, 32, 64];
 /// Shared memory the kernel is allowed (above the 48 KB default; every GPU we build for
 /// has at least 99 KB per block). hd = 64 needs 83 KB.
 const SMEM_LIMIT: usize = 96 * 1024;

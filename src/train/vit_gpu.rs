@@ -17,13 +17,13 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::blas::{self, Batched};
 use super::replica::Pass;
 use super::vit::{VitConfig, VitOffsets, layout};
-use crate::error::{CudaContext as _, Result};
+use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
 use crate::kernels::train_vit::{self as k, Heads, SlotOrder};
 use crate::kernels::train_window_attention::{self as twa, Saved, WindowHead};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, MAX_FUSED, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, HEAD_WIDTHS, MAX_FUSED, SlotLayout, WindowAttentionKernel,
 };
 
 /// One block's activations, kept for the backward pass.
@@ -90,6 +90,16 @@ struct WindowBufs {
 
 impl WindowBufs {
     fn new(gpu: &Gpu, c: &VitConfig, n: usize) -> Result<WindowBufs> {
+        let width = c.dim / c.heads;
+        if !HEAD_WIDTHS.contains(&width) {
+            return Err(Error::invalid(
+                "ViT window attention on the GPU",
+                format!(
+                    "needs a head width (width / heads) of {HEAD_WIDTHS:?}, the kernels' sizes;                      this model has {} / {} = {width} (the CPU trains any width)",
+                    c.dim, c.heads
+                ),
+            ));
+        }
         let s = gpu.stream();
         let plans = c.head_plans();
         let table: Vec<u32> = plans.iter().flat_map(|p| p.partition_index()).collect();

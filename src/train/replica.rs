@@ -199,15 +199,28 @@ impl Replica {
     /// Enqueues forward and backward over a shard (`x`: `rows x features`), leaving the
     /// gradient of `scale * sum(loss)` in the gradient buffer. An empty shard zeroes it.
     pub fn forward_backward(&mut self, x: &[f32], labels: &[u32], scale: f32) -> Result<()> {
+        self.load_shard(x, labels)?;
+        self.pass(scale)
+    }
+
+    /// Copies a shard (`x`: `rows x features`) through the page-locked staging buffers and
+    /// enqueues its copy to the device. Split from [`pass`](Self::pass) so that
+    /// `benches/train_step.rs` can time the two.
+    pub fn load_shard(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
         let rows = labels.len();
+        if x.len() != rows * self.features {
+            return Err(Error::invalid(
+                "loading a shard",
+                format!(
+                    "{} feature values for {rows} samples of {}",
+                    x.len(),
+                    self.features
+                ),
+            ));
+        }
         self.last_rows = rows;
-        let s = self.gpu.stream().clone();
-        s.memset_zeros(&mut self.stats)
-            .cuda(|| "zeroing stats".into())?;
         if rows == 0 {
-            return s
-                .memset_zeros(&mut self.grads)
-                .cuda(|| "zeroing gradients".into());
+            return Ok(());
         }
         self.stage(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
@@ -223,10 +236,25 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
+        let s = self.gpu.stream();
         s.memcpy_htod(&*px, &mut self.input.slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
         s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
-            .cuda(|| "copying labels to the GPU".into())?;
+            .cuda(|| "copying labels to the GPU".into())
+    }
+
+    /// Enqueues forward and backward over the shard [`load_shard`](Self::load_shard) loaded,
+    /// with loss scale `scale`.
+    pub fn pass(&mut self, scale: f32) -> Result<()> {
+        let rows = self.last_rows;
+        let s = self.gpu.stream().clone();
+        s.memset_zeros(&mut self.stats)
+            .cuda(|| "zeroing stats".into())?;
+        if rows == 0 {
+            return s
+                .memset_zeros(&mut self.grads)
+                .cuda(|| "zeroing gradients".into());
+        }
         let pass = Pass {
             gpu: &self.gpu,
             blas: &self.blas,

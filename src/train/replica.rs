@@ -3,6 +3,7 @@
 //! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
 //! [`super::vit_gpu`]): GEMMs through cuBLAS ([`super::blas`]), the rest through our kernels.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
@@ -39,6 +40,9 @@ enum Net {
     Vit(Box<VitNet>),
 }
 
+/// Steps whose stats may be pending at once: the trainer enqueues one step ahead.
+const STATS_SLOTS: usize = 2;
+
 pub struct Replica {
     gpu: Arc<Gpu>,
     blas: CudaBlas,
@@ -57,6 +61,11 @@ pub struct Replica {
     pinned_y: Option<PinnedHostSlice<u32>>,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
+    /// Page-locked landing slots for the stats of steps whose read-back is deferred
+    /// ([`stats_later`](Self::stats_later)), and the slots (with their shard's rows) not yet
+    /// taken, oldest first.
+    stats_slots: [PinnedHostSlice<f32>; STATS_SLOTS],
+    stats_pending: VecDeque<(usize, usize)>,
     net: Net,
 }
 
@@ -80,6 +89,11 @@ impl Replica {
                 .cuda(|| format!("uploading {} values", v.len()))
         };
         let one = |n: usize| s.alloc_zeros::<f32>(n).cuda(|| "allocating".into());
+        let slot = || {
+            // SAFETY: a slot is read only after a copy into it has completed.
+            unsafe { gpu.ctx().alloc_pinned::<f32>(2) }.cuda(|| "allocating stats slots".into())
+        };
+        let stats_slots = [slot()?, slot()?];
         let net = match model {
             ModelSpec::Mlp { dims } => Net::Mlp(MlpNet::new(dims.clone())),
             ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(*c))),
@@ -98,6 +112,8 @@ impl Replica {
             pinned_x: None,
             pinned_y: None,
             last_rows: 0,
+            stats_slots,
+            stats_pending: VecDeque::new(),
             net,
             gpu,
         })
@@ -272,14 +288,54 @@ impl Replica {
         }
     }
 
-    /// Waits for the step's work and returns the last shard's loss and correct count.
+    /// Waits for the step's work and returns the last shard's loss and correct count. Not
+    /// while a deferred read-back ([`stats_later`](Self::stats_later)) is pending.
     pub fn stats(&mut self) -> Result<ShardStats> {
-        let s = self.gpu.stream();
-        let v = s.clone_dtoh(&self.stats).cuda(|| "reading stats".into())?;
-        s.synchronize().cuda(|| "synchronising".into())?;
+        if !self.stats_pending.is_empty() {
+            return Err(Error::invalid(
+                "reading stats",
+                format!("{} deferred read-backs pending", self.stats_pending.len()),
+            ));
+        }
+        self.stats_later()?;
+        self.take_stats()
+    }
+
+    /// Enqueues the copy of the last shard's stats into a page-locked slot and returns at once:
+    /// the host can enqueue the next step before this one's stats arrive, so the GPU does not
+    /// wait for the host between steps. [`take_stats`](Self::take_stats) reads them.
+    pub fn stats_later(&mut self) -> Result<()> {
+        if self.stats_pending.len() == STATS_SLOTS {
+            return Err(Error::invalid(
+                "deferring a stats read-back",
+                format!("{STATS_SLOTS} already pending"),
+            ));
+        }
+        let slot = self
+            .stats_pending
+            .back()
+            .map_or(0, |&(last, _)| (last + 1) % STATS_SLOTS);
+        self.gpu
+            .stream()
+            .memcpy_dtoh(&self.stats, &mut self.stats_slots[slot])
+            .cuda(|| "reading stats".into())?;
+        self.stats_pending.push_back((slot, self.last_rows));
+        Ok(())
+    }
+
+    /// Waits for the oldest deferred stats (and so for every step enqueued before them) and
+    /// returns them.
+    pub fn take_stats(&mut self) -> Result<ShardStats> {
+        let (slot, rows) = self
+            .stats_pending
+            .pop_front()
+            .ok_or_else(|| Error::invalid("taking stats", "no read-back pending"))?;
+        let v = self.stats_slots[slot]
+            .as_slice()
+            .cuda(|| "waiting for stats".into())?;
         Ok(ShardStats {
             loss: f64::from(v[0]),
-            correct: if self.last_rows == 0 { 0 } else { v[1] as u64 },
+            correct: if rows == 0 { 0 } else { v[1] as u64 },
         })
     }
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::blas;
@@ -59,12 +59,16 @@ pub struct Replica {
     /// Page-locked staging for the shard, so the copy to the device is a real async DMA.
     pinned_x: Option<PinnedHostSlice<f32>>,
     pinned_y: Option<PinnedHostSlice<u32>>,
+    /// Recorded after the staged shard's copies to the device: the staging buffers are not
+    /// rewritten or freed before it. (Our contexts run without cudarc's event tracking, so a
+    /// pinned slice's own event is never recorded and cannot be waited on.)
+    staged: CudaEvent,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
     /// Page-locked landing slots for the stats of steps whose read-back is deferred
     /// ([`stats_later`](Self::stats_later)), and the slots (with their shard's rows) not yet
     /// taken, oldest first.
-    stats_slots: [PinnedHostSlice<f32>; STATS_SLOTS],
+    stats_slots: [(PinnedHostSlice<f32>, CudaEvent); STATS_SLOTS],
     stats_pending: VecDeque<(usize, usize)>,
     net: Net,
 }
@@ -89,9 +93,16 @@ impl Replica {
                 .cuda(|| format!("uploading {} values", v.len()))
         };
         let one = |n: usize| s.alloc_zeros::<f32>(n).cuda(|| "allocating".into());
+        let event = || {
+            gpu.ctx()
+                .new_event(None)
+                .cuda(|| "creating an event".into())
+        };
         let slot = || {
-            // SAFETY: a slot is read only after a copy into it has completed.
-            unsafe { gpu.ctx().alloc_pinned::<f32>(2) }.cuda(|| "allocating stats slots".into())
+            // SAFETY: a slot is read only after a copy into it has completed (its event).
+            let host = unsafe { gpu.ctx().alloc_pinned::<f32>(2) }
+                .cuda(|| "allocating stats slots".into())?;
+            Ok::<_, Error>((host, event()?))
         };
         let stats_slots = [slot()?, slot()?];
         let net = match model {
@@ -111,6 +122,7 @@ impl Replica {
             stats: one(2)?,
             pinned_x: None,
             pinned_y: None,
+            staged: event()?,
             last_rows: 0,
             stats_slots,
             stats_pending: VecDeque::new(),
@@ -194,7 +206,7 @@ impl Replica {
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
             return Ok(());
         }
-        // Drop the old buffers first (their drop waits for pending copies).
+        // Drop the old buffers first (the caller waited for their pending copies).
         self.pinned_x = None;
         self.pinned_y = None;
         let ctx = self.gpu.ctx().clone();
@@ -238,6 +250,10 @@ impl Replica {
         if rows == 0 {
             return Ok(());
         }
+        // The previous shard's copies may still be queued (the trainer runs a step ahead).
+        self.staged
+            .synchronize()
+            .cuda(|| "waiting for the previous shard's copy".into())?;
         self.stage(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
             (Some(px), Some(py)) => (px, py),
@@ -256,7 +272,10 @@ impl Replica {
         s.memcpy_htod(&*px, &mut self.input.slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
         s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
-            .cuda(|| "copying labels to the GPU".into())
+            .cuda(|| "copying labels to the GPU".into())?;
+        self.staged
+            .record(s)
+            .cuda(|| "recording the shard's copy".into())
     }
 
     /// Enqueues forward and backward over the shard [`load_shard`](Self::load_shard) loaded,
@@ -315,10 +334,13 @@ impl Replica {
             .stats_pending
             .back()
             .map_or(0, |&(last, _)| (last + 1) % STATS_SLOTS);
-        self.gpu
-            .stream()
-            .memcpy_dtoh(&self.stats, &mut self.stats_slots[slot])
+        let s = self.gpu.stream();
+        let (host, copied) = &mut self.stats_slots[slot];
+        s.memcpy_dtoh(&self.stats, host)
             .cuda(|| "reading stats".into())?;
+        copied
+            .record(s)
+            .cuda(|| "recording the stats copy".into())?;
         self.stats_pending.push_back((slot, self.last_rows));
         Ok(())
     }
@@ -330,9 +352,9 @@ impl Replica {
             .stats_pending
             .pop_front()
             .ok_or_else(|| Error::invalid("taking stats", "no read-back pending"))?;
-        let v = self.stats_slots[slot]
-            .as_slice()
-            .cuda(|| "waiting for stats".into())?;
+        let (host, copied) = &self.stats_slots[slot];
+        copied.synchronize().cuda(|| "waiting for stats".into())?;
+        let v = host.as_slice().cuda(|| "reading stats".into())?;
         Ok(ShardStats {
             loss: f64::from(v[0]),
             correct: if rows == 0 { 0 } else { v[1] as u64 },

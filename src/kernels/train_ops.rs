@@ -48,7 +48,7 @@ pub fn bias_act<Y: DevicePtrMut<f32>, B: DevicePtr<f32>>(
             .arg(&rows)
             .arg(&cols)
             .arg(&relu)
-            .go(elementwise(rows as usize * cols as usize))
+            .go(elementwise((rows as usize * cols as usize).div_ceil(4)))
     }
 }
 

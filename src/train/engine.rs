@@ -14,6 +14,7 @@
 //! one (device to device over peer access, else through the host). Leaving an idle device out
 //! of the sum changes no value: it used to add zeros.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
@@ -49,8 +50,18 @@ impl State {
 pub trait Engine {
     /// Devices (shards per step).
     fn devices(&self) -> usize;
-    /// Training step `t` (from 1) on `batch`, device `g` taking `shards[g]`.
-    fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats>;
+    /// Hands the engine training step `t` (from 1) on `batch`, device `g` taking `shards[g]`.
+    /// It may return before the step has run (the trainer enqueues the next step while the
+    /// GPU runs this one); [`finish`](Self::finish) gives its stats. The batch may be reused
+    /// once this returns.
+    fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()>;
+    /// Waits for the oldest submitted step that has not been finished, and returns its stats.
+    fn finish(&mut self) -> Result<ShardStats>;
+    /// Training step `t`, to the end.
+    fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats> {
+        self.submit(t, batch, shards)?;
+        self.finish()
+    }
     /// The state of replica 0.
     fn state(&mut self) -> Result<State>;
     /// Every replica's parameters (tests check they are identical).
@@ -86,6 +97,13 @@ pub struct CpuEngine {
     state: State,
     grads: Vec<f32>,
     shard_grads: Vec<f32>,
+    /// Stats of the submitted steps not finished yet (the steps themselves have run).
+    done: VecDeque<ShardStats>,
+}
+
+/// The error for [`Engine::finish`] with nothing submitted.
+fn nothing_submitted() -> Error {
+    Error::invalid("finishing a training step", "no step was submitted")
 }
 
 impl CpuEngine {
@@ -98,6 +116,7 @@ impl CpuEngine {
             state,
             grads: vec![0.0; n],
             shard_grads: vec![0.0; n],
+            done: VecDeque::new(),
         }
     }
 }
@@ -107,7 +126,7 @@ impl Engine for CpuEngine {
         self.devices
     }
 
-    fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats> {
+    fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()> {
         check_shards(self.devices, batch, shards)?;
         let features = self.model.features();
         let scale = 1.0 / batch.len() as f32;
@@ -133,7 +152,12 @@ impl Engine for CpuEngine {
             &self.grads,
             &mut self.state.optimizer,
         );
-        Ok(stats)
+        self.done.push_back(stats);
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<ShardStats> {
+        self.done.pop_front().ok_or_else(nothing_submitted)
     }
 
     fn state(&mut self) -> Result<State> {
@@ -276,6 +300,8 @@ enum Command {
         shard: Range<usize>,
         group: Arc<Group>,
     },
+    /// The stats of the oldest step the worker deferred.
+    Finish,
     Download,
     Upload(Arc<State>),
     /// Wait for pending work and report the state buffers' addresses (a peer copies them).
@@ -286,6 +312,8 @@ enum Command {
 
 enum Reply {
     Stats(ShardStats),
+    /// The step is enqueued; its stats come with [`Command::Finish`].
+    Deferred,
     State(State),
     Addresses(Vec<u64>),
     Done,
@@ -297,10 +325,19 @@ struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
+/// A submitted step not finished yet.
+enum Pending {
+    /// It ran to the end; its stats.
+    Done(ShardStats),
+    /// It ran alone on this device, which deferred the stats read-back.
+    On(usize),
+}
+
 /// The multi-GPU engine: one worker thread per GPU, each with its own context, stream and
 /// replica.
 pub struct GpuEngine {
     workers: Vec<Worker>,
+    pending: VecDeque<Pending>,
     freshness: Freshness,
     /// Whether a stale replica is refreshed over peer memory (else through the host).
     peer: bool,
@@ -388,6 +425,7 @@ impl GpuEngine {
         }
         Ok(GpuEngine {
             freshness: Freshness::new(workers.len()),
+            pending: VecDeque::new(),
             workers,
             peer,
             notice: notice.map(str::to_string),
@@ -428,6 +466,20 @@ impl GpuEngine {
         }
     }
 
+    /// Reads every deferred stats read-back, so that no worker has one pending.
+    fn settle(&mut self) -> Result<()> {
+        for i in 0..self.pending.len() {
+            if let Pending::On(d) = self.pending[i] {
+                let stats = match self.call(&[d], |_| Command::Finish)?.pop() {
+                    Some(Reply::Stats(s)) => s,
+                    _ => return Err(unexpected_reply(d, "a finish")),
+                };
+                self.pending[i] = Pending::Done(stats);
+            }
+        }
+        Ok(())
+    }
+
     /// Brings the stale replicas among `devices` up to date from an up-to-date one: device to
     /// device when peer access is on, else through the host.
     fn refresh(&mut self, devices: &[usize]) -> Result<()> {
@@ -465,9 +517,14 @@ impl Engine for GpuEngine {
         self.workers.len()
     }
 
-    fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats> {
+    fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()> {
         check_shards(self.workers.len(), batch, shards)?;
         let active = ActiveSet::of(shards)?;
+        if active.members().len() > 1 {
+            // Its members synchronise to read their stats before the exchange: collect the
+            // deferred ones first.
+            self.settle()?;
+        }
         self.refresh(active.members())?;
         let group = Arc::new(Group {
             barrier: Barrier::new(active.members().len()),
@@ -483,12 +540,28 @@ impl Engine for GpuEngine {
         // (A failed step returns above: the run stops, whatever the replicas hold.)
         self.freshness.stepped(members);
         let mut stats = ShardStats::default();
-        for r in replies {
-            if let Reply::Stats(s) = r {
-                stats += s;
+        for (&d, r) in members.iter().zip(replies) {
+            match r {
+                Reply::Stats(s) => stats += s,
+                Reply::Deferred => {
+                    self.pending.push_back(Pending::On(d));
+                    return Ok(());
+                }
+                _ => return Err(unexpected_reply(d, "a step")),
             }
         }
-        Ok(stats)
+        self.pending.push_back(Pending::Done(stats));
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<ShardStats> {
+        match self.pending.pop_front().ok_or_else(nothing_submitted)? {
+            Pending::Done(stats) => Ok(stats),
+            Pending::On(d) => match self.call(&[d], |_| Command::Finish)?.pop() {
+                Some(Reply::Stats(s)) => Ok(s),
+                _ => Err(unexpected_reply(d, "a finish")),
+            },
+        }
     }
 
     /// The state of an up-to-date replica.
@@ -558,8 +631,9 @@ fn worker(
                     shared: &shared,
                     group: &group,
                 };
-                work.step(&mut replica, t, &batch, shard).map(Reply::Stats)
+                work.step(&mut replica, t, &batch, shard)
             }
+            Command::Finish => replica.take_stats().map(Reply::Stats),
             Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
             Command::Upload(state) => replica
                 .upload(&state.params, &state.optimizer)
@@ -587,14 +661,16 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
-    /// The pass over the shard, the exchange with the step's other members, the update.
+    /// The pass over the shard, the exchange with the step's other members, the update. Alone
+    /// in the step, the worker only enqueues it and defers the stats read-back
+    /// ([`Reply::Deferred`]): no host synchronisation per step.
     fn step(
         &self,
         replica: &mut Replica,
         t: u64,
         batch: &Batch,
         shard: Range<usize>,
-    ) -> Result<ShardStats> {
+    ) -> Result<Reply> {
         let f = self.features;
         // A malformed batch is an error, not a panic: the other members are at the barriers.
         let x = batch
@@ -610,21 +686,26 @@ impl Work<'_> {
                     ),
                 )
             });
-        let result = x
-            .and_then(|x| {
-                replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
-            })
-            .and_then(|()| replica.stats());
+        let pass = x.and_then(|x| {
+            replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
+        });
+        if self.group.active.members().len() == 1 {
+            pass?;
+            replica.optimizer_step(t)?;
+            replica.stats_later()?;
+            return Ok(Reply::Deferred);
+        }
+        let result = pass.and_then(|()| replica.stats());
         let stats = match self.group.active.rank(self.device) {
-            // Alone in the step (or, never, not in it): nothing to exchange.
-            Some(rank) if self.group.active.members().len() > 1 => match &self.shared.exchange {
+            Some(rank) => match &self.shared.exchange {
                 Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, result),
                 Exchange::Host(host) => self.host(replica, host, result),
             },
-            _ => result,
+            // Never: the engine sends a step to its members only.
+            None => result,
         }?;
         replica.optimizer_step(t)?;
-        Ok(stats)
+        Ok(Reply::Stats(stats))
     }
 
     /// The direct all-reduce among the step's members. Every member waits at the same

@@ -3,10 +3,11 @@
 //! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
 //! [`super::vit_gpu`]): GEMMs through cuBLAS ([`super::blas`]), the rest through our kernels.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::blas;
@@ -39,6 +40,9 @@ enum Net {
     Vit(Box<VitNet>),
 }
 
+/// Steps whose stats may be pending at once: the trainer enqueues one step ahead.
+const STATS_SLOTS: usize = 2;
+
 pub struct Replica {
     gpu: Arc<Gpu>,
     blas: CudaBlas,
@@ -55,8 +59,17 @@ pub struct Replica {
     /// Page-locked staging for the shard, so the copy to the device is a real async DMA.
     pinned_x: Option<PinnedHostSlice<f32>>,
     pinned_y: Option<PinnedHostSlice<u32>>,
+    /// Recorded after the staged shard's copies to the device: the staging buffers are not
+    /// rewritten or freed before it. (Our contexts run without cudarc's event tracking, so a
+    /// pinned slice's own event is never recorded and cannot be waited on.)
+    staged: CudaEvent,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
+    /// Page-locked landing slots for the stats of steps whose read-back is deferred
+    /// ([`stats_later`](Self::stats_later)), and the slots (with their shard's rows) not yet
+    /// taken, oldest first.
+    stats_slots: [(PinnedHostSlice<f32>, CudaEvent); STATS_SLOTS],
+    stats_pending: VecDeque<(usize, usize)>,
     net: Net,
 }
 
@@ -80,6 +93,18 @@ impl Replica {
                 .cuda(|| format!("uploading {} values", v.len()))
         };
         let one = |n: usize| s.alloc_zeros::<f32>(n).cuda(|| "allocating".into());
+        let event = || {
+            gpu.ctx()
+                .new_event(None)
+                .cuda(|| "creating an event".into())
+        };
+        let slot = || {
+            // SAFETY: a slot is read only after a copy into it has completed (its event).
+            let host = unsafe { gpu.ctx().alloc_pinned::<f32>(2) }
+                .cuda(|| "allocating stats slots".into())?;
+            Ok::<_, Error>((host, event()?))
+        };
+        let stats_slots = [slot()?, slot()?];
         let net = match model {
             ModelSpec::Mlp { dims } => Net::Mlp(MlpNet::new(dims.clone())),
             ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(*c))),
@@ -97,7 +122,10 @@ impl Replica {
             stats: one(2)?,
             pinned_x: None,
             pinned_y: None,
+            staged: event()?,
             last_rows: 0,
+            stats_slots,
+            stats_pending: VecDeque::new(),
             net,
             gpu,
         })
@@ -178,7 +206,7 @@ impl Replica {
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
             return Ok(());
         }
-        // Drop the old buffers first (their drop waits for pending copies).
+        // Drop the old buffers first (the caller waited for their pending copies).
         self.pinned_x = None;
         self.pinned_y = None;
         let ctx = self.gpu.ctx().clone();
@@ -199,16 +227,33 @@ impl Replica {
     /// Enqueues forward and backward over a shard (`x`: `rows x features`), leaving the
     /// gradient of `scale * sum(loss)` in the gradient buffer. An empty shard zeroes it.
     pub fn forward_backward(&mut self, x: &[f32], labels: &[u32], scale: f32) -> Result<()> {
+        self.load_shard(x, labels)?;
+        self.pass(scale)
+    }
+
+    /// Copies a shard (`x`: `rows x features`) through the page-locked staging buffers and
+    /// enqueues its copy to the device. Split from [`pass`](Self::pass) so that
+    /// `benches/train_step.rs` can time the two.
+    pub fn load_shard(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
         let rows = labels.len();
-        self.last_rows = rows;
-        let s = self.gpu.stream().clone();
-        s.memset_zeros(&mut self.stats)
-            .cuda(|| "zeroing stats".into())?;
-        if rows == 0 {
-            return s
-                .memset_zeros(&mut self.grads)
-                .cuda(|| "zeroing gradients".into());
+        if x.len() != rows * self.features {
+            return Err(Error::invalid(
+                "loading a shard",
+                format!(
+                    "{} feature values for {rows} samples of {}",
+                    x.len(),
+                    self.features
+                ),
+            ));
         }
+        self.last_rows = rows;
+        if rows == 0 {
+            return Ok(());
+        }
+        // The previous shard's copies may still be queued (the trainer runs a step ahead).
+        self.staged
+            .synchronize()
+            .cuda(|| "waiting for the previous shard's copy".into())?;
         self.stage(rows)?;
         let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
             (Some(px), Some(py)) => (px, py),
@@ -223,10 +268,28 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
+        let s = self.gpu.stream();
         s.memcpy_htod(&*px, &mut self.input.slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
         s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
             .cuda(|| "copying labels to the GPU".into())?;
+        self.staged
+            .record(s)
+            .cuda(|| "recording the shard's copy".into())
+    }
+
+    /// Enqueues forward and backward over the shard [`load_shard`](Self::load_shard) loaded,
+    /// with loss scale `scale`.
+    pub fn pass(&mut self, scale: f32) -> Result<()> {
+        let rows = self.last_rows;
+        let s = self.gpu.stream().clone();
+        s.memset_zeros(&mut self.stats)
+            .cuda(|| "zeroing stats".into())?;
+        if rows == 0 {
+            return s
+                .memset_zeros(&mut self.grads)
+                .cuda(|| "zeroing gradients".into());
+        }
         let pass = Pass {
             gpu: &self.gpu,
             blas: &self.blas,
@@ -244,14 +307,57 @@ impl Replica {
         }
     }
 
-    /// Waits for the step's work and returns the last shard's loss and correct count.
+    /// Waits for the step's work and returns the last shard's loss and correct count. Not
+    /// while a deferred read-back ([`stats_later`](Self::stats_later)) is pending.
     pub fn stats(&mut self) -> Result<ShardStats> {
+        if !self.stats_pending.is_empty() {
+            return Err(Error::invalid(
+                "reading stats",
+                format!("{} deferred read-backs pending", self.stats_pending.len()),
+            ));
+        }
+        self.stats_later()?;
+        self.take_stats()
+    }
+
+    /// Enqueues the copy of the last shard's stats into a page-locked slot and returns at once:
+    /// the host can enqueue the next step before this one's stats arrive, so the GPU does not
+    /// wait for the host between steps. [`take_stats`](Self::take_stats) reads them.
+    pub fn stats_later(&mut self) -> Result<()> {
+        if self.stats_pending.len() == STATS_SLOTS {
+            return Err(Error::invalid(
+                "deferring a stats read-back",
+                format!("{STATS_SLOTS} already pending"),
+            ));
+        }
+        let slot = self
+            .stats_pending
+            .back()
+            .map_or(0, |&(last, _)| (last + 1) % STATS_SLOTS);
         let s = self.gpu.stream();
-        let v = s.clone_dtoh(&self.stats).cuda(|| "reading stats".into())?;
-        s.synchronize().cuda(|| "synchronising".into())?;
+        let (host, copied) = &mut self.stats_slots[slot];
+        s.memcpy_dtoh(&self.stats, host)
+            .cuda(|| "reading stats".into())?;
+        copied
+            .record(s)
+            .cuda(|| "recording the stats copy".into())?;
+        self.stats_pending.push_back((slot, self.last_rows));
+        Ok(())
+    }
+
+    /// Waits for the oldest deferred stats (and so for every step enqueued before them) and
+    /// returns them.
+    pub fn take_stats(&mut self) -> Result<ShardStats> {
+        let (slot, rows) = self
+            .stats_pending
+            .pop_front()
+            .ok_or_else(|| Error::invalid("taking stats", "no read-back pending"))?;
+        let (host, copied) = &self.stats_slots[slot];
+        copied.synchronize().cuda(|| "waiting for stats".into())?;
+        let v = host.as_slice().cuda(|| "reading stats".into())?;
         Ok(ShardStats {
             loss: f64::from(v[0]),
-            correct: if self.last_rows == 0 { 0 } else { v[1] as u64 },
+            correct: if rows == 0 { 0 } else { v[1] as u64 },
         })
     }
 

@@ -58,7 +58,8 @@ pub struct Progress {
     pub accuracy: f64,
     /// Samples per second since this run (or resume) started.
     pub samples_per_s: f64,
-    /// This step's wall time, seconds (waiting for the batch included).
+    /// Seconds from the previous step's end (or the start) to this one's: the step's share of
+    /// the wall time, waiting for the batch included.
     pub step_s: f64,
 }
 
@@ -124,27 +125,38 @@ pub fn train(
         last_checkpoint: None,
     };
     let mut saved_at = start_step;
-    while outcome.step < job.iterations {
-        if opts.stop.load(Ordering::SeqCst) {
-            outcome.stopped = true;
-            break;
+    // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
+    // step t + 1 while the GPU still runs step t and the GPU does not wait for the host.
+    let mut submitted = start_step;
+    let mut finished_at = Instant::now();
+    loop {
+        while submitted < job.iterations
+            && submitted - outcome.step < 2
+            && !opts.stop.load(Ordering::SeqCst)
+            // A checkpoint saves the state after the step in flight: not one step later.
+            && !(submitted > outcome.step && checkpoint_due(opts, submitted))
+        {
+            if let Some(dr) = opts.dr_updates.as_ref().and_then(|r| r.try_iter().last()) {
+                check_dr(job, &dr, engine.devices())?;
+                shards = shard_ranges(&dr, job.batch_size);
+            }
+            let Some(batch) = loader.next_batch() else {
+                return Err(Error::invalid(
+                    format!("job '{}'", job.name),
+                    "the loader stopped before the last step",
+                ));
+            };
+            let batch = Arc::new(batch);
+            engine.submit(submitted + 1, &batch, &shards)?;
+            if let Ok(b) = Arc::try_unwrap(batch) {
+                loader.recycle(b);
+            }
+            submitted += 1;
         }
-        if let Some(dr) = opts.dr_updates.as_ref().and_then(|r| r.try_iter().last()) {
-            check_dr(job, &dr, engine.devices())?;
-            shards = shard_ranges(&dr, job.batch_size);
+        if submitted == outcome.step {
+            break; // every step done, or stopped
         }
-        let step_started = Instant::now();
-        let Some(batch) = loader.next_batch() else {
-            return Err(Error::invalid(
-                format!("job '{}'", job.name),
-                "the loader stopped before the last step",
-            ));
-        };
-        let batch = Arc::new(batch);
-        let stats = engine.step(outcome.step + 1, &batch, &shards)?;
-        if let Ok(b) = Arc::try_unwrap(batch) {
-            loader.recycle(b);
-        }
+        let stats = engine.finish()?;
         outcome.step += 1;
         if !stats.loss.is_finite() {
             return Err(Error::invalid(
@@ -166,18 +178,25 @@ pub fn train(
             loss: outcome.loss,
             accuracy: outcome.accuracy,
             samples_per_s: outcome.samples_per_s,
-            step_s: step_started.elapsed().as_secs_f64(),
+            step_s: finished_at.elapsed().as_secs_f64(),
         });
-        if opts.checkpoint_every > 0 && outcome.step.is_multiple_of(opts.checkpoint_every) {
+        finished_at = Instant::now();
+        if checkpoint_due(opts, outcome.step) {
             outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
             saved_at = outcome.step;
         }
     }
+    outcome.stopped = outcome.step < job.iterations;
     if saved_at != outcome.step {
         outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
     }
     outcome.elapsed_s = started.elapsed().as_secs_f64();
     Ok(outcome)
+}
+
+/// Whether a checkpoint is due after step `step`.
+fn checkpoint_due(opts: &TrainOptions, step: u64) -> bool {
+    opts.checkpoint_every > 0 && step.is_multiple_of(opts.checkpoint_every)
 }
 
 fn check_dr(job: &Job, dr: &DistributionRatio, devices: usize) -> Result<()> {

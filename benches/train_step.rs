@@ -1,0 +1,372 @@
+//! Where a vit-small training step's time goes on one GPU (batch 256 by default, AdamW, f32),
+//! without nsys: three tables.
+//!
+//! 1. The phases of a step, each timed alone: the loader's batch preparation (CPU, wall
+//!    clock), staging the shard into page-locked memory (CPU), its copy to the GPU, forward +
+//!    backward, the optimizer (CUDA events), and the stats read-back (wall clock, GPU idle).
+//! 2. Whole steps back to back through the 1-GPU [`GpuEngine`] on a prepared batch (wall
+//!    clock), one at a time and with one submitted ahead as the trainer does: the gap to the
+//!    sum of the GPU phases is what the host adds.
+//! 3. Every operation of the pass, timed alone at vit-small's shapes (CUDA events), times its
+//!    count per step: where forward and backward spend their time, by block part. Their sum
+//!    against the measured pass shows the launch gaps.
+//!
+//! Run: `cargo bench --bench train_step -- [--steps N] [--batch B] [--model SPEC]`
+//! (a plain program; skips without a GPU, fails instead with `ATTNRT_REQUIRE_GPU=1`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use attnrt::Result;
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{Gpu, time_ms};
+use attnrt::kernels::train_ops;
+use attnrt::kernels::train_vit::{self as k, Heads, SlotOrder};
+use attnrt::train::batches::{Batch, SampleOrder, fill_batch};
+use attnrt::train::blas::{self, Batched};
+use attnrt::train::replica::Replica;
+use attnrt::train::vit::VitConfig;
+use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, State};
+use cudarc::driver::CudaSlice;
+
+struct Options {
+    steps: usize,
+    batch: usize,
+    model: String,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        steps: 20,
+        batch: 256,
+        model: "vit-small".into(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--steps" => o.steps = value().parse().unwrap_or(o.steps).max(1),
+            "--batch" => o.batch = value().parse().unwrap_or(o.batch).max(1),
+            "--model" => o.model = value(),
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    o
+}
+
+fn main() {
+    let Some(gpu) = gpu_or_skip("train_step") else {
+        return;
+    };
+    if let Err(e) = run(gpu, &options()) {
+        eprintln!("train_step: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn row(name: &str, each_ms: f64, count: usize) {
+    println!(
+        "{name:<44} {each_ms:>9.3} {count:>6} {:>9.3}",
+        each_ms * count as f64
+    );
+}
+
+fn header(title: &str) {
+    println!("\n{title}");
+    println!(
+        "{:<44} {:>9} {:>6} {:>9}",
+        "", "ms each", "count", "ms/step"
+    );
+}
+
+/// Mean milliseconds of `f` over `reps` runs, on the host's clock.
+fn wall_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    for _ in 0..reps {
+        f()?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3 / reps as f64)
+}
+
+/// Mean milliseconds of the GPU work `f` queues, over `reps` runs after one warm-up run.
+fn gpu_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let ms = time_ms(gpu.stream(), || (0..reps).try_for_each(|_| f()))?;
+    Ok(ms / reps as f64)
+}
+
+fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
+    let data = Arc::new(Dataset::synthetic(50_000, 1));
+    let model = ModelSpec::parse(&o.model, data.shape(), 10, "--model")?;
+    let opt = Optimizer::adamw(1e-3);
+    let state = State::fresh(model.init(1), &opt);
+    println!(
+        "train_step: {} batch {} ({} parameters) on {}, means over {} steps",
+        o.model,
+        o.batch,
+        state.params.len(),
+        gpu.describe(),
+        o.steps
+    );
+
+    header("Phases of a step, each alone");
+    let mut order = SampleOrder::new(data.len(), 1);
+    let mut batch = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
+    let mut step = 0;
+    let fill = wall_ms(o.steps, || {
+        fill_batch(&data, &mut order, step, o.batch, &mut batch);
+        step += 1;
+        Ok(())
+    })?;
+    row("loader: prepare a batch (CPU, own thread)", fill, 1);
+    let mut replica = Replica::new(gpu.clone(), &model, opt, &state.params, &state.optimizer)?;
+    let (x, y) = (&batch.features, &batch.labels);
+    replica.forward_backward(x, y, 1.0)?; // allocates and loads the kernels
+    gpu.sync()?;
+    let stage = wall_ms(o.steps, || {
+        replica.load_shard(x, y).and_then(|()| gpu.sync())
+    })?;
+    let h2d = gpu_ms(&gpu, o.steps, || replica.load_shard(x, y))?;
+    row("stage into pinned memory + copy (CPU wall)", stage, 1);
+    row("  of which the copy to the GPU (events)", h2d, 1);
+    let scale = 1.0 / o.batch as f32;
+    let pass = gpu_ms(&gpu, o.steps, || replica.pass(scale))?;
+    row("forward + backward (events)", pass, 1);
+    let mut t = 0;
+    let optim = gpu_ms(&gpu, o.steps, || {
+        t += 1;
+        replica.optimizer_step(t)
+    })?;
+    row("optimizer (events)", optim, 1);
+    let stats = wall_ms(o.steps, || replica.stats().map(drop))?;
+    row("stats read-back, GPU idle (CPU wall)", stats, 1);
+    let phases = h2d + pass + optim;
+    row("GPU phases together", phases, 1);
+    drop(replica);
+
+    header("Whole steps through the 1-GPU engine (CPU wall)");
+    let mut engine = GpuEngine::new(&[gpu.ordinal()], &model, opt, &state)?;
+    let batch = Arc::new(batch);
+    let all = 0..o.batch;
+    let shards = std::slice::from_ref(&all);
+    engine.step(1, &batch, shards)?;
+    let mut t = 1;
+    let step_ms = wall_ms(o.steps, || {
+        t += 1;
+        engine.step(t, &batch, shards).map(drop)
+    })?;
+    row("engine step, one at a time", step_ms, 1);
+    // As the trainer runs them: step t + 1 submitted before step t's stats are read.
+    t += 1;
+    engine.submit(t, &batch, shards)?;
+    let ahead_ms = wall_ms(o.steps, || {
+        t += 1;
+        engine.submit(t, &batch, shards)?;
+        engine.finish().map(drop)
+    })?;
+    engine.finish()?;
+    row("engine step, one submitted ahead", ahead_ms, 1);
+    row(
+        "  host overhead beyond the GPU phases",
+        ahead_ms - phases,
+        1,
+    );
+    println!(
+        "  -> {:.0} samples/s (GPU phases alone: {:.0})",
+        o.batch as f64 * 1e3 / ahead_ms,
+        o.batch as f64 * 1e3 / phases
+    );
+    drop(engine);
+
+    if let ModelSpec::Vit(c) = &model {
+        ops(&gpu, c, o)?;
+    }
+    Ok(())
+}
+
+/// Device buffers for the operation table, at the largest shapes a block uses.
+struct OpBufs {
+    a: CudaSlice<f32>,
+    b: CudaSlice<f32>,
+    c: CudaSlice<f32>,
+    w: CudaSlice<f32>,
+    stats: CudaSlice<f32>,
+    ones: CudaSlice<f32>,
+    labels: CudaSlice<u32>,
+}
+
+/// Table 3: each operation of the ViT pass alone, times its count per step (see
+/// `src/train/vit_gpu.rs`, which issues them).
+fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
+    use attnrt::error::CudaContext as _;
+    let s = gpu.stream().clone();
+    let cb = cudarc::cublas::CudaBlas::new(s.clone()).map_err(|e| attnrt::Error::Blas {
+        what: "creating a cuBLAS handle".into(),
+        source: e,
+    })?;
+    let n = o.batch;
+    let (t, d, m, pd, h, dh, l) = (
+        c.tokens(),
+        c.dim,
+        c.mlp,
+        c.patch_dim(),
+        c.heads,
+        c.head_dim(),
+        c.depth,
+    );
+    let rows = n * t;
+    let big = (rows * m.max(3 * d)).max(n * h * t * t);
+    let z = |len: usize| s.alloc_zeros::<f32>(len).cuda(|| "allocating".into());
+    let mut b = OpBufs {
+        a: z(big)?,
+        b: z(big)?,
+        c: z(big)?,
+        w: z((m * d).max(3 * d * d).max(t * d))?,
+        stats: z(2)?,
+        ones: s
+            .clone_htod(&vec![1.0f32; rows])
+            .cuda(|| "allocating".into())?,
+        labels: s.alloc_zeros::<u32>(n).cuda(|| "allocating".into())?,
+    };
+    let reps = o.steps;
+    let heads = |stride: usize, offset: usize| Heads {
+        n,
+        t,
+        h,
+        dh,
+        stride,
+        offset,
+    };
+    let batch = n * h;
+    let mut total = 0.0;
+    let mut line = |name: &str, count: usize, ms: f64| {
+        row(name, ms, count);
+        total += ms * count as f64;
+    };
+    header("Operations of forward + backward, each alone (events)");
+    for (name, din, dout) in [
+        ("qkv", d, 3 * d),
+        ("proj", d, d),
+        ("fc1", d, m),
+        ("fc2", m, d),
+    ] {
+        let ms = gpu_ms(gpu, reps, || {
+            blas::linear(&cb, &b.a, &b.w, &mut b.c, rows, din, dout)
+        })?;
+        line(&format!("linear {name} Y = X W^T"), l, ms);
+        let ms = gpu_ms(gpu, reps, || {
+            blas::linear_grad_w(&cb, &b.a, &b.b, &mut b.w, rows, din, dout)
+        })?;
+        line(&format!("linear {name} dW = dY^T X"), l, ms);
+        let ms = gpu_ms(gpu, reps, || {
+            blas::linear_grad_x(&cb, &b.b, &b.w, &mut b.c, rows, din, dout)
+        })?;
+        line(&format!("linear {name} dX = dY W"), l, ms);
+        let ms = gpu_ms(gpu, reps, || {
+            train_ops::bias_act(gpu, &s, &mut b.c, &b.w, rows, dout, false)
+        })?;
+        line(&format!("bias add {name} (separate kernel)"), l, ms);
+        let ms = gpu_ms(gpu, reps, || {
+            blas::column_sums(&cb, &b.b, &b.ones, &mut b.w, rows, dout)
+        })?;
+        line(&format!("bias gradient {name} (column sums GEMM)"), l, ms);
+    }
+    let ms = gpu_ms(gpu, reps, || {
+        blas::column_sums(&cb, &b.b, &b.ones, &mut b.w, rows, d)
+    })?;
+    line("LayerNorm gamma/beta gradients (column sums)", 4 * l, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::layernorm_fwd(
+            gpu, &s, &b.a, &b.ones, &b.ones, &mut b.b, &mut b.c, &mut b.w, rows, d,
+        )
+    })?;
+    line("LayerNorm forward", 2 * l + 1, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::layernorm_bwd(
+            gpu, &s, &b.a, &b.a, &b.ones, &b.ones, &mut b.b, &mut b.c, rows, d, true,
+        )
+    })?;
+    line("LayerNorm backward", 2 * l + 1, ms);
+    let ms = gpu_ms(gpu, reps, || k::gelu_fwd(gpu, &s, &b.a, &mut b.b, rows * m))?;
+    line("GELU forward", l, ms);
+    let ms = gpu_ms(gpu, reps, || k::gelu_bwd(gpu, &s, &b.a, &mut b.b, rows * m))?;
+    line("GELU backward", l, ms);
+    let ms = gpu_ms(gpu, reps, || k::add(gpu, &s, &mut b.b, &b.a, rows * d))?;
+    line("residual add", 2 * l, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::rows_to_heads(
+            gpu,
+            &s,
+            &b.a,
+            &mut b.b,
+            heads(3 * d, 0),
+            SlotOrder::IDENTITY,
+        )
+    })?;
+    line("attention: rows -> heads copy", 4 * l, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::heads_to_rows(
+            gpu,
+            &s,
+            &b.a,
+            &mut b.b,
+            heads(3 * d, 0),
+            SlotOrder::IDENTITY,
+        )
+    })?;
+    line("attention: heads -> rows copy", 4 * l, ms);
+    for (form, count) in [(Batched::XYt, 2), (Batched::PX, 2), (Batched::PtX, 2)] {
+        let ms = gpu_ms(gpu, reps, || {
+            blas::batched(&cb, form, &b.a, &b.b, &mut b.c, batch, t, dh, 1.0)
+        })?;
+        line(&format!("attention: batched GEMM {form:?}"), count * l, ms);
+    }
+    let ms = gpu_ms(gpu, reps, || {
+        k::softmax_rows(gpu, &s, &mut b.a, batch * t, t)
+    })?;
+    line("attention: softmax forward", l, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::softmax_bwd_rows(gpu, &s, &b.a, &mut b.b, batch * t, t, 1.0)
+    })?;
+    line("attention: softmax backward", l, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        k::patchify(
+            gpu,
+            &s,
+            &b.a,
+            &mut b.b,
+            n,
+            c.image.channels,
+            c.image.width,
+            c.patch,
+        )
+    })?;
+    line("embedding: patchify", 1, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        blas::linear(&cb, &b.a, &b.w, &mut b.c, rows, pd, d)
+    })?;
+    line("embedding: linear (and x2 for dW)", 2, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        train_ops::softmax_xent(
+            gpu,
+            &s,
+            &b.a,
+            &b.labels,
+            &mut b.b,
+            &mut b.stats,
+            n,
+            c.classes,
+            1.0,
+        )
+    })?;
+    line("head: softmax cross-entropy", 1, ms);
+    println!(
+        "{:<44} {:>9} {:>6} {:>9.3}",
+        "sum of the operations", "", "", total
+    );
+    Ok(())
+}

@@ -96,31 +96,60 @@ ATTNRT_KERNEL void gelu_bwd_f32(const float* __restrict__ x, float* __restrict__
     }
 }
 
-// Row-major [n * T, stride] columns offset .. offset + H * dh  ->  head-major [n * H, T, dh],
-// times `scale`. Slot `slot` of head `head` takes token slot_token[head * T + slot]: the
-// head's window partition (window attention); a null table is the identity.
-ATTNRT_KERNEL void rows_to_heads_f32(const float* __restrict__ src, float* __restrict__ dst,
-                                     const unsigned* __restrict__ slot_token, float scale, int n, int t,
-                                     int h, int dh, int stride, int offset) {
-    GRID_STRIDE(i, (long long)n * h * t * dh) {
-        int c = i % dh, slot = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
-        long long img = i / ((long long)dh * t * h);
-        int tok = slot_token ? slot_token[head * t + slot] : slot;
-        dst[i] = scale * src[(img * t + tok) * stride + offset + head * dh + c];
+// The head-major <-> row-major copies of the attention operands. Head-major is [n * H, T, dh];
+// row-major is columns offset .. offset + H * dh of [n * T, stride]. Slot `slot` of head `head`
+// is token slot_token[head * T + slot]: the head's window partition (window attention); a null
+// table is the identity. Element e of the head-major layout pairs with row-major element
+// row_major_index(e): index maths in 32 bits (the callers' tensors are far below 2^31
+// elements; the launcher checks), and four consecutive elements (same token and head) move as
+// one float4 when dh, stride and offset are multiples of 4 and both buffers 16-byte aligned.
+__device__ __forceinline__ unsigned row_major_index(unsigned e, const unsigned* __restrict__ slot_token,
+                                                    unsigned t, unsigned h, unsigned dh, unsigned stride,
+                                                    unsigned offset) {
+    unsigned c = e % dh, rest = e / dh;
+    unsigned slot = rest % t;
+    rest /= t;
+    unsigned head = rest % h, img = rest / h;
+    unsigned tok = slot_token ? slot_token[head * t + slot] : slot;
+    return (img * t + tok) * stride + offset + head * dh + c;
+}
+
+// Copies head-major `heads` <-> row-major `rows` (direction `to_heads`), times `scale`.
+__device__ __forceinline__ void heads_copy(const float* __restrict__ src, float* __restrict__ dst,
+                                           const unsigned* __restrict__ slot_token, float scale, int n,
+                                           int t, int h, int dh, int stride, int offset, bool to_heads) {
+    unsigned total = (unsigned)n * h * t * dh;
+    bool vec = dh % 4 == 0 && stride % 4 == 0 && offset % 4 == 0 && ((unsigned long long)src % 16) == 0 &&
+               ((unsigned long long)dst % 16) == 0;
+    if (vec) {
+        GRID_STRIDE(j, total / 4) {
+            unsigned e = 4 * (unsigned)j;
+            unsigned r = row_major_index(e, slot_token, t, h, dh, stride, offset);
+            unsigned from = to_heads ? r : e, to = to_heads ? e : r;
+            float4 v = *reinterpret_cast<const float4*>(src + from);
+            v.x *= scale; v.y *= scale; v.z *= scale; v.w *= scale;
+            *reinterpret_cast<float4*>(dst + to) = v;
+        }
+    } else {
+        GRID_STRIDE(j, total) {
+            unsigned e = (unsigned)j;
+            unsigned r = row_major_index(e, slot_token, t, h, dh, stride, offset);
+            if (to_heads) dst[e] = scale * src[r];
+            else dst[r] = scale * src[e];
+        }
     }
 }
 
-// The inverse: head-major [n * H, T, dh] -> row-major columns offset .. offset + H * dh of
-// [n * T, stride], times `scale`, slots put back at their tokens (window reverse).
+ATTNRT_KERNEL void rows_to_heads_f32(const float* __restrict__ src, float* __restrict__ dst,
+                                     const unsigned* __restrict__ slot_token, float scale, int n, int t,
+                                     int h, int dh, int stride, int offset) {
+    heads_copy(src, dst, slot_token, scale, n, t, h, dh, stride, offset, true);
+}
+
 ATTNRT_KERNEL void heads_to_rows_f32(const float* __restrict__ src, float* __restrict__ dst,
                                      const unsigned* __restrict__ slot_token, float scale, int n, int t,
                                      int h, int dh, int stride, int offset) {
-    GRID_STRIDE(i, (long long)n * h * t * dh) {
-        int c = i % dh, slot = (i / dh) % t, head = (i / ((long long)dh * t)) % h;
-        long long img = i / ((long long)dh * t * h);
-        int tok = slot_token ? slot_token[head * t + slot] : slot;
-        dst[(img * t + tok) * stride + offset + head * dh + c] = scale * src[i];
-    }
+    heads_copy(src, dst, slot_token, scale, n, t, h, dh, stride, offset, false);
 }
 
 // Softmax of each row of [rows, cols] in place, one warp per row.

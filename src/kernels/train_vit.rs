@@ -271,6 +271,13 @@ fn heads_launch<S: DevicePtr<f32>, D: DevicePtrMut<f32>>(
             format!("{s:?}: columns beyond the row"),
         ));
     }
+    // The kernel's index maths is 32-bit.
+    if heads.max(rows) > u32::MAX as usize {
+        return Err(Error::invalid(
+            name,
+            format!("{s:?}: more than 2^32 elements"),
+        ));
+    }
     let (src_need, dst_need) = if rows_side_is_src {
         (rows, heads)
     } else {

@@ -71,7 +71,8 @@ fn run(cfg: &WorkerConfig, out: &mut impl Write, stop: &Arc<AtomicBool>) -> Resu
     let optimizer = optimizer_for(spec, cfg.optimizer, cfg.lr)?;
     let mut engine = open_engine(&cfg.devices, &job, optimizer, cfg.seed)?;
     let start_step = match (&cfg.checkpoint_dir, cfg.resume) {
-        (Some(dir), true) => checkpoint::load_latest(dir)?.map_or(0, |(meta, _)| meta.step),
+        // The step only: `train` loads and verifies the checkpoint itself.
+        (Some(dir), true) => checkpoint::latest_step(dir)?.unwrap_or(0),
         _ => 0,
     };
     let lost = |e: io::Error| Error::io("the manager's pipe (standard output)", e);

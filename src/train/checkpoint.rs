@@ -100,6 +100,12 @@ pub fn load_latest(dir: &Path) -> Result<Option<(CheckpointMeta, HashMap<String,
     }
 }
 
+/// The step of the newest checkpoint in `dir` (from its file name; nothing is read or
+/// verified), `None` when the directory has none.
+pub fn latest_step(dir: &Path) -> Result<Option<u64>> {
+    Ok(list(dir)?.pop().map(|(step, _)| step))
+}
+
 /// Loads the checkpoint whose JSON file is `json_path`, verifying the tensors file's checksum.
 pub fn load(json_path: &Path) -> Result<(CheckpointMeta, HashMap<String, Tensor>)> {
     let text = std::fs::read_to_string(json_path).map_err(|e| Error::io(json_path, e))?;

@@ -21,9 +21,9 @@ use attnrt::Result;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{Gpu, time_ms};
 use attnrt::kernels::train_ops;
-use attnrt::kernels::train_vit::{self as k, Heads, SlotOrder};
+use attnrt::kernels::train_vit as k;
 use attnrt::train::batches::{Batch, SampleOrder, fill_batch};
-use attnrt::train::blas::{self, Batched};
+use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
 use attnrt::train::replica::Replica;
 use attnrt::train::vit::VitConfig;
 use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, State};
@@ -233,14 +233,6 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         labels: s.alloc_zeros::<u32>(n).cuda(|| "allocating".into())?,
     };
     let reps = o.steps;
-    let heads = |stride: usize, offset: usize| Heads {
-        n,
-        t,
-        h,
-        dh,
-        stride,
-        offset,
-    };
     let batch = n * h;
     let mut total = 0.0;
     let mut line = |name: &str, count: usize, ms: f64| {
@@ -297,33 +289,26 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
     line("GELU backward", l, ms);
     let ms = gpu_ms(gpu, reps, || k::add(gpu, &s, &mut b.b, &b.a, rows * d))?;
     line("residual add", 2 * l, ms);
-    let ms = gpu_ms(gpu, reps, || {
-        k::rows_to_heads(
-            gpu,
-            &s,
-            &b.a,
-            &mut b.b,
-            heads(3 * d, 0),
-            SlotOrder::IDENTITY,
-        )
-    })?;
-    line("attention: rows -> heads copy", 4 * l, ms);
-    let ms = gpu_ms(gpu, reps, || {
-        k::heads_to_rows(
-            gpu,
-            &s,
-            &b.a,
-            &mut b.b,
-            heads(3 * d, 0),
-            SlotOrder::IDENTITY,
-        )
-    })?;
-    line("attention: heads -> rows copy", 4 * l, ms);
-    for (form, count) in [(Batched::XYt, 2), (Batched::PX, 2), (Batched::PtX, 2)] {
+    // Attention's batched GEMMs read and write in place, at the pass's strides: q, k, v in
+    // `qkv` rows (a), probabilities (c), outputs in concatenated rows (b).
+    let hb = HeadBatch { n, heads: h, t, dh };
+    let qkv = |at: usize| MatrixBatch::new(&s, &b.a, hb.in_rows(3 * d, at));
+    let (q, kk, v) = (qkv(0)?, qkv(d)?, qkv(2 * d)?);
+    let p = MatrixBatch::new(&s, &b.c, hb.probs())?;
+    let out = MatrixBatch::new(&s, &b.b, hb.in_rows(d, 0))?;
+    for (form, first, second, product, count) in [
+        (Batched::XYt, &q, &kk, &p, 2),
+        (Batched::PX, &p, &v, &out, 2),
+        (Batched::PtX, &p, &v, &out, 2),
+    ] {
         let ms = gpu_ms(gpu, reps, || {
-            blas::batched(&cb, form, &b.a, &b.b, &mut b.c, batch, t, dh, 1.0)
+            blas::batched(&cb, form, first, second, product, n, 1.0)
         })?;
-        line(&format!("attention: batched GEMM {form:?}"), count * l, ms);
+        line(
+            &format!("attention: batched GEMM {form:?} (in place)"),
+            count * l,
+            ms,
+        );
     }
     let ms = gpu_ms(gpu, reps, || {
         k::softmax_rows(gpu, &s, &mut b.a, batch * t, t)

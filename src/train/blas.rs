@@ -2,12 +2,17 @@
 //!
 //! A row-major `[r x c]` matrix is a column-major `[c x r]` one, so each product is issued as
 //! its transpose: `Y = X W^T` becomes `Y^T = W X^T`, and so on. Outputs are overwritten.
-//! The batched forms take `batch` matrices at fixed strides (attention, per image and head).
+//! The batched forms take one matrix per image and head, addressed by pointer arrays, so that
+//! attention reads and writes its operands in place in the rows of the linear layers.
 
+use std::sync::Arc;
+
+use cudarc::cublas::sys as cublas_sys;
 use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
+use crate::error::CudaContext as _;
 use crate::kernels::shape::check_at_least;
 use crate::{Error, Result};
 
@@ -123,82 +128,218 @@ pub fn linear_grad_x<D: DevicePtr<f32>, W: DevicePtr<f32>, X: DevicePtrMut<f32>>
     run(blas, WHAT, shape, w, dy, dx)
 }
 
+/// Where a batch of row-major `[rows x cols]` matrices lies in one buffer: matrix `(i, j)`
+/// (image `i`, head `j`) starts at `offset + i * stride.0 + j * stride.1`, its rows `ld`
+/// apart. Two strides let attention read each head's `q`, `k`, `v` in place in the `qkv`
+/// rows and write its output in place in the concatenated rows, with no head-major copies.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLayout {
+    /// `(images, heads)`.
+    pub count: (usize, usize),
+    pub stride: (usize, usize),
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl BatchLayout {
+    fn len(&self) -> usize {
+        self.count.0 * self.count.1
+    }
+
+    /// One past the last element any matrix touches (for a non-empty batch).
+    fn end(&self) -> usize {
+        self.offset
+            + (self.count.0 - 1) * self.stride.0
+            + (self.count.1 - 1) * self.stride.1
+            + (self.rows - 1) * self.ld
+            + self.cols
+    }
+}
+
+/// The layouts of attention's operands: one matrix per image and head.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadBatch {
+    pub n: usize,
+    pub heads: usize,
+    /// Tokens.
+    pub t: usize,
+    /// Head width.
+    pub dh: usize,
+}
+
+impl HeadBatch {
+    /// Each head's `[t x dh]` columns of rows `width` wide, from column `offset`: q, k, v in
+    /// the `qkv` rows (`width` 3 x dim), the heads' outputs in the concatenated rows (dim).
+    pub fn in_rows(&self, width: usize, offset: usize) -> BatchLayout {
+        BatchLayout {
+            count: (self.n, self.heads),
+            stride: (self.t * width, self.dh),
+            offset,
+            rows: self.t,
+            cols: self.dh,
+            ld: width,
+        }
+    }
+
+    /// `[images, heads, t, t]` probabilities.
+    pub fn probs(&self) -> BatchLayout {
+        let tt = self.t * self.t;
+        BatchLayout {
+            count: (self.n, self.heads),
+            stride: (self.heads * tt, tt),
+            offset: 0,
+            rows: self.t,
+            cols: self.t,
+            ld: self.t,
+        }
+    }
+}
+
+/// A batch of matrices addressed by a device array of their addresses (cuBLAS's
+/// pointer-array batched GEMM), which strided batches cannot express for two strides.
+///
+/// It holds raw addresses into the buffer it was made for, so the borrow checker does not
+/// see the GEMMs' reads and writes through it: keep it beside that buffer and make it anew
+/// whenever the buffer is reallocated.
+pub struct MatrixBatch {
+    /// Keeps the address array alive; `ptrs` is its device address.
+    _array: CudaSlice<u64>,
+    ptrs: u64,
+    layout: BatchLayout,
+}
+
+impl MatrixBatch {
+    /// The matrices of `layout` in `buf`, checked to lie inside it.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        buf: &CudaSlice<f32>,
+        layout: BatchLayout,
+    ) -> Result<MatrixBatch> {
+        let l = layout;
+        if l.len() == 0 || l.rows == 0 || l.cols == 0 || l.cols > l.ld {
+            return Err(Error::invalid(
+                "batched GEMM operands",
+                format!("an empty batch or rows wider than their stride: {l:?}"),
+            ));
+        }
+        check("batched operands", "buffer", buf.len(), l.end())?;
+        let (base, _record) = buf.device_ptr(stream);
+        let elem = std::mem::size_of::<f32>() as u64;
+        // Image-major, so the first n images' matrices are the array's first entries.
+        let addrs: Vec<u64> = (0..l.count.0)
+            .flat_map(|i| (0..l.count.1).map(move |j| (i, j)))
+            .map(|(i, j)| base + elem * (l.offset + i * l.stride.0 + j * l.stride.1) as u64)
+            .collect();
+        let array = stream
+            .clone_htod(&addrs)
+            .cuda(|| "uploading batched GEMM addresses".into())?;
+        let ptrs = array.device_ptr(stream).0;
+        Ok(MatrixBatch {
+            ptrs,
+            _array: array,
+            layout,
+        })
+    }
+}
+
 /// Which batched product: with `P` a `[t x t]` and `X`, `Y` `[t x dh]` matrices per batch entry.
 #[derive(Clone, Copy, Debug)]
 pub enum Batched {
     /// `out[t x t] = alpha X Y^T` (scores; the gradient of the probabilities).
     XYt,
-    /// `out[t x dh] = P X` (attention output; the gradient of the queries).
+    /// `out[t x dh] = alpha P X` (attention output; the gradient of the queries).
     PX,
-    /// `out[t x dh] = P^T X` (the gradients of the values and keys).
+    /// `out[t x dh] = alpha P^T X` (the gradients of the values and keys).
     PtX,
 }
 
-/// `batch` products of the given form at strides `t*t` and `t*dh`.
+/// One product of the given form for every head of the first `images` images of the batches
+/// (which must agree in shape and heads, and hold that many images; buffers sized for a
+/// larger shard serve a smaller one). `out` is written through its addresses (see
+/// [`MatrixBatch`]).
 #[allow(clippy::too_many_arguments)]
-pub fn batched<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
+pub fn batched(
     blas: &CudaBlas,
     form: Batched,
-    first: &A,
-    second: &B,
-    out: &mut C,
-    batch: usize,
-    t: usize,
-    dh: usize,
+    first: &MatrixBatch,
+    second: &MatrixBatch,
+    out: &MatrixBatch,
+    images: usize,
     alpha: f32,
 ) -> Result<()> {
     let what = format!("batched {form:?}");
-    let (sq, sx) = ((t * t) as i64, (t * dh) as i64);
-    // cuBLAS's A is `second` and its B is `first` in all three transposed forms.
-    let (shape, strides) = match form {
+    let (f, x, o) = (first.layout, second.layout, out.layout);
+    let dims = |l: BatchLayout| (l.rows, l.cols);
+    // `t` and `dh` from the first operand; the others must match.
+    let (t, dh, want_first, want_out) = match form {
+        Batched::XYt => (f.rows, f.cols, (f.rows, f.cols), (f.rows, f.rows)),
+        Batched::PX | Batched::PtX => (f.rows, x.cols, (f.rows, f.rows), (f.rows, x.cols)),
+    };
+    if dims(f) != want_first
+        || dims(x) != (t, dh)
+        || dims(o) != want_out
+        || [x.count.1, o.count.1] != [f.count.1; 2]
+        || [f.count.0, x.count.0, o.count.0]
+            .iter()
+            .any(|&n| n < images)
+    {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "operands that disagree or hold fewer than {images} images: first {f:?}, \
+                 second {x:?}, out {o:?}"
+            ),
+        ));
+    }
+    // cuBLAS's A is `second` and its B is `first`, as in the row-major forms above.
+    let shape = match form {
         // out^T = Y X^T: A = Y (op T), B = X (op N).
-        Batched::XYt => (
-            Shape {
-                trans: (CUBLAS_OP_T, CUBLAS_OP_N),
-                mnk: (t, t, dh),
-                ld: (dh, dh, t),
-                alpha,
-            },
-            (sx, sx, sq),
-        ),
+        Batched::XYt => Shape {
+            trans: (CUBLAS_OP_T, CUBLAS_OP_N),
+            mnk: (t, t, dh),
+            ld: (x.ld, f.ld, o.ld),
+            alpha,
+        },
         // out^T = X^T P^T: A = X (op N), B = P (op N).
-        Batched::PX => (
-            Shape {
-                trans: (CUBLAS_OP_N, CUBLAS_OP_N),
-                mnk: (dh, t, t),
-                ld: (dh, t, dh),
-                alpha,
-            },
-            (sx, sq, sx),
-        ),
+        Batched::PX => Shape {
+            trans: (CUBLAS_OP_N, CUBLAS_OP_N),
+            mnk: (dh, t, t),
+            ld: (x.ld, f.ld, o.ld),
+            alpha,
+        },
         // out^T = X^T P: A = X (op N), B = P (op T).
-        Batched::PtX => (
-            Shape {
-                trans: (CUBLAS_OP_N, CUBLAS_OP_T),
-                mnk: (dh, t, t),
-                ld: (dh, t, dh),
-                alpha,
-            },
-            (sx, sq, sx),
-        ),
+        Batched::PtX => Shape {
+            trans: (CUBLAS_OP_N, CUBLAS_OP_T),
+            mnk: (dh, t, t),
+            ld: (x.ld, f.ld, o.ld),
+            alpha,
+        },
     };
-    let (first_len, out_len) = match form {
-        Batched::XYt => (batch * t * dh, batch * t * t),
-        Batched::PX | Batched::PtX => (batch * t * t, batch * t * dh),
+    let c = shape.config();
+    // SAFETY: each batch's addresses were checked against its buffer's length and layout
+    // when it was made, and the shapes are checked above.
+    let status = unsafe {
+        cublas_sys::cublasSgemmBatched(
+            *blas.handle(),
+            c.transa,
+            c.transb,
+            c.m,
+            c.n,
+            c.k,
+            &c.alpha,
+            second.ptrs as *const *const f32,
+            c.lda,
+            first.ptrs as *const *const f32,
+            c.ldb,
+            &c.beta,
+            out.ptrs as *const *mut f32,
+            c.ldc,
+            (images * f.count.1) as i32,
+        )
     };
-    check(&what, "first", first.len(), first_len)?;
-    check(&what, "second", second.len(), batch * t * dh)?;
-    check(&what, "out", out.len(), out_len)?;
-    let cfg = StridedBatchedConfig {
-        gemm: shape.config(),
-        batch_size: batch as i32,
-        stride_a: strides.0,
-        stride_b: strides.1,
-        stride_c: strides.2,
-    };
-    // SAFETY: lengths checked above against the shapes and strides.
-    unsafe { blas.gemm_strided_batched(cfg, second, first, out) }
-        .map_err(|e| Error::Blas { what, source: e })
+    status.result().map_err(|e| Error::Blas { what, source: e })
 }
 
 /// `out[cols] = column sums of m[rows x cols]`, as the product `m^T ones` (`ones` holds at least

@@ -74,6 +74,10 @@ pub struct Outcome {
     pub stopped: bool,
     pub elapsed_s: f64,
     pub samples_per_s: f64,
+    /// Samples per second from the end of the run's first step to the end of its last: the
+    /// steady rate, without the first step's one-off costs (buffer allocation, cuBLAS's
+    /// kernel loading, the first batch). `None` before the second step.
+    pub steady_samples_per_s: Option<f64>,
     /// The last step's loss and accuracy (NaN when no step ran).
     pub loss: f64,
     pub accuracy: f64,
@@ -120,6 +124,7 @@ pub fn train(
         stopped: false,
         elapsed_s: 0.0,
         samples_per_s: 0.0,
+        steady_samples_per_s: None,
         loss: f64::NAN,
         accuracy: f64::NAN,
         last_checkpoint: None,
@@ -129,6 +134,7 @@ pub fn train(
     // step t + 1 while the GPU still runs step t and the GPU does not wait for the host.
     let mut submitted = start_step;
     let mut finished_at = Instant::now();
+    let mut first_finished: Option<Instant> = None;
     loop {
         while submitted < job.iterations
             && submitted - outcome.step < 2
@@ -170,6 +176,13 @@ pub fn train(
         let done = (outcome.step - start_step) as f64 * job.batch_size as f64;
         outcome.elapsed_s = started.elapsed().as_secs_f64();
         outcome.samples_per_s = done / outcome.elapsed_s.max(1e-9);
+        match first_finished {
+            None => first_finished = Some(Instant::now()),
+            Some(t) => {
+                let steady = (outcome.step - start_step - 1) as f64 * job.batch_size as f64;
+                outcome.steady_samples_per_s = Some(steady / t.elapsed().as_secs_f64().max(1e-9));
+            }
+        }
         outcome.loss = stats.loss;
         outcome.accuracy = stats.correct as f64 / job.batch_size as f64;
         on_step(&Progress {

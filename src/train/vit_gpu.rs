@@ -1,8 +1,9 @@
 //! The ViT's forward and backward pass on one GPU, step for step the CPU reference of
-//! [`super::vit`]: GEMMs through [`super::blas`] (attention as strided batches over images
-//! and heads), the rest through `kernels/train_vit.cu` and `kernels/train_ops.cu`.
-//! Attention runs head-major: `q`, `k`, `v` are copied out of the `qkv` rows into
-//! `[images * heads, tokens, head_dim]` so one batched GEMM covers every image and head.
+//! [`super::vit`]: GEMMs through [`super::blas`], the rest through `kernels/train_vit.cu` and
+//! `kernels/train_ops.cu`. Standard attention is one pointer-array batched GEMM over every
+//! image and head per product, reading `q`, `k`, `v` in place in the `qkv` rows and writing
+//! the heads' outputs in place in the concatenated rows (and likewise backward), so no
+//! head-major copies are made; only the probabilities get buffers of their own.
 //!
 //! Window attention (CSWinTT's, [`super::vit`]) gathers each head's tokens into its window
 //! partition's slot order on that copy (q pre-scaled, as the inference kernel wants it) and
@@ -14,7 +15,7 @@
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
-use super::blas::{self, Batched};
+use super::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
 use super::replica::Pass;
 use super::vit::{VitConfig, VitOffsets, layout};
 use crate::error::{CudaContext as _, Error, Result};
@@ -32,12 +33,16 @@ struct BlockBufs {
     ln1_xhat: CudaSlice<f32>,
     ln1_rstd: CudaSlice<f32>,
     qkv: CudaSlice<f32>,
+    /// Head-major windowed copies of q, k, v (window attention only).
     q: CudaSlice<f32>,
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
     /// Attention probabilities, `[images * heads, tokens, tokens]` (standard attention only).
     p: CudaSlice<f32>,
     attn: CudaSlice<f32>,
+    /// Standard attention's operands in `qkv`, `p` and `attn` (`None` for window attention).
+    /// Made after the buffers they point into, and dropped with them.
+    operands: Option<Operands>,
     h: CudaSlice<f32>,
     ln2_y: CudaSlice<f32>,
     ln2_xhat: CudaSlice<f32>,
@@ -65,12 +70,35 @@ struct Bufs {
     dyxhat: CudaSlice<f32>,
     dbig: CudaSlice<f32>,
     dqkv: CudaSlice<f32>,
+    /// Window attention's head-major `dout`, `dq`, `dk`, `dv`.
     heads: [CudaSlice<f32>; 4],
     dp: CudaSlice<f32>,
+    /// Standard attention's gradients in `dtmp`, `dp` and `dqkv` (`None` for window attention).
+    grad_operands: Option<GradOperands>,
     /// Ones, for column sums (bias and LayerNorm gradients) as GEMMs.
     ones: CudaSlice<f32>,
     /// Window attention's tables and scratch; `None` for standard attention.
     win: Option<WindowBufs>,
+}
+
+/// One block's standard attention operands, a `[tokens x head_dim]` (`p`: `[tokens x tokens]`)
+/// matrix per image and head.
+struct Operands {
+    q: MatrixBatch,
+    k: MatrixBatch,
+    v: MatrixBatch,
+    p: MatrixBatch,
+    out: MatrixBatch,
+}
+
+/// Their gradients, in the shared backward buffers: `dout` in `dtmp`, `dp` in `dp`, and
+/// `dq`, `dk`, `dv` in `dqkv`.
+struct GradOperands {
+    dout: MatrixBatch,
+    dp: MatrixBatch,
+    dq: MatrixBatch,
+    dk: MatrixBatch,
+    dv: MatrixBatch,
 }
 
 /// What window attention needs besides the blocks' buffers.
@@ -219,18 +247,32 @@ impl VitNet {
             s.alloc_zeros::<f32>(len.max(1))
                 .cuda(|| format!("allocating {len} ViT activations"))
         };
+        // Each attention kind allocates only its own buffers.
+        let (win_len, std_len) = if c.windows {
+            (rows * d, 0)
+        } else {
+            (0, n * c.heads * t * t)
+        };
+        let lay = HeadBatch {
+            n,
+            heads: c.heads,
+            t,
+            dh: c.head_dim(),
+        };
+        let batch = |buf: &CudaSlice<f32>, l: BatchLayout| MatrixBatch::new(s, buf, l);
         let blocks = (0..c.depth)
             .map(|_| {
-                Ok(BlockBufs {
+                let mut bk = BlockBufs {
                     ln1_y: a(rows * d)?,
                     ln1_xhat: a(rows * d)?,
                     ln1_rstd: a(rows)?,
                     qkv: a(rows * 3 * d)?,
-                    q: a(rows * d)?,
-                    k: a(rows * d)?,
-                    v: a(rows * d)?,
-                    p: a(if c.windows { 0 } else { n * c.heads * t * t })?,
+                    q: a(win_len)?,
+                    k: a(win_len)?,
+                    v: a(win_len)?,
+                    p: a(std_len)?,
                     attn: a(rows * d)?,
+                    operands: None,
                     h: a(rows * d)?,
                     ln2_y: a(rows * d)?,
                     ln2_xhat: a(rows * d)?,
@@ -238,9 +280,31 @@ impl VitNet {
                     fc1: a(rows * m)?,
                     act: a(rows * m)?,
                     out: a(rows * d)?,
-                })
+                };
+                if !c.windows {
+                    bk.operands = Some(Operands {
+                        q: batch(&bk.qkv, lay.in_rows(3 * d, 0))?,
+                        k: batch(&bk.qkv, lay.in_rows(3 * d, d))?,
+                        v: batch(&bk.qkv, lay.in_rows(3 * d, 2 * d))?,
+                        p: batch(&bk.p, lay.probs())?,
+                        out: batch(&bk.attn, lay.in_rows(d, 0))?,
+                    });
+                }
+                Ok(bk)
             })
             .collect::<Result<Vec<_>>>()?;
+        let (dtmp, dp, dqkv) = (a(rows * d)?, a(n * c.heads * t * t)?, a(rows * 3 * d)?);
+        let grad_operands = if c.windows {
+            None
+        } else {
+            Some(GradOperands {
+                dout: batch(&dtmp, lay.in_rows(d, 0))?,
+                dp: batch(&dp, lay.probs())?,
+                dq: batch(&dqkv, lay.in_rows(3 * d, 0))?,
+                dk: batch(&dqkv, lay.in_rows(3 * d, d))?,
+                dv: batch(&dqkv, lay.in_rows(3 * d, 2 * d))?,
+            })
+        };
         self.bufs = Some(Bufs {
             patches: a(rows * c.patch_dim())?,
             x0: a(rows * d)?,
@@ -253,12 +317,13 @@ impl VitNet {
             dlogits: a(n * c.classes)?,
             dpooled: a(n * d)?,
             dx: a(rows * d)?,
-            dtmp: a(rows * d)?,
+            dtmp,
             dyxhat: a(rows * d)?,
             dbig: a(rows * m)?,
-            dqkv: a(rows * 3 * d)?,
-            heads: [a(rows * d)?, a(rows * d)?, a(rows * d)?, a(rows * d)?],
-            dp: a(n * c.heads * t * t)?,
+            dqkv,
+            heads: [a(win_len)?, a(win_len)?, a(win_len)?, a(win_len)?],
+            dp,
+            grad_operands,
             ones: s
                 .clone_htod(&vec![1.0f32; rows])
                 .cuda(|| "allocating ones".into())?,
@@ -357,34 +422,12 @@ impl VitNet {
                 };
                 k::rows_to_heads(gpu, s, &*out, &mut bk.attn, images, SlotOrder::IDENTITY)?;
             } else {
-                let id = SlotOrder::IDENTITY;
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0), id)?;
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d), id)?;
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d), id)?;
-                blas::batched(
-                    cb,
-                    Batched::XYt,
-                    &bk.q,
-                    &bk.k,
-                    &mut bk.p,
-                    batch,
-                    t,
-                    dh,
-                    score_scale,
-                )?;
+                let Some(a) = &bk.operands else {
+                    unreachable!("reserve makes standard attention's operands")
+                };
+                blas::batched(cb, Batched::XYt, &a.q, &a.k, &a.p, n, score_scale)?;
                 k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
-                blas::batched(
-                    cb,
-                    Batched::PX,
-                    &bk.p,
-                    &bk.v,
-                    &mut b.heads[0],
-                    batch,
-                    t,
-                    dh,
-                    1.0,
-                )?;
-                k::heads_to_rows(gpu, s, &b.heads[0], &mut bk.attn, heads(d, 0), id)?;
+                blas::batched(cb, Batched::PX, &a.p, &a.v, &a.out, n, 1.0)?;
             }
             blas::linear(cb, &bk.attn, &w(o.proj_w, d * d), &mut bk.h, rows, d, d)?;
             train_ops::bias_act(gpu, s, &mut bk.h, &w(o.proj_b, d), rows, d, false)?;
@@ -527,8 +570,8 @@ impl VitNet {
             blas::linear_grad_w(cb, &bk.attn, &b.dx, g!(o.proj_w, d * d), rows, d, d)?;
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.proj_b, d), rows, d)?;
             blas::linear_grad_x(cb, &b.dx, &w(o.proj_w, d * d), &mut b.dtmp, rows, d, d)?;
-            let [dout, dq, dk, dv] = &mut b.heads;
             if let Some(win) = &mut b.win {
+                let [dout, dq, dk, dv] = &mut b.heads;
                 k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), win.order(1.0))?;
                 let saved = Saved {
                     q: &bk.q,
@@ -555,26 +598,15 @@ impl VitNet {
                 k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d), order)?;
                 k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), order)?;
             } else {
-                let id = SlotOrder::IDENTITY;
-                k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), id)?;
-                blas::batched(
-                    cb,
-                    Batched::XYt,
-                    &*dout,
-                    &bk.v,
-                    &mut b.dp,
-                    batch,
-                    t,
-                    dh,
-                    1.0,
-                )?;
-                blas::batched(cb, Batched::PtX, &bk.p, &*dout, dv, batch, t, dh, 1.0)?;
+                let (Some(a), Some(ga)) = (&bk.operands, &b.grad_operands) else {
+                    unreachable!("reserve makes standard attention's operands")
+                };
+                // dP = dout V^T, dV = P^T dout; dS from dP; dQ = dS K, dK = dS^T Q.
+                blas::batched(cb, Batched::XYt, &ga.dout, &a.v, &ga.dp, n, 1.0)?;
+                blas::batched(cb, Batched::PtX, &a.p, &ga.dout, &ga.dv, n, 1.0)?;
                 k::softmax_bwd_rows(gpu, s, &bk.p, &mut b.dp, batch * t, t, score_scale)?;
-                blas::batched(cb, Batched::PX, &b.dp, &bk.k, dq, batch, t, dh, 1.0)?;
-                blas::batched(cb, Batched::PtX, &b.dp, &bk.q, dk, batch, t, dh, 1.0)?;
-                k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0), id)?;
-                k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d), id)?;
-                k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), id)?;
+                blas::batched(cb, Batched::PX, &ga.dp, &a.k, &ga.dq, n, 1.0)?;
+                blas::batched(cb, Batched::PtX, &ga.dp, &a.q, &ga.dk, n, 1.0)?;
             }
             blas::linear_grad_w(
                 cb,

@@ -170,8 +170,12 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
         );
         return Ok(false);
     }
+    let steady = outcome
+        .steady_samples_per_s
+        .map(|r| format!(" ({r:.0} after the first step)"))
+        .unwrap_or_default();
     println!(
-        "done: {} steps, loss {:.4}, accuracy {:.3}, {:.0} samples/s, {:.2} s",
+        "done: {} steps, loss {:.4}, accuracy {:.3}, {:.0} samples/s{steady}, {:.2} s",
         outcome.step, outcome.loss, outcome.accuracy, outcome.samples_per_s, outcome.elapsed_s
     );
 

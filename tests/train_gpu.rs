@@ -20,7 +20,7 @@ use std::time::Instant;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
-use attnrt::train::allreduce::{self, HostExchange, PhaseEvents};
+use attnrt::train::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use attnrt::train::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
 use attnrt::train::cpu::forward_backward;
@@ -270,18 +270,20 @@ fn direct_allreduce(
         let s = gpus[m].stream();
         // SAFETY: the buffers hold len values each and are reachable from every GPU.
         unsafe { allreduce::reduce_scatter(&gpus[m], s, bufs, r, len).unwrap() };
-        events.record(m, 0, s).unwrap();
+        events.record(m, Phase::ReduceScatter, s).unwrap();
     }
     for (r, &m) in members.iter().enumerate() {
         let s = gpus[m].stream();
-        events.wait_for_others(members, m, 0, s).unwrap();
+        events
+            .wait_for_others(members, m, Phase::ReduceScatter, s)
+            .unwrap();
         // SAFETY: as above; the stream waits for phase 1 on every GPU.
         unsafe { allreduce::all_gather(&gpus[m], s, bufs, r, len).unwrap() };
-        events.record(m, 1, s).unwrap();
+        events.record(m, Phase::AllGather, s).unwrap();
     }
     for &m in members {
         events
-            .wait_for_others(members, m, 1, gpus[m].stream())
+            .wait_for_others(members, m, Phase::AllGather, gpus[m].stream())
             .unwrap();
     }
     gpus.iter().for_each(|g| g.sync().unwrap());
@@ -504,7 +506,8 @@ fn changing_dr(step: u64) -> [u8; 2] {
 const CHANGING_STEPS: u64 = 18;
 
 /// Steps `engine` through [`CHANGING_STEPS`] batches of 64 of `data` (seed 5), the DR of each
-/// step from `dr` (one unit for a one-device engine).
+/// step from `dr` (one unit for a one-device engine), one step submitted ahead as the trainer
+/// does (so a step on other GPUs is enqueued while the previous one may still run).
 fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8>) {
     let batch_size = 64;
     let mut order = SampleOrder::new(data.len(), 5);
@@ -517,9 +520,13 @@ fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8
         fill_batch(data, &mut order, step, batch_size, &mut batch);
         let shards = shard_ranges(&DistributionRatio::new(dr(step)).unwrap(), batch_size);
         engine
-            .step(step + 1, &Arc::new(batch.clone()), &shards)
+            .submit(step + 1, &Arc::new(batch.clone()), &shards)
             .unwrap();
+        if step > 0 {
+            engine.finish().unwrap();
+        }
     }
+    engine.finish().unwrap();
 }
 
 fn needs_two_gpus(name: &str) -> bool {

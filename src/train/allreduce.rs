@@ -8,13 +8,14 @@
 //! but in one hop instead of `n - 1`, which suits the all-to-all NVLink of one host. Each
 //! chunk is summed by one GPU in participant order, so all replicas end with bit-identical
 //! sums. The phases are ordered across GPUs by [`PhaseEvents`]: participant `q` records an
-//! event after each phase, and the others' streams wait on it before phase 2 (which reads
-//! what phase 1 wrote and overwrites what it read) and before their next write to their own
-//! buffer (which peers read in phase 2). The host only needs a barrier between the enqueues,
-//! never a synchronisation.
+//! event after its backward pass and after each phase, and the others' streams wait on it
+//! before phase 1 (which reads its gradients), before phase 2 (which reads what phase 1 wrote
+//! and overwrites what it read) and before their next write to their own buffer (which peers
+//! read in phase 2). The host only needs a barrier between the enqueues, never a
+//! synchronisation.
 //!
 //! The participants of one all-reduce can be any subset of the engine's GPUs (those with work
-//! in the step): the buffers are passed in participant order, and [`PhaseEvents`] (one pair
+//! in the step): the buffers are passed in participant order, and [`PhaseEvents`] (one set
 //! per GPU) waits only on the participating GPUs' events.
 //!
 //! **Host staging** ([`HostExchange`]) is the fallback when peer access is unavailable: each
@@ -157,7 +158,18 @@ pub unsafe fn all_gather(
 /// named by their index in the `gpus` given to [`new`](Self::new), whichever subset of them
 /// takes part in an all-reduce.
 pub struct PhaseEvents {
-    done: Vec<[CudaEvent; 2]>,
+    done: Vec<[CudaEvent; 3]>,
+}
+
+/// The points of a step that each GPU marks for the others.
+#[derive(Clone, Copy, Debug)]
+pub enum Phase {
+    /// The backward pass wrote this GPU's gradients (peers read them in the reduce-scatter).
+    Gradients,
+    /// The reduce-scatter summed this GPU's chunk (peers read it in the all-gather).
+    ReduceScatter,
+    /// The all-gather copied the peers' chunks (peers' buffers may be written again).
+    AllGather,
 }
 
 impl PhaseEvents {
@@ -171,20 +183,17 @@ impl PhaseEvents {
                         .new_event(None)
                         .cuda(|| format!("creating an event on cuda:{}", g.ordinal()))
                 };
-                Ok([make()?, make()?])
+                Ok([make()?, make()?, make()?])
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(PhaseEvents { done })
     }
 
-    /// Marks the end of GPU `own`'s `phase` (0 or 1) on its `stream`.
-    pub fn record(&self, own: usize, phase: usize, stream: &CudaStream) -> Result<()> {
-        self.done[own][phase].record(stream).cuda(|| {
-            format!(
-                "recording the end of all-reduce phase {} on GPU {own}",
-                phase + 1
-            )
-        })
+    /// Marks the end of GPU `own`'s `phase` on its `stream`.
+    pub fn record(&self, own: usize, phase: Phase, stream: &CudaStream) -> Result<()> {
+        self.done[own][phase as usize]
+            .record(stream)
+            .cuda(|| format!("recording the end of {phase:?} on GPU {own}"))
     }
 
     /// Makes `stream` (GPU `own`'s) wait for the `phase` of every other GPU in `members` (the
@@ -194,13 +203,13 @@ impl PhaseEvents {
         &self,
         members: &[usize],
         own: usize,
-        phase: usize,
+        phase: Phase,
         stream: &CudaStream,
     ) -> Result<()> {
         for &q in members.iter().filter(|&&q| q != own) {
             stream
-                .wait(&self.done[q][phase])
-                .cuda(|| format!("waiting for GPU {q}'s all-reduce phase {}", phase + 1))?;
+                .wait(&self.done[q][phase as usize])
+                .cuda(|| format!("waiting for GPU {q}'s {phase:?}"))?;
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
-use super::allreduce::{self, HostExchange, PhaseEvents};
+use super::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use super::batches::Batch;
 use super::cpu::{self, ShardStats};
 use super::model::ModelSpec;
@@ -313,7 +313,7 @@ enum Command {
 enum Reply {
     Stats(ShardStats),
     /// The step is enqueued; its stats come with [`Command::Finish`].
-    Deferred,
+    Enqueued,
     State(State),
     Addresses(Vec<u64>),
     Done,
@@ -325,19 +325,13 @@ struct Worker {
     thread: Option<JoinHandle<()>>,
 }
 
-/// A submitted step not finished yet.
-enum Pending {
-    /// It ran to the end; its stats.
-    Done(ShardStats),
-    /// It ran alone on this device, which deferred the stats read-back.
-    On(usize),
-}
-
 /// The multi-GPU engine: one worker thread per GPU, each with its own context, stream and
 /// replica.
 pub struct GpuEngine {
     workers: Vec<Worker>,
-    pending: VecDeque<Pending>,
+    /// The members of each submitted step not finished yet, oldest first: each enqueued its
+    /// share and deferred its stats read-back.
+    pending: VecDeque<Vec<usize>>,
     freshness: Freshness,
     /// Whether a stale replica is refreshed over peer memory (else through the host).
     peer: bool,
@@ -466,20 +460,6 @@ impl GpuEngine {
         }
     }
 
-    /// Reads every deferred stats read-back, so that no worker has one pending.
-    fn settle(&mut self) -> Result<()> {
-        for i in 0..self.pending.len() {
-            if let Pending::On(d) = self.pending[i] {
-                let stats = match self.call(&[d], |_| Command::Finish)?.pop() {
-                    Some(Reply::Stats(s)) => s,
-                    _ => return Err(unexpected_reply(d, "a finish")),
-                };
-                self.pending[i] = Pending::Done(stats);
-            }
-        }
-        Ok(())
-    }
-
     /// Brings the stale replicas among `devices` up to date from an up-to-date one: device to
     /// device when peer access is on, else through the host.
     fn refresh(&mut self, devices: &[usize]) -> Result<()> {
@@ -520,11 +500,6 @@ impl Engine for GpuEngine {
     fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()> {
         check_shards(self.workers.len(), batch, shards)?;
         let active = ActiveSet::of(shards)?;
-        if active.members().len() > 1 {
-            // Its members synchronise to read their stats before the exchange: collect the
-            // deferred ones first.
-            self.settle()?;
-        }
         self.refresh(active.members())?;
         let group = Arc::new(Group {
             barrier: Barrier::new(active.members().len()),
@@ -539,29 +514,31 @@ impl Engine for GpuEngine {
         })?;
         // (A failed step returns above: the run stops, whatever the replicas hold.)
         self.freshness.stepped(members);
-        let mut stats = ShardStats::default();
-        for (&d, r) in members.iter().zip(replies) {
-            match r {
-                Reply::Stats(s) => stats += s,
-                Reply::Deferred => {
-                    self.pending.push_back(Pending::On(d));
-                    return Ok(());
-                }
-                _ => return Err(unexpected_reply(d, "a step")),
-            }
+        if let Some((&d, _)) = members
+            .iter()
+            .zip(&replies)
+            .find(|(_, r)| !matches!(r, Reply::Enqueued))
+        {
+            return Err(unexpected_reply(d, "a step"));
         }
-        self.pending.push_back(Pending::Done(stats));
+        self.pending.push_back(members.to_vec());
         Ok(())
     }
 
+    /// Waits for the oldest pending step on its members and sums their stats.
     fn finish(&mut self) -> Result<ShardStats> {
-        match self.pending.pop_front().ok_or_else(nothing_submitted)? {
-            Pending::Done(stats) => Ok(stats),
-            Pending::On(d) => match self.call(&[d], |_| Command::Finish)?.pop() {
-                Some(Reply::Stats(s)) => Ok(s),
-                _ => Err(unexpected_reply(d, "a finish")),
-            },
+        let members = self.pending.pop_front().ok_or_else(nothing_submitted)?;
+        let mut stats = ShardStats::default();
+        for (&d, r) in members
+            .iter()
+            .zip(self.call(&members, |_| Command::Finish)?)
+        {
+            match r {
+                Reply::Stats(s) => stats += s,
+                _ => return Err(unexpected_reply(d, "a finish")),
+            }
         }
+        Ok(stats)
     }
 
     /// The state of an up-to-date replica.
@@ -661,9 +638,10 @@ struct Work<'a> {
 }
 
 impl Work<'_> {
-    /// The pass over the shard, the exchange with the step's other members, the update. Alone
-    /// in the step, the worker only enqueues it and defers the stats read-back
-    /// ([`Reply::Deferred`]): no host synchronisation per step.
+    /// Enqueues the pass over the shard, the exchange with the step's other members and the
+    /// update, and defers the stats read-back ([`Reply::Enqueued`]): no host synchronisation
+    /// per step on the peer path (events order the GPUs' work), so the engine can enqueue
+    /// the next step while the GPUs run this one.
     fn step(
         &self,
         replica: &mut Replica,
@@ -689,23 +667,18 @@ impl Work<'_> {
         let pass = x.and_then(|x| {
             replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
         });
-        if self.group.active.members().len() == 1 {
-            pass?;
-            replica.optimizer_step(t)?;
-            replica.stats_later()?;
-            return Ok(Reply::Deferred);
-        }
-        let result = pass.and_then(|()| replica.stats());
-        let stats = match self.group.active.rank(self.device) {
-            Some(rank) => match &self.shared.exchange {
-                Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, result),
-                Exchange::Host(host) => self.host(replica, host, result),
+        let alone = self.group.active.members().len() == 1;
+        match (alone, self.group.active.rank(self.device)) {
+            (false, Some(rank)) => match &self.shared.exchange {
+                Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, pass),
+                Exchange::Host(host) => self.host(replica, host, pass),
             },
-            // Never: the engine sends a step to its members only.
-            None => result,
+            // Alone, or (never) not a member: nothing to exchange.
+            _ => pass,
         }?;
         replica.optimizer_step(t)?;
-        Ok(Reply::Stats(stats))
+        replica.stats_later()?;
+        Ok(Reply::Enqueued)
     }
 
     /// The direct all-reduce among the step's members. Every member waits at the same
@@ -717,8 +690,8 @@ impl Work<'_> {
         rank: usize,
         all_bufs: &[u64],
         events: &PhaseEvents,
-        mut result: Result<ShardStats>,
-    ) -> Result<ShardStats> {
+        mut result: Result<()>,
+    ) -> Result<()> {
         let (own, len) = (self.device, self.shared.len);
         let members = self.group.active.members();
         let bufs: Vec<u64> = members.iter().map(|&d| all_bufs[d]).collect();
@@ -726,12 +699,17 @@ impl Work<'_> {
         let stream = gpu.stream();
         // The barriers order the enqueues (each event is recorded before anyone waits on it);
         // the events order the GPUs' work, with no host synchronisation.
+        if result.is_ok() {
+            result = events.record(own, Phase::Gradients, stream);
+        }
         self.group.barrier.wait();
         if result.is_ok() {
-            // SAFETY: every member's gradients are complete (each synchronised in `stats`
-            // before the barrier); each member writes only its own chunk of its own buffer.
-            let r = unsafe { allreduce::reduce_scatter(gpu, stream, &bufs, rank, len) };
-            result = r.and_then(|()| events.record(own, 0, stream)).and(result);
+            // SAFETY: the stream waits for every member's backward pass (its gradients are
+            // complete); each member writes only its own chunk of its own buffer.
+            let r = events
+                .wait_for_others(members, own, Phase::Gradients, stream)
+                .and_then(|()| unsafe { allreduce::reduce_scatter(gpu, stream, &bufs, rank, len) });
+            result = r.and_then(|()| events.record(own, Phase::ReduceScatter, stream));
         }
         self.group.barrier.wait();
         if result.is_ok() {
@@ -739,15 +717,15 @@ impl Work<'_> {
             // nobody reads this buffer's other chunks any more); each member writes only the
             // chunks it does not own, in its own buffer.
             let r = events
-                .wait_for_others(members, own, 0, stream)
+                .wait_for_others(members, own, Phase::ReduceScatter, stream)
                 .and_then(|()| unsafe { allreduce::all_gather(gpu, stream, &bufs, rank, len) });
-            result = r.and_then(|()| events.record(own, 1, stream)).and(result);
+            result = r.and_then(|()| events.record(own, Phase::AllGather, stream));
         }
         self.group.barrier.wait();
         if result.is_ok() {
             // Our buffer is not written again (our next backward pass) before every member
             // has copied its chunk out of it.
-            result = events.wait_for_others(members, own, 1, stream).and(result);
+            result = events.wait_for_others(members, own, Phase::AllGather, stream);
         }
         result
     }
@@ -759,21 +737,17 @@ impl Work<'_> {
         &self,
         replica: &mut Replica,
         host: &HostExchange,
-        mut result: Result<ShardStats>,
-    ) -> Result<ShardStats> {
+        mut result: Result<()>,
+    ) -> Result<()> {
         let gpu = replica.gpu().clone();
         self.group.barrier.wait();
         if result.is_ok() {
-            result = host
-                .stage(&gpu, replica.grads_mut(), self.device)
-                .and(result);
+            result = host.stage(&gpu, replica.grads_mut(), self.device);
         }
         self.group.barrier.wait();
         if result.is_ok() {
             let members = self.group.active.members();
-            result = host
-                .sum_into(&gpu, replica.grads_mut(), self.device, members)
-                .and(result);
+            result = host.sum_into(&gpu, replica.grads_mut(), self.device, members);
         }
         result
     }

@@ -26,7 +26,7 @@ use super::cpu::{self, ShardStats};
 use super::model::ModelSpec;
 use super::optim::Optimizer;
 use super::replica::Replica;
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, nvtx};
 use crate::{Error, Result};
 
 /// Parameters and optimizer state, on the host.
@@ -664,18 +664,25 @@ impl Work<'_> {
                     ),
                 )
             });
+        // NVTX ranges name what this thread enqueues, for nsys timelines.
+        let _step = nvtx::range(format!("step {t}"));
         let pass = x.and_then(|x| {
+            let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
             replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
         });
         let alone = self.group.active.members().len() == 1;
         match (alone, self.group.active.rank(self.device)) {
-            (false, Some(rank)) => match &self.shared.exchange {
-                Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, pass),
-                Exchange::Host(host) => self.host(replica, host, pass),
-            },
+            (false, Some(rank)) => {
+                let _r = nvtx::range("all-reduce");
+                match &self.shared.exchange {
+                    Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, pass),
+                    Exchange::Host(host) => self.host(replica, host, pass),
+                }
+            }
             // Alone, or (never) not a member: nothing to exchange.
             _ => pass,
         }?;
+        let _r = nvtx::range("optimizer");
         replica.optimizer_step(t)?;
         replica.stats_later()?;
         Ok(Reply::Enqueued)

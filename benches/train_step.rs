@@ -1,5 +1,5 @@
-//! Where a vit-small training step's time goes on one GPU (batch 256 by default, AdamW, f32),
-//! without nsys: three tables.
+//! Where a vit-small training step's time goes on one GPU (batch 256 by default, AdamW, f32
+//! GEMMs unless `--precision bf16`), without nsys: three tables.
 //!
 //! 1. The phases of a step, each timed alone: the loader's batch preparation (CPU, wall
 //!    clock), staging the shard into page-locked memory (CPU), its copy to the GPU, forward +
@@ -11,7 +11,8 @@
 //!    count per step: where forward and backward spend their time, by block part. Their sum
 //!    against the measured pass shows the launch gaps.
 //!
-//! Run: `cargo bench --bench train_step -- [--steps N] [--batch B] [--model SPEC]`
+//! Run: `cargo bench --bench train_step -- [--steps N] [--batch B] [--model SPEC]
+//! [--precision f32|bf16]`
 //! (a plain program; skips without a GPU, fails instead with `ATTNRT_REQUIRE_GPU=1`).
 
 use std::sync::Arc;
@@ -24,15 +25,17 @@ use attnrt::kernels::train_ops;
 use attnrt::kernels::train_vit as k;
 use attnrt::train::batches::{Batch, SampleOrder, fill_batch};
 use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
+use attnrt::train::linear::{Epilogue, Linear};
 use attnrt::train::replica::Replica;
 use attnrt::train::vit::VitConfig;
-use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, State};
+use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, Precision, State};
 use cudarc::driver::CudaSlice;
 
 struct Options {
     steps: usize,
     batch: usize,
     model: String,
+    precision: Precision,
 }
 
 fn options() -> Options {
@@ -40,6 +43,7 @@ fn options() -> Options {
         steps: 20,
         batch: 256,
         model: "vit-small".into(),
+        precision: Precision::F32,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -48,6 +52,7 @@ fn options() -> Options {
             "--steps" => o.steps = value().parse().unwrap_or(o.steps).max(1),
             "--batch" => o.batch = value().parse().unwrap_or(o.batch).max(1),
             "--model" => o.model = value(),
+            "--precision" => o.precision = value().parse().unwrap_or(o.precision),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -101,9 +106,10 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
     let opt = Optimizer::adamw(1e-3);
     let state = State::fresh(model.init(1), &opt);
     println!(
-        "train_step: {} batch {} ({} parameters) on {}, means over {} steps",
+        "train_step: {} batch {}, {} GEMMs ({} parameters) on {}, means over {} steps",
         o.model,
         o.batch,
+        o.precision,
         state.params.len(),
         gpu.describe(),
         o.steps
@@ -123,7 +129,8 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
         Ok(())
     })?;
     row("loader: prepare a batch (CPU, own thread)", fill, 1);
-    let mut replica = Replica::new(gpu.clone(), &model, opt, &state.params, &state.optimizer)?;
+    let (params, opt_state) = (&state.params, &state.optimizer);
+    let mut replica = Replica::new(gpu.clone(), &model, opt, o.precision, params, opt_state)?;
     let (x, y) = (&batch.features, &batch.labels);
     replica.forward_backward(x, y, 1.0)?; // allocates and loads the kernels
     gpu.sync()?;
@@ -149,7 +156,7 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
     drop(replica);
 
     header("Whole steps through the 1-GPU engine (CPU wall)");
-    let mut engine = GpuEngine::new(&[gpu.ordinal()], &model, opt, &state)?;
+    let mut engine = GpuEngine::new(&[gpu.ordinal()], &model, opt, o.precision, &state)?;
     let batch = Arc::new(batch);
     let all = 0..o.batch;
     let shards = std::slice::from_ref(&all);
@@ -194,6 +201,7 @@ struct OpBufs {
     b: CudaSlice<f32>,
     c: CudaSlice<f32>,
     w: CudaSlice<f32>,
+    gw: CudaSlice<f32>,
     stats: CudaSlice<f32>,
     ones: CudaSlice<f32>,
     labels: CudaSlice<u32>,
@@ -208,6 +216,7 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         what: "creating a cuBLAS handle".into(),
         source: e,
     })?;
+    let mut lin = Linear::new(gpu.clone(), o.precision)?;
     let n = o.batch;
     let (t, d, m, pd, h, dh, l) = (
         c.tokens(),
@@ -226,6 +235,7 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         b: z(big)?,
         c: z(big)?,
         w: z((m * d).max(3 * d * d).max(t * d))?,
+        gw: z((m * d).max(3 * d * d).max(t * d))?,
         stats: z(2)?,
         ones: s
             .clone_htod(&vec![1.0f32; rows])
@@ -247,21 +257,15 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         ("fc2", m, d),
     ] {
         let ms = gpu_ms(gpu, reps, || {
-            blas::linear(&cb, &b.a, &b.w, &mut b.c, rows, din, dout)
+            let bias = Epilogue::Bias(b.gw.slice(..dout));
+            lin.forward(&b.a, &b.w, bias, &mut b.c, rows, din, dout)
         })?;
-        line(&format!("linear {name} Y = X W^T"), l, ms);
+        line(&format!("linear {name} Y = X W^T + b"), l, ms);
         let ms = gpu_ms(gpu, reps, || {
-            blas::linear_grad_w(&cb, &b.a, &b.b, &mut b.w, rows, din, dout)
+            let dx = Some((b.w.slice(..), &mut b.c));
+            lin.backward(&b.a, &b.b, &mut b.gw, dx, rows, din, dout)
         })?;
-        line(&format!("linear {name} dW = dY^T X"), l, ms);
-        let ms = gpu_ms(gpu, reps, || {
-            blas::linear_grad_x(&cb, &b.b, &b.w, &mut b.c, rows, din, dout)
-        })?;
-        line(&format!("linear {name} dX = dY W"), l, ms);
-        let ms = gpu_ms(gpu, reps, || {
-            train_ops::bias_act(gpu, &s, &mut b.c, &b.w, rows, dout, false)
-        })?;
-        line(&format!("bias add {name} (separate kernel)"), l, ms);
+        line(&format!("linear {name} dW = dY^T X, dX = dY W"), l, ms);
         let ms = gpu_ms(gpu, reps, || {
             blas::column_sums(&cb, &b.b, &b.ones, &mut b.w, rows, dout)
         })?;
@@ -332,9 +336,14 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
     })?;
     line("embedding: patchify", 1, ms);
     let ms = gpu_ms(gpu, reps, || {
-        blas::linear(&cb, &b.a, &b.w, &mut b.c, rows, pd, d)
+        let bias = Epilogue::Bias(b.gw.slice(..d));
+        lin.forward(&b.a, &b.w, bias, &mut b.c, rows, pd, d)
     })?;
-    line("embedding: linear (and x2 for dW)", 2, ms);
+    line("embedding: linear Y = X W^T + b", 1, ms);
+    let ms = gpu_ms(gpu, reps, || {
+        lin.backward(&b.a, &b.b, &mut b.gw, None, rows, pd, d)
+    })?;
+    line("embedding: linear dW = dY^T X", 1, ms);
     let ms = gpu_ms(gpu, reps, || {
         train_ops::softmax_xent(
             gpu,

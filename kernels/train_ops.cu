@@ -1,35 +1,34 @@
 // Training kernels: the element-wise and reduction parts of the forward and backward passes
-// (GEMMs go through cuBLAS), the optimizers, and the all-reduce over peer memory.
+// (GEMMs go through cuBLAS and cuBLASLt, which also adds the linear layers' biases and
+// ReLU), the bf16 cast of GEMM operands, the optimizers, and the all-reduce over peer memory.
 // Layouts: activations are row-major (rows = samples); parameters, gradients and optimizer
 // state are flat f32 vectors.
 #include "common.cuh"
 
-__device__ __forceinline__ float bias_act_one(float y, float b, int relu) {
-    float v = y + b;
-    return relu ? fmaxf(v, 0.0f) : v;
+// f32 -> bf16, round to nearest even, NaN kept (quiet): the rounding of half::bf16::from_f32,
+// which the CPU engine's bf16 emulation uses, so both round GEMM operands bit for bit alike.
+// Written out rather than __float2bfloat16_rn so the NaN case is the host's too.
+__device__ __forceinline__ unsigned short bf16_rn(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-// y[r, c] += b[c], then ReLU if relu != 0. y: rows x cols. It runs once per linear layer over
-// its whole output, so it should move data at the memory's speed: four values per thread with
-// 16-byte accesses where y allows (cols a multiple of 4, y 16-byte aligned), else one. The
+// y[i] = bf16(x[i]): the bf16 GEMM operands. It runs at the memory's speed: four
+// values per thread (16-byte loads, 8-byte stores) where both pointers allow, else one. The
 // launcher sizes the grid for the four-wide form; both forms stride.
-ATTNRT_KERNEL void bias_act_f32(float* __restrict__ y, const float* __restrict__ b, long long rows,
-                                int cols, int relu) {
-    long long n = rows * cols;
-    if (cols % 4 == 0 && ((unsigned long long)y % 16) == 0) {
-        float4* y4 = reinterpret_cast<float4*>(y);
-        int c4 = cols / 4;
-        GRID_STRIDE(j, n / 4) {
-            const float* bj = b + 4 * (j % c4);
-            float4 v = y4[j];
-            v.x = bias_act_one(v.x, bj[0], relu);
-            v.y = bias_act_one(v.y, bj[1], relu);
-            v.z = bias_act_one(v.z, bj[2], relu);
-            v.w = bias_act_one(v.w, bj[3], relu);
-            y4[j] = v;
+ATTNRT_KERNEL void cast_bf16_f32(const float* __restrict__ x, unsigned short* __restrict__ y,
+                                 long long n) {
+    if (((unsigned long long)x % 16) == 0 && ((unsigned long long)y % 8) == 0) {
+        long long n4 = n / 4;
+        GRID_STRIDE(j, n4) {
+            float4 v = reinterpret_cast<const float4*>(x)[j];
+            reinterpret_cast<ushort4*>(y)[j] =
+                make_ushort4(bf16_rn(v.x), bf16_rn(v.y), bf16_rn(v.z), bf16_rn(v.w));
         }
+        GRID_STRIDE(j, n - 4 * n4) { y[4 * n4 + j] = bf16_rn(x[4 * n4 + j]); }
     } else {
-        GRID_STRIDE(i, n) { y[i] = bias_act_one(y[i], b[i % cols], relu); }
+        GRID_STRIDE(i, n) { y[i] = bf16_rn(x[i]); }
     }
 }
 

@@ -36,6 +36,13 @@ pub enum Error {
         what: String,
         source: cudarc::cublas::result::CublasError,
     },
+
+    /// A cuBLASLt call failed; `what` names the operation and its shape.
+    #[error("cuBLASLt error in {what}: {source}")]
+    BlasLt {
+        what: String,
+        source: cudarc::cublaslt::result::CublasError,
+    },
 }
 
 impl Error {

@@ -114,6 +114,7 @@ fn small_workload() -> impl Strategy<Value = JobFile> {
                             }),
                             optimizer: None,
                             lr: None,
+                            precision: None,
                             sim: Some(JobSim {
                                 sample_ms: sample,
                                 iter_overhead_ms: overhead + 0.01,

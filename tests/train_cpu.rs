@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use attnrt::sched::DistributionRatio;
+use attnrt::train::Precision::{Bf16, F32};
 use attnrt::train::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::checkpoint::{self, CheckpointMeta};
 use attnrt::train::cpu::forward_backward;
@@ -232,6 +233,7 @@ fn meta(step: u64) -> CheckpointMeta {
         dataset: "synthetic:10".into(),
         batch_size: 8,
         optimizer: "sgd".into(),
+        precision: F32,
         tensors_file: String::new(),
         sha256: String::new(),
     }
@@ -307,16 +309,16 @@ fn cpu_gradients_match_finite_differences() {
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
     let scale = 1.0 / 8.0;
     let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, &params, &x, &labels, scale, &mut grads);
+    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
     let mut scratch = vec![0.0; params.len()];
     // Small enough that no ReLU input crosses zero (1e-3 does here), large enough for f32.
     let eps = 1e-4f32;
     for i in 0..params.len() {
         let mut p = params.clone();
         p[i] += eps;
-        let up = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
         p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
         let fd = (up - down) / (2.0 * f64::from(eps));
         let err = (fd - f64::from(grads[i])).abs();
         assert!(
@@ -342,16 +344,16 @@ fn check_vit_gradients(model: &str) {
         .collect();
     let scale = 0.5;
     let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, &params, &x, &labels, scale, &mut grads);
+    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
     let mut scratch = vec![0.0; params.len()];
     let eps = 1e-3f32;
     let mut worst = 0.0f64;
     for i in (0..params.len()).step_by(3) {
         let mut p = params.clone();
         p[i] += eps;
-        let up = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
         p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, &p, &x, &labels, scale, &mut scratch).loss;
+        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
         let fd = (up - down) / (2.0 * f64::from(eps));
         let err = (fd - f64::from(grads[i])).abs() / fd.abs().max(0.01);
         worst = worst.max(err);
@@ -405,7 +407,13 @@ fn vit_window_training_lowers_the_loss() {
     let name = "vit:8,16,1,4,32,win";
     let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
     let opt = Optimizer::adamw(3e-3);
-    let mut engine = CpuEngine::new(model.clone(), opt, 1, State::fresh(model.init(1), &opt));
+    let mut engine = CpuEngine::new(
+        model.clone(),
+        opt,
+        F32,
+        1,
+        State::fresh(model.init(1), &opt),
+    );
     let job = Job {
         name: "w".into(),
         model_name: name.into(),
@@ -417,6 +425,7 @@ fn vit_window_training_lowers_the_loss() {
     let opts = TrainOptions {
         seed: 1,
         optimizer: opt,
+        precision: F32,
         dr: dr(&[10]),
         checkpoint_dir: None,
         checkpoint_every: 0,
@@ -444,6 +453,7 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
         let mut engine = CpuEngine::new(
             model.clone(),
             opt,
+            F32,
             units.len(),
             State::fresh(model.init(1), &opt),
         );
@@ -458,6 +468,7 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
         let opts = TrainOptions {
             seed: 1,
             optimizer: opt,
+            precision: F32,
             dr: dr(units),
             checkpoint_dir: None,
             checkpoint_every: 0,
@@ -533,6 +544,7 @@ fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
         let mut engine = CpuEngine::new(
             model.clone(),
             opt,
+            F32,
             units.len(),
             State::fresh(model.init(3), &opt),
         );
@@ -547,6 +559,7 @@ fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
         let opts = TrainOptions {
             seed: 2,
             optimizer: opt,
+            precision: F32,
             dr: dr(units),
             checkpoint_dir: None,
             checkpoint_every: 0,

@@ -20,14 +20,17 @@ use std::time::Instant;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
+use attnrt::train::Precision::{self, Bf16, F32};
 use attnrt::train::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use attnrt::train::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
 use attnrt::train::cpu::forward_backward;
 use attnrt::train::engine::ExchangeChoice;
+use attnrt::train::linear::{Epilogue, Linear};
 use attnrt::train::replica::Replica;
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
+    CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, Progress, State,
+    TrainOptions, train,
 };
 use cudarc::driver::DevicePtr;
 use rand::{Rng, SeedableRng};
@@ -57,7 +60,7 @@ fn replica_gradients_match_the_cpu_reference() {
     let params = model.init(3);
     let opt = Optimizer::sgd(0.1);
     let state = State::fresh(params.clone(), &opt);
-    let mut replica = Replica::new(gpu, &model, opt, &params, &state.optimizer).unwrap();
+    let mut replica = Replica::new(gpu, &model, opt, F32, &params, &state.optimizer).unwrap();
     for rows in [11usize, 1, 40] {
         let x = random(rows * 37, rows as u64);
         let labels: Vec<u32> = (0..rows as u32).map(|i| (i * 7) % 10).collect();
@@ -66,7 +69,7 @@ fn replica_gradients_match_the_cpu_reference() {
         let stats = replica.stats().unwrap();
         let (_, grads) = replica.download().unwrap();
         let mut want = vec![0.0; params.len()];
-        let cpu = forward_backward(&model, &params, &x, &labels, scale, &mut want);
+        let cpu = forward_backward(&model, F32, &params, &x, &labels, scale, &mut want);
         for (i, (g, w)) in grads.iter().zip(&want).enumerate() {
             assert!(
                 (g - w).abs() <= 1e-4 * w.abs().max(1e-3),
@@ -95,7 +98,7 @@ fn check_vit_replica(gpu: Arc<Gpu>, model: &str, sizes: &[usize]) {
     let params = model.init(7);
     let opt = Optimizer::sgd(0.1);
     let state = State::fresh(params.clone(), &opt);
-    let mut replica = Replica::new(gpu, &model, opt, &params, &state.optimizer).unwrap();
+    let mut replica = Replica::new(gpu, &model, opt, F32, &params, &state.optimizer).unwrap();
     for &n in sizes {
         let f = data.shape().features();
         let mut x = vec![0.0; n * f];
@@ -108,7 +111,7 @@ fn check_vit_replica(gpu: Arc<Gpu>, model: &str, sizes: &[usize]) {
         let stats = replica.stats().unwrap();
         let (_, grads) = replica.download().unwrap();
         let mut want = vec![0.0; params.len()];
-        let cpu = forward_backward(&model, &params, &x, &labels, 0.25, &mut want);
+        let cpu = forward_backward(&model, F32, &params, &x, &labels, 0.25, &mut want);
         let top = want.iter().fold(0.0f32, |m, w| m.max(w.abs()));
         let mut worst = 0.0f32;
         for (i, (g, w)) in grads.iter().zip(&want).enumerate() {
@@ -397,13 +400,15 @@ fn allreduce_across_2_3_4_gpus_over_peer_memory() {
     }
 }
 
+/// 20 steps of batch 64 of `data` (seed 5) on `engine` under DR `units`; every replica's
+/// parameters, and each step's progress (loss, accuracy).
 fn run(
     engine: &mut dyn Engine,
     model: &ModelSpec,
-    opt: Optimizer,
+    (opt, precision): (Optimizer, Precision),
     units: &[u8],
     data: &Arc<Dataset>,
-) -> Vec<Vec<f32>> {
+) -> (Vec<Vec<f32>>, Vec<Progress>) {
     let job = Job {
         name: "eq".into(),
         model_name: "mlp:64,32".into(),
@@ -415,6 +420,7 @@ fn run(
     let opts = TrainOptions {
         seed: 5,
         optimizer: opt,
+        precision,
         dr: DistributionRatio::new(units.to_vec()).unwrap(),
         checkpoint_dir: None,
         checkpoint_every: 0,
@@ -423,8 +429,9 @@ fn run(
         stop: Arc::new(AtomicBool::new(false)),
         dr_updates: None,
     };
-    train(&job, engine, &opts, &mut |_| {}).unwrap();
-    engine.replica_params().unwrap()
+    let mut steps = Vec::new();
+    train(&job, engine, &opts, &mut |p| steps.push(*p)).unwrap();
+    (engine.replica_params().unwrap(), steps)
 }
 
 /// 1 GPU with batch B, 2 GPUs with DR [5,5], [2,8] and [10,0] (a zero share), and the CPU:
@@ -448,16 +455,16 @@ fn same_seed_same_parameters_for_any_split() {
         (Optimizer::adamw(1e-3), 2e-4),
     ] {
         let fresh = State::fresh(model.init(5), &opt);
-        let mut cpu = CpuEngine::new(model.clone(), opt, 1, fresh.clone());
-        let reference = run(&mut cpu, &model, opt, &[10], &data).remove(0);
-        let mut one = GpuEngine::new(&[0], &model, opt, &fresh).unwrap();
-        let single = run(&mut one, &model, opt, &[10], &data).remove(0);
+        let mut cpu = CpuEngine::new(model.clone(), opt, F32, 1, fresh.clone());
+        let reference = run(&mut cpu, &model, (opt, F32), &[10], &data).0.remove(0);
+        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+        let single = run(&mut one, &model, (opt, F32), &[10], &data).0.remove(0);
         let d = max_abs_diff(&single, &reference);
         println!("{opt}: 1 GPU vs CPU max |diff| {d:.2e}");
         assert!(d < tol, "{opt}: 1 GPU vs CPU {d}");
         for units in [[5u8, 5], [2, 8], [10, 0]] {
-            let mut two = GpuEngine::new(&pair, &model, opt, &fresh).unwrap();
-            let replicas = run(&mut two, &model, opt, &units, &data);
+            let mut two = GpuEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
+            let replicas = run(&mut two, &model, (opt, F32), &units, &data).0;
             assert_eq!(
                 replicas[0], replicas[1],
                 "{opt} DR {units:?}: replicas differ"
@@ -485,10 +492,10 @@ fn vit_same_seed_same_parameters_for_any_split() {
     let model = ModelSpec::parse("vit:8,32,2,4,64", data.shape(), 10, "test").unwrap();
     let opt = Optimizer::adamw(1e-3);
     let fresh = State::fresh(model.init(2), &opt);
-    let mut one = GpuEngine::new(&[0], &model, opt, &fresh).unwrap();
-    let single = run(&mut one, &model, opt, &[10], &data).remove(0);
-    let mut two = GpuEngine::new(&pair, &model, opt, &fresh).unwrap();
-    let replicas = run(&mut two, &model, opt, &[2, 8], &data);
+    let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+    let single = run(&mut one, &model, (opt, F32), &[10], &data).0.remove(0);
+    let mut two = GpuEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
+    let replicas = run(&mut two, &model, (opt, F32), &[2, 8], &data).0;
     assert_eq!(replicas[0], replicas[1], "replicas differ");
     let d = max_abs_diff(&replicas[0], &single);
     println!("vit: DR [2,8] on {pair:?} vs 1 GPU max |diff| {d:.2e}");
@@ -556,10 +563,10 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
         (Optimizer::adamw(1e-3), 2e-4),
     ] {
         let fresh = State::fresh(model.init(5), &opt);
-        let mut one = GpuEngine::new(&[0], &model, opt, &fresh).unwrap();
+        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
         run_steps(&mut one, &data, |_| vec![10]);
         let want = one.state().unwrap();
-        let mut two = GpuEngine::new(&[0, 1], &model, opt, &fresh).unwrap();
+        let mut two = GpuEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
         // Peer access makes the refreshes device-to-device copies; without it they go through
         // the host, and the test still holds.
         println!(
@@ -604,9 +611,9 @@ fn replica_copies_state_from_a_peer() {
     let slots: Vec<Vec<f32>> = (0..opt.state_slots())
         .map(|k| random(n, 20 + k as u64))
         .collect();
-    let src = Replica::new(src_gpu, &model, opt, &random(n, 3), &slots).unwrap();
+    let src = Replica::new(src_gpu, &model, opt, F32, &random(n, 3), &slots).unwrap();
     let poison = vec![vec![f32::NAN; n]; opt.state_slots()];
-    let mut dst = Replica::new(gpu, &model, opt, &vec![f32::NAN; n], &poison).unwrap();
+    let mut dst = Replica::new(gpu, &model, opt, F32, &vec![f32::NAN; n], &poison).unwrap();
     let addresses = src.state_ptrs().unwrap();
     // SAFETY: same model and optimizer, peer access enabled, `src` idle meanwhile.
     unsafe { dst.copy_state_from(&addresses).unwrap() };
@@ -635,7 +642,7 @@ fn host_staging_matches_the_peer_path() {
     let fresh = State::fresh(model.init(5), &opt);
     let mut params = Vec::new();
     for choice in [ExchangeChoice::Auto, ExchangeChoice::Host] {
-        let mut engine = GpuEngine::with_exchange(&pair, &model, opt, &fresh, choice).unwrap();
+        let mut engine = GpuEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
         assert_eq!(
             engine.notice().is_some(),
             choice == ExchangeChoice::Host,

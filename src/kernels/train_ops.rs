@@ -4,6 +4,7 @@
 //! GPUs' contexts.
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use half::bf16;
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -23,32 +24,30 @@ struct Peers([u64; MAX_PEERS]);
 // SAFETY: plain data with the C layout of the kernel's `struct Peers`.
 unsafe impl DeviceRepr for Peers {}
 
-/// `y[r, c] += b[c]`, then ReLU when `relu`.
-pub fn bias_act<Y: DevicePtrMut<f32>, B: DevicePtr<f32>>(
+/// `y[i] = bf16(x[i])` for the first `n` elements, rounded to nearest even (NaN kept), as
+/// `half::bf16::from_f32` rounds on the host.
+pub fn cast_bf16<X: DevicePtr<f32>, Y: DevicePtrMut<bf16>>(
     gpu: &Gpu,
     stream: &CudaStream,
+    x: &X,
     y: &mut Y,
-    b: &B,
-    rows: usize,
-    cols: usize,
-    relu: bool,
+    n: usize,
 ) -> Result<()> {
-    const K: &str = "bias_act_f32";
-    check(K, "y", y.len(), rows * cols)?;
-    check(K, "b", b.len(), cols)?;
+    const K: &str = "cast_bf16_f32";
+    check(K, "x", x.len(), n)?;
+    check(K, "y", y.len(), n)?;
     let k = gpu.kernel(KernelModule::TrainOps, K)?;
+    let (xp, _x) = x.device_ptr(stream);
     let (yp, _y) = y.device_ptr_mut(stream);
-    let (bp, _b) = b.device_ptr(stream);
-    let (rows, cols, relu) = (rows as i64, cols as i32, i32::from(relu));
-    // SAFETY: argument types match; both buffers were checked above.
+    let n64 = n as i64;
+    // SAFETY: argument types match (bf16 is 16 bits, the kernel's unsigned short); both
+    // buffers hold n elements, checked above.
     unsafe {
         k.on(stream)
+            .arg(&xp)
             .arg(&yp)
-            .arg(&bp)
-            .arg(&rows)
-            .arg(&cols)
-            .arg(&relu)
-            .go(elementwise((rows as usize * cols as usize).div_ceil(4)))
+            .arg(&n64)
+            .go(elementwise(n.div_ceil(4)))
     }
 }
 

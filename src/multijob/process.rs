@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::protocol::{Command, Event, send};
 use crate::train::Devices;
 use crate::train::optim::OptimizerKind;
+use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// Lines of a worker's standard error kept for its failure report.
@@ -35,6 +36,7 @@ pub struct WorkerFlags {
     pub seed: u64,
     pub optimizer: Option<OptimizerKind>,
     pub lr: Option<f32>,
+    pub precision: Option<Precision>,
     pub checkpoint_every: u64,
     pub prefetch: usize,
 }
@@ -72,6 +74,9 @@ impl Worker {
         }
         if let Some(lr) = flags.lr {
             cmd.arg("--lr").arg(lr.to_string());
+        }
+        if let Some(p) = flags.precision {
+            cmd.arg("--precision").arg(p.to_string());
         }
         if let Some(dir) = checkpoint_dir {
             cmd.arg("--checkpoint-dir")

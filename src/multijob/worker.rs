@@ -14,7 +14,8 @@ use crate::sched::{DistributionRatio, JobFile};
 use crate::train::calibrate::Calibration;
 use crate::train::optim::OptimizerKind;
 use crate::train::{
-    Devices, TrainOptions, checkpoint, open_engine, open_job, optimizer_for, train,
+    Devices, Precision, TrainOptions, checkpoint, open_engine, open_job, optimizer_for,
+    precision_for, train,
 };
 use crate::{Error, Result};
 
@@ -28,6 +29,7 @@ pub struct WorkerConfig {
     pub seed: u64,
     pub optimizer: Option<OptimizerKind>,
     pub lr: Option<f32>,
+    pub precision: Option<Precision>,
     /// This job's own checkpoint directory.
     pub checkpoint_dir: Option<PathBuf>,
     pub checkpoint_every: u64,
@@ -69,7 +71,8 @@ fn run(cfg: &WorkerConfig, out: &mut impl Write, stop: &Arc<AtomicBool>) -> Resu
         .ok_or_else(|| Error::invalid(&origin, format!("has no job named '{}'", cfg.job)))?;
     let job = open_job(spec, &origin, cfg.seed)?;
     let optimizer = optimizer_for(spec, cfg.optimizer, cfg.lr)?;
-    let mut engine = open_engine(&cfg.devices, &job, optimizer, cfg.seed)?;
+    let precision = precision_for(spec, cfg.precision)?;
+    let mut engine = open_engine(&cfg.devices, &job, optimizer, precision, cfg.seed)?;
     let start_step = match (&cfg.checkpoint_dir, cfg.resume) {
         // The step only: `train` loads and verifies the checkpoint itself.
         (Some(dir), true) => checkpoint::latest_step(dir)?.unwrap_or(0),
@@ -106,6 +109,7 @@ fn run(cfg: &WorkerConfig, out: &mut impl Write, stop: &Arc<AtomicBool>) -> Resu
     let opts = TrainOptions {
         seed: cfg.seed,
         optimizer,
+        precision,
         dr,
         checkpoint_dir: cfg.checkpoint_dir.clone(),
         checkpoint_every: cfg.checkpoint_every,

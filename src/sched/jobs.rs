@@ -22,6 +22,7 @@
 //! initial_dr = [5, 5, 0, 0]   # optional; default even
 //! optimizer = "adamw"      # optional, real trainer only: sgd | adamw
 //! lr = 1e-3                # optional, real trainer only
+//! precision = "f32"        # optional, real trainer only: f32 | bf16 (GEMM operands)
 //! [job.sim]                # read by the simulator only
 //! sample_ms = 0.9
 //! iter_overhead_ms = 3.0
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::dr::DistributionRatio;
 use super::policy::{PolicyKind, ThesisParams};
 use crate::train::optim::OptimizerKind;
+use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// `[manager]`: the policy and its parameters.
@@ -191,6 +193,10 @@ pub struct JobSpec {
     /// The real trainer's learning rate (`--lr` overrides; default 1e-3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
+    /// The real trainer's GEMM precision, `f32` or `bf16` (`--precision` overrides; default
+    /// f32). Master weights, optimizer state and gradients are f32 either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// Simulated costs; ignored by the real trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<JobSim>,
@@ -359,6 +365,10 @@ impl JobFile {
             if let Some(lr) = job.lr {
                 positive(lr).map_err(|p| Error::invalid(jctx("lr"), p))?;
             }
+            if let Some(name) = &job.precision {
+                name.parse::<Precision>()
+                    .map_err(|p| Error::invalid(jctx("precision"), p))?;
+            }
             if let Some(sim) = &job.sim {
                 non_negative(sim.sample_ms)
                     .map_err(|p| Error::invalid(jctx("sim.sample_ms"), p))?;
@@ -496,6 +506,34 @@ iterations = 10
         // Round trip through the writer.
         let again = JobFile::parse(&f.to_toml().unwrap(), "again").unwrap();
         assert_eq!(again, f);
+    }
+
+    /// `precision` is optional (the trainer defaults to f32), and a bad value names the job
+    /// and the key.
+    #[test]
+    fn precision_is_checked_with_the_job_named() {
+        let f = JobFile::parse(
+            &GOOD.replace("iterations = 10", "iterations = 10\nprecision = \"bf16\""),
+            "jobs.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                f.jobs[0].precision.as_deref(),
+                f.jobs[1].precision.as_deref()
+            ),
+            (None, Some("bf16"))
+        );
+        let e = err(&GOOD.replace("iterations = 10", "iterations = 10\nprecision = \"fp16\""));
+        assert!(
+            e.starts_with("jobs.toml: job 'alexnet': precision") && e.contains("'fp16'"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("iterations = 10", "iterations = 10\nprecision = 16"));
+        assert!(
+            e.contains("job 'alexnet'") && e.contains("precision"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -733,6 +733,7 @@ mod tests {
             initial_dr: dr,
             optimizer: None,
             lr: None,
+            precision: None,
             sim: Some(JobSim {
                 sample_ms: 1.0,
                 iter_overhead_ms: 0.0,

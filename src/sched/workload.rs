@@ -137,6 +137,7 @@ pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
             initial_dr: Some(dr),
             optimizer: None,
             lr: None,
+            precision: None,
             sim: Some(JobSim {
                 sample_ms: model.sample_ms,
                 iter_overhead_ms: model.iter_overhead_ms,

@@ -1,4 +1,5 @@
-//! Row-major matrix products on cuBLAS (column-major), the forms training needs.
+//! Row-major matrix products on cuBLAS (column-major): attention's batched forms and column
+//! sums. The linear layers' GEMMs are on cuBLASLt, in [`super::linear`].
 //!
 //! A row-major `[r x c]` matrix is a column-major `[c x r]` one, so each product is issued as
 //! its transpose: `Y = X W^T` becomes `Y^T = W X^T`, and so on. Outputs are overwritten.
@@ -40,7 +41,7 @@ impl Shape {
     }
 }
 
-fn check(what: &str, name: &str, len: usize, need: usize) -> Result<()> {
+pub(super) fn check(what: &str, name: &str, len: usize, need: usize) -> Result<()> {
     check_at_least(&format!("GEMM {what}"), name, len, need)
 }
 
@@ -57,75 +58,6 @@ fn run<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
         what: format!("{what} {:?}", shape.mnk),
         source: e,
     })
-}
-
-/// `y[rows x dout] = x[rows x din] W^T`, W `[dout x din]`.
-pub fn linear<X: DevicePtr<f32>, W: DevicePtr<f32>, Y: DevicePtrMut<f32>>(
-    blas: &CudaBlas,
-    x: &X,
-    w: &W,
-    y: &mut Y,
-    rows: usize,
-    din: usize,
-    dout: usize,
-) -> Result<()> {
-    const WHAT: &str = "Y = X W^T";
-    check(WHAT, "x", x.len(), rows * din)?;
-    check(WHAT, "w", w.len(), dout * din)?;
-    check(WHAT, "y", y.len(), rows * dout)?;
-    let shape = Shape {
-        trans: (CUBLAS_OP_T, CUBLAS_OP_N),
-        mnk: (dout, rows, din),
-        ld: (din, din, dout),
-        alpha: 1.0,
-    };
-    run(blas, WHAT, shape, w, x, y)
-}
-
-/// `gw[dout x din] = dy^T x` (dy `[rows x dout]`, x `[rows x din]`).
-pub fn linear_grad_w<X: DevicePtr<f32>, D: DevicePtr<f32>, G: DevicePtrMut<f32>>(
-    blas: &CudaBlas,
-    x: &X,
-    dy: &D,
-    gw: &mut G,
-    rows: usize,
-    din: usize,
-    dout: usize,
-) -> Result<()> {
-    const WHAT: &str = "dW = dY^T X";
-    check(WHAT, "x", x.len(), rows * din)?;
-    check(WHAT, "dy", dy.len(), rows * dout)?;
-    check(WHAT, "gw", gw.len(), dout * din)?;
-    let shape = Shape {
-        trans: (CUBLAS_OP_N, CUBLAS_OP_T),
-        mnk: (din, dout, rows),
-        ld: (din, dout, din),
-        alpha: 1.0,
-    };
-    run(blas, WHAT, shape, x, dy, gw)
-}
-
-/// `dx[rows x din] = dy W` (dy `[rows x dout]`, W `[dout x din]`).
-pub fn linear_grad_x<D: DevicePtr<f32>, W: DevicePtr<f32>, X: DevicePtrMut<f32>>(
-    blas: &CudaBlas,
-    dy: &D,
-    w: &W,
-    dx: &mut X,
-    rows: usize,
-    din: usize,
-    dout: usize,
-) -> Result<()> {
-    const WHAT: &str = "dX = dY W";
-    check(WHAT, "dy", dy.len(), rows * dout)?;
-    check(WHAT, "w", w.len(), dout * din)?;
-    check(WHAT, "dx", dx.len(), rows * din)?;
-    let shape = Shape {
-        trans: (CUBLAS_OP_N, CUBLAS_OP_N),
-        mnk: (din, rows, dout),
-        ld: (din, dout, din),
-        alpha: 1.0,
-    };
-    run(blas, WHAT, shape, w, dy, dx)
 }
 
 /// Where a batch of row-major `[rows x cols]` matrices lies in one buffer: matrix `(i, j)`

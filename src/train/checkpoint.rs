@@ -18,6 +18,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::precision::Precision;
 use crate::{Error, Result};
 
 /// Checkpoints kept in a directory; older ones are removed after a save.
@@ -41,6 +42,10 @@ pub struct CheckpointMeta {
     pub batch_size: u64,
     /// The optimizer, as the trainer names it (e.g. `adamw(lr=0.001,...)`).
     pub optimizer: String,
+    /// The GEMMs' precision (`f32` or `bf16`); the tensors are f32 masters either way.
+    /// Checkpoints written before it was recorded were f32.
+    #[serde(default)]
+    pub precision: Precision,
     /// The tensors file, relative to the JSON file's directory.
     pub tensors_file: String,
     /// Lower-case hex SHA-256 of the tensors file.

@@ -1,10 +1,13 @@
 //! The CPU implementation of the models' forward and backward passes. It is the reference the
 //! GPU kernels are tested against (accumulating in f64), and a backend of its own, so the
-//! trainer, checkpoints and resume run and are tested on machines without a GPU.
+//! trainer, checkpoints and resume run and are tested on machines without a GPU. In bf16 it
+//! emulates the GPU's GEMMs: their operands are rounded to bf16 ([`Precision::operand`]),
+//! everything else stays f32.
 
 use rayon::prelude::*;
 
 use super::model::ModelSpec;
+use super::precision::Precision;
 
 /// What one shard's forward pass measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -59,8 +62,10 @@ pub fn softmax_xent(
     (stats, dy)
 }
 
+/// `precision` is that of the linear layers' GEMMs.
 pub fn forward_backward(
     model: &ModelSpec,
+    precision: Precision,
     params: &[f32],
     x: &[f32],
     labels: &[u32],
@@ -68,13 +73,16 @@ pub fn forward_backward(
     grads: &mut [f32],
 ) -> ShardStats {
     match model {
-        ModelSpec::Mlp { dims } => mlp(dims, params, x, labels, scale, grads),
-        ModelSpec::Vit(c) => super::vit::forward_backward(c, params, x, labels, scale, grads),
+        ModelSpec::Mlp { dims } => mlp(dims, precision, params, x, labels, scale, grads),
+        ModelSpec::Vit(c) => {
+            super::vit::forward_backward(c, precision, params, x, labels, scale, grads)
+        }
     }
 }
 
 fn mlp(
     dims: &[usize],
+    precision: Precision,
     params: &[f32],
     x: &[f32],
     labels: &[u32],
@@ -100,10 +108,10 @@ fn mlp(
     for l in 0..layers {
         let (din, dout) = (dims[l], dims[l + 1]);
         let (wo, bo) = offsets[l];
-        let w = &params[wo..wo + din * dout];
+        let w = precision.operand(&params[wo..wo + din * dout]);
         let b = &params[bo..bo + dout];
         let relu = l + 1 < layers;
-        let input = &acts[l];
+        let input = precision.operand(&acts[l]);
         let mut out = vec![0.0f32; n * dout];
         out.par_chunks_mut(dout).enumerate().for_each(|(r, row)| {
             let xr = &input[r * din..(r + 1) * din];
@@ -128,13 +136,14 @@ fn mlp(
     for l in (0..layers).rev() {
         let (din, dout) = (dims[l], dims[l + 1]);
         let (wo, bo) = offsets[l];
-        let input = &acts[l];
+        // The GEMMs read rounded operands; the bias gradient and ReLU's mask the f32 values.
+        let (input, dy_op) = (precision.operand(&acts[l]), precision.operand(&dy));
         let (gw, gb) = grads[wo..bo + dout].split_at_mut(din * dout);
         // Row-wise accumulation in f64 keeps the memory access contiguous.
         gw.par_chunks_mut(din).enumerate().for_each(|(o, row)| {
             let mut acc = vec![0.0f64; din];
             for r in 0..n {
-                let d = f64::from(dy[r * dout + o]);
+                let d = f64::from(dy_op[r * dout + o]);
                 if d != 0.0 {
                     let xr = &input[r * din..(r + 1) * din];
                     acc.iter_mut()
@@ -148,12 +157,13 @@ fn mlp(
             *g = (0..n).map(|r| f64::from(dy[r * dout + o])).sum::<f64>() as f32;
         }
         if l > 0 {
-            let w = &params[wo..wo + din * dout];
+            let w = precision.operand(&params[wo..wo + din * dout]);
+            let relu_out = &acts[l];
             let mut dx = vec![0.0f32; n * din];
             dx.par_chunks_mut(din).enumerate().for_each(|(r, row)| {
                 let mut acc = vec![0.0f64; din];
                 for o in 0..dout {
-                    let d = f64::from(dy[r * dout + o]);
+                    let d = f64::from(dy_op[r * dout + o]);
                     let wr = &w[o * din..(o + 1) * din];
                     acc.iter_mut()
                         .zip(wr)
@@ -161,7 +171,7 @@ fn mlp(
                 }
                 // ReLU's gradient: zero where its output was zero.
                 for (i, g) in row.iter_mut().enumerate() {
-                    if input[r * din + i] > 0.0 {
+                    if relu_out[r * din + i] > 0.0 {
                         *g = acc[i] as f32;
                     }
                 }

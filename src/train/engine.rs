@@ -25,6 +25,7 @@ use super::batches::Batch;
 use super::cpu::{self, ShardStats};
 use super::model::ModelSpec;
 use super::optim::Optimizer;
+use super::precision::Precision;
 use super::replica::Replica;
 use crate::gpu::{Gpu, nvtx};
 use crate::{Error, Result};
@@ -93,6 +94,8 @@ fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Resul
 pub struct CpuEngine {
     model: ModelSpec,
     optimizer: Optimizer,
+    /// bf16 is emulated: GEMM operands rounded to bf16 ([`Precision::operand`]).
+    precision: Precision,
     devices: usize,
     state: State,
     grads: Vec<f32>,
@@ -107,11 +110,18 @@ fn nothing_submitted() -> Error {
 }
 
 impl CpuEngine {
-    pub fn new(model: ModelSpec, optimizer: Optimizer, devices: usize, state: State) -> CpuEngine {
+    pub fn new(
+        model: ModelSpec,
+        optimizer: Optimizer,
+        precision: Precision,
+        devices: usize,
+        state: State,
+    ) -> CpuEngine {
         let n = state.params.len();
         CpuEngine {
             model,
             optimizer,
+            precision,
             devices,
             state,
             grads: vec![0.0; n],
@@ -135,6 +145,7 @@ impl Engine for CpuEngine {
         for r in shards {
             stats += cpu::forward_backward(
                 &self.model,
+                self.precision,
                 &self.state.params,
                 &batch.features[r.start * features..r.end * features],
                 &batch.labels[r.clone()],
@@ -340,14 +351,16 @@ pub struct GpuEngine {
 
 impl GpuEngine {
     /// Opens `ordinals`, enables peer access between them (falling back to host staging), and
-    /// starts one replica of `state` per GPU.
+    /// starts one replica of `state` per GPU, its linear layers computing in `precision`.
     pub fn new(
         ordinals: &[usize],
         model: &ModelSpec,
         optimizer: Optimizer,
+        precision: Precision,
         state: &State,
     ) -> Result<GpuEngine> {
-        GpuEngine::with_exchange(ordinals, model, optimizer, state, ExchangeChoice::Auto)
+        let auto = ExchangeChoice::Auto;
+        GpuEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
@@ -356,6 +369,7 @@ impl GpuEngine {
         ordinals: &[usize],
         model: &ModelSpec,
         optimizer: Optimizer,
+        precision: Precision,
         state: &State,
         choice: ExchangeChoice,
     ) -> Result<GpuEngine> {
@@ -379,7 +393,10 @@ impl GpuEngine {
         };
         let replicas = gpus
             .iter()
-            .map(|g| Replica::new(g.clone(), model, optimizer, &state.params, &state.optimizer))
+            .map(|g| {
+                let (params, opt_state) = (&state.params, &state.optimizer);
+                Replica::new(g.clone(), model, optimizer, precision, params, opt_state)
+            })
             .collect::<Result<Vec<_>>>()?;
         let len = state.params.len();
         let exchange = if peer {

@@ -1,7 +1,9 @@
 //! One model replica on one GPU: its parameters, gradients and optimizer state (flat f32
 //! vectors in the [`Layout`](super::model::Layout) order), the shard's input staged through
 //! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
-//! [`super::vit_gpu`]): GEMMs through cuBLAS ([`super::blas`]), the rest through our kernels.
+//! [`super::vit_gpu`]): the linear layers' GEMMs through cuBLASLt ([`super::linear`], in the
+//! replica's precision), attention's through cuBLAS ([`super::blas`]), the rest through our
+//! kernels.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,22 +12,24 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
-use super::blas;
 use super::cpu::ShardStats;
 use super::engine::State;
+use super::linear::{Epilogue, Linear};
 use super::model::ModelSpec;
 use super::optim::Optimizer;
+use super::precision::Precision;
 use super::vit_gpu::VitNet;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
 
-/// What a model's pass gets: the device, its stream and cuBLAS handle, the parameters, the
-/// gradient buffer to fill, the shard (`rows` samples) and its labels, the loss scale and the
-/// stats buffer the loss kernel adds to.
+/// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the
+/// parameters, the gradient buffer to fill, the shard (`rows` samples) and its labels, the
+/// loss scale and the stats buffer the loss kernel adds to.
 pub struct Pass<'a> {
     pub gpu: &'a Gpu,
     pub blas: &'a CudaBlas,
+    pub linear: &'a mut Linear,
     pub params: &'a CudaSlice<f32>,
     pub grads: &'a mut CudaSlice<f32>,
     pub input: &'a CudaSlice<f32>,
@@ -46,6 +50,7 @@ const STATS_SLOTS: usize = 2;
 pub struct Replica {
     gpu: Arc<Gpu>,
     blas: CudaBlas,
+    linear: Linear,
     optimizer: Optimizer,
     features: usize,
     params: CudaSlice<f32>,
@@ -75,11 +80,12 @@ pub struct Replica {
 
 impl Replica {
     /// A replica of `model` with parameters `params` and optimizer state `state` (one vector
-    /// per [`Optimizer::state_slots`]).
+    /// per [`Optimizer::state_slots`]), its linear layers computing in `precision`.
     pub fn new(
         gpu: Arc<Gpu>,
         model: &ModelSpec,
         optimizer: Optimizer,
+        precision: Precision,
         params: &[f32],
         state: &[Vec<f32>],
     ) -> Result<Replica> {
@@ -111,6 +117,7 @@ impl Replica {
         };
         Ok(Replica {
             blas,
+            linear: Linear::new(gpu.clone(), precision)?,
             optimizer,
             features: model.features(),
             params: up(params)?,
@@ -293,6 +300,7 @@ impl Replica {
         let pass = Pass {
             gpu: &self.gpu,
             blas: &self.blas,
+            linear: &mut self.linear,
             params: &self.params,
             grads: &mut self.grads,
             input: &self.input,
@@ -477,10 +485,15 @@ impl MlpNet {
             let (wo, bo) = offsets[l];
             let (before, from) = self.acts.split_at_mut(l);
             let x = if l == 0 { p.input } else { &before[l - 1] };
-            let y = &mut from[0];
-            blas::linear(p.blas, x, &p.params.slice(wo..bo), y, rows, din, dout)?;
             let b = p.params.slice(bo..bo + dout);
-            train_ops::bias_act(gpu, s, y, &b, rows, dout, l + 1 < layers)?;
+            let epilogue = if l + 1 < layers {
+                Epilogue::BiasRelu(b)
+            } else {
+                Epilogue::Bias(b)
+            };
+            let w = p.params.slice(wo..bo);
+            p.linear
+                .forward(x, &w, epilogue, &mut from[0], rows, din, dout)?;
         }
         let classes = self.dims[layers];
         let (d0, d1) = self.dbuf.split_at_mut(1);
@@ -500,15 +513,10 @@ impl MlpNet {
             let (din, dout) = (self.dims[l], self.dims[l + 1]);
             let (wo, bo) = offsets[l];
             let x = if l == 0 { p.input } else { &self.acts[l - 1] };
-            blas::linear_grad_w(
-                p.blas,
-                x,
-                &*dy,
-                &mut p.grads.slice_mut(wo..bo),
-                rows,
-                din,
-                dout,
-            )?;
+            // The first layer has no input gradient.
+            let input = (l > 0).then(|| (p.params.slice(wo..bo), &mut *dx));
+            let gw = &mut p.grads.slice_mut(wo..bo);
+            p.linear.backward(x, &*dy, gw, input, rows, din, dout)?;
             train_ops::bias_grad(
                 gpu,
                 s,
@@ -518,7 +526,6 @@ impl MlpNet {
                 dout,
             )?;
             if l > 0 {
-                blas::linear_grad_x(p.blas, &*dy, &p.params.slice(wo..bo), dx, rows, din, dout)?;
                 train_ops::relu_backward(gpu, s, dx, x, rows * din)?;
                 std::mem::swap(&mut dy, &mut dx);
             }

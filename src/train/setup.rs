@@ -8,6 +8,7 @@ use super::data::Dataset;
 use super::engine::{CpuEngine, Engine, GpuEngine, State};
 use super::model::ModelSpec;
 use super::optim::{Optimizer, OptimizerKind};
+use super::precision::Precision;
 use super::trainer::Job;
 use crate::sched::jobs::JobSpec;
 use crate::{Error, Result};
@@ -119,6 +120,18 @@ pub fn optimizer_for(
     Ok(kind.with_lr(lr))
 }
 
+/// The precision of a job's GEMMs: `--precision` when given (it overrides the file), else the
+/// job's `precision` key, else f32.
+pub fn precision_for(spec: &JobSpec, flag: Option<Precision>) -> Result<Precision> {
+    match (flag, &spec.precision) {
+        (Some(p), _) => Ok(p),
+        (None, Some(name)) => name
+            .parse()
+            .map_err(|p: String| Error::invalid(format!("job '{}': precision", spec.name), p)),
+        (None, None) => Ok(Precision::F32),
+    }
+}
+
 /// The job's dataset and model, opened and checked; errors name `origin`, the job and the key.
 pub fn open_job(spec: &JobSpec, origin: &str, seed: u64) -> Result<Job> {
     let ctx = |key: &str| format!("{origin}: job '{}': {key}", spec.name);
@@ -139,25 +152,61 @@ pub fn open_job(spec: &JobSpec, origin: &str, seed: u64) -> Result<Job> {
     })
 }
 
-/// A fresh engine for `job` on `devices`, its replicas initialised from `seed`.
+/// A fresh engine for `job` on `devices`, its replicas initialised from `seed`, its GEMMs in
+/// `precision` (emulated on the CPU).
 pub fn open_engine(
     devices: &Devices,
     job: &Job,
     optimizer: Optimizer,
+    precision: Precision,
     seed: u64,
 ) -> Result<Box<dyn Engine>> {
     let state = State::fresh(job.model.init(seed), &optimizer);
+    let model = &job.model;
     Ok(match devices {
-        Devices::Gpus(ordinals) => {
-            Box::new(GpuEngine::new(ordinals, &job.model, optimizer, &state)?)
-        }
-        Devices::Cpu(n) => Box::new(CpuEngine::new(job.model.clone(), optimizer, *n, state)),
+        Devices::Gpus(ordinals) => Box::new(GpuEngine::new(
+            ordinals, model, optimizer, precision, &state,
+        )?),
+        Devices::Cpu(n) => Box::new(CpuEngine::new(
+            model.clone(),
+            optimizer,
+            precision,
+            *n,
+            state,
+        )),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sched::JobFile;
+
+    #[test]
+    fn precision_comes_from_the_flag_then_the_job_then_f32() {
+        let text = "[[job]]\nname = \"j\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\n\
+                    batch_size = 8\niterations = 1\n";
+        let plain = JobFile::parse(text, "jobs.toml").unwrap().jobs.remove(0);
+        let bf16 = JobSpec {
+            precision: Some("bf16".into()),
+            ..plain.clone()
+        };
+        assert_eq!(precision_for(&plain, None).unwrap(), Precision::F32);
+        assert_eq!(precision_for(&bf16, None).unwrap(), Precision::Bf16);
+        assert_eq!(
+            precision_for(&bf16, Some(Precision::F32)).unwrap(),
+            Precision::F32
+        );
+        let bad = JobSpec {
+            precision: Some("f16".into()),
+            ..plain
+        };
+        let e = precision_for(&bad, None).unwrap_err().to_string();
+        assert!(
+            e.contains("job 'j': precision") && e.contains("'f16'"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn parses_device_lists() {

@@ -14,6 +14,7 @@ use super::data::Dataset;
 use super::engine::{Engine, State};
 use super::model::{Layout, ModelSpec};
 use super::optim::Optimizer;
+use super::precision::Precision;
 use crate::sched::DistributionRatio;
 use crate::{Error, Result};
 
@@ -31,6 +32,8 @@ pub struct Job {
 pub struct TrainOptions {
     pub seed: u64,
     pub optimizer: Optimizer,
+    /// The engine's GEMM precision (recorded in checkpoints and checked on resume).
+    pub precision: Precision,
     /// The split over the engine's devices.
     pub dr: DistributionRatio,
     pub checkpoint_dir: Option<PathBuf>,
@@ -261,6 +264,7 @@ fn save(
         dataset: job.dataset.name().to_string(),
         batch_size: job.batch_size as u64,
         optimizer: opts.optimizer.to_string(),
+        precision: opts.precision,
         tensors_file: String::new(),
         sha256: String::new(),
     };
@@ -308,6 +312,13 @@ fn check_resumable(job: &Job, opts: &TrainOptions, meta: &CheckpointMeta) -> Res
             "optimizer",
             meta.optimizer.clone(),
             opts.optimizer.to_string(),
+        );
+    }
+    if meta.precision != opts.precision {
+        return mismatch(
+            "precision",
+            meta.precision.to_string(),
+            opts.precision.to_string(),
         );
     }
     if meta.step > job.iterations {

@@ -21,6 +21,7 @@
 use super::cpu::ShardStats;
 use super::data::ImageShape;
 use super::model::Layout;
+use super::precision::Precision;
 use crate::cswintt::plan::{HeadPlan, Region};
 
 /// A ViT's sizes.
@@ -215,8 +216,9 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-/// `y = x W^T + b`, x: `rows x din`, W: `dout x din`.
-fn linear(x: &[f32], din: usize, w: &[f32], b: &[f32], dout: usize) -> Vec<f32> {
+/// `y = x W^T + b`, x: `rows x din`, W: `dout x din`; the product in `pr`.
+fn linear(pr: Precision, x: &[f32], din: usize, w: &[f32], b: &[f32], dout: usize) -> Vec<f32> {
+    let (x, w) = (pr.operand(x), pr.operand(w));
     let rows = x.len() / din;
     let mut y = vec![0.0f32; rows * dout];
     for r in 0..rows {
@@ -229,7 +231,10 @@ fn linear(x: &[f32], din: usize, w: &[f32], b: &[f32], dout: usize) -> Vec<f32> 
 }
 
 /// Adds `dW += dy^T x`, `db += sum(dy)` into `g` at the given offsets; returns `dx = dy W`.
+/// The products in `pr`; the bias gradient sums the f32 `dy`.
+#[allow(clippy::too_many_arguments)]
 fn linear_back(
+    pr: Precision,
     x: &[f32],
     din: usize,
     w: &[f32],
@@ -238,14 +243,15 @@ fn linear_back(
     g: &mut [f32],
     (wo, bo): (usize, usize),
 ) -> Vec<f32> {
+    let (x, w, dy_op) = (pr.operand(x), pr.operand(w), pr.operand(dy));
     let rows = x.len() / din;
     let mut dx = vec![0.0f32; rows * din];
     for o in 0..dout {
         let mut acc = vec![0.0f64; din];
         let mut db = 0.0f64;
         for r in 0..rows {
-            let d = f64::from(dy[r * dout + o]);
-            db += d;
+            db += f64::from(dy[r * dout + o]);
+            let d = f64::from(dy_op[r * dout + o]);
             for (a, xv) in acc.iter_mut().zip(&x[r * din..(r + 1) * din]) {
                 *a += d * f64::from(*xv);
             }
@@ -258,7 +264,7 @@ fn linear_back(
     for r in 0..rows {
         let mut acc = vec![0.0f64; din];
         for o in 0..dout {
-            let d = f64::from(dy[r * dout + o]);
+            let d = f64::from(dy_op[r * dout + o]);
             for (a, wv) in acc.iter_mut().zip(&w[o * din..(o + 1) * din]) {
                 *a += d * f64::from(*wv);
             }
@@ -531,6 +537,7 @@ struct BlockCache {
 /// Forward and backward over `n` images; the contract of `cpu::forward_backward`.
 pub fn forward_backward(
     c: &VitConfig,
+    pr: Precision,
     params: &[f32],
     x: &[f32],
     labels: &[u32],
@@ -549,7 +556,14 @@ pub fn forward_backward(
 
     // Embedding.
     let patches = patchify(c, x, n);
-    let mut xs = linear(&patches, pd, w(off.patch_w, d * pd), w(off.patch_b, d), d);
+    let mut xs = linear(
+        pr,
+        &patches,
+        pd,
+        w(off.patch_w, d * pd),
+        w(off.patch_b, d),
+        d,
+    );
     for (row, v) in xs.chunks_mut(d).enumerate() {
         let p = w(off.pos + (row % t) * d, d);
         v.iter_mut().zip(p).for_each(|(a, b)| *a += b);
@@ -558,14 +572,28 @@ pub fn forward_backward(
     let mut caches = Vec::with_capacity(c.depth);
     for b in &off.blocks {
         let ln1 = layernorm(&xs, d, w(b.ln1_g, d), w(b.ln1_b, d));
-        let qkv = linear(&ln1.0, d, w(b.qkv_w, 3 * d * d), w(b.qkv_b, 3 * d), 3 * d);
+        let qkv = linear(
+            pr,
+            &ln1.0,
+            d,
+            w(b.qkv_w, 3 * d * d),
+            w(b.qkv_b, 3 * d),
+            3 * d,
+        );
         let (attn, probs) = attention(&qkv, n, t, &plans);
-        let proj = linear(&attn, d, w(b.proj_w, d * d), w(b.proj_b, d), d);
+        let proj = linear(pr, &attn, d, w(b.proj_w, d * d), w(b.proj_b, d), d);
         let h: Vec<f32> = xs.iter().zip(&proj).map(|(a, b)| a + b).collect();
         let ln2 = layernorm(&h, d, w(b.ln2_g, d), w(b.ln2_b, d));
-        let fc1 = linear(&ln2.0, d, w(b.fc1_w, c.mlp * d), w(b.fc1_b, c.mlp), c.mlp);
+        let fc1 = linear(
+            pr,
+            &ln2.0,
+            d,
+            w(b.fc1_w, c.mlp * d),
+            w(b.fc1_b, c.mlp),
+            c.mlp,
+        );
         let act: Vec<f32> = fc1.iter().map(|v| gelu(*v)).collect();
-        let fc2 = linear(&act, c.mlp, w(b.fc2_w, d * c.mlp), w(b.fc2_b, d), d);
+        let fc2 = linear(pr, &act, c.mlp, w(b.fc2_w, d * c.mlp), w(b.fc2_b, d), d);
         let next: Vec<f32> = h.iter().zip(&fc2).map(|(a, b)| a + b).collect();
         xs = next;
         caches.push(BlockCache {
@@ -588,6 +616,7 @@ pub fn forward_backward(
         }
     }
     let logits = linear(
+        pr,
         &pooled,
         d,
         w(off.head_w, c.classes * d),
@@ -598,6 +627,7 @@ pub fn forward_backward(
 
     // Backward.
     let dpooled = linear_back(
+        pr,
         &pooled,
         d,
         w(off.head_w, c.classes * d),
@@ -625,6 +655,7 @@ pub fn forward_backward(
     for (b, cache) in off.blocks.iter().zip(&caches).rev() {
         // x' = h + fc2(gelu(fc1(LN2(h))))
         let dact = linear_back(
+            pr,
             &cache.act,
             c.mlp,
             w(b.fc2_w, d * c.mlp),
@@ -639,6 +670,7 @@ pub fn forward_backward(
             .map(|(g, v)| (f64::from(*g) * gelu_grad(*v)) as f32)
             .collect();
         let dln2 = linear_back(
+            pr,
             &cache.ln2.0,
             d,
             w(b.fc1_w, c.mlp * d),
@@ -659,6 +691,7 @@ pub fn forward_backward(
         let dh: Vec<f32> = dx.iter().zip(&dh_norm).map(|(a, b)| a + b).collect();
         // h = x + proj(attn(LN1(x)))
         let dattn = linear_back(
+            pr,
             &cache.attn,
             d,
             w(b.proj_w, d * d),
@@ -669,6 +702,7 @@ pub fn forward_backward(
         );
         let dqkv = attention_back(&cache.qkv, &cache.probs, &dattn, n, t, &plans);
         let dln1 = linear_back(
+            pr,
             &cache.ln1.0,
             d,
             w(b.qkv_w, 3 * d * d),
@@ -697,6 +731,7 @@ pub fn forward_backward(
             .for_each(|(g, a)| *g += a);
     }
     linear_back(
+        pr,
         &patches,
         pd,
         w(off.patch_w, d * pd),

@@ -1,9 +1,11 @@
 //! The ViT's forward and backward pass on one GPU, step for step the CPU reference of
-//! [`super::vit`]: GEMMs through [`super::blas`], the rest through `kernels/train_vit.cu` and
-//! `kernels/train_ops.cu`. Standard attention is one pointer-array batched GEMM over every
-//! image and head per product, reading `q`, `k`, `v` in place in the `qkv` rows and writing
-//! the heads' outputs in place in the concatenated rows (and likewise backward), so no
-//! head-major copies are made; only the probabilities get buffers of their own.
+//! [`super::vit`]: the linear layers through [`super::linear`] (cuBLASLt, biases added in the
+//! GEMMs' epilogue), attention's GEMMs through [`super::blas`], the rest through
+//! `kernels/train_vit.cu` and `kernels/train_ops.cu`. Standard attention is one pointer-array
+//! batched GEMM over every image and head per product, reading `q`, `k`, `v` in place in the
+//! `qkv` rows and writing the heads' outputs in place in the concatenated rows (and likewise
+//! backward), so no head-major copies are made; only the probabilities get buffers of their
+//! own.
 //!
 //! Window attention (CSWinTT's, [`super::vit`]) gathers each head's tokens into its window
 //! partition's slot order on that copy (q pre-scaled, as the inference kernel wants it) and
@@ -16,6 +18,7 @@
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
+use super::linear::Epilogue::Bias;
 use super::replica::Pass;
 use super::vit::{VitConfig, VitOffsets, layout};
 use crate::error::{CudaContext as _, Error, Result};
@@ -340,7 +343,7 @@ impl VitNet {
         let Some(b) = self.bufs.as_mut() else {
             unreachable!("reserve allocates the buffers")
         };
-        let (gpu, s, cb) = (p.gpu, p.gpu.stream(), p.blas);
+        let (gpu, s, cb, lin) = (p.gpu, p.gpu.stream(), p.blas, p.linear);
         let (t, d, m, pd, hh, dh) = (
             c.tokens(),
             c.dim,
@@ -365,16 +368,8 @@ impl VitNet {
         // Embedding: patches, linear, position.
         let (ch, side) = (c.image.channels, c.image.width);
         k::patchify(gpu, s, p.input, &mut b.patches, n, ch, side, c.patch)?;
-        blas::linear(
-            cb,
-            &b.patches,
-            &w(off.patch_w, d * pd),
-            &mut b.x0,
-            rows,
-            pd,
-            d,
-        )?;
-        train_ops::bias_act(gpu, s, &mut b.x0, &w(off.patch_b, d), rows, d, false)?;
+        let (pw, pb) = (w(off.patch_w, d * pd), Bias(w(off.patch_b, d)));
+        lin.forward(&b.patches, &pw, pb, &mut b.x0, rows, pd, d)?;
         k::add_periodic(gpu, s, &mut b.x0, &w(off.pos, t * d), rows * d, t * d)?;
 
         // Blocks.
@@ -394,16 +389,8 @@ impl VitNet {
                 rows,
                 d,
             )?;
-            blas::linear(
-                cb,
-                &bk.ln1_y,
-                &w(o.qkv_w, 3 * d * d),
-                &mut bk.qkv,
-                rows,
-                d,
-                3 * d,
-            )?;
-            train_ops::bias_act(gpu, s, &mut bk.qkv, &w(o.qkv_b, 3 * d), rows, 3 * d, false)?;
+            let (qw, qb) = (w(o.qkv_w, 3 * d * d), Bias(w(o.qkv_b, 3 * d)));
+            lin.forward(&bk.ln1_y, &qw, qb, &mut bk.qkv, rows, d, 3 * d)?;
             if let Some(win) = &b.win {
                 let (q_order, order) = (win.order(score_scale), win.order(1.0));
                 k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0), q_order)?;
@@ -429,8 +416,8 @@ impl VitNet {
                 k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
                 blas::batched(cb, Batched::PX, &a.p, &a.v, &a.out, n, 1.0)?;
             }
-            blas::linear(cb, &bk.attn, &w(o.proj_w, d * d), &mut bk.h, rows, d, d)?;
-            train_ops::bias_act(gpu, s, &mut bk.h, &w(o.proj_b, d), rows, d, false)?;
+            let (pw, pb) = (w(o.proj_w, d * d), Bias(w(o.proj_b, d)));
+            lin.forward(&bk.attn, &pw, pb, &mut bk.h, rows, d, d)?;
             k::add(gpu, s, &mut bk.h, x, rows * d)?;
             k::layernorm_fwd(
                 gpu,
@@ -444,11 +431,11 @@ impl VitNet {
                 rows,
                 d,
             )?;
-            blas::linear(cb, &bk.ln2_y, &w(o.fc1_w, m * d), &mut bk.fc1, rows, d, m)?;
-            train_ops::bias_act(gpu, s, &mut bk.fc1, &w(o.fc1_b, m), rows, m, false)?;
+            let (w1, b1) = (w(o.fc1_w, m * d), Bias(w(o.fc1_b, m)));
+            lin.forward(&bk.ln2_y, &w1, b1, &mut bk.fc1, rows, d, m)?;
             k::gelu_fwd(gpu, s, &bk.fc1, &mut bk.act, rows * m)?;
-            blas::linear(cb, &bk.act, &w(o.fc2_w, d * m), &mut bk.out, rows, m, d)?;
-            train_ops::bias_act(gpu, s, &mut bk.out, &w(o.fc2_b, d), rows, d, false)?;
+            let (w2, b2) = (w(o.fc2_w, d * m), Bias(w(o.fc2_b, d)));
+            lin.forward(&bk.act, &w2, b2, &mut bk.out, rows, m, d)?;
             k::add(gpu, s, &mut bk.out, &bk.h, rows * d)?;
         }
 
@@ -468,24 +455,8 @@ impl VitNet {
         )?;
         k::mean_tokens(gpu, s, &b.norm_y, &mut b.pooled, n, t, d)?;
         let classes = c.classes;
-        blas::linear(
-            cb,
-            &b.pooled,
-            &w(off.head_w, classes * d),
-            &mut b.logits,
-            n,
-            d,
-            classes,
-        )?;
-        train_ops::bias_act(
-            gpu,
-            s,
-            &mut b.logits,
-            &w(off.head_b, classes),
-            n,
-            classes,
-            false,
-        )?;
+        let (hw, hb) = (w(off.head_w, classes * d), Bias(w(off.head_b, classes)));
+        lin.forward(&b.pooled, &hw, hb, &mut b.logits, n, d, classes)?;
         train_ops::softmax_xent(
             gpu,
             s,
@@ -505,25 +476,10 @@ impl VitNet {
                 &mut grads.slice_mut($o..$o + $len)
             };
         }
-        blas::linear_grad_w(
-            cb,
-            &b.pooled,
-            &b.dlogits,
-            g!(off.head_w, classes * d),
-            n,
-            d,
-            classes,
-        )?;
+        let dpooled = Some((w(off.head_w, classes * d), &mut b.dpooled));
+        let gw = g!(off.head_w, classes * d);
+        lin.backward(&b.pooled, &b.dlogits, gw, dpooled, n, d, classes)?;
         blas::column_sums(cb, &b.dlogits, &b.ones, g!(off.head_b, classes), n, classes)?;
-        blas::linear_grad_x(
-            cb,
-            &b.dlogits,
-            &w(off.head_w, classes * d),
-            &mut b.dpooled,
-            n,
-            d,
-            classes,
-        )?;
         k::mean_tokens_bwd(gpu, s, &b.dpooled, &mut b.dtmp, n, t, d)?;
         k::layernorm_bwd(
             gpu,
@@ -544,13 +500,13 @@ impl VitNet {
         for (i, o) in off.blocks.iter().enumerate().rev() {
             let bk = &b.blocks[i];
             // out = h + fc2(gelu(fc1(LN2(h)))); dx holds d(out).
-            blas::linear_grad_w(cb, &bk.act, &b.dx, g!(o.fc2_w, d * m), rows, m, d)?;
+            let dact = Some((w(o.fc2_w, d * m), &mut b.dbig));
+            lin.backward(&bk.act, &b.dx, g!(o.fc2_w, d * m), dact, rows, m, d)?;
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.fc2_b, d), rows, d)?;
-            blas::linear_grad_x(cb, &b.dx, &w(o.fc2_w, d * m), &mut b.dbig, rows, m, d)?;
             k::gelu_bwd(gpu, s, &bk.fc1, &mut b.dbig, rows * m)?;
-            blas::linear_grad_w(cb, &bk.ln2_y, &b.dbig, g!(o.fc1_w, m * d), rows, d, m)?;
+            let dln2 = Some((w(o.fc1_w, m * d), &mut b.dtmp));
+            lin.backward(&bk.ln2_y, &b.dbig, g!(o.fc1_w, m * d), dln2, rows, d, m)?;
             blas::column_sums(cb, &b.dbig, &b.ones, g!(o.fc1_b, m), rows, m)?;
-            blas::linear_grad_x(cb, &b.dbig, &w(o.fc1_w, m * d), &mut b.dtmp, rows, d, m)?;
             k::layernorm_bwd(
                 gpu,
                 s,
@@ -567,9 +523,9 @@ impl VitNet {
             blas::column_sums(cb, &b.dyxhat, &b.ones, g!(o.ln2_g, d), rows, d)?;
             blas::column_sums(cb, &b.dtmp, &b.ones, g!(o.ln2_b, d), rows, d)?;
             // h = x + proj(attn(LN1(x))); dx holds d(h).
-            blas::linear_grad_w(cb, &bk.attn, &b.dx, g!(o.proj_w, d * d), rows, d, d)?;
+            let dattn = Some((w(o.proj_w, d * d), &mut b.dtmp));
+            lin.backward(&bk.attn, &b.dx, g!(o.proj_w, d * d), dattn, rows, d, d)?;
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.proj_b, d), rows, d)?;
-            blas::linear_grad_x(cb, &b.dx, &w(o.proj_w, d * d), &mut b.dtmp, rows, d, d)?;
             if let Some(win) = &mut b.win {
                 let [dout, dq, dk, dv] = &mut b.heads;
                 k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), win.order(1.0))?;
@@ -608,25 +564,10 @@ impl VitNet {
                 blas::batched(cb, Batched::PX, &ga.dp, &a.k, &ga.dq, n, 1.0)?;
                 blas::batched(cb, Batched::PtX, &ga.dp, &a.q, &ga.dk, n, 1.0)?;
             }
-            blas::linear_grad_w(
-                cb,
-                &bk.ln1_y,
-                &b.dqkv,
-                g!(o.qkv_w, 3 * d * d),
-                rows,
-                d,
-                3 * d,
-            )?;
+            let dln1 = Some((w(o.qkv_w, 3 * d * d), &mut b.dtmp));
+            let gw = g!(o.qkv_w, 3 * d * d);
+            lin.backward(&bk.ln1_y, &b.dqkv, gw, dln1, rows, d, 3 * d)?;
             blas::column_sums(cb, &b.dqkv, &b.ones, g!(o.qkv_b, 3 * d), rows, 3 * d)?;
-            blas::linear_grad_x(
-                cb,
-                &b.dqkv,
-                &w(o.qkv_w, 3 * d * d),
-                &mut b.dtmp,
-                rows,
-                d,
-                3 * d,
-            )?;
             k::layernorm_bwd(
                 gpu,
                 s,
@@ -646,7 +587,15 @@ impl VitNet {
 
         // Embedding: the position gradient sums over images; the patch linear layer.
         blas::column_sums(cb, &b.dx, &b.ones, g!(off.pos, t * d), n, t * d)?;
-        blas::linear_grad_w(cb, &b.patches, &b.dx, g!(off.patch_w, d * pd), rows, pd, d)?;
+        lin.backward(
+            &b.patches,
+            &b.dx,
+            g!(off.patch_w, d * pd),
+            None,
+            rows,
+            pd,
+            d,
+        )?;
         blas::column_sums(cb, &b.dx, &b.ones, g!(off.patch_b, d), rows, d)
     }
 }

@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use attnrt::sched::report::{JobReport, Report};
 use attnrt::sched::{DistributionRatio, JobFile};
 use attnrt::train::optim::OptimizerKind;
-use attnrt::train::{Devices, TrainOptions, open_engine, open_job, optimizer_for, train};
+use attnrt::train::{
+    Devices, Precision, TrainOptions, open_engine, open_job, optimizer_for, precision_for, train,
+};
 use attnrt::{Error, Result};
 
 /// Flags of real training (ignored with --simulate).
@@ -38,6 +40,11 @@ pub struct TrainArgs {
     /// Learning rate; overrides the jobs' `lr` (default 1e-3).
     #[arg(long)]
     pub lr: Option<f32>,
+
+    /// `f32` or `bf16`: the linear layers' GEMM operands (bf16 accumulates in f32; weights,
+    /// optimizer state and gradients stay f32); overrides the jobs' `precision` (default f32).
+    #[arg(long)]
+    pub precision: Option<Precision>,
 
     /// Directory for checkpoints (safetensors + JSON; one subdirectory per job when the file
     /// has several).
@@ -100,12 +107,14 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
 
     let job = open_job(spec, &origin, args.seed)?;
     let optimizer = optimizer_for(spec, args.optimizer, args.lr)?;
-    let mut engine = open_engine(&devices, &job, optimizer, args.seed)?;
+    let precision = precision_for(spec, args.precision)?;
+    let mut engine = open_engine(&devices, &job, optimizer, precision, args.seed)?;
     if let Some(notice) = engine.notice() {
         eprintln!("attnrt-train: {notice}");
     }
     eprintln!(
-        "job '{}': {} on {} ({} samples), batch {}, {} iterations, {} on {devices}, DR {dr}",
+        "job '{}': {} on {} ({} samples), batch {}, {} iterations, {}, {precision} GEMMs, \
+         on {devices}, DR {dr}",
         job.name,
         job.model_name,
         job.dataset.name(),
@@ -123,6 +132,7 @@ fn run(jobs_path: &Path, report_path: Option<&Path>, args: &TrainArgs) -> Result
     let opts = TrainOptions {
         seed: args.seed,
         optimizer,
+        precision,
         dr: dr.clone(),
         checkpoint_dir: args.checkpoint_dir.clone(),
         checkpoint_every: args.checkpoint_every,

@@ -1,13 +1,13 @@
 //! `attnrt-train` end to end: a run killed with SIGKILL resumes from its last checkpoint and
 //! ends with exactly the parameters of an uninterrupted run; SIGTERM checkpoints and exits
-//! with 130; a file with several jobs is refused. On the CPU always, and on GPU 0 as well
-//! when one is usable.
+//! with 130; a file with several jobs is refused; `--precision` and the `precision` key, and
+//! a resume in another precision. On the CPU always, and on GPU 0 as well when one is usable.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attnrt::train::checkpoint;
+use attnrt::train::{Precision, checkpoint};
 
 mod common;
 
@@ -175,6 +175,75 @@ fn corrupted_checkpoint_stops_resume_with_the_file_named() {
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
         log.contains("corrupted") && log.contains("ckpt-0000000004.safetensors"),
+        "{log}"
+    );
+}
+
+/// `--precision`: a bad value is a usage error naming the flag; a bad `precision` key names
+/// the file, the job and the key; the key sets a run's precision and the flag overrides it,
+/// as recorded in the checkpoint (bf16 emulated on the CPU); resuming a bf16 checkpoint in
+/// f32 is refused with both named, and in bf16 it resumes.
+#[test]
+fn precision_flag_key_checkpoint_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_file(dir.path(), 4);
+    let ckpt = dir.path().join("ckpt");
+    let out = train(&job, &ckpt, "cpu", &["--precision", "fp16"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("--precision") && log.contains("'fp16' is not one of f32, bf16"),
+        "{log}"
+    );
+
+    let with_key = |value: &str| {
+        let path = dir.path().join(format!("job-{value}.toml"));
+        let text = std::fs::read_to_string(&job).unwrap();
+        std::fs::write(&path, format!("{text}precision = \"{value}\"\n")).unwrap();
+        path
+    };
+    let bad = with_key("half");
+    let out = train(&bad, &ckpt, "cpu", &[]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("{}: job 'tiny': precision", bad.display()))
+            && log.contains("'half'"),
+        "{log}"
+    );
+
+    let bf16 = with_key("bf16");
+    let overridden = dir.path().join("f32");
+    let runs = [
+        (&ckpt, vec![], Precision::Bf16),
+        (&overridden, vec!["--precision", "f32"], Precision::F32),
+    ];
+    for (dir, flags, want) in runs {
+        let out = train(&bf16, dir, "cpu", &flags).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (meta, _) = checkpoint::load_latest(dir).unwrap().unwrap();
+        assert_eq!(meta.precision, want, "{flags:?}");
+    }
+
+    let out = train(&job, &ckpt, "cpu", &["--resume"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("was written with precision bf16, this run has f32"),
+        "{log}"
+    );
+    let out = train(&job, &ckpt, "cpu", &["--resume", "--precision", "bf16"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && log.contains("resumed from step 4"),
         "{log}"
     );
 }

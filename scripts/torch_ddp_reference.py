@@ -9,10 +9,13 @@
                `--model mlp` (3072 -> H1 -> H2 -> 10, ReLU; --hidden) or `--model vit-small`
                (patch 4, width 384, 12 pre-norm blocks of 6-head attention and a 1536-wide tanh-GELU
                MLP, mean pool, head), AdamW, f32, no TF32, on random data already on the GPU, so it
-               measures compute and gradient exchange only.
+               measures compute and gradient exchange only. --bf16 runs the forward and the loss
+               under torch.autocast(bfloat16) (bf16 matmuls, f32 weights and optimizer), the
+               counterpart of attnrt-train --precision bf16.
 
 Usage: python3 scripts/torch_ddp_reference.py --allreduce [--gpus 2,4]
        python3 scripts/torch_ddp_reference.py --train --hidden 512,256 --batch 256 --gpus 1
+       python3 scripts/torch_ddp_reference.py --train --model vit-small --batch 256 --gpus 1 --bf16
 Processes are started with torch.multiprocessing (no torchrun).
 NCCL_NVLS_ENABLE=0 must stay set on shared machines (NVLink multicast off).
 """
@@ -105,7 +108,9 @@ def train(rank, world, args, out):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
 
     for _ in range(20):
@@ -118,8 +123,9 @@ def train(rank, world, args, out):
     s = time.perf_counter() - t
     if rank == 0:
         rate = args.steps * args.batch / s
-        out.append({"gpus": world, "samples_per_s": rate})
-        print(f"torch {'DDP' if world > 1 else 'eager'} {name} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
+        precision = "bf16 autocast" if args.bf16 else "f32"
+        out.append({"gpus": world, "precision": precision, "samples_per_s": rate})
+        print(f"torch {'DDP' if world > 1 else 'eager'} {name} {precision} batch {args.batch} on {world} GPU(s): {rate:.0f} samples/s", flush=True)
 
 
 def worker(rank, world, port, args, out):
@@ -169,6 +175,7 @@ def main():
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--bf16", action="store_true", help="--train under torch.autocast(bfloat16)")
     p.add_argument("--json")
     args = p.parse_args()
     counts = gpu_counts(args.gpus, args.allreduce)

@@ -2,16 +2,18 @@
 //! kernels, the all-reduce (several buffers on one GPU, and across 2, 3 and 4 GPUs where
 //! present, peer and host-staged, over all participants or a subset), same-seed training under
 //! different DR splits, a DR that changes between steps (idle GPUs, stale replicas refreshed),
-//! and host staging against the peer path. Without a GPU each test prints
+//! and host staging against the peer path; the linear layers on cuBLASLt (epilogues, f32 and
+//! bf16) and bf16 training (gradients against the CPU's emulation, steps on one and two GPUs,
+//! learning like f32). Without a GPU each test prints
 //! `skipped: <reason>` and passes; `ATTNRT_REQUIRE_GPU=1` makes that a failure. Tests that need
 //! more GPUs than the machine has print the reason and return.
 //!
-//! Tolerances: gradients within 1e-4 relative (cuBLAS sums in another order than the f64 CPU
+//! Tolerances: gradients within 1e-4 relative (cuBLAS(Lt) sums in another order than the f64 CPU
 //! reference); the all-reduce exactly (it adds in participant order, as the CPU check does);
 //! 20 training steps under different splits within 2e-5 absolute for SGD and 2e-4 for AdamW
 //! (splitting changes float summation order only; AdamW's normalised step amplifies that for
 //! near-zero gradients); replicas of one run, and host staging against the peer path,
-//! identical bit for bit; a replica copy exact.
+//! identical bit for bit; a replica copy exact. bf16 tolerances are stated at each test.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -914,8 +916,8 @@ fn worst_tensor(model: &ModelSpec, got: &[f32], want: &[f32]) -> (f64, String) {
 /// rounding boundary, so the emulation is not matched value for value: tensor by tensor the
 /// relative L2 error is within 5e-3 of the emulation (a 1e-6 relative perturbation of the
 /// parameters moves the CPU's own emulated gradients by up to 1.6e-3; bf16 against f32 is
-/// 4e-3 to 7e-3 in the worst tensor) and 2e-2 of f32, and every value within 5e-2 relative
-/// plus 5e-3 of the largest gradient of the emulation. The loss within 1e-3 relative of the
+/// 4e-3 to 7e-3 in the worst tensor; one H100 measured 4.2e-4 and 5.4e-3) and 2e-2 of f32,
+/// and every value within 5e-2 relative plus 5e-3 of the largest gradient of the emulation. The loss within 1e-3 relative of the
 /// emulation, the correct count within one sample (a flip can decide a near tie).
 #[test]
 fn bf16_gradients_match_the_cpu_emulation() {
@@ -1018,8 +1020,9 @@ fn bf16_same_seed_same_parameters_for_any_split() {
 /// A short bf16 run learns as f32 does: 20 AdamW steps on 1 GPU, same seed, the MLP (the
 /// mean loss of the last 5 steps below a fifth of the first 5's, accuracy at least 90%) and
 /// the ViT (loss down 1.5%, accuracy up: the ViT learns the synthetic set slowly; the CPU's
-/// emulation goes 2.317 -> 2.255, accuracy 0.12 -> 0.20), every step's loss within 1e-2 of
-/// f32's (on the CPU they differ by at most 1e-3).
+/// emulation goes 2.317 -> 2.255, accuracy 0.12 -> 0.20), every step's loss within 3e-2 of
+/// f32's (measured on one H100: 9.2e-3 for the MLP, whose loss falls fastest, 2e-4 for the
+/// ViT; the CPU's emulation gives 9.1e-3 for the MLP).
 #[test]
 fn bf16_training_learns_like_f32() {
     let Some(_gpu) = gpu_or_skip("bf16_training_learns_like_f32") else {
@@ -1050,6 +1053,6 @@ fn bf16_training_learns_like_f32() {
         );
         assert!(l1 < fall * l0, "{name}: loss {l0} -> {l1}");
         assert!(a1 > a0 && a1 >= accuracy, "{name}: accuracy {a0} -> {a1}");
-        assert!(gap <= 1e-2, "{name}: bf16 and f32 losses differ by {gap}");
+        assert!(gap <= 3e-2, "{name}: bf16 and f32 losses differ by {gap}");
     }
 }

@@ -22,7 +22,7 @@ use super::linear::Epilogue::Bias;
 use super::replica::Pass;
 use super::vit::{VitConfig, VitOffsets, layout};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, nvtx};
 use crate::kernels::train_ops;
 use crate::kernels::train_vit::{self as k, Heads, SlotOrder};
 use crate::kernels::train_window_attention::{self as twa, Saved, WindowHead};
@@ -374,6 +374,7 @@ impl VitNet {
 
         // Blocks.
         for (i, o) in off.blocks.iter().enumerate() {
+            let _r = nvtx::range(format!("block {i} forward"));
             let (done, rest) = b.blocks.split_at_mut(i);
             let x = if i == 0 { &b.x0 } else { &done[i - 1].out };
             let bk = &mut rest[0];
@@ -498,6 +499,7 @@ impl VitNet {
         blas::column_sums(cb, &b.dtmp, &b.ones, g!(off.norm_b, d), rows, d)?;
 
         for (i, o) in off.blocks.iter().enumerate().rev() {
+            let _r = nvtx::range(format!("block {i} backward"));
             let bk = &b.blocks[i];
             // out = h + fc2(gelu(fc1(LN2(h)))); dx holds d(out).
             let dact = Some((w(o.fc2_w, d * m), &mut b.dbig));

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{Bf16, F32};
@@ -422,18 +421,7 @@ fn vit_window_training_lowers_the_loss() {
         batch_size: 32,
         iterations: 30,
     };
-    let opts = TrainOptions {
-        seed: 1,
-        optimizer: opt,
-        precision: F32,
-        dr: dr(&[10]),
-        checkpoint_dir: None,
-        checkpoint_every: 0,
-        resume: false,
-        prefetch: 2,
-        stop: Arc::new(AtomicBool::new(false)),
-        dr_updates: None,
-    };
+    let opts = TrainOptions::in_memory(1, opt, F32, dr(&[10]));
     let mut losses = Vec::new();
     train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
     let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
@@ -465,18 +453,7 @@ fn any_dr_gives_the_full_batch_update_on_cpu() {
             batch_size: 30,
             iterations: 20,
         };
-        let opts = TrainOptions {
-            seed: 1,
-            optimizer: opt,
-            precision: F32,
-            dr: dr(units),
-            checkpoint_dir: None,
-            checkpoint_every: 0,
-            resume: false,
-            prefetch: 2,
-            stop: Arc::new(AtomicBool::new(false)),
-            dr_updates: None,
-        };
+        let opts = TrainOptions::in_memory(1, opt, F32, dr(units));
         train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
         engine.state().unwrap().params
     };
@@ -557,16 +534,8 @@ fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
             iterations: 3,
         };
         let opts = TrainOptions {
-            seed: 2,
-            optimizer: opt,
-            precision: F32,
-            dr: dr(units),
-            checkpoint_dir: None,
-            checkpoint_every: 0,
-            resume: false,
             prefetch: 1,
-            stop: Arc::new(AtomicBool::new(false)),
-            dr_updates: None,
+            ..TrainOptions::in_memory(2, opt, F32, dr(units))
         };
         train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
         engine.state().unwrap().params
@@ -625,18 +594,7 @@ fn bf16_emulation_on_the_cpu_learns_like_f32() {
             batch_size: 64,
             iterations: 20,
         };
-        let opts = TrainOptions {
-            seed: 5,
-            optimizer: opt,
-            precision,
-            dr: dr(&[10]),
-            checkpoint_dir: None,
-            checkpoint_every: 0,
-            resume: false,
-            prefetch: 2,
-            stop: Arc::new(AtomicBool::new(false)),
-            dr_updates: None,
-        };
+        let opts = TrainOptions::in_memory(5, opt, precision, dr(&[10]));
         let mut losses = Vec::new();
         train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
         (losses, engine.state().unwrap().params)

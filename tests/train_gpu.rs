@@ -16,7 +16,6 @@
 //! identical bit for bit; a replica copy exact. bf16 tolerances are stated at each test.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
@@ -374,6 +373,16 @@ fn gpu_count() -> usize {
     gpu::device_count().unwrap_or(0)
 }
 
+/// GPUs 0 and 1 where the machine has two, else two replicas on GPU 0, which run the same
+/// split, exchange and barriers.
+fn replica_pair() -> Vec<usize> {
+    if gpu_count() >= 2 {
+        vec![0, 1]
+    } else {
+        vec![0, 0]
+    }
+}
+
 /// 2, 3 and 4 real GPUs (those the machine has; the others are skipped with a reason), every
 /// odd size, all participants and a subset, peer and host-staged.
 #[test]
@@ -419,18 +428,12 @@ fn run(
         batch_size: 64,
         iterations: 20,
     };
-    let opts = TrainOptions {
-        seed: 5,
-        optimizer: opt,
+    let opts = TrainOptions::in_memory(
+        5,
+        opt,
         precision,
-        dr: DistributionRatio::new(units.to_vec()).unwrap(),
-        checkpoint_dir: None,
-        checkpoint_every: 0,
-        resume: false,
-        prefetch: 2,
-        stop: Arc::new(AtomicBool::new(false)),
-        dr_updates: None,
-    };
+        DistributionRatio::new(units.to_vec()).unwrap(),
+    );
     let mut steps = Vec::new();
     train(&job, engine, &opts, &mut |p| steps.push(*p)).unwrap();
     (engine.replica_params().unwrap(), steps)
@@ -444,11 +447,7 @@ fn same_seed_same_parameters_for_any_split() {
     let Some(_gpu) = gpu_or_skip("same_seed_same_parameters_for_any_split") else {
         return;
     };
-    let pair: Vec<usize> = if gpu_count() >= 2 {
-        vec![0, 1]
-    } else {
-        vec![0, 0]
-    };
+    let pair = replica_pair();
     println!("pair of replicas on GPUs {pair:?}");
     let data = Arc::new(Dataset::synthetic(1024, 9));
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
@@ -478,30 +477,39 @@ fn same_seed_same_parameters_for_any_split() {
     }
 }
 
+/// The small ViT of the split tests, its data and initial state for `opt`.
+fn small_vit(opt: &Optimizer) -> (ModelSpec, Arc<Dataset>, State) {
+    let data = Arc::new(Dataset::synthetic(256, 3));
+    let model = ModelSpec::parse("vit:8,32,2,4,64", data.shape(), 10, "test").unwrap();
+    let fresh = State::fresh(model.init(2), opt);
+    (model, data, fresh)
+}
+
+/// [`small_vit`] trained 20 steps on 1 GPU and on [`replica_pair`] with DR [2,8]: the
+/// replicas bit for bit the same and within `tol` of 1 GPU, whose parameters it returns.
+fn vit_split_matches_one_gpu(opt: Optimizer, precision: Precision, tol: f32) -> Vec<f32> {
+    let (model, data, fresh) = small_vit(&opt);
+    let pair = replica_pair();
+    let mut one = GpuEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
+    let single = run(&mut one, &model, (opt, precision), &[10], &data)
+        .0
+        .remove(0);
+    let mut two = GpuEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
+    let replicas = run(&mut two, &model, (opt, precision), &[2, 8], &data).0;
+    assert_eq!(replicas[0], replicas[1], "{precision:?}: replicas differ");
+    let d = max_abs_diff(&replicas[0], &single);
+    println!("vit {precision:?}: DR [2,8] on {pair:?} vs 1 GPU max |diff| {d:.2e}");
+    assert!(d < tol, "{precision:?}: DR [2,8] vs 1 GPU {d}");
+    single
+}
+
 /// The ViT: 20 AdamW steps on 1 GPU and on a pair with DR [2,8] give the same parameters
 /// (within 2e-4), and the replicas are identical.
 #[test]
 fn vit_same_seed_same_parameters_for_any_split() {
-    let Some(_gpu) = gpu_or_skip("vit_same_seed_same_parameters_for_any_split") else {
-        return;
-    };
-    let pair: Vec<usize> = if gpu_count() >= 2 {
-        vec![0, 1]
-    } else {
-        vec![0, 0]
-    };
-    let data = Arc::new(Dataset::synthetic(256, 3));
-    let model = ModelSpec::parse("vit:8,32,2,4,64", data.shape(), 10, "test").unwrap();
-    let opt = Optimizer::adamw(1e-3);
-    let fresh = State::fresh(model.init(2), &opt);
-    let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
-    let single = run(&mut one, &model, (opt, F32), &[10], &data).0.remove(0);
-    let mut two = GpuEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
-    let replicas = run(&mut two, &model, (opt, F32), &[2, 8], &data).0;
-    assert_eq!(replicas[0], replicas[1], "replicas differ");
-    let d = max_abs_diff(&replicas[0], &single);
-    println!("vit: DR [2,8] on {pair:?} vs 1 GPU max |diff| {d:.2e}");
-    assert!(d < 2e-4, "{d}");
+    if gpu_or_skip("vit_same_seed_same_parameters_for_any_split").is_some() {
+        vit_split_matches_one_gpu(Optimizer::adamw(1e-3), F32, 2e-4);
+    }
 }
 
 /// The DR for 0-based step `step` of [`changing_dr`]: three steps each of [10,0], [5,5],
@@ -633,11 +641,7 @@ fn host_staging_matches_the_peer_path() {
     let Some(_gpu) = gpu_or_skip("host_staging_matches_the_peer_path") else {
         return;
     };
-    let pair: Vec<usize> = if gpu_count() >= 2 {
-        vec![0, 1]
-    } else {
-        vec![0, 0]
-    };
+    let pair = replica_pair();
     let data = Dataset::synthetic(1024, 9);
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     let opt = Optimizer::adamw(1e-3);
@@ -989,32 +993,17 @@ fn bf16_gradients_match_the_cpu_emulation() {
 /// steps by 2e-3 and 20 SGD steps by 9e-5). With one GPU the pair is two replicas on it.
 #[test]
 fn bf16_same_seed_same_parameters_for_any_split() {
-    let Some(_gpu) = gpu_or_skip("bf16_same_seed_same_parameters_for_any_split") else {
+    if gpu_or_skip("bf16_same_seed_same_parameters_for_any_split").is_none() {
         return;
-    };
-    let pair: Vec<usize> = if gpu_count() >= 2 {
-        vec![0, 1]
-    } else {
-        vec![0, 0]
-    };
-    let data = Arc::new(Dataset::synthetic(256, 3));
-    let model = ModelSpec::parse("vit:8,32,2,4,64", data.shape(), 10, "test").unwrap();
+    }
     let opt = Optimizer::sgd(0.05);
-    let fresh = State::fresh(model.init(2), &opt);
-    let mut cpu = CpuEngine::new(model.clone(), opt, Bf16, 1, fresh.clone());
+    let single = vit_split_matches_one_gpu(opt, Bf16, 5e-4);
+    let (model, data, fresh) = small_vit(&opt);
+    let mut cpu = CpuEngine::new(model.clone(), opt, Bf16, 1, fresh);
     let reference = run(&mut cpu, &model, (opt, Bf16), &[10], &data).0.remove(0);
-    let mut one = GpuEngine::new(&[0], &model, opt, Bf16, &fresh).unwrap();
-    let single = run(&mut one, &model, (opt, Bf16), &[10], &data).0.remove(0);
-    let mut two = GpuEngine::new(&pair, &model, opt, Bf16, &fresh).unwrap();
-    let replicas = run(&mut two, &model, (opt, Bf16), &[2, 8], &data).0;
-    assert_eq!(replicas[0], replicas[1], "replicas differ");
-    let (d_cpu, d_two) = (
-        max_abs_diff(&single, &reference),
-        max_abs_diff(&replicas[0], &single),
-    );
-    println!("bf16 vit: 1 GPU vs CPU {d_cpu:.2e}; DR [2,8] on {pair:?} vs 1 GPU {d_two:.2e}");
-    assert!(d_cpu < 5e-4, "1 GPU vs CPU {d_cpu}");
-    assert!(d_two < 5e-4, "DR [2,8] vs 1 GPU {d_two}");
+    let d = max_abs_diff(&single, &reference);
+    println!("bf16 vit: 1 GPU vs CPU {d:.2e}");
+    assert!(d < 5e-4, "1 GPU vs CPU {d}");
 }
 
 /// A short bf16 run learns as f32 does: 20 AdamW steps on 1 GPU, same seed, the MLP (the

@@ -50,6 +50,30 @@ pub struct TrainOptions {
     pub dr_updates: Option<Receiver<DistributionRatio>>,
 }
 
+impl TrainOptions {
+    /// A run without checkpoints, resume or stop requests, on the fixed split `dr`, with two
+    /// batches prefetched: what tests and benchmarks of training itself need.
+    pub fn in_memory(
+        seed: u64,
+        optimizer: Optimizer,
+        precision: Precision,
+        dr: DistributionRatio,
+    ) -> TrainOptions {
+        TrainOptions {
+            seed,
+            optimizer,
+            precision,
+            dr,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            resume: false,
+            prefetch: 2,
+            stop: Arc::new(AtomicBool::new(false)),
+            dr_updates: None,
+        }
+    }
+}
+
 /// After each step, for progress output.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {

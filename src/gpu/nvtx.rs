@@ -27,8 +27,6 @@ const LIB_NAMES: [&str; 4] = [
 ];
 
 struct Api {
-    /// The library's path or name, as loaded.
-    path: String,
     push: unsafe extern "C" fn(*const c_char) -> c_int,
     pop: unsafe extern "C" fn() -> c_int,
     /// Keeps the functions loaded.
@@ -47,7 +45,6 @@ fn load(path: &str) -> Option<Api> {
             .get::<unsafe extern "C" fn() -> c_int>(b"nvtxRangePop\0")
             .ok()?;
         Some(Api {
-            path: path.to_string(),
             push,
             pop,
             _lib: lib,
@@ -59,11 +56,18 @@ fn api() -> Option<&'static Api> {
     static API: OnceLock<Option<Api>> = OnceLock::new();
     API.get_or_init(|| {
         let named = std::env::var(LIB_ENV).ok();
-        let api = named
-            .iter()
-            .map(String::as_str)
-            .chain(LIB_NAMES)
-            .find_map(load);
+        if let Some(n) = &named {
+            if let Some(api) = load(n) {
+                return Some(api);
+            }
+            // The user asked for this library: say it was not used.
+            eprintln!(
+                "attnrt: {LIB_ENV}={n} could not be loaded as an NVTX library (a missing file, \
+                 or no nvtxRangePushA in it); trying {}",
+                LIB_NAMES.join(", ")
+            );
+        }
+        let api = LIB_NAMES.into_iter().find_map(load);
         // A profiler that injects NVTX sets this; without a library its ranges would be
         // missing with no word why.
         if api.is_none() && std::env::var_os("NVTX_INJECTION64_PATH").is_some() {
@@ -71,19 +75,12 @@ fn api() -> Option<&'static Api> {
                 "attnrt: no NVTX library found ({}), so the profile has no NVTX ranges; set \
                  {LIB_ENV} to the path of libnvtx3interop.so.1 (CUDA 13, pip's nvidia-nvtx) \
                  or libnvToolsExt.so.1",
-                named
-                    .as_deref()
-                    .map_or(LIB_NAMES.join(", "), |n| format!("{LIB_ENV}={n}")),
+                LIB_NAMES.join(", ")
             );
         }
         api
     })
     .as_ref()
-}
-
-/// Which NVTX library ranges go to (`None`: ranges are no-ops), for diagnostics.
-pub fn library() -> Option<&'static str> {
-    api().map(|a| a.path.as_str())
 }
 
 /// An open NVTX range; it closes when dropped.

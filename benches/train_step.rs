@@ -23,11 +23,11 @@ use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{Gpu, time_ms};
 use attnrt::kernels::train_ops;
 use attnrt::kernels::train_vit as k;
-use attnrt::train::batches::{Batch, SampleOrder, fill_batch};
-use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
-use attnrt::train::linear::{Epilogue, Linear};
-use attnrt::train::replica::Replica;
-use attnrt::train::vit::VitConfig;
+use attnrt::train::data::batches::{Batch, SampleOrder, fill_batch};
+use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
+use attnrt::train::gpu::linear::{Epilogue, Linear};
+use attnrt::train::gpu::replica::Replica;
+use attnrt::train::models::vit::VitConfig;
 use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, Precision, State};
 use cudarc::driver::CudaSlice;
 

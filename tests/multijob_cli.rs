@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use attnrt::sched::decisions::{DecisionLog, replay};
 use attnrt::sched::report::Report;
-use attnrt::train::checkpoint;
+use attnrt::train::run::checkpoint;
 
 fn binary() -> PathBuf {
     common::bin("attnrt-train", env!("CARGO_BIN_EXE_attnrt-train"))

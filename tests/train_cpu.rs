@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{Bf16, F32};
-use attnrt::train::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
-use attnrt::train::checkpoint::{self, CheckpointMeta};
-use attnrt::train::cpu::forward_backward;
+use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
+use attnrt::train::models::cpu::forward_backward;
+use attnrt::train::run::checkpoint::{self, CheckpointMeta};
 use attnrt::train::{
     CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
 };

@@ -22,13 +22,13 @@ use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{self, Bf16, F32};
-use attnrt::train::allreduce::{self, HostExchange, Phase, PhaseEvents};
-use attnrt::train::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
-use attnrt::train::blas::{self, Batched, HeadBatch, MatrixBatch};
-use attnrt::train::cpu::forward_backward;
-use attnrt::train::engine::ExchangeChoice;
-use attnrt::train::linear::{Epilogue, Linear};
-use attnrt::train::replica::Replica;
+use attnrt::train::data::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
+use attnrt::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
+use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
+use attnrt::train::gpu::linear::{Epilogue, Linear};
+use attnrt::train::gpu::replica::Replica;
+use attnrt::train::models::cpu::forward_backward;
+use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
     CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, Progress, State,
     TrainOptions, train,

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::sched::DistributionRatio;
-use crate::train::calibrate::Calibration;
+use crate::train::run::calibrate::Calibration;
 
 /// Manager to worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

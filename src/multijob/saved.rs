@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sched::DistributionRatio;
 use crate::sched::report::{FailedJob, JobReport};
-use crate::train::calibrate::Calibration;
+use crate::train::run::calibrate::Calibration;
 use crate::{Error, Result};
 
 pub const FILE_NAME: &str = "manager.json";

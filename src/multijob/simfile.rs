@@ -4,7 +4,7 @@
 
 use crate::sched::JobFile;
 use crate::sched::jobs::SimulationConfig;
-use crate::train::calibrate::Calibration;
+use crate::train::run::calibrate::Calibration;
 
 /// `file` with `[simulation]` for a machine of `gpus` devices and every calibrated job's
 /// `[job.sim]` filled in from `calibrations` (by job index).

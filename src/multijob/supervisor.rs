@@ -26,7 +26,7 @@ use crate::sched::report::{FailedJob, JobReport, Report};
 use crate::sched::sim::Trace;
 use crate::sched::slowdown::JobProgress;
 use crate::sched::{DistributionRatio, JobFile, Manager, PeriodInputs, PolicyKind, ThesisParams};
-use crate::train::calibrate::Calibration;
+use crate::train::run::calibrate::Calibration;
 use crate::{Error, Result};
 
 /// How often the manager wakes up to poll utilisation and redraw.

@@ -11,8 +11,8 @@ use std::sync::mpsc::{self, Receiver};
 
 use super::protocol::{Command, Event, send};
 use crate::sched::{DistributionRatio, JobFile};
-use crate::train::calibrate::Calibration;
 use crate::train::optim::OptimizerKind;
+use crate::train::run::calibrate::Calibration;
 use crate::train::{
     Devices, Precision, TrainOptions, checkpoint, open_engine, open_job, optimizer_for,
     precision_for, train,

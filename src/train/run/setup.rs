@@ -4,13 +4,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::data::Dataset;
-use super::engine::{CpuEngine, Engine, GpuEngine, State};
-use super::model::ModelSpec;
-use super::optim::{Optimizer, OptimizerKind};
-use super::precision::Precision;
-use super::trainer::Job;
 use crate::sched::jobs::JobSpec;
+use crate::train::data::Dataset;
+use crate::train::models::ModelSpec;
+use crate::train::optim::{Optimizer, OptimizerKind};
+use crate::train::precision::Precision;
+use crate::train::run::engine::{CpuEngine, Engine, GpuEngine, State};
+use crate::train::run::trainer::Job;
 use crate::{Error, Result};
 
 /// The devices a job's mini-batch is split over.

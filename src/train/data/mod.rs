@@ -11,6 +11,8 @@
 //!
 //! Pixels become `(x / 255 - 0.5) / 0.25`. Every error names the file and what is wrong.
 
+pub mod batches;
+
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};

@@ -8,16 +8,19 @@
 //! - `mlp` or `mlp:H1,H2,...`: fully connected layers `features -> H1 -> ... -> classes`
 //!   with ReLU between them (default hidden sizes `512,256`);
 //! - `vit-tiny`, `vit-small`, or `vit:P,D,L,H,M` (patch, width, depth, heads, MLP width):
-//!   the ViT classifier of [`super::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
+//!   the ViT classifier of [`crate::train::models::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
 //!   `vit-small` is `vit:4,384,12,6,1536`. `vit-tiny-win`, `vit-small-win` and
 //!   `vit:P,D,L,H,M,win` are the same with CSWinTT's cyclic-shift window attention.
+
+pub mod cpu;
+pub mod vit;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::data::ImageShape;
-use super::vit::{self, VitConfig};
+use crate::train::data::ImageShape;
 use crate::{Error, Result};
+use vit::VitConfig;
 
 /// A model the trainer can build.
 #[derive(Clone, Debug, PartialEq, Eq)]

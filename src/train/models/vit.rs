@@ -18,11 +18,11 @@
 //! bias (the ViT has its learned position embedding). Standard attention is the `w == 1`
 //! case of the same code.
 
-use super::cpu::ShardStats;
-use super::data::ImageShape;
-use super::model::Layout;
-use super::precision::Precision;
 use crate::cswintt::plan::{HeadPlan, Region};
+use crate::train::data::ImageShape;
+use crate::train::models::Layout;
+use crate::train::models::cpu::ShardStats;
+use crate::train::precision::Precision;
 
 /// A ViT's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -623,7 +623,8 @@ pub fn forward_backward(
         w(off.head_b, c.classes),
         c.classes,
     );
-    let (stats, dlogits) = super::cpu::softmax_xent(&logits, labels, c.classes, scale);
+    let (stats, dlogits) =
+        crate::train::models::cpu::softmax_xent(&logits, labels, c.classes, scale);
 
     // Backward.
     let dpooled = linear_back(

@@ -1,13 +1,13 @@
 //! The ViT's forward and backward pass on one GPU, step for step the CPU reference of
-//! [`super::vit`]: the linear layers through [`super::linear`] (cuBLASLt, biases added in the
-//! GEMMs' epilogue), attention's GEMMs through [`super::blas`], the rest through
+//! [`crate::train::models::vit`]: the linear layers through [`crate::train::gpu::linear`] (cuBLASLt, biases added in the
+//! GEMMs' epilogue), attention's GEMMs through [`crate::train::gpu::blas`], the rest through
 //! `kernels/train_vit.cu` and `kernels/train_ops.cu`. Standard attention is one pointer-array
 //! batched GEMM over every image and head per product, reading `q`, `k`, `v` in place in the
 //! `qkv` rows and writing the heads' outputs in place in the concatenated rows (and likewise
 //! backward), so no head-major copies are made; only the probabilities get buffers of their
 //! own.
 //!
-//! Window attention (CSWinTT's, [`super::vit`]) gathers each head's tokens into its window
+//! Window attention (CSWinTT's, [`crate::train::models::vit`]) gathers each head's tokens into its window
 //! partition's slot order on that copy (q pre-scaled, as the inference kernel wants it) and
 //! runs the forward with the inference kernel itself (`kernels/window_attention.cu`, all
 //! heads in fused launches), which also window-reverses and concatenates the heads. It writes
@@ -17,10 +17,6 @@
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
-use super::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
-use super::linear::Epilogue::Bias;
-use super::replica::Pass;
-use super::vit::{VitConfig, VitOffsets, layout};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, nvtx};
 use crate::kernels::train_ops;
@@ -29,6 +25,10 @@ use crate::kernels::train_window_attention::{self as twa, Saved, WindowHead};
 use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, HEAD_WIDTHS, MAX_FUSED, SlotLayout, WindowAttentionKernel,
 };
+use crate::train::gpu::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
+use crate::train::gpu::linear::Epilogue::Bias;
+use crate::train::gpu::replica::Pass;
+use crate::train::models::vit::{VitConfig, VitOffsets, layout};
 
 /// One block's activations, kept for the backward pass.
 struct BlockBufs {

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
-use super::model::ModelSpec;
-use super::precision::Precision;
+use crate::train::models::ModelSpec;
+use crate::train::precision::Precision;
 
 /// What one shard's forward pass measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -74,9 +74,9 @@ pub fn forward_backward(
 ) -> ShardStats {
     match model {
         ModelSpec::Mlp { dims } => mlp(dims, precision, params, x, labels, scale, grads),
-        ModelSpec::Vit(c) => {
-            super::vit::forward_backward(c, precision, params, x, labels, scale, grads)
-        }
+        ModelSpec::Vit(c) => crate::train::models::vit::forward_backward(
+            c, precision, params, x, labels, scale, grads,
+        ),
     }
 }
 

@@ -18,8 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::data::Dataset;
 use crate::sched::DistributionRatio;
+use crate::train::data::Dataset;
 use crate::{Error, Result};
 
 /// Maps sample positions to dataset indices (see the module docs). Keeps the current

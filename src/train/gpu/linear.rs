@@ -2,7 +2,7 @@
 //! ReLU fused into the GEMM's epilogue, and the backward `dW = dY^T X`, `dX = dY W`.
 //!
 //! A row-major `[r x c]` matrix is a column-major `[c x r]` one, so each product is issued as
-//! its transpose, as in [`super::blas`]: `Y^T = W X^T`, whose bias is per row of `Y^T`, which
+//! its transpose, as in [`crate::train::gpu::blas`]: `Y^T = W X^T`, whose bias is per row of `Y^T`, which
 //! is what cuBLASLt's bias epilogue adds. GELU is not fused: cuBLASLt's is its own kernel's
 //! approximation, and the ViT keeps its GELU kernel (`kernels/train_vit.cu`), which the CPU
 //! reference mirrors.
@@ -35,11 +35,11 @@ use cudarc::cublaslt::sys::{
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use super::blas::check;
-use super::precision::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
+use crate::train::gpu::blas::check;
+use crate::train::precision::Precision;
 
 /// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
 const WORKSPACE: usize = 32 << 20;

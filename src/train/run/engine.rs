@@ -1,6 +1,6 @@
 //! Engines run training steps on a set of devices: [`CpuEngine`] (one replica, shards computed
 //! in turn: the reference, and what runs without a GPU) and [`GpuEngine`] (one worker thread
-//! and replica per GPU, gradients summed by the all-reduce of [`super::allreduce`]).
+//! and replica per GPU, gradients summed by the all-reduce of [`crate::train::exchange::allreduce`]).
 //!
 //! A step takes the whole batch and one shard range per device. Each shard's gradient is of
 //! `sum(loss) / B` (B the whole batch), so the sum over devices is the full batch's mean
@@ -20,14 +20,14 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
-use super::allreduce::{self, HostExchange, Phase, PhaseEvents};
-use super::batches::Batch;
-use super::cpu::{self, ShardStats};
-use super::model::ModelSpec;
-use super::optim::Optimizer;
-use super::precision::Precision;
-use super::replica::Replica;
 use crate::gpu::{Gpu, nvtx};
+use crate::train::data::batches::Batch;
+use crate::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
+use crate::train::gpu::replica::Replica;
+use crate::train::models::ModelSpec;
+use crate::train::models::cpu::{self, ShardStats};
+use crate::train::optim::Optimizer;
+use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// Parameters and optimizer state, on the host.

@@ -1,8 +1,8 @@
 //! One model replica on one GPU: its parameters, gradients and optimizer state (flat f32
-//! vectors in the [`Layout`](super::model::Layout) order), the shard's input staged through
+//! vectors in the [`Layout`](crate::train::models::Layout) order), the shard's input staged through
 //! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
-//! [`super::vit_gpu`]): the linear layers' GEMMs through cuBLASLt ([`super::linear`], in the
-//! replica's precision), attention's through cuBLAS ([`super::blas`]), the rest through our
+//! [`crate::train::gpu::vit`]): the linear layers' GEMMs through cuBLASLt ([`crate::train::gpu::linear`], in the
+//! replica's precision), attention's through cuBLAS ([`crate::train::gpu::blas`]), the rest through our
 //! kernels.
 
 use std::collections::VecDeque;
@@ -12,16 +12,16 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
-use super::cpu::ShardStats;
-use super::engine::State;
-use super::linear::{Epilogue, Linear};
-use super::model::ModelSpec;
-use super::optim::Optimizer;
-use super::precision::Precision;
-use super::vit_gpu::VitNet;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
+use crate::train::gpu::linear::{Epilogue, Linear};
+use crate::train::gpu::vit::VitNet;
+use crate::train::models::ModelSpec;
+use crate::train::models::cpu::ShardStats;
+use crate::train::optim::Optimizer;
+use crate::train::precision::Precision;
+use crate::train::run::engine::State;
 
 /// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the
 /// parameters, the gradient buffer to fill, the shard (`rows` samples) and its labels, the

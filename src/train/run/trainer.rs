@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use super::batches::{Loader, shard_ranges};
-use super::checkpoint::{self, CheckpointMeta, Tensor};
-use super::data::Dataset;
-use super::engine::{Engine, State};
-use super::model::{Layout, ModelSpec};
-use super::optim::Optimizer;
-use super::precision::Precision;
 use crate::sched::DistributionRatio;
+use crate::train::data::Dataset;
+use crate::train::data::batches::{Loader, shard_ranges};
+use crate::train::models::{Layout, ModelSpec};
+use crate::train::optim::Optimizer;
+use crate::train::precision::Precision;
+use crate::train::run::checkpoint::{self, CheckpointMeta, Tensor};
+use crate::train::run::engine::{Engine, State};
 use crate::{Error, Result};
 
 /// One job, resolved: its model and data.

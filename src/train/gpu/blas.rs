@@ -1,5 +1,5 @@
 //! Row-major matrix products on cuBLAS (column-major): attention's batched forms and column
-//! sums. The linear layers' GEMMs are on cuBLASLt, in [`super::linear`].
+//! sums. The linear layers' GEMMs are on cuBLASLt, in [`crate::train::gpu::linear`].
 //!
 //! A row-major `[r x c]` matrix is a column-major `[c x r]` one, so each product is issued as
 //! its transpose: `Y = X W^T` becomes `Y^T = W X^T`, and so on. Outputs are overwritten.

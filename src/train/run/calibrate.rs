@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::batches::{Loader, shard_ranges};
-use super::engine::Engine;
-use super::trainer::Job;
 use crate::Result;
 use crate::sched::DistributionRatio;
 use crate::sched::jobs::JobSim;
+use crate::train::data::batches::{Loader, shard_ranges};
+use crate::train::run::engine::Engine;
+use crate::train::run::trainer::Job;
 
 /// Steps run before timing (first-use allocations, cuBLAS heuristics, caches).
 pub const WARMUP_STEPS: usize = 3;

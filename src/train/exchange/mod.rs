@@ -1,0 +1,3 @@
+//! Gradient exchange between a job's GPUs, peer to peer and without NCCL ([`allreduce`]).
+
+pub mod allreduce;

@@ -9,6 +9,7 @@
 //! - [`sched`]: distribution ratios, Slow-Down and policies, and the simulator (no CUDA);
 //! - `train`: the data-parallel trainer (issue 7).
 
+pub mod base;
 pub mod cswintt;
 pub mod error;
 pub mod gpu;

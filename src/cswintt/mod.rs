@@ -25,6 +25,8 @@ use crate::model::io::{OutTensor, TensorFile};
 use crate::model::tensor::Tensor;
 use crate::model::weights::Weights;
 
+pub use crate::base::Precision;
+pub use crate::base::precision::F32_TOLERANCE as CPU_F32_TOLERANCE;
 pub use backend::{Backend, EngineOptions, Selected, select_backend};
 pub use flops::{encoder_flops, flops};
 pub use plan::{HeadPlan, Plan};
@@ -393,58 +395,5 @@ impl fmt::Display for Mode {
             Mode::Streams => "streams",
             Mode::Fused => "fused",
         })
-    }
-}
-
-/// Arithmetic precision of an engine. The CPU reference only does `F32`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    #[default]
-    F32,
-    Tf32,
-    Bf16,
-}
-
-impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(format!("'{s}' is not one of f32, tf32, bf16")),
-        }
-    }
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::F32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        })
-    }
-}
-
-/// Tolerance of the CPU reference against the golden files: relative error
-/// `||ours - expected||_F / ||expected||_F <= 1e-5`.
-pub const CPU_F32_TOLERANCE: f64 = 1e-5;
-
-/// Tolerance of an engine whose linear layers run on tf32 tensor cores (f32 accumulation).
-pub const TF32_TOLERANCE: f64 = 2e-3;
-
-/// Tolerance of an engine whose linear layers run on bf16 tensor cores (f32 accumulation).
-pub const BF16_TOLERANCE: f64 = 2e-2;
-
-impl Precision {
-    /// The relative error (`||ours - expected||_F / ||expected||_F`) an engine computing in
-    /// this precision is held to against the golden files and the CPU reference.
-    pub fn tolerance(self) -> f64 {
-        match self {
-            Precision::F32 => CPU_F32_TOLERANCE,
-            Precision::Tf32 => TF32_TOLERANCE,
-            Precision::Bf16 => BF16_TOLERANCE,
-        }
     }
 }

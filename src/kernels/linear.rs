@@ -5,7 +5,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConf
 use super::KernelModule;
 use super::raw::{ptr, ptr_mut};
 use super::shape::check_len;
-use crate::cswintt::Precision;
+use crate::base::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
 

@@ -11,9 +11,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use super::protocol::{Command, Event, send};
+use crate::base::Precision;
 use crate::train::Devices;
 use crate::train::optim::OptimizerKind;
-use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// Lines of a worker's standard error kept for its failure report.

@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use super::dr::DistributionRatio;
 use super::policy::{PolicyKind, ThesisParams};
+use crate::base::Precision;
 use crate::train::optim::OptimizerKind;
-use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// `[manager]`: the policy and its parameters.

@@ -7,7 +7,7 @@
 //!   backward ([`models::cpu`], [`models::vit`]): the references and the CPU backend;
 //! - [`gpu`]: the same passes on one GPU (replica, ViT, cuBLASLt linear layers, cuBLAS);
 //! - [`exchange`]: the gradient all-reduce between GPUs;
-//! - [`optim`]: SGD and AdamW; [`precision`]: f32 or bf16 GEMMs (f32 master weights);
+//! - [`optim`]: SGD and AdamW (f32 master weights in every precision);
 //! - [`run`]: setup, engines, the training loop, checkpoints and calibration.
 //!
 //! See `docs/TRAINING.md`.
@@ -17,13 +17,15 @@ pub mod exchange;
 pub mod gpu;
 pub mod models;
 pub mod optim;
-pub mod precision;
 pub mod run;
 
+pub use crate::base::Precision;
 pub use data::Dataset;
 pub use models::ModelSpec;
 pub use optim::Optimizer;
-pub use precision::Precision;
+
+/// The precisions the trainer runs: f32, or bf16 GEMM operands with f32 accumulation.
+pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
 pub use run::engine::{CpuEngine, Engine, GpuEngine, State};
 pub use run::setup::{Devices, open_engine, open_job, optimizer_for, precision_for};

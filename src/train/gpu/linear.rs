@@ -35,11 +35,11 @@ use cudarc::cublaslt::sys::{
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
+use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
 use crate::train::gpu::blas::check;
-use crate::train::precision::Precision;
 
 /// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
 const WORKSPACE: usize = 32 << 20;
@@ -374,8 +374,10 @@ impl Linear {
 
     /// The descriptors of `key` and the heuristic's best algorithm for them.
     fn plan(&self, key: &Gemm) -> std::result::Result<Plan, CublasError> {
+        // The trainer refuses tf32 when a job is opened (`train::PRECISIONS`); were it to get
+        // here, its operands would stay f32 under the exact f32 compute type below.
         let ab = match self.precision {
-            Precision::F32 => cudaDataType_t::CUDA_R_32F,
+            Precision::F32 | Precision::Tf32 => cudaDataType_t::CUDA_R_32F,
             Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
         };
         let f32t = cudaDataType_t::CUDA_R_32F;

@@ -12,6 +12,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
+use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::train_ops;
@@ -20,7 +21,6 @@ use crate::train::gpu::vit::VitNet;
 use crate::train::models::ModelSpec;
 use crate::train::models::cpu::ShardStats;
 use crate::train::optim::Optimizer;
-use crate::train::precision::Precision;
 use crate::train::run::engine::State;
 
 /// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
+use crate::base::Precision;
 use crate::train::models::ModelSpec;
-use crate::train::precision::Precision;
 
 /// What one shard's forward pass measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

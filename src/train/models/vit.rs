@@ -18,11 +18,11 @@
 //! bias (the ViT has its learned position embedding). Standard attention is the `w == 1`
 //! case of the same code.
 
+use crate::base::Precision;
 use crate::cswintt::plan::{HeadPlan, Region};
 use crate::train::data::ImageShape;
 use crate::train::models::Layout;
 use crate::train::models::cpu::ShardStats;
-use crate::train::precision::Precision;
 
 /// A ViT's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::train::precision::Precision;
+use crate::base::Precision;
 use crate::{Error, Result};
 
 /// Checkpoints kept in a directory; older ones are removed after a save.

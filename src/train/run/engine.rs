@@ -20,6 +20,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
+use crate::base::Precision;
 use crate::gpu::{Gpu, nvtx};
 use crate::train::data::batches::Batch;
 use crate::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
@@ -27,7 +28,6 @@ use crate::train::gpu::replica::Replica;
 use crate::train::models::ModelSpec;
 use crate::train::models::cpu::{self, ShardStats};
 use crate::train::optim::Optimizer;
-use crate::train::precision::Precision;
 use crate::{Error, Result};
 
 /// Parameters and optimizer state, on the host.

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::base::Precision;
 use crate::sched::jobs::JobSpec;
 use crate::train::data::Dataset;
 use crate::train::models::ModelSpec;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::precision::Precision;
 use crate::train::run::engine::{CpuEngine, Engine, GpuEngine, State};
 use crate::train::run::trainer::Job;
 use crate::{Error, Result};
@@ -123,13 +123,15 @@ pub fn optimizer_for(
 /// The precision of a job's GEMMs: `--precision` when given (it overrides the file), else the
 /// job's `precision` key, else f32.
 pub fn precision_for(spec: &JobSpec, flag: Option<Precision>) -> Result<Precision> {
-    match (flag, &spec.precision) {
-        (Some(p), _) => Ok(p),
+    let precision = match (flag, &spec.precision) {
+        (Some(p), _) => p,
         (None, Some(name)) => name
             .parse()
-            .map_err(|p: String| Error::invalid(format!("job '{}': precision", spec.name), p)),
-        (None, None) => Ok(Precision::F32),
-    }
+            .map_err(|p: String| Error::invalid(format!("job '{}': precision", spec.name), p))?,
+        (None, None) => Precision::F32,
+    };
+    precision.require("the trainer", &crate::train::PRECISIONS)?;
+    Ok(precision)
 }
 
 /// The job's dataset and model, opened and checked; errors name `origin`, the job and the key.

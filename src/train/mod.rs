@@ -27,6 +27,6 @@ pub use optim::Optimizer;
 /// The precisions the trainer runs: f32, or bf16 GEMM operands with f32 accumulation.
 pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
-pub use run::engine::{CpuEngine, Engine, GpuEngine, State};
+pub use run::engine::{CpuEngine, Engine, ReplicaEngine, State};
 pub use run::setup::{Devices, open_engine, open_job, optimizer_for, precision_for};
 pub use run::trainer::{Job, Outcome, Progress, TrainOptions, train};

@@ -1,12 +1,12 @@
 //! Engines run training steps on a set of devices: [`CpuEngine`] (one replica, shards computed
-//! in turn: the reference, and what runs without a GPU) and [`GpuEngine`] (one worker thread
+//! in turn: the reference, and what runs without a GPU) and [`ReplicaEngine`] (one worker thread
 //! and replica per GPU, gradients summed by the all-reduce of [`crate::train::exchange::allreduce`]).
 //!
 //! A step takes the whole batch and one shard range per device. Each shard's gradient is of
 //! `sum(loss) / B` (B the whole batch), so the sum over devices is the full batch's mean
 //! gradient whatever the split.
 //!
-//! In a [`GpuEngine`] step only the devices with a non-empty shard work ([`ActiveSet`]): they
+//! In a [`ReplicaEngine`] step only the devices with a non-empty shard work ([`ActiveSet`]): they
 //! alone run the pass, the all-reduce and the optimizer; an idle GPU gets no kernel and no
 //! barrier (other jobs may be measured on it). Its replica then misses the update, so the
 //! engine counts the updates each replica holds ([`Freshness`]) and, before a stale replica
@@ -272,7 +272,7 @@ impl Freshness {
     }
 }
 
-/// How a [`GpuEngine`] sums gradients across GPUs.
+/// How a [`ReplicaEngine`] sums gradients across GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeChoice {
     /// Over peer memory where every pair of GPUs can reach each other, else through the host
@@ -338,7 +338,7 @@ struct Worker {
 
 /// The multi-GPU engine: one worker thread per GPU, each with its own context, stream and
 /// replica.
-pub struct GpuEngine {
+pub struct ReplicaEngine {
     workers: Vec<Worker>,
     /// The members of each submitted step not finished yet, oldest first: each enqueued its
     /// share and deferred its stats read-back.
@@ -349,7 +349,7 @@ pub struct GpuEngine {
     notice: Option<String>,
 }
 
-impl GpuEngine {
+impl ReplicaEngine {
     /// Opens `ordinals`, enables peer access between them (falling back to host staging), and
     /// starts one replica of `state` per GPU, its linear layers computing in `precision`.
     pub fn new(
@@ -358,9 +358,9 @@ impl GpuEngine {
         optimizer: Optimizer,
         precision: Precision,
         state: &State,
-    ) -> Result<GpuEngine> {
+    ) -> Result<ReplicaEngine> {
         let auto = ExchangeChoice::Auto;
-        GpuEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
+        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
@@ -372,7 +372,7 @@ impl GpuEngine {
         precision: Precision,
         state: &State,
         choice: ExchangeChoice,
-    ) -> Result<GpuEngine> {
+    ) -> Result<ReplicaEngine> {
         if ordinals.is_empty() || ordinals.len() > crate::kernels::train_ops::MAX_PEERS {
             return Err(Error::invalid(
                 "--gpus",
@@ -434,7 +434,7 @@ impl GpuEngine {
                 thread: Some(thread),
             });
         }
-        Ok(GpuEngine {
+        Ok(ReplicaEngine {
             freshness: Freshness::new(workers.len()),
             pending: VecDeque::new(),
             workers,
@@ -509,7 +509,7 @@ fn unexpected_reply(device: usize, to: &str) -> Error {
     )
 }
 
-impl Engine for GpuEngine {
+impl Engine for ReplicaEngine {
     fn devices(&self) -> usize {
         self.workers.len()
     }
@@ -589,7 +589,7 @@ impl Engine for GpuEngine {
     }
 }
 
-impl Drop for GpuEngine {
+impl Drop for ReplicaEngine {
     fn drop(&mut self) {
         for w in &mut self.workers {
             // Closing the command channel ends the worker's loop.

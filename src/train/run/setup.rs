@@ -9,7 +9,7 @@ use crate::sched::jobs::JobSpec;
 use crate::train::data::Dataset;
 use crate::train::models::ModelSpec;
 use crate::train::optim::{Optimizer, OptimizerKind};
-use crate::train::run::engine::{CpuEngine, Engine, GpuEngine, State};
+use crate::train::run::engine::{CpuEngine, Engine, ReplicaEngine, State};
 use crate::train::run::trainer::Job;
 use crate::{Error, Result};
 
@@ -166,7 +166,7 @@ pub fn open_engine(
     let state = State::fresh(job.model.init(seed), &optimizer);
     let model = &job.model;
     Ok(match devices {
-        Devices::Gpus(ordinals) => Box::new(GpuEngine::new(
+        Devices::Gpus(ordinals) => Box::new(ReplicaEngine::new(
             ordinals, model, optimizer, precision, &state,
         )?),
         Devices::Cpu(n) => Box::new(CpuEngine::new(

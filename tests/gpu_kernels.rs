@@ -11,7 +11,7 @@ use attnrt::kernels::linear::{Epilogue, LinearKernels};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
 };
-use attnrt::model::tensor::relative_error;
+use attnrt::base::relative_error;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

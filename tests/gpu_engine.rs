@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
+use attnrt::base::{TensorFile, relative_error};
 use attnrt::cswintt::cpu::CpuReference;
 use attnrt::cswintt::gpu::trace::head_overlap;
 use attnrt::cswintt::gpu::{GPU_F32_TOLERANCE, GpuEngine, Part};
-use attnrt::base::{TensorFile, relative_error};
 use attnrt::cswintt::{Inputs, Mode, Outputs, Precision, check};
 use attnrt::gpu::{EventTimer, Gpu, testing::gpu_or_skip};
 use attnrt::model::golden::golden_pair;

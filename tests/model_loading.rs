@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use attnrt::Error;
+use attnrt::base::TensorFile;
 use attnrt::cswintt::Inputs;
+use attnrt::model::Weights;
 use attnrt::model::config::Config;
 use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
-use attnrt::base::TensorFile;
-use attnrt::model::Weights;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 

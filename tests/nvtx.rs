@@ -1,6 +1,6 @@
 //! NVTX ranges with `ATTNRT_NVTX_LIB` naming a file that is not there: the library is not
-//! used (a notice on stderr names it), the standard names are tried, and ranges open and
-//! close whether or not one loads. Its own test binary, so the variable is set before the
+//! used (a notice, which the binaries print, names it), the standard names are tried, and
+//! ranges open and close whether or not one loads. Its own test binary, so the variable is set before the
 //! first range of the process.
 
 use attnrt::gpu::nvtx;
@@ -14,4 +14,12 @@ fn a_missing_named_library_leaves_ranges_usable() {
         let _inner = nvtx::range(format!("inner {}", 1));
     }
     drop(outer);
+    let notices = nvtx::notices();
+    assert!(
+        notices.iter().any(|n| n.contains(&format!(
+            "{}=/nonexistent/libnvtx-missing.so could not be loaded",
+            nvtx::LIB_ENV
+        ))),
+        "{notices:?}"
+    );
 }

@@ -353,3 +353,91 @@ pub fn write_file<N: AsRef<str>>(
     let bytes = serialize(path, tensors, metadata)?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose header is `json`, followed by `data` bytes.
+    fn file_with_header(json: &str, data: usize) -> Vec<u8> {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json.as_bytes());
+        bytes.extend(vec![0u8; data]);
+        bytes
+    }
+
+    fn invalid(bytes: Vec<u8>) -> String {
+        match TensorFile::from_bytes("bad.safetensors", bytes) {
+            Err(e @ Error::Invalid { .. }) => e.to_string(),
+            Err(e) => panic!("expected Error::Invalid, got {e:?}"),
+            Ok(f) => panic!("expected an error, got {f:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_absurd_sizes_is_an_error_naming_the_file() {
+        // A header length of 2^64 - 1, and one of 1 TB, in a 16-byte file.
+        for n in [u64::MAX, 1 << 40] {
+            let mut bytes = n.to_le_bytes().to_vec();
+            bytes.extend([b'{', b'}', 0, 0, 0, 0, 0, 0]);
+            let msg = invalid(bytes);
+            assert!(msg.starts_with("bad.safetensors: "), "{msg}");
+        }
+        // A tensor of 2^40 x 2^40 elements (the byte count overflows), and one of 2^40 f32
+        // values whose offsets claim 4 TB the file does not hold.
+        for (shape, end) in [
+            ("[1099511627776, 1099511627776]", 16u64),
+            ("[1099511627776]", 1 << 42),
+        ] {
+            let json =
+                format!(r#"{{"t":{{"dtype":"F32","shape":{shape},"data_offsets":[0,{end}]}}}}"#);
+            let msg = invalid(file_with_header(&json, 16));
+            assert!(msg.starts_with("bad.safetensors: "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn written_tensors_read_back_and_a_wrong_length_names_the_tensor() {
+        let t = Tensor::new(vec![2, 2], vec![1.0, -2.0, f32::NAN, 4.0]).unwrap();
+        let mask = [0u8, 1, 1];
+        let tensors = [
+            ("t", OutTensor::from(&t)),
+            (
+                "m",
+                OutTensor::U8 {
+                    shape: &[3],
+                    data: &mask,
+                },
+            ),
+        ];
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let label = Path::new("out.safetensors");
+        let f = TensorFile::from_bytes(label, serialize(label, &tensors, &meta).unwrap()).unwrap();
+        assert_eq!(f.names(), ["m", "t"]);
+        assert_eq!(f.meta_value("k"), Some("v"));
+        assert_eq!(f.mask("m", &[3]).unwrap(), mask);
+        // The NaN is kept by the exact reader and refused, by name, by the checked one.
+        let back = f.f32_exact("t").unwrap();
+        assert_eq!(back.shape, [2, 2]);
+        assert!(back.data[2].is_nan());
+        let msg = f.f32("t").unwrap_err().to_string();
+        assert!(msg.contains("out.safetensors: tensor 't'") && msg.contains("non-finite"));
+        let msg = f.f32_exact("m").unwrap_err().to_string();
+        assert!(msg.contains("tensor 'm'") && msg.contains("expected F32, found U8"));
+
+        let short = [(
+            "s",
+            OutTensor::F32 {
+                shape: &[3],
+                data: &[1.0, 2.0],
+            },
+        )];
+        let msg = serialize(label, &short, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("out.safetensors: tensor 's'") && msg.contains("needs 3 values"),
+            "{msg}"
+        );
+    }
+}

@@ -12,7 +12,7 @@ use attnrt::base::TensorFile;
 use attnrt::cswintt::gpu::trace::{Overlap, chrome_trace, head_overlap};
 use attnrt::cswintt::{Backend, EngineOptions, Inputs, Mode, Precision, check, flops};
 use attnrt::cswintt::{select_backend, time_runs};
-use attnrt::gpu::DeviceChoice;
+use attnrt::gpu::{DeviceChoice, nvtx};
 use attnrt::model::synthetic::{self, Padding};
 use attnrt::model::{Config, Weights};
 use attnrt::{Error, Result};
@@ -113,7 +113,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    for n in nvtx::notices() {
+        eprintln!("attnrt-infer: {n}");
+    }
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("attnrt-infer: error: {e}");

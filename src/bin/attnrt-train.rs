@@ -132,6 +132,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    for n in attnrt::gpu::nvtx::notices() {
+        eprintln!("attnrt-train: {n}");
+    }
     if let Some(job) = &args.worker {
         return ExitCode::from(multi_cli::worker(job, &args.jobs, &args.train));
     }

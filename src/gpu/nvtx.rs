@@ -52,7 +52,7 @@ fn load(path: &str) -> Option<Api> {
     }
 }
 
-/// The library loaded, if any, and what the user should hear about it.
+/// The loaded library, if any, and what the user should be told about the loading.
 struct Loaded {
     api: Option<Api>,
     notices: Vec<String>,
@@ -62,8 +62,9 @@ fn loaded() -> &'static Loaded {
     static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let mut notices = Vec::new();
-        if let Ok(n) = std::env::var(LIB_ENV) {
-            if let Some(api) = load(&n) {
+        let named = std::env::var(LIB_ENV).ok();
+        if let Some(n) = &named {
+            if let Some(api) = load(n) {
                 return Loaded {
                     api: Some(api),
                     notices,
@@ -95,10 +96,10 @@ fn api() -> Option<&'static Api> {
     loaded().api.as_ref()
 }
 
-/// What a user who asked for NVTX ranges should be told, once per process: that the library
-/// [`LIB_ENV`] names could not be loaded, or that a profiler is attached and no NVTX library
-/// was found. Empty when nobody asked or all is well. Loads the library if no range has yet;
-/// the binaries print these at start.
+/// Loads the NVTX library now (else at the first range) and returns what the user should be
+/// told about it: a library named by [`LIB_ENV`] that could not be loaded, or a profiler
+/// that injects NVTX with no library to send the ranges through. Binaries print these at
+/// start; the library itself never prints.
 pub fn notices() -> &'static [String] {
     &loaded().notices
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use crate::base::DistributionRatio;
 use crate::base::Precision;
-use crate::sched::DistributionRatio;
 use crate::train::data::Dataset;
 use crate::train::data::batches::{Loader, shard_ranges};
 use crate::train::models::{Layout, ModelSpec};

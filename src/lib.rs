@@ -7,7 +7,8 @@
 //! - [`model`]: safetensors I/O, the CSWinTT config and weights, synthetic models;
 //! - [`cswintt`]: the transformer, as a CPU reference and a GPU engine;
 //! - [`sched`]: distribution ratios, Slow-Down and policies, and the simulator (no CUDA);
-//! - `train`: the data-parallel trainer (issue 7).
+//! - [`train`]: the data-parallel trainer;
+//! - [`multijob`]: several training jobs at once under the DR manager, one process each.
 
 pub mod base;
 pub mod cswintt;

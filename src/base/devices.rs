@@ -134,10 +134,6 @@ impl Devices {
         }
     }
 
-    pub fn is_gpu(&self) -> bool {
-        matches!(self, Devices::Gpus(_))
-    }
-
     /// What one of these devices is called in views and plots: `GPU`, or `CPU shard`.
     pub fn unit(&self) -> &'static str {
         match self {

@@ -9,7 +9,6 @@ use std::path::Path;
 
 use crate::base::Devices;
 use crate::sched;
-use crate::sched::jobs::JobSpec;
 use crate::sched::workload::Workload;
 use crate::train::{RunSettings, SessionConfig, TrainSpec};
 use crate::{Error, Result};
@@ -61,11 +60,6 @@ impl JobFile {
             sched: workload.file,
             train,
         }
-    }
-
-    /// The jobs, each with its training keys.
-    pub fn jobs(&self) -> impl Iterator<Item = (&JobSpec, &TrainSpec)> {
-        self.sched.jobs.iter().zip(&self.train)
     }
 
     /// What job `k`'s session opens on `devices` with `settings`.
@@ -155,7 +149,6 @@ iterations = 1
         assert_eq!(f.sched.jobs.len(), 2);
         assert_eq!(f.train[0].precision, Some(Precision::Bf16));
         assert_eq!(f.train[1].dataset, "synthetic:100");
-        assert_eq!(f.jobs().nth(1).unwrap().0.name, "b");
         let text = f.to_toml().unwrap();
         assert_eq!(JobFile::parse(&text, "again").unwrap(), f);
         let a = text.find("name = \"a\"").unwrap();
@@ -170,21 +163,7 @@ iterations = 1
         .map(|k| text[a..].find(k).unwrap())
         .collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{text}");
-        let cfg = f.session_config(
-            0,
-            "jobs.toml",
-            &Devices::Cpu(2),
-            &RunSettings {
-                seed: 3,
-                optimizer: None,
-                lr: None,
-                precision: None,
-                checkpoint_dir: None,
-                checkpoint_every: 0,
-                resume: false,
-                prefetch: 1,
-            },
-        );
+        let cfg = f.session_config(0, "jobs.toml", &Devices::Cpu(2), &RunSettings::in_memory(3));
         assert_eq!(
             (cfg.name.as_str(), cfg.batch_size, cfg.iterations),
             ("a", 8, 2)

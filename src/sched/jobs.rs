@@ -369,11 +369,6 @@ impl JobFile {
         }
         Ok(())
     }
-
-    /// The file as TOML text (for generated workloads).
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::invalid("job file", e.to_string()))
-    }
 }
 
 fn parse_job(
@@ -411,8 +406,7 @@ fn parse_job(
     Ok((job, other))
 }
 
-/// `Ok` for a finite `v > 0`, else what is wrong.
-pub fn positive(v: f64) -> std::result::Result<(), String> {
+fn positive(v: f64) -> std::result::Result<(), String> {
     if v.is_finite() && v > 0.0 {
         Ok(())
     } else {
@@ -477,7 +471,7 @@ iterations = 10
         let e = f.check_gpus(3, "jobs.toml").unwrap_err().to_string();
         assert!(e.contains("job 'resnet50': initial_dr"), "{e}");
         // Round trip through the writer.
-        let again = JobFile::parse(&f.to_toml().unwrap(), "again").unwrap();
+        let again = JobFile::parse(&toml::to_string(&f).unwrap(), "again").unwrap();
         assert_eq!(again, f);
     }
 

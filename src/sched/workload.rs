@@ -182,7 +182,7 @@ mod tests {
         let a = a.file;
         assert_eq!(a.jobs.len(), 20);
         a.check_gpus(64, "x").unwrap();
-        let text = a.to_toml().unwrap();
+        let text = toml::to_string(&a).unwrap();
         assert_eq!(JobFile::parse(&text, "gen").unwrap(), a);
         let one = synthetic(&SyntheticSpec {
             gpus: 1,

@@ -61,8 +61,9 @@ pub fn run(args: &Args, jobs: &Path, file: JobFile) -> Result<ExitCode> {
         other => view.note(&other.to_string()),
     })?;
     let summary = format!(
-        "{}\nGPU utilisation from {}; {} DR changes",
+        "{}\n{} utilisation from {}; {} DR changes",
         outcome.report.table(),
+        outcome.trace.unit,
         outcome.util_source,
         outcome.trace.changes.len()
     );

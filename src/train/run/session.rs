@@ -77,6 +77,23 @@ pub struct RunSettings {
     pub prefetch: usize,
 }
 
+impl RunSettings {
+    /// Seed `seed`, no overrides, no checkpoints, two batches prefetched: what tests of a
+    /// session need.
+    pub fn in_memory(seed: u64) -> RunSettings {
+        RunSettings {
+            seed,
+            optimizer: None,
+            lr: None,
+            precision: None,
+            checkpoint_dir: None,
+            checkpoint_every: 0,
+            resume: false,
+            prefetch: 2,
+        }
+    }
+}
+
 /// Everything needed to open one job's [`Session`]; a multi-job manager sends it to each job
 /// process once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -96,7 +113,6 @@ pub struct Session {
     job: Job,
     optimizer: Optimizer,
     precision: Precision,
-    devices: Devices,
     settings: RunSettings,
     engine: Box<dyn Engine>,
     start_step: u64,
@@ -170,7 +186,6 @@ impl Session {
             },
             optimizer,
             precision,
-            devices,
             settings,
             engine,
             start_step,
@@ -187,10 +202,6 @@ impl Session {
 
     pub fn precision(&self) -> Precision {
         self.precision
-    }
-
-    pub fn devices(&self) -> &Devices {
-        &self.devices
     }
 
     /// The step a resumed run continues from (0 when fresh).
@@ -255,28 +266,15 @@ mod tests {
         }
     }
 
-    fn settings() -> RunSettings {
-        RunSettings {
-            seed: 1,
-            optimizer: None,
-            lr: None,
-            precision: None,
-            checkpoint_dir: None,
-            checkpoint_every: 0,
-            resume: false,
-            prefetch: 2,
-        }
-    }
-
     /// The flags override the job's keys, which override the defaults.
     #[test]
     fn settings_come_from_the_flags_then_the_job_then_the_defaults() {
-        let plain = Session::open(config("", settings())).unwrap();
+        let plain = Session::open(config("", RunSettings::in_memory(1))).unwrap();
         assert_eq!(plain.precision(), Precision::F32);
         assert_eq!(plain.optimizer(), Optimizer::adamw(DEFAULT_LR));
         let keyed = config(
             "precision = \"bf16\"\noptimizer = \"sgd\"\nlr = 0.5",
-            settings(),
+            RunSettings::in_memory(1),
         );
         let s = Session::open(keyed.clone()).unwrap();
         assert_eq!(s.precision(), Precision::Bf16);
@@ -285,7 +283,7 @@ mod tests {
             precision: Some(Precision::F32),
             optimizer: Some(OptimizerKind::AdamW),
             lr: Some(0.25),
-            ..settings()
+            ..RunSettings::in_memory(1)
         };
         let s = Session::open(SessionConfig {
             settings: flags,
@@ -294,7 +292,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.precision(), Precision::F32);
         assert_eq!(s.optimizer(), Optimizer::adamw(0.25));
-        let bad = config("", settings());
+        let bad = config("", RunSettings::in_memory(1));
         let e = Session::open(SessionConfig {
             spec: TrainSpec {
                 dataset: "imagenet".into(),
@@ -310,7 +308,7 @@ mod tests {
 
     #[test]
     fn a_session_trains_and_calibrates_on_cpu_shards() {
-        let mut s = Session::open(config("", settings())).unwrap();
+        let mut s = Session::open(config("", RunSettings::in_memory(1))).unwrap();
         let c = s.calibrate(1).unwrap();
         assert!(c.full_s > 0.0 && c.split_s.is_some());
         let stop = Arc::new(AtomicBool::new(false));

@@ -77,6 +77,23 @@ fn scale_example_matches_its_generator() {
     assert_eq!(file.sched.simulation.unwrap().gpus, 64);
 }
 
+/// Every job file under examples/ loads: the scheduler's and the trainer's keys both.
+#[test]
+fn every_example_job_file_loads() {
+    let dir = common::repo_file("examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let file = multijob::JobFile::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(file.train.len(), file.sched.jobs.len());
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 8, "{loaded} job files under {}", dir.display());
+}
+
 fn small_workload() -> impl Strategy<Value = JobFile> {
     (1usize..=5, 1usize..=6).prop_flat_map(|(m, n)| {
         let job = (

@@ -2,34 +2,18 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 
 use attnrt::base::{DeviceList, Precision};
 use attnrt::sched::PolicyKind;
 use attnrt::train::optim::OptimizerKind;
 use attnrt::train::{RunSettings, parse_precision};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum PolicyArg {
-    /// Keep each job's initial_dr from the file (even if none).
-    Static,
-    /// Every job split evenly over all GPUs.
-    Even,
-    /// One GPU per job, round-robin by job order, fixed.
-    Packed,
-    /// The thesis' Algorithms 1 and 2 (Slow-Down and utilisation driven).
-    Thesis,
-}
-
-impl From<PolicyArg> for PolicyKind {
-    fn from(p: PolicyArg) -> Self {
-        match p {
-            PolicyArg::Static => PolicyKind::Static,
-            PolicyArg::Even => PolicyKind::Even,
-            PolicyArg::Packed => PolicyKind::Packed,
-            PolicyArg::Thesis => PolicyKind::Thesis,
-        }
-    }
+/// `--policy`: a policy by name, the names listed in the help from [`PolicyKind::ALL`].
+fn policy_parser() -> impl TypedValueParser<Value = PolicyKind> {
+    PossibleValuesParser::new(PolicyKind::ALL.map(PolicyKind::name))
+        .try_map(|name| name.parse::<PolicyKind>())
 }
 
 /// Slow-Down-fair multi-job data-parallel training on a shared multi-GPU machine.
@@ -59,9 +43,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE", required_unless_present = "job_process")]
     pub jobs: Option<PathBuf>,
 
-    /// The policy; overrides [manager] policy.
-    #[arg(long, value_enum, value_name = "NAME")]
-    pub policy: Option<PolicyArg>,
+    /// The policy (docs/SCHEDULING.md describes each); overrides [manager] policy.
+    #[arg(long, value_name = "NAME", value_parser = policy_parser())]
+    pub policy: Option<PolicyKind>,
 
     /// Write the JSON report here ("-" for standard output; the table then goes to stderr).
     #[arg(long, value_name = "PATH")]

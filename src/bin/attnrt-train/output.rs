@@ -9,7 +9,7 @@ use attnrt::multijob::JobFile;
 use attnrt::sched::decisions::DecisionLog;
 use attnrt::sched::jobs::ManagerConfig;
 use attnrt::sched::plot::write_trace_svg;
-use attnrt::sched::{PolicyKind, Report, Trace};
+use attnrt::sched::{Report, Trace};
 use attnrt::{Error, Result};
 
 use super::args::Args;
@@ -34,7 +34,7 @@ pub fn check_plot_path(args: &Args) -> Result<()> {
 /// The policy settings: the file's [manager] table with the flags' overrides.
 pub fn manager_config(args: &Args, file: &JobFile) -> ManagerConfig {
     file.sched.manager.overridden(
-        args.policy.map(PolicyKind::from),
+        args.policy,
         args.sd_threshold,
         args.util_threshold,
         args.period,

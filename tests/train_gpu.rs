@@ -18,7 +18,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
+use attnrt::gpu::{
+    self, Gpu,
+    testing::{gpu_or_skip, gpus_or_skip},
+};
 use attnrt::kernels::train_ops;
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{self, Bf16, F32};
@@ -374,11 +377,13 @@ fn gpu_count() -> usize {
 }
 
 /// GPUs 0 and 1 where the machine has two, else two replicas on GPU 0, which run the same
-/// split, exchange and barriers.
-fn replica_pair() -> Vec<usize> {
+/// split, exchange and barriers; `test` says which it ran.
+fn replica_pair(test: &str) -> Vec<usize> {
     if gpu_count() >= 2 {
+        println!("{test}: a pair of replicas on GPUs 0 and 1");
         vec![0, 1]
     } else {
+        println!("{test}: two replicas on GPU 0 (the machine has one GPU)");
         vec![0, 0]
     }
 }
@@ -388,16 +393,10 @@ fn replica_pair() -> Vec<usize> {
 #[test]
 fn allreduce_across_2_3_4_gpus_over_peer_memory() {
     const NAME: &str = "allreduce_across_2_3_4_gpus_over_peer_memory";
-    let Some(_gpu) = gpu_or_skip(NAME) else {
-        return;
-    };
-    let count = gpu_count();
     for n in [2usize, 3, 4] {
-        if n > count {
-            println!("{NAME}: {n} GPUs: skipped: the machine has {count}");
+        let Some(gpus) = gpus_or_skip(&format!("{NAME} ({n} GPUs)"), n) else {
             continue;
-        }
-        let gpus: Vec<_> = (0..n).map(|o| Gpu::open(o).unwrap()).collect();
+        };
         assert!(
             allreduce::enable_peer_access(&gpus).unwrap(),
             "peer access between {n} GPUs"
@@ -447,8 +446,7 @@ fn same_seed_same_parameters_for_any_split() {
     let Some(_gpu) = gpu_or_skip("same_seed_same_parameters_for_any_split") else {
         return;
     };
-    let pair = replica_pair();
-    println!("pair of replicas on GPUs {pair:?}");
+    let pair = replica_pair("same_seed_same_parameters_for_any_split");
     let data = Arc::new(Dataset::synthetic(1024, 9));
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     for (opt, tol) in [
@@ -489,7 +487,7 @@ fn small_vit(opt: &Optimizer) -> (ModelSpec, Arc<Dataset>, State) {
 /// replicas bit for bit the same and within `tol` of 1 GPU, whose parameters it returns.
 fn vit_split_matches_one_gpu(opt: Optimizer, precision: Precision, tol: f32) -> Vec<f32> {
     let (model, data, fresh) = small_vit(&opt);
-    let pair = replica_pair();
+    let pair = replica_pair(&format!("vit split, {precision}"));
     let mut one = ReplicaEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
     let single = run(&mut one, &model, (opt, precision), &[10], &data)
         .0
@@ -546,24 +544,13 @@ fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8
     engine.finish().unwrap();
 }
 
-fn needs_two_gpus(name: &str) -> bool {
-    if gpu_or_skip(name).is_none() {
-        return false;
-    }
-    let count = gpu_count();
-    if count < 2 {
-        println!("{name}: skipped: needs 2 GPUs, the machine has {count}");
-    }
-    count >= 2
-}
-
 /// A DR changing every 3 steps among [10,0], [5,5], [0,10], [3,7] on 2 GPUs: the same
 /// parameters and optimizer state as 1 GPU with the whole batch (SGD within 2e-5, AdamW within
 /// 2e-4), `state()` taken from the up-to-date GPU while the other is stale, and every replica
 /// identical at the end.
 #[test]
 fn changing_dr_on_two_gpus_matches_one_gpu() {
-    if !needs_two_gpus("changing_dr_on_two_gpus_matches_one_gpu") {
+    if gpus_or_skip("changing_dr_on_two_gpus_matches_one_gpu", 2).is_none() {
         return;
     }
     let data = Dataset::synthetic(1024, 9);
@@ -641,7 +628,7 @@ fn host_staging_matches_the_peer_path() {
     let Some(_gpu) = gpu_or_skip("host_staging_matches_the_peer_path") else {
         return;
     };
-    let pair = replica_pair();
+    let pair = replica_pair("host_staging_matches_the_peer_path");
     let data = Dataset::synthetic(1024, 9);
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     let opt = Optimizer::adamw(1e-3);

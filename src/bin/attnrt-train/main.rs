@@ -30,6 +30,9 @@ use args::Args;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    for n in attnrt::gpu::nvtx::notices() {
+        eprintln!("attnrt-train: {n}");
+    }
     if let Some(job) = &args.job_process {
         return match job_process::serve() {
             Ok(()) => ExitCode::SUCCESS,

@@ -4,14 +4,15 @@
 //! Layers, bottom up; each imports only from those below it (see `docs/ARCHITECTURE.md`):
 //! - [`error`]: the one error type;
 //! - [`base`]: types every layer shares, no CUDA: [`base::Precision`], the host
-//!   [`base::Tensor`], safetensors I/O, latency statistics;
+//!   [`base::Tensor`], safetensors I/O, latency statistics, [`base::DistributionRatio`], the
+//!   device grammar;
 //! - [`gpu`]: the runtime on cudarc (devices, streams, events, buffers, modules, graphs, NVTX);
 //! - [`kernels`]: the compiled kernel registry and typed launchers;
 //! - models and engines: [`model`] (the CSWinTT config and weights, synthetic models, golden
 //!   files), [`cswintt`] (the transformer as a CPU reference and a GPU engine, the golden
 //!   comparison) and [`train`] (the data-parallel trainer);
-//! - orchestration: [`sched`] (distribution ratios, Slow-Down, policies, the simulator; no
-//!   CUDA) and [`multijob`] (several training jobs under the manager);
+//! - orchestration: [`sched`] (Slow-Down, policies, the manager round, the simulator; no
+//!   CUDA) and [`multijob`] (the whole job file; several training jobs under the manager);
 //! - the binaries `attnrt-infer` and `attnrt-train`.
 
 pub mod base;

@@ -8,7 +8,8 @@
 //! - [`gpu`]: the same passes on one GPU (replica, ViT, cuBLASLt linear layers, cuBLAS);
 //! - [`exchange`]: the gradient all-reduce between GPUs;
 //! - [`optim`]: SGD and AdamW (f32 master weights in every precision);
-//! - [`run`]: setup, engines, the training loop, checkpoints and calibration.
+//! - [`run`]: a job's keys and its session, engines, the training loop, checkpoints and
+//!   calibration.
 //!
 //! See `docs/TRAINING.md`.
 
@@ -28,5 +29,6 @@ pub use optim::Optimizer;
 pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
 pub use run::engine::{CpuEngine, Engine, ReplicaEngine, State};
-pub use run::setup::{Devices, open_engine, open_job, optimizer_for, precision_for};
+pub use run::session::{RunSettings, Session, SessionConfig, resolve_devices, stop_on_signals};
+pub use run::spec::{TrainSpec, parse_precision};
 pub use run::trainer::{Job, Outcome, Progress, TrainOptions, train};

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use crate::base::{Precision, Tensor};
-use crate::sched::DistributionRatio;
+use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
 use crate::train::data::batches::{Loader, shard_ranges};
 use crate::train::models::{Layout, ModelSpec};

@@ -14,7 +14,7 @@ fn required() -> bool {
 /// The GPU for `test` (a test's or a bench's name), or `None` after printing `skipped: <reason>`. Panics (failing the
 /// test) when a GPU is required.
 pub fn gpu_or_skip(test: &str) -> Option<Arc<Gpu>> {
-    let reason = if !crate::kernels::compiled() {
+    let reason = if !super::images::compiled() {
         "kernels were not compiled into this build (no nvcc at build time)".to_string()
     } else {
         match Gpu::open(0) {

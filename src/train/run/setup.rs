@@ -44,12 +44,12 @@ impl Devices {
             _ => {
                 if let Some(n) = flag.strip_prefix("cpu:") {
                     return match n.parse::<usize>() {
-                        Ok(n) if (1..=crate::kernels::train_ops::MAX_PEERS).contains(&n) => {
+                        Ok(n) if (1..=crate::kernels::allreduce::MAX_PEERS).contains(&n) => {
                             Ok((Devices::Cpu(n), None))
                         }
                         _ => Err(bad(&format!(
                             "cpu:N needs N in 1..={}",
-                            crate::kernels::train_ops::MAX_PEERS
+                            crate::kernels::allreduce::MAX_PEERS
                         ))),
                     };
                 }

@@ -38,7 +38,7 @@ use attnrt::Result;
 use attnrt::cswintt::{HeadPlan, Plan, Precision};
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
-use attnrt::kernels::layer_norm::{LayerNormKernels, NormInput};
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernels,
@@ -181,8 +181,8 @@ fn linear(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         }
     });
     let (mut output, splits) = split_k_linear(gpu, (n, d, d));
-    output.bench(&mut group, gpu, "output_split_k", move || Epilogue::SplitK {
-        splits,
+    output.bench(&mut group, gpu, "output_split_k", move || {
+        Epilogue::SplitK { splits }
     });
     Linear::new(gpu, (n, ff, d), 1).bench(&mut group, gpu, "ffn1_bias_relu", || Epilogue::BiasRelu);
     let (mut ffn2, splits) = split_k_linear(gpu, (n, d, ff));
@@ -194,12 +194,9 @@ fn linear(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     let kv_row = cfg.dec_layers * 2 * d;
     Linear::new(gpu, (n, kv_row, d), 1).bench(&mut group, gpu, "decoder_memory_kv", bias);
     Linear::new(gpu, (1, d, d), 1).bench(&mut group, gpu, "decoder_projection", bias);
-    Linear::new(gpu, (1, ff, d), 1).bench(
-        &mut group,
-        gpu,
-        "decoder_ffn1_bias_relu",
-        || Epilogue::BiasRelu,
-    );
+    Linear::new(gpu, (1, ff, d), 1).bench(&mut group, gpu, "decoder_ffn1_bias_relu", || {
+        Epilogue::BiasRelu
+    });
     let (mut ffn2, splits) = split_k_linear(gpu, (1, d, ff));
     ffn2.bench(&mut group, gpu, "decoder_ffn2_split_k", move || {
         Epilogue::SplitK { splits }
@@ -332,13 +329,15 @@ fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     let (gamma, beta, bias) = (random(gpu, d), random(gpu, d), random(gpu, d));
     let residual = random(gpu, rows * d);
     let mut y = zeros(gpu, rows * d);
+    let eps = LN_EPS as f32;
+    let mut norm =
+        |input: NormInput<'_>| kernel.forward(s, input, &gamma, &beta, eps, &mut y, Extra::Nothing);
     let mut group = c.benchmark_group("layer_norm");
 
     // Reads x and writes y.
     group.throughput(Throughput::Bytes(F32 * (2 * rows * d + 2 * d) as u64));
     bench_launches(&mut group, "layer_norm", s, || {
-        let input = NormInput::of(residual.as_view());
-        kernel.forward(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+        norm(NormInput::of(residual.as_view()))
     });
 
     for (after, k) in [("output_projection", d), ("ffn2", cfg.dim_feedforward)] {
@@ -348,13 +347,12 @@ fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         let bytes = F32 * ((splits + 2) * rows * d + 3 * d) as u64;
         group.throughput(Throughput::Bytes(bytes));
         bench_launches(&mut group, format!("add_layer_norm/{after}"), s, || {
-            let input = NormInput {
+            norm(NormInput {
                 parts: parts.as_view(),
                 n_parts: splits,
                 bias: Some(bias.as_view()),
                 residual: Some(residual.as_view()),
-            };
-            kernel.forward(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+            })
         });
     }
     group.finish();
@@ -362,11 +360,20 @@ fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
 
 /// Layer 0's cross attention in the decoder: the one query against its k and v in the
 /// rows of all layers' keys and values (`decoder_memory_kv`'s output), 8 heads in one launch.
-fn cross_attention(group: &mut Group<'_>, gpu: &Gpu, kernel: &WindowAttentionKernels, cfg: &Config) {
+fn cross_attention(
+    group: &mut Group<'_>,
+    gpu: &Gpu,
+    kernel: &WindowAttentionKernels,
+    cfg: &Config,
+) {
     let (l_all, d, h) = (cfg.l_all(), cfg.d_model, cfg.nhead);
     let kv_row = cfg.dec_layers * 2 * d;
     let s = gpu.stream();
-    let (q, key_pad, mem) = (random(gpu, d), zeros::<u8>(gpu, l_all), random(gpu, l_all * kv_row));
+    let (q, key_pad, mem) = (
+        random(gpu, d),
+        zeros::<u8>(gpu, l_all),
+        random(gpu, l_all * kv_row),
+    );
     let mut out = zeros(gpu, d);
     let shape = AttentionShape {
         w: 1,

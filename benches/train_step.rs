@@ -23,7 +23,7 @@ use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{Gpu, time_ms};
 use attnrt::kernels::elementwise::ElementwiseKernels;
 use attnrt::kernels::gelu::GeluKernels;
-use attnrt::kernels::layer_norm::{LayerNormKernels, NormInput, Saved};
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, Saved};
 use attnrt::kernels::patchify::{Patches, PatchifyKernels};
 use attnrt::kernels::softmax::SoftmaxKernels;
 use attnrt::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
@@ -287,7 +287,7 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         };
         let (x, ones) = (NormInput::of(b.a.slice(..rows * d)), b.ones.slice(..d));
         let y = &mut b.b.slice_mut(..rows * d);
-        norm.forward_saving(&s, x, &ones, &ones, 1e-5, y, saved)
+        norm.forward(&s, x, &ones, &ones, 1e-5, y, Extra::Saved(saved))
     })?;
     line("LayerNorm forward", 2 * l + 1, ms);
     let ms = gpu_ms(gpu, reps, || {

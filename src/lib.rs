@@ -2,8 +2,9 @@
 //! transformer and for Slow-Down-fair multi-job data-parallel training.
 //!
 //! Layers, bottom up (see `docs/ARCHITECTURE.md`):
-//! - [`gpu`]: the runtime on cudarc (devices, streams, events, buffers, modules, graphs, NVTX);
-//! - [`kernels`]: the compiled kernel registry and typed launchers;
+//! - [`gpu`]: the runtime on cudarc (devices, streams, events, buffers, the compiled kernel
+//!   images, modules, graphs, NVTX);
+//! - [`kernels`]: the ops, one module each: typed launchers and the op's CPU reference;
 //! - [`model`]: safetensors I/O, the CSWinTT config and weights, synthetic models;
 //! - [`cswintt`]: the transformer, as a CPU reference and a GPU engine;
 //! - [`sched`]: distribution ratios, Slow-Down and policies, and the simulator (no CUDA);

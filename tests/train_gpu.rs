@@ -176,7 +176,7 @@ fn batched_gemm_operands_are_checked() {
 }
 
 /// The same with CSWinTT's window attention (forward by the inference kernel, backward by
-/// `train_window_attention.cu`), same tolerance: a 4x4 token grid (windows 1 and 2, the
+/// `window_attention_backward_*_f32`), same tolerance: a 4x4 token grid (windows 1 and 2, the
 /// second shifted) and an 8x8 one (windows 1, 2, 4, 8, the last two shifted by 2 and 4).
 #[test]
 fn vit_window_replica_gradients_match_the_cpu_reference() {

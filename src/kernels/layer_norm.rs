@@ -66,6 +66,15 @@ impl<'a> NormInput<'a> {
 /// The optional fused sum `y_plus = y + add`: `(add, y_plus)`.
 pub type PlusOutput<'a> = (CudaView<'a, f32>, CudaViewMut<'a, f32>);
 
+/// What the forward writes besides `y`.
+pub enum Extra<'a> {
+    Nothing,
+    /// `y_plus = y + add` (inference).
+    Plus(PlusOutput<'a>),
+    /// `xhat` and `rstd` for the backward (training).
+    Saved(Saved<'a>),
+}
+
 /// What the training forward keeps for the backward: `xhat` `(rows, c)`, the normalised
 /// input, and `rstd` `(rows)`, each row's `1 / std`.
 pub struct Saved<'a> {
@@ -93,7 +102,8 @@ impl LayerNormKernels {
     }
 
     /// `y = LN(input) * gamma + beta` over rows of `c = gamma.len()` (at most
-    /// [`MAX_WIDTH`]), and optionally `y_plus = y + add`.
+    /// [`MAX_WIDTH`]), and what `extra` asks for: `y_plus = y + add`, or (the training
+    /// forward, `layer_norm_f32`) `xhat` and `rstd` for the backward.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -103,44 +113,68 @@ impl LayerNormKernels {
         beta: &impl DevicePtr<f32>,
         eps: f32,
         y: &mut impl DevicePtrMut<f32>,
-        plus: Option<PlusOutput<'_>>,
+        extra: Extra<'_>,
     ) -> Result<()> {
-        let kernel = &self.forward;
-        let Some(mut args) = pack(kernel, stream, input, (gamma, beta), eps, y)? else {
-            return Ok(());
+        let kernel = match extra {
+            Extra::Saved(_) => &self.forward_saving,
+            _ => &self.forward,
         };
-        let (rows, c) = (args.rows as usize, args.c as usize);
-        if let Some((add, mut y_plus)) = plus {
-            check_len(kernel.name(), "add", add.len(), rows * c)?;
-            check_len(kernel.name(), "y_plus", y_plus.len(), rows * c)?;
-            args.add = ptr(&add, stream);
-            args.y_plus = ptr_mut(&mut y_plus, stream);
+        let name = kernel.name();
+        let c = gamma.len();
+        if c == 0 || c > MAX_WIDTH || input.n_parts == 0 {
+            return Err(Error::invalid(
+                name,
+                format!("rows of {c} (1 to {MAX_WIDTH}) and {} parts", input.n_parts),
+            ));
         }
-        launch(kernel, stream, &args)
-    }
-
-    /// [`forward`](Self::forward) without `y_plus`, also writing `saved` for the backward.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_saving(
-        &self,
-        stream: &CudaStream,
-        input: NormInput<'_>,
-        gamma: &impl DevicePtr<f32>,
-        beta: &impl DevicePtr<f32>,
-        eps: f32,
-        y: &mut impl DevicePtrMut<f32>,
-        mut saved: Saved<'_>,
-    ) -> Result<()> {
-        let kernel = &self.forward_saving;
-        let Some(mut args) = pack(kernel, stream, input, (gamma, beta), eps, y)? else {
-            return Ok(());
+        check_len(name, "beta", beta.len(), c)?;
+        let rows = y.len() / c;
+        check_len(name, "y", y.len(), rows * c)?;
+        check_len(name, "parts", input.parts.len(), input.n_parts * rows * c)?;
+        if let Some(b) = &input.bias {
+            check_len(name, "bias", b.len(), c)?;
+        }
+        if let Some(r) = &input.residual {
+            check_len(name, "residual", r.len(), rows * c)?;
+        }
+        let mut args = LayerNormArgs {
+            parts: ptr(&input.parts, stream),
+            bias: opt_ptr(input.bias.as_ref(), stream),
+            residual: opt_ptr(input.residual.as_ref(), stream),
+            gamma: ptr(gamma, stream),
+            beta: ptr(beta, stream),
+            y: ptr_mut(y, stream),
+            add: 0,
+            y_plus: 0,
+            xhat: 0,
+            rstd: 0,
+            rows: rows as i64,
+            part_stride: (rows * c) as i64,
+            c: c as i32,
+            n_parts: input.n_parts as i32,
+            eps,
         };
-        let (rows, c) = (args.rows as usize, args.c as usize);
-        check_len(kernel.name(), "xhat", saved.xhat.len(), rows * c)?;
-        check_len(kernel.name(), "rstd", saved.rstd.len(), rows)?;
-        args.xhat = ptr_mut(&mut saved.xhat, stream);
-        args.rstd = ptr_mut(&mut saved.rstd, stream);
-        launch(kernel, stream, &args)
+        match extra {
+            Extra::Nothing => {}
+            Extra::Plus((add, mut y_plus)) => {
+                check_len(name, "add", add.len(), rows * c)?;
+                check_len(name, "y_plus", y_plus.len(), rows * c)?;
+                args.add = ptr(&add, stream);
+                args.y_plus = ptr_mut(&mut y_plus, stream);
+            }
+            Extra::Saved(mut saved) => {
+                check_len(name, "xhat", saved.xhat.len(), rows * c)?;
+                check_len(name, "rstd", saved.rstd.len(), rows)?;
+                args.xhat = ptr_mut(&mut saved.xhat, stream);
+                args.rstd = ptr_mut(&mut saved.rstd, stream);
+            }
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        // SAFETY: `args` mirrors the kernel's struct; every buffer was checked against the
+        // rows and parts the kernel reads or writes. One warp per row, 8 rows a block.
+        unsafe { kernel.on(stream).arg(&args).go(warp_rows(rows)) }
     }
 
     /// The backward over `rows x d`, from the forward's saved `xhat` and `rstd`: `dx` (added
@@ -173,62 +207,4 @@ impl LayerNormKernels {
         // int accumulate); one warp per row, sizes checked.
         unsafe { args.launch(warp_rows(rows)) }
     }
-}
-
-/// Checks the forward's common operands and packs them (no `y_plus`, nothing saved);
-/// `None` when there are no rows.
-fn pack(
-    kernel: &Kernel,
-    stream: &CudaStream,
-    input: NormInput<'_>,
-    (gamma, beta): (&impl DevicePtr<f32>, &impl DevicePtr<f32>),
-    eps: f32,
-    y: &mut impl DevicePtrMut<f32>,
-) -> Result<Option<LayerNormArgs>> {
-    let name = kernel.name();
-    let c = gamma.len();
-    if c == 0 || c > MAX_WIDTH || input.n_parts == 0 {
-        return Err(Error::invalid(
-            name,
-            format!("rows of {c} (1 to {MAX_WIDTH}) and {} parts", input.n_parts),
-        ));
-    }
-    check_len(name, "beta", beta.len(), c)?;
-    let rows = y.len() / c;
-    check_len(name, "y", y.len(), rows * c)?;
-    check_len(name, "parts", input.parts.len(), input.n_parts * rows * c)?;
-    if let Some(b) = &input.bias {
-        check_len(name, "bias", b.len(), c)?;
-    }
-    if let Some(r) = &input.residual {
-        check_len(name, "residual", r.len(), rows * c)?;
-    }
-    if rows == 0 {
-        return Ok(None);
-    }
-    Ok(Some(LayerNormArgs {
-        parts: ptr(&input.parts, stream),
-        bias: opt_ptr(input.bias.as_ref(), stream),
-        residual: opt_ptr(input.residual.as_ref(), stream),
-        gamma: ptr(gamma, stream),
-        beta: ptr(beta, stream),
-        y: ptr_mut(y, stream),
-        add: 0,
-        y_plus: 0,
-        xhat: 0,
-        rstd: 0,
-        rows: rows as i64,
-        part_stride: (rows * c) as i64,
-        c: c as i32,
-        n_parts: input.n_parts as i32,
-        eps,
-    }))
-}
-
-/// One warp per row, 8 rows a block.
-fn launch(kernel: &Kernel, stream: &CudaStream, args: &LayerNormArgs) -> Result<()> {
-    let cfg = warp_rows(args.rows as usize);
-    // SAFETY: `args` mirrors the kernel's struct; `pack` and the callers checked every buffer
-    // against the rows and parts the kernel reads or writes.
-    unsafe { kernel.on(stream).arg(args).go(cfg) }
 }

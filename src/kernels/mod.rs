@@ -4,7 +4,7 @@
 //! reference (f64 accumulation), which the CPU engines, the tests and the benches call. The
 //! compiled images themselves are the runtime's ([`crate::gpu::images`]), re-exported here.
 
-pub use crate::gpu::images::{CUDA_ARCHS, KernelModule, NVCC, compiled};
+pub use crate::gpu::images::{KernelModule, compiled};
 
 pub mod allreduce;
 pub mod bias_grad;

@@ -21,12 +21,8 @@ pub struct Patches {
 
 impl Patches {
     /// Values in the batch (the same before and after the cut).
-    pub fn len(&self) -> usize {
+    pub fn values(&self) -> usize {
         self.n * self.channels * self.side * self.side
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -58,7 +54,7 @@ impl PatchifyKernels {
                 format!("patches of {} do not tile images of {}", s.patch, s.side),
             ));
         }
-        let total = s.len();
+        let total = s.values();
         let args = Args::new(&self.kernel, stream)
             .input("x", x, total)?
             .output("out", out, total)?

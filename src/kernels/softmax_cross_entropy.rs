@@ -18,7 +18,10 @@ pub struct SoftmaxCrossEntropyKernels {
 impl SoftmaxCrossEntropyKernels {
     pub fn load(gpu: &Gpu) -> Result<SoftmaxCrossEntropyKernels> {
         Ok(SoftmaxCrossEntropyKernels {
-            kernel: gpu.kernel(KernelModule::SoftmaxCrossEntropy, "softmax_cross_entropy_f32")?,
+            kernel: gpu.kernel(
+                KernelModule::SoftmaxCrossEntropy,
+                "softmax_cross_entropy_f32",
+            )?,
         })
     }
 

@@ -14,7 +14,9 @@ pub mod cpu;
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::launch::{Args, check_at_least, check_len, elementwise, opt_ptr, ptr, ptr_mut, warp_rows};
+use super::launch::{
+    Args, check_at_least, check_len, elementwise, opt_ptr, ptr, ptr_mut, warp_rows,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 

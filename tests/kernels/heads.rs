@@ -52,6 +52,10 @@ fn heads_from_and_to_rows_match_the_cpu_reference() {
         kernels
             .to_rows(s, &up(&gpu, &heads), &mut drows, shape, order)
             .unwrap();
-        assert_eq!(to_bits(&down(&gpu, &drows)), to_bits(&back), "{shape:?}: to rows");
+        assert_eq!(
+            to_bits(&down(&gpu, &drows)),
+            to_bits(&back),
+            "{shape:?}: to rows"
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::kernels::layer_norm::cpu::{layer_norm, layer_norm_backward, normalize};
-use attnrt::kernels::layer_norm::{LayerNormKernels, NormInput, Saved};
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, Saved};
 
 use crate::{assert_close, down, poisoned, random, rng, to_bits, up};
 
@@ -42,7 +42,7 @@ fn layer_norm_forward_matches_the_cpu_reference() {
     let mut y = poisoned(&gpu, rows * c);
     let mut y_plus = poisoned(&gpu, rows * c);
     let plain = NormInput::of(dx.slice(..rows * c));
-    let plus = Some((dadd.as_view(), y_plus.as_view_mut()));
+    let plus = Extra::Plus((dadd.as_view(), y_plus.as_view_mut()));
     kernels
         .forward(s, plain, &dg, &db, EPS, &mut y, plus)
         .unwrap();
@@ -64,7 +64,9 @@ fn layer_norm_forward_matches_the_cpu_reference() {
         bias: Some(dbias.as_view()),
         residual: Some(dres.as_view()),
     };
-    kernels.forward(s, input, &dg, &db, EPS, &mut y, None).unwrap();
+    kernels
+        .forward(s, input, &dg, &db, EPS, &mut y, Extra::Nothing)
+        .unwrap();
     assert_close("parts + bias + residual", &down(&gpu, &y), &want);
 }
 
@@ -88,7 +90,7 @@ fn layer_norm_training_forward_saves_xhat_and_rstd() {
     let mut inference = poisoned(&gpu, rows * c);
     let input = NormInput::of(dx.as_view());
     kernels
-        .forward(s, input, &dg, &db, EPS, &mut inference, None)
+        .forward(s, input, &dg, &db, EPS, &mut inference, Extra::Nothing)
         .unwrap();
     let (mut y, mut xhat, mut rstd) = (
         poisoned(&gpu, rows * c),
@@ -101,7 +103,7 @@ fn layer_norm_training_forward_saves_xhat_and_rstd() {
     };
     let input = NormInput::of(dx.as_view());
     kernels
-        .forward_saving(s, input, &dg, &db, EPS, &mut y, saved)
+        .forward(s, input, &dg, &db, EPS, &mut y, Extra::Saved(saved))
         .unwrap();
     let y = down(&gpu, &y);
     assert_eq!(to_bits(&y), to_bits(&down(&gpu, &inference)));
@@ -144,14 +146,27 @@ fn layer_norm_backward_matches_the_cpu_reference() {
         let mut dyxhat = poisoned(&gpu, rows * c);
         let shape = (rows, c);
         kernels
-            .backward(s, &ddy, (&dxhat, &drstd), &dg, &mut dx, &mut dyxhat, shape, accumulate)
+            .backward(
+                s,
+                &ddy,
+                (&dxhat, &drstd),
+                &dg,
+                &mut dx,
+                &mut dyxhat,
+                shape,
+                accumulate,
+            )
             .unwrap();
         let want_dx: Vec<f32> = if accumulate {
             want.dx.iter().zip(&dx0).map(|(a, b)| a + b).collect()
         } else {
             want.dx.clone()
         };
-        assert_close(&format!("dx (accumulate {accumulate})"), &down(&gpu, &dx), &want_dx);
+        assert_close(
+            &format!("dx (accumulate {accumulate})"),
+            &down(&gpu, &dx),
+            &want_dx,
+        );
         // dgamma is the column sums of dy * xhat.
         let dyxhat = down(&gpu, &dyxhat);
         let dgamma: Vec<f32> = (0..c)

@@ -43,12 +43,18 @@ fn check_tensor_cores(test: &str, precision: Precision) {
 
 #[test]
 fn linear_epilogues_tf32_match_the_cpu_reference() {
-    check_tensor_cores("linear_epilogues_tf32_match_the_cpu_reference", Precision::Tf32);
+    check_tensor_cores(
+        "linear_epilogues_tf32_match_the_cpu_reference",
+        Precision::Tf32,
+    );
 }
 
 #[test]
 fn linear_epilogues_bf16_match_the_cpu_reference() {
-    check_tensor_cores("linear_epilogues_bf16_match_the_cpu_reference", Precision::Bf16);
+    check_tensor_cores(
+        "linear_epilogues_bf16_match_the_cpu_reference",
+        Precision::Bf16,
+    );
 }
 
 fn check_epilogues(gpu: &Gpu, precision: Precision, n: usize, m: usize, k: usize) {

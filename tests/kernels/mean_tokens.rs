@@ -23,5 +23,9 @@ fn mean_tokens_forward_and_backward_match_the_cpu_reference() {
     assert_close("mean", &down(&gpu, &out), &mean_tokens(&x, shape));
     let mut dx = poisoned(&gpu, n * t * d);
     kernels.backward(s, &up(&gpu, &g), &mut dx, shape).unwrap();
-    assert_close("mean backward", &down(&gpu, &dx), &mean_tokens_backward(&g, shape));
+    assert_close(
+        "mean backward",
+        &down(&gpu, &dx),
+        &mean_tokens_backward(&g, shape),
+    );
 }

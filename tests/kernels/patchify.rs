@@ -20,8 +20,8 @@ fn patchify_matches_the_cpu_reference() {
             side: 32,
             patch,
         };
-        let x = random(&mut rng, images.len());
-        let mut out = poisoned(&gpu, images.len());
+        let x = random(&mut rng, images.values());
+        let mut out = poisoned(&gpu, images.values());
         kernels
             .run(gpu.stream(), &up(&gpu, &x), &mut out, images)
             .unwrap();

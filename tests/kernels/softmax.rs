@@ -16,7 +16,10 @@ fn softmax_forward_and_backward_match_the_cpu_reference() {
     let mut rng = rng(32);
     // 37 rows (idle warps in the last block), 70 columns (not a multiple of 32).
     let (rows, cols, scale) = (37, 70, 0.25);
-    let x: Vec<f32> = random(&mut rng, rows * cols).iter().map(|v| 4.0 * v).collect();
+    let x: Vec<f32> = random(&mut rng, rows * cols)
+        .iter()
+        .map(|v| 4.0 * v)
+        .collect();
     let mut p = x.clone();
     softmax(&mut p, cols);
     let mut dp = up(&gpu, &x);

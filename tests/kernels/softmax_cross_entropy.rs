@@ -29,7 +29,15 @@ fn softmax_cross_entropy_matches_the_cpu_reference() {
     let mut dd = poisoned(&gpu, rows * classes);
     let mut stats = up(&gpu, &[0.0, 0.0]);
     kernels
-        .run(s, &dl, &dlabels, &mut dd, &mut stats, (rows, classes), scale)
+        .run(
+            s,
+            &dl,
+            &dlabels,
+            &mut dd,
+            &mut stats,
+            (rows, classes),
+            scale,
+        )
         .unwrap();
     assert_close("dlogits", &down(&gpu, &dd), &want_d);
     let stats = down(&gpu, &stats);

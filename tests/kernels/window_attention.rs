@@ -5,11 +5,11 @@
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::window_attention::cpu::{Head, window_attention, window_attention_backward};
 use attnrt::kernels::window_attention::{
-    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs,
-    SlotLayout, WindowAttentionKernels,
+    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, SlotLayout,
+    WindowAttentionKernels,
 };
-use rand::seq::SliceRandom;
 use rand::Rng;
+use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::{assert_close, assert_within, down, poisoned, random, rng, to_bits, up};
@@ -169,7 +169,11 @@ impl AttentionCase {
     ) -> (Vec<f32>, Vec<f32>) {
         let mut d = self.upload(gpu);
         kernels
-            .run(gpu.stream(), &self.shape, self.operands(&mut d, with_head_out))
+            .run(
+                gpu.stream(),
+                &self.shape,
+                self.operands(&mut d, with_head_out),
+            )
             .unwrap();
         d.download(gpu)
     }
@@ -237,7 +241,11 @@ fn window_attention_matches_the_cpu_reference_for_every_window() {
         assert_close(&format!("w={w} head_out"), &head_out, &want_head);
         // Without head_out, the same result.
         let (out2, _) = case.run_on(&gpu, &kernels, false);
-        assert_eq!(to_bits(&out), to_bits(&out2), "w={w}: head_out must not change out");
+        assert_eq!(
+            to_bits(&out),
+            to_bits(&out2),
+            "w={w}: head_out must not change out"
+        );
     }
 }
 
@@ -408,11 +416,18 @@ fn check_backward(gpu: &Gpu, n: usize, t: usize, hd: usize, sides: &[usize], see
     let len = n * heads * t * hd;
     // q arrives pre-scaled; scores of order one keep the softmax away from one-hot.
     let q: Vec<f32> = random(&mut rng, len).iter().map(|v| 0.5 * v).collect();
-    let (k, v, dout) = (random(&mut rng, len), random(&mut rng, len), random(&mut rng, len));
+    let (k, v, dout) = (
+        random(&mut rng, len),
+        random(&mut rng, len),
+        random(&mut rng, len),
+    );
     let srs: Vec<Vec<f32>> = sides.iter().map(|w| random(&mut rng, w * w)).collect();
     let (dq_, dk_, dv_, ddout) = (up(gpu, &q), up(gpu, &k), up(gpu, &v), up(gpu, &dout));
     let dsr: Vec<_> = srs.iter().map(|sr| up(gpu, sr)).collect();
-    let (mut p, mut ds) = (poisoned(gpu, n * heads * t * t), poisoned(gpu, n * heads * t * t));
+    let (mut p, mut ds) = (
+        poisoned(gpu, n * heads * t * t),
+        poisoned(gpu, n * heads * t * t),
+    );
     let (mut dq, mut dk, mut dv) = (poisoned(gpu, len), poisoned(gpu, len), poisoned(gpu, len));
     for (head, &w) in sides.iter().enumerate() {
         let h = BackwardHead {
@@ -462,7 +477,11 @@ fn check_backward(gpu: &Gpu, n: usize, t: usize, hd: usize, sides: &[usize], see
         }
     }
     let label = format!("n {n}, t {t}, hd {hd}, windows {sides:?}");
-    for (name, got, want) in [("dq", &dq, &want[0]), ("dk", &dk, &want[1]), ("dv", &dv, &want[2])] {
+    for (name, got, want) in [
+        ("dq", &dq, &want[0]),
+        ("dk", &dk, &want[1]),
+        ("dv", &dv, &want[2]),
+    ] {
         assert_within(&format!("{name}, {label}"), &down(gpu, got), want, 1e-4);
     }
 }

@@ -337,7 +337,11 @@ fn mha(
         let rows = i * c..(i + 1) * c;
         linear::linear(x, &w[rows.start * c..rows.end * c], &bias[rows], (n, c, c))
     };
-    let (q, k, v) = (part(0, q_in, nq * b), part(1, k_in, nk * b), part(2, v_in, nk * b));
+    let (q, k, v) = (
+        part(0, q_in, nq * b),
+        part(1, k_in, nk * b),
+        part(2, v_in, nk * b),
+    );
     // Head h of batch item bi: its hd channels of each token's row.
     let gather = |x: &[f32], n: usize, bi: usize, h: usize, factor: f32| -> Vec<f32> {
         (0..n)

@@ -39,7 +39,7 @@ use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
-use crate::kernels::layer_norm::{LayerNormKernels, NormInput, PlusOutput};
+use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernels,
@@ -382,9 +382,10 @@ impl GpuEngine {
         plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let eps = LN_EPS as f32;
+        let extra = plus.map_or(Extra::Nothing, Extra::Plus);
         self.kernels
             .layer_norm
-            .forward(s, input, &ln.gamma, &ln.beta, eps, y, plus)
+            .forward(s, input, &ln.gamma, &ln.beta, eps, y, extra)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's

@@ -16,6 +16,6 @@ pub fn add_periodic(y: &mut [f32], pos: &[f32]) {
 pub fn relu_backward(dx: &mut [f32], y: &[f32]) {
     dx.iter_mut()
         .zip(y)
-        .filter(|(_, y)| !(**y > 0.0))
+        .filter(|(_, y)| y.is_nan() || **y <= 0.0)
         .for_each(|(d, _)| *d = 0.0);
 }

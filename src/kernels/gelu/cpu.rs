@@ -19,7 +19,8 @@ pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
         .map(|(&v, &g)| {
             let x = f64::from(v);
             let t = (GELU_K * (x + 0.044715 * x * x * x)).tanh();
-            let grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x);
+            let grad =
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x);
             (f64::from(g) * grad) as f32
         })
         .collect()

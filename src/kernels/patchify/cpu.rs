@@ -9,7 +9,7 @@ pub fn patchify(x: &[f32], s: Patches) -> Vec<f32> {
     let per_row = side / p;
     let tokens = per_row * per_row;
     let (pd, features) = (ch * p * p, ch * side * side);
-    let mut out = vec![0.0f32; s.len()];
+    let mut out = vec![0.0f32; s.values()];
     for (row, o) in out.chunks_mut(pd).enumerate() {
         let (img, tok) = (row / tokens, row % tokens);
         let (py, px) = (tok / per_row, tok % per_row);

@@ -14,7 +14,11 @@ pub fn softmax(s: &mut [f32], cols: usize) {
 /// The backward in place: `dp = scale * p * (dp - sum_k p_k dp_k)` per row.
 pub fn softmax_backward(p: &[f32], dp: &mut [f32], cols: usize, scale: f32) {
     for (pr, dr) in p.chunks(cols).zip(dp.chunks_mut(cols)) {
-        let inner: f64 = pr.iter().zip(dr.iter()).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        let inner: f64 = pr
+            .iter()
+            .zip(dr.iter())
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
         for (d, &pv) in dr.iter_mut().zip(pr) {
             *d = (f64::from(scale) * f64::from(pv) * (f64::from(*d) - inner)) as f32;
         }

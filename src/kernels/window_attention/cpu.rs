@@ -22,6 +22,13 @@ use rayon::prelude::*;
 
 use crate::kernels::linear::gemm::{ROWS, nn_rows};
 
+/// The in-window position that the roll `(a, e)` brings to position `pos` of a `w x w`
+/// window: `K(l,a,e)[r][c] = K(l)[(r - a) mod w][(c - e) mod w]`, `pos = r*w + c`.
+pub fn shifted_pos(w: usize, pos: usize, a: usize, e: usize) -> usize {
+    let (r, c) = (pos / w, pos % w);
+    ((r + w - a) % w) * w + (c + w - e) % w
+}
+
 /// One head of one batch item.
 #[derive(Clone, Copy, Debug)]
 pub struct Head<'a> {
@@ -56,11 +63,7 @@ impl Head<'_> {
     fn shifted(&self) -> Vec<usize> {
         let (w, ww) = (self.w, self.ww());
         (0..ww * ww)
-            .map(|i| {
-                let (ae, pos) = (i / ww, i % ww);
-                let (a, e, r, c) = (ae / w, ae % w, pos / w, pos % w);
-                ((r + w - a) % w) * w + (c + w - e) % w
-            })
+            .map(|i| shifted_pos(w, i % ww, (i / ww) / w, (i / ww) % w))
             .collect()
     }
 
@@ -88,8 +91,15 @@ impl Head<'_> {
             "window attention: q and k are not whole {0}x{0} windows of {hd} channels",
             self.w
         );
-        assert_eq!(self.k.len(), self.v.len(), "window attention: k and v differ");
-        assert!(self.w == 1 || self.sr.len() == ww, "window attention: sr is not (w*w)");
+        assert_eq!(
+            self.k.len(),
+            self.v.len(),
+            "window attention: k and v differ"
+        );
+        assert!(
+            self.w == 1 || self.sr.len() == ww,
+            "window attention: sr is not (w*w)"
+        );
     }
 }
 
@@ -186,12 +196,19 @@ pub struct HeadGrads {
 /// along the column's pairs.
 pub fn window_attention_backward(h: &Head<'_>, dout: &[f32]) -> HeadGrads {
     h.check();
-    assert_eq!(dout.len(), h.q.len(), "window attention backward: dout is not q's shape");
+    assert_eq!(
+        dout.len(),
+        h.q.len(),
+        "window attention backward: dout is not q's shape"
+    );
     let (hd, ww, n_keys) = (h.hd, h.ww(), h.n_keys());
     let windows = h.q.len() / (ww * hd);
     let shifted = &h.shifted();
     let at = |x: &[f32], slot: usize| -> Vec<f64> {
-        x[slot * hd..(slot + 1) * hd].iter().map(|&v| v as f64).collect()
+        x[slot * hd..(slot + 1) * hd]
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
     };
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let add = |acc: &mut [f64], k: f64, x: &[f64]| {
@@ -242,5 +259,18 @@ pub fn window_attention_backward(h: &Head<'_>, dout: &[f32]) -> HeadGrads {
         dq: flat(dq),
         dk: flat(dk),
         dv: flat(dv),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_pos_rolls() {
+        // w = 4. Rolling by (+1, 0): row 1 reads row 0.
+        assert_eq!(shifted_pos(4, 4, 1, 0), 0);
+        assert_eq!(shifted_pos(4, 0, 1, 0), 12);
+        assert_eq!(shifted_pos(4, 0, 0, 1), 3);
     }
 }

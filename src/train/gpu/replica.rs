@@ -44,7 +44,7 @@ pub struct Pass<'a> {
 }
 
 enum Net {
-    Mlp(MlpNet),
+    Mlp(Box<MlpNet>),
     Vit(Box<VitNet>),
 }
 
@@ -117,7 +117,7 @@ impl Replica {
         };
         let stats_slots = [slot()?, slot()?];
         let net = match model {
-            ModelSpec::Mlp { dims } => Net::Mlp(MlpNet::new(&gpu, dims.clone())?),
+            ModelSpec::Mlp { dims } => Net::Mlp(Box::new(MlpNet::new(&gpu, dims.clone())?)),
             ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(&gpu, *c)?)),
         };
         Ok(Replica {

@@ -24,7 +24,7 @@ use crate::gpu::{Gpu, nvtx};
 use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::gelu::GeluKernels;
 use crate::kernels::heads::{Heads, HeadsKernels, SlotOrder};
-use crate::kernels::layer_norm::{self, LayerNormKernels, NormInput};
+use crate::kernels::layer_norm::{self, Extra, LayerNormKernels, NormInput};
 use crate::kernels::mean_tokens::MeanTokensKernels;
 use crate::kernels::patchify::{Patches, PatchifyKernels};
 use crate::kernels::softmax::SoftmaxKernels;
@@ -422,7 +422,7 @@ impl VitNet {
             let (g, bias) = (w(g, d), w(bias, d));
             let y = &mut y.slice_mut(..rows * d);
             ops.norm
-                .forward_saving(s, input, &g, &bias, LN_EPS, y, saved)
+                .forward(s, input, &g, &bias, LN_EPS, y, Extra::Saved(saved))
         };
 
         // Embedding: patches, linear, position.
@@ -498,8 +498,15 @@ impl VitNet {
         let (hw, hb) = (w(off.head_w, classes * d), Bias(w(off.head_b, classes)));
         lin.forward(&b.pooled, &hw, hb, &mut b.logits, n, d, classes)?;
         let shape = (n, classes);
-        ops.loss
-            .run(s, &b.logits, p.labels, &mut b.dlogits, p.stats, shape, p.scale)?;
+        ops.loss.run(
+            s,
+            &b.logits,
+            p.labels,
+            &mut b.dlogits,
+            p.stats,
+            shape,
+            p.scale,
+        )?;
 
         // Backward. `g(o, len)` is a gradient slice; each is written exactly once.
         let grads = p.grads;

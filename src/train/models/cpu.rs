@@ -1,6 +1,7 @@
-//! The CPU implementation of the models' forward and backward passes. It is the reference the
-//! GPU kernels are tested against (accumulating in f64), and a backend of its own, so the
-//! trainer, checkpoints and resume run and are tested on machines without a GPU. In bf16 it
+//! The CPU implementation of the models' forward and backward passes, composed of the ops' CPU
+//! references (`crate::kernels::<op>::cpu`, accumulating in f64). It is the reference the GPU
+//! passes are tested against, and a backend of its own, so the trainer, checkpoints and resume
+//! run and are tested on machines without a GPU. In bf16 it
 //! emulates the GPU's GEMMs: their operands are rounded to bf16 ([`Precision::operand`]),
 //! everything else stays f32.
 

@@ -345,7 +345,11 @@ impl Attention {
         let heads = self.qkv(qkv);
         let dout = self.gather(dout, self.dim(), 0, 1.0);
         let len = self.t * self.dh;
-        let mut grads = [vec![0.0f32; dout.len()], vec![0.0; dout.len()], vec![0.0; dout.len()]];
+        let mut grads = [
+            vec![0.0f32; dout.len()],
+            vec![0.0; dout.len()],
+            vec![0.0; dout.len()],
+        ];
         for i in 0..dout.len() / len {
             let g = window_attention_backward(&self.head(&heads, i), &dout[i * len..][..len]);
             for (to, from) in grads.iter_mut().zip([g.dq, g.dk, g.dv]) {

@@ -20,6 +20,7 @@
 struct Peers {
     float* p[MAX_PEERS];
 };
+static_assert(sizeof(Peers) == 64, "mirrored in src/kernels/allreduce.rs");
 
 ATTNRT_KERNEL void allreduce_sum_chunk_f32(Peers bufs, int n, int own, long long begin, long long end) {
     float* dst = bufs.p[own];

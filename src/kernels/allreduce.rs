@@ -21,6 +21,9 @@ struct Peers([u64; MAX_PEERS]);
 // SAFETY: plain data with the C layout of the kernel's `struct Peers`.
 unsafe impl DeviceRepr for Peers {}
 
+// The size `static_assert`ed in the .cu file.
+const _: () = assert!(std::mem::size_of::<Peers>() == 64);
+
 /// A grid that fills the GPU for a chunk of `len` values moved four at a time: the kernels
 /// stride, and one chunk can be hundreds of MB.
 fn chunk_grid(len: usize) -> cudarc::driver::LaunchConfig {

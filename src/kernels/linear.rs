@@ -36,6 +36,9 @@ struct LinearArgs {
 // SAFETY: plain old data with the C struct's layout (`#[repr(C)]`, same field order).
 unsafe impl DeviceRepr for LinearArgs {}
 
+// The size `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 96);
+
 /// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
 const TILE: usize = 64;
 const THREADS: u32 = 256;

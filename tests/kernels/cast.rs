@@ -6,8 +6,9 @@ use attnrt::kernels::cast::CastKernels;
 use crate::{random, rng};
 
 /// The bf16 cast rounds exactly as the host (`half::bf16::from_f32`, which the CPU emulation,
-/// `Precision::operand`, uses): ties to even, NaN, infinities, signed zeros, subnormals, the largest
-/// values, and random ones, from every alignment (the four-wide and the one-wide paths).
+/// `Precision::operand`, uses): ties to even, NaN, infinities, signed zeros, subnormals, the
+/// largest values, and random ones, from every alignment (the four-wide and the one-wide
+/// paths).
 #[test]
 fn cast_bf16_rounds_exactly_as_the_host() {
     let Some(gpu) = gpu_or_skip("cast_bf16_rounds_exactly_as_the_host") else {

@@ -134,7 +134,8 @@ impl WindowBufs {
             return Err(Error::invalid(
                 "ViT window attention on the GPU",
                 format!(
-                    "needs a head width (width / heads) of {HEAD_WIDTHS:?}, the kernels' sizes;                      this model has {} / {} = {width} (the CPU trains any width)",
+                    "needs a head width (width / heads) of {HEAD_WIDTHS:?}, the kernels' sizes; \
+                     this model has {} / {} = {width} (the CPU trains any width)",
                     c.dim, c.heads
                 ),
             ));

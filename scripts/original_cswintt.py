@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The original CSWinTT code (github.com/SkyeSong38/CSWinTT), validated and timed as attnrt's
+"""The original CSWinTT code (SkyeSong38/CSWinTT on GitHub), validated and timed as attnrt's
 peer: what a PyTorch user gets from the authors' own model, eager, as a CUDA graph and under
 torch.compile, on the same card and in the same run as our engine.
 
@@ -65,6 +65,7 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import pathlib
+import signal
 import statistics
 import struct
 import subprocess
@@ -341,11 +342,14 @@ def import_original(original):
 
 
 def original_commit(root):
-    """The checkout's commit, when it is a git checkout (else None)."""
+    """The checkout's commit, when it is a git checkout of its own (not a plain copy inside
+    another repository, whose commit git would report); else None."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None
+        top = git("rev-parse", "--show-toplevel")
+        return git("rev-parse", "HEAD") or None if top and pathlib.Path(top).resolve() == root else None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -562,9 +566,10 @@ def with_precision(fn, precision, device, cache=True):
 
 
 def host_tensor_ops(fn, device):
-    """Runs `fn` once and lists the operations (aten names) that got a host tensor with more
-    than one element while running on `device`: each such input is copied to the device on
-    every call, which CUDA graphs cannot capture. Empty on a CPU device."""
+    """Runs `fn` once and lists the operations (aten names) that mixed a host tensor of more
+    than one element with tensors on `device` (its arguments or its result): each copies the
+    host tensor to the device on every call, which CUDA graphs cannot capture. Empty on a CPU
+    device."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
@@ -576,13 +581,14 @@ def host_tensor_ops(fn, device):
     class Watch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
             kwargs = kwargs or {}
-            flat, _ = tree_flatten((args, kwargs))
-            if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" and a.numel() > 1
-                   for a in flat):
+            out = func(*args, **kwargs)
+            flat = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+            host = any(t.device.type == "cpu" and t.numel() > 1 for t in flat)
+            if host and any(t.device.type != "cpu" for t in flat):
                 name = str(func.overloadpacket.__name__)
                 if name not in found:
                     found.append(name)
-            return func(*args, **kwargs)
+            return out
 
     with Watch():
         fn()
@@ -700,10 +706,12 @@ def _worker_setup(opts):
     return orig, weights
 
 
-def compiled_job(config, opts, conn):
-    """Prepares (compiles) `config`, says ("ready", info), waits for "go", times it and says
-    ("result", result). Any failure is said as ("result", {"error": ...})."""
+def compiled_job(config, opts, niceness, conn):
+    """Prepares (compiles) `config` at CPU priority `niceness`, says ("ready", info), waits for
+    "go", times it and says ("result", result). Any failure is said as ("result", {"error":
+    ...})."""
     try:
+        os.nice(niceness)
         orig, weights = _worker_setup(opts)
         net, _ = build_net(orig, opts.model_size, opts.device, weights)
         fn, info = prepare(orig, net, config, opts)
@@ -747,29 +755,59 @@ def light_worker(opts, conn):
         conn.send(("result", info))
 
 
+def default_jobs(n):
+    """Compiles to run at once: all `n`, as far as memory allows (a compiling process holds
+    up to about 3 GiB). All at once rather than in waves, since nothing is timed before the
+    last one ends; the lower CPU priority of the larger batches lets batch 1 finish first."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return max(1, min(n, avail_kib // (3 << 20)))
+    except (OSError, StopIteration, ValueError):
+        return max(1, min(n, os.cpu_count() or 1))
+
+
 def run_bench(opts, configs, record):
     """Compiles every compiled configuration in parallel processes (--jobs at a time), then
     times everything one configuration at a time in `configs`' order; `record(config, result)`
-    gets each result."""
+    gets each result. Every process it started is ended when it returns, or on SIGTERM (as
+    `timeout` sends)."""
     ctx = mp.get_context("spawn")  # CUDA does not survive fork
     compiled = [c for c in configs if c["variant"] in COMPILED]
+    jobs = opts.jobs or default_jobs(len(compiled))
     # Inductor's compile workers, shared out among the jobs (children inherit the setting).
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS",
-                          str(max(1, (os.cpu_count() or 2) // max(1, min(opts.jobs, len(compiled) or 1)))))
+                          str(max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(compiled))))))
+    batches = sorted({c["batch"] for c in configs})
+    procs = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        ready = _compile_all(ctx, opts, compiled, jobs, batches, procs, record)
+        _time_all(ctx, opts, configs, ready, procs, record)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+
+
+def _compile_all(ctx, opts, compiled, jobs, batches, procs, record):
+    """The preparation phase: returns {key: (conn, process, info)} of the compiled jobs that
+    are ready to be timed; records the others' errors."""
     start = time.time()
     queue, running, ready = list(compiled), {}, {}
     while queue or running:
-        now = time.time()
-        late = opts.prepare_by is not None and now - start > opts.prepare_by
-        if late:
+        if opts.prepare_by is not None and time.time() - start > opts.prepare_by:
             for c in queue:
-                record(c, {"error": f"not started: preparation out of time ({opts.prepare_by:.0f} s)"})
+                record(c, {"error": f"not started within --prepare-by {opts.prepare_by:.0f} s"})
             queue = []
-        while queue and len(running) < opts.jobs:
+        while queue and len(running) < jobs:
             c = queue.pop(0)
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=compiled_job, args=(c, opts, child), daemon=True)
+            niceness = min(19, 4 * batches.index(c["batch"]))
+            proc = ctx.Process(target=compiled_job, args=(c, opts, niceness, child), daemon=True)
             proc.start()
+            procs.append(proc)
             child.close()
             running[parent] = (c, proc, time.time())
         for conn in multiprocessing.connection.wait(list(running), timeout=1.0):
@@ -788,14 +826,19 @@ def run_bench(opts, configs, record):
         now = time.time()
         for conn, (c, proc, began) in list(running.items()):
             over_job = now - began > opts.compile_timeout
-            over_all = opts.prepare_by is not None and now - start > opts.prepare_by
-            if over_job or over_all:
+            if over_job or (opts.prepare_by is not None and now - start > opts.prepare_by):
                 proc.kill()
                 proc.join(timeout=5)
                 del running[conn]
-                limit = (f"{opts.compile_timeout:.0f} s" if over_job
+                limit = (f"--compile-timeout {opts.compile_timeout:.0f} s" if over_job
                          else f"--prepare-by {opts.prepare_by:.0f} s")
                 record(c, {"error": f"preparation (compile) stopped after {limit}"})
+    return ready
+
+
+def _time_all(ctx, opts, configs, ready, procs, record):
+    """The timing phase: every configuration in order, one at a time; eager and graph ones in
+    one light worker (a new one after one hangs or dies)."""
     light = None
     for c in configs:
         if c["variant"] in COMPILED:
@@ -805,21 +848,20 @@ def run_bench(opts, configs, record):
             conn.send("go")
             result, _ = _await(conn, opts)
             proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
             record(c, {**info, **result})
-        else:
-            if light is None:
-                parent, child = ctx.Pipe()
-                light = (parent, ctx.Process(target=light_worker, args=(opts, child), daemon=True))
-                light[1].start()
-                child.close()
-            light[0].send(("go", c))
-            result, answered = _await(light[0], opts)
-            record(c, result)
-            if not answered:  # hung or dead: the next configuration gets a new worker
-                light[1].kill()
-                light = None
+            continue
+        if light is None:
+            conn, child = ctx.Pipe()
+            light = (conn, ctx.Process(target=light_worker, args=(opts, child), daemon=True))
+            light[1].start()
+            procs.append(light[1])
+            child.close()
+        light[0].send(("go", c))
+        result, answered = _await(light[0], opts)
+        record(c, result)
+        if not answered:
+            light[1].kill()
+            light = None
     if light is not None:
         light[0].send(None)
         light[1].join(timeout=10)
@@ -1012,8 +1054,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--max-seconds", type=float, default=2.0,
                     help="cap on each configuration's warm-up, and on its timed calls")
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                    help="compiles running at once (default: one per CPU core)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="compiles running at once (default: all, as far as memory allows)")
     ap.add_argument("--compile-timeout", type=float, default=300, metavar="S",
                     help="seconds one configuration may take to build, compile and warm up")
     ap.add_argument("--prepare-by", type=float, default=None, metavar="S",

@@ -209,13 +209,14 @@ def peer_header(engine, original):
     """Who ran what where: card, date, versions, the original's commit and settings."""
     card = original.get("device", "?")
     same = card != "?" and card.split(" (")[0] in engine.get("device", "")
-    commit = (original.get("original") or {}).get("commit") or "unknown commit"
+    commit = (original.get("original") or {}).get("commit")
+    commit = f"commit {commit[:12]}" if commit else "an unrecorded commit"
     out = [
         f"Card: {engine.get('device', '?')}; {original.get('date', 'date unknown')}. Ours: "
         f"`benches/engine.rs`, p50 over {engine.get('reps', '?')} passes after "
         f"{engine.get('warmup', '?')} warm-up, the fastest mode and launch of each precision "
         "(tf32 and bf16: the linear layers on tensor cores). The original: "
-        f"`scripts/original_cswintt.py` on {card}, the authors' code at {commit[:12]} "
+        f"`scripts/original_cswintt.py` on {card}, the authors' code at {commit} "
         f"(config {original.get('config', '?')}, weights {original.get('weights', '?')}), PyTorch "
         f"{original.get('torch', '?')}, torchvision {original.get('torchvision', '?')}, p50 over "
         f"up to {original.get('iters', '?')} calls, index tensors moved to the GPU; precision "

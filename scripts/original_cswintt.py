@@ -43,7 +43,8 @@ Times: CUDA events around each call (the wall clock on the CPU), p50/p10/p90 in 
 --iters calls after up to --warmup calls, each phase cut at --max-seconds; peak device memory
 (torch.cuda.max_memory_allocated, reset just before the warm-up, so weights, inputs and graph
 pools count) beside each. The compiles take minutes each: every compiled configuration runs in
-its own process, --jobs at a time, and one whose preparation (build, compile, warm-up) passes
+its own process, --jobs at a time (default: all at once as far as memory allows, larger batches
+at a lower CPU priority), and one whose preparation (build, compile, warm-up) passes
 --compile-timeout seconds, or is still running --prepare-by seconds after the start, is stopped
 and reported as an error. Nothing is timed until every compile has finished; then the
 configurations are timed one at a time, eager and graph ones in one process, batch 1 first.
@@ -72,6 +73,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 
 PARTS = ("encoder", "transformer", "frame")
 PRECISIONS = ("f32", "tf32", "bf16")
@@ -312,6 +314,8 @@ def import_original(original):
                          "expected a checkout of the original CSWinTT repository")
     import torch
     import torchvision
+    # The original calls torch.meshgrid without `indexing` (its default, "ij", is what it means).
+    warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release")
     stand_ins = install_stand_ins()
     patches = []
     # `torchvision.models.utils` is gone; it only provided load_state_dict_from_url.
@@ -393,27 +397,40 @@ class _CudaCallsTo:
 def move_host_tensors(net, device):
     """Moves every tensor the original keeps outside parameters and buffers (plain attributes
     and dicts of tensors) to `device`, and makes Transformer_CS build its relative-position
-    index once on the device instead of on the CPU every forward. Returns what was moved."""
+    index once on the device instead of on the CPU every forward. Returns what was moved.
+
+    Each such tensor is also marked as a static address: it is model state, like a buffer, so
+    reduce-overhead's CUDA graphs read it in place instead of copying it into the graph's
+    inputs at every replay."""
     import torch
-    moved = []
+    target = torch.device(device)
+    moved, state = [], []
+
+    def place(t, where):
+        if t.device != target:
+            t = t.to(device)
+            moved.append(where)
+        state.append(t)
+        return t
+
     for mname, m in net.named_modules():
         for attr, value in list(vars(m).items()):
+            where = f"{mname}.{attr}" if mname else attr
             if attr.startswith("_"):
                 continue
-            where = f"{mname}.{attr}" if mname else attr
             if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
-                if value.device != torch.device(device):
-                    setattr(m, attr, value.to(device))
-                    moved.append(where)
+                setattr(m, attr, place(value, where))
             elif isinstance(value, dict):
                 for k, v in value.items():
-                    if isinstance(v, torch.Tensor) and v.device != torch.device(device):
-                        value[k] = v.to(device)
-                        moved.append(f"{where}[{k}]")
+                    if isinstance(v, torch.Tensor):
+                        value[k] = place(v, f"{where}[{k}]")
     tr = net.transformer
-    index = {w: tr.get_relative_position_index(w).to(device) for w in tr.window_list}
+    index = {w: place(tr.get_relative_position_index(w), f"transformer.relative_position_index[{w}]")
+             for w in tr.window_list}
     tr.get_relative_position_index = lambda w: index[w]
-    moved.append("transformer.get_relative_position_index (built once, on the device)")
+    moved.append("transformer.get_relative_position_index: built once, on the device")
+    for t in state:
+        torch._dynamo.mark_static_address(t)
     return moved
 
 
@@ -532,7 +549,7 @@ def part_callable(orig, net, part, batch, device, seed=1):
         z = net.forward_backbone(orig.NestedTensor(
             rnd(batch, 3, T * stride, T * stride),
             torch.zeros(batch, T * stride, T * stride, dtype=torch.bool, device=device)))
-    templates = [z, copy.copy(z)]
+    templates = [z, copy.deepcopy(z)]
     image = rnd(batch, 3, S * stride, S * stride)
     mask = torch.zeros(batch, S * stride, S * stride, dtype=torch.bool, device=device)
 
@@ -1089,10 +1106,16 @@ def run(a):
     if not a.bench:
         return status
     a.model_size = SIZES[a.size]
-    weights_md = {}
+    weights, loaded = "random (the model's initialisation, seed 0)", None
     if a.weights:
-        header, weights_md, _ = safetensors_header(pathlib.Path(a.weights).read_bytes(), a.weights)
-        a.model_size = overrides_from_metadata(weights_md, a.weights) if "d_model" in weights_md else SIZES["released"]
+        tensors, md = read_safetensors(a.weights)
+        a.model_size = overrides_from_metadata(md, a.weights) if "d_model" in md else SIZES["released"]
+        loaded = (tensors, a.weights)
+    # Built once here on the meta device (nothing computed): the weights' names and shapes are
+    # checked before any job starts, and the tensors moved are listed.
+    _, info = build_net(orig, a.model_size, "meta", loaded)
+    if a.weights:
+        weights = f"{a.weights} ({info['loaded']} tensors; {info.get('not_in_weights', 0)} initialised)"
     variants = [v for v in a.variants if a.compile or v not in COMPILED]
     configs = plan(a.parts, a.batches, a.precisions, variants, a.device.startswith("cuda"))
     cuda = a.device.startswith("cuda")
@@ -1103,18 +1126,21 @@ def run(a):
         "original": {"path": str(orig.root), "commit": original_commit(orig.root)},
         "config": f"cswintt_cls + {EXPERIMENT}",
         "model": {"size": "weights file" if a.weights else a.size, **a.model_size},
-        "weights": a.weights or "random (the model's initialisation, seed 0)",
+        "weights": weights,
         "iters": a.iters, "warmup": a.warmup, "max_seconds": a.max_seconds,
         "precisions": {"f32": "TF32 off (matmul and cuDNN), matmul precision highest",
                        "tf32": "TF32 on (matmul and cuDNN)",
                        "bf16": "autocast to bfloat16, TF32 off"},
         "stand_ins": orig.stand_ins, "patches": orig.patches,
+        "moved_to_device": info["moved_to_device"],
         "rows": [],
     }
+    order = {key(c): i for i, c in enumerate(configs)}
 
     def record(config, r):
         results["rows"] = [row for row in results["rows"] if key(row) != key(config)]
         results["rows"].append({**config, **r})
+        results["rows"].sort(key=lambda row: order[key(row)])
         shown = (f"{r['p50_ms']:.3f} ms (p10 {r['p10_ms']:.3f}, p90 {r['p90_ms']:.3f}, n {r['n']})"
                  if "p50_ms" in r else r.get("error", "no time"))
         extra = "".join([f", peak {r['peak_mib']:.0f} MiB" if "peak_mib" in r else "",

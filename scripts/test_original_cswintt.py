@@ -6,8 +6,10 @@ metadata, the tolerances and the printed table.
   python3 scripts/test_original_cswintt.py
 
 With ATTNRT_ORIGINAL=DIR (a checkout of the original CSWinTT repository) and PyTorch importable,
-it also runs `original_cswintt.py --validate` on the golden files on the CPU (about two
-minutes). Exit status 0 when every check passes.
+it also checks, on PyTorch's `meta` device standing in for a GPU, that the original fed host
+index tensors to device operations before move_host_tensors and none after, and runs
+`original_cswintt.py --validate` on the golden files on the CPU (a few minutes). Exit status 0
+when every check passes.
 """
 import json
 import os
@@ -43,6 +45,23 @@ TEST:
     UAV: [ 200 ]
     VOT: [ 25, 50 ]
   WEIGHT_DECAY: 0.00001
+"""
+
+
+# Runs in a child with PyTorch: the tiny network on the meta device, each part once under
+# host_tensor_ops, without and with move_host_tensors. Prints {"before": {part: ops}, "after": ...}.
+HOST_TENSORS = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import original_cswintt as oc
+orig = oc.import_original(sys.argv[2])
+move = oc.move_host_tensors
+found = {}
+for when in ("before", "after"):
+    oc.move_host_tensors = (lambda net, device: []) if when == "before" else move
+    net, _ = oc.build_net(orig, oc.SIZES["tiny"], "meta")
+    found[when] = {p: oc.host_tensor_ops(oc.part_callable(orig, net, p, 1, "meta"), "meta") for p in oc.PARTS}
+print(json.dumps(found))
 """
 
 
@@ -127,6 +146,14 @@ def main():
     original = os.environ.get("ATTNRT_ORIGINAL")
     golden = HERE.parent.parent / "shared" / "golden"
     if original:
+        run = subprocess.run([sys.executable, "-c", HOST_TENSORS, str(HERE), original], capture_output=True, text=True)
+        found = json.loads(run.stdout.splitlines()[-1]) if run.returncode == 0 else None
+        check("host index tensors: fed to device ops before the move, in every part",
+              found is not None and all("index" in found["before"][p] for p in oc.PARTS))
+        check("host index tensors: none after the move", found is not None
+              and all(found["after"][p] == [] for p in oc.PARTS))
+        if found is None:
+            print(run.stderr[-3000:])
         run = subprocess.run([sys.executable, str(HERE / "original_cswintt.py"), "--original", original,
                               "--validate", str(golden), "--device", "cpu"], capture_output=True, text=True)
         check("--validate on the golden files (CPU)", run.returncode == 0 and "validation ok" in run.stdout)

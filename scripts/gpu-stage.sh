@@ -52,8 +52,9 @@ golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 # make_weights.py makes the tracker golden's weights from the recipe in its metadata.
 cp "$golden"/*.safetensors "$golden"/make_weights.py "$stage/golden/"
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh \
-  scripts/original_cswintt.py scripts/torch_reference.py scripts/perf_table.py \
-  scripts/compare-builds.sh scripts/compare_engine.py examples/train-vit-synthetic.toml "$stage/"
+  scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
+  scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
+  examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"

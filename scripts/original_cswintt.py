@@ -67,13 +67,14 @@ import multiprocessing.connection
 import os
 import pathlib
 import signal
-import statistics
 import struct
 import subprocess
 import sys
 import time
 import types
 import warnings
+
+from torch_timing import cuda_graph, sync, time_fn
 
 PARTS = ("encoder", "transformer", "frame")
 PRECISIONS = ("f32", "tf32", "bf16")
@@ -127,13 +128,6 @@ def plan(parts, batches, precisions, variants, cuda):
 
 def key(config):
     return (config["part"], config["batch"], config["precision"], config["variant"])
-
-
-def summarize(times_ms):
-    """p50, p10, p90 (ms) and the count of a list of per-call times."""
-    s = sorted(times_ms)
-    pick = lambda q: s[round((len(s) - 1) * q)]
-    return {"p50_ms": statistics.median(s), "p10_ms": pick(0.1), "p90_ms": pick(0.9), "n": len(s)}
 
 
 def parse_simple_yaml(text):
@@ -612,56 +606,6 @@ def host_tensor_ops(fn, device):
     return found
 
 
-def sync(device):
-    import torch
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, device, iters, warmup, max_seconds):
-    """Per-call times (ms) of `fn`: up to `warmup` calls, then up to `iters` timed calls, each
-    phase stopped after `max_seconds` (at least 3 timed calls). CUDA events around each call,
-    waited for, on a GPU; the wall clock on the CPU. Returns summarize()'s dict."""
-    import torch
-    cuda = device.startswith("cuda")
-    start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-        if time.perf_counter() - start > max_seconds:
-            break
-    sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < iters and (len(times) < 3 or time.perf_counter() - start < max_seconds):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return summarize(times)
-
-
-def cuda_graph(fn):
-    """A CUDA graph of `fn` (warmed up on a side stream, as PyTorch asks); returns its replay."""
-    import torch
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
-
-
 def prepare(orig, net, config, opts):
     """The callable to time for `config` (compiling it for compile variants) and what its
     preparation found: host_tensors, compile_s, cudagraph_skips."""
@@ -699,7 +643,7 @@ def measure(fn, opts):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
-        r = time_fn(fn, opts.device, opts.iters, opts.warmup, opts.max_seconds)
+        r = time_fn(fn, opts.iters, opts.warmup, opts.device, opts.max_seconds)
     if cuda:
         r["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     return r

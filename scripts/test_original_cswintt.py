@@ -21,6 +21,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import original_cswintt as oc  # noqa: E402
+import torch_timing  # noqa: E402
 
 # The forms the original's experiments/cswintt_cls/baseline_cs.yaml uses.
 YAML = """\
@@ -93,7 +94,7 @@ def main():
           raises(lambda: oc.plan(["encoder"], [1], ["f32"], ["fast"], True), "unknown variant fast"))
     check("plan: a bad batch is named", raises(lambda: oc.plan(["encoder"], [0], ["f32"], ["eager"], True), "--batches"))
 
-    s = oc.summarize([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])
+    s = torch_timing.summarize([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0])
     check("summarize: p50, p10, p90, n", s == {"p50_ms": 6.0, "p10_ms": 2.0, "p90_ms": 10.0, "n": 11})
 
     y = oc.parse_simple_yaml(YAML)

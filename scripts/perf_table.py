@@ -207,6 +207,9 @@ def peer_table(engine, original):
 
 def peer_header(engine, original):
     """Who ran what where: card, date, versions, the original's commit and settings."""
+    if not original:
+        return [f"Card: {engine.get('device', '?')}. Ours: `benches/engine.rs`. The original: no "
+                "results (its run wrote no JSON)."]
     card = original.get("device", "?")
     same = card != "?" and card.split(" (")[0] in engine.get("device", "")
     commit = (original.get("original") or {}).get("commit")

@@ -160,6 +160,11 @@ def main():
         run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
                               "--original", str(tmp / "other.json")], capture_output=True, text=True)
         check("different cards said", "**Different cards:**" in run.stdout)
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--original", str(tmp / "missing.json")], capture_output=True, text=True)
+        check("no original.json: our rows, said plainly", run.returncode == 0
+              and "The original: no results" in run.stdout and "Different cards" not in run.stdout
+              and "| encoder | 1 | f32 | 2.000 (sequential, eager) | 500 | - |" in run.stdout)
         # A PyTorch run that never wrote its JSON still gives our side.
         (tmp / "torch.json").unlink()
         run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),

@@ -280,7 +280,9 @@ mod tests {
         std::fs::write(dir.path().join(SONAME), "not a library").unwrap();
         let e = locate(Some(dir.path().as_os_str()), &[]).unwrap_err();
         assert!(
-            e.starts_with("ATTNRT_CUDNN_LIB=") && e.contains("dlopen failed: ") && e.contains(SONAME),
+            e.starts_with("ATTNRT_CUDNN_LIB=")
+                && e.contains("dlopen failed: ")
+                && e.contains(SONAME),
             "{e}"
         );
         // A record naming a folder without the library is skipped, and said so.

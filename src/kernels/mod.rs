@@ -3,6 +3,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+pub mod conv2d;
 pub mod layer_norm;
 pub mod linear;
 mod raw;

@@ -1,12 +1,13 @@
-//! 2-D convolution on cuDNN: the forward pass with a fused epilogue (bias, a residual added
-//! before the activation as in ResNet's bottleneck, ReLU) and the backward passes (data,
-//! filter, bias), in f32, tf32 and bf16.
+//! `conv2d`: a 2-D convolution with a fused epilogue (bias, a residual added before the
+//! activation as in ResNet's bottleneck, ReLU) and its backward passes (data, filter, bias).
+//! [`cpu`] is the reference every engine is checked against; [`Conv2dKernel`] runs it on cuDNN in
+//! f32, tf32 and bf16.
 //!
 //! Layouts: activations NHWC (`[n][h][w][c]`), filters KRSC (`[out][kh][kw][in / groups]`:
 //! PyTorch's OIHW weights transposed), bias `[out]`. Groups split the channels as PyTorch's do
 //! (`groups == in == out` is a depthwise convolution).
 //!
-//! Precision (one per [`Conv2d`]):
+//! Precision (one per [`Conv2dKernel`]):
 //! - `f32`: f32 tensors, FMA arithmetic only. cuDNN lets f32 convolutions use TF32 tensor
 //!   cores unless told otherwise; `CUDNN_FMA_MATH` on the convolution descriptor forbids it,
 //!   and an algorithm that reports tensor-op math is refused as well.
@@ -24,7 +25,7 @@
 //! (`cudnnFindConvolution*Algorithm`: the fastest that fits [`WORKSPACE_LIMIT`], meets the
 //! precision, and is deterministic when asked) and cached with the shape's descriptors; all
 //! shapes share one workspace, grown to the largest choice. Planning runs kernels, allocates
-//! and synchronises, so it must not happen inside a CUDA graph capture: [`Conv2d::prepare`]
+//! and synchronises, so it must not happen inside a CUDA graph capture: [`Conv2dKernel::prepare`]
 //! every shape first (or run one eager pass).
 //!
 //! The fused epilogue: `cudnnConvolutionBiasActivationForward` computes
@@ -32,7 +33,7 @@
 //! identity activation only with the implicit-precomputed-GEMM algorithm). The first call of a
 //! shape tries it; where cuDNN answers that it does not support the configuration, the shape
 //! runs the plain convolution followed by `conv2d_epilogue_<dtype>` (`kernels/conv2d.cu`) from
-//! then on. [`Conv2d::describe`] says which it runs.
+//! then on. [`Conv2dKernel::describe`] says which it runs.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -56,81 +57,81 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::cudnn::{CudnnHandle, cudnn_error};
 use crate::gpu::{Gpu, Kernel};
 
+pub mod cpu;
+
 /// The most workspace one algorithm may use: a faster algorithm that needs more is passed
 /// over.
 pub const WORKSPACE_LIMIT: usize = 256 << 20;
 
-/// The geometry of one 2-D convolution (see the module docs for the layouts).
+/// The geometry of one 2-D convolution (see the module docs for the layouts), with the
+/// reference's field names ([`cpu::Conv2d`] adds the layout and the ReLU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
     pub batch: usize,
     pub in_channels: usize,
-    /// Input height and width.
-    pub size: [usize; 2],
+    pub height: usize,
+    pub width: usize,
     pub out_channels: usize,
-    /// Kernel height and width.
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    /// Zero padding on each side (top and bottom, left and right).
-    pub padding: [usize; 2],
-    pub dilation: [usize; 2],
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    /// The same on both axes.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
     pub groups: usize,
 }
 
 impl Conv2dShape {
-    /// A square `k x k` convolution with stride 1, no padding, no dilation, one group.
+    /// A `k x k` convolution of a `batch x height x width x in_channels` input, stride 1, no
+    /// padding, one group.
     pub fn new(
         batch: usize,
+        [height, width]: [usize; 2],
         in_channels: usize,
-        size: [usize; 2],
         out_channels: usize,
         k: usize,
     ) -> Self {
         Conv2dShape {
             batch,
             in_channels,
-            size,
+            height,
+            width,
             out_channels,
-            kernel: [k, k],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
+            kernel_h: k,
+            kernel_w: k,
+            stride: 1,
+            pad: 0,
             groups: 1,
         }
     }
 
-    pub fn with_stride(mut self, s: usize) -> Self {
-        self.stride = [s, s];
-        self
+    pub fn with_stride(self, stride: usize) -> Self {
+        Conv2dShape { stride, ..self }
     }
 
-    pub fn with_padding(mut self, p: usize) -> Self {
-        self.padding = [p, p];
-        self
+    pub fn with_pad(self, pad: usize) -> Self {
+        Conv2dShape { pad, ..self }
     }
 
-    pub fn with_dilation(mut self, d: usize) -> Self {
-        self.dilation = [d, d];
-        self
+    pub fn with_groups(self, groups: usize) -> Self {
+        Conv2dShape { groups, ..self }
     }
 
-    pub fn with_groups(mut self, g: usize) -> Self {
-        self.groups = g;
-        self
-    }
-
-    /// Output height and width (0 where the dilated kernel does not fit the padded input;
+    /// Output height and width (0 where the kernel does not fit the padded input;
     /// [`Self::check`] refuses those).
     pub fn out_size(&self) -> [usize; 2] {
-        std::array::from_fn(|i| {
-            let extent = self.dilation[i] * (self.kernel[i].max(1) - 1) + 1;
-            let padded = self.size[i] + 2 * self.padding[i];
-            if self.stride[i] == 0 || padded < extent {
+        let out = |size: usize, k: usize| {
+            let padded = size + 2 * self.pad;
+            if self.stride == 0 || padded < k {
                 0
             } else {
-                (padded - extent) / self.stride[i] + 1
+                (padded - k) / self.stride + 1
             }
-        })
+        };
+        [
+            out(self.height, self.kernel_h),
+            out(self.width, self.kernel_w),
+        ]
     }
 
     /// Input channels each filter sees.
@@ -138,14 +139,14 @@ impl Conv2dShape {
         self.in_channels / self.groups.max(1)
     }
 
-    /// Elements of the input, `[batch][h][w][in]`.
+    /// Elements of the input, `[batch][height][width][in]`.
     pub fn input_len(&self) -> usize {
-        self.batch * self.size[0] * self.size[1] * self.in_channels
+        self.batch * self.height * self.width * self.in_channels
     }
 
     /// Elements of the filters, `[out][kh][kw][in / groups]`.
     pub fn weight_len(&self) -> usize {
-        self.out_channels * self.kernel[0] * self.kernel[1] * self.group_in_channels()
+        self.out_channels * self.kernel_h * self.kernel_w * self.group_in_channels()
     }
 
     /// Elements of the output, `[batch][out_h][out_w][out]`.
@@ -156,39 +157,38 @@ impl Conv2dShape {
 
     /// Multiply-adds times two: the forward pass's FLOPs (each backward pass does as many).
     pub fn flops(&self) -> f64 {
-        2.0 * self.output_len() as f64
-            * (self.kernel[0] * self.kernel[1] * self.group_in_channels()) as f64
+        let k = self.kernel_h * self.kernel_w * self.group_in_channels();
+        2.0 * self.output_len() as f64 * k as f64
     }
 
     /// Fails unless every size is positive, the groups divide both channel counts, the
-    /// dilated kernel fits the padded input, and every tensor fits cuDNN's 32-bit indexing.
+    /// kernel fits the padded input, and every tensor fits cuDNN's 32-bit indexing.
     pub fn check(&self) -> Result<()> {
         let bad = |problem: String| Err(Error::invalid(format!("conv2d {self}"), problem));
         let sizes = [
             self.batch,
             self.in_channels,
-            self.size[0],
-            self.size[1],
+            self.height,
+            self.width,
             self.out_channels,
-            self.kernel[0],
-            self.kernel[1],
-            self.stride[0],
-            self.stride[1],
-            self.dilation[0],
-            self.dilation[1],
+            self.kernel_h,
+            self.kernel_w,
+            self.stride,
             self.groups,
         ];
         if sizes.contains(&0) {
-            return bad("every size, stride, dilation and the group count must be positive".into());
+            return bad("every size, the stride and the group count must be positive".into());
         }
-        if self.in_channels % self.groups != 0 || self.out_channels % self.groups != 0 {
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
             return bad(format!(
                 "{} groups must divide both {} input and {} output channels",
                 self.groups, self.in_channels, self.out_channels
             ));
         }
         if self.out_size().contains(&0) {
-            return bad("the dilated kernel is larger than the padded input".into());
+            return bad("the kernel is larger than the padded input".into());
         }
         let limit = i32::MAX as usize;
         for (what, len) in [
@@ -204,37 +204,60 @@ impl Conv2dShape {
         }
         Ok(())
     }
+
+    /// PyTorch's `(out, in / groups, kh, kw)` weights in this crate's GPU layout
+    /// `(out, kh, kw, in / groups)`.
+    pub fn weight_to_gpu(&self, oihw: &[f32]) -> Vec<f32> {
+        let (c, k) = (self.group_in_channels(), self.kernel_h * self.kernel_w);
+        let mut krsc = vec![0.0; oihw.len()];
+        for (o, (src, dst)) in oihw.chunks(c * k).zip(krsc.chunks_mut(c * k)).enumerate() {
+            debug_assert!(o < self.out_channels);
+            for ci in 0..c {
+                for p in 0..k {
+                    dst[p * c + ci] = src[ci * k + p];
+                }
+            }
+        }
+        krsc
+    }
+
+    /// The inverse of [`Self::weight_to_gpu`]: GPU filters (or their gradient) in PyTorch's
+    /// layout.
+    pub fn weight_from_gpu(&self, krsc: &[f32]) -> Vec<f32> {
+        let (c, k) = (self.group_in_channels(), self.kernel_h * self.kernel_w);
+        let mut oihw = vec![0.0; krsc.len()];
+        for (src, dst) in krsc.chunks(c * k).zip(oihw.chunks_mut(c * k)) {
+            for ci in 0..c {
+                for p in 0..k {
+                    dst[ci * k + p] = src[p * c + ci];
+                }
+            }
+        }
+        oihw
+    }
 }
 
 impl std::fmt::Display for Conv2dShape {
-    /// `2x37x41x3 -> 64 k7x7 s2 p3 d1 g1`.
+    /// `2x37x41x3 -> 64 k7x7 s2 p3 g1` (the input NHWC).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pair = |v: [usize; 2]| {
-            if v[0] == v[1] {
-                v[0].to_string()
-            } else {
-                format!("{}x{}", v[0], v[1])
-            }
-        };
         write!(
             f,
-            "{}x{}x{}x{} -> {} k{}x{} s{} p{} d{} g{}",
+            "{}x{}x{}x{} -> {} k{}x{} s{} p{} g{}",
             self.batch,
-            self.size[0],
-            self.size[1],
+            self.height,
+            self.width,
             self.in_channels,
             self.out_channels,
-            self.kernel[0],
-            self.kernel[1],
-            pair(self.stride),
-            pair(self.padding),
-            pair(self.dilation),
+            self.kernel_h,
+            self.kernel_w,
+            self.stride,
+            self.pad,
             self.groups
         )
     }
 }
 
-/// A tensor element type [`Conv2d`] stores: f32 (the f32 and tf32 precisions) or bf16.
+/// A tensor element type [`Conv2dKernel`] stores: f32 (the f32 and tf32 precisions) or bf16.
 pub trait Element: DeviceRepr + Copy + 'static {
     const DATA_TYPE: cudnnDataType_t;
     const NAME: &'static str;
@@ -388,7 +411,7 @@ impl Descriptors {
     fn new(s: &Conv2dShape, precision: Precision) -> std::result::Result<Self, CudnnError> {
         let dtype = storage(precision);
         let [oh, ow] = s.out_size();
-        let x = TensorDesc::nhwc(dtype, [s.batch, s.in_channels, s.size[0], s.size[1]])?;
+        let x = TensorDesc::nhwc(dtype, [s.batch, s.in_channels, s.height, s.width])?;
         let y = TensorDesc::nhwc(dtype, [s.batch, s.out_channels, oh, ow])?;
         let bias = TensorDesc::nhwc(dtype, [1, s.out_channels, 1, 1])?;
         let w = FilterDesc(dnn::create_filter_descriptor()?);
@@ -402,19 +425,19 @@ impl Descriptors {
                 [
                     s.out_channels,
                     s.group_in_channels(),
-                    s.kernel[0],
-                    s.kernel[1],
+                    s.kernel_h,
+                    s.kernel_w,
                 ]
                 .map(to_i32),
             )?;
             dnn::set_convolution2d_descriptor(
                 conv.0,
-                to_i32(s.padding[0]),
-                to_i32(s.padding[1]),
-                to_i32(s.stride[0]),
-                to_i32(s.stride[1]),
-                to_i32(s.dilation[0]),
-                to_i32(s.dilation[1]),
+                to_i32(s.pad),
+                to_i32(s.pad),
+                to_i32(s.stride),
+                to_i32(s.stride),
+                1,
+                1,
                 sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
                 // f32 accumulation in every precision (pseudo-bf16 for bf16 tensors).
                 cudnnDataType_t::CUDNN_DATA_FLOAT,
@@ -611,7 +634,7 @@ struct Plan {
     backward_filter: Option<Choice<FilterAlgo>>,
 }
 
-/// The passes [`Conv2d::prepare`] plans for.
+/// The passes [`Conv2dKernel::prepare`] plans for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passes {
     /// The forward pass, with any epilogue.
@@ -623,7 +646,7 @@ pub enum Passes {
 /// 2-D convolutions of one precision on one GPU stream: a cuDNN handle, the plans of every
 /// shape seen, and the workspace they share. One per stream and thread; every layer of a
 /// network runs through the same one.
-pub struct Conv2d {
+pub struct Conv2dKernel {
     handle: CudnnHandle,
     precision: Precision,
     deterministic: bool,
@@ -638,10 +661,10 @@ pub struct Conv2d {
     epilogue: Option<Kernel>,
 }
 
-impl Conv2d {
+impl Conv2dKernel {
     /// Convolutions in `precision` on `gpu`'s main stream; loads cuDNN first (an
     /// [`Error::MissingLibrary`] says how to get it).
-    pub fn new(gpu: &Arc<Gpu>, precision: Precision) -> Result<Conv2d> {
+    pub fn new(gpu: &Arc<Gpu>, precision: Precision) -> Result<Conv2dKernel> {
         let handle = CudnnHandle::new(gpu, gpu.stream())?;
         let activation = |mode: Act| -> Result<ActivationDesc> {
             let what = || format!("creating a {mode:?} descriptor");
@@ -665,7 +688,7 @@ impl Conv2d {
                 .alloc_zeros::<u8>(1)
                 .cuda(|| format!("allocating the conv2d {what}"))
         };
-        Ok(Conv2d {
+        Ok(Conv2dKernel {
             relu: activation(Act::CUDNN_ACTIVATION_RELU)?,
             identity: activation(Act::CUDNN_ACTIVATION_IDENTITY)?,
             workspace: alloc("workspace")?,
@@ -1279,38 +1302,49 @@ mod tests {
     #[test]
     fn output_sizes_and_lengths_follow_the_geometry() {
         // ResNet's stem on a 320 x 320 search region.
-        let stem = Conv2dShape::new(1, 3, [320, 320], 64, 7)
+        let stem = Conv2dShape::new(1, [320, 320], 3, 64, 7)
             .with_stride(2)
-            .with_padding(3);
+            .with_pad(3);
         assert_eq!(stem.out_size(), [160, 160]);
         assert_eq!(stem.weight_len(), 64 * 7 * 7 * 3);
         assert_eq!(stem.output_len(), 160 * 160 * 64);
         assert_eq!(stem.flops(), 2.0 * (160 * 160 * 64) as f64 * 147.0);
-        assert_eq!(stem.to_string(), "1x320x320x3 -> 64 k7x7 s2 p3 d1 g1");
+        assert_eq!(stem.to_string(), "1x320x320x3 -> 64 k7x7 s2 p3 g1");
         stem.check().unwrap();
-        // Odd sizes, stride 2, dilation, depthwise.
-        let dw = Conv2dShape::new(2, 24, [15, 17], 24, 3)
+        // Odd sizes, stride 2, depthwise, a non-square kernel.
+        let dw = Conv2dShape::new(2, [15, 17], 24, 24, 3)
             .with_stride(2)
-            .with_padding(2)
-            .with_dilation(2)
+            .with_pad(1)
             .with_groups(24);
         assert_eq!(dw.out_size(), [8, 9]);
         assert_eq!(dw.weight_len(), 24 * 9);
         dw.check().unwrap();
+        let wide = Conv2dShape {
+            kernel_w: 5,
+            ..Conv2dShape::new(1, [6, 9], 4, 2, 3)
+        };
+        assert_eq!(wide.out_size(), [4, 5]);
+    }
+
+    #[test]
+    fn weights_convert_between_pytorch_and_gpu_layouts() {
+        let s = Conv2dShape::new(1, [5, 5], 6, 4, 3).with_groups(2);
+        let oihw: Vec<f32> = (0..s.weight_len()).map(|i| i as f32).collect();
+        let krsc = s.weight_to_gpu(&oihw);
+        // Output channel 1, input channel 2 of its group, tap (0, 1): OIHW ((1*3+2)*3+0)*3+1.
+        assert_eq!(krsc[((3 + 0) * 3 + 1) * 3 + 2], oihw[(5 * 3) * 3 + 1]);
+        assert_eq!(s.weight_from_gpu(&krsc), oihw);
     }
 
     #[test]
     fn impossible_shapes_are_refused_with_the_reason() {
-        let e = Conv2dShape::new(1, 6, [8, 8], 4, 3)
-            .with_groups(4)
-            .check()
-            .unwrap_err()
-            .to_string();
+        let e = Conv2dShape::new(1, [8, 8], 6, 4, 3).with_groups(4);
+        let e = e.check().unwrap_err().to_string();
         assert!(
             e.contains("4 groups must divide both 6 input and 4 output"),
             "{e}"
         );
-        let e = Conv2dShape::new(1, 3, [2, 2], 4, 5)
+        let e = Conv2dShape::new(1, [2, 2], 3, 4, 5)
             .check()
             .unwrap_err()
             .to_string();
@@ -1318,16 +1352,11 @@ mod tests {
             e.contains("larger than the padded input") && e.contains("1x2x2x3 -> 4 k5x5"),
             "{e}"
         );
-        let e = Conv2dShape::new(1, 3, [8, 8], 4, 3)
-            .with_stride(0)
-            .check()
-            .unwrap_err()
-            .to_string();
+        let e = Conv2dShape::new(1, [8, 8], 3, 4, 3).with_stride(0);
+        let e = e.check().unwrap_err().to_string();
         assert!(e.contains("must be positive"), "{e}");
-        let e = Conv2dShape::new(1 << 16, 64, [256, 256], 64, 1)
-            .check()
-            .unwrap_err()
-            .to_string();
+        let e = Conv2dShape::new(1 << 16, [256, 256], 64, 64, 1);
+        let e = e.check().unwrap_err().to_string();
         assert!(e.contains("the input has") && e.contains("2^31"), "{e}");
     }
 
@@ -1355,9 +1384,8 @@ mod tests {
             c.algo,
             FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
         );
-        let e = pick(&[tensor_op], Precision::F32, false, "conv2d forward")
-            .unwrap_err()
-            .to_string();
+        let e = pick(&[tensor_op], Precision::F32, false, "conv2d forward");
+        let e = e.unwrap_err().to_string();
         assert!(
             e.contains("no usable f32 algorithm")
                 && e.contains("IMPLICIT_PRECOMP_GEMM: tensor-op math"),

@@ -4,8 +4,11 @@
 //! f32, tf32 and bf16.
 //!
 //! Layouts: activations NHWC (`[n][h][w][c]`), filters KRSC (`[out][kh][kw][in / groups]`:
-//! PyTorch's OIHW weights transposed), bias `[out]`. Groups split the channels as PyTorch's do
-//! (`groups == in == out` is a depthwise convolution).
+//! PyTorch's OIHW weights transposed, [`Conv2dShape::weight_to_gpu`]), bias `[out]`. Groups
+//! split the channels as PyTorch's do (`groups == in == out` is a depthwise convolution).
+//! Every tensor must start on a 16-byte boundary (cuDNN's vectorised kernels assume it, and
+//! the algorithms are chosen on aligned buffers): allocations are; a view into a larger
+//! buffer must keep it, and an error says when one does not.
 //!
 //! Precision (one per [`Conv2dKernel`]):
 //! - `f32`: f32 tensors, FMA arithmetic only. cuDNN lets f32 convolutions use TF32 tensor
@@ -786,17 +789,27 @@ impl Conv2dKernel {
         if let Some(z) = &epilogue.residual {
             check_len(&what, "residual", z.len(), shape.output_len())?;
         }
-        self.plan(shape)?;
         let stream = self.handle.stream().clone();
         let (xp, wp, yp) = (ptr(x, &stream), ptr(w, &stream), ptr_mut(y, &stream));
+        let bias = epilogue.bias.as_ref().map(|b| ptr(b, &stream));
+        let residual = epilogue.residual.as_ref().map(|z| ptr(z, &stream));
+        check_aligned(
+            &what,
+            &[
+                ("x", xp),
+                ("w", wp),
+                ("y", yp),
+                ("bias", bias.unwrap_or(0)),
+                ("residual", residual.unwrap_or(0)),
+            ],
+        )?;
+        self.plan(shape)?;
         let h = self.handle.bind()?;
         if epilogue.is_none() {
             return self
                 .convolve(h, shape, [xp, wp, yp])
                 .map_err(cudnn_error(|| what));
         }
-        let bias = epilogue.bias.as_ref().map(|b| ptr(b, &stream));
-        let residual = epilogue.residual.as_ref().map(|z| ptr(z, &stream));
         if self.fuse
             && self
                 .fused(h, shape, epilogue.relu, [xp, wp, yp], bias, residual)
@@ -823,9 +836,10 @@ impl Conv2dKernel {
         check_len(&what, "w", w.len(), shape.weight_len())?;
         check_len(&what, "dy", dy.len(), shape.output_len())?;
         check_len(&what, "dx", dx.len(), shape.input_len())?;
-        let choice = self.backward_data_choice(shape)?;
         let stream = self.handle.stream().clone();
         let (wp, dyp, dxp) = (ptr(w, &stream), ptr(dy, &stream), ptr_mut(dx, &stream));
+        check_aligned(&what, &[("w", wp), ("dy", dyp), ("dx", dxp)])?;
+        let choice = self.backward_data_choice(shape)?;
         let ws = self.workspace_ptr();
         let h = self.handle.bind()?;
         let d = &self.plans[shape].d;
@@ -866,9 +880,10 @@ impl Conv2dKernel {
         check_len(&what, "x", x.len(), shape.input_len())?;
         check_len(&what, "dy", dy.len(), shape.output_len())?;
         check_len(&what, "dw", dw.len(), shape.weight_len())?;
-        let choice = self.backward_filter_choice(shape)?;
         let stream = self.handle.stream().clone();
         let (xp, dyp, dwp) = (ptr(x, &stream), ptr(dy, &stream), ptr_mut(dw, &stream));
+        check_aligned(&what, &[("x", xp), ("dy", dyp), ("dw", dwp)])?;
+        let choice = self.backward_filter_choice(shape)?;
         let ws = self.workspace_ptr();
         let h = self.handle.bind()?;
         let d = &self.plans[shape].d;
@@ -909,6 +924,7 @@ impl Conv2dKernel {
         self.plan(shape)?;
         let stream = self.handle.stream().clone();
         let (dyp, dbp) = (ptr(dy, &stream), ptr_mut(db, &stream));
+        check_aligned(&what, &[("dy", dyp), ("db", dbp)])?;
         let h = self.handle.bind()?;
         let d = &self.plans[shape].d;
         let (one, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
@@ -1283,6 +1299,20 @@ fn refuses(e: CudnnError) -> bool {
     (2000..4000).contains(&(e.0 as u32))
 }
 
+/// The alignment every tensor address must have (see the module docs).
+const ALIGN: u64 = 16;
+
+/// Fails unless every `(name, address)` is [`ALIGN`]-byte aligned.
+fn check_aligned(what: &str, tensors: &[(&str, u64)]) -> Result<()> {
+    match tensors.iter().find(|(_, p)| p % ALIGN != 0) {
+        None => Ok(()),
+        Some((name, p)) => Err(Error::invalid(
+            what,
+            format!("{name} starts at {p:#x}, not on a {ALIGN}-byte boundary"),
+        )),
+    }
+}
+
 /// A host scalar as cuDNN takes alpha and beta (f32 for f32 and bf16 tensors).
 fn scalar(v: &f32) -> *const c_void {
     v as *const f32 as *const c_void
@@ -1331,8 +1361,12 @@ mod tests {
         let s = Conv2dShape::new(1, [5, 5], 6, 4, 3).with_groups(2);
         let oihw: Vec<f32> = (0..s.weight_len()).map(|i| i as f32).collect();
         let krsc = s.weight_to_gpu(&oihw);
-        // Output channel 1, input channel 2 of its group, tap (0, 1): OIHW ((1*3+2)*3+0)*3+1.
-        assert_eq!(krsc[((3 + 0) * 3 + 1) * 3 + 2], oihw[(5 * 3) * 3 + 1]);
+        // Output channel 1, input channel 2 of its group, tap (0, 1).
+        let (o, ci, ky, kx) = (1, 2, 0, 1);
+        let (c, kh, kw) = (3, 3, 3);
+        let gpu = ((o * kh + ky) * kw + kx) * c + ci;
+        let torch = ((o * c + ci) * kh + ky) * kw + kx;
+        assert_eq!(krsc[gpu], oihw[torch]);
         assert_eq!(s.weight_from_gpu(&krsc), oihw);
     }
 

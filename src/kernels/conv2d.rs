@@ -261,23 +261,38 @@ impl std::fmt::Display for Conv2dShape {
 }
 
 /// A tensor element type [`Conv2dKernel`] stores: f32 (the f32 and tf32 precisions) or bf16.
-pub trait Element: DeviceRepr + Copy + 'static {
+pub trait Element: DeviceRepr + Copy + Default + 'static {
     const DATA_TYPE: cudnnDataType_t;
     const NAME: &'static str;
     /// `conv2d_epilogue_<dtype>` in `kernels/conv2d.cu`.
     const EPILOGUE: &'static str;
+    /// `v` in this type (bf16: rounded to nearest even).
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
 }
 
 impl Element for f32 {
     const DATA_TYPE: cudnnDataType_t = cudnnDataType_t::CUDNN_DATA_FLOAT;
     const NAME: &'static str = "f32";
     const EPILOGUE: &'static str = "conv2d_epilogue_f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
 }
 
 impl Element for bf16 {
     const DATA_TYPE: cudnnDataType_t = cudnnDataType_t::CUDNN_DATA_BFLOAT16;
     const NAME: &'static str = "bf16";
     const EPILOGUE: &'static str = "conv2d_epilogue_bf16";
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
 }
 
 /// What the forward pass does after the convolution: `y = act(conv(x, w) + bias + residual)`.

@@ -113,50 +113,26 @@ fn tolerance(precision: Precision) -> f64 {
     }
 }
 
-/// A tensor element as the tests move it: f32 on the host, rounded to the storage type.
-trait Host: Element + Default + Clone {
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-
-impl Host for f32 {
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-impl Host for bf16 {
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
 /// `n` random values in [-1, 1), as the storage type holds them (the reference takes these).
-fn random<T: Host>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)).to_f32())
         .collect()
 }
 
-fn upload<T: Host>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
+fn upload<T: Element>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
     let host: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
     gpu::upload(gpu.stream(), &host).unwrap()
 }
 
 /// A device buffer of `n` NaNs.
-fn poisoned<T: Host>(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<T> {
+fn poisoned<T: Element>(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<T> {
     let mut b = gpu::upload(gpu.stream(), &vec![T::default(); n]).unwrap();
     gpu::poison_nan(gpu.stream(), &mut b).unwrap();
     b
 }
 
-fn download<T: Host>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
+fn download<T: Element>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
     let v: Vec<T> = gpu::download(gpu.stream(), b).unwrap();
     v.into_iter().map(T::to_f32).collect()
 }
@@ -209,7 +185,7 @@ const EPILOGUES: [(&str, bool, bool, bool); 4] = [
     ("bias+residual+relu", true, true, true),
 ];
 
-fn forward_cases<T: Host>(test: &str, precision: Precision) {
+fn forward_cases<T: Element>(test: &str, precision: Precision) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
@@ -281,7 +257,7 @@ fn conv2d_forward_bf16_matches_the_reference() {
     forward_cases::<bf16>("conv2d_forward_bf16_matches_the_reference", Precision::Bf16);
 }
 
-fn backward_cases<T: Host>(test: &str, precision: Precision) {
+fn backward_cases<T: Element>(test: &str, precision: Precision) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
@@ -433,7 +409,7 @@ fn conv2d_runs_inside_a_cuda_graph() {
     }
 }
 
-fn graph_case<T: Host>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernel) {
+fn graph_case<T: Element>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernel) {
     let shape = Conv2dShape::new(1, [20, 20], 32, 64, 3).with_pad(1);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let x = upload::<T>(gpu, &random::<T>(&mut rng, shape.input_len()));

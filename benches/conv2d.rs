@@ -212,4 +212,8 @@ fn bench_precision<T: Element>(group: &mut Group<'_>, gpu: &Gpu, mut conv: Conv2
         );
         println!("{}", conv.describe(&shape).unwrap_or_default());
     }
+    println!(
+        "conv2d {precision}: {} MiB of workspace shared by every shape",
+        conv.workspace_bytes() >> 20
+    );
 }

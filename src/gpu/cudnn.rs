@@ -264,8 +264,10 @@ impl CudnnHandle {
 
 impl Drop for CudnnHandle {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once. A failed destroy only leaks host memory,
-        // and a drop cannot report it.
+        // cuDNN frees the handle's device memory in the current context. Failures only leak,
+        // and a drop cannot report them.
+        let _ = self.gpu.ctx().bind_to_thread();
+        // SAFETY: created in `new`, destroyed once.
         let _ = unsafe { result::destroy_handle(self.raw) };
     }
 }

@@ -586,6 +586,26 @@ impl<A: std::fmt::Debug> std::fmt::Display for Choice<A> {
     }
 }
 
+/// More than any pass has algorithms (8 forward, 6 backward data, 7 backward filter).
+const MAX_ALGOS: usize = 8;
+
+/// Runs one of cuDNN's `cudnnFind*Algorithm` benchmarks (`call(count, &mut returned,
+/// results)`) and [`pick`]s from its results.
+fn find<P: Perf>(
+    what: &str,
+    precision: Precision,
+    deterministic: bool,
+    call: impl FnOnce(i32, &mut i32, *mut P) -> Status,
+) -> Result<Choice<P::Algo>> {
+    let mut results = [zeroed::<P>(); MAX_ALGOS];
+    let mut n = 0;
+    call(MAX_ALGOS as i32, &mut n, results.as_mut_ptr())
+        .result()
+        .map_err(cudnn_error(|| what.to_string()))?;
+    let n = (n.max(0) as usize).min(MAX_ALGOS);
+    pick(&results[..n], precision, deterministic, what)
+}
+
 /// The fastest acceptable result of a `cudnnFind...` call (cuDNN sorts them by time), or
 /// an error listing what was refused and why.
 fn pick<P: Perf>(
@@ -982,33 +1002,17 @@ impl Conv2dKernel {
     fn plan(&mut self, shape: &Conv2dShape) -> Result<&mut Plan> {
         if !self.plans.contains_key(shape) {
             let precision = self.precision;
-            let what = || format!("conv2d forward {shape} ({precision})");
-            let d = Descriptors::new(shape, precision).map_err(cudnn_error(what))?;
+            let what = format!("conv2d forward {shape} ({precision})");
+            let d = Descriptors::new(shape, precision).map_err(cudnn_error(|| what.clone()))?;
             let h = self.handle.bind()?;
-            let mut perf = [zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>();
-                FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize];
-            let mut n = 0;
-            // SAFETY: live handle and descriptors; `perf` holds the count asked for.
-            unsafe {
-                sys::cudnnFindConvolutionForwardAlgorithm(
-                    h,
-                    d.x.0,
-                    d.w.0,
-                    d.conv.0,
-                    d.y.0,
-                    perf.len() as i32,
-                    &mut n,
-                    perf.as_mut_ptr(),
-                )
-            }
-            .result()
-            .map_err(cudnn_error(what))?;
-            let forward = pick(
-                &perf[..n.max(0) as usize],
-                precision,
-                self.deterministic,
-                &what(),
-            )?;
+            let forward = find(&what, precision, self.deterministic, |count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        h, d.x.0, d.w.0, d.conv.0, d.y.0, count, n, perf,
+                    )
+                }
+            })?;
             let mut precomputed = 0;
             // SAFETY: as above; only asks for a size.
             let precomputed_workspace = unsafe {
@@ -1026,8 +1030,7 @@ impl Conv2dKernel {
             .ok()
             .map(|()| precomputed)
             .filter(|&bytes| bytes <= WORKSPACE_LIMIT);
-            let bytes = forward.workspace.max(precomputed_workspace.unwrap_or(0));
-            self.grow_workspace(bytes)?;
+            self.grow_workspace(forward.workspace.max(precomputed_workspace.unwrap_or(0)))?;
             let bias_bytes = shape.out_channels * std::mem::size_of::<f32>();
             if self.zero_bias.len() < bias_bytes {
                 self.zero_bias = self
@@ -1052,78 +1055,54 @@ impl Conv2dKernel {
         Ok(self.plans.get_mut(shape).expect("planned above"))
     }
 
+    /// The backward-data algorithm of `shape`, chosen on first use.
     fn backward_data_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<DataAlgo>> {
         let (precision, deterministic) = (self.precision, self.deterministic);
         let h = self.handle.bind()?;
         let plan = self.plan(shape)?;
-        if let Some(c) = plan.backward_data {
-            return Ok(c);
-        }
-        let what = || format!("conv2d backward data {shape} ({precision})");
         let d = &plan.d;
-        let mut perf = [zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>();
-            DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize];
-        let mut n = 0;
-        // SAFETY: live handle and descriptors; `perf` holds the count asked for.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                h,
-                d.w.0,
-                d.y.0,
-                d.conv.0,
-                d.x.0,
-                perf.len() as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-            )
-        }
-        .result()
-        .map_err(cudnn_error(what))?;
-        let choice = pick(
-            &perf[..n.max(0) as usize],
-            precision,
-            deterministic,
-            &what(),
-        )?;
-        plan.backward_data = Some(choice);
+        let choice = match plan.backward_data {
+            Some(c) => c,
+            None => {
+                let what = format!("conv2d backward data {shape} ({precision})");
+                let c = find(&what, precision, deterministic, |count, n, perf| {
+                    // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                    unsafe {
+                        sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                            h, d.w.0, d.y.0, d.conv.0, d.x.0, count, n, perf,
+                        )
+                    }
+                })?;
+                plan.backward_data = Some(c);
+                c
+            }
+        };
         self.grow_workspace(choice.workspace)?;
         Ok(choice)
     }
 
+    /// The backward-filter algorithm of `shape`, chosen on first use.
     fn backward_filter_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<FilterAlgo>> {
         let (precision, deterministic) = (self.precision, self.deterministic);
         let h = self.handle.bind()?;
         let plan = self.plan(shape)?;
-        if let Some(c) = plan.backward_filter {
-            return Ok(c);
-        }
-        let what = || format!("conv2d backward filter {shape} ({precision})");
         let d = &plan.d;
-        let mut perf = [zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>();
-            FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize];
-        let mut n = 0;
-        // SAFETY: live handle and descriptors; `perf` holds the count asked for.
-        unsafe {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                h,
-                d.x.0,
-                d.y.0,
-                d.conv.0,
-                d.w.0,
-                perf.len() as i32,
-                &mut n,
-                perf.as_mut_ptr(),
-            )
-        }
-        .result()
-        .map_err(cudnn_error(what))?;
-        let choice = pick(
-            &perf[..n.max(0) as usize],
-            precision,
-            deterministic,
-            &what(),
-        )?;
-        plan.backward_filter = Some(choice);
+        let choice = match plan.backward_filter {
+            Some(c) => c,
+            None => {
+                let what = format!("conv2d backward filter {shape} ({precision})");
+                let c = find(&what, precision, deterministic, |count, n, perf| {
+                    // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                    unsafe {
+                        sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                            h, d.x.0, d.y.0, d.conv.0, d.w.0, count, n, perf,
+                        )
+                    }
+                })?;
+                plan.backward_filter = Some(c);
+                c
+            }
+        };
         self.grow_workspace(choice.workspace)?;
         Ok(choice)
     }

@@ -672,6 +672,13 @@ struct Plan {
     backward_filter: Option<Choice<FilterAlgo>>,
 }
 
+/// The two backward passes that run a convolution.
+#[derive(Clone, Copy)]
+enum Backward {
+    Data,
+    Filter,
+}
+
 /// The passes [`Conv2dKernel::prepare`] plans for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passes {
@@ -815,29 +822,22 @@ impl Conv2dKernel {
         y: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         let what = self.what::<T>("forward", shape)?;
-        check_len(&what, "x", x.len(), shape.input_len())?;
-        check_len(&what, "w", w.len(), shape.weight_len())?;
-        check_len(&what, "y", y.len(), shape.output_len())?;
-        if let Some(b) = &epilogue.bias {
-            check_len(&what, "bias", b.len(), shape.out_channels)?;
-        }
-        if let Some(z) = &epilogue.residual {
-            check_len(&what, "residual", z.len(), shape.output_len())?;
-        }
         let stream = self.handle.stream().clone();
         let (xp, wp, yp) = (ptr(x, &stream), ptr(w, &stream), ptr_mut(y, &stream));
         let bias = epilogue.bias.as_ref().map(|b| ptr(b, &stream));
         let residual = epilogue.residual.as_ref().map(|z| ptr(z, &stream));
-        check_aligned(
-            &what,
-            &[
-                ("x", xp),
-                ("w", wp),
-                ("y", yp),
-                ("bias", bias.unwrap_or(0)),
-                ("residual", residual.unwrap_or(0)),
-            ],
-        )?;
+        let mut operands = vec![
+            ("x", x.len(), shape.input_len(), xp),
+            ("w", w.len(), shape.weight_len(), wp),
+            ("y", y.len(), shape.output_len(), yp),
+        ];
+        if let (Some(b), Some(bp)) = (&epilogue.bias, bias) {
+            operands.push(("bias", b.len(), shape.out_channels, bp));
+        }
+        if let (Some(z), Some(zp)) = (&epilogue.residual, residual) {
+            operands.push(("residual", z.len(), shape.output_len(), zp));
+        }
+        check_operands(&what, &operands)?;
         self.plan(shape)?;
         let h = self.handle.bind()?;
         if epilogue.is_none() {
@@ -867,38 +867,7 @@ impl Conv2dKernel {
         dx: &mut impl DevicePtrMut<T>,
         accumulate: bool,
     ) -> Result<()> {
-        let what = self.what::<T>("backward data", shape)?;
-        check_len(&what, "w", w.len(), shape.weight_len())?;
-        check_len(&what, "dy", dy.len(), shape.output_len())?;
-        check_len(&what, "dx", dx.len(), shape.input_len())?;
-        let stream = self.handle.stream().clone();
-        let (wp, dyp, dxp) = (ptr(w, &stream), ptr(dy, &stream), ptr_mut(dx, &stream));
-        check_aligned(&what, &[("w", wp), ("dy", dyp), ("dx", dxp)])?;
-        let choice = self.backward_data_choice(shape)?;
-        let ws = self.workspace_ptr();
-        let h = self.handle.bind()?;
-        let d = &self.plans[shape].d;
-        let (one, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
-        // SAFETY: the descriptors describe the checked buffers; the workspace holds at least
-        // the chosen algorithm's (grown when it was chosen).
-        unsafe {
-            dnn::convolution_backward_data(
-                h,
-                scalar(&one),
-                d.w.0,
-                wp as *const c_void,
-                d.y.0,
-                dyp as *const c_void,
-                d.conv.0,
-                choice.algo,
-                ws,
-                choice.workspace,
-                scalar(&beta),
-                d.x.0,
-                dxp as *mut c_void,
-            )
-        }
-        .map_err(cudnn_error(|| what))
+        self.backward(Backward::Data, shape, w, dy, dx, accumulate)
     }
 
     /// `dw (+)= conv_backward_filter(x, dy)`, the gradient of the filters; `accumulate` adds
@@ -911,37 +880,101 @@ impl Conv2dKernel {
         dw: &mut impl DevicePtrMut<T>,
         accumulate: bool,
     ) -> Result<()> {
-        let what = self.what::<T>("backward filter", shape)?;
-        check_len(&what, "x", x.len(), shape.input_len())?;
-        check_len(&what, "dy", dy.len(), shape.output_len())?;
-        check_len(&what, "dw", dw.len(), shape.weight_len())?;
+        self.backward(Backward::Filter, shape, x, dy, dw, accumulate)
+    }
+
+    /// One backward pass: `operand` is the weight (data) or the input (filter), `grad` the
+    /// gradient it writes.
+    fn backward<T: Element>(
+        &mut self,
+        pass: Backward,
+        shape: &Conv2dShape,
+        operand: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        grad: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (name, [operand_name, grad_name], [operand_len, grad_len]) = match pass {
+            Backward::Data => (
+                "backward data",
+                ["w", "dx"],
+                [shape.weight_len(), shape.input_len()],
+            ),
+            Backward::Filter => (
+                "backward filter",
+                ["x", "dw"],
+                [shape.input_len(), shape.weight_len()],
+            ),
+        };
+        let what = self.what::<T>(name, shape)?;
         let stream = self.handle.stream().clone();
-        let (xp, dyp, dwp) = (ptr(x, &stream), ptr(dy, &stream), ptr_mut(dw, &stream));
-        check_aligned(&what, &[("x", xp), ("dy", dyp), ("dw", dwp)])?;
-        let choice = self.backward_filter_choice(shape)?;
-        let ws = self.workspace_ptr();
-        let h = self.handle.bind()?;
-        let d = &self.plans[shape].d;
-        let (one, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
-        // SAFETY: as in `backward_data`.
-        unsafe {
-            dnn::convolution_backward_filter(
-                h,
-                scalar(&one),
-                d.x.0,
-                xp as *const c_void,
-                d.y.0,
-                dyp as *const c_void,
-                d.conv.0,
-                choice.algo,
-                ws,
-                choice.workspace,
-                scalar(&beta),
-                d.w.0,
-                dwp as *mut c_void,
-            )
-        }
-        .map_err(cudnn_error(|| what))
+        let (op, dyp, gp) = (
+            ptr(operand, &stream),
+            ptr(dy, &stream),
+            ptr_mut(grad, &stream),
+        );
+        check_operands(
+            &what,
+            &[
+                (operand_name, operand.len(), operand_len, op),
+                ("dy", dy.len(), shape.output_len(), dyp),
+                (grad_name, grad.len(), grad_len, gp),
+            ],
+        )?;
+        let (one, beta) = scales(accumulate);
+        let (op, dyp, gp) = (op as *const c_void, dyp as *const c_void, gp as *mut c_void);
+        let status = match pass {
+            Backward::Data => {
+                let choice = self.backward_data_choice(shape)?;
+                let ws = self.workspace_ptr();
+                let h = self.handle.bind()?;
+                let d = &self.plans[shape].d;
+                // SAFETY: the descriptors describe the checked buffers; the workspace holds
+                // at least the chosen algorithm's (grown when it was chosen).
+                unsafe {
+                    dnn::convolution_backward_data(
+                        h,
+                        scalar(&one),
+                        d.w.0,
+                        op,
+                        d.y.0,
+                        dyp,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&beta),
+                        d.x.0,
+                        gp,
+                    )
+                }
+            }
+            Backward::Filter => {
+                let choice = self.backward_filter_choice(shape)?;
+                let ws = self.workspace_ptr();
+                let h = self.handle.bind()?;
+                let d = &self.plans[shape].d;
+                // SAFETY: as for the data pass.
+                unsafe {
+                    dnn::convolution_backward_filter(
+                        h,
+                        scalar(&one),
+                        d.x.0,
+                        op,
+                        d.y.0,
+                        dyp,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&beta),
+                        d.w.0,
+                        gp,
+                    )
+                }
+            }
+        };
+        status.map_err(cudnn_error(|| what))
     }
 
     /// `db (+)= sum of dy over batch, height and width`, the gradient of the bias `[out]`;
@@ -954,15 +987,19 @@ impl Conv2dKernel {
         accumulate: bool,
     ) -> Result<()> {
         let what = self.what::<T>("backward bias", shape)?;
-        check_len(&what, "dy", dy.len(), shape.output_len())?;
-        check_len(&what, "db", db.len(), shape.out_channels)?;
-        self.plan(shape)?;
         let stream = self.handle.stream().clone();
         let (dyp, dbp) = (ptr(dy, &stream), ptr_mut(db, &stream));
-        check_aligned(&what, &[("dy", dyp), ("db", dbp)])?;
+        check_operands(
+            &what,
+            &[
+                ("dy", dy.len(), shape.output_len(), dyp),
+                ("db", db.len(), shape.out_channels, dbp),
+            ],
+        )?;
+        self.plan(shape)?;
         let h = self.handle.bind()?;
         let d = &self.plans[shape].d;
-        let (one, beta) = (1f32, if accumulate { 1f32 } else { 0f32 });
+        let (one, beta) = scales(accumulate);
         // SAFETY: the descriptors describe the checked buffers.
         unsafe {
             sys::cudnnConvolutionBackwardBias(
@@ -1057,49 +1094,59 @@ impl Conv2dKernel {
 
     /// The backward-data algorithm of `shape`, chosen on first use.
     fn backward_data_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<DataAlgo>> {
-        let (precision, deterministic) = (self.precision, self.deterministic);
-        let h = self.handle.bind()?;
-        let plan = self.plan(shape)?;
-        let d = &plan.d;
-        let choice = match plan.backward_data {
-            Some(c) => c,
-            None => {
-                let what = format!("conv2d backward data {shape} ({precision})");
-                let c = find(&what, precision, deterministic, |count, n, perf| {
-                    // SAFETY: live handle and descriptors; `perf` holds `count` results.
-                    unsafe {
-                        sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                            h, d.w.0, d.y.0, d.conv.0, d.x.0, count, n, perf,
-                        )
-                    }
-                })?;
-                plan.backward_data = Some(c);
-                c
-            }
-        };
-        self.grow_workspace(choice.workspace)?;
-        Ok(choice)
+        self.choice(
+            shape,
+            "backward data",
+            |p| &mut p.backward_data,
+            |h, d, count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        h, d.w.0, d.y.0, d.conv.0, d.x.0, count, n, perf,
+                    )
+                }
+            },
+        )
     }
 
     /// The backward-filter algorithm of `shape`, chosen on first use.
     fn backward_filter_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<FilterAlgo>> {
+        self.choice(
+            shape,
+            "backward filter",
+            |p| &mut p.backward_filter,
+            |h, d, count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        h, d.x.0, d.y.0, d.conv.0, d.w.0, count, n, perf,
+                    )
+                }
+            },
+        )
+    }
+
+    /// The algorithm cached in `slot` of `shape`'s plan, or the one cuDNN's benchmark `find`
+    /// picks now (the workspace grown for it).
+    fn choice<P: Perf>(
+        &mut self,
+        shape: &Conv2dShape,
+        pass: &str,
+        slot: impl Fn(&mut Plan) -> &mut Option<Choice<P::Algo>>,
+        benchmark: impl FnOnce(sys::cudnnHandle_t, &Descriptors, i32, &mut i32, *mut P) -> Status,
+    ) -> Result<Choice<P::Algo>> {
         let (precision, deterministic) = (self.precision, self.deterministic);
         let h = self.handle.bind()?;
         let plan = self.plan(shape)?;
-        let d = &plan.d;
-        let choice = match plan.backward_filter {
+        let choice = match *slot(plan) {
             Some(c) => c,
             None => {
-                let what = format!("conv2d backward filter {shape} ({precision})");
+                let what = format!("conv2d {pass} {shape} ({precision})");
+                let d = &plan.d;
                 let c = find(&what, precision, deterministic, |count, n, perf| {
-                    // SAFETY: live handle and descriptors; `perf` holds `count` results.
-                    unsafe {
-                        sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                            h, d.x.0, d.y.0, d.conv.0, d.w.0, count, n, perf,
-                        )
-                    }
+                    benchmark(h, d, count, n, perf)
                 })?;
-                plan.backward_filter = Some(c);
+                *slot(plan) = Some(c);
                 c
             }
         };
@@ -1133,7 +1180,7 @@ impl Conv2dKernel {
     ) -> std::result::Result<(), CudnnError> {
         let ws = self.workspace_ptr();
         let plan = &self.plans[shape];
-        let (one, zero) = (1f32, 0f32);
+        let (one, zero) = scales(false);
         // SAFETY: the plan's descriptors describe the checked buffers; the workspace holds the
         // chosen algorithm's.
         unsafe {
@@ -1199,7 +1246,7 @@ impl Conv2dKernel {
                 c
             }
         };
-        let (one, alpha2) = (1f32, if residual.is_some() { 1f32 } else { 0f32 });
+        let (one, alpha2) = scales(residual.is_some());
         let mut refused = Vec::new();
         for (algo, bytes) in candidates {
             // SAFETY: the plan's descriptors describe the checked buffers (the residual and,
@@ -1296,15 +1343,24 @@ fn refuses(e: CudnnError) -> bool {
 /// The alignment every tensor address must have (see the module docs).
 const ALIGN: u64 = 16;
 
-/// Fails unless every `(name, address)` is [`ALIGN`]-byte aligned.
-fn check_aligned(what: &str, tensors: &[(&str, u64)]) -> Result<()> {
-    match tensors.iter().find(|(_, p)| p % ALIGN != 0) {
-        None => Ok(()),
-        Some((name, p)) => Err(Error::invalid(
-            what,
-            format!("{name} starts at {p:#x}, not on a {ALIGN}-byte boundary"),
-        )),
+/// Fails unless every operand `(name, length, length the shape needs, address)` has its
+/// length and an [`ALIGN`]-byte aligned address.
+fn check_operands(what: &str, operands: &[(&str, usize, usize, u64)]) -> Result<()> {
+    for &(name, len, want, addr) in operands {
+        check_len(what, name, len, want)?;
+        if addr % ALIGN != 0 {
+            return Err(Error::invalid(
+                what,
+                format!("{name} starts at {addr:#x}, not on a {ALIGN}-byte boundary"),
+            ));
+        }
     }
+    Ok(())
+}
+
+/// cuDNN's (alpha, beta): the result overwrites, or is added to, the output.
+fn scales(accumulate: bool) -> (f32, f32) {
+    (1.0, if accumulate { 1.0 } else { 0.0 })
 }
 
 /// A host scalar as cuDNN takes alpha and beta (f32 for f32 and bf16 tensors).

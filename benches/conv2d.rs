@@ -1,4 +1,4 @@
-//! Criterion bench group `conv2d`: cuDNN's convolutions ([`Conv2dKernel`]) on the shapes that
+//! Criterion bench group `conv2d`: cuDNN's convolutions ([`Conv2dKernels`]) on the shapes that
 //! matter, in f32 (FMA), tf32 and bf16. Ids `conv2d/<shape>/<precision>/<pass>`:
 //! - the tracker's backbone at batch 1 on the 384 x 384 search crop (ResNet-50 to layer3, batch
 //!   norm folded into a bias): the stem, each stage's 3x3 and 1x1 convolutions, the strided
@@ -28,7 +28,7 @@ use attnrt::Error;
 use attnrt::base::Precision;
 use attnrt::gpu::testing::{REQUIRE_GPU_VAR, gpu_or_skip};
 use attnrt::gpu::{DeviceBuffer, Gpu, time_ms, upload};
-use attnrt::kernels::conv2d::{Conv2dKernel, Conv2dShape, Element, Epilogue, Passes};
+use attnrt::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Throughput};
 use half::bf16;
@@ -112,7 +112,7 @@ fn main() {
     let mut c = common::criterion();
     let mut group = c.benchmark_group("conv2d");
     for precision in Precision::ALL {
-        let conv = match Conv2dKernel::new(&gpu, precision) {
+        let conv = match Conv2dKernels::load(&gpu, precision) {
             Ok(conv) => conv,
             Err(e @ Error::MissingLibrary { .. })
                 if std::env::var(REQUIRE_GPU_VAR).map_or(true, |v| v != "1") =>
@@ -159,7 +159,7 @@ fn bench_calls(
     });
 }
 
-fn bench_precision<T: Element>(group: &mut Group<'_>, gpu: &Gpu, mut conv: Conv2dKernel) {
+fn bench_precision<T: Element>(group: &mut Group<'_>, gpu: &Gpu, mut conv: Conv2dKernels) {
     let precision = conv.precision();
     for (name, shape, tail) in tracker_shapes() {
         conv.prepare(&shape, Passes::Forward).expect("planning");

@@ -1,6 +1,6 @@
 //! `conv2d`: a 2-D convolution with a fused epilogue (bias, a residual added before the
 //! activation as in ResNet's bottleneck, ReLU) and its backward passes (data, filter, bias).
-//! [`cpu`] is the reference every engine is checked against; [`Conv2dKernel`] runs it on cuDNN in
+//! [`cpu`] is the reference every engine is checked against; [`Conv2dKernels`] runs it on cuDNN in
 //! f32, tf32 and bf16.
 //!
 //! Layouts: activations NHWC (`[n][h][w][c]`), filters KRSC (`[out][kh][kw][in / groups]`:
@@ -10,7 +10,7 @@
 //! the algorithms are chosen on aligned buffers): allocations are; a view into a larger
 //! buffer must keep it, and an error says when one does not.
 //!
-//! Precision (one per [`Conv2dKernel`]):
+//! Precision (one per [`Conv2dKernels`]):
 //! - `f32`: f32 tensors, FMA arithmetic only. cuDNN lets f32 convolutions use TF32 tensor
 //!   cores unless told otherwise; `CUDNN_FMA_MATH` on the convolution descriptor forbids it,
 //!   and an algorithm that reports tensor-op math is refused as well.
@@ -28,7 +28,7 @@
 //! (`cudnnFindConvolution*Algorithm`: the fastest that fits [`WORKSPACE_LIMIT`], meets the
 //! precision, and is deterministic when asked) and cached with the shape's descriptors; all
 //! shapes share one workspace, grown to the largest choice. Planning runs kernels, allocates
-//! and synchronises, so it must not happen inside a CUDA graph capture: [`Conv2dKernel::prepare`]
+//! and synchronises, so it must not happen inside a CUDA graph capture: [`Conv2dKernels::prepare`]
 //! every shape first (or run one eager pass).
 //!
 //! The fused epilogue: `cudnnConvolutionBiasActivationForward` computes
@@ -36,7 +36,7 @@
 //! identity activation only with the implicit-precomputed-GEMM algorithm). The first call of a
 //! shape tries it; where cuDNN answers that it does not support the configuration, the shape
 //! runs the plain convolution followed by `conv2d_epilogue_<dtype>` (`kernels/conv2d.cu`) from
-//! then on. [`Conv2dKernel::describe`] says which it runs.
+//! then on. [`Conv2dKernels::describe`] says which it runs.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -53,8 +53,7 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
 use half::bf16;
 
 use super::KernelModule;
-use super::raw::{ptr, ptr_mut};
-use super::shape::{check_len, elementwise};
+use super::launch::{Args, check_len, elementwise, ptr, ptr_mut};
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::cudnn::{CudnnHandle, cudnn_error};
@@ -260,7 +259,7 @@ impl std::fmt::Display for Conv2dShape {
     }
 }
 
-/// A tensor element type [`Conv2dKernel`] stores: f32 (the f32 and tf32 precisions) or bf16.
+/// A tensor element type [`Conv2dKernels`] stores: f32 (the f32 and tf32 precisions) or bf16.
 pub trait Element: DeviceRepr + Copy + Default + 'static {
     const DATA_TYPE: cudnnDataType_t;
     const NAME: &'static str;
@@ -679,7 +678,7 @@ enum Backward {
     Filter,
 }
 
-/// The passes [`Conv2dKernel::prepare`] plans for.
+/// The passes [`Conv2dKernels::prepare`] plans for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passes {
     /// The forward pass, with any epilogue.
@@ -691,7 +690,7 @@ pub enum Passes {
 /// 2-D convolutions of one precision on one GPU stream: a cuDNN handle, the plans of every
 /// shape seen, and the workspace they share. One per stream and thread; every layer of a
 /// network runs through the same one.
-pub struct Conv2dKernel {
+pub struct Conv2dKernels {
     handle: CudnnHandle,
     precision: Precision,
     deterministic: bool,
@@ -706,10 +705,10 @@ pub struct Conv2dKernel {
     epilogue: Option<Kernel>,
 }
 
-impl Conv2dKernel {
+impl Conv2dKernels {
     /// Convolutions in `precision` on `gpu`'s main stream; loads cuDNN first (an
     /// [`Error::MissingLibrary`] says how to get it).
-    pub fn new(gpu: &Arc<Gpu>, precision: Precision) -> Result<Conv2dKernel> {
+    pub fn load(gpu: &Arc<Gpu>, precision: Precision) -> Result<Conv2dKernels> {
         let handle = CudnnHandle::new(gpu, gpu.stream())?;
         let activation = |mode: Act| -> Result<ActivationDesc> {
             let what = || format!("creating a {mode:?} descriptor");
@@ -733,7 +732,7 @@ impl Conv2dKernel {
                 .alloc_zeros::<u8>(1)
                 .cuda(|| format!("allocating the conv2d {what}"))
         };
-        Ok(Conv2dKernel {
+        Ok(Conv2dKernels {
             relu: activation(Act::CUDNN_ACTIVATION_RELU)?,
             identity: activation(Act::CUDNN_ACTIVATION_IDENTITY)?,
             workspace: alloc("workspace")?,
@@ -854,7 +853,7 @@ impl Conv2dKernel {
         }
         self.convolve(h, shape, [xp, wp, yp])
             .map_err(cudnn_error(|| what.clone()))?;
-        self.run_epilogue::<T>(shape, yp, bias, residual, epilogue.relu)
+        self.run_epilogue(shape, y, &epilogue)
     }
 
     /// `dx (+)= conv_backward_data(dy, w)`, the gradient of the forward pass's input:
@@ -1297,10 +1296,8 @@ impl Conv2dKernel {
     fn run_epilogue<T: Element>(
         &mut self,
         shape: &Conv2dShape,
-        y: u64,
-        bias: Option<u64>,
-        residual: Option<u64>,
-        relu: bool,
+        y: &mut impl DevicePtrMut<T>,
+        epilogue: &Epilogue<'_, T>,
     ) -> Result<()> {
         let kernel = match &self.epilogue {
             Some(k) => k.clone(),
@@ -1313,29 +1310,23 @@ impl Conv2dKernel {
                 k
             }
         };
-        let n = shape.output_len();
-        let (n64, c, relu) = (n as i64, shape.out_channels as i32, relu as i32);
-        let (bias, residual) = (bias.unwrap_or(0), residual.unwrap_or(0));
+        let (n, c) = (shape.output_len(), shape.out_channels);
         let stream = self.handle.stream().clone();
-        // SAFETY: the kernel's signature (y, bias, z, n, c, relu); `forward` checked that y
-        // and the residual hold n elements and the bias c.
-        unsafe {
-            kernel
-                .on(&stream)
-                .arg(&y)
-                .arg(&bias)
-                .arg(&residual)
-                .arg(&n64)
-                .arg(&c)
-                .arg(&relu)
-                .go(elementwise(n))
-        }
+        let args = Args::new(&kernel, &stream)
+            .output("y", y, n)?
+            .optional("bias", epilogue.bias.as_ref(), c)?
+            .optional("residual", epilogue.residual.as_ref(), n)?
+            .long(n)
+            .int("channels", c)?
+            .int("relu", usize::from(epilogue.relu))?;
+        // SAFETY: conv2d_epilogue_<dtype>(T* y, const T* bias, const T* z, long long n, int c,
+        // int relu); every buffer was checked for the elements it covers.
+        unsafe { args.launch(elementwise(n)) }
     }
 }
 
 /// Whether a fused call's status means cuDNN does not take this configuration (rather than a
-/// failure to report).
-/// cuDNN 9 numbers its statuses by family: 2xxx bad parameters, 3xxx not supported.
+/// failure to report): cuDNN 9 numbers its statuses by family: 2xxx bad parameters, 3xxx not supported.
 fn refuses(e: CudnnError) -> bool {
     (2000..4000).contains(&(e.0 as u32))
 }

@@ -1,4 +1,4 @@
-//! `conv2d` on cuDNN ([`Conv2dKernel`]) against the CPU reference (`conv2d::cpu`, f64
+//! `conv2d` on cuDNN ([`Conv2dKernels`]) against the CPU reference (`conv2d::cpu`, f64
 //! accumulation), in every precision, on the shapes the tracker's backbone and heads and the
 //! five CNNs of the trainer use: the 7x7 stride-2 stem, 3x3 stride 1 and 2, 1x1 stride 1 and
 //! 2, AlexNet's 11x11 stride 4, grouped (ResNeXt) and depthwise (ShuffleNet) convolutions, a
@@ -23,24 +23,23 @@ use std::sync::Arc;
 
 use attnrt::Error;
 use attnrt::base::Precision;
+use attnrt::base::relative_error;
 use attnrt::gpu::testing::{REQUIRE_GPU_VAR, gpu_or_skip};
 use attnrt::gpu::{self, Gpu, Graph, cudnn};
 use attnrt::kernels::conv2d::cpu::{self, Layout};
-use attnrt::kernels::conv2d::{Conv2dKernel, Conv2dShape, Element, Epilogue, Passes};
-use attnrt::model::tensor::relative_error;
+use attnrt::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
 use half::bf16;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn required() -> bool {
     std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1")
 }
 
-/// The GPU and a `precision` [`Conv2dKernel`] on it, or `None` after printing why not (no
+/// The GPU and a `precision` [`Conv2dKernels`] on it, or `None` after printing why not (no
 /// GPU, or no cuDNN: a failure when a GPU is required).
-fn conv_or_skip(test: &str, precision: Precision) -> Option<(Arc<Gpu>, Conv2dKernel)> {
+fn conv_or_skip(test: &str, precision: Precision) -> Option<(Arc<Gpu>, Conv2dKernels)> {
     let gpu = gpu_or_skip(test)?;
-    match Conv2dKernel::new(&gpu, precision) {
+    match Conv2dKernels::load(&gpu, precision) {
         Ok(conv) => Some((gpu, conv)),
         Err(e @ Error::MissingLibrary { .. }) if !required() => {
             println!("{test}: skipped: {e}");
@@ -115,9 +114,9 @@ fn tolerance(precision: Precision) -> f64 {
 
 /// `n` random values in [-1, 1), as the storage type holds them (the reference takes these).
 fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| T::from_f32(rng.random_range(-1.0f32..1.0)).to_f32())
-        .collect()
+    let mut v = crate::random(rng, n);
+    v.iter_mut().for_each(|x| *x = T::from_f32(*x).to_f32());
+    v
 }
 
 fn upload<T: Element>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
@@ -189,7 +188,7 @@ fn forward_cases<T: Element>(test: &str, precision: Precision) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(0xC02D);
+    let mut rng = crate::rng(0xC02D);
     let mut failures = Vec::new();
     let tol = tolerance(precision);
     for (name, shape) in cases() {
@@ -261,7 +260,7 @@ fn backward_cases<T: Element>(test: &str, precision: Precision) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(0xBAC2D);
+    let mut rng = crate::rng(0xBAC2D);
     let mut failures = Vec::new();
     let tol = tolerance(precision);
     for (name, shape) in cases() {
@@ -374,7 +373,7 @@ fn conv2d_deterministic_backward_repeats_bit_for_bit() {
     };
     conv.set_deterministic(true);
     let shape = Conv2dShape::new(8, [28, 28], 64, 64, 3).with_pad(1);
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut rng = crate::rng(7);
     let x = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.input_len()));
     let w = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.weight_len()));
     let dy = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.output_len()));
@@ -409,14 +408,14 @@ fn conv2d_runs_inside_a_cuda_graph() {
     }
 }
 
-fn graph_case<T: Element>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernel) {
+fn graph_case<T: Element>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernels) {
     let shape = Conv2dShape::new(1, [20, 20], 32, 64, 3).with_pad(1);
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut rng = crate::rng(11);
     let x = upload::<T>(gpu, &random::<T>(&mut rng, shape.input_len()));
     let w = upload::<T>(gpu, &random::<T>(&mut rng, shape.weight_len()));
     let b = upload::<T>(gpu, &random::<T>(&mut rng, shape.out_channels));
     let z = upload::<T>(gpu, &random::<T>(&mut rng, shape.output_len()));
-    let run = |conv: &mut Conv2dKernel,
+    let run = |conv: &mut Conv2dKernels,
                y1: &mut gpu::DeviceBuffer<T>,
                y2: &mut gpu::DeviceBuffer<T>,
                dx: &mut gpu::DeviceBuffer<T>| {

@@ -665,11 +665,20 @@ struct Plan {
     /// The workspace of the implicit-precomputed-GEMM algorithm, the only one cuDNN's fused
     /// call takes with the identity activation; `None` when cuDNN does not offer it here.
     precomputed_workspace: Option<usize>,
-    fused_relu: Fused,
-    fused_identity: Fused,
+    /// The fused call's state per epilogue, indexed by [`fused_index`].
+    fused: [Fused; 4],
     backward_data: Option<Choice<DataAlgo>>,
     backward_filter: Option<Choice<FilterAlgo>>,
 }
+
+/// Where a plan keeps the fused call's state for an epilogue: each of the four is tried on
+/// its own, since cuDNN may take one and refuse another.
+fn fused_index(relu: bool, residual: bool) -> usize {
+    usize::from(relu) * 2 + usize::from(residual)
+}
+
+/// The epilogues in [`fused_index`] order, for [`Conv2dKernels::describe`].
+const FUSED_NAMES: [&str; 4] = ["bias", "bias+residual", "bias+relu", "bias+residual+relu"];
 
 /// The two backward passes that run a convolution.
 #[derive(Clone, Copy)]
@@ -704,6 +713,11 @@ pub struct Conv2dKernels {
     /// `conv2d_epilogue_<dtype>`, loaded the first time a shape needs it.
     epilogue: Option<Kernel>,
 }
+
+// SAFETY: the cuDNN descriptors are host objects that any thread may use, one at a time;
+// `Conv2dKernels` uses them through `&mut self` only, from the thread that owns it (the
+// handle is `Send` on the same grounds).
+unsafe impl Send for Conv2dKernels {}
 
 impl Conv2dKernels {
     /// Convolutions in `precision` on `gpu`'s main stream; loads cuDNN first (an
@@ -789,10 +803,7 @@ impl Conv2dKernels {
             "conv2d {shape} {}: forward {}",
             self.precision, plan.forward
         );
-        for (name, fused) in [
-            ("bias+relu", &plan.fused_relu),
-            ("bias", &plan.fused_identity),
-        ] {
+        for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
                 Fused::Untried => {}
                 Fused::Works(algo) => write!(s, "; {name} fused ({})", algo_name(algo)).unwrap(),
@@ -1081,8 +1092,7 @@ impl Conv2dKernels {
                     d,
                     forward,
                     precomputed_workspace,
-                    fused_relu: Fused::Untried,
-                    fused_identity: Fused::Untried,
+                    fused: std::array::from_fn(|_| Fused::Untried),
                     backward_data: None,
                     backward_filter: None,
                 },
@@ -1216,11 +1226,8 @@ impl Conv2dKernels {
         let stream = self.handle.stream().clone();
         let zero_bias = ptr(&self.zero_bias, &stream);
         let plan = self.plans.get_mut(shape).expect("planned by forward");
-        let (act, state) = if relu {
-            (&self.relu, &mut plan.fused_relu)
-        } else {
-            (&self.identity, &mut plan.fused_identity)
-        };
+        let act = if relu { &self.relu } else { &self.identity };
+        let state = &mut plan.fused[fused_index(relu, residual.is_some())];
         let precomputed = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
         let candidates: Vec<(FwdAlgo, usize)> = match state {
             Fused::Unsupported(_) => return Ok(false),
@@ -1433,6 +1440,23 @@ mod tests {
         let e = Conv2dShape::new(1 << 16, [256, 256], 64, 64, 1);
         let e = e.check().unwrap_err().to_string();
         assert!(e.contains("the input has") && e.contains("2^31"), "{e}");
+    }
+
+    /// The trainer builds each replica's launchers and moves them to its GPU's thread.
+    #[test]
+    fn the_launcher_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Conv2dKernels>();
+    }
+
+    #[test]
+    fn fused_states_are_kept_per_epilogue() {
+        let all: Vec<usize> = [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .map(|(relu, residual)| fused_index(relu, residual))
+            .collect();
+        assert_eq!(all, [0, 1, 2, 3]);
+        assert_eq!(FUSED_NAMES[fused_index(true, true)], "bias+residual+relu");
     }
 
     #[test]

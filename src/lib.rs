@@ -7,6 +7,7 @@
 //! - [`model`]: safetensors I/O, the CSWinTT config and weights, synthetic models;
 //! - [`cswintt`]: the transformer, as a CPU reference and a GPU engine;
 //! - [`sched`]: distribution ratios, Slow-Down and policies, and the simulator (no CUDA);
+//! - [`tracker`]: the whole tracker (backbone, heads, crops, the tracking loop);
 //! - `train`: the data-parallel trainer (issue 7).
 
 pub mod base;
@@ -17,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod multijob;
 pub mod sched;
+pub mod tracker;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -40,8 +40,6 @@ pub mod names {
     pub const BOTTLENECK: &str = "bottleneck";
     pub const BOX_HEAD: &str = "box_head";
     pub const CLS_HEAD: &str = "cls_head.layers";
-    /// The prefixes only a whole tracker holds.
-    pub const TRACKER_PARTS: [&str; 4] = ["backbone.", "bottleneck.", "box_head.", "cls_head."];
 }
 
 /// Sizes of the crops and the search/template factors.
@@ -174,14 +172,11 @@ pub struct TrackerWeights {
     pub score_head: Vec<Linear>,
 }
 
-/// Whether the file holds a whole tracker (any backbone, bottleneck or head tensor), not
-/// only a transformer.
+/// Whether the file holds a whole tracker rather than only a transformer: it has the
+/// backbone's first convolution (the converter writes such files with format
+/// `cswintt-tracker`).
 pub fn is_tracker(file: &TensorFile) -> bool {
-    let prefix = prefix(file);
-    file.names().iter().any(|n| {
-        n.strip_prefix(prefix)
-            .is_some_and(|n| names::TRACKER_PARTS.iter().any(|p| n.starts_with(p)))
-    })
+    file.contains(&format!("{}{}", prefix(file), names::STEM_CONV))
 }
 
 /// `"module."` when the file's names carry DataParallel's prefix.
@@ -447,9 +442,9 @@ impl TrackerWeights {
             return Err(Error::invalid(
                 file.path().display().to_string(),
                 format!(
-                    "holds only a transformer (no '{}', 'bottleneck.*', 'box_head.*' or \
-                     'cls_head.*'): it cannot track. Convert the whole tracker checkpoint with \
-                     scripts/convert_checkpoint.py",
+                    "holds only a transformer (no backbone: tensor '{}' is missing), so it \
+                     cannot track; convert the whole tracker checkpoint (backbone, \
+                     bottleneck, box_head, cls_head) with scripts/convert_checkpoint.py",
                     names::STEM_CONV
                 ),
             ));

@@ -48,7 +48,7 @@ for b in "${benches[@]}"; do
 done
 strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
-cp "$golden"/*.safetensors "$stage/golden/"
+cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$stage/golden/"
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-issue6.sh \
   scripts/torch_reference.py scripts/perf_table.py "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool

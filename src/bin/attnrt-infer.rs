@@ -1,5 +1,6 @@
 //! `attnrt-infer`: runs the CSWinTT transformer on the CPU reference or the GPU engine,
-//! times it, checks it against golden files, and writes outputs.
+//! times it, checks it against golden files, and writes outputs; with a whole tracker,
+//! tracks sequences of frames (`attnrt::tracker::cli`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ Examples:
   attnrt-infer --input inputs.safetensors --output out.safetensors --iters 1
   attnrt-infer --device cuda --mode fused --graph --iters 100
   attnrt-infer --device cuda --mode streams --trace streams.json   (open in ui.perfetto.dev)
+  attnrt-infer --model tracker.safetensors --frames SEQUENCE_DIR --boxes boxes.txt
+  attnrt-infer --model tracker.safetensors --check shared/golden/tracker_s1.golden.safetensors
 
 Exit status: 0 success; 1 --check found a tensor over the tolerance; 2 an error
 (bad flag, unreadable or invalid file, unavailable device).";
@@ -116,6 +119,9 @@ struct Args {
     /// kernels overlapped.
     #[arg(long, value_name = "FILE", conflicts_with = "check")]
     trace: Option<PathBuf>,
+
+    #[command(flatten)]
+    track: attnrt::tracker::cli::TrackArgs,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +136,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> attnrt::Result<ExitCode> {
+    let shared = attnrt::tracker::cli::Shared {
+        model: args.model.as_deref(),
+        check: args.check.as_deref(),
+        device: args.device,
+        precision: args.precision,
+        json: args.json,
+        iters: args.iters,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    if let Some(code) = attnrt::tracker::cli::run(&args.track, &shared, &mut out, &mut err)? {
+        return Ok(ExitCode::from(code));
+    }
     if args.batch == Some(0) {
         return Err(attnrt::Error::invalid("--batch", "must be at least 1"));
     }

@@ -5,11 +5,12 @@
 //! them).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::crop::{Crop, sample_target};
 use super::frame::{BBox, Frame};
 use super::posenc::PositionCache;
-use super::track::{Network, Prediction};
+use super::track::{Network, Prediction, StageTimes};
 use super::weights::{Backbone, Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
 use crate::cswintt::Inputs;
 use crate::cswintt::cpu::CpuReference;
@@ -64,12 +65,15 @@ pub struct Features {
     pub mask: Vec<u8>,
 }
 
-/// A search crop's outputs beyond the prediction, for checks.
+/// A search crop's outputs beyond the prediction, for checks and timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchDetail {
     pub prediction: Prediction,
     /// The decoder's output `hs`, `(1, 1, d_model)`.
     pub hs: Tensor,
+    /// Milliseconds in the transformer and in the heads.
+    pub transformer_ms: f64,
+    pub heads_ms: f64,
 }
 
 /// The CPU reference network, holding the two templates' features.
@@ -78,6 +82,7 @@ pub struct CpuNetwork {
     transformer: CpuReference,
     templates: [Option<Features>; 2],
     positions: PositionCache,
+    stages: Option<StageTimes>,
 }
 
 impl CpuNetwork {
@@ -88,6 +93,7 @@ impl CpuNetwork {
             transformer,
             templates: [None, None],
             positions: PositionCache::default(),
+            stages: None,
         })
     }
 
@@ -182,7 +188,10 @@ impl CpuNetwork {
             search_mask: search.mask.clone(),
             query_embed: None,
         };
+        let t0 = Instant::now();
         let out = self.transformer.forward(&inputs, false)?;
+        let transformer_ms = ms(t0);
+        let t0 = Instant::now();
         let hs = &out.hs.data;
 
         // att = S hs^T; opt = S * att, (s, s, c) NHWC.
@@ -214,6 +223,8 @@ impl CpuNetwork {
                 resize_factor,
             },
             hs: out.hs,
+            transformer_ms,
+            heads_ms: ms(t0),
         })
     }
 
@@ -256,10 +267,29 @@ impl Network for CpuNetwork {
     }
 
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
+        let t0 = Instant::now();
         let crop = self.crop(frame, state, true)?;
+        let crop_ms = ms(t0);
+        let t0 = Instant::now();
         let (f, _) = self.features(&crop, false)?;
-        Ok(self.predict(&f, crop.resize_factor)?.prediction)
+        let backbone_ms = ms(t0);
+        let d = self.predict(&f, crop.resize_factor)?;
+        self.stages = Some(StageTimes {
+            crop: crop_ms,
+            backbone: backbone_ms,
+            transformer: d.transformer_ms,
+            heads: d.heads_ms,
+        });
+        Ok(d.prediction)
     }
+
+    fn stage_times(&self) -> Option<StageTimes> {
+        self.stages
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// `relu?(conv(x) + residual)` in NHWC.

@@ -10,10 +10,18 @@
 //! - [`cpu`]: the network's CPU reference (backbone, bottleneck, transformer, heads);
 //! - [`track`]: the tracking loop over any [`track::Network`];
 //! - [`golden`]: `--check` against the original's golden files;
+//! - [`dataset`]: sequences as datasets ship them (frames folders, LaSOT, GOT-10k, OTB),
+//!   ground truth, frames decoded ahead on other threads;
+//! - [`eval`]: success AUC, precision and normalised precision as pytracking computes them,
+//!   and the success plot;
+//! - [`cli`]: `attnrt-infer`'s tracker modes (track, check, time);
 //! - [`synthetic`]: seeded tracker files of any size, for tests.
 
+pub mod cli;
 pub mod cpu;
 pub mod crop;
+pub mod dataset;
+pub mod eval;
 pub mod frame;
 pub mod golden;
 pub mod posenc;

@@ -2,6 +2,8 @@
 //! confidence per frame, with the template update. The network behind it is a
 //! [`Network`]: the CPU reference ([`super::cpu::CpuNetwork`]) or a GPU engine.
 
+use serde::Serialize;
+
 use super::frame::{BBox, Frame};
 use super::weights::TrackerConfig;
 use crate::error::{Error, Result};
@@ -16,7 +18,7 @@ pub const DEFAULT_UPDATE_INTERVAL: usize = 200;
 pub const UPDATE_CONFIDENCE: f64 = 0.5;
 
 /// What the network predicts for one search crop.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Prediction {
     /// `(cx, cy, w, h)` in units of the search crop's side (soft-argmax corners / side).
     pub pred_box: [f64; 4],
@@ -24,6 +26,27 @@ pub struct Prediction {
     pub conf_logit: f64,
     /// `search_crop / crop_sz`: crop pixels per frame pixel.
     pub resize_factor: f64,
+}
+
+/// Milliseconds the last search spent in each stage, where an engine measures them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimes {
+    pub crop: f64,
+    pub backbone: f64,
+    pub transformer: f64,
+    pub heads: f64,
+}
+
+impl StageTimes {
+    /// The stages as `(name, milliseconds)`, in order.
+    pub fn named(&self) -> [(&'static str, f64); 4] {
+        [
+            ("crop", self.crop),
+            ("backbone", self.backbone),
+            ("transformer", self.transformer),
+            ("heads", self.heads),
+        ]
+    }
 }
 
 /// The network of a tracker: crops, backbone, transformer and heads. The tracking logic
@@ -41,6 +64,34 @@ pub trait Network {
     fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
     /// Crops the search region around `state` and predicts the box in it.
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction>;
+    /// The last search's time per stage, when the engine measures it.
+    fn stage_times(&self) -> Option<StageTimes> {
+        None
+    }
+}
+
+impl<T: Network + ?Sized> Network for Box<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn device(&self) -> String {
+        (**self).device()
+    }
+    fn config(&self) -> &TrackerConfig {
+        (**self).config()
+    }
+    fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        (**self).init_templates(frame, target)
+    }
+    fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        (**self).update_template(frame, target)
+    }
+    fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
+        (**self).search(frame, state)
+    }
+    fn stage_times(&self) -> Option<StageTimes> {
+        (**self).stage_times()
+    }
 }
 
 /// One tracked frame.

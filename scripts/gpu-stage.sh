@@ -50,7 +50,8 @@ strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$stage/golden/"
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-issue6.sh \
-  scripts/torch_reference.py scripts/perf_table.py "$stage/"
+  scripts/torch_reference.py scripts/perf_table.py scripts/compare-builds.sh \
+  scripts/compare_engine.py examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"

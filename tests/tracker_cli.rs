@@ -70,7 +70,7 @@ fn golden_check_passes_whole() {
     assert_eq!(j["frames"], 8);
     assert_eq!(j["skipped"].as_array().unwrap().len(), 0, "{out}");
     // Every expected.* tensor of the file, and our crops of the first template.
-    let file = attnrt::model::TensorFile::open(&g.golden).unwrap();
+    let file = attnrt::base::TensorFile::open(&g.golden).unwrap();
     let expected = file
         .names()
         .iter()

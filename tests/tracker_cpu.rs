@@ -10,9 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use attnrt::base::safetensors::{OutTensor, write_file};
+use attnrt::base::{Tensor, TensorFile};
 use attnrt::kernels::conv2d::cpu::{Conv2d, Layout, conv2d};
-use attnrt::model::io::{OutTensor, TensorFile, write_file};
-use attnrt::model::tensor::Tensor;
 use attnrt::tracker::crop::sample_target;
 use attnrt::tracker::golden::{CheckOptions, Measure, check_golden};
 use attnrt::tracker::posenc::{PositionCache, sine_encoding};
@@ -71,14 +71,14 @@ fn tiny_file(dir: &Path, seed: u64) -> std::path::PathBuf {
 
 /// The tiny tracker's tensors, changed by `edit`, written to a file and loaded.
 fn load_edited(
-    edit: impl FnOnce(&mut BTreeMap<String, OutTensor>, &mut BTreeMap<String, String>),
+    edit: impl FnOnce(&mut BTreeMap<String, Tensor>, &mut BTreeMap<String, String>),
 ) -> attnrt::Result<TrackerWeights> {
     let dir = tempfile::tempdir().unwrap();
     let (tensors, mut meta) = synthetic_tracker(&SyntheticSpec::tiny(), 1);
-    let mut map: BTreeMap<String, OutTensor> = tensors.into_iter().collect();
+    let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     edit(&mut map, &mut meta);
     let p = dir.path().join("edited.safetensors");
-    let v: Vec<(String, OutTensor)> = map.into_iter().collect();
+    let v: Vec<(&str, OutTensor)> = map.iter().map(|(n, t)| (n.as_str(), t.into())).collect();
     write_file(&p, &v, &meta).unwrap();
     TrackerWeights::load(&p)
 }
@@ -87,13 +87,6 @@ fn err(r: attnrt::Result<TrackerWeights>) -> String {
     match r {
         Ok(_) => panic!("loaded, expected an error"),
         Err(e) => e.to_string(),
-    }
-}
-
-fn f32_tensor(t: &OutTensor) -> &Tensor {
-    match t {
-        OutTensor::F32(t) => t,
-        OutTensor::U8 { .. } => panic!("u8 tensor"),
     }
 }
 
@@ -117,10 +110,10 @@ fn tiny_tracker_loads_with_its_config() {
 #[test]
 fn batch_norms_fold_into_the_convolutions() {
     let (tensors, _) = synthetic_tracker(&SyntheticSpec::tiny(), 3);
-    let t: BTreeMap<String, OutTensor> = tensors.into_iter().collect();
+    let t: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let dir = tempfile::tempdir().unwrap();
     let w = TrackerWeights::load(tiny_file(dir.path(), 3)).unwrap();
-    let get = |n: &str| f32_tensor(&t[n]).data.clone();
+    let get = |n: &str| t[n].data.clone();
     // layer1.0.conv2 (3x3) then its norm, against the folded convolution.
     let conv = &w.backbone.stages[0][0].conv2;
     let g = conv.geometry(1, 6, 5, false, Layout::Nhwc);
@@ -206,10 +199,7 @@ fn bad_tracker_files_are_errors_naming_the_tensor() {
     );
 
     let e = err(load_edited(|t, _| {
-        t.insert(
-            "bottleneck.weight".into(),
-            OutTensor::F32(Tensor::zeros(&[64, 32, 1, 1])),
-        );
+        t.insert("bottleneck.weight".into(), Tensor::zeros(&[64, 32, 1, 1]));
     }));
     assert!(e.contains("bottleneck.weight") && e.contains("64"), "{e}");
 
@@ -234,10 +224,10 @@ fn bad_tracker_files_are_errors_naming_the_tensor() {
     let e = err(load_edited(|t, _| {
         t.insert(
             "backbone.0.body.bn1.running_var".into(),
-            OutTensor::F32(Tensor {
+            Tensor {
                 shape: vec![8],
                 data: vec![-1.0; 8],
-            }),
+            },
         );
     }));
     assert!(

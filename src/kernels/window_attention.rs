@@ -1,17 +1,22 @@
-//! Launcher for `kernels/window_attention.cu`: cyclic-shift window attention of one head (or,
-//! with `w == 1`, plain attention of several heads), fused with window reverse and concat.
+//! Launchers for `kernels/window_attention.cu`: cyclic-shift window attention of one head (or,
+//! with `w == 1`, plain attention of several heads), fused with window reverse and concat,
+//! and its backward.
 //!
-//! A launch is checked and packed first ([`WindowAttentionKernel::prepare`] gives a
+//! A forward launch is checked and packed first ([`WindowAttentionKernels::prepare`] gives a
 //! [`PreparedAttention`], a value holding the kernel's argument struct), then launched alone
-//! ([`WindowAttentionKernel::launch`]) or together with others in one fused launch
-//! ([`WindowAttentionKernel::launch_fused`]), which is how the `fused` mode runs all heads
-//! of a layer at once.
+//! ([`WindowAttentionKernels::launch`]) or together with others in one fused launch
+//! ([`WindowAttentionKernels::launch_fused`]), which is how the `fused` mode runs all heads
+//! of a layer at once. The backward ([`WindowAttentionKernels::backward`]) is the ViT
+//! trainer's, one head per call on its windowed head-major buffers.
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
+pub mod cpu;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{opt_ptr, ptr, ptr_mut};
-use super::shape::{check_at_least, check_len};
+use super::launch::{
+    Args, check_at_least, check_len, elementwise, opt_ptr, ptr, ptr_mut, warp_rows,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
@@ -65,7 +70,7 @@ const _: () = assert!(std::mem::size_of::<WindowAttentionArgs>() == 136);
 const _: () = assert!(std::mem::size_of::<WindowAttentionHeads>() == 2248);
 
 /// One checked launch: the packed arguments and the grid they need. Made only by
-/// [`WindowAttentionKernel::prepare`], which checked every buffer against the shape.
+/// [`WindowAttentionKernels::prepare`], which checked every buffer against the shape.
 ///
 /// It holds raw device addresses, as every queued launch does: the buffers it was prepared
 /// from must outlive the work it is launched with (the engine owns them for its lifetime).
@@ -133,12 +138,59 @@ pub struct AttentionOperands<'a> {
     pub head_out: Option<CudaViewMut<'a, f32>>,
 }
 
+/// One head of a backward call: `n` images of `t` slots, window side `w` (a power of two
+/// whose `w*w` divides `t`), `hd` channels; head `head` of `heads` in the buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct BackwardHead {
+    pub n: usize,
+    pub w: usize,
+    pub t: usize,
+    pub hd: usize,
+    pub heads: usize,
+    pub head: usize,
+}
+
+impl BackwardHead {
+    /// The kernels' trailing arguments: `n, log2 w, t, hd, heads, head`.
+    fn push<'a>(&self, args: Args<'a>) -> Result<Args<'a>> {
+        args.int("n", self.n)?
+            .int("log2 w", self.w.trailing_zeros() as usize)?
+            .int("t", self.t)?
+            .int("hd", self.hd)?
+            .int("heads", self.heads)?
+            .int("head", self.head)
+    }
+}
+
+/// The forward's operands and the output gradient, each `[n, heads, t, hd]` in each head's
+/// slot order; `q` pre-scaled by `hd^-0.5`. `sr`: the head's `w*w` table, for `w > 1`.
+pub struct BackwardOperands<'a> {
+    pub q: &'a CudaSlice<f32>,
+    pub k: &'a CudaSlice<f32>,
+    pub v: &'a CudaSlice<f32>,
+    pub dout: &'a CudaSlice<f32>,
+    pub sr: Option<&'a CudaSlice<f32>>,
+}
+
+/// The backward's outputs: scratch for the recomputed probabilities and the score gradient
+/// (`[n, heads, t, t]` each, query window `i` in row `i`), and the head's part of `dq` (of
+/// the pre-scaled q), `dk` and `dv` (`[n, heads, t, hd]` each).
+pub struct BackwardOutputs<'a> {
+    pub p: &'a mut CudaSlice<f32>,
+    pub ds: &'a mut CudaSlice<f32>,
+    pub dq: &'a mut CudaSlice<f32>,
+    pub dk: &'a mut CudaSlice<f32>,
+    pub dv: &'a mut CudaSlice<f32>,
+}
+
 /// The `window_attention_hd*_f32` variants and their fused `window_attention_heads_hd*_f32`
-/// twins, loaded once (in `HEAD_WIDTHS` order).
+/// twins (in `HEAD_WIDTHS` order), and the two backward passes, loaded once.
 #[derive(Debug, Clone)]
-pub struct WindowAttentionKernel {
+pub struct WindowAttentionKernels {
     variants: Vec<Kernel>,
     fused: Vec<Kernel>,
+    backward_scores: Kernel,
+    backward_grads: Kernel,
 }
 
 /// One past the largest element index a launch reads at `layout` for `slots` slots.
@@ -146,8 +198,8 @@ fn extent(layout: SlotLayout, s: &AttentionShape, slots: usize) -> usize {
     (s.batch - 1) * layout.batch + (slots - 1) * layout.slot + (s.heads - 1) * s.head_stride + s.hd
 }
 
-impl WindowAttentionKernel {
-    pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernel> {
+impl WindowAttentionKernels {
+    pub fn load(gpu: &Gpu) -> Result<WindowAttentionKernels> {
         const NAMES: [&str; 4] = [
             "window_attention_hd8_f32",
             "window_attention_hd16_f32",
@@ -170,9 +222,12 @@ impl WindowAttentionKernel {
                 })
                 .collect::<Result<Vec<_>>>()
         };
-        Ok(WindowAttentionKernel {
+        let k = |name| gpu.kernel(KernelModule::WindowAttention, name);
+        Ok(WindowAttentionKernels {
             variants: load(NAMES)?,
             fused: load(FUSED)?,
+            backward_scores: k("window_attention_backward_scores_f32")?,
+            backward_grads: k("window_attention_backward_grads_f32")?,
         })
     }
 
@@ -188,13 +243,13 @@ impl WindowAttentionKernel {
     pub fn supports(w: usize, hd: usize) -> Result<usize> {
         let variant = HEAD_WIDTHS.iter().position(|&x| x == hd).ok_or_else(|| {
             Error::invalid(
-                "window_attention_f32",
+                "window_attention_hd*_f32",
                 format!("head width {hd} has no variant (one of {HEAD_WIDTHS:?})"),
             )
         })?;
         if !w.is_power_of_two() || w * w > TILE {
             return Err(Error::invalid(
-                "window_attention_f32",
+                "window_attention_hd*_f32",
                 format!("window {w} must be a power of two with at most {TILE} pixels"),
             ));
         }
@@ -314,9 +369,9 @@ impl WindowAttentionKernel {
     /// (`window_attention_heads_hd*_f32`): one block per (query tile, batch item, head) of
     /// every set. They must share the head width and the batch (one grid shape, one
     /// shared-memory size); their windows and lengths may differ. Each set computes exactly
-    /// what [`WindowAttentionKernel::launch`] would.
+    /// what [`WindowAttentionKernels::launch`] would.
     pub fn launch_fused(&self, stream: &CudaStream, sets: &[PreparedAttention]) -> Result<()> {
-        let name = "window_attention_heads_f32";
+        let name = "window_attention_heads_hd*_f32";
         let first = sets
             .first()
             .ok_or_else(|| Error::invalid(name, "no attention to launch"))?;
@@ -358,5 +413,56 @@ impl WindowAttentionKernel {
         // SAFETY: `heads` mirrors the kernel's struct; each set was checked by `prepare`, and
         // the grid covers exactly the blocks of `tile_start`.
         unsafe { self.fused[first.variant].on(stream).arg(&heads).go(cfg) }
+    }
+
+    /// The backward of head `h` (no key padding, no bias: the ViT's attention): recomputes
+    /// the probabilities into `out.p` and the score gradient into `out.ds`
+    /// (`window_attention_backward_scores_f32`), then writes the head's `dq`, `dk`, `dv`
+    /// (`window_attention_backward_grads_f32`).
+    pub fn backward(
+        &self,
+        stream: &CudaStream,
+        h: &BackwardHead,
+        x: &BackwardOperands<'_>,
+        out: BackwardOutputs<'_>,
+    ) -> Result<()> {
+        let name = self.backward_scores.name();
+        let ww = h.w * h.w;
+        if !h.w.is_power_of_two() || !h.t.is_multiple_of(ww) || h.head >= h.heads {
+            return Err(Error::invalid(name, format!("bad head shape {h:?}")));
+        }
+        match x.sr {
+            Some(sr) => check_len(name, "sr", sr.len(), ww)?,
+            None if h.w > 1 => return Err(Error::invalid(name, "sr is required when w > 1")),
+            None => {}
+        }
+        let (slots, scores) = (h.n * h.heads * h.t * h.hd, h.n * h.heads * h.t * h.t);
+        let args = Args::new(&self.backward_scores, stream)
+            .input("q", x.q, slots)?
+            .input("k", x.k, slots)?
+            .input("v", x.v, slots)?
+            .input("dout", x.dout, slots)?
+            .optional("sr", x.sr, ww)?
+            .output("p", out.p, scores)?
+            .output("ds", out.ds, scores)?;
+        let args = h.push(args)?;
+        // SAFETY: window_attention_backward_scores_f32(q, k, v, dout, sr, p, ds, then six
+        // ints: n, log2 w, t, hd, heads, head); one warp per (image, query window); every
+        // buffer covers the shape (checked).
+        unsafe { args.launch(warp_rows(h.n * h.t / ww))? };
+        let args = Args::new(&self.backward_grads, stream)
+            .input("q", x.q, slots)?
+            .input("k", x.k, slots)?
+            .input("dout", x.dout, slots)?
+            .input("p", &*out.p, scores)?
+            .input("ds", &*out.ds, scores)?
+            .output("dq", out.dq, slots)?
+            .output("dk", out.dk, slots)?
+            .output("dv", out.dv, slots)?;
+        let args = h.push(args)?;
+        // SAFETY: window_attention_backward_grads_f32(q, k, dout, p, ds, dq, dk, dv, then the
+        // same six ints); one thread per (image, slot, channel) of the head (strided); every
+        // buffer covers the shape (checked).
+        unsafe { args.launch(elementwise(h.n * h.t * h.hd)) }
     }
 }

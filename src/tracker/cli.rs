@@ -22,11 +22,10 @@ use super::frame::{BBox, Frame};
 use super::golden::{CheckLine, CheckOptions, Measure, check_golden};
 use super::track::{DEFAULT_UPDATE_INTERVAL, Network, StageTimes, Tracker};
 use super::weights::{FORMAT, TrackerWeights, is_tracker};
-use crate::base::Precision;
+use crate::base::{LatencyStats, Precision, TensorFile};
 use crate::error::{Error, Result};
 use crate::gpu::DeviceChoice;
 use crate::model::golden::weights_for_golden;
-use crate::model::io::TensorFile;
 
 /// Frames decoded ahead of the tracker, per sequence.
 const DECODE_AHEAD: usize = 16;
@@ -652,12 +651,8 @@ fn time_step(
             "must be at least 1 to time the tracking step",
         ));
     }
-    let mut sorted = lat.clone();
-    sorted.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-    };
-    let mean_ms = lat.iter().sum::<f64>() / lat.len() as f64;
+    let stats = LatencyStats::new(&lat)
+        .ok_or_else(|| Error::invalid("--iters", "must be at least 1 to time the tracking step"))?;
     let mut avg = StageTimes::default();
     for s in &stages {
         avg.crop += s.crop / stages.len() as f64;
@@ -672,8 +667,8 @@ fn time_step(
             "frame": [w, h],
             "warmup": warmup,
             "iters": iters,
-            "latency_ms": {"p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "mean": mean_ms},
-            "fps": 1e3 / mean_ms,
+            "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
+            "fps": stats.per_second(1.0),
             "stages_ms": (!stages.is_empty()).then_some(avg),
         });
         writeln!(out, "{j}").map_err(write_err)?;
@@ -690,15 +685,8 @@ fn time_step(
             "run:     random {w}x{h} frames, warmup {warmup}, iters {iters}"
         )
         .map_err(write_err)?;
-        writeln!(
-            out,
-            "latency: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  (mean {mean_ms:.3})",
-            pct(50.0),
-            pct(90.0),
-            pct(99.0)
-        )
-        .map_err(write_err)?;
-        writeln!(out, "fps:     {:.2} frames/s", 1e3 / mean_ms).map_err(write_err)?;
+        writeln!(out, "latency: {stats}").map_err(write_err)?;
+        writeln!(out, "fps:     {:.2} frames/s", stats.per_second(1.0)).map_err(write_err)?;
         if !stages.is_empty() {
             let parts: Vec<String> = avg
                 .named()

@@ -12,11 +12,12 @@ use super::frame::{BBox, Frame};
 use super::posenc::PositionCache;
 use super::track::{Network, Prediction, StageTimes};
 use super::weights::{Backbone, Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
+use crate::base::Tensor;
 use crate::cswintt::Inputs;
 use crate::cswintt::cpu::CpuReference;
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::cpu::{Layout, conv2d};
-use crate::model::tensor::Tensor;
+use crate::kernels::linear::cpu::linear;
 use crate::model::weights::Linear;
 
 /// An NHWC activation of one image.
@@ -389,20 +390,13 @@ fn soft_argmax(scores: &[f32], side: usize) -> (f64, f64) {
 
 /// The score head on `hs`: linear layers with ReLU between them; the last gives the logit.
 fn score_logit(layers: &[Linear], hs: &[f32]) -> f64 {
-    let mut x: Vec<f64> = hs.iter().map(|&v| v as f64).collect();
+    let mut x = hs.to_vec();
     for (i, l) in layers.iter().enumerate() {
-        let k = l.in_features();
-        x = l
-            .weight
-            .data
-            .chunks_exact(k)
-            .zip(&l.bias.data)
-            .map(|(w, &b)| {
-                let v = w.iter().zip(&x).map(|(&w, &x)| w as f64 * x).sum::<f64>() + b as f64;
-                let v = (v as f32) as f64;
-                if i + 1 < layers.len() { v.max(0.0) } else { v }
-            })
-            .collect();
+        let (m, k) = (l.out_features(), l.in_features());
+        x = linear(&x, &l.weight.data, &l.bias.data, (1, m, k));
+        if i + 1 < layers.len() {
+            x.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
     }
-    x[0]
+    x[0] as f64
 }

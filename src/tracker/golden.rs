@@ -26,8 +26,8 @@ use super::track::{
     CLIP_MARGIN, DEFAULT_UPDATE_INTERVAL, Tracker, UPDATE_CONFIDENCE, map_back, sigmoid,
 };
 use super::weights::{FORMAT, TrackerWeights};
+use crate::base::TensorFile;
 use crate::error::{Error, Result};
-use crate::model::io::TensorFile;
 
 /// Grey levels a crop may differ by.
 pub const CROP_GREY_LEVELS: f64 = 1.0;

@@ -11,11 +11,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::weights::{FEATURE_STRIDE, TrackerConfig, names};
+use crate::base::Tensor;
+use crate::base::safetensors::{OutTensor, write_file};
 use crate::error::Result;
 use crate::model::config::Config;
-use crate::model::io::{OutTensor, write_file};
 use crate::model::synthetic::synthetic_weights;
-use crate::model::tensor::Tensor;
 
 /// The shape of a synthetic tracker.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +75,7 @@ impl SyntheticSpec {
 
 struct Gen {
     rng: ChaCha8Rng,
-    out: Vec<(String, OutTensor)>,
+    out: Vec<(String, Tensor)>,
 }
 
 impl Gen {
@@ -84,10 +84,10 @@ impl Gen {
         let data = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
         self.out.push((
             name,
-            OutTensor::F32(Tensor {
+            Tensor {
                 shape: shape.to_vec(),
                 data,
-            }),
+            },
         ));
     }
 
@@ -111,22 +111,22 @@ impl Gen {
 pub fn synthetic_tracker(
     spec: &SyntheticSpec,
     seed: u64,
-) -> (Vec<(String, OutTensor)>, BTreeMap<String, String>) {
+) -> (Vec<(String, Tensor)>, BTreeMap<String, String>) {
     let transformer = synthetic_weights(&spec.transformer, seed);
     let mut g = Gen {
         rng: ChaCha8Rng::seed_from_u64(seed ^ 0x07ea_c4e7),
         out: Vec::new(),
     };
     for (name, t) in transformer.named_tensors() {
-        g.out.push((name, OutTensor::F32(t.clone())));
+        g.out.push((name, t.clone()));
     }
     for (&w, t) in &transformer.rel_bias_tables {
         g.out.push((
             crate::model::weights::names::rel_bias_table(w),
-            OutTensor::F32(Tensor {
+            Tensor {
                 shape: vec![t.len()],
                 data: t.clone(),
-            }),
+            },
         ));
     }
     let b = names::BACKBONE;
@@ -187,5 +187,9 @@ pub fn write_synthetic_tracker(
     seed: u64,
 ) -> Result<()> {
     let (tensors, meta) = synthetic_tracker(spec, seed);
-    write_file(path, &tensors, &meta)
+    let refs: Vec<(&str, OutTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.into()))
+        .collect();
+    write_file(path, &refs, &meta)
 }

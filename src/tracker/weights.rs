@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::base::TensorFile;
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::cpu::{Conv2d, Layout};
-use crate::model::io::TensorFile;
 use crate::model::weights::{Linear, Weights};
 
 /// The metadata value of `format` in tracker files (weights and golden files).

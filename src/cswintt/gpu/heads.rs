@@ -11,7 +11,7 @@ use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernels,
 };
 use crate::model::weights::Weights;
 
@@ -44,7 +44,7 @@ pub(super) struct HeadIo<'a> {
 impl HeadWork {
     /// Checks that the attention kernel supports this head, and uploads its tables.
     pub fn new(s: &Arc<CudaStream>, plan: &HeadPlan, weights: &Weights) -> Result<HeadWork> {
-        WindowAttentionKernel::supports(plan.w, plan.hd)?;
+        WindowAttentionKernels::supports(plan.w, plan.hd)?;
         let table = weights.rel_bias_tables.get(&plan.w).map(|t| t.as_slice());
         let bias = plan
             .gathered_bias(table)?
@@ -62,7 +62,7 @@ impl HeadWork {
     /// for a launch on `stream`.
     pub fn prepare(
         &self,
-        kernel: &WindowAttentionKernel,
+        kernel: &WindowAttentionKernels,
         stream: &CudaStream,
         io: HeadIo<'_>,
     ) -> Result<PreparedAttention> {

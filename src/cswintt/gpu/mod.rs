@@ -37,14 +37,14 @@ use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
+use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
-use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
+use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernels,
 };
-use crate::model::tensor::Tensor;
 use crate::model::weights::{LN_EPS, Weights};
 
 /// Relative error the GPU engine is held to (f32 throughout, as the CPU reference).
@@ -62,8 +62,8 @@ pub enum Part {
 /// The kernels the engine launches, loaded once.
 struct Kernels {
     linear: LinearKernels,
-    layer_norm: LayerNormKernel,
-    attention: WindowAttentionKernel,
+    layer_norm: LayerNormKernels,
+    attention: WindowAttentionKernels,
 }
 
 pub struct GpuEngine {
@@ -102,8 +102,8 @@ impl GpuEngine {
         let s = gpu.stream();
         let kernels = Kernels {
             linear: LinearKernels::load_precision(&gpu, precision)?,
-            layer_norm: LayerNormKernel::load(&gpu)?,
-            attention: WindowAttentionKernel::load(&gpu)?,
+            layer_norm: LayerNormKernels::load(&gpu)?,
+            attention: WindowAttentionKernels::load(&gpu)?,
         };
         let heads = plan
             .heads
@@ -382,9 +382,10 @@ impl GpuEngine {
         plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let eps = LN_EPS as f32;
+        let extra = plus.map_or(Extra::Nothing, Extra::Plus);
         self.kernels
             .layer_norm
-            .run(s, input, &ln.gamma, &ln.beta, eps, y, plus)
+            .forward(s, input, &ln.gamma, &ln.beta, eps, y, extra)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's

@@ -17,8 +17,8 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::cswintt::cpu::gemm;
 use crate::error::{Error, Result};
+use crate::kernels::linear::gemm;
 
 /// Memory layout of the input, the residual and the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

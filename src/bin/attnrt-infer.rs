@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use attnrt::base::TensorFile;
@@ -16,6 +17,7 @@ use attnrt::cswintt::{select_backend, time_runs};
 use attnrt::gpu::{DeviceChoice, nvtx};
 use attnrt::model::synthetic::{self, Padding};
 use attnrt::model::{Config, Weights};
+use attnrt::tracker::cli::Event as TrackEvent;
 use attnrt::{Error, Result};
 
 const AFTER_HELP: &str = "\
@@ -143,8 +145,12 @@ fn run(args: Args) -> Result<ExitCode> {
         warmup: args.warmup,
         seed: args.seed,
     };
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    if let Some(code) = attnrt::tracker::cli::run(&args.track, &shared, &mut out, &mut err)? {
+    let mut view = TrackView::new(args.json);
+    let tracked =
+        attnrt::tracker::cli::run(&args.track, &shared, &mut std::io::stdout(), &mut |e| {
+            view.show(e)
+        })?;
+    if let Some(code) = tracked {
         return Ok(ExitCode::from(code));
     }
     if args.batch == Some(0) {
@@ -315,4 +321,44 @@ fn check_golden(
     }
     // 1: a tensor over the tolerance.
     Ok(ExitCode::from(u8::from(!c.passed())))
+}
+
+/// The tracker's progress: one bar per sequence with the running frames/s (none with
+/// `--json`, and indicatif draws none when stderr is not a terminal), notices on stderr.
+struct TrackView {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl TrackView {
+    fn new(quiet: bool) -> TrackView {
+        TrackView { quiet, bar: None }
+    }
+
+    fn show(&mut self, event: TrackEvent) {
+        match event {
+            TrackEvent::Notice(n) => eprintln!("attnrt-infer: {n}"),
+            TrackEvent::Sequence { name, frames } if !self.quiet => {
+                let bar = ProgressBar::new(frames as u64).with_prefix(name.to_string());
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} frames, {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                self.bar = Some(bar);
+            }
+            TrackEvent::Frame { done, fps } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(done as u64);
+                    bar.set_message(format!("{fps:.2} frames/s"));
+                }
+            }
+            TrackEvent::SequenceDone => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            TrackEvent::Sequence { .. } => {}
+        }
+    }
 }

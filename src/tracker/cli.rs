@@ -1,8 +1,9 @@
 //! `attnrt-infer`'s tracker modes: tracking sequences (`--frames`), checking a tracker golden
 //! file (`--check` on a file of format `cswintt-tracker`), and timing the tracking step
 //! (`--model TRACKER` alone). The binary flattens [`TrackArgs`] into its flags and hands
-//! over to [`run`], which writes its report to the writers it is given and returns the
-//! exit status, or `None` when the command is the transformer's.
+//! over to [`run`], which writes its report to the writer it is given, tells the binary
+//! what happens meanwhile through [`Event`]s (the binary draws the progress bar), and
+//! returns the exit status, or `None` when the command is the transformer's.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -10,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
@@ -100,14 +100,28 @@ pub struct Shared<'a> {
     pub seed: u64,
 }
 
-/// Runs the tracker mode the flags ask for, writing the report to `out` and notices to
-/// `notices`; `Ok(None)` when they ask for the transformer alone. Returns the exit status
+/// What a run reports while it works, for the binary to show (a progress bar, notices).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// A one-line notice for the user.
+    Notice(String),
+    /// A sequence starts.
+    Sequence { name: &'a str, frames: usize },
+    /// `done` frames of the sequence are tracked, at `fps` frames per second so far.
+    Frame { done: usize, fps: f64 },
+    /// The sequence is done.
+    SequenceDone,
+}
+
+/// Runs the tracker mode the flags ask for, writing the report to `out` and telling
+/// `events` what happens meanwhile; `Ok(None)` when the flags ask for the transformer alone.
+/// Returns the exit status
 /// (0, or 1 when a check failed).
 pub fn run(
     args: &TrackArgs,
     shared: &Shared,
     out: &mut dyn Write,
-    notices: &mut dyn Write,
+    events: &mut dyn FnMut(Event),
 ) -> Result<Option<u8>> {
     if !args.frames.is_empty() {
         if shared.check.is_some() {
@@ -123,8 +137,8 @@ pub fn run(
             )
         })?;
         let weights = Arc::new(TrackerWeights::load(model)?);
-        check_engine(shared, notices)?;
-        return track(args, shared, model, weights, out).map(Some);
+        check_engine(shared, events)?;
+        return track(args, shared, model, weights, out, events).map(Some);
     }
     if let Some(flag) = args.tracking_only() {
         return Err(Error::invalid(
@@ -151,31 +165,30 @@ pub fn run(
                 })?,
         };
         let weights = Arc::new(TrackerWeights::load(&model)?);
-        check_engine(shared, notices)?;
+        check_engine(shared, events)?;
         return check(golden, &model, weights, shared, out).map(Some);
     }
     if let Some(model) = shared.model
         && is_tracker(&TensorFile::open(model)?)
     {
         let weights = Arc::new(TrackerWeights::load(model)?);
-        check_engine(shared, notices)?;
+        check_engine(shared, events)?;
         return time_step(shared, model, weights, out).map(Some);
     }
     Ok(None)
 }
 
 /// The tracker runs on the CPU reference, in f32.
-fn check_engine(shared: &Shared, notices: &mut dyn Write) -> Result<()> {
+fn check_engine(shared: &Shared, events: &mut dyn FnMut(Event)) -> Result<()> {
     shared
         .precision
         .require("the tracker's CPU reference", &[Precision::F32])?;
     match shared.device {
         DeviceChoice::Cpu => Ok(()),
         DeviceChoice::Auto => {
-            let _ = writeln!(
-                notices,
-                "attnrt-infer: the tracker runs on the CPU reference (no GPU tracking path yet)"
-            );
+            events(Event::Notice(
+                "the tracker runs on the CPU reference (no GPU tracking path yet)".into(),
+            ));
             Ok(())
         }
         DeviceChoice::Cuda(_) => Err(Error::invalid(
@@ -221,6 +234,7 @@ fn track(
     model: &Path,
     weights: Arc<TrackerWeights>,
     out: &mut dyn Write,
+    events: &mut dyn FnMut(Event),
 ) -> Result<u8> {
     let mut seqs = Vec::new();
     for dir in &args.frames {
@@ -258,7 +272,7 @@ fn track(
         let net = network(weights.clone())?;
         describe = format!("{} on {}", net.describe(), net.device());
         let mut tracker = Tracker::new(net, interval)?;
-        let run = track_sequence(&mut tracker, seq, args, shared.json)?;
+        let run = track_sequence(&mut tracker, seq, args, events)?;
         runs.push(run);
     }
     let files = |path: &Option<PathBuf>, what: fn(&SequenceRun) -> Vec<String>| -> Result<()> {
@@ -400,7 +414,7 @@ fn track_sequence<N: Network>(
     tracker: &mut Tracker<N>,
     seq: Sequence,
     args: &TrackArgs,
-    quiet: bool,
+    events: &mut dyn FnMut(Event),
 ) -> Result<SequenceRun> {
     let (init, init_ctx) = match (&args.init, &seq.groundtruth) {
         (Some(b), _) => (*b, "--init".to_string()),
@@ -417,17 +431,10 @@ fn track_sequence<N: Network>(
         .map_or(1, |p| p.get())
         .clamp(1, 4);
     let mut frames = Prefetch::new(seq.frames.clone(), threads, DECODE_AHEAD);
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(n as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} frames, {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(seq.name.clone());
+    events(Event::Sequence {
+        name: &seq.name,
+        frames: n,
+    });
     let show_dir = args.show.as_ref().map(|d| d.join(&seq.name));
     if let Some(d) = &show_dir {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -460,13 +467,12 @@ fn track_sequence<N: Network>(
         }
         boxes.push(bbox);
         scores.push(score);
-        bar.inc(1);
-        bar.set_message(format!(
-            "{:.2} frames/s",
-            boxes.len() as f64 / track_s.max(1e-12)
-        ));
+        events(Event::Frame {
+            done: boxes.len(),
+            fps: boxes.len() as f64 / track_s.max(1e-12),
+        });
     }
-    bar.finish_and_clear();
+    events(Event::SequenceDone);
     let metrics = if seq.fully_annotated() {
         seq.groundtruth
             .as_ref()

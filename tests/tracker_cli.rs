@@ -133,6 +133,21 @@ impl Setup {
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+
+    /// Tracks `dir` on the CPU with `extra` flags and returns the JSON report.
+    fn track_json(&self, dir: &Path, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "--model",
+            s(&self.model),
+            "--frames",
+            s(dir),
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    }
 }
 
 #[test]
@@ -151,24 +166,19 @@ fn tracks_a_frames_folder_with_every_output() {
         st.path("show"),
         st.path("p.svg"),
     );
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&seq),
-        "--boxes",
-        s(&boxes),
-        "--scores",
-        s(&scores),
-        "--show",
-        s(&show),
-        "--plot",
-        s(&plot),
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    let j: Value = serde_json::from_str(&out).unwrap();
+    let j = st.track_json(
+        &seq,
+        &[
+            "--boxes",
+            s(&boxes),
+            "--scores",
+            s(&scores),
+            "--show",
+            s(&show),
+            "--plot",
+            s(&plot),
+        ],
+    );
     let seq0 = &j["sequences"][0];
     assert_eq!(seq0["frames"], 6);
     assert_eq!(seq0["layout"], "frames folder");
@@ -247,23 +257,12 @@ fn dataset_layouts_and_several_sequences() {
         Some(("groundtruth_rect.txt", " ")),
     );
     let boxes = st.path("boxes");
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&root),
-        "--boxes",
-        s(&boxes),
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    let j: Value = serde_json::from_str(&out).unwrap();
+    let j = st.track_json(&root, &["--boxes", s(&boxes)]);
     let seqs = j["sequences"].as_array().unwrap();
     let by_name = |n: &str| {
         seqs.iter()
             .find(|s| s["name"] == n)
-            .unwrap_or_else(|| panic!("{n}: {out}"))
+            .unwrap_or_else(|| panic!("{n}: {j}"))
     };
     assert_eq!(by_name("cat-1")["layout"], "LaSOT");
     assert_eq!(by_name("cat-1")["update_interval"], 200);
@@ -278,18 +277,7 @@ fn dataset_layouts_and_several_sequences() {
         assert_eq!(text.lines().count(), n, "{name}");
     }
     // --update-interval overrides the dataset's.
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&got),
-        "--update-interval",
-        "2",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    let j: Value = serde_json::from_str(&out).unwrap();
+    let j = st.track_json(&got, &["--update-interval", "2"]);
     assert_eq!(j["sequences"][0]["update_interval"], 2);
 }
 
@@ -297,18 +285,7 @@ fn dataset_layouts_and_several_sequences() {
 fn init_box_without_ground_truth_is_not_evaluated() {
     let st = setup();
     let seq = sequence(&st.path("seq"), ".", 3, "png", None);
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&seq),
-        "--init",
-        "40,30,30,24",
-        "--device",
-        "cpu",
-        "--json",
-    ]);
-    let j: Value = serde_json::from_str(&out).unwrap();
+    let j = st.track_json(&seq, &["--init", "40,30,30,24"]);
     assert_eq!(j["sequences"][0]["frames"], 3);
     assert!(j["sequences"][0]["metrics"].is_null());
     assert!(j["overall"].is_null());
@@ -356,6 +333,12 @@ fn bad_input_is_a_clear_error() {
         args.extend_from_slice(extra);
         fails(&args, needles);
     };
+    // A sequence of `n` frames with `text` as its ground truth.
+    let with_gt = |name: &str, n: u32, text: &str| {
+        let seq = sequence(&st.path(name), ".", n, "png", None);
+        std::fs::write(seq.join("groundtruth.txt"), text).unwrap();
+        seq
+    };
     // A missing folder.
     track(&st.path("nowhere"), &[], &["nowhere", "no such folder"]);
     // A folder without frames.
@@ -373,29 +356,14 @@ fn bad_input_is_a_clear_error() {
     .into_iter()
     .enumerate()
     {
-        let seq = sequence(&st.path(&format!("gt{i}")), ".", 2, "png", None);
-        std::fs::write(
-            seq.join("groundtruth.txt"),
-            format!("{line}\n40,30,30,24\n"),
-        )
-        .unwrap();
+        let seq = with_gt(&format!("gt{i}"), 2, &format!("{line}\n40,30,30,24\n"));
         track(&seq, &[], &["groundtruth.txt:1", needle]);
     }
     // A bad later line names its line.
-    let seq = sequence(&st.path("gt_late"), ".", 3, "png", None);
-    std::fs::write(
-        seq.join("groundtruth.txt"),
-        "40,30,30,24\n43,30,30,24\n1;2;3;4\n",
-    )
-    .unwrap();
+    let seq = with_gt("gt_late", 3, "40,30,30,24\n43,30,30,24\n1;2;3;4\n");
     track(&seq, &[], &["groundtruth.txt:3"]);
     // More boxes than frames.
-    let seq = sequence(&st.path("gt_long"), ".", 2, "png", None);
-    std::fs::write(
-        seq.join("groundtruth.txt"),
-        "40,30,30,24\n40,30,30,24\n40,30,30,24\n",
-    )
-    .unwrap();
+    let seq = with_gt("gt_long", 2, "40,30,30,24\n40,30,30,24\n40,30,30,24\n");
     track(&seq, &[], &["3 boxes for 2 frames"]);
     // No ground truth and no --init.
     let seq = sequence(&st.path("no_gt"), ".", 2, "png", None);
@@ -403,8 +371,7 @@ fn bad_input_is_a_clear_error() {
     // A box outside the image (from --init and from groundtruth.txt).
     track(&seq, &["--init", "500,30,30,24"], &["--init", "outside"]);
     track(&seq, &["--init", "40,30,30"], &["--init"]);
-    let seq = sequence(&st.path("outside"), ".", 2, "png", None);
-    std::fs::write(seq.join("groundtruth.txt"), "-100,-100,20,20\n").unwrap();
+    let seq = with_gt("outside", 2, "-100,-100,20,20\n");
     track(&seq, &[], &["groundtruth.txt:1", "outside"]);
 
     // A corrupt frame, named.

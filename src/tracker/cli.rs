@@ -554,15 +554,11 @@ fn check(
     let t0 = Instant::now();
     let report = check_golden(golden, weights, CheckOptions::default())?;
     let seconds = t0.elapsed().as_secs_f64();
-    let engine = format!(
-        "CPU reference (f32, f64 accumulation, {} threads)",
-        rayon::current_num_threads()
-    );
+    let engine = &report.engine;
     if shared.json {
         let mut j =
             serde_json::to_value(&report).map_err(|e| Error::invalid("--json", e.to_string()))?;
         j["model"] = json!(model.display().to_string());
-        j["engine"] = json!(engine);
         j["device"] = json!("cpu");
         j["precision"] = json!("f32");
         j["failed"] = json!(report.failed());

@@ -13,8 +13,8 @@ use super::posenc::PositionCache;
 use super::track::{Network, Prediction, StageTimes};
 use super::weights::{Backbone, Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
 use crate::base::Tensor;
-use crate::cswintt::Inputs;
 use crate::cswintt::cpu::CpuReference;
+use crate::cswintt::{Backend, Inputs};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::cpu::{Layout, conv2d};
 use crate::kernels::linear::cpu::linear;
@@ -242,10 +242,7 @@ impl CpuNetwork {
 
 impl Network for CpuNetwork {
     fn describe(&self) -> String {
-        format!(
-            "CPU reference (f32, f64 accumulation, {} threads)",
-            rayon::current_num_threads()
-        )
+        self.transformer.describe()
     }
 
     fn device(&self) -> String {

@@ -23,7 +23,7 @@ use super::cpu::{CpuNetwork, Features};
 use super::crop::{Crop, sample_target};
 use super::frame::{BBox, Frame};
 use super::track::{
-    CLIP_MARGIN, DEFAULT_UPDATE_INTERVAL, Tracker, UPDATE_CONFIDENCE, map_back, sigmoid,
+    CLIP_MARGIN, DEFAULT_UPDATE_INTERVAL, Network, Tracker, UPDATE_CONFIDENCE, map_back, sigmoid,
 };
 use super::weights::{FORMAT, TrackerWeights};
 use crate::base::TensorFile;
@@ -71,6 +71,8 @@ pub struct CheckLine {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckReport {
     pub golden: String,
+    /// The engine that ran, as it describes itself.
+    pub engine: String,
     pub lines: Vec<CheckLine>,
     /// `expected.*` tensors not compared (frames past the limit), by name.
     pub skipped: Vec<String>,
@@ -450,6 +452,7 @@ pub fn check_golden(
         .collect();
     Ok(CheckReport {
         golden: path.display().to_string(),
+        engine: tracker.network().describe(),
         lines: g.lines,
         skipped,
         frames: tracked,

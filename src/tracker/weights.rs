@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::base::TensorFile;
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::cpu::{Conv2d, Layout};
-use crate::model::weights::{Linear, Weights};
+use crate::model::weights::{Linear, Reader, Weights};
 
 /// The metadata value of `format` in tracker files (weights and golden files).
 pub const FORMAT: &str = "cswintt-tracker";
@@ -189,28 +189,13 @@ fn prefix(file: &TensorFile) -> &'static str {
     }
 }
 
-struct Reader<'a> {
-    file: &'a TensorFile,
-    prefix: &'static str,
-}
-
+/// The tracker's parts, read with the transformer's reader (the same `module.` handling).
 impl Reader<'_> {
-    fn name(&self, n: &str) -> String {
-        format!("{}{n}", self.prefix)
-    }
-    fn has(&self, n: &str) -> bool {
-        self.file.contains(&self.name(n))
-    }
-    fn shape(&self, n: &str) -> Result<Vec<usize>> {
-        self.file
-            .shape(&self.name(n))
-            .map(<[usize]>::to_vec)
-            .ok_or_else(|| {
-                Error::invalid(self.file.context(&self.name(n)), "missing from the file")
-            })
-    }
-    fn get(&self, n: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        Ok(self.file.f32_shaped(&self.name(n), shape)?.data)
+    /// The shape of tensor `n`; an error naming it when it is missing.
+    fn required_shape(&self, n: &str) -> Result<Vec<usize>> {
+        self.shape(n).map(<[usize]>::to_vec).ok_or_else(|| {
+            Error::invalid(self.file.context(&self.name(n)), "missing from the file")
+        })
     }
 
     /// Conv `conv` (`.weight`, `.bias` when `with_bias`) of `in_channels` (when known)
@@ -225,7 +210,7 @@ impl Reader<'_> {
         stride: usize,
     ) -> Result<Conv> {
         let wname = format!("{conv}.weight");
-        let shape = self.shape(&wname)?;
+        let shape = self.required_shape(&wname)?;
         let ctx = || self.file.context(&self.name(&wname));
         let [out, inp, kh, kw] = shape[..] else {
             return Err(Error::invalid(
@@ -247,14 +232,14 @@ impl Reader<'_> {
                 format!("takes {inp} input channels, but the layer before gives {c}"),
             ));
         }
-        let mut weight = self.get(&wname, &shape)?;
+        let mut weight = self.get(&wname, &shape)?.data;
         let mut bias = if with_bias {
-            self.get(&format!("{conv}.bias"), &[out])?
+            self.get(&format!("{conv}.bias"), &[out])?.data
         } else {
             vec![0.0; out]
         };
         if let Some(bn) = bn {
-            let p = |f: &str| self.get(&format!("{bn}.{f}"), &[out]);
+            let p = |f: &str| Ok::<_, Error>(self.get(&format!("{bn}.{f}"), &[out])?.data);
             let (g, b, rm, rv) = (
                 p("weight")?,
                 p("bias")?,
@@ -287,17 +272,10 @@ impl Reader<'_> {
         })
     }
 
-    fn linear(&self, base: &str, inp: usize) -> Result<Linear> {
-        let shape = self.shape(&format!("{base}.weight"))?;
-        let out = shape.first().copied().unwrap_or(0);
-        Ok(Linear {
-            weight: self
-                .file
-                .f32_shaped(&self.name(&format!("{base}.weight")), &[out, inp])?,
-            bias: self
-                .file
-                .f32_shaped(&self.name(&format!("{base}.bias")), &[out])?,
-        })
+    /// Linear layer `base` taking `inp` features, its width from the weight's shape.
+    fn linear_of(&self, base: &str, inp: usize) -> Result<Linear> {
+        let shape = self.required_shape(&format!("{base}.weight"))?;
+        self.linear(base, shape.first().copied().unwrap_or(0), inp)
     }
 
     fn backbone(&self) -> Result<Backbone> {
@@ -487,7 +465,7 @@ impl TrackerWeights {
         let mut score_head = Vec::new();
         let mut width = c;
         for i in 0..3 {
-            let l = r.linear(&format!("{}.{i}", names::CLS_HEAD), width)?;
+            let l = r.linear_of(&format!("{}.{i}", names::CLS_HEAD), width)?;
             width = l.out_features();
             score_head.push(l);
         }

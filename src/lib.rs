@@ -11,7 +11,8 @@
 //! - [`kernels`]: the ops, one module each: typed launchers and the op's CPU reference;
 //! - models and engines: [`model`] (the CSWinTT config and weights, synthetic models, golden
 //!   files), [`cswintt`] (the transformer as a CPU reference and a GPU engine, the golden
-//!   comparison) and [`train`] (the data-parallel trainer);
+//!   comparison), [`tracker`] (the whole tracker: backbone, heads, crops, the tracking loop,
+//!   datasets) and [`train`] (the data-parallel trainer);
 //! - orchestration: [`sched`] (Slow-Down, policies, the manager round, the simulator; no
 //!   CUDA) and [`multijob`] (the whole job file; several training jobs under the manager);
 //! - the binaries `attnrt-infer` and `attnrt-train`.
@@ -24,6 +25,7 @@ pub mod kernels;
 pub mod model;
 pub mod multijob;
 pub mod sched;
+pub mod tracker;
 pub mod train;
 
 pub use error::{Error, Result};

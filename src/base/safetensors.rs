@@ -204,6 +204,39 @@ impl TensorFile {
         })
     }
 
+    /// Tensor `name` as `f64`: F64 as stored, F32/F16/BF16 converted; checked to be finite.
+    pub fn f64(&self, name: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+        let info = self.info(name)?;
+        if info.dtype != Dtype::F64 {
+            let t = self.f32(name)?;
+            return Ok((t.shape, t.data.iter().map(|&v| v as f64).collect()));
+        }
+        let data: Vec<f64> = self
+            .raw(info)
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                self.context(name),
+                format!("non-finite value {} at flat index {i}", data[i]),
+            ));
+        }
+        Ok((info.shape.clone(), data))
+    }
+
+    /// Tensor `name`'s bytes; it must be U8 (images, masks, flags).
+    pub fn u8(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+        let info = self.info(name)?;
+        if info.dtype != Dtype::U8 {
+            return Err(Error::invalid(
+                self.context(name),
+                format!("unsupported dtype {:?}: expected U8", info.dtype),
+            ));
+        }
+        Ok((info.shape.clone(), self.raw(info).to_vec()))
+    }
+
     /// Like [`TensorFile::f32`], and checks the shape.
     pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.check_shape(name, shape)?;

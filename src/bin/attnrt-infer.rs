@@ -1,11 +1,13 @@
 //! `attnrt-infer`: runs the CSWinTT transformer on the CPU reference or the GPU engine,
-//! times it, checks it against golden files, and writes outputs.
+//! times it, checks it against golden files, and writes outputs; with a whole tracker,
+//! tracks sequences of frames (`attnrt::tracker::cli`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use attnrt::base::TensorFile;
@@ -15,6 +17,7 @@ use attnrt::cswintt::{select_backend, time_runs};
 use attnrt::gpu::{DeviceChoice, nvtx};
 use attnrt::model::synthetic::{self, Padding};
 use attnrt::model::{Config, Weights};
+use attnrt::tracker::cli::Event as TrackEvent;
 use attnrt::{Error, Result};
 
 const AFTER_HELP: &str = "\
@@ -25,6 +28,8 @@ Examples:
   attnrt-infer --input inputs.safetensors --output out.safetensors --iters 1
   attnrt-infer --device cuda --mode fused --graph --iters 100
   attnrt-infer --device cuda --mode streams --trace streams.json   (open in ui.perfetto.dev)
+  attnrt-infer --model tracker.safetensors --frames SEQUENCE_DIR --boxes boxes.txt
+  attnrt-infer --model tracker.safetensors --check shared/golden/tracker_s1.golden.safetensors
 
 Exit status: 0 success; 1 --check found a tensor over the tolerance; 2 an error
 (bad flag, unreadable or invalid file, unavailable device).";
@@ -110,6 +115,9 @@ struct Args {
     /// head kernel, one track per stream. Also prints how much the head kernels overlapped.
     #[arg(long, value_name = "FILE", conflicts_with = "check")]
     trace: Option<PathBuf>,
+
+    #[command(flatten)]
+    track: attnrt::tracker::cli::TrackArgs,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +135,24 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    let shared = attnrt::tracker::cli::Shared {
+        model: args.model.as_deref(),
+        check: args.check.as_deref(),
+        device: args.device,
+        precision: args.precision,
+        json: args.json,
+        iters: args.iters,
+        warmup: args.warmup,
+        seed: args.seed,
+    };
+    let mut view = TrackView::new(args.json);
+    let tracked =
+        attnrt::tracker::cli::run(&args.track, &shared, &mut std::io::stdout(), &mut |e| {
+            view.show(e)
+        })?;
+    if let Some(code) = tracked {
+        return Ok(ExitCode::from(code));
+    }
     if args.batch == Some(0) {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
@@ -295,4 +321,44 @@ fn check_golden(
     }
     // 1: a tensor over the tolerance.
     Ok(ExitCode::from(u8::from(!c.passed())))
+}
+
+/// The tracker's progress: one bar per sequence with the running frames/s (none with
+/// `--json`, and indicatif draws none when stderr is not a terminal), notices on stderr.
+struct TrackView {
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl TrackView {
+    fn new(quiet: bool) -> TrackView {
+        TrackView { quiet, bar: None }
+    }
+
+    fn show(&mut self, event: TrackEvent) {
+        match event {
+            TrackEvent::Notice(n) => eprintln!("attnrt-infer: {n}"),
+            TrackEvent::Sequence { name, frames } if !self.quiet => {
+                let bar = ProgressBar::new(frames as u64).with_prefix(name.to_string());
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} frames, {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                self.bar = Some(bar);
+            }
+            TrackEvent::Frame { done, fps } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_position(done as u64);
+                    bar.set_message(format!("{fps:.2} frames/s"));
+                }
+            }
+            TrackEvent::SequenceDone => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+            }
+            TrackEvent::Sequence { .. } => {}
+        }
+    }
 }

@@ -112,25 +112,26 @@ pub mod names {
 }
 
 /// Reads tensors from a file whose names may carry a prefix (`module.` from DataParallel).
-struct Reader<'a> {
-    file: &'a TensorFile,
-    prefix: &'static str,
+/// The tracker's loader reads the rest of a whole checkpoint with it.
+pub(crate) struct Reader<'a> {
+    pub(crate) file: &'a TensorFile,
+    pub(crate) prefix: &'static str,
 }
 
 impl Reader<'_> {
-    fn name(&self, n: &str) -> String {
+    pub(crate) fn name(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
     }
-    fn has(&self, n: &str) -> bool {
+    pub(crate) fn has(&self, n: &str) -> bool {
         self.file.contains(&self.name(n))
     }
-    fn shape(&self, n: &str) -> Option<&[usize]> {
+    pub(crate) fn shape(&self, n: &str) -> Option<&[usize]> {
         self.file.shape(&self.name(n))
     }
-    fn get(&self, n: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn get(&self, n: &str, shape: &[usize]) -> Result<Tensor> {
         self.file.f32_shaped(&self.name(n), shape)
     }
-    fn linear(&self, base: &str, out: usize, inp: usize) -> Result<Linear> {
+    pub(crate) fn linear(&self, base: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
             weight: self.get(&format!("{base}.weight"), &[out, inp])?,
             bias: self.get(&format!("{base}.bias"), &[out])?,

@@ -273,7 +273,8 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
     const float inv_ww = 1.0f / ww;  // exact: ww is a power of two
     // Threads per score: with one query window (w = 8) four threads share a score's 64-term
     // sum and combine it with shuffles (256 scores otherwise: every thread takes part once).
-    const int parts = windows * TILE < THREADS ? THREADS / (windows * TILE) : 1;
+    const int lparts = windows * TILE < THREADS ? __ffs(THREADS / (windows * TILE)) - 1 : 0;
+    const int parts = 1 << lparts;
     // Query windows of this tile that exist (all but the last tile: all; the decoder's single
     // query: one). Scores and softmax skip the others; their outputs are not written.
     const int live = min(windows, (p.n_queries - q0) >> lww);
@@ -322,8 +323,8 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
         for (int j = 0; j < SCORES_PER_THREAD; ++j) {
             const int idx = tid + j * THREADS;
             extra[j] = 0.0f;
-            if (idx < n_scores && idx % parts == 0) {
-                const int score = idx / parts, col = k0 + score % TILE;
+            if (idx < n_scores && (idx & (parts - 1)) == 0) {
+                const int score = idx >> lparts, col = k0 + score % TILE;
                 if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col])
                     extra[j] = NEG_INF;
                 else if (p.bias)
@@ -355,7 +356,7 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
         for (int j = 0; j < SCORES_PER_THREAD; ++j) {
             const int idx = tid + j * THREADS;
             if (idx < n_scores) {
-                const int score = idx / parts, part = idx % parts;
+                const int score = idx >> lparts, part = idx & (parts - 1);
                 const int gw = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
                 float s = 0.0f;
                 for (int pos = part; pos < ww; pos += parts)
@@ -404,12 +405,15 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
         __syncthreads();
 
         // P'[query slot ts][key slot src] = p(window of ts, key window of src, roll src -> ts).
-        // With w == 1 this is p itself (in place), zero for rows past `live`.
+        // With w == 1, P' is p itself, already in place (rows past `live` hold finite D
+        // values: their outputs are never written).
+        if (ww > 1) {
 #pragma unroll 4
-        for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
-            const int ts = idx / TILE, src = idx % TILE;
-            const int gw = ts >> lww, roll = wrap_diff(ts & (ww - 1), src & (ww - 1), lw);
-            dp[ts * DS + src] = gw < live ? sc[gw * DS + (src & ~(ww - 1)) + roll] : 0.0f;
+            for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
+                const int ts = idx / TILE, src = idx % TILE;
+                const int gw = ts >> lww, roll = wrap_diff(ts & (ww - 1), src & (ww - 1), lw);
+                dp[ts * DS + src] = gw < live ? sc[gw * DS + (src & ~(ww - 1)) + roll] : 0.0f;
+            }
         }
         cp_async_wait(more ? 1 : 0);  // this chunk's v has landed
         __syncthreads();

@@ -12,6 +12,7 @@ pub mod train_ops;
 pub mod train_vit;
 pub mod train_window_attention;
 pub mod window_attention;
+pub mod window_attention_mma;
 
 /// Whether this build holds compiled kernels (nvcc was found at build time).
 pub fn compiled() -> bool {

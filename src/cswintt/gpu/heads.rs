@@ -10,8 +10,9 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
-use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
+use crate::kernels::window_attention_mma::{
+    AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
+    WindowAttentionKernels,
 };
 use crate::model::weights::Weights;
 
@@ -37,6 +38,8 @@ pub(super) struct HeadIo<'a> {
     pub concat: CudaViewMut<'a, f32>,
     /// The output before window reverse, `(batch, L, w*w*hd)`, when captured.
     pub head_out: Option<CudaViewMut<'a, f32>>,
+    /// The head's key split and its workspace, when split.
+    pub split: Option<KeySplit<'a>>,
     pub batch: usize,
     pub c: usize,
 }
@@ -44,7 +47,7 @@ pub(super) struct HeadIo<'a> {
 impl HeadWork {
     /// Checks that the attention kernel supports this head, and uploads its tables.
     pub fn new(s: &Arc<CudaStream>, plan: &HeadPlan, weights: &Weights) -> Result<HeadWork> {
-        WindowAttentionKernel::supports(plan.w, plan.hd)?;
+        WindowAttentionKernels::supports(plan.w, plan.hd)?;
         let table = weights.rel_bias_tables.get(&plan.w).map(|t| t.as_slice());
         let bias = plan
             .gathered_bias(table)?
@@ -62,7 +65,7 @@ impl HeadWork {
     /// for a launch on `stream`.
     pub fn prepare(
         &self,
-        kernel: &WindowAttentionKernel,
+        kernel: &WindowAttentionKernels,
         stream: &CudaStream,
         io: HeadIo<'_>,
     ) -> Result<PreparedAttention> {
@@ -71,15 +74,7 @@ impl HeadWork {
             batch: p.l_all * p.hd,
             slot: p.hd,
         };
-        let shape = AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch: io.batch,
-            heads: 1,
-            head_stride: 0,
-        };
+        let shape = self.shape(io.batch);
         let ops = AttentionOperands {
             q: io.q,
             q_layout: layout,
@@ -94,7 +89,47 @@ impl HeadWork {
             out_row: io.c,
             out_channel: p.channel_offset,
             head_out: io.head_out,
+            split: io.split,
         };
         kernel.prepare(stream, &shape, ops)
     }
+
+    /// This head's attention over `batch` items: all `L_all` slots against all of them.
+    pub fn shape(&self, batch: usize) -> AttentionShape {
+        let p = &self.plan;
+        AttentionShape {
+            w: p.w,
+            hd: p.hd,
+            n_queries: p.l_all,
+            n_keys: p.l_all,
+            batch,
+            heads: 1,
+            head_stride: 0,
+        }
+    }
+}
+
+/// Blocks of attention a GPU runs at once per multiprocessor (the kernel's register and
+/// shared-memory use allow two).
+const BLOCKS_PER_SM: usize = 2;
+
+/// The key splits of each head of a layer: the layer's attention is spread to fill the GPU
+/// once (`BLOCKS_PER_SM` blocks on each of `sms` multiprocessors), each head's share in
+/// proportion to its cost per key chunk, about twice as high for `w = 1` heads (64 query
+/// windows of scores, softmax and bias per tile against 16 or fewer), so that all heads of a
+/// layer finish together. The same split serves every dispatch mode, so their results
+/// agree bit for bit.
+pub(super) fn layer_splits(heads: &[HeadWork], batch: usize, sms: usize) -> Vec<usize> {
+    let cost = |h: &HeadWork| if h.plan.w == 1 { 2 } else { 1 };
+    let total: usize = heads.iter().map(cost).sum::<usize>().max(1);
+    heads
+        .iter()
+        .map(|h| KeySplit::for_blocks(&h.shape(batch), BLOCKS_PER_SM * sms * cost(h) / total))
+        .collect()
+}
+
+/// The key split of one launch that alone should fill the GPU (the decoder's cross
+/// attention: all heads in one launch).
+pub(super) fn launch_splits(shape: &AttentionShape, sms: usize) -> usize {
+    KeySplit::for_blocks(shape, BLOCKS_PER_SM * sms)
 }

@@ -1,6 +1,6 @@
 // Window attention, one tile loop for three arithmetic cores and any head width up to 128,
 // with the key range of a head split over several blocks and merged by the last of them.
-// (Development copy; the math is in window_attention.cu's header.)
+// (Development copy, to be folded into window_attention.cu; the math is in its header.)
 //
 // Blocks. One block per (query tile of 64 slots, key split, batch item b, head z). A split
 // walks its chunks of 64 key slots, flash style, keeping a running max and sum per query
@@ -29,7 +29,6 @@
 // Head widths: the tiles are HDP channels wide (16, 32, 64, 128: one variant each); a head
 // of hd <= HDP channels runs in the smallest variant, channels [hd, HDP) zero in shared
 // memory, so every hd from 1 to 128 runs.
-#pragma once
 #include "common.cuh"
 #include "tensor_core.cuh"
 #include "window_shift.cuh"  // wrap_diff

@@ -143,7 +143,8 @@ impl Gpu {
 
     /// Streaming multiprocessors on this device (what grids are sized by).
     pub fn multiprocessors(&self) -> Result<usize> {
-        let attr = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        let attr =
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
         self.ctx
             .attribute(attr)
             .map(|n| n.max(1) as usize)

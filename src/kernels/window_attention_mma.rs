@@ -186,14 +186,33 @@ impl KeySplit<'_> {
     }
 
     /// The splits that give a launch of `s` about `target_blocks` blocks (rounded, at least
-    /// 1, at most one per 64-key chunk). The same shape and target give the same split
-    /// whichever way the launch is dispatched, so the dispatch modes agree bit for bit.
+    /// 1, at most one per 64-key chunk).
     pub fn for_blocks(s: &AttentionShape, target_blocks: usize) -> usize {
         let per_split = units(s).max(1);
         let wanted = (target_blocks + per_split / 2) / per_split;
         split_chunks(s.n_keys, wanted).0
     }
+
+    /// The key splits of attentions that run together on a GPU of `sms` multiprocessors (one
+    /// layer's heads, in any dispatch mode; or one launch alone): together they fill it once
+    /// ([`BLOCKS_PER_SM`] blocks on each), each head's share in proportion to its cost per
+    /// key chunk, about twice as high for `w = 1` (64 query windows of scores, softmax and
+    /// bias per tile, against 16 or fewer) so that the heads finish together. The same
+    /// shapes give the same splits however they are dispatched, so the modes agree bit for
+    /// bit.
+    pub fn for_heads(shapes: &[AttentionShape], sms: usize) -> Vec<usize> {
+        let cost = |s: &AttentionShape| if s.w == 1 { 2 } else { 1 };
+        let total: usize = shapes.iter().map(cost).sum::<usize>().max(1);
+        shapes
+            .iter()
+            .map(|s| Self::for_blocks(s, BLOCKS_PER_SM * sms * cost(s) / total))
+            .collect()
+    }
 }
+
+/// Attention blocks a multiprocessor holds at once (their registers and shared memory allow
+/// two): what [`KeySplit::for_heads`] fills the GPU with.
+pub const BLOCKS_PER_SM: usize = 2;
 
 /// One launch's operands. Shapes are in the `.cu` file's header.
 pub struct AttentionOperands<'a> {
@@ -257,7 +276,9 @@ impl WindowAttentionKernels {
                     .allow_dynamic_shared(bytes)
                     .and_then(|()| fused.allow_dynamic_shared(bytes));
                 Ok(allowed.map(|()| (one, fused)).map_err(|e| {
-                    format!("head widths up to {hdp} need {bytes} bytes of shared memory a block: {e}")
+                    format!(
+                        "head widths up to {hdp} need {bytes} bytes of shared memory a block: {e}"
+                    )
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -462,9 +483,7 @@ impl WindowAttentionKernels {
         let mut order: Vec<&PreparedAttention> = sets.iter().collect();
         // Blocks with more work first; w = 1 heads (64 query windows, the most scores) ahead
         // of others with as many chunks. A stable sort keeps the caller's order otherwise.
-        order.sort_by_key(|p| {
-            std::cmp::Reverse((p.args.chunks_per_split, p.args.w == 1))
-        });
+        order.sort_by_key(|p| std::cmp::Reverse((p.args.chunks_per_split, p.args.w == 1)));
         let mut heads = AttentionHeads {
             set: [first.args; MAX_FUSED],
             block_start: [0; MAX_FUSED + 1],
@@ -528,7 +547,29 @@ mod tests {
         assert_eq!(KeySplit::for_blocks(&shape(704, 1, 1), 264), 11);
         assert_eq!(KeySplit::for_blocks(&shape(704, 1, 1), 33), 3);
         assert_eq!(KeySplit::for_blocks(&shape(704, 32, 1), 264), 1);
-        assert_eq!(KeySplit::partial_len(&shape(704, 1, 1), 4), 4 * 11 * 64 * 34);
+        assert_eq!(
+            KeySplit::partial_len(&shape(704, 1, 1), 4),
+            4 * 11 * 64 * 34
+        );
+        // The released layer on 132 SMs: w = 1 heads twice the blocks of the others; the
+        // decoder's one query (8 heads in one launch) one block per chunk.
+        let layer: Vec<_> = [1, 2, 4, 8, 1, 2, 4, 8]
+            .iter()
+            .map(|&w| AttentionShape {
+                w,
+                ..shape(704, 1, 1)
+            })
+            .collect();
+        assert_eq!(
+            KeySplit::for_heads(&layer, 132),
+            vec![4, 2, 2, 2, 4, 2, 2, 2]
+        );
+        let cross = AttentionShape {
+            n_queries: 1,
+            heads: 8,
+            ..shape(704, 1, 1)
+        };
+        assert_eq!(KeySplit::for_heads(&[cross], 132), vec![11]);
         assert_eq!(KeySplit::arrived_len(&shape(704, 2, 3)), 2 * 3 * 11);
     }
 
@@ -549,6 +590,9 @@ mod tests {
         // sm_86/89 give a block up to 99 KB, sm_80 163 KB, sm_90 227 KB.
         assert!(shared_bytes(64) <= 99 * 1024);
         assert!(shared_bytes(128) <= 163 * 1024);
-        assert_eq!(shared_bytes(32), 4 * (2 * 64 * 36 + 64 * 40 + 64 * 68 + 16 * 68 + 260));
+        assert_eq!(
+            shared_bytes(32),
+            4 * (2 * 64 * 36 + 64 * 40 + 64 * 68 + 16 * 68 + 260)
+        );
     }
 }

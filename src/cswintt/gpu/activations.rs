@@ -66,7 +66,10 @@ pub(super) struct SplitBuffers {
 impl SplitBuffers {
     fn new(s: &Arc<CudaStream>, shape: &AttentionShape, splits: usize) -> Result<SplitBuffers> {
         let (floats, counters) = if splits > 1 {
-            (KeySplit::partial_len(shape, splits), KeySplit::arrived_len(shape))
+            (
+                KeySplit::partial_len(shape, splits),
+                KeySplit::arrived_len(shape),
+            )
         } else {
             (1, 1)
         };

@@ -108,28 +108,3 @@ impl HeadWork {
         }
     }
 }
-
-/// Blocks of attention a GPU runs at once per multiprocessor (the kernel's register and
-/// shared-memory use allow two).
-const BLOCKS_PER_SM: usize = 2;
-
-/// The key splits of each head of a layer: the layer's attention is spread to fill the GPU
-/// once (`BLOCKS_PER_SM` blocks on each of `sms` multiprocessors), each head's share in
-/// proportion to its cost per key chunk, about twice as high for `w = 1` heads (64 query
-/// windows of scores, softmax and bias per tile against 16 or fewer), so that all heads of a
-/// layer finish together. The same split serves every dispatch mode, so their results
-/// agree bit for bit.
-pub(super) fn layer_splits(heads: &[HeadWork], batch: usize, sms: usize) -> Vec<usize> {
-    let cost = |h: &HeadWork| if h.plan.w == 1 { 2 } else { 1 };
-    let total: usize = heads.iter().map(cost).sum::<usize>().max(1);
-    heads
-        .iter()
-        .map(|h| KeySplit::for_blocks(&h.shape(batch), BLOCKS_PER_SM * sms * cost(h) / total))
-        .collect()
-}
-
-/// The key split of one launch that alone should fill the GPU (the decoder's cross
-/// attention: all heads in one launch).
-pub(super) fn launch_splits(shape: &AttentionShape, sms: usize) -> usize {
-    KeySplit::for_blocks(shape, BLOCKS_PER_SM * sms)
-}

@@ -9,7 +9,7 @@
 //! reused. An encoder layer is: the QKV projection writing each head's q, k, v in its window
 //! layout; one attention launch per head with the window reverse and concat fused into its
 //! output write, dispatched `sequential`, `streams` or `fused` (see [`dispatch`]), each head's
-//! keys split over as many blocks as fill the GPU together (`heads::layer_splits`); the output
+//! keys split over as many blocks as fill the GPU together (`KeySplit::for_heads`); the output
 //! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
 //! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
 //! encoder output in one GEMM, then per layer: self attention (with one query and one key,
@@ -34,7 +34,7 @@ use cudarc::driver::CudaStream;
 
 use self::activations::Activations;
 use self::dispatch::{Dispatch, Recorder};
-use self::heads::{HeadIo, HeadWork, launch_splits, layer_splits};
+use self::heads::{HeadIo, HeadWork};
 use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
@@ -44,7 +44,7 @@ use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention_mma::{
-    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernels,
+    AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
 use crate::model::tensor::Tensor;
 use crate::model::weights::{LN_EPS, Weights};
@@ -225,11 +225,13 @@ impl GpuEngine {
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
             self.graph = None; // it holds the old buffers' addresses
             self.act = None; // free the old size first
+            // One layer's heads run together in every mode; the cross attention alone.
             let sms = self.gpu.multiprocessors()?;
-            let splits = layer_splits(&self.heads, b, sms);
-            let heads: Vec<_> = self.heads.iter().map(|h| h.shape(b)).zip(splits).collect();
+            let shapes: Vec<_> = self.heads.iter().map(|h| h.shape(b)).collect();
+            let splits = KeySplit::for_heads(&shapes, sms);
+            let heads: Vec<_> = shapes.into_iter().zip(splits).collect();
             let cross = cross_attention_shape(cfg, b);
-            let cross = (cross, launch_splits(&cross, sms));
+            let cross = (cross, KeySplit::for_heads(&[cross], sms)[0]);
             self.act = Some(Activations::new(&s, cfg, b, &heads, cross)?);
         }
         let mask = inputs.merged_mask(cfg);

@@ -31,7 +31,15 @@
 //                             out[which][head][b][slot][hd], which = q|k|v, where slot is
 //                             token_slot[head][token] (the head's P(w, s)) and input row
 //                             r = token * batch + b (the (L_all, b, c) activations).
+//
+// Few rows (n <= ROWS: the decoder's one query per batch item): linear_rows_<epilogue>_<precision>
+// compute the same products with one warp per output column, its lanes along k (float4 loads
+// when aligned) and a warp sum per row, no shared memory: m / 8 blocks that each read their
+// weight rows once, coalesced, where the 64x64 tiles would give m / 64 blocks walking k in
+// 16-wide steps. Operands are rounded as the precision's tensor cores round them (tf32, bf16;
+// f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS.
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 struct LinearArgs {
     const float* x;
@@ -48,6 +56,7 @@ struct LinearArgs {
 namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+constexpr int ROWS = 8;  // the most rows of the few-rows kernels (mirrored in linear.rs)
 
 __device__ __forceinline__ bool aligned16(const void* ptr) {
     return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
@@ -111,21 +120,9 @@ struct SimtF32 {
 //   m16n8k16 .bf16: A (two bf16 per register, the lower k in the lower half)
 //                   a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9), a3 (g + 8, 2t+8..2t+9);
 //                   B b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g).
-// Operands are rounded from the f32 tiles in registers: cvt.rna.tf32.f32, or to bf16 (RN).
+// Operands are rounded from the f32 tiles in registers: cvt.rna.tf32.f32, or to bf16 (RN)
+// (tensor_core.cuh, which also has the fragment layouts).
 enum class TensorOp { Tf32, Bf16 };
-
-__device__ __forceinline__ unsigned to_tf32(float v) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-    return r;
-}
-
-// Two bf16 (round to nearest even) in one register, `lo` in the lower 16 bits.
-__device__ __forceinline__ unsigned to_bf16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 
 template <TensorOp OP>
 struct MmaCore {
@@ -156,16 +153,7 @@ struct MmaCore {
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                    for (int ni = 0; ni < 2; ++ni) {
-                        float* d = acc[mi][ni];
-                        asm volatile(
-                            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                            "{%0, %1, %2, %3};"
-                            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                            : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
-                              "r"(b[ni][0]), "r"(b[ni][1]));
-                    }
+                    for (int ni = 0; ni < 2; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
             }
         } else {
             static_assert(BK == 16, "one m16n8k16 step per BK step");
@@ -187,16 +175,7 @@ struct MmaCore {
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    float* d = acc[mi][ni];
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                        "{%0, %1, %2, %3};"
-                        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                        : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
-                          "r"(b[ni][0]), "r"(b[ni][1]));
-                }
+                for (int ni = 0; ni < 2; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
         }
     }
 
@@ -253,33 +232,106 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
     core.store(p, row0, col0, epilogue);
 }
 
-// The four epilogues, each over any `Core`; the kernels below instantiate them per precision.
+// The few-rows products: x W^T over k in [k_begin, k_end) for n <= ROWS rows, one warp per
+// output column, then `epilogue` on each of its n results. `Round` rounds each operand.
+template <class Round, class Epilogue>
+__device__ void linear_rows(const LinearArgs& p, long long k_begin, long long k_end,
+                            Epilogue epilogue) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long c = (long long)blockIdx.x * (THREADS / 32) + warp;
+    if (c >= p.m) return;  // a whole warp: the sums below need all its lanes
+    const float* w = p.weight + c * p.k;
+    float acc[ROWS] = {};
+    // k_begin and k_end are multiples of 4 whenever the loads can be float4s (as in load4).
+    if (p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight)) {
+        for (long long kk = k_begin + 4 * lane; kk < k_end; kk += 128) {
+            const float4 b = *reinterpret_cast<const float4*>(w + kk);
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                if (r >= p.n) break;
+                const float4 a = *reinterpret_cast<const float4*>(p.x + r * p.k + kk);
+                acc[r] = fmaf(Round::of(a.x), Round::of(b.x), acc[r]);
+                acc[r] = fmaf(Round::of(a.y), Round::of(b.y), acc[r]);
+                acc[r] = fmaf(Round::of(a.z), Round::of(b.z), acc[r]);
+                acc[r] = fmaf(Round::of(a.w), Round::of(b.w), acc[r]);
+            }
+        }
+    } else {
+        for (long long kk = k_begin + lane; kk < k_end; kk += 32) {
+            const float b = Round::of(w[kk]);
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                if (r >= p.n) break;
+                acc[r] = fmaf(Round::of(p.x[r * p.k + kk]), b, acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && r < p.n) epilogue(r, c, sum);
+    }
+}
+
+// Operand rounding of the few-rows products, as each precision's tensor cores round.
+struct RoundF32 {
+    static __device__ __forceinline__ float of(float v) { return v; }
+};
+struct RoundTf32 {
+    static __device__ __forceinline__ float of(float v) { return __uint_as_float(to_tf32(v)); }
+};
+struct RoundBf16 {
+    static __device__ __forceinline__ float of(float v) {
+        return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
+    }
+};
+
+// How a kernel computes its products: 64x64 tiles with a core, or few rows with a rounding.
 template <class Core>
+struct Tiles {
+    template <class Epilogue>
+    static __device__ void run(const LinearArgs& p, long long k_begin, long long k_end,
+                               Epilogue epilogue) {
+        linear_tile<Core>(p, k_begin, k_end, epilogue);
+    }
+};
+template <class Round>
+struct Rows {
+    template <class Epilogue>
+    static __device__ void run(const LinearArgs& p, long long k_begin, long long k_end,
+                               Epilogue epilogue) {
+        linear_rows<Round>(p, k_begin, k_end, epilogue);
+    }
+};
+
+// The four epilogues, each over any way of computing the products (`Product`: Tiles<Core>
+// or Rows<Round>); the kernels below instantiate them per precision.
+template <class Product>
 __device__ void linear_bias(const LinearArgs& p) {
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = (acc + p.bias[c]) * p.scale;
     });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_bias_relu(const LinearArgs& p) {
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = fmaxf(acc + p.bias[c], 0.0f);
     });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_split_k(const LinearArgs& p) {
     const long long begin = blockIdx.z * p.k_chunk, end = min(p.k, begin + p.k_chunk);
     float* out = p.out + blockIdx.z * p.n * p.m;
-    linear_tile<Core>(p, begin, end,
-                      [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
+    Product::run(p, begin, end,
+                 [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_qkv_windows(const LinearArgs& p) {
     const long long width = p.m / 3;  // c
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         const long long which = c / width, channel = c % width;
         const long long head = channel / p.hd, ch = channel % p.hd;
         const long long token = r / p.batch, b = r % p.batch;
@@ -292,21 +344,19 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
 
 }  // namespace
 
-// linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores).
-#define LINEAR_KERNELS(PRECISION, CORE)                                                    \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_##PRECISION(LinearArgs p) {  \
-        linear_bias<CORE>(p);                                                              \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_relu_##PRECISION(LinearArgs p) { \
-        linear_bias_relu<CORE>(p);                                                         \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_split_k_##PRECISION(LinearArgs p) { \
-        linear_split_k<CORE>(p);                                                           \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_##PRECISION(LinearArgs p) { \
-        linear_qkv_windows<CORE>(p);                                                       \
-    }
+// linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores); and
+// linear_rows_<epilogue>_<precision> for few rows (no QKV variant: the encoder has many rows).
+#define LINEAR_KERNEL(NAME, BODY, PRODUCT)                                                 \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) NAME(LinearArgs p) { BODY<PRODUCT>(p); }
+#define LINEAR_KERNELS(PRECISION, CORE, ROUND)                                             \
+    LINEAR_KERNEL(linear_bias_##PRECISION, linear_bias, Tiles<CORE>)                       \
+    LINEAR_KERNEL(linear_bias_relu_##PRECISION, linear_bias_relu, Tiles<CORE>)             \
+    LINEAR_KERNEL(linear_split_k_##PRECISION, linear_split_k, Tiles<CORE>)                 \
+    LINEAR_KERNEL(linear_qkv_windows_##PRECISION, linear_qkv_windows, Tiles<CORE>)         \
+    LINEAR_KERNEL(linear_rows_bias_##PRECISION, linear_bias, Rows<ROUND>)                  \
+    LINEAR_KERNEL(linear_rows_bias_relu_##PRECISION, linear_bias_relu, Rows<ROUND>)        \
+    LINEAR_KERNEL(linear_rows_split_k_##PRECISION, linear_split_k, Rows<ROUND>)
 
-LINEAR_KERNELS(f32, SimtF32)
-LINEAR_KERNELS(tf32, Tf32Core)
-LINEAR_KERNELS(bf16, Bf16Core)
+LINEAR_KERNELS(f32, SimtF32, RoundF32)
+LINEAR_KERNELS(tf32, Tf32Core, RoundTf32)
+LINEAR_KERNELS(bf16, Bf16Core, RoundBf16)

@@ -7,7 +7,7 @@
 use attnrt::cswintt::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
-use attnrt::kernels::linear::{Epilogue, LinearKernels};
+use attnrt::kernels::linear::{Epilogue, LinearKernels, ROWS};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
 };
@@ -153,6 +153,21 @@ fn check_linear(gpu: &Gpu, precision: Precision, n: usize, m: usize, k: usize) {
         .map(|e| (base[e] - bias[e % m] as f64) as f32)
         .collect();
     assert_within(&format!("split k, {label}"), &got, &want, tol);
+}
+
+/// Products of at most `ROWS` rows (the decoder's one query per batch item) run in the
+/// few-rows kernels: every epilogue and precision, k odd (scalar loads), a multiple of 4
+/// (float4 loads) and long (several chunks per lane), m not a multiple of a block's 8 columns.
+#[test]
+fn few_rows_linears_match_a_cpu_loop() {
+    let Some(gpu) = gpu_or_skip("few_rows_linears_match_a_cpu_loop") else {
+        return;
+    };
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        for (n, m, k) in [(1, 97, 45), (2, 256, 256), (5, 37, 2048), (ROWS, 130, 48)] {
+            check_linear(&gpu, precision, n, m, k);
+        }
+    }
 }
 
 #[test]

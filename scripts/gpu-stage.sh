@@ -51,7 +51,7 @@ golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 cp "$golden"/*.safetensors "$stage/golden/"
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-issue6.sh \
   scripts/torch_reference.py scripts/perf_table.py scripts/compare-builds.sh \
-  scripts/compare_engine.py examples/train-vit-synthetic.toml "$stage/"
+  scripts/compare_engine.py scripts/perf-attention.sh examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
@@ -63,3 +63,5 @@ echo "On the device machine (carry '$stage'), every GPU test:"
 echo "  bash $stage/run-gpu-tests.sh $stage"
 echo "issue 6's measurements (about 7 minutes; results under \$OUT):"
 echo "  bash $stage/perf-issue6.sh $stage"
+echo "the attention and decoder checks and measurements (about 6 minutes; under \$OUT):"
+echo "  bash $stage/perf-attention.sh $stage"

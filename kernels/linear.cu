@@ -8,8 +8,9 @@
 //
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
-// result in 16-wide k steps through shared memory; each of its 256 threads keeps a 4x4
-// register block (rows 4 ty + i, columns 4 tx + j), read from shared memory as float4s.
+// result in 32-wide k steps through two shared-memory buffers (one barrier a step); each of
+// its 256 threads keeps a 4x4 register block (rows 4 ty + i, columns 4 tx + j), read from
+// shared memory as float4s.
 // Global loads are float4s when k is a multiple of 4 and x, W are 16-byte aligned (the
 // engine's buffers), and the next k step's loads are issued before the current step's
 // products (register prefetch). Every load and store is bounds-checked: any n, m, k.
@@ -55,7 +56,7 @@ struct LinearArgs {
 
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+constexpr int BM = 64, BN = 64, BK = 32, THREADS = 256;
 constexpr int ROWS = 8;  // the most rows of the few-rows kernels (mirrored in linear.rs)
 
 __device__ __forceinline__ bool aligned16(const void* ptr) {
@@ -156,26 +157,29 @@ struct MmaCore {
                     for (int ni = 0; ni < 2; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
             }
         } else {
-            static_assert(BK == 16, "one m16n8k16 step per BK step");
-            unsigned a[2][4], b[2][2];
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
-                const int r = wr + 16 * mi + g;
-                a[mi][0] = to_bf16x2(xs[2 * t][r], xs[2 * t + 1][r]);
-                a[mi][1] = to_bf16x2(xs[2 * t][r + 8], xs[2 * t + 1][r + 8]);
-                a[mi][2] = to_bf16x2(xs[2 * t + 8][r], xs[2 * t + 9][r]);
-                a[mi][3] = to_bf16x2(xs[2 * t + 8][r + 8], xs[2 * t + 9][r + 8]);
+            for (int k16 = 0; k16 < BK; k16 += 16) {
+                const int k = k16 + 2 * t;
+                unsigned a[2][4], b[2][2];
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    const int r = wr + 16 * mi + g;
+                    a[mi][0] = to_bf16x2(xs[k][r], xs[k + 1][r]);
+                    a[mi][1] = to_bf16x2(xs[k][r + 8], xs[k + 1][r + 8]);
+                    a[mi][2] = to_bf16x2(xs[k + 8][r], xs[k + 9][r]);
+                    a[mi][3] = to_bf16x2(xs[k + 8][r + 8], xs[k + 9][r + 8]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    const int c = wc + 8 * ni + g;
+                    b[ni][0] = to_bf16x2(ws[k][c], ws[k + 1][c]);
+                    b[ni][1] = to_bf16x2(ws[k + 8][c], ws[k + 9][c]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < 2; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
             }
-#pragma unroll
-            for (int ni = 0; ni < 2; ++ni) {
-                const int c = wc + 8 * ni + g;
-                b[ni][0] = to_bf16x2(ws[2 * t][c], ws[2 * t + 1][c]);
-                b[ni][1] = to_bf16x2(ws[2 * t + 8][c], ws[2 * t + 9][c]);
-            }
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 2; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
         }
     }
 
@@ -206,27 +210,46 @@ using Bf16Core = MmaCore<TensorOp::Bf16>;
 template <class Core, class Epilogue>
 __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
                             Epilogue epilogue) {
-    // Rows padded to 68 floats: still 16-byte aligned for the float4 reads, and the
-    // transposed stores below conflict at most 2-way.
-    __shared__ __align__(16) float xs[BK][BM + 4];
-    __shared__ __align__(16) float ws[BK][BN + 4];
+    // Two buffers: a step's products read one while the next step's operands are stored
+    // into the other, one barrier per step. Rows padded to 68 floats: still 16-byte aligned
+    // for the float4 reads.
+    __shared__ __align__(16) float xs[2][BK][BM + 4];
+    __shared__ __align__(16) float ws[2][BK][BN + 4];
     const int tid = threadIdx.x;
     const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
-    // Loading: thread -> (tile row tid / 4, four consecutive k from (tid % 4) * 4).
-    const int lr = tid / 4, lk = (tid % 4) * 4;
+    // Loading: thread -> tile rows tid / 8 and tid / 8 + 32, four consecutive k from
+    // (tid % 8) * 4: eight threads read 32 consecutive k (128 bytes) of a row.
+    const int lr = tid / 8, lk = (tid % 8) * 4;
     const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
     Core core;
-    float4 xv = load4(p.x, row0 + lr, p.n, p.k, k_begin + lk, k_end, vector);
-    float4 wv = load4(p.weight, col0 + lr, p.m, p.k, k_begin + lk, k_end, vector);
-    for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
-        xs[lk][lr] = xv.x, xs[lk + 1][lr] = xv.y, xs[lk + 2][lr] = xv.z, xs[lk + 3][lr] = xv.w;
-        ws[lk][lr] = wv.x, ws[lk + 1][lr] = wv.y, ws[lk + 2][lr] = wv.z, ws[lk + 3][lr] = wv.w;
-        __syncthreads();
-        if (k0 + BK < k_end) {  // the next step's loads overlap this step's products
-            xv = load4(p.x, row0 + lr, p.n, p.k, k0 + BK + lk, k_end, vector);
-            wv = load4(p.weight, col0 + lr, p.m, p.k, k0 + BK + lk, k_end, vector);
+    float4 xv[2], wv[2];
+    auto load = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            xv[i] = load4(p.x, row0 + lr + 32 * i, p.n, p.k, k0 + lk, k_end, vector);
+            wv[i] = load4(p.weight, col0 + lr + 32 * i, p.m, p.k, k0 + lk, k_end, vector);
         }
-        core.step(xs, ws);
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = lr + 32 * i;
+            xs[buf][lk][r] = xv[i].x, xs[buf][lk + 1][r] = xv[i].y;
+            xs[buf][lk + 2][r] = xv[i].z, xs[buf][lk + 3][r] = xv[i].w;
+            ws[buf][lk][r] = wv[i].x, ws[buf][lk + 1][r] = wv[i].y;
+            ws[buf][lk + 2][r] = wv[i].z, ws[buf][lk + 3][r] = wv[i].w;
+        }
+    };
+    load(k_begin);
+    store(0);
+    __syncthreads();
+    int buf = 0;
+    for (long long k0 = k_begin; k0 < k_end; k0 += BK, buf ^= 1) {
+        const bool more = k0 + BK < k_end;
+        if (more) load(k0 + BK);  // in flight during this step's products
+        core.step(xs[buf], ws[buf]);
+        // The other buffer's last readers finished before the previous barrier.
+        if (more) store(buf ^ 1);
         __syncthreads();
     }
     core.store(p, row0, col0, epilogue);

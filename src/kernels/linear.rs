@@ -36,7 +36,7 @@ unsafe impl DeviceRepr for LinearArgs {}
 const TILE: usize = 64;
 const THREADS: u32 = 256;
 /// The k step of the kernel's main loop (`BK`): k-split chunks are multiples of it.
-const K_STEP: usize = 16;
+const K_STEP: usize = 32;
 /// Products of at most this many rows run in the few-rows kernels (`ROWS` in the .cu file):
 /// one warp per output column instead of 64x64 tiles.
 pub const ROWS: usize = 8;
@@ -45,7 +45,7 @@ const ROWS_COLUMNS: usize = THREADS as usize / 32;
 
 /// How many k-split partial products [`Epilogue::SplitK`] should use for an `(n, m, k)`
 /// product: enough blocks for about two per SM of an H100 (132), while every split keeps
-/// at least 128 of k (8 steps of the main loop).
+/// at least 128 of k (4 steps of the main loop).
 pub fn split_k(n: usize, m: usize, k: usize) -> usize {
     let tiles = n.div_ceil(TILE) * m.div_ceil(TILE);
     (264usize.div_ceil(tiles)).clamp(1, (k / 128).max(1))

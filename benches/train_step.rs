@@ -4,7 +4,7 @@
 //! 1. The phases of a step, each timed alone: the loader's batch preparation (CPU, wall
 //!    clock), staging the shard into page-locked memory (CPU), its copy to the GPU, forward +
 //!    backward, the optimizer (CUDA events), and the stats read-back (wall clock, GPU idle).
-//! 2. Whole steps back to back through the 1-GPU [`GpuEngine`] on a prepared batch (wall
+//! 2. Whole steps back to back through the 1-GPU [`ReplicaEngine`] on a prepared batch (wall
 //!    clock), one at a time and with one submitted ahead as the trainer does: the gap to the
 //!    sum of the GPU phases is what the host adds.
 //! 3. Every operation of the pass, timed alone at vit-small's shapes (CUDA events), times its
@@ -28,7 +28,7 @@ use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
 use attnrt::train::gpu::linear::{Epilogue, Linear};
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::vit::VitConfig;
-use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, Precision, State};
+use attnrt::train::{Dataset, Engine, ModelSpec, Optimizer, Precision, ReplicaEngine, State};
 use cudarc::driver::CudaSlice;
 
 struct Options {
@@ -156,7 +156,7 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
     drop(replica);
 
     header("Whole steps through the 1-GPU engine (CPU wall)");
-    let mut engine = GpuEngine::new(&[gpu.ordinal()], &model, opt, o.precision, &state)?;
+    let mut engine = ReplicaEngine::new(&[gpu.ordinal()], &model, opt, o.precision, &state)?;
     let batch = Arc::new(batch);
     let all = 0..o.batch;
     let shards = std::slice::from_ref(&all);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Times two builds on the same GPU in one call, interleaved so that clock and thermal drift
-# hit both alike: the engine bench (every mode x precision x launch, p50 of event-timed
-# passes) and one training throughput run (vit-small, 200 iterations of batch 256, f32),
-# twice each, alternating. For checking that a change which should not move performance
+# hit both alike: the engine bench (every mode x precision x launch, p50 of 101 event-timed
+# passes: an odd count, so that the older nearest-rank-or-rounded p50 and today's pick the same
+# sample) and one training throughput run (vit-small, 200 iterations of batch 256, f32), twice
+# each, alternating. For checking that a change which should not move performance
 # does not. Results under $OUT: engine-{prev,new}-{1,2}.json and .txt, train-*.txt, and
 # compare.txt (a table of the p50s side by side, from compare_engine.py).
 #
@@ -24,7 +25,7 @@ for round in 1 2; do
   for which in prev new; do
     stage="$prev"; [ "$which" = new ] && stage="$new"
     echo "=== engine $which $round"
-    timeout 200 "$stage/bench/engine" --reps 100 --warmup 10 --precision all \
+    timeout 200 "$stage/bench/engine" --reps 101 --warmup 10 --precision all \
       --json "$out/engine-$which-$round.json" > "$out/engine-$which-$round.txt" 2>&1
     tail -n 30 "$out/engine-$which-$round.txt"
     echo "=== train $which $round"

@@ -12,16 +12,16 @@ Usage:
 
 --bench uses a released-size model (c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8)
 with random weights: time does not depend on the values. Everything is fp32 with TF32 off,
-timed per call with CUDA events (p50 and p90 in ms). The four torch.compile variants (encoder
-and transformer, default and reduce-overhead) compile at once in four processes and are then
-timed one at a time (see compile_all). Exit code 1 when validation fails.
+timed per call with CUDA events (p50 and p90 in ms, nearest-rank as attnrt takes them). The
+four torch.compile variants (encoder and transformer, default and reduce-overhead) compile at
+once in four processes and are then timed one at a time (see compile_all). Exit code 1 when validation fails.
 """
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import queue
-import statistics
 import sys
 import threading
 import time
@@ -344,8 +344,14 @@ def time_fn(fn, iters, warmup, device):
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
+    return {"p50_ms": nearest_rank(times, 50), "p90_ms": nearest_rank(times, 90)}
+
+
+def nearest_rank(samples, p):
+    """The p-th percentile as attnrt takes it (src/base/stats.rs): the sample of rank
+    ceil(p/100 * n), so every figure is a measured time."""
+    ranked = sorted(samples)
+    return ranked[min(max(math.ceil(p / 100 * len(ranked)), 1), len(ranked)) - 1]
 
 
 def cuda_graph(fn):

@@ -53,6 +53,18 @@ impl Error {
         }
     }
 
+    /// [`Error::invalid`] with a parser's message (TOML, serde), whose lines are joined into
+    /// one so that the error stays one line.
+    pub fn parse(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        let message = message.to_string();
+        let lines: Vec<&str> = message
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Error::invalid(context, lines.join(" "))
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use attnrt::base::Tensor;
+use attnrt::base::relative_error;
 use attnrt::cswintt::cpu::CpuReference;
 use attnrt::cswintt::plan::{HeadPlan, Plan};
 use attnrt::cswintt::{Backend, Inputs, Outputs};
-use attnrt::model::Tensor;
 use attnrt::model::config::Config;
-use attnrt::model::relative_error;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
 use proptest::prelude::*;
 

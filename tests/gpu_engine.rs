@@ -8,14 +8,15 @@
 
 use std::sync::Arc;
 
+use attnrt::base::{TensorFile, relative_error};
 use attnrt::cswintt::cpu::CpuReference;
 use attnrt::cswintt::gpu::trace::head_overlap;
 use attnrt::cswintt::gpu::{GPU_F32_TOLERANCE, GpuEngine, Part};
-use attnrt::cswintt::{EXPECTED_PREFIX, Inputs, Mode, Outputs, Precision};
+use attnrt::cswintt::{Inputs, Mode, Outputs, Precision, check};
 use attnrt::gpu::{EventTimer, Gpu, testing::gpu_or_skip};
 use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
-use attnrt::model::{Config, TensorFile, Weights, relative_error};
+use attnrt::model::{Config, Weights};
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
@@ -64,37 +65,25 @@ fn check_golden_in(test: &str, name: &str, precision: Precision) {
     let weights = Arc::new(Weights::load(&wpath).unwrap());
     let golden = TensorFile::open(&gpath).unwrap();
     let inputs = Inputs::from_file(&golden, &weights.config).unwrap();
-    let expected: Vec<String> = golden
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with(EXPECTED_PREFIX))
-        .collect();
-    assert_eq!(expected.len(), 15, "{name}: expected.* tensors");
     let mut results = Vec::new();
     for mode in MODES {
         let mut e = engine_in(&gpu, &weights, mode, precision);
         let out = e.run(&inputs, true).unwrap();
-        let mut worst = 0.0f64;
-        let mut failures = Vec::new();
-        for n in &expected {
-            let want = golden.f32(n).unwrap();
-            let ours = out
-                .get(n)
-                .unwrap_or_else(|| panic!("{name} {mode}: the engine does not produce {n}"));
-            assert_eq!(ours.shape, want.shape, "{name} {mode}: {n} shape");
-            let err = relative_error(&ours.data, &want.data).unwrap();
-            worst = worst.max(err);
-            if err > tol {
-                failures.push(format!("{n}: {err:.3e}"));
-            }
-        }
+        let c = check::compare(&golden, &out, tol).unwrap();
         println!(
-            "{name} {mode} {precision}: max relative error over {} tensors {worst:.3e}",
-            expected.len()
+            "{name} {mode} {precision}: max relative error over {} tensors {:.3e}",
+            c.tensors.len(),
+            c.max_rel_err()
+        );
+        assert_eq!(
+            (c.tensors.len(), &c.skipped),
+            (15, &vec![]),
+            "{name} {mode}: expected.* tensors the engine produced, and those it did not"
         );
         assert!(
-            failures.is_empty(),
-            "{name} {mode} {precision}: over {tol:e}: {failures:?}"
+            c.passed(),
+            "{name} {mode} {precision}: over {tol:e}: {:?}",
+            c.failures()
         );
         results.push(out);
     }
@@ -104,8 +93,8 @@ fn check_golden_in(test: &str, name: &str, precision: Precision) {
             bits(other),
             "{name}: sequential and {mode} differ"
         );
-        for n in &expected {
-            let (a, b) = (results[0].get(n).unwrap(), other.get(n).unwrap());
+        for n in results[0].names() {
+            let (a, b) = (results[0].get(&n).unwrap(), other.get(&n).unwrap());
             assert!(
                 a.data
                     .iter()

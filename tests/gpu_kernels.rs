@@ -4,6 +4,7 @@
 //! tf32 and bf16 (tensor cores; tests named `*_tf32_*`, `*_bf16_*`), held to 2e-3 and 1e-2.
 //! Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
+use attnrt::base::relative_error;
 use attnrt::cswintt::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
@@ -11,7 +12,6 @@ use attnrt::kernels::linear::{Epilogue, LinearKernels, ROWS};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
 };
-use attnrt::model::tensor::relative_error;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

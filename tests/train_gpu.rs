@@ -33,7 +33,7 @@ use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, Progress, State,
+    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Progress, ReplicaEngine, State,
     TrainOptions, train,
 };
 use cudarc::driver::DevicePtr;
@@ -456,13 +456,13 @@ fn same_seed_same_parameters_for_any_split() {
         let fresh = State::fresh(model.init(5), &opt);
         let mut cpu = CpuEngine::new(model.clone(), opt, F32, 1, fresh.clone());
         let reference = run(&mut cpu, &model, (opt, F32), &[10], &data).0.remove(0);
-        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+        let mut one = ReplicaEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
         let single = run(&mut one, &model, (opt, F32), &[10], &data).0.remove(0);
         let d = max_abs_diff(&single, &reference);
         println!("{opt}: 1 GPU vs CPU max |diff| {d:.2e}");
         assert!(d < tol, "{opt}: 1 GPU vs CPU {d}");
         for units in [[5u8, 5], [2, 8], [10, 0]] {
-            let mut two = GpuEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
+            let mut two = ReplicaEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
             let replicas = run(&mut two, &model, (opt, F32), &units, &data).0;
             assert_eq!(
                 replicas[0], replicas[1],
@@ -488,11 +488,11 @@ fn small_vit(opt: &Optimizer) -> (ModelSpec, Arc<Dataset>, State) {
 fn vit_split_matches_one_gpu(opt: Optimizer, precision: Precision, tol: f32) -> Vec<f32> {
     let (model, data, fresh) = small_vit(&opt);
     let pair = replica_pair(&format!("vit split, {precision}"));
-    let mut one = GpuEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
+    let mut one = ReplicaEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
     let single = run(&mut one, &model, (opt, precision), &[10], &data)
         .0
         .remove(0);
-    let mut two = GpuEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
+    let mut two = ReplicaEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
     let replicas = run(&mut two, &model, (opt, precision), &[2, 8], &data).0;
     assert_eq!(replicas[0], replicas[1], "{precision:?}: replicas differ");
     let d = max_abs_diff(&replicas[0], &single);
@@ -560,10 +560,10 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
         (Optimizer::adamw(1e-3), 2e-4),
     ] {
         let fresh = State::fresh(model.init(5), &opt);
-        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+        let mut one = ReplicaEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
         run_steps(&mut one, &data, |_| vec![10]);
         let want = one.state().unwrap();
-        let mut two = GpuEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
+        let mut two = ReplicaEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
         // Peer access makes the refreshes device-to-device copies; without it they go through
         // the host, and the test still holds.
         println!(
@@ -635,7 +635,8 @@ fn host_staging_matches_the_peer_path() {
     let fresh = State::fresh(model.init(5), &opt);
     let mut params = Vec::new();
     for choice in [ExchangeChoice::Auto, ExchangeChoice::Host] {
-        let mut engine = GpuEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
+        let mut engine =
+            ReplicaEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
         assert_eq!(
             engine.notice().is_some(),
             choice == ExchangeChoice::Host,
@@ -1011,7 +1012,7 @@ fn bf16_training_learns_like_f32() {
         let opt = Optimizer::adamw(2e-3);
         let fresh = State::fresh(model.init(1), &opt);
         let steps = |p: Precision| {
-            let mut engine = GpuEngine::new(&[0], &model, opt, p, &fresh).unwrap();
+            let mut engine = ReplicaEngine::new(&[0], &model, opt, p, &fresh).unwrap();
             run(&mut engine, &model, (opt, p), &[10], &data).1
         };
         let (bf16, f32) = (steps(Bf16), steps(F32));

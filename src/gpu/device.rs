@@ -101,24 +101,6 @@ impl Gpu {
         }))
     }
 
-    /// Resolves a [`DeviceChoice`]: `Ok(None)` means the CPU. `Auto` falls back to the CPU
-    /// and returns the reason, for the caller to show.
-    pub fn select(choice: DeviceChoice) -> Result<(Option<Arc<Gpu>>, Option<String>)> {
-        match choice {
-            DeviceChoice::Cpu => Ok((None, None)),
-            DeviceChoice::Cuda(n) => Ok((Some(Gpu::open(n)?), None)),
-            DeviceChoice::Auto => {
-                if !crate::kernels::compiled() {
-                    return Ok((None, Some(not_compiled_reason())));
-                }
-                match Gpu::open(0) {
-                    Ok(g) => Ok((Some(g), None)),
-                    Err(e) => Ok((None, Some(e.to_string()))),
-                }
-            }
-        }
-    }
-
     pub fn ctx(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

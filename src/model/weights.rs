@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::config::{BIAS_WINDOWS, Config, PartialConfig, default_windows};
-use super::io::{OutTensor, TensorFile, write_file};
-use super::tensor::Tensor;
+use super::golden::weights_for_golden;
+use super::synthetic::{DEFAULT_SEED, default_model};
+use crate::base::safetensors::{OutTensor, TensorFile, write_file};
+use crate::base::tensor::Tensor;
 use crate::error::{Error, Result};
 
 /// A linear layer `y = x W^T + b`: `weight` is `(out, in)`, `bias` is `(out)`.
@@ -152,6 +154,29 @@ impl Reader<'_> {
 }
 
 impl Weights {
+    /// The weights a run uses, with a description for reports: the file `model` when given,
+    /// else the weights file beside the golden file `check` (`NAME.weights.safetensors` for
+    /// `NAME.golden.safetensors`), else the built-in synthetic model.
+    pub fn for_run(model: Option<&Path>, check: Option<&Path>) -> Result<(Weights, String)> {
+        match (model, check) {
+            (Some(p), _) => Ok((Weights::load(p)?, p.display().to_string())),
+            (None, Some(g)) => {
+                let p = weights_for_golden(g).ok_or_else(|| {
+                    Error::invalid(
+                        format!("--check {}", g.display()),
+                        "cannot name its weights file (expected NAME.golden.safetensors); \
+                         pass --model",
+                    )
+                })?;
+                Ok((Weights::load(&p)?, p.display().to_string()))
+            }
+            (None, None) => Ok((
+                default_model(),
+                format!("built-in synthetic (seed {DEFAULT_SEED})"),
+            )),
+        }
+    }
+
     /// Loads a weights file (f32, f16 or bf16 tensors). The config comes from the file's
     /// metadata where present, else from tensor shapes; the two must agree.
     pub fn load(path: impl AsRef<Path>) -> Result<Weights> {
@@ -246,57 +271,31 @@ impl Weights {
         v
     }
 
-    /// Serializes to safetensors (f32) with the config as metadata (the golden weights
+    /// Writes every tensor (f32) to `path`, with the config as metadata (the golden weights
     /// files' keys) plus `extra_metadata` (e.g. `seed`).
-    pub fn to_safetensors(&self, extra_metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-        let (tensors, meta) = self.out_tensors(extra_metadata);
-        super::io::serialize(&tensors, &meta)
-    }
-
-    /// Writes to `path`; see [`Weights::to_safetensors`].
     pub fn save(
         &self,
         path: impl AsRef<Path>,
         extra_metadata: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let (tensors, meta) = self.out_tensors(extra_metadata);
-        write_file(path, &tensors, &meta)
-    }
-
-    fn out_tensors(
-        &self,
-        extra_metadata: &BTreeMap<String, String>,
-    ) -> (Vec<(String, OutTensor)>, BTreeMap<String, String>) {
+        let bias_tables: Vec<(String, [usize; 1], &[f32])> = self
+            .rel_bias_tables
+            .iter()
+            .map(|(&w, t)| (names::rel_bias_table(w), [t.len()], t.as_slice()))
+            .collect();
         let mut tensors: Vec<(String, OutTensor)> = self
             .named_tensors()
             .into_iter()
-            .map(|(n, t)| (n, OutTensor::F32(t.clone())))
+            .map(|(n, t)| (n, t.into()))
             .collect();
-        for (&w, t) in &self.rel_bias_tables {
-            tensors.push((
-                names::rel_bias_table(w),
-                OutTensor::F32(Tensor {
-                    shape: vec![t.len()],
-                    data: t.clone(),
-                }),
-            ));
-        }
+        tensors.extend(
+            bias_tables
+                .iter()
+                .map(|(n, shape, data)| (n.clone(), OutTensor::F32 { shape, data })),
+        );
         let mut meta = self.config.to_metadata();
         meta.extend(extra_metadata.clone());
-        (tensors, meta)
-    }
-
-    /// Number of parameters (all tensors above, bias tables included).
-    pub fn parameter_count(&self) -> usize {
-        self.named_tensors()
-            .iter()
-            .map(|(_, t)| t.len())
-            .sum::<usize>()
-            + self
-                .rel_bias_tables
-                .values()
-                .map(|t| t.len())
-                .sum::<usize>()
+        write_file(path, &tensors, &meta)
     }
 }
 

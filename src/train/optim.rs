@@ -130,8 +130,9 @@ impl fmt::Display for Optimizer {
     }
 }
 
-/// The optimizer's name on the command line: `sgd` or `adamw`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The optimizer's name on the command line and in job files: `sgd` or `adamw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
     AdamW,

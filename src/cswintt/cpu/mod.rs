@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use super::backend::Backend;
 use super::plan::{HeadPlan, Plan};
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Outputs, Precision};
+use crate::base::tensor::Tensor;
 use crate::error::Result;
-use crate::model::tensor::Tensor;
 use crate::model::weights::{EncoderLayer, LN_EPS, LayerNorm, Linear, Mha, Weights};
 use gemm::ROWS;
 

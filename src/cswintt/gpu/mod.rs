@@ -39,6 +39,7 @@ use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
+use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
@@ -46,7 +47,6 @@ use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention_mma::{
     AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
-use crate::model::tensor::Tensor;
 use crate::model::weights::{LN_EPS, Weights};
 
 /// Relative error the GPU engine is held to (f32 throughout, as the CPU reference).

@@ -1,4 +1,5 @@
-//! A small host tensor: a shape and row-major `f32` data.
+//! The host tensor every layer shares (model weights, golden files, engine outputs, training
+//! checkpoints): a shape and row-major `f32` data, and the one error measure they are compared by.
 
 /// A row-major `f32` tensor on the host. `data.len()` is always the product of `shape`.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,60 +2,9 @@
 //! DR, samples/s) and one line per device (utilisation, memory), redrawn in place; elsewhere
 //! (a log file, a test), the same table printed as plain lines every `plain_every_s`.
 
-use std::fmt::Write as _;
-
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::monitor::DeviceStatus;
-use crate::sched::DistributionRatio;
-
-/// One job's row.
-#[derive(Clone, Debug)]
-pub struct JobRow {
-    pub name: String,
-    /// `starting`, `calibrating`, `waiting`, `running`, `finished`, `failed`, `stopped`.
-    pub state: &'static str,
-    pub step: u64,
-    pub iterations: u64,
-    pub sd: Option<f64>,
-    pub dr: Option<DistributionRatio>,
-    pub samples_per_s: f64,
-}
-
-/// Everything the view shows at one moment.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// The run clock, seconds.
-    pub time_s: f64,
-    pub jobs: Vec<JobRow>,
-    pub devices: Vec<DeviceStatus>,
-    /// `gpu` or `cpu`.
-    pub device_kind: &'static str,
-}
-
-impl JobRow {
-    fn text(&self) -> String {
-        let mut s = format!("{:<9}", self.state);
-        if let Some(sd) = self.sd {
-            let _ = write!(s, "  SD {sd:.3}");
-        }
-        if let Some(dr) = &self.dr {
-            let _ = write!(s, "  DR {dr}");
-        }
-        if self.samples_per_s > 0.0 {
-            let _ = write!(s, "  {:.0} samples/s", self.samples_per_s);
-        }
-        s
-    }
-}
-
-fn device_text(kind: &str, g: usize, d: &DeviceStatus) -> String {
-    let mut s = format!("{kind} {g}  util {:>3.0}%", d.util);
-    if let Some((used, total)) = d.memory_gib {
-        let _ = write!(s, "  mem {used:.1}/{total:.1} GiB");
-    }
-    s
-}
+use attnrt::multijob::status::{Snapshot, device_text, plain_table};
 
 /// The view: indicatif bars on a terminal, plain lines otherwise.
 pub struct LiveView {
@@ -121,7 +70,7 @@ impl LiveView {
             bar.set_message(row.text());
         }
         for (g, (line, d)) in self.devices.iter().zip(&s.devices).enumerate() {
-            line.set_message(device_text(s.device_kind, g, d));
+            line.set_message(device_text(s.unit, g, d));
         }
     }
 
@@ -145,63 +94,5 @@ impl LiveView {
         for bar in self.jobs.iter().chain(&self.devices) {
             bar.finish();
         }
-    }
-}
-
-/// The snapshot as plain lines: `[t s] job NAME STATE STEP/ITERS ...` and one per device.
-pub fn plain_table(s: &Snapshot) -> String {
-    let width = s.jobs.iter().map(|j| j.name.len()).max().unwrap_or(4);
-    let mut out = String::new();
-    for row in &s.jobs {
-        let _ = writeln!(
-            out,
-            "[{:>8.1} s] job {:<width$}  {}/{}  {}",
-            s.time_s,
-            row.name,
-            row.step,
-            row.iterations,
-            row.text()
-        );
-    }
-    for (g, d) in s.devices.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "[{:>8.1} s] {}",
-            s.time_s,
-            device_text(s.device_kind, g, d)
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_rows_name_every_figure() {
-        let s = Snapshot {
-            time_s: 12.0,
-            jobs: vec![JobRow {
-                name: "vit".into(),
-                state: "running",
-                step: 40,
-                iterations: 100,
-                sd: Some(1.25),
-                dr: Some(DistributionRatio::new(vec![3, 7]).unwrap()),
-                samples_per_s: 812.4,
-            }],
-            devices: vec![DeviceStatus {
-                util: 87.0,
-                memory_gib: Some((12.0, 79.6)),
-            }],
-            device_kind: "gpu",
-        };
-        let t = plain_table(&s);
-        assert!(
-            t.contains("job vit  40/100  running    SD 1.250  DR [3,7]  812 samples/s"),
-            "{t}"
-        );
-        assert!(t.contains("gpu 0  util  87%  mem 12.0/79.6 GiB"), "{t}");
     }
 }

@@ -1,12 +1,18 @@
-//! Safetensors files: reading tensors as `f32` (from f32, f16 or bf16) or as masks, with
-//! errors that name the file and the tensor, and writing tensors with metadata.
+//! Safetensors files, the one reader and writer for model weights, golden files, inputs and
+//! outputs, and training checkpoints: tensors read as `f32` (from f32, f16 or bf16) or as masks,
+//! with errors that name the file and the tensor; tensors written as f32 or u8 with metadata.
+//!
+//! A file is read whole and its header checked against the bytes it holds before any tensor is
+//! decoded, so a header that claims absurd sizes is an error naming the file, and every
+//! allocation is bounded by the file's real size, never by what its header says.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, SafeTensors, View};
+pub use ::safetensors::Dtype;
+use ::safetensors::tensor::{Metadata, TensorInfo};
+use ::safetensors::{SafeTensors, View};
 
 use super::tensor::{Tensor, shape_string};
 use crate::error::{Error, Result};
@@ -39,8 +45,8 @@ impl TensorFile {
     pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<TensorFile> {
         let label = label.into();
         let ctx = || label.display().to_string();
-        let describe = |e: safetensors::SafeTensorError| -> String {
-            use safetensors::SafeTensorError as E;
+        let describe = |e: ::safetensors::SafeTensorError| -> String {
+            use ::safetensors::SafeTensorError as E;
             match e {
                 E::MetadataIncompleteBuffer => format!(
                     "truncated (or padded) safetensors file: the header's tensor offsets do \
@@ -60,10 +66,11 @@ impl TensorFile {
                 other => format!("not a readable safetensors file ({other})"),
             }
         };
+        // Validates the whole layout: the header's length against the file, each tensor's
+        // size against its shape and dtype (overflow checked), and the offsets against the
+        // data, which they must cover exactly (this catches truncation).
         let (header_len, meta) =
             SafeTensors::read_metadata(&bytes).map_err(|e| Error::invalid(ctx(), describe(e)))?;
-        // Full validation: offsets cover the data exactly (catches truncation).
-        SafeTensors::deserialize(&bytes).map_err(|e| Error::invalid(ctx(), describe(e)))?;
         Ok(TensorFile {
             label,
             bytes,
@@ -140,6 +147,35 @@ impl TensorFile {
     /// Tensor `name` as `f32`, converted from f32, f16 or bf16 (other dtypes are an error),
     /// and checked to be finite.
     pub fn f32(&self, name: &str) -> Result<Tensor> {
+        let t = self.decode_f32(name)?;
+        if let Some(i) = t.data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                self.context(name),
+                format!(
+                    "non-finite value {} at flat index {i} (of {})",
+                    t.data[i],
+                    t.data.len()
+                ),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Tensor `name` exactly as stored: F32 only, non-finite values kept. For files written
+    /// in f32 by this crate (checkpoints), where another dtype means another file and the
+    /// NaN of a diverged run is part of the state.
+    pub fn f32_exact(&self, name: &str) -> Result<Tensor> {
+        let dtype = self.info(name)?.dtype;
+        if dtype != Dtype::F32 {
+            return Err(Error::invalid(
+                self.context(name),
+                format!("expected F32, found {dtype:?}"),
+            ));
+        }
+        self.decode_f32(name)
+    }
+
+    fn decode_f32(&self, name: &str) -> Result<Tensor> {
         let info = self.info(name)?;
         let raw = self.raw(info);
         let data: Vec<f32> = match info.dtype {
@@ -162,16 +198,6 @@ impl TensorFile {
                 ));
             }
         };
-        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            return Err(Error::invalid(
-                self.context(name),
-                format!(
-                    "non-finite value {} at flat index {i} (of {})",
-                    data[i],
-                    data.len()
-                ),
-            ));
-        }
         Ok(Tensor {
             shape: info.shape.clone(),
             data,
@@ -239,64 +265,179 @@ fn header_len_hint(bytes: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// A tensor to write: `f32` data or a `u8` mask.
-#[derive(Debug, Clone)]
-pub enum OutTensor {
-    F32(Tensor),
-    U8 { shape: Vec<usize>, data: Vec<u8> },
+/// A tensor to write, borrowed: `f32` data or a `u8` mask.
+#[derive(Debug, Clone, Copy)]
+pub enum OutTensor<'a> {
+    F32 { shape: &'a [usize], data: &'a [f32] },
+    U8 { shape: &'a [usize], data: &'a [u8] },
 }
 
-impl From<Tensor> for OutTensor {
-    fn from(t: Tensor) -> Self {
-        OutTensor::F32(t)
+impl<'a> From<&'a Tensor> for OutTensor<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        OutTensor::F32 {
+            shape: &t.shape,
+            data: &t.data,
+        }
     }
 }
 
-impl View for &OutTensor {
-    fn dtype(&self) -> Dtype {
+impl OutTensor<'_> {
+    fn len(&self) -> usize {
         match self {
-            OutTensor::F32(_) => Dtype::F32,
-            OutTensor::U8 { .. } => Dtype::U8,
-        }
-    }
-    fn shape(&self) -> &[usize] {
-        match self {
-            OutTensor::F32(t) => &t.shape,
-            OutTensor::U8 { shape, .. } => shape,
-        }
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        match self {
-            OutTensor::F32(t) => Cow::Borrowed(bytemuck::cast_slice(&t.data)),
-            OutTensor::U8 { data, .. } => Cow::Borrowed(data),
-        }
-    }
-    fn data_len(&self) -> usize {
-        match self {
-            OutTensor::F32(t) => t.data.len() * 4,
+            OutTensor::F32 { data, .. } => data.len(),
             OutTensor::U8 { data, .. } => data.len(),
         }
     }
 }
 
-/// Serializes tensors (f32 little-endian, as safetensors requires) with metadata strings.
-pub fn serialize(
-    tensors: &[(String, OutTensor)],
+impl View for &OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            OutTensor::F32 { .. } => Dtype::F32,
+            OutTensor::U8 { .. } => Dtype::U8,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            OutTensor::F32 { shape, .. } | OutTensor::U8 { shape, .. } => shape,
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            OutTensor::F32 { data, .. } => Cow::Borrowed(bytemuck::cast_slice(data)),
+            OutTensor::U8 { data, .. } => Cow::Borrowed(data),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            OutTensor::F32 { data, .. } => data.len() * 4,
+            OutTensor::U8 { data, .. } => data.len(),
+        }
+    }
+}
+
+/// Serializes tensors (little-endian, as safetensors requires) with metadata strings; the
+/// header has no `__metadata__` when `metadata` is empty. `label` names the file in errors.
+pub fn serialize<N: AsRef<str>>(
+    label: &Path,
+    tensors: &[(N, OutTensor<'_>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
+    for (name, t) in tensors {
+        let shape = (&t).shape();
+        if shape.iter().product::<usize>() != t.len() {
+            return Err(Error::invalid(
+                format!("{}: tensor '{}'", label.display(), name.as_ref()),
+                format!(
+                    "shape {} needs {} values, the data holds {}",
+                    shape_string(shape),
+                    shape.iter().product::<usize>(),
+                    t.len()
+                ),
+            ));
+        }
+    }
     let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
     let meta = (!meta.is_empty()).then_some(meta);
-    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), meta)
-        .map_err(|e| Error::invalid("safetensors serialization", e.to_string()))
+    ::safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_ref(), t)), meta)
+        .map_err(|e| Error::invalid(label.display().to_string(), e.to_string()))
 }
 
 /// Writes tensors with metadata strings to `path`.
-pub fn write_file(
+pub fn write_file<N: AsRef<str>>(
     path: impl AsRef<Path>,
-    tensors: &[(String, OutTensor)],
+    tensors: &[(N, OutTensor<'_>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let bytes = serialize(tensors, metadata)?;
+    let bytes = serialize(path, tensors, metadata)?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose header is `json`, followed by `data` bytes.
+    fn file_with_header(json: &str, data: usize) -> Vec<u8> {
+        let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(json.as_bytes());
+        bytes.extend(vec![0u8; data]);
+        bytes
+    }
+
+    fn invalid(bytes: Vec<u8>) -> String {
+        match TensorFile::from_bytes("bad.safetensors", bytes) {
+            Err(e @ Error::Invalid { .. }) => e.to_string(),
+            Err(e) => panic!("expected Error::Invalid, got {e:?}"),
+            Ok(f) => panic!("expected an error, got {f:?}"),
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_absurd_sizes_is_an_error_naming_the_file() {
+        // A header length of 2^64 - 1, and one of 1 TB, in a 16-byte file.
+        for n in [u64::MAX, 1 << 40] {
+            let mut bytes = n.to_le_bytes().to_vec();
+            bytes.extend([b'{', b'}', 0, 0, 0, 0, 0, 0]);
+            let msg = invalid(bytes);
+            assert!(msg.starts_with("bad.safetensors: "), "{msg}");
+        }
+        // A tensor of 2^40 x 2^40 elements (the byte count overflows), and one of 2^40 f32
+        // values whose offsets claim 4 TB the file does not hold.
+        for (shape, end) in [
+            ("[1099511627776, 1099511627776]", 16u64),
+            ("[1099511627776]", 1 << 42),
+        ] {
+            let json =
+                format!(r#"{{"t":{{"dtype":"F32","shape":{shape},"data_offsets":[0,{end}]}}}}"#);
+            let msg = invalid(file_with_header(&json, 16));
+            assert!(msg.starts_with("bad.safetensors: "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn written_tensors_read_back_and_a_wrong_length_names_the_tensor() {
+        let t = Tensor::new(vec![2, 2], vec![1.0, -2.0, f32::NAN, 4.0]).unwrap();
+        let mask = [0u8, 1, 1];
+        let tensors = [
+            ("t", OutTensor::from(&t)),
+            (
+                "m",
+                OutTensor::U8 {
+                    shape: &[3],
+                    data: &mask,
+                },
+            ),
+        ];
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let label = Path::new("out.safetensors");
+        let f = TensorFile::from_bytes(label, serialize(label, &tensors, &meta).unwrap()).unwrap();
+        assert_eq!(f.names(), ["m", "t"]);
+        assert_eq!(f.meta_value("k"), Some("v"));
+        assert_eq!(f.mask("m", &[3]).unwrap(), mask);
+        // The NaN is kept by the exact reader and refused, by name, by the checked one.
+        let back = f.f32_exact("t").unwrap();
+        assert_eq!(back.shape, [2, 2]);
+        assert!(back.data[2].is_nan());
+        let msg = f.f32("t").unwrap_err().to_string();
+        assert!(msg.contains("out.safetensors: tensor 't'") && msg.contains("non-finite"));
+        let msg = f.f32_exact("m").unwrap_err().to_string();
+        assert!(msg.contains("tensor 'm'") && msg.contains("expected F32, found U8"));
+
+        let short = [(
+            "s",
+            OutTensor::F32 {
+                shape: &[3],
+                data: &[1.0, 2.0],
+            },
+        )];
+        let msg = serialize(label, &short, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("out.safetensors: tensor 's'") && msg.contains("needs 3 values"),
+            "{msg}"
+        );
+    }
 }

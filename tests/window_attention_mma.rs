@@ -9,12 +9,12 @@
 //! launch equals per-head launches bit for bit. Skips without a GPU; `ATTNRT_REQUIRE_GPU=1`
 //! makes a missing GPU fail.
 
+use attnrt::base::relative_error;
 use attnrt::cswintt::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::window_attention_mma::{
     AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
-use attnrt::model::tensor::relative_error;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

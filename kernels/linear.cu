@@ -53,6 +53,8 @@ struct LinearArgs {
     float scale;
     int batch, l_all, heads, hd;  // linear_qkv_windows_f32 only
 };
+// The Rust mirror asserts the same size: a field added on one side only fails both builds.
+static_assert(sizeof(LinearArgs) == 96, "mirrored in src/kernels/linear.rs");
 
 namespace {
 

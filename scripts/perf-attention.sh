@@ -38,13 +38,13 @@ step() {
 }
 
 t="$stage/tests"
-step tests 240 "$t/window_attention_mma" --test-threads=1
-step tests 60 "$t/gpu_kernels" --test-threads=1 few_rows
+step tests 240 "$t/kernels" --test-threads=1 window_attention
+step tests 60 "$t/kernels" --test-threads=1 linear
 step tests 300 "$t/gpu_engine" --test-threads=1
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     step sanitizer 240 compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      "$t/window_attention_mma" --test-threads=1 fused_launch one_query
+      "$t/kernels" --test-threads=1 window_attention::fused window_attention::one_query
   done
 else
   echo "compute-sanitizer not on PATH: sanitizer step skipped" | tee -a "$out/status.txt"

@@ -6,8 +6,9 @@
 //! - [`base`]: types every layer shares, no CUDA: [`base::Precision`], the host
 //!   [`base::Tensor`], safetensors I/O, latency statistics, [`base::DistributionRatio`], the
 //!   device grammar;
-//! - [`gpu`]: the runtime on cudarc (devices, streams, events, buffers, modules, graphs, NVTX);
-//! - [`kernels`]: the compiled kernel registry and typed launchers;
+//! - [`gpu`]: the runtime on cudarc (devices, streams, events, buffers, the compiled kernel
+//!   images, modules, graphs, NVTX);
+//! - [`kernels`]: the ops, one module each: typed launchers and the op's CPU reference;
 //! - models and engines: [`model`] (the CSWinTT config and weights, synthetic models, golden
 //!   files), [`cswintt`] (the transformer as a CPU reference and a GPU engine, the golden
 //!   comparison) and [`train`] (the data-parallel trainer);

@@ -4,7 +4,7 @@
 # (deferred to the wait that covers it) behave as the PTX ISA describes them, shared memory
 # starts NaN, and a missing barrier or wait shows as a wrong or unfinished result. The
 # checks compare against float64 loops (the same cases as the GPU tests, smaller):
-#   window_attention: kernels/window_attention_mma.cu, every precision, window, head width
+#   window_attention: kernels/window_attention.cu, every precision, window, head width
 #     (1-128), key split and the fused launch;
 #   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after

@@ -1,9 +1,9 @@
-// Emulated checks of kernels/window_attention_mma.cuh against a float64 reference.
+// Emulated checks of kernels/window_attention.cuh against a float64 reference.
 #include "emu.h"
 namespace attention {
 alignas(16) float smem[1 << 16];
 }
-#include "../../kernels/window_attention_mma.cu"
+#include "../../kernels/window_attention.cu"
 
 #include <random>
 #include <string>

@@ -202,21 +202,6 @@ impl HeadPlan {
             .collect()
     }
 
-    /// The in-window position that shift `(a, e)` reads for position `pos`:
-    /// `K(l,a,e)[r][col] = K(l)[(r - a) mod w][(col - e) mod w]`.
-    pub fn shifted_pos(&self, pos: usize, a: usize, e: usize) -> usize {
-        let w = self.w;
-        let (r, c) = (pos / w, pos % w);
-        ((r + w - a) % w) * w + (c + w - e) % w
-    }
-
-    /// Column `col` of the score matrix as `(key window l, a, e)`.
-    pub fn column(&self, col: usize) -> (usize, usize, usize) {
-        let w = self.w;
-        let ae = col % (w * w);
-        (col / (w * w), ae / w, ae % w)
-    }
-
     /// `sr(a, e)` as a `w*w` table indexed `a*w + e`: `u(a)*u(e) - 1`,
     /// `u(t) = t/w if t/w > 0.5 else 1 - t/w`, rounded to float16 as the original stores
     /// it (exact for `w <= 8`).
@@ -349,15 +334,5 @@ mod tests {
         let t = h8.sr_table();
         assert_eq!(t[0], 0.0);
         assert_eq!(t[9], 0.875 * 0.875 - 1.0);
-    }
-
-    #[test]
-    fn shifted_pos_rolls() {
-        let c = Config::released();
-        let h = HeadPlan::new(&c, 2); // w = 4
-        // Rolling by (+1, 0): row 1 reads row 0.
-        assert_eq!(h.shifted_pos(4, 1, 0), 0);
-        assert_eq!(h.shifted_pos(0, 1, 0), 12);
-        assert_eq!(h.shifted_pos(0, 0, 1), 3);
     }
 }

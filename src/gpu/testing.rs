@@ -22,7 +22,7 @@ fn required() -> bool {
 
 /// Why no GPU can be used, or `None` when GPU 0 opens with compiled kernels.
 fn unusable() -> Option<String> {
-    if !crate::kernels::compiled() {
+    if !super::images::compiled() {
         return Some("kernels were not compiled into this build (no nvcc at build time)".into());
     }
     Gpu::open(0).err().map(|e| e.to_string())

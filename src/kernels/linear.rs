@@ -1,10 +1,14 @@
-//! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue.
+//! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue. The CPU
+//! reference is [`cpu`], on the SIMD products of [`gemm`]. (The trainer's linear layers run
+//! on cuBLASLt instead, `crate::train::gpu::linear`, against the same reference.)
+
+pub mod cpu;
+pub mod gemm;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{ptr, ptr_mut};
-use super::shape::check_len;
+use super::launch::{check_len, ptr, ptr_mut};
 use crate::base::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
@@ -31,6 +35,9 @@ struct LinearArgs {
 
 // SAFETY: plain old data with the C struct's layout (`#[repr(C)]`, same field order).
 unsafe impl DeviceRepr for LinearArgs {}
+
+// The size `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 96);
 
 /// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
 const TILE: usize = 64;

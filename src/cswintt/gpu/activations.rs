@@ -7,7 +7,7 @@ use cudarc::driver::CudaStream;
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::{DeviceBuffer, poison_nan};
 use crate::kernels::linear::split_k;
-use crate::kernels::window_attention_mma::{AttentionShape, KeySplit};
+use crate::kernels::window_attention::{AttentionShape, KeySplit};
 use crate::model::config::Config;
 
 pub(super) struct Activations {

@@ -16,7 +16,7 @@ use cudarc::driver::CudaStream;
 use crate::cswintt::Mode;
 use crate::error::{Error, Result};
 use crate::gpu::{EventTimer, Gpu, StreamSet, nvtx};
-use crate::kernels::window_attention_mma::{MAX_FUSED, PreparedAttention, WindowAttentionKernels};
+use crate::kernels::window_attention::{MAX_FUSED, PreparedAttention, WindowAttentionKernels};
 
 pub(super) enum Dispatch {
     Sequential,

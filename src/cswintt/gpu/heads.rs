@@ -10,7 +10,7 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
-use crate::kernels::window_attention_mma::{
+use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
     WindowAttentionKernels,
 };

@@ -1,5 +1,5 @@
 //! The GPU engine: the CSWinTT transformer with our own kernels (`kernels/linear.cu`,
-//! `layer_norm.cu`, `window_attention_mma.cu`). In f32 everything runs on CUDA cores; in tf32
+//! `layer_norm.cu`, `window_attention.cu`). In f32 everything runs on CUDA cores; in tf32
 //! or bf16 ([`GpuEngine::with_precision`]) the linear layers' GEMMs and attention's two
 //! products (QK^T, P'V) run on tensor cores with f32 accumulation, while the softmax and
 //! LayerNorm stay f32.
@@ -42,9 +42,9 @@ use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
-use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
+use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
-use crate::kernels::window_attention_mma::{
+use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
 use crate::model::weights::{LN_EPS, Weights};
@@ -64,7 +64,7 @@ pub enum Part {
 /// The kernels the engine launches, loaded once.
 struct Kernels {
     linear: LinearKernels,
-    layer_norm: LayerNormKernel,
+    layer_norm: LayerNormKernels,
     attention: WindowAttentionKernels,
 }
 
@@ -104,7 +104,7 @@ impl GpuEngine {
         let s = gpu.stream();
         let kernels = Kernels {
             linear: LinearKernels::load_precision(&gpu, precision)?,
-            layer_norm: LayerNormKernel::load(&gpu)?,
+            layer_norm: LayerNormKernels::load(&gpu)?,
             attention: WindowAttentionKernels::load_precision(&gpu, precision)?,
         };
         let heads = plan
@@ -392,9 +392,10 @@ impl GpuEngine {
         plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let eps = LN_EPS as f32;
+        let extra = plus.map_or(Extra::Nothing, Extra::Plus);
         self.kernels
             .layer_norm
-            .run(s, input, &ln.gamma, &ln.beta, eps, y, plus)
+            .forward(s, input, &ln.gamma, &ln.beta, eps, y, extra)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's

@@ -373,13 +373,13 @@ impl ReplicaEngine {
         state: &State,
         choice: ExchangeChoice,
     ) -> Result<ReplicaEngine> {
-        if ordinals.is_empty() || ordinals.len() > crate::kernels::train_ops::MAX_PEERS {
+        if ordinals.is_empty() || ordinals.len() > crate::kernels::allreduce::MAX_PEERS {
             return Err(Error::invalid(
                 "--gpus",
                 format!(
                     "{} GPUs given, 1..={} supported",
                     ordinals.len(),
-                    crate::kernels::train_ops::MAX_PEERS
+                    crate::kernels::allreduce::MAX_PEERS
                 ),
             ));
         }

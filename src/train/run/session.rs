@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 use serde::{Deserialize, Serialize};
 
 use crate::base::{DeviceList, Devices, DistributionRatio, Precision};
-use crate::kernels::train_ops::MAX_PEERS;
+use crate::kernels::allreduce::MAX_PEERS;
 use crate::train::data::Dataset;
 use crate::train::models::ModelSpec;
 use crate::train::optim::{Optimizer, OptimizerKind};

@@ -1,41 +1,24 @@
-//! Dense products for the CPU reference, with f64 accumulation.
+//! The CPU references' dense products, with f64 accumulation: the linear layers' `x W^T`
+//! (the linear op's CPU reference, [`super::cpu`]) and window attention's score and value
+//! products (`crate::kernels::window_attention::cpu`).
 //!
-//! - [`gemm_nt`]: `out[i][j] = sum_k a[i][k] * b[j][k]` (`b` row-major over `k`: the
+//! - [`nt_rows`]: `out[i][j] = sum_k a[i][k] * b[j][k]` (`b` row-major over `k`: the
 //!   weights of a linear layer, `(out, in)`);
-//! - [`gemm_nn`]: `out[i][j] = sum_k a[i][k] * b[k][j]` (attention: scores against
+//! - [`nn_rows`]: `out[i][j] = sum_k a[i][k] * b[k][j]` (attention: scores against
 //!   transposed keys, probabilities times values).
 //!
-//! `a` is f64 and `b` f32 (weights, keys, values); every product and sum is in f64.
-//! Rows of `a` are split across rayon threads. The kernel is chosen at run time
-//! ([`simd_level`]): AVX-512F (8 f64 lanes, 4x4 register tiles of dot products for NT,
-//! 4 rows x 32 columns for NN), else AVX2+FMA (4 lanes), else a portable loop. They
-//! differ only in summation order, far below f32 resolution (tests compare them).
-
-use rayon::prelude::*;
+//! `a` is f64 and `b` f32 (weights, keys, values); every product and sum is in f64. Both are
+//! single-threaded over a block of rows: the callers split the rows across rayon threads
+//! ([`ROWS`] a task). The kernel is chosen at run time ([`simd_level`]): AVX-512F (8 f64
+//! lanes, 4x4 register tiles of dot products for NT, 4 rows x 32 columns for NN), else
+//! AVX2+FMA (4 lanes), else a portable loop. They differ only in summation order, far below
+//! f32 resolution (`ATTNRT_CPU_SIMD` picks a path; `tests/infer_cli.rs` runs each).
 
 /// Rows of `a` per task.
 pub const ROWS: usize = 16;
 
-/// `out = a b^T`: `a` is `(n, k)` f64, `b` is `(m, k)` f32, the result `(n, m)` f64.
-pub fn gemm_nt(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
-    assert_eq!(a.len(), n * k, "gemm_nt: a is not (n, k)");
-    assert_eq!(b.len(), m * k, "gemm_nt: b is not (m, k)");
-    let mut out = vec![0.0f64; n * m];
-    if m == 0 || n == 0 {
-        return out;
-    }
-    out.par_chunks_mut(ROWS * m)
-        .enumerate()
-        .for_each(|(blk, out_rows)| {
-            let r0 = blk * ROWS;
-            let rows = out_rows.len() / m;
-            nt_rows(&a[r0 * k..(r0 + rows) * k], rows, b, m, k, out_rows);
-        });
-    out
-}
-
-/// Single-threaded [`gemm_nt`] into `out` (`(rows, m)`, overwritten), for callers that
-/// split the rows themselves.
+/// `out = a b^T` for `rows` rows: `a` is `(rows, k)` f64, `b` is `(m, k)` f32, `out` is
+/// `(rows, m)` f64, overwritten.
 pub fn nt_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
     assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
     match simd_level() {
@@ -49,47 +32,12 @@ pub fn nt_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut 
     }
 }
 
-/// Single-threaded [`gemm_nn`] into `out` (`(rows, m)`, overwritten).
-pub fn nn_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
-    nn_block(simd_level(), a, rows, b, m, k, out);
-}
-
-/// `out = a b`: `a` is `(n, k)` f64, `b` is `(k, m)` f32, the result `(n, m)` f64,
-/// accumulated in f64. Suited to short `k` and to products whose right operand is
+/// `out = a b` for `rows` rows: `a` is `(rows, k)` f64, `b` is `(k, m)` f32, `out` is
+/// `(rows, m)` f64, overwritten. Suited to short `k` and to products whose right operand is
 /// naturally row-major over `k` (attention scores against transposed keys, and
 /// probabilities times values).
-pub fn gemm_nn(a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
-    assert_eq!(a.len(), n * k, "gemm_nn: a is not (n, k)");
-    assert_eq!(b.len(), k * m, "gemm_nn: b is not (k, m)");
-    let mut out = vec![0.0f64; n * m];
-    if m == 0 || n == 0 {
-        return out;
-    }
+pub fn nn_rows(a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
     let simd = simd_level();
-    out.par_chunks_mut(ROWS * m)
-        .enumerate()
-        .for_each(|(blk, out_rows)| {
-            let r0 = blk * ROWS;
-            let rows = out_rows.len() / m;
-            let a_rows = &a[r0 * k..(r0 + rows) * k];
-            nn_block(simd, a_rows, rows, b, m, k, out_rows);
-        });
-    out
-}
-
-/// [`gemm_nn`] with a given kernel, single-threaded; for tests comparing the paths.
-pub fn gemm_nn_with(simd: Simd, a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
-    let simd = match (simd, detect("")) {
-        (Simd::Avx512, Simd::Avx512) => Simd::Avx512,
-        (Simd::Avx2 | Simd::Avx512, Simd::Avx2 | Simd::Avx512) => Simd::Avx2,
-        _ => Simd::Portable,
-    };
-    let mut out = vec![0.0f64; n * m];
-    nn_block(simd, a, n, b, m, k, &mut out);
-    out
-}
-
-fn nn_block(simd: Simd, a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, out: &mut [f64]) {
     assert!(a.len() >= rows * k && b.len() >= m * k && out.len() >= rows * m);
     // Columns handled by the vector kernel; the rest (m % 8) by the portable loop.
     let mv = match simd {
@@ -121,7 +69,7 @@ fn nn_block(simd: Simd, a: &[f64], rows: usize, b: &[f32], m: usize, k: usize, o
 }
 
 /// Dot product of f64 `a` and f32 `b`, accumulated in f64 (portable).
-pub fn dot(a: &[f64], b: &[f32]) -> f64 {
+fn dot(a: &[f64], b: &[f32]) -> f64 {
     let mut acc = [0.0f64; 4];
     let n4 = a.len() / 4 * 4;
     for i in (0..n4).step_by(4) {
@@ -181,27 +129,6 @@ fn detect(cap: &str) -> Simd {
         let _ = cap;
         Simd::Portable
     }
-}
-
-/// [`gemm_nt`] with a given kernel (falls back to portable when the CPU lacks it);
-/// for tests comparing the paths.
-pub fn gemm_nt_with(simd: Simd, a: &[f64], n: usize, b: &[f32], m: usize, k: usize) -> Vec<f64> {
-    let simd = match (simd, detect("")) {
-        (Simd::Avx512, Simd::Avx512) => Simd::Avx512,
-        (Simd::Avx2 | Simd::Avx512, Simd::Avx2 | Simd::Avx512) => Simd::Avx2,
-        _ => Simd::Portable,
-    };
-    let mut out = vec![0.0f64; n * m];
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: detected above.
-        Simd::Avx512 => unsafe { avx512::block(a, n, b, m, k, &mut out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: detected above.
-        Simd::Avx2 => unsafe { avx2::block(a, n, b, m, k, &mut out) },
-        _ => portable_block(a, n, b, m, k, &mut out),
-    }
-    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -640,14 +567,18 @@ mod tests {
             let b: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0)
                 .collect();
-            let out = gemm_nt(&a, n, &b, m, k);
+            // b read as (m, k) for NT and as (k, m) for NN.
+            let (mut nt, mut nn) = (vec![0.0; n * m], vec![0.0; n * m]);
+            nt_rows(&a, n, &b, m, k, &mut nt);
+            nn_rows(&a, n, &b, m, k, &mut nn);
             for i in 0..n {
                 for j in 0..m {
                     let want: f64 = (0..k).map(|t| a[i * k + t] * b[j * k + t] as f64).sum();
-                    assert!(
-                        (out[i * m + j] - want).abs() < 1e-9,
-                        "{n}x{m}x{k} at {i},{j}"
-                    );
+                    let got = nt[i * m + j];
+                    assert!((got - want).abs() < 1e-9, "nt {n}x{m}x{k} at {i},{j}");
+                    let want: f64 = (0..k).map(|t| a[i * k + t] * b[t * m + j] as f64).sum();
+                    let got = nn[i * m + j];
+                    assert!((got - want).abs() < 1e-9, "nn {n}x{m}x{k} at {i},{j}");
                 }
             }
         }

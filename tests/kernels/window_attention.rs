@@ -1,60 +1,27 @@
-//! `kernels/window_attention_mma.cu` against a plain CPU loop (f64 accumulation), in every
-//! precision (f32 exact FMAs, tf32 and bf16 tensor cores) held to the precision's tolerance:
-//! every window size, head widths with and without a variant of their own (1, 4, 5, 33, 100,
-//! 128: padded to 16, 32, 64 or 128 channels), key splits (several blocks per query tile
-//! merged by the last), partial query tiles and key chunks, padded keys, batch > 1, and the
-//! decoder's one query over token rows with several heads. Outputs and split workspaces are
-//! poisoned (NaN) first, so an unwritten element fails; each case runs twice on one split
-//! workspace (the counters must come back to zero) and must give the same bits. The fused
-//! launch equals per-head launches bit for bit. Skips without a GPU; `ATTNRT_REQUIRE_GPU=1`
-//! makes a missing GPU fail.
+//! `kernels/window_attention.cu` against `window_attention::cpu`, in every precision (f32 exact
+//! FMAs, tf32 and bf16 tensor cores) held to the precision's tolerance: every window size,
+//! head widths with and without a variant of their own (1, 4, 5, 17, 33, 100, 128: padded to
+//! 16, 32, 64 or 128 channels), key splits (several blocks per query tile merged by the last),
+//! partial query tiles and key chunks, padded keys, batch > 1, and the decoder's one query over
+//! token rows with several heads. Outputs and split workspaces are poisoned (NaN) first, so an
+//! unwritten element fails; each case runs twice on one split workspace (the counters must
+//! come back to zero) and must give the same bits. The fused launch equals per-head launches
+//! bit for bit. Then shape errors, and the backward.
 
-use attnrt::base::relative_error;
-use attnrt::cswintt::Precision;
+use attnrt::base::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
-use attnrt::kernels::window_attention_mma::{
-    AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
+use attnrt::kernels::window_attention::cpu::{Head, window_attention, window_attention_backward};
+use attnrt::kernels::window_attention::{
+    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, KeySplit,
+    SlotLayout, WindowAttentionKernels,
 };
+use rand::Rng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
+use crate::{assert_within, down, poisoned, random, rng, to_bits, up};
 
-/// A NaN-filled device buffer of `n` floats.
-fn poisoned(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<f32> {
-    let s = gpu.stream();
-    let mut b = gpu::upload(s, &vec![0.0f32; n]).unwrap();
-    gpu::poison_nan(s, &mut b).unwrap();
-    b
-}
-
-fn to_bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-/// Compares where the expected value is written, and requires NaN (untouched) elsewhere.
-fn assert_written_exactly(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    let (mut g, mut w) = (Vec::new(), Vec::new());
-    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        if b.is_nan() {
-            assert!(
-                a.is_nan(),
-                "{what}: element {i} should be untouched, found {a}"
-            );
-        } else {
-            g.push(a);
-            w.push(b);
-        }
-    }
-    let err = relative_error(&g, &w).expect("same length");
-    println!("{what}: relative error {err:.3e}");
-    assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
-}
-
-/// One attention problem in the kernel's layouts.
+/// One window-attention problem in the kernel's layouts.
 struct AttentionCase {
     shape: AttentionShape,
     q: Vec<f32>,
@@ -88,6 +55,7 @@ impl AttentionCase {
         }
         let mut perm: Vec<u32> = (0..n_keys as u32).collect();
         perm.shuffle(rng);
+        let (out_row, out_channel) = (hd + 3, 2);
         AttentionCase {
             shape: AttentionShape {
                 w,
@@ -113,8 +81,8 @@ impl AttentionCase {
             key_pad,
             sr: random(rng, ww),
             slot_token: Some(perm),
-            out_row: hd + 3,
-            out_channel: 2,
+            out_row,
+            out_channel,
         }
     }
 
@@ -163,10 +131,11 @@ impl AttentionCase {
         }
     }
 
-    /// Returns `(out, head_out)` as the kernel should write them (`out` NaN where untouched).
+    /// `(out, head_out)` as the kernel should write them (`out` NaN where untouched): the
+    /// reference per head and batch item, on q, k, v gathered from the layouts.
     fn expected(&self) -> (Vec<f32>, Vec<f32>) {
         let s = &self.shape;
-        let (w, hd, ww) = (s.w, s.hd, s.w * s.w);
+        let hd = s.hd;
         let tokens = if self.slot_token.is_some() {
             s.n_keys
         } else {
@@ -174,59 +143,32 @@ impl AttentionCase {
         };
         let mut out = vec![f32::NAN; tokens * s.batch * self.out_row];
         let mut head_out = vec![f32::NAN; s.batch * s.n_queries * hd];
-        let at = |layout: SlotLayout, b: usize, slot: usize, z: usize| {
-            b * layout.batch + slot * layout.slot + z * s.head_stride
+        let gather = |x: &[f32], layout: SlotLayout, b: usize, z: usize, slots: usize| {
+            (0..slots)
+                .flat_map(|slot| {
+                    let at = b * layout.batch + slot * layout.slot + z * s.head_stride;
+                    x[at..at + hd].to_vec()
+                })
+                .collect::<Vec<f32>>()
         };
-        // Key position of window l that column (l, a, e) puts at query position (r, c).
-        let src = |r: usize, c: usize, a: usize, e: usize| ((r + w - a) % w) * w + (c + w - e) % w;
         for z in 0..s.heads {
             for b in 0..s.batch {
-                for i in 0..s.n_queries / ww {
-                    let mut scores = vec![0.0f64; s.n_keys];
-                    for (col, sc) in scores.iter_mut().enumerate() {
-                        let (l, a, e) = (col / ww, (col % ww) / w, col % w);
-                        let mut dot = 0.0f64;
-                        for pos in 0..ww {
-                            let qo = at(self.q_layout, b, i * ww + pos, z);
-                            let ko = at(self.kv_layout, b, l * ww + src(pos / w, pos % w, a, e), z);
-                            for ch in 0..hd {
-                                dot += self.q[qo + ch] as f64 * self.k[ko + ch] as f64;
-                            }
-                        }
-                        if w > 1 {
-                            dot = (dot + self.sr[col % ww] as f64) / ww as f64;
-                        }
-                        if self.key_pad[b * s.n_keys + col] != 0 {
-                            dot = f64::NEG_INFINITY;
-                        }
-                        if let Some(bias) = &self.bias {
-                            dot += bias[i * s.n_keys + col] as f64;
-                        }
-                        *sc = dot;
-                    }
-                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let sum: f64 = scores.iter().map(|x| (x - max).exp()).sum();
-                    for pos in 0..ww {
-                        for ch in 0..hd {
-                            let mut o = 0.0f64;
-                            for (col, sc) in scores.iter().enumerate() {
-                                let (l, a, e) = (col / ww, (col % ww) / w, col % w);
-                                let vo =
-                                    at(self.kv_layout, b, l * ww + src(pos / w, pos % w, a, e), z);
-                                o += (sc - max).exp() / sum * self.v[vo + ch] as f64;
-                            }
-                            let slot = i * ww + pos;
-                            let token = self.slot_token.as_ref().map_or(slot, |t| t[slot] as usize);
-                            let dst = (token * s.batch + b) * self.out_row
-                                + self.out_channel
-                                + z * hd
-                                + ch;
-                            out[dst] = o as f32;
-                            if s.heads == 1 {
-                                head_out[(b * s.n_queries + slot) * hd + ch] = o as f32;
-                            }
-                        }
-                    }
+                let o = window_attention(&Head {
+                    w: s.w,
+                    hd,
+                    q: &gather(&self.q, self.q_layout, b, z, s.n_queries),
+                    k: &gather(&self.k, self.kv_layout, b, z, s.n_keys),
+                    v: &gather(&self.v, self.kv_layout, b, z, s.n_keys),
+                    sr: &self.sr,
+                    key_pad: Some(&self.key_pad[b * s.n_keys..(b + 1) * s.n_keys]),
+                    bias: self.bias.as_deref(),
+                });
+                for slot in 0..s.n_queries {
+                    let token = self.slot_token.as_ref().map_or(slot, |t| t[slot] as usize);
+                    let dst = (token * s.batch + b) * self.out_row + self.out_channel + z * hd;
+                    out[dst..dst + hd].copy_from_slice(&o[slot * hd..(slot + 1) * hd]);
+                    let h = (b * s.n_queries + slot) * hd;
+                    head_out[h..h + hd].copy_from_slice(&o[slot * hd..(slot + 1) * hd]);
                 }
             }
         }
@@ -236,14 +178,13 @@ impl AttentionCase {
     /// The case's operands on the device, outputs and split workspace poisoned (NaN).
     fn upload(&self, gpu: &Gpu, splits: usize) -> OnDevice {
         let st = gpu.stream();
-        let up = |v: &[f32]| gpu::upload(st, v).unwrap();
         let (want_out, want_head) = self.expected();
         OnDevice {
-            q: up(&self.q),
-            k: up(&self.k),
-            v: up(&self.v),
-            bias: self.bias.as_ref().map(|b| up(b)),
-            sr: up(&self.sr),
+            q: up(gpu, &self.q),
+            k: up(gpu, &self.k),
+            v: up(gpu, &self.v),
+            bias: self.bias.as_ref().map(|b| up(gpu, b)),
+            sr: up(gpu, &self.sr),
             pad: gpu::upload(st, &self.key_pad).unwrap(),
             slot_token: self
                 .slot_token
@@ -302,16 +243,29 @@ struct OnDevice {
 impl OnDevice {
     /// `(out, head_out)`.
     fn download(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
-        let st = gpu.stream();
-        (
-            gpu::download(st, &self.out).unwrap(),
-            gpu::download(st, &self.head_out).unwrap(),
-        )
+        (down(gpu, &self.out), down(gpu, &self.head_out))
     }
 
     fn counters(&self, gpu: &Gpu) -> Vec<u32> {
         gpu::download(gpu.stream(), &self.arrived).unwrap()
     }
+}
+
+/// Compares where the expected value is written, and requires NaN (untouched) elsewhere.
+fn assert_written_exactly(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        if b.is_nan() {
+            assert!(
+                a.is_nan(),
+                "{what}: element {i} should be untouched, found {a}"
+            );
+        } else {
+            g.push(a);
+            w.push(b);
+        }
+    }
+    assert_within(what, &g, &w, tol);
 }
 
 /// Runs `case` twice on one workspace (re-poisoning the outputs) and checks both runs: the
@@ -364,11 +318,12 @@ fn check_case(
 /// Every precision, window size and a spread of head widths (padded to each variant), with
 /// and without key splits, partial tiles and chunks, padding and batch > 1.
 #[test]
-fn every_precision_window_and_width_matches_a_cpu_loop() {
-    let Some(gpu) = gpu_or_skip("every_precision_window_and_width_matches_a_cpu_loop") else {
+fn every_precision_window_and_width_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("every_precision_window_and_width_matches_the_cpu_reference")
+    else {
         return;
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let mut rng = rng(16);
     // (w, hd, windows, batch, splits): 37, 52, 80 slots leave the last tile and chunk partly
     // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles.
     let cases = [
@@ -409,7 +364,7 @@ fn one_query_over_token_rows_with_several_heads() {
     let Some(gpu) = gpu_or_skip("one_query_over_token_rows_with_several_heads") else {
         return;
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut rng = rng(17);
     for precision in Precision::ALL {
         let kernel = WindowAttentionKernels::load_precision(&gpu, precision).unwrap();
         for (heads, hd, tokens, batch, splits) in
@@ -429,7 +384,7 @@ fn fused_launch_equals_per_head_launches() {
     let Some(gpu) = gpu_or_skip("fused_launch_equals_per_head_launches") else {
         return;
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(18);
+    let mut rng = rng(18);
     let st = gpu.stream();
     for precision in Precision::ALL {
         let kernel = WindowAttentionKernels::load_precision(&gpu, precision).unwrap();
@@ -487,7 +442,7 @@ fn unsupported_shapes_and_small_workspaces_are_errors() {
         return;
     };
     let kernel = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let mut rng = rng(19);
     let st = gpu.stream();
     let wide = AttentionCase::window(&mut rng, 2, 129, 3, 1);
     let mut d = wide.upload(&gpu, 1);
@@ -528,4 +483,97 @@ fn unsupported_shapes_and_small_workspaces_are_errors() {
     assert!(err.contains("share head width"), "{err}");
     let err = kernel.launch_fused(st, &[]).unwrap_err().to_string();
     assert!(err.contains("no attention"), "{err}");
+}
+
+/// The backward of every head of `n` images on the trainer's `[n, heads, t, hd]` buffers
+/// (head `h` with window `sides[h]`), against the reference per image and head: fresh random
+/// operands, every output and the scratch poisoned first. The kernels sum in f32 over
+/// recomputed probabilities (with the cancellation of `dP - sum p dP`): held to 1e-4.
+fn check_backward(gpu: &Gpu, n: usize, t: usize, hd: usize, sides: &[usize], seed: u64) {
+    let s = gpu.stream();
+    let kernels = WindowAttentionKernels::load(gpu).unwrap();
+    let mut rng = rng(seed);
+    let heads = sides.len();
+    let len = n * heads * t * hd;
+    // q arrives pre-scaled; scores of order one keep the softmax away from one-hot.
+    let q: Vec<f32> = random(&mut rng, len).iter().map(|v| 0.5 * v).collect();
+    let (k, v, dout) = (
+        random(&mut rng, len),
+        random(&mut rng, len),
+        random(&mut rng, len),
+    );
+    let srs: Vec<Vec<f32>> = sides.iter().map(|w| random(&mut rng, w * w)).collect();
+    let (dq_, dk_, dv_, ddout) = (up(gpu, &q), up(gpu, &k), up(gpu, &v), up(gpu, &dout));
+    let dsr: Vec<_> = srs.iter().map(|sr| up(gpu, sr)).collect();
+    let (mut p, mut ds) = (
+        poisoned(gpu, n * heads * t * t),
+        poisoned(gpu, n * heads * t * t),
+    );
+    let (mut dq, mut dk, mut dv) = (poisoned(gpu, len), poisoned(gpu, len), poisoned(gpu, len));
+    for (head, &w) in sides.iter().enumerate() {
+        let h = BackwardHead {
+            n,
+            w,
+            t,
+            hd,
+            heads,
+            head,
+        };
+        let x = BackwardOperands {
+            q: &dq_,
+            k: &dk_,
+            v: &dv_,
+            dout: &ddout,
+            sr: (w > 1).then_some(&dsr[head]),
+        };
+        let out = BackwardOutputs {
+            p: &mut p,
+            ds: &mut ds,
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+        };
+        kernels.backward(s, &h, &x, out).unwrap();
+    }
+    let mut want = [vec![0.0f32; len], vec![0.0; len], vec![0.0; len]];
+    let block = t * hd;
+    for i in 0..n * heads {
+        let at = i * block..(i + 1) * block;
+        let w = sides[i % heads];
+        let g = window_attention_backward(
+            &Head {
+                w,
+                hd,
+                q: &q[at.clone()],
+                k: &k[at.clone()],
+                v: &v[at.clone()],
+                sr: &srs[i % heads],
+                key_pad: None,
+                bias: None,
+            },
+            &dout[at.clone()],
+        );
+        for (to, from) in want.iter_mut().zip([g.dq, g.dk, g.dv]) {
+            to[at.clone()].copy_from_slice(&from);
+        }
+    }
+    let label = format!("n {n}, t {t}, hd {hd}, windows {sides:?}");
+    for (name, got, want) in [
+        ("dq", &dq, &want[0]),
+        ("dk", &dk, &want[1]),
+        ("dv", &dv, &want[2]),
+    ] {
+        assert_within(&format!("{name}, {label}"), &down(gpu, got), want, 1e-4);
+    }
+}
+
+#[test]
+fn window_attention_backward_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("window_attention_backward_matches_the_cpu_reference") else {
+        return;
+    };
+    // An 8x8 grid with every window (the last two as the shifted heads' sizes), and 48 slots
+    // (not a multiple of the 32 lanes that walk a row), several images.
+    check_backward(&gpu, 2, 64, 16, &[1, 2, 4, 8], 21);
+    check_backward(&gpu, 3, 48, 8, &[1, 2, 4], 22);
 }

@@ -8,7 +8,8 @@
 #   2. compute-sanitizer memcheck and racecheck on the attention tests (sanitizer.txt; skipped
 #      with a note when compute-sanitizer is not on PATH);
 #   3. criterion: `window_attention` (per precision: per window, the engine's splits against
-#      unsplit and even splits) and `decoder` (kernels.txt);
+#      unsplit and even splits, the decoder's cross attention) and `linear` (the encoder's and
+#      the decoder's linears, f32/tf32/bf16) (kernels.txt);
 #   4. benches/engine.rs, every mode x precision x launch, p50 of 100 passes (engine.txt,
 #      engine.json).
 # Each step's exit status is in status.txt; the script exits 1 when one failed.
@@ -49,7 +50,7 @@ if command -v compute-sanitizer >/dev/null; then
 else
   echo "compute-sanitizer not on PATH: sanitizer step skipped" | tee -a "$out/status.txt"
 fi
-step kernels 300 "$stage/bench/kernels" "window_attention|decoder" --warm-up-time 0.3 \
+step kernels 300 "$stage/bench/kernels" "window_attention|linear" --warm-up-time 0.3 \
   --measurement-time 0.7
 step engine 200 "$stage/bench/engine" --reps 100 --precision all --json "$out/engine.json"
 grep -E "rc=[^0]" "$out/status.txt" && exit 1

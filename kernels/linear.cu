@@ -115,19 +115,11 @@ struct SimtF32 {
 };
 
 // Tensor cores (mma.sync, f32 accumulators). The 8 warps tile the 64x64 block 2 x 4: warp w
-// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles.
-// PTX ISA fragment layouts, with g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group):
-//   C/D of m16n8 (f32): c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1).
-//   m16n8k8 .tf32:  A a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4);
-//                   B b0 (k = t, n = g), b1 (k = t + 4, n = g).
-//   m16n8k16 .bf16: A (two bf16 per register, the lower k in the lower half)
-//                   a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9), a3 (g + 8, 2t+8..2t+9);
-//                   B b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g).
-// Operands are rounded from the f32 tiles in registers: cvt.rna.tf32.f32, or to bf16 (RN)
-// (tensor_core.cuh, which also has the fragment layouts).
-enum class TensorOp { Tf32, Bf16 };
-
-template <TensorOp OP>
+// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles. Op is
+// the operand type (tensor_core.cuh, with the PTX fragment layouts): Tf32Op (m16n8k8,
+// cvt.rna.tf32.f32) or Bf16Op (m16n8k16, round to nearest even), rounded from the f32 tiles
+// in registers; the tiles are k-major (xs[k][row]), so a row's k run has stride BM + 4.
+template <class Op>
 struct MmaCore {
     float acc[2][2][4] = {};  // [m16 tile][n8 tile][c0..c3]
 
@@ -135,53 +127,20 @@ struct MmaCore {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int g = lane / 4, t = lane % 4;
         const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
-        if constexpr (OP == TensorOp::Tf32) {
 #pragma unroll
-            for (int k8 = 0; k8 < BK; k8 += 8) {
-                unsigned a[2][4], b[2][2];
+        for (int k = 0; k < BK; k += Op::K) {
+            unsigned a[2][4], b[2][2];
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    const int r = wr + 16 * mi + g;
-                    a[mi][0] = to_tf32(xs[k8 + t][r]);
-                    a[mi][1] = to_tf32(xs[k8 + t][r + 8]);
-                    a[mi][2] = to_tf32(xs[k8 + t + 4][r]);
-                    a[mi][3] = to_tf32(xs[k8 + t + 4][r + 8]);
-                }
-#pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    const int c = wc + 8 * ni + g;
-                    b[ni][0] = to_tf32(ws[k8 + t][c]);
-                    b[ni][1] = to_tf32(ws[k8 + t + 4][c]);
-                }
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < 2; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wr + 16 * mi + g;
+                Op::a(a[mi], &xs[0][r], &xs[0][r + 8], BM + 4, k, t);
             }
-        } else {
 #pragma unroll
-            for (int k16 = 0; k16 < BK; k16 += 16) {
-                const int k = k16 + 2 * t;
-                unsigned a[2][4], b[2][2];
+            for (int ni = 0; ni < 2; ++ni) Op::b(b[ni], &ws[0][wc + 8 * ni + g], BN + 4, k, t);
 #pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    const int r = wr + 16 * mi + g;
-                    a[mi][0] = to_bf16x2(xs[k][r], xs[k + 1][r]);
-                    a[mi][1] = to_bf16x2(xs[k][r + 8], xs[k + 1][r + 8]);
-                    a[mi][2] = to_bf16x2(xs[k + 8][r], xs[k + 9][r]);
-                    a[mi][3] = to_bf16x2(xs[k + 8][r + 8], xs[k + 9][r + 8]);
-                }
+            for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    const int c = wc + 8 * ni + g;
-                    b[ni][0] = to_bf16x2(ws[k][c], ws[k + 1][c]);
-                    b[ni][1] = to_bf16x2(ws[k + 8][c], ws[k + 9][c]);
-                }
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < 2; ++ni) mma_bf16(acc[mi][ni], a[mi], b[ni]);
-            }
+                for (int ni = 0; ni < 2; ++ni) Op::mma(acc[mi][ni], a[mi], b[ni]);
         }
     }
 
@@ -204,8 +163,8 @@ struct MmaCore {
     }
 };
 
-using Tf32Core = MmaCore<TensorOp::Tf32>;
-using Bf16Core = MmaCore<TensorOp::Bf16>;
+using Tf32Core = MmaCore<Tf32Op>;
+using Bf16Core = MmaCore<Bf16Op>;
 
 // Accumulates x W^T over k in [k_begin, k_end) for this block's tile with `Core`'s
 // arithmetic, then applies `epilogue` to every element of the tile inside (n, m).

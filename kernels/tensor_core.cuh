@@ -10,10 +10,11 @@
 //                   a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9),
 //                   a3 (g + 8, 2t+8..2t+9);
 //                   B b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g).
-// A classic include guard (not #pragma once): a host-side test build may define it and supply
-// its own versions of these functions.
-#ifndef ATTNRT_TENSOR_CORE_CUH
-#define ATTNRT_TENSOR_CORE_CUH
+#pragma once
+
+// The PTX itself. A host-side test build (scripts/emulator) defines ATTNRT_EMULATED_PTX and
+// supplies its own versions of these functions.
+#ifndef ATTNRT_EMULATED_PTX
 
 // f32 -> tf32 (round to nearest, ties away from zero), as the tensor cores read it.
 __device__ __forceinline__ unsigned to_tf32(float v) {
@@ -80,4 +81,50 @@ __device__ __forceinline__ void cp_async_wait(int pending) {
         asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
-#endif  // ATTNRT_TENSOR_CORE_CUH
+#endif  // ATTNRT_EMULATED_PTX
+
+// One k slice of a tensor-core product, per operand type: K columns of A and rows of B; the
+// fragments gathered from f32 shared-memory tiles and rounded. Element (row r, column k) of A
+// is r_rows[k * a_stride], r_rows pointing at row g (for a0, a2) or g + 8 (a1, a3); element
+// (row k, column g) of B is col[k * b_stride].
+struct Tf32Op {
+    static constexpr int K = 8;
+    static __device__ __forceinline__ void a(unsigned (&f)[4], const float* r0, const float* r1,
+                                             int a_stride, int k, int t) {
+        f[0] = to_tf32(r0[(k + t) * a_stride]);
+        f[1] = to_tf32(r1[(k + t) * a_stride]);
+        f[2] = to_tf32(r0[(k + t + 4) * a_stride]);
+        f[3] = to_tf32(r1[(k + t + 4) * a_stride]);
+    }
+    static __device__ __forceinline__ void b(unsigned (&f)[2], const float* col, int b_stride,
+                                             int k, int t) {
+        f[0] = to_tf32(col[(k + t) * b_stride]);
+        f[1] = to_tf32(col[(k + t + 4) * b_stride]);
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_tf32(d, a, b);
+    }
+};
+
+struct Bf16Op {
+    static constexpr int K = 16;
+    static __device__ __forceinline__ void a(unsigned (&f)[4], const float* r0, const float* r1,
+                                             int a_stride, int k, int t) {
+        const int c = k + 2 * t;
+        f[0] = to_bf16x2(r0[c * a_stride], r0[(c + 1) * a_stride]);
+        f[1] = to_bf16x2(r1[c * a_stride], r1[(c + 1) * a_stride]);
+        f[2] = to_bf16x2(r0[(c + 8) * a_stride], r0[(c + 9) * a_stride]);
+        f[3] = to_bf16x2(r1[(c + 8) * a_stride], r1[(c + 9) * a_stride]);
+    }
+    static __device__ __forceinline__ void b(unsigned (&f)[2], const float* col, int b_stride,
+                                             int k, int t) {
+        const int c = k + 2 * t;
+        f[0] = to_bf16x2(col[c * b_stride], col[(c + 1) * b_stride]);
+        f[1] = to_bf16x2(col[(c + 8) * b_stride], col[(c + 9) * b_stride]);
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+        mma_bf16(d, a, b);
+    }
+};

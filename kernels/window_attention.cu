@@ -218,7 +218,9 @@ struct SimtF32 {
     }
 };
 
-struct Tf32Mma {
+// The tensor-core cores: Op (tensor_core.cuh) is the operand type, tf32 or bf16.
+template <class Op>
+struct Mma {
     template <int HDP>
     static __device__ __forceinline__ void qk(const float* qs, const float* ks, int r0, int c0,
                                               float (&d)[4][4]) {
@@ -227,14 +229,14 @@ struct Tf32Mma {
         const float* q0 = qs + (r0 + g) * QS;
         const float* q1 = q0 + 8 * QS;
 #pragma unroll
-        for (int k8 = 0; k8 < HDP; k8 += 8) {
-            const unsigned a[4] = {to_tf32(q0[k8 + t]), to_tf32(q1[k8 + t]),
-                                   to_tf32(q0[k8 + t + 4]), to_tf32(q1[k8 + t + 4])};
+        for (int k = 0; k < HDP; k += Op::K) {
+            unsigned a[4];
+            Op::a(a, q0, q1, 1, k, t);
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
-                const float* kr = ks + (c0 + 8 * ni + g) * QS + k8;
-                const unsigned b[2] = {to_tf32(kr[t]), to_tf32(kr[t + 4])};
-                mma_tf32(d[ni], a, b);
+                unsigned b[2];
+                Op::b(b, ks + (c0 + 8 * ni + g) * QS, 1, k, t);  // K^T: key row c0 + 8 ni + g
+                Op::mma(d[ni], a, b);
             }
         }
     }
@@ -247,65 +249,20 @@ struct Tf32Mma {
         const float* p0 = ps + (r0 + g) * DS;
         const float* p1 = p0 + 8 * DS;
 #pragma unroll
-        for (int k8 = 0; k8 < TILE; k8 += 8) {
-            const unsigned a[4] = {to_tf32(p0[k8 + t]), to_tf32(p1[k8 + t]),
-                                   to_tf32(p0[k8 + t + 4]), to_tf32(p1[k8 + t + 4])};
+        for (int k = 0; k < TILE; k += Op::K) {
+            unsigned a[4];
+            Op::a(a, p0, p1, 1, k, t);
 #pragma unroll
             for (int ni = 0; ni < NT; ++ni) {
-                const float* vc = vs + n0 + 8 * ni + g;
-                const unsigned b[2] = {to_tf32(vc[(k8 + t) * VS]), to_tf32(vc[(k8 + t + 4) * VS])};
-                mma_tf32(o[ni], a, b);
+                unsigned b[2];
+                Op::b(b, vs + n0 + 8 * ni + g, VS, k, t);
+                Op::mma(o[ni], a, b);
             }
         }
     }
 };
-
-struct Bf16Mma {
-    template <int HDP>
-    static __device__ __forceinline__ void qk(const float* qs, const float* ks, int r0, int c0,
-                                              float (&d)[4][4]) {
-        constexpr int QS = Smem<HDP>::QS;
-        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-        const float* q0 = qs + (r0 + g) * QS;
-        const float* q1 = q0 + 8 * QS;
-#pragma unroll
-        for (int k16 = 0; k16 < HDP; k16 += 16) {
-            const int c = k16 + 2 * t;
-            const unsigned a[4] = {to_bf16x2(q0[c], q0[c + 1]), to_bf16x2(q1[c], q1[c + 1]),
-                                   to_bf16x2(q0[c + 8], q0[c + 9]),
-                                   to_bf16x2(q1[c + 8], q1[c + 9])};
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
-                const float* kr = ks + (c0 + 8 * ni + g) * QS + c;
-                const unsigned b[2] = {to_bf16x2(kr[0], kr[1]), to_bf16x2(kr[8], kr[9])};
-                mma_bf16(d[ni], a, b);
-            }
-        }
-    }
-
-    template <int HDP, int NT>
-    static __device__ __forceinline__ void pv(const float* ps, const float* vs, int r0, int n0,
-                                              float (&o)[NT][4]) {
-        constexpr int VS = Smem<HDP>::VS;
-        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-        const float* p0 = ps + (r0 + g) * DS;
-        const float* p1 = p0 + 8 * DS;
-#pragma unroll
-        for (int k16 = 0; k16 < TILE; k16 += 16) {
-            const int c = k16 + 2 * t;
-            const unsigned a[4] = {to_bf16x2(p0[c], p0[c + 1]), to_bf16x2(p1[c], p1[c + 1]),
-                                   to_bf16x2(p0[c + 8], p0[c + 9]),
-                                   to_bf16x2(p1[c + 8], p1[c + 9])};
-#pragma unroll
-            for (int ni = 0; ni < NT; ++ni) {
-                const float* vc = vs + n0 + 8 * ni + g;
-                const unsigned b[2] = {to_bf16x2(vc[c * VS], vc[(c + 1) * VS]),
-                                       to_bf16x2(vc[(c + 8) * VS], vc[(c + 9) * VS])};
-                mma_bf16(o[ni], a, b);
-            }
-        }
-    }
-};
+using Tf32Mma = Mma<Tf32Op>;
+using Bf16Mma = Mma<Bf16Op>;
 
 // The work of one block: query tile `tile`, key split `split`, batch item `b`, head `z`.
 template <class Core, int HDP>
@@ -336,8 +293,7 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
     const float inv_ww = 1.0f / ww;  // exact: ww is a power of two
     // Threads per score: with one query window (w = 8) four threads share a score's 64-term
     // sum and combine it with shuffles (256 scores otherwise: every thread takes part once).
-    const int lparts = windows * TILE < THREADS ? __ffs(THREADS / (windows * TILE)) - 1 : 0;
-    const int parts = 1 << lparts;
+    const int parts = windows * TILE < THREADS ? THREADS / (windows * TILE) : 1;
     // Query windows of this tile that exist (all but the last tile: all; the decoder's single
     // query: one). Scores and softmax skip the others; their outputs are not written.
     const int live = min(windows, (p.n_queries - q0) >> lww);
@@ -386,8 +342,8 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
         for (int j = 0; j < SCORES_PER_THREAD; ++j) {
             const int idx = tid + j * THREADS;
             extra[j] = 0.0f;
-            if (idx < n_scores && (idx & (parts - 1)) == 0) {
-                const int score = idx >> lparts, col = k0 + score % TILE;
+            if (idx < n_scores && idx % parts == 0) {
+                const int score = idx / parts, col = k0 + score % TILE;
                 if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col])
                     extra[j] = NEG_INF;
                 else if (p.bias)
@@ -419,7 +375,7 @@ __device__ void block(const AttentionArgs& p, int tile, int split, int b, int z)
         for (int j = 0; j < SCORES_PER_THREAD; ++j) {
             const int idx = tid + j * THREADS;
             if (idx < n_scores) {
-                const int score = idx >> lparts, part = idx & (parts - 1);
+                const int score = idx / parts, part = idx % parts;
                 const int gw = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
                 float s = 0.0f;
                 for (int pos = part; pos < ww; pos += parts)

@@ -241,8 +241,8 @@ inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
 inline void __stcg(float* p, float v) { *p = v; }
 
-// tensor_core.cuh's functions.
-#define ATTNRT_TENSOR_CORE_CUH
+// tensor_core.cuh's PTX functions.
+#define ATTNRT_EMULATED_PTX
 inline unsigned to_tf32(float v) {
     const unsigned b = emu::f_bits(v);
     return (b + 0x1000u) & 0xffffe000u;  // nearest, ties away (finite inputs)

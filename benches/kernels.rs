@@ -246,16 +246,7 @@ impl Head {
 
     /// This head's attention at batch 1.
     fn shape(&self) -> AttentionShape {
-        let p = &self.plan;
-        AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch: 1,
-            heads: 1,
-            head_stride: 0,
-        }
+        self.plan.attention_shape(1)
     }
 
     /// This head's attention for batch 1 reading its q, k, v from `qkv` (`(3, H, L_all, hd)`,

@@ -11,8 +11,7 @@ use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
-    WindowAttentionKernels,
+    AttentionOperands, KeySplit, PreparedAttention, SlotLayout, WindowAttentionKernels,
 };
 use crate::model::weights::Weights;
 
@@ -74,7 +73,7 @@ impl HeadWork {
             batch: p.l_all * p.hd,
             slot: p.hd,
         };
-        let shape = self.shape(io.batch);
+        let shape = p.attention_shape(io.batch);
         let ops = AttentionOperands {
             q: io.q,
             q_layout: layout,
@@ -92,19 +91,5 @@ impl HeadWork {
             split: io.split,
         };
         kernel.prepare(stream, &shape, ops)
-    }
-
-    /// This head's attention over `batch` items: all `L_all` slots against all of them.
-    pub fn shape(&self, batch: usize) -> AttentionShape {
-        let p = &self.plan;
-        AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch,
-            heads: 1,
-            head_stride: 0,
-        }
     }
 }

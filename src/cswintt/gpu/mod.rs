@@ -227,7 +227,11 @@ impl GpuEngine {
             self.act = None; // free the old size first
             // One layer's heads run together in every mode; the cross attention alone.
             let sms = self.gpu.multiprocessors()?;
-            let shapes: Vec<_> = self.heads.iter().map(|h| h.shape(b)).collect();
+            let shapes: Vec<_> = self
+                .heads
+                .iter()
+                .map(|h| h.plan.attention_shape(b))
+                .collect();
             let splits = KeySplit::for_heads(&shapes, sms);
             let heads: Vec<_> = shapes.into_iter().zip(splits).collect();
             let cross = cross_attention_shape(cfg, b);

@@ -316,7 +316,7 @@ fn window_attention(c: &mut Criterion, gpu: &Gpu, weights: &Weights) {
     let mut group = c.benchmark_group("window_attention");
     for precision in PRECISIONS {
         let kernel = WindowAttentionKernels::load_precision(gpu, precision)
-            .expect("loading window_attention_mma.cu");
+            .expect("loading window_attention.cu");
         let mut prepare = |heads: &mut [Head], splits: &dyn Fn(usize) -> usize| {
             heads
                 .iter_mut()

@@ -9,6 +9,7 @@ pub use crate::gpu::images::{KernelModule, compiled};
 pub mod allreduce;
 pub mod bias_grad;
 pub mod cast;
+pub mod conv2d;
 pub mod elementwise;
 pub mod gelu;
 pub mod heads;

@@ -6,8 +6,8 @@
 //! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
 //! and prints how much the head kernels overlap.
 //!
-//! `--precision f32|tf32|bf16` (default f32) picks the linear layers' arithmetic (tf32 and bf16:
-//! tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
+//! `--precision f32|tf32|bf16` (default f32) picks the arithmetic of the linear layers and of
+//! attention's products (tf32 and bf16: tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
 //! row (part, mode, precision, launch, p50/p10/p90 ms, GFLOP/s) as JSON, for
 //! `scripts/perf_table.py`.
 //!

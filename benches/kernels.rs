@@ -8,15 +8,18 @@
 //!   keys and values of all layers (`decoder_memory_kv`), a c x c projection of the one query
 //!   (`decoder_projection`), the FFN linears on one row (`decoder_ffn1_bias_relu`,
 //!   `decoder_ffn2_split_k`);
-//! - `window_attention`: one head per window size (`w1` .. `w8`), all 8 heads of a layer in
-//!   one launch of the fused kernel (`fused_8_heads`), as the `fused` mode runs them, and the
-//!   decoder's cross attention of one query over 704 keys, 8 heads in one launch
-//!   (`decoder_cross_attention`);
+//! - `window_attention` (per precision: the two products on CUDA cores in f32, on tensor cores
+//!   in tf32 and bf16): one head per window size (`w1` .. `w8`) with the key splits the engine
+//!   gives it, the `w = 1` head unsplit (`w1/unsplit`), all 8 heads of a layer in one launch
+//!   of the fused kernel (`fused_8_heads`: the engine's splits, as the `fused` mode runs them;
+//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and the
+//!   decoder's cross attention of one query over 704 keys, 8 heads in one launch, with the
+//!   engine's split (`<precision>/decoder_cross_attention`);
 //! - `layer_norm`: plain LayerNorm, and `add_layer_norm` summing a k-split linear's partial
 //!   products, bias and residual (after the output projection and after FFN2).
 //!
-//! Linears run in f32 (CUDA cores), tf32 and bf16 (tensor cores); the attention and
-//! LayerNorm kernels are f32 only.
+//! Linears and attention run in f32 (CUDA cores), tf32 and bf16 (tensor cores); LayerNorm is
+//! f32 only.
 //!
 //! Timing: `iter_custom` with CUDA events around all of a sample's launches, queued back to
 //! back as they are inside a forward pass: per launch, the kernel's GPU time (or the host's
@@ -41,7 +44,8 @@ use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
 use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
 use attnrt::kernels::window_attention::{
-    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernels,
+    AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
+    WindowAttentionKernels,
 };
 use attnrt::model::config::Config;
 use attnrt::model::weights::{LN_EPS, Weights};
@@ -212,6 +216,9 @@ struct Head {
     bias: Option<DeviceBuffer<f32>>,
     /// No padding: `(1, L_all)` zeros.
     key_pad: DeviceBuffer<u8>,
+    /// Split workspace for up to one split per key chunk (counters zero).
+    partial: DeviceBuffer<f32>,
+    arrived: DeviceBuffer<u32>,
 }
 
 impl Head {
@@ -222,40 +229,46 @@ impl Head {
         let bias = plan
             .gathered_bias(table)
             .expect("the synthetic model's bias tables");
-        Head {
+        let mut head = Head {
             slot_token: upload(s, &plan.partition_index()).expect("upload"),
             sr: upload(s, &plan.sr_table()).expect("upload"),
             bias: bias.map(|b| upload(s, &b).expect("upload")),
             key_pad: zeros(gpu, plan.l_all),
+            partial: zeros(gpu, 1),
+            arrived: zeros(gpu, 1),
             plan,
-        }
+        };
+        let shape = head.shape();
+        head.partial = zeros(gpu, KeySplit::partial_len(&shape, shape.n_keys));
+        head.arrived = zeros(gpu, KeySplit::arrived_len(&shape));
+        head
+    }
+
+    /// This head's attention at batch 1.
+    fn shape(&self) -> AttentionShape {
+        self.plan.attention_shape(1)
     }
 
     /// This head's attention for batch 1 reading its q, k, v from `qkv` (`(3, H, L_all, hd)`,
-    /// the QKV projection's window layout) and writing its channels of `concat`.
+    /// the QKV projection's window layout) and writing its channels of `concat`, its keys
+    /// split `splits` ways through the head's workspace.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
-        &self,
+        &mut self,
         kernel: &WindowAttentionKernels,
         s: &CudaStream,
         qkv: &DeviceBuffer<f32>,
         heads: usize,
         concat: &mut DeviceBuffer<f32>,
+        splits: usize,
     ) -> PreparedAttention {
+        let shape = self.shape();
         let p = &self.plan;
         let block = p.l_all * p.hd;
         let at = |which: usize| qkv.slice((which * heads + p.head) * block..);
         let layout = SlotLayout {
             batch: block,
             slot: p.hd,
-        };
-        let shape = AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch: 1,
-            heads: 1,
-            head_stride: 0,
         };
         let ops = AttentionOperands {
             q: at(0),
@@ -271,6 +284,11 @@ impl Head {
             out_row: heads * p.hd,
             out_channel: p.channel_offset,
             head_out: None,
+            split: (splits > 1).then(|| KeySplit {
+                splits,
+                partial: self.partial.as_view_mut(),
+                arrived: self.arrived.as_view_mut(),
+            }),
         };
         kernel.prepare(s, &shape, ops).expect("a valid attention")
     }
@@ -281,44 +299,65 @@ fn head_flops(p: &HeadPlan) -> u64 {
     (4 * p.l_all * p.l_all * p.hd) as u64
 }
 
-/// One head per window size, all heads in one fused launch, and the decoder's cross
-/// attention.
+/// Per precision: one head per window size with the engine's key splits, the `w = 1` head
+/// unsplit, then all heads in one fused launch with the engine's splits, unsplit, and split
+/// evenly `N` ways.
 fn window_attention(c: &mut Criterion, gpu: &Gpu, weights: &Weights) {
     let cfg = &weights.config;
-    let kernel = WindowAttentionKernels::load(gpu).expect("loading window_attention.cu");
     let s = gpu.stream();
-    let heads: Vec<Head> = (0..cfg.nhead).map(|h| Head::new(gpu, weights, h)).collect();
+    let mut heads: Vec<Head> = (0..cfg.nhead).map(|h| Head::new(gpu, weights, h)).collect();
     let qkv = random(gpu, 3 * cfg.l_all() * cfg.d_model);
     let mut concat = zeros(gpu, cfg.l_all() * cfg.d_model);
-    let prepared: Vec<PreparedAttention> = heads
-        .iter()
-        .map(|head| head.prepare(&kernel, s, &qkv, cfg.nhead, &mut concat))
-        .collect();
+    let sms = gpu.multiprocessors().expect("the multiprocessor count");
+    let shapes: Vec<AttentionShape> = heads.iter().map(Head::shape).collect();
+    let engine_splits = KeySplit::for_heads(&shapes, sms);
+    let all: u64 = heads.iter().map(|h| head_flops(&h.plan)).sum();
 
     let mut group = c.benchmark_group("window_attention");
-    let mut windows_done = Vec::new();
-    for (head, p) in heads.iter().zip(&prepared) {
-        if windows_done.contains(&head.plan.w) {
-            continue; // the shifted heads cost the same as the unshifted ones
+    for precision in PRECISIONS {
+        let kernel = WindowAttentionKernels::load_precision(gpu, precision)
+            .expect("loading window_attention.cu");
+        let mut prepare = |heads: &mut [Head], splits: &dyn Fn(usize) -> usize| {
+            heads
+                .iter_mut()
+                .enumerate()
+                .map(|(h, head)| head.prepare(&kernel, s, &qkv, cfg.nhead, &mut concat, splits(h)))
+                .collect::<Vec<PreparedAttention>>()
+        };
+        let engine = prepare(&mut heads, &|h| engine_splits[h]);
+        let unsplit = prepare(&mut heads, &|_| 1);
+        let mut windows_done = Vec::new();
+        for (h, head) in heads.iter().enumerate() {
+            if windows_done.contains(&head.plan.w) {
+                continue; // the shifted heads cost the same as the unshifted ones
+            }
+            windows_done.push(head.plan.w);
+            group.throughput(Throughput::Elements(head_flops(&head.plan)));
+            let id = format!("{precision}/w{}", head.plan.w);
+            bench_launches(&mut group, &id, s, || kernel.launch(s, &engine[h]));
+            if head.plan.w == 1 {
+                bench_launches(&mut group, format!("{id}/unsplit"), s, || {
+                    kernel.launch(s, &unsplit[h])
+                });
+            }
         }
-        windows_done.push(head.plan.w);
-        group.throughput(Throughput::Elements(head_flops(&head.plan)));
-        bench_launches(&mut group, format!("w{}", head.plan.w), s, || {
-            kernel.launch(s, p)
+        group.throughput(Throughput::Elements(all));
+        let fused = format!("{precision}/fused_{}_heads", heads.len());
+        bench_launches(&mut group, &fused, s, || kernel.launch_fused(s, &engine));
+        bench_launches(&mut group, format!("{fused}/unsplit"), s, || {
+            kernel.launch_fused(s, &unsplit)
         });
+        for n in [2, 3, 4, 6, 11] {
+            let even = prepare(&mut heads, &|_| n);
+            bench_launches(&mut group, format!("{fused}/splits{n}"), s, || {
+                kernel.launch_fused(s, &even)
+            });
+        }
+        cross_attention(&mut group, gpu, &kernel, cfg);
     }
-    let all: u64 = heads.iter().map(|h| head_flops(&h.plan)).sum();
-    group.throughput(Throughput::Elements(all));
-    bench_launches(
-        &mut group,
-        format!("fused_{}_heads", heads.len()),
-        s,
-        || kernel.launch_fused(s, &prepared),
-    );
-    cross_attention(&mut group, gpu, &kernel, cfg);
     group.finish();
-    // `prepared` holds the raw addresses of `qkv`, `concat` and the heads' tables, which
-    // live to the end of this function.
+    // The prepared launches hold the raw addresses of `qkv`, `concat` and the heads' tables
+    // and workspaces, which live to the end of this function.
 }
 
 /// Plain LayerNorm, and the add + LayerNorm epilogues of the encoder's k-split linears.
@@ -384,6 +423,10 @@ fn cross_attention(
         heads: h,
         head_stride: cfg.hd(),
     };
+    let sms = gpu.multiprocessors().expect("the multiprocessor count");
+    let splits = KeySplit::for_heads(&[shape], sms)[0];
+    let mut partial = zeros(gpu, KeySplit::partial_len(&shape, splits));
+    let mut arrived = zeros(gpu, KeySplit::arrived_len(&shape));
     let ops = AttentionOperands {
         q: q.as_view(),
         q_layout: SlotLayout { batch: d, slot: 0 },
@@ -401,6 +444,11 @@ fn cross_attention(
         out_row: d,
         out_channel: 0,
         head_out: None,
+        split: (splits > 1).then(|| KeySplit {
+            splits,
+            partial: partial.as_view_mut(),
+            arrived: arrived.as_view_mut(),
+        }),
     };
     let prepared = kernel.prepare(s, &shape, ops).expect("a valid attention");
     // One query against L_all keys, scores and output (`cswintt::flops`); k and v read once.
@@ -408,7 +456,6 @@ fn cross_attention(
         elements: (4 * l_all * d) as u64,
         bytes: F32 * (2 * l_all * d + 2 * d) as u64,
     });
-    bench_launches(group, "decoder_cross_attention", s, || {
-        kernel.launch(s, &prepared)
-    });
+    let id = format!("{}/decoder_cross_attention", kernel.precision());
+    bench_launches(group, id, s, || kernel.launch(s, &prepared));
 }

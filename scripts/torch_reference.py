@@ -18,7 +18,6 @@ once in four processes and are then timed one at a time (see compile_all). Exit 
 """
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -28,6 +27,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import cuda_graph, sync, time_fn
 
 F32_TOL = 1e-5
 
@@ -318,53 +319,6 @@ def fp32_only():
     """Plain fp32 matrix products (TF32 off), as in every timing here."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, iters, warmup, device):
-    """Median and p90 milliseconds of one call of `fn` over `iters` calls after `warmup`:
-    CUDA events around each call (waited for) on a GPU, the wall clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return {"p50_ms": nearest_rank(times, 50), "p90_ms": nearest_rank(times, 90)}
-
-
-def nearest_rank(samples, p):
-    """The p-th percentile as attnrt takes it (src/base/stats.rs): the sample of rank
-    ceil(p/100 * n), so every figure is a measured time."""
-    ranked = sorted(samples)
-    return ranked[min(max(math.ceil(p / 100 * len(ranked)), 1), len(ranked)) - 1]
-
-
-def cuda_graph(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 COMPILE_MODES = ("default", "reduce-overhead")

@@ -43,6 +43,18 @@ pub enum Error {
         what: String,
         source: cudarc::cublaslt::result::CublasError,
     },
+
+    /// A cuDNN call failed; `what` names the operation and its shape.
+    #[error("cuDNN error in {what}: {source}")]
+    Cudnn {
+        what: String,
+        source: cudarc::cudnn::result::CudnnError,
+    },
+
+    /// A library loaded at run time is missing or unusable; `reason` says what was tried
+    /// and how to get it.
+    #[error("{library} is not available: {reason}")]
+    MissingLibrary { library: String, reason: String },
 }
 
 impl Error {

@@ -150,11 +150,25 @@ fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
 }
 
 fn check_released_in(test: &str, batch: usize, padding: Padding, seed: u64, precision: Precision) {
+    let cfg = Config::released();
+    check_against_cpu(test, &cfg, batch, padding, seed, precision);
+}
+
+/// A synthetic model of `cfg` on random inputs, in every mode against the CPU reference; all
+/// modes agree bit for bit.
+fn check_against_cpu(
+    test: &str,
+    cfg: &Config,
+    batch: usize,
+    padding: Padding,
+    seed: u64,
+    precision: Precision,
+) {
     let Some(gpu) = gpu_or_skip(test) else {
         return;
     };
     let tol = tolerance(precision);
-    let weights = Arc::new(synthetic_weights(&Config::released(), 100 + seed));
+    let weights = Arc::new(synthetic_weights(cfg, 100 + seed));
     let inputs = random_inputs(&weights.config, batch, seed, padding, true);
     let want = CpuReference::new(weights.clone())
         .unwrap()
@@ -186,6 +200,27 @@ fn check_released_in(test: &str, batch: usize, padding: Padding, seed: u64, prec
             bits(other),
             "{test}: sequential and {mode} differ"
         );
+    }
+}
+
+/// Head widths without a specialised kernel (4, an odd 5, 12, 40) run on the GPU in every
+/// mode and precision, as on the CPU: the attention pads them to its 16-, 32- or 64-channel
+/// variant.
+#[test]
+fn every_head_width_runs_on_the_gpu() {
+    for hd in [4, 5, 12, 40] {
+        let cfg = Config {
+            d_model: 8 * hd,
+            dim_feedforward: 48,
+            enc_layers: 1,
+            dec_layers: 1,
+            search_size: 16,
+            ..Config::released()
+        };
+        for precision in Precision::ALL {
+            let test = format!("every_head_width_runs_on_the_gpu (hd {hd}, {precision})");
+            check_against_cpu(&test, &cfg, 2, Padding::Borders, hd as u64, precision);
+        }
     }
 }
 

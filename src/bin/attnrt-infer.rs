@@ -98,8 +98,8 @@ struct Args {
     mode: Mode,
 
     /// Arithmetic precision: f32, tf32 or bf16. The CPU reference supports only f32; tf32 and bf16
-    /// are GPU-only: the linear layers run on tensor cores (f32 accumulation), attention and
-    /// LayerNorm stay f32; --check holds them to 2e-3 and 2e-2.
+    /// are GPU-only: the linear layers and attention's two products run on tensor cores (f32
+    /// accumulation), the softmax and LayerNorm stay f32; --check holds them to 2e-3 and 2e-2.
     #[arg(long, value_name = "P", default_value = "f32")]
     precision: Precision,
 

@@ -15,6 +15,7 @@
 //!   `(+a, +e)`.
 
 use crate::error::{Error, Result};
+use crate::kernels::window_attention::AttentionShape;
 use crate::model::config::Config;
 
 /// One of the three token regions, each partitioned as its own grid.
@@ -119,6 +120,20 @@ impl HeadPlan {
     /// `w * w`, pixels per window.
     pub fn ww(&self) -> usize {
         self.w * self.w
+    }
+
+    /// This head's attention over `batch` items as the kernel takes it: all `L_all` slots (in
+    /// window order) against all of them, one head.
+    pub fn attention_shape(&self, batch: usize) -> AttentionShape {
+        AttentionShape {
+            w: self.w,
+            hd: self.hd,
+            n_queries: self.l_all,
+            n_keys: self.l_all,
+            batch,
+            heads: 1,
+            head_stride: 0,
+        }
     }
 
     /// `w * w * hd`, the length of a window vector.

@@ -131,6 +131,16 @@ impl Gpu {
         }
     }
 
+    /// Streaming multiprocessors on this device (what grids are sized by).
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let attr =
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        self.ctx
+            .attribute(attr)
+            .map(|n| n.max(1) as usize)
+            .cuda(|| "reading the multiprocessor count".into())
+    }
+
     /// The named kernel of `module`, loading the module on this device the first time it is
     /// asked for and the kernel's function the first time it is named.
     pub fn kernel(&self, module: KernelModule, name: &'static str) -> Result<Kernel> {

@@ -4,7 +4,7 @@
 use attnrt::base::Precision;
 use attnrt::gpu::{Gpu, testing::gpu_or_skip};
 use attnrt::kernels::linear::cpu::linear_f64;
-use attnrt::kernels::linear::{Epilogue, LinearKernels};
+use attnrt::kernels::linear::{Epilogue, LinearKernels, ROWS};
 use rand::seq::SliceRandom;
 
 use crate::{TOL, assert_within, down, poisoned, random, rng, up};
@@ -89,8 +89,8 @@ fn check_epilogues(gpu: &Gpu, precision: Precision, n: usize, m: usize, k: usize
             .unwrap();
         assert_within(&format!("{what}, {label}"), &down(gpu, &out), &want, tol);
     }
-    // Split over k in 3 chunks (of 16, 16 and 13 for k = 45): the partial products sum to
-    // x W^T.
+    // Split over k in 3 chunks of whole 32-wide steps (32, 13 and an empty one for k = 45:
+    // its partial product is zero): the partial products sum to x W^T.
     let splits = 3;
     let mut out = poisoned(gpu, splits * n * m);
     let epilogue = Epilogue::SplitK { splits };
@@ -106,6 +106,21 @@ fn check_epilogues(gpu: &Gpu, precision: Precision, n: usize, m: usize, k: usize
         .map(|&v| v as f32)
         .collect();
     assert_within(&format!("split k, {label}"), &got, &want, tol);
+}
+
+/// Products of at most `ROWS` rows (the decoder's one query per batch item) run in the
+/// few-rows kernels: every epilogue and precision, k odd (scalar loads), a multiple of 4
+/// (float4 loads) and long (several chunks per lane), m not a multiple of a block's 8 columns.
+#[test]
+fn linear_few_rows_match_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("linear_few_rows_match_the_cpu_reference") else {
+        return;
+    };
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        for (n, m, k) in [(1, 97, 45), (2, 256, 256), (5, 37, 2048), (ROWS, 130, 48)] {
+            check_epilogues(&gpu, precision, n, m, k);
+        }
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod bias_grad;
 mod cast;
+mod conv2d;
 mod elementwise;
 mod gelu;
 mod heads;

@@ -1,18 +1,25 @@
-//! `kernels/window_attention.cu` against `window_attention::cpu`: every window size and head
-//! width in the encoder's layout, one query over token rows with several heads (the decoder),
-//! the fused launch bit for bit equal to per-head launches, shape errors, and the backward.
+//! `kernels/window_attention.cu` against `window_attention::cpu`, in every precision (f32 exact
+//! FMAs, tf32 and bf16 tensor cores) held to the precision's tolerance: every window size,
+//! head widths with and without a variant of their own (1, 4, 5, 17, 33, 100, 128: padded to
+//! 16, 32, 64 or 128 channels), key splits (several blocks per query tile merged by the last),
+//! partial query tiles and key chunks, padded keys, batch > 1, and the decoder's one query over
+//! token rows with several heads. Outputs and split workspaces are poisoned (NaN) first, so an
+//! unwritten element fails; each case runs twice on one split workspace (the counters must
+//! come back to zero) and must give the same bits. The fused launch equals per-head launches
+//! bit for bit. Then shape errors, and the backward.
 
+use attnrt::base::Precision;
 use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
 use attnrt::kernels::window_attention::cpu::{Head, window_attention, window_attention_backward};
 use attnrt::kernels::window_attention::{
-    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, SlotLayout,
-    WindowAttentionKernels,
+    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, KeySplit,
+    SlotLayout, WindowAttentionKernels,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use crate::{assert_close, assert_within, down, poisoned, random, rng, to_bits, up};
+use crate::{assert_within, down, poisoned, random, rng, to_bits, up};
 
 /// One window-attention problem in the kernel's layouts.
 struct AttentionCase {
@@ -79,6 +86,51 @@ impl AttentionCase {
         }
     }
 
+    /// The decoder's cross attention: one query, keys are `(tokens, batch, row)` rows of a
+    /// wider buffer, heads `hd` channels apart.
+    fn one_query(
+        rng: &mut ChaCha8Rng,
+        heads: usize,
+        hd: usize,
+        tokens: usize,
+        batch: usize,
+    ) -> Self {
+        let c = heads * hd;
+        let row = 2 * c + 4;
+        let mut key_pad: Vec<u8> = (0..batch * tokens)
+            .map(|_| u8::from(rng.random_bool(0.4)))
+            .collect();
+        for b in 0..batch {
+            key_pad[b * tokens] = 0;
+        }
+        let kv = random(rng, tokens * batch * row);
+        AttentionCase {
+            shape: AttentionShape {
+                w: 1,
+                hd,
+                n_queries: 1,
+                n_keys: tokens,
+                batch,
+                heads,
+                head_stride: hd,
+            },
+            q: random(rng, batch * c),
+            q_layout: SlotLayout { batch: c, slot: 0 },
+            k: kv.clone(),
+            v: kv[c..].to_vec(),
+            kv_layout: SlotLayout {
+                batch: row,
+                slot: batch * row,
+            },
+            bias: None,
+            key_pad,
+            sr: vec![0.0],
+            slot_token: None,
+            out_row: c,
+            out_channel: 0,
+        }
+    }
+
     /// `(out, head_out)` as the kernel should write them (`out` NaN where untouched): the
     /// reference per head and batch item, on q, k, v gathered from the layouts.
     fn expected(&self) -> (Vec<f32>, Vec<f32>) {
@@ -123,8 +175,8 @@ impl AttentionCase {
         (out, head_out)
     }
 
-    /// The case's operands on the device, outputs poisoned (NaN).
-    fn upload(&self, gpu: &Gpu) -> OnDevice {
+    /// The case's operands on the device, outputs and split workspace poisoned (NaN).
+    fn upload(&self, gpu: &Gpu, splits: usize) -> OnDevice {
         let st = gpu.stream();
         let (want_out, want_head) = self.expected();
         OnDevice {
@@ -140,6 +192,11 @@ impl AttentionCase {
                 .map(|t| gpu::upload(st, t).unwrap()),
             out: poisoned(gpu, want_out.len()),
             head_out: poisoned(gpu, want_head.len()),
+            splits,
+            partial: poisoned(gpu, KeySplit::partial_len(&self.shape, splits).max(1)),
+            arrived: st
+                .alloc_zeros::<u32>(KeySplit::arrived_len(&self.shape))
+                .unwrap(),
         }
     }
 
@@ -158,24 +215,12 @@ impl AttentionCase {
             out_row: self.out_row,
             out_channel: self.out_channel,
             head_out: with_head_out.then(|| d.head_out.as_view_mut()),
+            split: (d.splits > 1).then(|| KeySplit {
+                splits: d.splits,
+                partial: d.partial.as_view_mut(),
+                arrived: d.arrived.as_view_mut(),
+            }),
         }
-    }
-
-    fn run_on(
-        &self,
-        gpu: &Gpu,
-        kernels: &WindowAttentionKernels,
-        with_head_out: bool,
-    ) -> (Vec<f32>, Vec<f32>) {
-        let mut d = self.upload(gpu);
-        kernels
-            .run(
-                gpu.stream(),
-                &self.shape,
-                self.operands(&mut d, with_head_out),
-            )
-            .unwrap();
-        d.download(gpu)
     }
 }
 
@@ -190,6 +235,9 @@ struct OnDevice {
     slot_token: Option<gpu::DeviceBuffer<u32>>,
     out: gpu::DeviceBuffer<f32>,
     head_out: gpu::DeviceBuffer<f32>,
+    splits: usize,
+    partial: gpu::DeviceBuffer<f32>,
+    arrived: gpu::DeviceBuffer<u32>,
 }
 
 impl OnDevice {
@@ -197,10 +245,14 @@ impl OnDevice {
     fn download(&self, gpu: &Gpu) -> (Vec<f32>, Vec<f32>) {
         (down(gpu, &self.out), down(gpu, &self.head_out))
     }
+
+    fn counters(&self, gpu: &Gpu) -> Vec<u32> {
+        gpu::download(gpu.stream(), &self.arrived).unwrap()
+    }
 }
 
 /// Compares where the expected value is written, and requires NaN (untouched) elsewhere.
-fn assert_written_exactly(what: &str, got: &[f32], want: &[f32]) {
+fn assert_written_exactly(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let (mut g, mut w) = (Vec::new(), Vec::new());
     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
         if b.is_nan() {
@@ -213,195 +265,224 @@ fn assert_written_exactly(what: &str, got: &[f32], want: &[f32]) {
             w.push(b);
         }
     }
-    assert_close(what, &g, &w);
+    assert_within(what, &g, &w, tol);
 }
 
-#[test]
-fn window_attention_matches_the_cpu_reference_for_every_window() {
-    let test = "window_attention_matches_the_cpu_reference_for_every_window";
-    let Some(gpu) = gpu_or_skip(test) else {
-        return;
-    };
-    let kernels = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = rng(8);
-    // (w, hd, windows, batch): window counts whose slots leave the last 64-slot query tile
-    // and key chunk partly empty (37, 52, 80 slots), and w = 8 over several tiles.
-    let cases = [
-        (1, 8, 37, 2),
-        (2, 16, 13, 3),
-        (4, 64, 5, 2),
-        (8, 32, 3, 2),
-        (8, 8, 13, 1),
-    ];
-    for (w, hd, windows, batch) in cases {
-        let case = AttentionCase::window(&mut rng, w, hd, windows, batch);
-        let (want_out, want_head) = case.expected();
-        let (out, head_out) = case.run_on(&gpu, &kernels, true);
-        assert_written_exactly(&format!("w={w} out"), &out, &want_out);
-        assert_close(&format!("w={w} head_out"), &head_out, &want_head);
-        // Without head_out, the same result.
-        let (out2, _) = case.run_on(&gpu, &kernels, false);
-        assert_eq!(
-            to_bits(&out),
-            to_bits(&out2),
-            "w={w}: head_out must not change out"
-        );
-    }
-}
-
-/// The fused kernel runs heads of different windows and lengths in one launch, each exactly
-/// (bit for bit) as its own launch would.
-#[test]
-fn window_attention_fused_equals_per_head_launches() {
-    let Some(gpu) = gpu_or_skip("window_attention_fused_equals_per_head_launches") else {
-        return;
-    };
-    let kernels = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = rng(9);
+/// Runs `case` twice on one workspace (re-poisoning the outputs) and checks both runs: the
+/// values against the CPU loop, untouched elements, counters back at zero, equal bits.
+fn check_case(
+    gpu: &Gpu,
+    kernel: &WindowAttentionKernels,
+    what: &str,
+    case: &AttentionCase,
+    splits: usize,
+) {
+    let tol = kernel.precision().tolerance();
+    let (want_out, want_head) = case.expected();
+    let single = case.shape.heads == 1;
     let st = gpu.stream();
-    for (hd, batch) in [(16, 2), (32, 1)] {
-        // (w, windows): 1..4 query tiles each, partial last tiles.
-        let cases: Vec<AttentionCase> = [(1, 37), (2, 13), (4, 5), (8, 3), (2, 40)]
-            .into_iter()
-            .map(|(w, windows)| AttentionCase::window(&mut rng, w, hd, windows, batch))
-            .collect();
-        let alone: Vec<_> = cases
-            .iter()
-            .map(|c| c.run_on(&gpu, &kernels, true))
-            .collect();
-        let mut dev: Vec<OnDevice> = cases.iter().map(|c| c.upload(&gpu)).collect();
-        let sets: Vec<_> = cases
-            .iter()
-            .zip(dev.iter_mut())
-            .map(|(c, d)| kernels.prepare(st, &c.shape, c.operands(d, true)).unwrap())
-            .collect();
-        kernels.launch_fused(st, &sets).unwrap();
-        for ((case, d), (out, head_out)) in cases.iter().zip(&dev).zip(&alone) {
-            let w = case.shape.w;
-            let (fused_out, fused_head) = d.download(&gpu);
-            assert_eq!(to_bits(&fused_out), to_bits(out), "hd={hd} w={w}: out");
-            assert_eq!(
-                to_bits(&fused_head),
-                to_bits(head_out),
-                "hd={hd} w={w}: head_out"
-            );
-            let (want_out, _) = case.expected();
-            assert_written_exactly(&format!("fused hd={hd} w={w}"), &fused_out, &want_out);
+    let mut d = case.upload(gpu, splits);
+    let mut first = None;
+    for run in 0..2 {
+        gpu::poison_nan(st, &mut d.out).unwrap();
+        gpu::poison_nan(st, &mut d.head_out).unwrap();
+        let prepared = kernel
+            .prepare(st, &case.shape, case.operands(&mut d, single))
+            .unwrap();
+        assert!(
+            (1..=splits.max(1)).contains(&prepared.splits()),
+            "{what}: splits"
+        );
+        kernel.launch(st, &prepared).unwrap();
+        let (out, head_out) = d.download(gpu);
+        let what = format!(
+            "{what} ({}, run {run}, {} splits)",
+            kernel.precision(),
+            prepared.splits()
+        );
+        assert_written_exactly(&what, &out, &want_out, tol);
+        if single {
+            assert_written_exactly(&format!("{what} head_out"), &head_out, &want_head, tol);
+        }
+        assert!(
+            d.counters(gpu).iter().all(|&c| c == 0),
+            "{what}: split counters not reset"
+        );
+        match &first {
+            None => first = Some(to_bits(&out)),
+            Some(bits) => assert_eq!(bits, &to_bits(&out), "{what}: runs differ"),
         }
     }
 }
 
+/// Every precision, window size and a spread of head widths (padded to each variant), with
+/// and without key splits, partial tiles and chunks, padding and batch > 1.
 #[test]
-fn window_attention_fused_rejects_mixed_head_widths() {
-    let Some(gpu) = gpu_or_skip("window_attention_fused_rejects_mixed_head_widths") else {
+fn every_precision_window_and_width_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("every_precision_window_and_width_matches_the_cpu_reference")
+    else {
         return;
     };
-    let kernels = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = rng(10);
-    let st = gpu.stream();
+    let mut rng = rng(16);
+    // (w, hd, windows, batch, splits): 37, 52, 80 slots leave the last tile and chunk partly
+    // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles.
     let cases = [
-        AttentionCase::window(&mut rng, 2, 16, 4, 1),
-        AttentionCase::window(&mut rng, 2, 32, 4, 1),
+        (1, 8, 37, 2, 1),
+        (1, 32, 150, 1, 1),
+        (1, 32, 150, 2, 3),
+        (1, 128, 70, 1, 2),
+        (2, 16, 13, 3, 1),
+        (2, 5, 40, 2, 2),
+        (2, 1, 20, 1, 1),
+        (2, 100, 20, 1, 2),
+        (4, 64, 5, 2, 1),
+        (4, 4, 13, 2, 4),
+        (4, 33, 9, 1, 2),
+        (8, 32, 3, 2, 1),
+        (8, 8, 13, 1, 5),
+        (8, 17, 4, 2, 4),
     ];
-    let mut dev: Vec<OnDevice> = cases.iter().map(|c| c.upload(&gpu)).collect();
-    let sets: Vec<_> = cases
-        .iter()
-        .zip(dev.iter_mut())
-        .map(|(c, d)| kernels.prepare(st, &c.shape, c.operands(d, false)).unwrap())
-        .collect();
-    let err = kernels.launch_fused(st, &sets).unwrap_err().to_string();
-    assert!(err.contains("share head width"), "{err}");
-    let err = kernels.launch_fused(st, &[]).unwrap_err().to_string();
-    assert!(err.contains("no attention"), "{err}");
+    for precision in Precision::ALL {
+        let kernel = WindowAttentionKernels::load_precision(&gpu, precision).unwrap();
+        for (w, hd, windows, batch, splits) in cases {
+            let case = AttentionCase::window(&mut rng, w, hd, windows, batch);
+            check_case(
+                &gpu,
+                &kernel,
+                &format!("w={w} hd={hd} windows={windows} batch={batch}"),
+                &case,
+                splits,
+            );
+        }
+    }
 }
 
+/// The decoder's cross attention (one query, token rows, several heads), unsplit and split
+/// into one block per key chunk (704 keys: the released size).
 #[test]
-fn window_attention_of_one_query_over_token_rows_with_several_heads() {
-    let test = "window_attention_of_one_query_over_token_rows_with_several_heads";
-    let Some(gpu) = gpu_or_skip(test) else {
+fn one_query_over_token_rows_with_several_heads() {
+    let Some(gpu) = gpu_or_skip("one_query_over_token_rows_with_several_heads") else {
         return;
     };
-    let kernels = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = rng(9);
-    // The decoder's cross attention: one query, keys are (tokens, batch, c) rows of a wider
-    // buffer (stride `row`), heads `hd` channels apart.
-    let (heads, hd, tokens, batch) = (3, 8, 45, 2);
-    let c = heads * hd;
-    let row = 2 * c + 4;
-    let mut key_pad: Vec<u8> = (0..batch * tokens)
-        .map(|_| u8::from(rng.random_bool(0.4)))
-        .collect();
-    key_pad[0] = 0;
-    key_pad[tokens] = 0;
-    let kv = random(&mut rng, tokens * batch * row);
-    let case = AttentionCase {
-        shape: AttentionShape {
-            w: 1,
-            hd,
-            n_queries: 1,
-            n_keys: tokens,
-            batch,
-            heads,
-            head_stride: hd,
-        },
-        q: random(&mut rng, batch * c),
-        q_layout: SlotLayout { batch: c, slot: 0 },
-        k: kv.clone(),
-        v: kv[c..].to_vec(),
-        kv_layout: SlotLayout {
-            batch: row,
-            slot: batch * row,
-        },
-        bias: None,
-        key_pad,
-        sr: vec![0.0],
-        slot_token: None,
-        out_row: c,
-        out_channel: 0,
-    };
-    let (want_out, _) = case.expected();
-    let (out, _) = case.run_on(&gpu, &kernels, false);
-    assert_written_exactly("one query", &out, &want_out);
+    let mut rng = rng(17);
+    for precision in Precision::ALL {
+        let kernel = WindowAttentionKernels::load_precision(&gpu, precision).unwrap();
+        for (heads, hd, tokens, batch, splits) in
+            [(3, 8, 45, 2, 1), (8, 32, 704, 2, 11), (2, 4, 300, 1, 3)]
+        {
+            let case = AttentionCase::one_query(&mut rng, heads, hd, tokens, batch);
+            let what = format!("one query, {heads} heads of {hd}, {tokens} keys, batch {batch}");
+            check_case(&gpu, &kernel, &what, &case, splits);
+        }
+    }
 }
 
+/// The fused launch runs heads of different windows, lengths and splits in one launch, each
+/// exactly (bit for bit) as its own launch would.
 #[test]
-fn window_attention_rejects_unsupported_shapes() {
-    let Some(gpu) = gpu_or_skip("window_attention_rejects_unsupported_shapes") else {
+fn fused_launch_equals_per_head_launches() {
+    let Some(gpu) = gpu_or_skip("fused_launch_equals_per_head_launches") else {
         return;
     };
-    let kernels = WindowAttentionKernels::load(&gpu).unwrap();
-    let mut rng = rng(10);
-    // hd = 6 does not divide the 256 threads: an error naming the kernel, nothing launched.
-    let case = AttentionCase::window(&mut rng, 2, 6, 3, 1);
+    let mut rng = rng(18);
     let st = gpu.stream();
-    let (q, k, v, sr) = (
-        up(&gpu, &case.q),
-        up(&gpu, &case.k),
-        up(&gpu, &case.v),
-        up(&gpu, &case.sr),
-    );
-    let pad = gpu::upload(st, &case.key_pad).unwrap();
-    let mut out = poisoned(&gpu, case.shape.n_keys * case.out_row);
-    let ops = AttentionOperands {
-        q: q.as_view(),
-        q_layout: case.q_layout,
-        k: k.as_view(),
-        v: v.as_view(),
-        kv_layout: case.kv_layout,
-        bias: None,
-        key_pad: pad.as_view(),
-        sr: Some(sr.as_view()),
-        slot_token: None,
-        out: out.as_view_mut(),
-        out_row: case.out_row,
-        out_channel: case.out_channel,
-        head_out: None,
+    for precision in Precision::ALL {
+        let kernel = WindowAttentionKernels::load_precision(&gpu, precision).unwrap();
+        for (hd, batch) in [(16, 2), (32, 1), (24, 1)] {
+            // (w, windows, splits): 1..4 query tiles each, partial last tiles.
+            let cases: Vec<(AttentionCase, usize)> = [
+                (1, 200, 3),
+                (2, 13, 1),
+                (4, 5, 2),
+                (8, 3, 3),
+                (2, 40, 2),
+                (1, 37, 1),
+            ]
+            .into_iter()
+            .map(|(w, windows, splits)| {
+                (
+                    AttentionCase::window(&mut rng, w, hd, windows, batch),
+                    splits,
+                )
+            })
+            .collect();
+            let mut alone = Vec::new();
+            for (c, splits) in &cases {
+                let mut d = c.upload(&gpu, *splits);
+                kernel.run(st, &c.shape, c.operands(&mut d, true)).unwrap();
+                alone.push(d.download(&gpu));
+            }
+            let mut dev: Vec<OnDevice> = cases.iter().map(|(c, s)| c.upload(&gpu, *s)).collect();
+            let sets: Vec<_> = cases
+                .iter()
+                .zip(dev.iter_mut())
+                .map(|((c, _), d)| kernel.prepare(st, &c.shape, c.operands(d, true)).unwrap())
+                .collect();
+            kernel.launch_fused(st, &sets).unwrap();
+            for (((case, _), d), (out, head_out)) in cases.iter().zip(&dev).zip(&alone) {
+                let w = case.shape.w;
+                let (fused_out, fused_head) = d.download(&gpu);
+                let what = format!("fused {precision} hd={hd} w={w}");
+                assert_eq!(to_bits(&fused_out), to_bits(out), "{what}: out");
+                assert_eq!(to_bits(&fused_head), to_bits(head_out), "{what}: head_out");
+                let (want_out, _) = case.expected();
+                assert_written_exactly(&what, &fused_out, &want_out, precision.tolerance());
+                assert!(d.counters(&gpu).iter().all(|&c| c == 0), "{what}: counters");
+            }
+        }
+    }
+}
+
+/// Head widths past 128 and windows that are not a power of two are errors naming the
+/// kernel; a split workspace too small is an error naming it; fused sets of different
+/// variants are refused. Nothing is launched.
+#[test]
+fn unsupported_shapes_and_small_workspaces_are_errors() {
+    let Some(gpu) = gpu_or_skip("unsupported_shapes_and_small_workspaces_are_errors") else {
+        return;
     };
-    let err = kernels.run(st, &case.shape, ops).unwrap_err().to_string();
+    let kernel = WindowAttentionKernels::load(&gpu).unwrap();
+    let mut rng = rng(19);
+    let st = gpu.stream();
+    let wide = AttentionCase::window(&mut rng, 2, 129, 3, 1);
+    let mut d = wide.upload(&gpu, 1);
+    let err = kernel
+        .run(st, &wide.shape, wide.operands(&mut d, false))
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("window_attention") && err.contains("head width 6"),
+        err.contains("window_attention") && err.contains("head width 129"),
         "{err}"
     );
+
+    let case = AttentionCase::window(&mut rng, 1, 16, 200, 1);
+    let mut d = case.upload(&gpu, 1);
+    let mut ops = case.operands(&mut d, false);
+    let mut small = poisoned(&gpu, 10);
+    let mut arrived = st.alloc_zeros::<u32>(4).unwrap();
+    ops.split = Some(KeySplit {
+        splits: 3,
+        partial: small.as_view_mut(),
+        arrived: arrived.as_view_mut(),
+    });
+    let err = kernel.run(st, &case.shape, ops).unwrap_err().to_string();
+    assert!(err.contains("split partial"), "{err}");
+
+    let narrow = AttentionCase::window(&mut rng, 2, 16, 4, 1);
+    let broad = AttentionCase::window(&mut rng, 2, 17, 4, 1);
+    let (mut dn, mut db) = (narrow.upload(&gpu, 1), broad.upload(&gpu, 1));
+    let sets = [
+        kernel
+            .prepare(st, &narrow.shape, narrow.operands(&mut dn, false))
+            .unwrap(),
+        kernel
+            .prepare(st, &broad.shape, broad.operands(&mut db, false))
+            .unwrap(),
+    ];
+    let err = kernel.launch_fused(st, &sets).unwrap_err().to_string();
+    assert!(err.contains("share head width"), "{err}");
+    let err = kernel.launch_fused(st, &[]).unwrap_err().to_string();
+    assert!(err.contains("no attention"), "{err}");
 }
 
 /// The backward of every head of `n` images on the trainer's `[n, heads, t, hd]` buffers

@@ -256,6 +256,139 @@ pub fn conv2d(
     })
 }
 
+/// Checks an NHWC backward call's operand lengths (named in errors).
+fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) -> Result<()> {
+    conv.validate()?;
+    if conv.layout != Layout::Nhwc {
+        return Err(Error::invalid(
+            format!("conv2d {pass}"),
+            "the backward references take NHWC tensors",
+        ));
+    }
+    for &(name, got, want) in operands {
+        if got != want {
+            return Err(Error::invalid(
+                format!("conv2d {pass} {name}"),
+                format!("expected {want} values for {conv:?}, found {got}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The input's gradient `dx` (NHWC) of the convolution alone, given the output's gradient
+/// `dy` (NHWC) and the `(out, in / groups, kh, kw)` weight: every input pixel gathers the
+/// output pixels its value reached, in f64. (The epilogue's ReLU and residual add are
+/// other ops' gradients; `conv.relu` is ignored.)
+pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+    check_backward(
+        conv,
+        "backward data",
+        &[
+            ("weight", weight.len(), conv.weight_len()),
+            ("dy", dy.len(), conv.output_len()),
+        ],
+    )?;
+    let (h, w, cin, cout) = (conv.height, conv.width, conv.in_channels, conv.out_channels);
+    let (oh, ow, s, pad) = (conv.out_height(), conv.out_width(), conv.stride, conv.pad);
+    let (kh, kw) = (conv.kernel_h, conv.kernel_w);
+    let (cin_g, cout_g) = (cin / conv.groups, cout / conv.groups);
+    // The output pixel (oy) that tap ky of input row iy feeds, if any.
+    let tap = |i: usize, k: usize, out: usize| -> Option<usize> {
+        let o = (i + pad).checked_sub(k)?;
+        (o % s == 0 && o / s < out).then_some(o / s)
+    };
+    let mut dx = vec![0.0f32; conv.input_len()];
+    dx.par_chunks_mut(cin).enumerate().for_each(|(p, px)| {
+        let (b, iy, ix) = (p / (h * w), p / w % h, p % w);
+        for (c, v) in px.iter_mut().enumerate() {
+            let (g, ci) = (c / cin_g, c % cin_g);
+            let mut acc = 0.0f64;
+            for ky in 0..kh {
+                let Some(oy) = tap(iy, ky, oh) else { continue };
+                for kx in 0..kw {
+                    let Some(ox) = tap(ix, kx, ow) else { continue };
+                    let grad = &dy[((b * oh + oy) * ow + ox) * cout..][..cout];
+                    for o in g * cout_g..(g + 1) * cout_g {
+                        let wv = weight[((o * cin_g + ci) * kh + ky) * kw + kx];
+                        acc += grad[o] as f64 * wv as f64;
+                    }
+                }
+            }
+            *v = acc as f32;
+        }
+    });
+    Ok(dx)
+}
+
+/// The weight's gradient `(out, in / groups, kh, kw)` of the convolution, given its NHWC
+/// `input` and the output's gradient `dy`: sums over the batch and every output pixel, in
+/// f64.
+pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+    check_backward(
+        conv,
+        "backward filter",
+        &[
+            ("input", input.len(), conv.input_len()),
+            ("dy", dy.len(), conv.output_len()),
+        ],
+    )?;
+    let (h, w, cin, cout) = (conv.height, conv.width, conv.in_channels, conv.out_channels);
+    let (oh, ow, s, pad) = (conv.out_height(), conv.out_width(), conv.stride, conv.pad);
+    let (kh, kw) = (conv.kernel_h, conv.kernel_w);
+    let (cin_g, cout_g) = (cin / conv.groups, cout / conv.groups);
+    let per_out = cin_g * kh * kw;
+    let mut dw = vec![0.0f32; conv.weight_len()];
+    dw.par_chunks_mut(per_out).enumerate().for_each(|(o, dwo)| {
+        let c0 = o / cout_g * cin_g;
+        let mut acc = vec![0.0f64; per_out];
+        for b in 0..conv.batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let g = dy[((b * oh + oy) * ow + ox) * cout + o] as f64;
+                    for ky in 0..kh {
+                        let iy = (oy * s + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..kw {
+                            let ix = (ox * s + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let px = ((b * h + iy as usize) * w + ix as usize) * cin + c0;
+                            for (ci, &xv) in input[px..px + cin_g].iter().enumerate() {
+                                acc[(ci * kh + ky) * kw + kx] += g * xv as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (d, a) in dwo.iter_mut().zip(&acc) {
+            *d = *a as f32;
+        }
+    });
+    Ok(dw)
+}
+
+/// The bias's gradient `(out)`: the output's gradient `dy` (NHWC) summed over the batch
+/// and every pixel, in f64.
+pub fn backward_bias(conv: &Conv2d, dy: &[f32]) -> Result<Vec<f32>> {
+    check_backward(
+        conv,
+        "backward bias",
+        &[("dy", dy.len(), conv.output_len())],
+    )?;
+    let mut acc = vec![0.0f64; conv.out_channels];
+    for px in dy.chunks(conv.out_channels) {
+        for (a, &g) in acc.iter_mut().zip(px) {
+            *a += g as f64;
+        }
+    }
+    Ok(acc.into_iter().map(|a| a as f32).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +522,86 @@ mod tests {
             .unwrap();
             assert_eq!(got, to_nhwc(&got_nchw, n, cout, oh * ow), "case {i} NHWC");
         }
+    }
+
+    /// `<conv(x, w), dy> = <x, backward_data(dy)> = <w, backward_filter(x, dy)>`, and the
+    /// bias gradient sums dy: the backward references are the forward's adjoints.
+    #[test]
+    fn backward_passes_are_the_forward_adjoints() {
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+        };
+        let cases = [
+            // (batch, cin, h, w, cout, kh, kw, stride, pad, groups)
+            (2, 3, 13, 11, 8, 7, 7, 2, 3, 1),
+            (1, 8, 9, 10, 12, 3, 3, 2, 1, 1),
+            (2, 12, 7, 6, 6, 3, 3, 1, 1, 3),
+            (1, 10, 8, 9, 10, 3, 3, 2, 1, 10),
+            (1, 6, 6, 7, 4, 1, 1, 2, 0, 2),
+            (1, 4, 6, 9, 5, 3, 5, 3, 2, 1),
+        ];
+        for (i, &(n, cin, h, w, cout, kh, kw, s, p, g)) in cases.iter().enumerate() {
+            let c = Conv2d {
+                batch: n,
+                in_channels: cin,
+                height: h,
+                width: w,
+                out_channels: cout,
+                kernel_h: kh,
+                kernel_w: kw,
+                stride: s,
+                pad: p,
+                groups: g,
+                relu: false,
+                layout: Layout::Nhwc,
+            };
+            let x = values(c.input_len(), 5 * i as u64 + 1);
+            let wt = values(c.weight_len(), 5 * i as u64 + 2);
+            let dy = values(c.output_len(), 5 * i as u64 + 3);
+            let y = conv2d(&c, &x, &wt, None, None).unwrap();
+            let want = dot(&y, &dy);
+            let dx = backward_data(&c, &wt, &dy).unwrap();
+            let dw = backward_filter(&c, &x, &dy).unwrap();
+            for (what, got) in [("data", dot(&x, &dx)), ("filter", dot(&wt, &dw))] {
+                let err = (got - want).abs() / want.abs().max(1.0);
+                assert!(err < 1e-5, "case {i} backward {what}: {got} vs {want}");
+            }
+            let db = backward_bias(&c, &dy).unwrap();
+            let sum0: f64 = dy.iter().step_by(cout).map(|&v| v as f64).sum();
+            assert!((db[0] as f64 - sum0).abs() < 1e-4, "case {i} bias");
+        }
+        let nchw = Conv2d {
+            layout: Layout::Nchw,
+            ..Conv2d {
+                batch: 1,
+                in_channels: 2,
+                height: 3,
+                width: 3,
+                out_channels: 2,
+                kernel_h: 1,
+                kernel_w: 1,
+                stride: 1,
+                pad: 0,
+                groups: 1,
+                relu: false,
+                layout: Layout::Nhwc,
+            }
+        };
+        let e = backward_bias(&nchw, &[0.0; 18]).unwrap_err().to_string();
+        assert!(e.contains("NHWC"), "{e}");
+        let e = backward_data(
+            &Conv2d {
+                layout: Layout::Nhwc,
+                ..nchw
+            },
+            &[0.0; 3],
+            &[0.0; 18],
+        );
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("conv2d backward data weight")
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ use crate::kernels::patchify::{Patches, PatchifyKernels};
 use crate::kernels::softmax::SoftmaxKernels;
 use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs,
-    HEAD_WIDTHS, MAX_FUSED, SlotLayout, WindowAttentionKernels,
+    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, MAX_FUSED,
+    MAX_HEAD_WIDTH, SlotLayout, WindowAttentionKernels,
 };
 use crate::train::gpu::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
 use crate::train::gpu::linear::GemmEpilogue::Bias;
@@ -130,12 +130,12 @@ struct WindowBufs {
 impl WindowBufs {
     fn new(gpu: &Gpu, c: &VitConfig, n: usize) -> Result<WindowBufs> {
         let width = c.dim / c.heads;
-        if !HEAD_WIDTHS.contains(&width) {
+        if !(1..=MAX_HEAD_WIDTH).contains(&width) {
             return Err(Error::invalid(
                 "ViT window attention on the GPU",
                 format!(
-                    "needs a head width (width / heads) of {HEAD_WIDTHS:?}, the kernels' sizes; \
-                     this model has {} / {} = {width} (the CPU trains any width)",
+                    "needs a head width (width / heads) of at most {MAX_HEAD_WIDTH}, the widest \
+                     kernel; this model has {} / {} = {width} (the CPU trains any width)",
                     c.dim, c.heads
                 ),
             ));
@@ -218,6 +218,7 @@ impl WindowBufs {
                     out_row: d,
                     out_channel: h * hd,
                     head_out: None,
+                    split: None,
                 };
                 self.kernel.prepare(stream, &shape, ops)
             })

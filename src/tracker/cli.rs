@@ -22,9 +22,9 @@ use super::frame::{BBox, Frame};
 use super::golden::{CheckLine, CheckOptions, Measure, check_golden};
 use super::track::{DEFAULT_UPDATE_INTERVAL, Network, StageTimes, Tracker};
 use super::weights::{FORMAT, TrackerWeights, is_tracker};
+use crate::base::devices::Device;
 use crate::base::{LatencyStats, Precision, TensorFile};
 use crate::error::{Error, Result};
-use crate::gpu::DeviceChoice;
 use crate::model::golden::weights_for_golden;
 
 /// Frames decoded ahead of the tracker, per sequence.
@@ -92,7 +92,7 @@ impl TrackArgs {
 pub struct Shared<'a> {
     pub model: Option<&'a Path>,
     pub check: Option<&'a Path>,
-    pub device: DeviceChoice,
+    pub device: Device,
     pub precision: Precision,
     pub json: bool,
     pub iters: Option<usize>,
@@ -184,14 +184,14 @@ fn check_engine(shared: &Shared, events: &mut dyn FnMut(Event)) -> Result<()> {
         .precision
         .require("the tracker's CPU reference", &[Precision::F32])?;
     match shared.device {
-        DeviceChoice::Cpu => Ok(()),
-        DeviceChoice::Auto => {
+        Device::Cpu => Ok(()),
+        Device::Auto => {
             events(Event::Notice(
                 "the tracker runs on the CPU reference (no GPU tracking path yet)".into(),
             ));
             Ok(())
         }
-        DeviceChoice::Cuda(_) => Err(Error::invalid(
+        Device::Cuda(_) => Err(Error::invalid(
             "--device",
             "the tracker has no GPU path yet; use --device cpu",
         )),

@@ -301,8 +301,7 @@ fn sigint_then_resume_keeps_every_jobs_progress() {
             .iter()
             .map(|n| {
                 let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
-                let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
-                meta.step
+                checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
             })
             .collect();
         assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}");
@@ -327,7 +326,7 @@ fn sigint_then_resume_keeps_every_jobs_progress() {
         assert_eq!(r.jobs.len(), 3, "{log}");
         for (name, iterations) in names.iter().zip(iterations) {
             let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
-            let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
+            let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
             assert_eq!(meta.step, iterations);
         }
     }

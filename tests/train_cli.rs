@@ -295,17 +295,26 @@ fn a_kill_at_every_point_of_a_save_leaves_a_resumable_state() {
 }
 
 /// SIGKILL at random (seeded) moments of a run that checkpoints every step, resuming after
-/// each, until it finishes: every resume succeeds, and the result is the uninterrupted run's.
+/// each, up to 30 times, then once to the end: every resume succeeds, and the result is the
+/// uninterrupted run's.
 #[test]
 fn random_kills_while_checkpointing_always_resume_to_the_same_result() {
-    const ITERATIONS: u64 = 60;
+    const ITERATIONS: u64 = 100;
     const KILLS: usize = 30;
     let dir = tempfile::tempdir().unwrap();
     let job = job_file(dir.path(), ITERATIONS);
     let whole = dir.path().join("whole");
-    let started = Instant::now();
-    uninterrupted(&job, &whole, &["--checkpoint-every", "1"]);
-    let full = started.elapsed();
+    let timed = |flags: &[&str]| {
+        let started = Instant::now();
+        uninterrupted(&job, &whole, flags);
+        started.elapsed()
+    };
+    let full = timed(&["--checkpoint-every", "1"]);
+    // A resume with nothing left to train: the start-up a kill must outlast to land in a step.
+    let startup = timed(&["--checkpoint-every", "1", "--resume"]);
+    // Kills from half-way through the start-up to a few steps past it, so that some land
+    // before any step and the run still gets through its steps in about KILLS kills.
+    let window = startup.mul_f64(0.5)..startup + full.saturating_sub(startup) * 3 / KILLS as u32;
     let ckpt = dir.path().join("ckpt");
     let mut rng = ChaCha8Rng::seed_from_u64(19);
     let (mut kills, mut mid_save) = (0, 0);
@@ -316,7 +325,7 @@ fn random_kills_while_checkpointing_always_resume_to_the_same_result() {
         }
         let mut child = train(&job, &ckpt, "cpu", &flags).spawn().unwrap();
         if kills < KILLS {
-            std::thread::sleep(full.mul_f64(rng.random_range(0.0..0.5)));
+            std::thread::sleep(rng.random_range(window.clone()));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 child.wait().unwrap();

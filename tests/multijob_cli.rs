@@ -367,56 +367,61 @@ fn bad_flags_and_files_are_clear_errors() {
 /// devices go to the others.
 #[test]
 fn hung_and_out_of_memory_jobs_fail_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let jobs = write_jobs(
-        dir.path(),
-        "thesis",
-        &[
-            job("good", 64, 64, 600, ""),
-            job("stuck", 32, 32, 100_000, ""),
-            job("oom", 32, 32, 100_000, ""),
-        ],
-    );
-    let (rep, dec) = (dir.path().join("r.json"), dir.path().join("d.json"));
-    let out = manager(&jobs, "cpu:2", &["--hang-periods", "5", "--report"])
-        .arg(&rep)
-        .arg("--decisions")
-        .arg(&dec)
-        .env(fault::ENV, "stuck=hang@5,oom=oom@4")
-        .output()
-        .unwrap();
-    let log = log_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    let r = report(&rep);
-    let done: Vec<&str> = r.jobs.iter().map(|j| j.name.as_str()).collect();
-    assert_eq!(done, ["good"], "{log}");
-    let failed = |name: &str| r.failed.iter().find(|f| f.name == name).unwrap().clone();
-    let stuck = failed("stuck");
-    assert!(
-        stuck.error.contains("hung: no step for") && stuck.error.contains("killed"),
-        "{stuck:?}"
-    );
-    assert_eq!(stuck.step, 4, "{stuck:?}");
-    let oom = failed("oom");
-    assert!(oom.error.contains("out of GPU memory"), "{oom:?}");
-    assert_eq!(oom.step, 3, "{oom:?}");
-    assert!(log.contains("job stuck failed: hung"), "{log}");
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        // Long enough to outlast the hang's detection: a GPU runs these steps in well under a
+        // millisecond.
+        let scale = if device == "all" { 50 } else { 1 };
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job("good", 64, 64, 600 * scale, ""),
+                job("stuck", 32, 32, 100_000, ""),
+                job("oom", 32, 32, 100_000, ""),
+            ],
+        );
+        let (rep, dec) = (dir.path().join("r.json"), dir.path().join("d.json"));
+        let out = manager(&jobs, device, &["--hang-periods", "5", "--report"])
+            .arg(&rep)
+            .arg("--decisions")
+            .arg(&dec)
+            .env(fault::ENV, "stuck=hang@5,oom=oom@4")
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{device}: {log}");
+        let r = report(&rep);
+        let done: Vec<&str> = r.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(done, ["good"], "{log}");
+        let failed = |name: &str| r.failed.iter().find(|f| f.name == name).unwrap().clone();
+        let stuck = failed("stuck");
+        assert!(
+            stuck.error.contains("hung: no step for") && stuck.error.contains("killed"),
+            "{stuck:?}"
+        );
+        assert_eq!(stuck.step, 4, "{stuck:?}");
+        let oom = failed("oom");
+        assert!(oom.error.contains("out of GPU memory"), "{oom:?}");
+        assert_eq!(oom.step, 3, "{oom:?}");
+        assert!(log.contains("job stuck failed: hung"), "{log}");
 
-    let rounds: Vec<Vec<usize>> =
-        DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d")
-            .unwrap()
-            .entries
-            .into_iter()
-            .filter_map(|e| match e {
-                Entry::Round { jobs, .. } => Some(jobs.iter().map(|j| j.job).collect()),
-                Entry::Admit { .. } => None,
-            })
-            .collect();
-    let last_with_stuck = rounds.iter().rposition(|r| r.contains(&1)).unwrap();
-    assert!(
-        rounds[last_with_stuck + 1..].iter().any(|r| r == &[0]),
-        "no round gave the others the hung job's devices: {rounds:?}"
-    );
+        let rounds: Vec<Vec<usize>> =
+            DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d")
+                .unwrap()
+                .entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    Entry::Round { jobs, .. } => Some(jobs.iter().map(|j| j.job).collect()),
+                    Entry::Admit { .. } => None,
+                })
+                .collect();
+        let last_with_stuck = rounds.iter().rposition(|r| r.contains(&1)).unwrap();
+        assert!(
+            rounds[last_with_stuck + 1..].iter().any(|r| r == &[0]),
+            "no round gave the others the hung job's devices: {rounds:?}"
+        );
+    }
 }
 
 /// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
@@ -433,67 +438,70 @@ fn ended(pid: u32) -> bool {
 /// checkpoints and exits, and `--resume` continues every job from its checkpoint to the end.
 #[test]
 fn a_killed_manager_leaves_every_job_resumable() {
-    let dir = tempfile::tempdir().unwrap();
-    let names = ["p", "q", "r"];
-    let iterations = [600, 500, 400];
-    let jobs = write_jobs(
-        dir.path(),
-        "thesis",
-        &[
-            job(names[0], 64, 64, iterations[0], ""),
-            job(names[1], 32, 32, iterations[1], ""),
-            job(names[2], 128, 64, iterations[2], ""),
-        ],
-    );
-    let ckpt = dir.path().join("ckpt");
-    let mut first = manager(&jobs, "cpu:2", &["--checkpoint-dir"])
-        .arg(&ckpt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stderr_lines(&mut first);
-    let log = wait_until_running(&lines, &names, 3);
-    let workers = job_processes_of(first.id());
-    assert_eq!(workers.len(), 3, "{workers:?}");
-    first.kill().unwrap(); // SIGKILL: no chance to stop anything itself
-    first.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !workers.iter().all(|&(pid, _)| ended(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "job processes still alive: {workers:?}"
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["p", "q", "r"];
+        let scale = if device == "all" { 50 } else { 1 };
+        let iterations = [600 * scale, 500 * scale, 400 * scale];
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job(names[0], 64, 64, iterations[0], ""),
+                job(names[1], 32, 32, iterations[1], ""),
+                job(names[2], 128, 64, iterations[2], ""),
+            ],
         );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stopped_at: Vec<u64> = names
-        .iter()
-        .map(|n| {
-            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
-            checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
-        })
-        .collect();
-    assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}: {log}");
-    assert!(ckpt.join("manager.json").exists());
+        let ckpt = dir.path().join("ckpt");
+        let mut first = manager(&jobs, device, &["--checkpoint-dir"])
+            .arg(&ckpt)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = stderr_lines(&mut first);
+        let log = wait_until_running(&lines, &names, 3);
+        let workers = job_processes_of(first.id());
+        assert_eq!(workers.len(), 3, "{workers:?}");
+        first.kill().unwrap(); // SIGKILL: no chance to stop anything itself
+        first.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !workers.iter().all(|&(pid, _)| ended(pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "job processes still alive: {workers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stopped_at: Vec<u64> = names
+            .iter()
+            .map(|n| {
+                let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
+                checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
+            })
+            .collect();
+        assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}: {log}");
+        assert!(ckpt.join("manager.json").exists());
 
-    let rep = dir.path().join("r.json");
-    let out = manager(&jobs, "cpu:2", &["--resume", "--checkpoint-dir"])
-        .arg(&ckpt)
-        .arg("--report")
-        .arg(&rep)
-        .output()
-        .unwrap();
-    let log = log_of(&out);
-    assert!(out.status.success(), "{log}");
-    for (name, step) in names.iter().zip(&stopped_at) {
-        assert!(
-            log.contains(&format!("job {name}: resumed from step {step}")),
-            "{name} at {step}: {log}"
-        );
-    }
-    assert_eq!(report(&rep).jobs.len(), 3, "{log}");
-    for (name, iterations) in names.iter().zip(iterations) {
-        let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
-        let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
-        assert_eq!(meta.step, iterations);
+        let rep = dir.path().join("r.json");
+        let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
+            .arg(&ckpt)
+            .arg("--report")
+            .arg(&rep)
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert!(out.status.success(), "{device}: {log}");
+        for (name, step) in names.iter().zip(&stopped_at) {
+            assert!(
+                log.contains(&format!("job {name}: resumed from step {step}")),
+                "{name} at {step}: {log}"
+            );
+        }
+        assert_eq!(report(&rep).jobs.len(), 3, "{log}");
+        for (name, iterations) in names.iter().zip(iterations) {
+            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
+            let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
+            assert_eq!(meta.step, iterations);
+        }
     }
 }

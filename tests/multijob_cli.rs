@@ -263,78 +263,6 @@ fn failing_jobs_are_reported_and_the_others_finish() {
 }
 
 #[test]
-fn sigint_then_resume_keeps_every_jobs_progress() {
-    for device in devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = ["p", "q", "r"];
-        // Long enough that no job ends before the SIGINT: a GPU runs these steps in well
-        // under a millisecond.
-        let scale = if device == "all" { 50 } else { 1 };
-        let iterations = [400 * scale, 600 * scale, 300 * scale];
-        let jobs = write_jobs(
-            dir.path(),
-            "thesis",
-            &[
-                job(names[0], 64, 64, iterations[0], ""),
-                job(names[1], 32, 32, iterations[1], ""),
-                job(names[2], 128, 64, iterations[2], ""),
-            ],
-        );
-        let ckpt = dir.path().join("ckpt");
-        let mut first = manager(&jobs, device, &["--checkpoint-dir"])
-            .arg(&ckpt)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = stderr_lines(&mut first);
-        let mut log = wait_until_running(&lines, &names, 3);
-        assert!(
-            Command::new("kill")
-                .args(["-INT", &first.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = first.wait().unwrap();
-        log.extend(lines.iter().map(|l| l + "\n"));
-        assert_eq!(status.code(), Some(130), "{device}: {log}");
-        assert!(ckpt.join("manager.json").exists(), "{log}");
-        let stopped_at: Vec<u64> = names
-            .iter()
-            .map(|n| {
-                let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
-                checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
-            })
-            .collect();
-        assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}");
-
-        let rep = dir.path().join("r.json");
-        let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
-            .arg(&ckpt)
-            .arg("--report")
-            .arg(&rep)
-            .output()
-            .unwrap();
-        let log = log_of(&out);
-        assert!(out.status.success(), "{device}: {log}");
-        for (name, step) in names.iter().zip(&stopped_at) {
-            // Each job continues exactly where its checkpoint left it.
-            assert!(
-                log.contains(&format!("job {name}: resumed from step {step}")),
-                "{device}: {name} at {step}: {log}"
-            );
-        }
-        let r = report(&rep);
-        assert_eq!(r.jobs.len(), 3, "{log}");
-        for (name, iterations) in names.iter().zip(iterations) {
-            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
-            let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
-            assert_eq!(meta.step, iterations);
-        }
-    }
-}
-
-#[test]
 fn bad_flags_and_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = write_jobs(
@@ -434,15 +362,26 @@ fn ended(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// The manager killed outright (SIGKILL): every job process sees its input close,
-/// checkpoints and exits, and `--resume` continues every job from its checkpoint to the end.
-#[test]
-fn a_killed_manager_leaves_every_job_resumable() {
+/// How a test stops the manager half-way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    /// SIGINT: it tells every job process to checkpoint, saves its state and exits with 130.
+    Interrupt,
+    /// SIGKILL: no chance to do anything; its job processes see their input close,
+    /// checkpoint and exit by themselves.
+    Kill,
+}
+
+/// Stops the manager of three running jobs as `how` says, then `--resume`s: every job
+/// continues exactly where its checkpoint left it and finishes.
+fn stop_then_resume(how: Stop) {
     for device in devices() {
         let dir = tempfile::tempdir().unwrap();
         let names = ["p", "q", "r"];
+        // Long enough that no job ends before the stop: a GPU runs these steps in well
+        // under a millisecond.
         let scale = if device == "all" { 50 } else { 1 };
-        let iterations = [600 * scale, 500 * scale, 400 * scale];
+        let iterations = [400 * scale, 600 * scale, 300 * scale];
         let jobs = write_jobs(
             dir.path(),
             "thesis",
@@ -459,19 +398,34 @@ fn a_killed_manager_leaves_every_job_resumable() {
             .spawn()
             .unwrap();
         let lines = stderr_lines(&mut first);
-        let log = wait_until_running(&lines, &names, 3);
+        let mut log = wait_until_running(&lines, &names, 3);
         let workers = job_processes_of(first.id());
         assert_eq!(workers.len(), 3, "{workers:?}");
-        first.kill().unwrap(); // SIGKILL: no chance to stop anything itself
-        first.wait().unwrap();
+        let signal = match how {
+            Stop::Interrupt => "-INT",
+            Stop::Kill => "-KILL",
+        };
+        assert!(
+            Command::new("kill")
+                .args([signal, &first.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = first.wait().unwrap();
+        log.extend(lines.iter().map(|l| l + "\n"));
+        if how == Stop::Interrupt {
+            assert_eq!(status.code(), Some(130), "{device}: {log}");
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         while !workers.iter().all(|&(pid, _)| ended(pid)) {
             assert!(
                 Instant::now() < deadline,
-                "job processes still alive: {workers:?}"
+                "{how:?}: job processes still alive: {workers:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(ckpt.join("manager.json").exists(), "{log}");
         let stopped_at: Vec<u64> = names
             .iter()
             .map(|n| {
@@ -479,8 +433,10 @@ fn a_killed_manager_leaves_every_job_resumable() {
                 checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
             })
             .collect();
-        assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}: {log}");
-        assert!(ckpt.join("manager.json").exists());
+        assert!(
+            stopped_at.iter().all(|&s| s >= 3),
+            "{how:?}: {stopped_at:?}"
+        );
 
         let rep = dir.path().join("r.json");
         let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
@@ -490,18 +446,29 @@ fn a_killed_manager_leaves_every_job_resumable() {
             .output()
             .unwrap();
         let log = log_of(&out);
-        assert!(out.status.success(), "{device}: {log}");
+        assert!(out.status.success(), "{how:?} {device}: {log}");
         for (name, step) in names.iter().zip(&stopped_at) {
             assert!(
                 log.contains(&format!("job {name}: resumed from step {step}")),
-                "{name} at {step}: {log}"
+                "{how:?} {device}: {name} at {step}: {log}"
             );
         }
-        assert_eq!(report(&rep).jobs.len(), 3, "{log}");
+        let r = report(&rep);
+        assert_eq!(r.jobs.len(), 3, "{log}");
         for (name, iterations) in names.iter().zip(iterations) {
             let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
             let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
             assert_eq!(meta.step, iterations);
         }
     }
+}
+
+#[test]
+fn sigint_then_resume_keeps_every_jobs_progress() {
+    stop_then_resume(Stop::Interrupt);
+}
+
+#[test]
+fn a_killed_manager_leaves_every_job_resumable() {
+    stop_then_resume(Stop::Kill);
 }

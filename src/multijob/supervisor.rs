@@ -208,6 +208,8 @@ struct Supervisor<'a> {
     next_round_s: f64,
     need_round: bool,
     stopping: bool,
+    /// The manager's state file could not be written (said once, not every round).
+    state_unsaved: bool,
 }
 
 /// Runs every job of `cfg.file` to the end (or until `cfg.stop`), telling `report` what
@@ -249,6 +251,7 @@ pub fn run(cfg: &RunConfig, report: &mut dyn FnMut(&RunEvent)) -> Result<RunOutc
         next_round_s: 0.0,
         need_round: false,
         stopping: false,
+        state_unsaved: false,
     };
     if let Some(n) = notice {
         (sup.report)(&RunEvent::Notice(n));
@@ -337,6 +340,9 @@ impl Supervisor<'_> {
                 } else {
                     self.schedule()?;
                 }
+            } else {
+                // A hung job would never answer the stop: the run must still end.
+                self.stop_hung_jobs(self.now_s());
             }
             let now = self.now_s();
             if now - last_redraw >= REDRAW_S {
@@ -671,8 +677,14 @@ impl Supervisor<'_> {
                 })
                 .collect(),
         };
-        if let Err(e) = saved.save(dir) {
-            (self.report)(&RunEvent::Notice(e.to_string()));
+        match saved.save(dir) {
+            Err(e) if !self.state_unsaved => {
+                self.state_unsaved = true;
+                (self.report)(&RunEvent::Notice(format!(
+                    "{e}; the run goes on (--resume would use the last state saved)"
+                )));
+            }
+            _ => {}
         }
     }
 

@@ -290,6 +290,9 @@ pub fn train(
             step_s: finished_at.elapsed().as_secs_f64(),
             checkpoint_error: None,
         };
+        // A checkpoint's time counts in the next step's share, as the host spends it between
+        // the two.
+        finished_at = Instant::now();
         if checkpoint_due(opts, outcome.step) {
             match save(job, engine, opts, &layout, outcome.step, &mut kept) {
                 Ok(path) => {
@@ -303,7 +306,6 @@ pub fn train(
             }
         }
         on_step(&progress);
-        finished_at = Instant::now();
     }
     outcome.stopped = outcome.step < job.iterations;
     if saved_at != outcome.step {

@@ -116,6 +116,12 @@ impl JobProcess {
         }
     }
 
+    /// Ends the process at once (SIGKILL): for one that no longer answers. Its closed output
+    /// then arrives as usual.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
     /// Waits for the process to end; describes how it ended when that was not a clean exit,
     /// with the last line it printed to standard error.
     pub fn wait(mut self) -> Option<String> {

@@ -229,6 +229,14 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
 inline int __ffs(int x) { return ffs(x); }
 inline float __int_as_float(int x) { return emu::bits_f((unsigned)x); }
 inline float __uint_as_float(unsigned x) { return emu::bits_f(x); }
+inline unsigned __float_as_uint(float x) { return emu::f_bits(x); }
+// Round-to-nearest arithmetic: the host neither contracts nor reorders these (no -ffast-math).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

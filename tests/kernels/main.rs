@@ -7,6 +7,7 @@
 mod bias_grad;
 mod cast;
 mod conv2d;
+mod crop;
 mod elementwise;
 mod gelu;
 mod heads;
@@ -16,6 +17,7 @@ mod mean_tokens;
 mod optimizer;
 mod patchify;
 mod softmax;
+mod soft_argmax;
 mod softmax_cross_entropy;
 mod window_attention;
 

@@ -1,7 +1,8 @@
 //! `kernels/crop.cu` against `crop::cpu` (the tracker's crop, OpenCV's fixed-point resize):
 //! bit for bit, on the GPU and on the host emulator (`scripts/emulator/crop.cpp`), over
 //! random frames and windows that exercise every resize path (copy, exact 2x area,
-//! bilinear up and down) and windows partly outside the frame on every side.
+//! bilinear up and down, taps on exact pixels) and windows partly outside the frame on every
+//! side.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -46,19 +47,22 @@ fn cases(seed: u64, small: bool) -> Vec<Case> {
         &[128, 384, 96]
     };
     let mut cases = Vec::new();
-    for (i, &output) in outputs.iter().cycle().take(12).enumerate() {
+    for (i, &output) in outputs.iter().cycle().take(15).enumerate() {
         let (height, width) = if small {
             (rng.random_range(30..90), rng.random_range(30..120))
         } else {
             (rng.random_range(200..500), rng.random_range(200..700))
         };
         let frame: Vec<u8> = (0..height * width * 3).map(|_| rng.random()).collect();
-        // Every resize path: a copy, the exact 2x area reduction, up and down bilinear.
-        let size = match i % 4 {
+        // Every resize path: a copy, the exact 2x area reduction, up and down bilinear, and
+        // 3x down, where every tap lands on a pixel (weight 0 on its neighbour: the mask must
+        // not count the neighbour).
+        let size = match i % 5 {
             0 => output,
             1 => 2 * output,
             2 => rng.random_range(output / 3..output),
-            _ => rng.random_range(output + 1..3 * output),
+            3 => rng.random_range(output + 1..3 * output),
+            _ => 3 * output,
         };
         // Corners that put the window partly outside on each side, or inside.
         let (x1, y1) = loop {
@@ -216,8 +220,12 @@ fn crop_kernel_on_the_host_emulator_matches_the_cpu() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&input).unwrap();
+    // Fed from another thread: the emulator writes each case's output before reading the
+    // next case, so one thread writing everything first would fill both pipes and wait.
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
     let _ = std::fs::remove_file(&exe);
     assert!(out.status.success(), "the emulator failed");
     let mut rest = out.stdout.as_slice();

@@ -64,7 +64,16 @@ fn scale_by_dot_matches_the_cpu_reference() {
         let mut y = s.alloc_zeros::<half::bf16>(rows * width).unwrap();
         gpu::poison_nan(s, &mut y).unwrap();
         kernels.scale_by_dot(s, &dx, &dv, &mut y, rows).unwrap();
-        let got: Vec<f32> = gpu::download(s, &y).unwrap().iter().map(|b| b.to_f32()).collect();
-        assert_within(&format!("scale_by_dot {rows}x{width} bf16"), &got, &want, 4e-3);
+        let got: Vec<f32> = gpu::download(s, &y)
+            .unwrap()
+            .iter()
+            .map(|b| b.to_f32())
+            .collect();
+        assert_within(
+            &format!("scale_by_dot {rows}x{width} bf16"),
+            &got,
+            &want,
+            4e-3,
+        );
     }
 }

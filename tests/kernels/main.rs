@@ -17,8 +17,8 @@ mod max_pool;
 mod mean_tokens;
 mod optimizer;
 mod patchify;
-mod softmax;
 mod soft_argmax;
+mod softmax;
 mod softmax_cross_entropy;
 mod window_attention;
 

@@ -298,7 +298,12 @@ mod tests {
     #[test]
     fn sampled_mask_is_the_full_mask_sampled() {
         // Windows padded on each side, for every resize path (copy, 2x area, bilinear).
-        for (size, x1, y1) in [(384, -10, 5), (768, 100, -300), (200, -50, -50), (500, 0, 0)] {
+        for (size, x1, y1) in [
+            (384, -10, 5),
+            (768, 100, -300),
+            (200, -50, -50),
+            (500, 0, 0),
+        ] {
             let win = CropWindow {
                 size,
                 x1,

@@ -855,18 +855,23 @@ impl<T: Storage> Network for GpuNetwork<T> {
         stages: bool,
     ) -> Result<(Features, Option<BackboneStages>)> {
         let side = crop.side;
+        let largest = self
+            .weights
+            .config
+            .search_crop
+            .max(self.weights.config.template_crop);
         if !side.is_multiple_of(FEATURE_STRIDE)
-            || side
-                > self
-                    .weights
-                    .config
-                    .search_crop
-                    .max(self.weights.config.template_crop)
+            || side > largest
+            || crop.pixels.len() != side * side * 3
+            || crop.mask.len() != side * side
         {
             return Err(Error::invalid(
                 "crop",
                 format!(
-                    "side {side} is not a multiple of {FEATURE_STRIDE} up to the model's crops"
+                    "side {side} with {} pixel bytes and {} mask bytes; expected a multiple of \
+                     {FEATURE_STRIDE} up to {largest}, side^2 x 3 pixel and side^2 mask bytes",
+                    crop.pixels.len(),
+                    crop.mask.len()
                 ),
             ));
         }
@@ -983,14 +988,12 @@ impl<T: Storage> Network for GpuNetwork<T> {
         self.load_masks()?;
         let s = self.gpu.stream().clone();
         if self.use_graph && self.warm && !self.timing {
-            if self.graph.is_none() {
-                let graph = Graph::capture(&s, || self.step(None))?;
-                self.graph = Some(graph);
-            }
-            match &self.graph {
-                Some(g) => g.replay()?,
-                None => unreachable!("captured above"),
-            }
+            let graph = match self.graph.take() {
+                Some(g) => g,
+                None => Graph::capture(&s, || self.step(None))?,
+            };
+            graph.replay()?;
+            self.graph = Some(graph);
             self.stages = None;
         } else {
             // The eager step plans every convolution (cuDNN's benchmark), so a capture

@@ -218,6 +218,19 @@ inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     }
     return emu::group(mask).f[par][src];
 }
+inline double __shfl_xor_sync(unsigned mask, double v, int o) {
+    unsigned mine[2];
+    memcpy(mine, &v, 8);
+    const unsigned par = emu::exchange(mask, nullptr, mine, 2);
+    const int src = emu::lane() ^ o;
+    if (!(mask >> src & 1)) {
+        fprintf(stderr, "shfl from lane %d outside mask %08x\n", src, mask);
+        abort();
+    }
+    double r;
+    memcpy(&r, emu::group(mask).u[par][src], 8);
+    return r;
+}
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     const unsigned u = pred ? 1 : 0;
     const unsigned par = emu::exchange(mask, nullptr, &u, 1);

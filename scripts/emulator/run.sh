@@ -9,10 +9,12 @@
 #   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision;
 #   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
 #   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
-#     random frames and boxes, partly outside the frame, every resize path, bit for bit).
+#     random frames and boxes, partly outside the frame, every resize path, bit for bit);
+#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores).
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop] [GROUP]   (needs g++)
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax] [GROUP]
+# (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${TMPDIR:-/tmp}/attnrt-emulator"
@@ -36,4 +38,8 @@ if [ "$what" = all ] || [ "$what" = max_pool ]; then
 fi
 if [ "$what" = all ] || [ "$what" = crop ]; then
   (cd "$here/../.." && cargo test --release --test kernels crop_kernel_on_the_host_emulator)
+fi
+if [ "$what" = all ] || [ "$what" = soft_argmax ]; then
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/soft_argmax" "$here/soft_argmax.cpp"
+  "$out/soft_argmax"
 fi

@@ -56,7 +56,8 @@ cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$sta
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh \
   scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
   scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
-  scripts/perf-attention.sh scripts/sanitize.sh examples/train-vit-synthetic.toml "$stage/"
+  scripts/perf-attention.sh scripts/perf-tracker.sh scripts/convert_checkpoint.py \
+  scripts/make_jpeg_sequence.py scripts/sanitize.sh examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
@@ -74,3 +75,5 @@ echo "  bash $stage/perf-attention.sh $stage"
 echo "every kernel test under compute-sanitizer's memcheck, racecheck, initcheck, synccheck"
 echo "(about 15 minutes; results under \$OUT, summary in sanitizer-summary.txt):"
 echo "  bash $stage/sanitize.sh $stage"
+echo "the whole tracker against the original's (about 9 minutes; under \$OUT; carry 'orig'):"
+echo "  bash $stage/perf-tracker.sh $stage orig"

@@ -141,6 +141,8 @@ fn run(args: Args) -> Result<ExitCode> {
         check: args.check.as_deref(),
         device: args.device,
         precision: args.precision,
+        mode: args.mode,
+        graph: args.graph,
         json: args.json,
         iters: args.iters,
         warmup: args.warmup,

@@ -6,10 +6,11 @@
 # checks compare against float64 loops (the same cases as the GPU tests, smaller):
 #   window_attention: kernels/window_attention.cu, every precision, window, head width
 #     (1-128), key split and the fused launch;
-#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision.
+#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision;
+#   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear] [GROUP]   (needs g++)
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool] [GROUP]   (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${TMPDIR:-/tmp}/attnrt-emulator"
@@ -25,4 +26,9 @@ if [ "$what" = all ] || [ "$what" = linear ]; then
     "$here/linear.cpp"
   "$out/linear_rows"
   "$out/linear_tiles"
+fi
+if [ "$what" = all ] || [ "$what" = max_pool ]; then
+  # include/ stands in for the CUDA headers the kernel includes (bf16 storage).
+  g++ -std=c++17 -O1 -I"$here/include" -I"$here/../../kernels" -o "$out/max_pool" "$here/max_pool.cpp"
+  "$out/max_pool"
 fi

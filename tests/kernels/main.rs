@@ -12,6 +12,7 @@ mod gelu;
 mod heads;
 mod layer_norm;
 mod linear;
+mod max_pool;
 mod mean_tokens;
 mod optimizer;
 mod patchify;

@@ -158,27 +158,33 @@ pub fn batch_norm_eval(
 }
 
 /// Moves the running statistics towards the batch's: `r = (1 - m) r + m s`, with the
-/// unbiased variance for `running_var` (a batch of one row leaves the variance's unbiased
-/// estimate undefined; PyTorch then refuses to train, and so does this: an error).
+/// unbiased variance for `running_var`, as PyTorch. `shards` are the statistics of the parts a
+/// batch was normalised in (one for a whole batch) with their weights (summing to 1): their
+/// means and unbiased variances are averaged with those weights. A part of one row leaves
+/// the unbiased variance undefined; PyTorch then refuses to train, and so does this.
 pub fn update_running(
-    stats: &BatchStats,
+    shards: &[(f64, &BatchStats)],
     running_mean: &mut [f32],
     running_var: &mut [f32],
 ) -> Result<()> {
-    if stats.rows < 2 {
+    if shards.iter().any(|(_, s)| s.rows < 2) {
         return Err(Error::invalid(
             "batch_norm running statistics",
             "train mode needs more than one value per channel (batch x height x width >= 2)",
         ));
     }
-    let unbias = stats.rows as f64 / (stats.rows - 1) as f64;
     for (j, (rm, rv)) in running_mean
         .iter_mut()
         .zip(running_var.iter_mut())
         .enumerate()
     {
-        *rm = ((1.0 - MOMENTUM) * f64::from(*rm) + MOMENTUM * stats.mean[j]) as f32;
-        *rv = ((1.0 - MOMENTUM) * f64::from(*rv) + MOMENTUM * stats.var[j] * unbias) as f32;
+        let (mut mean, mut var) = (0.0, 0.0);
+        for (w, s) in shards {
+            mean += w * s.mean[j];
+            var += w * s.var[j] * s.rows as f64 / (s.rows - 1) as f64;
+        }
+        *rm = ((1.0 - MOMENTUM) * f64::from(*rm) + MOMENTUM * mean) as f32;
+        *rv = ((1.0 - MOMENTUM) * f64::from(*rv) + MOMENTUM * var) as f32;
     }
     Ok(())
 }
@@ -249,7 +255,7 @@ mod tests {
             y[0]
         );
         let (mut rm, mut rv) = (vec![0.0f32, 0.0], vec![1.0f32, 1.0]);
-        update_running(&s, &mut rm, &mut rv).unwrap();
+        update_running(&[(1.0, &s)], &mut rm, &mut rv).unwrap();
         assert!((rm[0] - 0.25).abs() < 1e-7 && (rm[1] - 0.2).abs() < 1e-7);
         assert!(
             (f64::from(rv[0]) - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-6,
@@ -264,7 +270,7 @@ mod tests {
             mean: vec![0.0],
             var: vec![0.0],
         };
-        assert!(update_running(&one, &mut [0.0], &mut [1.0]).is_err());
+        assert!(update_running(&[(1.0, &one)], &mut [0.0], &mut [1.0]).is_err());
         let e = batch_norm_train(&x, 3, &[1.0; 3], &[0.0; 3]).unwrap_err();
         assert!(e.to_string().contains("batch_norm input"), "{e}");
     }

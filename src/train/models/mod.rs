@@ -12,6 +12,7 @@
 //!   `vit-small` is `vit:4,384,12,6,1536`. `vit-tiny-win`, `vit-small-win` and
 //!   `vit:P,D,L,H,M,win` are the same with CSWinTT's cyclic-shift window attention.
 
+pub mod cnn;
 pub mod cpu;
 pub mod vit;
 

@@ -7,11 +7,14 @@
 //! ([`Graph::buffers`]).
 
 pub mod cpu;
+pub mod golden;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::base::TensorFile;
+use crate::kernels::batch_norm::cpu::{BatchStats, update_running};
 use crate::kernels::conv2d::Conv2dShape;
 use crate::kernels::pool::Pool2d;
 use crate::train::data::ImageShape;
@@ -285,6 +288,65 @@ impl Graph {
             }
         }
         params
+    }
+}
+
+impl Graph {
+    /// Updates every batch norm's running statistics (`buffers`, in [`Graph::buffers`]'s
+    /// layout) from the statistics of the shards a batch was normalised in, each with its
+    /// weight (its share of the batch; empty shards have no statistics and are left out).
+    pub fn update_buffers(
+        &self,
+        buffers: &mut [f32],
+        shards: &[(f64, &Vec<BatchStats>)],
+    ) -> Result<()> {
+        let mut at = 0;
+        for (i, (_, c)) in self.norms.iter().enumerate() {
+            let parts: Vec<_> = shards
+                .iter()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(w, s)| (*w, &s[i]))
+                .collect();
+            let (mean, var) = buffers[at..at + 2 * c].split_at_mut(*c);
+            update_running(&parts, mean, var)?;
+            at += 2 * c;
+        }
+        Ok(())
+    }
+
+    /// The parameters and running statistics stored in `file` under torchvision's names
+    /// (after `prefix`), each checked for its shape; a missing tensor, a wrong shape and a
+    /// tensor the model does not have (a name of another model) are errors naming the file
+    /// and the tensor. `num_batches_tracked` counters are accepted and not used.
+    pub fn load(&self, file: &TensorFile, prefix: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+        let read = |layout: &Layout| -> Result<Vec<f32>> {
+            let mut v = vec![0.0f32; layout.total];
+            for s in &layout.slots {
+                let name = format!("{prefix}{}", s.name);
+                let t = file.f32_shaped(&name, &s.shape)?;
+                v[s.range()].copy_from_slice(&t.data);
+            }
+            Ok(v)
+        };
+        let (layout, buffers) = (&self.layout, self.buffers());
+        let params = read(layout)?;
+        let stats = read(&buffers)?;
+        let known: std::collections::HashSet<&str> = layout
+            .slots
+            .iter()
+            .chain(&buffers.slots)
+            .map(|s| s.name.as_str())
+            .collect();
+        if let Some(extra) = file.names().into_iter().find(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|n| !known.contains(n) && !n.ends_with(".num_batches_tracked"))
+        }) {
+            return Err(Error::invalid(
+                file.context(&extra),
+                format!("{} has no such tensor", self.config.arch.name()),
+            ));
+        }
+        Ok((params, stats))
     }
 }
 

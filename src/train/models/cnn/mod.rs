@@ -60,7 +60,7 @@ impl Arch {
     pub fn min_size(self) -> usize {
         (1..1024)
             .find(|&s| {
-                build(
+                assemble(
                     CnnConfig {
                         arch: self,
                         classes: 1,
@@ -351,8 +351,24 @@ impl Graph {
 }
 
 /// Builds the graph of `config`; `context` names the job and key in errors (an input too
-/// small for the architecture, zero classes, images that are not 3-channel squares).
+/// small for the architecture, zero classes, images that are not 3-channel).
 pub fn build(config: CnnConfig, context: &str) -> Result<Graph> {
+    assemble(config, context).map_err(|e| match e {
+        Error::Invalid { problem, .. } if problem.contains("too small") => {
+            let min = config.arch.min_size();
+            Error::invalid(
+                context,
+                format!(
+                    "{problem}; {} takes {min}x{min} or more",
+                    config.arch.name()
+                ),
+            )
+        }
+        e => e,
+    })
+}
+
+fn assemble(config: CnnConfig, context: &str) -> Result<Graph> {
     let name = config.arch.name();
     let img = config.image;
     if config.classes == 0 {

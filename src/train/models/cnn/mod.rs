@@ -350,6 +350,11 @@ impl Graph {
     }
 }
 
+/// The graph of a configuration [`build`] has accepted (a [`ModelSpec`](super::ModelSpec)'s).
+pub fn graph(config: CnnConfig) -> Graph {
+    assemble(config, "").expect("a configuration checked when the model was parsed")
+}
+
 /// Builds the graph of `config`; `context` names the job and key in errors (an input too
 /// small for the architecture, zero classes, images that are not 3-channel).
 pub fn build(config: CnnConfig, context: &str) -> Result<Graph> {

@@ -158,3 +158,157 @@ fn shufflenet_trains_on_two_uneven_cpu_shards() {
     assert!(state.buffers.iter().all(|v| v.is_finite()));
     assert_ne!(state.buffers, fresh.buffers);
 }
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use attnrt::base::safetensors::{OutTensor, write_file};
+use attnrt::train::models::cnn::{self, Arch, CnnConfig};
+
+/// A one-job file training `model` on synthetic images of `side` for `iterations` steps,
+/// with `extra` keys.
+fn cnn_job(dir: &Path, model: &str, side: usize, iterations: u64, extra: &str) -> PathBuf {
+    let path = dir.join(format!("{model}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[job]]\nname = \"cnn\"\nmodel = \"{model}\"\ndataset = \"synthetic:16,{side}\"\n\
+             batch_size = 4\niterations = {iterations}\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `model`'s initial parameters and running statistics under torchvision's names, as
+/// `scripts/export_torchvision.py` writes them; `rename` changes one name, `classes` the
+/// classifier.
+fn write_weights(path: &Path, arch: Arch, classes: usize, rename: Option<(&str, &str)>) {
+    let image = attnrt::train::data::ImageShape {
+        channels: 3,
+        height: 64,
+        width: 64,
+    };
+    let graph = cnn::build(
+        CnnConfig {
+            arch,
+            classes,
+            image,
+        },
+        "test",
+    )
+    .unwrap();
+    let (params, buffers) = (graph.init(5), graph.initial_buffers());
+    let (layout, buffer_layout) = (&graph.layout, graph.buffers());
+    let mut tensors: Vec<(String, OutTensor<'_>)> = Vec::new();
+    for (l, values) in [(layout, &params), (&buffer_layout, &buffers)] {
+        for s in &l.slots {
+            let name = match rename {
+                Some((from, to)) if s.name == from => to.to_string(),
+                _ => s.name.clone(),
+            };
+            tensors.push((
+                name,
+                OutTensor::F32 {
+                    shape: &s.shape,
+                    data: &values[s.range()],
+                },
+            ));
+        }
+    }
+    write_file(path, &tensors, &BTreeMap::new()).unwrap();
+}
+
+fn train_cli(job: &Path) -> (i32, String) {
+    run(train().arg("--jobs").arg(job).args(["--gpus", "cpu:2"]))
+}
+
+#[test]
+fn cnn_jobs_train_from_initial_weights_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("alexnet.safetensors");
+    write_weights(&weights, Arch::AlexNet, 10, None);
+    let extra = format!("classes = 10\ninit_weights = \"{}\"\n", weights.display());
+    let job = cnn_job(dir.path(), "alexnet", 63, 2, &extra);
+    let (code, text) = train_cli(&job);
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn bad_cnn_jobs_are_errors_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let weights = d.join("w.safetensors");
+    write_weights(&weights, Arch::ShuffleNetV2, 10, None);
+    let renamed = d.join("renamed.safetensors");
+    write_weights(
+        &renamed,
+        Arch::ShuffleNetV2,
+        10,
+        Some(("fc.bias", "head.bias")),
+    );
+    let classes_1000 = d.join("k1000.safetensors");
+    write_weights(&classes_1000, Arch::ShuffleNetV2, 1000, None);
+    let init = |p: &Path| format!("classes = 10\ninit_weights = \"{}\"\n", p.display());
+    for (model, side, extra, key, want) in [
+        (
+            "resnet18",
+            32,
+            String::new(),
+            "model",
+            "'resnet18' is not one of",
+        ),
+        (
+            "resnet50",
+            32,
+            "classes = 0\n".into(),
+            "classes",
+            "must be at least 1",
+        ),
+        (
+            "resnet50",
+            32,
+            "classes = 5\n".into(),
+            "classes",
+            "5 outputs for a dataset of 10",
+        ),
+        ("alexnet", 32, String::new(), "model", "63x63 or more"),
+        (
+            "shufflenet_v2_x1_0",
+            32,
+            init(&d.join("missing.safetensors")),
+            "init_weights",
+            "missing.safetensors",
+        ),
+        (
+            "shufflenet_v2_x1_0",
+            32,
+            init(&renamed),
+            "init_weights",
+            "renamed.safetensors: tensor 'fc.bias'",
+        ),
+        (
+            "shufflenet_v2_x1_0",
+            32,
+            init(&classes_1000),
+            "init_weights",
+            "k1000.safetensors: tensor 'fc.weight'",
+        ),
+        (
+            "mlp:8",
+            32,
+            init(&weights),
+            "init_weights",
+            "only the torchvision CNNs",
+        ),
+    ] {
+        let job = cnn_job(d, model.split(':').next().unwrap(), side, 1, &extra);
+        let (code, text) = train_cli(&job);
+        assert_eq!(code, 1, "{model} {extra}: {text}");
+        let ctx = format!("{}: job 'cnn': {key}", job.display());
+        assert!(
+            text.contains(&ctx) && text.contains(want),
+            "{model} {extra}: {text}"
+        );
+    }
+}

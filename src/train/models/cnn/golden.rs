@@ -122,7 +122,8 @@ pub fn check(path: &Path) -> Result<Report> {
             image,
         },
         &file.context("input.images"),
-    )?;
+    )?
+    .without_dropout();
     let (params, mut buffers) = graph.load(&file, "weights.")?;
 
     let mut grads = vec![0.0f32; params.len()];

@@ -181,6 +181,17 @@ impl Graph {
             .collect()
     }
 
+    /// The same graph with dropout off (the golden files' AlexNet, comparisons with PyTorch,
+    /// which draws other masks).
+    pub fn without_dropout(mut self) -> Graph {
+        for n in &mut self.nodes {
+            if let Op::Dropout { p } = &mut n.op {
+                *p = 0.0;
+            }
+        }
+        self
+    }
+
     /// Forward multiply-adds times two per sample: convolutions and linears.
     pub fn flops(&self) -> f64 {
         self.nodes.iter().map(|n| self.node_flops(n)).sum()

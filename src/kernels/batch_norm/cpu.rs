@@ -230,15 +230,10 @@ pub fn batch_norm_backward(
 mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    /// `n` distinct values in [-1, 1).
+    fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
-            .map(|_| {
-                z ^= z << 13;
-                z ^= z >> 7;
-                z ^= z << 17;
-                (z % 2001) as f32 / 1000.0 - 1.0
-            })
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0)
             .collect()
     }
 

@@ -243,20 +243,10 @@ pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f3
             ("dy", dy.len(), conv.shape.output_len()),
         ],
     )?;
-    let (h, w, cin, cout) = (
-        conv.shape.height,
-        conv.shape.width,
-        conv.shape.in_channels,
-        conv.shape.out_channels,
-    );
-    let (oh, ow, s, pad) = (
-        conv.shape.out_size()[0],
-        conv.shape.out_size()[1],
-        conv.shape.stride,
-        conv.shape.pad,
-    );
-    let (kh, kw) = (conv.shape.kernel_h, conv.shape.kernel_w);
-    let (cin_g, cout_g) = (cin / conv.shape.groups, cout / conv.shape.groups);
+    let g = &conv.shape;
+    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
+    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
+    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     // The output pixel (oy) that tap ky of input row iy feeds, if any.
     let tap = |i: usize, k: usize, out: usize| -> Option<usize> {
         let o = (i + pad).checked_sub(k)?;
@@ -297,20 +287,10 @@ pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f
             ("dy", dy.len(), conv.shape.output_len()),
         ],
     )?;
-    let (h, w, cin, cout) = (
-        conv.shape.height,
-        conv.shape.width,
-        conv.shape.in_channels,
-        conv.shape.out_channels,
-    );
-    let (oh, ow, s, pad) = (
-        conv.shape.out_size()[0],
-        conv.shape.out_size()[1],
-        conv.shape.stride,
-        conv.shape.pad,
-    );
-    let (kh, kw) = (conv.shape.kernel_h, conv.shape.kernel_w);
-    let (cin_g, cout_g) = (cin / conv.shape.groups, cout / conv.shape.groups);
+    let g = &conv.shape;
+    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
+    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
+    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     let per_out = cin_g * kh * kw;
     let mut dw = vec![0.0f32; conv.shape.weight_len()];
     dw.par_chunks_mut(per_out).enumerate().for_each(|(o, dwo)| {

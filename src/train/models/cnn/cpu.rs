@@ -137,16 +137,7 @@ fn pool_call(
     stride: usize,
     pad: usize,
 ) -> Pool2d {
-    let [h, w, c] = graph.shapes[node.inputs[0]];
-    Pool2d {
-        batch: n,
-        channels: c,
-        height: h,
-        width: w,
-        kernel,
-        stride,
-        pad,
-    }
+    Pool2d::new(n, graph.shapes[node.inputs[0]], kernel, stride, pad)
 }
 
 fn windows(graph: &Graph, node: &Node, n: usize) -> Result<Windows> {

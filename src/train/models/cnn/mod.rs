@@ -551,16 +551,8 @@ impl Builder {
         stride: usize,
         pad: usize,
     ) -> Result<usize> {
-        let [h, w, c] = self.shapes[x];
-        let pool = Pool2d {
-            batch: 1,
-            channels: c,
-            height: h,
-            width: w,
-            kernel,
-            stride,
-            pad,
-        };
+        let c = self.channels(x);
+        let pool = Pool2d::new(1, self.shapes[x], kernel, stride, pad);
         if pool.check("").is_err() {
             return Err(self.too_small(name));
         }
@@ -712,22 +704,17 @@ fn alexnet(b: &mut Builder, classes: usize) -> Result<usize> {
         [6, 6, 256],
     );
     x = b.node("flatten", Op::Flatten, vec![x], [1, 1, 256 * 36]);
-    x = b.node(
-        "classifier.0",
-        Op::Dropout { p: 0.5 },
-        vec![x],
-        [1, 1, 9216],
-    );
-    x = b.linear(x, "classifier.1", 4096);
-    x = b.relu(x, "classifier.2");
-    x = b.node(
-        "classifier.3",
-        Op::Dropout { p: 0.5 },
-        vec![x],
-        [1, 1, 4096],
-    );
-    x = b.linear(x, "classifier.4", 4096);
-    x = b.relu(x, "classifier.5");
+    for i in [0, 3] {
+        let shape = b.shapes[x];
+        x = b.node(
+            &format!("classifier.{i}"),
+            Op::Dropout { p: 0.5 },
+            vec![x],
+            shape,
+        );
+        x = b.linear(x, &format!("classifier.{}", i + 1), 4096);
+        x = b.relu(x, &format!("classifier.{}", i + 2));
+    }
     Ok(b.linear(x, "classifier.6", classes))
 }
 

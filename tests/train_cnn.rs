@@ -378,3 +378,47 @@ fn gradients_match_central_differences() {
         }
     }
 }
+
+/// A CNN's running statistics are saved with its checkpoints (`buffer/NAME`) and a resumed
+/// run continues from them.
+#[test]
+fn cnn_checkpoints_keep_the_running_statistics_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let run_to = |iterations: u64, resume: bool| {
+        let job = cnn_job(
+            dir.path(),
+            "shufflenet_v2_x1_0",
+            32,
+            iterations,
+            "classes = 10\n",
+        );
+        let mut cmd = train();
+        cmd.arg("--jobs")
+            .arg(&job)
+            .args(["--gpus", "cpu:2", "--checkpoint-dir"])
+            .arg(&ckpt);
+        if resume {
+            cmd.arg("--resume");
+        }
+        run(&mut cmd)
+    };
+    let (code, text) = run_to(2, false);
+    assert_eq!(code, 0, "{text}");
+    let (meta, tensors) = attnrt::train::checkpoint::load_latest(&ckpt)
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.step, 2);
+    let var = &tensors["buffer/conv5.1.running_var"];
+    assert_eq!(var.shape, vec![1024]);
+    assert!(
+        var.data.iter().all(|v| v.is_finite() && *v != 1.0),
+        "not updated"
+    );
+    let (code, text) = run_to(3, true);
+    assert_eq!(code, 0, "{text}");
+    let (meta, _) = attnrt::train::checkpoint::load_latest(&ckpt)
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.step, 3);
+}

@@ -311,6 +311,13 @@ impl Graph {
         buffers: &mut [f32],
         shards: &[(f64, &Vec<BatchStats>)],
     ) -> Result<()> {
+        let want = self.buffers().total;
+        if buffers.len() != want {
+            return Err(Error::invalid(
+                format!("{} running statistics", self.config.arch.name()),
+                format!("{} values, expected {want}", buffers.len()),
+            ));
+        }
         let mut at = 0;
         for (i, (_, c)) in self.norms.iter().enumerate() {
             let parts: Vec<_> = shards

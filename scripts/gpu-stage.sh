@@ -52,7 +52,8 @@ done
 strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
 # make_weights.py makes the tracker golden's weights from the recipe in its metadata.
-cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$stage/golden/"
+cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$golden"/train \
+  "$stage/golden/"
 cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh \
   scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
   scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \

@@ -118,7 +118,7 @@ fn batch_norms_fold_into_the_convolutions() {
     // layer1.0.conv2 (3x3) then its norm, against the folded convolution.
     let conv = &w.backbone.stages[0][0].conv2;
     let g = conv.geometry(1, 6, 5, false, Layout::Nhwc);
-    let x: Vec<f32> = (0..g.input_len())
+    let x: Vec<f32> = (0..g.shape.input_len())
         .map(|i| (i % 17) as f32 / 8.0 - 1.0)
         .collect();
     let raw = conv2d(
@@ -393,7 +393,7 @@ fn conv2d_geometry_of_a_folded_convolution() {
     let w = TrackerWeights::load(tiny_file(dir.path(), 1)).unwrap();
     let g: Conv2d = w.backbone.stem.geometry(1, 256, 256, true, Layout::Nhwc);
     assert_eq!(
-        (g.out_height(), g.out_width(), g.stride, g.pad),
-        (128, 128, 2, 3)
+        (g.shape.out_size(), g.shape.stride, g.shape.pad),
+        ([128, 128], 2, 3)
     );
 }

@@ -606,7 +606,7 @@ fn model_names_are_checked_with_the_job_named() {
     let shape = Dataset::synthetic(1, 0).shape();
     let ctx = "jobs.toml: job 'a': model";
     for bad in [
-        "resnet50",
+        "resnet18",
         "mlp:0",
         "mlp:12,x",
         "vit:4,30,2,4,64",

@@ -237,6 +237,29 @@ impl TensorFile {
         Ok((info.shape.clone(), self.raw(info).to_vec()))
     }
 
+    /// Tensor `name` as integers: I64 or I32 (labels, counters).
+    pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let info = self.info(name)?;
+        let raw = self.raw(info);
+        let data = match info.dtype {
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes(c.try_into().unwrap_or([0; 4]))))
+                .collect(),
+            other => {
+                return Err(Error::invalid(
+                    self.context(name),
+                    format!("unsupported dtype {other:?}: expected I64 or I32"),
+                ));
+            }
+        };
+        Ok((info.shape.clone(), data))
+    }
+
     /// Like [`TensorFile::f32`], and checks the shape.
     pub fn f32_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.check_shape(name, shape)?;

@@ -65,8 +65,8 @@ pub mod cpu;
 /// over.
 pub const WORKSPACE_LIMIT: usize = 256 << 20;
 
-/// The geometry of one 2-D convolution (see the module docs for the layouts), with the
-/// reference's field names ([`cpu::Conv2d`] adds the layout and the ReLU).
+/// The geometry of one 2-D convolution (see the module docs for the layouts): the launcher's
+/// and the reference's ([`cpu::Conv2d`] adds the activations' layout and the ReLU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dShape {
     pub batch: usize,

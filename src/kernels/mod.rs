@@ -7,10 +7,13 @@
 pub use crate::gpu::images::{KernelModule, compiled};
 
 pub mod allreduce;
+pub mod avg_pool;
+pub mod batch_norm;
 pub mod bias_grad;
 pub mod cast;
 pub mod conv2d;
 pub mod crop;
+pub mod dropout;
 pub mod elementwise;
 pub mod gelu;
 pub mod heads;

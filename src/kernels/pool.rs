@@ -17,6 +17,25 @@ pub struct Pool2d {
 }
 
 impl Pool2d {
+    /// A `kernel x kernel` window over `batch` images of `[height, width, channels]`.
+    pub fn new(
+        batch: usize,
+        [height, width, channels]: [usize; 3],
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Pool2d {
+        Pool2d {
+            batch,
+            channels,
+            height,
+            width,
+            kernel,
+            stride,
+            pad,
+        }
+    }
+
     /// Output height and width (0 where the window does not fit; [`Self::check`] refuses
     /// those).
     pub fn out_size(&self) -> [usize; 2] {

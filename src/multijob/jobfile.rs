@@ -54,6 +54,8 @@ impl JobFile {
                 optimizer: None,
                 lr: None,
                 precision: None,
+                classes: None,
+                init_weights: None,
             })
             .collect();
         JobFile {

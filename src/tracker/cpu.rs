@@ -246,8 +246,8 @@ fn conv(c: &Conv, x: &Activation, relu: bool, residual: Option<&Activation>) -> 
         residual.map(|r| r.data.as_slice()),
     )?;
     Ok(Activation {
-        height: g.out_height(),
-        width: g.out_width(),
+        height: g.shape.out_size()[0],
+        width: g.shape.out_size()[1],
         channels: c.out_channels,
         data,
     })

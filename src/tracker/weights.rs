@@ -104,17 +104,17 @@ pub struct Conv {
 impl Conv {
     /// The [`Conv2d`] call on a `(batch, in, h, w)` input.
     pub fn geometry(&self, batch: usize, h: usize, w: usize, relu: bool, layout: Layout) -> Conv2d {
-        Conv2d {
+        let shape = Conv2dShape::new(
             batch,
-            in_channels: self.in_channels,
-            height: h,
-            width: w,
-            out_channels: self.out_channels,
-            kernel_h: self.kernel,
-            kernel_w: self.kernel,
-            stride: self.stride,
-            pad: self.pad,
-            groups: 1,
+            [h, w],
+            self.in_channels,
+            self.out_channels,
+            self.kernel,
+        )
+        .with_stride(self.stride)
+        .with_pad(self.pad);
+        Conv2d {
+            shape,
             relu,
             layout,
         }

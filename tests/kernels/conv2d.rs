@@ -139,16 +139,7 @@ fn download<T: Element>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
 /// The reference's description of `shape` (NHWC).
 fn reference(shape: &Conv2dShape, relu: bool) -> cpu::Conv2d {
     cpu::Conv2d {
-        batch: shape.batch,
-        in_channels: shape.in_channels,
-        height: shape.height,
-        width: shape.width,
-        out_channels: shape.out_channels,
-        kernel_h: shape.kernel_h,
-        kernel_w: shape.kernel_w,
-        stride: shape.stride,
-        pad: shape.pad,
-        groups: shape.groups,
+        shape: *shape,
         relu,
         layout: Layout::Nhwc,
     }

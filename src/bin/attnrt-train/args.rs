@@ -32,6 +32,8 @@ fn policy_parser() -> impl TypedValueParser<Value = PolicyKind> {
 ///       --report thesis.json --plot thesis.svg
 ///   attnrt-train --jobs examples/train-mlp-synthetic.toml --gpus cuda:0,1 \
 ///       --checkpoint-dir ckpt --checkpoint-every 50 --report run.json
+///   attnrt-train --check ../shared/golden/train/shufflenet_s1.golden.safetensors --gpus cpu
+///   attnrt-train --describe resnet50 --classes 10 --size 32
 #[derive(Debug, Parser)]
 #[command(name = "attnrt-train", version, verbatim_doc_comment)]
 pub struct Args {
@@ -40,8 +42,32 @@ pub struct Args {
     pub simulate: bool,
 
     /// The job file (TOML): [manager], [simulation] and [[job]] tables; see docs/SCHEDULING.md.
-    #[arg(long, value_name = "FILE", required_unless_present = "job_process")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["job_process", "check", "describe"]
+    )]
     pub jobs: Option<PathBuf>,
+
+    /// Run one training step from a train-step golden file (a torchvision CNN's weights,
+    /// batch and PyTorch's f64 results) on the device of --gpus (`cpu`, the default for this
+    /// flag, or `0`), print one line per compared quantity family with its error and
+    /// tolerance, and exit 1 when one is over.
+    #[arg(long, value_name = "GOLDEN", conflicts_with_all = ["jobs", "describe"])]
+    pub check: Option<PathBuf>,
+
+    /// Print a CNN's layers (resnet50, densenet121, alexnet, resnext50_32x4d,
+    /// shufflenet_v2_x1_0), its parameter count and its FLOPs per sample.
+    #[arg(long, value_name = "MODEL", conflicts_with = "jobs")]
+    pub describe: Option<String>,
+
+    /// --describe: the classes.
+    #[arg(long, value_name = "K", default_value_t = 1000, requires = "describe")]
+    pub classes: usize,
+
+    /// --describe: the input images' side.
+    #[arg(long, value_name = "S", default_value_t = 224, requires = "describe")]
+    pub size: usize,
 
     /// The policy (docs/SCHEDULING.md describes each); overrides [manager] policy.
     #[arg(long, value_name = "NAME", value_parser = policy_parser())]

@@ -3,7 +3,8 @@
 //! Without `--simulate`, a job file with one job trains it directly (`single.rs`); a file with
 //! several runs them all at once, one job process each, under the DR manager (`multi.rs`,
 //! `attnrt::multijob`, with the live view of `view.rs`). With `--simulate` the file runs
-//! through the discrete-event simulator instead (`simulate.rs`). Each prints a table and can
+//! through the discrete-event simulator instead (`simulate.rs`). `--check` and `--describe`
+//! check one CNN training step against a golden file and describe a CNN (`cnn.rs`). Each prints a table and can
 //! write the JSON report, the manager's decision log and an SVG plot (`output.rs`). Exit codes:
 //! 0 success, 1 bad input, I/O error or a failed job, 2 usage error, 130 stopped by
 //! SIGINT/SIGTERM (after a checkpoint).
@@ -21,6 +22,7 @@ use attnrt::multijob::JobFile;
 use attnrt::multijob::job_process;
 
 mod args;
+mod cnn;
 mod multi;
 mod output;
 mod simulate;
@@ -43,6 +45,18 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+    if let Some(golden) = &args.check {
+        return cnn::check(golden, &args.train.gpus).unwrap_or_else(|e| {
+            eprintln!("attnrt-train: {e}");
+            ExitCode::from(1)
+        });
+    }
+    if let Some(model) = &args.describe {
+        return cnn::describe(model, args.classes, args.size).unwrap_or_else(|e| {
+            eprintln!("attnrt-train: {e}");
+            ExitCode::from(1)
+        });
     }
     let Some(jobs) = args.jobs.clone() else {
         // clap requires --jobs without --job-process; this is its message for it.

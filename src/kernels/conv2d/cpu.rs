@@ -20,6 +20,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::kernels::linear::gemm;
 
+use super::Conv2dShape;
+
 /// Memory layout of the input, the residual and the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
@@ -30,89 +32,23 @@ pub enum Layout {
     Nhwc,
 }
 
-/// One convolution: shapes, stride and padding (the same on both axes), groups, and
-/// whether a ReLU ends the epilogue.
+/// One call of the reference: the convolution's geometry (shared with the GPU launcher),
+/// the layout of its activations, and whether a ReLU ends the epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2d {
-    pub batch: usize,
-    pub in_channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub out_channels: usize,
-    pub kernel_h: usize,
-    pub kernel_w: usize,
-    pub stride: usize,
-    pub pad: usize,
-    pub groups: usize,
+    pub shape: Conv2dShape,
     pub relu: bool,
     pub layout: Layout,
 }
 
 impl Conv2d {
-    /// Output height: `(height + 2 pad - kernel_h) / stride + 1`.
-    pub fn out_height(&self) -> usize {
-        (self.height + 2 * self.pad - self.kernel_h) / self.stride + 1
-    }
-
-    /// Output width: `(width + 2 pad - kernel_w) / stride + 1`.
-    pub fn out_width(&self) -> usize {
-        (self.width + 2 * self.pad - self.kernel_w) / self.stride + 1
-    }
-
-    pub fn input_len(&self) -> usize {
-        self.batch * self.in_channels * self.height * self.width
-    }
-
-    pub fn output_len(&self) -> usize {
-        self.batch * self.out_channels * self.out_height() * self.out_width()
-    }
-
-    /// `out * (in / groups) * kh * kw`.
-    pub fn weight_len(&self) -> usize {
-        self.out_channels * (self.in_channels / self.groups.max(1)) * self.kernel_h * self.kernel_w
-    }
-
-    /// Multiply-accumulates of one call (for rates).
-    pub fn macs(&self) -> usize {
-        self.output_len() * (self.in_channels / self.groups.max(1)) * self.kernel_h * self.kernel_w
-    }
-
-    /// Checks that the geometry is possible: positive sizes and stride, channels divisible
-    /// by the groups, and a kernel that fits the padded input.
-    pub fn validate(&self) -> Result<()> {
-        let fail = |problem: String| Err(Error::invalid("conv2d", problem));
-        let sizes = [
-            ("batch", self.batch),
-            ("in_channels", self.in_channels),
-            ("height", self.height),
-            ("width", self.width),
-            ("out_channels", self.out_channels),
-            ("kernel_h", self.kernel_h),
-            ("kernel_w", self.kernel_w),
-            ("stride", self.stride),
-            ("groups", self.groups),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return fail(format!("{name} must be at least 1 ({self:?})"));
+    /// `shape` without ReLU, NHWC.
+    pub fn nhwc(shape: Conv2dShape) -> Conv2d {
+        Conv2d {
+            shape,
+            relu: false,
+            layout: Layout::Nhwc,
         }
-        if !self.in_channels.is_multiple_of(self.groups)
-            || !self.out_channels.is_multiple_of(self.groups)
-        {
-            return fail(format!(
-                "groups {} must divide in_channels {} and out_channels {}",
-                self.groups, self.in_channels, self.out_channels
-            ));
-        }
-        if self.kernel_h > self.height + 2 * self.pad || self.kernel_w > self.width + 2 * self.pad {
-            return fail(format!(
-                "kernel {}x{} is larger than the padded input {}x{}",
-                self.kernel_h,
-                self.kernel_w,
-                self.height + 2 * self.pad,
-                self.width + 2 * self.pad
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -129,12 +65,16 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    conv.validate()?;
+    conv.shape.check()?;
     let lens = [
-        ("input", Some(input.len()), conv.input_len()),
-        ("weight", Some(weight.len()), conv.weight_len()),
-        ("bias", bias.map(<[f32]>::len), conv.out_channels),
-        ("residual", residual.map(<[f32]>::len), conv.output_len()),
+        ("input", Some(input.len()), conv.shape.input_len()),
+        ("weight", Some(weight.len()), conv.shape.weight_len()),
+        ("bias", bias.map(<[f32]>::len), conv.shape.out_channels),
+        (
+            "residual",
+            residual.map(<[f32]>::len),
+            conv.shape.output_len(),
+        ),
     ];
     for (name, got, want) in lens {
         if let Some(got) = got
@@ -146,8 +86,17 @@ pub fn conv2d(
             ));
         }
     }
-    let (n, cin, h, w) = (conv.batch, conv.in_channels, conv.height, conv.width);
-    let (cout, oh, ow) = (conv.out_channels, conv.out_height(), conv.out_width());
+    let (n, cin, h, w) = (
+        conv.shape.batch,
+        conv.shape.in_channels,
+        conv.shape.height,
+        conv.shape.width,
+    );
+    let (cout, oh, ow) = (
+        conv.shape.out_channels,
+        conv.shape.out_size()[0],
+        conv.shape.out_size()[1],
+    );
     let nhwc = |x: &'_ [f32], c: usize, hh: usize, ww: usize| -> Vec<f32> {
         let mut y = vec![0.0f32; x.len()];
         for b in 0..n {
@@ -169,8 +118,12 @@ pub fn conv2d(
 
     // Weights as (out, kh, kw, in/groups): each output channel's row matches an NHWC
     // receptive field.
-    let (g, cin_g, cout_g) = (conv.groups, cin / conv.groups, cout / conv.groups);
-    let (kh, kw) = (conv.kernel_h, conv.kernel_w);
+    let (g, cin_g, cout_g) = (
+        conv.shape.groups,
+        cin / conv.shape.groups,
+        cout / conv.shape.groups,
+    );
+    let (kh, kw) = (conv.shape.kernel_h, conv.shape.kernel_w);
     let k = kh * kw * cin_g;
     let mut wk = vec![0.0f32; cout * k];
     for o in 0..cout {
@@ -199,12 +152,13 @@ pub fn conv2d(
                     let (b, oy, ox) = (p / (oh * ow), p / ow % oh, p % ow);
                     let row = &mut patches[r * k..(r + 1) * k];
                     for ky in 0..kh {
-                        let iy = (oy * conv.stride + ky) as isize - conv.pad as isize;
+                        let iy = (oy * conv.shape.stride + ky) as isize - conv.shape.pad as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
                         for kx in 0..kw {
-                            let ix = (ox * conv.stride + kx) as isize - conv.pad as isize;
+                            let ix =
+                                (ox * conv.shape.stride + kx) as isize - conv.shape.pad as isize;
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }
@@ -258,7 +212,7 @@ pub fn conv2d(
 
 /// Checks an NHWC backward call's operand lengths (named in errors).
 fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) -> Result<()> {
-    conv.validate()?;
+    conv.shape.check()?;
     if conv.layout != Layout::Nhwc {
         return Err(Error::invalid(
             format!("conv2d {pass}"),
@@ -285,20 +239,20 @@ pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f3
         conv,
         "backward data",
         &[
-            ("weight", weight.len(), conv.weight_len()),
-            ("dy", dy.len(), conv.output_len()),
+            ("weight", weight.len(), conv.shape.weight_len()),
+            ("dy", dy.len(), conv.shape.output_len()),
         ],
     )?;
-    let (h, w, cin, cout) = (conv.height, conv.width, conv.in_channels, conv.out_channels);
-    let (oh, ow, s, pad) = (conv.out_height(), conv.out_width(), conv.stride, conv.pad);
-    let (kh, kw) = (conv.kernel_h, conv.kernel_w);
-    let (cin_g, cout_g) = (cin / conv.groups, cout / conv.groups);
+    let g = &conv.shape;
+    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
+    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
+    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     // The output pixel (oy) that tap ky of input row iy feeds, if any.
     let tap = |i: usize, k: usize, out: usize| -> Option<usize> {
         let o = (i + pad).checked_sub(k)?;
         (o % s == 0 && o / s < out).then_some(o / s)
     };
-    let mut dx = vec![0.0f32; conv.input_len()];
+    let mut dx = vec![0.0f32; conv.shape.input_len()];
     dx.par_chunks_mut(cin).enumerate().for_each(|(p, px)| {
         let (b, iy, ix) = (p / (h * w), p / w % h, p % w);
         for (c, v) in px.iter_mut().enumerate() {
@@ -329,20 +283,20 @@ pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f
         conv,
         "backward filter",
         &[
-            ("input", input.len(), conv.input_len()),
-            ("dy", dy.len(), conv.output_len()),
+            ("input", input.len(), conv.shape.input_len()),
+            ("dy", dy.len(), conv.shape.output_len()),
         ],
     )?;
-    let (h, w, cin, cout) = (conv.height, conv.width, conv.in_channels, conv.out_channels);
-    let (oh, ow, s, pad) = (conv.out_height(), conv.out_width(), conv.stride, conv.pad);
-    let (kh, kw) = (conv.kernel_h, conv.kernel_w);
-    let (cin_g, cout_g) = (cin / conv.groups, cout / conv.groups);
+    let g = &conv.shape;
+    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
+    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
+    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     let per_out = cin_g * kh * kw;
-    let mut dw = vec![0.0f32; conv.weight_len()];
+    let mut dw = vec![0.0f32; conv.shape.weight_len()];
     dw.par_chunks_mut(per_out).enumerate().for_each(|(o, dwo)| {
         let c0 = o / cout_g * cin_g;
         let mut acc = vec![0.0f64; per_out];
-        for b in 0..conv.batch {
+        for b in 0..conv.shape.batch {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let g = dy[((b * oh + oy) * ow + ox) * cout + o] as f64;
@@ -378,10 +332,10 @@ pub fn backward_bias(conv: &Conv2d, dy: &[f32]) -> Result<Vec<f32>> {
     check_backward(
         conv,
         "backward bias",
-        &[("dy", dy.len(), conv.output_len())],
+        &[("dy", dy.len(), conv.shape.output_len())],
     )?;
-    let mut acc = vec![0.0f64; conv.out_channels];
-    for px in dy.chunks(conv.out_channels) {
+    let mut acc = vec![0.0f64; conv.shape.out_channels];
+    for px in dy.chunks(conv.shape.out_channels) {
         for (a, &g) in acc.iter_mut().zip(px) {
             *a += g as f64;
         }
@@ -401,7 +355,9 @@ mod tests {
         bias: Option<&[f32]>,
         res: Option<&[f32]>,
     ) -> Vec<f32> {
-        let (oh, ow) = (c.out_height(), c.out_width());
+        let relu = c.relu;
+        let c = &c.shape;
+        let [oh, ow] = c.out_size();
         let (cin_g, cout_g) = (c.in_channels / c.groups, c.out_channels / c.groups);
         let mut y = vec![0.0f32; c.output_len()];
         for b in 0..c.batch {
@@ -436,7 +392,7 @@ mod tests {
                         if let Some(r) = res {
                             s += r[idx] as f64;
                         }
-                        if c.relu {
+                        if relu {
                             s = s.max(0.0);
                         }
                         y[idx] = s as f32;
@@ -483,24 +439,19 @@ mod tests {
             (1, 33, 5, 5, 1, 1, 1, 0, 1, false, true, false),
         ];
         for (i, &(n, cin, h, w, cout, k, s, p, g, relu, has_b, has_r)) in cases.iter().enumerate() {
+            let shape = Conv2dShape::new(n, [h, w], cin, cout, k)
+                .with_stride(s)
+                .with_pad(p)
+                .with_groups(g);
             let mut c = Conv2d {
-                batch: n,
-                in_channels: cin,
-                height: h,
-                width: w,
-                out_channels: cout,
-                kernel_h: k,
-                kernel_w: k,
-                stride: s,
-                pad: p,
-                groups: g,
+                shape,
                 relu,
                 layout: Layout::Nchw,
             };
-            let x = values(c.input_len(), 3 * i as u64 + 1);
-            let wt = values(c.weight_len(), 3 * i as u64 + 2);
+            let x = values(shape.input_len(), 3 * i as u64 + 1);
+            let wt = values(shape.weight_len(), 3 * i as u64 + 2);
             let b = has_b.then(|| values(cout, 7));
-            let r = has_r.then(|| values(c.output_len(), 3 * i as u64 + 3));
+            let r = has_r.then(|| values(shape.output_len(), 3 * i as u64 + 3));
             let want = direct(&c, &x, &wt, b.as_deref(), r.as_deref());
             let got_nchw = conv2d(&c, &x, &wt, b.as_deref(), r.as_deref()).unwrap();
             let err = got_nchw
@@ -511,7 +462,7 @@ mod tests {
             assert!(err <= 1e-6, "case {i} NCHW: max abs err {err}");
 
             c.layout = Layout::Nhwc;
-            let (oh, ow) = (c.out_height(), c.out_width());
+            let [oh, ow] = shape.out_size();
             let got = conv2d(
                 &c,
                 &to_nhwc(&x, n, cin, h * w),
@@ -541,23 +492,17 @@ mod tests {
             (1, 4, 6, 9, 5, 3, 5, 3, 2, 1),
         ];
         for (i, &(n, cin, h, w, cout, kh, kw, s, p, g)) in cases.iter().enumerate() {
-            let c = Conv2d {
-                batch: n,
-                in_channels: cin,
-                height: h,
-                width: w,
-                out_channels: cout,
-                kernel_h: kh,
+            let shape = Conv2dShape {
                 kernel_w: kw,
-                stride: s,
-                pad: p,
-                groups: g,
-                relu: false,
-                layout: Layout::Nhwc,
+                ..Conv2dShape::new(n, [h, w], cin, cout, kh)
+                    .with_stride(s)
+                    .with_pad(p)
+                    .with_groups(g)
             };
-            let x = values(c.input_len(), 5 * i as u64 + 1);
-            let wt = values(c.weight_len(), 5 * i as u64 + 2);
-            let dy = values(c.output_len(), 5 * i as u64 + 3);
+            let c = Conv2d::nhwc(shape);
+            let x = values(shape.input_len(), 5 * i as u64 + 1);
+            let wt = values(shape.weight_len(), 5 * i as u64 + 2);
+            let dy = values(shape.output_len(), 5 * i as u64 + 3);
             let y = conv2d(&c, &x, &wt, None, None).unwrap();
             let want = dot(&y, &dy);
             let dx = backward_data(&c, &wt, &dy).unwrap();
@@ -572,20 +517,7 @@ mod tests {
         }
         let nchw = Conv2d {
             layout: Layout::Nchw,
-            ..Conv2d {
-                batch: 1,
-                in_channels: 2,
-                height: 3,
-                width: 3,
-                out_channels: 2,
-                kernel_h: 1,
-                kernel_w: 1,
-                stride: 1,
-                pad: 0,
-                groups: 1,
-                relu: false,
-                layout: Layout::Nhwc,
-            }
+            ..Conv2d::nhwc(Conv2dShape::new(1, [3, 3], 2, 2, 1))
         };
         let e = backward_bias(&nchw, &[0.0; 18]).unwrap_err().to_string();
         assert!(e.contains("NHWC"), "{e}");
@@ -606,32 +538,23 @@ mod tests {
 
     #[test]
     fn bad_operands_are_errors() {
-        let c = Conv2d {
-            batch: 1,
-            in_channels: 4,
-            height: 5,
-            width: 5,
-            out_channels: 6,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 1,
-            pad: 1,
-            groups: 1,
-            relu: false,
-            layout: Layout::Nhwc,
-        };
-        let x = vec![0.0; c.input_len()];
-        let w = vec![0.0; c.weight_len()];
+        let shape = Conv2dShape::new(1, [5, 5], 4, 6, 3).with_pad(1);
+        let c = Conv2d::nhwc(shape);
+        let x = vec![0.0; shape.input_len()];
+        let w = vec![0.0; shape.weight_len()];
         let e = conv2d(&c, &x[1..], &w, None, None).unwrap_err().to_string();
         assert!(e.contains("conv2d input"), "{e}");
         let e = conv2d(&c, &x, &w, Some(&[0.0; 5]), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("conv2d bias"), "{e}");
-        let bad = Conv2d { groups: 4, ..c };
+        let bad = Conv2d::nhwc(shape.with_groups(4));
         let e = conv2d(&bad, &x, &w, None, None).unwrap_err().to_string();
         assert!(e.contains("groups"), "{e}");
-        let bad = Conv2d { kernel_h: 9, ..c };
+        let bad = Conv2d::nhwc(Conv2dShape {
+            kernel_h: 9,
+            ..shape
+        });
         assert!(conv2d(&bad, &x, &w, None, None).is_err());
     }
 }

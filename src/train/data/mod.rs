@@ -1,7 +1,8 @@
 //! Training data: a seeded synthetic set and the CIFAR-10 and MNIST file formats, held in
 //! memory and read by sample index.
 //!
-//! - `synthetic` (or `synthetic:N`, N samples, default 50 000): 32x32x3 images, 10 classes.
+//! - `synthetic` (or `synthetic:N`, N samples, default 50 000): 32x32x3 images, 10 classes;
+//!   `synthetic:N,S` the same with SxSx3 images (the CNNs that need larger ones).
 //!   Each class has a fixed random smooth pattern; a sample is its class pattern plus
 //!   Gaussian noise, both drawn from the seed, so a model can learn it and accuracy rises.
 //! - `cifar10:DIR`: `data_batch_1.bin` .. `data_batch_5.bin`, records of 1 label byte and
@@ -79,25 +80,48 @@ impl Dataset {
         };
         match (kind, arg) {
             ("synthetic", None) => Ok(Dataset::synthetic(SYNTHETIC_DEFAULT_LEN, seed)),
-            ("synthetic", Some(n)) => match n.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Dataset::synthetic(n, seed)),
-                _ => Err(Error::invalid(
-                    context,
-                    format!("'{spec}': synthetic:N needs a sample count N >= 1"),
-                )),
-            },
+            ("synthetic", Some(arg)) => {
+                let (n, side) = match arg.split_once(',') {
+                    Some((n, s)) => (n, s.trim().parse::<usize>().ok()),
+                    None => (arg, Some(ImageShape::CIFAR.height)),
+                };
+                match (n.trim().parse::<usize>(), side) {
+                    (Ok(n), Some(side)) if n > 0 && side > 0 => {
+                        Ok(Dataset::synthetic_sized(n, side, seed))
+                    }
+                    _ => Err(Error::invalid(
+                        context,
+                        format!(
+                            "'{spec}': synthetic:N[,S] needs a sample count N >= 1 and an \
+                             image side S >= 1"
+                        ),
+                    )),
+                }
+            }
             ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),
             ("mnist", Some(dir)) if !dir.is_empty() => Dataset::mnist(Path::new(dir)),
             _ => Err(Error::invalid(
                 context,
-                format!("'{spec}' is not one of synthetic, synthetic:N, cifar10:DIR, mnist:DIR"),
+                format!(
+                    "'{spec}' is not one of synthetic, synthetic:N, synthetic:N,S, cifar10:DIR, \
+                     mnist:DIR"
+                ),
             )),
         }
     }
 
     /// `len` synthetic 32x32x3 samples in 10 classes, drawn from `seed`.
     pub fn synthetic(len: usize, seed: u64) -> Dataset {
-        let shape = ImageShape::CIFAR;
+        Dataset::synthetic_sized(len, ImageShape::CIFAR.height, seed)
+    }
+
+    /// `len` synthetic `side x side x 3` samples in 10 classes, drawn from `seed`.
+    pub fn synthetic_sized(len: usize, side: usize, seed: u64) -> Dataset {
+        let shape = ImageShape {
+            channels: 3,
+            height: side,
+            width: side,
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_DA7A);
         // Smooth patterns: a few random low-frequency waves per class and channel, so the
         // classes differ in structure a convolution-free model can still pick up.
@@ -113,8 +137,13 @@ impl Dataset {
                 }
             }
         }
+        let name = if shape == ImageShape::CIFAR {
+            format!("synthetic:{len}")
+        } else {
+            format!("synthetic:{len},{side}")
+        };
         Dataset {
-            name: format!("synthetic:{len}"),
+            name,
             shape,
             classes: CLASSES,
             len,

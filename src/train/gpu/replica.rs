@@ -119,6 +119,12 @@ impl Replica {
         let net = match model {
             ModelSpec::Mlp { dims } => Net::Mlp(Box::new(MlpNet::new(&gpu, dims.clone())?)),
             ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(&gpu, *c)?)),
+            ModelSpec::Cnn(c) => {
+                return Err(Error::invalid(
+                    c.arch.name(),
+                    "the CNN GPU path is not built yet: train it on the CPU (--gpus cpu or cpu:N)",
+                ));
+            }
         };
         Ok(Replica {
             blas,
@@ -398,7 +404,14 @@ impl Replica {
         let optimizer = self.state.iter().map(get).collect::<Result<Vec<_>>>()?;
         let grads = get(&self.grads)?;
         s.synchronize().cuda(|| "synchronising".into())?;
-        Ok((State { params, optimizer }, grads))
+        Ok((
+            State {
+                params,
+                optimizer,
+                buffers: Vec::new(),
+            },
+            grads,
+        ))
     }
 
     /// Replaces parameters and optimizer state (resume).

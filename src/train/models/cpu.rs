@@ -55,6 +55,20 @@ pub fn forward_backward(
         ModelSpec::Vit(c) => crate::train::models::vit::forward_backward(
             c, precision, params, x, labels, scale, grads,
         ),
+        // The engines run the CNNs through their graph ([`super::cnn::cpu`]), which also
+        // gives the batch statistics; here only the loss is wanted.
+        ModelSpec::Cnn(c) => {
+            let graph = super::cnn::graph(*c);
+            match super::cnn::cpu::forward_backward(
+                &graph, precision, params, x, labels, scale, 0, grads,
+            ) {
+                Ok(pass) => pass.stats,
+                Err(_) => ShardStats {
+                    loss: f64::NAN,
+                    correct: 0,
+                },
+            }
+        }
     }
 }
 

@@ -10,8 +10,11 @@
 //! - `vit-tiny`, `vit-small`, or `vit:P,D,L,H,M` (patch, width, depth, heads, MLP width):
 //!   the ViT classifier of [`crate::train::models::vit`] on 32x32x3 images. `vit-tiny` is `vit:4,192,6,3,768`,
 //!   `vit-small` is `vit:4,384,12,6,1536`. `vit-tiny-win`, `vit-small-win` and
-//!   `vit:P,D,L,H,M,win` are the same with CSWinTT's cyclic-shift window attention.
+//!   `vit:P,D,L,H,M,win` are the same with CSWinTT's cyclic-shift window attention;
+//! - `resnet50`, `resnext50_32x4d`, `densenet121`, `alexnet`, `shufflenet_v2_x1_0`:
+//!   torchvision's CNNs ([`cnn`]) with the job's `classes` (default 1000) outputs.
 
+pub mod cnn;
 pub mod cpu;
 pub mod vit;
 
@@ -20,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::train::data::ImageShape;
 use crate::{Error, Result};
+use cnn::{Arch, CnnConfig};
 use vit::VitConfig;
 
 /// A model the trainer can build.
@@ -30,6 +34,8 @@ pub enum ModelSpec {
         dims: Vec<usize>,
     },
     Vit(VitConfig),
+    /// One of the torchvision CNNs ([`cnn`]).
+    Cnn(CnnConfig),
 }
 
 const DEFAULT_HIDDEN: [usize; 2] = [512, 256];
@@ -46,6 +52,15 @@ impl ModelSpec {
         classes: usize,
         context: &str,
     ) -> Result<ModelSpec> {
+        if let Some(arch) = Arch::from_name(spec) {
+            let config = CnnConfig {
+                arch,
+                classes,
+                image,
+            };
+            cnn::build(config, context)?;
+            return Ok(ModelSpec::Cnn(config));
+        }
         let (name, arg) = match spec.split_once(':') {
             Some((n, a)) => (n, Some(a)),
             None => (spec, None),
@@ -117,7 +132,8 @@ impl ModelSpec {
                 context,
                 format!(
                     "'{spec}' is not one of mlp, mlp:H1,H2,..., vit-tiny, vit-small, \
-                     vit-tiny-win, vit-small-win, vit:P,D,L,H,M[,win]"
+                     vit-tiny-win, vit-small-win, vit:P,D,L,H,M[,win], {}",
+                    Arch::ALL.map(Arch::name).join(", ")
                 ),
             )),
         }
@@ -135,13 +151,34 @@ impl ModelSpec {
                 layout
             }
             ModelSpec::Vit(c) => vit::layout(c).0,
+            ModelSpec::Cnn(c) => self::cnn::graph(*c).layout,
         }
     }
 
-    /// Initial parameters drawn from `seed`: linear layers uniform in `±1/sqrt(fan_in)`
+    /// The layout of the state that is not trained (batch norm's running statistics; empty
+    /// for the MLP and the ViT).
+    pub fn buffers(&self) -> Layout {
+        match self {
+            ModelSpec::Cnn(c) => self::cnn::graph(*c).buffers(),
+            _ => Layout::default(),
+        }
+    }
+
+    /// The buffers' initial values.
+    pub fn initial_buffers(&self) -> Vec<f32> {
+        match self {
+            ModelSpec::Cnn(c) => self::cnn::graph(*c).initial_buffers(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Initial parameters drawn from `seed` (the CNNs: [`cnn::Graph::init`]): linear layers uniform in `±1/sqrt(fan_in)`
     /// (PyTorch's default; a bias takes its weight's bound), LayerNorm scales 1 and shifts 0,
     /// the position embedding uniform in `±0.02`.
     pub fn init(&self, seed: u64) -> Vec<f32> {
+        if let ModelSpec::Cnn(c) = self {
+            return self::cnn::graph(*c).init(seed);
+        }
         let layout = self.layout();
         let mut params = vec![0.0f32; layout.total];
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1417_1A11);
@@ -176,6 +213,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp { dims } => dims[0],
             ModelSpec::Vit(c) => c.image.features(),
+            ModelSpec::Cnn(c) => c.image.features(),
         }
     }
 
@@ -184,6 +222,7 @@ impl ModelSpec {
         match self {
             ModelSpec::Mlp { dims } => dims[dims.len() - 1],
             ModelSpec::Vit(c) => c.classes,
+            ModelSpec::Cnn(c) => c.classes,
         }
     }
 }

@@ -26,25 +26,34 @@ use crate::train::data::batches::Batch;
 use crate::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use crate::train::gpu::replica::Replica;
 use crate::train::models::ModelSpec;
+use crate::train::models::cnn;
 use crate::train::models::cpu::{self, ShardStats};
 use crate::train::optim::Optimizer;
 use crate::{Error, Result};
 
-/// Parameters and optimizer state, on the host.
+/// Parameters, optimizer state and the model's buffers (batch norm's running statistics,
+/// [`ModelSpec::buffers`]), on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub params: Vec<f32>,
     pub optimizer: Vec<Vec<f32>>,
+    pub buffers: Vec<f32>,
 }
 
 impl State {
-    /// Fresh state: `params`, and zeroed optimizer vectors.
+    /// Fresh state: `params`, zeroed optimizer vectors, no buffers.
     pub fn fresh(params: Vec<f32>, optimizer: &Optimizer) -> State {
         let n = params.len();
         State {
             params,
             optimizer: vec![vec![0.0; n]; optimizer.state_slots()],
+            buffers: Vec::new(),
         }
+    }
+
+    /// The same state with `buffers`.
+    pub fn with_buffers(self, buffers: Vec<f32>) -> State {
+        State { buffers, ..self }
     }
 }
 
@@ -93,6 +102,8 @@ fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Resul
 /// gradients, as the GPUs do together.
 pub struct CpuEngine {
     model: ModelSpec,
+    /// The CNNs' layer graph, built once.
+    graph: Option<cnn::Graph>,
     optimizer: Optimizer,
     /// bf16 is emulated: GEMM operands rounded to bf16 ([`Precision::operand`]).
     precision: Precision,
@@ -118,8 +129,13 @@ impl CpuEngine {
         state: State,
     ) -> CpuEngine {
         let n = state.params.len();
+        let graph = match &model {
+            ModelSpec::Cnn(c) => Some(cnn::graph(*c)),
+            _ => None,
+        };
         CpuEngine {
             model,
+            graph,
             optimizer,
             precision,
             devices,
@@ -142,20 +158,51 @@ impl Engine for CpuEngine {
         let scale = 1.0 / batch.len() as f32;
         let mut stats = ShardStats::default();
         self.grads.fill(0.0);
+        // Each shard normalises its own samples (as each GPU does); the running statistics
+        // move by the shards' statistics weighted by their share of the batch.
+        let mut norms = Vec::new();
         for r in shards {
-            stats += cpu::forward_backward(
-                &self.model,
-                self.precision,
-                &self.state.params,
+            let (x, labels) = (
                 &batch.features[r.start * features..r.end * features],
                 &batch.labels[r.clone()],
-                scale,
-                &mut self.shard_grads,
             );
+            match &self.graph {
+                Some(graph) => {
+                    // Dropout masks differ per step and per sample position in the batch.
+                    let seed = t.wrapping_mul(0x9E37_79B9) ^ (r.start as u64) << 40;
+                    let pass = cnn::cpu::forward_backward(
+                        graph,
+                        self.precision,
+                        &self.state.params,
+                        x,
+                        labels,
+                        scale,
+                        seed,
+                        &mut self.shard_grads,
+                    )?;
+                    stats += pass.stats;
+                    norms.push((r.len() as f64 / batch.len() as f64, pass.norms));
+                }
+                None => {
+                    stats += cpu::forward_backward(
+                        &self.model,
+                        self.precision,
+                        &self.state.params,
+                        x,
+                        labels,
+                        scale,
+                        &mut self.shard_grads,
+                    )
+                }
+            }
             self.grads
                 .iter_mut()
                 .zip(&self.shard_grads)
                 .for_each(|(g, s)| *g += s);
+        }
+        if let Some(graph) = &self.graph {
+            let parts: Vec<_> = norms.iter().map(|(w, n)| (*w, n)).collect();
+            graph.update_buffers(&mut self.state.buffers, &parts)?;
         }
         self.optimizer.step_cpu(
             t,

@@ -11,10 +11,11 @@ use std::sync::mpsc::Receiver;
 
 use serde::{Deserialize, Serialize};
 
-use crate::base::{DeviceList, Devices, DistributionRatio, Precision};
+use crate::base::{DeviceList, Devices, DistributionRatio, Precision, TensorFile};
 use crate::kernels::allreduce::MAX_PEERS;
 use crate::train::data::Dataset;
 use crate::train::models::ModelSpec;
+use crate::train::models::cnn::{self, Arch};
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run::calibrate::Calibration;
 use crate::train::run::checkpoint::{self, Damaged, Latest};
@@ -149,12 +150,20 @@ impl Session {
             settings.seed,
             &ctx("dataset"),
         )?);
-        let model = ModelSpec::parse(
-            &spec.model,
-            dataset.shape(),
-            dataset.classes(),
-            &ctx("model"),
-        )?;
+        let is_cnn = Arch::from_name(&spec.model).is_some();
+        let classes = spec
+            .classes
+            .unwrap_or(if is_cnn { 1000 } else { dataset.classes() });
+        if classes < dataset.classes() {
+            return Err(Error::invalid(
+                ctx("classes"),
+                format!(
+                    "{classes} outputs for a dataset of {} classes",
+                    dataset.classes()
+                ),
+            ));
+        }
+        let model = ModelSpec::parse(&spec.model, dataset.shape(), classes, &ctx("model"))?;
         let kind = settings
             .optimizer
             .or(spec.optimizer)
@@ -169,7 +178,24 @@ impl Session {
             .or(spec.precision)
             .unwrap_or(Precision::F32);
         precision.require("the trainer", &crate::train::PRECISIONS)?;
-        let state = State::fresh(model.init(settings.seed), &optimizer);
+        let state = match &spec.init_weights {
+            None => State::fresh(model.init(settings.seed), &optimizer)
+                .with_buffers(model.initial_buffers()),
+            Some(path) => {
+                let ModelSpec::Cnn(config) = &model else {
+                    return Err(Error::invalid(
+                        ctx("init_weights"),
+                        "only the torchvision CNNs load initial weights",
+                    ));
+                };
+                let file = TensorFile::open(path)
+                    .map_err(|e| Error::invalid(ctx("init_weights"), e.to_string()))?;
+                let (params, buffers) = cnn::graph(*config)
+                    .load(&file, "")
+                    .map_err(|e| Error::invalid(ctx("init_weights"), e.to_string()))?;
+                State::fresh(params, &optimizer).with_buffers(buffers)
+            }
+        };
         let engine: Box<dyn Engine> = match &devices {
             Devices::Gpus(ordinals) => Box::new(ReplicaEngine::new(
                 ordinals, &model, optimizer, precision, &state,

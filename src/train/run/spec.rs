@@ -1,6 +1,6 @@
 //! A job's training keys in the job file, typed and checked once: `model`, `dataset`, and the
-//! optional `optimizer`, `lr` and `precision` (the command line's flags override the last
-//! three). The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
+//! optional `optimizer`, `lr` and `precision` (the command line's flags override these
+//! three), `classes` and `init_weights`. The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,13 @@ pub struct TrainSpec {
     /// optimizer state and gradients are f32 either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// The model's outputs (at least the dataset's classes); default: the CNNs 1000, the
+    /// other models the dataset's classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<usize>,
+    /// A safetensors file of initial weights under torchvision's names (the CNNs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_weights: Option<String>,
 }
 
 /// The learning rate when neither the job file nor `--lr` gives one.
@@ -43,11 +50,23 @@ struct Written {
     lr: Option<f64>,
     #[serde(default)]
     precision: Option<String>,
+    #[serde(default)]
+    classes: Option<i64>,
+    #[serde(default)]
+    init_weights: Option<String>,
 }
 
 impl TrainSpec {
     /// The `[[job]]` keys this type reads.
-    pub const KEYS: [&'static str; 5] = ["model", "dataset", "optimizer", "lr", "precision"];
+    pub const KEYS: [&'static str; 7] = [
+        "model",
+        "dataset",
+        "optimizer",
+        "lr",
+        "precision",
+        "classes",
+        "init_weights",
+    ];
 
     /// Reads and checks a job's training keys; `label` (the file and the job, e.g.
     /// `jobs.toml: job 'a'`) starts every error, followed by the key.
@@ -80,12 +99,30 @@ impl TrainSpec {
             .precision
             .map(|name| parse_precision(&name).map_err(|p| Error::invalid(ctx("precision"), p)))
             .transpose()?;
+        let classes = w
+            .classes
+            .map(|k| match usize::try_from(k) {
+                Ok(k) if k > 0 => Ok(k),
+                _ => Err(Error::invalid(
+                    ctx("classes"),
+                    format!("must be at least 1, got {k}"),
+                )),
+            })
+            .transpose()?;
+        if w.init_weights
+            .as_deref()
+            .is_some_and(|p| p.trim().is_empty())
+        {
+            return Err(Error::invalid(ctx("init_weights"), "must not be empty"));
+        }
         Ok(TrainSpec {
             model: w.model,
             dataset: w.dataset,
             optimizer,
             lr: w.lr,
             precision,
+            classes,
+            init_weights: w.init_weights,
         })
     }
 }
@@ -139,6 +176,14 @@ mod tests {
         assert!(e.contains("'tf32' is not one of f32, bf16"), "{e}");
         let e = err("precision = 16");
         assert!(e.contains("job 'j'") && e.contains("precision"), "{e}");
+        let e = err("classes = 0");
+        assert!(
+            e.starts_with("jobs.toml: job 'j': classes: must be at least 1"),
+            "{e}"
+        );
+        assert_eq!(spec("classes = 7").unwrap().classes, Some(7));
+        let e = err("init_weights = \"\"");
+        assert!(e.starts_with("jobs.toml: job 'j': init_weights"), "{e}");
         let e = err("lr = -1.0");
         assert!(e.starts_with("jobs.toml: job 'j': lr"), "{e}");
         let e = err("optimizer = \"adam\"");

@@ -180,6 +180,7 @@ pub fn train(
         check_resumable(job, opts, meta)?;
         engine.set_state(&state_from_tensors(
             &layout,
+            &job.model.buffers(),
             &opts.optimizer,
             &latest.tensors,
             meta,
@@ -387,6 +388,15 @@ fn write_checkpoint(
             tensors.push((name, &slot.shape, &vector[slot.range()]));
         }
     }
+    let buffers = job.model.buffers();
+    let buffer_names: Vec<String> = buffers
+        .slots
+        .iter()
+        .map(|s| format!("buffer/{}", s.name))
+        .collect();
+    for (slot, name) in buffers.slots.iter().zip(&buffer_names) {
+        tensors.push((name, &slot.shape, &state.buffers[slot.range()]));
+    }
     let meta = CheckpointMeta {
         format: checkpoint::FORMAT,
         step,
@@ -466,6 +476,7 @@ fn check_resumable(job: &Job, opts: &TrainOptions, meta: &CheckpointMeta) -> Res
 
 fn state_from_tensors(
     layout: &Layout,
+    buffer_layout: &Layout,
     optimizer: &Optimizer,
     tensors: &HashMap<String, Tensor>,
     meta: &CheckpointMeta,
@@ -490,8 +501,26 @@ fn state_from_tensors(
         }
     }
     let params = vectors.remove(0);
+    let mut buffers = vec![0.0f32; buffer_layout.total];
+    for slot in &buffer_layout.slots {
+        let name = format!("buffer/{}", slot.name);
+        let t = tensors.get(&name).ok_or_else(|| {
+            Error::invalid(
+                format!("checkpoint {}", meta.tensors_file),
+                format!("has no tensor {name}"),
+            )
+        })?;
+        if t.data.len() != slot.len {
+            return Err(Error::invalid(
+                format!("checkpoint {}: {name}", meta.tensors_file),
+                format!("{} values, the model needs {:?}", t.data.len(), slot.shape),
+            ));
+        }
+        buffers[slot.range()].copy_from_slice(&t.data);
+    }
     Ok(State {
         params,
         optimizer: vectors,
+        buffers,
     })
 }

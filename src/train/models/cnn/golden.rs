@@ -1,0 +1,238 @@
+//! One training step checked against a train-step golden file (PyTorch in f64, with the f32
+//! error of PyTorch's own f32 run per quantity family): the model and weights from the file,
+//! forward in train mode, cross-entropy, backward, and the running statistics' update, then
+//! one [`Family`] line per family of compared quantities.
+
+use std::path::Path;
+
+use crate::base::{Precision, TensorFile};
+use crate::train::data::ImageShape;
+use crate::{Error, Result};
+
+use super::{Arch, CnnConfig, build, cpu};
+
+/// The file's `format`.
+pub const FORMAT: &str = "attnrt-train-step-golden";
+
+/// One family's result: the error (see [`Family::what`]), and the tolerance, max(1e-4, 4x
+/// PyTorch's own f32 error).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub error: f64,
+    pub tolerance: f64,
+    /// How the error is measured, and where it is worst.
+    pub what: String,
+}
+
+impl Family {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+/// A checked step: the model, the batch, and the families in the file's order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub model: String,
+    pub batch: usize,
+    pub size: usize,
+    pub families: Vec<Family>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.families.iter().all(Family::passed)
+    }
+}
+
+/// `||a - b|| / ||b||` in f64 (0 when both are zero).
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        num += (f64::from(x) - f64::from(y)).powi(2);
+        den += f64::from(y).powi(2);
+    }
+    if num == 0.0 { 0.0 } else { (num / den).sqrt() }
+}
+
+/// Runs the step of `path` on the CPU and compares.
+pub fn check(path: &Path) -> Result<Report> {
+    let file = TensorFile::open(path)?;
+    let meta = |key: &str| {
+        file.meta_value(key)
+            .ok_or_else(|| Error::invalid(file.meta_context(key), "missing"))
+    };
+    let format = meta("format")?;
+    if format != FORMAT {
+        return Err(Error::invalid(
+            file.meta_context("format"),
+            format!("'{format}' is not a train-step golden file ({FORMAT})"),
+        ));
+    }
+    let model = meta("model")?;
+    let arch = Arch::from_name(model).ok_or_else(|| {
+        Error::invalid(
+            file.meta_context("model"),
+            format!(
+                "'{model}' is not one of {}",
+                Arch::ALL.map(Arch::name).join(", ")
+            ),
+        )
+    })?;
+    let classes: usize = meta("classes")?
+        .parse()
+        .map_err(|_| Error::invalid(file.meta_context("classes"), "not a count"))?;
+    let errors: serde_json::Value = serde_json::from_str(meta("f32_vs_f64_max_rel_err")?)
+        .map_err(|e| Error::invalid(file.meta_context("f32_vs_f64_max_rel_err"), e.to_string()))?;
+    let tolerance = |family: &str| -> Result<f64> {
+        let e = errors.get(family).and_then(|v| v.as_f64()).ok_or_else(|| {
+            Error::invalid(
+                file.meta_context("f32_vs_f64_max_rel_err"),
+                format!("no figure for '{family}'"),
+            )
+        })?;
+        Ok((4.0 * e).max(1e-4))
+    };
+
+    let images = file.f32("input.images")?;
+    let [batch, channels, height, width] = images.shape[..] else {
+        return Err(Error::invalid(
+            file.context("input.images"),
+            "expected (batch, 3, size, size)",
+        ));
+    };
+    let (_, labels) = file.i64("input.labels")?;
+    if labels.len() != batch || labels.iter().any(|&l| l < 0 || l as usize >= classes) {
+        return Err(Error::invalid(
+            file.context("input.labels"),
+            format!("expected {batch} labels in 0..{classes}"),
+        ));
+    }
+    let labels: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+    let image = ImageShape {
+        channels,
+        height,
+        width,
+    };
+    let graph = build(
+        CnnConfig {
+            arch,
+            classes,
+            image,
+        },
+        &file.context("input.images"),
+    )?
+    .without_dropout();
+    let (params, mut buffers) = graph.load(&file, "weights.")?;
+
+    let mut grads = vec![0.0f32; params.len()];
+    let scale = 1.0 / batch as f32;
+    let pass = cpu::forward_backward(
+        &graph,
+        Precision::F32,
+        &params,
+        &images.data,
+        &labels,
+        scale,
+        0,
+        &mut grads,
+    )?;
+    graph.update_buffers(&mut buffers, &[(1.0, &pass.norms)])?;
+
+    let mut families = Vec::new();
+    let logits = file.f32_shaped("expected.logits", &[batch, classes])?;
+    families.push(Family {
+        name: "logits",
+        error: rel(&pass.logits, &logits.data),
+        tolerance: tolerance("logits")?,
+        what: "relative Frobenius error".into(),
+    });
+    let loss = file.f32_shaped("expected.loss", &[1])?;
+    families.push(Family {
+        name: "loss",
+        error: (pass.stats.loss - f64::from(loss.data[0])).abs() / f64::from(loss.data[0]).abs(),
+        tolerance: tolerance("loss")?,
+        what: format!("relative error (loss {:.6})", pass.stats.loss),
+    });
+
+    // Gradient norms: the largest absolute error over the largest norm.
+    let (mut worst, mut worst_name, mut largest) = (0.0f64, String::new(), 0.0f64);
+    for s in &graph.layout.slots {
+        let want = f64::from(
+            file.f32_shaped(&format!("expected.grad_norm.{}", s.name), &[1])?
+                .data[0],
+        );
+        let got = grads[s.range()]
+            .iter()
+            .map(|&g| f64::from(g).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        largest = largest.max(want);
+        if (got - want).abs() > worst {
+            worst = (got - want).abs();
+            worst_name = s.name.clone();
+        }
+    }
+    families.push(Family {
+        name: "grad_norm",
+        error: worst / largest,
+        tolerance: tolerance("grad_norm")?,
+        what: format!("largest absolute error over the largest norm (worst: {worst_name})"),
+    });
+
+    let worst_of =
+        |prefix: &str, values: &dyn Fn(&str) -> Option<Vec<f32>>| -> Result<(f64, String)> {
+            let mut worst = (0.0f64, String::new());
+            for name in file.names() {
+                let Some(short) = name.strip_prefix(prefix) else {
+                    continue;
+                };
+                let ours = values(short).ok_or_else(|| {
+                    Error::invalid(file.context(&name), format!("{model} has no such tensor"))
+                })?;
+                let want = file.f32(&name)?;
+                if want.data.len() != ours.len() {
+                    return Err(Error::invalid(
+                        file.context(&name),
+                        format!("expected {} values, found {}", ours.len(), want.data.len()),
+                    ));
+                }
+                let e = rel(&ours, &want.data);
+                if e >= worst.0 {
+                    worst = (e, short.to_string());
+                }
+            }
+            Ok(worst)
+        };
+    let slot_of = |layout: &super::Layout, all: &[f32], name: &str| {
+        layout
+            .slots
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| all[s.range()].to_vec())
+    };
+    let (e, at) = worst_of("expected.grad.", &|n| slot_of(&graph.layout, &grads, n))?;
+    families.push(Family {
+        name: "grad",
+        error: e,
+        tolerance: tolerance("grad")?,
+        what: format!("largest relative Frobenius error of a full gradient (worst: {at})"),
+    });
+    let buffer_layout = graph.buffers();
+    let (e, at) = worst_of("expected.buffer.", &|n| {
+        slot_of(&buffer_layout, &buffers, n)
+    })?;
+    families.push(Family {
+        name: "buffer",
+        error: e,
+        tolerance: tolerance("buffer")?,
+        what: format!("largest relative Frobenius error of a running statistic (worst: {at})"),
+    });
+    Ok(Report {
+        model: model.to_string(),
+        batch,
+        size: height,
+        families,
+    })
+}

@@ -405,11 +405,11 @@ fn cnn_checkpoints_keep_the_running_statistics_and_resume() {
     };
     let (code, text) = run_to(2, false);
     assert_eq!(code, 0, "{text}");
-    let (meta, tensors) = attnrt::train::checkpoint::load_latest(&ckpt)
+    let latest = attnrt::train::checkpoint::load_latest(&ckpt)
         .unwrap()
         .unwrap();
-    assert_eq!(meta.step, 2);
-    let var = &tensors["buffer/conv5.1.running_var"];
+    assert_eq!(latest.meta.step, 2);
+    let var = &latest.tensors["buffer/conv5.1.running_var"];
     assert_eq!(var.shape, vec![1024]);
     assert!(
         var.data.iter().all(|v| v.is_finite() && *v != 1.0),
@@ -417,8 +417,8 @@ fn cnn_checkpoints_keep_the_running_statistics_and_resume() {
     );
     let (code, text) = run_to(3, true);
     assert_eq!(code, 0, "{text}");
-    let (meta, _) = attnrt::train::checkpoint::load_latest(&ckpt)
+    let latest = attnrt::train::checkpoint::load_latest(&ckpt)
         .unwrap()
         .unwrap();
-    assert_eq!(meta.step, 3);
+    assert_eq!(latest.meta.step, 3);
 }

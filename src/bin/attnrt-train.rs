@@ -39,6 +39,10 @@ enum PolicyArg {
     Packed,
     /// The thesis' Algorithms 1 and 2 (Slow-Down and utilisation driven).
     Thesis,
+    /// The thesis' algorithms without their oscillations (sticky lone GPUs, own load discounted).
+    ThesisStable,
+    /// Every round, the DRs that minimise the largest predicted Slow-Down (cost model).
+    Minmax,
 }
 
 impl From<PolicyArg> for PolicyKind {
@@ -48,6 +52,8 @@ impl From<PolicyArg> for PolicyKind {
             PolicyArg::Even => PolicyKind::Even,
             PolicyArg::Packed => PolicyKind::Packed,
             PolicyArg::Thesis => PolicyKind::Thesis,
+            PolicyArg::ThesisStable => PolicyKind::ThesisStable,
+            PolicyArg::Minmax => PolicyKind::Minmax,
         }
     }
 }

@@ -18,9 +18,13 @@ use super::monitor::Monitor;
 use super::process::{Message, Worker, WorkerFlags};
 use super::protocol::{Command, Event};
 use super::saved::{SavedJob, SavedRun};
+use super::simfile::calibrated_file;
 use super::view::{JobRow, LiveView, Snapshot};
+use crate::sched::bound::file_bound;
+use crate::sched::cost::{JobModel, RoundModel};
 use crate::sched::decisions::DecisionLog;
 use crate::sched::jobs::JobSpec;
+use crate::sched::jobs::SimulationConfig;
 use crate::sched::policy::{Admission, JobObservation};
 use crate::sched::report::{FailedJob, JobReport, Report};
 use crate::sched::sim::Trace;
@@ -455,7 +459,10 @@ impl Supervisor<'_> {
         if running.is_empty() {
             return Ok(());
         }
-        let inputs = PeriodInputs::new(util, observations)?;
+        let mut inputs = PeriodInputs::new(util, observations)?;
+        if self.manager.uses_model() {
+            inputs = inputs.with_model(self.round_model(&running, now)?)?;
+        }
         self.manager.set_time(now);
         let decisions = self.manager.evaluate_jobs(&running, &inputs)?;
         for ((decision, &k), obs) in decisions.into_iter().zip(&running).zip(inputs.jobs()) {
@@ -477,6 +484,50 @@ impl Supervisor<'_> {
             self.trace.record_change(now, k, obs, &decision);
         }
         Ok(())
+    }
+
+    /// The calibrated cost model (`[job.sim]` without calibration) of the running jobs
+    /// `running` at `now`, for the policies that predict.
+    fn round_model(&self, running: &[usize], now: f64) -> Result<RoundModel> {
+        let calibrations: Vec<Option<Calibration>> =
+            self.jobs.iter().map(|j| j.calibration.clone()).collect();
+        let file = calibrated_file(&self.cfg.file, self.monitor_devices(), &calibrations);
+        let jobs = running
+            .iter()
+            .map(|&k| {
+                let (spec, job) = (&file.jobs[k], &self.jobs[k]);
+                match (&spec.sim, &job.progress) {
+                    (Some(costs), Some(progress)) => {
+                        Ok(JobModel::new(spec.batch_size, costs, progress, now))
+                    }
+                    _ => Err(Error::invalid(
+                        format!("job '{}'", spec.name),
+                        "no cost model for the policy (not calibrated and no [job.sim])",
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RoundModel {
+            machine: file
+                .simulation
+                .unwrap_or_else(|| SimulationConfig::with_gpus(self.monitor_devices())),
+            jobs,
+        })
+    }
+
+    /// The lower bound on the maximum Slow-Down of the finished jobs, from their calibrated
+    /// costs; `None` when a job has no costs.
+    fn bound(&self) -> Option<f64> {
+        let calibrations: Vec<Option<Calibration>> =
+            self.jobs.iter().map(|j| j.calibration.clone()).collect();
+        let mut file = calibrated_file(&self.cfg.file, self.monitor_devices(), &calibrations);
+        file.jobs = std::mem::take(&mut file.jobs)
+            .into_iter()
+            .zip(&self.jobs)
+            .filter(|(_, j)| j.report.is_some())
+            .map(|(spec, _)| spec)
+            .collect();
+        file_bound(&file, &self.cfg.origin).ok()
     }
 
     fn handle(&mut self, msg: Message) {
@@ -669,6 +720,10 @@ impl Supervisor<'_> {
             &busy,
         )
         .with_failed(failed);
+        let report = match self.bound() {
+            Some(bound) => report.with_bound(bound),
+            None => report,
+        };
         RunOutcome {
             report,
             decisions: self.manager.log().cloned(),

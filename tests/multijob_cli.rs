@@ -136,6 +136,47 @@ fn every_job_finishes_and_the_decisions_replay_through_the_policy_code() {
     }
 }
 
+#[test]
+fn minmax_rehearses_on_four_devices_and_its_decisions_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        dir.path(),
+        "minmax",
+        &[
+            job("a", 64, 64, 40, ""),
+            job("b", 32, 32, 60, "arrival_s = 0.3"),
+        ],
+    );
+    let (rep, dec) = (dir.path().join("r.json"), dir.path().join("d.json"));
+    let out = manager(&jobs, "cpu:4", &["--report"])
+        .arg(&rep)
+        .arg("--decisions")
+        .arg(&dec)
+        .output()
+        .unwrap();
+    let log = log_of(&out);
+    assert!(out.status.success(), "{log}");
+    let r = report(&rep);
+    assert_eq!(
+        (r.policy.as_str(), r.gpus, r.jobs.len()),
+        ("minmax", 4, 2),
+        "{log}"
+    );
+    // The bound comes from the calibrated costs; measured times need not respect it.
+    let bound = r.max_slowdown_bound.expect("a bound from the calibration");
+    assert!(bound.is_finite() && bound > 0.0, "{bound}");
+    let decisions =
+        DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d.json").unwrap();
+    assert!(
+        decisions.entries.iter().any(|e| matches!(
+            e,
+            attnrt::sched::decisions::Entry::Round { model: Some(_), .. }
+        )),
+        "no round recorded its cost model"
+    );
+    assert_eq!(replay(&decisions).unwrap(), None);
+}
+
 /// The worker processes of the manager `pid`, with their command lines.
 fn workers_of(pid: u32) -> Vec<(u32, String)> {
     let children =

@@ -616,15 +616,20 @@ impl<'a> Search<'a> {
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
             .map(|(g, _)| g);
         if let Some(slow) = slow {
-            // The least slowed-down other job there moves its units to the lightest GPU the
-            // job does not use; or every other job there does, leaving the GPU to this one.
-            let free: Vec<usize> = self
+            // The least slowed-down other job there moves its units elsewhere, or every other
+            // job there does, leaving the GPU to this one (when this one needs it alone): a job
+            // that also runs elsewhere gathers them on its largest other GPU, one that does
+            // not goes to the lightest GPUs, those this job does not use first.
+            let mut free: Vec<usize> = self
                 .order
                 .iter()
                 .copied()
                 .filter(|&g| g != slow && !self.dr[i].uses(g))
                 .take(self.on_gpu[slow].len())
                 .collect();
+            if free.is_empty() {
+                free.extend(self.order.iter().copied().find(|&g| g != slow));
+            }
             let mut victims: Vec<usize> = self.on_gpu[slow]
                 .iter()
                 .copied()
@@ -637,8 +642,15 @@ impl<'a> Search<'a> {
                     .then(a.cmp(&b))
             });
             let mut clear = Vec::new();
+            let mut next_free = free.iter().cycle();
             for (k, &j) in victims.iter().enumerate() {
-                let Some(&to) = free.get(k).or(free.first()) else {
+                let own_other = self.state[j]
+                    .gpus()
+                    .iter()
+                    .copied()
+                    .filter(|&g| g != slow)
+                    .max_by_key(|&g| (self.dr[j].get(g), std::cmp::Reverse(g)));
+                let Some(to) = own_other.or_else(|| next_free.next().copied()) else {
                     break;
                 };
                 if let Ok(dr) = self.dr[j].moved(slow, to, self.dr[j].get(slow)) {
@@ -648,7 +660,7 @@ impl<'a> Search<'a> {
                     clear.push((j, dr));
                 }
             }
-            if clear.len() > 1
+            if !clear.is_empty()
                 && let Ok(dr) = DistributionRatio::exclusive(m, slow)
             {
                 clear.push((i, dr));

@@ -152,6 +152,8 @@ pub struct SuiteRow {
     pub jobs: usize,
     pub bound: f64,
     pub reports: Vec<Report>,
+    /// DR changes per policy.
+    pub changes: Vec<u64>,
 }
 
 /// Simulates every policy of `policies` on every workload (workloads in parallel).
@@ -160,22 +162,25 @@ pub fn run(workloads: &[Workload], policies: &[PolicyKind]) -> Result<Vec<SuiteR
         .par_iter()
         .map(|w| {
             let bound = file_bound(&w.file, &w.name)?;
-            let reports = policies
+            let outcomes = policies
                 .iter()
                 .map(|&p| {
                     let options = SimOptions {
                         policy: Some(p),
                         ..SimOptions::default()
                     };
-                    simulate(&w.file, &w.name, &options).map(|o| o.report)
+                    simulate(&w.file, &w.name, &options)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let changes = outcomes.iter().map(|o| o.stats.dr_changes).collect();
+            let reports = outcomes.into_iter().map(|o| o.report).collect();
             Ok(SuiteRow {
                 workload: w.name.clone(),
                 gpus: w.file.simulation.as_ref().map_or(0, |s| s.gpus),
                 jobs: w.file.jobs.len(),
                 bound,
                 reports,
+                changes,
             })
         })
         .collect()
@@ -218,6 +223,11 @@ pub fn summary(rows: &[SuiteRow], policies: &[PolicyKind]) -> Vec<PolicySummary>
                     .sum::<f64>()
                     / n,
                 util: rows.iter().map(|r| r.reports[p].mean_gpu_util).sum::<f64>() / n,
+                changes_per_job: rows
+                    .iter()
+                    .map(|r| r.changes[p] as f64 / r.jobs.max(1) as f64)
+                    .sum::<f64>()
+                    / n,
             }
         })
         .collect()
@@ -239,6 +249,8 @@ pub struct PolicySummary {
     pub makespan: f64,
     /// Mean GPU utilisation, percent.
     pub util: f64,
+    /// Mean DR changes per job.
+    pub changes_per_job: f64,
 }
 
 /// The summary as a Markdown table.
@@ -247,14 +259,14 @@ pub fn summary_table(rows: &[SuiteRow], policies: &[PolicyKind]) -> String {
     let _ = writeln!(
         s,
         "| policy | max SD / bound, mean | worst | fairest (of {}) | mean SD | Jain (1/SD) | \
-         makespan / shortest | GPU util (%) |",
+         makespan / shortest | GPU util (%) | DR changes / job |",
         rows.len()
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for p in summary(rows, policies) {
         let _ = writeln!(
             s,
-            "| `{}` | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            "| `{}` | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.1} |",
             p.policy,
             p.mean_ratio,
             p.worst_ratio,
@@ -262,7 +274,8 @@ pub fn summary_table(rows: &[SuiteRow], policies: &[PolicyKind]) -> String {
             p.mean_slowdown,
             p.jain,
             p.makespan,
-            p.util
+            p.util,
+            p.changes_per_job
         );
     }
     s

@@ -157,13 +157,13 @@ impl Prepared {
         let c = &job.costs;
         let x = (job.batch_size as f64 * c.sample_ms + c.iter_overhead_ms) / 1000.0;
         let ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !(x.is_finite() && x > 0.0)
-            || job.iterations == 0
-            || !ok(job.arrival_s)
-            || !ok(c.sample_ms)
-            || !ok(c.iter_overhead_ms)
-            || !ok(c.grad_mb)
-        {
+        let valid = x.is_finite()
+            && x > 0.0
+            && job.iterations > 0
+            && [job.arrival_s, c.sample_ms, c.iter_overhead_ms, c.grad_mb]
+                .into_iter()
+                .all(ok);
+        if !valid {
             return Err(Error::invalid(
                 format!("bound: job {i}"),
                 format!("needs iterations and an exclusive iteration time > 0: {job:?}"),

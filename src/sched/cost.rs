@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::dr::{DR_UNITS, DistributionRatio};
+use super::dr::{DR_UNITS, DistributionRatio, apportion};
 use super::jobs::{JobSim, SimulationConfig};
 use super::slowdown::JobProgress;
 use crate::{Error, Result};
@@ -23,11 +23,15 @@ use crate::{Error, Result};
 /// under `dr`.
 pub fn shard_work(batch: u64, costs: &JobSim, dr: &DistributionRatio) -> Vec<(usize, f64)> {
     let (sample_s, overhead_s) = (costs.sample_ms / 1000.0, costs.iter_overhead_ms / 1000.0);
-    dr.split_batch(batch)
-        .iter()
-        .enumerate()
-        .filter(|&(_, &samples)| samples > 0)
-        .map(|(g, &samples)| (g, samples as f64 * sample_s + overhead_s))
+    // `split_batch` over the used GPUs only: the same shards (unused GPUs get no sample and
+    // no leftover), without sorting every GPU of a large machine.
+    let used: Vec<usize> = dr.used_gpus().collect();
+    let weights: Vec<u64> = used.iter().map(|&g| u64::from(dr.get(g))).collect();
+    let samples = apportion(&weights, batch).unwrap_or_default();
+    used.into_iter()
+        .zip(samples)
+        .filter(|&(_, samples)| samples > 0)
+        .map(|(g, samples)| (g, samples as f64 * sample_s + overhead_s))
         .collect()
 }
 
@@ -213,6 +217,27 @@ mod tests {
             sample_ms,
             iter_overhead_ms: overhead_ms,
             grad_mb,
+        }
+    }
+
+    #[test]
+    fn shards_match_split_batch() {
+        let c = costs(1.0, 2.0, 0.0);
+        for (units, batch) in [
+            (vec![3u8, 0, 3, 2, 2], 64u64),
+            (vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 7),
+            (vec![0, 10], 5),
+            (vec![4, 0, 3, 0, 3], 1),
+        ] {
+            let dr = DistributionRatio::new(units).unwrap();
+            let expected: Vec<(usize, f64)> = dr
+                .split_batch(batch)
+                .iter()
+                .enumerate()
+                .filter(|s| *s.1 > 0)
+                .map(|(g, &b)| (g, b as f64 * 0.001 + 0.002))
+                .collect();
+            assert_eq!(shard_work(batch, &c, &dr), expected, "{dr} {batch}");
         }
     }
 

@@ -30,7 +30,7 @@
 //! rises, and a move must beat its reconfiguration stall, which is part of the prediction.
 
 use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
-use super::dr::{DR_UNITS, DistributionRatio};
+use super::dr::{DR_UNITS, DistributionRatio, largest_remainder};
 use super::jobs::SimulationConfig;
 use super::policy::{
     Action, Admission, Decision, PeriodInputs, Policy, ThesisParams, ThesisPolicy, initial_or_even,
@@ -713,10 +713,18 @@ impl<'a> Search<'a> {
             worst
         };
         let mut placed: Vec<Vec<usize>> = vec![Vec::new(); m];
+        // Each GPU's largest Slow-Down, and the GPUs by it: a job never lowers a GPU's
+        // largest Slow-Down, so the scan stops at the first GPU already above the best so far.
+        let mut worst_of = vec![0.0f64; m];
+        let mut by_worst: Vec<usize> = (0..m).collect();
         let mut gpu_of = vec![0usize; work.len()];
         for &i in &by_urgency {
             let mut best: Option<(f64, usize, usize)> = None;
-            for (g, jobs) in placed.iter().enumerate() {
+            for &g in &by_worst {
+                if best.is_some_and(|b| worst_of[g] >= b.0) {
+                    break;
+                }
+                let jobs = &placed[g];
                 let at = jobs.partition_point(|&j| work[j].0 <= work[i].0);
                 let mut with = jobs[..at]
                     .iter()
@@ -728,10 +736,18 @@ impl<'a> Search<'a> {
                     best = Some(key);
                 }
             }
-            let g = best.map_or(0, |b| b.2);
+            let Some((w, _, g)) = best else {
+                continue;
+            };
             let at = placed[g].partition_point(|&j| work[j].0 <= work[i].0);
             placed[g].insert(at, i);
             gpu_of[i] = g;
+            worst_of[g] = w;
+            if let Some(k) = by_worst.iter().position(|&x| x == g) {
+                by_worst.remove(k);
+            }
+            let at = by_worst.partition_point(|&x| (worst_of[x], x) < (w, g));
+            by_worst.insert(at, g);
         }
         gpu_of
             .into_iter()
@@ -758,16 +774,32 @@ fn balanced(m: usize, job: &JobModel, speeds: &[(usize, f64)]) -> Option<Distrib
         } else {
             kept.iter().map(|s| s.1 / total).collect()
         };
-        let Some(worst) = (0..kept.len()).filter(|&k| shares[k] <= 0.0).last() else {
+        let Some(worst) = (0..kept.len())
+            .filter(|&k| shares[k] <= 0.0)
+            .min_by(|&a, &b| shares[a].total_cmp(&shares[b]))
+        else {
             break;
         };
         kept.remove(worst);
     }
-    let mut weights = vec![0.0; m];
-    for (&(g, _), &f) in kept.iter().zip(&shares) {
-        weights[g] = f;
+    // Rounded over the kept GPUs only (the same as over all of them, without sorting a
+    // large machine's zeros).
+    let total: f64 = shares.iter().sum();
+    if kept.is_empty() || total <= 0.0 {
+        return None;
     }
-    DistributionRatio::from_weights(&weights).ok()
+    let quotas: Vec<f64> = shares
+        .iter()
+        .map(|f| f / total * f64::from(DR_UNITS))
+        .collect();
+    let mut units = vec![0u8; m];
+    for (&(g, _), u) in kept
+        .iter()
+        .zip(largest_remainder(&quotas, u64::from(DR_UNITS)))
+    {
+        units[g] = u as u8;
+    }
+    DistributionRatio::new(units).ok()
 }
 
 /// `thesis-stable`: the thesis' Algorithms 1 and 2 with two changes aimed at their

@@ -340,12 +340,15 @@ fn draw(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
-        .build_cartesian_2d(-0.5..rows.len() as f64 - 0.5, 0.9..y_max)
+        .build_cartesian_2d(
+            -0.5..rows.len() as f64 - 0.5,
+            (0.9..y_max.max(1.0)).log_scale(),
+        )
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc("workload")
-        .y_desc("max Slow-Down / lower bound")
+        .y_desc("max Slow-Down / lower bound (log scale)")
         .draw()
         .map_err(|e| err(&e))?;
     for (p, kind) in policies.iter().enumerate() {

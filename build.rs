@@ -3,7 +3,11 @@
 //!
 //! Without nvcc the crate still builds: the registry then has no images, a cargo warning says
 //! so, and GPU use returns an error naming the fix. The `require-kernels` feature turns a
-//! missing nvcc into a build error.
+//! missing nvcc into a build error. When no nvcc is found but the machine has an NVIDIA driver
+//! (libcuda loads), the build first runs `scripts/setup-cuda.sh` itself (the pinned nvcc and
+//! cuDNN, from PyPI, into `.cuda/`), with a cargo warning, so a fresh GPU machine gets the GPU
+//! path from a plain `cargo build`; `ATTNRT_OFFLINE=1` skips that (the CPU fallback, or a
+//! machine without network).
 //!
 //! nvcc is looked for in this order: `NVCC`, `CUDA_HOME`/`CUDA_PATH` (`bin/nvcc`), `PATH`, then
 //! the project-local toolchain that `scripts/setup-cuda.sh` installs (recorded in
@@ -19,13 +23,21 @@ use std::process::Command;
 /// SASS for Ampere, Ada and Hopper, plus PTX for compute_90 so newer GPUs can JIT.
 const DEFAULT_ARCHS: &str = "sm_80,sm_86,sm_89,sm_90,compute_90";
 const LOCAL_NVCC_RECORD: &str = ".cuda/nvcc-path";
+/// `ATTNRT_OFFLINE=1`: never run `scripts/setup-cuda.sh` from the build.
+const OFFLINE: &str = "ATTNRT_OFFLINE";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let kernel_dir = root.join("kernels");
 
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ATTNRT_CUDA_ARCHS"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "ATTNRT_CUDA_ARCHS",
+        OFFLINE,
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=kernels");
@@ -48,7 +60,7 @@ fn main() {
     let gencode = gencode_flags(&archs);
     let require = env::var_os("CARGO_FEATURE_REQUIRE_KERNELS").is_some();
 
-    let nvcc = find_nvcc(&root);
+    let nvcc = find_nvcc(&root).or_else(|| install_nvcc(&root));
     let images: Vec<Option<PathBuf>> = match &nvcc {
         Some(nvcc) => compile_all(nvcc, &sources, &kernel_dir, &out_dir, &gencode),
         None => {
@@ -105,6 +117,49 @@ fn find_nvcc(root: &Path) -> Option<PathBuf> {
     let record = fs::read_to_string(root.join(LOCAL_NVCC_RECORD)).ok()?;
     let p = PathBuf::from(record.trim());
     p.is_file().then_some(p)
+}
+
+/// Runs `scripts/setup-cuda.sh` when this machine has an NVIDIA driver and the build may go
+/// online, and returns the nvcc it installed; `None` (with a warning saying why) otherwise.
+fn install_nvcc(root: &Path) -> Option<PathBuf> {
+    if env::var(OFFLINE).is_ok_and(|v| v == "1") || !nvidia_driver_present() {
+        return None;
+    }
+    let script = root.join("scripts").join("setup-cuda.sh");
+    println!(
+        "cargo:warning=no nvcc found, but this machine has an NVIDIA driver: running {} \
+         (installs the pinned nvcc 13.0 and cuDNN from PyPI into .cuda/, once; {OFFLINE}=1 \
+         skips this)",
+        script.display()
+    );
+    match Command::new("bash").arg(&script).output() {
+        Ok(out) if out.status.success() => find_nvcc(root),
+        Ok(out) => {
+            let tail = |b: &[u8]| {
+                let text = String::from_utf8_lossy(b);
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(5)..].join(" | ")
+            };
+            println!(
+                "cargo:warning={} failed ({}): {} {}",
+                script.display(),
+                out.status,
+                tail(&out.stderr),
+                tail(&out.stdout)
+            );
+            None
+        }
+        Err(e) => {
+            println!("cargo:warning=could not run {}: {e}", script.display());
+            None
+        }
+    }
+}
+
+/// Whether the CUDA driver library loads here, as it must for any GPU use.
+fn nvidia_driver_present() -> bool {
+    // SAFETY: loading libcuda runs no code with preconditions; nothing is called in it.
+    unsafe { libloading::Library::new("libcuda.so.1") }.is_ok()
 }
 
 /// Compiles the sources in parallel, one nvcc process per file.

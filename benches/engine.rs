@@ -2,12 +2,12 @@
 //! T=8), batch 1: the encoder alone and the whole transformer, in `sequential`, `streams` and
 //! `fused` modes, each launched eagerly and replayed from a CUDA graph. Times come from CUDA events
 //! around each pass (inputs already on the device); the table gives p50 (p10-p90) over
-//! `--reps` passes after `--warmup` passes. With `--trace-dir DIR` it also writes one
+//! `--reps` passes after `--warmup` passes, nearest-rank percentiles ([`LatencyStats`]). With `--trace-dir DIR` it also writes one
 //! Chrome-trace timeline per mode (`DIR/transformer_{mode}.json`, per-stage and per-head spans)
 //! and prints how much the head kernels overlap.
 //!
-//! `--precision f32|tf32|bf16` (default f32) picks the linear layers' arithmetic (tf32 and bf16:
-//! tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
+//! `--precision f32|tf32|bf16` (default f32) picks the arithmetic of the linear layers and of
+//! attention's products (tf32 and bf16: tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
 //! row (part, mode, precision, launch, p50/p10/p90 ms, GFLOP/s) as JSON, for
 //! `scripts/perf_table.py`.
 //!
@@ -18,6 +18,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use attnrt::base::LatencyStats;
 use attnrt::cswintt::gpu::trace::{chrome_trace, head_overlap};
 use attnrt::cswintt::gpu::{GpuEngine, Part};
 use attnrt::cswintt::{Mode, Precision, encoder_flops, flops};
@@ -62,22 +63,17 @@ fn options() -> Options {
     o
 }
 
-/// Times `pass` `reps` times with events on the main stream; returns sorted milliseconds.
-fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) -> Vec<f64> {
+/// Times `pass` `reps` times with events on the main stream, in milliseconds.
+fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) -> LatencyStats {
     let s = gpu.stream();
     for _ in 0..o.warmup {
         pass().unwrap();
     }
     gpu.sync().unwrap();
-    let mut ms: Vec<f64> = (0..o.reps)
+    let ms: Vec<f64> = (0..o.reps)
         .map(|_| time_ms(s, &mut pass).unwrap())
         .collect();
-    ms.sort_by(f64::total_cmp);
-    ms
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    LatencyStats::new(&ms).expect("--reps is at least 1")
 }
 
 fn main() {
@@ -138,26 +134,27 @@ fn bench_precision(
             let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
             let replay = time(gpu, o, || graph.replay());
             for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
-                let rate = format!("{:.0}", part_flops / (pct(ms, 0.5) * 1e6));
+                let rate = part_flops / (ms.p50 * 1e6);
                 println!(
-                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {rate:>10}",
+                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10}",
                     format!("{part:?}").to_lowercase(),
                     mode.to_string(),
                     launch,
-                    pct(ms, 0.5),
-                    pct(ms, 0.1),
-                    pct(ms, 0.9)
+                    ms.p50,
+                    ms.p10,
+                    ms.p90,
+                    format!("{rate:.0}")
                 );
-                p50.push(((part, mode, launch), pct(ms, 0.5)));
+                p50.push(((part, mode, launch), ms.p50));
                 rows.push(serde_json::json!({
                     "part": format!("{part:?}").to_lowercase(),
                     "mode": mode.to_string(),
                     "precision": precision.to_string(),
                     "launch": launch,
-                    "p50_ms": pct(ms, 0.5),
-                    "p10_ms": pct(ms, 0.1),
-                    "p90_ms": pct(ms, 0.9),
-                    "gflops": part_flops / (pct(ms, 0.5) * 1e6),
+                    "p50_ms": ms.p50,
+                    "p10_ms": ms.p10,
+                    "p90_ms": ms.p90,
+                    "gflops": rate,
                 }));
             }
         }
@@ -166,15 +163,7 @@ fn bench_precision(
             e.enqueue(Part::Transformer, Some(&mut timer)).unwrap();
             gpu.sync().unwrap();
             let spans = timer.spans().unwrap();
-            let ov = head_overlap(&spans);
-            println!(
-                "timeline {mode}: head kernels busy {:.3} ms within {:.3} ms: concurrency {:.2}, \
-                 up to {} heads at once",
-                ov.busy_ms,
-                ov.union_ms,
-                ov.concurrency(),
-                ov.max_concurrent
-            );
+            println!("timeline {mode}: {}", head_overlap(&spans));
             std::fs::create_dir_all(dir).unwrap();
             let path = match precision {
                 Precision::F32 => dir.join(format!("transformer_{mode}.json")),

@@ -1,19 +1,25 @@
-//! Criterion benches of each kernel family at the released size (c=256, 8 heads of hd=32,
-//! ff=2048, 704 tokens, 6 decoder layers), batch 1, with the shapes, epilogues and tables the
-//! GPU engine launches them with. Groups (ids `group/name[/precision]`):
-//! - `qkv_projection`: the encoder's QKV linear writing each head's window layout;
-//! - `output_projection`: the encoder's output linear (k-split, before `add_layer_norm`);
-//! - `ffn`: the encoder's FFN linears, `ffn1_bias_relu` and `ffn2_split_k`;
-//! - `window_attention`: one head per window size (`w1` .. `w8`), and all 8 heads of a layer
-//!   in one launch of the fused kernel (`fused_8_heads`), as the `fused` mode runs them;
+//! Criterion benches of each op of the inference engine at the released size (c=256, 8 heads
+//! of hd=32, ff=2048, 704 tokens, 6 decoder layers), batch 1, with the shapes, epilogues and
+//! tables the GPU engine launches them with. One group per op, named after it (ids
+//! `op/name[/precision]`):
+//! - `linear`: the encoder's QKV projection writing each head's window layout
+//!   (`qkv_windows`), its output projection (`output_split_k`, before `add_layer_norm`), its
+//!   FFN linears (`ffn1_bias_relu`, `ffn2_split_k`), and the decoder's: the cross-attention
+//!   keys and values of all layers (`decoder_memory_kv`), a c x c projection of the one query
+//!   (`decoder_projection`), the FFN linears on one row (`decoder_ffn1_bias_relu`,
+//!   `decoder_ffn2_split_k`);
+//! - `window_attention` (per precision: the two products on CUDA cores in f32, on tensor cores
+//!   in tf32 and bf16): one head per window size (`w1` .. `w8`) with the key splits the engine
+//!   gives it, the `w = 1` head unsplit (`w1/unsplit`), all 8 heads of a layer in one launch
+//!   of the fused kernel (`fused_8_heads`: the engine's splits, as the `fused` mode runs them;
+//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and the
+//!   decoder's cross attention of one query over 704 keys, 8 heads in one launch, with the
+//!   engine's split (`<precision>/decoder_cross_attention`);
 //! - `layer_norm`: plain LayerNorm, and `add_layer_norm` summing a k-split linear's partial
-//!   products, bias and residual (after the output projection and after FFN2);
-//! - `decoder`: the cross-attention keys and values of all layers (`memory_kv`), a c x c
-//!   projection of the one query (`projection`), the FFN linears on one row, and the cross
-//!   attention of one query over 704 keys, 8 heads in one launch.
+//!   products, bias and residual (after the output projection and after FFN2).
 //!
-//! Linears run in f32 (CUDA cores), tf32 and bf16 (tensor cores); the attention and
-//! LayerNorm kernels are f32 only.
+//! Linears and attention run in f32 (CUDA cores), tf32 and bf16 (tensor cores); LayerNorm is
+//! f32 only.
 //!
 //! Timing: `iter_custom` with CUDA events around all of a sample's launches, queued back to
 //! back as they are inside a forward pass: per launch, the kernel's GPU time (or the host's
@@ -35,10 +41,11 @@ use attnrt::Result;
 use attnrt::cswintt::{HeadPlan, Plan, Precision};
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
-use attnrt::kernels::layer_norm::{LayerNormKernel, NormInput};
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
 use attnrt::kernels::window_attention::{
-    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
+    WindowAttentionKernels,
 };
 use attnrt::model::config::Config;
 use attnrt::model::weights::{LN_EPS, Weights};
@@ -58,10 +65,9 @@ fn main() {
     };
     let weights = common::released_weights();
     let mut c = common::criterion();
-    encoder_linears(&mut c, &gpu, &weights.config);
+    linear(&mut c, &gpu, &weights.config);
     window_attention(&mut c, &gpu, &weights);
     layer_norm(&mut c, &gpu, &weights.config);
-    decoder(&mut c, &gpu, &weights.config);
     c.final_summary();
 }
 
@@ -161,15 +167,15 @@ fn split_k_linear(gpu: &Gpu, shape: (usize, usize, usize)) -> (Linear, usize) {
     (Linear::new(gpu, shape, splits), splits)
 }
 
-/// The encoder's QKV, output and FFN linears.
-fn encoder_linears(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
+/// The encoder's QKV, output and FFN linears, and the decoder's.
+fn linear(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     let (n, d, ff, h) = (cfg.l_all(), cfg.d_model, cfg.dim_feedforward, cfg.nhead);
     let plan = Plan::new(cfg).expect("the released config is valid");
     let token_slot: Vec<u32> = plan.heads.iter().flat_map(|p| p.reverse_index()).collect();
     let token_slot = &upload(gpu.stream(), &token_slot).expect("upload");
     let scale = (cfg.hd() as f32).powf(-0.5);
+    let mut group = c.benchmark_group("linear");
 
-    let mut group = c.benchmark_group("qkv_projection");
     Linear::new(gpu, (n, 3 * d, d), 1).bench(&mut group, gpu, "qkv_windows", || {
         Epilogue::QkvWindows {
             token_slot,
@@ -178,20 +184,26 @@ fn encoder_linears(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
             scale,
         }
     });
-    group.finish();
-
-    let mut group = c.benchmark_group("output_projection");
     let (mut output, splits) = split_k_linear(gpu, (n, d, d));
-    output.bench(&mut group, gpu, "split_k", move || Epilogue::SplitK {
-        splits,
+    output.bench(&mut group, gpu, "output_split_k", move || {
+        Epilogue::SplitK { splits }
     });
-    group.finish();
-
-    let mut group = c.benchmark_group("ffn");
     Linear::new(gpu, (n, ff, d), 1).bench(&mut group, gpu, "ffn1_bias_relu", || Epilogue::BiasRelu);
     let (mut ffn2, splits) = split_k_linear(gpu, (n, d, ff));
     ffn2.bench(&mut group, gpu, "ffn2_split_k", move || Epilogue::SplitK {
         splits,
+    });
+
+    let bias = || Epilogue::Bias { scale: 1.0 };
+    let kv_row = cfg.dec_layers * 2 * d;
+    Linear::new(gpu, (n, kv_row, d), 1).bench(&mut group, gpu, "decoder_memory_kv", bias);
+    Linear::new(gpu, (1, d, d), 1).bench(&mut group, gpu, "decoder_projection", bias);
+    Linear::new(gpu, (1, ff, d), 1).bench(&mut group, gpu, "decoder_ffn1_bias_relu", || {
+        Epilogue::BiasRelu
+    });
+    let (mut ffn2, splits) = split_k_linear(gpu, (1, d, ff));
+    ffn2.bench(&mut group, gpu, "decoder_ffn2_split_k", move || {
+        Epilogue::SplitK { splits }
     });
     group.finish();
 }
@@ -204,6 +216,9 @@ struct Head {
     bias: Option<DeviceBuffer<f32>>,
     /// No padding: `(1, L_all)` zeros.
     key_pad: DeviceBuffer<u8>,
+    /// Split workspace for up to one split per key chunk (counters zero).
+    partial: DeviceBuffer<f32>,
+    arrived: DeviceBuffer<u32>,
 }
 
 impl Head {
@@ -214,40 +229,46 @@ impl Head {
         let bias = plan
             .gathered_bias(table)
             .expect("the synthetic model's bias tables");
-        Head {
+        let mut head = Head {
             slot_token: upload(s, &plan.partition_index()).expect("upload"),
             sr: upload(s, &plan.sr_table()).expect("upload"),
             bias: bias.map(|b| upload(s, &b).expect("upload")),
             key_pad: zeros(gpu, plan.l_all),
+            partial: zeros(gpu, 1),
+            arrived: zeros(gpu, 1),
             plan,
-        }
+        };
+        let shape = head.shape();
+        head.partial = zeros(gpu, KeySplit::partial_len(&shape, shape.n_keys));
+        head.arrived = zeros(gpu, KeySplit::arrived_len(&shape));
+        head
+    }
+
+    /// This head's attention at batch 1.
+    fn shape(&self) -> AttentionShape {
+        self.plan.attention_shape(1)
     }
 
     /// This head's attention for batch 1 reading its q, k, v from `qkv` (`(3, H, L_all, hd)`,
-    /// the QKV projection's window layout) and writing its channels of `concat`.
+    /// the QKV projection's window layout) and writing its channels of `concat`, its keys
+    /// split `splits` ways through the head's workspace.
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
-        &self,
-        kernel: &WindowAttentionKernel,
+        &mut self,
+        kernel: &WindowAttentionKernels,
         s: &CudaStream,
         qkv: &DeviceBuffer<f32>,
         heads: usize,
         concat: &mut DeviceBuffer<f32>,
+        splits: usize,
     ) -> PreparedAttention {
+        let shape = self.shape();
         let p = &self.plan;
         let block = p.l_all * p.hd;
         let at = |which: usize| qkv.slice((which * heads + p.head) * block..);
         let layout = SlotLayout {
             batch: block,
             slot: p.hd,
-        };
-        let shape = AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch: 1,
-            heads: 1,
-            head_stride: 0,
         };
         let ops = AttentionOperands {
             q: at(0),
@@ -263,6 +284,11 @@ impl Head {
             out_row: heads * p.hd,
             out_channel: p.channel_offset,
             head_out: None,
+            split: (splits > 1).then(|| KeySplit {
+                splits,
+                partial: self.partial.as_view_mut(),
+                arrived: self.arrived.as_view_mut(),
+            }),
         };
         kernel.prepare(s, &shape, ops).expect("a valid attention")
     }
@@ -273,59 +299,84 @@ fn head_flops(p: &HeadPlan) -> u64 {
     (4 * p.l_all * p.l_all * p.hd) as u64
 }
 
-/// One head per window size, then all heads in one fused launch.
+/// Per precision: one head per window size with the engine's key splits, the `w = 1` head
+/// unsplit, then all heads in one fused launch with the engine's splits, unsplit, and split
+/// evenly `N` ways.
 fn window_attention(c: &mut Criterion, gpu: &Gpu, weights: &Weights) {
     let cfg = &weights.config;
-    let kernel = WindowAttentionKernel::load(gpu).expect("loading window_attention.cu");
     let s = gpu.stream();
-    let heads: Vec<Head> = (0..cfg.nhead).map(|h| Head::new(gpu, weights, h)).collect();
+    let mut heads: Vec<Head> = (0..cfg.nhead).map(|h| Head::new(gpu, weights, h)).collect();
     let qkv = random(gpu, 3 * cfg.l_all() * cfg.d_model);
     let mut concat = zeros(gpu, cfg.l_all() * cfg.d_model);
-    let prepared: Vec<PreparedAttention> = heads
-        .iter()
-        .map(|head| head.prepare(&kernel, s, &qkv, cfg.nhead, &mut concat))
-        .collect();
+    let sms = gpu.multiprocessors().expect("the multiprocessor count");
+    let shapes: Vec<AttentionShape> = heads.iter().map(Head::shape).collect();
+    let engine_splits = KeySplit::for_heads(&shapes, sms);
+    let all: u64 = heads.iter().map(|h| head_flops(&h.plan)).sum();
 
     let mut group = c.benchmark_group("window_attention");
-    let mut windows_done = Vec::new();
-    for (head, p) in heads.iter().zip(&prepared) {
-        if windows_done.contains(&head.plan.w) {
-            continue; // the shifted heads cost the same as the unshifted ones
+    for precision in PRECISIONS {
+        let kernel = WindowAttentionKernels::load_precision(gpu, precision)
+            .expect("loading window_attention.cu");
+        let mut prepare = |heads: &mut [Head], splits: &dyn Fn(usize) -> usize| {
+            heads
+                .iter_mut()
+                .enumerate()
+                .map(|(h, head)| head.prepare(&kernel, s, &qkv, cfg.nhead, &mut concat, splits(h)))
+                .collect::<Vec<PreparedAttention>>()
+        };
+        let engine = prepare(&mut heads, &|h| engine_splits[h]);
+        let unsplit = prepare(&mut heads, &|_| 1);
+        let mut windows_done = Vec::new();
+        for (h, head) in heads.iter().enumerate() {
+            if windows_done.contains(&head.plan.w) {
+                continue; // the shifted heads cost the same as the unshifted ones
+            }
+            windows_done.push(head.plan.w);
+            group.throughput(Throughput::Elements(head_flops(&head.plan)));
+            let id = format!("{precision}/w{}", head.plan.w);
+            bench_launches(&mut group, &id, s, || kernel.launch(s, &engine[h]));
+            if head.plan.w == 1 {
+                bench_launches(&mut group, format!("{id}/unsplit"), s, || {
+                    kernel.launch(s, &unsplit[h])
+                });
+            }
         }
-        windows_done.push(head.plan.w);
-        group.throughput(Throughput::Elements(head_flops(&head.plan)));
-        bench_launches(&mut group, format!("w{}", head.plan.w), s, || {
-            kernel.launch(s, p)
+        group.throughput(Throughput::Elements(all));
+        let fused = format!("{precision}/fused_{}_heads", heads.len());
+        bench_launches(&mut group, &fused, s, || kernel.launch_fused(s, &engine));
+        bench_launches(&mut group, format!("{fused}/unsplit"), s, || {
+            kernel.launch_fused(s, &unsplit)
         });
+        for n in [2, 3, 4, 6, 11] {
+            let even = prepare(&mut heads, &|_| n);
+            bench_launches(&mut group, format!("{fused}/splits{n}"), s, || {
+                kernel.launch_fused(s, &even)
+            });
+        }
+        cross_attention(&mut group, gpu, &kernel, cfg);
     }
-    let all: u64 = heads.iter().map(|h| head_flops(&h.plan)).sum();
-    group.throughput(Throughput::Elements(all));
-    bench_launches(
-        &mut group,
-        format!("fused_{}_heads", heads.len()),
-        s,
-        || kernel.launch_fused(s, &prepared),
-    );
     group.finish();
-    // `prepared` holds the raw addresses of `qkv`, `concat` and the heads' tables, which
-    // live to the end of this function.
+    // The prepared launches hold the raw addresses of `qkv`, `concat` and the heads' tables
+    // and workspaces, which live to the end of this function.
 }
 
 /// Plain LayerNorm, and the add + LayerNorm epilogues of the encoder's k-split linears.
 fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
-    let kernel = LayerNormKernel::load(gpu).expect("loading layer_norm.cu");
+    let kernel = LayerNormKernels::load(gpu).expect("loading layer_norm.cu");
     let s = gpu.stream();
     let (rows, d) = (cfg.l_all(), cfg.d_model);
     let (gamma, beta, bias) = (random(gpu, d), random(gpu, d), random(gpu, d));
     let residual = random(gpu, rows * d);
     let mut y = zeros(gpu, rows * d);
+    let eps = LN_EPS as f32;
+    let mut norm =
+        |input: NormInput<'_>| kernel.forward(s, input, &gamma, &beta, eps, &mut y, Extra::Nothing);
     let mut group = c.benchmark_group("layer_norm");
 
     // Reads x and writes y.
     group.throughput(Throughput::Bytes(F32 * (2 * rows * d + 2 * d) as u64));
     bench_launches(&mut group, "layer_norm", s, || {
-        let input = NormInput::of(residual.as_view());
-        kernel.run(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+        norm(NormInput::of(residual.as_view()))
     });
 
     for (after, k) in [("output_projection", d), ("ffn2", cfg.dim_feedforward)] {
@@ -335,38 +386,33 @@ fn layer_norm(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         let bytes = F32 * ((splits + 2) * rows * d + 3 * d) as u64;
         group.throughput(Throughput::Bytes(bytes));
         bench_launches(&mut group, format!("add_layer_norm/{after}"), s, || {
-            let input = NormInput {
+            norm(NormInput {
                 parts: parts.as_view(),
                 n_parts: splits,
                 bias: Some(bias.as_view()),
                 residual: Some(residual.as_view()),
-            };
-            kernel.run(s, input, &gamma, &beta, LN_EPS as f32, &mut y, None)
+            })
         });
     }
     group.finish();
 }
 
-/// The decoder's launches on the one query (batch 1), and the keys and values of all its
-/// layers from the encoder output.
-fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
-    let (l_all, d, ff, h) = (cfg.l_all(), cfg.d_model, cfg.dim_feedforward, cfg.nhead);
+/// Layer 0's cross attention in the decoder: the one query against its k and v in the
+/// rows of all layers' keys and values (`decoder_memory_kv`'s output), 8 heads in one launch.
+fn cross_attention(
+    group: &mut Group<'_>,
+    gpu: &Gpu,
+    kernel: &WindowAttentionKernels,
+    cfg: &Config,
+) {
+    let (l_all, d, h) = (cfg.l_all(), cfg.d_model, cfg.nhead);
     let kv_row = cfg.dec_layers * 2 * d;
-    let mut group = c.benchmark_group("decoder");
-    let bias = || Epilogue::Bias { scale: 1.0 };
-    let mut memory_kv = Linear::new(gpu, (l_all, kv_row, d), 1);
-    memory_kv.bench(&mut group, gpu, "memory_kv", bias);
-    Linear::new(gpu, (1, d, d), 1).bench(&mut group, gpu, "projection", bias);
-    Linear::new(gpu, (1, ff, d), 1).bench(&mut group, gpu, "ffn1_bias_relu", || Epilogue::BiasRelu);
-    let (mut ffn2, splits) = split_k_linear(gpu, (1, d, ff));
-    ffn2.bench(&mut group, gpu, "ffn2_split_k", move || Epilogue::SplitK {
-        splits,
-    });
-
-    // Layer 0's cross attention: the query against its k and v in `memory_kv`'s output.
-    let kernel = WindowAttentionKernel::load(gpu).expect("loading window_attention.cu");
     let s = gpu.stream();
-    let (q, key_pad) = (random(gpu, d), zeros::<u8>(gpu, l_all));
+    let (q, key_pad, mem) = (
+        random(gpu, d),
+        zeros::<u8>(gpu, l_all),
+        random(gpu, l_all * kv_row),
+    );
     let mut out = zeros(gpu, d);
     let shape = AttentionShape {
         w: 1,
@@ -377,7 +423,10 @@ fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         heads: h,
         head_stride: cfg.hd(),
     };
-    let mem = &memory_kv.out;
+    let sms = gpu.multiprocessors().expect("the multiprocessor count");
+    let splits = KeySplit::for_heads(&[shape], sms)[0];
+    let mut partial = zeros(gpu, KeySplit::partial_len(&shape, splits));
+    let mut arrived = zeros(gpu, KeySplit::arrived_len(&shape));
     let ops = AttentionOperands {
         q: q.as_view(),
         q_layout: SlotLayout { batch: d, slot: 0 },
@@ -395,6 +444,11 @@ fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         out_row: d,
         out_channel: 0,
         head_out: None,
+        split: (splits > 1).then(|| KeySplit {
+            splits,
+            partial: partial.as_view_mut(),
+            arrived: arrived.as_view_mut(),
+        }),
     };
     let prepared = kernel.prepare(s, &shape, ops).expect("a valid attention");
     // One query against L_all keys, scores and output (`cswintt::flops`); k and v read once.
@@ -402,8 +456,6 @@ fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
         elements: (4 * l_all * d) as u64,
         bytes: F32 * (2 * l_all * d + 2 * d) as u64,
     });
-    bench_launches(&mut group, "cross_attention", s, || {
-        kernel.launch(s, &prepared)
-    });
-    group.finish();
+    let id = format!("{}/decoder_cross_attention", kernel.precision());
+    bench_launches(group, id, s, || kernel.launch(s, &prepared));
 }

@@ -7,12 +7,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use attnrt::multijob::JobFile;
 use attnrt::sched::bound::file_bound;
 use attnrt::sched::cost::{JobModel, RoundModel};
 use attnrt::sched::jobs::{JobSim, SimulationConfig};
 use attnrt::sched::policy::{JobObservation, Manager, PeriodInputs, PolicyKind, ThesisParams};
 use attnrt::sched::workload::{SyntheticSpec, THESIS_MODELS, synthetic};
-use attnrt::sched::{DistributionRatio, JobFile, SimOptions, simulate};
+use attnrt::sched::{DistributionRatio, SimOptions, simulate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -86,7 +87,8 @@ fn round(c: &mut Criterion) {
 fn simulation(c: &mut Criterion) {
     let example =
         JobFile::load(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/thesis-4gpu.toml").as_ref())
-            .unwrap();
+            .unwrap()
+            .sched;
     let mut group = c.benchmark_group("simulate");
     for policy in [PolicyKind::Static, PolicyKind::Thesis] {
         let options = SimOptions {
@@ -99,7 +101,7 @@ fn simulation(c: &mut Criterion) {
     }
     group.finish();
 
-    let scale = synthetic(&SyntheticSpec::scale_64x500()).unwrap();
+    let scale = synthetic(&SyntheticSpec::scale_64x500()).unwrap().file;
     let mut group = c.benchmark_group("simulate_scale");
     group
         .sample_size(10)

@@ -4,7 +4,7 @@
 //! 1. The phases of a step, each timed alone: the loader's batch preparation (CPU, wall
 //!    clock), staging the shard into page-locked memory (CPU), its copy to the GPU, forward +
 //!    backward, the optimizer (CUDA events), and the stats read-back (wall clock, GPU idle).
-//! 2. Whole steps back to back through the 1-GPU [`GpuEngine`] on a prepared batch (wall
+//! 2. Whole steps back to back through the 1-GPU [`ReplicaEngine`] on a prepared batch (wall
 //!    clock), one at a time and with one submitted ahead as the trainer does: the gap to the
 //!    sum of the GPU phases is what the host adds.
 //! 3. Every operation of the pass, timed alone at vit-small's shapes (CUDA events), times its
@@ -21,14 +21,18 @@ use std::time::Instant;
 use attnrt::Result;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{Gpu, time_ms};
-use attnrt::kernels::train_ops;
-use attnrt::kernels::train_vit as k;
+use attnrt::kernels::elementwise::ElementwiseKernels;
+use attnrt::kernels::gelu::GeluKernels;
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, Saved};
+use attnrt::kernels::patchify::{Patches, PatchifyKernels};
+use attnrt::kernels::softmax::SoftmaxKernels;
+use attnrt::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
 use attnrt::train::data::batches::{Batch, SampleOrder, fill_batch};
 use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
-use attnrt::train::gpu::linear::{Epilogue, Linear};
+use attnrt::train::gpu::linear::{GemmEpilogue, Linear};
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::vit::VitConfig;
-use attnrt::train::{Dataset, Engine, GpuEngine, ModelSpec, Optimizer, Precision, State};
+use attnrt::train::{Dataset, Engine, ModelSpec, Optimizer, Precision, ReplicaEngine, State};
 use cudarc::driver::CudaSlice;
 
 struct Options {
@@ -156,7 +160,7 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
     drop(replica);
 
     header("Whole steps through the 1-GPU engine (CPU wall)");
-    let mut engine = GpuEngine::new(&[gpu.ordinal()], &model, opt, o.precision, &state)?;
+    let mut engine = ReplicaEngine::new(&[gpu.ordinal()], &model, opt, o.precision, &state)?;
     let batch = Arc::new(batch);
     let all = 0..o.batch;
     let shards = std::slice::from_ref(&all);
@@ -208,7 +212,7 @@ struct OpBufs {
 }
 
 /// Table 3: each operation of the ViT pass alone, times its count per step (see
-/// `src/train/vit_gpu.rs`, which issues them).
+/// `src/train/gpu/vit.rs`, which issues them).
 fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
     use attnrt::error::CudaContext as _;
     let s = gpu.stream().clone();
@@ -257,7 +261,7 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         ("fc2", m, d),
     ] {
         let ms = gpu_ms(gpu, reps, || {
-            let bias = Epilogue::Bias(b.gw.slice(..dout));
+            let bias = GemmEpilogue::Bias(b.gw.slice(..dout));
             lin.forward(&b.a, &b.w, bias, &mut b.c, rows, din, dout)
         })?;
         line(&format!("linear {name} Y = X W^T + b"), l, ms);
@@ -275,23 +279,30 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         blas::column_sums(&cb, &b.b, &b.ones, &mut b.w, rows, d)
     })?;
     line("LayerNorm gamma/beta gradients (column sums)", 4 * l, ms);
+    let norm = LayerNormKernels::load(gpu)?;
     let ms = gpu_ms(gpu, reps, || {
-        k::layernorm_fwd(
-            gpu, &s, &b.a, &b.ones, &b.ones, &mut b.b, &mut b.c, &mut b.w, rows, d,
-        )
+        let saved = Saved {
+            xhat: b.c.slice_mut(..rows * d),
+            rstd: b.w.slice_mut(..rows),
+        };
+        let (x, ones) = (NormInput::of(b.a.slice(..rows * d)), b.ones.slice(..d));
+        let y = &mut b.b.slice_mut(..rows * d);
+        norm.forward(&s, x, &ones, &ones, 1e-5, y, Extra::Saved(saved))
     })?;
     line("LayerNorm forward", 2 * l + 1, ms);
     let ms = gpu_ms(gpu, reps, || {
-        k::layernorm_bwd(
-            gpu, &s, &b.a, &b.a, &b.ones, &b.ones, &mut b.b, &mut b.c, rows, d, true,
-        )
+        let saved = (&b.a, &b.ones);
+        let (dx, dyxhat) = (&mut b.b, &mut b.c);
+        norm.backward(&s, &b.a, saved, &b.ones, dx, dyxhat, (rows, d), true)
     })?;
     line("LayerNorm backward", 2 * l + 1, ms);
-    let ms = gpu_ms(gpu, reps, || k::gelu_fwd(gpu, &s, &b.a, &mut b.b, rows * m))?;
+    let gelu = GeluKernels::load(gpu)?;
+    let ms = gpu_ms(gpu, reps, || gelu.forward(&s, &b.a, &mut b.b, rows * m))?;
     line("GELU forward", l, ms);
-    let ms = gpu_ms(gpu, reps, || k::gelu_bwd(gpu, &s, &b.a, &mut b.b, rows * m))?;
+    let ms = gpu_ms(gpu, reps, || gelu.backward(&s, &b.a, &mut b.b, rows * m))?;
     line("GELU backward", l, ms);
-    let ms = gpu_ms(gpu, reps, || k::add(gpu, &s, &mut b.b, &b.a, rows * d))?;
+    let elementwise = ElementwiseKernels::load(gpu)?;
+    let ms = gpu_ms(gpu, reps, || elementwise.add(&s, &mut b.b, &b.a, rows * d))?;
     line("residual add", 2 * l, ms);
     // Attention's batched GEMMs read and write in place, at the pass's strides: q, k, v in
     // `qkv` rows (a), probabilities (c), outputs in concatenated rows (b).
@@ -314,29 +325,24 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
             ms,
         );
     }
-    let ms = gpu_ms(gpu, reps, || {
-        k::softmax_rows(gpu, &s, &mut b.a, batch * t, t)
-    })?;
+    let softmax = SoftmaxKernels::load(gpu)?;
+    let ms = gpu_ms(gpu, reps, || softmax.forward(&s, &mut b.a, (batch * t, t)))?;
     line("attention: softmax forward", l, ms);
     let ms = gpu_ms(gpu, reps, || {
-        k::softmax_bwd_rows(gpu, &s, &b.a, &mut b.b, batch * t, t, 1.0)
+        softmax.backward(&s, &b.a, &mut b.b, (batch * t, t), 1.0)
     })?;
     line("attention: softmax backward", l, ms);
-    let ms = gpu_ms(gpu, reps, || {
-        k::patchify(
-            gpu,
-            &s,
-            &b.a,
-            &mut b.b,
-            n,
-            c.image.channels,
-            c.image.width,
-            c.patch,
-        )
-    })?;
+    let patchify = PatchifyKernels::load(gpu)?;
+    let images = Patches {
+        n,
+        channels: c.image.channels,
+        side: c.image.width,
+        patch: c.patch,
+    };
+    let ms = gpu_ms(gpu, reps, || patchify.run(&s, &b.a, &mut b.b, images))?;
     line("embedding: patchify", 1, ms);
     let ms = gpu_ms(gpu, reps, || {
-        let bias = Epilogue::Bias(b.gw.slice(..d));
+        let bias = GemmEpilogue::Bias(b.gw.slice(..d));
         lin.forward(&b.a, &b.w, bias, &mut b.c, rows, pd, d)
     })?;
     line("embedding: linear Y = X W^T + b", 1, ms);
@@ -344,18 +350,10 @@ fn ops(gpu: &Arc<Gpu>, c: &VitConfig, o: &Options) -> Result<()> {
         lin.backward(&b.a, &b.b, &mut b.gw, None, rows, pd, d)
     })?;
     line("embedding: linear dW = dY^T X", 1, ms);
+    let loss = SoftmaxCrossEntropyKernels::load(gpu)?;
     let ms = gpu_ms(gpu, reps, || {
-        train_ops::softmax_xent(
-            gpu,
-            &s,
-            &b.a,
-            &b.labels,
-            &mut b.b,
-            &mut b.stats,
-            n,
-            c.classes,
-            1.0,
-        )
+        let shape = (n, c.classes);
+        loss.run(&s, &b.a, &b.labels, &mut b.b, &mut b.stats, shape, 1.0)
     })?;
     line("head: softmax cross-entropy", 1, ms);
     println!(

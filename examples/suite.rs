@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use attnrt::multijob::JobFile;
 use attnrt::sched::bound::file_bound;
 use attnrt::sched::suite::{
     DEFAULT_SEED, DEFAULT_WORKLOADS, generate, run, suite_svg, summary_table, workload_table,
@@ -97,7 +98,8 @@ fn suite(args: &Args) -> attnrt::Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| attnrt::Error::io(dir, e))?;
         for w in &workloads {
             let path = dir.join(format!("{}.toml", w.name));
-            std::fs::write(&path, w.file.to_toml()?).map_err(|e| attnrt::Error::io(&path, e))?;
+            let text = JobFile::from_workload(w.workload.clone()).to_toml()?;
+            std::fs::write(&path, text).map_err(|e| attnrt::Error::io(&path, e))?;
         }
     }
     let rows = run(&workloads, &args.policies)?;
@@ -131,7 +133,7 @@ fn scale(args: &Args, gpus: usize, jobs: usize) -> attnrt::Result<()> {
         mean_interarrival_s: base.mean_interarrival_s * 64.0 / gpus as f64,
         ..base
     };
-    let file = synthetic(&spec)?;
+    let file = synthetic(&spec)?.file;
     let started = Instant::now();
     let bound = file_bound(&file, "scale")?;
     println!(

@@ -1,5 +1,5 @@
 // Helpers shared by every kernel file. Kernels are `extern "C"` so that nsys/ncu show their
-// plain names (e.g. `attn_window_f32`), not mangled C++ ones.
+// plain names (e.g. `window_attention_hd32_f32`), not mangled C++ ones.
 #pragma once
 
 #define ATTNRT_KERNEL extern "C" __global__

@@ -1,20 +1,35 @@
-// The bias + residual + LayerNorm epilogue of the output projection and FFN2, and plain
-// LayerNorm (biased variance, eps given), one warp per row.
+// LayerNorm over rows (biased variance, eps given), forward and backward, one warp per row.
+//
+// Math. For a row v of c values: mean = sum v / c, var = sum (v - mean)^2 / c,
+//   rstd = 1 / sqrt(var + eps), xhat = (v - mean) * rstd, y = xhat * gamma + beta.
+// Backward, with g = dy * gamma:
+//   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),
+// and the parameters' gradients are column sums: dgamma = sum_rows dy * xhat, dbeta =
+// sum_rows dy (the trainer takes them with a GEMM against ones, so the kernel writes the
+// products dy * xhat).
 //
 // Layouts (row-major): parts (n_parts, rows, c), part_stride = rows * c apart; bias, gamma,
-// beta (c); residual, add, y, y_plus (rows, c).
+// beta (c); residual, add, y, y_plus, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
 //
 // Variants:
-//   add_layer_norm_f32  v = parts[0] + ... + parts[n_parts-1] + bias + residual (in that
-//                       order; bias and residual optional), y = LN(v) * gamma + beta, and
-//                       when `add` is non-null also y_plus = y + add (the decoder's
-//                       `t + qpos`, its next query's input). The parts are the k-split
-//                       partial products of linear_split_k_f32 (linear.cu): summing them
-//                       here, in a fixed order, is the GEMM's epilogue. Plain LayerNorm is
-//                       one part and no bias or residual.
+//   add_layer_norm_f32       the inference forward: v = parts[0] + ... + parts[n_parts-1] +
+//                            bias + residual (in that order; bias and residual optional),
+//                            y = LN(v) * gamma + beta, and when `add` is non-null also
+//                            y_plus = y + add (the decoder's `t + qpos`, its next query's
+//                            input). The parts are the k-split partial products of
+//                            linear_split_k_f32 (linear.cu): summing them here, in a fixed
+//                            order, is the GEMM's epilogue. Plain LayerNorm is one part and no
+//                            bias or residual.
+//   layer_norm_f32           the training forward: the same body (one template, so both
+//                            compute bit for bit alike), which also writes xhat and rstd for
+//                            the backward. It is a second entry point, not a run-time flag,
+//                            so the inference kernel's code stays exactly what it was.
+//   layer_norm_backward_f32  dx (added to dx when `accumulate`: the residual stream's
+//                            gradient), and dyxhat = dy * xhat.
 //
-// The row (c <= 1024) stays in registers; statistics are two-pass (mean, then the mean of
-// squared deviations), which avoids the cancellation of E[v^2] - E[v]^2.
+// The forward keeps the row (c <= 1024) in registers and reads it once; statistics are
+// two-pass (mean, then the mean of squared deviations), which avoids the cancellation of
+// E[v^2] - E[v]^2. The backward's rows have any width: it walks them in global memory.
 #include "common.cuh"
 
 struct LayerNormArgs {
@@ -26,16 +41,22 @@ struct LayerNormArgs {
     float* y;
     const float* add;       // optional, (rows, c)
     float* y_plus;          // written iff add is non-null
+    float* xhat;            // layer_norm_f32 only, (rows, c)
+    float* rstd;            // layer_norm_f32 only, (rows)
     long long rows, part_stride;
     int c, n_parts;
     float eps;
 };
+// The Rust mirror asserts the same size: a field added on one side only fails both builds.
+static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
 
 namespace {
 constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
 }
 
-ATTNRT_KERNEL void add_layer_norm_f32(LayerNormArgs p) {
+// The forward, one row per warp; SAVE also writes xhat and rstd.
+template <bool SAVE>
+__device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
@@ -60,12 +81,42 @@ ATTNRT_KERNEL void add_layer_norm_f32(LayerNormArgs p) {
         if (lane + 32 * i < p.c) sq = fmaf(d, d, sq);
     }
     const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
+    if (SAVE && lane == 0) p.rstd[row] = inv;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
         const int j = lane + 32 * i;
         if (j >= p.c) continue;
-        const float y = (v[i] - mean) * inv * p.gamma[j] + p.beta[j];
+        const float h = (v[i] - mean) * inv;
+        const float y = h * p.gamma[j] + p.beta[j];
         p.y[base + j] = y;
+        if (SAVE) p.xhat[base + j] = h;
         if (p.add) p.y_plus[base + j] = y + p.add[base + j];
+    }
+}
+
+ATTNRT_KERNEL void add_layer_norm_f32(LayerNormArgs p) { add_layer_norm<false>(p); }
+
+ATTNRT_KERNEL void layer_norm_f32(LayerNormArgs p) { add_layer_norm<true>(p); }
+
+ATTNRT_KERNEL void layer_norm_backward_f32(const float* __restrict__ dy, const float* __restrict__ xhat,
+                                           const float* __restrict__ rstd, const float* __restrict__ gamma,
+                                           float* __restrict__ dx, float* __restrict__ dyxhat, int rows,
+                                           int d, int accumulate) {
+    int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    long long o = (long long)row * d;
+    float sg = 0.0f, sgh = 0.0f;
+    for (int i = lane; i < d; i += 32) {
+        float g = dy[o + i] * gamma[i];
+        sg += g;
+        sgh += g * xhat[o + i];
+    }
+    float mg = warp_sum(sg) / d, mgh = warp_sum(sgh) / d;
+    float rs = rstd[row];
+    for (int i = lane; i < d; i += 32) {
+        float h = xhat[o + i];
+        float v = rs * (dy[o + i] * gamma[i] - mg - h * mgh);
+        dx[o + i] = accumulate ? dx[o + i] + v : v;
+        dyxhat[o + i] = dy[o + i] * h;
     }
 }

@@ -8,8 +8,9 @@
 //
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
-// result in 16-wide k steps through shared memory; each of its 256 threads keeps a 4x4
-// register block (rows 4 ty + i, columns 4 tx + j), read from shared memory as float4s.
+// result in 32-wide k steps through two shared-memory buffers (one barrier a step); each of
+// its 256 threads keeps a 4x4 register block (rows 4 ty + i, columns 4 tx + j), read from
+// shared memory as float4s.
 // Global loads are float4s when k is a multiple of 4 and x, W are 16-byte aligned (the
 // engine's buffers), and the next k step's loads are issued before the current step's
 // products (register prefetch). Every load and store is bounds-checked: any n, m, k.
@@ -31,7 +32,15 @@
 //                             out[which][head][b][slot][hd], which = q|k|v, where slot is
 //                             token_slot[head][token] (the head's P(w, s)) and input row
 //                             r = token * batch + b (the (L_all, b, c) activations).
+//
+// Few rows (n <= ROWS: the decoder's one query per batch item): linear_rows_<epilogue>_<precision>
+// compute the same products with one warp per output column, its lanes along k (float4 loads
+// when aligned) and a warp sum per row, no shared memory: m / 8 blocks that each read their
+// weight rows once, coalesced, where the 64x64 tiles would give m / 64 blocks walking k in
+// 16-wide steps. Operands are rounded as the precision's tensor cores round them (tf32, bf16;
+// f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS.
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 struct LinearArgs {
     const float* x;
@@ -44,10 +53,13 @@ struct LinearArgs {
     float scale;
     int batch, l_all, heads, hd;  // linear_qkv_windows_f32 only
 };
+// The Rust mirror asserts the same size: a field added on one side only fails both builds.
+static_assert(sizeof(LinearArgs) == 96, "mirrored in src/kernels/linear.rs");
 
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+constexpr int BM = 64, BN = 64, BK = 32, THREADS = 256;
+constexpr int ROWS = 8;  // the most rows of the few-rows kernels (mirrored in linear.rs)
 
 __device__ __forceinline__ bool aligned16(const void* ptr) {
     return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
@@ -103,31 +115,11 @@ struct SimtF32 {
 };
 
 // Tensor cores (mma.sync, f32 accumulators). The 8 warps tile the 64x64 block 2 x 4: warp w
-// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles.
-// PTX ISA fragment layouts, with g = lane / 4 (groupID) and t = lane % 4 (threadID_in_group):
-//   C/D of m16n8 (f32): c0 (g, 2t), c1 (g, 2t + 1), c2 (g + 8, 2t), c3 (g + 8, 2t + 1).
-//   m16n8k8 .tf32:  A a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4);
-//                   B b0 (k = t, n = g), b1 (k = t + 4, n = g).
-//   m16n8k16 .bf16: A (two bf16 per register, the lower k in the lower half)
-//                   a0 (g, 2t..2t+1), a1 (g + 8, 2t..2t+1), a2 (g, 2t+8..2t+9), a3 (g + 8, 2t+8..2t+9);
-//                   B b0 (k = 2t..2t+1, n = g), b1 (k = 2t+8..2t+9, n = g).
-// Operands are rounded from the f32 tiles in registers: cvt.rna.tf32.f32, or to bf16 (RN).
-enum class TensorOp { Tf32, Bf16 };
-
-__device__ __forceinline__ unsigned to_tf32(float v) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-    return r;
-}
-
-// Two bf16 (round to nearest even) in one register, `lo` in the lower 16 bits.
-__device__ __forceinline__ unsigned to_bf16x2(float lo, float hi) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-template <TensorOp OP>
+// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles. Op is
+// the operand type (tensor_core.cuh, with the PTX fragment layouts): Tf32Op (m16n8k8,
+// cvt.rna.tf32.f32) or Bf16Op (m16n8k16, round to nearest even), rounded from the f32 tiles
+// in registers; the tiles are k-major (xs[k][row]), so a row's k run has stride BM + 4.
+template <class Op>
 struct MmaCore {
     float acc[2][2][4] = {};  // [m16 tile][n8 tile][c0..c3]
 
@@ -135,68 +127,20 @@ struct MmaCore {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
         const int g = lane / 4, t = lane % 4;
         const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
-        if constexpr (OP == TensorOp::Tf32) {
 #pragma unroll
-            for (int k8 = 0; k8 < BK; k8 += 8) {
-                unsigned a[2][4], b[2][2];
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi) {
-                    const int r = wr + 16 * mi + g;
-                    a[mi][0] = to_tf32(xs[k8 + t][r]);
-                    a[mi][1] = to_tf32(xs[k8 + t][r + 8]);
-                    a[mi][2] = to_tf32(xs[k8 + t + 4][r]);
-                    a[mi][3] = to_tf32(xs[k8 + t + 4][r + 8]);
-                }
-#pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    const int c = wc + 8 * ni + g;
-                    b[ni][0] = to_tf32(ws[k8 + t][c]);
-                    b[ni][1] = to_tf32(ws[k8 + t + 4][c]);
-                }
-#pragma unroll
-                for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < 2; ++ni) {
-                        float* d = acc[mi][ni];
-                        asm volatile(
-                            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
-                            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                            "{%0, %1, %2, %3};"
-                            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                            : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
-                              "r"(b[ni][0]), "r"(b[ni][1]));
-                    }
-            }
-        } else {
-            static_assert(BK == 16, "one m16n8k16 step per BK step");
+        for (int k = 0; k < BK; k += Op::K) {
             unsigned a[2][4], b[2][2];
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
                 const int r = wr + 16 * mi + g;
-                a[mi][0] = to_bf16x2(xs[2 * t][r], xs[2 * t + 1][r]);
-                a[mi][1] = to_bf16x2(xs[2 * t][r + 8], xs[2 * t + 1][r + 8]);
-                a[mi][2] = to_bf16x2(xs[2 * t + 8][r], xs[2 * t + 9][r]);
-                a[mi][3] = to_bf16x2(xs[2 * t + 8][r + 8], xs[2 * t + 9][r + 8]);
+                Op::a(a[mi], &xs[0][r], &xs[0][r + 8], BM + 4, k, t);
             }
 #pragma unroll
-            for (int ni = 0; ni < 2; ++ni) {
-                const int c = wc + 8 * ni + g;
-                b[ni][0] = to_bf16x2(ws[2 * t][c], ws[2 * t + 1][c]);
-                b[ni][1] = to_bf16x2(ws[2 * t + 8][c], ws[2 * t + 9][c]);
-            }
+            for (int ni = 0; ni < 2; ++ni) Op::b(b[ni], &ws[0][wc + 8 * ni + g], BN + 4, k, t);
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-                for (int ni = 0; ni < 2; ++ni) {
-                    float* d = acc[mi][ni];
-                    asm volatile(
-                        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                        "{%0, %1, %2, %3};"
-                        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                        : "r"(a[mi][0]), "r"(a[mi][1]), "r"(a[mi][2]), "r"(a[mi][3]),
-                          "r"(b[ni][0]), "r"(b[ni][1]));
-                }
+                for (int ni = 0; ni < 2; ++ni) Op::mma(acc[mi][ni], a[mi], b[ni]);
         }
     }
 
@@ -219,67 +163,159 @@ struct MmaCore {
     }
 };
 
-using Tf32Core = MmaCore<TensorOp::Tf32>;
-using Bf16Core = MmaCore<TensorOp::Bf16>;
+using Tf32Core = MmaCore<Tf32Op>;
+using Bf16Core = MmaCore<Bf16Op>;
 
 // Accumulates x W^T over k in [k_begin, k_end) for this block's tile with `Core`'s
 // arithmetic, then applies `epilogue` to every element of the tile inside (n, m).
 template <class Core, class Epilogue>
 __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
                             Epilogue epilogue) {
-    // Rows padded to 68 floats: still 16-byte aligned for the float4 reads, and the
-    // transposed stores below conflict at most 2-way.
-    __shared__ __align__(16) float xs[BK][BM + 4];
-    __shared__ __align__(16) float ws[BK][BN + 4];
+    // Two buffers: a step's products read one while the next step's operands are stored
+    // into the other, one barrier per step. Rows padded to 68 floats: still 16-byte aligned
+    // for the float4 reads.
+    __shared__ __align__(16) float xs[2][BK][BM + 4];
+    __shared__ __align__(16) float ws[2][BK][BN + 4];
     const int tid = threadIdx.x;
     const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
-    // Loading: thread -> (tile row tid / 4, four consecutive k from (tid % 4) * 4).
-    const int lr = tid / 4, lk = (tid % 4) * 4;
+    // Loading: thread -> tile rows tid / 8 and tid / 8 + 32, four consecutive k from
+    // (tid % 8) * 4: eight threads read 32 consecutive k (128 bytes) of a row.
+    const int lr = tid / 8, lk = (tid % 8) * 4;
     const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
     Core core;
-    float4 xv = load4(p.x, row0 + lr, p.n, p.k, k_begin + lk, k_end, vector);
-    float4 wv = load4(p.weight, col0 + lr, p.m, p.k, k_begin + lk, k_end, vector);
-    for (long long k0 = k_begin; k0 < k_end; k0 += BK) {
-        xs[lk][lr] = xv.x, xs[lk + 1][lr] = xv.y, xs[lk + 2][lr] = xv.z, xs[lk + 3][lr] = xv.w;
-        ws[lk][lr] = wv.x, ws[lk + 1][lr] = wv.y, ws[lk + 2][lr] = wv.z, ws[lk + 3][lr] = wv.w;
-        __syncthreads();
-        if (k0 + BK < k_end) {  // the next step's loads overlap this step's products
-            xv = load4(p.x, row0 + lr, p.n, p.k, k0 + BK + lk, k_end, vector);
-            wv = load4(p.weight, col0 + lr, p.m, p.k, k0 + BK + lk, k_end, vector);
+    float4 xv[2], wv[2];
+    auto load = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            xv[i] = load4(p.x, row0 + lr + 32 * i, p.n, p.k, k0 + lk, k_end, vector);
+            wv[i] = load4(p.weight, col0 + lr + 32 * i, p.m, p.k, k0 + lk, k_end, vector);
         }
-        core.step(xs, ws);
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int r = lr + 32 * i;
+            xs[buf][lk][r] = xv[i].x, xs[buf][lk + 1][r] = xv[i].y;
+            xs[buf][lk + 2][r] = xv[i].z, xs[buf][lk + 3][r] = xv[i].w;
+            ws[buf][lk][r] = wv[i].x, ws[buf][lk + 1][r] = wv[i].y;
+            ws[buf][lk + 2][r] = wv[i].z, ws[buf][lk + 3][r] = wv[i].w;
+        }
+    };
+    load(k_begin);
+    store(0);
+    __syncthreads();
+    int buf = 0;
+    for (long long k0 = k_begin; k0 < k_end; k0 += BK, buf ^= 1) {
+        const bool more = k0 + BK < k_end;
+        if (more) load(k0 + BK);  // in flight during this step's products
+        core.step(xs[buf], ws[buf]);
+        // The other buffer's last readers finished before the previous barrier.
+        if (more) store(buf ^ 1);
         __syncthreads();
     }
     core.store(p, row0, col0, epilogue);
 }
 
-// The four epilogues, each over any `Core`; the kernels below instantiate them per precision.
+// The few-rows products: x W^T over k in [k_begin, k_end) for n <= ROWS rows, one warp per
+// output column, then `epilogue` on each of its n results. `Round` rounds each operand.
+template <class Round, class Epilogue>
+__device__ void linear_rows(const LinearArgs& p, long long k_begin, long long k_end,
+                            Epilogue epilogue) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long c = (long long)blockIdx.x * (THREADS / 32) + warp;
+    if (c >= p.m) return;  // a whole warp: the sums below need all its lanes
+    const float* w = p.weight + c * p.k;
+    float acc[ROWS] = {};
+    // k_begin and k_end are multiples of 4 whenever the loads can be float4s (as in load4).
+    if (p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight)) {
+        for (long long kk = k_begin + 4 * lane; kk < k_end; kk += 128) {
+            const float4 b = *reinterpret_cast<const float4*>(w + kk);
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                if (r >= p.n) break;
+                const float4 a = *reinterpret_cast<const float4*>(p.x + r * p.k + kk);
+                acc[r] = fmaf(Round::of(a.x), Round::of(b.x), acc[r]);
+                acc[r] = fmaf(Round::of(a.y), Round::of(b.y), acc[r]);
+                acc[r] = fmaf(Round::of(a.z), Round::of(b.z), acc[r]);
+                acc[r] = fmaf(Round::of(a.w), Round::of(b.w), acc[r]);
+            }
+        }
+    } else {
+        for (long long kk = k_begin + lane; kk < k_end; kk += 32) {
+            const float b = Round::of(w[kk]);
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                if (r >= p.n) break;
+                acc[r] = fmaf(Round::of(p.x[r * p.k + kk]), b, acc[r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0 && r < p.n) epilogue(r, c, sum);
+    }
+}
+
+// Operand rounding of the few-rows products, as each precision's tensor cores round.
+struct RoundF32 {
+    static __device__ __forceinline__ float of(float v) { return v; }
+};
+struct RoundTf32 {
+    static __device__ __forceinline__ float of(float v) { return __uint_as_float(to_tf32(v)); }
+};
+struct RoundBf16 {
+    static __device__ __forceinline__ float of(float v) {
+        return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
+    }
+};
+
+// How a kernel computes its products: 64x64 tiles with a core, or few rows with a rounding.
 template <class Core>
+struct Tiles {
+    template <class Epilogue>
+    static __device__ void run(const LinearArgs& p, long long k_begin, long long k_end,
+                               Epilogue epilogue) {
+        linear_tile<Core>(p, k_begin, k_end, epilogue);
+    }
+};
+template <class Round>
+struct Rows {
+    template <class Epilogue>
+    static __device__ void run(const LinearArgs& p, long long k_begin, long long k_end,
+                               Epilogue epilogue) {
+        linear_rows<Round>(p, k_begin, k_end, epilogue);
+    }
+};
+
+// The four epilogues, each over any way of computing the products (`Product`: Tiles<Core>
+// or Rows<Round>); the kernels below instantiate them per precision.
+template <class Product>
 __device__ void linear_bias(const LinearArgs& p) {
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = (acc + p.bias[c]) * p.scale;
     });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_bias_relu(const LinearArgs& p) {
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         p.out[r * p.m + c] = fmaxf(acc + p.bias[c], 0.0f);
     });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_split_k(const LinearArgs& p) {
     const long long begin = blockIdx.z * p.k_chunk, end = min(p.k, begin + p.k_chunk);
     float* out = p.out + blockIdx.z * p.n * p.m;
-    linear_tile<Core>(p, begin, end,
-                      [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
+    Product::run(p, begin, end,
+                 [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
-template <class Core>
+template <class Product>
 __device__ void linear_qkv_windows(const LinearArgs& p) {
     const long long width = p.m / 3;  // c
-    linear_tile<Core>(p, 0, p.k, [&](long long r, long long c, float acc) {
+    Product::run(p, 0, p.k, [&](long long r, long long c, float acc) {
         const long long which = c / width, channel = c % width;
         const long long head = channel / p.hd, ch = channel % p.hd;
         const long long token = r / p.batch, b = r % p.batch;
@@ -292,21 +328,19 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
 
 }  // namespace
 
-// linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores).
-#define LINEAR_KERNELS(PRECISION, CORE)                                                    \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_##PRECISION(LinearArgs p) {  \
-        linear_bias<CORE>(p);                                                              \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_bias_relu_##PRECISION(LinearArgs p) { \
-        linear_bias_relu<CORE>(p);                                                         \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_split_k_##PRECISION(LinearArgs p) { \
-        linear_split_k<CORE>(p);                                                           \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS) linear_qkv_windows_##PRECISION(LinearArgs p) { \
-        linear_qkv_windows<CORE>(p);                                                       \
-    }
+// linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores); and
+// linear_rows_<epilogue>_<precision> for few rows (no QKV variant: the encoder has many rows).
+#define LINEAR_KERNEL(NAME, BODY, PRODUCT)                                                 \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS) NAME(LinearArgs p) { BODY<PRODUCT>(p); }
+#define LINEAR_KERNELS(PRECISION, CORE, ROUND)                                             \
+    LINEAR_KERNEL(linear_bias_##PRECISION, linear_bias, Tiles<CORE>)                       \
+    LINEAR_KERNEL(linear_bias_relu_##PRECISION, linear_bias_relu, Tiles<CORE>)             \
+    LINEAR_KERNEL(linear_split_k_##PRECISION, linear_split_k, Tiles<CORE>)                 \
+    LINEAR_KERNEL(linear_qkv_windows_##PRECISION, linear_qkv_windows, Tiles<CORE>)         \
+    LINEAR_KERNEL(linear_rows_bias_##PRECISION, linear_bias, Rows<ROUND>)                  \
+    LINEAR_KERNEL(linear_rows_bias_relu_##PRECISION, linear_bias_relu, Rows<ROUND>)        \
+    LINEAR_KERNEL(linear_rows_split_k_##PRECISION, linear_split_k, Rows<ROUND>)
 
-LINEAR_KERNELS(f32, SimtF32)
-LINEAR_KERNELS(tf32, Tf32Core)
-LINEAR_KERNELS(bf16, Bf16Core)
+LINEAR_KERNELS(f32, SimtF32, RoundF32)
+LINEAR_KERNELS(tf32, Tf32Core, RoundTf32)
+LINEAR_KERNELS(bf16, Bf16Core, RoundBf16)

@@ -1,5 +1,5 @@
 // Cyclic-shift window attention for one head (spec, encoder step 5), fused with the window
-// reverse and head concatenation (steps 6-7) in its output write.
+// reverse and head concatenation (steps 6-7) in its output write, and its backward.
 //
 // Math. Query window i and key window l are w*w slots of hd channels. Score column
 // col = l*w*w + a*w + e pairs query window i with key window l rolled by (+a, +e):
@@ -14,13 +14,23 @@
 // With w == 1 this is plain scaled-dot-product attention over tokens (the query arrives
 // pre-scaled), which is how the decoder's cross attention uses it.
 //
-// Blocks. One block per (tile of 64 query slots, batch item b, head z): 64 / (w*w) whole query
-// windows (w*w <= 64). It walks the keys in chunks of 64 slots (whole key windows), flash
-// style: D tile (64x64, 4x4 register blocks) -> the chunk's scores (64 columns per query
-// window, each a sum of w*w D entries along a wrapped diagonal) -> online softmax per query
-// window (running max and sum, accumulator rescaled) -> P' tile -> O += P' V. Every head of
-// the released model (704 tokens) is 11 query tiles per batch item: a per-head launch fills
-// only 11 SMs, which is what running heads on their own streams recovers.
+// Blocks. One block per (query tile of 64 slots, key split, batch item b, head z): 64 / (w*w)
+// whole query windows (w*w <= 64). A split walks its chunks of 64 key slots (whole key
+// windows), flash style, keeping a running max and sum per query window: cp.async has
+// brought the chunk's k (and, one step behind, v) into shared memory while the previous
+// chunk was finishing; D = Q K^T (64 x 64) by the core; the scores (64 columns per query
+// window, each a sum of w*w D entries along a wrapped diagonal) with sr, mask and bias (the
+// mask and bias are loaded into registers before D, so their latency hides behind it);
+// online softmax (accumulators rescaled); P' (the probabilities expanded to a 64 x 64 slot
+// tile); O = O * rescale + P' V by the core. With w == 1 the scores are D itself and P' is
+// the probability tile, so the three share one buffer and the copies between them vanish.
+//
+// Key splits. A head of one split writes its output directly. With several, each block writes
+// its unnormalised output and its windows' running max and sum to `partial`, counts itself in
+// `arrived[unit]`, and the block that arrives last merges the splits in split order (so the
+// result does not depend on which block is last), writes the output and resets the counter
+// for the next launch. Splitting keeps a head off a layer's critical path: a head is 11 query
+// tiles at the released size, each walking all 704 keys unless split.
 //
 // Layouts. Slot s of batch item b has its hd channels at
 //   q + b*q_batch_stride + s*q_slot_stride + z*head_stride (likewise k, v with kv_*).
@@ -31,23 +41,63 @@
 //   out      (tokens, batch, out_row); head z writes channels out_channel + z*hd + [0, hd):
 //            the window-reversed, concatenated output (token = slot_token[slot]).
 //   head_out (batch, n_queries, hd) or null: the output before window reverse, for tests.
+//   partial  splits > 1: (splits, units, 64, hd) outputs, then (splits, units, 2, 64) running
+//            max | sum, units = batch x heads x query tiles;  arrived (units), zero between
+//            launches.
 //
-// Fused heads: window_attention_heads_hd*_f32 runs up to MAX_FUSED argument sets (heads of
-// different windows, sharing hd and batch) in one launch, so one layer's attention fills the
-// GPU with 8 x 11 blocks instead of 11. The arguments arrive as one __grid_constant__ struct
-// (2.2 KB of kernel parameters, read in place: no upload, capturable in a graph). blockIdx.x
-// is flattened over the sets: set i owns blocks [tile_start[i], tile_start[i+1]), that is
-// its query tiles times its heads. Both entry points call the same window_attention body
-// with the block's (tile, b, z), so a head computes bit for bit the same either way.
+// Fused heads: window_attention_heads_hd*_<precision> runs up to MAX_FUSED argument sets
+// (heads of different windows, lengths and splits, sharing the variant and batch) in one
+// launch, so one layer's attention fills the GPU. The arguments arrive as one
+// __grid_constant__ struct (2.7 KB of kernel parameters, read in place: no upload, capturable
+// in a graph). blockIdx.x is flattened over the sets: set i owns blocks [block_start[i],
+// block_start[i+1]), its query tiles x heads x splits. Both entry points call the same body
+// with the block's (tile, split, b, z), so a head computes bit for bit the same either way.
 //
-// Variants: window_attention_hd{8,16,32,64}_f32, one per head width, so that every loop
-// over channels and accumulator rows has a compile-time trip count (a run-time hd cost 3x
-// the instructions: predicated unrolled loops and index arithmetic). The launcher picks the
-// variant; shared memory is dynamic (above 48 KB the launcher opts in).
+// Cores (template parameter), all with f32 accumulation and an f32 softmax, all with one
+// ownership of the results (the mma C fragment: 8 warps as 4 x 2 warp tiles; a warp's D tile
+// is 16 x 32, four m16n8 tiles, its O tile 16 x HDP/2):
+//   SimtF32   fp32 FMAs on CUDA cores (the exact f32 path), window_attention_*_f32;
+//   Tf32Mma   mma.sync m16n8k8, operands rounded to tf32 in registers, *_tf32;
+//   Bf16Mma   mma.sync m16n8k16, operands rounded to bf16 in registers, *_bf16.
+// Variants: window_attention_hd{16,32,64,128}_<precision>: the tiles are HDP channels wide;
+// a head of hd <= HDP channels runs in the narrowest variant, channels [hd, HDP) zero in
+// shared memory, so every hd from 1 to 128 runs (loops over channels keep compile-time trip
+// counts). Shared memory is dynamic (above 48 KB the launcher opts in).
+//
+// Backward (the ViT trainer's; one head per launch). The forward keeps no probabilities, so
+// the backward recomputes them from q and k, in two deterministic passes without atomics, on
+// the trainer's windowed head-major buffers: q (pre-scaled), k, v and the output gradient
+// dout, each (n, heads, t, hd) with this head's tokens in its window-partition slot order
+// (the trainer gathers them so). No key padding and no bias (the ViT has neither):
+//   window_attention_backward_scores_f32: per query window (one warp), the scores as the
+//     forward rounds them, p = softmax,
+//     dP[col] = sum_pos dout[i*ww + pos] . v[l*ww + wrap_diff(pos, roll)], and
+//     dS = p (dP - sum p dP) / ww; writes p and dS, (n, heads, t, t), row i < t / ww;
+//   window_attention_backward_grads_f32: per slot and channel, the three sums that read them:
+//     dq[i*ww + pos] = sum_col dS[i][col] k[l*ww + wrap_diff(pos, roll)],
+//     dk[l*ww + x]   = sum_{i, roll} dS[i][l*ww + roll] q[i*ww + wrap_add(x, roll)],
+//     dv[l*ww + x]   = sum_{i, roll}  p[i][l*ww + roll] dout[i*ww + wrap_add(x, roll)].
+// dq is the gradient of the pre-scaled q; the trainer's scatter multiplies it by hd^-0.5.
 #include "common.cuh"
-#include "window_shift.cuh"  // wrap_diff
+#include "tensor_core.cuh"
 
-struct WindowAttentionArgs {
+// In-window position arithmetic of the cyclic shifts: positions of a w x w window
+// (w = 1 << lw) are pos = r*w + c.
+// The position at (r_x - r_y, c_x - c_y) mod w: both the key position that roll y = a*w + e
+// brings to query position x, and the roll that brings key position y to x.
+__device__ __forceinline__ int wrap_diff(int x, int y, int lw) {
+    const int m = (1 << lw) - 1;
+    return ((((x >> lw) - (y >> lw)) & m) << lw) | (((x & m) - (y & m)) & m);
+}
+
+// The position at (r_x + r_y, c_x + c_y) mod w: the query position to which roll y brings
+// key position x (the inverse of wrap_diff in its first argument).
+__device__ __forceinline__ int wrap_add(int x, int y, int lw) {
+    const int m = (1 << lw) - 1;
+    return ((((x >> lw) + (y >> lw)) & m) << lw) | (((x & m) + (y & m)) & m);
+}
+
+struct AttentionArgs {
     const float* q;
     const float* k;
     const float* v;
@@ -57,137 +107,301 @@ struct WindowAttentionArgs {
     const unsigned* slot_token;
     float* out;
     float* head_out;
+    float* partial;     // splits > 1: (splits, units, TILE, hd) outputs, (splits, units, 2, TILE)
+                        // running max | sum; units = batch x heads x query tiles
+    unsigned* arrived;  // splits > 1: (units) counters, zero between launches
     long long q_batch_stride, q_slot_stride, kv_batch_stride, kv_slot_stride, head_stride;
-    int w, n_queries, n_keys, batch, out_row, out_channel;
+    int w, hd, n_queries, n_keys, batch, heads, out_row, out_channel, splits, chunks_per_split;
 };
 
-namespace {
+namespace attention {
 
-constexpr int TILE = 64;      // query slots per block and key slots per chunk
-constexpr int THREADS = 256;
-constexpr int PAD = TILE + 1;  // row stride of the 64x64 tiles: column walks hit distinct banks
+constexpr int TILE = 64;        // query slots per block and key slots per chunk
+constexpr int THREADS = 256;    // 8 warps
+constexpr int DS = TILE + 4;    // row stride of D, P' and the scores: fragment reads of 8 rows
+                                // x 4 columns and softmax rows hit 32 distinct banks
+constexpr int SC_ROWS = 16;     // score rows kept apart from D when w > 1 (64 / 4 windows)
+constexpr int MAX_SPLITS = 64;  // the merge's factor table is (splits, TILE) inside D
+constexpr int SCORES_PER_THREAD = TILE * TILE / THREADS;
 
-// Loads `TILE` slots from `first` (zeros past `count`) into a (TILE, stride) tile.
-template <int HD>
-__device__ void load_slots(float* tile, int stride, const float* base, long long slot_stride,
-                           int first, int count) {
-#pragma unroll
-    for (int e = threadIdx.x; e < TILE * HD; e += THREADS) {
-        const int t = e / HD, ch = e % HD;
-        tile[t * stride + ch] = first + t < count ? base[(first + t) * slot_stride + ch] : 0.0f;
+// Shared memory, in floats. Row strides: q and k HDP + 4 (16-byte rows for cp.async;
+// fragment reads of 8 rows x 4 columns conflict-free), v HDP + 8 (4 rows x 8 columns).
+template <int HDP>
+struct Smem {
+    static constexpr int QS = HDP + 4, VS = HDP + 8;
+    static constexpr int q = 0, k = q + TILE * QS, v = k + TILE * QS, d = v + TILE * VS;
+    static constexpr int sc = d + TILE * DS, stats = sc + SC_ROWS * DS;
+    // stats: run_max, run_sum, rescale (TILE each), sr (TILE), then one int (the merge flag).
+    static constexpr int floats = stats + 4 * TILE + 4;
+    static constexpr int bytes = floats * 4;
+};
+
+__device__ __forceinline__ bool aligned16(const void* ptr) {
+    return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
+}
+
+// Issues the copies of TILE slots from slot `first` (zero rows from `count` on) of one
+// operand, channels [0, hd), into a shared tile of row stride `stride`. Channels [hd, HDP)
+// are not touched (zeroed once per block).
+template <int HDP>
+__device__ __forceinline__ void load_tile(float* tile, int stride, const float* base,
+                                          long long slot_stride, int first, int count, int hd,
+                                          bool vector) {
+    if (vector) {
+        constexpr int PER_ROW = HDP / 4;
+#pragma unroll 2
+        for (int e = threadIdx.x; e < TILE * PER_ROW; e += THREADS) {
+            const int r = e / PER_ROW, c = 4 * (e % PER_ROW);
+            if (c >= hd) continue;
+            const bool in = first + r < count;
+            const float* src = in ? base + (long long)(first + r) * slot_stride + c : base;
+            cp_async16(tile + r * stride + c, src, in ? 16 : 0);
+        }
+    } else {
+#pragma unroll 4
+        for (int e = threadIdx.x; e < TILE * HDP; e += THREADS) {
+            const int r = e / HDP, c = e % HDP;
+            if (c >= hd) continue;
+            const bool in = first + r < count;
+            const float* src = in ? base + (long long)(first + r) * slot_stride + c : base;
+            cp_async4(tile + r * stride + c, src, in ? 4 : 0);
+        }
     }
 }
 
-// out = A B^T for 64x64 tiles of A (64, HD) and B (64, HD) with row strides sa, sb; each
-// thread owns rows ty + 16i and columns tx + 16j.
-template <int HD>
-__device__ void tile_abt(const float* a, int sa, const float* b, int sb, float* out) {
-    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-    float acc[4][4] = {};
-#pragma unroll 8
-    for (int kk = 0; kk < HD; ++kk) {
-        float x[4], y[4];
+// The cores. qk: d[ni][e] += Q K^T over HDP channels for the warp's 16 x 32 tile at (r0, c0)
+// (element e of m16n8 tile ni, in the C-fragment layout). pv: o[ni][e] += P' V over the 64
+// key slots for the warp's 16 x (8 NT) tile at (r0, n0). Q and K rows have stride QS, V rows
+// VS, P' rows DS.
+struct SimtF32 {
+    template <int HDP>
+    static __device__ __forceinline__ void qk(const float* qs, const float* ks, int r0, int c0,
+                                              float (&d)[4][4]) {
+        constexpr int QS = Smem<HDP>::QS;
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+        const float* q0 = qs + (r0 + g) * QS;
+        const float* q1 = q0 + 8 * QS;
+#pragma unroll 4
+        for (int kk = 0; kk < HDP; ++kk) {
+            const float x0 = q0[kk], x1 = q1[kk];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) x[i] = a[(ty + 16 * i) * sa + kk];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) y[j] = b[(tx + 16 * j) * sb + kk];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(x[i], y[j], acc[i][j]);
+            for (int ni = 0; ni < 4; ++ni) {
+                const float* kr = ks + (c0 + 8 * ni + 2 * t) * QS + kk;
+                const float y0 = kr[0], y1 = kr[QS];
+                d[ni][0] = fmaf(x0, y0, d[ni][0]);
+                d[ni][1] = fmaf(x0, y1, d[ni][1]);
+                d[ni][2] = fmaf(x1, y0, d[ni][2]);
+                d[ni][3] = fmaf(x1, y1, d[ni][3]);
+            }
+        }
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) out[(ty + 16 * i) * PAD + tx + 16 * j] = acc[i][j];
-}
 
-}  // namespace
+    template <int HDP, int NT>
+    static __device__ __forceinline__ void pv(const float* ps, const float* vs, int r0, int n0,
+                                              float (&o)[NT][4]) {
+        constexpr int VS = Smem<HDP>::VS;
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+        const float* p0 = ps + (r0 + g) * DS;
+        const float* p1 = p0 + 8 * DS;
+#pragma unroll 4
+        for (int kk = 0; kk < TILE; ++kk) {
+            const float x0 = p0[kk], x1 = p1[kk];
+#pragma unroll
+            for (int ni = 0; ni < NT; ++ni) {
+                const float2 y = *reinterpret_cast<const float2*>(vs + kk * VS + n0 + 8 * ni + 2 * t);
+                o[ni][0] = fmaf(x0, y.x, o[ni][0]);
+                o[ni][1] = fmaf(x0, y.y, o[ni][1]);
+                o[ni][2] = fmaf(x1, y.x, o[ni][2]);
+                o[ni][3] = fmaf(x1, y.y, o[ni][3]);
+            }
+        }
+    }
+};
 
-// The attention of query tile `tile`, batch item `b`, head `z` (one block's work).
-template <int HD>
-__device__ void window_attention(const WindowAttentionArgs& p, int tile, int b, int z) {
-    extern __shared__ float smem[];
-    // w is a power of two (the launcher checks): index arithmetic is shifts and masks.
-    const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww;
-    constexpr int hd = HD, groups = THREADS / HD, rows = TILE / groups;
-    const int windows = TILE >> lww;
-    float* qs = smem;                  // (TILE, hd) query slots
-    float* ks = qs + TILE * hd;        // (TILE, hd + 1) key chunk
-    float* vs = ks + TILE * (hd + 1);  // (TILE, hd) value chunk
-    float* dp = vs + TILE * hd;        // (TILE, PAD): D, then P'
-    float* sc = dp + TILE * PAD;       // (windows, TILE): the chunk's scores, then p
-    float* run_max = sc + TILE * TILE;
+// The tensor-core cores: Op (tensor_core.cuh) is the operand type, tf32 or bf16.
+template <class Op>
+struct Mma {
+    template <int HDP>
+    static __device__ __forceinline__ void qk(const float* qs, const float* ks, int r0, int c0,
+                                              float (&d)[4][4]) {
+        constexpr int QS = Smem<HDP>::QS;
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+        const float* q0 = qs + (r0 + g) * QS;
+        const float* q1 = q0 + 8 * QS;
+#pragma unroll
+        for (int k = 0; k < HDP; k += Op::K) {
+            unsigned a[4];
+            Op::a(a, q0, q1, 1, k, t);
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                unsigned b[2];
+                Op::b(b, ks + (c0 + 8 * ni + g) * QS, 1, k, t);  // K^T: key row c0 + 8 ni + g
+                Op::mma(d[ni], a, b);
+            }
+        }
+    }
+
+    template <int HDP, int NT>
+    static __device__ __forceinline__ void pv(const float* ps, const float* vs, int r0, int n0,
+                                              float (&o)[NT][4]) {
+        constexpr int VS = Smem<HDP>::VS;
+        const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+        const float* p0 = ps + (r0 + g) * DS;
+        const float* p1 = p0 + 8 * DS;
+#pragma unroll
+        for (int k = 0; k < TILE; k += Op::K) {
+            unsigned a[4];
+            Op::a(a, p0, p1, 1, k, t);
+#pragma unroll
+            for (int ni = 0; ni < NT; ++ni) {
+                unsigned b[2];
+                Op::b(b, vs + n0 + 8 * ni + g, VS, k, t);
+                Op::mma(o[ni], a, b);
+            }
+        }
+    }
+};
+using Tf32Mma = Mma<Tf32Op>;
+using Bf16Mma = Mma<Bf16Op>;
+
+// The work of one block: query tile `tile`, key split `split`, batch item `b`, head `z`.
+template <class Core, int HDP>
+__device__ void block(const AttentionArgs& p, int tile, int split, int b, int z) {
+    using S = Smem<HDP>;
+    constexpr int NT = HDP / 16;  // n8 tiles of a warp's O tile
+    extern __shared__ __align__(16) float smem[];
+    float* qs = smem + S::q;
+    float* ks = smem + S::k;
+    float* vs = smem + S::v;
+    float* dp = smem + S::d;  // D, then P'
+    float* run_max = smem + S::stats;
     float* run_sum = run_max + TILE;
     float* rescale = run_sum + TILE;
-    const int tid = threadIdx.x;
-    const int q0 = tile * TILE;
+    float* sr = rescale + TILE;
+    int* last = reinterpret_cast<int*>(sr + TILE);
+    // w is a power of two (the launcher checks): index arithmetic is shifts and masks.
+    const int lw = __ffs(p.w) - 1, lww = 2 * lw, ww = 1 << lww;
+    float* sc = ww == 1 ? dp : smem + S::sc;  // the chunk's scores, then probabilities
+    const int windows = TILE >> lww;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int hd = p.hd, q0 = tile * TILE;
     const long long head = z * p.head_stride;
     const float* q = p.q + b * p.q_batch_stride + head;
     const float* k = p.k + b * p.kv_batch_stride + head;
     const float* v = p.v + b * p.kv_batch_stride + head;
     const int first_window = q0 >> lww;
     const float inv_ww = 1.0f / ww;  // exact: ww is a power of two
-    // Threads per score: with few query windows (w = 8) several threads share one score's
-    // w*w-term sum, then combine it with shuffles (all threads take part exactly once).
-    const int scores = windows * TILE, parts = scores < THREADS ? THREADS / scores : 1;
-    // Query windows of this tile that exist (all but the last tile: all of them; the decoder's
-    // single query: one). Scores and softmax skip the others; their outputs are not written.
+    // Threads per score: with one query window (w = 8) four threads share a score's 64-term
+    // sum and combine it with shuffles (256 scores otherwise: every thread takes part once).
+    const int parts = windows * TILE < THREADS ? THREADS / (windows * TILE) : 1;
+    // Query windows of this tile that exist (all but the last tile: all; the decoder's single
+    // query: one). Scores and softmax skip the others; their outputs are not written.
     const int live = min(windows, (p.n_queries - q0) >> lww);
-    // Threads per query window in the softmax: all threads when there are many windows,
-    // at most a warp (a power of two, so groups never straddle warps).
+    const int n_scores = live * TILE * parts;  // a multiple of 64: warp-uniform bounds
+    // Threads per query window in the softmax: all threads when there are many windows, at
+    // most a warp (a power of two, so groups never straddle warps).
     const int spread = min(32, THREADS / windows);
+    const int n_chunks = (p.n_keys + TILE - 1) / TILE;
+    const int chunk_begin = split * p.chunks_per_split;
+    const int chunk_end = min(n_chunks, chunk_begin + p.chunks_per_split);
+    const bool vector_q = hd % 4 == 0 && p.q_slot_stride % 4 == 0 && aligned16(q);
+    const bool vector_kv =
+        hd % 4 == 0 && p.kv_slot_stride % 4 == 0 && aligned16(k) && aligned16(v);
+    // Warp tiles: D rows dr + [0, 16), columns dc + [0, 32); O rows dr, columns on + [0, HDP/2).
+    const int dr = 16 * (warp % 4), dc = 32 * (warp / 4), on = HDP / 2 * (warp / 4);
 
-    load_slots<HD>(qs, hd, q, p.q_slot_stride, q0, p.n_queries);
+    if (hd < HDP) {
+        for (int e = tid; e < TILE * HDP; e += THREADS) {
+            const int r = e / HDP, c = e % HDP;
+            if (c >= hd) qs[r * S::QS + c] = ks[r * S::QS + c] = vs[r * S::VS + c] = 0.0f;
+        }
+    }
     if (tid < TILE) {
         run_max[tid] = NEG_INF;
         run_sum[tid] = 0.0f;
         rescale[tid] = 1.0f;  // windows past `live` keep it
+        if (tid < ww && ww > 1) sr[tid] = p.sr[tid];
     }
-    // Output accumulators: channel ch of tokens tg + groups * j, j < rows.
-    const int ch = tid % HD, tg = tid / HD;
-    float acc[rows] = {};
+    // Copy groups, in order: q with the first k; the first v; then per chunk the next k
+    // (after D) and the next v (after P' V).
+    load_tile<HDP>(qs, S::QS, q, p.q_slot_stride, q0, p.n_queries, hd, vector_q);
+    load_tile<HDP>(ks, S::QS, k, p.kv_slot_stride, chunk_begin * TILE, p.n_keys, hd, vector_kv);
+    cp_async_commit();
+    load_tile<HDP>(vs, S::VS, v, p.kv_slot_stride, chunk_begin * TILE, p.n_keys, hd, vector_kv);
+    cp_async_commit();
+    float o[NT][4] = {};
 
-    for (int k0 = 0; k0 < p.n_keys; k0 += TILE) {
-        load_slots<HD>(ks, hd + 1, k, p.kv_slot_stride, k0, p.n_keys);
-        load_slots<HD>(vs, hd, v, p.kv_slot_stride, k0, p.n_keys);
-        __syncthreads();
-        tile_abt<HD>(qs, hd, ks, hd + 1, dp);  // D[query slot][key slot]
-        __syncthreads();
-
-        // Scores: (window g, column c = l*ww + roll) sums D along the roll's wrapped diagonal.
-#pragma unroll 4
-        for (int idx = tid; idx < live * TILE * parts; idx += THREADS) {
-            const int score = idx / parts, part = idx % parts;
-            const int g = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
-            float s = 0.0f;
-            for (int pos = part; pos < ww; pos += parts)
-                s += dp[((g << lww) + pos) * PAD + (l << lww) + wrap_diff(pos, roll, lw)];
-            for (int o = parts / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (part != 0) continue;
-            const int col = k0 + c, window = first_window + g;
-            if (ww > 1) s = (s + p.sr[roll]) * inv_ww;
-            if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col]) {
-                s = NEG_INF;  // the bias would not change that; and col may be out of range
-            } else if (p.bias) {
-                s += p.bias[(long long)window * p.n_keys + col];
+    for (int chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+        const int k0 = chunk * TILE;
+        const bool more = chunk + 1 < chunk_end;
+        // Each score's mask and bias (-inf when masked), loaded before D so that the loads'
+        // latency hides behind it. Score `idx / parts` is (window, column) = (idx / parts) /
+        // TILE, (idx / parts) % TILE; only part 0 finishes a score.
+        float extra[SCORES_PER_THREAD];
+#pragma unroll
+        for (int j = 0; j < SCORES_PER_THREAD; ++j) {
+            const int idx = tid + j * THREADS;
+            extra[j] = 0.0f;
+            if (idx < n_scores && idx % parts == 0) {
+                const int score = idx / parts, col = k0 + score % TILE;
+                if (col >= p.n_keys || p.key_pad[(long long)b * p.n_keys + col])
+                    extra[j] = NEG_INF;
+                else if (p.bias)
+                    extra[j] = p.bias[(long long)(first_window + score / TILE) * p.n_keys + col];
             }
-            sc[score] = s;
+        }
+        cp_async_wait(1);  // this chunk's k (and, the first time, q) has landed
+        __syncthreads();
+
+        {  // D[query slot][key slot] = Q K^T
+            float d[4][4] = {};
+            Core::template qk<HDP>(qs, ks, dr, dc, d);
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                float* row = dp + (dr + g) * DS + dc + 8 * ni + 2 * t;
+                *reinterpret_cast<float2*>(row) = make_float2(d[ni][0], d[ni][1]);
+                *reinterpret_cast<float2*>(row + 8 * DS) = make_float2(d[ni][2], d[ni][3]);
+            }
+        }
+        __syncthreads();  // D is complete and k is free
+        if (more) {
+            load_tile<HDP>(ks, S::QS, k, p.kv_slot_stride, k0 + TILE, p.n_keys, hd, vector_kv);
+            cp_async_commit();
+        }
+
+        // Scores: (window gw, column c = l*ww + roll) sums D along the roll's wrapped diagonal.
+        // With w == 1, sc is dp and each thread rewrites only the element it read.
+#pragma unroll
+        for (int j = 0; j < SCORES_PER_THREAD; ++j) {
+            const int idx = tid + j * THREADS;
+            if (idx < n_scores) {
+                const int score = idx / parts, part = idx % parts;
+                const int gw = score / TILE, c = score % TILE, l = c >> lww, roll = c & (ww - 1);
+                float s = 0.0f;
+                for (int pos = part; pos < ww; pos += parts)
+                    s += dp[((gw << lww) + pos) * DS + (l << lww) + wrap_diff(pos, roll, lw)];
+                for (int o2 = parts / 2; o2 > 0; o2 >>= 1)
+                    s += __shfl_xor_sync(0xffffffffu, s, o2);
+                if (part == 0) {
+                    if (ww > 1) s = (s + sr[roll]) * inv_ww;
+                    sc[gw * DS + c] = s + extra[j];
+                }
+            }
         }
         __syncthreads();
 
         // Online softmax: `spread` neighbouring threads per query window (4 for w = 1, a
         // warp for w >= 4), each over every spread-th column: p = exp(s - max so far).
         {
-            const int g = tid / spread, sub = tid % spread;
-            const unsigned group = __ballot_sync(0xffffffffu, g < live);
-            if (g < live) {
-                float* row = sc + g * TILE;
+            const int gw = tid / spread, sub = tid % spread;
+            const unsigned group = __ballot_sync(0xffffffffu, gw < live);
+            if (gw < live) {
+                float* row = sc + gw * DS;
                 float chunk_max = NEG_INF;
                 for (int c = sub; c < TILE; c += spread) chunk_max = fmaxf(chunk_max, row[c]);
-                for (int o = spread / 2; o > 0; o >>= 1)
-                    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(group, chunk_max, o));
-                const float old_max = run_max[g], new_max = fmaxf(old_max, chunk_max);
+                for (int o2 = spread / 2; o2 > 0; o2 >>= 1)
+                    chunk_max = fmaxf(chunk_max, __shfl_xor_sync(group, chunk_max, o2));
+                const float old_max = run_max[gw], new_max = fmaxf(old_max, chunk_max);
                 // While every column so far is masked, keep the accumulators at 0.
                 const float base = new_max == NEG_INF ? 0.0f : new_max;
                 float chunk_sum = 0.0f;
@@ -196,76 +410,264 @@ __device__ void window_attention(const WindowAttentionArgs& p, int tile, int b, 
                     row[c] = e;
                     chunk_sum += e;
                 }
-                for (int o = spread / 2; o > 0; o >>= 1)
-                    chunk_sum += __shfl_xor_sync(group, chunk_sum, o);
-                __syncwarp(group);  // the group has read run_max[g] before it is updated
+                for (int o2 = spread / 2; o2 > 0; o2 >>= 1)
+                    chunk_sum += __shfl_xor_sync(group, chunk_sum, o2);
+                __syncwarp(group);  // the group has read run_max[gw] before it is updated
                 if (sub == 0) {
                     const float r = expf(old_max - base);
-                    rescale[g] = r;
-                    run_sum[g] = run_sum[g] * r + chunk_sum;
-                    run_max[g] = new_max;
+                    rescale[gw] = r;
+                    run_sum[gw] = run_sum[gw] * r + chunk_sum;
+                    run_max[gw] = new_max;
                 }
             }
         }
         __syncthreads();
 
-        // P'[query slot t][key slot src] = p(window of t, key window of src, roll src -> t).
-        for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
-            const int t = idx / TILE, src = idx % TILE;
-            const int g = t >> lww, roll = wrap_diff(t & (ww - 1), src & (ww - 1), lw);
-            dp[t * PAD + src] = g < live ? sc[g * TILE + (src & ~(ww - 1)) + roll] : 0.0f;
+        // P'[query slot ts][key slot src] = p(window of ts, key window of src, roll src -> ts).
+        // With w == 1, P' is p itself, already in place (rows past `live` hold finite D
+        // values: their outputs are never written).
+        if (ww > 1) {
+#pragma unroll 4
+            for (int idx = tid; idx < TILE * TILE; idx += THREADS) {
+                const int ts = idx / TILE, src = idx % TILE;
+                const int gw = ts >> lww, roll = wrap_diff(ts & (ww - 1), src & (ww - 1), lw);
+                dp[ts * DS + src] = gw < live ? sc[gw * DS + (src & ~(ww - 1)) + roll] : 0.0f;
+            }
         }
+        cp_async_wait(more ? 1 : 0);  // this chunk's v has landed
         __syncthreads();
 
         // O = O * rescale + P' V.
+        {
+            const float r_lo = rescale[(dr + g) >> lww], r_hi = rescale[(dr + g + 8) >> lww];
 #pragma unroll
-        for (int j = 0; j < rows; ++j) acc[j] *= rescale[(tg + groups * j) >> lww];
-#pragma unroll 4
-        for (int src = 0; src < TILE; ++src) {
-            const float x = vs[src * hd + ch];
-#pragma unroll
-            for (int j = 0; j < rows; ++j) acc[j] = fmaf(dp[(tg + groups * j) * PAD + src], x, acc[j]);
+            for (int ni = 0; ni < NT; ++ni) {
+                o[ni][0] *= r_lo;
+                o[ni][1] *= r_lo;
+                o[ni][2] *= r_hi;
+                o[ni][3] *= r_hi;
+            }
+            Core::template pv<HDP, NT>(dp, vs, dr, on, o);
         }
-        __syncthreads();  // before the next chunk overwrites ks, vs, dp, sc
+        __syncthreads();  // v, P' and the scores are free
+        if (more) {
+            load_tile<HDP>(vs, S::VS, v, p.kv_slot_stride, k0 + TILE, p.n_keys, hd, vector_kv);
+            cp_async_commit();
+        }
     }
 
-#pragma unroll
-    for (int j = 0; j < rows; ++j) {
-        const int t = tg + groups * j, slot = q0 + t;
-        if (slot >= p.n_queries) continue;
-        const float o = acc[j] / run_sum[t >> lww];
+    // The output of slot `slot`, channel c: into the concatenated heads at its token, and
+    // into head_out (single-head launches) before the window reverse.
+    auto write = [&](int slot, int c, float value) {
         const long long token = p.slot_token ? p.slot_token[slot] : slot;
-        p.out[(token * p.batch + b) * p.out_row + p.out_channel + z * hd + ch] = o;
-        if (p.head_out) p.head_out[((long long)b * p.n_queries + slot) * hd + ch] = o;
+        p.out[(token * p.batch + b) * p.out_row + p.out_channel + z * hd + c] = value;
+        if (p.head_out) p.head_out[((long long)b * p.n_queries + slot) * hd + c] = value;
+    };
+    if (p.splits == 1) {
+#pragma unroll
+        for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = dr + g + (e >= 2 ? 8 : 0), c = on + 8 * ni + 2 * t + (e & 1);
+                if (c < hd && q0 + r < p.n_queries) write(q0 + r, c, o[ni][e] / run_sum[r >> lww]);
+            }
+        return;
     }
+
+    // Split: this block's partial results, then the merge by the last block to arrive.
+    const int tiles = (p.n_queries + TILE - 1) / TILE;
+    const long long units = (long long)p.batch * p.heads * tiles;
+    const long long unit = ((long long)b * p.heads + z) * tiles + tile;
+    float* part_o = p.partial;                               // (splits, units, TILE, hd)
+    float* part_s = p.partial + p.splits * units * TILE * hd;  // (splits, units, 2, TILE)
+    {
+        float* mine = part_o + (split * units + unit) * TILE * hd;
+#pragma unroll
+        for (int ni = 0; ni < NT; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = dr + g + (e >= 2 ? 8 : 0), c = on + 8 * ni + 2 * t + (e & 1);
+                if (c < hd && q0 + r < p.n_queries) __stcg(mine + r * hd + c, o[ni][e]);
+            }
+        float* stats = part_s + (split * units + unit) * 2 * TILE;
+        if (tid < live) {
+            __stcg(stats + tid, run_max[tid]);
+            __stcg(stats + TILE + tid, run_sum[tid]);
+        }
+    }
+    __threadfence();  // the partial results are visible device-wide before the count
+    __syncthreads();
+    if (tid == 0) *last = atomicAdd(p.arrived + unit, 1u) == (unsigned)p.splits - 1;
+    __syncthreads();
+    if (!*last) return;
+    __threadfence();
+
+    // Merge: per window, M = max of the splits' maxima, factor_s = exp(m_s - M),
+    // L = sum_s l_s factor_s; o = (sum_s o_s factor_s) / L, splits in order.
+    float* factor = dp;  // (splits, TILE)
+    if (tid < live) {
+        float m = NEG_INF;
+        for (int s = 0; s < p.splits; ++s)
+            m = fmaxf(m, __ldcg(part_s + (s * units + unit) * 2 * TILE + tid));
+        const float base = m == NEG_INF ? 0.0f : m;
+        float sum = 0.0f;
+        for (int s = 0; s < p.splits; ++s) {
+            const float* stats = part_s + (s * units + unit) * 2 * TILE;
+            const float f = expf(__ldcg(stats + tid) - base);
+            factor[s * TILE + tid] = f;
+            sum += __ldcg(stats + TILE + tid) * f;
+        }
+        run_sum[tid] = sum;
+    }
+    __syncthreads();
+    for (int e = tid; e < TILE * hd; e += THREADS) {
+        const int r = e / hd, c = e % hd;
+        if (q0 + r >= p.n_queries) break;  // rows only grow with e
+        const int gw = r >> lww;
+        float acc = 0.0f;
+        for (int s = 0; s < p.splits; ++s)
+            acc += __ldcg(part_o + ((s * units + unit) * TILE + r) * hd + c) * factor[s * TILE + gw];
+        write(q0 + r, c, acc / run_sum[gw]);
+    }
+    if (tid == 0) p.arrived[unit] = 0;  // for the next launch
 }
+
+}  // namespace attention
 
 // Argument sets of one fused launch (mirrored in src/kernels/window_attention.rs).
 constexpr int MAX_FUSED = 16;
-struct WindowAttentionHeads {
-    WindowAttentionArgs set[MAX_FUSED];
-    int tile_start[MAX_FUSED + 1];  // prefix sum of query tiles x heads per set
+struct AttentionHeads {
+    AttentionArgs set[MAX_FUSED];
+    int block_start[MAX_FUSED + 1];  // prefix sum of query tiles x heads x splits per set
     int count;
 };
-// The Rust mirrors assert the same sizes: a field added on one side only fails both builds.
-static_assert(sizeof(WindowAttentionArgs) == 136, "mirrored in src/kernels/window_attention.rs");
-static_assert(sizeof(WindowAttentionHeads) == 2248, "mirrored in src/kernels/window_attention.rs");
+static_assert(sizeof(AttentionArgs) == 168, "mirrored in src/kernels/window_attention.rs");
+static_assert(sizeof(AttentionHeads) == 2760, "mirrored in src/kernels/window_attention.rs");
 
-#define WINDOW_ATTENTION(HD)                                                               \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_hd##HD##_f32(       \
-        WindowAttentionArgs p) {                                                           \
-        window_attention<HD>(p, blockIdx.x, blockIdx.y, blockIdx.z);                       \
-    }                                                                                      \
-    ATTNRT_KERNEL void __launch_bounds__(THREADS, 1) window_attention_heads_hd##HD##_f32( \
-        const __grid_constant__ WindowAttentionHeads a) {                                  \
-        int i = 0;                                                                         \
-        while (i + 1 < a.count && (int)blockIdx.x >= a.tile_start[i + 1]) ++i;             \
-        const WindowAttentionArgs& p = a.set[i];                                           \
-        const int tiles = (p.n_queries + TILE - 1) / TILE;                                 \
-        const int local = blockIdx.x - a.tile_start[i];                                    \
-        window_attention<HD>(p, local % tiles, blockIdx.y, local / tiles);                 \
+// window_attention_hd<HDP>_<precision> (one head or several heads of one shape; grid
+// (tiles x splits, batch, heads)) and window_attention_heads_hd<HDP>_<precision> (up to
+// MAX_FUSED sets; blockIdx.x flattened over the sets, each set's blocks ordered (head, tile,
+// split)). Both run the same block body.
+#define WINDOW_ATTENTION(HDP, PRECISION, CORE, MIN_BLOCKS)                                   \
+    ATTNRT_KERNEL void __launch_bounds__(attention::THREADS, MIN_BLOCKS)                     \
+        window_attention_hd##HDP##_##PRECISION(AttentionArgs p) {                            \
+        attention::block<attention::CORE, HDP>(p, blockIdx.x / p.splits, blockIdx.x % p.splits, \
+                                               blockIdx.y, blockIdx.z);                      \
+    }                                                                                        \
+    ATTNRT_KERNEL void __launch_bounds__(attention::THREADS, MIN_BLOCKS)                     \
+        window_attention_heads_hd##HDP##_##PRECISION(const __grid_constant__ AttentionHeads a) { \
+        int i = 0;                                                                           \
+        while (i + 1 < a.count && (int)blockIdx.x >= a.block_start[i + 1]) ++i;              \
+        const AttentionArgs& p = a.set[i];                                                   \
+        const int tiles = (p.n_queries + attention::TILE - 1) / attention::TILE;             \
+        const int local = blockIdx.x - a.block_start[i], rest = local / p.splits;            \
+        attention::block<attention::CORE, HDP>(p, rest % tiles, local % p.splits, blockIdx.y, \
+                                               rest / tiles);                                \
     }
-WINDOW_ATTENTION(8)
-WINDOW_ATTENTION(16)
-WINDOW_ATTENTION(32)
-WINDOW_ATTENTION(64)
+
+#define WINDOW_ATTENTION_PRECISIONS(HDP, MIN_BLOCKS)       \
+    WINDOW_ATTENTION(HDP, f32, SimtF32, MIN_BLOCKS)        \
+    WINDOW_ATTENTION(HDP, tf32, Tf32Mma, MIN_BLOCKS)       \
+    WINDOW_ATTENTION(HDP, bf16, Bf16Mma, MIN_BLOCKS)
+WINDOW_ATTENTION_PRECISIONS(16, 2)
+WINDOW_ATTENTION_PRECISIONS(32, 2)
+WINDOW_ATTENTION_PRECISIONS(64, 2)
+WINDOW_ATTENTION_PRECISIONS(128, 1)
+
+namespace {
+
+// The backward's view of one head's operands: window w = 1 << lw, t slots, hd channels;
+// image b's head data at ((b * heads + head) * t) * hd.
+struct HeadGeometry {
+    int lw, t, hd, heads, head;
+    __device__ long long base(int b) const { return ((long long)b * heads + head) * t * hd; }
+    __device__ long long score_row(int b, int i) const {
+        return (((long long)b * heads + head) * t + i) * t;
+    }
+};
+
+__device__ float dot(const float* a, const float* b, int n) {
+    float s = 0.0f;
+    for (int c = 0; c < n; ++c) s = fmaf(a[c], b[c], s);
+    return s;
+}
+
+}  // namespace
+
+// One warp per (image, query window): rows = n * t / ww. sr: (ww) or null (w == 1).
+ATTNRT_KERNEL void window_attention_backward_scores_f32(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ dout, const float* __restrict__ sr, float* __restrict__ p,
+    float* __restrict__ ds, int n, int lw, int t, int hd, int heads, int head) {
+    const HeadGeometry g{lw, t, hd, heads, head};
+    const int ww = 1 << (2 * lw), windows = t >> (2 * lw);
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (row >= n * windows) return;
+    const int b = row / windows, i = row % windows;
+    const long long o = g.base(b);
+    float* pr = p + g.score_row(b, i);
+    float* dr = ds + g.score_row(b, i);
+    const float inv_ww = 1.0f / ww;  // exact: ww is a power of two
+    float max = NEG_INF;
+    for (int col = lane; col < t; col += 32) {
+        const int l = col >> (2 * lw), roll = col & (ww - 1);
+        float s = 0.0f, dp = 0.0f;
+        for (int pos = 0; pos < ww; ++pos) {
+            const long long qs = o + (long long)((i << (2 * lw)) + pos) * hd;
+            const long long ks = o + (long long)((l << (2 * lw)) + wrap_diff(pos, roll, lw)) * hd;
+            s += dot(q + qs, k + ks, hd);
+            dp += dot(dout + qs, v + ks, hd);
+        }
+        if (ww > 1) s = (s + sr[roll]) * inv_ww;  // as the forward kernel rounds it
+        pr[col] = s;
+        dr[col] = dp;
+        max = fmaxf(max, s);
+    }
+    max = warp_max(max);
+    float sum = 0.0f;
+    for (int col = lane; col < t; col += 32) sum += expf(pr[col] - max);
+    sum = warp_sum(sum);
+    float inner = 0.0f;
+    for (int col = lane; col < t; col += 32) {
+        pr[col] = expf(pr[col] - max) / sum;
+        inner += pr[col] * dr[col];
+    }
+    inner = warp_sum(inner);
+    for (int col = lane; col < t; col += 32) dr[col] = pr[col] * (dr[col] - inner) * inv_ww;
+}
+
+// One thread per (image, slot, channel) of the head: dq, dk, dv (windowed, this head's part).
+ATTNRT_KERNEL void window_attention_backward_grads_f32(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ dout,
+    const float* __restrict__ p, const float* __restrict__ ds, float* __restrict__ dq,
+    float* __restrict__ dk, float* __restrict__ dv, int n, int lw, int t, int hd, int heads,
+    int head) {
+    const HeadGeometry g{lw, t, hd, heads, head};
+    const int ww = 1 << (2 * lw), windows = t >> (2 * lw);
+    GRID_STRIDE(e, (long long)n * t * hd) {
+        const int c = e % hd, j = (e / hd) % t, b = e / ((long long)hd * t);
+        const int win = j >> (2 * lw), x = j & (ww - 1);
+        const long long o = g.base(b);
+        // dq: this slot as a query, against every column of its window's row.
+        const float* dsr = ds + g.score_row(b, win);
+        float aq = 0.0f;
+        for (int col = 0; col < t; ++col) {
+            const int l = col >> (2 * lw), roll = col & (ww - 1);
+            aq = fmaf(dsr[col], k[o + (long long)((l << (2 * lw)) + wrap_diff(x, roll, lw)) * hd + c], aq);
+        }
+        // dk, dv: this slot as position x of key window `win`, under every roll of every row.
+        float ak = 0.0f, av = 0.0f;
+        for (int i = 0; i < windows; ++i) {
+            const long long r = g.score_row(b, i) + (win << (2 * lw));
+            for (int roll = 0; roll < ww; ++roll) {
+                const long long qs = o + (long long)((i << (2 * lw)) + wrap_add(x, roll, lw)) * hd + c;
+                ak = fmaf(ds[r + roll], q[qs], ak);
+                av = fmaf(p[r + roll], dout[qs], av);
+            }
+        }
+        const long long at = o + (long long)j * hd + c;
+        dq[at] = aq;
+        dk[at] = ak;
+        dv[at] = av;
+    }
+}

@@ -1,24 +1,29 @@
 #!/usr/bin/env python3
-"""Convert a released CSWinTT checkpoint (.pth.tar) to safetensors for attnrt.
+"""Convert a CSWinTT checkpoint (.pth or .pth.tar) to safetensors for attnrt.
 
-Reads the checkpoint's `net` state dict (or the file itself when it is a plain state
-dict), strips a DataParallel `module.` prefix, and writes EVERY tensor (backbone, heads
-and all, so the full tracker can use the file later) with its dtype kept, plus the
-metadata attnrt reads: format, d_model, nhead, dim_feedforward, enc_layers, dec_layers,
-search_size, template_size, window_sizes (inferred from the tensor shapes; the
-options below override and are checked against the shapes).
+Reads the state dict (the released CSWinTT.pth is a bare state dict; training checkpoints
+hold it under `net`), strips a DataParallel `module.` prefix, and writes EVERY tensor with
+its dtype kept, plus the metadata attnrt reads: d_model, nhead, dim_feedforward,
+enc_layers, dec_layers, search_size, template_size, window_sizes (inferred from the
+tensor shapes; the options below override and are checked against the shapes). A whole
+tracker (backbone, bottleneck, box_head, cls_head, query_embed) is written with format
+`cswintt-tracker` and its crop sizes and factors; a transformer alone with format
+`cswintt-transformer`.
 
 Usage:
-  python3 scripts/convert_checkpoint.py CSWinTT.pth.tar [-o cswintt.safetensors]
+  python3 scripts/convert_checkpoint.py CSWinTT.pth [-o cswintt.safetensors]
       [--nhead 8] [--window-sizes 1,2,4,8,1,2,4,8] [--search-size 24] [--template-size 8]
+      [--update-interval N] [--trust-pickle]
 
-Needs PyTorch (to unpickle the checkpoint); writes safetensors itself (no extra package).
-Checkpoints from the original training code pickle some of its own objects (settings,
-constructors): when a safe `weights_only` load fails, the checkpoint is unpickled with
-those classes replaced by inert stubs. Only do that with checkpoints you trust.
+Needs PyTorch; writes safetensors itself (no extra package). The checkpoint is read with
+`torch.load(weights_only=True)`, which unpickles tensors and plain containers only.
+Training checkpoints also pickle objects of the original code base (settings,
+constructors), which that refuses: the converter then stops and says so. `--trust-pickle`
+unpickles such a file in full, with inert stand-ins for classes it cannot import; only use
+it on files you trust (unpickling can run code).
 
-Exit status: 0 written; 1 the checkpoint is not a CSWinTT transformer or is
-inconsistent; 2 bad usage or unreadable file.
+Exit status: 0 written; 1 the checkpoint is not a CSWinTT checkpoint or is inconsistent;
+2 bad usage, an unreadable file, or a file that needs --trust-pickle.
 """
 import argparse
 import json
@@ -29,7 +34,13 @@ import sys
 import types
 
 FORMAT = "cswintt-transformer"
+TRACKER_FORMAT = "cswintt-tracker"
 BIAS_WINDOWS = (1, 2, 4)
+# Names of the tracker's parts: a checkpoint holding none of them is not CSWinTT's.
+TRACKER_PREFIXES = ("transformer.", "backbone.", "bottleneck.", "box_head.", "cls_head.", "query_embed.")
+# A whole tracker holds all of these (attnrt tells a tracker by the first).
+TRACKER_MARKERS = ("backbone.0.body.conv1.weight", "bottleneck.weight", "box_head.", "cls_head.", "query_embed.weight")
+FEATURE_STRIDE = 16
 
 DTYPES = {
     "float32": "F32",
@@ -47,6 +58,10 @@ DTYPES = {
 
 class ConvertError(Exception):
     pass
+
+
+class NeedsTrust(Exception):
+    """The safe loader refused the file; it loads only with --trust-pickle."""
 
 
 # ---- loading ----------------------------------------------------------------------
@@ -77,16 +92,24 @@ _tolerant_pickle.loads = pickle.loads
 _tolerant_pickle.__name__ = "pickle"
 
 
-def load_state_dict(path):
-    """The checkpoint's `net` state dict, tensors only, `module.` stripped."""
+def load_state_dict(path, trust_pickle=False):
+    """The checkpoint's state dict (bare, or under `net`), tensors only, `module.` stripped."""
     import torch
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_err:  # noqa: BLE001 - any failure: retry tolerant
+    except pickle.UnpicklingError as safe_err:
+        if not trust_pickle:
+            # PyTorch's message is long; its "Unsupported global" line names the object.
+            found = [ln.strip() for ln in str(safe_err).splitlines() if "Unsupported global" in ln]
+            what = f" ({found[0]})" if found else ""
+            raise NeedsTrust(
+                "torch.load(weights_only=True) refuses it: it pickles objects other than tensors"
+                f"{what}. If you trust the file, pass --trust-pickle to unpickle it in full"
+            ) from safe_err
         print(
-            f"convert_checkpoint: note: a weights_only load failed ({type(safe_err).__name__}); "
-            "unpickling with stubs for unknown classes",
+            "convert_checkpoint: note: --trust-pickle: unpickling in full, with stand-ins for "
+            "classes that cannot be imported",
             file=sys.stderr,
         )
         ckpt = torch.load(
@@ -112,6 +135,29 @@ def load_state_dict(path):
         out[name] = v
     if skipped:
         print(f"convert_checkpoint: note: skipped {len(skipped)} non-tensor entries", file=sys.stderr)
+    if not any(k.startswith(TRACKER_PREFIXES) for k in out):
+        some = ", ".join(sorted(out)[:3]) or "no tensors at all"
+        raise ConvertError(
+            f"holds none of the tracker's tensors ({', '.join(p + '*' for p in TRACKER_PREFIXES)}); "
+            f"found {some}: not a CSWinTT checkpoint"
+        )
+    return out
+
+
+def is_whole_tracker(tensors):
+    return all(any(k == m or (m.endswith(".") and k.startswith(m)) for k in tensors) for m in TRACKER_MARKERS)
+
+
+def tracker_metadata(meta, update_interval=None):
+    """The whole tracker's keys on top of the transformer's: crop sizes and factors."""
+    out = dict(meta)
+    out["format"] = TRACKER_FORMAT
+    out["search_crop"] = str(FEATURE_STRIDE * int(meta["search_size"]))
+    out["template_crop"] = str(FEATURE_STRIDE * int(meta["template_size"]))
+    out["search_factor"] = "5.0"
+    out["template_factor"] = "2.0"
+    if update_interval is not None:
+        out["update_interval"] = str(update_interval)
     return out
 
 
@@ -247,9 +293,14 @@ def write_safetensors(path, tensors, metadata):
     os.replace(tmp, path)
 
 
-def convert(src, dst, nhead=None, windows=None, search_size=None, template_size=None):
-    tensors = load_state_dict(src)
+def convert(src, dst, nhead=None, windows=None, search_size=None, template_size=None,
+            update_interval=None, trust_pickle=False):
+    tensors = load_state_dict(src, trust_pickle)
     meta = infer_config(tensors, nhead, windows, search_size, template_size)
+    if is_whole_tracker(tensors):
+        meta = tracker_metadata(meta, update_interval)
+    elif update_interval is not None:
+        raise ConvertError("--update-interval applies to a whole tracker; this checkpoint holds only a transformer")
     meta["source"] = os.path.basename(src)
     write_safetensors(dst, tensors, meta)
     return tensors, meta
@@ -257,13 +308,17 @@ def convert(src, dst, nhead=None, windows=None, search_size=None, template_size=
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("checkpoint", help="the released .pth.tar (its 'net' state dict is converted)")
+    ap.add_argument("checkpoint", help="the checkpoint: a bare state dict (the released CSWinTT.pth) or one under 'net'")
     ap.add_argument("-o", "--output", default="cswintt.safetensors", help="output file (default: %(default)s)")
     ap.add_argument("--nhead", type=int, help="attention heads (default 8)")
     ap.add_argument("--window-sizes", help="window per head, comma-separated (default 1,2,4,8,1,2,4,8)")
     ap.add_argument("--search-size", type=int, help="search side in tokens (default: inferred, 24)")
     ap.add_argument("--template-size", type=int, help="template side in tokens (default: inferred, 8)")
+    ap.add_argument("--update-interval", type=int, help="frames between template updates, stored for the tracker (default: none; attnrt then uses the dataset's)")
+    ap.add_argument("--trust-pickle", action="store_true", help="unpickle a checkpoint that weights_only refuses (it holds pickled objects); only for files you trust")
     args = ap.parse_args(argv)
+    if args.update_interval is not None and args.update_interval < 1:
+        ap.error("--update-interval: must be at least 1")
     windows = None
     if args.window_sizes:
         try:
@@ -279,7 +334,13 @@ def main(argv=None):
         print("convert_checkpoint: error: PyTorch is needed to read .pth.tar checkpoints", file=sys.stderr)
         return 2
     try:
-        tensors, meta = convert(args.checkpoint, args.output, args.nhead, windows, args.search_size, args.template_size)
+        tensors, meta = convert(
+            args.checkpoint, args.output, args.nhead, windows, args.search_size, args.template_size,
+            args.update_interval, args.trust_pickle,
+        )
+    except NeedsTrust as e:
+        print(f"convert_checkpoint: error: {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
     except ConvertError as e:
         print(f"convert_checkpoint: error: {args.checkpoint}: {e}", file=sys.stderr)
         return 1
@@ -287,8 +348,9 @@ def main(argv=None):
         print(f"convert_checkpoint: error: {args.checkpoint}: {e}", file=sys.stderr)
         return 2
     n_tr = sum(1 for k in tensors if k.startswith("transformer."))
+    what = "a whole tracker" if meta["format"] == TRACKER_FORMAT else "a transformer"
     print(
-        f"wrote {args.output}: {len(tensors)} tensors ({n_tr} transformer), "
+        f"wrote {args.output}: {what}, {len(tensors)} tensors ({n_tr} transformer), "
         + ", ".join(f"{k}={v}" for k, v in meta.items() if k not in ("format", "source"))
     )
     return 0

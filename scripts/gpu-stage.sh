@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the release binaries, every test executable and the benchmarks with kernels compiled
-# in, and stages them (with the golden files, the PyTorch reference and the scripts that run
+# in, and stages them (with the golden files, the PyTorch scripts and the scripts that run
 # them) into stage/, a git-ignored folder to `carry` to the device machine, which has no Rust
-# toolchain. Prints the commands that run every GPU test there, and issue 6's measurements.
+# toolchain. Prints the commands that run every GPU test there, and the measurements against
+# the original CSWinTT code.
 #
 # Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
 set -euo pipefail
@@ -48,9 +49,12 @@ for b in "${benches[@]}"; do
 done
 strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"
-cp "$golden"/*.safetensors "$stage/golden/"
-cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-issue6.sh \
-  scripts/torch_reference.py scripts/perf_table.py "$stage/"
+# make_weights.py makes the tracker golden's weights from the recipe in its metadata.
+cp -r "$golden"/*.safetensors "$golden"/make_weights.py "$golden"/*_frames "$stage/golden/"
+cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh \
+  scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
+  scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
+  scripts/perf-attention.sh examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
@@ -60,5 +64,8 @@ du -sh "$stage"
 echo
 echo "On the device machine (carry '$stage'), every GPU test:"
 echo "  bash $stage/run-gpu-tests.sh $stage"
-echo "issue 6's measurements (about 7 minutes; results under \$OUT):"
-echo "  bash $stage/perf-issue6.sh $stage"
+echo "ours against the original CSWinTT code (about 8 minutes; results under \$OUT; carry also"
+echo "'orig', a checkout of the original repository, SkyeSong38/CSWinTT, git-ignored):"
+echo "  bash $stage/perf-transformer.sh $stage orig"
+echo "the attention and linear checks and measurements (about 6 minutes; under \$OUT):"
+echo "  bash $stage/perf-attention.sh $stage"

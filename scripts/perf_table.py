@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""Markdown tables for docs/PERF.md from scripts/perf-issue6.sh's outputs.
+"""Markdown tables for docs/PERF.md from scripts/perf-transformer.sh's outputs.
 
-1. Ours against PyTorch, side by side: every engine row of `benches/engine.rs --json` (part x
-   mode x precision x launch, p50 ms and GFLOP/s) with, for each PyTorch variant of
-   `scripts/torch_reference.py --bench --json` (eager, CUDA graph, torch.compile default and
-   reduce-overhead), the ratio PyTorch p50 / ours p50: above 1, ours is faster.
-2. With --criterion DIR (criterion's output folder, CRITERION_HOME): every criterion bench
+1. With --original FILE: ours against the original CSWinTT code (`scripts/original_cswintt.py
+   --bench --json`), same precision against same precision: one row per part, batch and
+   precision with our fastest engine row (`benches/engine.rs --json`), the original's time and
+   peak memory in each variant (eager, CUDA graph, torch.compile default and reduce-overhead),
+   frames/s, and the ratio of the original's best to ours (above 1, ours is faster). Its header
+   names the card, the date and the versions; notes list what the original failed to run.
+2. With --torch FILE: every engine row (part x mode x precision x launch, p50 ms and GFLOP/s)
+   against our own PyTorch port of the spec (`scripts/torch_reference.py --bench --json`, f32
+   only), the ratio PyTorch p50 / ours p50 for each of its variants.
+3. With --criterion DIR (criterion's output folder, CRITERION_HOME): every criterion bench
    (`benches/kernels.rs`, `benches/encoder.rs`) with its median time per iteration and the
    throughput it declared, as FLOP/s (elements) and GB/s (bytes).
 
 Usage:
-  python3 scripts/perf_table.py --engine engine.json --torch torch.json [--criterion DIR]
-      [--out table.md]
+  python3 scripts/perf_table.py --engine engine.json [--original original.json]
+      [--torch torch.json] [--criterion DIR] [--out table.md]
+A file named but missing (a run cut short) leaves its table out with a note.
 """
 import argparse
 import json
@@ -26,6 +32,12 @@ TORCH_VARIANTS = [
     ("compile_reduce-overhead", "compile (reduce-overhead)"),
 ]
 PARTS = [("encoder", "encoder (6 layers)"), ("transformer", "transformer (6+6)")]
+# scripts/original_cswintt.py's parts, variants and precisions, in table order.
+ORIGINAL_PARTS = [("encoder", "encoder"), ("transformer", "transformer"),
+                  ("frame", "frame (backbone + transformer + heads)")]
+ORIGINAL_VARIANTS = [("eager", "eager"), ("graph", "CUDA graph"), ("compile", "compile"),
+                     ("reduce-overhead", "compile (reduce-overhead)")]
+PRECISION_ORDER = ["f32", "tf32", "bf16"]
 
 
 def p50(result):
@@ -128,7 +140,130 @@ def criterion_table(results):
     return lines
 
 
-def render(engine, torch_res, criterion):
+def rank(value, order):
+    return order.index(value) if value in order else len(order)
+
+
+def peer_table(engine, original):
+    """Table 1: ours against the original code, one row per part, batch and precision."""
+    engine_batch = engine.get("batch", 1)
+    ours = {}
+    for row in engine["rows"]:
+        k = (row["part"], row.get("batch", engine_batch), row["precision"])
+        if k not in ours or row["p50_ms"] < ours[k]["p50_ms"]:
+            ours[k] = row
+    theirs = {}
+    for row in original.get("rows", []):
+        theirs.setdefault((row["part"], row["batch"], row["precision"]), {})[row["variant"]] = row
+    parts = [p for p, _ in ORIGINAL_PARTS]
+    keys = sorted(set(ours) | set(theirs),
+                  key=lambda k: (rank(k[0], parts), k[1], rank(k[2], PRECISION_ORDER)))
+    titles = dict(ORIGINAL_PARTS)
+    lines = [
+        "| part | batch | precision | ours p50, ms (mode, launch) | ours frames/s | "
+        + " | ".join(f"original {name}" for _, name in ORIGINAL_VARIANTS)
+        + " | original best frames/s | original best / ours |",
+        "| --- | ---: | --- | --- | ---: |" + " ---: |" * len(ORIGINAL_VARIANTS) + " ---: | ---: |",
+    ]
+    notes = []
+    for part, batch, precision in keys:
+        mine = ours.get((part, batch, precision))
+        variants = theirs.get((part, batch, precision), {})
+        if mine:
+            mem = f", {mine['peak_mib']:.0f} MiB" if "peak_mib" in mine else ""
+            mine_cell = f"{mine['p50_ms']:.3f} ({mine['mode']}, {mine['launch']}{mem})"
+            mine_fps = f"{batch * 1e3 / mine['p50_ms']:.0f}"
+        else:
+            mine_cell = mine_fps = "-"
+        cells, timed = [], []
+        for v, name in ORIGINAL_VARIANTS:
+            r = variants.get(v)
+            if r is None:
+                cells.append("-")
+            elif "p50_ms" in r:
+                mem = f", {r['peak_mib']:.0f} MiB" if "peak_mib" in r else ""
+                cells.append(f"{r['p50_ms']:.3f} ms{mem}")
+                timed.append((r["p50_ms"], name))
+            else:
+                cells.append("error")
+                notes.append(f"original {part} batch {batch} {precision} {name}: "
+                             f"{r.get('error', 'no time')}")
+            if r is not None and r.get("host_tensors"):
+                notes.append(f"original {part} batch {batch} {precision} {name}: host tensors fed "
+                             f"to {', '.join(r['host_tensors'])}")
+            if r is not None and r.get("cudagraph_skips"):
+                notes.append(f"original {part} batch {batch} {precision} {name}: Inductor skipped "
+                             f"CUDA graphs {r['cudagraph_skips']} time(s)")
+        if timed:
+            best, best_name = min(timed)
+            best_fps = f"{batch * 1e3 / best:.0f} ({best_name})"
+            ratio = f"{best / mine['p50_ms']:.2f}x" if mine else "-"
+        else:
+            best_fps = ratio = "-"
+        lines.append(f"| {titles.get(part, part)} | {batch} | {precision} | {mine_cell} | {mine_fps} | "
+                     + " | ".join(cells) + f" | {best_fps} | {ratio} |")
+    return lines, notes
+
+
+def peer_header(engine, original):
+    """Who ran what where: card, date, versions, the original's commit and settings."""
+    if not original:
+        return [f"Card: {engine.get('device', '?')}. Ours: `benches/engine.rs`. The original: no "
+                "results (its run wrote no JSON)."]
+    card = original.get("device", "?")
+    same = card != "?" and card.split(" (")[0] in engine.get("device", "")
+    commit = (original.get("original") or {}).get("commit")
+    commit = f"commit {commit[:12]}" if commit else "an unrecorded commit"
+    out = [
+        f"Card: {engine.get('device', '?')}; {original.get('date', 'date unknown')}. Ours: "
+        f"`benches/engine.rs`, p50 over {engine.get('reps', '?')} passes after "
+        f"{engine.get('warmup', '?')} warm-up, the fastest mode and launch of each precision "
+        "(tf32 and bf16: the linear layers on tensor cores). The original: "
+        f"`scripts/original_cswintt.py` on {card}, the authors' code at {commit} "
+        f"(config {original.get('config', '?')}, weights {original.get('weights', '?')}), PyTorch "
+        f"{original.get('torch', '?')}, torchvision {original.get('torchvision', '?')}, p50 over "
+        f"up to {original.get('iters', '?')} calls, index tensors moved to the GPU; precision "
+        + "; ".join(f"{k}: {v}" for k, v in (original.get("precisions") or {}).items())
+        + ". Both timed per call with CUDA events, inputs on the device; MiB: peak device memory "
+        "(torch.cuda.max_memory_allocated). frame: the tracker's network work for one frame "
+        "(search backbone, transformer, heads).",
+    ]
+    if not same:
+        out += ["", f"**Different cards:** ours ran on {engine.get('device', '?')}, the original "
+                f"on {card}: the ratios do not compare like with like."]
+    return out
+
+
+def compile_times_original(original):
+    took = [f"{r['part']} b{r['batch']} {r['precision']} {r['variant']} {r['compile_s']:.0f} s"
+            for r in original.get("rows", []) if "compile_s" in r]
+    return [f"- The original's torch.compile took (compiling in parallel): {', '.join(took)}."] if took else []
+
+
+def render(engine, torch_res, criterion, original=None):
+    out = []
+    if original is not None:
+        table, notes = peer_table(engine, original)
+        out += [*peer_header(engine, original), "", *table, "", *compile_times_original(original)]
+        if notes:
+            out += ["", "The original, not measured or flagged:", *(f"- {n}" for n in notes)]
+    if torch_res is not None:
+        if out:
+            out += ["", "Our PyTorch port of the spec (`scripts/torch_reference.py`, f32):", ""]
+        out += torch_section(engine, torch_res)
+    if criterion:
+        out += [
+            "",
+            "Criterion benches (`benches/kernels.rs`, `benches/encoder.rs`): median time per "
+            "iteration; GFLOP/s from the FLOPs each bench declares, GB/s from the bytes it must "
+            "move at least.",
+            "",
+            *criterion_table(criterion),
+        ]
+    return "\n".join(out) + "\n"
+
+
+def torch_section(engine, torch_res):
     table, notes = side_by_side(engine, torch_res)
     out = [
         f"Ours: {engine['device']}, `benches/engine.rs`, p50 over {engine['reps']} passes after "
@@ -147,31 +282,27 @@ def render(engine, torch_res, criterion):
     ]
     if notes:
         out += ["", "Not measured:", *(f"- {n}" for n in notes)]
-    if criterion:
-        out += [
-            "",
-            "Criterion benches (`benches/kernels.rs`, `benches/encoder.rs`): median time per "
-            "iteration; GFLOP/s from the FLOPs each bench declares, GB/s from the bytes it must "
-            "move at least.",
-            "",
-            *criterion_table(criterion),
-        ]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", required=True, help="benches/engine.rs --json output")
-    ap.add_argument("--torch", required=True, help="torch_reference.py --bench --json output")
+    ap.add_argument("--original", help="original_cswintt.py --bench --json output")
+    ap.add_argument("--torch", help="torch_reference.py --bench --json output")
     ap.add_argument("--criterion", metavar="DIR", help="criterion's output folder")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
     a = ap.parse_args()
     engine = json.loads(pathlib.Path(a.engine).read_text())
-    torch_path = pathlib.Path(a.torch)
-    # A PyTorch run that never started still leaves our side worth a table.
-    torch_res = json.loads(torch_path.read_text()) if torch_path.exists() else {}
+
+    def optional(path):
+        # A peer run that never started still leaves our side worth a table.
+        if path is None:
+            return None
+        p = pathlib.Path(path)
+        return json.loads(p.read_text()) if p.exists() else {}
     criterion = criterion_results(a.criterion) if a.criterion else []
-    text = render(engine, torch_res, criterion)
+    text = render(engine, optional(a.torch), criterion, optional(a.original))
     if a.out:
         pathlib.Path(a.out).write_text(text)
     sys.stdout.write(text)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every staged test executable with ATTNRT_REQUIRE_GPU=1, so a missing GPU fails instead of
-# skipping. Staged by scripts/gpu-stage.sh; run from the repository root on the device machine.
+# skipping, and ends with how many tests ran, were skipped (printed `skipped:`) and failed.
+# ATTNRT_GPUS (default: the GPUs nvidia-smi lists) tells the tests that need several GPUs how many
+# the machine has, so they skip rather than fail on a machine known to have fewer.
+# Staged by scripts/gpu-stage.sh; run from the repository root on the device machine.
 # Usage: bash stage/run-gpu-tests.sh [STAGE_DIR] [TEST_NAME_FILTER...]
 set -uo pipefail
 stage="${1:-stage}"
@@ -9,10 +12,30 @@ bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"
-failed=0
+# cuDNN for the convolutions: the device machine's PyTorch environment holds one (pip's
+# nvidia-cudnn-cu13); an ATTNRT_CUDNN_LIB already set wins.
+if [ -z "${ATTNRT_CUDNN_LIB:-}" ]; then
+  cudnn="$(python3 -c 'import nvidia.cudnn; print(nvidia.cudnn.__path__[0])' 2>/dev/null)" &&
+    export ATTNRT_CUDNN_LIB="$cudnn/lib"
+fi
+echo "ATTNRT_CUDNN_LIB=${ATTNRT_CUDNN_LIB:-(unset: cuDNN from the loader path)}"
+if [ -z "${ATTNRT_GPUS:-}" ] && command -v nvidia-smi >/dev/null; then
+  ATTNRT_GPUS="$(nvidia-smi -L | grep -c '^GPU ')"
+fi
+export ATTNRT_GPUS="${ATTNRT_GPUS:-0}"
+log="$(mktemp)"
+failed_bins=0
 for t in "$stage"/tests/*; do
   echo "=== $(basename "$t")"
-  "$t" --test-threads=1 "$@" || failed=$((failed + 1))
+  "$t" --test-threads=1 "$@" 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || failed_bins=$((failed_bins + 1))
 done
-echo "test executables failed: $failed"
-exit $((failed > 0))
+# libtest's summary lines: "test result: ok. 12 passed; 0 failed; 1 ignored; ...".
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+  if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+skipped="$(grep -c 'skipped:' "$log")"
+rm -f "$log"
+echo "test executables failed: $failed_bins (ATTNRT_GPUS=$ATTNRT_GPUS)"
+# A skipped test passes too: the skips are counted from their `skipped:` notices.
+echo "$passed passed, $failed failed, $skipped skipped"
+exit $((failed_bins > 0))

@@ -5,14 +5,17 @@
 
 Builds fake CSWinTT checkpoints (a training-style .pth.tar: {'net': state dict with a
 'module.' prefix, backbone/head tensors, an int64 BatchNorm counter, a pickled object of
-a class the converter cannot import}; and a plain bf16 state dict), converts them, and
-checks that every tensor survives with its name (prefix stripped), dtype, shape and bytes,
-and that the metadata is right. The transformer tensors come from the golden
-tiny_s1 weights when the golden files are found ($ATTNRT_GOLDEN_DIR, ../shared/golden,
-shared/golden), else are random.
+a class the converter cannot import}, which converts only with --trust-pickle; a plain
+bf16 state dict; and a whole tracker, as a bare state dict like the released CSWinTT.pth
+and under 'net'), converts them, and checks that every tensor survives with its name
+(prefix stripped), dtype, shape and bytes, and that the metadata is right. The transformer
+tensors come from the golden tiny_s1 weights when the golden files are found
+($ATTNRT_GOLDEN_DIR, ../shared/golden, shared/golden), else are random; the whole tracker is
+the golden tracker_s1's (its weights made by make_weights.py), else a small random one.
 
 When $ATTNRT_INFER names a built attnrt-infer, the converted files are also run through
-it on the CPU, and (with the golden files) `--check tiny_s1.golden.safetensors` must pass.
+it on the CPU, and (with the golden files) `--check tiny_s1.golden.safetensors` and
+`--check tracker_s1.golden.safetensors` (about a minute on two cores) must pass.
 
 Exit status: 0 all checks passed; 1 a check failed; 2 cannot run (no PyTorch).
 """
@@ -138,6 +141,60 @@ def tracker_extras(c):
     }
 
 
+def random_tracker(transformer, c=64):
+    """A small whole tracker around `transformer`: a 2+1+1-block backbone 4 to 16 wide."""
+    g = torch.Generator().manual_seed(2)
+    t = dict(transformer)
+    r = lambda *s: (torch.rand(*s, generator=g) - 0.5) / 4  # noqa: E731
+
+    def conv_bn(conv, bn, o, i, k, bias=False):
+        t[conv + ".weight"] = r(o, i, k, k)
+        if bias:
+            t[conv + ".bias"] = r(o)
+        t[bn + ".weight"], t[bn + ".bias"] = 0.5 + torch.rand(o, generator=g) / 2, r(o)
+        t[bn + ".running_mean"], t[bn + ".running_var"] = r(o), 0.5 + torch.rand(o, generator=g)
+        t[bn + ".num_batches_tracked"] = torch.tensor(7, dtype=torch.int64)
+
+    b = "backbone.0.body."
+    conv_bn(b + "conv1", b + "bn1", 8, 3, 7)
+    ch = 8
+    for layer, (width, blocks) in enumerate(zip((4, 8, 16), (2, 1, 1)), start=1):
+        for i in range(blocks):
+            p = f"{b}layer{layer}.{i}."
+            inp = ch if i == 0 else 4 * width
+            for n, (o, ci, k) in enumerate(((width, inp, 1), (width, width, 3), (4 * width, width, 1)), start=1):
+                conv_bn(p + f"conv{n}", p + f"bn{n}", o, ci, k)
+            if i == 0:
+                conv_bn(p + "downsample.0", p + "downsample.1", 4 * width, ch, 1)
+        ch = 4 * width
+    t["bottleneck.weight"], t["bottleneck.bias"] = r(c, ch, 1, 1), r(c)
+    for side in ("tl", "br"):
+        inp = c
+        for i, o in enumerate((16, 8), start=1):
+            conv_bn(f"box_head.conv{i}_{side}.0", f"box_head.conv{i}_{side}.1", o, inp, 3, bias=True)
+            inp = o
+        t[f"box_head.conv3_{side}.weight"], t[f"box_head.conv3_{side}.bias"] = r(1, inp, 1, 1), r(1)
+    for i, o in enumerate((c, c, 1)):
+        t[f"cls_head.layers.{i}.weight"], t[f"cls_head.layers.{i}.bias"] = r(o, c), r(o)
+    t["query_embed.weight"] = r(1, c)
+    return t
+
+
+def golden_tracker(gdir, tmp):
+    """tracker_s1's weights (made by make_weights.py from the golden file's recipe), or None."""
+    golden = os.path.join(gdir, "tracker_s1.golden.safetensors") if gdir else None
+    maker = os.path.join(gdir, "make_weights.py") if gdir else None
+    if not (golden and os.path.isfile(golden) and os.path.isfile(maker)):
+        return None, None
+    out = os.path.join(tmp, "tracker_s1.weights.safetensors")
+    p = subprocess.run([sys.executable, maker, golden, out], capture_output=True, text=True)
+    if p.returncode != 0:
+        print(p.stdout + p.stderr)
+        return None, None
+    tensors, _ = read_safetensors(out)
+    return tensors, golden
+
+
 def convert(src, dst, *extra):
     p = subprocess.run(
         [sys.executable, CONVERT, src, "-o", dst, *extra], capture_output=True, text=True
@@ -145,7 +202,7 @@ def convert(src, dst, *extra):
     return p.returncode, p.stdout + p.stderr
 
 
-def compare(original, path, label):
+def compare(original, path, label, tracker=False):
     got, meta = read_safetensors(path)
     check(set(got) == set(original), f"{label}: every tensor kept, names without 'module.' ({len(got)})")
     same = all(
@@ -157,7 +214,7 @@ def compare(original, path, label):
     )
     check(same, f"{label}: dtypes, shapes and values identical")
     want = {
-        "format": "cswintt-transformer",
+        "format": "cswintt-tracker" if tracker else "cswintt-transformer",
         "d_model": "64",
         "nhead": "8",
         "dim_feedforward": "128",
@@ -167,6 +224,8 @@ def compare(original, path, label):
         "template_size": "8",
         "window_sizes": "1,2,4,8,1,2,4,8",
     }
+    if tracker:
+        want.update(search_crop="384", template_crop="128", search_factor="5.0", template_factor="2.0")
     check(all(meta.get(k) == v for k, v in want.items()), f"{label}: metadata {meta}")
     try:
         from safetensors.torch import load_file
@@ -205,7 +264,12 @@ def main():
         torch.save(ckpt, src)
         dst = os.path.join(d, "cswintt.safetensors")
         code, log = convert(src, dst)
-        check(code == 0, f"convert training checkpoint -> exit {code}")
+        check(
+            code == 2 and "--trust-pickle" in log and not os.path.exists(dst),
+            f"a checkpoint with pickled objects needs --trust-pickle -> exit {code}",
+        )
+        code, log = convert(src, dst, "--trust-pickle")
+        check(code == 0, f"convert training checkpoint with --trust-pickle -> exit {code}")
         if code != 0:
             print(log)
         else:
@@ -232,15 +296,41 @@ def main():
         code, log = convert(src, os.path.join(d, "x.safetensors"), "--search-size", "16")
         check(code == 1 and "search" in log, f"a wrong --search-size is refused -> exit {code}")
 
-        # 4. Not a CSWinTT checkpoint.
+        # 4. Not a CSWinTT checkpoint: none of the tracker's names.
         src = os.path.join(d, "other.pth")
         torch.save({"net": {"fc.weight": torch.zeros(2, 2)}}, src)
         code, log = convert(src, os.path.join(d, "y.safetensors"))
-        check(code == 1 and "post_norm" in log, f"a non-CSWinTT checkpoint is refused -> exit {code}")
+        check(code == 1 and "none of the tracker's" in log, f"a non-CSWinTT checkpoint is refused -> exit {code}")
+        torch.save({}, src)
+        code, log = convert(src, os.path.join(d, "y.safetensors"))
+        check(code == 1 and "none of the tracker's" in log, f"an empty state dict is refused -> exit {code}")
 
         # 5. A missing file.
         code, log = convert(os.path.join(d, "missing.pth.tar"), os.path.join(d, "z.safetensors"))
         check(code == 2, f"a missing checkpoint -> exit {code}")
+
+        # 6. A whole tracker, as the released bare state dict and under 'net' with plain
+        #    entries beside it (both load with weights_only).
+        whole, golden = golden_tracker(gdir, d)
+        if whole is None:
+            print("note: no golden tracker_s1; a small random tracker instead")
+            whole = random_tracker(tr)
+        for label, obj in (("bare tracker state dict", whole), ("tracker under 'net'", {"net": whole, "epoch": 500})):
+            src = os.path.join(d, "CSWinTT.pth")
+            torch.save(obj, src)
+            dst = os.path.join(d, "tracker.safetensors")
+            code, log = convert(src, dst, "--update-interval", "25")
+            check(code == 0 and "whole tracker" in log, f"convert {label} -> exit {code}")
+            if code != 0:
+                print(log)
+                continue
+            compare(whole, dst, label, tracker=True)
+            _, meta = read_safetensors(dst)
+            check(meta.get("update_interval") == "25", f"{label}: --update-interval stored")
+        if golden:
+            run_infer(["--model", dst, "--device", "cpu", "--check", golden], "the converted tracker passes --check")
+        else:
+            run_infer(["--model", dst, "--device", "cpu", "--iters", "1", "--warmup", "0"], "the converted tracker runs")
 
     if FAILURES:
         print(f"FAILED: {len(FAILURES)} check(s)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Test scripts/perf_table.py on made-up outputs in the formats scripts/perf-issue6.sh collects
-(`benches/engine.rs --json`, `torch_reference.py --bench --json`, criterion's folder).
+"""Test scripts/perf_table.py on made-up outputs in the formats scripts/perf-transformer.sh
+collects (`benches/engine.rs --json`, `original_cswintt.py --bench --json`, criterion's folder)
+and `torch_reference.py --bench --json`.
 
   python3 scripts/test_perf_table.py
 
@@ -38,6 +39,28 @@ def torch_json():
         "transformer": {"eager": timing(30.0), "cuda_graph": timing(5.0),
                         "compile_default": {"compile_s": 120.0, **timing(6.0)},
                         "compile_reduce-overhead": {"error": "no result within 220 s of compiling"}},
+    }
+
+
+def original_json():
+    """original_cswintt.py's output: encoder at batches 1 and 8, the frame at batch 1."""
+    def row(part, batch, precision, variant, ms=None, **extra):
+        timing = {"p50_ms": ms, "p10_ms": ms * 0.9, "p90_ms": ms * 1.1, "n": 200, "peak_mib": 100.0 * batch} if ms else {}
+        return {"part": part, "batch": batch, "precision": precision, "variant": variant, **timing, **extra}
+    return {
+        "device": "Test GPU", "date": "2026-12-05", "torch": "2.11.0", "torchvision": "0.26.0",
+        "original": {"path": "/x/orig", "commit": "27b78f9abcdef0123"}, "config": "cswintt_cls",
+        "weights": "random", "iters": 200, "precisions": {"f32": "TF32 off", "bf16": "autocast"},
+        "rows": [
+            row("encoder", 1, "f32", "eager", 20.0, host_tensors=[]),
+            row("encoder", 1, "f32", "graph", 4.0),
+            row("encoder", 1, "f32", "compile", 3.0, compile_s=100.0),
+            row("encoder", 1, "f32", "reduce-overhead", 1.8, compile_s=110.0, cudagraph_skips=0),
+            row("encoder", 1, "bf16", "reduce-overhead", 1.0, compile_s=120.0),
+            row("encoder", 1, "bf16", "compile", error="preparation (compile) stopped after 270 s"),
+            row("encoder", 8, "f32", "reduce-overhead", 8.0),
+            row("frame", 1, "f32", "eager", 80.0, host_tensors=["index"]),
+        ],
     }
 
 
@@ -106,6 +129,42 @@ def main():
         check("criterion bytes only", "| `layer_norm/layer_norm` | 2.00 us | - | 1000.0 |" in text)
         check("criterion ids with a value", "| `encoder/fused/bf16/graph` | 1.500 ms | 9412.0 | - |" in text)
         check("base copies ignored", text.count("`layer_norm/layer_norm`") == 1)
+        # Against the original: same precision against same precision.
+        (tmp / "original.json").write_text(json.dumps(original_json()))
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--original", str(tmp / "original.json")], capture_output=True, text=True)
+        text = run.stdout
+        check("--original alone: exits 0", run.returncode == 0)
+        check("header: card, date, commit", "Card: Test GPU (sm_90); 2026-12-05." in text and "code at commit 27b78f9abcde (" in text
+              and "Different cards" not in text)
+        # Ours: encoder f32 fastest is sequential eager 2.00 ms; the original's best f32 is 1.8 ms.
+        check("f32 row: ours best, each variant, best frames/s, ratio",
+              "| encoder | 1 | f32 | 2.000 (sequential, eager) | 500 | 20.000 ms, 100 MiB | 4.000 ms, 100 MiB | "
+              "3.000 ms, 100 MiB | 1.800 ms, 100 MiB | 556 (compile (reduce-overhead)) | 0.90x |" in text)
+        # Ours bf16 fastest: sequential bf16 eager, 2.00 + 4/100 ms; against the original's bf16 only.
+        check("bf16 against bf16", "| encoder | 1 | bf16 | 2.040 (sequential, eager) | 490 | - | - | error | "
+              "1.000 ms, 100 MiB | 1000 (compile (reduce-overhead)) | 0.49x |" in text)
+        check("tf32: ours only", "| encoder | 1 | tf32 | 2.020 (sequential, eager) | 495 | - | - | - | - | - | - |" in text)
+        check("batch 8: the original only", "| encoder | 8 | f32 | - | - | - | - | - | 8.000 ms, 800 MiB | 1000 "
+              "(compile (reduce-overhead)) | - |" in text)
+        check("frame row", "| frame (backbone + transformer + heads) | 1 | f32 | - | - | 80.000 ms, 100 MiB |" in text)
+        check("parts in order: encoder, transformer, frame",
+              text.index("| encoder | 8 |") < text.index("| transformer | 1 |") < text.index("| frame "))
+        check("errors and host tensors noted", "original encoder batch 1 bf16 compile: preparation (compile) "
+              "stopped after 270 s" in text and "frame batch 1 f32 eager: host tensors fed to index" in text)
+        check("compile times", "encoder b1 f32 compile 100 s" in text)
+        check("no --torch: no port table", "Our PyTorch port" not in text and "vs eager" not in text)
+        other = original_json()
+        other["device"] = "Other GPU"
+        (tmp / "other.json").write_text(json.dumps(other))
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--original", str(tmp / "other.json")], capture_output=True, text=True)
+        check("different cards said", "**Different cards:**" in run.stdout)
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
+                              "--original", str(tmp / "missing.json")], capture_output=True, text=True)
+        check("no original.json: our rows, said plainly", run.returncode == 0
+              and "The original: no results" in run.stdout and "Different cards" not in run.stdout
+              and "| encoder | 1 | f32 | 2.000 (sequential, eager) | 500 | - |" in run.stdout)
         # A PyTorch run that never wrote its JSON still gives our side.
         (tmp / "torch.json").unlink()
         run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),

@@ -12,22 +12,23 @@ Usage:
 
 --bench uses a released-size model (c=256, 8 heads, ff=2048, 6+6 layers, search 24, template 8)
 with random weights: time does not depend on the values. Everything is fp32 with TF32 off,
-timed per call with CUDA events (p50 and p90 in ms). The four torch.compile variants (encoder
-and transformer, default and reduce-overhead) compile at once in four processes and are then
-timed one at a time (see compile_all). Exit code 1 when validation fails.
+timed per call with CUDA events (p50 and p90 in ms, nearest-rank as attnrt takes them). The
+four torch.compile variants (encoder and transformer, default and reduce-overhead) compile at
+once in four processes and are then timed one at a time (see compile_all). Exit code 1 when validation fails.
 """
 import argparse
 import json
 import multiprocessing as mp
 import os
 import queue
-import statistics
 import sys
 import threading
 import time
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import cuda_graph, sync, time_fn
 
 F32_TOL = 1e-5
 
@@ -318,47 +319,6 @@ def fp32_only():
     """Plain fp32 matrix products (TF32 off), as in every timing here."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_fn(fn, iters, warmup, device):
-    """Median and p90 milliseconds of one call of `fn` over `iters` calls after `warmup`:
-    CUDA events around each call (waited for) on a GPU, the wall clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(iters):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
-
-
-def cuda_graph(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 COMPILE_MODES = ("default", "reduce-overhead")

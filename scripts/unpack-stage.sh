@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Unpacks the executables scripts/gpu-stage.sh packed into STAGE_DIR/binaries.tar.xz (bin/,
-# tests/, bench/), once. Used by run-gpu-tests.sh and perf-issue6.sh on the device machine.
+# tests/, bench/), once. Used by run-gpu-tests.sh and perf-transformer.sh on the device machine.
 # Usage: bash STAGE_DIR/unpack-stage.sh STAGE_DIR
 set -euo pipefail
 stage="${1:?usage: unpack-stage.sh STAGE_DIR}"

@@ -43,6 +43,18 @@ pub enum Error {
         what: String,
         source: cudarc::cublaslt::result::CublasError,
     },
+
+    /// A cuDNN call failed; `what` names the operation and its shape.
+    #[error("cuDNN error in {what}: {source}")]
+    Cudnn {
+        what: String,
+        source: cudarc::cudnn::result::CudnnError,
+    },
+
+    /// A library loaded at run time is missing or unusable; `reason` says what was tried
+    /// and how to get it.
+    #[error("{library} is not available: {reason}")]
+    MissingLibrary { library: String, reason: String },
 }
 
 impl Error {
@@ -51,6 +63,18 @@ impl Error {
             context: context.into(),
             problem: problem.into(),
         }
+    }
+
+    /// [`Error::invalid`] with a parser's message (TOML, serde), whose lines are joined into
+    /// one so that the error stays one line.
+    pub fn parse(context: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        let message = message.to_string();
+        let lines: Vec<&str> = message
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect();
+        Error::invalid(context, lines.join(" "))
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use attnrt::base::TensorFile;
 use attnrt::cswintt::cpu::CpuReference;
-use attnrt::cswintt::{CPU_F32_TOLERANCE, EXPECTED_PREFIX, Inputs};
+use attnrt::cswintt::{CPU_F32_TOLERANCE, Inputs, check};
+use attnrt::model::Weights;
 use attnrt::model::golden::golden_pair;
-use attnrt::model::{TensorFile, Weights, relative_error};
 
 fn check(name: &str) {
     let (wpath, gpath) = golden_pair(name)
@@ -17,33 +18,17 @@ fn check(name: &str) {
     let inputs = Inputs::from_file(&golden, &weights.config).expect("inputs");
     let cpu = CpuReference::new(weights).unwrap();
     let out = cpu.forward(&inputs, true).unwrap();
-    let expected: Vec<String> = golden
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with(EXPECTED_PREFIX))
-        .collect();
-    assert_eq!(
-        expected.len(),
-        15,
-        "{name}: expected.* tensors in the golden file"
-    );
-    let mut worst = 0.0f64;
-    let mut failures = Vec::new();
-    for n in &expected {
-        let want = golden.f32(n).unwrap();
-        let ours = out
-            .get(n)
-            .unwrap_or_else(|| panic!("{name}: the CPU reference does not produce {n}"));
-        assert_eq!(ours.shape, want.shape, "{name}: {n} shape");
-        let err = relative_error(&ours.data, &want.data).unwrap();
-        eprintln!("{name}: {n:<36} rel err {err:.3e}");
-        worst = worst.max(err);
-        if err > CPU_F32_TOLERANCE {
-            failures.push(format!("{n}: {err:.3e}"));
-        }
+    let c = check::compare(&golden, &out, CPU_F32_TOLERANCE).unwrap();
+    for t in &c.tensors {
+        eprintln!("{name}: {:<36} rel err {:.3e}", t.name, t.rel_err);
     }
-    eprintln!("{name}: max rel err {worst:.3e}");
-    assert!(failures.is_empty(), "{name}: over 1e-5: {failures:?}");
+    eprintln!("{name}: max rel err {:.3e}", c.max_rel_err());
+    assert_eq!(
+        (c.tensors.len(), &c.skipped),
+        (15, &vec![]),
+        "{name}: expected.* tensors the CPU reference produced, and those it did not"
+    );
+    assert!(c.passed(), "{name}: over 1e-5: {:?}", c.failures());
 }
 
 #[test]

@@ -8,14 +8,15 @@
 
 use std::sync::Arc;
 
+use attnrt::base::{TensorFile, relative_error};
 use attnrt::cswintt::cpu::CpuReference;
 use attnrt::cswintt::gpu::trace::head_overlap;
 use attnrt::cswintt::gpu::{GPU_F32_TOLERANCE, GpuEngine, Part};
-use attnrt::cswintt::{EXPECTED_PREFIX, Inputs, Mode, Outputs, Precision};
+use attnrt::cswintt::{Inputs, Mode, Outputs, Precision, check};
 use attnrt::gpu::{EventTimer, Gpu, testing::gpu_or_skip};
 use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
-use attnrt::model::{Config, TensorFile, Weights, relative_error};
+use attnrt::model::{Config, Weights};
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
@@ -64,37 +65,25 @@ fn check_golden_in(test: &str, name: &str, precision: Precision) {
     let weights = Arc::new(Weights::load(&wpath).unwrap());
     let golden = TensorFile::open(&gpath).unwrap();
     let inputs = Inputs::from_file(&golden, &weights.config).unwrap();
-    let expected: Vec<String> = golden
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with(EXPECTED_PREFIX))
-        .collect();
-    assert_eq!(expected.len(), 15, "{name}: expected.* tensors");
     let mut results = Vec::new();
     for mode in MODES {
         let mut e = engine_in(&gpu, &weights, mode, precision);
         let out = e.run(&inputs, true).unwrap();
-        let mut worst = 0.0f64;
-        let mut failures = Vec::new();
-        for n in &expected {
-            let want = golden.f32(n).unwrap();
-            let ours = out
-                .get(n)
-                .unwrap_or_else(|| panic!("{name} {mode}: the engine does not produce {n}"));
-            assert_eq!(ours.shape, want.shape, "{name} {mode}: {n} shape");
-            let err = relative_error(&ours.data, &want.data).unwrap();
-            worst = worst.max(err);
-            if err > tol {
-                failures.push(format!("{n}: {err:.3e}"));
-            }
-        }
+        let c = check::compare(&golden, &out, tol).unwrap();
         println!(
-            "{name} {mode} {precision}: max relative error over {} tensors {worst:.3e}",
-            expected.len()
+            "{name} {mode} {precision}: max relative error over {} tensors {:.3e}",
+            c.tensors.len(),
+            c.max_rel_err()
+        );
+        assert_eq!(
+            (c.tensors.len(), &c.skipped),
+            (15, &vec![]),
+            "{name} {mode}: expected.* tensors the engine produced, and those it did not"
         );
         assert!(
-            failures.is_empty(),
-            "{name} {mode} {precision}: over {tol:e}: {failures:?}"
+            c.passed(),
+            "{name} {mode} {precision}: over {tol:e}: {:?}",
+            c.failures()
         );
         results.push(out);
     }
@@ -104,8 +93,8 @@ fn check_golden_in(test: &str, name: &str, precision: Precision) {
             bits(other),
             "{name}: sequential and {mode} differ"
         );
-        for n in &expected {
-            let (a, b) = (results[0].get(n).unwrap(), other.get(n).unwrap());
+        for n in results[0].names() {
+            let (a, b) = (results[0].get(&n).unwrap(), other.get(&n).unwrap());
             assert!(
                 a.data
                     .iter()
@@ -161,11 +150,25 @@ fn check_released(test: &str, batch: usize, padding: Padding, seed: u64) {
 }
 
 fn check_released_in(test: &str, batch: usize, padding: Padding, seed: u64, precision: Precision) {
+    let cfg = Config::released();
+    check_against_cpu(test, &cfg, batch, padding, seed, precision);
+}
+
+/// A synthetic model of `cfg` on random inputs, in every mode against the CPU reference; all
+/// modes agree bit for bit.
+fn check_against_cpu(
+    test: &str,
+    cfg: &Config,
+    batch: usize,
+    padding: Padding,
+    seed: u64,
+    precision: Precision,
+) {
     let Some(gpu) = gpu_or_skip(test) else {
         return;
     };
     let tol = tolerance(precision);
-    let weights = Arc::new(synthetic_weights(&Config::released(), 100 + seed));
+    let weights = Arc::new(synthetic_weights(cfg, 100 + seed));
     let inputs = random_inputs(&weights.config, batch, seed, padding, true);
     let want = CpuReference::new(weights.clone())
         .unwrap()
@@ -197,6 +200,27 @@ fn check_released_in(test: &str, batch: usize, padding: Padding, seed: u64, prec
             bits(other),
             "{test}: sequential and {mode} differ"
         );
+    }
+}
+
+/// Head widths without a specialised kernel (4, an odd 5, 12, 40) run on the GPU in every
+/// mode and precision, as on the CPU: the attention pads them to its 16-, 32- or 64-channel
+/// variant.
+#[test]
+fn every_head_width_runs_on_the_gpu() {
+    for hd in [4, 5, 12, 40] {
+        let cfg = Config {
+            d_model: 8 * hd,
+            dim_feedforward: 48,
+            enc_layers: 1,
+            dec_layers: 1,
+            search_size: 16,
+            ..Config::released()
+        };
+        for precision in Precision::ALL {
+            let test = format!("every_head_width_runs_on_the_gpu (hd {hd}, {precision})");
+            check_against_cpu(&test, &cfg, 2, Padding::Borders, hd as u64, precision);
+        }
     }
 }
 

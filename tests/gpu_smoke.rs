@@ -3,7 +3,7 @@
 //! Without a GPU each prints `skipped: <reason>` and passes; `ATTNRT_REQUIRE_GPU=1` makes them fail.
 
 use attnrt::gpu::{self, EventTimer, Graph, StreamSet, testing::gpu_or_skip};
-use attnrt::kernels::smoke::axpy;
+use attnrt::kernels::smoke::SmokeKernels;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -23,13 +23,14 @@ fn kernel_runs_on_random_data_and_writes_every_element() {
     let Some(gpu) = gpu_or_skip("kernel_runs_on_random_data_and_writes_every_element") else {
         return;
     };
+    let smoke = SmokeKernels::load(&gpu).unwrap();
     let s = gpu.stream();
     // An odd size, so the last block is partly idle.
     let n = 100_003;
     let (x, y0) = (random(n, 1), random(n, 2));
     let dx = gpu::upload(s, &x).unwrap();
     let mut dy = gpu::upload(s, &y0).unwrap();
-    axpy(&gpu, s, 0.5, &dx, &mut dy).unwrap();
+    smoke.axpy(s, 0.5, &dx, &mut dy).unwrap();
     let got = gpu::download(s, &dy).unwrap();
     assert_eq!(got, axpy_cpu(0.5, &x, &y0));
 
@@ -45,6 +46,7 @@ fn eight_streams_fork_and_join() {
     let Some(gpu) = gpu_or_skip("eight_streams_fork_and_join") else {
         return;
     };
+    let smoke = SmokeKernels::load(&gpu).unwrap();
     let s = gpu.stream();
     let set = StreamSet::new(&gpu, 8).unwrap();
     let n = 4096 + 7;
@@ -57,7 +59,7 @@ fn eight_streams_fork_and_join() {
     for (i, (dx, dy)) in dxs.iter().zip(dys.iter_mut()).enumerate() {
         // Several launches per stream, so a missing join would be likely to show.
         for _ in 0..4 {
-            axpy(&gpu, set.stream(i), i as f32, dx, dy).unwrap();
+            smoke.axpy(set.stream(i), i as f32, dx, dy).unwrap();
         }
     }
     set.join(s).unwrap();
@@ -76,6 +78,7 @@ fn captured_graph_replays_with_the_same_result() {
     let Some(gpu) = gpu_or_skip("captured_graph_replays_with_the_same_result") else {
         return;
     };
+    let smoke = SmokeKernels::load(&gpu).unwrap();
     let s = gpu.stream();
     let set = StreamSet::new(&gpu, 2).unwrap();
     let n = 1000;
@@ -87,8 +90,8 @@ fn captured_graph_replays_with_the_same_result() {
     // A graph with a fork/join inside: one axpy on each of two side streams.
     let graph = Graph::capture(s, || {
         set.fork(s)?;
-        axpy(&gpu, set.stream(0), 2.0, &dx, &mut dy0)?;
-        axpy(&gpu, set.stream(1), 3.0, &dx, &mut dy1)?;
+        smoke.axpy(set.stream(0), 2.0, &dx, &mut dy0)?;
+        smoke.axpy(set.stream(1), 3.0, &dx, &mut dy1)?;
         set.join(s)
     })
     .unwrap();
@@ -111,6 +114,7 @@ fn event_timing_gives_positive_durations() {
     let Some(gpu) = gpu_or_skip("event_timing_gives_positive_durations") else {
         return;
     };
+    let smoke = SmokeKernels::load(&gpu).unwrap();
     let s = gpu.stream();
     let n = 1 << 22;
     let dx = gpu::upload(s, &random(n, 4)).unwrap();
@@ -119,7 +123,7 @@ fn event_timing_gives_positive_durations() {
     for i in 0..3 {
         timer
             .span(format!("axpy {i}"), 0, s, || {
-                axpy(&gpu, s, 1.0, &dx, &mut dy)
+                smoke.axpy(s, 1.0, &dx, &mut dy)
             })
             .unwrap();
     }

@@ -5,9 +5,9 @@ use std::process::{Command, Output};
 
 mod common;
 
+use attnrt::base::safetensors::{OutTensor, write_file};
+use attnrt::base::{Tensor, TensorFile, relative_error};
 use attnrt::model::golden::golden_pair;
-use attnrt::model::io::{OutTensor, write_file};
-use attnrt::model::{TensorFile, relative_error};
 
 fn bin() -> Command {
     Command::new(common::bin(
@@ -77,23 +77,27 @@ fn check_fails_when_a_tensor_is_off() {
     let (w, g) = golden("tiny_s1");
     let dir = tempfile::tempdir().unwrap();
     let f = TensorFile::open(&g).unwrap();
-    let mut tensors = Vec::new();
+    let mut floats: Vec<(String, Tensor)> = Vec::new();
+    let mut masks: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for n in f.names() {
-        let t = if n.ends_with(".mask") {
+        if n.ends_with(".mask") {
             let shape = f.shape(&n).unwrap().to_vec();
-            OutTensor::U8 {
-                data: f.mask(&n, &shape).unwrap(),
-                shape,
-            }
+            masks.push((n.clone(), shape.clone(), f.mask(&n, &shape).unwrap()));
         } else {
             let mut t = f.f32(&n).unwrap();
             if n == "expected.hs" {
                 t.data.iter_mut().for_each(|x| *x *= 1.01);
             }
-            OutTensor::F32(t)
-        };
-        tensors.push((n, t));
+            floats.push((n, t));
+        }
     }
+    let mut tensors: Vec<(&str, OutTensor)> =
+        floats.iter().map(|(n, t)| (n.as_str(), t.into())).collect();
+    tensors.extend(
+        masks
+            .iter()
+            .map(|(n, shape, data)| (n.as_str(), OutTensor::U8 { shape, data })),
+    );
     let g2 = dir.path().join("bad.golden.safetensors");
     write_file(&g2, &tensors, &f.metadata()).unwrap();
     std::fs::copy(&w, dir.path().join("bad.weights.safetensors")).unwrap();

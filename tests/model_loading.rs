@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use attnrt::Error;
+use attnrt::base::TensorFile;
 use attnrt::cswintt::Inputs;
+use attnrt::model::Weights;
 use attnrt::model::config::Config;
 use attnrt::model::golden::golden_pair;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
-use attnrt::model::{TensorFile, Weights};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -344,7 +345,7 @@ fn f16_and_bf16_weights_load() {
         assert_eq!(w.config, f32w.config);
         let tol = if dtype == Dtype::F16 { 1e-3 } else { 1e-2 };
         for ((n, a), (_, b)) in w.named_tensors().iter().zip(f32w.named_tensors()) {
-            let err = attnrt::model::relative_error(&a.data, &b.data).unwrap();
+            let err = attnrt::base::relative_error(&a.data, &b.data).unwrap();
             assert!(err < tol, "{dtype:?} {n}: {err}");
         }
     }
@@ -357,7 +358,7 @@ fn synthetic_round_trip_and_metadata() {
     let w = synthetic_weights(&cfg, 7);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("syn.safetensors");
-    w.save(&p, &attnrt::model::synthetic::synthetic_metadata(7))
+    w.save(&p, &BTreeMap::from([("seed".to_string(), "7".to_string())]))
         .unwrap();
     let back = Weights::load(&p).unwrap();
     assert_eq!(back, w);

@@ -1,4 +1,4 @@
-//! `attnrt-train --jobs FILE` with several jobs: every job trains in a worker process of its
+//! `attnrt-train --jobs FILE` with several jobs: every job trains in a job process of its
 //! own under the DR manager. Each test runs on the CPU rehearsal of a two-device machine
 //! (`--gpus cpu:2`, always) and on the machine's GPUs (`--gpus all`) when there are any; with
 //! ATTNRT_REQUIRE_GPU=1 the GPU run is required.
@@ -177,8 +177,8 @@ fn minmax_rehearses_on_four_devices_and_its_decisions_replay() {
     assert_eq!(replay(&decisions).unwrap(), None);
 }
 
-/// The worker processes of the manager `pid`, with their command lines.
-fn workers_of(pid: u32) -> Vec<(u32, String)> {
+/// The job processes of the manager `pid`, with their command lines.
+fn job_processes_of(pid: u32) -> Vec<(u32, String)> {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     children
@@ -268,10 +268,10 @@ fn failing_jobs_are_reported_and_the_others_finish() {
             .unwrap();
         let lines = stderr_lines(&mut child);
         let mut log = wait_until_running(&lines, &["killed"], 3);
-        let (victim, _) = workers_of(child.id())
+        let (victim, _) = job_processes_of(child.id())
             .into_iter()
-            .find(|(_, cmd)| cmd.contains("--worker killed"))
-            .expect("the worker of job 'killed'");
+            .find(|(_, cmd)| cmd.contains("--job-process killed"))
+            .expect("the process of job 'killed'");
         assert!(
             Command::new("kill")
                 .args(["-KILL", &victim.to_string()])

@@ -49,15 +49,10 @@ fn workload() -> impl Strategy<Value = JobFile> {
                     .map(
                         |(k, (batch, iters, arrival, log_sample, overhead, grad, dr))| JobSpec {
                             name: format!("j{k}"),
-                            model: "m".into(),
-                            dataset: "d".into(),
                             batch_size: batch,
                             iterations: iters,
                             arrival_s: arrival,
                             initial_dr: dr.map(|p| dr_of(m, &p)),
-                            optimizer: None,
-                            lr: None,
-                            precision: None,
                             sim: Some(JobSim {
                                 sample_ms: 10f64.powf(log_sample),
                                 iter_overhead_ms: overhead,
@@ -204,7 +199,7 @@ fn minmax_is_the_fairest_on_a_few_suite_workloads() {
     // The whole suite is `cargo run --release --example suite`; three of its smaller
     // workloads keep this test short.
     let mut workloads = generate(DEFAULT_SEED, DEFAULT_WORKLOADS).unwrap();
-    workloads.sort_by_key(|w| w.file.jobs.len());
+    workloads.sort_by_key(|w| w.workload.file.jobs.len());
     workloads.truncate(3);
     let rows = run(&workloads, &PolicyKind::ALL).unwrap();
     let minmax = PolicyKind::ALL

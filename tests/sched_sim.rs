@@ -1,5 +1,6 @@
 //! The simulator on the shipped example and on random small workloads.
 
+use attnrt::multijob;
 use attnrt::sched::jobs::{JobFile, JobSim, JobSpec, ManagerConfig, SimulationConfig};
 use attnrt::sched::workload::{SyntheticSpec, synthetic};
 use attnrt::sched::{PolicyKind, SimOptions, simulate};
@@ -24,7 +25,7 @@ fn run(file: &JobFile, policy: PolicyKind) -> attnrt::sched::SimOutcome {
 
 #[test]
 fn thesis_lowers_the_maximum_slowdown_on_the_example() {
-    let file = JobFile::load(example().as_ref()).unwrap();
+    let file = multijob::JobFile::load(example().as_ref()).unwrap().sched;
     assert_eq!(file.simulation.as_ref().unwrap().gpus, 4);
     assert_eq!(file.jobs.len(), 5);
     let st = run(&file, PolicyKind::Static).report;
@@ -58,7 +59,7 @@ fn scale_workload_runs() {
         jobs: 60,
         ..SyntheticSpec::scale_64x500()
     };
-    let file = synthetic(&spec).unwrap();
+    let file = synthetic(&spec).unwrap().file;
     let a = run(&file, PolicyKind::Thesis);
     assert_eq!(a.report.jobs.len(), 60);
     assert_eq!(a.report.gpus, 64);
@@ -69,10 +70,28 @@ fn scale_workload_runs() {
 #[test]
 fn scale_example_matches_its_generator() {
     let path = common::repo_file("examples/scale-64gpu.toml");
-    let file = JobFile::load(path.as_ref()).unwrap();
-    assert_eq!(file, synthetic(&SyntheticSpec::scale_64x500()).unwrap());
-    assert_eq!(file.jobs.len(), 500);
-    assert_eq!(file.simulation.unwrap().gpus, 64);
+    let file = multijob::JobFile::load(path.as_ref()).unwrap();
+    let generated = synthetic(&SyntheticSpec::scale_64x500()).unwrap();
+    assert_eq!(file, multijob::JobFile::from_workload(generated));
+    assert_eq!(file.sched.jobs.len(), 500);
+    assert_eq!(file.sched.simulation.unwrap().gpus, 64);
+}
+
+/// Every job file under examples/ loads: the scheduler's and the trainer's keys both.
+#[test]
+fn every_example_job_file_loads() {
+    let dir = common::repo_file("examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let file = multijob::JobFile::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(file.train.len(), file.sched.jobs.len());
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 8, "{loaded} job files under {}", dir.display());
 }
 
 fn small_workload() -> impl Strategy<Value = JobFile> {
@@ -100,8 +119,6 @@ fn small_workload() -> impl Strategy<Value = JobFile> {
                     .map(
                         |(k, (batch, iters, arrival, sample, overhead, grad, dr))| JobSpec {
                             name: format!("j{k}"),
-                            model: "m".into(),
-                            dataset: "d".into(),
                             batch_size: batch,
                             iterations: iters,
                             arrival_s: arrival,
@@ -112,9 +129,6 @@ fn small_workload() -> impl Strategy<Value = JobFile> {
                                 }
                                 u
                             }),
-                            optimizer: None,
-                            lr: None,
-                            precision: None,
                             sim: Some(JobSim {
                                 sample_ms: sample,
                                 iter_overhead_ms: overhead + 0.01,

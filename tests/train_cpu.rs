@@ -270,6 +270,38 @@ fn checkpoint_round_trips_keeps_two_and_leaves_no_temp_files() {
     );
 }
 
+/// The tensors file is plain safetensors, byte for byte what the safetensors crate writes for
+/// the same f32 tensors with no metadata (the format checkpoints have always had), and a
+/// diverged run's NaN is kept, not refused.
+#[test]
+fn checkpoint_tensors_file_is_plain_safetensors_and_keeps_nan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, b) = ([1.0f32, f32::NAN, -3.0, 4.5], [0.25f32, 0.5]);
+    checkpoint::save(
+        dir.path(),
+        &meta(7),
+        &[("param/w", &[2, 2], &w), ("param/b", &[2], &b)],
+    )
+    .unwrap();
+    let bytes = std::fs::read(dir.path().join("ckpt-0000000007.safetensors")).unwrap();
+    fn view(shape: Vec<usize>, data: &[f32]) -> safetensors::tensor::TensorView<'_> {
+        let bytes = bytemuck::cast_slice(data);
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, bytes).unwrap()
+    }
+    let direct = safetensors::tensor::serialize(
+        [
+            ("param/w", view(vec![2, 2], &w)),
+            ("param/b", view(vec![2], &b)),
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(bytes, direct);
+    let (_, t) = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert!(t["param/w"].data[1].is_nan());
+    assert_eq!(t["param/b"].data, b);
+}
+
 #[test]
 fn corrupted_checkpoint_is_detected() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,5 @@
-//! The trainer on GPUs: the replica's forward/backward against the CPU reference, the optimizer
-//! kernels, the all-reduce (several buffers on one GPU, and across 2, 3 and 4 GPUs where
+//! The trainer on GPUs: the replica's forward/backward against the CPU reference, the
+//! all-reduce (several buffers on one GPU, and across 2, 3 and 4 GPUs where
 //! present, peer and host-staged, over all participants or a subset), same-seed training under
 //! different DR splits, a DR that changes between steps (idle GPUs, stale replicas refreshed),
 //! and host staging against the peer path; the linear layers on cuBLASLt (epilogues, f32 and
@@ -18,19 +18,23 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use attnrt::gpu::{self, Gpu, testing::gpu_or_skip};
-use attnrt::kernels::train_ops;
+use attnrt::gpu::{
+    self, Gpu,
+    testing::{gpu_or_skip, gpus_or_skip},
+};
+use attnrt::kernels::allreduce::MAX_PEERS;
+use attnrt::kernels::linear::cpu::linear_f64;
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{self, Bf16, F32};
 use attnrt::train::data::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
-use attnrt::train::gpu::linear::{Epilogue, Linear};
+use attnrt::train::gpu::linear::{GemmEpilogue, Linear};
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, GpuEngine, Job, ModelSpec, Optimizer, Progress, State,
+    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Progress, ReplicaEngine, State,
     TrainOptions, train,
 };
 use cudarc::driver::DevicePtr;
@@ -175,7 +179,7 @@ fn batched_gemm_operands_are_checked() {
 }
 
 /// The same with CSWinTT's window attention (forward by the inference kernel, backward by
-/// `train_window_attention.cu`), same tolerance: a 4x4 token grid (windows 1 and 2, the
+/// `window_attention_backward_*_f32`), same tolerance: a 4x4 token grid (windows 1 and 2, the
 /// second shifted) and an 8x8 one (windows 1, 2, 4, 8, the last two shifted by 2 and 4).
 #[test]
 fn vit_window_replica_gradients_match_the_cpu_reference() {
@@ -184,71 +188,6 @@ fn vit_window_replica_gradients_match_the_cpu_reference() {
     };
     check_vit_replica(gpu.clone(), "vit:8,16,2,2,32,win", &[5, 3]);
     check_vit_replica(gpu, "vit:4,32,2,4,32,win", &[4, 2]);
-}
-
-#[test]
-fn optimizer_kernels_match_the_cpu() {
-    let Some(gpu) = gpu_or_skip("optimizer_kernels_match_the_cpu") else {
-        return;
-    };
-    let s = gpu.stream();
-    let n = 1003;
-    for opt in [Optimizer::sgd(0.05), Optimizer::adamw(0.01)] {
-        let (mut p, g) = (random(n, 1), random(n, 2));
-        let mut state: Vec<Vec<f32>> = (0..opt.state_slots())
-            .map(|k| random(n, 10 + k as u64))
-            .collect();
-        let mut dp = gpu::upload(s, &p).unwrap();
-        let dg = gpu::upload(s, &g).unwrap();
-        let mut ds: Vec<_> = state.iter().map(|v| gpu::upload(s, v).unwrap()).collect();
-        let t = 3;
-        match opt {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => train_ops::sgd(
-                &gpu,
-                s,
-                &mut dp,
-                &dg,
-                &mut ds[0],
-                [lr, momentum, weight_decay],
-            )
-            .unwrap(),
-            Optimizer::AdamW {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
-                let (c1, c2) = opt.bias_corrections(t);
-                let (m, v) = ds.split_at_mut(1);
-                train_ops::adamw(
-                    &gpu,
-                    s,
-                    &mut dp,
-                    &dg,
-                    &mut m[0],
-                    &mut v[0],
-                    [lr, beta1, beta2, eps, weight_decay, c1, c2],
-                )
-                .unwrap()
-            }
-        }
-        opt.step_cpu(t, &mut p, &g, &mut state);
-        assert!(
-            max_abs_diff(&gpu::download(s, &dp).unwrap(), &p) < 1e-6,
-            "{opt}"
-        );
-        for (d, h) in ds.iter().zip(&state) {
-            assert!(
-                max_abs_diff(&gpu::download(s, d).unwrap(), h) < 1e-6,
-                "{opt}"
-            );
-        }
-    }
 }
 
 /// The CPU check: participant order, f32, as the kernel adds.
@@ -374,11 +313,13 @@ fn gpu_count() -> usize {
 }
 
 /// GPUs 0 and 1 where the machine has two, else two replicas on GPU 0, which run the same
-/// split, exchange and barriers.
-fn replica_pair() -> Vec<usize> {
+/// split, exchange and barriers; `test` says which it ran.
+fn replica_pair(test: &str) -> Vec<usize> {
     if gpu_count() >= 2 {
+        println!("{test}: a pair of replicas on GPUs 0 and 1");
         vec![0, 1]
     } else {
+        println!("{test}: two replicas on GPU 0 (the machine has one GPU)");
         vec![0, 0]
     }
 }
@@ -388,16 +329,10 @@ fn replica_pair() -> Vec<usize> {
 #[test]
 fn allreduce_across_2_3_4_gpus_over_peer_memory() {
     const NAME: &str = "allreduce_across_2_3_4_gpus_over_peer_memory";
-    let Some(_gpu) = gpu_or_skip(NAME) else {
-        return;
-    };
-    let count = gpu_count();
     for n in [2usize, 3, 4] {
-        if n > count {
-            println!("{NAME}: {n} GPUs: skipped: the machine has {count}");
+        let Some(gpus) = gpus_or_skip(&format!("{NAME} ({n} GPUs)"), n) else {
             continue;
-        }
-        let gpus: Vec<_> = (0..n).map(|o| Gpu::open(o).unwrap()).collect();
+        };
         assert!(
             allreduce::enable_peer_access(&gpus).unwrap(),
             "peer access between {n} GPUs"
@@ -447,8 +382,7 @@ fn same_seed_same_parameters_for_any_split() {
     let Some(_gpu) = gpu_or_skip("same_seed_same_parameters_for_any_split") else {
         return;
     };
-    let pair = replica_pair();
-    println!("pair of replicas on GPUs {pair:?}");
+    let pair = replica_pair("same_seed_same_parameters_for_any_split");
     let data = Arc::new(Dataset::synthetic(1024, 9));
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     for (opt, tol) in [
@@ -458,13 +392,13 @@ fn same_seed_same_parameters_for_any_split() {
         let fresh = State::fresh(model.init(5), &opt);
         let mut cpu = CpuEngine::new(model.clone(), opt, F32, 1, fresh.clone());
         let reference = run(&mut cpu, &model, (opt, F32), &[10], &data).0.remove(0);
-        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+        let mut one = ReplicaEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
         let single = run(&mut one, &model, (opt, F32), &[10], &data).0.remove(0);
         let d = max_abs_diff(&single, &reference);
         println!("{opt}: 1 GPU vs CPU max |diff| {d:.2e}");
         assert!(d < tol, "{opt}: 1 GPU vs CPU {d}");
         for units in [[5u8, 5], [2, 8], [10, 0]] {
-            let mut two = GpuEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
+            let mut two = ReplicaEngine::new(&pair, &model, opt, F32, &fresh).unwrap();
             let replicas = run(&mut two, &model, (opt, F32), &units, &data).0;
             assert_eq!(
                 replicas[0], replicas[1],
@@ -489,12 +423,12 @@ fn small_vit(opt: &Optimizer) -> (ModelSpec, Arc<Dataset>, State) {
 /// replicas bit for bit the same and within `tol` of 1 GPU, whose parameters it returns.
 fn vit_split_matches_one_gpu(opt: Optimizer, precision: Precision, tol: f32) -> Vec<f32> {
     let (model, data, fresh) = small_vit(&opt);
-    let pair = replica_pair();
-    let mut one = GpuEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
+    let pair = replica_pair(&format!("vit split, {precision}"));
+    let mut one = ReplicaEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
     let single = run(&mut one, &model, (opt, precision), &[10], &data)
         .0
         .remove(0);
-    let mut two = GpuEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
+    let mut two = ReplicaEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
     let replicas = run(&mut two, &model, (opt, precision), &[2, 8], &data).0;
     assert_eq!(replicas[0], replicas[1], "{precision:?}: replicas differ");
     let d = max_abs_diff(&replicas[0], &single);
@@ -546,24 +480,13 @@ fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8
     engine.finish().unwrap();
 }
 
-fn needs_two_gpus(name: &str) -> bool {
-    if gpu_or_skip(name).is_none() {
-        return false;
-    }
-    let count = gpu_count();
-    if count < 2 {
-        println!("{name}: skipped: needs 2 GPUs, the machine has {count}");
-    }
-    count >= 2
-}
-
 /// A DR changing every 3 steps among [10,0], [5,5], [0,10], [3,7] on 2 GPUs: the same
 /// parameters and optimizer state as 1 GPU with the whole batch (SGD within 2e-5, AdamW within
 /// 2e-4), `state()` taken from the up-to-date GPU while the other is stale, and every replica
 /// identical at the end.
 #[test]
 fn changing_dr_on_two_gpus_matches_one_gpu() {
-    if !needs_two_gpus("changing_dr_on_two_gpus_matches_one_gpu") {
+    if gpus_or_skip("changing_dr_on_two_gpus_matches_one_gpu", 2).is_none() {
         return;
     }
     let data = Dataset::synthetic(1024, 9);
@@ -573,10 +496,10 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
         (Optimizer::adamw(1e-3), 2e-4),
     ] {
         let fresh = State::fresh(model.init(5), &opt);
-        let mut one = GpuEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
+        let mut one = ReplicaEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
         run_steps(&mut one, &data, |_| vec![10]);
         let want = one.state().unwrap();
-        let mut two = GpuEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
+        let mut two = ReplicaEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
         // Peer access makes the refreshes device-to-device copies; without it they go through
         // the host, and the test still holds.
         println!(
@@ -641,14 +564,15 @@ fn host_staging_matches_the_peer_path() {
     let Some(_gpu) = gpu_or_skip("host_staging_matches_the_peer_path") else {
         return;
     };
-    let pair = replica_pair();
+    let pair = replica_pair("host_staging_matches_the_peer_path");
     let data = Dataset::synthetic(1024, 9);
     let model = ModelSpec::parse("mlp:64,32", data.shape(), 10, "test").unwrap();
     let opt = Optimizer::adamw(1e-3);
     let fresh = State::fresh(model.init(5), &opt);
     let mut params = Vec::new();
     for choice in [ExchangeChoice::Auto, ExchangeChoice::Host] {
-        let mut engine = GpuEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
+        let mut engine =
+            ReplicaEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
         assert_eq!(
             engine.notice().is_some(),
             choice == ExchangeChoice::Host,
@@ -675,7 +599,7 @@ fn host_staging_matches_the_peer_path() {
 #[test]
 #[ignore]
 fn allreduce_bandwidth() {
-    let count = gpu_count().min(train_ops::MAX_PEERS);
+    let count = gpu_count().min(MAX_PEERS);
     if count < 2 {
         println!("allreduce_bandwidth: needs 2 GPUs, found {count}");
         return;
@@ -712,22 +636,16 @@ fn allreduce_bandwidth() {
 
 // ---- the linear layers on cuBLASLt, and bf16 ----
 
-/// `c[i][j] = sum_k a[i][k] b[j][k]` (row-major, `k` values a row) in f64, and the scale
-/// `sum_k |a[i][k] b[j][k]|` of each: f32 accumulation errors are bounded in proportion to it.
+/// `c[i][j] = sum_k a[i][k] b[j][k]` (row-major, `k` values a row) in f64, the linear op's
+/// reference, and the scale `sum_k |a[i][k] b[j][k]|` of each: f32 accumulation errors are
+/// bounded in proportion to it.
 fn dots(a: &[f32], b: &[f32], k: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut c = Vec::new();
-    let mut scale = Vec::new();
-    for ar in a.chunks(k) {
-        for br in b.chunks(k) {
-            let terms = ar
-                .iter()
-                .zip(br)
-                .map(|(x, y)| f64::from(*x) * f64::from(*y));
-            c.push(terms.clone().sum());
-            scale.push(terms.map(f64::abs).sum());
-        }
-    }
-    (c, scale)
+    let nmk = (a.len() / k, b.len() / k, k);
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+    (
+        linear_f64(a, b, None, nmk),
+        linear_f64(&abs(a), &abs(b), None, nmk),
+    )
 }
 
 /// `m` (`rows x cols`, row-major) transposed.
@@ -787,9 +705,9 @@ fn linear_layers_match_the_cpu_in_f32_and_bf16() {
                 for _ in 0..2 {
                     let bias = db.slice(at..);
                     let epilogue = match kind {
-                        0 => Epilogue::Plain,
-                        1 => Epilogue::Bias(bias),
-                        _ => Epilogue::BiasRelu(bias),
+                        0 => GemmEpilogue::Plain,
+                        1 => GemmEpilogue::Bias(bias),
+                        _ => GemmEpilogue::BiasRelu(bias),
                     };
                     let mut y = poisoned(at + rows * dout);
                     let (xv, wv) = (dx_.slice(at..), dw.slice(at..));
@@ -844,50 +762,6 @@ fn linear_layers_match_the_cpu_in_f32_and_bf16() {
             }
         }
         println!("{precision}: forward (3 epilogues) and backward within 1e-5 of the scale");
-    }
-}
-
-/// The bf16 cast kernel rounds exactly as the host (`half::bf16::from_f32`, which the CPU
-/// emulation uses): ties to even, NaN, infinities, signed zeros, subnormals, the largest
-/// values, and random ones, from every alignment (the four-wide and the one-wide paths).
-#[test]
-fn bf16_cast_rounds_exactly_as_the_host() {
-    let Some(gpu) = gpu_or_skip("bf16_cast_rounds_exactly_as_the_host") else {
-        return;
-    };
-    let s = gpu.stream();
-    let mut v = vec![
-        1.0 + 1.0 / 256.0,
-        1.0 + 3.0 / 256.0,
-        -(1.0 + 1.0 / 256.0),
-        f32::NAN,
-        f32::from_bits(0x7f80_0001),
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        0.0,
-        -0.0,
-        f32::from_bits(1),
-        f32::from_bits(0x0000_8000),
-        f32::MIN_POSITIVE,
-        f32::MAX,
-        f32::MIN,
-    ];
-    v.extend(random(1003, 11).iter().map(|x| x * 1e3));
-    let x = gpu::upload(s, &v).unwrap();
-    for at in 0..4 {
-        let n = v.len() - at;
-        let mut y = s.alloc_zeros::<half::bf16>(n).unwrap();
-        gpu::poison_nan(s, &mut y).unwrap();
-        train_ops::cast_bf16(&gpu, s, &x.slice(at..), &mut y, n).unwrap();
-        let got = gpu::download(s, &y).unwrap();
-        for (i, (g, h)) in got.iter().zip(&v[at..]).enumerate() {
-            let want = half::bf16::from_f32(*h);
-            assert_eq!(
-                g.to_bits(),
-                want.to_bits(),
-                "offset {at} [{i}]: {h:e} -> {g} vs {want}"
-            );
-        }
     }
 }
 
@@ -1024,7 +898,7 @@ fn bf16_training_learns_like_f32() {
         let opt = Optimizer::adamw(2e-3);
         let fresh = State::fresh(model.init(1), &opt);
         let steps = |p: Precision| {
-            let mut engine = GpuEngine::new(&[0], &model, opt, p, &fresh).unwrap();
+            let mut engine = ReplicaEngine::new(&[0], &model, opt, p, &fresh).unwrap();
             run(&mut engine, &model, (opt, p), &[10], &data).1
         };
         let (bf16, f32) = (steps(Bf16), steps(F32));

@@ -1,11 +1,14 @@
 //! The engine interface and device selection. Every engine (the CPU reference, the GPU
 //! engine) implements [`Backend`]; [`select_backend`] turns a `--device` choice into
-//! one, and [`gpu_backend`] is the single place the GPU engine plugs in.
+//! one, and [`gpu_backend`] is the single place the GPU engine plugs in. [`time_runs`]
+//! times any of them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::cpu::CpuReference;
 use super::{Inputs, Mode, Outputs, Precision};
+use crate::base::LatencyStats;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceChoice, Span};
 use crate::model::weights::Weights;
@@ -41,6 +44,39 @@ pub trait Backend {
             ),
         ))
     }
+}
+
+/// Timed runs of one input.
+pub struct Timing {
+    /// The latency of each timed run, in milliseconds; `None` without timed runs.
+    pub latency_ms: Option<LatencyStats>,
+    /// The outputs of the last run, timed or not; `None` when there was none.
+    pub last: Option<Outputs>,
+}
+
+/// Runs `inputs` `warmup` times untimed, then `iters` times timed by the wall clock around
+/// each [`Backend::run`] (so a GPU pass includes its input upload and output download).
+pub fn time_runs(
+    backend: &mut dyn Backend,
+    inputs: &Inputs,
+    warmup: usize,
+    iters: usize,
+) -> Result<Timing> {
+    let mut last = None;
+    for _ in 0..warmup {
+        last = Some(backend.run(inputs, false)?);
+    }
+    let mut ms = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t0 = Instant::now();
+        let out = backend.run(inputs, false)?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        last = Some(out);
+    }
+    Ok(Timing {
+        latency_ms: LatencyStats::new(&ms),
+        last,
+    })
 }
 
 /// Engine settings from the command line.

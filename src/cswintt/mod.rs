@@ -4,12 +4,14 @@
 //!   window padding), shared by the CPU reference and the GPU engine;
 //! - [`cpu`]: the CPU reference, f32 with f64 accumulation, heads in parallel (rayon);
 //! - [`flops`]: the arithmetic of one forward pass, counted once, for FLOP/s figures;
-//! - [`backend`]: the [`Backend`] trait every engine implements, and [`select_backend`],
-//!   the one place a device choice becomes an engine.
+//! - [`backend`]: the [`Backend`] trait every engine implements, [`select_backend`],
+//!   the one place a device choice becomes an engine, and [`time_runs`];
+//! - [`check`]: an engine's outputs against a golden file's `expected.*` tensors.
 //!
 //! Inputs and outputs use the original's layouts: token-major `(L, b, c)`.
 
 pub mod backend;
+pub mod check;
 pub mod cpu;
 mod flops;
 pub mod gpu;
@@ -19,15 +21,15 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use crate::base::safetensors::{OutTensor, TensorFile, write_file};
+use crate::base::tensor::Tensor;
 use crate::error::{Error, Result};
 use crate::model::config::Config;
-use crate::model::io::{OutTensor, TensorFile};
-use crate::model::tensor::Tensor;
 use crate::model::weights::Weights;
 
 pub use crate::base::Precision;
 pub use crate::base::precision::F32_TOLERANCE as CPU_F32_TOLERANCE;
-pub use backend::{Backend, EngineOptions, Selected, select_backend};
+pub use backend::{Backend, EngineOptions, Selected, Timing, select_backend, time_runs};
 pub use flops::{encoder_flops, flops};
 pub use plan::{HeadPlan, Plan};
 
@@ -76,22 +78,6 @@ impl Inputs {
                     "absent, and the model has no 'query_embed.weight'",
                 )
             })
-    }
-
-    /// Inputs with no padding and no query (the model's is used).
-    pub fn unpadded(template1: Tensor, template2: Tensor, search: Tensor, batch: usize) -> Inputs {
-        let t = template1.shape.first().copied().unwrap_or(0);
-        let s = search.shape.first().copied().unwrap_or(0);
-        Inputs {
-            batch,
-            template1,
-            template2,
-            search,
-            template1_mask: vec![0; batch * t * t],
-            template2_mask: vec![0; batch * t * t],
-            search_mask: vec![0; batch * s * s],
-            query_embed: None,
-        }
     }
 
     /// Reads `input.*` tensors from a safetensors file (a golden file, or one written by
@@ -155,36 +141,37 @@ impl Inputs {
         let t = self.template1.shape.first().copied().unwrap_or(0);
         let s = self.search.shape.first().copied().unwrap_or(0);
         let b = self.batch;
-        let mut v: Vec<(String, OutTensor)> = vec![
-            (TEMPLATE1.into(), self.template1.clone().into()),
-            (TEMPLATE2.into(), self.template2.clone().into()),
-            (SEARCH.into(), self.search.clone().into()),
+        let (mask_t, mask_s) = ([b, t, t], [b, s, s]);
+        let mut v: Vec<(&str, OutTensor)> = vec![
+            (TEMPLATE1, (&self.template1).into()),
+            (TEMPLATE2, (&self.template2).into()),
+            (SEARCH, (&self.search).into()),
             (
-                TEMPLATE1_MASK.into(),
+                TEMPLATE1_MASK,
                 OutTensor::U8 {
-                    shape: vec![b, t, t],
-                    data: self.template1_mask.clone(),
+                    shape: &mask_t,
+                    data: &self.template1_mask,
                 },
             ),
             (
-                TEMPLATE2_MASK.into(),
+                TEMPLATE2_MASK,
                 OutTensor::U8 {
-                    shape: vec![b, t, t],
-                    data: self.template2_mask.clone(),
+                    shape: &mask_t,
+                    data: &self.template2_mask,
                 },
             ),
             (
-                SEARCH_MASK.into(),
+                SEARCH_MASK,
                 OutTensor::U8 {
-                    shape: vec![b, s, s],
-                    data: self.search_mask.clone(),
+                    shape: &mask_s,
+                    data: &self.search_mask,
                 },
             ),
         ];
         if let Some(q) = &self.query_embed {
-            v.push((QUERY_EMBED.into(), q.clone().into()));
+            v.push((QUERY_EMBED, q.into()));
         }
-        crate::model::io::write_file(path, &v, &Default::default())
+        write_file(path, &v, &Default::default())
     }
 
     /// Checks shapes against `config`, that values are finite, and that no batch item is
@@ -353,11 +340,11 @@ impl Outputs {
 
     /// Writes `search_feat` and `hs` to a safetensors file.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::model::io::write_file(
+        write_file(
             path,
             &[
-                ("search_feat".into(), self.search_feat.clone().into()),
-                ("hs".into(), self.hs.clone().into()),
+                ("search_feat", (&self.search_feat).into()),
+                ("hs", (&self.hs).into()),
             ],
             &Default::default(),
         )

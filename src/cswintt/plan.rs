@@ -15,6 +15,7 @@
 //!   `(+a, +e)`.
 
 use crate::error::{Error, Result};
+use crate::kernels::window_attention::AttentionShape;
 use crate::model::config::Config;
 
 /// One of the three token regions, each partitioned as its own grid.
@@ -121,6 +122,20 @@ impl HeadPlan {
         self.w * self.w
     }
 
+    /// This head's attention over `batch` items as the kernel takes it: all `L_all` slots (in
+    /// window order) against all of them, one head.
+    pub fn attention_shape(&self, batch: usize) -> AttentionShape {
+        AttentionShape {
+            w: self.w,
+            hd: self.hd,
+            n_queries: self.l_all,
+            n_keys: self.l_all,
+            batch,
+            heads: 1,
+            head_stride: 0,
+        }
+    }
+
     /// `w * w * hd`, the length of a window vector.
     pub fn window_dim(&self) -> usize {
         self.w * self.w * self.hd
@@ -200,21 +215,6 @@ impl HeadPlan {
         (0..self.l_all)
             .map(|slot| self.slot_token_shifted(slot, 0) as u32)
             .collect()
-    }
-
-    /// The in-window position that shift `(a, e)` reads for position `pos`:
-    /// `K(l,a,e)[r][col] = K(l)[(r - a) mod w][(col - e) mod w]`.
-    pub fn shifted_pos(&self, pos: usize, a: usize, e: usize) -> usize {
-        let w = self.w;
-        let (r, c) = (pos / w, pos % w);
-        ((r + w - a) % w) * w + (c + w - e) % w
-    }
-
-    /// Column `col` of the score matrix as `(key window l, a, e)`.
-    pub fn column(&self, col: usize) -> (usize, usize, usize) {
-        let w = self.w;
-        let ae = col % (w * w);
-        (col / (w * w), ae / w, ae % w)
     }
 
     /// `sr(a, e)` as a `w*w` table indexed `a*w + e`: `u(a)*u(e) - 1`,
@@ -349,15 +349,5 @@ mod tests {
         let t = h8.sr_table();
         assert_eq!(t[0], 0.0);
         assert_eq!(t[9], 0.875 * 0.875 - 1.0);
-    }
-
-    #[test]
-    fn shifted_pos_rolls() {
-        let c = Config::released();
-        let h = HeadPlan::new(&c, 2); // w = 4
-        // Rolling by (+1, 0): row 1 reads row 0.
-        assert_eq!(h.shifted_pos(4, 1, 0), 0);
-        assert_eq!(h.shifted_pos(0, 1, 0), 12);
-        assert_eq!(h.shifted_pos(0, 0, 1), 3);
     }
 }

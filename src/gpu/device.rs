@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
 
 use crate::error::{CudaContext as _, Error, Result};
-use crate::kernels::KernelModule;
 
+use super::images::KernelModule;
 use super::module::Kernel;
 
 /// Number of CUDA devices, or [`Error::NoGpu`] saying why there are none usable.
@@ -66,11 +66,19 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
-/// One GPU: its context, a main stream, and the modules loaded on it so far.
+/// One GPU: its context, a main stream, and the modules and kernels loaded on it so far.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Mutex<HashMap<KernelModule, Arc<CudaModule>>>,
+    loaded: Mutex<Loaded>,
+}
+
+/// What [`Gpu::kernel`] has loaded: each module once, each kernel's function once, so a
+/// launcher that looks its kernel up again pays a map lookup, not a driver call.
+#[derive(Default)]
+struct Loaded {
+    modules: HashMap<KernelModule, Arc<CudaModule>>,
+    kernels: HashMap<(KernelModule, &'static str), Kernel>,
 }
 
 impl fmt::Debug for Gpu {
@@ -97,26 +105,8 @@ impl Gpu {
         Ok(Arc::new(Gpu {
             ctx,
             stream,
-            modules: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(Loaded::default()),
         }))
-    }
-
-    /// Resolves a [`DeviceChoice`]: `Ok(None)` means the CPU. `Auto` falls back to the CPU
-    /// and returns the reason, for the caller to show.
-    pub fn select(choice: DeviceChoice) -> Result<(Option<Arc<Gpu>>, Option<String>)> {
-        match choice {
-            DeviceChoice::Cpu => Ok((None, None)),
-            DeviceChoice::Cuda(n) => Ok((Some(Gpu::open(n)?), None)),
-            DeviceChoice::Auto => {
-                if !crate::kernels::compiled() {
-                    return Ok((None, Some(not_compiled_reason())));
-                }
-                match Gpu::open(0) {
-                    Ok(g) => Ok((Some(g), None)),
-                    Err(e) => Ok((None, Some(e.to_string()))),
-                }
-            }
-        }
     }
 
     pub fn ctx(&self) -> &Arc<CudaContext> {
@@ -141,30 +131,43 @@ impl Gpu {
         }
     }
 
-    /// Loads `module` on this device the first time it is asked for, and returns the named
-    /// kernel from it.
+    /// Streaming multiprocessors on this device (what grids are sized by).
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let attr =
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
+        self.ctx
+            .attribute(attr)
+            .map(|n| n.max(1) as usize)
+            .cuda(|| "reading the multiprocessor count".into())
+    }
+
+    /// The named kernel of `module`, loading the module on this device the first time it is
+    /// asked for and the kernel's function the first time it is named.
     pub fn kernel(&self, module: KernelModule, name: &'static str) -> Result<Kernel> {
-        let m = {
-            let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
-            match modules.get(&module) {
-                Some(m) => m.clone(),
-                None => {
-                    let image = module.image().ok_or_else(|| Error::NoGpu {
-                        reason: not_compiled_reason(),
-                    })?;
-                    let m = self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
-                        .cuda(|| format!("loading kernels/{}.cu", module.name()))?;
-                    modules.insert(module, m.clone());
-                    m
-                }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = loaded.kernels.get(&(module, name)) {
+            return Ok(k.clone());
+        }
+        let m = match loaded.modules.get(&module) {
+            Some(m) => m.clone(),
+            None => {
+                let image = module.image().ok_or_else(|| Error::NoGpu {
+                    reason: not_compiled_reason(),
+                })?;
+                let m = self
+                    .ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_binary(image.to_vec()))
+                    .cuda(|| format!("loading kernels/{}.cu", module.name()))?;
+                loaded.modules.insert(module, m.clone());
+                m
             }
         };
         let func = m
             .load_function(name)
             .cuda(|| format!("finding kernel {name} in kernels/{}.cu", module.name()))?;
-        Ok(Kernel::new(name, func))
+        let kernel = Kernel::new(name, func);
+        loaded.kernels.insert((module, name), kernel.clone());
+        Ok(kernel)
     }
 
     /// Blocks until all work on the main stream is done.

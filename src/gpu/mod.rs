@@ -1,7 +1,7 @@
 //! The GPU runtime: a thin layer on cudarc (driver API, loaded at run time, so building needs
 //! no CUDA). It covers device discovery and selection, streams with fork/join, events and
-//! event timing, typed device buffers, lazy per-device module loading with named kernel
-//! launches, CUDA graph capture/replay, and NVTX ranges.
+//! event timing, typed device buffers, the compiled kernel images ([`images`]) and their lazy
+//! per-device loading with named kernel launches, CUDA graph capture/replay, NVTX ranges, and cuDNN (found and loaded at run time).
 //!
 //! cudarc's per-allocation event tracking is switched off on every context we open: it makes
 //! streams that write disjoint parts of one buffer wait on each other, which would silently
@@ -9,8 +9,10 @@
 //! [`StreamSet::fork`] and [`StreamSet::join`].
 
 mod buffer;
+pub mod cudnn;
 mod device;
 mod graph;
+pub mod images;
 mod module;
 pub mod nvtx;
 mod stream;

@@ -52,35 +52,56 @@ fn load(path: &str) -> Option<Api> {
     }
 }
 
-fn api() -> Option<&'static Api> {
-    static API: OnceLock<Option<Api>> = OnceLock::new();
-    API.get_or_init(|| {
+/// The loaded library, if any, and what the user should be told about the loading.
+struct Loaded {
+    api: Option<Api>,
+    notices: Vec<String>,
+}
+
+fn loaded() -> &'static Loaded {
+    static LOADED: OnceLock<Loaded> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let mut notices = Vec::new();
         let named = std::env::var(LIB_ENV).ok();
         if let Some(n) = &named {
             if let Some(api) = load(n) {
-                return Some(api);
+                return Loaded {
+                    api: Some(api),
+                    notices,
+                };
             }
             // The user asked for this library: say it was not used.
-            eprintln!(
-                "attnrt: {LIB_ENV}={n} could not be loaded as an NVTX library (a missing file, \
-                 or no nvtxRangePushA in it); trying {}",
+            notices.push(format!(
+                "{LIB_ENV}={n} could not be loaded as an NVTX library (a missing file, or no \
+                 nvtxRangePushA in it); trying {}",
                 LIB_NAMES.join(", ")
-            );
+            ));
         }
         let api = LIB_NAMES.into_iter().find_map(load);
         // A profiler that injects NVTX sets this; without a library its ranges would be
         // missing with no word why.
         if api.is_none() && std::env::var_os("NVTX_INJECTION64_PATH").is_some() {
-            eprintln!(
-                "attnrt: no NVTX library found ({}), so the profile has no NVTX ranges; set \
-                 {LIB_ENV} to the path of libnvtx3interop.so.1 (CUDA 13, pip's nvidia-nvtx) \
-                 or libnvToolsExt.so.1",
+            notices.push(format!(
+                "no NVTX library found ({}), so the profile has no NVTX ranges; set {LIB_ENV} \
+                 to the path of libnvtx3interop.so.1 (CUDA 13, pip's nvidia-nvtx) or \
+                 libnvToolsExt.so.1",
                 LIB_NAMES.join(", ")
-            );
+            ));
         }
-        api
+        Loaded { api, notices }
     })
-    .as_ref()
+}
+
+fn api() -> Option<&'static Api> {
+    loaded().api.as_ref()
+}
+
+/// Loads the NVTX library now (else at the first range) and returns what the user should be
+/// told about it: a library named by [`LIB_ENV`] that could not be loaded, or a profiler
+/// that injects NVTX with no library to send the ranges through. Binaries print these at
+/// start; the library itself never prints.
+pub fn notices() -> &'static [String] {
+    &loaded().notices
 }
 
 /// An open NVTX range; it closes when dropped.

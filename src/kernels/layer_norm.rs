@@ -1,11 +1,12 @@
-//! Launcher for `kernels/layer_norm.cu`: `y = LN(sum of parts + bias + residual)`.
+//! Launchers for `kernels/layer_norm.cu`: `y = LN(sum of parts + bias + residual)`, the same
+//! forward saving what the backward reads, and the backward.
 
-use cudarc::driver::LaunchConfig;
+pub mod cpu;
+
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use super::KernelModule;
-use super::raw::{opt_ptr, ptr, ptr_mut};
-use super::shape::check_len;
+use super::launch::{Args, check_len, opt_ptr, ptr, ptr_mut, warp_rows};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
@@ -21,6 +22,8 @@ struct LayerNormArgs {
     y: u64,
     add: u64,
     y_plus: u64,
+    xhat: u64,
+    rstd: u64,
     rows: i64,
     part_stride: i64,
     c: i32,
@@ -31,10 +34,11 @@ struct LayerNormArgs {
 // SAFETY: plain old data with the C struct's layout.
 unsafe impl DeviceRepr for LayerNormArgs {}
 
-/// Rows per block: one warp each.
-const ROWS_PER_BLOCK: usize = 8;
-/// The widest row the kernel keeps in registers (`MAX_C` in the .cu file).
-const MAX_C: usize = 1024;
+// The size `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<LayerNormArgs>() == 112);
+
+/// The widest row the forward keeps in registers (`MAX_C` in the .cu file).
+pub const MAX_WIDTH: usize = 1024;
 
 /// What is normalised: `parts[0] + ... + parts[n-1] + bias + residual` per row, where
 /// `parts` holds `n_parts` blocks of `(rows, c)` (the partial products of a k-split linear).
@@ -62,23 +66,46 @@ impl<'a> NormInput<'a> {
 /// The optional fused sum `y_plus = y + add`: `(add, y_plus)`.
 pub type PlusOutput<'a> = (CudaView<'a, f32>, CudaViewMut<'a, f32>);
 
-/// `add_layer_norm_f32`, loaded once.
-#[derive(Debug, Clone)]
-pub struct LayerNormKernel {
-    kernel: Kernel,
+/// What the forward writes besides `y`.
+pub enum Extra<'a> {
+    Nothing,
+    /// `y_plus = y + add` (inference).
+    Plus(PlusOutput<'a>),
+    /// `xhat` and `rstd` for the backward (training).
+    Saved(Saved<'a>),
 }
 
-impl LayerNormKernel {
-    pub fn load(gpu: &Gpu) -> Result<LayerNormKernel> {
-        Ok(LayerNormKernel {
-            kernel: gpu.kernel(KernelModule::LayerNorm, "add_layer_norm_f32")?,
+/// What the training forward keeps for the backward: `xhat` `(rows, c)`, the normalised
+/// input, and `rstd` `(rows)`, each row's `1 / std`.
+pub struct Saved<'a> {
+    pub xhat: CudaViewMut<'a, f32>,
+    pub rstd: CudaViewMut<'a, f32>,
+}
+
+/// `add_layer_norm_f32` (inference), `layer_norm_f32` (training: also saves `xhat` and
+/// `rstd`) and `layer_norm_backward_f32`, loaded once.
+#[derive(Debug, Clone)]
+pub struct LayerNormKernels {
+    forward: Kernel,
+    forward_saving: Kernel,
+    backward: Kernel,
+}
+
+impl LayerNormKernels {
+    pub fn load(gpu: &Gpu) -> Result<LayerNormKernels> {
+        let k = |name| gpu.kernel(KernelModule::LayerNorm, name);
+        Ok(LayerNormKernels {
+            forward: k("add_layer_norm_f32")?,
+            forward_saving: k("layer_norm_f32")?,
+            backward: k("layer_norm_backward_f32")?,
         })
     }
 
-    /// `y = LN(input) * gamma + beta` over rows of `c = gamma.len()`, and optionally
-    /// `y_plus = y + add`.
+    /// `y = LN(input) * gamma + beta` over rows of `c = gamma.len()` (at most
+    /// [`MAX_WIDTH`]), and what `extra` asks for: `y_plus = y + add`, or (the training
+    /// forward, `layer_norm_f32`) `xhat` and `rstd` for the backward.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
+    pub fn forward(
         &self,
         stream: &CudaStream,
         input: NormInput<'_>,
@@ -86,14 +113,18 @@ impl LayerNormKernel {
         beta: &impl DevicePtr<f32>,
         eps: f32,
         y: &mut impl DevicePtrMut<f32>,
-        plus: Option<PlusOutput<'_>>,
+        extra: Extra<'_>,
     ) -> Result<()> {
-        let name = self.kernel.name();
+        let kernel = match extra {
+            Extra::Saved(_) => &self.forward_saving,
+            _ => &self.forward,
+        };
+        let name = kernel.name();
         let c = gamma.len();
-        if c == 0 || c > MAX_C || input.n_parts == 0 {
+        if c == 0 || c > MAX_WIDTH || input.n_parts == 0 {
             return Err(Error::invalid(
                 name,
-                format!("rows of {c} (1 to {MAX_C}) and {} parts", input.n_parts),
+                format!("rows of {c} (1 to {MAX_WIDTH}) and {} parts", input.n_parts),
             ));
         }
         check_len(name, "beta", beta.len(), c)?;
@@ -106,39 +137,74 @@ impl LayerNormKernel {
         if let Some(r) = &input.residual {
             check_len(name, "residual", r.len(), rows * c)?;
         }
-        let (add, y_plus) = match plus {
-            Some((add, mut y_plus)) => {
-                check_len(name, "add", add.len(), rows * c)?;
-                check_len(name, "y_plus", y_plus.len(), rows * c)?;
-                (ptr(&add, stream), ptr_mut(&mut y_plus, stream))
-            }
-            None => (0, 0),
-        };
-        if rows == 0 {
-            return Ok(());
-        }
-        let args = LayerNormArgs {
+        let mut args = LayerNormArgs {
             parts: ptr(&input.parts, stream),
             bias: opt_ptr(input.bias.as_ref(), stream),
             residual: opt_ptr(input.residual.as_ref(), stream),
             gamma: ptr(gamma, stream),
             beta: ptr(beta, stream),
             y: ptr_mut(y, stream),
-            add,
-            y_plus,
+            add: 0,
+            y_plus: 0,
+            xhat: 0,
+            rstd: 0,
             rows: rows as i64,
             part_stride: (rows * c) as i64,
             c: c as i32,
             n_parts: input.n_parts as i32,
             eps,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1),
-            block_dim: (32 * ROWS_PER_BLOCK as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        match extra {
+            Extra::Nothing => {}
+            Extra::Plus((add, mut y_plus)) => {
+                check_len(name, "add", add.len(), rows * c)?;
+                check_len(name, "y_plus", y_plus.len(), rows * c)?;
+                args.add = ptr(&add, stream);
+                args.y_plus = ptr_mut(&mut y_plus, stream);
+            }
+            Extra::Saved(mut saved) => {
+                check_len(name, "xhat", saved.xhat.len(), rows * c)?;
+                check_len(name, "rstd", saved.rstd.len(), rows)?;
+                args.xhat = ptr_mut(&mut saved.xhat, stream);
+                args.rstd = ptr_mut(&mut saved.rstd, stream);
+            }
+        }
+        if rows == 0 {
+            return Ok(());
+        }
         // SAFETY: `args` mirrors the kernel's struct; every buffer was checked against the
-        // rows and parts the kernel reads or writes.
-        unsafe { self.kernel.on(stream).arg(&args).go(cfg) }
+        // rows and parts the kernel reads or writes. One warp per row, 8 rows a block.
+        unsafe { kernel.on(stream).arg(&args).go(warp_rows(rows)) }
+    }
+
+    /// The backward over `rows x d`, from the forward's saved `xhat` and `rstd`: `dx` (added
+    /// to when `accumulate`), and `dyxhat = dy * xhat`, whose column sums are gamma's gradient
+    /// (beta's are dy's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        stream: &CudaStream,
+        dy: &impl DevicePtr<f32>,
+        (xhat, rstd): (&impl DevicePtr<f32>, &impl DevicePtr<f32>),
+        gamma: &impl DevicePtr<f32>,
+        dx: &mut impl DevicePtrMut<f32>,
+        dyxhat: &mut impl DevicePtrMut<f32>,
+        (rows, d): (usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        let args = Args::new(&self.backward, stream)
+            .input("dy", dy, rows * d)?
+            .input("xhat", xhat, rows * d)?
+            .input("rstd", rstd, rows)?
+            .input("gamma", gamma, d)?
+            .output("dx", dx, rows * d)?
+            .output("dyxhat", dyxhat, rows * d)?
+            .int("rows", rows)?
+            .int("d", d)?
+            .int("accumulate", usize::from(accumulate))?;
+        // SAFETY: layer_norm_backward_f32(const float* dy, const float* xhat, const float*
+        // rstd, const float* gamma, float* dx, float* dyxhat, int rows, int d,
+        // int accumulate); one warp per row, sizes checked.
+        unsafe { args.launch(warp_rows(rows)) }
     }
 }

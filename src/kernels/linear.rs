@@ -1,10 +1,14 @@
-//! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue.
+//! Launchers for `kernels/linear.cu`: `out = x W^T + bias` with a fused epilogue. The CPU
+//! reference is [`cpu`], on the SIMD products of [`gemm`]. (The trainer's linear layers run
+//! on cuBLASLt instead, `crate::train::gpu::linear`, against the same reference.)
+
+pub mod cpu;
+pub mod gemm;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 use super::KernelModule;
-use super::raw::{ptr, ptr_mut};
-use super::shape::check_len;
+use super::launch::{check_len, ptr, ptr_mut};
 use crate::base::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
@@ -32,15 +36,23 @@ struct LinearArgs {
 // SAFETY: plain old data with the C struct's layout (`#[repr(C)]`, same field order).
 unsafe impl DeviceRepr for LinearArgs {}
 
+// The size `static_assert`ed in the .cu file: the two sides must change together.
+const _: () = assert!(std::mem::size_of::<LinearArgs>() == 96);
+
 /// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
 const TILE: usize = 64;
 const THREADS: u32 = 256;
 /// The k step of the kernel's main loop (`BK`): k-split chunks are multiples of it.
-const K_STEP: usize = 16;
+const K_STEP: usize = 32;
+/// Products of at most this many rows run in the few-rows kernels (`ROWS` in the .cu file):
+/// one warp per output column instead of 64x64 tiles.
+pub const ROWS: usize = 8;
+/// Output columns per block of the few-rows kernels (a warp each).
+const ROWS_COLUMNS: usize = THREADS as usize / 32;
 
 /// How many k-split partial products [`Epilogue::SplitK`] should use for an `(n, m, k)`
 /// product: enough blocks for about two per SM of an H100 (132), while every split keeps
-/// at least 128 of k (8 steps of the main loop).
+/// at least 128 of k (4 steps of the main loop).
 pub fn split_k(n: usize, m: usize, k: usize) -> usize {
     let tiles = n.div_ceil(TILE) * m.div_ceil(TILE);
     (264usize.div_ceil(tiles)).clamp(1, (k / 128).max(1))
@@ -76,6 +88,10 @@ pub struct LinearKernels {
     bias_relu: Kernel,
     split_k: Kernel,
     qkv_windows: Kernel,
+    /// The few-rows kernels of `bias`, `bias_relu` and `split_k`.
+    rows_bias: Kernel,
+    rows_bias_relu: Kernel,
+    rows_split_k: Kernel,
 }
 
 impl LinearKernels {
@@ -86,25 +102,31 @@ impl LinearKernels {
 
     /// The kernels computing in `precision`: the one place a precision picks its GEMMs.
     pub fn load_precision(gpu: &Gpu, precision: Precision) -> Result<LinearKernels> {
-        let [bias, bias_relu, split_k, qkv_windows] = match precision {
-            Precision::F32 => [
-                "linear_bias_f32",
-                "linear_bias_relu_f32",
-                "linear_split_k_f32",
-                "linear_qkv_windows_f32",
-            ],
-            Precision::Tf32 => [
-                "linear_bias_tf32",
-                "linear_bias_relu_tf32",
-                "linear_split_k_tf32",
-                "linear_qkv_windows_tf32",
-            ],
-            Precision::Bf16 => [
-                "linear_bias_bf16",
-                "linear_bias_relu_bf16",
-                "linear_split_k_bf16",
-                "linear_qkv_windows_bf16",
-            ],
+        macro_rules! names {
+            ($p:literal) => {
+                [
+                    concat!("linear_bias_", $p),
+                    concat!("linear_bias_relu_", $p),
+                    concat!("linear_split_k_", $p),
+                    concat!("linear_qkv_windows_", $p),
+                    concat!("linear_rows_bias_", $p),
+                    concat!("linear_rows_bias_relu_", $p),
+                    concat!("linear_rows_split_k_", $p),
+                ]
+            };
+        }
+        let [
+            bias,
+            bias_relu,
+            split_k,
+            qkv_windows,
+            rows_bias,
+            rows_bias_relu,
+            rows_split_k,
+        ] = match precision {
+            Precision::F32 => names!("f32"),
+            Precision::Tf32 => names!("tf32"),
+            Precision::Bf16 => names!("bf16"),
         };
         let k = |name| gpu.kernel(KernelModule::Linear, name);
         Ok(LinearKernels {
@@ -113,6 +135,9 @@ impl LinearKernels {
             bias_relu: k(bias_relu)?,
             split_k: k(split_k)?,
             qkv_windows: k(qkv_windows)?,
+            rows_bias: k(rows_bias)?,
+            rows_bias_relu: k(rows_bias_relu)?,
+            rows_split_k: k(rows_split_k)?,
         })
     }
 
@@ -122,6 +147,7 @@ impl LinearKernels {
 
     /// `out = epilogue(x W^T + bias)` with `x` `(n, k)`, `weight` `(m, k)`, `bias` `(m)`; `out`
     /// is `(n, m)` (for `QkvWindows` in the window layout; for `SplitK`, `(splits, n, m)`).
+    /// Products of at most [`ROWS`] rows run in the few-rows kernels.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
@@ -133,7 +159,12 @@ impl LinearKernels {
         out: &mut impl DevicePtrMut<f32>,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
+        // Few rows: one warp per output column (the same products and epilogue).
+        let rows = n <= ROWS && !matches!(epilogue, Epilogue::QkvWindows { .. });
         let kernel = match &epilogue {
+            Epilogue::Bias { .. } if rows => &self.rows_bias,
+            Epilogue::BiasRelu if rows => &self.rows_bias_relu,
+            Epilogue::SplitK { .. } if rows => &self.rows_split_k,
             Epilogue::Bias { .. } => &self.bias,
             Epilogue::BiasRelu => &self.bias_relu,
             Epilogue::SplitK { .. } => &self.split_k,
@@ -205,12 +236,17 @@ impl LinearKernels {
             }
         }
         args.out = ptr_mut(out, stream);
-        let cfg = LaunchConfig {
-            grid_dim: (
+        let grid_dim = if rows {
+            (m.div_ceil(ROWS_COLUMNS) as u32, 1, splits as u32)
+        } else {
+            (
                 m.div_ceil(TILE) as u32,
                 n.div_ceil(TILE) as u32,
                 splits as u32,
-            ),
+            )
+        };
+        let cfg = LaunchConfig {
+            grid_dim,
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

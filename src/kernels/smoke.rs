@@ -1,29 +1,42 @@
-//! Launchers for `kernels/smoke.cu`.
+//! Launchers for `kernels/smoke.cu`: a kernel of the runtime's own tests (module loading,
+//! launches, streams, graphs), nothing of the model.
 
-use cudarc::driver::{CudaStream, LaunchConfig};
-
-use crate::error::{Error, Result};
-use crate::gpu::{DeviceBuffer, Gpu};
+use cudarc::driver::CudaStream;
 
 use super::KernelModule;
+use super::launch::{Args, check_len, elementwise};
+use crate::error::Result;
+use crate::gpu::{DeviceBuffer, Gpu, Kernel};
 
-/// `y = a * x + y`, elementwise.
-pub fn axpy(
-    gpu: &Gpu,
-    stream: &CudaStream,
-    a: f32,
-    x: &DeviceBuffer<f32>,
-    y: &mut DeviceBuffer<f32>,
-) -> Result<()> {
-    if x.len() != y.len() {
-        return Err(Error::invalid(
-            "axpy_f32",
-            format!("x has {} elements but y has {}", x.len(), y.len()),
-        ));
+/// `axpy_f32`, loaded once.
+#[derive(Debug, Clone)]
+pub struct SmokeKernels {
+    axpy: Kernel,
+}
+
+impl SmokeKernels {
+    pub fn load(gpu: &Gpu) -> Result<SmokeKernels> {
+        Ok(SmokeKernels {
+            axpy: gpu.kernel(KernelModule::Smoke, "axpy_f32")?,
+        })
     }
-    let n = x.len() as i64;
-    let k = gpu.kernel(KernelModule::Smoke, "axpy_f32")?;
-    let cfg = LaunchConfig::for_num_elems(x.len().max(1) as u32);
-    // SAFETY: argument types match the kernel; both buffers hold n elements.
-    unsafe { k.on(stream).arg(&a).arg(x).arg(y).arg(&n).go(cfg) }
+
+    /// `y = a * x + y`, elementwise.
+    pub fn axpy(
+        &self,
+        stream: &CudaStream,
+        a: f32,
+        x: &DeviceBuffer<f32>,
+        y: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let n = x.len();
+        check_len(self.axpy.name(), "y", y.len(), n)?;
+        let args = Args::new(&self.axpy, stream)
+            .float(a)
+            .input("x", x, n)?
+            .output("y", y, n)?
+            .long(n);
+        // SAFETY: axpy_f32(float a, const float* x, float* y, long long n); both hold n.
+        unsafe { args.launch(elementwise(n)) }
+    }
 }

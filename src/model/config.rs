@@ -1,6 +1,9 @@
 //! The CSWinTT transformer's configuration: sizes, layer counts and per-head windows.
 
 use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 
@@ -13,7 +16,7 @@ pub const BIAS_WINDOWS: [usize; 3] = [1, 2, 4];
 
 /// The transformer's shape. `window_sizes[h]` is head `h`'s window; heads `h >= nhead/2`
 /// shift by `w/2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// `c`, the channel width (256 in the released model).
     pub d_model: usize,
@@ -50,7 +53,7 @@ impl Config {
 
     /// The config of a weights file: its metadata where present, else inferred from
     /// tensor shapes (see [`crate::model::weights::infer_config`]).
-    pub fn from_file(file: &crate::model::io::TensorFile) -> Result<Config> {
+    pub fn from_file(file: &crate::base::TensorFile) -> Result<Config> {
         crate::model::weights::infer_config(file)
     }
 
@@ -222,6 +225,25 @@ impl Config {
                 .join(","),
         );
         m
+    }
+}
+
+/// One line for reports: `c=256, 8 heads (windows [1, 2, 4, 8, 1, 2, 4, 8]), ff=2048, 6+6
+/// layers, S=24, T=8`.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "c={}, {} heads (windows {:?}), ff={}, {}+{} layers, S={}, T={}",
+            self.d_model,
+            self.nhead,
+            self.window_sizes,
+            self.dim_feedforward,
+            self.enc_layers,
+            self.dec_layers,
+            self.search_size,
+            self.template_size
+        )
     }
 }
 

@@ -9,10 +9,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::config::Config;
-use super::tensor::Tensor;
 use super::weights::{DecoderLayer, EncoderLayer, LayerNorm, Linear, Mha, Weights};
+use crate::base::tensor::Tensor;
 use crate::cswintt::Inputs;
-use crate::error::Result;
 
 /// Seed of the default model `attnrt-infer` runs without `--model`.
 pub const DEFAULT_SEED: u64 = 2022;
@@ -110,21 +109,6 @@ pub fn synthetic_weights(config: &Config, seed: u64) -> Weights {
         post_norm,
         query_embed,
     }
-}
-
-/// Metadata for a synthetic model file: the config keys plus `seed`.
-pub fn synthetic_metadata(seed: u64) -> BTreeMap<String, String> {
-    BTreeMap::from([("seed".to_string(), seed.to_string())])
-}
-
-/// Writes `synthetic_weights(config, seed)` to `path` (with the golden files' metadata
-/// keys and `seed`).
-pub fn write_synthetic(
-    path: impl AsRef<std::path::Path>,
-    config: &Config,
-    seed: u64,
-) -> Result<()> {
-    synthetic_weights(config, seed).save(path, &synthetic_metadata(seed))
 }
 
 /// How [`random_inputs`] pads the crops.

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::config::{BIAS_WINDOWS, Config, PartialConfig, default_windows};
-use super::io::{OutTensor, TensorFile, write_file};
-use super::tensor::Tensor;
+use super::golden::weights_for_golden;
+use super::synthetic::{DEFAULT_SEED, default_model};
+use crate::base::safetensors::{OutTensor, TensorFile, write_file};
+use crate::base::tensor::Tensor;
 use crate::error::{Error, Result};
 
 /// A linear layer `y = x W^T + b`: `weight` is `(out, in)`, `bias` is `(out)`.
@@ -110,25 +112,26 @@ pub mod names {
 }
 
 /// Reads tensors from a file whose names may carry a prefix (`module.` from DataParallel).
-struct Reader<'a> {
-    file: &'a TensorFile,
-    prefix: &'static str,
+/// The tracker's loader reads the rest of a whole checkpoint with it.
+pub(crate) struct Reader<'a> {
+    pub(crate) file: &'a TensorFile,
+    pub(crate) prefix: &'static str,
 }
 
 impl Reader<'_> {
-    fn name(&self, n: &str) -> String {
+    pub(crate) fn name(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
     }
-    fn has(&self, n: &str) -> bool {
+    pub(crate) fn has(&self, n: &str) -> bool {
         self.file.contains(&self.name(n))
     }
-    fn shape(&self, n: &str) -> Option<&[usize]> {
+    pub(crate) fn shape(&self, n: &str) -> Option<&[usize]> {
         self.file.shape(&self.name(n))
     }
-    fn get(&self, n: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn get(&self, n: &str, shape: &[usize]) -> Result<Tensor> {
         self.file.f32_shaped(&self.name(n), shape)
     }
-    fn linear(&self, base: &str, out: usize, inp: usize) -> Result<Linear> {
+    pub(crate) fn linear(&self, base: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
             weight: self.get(&format!("{base}.weight"), &[out, inp])?,
             bias: self.get(&format!("{base}.bias"), &[out])?,
@@ -152,6 +155,29 @@ impl Reader<'_> {
 }
 
 impl Weights {
+    /// The weights a run uses, with a description for reports: the file `model` when given,
+    /// else the weights file beside the golden file `check` (`NAME.weights.safetensors` for
+    /// `NAME.golden.safetensors`), else the built-in synthetic model.
+    pub fn for_run(model: Option<&Path>, check: Option<&Path>) -> Result<(Weights, String)> {
+        match (model, check) {
+            (Some(p), _) => Ok((Weights::load(p)?, p.display().to_string())),
+            (None, Some(g)) => {
+                let p = weights_for_golden(g).ok_or_else(|| {
+                    Error::invalid(
+                        format!("--check {}", g.display()),
+                        "cannot name its weights file (expected NAME.golden.safetensors); \
+                         pass --model",
+                    )
+                })?;
+                Ok((Weights::load(&p)?, p.display().to_string()))
+            }
+            (None, None) => Ok((
+                default_model(),
+                format!("built-in synthetic (seed {DEFAULT_SEED})"),
+            )),
+        }
+    }
+
     /// Loads a weights file (f32, f16 or bf16 tensors). The config comes from the file's
     /// metadata where present, else from tensor shapes; the two must agree.
     pub fn load(path: impl AsRef<Path>) -> Result<Weights> {
@@ -246,57 +272,31 @@ impl Weights {
         v
     }
 
-    /// Serializes to safetensors (f32) with the config as metadata (the golden weights
+    /// Writes every tensor (f32) to `path`, with the config as metadata (the golden weights
     /// files' keys) plus `extra_metadata` (e.g. `seed`).
-    pub fn to_safetensors(&self, extra_metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
-        let (tensors, meta) = self.out_tensors(extra_metadata);
-        super::io::serialize(&tensors, &meta)
-    }
-
-    /// Writes to `path`; see [`Weights::to_safetensors`].
     pub fn save(
         &self,
         path: impl AsRef<Path>,
         extra_metadata: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let (tensors, meta) = self.out_tensors(extra_metadata);
-        write_file(path, &tensors, &meta)
-    }
-
-    fn out_tensors(
-        &self,
-        extra_metadata: &BTreeMap<String, String>,
-    ) -> (Vec<(String, OutTensor)>, BTreeMap<String, String>) {
+        let bias_tables: Vec<(String, [usize; 1], &[f32])> = self
+            .rel_bias_tables
+            .iter()
+            .map(|(&w, t)| (names::rel_bias_table(w), [t.len()], t.as_slice()))
+            .collect();
         let mut tensors: Vec<(String, OutTensor)> = self
             .named_tensors()
             .into_iter()
-            .map(|(n, t)| (n, OutTensor::F32(t.clone())))
+            .map(|(n, t)| (n, t.into()))
             .collect();
-        for (&w, t) in &self.rel_bias_tables {
-            tensors.push((
-                names::rel_bias_table(w),
-                OutTensor::F32(Tensor {
-                    shape: vec![t.len()],
-                    data: t.clone(),
-                }),
-            ));
-        }
+        tensors.extend(
+            bias_tables
+                .iter()
+                .map(|(n, shape, data)| (n.clone(), OutTensor::F32 { shape, data })),
+        );
         let mut meta = self.config.to_metadata();
         meta.extend(extra_metadata.clone());
-        (tensors, meta)
-    }
-
-    /// Number of parameters (all tensors above, bias tables included).
-    pub fn parameter_count(&self) -> usize {
-        self.named_tensors()
-            .iter()
-            .map(|(_, t)| t.len())
-            .sum::<usize>()
-            + self
-                .rel_bias_tables
-                .values()
-                .map(|t| t.len())
-                .sum::<usize>()
+        write_file(path, &tensors, &meta)
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Utilisation comes from NVML (`utilization.gpu`, the spec's `Util(g)`: the share of time a
 //! kernel ran), sampled every poll and averaged over the period. Without NVML (the CPU
-//! rehearsal `--gpus cpu:N`, or no driver library) it comes from the workers' step reports:
+//! rehearsal `--gpus cpu:N`, or no driver library) it comes from the jobs' step reports:
 //! the share of the period during which some job had a step running that used the device,
 //! which is also the simulator's definition. The report's mean utilisation uses the same
 //! source as the manager.
@@ -12,8 +12,7 @@ use std::collections::VecDeque;
 
 use nvml_wrapper::Nvml;
 
-use crate::sched::DistributionRatio;
-use crate::train::Devices;
+use crate::base::{Devices, DistributionRatio};
 use crate::{Error, Result};
 
 /// One device as the live view shows it.

@@ -1,25 +1,23 @@
-//! The worker processes as the manager sees them: spawned with the job's flags, fed
-//! commands, their events and exits delivered on one channel, the tail of their standard
-//! error kept for failure reports.
+//! The job processes as the manager sees them: spawned and told what to train (the protocol's
+//! `open`, once), fed commands, their events and exits delivered on one channel, the tail of
+//! their standard error kept for failure reports.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use super::protocol::{Command, Event, send};
-use crate::base::Precision;
-use crate::train::Devices;
-use crate::train::optim::OptimizerKind;
+use crate::train::SessionConfig;
 use crate::{Error, Result};
 
-/// Lines of a worker's standard error kept for its failure report.
+/// Lines of a job process's standard error kept for its failure report.
 const STDERR_TAIL: usize = 20;
 
-/// What arrives from worker `job`.
+/// What arrives from the process of job `job` (its index).
 #[derive(Debug)]
 pub enum Message {
     Event(usize, Event),
@@ -27,75 +25,34 @@ pub enum Message {
     Closed(usize),
 }
 
-/// The flags every worker of a run shares.
-#[derive(Clone, Debug)]
-pub struct WorkerFlags {
-    pub exe: PathBuf,
-    pub jobs_path: PathBuf,
-    pub devices: Devices,
-    pub seed: u64,
-    pub optimizer: Option<OptimizerKind>,
-    pub lr: Option<f32>,
-    pub precision: Option<Precision>,
-    pub checkpoint_every: u64,
-    pub prefetch: usize,
-}
-
-/// One running worker process.
-pub struct Worker {
+/// The manager's handle on one running job process.
+pub struct JobProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
-impl Worker {
-    /// Starts the worker of job `index` (`name`), checkpointing into `checkpoint_dir`.
+impl JobProcess {
+    /// Starts `exe --job-process NAME` for job `index` and sends it `config` (the job's name
+    /// is on the command line only so that `ps` shows which job a process trains).
     pub fn spawn(
-        flags: &WorkerFlags,
+        exe: &Path,
         index: usize,
-        name: &str,
-        checkpoint_dir: Option<&Path>,
-        resume: bool,
+        config: SessionConfig,
         events: Sender<Message>,
-    ) -> Result<Worker> {
-        let mut cmd = Process::new(&flags.exe);
-        cmd.arg("--worker")
-            .arg(name)
-            .arg("--jobs")
-            .arg(&flags.jobs_path)
-            .arg("--gpus")
-            .arg(flags.devices.flag())
-            .arg("--seed")
-            .arg(flags.seed.to_string())
-            .arg("--prefetch")
-            .arg(flags.prefetch.to_string());
-        if let Some(o) = flags.optimizer {
-            cmd.arg("--optimizer").arg(o.to_string());
-        }
-        if let Some(lr) = flags.lr {
-            cmd.arg("--lr").arg(lr.to_string());
-        }
-        if let Some(p) = flags.precision {
-            cmd.arg("--precision").arg(p.to_string());
-        }
-        if let Some(dir) = checkpoint_dir {
-            cmd.arg("--checkpoint-dir")
-                .arg(dir)
-                .arg("--checkpoint-every")
-                .arg(flags.checkpoint_every.to_string());
-            if resume {
-                cmd.arg("--resume");
-            }
-        }
+    ) -> Result<JobProcess> {
+        let name = config.name.clone();
+        let mut cmd = Process::new(exe);
+        cmd.arg("--job-process").arg(&name);
         // A process group of its own: Ctrl-C reaches the manager only, which stops every
-        // worker in order (each checkpoints first).
+        // job process in order (each checkpoints first).
         cmd.process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .map_err(|e| Error::io(format!("starting the worker of job '{name}'"), e))?;
+            .map_err(|e| Error::io(format!("starting the process of job '{name}'"), e))?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -132,14 +89,18 @@ impl Worker {
                 }
             });
         }
-        Ok(Worker {
+        let mut process = JobProcess {
             stdin: child.stdin.take(),
             child,
             stderr_tail: tail,
-        })
+        };
+        process.send(&Command::Open {
+            config: Box::new(config),
+        });
+        Ok(process)
     }
 
-    /// Sends a command; a worker that is gone is noticed through its closed output instead.
+    /// Sends a command; a process that is gone is noticed through its closed output instead.
     pub fn send(&mut self, command: &Command) {
         if let Some(stdin) = &mut self.stdin
             && send(stdin, command).is_err()
@@ -169,10 +130,10 @@ impl Worker {
         match status {
             Ok(s) if s.success() => None,
             Ok(s) => Some(match last {
-                Some(line) => format!("the worker ended ({s}); its last words: {line}"),
-                None => format!("the worker ended ({s})"),
+                Some(line) => format!("the job process ended ({s}); its last words: {line}"),
+                None => format!("the job process ended ({s})"),
             }),
-            Err(e) => Some(format!("waiting for the worker: {e}")),
+            Err(e) => Some(format!("waiting for the job process: {e}")),
         }
     }
 }

@@ -1,18 +1,23 @@
-//! The line protocol between the manager and its worker processes: one JSON object per line,
-//! commands on the worker's standard input, events on its standard output (its standard error
-//! is free for logs).
+//! The line protocol between the manager and its job processes: one JSON object per line,
+//! commands on the job process's standard input, events on its standard output (its standard
+//! error is free for logs). The first command is always [`Command::Open`], which carries
+//! every setting the job needs: a job process reads no file and no flag of its own.
 
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sched::DistributionRatio;
+use crate::base::DistributionRatio;
+use crate::train::SessionConfig;
 use crate::train::run::calibrate::Calibration;
 
-/// Manager to worker.
+/// Manager to job process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
+    /// Open the job (data, model, devices, checkpoint) as `config` says; answered by
+    /// [`Event::Ready`].
+    Open { config: Box<SessionConfig> },
     /// Measure the job alone ([`Calibration::measure`]), one-device points on `gpu`.
     Calibrate { gpu: usize },
     /// Start training with this split.
@@ -23,7 +28,7 @@ pub enum Command {
     Stop,
 }
 
-/// Worker to manager.
+/// Job process to manager.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -58,7 +63,7 @@ pub enum Event {
     Stopped {
         step: u64,
     },
-    /// The job cannot go on; the worker exits after sending this.
+    /// The job cannot go on; the job process exits after sending this.
     Failed {
         message: String,
     },

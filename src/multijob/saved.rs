@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sched::DistributionRatio;
+use crate::base::DistributionRatio;
 use crate::sched::report::{FailedJob, JobReport};
 use crate::train::run::calibrate::Calibration;
 use crate::{Error, Result};

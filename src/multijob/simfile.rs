@@ -2,9 +2,10 @@
 //! its calibration, and the machine's all-reduce cost fitted over the jobs
 //! (`--write-sim FILE`; then `attnrt-train --simulate --jobs FILE` predicts the same run).
 
-use crate::sched::JobFile;
-use crate::sched::jobs::SimulationConfig;
+use crate::sched::jobs::{JobSim, SimulationConfig};
 use crate::train::run::calibrate::Calibration;
+
+use super::jobfile::JobFile;
 
 /// `file` with `[simulation]` for a machine of `gpus` devices and every calibrated job's
 /// `[job.sim]` filled in from `calibrations` (by job index).
@@ -15,6 +16,7 @@ pub fn calibrated_file(
 ) -> JobFile {
     let mut out = file.clone();
     let mut machine = out
+        .sched
         .simulation
         .clone()
         .unwrap_or_else(|| SimulationConfig::with_gpus(gpus));
@@ -22,19 +24,44 @@ pub fn calibrated_file(
     let points: Vec<(f64, f64)> = calibrations
         .iter()
         .flatten()
-        .filter_map(|c| c.allreduce_s().map(|s| (c.grad_mb, s * 1e3)))
+        .filter_map(|c| allreduce_s(c).map(|s| (c.grad_mb, s * 1e3)))
         .collect();
     if let Some((latency_ms, gbps)) = fit_allreduce(&points) {
         machine.allreduce_latency_ms = latency_ms;
         machine.allreduce_gbps = gbps;
     }
-    out.simulation = Some(machine);
-    for (job, c) in out.jobs.iter_mut().zip(calibrations) {
+    out.sched.simulation = Some(machine);
+    for (job, c) in out.sched.jobs.iter_mut().zip(calibrations) {
         if let Some(c) = c {
-            job.sim = Some(c.sim_costs());
+            job.sim = Some(sim_costs(c));
         }
     }
     out
+}
+
+/// The simulator's cost model fitted to a calibration: the per-sample slope from the full and
+/// half batches, the rest of the full batch's time as fixed cost.
+pub fn sim_costs(c: &Calibration) -> JobSim {
+    let half = (c.batch_size / 2).max(1);
+    let per_sample_s = if c.batch_size > half {
+        ((c.full_s - c.half_s) / (c.batch_size - half) as f64).max(0.0)
+    } else {
+        c.full_s / c.batch_size as f64
+    };
+    let overhead_s = (c.full_s - per_sample_s * c.batch_size as f64).max(0.0);
+    JobSim {
+        sample_ms: per_sample_s * 1e3,
+        iter_overhead_ms: overhead_s * 1e3,
+        grad_mb: c.grad_mb,
+    }
+}
+
+/// The all-reduce's share of the split step: what the split took beyond its slower shard's
+/// compute under [`sim_costs`], seconds (`None` on one device).
+pub fn allreduce_s(c: &Calibration) -> Option<f64> {
+    let costs = sim_costs(c);
+    let shard = c.batch_size.div_ceil(2) as f64 * costs.sample_ms + costs.iter_overhead_ms;
+    c.split_s.map(|s| (s - shard / 1e3).max(0.0))
 }
 
 /// Fits `ms = latency + grad_mb / gbps` (the simulator's two-GPU all-reduce cost) to
@@ -60,6 +87,25 @@ fn fit_allreduce(points: &[(f64, f64)]) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sim_costs_fit_the_two_points() {
+        let c = Calibration {
+            full_s: 0.030,
+            half_s: 0.018,
+            split_s: Some(0.021),
+            grad_mb: 4.0,
+            batch_size: 128,
+        };
+        let sim = sim_costs(&c);
+        // 12 ms over 64 samples; 30 - 128 * 0.1875 = 6 ms fixed.
+        assert!((sim.sample_ms - 0.1875).abs() < 1e-12);
+        assert!((sim.iter_overhead_ms - 6.0).abs() < 1e-9);
+        // Split: 64 * 0.1875 + 6 = 18 ms of compute, 3 ms of exchange.
+        assert!((allreduce_s(&c).unwrap() - 0.003).abs() < 1e-9);
+        let exclusive = 128.0 * sim.sample_ms + sim.iter_overhead_ms;
+        assert!((exclusive - 30.0).abs() < 1e-9);
+    }
 
     #[test]
     fn fits_latency_and_bandwidth() {

@@ -1,12 +1,13 @@
-//! The multi-job manager of a real run: one worker process per job, a calibration of each
-//! job alone, then the policy's rounds every period (and at every arrival, finish and
-//! failure) through the same [`Manager`] the simulator drives, with measured inputs:
+//! The multi-job manager of a real run: one job process per job, a calibration of each job
+//! alone, then the policy's rounds every period (and at every arrival, finish and failure)
+//! through [`Manager::round`], the round the simulator runs, with measured inputs:
 //! utilisation from [`Monitor`], Slow-Down from each job's step reports ([`JobProgress`]).
 //!
-//! A job's new DR is sent to its worker at once and applies from its next iteration. A job
+//! A job's new DR is sent to its process at once and applies from its next iteration. A job
 //! that fails is reported and dropped; the next round rebalances the others. A stop request
-//! (`stop`, set by SIGINT/SIGTERM) makes every worker checkpoint and exit, and the manager
-//! saves its own state ([`SavedRun`]) for `--resume`.
+//! (`stop`, set by SIGINT/SIGTERM) makes every job process checkpoint and exit, and the
+//! manager saves its own state ([`SavedRun`]) for `--resume`. What happens is reported as
+//! [`RunEvent`]s; nothing is printed here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,28 +15,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use super::jobfile::JobFile;
 use super::monitor::Monitor;
-use super::process::{Message, Worker, WorkerFlags};
+use super::process::{JobProcess, Message};
 use super::protocol::{Command, Event};
 use super::saved::{SavedJob, SavedRun};
 use super::simfile::calibrated_file;
-use super::view::{JobRow, LiveView, Snapshot};
+use super::status::{JobRow, RunEvent, Snapshot};
+use crate::base::{Devices, DistributionRatio};
 use crate::sched::bound::file_bound;
 use crate::sched::cost::{JobModel, RoundModel};
 use crate::sched::decisions::DecisionLog;
 use crate::sched::jobs::JobSpec;
-use crate::sched::jobs::SimulationConfig;
 use crate::sched::policy::{Admission, JobObservation};
 use crate::sched::report::{FailedJob, JobReport, Report};
-use crate::sched::sim::Trace;
 use crate::sched::slowdown::JobProgress;
-use crate::sched::{DistributionRatio, JobFile, Manager, PeriodInputs, PolicyKind, ThesisParams};
+use crate::sched::{Manager, PolicyKind, ThesisParams, Trace};
+use crate::train::RunSettings;
 use crate::train::run::calibrate::Calibration;
 use crate::{Error, Result};
 
 /// How often the manager wakes up to poll utilisation and redraw.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the live view is redrawn.
+/// How often a [`RunEvent::Status`] is sent.
 const REDRAW_S: f64 = 0.25;
 
 /// A multi-job run, resolved from the job file and the flags.
@@ -43,13 +45,15 @@ pub struct RunConfig {
     /// The file as loaded, and its path for messages.
     pub file: JobFile,
     pub origin: String,
-    pub flags: WorkerFlags,
+    /// This program, which each job process runs (`--job-process NAME`).
+    pub exe: PathBuf,
+    pub devices: Devices,
+    /// The command line's training settings. Its `checkpoint_dir` holds one subdirectory per
+    /// job ([`job_checkpoint_dir`]) plus the manager's `manager.json`.
+    pub settings: RunSettings,
     pub policy: PolicyKind,
     pub params: ThesisParams,
     pub period_s: f64,
-    /// One subdirectory per job, plus the manager's `manager.json`.
-    pub checkpoint_dir: Option<PathBuf>,
-    pub resume: bool,
     /// Measure each job alone before the run (else `[job.sim]` gives the exclusive time).
     pub calibrate: bool,
     pub stop: Arc<AtomicBool>,
@@ -103,14 +107,14 @@ impl Phase {
 /// One job as the manager tracks it.
 struct LiveJob {
     spec: JobSpec,
-    worker: Option<Worker>,
+    process: Option<JobProcess>,
     phase: Phase,
     step: u64,
     calibration: Option<Calibration>,
     progress: Option<JobProgress>,
     /// The DR the manager chose last.
     dr: Option<DistributionRatio>,
-    /// The DR of the worker's current iteration, and a newer one sent at a time.
+    /// The DR of the job's current iteration, and a newer one sent at a time.
     running_dr: Option<DistributionRatio>,
     pending_dr: Option<(f64, DistributionRatio)>,
     samples_per_s: f64,
@@ -124,7 +128,7 @@ impl LiveJob {
     fn new(spec: JobSpec) -> Self {
         LiveJob {
             spec,
-            worker: None,
+            process: None,
             phase: Phase::Starting,
             step: 0,
             calibration: None,
@@ -182,7 +186,7 @@ struct Supervisor<'a> {
     jobs: Vec<LiveJob>,
     manager: Manager,
     monitor: Monitor,
-    view: LiveView,
+    report: &'a mut dyn FnMut(&RunEvent),
     trace: Trace,
     events: Receiver<Message>,
     /// The run clock: `offset_s` (time already run before a resume) plus time since `t0`.
@@ -194,37 +198,38 @@ struct Supervisor<'a> {
     stopping: bool,
 }
 
-/// Runs every job of `cfg.file` to the end (or until `cfg.stop`).
-pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
-    let names: Vec<&str> = cfg.file.jobs.iter().map(|j| j.name.as_str()).collect();
-    let m = cfg.flags.devices.count();
-    cfg.file.check_gpus(m, &cfg.origin)?;
+/// Runs every job of `cfg.file` to the end (or until `cfg.stop`), telling `report` what
+/// happens.
+pub fn run(cfg: &RunConfig, report: &mut dyn FnMut(&RunEvent)) -> Result<RunOutcome> {
+    let jobs = &cfg.file.sched.jobs;
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let m = cfg.devices.count();
+    cfg.file.sched.check_gpus(m, &cfg.origin)?;
     if !cfg.calibrate
-        && let Some(job) = cfg.file.jobs.iter().find(|j| j.sim.is_none())
+        && let Some(job) = jobs.iter().find(|j| j.sim.is_none())
     {
         return Err(Error::invalid(
             format!("{}: job '{}': sim", cfg.origin, job.name),
             "missing; without calibration the exclusive iteration time comes from [job.sim]",
         ));
     }
-    let saved = match (&cfg.checkpoint_dir, cfg.resume) {
+    let saved = match (&cfg.settings.checkpoint_dir, cfg.settings.resume) {
         (Some(dir), true) => SavedRun::load(dir, &names)?,
         _ => None,
     };
-    let (monitor, notice) = Monitor::new(&cfg.flags.devices);
+    let (monitor, notice) = Monitor::new(&cfg.devices);
     let (tx, events) = mpsc::channel();
     let mut sup = Supervisor {
         cfg,
-        jobs: cfg.file.jobs.iter().cloned().map(LiveJob::new).collect(),
+        jobs: jobs.iter().cloned().map(LiveJob::new).collect(),
         manager: Manager::recording(m, cfg.policy, cfg.params)?,
         monitor,
-        view: LiveView::new(cfg.period_s),
-        trace: Trace {
-            job_names: names.iter().map(|n| n.to_string()).collect(),
-            job_sd: vec![Vec::new(); names.len()],
-            gpu_util: vec![Vec::new(); m],
-            changes: Vec::new(),
-        },
+        report,
+        trace: Trace::new(
+            names.iter().map(|n| n.to_string()).collect(),
+            m,
+            cfg.devices.unit(),
+        ),
         events,
         offset_s: saved.as_ref().map_or(0.0, |s| s.clock_s),
         t0: None,
@@ -234,7 +239,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         stopping: false,
     };
     if let Some(n) = notice {
-        sup.view.note(&format!("attnrt-train: {n}"));
+        (sup.report)(&RunEvent::Notice(n));
     }
     if let Some(saved) = saved {
         sup.restore(saved);
@@ -243,13 +248,16 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome> {
         if sup.jobs[k].phase.is_over() {
             continue;
         }
-        let name = sup.jobs[k].spec.name.clone();
-        let dir = cfg
+        let mut config = cfg
+            .file
+            .session_config(k, &cfg.origin, &cfg.devices, &cfg.settings);
+        config.settings.checkpoint_dir = cfg
+            .settings
             .checkpoint_dir
             .as_ref()
-            .map(|d| job_checkpoint_dir(d, &name));
-        match Worker::spawn(&cfg.flags, k, &name, dir.as_deref(), cfg.resume, tx.clone()) {
-            Ok(w) => sup.jobs[k].worker = Some(w),
+            .map(|d| job_checkpoint_dir(d, &config.name));
+        match JobProcess::spawn(&cfg.exe, k, config, tx.clone()) {
+            Ok(p) => sup.jobs[k].process = Some(p),
             Err(e) => sup.jobs[k].fail(0.0, e.to_string()),
         }
     }
@@ -292,11 +300,12 @@ impl Supervisor<'_> {
         loop {
             if self.cfg.stop.load(Ordering::SeqCst) && !self.stopping {
                 self.stopping = true;
-                self.view
-                    .note("attnrt-train: stopping; every job checkpoints first");
+                (self.report)(&RunEvent::Notice(
+                    "stopping; every job checkpoints first".into(),
+                ));
                 for job in &mut self.jobs {
-                    if let Some(w) = &mut job.worker {
-                        w.send(&Command::Stop);
+                    if let Some(p) = &mut job.process {
+                        p.send(&Command::Stop);
                     }
                 }
             }
@@ -320,12 +329,13 @@ impl Supervisor<'_> {
             let now = self.now_s();
             if now - last_redraw >= REDRAW_S {
                 last_redraw = now;
-                self.view.show(&self.snapshot());
+                let status = RunEvent::Status(self.snapshot());
+                (self.report)(&status);
             }
             if self
                 .jobs
                 .iter()
-                .all(|j| j.phase.is_over() && j.worker.is_none())
+                .all(|j| j.phase.is_over() && j.process.is_none())
             {
                 return Ok(());
             }
@@ -351,8 +361,8 @@ impl Supervisor<'_> {
                 .find(|j| j.phase == Phase::Ready && j.calibration.is_none())
         {
             job.phase = Phase::Calibrating;
-            if let Some(w) = &mut job.worker {
-                w.send(&Command::Calibrate { gpu: 0 });
+            if let Some(p) = &mut job.process {
+                p.send(&Command::Calibrate { gpu: 0 });
             }
             return;
         }
@@ -386,7 +396,7 @@ impl Supervisor<'_> {
     }
 
     fn start_job(&mut self, k: usize, now: f64) -> Result<()> {
-        let m = self.monitor_devices();
+        let m = self.cfg.devices.count();
         let job = &mut self.jobs[k];
         let Some(exclusive) = job.exclusive_iter_s() else {
             job.fail(now, "no exclusive iteration time (not calibrated)".into());
@@ -416,8 +426,8 @@ impl Supervisor<'_> {
         };
         progress.iteration_started(now);
         job.progress = Some(progress);
-        if let Some(w) = &mut job.worker {
-            w.send(&Command::Start { dr: dr.clone() });
+        if let Some(p) = &mut job.process {
+            p.send(&Command::Start { dr: dr.clone() });
         }
         job.running_dr = Some(dr.clone());
         job.dr = Some(dr);
@@ -426,101 +436,86 @@ impl Supervisor<'_> {
         Ok(())
     }
 
-    fn monitor_devices(&self) -> usize {
-        self.cfg.flags.devices.count()
-    }
-
-    /// One manager round at `now`.
+    /// One manager round at `now`: what the monitor and the step reports measured, then the
+    /// manager's changes sent to the job processes.
     fn round(&mut self, now: f64) -> Result<()> {
-        let start = self.offset_s;
-        let from = (now - self.cfg.period_s).max(start);
+        let from = (now - self.cfg.period_s).max(self.offset_s);
         let util = if now > from {
             self.monitor.util(from, now)
         } else {
-            vec![0.0; self.monitor_devices()]
+            vec![0.0; self.cfg.devices.count()]
         };
-        let running: Vec<usize> = (0..self.jobs.len())
-            .filter(|&k| self.jobs[k].phase == Phase::Running)
-            .collect();
-        let mut observations = Vec::with_capacity(running.len());
-        for &k in &running {
-            let job = &mut self.jobs[k];
-            let sd = job.progress.as_mut().map_or(1.0, |p| p.slowdown(now));
-            job.last_sd = Some(sd);
-            self.trace.job_sd[k].push((now, sd));
+        let mut running = Vec::new();
+        for (k, job) in self.jobs.iter_mut().enumerate() {
+            if job.phase != Phase::Running {
+                continue;
+            }
             let dr = job.dr.clone().ok_or_else(|| {
                 Error::invalid(format!("job '{}'", job.spec.name), "running without a DR")
             })?;
-            observations.push(JobObservation { sd, dr });
+            let sd = job.progress.as_mut().map_or(1.0, |p| p.slowdown(now));
+            job.last_sd = Some(sd);
+            running.push((k, JobObservation { sd, dr }));
         }
-        for (g, u) in util.iter().enumerate() {
-            self.trace.gpu_util[g].push((now, *u));
-        }
-        if running.is_empty() {
-            return Ok(());
-        }
-        let mut inputs = PeriodInputs::new(util, observations)?;
-        if self.manager.uses_model() {
-            inputs = inputs.with_model(self.round_model(&running, now)?)?;
-        }
-        self.manager.set_time(now);
-        let decisions = self.manager.evaluate_jobs(&running, &inputs)?;
-        for ((decision, &k), obs) in decisions.into_iter().zip(&running).zip(inputs.jobs()) {
-            if decision.dr == obs.dr {
-                continue;
-            }
-            let job = &mut self.jobs[k];
-            self.view.note(&format!(
-                "[{now:>8.1} s] job {}: SD {:.3}, DR {} -> {} ({:?})",
-                job.spec.name, obs.sd, obs.dr, decision.dr, decision.action
-            ));
-            if let Some(w) = &mut job.worker {
-                w.send(&Command::SetDr {
-                    dr: decision.dr.clone(),
+        let model = if self.manager.uses_model() {
+            Some(self.round_model(&running, now)?)
+        } else {
+            None
+        };
+        let changes = self
+            .manager
+            .round(now, util, running, model, Some(&mut self.trace))?;
+        for change in changes {
+            let words = self.trace.describe(&change);
+            (self.report)(&RunEvent::DrChanged { time_s: now, words });
+            let job = &mut self.jobs[change.job];
+            if let Some(p) = &mut job.process {
+                p.send(&Command::SetDr {
+                    dr: change.to.clone(),
                 });
             }
-            job.pending_dr = Some((now, decision.dr.clone()));
-            job.dr = Some(decision.dr.clone());
-            self.trace.record_change(now, k, obs, &decision);
+            job.pending_dr = Some((now, change.to.clone()));
+            job.dr = Some(change.to);
         }
         Ok(())
     }
 
-    /// The calibrated cost model (`[job.sim]` without calibration) of the running jobs
-    /// `running` at `now`, for the policies that predict.
-    fn round_model(&self, running: &[usize], now: f64) -> Result<RoundModel> {
+    /// The scheduling part of the job file with every calibrated job's costs and the machine's
+    /// all-reduce fitted to the measurements (`[job.sim]` for a job run without calibration).
+    fn calibrated(&self) -> crate::sched::JobFile {
         let calibrations: Vec<Option<Calibration>> =
             self.jobs.iter().map(|j| j.calibration.clone()).collect();
-        let file = calibrated_file(&self.cfg.file, self.monitor_devices(), &calibrations);
+        calibrated_file(&self.cfg.file, self.cfg.devices.count(), &calibrations).sched
+    }
+
+    /// The cost model of the running jobs `running` at `now`, for the policies that predict.
+    fn round_model(&self, running: &[(usize, JobObservation)], now: f64) -> Result<RoundModel> {
+        let file = self.calibrated();
         let jobs = running
             .iter()
-            .map(|&k| {
+            .map(|&(k, _)| {
                 let (spec, job) = (&file.jobs[k], &self.jobs[k]);
                 match (&spec.sim, &job.progress) {
                     (Some(costs), Some(progress)) => {
                         Ok(JobModel::new(spec.batch_size, costs, progress, now))
                     }
                     _ => Err(Error::invalid(
-                        format!("job '{}'", spec.name),
+                        format!("{}: job '{}'", self.cfg.origin, spec.name),
                         "no cost model for the policy (not calibrated and no [job.sim])",
                     )),
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(RoundModel {
-            machine: file
-                .simulation
-                .unwrap_or_else(|| SimulationConfig::with_gpus(self.monitor_devices())),
-            jobs,
-        })
+        let machine = file.simulation.ok_or_else(|| {
+            Error::invalid(&self.cfg.origin, "no machine costs for the policy's cost model")
+        })?;
+        Ok(RoundModel { machine, jobs })
     }
 
     /// The lower bound on the maximum Slow-Down of the finished jobs, from their calibrated
     /// costs; `None` when a job has no costs.
     fn bound(&self) -> Option<f64> {
-        let calibrations: Vec<Option<Calibration>> =
-            self.jobs.iter().map(|j| j.calibration.clone()).collect();
-        let mut file = calibrated_file(&self.cfg.file, self.monitor_devices(), &calibrations);
+        let mut file = self.calibrated();
         file.jobs = std::mem::take(&mut file.jobs)
             .into_iter()
             .zip(&self.jobs)
@@ -536,12 +531,14 @@ impl Supervisor<'_> {
             Message::Event(k, event) => self.on_event(k, event, now),
             Message::Closed(k) => {
                 let job = &mut self.jobs[k];
-                let how = job.worker.take().and_then(Worker::wait);
+                let how = job.process.take().and_then(JobProcess::wait);
                 if !job.phase.is_over() {
-                    let error =
-                        how.unwrap_or_else(|| "the worker exited before finishing".to_string());
-                    self.view
-                        .note(&format!("job {} failed: {error}", job.spec.name));
+                    let error = how
+                        .unwrap_or_else(|| "the job process exited before finishing".to_string());
+                    (self.report)(&RunEvent::JobFailed {
+                        job: job.spec.name.clone(),
+                        error: error.clone(),
+                    });
                     job.fail(now, error);
                     self.need_round = true;
                 }
@@ -559,22 +556,24 @@ impl Supervisor<'_> {
                 if job.phase == Phase::Starting {
                     job.phase = Phase::Ready;
                 }
-                if let Some(n) = notice {
-                    self.view.note(&format!("job {}: {n}", job.spec.name));
+                if let Some(notice) = notice {
+                    (self.report)(&RunEvent::JobNotice {
+                        job: job.spec.name.clone(),
+                        notice,
+                    });
                 }
                 if start_step > 0 {
-                    self.view.note(&format!(
-                        "job {}: resumed from step {start_step}",
-                        job.spec.name
-                    ));
+                    (self.report)(&RunEvent::Resumed {
+                        job: job.spec.name.clone(),
+                        step: start_step,
+                    });
                 }
             }
             Event::Calibrated { calibration } => {
-                self.view.note(&format!(
-                    "job {}: {:.2} ms per iteration alone",
-                    job.spec.name,
-                    calibration.full_s * 1e3
-                ));
+                (self.report)(&RunEvent::Calibrated {
+                    job: job.spec.name.clone(),
+                    full_s: calibration.full_s,
+                });
                 job.calibration = Some(calibration);
                 job.phase = Phase::Ready;
             }
@@ -624,8 +623,10 @@ impl Supervisor<'_> {
                 job.phase = Phase::Stopped;
             }
             Event::Failed { message } => {
-                self.view
-                    .note(&format!("job {} failed: {message}", job.spec.name));
+                (self.report)(&RunEvent::JobFailed {
+                    job: job.spec.name.clone(),
+                    error: message.clone(),
+                });
                 job.fail(now, message);
                 self.need_round = true;
             }
@@ -653,18 +654,14 @@ impl Supervisor<'_> {
                 })
                 .collect(),
             devices: self.monitor.status(),
-            device_kind: if self.cfg.flags.devices.is_gpu() {
-                "gpu"
-            } else {
-                "cpu"
-            },
+            unit: self.cfg.devices.unit(),
         }
     }
 
-    fn finish(mut self) -> RunOutcome {
+    fn finish(self) -> RunOutcome {
         let now = self.now_s();
-        let last = self.snapshot();
-        self.view.finish(&last);
+        let last = RunEvent::Finished(self.snapshot());
+        (self.report)(&last);
         let stopped = self.stopping;
         let busy: Vec<f64> = self
             .monitor
@@ -673,7 +670,7 @@ impl Supervisor<'_> {
             .zip(&self.busy_offset_s)
             .map(|(a, b)| a + b)
             .collect();
-        if stopped && let Some(dir) = &self.cfg.checkpoint_dir {
+        if stopped && let Some(dir) = &self.cfg.settings.checkpoint_dir {
             let saved = SavedRun {
                 clock_s: now,
                 busy_s: busy.clone(),
@@ -696,7 +693,7 @@ impl Supervisor<'_> {
                     .collect(),
             };
             if let Err(e) = saved.save(dir) {
-                self.view.note(&format!("attnrt-train: {e}"));
+                (self.report)(&RunEvent::Notice(e.to_string()));
             }
         }
         let first = self
@@ -714,7 +711,7 @@ impl Supervisor<'_> {
         let failed: Vec<FailedJob> = self.jobs.iter().filter_map(|j| j.failure.clone()).collect();
         let report = Report::new(
             self.manager.policy_name(),
-            self.monitor_devices(),
+            self.cfg.devices.count(),
             reports,
             makespan,
             &busy,

@@ -1,4 +1,5 @@
-//! The job file (TOML), shared by the simulator and the real trainer.
+//! The scheduling part of the job file (TOML): the manager, the simulated machine, and each
+//! job's name, size, arrival, initial split and simulated costs.
 //!
 //! ```toml
 //! [manager]
@@ -14,20 +15,19 @@
 //! reconfigure_ms = 0.0
 //! [[job]]
 //! name = "resnet50"
-//! model = "vit-small"      # used by the real trainer
-//! dataset = "synthetic"
 //! batch_size = 128
 //! iterations = 3000
 //! arrival_s = 0.0
 //! initial_dr = [5, 5, 0, 0]   # optional; default even
-//! optimizer = "adamw"      # optional, real trainer only: sgd | adamw
-//! lr = 1e-3                # optional, real trainer only
-//! precision = "f32"        # optional, real trainer only: f32 | bf16 (GEMM operands)
 //! [job.sim]                # read by the simulator only
 //! sample_ms = 0.9
 //! iter_overhead_ms = 3.0
 //! grad_mb = 98.0
 //! ```
+//!
+//! A `[[job]]` also holds keys that only the trainer reads (`model`, `dataset`, ...): the layer
+//! that reads whole job files names them to [`JobFile::parse_with`], which hands each job's
+//! values for them back unread (`crate::multijob::jobfile` composes the two parts).
 //!
 //! Unknown keys are errors. Every error names the file, the section or job, and the key.
 //! `initial_dr` entries and sum are checked on load; its length is checked against the GPU
@@ -35,14 +35,11 @@
 //! gpus`, the trainer with the machine's).
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::dr::DistributionRatio;
 use super::policy::{PolicyKind, ThesisParams};
-use crate::base::Precision;
-use crate::train::optim::OptimizerKind;
+use crate::base::DistributionRatio;
 use crate::{Error, Result};
 
 /// `[manager]`: the policy and its parameters.
@@ -175,10 +172,6 @@ pub struct JobSim {
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub name: String,
-    /// The model the real trainer builds.
-    pub model: String,
-    /// The dataset the real trainer reads.
-    pub dataset: String,
     pub batch_size: u64,
     pub iterations: u64,
     /// Seconds after the start at which the job arrives. Default 0.
@@ -187,16 +180,6 @@ pub struct JobSpec {
     /// Initial distribution ratio, one entry per GPU; `None` means even.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_dr: Option<Vec<i64>>,
-    /// The real trainer's optimizer, `sgd` or `adamw` (`--optimizer` overrides; default adamw).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub optimizer: Option<String>,
-    /// The real trainer's learning rate (`--lr` overrides; default 1e-3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    /// The real trainer's GEMM precision, `f32` or `bf16` (`--precision` overrides; default
-    /// f32). Master weights, optimizer state and gradients are f32 either way.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<String>,
     /// Simulated costs; ignored by the real trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<JobSim>,
@@ -242,32 +225,38 @@ pub struct JobFile {
 }
 
 impl JobFile {
-    /// Reads and checks a job file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &path.display().to_string())
+    /// Parses and checks job-file text that has scheduling keys only; `origin` (usually the
+    /// path) starts every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        Self::parse_with(text, origin, &[]).map(|(file, _)| file)
     }
 
-    /// Parses and checks job-file text; `origin` (usually the path) starts every error.
-    pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| Error::invalid(origin, one_line(&e.to_string())))?;
+    /// Parses and checks job-file text whose `[[job]]`s may also hold `other_keys`, which
+    /// belong to a layer above: each job's values for them come back unread, one table per
+    /// job in file order.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        other_keys: &[&str],
+    ) -> Result<(Self, Vec<toml::Table>)> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| Error::parse(origin, e))?;
         let mut file = JobFile {
             manager: ManagerConfig::default(),
             simulation: None,
             jobs: Vec::new(),
         };
+        let mut others = Vec::new();
         for (key, value) in table {
             match key.as_str() {
                 "manager" => {
-                    file.manager = ManagerConfig::deserialize(value).map_err(|e| {
-                        Error::invalid(format!("{origin}: [manager]"), one_line(&e.to_string()))
-                    })?;
+                    file.manager = ManagerConfig::deserialize(value)
+                        .map_err(|e| Error::parse(format!("{origin}: [manager]"), e))?;
                 }
                 "simulation" => {
-                    file.simulation = Some(SimulationConfig::deserialize(value).map_err(|e| {
-                        Error::invalid(format!("{origin}: [simulation]"), one_line(&e.to_string()))
-                    })?);
+                    file.simulation = Some(
+                        SimulationConfig::deserialize(value)
+                            .map_err(|e| Error::parse(format!("{origin}: [simulation]"), e))?,
+                    );
                 }
                 "job" => {
                     let toml::Value::Array(items) = value else {
@@ -277,7 +266,9 @@ impl JobFile {
                         ));
                     };
                     for (k, item) in items.into_iter().enumerate() {
-                        file.jobs.push(parse_job(item, k, origin)?);
+                        let (job, other) = parse_job(item, k, origin, other_keys)?;
+                        file.jobs.push(job);
+                        others.push(other);
                     }
                 }
                 other => {
@@ -289,7 +280,7 @@ impl JobFile {
             }
         }
         file.validate(origin)?;
-        Ok(file)
+        Ok((file, others))
     }
 
     /// Checks every value that does not depend on the GPU count (see the module docs).
@@ -341,12 +332,6 @@ impl JobFile {
                     "another job has the same name",
                 ));
             }
-            if job.model.trim().is_empty() {
-                return Err(Error::invalid(jctx("model"), "must not be empty"));
-            }
-            if job.dataset.trim().is_empty() {
-                return Err(Error::invalid(jctx("dataset"), "must not be empty"));
-            }
             if job.batch_size == 0 {
                 return Err(Error::invalid(jctx("batch_size"), "must be at least 1"));
             }
@@ -357,17 +342,6 @@ impl JobFile {
             if let Some(units) = &job.initial_dr {
                 DistributionRatio::from_signed(units)
                     .map_err(|p| Error::invalid(jctx("initial_dr"), p))?;
-            }
-            if let Some(name) = &job.optimizer {
-                name.parse::<OptimizerKind>()
-                    .map_err(|p| Error::invalid(jctx("optimizer"), p))?;
-            }
-            if let Some(lr) = job.lr {
-                positive(lr).map_err(|p| Error::invalid(jctx("lr"), p))?;
-            }
-            if let Some(name) = &job.precision {
-                name.parse::<Precision>()
-                    .map_err(|p| Error::invalid(jctx("precision"), p))?;
             }
             if let Some(sim) = &job.sim {
                 non_negative(sim.sample_ms)
@@ -395,14 +369,14 @@ impl JobFile {
         }
         Ok(())
     }
-
-    /// The file as TOML text (for generated workloads).
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| Error::invalid("job file", e.to_string()))
-    }
 }
 
-fn parse_job(item: toml::Value, k: usize, origin: &str) -> Result<JobSpec> {
+fn parse_job(
+    item: toml::Value,
+    k: usize,
+    origin: &str,
+    other_keys: &[&str],
+) -> Result<(JobSpec, toml::Table)> {
     let toml::Value::Table(mut table) = item else {
         return Err(Error::invalid(
             format!("{origin}: job #{}", k + 1),
@@ -413,26 +387,23 @@ fn parse_job(item: toml::Value, k: usize, origin: &str) -> Result<JobSpec> {
         Some(name) => format!("{origin}: job '{name}'"),
         None => format!("{origin}: job #{}", k + 1),
     };
+    let mut other = toml::Table::new();
+    for key in other_keys {
+        if let Some((key, value)) = table.remove_entry(*key) {
+            other.insert(key, value);
+        }
+    }
     // The sim table is read on its own so that its errors say `sim`.
     let sim = match table.remove("sim") {
         None => None,
-        Some(v) => Some(
-            JobSim::deserialize(v)
-                .map_err(|e| Error::invalid(format!("{label}: sim"), one_line(&e.to_string())))?,
-        ),
+        Some(v) => {
+            Some(JobSim::deserialize(v).map_err(|e| Error::parse(format!("{label}: sim"), e))?)
+        }
     };
-    let mut job = JobSpec::deserialize(toml::Value::Table(table))
-        .map_err(|e| Error::invalid(label, one_line(&e.to_string())))?;
+    let mut job =
+        JobSpec::deserialize(toml::Value::Table(table)).map_err(|e| Error::parse(label, e))?;
     job.sim = sim;
-    Ok(job)
-}
-
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim_end)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    Ok((job, other))
 }
 
 fn positive(v: f64) -> std::result::Result<(), String> {
@@ -466,8 +437,6 @@ gpus = 4
 colocation_efficiency = 1.0
 [[job]]
 name = "resnet50"
-model = "vit-small"
-dataset = "synthetic"
 batch_size = 128
 iterations = 3000
 arrival_s = 0.0
@@ -478,8 +447,6 @@ iter_overhead_ms = 3.0
 grad_mb = 98.0
 [[job]]
 name = "alexnet"
-model = "vit-tiny"
-dataset = "synthetic"
 batch_size = 64
 iterations = 10
 "#;
@@ -504,36 +471,24 @@ iterations = 10
         let e = f.check_gpus(3, "jobs.toml").unwrap_err().to_string();
         assert!(e.contains("job 'resnet50': initial_dr"), "{e}");
         // Round trip through the writer.
-        let again = JobFile::parse(&f.to_toml().unwrap(), "again").unwrap();
+        let again = JobFile::parse(&toml::to_string(&f).unwrap(), "again").unwrap();
         assert_eq!(again, f);
     }
 
-    /// `precision` is optional (the trainer defaults to f32), and a bad value names the job
-    /// and the key.
+    /// Keys of a layer above come back per job, unread; anything else unknown is an error.
     #[test]
-    fn precision_is_checked_with_the_job_named() {
-        let f = JobFile::parse(
-            &GOOD.replace("iterations = 10", "iterations = 10\nprecision = \"bf16\""),
-            "jobs.toml",
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                f.jobs[0].precision.as_deref(),
-                f.jobs[1].precision.as_deref()
-            ),
-            (None, Some("bf16"))
+    fn other_layers_keys_come_back_unread() {
+        let text = GOOD.replace(
+            "iterations = 10",
+            "iterations = 10\nmodel = \"mlp\"\nlr = -1.0",
         );
-        let e = err(&GOOD.replace("iterations = 10", "iterations = 10\nprecision = \"fp16\""));
-        assert!(
-            e.starts_with("jobs.toml: job 'alexnet': precision") && e.contains("'fp16'"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("iterations = 10", "iterations = 10\nprecision = 16"));
-        assert!(
-            e.contains("job 'alexnet'") && e.contains("precision"),
-            "{e}"
-        );
+        let (f, others) = JobFile::parse_with(&text, "jobs.toml", &["model", "lr"]).unwrap();
+        assert_eq!(f.jobs.len(), 2);
+        assert!(others[0].is_empty());
+        assert_eq!(others[1]["model"].as_str(), Some("mlp"));
+        assert_eq!(others[1]["lr"].as_float(), Some(-1.0));
+        let e = err(&text);
+        assert!(e.contains("job 'alexnet'") && e.contains("model"), "{e}");
     }
 
     #[test]

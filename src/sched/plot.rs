@@ -1,11 +1,12 @@
-//! SVG plots of a simulated run: each job's Slow-Down over time (top) and each GPU's
-//! utilisation over time (bottom), as the manager saw them at its rounds.
+//! SVG plots of a run, simulated or real: each job's Slow-Down over time (top) and each
+//! device's utilisation over time (bottom), as the manager saw them at its rounds. Devices are
+//! named by the trace's unit (`GPU 0`, or `CPU shard 0` on a CPU rehearsal).
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::sim::Trace;
+use super::round::Trace;
 use crate::{Error, Result};
 
 /// Legends are drawn only up to this many series; beyond it they would hide the plot.
@@ -86,7 +87,10 @@ fn draw(trace: &Trace, title: &str, out: &mut String) -> std::result::Result<(),
     }
 
     let mut chart = ChartBuilder::on(&bottom)
-        .caption("GPU utilisation over the last period", ("sans-serif", 18))
+        .caption(
+            format!("{} utilisation over the last period", trace.unit),
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -107,7 +111,7 @@ fn draw(trace: &Trace, title: &str, out: &mut String) -> std::result::Result<(),
             ))
             .map_err(|e| err(&e))?;
         if trace.gpu_util.len() <= MAX_LEGEND {
-            anno.label(format!("GPU {g}"))
+            anno.label(format!("{} {g}", trace.unit))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
     }
@@ -130,15 +134,18 @@ mod tests {
 
     #[test]
     fn draws_svg() {
-        let trace = Trace {
-            job_names: vec!["a".into(), "b".into()],
-            job_sd: vec![vec![(0.0, 1.0), (5.0, 1.5)], vec![(1.0, 1.0), (6.0, 2.0)]],
-            gpu_util: vec![vec![(5.0, 80.0), (10.0, 90.0)]],
-            changes: Vec::new(),
-        };
+        let mut trace = Trace::new(vec!["a".into(), "b".into()], 1, "GPU");
+        trace.job_sd = vec![vec![(0.0, 1.0), (5.0, 1.5)], vec![(1.0, 1.0), (6.0, 2.0)]];
+        trace.gpu_util = vec![vec![(5.0, 80.0), (10.0, 90.0)]];
         let svg = trace_svg(&trace, "test").unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..40.min(svg.len())]);
-        assert!(svg.contains("GPU 0"));
+        assert!(svg.contains("GPU 0") && !svg.contains("CPU shard"));
+        trace.unit = "CPU shard";
+        let svg = trace_svg(&trace, "test").unwrap();
+        assert!(
+            svg.contains("CPU shard 0") && !svg.contains("GPU 0"),
+            "{svg}"
+        );
         assert!(trace_svg(&Trace::default(), "empty").is_ok());
     }
 }

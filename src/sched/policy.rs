@@ -4,8 +4,8 @@
 //! utilisation over the last period, each running job's Slow-Down and current
 //! [`DistributionRatio`], and (implicitly) the number of running jobs — bundled as
 //! [`PeriodInputs`], and answers one [`Decision`] per job. [`Manager::evaluate`] is the one
-//! evaluation round; the simulator calls it and the real trainer will call the same function
-//! with NVML and iteration-timer numbers.
+//! evaluation; [`Manager::round`] (`super::round`) wraps it into the round that both the
+//! simulator and the live manager of a real run call.
 //!
 //! Policies:
 //! - [`StaticPolicy`] (`static`): each job keeps the DR of the job file (even by default);
@@ -610,7 +610,7 @@ impl FromStr for PolicyKind {
 }
 
 /// The manager: a policy plus the checks around it. The simulator and the real trainer both
-/// drive scheduling through [`admit`](Self::admit) and [`evaluate`](Self::evaluate).
+/// drive scheduling through [`admit`](Self::admit) and [`round`](Self::round).
 pub struct Manager {
     gpus: usize,
     policy: Box<dyn Policy + Send>,

@@ -35,13 +35,12 @@ use std::collections::{BinaryHeap, VecDeque};
 use super::bound::file_bound;
 use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
 use super::decisions::DecisionLog;
-use super::dr::DistributionRatio;
 use super::jobs::{JobFile, JobSim, ManagerConfig, SimulationConfig};
-use super::policy::{
-    Action, Admission, Decision, JobObservation, Manager, PeriodInputs, PolicyKind,
-};
+use super::policy::{Admission, JobObservation, Manager, PolicyKind};
 use super::report::{JobReport, Report};
+use super::round::Trace;
 use super::slowdown::JobProgress;
+use crate::base::DistributionRatio;
 use crate::{Error, Result};
 
 /// What to simulate beyond the job file.
@@ -59,53 +58,6 @@ pub struct SimOptions {
     pub trace: bool,
     /// Record the manager's decision log ([`super::decisions`]).
     pub decisions: bool,
-}
-
-/// What the manager saw over a run, one sample per round.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Trace {
-    /// Job names, by job index.
-    pub job_names: Vec<String>,
-    /// Per job: `(time_s, slowdown)` at each round while it ran, then its final SD at its
-    /// finish time.
-    pub job_sd: Vec<Vec<(f64, f64)>>,
-    /// Per GPU: `(time_s, utilisation %)` at each round.
-    pub gpu_util: Vec<Vec<(f64, f64)>>,
-    /// Every DR change, in order.
-    pub changes: Vec<DrChange>,
-}
-
-impl Trace {
-    /// Records that job `k`, seen as `obs`, was given `decision` at `time_s`.
-    pub fn record_change(
-        &mut self,
-        time_s: f64,
-        k: usize,
-        obs: &JobObservation,
-        decision: &Decision,
-    ) {
-        self.changes.push(DrChange {
-            time_s,
-            job: k,
-            sd: obs.sd,
-            from: obs.dr.clone(),
-            to: decision.dr.clone(),
-            action: decision.action,
-        });
-    }
-}
-
-/// One DR change made by the manager.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DrChange {
-    pub time_s: f64,
-    /// Job index.
-    pub job: usize,
-    /// The job's SD when the round ran.
-    pub sd: f64,
-    pub from: DistributionRatio,
-    pub to: DistributionRatio,
-    pub action: Action,
 }
 
 /// Counters of a run.
@@ -393,12 +345,8 @@ impl Simulator {
         trace: bool,
     ) -> Result<Self> {
         let m = machine.gpus;
-        let trace = trace.then(|| Trace {
-            job_names: jobs.iter().map(|j| j.name.clone()).collect(),
-            job_sd: vec![Vec::new(); jobs.len()],
-            gpu_util: vec![Vec::new(); m],
-            changes: Vec::new(),
-        });
+        let trace =
+            trace.then(|| Trace::new(jobs.iter().map(|j| j.name.clone()).collect(), m, "GPU"));
         Ok(Simulator {
             m,
             eff: machine.colocation_efficiency,
@@ -608,7 +556,8 @@ impl Simulator {
         }
     }
 
-    /// One manager round at time `t`.
+    /// One manager round at time `t`: what the simulated machine measured, then the
+    /// manager's changes as new shard plans.
     fn round(&mut self, t: f64) -> Result<()> {
         self.stats.rounds += 1;
         let from = (t - self.period_s).max(0.0);
@@ -624,59 +573,43 @@ impl Simulator {
                 }
             })
             .collect();
-        let running: Vec<usize> = (0..self.jobs.len())
-            .filter(|&k| self.jobs[k].state == JobState::Running)
-            .collect();
-        let mut observations = Vec::with_capacity(running.len());
-        for &k in &running {
-            let job = &mut self.jobs[k];
-            let sd = job.progress.slowdown(t);
+        let mut running = Vec::new();
+        for (k, job) in self.jobs.iter_mut().enumerate() {
+            if job.state != JobState::Running {
+                continue;
+            }
             let dr = job.dr.clone().ok_or_else(|| {
                 Error::invalid(
                     format!("simulation: job '{}'", job.name),
                     "running without a DR",
                 )
             })?;
-            observations.push(JobObservation { sd, dr });
+            let sd = job.progress.slowdown(t);
+            running.push((k, JobObservation { sd, dr }));
         }
-        if let Some(trace) = &mut self.trace {
-            for (g, u) in util.iter().enumerate() {
-                trace.gpu_util[g].push((t, *u));
-            }
-            for (obs, &k) in observations.iter().zip(&running) {
-                trace.job_sd[k].push((t, obs.sd));
-            }
-        }
-        if running.is_empty() {
-            return Ok(());
-        }
-        let mut inputs = PeriodInputs::new(util, observations)?;
-        if self.manager.uses_model() {
-            inputs = inputs.with_model(self.round_model(&running, t))?;
-        }
-        self.manager.set_time(t);
-        let decisions = self.manager.evaluate_jobs(&running, &inputs)?;
-        for ((decision, &k), obs) in decisions.into_iter().zip(&running).zip(inputs.jobs()) {
-            if decision.dr == obs.dr {
-                continue;
-            }
-            self.stats.dr_changes += 1;
-            if let Some(trace) = &mut self.trace {
-                trace.record_change(t, k, obs, &decision);
-            }
-            self.jobs[k].set_dr(decision.dr);
-            self.jobs[k].reconfigured = self.jobs[k].started;
+        let model = self
+            .manager
+            .uses_model()
+            .then(|| self.round_model(&running, t));
+        let changes = self
+            .manager
+            .round(t, util, running, model, self.trace.as_mut())?;
+        self.stats.dr_changes += changes.len() as u64;
+        for change in changes {
+            let job = &mut self.jobs[change.job];
+            job.set_dr(change.to);
+            job.reconfigured = job.started;
         }
         Ok(())
     }
 
     /// The cost model of the running jobs `running` at `t`, for the policies that predict.
-    fn round_model(&self, running: &[usize], t: f64) -> RoundModel {
+    fn round_model(&self, running: &[(usize, JobObservation)], t: f64) -> RoundModel {
         RoundModel {
             machine: self.machine.clone(),
             jobs: running
                 .iter()
-                .map(|&k| {
+                .map(|&(k, _)| {
                     let job = &self.jobs[k];
                     JobModel::new(job.batch, &job.costs, &job.progress, t)
                 })
@@ -729,15 +662,10 @@ mod tests {
     fn job(name: &str, arrival: f64, iters: u64, dr: Option<Vec<i64>>) -> JobSpec {
         JobSpec {
             name: name.into(),
-            model: "m".into(),
-            dataset: "d".into(),
             batch_size: 100,
             iterations: iters,
             arrival_s: arrival,
             initial_dr: dr,
-            optimizer: None,
-            lr: None,
-            precision: None,
             sim: Some(JobSim {
                 sample_ms: 1.0,
                 iter_overhead_ms: 0.0,

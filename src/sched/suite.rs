@@ -24,7 +24,7 @@ use super::jobs::{JobFile, JobSim, JobSpec, ManagerConfig, SimulationConfig};
 use super::policy::PolicyKind;
 use super::report::Report;
 use super::sim::{SimOptions, simulate};
-use super::workload::THESIS_MODELS;
+use super::workload::{THESIS_MODELS, Workload};
 use crate::{Error, Result};
 
 /// The suite's default seed and size.
@@ -37,16 +37,16 @@ const GPU_COUNTS: [usize; 7] = [2, 3, 4, 6, 8, 12, 16];
 const ARRIVALS: [&str; 4] = ["together", "poisson", "bursts", "staggered"];
 const PLACEMENTS: [&str; 4] = ["gpu0", "pairs", "packed", "even"];
 
-/// One generated workload.
+/// One generated workload of the suite.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Workload {
+pub struct SuiteWorkload {
     /// `wNN-<gpus>gpu-<jobs>jobs-<arrivals>-<placement>`.
     pub name: String,
-    pub file: JobFile,
+    pub workload: Workload,
 }
 
 /// `count` workloads drawn from `seed` (module docs). Deterministic.
-pub fn generate(seed: u64, count: usize) -> Result<Vec<Workload>> {
+pub fn generate(seed: u64, count: usize) -> Result<Vec<SuiteWorkload>> {
     let mut seeds = ChaCha8Rng::seed_from_u64(seed);
     (0..count)
         .map(|w| {
@@ -56,7 +56,7 @@ pub fn generate(seed: u64, count: usize) -> Result<Vec<Workload>> {
         .collect()
 }
 
-fn workload(w: usize, rng: &mut ChaCha8Rng) -> Result<Workload> {
+fn workload(w: usize, rng: &mut ChaCha8Rng) -> Result<SuiteWorkload> {
     let m = GPU_COUNTS[rng.random_range(0..GPU_COUNTS.len())];
     let n = rng.random_range(3..=(4 * m).min(50));
     let arrivals = ARRIVALS[rng.random_range(0..ARRIVALS.len())];
@@ -69,6 +69,7 @@ fn workload(w: usize, rng: &mut ChaCha8Rng) -> Result<Workload> {
     if rng.random_range(0..4) == 0 {
         machine.colocation_efficiency = 0.9;
     }
+    let mut models = Vec::with_capacity(n);
     let mut jobs: Vec<JobSpec> = (0..n)
         .map(|k| {
             let model = THESIS_MODELS[rng.random_range(0..THESIS_MODELS.len())];
@@ -89,17 +90,13 @@ fn workload(w: usize, rng: &mut ChaCha8Rng) -> Result<Workload> {
                 "packed" => Some((0..m).map(|g| if g == k % m { 10 } else { 0 }).collect()),
                 _ => None,
             };
+            models.push(model.name);
             JobSpec {
                 name: format!("{}-{k:02}", model.name),
-                model: model.name.to_string(),
-                dataset: "synthetic".into(),
                 batch_size: model.batch_size,
                 iterations: ((alone_s / iter_s).round() as u64).max(1),
                 arrival_s: 0.0,
                 initial_dr,
-                optimizer: None,
-                lr: None,
-                precision: None,
                 sim: Some(JobSim {
                     sample_ms,
                     iter_overhead_ms,
@@ -137,7 +134,10 @@ fn workload(w: usize, rng: &mut ChaCha8Rng) -> Result<Workload> {
     };
     let name = format!("w{w:02}-{m}gpu-{n}jobs-{arrivals}-{placement}");
     file.validate(&name)?;
-    Ok(Workload { name, file })
+    Ok(SuiteWorkload {
+        name,
+        workload: Workload { file, models },
+    })
 }
 
 fn round3(x: f64) -> f64 {
@@ -157,11 +157,12 @@ pub struct SuiteRow {
 }
 
 /// Simulates every policy of `policies` on every workload (workloads in parallel).
-pub fn run(workloads: &[Workload], policies: &[PolicyKind]) -> Result<Vec<SuiteRow>> {
+pub fn run(workloads: &[SuiteWorkload], policies: &[PolicyKind]) -> Result<Vec<SuiteRow>> {
     workloads
         .par_iter()
         .map(|w| {
-            let bound = file_bound(&w.file, &w.name)?;
+            let file = &w.workload.file;
+            let bound = file_bound(file, &w.name)?;
             let outcomes = policies
                 .iter()
                 .map(|&p| {
@@ -169,15 +170,15 @@ pub fn run(workloads: &[Workload], policies: &[PolicyKind]) -> Result<Vec<SuiteR
                         policy: Some(p),
                         ..SimOptions::default()
                     };
-                    simulate(&w.file, &w.name, &options)
+                    simulate(file, &w.name, &options)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let changes = outcomes.iter().map(|o| o.stats.dr_changes).collect();
             let reports = outcomes.into_iter().map(|o| o.report).collect();
             Ok(SuiteRow {
                 workload: w.name.clone(),
-                gpus: w.file.simulation.as_ref().map_or(0, |s| s.gpus),
-                jobs: w.file.jobs.len(),
+                gpus: file.simulation.as_ref().map_or(0, |s| s.gpus),
+                jobs: file.jobs.len(),
                 bound,
                 reports,
                 changes,
@@ -391,10 +392,12 @@ mod tests {
         assert_eq!(a, generate(DEFAULT_SEED, DEFAULT_WORKLOADS).unwrap());
         assert_eq!(a.len(), DEFAULT_WORKLOADS);
         for w in &a {
-            let m = w.file.simulation.as_ref().unwrap().gpus;
+            let file = &w.workload.file;
+            let m = file.simulation.as_ref().unwrap().gpus;
             assert!((2..=16).contains(&m), "{}", w.name);
-            assert!((3..=50).contains(&w.file.jobs.len()), "{}", w.name);
-            w.file.check_gpus(m, &w.name).unwrap();
+            assert!((3..=50).contains(&file.jobs.len()), "{}", w.name);
+            assert_eq!(w.workload.models.len(), file.jobs.len());
+            file.check_gpus(m, &w.name).unwrap();
         }
         for part in ARRIVALS.iter().chain(&PLACEMENTS) {
             assert!(
@@ -404,7 +407,7 @@ mod tests {
         }
         let x: Vec<f64> = a
             .iter()
-            .flat_map(|w| w.file.jobs.iter().filter_map(|j| j.exclusive_iter_s()))
+            .flat_map(|w| w.workload.file.jobs.iter().filter_map(|j| j.exclusive_iter_s()))
             .collect();
         let (lo, hi) = (
             x.iter().copied().fold(f64::INFINITY, f64::min),

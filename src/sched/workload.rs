@@ -90,10 +90,18 @@ impl SyntheticSpec {
     }
 }
 
+/// A generated workload: its job file and the model each job stands for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub file: JobFile,
+    /// The [`ModelCost::name`] of each job, by job index.
+    pub models: Vec<&'static str>,
+}
+
 /// A job file of `spec.jobs` jobs drawn from [`THESIS_MODELS`] with Poisson arrivals; each job
 /// starts on a hand-made placement, `[5,5]` on two neighbouring GPUs picked at random (all 10
 /// units on one GPU when the machine has one). Deterministic for a given spec.
-pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
+pub fn synthetic(spec: &SyntheticSpec) -> Result<Workload> {
     if spec.gpus == 0 {
         return Err(Error::invalid(
             "synthetic workload: gpus",
@@ -116,6 +124,7 @@ pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut t = 0.0;
     let mut jobs = Vec::with_capacity(spec.jobs);
+    let mut models = Vec::with_capacity(spec.jobs);
     for k in 0..spec.jobs {
         let model = THESIS_MODELS[rng.random_range(0..THESIS_MODELS.len())];
         let iterations = rng.random_range(lo..=hi);
@@ -129,21 +138,17 @@ pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
         }
         jobs.push(JobSpec {
             name: format!("{}-{k:04}", model.name),
-            model: model.name.to_string(),
-            dataset: "synthetic".into(),
             batch_size: model.batch_size,
             iterations,
             arrival_s: (t * 1000.0_f64).round() / 1000.0,
             initial_dr: Some(dr),
-            optimizer: None,
-            lr: None,
-            precision: None,
             sim: Some(JobSim {
                 sample_ms: model.sample_ms,
                 iter_overhead_ms: model.iter_overhead_ms,
                 grad_mb: model.grad_mb,
             }),
         });
+        models.push(model.name);
         let u: f64 = rng.random();
         t += -(1.0 - u).ln() * spec.mean_interarrival_s;
     }
@@ -156,7 +161,7 @@ pub fn synthetic(spec: &SyntheticSpec) -> Result<JobFile> {
         jobs,
     };
     file.validate("synthetic workload")?;
-    Ok(file)
+    Ok(Workload { file, models })
 }
 
 #[cfg(test)]
@@ -172,16 +177,20 @@ mod tests {
         let a = synthetic(&spec).unwrap();
         let b = synthetic(&spec).unwrap();
         assert_eq!(a, b);
+        assert_eq!(a.models.len(), 20);
+        assert!(a.file.jobs[3].name.starts_with(a.models[3]));
+        let a = a.file;
         assert_eq!(a.jobs.len(), 20);
         a.check_gpus(64, "x").unwrap();
-        let text = a.to_toml().unwrap();
+        let text = toml::to_string(&a).unwrap();
         assert_eq!(JobFile::parse(&text, "gen").unwrap(), a);
         let one = synthetic(&SyntheticSpec {
             gpus: 1,
             jobs: 3,
             ..spec
         })
-        .unwrap();
+        .unwrap()
+        .file;
         assert_eq!(one.jobs[0].initial_dr, Some(vec![10]));
     }
 }

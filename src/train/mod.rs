@@ -8,7 +8,8 @@
 //! - [`gpu`]: the same passes on one GPU (replica, ViT, cuBLASLt linear layers, cuBLAS);
 //! - [`exchange`]: the gradient all-reduce between GPUs;
 //! - [`optim`]: SGD and AdamW (f32 master weights in every precision);
-//! - [`run`]: setup, engines, the training loop, checkpoints and calibration.
+//! - [`run`]: a job's keys and its session, engines, the training loop, checkpoints and
+//!   calibration.
 //!
 //! See `docs/TRAINING.md`.
 
@@ -27,6 +28,7 @@ pub use optim::Optimizer;
 /// The precisions the trainer runs: f32, or bf16 GEMM operands with f32 accumulation.
 pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
-pub use run::engine::{CpuEngine, Engine, GpuEngine, State};
-pub use run::setup::{Devices, open_engine, open_job, optimizer_for, precision_for};
+pub use run::engine::{CpuEngine, Engine, ReplicaEngine, State};
+pub use run::session::{RunSettings, Session, SessionConfig, resolve_devices, stop_on_signals};
+pub use run::spec::{TrainSpec, parse_precision};
 pub use run::trainer::{Job, Outcome, Progress, TrainOptions, train};

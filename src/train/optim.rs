@@ -1,8 +1,18 @@
-//! Optimizers: SGD with momentum and AdamW, with the update rule written once here for the
-//! CPU and mirrored exactly by the `sgd_f32` / `adamw_f32` kernels in `kernels/train_ops.cu`.
+//! Optimizers: SGD with momentum and AdamW, their hyper-parameters and bias corrections. The
+//! update rules are the optimizer op's ([`crate::kernels::optimizer`]): the `sgd_f32` /
+//! `adamw_f32` kernels and their CPU reference, which [`Optimizer::step_cpu`] runs.
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::kernels::optimizer::{AdamW, Sgd, cpu};
+
+/// One step of an [`Optimizer`], as `crate::kernels::optimizer` takes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    Sgd(Sgd),
+    AdamW(AdamW),
+}
 
 /// An optimizer and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,37 +65,43 @@ impl Optimizer {
     /// Step `t` (counted from 1) on the CPU. `state` holds [`state_slots`](Self::state_slots)
     /// vectors, each as long as `params`.
     pub fn step_cpu(&self, t: u64, params: &mut [f32], grads: &[f32], state: &mut [Vec<f32>]) {
+        match self.at_step(t) {
+            Step::Sgd(s) => cpu::sgd(params, grads, &mut state[0], s),
+            Step::AdamW(s) => {
+                let (m, v) = state.split_at_mut(1);
+                cpu::adamw(params, grads, (&mut m[0], &mut v[0]), s);
+            }
+        }
+    }
+
+    /// Step `t`'s numbers as the optimizer op takes them, on the GPU as on the CPU.
+    pub fn at_step(&self, t: u64) -> Step {
+        let (c1, c2) = self.bias_corrections(t);
         match *self {
             Optimizer::Sgd {
                 lr,
                 momentum,
                 weight_decay,
-            } => {
-                let v = &mut state[0];
-                for i in 0..params.len() {
-                    let g = grads[i] + weight_decay * params[i];
-                    v[i] = momentum * v[i] + g;
-                    params[i] -= lr * v[i];
-                }
-            }
+            } => Step::Sgd(Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            }),
             Optimizer::AdamW {
                 lr,
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
-            } => {
-                let (c1, c2) = self.bias_corrections(t);
-                let (m, rest) = state.split_at_mut(1);
-                let (m, v) = (&mut m[0], &mut rest[0]);
-                for i in 0..params.len() {
-                    let g = grads[i];
-                    m[i] = beta1 * m[i] + (1.0 - beta1) * g;
-                    v[i] = beta2 * v[i] + (1.0 - beta2) * g * g;
-                    let update = (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
-                    params[i] -= lr * (weight_decay * params[i] + update);
-                }
-            }
+            } => Step::AdamW(AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                c1,
+                c2,
+            }),
         }
     }
 
@@ -130,8 +146,9 @@ impl fmt::Display for Optimizer {
     }
 }
 
-/// The optimizer's name on the command line: `sgd` or `adamw`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The optimizer's name on the command line and in job files: `sgd` or `adamw`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
     AdamW,

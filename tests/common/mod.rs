@@ -24,3 +24,44 @@ pub fn repo_file(rel: &str) -> PathBuf {
         PathBuf::from(rel)
     }
 }
+
+/// The shared tracker golden set: its golden file, its frames folder, and its weights, which
+/// are not shipped but made from the golden file's recipe by `make_weights.py` (beside it),
+/// once per test process, into a temporary folder.
+pub struct TrackerGolden {
+    pub golden: PathBuf,
+    pub frames: PathBuf,
+    pub weights: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// [`TrackerGolden`] for `tracker_s1`; panics with the reason when the golden files or
+/// Python are missing (the CPU tests need them).
+pub fn tracker_golden() -> &'static TrackerGolden {
+    static GOLDEN: std::sync::OnceLock<TrackerGolden> = std::sync::OnceLock::new();
+    GOLDEN.get_or_init(|| {
+        let dir = attnrt::model::golden::golden_dir()
+            .unwrap_or_else(|e| panic!("golden files are required for the tracker tests: {e}"));
+        let golden = dir.join("tracker_s1.golden.safetensors");
+        let tmp = tempfile::tempdir().expect("temporary folder");
+        let weights = tmp.path().join("tracker_s1.weights.safetensors");
+        let out = std::process::Command::new("python3")
+            .arg(dir.join("make_weights.py"))
+            .arg(&golden)
+            .arg(&weights)
+            .output()
+            .unwrap_or_else(|e| panic!("python3 is required to make the tracker weights: {e}"));
+        assert!(
+            out.status.success(),
+            "make_weights.py failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TrackerGolden {
+            golden,
+            frames: dir.join("tracker_s1_frames"),
+            weights,
+            _dir: tmp,
+        }
+    })
+}

@@ -10,8 +10,6 @@
 //! Layouts: activations are `(L, b, c)` token-major as in the original, stored as rows
 //! `t*b + bi` of `c` channels.
 
-pub mod gemm;
-
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -19,10 +17,12 @@ use rayon::prelude::*;
 use super::backend::Backend;
 use super::plan::{HeadPlan, Plan};
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Outputs, Precision};
+use crate::base::tensor::Tensor;
 use crate::error::Result;
-use crate::model::tensor::Tensor;
+use crate::kernels::layer_norm::cpu as layer_norm;
+use crate::kernels::linear::cpu as linear;
+use crate::kernels::window_attention::cpu::{Head, window_attention};
 use crate::model::weights::{EncoderLayer, LN_EPS, LayerNorm, Linear, Mha, Weights};
-use gemm::ROWS;
 
 /// Per-head tables computed once from the plan and the weights.
 #[derive(Debug, Clone)]
@@ -34,8 +34,6 @@ struct HeadTables {
     reverse: Vec<u32>,
     /// `sr(a, e)`, indexed `a*w + e`.
     sr: Vec<f32>,
-    /// `shifted[(a*w + e) * w*w + pos]` = the position `K(l, a, e)[pos]` reads.
-    shifted: Vec<u32>,
     /// `B_w`, `(L, L_all)`, for `w` in {1, 2, 4}.
     bias: Option<Vec<f32>>,
 }
@@ -56,21 +54,11 @@ impl CpuReference {
             .heads
             .iter()
             .map(|h| {
-                let ww = h.ww();
-                let mut shifted = Vec::with_capacity(ww * ww);
-                for a in 0..h.w {
-                    for e in 0..h.w {
-                        for pos in 0..ww {
-                            shifted.push(h.shifted_pos(pos, a, e) as u32);
-                        }
-                    }
-                }
                 Ok(HeadTables {
                     plan: h.clone(),
                     partition: h.partition_index(),
                     reverse: h.reverse_index(),
                     sr: h.sr_table(),
-                    shifted,
                     bias: h
                         .gathered_bias(weights.rel_bias_tables.get(&h.w).map(|t| t.as_slice()))?,
                 })
@@ -143,7 +131,7 @@ impl CpuReference {
         let n = l_all * b;
 
         // 1. qkv = x W_qkv^T + b_qkv; q, k, v are its c-wide slices (q scaled in step 5).
-        let qkv = linear(x, n, &layer.qkv);
+        let qkv = project(x, n, &layer.qkv);
 
         // 2-5. Each head (and batch item) on its own thread: window partition, attention.
         let jobs: Vec<(usize, usize)> = (0..self.heads.len())
@@ -188,13 +176,13 @@ impl CpuReference {
         }
 
         // 7. y = concat W_o^T + b_o.
-        let y = linear(&concat, n, &layer.output);
+        let y = project(&concat, n, &layer.output);
         // 8. x1 = LN1(x + y); x' = LN2(x1 + W2 relu(W1 x1 + b1) + b2).
-        let x1 = add_layer_norm(x, &y, &layer.norm1, c);
-        let mut hidden = linear(&x1, n, &layer.ff1);
+        let x1 = add_layer_norm(x, &y, &layer.norm1);
+        let mut hidden = project(&x1, n, &layer.ff1);
         relu(&mut hidden);
-        let f = linear(&hidden, n, &layer.ff2);
-        Ok(add_layer_norm(&x1, &f, &layer.norm2, c))
+        let f = project(&hidden, n, &layer.ff2);
+        Ok(add_layer_norm(&x1, &f, &layer.norm2))
     }
 
     /// The decoder: `dec_layers` DETR layers on one query, then `post_norm`.
@@ -216,7 +204,7 @@ impl CpuReference {
             // 1. t = LN1(t + MHA_self(q = t + qpos, k = t + qpos, v = t))
             let tq = add(&t, &qpos);
             let sa = mha(&layer.self_attn, &tq, &tq, &t, 1, b, c, cfg.nhead, &no_pad);
-            t = add_layer_norm(&t, &sa, &layer.norm1, c);
+            t = add_layer_norm(&t, &sa, &layer.norm1);
             // 2. t = LN2(t + MHA_cross(q = t + qpos, k = mem, v = mem, key_padding = m))
             let tq = add(&t, &qpos);
             let ca = mha(
@@ -230,12 +218,12 @@ impl CpuReference {
                 cfg.nhead,
                 mask,
             );
-            t = add_layer_norm(&t, &ca, &layer.norm2, c);
+            t = add_layer_norm(&t, &ca, &layer.norm2);
             // 3. t = LN3(t + linear2(relu(linear1(t))))
-            let mut h = linear(&t, b, &layer.linear1);
+            let mut h = project(&t, b, &layer.linear1);
             relu(&mut h);
-            let f = linear(&h, b, &layer.linear2);
-            t = add_layer_norm(&t, &f, &layer.norm3, c);
+            let f = project(&h, b, &layer.linear2);
+            t = add_layer_norm(&t, &f, &layer.norm3);
             if let Some(im) = capture.as_deref_mut() {
                 im.decoder.push(Tensor {
                     shape: vec![1, b, c],
@@ -247,7 +235,7 @@ impl CpuReference {
         let zeros = vec![0.0f32; b * c];
         Tensor {
             shape: vec![1, b, c],
-            data: add_layer_norm(&t, &zeros, &self.weights.post_norm, c),
+            data: add_layer_norm(&t, &zeros, &self.weights.post_norm),
         }
     }
 }
@@ -290,119 +278,45 @@ fn head_attention(
     mask: &[u8],
 ) -> Vec<f32> {
     let p = &ht.plan;
-    let (w, hd, off, l_all, l) = (p.w, p.hd, p.channel_offset, p.l_all, p.l);
-    let ww = w * w;
-    let d = ww * hd;
-    let scale = (hd as f64).powf(-0.5);
+    let (hd, off, l_all) = (p.hd, p.channel_offset, p.l_all);
+    let scale = (hd as f64).powf(-0.5) as f32;
 
     // 2-3. This head's channels of q, k, v, window-partitioned with P(w, s): slot order.
     // q *= hd^-0.5 (step 1).
-    let mut q = vec![0.0f64; l_all * hd];
+    let mut q = vec![0.0f32; l_all * hd];
     let mut k = vec![0.0f32; l_all * hd];
     let mut v = vec![0.0f32; l_all * hd];
     for slot in 0..l_all {
         let row = (ht.partition[slot] as usize * b + bi) * 3 * c;
         for ch in 0..hd {
-            q[slot * hd + ch] = (qkv[row + off + ch] * scale as f32) as f64;
+            q[slot * hd + ch] = qkv[row + off + ch] * scale;
             k[slot * hd + ch] = qkv[row + c + off + ch];
             v[slot * hd + ch] = qkv[row + 2 * c + off + ch];
         }
     }
 
     // 4. Key padding per score column: the key window (of P(w, 0), no shift) padded iff
-    // all its pixels are (for w == 1, the token itself).
+    // all its pixels are (for w == 1, the token itself). Inputs::validate guarantees a
+    // non-padded key.
     let window_pad = p.window_padding(mask, 1);
     let col_pad = p.column_padding(&window_pad, 1);
 
-    // 5. Expand every key/value window into its w*w cyclic shifts: column
-    // col = l*w*w + a*w + e holds window l rolled by (+a, +e), i.e. position pos of the
-    // shifted window is position shifted(pos; a, e) of window l.
-    // K' is stored transposed, (d, L_all), row pos*hd + ch; V' is (L_all, d).
-    let mut k_ch = vec![0.0f32; hd * l_all]; // k transposed: (hd, L_all), slot order
-    for slot in 0..l_all {
-        for ch in 0..hd {
-            k_ch[ch * l_all + slot] = k[slot * hd + ch];
-        }
-    }
-    let mut kt = vec![0.0f32; d * l_all];
-    for pos in 0..ww {
-        for ch in 0..hd {
-            let src = &k_ch[ch * l_all..(ch + 1) * l_all];
-            let dst = &mut kt[(pos * hd + ch) * l_all..(pos * hd + ch + 1) * l_all];
-            for (lw, dst_w) in dst.chunks_exact_mut(ww).enumerate() {
-                for (ae, x) in dst_w.iter_mut().enumerate() {
-                    *x = src[lw * ww + ht.shifted[ae * ww + pos] as usize];
-                }
-            }
-        }
-    }
-    let mut vx = vec![0.0f32; l_all * d];
-    for (col, dst) in vx.chunks_exact_mut(d).enumerate() {
-        let (lw, ae) = (col / ww, col % ww);
-        for pos in 0..ww {
-            let src = (lw * ww + ht.shifted[ae * ww + pos] as usize) * hd;
-            dst[pos * hd..(pos + 1) * hd].copy_from_slice(&v[src..src + hd]);
-        }
-    }
-
-    // Query windows in blocks of ROWS (in parallel): scores, softmax, p V'.
-    let mut o = vec![0.0f32; l * d];
-    o.par_chunks_mut(ROWS * d)
-        .enumerate()
-        .for_each(|(blk, o_blk)| {
-            let i0 = blk * ROWS;
-            let rows = o_blk.len() / d;
-            // Scores: q_i . K'(col) over all w*w*hd entries (f64 accumulation).
-            let mut scores = vec![0.0f64; rows * l_all];
-            gemm::nn_rows(
-                &q[i0 * d..(i0 + rows) * d],
-                rows,
-                &kt,
-                l_all,
-                d,
-                &mut scores,
-            );
-            for (r, row) in scores.chunks_exact_mut(l_all).enumerate() {
-                let i = i0 + r;
-                for (col, s) in row.iter_mut().enumerate() {
-                    if w > 1 {
-                        // (q_i . K(l,a,e) + sr(a,e)) / (w*w)
-                        *s = (*s + ht.sr[col % ww] as f64) / ww as f64;
-                    }
-                    if col_pad[col] != 0 {
-                        *s = f64::NEG_INFINITY;
-                    }
-                    if let Some(bias) = &ht.bias {
-                        *s += bias[i * l_all + col] as f64;
-                    }
-                }
-                // softmax over the L_all columns (f64 sums). Inputs::validate guarantees
-                // a non-padded key, so the max is finite.
-                let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut sum = 0.0f64;
-                for s in row.iter_mut() {
-                    // exp(s - max) <= 1 is evaluated in f32 (relative error ~1e-7, far
-                    // below the tolerance, and several times faster than f64 exp); the
-                    // sum is f64.
-                    *s = ((*s - max) as f32).exp() as f64;
-                    sum += *s;
-                }
-                for s in row.iter_mut() {
-                    *s /= sum;
-                }
-            }
-            // o = p V': (rows, d).
-            let mut acc = vec![0.0f64; rows * d];
-            gemm::nn_rows(&scores, rows, &vx, d, l_all, &mut acc);
-            for (dst, a) in o_blk.iter_mut().zip(&acc) {
-                *dst = *a as f32;
-            }
-        });
-    o
+    // 5. Scores against every cyclic shift of every key window, softmax, times values.
+    window_attention(&Head {
+        w: p.w,
+        hd,
+        q: &q,
+        k: &k,
+        v: &v,
+        sr: &ht.sr,
+        key_pad: Some(&col_pad),
+        bias: ht.bias.as_deref(),
+    })
 }
 
 /// `torch.nn.MultiheadAttention` (eval): `nq` queries and `nk` keys per batch item, rows
-/// `token*b + bi` of width `c`; `pad` is `(b, nk)`, nonzero = masked key.
+/// `token*b + bi` of width `c`; `pad` is `(b, nk)`, nonzero = masked key. Each head's
+/// attention is window attention with `w == 1`.
 #[allow(clippy::too_many_arguments)]
 fn mha(
     m: &Mha,
@@ -417,91 +331,56 @@ fn mha(
 ) -> Vec<f32> {
     let nq = q_in.len() / (b * c);
     let hd = c / nhead;
-    let scale = (hd as f64).powf(-0.5);
-    let w = &m.in_proj.weight.data;
-    let bias = &m.in_proj.bias.data;
-    let part = |i: usize| Linear {
-        weight: Tensor {
-            shape: vec![c, c],
-            data: w[i * c * c..(i + 1) * c * c].to_vec(),
-        },
-        bias: Tensor {
-            shape: vec![c],
-            data: bias[i * c..(i + 1) * c].to_vec(),
-        },
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let (w, bias) = (&m.in_proj.weight.data, &m.in_proj.bias.data);
+    let part = |i: usize, x: &[f32], n: usize| {
+        let rows = i * c..(i + 1) * c;
+        linear::linear(x, &w[rows.start * c..rows.end * c], &bias[rows], (n, c, c))
     };
-    let q = linear(q_in, nq * b, &part(0));
-    let k = linear(k_in, nk * b, &part(1));
-    let v = linear(v_in, nk * b, &part(2));
-    let mut out = vec![0.0f32; nq * b * c];
+    let (q, k, v) = (
+        part(0, q_in, nq * b),
+        part(1, k_in, nk * b),
+        part(2, v_in, nk * b),
+    );
+    // Head h of batch item bi: its hd channels of each token's row.
+    let gather = |x: &[f32], n: usize, bi: usize, h: usize, factor: f32| -> Vec<f32> {
+        (0..n)
+            .flat_map(|t| &x[(t * b + bi) * c + h * hd..][..hd])
+            .map(|&x| x * factor)
+            .collect()
+    };
     let jobs: Vec<(usize, usize)> = (0..b)
         .flat_map(|bi| (0..nhead).map(move |h| (bi, h)))
         .collect();
     let results: Vec<Vec<f32>> = jobs
         .par_iter()
         .map(|&(bi, h)| {
-            let off = h * hd;
-            let mut o = vec![0.0f32; nq * hd];
-            let mut s = vec![0.0f64; nk];
-            for i in 0..nq {
-                let qr = &q[(i * b + bi) * c + off..(i * b + bi) * c + off + hd];
-                for (j, sj) in s.iter_mut().enumerate() {
-                    let kr = &k[(j * b + bi) * c + off..(j * b + bi) * c + off + hd];
-                    let dot: f64 = qr.iter().zip(kr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    *sj = if pad[bi * nk + j] != 0 {
-                        f64::NEG_INFINITY
-                    } else {
-                        dot * scale
-                    };
-                }
-                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let mut sum = 0.0f64;
-                for sj in s.iter_mut() {
-                    *sj = (*sj - max).exp();
-                    sum += *sj;
-                }
-                let mut acc = vec![0.0f64; hd];
-                for (j, &pj) in s.iter().enumerate() {
-                    let vr = &v[(j * b + bi) * c + off..(j * b + bi) * c + off + hd];
-                    for (a, &x) in acc.iter_mut().zip(vr) {
-                        *a += pj * x as f64;
-                    }
-                }
-                for (dst, a) in o[i * hd..(i + 1) * hd].iter_mut().zip(&acc) {
-                    *dst = (a / sum) as f32;
-                }
-            }
-            o
+            window_attention(&Head {
+                w: 1,
+                hd,
+                q: &gather(&q, nq, bi, h, scale),
+                k: &gather(&k, nk, bi, h, 1.0),
+                v: &gather(&v, nk, bi, h, 1.0),
+                sr: &[],
+                key_pad: Some(&pad[bi * nk..(bi + 1) * nk]),
+                bias: None,
+            })
         })
         .collect();
+    let mut out = vec![0.0f32; nq * b * c];
     for (&(bi, h), o) in jobs.iter().zip(&results) {
         for i in 0..nq {
             let dst = (i * b + bi) * c + h * hd;
             out[dst..dst + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }
     }
-    linear(&out, nq * b, &m.out_proj)
+    project(&out, nq * b, &m.out_proj)
 }
 
-/// `y = x W^T + b` for `n` rows (f64 accumulation), rows in parallel blocks.
-fn linear(x: &[f32], n: usize, lin: &Linear) -> Vec<f32> {
+/// `y = x W^T + b` for `n` rows of a layer of the model.
+fn project(x: &[f32], n: usize, lin: &Linear) -> Vec<f32> {
     let (m, k) = (lin.out_features(), lin.in_features());
-    assert_eq!(x.len(), n * k, "linear: x is not (n, in)");
-    let mut y = vec![0.0f32; n * m];
-    y.par_chunks_mut(ROWS * m)
-        .zip(x.par_chunks(ROWS * k))
-        .for_each(|(y_blk, x_blk)| {
-            let rows = y_blk.len() / m;
-            let a: Vec<f64> = x_blk.iter().map(|&v| v as f64).collect();
-            let mut acc = vec![0.0f64; rows * m];
-            gemm::nt_rows(&a, rows, &lin.weight.data, m, k, &mut acc);
-            for (y_row, acc_row) in y_blk.chunks_exact_mut(m).zip(acc.chunks_exact(m)) {
-                for ((dst, &v), &bias) in y_row.iter_mut().zip(acc_row).zip(&lin.bias.data) {
-                    *dst = (v + bias as f64) as f32;
-                }
-            }
-        });
-    y
+    linear::linear(x, &lin.weight.data, &lin.bias.data, (n, m, k))
 }
 
 fn relu(x: &mut [f32]) {
@@ -514,24 +393,7 @@ fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
 
-/// `LayerNorm(a + b)` over rows of `c` (eps 1e-5, biased variance), statistics in f64.
-fn add_layer_norm(a: &[f32], b: &[f32], ln: &LayerNorm, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; a.len()];
-    out.par_chunks_mut(c)
-        .zip(a.par_chunks(c).zip(b.par_chunks(c)))
-        .for_each(|(o, (ra, rb))| {
-            let s: Vec<f64> = ra
-                .iter()
-                .zip(rb)
-                .map(|(&x, &y)| x as f64 + y as f64)
-                .collect();
-            let mean = s.iter().sum::<f64>() / c as f64;
-            let var = s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / c as f64;
-            let inv = 1.0 / (var + LN_EPS).sqrt();
-            for (j, dst) in o.iter_mut().enumerate() {
-                *dst = ((s[j] - mean) * inv * ln.weight.data[j] as f64 + ln.bias.data[j] as f64)
-                    as f32;
-            }
-        });
-    out
+/// `LayerNorm(a + b)` with the model's parameters and eps.
+fn add_layer_norm(a: &[f32], b: &[f32], ln: &LayerNorm) -> Vec<f32> {
+    layer_norm::add_layer_norm(a, b, &ln.weight.data, &ln.bias.data, LN_EPS)
 }

@@ -7,6 +7,7 @@ use cudarc::driver::CudaStream;
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::{DeviceBuffer, poison_nan};
 use crate::kernels::linear::split_k;
+use crate::kernels::window_attention::{AttentionShape, KeySplit};
 use crate::model::config::Config;
 
 pub(super) struct Activations {
@@ -48,10 +49,61 @@ pub(super) struct Activations {
     /// k-split partial products of the linears followed by bias + residual + LayerNorm,
     /// `(splits, rows, c)`, sized for the largest of them.
     pub partial: DeviceBuffer<f32>,
+    /// Each encoder head's key split and workspace (heads run concurrently: one each).
+    pub head_splits: Vec<SplitBuffers>,
+    /// The decoder's cross attention's.
+    pub cross_split: SplitBuffers,
+}
+
+/// One attention launch's key split and the workspace its blocks merge through.
+pub(super) struct SplitBuffers {
+    pub splits: usize,
+    partial: DeviceBuffer<f32>,
+    /// Zero between launches (allocated zeroed, never poisoned).
+    arrived: DeviceBuffer<u32>,
+}
+
+impl SplitBuffers {
+    fn new(s: &Arc<CudaStream>, shape: &AttentionShape, splits: usize) -> Result<SplitBuffers> {
+        let (floats, counters) = if splits > 1 {
+            (
+                KeySplit::partial_len(shape, splits),
+                KeySplit::arrived_len(shape),
+            )
+        } else {
+            (1, 1)
+        };
+        Ok(SplitBuffers {
+            splits,
+            partial: s
+                .alloc_zeros::<f32>(floats)
+                .cuda(|| format!("allocating {floats} split attention partials"))?,
+            arrived: s
+                .alloc_zeros::<u32>(counters)
+                .cuda(|| format!("allocating {counters} split attention counters"))?,
+        })
+    }
+
+    /// The split to launch with (`None`: one block walks all keys).
+    pub fn key_split(&mut self) -> Option<KeySplit<'_>> {
+        (self.splits > 1).then(|| KeySplit {
+            splits: self.splits,
+            partial: self.partial.as_view_mut(),
+            arrived: self.arrived.as_view_mut(),
+        })
+    }
 }
 
 impl Activations {
-    pub fn new(s: &Arc<CudaStream>, cfg: &Config, batch: usize) -> Result<Activations> {
+    /// `heads` and `cross`: each encoder head's attention shape and key splits, and the
+    /// decoder cross attention's.
+    pub fn new(
+        s: &Arc<CudaStream>,
+        cfg: &Config,
+        batch: usize,
+        heads: &[(AttentionShape, usize)],
+        cross: (AttentionShape, usize),
+    ) -> Result<Activations> {
         let (c, h, ff) = (cfg.d_model, cfg.nhead, cfg.dim_feedforward);
         let n = cfg.l_all() * batch;
         // The linears before a LayerNorm: output projections (k = c) and FFN2 (k = ff), on
@@ -89,6 +141,11 @@ impl Activations {
             dhidden: f(batch * ff)?,
             hs: f(batch * c)?,
             partial: f(partial)?,
+            head_splits: heads
+                .iter()
+                .map(|(shape, splits)| SplitBuffers::new(s, shape, *splits))
+                .collect::<Result<_>>()?,
+            cross_split: SplitBuffers::new(s, &cross.0, cross.1)?,
         })
     }
 
@@ -114,12 +171,22 @@ impl Activations {
             dhidden,
             hs,
             partial,
+            head_splits,
+            cross_split,
         } = self;
         let all = [
             x, x1, qkv, concat, hidden, mem_kv, qpos, t, t_next, tq, proj, attn, dhidden, hs,
             partial,
         ];
-        for b in all.into_iter().chain(head_out.iter_mut()) {
+        let split_partials = head_splits
+            .iter_mut()
+            .chain(std::iter::once(cross_split))
+            .map(|b| &mut b.partial);
+        for b in all
+            .into_iter()
+            .chain(head_out.iter_mut())
+            .chain(split_partials)
+        {
             poison_nan(s, b)?;
         }
         Ok(())

@@ -16,7 +16,7 @@ use cudarc::driver::CudaStream;
 use crate::cswintt::Mode;
 use crate::error::{Error, Result};
 use crate::gpu::{EventTimer, Gpu, StreamSet, nvtx};
-use crate::kernels::window_attention::{MAX_FUSED, PreparedAttention, WindowAttentionKernel};
+use crate::kernels::window_attention::{MAX_FUSED, PreparedAttention, WindowAttentionKernels};
 
 pub(super) enum Dispatch {
     Sequential,
@@ -68,7 +68,7 @@ impl Dispatch {
         n: usize,
         prefix: &str,
         rec: &mut Recorder<'_>,
-        kernel: &WindowAttentionKernel,
+        kernel: &WindowAttentionKernels,
         mut work: impl FnMut(usize, &CudaStream) -> Result<PreparedAttention>,
     ) -> Result<()> {
         match self {

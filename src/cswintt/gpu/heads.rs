@@ -11,7 +11,7 @@ use crate::cswintt::plan::HeadPlan;
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, PreparedAttention, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, KeySplit, PreparedAttention, SlotLayout, WindowAttentionKernels,
 };
 use crate::model::weights::Weights;
 
@@ -37,6 +37,8 @@ pub(super) struct HeadIo<'a> {
     pub concat: CudaViewMut<'a, f32>,
     /// The output before window reverse, `(batch, L, w*w*hd)`, when captured.
     pub head_out: Option<CudaViewMut<'a, f32>>,
+    /// The head's key split and its workspace, when split.
+    pub split: Option<KeySplit<'a>>,
     pub batch: usize,
     pub c: usize,
 }
@@ -44,7 +46,7 @@ pub(super) struct HeadIo<'a> {
 impl HeadWork {
     /// Checks that the attention kernel supports this head, and uploads its tables.
     pub fn new(s: &Arc<CudaStream>, plan: &HeadPlan, weights: &Weights) -> Result<HeadWork> {
-        WindowAttentionKernel::supports(plan.w, plan.hd)?;
+        WindowAttentionKernels::supports(plan.w, plan.hd)?;
         let table = weights.rel_bias_tables.get(&plan.w).map(|t| t.as_slice());
         let bias = plan
             .gathered_bias(table)?
@@ -62,7 +64,7 @@ impl HeadWork {
     /// for a launch on `stream`.
     pub fn prepare(
         &self,
-        kernel: &WindowAttentionKernel,
+        kernel: &WindowAttentionKernels,
         stream: &CudaStream,
         io: HeadIo<'_>,
     ) -> Result<PreparedAttention> {
@@ -71,15 +73,7 @@ impl HeadWork {
             batch: p.l_all * p.hd,
             slot: p.hd,
         };
-        let shape = AttentionShape {
-            w: p.w,
-            hd: p.hd,
-            n_queries: p.l_all,
-            n_keys: p.l_all,
-            batch: io.batch,
-            heads: 1,
-            head_stride: 0,
-        };
+        let shape = p.attention_shape(io.batch);
         let ops = AttentionOperands {
             q: io.q,
             q_layout: layout,
@@ -94,6 +88,7 @@ impl HeadWork {
             out_row: io.c,
             out_channel: p.channel_offset,
             head_out: io.head_out,
+            split: io.split,
         };
         kernel.prepare(stream, &shape, ops)
     }

@@ -1,13 +1,15 @@
 //! The GPU engine: the CSWinTT transformer with our own kernels (`kernels/linear.cu`,
-//! `layer_norm.cu`, `window_attention.cu`). In f32 everything runs on CUDA cores; in tf32 or
-//! bf16 ([`GpuEngine::with_precision`]) the linear layers' GEMMs run on tensor cores with f32
-//! accumulation, while attention (softmax) and LayerNorm stay f32.
+//! `layer_norm.cu`, `window_attention.cu`). In f32 everything runs on CUDA cores; in tf32
+//! or bf16 ([`GpuEngine::with_precision`]) the linear layers' GEMMs and attention's two
+//! products (QK^T, P'V) run on tensor cores with f32 accumulation, while the softmax and
+//! LayerNorm stay f32.
 //!
 //! Parameters and per-head tables (gathered bias `B_w`, `sr`, partition index maps) are
 //! uploaded once by [`GpuEngine::new`]; activations are allocated once per batch size and
 //! reused. An encoder layer is: the QKV projection writing each head's q, k, v in its window
 //! layout; one attention launch per head with the window reverse and concat fused into its
-//! output write, dispatched `sequential`, `streams` or `fused` (see [`dispatch`]); the output
+//! output write, dispatched `sequential`, `streams` or `fused` (see [`dispatch`]), each head's
+//! keys split over as many blocks as fill the GPU together (`KeySplit::for_heads`); the output
 //! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
 //! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
 //! encoder output in one GEMM, then per layer: self attention (with one query and one key,
@@ -37,14 +39,14 @@ use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
+use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
-use crate::kernels::layer_norm::{LayerNormKernel, NormInput, PlusOutput};
+use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
-use crate::model::tensor::Tensor;
 use crate::model::weights::{LN_EPS, Weights};
 
 /// Relative error the GPU engine is held to (f32 throughout, as the CPU reference).
@@ -62,8 +64,8 @@ pub enum Part {
 /// The kernels the engine launches, loaded once.
 struct Kernels {
     linear: LinearKernels,
-    layer_norm: LayerNormKernel,
-    attention: WindowAttentionKernel,
+    layer_norm: LayerNormKernels,
+    attention: WindowAttentionKernels,
 }
 
 pub struct GpuEngine {
@@ -102,8 +104,8 @@ impl GpuEngine {
         let s = gpu.stream();
         let kernels = Kernels {
             linear: LinearKernels::load_precision(&gpu, precision)?,
-            layer_norm: LayerNormKernel::load(&gpu)?,
-            attention: WindowAttentionKernel::load(&gpu)?,
+            layer_norm: LayerNormKernels::load(&gpu)?,
+            attention: WindowAttentionKernels::load_precision(&gpu, precision)?,
         };
         let heads = plan
             .heads
@@ -133,7 +135,8 @@ impl GpuEngine {
         self.dispatch.mode()
     }
 
-    /// The precision of the linear layers (attention and LayerNorm are always f32).
+    /// The precision of the matrix products (linear layers and attention's QK^T and P'V;
+    /// the softmax and LayerNorm are always f32).
     pub fn precision(&self) -> Precision {
         self.kernels.linear.precision()
     }
@@ -222,7 +225,18 @@ impl GpuEngine {
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
             self.graph = None; // it holds the old buffers' addresses
             self.act = None; // free the old size first
-            self.act = Some(Activations::new(&s, cfg, b)?);
+            // One layer's heads run together in every mode; the cross attention alone.
+            let sms = self.gpu.multiprocessors()?;
+            let shapes: Vec<_> = self
+                .heads
+                .iter()
+                .map(|h| h.plan.attention_shape(b))
+                .collect();
+            let splits = KeySplit::for_heads(&shapes, sms);
+            let heads: Vec<_> = shapes.into_iter().zip(splits).collect();
+            let cross = cross_attention_shape(cfg, b);
+            let cross = (cross, KeySplit::for_heads(&[cross], sms)[0]);
+            self.act = Some(Activations::new(&s, cfg, b, &heads, cross)?);
         }
         let mask = inputs.merged_mask(cfg);
         let key_pad: Vec<u8> = self
@@ -382,9 +396,10 @@ impl GpuEngine {
         plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let eps = LN_EPS as f32;
+        let extra = plus.map_or(Extra::Nothing, Extra::Plus);
         self.kernels
             .layer_norm
-            .run(s, input, &ln.gamma, &ln.beta, eps, y, plus)
+            .forward(s, input, &ln.gamma, &ln.beta, eps, y, extra)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's
@@ -424,8 +439,13 @@ impl GpuEngine {
 
         let per_head = n * hd;
         let want_heads = capture.is_some();
-        let (qkv, key_pad, concat, head_out) =
-            (&act.qkv, &act.key_pad, &mut act.concat, &mut act.head_out);
+        let (qkv, key_pad, concat, head_out, splits) = (
+            &act.qkv,
+            &act.key_pad,
+            &mut act.concat,
+            &mut act.head_out,
+            &mut act.head_splits,
+        );
         let attention = &self.kernels.attention;
         self.dispatch.heads(
             s,
@@ -445,6 +465,7 @@ impl GpuEngine {
                     key_pad: key_pad.slice(j * n..(j + 1) * n),
                     concat: concat.as_view_mut(),
                     head_out: want_heads.then(|| head_out[j].as_view_mut()),
+                    split: splits[j].key_split(),
                     batch: b,
                     c,
                 };
@@ -481,8 +502,8 @@ impl GpuEngine {
     ) -> Result<()> {
         let cfg = &self.weights.config;
         let s = self.gpu.stream();
-        let (b, c, h, hd) = (act.batch, cfg.d_model, cfg.nhead, cfg.hd());
-        let (l_all, n) = (cfg.l_all(), cfg.l_all() * b);
+        let (b, c) = (act.batch, cfg.d_model);
+        let n = cfg.l_all() * b;
         let lin = &self.kernels.linear;
         let plain = || Epilogue::Bias { scale: 1.0 };
 
@@ -544,15 +565,7 @@ impl GpuEngine {
                     &mut act.proj,
                     scaled,
                 )?;
-                let shape = AttentionShape {
-                    w: 1,
-                    hd,
-                    n_queries: 1,
-                    n_keys: l_all,
-                    batch: b,
-                    heads: h,
-                    head_stride: hd,
-                };
+                let shape = cross_attention_shape(cfg, b);
                 let at = j * 2 * c;
                 let ops = AttentionOperands {
                     q: act.proj.as_view(),
@@ -571,6 +584,7 @@ impl GpuEngine {
                     out_row: c,
                     out_channel: 0,
                     head_out: None,
+                    split: act.cross_split.key_split(),
                 };
                 self.kernels.attention.run(s, &shape, ops)?;
                 let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
@@ -613,6 +627,20 @@ impl GpuEngine {
     }
 }
 
+/// The decoder's cross attention over `batch` items: the one query against every token of
+/// the encoder output, all heads in one launch (`w = 1`, heads `hd` channels apart).
+fn cross_attention_shape(cfg: &crate::model::config::Config, batch: usize) -> AttentionShape {
+    AttentionShape {
+        w: 1,
+        hd: cfg.hd(),
+        n_queries: 1,
+        n_keys: cfg.l_all(),
+        batch,
+        heads: cfg.nhead,
+        head_stride: cfg.hd(),
+    }
+}
+
 impl Backend for GpuEngine {
     fn describe(&self) -> String {
         format!(
@@ -620,7 +648,7 @@ impl Backend for GpuEngine {
             self.gpu.describe(),
             match GpuEngine::precision(self) {
                 Precision::F32 => "f32 CUDA cores".to_string(),
-                p => format!("{p} tensor-core linear layers"),
+                p => format!("{p} tensor-core linear layers and attention"),
             },
             self.mode(),
             if self.use_graph { ", CUDA graph" } else { "" }

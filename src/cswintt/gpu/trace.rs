@@ -2,6 +2,8 @@
 //! overlap of the per-head attention spans, the evidence that `streams` mode runs heads
 //! at the same time.
 
+use std::fmt;
+
 use serde_json::{Value, json};
 
 use crate::gpu::Span;
@@ -34,6 +36,24 @@ pub struct Overlap {
     pub union_ms: f64,
     /// The most head spans running at one instant.
     pub max_concurrent: usize,
+}
+
+/// The figure in words: how long head kernels ran in total against the time any ran.
+impl fmt::Display for Overlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.max_concurrent == 0 {
+            return f
+                .write_str("no per-head spans (fused mode: one launch per layer runs every head)");
+        }
+        write!(
+            f,
+            "head kernels busy {:.3} ms within {:.3} ms: concurrency {:.2}, up to {} at once",
+            self.busy_ms,
+            self.union_ms,
+            self.concurrency(),
+            self.max_concurrent
+        )
+    }
 }
 
 impl Overlap {

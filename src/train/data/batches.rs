@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::sched::DistributionRatio;
+use crate::base::DistributionRatio;
 use crate::train::data::Dataset;
 use crate::{Error, Result};
 

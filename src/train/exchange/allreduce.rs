@@ -29,7 +29,7 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice, sys};
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::train_ops;
+use crate::kernels::allreduce::AllreduceKernels;
 
 /// Participant `rank`'s chunk of a buffer of `len` values shared by `n`: sizes differ by at
 /// most one, and the chunks tile `0..len` in rank order.
@@ -128,8 +128,9 @@ pub unsafe fn reduce_scatter(
     if r.is_empty() {
         return Ok(());
     }
+    let kernels = AllreduceKernels::load(gpu)?;
     // SAFETY: forwarded to the caller.
-    unsafe { train_ops::allreduce_sum_chunk(gpu, stream, bufs, rank, r.start, r.end) }
+    unsafe { kernels.sum_chunk(stream, bufs, rank, (r.start, r.end)) }
 }
 
 /// Phase 2 on participant `rank`: every other participant's chunk, copied from its owner.
@@ -144,11 +145,12 @@ pub unsafe fn all_gather(
     rank: usize,
     len: usize,
 ) -> Result<()> {
+    let kernels = AllreduceKernels::load(gpu)?;
     for (owner, &src) in bufs.iter().enumerate() {
         let r = chunk(len, bufs.len(), owner);
         if owner != rank && !r.is_empty() {
             // SAFETY: forwarded to the caller.
-            unsafe { train_ops::copy_range(gpu, stream, bufs[rank], src, r.start, r.end)? };
+            unsafe { kernels.copy_chunk(stream, bufs[rank], src, (r.start, r.end))? };
         }
     }
     Ok(())

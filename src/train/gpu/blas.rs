@@ -14,7 +14,7 @@ use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 
 use crate::error::CudaContext as _;
-use crate::kernels::shape::check_at_least;
+use crate::kernels::launch::check_at_least;
 use crate::{Error, Result};
 
 struct Shape {

@@ -4,7 +4,7 @@
 //! A row-major `[r x c]` matrix is a column-major `[c x r]` one, so each product is issued as
 //! its transpose, as in [`crate::train::gpu::blas`]: `Y^T = W X^T`, whose bias is per row of `Y^T`, which
 //! is what cuBLASLt's bias epilogue adds. GELU is not fused: cuBLASLt's is its own kernel's
-//! approximation, and the ViT keeps its GELU kernel (`kernels/train_vit.cu`), which the CPU
+//! approximation, and the ViT keeps its GELU kernel (`kernels/gelu.cu`), which the CPU
 //! reference mirrors.
 //!
 //! f32 computes in exact f32 (`CUBLAS_COMPUTE_32F`; cudarc's safe `Matmul<f32>` would use TF32
@@ -38,7 +38,7 @@ use half::bf16;
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::train_ops;
+use crate::kernels::cast::CastKernels;
 use crate::train::gpu::blas::check;
 
 /// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
@@ -47,8 +47,9 @@ const WORKSPACE: usize = 32 << 20;
 /// The bias alignment the epilogue needs (its vector loads).
 const BIAS_ALIGN: u64 = 16;
 
-/// What the forward adds to `X W^T`; `b` has `dout` values.
-pub enum Epilogue<'a> {
+/// What the forward adds to `X W^T`; `b` has `dout` values. (cuBLASLt's epilogue, not the
+/// inference kernels' [`crate::kernels::linear::Epilogue`].)
+pub enum GemmEpilogue<'a> {
     /// `Y = X W^T`.
     Plain,
     /// `Y = X W^T + b`.
@@ -113,6 +114,7 @@ enum Slot {
 pub struct Linear {
     gpu: Arc<Gpu>,
     stream: Arc<CudaStream>,
+    cast: CastKernels,
     precision: Precision,
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
@@ -173,6 +175,7 @@ impl Linear {
             bias: stream
                 .alloc_zeros::<f32>(1)
                 .cuda(|| "allocating GEMM scratch".into())?,
+            cast: CastKernels::load(&gpu)?,
             precision,
             handle,
             stream,
@@ -190,7 +193,7 @@ impl Linear {
         &mut self,
         x: &X,
         w: &W,
-        epilogue: Epilogue<'_>,
+        epilogue: GemmEpilogue<'_>,
         y: &mut Y,
         rows: usize,
         din: usize,
@@ -201,9 +204,9 @@ impl Linear {
         check(WHAT, "w", w.len(), dout * din)?;
         check(WHAT, "y", y.len(), rows * dout)?;
         let (kind, bias) = match epilogue {
-            Epilogue::Plain => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT, None),
-            Epilogue::Bias(b) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, Some(b)),
-            Epilogue::BiasRelu(b) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS, Some(b)),
+            GemmEpilogue::Plain => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT, None),
+            GemmEpilogue::Bias(b) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS, Some(b)),
+            GemmEpilogue::BiasRelu(b) => (cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS, Some(b)),
         };
         let bias = match bias {
             Some(b) => {
@@ -286,7 +289,7 @@ impl Linear {
                 .cuda(|| format!("allocating {n} bf16 GEMM operands"))?;
         }
         let mut dst = buf.slice_mut(..n);
-        train_ops::cast_bf16(&self.gpu, &self.stream, src, &mut dst, n)?;
+        self.cast.bf16(&self.stream, src, &mut dst, n)?;
         Ok(dst.device_ptr(&self.stream).0)
     }
 

@@ -15,12 +15,16 @@ use rayon::prelude::*;
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::train_ops;
-use crate::train::gpu::linear::{Epilogue, Linear};
+use crate::kernels::allreduce::AllreduceKernels;
+use crate::kernels::bias_grad::BiasGradKernels;
+use crate::kernels::elementwise::ElementwiseKernels;
+use crate::kernels::optimizer::OptimizerKernels;
+use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
+use crate::train::gpu::linear::{GemmEpilogue, Linear};
 use crate::train::gpu::vit::VitNet;
 use crate::train::models::ModelSpec;
 use crate::train::models::cpu::ShardStats;
-use crate::train::optim::Optimizer;
+use crate::train::optim::{Optimizer, Step};
 use crate::train::run::engine::State;
 
 /// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the
@@ -40,7 +44,7 @@ pub struct Pass<'a> {
 }
 
 enum Net {
-    Mlp(MlpNet),
+    Mlp(Box<MlpNet>),
     Vit(Box<VitNet>),
 }
 
@@ -52,6 +56,7 @@ pub struct Replica {
     blas: CudaBlas,
     linear: Linear,
     optimizer: Optimizer,
+    optimizer_kernels: OptimizerKernels,
     features: usize,
     params: CudaSlice<f32>,
     grads: CudaSlice<f32>,
@@ -112,13 +117,14 @@ impl Replica {
         };
         let stats_slots = [slot()?, slot()?];
         let net = match model {
-            ModelSpec::Mlp { dims } => Net::Mlp(MlpNet::new(dims.clone())),
-            ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(*c))),
+            ModelSpec::Mlp { dims } => Net::Mlp(Box::new(MlpNet::new(&gpu, dims.clone())?)),
+            ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(&gpu, *c)?)),
         };
         Ok(Replica {
             blas,
             linear: Linear::new(gpu.clone(), precision)?,
             optimizer,
+            optimizer_kernels: OptimizerKernels::load(&gpu)?,
             features: model.features(),
             params: up(params)?,
             grads: one(params.len())?,
@@ -183,6 +189,7 @@ impl Replica {
             ));
         }
         let s = self.gpu.stream().clone();
+        let copy = AllreduceKernels::load(&self.gpu)?;
         for (dst, &from) in std::iter::once(&mut self.params)
             .chain(self.state.iter_mut())
             .zip(src)
@@ -191,7 +198,7 @@ impl Replica {
             let (to, _) = dst.device_ptr_mut(&s);
             // SAFETY: `dst` is this GPU's and holds `len` values, as does the source (same
             // model and optimizer, caller's guarantee), which the caller keeps unwritten.
-            unsafe { train_ops::copy_range(&self.gpu, &s, to, from, 0, len)? };
+            unsafe { copy.copy_chunk(&s, to, from, (0, len))? };
         }
         self.gpu.sync()
     }
@@ -372,37 +379,13 @@ impl Replica {
     /// Enqueues optimizer step `t` (from 1) with the gradient buffer as it is now.
     pub fn optimizer_step(&mut self, t: u64) -> Result<()> {
         let s = self.gpu.stream().clone();
-        let (c1, c2) = self.optimizer.bias_corrections(t);
-        match self.optimizer {
-            Optimizer::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => train_ops::sgd(
-                &self.gpu,
-                &s,
-                &mut self.params,
-                &self.grads,
-                &mut self.state[0],
-                [lr, momentum, weight_decay],
-            ),
-            Optimizer::AdamW {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+        let k = &self.optimizer_kernels;
+        match self.optimizer.at_step(t) {
+            Step::Sgd(step) => k.sgd(&s, &mut self.params, &self.grads, &mut self.state[0], step),
+            Step::AdamW(step) => {
                 let (m, v) = self.state.split_at_mut(1);
-                train_ops::adamw(
-                    &self.gpu,
-                    &s,
-                    &mut self.params,
-                    &self.grads,
-                    &mut m[0],
-                    &mut v[0],
-                    [lr, beta1, beta2, eps, weight_decay, c1, c2],
-                )
+                let mv = (&mut m[0], &mut v[0]);
+                k.adamw(&s, &mut self.params, &self.grads, mv, step)
             }
         }
     }
@@ -438,16 +421,22 @@ struct MlpNet {
     capacity: usize,
     acts: Vec<CudaSlice<f32>>,
     dbuf: Vec<CudaSlice<f32>>,
+    loss: SoftmaxCrossEntropyKernels,
+    bias_grad: BiasGradKernels,
+    elementwise: ElementwiseKernels,
 }
 
 impl MlpNet {
-    fn new(dims: Vec<usize>) -> MlpNet {
-        MlpNet {
+    fn new(gpu: &Gpu, dims: Vec<usize>) -> Result<MlpNet> {
+        Ok(MlpNet {
             dims,
             capacity: 0,
             acts: Vec::new(),
             dbuf: Vec::new(),
-        }
+            loss: SoftmaxCrossEntropyKernels::load(gpu)?,
+            bias_grad: BiasGradKernels::load(gpu)?,
+            elementwise: ElementwiseKernels::load(gpu)?,
+        })
     }
 
     fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<()> {
@@ -487,9 +476,9 @@ impl MlpNet {
             let x = if l == 0 { p.input } else { &before[l - 1] };
             let b = p.params.slice(bo..bo + dout);
             let epilogue = if l + 1 < layers {
-                Epilogue::BiasRelu(b)
+                GemmEpilogue::BiasRelu(b)
             } else {
-                Epilogue::Bias(b)
+                GemmEpilogue::Bias(b)
             };
             let w = p.params.slice(wo..bo);
             p.linear
@@ -498,17 +487,10 @@ impl MlpNet {
         let classes = self.dims[layers];
         let (d0, d1) = self.dbuf.split_at_mut(1);
         let (mut dy, mut dx) = (&mut d0[0], &mut d1[0]);
-        train_ops::softmax_xent(
-            gpu,
-            s,
-            &self.acts[layers - 1],
-            p.labels,
-            dy,
-            p.stats,
-            rows,
-            classes,
-            p.scale,
-        )?;
+        let logits = &self.acts[layers - 1];
+        let shape = (rows, classes);
+        self.loss
+            .run(s, logits, p.labels, dy, p.stats, shape, p.scale)?;
         for l in (0..layers).rev() {
             let (din, dout) = (self.dims[l], self.dims[l + 1]);
             let (wo, bo) = offsets[l];
@@ -517,16 +499,10 @@ impl MlpNet {
             let input = (l > 0).then(|| (p.params.slice(wo..bo), &mut *dx));
             let gw = &mut p.grads.slice_mut(wo..bo);
             p.linear.backward(x, &*dy, gw, input, rows, din, dout)?;
-            train_ops::bias_grad(
-                gpu,
-                s,
-                &*dy,
-                &mut p.grads.slice_mut(bo..bo + dout),
-                rows,
-                dout,
-            )?;
+            let db = &mut p.grads.slice_mut(bo..bo + dout);
+            self.bias_grad.run(s, &*dy, db, rows, dout)?;
             if l > 0 {
-                train_ops::relu_backward(gpu, s, dx, x, rows * din)?;
+                self.elementwise.relu_backward(s, dx, x, rows * din)?;
                 std::mem::swap(&mut dy, &mut dx);
             }
         }

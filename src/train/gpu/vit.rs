@@ -1,7 +1,8 @@
 //! The ViT's forward and backward pass on one GPU, step for step the CPU reference of
 //! [`crate::train::models::vit`]: the linear layers through [`crate::train::gpu::linear`] (cuBLASLt, biases added in the
 //! GEMMs' epilogue), attention's GEMMs through [`crate::train::gpu::blas`], the rest through
-//! `kernels/train_vit.cu` and `kernels/train_ops.cu`. Standard attention is one pointer-array
+//! the ops of [`crate::kernels`] (patchify, layer_norm, heads, softmax, gelu, mean_tokens,
+//! elementwise, softmax_cross_entropy, window_attention). Standard attention is one pointer-array
 //! batched GEMM over every image and head per product, reading `q`, `k`, `v` in place in the
 //! `qkv` rows and writing the heads' outputs in place in the concatenated rows (and likewise
 //! backward), so no head-major copies are made; only the probabilities get buffers of their
@@ -13,20 +14,27 @@
 //! heads in fused launches), which also window-reverses and concatenates the heads. It writes
 //! token-major rows `(token, image, dim)`, the inference engine's layout; one transpose makes
 //! them the ViT's `(image, token, dim)`. The kernel keeps no probabilities, so the backward
-//! (`kernels/train_window_attention.cu`) recomputes them from the saved `q` and `k`.
+//! (`window_attention_backward_*_f32`, beside the forward) recomputes them from the saved `q`
+//! and `k`.
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, nvtx};
-use crate::kernels::train_ops;
-use crate::kernels::train_vit::{self as k, Heads, SlotOrder};
-use crate::kernels::train_window_attention::{self as twa, Saved, WindowHead};
+use crate::kernels::elementwise::ElementwiseKernels;
+use crate::kernels::gelu::GeluKernels;
+use crate::kernels::heads::{Heads, HeadsKernels, SlotOrder};
+use crate::kernels::layer_norm::{self, Extra, LayerNormKernels, NormInput};
+use crate::kernels::mean_tokens::MeanTokensKernels;
+use crate::kernels::patchify::{Patches, PatchifyKernels};
+use crate::kernels::softmax::SoftmaxKernels;
+use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
 use crate::kernels::window_attention::{
-    AttentionOperands, AttentionShape, HEAD_WIDTHS, MAX_FUSED, SlotLayout, WindowAttentionKernel,
+    AttentionOperands, AttentionShape, BackwardHead, BackwardOperands, BackwardOutputs, MAX_FUSED,
+    MAX_HEAD_WIDTH, SlotLayout, WindowAttentionKernels,
 };
 use crate::train::gpu::blas::{self, BatchLayout, Batched, HeadBatch, MatrixBatch};
-use crate::train::gpu::linear::Epilogue::Bias;
+use crate::train::gpu::linear::GemmEpilogue::Bias;
 use crate::train::gpu::replica::Pass;
 use crate::train::models::vit::{VitConfig, VitOffsets, layout};
 
@@ -106,7 +114,7 @@ struct GradOperands {
 
 /// What window attention needs besides the blocks' buffers.
 struct WindowBufs {
-    kernel: WindowAttentionKernel,
+    kernel: WindowAttentionKernels,
     /// Head `h`'s window side.
     sides: Vec<usize>,
     /// `[heads, tokens]`: head `h`'s slot -> token (its window partition).
@@ -122,11 +130,12 @@ struct WindowBufs {
 impl WindowBufs {
     fn new(gpu: &Gpu, c: &VitConfig, n: usize) -> Result<WindowBufs> {
         let width = c.dim / c.heads;
-        if !HEAD_WIDTHS.contains(&width) {
+        if !(1..=MAX_HEAD_WIDTH).contains(&width) {
             return Err(Error::invalid(
                 "ViT window attention on the GPU",
                 format!(
-                    "needs a head width (width / heads) of {HEAD_WIDTHS:?}, the kernels' sizes;                      this model has {} / {} = {width} (the CPU trains any width)",
+                    "needs a head width (width / heads) of at most {MAX_HEAD_WIDTH}, the widest \
+                     kernel; this model has {} / {} = {width} (the CPU trains any width)",
                     c.dim, c.heads
                 ),
             ));
@@ -145,7 +154,7 @@ impl WindowBufs {
             .collect::<Result<Vec<_>>>()?;
         let t = c.tokens();
         Ok(WindowBufs {
-            kernel: WindowAttentionKernel::load(gpu)?,
+            kernel: WindowAttentionKernels::load(gpu)?,
             sides: plans.iter().map(|p| p.w).collect(),
             slot_token: s
                 .clone_htod(&table)
@@ -209,6 +218,7 @@ impl WindowBufs {
                     out_row: d,
                     out_channel: h * hd,
                     head_out: None,
+                    split: None,
                 };
                 self.kernel.prepare(stream, &shape, ops)
             })
@@ -219,22 +229,59 @@ impl WindowBufs {
     }
 }
 
+/// The ops of the pass besides the GEMMs, loaded once.
+struct Ops {
+    patchify: PatchifyKernels,
+    norm: LayerNormKernels,
+    heads: HeadsKernels,
+    softmax: SoftmaxKernels,
+    gelu: GeluKernels,
+    mean: MeanTokensKernels,
+    elementwise: ElementwiseKernels,
+    loss: SoftmaxCrossEntropyKernels,
+}
+
+/// The ViT's LayerNorm eps (PyTorch's default), as the CPU reference's.
+const LN_EPS: f32 = 1e-5;
+
 pub struct VitNet {
     cfg: VitConfig,
     off: VitOffsets,
+    ops: Ops,
     /// Images the buffers hold.
     capacity: usize,
     bufs: Option<Bufs>,
 }
 
 impl VitNet {
-    pub fn new(cfg: VitConfig) -> VitNet {
-        VitNet {
+    pub fn new(gpu: &Gpu, cfg: VitConfig) -> Result<VitNet> {
+        if cfg.dim > layer_norm::MAX_WIDTH {
+            return Err(Error::invalid(
+                "ViT on the GPU",
+                format!(
+                    "needs a width of at most {} (the LayerNorm kernel keeps a row in \
+                     registers); this model has {} (the CPU trains any width)",
+                    layer_norm::MAX_WIDTH,
+                    cfg.dim
+                ),
+            ));
+        }
+        Ok(VitNet {
             off: layout(&cfg).1,
             cfg,
+            ops: Ops {
+                patchify: PatchifyKernels::load(gpu)?,
+                norm: LayerNormKernels::load(gpu)?,
+                heads: HeadsKernels::load(gpu)?,
+                softmax: SoftmaxKernels::load(gpu)?,
+                gelu: GeluKernels::load(gpu)?,
+                mean: MeanTokensKernels::load(gpu)?,
+                elementwise: ElementwiseKernels::load(gpu)?,
+                loss: SoftmaxCrossEntropyKernels::load(gpu)?,
+            },
             capacity: 0,
             bufs: None,
-        }
+        })
     }
 
     fn reserve(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
@@ -343,7 +390,7 @@ impl VitNet {
         let Some(b) = self.bufs.as_mut() else {
             unreachable!("reserve allocates the buffers")
         };
-        let (gpu, s, cb, lin) = (p.gpu, p.gpu.stream(), p.blas, p.linear);
+        let (ops, s, cb, lin) = (&self.ops, p.gpu.stream(), p.blas, p.linear);
         let (t, d, m, pd, hh, dh) = (
             c.tokens(),
             c.dim,
@@ -364,13 +411,36 @@ impl VitNet {
         };
         let batch = n * hh;
         let score_scale = 1.0 / (dh as f32).sqrt();
+        // LayerNorm of `x`'s rows into `y`, saving `xhat` and `rstd` for the backward.
+        let norm = |x: &CudaSlice<f32>,
+                    (g, bias): (usize, usize),
+                    y: &mut CudaSlice<f32>,
+                    (xhat, rstd): (&mut CudaSlice<f32>, &mut CudaSlice<f32>)| {
+            let saved = layer_norm::Saved {
+                xhat: xhat.slice_mut(..rows * d),
+                rstd: rstd.slice_mut(..rows),
+            };
+            let input = NormInput::of(x.slice(..rows * d));
+            let (g, bias) = (w(g, d), w(bias, d));
+            let y = &mut y.slice_mut(..rows * d);
+            ops.norm
+                .forward(s, input, &g, &bias, LN_EPS, y, Extra::Saved(saved))
+        };
 
         // Embedding: patches, linear, position.
         let (ch, side) = (c.image.channels, c.image.width);
-        k::patchify(gpu, s, p.input, &mut b.patches, n, ch, side, c.patch)?;
+        let images = Patches {
+            n,
+            channels: ch,
+            side,
+            patch: c.patch,
+        };
+        ops.patchify.run(s, p.input, &mut b.patches, images)?;
         let (pw, pb) = (w(off.patch_w, d * pd), Bias(w(off.patch_b, d)));
         lin.forward(&b.patches, &pw, pb, &mut b.x0, rows, pd, d)?;
-        k::add_periodic(gpu, s, &mut b.x0, &w(off.pos, t * d), rows * d, t * d)?;
+        let pos = w(off.pos, t * d);
+        ops.elementwise
+            .add_periodic(s, &mut b.x0, &pos, rows * d, t * d)?;
 
         // Blocks.
         for (i, o) in off.blocks.iter().enumerate() {
@@ -378,25 +448,16 @@ impl VitNet {
             let (done, rest) = b.blocks.split_at_mut(i);
             let x = if i == 0 { &b.x0 } else { &done[i - 1].out };
             let bk = &mut rest[0];
-            k::layernorm_fwd(
-                gpu,
-                s,
-                x,
-                &w(o.ln1_g, d),
-                &w(o.ln1_b, d),
-                &mut bk.ln1_y,
-                &mut bk.ln1_xhat,
-                &mut bk.ln1_rstd,
-                rows,
-                d,
-            )?;
+            let saved = (&mut bk.ln1_xhat, &mut bk.ln1_rstd);
+            norm(x, (o.ln1_g, o.ln1_b), &mut bk.ln1_y, saved)?;
             let (qw, qb) = (w(o.qkv_w, 3 * d * d), Bias(w(o.qkv_b, 3 * d)));
             lin.forward(&bk.ln1_y, &qw, qb, &mut bk.qkv, rows, d, 3 * d)?;
             if let Some(win) = &b.win {
                 let (q_order, order) = (win.order(score_scale), win.order(1.0));
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.q, heads(3 * d, 0), q_order)?;
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.k, heads(3 * d, d), order)?;
-                k::rows_to_heads(gpu, s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d), order)?;
+                let hk = &ops.heads;
+                hk.from_rows(s, &bk.qkv, &mut bk.q, heads(3 * d, 0), q_order)?;
+                hk.from_rows(s, &bk.qkv, &mut bk.k, heads(3 * d, d), order)?;
+                hk.from_rows(s, &bk.qkv, &mut bk.v, heads(3 * d, 2 * d), order)?;
                 let out = &mut b.heads[0];
                 win.forward(s, &c, n, (&bk.q, &bk.k, &bk.v), out)?;
                 // (token, image) rows to (image, token): the head split with images as heads.
@@ -408,65 +469,44 @@ impl VitNet {
                     stride: n * d,
                     offset: 0,
                 };
-                k::rows_to_heads(gpu, s, &*out, &mut bk.attn, images, SlotOrder::IDENTITY)?;
+                hk.from_rows(s, &*out, &mut bk.attn, images, SlotOrder::IDENTITY)?;
             } else {
                 let Some(a) = &bk.operands else {
                     unreachable!("reserve makes standard attention's operands")
                 };
                 blas::batched(cb, Batched::XYt, &a.q, &a.k, &a.p, n, score_scale)?;
-                k::softmax_rows(gpu, s, &mut bk.p, batch * t, t)?;
+                ops.softmax.forward(s, &mut bk.p, (batch * t, t))?;
                 blas::batched(cb, Batched::PX, &a.p, &a.v, &a.out, n, 1.0)?;
             }
             let (pw, pb) = (w(o.proj_w, d * d), Bias(w(o.proj_b, d)));
             lin.forward(&bk.attn, &pw, pb, &mut bk.h, rows, d, d)?;
-            k::add(gpu, s, &mut bk.h, x, rows * d)?;
-            k::layernorm_fwd(
-                gpu,
-                s,
-                &bk.h,
-                &w(o.ln2_g, d),
-                &w(o.ln2_b, d),
-                &mut bk.ln2_y,
-                &mut bk.ln2_xhat,
-                &mut bk.ln2_rstd,
-                rows,
-                d,
-            )?;
+            ops.elementwise.add(s, &mut bk.h, x, rows * d)?;
+            let saved = (&mut bk.ln2_xhat, &mut bk.ln2_rstd);
+            norm(&bk.h, (o.ln2_g, o.ln2_b), &mut bk.ln2_y, saved)?;
             let (w1, b1) = (w(o.fc1_w, m * d), Bias(w(o.fc1_b, m)));
             lin.forward(&bk.ln2_y, &w1, b1, &mut bk.fc1, rows, d, m)?;
-            k::gelu_fwd(gpu, s, &bk.fc1, &mut bk.act, rows * m)?;
+            ops.gelu.forward(s, &bk.fc1, &mut bk.act, rows * m)?;
             let (w2, b2) = (w(o.fc2_w, d * m), Bias(w(o.fc2_b, d)));
             lin.forward(&bk.act, &w2, b2, &mut bk.out, rows, m, d)?;
-            k::add(gpu, s, &mut bk.out, &bk.h, rows * d)?;
+            ops.elementwise.add(s, &mut bk.out, &bk.h, rows * d)?;
         }
 
         // Head: final norm, mean over tokens, linear, loss.
         let last = b.blocks.last().map_or(&b.x0, |bk| &bk.out);
-        k::layernorm_fwd(
-            gpu,
-            s,
-            last,
-            &w(off.norm_g, d),
-            &w(off.norm_b, d),
-            &mut b.norm_y,
-            &mut b.norm_xhat,
-            &mut b.norm_rstd,
-            rows,
-            d,
-        )?;
-        k::mean_tokens(gpu, s, &b.norm_y, &mut b.pooled, n, t, d)?;
+        let saved = (&mut b.norm_xhat, &mut b.norm_rstd);
+        norm(last, (off.norm_g, off.norm_b), &mut b.norm_y, saved)?;
+        ops.mean.forward(s, &b.norm_y, &mut b.pooled, (n, t, d))?;
         let classes = c.classes;
         let (hw, hb) = (w(off.head_w, classes * d), Bias(w(off.head_b, classes)));
         lin.forward(&b.pooled, &hw, hb, &mut b.logits, n, d, classes)?;
-        train_ops::softmax_xent(
-            gpu,
+        let shape = (n, classes);
+        ops.loss.run(
             s,
             &b.logits,
             p.labels,
             &mut b.dlogits,
             p.stats,
-            n,
-            classes,
+            shape,
             p.scale,
         )?;
 
@@ -481,20 +521,12 @@ impl VitNet {
         let gw = g!(off.head_w, classes * d);
         lin.backward(&b.pooled, &b.dlogits, gw, dpooled, n, d, classes)?;
         blas::column_sums(cb, &b.dlogits, &b.ones, g!(off.head_b, classes), n, classes)?;
-        k::mean_tokens_bwd(gpu, s, &b.dpooled, &mut b.dtmp, n, t, d)?;
-        k::layernorm_bwd(
-            gpu,
-            s,
-            &b.dtmp,
-            &b.norm_xhat,
-            &b.norm_rstd,
-            &w(off.norm_g, d),
-            &mut b.dx,
-            &mut b.dyxhat,
-            rows,
-            d,
-            false,
-        )?;
+        ops.mean.backward(s, &b.dpooled, &mut b.dtmp, (n, t, d))?;
+        let saved = (&b.norm_xhat, &b.norm_rstd);
+        let gamma = w(off.norm_g, d);
+        let (dx, dyxhat) = (&mut b.dx, &mut b.dyxhat);
+        ops.norm
+            .backward(s, &b.dtmp, saved, &gamma, dx, dyxhat, (rows, d), false)?;
         blas::column_sums(cb, &b.dyxhat, &b.ones, g!(off.norm_g, d), rows, d)?;
         blas::column_sums(cb, &b.dtmp, &b.ones, g!(off.norm_b, d), rows, d)?;
 
@@ -505,23 +537,14 @@ impl VitNet {
             let dact = Some((w(o.fc2_w, d * m), &mut b.dbig));
             lin.backward(&bk.act, &b.dx, g!(o.fc2_w, d * m), dact, rows, m, d)?;
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.fc2_b, d), rows, d)?;
-            k::gelu_bwd(gpu, s, &bk.fc1, &mut b.dbig, rows * m)?;
+            ops.gelu.backward(s, &bk.fc1, &mut b.dbig, rows * m)?;
             let dln2 = Some((w(o.fc1_w, m * d), &mut b.dtmp));
             lin.backward(&bk.ln2_y, &b.dbig, g!(o.fc1_w, m * d), dln2, rows, d, m)?;
             blas::column_sums(cb, &b.dbig, &b.ones, g!(o.fc1_b, m), rows, m)?;
-            k::layernorm_bwd(
-                gpu,
-                s,
-                &b.dtmp,
-                &bk.ln2_xhat,
-                &bk.ln2_rstd,
-                &w(o.ln2_g, d),
-                &mut b.dx,
-                &mut b.dyxhat,
-                rows,
-                d,
-                true,
-            )?;
+            let saved = (&bk.ln2_xhat, &bk.ln2_rstd);
+            let (gamma, dx, dyxhat) = (w(o.ln2_g, d), &mut b.dx, &mut b.dyxhat);
+            ops.norm
+                .backward(s, &b.dtmp, saved, &gamma, dx, dyxhat, (rows, d), true)?;
             blas::column_sums(cb, &b.dyxhat, &b.ones, g!(o.ln2_g, d), rows, d)?;
             blas::column_sums(cb, &b.dtmp, &b.ones, g!(o.ln2_b, d), rows, d)?;
             // h = x + proj(attn(LN1(x))); dx holds d(h).
@@ -530,15 +553,10 @@ impl VitNet {
             blas::column_sums(cb, &b.dx, &b.ones, g!(o.proj_b, d), rows, d)?;
             if let Some(win) = &mut b.win {
                 let [dout, dq, dk, dv] = &mut b.heads;
-                k::rows_to_heads(gpu, s, &b.dtmp, dout, heads(d, 0), win.order(1.0))?;
-                let saved = Saved {
-                    q: &bk.q,
-                    k: &bk.k,
-                    v: &bk.v,
-                    dout: &*dout,
-                };
+                let hk = &ops.heads;
+                hk.from_rows(s, &b.dtmp, dout, heads(d, 0), win.order(1.0))?;
                 for (head, &w) in win.sides.iter().enumerate() {
-                    let h = WindowHead {
+                    let h = BackwardHead {
                         n,
                         w,
                         t,
@@ -546,15 +564,27 @@ impl VitNet {
                         heads: hh,
                         head,
                     };
-                    let sr = win.sr[head].as_ref();
-                    twa::scores_bwd(gpu, s, &h, &saved, sr, (&mut win.probs, &mut b.dp))?;
-                    twa::grads(gpu, s, &h, &saved, (&win.probs, &b.dp), [dq, dk, dv])?;
+                    let x = BackwardOperands {
+                        q: &bk.q,
+                        k: &bk.k,
+                        v: &bk.v,
+                        dout: &*dout,
+                        sr: win.sr[head].as_ref(),
+                    };
+                    let out = BackwardOutputs {
+                        p: &mut win.probs,
+                        ds: &mut b.dp,
+                        dq: &mut *dq,
+                        dk: &mut *dk,
+                        dv: &mut *dv,
+                    };
+                    win.kernel.backward(s, &h, &x, out)?;
                 }
                 // dq is that of the pre-scaled q.
                 let (q_order, order) = (win.order(score_scale), win.order(1.0));
-                k::heads_to_rows(gpu, s, &*dq, &mut b.dqkv, heads(3 * d, 0), q_order)?;
-                k::heads_to_rows(gpu, s, &*dk, &mut b.dqkv, heads(3 * d, d), order)?;
-                k::heads_to_rows(gpu, s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), order)?;
+                hk.to_rows(s, &*dq, &mut b.dqkv, heads(3 * d, 0), q_order)?;
+                hk.to_rows(s, &*dk, &mut b.dqkv, heads(3 * d, d), order)?;
+                hk.to_rows(s, &*dv, &mut b.dqkv, heads(3 * d, 2 * d), order)?;
             } else {
                 let (Some(a), Some(ga)) = (&bk.operands, &b.grad_operands) else {
                     unreachable!("reserve makes standard attention's operands")
@@ -562,7 +592,9 @@ impl VitNet {
                 // dP = dout V^T, dV = P^T dout; dS from dP; dQ = dS K, dK = dS^T Q.
                 blas::batched(cb, Batched::XYt, &ga.dout, &a.v, &ga.dp, n, 1.0)?;
                 blas::batched(cb, Batched::PtX, &a.p, &ga.dout, &ga.dv, n, 1.0)?;
-                k::softmax_bwd_rows(gpu, s, &bk.p, &mut b.dp, batch * t, t, score_scale)?;
+                let shape = (batch * t, t);
+                ops.softmax
+                    .backward(s, &bk.p, &mut b.dp, shape, score_scale)?;
                 blas::batched(cb, Batched::PX, &ga.dp, &a.k, &ga.dq, n, 1.0)?;
                 blas::batched(cb, Batched::PtX, &ga.dp, &a.q, &ga.dk, n, 1.0)?;
             }
@@ -570,19 +602,10 @@ impl VitNet {
             let gw = g!(o.qkv_w, 3 * d * d);
             lin.backward(&bk.ln1_y, &b.dqkv, gw, dln1, rows, d, 3 * d)?;
             blas::column_sums(cb, &b.dqkv, &b.ones, g!(o.qkv_b, 3 * d), rows, 3 * d)?;
-            k::layernorm_bwd(
-                gpu,
-                s,
-                &b.dtmp,
-                &bk.ln1_xhat,
-                &bk.ln1_rstd,
-                &w(o.ln1_g, d),
-                &mut b.dx,
-                &mut b.dyxhat,
-                rows,
-                d,
-                true,
-            )?;
+            let saved = (&bk.ln1_xhat, &bk.ln1_rstd);
+            let (gamma, dx, dyxhat) = (w(o.ln1_g, d), &mut b.dx, &mut b.dyxhat);
+            ops.norm
+                .backward(s, &b.dtmp, saved, &gamma, dx, dyxhat, (rows, d), true)?;
             blas::column_sums(cb, &b.dyxhat, &b.ones, g!(o.ln1_g, d), rows, d)?;
             blas::column_sums(cb, &b.dtmp, &b.ones, g!(o.ln1_b, d), rows, d)?;
         }

@@ -20,6 +20,18 @@
 
 use crate::base::Precision;
 use crate::cswintt::plan::{HeadPlan, Region};
+use crate::kernels::bias_grad::cpu::bias_grad;
+use crate::kernels::elementwise::cpu as elementwise;
+use crate::kernels::gelu::cpu::{gelu, gelu_backward};
+use crate::kernels::heads::Heads;
+use crate::kernels::heads::cpu::{heads_from_rows, heads_to_rows};
+use crate::kernels::layer_norm::cpu::{Normalized, layer_norm, layer_norm_backward};
+use crate::kernels::linear::cpu as linear;
+use crate::kernels::mean_tokens::cpu::{mean_tokens, mean_tokens_backward};
+use crate::kernels::patchify::Patches;
+use crate::kernels::patchify::cpu::patchify;
+use crate::kernels::softmax_cross_entropy::cpu::softmax_cross_entropy;
+use crate::kernels::window_attention::cpu::{Head, window_attention, window_attention_backward};
 use crate::train::data::ImageShape;
 use crate::train::models::Layout;
 use crate::train::models::cpu::ShardStats;
@@ -187,47 +199,13 @@ pub fn layout(c: &VitConfig) -> (Layout, VitOffsets) {
     )
 }
 
+/// LayerNorm's eps (PyTorch's default).
 const LN_EPS: f64 = 1e-5;
 
-/// Cuts `n` images (`[C, S, S]` each) into patch rows `[n * tokens, patch_dim]`.
-pub fn patchify(c: &VitConfig, x: &[f32], n: usize) -> Vec<f32> {
-    let (ch, s, p) = (c.image.channels, c.image.width, c.patch);
-    let per_row = s / p;
-    let mut out = vec![0.0f32; n * c.tokens() * c.patch_dim()];
-    for (row, o) in out.chunks_mut(c.patch_dim()).enumerate() {
-        let (img, tok) = (row / c.tokens(), row % c.tokens());
-        let (py, px) = (tok / per_row, tok % per_row);
-        let image = &x[img * c.image.features()..];
-        for k in 0..ch {
-            for dy in 0..p {
-                for dx in 0..p {
-                    o[(k * p + dy) * p + dx] = image[(k * s + py * p + dy) * s + px * p + dx];
-                }
-            }
-        }
-    }
-    out
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum()
-}
-
-/// `y = x W^T + b`, x: `rows x din`, W: `dout x din`; the product in `pr`.
+/// `y = x W^T + b` for `rows` rows, x: `rows x din`, W: `dout x din`; the product in `pr`.
 fn linear(pr: Precision, x: &[f32], din: usize, w: &[f32], b: &[f32], dout: usize) -> Vec<f32> {
-    let (x, w) = (pr.operand(x), pr.operand(w));
     let rows = x.len() / din;
-    let mut y = vec![0.0f32; rows * dout];
-    for r in 0..rows {
-        let xr = &x[r * din..(r + 1) * din];
-        for o in 0..dout {
-            y[r * dout + o] = (dot(xr, &w[o * din..(o + 1) * din]) + f64::from(b[o])) as f32;
-        }
-    }
-    y
+    linear::linear(&pr.operand(x), &pr.operand(w), b, (rows, dout, din))
 }
 
 /// Adds `dW += dy^T x`, `db += sum(dy)` into `g` at the given offsets; returns `dx = dy W`.
@@ -243,293 +221,157 @@ fn linear_back(
     g: &mut [f32],
     (wo, bo): (usize, usize),
 ) -> Vec<f32> {
-    let (x, w, dy_op) = (pr.operand(x), pr.operand(w), pr.operand(dy));
     let rows = x.len() / din;
-    let mut dx = vec![0.0f32; rows * din];
-    for o in 0..dout {
-        let mut acc = vec![0.0f64; din];
-        let mut db = 0.0f64;
-        for r in 0..rows {
-            db += f64::from(dy[r * dout + o]);
-            let d = f64::from(dy_op[r * dout + o]);
-            for (a, xv) in acc.iter_mut().zip(&x[r * din..(r + 1) * din]) {
-                *a += d * f64::from(*xv);
-            }
-        }
-        for (gv, a) in g[wo + o * din..wo + (o + 1) * din].iter_mut().zip(&acc) {
-            *gv += *a as f32;
-        }
-        g[bo + o] += db as f32;
-    }
-    for r in 0..rows {
-        let mut acc = vec![0.0f64; din];
-        for o in 0..dout {
-            let d = f64::from(dy_op[r * dout + o]);
-            for (a, wv) in acc.iter_mut().zip(&w[o * din..(o + 1) * din]) {
-                *a += d * f64::from(*wv);
-            }
-        }
-        for (v, a) in dx[r * din..(r + 1) * din].iter_mut().zip(&acc) {
-            *v = *a as f32;
-        }
-    }
-    dx
-}
-
-/// LayerNorm over rows of `d`; returns the output, the normalised input and `1/std` per row.
-fn layernorm(x: &[f32], d: usize, gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let rows = x.len() / d;
-    let (mut y, mut xhat, mut rstd) = (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; rows]);
-    for r in 0..rows {
-        let xr = &x[r * d..(r + 1) * d];
-        let mean = xr.iter().map(|v| f64::from(*v)).sum::<f64>() / d as f64;
-        let var = xr
-            .iter()
-            .map(|v| (f64::from(*v) - mean).powi(2))
-            .sum::<f64>()
-            / d as f64;
-        let rs = 1.0 / (var + LN_EPS).sqrt();
-        rstd[r] = rs as f32;
-        for i in 0..d {
-            let h = (f64::from(xr[i]) - mean) * rs;
-            xhat[r * d + i] = h as f32;
-            y[r * d + i] = (h * f64::from(gamma[i]) + f64::from(beta[i])) as f32;
-        }
-    }
-    (y, xhat, rstd)
+    let shape = (rows, dout, din);
+    let (x, w, dy_op) = (pr.operand(x), pr.operand(w), pr.operand(dy));
+    let (dw, dx) = linear::linear_backward(&x, &w, &dy_op, shape, true);
+    elementwise::add(&mut g[wo..wo + dout * din], &dw);
+    elementwise::add(&mut g[bo..bo + dout], &bias_grad(dy, dout));
+    dx.unwrap_or_default()
 }
 
 /// LayerNorm's backward: adds the gamma/beta gradients at `(go, bo)`, returns dx.
-fn layernorm_back(
+fn layer_norm_back(
     dy: &[f32],
-    xhat: &[f32],
-    rstd: &[f32],
-    d: usize,
+    saved: &Normalized,
     gamma: &[f32],
     g: &mut [f32],
     (go, bo): (usize, usize),
 ) -> Vec<f32> {
-    let rows = dy.len() / d;
-    let mut dx = vec![0.0f32; dy.len()];
-    for r in 0..rows {
-        let (dyr, hr) = (&dy[r * d..(r + 1) * d], &xhat[r * d..(r + 1) * d]);
-        let dh: Vec<f64> = (0..d)
-            .map(|i| f64::from(dyr[i]) * f64::from(gamma[i]))
-            .collect();
-        let mean_dh = dh.iter().sum::<f64>() / d as f64;
-        let mean_dh_h = dh
-            .iter()
-            .zip(hr)
-            .map(|(a, h)| a * f64::from(*h))
-            .sum::<f64>()
-            / d as f64;
-        for i in 0..d {
-            g[go + i] += (f64::from(dyr[i]) * f64::from(hr[i])) as f32;
-            g[bo + i] += dyr[i];
-            dx[r * d + i] =
-                (f64::from(rstd[r]) * (dh[i] - mean_dh - f64::from(hr[i]) * mean_dh_h)) as f32;
-        }
-    }
-    dx
+    let d = gamma.len();
+    let grads = layer_norm_backward(dy, &saved.xhat, &saved.rstd, gamma);
+    elementwise::add(&mut g[go..go + d], &grads.dgamma);
+    elementwise::add(&mut g[bo..bo + d], &grads.dbeta);
+    grads.dx
 }
 
-const GELU_K: f64 = 0.797_884_560_802_865_4; // sqrt(2/pi)
-
-fn gelu(x: f32) -> f32 {
-    let x = f64::from(x);
-    (0.5 * x * (1.0 + (GELU_K * (x + 0.044715 * x * x * x)).tanh())) as f32
-}
-
-fn gelu_grad(x: f32) -> f64 {
-    let x = f64::from(x);
-    let t = (GELU_K * (x + 0.044715 * x * x * x)).tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * 0.044715 * x * x)
-}
-
-/// One head's view of an image's token grid: which token sits at each slot of its window
-/// partition, and the `sr(a, e)` term of each score column. Standard attention is the
-/// `w == 1` case: slot = token, column = key token, `sr = 0`, no division.
-struct HeadView<'a> {
-    plan: &'a HeadPlan,
+/// Attention as the GPU pass computes it: the `qkv` rows (`[q | k | v]`, `3 * dim` wide)
+/// gathered into head-major `[n * heads, t, dh]` in each head's window-partition order (q
+/// pre-scaled by `dh^-0.5`), window attention per image and head, and the outputs put back.
+struct Attention {
+    plans: Vec<HeadPlan>,
+    /// `[heads, t]`: head `h`'s slot -> token.
     slot_token: Vec<u32>,
-    sr: Vec<f32>,
-}
-
-impl<'a> HeadView<'a> {
-    fn new(plan: &'a HeadPlan) -> HeadView<'a> {
-        HeadView {
-            plan,
-            slot_token: plan.partition_index(),
-            sr: plan.sr_table(),
-        }
-    }
-
-    /// The `(query token, key token)` pairs whose dot products make score column `col` of
-    /// query window `i`: query slot `i*ww + pos` against position `pos` of key window `l`
-    /// rolled by `(a, e)`. The `pos`-th pair also carries value and output position `pos`.
-    fn pairs(&self, i: usize, col: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let (l, a, e) = self.plan.column(col);
-        let ww = self.plan.ww();
-        (0..ww).map(move |pos| {
-            let key = l * ww + self.plan.shifted_pos(pos, a, e);
-            (
-                self.slot_token[i * ww + pos] as usize,
-                self.slot_token[key] as usize,
-            )
-        })
-    }
-
-    /// `(scale * q.k + sr) / ww`, CSWinTT's score (spec, encoder step 5) from `q.k`.
-    fn score(&self, col: usize, qk: f64, scale: f64) -> f64 {
-        let ww = self.plan.ww();
-        (qk * scale + f64::from(self.sr[col % ww])) / ww as f64
-    }
-}
-
-/// Where head `h`'s `part` (0 q, 1 k, 2 v) of token `tok` of image `s` starts in `qkv` rows
-/// of `[q | k | v]` (`3 * dim`), head `h` using columns `h*dh..(h+1)*dh` of each.
-#[derive(Clone, Copy)]
-struct QkvIndex {
+    /// Head `h`'s `sr(a, e)` table.
+    sr: Vec<Vec<f32>>,
+    n: usize,
     t: usize,
-    dim: usize,
     dh: usize,
 }
 
-impl QkvIndex {
-    fn at(&self, s: usize, tok: usize, part: usize, h: usize) -> usize {
-        ((s * self.t + tok) * 3 + part) * self.dim + h * self.dh
-    }
-    /// Where the head's channels of token `tok` start in `[n*t, dim]` rows.
-    fn row(&self, s: usize, tok: usize, h: usize) -> usize {
-        (s * self.t + tok) * self.dim + h * self.dh
-    }
-}
-
-/// Self-attention over `n` images of `t` tokens, head `h` windowed by `plans[h]` (every
-/// `w == 1` for standard multi-head attention). Each query window's scores run over all `t`
-/// columns. Returns the concatenated, window-reversed head outputs (`n*t x dim`) and the
-/// probabilities (`n, heads, t, t`; query window `i` is row `i`, rows past `L` unused).
-fn attention(qkv: &[f32], n: usize, t: usize, plans: &[HeadPlan]) -> (Vec<f32>, Vec<f32>) {
-    let (heads, dh) = (plans.len(), plans[0].hd);
-    let ix = QkvIndex {
-        t,
-        dim: heads * dh,
-        dh,
-    };
-    let scale = 1.0 / (dh as f64).sqrt();
-    let mut out = vec![0.0f32; n * t * ix.dim];
-    let mut probs = vec![0.0f32; n * heads * t * t];
-    for (h, plan) in plans.iter().enumerate() {
-        let view = HeadView::new(plan);
-        let ww = plan.ww();
-        for s in 0..n {
-            for i in 0..plan.l {
-                let scores: Vec<f64> = (0..t)
-                    .map(|col| {
-                        let qk: f64 = view
-                            .pairs(i, col)
-                            .map(|(qt, kt)| {
-                                dot(
-                                    &qkv[ix.at(s, qt, 0, h)..][..dh],
-                                    &qkv[ix.at(s, kt, 1, h)..][..dh],
-                                )
-                            })
-                            .sum();
-                        view.score(col, qk, scale)
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = scores.iter().map(|v| (v - max).exp()).sum();
-                let p = &mut probs[((s * heads + h) * t + i) * t..][..t];
-                for col in 0..t {
-                    p[col] = ((scores[col] - max).exp() / sum) as f32;
-                }
-                // o[query slot i*ww + pos] = sum over columns of p * (rolled value)[pos].
-                let mut acc = vec![0.0f64; ww * dh];
-                for (col, &pc) in p.iter().enumerate() {
-                    for (pos, (_, kt)) in view.pairs(i, col).enumerate() {
-                        let v = &qkv[ix.at(s, kt, 2, h)..][..dh];
-                        for (a, x) in acc[pos * dh..][..dh].iter_mut().zip(v) {
-                            *a += f64::from(pc) * f64::from(*x);
-                        }
-                    }
-                }
-                for (pos, (qt, _)) in view.pairs(i, 0).enumerate() {
-                    let o = &mut out[ix.row(s, qt, h)..][..dh];
-                    for (o, a) in o.iter_mut().zip(&acc[pos * dh..][..dh]) {
-                        *o = *a as f32;
-                    }
-                }
-            }
+impl Attention {
+    fn new(c: &VitConfig, n: usize) -> Attention {
+        let plans = c.head_plans();
+        Attention {
+            slot_token: plans.iter().flat_map(|p| p.partition_index()).collect(),
+            sr: plans.iter().map(|p| p.sr_table()).collect(),
+            plans,
+            n,
+            t: c.tokens(),
+            dh: c.head_dim(),
         }
     }
-    (out, probs)
-}
 
-/// The backward of [`attention`]: the gradient of `qkv` from the output's.
-fn attention_back(
-    qkv: &[f32],
-    probs: &[f32],
-    dout: &[f32],
-    n: usize,
-    t: usize,
-    plans: &[HeadPlan],
-) -> Vec<f32> {
-    let (heads, dh) = (plans.len(), plans[0].hd);
-    let ix = QkvIndex {
-        t,
-        dim: heads * dh,
-        dh,
-    };
-    let scale = 1.0 / (dh as f64).sqrt();
-    let mut dqkv = vec![0.0f64; qkv.len()];
-    let add = |acc: &mut [f64], k: f64, x: &[f32]| {
-        acc.iter_mut()
-            .zip(x)
-            .for_each(|(a, v)| *a += k * f64::from(*v));
-    };
-    for (h, plan) in plans.iter().enumerate() {
-        let view = HeadView::new(plan);
-        let ww = plan.ww() as f64;
-        for s in 0..n {
-            for i in 0..plan.l {
-                let p = &probs[((s * heads + h) * t + i) * t..][..t];
-                // dP = dO . V' over the column's pairs; dV' += P dO.
-                let mut dp = vec![0.0f64; t];
-                for col in 0..t {
-                    for (qt, kt) in view.pairs(i, col) {
-                        let dor = &dout[ix.row(s, qt, h)..][..dh];
-                        dp[col] += dot(dor, &qkv[ix.at(s, kt, 2, h)..][..dh]);
-                        add(
-                            &mut dqkv[ix.at(s, kt, 2, h)..][..dh],
-                            f64::from(p[col]),
-                            dor,
-                        );
-                    }
-                }
-                // dS = P (dP - sum_k P_k dP_k), times the score's scale / ww.
-                let inner: f64 = (0..t).map(|col| f64::from(p[col]) * dp[col]).sum();
-                for col in 0..t {
-                    let ds = f64::from(p[col]) * (dp[col] - inner) * scale / ww;
-                    for (qt, kt) in view.pairs(i, col) {
-                        let (qa, ka) = (ix.at(s, qt, 0, h), ix.at(s, kt, 1, h));
-                        add(&mut dqkv[qa..][..dh], ds, &qkv[ka..][..dh]);
-                        add(&mut dqkv[ka..][..dh], ds, &qkv[qa..][..dh]);
-                    }
-                }
-            }
+    fn dim(&self) -> usize {
+        self.plans.len() * self.dh
+    }
+
+    /// Part `part` (0 q, 1 k, 2 v, times `scale`) of `stride`-wide rows, head-major.
+    fn gather(&self, rows: &[f32], stride: usize, part: usize, scale: f32) -> Vec<f32> {
+        let table = Some(self.slot_token.as_slice());
+        heads_from_rows(rows, self.split(stride, part), table, scale)
+    }
+
+    /// Head-major `heads` into part `part` of `stride`-wide `rows`, times `scale`.
+    fn scatter(&self, heads: &[f32], rows: &mut [f32], stride: usize, part: usize, scale: f32) {
+        let table = Some(self.slot_token.as_slice());
+        heads_to_rows(heads, rows, self.split(stride, part), table, scale);
+    }
+
+    fn split(&self, stride: usize, part: usize) -> Heads {
+        Heads {
+            n: self.n,
+            t: self.t,
+            h: self.plans.len(),
+            dh: self.dh,
+            stride,
+            offset: part * self.dim(),
         }
     }
-    dqkv.into_iter().map(|v| v as f32).collect()
+
+    /// The head-major q (pre-scaled), k and v of `qkv` rows.
+    fn qkv(&self, qkv: &[f32]) -> [Vec<f32>; 3] {
+        let scale = 1.0 / (self.dh as f32).sqrt();
+        let stride = 3 * self.dim();
+        [
+            self.gather(qkv, stride, 0, scale),
+            self.gather(qkv, stride, 1, 1.0),
+            self.gather(qkv, stride, 2, 1.0),
+        ]
+    }
+
+    /// Head `i % heads` of image `i / heads` (the `i`-th `[t, dh]` block of each).
+    fn head<'a>(&'a self, [q, k, v]: &'a [Vec<f32>; 3], i: usize) -> Head<'a> {
+        let (h, len) = (i % self.plans.len(), self.t * self.dh);
+        let block = |x: &'a [f32]| &x[i * len..][..len];
+        Head {
+            w: self.plans[h].w,
+            hd: self.dh,
+            q: block(q),
+            k: block(k),
+            v: block(v),
+            sr: &self.sr[h],
+            key_pad: None,
+            bias: None,
+        }
+    }
+
+    /// The attention of every image and head: `qkv` rows in, the concatenated,
+    /// window-reversed head outputs (`n*t x dim`) out.
+    fn forward(&self, qkv: &[f32]) -> Vec<f32> {
+        let heads = self.qkv(qkv);
+        let len = self.t * self.dh;
+        let mut o = vec![0.0f32; heads[0].len()];
+        for (i, out) in o.chunks_mut(len).enumerate() {
+            out.copy_from_slice(&window_attention(&self.head(&heads, i)));
+        }
+        let mut rows = vec![0.0f32; self.n * self.t * self.dim()];
+        self.scatter(&o, &mut rows, self.dim(), 0, 1.0);
+        rows
+    }
+
+    /// The backward of [`forward`](Self::forward): the gradient of `qkv` from the output's.
+    fn backward(&self, qkv: &[f32], dout: &[f32]) -> Vec<f32> {
+        let heads = self.qkv(qkv);
+        let dout = self.gather(dout, self.dim(), 0, 1.0);
+        let len = self.t * self.dh;
+        let mut grads = [
+            vec![0.0f32; dout.len()],
+            vec![0.0; dout.len()],
+            vec![0.0; dout.len()],
+        ];
+        for i in 0..dout.len() / len {
+            let g = window_attention_backward(&self.head(&heads, i), &dout[i * len..][..len]);
+            for (to, from) in grads.iter_mut().zip([g.dq, g.dk, g.dv]) {
+                to[i * len..][..len].copy_from_slice(&from);
+            }
+        }
+        // dq is that of the pre-scaled q.
+        let scales = [1.0 / (self.dh as f32).sqrt(), 1.0, 1.0];
+        let mut dqkv = vec![0.0f32; qkv.len()];
+        for (part, (g, scale)) in grads.iter().zip(scales).enumerate() {
+            self.scatter(g, &mut dqkv, 3 * self.dim(), part, scale);
+        }
+        dqkv
+    }
 }
 
 /// What one block's backward needs from its forward.
 struct BlockCache {
-    ln1: (Vec<f32>, Vec<f32>, Vec<f32>),
+    ln1: Normalized,
     qkv: Vec<f32>,
-    probs: Vec<f32>,
     attn: Vec<f32>,
-    ln2: (Vec<f32>, Vec<f32>, Vec<f32>),
+    ln2: Normalized,
     fc1: Vec<f32>,
     act: Vec<f32>,
 }
@@ -552,10 +394,17 @@ pub fn forward_backward(
     let (_, off) = layout(c);
     let (d, t, pd) = (c.dim, c.tokens(), c.patch_dim());
     let w = |o: usize, len: usize| &params[o..o + len];
-    let plans = c.head_plans();
+    let norm = |x: &[f32], (g, b): (usize, usize)| layer_norm(x, w(g, d), w(b, d), LN_EPS);
+    let attention = Attention::new(c, n);
 
     // Embedding.
-    let patches = patchify(c, x, n);
+    let images = Patches {
+        n,
+        channels: c.image.channels,
+        side: c.image.width,
+        patch: c.patch,
+    };
+    let patches = patchify(x, images);
     let mut xs = linear(
         pr,
         &patches,
@@ -564,42 +413,38 @@ pub fn forward_backward(
         w(off.patch_b, d),
         d,
     );
-    for (row, v) in xs.chunks_mut(d).enumerate() {
-        let p = w(off.pos + (row % t) * d, d);
-        v.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
+    elementwise::add_periodic(&mut xs, w(off.pos, t * d));
     // Blocks.
     let mut caches = Vec::with_capacity(c.depth);
     for b in &off.blocks {
-        let ln1 = layernorm(&xs, d, w(b.ln1_g, d), w(b.ln1_b, d));
+        let ln1 = norm(&xs, (b.ln1_g, b.ln1_b));
         let qkv = linear(
             pr,
-            &ln1.0,
+            &ln1.y,
             d,
             w(b.qkv_w, 3 * d * d),
             w(b.qkv_b, 3 * d),
             3 * d,
         );
-        let (attn, probs) = attention(&qkv, n, t, &plans);
-        let proj = linear(pr, &attn, d, w(b.proj_w, d * d), w(b.proj_b, d), d);
-        let h: Vec<f32> = xs.iter().zip(&proj).map(|(a, b)| a + b).collect();
-        let ln2 = layernorm(&h, d, w(b.ln2_g, d), w(b.ln2_b, d));
+        let attn = attention.forward(&qkv);
+        let mut h = linear(pr, &attn, d, w(b.proj_w, d * d), w(b.proj_b, d), d);
+        elementwise::add(&mut h, &xs);
+        let ln2 = norm(&h, (b.ln2_g, b.ln2_b));
         let fc1 = linear(
             pr,
-            &ln2.0,
+            &ln2.y,
             d,
             w(b.fc1_w, c.mlp * d),
             w(b.fc1_b, c.mlp),
             c.mlp,
         );
-        let act: Vec<f32> = fc1.iter().map(|v| gelu(*v)).collect();
-        let fc2 = linear(pr, &act, c.mlp, w(b.fc2_w, d * c.mlp), w(b.fc2_b, d), d);
-        let next: Vec<f32> = h.iter().zip(&fc2).map(|(a, b)| a + b).collect();
+        let act = gelu(&fc1);
+        let mut next = linear(pr, &act, c.mlp, w(b.fc2_w, d * c.mlp), w(b.fc2_b, d), d);
+        elementwise::add(&mut next, &h);
         xs = next;
         caches.push(BlockCache {
             ln1,
             qkv,
-            probs,
             attn,
             ln2,
             fc1,
@@ -607,14 +452,8 @@ pub fn forward_backward(
         });
     }
     // Head: final norm, mean over tokens, linear.
-    let norm = layernorm(&xs, d, w(off.norm_g, d), w(off.norm_b, d));
-    let mut pooled = vec![0.0f32; n * d];
-    for s in 0..n {
-        for i in 0..d {
-            let v: f64 = (0..t).map(|j| f64::from(norm.0[(s * t + j) * d + i])).sum();
-            pooled[s * d + i] = (v / t as f64) as f32;
-        }
-    }
+    let norm_out = norm(&xs, (off.norm_g, off.norm_b));
+    let pooled = mean_tokens(&norm_out.y, (n, t, d));
     let logits = linear(
         pr,
         &pooled,
@@ -623,8 +462,7 @@ pub fn forward_backward(
         w(off.head_b, c.classes),
         c.classes,
     );
-    let (stats, dlogits) =
-        crate::train::models::cpu::softmax_xent(&logits, labels, c.classes, scale);
+    let (loss, dlogits) = softmax_cross_entropy(&logits, labels, c.classes, scale);
 
     // Backward.
     let dpooled = linear_back(
@@ -637,18 +475,10 @@ pub fn forward_backward(
         grads,
         (off.head_w, off.head_b),
     );
-    let mut dnorm = vec![0.0f32; n * t * d];
-    for (row, v) in dnorm.chunks_mut(d).enumerate() {
-        let s = row / t;
-        v.iter_mut()
-            .zip(&dpooled[s * d..(s + 1) * d])
-            .for_each(|(a, g)| *a = g / t as f32);
-    }
-    let mut dx = layernorm_back(
+    let dnorm = mean_tokens_backward(&dpooled, (n, t, d));
+    let mut dx = layer_norm_back(
         &dnorm,
-        &norm.1,
-        &norm.2,
-        d,
+        &norm_out,
         w(off.norm_g, d),
         grads,
         (off.norm_g, off.norm_b),
@@ -665,14 +495,10 @@ pub fn forward_backward(
             grads,
             (b.fc2_w, b.fc2_b),
         );
-        let dfc1: Vec<f32> = dact
-            .iter()
-            .zip(&cache.fc1)
-            .map(|(g, v)| (f64::from(*g) * gelu_grad(*v)) as f32)
-            .collect();
+        let dfc1 = gelu_backward(&cache.fc1, &dact);
         let dln2 = linear_back(
             pr,
-            &cache.ln2.0,
+            &cache.ln2.y,
             d,
             w(b.fc1_w, c.mlp * d),
             c.mlp,
@@ -680,16 +506,8 @@ pub fn forward_backward(
             grads,
             (b.fc1_w, b.fc1_b),
         );
-        let dh_norm = layernorm_back(
-            &dln2,
-            &cache.ln2.1,
-            &cache.ln2.2,
-            d,
-            w(b.ln2_g, d),
-            grads,
-            (b.ln2_g, b.ln2_b),
-        );
-        let dh: Vec<f32> = dx.iter().zip(&dh_norm).map(|(a, b)| a + b).collect();
+        let mut dh = layer_norm_back(&dln2, &cache.ln2, w(b.ln2_g, d), grads, (b.ln2_g, b.ln2_b));
+        elementwise::add(&mut dh, &dx);
         // h = x + proj(attn(LN1(x)))
         let dattn = linear_back(
             pr,
@@ -701,10 +519,10 @@ pub fn forward_backward(
             grads,
             (b.proj_w, b.proj_b),
         );
-        let dqkv = attention_back(&cache.qkv, &cache.probs, &dattn, n, t, &plans);
+        let dqkv = attention.backward(&cache.qkv, &dattn);
         let dln1 = linear_back(
             pr,
-            &cache.ln1.0,
+            &cache.ln1.y,
             d,
             w(b.qkv_w, 3 * d * d),
             3 * d,
@@ -712,24 +530,12 @@ pub fn forward_backward(
             grads,
             (b.qkv_w, b.qkv_b),
         );
-        let dx_norm = layernorm_back(
-            &dln1,
-            &cache.ln1.1,
-            &cache.ln1.2,
-            d,
-            w(b.ln1_g, d),
-            grads,
-            (b.ln1_g, b.ln1_b),
-        );
-        dx = dh.iter().zip(&dx_norm).map(|(a, b)| a + b).collect();
+        dx = layer_norm_back(&dln1, &cache.ln1, w(b.ln1_g, d), grads, (b.ln1_g, b.ln1_b));
+        elementwise::add(&mut dx, &dh);
     }
     // Embedding: position gradient sums over images; patch linear.
-    for (row, v) in dx.chunks(d).enumerate() {
-        let at = off.pos + (row % t) * d;
-        grads[at..at + d]
-            .iter_mut()
-            .zip(v)
-            .for_each(|(g, a)| *g += a);
+    for v in dx.chunks(t * d) {
+        elementwise::add(&mut grads[off.pos..off.pos + t * d], v);
     }
     linear_back(
         pr,
@@ -741,5 +547,5 @@ pub fn forward_backward(
         grads,
         (off.patch_w, off.patch_b),
     );
-    stats
+    ShardStats::from(loss)
 }

@@ -1,6 +1,7 @@
 //! Calibration: a job's iteration time alone, measured on the real engine before a multi-job
 //! run starts (the Slow-Down's denominator, `iter_time_exclusive`), plus the two extra points
-//! that turn the job into the simulator's cost model (`[job.sim]`).
+//! that turn the job into the simulator's cost model (`[job.sim]`, fitted by
+//! `crate::multijob::simfile`).
 //!
 //! Calibration steps are real forward/backward/update steps on the job's first batches, but
 //! the engine's state is put back afterwards: a calibrated run trains exactly as an
@@ -12,8 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::sched::DistributionRatio;
-use crate::sched::jobs::JobSim;
+use crate::base::DistributionRatio;
 use crate::train::data::batches::{Loader, shard_ranges};
 use crate::train::run::engine::Engine;
 use crate::train::run::trainer::Job;
@@ -66,31 +66,6 @@ impl Calibration {
             batch_size: job.batch_size,
         })
     }
-
-    /// The simulator's cost model fitted to the measurements: the per-sample slope from the
-    /// full and half batches, the rest of the full batch's time as fixed cost.
-    pub fn sim_costs(&self) -> JobSim {
-        let half = (self.batch_size / 2).max(1);
-        let per_sample_s = if self.batch_size > half {
-            ((self.full_s - self.half_s) / (self.batch_size - half) as f64).max(0.0)
-        } else {
-            self.full_s / self.batch_size as f64
-        };
-        let overhead_s = (self.full_s - per_sample_s * self.batch_size as f64).max(0.0);
-        JobSim {
-            sample_ms: per_sample_s * 1e3,
-            iter_overhead_ms: overhead_s * 1e3,
-            grad_mb: self.grad_mb,
-        }
-    }
-
-    /// The all-reduce's share of the split step: what the split took beyond its slower shard's
-    /// compute under [`sim_costs`](Self::sim_costs), seconds (`None` on one device).
-    pub fn allreduce_s(&self) -> Option<f64> {
-        let costs = self.sim_costs();
-        let shard = self.batch_size.div_ceil(2) as f64 * costs.sample_ms + costs.iter_overhead_ms;
-        self.split_s.map(|s| (s - shard / 1e3).max(0.0))
-    }
 }
 
 /// Median wall time of [`TIMED_STEPS`] steps of `batch` samples under `dr`, after
@@ -118,28 +93,4 @@ fn median_step_s(
     }
     times.sort_by(f64::total_cmp);
     Ok(times.get(times.len() / 2).copied().unwrap_or(f64::NAN))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sim_costs_fit_the_two_points() {
-        let c = Calibration {
-            full_s: 0.030,
-            half_s: 0.018,
-            split_s: Some(0.021),
-            grad_mb: 4.0,
-            batch_size: 128,
-        };
-        let sim = c.sim_costs();
-        // 12 ms over 64 samples; 30 - 128 * 0.1875 = 6 ms fixed.
-        assert!((sim.sample_ms - 0.1875).abs() < 1e-12);
-        assert!((sim.iter_overhead_ms - 6.0).abs() < 1e-9);
-        // Split: 64 * 0.1875 + 6 = 18 ms of compute, 3 ms of exchange.
-        assert!((c.allreduce_s().unwrap() - 0.003).abs() < 1e-9);
-        let exclusive = 128.0 * sim.sample_ms + sim.iter_overhead_ms;
-        assert!((exclusive - 30.0).abs() < 1e-9);
-    }
 }

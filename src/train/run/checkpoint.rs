@@ -14,11 +14,11 @@ use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::base::Precision;
+use crate::base::safetensors::{self, OutTensor, TensorFile};
+use crate::base::{Precision, Tensor};
 use crate::{Error, Result};
 
 /// Checkpoints kept in a directory; older ones are removed after a save.
@@ -54,13 +54,6 @@ pub struct CheckpointMeta {
 
 pub const FORMAT: u32 = 1;
 
-/// One named f32 tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
-}
-
 /// Writes a checkpoint for `meta.step` into `dir` (created if needed) and returns the JSON
 /// file's path. `meta.tensors_file` and `meta.sha256` are filled in here.
 pub fn save(
@@ -73,15 +66,11 @@ pub fn save(
     let tensors_name = format!("{stem}.safetensors");
     let tensors_path = dir.join(&tensors_name);
 
-    let mut views = Vec::with_capacity(tensors.len());
-    for (name, shape, data) in tensors {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-            .map_err(|e| Error::invalid(format!("checkpoint tensor {name}"), e.to_string()))?;
-        views.push((name.to_string(), view));
-    }
-    let bytes = safetensors::tensor::serialize(views, None)
-        .map_err(|e| Error::invalid(tensors_path.display().to_string(), e.to_string()))?;
+    let out: Vec<(&str, OutTensor)> = tensors
+        .iter()
+        .map(|&(name, shape, data)| (name, OutTensor::F32 { shape, data }))
+        .collect();
+    let bytes = safetensors::serialize(&tensors_path, &out, &Default::default())?;
     write_atomic(&tensors_path, &bytes)?;
 
     let mut meta = meta.clone();
@@ -139,29 +128,12 @@ pub fn load(json_path: &Path) -> Result<(CheckpointMeta, HashMap<String, Tensor>
             ),
         ));
     }
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::invalid(tensors_path.display().to_string(), e.to_string()))?;
-    let mut tensors = HashMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::invalid(
-                format!("{}: {name}", tensors_path.display()),
-                format!("expected F32, found {:?}", view.dtype()),
-            ));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        tensors.insert(
-            name,
-            Tensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
-    }
+    let file = TensorFile::from_bytes(&tensors_path, bytes)?;
+    let tensors = file
+        .names()
+        .into_iter()
+        .map(|name| Ok((name.clone(), file.f32_exact(&name)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
     Ok((meta, tensors))
 }
 

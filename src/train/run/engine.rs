@@ -1,12 +1,12 @@
 //! Engines run training steps on a set of devices: [`CpuEngine`] (one replica, shards computed
-//! in turn: the reference, and what runs without a GPU) and [`GpuEngine`] (one worker thread
+//! in turn: the reference, and what runs without a GPU) and [`ReplicaEngine`] (one device thread
 //! and replica per GPU, gradients summed by the all-reduce of [`crate::train::exchange::allreduce`]).
 //!
 //! A step takes the whole batch and one shard range per device. Each shard's gradient is of
 //! `sum(loss) / B` (B the whole batch), so the sum over devices is the full batch's mean
 //! gradient whatever the split.
 //!
-//! In a [`GpuEngine`] step only the devices with a non-empty shard work ([`ActiveSet`]): they
+//! In a [`ReplicaEngine`] step only the devices with a non-empty shard work ([`ActiveSet`]): they
 //! alone run the pass, the all-reduce and the optimizer; an idle GPU gets no kernel and no
 //! barrier (other jobs may be measured on it). Its replica then misses the update, so the
 //! engine counts the updates each replica holds ([`Freshness`]) and, before a stale replica
@@ -272,7 +272,7 @@ impl Freshness {
     }
 }
 
-/// How a [`GpuEngine`] sums gradients across GPUs.
+/// How a [`ReplicaEngine`] sums gradients across GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeChoice {
     /// Over peer memory where every pair of GPUs can reach each other, else through the host
@@ -282,7 +282,7 @@ pub enum ExchangeChoice {
     Host,
 }
 
-/// How the GPU workers exchange gradients.
+/// How the device threads exchange gradients.
 enum Exchange {
     /// Direct all-reduce over peer memory: every device's gradient buffer address, and the
     /// events that order the phases across GPUs.
@@ -291,7 +291,7 @@ enum Exchange {
     Host(HostExchange),
 }
 
-/// What the workers share for the whole run.
+/// What the device threads share for the whole run.
 struct Shared {
     exchange: Exchange,
     len: usize,
@@ -311,7 +311,7 @@ enum Command {
         shard: Range<usize>,
         group: Arc<Group>,
     },
-    /// The stats of the oldest step the worker deferred.
+    /// The stats of the oldest step the thread deferred.
     Finish,
     Download,
     Upload(Arc<State>),
@@ -330,16 +330,16 @@ enum Reply {
     Done,
 }
 
-struct Worker {
+struct DeviceThread {
     commands: Sender<Command>,
     replies: Receiver<Result<Reply>>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// The multi-GPU engine: one worker thread per GPU, each with its own context, stream and
+/// The multi-GPU engine: one device thread per GPU, each with its own context, stream and
 /// replica.
-pub struct GpuEngine {
-    workers: Vec<Worker>,
+pub struct ReplicaEngine {
+    threads: Vec<DeviceThread>,
     /// The members of each submitted step not finished yet, oldest first: each enqueued its
     /// share and deferred its stats read-back.
     pending: VecDeque<Vec<usize>>,
@@ -349,7 +349,7 @@ pub struct GpuEngine {
     notice: Option<String>,
 }
 
-impl GpuEngine {
+impl ReplicaEngine {
     /// Opens `ordinals`, enables peer access between them (falling back to host staging), and
     /// starts one replica of `state` per GPU, its linear layers computing in `precision`.
     pub fn new(
@@ -358,9 +358,9 @@ impl GpuEngine {
         optimizer: Optimizer,
         precision: Precision,
         state: &State,
-    ) -> Result<GpuEngine> {
+    ) -> Result<ReplicaEngine> {
         let auto = ExchangeChoice::Auto;
-        GpuEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
+        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
@@ -372,14 +372,14 @@ impl GpuEngine {
         precision: Precision,
         state: &State,
         choice: ExchangeChoice,
-    ) -> Result<GpuEngine> {
-        if ordinals.is_empty() || ordinals.len() > crate::kernels::train_ops::MAX_PEERS {
+    ) -> Result<ReplicaEngine> {
+        if ordinals.is_empty() || ordinals.len() > crate::kernels::allreduce::MAX_PEERS {
             return Err(Error::invalid(
                 "--gpus",
                 format!(
                     "{} GPUs given, 1..={} supported",
                     ordinals.len(),
-                    crate::kernels::train_ops::MAX_PEERS
+                    crate::kernels::allreduce::MAX_PEERS
                 ),
             ));
         }
@@ -419,25 +419,25 @@ impl GpuEngine {
         };
         let shared = Arc::new(Shared { exchange, len });
         let features = model.features();
-        let mut workers = Vec::new();
+        let mut threads = Vec::new();
         for (device, replica) in replicas.into_iter().enumerate() {
             let (ctx, crx) = channel();
             let (rtx, rrx) = channel();
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("attnrt-gpu{}", ordinals[device]))
-                .spawn(move || worker(device, replica, features, shared, crx, rtx))
-                .map_err(|e| Error::io("GPU worker thread", e))?;
-            workers.push(Worker {
+                .spawn(move || device_loop(device, replica, features, shared, crx, rtx))
+                .map_err(|e| Error::io("GPU device thread", e))?;
+            threads.push(DeviceThread {
                 commands: ctx,
                 replies: rrx,
                 thread: Some(thread),
             });
         }
-        Ok(GpuEngine {
-            freshness: Freshness::new(workers.len()),
+        Ok(ReplicaEngine {
+            freshness: Freshness::new(threads.len()),
             pending: VecDeque::new(),
-            workers,
+            threads,
             peer,
             notice: notice.map(str::to_string),
         })
@@ -445,18 +445,23 @@ impl GpuEngine {
 
     /// Sends one command to each of `devices` and collects the replies in that order.
     fn call(&self, devices: &[usize], make: impl Fn(usize) -> Command) -> Result<Vec<Reply>> {
-        let stopped = |d: usize| Error::invalid("GPU worker", format!("worker {d} has stopped"));
+        let stopped = |d: usize| {
+            Error::invalid(
+                "GPU device thread",
+                format!("the thread of device {d} has stopped"),
+            )
+        };
         for &d in devices {
-            self.workers[d]
+            self.threads[d]
                 .commands
                 .send(make(d))
                 .map_err(|_| stopped(d))?;
         }
-        // Collect every reply before returning an error, so no worker is left mid-command.
+        // Collect every reply before returning an error, so no thread is left mid-command.
         let replies: Vec<Result<Reply>> = devices
             .iter()
             .map(|&d| {
-                self.workers[d]
+                self.threads[d]
                     .replies
                     .recv()
                     .unwrap_or_else(|_| Err(stopped(d)))
@@ -466,7 +471,7 @@ impl GpuEngine {
     }
 
     fn every_device(&self) -> Vec<usize> {
-        (0..self.workers.len()).collect()
+        (0..self.threads.len()).collect()
     }
 
     /// Replica `device`'s state, on the host.
@@ -504,18 +509,18 @@ impl GpuEngine {
 
 fn unexpected_reply(device: usize, to: &str) -> Error {
     Error::invalid(
-        "GPU worker",
-        format!("worker {device} answered {to} with something else"),
+        "GPU device thread",
+        format!("the thread of device {device} answered {to} with something else"),
     )
 }
 
-impl Engine for GpuEngine {
+impl Engine for ReplicaEngine {
     fn devices(&self) -> usize {
-        self.workers.len()
+        self.threads.len()
     }
 
     fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()> {
-        check_shards(self.workers.len(), batch, shards)?;
+        check_shards(self.threads.len(), batch, shards)?;
         let active = ActiveSet::of(shards)?;
         self.refresh(active.members())?;
         let group = Arc::new(Group {
@@ -589,10 +594,10 @@ impl Engine for GpuEngine {
     }
 }
 
-impl Drop for GpuEngine {
+impl Drop for ReplicaEngine {
     fn drop(&mut self) {
-        for w in &mut self.workers {
-            // Closing the command channel ends the worker's loop.
+        for w in &mut self.threads {
+            // Closing the command channel ends the thread's loop.
             let (dead, _) = channel();
             w.commands = dead;
             if let Some(t) = w.thread.take() {
@@ -602,8 +607,8 @@ impl Drop for GpuEngine {
     }
 }
 
-/// A worker's loop: one command at a time until the engine drops its channel.
-fn worker(
+/// A device thread's loop: one command at a time until the engine drops its channel.
+fn device_loop(
     device: usize,
     mut replica: Replica,
     features: usize,
@@ -646,7 +651,7 @@ fn worker(
     }
 }
 
-/// One worker's part in one step.
+/// One device thread's part in one step.
 struct Work<'a> {
     device: usize,
     features: usize,
@@ -706,7 +711,7 @@ impl Work<'_> {
     }
 
     /// The direct all-reduce among the step's members. Every member waits at the same
-    /// barriers whatever happens, so one failing worker cannot leave the others waiting
+    /// barriers whatever happens, so one failing thread cannot leave the others waiting
     /// forever; it skips its work and reports.
     fn peer(
         &self,

@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use crate::base::Precision;
-use crate::sched::DistributionRatio;
+use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
 use crate::train::data::batches::{Loader, shard_ranges};
 use crate::train::models::{Layout, ModelSpec};
 use crate::train::optim::Optimizer;
-use crate::train::run::checkpoint::{self, CheckpointMeta, Tensor};
+use crate::train::run::checkpoint::{self, CheckpointMeta};
 use crate::train::run::engine::{Engine, State};
 use crate::{Error, Result};
 

@@ -1,0 +1,140 @@
+//! A job file with one job: train it alone on the chosen devices, with a progress bar, and
+//! write the report (its Slow-Down is 1 by definition). The training is `attnrt::train`'s
+//! [`Session`].
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use attnrt::base::DistributionRatio;
+use attnrt::multijob::JobFile;
+use attnrt::sched::report::{JobReport, Report};
+use attnrt::train::{Session, resolve_devices, stop_on_signals};
+use attnrt::{Error, Result};
+
+use super::args::Args;
+
+/// Trains the file's one job; exit code 0, or 130 when stopped by a signal.
+pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
+    let origin = jobs.display().to_string();
+    let train = &args.train;
+    let (devices, notice) = resolve_devices(&train.gpus)?;
+    if let Some(n) = notice {
+        eprintln!("attnrt-train: {n}");
+    }
+    let count = devices.count();
+    let spec = &file.sched.jobs[0];
+    let dr = match &train.dr {
+        Some(text) => parse_dr(text, count)?,
+        None => match spec.initial_dr(count, &origin)? {
+            Some(dr) => dr,
+            None => DistributionRatio::even(count)?,
+        },
+    };
+    let mut session = Session::open(file.session_config(0, &origin, &devices, &train.settings()))?;
+    if let Some(notice) = session.notice() {
+        eprintln!("attnrt-train: {notice}");
+    }
+    let job = session.job();
+    eprintln!(
+        "job '{}': {} on {} ({} samples), batch {}, {} iterations, {}, {} GEMMs, on {devices}, \
+         DR {dr}",
+        job.name,
+        job.model_name,
+        job.dataset.name(),
+        job.dataset.len(),
+        job.batch_size,
+        job.iterations,
+        session.optimizer(),
+        session.precision(),
+    );
+    let name = job.name.clone();
+    let iterations = job.iterations;
+
+    let bar = ProgressBar::new(iterations);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.clone());
+    let log_every = train.log_every.unwrap_or((iterations / 10).max(1));
+    let stop = stop_on_signals()?;
+    let outcome = session.train(dr.clone(), stop, None, &mut |p| {
+        bar.set_position(p.step);
+        bar.set_message(format!("loss {:.4} acc {:.3}", p.loss, p.accuracy));
+        if p.step % log_every == 0 || p.step == p.iterations {
+            let line = format!(
+                "step {:>6}/{}  loss {:.4}  acc {:.3}  {:.0} samples/s",
+                p.step, p.iterations, p.loss, p.accuracy, p.samples_per_s
+            );
+            // A hidden bar (no terminal) drops its println, so logs go to stderr directly.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
+    })?;
+    bar.finish_and_clear();
+    if outcome.start_step > 0 {
+        eprintln!("resumed from step {}", outcome.start_step);
+    }
+    if let Some(c) = &outcome.last_checkpoint {
+        eprintln!("checkpoint: {}", c.display());
+    }
+    if outcome.stopped {
+        eprintln!(
+            "stopped by a signal at step {}; continue with --resume",
+            outcome.step
+        );
+        return Ok(ExitCode::from(130));
+    }
+    let steady = outcome
+        .steady_samples_per_s
+        .map(|r| format!(" ({r:.0} after the first step)"))
+        .unwrap_or_default();
+    println!(
+        "done: {} steps, loss {:.4}, accuracy {:.3}, {:.0} samples/s{steady}, {:.2} s",
+        outcome.step, outcome.loss, outcome.accuracy, outcome.samples_per_s, outcome.elapsed_s
+    );
+
+    // Alone on the machine, the job's completion time is its exclusive time: SD = 1.
+    let report = Report::new(
+        "alone",
+        count,
+        vec![JobReport {
+            name,
+            completion_s: outcome.elapsed_s,
+            exclusive_s: outcome.elapsed_s,
+            slowdown: 1.0,
+        }],
+        outcome.elapsed_s,
+        &(0..count)
+            .map(|g| if dr.uses(g) { outcome.elapsed_s } else { 0.0 })
+            .collect::<Vec<_>>(),
+    );
+    match args.report.as_deref() {
+        Some(p) if p == Path::new("-") => println!("{}", report.to_json()),
+        Some(p) => std::fs::write(p, report.to_json() + "\n").map_err(|e| Error::io(p, e))?,
+        None => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--dr` over `count` devices.
+fn parse_dr(text: &str, count: usize) -> Result<DistributionRatio> {
+    let units: Vec<i64> = text
+        .split(',')
+        .map(|u| u.trim().parse::<i64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| Error::invalid(format!("--dr {text}"), "expected tenths like 2,8"))?;
+    if units.len() != count {
+        return Err(Error::invalid(
+            format!("--dr {text}"),
+            format!("has {} entries for {count} devices", units.len()),
+        ));
+    }
+    DistributionRatio::from_signed(&units).map_err(|p| Error::invalid(format!("--dr {text}"), p))
+}

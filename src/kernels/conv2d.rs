@@ -1,0 +1,1494 @@
+//! `conv2d`: a 2-D convolution with a fused epilogue (bias, a residual added before the
+//! activation as in ResNet's bottleneck, ReLU) and its backward passes (data, filter, bias).
+//! [`cpu`] is the reference every engine is checked against; [`Conv2dKernels`] runs it on cuDNN in
+//! f32, tf32 and bf16.
+//!
+//! Layouts: activations NHWC (`[n][h][w][c]`), filters KRSC (`[out][kh][kw][in / groups]`:
+//! PyTorch's OIHW weights transposed, [`Conv2dShape::weight_to_gpu`]), bias `[out]`. Groups
+//! split the channels as PyTorch's do (`groups == in == out` is a depthwise convolution).
+//! Every tensor must start on a 16-byte boundary (cuDNN's vectorised kernels assume it, and
+//! the algorithms are chosen on aligned buffers): allocations are; a view into a larger
+//! buffer must keep it, and an error says when one does not.
+//!
+//! Precision (one per [`Conv2dKernels`]):
+//! - `f32`: f32 tensors, FMA arithmetic only. cuDNN lets f32 convolutions use TF32 tensor
+//!   cores unless told otherwise; `CUDNN_FMA_MATH` on the convolution descriptor forbids it,
+//!   and an algorithm that reports tensor-op math is refused as well.
+//! - `tf32`: f32 tensors, `CUDNN_TENSOR_OP_MATH` (TF32 tensor cores, f32 accumulation); not
+//!   `_ALLOW_CONVERSION`, which may round f32 operands to f16.
+//! - `bf16`: bf16 tensors (inputs, weights, outputs, bias, residual and gradients) with f32
+//!   accumulation (cuDNN's pseudo-bf16 configuration), tensor-op math. bf16 storage rather
+//!   than f32 tensors with bf16 arithmetic because cuDNN has neither a configuration that
+//!   reads bf16 and writes f32 nor one that rounds f32 operands to bf16 itself (only to f16):
+//!   f32 storage would cost a cast kernel per operand and layer and still round the output.
+//!   bf16 storage halves the traffic that bounds most convolutions, and is what PyTorch's
+//!   autocast with channels_last runs.
+//!
+//! Algorithms are chosen once per shape and pass by cuDNN's own benchmark
+//! (`cudnnFindConvolution*Algorithm`: the fastest that fits [`WORKSPACE_LIMIT`], meets the
+//! precision, and is deterministic when asked) and cached with the shape's descriptors; all
+//! shapes share one workspace, grown to the largest choice. Planning runs kernels, allocates
+//! and synchronises, so it must not happen inside a CUDA graph capture: [`Conv2dKernels::prepare`]
+//! every shape first (or run one eager pass).
+//!
+//! The fused epilogue: `cudnnConvolutionBiasActivationForward` computes
+//! `y = act(conv(x, w) + z + bias)` in one call, for the configurations cuDNN supports (with the
+//! identity activation only with the implicit-precomputed-GEMM algorithm). The first call of a
+//! shape tries it; where cuDNN answers that it does not support the configuration, the shape
+//! runs the plain convolution followed by `conv2d_epilogue_<dtype>` (`kernels/conv2d.cu`) from
+//! then on. [`Conv2dKernels::describe`] says which it runs.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use cudarc::cudnn::result::{self as dnn, CudnnError};
+use cudarc::cudnn::sys::{
+    self, cudnnActivationMode_t as Act, cudnnConvolutionBwdDataAlgo_t as DataAlgo,
+    cudnnConvolutionBwdFilterAlgo_t as FilterAlgo, cudnnConvolutionFwdAlgo_t as FwdAlgo,
+    cudnnDataType_t, cudnnDeterminism_t, cudnnMathType_t as Math, cudnnStatus_t as Status,
+};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use half::bf16;
+
+use super::KernelModule;
+use super::launch::{Args, check_len, elementwise, ptr, ptr_mut};
+use crate::base::Precision;
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::cudnn::{CudnnHandle, cudnn_error};
+use crate::gpu::{Gpu, Kernel};
+
+pub mod cpu;
+
+/// The most workspace one algorithm may use: a faster algorithm that needs more is passed
+/// over.
+pub const WORKSPACE_LIMIT: usize = 256 << 20;
+
+/// The geometry of one 2-D convolution (see the module docs for the layouts), with the
+/// reference's field names ([`cpu::Conv2d`] adds the layout and the ReLU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dShape {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub out_channels: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    /// The same on both axes.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+    pub groups: usize,
+}
+
+impl Conv2dShape {
+    /// A `k x k` convolution of a `batch x height x width x in_channels` input, stride 1, no
+    /// padding, one group.
+    pub fn new(
+        batch: usize,
+        [height, width]: [usize; 2],
+        in_channels: usize,
+        out_channels: usize,
+        k: usize,
+    ) -> Self {
+        Conv2dShape {
+            batch,
+            in_channels,
+            height,
+            width,
+            out_channels,
+            kernel_h: k,
+            kernel_w: k,
+            stride: 1,
+            pad: 0,
+            groups: 1,
+        }
+    }
+
+    pub fn with_stride(self, stride: usize) -> Self {
+        Conv2dShape { stride, ..self }
+    }
+
+    pub fn with_pad(self, pad: usize) -> Self {
+        Conv2dShape { pad, ..self }
+    }
+
+    pub fn with_groups(self, groups: usize) -> Self {
+        Conv2dShape { groups, ..self }
+    }
+
+    /// Output height and width (0 where the kernel does not fit the padded input;
+    /// [`Self::check`] refuses those).
+    pub fn out_size(&self) -> [usize; 2] {
+        let out = |size: usize, k: usize| {
+            let padded = size + 2 * self.pad;
+            if self.stride == 0 || padded < k {
+                0
+            } else {
+                (padded - k) / self.stride + 1
+            }
+        };
+        [
+            out(self.height, self.kernel_h),
+            out(self.width, self.kernel_w),
+        ]
+    }
+
+    /// Input channels each filter sees.
+    pub fn group_in_channels(&self) -> usize {
+        self.in_channels / self.groups.max(1)
+    }
+
+    /// Elements of the input, `[batch][height][width][in]`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.height * self.width * self.in_channels
+    }
+
+    /// Elements of the filters, `[out][kh][kw][in / groups]`.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.kernel_h * self.kernel_w * self.group_in_channels()
+    }
+
+    /// Elements of the output, `[batch][out_h][out_w][out]`.
+    pub fn output_len(&self) -> usize {
+        let [oh, ow] = self.out_size();
+        self.batch * oh * ow * self.out_channels
+    }
+
+    /// Multiply-adds times two: the forward pass's FLOPs (each backward pass does as many).
+    pub fn flops(&self) -> f64 {
+        let k = self.kernel_h * self.kernel_w * self.group_in_channels();
+        2.0 * self.output_len() as f64 * k as f64
+    }
+
+    /// Fails unless every size is positive, the groups divide both channel counts, the
+    /// kernel fits the padded input, and every tensor fits cuDNN's 32-bit indexing.
+    pub fn check(&self) -> Result<()> {
+        let bad = |problem: String| Err(Error::invalid(format!("conv2d {self}"), problem));
+        let sizes = [
+            self.batch,
+            self.in_channels,
+            self.height,
+            self.width,
+            self.out_channels,
+            self.kernel_h,
+            self.kernel_w,
+            self.stride,
+            self.groups,
+        ];
+        if sizes.contains(&0) {
+            return bad("every size, the stride and the group count must be positive".into());
+        }
+        if !self.in_channels.is_multiple_of(self.groups)
+            || !self.out_channels.is_multiple_of(self.groups)
+        {
+            return bad(format!(
+                "{} groups must divide both {} input and {} output channels",
+                self.groups, self.in_channels, self.out_channels
+            ));
+        }
+        if self.out_size().contains(&0) {
+            return bad("the kernel is larger than the padded input".into());
+        }
+        let limit = i32::MAX as usize;
+        for (what, len) in [
+            ("input", self.input_len()),
+            ("weight", self.weight_len()),
+            ("output", self.output_len()),
+        ] {
+            if len > limit {
+                return bad(format!(
+                    "the {what} has {len} elements, more than cuDNN's 2^31 - 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// PyTorch's `(out, in / groups, kh, kw)` weights in this crate's GPU layout
+    /// `(out, kh, kw, in / groups)`.
+    pub fn weight_to_gpu(&self, oihw: &[f32]) -> Vec<f32> {
+        let (c, k) = (self.group_in_channels(), self.kernel_h * self.kernel_w);
+        let mut krsc = vec![0.0; oihw.len()];
+        for (o, (src, dst)) in oihw.chunks(c * k).zip(krsc.chunks_mut(c * k)).enumerate() {
+            debug_assert!(o < self.out_channels);
+            for ci in 0..c {
+                for p in 0..k {
+                    dst[p * c + ci] = src[ci * k + p];
+                }
+            }
+        }
+        krsc
+    }
+
+    /// The inverse of [`Self::weight_to_gpu`]: GPU filters (or their gradient) in PyTorch's
+    /// layout.
+    pub fn weight_from_gpu(&self, krsc: &[f32]) -> Vec<f32> {
+        let (c, k) = (self.group_in_channels(), self.kernel_h * self.kernel_w);
+        let mut oihw = vec![0.0; krsc.len()];
+        for (src, dst) in krsc.chunks(c * k).zip(oihw.chunks_mut(c * k)) {
+            for ci in 0..c {
+                for p in 0..k {
+                    dst[ci * k + p] = src[p * c + ci];
+                }
+            }
+        }
+        oihw
+    }
+}
+
+impl std::fmt::Display for Conv2dShape {
+    /// `2x37x41x3 -> 64 k7x7 s2 p3 g1` (the input NHWC).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{}x{} -> {} k{}x{} s{} p{} g{}",
+            self.batch,
+            self.height,
+            self.width,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_h,
+            self.kernel_w,
+            self.stride,
+            self.pad,
+            self.groups
+        )
+    }
+}
+
+/// A tensor element type [`Conv2dKernels`] stores: f32 (the f32 and tf32 precisions) or bf16.
+pub trait Element: DeviceRepr + Copy + Default + 'static {
+    const DATA_TYPE: cudnnDataType_t;
+    const NAME: &'static str;
+    /// `conv2d_epilogue_<dtype>` in `kernels/conv2d.cu`.
+    const EPILOGUE: &'static str;
+    /// `v` in this type (bf16: rounded to nearest even).
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    const DATA_TYPE: cudnnDataType_t = cudnnDataType_t::CUDNN_DATA_FLOAT;
+    const NAME: &'static str = "f32";
+    const EPILOGUE: &'static str = "conv2d_epilogue_f32";
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for bf16 {
+    const DATA_TYPE: cudnnDataType_t = cudnnDataType_t::CUDNN_DATA_BFLOAT16;
+    const NAME: &'static str = "bf16";
+    const EPILOGUE: &'static str = "conv2d_epilogue_bf16";
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// What the forward pass does after the convolution: `y = act(conv(x, w) + bias + residual)`.
+pub struct Epilogue<'a, T> {
+    /// `[out]` values added per channel.
+    pub bias: Option<CudaView<'a, T>>,
+    /// A tensor shaped like the output, added before the activation (ResNet's shortcut).
+    pub residual: Option<CudaView<'a, T>>,
+    pub relu: bool,
+}
+
+impl<'a, T> Epilogue<'a, T> {
+    /// `y = conv(x, w)`.
+    pub fn none() -> Self {
+        Epilogue {
+            bias: None,
+            residual: None,
+            relu: false,
+        }
+    }
+
+    /// `y = conv(x, w) + bias`.
+    pub fn bias(bias: CudaView<'a, T>) -> Self {
+        Epilogue {
+            bias: Some(bias),
+            residual: None,
+            relu: false,
+        }
+    }
+
+    /// `y = relu(conv(x, w) + bias)`.
+    pub fn bias_relu(bias: CudaView<'a, T>) -> Self {
+        Epilogue {
+            bias: Some(bias),
+            residual: None,
+            relu: true,
+        }
+    }
+
+    /// `y = relu(conv(x, w) + bias + residual)`: the end of a ResNet bottleneck.
+    pub fn bias_add_relu(bias: CudaView<'a, T>, residual: CudaView<'a, T>) -> Self {
+        Epilogue {
+            bias: Some(bias),
+            residual: Some(residual),
+            relu: true,
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && self.residual.is_none() && !self.relu
+    }
+}
+
+macro_rules! descriptor {
+    ($name:ident, $raw:ty, $destroy:path) => {
+        /// Owns a cuDNN descriptor; destroyed on drop.
+        struct $name($raw);
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: created by cuDNN, destroyed once. A failed destroy only leaks host
+                // memory, and a drop cannot report it.
+                let _ = unsafe { $destroy(self.0) };
+            }
+        }
+    };
+}
+
+descriptor!(
+    TensorDesc,
+    sys::cudnnTensorDescriptor_t,
+    dnn::destroy_tensor_descriptor
+);
+descriptor!(
+    FilterDesc,
+    sys::cudnnFilterDescriptor_t,
+    dnn::destroy_filter_descriptor
+);
+descriptor!(
+    ConvDesc,
+    sys::cudnnConvolutionDescriptor_t,
+    dnn::destroy_convolution_descriptor
+);
+descriptor!(
+    ActivationDesc,
+    sys::cudnnActivationDescriptor_t,
+    sys_destroy_activation
+);
+
+/// cudarc's `result` has no destroy for activation descriptors.
+unsafe fn sys_destroy_activation(
+    d: sys::cudnnActivationDescriptor_t,
+) -> std::result::Result<(), CudnnError> {
+    // SAFETY: forwarded to the caller (a descriptor created by cuDNN, destroyed once).
+    unsafe { sys::cudnnDestroyActivationDescriptor(d) }.result()
+}
+
+fn to_i32(v: usize) -> i32 {
+    // `Conv2dShape::check` keeps every size and length below 2^31.
+    v as i32
+}
+
+impl TensorDesc {
+    /// An NHWC tensor of `[n, c, h, w]` (cuDNN's dimension order) elements of `dtype`.
+    fn nhwc(
+        dtype: cudnnDataType_t,
+        [n, c, h, w]: [usize; 4],
+    ) -> std::result::Result<Self, CudnnError> {
+        let d = TensorDesc(dnn::create_tensor_descriptor()?);
+        // SAFETY: a freshly created descriptor.
+        unsafe {
+            dnn::set_tensor4d_descriptor(
+                d.0,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                dtype,
+                [n, c, h, w].map(to_i32),
+            )
+        }?;
+        Ok(d)
+    }
+}
+
+/// One shape's descriptors.
+struct Descriptors {
+    x: TensorDesc,
+    w: FilterDesc,
+    y: TensorDesc,
+    /// `[1, out, 1, 1]`.
+    bias: TensorDesc,
+    conv: ConvDesc,
+}
+
+impl Descriptors {
+    fn new(s: &Conv2dShape, precision: Precision) -> std::result::Result<Self, CudnnError> {
+        let dtype = storage(precision);
+        let [oh, ow] = s.out_size();
+        let x = TensorDesc::nhwc(dtype, [s.batch, s.in_channels, s.height, s.width])?;
+        let y = TensorDesc::nhwc(dtype, [s.batch, s.out_channels, oh, ow])?;
+        let bias = TensorDesc::nhwc(dtype, [1, s.out_channels, 1, 1])?;
+        let w = FilterDesc(dnn::create_filter_descriptor()?);
+        let conv = ConvDesc(dnn::create_convolution_descriptor()?);
+        // SAFETY: freshly created descriptors.
+        unsafe {
+            dnn::set_filter4d_descriptor(
+                w.0,
+                dtype,
+                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                [
+                    s.out_channels,
+                    s.group_in_channels(),
+                    s.kernel_h,
+                    s.kernel_w,
+                ]
+                .map(to_i32),
+            )?;
+            dnn::set_convolution2d_descriptor(
+                conv.0,
+                to_i32(s.pad),
+                to_i32(s.pad),
+                to_i32(s.stride),
+                to_i32(s.stride),
+                1,
+                1,
+                sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                // f32 accumulation in every precision (pseudo-bf16 for bf16 tensors).
+                cudnnDataType_t::CUDNN_DATA_FLOAT,
+            )?;
+            dnn::set_convolution_math_type(conv.0, math(precision))?;
+            dnn::set_convolution_group_count(conv.0, to_i32(s.groups))?;
+        }
+        Ok(Descriptors {
+            x,
+            w,
+            y,
+            bias,
+            conv,
+        })
+    }
+}
+
+/// The tensors' element type in `precision`.
+fn storage(precision: Precision) -> cudnnDataType_t {
+    match precision {
+        Precision::F32 | Precision::Tf32 => cudnnDataType_t::CUDNN_DATA_FLOAT,
+        Precision::Bf16 => cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+    }
+}
+
+/// The math cuDNN may use in `precision` (see the module docs).
+fn math(precision: Precision) -> Math {
+    match precision {
+        Precision::F32 => Math::CUDNN_FMA_MATH,
+        Precision::Tf32 | Precision::Bf16 => Math::CUDNN_TENSOR_OP_MATH,
+    }
+}
+
+/// Whether an algorithm reporting `m` computes as `precision` asks.
+fn math_allowed(precision: Precision, m: Math) -> bool {
+    match m {
+        Math::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION => false,
+        Math::CUDNN_TENSOR_OP_MATH => precision != Precision::F32,
+        Math::CUDNN_DEFAULT_MATH | Math::CUDNN_FMA_MATH => true,
+    }
+}
+
+/// The fields of cuDNN's three algorithm-performance structs.
+trait Perf: Copy {
+    type Algo: Copy + std::fmt::Debug;
+    fn algo(&self) -> Self::Algo;
+    fn status(&self) -> Status;
+    fn time(&self) -> f32;
+    fn memory(&self) -> usize;
+    fn deterministic(&self) -> bool;
+    fn math(&self) -> Math;
+}
+
+macro_rules! perf {
+    ($perf:ty, $algo:ty) => {
+        impl Perf for $perf {
+            type Algo = $algo;
+            fn algo(&self) -> $algo {
+                self.algo
+            }
+            fn status(&self) -> Status {
+                self.status
+            }
+            fn time(&self) -> f32 {
+                self.time
+            }
+            fn memory(&self) -> usize {
+                self.memory
+            }
+            fn deterministic(&self) -> bool {
+                self.determinism == cudnnDeterminism_t::CUDNN_DETERMINISTIC
+            }
+            fn math(&self) -> Math {
+                self.mathType
+            }
+        }
+    };
+}
+
+perf!(sys::cudnnConvolutionFwdAlgoPerf_t, FwdAlgo);
+perf!(sys::cudnnConvolutionBwdDataAlgoPerf_t, DataAlgo);
+perf!(sys::cudnnConvolutionBwdFilterAlgoPerf_t, FilterAlgo);
+
+/// An algorithm chosen for one pass of one shape.
+#[derive(Clone, Copy, Debug)]
+struct Choice<A> {
+    algo: A,
+    workspace: usize,
+    /// cuDNN's own timing of it when it was chosen.
+    ms: f32,
+    math: Math,
+}
+
+/// `CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM` -> `IMPLICIT_GEMM`.
+fn algo_name(algo: impl std::fmt::Debug) -> String {
+    let name = format!("{algo:?}");
+    for prefix in [
+        "CUDNN_CONVOLUTION_FWD_ALGO_",
+        "CUDNN_CONVOLUTION_BWD_DATA_ALGO_",
+        "CUDNN_CONVOLUTION_BWD_FILTER_ALGO_",
+    ] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    name
+}
+
+fn math_name(m: Math) -> &'static str {
+    match m {
+        Math::CUDNN_DEFAULT_MATH => "default",
+        Math::CUDNN_TENSOR_OP_MATH => "tensor-op",
+        Math::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION => "tensor-op-conversion",
+        Math::CUDNN_FMA_MATH => "fma",
+    }
+}
+
+impl<A: std::fmt::Debug> std::fmt::Display for Choice<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {:.3} ms, {} KiB)",
+            algo_name(&self.algo),
+            math_name(self.math),
+            self.ms,
+            self.workspace.div_ceil(1024)
+        )
+    }
+}
+
+/// More than any pass has algorithms (8 forward, 6 backward data, 7 backward filter).
+const MAX_ALGOS: usize = 8;
+
+/// Runs one of cuDNN's `cudnnFind*Algorithm` benchmarks (`call(count, &mut returned,
+/// results)`) and [`pick`]s from its results.
+fn find<P: Perf>(
+    what: &str,
+    precision: Precision,
+    deterministic: bool,
+    call: impl FnOnce(i32, &mut i32, *mut P) -> Status,
+) -> Result<Choice<P::Algo>> {
+    let mut results = [zeroed::<P>(); MAX_ALGOS];
+    let mut n = 0;
+    call(MAX_ALGOS as i32, &mut n, results.as_mut_ptr())
+        .result()
+        .map_err(cudnn_error(|| what.to_string()))?;
+    let n = (n.max(0) as usize).min(MAX_ALGOS);
+    pick(&results[..n], precision, deterministic, what)
+}
+
+/// The fastest acceptable result of a `cudnnFind...` call (cuDNN sorts them by time), or
+/// an error listing what was refused and why.
+fn pick<P: Perf>(
+    results: &[P],
+    precision: Precision,
+    deterministic: bool,
+    what: &str,
+) -> Result<Choice<P::Algo>> {
+    let mut refused = Vec::new();
+    for p in results {
+        let why = if p.status() != Status::CUDNN_STATUS_SUCCESS {
+            format!("{:?}", p.status())
+        } else if p.memory() > WORKSPACE_LIMIT {
+            format!("needs {} MiB of workspace", p.memory() >> 20)
+        } else if deterministic && !p.deterministic() {
+            "not deterministic".into()
+        } else if !math_allowed(precision, p.math()) {
+            format!("{} math", math_name(p.math()))
+        } else {
+            return Ok(Choice {
+                algo: p.algo(),
+                workspace: p.memory(),
+                ms: p.time(),
+                math: p.math(),
+            });
+        };
+        refused.push(format!("{}: {why}", algo_name(p.algo())));
+    }
+    Err(Error::invalid(
+        what,
+        format!(
+            "cuDNN offers no usable {precision} algorithm (tried: {})",
+            if refused.is_empty() {
+                "none".into()
+            } else {
+                refused.join(", ")
+            }
+        ),
+    ))
+}
+
+/// What the fused convolution + bias + activation does for one shape and activation.
+#[derive(Clone, Debug)]
+enum Fused {
+    /// Not called yet.
+    Untried,
+    /// Runs with this algorithm.
+    Works(FwdAlgo),
+    /// cuDNN refused every algorithm tried, with these statuses: the shape runs the plain
+    /// convolution and our epilogue kernel.
+    Unsupported(String),
+}
+
+/// The cached plan of one shape: descriptors, and each pass's algorithm once chosen.
+struct Plan {
+    d: Descriptors,
+    forward: Choice<FwdAlgo>,
+    /// The workspace of the implicit-precomputed-GEMM algorithm, the only one cuDNN's fused
+    /// call takes with the identity activation; `None` when cuDNN does not offer it here.
+    precomputed_workspace: Option<usize>,
+    /// The fused call's state per epilogue, indexed by [`fused_index`].
+    fused: [Fused; 4],
+    backward_data: Option<Choice<DataAlgo>>,
+    backward_filter: Option<Choice<FilterAlgo>>,
+}
+
+/// Where a plan keeps the fused call's state for an epilogue: each of the four is tried on
+/// its own, since cuDNN may take one and refuse another.
+fn fused_index(relu: bool, residual: bool) -> usize {
+    usize::from(relu) * 2 + usize::from(residual)
+}
+
+/// The epilogues in [`fused_index`] order, for [`Conv2dKernels::describe`].
+const FUSED_NAMES: [&str; 4] = ["bias", "bias+residual", "bias+relu", "bias+residual+relu"];
+
+/// The two backward passes that run a convolution.
+#[derive(Clone, Copy)]
+enum Backward {
+    Data,
+    Filter,
+}
+
+/// The passes [`Conv2dKernels::prepare`] plans for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passes {
+    /// The forward pass, with any epilogue.
+    Forward,
+    /// The forward pass and both backward passes.
+    Training,
+}
+
+/// 2-D convolutions of one precision on one GPU stream: a cuDNN handle, the plans of every
+/// shape seen, and the workspace they share. One per stream and thread; every layer of a
+/// network runs through the same one.
+pub struct Conv2dKernels {
+    handle: CudnnHandle,
+    precision: Precision,
+    deterministic: bool,
+    fuse: bool,
+    plans: HashMap<Conv2dShape, Plan>,
+    workspace: CudaSlice<u8>,
+    /// Zeros standing in for the bias of a fused call that has none (`[max out]` values).
+    zero_bias: CudaSlice<u8>,
+    relu: ActivationDesc,
+    identity: ActivationDesc,
+    /// `conv2d_epilogue_<dtype>`, loaded the first time a shape needs it.
+    epilogue: Option<Kernel>,
+}
+
+// SAFETY: the cuDNN descriptors are host objects that any thread may use, one at a time;
+// `Conv2dKernels` uses them through `&mut self` only, from the thread that owns it (the
+// handle is `Send` on the same grounds).
+unsafe impl Send for Conv2dKernels {}
+
+impl Conv2dKernels {
+    /// Convolutions in `precision` on `gpu`'s main stream; loads cuDNN first (an
+    /// [`Error::MissingLibrary`] says how to get it).
+    pub fn load(gpu: &Arc<Gpu>, precision: Precision) -> Result<Conv2dKernels> {
+        let handle = CudnnHandle::new(gpu, gpu.stream())?;
+        let activation = |mode: Act| -> Result<ActivationDesc> {
+            let what = || format!("creating a {mode:?} descriptor");
+            let d = ActivationDesc(dnn::create_activation_descriptor().map_err(cudnn_error(what))?);
+            // SAFETY: a freshly created descriptor. NaN propagates, so a NaN from a bug
+            // upstream is not hidden by the ReLU.
+            unsafe {
+                dnn::set_activation_descriptor(
+                    d.0,
+                    mode,
+                    sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                    0.0,
+                )
+            }
+            .map_err(cudnn_error(what))?;
+            Ok(d)
+        };
+        let alloc = |what: &'static str| {
+            handle
+                .stream()
+                .alloc_zeros::<u8>(1)
+                .cuda(|| format!("allocating the conv2d {what}"))
+        };
+        Ok(Conv2dKernels {
+            relu: activation(Act::CUDNN_ACTIVATION_RELU)?,
+            identity: activation(Act::CUDNN_ACTIVATION_IDENTITY)?,
+            workspace: alloc("workspace")?,
+            zero_bias: alloc("zero bias")?,
+            precision,
+            deterministic: false,
+            fuse: true,
+            plans: HashMap::new(),
+            epilogue: None,
+            handle,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Chooses only deterministic algorithms from now on (bit-identical results run to run;
+    /// backward passes may be slower). Forgets the plans made so far.
+    pub fn set_deterministic(&mut self, deterministic: bool) {
+        if deterministic != self.deterministic {
+            self.deterministic = deterministic;
+            self.plans.clear();
+        }
+    }
+
+    /// Whether forward epilogues may use cuDNN's fused call (the default) or always run the
+    /// plain convolution and our epilogue kernel: for comparing the two.
+    pub fn set_fused(&mut self, fuse: bool) {
+        self.fuse = fuse;
+    }
+
+    /// The bytes of workspace the plans made so far share.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.len()
+    }
+
+    /// Plans `shape` for `passes` now (cuDNN's benchmark, the workspace), so that later calls
+    /// only launch: needed before capturing them in a CUDA graph.
+    pub fn prepare(&mut self, shape: &Conv2dShape, passes: Passes) -> Result<()> {
+        self.plan(shape)?;
+        if passes == Passes::Training {
+            self.backward_data_choice(shape)?;
+            self.backward_filter_choice(shape)?;
+        }
+        Ok(())
+    }
+
+    /// One line per planned pass of `shape`: the algorithm, its math, cuDNN's time and the
+    /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned.
+    pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
+        let plan = self.plans.get(shape)?;
+        let mut s = format!(
+            "conv2d {shape} {}: forward {}",
+            self.precision, plan.forward
+        );
+        for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
+            match fused {
+                Fused::Untried => {}
+                Fused::Works(algo) => write!(s, "; {name} fused ({})", algo_name(algo)).unwrap(),
+                Fused::Unsupported(why) => {
+                    write!(s, "; {name} by our epilogue kernel ({why})").unwrap()
+                }
+            }
+        }
+        if let Some(c) = &plan.backward_data {
+            write!(s, "; backward data {c}").unwrap();
+        }
+        if let Some(c) = &plan.backward_filter {
+            write!(s, "; backward filter {c}").unwrap();
+        }
+        Some(s)
+    }
+
+    /// `y = epilogue(conv(x, w))`: `x` `[batch][h][w][in]`, `w` `[out][kh][kw][in / groups]`,
+    /// `y` `[batch][out_h][out_w][out]` (see [`Epilogue`]).
+    pub fn forward<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        x: &impl DevicePtr<T>,
+        w: &impl DevicePtr<T>,
+        epilogue: Epilogue<'_, T>,
+        y: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        let what = self.what::<T>("forward", shape)?;
+        let stream = self.handle.stream().clone();
+        let (xp, wp, yp) = (ptr(x, &stream), ptr(w, &stream), ptr_mut(y, &stream));
+        let bias = epilogue.bias.as_ref().map(|b| ptr(b, &stream));
+        let residual = epilogue.residual.as_ref().map(|z| ptr(z, &stream));
+        let mut operands = vec![
+            ("x", x.len(), shape.input_len(), xp),
+            ("w", w.len(), shape.weight_len(), wp),
+            ("y", y.len(), shape.output_len(), yp),
+        ];
+        if let (Some(b), Some(bp)) = (&epilogue.bias, bias) {
+            operands.push(("bias", b.len(), shape.out_channels, bp));
+        }
+        if let (Some(z), Some(zp)) = (&epilogue.residual, residual) {
+            operands.push(("residual", z.len(), shape.output_len(), zp));
+        }
+        check_operands(&what, &operands)?;
+        self.plan(shape)?;
+        let h = self.handle.bind()?;
+        if epilogue.is_none() {
+            return self
+                .convolve(h, shape, [xp, wp, yp])
+                .map_err(cudnn_error(|| what));
+        }
+        if self.fuse
+            && self
+                .fused(h, shape, epilogue.relu, [xp, wp, yp], bias, residual)
+                .map_err(cudnn_error(|| what.clone()))?
+        {
+            return Ok(());
+        }
+        self.convolve(h, shape, [xp, wp, yp])
+            .map_err(cudnn_error(|| what.clone()))?;
+        self.run_epilogue(shape, y, &epilogue)
+    }
+
+    /// `dx (+)= conv_backward_data(dy, w)`, the gradient of the forward pass's input:
+    /// `dy` shaped like its output, `dx` like its input; `accumulate` adds to `dx`.
+    pub fn backward_data<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        w: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dx: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.backward(Backward::Data, shape, w, dy, dx, accumulate)
+    }
+
+    /// `dw (+)= conv_backward_filter(x, dy)`, the gradient of the filters; `accumulate` adds
+    /// to `dw`.
+    pub fn backward_filter<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        x: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        dw: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.backward(Backward::Filter, shape, x, dy, dw, accumulate)
+    }
+
+    /// One backward pass: `operand` is the weight (data) or the input (filter), `grad` the
+    /// gradient it writes.
+    fn backward<T: Element>(
+        &mut self,
+        pass: Backward,
+        shape: &Conv2dShape,
+        operand: &impl DevicePtr<T>,
+        dy: &impl DevicePtr<T>,
+        grad: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let (name, [operand_name, grad_name], [operand_len, grad_len]) = match pass {
+            Backward::Data => (
+                "backward data",
+                ["w", "dx"],
+                [shape.weight_len(), shape.input_len()],
+            ),
+            Backward::Filter => (
+                "backward filter",
+                ["x", "dw"],
+                [shape.input_len(), shape.weight_len()],
+            ),
+        };
+        let what = self.what::<T>(name, shape)?;
+        let stream = self.handle.stream().clone();
+        let (op, dyp, gp) = (
+            ptr(operand, &stream),
+            ptr(dy, &stream),
+            ptr_mut(grad, &stream),
+        );
+        check_operands(
+            &what,
+            &[
+                (operand_name, operand.len(), operand_len, op),
+                ("dy", dy.len(), shape.output_len(), dyp),
+                (grad_name, grad.len(), grad_len, gp),
+            ],
+        )?;
+        let (one, beta) = scales(accumulate);
+        let (op, dyp, gp) = (op as *const c_void, dyp as *const c_void, gp as *mut c_void);
+        let status = match pass {
+            Backward::Data => {
+                let choice = self.backward_data_choice(shape)?;
+                let ws = self.workspace_ptr();
+                let h = self.handle.bind()?;
+                let d = &self.plans[shape].d;
+                // SAFETY: the descriptors describe the checked buffers; the workspace holds
+                // at least the chosen algorithm's (grown when it was chosen).
+                unsafe {
+                    dnn::convolution_backward_data(
+                        h,
+                        scalar(&one),
+                        d.w.0,
+                        op,
+                        d.y.0,
+                        dyp,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&beta),
+                        d.x.0,
+                        gp,
+                    )
+                }
+            }
+            Backward::Filter => {
+                let choice = self.backward_filter_choice(shape)?;
+                let ws = self.workspace_ptr();
+                let h = self.handle.bind()?;
+                let d = &self.plans[shape].d;
+                // SAFETY: as for the data pass.
+                unsafe {
+                    dnn::convolution_backward_filter(
+                        h,
+                        scalar(&one),
+                        d.x.0,
+                        op,
+                        d.y.0,
+                        dyp,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&beta),
+                        d.w.0,
+                        gp,
+                    )
+                }
+            }
+        };
+        status.map_err(cudnn_error(|| what))
+    }
+
+    /// `db (+)= sum of dy over batch, height and width`, the gradient of the bias `[out]`;
+    /// `accumulate` adds to `db`.
+    pub fn backward_bias<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        dy: &impl DevicePtr<T>,
+        db: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let what = self.what::<T>("backward bias", shape)?;
+        let stream = self.handle.stream().clone();
+        let (dyp, dbp) = (ptr(dy, &stream), ptr_mut(db, &stream));
+        check_operands(
+            &what,
+            &[
+                ("dy", dy.len(), shape.output_len(), dyp),
+                ("db", db.len(), shape.out_channels, dbp),
+            ],
+        )?;
+        self.plan(shape)?;
+        let h = self.handle.bind()?;
+        let d = &self.plans[shape].d;
+        let (one, beta) = scales(accumulate);
+        // SAFETY: the descriptors describe the checked buffers.
+        unsafe {
+            sys::cudnnConvolutionBackwardBias(
+                h,
+                scalar(&one),
+                d.y.0,
+                dyp as *const c_void,
+                scalar(&beta),
+                d.bias.0,
+                dbp as *mut c_void,
+            )
+        }
+        .result()
+        .map_err(cudnn_error(|| what))
+    }
+
+    /// `conv2d <pass> <shape> (<dtype>)` for errors, after checking the shape and that `T`
+    /// is this precision's element type.
+    fn what<T: Element>(&self, pass: &str, shape: &Conv2dShape) -> Result<String> {
+        let what = format!("conv2d {pass} {shape} ({})", self.precision);
+        shape.check()?;
+        if T::DATA_TYPE != storage(self.precision) {
+            let want = if storage(self.precision) == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
+                "bf16"
+            } else {
+                "f32"
+            };
+            return Err(Error::invalid(
+                what,
+                format!("{} tensors given; this precision stores {want}", T::NAME),
+            ));
+        }
+        Ok(what)
+    }
+
+    /// The plan of `shape`, made (descriptors, forward algorithm, workspace) on first use.
+    fn plan(&mut self, shape: &Conv2dShape) -> Result<&mut Plan> {
+        if !self.plans.contains_key(shape) {
+            let precision = self.precision;
+            let what = format!("conv2d forward {shape} ({precision})");
+            let d = Descriptors::new(shape, precision).map_err(cudnn_error(|| what.clone()))?;
+            let h = self.handle.bind()?;
+            let forward = find(&what, precision, self.deterministic, |count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        h, d.x.0, d.w.0, d.conv.0, d.y.0, count, n, perf,
+                    )
+                }
+            })?;
+            let mut precomputed = 0;
+            // SAFETY: as above; only asks for a size.
+            let precomputed_workspace = unsafe {
+                sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    h,
+                    d.x.0,
+                    d.w.0,
+                    d.conv.0,
+                    d.y.0,
+                    FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                    &mut precomputed,
+                )
+            }
+            .result()
+            .ok()
+            .map(|()| precomputed)
+            .filter(|&bytes| bytes <= WORKSPACE_LIMIT);
+            self.grow_workspace(forward.workspace.max(precomputed_workspace.unwrap_or(0)))?;
+            let bias_bytes = shape.out_channels * std::mem::size_of::<f32>();
+            if self.zero_bias.len() < bias_bytes {
+                self.zero_bias = self
+                    .handle
+                    .stream()
+                    .alloc_zeros::<u8>(bias_bytes)
+                    .cuda(|| "allocating the conv2d zero bias".into())?;
+            }
+            self.plans.insert(
+                *shape,
+                Plan {
+                    d,
+                    forward,
+                    precomputed_workspace,
+                    fused: std::array::from_fn(|_| Fused::Untried),
+                    backward_data: None,
+                    backward_filter: None,
+                },
+            );
+        }
+        Ok(self.plans.get_mut(shape).expect("planned above"))
+    }
+
+    /// The backward-data algorithm of `shape`, chosen on first use.
+    fn backward_data_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<DataAlgo>> {
+        self.choice(
+            shape,
+            "backward data",
+            |p| &mut p.backward_data,
+            |h, d, count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        h, d.w.0, d.y.0, d.conv.0, d.x.0, count, n, perf,
+                    )
+                }
+            },
+        )
+    }
+
+    /// The backward-filter algorithm of `shape`, chosen on first use.
+    fn backward_filter_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<FilterAlgo>> {
+        self.choice(
+            shape,
+            "backward filter",
+            |p| &mut p.backward_filter,
+            |h, d, count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe {
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        h, d.x.0, d.y.0, d.conv.0, d.w.0, count, n, perf,
+                    )
+                }
+            },
+        )
+    }
+
+    /// The algorithm cached in `slot` of `shape`'s plan, or the one cuDNN's benchmark `find`
+    /// picks now (the workspace grown for it).
+    fn choice<P: Perf>(
+        &mut self,
+        shape: &Conv2dShape,
+        pass: &str,
+        slot: impl Fn(&mut Plan) -> &mut Option<Choice<P::Algo>>,
+        benchmark: impl FnOnce(sys::cudnnHandle_t, &Descriptors, i32, &mut i32, *mut P) -> Status,
+    ) -> Result<Choice<P::Algo>> {
+        let (precision, deterministic) = (self.precision, self.deterministic);
+        let h = self.handle.bind()?;
+        let plan = self.plan(shape)?;
+        let choice = match *slot(plan) {
+            Some(c) => c,
+            None => {
+                let what = format!("conv2d {pass} {shape} ({precision})");
+                let d = &plan.d;
+                let c = find(&what, precision, deterministic, |count, n, perf| {
+                    benchmark(h, d, count, n, perf)
+                })?;
+                *slot(plan) = Some(c);
+                c
+            }
+        };
+        self.grow_workspace(choice.workspace)?;
+        Ok(choice)
+    }
+
+    fn grow_workspace(&mut self, bytes: usize) -> Result<()> {
+        if bytes > self.workspace.len() {
+            // The old workspace is freed in stream order, after the work that used it.
+            self.workspace = self
+                .handle
+                .stream()
+                .alloc_zeros::<u8>(bytes)
+                .cuda(|| format!("allocating {bytes} bytes of conv2d workspace"))?;
+        }
+        Ok(())
+    }
+
+    fn workspace_ptr(&mut self) -> *mut c_void {
+        let stream = self.handle.stream().clone();
+        ptr_mut(&mut self.workspace, &stream) as *mut c_void
+    }
+
+    /// `y = conv(x, w)` with the shape's chosen algorithm.
+    fn convolve(
+        &mut self,
+        h: sys::cudnnHandle_t,
+        shape: &Conv2dShape,
+        [x, w, y]: [u64; 3],
+    ) -> std::result::Result<(), CudnnError> {
+        let ws = self.workspace_ptr();
+        let plan = &self.plans[shape];
+        let (one, zero) = scales(false);
+        // SAFETY: the plan's descriptors describe the checked buffers; the workspace holds the
+        // chosen algorithm's.
+        unsafe {
+            dnn::convolution_forward(
+                h,
+                scalar(&one),
+                plan.d.x.0,
+                x as *const c_void,
+                plan.d.w.0,
+                w as *const c_void,
+                plan.d.conv.0,
+                plan.forward.algo,
+                ws,
+                plan.forward.workspace,
+                scalar(&zero),
+                plan.d.y.0,
+                y as *mut c_void,
+            )
+        }
+    }
+
+    /// Runs the fused call when cuDNN takes this shape and activation: `Ok(true)` when it
+    /// ran, `Ok(false)` when the shape needs the unfused path (decided on its first call).
+    fn fused(
+        &mut self,
+        h: sys::cudnnHandle_t,
+        shape: &Conv2dShape,
+        relu: bool,
+        [x, w, y]: [u64; 3],
+        bias: Option<u64>,
+        residual: Option<u64>,
+    ) -> std::result::Result<bool, CudnnError> {
+        let ws = self.workspace_ptr();
+        let stream = self.handle.stream().clone();
+        let zero_bias = ptr(&self.zero_bias, &stream);
+        let plan = self.plans.get_mut(shape).expect("planned by forward");
+        let act = if relu { &self.relu } else { &self.identity };
+        let state = &mut plan.fused[fused_index(relu, residual.is_some())];
+        let precomputed = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+        let candidates: Vec<(FwdAlgo, usize)> = match state {
+            Fused::Unsupported(_) => return Ok(false),
+            Fused::Works(algo) => {
+                let bytes = if *algo == plan.forward.algo {
+                    plan.forward.workspace
+                } else {
+                    plan.precomputed_workspace.unwrap_or(0)
+                };
+                vec![(*algo, bytes)]
+            }
+            Fused::Untried => {
+                let mut c = Vec::new();
+                if relu {
+                    c.push((plan.forward.algo, plan.forward.workspace));
+                }
+                if let Some(bytes) = plan.precomputed_workspace
+                    && !c.iter().any(|&(a, _)| a == precomputed)
+                {
+                    c.push((precomputed, bytes));
+                }
+                c
+            }
+        };
+        let (one, alpha2) = scales(residual.is_some());
+        let mut refused = Vec::new();
+        for (algo, bytes) in candidates {
+            // SAFETY: the plan's descriptors describe the checked buffers (the residual and,
+            // without one, y itself as z, unread at alpha2 = 0, like y's descriptor; the bias
+            // or zeros as [1, out, 1, 1]); the workspace holds `bytes` (grown when planned).
+            let status = unsafe {
+                dnn::convolution_bias_activation_forward(
+                    h,
+                    scalar(&one),
+                    plan.d.x.0,
+                    x as *const c_void,
+                    plan.d.w.0,
+                    w as *const c_void,
+                    plan.d.conv.0,
+                    algo,
+                    ws,
+                    bytes,
+                    scalar(&alpha2),
+                    plan.d.y.0,
+                    residual.unwrap_or(y) as *const c_void,
+                    plan.d.bias.0,
+                    bias.unwrap_or(zero_bias) as *const c_void,
+                    act.0,
+                    plan.d.y.0,
+                    y as *mut c_void,
+                )
+            };
+            match status {
+                Ok(()) => {
+                    *state = Fused::Works(algo);
+                    return Ok(true);
+                }
+                Err(e) if matches!(state, Fused::Untried) && refuses(e) => {
+                    refused.push(format!("{}: {:?}", algo_name(algo), e.0));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        *state = Fused::Unsupported(if refused.is_empty() {
+            "no algorithm to try".into()
+        } else {
+            refused.join(", ")
+        });
+        Ok(false)
+    }
+
+    /// Our epilogue kernel over `y`, for shapes cuDNN's fused call does not take.
+    fn run_epilogue<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        y: &mut impl DevicePtrMut<T>,
+        epilogue: &Epilogue<'_, T>,
+    ) -> Result<()> {
+        let kernel = match &self.epilogue {
+            Some(k) => k.clone(),
+            None => {
+                let k = self
+                    .handle
+                    .gpu()
+                    .kernel(KernelModule::Conv2d, T::EPILOGUE)?;
+                self.epilogue = Some(k.clone());
+                k
+            }
+        };
+        let (n, c) = (shape.output_len(), shape.out_channels);
+        let stream = self.handle.stream().clone();
+        let args = Args::new(&kernel, &stream)
+            .output("y", y, n)?
+            .optional("bias", epilogue.bias.as_ref(), c)?
+            .optional("residual", epilogue.residual.as_ref(), n)?
+            .long(n)
+            .int("channels", c)?
+            .int("relu", usize::from(epilogue.relu))?;
+        // SAFETY: conv2d_epilogue_<dtype>(T* y, const T* bias, const T* z, long long n, int c,
+        // int relu); every buffer was checked for the elements it covers.
+        unsafe { args.launch(elementwise(n)) }
+    }
+}
+
+/// Whether a fused call's status means cuDNN does not take this configuration (rather than a
+/// failure to report): cuDNN 9 numbers its statuses by family: 2xxx bad parameters, 3xxx not supported.
+fn refuses(e: CudnnError) -> bool {
+    (2000..4000).contains(&(e.0 as u32))
+}
+
+/// The alignment every tensor address must have (see the module docs).
+const ALIGN: u64 = 16;
+
+/// Fails unless every operand `(name, length, length the shape needs, address)` has its
+/// length and an [`ALIGN`]-byte aligned address.
+fn check_operands(what: &str, operands: &[(&str, usize, usize, u64)]) -> Result<()> {
+    for &(name, len, want, addr) in operands {
+        check_len(what, name, len, want)?;
+        if addr % ALIGN != 0 {
+            return Err(Error::invalid(
+                what,
+                format!("{name} starts at {addr:#x}, not on a {ALIGN}-byte boundary"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// cuDNN's (alpha, beta): the result overwrites, or is added to, the output.
+fn scales(accumulate: bool) -> (f32, f32) {
+    (1.0, if accumulate { 1.0 } else { 0.0 })
+}
+
+/// A host scalar as cuDNN takes alpha and beta (f32 for f32 and bf16 tensors).
+fn scalar(v: &f32) -> *const c_void {
+    v as *const f32 as *const c_void
+}
+
+/// An all-zero cuDNN struct to be filled in by cuDNN.
+fn zeroed<P: Copy>() -> P {
+    // SAFETY: only used for cuDNN's plain-data performance structs, whose fields are numbers
+    // and enums with a zero variant.
+    unsafe { std::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_sizes_and_lengths_follow_the_geometry() {
+        // ResNet's stem on a 320 x 320 search region.
+        let stem = Conv2dShape::new(1, [320, 320], 3, 64, 7)
+            .with_stride(2)
+            .with_pad(3);
+        assert_eq!(stem.out_size(), [160, 160]);
+        assert_eq!(stem.weight_len(), 64 * 7 * 7 * 3);
+        assert_eq!(stem.output_len(), 160 * 160 * 64);
+        assert_eq!(stem.flops(), 2.0 * (160 * 160 * 64) as f64 * 147.0);
+        assert_eq!(stem.to_string(), "1x320x320x3 -> 64 k7x7 s2 p3 g1");
+        stem.check().unwrap();
+        // Odd sizes, stride 2, depthwise, a non-square kernel.
+        let dw = Conv2dShape::new(2, [15, 17], 24, 24, 3)
+            .with_stride(2)
+            .with_pad(1)
+            .with_groups(24);
+        assert_eq!(dw.out_size(), [8, 9]);
+        assert_eq!(dw.weight_len(), 24 * 9);
+        dw.check().unwrap();
+        let wide = Conv2dShape {
+            kernel_w: 5,
+            ..Conv2dShape::new(1, [6, 9], 4, 2, 3)
+        };
+        assert_eq!(wide.out_size(), [4, 5]);
+    }
+
+    #[test]
+    fn weights_convert_between_pytorch_and_gpu_layouts() {
+        let s = Conv2dShape::new(1, [5, 5], 6, 4, 3).with_groups(2);
+        let oihw: Vec<f32> = (0..s.weight_len()).map(|i| i as f32).collect();
+        let krsc = s.weight_to_gpu(&oihw);
+        // Output channel 1, input channel 2 of its group, tap (0, 1).
+        let (o, ci, ky, kx) = (1, 2, 0, 1);
+        let (c, kh, kw) = (3, 3, 3);
+        let gpu = ((o * kh + ky) * kw + kx) * c + ci;
+        let torch = ((o * c + ci) * kh + ky) * kw + kx;
+        assert_eq!(krsc[gpu], oihw[torch]);
+        assert_eq!(s.weight_from_gpu(&krsc), oihw);
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused_with_the_reason() {
+        let e = Conv2dShape::new(1, [8, 8], 6, 4, 3).with_groups(4);
+        let e = e.check().unwrap_err().to_string();
+        assert!(
+            e.contains("4 groups must divide both 6 input and 4 output"),
+            "{e}"
+        );
+        let e = Conv2dShape::new(1, [2, 2], 3, 4, 5)
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("larger than the padded input") && e.contains("1x2x2x3 -> 4 k5x5"),
+            "{e}"
+        );
+        let e = Conv2dShape::new(1, [8, 8], 3, 4, 3).with_stride(0);
+        let e = e.check().unwrap_err().to_string();
+        assert!(e.contains("must be positive"), "{e}");
+        let e = Conv2dShape::new(1 << 16, [256, 256], 64, 64, 1);
+        let e = e.check().unwrap_err().to_string();
+        assert!(e.contains("the input has") && e.contains("2^31"), "{e}");
+    }
+
+    /// The trainer builds each replica's launchers and moves them to its GPU's thread.
+    #[test]
+    fn the_launcher_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Conv2dKernels>();
+    }
+
+    #[test]
+    fn fused_states_are_kept_per_epilogue() {
+        let all: Vec<usize> = [(false, false), (false, true), (true, false), (true, true)]
+            .into_iter()
+            .map(|(relu, residual)| fused_index(relu, residual))
+            .collect();
+        assert_eq!(all, [0, 1, 2, 3]);
+        assert_eq!(FUSED_NAMES[fused_index(true, true)], "bias+residual+relu");
+    }
+
+    #[test]
+    fn f32_refuses_tensor_op_algorithms() {
+        assert!(!math_allowed(Precision::F32, Math::CUDNN_TENSOR_OP_MATH));
+        assert!(math_allowed(Precision::F32, Math::CUDNN_FMA_MATH));
+        assert!(math_allowed(Precision::Tf32, Math::CUDNN_TENSOR_OP_MATH));
+        assert!(!math_allowed(
+            Precision::Bf16,
+            Math::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+        ));
+        assert_eq!(math(Precision::F32), Math::CUDNN_FMA_MATH);
+        let mut tensor_op = zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>();
+        tensor_op.mathType = Math::CUDNN_TENSOR_OP_MATH;
+        tensor_op.algo = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+        let mut fma = tensor_op;
+        fma.mathType = Math::CUDNN_FMA_MATH;
+        fma.algo = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD;
+        fma.memory = 1024;
+        let c = pick(&[tensor_op, fma], Precision::F32, false, "x").unwrap();
+        assert_eq!(c.algo, FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD);
+        let c = pick(&[tensor_op, fma], Precision::Tf32, false, "x").unwrap();
+        assert_eq!(
+            c.algo,
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
+        );
+        let e = pick(&[tensor_op], Precision::F32, false, "conv2d forward");
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("no usable f32 algorithm")
+                && e.contains("IMPLICIT_PRECOMP_GEMM: tensor-op math"),
+            "{e}"
+        );
+    }
+}

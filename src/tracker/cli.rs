@@ -1,0 +1,702 @@
+//! `attnrt-infer`'s tracker modes: tracking sequences (`--frames`), checking a tracker golden
+//! file (`--check` on a file of format `cswintt-tracker`), and timing the tracking step
+//! (`--model TRACKER` alone). The binary flattens [`TrackArgs`] into its flags and hands
+//! over to [`run`], which writes its report to the writer it is given, tells the binary
+//! what happens meanwhile through [`Event`]s (the binary draws the progress bar), and
+//! returns the exit status, or `None` when the command is the transformer's.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+use super::cpu::CpuNetwork;
+use super::dataset::{Prefetch, Sequence, find_sequences};
+use super::eval::{Metrics, evaluate, mean, success_plot};
+use super::frame::{BBox, Frame};
+use super::golden::{CheckLine, CheckOptions, Measure, check_golden};
+use super::track::{DEFAULT_UPDATE_INTERVAL, Network, StageTimes, Tracker};
+use super::weights::{FORMAT, TrackerWeights, is_tracker};
+use crate::base::{LatencyStats, Precision, TensorFile};
+use crate::error::{Error, Result};
+use crate::gpu::DeviceChoice;
+use crate::model::golden::weights_for_golden;
+
+/// Frames decoded ahead of the tracker, per sequence.
+const DECODE_AHEAD: usize = 16;
+
+/// The tracker's own flags.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrackArgs {
+    /// Track a sequence: a folder of JPEG/PNG frames (in name order) with groundtruth.txt
+    /// (first line the initial box x,y,w,h), a LaSOT (img/ + groundtruth.txt), GOT-10k or
+    /// OTB (img/ + groundtruth_rect.txt) sequence, or a dataset root (every sequence below
+    /// it). Repeat for several. Needs --model with a whole tracker.
+    #[arg(long, value_name = "DIR")]
+    pub frames: Vec<PathBuf>,
+
+    /// The first frame's box x,y,w,h (pixels), instead of groundtruth.txt's first line; one
+    /// sequence only.
+    #[arg(long, value_name = "X,Y,W,H", allow_hyphen_values = true)]
+    pub init: Option<BBox>,
+
+    /// Replace the dynamic template every N frames (when the confidence exceeds 0.5).
+    /// Default: the model's metadata `update_interval`, else the dataset's (25 for GOT-10k,
+    /// 200 for LaSOT and others).
+    #[arg(long, value_name = "N")]
+    pub update_interval: Option<usize>,
+
+    /// Write one x,y,w,h line per frame (the first is the initial box); with several
+    /// sequences, a folder with one NAME.txt per sequence.
+    #[arg(long, value_name = "FILE")]
+    pub boxes: Option<PathBuf>,
+
+    /// Write one confidence per frame (the first frame's, the initial box, is 1); with
+    /// several sequences, a folder with one NAME.txt per sequence.
+    #[arg(long, value_name = "FILE")]
+    pub scores: Option<PathBuf>,
+
+    /// Write every frame with its box drawn (green; the ground truth in red) as
+    /// DIR/SEQUENCE/FRAME.jpg.
+    #[arg(long, value_name = "DIR")]
+    pub show: Option<PathBuf>,
+
+    /// Draw the success plot of the evaluated sequences as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+impl TrackArgs {
+    /// The flags that only make sense with `--frames`, when given.
+    fn tracking_only(&self) -> Option<&'static str> {
+        [
+            (self.init.is_some(), "--init"),
+            (self.update_interval.is_some(), "--update-interval"),
+            (self.boxes.is_some(), "--boxes"),
+            (self.scores.is_some(), "--scores"),
+            (self.show.is_some(), "--show"),
+            (self.plot.is_some(), "--plot"),
+        ]
+        .into_iter()
+        .find_map(|(set, name)| set.then_some(name))
+    }
+}
+
+/// The flags the tracker shares with the transformer's commands.
+#[derive(Debug, Clone, Copy)]
+pub struct Shared<'a> {
+    pub model: Option<&'a Path>,
+    pub check: Option<&'a Path>,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    pub json: bool,
+    pub iters: Option<usize>,
+    pub warmup: Option<usize>,
+    pub seed: u64,
+}
+
+/// What a run reports while it works, for the binary to show (a progress bar, notices).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// A one-line notice for the user.
+    Notice(String),
+    /// A sequence starts.
+    Sequence { name: &'a str, frames: usize },
+    /// `done` frames of the sequence are tracked, at `fps` frames per second so far.
+    Frame { done: usize, fps: f64 },
+    /// The sequence is done.
+    SequenceDone,
+}
+
+/// Runs the tracker mode the flags ask for, writing the report to `out` and telling
+/// `events` what happens meanwhile; `Ok(None)` when the flags ask for the transformer alone.
+/// Returns the exit status
+/// (0, or 1 when a check failed).
+pub fn run(
+    args: &TrackArgs,
+    shared: &Shared,
+    out: &mut dyn Write,
+    events: &mut dyn FnMut(Event),
+) -> Result<Option<u8>> {
+    if !args.frames.is_empty() {
+        if shared.check.is_some() {
+            return Err(Error::invalid(
+                "--frames",
+                "cannot be combined with --check",
+            ));
+        }
+        let model = shared.model.ok_or_else(|| {
+            Error::invalid(
+                "--frames",
+                "needs --model with a whole tracker (TRACKER.safetensors)",
+            )
+        })?;
+        let weights = Arc::new(TrackerWeights::load(model)?);
+        check_engine(shared, events)?;
+        return track(args, shared, model, weights, out, events).map(Some);
+    }
+    if let Some(flag) = args.tracking_only() {
+        return Err(Error::invalid(
+            flag,
+            "applies to tracking; pass --frames DIR",
+        ));
+    }
+    if let Some(golden) = shared.check {
+        let file = TensorFile::open(golden)?;
+        if file.meta_value("format") != Some(FORMAT) {
+            return Ok(None);
+        }
+        let model = match shared.model {
+            Some(m) => m.to_path_buf(),
+            None => weights_for_golden(golden)
+                .filter(|p| p.is_file())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("--check {}", golden.display()),
+                        "a tracker golden file's weights are not shipped: make them with \
+                     `python3 make_weights.py GOLDEN OUT.safetensors` (beside the golden file) \
+                     and pass --model OUT.safetensors",
+                    )
+                })?,
+        };
+        let weights = Arc::new(TrackerWeights::load(&model)?);
+        check_engine(shared, events)?;
+        return check(golden, &model, weights, shared, out).map(Some);
+    }
+    if let Some(model) = shared.model
+        && is_tracker(&TensorFile::open(model)?)
+    {
+        let weights = Arc::new(TrackerWeights::load(model)?);
+        check_engine(shared, events)?;
+        return time_step(shared, model, weights, out).map(Some);
+    }
+    Ok(None)
+}
+
+/// The tracker runs on the CPU reference, in f32.
+fn check_engine(shared: &Shared, events: &mut dyn FnMut(Event)) -> Result<()> {
+    shared
+        .precision
+        .require("the tracker's CPU reference", &[Precision::F32])?;
+    match shared.device {
+        DeviceChoice::Cpu => Ok(()),
+        DeviceChoice::Auto => {
+            events(Event::Notice(
+                "the tracker runs on the CPU reference (no GPU tracking path yet)".into(),
+            ));
+            Ok(())
+        }
+        DeviceChoice::Cuda(_) => Err(Error::invalid(
+            "--device",
+            "the tracker has no GPU path yet; use --device cpu",
+        )),
+    }
+}
+
+fn network(weights: Arc<TrackerWeights>) -> Result<Box<dyn Network>> {
+    Ok(Box::new(CpuNetwork::new(weights)?))
+}
+
+fn write_err(e: std::io::Error) -> Error {
+    Error::io("standard output", e)
+}
+
+/// One tracked sequence.
+struct SequenceRun {
+    seq: Sequence,
+    boxes: Vec<BBox>,
+    scores: Vec<f64>,
+    interval: usize,
+    /// Seconds inside `Tracker::track` (and `initialise`), and from the first frame
+    /// requested to the last box (decoding included).
+    track_s: f64,
+    wall_s: f64,
+    metrics: Option<Metrics>,
+}
+
+impl SequenceRun {
+    fn fps(&self) -> f64 {
+        self.boxes.len() as f64 / self.track_s.max(1e-12)
+    }
+    fn fps_end_to_end(&self) -> f64 {
+        self.boxes.len() as f64 / self.wall_s.max(1e-12)
+    }
+}
+
+fn track(
+    args: &TrackArgs,
+    shared: &Shared,
+    model: &Path,
+    weights: Arc<TrackerWeights>,
+    out: &mut dyn Write,
+    events: &mut dyn FnMut(Event),
+) -> Result<u8> {
+    let mut seqs = Vec::new();
+    for dir in &args.frames {
+        seqs.extend(find_sequences(dir)?);
+    }
+    let mut names = BTreeSet::new();
+    for s in &seqs {
+        if !names.insert(s.name.clone()) {
+            return Err(Error::invalid(
+                "--frames",
+                format!(
+                    "two sequences are named '{}' (their results files would collide)",
+                    s.name
+                ),
+            ));
+        }
+    }
+    if args.init.is_some() && seqs.len() > 1 {
+        return Err(Error::invalid(
+            "--init",
+            format!("gives one box, but --frames holds {} sequences", seqs.len()),
+        ));
+    }
+    if args.update_interval == Some(0) {
+        return Err(Error::invalid("--update-interval", "must be at least 1"));
+    }
+    let several = seqs.len() > 1;
+    let mut runs = Vec::with_capacity(seqs.len());
+    let mut describe = String::new();
+    for seq in seqs {
+        let interval = args
+            .update_interval
+            .or(weights.config.update_interval)
+            .unwrap_or_else(|| seq.layout.update_interval());
+        let net = network(weights.clone())?;
+        describe = format!("{} on {}", net.describe(), net.device());
+        let mut tracker = Tracker::new(net, interval)?;
+        let run = track_sequence(&mut tracker, seq, args, events)?;
+        runs.push(run);
+    }
+    let files = |path: &Option<PathBuf>, what: fn(&SequenceRun) -> Vec<String>| -> Result<()> {
+        let Some(p) = path else { return Ok(()) };
+        if several {
+            std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+        }
+        for r in &runs {
+            let target = if several {
+                p.join(format!("{}.txt", r.seq.name))
+            } else {
+                p.clone()
+            };
+            let mut text = what(r).join("\n");
+            text.push('\n');
+            std::fs::write(&target, text).map_err(|e| Error::io(&target, e))?;
+        }
+        Ok(())
+    };
+    files(&args.boxes, |r| {
+        r.boxes.iter().map(|b| b.to_string()).collect()
+    })?;
+    files(&args.scores, |r| {
+        r.scores.iter().map(|s| s.to_string()).collect()
+    })?;
+    let evaluated: Vec<&SequenceRun> = runs.iter().filter(|r| r.metrics.is_some()).collect();
+    let per_seq: Vec<Metrics> = evaluated.iter().filter_map(|r| r.metrics.clone()).collect();
+    let overall = mean(&per_seq);
+    if let Some(p) = &args.plot {
+        let mut curves: Vec<(String, &Metrics)> = evaluated
+            .iter()
+            .filter_map(|r| r.metrics.as_ref().map(|m| (r.seq.name.clone(), m)))
+            .collect();
+        if let (true, Some(o)) = (evaluated.len() > 1, &overall) {
+            curves.insert(0, (format!("all {} sequences", evaluated.len()), o));
+        }
+        if curves.is_empty() {
+            return Err(Error::invalid(
+                "--plot",
+                "no sequence has ground truth for every frame, so there is nothing to plot",
+            ));
+        }
+        success_plot(p, &curves)?;
+    }
+
+    if shared.json {
+        let seqs: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.seq.name,
+                    "dir": r.seq.dir.display().to_string(),
+                    "layout": r.seq.layout.name(),
+                    "frames": r.boxes.len(),
+                    "update_interval": r.interval,
+                    "fps": r.fps(),
+                    "fps_end_to_end": r.fps_end_to_end(),
+                    "metrics": r.metrics,
+                })
+            })
+            .collect();
+        let j = json!({
+            "model": model.display().to_string(),
+            "engine": describe,
+            "sequences": seqs,
+            "overall": overall,
+            "boxes": args.boxes.as_ref().map(|p| p.display().to_string()),
+            "scores": args.scores.as_ref().map(|p| p.display().to_string()),
+            "plot": args.plot.as_ref().map(|p| p.display().to_string()),
+        });
+        writeln!(out, "{j}").map_err(write_err)?;
+        return Ok(0);
+    }
+    let w = &weights;
+    writeln!(
+        out,
+        "model:    {}: tracker, c={}, search {} px (x{}), template {} px (x{})",
+        model.display(),
+        w.d_model(),
+        w.config.search_crop,
+        w.config.search_factor,
+        w.config.template_crop,
+        w.config.template_factor
+    )
+    .map_err(write_err)?;
+    writeln!(out, "engine:   {describe}").map_err(write_err)?;
+    for r in &runs {
+        let scores = match &r.metrics {
+            Some(m) => metrics_line(m),
+            None => "not evaluated (the ground truth does not cover every frame)".into(),
+        };
+        writeln!(
+            out,
+            "{}: {} frames ({}, update interval {}), {:.2} frames/s tracking, {:.2} end to end; {scores}",
+            r.seq.name,
+            r.boxes.len(),
+            r.seq.layout.name(),
+            r.interval,
+            r.fps(),
+            r.fps_end_to_end(),
+        )
+        .map_err(write_err)?;
+    }
+    if let (true, Some(o)) = (evaluated.len() > 1, &overall) {
+        writeln!(
+            out,
+            "overall ({} sequences, {} frames): {}",
+            evaluated.len(),
+            o.frames,
+            metrics_line(o)
+        )
+        .map_err(write_err)?;
+    }
+    for (name, p) in [
+        ("boxes", &args.boxes),
+        ("scores", &args.scores),
+        ("show", &args.show),
+        ("plot", &args.plot),
+    ] {
+        if let Some(p) = p {
+            writeln!(out, "{name:<8}  {}", p.display()).map_err(write_err)?;
+        }
+    }
+    Ok(0)
+}
+
+fn metrics_line(m: &Metrics) -> String {
+    format!(
+        "success AUC {:.1}, precision@20px {:.1}, normalised precision {:.1} ({} frames counted)",
+        100.0 * m.auc,
+        100.0 * m.precision,
+        100.0 * m.norm_precision,
+        m.frames
+    )
+}
+
+/// Tracks one sequence with frames decoded ahead on other threads.
+fn track_sequence<N: Network>(
+    tracker: &mut Tracker<N>,
+    seq: Sequence,
+    args: &TrackArgs,
+    events: &mut dyn FnMut(Event),
+) -> Result<SequenceRun> {
+    let (init, init_ctx) = match (&args.init, &seq.groundtruth) {
+        (Some(b), _) => (*b, "--init".to_string()),
+        (None, Some(gt)) => (gt.initial()?, format!("{}:1", gt.path.display())),
+        (None, None) => {
+            return Err(Error::invalid(
+                seq.dir.display().to_string(),
+                "has no groundtruth.txt (or groundtruth_rect.txt) to start from; pass --init x,y,w,h",
+            ));
+        }
+    };
+    let n = seq.frames.len();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .clamp(1, 4);
+    let mut frames = Prefetch::new(seq.frames.clone(), threads, DECODE_AHEAD);
+    events(Event::Sequence {
+        name: &seq.name,
+        frames: n,
+    });
+    let show_dir = args.show.as_ref().map(|d| d.join(&seq.name));
+    if let Some(d) = &show_dir {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let (mut boxes, mut scores) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut track_s = 0.0;
+    let start = Instant::now();
+    for (i, frame) in frames.by_ref().enumerate() {
+        let frame = frame?;
+        let path = &seq.frames[i];
+        let t0 = Instant::now();
+        let (bbox, score) = if i == 0 {
+            tracker.initialise(&frame, init).map_err(|e| {
+                Error::invalid(init_ctx.clone(), format!("in {}: {e}", path.display()))
+            })?;
+            (init, 1.0)
+        } else {
+            let r = tracker
+                .track(&frame)
+                .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+            (r.bbox, r.confidence)
+        };
+        track_s += t0.elapsed().as_secs_f64();
+        if let Some(d) = &show_dir {
+            let truth = seq
+                .groundtruth
+                .as_ref()
+                .and_then(|g| g.boxes.get(i).copied().flatten());
+            save_shown(&frame, &bbox, truth.as_ref(), d, path)?;
+        }
+        boxes.push(bbox);
+        scores.push(score);
+        events(Event::Frame {
+            done: boxes.len(),
+            fps: boxes.len() as f64 / track_s.max(1e-12),
+        });
+    }
+    events(Event::SequenceDone);
+    let metrics = if seq.fully_annotated() {
+        seq.groundtruth
+            .as_ref()
+            .and_then(|g| evaluate(&boxes, &g.boxes))
+    } else {
+        None
+    };
+    Ok(SequenceRun {
+        interval: tracker.update_interval(),
+        seq,
+        boxes,
+        scores,
+        track_s,
+        wall_s: start.elapsed().as_secs_f64(),
+        metrics,
+    })
+}
+
+/// Writes `frame` with `bbox` drawn in green (and `truth` in red) as `dir/STEM.jpg`.
+fn save_shown(
+    frame: &Frame,
+    bbox: &BBox,
+    truth: Option<&BBox>,
+    dir: &Path,
+    src: &Path,
+) -> Result<()> {
+    let mut f = frame.clone();
+    if let Some(t) = truth {
+        draw_box(&mut f, t, [230, 40, 40]);
+    }
+    draw_box(&mut f, bbox, [40, 230, 40]);
+    let stem = src
+        .file_stem()
+        .map_or_else(|| "frame".into(), |s| s.to_string_lossy().into_owned());
+    let path = dir.join(format!("{stem}.jpg"));
+    let img = image::RgbImage::from_raw(f.width as u32, f.height as u32, f.data)
+        .ok_or_else(|| Error::invalid(path.display().to_string(), "frame size"))?;
+    img.save(&path).map_err(|e| {
+        Error::invalid(
+            path.display().to_string(),
+            format!("cannot write the frame: {e}"),
+        )
+    })
+}
+
+/// A 2-pixel rectangle outline, clipped to the frame.
+fn draw_box(f: &mut Frame, b: &BBox, rgb: [u8; 3]) {
+    let (w, h) = (f.width as i64, f.height as i64);
+    let (x0, y0) = (b.x.round() as i64, b.y.round() as i64);
+    let (x1, y1) = (
+        (b.x + b.w).round() as i64 - 1,
+        (b.y + b.h).round() as i64 - 1,
+    );
+    let mut put = |x: i64, y: i64| {
+        if (0..w).contains(&x) && (0..h).contains(&y) {
+            let i = ((y * w + x) * 3) as usize;
+            f.data[i..i + 3].copy_from_slice(&rgb);
+        }
+    };
+    for t in 0..2 {
+        for x in x0..=x1 {
+            put(x, y0 + t);
+            put(x, y1 - t);
+        }
+        for y in y0..=y1 {
+            put(x0 + t, y);
+            put(x1 - t, y);
+        }
+    }
+}
+
+fn check(
+    golden: &Path,
+    model: &Path,
+    weights: Arc<TrackerWeights>,
+    shared: &Shared,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let t0 = Instant::now();
+    let report = check_golden(golden, weights, CheckOptions::default())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let engine = &report.engine;
+    if shared.json {
+        let mut j =
+            serde_json::to_value(&report).map_err(|e| Error::invalid("--json", e.to_string()))?;
+        j["model"] = json!(model.display().to_string());
+        j["device"] = json!("cpu");
+        j["precision"] = json!("f32");
+        j["failed"] = json!(report.failed());
+        j["passed"] = json!(report.passed());
+        j["run_s"] = json!(seconds);
+        writeln!(out, "{j}").map_err(write_err)?;
+    } else {
+        writeln!(
+            out,
+            "check:   {} against {}",
+            golden.display(),
+            model.display()
+        )
+        .map_err(write_err)?;
+        writeln!(
+            out,
+            "engine:  {engine} on cpu; relative errors ||ours - expected||_F / ||expected||_F within \
+             max(1e-5, 4 x the original's f32 error per family); crops within 1 grey level \
+             (the network runs on the golden's own crops); masks, resize factors and update \
+             decisions exact; free-running states within 0.1 px"
+        )
+        .map_err(write_err)?;
+        for l in &report.lines {
+            writeln!(out, "{}", check_line(l)).map_err(write_err)?;
+        }
+        for n in &report.skipped {
+            writeln!(out, "{n:<44} skipped (not produced)").map_err(write_err)?;
+        }
+        writeln!(
+            out,
+            "{}: {} tensors, {} over tolerance, {} frames tracked, {seconds:.1} s",
+            if report.passed() { "PASS" } else { "FAIL" },
+            report.lines.len(),
+            report.failed(),
+            report.frames
+        )
+        .map_err(write_err)?;
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}
+
+/// One line of the check report.
+pub fn check_line(l: &CheckLine) -> String {
+    let verdict = if l.ok { "ok" } else { "FAIL" };
+    let what = match l.measure {
+        Measure::RelErr => format!("rel err {:.3e} (tol {:.1e})", l.value, l.tolerance),
+        Measure::GreyLevels => format!(
+            "max diff {} grey levels ({} of {} values differ; tol 1)",
+            l.value, l.differing, l.values
+        ),
+        Measure::Mismatches => format!("{} of {} values differ (exact)", l.differing, l.values),
+        Measure::AbsPx => format!("max abs {:.3e} px (tol {})", l.value, l.tolerance),
+    };
+    format!("{:<44} {what}  {verdict}", l.name)
+}
+
+/// Tracks `iters` random frames after `warmup` and reports the step's latency and stages.
+fn time_step(
+    shared: &Shared,
+    model: &Path,
+    weights: Arc<TrackerWeights>,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    let (warmup, iters) = (shared.warmup.unwrap_or(1), shared.iters.unwrap_or(5));
+    let interval = weights
+        .config
+        .update_interval
+        .unwrap_or(DEFAULT_UPDATE_INTERVAL);
+    let mut tracker = Tracker::new(network(weights)?, interval)?;
+    let (w, h) = (1280usize, 720usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(shared.seed);
+    let frame = Frame::new(h, w, (0..w * h * 3).map(|_| rng.random::<u8>()).collect())?;
+    tracker.initialise(&frame, BBox::new(600.0, 320.0, 80.0, 60.0))?;
+    let describe = format!(
+        "{} on {}",
+        tracker.network().describe(),
+        tracker.network().device()
+    );
+    let mut lat = Vec::with_capacity(iters);
+    let mut stages = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        tracker.track(&frame)?;
+        if i >= warmup {
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            stages.extend(tracker.network().stage_times());
+        }
+    }
+    if lat.is_empty() {
+        return Err(Error::invalid(
+            "--iters",
+            "must be at least 1 to time the tracking step",
+        ));
+    }
+    let stats = LatencyStats::new(&lat)
+        .ok_or_else(|| Error::invalid("--iters", "must be at least 1 to time the tracking step"))?;
+    let mut avg = StageTimes::default();
+    for s in &stages {
+        avg.crop += s.crop / stages.len() as f64;
+        avg.backbone += s.backbone / stages.len() as f64;
+        avg.transformer += s.transformer / stages.len() as f64;
+        avg.heads += s.heads / stages.len() as f64;
+    }
+    if shared.json {
+        let j = json!({
+            "model": model.display().to_string(),
+            "engine": describe,
+            "frame": [w, h],
+            "warmup": warmup,
+            "iters": iters,
+            "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
+            "fps": stats.per_second(1.0),
+            "stages_ms": (!stages.is_empty()).then_some(avg),
+        });
+        writeln!(out, "{j}").map_err(write_err)?;
+    } else {
+        writeln!(
+            out,
+            "model:   {}: whole tracker, one step (crop -> box) per frame",
+            model.display()
+        )
+        .map_err(write_err)?;
+        writeln!(out, "engine:  {describe}").map_err(write_err)?;
+        writeln!(
+            out,
+            "run:     random {w}x{h} frames, warmup {warmup}, iters {iters}"
+        )
+        .map_err(write_err)?;
+        writeln!(out, "latency: {stats}").map_err(write_err)?;
+        writeln!(out, "fps:     {:.2} frames/s", stats.per_second(1.0)).map_err(write_err)?;
+        if !stages.is_empty() {
+            let parts: Vec<String> = avg
+                .named()
+                .iter()
+                .map(|(n, v)| format!("{n} {v:.3}"))
+                .collect();
+            writeln!(out, "stages:  {} ms (mean)", parts.join(", ")).map_err(write_err)?;
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,229 @@
+//! The tracking loop (spec section 6): initialise on a frame and a box, then one box and a
+//! confidence per frame, with the template update. The network behind it is a
+//! [`Network`]: the CPU reference ([`super::cpu::CpuNetwork`]) or a GPU engine.
+
+use serde::Serialize;
+
+use super::frame::{BBox, Frame};
+use super::weights::TrackerConfig;
+use crate::error::{Error, Result};
+
+/// Margin of `clip_box`: a state is kept at least this many pixels wide, high and inside.
+pub const CLIP_MARGIN: f64 = 10.0;
+
+/// The update interval when neither the model nor the dataset names one.
+pub const DEFAULT_UPDATE_INTERVAL: usize = 200;
+
+/// A template is replaced only when the confidence exceeds this.
+pub const UPDATE_CONFIDENCE: f64 = 0.5;
+
+/// What the network predicts for one search crop.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prediction {
+    /// `(cx, cy, w, h)` in units of the search crop's side (soft-argmax corners / side).
+    pub pred_box: [f64; 4],
+    /// The score head's logit; the confidence is its sigmoid.
+    pub conf_logit: f64,
+    /// `search_crop / crop_sz`: crop pixels per frame pixel.
+    pub resize_factor: f64,
+}
+
+/// Milliseconds the last search spent in each stage, where an engine measures them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimes {
+    pub crop: f64,
+    pub backbone: f64,
+    pub transformer: f64,
+    pub heads: f64,
+}
+
+impl StageTimes {
+    /// The stages as `(name, milliseconds)`, in order.
+    pub fn named(&self) -> [(&'static str, f64); 4] {
+        [
+            ("crop", self.crop),
+            ("backbone", self.backbone),
+            ("transformer", self.transformer),
+            ("heads", self.heads),
+        ]
+    }
+}
+
+/// The network of a tracker: crops, backbone, transformer and heads. The tracking logic
+/// (map back, clip, template updates) is [`Tracker`]'s, the same for every engine.
+pub trait Network {
+    /// One line for reports.
+    fn describe(&self) -> String;
+    /// `"cpu"` or `"cuda:N"`.
+    fn device(&self) -> String;
+    /// Crop sizes and factors.
+    fn config(&self) -> &TrackerConfig;
+    /// Crops the template around `target` and makes it both templates (the first frame).
+    fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
+    /// Crops a template around `target` and makes it the dynamic template (template 2).
+    fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
+    /// Crops the search region around `state` and predicts the box in it.
+    fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction>;
+    /// The last search's time per stage, when the engine measures it.
+    fn stage_times(&self) -> Option<StageTimes> {
+        None
+    }
+}
+
+impl<T: Network + ?Sized> Network for Box<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn device(&self) -> String {
+        (**self).device()
+    }
+    fn config(&self) -> &TrackerConfig {
+        (**self).config()
+    }
+    fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        (**self).init_templates(frame, target)
+    }
+    fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        (**self).update_template(frame, target)
+    }
+    fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
+        (**self).search(frame, state)
+    }
+    fn stage_times(&self) -> Option<StageTimes> {
+        (**self).stage_times()
+    }
+}
+
+/// One tracked frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tracked {
+    /// The frame's box: the new state, clipped to the image.
+    pub bbox: BBox,
+    /// `sigmoid(conf_logit)`.
+    pub confidence: f64,
+    /// The box mapped back to the frame, before clipping.
+    pub unclipped: BBox,
+    /// Whether the dynamic template was replaced after this frame.
+    pub template_updated: bool,
+    pub prediction: Prediction,
+}
+
+/// The tracking loop over a [`Network`].
+pub struct Tracker<N: Network> {
+    net: N,
+    update_interval: usize,
+    state: Option<BBox>,
+    /// Frames tracked since the first (the original's `frame_id`).
+    frame_id: usize,
+    /// `(width, height)` of the first frame; every later frame must match.
+    size: (usize, usize),
+}
+
+impl<N: Network> Tracker<N> {
+    /// A tracker that replaces the dynamic template every `update_interval` frames (when
+    /// confident).
+    pub fn new(net: N, update_interval: usize) -> Result<Tracker<N>> {
+        if update_interval == 0 {
+            return Err(Error::invalid("--update-interval", "must be at least 1"));
+        }
+        Ok(Tracker {
+            net,
+            update_interval,
+            state: None,
+            frame_id: 0,
+            size: (0, 0),
+        })
+    }
+
+    pub fn network(&self) -> &N {
+        &self.net
+    }
+
+    pub fn network_mut(&mut self) -> &mut N {
+        &mut self.net
+    }
+
+    pub fn update_interval(&self) -> usize {
+        self.update_interval
+    }
+
+    /// The current state (the last frame's box), once initialised.
+    pub fn state(&self) -> Option<BBox> {
+        self.state
+    }
+
+    /// Frames tracked since [`Tracker::initialise`].
+    pub fn frame_id(&self) -> usize {
+        self.frame_id
+    }
+
+    /// Starts on `frame` with the target at `target`: both templates from it, state =
+    /// `target`, frame count 0. The box must be valid and overlap the image.
+    pub fn initialise(&mut self, frame: &Frame, target: BBox) -> Result<()> {
+        target.check_initial(frame.width, frame.height, "initial box")?;
+        self.net.init_templates(frame, &target)?;
+        self.state = Some(target);
+        self.frame_id = 0;
+        self.size = (frame.width, frame.height);
+        Ok(())
+    }
+
+    /// Sets the state the next frame's search is centred on (teacher forcing: the tests
+    /// follow the golden files' states this way).
+    pub fn set_state(&mut self, state: BBox) {
+        self.state = Some(state);
+    }
+
+    /// Tracks the next frame: search around the state, map the prediction back to the
+    /// frame, clip it, and replace the dynamic template when due and confident.
+    pub fn track(&mut self, frame: &Frame) -> Result<Tracked> {
+        let state = self
+            .state
+            .ok_or_else(|| Error::invalid("tracker", "track() before initialise()"))?;
+        if (frame.width, frame.height) != self.size {
+            return Err(Error::invalid(
+                "frame",
+                format!(
+                    "{}x{}, but the sequence started with {}x{} frames; every frame of a \
+                     sequence must have the same size",
+                    frame.width, frame.height, self.size.0, self.size.1
+                ),
+            ));
+        }
+        self.frame_id += 1;
+        let prediction = self.net.search(frame, &state)?;
+        let crop = self.net.config().search_crop as f64;
+        let unclipped = map_back(&prediction, &state, crop);
+        let bbox = unclipped.clip(frame.width, frame.height, CLIP_MARGIN);
+        self.state = Some(bbox);
+        let confidence = sigmoid(prediction.conf_logit);
+        let template_updated =
+            self.frame_id.is_multiple_of(self.update_interval) && confidence > UPDATE_CONFIDENCE;
+        if template_updated {
+            self.net.update_template(frame, &bbox)?;
+        }
+        Ok(Tracked {
+            bbox,
+            confidence,
+            unclipped,
+            template_updated,
+            prediction,
+        })
+    }
+}
+
+/// `1 / (1 + e^-x)`.
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// The prediction in frame pixels (spec tracking steps 3-4): `(cx, cy, w, h) * crop / r`,
+/// offset by the search region's corner `state centre - crop / (2 r)`.
+pub fn map_back(p: &Prediction, state: &BBox, search_crop: f64) -> BBox {
+    let r = p.resize_factor;
+    let [cx, cy, w, h] = p.pred_box.map(|v| v * search_crop / r);
+    let (cx_prev, cy_prev) = state.center();
+    let half = 0.5 * search_crop / r;
+    let (cx_real, cy_real) = (cx + (cx_prev - half), cy + (cy_prev - half));
+    BBox::new(cx_real - 0.5 * w, cy_real - 0.5 * h, w, h)
+}

@@ -1,0 +1,170 @@
+//! A job's training keys in the job file, typed and checked once: `model`, `dataset`, and the
+//! optional `optimizer`, `lr` and `precision` (the command line's flags override the last
+//! three). The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::Precision;
+use crate::train::PRECISIONS;
+use crate::train::optim::OptimizerKind;
+use crate::{Error, Result};
+
+/// One `[[job]]`'s training keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// The model to build (`crate::train::models::ModelSpec::parse`).
+    pub model: String,
+    /// The dataset to read (`crate::train::data::Dataset::open`).
+    pub dataset: String,
+    /// Default adamw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Default 1e-3 ([`DEFAULT_LR`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// The GEMM operands' precision, one of [`PRECISIONS`] (default f32). Master weights,
+    /// optimizer state and gradients are f32 either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+}
+
+/// The learning rate when neither the job file nor `--lr` gives one.
+pub const DEFAULT_LR: f32 = 1e-3;
+
+/// The keys as written in a job file, before they are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Written {
+    model: String,
+    dataset: String,
+    #[serde(default)]
+    optimizer: Option<String>,
+    #[serde(default)]
+    lr: Option<f64>,
+    #[serde(default)]
+    precision: Option<String>,
+}
+
+impl TrainSpec {
+    /// The `[[job]]` keys this type reads.
+    pub const KEYS: [&'static str; 5] = ["model", "dataset", "optimizer", "lr", "precision"];
+
+    /// Reads and checks a job's training keys; `label` (the file and the job, e.g.
+    /// `jobs.toml: job 'a'`) starts every error, followed by the key.
+    pub fn from_table(table: toml::Table, label: &str) -> Result<TrainSpec> {
+        let ctx = |key: &str| format!("{label}: {key}");
+        let w =
+            Written::deserialize(toml::Value::Table(table)).map_err(|e| Error::parse(label, e))?;
+        if w.model.trim().is_empty() {
+            return Err(Error::invalid(ctx("model"), "must not be empty"));
+        }
+        if w.dataset.trim().is_empty() {
+            return Err(Error::invalid(ctx("dataset"), "must not be empty"));
+        }
+        let optimizer = w
+            .optimizer
+            .map(|name| {
+                name.parse()
+                    .map_err(|p| Error::invalid(ctx("optimizer"), p))
+            })
+            .transpose()?;
+        if let Some(lr) = w.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return Err(Error::invalid(
+                ctx("lr"),
+                format!("must be finite and > 0, got {lr}"),
+            ));
+        }
+        let precision = w
+            .precision
+            .map(|name| parse_precision(&name).map_err(|p| Error::invalid(ctx("precision"), p)))
+            .transpose()?;
+        Ok(TrainSpec {
+            model: w.model,
+            dataset: w.dataset,
+            optimizer,
+            lr: w.lr,
+            precision,
+        })
+    }
+}
+
+/// A precision the trainer runs ([`PRECISIONS`]), by name; the error lists them.
+pub fn parse_precision(name: &str) -> std::result::Result<Precision, String> {
+    match name.parse::<Precision>() {
+        Ok(p) if PRECISIONS.contains(&p) => Ok(p),
+        _ => {
+            let names: Vec<String> = PRECISIONS.iter().map(|p| p.to_string()).collect();
+            Err(format!("'{name}' is not one of {}", names.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: &str) -> Result<TrainSpec> {
+        let text = format!("model = \"mlp\"\ndataset = \"synthetic\"\n{extra}");
+        TrainSpec::from_table(toml::from_str(&text).unwrap(), "jobs.toml: job 'j'")
+    }
+
+    fn err(extra: &str) -> String {
+        spec(extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn keys_are_typed_and_checked_with_the_job_named() {
+        let plain = spec("").unwrap();
+        assert_eq!(
+            (plain.optimizer, plain.lr, plain.precision),
+            (None, None, None)
+        );
+        let full = spec("optimizer = \"sgd\"\nlr = 0.5\nprecision = \"bf16\"").unwrap();
+        assert_eq!(full.optimizer, Some(OptimizerKind::Sgd));
+        assert_eq!(full.lr, Some(0.5));
+        assert_eq!(full.precision, Some(Precision::Bf16));
+        assert_eq!(
+            spec("precision = \"fp32\"").unwrap().precision,
+            Some(Precision::F32)
+        );
+        let e = err("precision = \"f16\"");
+        assert!(
+            e.starts_with("jobs.toml: job 'j': precision") && e.contains("'f16'"),
+            "{e}"
+        );
+        // Precisions that exist but the trainer does not run are refused here too.
+        let e = err("precision = \"tf32\"");
+        assert!(e.contains("'tf32' is not one of f32, bf16"), "{e}");
+        let e = err("precision = 16");
+        assert!(e.contains("job 'j'") && e.contains("precision"), "{e}");
+        let e = err("lr = -1.0");
+        assert!(e.starts_with("jobs.toml: job 'j': lr"), "{e}");
+        let e = err("optimizer = \"adam\"");
+        assert!(
+            e.contains("job 'j': optimizer") && e.contains("'adam'"),
+            "{e}"
+        );
+        let e = TrainSpec::from_table(toml::Table::new(), "jobs.toml: job 'j'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("job 'j'") && e.contains("model"), "{e}");
+        let empty = TrainSpec::from_table(
+            toml::from_str("model = \" \"\ndataset = \"synthetic\"").unwrap(),
+            "jobs.toml: job 'j'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(empty.contains("job 'j': model"), "{empty}");
+    }
+
+    #[test]
+    fn precision_names_what_the_trainer_runs() {
+        assert_eq!(parse_precision("bf16"), Ok(Precision::Bf16));
+        assert_eq!(
+            parse_precision("fp16").unwrap_err(),
+            "'fp16' is not one of f32, bf16"
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! `conv2d` on cuDNN ([`Conv2dKernels`]) against the CPU reference (`conv2d::cpu`, f64
+//! accumulation), in every precision, on the shapes the tracker's backbone and heads and the
+//! five CNNs of the trainer use: the 7x7 stride-2 stem, 3x3 stride 1 and 2, 1x1 stride 1 and
+//! 2, AlexNet's 11x11 stride 4, grouped (ResNeXt) and depthwise (ShuffleNet) convolutions, a
+//! non-square kernel, one output channel (the corner head), odd sizes and odd channel counts.
+//!
+//! Every output is poisoned (NaN) first, so an unwritten element fails; inputs are fresh
+//! random values. Each forward epilogue (none, bias, bias + ReLU, bias + residual + ReLU) runs
+//! through cuDNN's fused call and through our epilogue kernel. Each case prints its error and
+//! the plan cuDNN chose (algorithms, math, whether the epilogue was fused), and a test reports
+//! every failing case before it fails, so one GPU run tells everything.
+//!
+//! Tolerances (relative Frobenius error against the reference):
+//! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3);
+//! - tf32: 2e-3 (operands rounded to 10-bit mantissas, f32 accumulation);
+//! - bf16: 4e-3. The inputs are bf16, so the reference takes the same (rounded) values; the
+//!   GPU rounds its result to bf16 once (2^-9 relative at most), twice on the unfused path.
+//!
+//! Without a GPU (or cuDNN) they print `skipped: <reason>`; `ATTNRT_REQUIRE_GPU=1` makes that
+//! a failure. cuDNN is looked for as `src/gpu/cudnn.rs` says (`ATTNRT_CUDNN_LIB` first).
+
+use std::sync::Arc;
+
+use attnrt::Error;
+use attnrt::base::Precision;
+use attnrt::base::relative_error;
+use attnrt::gpu::testing::{REQUIRE_GPU_VAR, gpu_or_skip};
+use attnrt::gpu::{self, Gpu, Graph, cudnn};
+use attnrt::kernels::conv2d::cpu::{self, Layout};
+use attnrt::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
+use half::bf16;
+use rand_chacha::ChaCha8Rng;
+
+fn required() -> bool {
+    std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1")
+}
+
+/// The GPU and a `precision` [`Conv2dKernels`] on it, or `None` after printing why not (no
+/// GPU, or no cuDNN: a failure when a GPU is required).
+fn conv_or_skip(test: &str, precision: Precision) -> Option<(Arc<Gpu>, Conv2dKernels)> {
+    let gpu = gpu_or_skip(test)?;
+    match Conv2dKernels::load(&gpu, precision) {
+        Ok(conv) => Some((gpu, conv)),
+        Err(e @ Error::MissingLibrary { .. }) if !required() => {
+            println!("{test}: skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// The shapes every test runs, named.
+fn cases() -> Vec<(&'static str, Conv2dShape)> {
+    let s = Conv2dShape::new;
+    vec![
+        (
+            "stem 7x7 s2",
+            s(2, [37, 41], 3, 16, 7).with_stride(2).with_pad(3),
+        ),
+        ("3x3 s1", s(2, [13, 11], 16, 24, 3).with_pad(1)),
+        (
+            "3x3 s2",
+            s(1, [15, 17], 32, 48, 3).with_stride(2).with_pad(1),
+        ),
+        ("3x3 odd channels", s(1, [9, 10], 5, 7, 3).with_pad(1)),
+        ("1x1", s(2, [9, 7], 64, 32, 1)),
+        (
+            "1x1 s2 downsample",
+            s(1, [14, 13], 32, 64, 1).with_stride(2),
+        ),
+        (
+            "alexnet 11x11 s4",
+            s(1, [67, 63], 3, 16, 11).with_stride(4).with_pad(2),
+        ),
+        (
+            "grouped 32x4 (resnext)",
+            s(1, [10, 9], 128, 128, 3).with_pad(1).with_groups(32),
+        ),
+        (
+            "grouped 4, 6 -> 9 a group",
+            s(2, [8, 9], 24, 36, 3).with_pad(1).with_groups(4),
+        ),
+        (
+            "depthwise s1",
+            s(2, [11, 13], 24, 24, 3).with_pad(1).with_groups(24),
+        ),
+        (
+            "depthwise s2 (shufflenet)",
+            s(1, [15, 15], 58, 58, 3)
+                .with_stride(2)
+                .with_pad(1)
+                .with_groups(58),
+        ),
+        ("corner head 32 -> 1", s(1, [24, 24], 32, 1, 1)),
+        (
+            "1x5 kernel",
+            Conv2dShape {
+                kernel_h: 1,
+                kernel_w: 5,
+                ..s(1, [7, 12], 8, 12, 1).with_pad(1)
+            },
+        ),
+    ]
+}
+
+/// The tolerance of each precision (see the module docs).
+fn tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 1e-5,
+        Precision::Tf32 => 2e-3,
+        Precision::Bf16 => 4e-3,
+    }
+}
+
+/// `n` random values in [-1, 1), as the storage type holds them (the reference takes these).
+fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    let mut v = crate::random(rng, n);
+    v.iter_mut().for_each(|x| *x = T::from_f32(*x).to_f32());
+    v
+}
+
+fn upload<T: Element>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
+    let host: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
+    gpu::upload(gpu.stream(), &host).unwrap()
+}
+
+/// A device buffer of `n` NaNs.
+fn poisoned<T: Element>(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<T> {
+    let mut b = gpu::upload(gpu.stream(), &vec![T::default(); n]).unwrap();
+    gpu::poison_nan(gpu.stream(), &mut b).unwrap();
+    b
+}
+
+fn download<T: Element>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
+    let v: Vec<T> = gpu::download(gpu.stream(), b).unwrap();
+    v.into_iter().map(T::to_f32).collect()
+}
+
+/// The reference's description of `shape` (NHWC).
+fn reference(shape: &Conv2dShape, relu: bool) -> cpu::Conv2d {
+    cpu::Conv2d {
+        batch: shape.batch,
+        in_channels: shape.in_channels,
+        height: shape.height,
+        width: shape.width,
+        out_channels: shape.out_channels,
+        kernel_h: shape.kernel_h,
+        kernel_w: shape.kernel_w,
+        stride: shape.stride,
+        pad: shape.pad,
+        groups: shape.groups,
+        relu,
+        layout: Layout::Nhwc,
+    }
+}
+
+/// Compares, prints one line, and records a failure (NaN included) in `failures`.
+fn compare(what: String, got: &[f32], want: &[f32], tol: f64, failures: &mut Vec<String>) {
+    let err = relative_error(got, want).expect("same length");
+    let nan = got.iter().filter(|v| v.is_nan()).count();
+    let verdict = if err <= tol { "ok" } else { "FAILED" };
+    let line =
+        format!("{what}: relative error {err:.2e} (tolerance {tol:.0e}, {nan} NaN) {verdict}");
+    println!("{line}");
+    if err > tol {
+        failures.push(line);
+    }
+}
+
+fn finish(test: &str, failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{test}: {} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The four epilogues, by name: (bias, residual, relu).
+const EPILOGUES: [(&str, bool, bool, bool); 4] = [
+    ("plain", false, false, false),
+    ("bias", true, false, false),
+    ("bias+relu", true, false, true),
+    ("bias+residual+relu", true, true, true),
+];
+
+fn forward_cases<T: Element>(test: &str, precision: Precision) {
+    let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
+        return;
+    };
+    let mut rng = crate::rng(0xC02D);
+    let mut failures = Vec::new();
+    let tol = tolerance(precision);
+    for (name, shape) in cases() {
+        let x = random::<T>(&mut rng, shape.input_len());
+        let w_oihw = random::<T>(&mut rng, shape.weight_len());
+        let bias = random::<T>(&mut rng, shape.out_channels);
+        let residual = random::<T>(&mut rng, shape.output_len());
+        let (dx, dw) = (
+            upload::<T>(&gpu, &x),
+            upload::<T>(&gpu, &shape.weight_to_gpu(&w_oihw)),
+        );
+        let (db, dz) = (upload::<T>(&gpu, &bias), upload::<T>(&gpu, &residual));
+        for (epi, has_bias, has_residual, relu) in EPILOGUES {
+            let want = cpu::conv2d(
+                &reference(&shape, relu),
+                &x,
+                &w_oihw,
+                has_bias.then_some(&bias[..]),
+                has_residual.then_some(&residual[..]),
+            )
+            .unwrap();
+            let paths: &[bool] = if epi == "plain" {
+                &[true]
+            } else {
+                &[true, false]
+            };
+            for &fused in paths {
+                conv.set_fused(fused);
+                let mut y = poisoned::<T>(&gpu, shape.output_len());
+                let epilogue = Epilogue {
+                    bias: has_bias.then(|| db.as_view()),
+                    residual: has_residual.then(|| dz.as_view()),
+                    relu,
+                };
+                let what = format!(
+                    "{precision} {name} [{shape}] {epi}{}",
+                    if fused { "" } else { " (our epilogue kernel)" }
+                );
+                match conv.forward(&shape, &dx, &dw, epilogue, &mut y) {
+                    Ok(()) => compare(what, &download(&gpu, &y), &want, tol, &mut failures),
+                    Err(e) => {
+                        println!("{what}: {e}");
+                        failures.push(format!("{what}: {e}"));
+                    }
+                }
+            }
+        }
+        println!("  {}", conv.describe(&shape).unwrap_or_default());
+    }
+    finish(test, failures);
+}
+
+#[test]
+fn conv2d_forward_f32_matches_the_reference() {
+    forward_cases::<f32>("conv2d_forward_f32_matches_the_reference", Precision::F32);
+}
+
+#[test]
+fn conv2d_forward_tf32_matches_the_reference() {
+    forward_cases::<f32>("conv2d_forward_tf32_matches_the_reference", Precision::Tf32);
+}
+
+#[test]
+fn conv2d_forward_bf16_matches_the_reference() {
+    forward_cases::<bf16>("conv2d_forward_bf16_matches_the_reference", Precision::Bf16);
+}
+
+fn backward_cases<T: Element>(test: &str, precision: Precision) {
+    let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
+        return;
+    };
+    let mut rng = crate::rng(0xBAC2D);
+    let mut failures = Vec::new();
+    let tol = tolerance(precision);
+    for (name, shape) in cases() {
+        let r = reference(&shape, false);
+        let x = random::<T>(&mut rng, shape.input_len());
+        let w_oihw = random::<T>(&mut rng, shape.weight_len());
+        let dy = random::<T>(&mut rng, shape.output_len());
+        let want_dx = cpu::backward_data(&r, &w_oihw, &dy).unwrap();
+        let want_dw = shape.weight_to_gpu(&cpu::backward_filter(&r, &x, &dy).unwrap());
+        let want_db = cpu::backward_bias(&r, &dy).unwrap();
+        let (gx, gw) = (
+            upload::<T>(&gpu, &x),
+            upload::<T>(&gpu, &shape.weight_to_gpu(&w_oihw)),
+        );
+        let gdy = upload::<T>(&gpu, &dy);
+        let what = |pass: &str| format!("{precision} {name} [{shape}] backward {pass}");
+        // Overwriting (into NaN), then accumulating onto earlier values.
+        for accumulate in [false, true] {
+            let start = |n: usize, rng: &mut ChaCha8Rng| -> (Vec<f32>, gpu::DeviceBuffer<T>) {
+                if accumulate {
+                    let v = random::<T>(rng, n);
+                    let b = upload::<T>(&gpu, &v);
+                    (v, b)
+                } else {
+                    (vec![0.0; n], poisoned::<T>(&gpu, n))
+                }
+            };
+            let plus = |base: &[f32], grad: &[f32]| -> Vec<f32> {
+                base.iter().zip(grad).map(|(a, b)| a + b).collect()
+            };
+            let suffix = if accumulate { " (accumulate)" } else { "" };
+            let (base, mut gdx) = start(shape.input_len(), &mut rng);
+            let got = conv.backward_data(&shape, &gw, &gdy, &mut gdx, accumulate);
+            record(
+                got.map(|()| download(&gpu, &gdx)),
+                what("data") + suffix,
+                &plus(&base, &want_dx),
+                tol,
+                &mut failures,
+            );
+            let (base, mut gdw) = start(shape.weight_len(), &mut rng);
+            let got = conv.backward_filter(&shape, &gx, &gdy, &mut gdw, accumulate);
+            record(
+                got.map(|()| download(&gpu, &gdw)),
+                what("filter") + suffix,
+                &plus(&base, &want_dw),
+                tol,
+                &mut failures,
+            );
+            let (base, mut gdb) = start(shape.out_channels, &mut rng);
+            let got = conv.backward_bias(&shape, &gdy, &mut gdb, accumulate);
+            record(
+                got.map(|()| download(&gpu, &gdb)),
+                what("bias") + suffix,
+                &plus(&base, &want_db),
+                tol,
+                &mut failures,
+            );
+        }
+        println!("  {}", conv.describe(&shape).unwrap_or_default());
+    }
+    finish(test, failures);
+}
+
+/// Compares a pass's result, or records its error.
+fn record(
+    got: attnrt::Result<Vec<f32>>,
+    what: String,
+    want: &[f32],
+    tol: f64,
+    failures: &mut Vec<String>,
+) {
+    match got {
+        Ok(got) => compare(what, &got, want, tol, failures),
+        Err(e) => {
+            println!("{what}: {e}");
+            failures.push(format!("{what}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn conv2d_backward_f32_matches_the_reference() {
+    backward_cases::<f32>("conv2d_backward_f32_matches_the_reference", Precision::F32);
+}
+
+#[test]
+fn conv2d_backward_tf32_matches_the_reference() {
+    backward_cases::<f32>(
+        "conv2d_backward_tf32_matches_the_reference",
+        Precision::Tf32,
+    );
+}
+
+#[test]
+fn conv2d_backward_bf16_matches_the_reference() {
+    backward_cases::<bf16>(
+        "conv2d_backward_bf16_matches_the_reference",
+        Precision::Bf16,
+    );
+}
+
+/// Deterministic algorithms give bit-identical gradients run to run (the filter gradient's
+/// reduction is where cuDNN's fast algorithms use atomics).
+#[test]
+fn conv2d_deterministic_backward_repeats_bit_for_bit() {
+    let test = "conv2d_deterministic_backward_repeats_bit_for_bit";
+    let Some((gpu, mut conv)) = conv_or_skip(test, Precision::F32) else {
+        return;
+    };
+    conv.set_deterministic(true);
+    let shape = Conv2dShape::new(8, [28, 28], 64, 64, 3).with_pad(1);
+    let mut rng = crate::rng(7);
+    let x = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.input_len()));
+    let w = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.weight_len()));
+    let dy = upload::<f32>(&gpu, &random::<f32>(&mut rng, shape.output_len()));
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut dw = poisoned::<f32>(&gpu, shape.weight_len());
+        let mut dx = poisoned::<f32>(&gpu, shape.input_len());
+        conv.backward_filter(&shape, &x, &dy, &mut dw, false)
+            .unwrap();
+        conv.backward_data(&shape, &w, &dy, &mut dx, false).unwrap();
+        runs.push((download(&gpu, &dw), download(&gpu, &dx)));
+    }
+    println!("{}", conv.describe(&shape).unwrap());
+    assert!(runs[0] == runs[1], "{test}: two runs differ");
+}
+
+/// A CUDA graph of prepared convolutions (fused and not, forward and backward) replays to
+/// the eager results bit for bit (deterministic algorithms): the tracker captures its whole
+/// step.
+#[test]
+fn conv2d_runs_inside_a_cuda_graph() {
+    let test = "conv2d_runs_inside_a_cuda_graph";
+    for precision in Precision::ALL {
+        let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
+            return;
+        };
+        if precision == Precision::Bf16 {
+            graph_case::<bf16>(&gpu, &mut conv);
+        } else {
+            graph_case::<f32>(&gpu, &mut conv);
+        }
+    }
+}
+
+fn graph_case<T: Element>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernels) {
+    let shape = Conv2dShape::new(1, [20, 20], 32, 64, 3).with_pad(1);
+    let mut rng = crate::rng(11);
+    let x = upload::<T>(gpu, &random::<T>(&mut rng, shape.input_len()));
+    let w = upload::<T>(gpu, &random::<T>(&mut rng, shape.weight_len()));
+    let b = upload::<T>(gpu, &random::<T>(&mut rng, shape.out_channels));
+    let z = upload::<T>(gpu, &random::<T>(&mut rng, shape.output_len()));
+    let run = |conv: &mut Conv2dKernels,
+               y1: &mut gpu::DeviceBuffer<T>,
+               y2: &mut gpu::DeviceBuffer<T>,
+               dx: &mut gpu::DeviceBuffer<T>| {
+        conv.forward(
+            &shape,
+            &x,
+            &w,
+            Epilogue::bias_add_relu(b.as_view(), z.as_view()),
+            y1,
+        )?;
+        conv.forward(&shape, &x, &w, Epilogue::bias(b.as_view()), y2)?;
+        conv.backward_data(&shape, &w, &z, dx, false)
+    };
+    conv.set_deterministic(true);
+    conv.prepare(&shape, Passes::Training).unwrap();
+    let mut eager = [0; 3].map(|_| poisoned::<T>(gpu, shape.output_len()));
+    let mut dx = poisoned::<T>(gpu, shape.input_len());
+    {
+        let [y1, y2, _] = &mut eager;
+        run(conv, y1, y2, &mut dx).unwrap();
+    }
+    let want = [
+        download(gpu, &eager[0]),
+        download(gpu, &eager[1]),
+        download(gpu, &dx),
+    ];
+    let mut y1 = poisoned::<T>(gpu, shape.output_len());
+    let mut y2 = poisoned::<T>(gpu, shape.output_len());
+    let mut gdx = poisoned::<T>(gpu, shape.input_len());
+    let graph = Graph::capture(gpu.stream(), || run(conv, &mut y1, &mut y2, &mut gdx)).unwrap();
+    graph.replay().unwrap();
+    let got = [download(gpu, &y1), download(gpu, &y2), download(gpu, &gdx)];
+    println!(
+        "graph {}: {}",
+        conv.precision(),
+        conv.describe(&shape).unwrap()
+    );
+    assert!(
+        got == want,
+        "{}: the graph's results differ from the eager ones",
+        conv.precision()
+    );
+}
+
+/// Wrong buffers are errors naming the tensor, not cuDNN failures.
+#[test]
+fn conv2d_refuses_wrong_buffers() {
+    let test = "conv2d_refuses_wrong_buffers";
+    let Some((gpu, mut conv)) = conv_or_skip(test, Precision::Bf16) else {
+        return;
+    };
+    let shape = Conv2dShape::new(1, [8, 8], 8, 16, 3).with_pad(1);
+    let x32 = upload::<f32>(&gpu, &vec![0.0; shape.input_len()]);
+    let w32 = upload::<f32>(&gpu, &vec![0.0; shape.weight_len()]);
+    let mut y32 = poisoned::<f32>(&gpu, shape.output_len());
+    let e = conv
+        .forward(&shape, &x32, &w32, Epilogue::none(), &mut y32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f32 tensors given; this precision stores bf16"),
+        "{e}"
+    );
+    let x = upload::<bf16>(&gpu, &vec![0.0; shape.input_len() + 8]);
+    let w = upload::<bf16>(&gpu, &vec![0.0; shape.weight_len()]);
+    let mut y = poisoned::<bf16>(&gpu, shape.output_len());
+    let e = conv
+        .forward(&shape, &x, &w, Epilogue::none(), &mut y)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("conv2d forward") && e.contains("x has"), "{e}");
+    // A view one element in: 2 bytes off the 16-byte boundary.
+    let e = conv
+        .forward(
+            &shape,
+            &x.slice(1..=shape.input_len()),
+            &w,
+            Epilogue::none(),
+            &mut y,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("x starts at") && e.contains("16-byte boundary"),
+        "{e}"
+    );
+    let bad = Conv2dShape::new(1, [8, 8], 8, 16, 3).with_groups(3);
+    let mut db = poisoned::<bf16>(&gpu, 16);
+    let e = conv
+        .backward_bias(&bad, &y, &mut db, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 groups must divide"), "{e}");
+}
+
+/// Where cuDNN was found (printed), or, with no cuDNN, an error that says how to get it.
+/// Runs without a GPU.
+#[test]
+fn cudnn_is_found_or_the_error_says_how_to_get_it() {
+    match cudnn::library() {
+        Ok(lib) => println!(
+            "cuDNN {} from {} ({})",
+            lib.version_string(),
+            lib.source,
+            lib.path
+                .as_ref()
+                .map_or("by name".into(), |p| p.display().to_string())
+        ),
+        Err(e) => {
+            let e = e.to_string();
+            println!("no cuDNN: {e}");
+            assert!(
+                e.contains("libcudnn.so.9")
+                    && e.contains("scripts/setup-cuda.sh")
+                    && e.contains("ATTNRT_CUDNN_LIB")
+                    && e.contains("import nvidia.cudnn"),
+                "{e}"
+            );
+            assert!(!required(), "{REQUIRE_GPU_VAR}=1 but {e}");
+        }
+    }
+    // A named library that is not there is the error, with what to do.
+    let dir = std::env::temp_dir().join("attnrt-no-cudnn-here");
+    let e = cudnn::locate(Some(dir.as_os_str()), &[]).unwrap_err();
+    assert!(
+        e.contains("ATTNRT_CUDNN_LIB=") && e.contains("does not exist"),
+        "{e}"
+    );
+}

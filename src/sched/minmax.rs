@@ -53,6 +53,9 @@ pub struct MinmaxParams {
     pub patience: usize,
     /// Moves per round: `max_moves + jobs / 8`; the search goes on at the next round.
     pub max_moves: usize,
+    /// With more jobs than GPUs, the deadline-ordered placement replaces the searched one
+    /// when its lookahead is lower by this fraction.
+    pub queue_margin: f64,
 }
 
 impl Default for MinmaxParams {
@@ -64,6 +67,7 @@ impl Default for MinmaxParams {
             moves_per_job: 3,
             patience: 8,
             max_moves: 16,
+            queue_margin: 0.001,
         }
     }
 }
@@ -146,7 +150,232 @@ fn plan(
         }
     };
     search.run();
-    search.dr
+    let Some(queued) = deadline_order(model, current) else {
+        return search.dr;
+    };
+    let horizon = lookahead_horizon(model);
+    let ahead = |drs: &[DistributionRatio]| lookahead(model, current, drs, horizon);
+    if ahead(&queued) < ahead(&search.dr) * (1.0 - params.queue_margin) {
+        queued
+    } else {
+        search.dr
+    }
+}
+
+/// With more jobs than GPUs, the placement that serves the jobs by deadline: the deadlines
+/// that the pooled machine can just meet ([`pooled_slowdown`]), the `m - 1` earliest each
+/// alone on a GPU (the one holding most of its units when no earlier job took it), every
+/// other job queued on the last GPU, where it progresses slowly until a GPU frees up.
+/// Processor sharing cannot pause a job; crowding the jobs that can wait on one GPU is the
+/// closest it comes. `None` with no more jobs than GPUs.
+fn deadline_order(model: &RoundModel, current: &[DistributionRatio]) -> Option<Vec<DistributionRatio>> {
+    let m = model.machine.gpus;
+    let n = model.jobs.len();
+    if n <= m || m == 0 {
+        return None;
+    }
+    let left: Vec<Pooled> = model.jobs.iter().map(Pooled::of).collect();
+    let s = pooled_slowdown(&left, m as f64);
+    let deadline = |j: usize| s * left[j].exclusive - left[j].elapsed;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| deadline(a).total_cmp(&deadline(b)).then(a.cmp(&b)));
+    let (first, queued) = order.split_at(m - 1);
+    let main_gpu = |j: usize| {
+        let dr = &current[j];
+        (0..m).max_by_key(|&g| (dr.get(g), std::cmp::Reverse(g))).unwrap_or(0)
+    };
+    let mut taken = vec![false; m];
+    let mut gpu_of: Vec<Option<usize>> = vec![None; n];
+    for &j in first {
+        let g = main_gpu(j);
+        if !taken[g] {
+            taken[g] = true;
+            gpu_of[j] = Some(g);
+        }
+    }
+    // The queue stays on the free GPU already holding most of it.
+    let mut holding = vec![0usize; m];
+    for &j in queued {
+        holding[main_gpu(j)] += 1;
+    }
+    let queue_gpu = (0..m)
+        .filter(|&g| !taken[g])
+        .max_by_key(|&g| (holding[g], std::cmp::Reverse(g)))?;
+    taken[queue_gpu] = true;
+    let mut free = (0..m).filter(|&g| !taken[g]);
+    for &j in first {
+        if gpu_of[j].is_none() {
+            gpu_of[j] = free.next();
+        }
+    }
+    (0..n)
+        .map(|j| DistributionRatio::exclusive(m, gpu_of[j].unwrap_or(queue_gpu)).ok())
+        .collect()
+}
+
+/// Each job's iteration time under `drs` while every job keeps running: the shards of a GPU
+/// share it equally.
+fn instant_times(model: &RoundModel, drs: &[DistributionRatio]) -> Vec<f64> {
+    let eff = model.machine.colocation_efficiency;
+    let shards: Vec<Vec<(usize, f64)>> = model
+        .jobs
+        .iter()
+        .zip(drs)
+        .map(|(j, dr)| shard_work(j.batch_size, &j.costs, dr))
+        .collect();
+    let mut sharing = vec![0usize; model.machine.gpus];
+    for &(g, _) in shards.iter().flatten() {
+        sharing[g] += 1;
+    }
+    shards
+        .iter()
+        .zip(&model.jobs)
+        .map(|(s, j)| {
+            let slowest = s
+                .iter()
+                .map(|&(g, w)| w / speed(sharing[g].saturating_sub(1) as f64, eff))
+                .fold(0.0, f64::max);
+            slowest + allreduce_s(&model.machine, s.len(), j.costs.grad_mb)
+        })
+        .collect()
+}
+
+/// How far [`lookahead`] looks: 0.3 times the shortest time any job could still finish in
+/// alone, so that no job is predicted past its finish, where the next rounds re-plan (the
+/// suite's mean distance from the bound is flat from 0.1 to 0.6 times; whole times, or the
+/// `m`-th shortest, lose 2 to 8%).
+fn lookahead_horizon(model: &RoundModel) -> f64 {
+    0.3 * model
+        .jobs
+        .iter()
+        .map(|j| Pooled::of(j).work)
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The largest Slow-Down the jobs of `model` can still reach if they run `horizon` seconds
+/// under `drs` ([`instant_times`]; a job that moves from `current` first stalls) and the
+/// rest on the pooled machine ([`pooled_slowdown`]): a one-step lookahead that sees that
+/// the jobs that can wait may give way now, which the prediction of a fixed placement
+/// cannot.
+fn lookahead(
+    model: &RoundModel,
+    current: &[DistributionRatio],
+    drs: &[DistributionRatio],
+    horizon: f64,
+) -> f64 {
+    let stall = model.machine.reconfigure_ms / 1000.0;
+    let t = instant_times(model, drs);
+    let mut worst = 0.0f64;
+    let mut left = Vec::with_capacity(model.jobs.len());
+    for (k, job) in model.jobs.iter().enumerate() {
+        let pause = if job.done_iters > 0 && drs[k] != current[k] {
+            stall
+        } else {
+            0.0
+        };
+        let remaining = job.remaining_iters() as f64;
+        let needed = pause + remaining * t[k];
+        if needed <= horizon {
+            worst = worst.max((job.elapsed_s + needed) / job.exclusive_s());
+            continue;
+        }
+        let done = ((horizon - pause).max(0.0) / t[k]).min(remaining);
+        left.push(Pooled {
+            work: (remaining - done) * job.exclusive_iter_s,
+            elapsed: job.elapsed_s + horizon,
+            exclusive: job.exclusive_s(),
+        });
+    }
+    worst.max(pooled_slowdown(&left, model.machine.gpus as f64))
+}
+
+/// A job as the pooled machine sees it: exclusive seconds of work left, seconds since it
+/// arrived, its exclusive time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Pooled {
+    work: f64,
+    elapsed: f64,
+    exclusive: f64,
+}
+
+impl Pooled {
+    fn of(job: &JobModel) -> Self {
+        Pooled {
+            work: job.remaining_iters() as f64 * job.exclusive_iter_s,
+            elapsed: job.elapsed_s,
+            exclusive: job.exclusive_s(),
+        }
+    }
+}
+
+/// The smallest `S` at which `jobs` can all finish by `S exclusive - elapsed` from now on
+/// `capacity` pooled GPUs, each job on at most one at a time, preempted and migrated at
+/// will (to a relative 1e-4). All jobs being present, the prefix condition is exact: the
+/// deadlines `d` can be met if and only if, at every deadline `d_k`,
+/// `capacity d_k + sum_{d_j > d_k} min(work_j, d_j - d_k) >= sum work` (the work that must
+/// still be done after `d_k` fits before its deadlines), and `work_j <= d_j`.
+fn pooled_slowdown(jobs: &[Pooled], capacity: f64) -> f64 {
+    let jobs: Vec<Pooled> = jobs.iter().copied().filter(|j| j.work > 0.0).collect();
+    if jobs.is_empty() {
+        return 0.0;
+    }
+    let total: f64 = jobs.iter().map(|j| j.work).sum();
+    let feasible = |s: f64| {
+        let d: Vec<f64> = jobs.iter().map(|j| s * j.exclusive - j.elapsed).collect();
+        // Latest starts `d - work` and deadlines, each ascending.
+        let mut by_start: Vec<usize> = (0..jobs.len()).collect();
+        by_start.sort_by(|&a, &b| (d[a] - jobs[a].work).total_cmp(&(d[b] - jobs[b].work)));
+        let mut by_end = by_start.clone();
+        by_end.sort_by(|&a, &b| d[a].total_cmp(&d[b]));
+        let (mut early, mut late) = (0, 0);
+        // The jobs still needing all their work after `t`, and the sum and count of the
+        // deadlines of those already started (each needs `d - t` more).
+        let (mut whole, mut ends, mut started) = (total, 0.0, 0.0);
+        for &k in &by_end {
+            let t = d[k];
+            while early < by_start.len() && d[by_start[early]] - jobs[by_start[early]].work < t {
+                let j = by_start[early];
+                whole -= jobs[j].work;
+                ends += d[j];
+                started += 1.0;
+                early += 1;
+            }
+            while late < by_end.len() && d[by_end[late]] <= t {
+                ends -= d[by_end[late]];
+                started -= 1.0;
+                late += 1;
+            }
+            if capacity * t + whole + (ends - started * t) < total * (1.0 - 1e-12) {
+                return false;
+            }
+        }
+        true
+    };
+    // Each job alone from now is the least it can reach.
+    let mut lo = jobs
+        .iter()
+        .map(|j| (j.elapsed + j.work) / j.exclusive)
+        .fold(0.0, f64::max);
+    if feasible(lo) {
+        return lo;
+    }
+    let mut hi = lo * 2.0;
+    while !feasible(hi) {
+        lo = hi;
+        hi *= 2.0;
+        if !hi.is_finite() {
+            return lo;
+        }
+    }
+    while hi - lo > 1e-4 * hi {
+        let mid = 0.5 * (lo + hi);
+        if feasible(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
 }
 
 /// Whether `new`, sorted from the largest, is below `old` sorted likewise by more than
@@ -952,6 +1181,49 @@ mod tests {
             ..m.clone()
         };
         assert!((predicted_max_slowdown(&one, &[dr(&[5, 5])]) - 1.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn pooled_deadlines() {
+        let job = |work: f64, exclusive: f64| Pooled {
+            work,
+            elapsed: exclusive - work,
+            exclusive,
+        };
+        // One GPU, fresh jobs of 1 and 2 s: the short one first, the long one done at 3 s.
+        let s = pooled_slowdown(&[job(1.0, 1.0), job(2.0, 2.0)], 1.0);
+        assert!((s - 1.5).abs() < 1e-3, "{s}");
+        // Three 1 s jobs on two GPUs, migrating: all done at 1.5 s.
+        let s = pooled_slowdown(&[job(1.0, 1.0); 3], 2.0);
+        assert!((s - 1.5).abs() < 1e-3, "{s}");
+        // A job half done in twice its time has used its slack: at least (2 + 0.5) / 1.
+        let late = Pooled {
+            work: 0.5,
+            elapsed: 2.0,
+            exclusive: 1.0,
+        };
+        assert!((pooled_slowdown(&[late, job(1.0, 1.0)], 2.0) - 2.5).abs() < 1e-3);
+        assert_eq!(pooled_slowdown(&[], 4.0), 0.0);
+    }
+
+    #[test]
+    fn more_jobs_than_gpus_are_served_by_deadline() {
+        // Jobs of 10, 100, 100 and 100 s on two GPUs, all on GPU 0, the short one waiting for
+        // 10 s already: it keeps GPU 0 (it is there), the others queue on GPU 1.
+        let mut m = model(2, 4);
+        for (k, j) in m.jobs.iter_mut().enumerate() {
+            j.total_iters = if k == 0 { 100 } else { 1000 };
+        }
+        m.jobs[0].elapsed_s = 10.0;
+        let start = vec![dr(&[10, 0]); 4];
+        let drs = deadline_order(&m, &start).unwrap();
+        assert_eq!(drs, [dr(&[10, 0]), dr(&[0, 10]), dr(&[0, 10]), dr(&[0, 10])]);
+        let t = instant_times(&m, &drs);
+        assert!((t[0] - 0.1).abs() < 1e-12 && (t[3] - 0.3).abs() < 1e-12);
+        assert!(deadline_order(&model(4, 4), &vec![dr(&[10, 0, 0, 0]); 4]).is_none());
+        // The round takes it: one step ahead, the late short job alone leaves less for the
+        // pooled machine than pairing it with a long one, which the search alone chooses.
+        assert_eq!(plan(&m, &start, MinmaxParams::default()), drs);
     }
 
     #[test]

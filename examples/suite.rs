@@ -8,7 +8,10 @@
 //!
 //! `--write DIR` also writes each workload's job file (for `attnrt-train --simulate`).
 //! `--scale GPUSxJOBS` instead simulates every policy on one synthetic workload of that size
-//! (`sched::workload::synthetic`, Poisson arrivals scaled to the machine) and times each.
+//! (`sched::workload::synthetic`, Poisson arrivals scaled to the machine; `--scale 64x500`
+//! is `examples/scale-64gpu.toml`) and times each, wall-clock and CPU (the process's user and
+//! system time: on a shared machine the wall-clock time counts the other processes too);
+//! `--no-bound` skips the bound there.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,28 +26,32 @@ use attnrt::sched::workload::{SyntheticSpec, synthetic};
 use attnrt::sched::{PolicyKind, SimOptions, simulate};
 
 struct Args {
-    seed: u64,
+    /// Default: the suite's, or the scale workload's.
+    seed: Option<u64>,
     workloads: usize,
     plot: Option<PathBuf>,
     write: Option<PathBuf>,
     policies: Vec<PolicyKind>,
     scale: Option<(usize, usize)>,
+    no_bound: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        seed: DEFAULT_SEED,
+        seed: None,
         workloads: DEFAULT_WORKLOADS,
         plot: None,
         write: None,
         policies: PolicyKind::ALL.to_vec(),
         scale: None,
+        no_bound: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
-            "--seed" => a.seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--seed" => a.seed = Some(value()?.parse().map_err(|e| format!("--seed: {e}"))?),
+            "--no-bound" => a.no_bound = true,
             "--workloads" => {
                 a.workloads = value()?.parse().map_err(|e| format!("--workloads: {e}"))?
             }
@@ -93,7 +100,8 @@ fn main() -> ExitCode {
 
 fn suite(args: &Args) -> attnrt::Result<()> {
     let started = Instant::now();
-    let workloads = generate(args.seed, args.workloads)?;
+    let seed = args.seed.unwrap_or(DEFAULT_SEED);
+    let workloads = generate(seed, args.workloads)?;
     if let Some(dir) = &args.write {
         std::fs::create_dir_all(dir).map_err(|e| attnrt::Error::io(dir, e))?;
         for w in &workloads {
@@ -106,17 +114,14 @@ fn suite(args: &Args) -> attnrt::Result<()> {
     println!(
         "suite: {} workloads (seed {}), {} policies, {:.1} s\n",
         rows.len(),
-        args.seed,
+        seed,
         args.policies.len(),
         started.elapsed().as_secs_f64()
     );
     println!("{}", summary_table(&rows, &args.policies));
     println!("{}", workload_table(&rows, &args.policies));
     if let Some(path) = &args.plot {
-        let title = format!(
-            "max Slow-Down over the lower bound, suite seed {}",
-            args.seed
-        );
+        let title = format!("max Slow-Down over the lower bound, suite seed {seed}");
         let svg = suite_svg(&rows, &args.policies, &title)?;
         std::fs::write(path, svg).map_err(|e| attnrt::Error::io(path, e))?;
     }
@@ -129,45 +134,71 @@ fn scale(args: &Args, gpus: usize, jobs: usize) -> attnrt::Result<()> {
     let spec = SyntheticSpec {
         gpus,
         jobs,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(base.seed),
         mean_interarrival_s: base.mean_interarrival_s * 64.0 / gpus as f64,
         ..base
     };
     let file = synthetic(&spec)?.file;
-    let started = Instant::now();
-    let bound = file_bound(&file, "scale")?;
+    let bound = if args.no_bound {
+        None
+    } else {
+        let (wall, cpu) = (Instant::now(), cpu_s());
+        let bound = file_bound(&file, "scale")?;
+        println!(
+            "{gpus} GPUs, {jobs} jobs (seed {}): lower bound {bound:.3} in {:.1} s ({:.1} s CPU)",
+            spec.seed,
+            wall.elapsed().as_secs_f64(),
+            cpu_s() - cpu
+        );
+        Some(bound)
+    };
     println!(
-        "{gpus} GPUs, {jobs} jobs (seed {}): lower bound {bound:.3} in {:.1} s",
-        args.seed,
-        started.elapsed().as_secs_f64()
+        "| policy | max SD | max SD / bound | mean SD | Jain | makespan (s) | util (%) | rounds | \
+         DR changes | wall (s) | CPU (s) |"
     );
-    println!(
-        "| policy | max SD | max SD / bound | mean SD | Jain | makespan (s) | util (%) | rounds | DR changes | wall (s) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &p in &args.policies {
-        let started = Instant::now();
+        let (wall, cpu) = (Instant::now(), cpu_s());
         let out = simulate(
             &file,
             "scale",
             &SimOptions {
                 policy: Some(p),
+                skip_bound: true,
                 ..SimOptions::default()
             },
         )?;
+        let (wall, cpu) = (wall.elapsed().as_secs_f64(), cpu_s() - cpu);
         let r = &out.report;
+        let ratio = bound.map_or("-".into(), |b| format!("{:.3}", r.max_slowdown / b));
         println!(
-            "| `{p}` | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {} | {} | {:.1} |",
+            "| `{p}` | {:.3} | {ratio} | {:.3} | {:.3} | {:.0} | {:.1} | {} | {} | {wall:.1} | \
+             {cpu:.1} |",
             r.max_slowdown,
-            r.max_slowdown / bound,
             r.mean_slowdown,
             r.jain_index,
             r.makespan_s,
             r.mean_gpu_util,
             out.stats.rounds,
             out.stats.dr_changes,
-            started.elapsed().as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// This process's CPU time so far (user and system), seconds; NaN where `/proc` cannot tell.
+fn cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // After the command name (which may hold spaces): fields 3 onwards; utime and stime are
+    // fields 14 and 15, in clock ticks of 1/100 s on Linux.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
 }

@@ -58,6 +58,9 @@ pub struct SimOptions {
     pub trace: bool,
     /// Record the manager's decision log ([`super::decisions`]).
     pub decisions: bool,
+    /// Leave the report's `max_slowdown_bound` out: the caller bounds the workload once for
+    /// several runs ([`Report::with_bound`]), or it costs too much at that size.
+    pub skip_bound: bool,
 }
 
 /// Counters of a run.
@@ -148,7 +151,9 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
     };
     let sim = Simulator::new(machine, &manager_cfg, manager, jobs, options.trace)?;
     let mut outcome = sim.run()?;
-    outcome.report = outcome.report.with_bound(file_bound(file, origin)?);
+    if !options.skip_bound {
+        outcome.report = outcome.report.with_bound(file_bound(file, origin)?);
+    }
     Ok(outcome)
 }
 

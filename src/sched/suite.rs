@@ -168,9 +168,13 @@ pub fn run(workloads: &[SuiteWorkload], policies: &[PolicyKind]) -> Result<Vec<S
                 .map(|&p| {
                     let options = SimOptions {
                         policy: Some(p),
+                        skip_bound: true,
                         ..SimOptions::default()
                     };
-                    simulate(file, &w.name, &options)
+                    simulate(file, &w.name, &options).map(|mut o| {
+                        o.report = o.report.with_bound(bound);
+                        o
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             let changes = outcomes.iter().map(|o| o.stats.dr_changes).collect();

@@ -175,11 +175,9 @@ fn rehearse(policy: &str, device: &str) {
          makespan {:.2} s live, {:.2} s predicted",
         r.max_slowdown, predicted.max_slowdown, r.makespan_s, predicted.makespan_s
     );
-    let sim_log = DecisionLog::from_json(
-        &std::fs::read_to_string(path("sim-d.json")).unwrap(),
-        "sim",
-    )
-    .unwrap();
+    let sim_log =
+        DecisionLog::from_json(&std::fs::read_to_string(path("sim-d.json")).unwrap(), "sim")
+            .unwrap();
     assert_eq!(replay(&sim_log).unwrap(), None);
 }
 

@@ -507,7 +507,10 @@ impl Supervisor<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let machine = file.simulation.ok_or_else(|| {
-            Error::invalid(&self.cfg.origin, "no machine costs for the policy's cost model")
+            Error::invalid(
+                &self.cfg.origin,
+                "no machine costs for the policy's cost model",
+            )
         })?;
         Ok(RoundModel { machine, jobs })
     }

@@ -168,7 +168,10 @@ fn plan(
 /// other job queued on the last GPU, where it progresses slowly until a GPU frees up.
 /// Processor sharing cannot pause a job; crowding the jobs that can wait on one GPU is the
 /// closest it comes. `None` with no more jobs than GPUs.
-fn deadline_order(model: &RoundModel, current: &[DistributionRatio]) -> Option<Vec<DistributionRatio>> {
+fn deadline_order(
+    model: &RoundModel,
+    current: &[DistributionRatio],
+) -> Option<Vec<DistributionRatio>> {
     let m = model.machine.gpus;
     let n = model.jobs.len();
     if n <= m || m == 0 {
@@ -182,7 +185,9 @@ fn deadline_order(model: &RoundModel, current: &[DistributionRatio]) -> Option<V
     let (first, queued) = order.split_at(m - 1);
     let main_gpu = |j: usize| {
         let dr = &current[j];
-        (0..m).max_by_key(|&g| (dr.get(g), std::cmp::Reverse(g))).unwrap_or(0)
+        (0..m)
+            .max_by_key(|&g| (dr.get(g), std::cmp::Reverse(g)))
+            .unwrap_or(0)
     };
     let mut taken = vec![false; m];
     let mut gpu_of: Vec<Option<usize>> = vec![None; n];
@@ -925,10 +930,14 @@ impl<'a> Search<'a> {
                 .then(work[b].0.total_cmp(&work[a].0))
                 .then(a.cmp(&b))
         });
-        // The largest Slow-Down on a GPU whose jobs (by work left, ascending) share it.
-        let worst = |jobs: &mut dyn Iterator<Item = usize>, n: usize| -> f64 {
+        // The largest Slow-Down on a GPU whose jobs (by work left, ascending) share it, with
+        // job `new` inserted at `at`.
+        let worst = |jobs: &[usize], at: usize, new: usize| -> f64 {
+            let n = jobs.len() + 1;
             let (mut clock, mut prev, mut worst) = (0.0, 0.0, 0.0f64);
-            for (k, j) in jobs.enumerate() {
+            let (before, after) = jobs.split_at(at);
+            let all = before.iter().chain(std::iter::once(&new)).chain(after);
+            for (k, &j) in all.enumerate() {
                 let sharing = n - k;
                 let rate = if sharing >= 2 {
                     eff / sharing as f64
@@ -955,12 +964,7 @@ impl<'a> Search<'a> {
                 }
                 let jobs = &placed[g];
                 let at = jobs.partition_point(|&j| work[j].0 <= work[i].0);
-                let mut with = jobs[..at]
-                    .iter()
-                    .copied()
-                    .chain(std::iter::once(i))
-                    .chain(jobs[at..].iter().copied());
-                let key = (worst(&mut with, jobs.len() + 1), jobs.len(), g);
+                let key = (worst(jobs, at, i), jobs.len(), g);
                 if best.is_none_or(|b| key < b) {
                     best = Some(key);
                 }
@@ -1217,7 +1221,10 @@ mod tests {
         m.jobs[0].elapsed_s = 10.0;
         let start = vec![dr(&[10, 0]); 4];
         let drs = deadline_order(&m, &start).unwrap();
-        assert_eq!(drs, [dr(&[10, 0]), dr(&[0, 10]), dr(&[0, 10]), dr(&[0, 10])]);
+        assert_eq!(
+            drs,
+            [dr(&[10, 0]), dr(&[0, 10]), dr(&[0, 10]), dr(&[0, 10])]
+        );
         let t = instant_times(&m, &drs);
         assert!((t[0] - 0.1).abs() < 1e-12 && (t[3] - 0.3).abs() < 1e-12);
         assert!(deadline_order(&model(4, 4), &vec![dr(&[10, 0, 0, 0]); 4]).is_none());

@@ -411,7 +411,13 @@ mod tests {
         }
         let x: Vec<f64> = a
             .iter()
-            .flat_map(|w| w.workload.file.jobs.iter().filter_map(|j| j.exclusive_iter_s()))
+            .flat_map(|w| {
+                w.workload
+                    .file
+                    .jobs
+                    .iter()
+                    .filter_map(|j| j.exclusive_iter_s())
+            })
             .collect();
         let (lo, hi) = (
             x.iter().copied().fold(f64::INFINITY, f64::min),

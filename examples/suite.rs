@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use attnrt::multijob::JobFile;
 use attnrt::sched::bound::file_bound;
+use attnrt::sched::plot::suite_svg;
 use attnrt::sched::suite::{
-    DEFAULT_SEED, DEFAULT_WORKLOADS, generate, run, suite_svg, summary_table, workload_table,
+    DEFAULT_SEED, DEFAULT_WORKLOADS, generate, run, summary_table, workload_table,
 };
 use attnrt::sched::workload::{SyntheticSpec, synthetic};
 use attnrt::sched::{PolicyKind, SimOptions, simulate};

@@ -1,7 +1,7 @@
 //! The workload suite: a seeded generator of varied workloads, and a runner that simulates
 //! every policy on each and scores it against the workload's lower bound
-//! ([`super::bound`]). `cargo run --release --example suite` prints the tables
-//! (docs/SCHEDULING.md has the results).
+//! ([`super::bound`]). `cargo run --release --example suite` prints the tables and draws
+//! the plot ([`super::plot::suite_svg`]); docs/SCHEDULING.md has the results.
 //!
 //! Each workload draws: 2 to 16 GPUs; 3 to 50 jobs of the thesis' five models with their
 //! per-sample and per-iteration costs scaled by `10^u`, `u` uniform in `[-1, 1]` (iteration
@@ -14,7 +14,6 @@
 
 use std::fmt::Write as _;
 
-use plotters::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -25,7 +24,7 @@ use super::policy::PolicyKind;
 use super::report::Report;
 use super::sim::{SimOptions, simulate};
 use super::workload::{THESIS_MODELS, Workload};
-use crate::{Error, Result};
+use crate::Result;
 
 /// The suite's default seed and size.
 pub const DEFAULT_SEED: u64 = 2027;
@@ -315,75 +314,6 @@ pub fn workload_table(rows: &[SuiteRow], policies: &[PolicyKind]) -> String {
         s.push('\n');
     }
     s
-}
-
-/// An SVG plot of each policy's `max_slowdown / bound` per workload.
-pub fn suite_svg(rows: &[SuiteRow], policies: &[PolicyKind], title: &str) -> Result<String> {
-    let mut svg = String::new();
-    draw(rows, policies, title, &mut svg).map_err(|e| Error::invalid("suite plot", e))?;
-    Ok(svg)
-}
-
-fn draw(
-    rows: &[SuiteRow],
-    policies: &[PolicyKind],
-    title: &str,
-    out: &mut String,
-) -> std::result::Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    let ratio = |r: &SuiteRow, p: usize| r.reports[p].max_slowdown / r.bound;
-    let y_max = rows
-        .iter()
-        .flat_map(|r| (0..policies.len()).map(move |p| ratio(r, p)))
-        .filter(|v| v.is_finite())
-        .fold(1.0, f64::max)
-        * 1.05;
-    let root = SVGBackend::with_string(out, (1100, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(
-            -0.5..rows.len() as f64 - 0.5,
-            (0.9..y_max.max(1.0)).log_scale(),
-        )
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("workload")
-        .y_desc("max Slow-Down / lower bound (log scale)")
-        .draw()
-        .map_err(|e| err(&e))?;
-    for (p, kind) in policies.iter().enumerate() {
-        let color = Palette99::pick(p).to_rgba();
-        let points: Vec<(f64, f64)> = rows
-            .iter()
-            .enumerate()
-            .map(|(w, r)| (w as f64, ratio(r, p)))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(points.iter().map(|&pt| Circle::new(pt, 4, color.filled())))
-            .map_err(|e| err(&e))?
-            .label(kind.name())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
 }
 
 #[cfg(test)]

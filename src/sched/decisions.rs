@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cost::RoundModel;
 use super::dr::DistributionRatio;
 use super::policy::{Admission, JobObservation, Manager, PeriodInputs, PolicyKind, ThesisParams};
 use crate::{Error, Result};
@@ -35,6 +36,9 @@ pub enum Entry {
         /// Per GPU, percent over the last period.
         util: Vec<f64>,
         jobs: Vec<RoundJob>,
+        /// The cost model the policy saw, for the policies that use one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<RoundModel>,
     },
 }
 
@@ -80,7 +84,9 @@ pub fn replay(log: &DecisionLog) -> Result<Option<String>> {
                     )));
                 }
             }
-            Entry::Round { util, jobs, .. } => {
+            Entry::Round {
+                util, jobs, model, ..
+            } => {
                 let inputs = PeriodInputs::new(
                     util.clone(),
                     jobs.iter()
@@ -90,6 +96,10 @@ pub fn replay(log: &DecisionLog) -> Result<Option<String>> {
                         })
                         .collect(),
                 )?;
+                let inputs = match model {
+                    Some(model) => inputs.with_model(model.clone())?,
+                    None => inputs,
+                };
                 let decisions = manager.evaluate(&inputs)?;
                 for (d, j) in decisions.iter().zip(jobs) {
                     if d.dr != j.decided {

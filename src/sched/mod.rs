@@ -15,14 +15,18 @@
 //!
 //! The model and the policies are described in `docs/SCHEDULING.md`.
 
+pub mod bound;
+pub mod cost;
 pub mod decisions;
 pub mod jobs;
+pub mod minmax;
 pub mod plot;
 pub mod policy;
 pub mod report;
 pub mod round;
 pub mod sim;
 pub mod slowdown;
+pub mod suite;
 pub mod workload;
 
 pub use crate::base::dr;

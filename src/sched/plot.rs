@@ -1,12 +1,15 @@
 //! SVG plots of a run, simulated or real: each job's Slow-Down over time (top) and each
 //! device's utilisation over time (bottom), as the manager saw them at its rounds. Devices are
-//! named by the trace's unit (`GPU 0`, or `CPU shard 0` on a CPU rehearsal).
+//! named by the trace's unit (`GPU 0`, or `CPU shard 0` on a CPU rehearsal). And the plot of
+//! the workload suite: each policy's distance from the lower bound per workload.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::policy::PolicyKind;
 use super::round::Trace;
+use super::suite::SuiteRow;
 use crate::{Error, Result};
 
 /// Legends are drawn only up to this many series; beyond it they would hide the plot.
@@ -77,13 +80,7 @@ fn draw(trace: &Trace, title: &str, out: &mut String) -> std::result::Result<(),
         }
     }
     if trace.job_sd.len() <= MAX_LEGEND {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
 
     let mut chart = ChartBuilder::on(&bottom)
@@ -116,14 +113,91 @@ fn draw(trace: &Trace, title: &str, out: &mut String) -> std::result::Result<(),
         }
     }
     if trace.gpu_util.len() <= MAX_LEGEND {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| err(&e))?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// The chart's series labels in the `position` corner, on a translucent white box.
+fn legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// An SVG plot of each policy's `max_slowdown / bound` per workload of the suite
+/// ([`super::suite`]), on a log scale.
+pub fn suite_svg(rows: &[SuiteRow], policies: &[PolicyKind], title: &str) -> Result<String> {
+    let mut svg = String::new();
+    draw_suite(rows, policies, title, &mut svg).map_err(|e| Error::invalid("suite plot", e))?;
+    Ok(svg)
+}
+
+fn draw_suite(
+    rows: &[SuiteRow],
+    policies: &[PolicyKind],
+    title: &str,
+    out: &mut String,
+) -> std::result::Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let ratio = |r: &SuiteRow, p: usize| r.reports[p].max_slowdown / r.bound;
+    let y_max = rows
+        .iter()
+        .flat_map(|r| (0..policies.len()).map(move |p| ratio(r, p)))
+        .filter(|v| v.is_finite())
+        .fold(1.0, f64::max)
+        * 1.05;
+    let root = SVGBackend::with_string(out, (1100, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(
+            -0.5..rows.len() as f64 - 0.5,
+            (0.9..y_max.max(1.0)).log_scale(),
+        )
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("workload")
+        .y_desc("max Slow-Down / lower bound (log scale)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (p, kind) in policies.iter().enumerate() {
+        let color = Palette99::pick(p).to_rgba();
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(w, r)| (w as f64, ratio(r, p)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(1),
+            ))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(points.iter().map(|&pt| Circle::new(pt, 4, color.filled())))
+            .map_err(|e| err(&e))?
+            .label(kind.name())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

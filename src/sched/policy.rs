@@ -21,8 +21,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::cost::RoundModel;
 use super::decisions::{DecisionLog, Entry, RoundJob};
 use super::dr::{DR_UNITS, DistributionRatio, largest_remainder};
+use super::minmax::{MinmaxPolicy, ThesisStablePolicy};
 use crate::{Error, Result};
 
 /// What the manager measured for one running job.
@@ -41,6 +43,8 @@ pub struct JobObservation {
 pub struct PeriodInputs {
     util: Vec<f64>,
     jobs: Vec<JobObservation>,
+    /// The cost model at this round, for the policies that predict ([`Policy::uses_model`]).
+    model: Option<RoundModel>,
 }
 
 impl PeriodInputs {
@@ -78,7 +82,24 @@ impl PeriodInputs {
                 ));
             }
         }
-        Ok(PeriodInputs { util, jobs })
+        Ok(PeriodInputs {
+            util,
+            jobs,
+            model: None,
+        })
+    }
+
+    /// These inputs with the round's cost model: one [`super::cost::JobModel`] per job, in
+    /// the same order.
+    pub fn with_model(mut self, model: RoundModel) -> Result<Self> {
+        model.check(self.util.len(), self.jobs.len())?;
+        self.model = Some(model);
+        Ok(self)
+    }
+
+    /// The round's cost model, when the caller gave one.
+    pub fn model(&self) -> Option<&RoundModel> {
+        self.model.as_ref()
     }
 
     /// The number of GPUs, `m`.
@@ -111,6 +132,8 @@ pub enum Action {
     UtilRebalance { added_gpu: usize },
     /// Algorithm 2, `DR_Update_SD`: `units` moved from GPU `from` to GPU `to`.
     SdShift { from: usize, to: usize, units: u8 },
+    /// `minmax`: the DR that lowers the largest predicted Slow-Down among the jobs it touches.
+    Rebalance,
 }
 
 /// A policy's answer for one job.
@@ -155,9 +178,15 @@ pub trait Policy {
 
     /// One evaluation round.
     fn evaluate(&mut self, inputs: &PeriodInputs) -> Result<Vec<Decision>>;
+
+    /// Whether the policy predicts from the round's cost model
+    /// ([`PeriodInputs::with_model`]); the manager then records the model in its log.
+    fn uses_model(&self) -> bool {
+        false
+    }
 }
 
-fn initial_or_even(gpus: usize, job: &Admission) -> Result<DistributionRatio> {
+pub(super) fn initial_or_even(gpus: usize, job: &Admission) -> Result<DistributionRatio> {
     match &job.initial_dr {
         Some(dr) if dr.gpus() == gpus => Ok(dr.clone()),
         Some(dr) => Err(Error::invalid(
@@ -522,14 +551,19 @@ pub enum PolicyKind {
     Even,
     Packed,
     Thesis,
+    #[serde(rename = "thesis-stable")]
+    ThesisStable,
+    Minmax,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 4] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::Static,
         PolicyKind::Even,
         PolicyKind::Packed,
         PolicyKind::Thesis,
+        PolicyKind::ThesisStable,
+        PolicyKind::Minmax,
     ];
 
     pub fn name(self) -> &'static str {
@@ -538,16 +572,20 @@ impl PolicyKind {
             PolicyKind::Even => "even",
             PolicyKind::Packed => "packed",
             PolicyKind::Thesis => "thesis",
+            PolicyKind::ThesisStable => "thesis-stable",
+            PolicyKind::Minmax => "minmax",
         }
     }
 
-    /// A fresh policy of this kind; `params` is used by `thesis` only.
+    /// A fresh policy of this kind; `params` is used by `thesis` and `thesis-stable` only.
     pub fn build(self, params: ThesisParams) -> Box<dyn Policy + Send> {
         match self {
             PolicyKind::Static => Box::new(StaticPolicy),
             PolicyKind::Even => Box::new(EvenPolicy),
             PolicyKind::Packed => Box::new(PackedPolicy),
             PolicyKind::Thesis => Box::new(ThesisPolicy::new(params)),
+            PolicyKind::ThesisStable => Box::new(ThesisStablePolicy::new(params)),
+            PolicyKind::Minmax => Box::new(MinmaxPolicy::default()),
         }
     }
 }
@@ -565,7 +603,8 @@ impl FromStr for PolicyKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                format!("unknown policy '{s}', expected one of static, even, packed, thesis")
+                let names: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown policy '{s}', expected one of {}", names.join(", "))
             })
     }
 }
@@ -635,6 +674,11 @@ impl Manager {
 
     pub fn policy_name(&self) -> &'static str {
         self.policy.name()
+    }
+
+    /// Whether the policy needs the round's cost model ([`PeriodInputs::with_model`]).
+    pub fn uses_model(&self) -> bool {
+        self.policy.uses_model()
     }
 
     /// The DR a newly arrived job starts with.
@@ -711,6 +755,7 @@ impl Manager {
         if let Some(log) = &mut self.log {
             log.entries.push(Entry::Round {
                 time_s: self.now_s,
+                model: inputs.model().filter(|_| self.policy.uses_model()).cloned(),
                 util: inputs.util().to_vec(),
                 jobs: inputs
                     .jobs()

@@ -44,6 +44,13 @@ pub struct Report {
     /// Jobs that failed; the figures above are over the finished jobs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedJob>,
+    /// The lowest maximum Slow-Down any schedule could reach on this workload under the
+    /// simulator's cost model ([`super::bound`]), over the finished jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_slowdown_bound: Option<f64>,
+    /// `max_slowdown / max_slowdown_bound`: 1 is the best possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_ratio: Option<f64>,
 }
 
 impl Report {
@@ -81,7 +88,16 @@ impl Report {
             makespan_s,
             mean_gpu_util,
             failed: Vec::new(),
+            max_slowdown_bound: None,
+            bound_ratio: None,
         }
+    }
+
+    /// The report with the workload's [`max_slowdown_bound`](Self::max_slowdown_bound).
+    pub fn with_bound(mut self, bound: f64) -> Self {
+        self.max_slowdown_bound = Some(bound);
+        self.bound_ratio = (bound > 0.0).then(|| self.max_slowdown / bound);
+        self
     }
 
     /// The report with `failed` jobs listed.
@@ -133,6 +149,13 @@ impl Report {
             );
         }
         let _ = writeln!(s, "max slowdown   {:.3}", self.max_slowdown);
+        if let Some(bound) = self.max_slowdown_bound {
+            let ratio = self.bound_ratio.unwrap_or(f64::NAN);
+            let _ = writeln!(
+                s,
+                "lower bound    {bound:.3} (max slowdown / bound {ratio:.3})"
+            );
+        }
         let _ = writeln!(s, "mean slowdown  {:.3}", self.mean_slowdown);
         let _ = writeln!(s, "Jain (1/SD)    {:.3}", self.jain_index);
         let _ = writeln!(s, "makespan       {:.1} s", self.makespan_s);

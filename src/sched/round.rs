@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use super::cost::RoundModel;
 use super::policy::{Action, JobObservation, Manager, PeriodInputs};
 use crate::Result;
 use crate::base::DistributionRatio;
@@ -89,6 +90,9 @@ impl Action {
                  job, towards the least slowed-down device)",
                 if units == 1 { "" } else { "s" }
             ),
+            Action::Rebalance => "lowers the largest predicted Slow-Down of the jobs it touches \
+                                  (cost model)"
+                .into(),
         }
     }
 }
@@ -101,14 +105,16 @@ impl fmt::Display for Action {
 
 impl Manager {
     /// One round at `now_s` (on the caller's clock): `util` per device (percent over the last
-    /// period), `running` each running job's index and observation, in job order. Records
-    /// what it saw in `trace` when given, and returns the DR changes, in job order, for the
-    /// caller to apply.
+    /// period), `running` each running job's index and observation, in job order, and
+    /// `model`, the cost model of those jobs, which the caller builds when the policy predicts
+    /// ([`Manager::uses_model`]). Records what it saw in `trace` when given, and returns the
+    /// DR changes, in job order, for the caller to apply.
     pub fn round(
         &mut self,
         now_s: f64,
         util: Vec<f64>,
         running: Vec<(usize, JobObservation)>,
+        model: Option<RoundModel>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<DrChange>> {
         if let Some(trace) = trace.as_deref_mut() {
@@ -123,7 +129,10 @@ impl Manager {
             return Ok(Vec::new());
         }
         let (jobs, observations): (Vec<usize>, Vec<JobObservation>) = running.into_iter().unzip();
-        let inputs = PeriodInputs::new(util, observations)?;
+        let mut inputs = PeriodInputs::new(util, observations)?;
+        if let Some(model) = model {
+            inputs = inputs.with_model(model)?;
+        }
         self.set_time(now_s);
         let decisions = self.evaluate_jobs(&jobs, &inputs)?;
         let changes: Vec<DrChange> = decisions
@@ -177,7 +186,7 @@ mod tests {
             ),
         ];
         let changes = m
-            .round(3.0, vec![80.0, 10.0], running, Some(&mut trace))
+            .round(3.0, vec![80.0, 10.0], running, None, Some(&mut trace))
             .unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!((changes[0].job, changes[0].time_s), (0, 3.0));
@@ -192,7 +201,7 @@ mod tests {
         );
         // No running job: the utilisation is still recorded, nothing is decided.
         assert!(
-            m.round(4.0, vec![0.0, 0.0], Vec::new(), Some(&mut trace))
+            m.round(4.0, vec![0.0, 0.0], Vec::new(), None, Some(&mut trace))
                 .unwrap()
                 .is_empty()
         );

@@ -32,8 +32,10 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::bound::file_bound;
+use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
 use super::decisions::DecisionLog;
-use super::jobs::{JobFile, ManagerConfig, SimulationConfig};
+use super::jobs::{JobFile, JobSim, ManagerConfig, SimulationConfig};
 use super::policy::{Admission, JobObservation, Manager, PolicyKind};
 use super::report::{JobReport, Report};
 use super::round::Trace;
@@ -56,6 +58,9 @@ pub struct SimOptions {
     pub trace: bool,
     /// Record the manager's decision log ([`super::decisions`]).
     pub decisions: bool,
+    /// Leave the report's `max_slowdown_bound` out: the caller bounds the workload once for
+    /// several runs ([`Report::with_bound`]), or it costs too much at that size.
+    pub skip_bound: bool,
 }
 
 /// Counters of a run.
@@ -120,9 +125,7 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
                 name: spec.name.clone(),
                 batch: spec.batch_size,
                 arrival_s: spec.arrival_s,
-                sample_s: sim.sample_ms / 1000.0,
-                overhead_s: sim.iter_overhead_ms / 1000.0,
-                grad_mb: sim.grad_mb,
+                costs: sim.clone(),
                 initial_dr: spec.initial_dr(machine.gpus, origin)?,
                 state: JobState::Pending,
                 dr: None,
@@ -147,7 +150,11 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
         Manager::new(machine.gpus, manager_cfg.policy.build(params))?
     };
     let sim = Simulator::new(machine, &manager_cfg, manager, jobs, options.trace)?;
-    sim.run()
+    let mut outcome = sim.run()?;
+    if !options.skip_bound {
+        outcome.report = outcome.report.with_bound(file_bound(file, origin)?);
+    }
+    Ok(outcome)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,9 +169,7 @@ struct SimJob {
     name: String,
     batch: u64,
     arrival_s: f64,
-    sample_s: f64,
-    overhead_s: f64,
-    grad_mb: f64,
+    costs: JobSim,
     initial_dr: Option<DistributionRatio>,
     state: JobState,
     dr: Option<DistributionRatio>,
@@ -183,13 +188,7 @@ struct SimJob {
 impl SimJob {
     /// Sets the DR and recomputes the per-GPU shards it gives.
     fn set_dr(&mut self, dr: DistributionRatio) {
-        let shards = dr.split_batch(self.batch);
-        self.plan = shards
-            .iter()
-            .enumerate()
-            .filter(|&(_, &samples)| samples > 0)
-            .map(|(g, &samples)| (g, samples as f64 * self.sample_s + self.overhead_s))
-            .collect();
+        self.plan = shard_work(self.batch, &self.costs, &dr);
         self.dr = Some(dr);
     }
 }
@@ -329,8 +328,7 @@ impl Ord for Event {
 struct Simulator {
     m: usize,
     eff: f64,
-    allreduce_gbps: f64,
-    allreduce_latency_s: f64,
+    machine: SimulationConfig,
     reconfigure_s: f64,
     period_s: f64,
     manager: Manager,
@@ -357,9 +355,8 @@ impl Simulator {
         Ok(Simulator {
             m,
             eff: machine.colocation_efficiency,
-            allreduce_gbps: machine.allreduce_gbps,
-            allreduce_latency_s: machine.allreduce_latency_ms / 1000.0,
             reconfigure_s: machine.reconfigure_ms / 1000.0,
+            machine,
             period_s: manager_cfg.period_s,
             manager,
             jobs,
@@ -481,15 +478,10 @@ impl Simulator {
         if job.shards_left > 0 {
             return;
         }
-        let used = job.shards_used;
-        if used > 1 {
-            let k_f = f64::from(used);
-            let cost = self.allreduce_latency_s
-                + 2.0 * (k_f - 1.0) / k_f * job.grad_mb / (self.allreduce_gbps * 1000.0);
-            if cost > 0.0 {
-                self.push(t + cost, Kind::AllReduceDone, k, 0);
-                return;
-            }
+        let cost = allreduce_s(&self.machine, job.shards_used as usize, job.costs.grad_mb);
+        if cost > 0.0 {
+            self.push(t + cost, Kind::AllReduceDone, k, 0);
+            return;
         }
         // Same-instant finish: handled like an all-reduce of zero length.
         self.push(t, Kind::AllReduceDone, k, 0);
@@ -600,7 +592,13 @@ impl Simulator {
             let sd = job.progress.slowdown(t);
             running.push((k, JobObservation { sd, dr }));
         }
-        let changes = self.manager.round(t, util, running, self.trace.as_mut())?;
+        let model = self
+            .manager
+            .uses_model()
+            .then(|| self.round_model(&running, t));
+        let changes = self
+            .manager
+            .round(t, util, running, model, self.trace.as_mut())?;
         self.stats.dr_changes += changes.len() as u64;
         for change in changes {
             let job = &mut self.jobs[change.job];
@@ -608,6 +606,20 @@ impl Simulator {
             job.reconfigured = job.started;
         }
         Ok(())
+    }
+
+    /// The cost model of the running jobs `running` at `t`, for the policies that predict.
+    fn round_model(&self, running: &[(usize, JobObservation)], t: f64) -> RoundModel {
+        RoundModel {
+            machine: self.machine.clone(),
+            jobs: running
+                .iter()
+                .map(|&(k, _)| {
+                    let job = &self.jobs[k];
+                    JobModel::new(job.batch, &job.costs, &job.progress, t)
+                })
+                .collect(),
+        }
     }
 
     fn finish(self) -> SimOutcome {
@@ -650,7 +662,7 @@ impl Simulator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::jobs::{JobSim, JobSpec};
+    use crate::sched::jobs::JobSpec;
 
     fn job(name: &str, arrival: f64, iters: u64, dr: Option<Vec<i64>>) -> JobSpec {
         JobSpec {

@@ -188,6 +188,16 @@ impl JobProgress {
         self.done_iters
     }
 
+    /// Iterations the job runs in all.
+    pub fn total_iters(&self) -> u64 {
+        self.total_iters
+    }
+
+    /// Iteration time alone on one GPU with the whole batch.
+    pub fn exclusive_iter_s(&self) -> f64 {
+        self.exclusive_iter_s
+    }
+
     /// Whether every iteration has completed.
     pub fn is_finished(&self) -> bool {
         self.done_iters >= self.total_iters

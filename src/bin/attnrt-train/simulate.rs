@@ -21,6 +21,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<()> {
         period_s: Some(manager.period_s),
         trace: args.plot.is_some() || args.log_changes,
         decisions: args.decisions.is_some(),
+        skip_bound: false,
     };
     let started = Instant::now();
     let outcome = simulate(&file.sched, &origin, &options)?;

@@ -1,0 +1,225 @@
+//! The lower bound, `minmax` and the workload suite: no policy beats the bound on random
+//! workloads; `minmax` answers valid DRs, deterministically, and its simulated decisions
+//! replay; on a few suite workloads it is the fairest policy.
+
+use attnrt::sched::DistributionRatio;
+use attnrt::sched::cost::{JobModel, RoundModel};
+use attnrt::sched::decisions::replay;
+use attnrt::sched::dr::DR_UNITS;
+use attnrt::sched::jobs::{JobFile, JobSim, JobSpec, ManagerConfig, SimulationConfig};
+use attnrt::sched::policy::{Action, JobObservation, Manager, PeriodInputs, PolicyKind};
+use attnrt::sched::suite::{DEFAULT_SEED, DEFAULT_WORKLOADS, TIE, generate, run};
+use attnrt::sched::{SimOptions, ThesisParams, simulate};
+use proptest::prelude::*;
+
+/// A DR over `m` GPUs from where each of its 10 units lands.
+fn dr_of(m: usize, placement: &[usize]) -> Vec<i64> {
+    let mut units = vec![0i64; m];
+    for &g in placement {
+        units[g % m] += 1;
+    }
+    units
+}
+
+/// Small workloads: 1 to 6 GPUs, 1 to 7 jobs with costs over three orders of magnitude,
+/// batches from 1 (fewer samples than DR units), a stall on DR changes, co-location
+/// efficiency from 0.5 to 2.5.
+fn workload() -> impl Strategy<Value = JobFile> {
+    (1usize..=6, 1usize..=7).prop_flat_map(|(m, n)| {
+        let job = (
+            1u64..=128,
+            1u64..=60,
+            0.0..30.0f64,
+            -2.0..1.0f64,
+            0.0..20.0f64,
+            0.0..300.0f64,
+            prop::option::of(prop::collection::vec(0..m, DR_UNITS as usize)),
+        );
+        (
+            Just(m),
+            prop::collection::vec(job, n),
+            0.5..2.5f64,
+            prop_oneof![Just(0.0), 0.0..300.0f64],
+            0.5..6.0f64,
+        )
+            .prop_map(|(m, jobs, eff, reconfigure_ms, period_s)| {
+                let jobs = jobs
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(k, (batch, iters, arrival, log_sample, overhead, grad, dr))| JobSpec {
+                            name: format!("j{k}"),
+                            batch_size: batch,
+                            iterations: iters,
+                            arrival_s: arrival,
+                            initial_dr: dr.map(|p| dr_of(m, &p)),
+                            sim: Some(JobSim {
+                                sample_ms: 10f64.powf(log_sample),
+                                iter_overhead_ms: overhead,
+                                grad_mb: grad,
+                            }),
+                        },
+                    )
+                    .collect();
+                let mut sim = SimulationConfig::with_gpus(m);
+                sim.colocation_efficiency = eff;
+                sim.reconfigure_ms = reconfigure_ms;
+                JobFile {
+                    manager: ManagerConfig {
+                        period_s,
+                        ..ManagerConfig::default()
+                    },
+                    simulation: Some(sim),
+                    jobs,
+                }
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn no_policy_beats_the_bound(file in workload()) {
+        for policy in PolicyKind::ALL {
+            let options = SimOptions { policy: Some(policy), ..SimOptions::default() };
+            let r = simulate(&file, "random", &options).unwrap().report;
+            let bound = r.max_slowdown_bound.unwrap();
+            prop_assert!(bound > 0.0 && bound.is_finite(), "{policy}: bound {bound}");
+            prop_assert!(
+                r.max_slowdown >= bound * (1.0 - 1e-9),
+                "{policy} reached {} below the bound {bound}",
+                r.max_slowdown
+            );
+        }
+    }
+
+    #[test]
+    fn minmax_simulations_are_deterministic_and_replay(file in workload()) {
+        let options = SimOptions {
+            policy: Some(PolicyKind::Minmax),
+            decisions: true,
+            trace: true,
+            ..SimOptions::default()
+        };
+        let a = simulate(&file, "random", &options).unwrap();
+        let b = simulate(&file, "random", &options).unwrap();
+        prop_assert_eq!(&a.report, &b.report);
+        prop_assert_eq!(&a.trace, &b.trace);
+        let log = a.decisions.unwrap();
+        prop_assert_eq!(replay(&log).unwrap(), None);
+        // The log carries what the policy predicted from.
+        let text = log.to_json();
+        prop_assert!(file.jobs.is_empty() || text.contains("\"model\""));
+    }
+}
+
+/// A round of `n` jobs on `m` GPUs: random DRs, costs and progress.
+fn round() -> impl Strategy<Value = PeriodInputs> {
+    (1usize..=12, 0usize..=30).prop_flat_map(|(m, n)| {
+        let job = (
+            prop::collection::vec(0..m, DR_UNITS as usize),
+            1u64..=256,
+            -2.0..1.5f64,
+            0.0..30.0f64,
+            0.0..400.0f64,
+            1u64..=2000,
+            0.0..1.0f64,
+            0.5..5.0f64,
+        );
+        (
+            Just(m),
+            prop::collection::vec(job, n),
+            0.5..1.5f64,
+            prop_oneof![Just(0.0), 0.0..500.0f64],
+        )
+            .prop_map(|(m, jobs, eff, reconfigure_ms)| {
+                let mut machine = SimulationConfig::with_gpus(m);
+                machine.colocation_efficiency = eff;
+                machine.reconfigure_ms = reconfigure_ms;
+                let mut observations = Vec::new();
+                let mut models = Vec::new();
+                for (placement, batch, log_sample, overhead, grad, total, done, slowed) in jobs {
+                    let units: Vec<u8> = dr_of(m, &placement).iter().map(|&u| u as u8).collect();
+                    let costs = JobSim {
+                        sample_ms: 10f64.powf(log_sample),
+                        iter_overhead_ms: overhead,
+                        grad_mb: grad,
+                    };
+                    let x = (batch as f64 * costs.sample_ms + costs.iter_overhead_ms) / 1000.0;
+                    let done = ((total as f64) * done) as u64;
+                    observations.push(JobObservation {
+                        sd: slowed,
+                        dr: DistributionRatio::new(units).unwrap(),
+                    });
+                    models.push(JobModel {
+                        batch_size: batch,
+                        costs,
+                        elapsed_s: done as f64 * x * slowed,
+                        done_iters: done,
+                        total_iters: total,
+                        exclusive_iter_s: x,
+                    });
+                }
+                PeriodInputs::new(vec![50.0; m], observations)
+                    .unwrap()
+                    .with_model(RoundModel {
+                        machine,
+                        jobs: models,
+                    })
+                    .unwrap()
+            })
+    })
+}
+
+proptest! {
+    #[test]
+    fn minmax_answers_valid_drs_deterministically(inputs in round()) {
+        let m = inputs.gpus();
+        let decide = || {
+            Manager::new(m, PolicyKind::Minmax.build(ThesisParams::default()))
+                .unwrap()
+                .evaluate(&inputs)
+                .unwrap()
+        };
+        let d = decide();
+        prop_assert_eq!(&d, &decide());
+        prop_assert_eq!(d.len(), inputs.jobs().len());
+        for (decision, obs) in d.iter().zip(inputs.jobs()) {
+            prop_assert_eq!(decision.dr.gpus(), m);
+            let sum: u32 = decision.dr.units().iter().map(|&u| u32::from(u)).sum();
+            prop_assert_eq!(sum, u32::from(DR_UNITS));
+            prop_assert_eq!(decision.action == Action::Keep, decision.dr == obs.dr);
+        }
+    }
+}
+
+#[test]
+fn minmax_is_the_fairest_on_a_few_suite_workloads() {
+    // The whole suite is `cargo run --release --example suite`; three of its smaller
+    // workloads keep this test short.
+    let mut workloads = generate(DEFAULT_SEED, DEFAULT_WORKLOADS).unwrap();
+    workloads.sort_by_key(|w| w.workload.file.jobs.len());
+    workloads.truncate(3);
+    let rows = run(&workloads, &PolicyKind::ALL).unwrap();
+    let minmax = PolicyKind::ALL
+        .iter()
+        .position(|&p| p == PolicyKind::Minmax)
+        .unwrap();
+    for row in &rows {
+        let best = row
+            .reports
+            .iter()
+            .map(|r| r.max_slowdown)
+            .fold(f64::INFINITY, f64::min);
+        for r in &row.reports {
+            assert!(r.max_slowdown >= row.bound, "{}: {r:?}", row.workload);
+        }
+        assert!(
+            row.reports[minmax].max_slowdown <= best + TIE,
+            "{}: minmax {} against {best}",
+            row.workload,
+            row.reports[minmax].max_slowdown
+        );
+    }
+}

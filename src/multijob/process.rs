@@ -43,7 +43,8 @@ impl JobProcess {
     ) -> Result<JobProcess> {
         let name = config.name.clone();
         let mut cmd = Process::new(exe);
-        cmd.arg("--job-process").arg(&name);
+        // One argument, so that a name starting with '-' is not read as a flag.
+        cmd.arg(format!("--job-process={name}"));
         // A process group of its own: Ctrl-C reaches the manager only, which stops every
         // job process in order (each checkpoints first).
         cmd.process_group(0)

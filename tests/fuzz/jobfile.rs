@@ -4,6 +4,7 @@
 
 use attnrt::multijob::JobFile;
 use attnrt::multijob::simfile::calibrated_file;
+use attnrt::sched::jobs::limits::MAX_BATCH_SIZE;
 use attnrt::sched::sim::size;
 use attnrt::sched::{SimOptions, simulate};
 use attnrt::train::run::calibrate::Calibration;
@@ -74,15 +75,10 @@ fn exercise(text: &str) {
     let Ok(file) = JobFile::parse(text, "fuzz.toml") else {
         return;
     };
-    let _ = file.to_toml();
-    let calibration = Calibration {
-        full_s: 0.02,
-        half_s: 0.012,
-        split_s: Some(0.015),
-        grad_mb: 4.0,
-        batch_size: 8,
-    };
-    let _ = calibrated_file(&file, 2, &vec![Some(calibration); file.sched.jobs.len()]);
+    // What the program writes back (`--write-sim`) loads again, unchanged.
+    let text = file.to_toml().unwrap();
+    let again = JobFile::parse(&text, "again.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(again, file);
     let Some(machine) = &file.sched.simulation else {
         return;
     };
@@ -103,5 +99,41 @@ proptest! {
     #[test]
     fn job_files(text in damaged_text(&seeds().iter().map(String::as_str).collect::<Vec<_>>(), 4)) {
         bounded("job file", move || exercise(&text));
+    }
+}
+
+/// Measurements of a job alone: any times from 10 us to 10 minutes, any gradient size.
+fn calibration() -> impl Strategy<Value = Calibration> {
+    (
+        1e-5..600.0f64,
+        0.0..1.0f64,
+        prop::option::of(1e-5..600.0f64),
+        0.0..1e6f64,
+        1..=MAX_BATCH_SIZE as usize,
+    )
+        .prop_map(|(full_s, half, split_s, grad_mb, batch_size)| Calibration {
+            full_s,
+            half_s: full_s * half,
+            split_s,
+            grad_mb,
+            batch_size,
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The file `--write-sim` writes from a run's measurements loads again, whatever was
+    /// measured: fitted costs stay within the bounds a job file may hold.
+    #[test]
+    fn written_simulator_files_load_back(
+        calibrations in prop::collection::vec(prop::option::of(calibration()), 2),
+        gpus in 1usize..=8,
+    ) {
+        let file = JobFile::parse(SMALL, "jobs.toml").unwrap();
+        let out = calibrated_file(&file, gpus, &calibrations);
+        let text = out.to_toml().unwrap();
+        let back = JobFile::parse(&text, "sim.toml");
+        prop_assert!(back.is_ok(), "{}\n{text}", back.unwrap_err());
     }
 }

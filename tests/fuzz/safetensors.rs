@@ -321,3 +321,64 @@ fn tracker_golden_files() {
         });
     });
 }
+
+/// A weights file whose metadata claims a search region of 30000 tokens a side (windows
+/// dividing it, under the old bound of 2^30 tokens in all) is refused naming the key, before
+/// any tensor is compared with it: a config sizes every activation (that one 230 GB at
+/// d_model 64), so its sides are bounded whatever the file holds.
+#[test]
+fn weights_search_size_claiming_gigatokens_is_refused() {
+    let mut file = TensorFile::from_bytes("w", synthetic_weights_bytes(1)).unwrap();
+    for (key, value) in [("search_size", "30000"), ("template_size", "30000")] {
+        let mut meta = file.metadata();
+        meta.insert(key.into(), value.into());
+        let bytes = with_metadata(&file, &meta);
+        let e = Weights::from_file(&TensorFile::from_bytes("big.safetensors", bytes).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("big.safetensors") && e.contains(key), "{e}");
+        file = TensorFile::from_bytes("w", synthetic_weights_bytes(1)).unwrap();
+    }
+}
+
+/// `file`'s tensors (all f32) with `meta` as metadata.
+fn with_metadata(file: &TensorFile, meta: &BTreeMap<String, String>) -> Vec<u8> {
+    let tensors: Vec<(String, attnrt::base::Tensor)> = file
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = file.f32(&n).unwrap();
+            (n, t)
+        })
+        .collect();
+    let out: Vec<(&str, OutTensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.into()))
+        .collect();
+    serialize(Path::new("w"), &out, meta).unwrap()
+}
+
+/// A tracker golden file whose frames have no pixel (`[2, 0, 64, 3]`) is an error naming
+/// `input.frames`; it made the check split the frames into chunks of zero bytes, a panic.
+#[test]
+fn tracker_golden_frames_of_zero_pixels_are_an_error() {
+    let weights = Arc::new(
+        TrackerWeights::from_file(&TensorFile::from_bytes("t", tracker_bytes()).unwrap()).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for shape in [[2, 0, 64, 3], [2, 48, 0, 3], [0, 48, 64, 3]] {
+        let bytes = golden_file(&[(
+            "input.frames".to_string(),
+            Golden::U8(shape.to_vec(), Vec::new()),
+        )]);
+        let path = dir.path().join("zero.golden.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let e = check_golden(&path, weights.clone(), CheckOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tensor 'input.frames'") && e.contains("no frame"),
+            "{e}"
+        );
+    }
+}

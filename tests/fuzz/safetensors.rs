@@ -382,3 +382,25 @@ fn tracker_golden_frames_of_zero_pixels_are_an_error() {
         );
     }
 }
+
+/// Found by the fuzzer: weights whose metadata says `nhead = 10^12` and has no
+/// `window_sizes` made the loader build the default windows, one per head: an allocation of
+/// 8 TB, which aborts the process (with 2^64 - 1 heads, a capacity-overflow panic). Now an
+/// error naming `nhead`: heads split d_model's channels, so at most d_model of them.
+#[test]
+fn weights_nhead_claiming_terabytes_of_windows_is_an_error() {
+    let file = TensorFile::from_bytes("w", synthetic_weights_bytes(1)).unwrap();
+    for nhead in ["1000000000000", "18446744073709551615", "65"] {
+        let mut meta = file.metadata();
+        meta.remove("window_sizes");
+        meta.insert("nhead".into(), nhead.into());
+        let bytes = with_metadata(&file, &meta);
+        let e = Weights::from_file(&TensorFile::from_bytes("heads.safetensors", bytes).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("heads.safetensors: metadata 'nhead'") && e.contains(nhead),
+            "{e}"
+        );
+    }
+}

@@ -36,7 +36,7 @@ pub fn check_plot_path(args: &Args) -> Result<()> {
 /// `--period` is held to the file's bounds: a zero or tiny period would spin the manager.
 pub fn manager_config(args: &Args, file: &JobFile) -> Result<ManagerConfig> {
     if let Some(p) = args.period {
-        check_period(p).map_err(|e| Error::invalid(format!("--period {p}"), e))?;
+        check_period(p).map_err(|e| Error::invalid(format!("--period {p:?}"), e))?;
     }
     Ok(file.sched.manager.overridden(
         args.policy,

@@ -12,7 +12,7 @@ cases="${1:-100000}"
 out="${2:-fuzz-long.txt}"
 export ATTNRT_CUDA_ARCHS="${ATTNRT_CUDA_ARCHS:-sm_90}"
 exe=$(cargo test --release --test fuzz --no-run --message-format=json 2>/dev/null \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+    | grep '"name":"fuzz"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$exe" ] || { echo "fuzz-long: building the fuzz binary failed" >&2; exit 1; }
 bin="$out.bin"
 cp "$exe" "$bin"

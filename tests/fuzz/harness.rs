@@ -349,6 +349,8 @@ fn restructure() -> impl Strategy<Value = Restructure> {
 
 /// A tensor of a file being restructured: name, dtype, shape, bytes.
 type Entry = (String, String, Vec<usize>, Vec<u8>);
+/// Its metadata: key, value.
+type Meta = Vec<(String, String)>;
 
 fn width(dtype: &str) -> usize {
     DTYPES.iter().find(|d| d.0 == dtype).map_or(1, |d| d.1)
@@ -363,7 +365,7 @@ fn fit(data: &[u8], len: usize) -> Vec<u8> {
 }
 
 /// The tensors and metadata of a well-formed file, in offset order.
-fn decode(bytes: &[u8]) -> Option<(Vec<Entry>, Vec<(String, String)>)> {
+fn decode(bytes: &[u8]) -> Option<(Vec<Entry>, Meta)> {
     let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
     let data = &bytes[8 + n..];
@@ -411,7 +413,7 @@ fn encode(tensors: &[Entry], meta: &[(String, String)]) -> Vec<u8> {
 }
 
 impl Restructure {
-    fn apply(&self, tensors: &mut Vec<Entry>, meta: &mut Vec<(String, String)>) {
+    fn apply(&self, tensors: &mut Vec<Entry>, meta: &mut Meta) {
         let n = tensors.len();
         // Tensors of more than 16 MB are not made: the cases stay fast, and a header that
         // claims more than the file holds is the other strategies' business.

@@ -1,6 +1,7 @@
 //! What every target shares: the case count, the per-case time limit, and the mutations that
 //! turn valid inputs into damaged ones.
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,8 +38,10 @@ pub fn config() -> Config {
     config_scaled(1)
 }
 
-/// The longest one case may take: longer is a hang (`ATTNRT_FUZZ_CASE_S` overrides it for a
-/// machine far slower than CI's).
+/// The most CPU time one case may take: more is a hang (`ATTNRT_FUZZ_CASE_S` overrides it).
+/// CPU time, not wall time, so that a case waiting for a core on a loaded machine is not
+/// taken for a hang; a case blocked without spinning is caught by a wall-clock limit of
+/// 30 times that.
 fn case_limit() -> Duration {
     let s = std::env::var("ATTNRT_FUZZ_CASE_S")
         .ok()
@@ -48,8 +51,27 @@ fn case_limit() -> Duration {
     Duration::from_secs_f64(s)
 }
 
+/// The CPU time `thread` has used, when the system can say.
+fn cpu_time(thread: libc::pthread_t) -> Option<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `thread` belongs to a JoinHandle the caller holds (not yet joined), and `clock`
+    // is a valid place for the id.
+    if unsafe { libc::pthread_getcpuclockid(thread, &mut clock) } != 0 {
+        return None;
+    }
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a clock id from pthread_getcpuclockid and a valid timespec to fill.
+    if unsafe { libc::clock_gettime(clock, &mut t) } != 0 {
+        return None;
+    }
+    Some(Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+}
+
 /// Runs `case` on a thread of its own and fails, naming `what`, when it panics or runs past
-/// the time limit (the stuck thread is left behind: the test has failed by then).
+/// the limits (the stuck thread is left behind: the test has failed by then).
 pub fn bounded<F: FnOnce() + Send + 'static>(what: &str, case: F) {
     let (tx, rx) = mpsc::channel();
     let started = Instant::now();
@@ -57,23 +79,34 @@ pub fn bounded<F: FnOnce() + Send + 'static>(what: &str, case: F) {
         case();
         let _ = tx.send(());
     });
-    match rx.recv_timeout(case_limit()) {
-        Ok(()) => {
-            let _ = handle.join();
+    let (limit, wall_limit) = (case_limit(), case_limit() * 30);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(()) => {
+                let _ = handle.join();
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let panic = handle.join().err().map(|p| {
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                });
+                panic!("{what}: panicked: {}", panic.unwrap_or_default());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let cpu = cpu_time(handle.as_pthread_t()).unwrap_or_default();
+                let wall = started.elapsed();
+                if cpu > limit || wall > wall_limit {
+                    panic!(
+                        "{what}: still running after {:.1} s of CPU time, {:.1} s in all (a hang)",
+                        cpu.as_secs_f64(),
+                        wall.as_secs_f64()
+                    );
+                }
+            }
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let panic = handle.join().err().map(|p| {
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            });
-            panic!("{what}: panicked: {}", panic.unwrap_or_default());
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-            "{what}: still running after {:.1} s (a hang)",
-            started.elapsed().as_secs_f64()
-        ),
     }
 }
 
@@ -479,4 +512,31 @@ pub fn restructured(seeds: Vec<Vec<u8>>, most: usize) -> impl Strategy<Value = V
             }
             encode(&tensors, &meta)
         })
+}
+
+/// The harness itself: a case that spins is a hang after its CPU limit, a panic is a
+/// failure, and either names the target.
+#[test]
+fn a_spinning_or_panicking_case_fails_naming_the_target() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinning = stop.clone();
+    let hang = std::panic::catch_unwind(|| {
+        bounded("spinner", move || {
+            while !spinning.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    // The spinning thread outlives the failed case; stop it.
+    stop.store(true, Ordering::Relaxed);
+    let msg = *hang.unwrap_err().downcast::<String>().unwrap();
+    assert!(
+        msg.starts_with("spinner: ") && msg.contains("a hang"),
+        "{msg}"
+    );
+    let panic = std::panic::catch_unwind(|| bounded("panicker", || panic!("boom")));
+    let msg = *panic.unwrap_err().downcast::<String>().unwrap();
+    assert!(msg.starts_with("panicker: panicked: boom"), "{msg}");
 }

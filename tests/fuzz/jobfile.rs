@@ -7,6 +7,8 @@ use attnrt::multijob::simfile::calibrated_file;
 use attnrt::sched::jobs::limits::MAX_BATCH_SIZE;
 use attnrt::sched::sim::size;
 use attnrt::sched::{SimOptions, simulate};
+use attnrt::train::data::{Dataset, ImageShape};
+use attnrt::train::models::{MAX_PARAMETERS, ModelSpec};
 use attnrt::train::run::calibrate::Calibration;
 use proptest::prelude::*;
 
@@ -136,4 +138,84 @@ proptest! {
         let back = JobFile::parse(&text, "sim.toml");
         prop_assert!(back.is_ok(), "{}\n{text}", back.unwrap_err());
     }
+}
+
+/// A job's `model` and `dataset` values, as a session opens them.
+const TRAIN_VALUES: &[&str] = &[
+    "mlp",
+    "mlp:512,256",
+    "mlp:64",
+    "vit-tiny",
+    "vit-small-win",
+    "vit:4,192,6,3,768",
+    "vit:8,64,2,4,128,win",
+    "synthetic",
+    "synthetic:100",
+    "synthetic:50000",
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// What a job's `model` and `dataset` values open: a model no larger than the bound
+    /// (its parameters are counted, not allocated), a dataset of the length it names.
+    #[test]
+    fn model_and_dataset_values(text in damaged_text(TRAIN_VALUES, 4)) {
+        bounded("model and dataset values", move || {
+            if let Ok(model) = ModelSpec::parse(&text, ImageShape::CIFAR, 10, "jobs.toml: model") {
+                assert!(model.layout().total <= MAX_PARAMETERS);
+            }
+            // Directories are read only for cifar10:DIR and mnist:DIR; keep to the synthetic
+            // set, whose samples are drawn, not read.
+            if text.starts_with("synthetic") {
+                let _ = Dataset::open(&text, 1, "jobs.toml: dataset").map(|d| d.len());
+            }
+        });
+    }
+}
+
+/// A `model` value asking for 10^18 parameters (or sizes past 2^20) is refused naming the
+/// job's key; it was an allocation of exabytes when the job opened (an abort).
+#[test]
+fn model_claiming_terabytes_of_parameters_is_refused() {
+    for spec in [
+        "mlp:1000000000,1000000000",
+        "mlp:1048576,1048576,1048576",
+        "vit:4,1048576,1048576,1,1",
+        "vit:4,2048,4096,2,8192",
+    ] {
+        let e = ModelSpec::parse(spec, ImageShape::CIFAR, 10, "jobs.toml: job 'a': model")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("jobs.toml: job 'a': model: '") && e.contains(spec),
+            "{e}"
+        );
+    }
+    assert!(ModelSpec::parse("vit-small", ImageShape::CIFAR, 10, "m").is_ok());
+}
+
+/// `synthetic:N` past 2^26 samples is refused naming the job's key: each epoch's order is a
+/// permutation of N (4 bytes a sample), and N was cut to 32 bits (5e9 samples became
+/// 705 032 704, 10^12 a 14 GB permutation).
+#[test]
+fn synthetic_dataset_of_billions_of_samples_is_refused() {
+    for spec in [
+        "synthetic:5000000000",
+        "synthetic:1000000000000",
+        "synthetic:67108865",
+    ] {
+        let Err(e) = Dataset::open(spec, 1, "jobs.toml: job 'a': dataset") else {
+            panic!("{spec} opened");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with("jobs.toml: job 'a': dataset: '") && e.contains("67108864"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        Dataset::open("synthetic:67108864", 1, "d").unwrap().len(),
+        1 << 26
+    );
 }

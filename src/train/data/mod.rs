@@ -67,6 +67,10 @@ pub struct Dataset {
 }
 
 const SYNTHETIC_DEFAULT_LEN: usize = 50_000;
+/// The most samples `synthetic:N` may have: 2^26, fifty times ImageNet. The samples are drawn
+/// on the fly, but each epoch's order is a permutation of them held in memory (4 bytes a
+/// sample).
+pub const MAX_SYNTHETIC_LEN: usize = 1 << 26;
 const CLASSES: usize = 10;
 
 impl Dataset {
@@ -80,10 +84,12 @@ impl Dataset {
         match (kind, arg) {
             ("synthetic", None) => Ok(Dataset::synthetic(SYNTHETIC_DEFAULT_LEN, seed)),
             ("synthetic", Some(n)) => match n.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(Dataset::synthetic(n, seed)),
+                Ok(n) if (1..=MAX_SYNTHETIC_LEN).contains(&n) => Ok(Dataset::synthetic(n, seed)),
                 _ => Err(Error::invalid(
                     context,
-                    format!("'{spec}': synthetic:N needs a sample count N >= 1"),
+                    format!(
+                        "'{spec}': synthetic:N needs a sample count N in 1..={MAX_SYNTHETIC_LEN}"
+                    ),
                 )),
             },
             ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),

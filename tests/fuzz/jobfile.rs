@@ -219,3 +219,17 @@ fn synthetic_dataset_of_billions_of_samples_is_refused() {
         1 << 26
     );
 }
+
+/// Nesting 200 000 deep (arrays, inline tables) is a parse error naming the file, not a
+/// stack overflow: the TOML parser limits its depth.
+#[test]
+fn deeply_nested_job_files_are_errors() {
+    let n = 200_000;
+    for text in [
+        format!("x = {}{}", "[".repeat(n), "]".repeat(n)),
+        format!("x = {}1{}", "{a=".repeat(n), "}".repeat(n)),
+    ] {
+        let e = JobFile::parse(&text, "deep.toml").unwrap_err().to_string();
+        assert!(e.starts_with("deep.toml"), "{}", &e[..100.min(e.len())]);
+    }
+}

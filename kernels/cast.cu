@@ -1,5 +1,5 @@
 // Casts of GEMM operands: y = bf16(x), the trainer's bf16 GEMMs read these copies (cuBLASLt,
-// f32 accumulation). Layout: flat arrays of n values.
+// f32 accumulation); and bf16 activations widened to f32. Layout: flat arrays of n values.
 //
 // Rounding: to nearest even, NaN kept (quiet): the rounding of half::bf16::from_f32, which
 // the CPU engine's bf16 emulation (`Precision::operand`) uses, so both round GEMM operands
@@ -10,6 +10,7 @@
 //   cast_bf16_f32  f32 -> bf16. It runs at the memory's speed: four values per thread
 //                  (16-byte loads, 8-byte stores) where both pointers allow, else one. The
 //                  launcher sizes the grid for the four-wide form; both forms stride.
+//   cast_f32_bf16  bf16 -> f32 (exact), one value per thread.
 #include "common.cuh"
 
 __device__ __forceinline__ unsigned short bf16_rn(float f) {
@@ -31,4 +32,9 @@ ATTNRT_KERNEL void cast_bf16_f32(const float* __restrict__ x, unsigned short* __
     } else {
         GRID_STRIDE(i, n) { y[i] = bf16_rn(x[i]); }
     }
+}
+
+// cast_f32_bf16: bf16 -> f32, exact (the bf16 backbone's features into the f32 transformer).
+ATTNRT_KERNEL void cast_f32_bf16(const unsigned short* __restrict__ x, float* __restrict__ y, long long n) {
+    GRID_STRIDE(i, n) { y[i] = __uint_as_float((unsigned)x[i] << 16); }
 }

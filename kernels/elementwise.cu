@@ -1,4 +1,5 @@
-// Small element-wise ops of the trainer's passes, one thread per element (grid-stride).
+// Small element-wise ops of the trainer's passes and the tracker's heads, one thread per
+// element (grid-stride).
 // Layouts: flat f32 arrays of n values; add_periodic's pos holds one period.
 //
 // Variants:
@@ -8,6 +9,8 @@
 //   relu_backward_f32  dx[i] = 0 where the ReLU's output y[i] was not positive (its gradient
 //                      is zero there); the forward ReLU is fused into the linear layers'
 //                      epilogues (linear.cu, cuBLASLt's), so only the backward is a kernel.
+//   scale_by_dot_{f32,bf16}  each row times its dot product with a vector (see below; one
+//                      warp per row, not one thread per element).
 #include "common.cuh"
 
 ATTNRT_KERNEL void add_f32(float* __restrict__ y, const float* __restrict__ x, long long n) {
@@ -23,4 +26,38 @@ ATTNRT_KERNEL void relu_backward_f32(float* __restrict__ dx, const float* __rest
     GRID_STRIDE(i, n) {
         if (!(y[i] > 0.0f)) dx[i] = 0.0f;
     }
+}
+
+// scale_by_dot_<out>: y[r][:] = x[r][:] * dot(x[r][:], v) over `rows` rows of `width` values
+// (the tracker's search features weighted by their similarity to the decoder output: the
+// corner head's input). One warp per row, the dot in f32 (lanes' partial sums, then the
+// shuffle tree); out is f32 or bf16 (rounded to nearest even, the NaN case aside: the
+// inputs are finite activations).
+__device__ __forceinline__ void scale_by_dot_store(float* y, long long i, float v) { y[i] = v; }
+__device__ __forceinline__ void scale_by_dot_store(unsigned short* y, long long i, float v) {
+    unsigned u = __float_as_uint(v);
+    y[i] = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
+__device__ __forceinline__ void scale_by_dot(const float* __restrict__ x, const float* __restrict__ v,
+                                             T* __restrict__ y, int rows, int width) {
+    const int lane = threadIdx.x % 32;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const float* xr = x + row * width;
+    float d = 0.0f;
+    for (int i = lane; i < width; i += 32) d += xr[i] * v[i];
+    d = warp_sum(d);
+    for (int i = lane; i < width; i += 32) scale_by_dot_store(y, row * width + i, xr[i] * d);
+}
+
+ATTNRT_KERNEL void scale_by_dot_f32(const float* __restrict__ x, const float* __restrict__ v,
+                                    float* __restrict__ y, int rows, int width) {
+    scale_by_dot(x, v, y, rows, width);
+}
+
+ATTNRT_KERNEL void scale_by_dot_bf16(const float* __restrict__ x, const float* __restrict__ v,
+                                     unsigned short* __restrict__ y, int rows, int width) {
+    scale_by_dot(x, v, y, rows, width);
 }

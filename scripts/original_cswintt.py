@@ -5,6 +5,7 @@ torch.compile, on the same card and in the same run as our engine.
 
 Usage:
   python3 scripts/original_cswintt.py --original DIR --validate GOLDEN_DIR [--device cuda]
+  python3 scripts/original_cswintt.py --original DIR --save-state-dict OUT.pth [--size released]
   python3 scripts/original_cswintt.py --original DIR --bench [--json OUT] [--weights FILE]
       [--parts encoder,transformer,frame] [--batches 1,8,32] [--precisions f32,bf16]
       [--variants eager,graph,compile,reduce-overhead] [--iters 200] [--warmup 20]
@@ -1022,9 +1023,13 @@ def main():
     ap.add_argument("--prepare-by", type=float, default=None, metavar="S",
                     help="stop all compiling S seconds after the start (default: no limit)")
     ap.add_argument("--json", metavar="OUT", help="write the results here (rewritten after each)")
+    ap.add_argument("--save-state-dict", metavar="PTH",
+                    help="write the tracker's state dict at --size (the model's initialisation, "
+                         "seed 0) for scripts/convert_checkpoint.py, so that attnrt times the same "
+                         "weights; then exit")
     a = ap.parse_args()
-    if not a.validate and not a.bench:
-        ap.error("give --validate GOLDEN_DIR and/or --bench")
+    if not a.validate and not a.bench and not a.save_state_dict:
+        ap.error("give --validate GOLDEN_DIR, --bench and/or --save-state-dict PTH")
     try:
         return run(a)
     except SetupError as e:
@@ -1040,6 +1045,11 @@ def run(a):
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         raise SetupError("--device cuda: no CUDA GPU is usable here")
     orig = import_original(a.original)
+    if a.save_state_dict:
+        net, _ = build_net(orig, SIZES[a.size], "cpu")
+        torch.save(net.state_dict(), a.save_state_dict)
+        print(f"wrote {a.save_state_dict}: the {a.size} tracker's state dict (seed 0)")
+        return 0
     status = 0
     if a.validate:
         if validate(orig, a.validate, a.device):

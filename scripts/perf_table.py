@@ -13,10 +13,15 @@
 3. With --criterion DIR (criterion's output folder, CRITERION_HOME): every criterion bench
    (`benches/kernels.rs`, `benches/encoder.rs`) with its median time per iteration and the
    throughput it declared, as FLOP/s (elements) and GB/s (bytes).
+4. When the engine file holds the whole tracker's step (rows of part `frame`, made by
+   scripts/perf-tracker.sh from `attnrt-infer --model TRACKER --json`): table 1 compares it
+   with the original's frame, and a modes table gives every precision and launch in each mode
+   with the frames/s of one stream per head against sequential heads (the thesis's figure);
+   --jpeg FILE (`attnrt-infer --frames DIR --json`) adds the end-to-end run on JPEG frames.
 
 Usage:
   python3 scripts/perf_table.py --engine engine.json [--original original.json]
-      [--torch torch.json] [--criterion DIR] [--out table.md]
+      [--torch torch.json] [--criterion DIR] [--jpeg jpeg.json] [--out table.md]
 A file named but missing (a run cut short) leaves its table out with a note.
 """
 import argparse
@@ -214,9 +219,10 @@ def peer_header(engine, original):
     same = card != "?" and card.split(" (")[0] in engine.get("device", "")
     commit = (original.get("original") or {}).get("commit")
     commit = f"commit {commit[:12]}" if commit else "an unrecorded commit"
+    source = engine.get("source", "`benches/engine.rs`")
     out = [
         f"Card: {engine.get('device', '?')}; {original.get('date', 'date unknown')}. Ours: "
-        f"`benches/engine.rs`, p50 over {engine.get('reps', '?')} passes after "
+        f"{source}, p50 over {engine.get('reps', '?')} passes after "
         f"{engine.get('warmup', '?')} warm-up, the fastest mode and launch of each precision "
         "(tf32 and bf16: the linear layers on tensor cores). The original: "
         f"`scripts/original_cswintt.py` on {card}, the authors' code at {commit} "
@@ -240,13 +246,62 @@ def compile_times_original(original):
     return [f"- The original's torch.compile took (compiling in parallel): {', '.join(took)}."] if took else []
 
 
-def render(engine, torch_res, criterion, original=None):
+def modes_table(engine):
+    """The tracker's step in every mode: p50 and frames/s per precision and launch, and the
+    frames/s of streams (one stream per head) over sequential heads."""
+    rows = [r for r in engine["rows"] if r["part"] == "frame"]
+    by = {(r["precision"], r["launch"], r["mode"]): r for r in rows}
+    modes = ["sequential", "streams", "fused"]
+    lines = [
+        "| precision | launch | " + " | ".join(f"{m} p50, ms (frames/s)" for m in modes)
+        + " | streams / sequential frames/s | stages of the first mode (crop, backbone, "
+        "transformer, heads), ms |",
+        "| --- | --- |" + " ---: |" * len(modes) + " ---: | --- |",
+    ]
+    keys = sorted({(r["precision"], r["launch"]) for r in rows},
+                  key=lambda k: (rank(k[0], PRECISION_ORDER), k[1]))
+    for precision, launch in keys:
+        cells = []
+        for m in modes:
+            r = by.get((precision, launch, m))
+            cells.append(f"{r['p50_ms']:.3f} ({1e3 / r['p50_ms']:.0f})" if r else "-")
+        seq, streams = by.get((precision, launch, "sequential")), by.get((precision, launch, "streams"))
+        gain = f"{100 * (seq['p50_ms'] / streams['p50_ms'] - 1):+.1f}%" if seq and streams else "-"
+        first = next((by[(precision, launch, m)] for m in modes if (precision, launch, m) in by), {})
+        stages = first.get("stages_ms")
+        stage = ", ".join(f"{stages[k]:.3f}" for k in ("crop", "backbone", "transformer", "heads")) \
+            if stages else "-"
+        lines.append(f"| {precision} | {launch} | " + " | ".join(cells) + f" | {gain} | {stage} |")
+    return lines
+
+
+def jpeg_lines(engine, jpeg):
+    """The end-to-end run on JPEG frames against the best step's frames/s."""
+    seqs = (jpeg or {}).get("sequences") or []
+    if not seqs:
+        return ["The JPEG run: no results (its run wrote no JSON)."]
+    s = seqs[0]
+    best = min((r for r in engine["rows"] if r["part"] == "frame"), key=lambda r: r["p50_ms"],
+               default=None)
+    step_fps = 1e3 / best["p50_ms"] if best else None
+    share = f", {100 * s['fps_end_to_end'] / step_fps:.0f}% of the step's {step_fps:.0f} frames/s " \
+        f"({best['precision']}, {best['mode']}, {best['launch']})" if step_fps else ""
+    return [f"A {s['frames']}-frame sequence of JPEG frames ({jpeg.get('engine', '?')}): "
+            f"{s['fps']:.0f} frames/s tracking, {s['fps_end_to_end']:.0f} frames/s end to end "
+            f"(decoding on CPU threads included){share}."]
+
+
+def render(engine, torch_res, criterion, original=None, jpeg=None):
     out = []
     if original is not None:
         table, notes = peer_table(engine, original)
         out += [*peer_header(engine, original), "", *table, "", *compile_times_original(original)]
         if notes:
             out += ["", "The original, not measured or flagged:", *(f"- {n}" for n in notes)]
+    if any(r["part"] == "frame" for r in engine.get("rows", [])):
+        out += ["", "The whole step in every mode (frames/s = 1000 / p50):", "", *modes_table(engine)]
+    if jpeg is not None:
+        out += ["", *jpeg_lines(engine, jpeg)]
     if torch_res is not None:
         if out:
             out += ["", "Our PyTorch port of the spec (`scripts/torch_reference.py`, f32):", ""]
@@ -291,6 +346,7 @@ def main():
     ap.add_argument("--original", help="original_cswintt.py --bench --json output")
     ap.add_argument("--torch", help="torch_reference.py --bench --json output")
     ap.add_argument("--criterion", metavar="DIR", help="criterion's output folder")
+    ap.add_argument("--jpeg", help="attnrt-infer --frames DIR --json output (the tracker)")
     ap.add_argument("--out", help="write the markdown here (default: stdout)")
     a = ap.parse_args()
     engine = json.loads(pathlib.Path(a.engine).read_text())
@@ -302,7 +358,7 @@ def main():
         p = pathlib.Path(path)
         return json.loads(p.read_text()) if p.exists() else {}
     criterion = criterion_results(a.criterion) if a.criterion else []
-    text = render(engine, optional(a.torch), criterion, optional(a.original))
+    text = render(engine, optional(a.torch), criterion, optional(a.original), optional(a.jpeg))
     if a.out:
         pathlib.Path(a.out).write_text(text)
     sys.stdout.write(text)

@@ -170,6 +170,30 @@ def main():
         run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "engine.json"),
                               "--torch", str(tmp / "torch.json")], capture_output=True, text=True)
         check("no torch.json: still a table", run.returncode == 0 and "| 2.000 | 5 | - | - | - | - |" in run.stdout)
+        # The tracker's step (scripts/perf-tracker.sh's tracker.json) against the original's frame.
+        rows = []
+        for i, (mode, precision, launch) in enumerate(
+                (m, p, la) for m in MODES for p in PRECISIONS for la in LAUNCHES):
+            ms = 2.0 - i / 100
+            rows.append({"part": "frame", "batch": 1, "mode": mode, "precision": precision,
+                         "launch": launch, "p50_ms": ms, "peak_mib": 500.0,
+                         "stages_ms": {"crop": 0.01, "backbone": 1.0, "transformer": 0.5, "heads": 0.1}})
+        tracker = {"device": "Test GPU (sm_90)", "batch": 1, "reps": 300, "warmup": 30, "rows": rows,
+                   "source": "`attnrt-infer --model TRACKER`"}
+        (tmp / "tracker.json").write_text(json.dumps(tracker))
+        (tmp / "jpeg.json").write_text(json.dumps({"engine": "GPU tracker", "sequences": [
+            {"frames": 1000, "fps": 900.0, "fps_end_to_end": 800.0}]}))
+        run = subprocess.run([sys.executable, str(HERE / "perf_table.py"), "--engine", str(tmp / "tracker.json"),
+                              "--original", str(tmp / "original.json"), "--jpeg", str(tmp / "jpeg.json")],
+                             capture_output=True, text=True)
+        text = run.stdout
+        check("tracker: exits 0", run.returncode == 0)
+        check("tracker: the source named", "`attnrt-infer --model TRACKER`" in text)
+        check("tracker: the frame row against the original's",
+              "| frame (backbone + transformer + heads) | 1 | f32 | 1.870 (fused, graph, 500 MiB) |" in text)
+        check("tracker: streams against sequential",
+              "| f32 | eager | 2.000 (500) | 1.940 (515) | 1.880 (532) | +3.1% | 0.010, 1.000, 0.500, 0.100 |" in text)
+        check("tracker: the JPEG run", "800 frames/s end to end" in text and "% of the step's" in text)
     print(f"{len(failures)} failed")
     return 1 if failures else 0
 

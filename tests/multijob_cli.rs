@@ -1,5 +1,6 @@
 //! `attnrt-train --jobs FILE` with several jobs: every job trains in a job process of its
-//! own under the DR manager. Each test runs on the CPU rehearsal of a two-device machine
+//! own under the DR manager, and a job that fails, hangs or loses its manager costs no other
+//! job anything. Each test runs on the CPU rehearsal of a two-device machine
 //! (`--gpus cpu:2`, always) and on the machine's GPUs (`--gpus all`) when there are any; with
 //! ATTNRT_REQUIRE_GPU=1 the GPU run is required.
 
@@ -11,8 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use attnrt::sched::decisions::{DecisionLog, replay};
+use attnrt::sched::decisions::{DecisionLog, Entry, replay};
 use attnrt::sched::report::Report;
+use attnrt::train::fault;
 use attnrt::train::run::checkpoint;
 
 fn binary() -> PathBuf {
@@ -261,79 +263,6 @@ fn failing_jobs_are_reported_and_the_others_finish() {
 }
 
 #[test]
-fn sigint_then_resume_keeps_every_jobs_progress() {
-    for device in devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let names = ["p", "q", "r"];
-        // Long enough that no job ends before the SIGINT: a GPU runs these steps in well
-        // under a millisecond.
-        let scale = if device == "all" { 50 } else { 1 };
-        let iterations = [400 * scale, 600 * scale, 300 * scale];
-        let jobs = write_jobs(
-            dir.path(),
-            "thesis",
-            &[
-                job(names[0], 64, 64, iterations[0], ""),
-                job(names[1], 32, 32, iterations[1], ""),
-                job(names[2], 128, 64, iterations[2], ""),
-            ],
-        );
-        let ckpt = dir.path().join("ckpt");
-        let mut first = manager(&jobs, device, &["--checkpoint-dir"])
-            .arg(&ckpt)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = stderr_lines(&mut first);
-        let mut log = wait_until_running(&lines, &names, 3);
-        assert!(
-            Command::new("kill")
-                .args(["-INT", &first.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = first.wait().unwrap();
-        log.extend(lines.iter().map(|l| l + "\n"));
-        assert_eq!(status.code(), Some(130), "{device}: {log}");
-        assert!(ckpt.join("manager.json").exists(), "{log}");
-        let stopped_at: Vec<u64> = names
-            .iter()
-            .map(|n| {
-                let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
-                let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
-                meta.step
-            })
-            .collect();
-        assert!(stopped_at.iter().all(|&s| s >= 3), "{stopped_at:?}");
-
-        let rep = dir.path().join("r.json");
-        let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
-            .arg(&ckpt)
-            .arg("--report")
-            .arg(&rep)
-            .output()
-            .unwrap();
-        let log = log_of(&out);
-        assert!(out.status.success(), "{device}: {log}");
-        for (name, step) in names.iter().zip(&stopped_at) {
-            // Each job continues exactly where its checkpoint left it.
-            assert!(
-                log.contains(&format!("job {name}: resumed from step {step}")),
-                "{device}: {name} at {step}: {log}"
-            );
-        }
-        let r = report(&rep);
-        assert_eq!(r.jobs.len(), 3, "{log}");
-        for (name, iterations) in names.iter().zip(iterations) {
-            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
-            let (meta, _) = checkpoint::load_latest(&dir).unwrap().unwrap();
-            assert_eq!(meta.step, iterations);
-        }
-    }
-}
-
-#[test]
 fn bad_flags_and_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let jobs = write_jobs(
@@ -358,4 +287,188 @@ fn bad_flags_and_files_are_clear_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(log_of(&out).contains("job 'a': sim"), "{}", log_of(&out));
+}
+
+/// A job that hangs (injected: no step after its fourth) is killed after `--hang-periods`
+/// silent periods and reported, one that runs out of memory (injected) fails with that
+/// error, and the other finishes; the rounds after the hang leave the hung job out, so its
+/// devices go to the others.
+#[test]
+fn hung_and_out_of_memory_jobs_fail_alone() {
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        // Long enough to outlast the hang's detection: a GPU runs these steps in well under a
+        // millisecond.
+        let scale = if device == "all" { 50 } else { 1 };
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job("good", 64, 64, 600 * scale, ""),
+                job("stuck", 32, 32, 100_000, ""),
+                job("oom", 32, 32, 100_000, ""),
+            ],
+        );
+        let (rep, dec) = (dir.path().join("r.json"), dir.path().join("d.json"));
+        let out = manager(&jobs, device, &["--hang-periods", "5", "--report"])
+            .arg(&rep)
+            .arg("--decisions")
+            .arg(&dec)
+            .env(fault::ENV, "stuck=hang@5,oom=oom@4")
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{device}: {log}");
+        let r = report(&rep);
+        let done: Vec<&str> = r.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(done, ["good"], "{log}");
+        let failed = |name: &str| r.failed.iter().find(|f| f.name == name).unwrap().clone();
+        let stuck = failed("stuck");
+        assert!(
+            stuck.error.contains("hung: no step for") && stuck.error.contains("killed"),
+            "{stuck:?}"
+        );
+        assert_eq!(stuck.step, 4, "{stuck:?}");
+        let oom = failed("oom");
+        assert!(oom.error.contains("out of GPU memory"), "{oom:?}");
+        assert_eq!(oom.step, 3, "{oom:?}");
+        assert!(log.contains("job stuck failed: hung"), "{log}");
+
+        let rounds: Vec<Vec<usize>> =
+            DecisionLog::from_json(&std::fs::read_to_string(&dec).unwrap(), "d")
+                .unwrap()
+                .entries
+                .into_iter()
+                .filter_map(|e| match e {
+                    Entry::Round { jobs, .. } => Some(jobs.iter().map(|j| j.job).collect()),
+                    Entry::Admit { .. } => None,
+                })
+                .collect();
+        let last_with_stuck = rounds.iter().rposition(|r| r.contains(&1)).unwrap();
+        assert!(
+            rounds[last_with_stuck + 1..].iter().any(|r| r == &[0]),
+            "no round gave the others the hung job's devices: {rounds:?}"
+        );
+    }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie nobody reaped yet).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(true)
+}
+
+/// How a test stops the manager half-way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stop {
+    /// SIGINT: it tells every job process to checkpoint, saves its state and exits with 130.
+    Interrupt,
+    /// SIGKILL: no chance to do anything; its job processes see their input close,
+    /// checkpoint and exit by themselves.
+    Kill,
+}
+
+/// Stops the manager of three running jobs as `how` says, then `--resume`s: every job
+/// continues exactly where its checkpoint left it and finishes.
+fn stop_then_resume(how: Stop) {
+    for device in devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["p", "q", "r"];
+        // Long enough that no job ends before the stop: a GPU runs these steps in well
+        // under a millisecond.
+        let scale = if device == "all" { 50 } else { 1 };
+        let iterations = [400 * scale, 600 * scale, 300 * scale];
+        let jobs = write_jobs(
+            dir.path(),
+            "thesis",
+            &[
+                job(names[0], 64, 64, iterations[0], ""),
+                job(names[1], 32, 32, iterations[1], ""),
+                job(names[2], 128, 64, iterations[2], ""),
+            ],
+        );
+        let ckpt = dir.path().join("ckpt");
+        let mut first = manager(&jobs, device, &["--checkpoint-dir"])
+            .arg(&ckpt)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = stderr_lines(&mut first);
+        let mut log = wait_until_running(&lines, &names, 3);
+        let workers = job_processes_of(first.id());
+        assert_eq!(workers.len(), 3, "{workers:?}");
+        let signal = match how {
+            Stop::Interrupt => "-INT",
+            Stop::Kill => "-KILL",
+        };
+        assert!(
+            Command::new("kill")
+                .args([signal, &first.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = first.wait().unwrap();
+        log.extend(lines.iter().map(|l| l + "\n"));
+        if how == Stop::Interrupt {
+            assert_eq!(status.code(), Some(130), "{device}: {log}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !workers.iter().all(|&(pid, _)| ended(pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "{how:?}: job processes still alive: {workers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(ckpt.join("manager.json").exists(), "{log}");
+        let stopped_at: Vec<u64> = names
+            .iter()
+            .map(|n| {
+                let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, n);
+                checkpoint::load_latest(&dir).unwrap().unwrap().meta.step
+            })
+            .collect();
+        assert!(
+            stopped_at.iter().all(|&s| s >= 3),
+            "{how:?}: {stopped_at:?}"
+        );
+
+        let rep = dir.path().join("r.json");
+        let out = manager(&jobs, device, &["--resume", "--checkpoint-dir"])
+            .arg(&ckpt)
+            .arg("--report")
+            .arg(&rep)
+            .output()
+            .unwrap();
+        let log = log_of(&out);
+        assert!(out.status.success(), "{how:?} {device}: {log}");
+        for (name, step) in names.iter().zip(&stopped_at) {
+            assert!(
+                log.contains(&format!("job {name}: resumed from step {step}")),
+                "{how:?} {device}: {name} at {step}: {log}"
+            );
+        }
+        let r = report(&rep);
+        assert_eq!(r.jobs.len(), 3, "{log}");
+        for (name, iterations) in names.iter().zip(iterations) {
+            let dir = attnrt::multijob::supervisor::job_checkpoint_dir(&ckpt, name);
+            let meta = checkpoint::load_latest(&dir).unwrap().unwrap().meta;
+            assert_eq!(meta.step, iterations);
+        }
+    }
+}
+
+#[test]
+fn sigint_then_resume_keeps_every_jobs_progress() {
+    stop_then_resume(Stop::Interrupt);
+}
+
+#[test]
+fn a_killed_manager_leaves_every_job_resumable() {
+    stop_then_resume(Stop::Kill);
 }

@@ -432,11 +432,20 @@ fn bad_input_is_a_clear_error() {
         &["--init", "2 sequences"],
     );
     fails(
-        &["--model", &m, "--frames", s(&seq), "--device", "cuda"],
-        &["--device"],
+        &["--model", &m, "--frames", s(&seq), "--device", "cuda:99"],
+        &["no usable GPU"],
     );
     fails(
-        &["--model", &m, "--frames", s(&seq), "--precision", "bf16"],
+        &[
+            "--model",
+            &m,
+            "--frames",
+            s(&seq),
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+        ],
         &["bf16"],
     );
     fails(

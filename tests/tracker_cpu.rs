@@ -28,7 +28,8 @@ fn golden_first_frames_pass() {
         frames: Some(3),
         ..CheckOptions::default()
     };
-    let report = check_golden(&g.golden, weights, options).expect("check");
+    let net = Box::new(CpuNetwork::new(weights).expect("network"));
+    let report = check_golden(&g.golden, net, options).expect("check");
     eprintln!(
         "golden check, 3 frames: {:.1} s",
         t0.elapsed().as_secs_f64()

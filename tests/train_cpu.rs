@@ -247,10 +247,12 @@ fn checkpoint_round_trips_keeps_two_and_leaves_no_temp_files() {
             dir.path(),
             &meta(step),
             &[("param/w", &[2, 3], &w), ("opt0/w", &[6], &w)],
+            None,
         )
         .unwrap();
     }
-    let (m, t) = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    let latest = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    let (m, t) = (latest.meta, latest.tensors);
     assert_eq!(m.step, 15);
     assert_eq!(t["param/w"].shape, vec![2, 3]);
     assert_eq!(t["param/w"].data, w);
@@ -281,6 +283,7 @@ fn checkpoint_tensors_file_is_plain_safetensors_and_keeps_nan() {
         dir.path(),
         &meta(7),
         &[("param/w", &[2, 2], &w), ("param/b", &[2], &b)],
+        None,
     )
     .unwrap();
     let bytes = std::fs::read(dir.path().join("ckpt-0000000007.safetensors")).unwrap();
@@ -297,7 +300,10 @@ fn checkpoint_tensors_file_is_plain_safetensors_and_keeps_nan() {
     )
     .unwrap();
     assert_eq!(bytes, direct);
-    let (_, t) = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    let t = checkpoint::load_latest(dir.path())
+        .unwrap()
+        .unwrap()
+        .tensors;
     assert!(t["param/w"].data[1].is_nan());
     assert_eq!(t["param/b"].data, b);
 }
@@ -306,7 +312,7 @@ fn checkpoint_tensors_file_is_plain_safetensors_and_keeps_nan() {
 fn corrupted_checkpoint_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let w = vec![0.5f32; 100];
-    checkpoint::save(dir.path(), &meta(3), &[("param/w", &[100], &w)]).unwrap();
+    checkpoint::save(dir.path(), &meta(3), &[("param/w", &[100], &w)], None).unwrap();
     let path = dir.path().join("ckpt-0000000003.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
@@ -323,6 +329,100 @@ fn corrupted_checkpoint_is_detected() {
     // Truncated: same.
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     assert!(checkpoint::load_latest(dir.path()).is_err());
+}
+
+fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A damaged newest checkpoint (a truncated tensors file, a truncated JSON) is named and the
+/// newest intact one is loaded; set aside, it is no longer listed or pruned, and the next
+/// save clears what an interrupted save left behind.
+#[test]
+fn damaged_newest_checkpoints_are_named_and_the_one_before_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = vec![0.5f32; 100];
+    for step in [3, 4] {
+        checkpoint::save(dir.path(), &meta(step), &[("param/w", &[100], &w)], None).unwrap();
+    }
+    let tensors = dir.path().join("ckpt-0000000004.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    bytes.truncate(bytes.len() - 8);
+    std::fs::write(&tensors, &bytes).unwrap();
+    let latest = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!(latest.meta.step, 3);
+    assert_eq!(latest.damaged.len(), 1);
+    let said = latest.damaged[0].to_string();
+    assert!(
+        said.contains("ckpt-0000000004.json is damaged")
+            && said.contains("ckpt-0000000004.safetensors"),
+        "{said}"
+    );
+
+    // Set aside, it no longer counts: the next save prunes around it, keeping step 3.
+    checkpoint::set_aside(&latest.damaged).unwrap();
+    checkpoint::save(dir.path(), &meta(5), &[("param/w", &[100], &w)], None).unwrap();
+    // A JSON cut short (were it ever written in place) is damaged too.
+    let json = dir.path().join("ckpt-0000000005.json");
+    let text = std::fs::read(&json).unwrap();
+    std::fs::write(&json, &text[..text.len() / 2]).unwrap();
+    let latest = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!(latest.meta.step, 3);
+    let named: Vec<String> = latest.damaged.iter().map(|d| d.to_string()).collect();
+    assert!(
+        named.len() == 1 && named[0].contains("ckpt-0000000005.json is damaged"),
+        "{named:?}"
+    );
+    checkpoint::set_aside(&latest.damaged).unwrap();
+    let again = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!((again.meta.step, again.damaged.len()), (3, 0));
+    // Leftovers of interrupted saves go at the next save; what was set aside stays.
+    std::fs::write(dir.path().join("ckpt-0000000006.safetensors"), b"orphan").unwrap();
+    std::fs::write(dir.path().join("ckpt-0000000007.json.tmp"), b"half").unwrap();
+    checkpoint::save(dir.path(), &meta(4), &[("param/w", &[100], &w)], None).unwrap();
+    assert_eq!(
+        file_names(dir.path()),
+        [
+            "ckpt-0000000003.json",
+            "ckpt-0000000003.safetensors",
+            "ckpt-0000000004.json",
+            "ckpt-0000000004.json.damaged",
+            "ckpt-0000000004.safetensors",
+            "ckpt-0000000004.safetensors.damaged",
+            "ckpt-0000000005.json.damaged",
+            "ckpt-0000000005.safetensors.damaged",
+        ]
+    );
+}
+
+/// A write that fails half-way (a full disk) is an error naming the file; the previous
+/// checkpoint is untouched and no temporary file is left.
+#[test]
+fn a_failed_write_keeps_the_previous_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = vec![0.25f32; 1000];
+    checkpoint::save(dir.path(), &meta(2), &[("param/w", &[1000], &w)], None).unwrap();
+    let before = file_names(dir.path());
+    let e = checkpoint::save(
+        dir.path(),
+        &meta(4),
+        &[("param/w", &[1000], &w)],
+        Some(checkpoint::SaveFault::DiskFull),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("ckpt-0000000004.safetensors.tmp") && e.contains("no space left on device"),
+        "{e}"
+    );
+    assert_eq!(file_names(dir.path()), before);
+    let latest = checkpoint::load_latest(dir.path()).unwrap().unwrap();
+    assert_eq!((latest.meta.step, latest.damaged.len()), (2, 0));
 }
 
 // ---- math ----
@@ -593,7 +693,7 @@ fn checkpoints_record_the_precision_and_older_ones_read_as_f32() {
         precision: Bf16,
         ..meta(2)
     };
-    let json = checkpoint::save(dir.path(), &bf16, &[("param/w", &[2], &w)]).unwrap();
+    let json = checkpoint::save(dir.path(), &bf16, &[("param/w", &[2], &w)], None).unwrap();
     assert_eq!(checkpoint::load(&json).unwrap().0.precision, Bf16);
     let text = std::fs::read_to_string(&json).unwrap();
     let older: String = text

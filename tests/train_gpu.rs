@@ -370,7 +370,7 @@ fn run(
         DistributionRatio::new(units.to_vec()).unwrap(),
     );
     let mut steps = Vec::new();
-    train(&job, engine, &opts, &mut |p| steps.push(*p)).unwrap();
+    train(&job, engine, &opts, &mut |p| steps.push(p.clone())).unwrap();
     (engine.replica_params().unwrap(), steps)
 }
 

@@ -218,6 +218,19 @@ inline float __shfl_xor_sync(unsigned mask, float v, int o) {
     }
     return emu::group(mask).f[par][src];
 }
+inline double __shfl_xor_sync(unsigned mask, double v, int o) {
+    unsigned mine[2];
+    memcpy(mine, &v, 8);
+    const unsigned par = emu::exchange(mask, nullptr, mine, 2);
+    const int src = emu::lane() ^ o;
+    if (!(mask >> src & 1)) {
+        fprintf(stderr, "shfl from lane %d outside mask %08x\n", src, mask);
+        abort();
+    }
+    double r;
+    memcpy(&r, emu::group(mask).u[par][src], 8);
+    return r;
+}
 inline unsigned __ballot_sync(unsigned mask, int pred) {
     const unsigned u = pred ? 1 : 0;
     const unsigned par = emu::exchange(mask, nullptr, &u, 1);
@@ -229,6 +242,14 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
 inline int __ffs(int x) { return ffs(x); }
 inline float __int_as_float(int x) { return emu::bits_f((unsigned)x); }
 inline float __uint_as_float(unsigned x) { return emu::bits_f(x); }
+inline unsigned __float_as_uint(float x) { return emu::f_bits(x); }
+// Round-to-nearest arithmetic: the host neither contracts nor reorders these (no -ffast-math).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }

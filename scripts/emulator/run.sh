@@ -6,10 +6,15 @@
 # checks compare against float64 loops (the same cases as the GPU tests, smaller):
 #   window_attention: kernels/window_attention.cu, every precision, window, head width
 #     (1-128), key split and the fused launch;
-#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision.
+#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision;
+#   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
+#   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
+#     random frames and boxes, partly outside the frame, every resize path, bit for bit);
+#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores).
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear] [GROUP]   (needs g++)
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax] [GROUP]
+# (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${TMPDIR:-/tmp}/attnrt-emulator"
@@ -25,4 +30,16 @@ if [ "$what" = all ] || [ "$what" = linear ]; then
     "$here/linear.cpp"
   "$out/linear_rows"
   "$out/linear_tiles"
+fi
+if [ "$what" = all ] || [ "$what" = max_pool ]; then
+  # include/ stands in for the CUDA headers the kernel includes (bf16 storage).
+  g++ -std=c++17 -O1 -I"$here/include" -I"$here/../../kernels" -o "$out/max_pool" "$here/max_pool.cpp"
+  "$out/max_pool"
+fi
+if [ "$what" = all ] || [ "$what" = crop ]; then
+  (cd "$here/../.." && cargo test --release --test kernels crop_kernel_on_the_host_emulator)
+fi
+if [ "$what" = all ] || [ "$what" = soft_argmax ]; then
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/soft_argmax" "$here/soft_argmax.cpp"
+  "$out/soft_argmax"
 fi

@@ -11,10 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use attnrt::base::TensorFile;
+use attnrt::base::devices::Device;
 use attnrt::cswintt::gpu::trace::{Overlap, chrome_trace, head_overlap};
 use attnrt::cswintt::{Backend, EngineOptions, Inputs, Mode, Precision, check, flops};
 use attnrt::cswintt::{select_backend, time_runs};
-use attnrt::gpu::{DeviceChoice, nvtx};
+use attnrt::gpu::nvtx;
 use attnrt::model::synthetic::{self, Padding};
 use attnrt::model::{Config, Weights};
 use attnrt::tracker::cli::Event as TrackEvent;
@@ -47,9 +48,9 @@ struct Args {
     model: Option<PathBuf>,
 
     /// Where to run: `auto` (the GPU when usable, else the CPU with a one-line notice), `cpu`,
-    /// `cuda` or `cuda:N`.
+    /// `cuda`, `cuda:N` or the bare ordinal `N`.
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
-    device: DeviceChoice,
+    device: Device,
 
     /// Batch size of the random inputs (default 1). With --input the batch comes from the file.
     #[arg(long, value_name = "N")]
@@ -140,6 +141,8 @@ fn run(args: Args) -> Result<ExitCode> {
         check: args.check.as_deref(),
         device: args.device,
         precision: args.precision,
+        mode: args.mode,
+        graph: args.graph,
         json: args.json,
         iters: args.iters,
         warmup: args.warmup,

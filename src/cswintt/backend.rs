@@ -9,8 +9,9 @@ use std::time::Instant;
 use super::cpu::CpuReference;
 use super::{Inputs, Mode, Outputs, Precision};
 use crate::base::LatencyStats;
+use crate::base::devices::Device;
 use crate::error::{Error, Result};
-use crate::gpu::{DeviceChoice, Span};
+use crate::gpu::Span;
 use crate::model::weights::Weights;
 
 /// An engine that runs the transformer on a batch of inputs.
@@ -100,20 +101,20 @@ pub struct Selected {
 /// (an error when unavailable), `auto` the GPU engine when usable, else the CPU with a
 /// notice saying why.
 pub fn select_backend(
-    device: DeviceChoice,
+    device: Device,
     weights: Arc<Weights>,
     options: EngineOptions,
 ) -> Result<Selected> {
     match device {
-        DeviceChoice::Cpu => Ok(Selected {
+        Device::Cpu => Ok(Selected {
             backend: cpu_backend(weights, options)?,
             notice: None,
         }),
-        DeviceChoice::Cuda(n) => Ok(Selected {
+        Device::Cuda(n) => Ok(Selected {
             backend: gpu_backend(n, weights, options)?,
             notice: None,
         }),
-        DeviceChoice::Auto => match gpu_backend(0, weights.clone(), options) {
+        Device::Auto => match gpu_backend(0, weights.clone(), options) {
             Ok(backend) => Ok(Selected {
                 backend,
                 notice: None,

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaModule, CudaStream};
@@ -29,41 +28,6 @@ pub fn device_count() -> Result<usize> {
         });
     }
     Ok(n as usize)
-}
-
-/// Where to run, as given on the command line: `auto`, `cpu`, `cuda` or `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    /// The first GPU when one is usable, else the CPU.
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("'{s}' is not one of auto, cpu, cuda, cuda:N")),
-        }
-    }
-}
-
-impl fmt::Display for DeviceChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeviceChoice::Auto => write!(f, "auto"),
-            DeviceChoice::Cpu => write!(f, "cpu"),
-            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
 }
 
 /// One GPU: its context, a main stream, and the modules and kernels loaded on it so far.

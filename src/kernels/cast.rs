@@ -1,4 +1,5 @@
-//! Launchers for `kernels/cast.cu`: the bf16 copies of the trainer's GEMM operands. Its CPU
+//! Launchers for `kernels/cast.cu`: the bf16 copies of the trainer's GEMM operands, and bf16
+//! activations widened back to f32 (exact). Its CPU
 //! counterpart is [`Precision::operand`](crate::base::Precision::operand), which rounds the
 //! same way (the bottom layer holds it, since the CPU engines use it without any kernel).
 
@@ -14,12 +15,14 @@ use crate::gpu::{Gpu, Kernel};
 #[derive(Debug, Clone)]
 pub struct CastKernels {
     bf16: Kernel,
+    f32: Kernel,
 }
 
 impl CastKernels {
     pub fn load(gpu: &Gpu) -> Result<CastKernels> {
         Ok(CastKernels {
             bf16: gpu.kernel(KernelModule::Cast, "cast_bf16_f32")?,
+            f32: gpu.kernel(KernelModule::Cast, "cast_f32_bf16")?,
         })
     }
 
@@ -40,5 +43,22 @@ impl CastKernels {
         // kernel's 16-bit unsigned short; both buffers hold n. The grid is sized for the
         // kernel's four-wide loop (it strides either way).
         unsafe { args.launch(elementwise(n.div_ceil(4))) }
+    }
+
+    /// `y[i] = f32(x[i])` for the first `n` elements (exact).
+    pub fn f32(
+        &self,
+        stream: &CudaStream,
+        x: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let args = Args::new(&self.f32, stream)
+            .input("x", x, n)?
+            .output("y", y, n)?
+            .long(n);
+        // SAFETY: cast_f32_bf16(const unsigned short*, float*, long long n): bf16 is the
+        // kernel's 16-bit unsigned short; both buffers hold n.
+        unsafe { args.launch(elementwise(n)) }
     }
 }

@@ -1,12 +1,14 @@
-//! Launchers for `kernels/elementwise.cu`: residual adds, the position embedding, and ReLU's
-//! backward. Each works on the first `n` elements of its buffers.
+//! Launchers for `kernels/elementwise.cu`: residual adds, the position embedding, ReLU's
+//! backward, and rows scaled by their dot product with a vector (the tracker's corner head
+//! input). Each works on the first `n` elements of its buffers.
 
 pub mod cpu;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::KernelModule;
-use super::launch::{Args, elementwise};
+use super::conv2d::Element;
+use super::launch::{Args, elementwise, warp_rows};
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel};
 
@@ -16,6 +18,8 @@ pub struct ElementwiseKernels {
     add: Kernel,
     add_periodic: Kernel,
     relu_backward: Kernel,
+    scale_by_dot_f32: Kernel,
+    scale_by_dot_bf16: Kernel,
 }
 
 impl ElementwiseKernels {
@@ -25,6 +29,8 @@ impl ElementwiseKernels {
             add: k("add_f32")?,
             add_periodic: k("add_periodic_f32")?,
             relu_backward: k("relu_backward_f32")?,
+            scale_by_dot_f32: k("scale_by_dot_f32")?,
+            scale_by_dot_bf16: k("scale_by_dot_bf16")?,
         })
     }
 
@@ -77,5 +83,32 @@ impl ElementwiseKernels {
             .long(n);
         // SAFETY: relu_backward_f32(float* dx, const float* y, long long n); both hold n.
         unsafe { args.launch(elementwise(n)) }
+    }
+
+    /// `y[r] = x[r] * dot(x[r], v)` over `rows` rows of `v.len()` values; `y` in `T` (f32,
+    /// or bf16 rounded to nearest even).
+    pub fn scale_by_dot<T: Element>(
+        &self,
+        stream: &CudaStream,
+        x: &impl DevicePtr<f32>,
+        v: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<T>,
+        rows: usize,
+    ) -> Result<()> {
+        let k = if T::NAME == "f32" {
+            &self.scale_by_dot_f32
+        } else {
+            &self.scale_by_dot_bf16
+        };
+        let width = v.len();
+        let args = Args::new(k, stream)
+            .input("x", x, rows * width)?
+            .input("v", v, width)?
+            .output("y", y, rows * width)?
+            .int("rows", rows)?
+            .int("width", width)?;
+        // SAFETY: scale_by_dot_<dtype>(const float* x, const float* v, T* y, int rows, int
+        // width); one warp per row (warp_rows), x and y hold rows * width, v width.
+        unsafe { args.launch(warp_rows(rows)) }
     }
 }

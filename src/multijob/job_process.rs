@@ -44,7 +44,7 @@ fn run(out: &mut impl Write) -> Result<()> {
         Ok(Control::Garbled(why)) => return Err(garbled(why)),
         // Stopped before it was opened: nothing to checkpoint.
         Ok(Control::Command(Command::Stop)) | Err(_) => {
-            return send(out, &Event::Stopped { step: 0 }).map_err(lost);
+            return farewell(out, &Event::Stopped { step: 0 });
         }
         Ok(Control::Command(_)) => {
             return Err(Error::invalid(
@@ -62,6 +62,7 @@ fn run(out: &mut impl Write) -> Result<()> {
             iterations: session.job().iterations,
             batch_size: session.job().batch_size,
             notice: session.notice(),
+            damaged: session.damaged().iter().map(|d| d.to_string()).collect(),
         },
     )
     .map_err(lost)?;
@@ -75,9 +76,7 @@ fn run(out: &mut impl Write) -> Result<()> {
             Ok(Control::Command(Command::Start { dr })) => break dr,
             Ok(Control::Garbled(why)) => return Err(garbled(why)),
             // Stop, or the manager is gone: nothing trained since the last checkpoint.
-            _ => {
-                return send(out, &Event::Stopped { step: start_step }).map_err(lost);
-            }
+            _ => return farewell(out, &Event::Stopped { step: start_step }),
         }
     };
 
@@ -88,6 +87,7 @@ fn run(out: &mut impl Write) -> Result<()> {
             loss: p.loss,
             accuracy: p.accuracy,
             samples_per_s: p.samples_per_s,
+            checkpoint_error: p.checkpoint_error.clone(),
         };
         // Without a manager to report to, checkpoint and stop.
         if send(out, &step).is_err() {
@@ -103,12 +103,19 @@ fn run(out: &mut impl Write) -> Result<()> {
             accuracy: outcome.accuracy,
         }
     };
-    send(out, &last).map_err(lost)?;
+    farewell(out, &last)?;
     // A garbled line stops the job like `stop` does; say so once it is checkpointed.
     match control.try_recv() {
         Ok(Control::Garbled(why)) => Err(garbled(why)),
         _ => Ok(()),
     }
+}
+
+/// Sends the job's last event. A manager that is gone (killed, say) cannot hear it, and the job
+/// has checkpointed: that is a clean end, not an error.
+fn farewell(out: &mut impl Write, last: &Event) -> Result<()> {
+    let _ = send(out, last);
+    Ok(())
 }
 
 fn garbled(why: String) -> Error {

@@ -33,7 +33,7 @@ pub struct JobProcess {
 }
 
 impl JobProcess {
-    /// Starts `exe --job-process NAME` for job `index` and sends it `config` (the job's name
+    /// Starts `exe --job-process=NAME` for job `index` and sends it `config` (the job's name
     /// is on the command line only so that `ps` shows which job a process trains).
     pub fn spawn(
         exe: &Path,
@@ -115,6 +115,12 @@ impl JobProcess {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.flush();
         }
+    }
+
+    /// Ends the process at once (SIGKILL): for one that no longer answers. Its closed output
+    /// then arrives as usual.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
     }
 
     /// Waits for the process to end; describes how it ended when that was not a clean exit,

@@ -40,6 +40,10 @@ pub enum Event {
         batch_size: usize,
         /// A line about how the job runs (e.g. a fallback), if any.
         notice: Option<String>,
+        /// Newer checkpoints than the one resumed from that did not load, each named with
+        /// why (they were set aside).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        damaged: Vec<String>,
     },
     Calibrated {
         calibration: Calibration,
@@ -52,6 +56,10 @@ pub enum Event {
         loss: f64,
         accuracy: f64,
         samples_per_s: f64,
+        /// The step's checkpoint could not be written and the job goes on: why, and which
+        /// checkpoint is kept.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint_error: Option<String>,
     },
     /// Every iteration done (and checkpointed, with a checkpoint directory).
     Finished {

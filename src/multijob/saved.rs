@@ -1,7 +1,8 @@
-//! The manager's own checkpoint (`manager.json` in the checkpoint directory), written when a
-//! run stops on a signal: the run clock, and per job how far the manager had got with it, so
-//! that `--resume` continues every job's Slow-Down accounting where it stopped. The jobs'
-//! parameters are in their own checkpoints (one subdirectory per job).
+//! The manager's own checkpoint (`manager.json` in the checkpoint directory), written after
+//! every manager round and when the run ends or stops: the run clock, and per job how far the
+//! manager had got with it, so that `--resume` continues every job's Slow-Down accounting
+//! where it stopped, even after the manager was killed. The jobs' parameters are in their own
+//! checkpoints (one subdirectory per job).
 
 use std::path::{Path, PathBuf};
 

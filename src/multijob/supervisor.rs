@@ -4,10 +4,14 @@
 //! utilisation from [`Monitor`], Slow-Down from each job's step reports ([`JobProgress`]).
 //!
 //! A job's new DR is sent to its process at once and applies from its next iteration. A job
-//! that fails is reported and dropped; the next round rebalances the others. A stop request
-//! (`stop`, set by SIGINT/SIGTERM) makes every job process checkpoint and exit, and the
-//! manager saves its own state ([`SavedRun`]) for `--resume`. What happens is reported as
-//! [`RunEvent`]s; nothing is printed here.
+//! that fails (its process reports an error, exits or is killed) is reported and dropped; the
+//! next round rebalances the others. A running job that reports no step for
+//! [`RunConfig::hang_periods`] periods is hung: its process is killed and it fails the same
+//! way. A stop request (`stop`, set by SIGINT/SIGTERM) makes every job process checkpoint and
+//! exit. The manager saves its own state ([`SavedRun`]) for `--resume` after every round and at
+//! the end, so that even a manager killed outright can be resumed (its job processes see their
+//! input close, checkpoint and exit). What happens is reported as [`RunEvent`]s; nothing is
+//! printed here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +40,9 @@ use crate::{Error, Result};
 const TICK: Duration = Duration::from_millis(100);
 /// How often a [`RunEvent::Status`] is sent.
 const REDRAW_S: f64 = 0.25;
+/// A job is hung only after this many times its longest step without one, whatever the
+/// period: a slow job is not a hung one.
+pub const HANG_STEPS: f64 = 10.0;
 
 /// A multi-job run, resolved from the job file and the flags.
 pub struct RunConfig {
@@ -51,6 +58,9 @@ pub struct RunConfig {
     pub policy: PolicyKind,
     pub params: ThesisParams,
     pub period_s: f64,
+    /// A running job with no step for this many periods (and for at least
+    /// [`HANG_STEPS`] times its longest step so far) is hung.
+    pub hang_periods: u32,
     /// Measure each job alone before the run (else `[job.sim]` gives the exclusive time).
     pub calibrate: bool,
     pub stop: Arc<AtomicBool>,
@@ -116,6 +126,9 @@ struct LiveJob {
     pending_dr: Option<(f64, DistributionRatio)>,
     samples_per_s: f64,
     last_sd: Option<f64>,
+    /// When it last reported a step (or was started), run clock seconds.
+    last_step_at_s: f64,
+    longest_step_s: f64,
     report: Option<JobReport>,
     failure: Option<FailedJob>,
     end_s: Option<f64>,
@@ -135,6 +148,8 @@ impl LiveJob {
             pending_dr: None,
             samples_per_s: 0.0,
             last_sd: None,
+            last_step_at_s: 0.0,
+            longest_step_s: 0.0,
             report: None,
             failure: None,
             end_s: None,
@@ -183,6 +198,8 @@ struct Supervisor<'a> {
     next_round_s: f64,
     need_round: bool,
     stopping: bool,
+    /// The manager's state file could not be written (said once, not every round).
+    state_unsaved: bool,
 }
 
 /// Runs every job of `cfg.file` to the end (or until `cfg.stop`), telling `report` what
@@ -224,6 +241,7 @@ pub fn run(cfg: &RunConfig, report: &mut dyn FnMut(&RunEvent)) -> Result<RunOutc
         next_round_s: 0.0,
         need_round: false,
         stopping: false,
+        state_unsaved: false,
     };
     if let Some(n) = notice {
         (sup.report)(&RunEvent::Notice(n));
@@ -312,6 +330,9 @@ impl Supervisor<'_> {
                 } else {
                     self.schedule()?;
                 }
+            } else {
+                // A hung job would never answer the stop: the run must still end.
+                self.stop_hung_jobs(self.now_s());
             }
             let now = self.now_s();
             if now - last_redraw >= REDRAW_S {
@@ -369,6 +390,7 @@ impl Supervisor<'_> {
             }
         }
         self.monitor.poll(now, self.cfg.period_s);
+        self.stop_hung_jobs(now);
         if now >= self.next_round_s {
             while self.next_round_s <= now {
                 self.next_round_s += self.cfg.period_s;
@@ -419,8 +441,37 @@ impl Supervisor<'_> {
         job.running_dr = Some(dr.clone());
         job.dr = Some(dr);
         job.phase = Phase::Running;
+        job.last_step_at_s = now;
         self.need_round = true;
         Ok(())
+    }
+
+    /// Kills and fails every running job that has been silent too long; the next round gives
+    /// its devices to the others.
+    fn stop_hung_jobs(&mut self, now: f64) {
+        let periods = self.cfg.hang_periods;
+        let period_s = self.cfg.period_s;
+        for job in &mut self.jobs {
+            let silent_s = now - job.last_step_at_s;
+            let limit_s = (f64::from(periods) * period_s).max(HANG_STEPS * job.longest_step_s);
+            if job.phase != Phase::Running || silent_s <= limit_s {
+                continue;
+            }
+            let error = format!(
+                "hung: no step for {silent_s:.1} s ({periods} manager periods of {period_s} s) \
+                 after step {}; its process was killed",
+                job.step
+            );
+            (self.report)(&RunEvent::JobFailed {
+                job: job.spec.name.clone(),
+                error: error.clone(),
+            });
+            job.fail(now, error);
+            if let Some(p) = &mut job.process {
+                p.kill();
+            }
+            self.need_round = true;
+        }
     }
 
     /// One manager round at `now`: what the monitor and the step reports measured, then the
@@ -447,6 +498,7 @@ impl Supervisor<'_> {
         let changes = self
             .manager
             .round(now, util, running, Some(&mut self.trace))?;
+        self.save_state(now);
         for change in changes {
             let words = self.trace.describe(&change);
             (self.report)(&RunEvent::DrChanged { time_s: now, words });
@@ -487,8 +539,17 @@ impl Supervisor<'_> {
         let job = &mut self.jobs[k];
         match event {
             Event::Ready {
-                start_step, notice, ..
+                start_step,
+                notice,
+                damaged,
+                ..
             } => {
+                for notice in damaged {
+                    (self.report)(&RunEvent::JobNotice {
+                        job: job.spec.name.clone(),
+                        notice: format!("{notice}; set aside as *.damaged"),
+                    });
+                }
                 job.step = start_step;
                 if job.phase == Phase::Starting {
                     job.phase = Phase::Ready;
@@ -518,10 +579,19 @@ impl Supervisor<'_> {
                 step,
                 step_s,
                 samples_per_s,
+                checkpoint_error,
                 ..
             } => {
+                if let Some(error) = checkpoint_error {
+                    (self.report)(&RunEvent::JobNotice {
+                        job: job.spec.name.clone(),
+                        notice: format!("{error}; training goes on"),
+                    });
+                }
                 job.step = step;
                 job.samples_per_s = samples_per_s;
+                job.last_step_at_s = now;
+                job.longest_step_s = job.longest_step_s.max(step_s);
                 if let Some(p) = &mut job.progress {
                     p.iteration_finished(now);
                     p.iteration_started(now);
@@ -570,6 +640,54 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Writes the manager's state for `--resume` (with a checkpoint directory); a failure is
+    /// reported, and the run goes on.
+    fn save_state(&mut self, now: f64) {
+        let Some(dir) = &self.cfg.settings.checkpoint_dir else {
+            return;
+        };
+        let saved = SavedRun {
+            clock_s: now,
+            busy_s: self.busy_now(now),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|j| match (&j.report, &j.failure) {
+                    (Some(report), _) => SavedJob::Finished {
+                        report: report.clone(),
+                    },
+                    (None, Some(failure)) => SavedJob::Failed {
+                        failure: failure.clone(),
+                    },
+                    (None, None) => SavedJob::Unfinished {
+                        name: j.spec.name.clone(),
+                        calibration: j.calibration.clone(),
+                        dr: j.dr.clone(),
+                    },
+                })
+                .collect(),
+        };
+        match saved.save(dir) {
+            Err(e) if !self.state_unsaved => {
+                self.state_unsaved = true;
+                (self.report)(&RunEvent::Notice(format!(
+                    "{e}; the run goes on (--resume would use the last state saved)"
+                )));
+            }
+            _ => {}
+        }
+    }
+
+    /// Busy seconds per device since the run first started.
+    fn busy_now(&self, now: f64) -> Vec<f64> {
+        self.monitor
+            .busy_s(now)
+            .iter()
+            .zip(&self.busy_offset_s)
+            .map(|(a, b)| a + b)
+            .collect()
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             time_s: self.now_s(),
@@ -595,44 +713,13 @@ impl Supervisor<'_> {
         }
     }
 
-    fn finish(self) -> RunOutcome {
+    fn finish(mut self) -> RunOutcome {
         let now = self.now_s();
         let last = RunEvent::Finished(self.snapshot());
         (self.report)(&last);
         let stopped = self.stopping;
-        let busy: Vec<f64> = self
-            .monitor
-            .busy_s(now)
-            .iter()
-            .zip(&self.busy_offset_s)
-            .map(|(a, b)| a + b)
-            .collect();
-        if stopped && let Some(dir) = &self.cfg.settings.checkpoint_dir {
-            let saved = SavedRun {
-                clock_s: now,
-                busy_s: busy.clone(),
-                jobs: self
-                    .jobs
-                    .iter()
-                    .map(|j| match (&j.report, &j.failure) {
-                        (Some(report), _) => SavedJob::Finished {
-                            report: report.clone(),
-                        },
-                        (None, Some(failure)) => SavedJob::Failed {
-                            failure: failure.clone(),
-                        },
-                        (None, None) => SavedJob::Unfinished {
-                            name: j.spec.name.clone(),
-                            calibration: j.calibration.clone(),
-                            dr: j.dr.clone(),
-                        },
-                    })
-                    .collect(),
-            };
-            if let Err(e) = saved.save(dir) {
-                (self.report)(&RunEvent::Notice(e.to_string()));
-            }
-        }
+        let busy = self.busy_now(now);
+        self.save_state(now);
         let first = self
             .jobs
             .iter()

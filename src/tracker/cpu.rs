@@ -9,80 +9,27 @@ use std::time::Instant;
 
 use super::crop::{Crop, sample_target};
 use super::frame::{BBox, Frame};
-use super::posenc::PositionCache;
-use super::track::{Network, Prediction, StageTimes};
+use super::track::{
+    Activation, BackboneStages, CropKind, Features, Network, Prediction, SearchDetail, StageTimes,
+    corners_to_box,
+};
 use super::weights::{Backbone, Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
 use crate::base::Tensor;
 use crate::cswintt::cpu::CpuReference;
 use crate::cswintt::{Backend, Inputs};
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::cpu::{Layout, conv2d};
+use crate::kernels::elementwise::cpu::scale_by_dot;
 use crate::kernels::linear::cpu::linear;
+use crate::kernels::pool::Pool2d;
+use crate::kernels::soft_argmax::cpu::soft_argmax;
 use crate::model::weights::Linear;
-
-/// An NHWC activation of one image.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Activation {
-    pub height: usize,
-    pub width: usize,
-    pub channels: usize,
-    /// `(height, width, channels)`.
-    pub data: Vec<f32>,
-}
-
-impl Activation {
-    /// As PyTorch lays it out: `(1, channels, height, width)`.
-    pub fn to_nchw(&self) -> Tensor {
-        let (hw, c) = (self.height * self.width, self.channels);
-        let mut data = vec![0.0f32; self.data.len()];
-        for p in 0..hw {
-            for ch in 0..c {
-                data[ch * hw + p] = self.data[p * c + ch];
-            }
-        }
-        Tensor {
-            shape: vec![1, c, self.height, self.width],
-            data,
-        }
-    }
-}
-
-/// The backbone's intermediate outputs (for checks): the stem after its ReLU (before the
-/// max pool), and each stage's output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BackboneStages {
-    pub stem: Activation,
-    pub layers: Vec<Activation>,
-}
-
-/// A crop's features as the transformer takes them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Features {
-    /// Tokens a side (`crop side / 16`).
-    pub side: usize,
-    /// `(side, side, d_model)`, the bottleneck's output.
-    pub feat: Vec<f32>,
-    /// `(side, side)`, 1 = padded.
-    pub mask: Vec<u8>,
-}
-
-/// A search crop's outputs beyond the prediction, for checks and timings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchDetail {
-    pub prediction: Prediction,
-    /// The decoder's output `hs`, `(1, 1, d_model)`.
-    pub hs: Tensor,
-    /// Milliseconds in the transformer and in the heads.
-    pub transformer_ms: f64,
-    pub heads_ms: f64,
-}
 
 /// The CPU reference network, holding the two templates' features.
 pub struct CpuNetwork {
     weights: Arc<TrackerWeights>,
     transformer: CpuReference,
     templates: [Option<Features>; 2],
-    positions: PositionCache,
     stages: Option<StageTimes>,
 }
 
@@ -93,7 +40,6 @@ impl CpuNetwork {
             weights,
             transformer,
             templates: [None, None],
-            positions: PositionCache::default(),
             stages: None,
         })
     }
@@ -134,12 +80,6 @@ impl CpuNetwork {
             },
             captured,
         ))
-    }
-
-    /// The positional encoding of a feature mask, `(side, side, d_model)` (cached by mask).
-    pub fn positions(&mut self, features: &Features) -> Arc<Vec<f32>> {
-        let c = self.weights.d_model();
-        self.positions.get(&features.mask, features.side, c)
     }
 
     /// Makes `features` template `slot` (0: the first frame's, 1: the dynamic one).
@@ -196,15 +136,7 @@ impl CpuNetwork {
         let hs = &out.hs.data;
 
         // att = S hs^T; opt = S * att, (s, s, c) NHWC.
-        let opt: Vec<f32> = out
-            .search_feat
-            .data
-            .chunks_exact(c)
-            .flat_map(|row| {
-                let att: f64 = row.iter().zip(hs).map(|(&a, &b)| a as f64 * b as f64).sum();
-                row.iter().map(move |&v| (v as f64 * att) as f32)
-            })
-            .collect();
+        let opt = scale_by_dot(&out.search_feat.data, hs);
         let opt = Activation {
             height: s,
             width: s,
@@ -212,10 +144,10 @@ impl CpuNetwork {
             data: opt,
         };
         let crop = self.weights.config.search_crop as f64;
-        let (x0, y0) = soft_argmax(&corner_scores(&self.weights.corner_tl, &opt)?, s);
-        let (x1, y1) = soft_argmax(&corner_scores(&self.weights.corner_br, &opt)?, s);
-        let [x0, y0, x1, y1] = [x0, y0, x1, y1].map(|v| v / crop);
-        let pred_box = [(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0];
+        let stride = FEATURE_STRIDE as f64;
+        let (x0, y0) = soft_argmax(&corner_scores(&self.weights.corner_tl, &opt)?, s, stride);
+        let (x1, y1) = soft_argmax(&corner_scores(&self.weights.corner_br, &opt)?, s, stride);
+        let pred_box = corners_to_box([x0, y0, x1, y1], crop);
         let conf_logit = score_logit(&self.weights.score_head, hs);
         Ok(SearchDetail {
             prediction: Prediction {
@@ -227,16 +159,6 @@ impl CpuNetwork {
             transformer_ms,
             heads_ms: ms(t0),
         })
-    }
-
-    fn crop(&self, frame: &Frame, target: &BBox, search: bool) -> Result<Crop> {
-        let cfg = &self.weights.config;
-        let (factor, side) = if search {
-            (cfg.search_factor, cfg.search_crop)
-        } else {
-            (cfg.template_factor, cfg.template_crop)
-        };
-        sample_target(frame, target, factor, side)
     }
 }
 
@@ -253,25 +175,48 @@ impl Network for CpuNetwork {
         &self.weights.config
     }
 
+    fn crop(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<Crop> {
+        let (factor, side) = kind.geometry(&self.weights.config);
+        sample_target(frame, target, factor, side)
+    }
+
+    fn features(
+        &mut self,
+        crop: &Crop,
+        stages: bool,
+    ) -> Result<(Features, Option<BackboneStages>)> {
+        CpuNetwork::features(self, crop, stages)
+    }
+
+    fn set_template(&mut self, slot: usize, features: &Features) -> Result<()> {
+        CpuNetwork::set_template(self, slot, features.clone())
+    }
+
+    fn predict(&mut self, search: &Features, resize_factor: f64) -> Result<SearchDetail> {
+        CpuNetwork::predict(self, search, resize_factor)
+    }
+
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
-        let (f, _) = self.features(&self.crop(frame, target, false)?, false)?;
-        self.set_template(1, f.clone())?;
-        self.set_template(0, f)
+        let crop = Network::crop(self, frame, target, CropKind::Template)?;
+        let (f, _) = CpuNetwork::features(self, &crop, false)?;
+        CpuNetwork::set_template(self, 1, f.clone())?;
+        CpuNetwork::set_template(self, 0, f)
     }
 
     fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
-        let (f, _) = self.features(&self.crop(frame, target, false)?, false)?;
-        self.set_template(1, f)
+        let crop = Network::crop(self, frame, target, CropKind::Template)?;
+        let (f, _) = CpuNetwork::features(self, &crop, false)?;
+        CpuNetwork::set_template(self, 1, f)
     }
 
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
         let t0 = Instant::now();
-        let crop = self.crop(frame, state, true)?;
+        let crop = Network::crop(self, frame, state, CropKind::Search)?;
         let crop_ms = ms(t0);
         let t0 = Instant::now();
-        let (f, _) = self.features(&crop, false)?;
+        let (f, _) = CpuNetwork::features(self, &crop, false)?;
         let backbone_ms = ms(t0);
-        let d = self.predict(&f, crop.resize_factor)?;
+        let d = CpuNetwork::predict(self, &f, crop.resize_factor)?;
         self.stages = Some(StageTimes {
             crop: crop_ms,
             backbone: backbone_ms,
@@ -308,30 +253,25 @@ fn conv(c: &Conv, x: &Activation, relu: bool, residual: Option<&Activation>) -> 
     })
 }
 
-/// 3x3 max pool, stride 2, padding 1 (padding never wins: PyTorch pads with -inf).
-fn max_pool(x: &Activation) -> Activation {
-    let (h, w, c) = (x.height, x.width, x.channels);
-    let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    let mut data = vec![f32::NEG_INFINITY; oh * ow * c];
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let out = &mut data[(oy * ow + ox) * c..(oy * ow + ox + 1) * c];
-            for y in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                for xx in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                    let src = &x.data[(y * w + xx) * c..(y * w + xx + 1) * c];
-                    for (o, &v) in out.iter_mut().zip(src) {
-                        *o = o.max(v);
-                    }
-                }
-            }
-        }
-    }
-    Activation {
+/// 3x3 max pool, stride 2, padding 1 (the max_pool op's reference).
+fn max_pool(x: &Activation) -> Result<Activation> {
+    let pool = Pool2d {
+        batch: 1,
+        channels: x.channels,
+        height: x.height,
+        width: x.width,
+        kernel: 3,
+        stride: 2,
+        pad: 1,
+    };
+    let [oh, ow] = pool.out_size();
+    let (data, _) = crate::kernels::max_pool::cpu::max_pool(&pool, &x.data)?;
+    Ok(Activation {
         height: oh,
         width: ow,
-        channels: c,
+        channels: x.channels,
         data,
-    }
+    })
 }
 
 /// The backbone on a normalised crop: layer3's output, and with `capture` the stem's and
@@ -342,7 +282,7 @@ fn backbone(
     capture: bool,
 ) -> Result<(Activation, Option<BackboneStages>)> {
     let stem = conv(&b.stem, &x, true, None)?;
-    let mut x = max_pool(&stem);
+    let mut x = max_pool(&stem)?;
     let mut layers = Vec::new();
     for stage in &b.stages {
         for block in stage {
@@ -368,21 +308,6 @@ fn corner_scores(branch: &CornerBranch, x: &Activation) -> Result<Vec<f32>> {
         y = conv(c, &y, true, None)?;
     }
     Ok(conv(&branch.score, &y, false, None)?.data)
-}
-
-/// The expected corner of a score map in crop pixels: `softmax(scores)` over the cells,
-/// each cell at `(16 col, 16 row)` (no half-cell offset).
-fn soft_argmax(scores: &[f32], side: usize) -> (f64, f64) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = scores.iter().map(|&s| (s as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    let stride = FEATURE_STRIDE as f64;
-    let (mut x, mut y) = (0.0, 0.0);
-    for (i, p) in e.iter().enumerate() {
-        x += p * stride * (i % side) as f64;
-        y += p * stride * (i / side) as f64;
-    }
-    (x / sum, y / sum)
 }
 
 /// The score head on `hs`: linear layers with ReLU between them; the last gives the logit.

@@ -19,21 +19,28 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::cpu::{CpuNetwork, Features};
-use super::crop::{Crop, sample_target};
+use super::crop::Crop;
 use super::frame::{BBox, Frame};
+use super::posenc::PositionCache;
 use super::track::{
-    CLIP_MARGIN, DEFAULT_UPDATE_INTERVAL, Network, Tracker, UPDATE_CONFIDENCE, map_back, sigmoid,
+    CLIP_MARGIN, CropKind, DEFAULT_UPDATE_INTERVAL, Features, Network, Tracker, UPDATE_CONFIDENCE,
+    map_back, sigmoid,
 };
-use super::weights::{FORMAT, TrackerWeights};
-use crate::base::TensorFile;
+use super::weights::FORMAT;
+use crate::base::{Precision, TensorFile};
 use crate::error::{Error, Result};
 
 /// Grey levels a crop may differ by.
 pub const CROP_GREY_LEVELS: f64 = 1.0;
 
-/// Pixels a free-running state may differ by.
+/// Pixels a free-running state may differ by, in f32.
 pub const FREE_STATE_PX: f64 = 0.1;
+
+/// The same for tensor-core precisions: the chain feeds each box into the next crop, whose
+/// size comes from `ceil`, so a few thousandths in the corners (tf32) or a few hundredths
+/// (bf16) move later states by up to a few pixels.
+pub const FREE_STATE_PX_TF32: f64 = 1.0;
+pub const FREE_STATE_PX_BF16: f64 = 5.0;
 
 /// Multiple of the original's own f32 error a family is held to.
 pub const F32_ERROR_MULTIPLE: f64 = 4.0;
@@ -96,14 +103,29 @@ pub struct CheckOptions {
     /// The relative-error tolerance of the engine (1e-5 in f32); each family's is at least
     /// this.
     pub floor: f64,
+    /// Pixels a free-running state may differ by.
+    pub free_px: f64,
     /// Track at most this many frames after the first (all when `None`).
     pub frames: Option<usize>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
+        CheckOptions::for_precision(Precision::F32)
+    }
+}
+
+impl CheckOptions {
+    /// The tolerances of an engine computing in `precision`: its relative-error floor
+    /// (`Precision::tolerance`) and its free-running pixels.
+    pub fn for_precision(precision: Precision) -> CheckOptions {
         CheckOptions {
-            floor: crate::base::precision::F32_TOLERANCE,
+            floor: precision.tolerance(),
+            free_px: match precision {
+                Precision::F32 => FREE_STATE_PX,
+                Precision::Tf32 => FREE_STATE_PX_TF32,
+                Precision::Bf16 => FREE_STATE_PX_BF16,
+            },
             frames: None,
         }
     }
@@ -114,12 +136,13 @@ struct Golden {
     file: TensorFile,
     families: BTreeMap<String, f64>,
     floor: f64,
+    free_px: f64,
     lines: Vec<CheckLine>,
     seen: BTreeSet<String>,
 }
 
 impl Golden {
-    fn open(path: &Path, floor: f64) -> Result<Golden> {
+    fn open(path: &Path, floor: f64, free_px: f64) -> Result<Golden> {
         let file = TensorFile::open(path)?;
         match file.meta_value("format") {
             Some(FORMAT) => {}
@@ -146,6 +169,7 @@ impl Golden {
             file,
             families,
             floor,
+            free_px,
             lines: Vec::new(),
             seen: BTreeSet::new(),
         })
@@ -290,7 +314,7 @@ impl Golden {
             name,
             Measure::AbsPx,
             if err.is_nan() { f64::INFINITY } else { err },
-            FREE_STATE_PX,
+            self.free_px,
             4,
             0,
         );
@@ -302,14 +326,15 @@ impl Golden {
     }
 }
 
-/// Runs the golden file's frames through the CPU reference and compares every
+/// Runs the golden file's frames through `net` (any engine, by its crop-level stages for the
+/// teacher-forced frames, then as a [`Tracker`] left to itself) and compares every
 /// `expected.*` tensor (see the module docs).
 pub fn check_golden(
     path: &Path,
-    weights: Arc<TrackerWeights>,
+    mut net: Box<dyn Network>,
     options: CheckOptions,
 ) -> Result<CheckReport> {
-    let mut g = Golden::open(path, options.floor)?;
+    let mut g = Golden::open(path, options.floor, options.free_px)?;
     let (shape, data) = g.file.u8("input.frames")?;
     let [n, h, w, 3] = shape[..] else {
         return Err(Error::invalid(
@@ -339,19 +364,19 @@ pub fn check_golden(
                     format!("expected a positive integer, found '{v}'"),
                 )
             })?,
-        None => weights
-            .config
+        None => net
+            .config()
             .update_interval
             .unwrap_or(DEFAULT_UPDATE_INTERVAL),
     };
     let tracked = options.frames.map_or(n - 1, |m| m.min(n - 1));
-    let cfg = weights.config.clone();
+    let cfg = net.config().clone();
     let init = g.bbox("input.init.box")?;
+    let mut positions = PositionCache::default();
 
     // The first frame's template: our crop against the golden's, then everything from its.
-    let mut net = CpuNetwork::new(weights.clone())?;
     let (tc, sc) = (cfg.template_crop, cfg.search_crop);
-    let ours = sample_target(&frames[0], &init, cfg.template_factor, tc)?;
+    let ours = net.crop(&frames[0], &init, CropKind::Template)?;
     g.grey("input.init.template.crop", &ours.pixels)?;
     g.exact("input.init.template.mask", &ours.mask)?;
     let golden_crop = Crop {
@@ -377,15 +402,15 @@ pub fn check_golden(
             )?;
         }
     }
-    template_lines(&mut g, &mut net, "expected.init.template", &feat)?;
-    net.set_template(0, feat.clone())?;
-    net.set_template(1, feat)?;
+    template_lines(&mut g, &mut positions, "expected.init.template", &feat)?;
+    net.set_template(0, &feat)?;
+    net.set_template(1, &feat)?;
 
     // Teacher-forced frames.
     for (t, frame) in frames.iter().enumerate().take(tracked + 1).skip(1) {
         let p = format!("expected.frame.{t}");
         let state_in = g.bbox(&format!("input.frame.{t}.state_in"))?;
-        let ours = sample_target(frame, &state_in, cfg.search_factor, sc)?;
+        let ours = net.crop(frame, &state_in, CropKind::Search)?;
         g.grey(&format!("{p}.search.crop"), &ours.pixels)?;
         g.exact(&format!("{p}.search.amask"), &ours.mask)?;
         g.exact_f64(&format!("{p}.search.resize_factor"), ours.resize_factor)?;
@@ -402,7 +427,7 @@ pub fn check_golden(
         let (feat, _) = net.features(&golden_crop, false)?;
         g.rel32(&format!("{p}.search.feat"), &feat.feat)?;
         g.exact(&format!("{p}.search.mask"), &feat.mask)?;
-        let pos = net.positions(&feat);
+        let pos = position_encoding(&mut positions, &feat);
         g.rel32(&format!("{p}.search.pos"), &pos)?;
         let detail = net.predict(&feat, golden_crop.resize_factor)?;
         g.rel32(&format!("{p}.hs"), &detail.hs.data)?;
@@ -420,20 +445,20 @@ pub fn check_golden(
         // Follow the golden's decision and state, so that later frames stay comparable.
         if g.u8(&format!("{p}.template_updated"), 1)?[0] != 0 {
             let state = g.bbox(&format!("{p}.state"))?;
-            let ours = sample_target(frame, &state, cfg.template_factor, tc)?;
+            let ours = net.crop(frame, &state, CropKind::Template)?;
             g.grey(&format!("{p}.template.crop"), &ours.pixels)?;
             let golden_crop = Crop {
                 pixels: g.u8(&format!("{p}.template.crop"), tc * tc * 3)?,
                 ..ours
             };
             let (feat, _) = net.features(&golden_crop, false)?;
-            template_lines(&mut g, &mut net, &format!("{p}.template"), &feat)?;
-            net.set_template(1, feat)?;
+            template_lines(&mut g, &mut positions, &format!("{p}.template"), &feat)?;
+            net.set_template(1, &feat)?;
         }
     }
 
     // Free-running from the first box, on our own crops.
-    let mut tracker = Tracker::new(CpuNetwork::new(weights)?, interval)?;
+    let mut tracker = Tracker::new(net, interval)?;
     tracker.initialise(&frames[0], init)?;
     for (t, frame) in frames.iter().enumerate().take(tracked + 1).skip(1) {
         let r = tracker.track(frame)?;
@@ -462,12 +487,20 @@ pub fn check_golden(
 /// A template's `feat`, `pos` and `mask` lines.
 fn template_lines(
     g: &mut Golden,
-    net: &mut CpuNetwork,
+    positions: &mut PositionCache,
     prefix: &str,
     feat: &Features,
 ) -> Result<()> {
     g.rel32(&format!("{prefix}.feat"), &feat.feat)?;
     g.exact(&format!("{prefix}.mask"), &feat.mask)?;
-    let pos = net.positions(feat);
+    let pos = position_encoding(positions, feat);
     g.rel32(&format!("{prefix}.pos"), &pos)
+}
+
+/// The positional encoding of a crop's feature mask (`(side, side, d_model)`). The
+/// transformer does not read it; the golden files record it, so it is checked, from the
+/// host's cache, for every engine.
+fn position_encoding(positions: &mut PositionCache, feat: &Features) -> Arc<Vec<f32>> {
+    let c = feat.feat.len() / (feat.side * feat.side).max(1);
+    positions.get(&feat.mask, feat.side, c)
 }

@@ -8,6 +8,8 @@
 //!   mask) and the normalisation;
 //! - [`posenc`]: the sine positional encoding of a feature mask, cached per mask;
 //! - [`cpu`]: the network's CPU reference (backbone, bottleneck, transformer, heads);
+//! - [`gpu`]: the network on a GPU (crop kernel, cuDNN convolutions, the transformer's GPU
+//!   engine, heads), one CUDA graph a step;
 //! - [`track`]: the tracking loop over any [`track::Network`];
 //! - [`golden`]: `--check` against the original's golden files;
 //! - [`dataset`]: sequences as datasets ship them (frames folders, LaSOT, GOT-10k, OTB),
@@ -24,6 +26,7 @@ pub mod dataset;
 pub mod eval;
 pub mod frame;
 pub mod golden;
+pub mod gpu;
 pub mod posenc;
 pub mod synthetic;
 pub mod track;
@@ -31,5 +34,6 @@ pub mod weights;
 
 pub use cpu::CpuNetwork;
 pub use frame::{BBox, Frame};
-pub use track::{Network, Prediction, Tracked, Tracker};
+pub use gpu::{GpuNetwork, gpu_network};
+pub use track::{CropKind, Features, Network, Prediction, Tracked, Tracker};
 pub use weights::{TrackerConfig, TrackerWeights, is_tracker};

@@ -4,8 +4,10 @@
 
 use serde::Serialize;
 
+use super::crop::Crop;
 use super::frame::{BBox, Frame};
 use super::weights::TrackerConfig;
+use crate::base::Tensor;
 use crate::error::{Error, Result};
 
 /// Margin of `clip_box`: a state is kept at least this many pixels wide, high and inside.
@@ -49,8 +51,94 @@ impl StageTimes {
     }
 }
 
+/// Which crop of a frame: the search region (factor and side `search_*`) or a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CropKind {
+    Search,
+    Template,
+}
+
+impl CropKind {
+    /// `(factor, output side)` of this crop under `cfg`.
+    pub fn geometry(self, cfg: &TrackerConfig) -> (f64, usize) {
+        match self {
+            CropKind::Search => (cfg.search_factor, cfg.search_crop),
+            CropKind::Template => (cfg.template_factor, cfg.template_crop),
+        }
+    }
+}
+
+/// An NHWC activation of one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activation {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// `(height, width, channels)`.
+    pub data: Vec<f32>,
+}
+
+impl Activation {
+    /// As PyTorch lays it out: `(1, channels, height, width)`.
+    pub fn to_nchw(&self) -> Tensor {
+        let (hw, c) = (self.height * self.width, self.channels);
+        let mut data = vec![0.0f32; self.data.len()];
+        for p in 0..hw {
+            for ch in 0..c {
+                data[ch * hw + p] = self.data[p * c + ch];
+            }
+        }
+        Tensor {
+            shape: vec![1, c, self.height, self.width],
+            data,
+        }
+    }
+}
+
+/// The backbone's intermediate outputs (for checks): the stem after its ReLU (before the
+/// max pool), and each stage's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneStages {
+    pub stem: Activation,
+    pub layers: Vec<Activation>,
+}
+
+/// A crop's features as the transformer takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Tokens a side (`crop side / 16`).
+    pub side: usize,
+    /// `(side, side, d_model)`, the bottleneck's output.
+    pub feat: Vec<f32>,
+    /// `(side, side)`, 1 = padded.
+    pub mask: Vec<u8>,
+}
+
+/// A search crop's outputs beyond the prediction, for checks and timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchDetail {
+    pub prediction: Prediction,
+    /// The decoder's output `hs`, `(1, 1, d_model)`.
+    pub hs: Tensor,
+    /// Milliseconds in the transformer and in the heads.
+    pub transformer_ms: f64,
+    pub heads_ms: f64,
+}
+
+/// The predicted box `(cx, cy, w, h)` in units of the crop's side from the soft-argmax
+/// corners `(x_tl, y_tl, x_br, y_br)` in crop pixels (`w`, `h` may come out negative).
+pub fn corners_to_box(corners: [f64; 4], crop_side: f64) -> [f64; 4] {
+    let [x0, y0, x1, y1] = corners.map(|v| v / crop_side);
+    [(x0 + x1) / 2.0, (y0 + y1) / 2.0, x1 - x0, y1 - y0]
+}
+
 /// The network of a tracker: crops, backbone, transformer and heads. The tracking logic
 /// (map back, clip, template updates) is [`Tracker`]'s, the same for every engine.
+///
+/// Two levels: the tracking step (`init_templates`, `update_template`, `search`: a frame in,
+/// a prediction out, as fast as the engine goes) and its stages on given data (`crop`,
+/// `features` of a given crop, `set_template`, `predict` on given features), which the
+/// golden check feeds the golden's own crops through, the same way for every engine.
 pub trait Network {
     /// One line for reports.
     fn describe(&self) -> String;
@@ -58,6 +146,16 @@ pub trait Network {
     fn device(&self) -> String;
     /// Crop sizes and factors.
     fn config(&self) -> &TrackerConfig;
+    /// Crops `frame` around `target` as this engine crops.
+    fn crop(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<Crop>;
+    /// Normalise, backbone, bottleneck and feature mask of `crop`; with `stages`, also the
+    /// backbone's intermediate outputs.
+    fn features(&mut self, crop: &Crop, stages: bool)
+    -> Result<(Features, Option<BackboneStages>)>;
+    /// Makes `features` template `slot` (0: the first frame's, 1: the dynamic one).
+    fn set_template(&mut self, slot: usize, features: &Features) -> Result<()>;
+    /// The transformer and the heads on a search crop's features, against the templates.
+    fn predict(&mut self, search: &Features, resize_factor: f64) -> Result<SearchDetail>;
     /// Crops the template around `target` and makes it both templates (the first frame).
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
     /// Crops a template around `target` and makes it the dynamic template (template 2).
@@ -66,6 +164,14 @@ pub trait Network {
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction>;
     /// The last search's time per stage, when the engine measures it.
     fn stage_times(&self) -> Option<StageTimes> {
+        None
+    }
+    /// Asks for (or stops) measuring every stage of each search. An engine that replays a
+    /// whole step as one CUDA graph runs its steps eagerly meanwhile.
+    fn set_stage_timing(&mut self, _on: bool) {}
+    /// Bytes of device memory in use (the whole device's, as the driver reports it), for an
+    /// engine on a GPU.
+    fn device_memory(&self) -> Option<usize> {
         None
     }
 }
@@ -80,6 +186,22 @@ impl<T: Network + ?Sized> Network for Box<T> {
     fn config(&self) -> &TrackerConfig {
         (**self).config()
     }
+    fn crop(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<Crop> {
+        (**self).crop(frame, target, kind)
+    }
+    fn features(
+        &mut self,
+        crop: &Crop,
+        stages: bool,
+    ) -> Result<(Features, Option<BackboneStages>)> {
+        (**self).features(crop, stages)
+    }
+    fn set_template(&mut self, slot: usize, features: &Features) -> Result<()> {
+        (**self).set_template(slot, features)
+    }
+    fn predict(&mut self, search: &Features, resize_factor: f64) -> Result<SearchDetail> {
+        (**self).predict(search, resize_factor)
+    }
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
         (**self).init_templates(frame, target)
     }
@@ -91,6 +213,12 @@ impl<T: Network + ?Sized> Network for Box<T> {
     }
     fn stage_times(&self) -> Option<StageTimes> {
         (**self).stage_times()
+    }
+    fn set_stage_timing(&mut self, on: bool) {
+        (**self).set_stage_timing(on)
+    }
+    fn device_memory(&self) -> Option<usize> {
+        (**self).device_memory()
     }
 }
 
@@ -141,6 +269,11 @@ impl<N: Network> Tracker<N> {
 
     pub fn network_mut(&mut self) -> &mut N {
         &mut self.net
+    }
+
+    /// The network back, for another sequence.
+    pub fn into_network(self) -> N {
+        self.net
     }
 
     pub fn update_interval(&self) -> usize {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::base::TensorFile;
 use crate::error::{Error, Result};
+use crate::kernels::conv2d::Conv2dShape;
 use crate::kernels::conv2d::cpu::{Conv2d, Layout};
 use crate::model::weights::{Linear, Reader, Weights};
 
@@ -117,6 +118,13 @@ impl Conv {
             relu,
             layout,
         }
+    }
+
+    /// The GPU op's shape on a `(1, h, w, in)` input.
+    pub fn shape(&self, h: usize, w: usize) -> Conv2dShape {
+        Conv2dShape::new(1, [h, w], self.in_channels, self.out_channels, self.kernel)
+            .with_stride(self.stride)
+            .with_pad(self.pad)
     }
 }
 

@@ -29,6 +29,7 @@ pub use optim::Optimizer;
 pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
 pub use run::engine::{CpuEngine, Engine, ReplicaEngine, State};
+pub use run::fault;
 pub use run::session::{RunSettings, Session, SessionConfig, resolve_devices, stop_on_signals};
 pub use run::spec::{TrainSpec, parse_precision};
-pub use run::trainer::{Job, Outcome, Progress, TrainOptions, train};
+pub use run::trainer::{Job, OnCheckpointError, Outcome, Progress, TrainOptions, train};

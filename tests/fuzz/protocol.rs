@@ -45,6 +45,7 @@ fn seeds() -> Vec<String> {
             iterations: 10,
             batch_size: 8,
             notice: Some("fallback".into()),
+            damaged: vec!["ckpt-0000000012.json: checksum".into()],
         },
         Event::Calibrated {
             calibration: Calibration {
@@ -61,6 +62,7 @@ fn seeds() -> Vec<String> {
             loss: 2.3,
             accuracy: 0.1,
             samples_per_s: 800.0,
+            checkpoint_error: Some("disk full".into()),
         },
         Event::Finished {
             step: 10,

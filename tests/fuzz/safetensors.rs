@@ -230,6 +230,11 @@ proptest! {
     }
 }
 
+/// The CPU tracker network the golden check runs.
+fn cpu(weights: &Arc<TrackerWeights>) -> Box<dyn attnrt::tracker::Network> {
+    Box::new(attnrt::tracker::CpuNetwork::new(weights.clone()).unwrap())
+}
+
 /// One tensor of a tracker golden file being built.
 enum Golden {
     U8(Vec<usize>, Vec<u8>),
@@ -287,7 +292,7 @@ fn tracker_golden_bytes(weights: &Arc<TrackerWeights>, dir: &Path) -> Vec<u8> {
             frames: Some(1),
             ..CheckOptions::default()
         };
-        let missing = match check_golden(&path, weights.clone(), options) {
+        let missing = match check_golden(&path, cpu(&weights), options) {
             Ok(_) => return bytes,
             Err(attnrt::Error::Invalid { context, problem }) if problem.contains("missing") => {
                 context
@@ -333,7 +338,7 @@ fn tracker_golden_files() {
             let path = dir.path().join(format!("{:?}.golden.safetensors", std::thread::current().id()));
             std::fs::write(&path, bytes).unwrap();
             let options = CheckOptions { frames: Some(1), ..CheckOptions::default() };
-            let _ = check_golden(&path, weights, options);
+            let _ = check_golden(&path, cpu(&weights), options);
         });
     });
 }
@@ -389,7 +394,7 @@ fn tracker_golden_frames_of_zero_pixels_are_an_error() {
         )]);
         let path = dir.path().join("zero.golden.safetensors");
         std::fs::write(&path, bytes).unwrap();
-        let e = check_golden(&path, weights.clone(), CheckOptions::default())
+        let e = check_golden(&path, cpu(&weights), CheckOptions::default())
             .unwrap_err()
             .to_string();
         assert!(

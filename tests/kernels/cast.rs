@@ -51,3 +51,26 @@ fn cast_bf16_rounds_exactly_as_the_host() {
         }
     }
 }
+
+/// bf16 -> f32 is exact: the host's `half::bf16::to_f32`, bit for bit.
+#[test]
+fn cast_f32_widens_exactly() {
+    let Some(gpu) = gpu_or_skip("cast_f32_widens_exactly") else {
+        return;
+    };
+    let s = gpu.stream();
+    let kernels = CastKernels::load(&gpu).unwrap();
+    let mut rng = rng(12);
+    let v: Vec<half::bf16> = random(&mut rng, 1001)
+        .iter()
+        .map(|&x| half::bf16::from_f32(x * 1e3))
+        .chain([half::bf16::NAN, half::bf16::INFINITY, half::bf16::NEG_ZERO])
+        .collect();
+    let x = gpu::upload(s, &v).unwrap();
+    let mut y = crate::poisoned(&gpu, v.len());
+    kernels.f32(s, &x, &mut y, v.len()).unwrap();
+    let got = crate::down(&gpu, &y);
+    for (g, h) in got.iter().zip(&v) {
+        assert_eq!(g.to_bits(), h.to_f32().to_bits(), "{h}");
+    }
+}

@@ -1,10 +1,10 @@
 //! `kernels/elementwise.cu` against `elementwise::cpu`: single f32 operations, so exactly.
 
-use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{self, testing::gpu_or_skip};
 use attnrt::kernels::elementwise::ElementwiseKernels;
-use attnrt::kernels::elementwise::cpu::{add, add_periodic, relu_backward};
+use attnrt::kernels::elementwise::cpu::{add, add_periodic, relu_backward, scale_by_dot};
 
-use crate::{down, random, rng, to_bits, up};
+use crate::{assert_within, down, poisoned, random, rng, to_bits, up};
 
 #[test]
 fn elementwise_ops_match_the_cpu_reference() {
@@ -41,4 +41,39 @@ fn elementwise_ops_match_the_cpu_reference() {
     let mut dy = up(&gpu, &y);
     kernels.relu_backward(s, &mut dy, &up(&gpu, &x), n).unwrap();
     assert_eq!(to_bits(&down(&gpu, &dy)), to_bits(&want), "relu_backward");
+}
+
+/// Rows times their dot product with a vector (f32 dot against the f64 reference), into f32
+/// and bf16, on widths below, at and above a warp and rows that do not fill a block.
+#[test]
+fn scale_by_dot_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("scale_by_dot_matches_the_cpu_reference") else {
+        return;
+    };
+    let s = gpu.stream();
+    let kernels = ElementwiseKernels::load(&gpu).unwrap();
+    let mut rng = rng(38);
+    for (rows, width) in [(576, 64), (13, 256), (9, 20)] {
+        let (x, v) = (random(&mut rng, rows * width), random(&mut rng, width));
+        let want = scale_by_dot(&x, &v);
+        let (dx, dv) = (up(&gpu, &x), up(&gpu, &v));
+        let mut y = poisoned(&gpu, rows * width);
+        kernels.scale_by_dot(s, &dx, &dv, &mut y, rows).unwrap();
+        let what = format!("scale_by_dot {rows}x{width} f32");
+        assert_within(&what, &down(&gpu, &y), &want, 1e-6);
+        let mut y = s.alloc_zeros::<half::bf16>(rows * width).unwrap();
+        gpu::poison_nan(s, &mut y).unwrap();
+        kernels.scale_by_dot(s, &dx, &dv, &mut y, rows).unwrap();
+        let got: Vec<f32> = gpu::download(s, &y)
+            .unwrap()
+            .iter()
+            .map(|b| b.to_f32())
+            .collect();
+        assert_within(
+            &format!("scale_by_dot {rows}x{width} bf16"),
+            &got,
+            &want,
+            4e-3,
+        );
+    }
 }

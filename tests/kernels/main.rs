@@ -7,14 +7,17 @@
 mod bias_grad;
 mod cast;
 mod conv2d;
+mod crop;
 mod elementwise;
 mod gelu;
 mod heads;
 mod layer_norm;
 mod linear;
+mod max_pool;
 mod mean_tokens;
 mod optimizer;
 mod patchify;
+mod soft_argmax;
 mod softmax;
 mod softmax_cross_entropy;
 mod window_attention;

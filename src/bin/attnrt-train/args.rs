@@ -8,7 +8,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use attnrt::base::{DeviceList, Precision};
 use attnrt::sched::PolicyKind;
 use attnrt::train::optim::OptimizerKind;
-use attnrt::train::{RunSettings, parse_precision};
+use attnrt::train::{OnCheckpointError, RunSettings, parse_precision};
 
 /// `--policy`: a policy by name, the names listed in the help from [`PolicyKind::ALL`].
 fn policy_parser() -> impl TypedValueParser<Value = PolicyKind> {
@@ -86,6 +86,12 @@ pub struct Args {
     #[arg(long)]
     pub no_calibrate: bool,
 
+    /// Multi-job runs: a running job that reports no step for this many manager periods (and
+    /// for at least 10 times its longest step so far) is hung: it is killed, reported as
+    /// failed, and its devices go to the others.
+    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    pub hang_periods: u32,
+
     /// Internal: run as the process of this job of a multi-job run (started by the manager,
     /// which sends it everything else on standard input).
     #[arg(long, value_name = "JOB", hide = true)]
@@ -134,9 +140,16 @@ pub struct TrainArgs {
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub checkpoint_every: u64,
 
-    /// Continue from the newest checkpoint in --checkpoint-dir.
+    /// Continue from the newest intact checkpoint in --checkpoint-dir (a damaged newer one
+    /// is named and renamed to *.damaged).
     #[arg(long)]
     pub resume: bool,
+
+    /// When a periodic checkpoint cannot be written (a full disk): `stop` ends the run with
+    /// the error, `continue` says so and trains on (the next checkpoint tries again). Either
+    /// way the previous checkpoint is kept.
+    #[arg(long, value_name = "WHAT", default_value_t = OnCheckpointError::Stop)]
+    pub on_checkpoint_error: OnCheckpointError,
 
     /// Print a loss/accuracy/throughput line every N steps (default: 10 lines per run).
     #[arg(long, value_name = "N")]
@@ -158,6 +171,7 @@ impl TrainArgs {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_every: self.checkpoint_every,
             resume: self.resume,
+            on_checkpoint_error: self.on_checkpoint_error,
             prefetch: self.prefetch,
         }
     }

@@ -11,6 +11,7 @@
 // The argument docs are clap's help text, where `[manager]` names a TOML table, not a link.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -37,7 +38,8 @@ fn main() -> ExitCode {
         return match job_process::serve() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("attnrt-train job process '{job}': {e}");
+                // Not eprintln!: with the manager gone its standard error may be closed too.
+                let _ = writeln!(std::io::stderr(), "attnrt-train job process '{job}': {e}");
                 ExitCode::from(1)
             }
         };

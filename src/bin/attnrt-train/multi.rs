@@ -50,6 +50,7 @@ pub fn run(args: &Args, jobs: &Path, file: JobFile) -> Result<ExitCode> {
         policy: manager.policy,
         params,
         period_s: manager.period_s,
+        hang_periods: args.hang_periods,
         calibrate: !args.no_calibrate,
         stop: stop_on_signals()?,
     };

@@ -36,6 +36,12 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
     if let Some(notice) = session.notice() {
         eprintln!("attnrt-train: {notice}");
     }
+    for damaged in session.damaged() {
+        eprintln!(
+            "attnrt-train: {damaged}; set aside as *.damaged, resuming from step {}",
+            session.start_step()
+        );
+    }
     let job = session.job();
     eprintln!(
         "job '{}': {} on {} ({} samples), batch {}, {} iterations, {}, {} GEMMs, on {devices}, \
@@ -61,20 +67,25 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
     bar.set_prefix(name.clone());
     let log_every = train.log_every.unwrap_or((iterations / 10).max(1));
     let stop = stop_on_signals()?;
+    // A hidden bar (no terminal) drops its println, so logs go to stderr directly.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
     let outcome = session.train(dr.clone(), stop, None, &mut |p| {
         bar.set_position(p.step);
         bar.set_message(format!("loss {:.4} acc {:.3}", p.loss, p.accuracy));
+        if let Some(e) = &p.checkpoint_error {
+            say(format!("attnrt-train: {e}; training goes on"));
+        }
         if p.step % log_every == 0 || p.step == p.iterations {
-            let line = format!(
+            say(format!(
                 "step {:>6}/{}  loss {:.4}  acc {:.3}  {:.0} samples/s",
                 p.step, p.iterations, p.loss, p.accuracy, p.samples_per_s
-            );
-            // A hidden bar (no terminal) drops its println, so logs go to stderr directly.
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
+            ));
         }
     })?;
     bar.finish_and_clear();

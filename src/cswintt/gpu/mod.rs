@@ -30,7 +30,7 @@ pub mod trace;
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, CudaView};
 
 use self::activations::Activations;
 use self::dispatch::{Dispatch, Recorder};
@@ -219,8 +219,35 @@ impl GpuEngine {
     pub fn load_inputs(&mut self, inputs: &Inputs) -> Result<()> {
         let cfg = &self.weights.config;
         inputs.validate(cfg)?;
-        let query = inputs.query(&self.weights)?;
-        let b = inputs.batch;
+        let query = inputs.query(&self.weights)?.data.clone();
+        let mask = inputs.merged_mask(cfg);
+        self.load_masks(inputs.batch, &mask, &query)?;
+        let s = self.gpu.stream().clone();
+        let act = self.act.as_mut().ok_or_else(no_activations)?;
+        s.memcpy_htod(&inputs.merged_tokens(), &mut act.x)
+            .cuda(|| "uploading inputs".to_string())
+    }
+
+    /// Device-resident inputs, part one: allocates the activations for `batch` (when the
+    /// batch size changed) and uploads the merged padding mask `(batch, L_all)` (1 =
+    /// padded) and the object query (`c` values). The tokens are written on the device
+    /// through [`GpuEngine::tokens_mut`]. A captured graph reads both, so the masks may
+    /// change between replays.
+    pub fn load_masks(&mut self, batch: usize, mask: &[u8], query: &[f32]) -> Result<()> {
+        let cfg = &self.weights.config;
+        let b = batch;
+        if mask.len() != b * cfg.l_all() || query.len() != cfg.d_model {
+            return Err(Error::invalid(
+                "GPU engine inputs",
+                format!(
+                    "a mask of {} values and a query of {} for batch {b}; expected {} and {}",
+                    mask.len(),
+                    query.len(),
+                    b * cfg.l_all(),
+                    cfg.d_model
+                ),
+            ));
+        }
         let s = self.gpu.stream().clone();
         if self.act.as_ref().is_none_or(|a| a.batch != b) {
             self.graph = None; // it holds the old buffers' addresses
@@ -238,27 +265,37 @@ impl GpuEngine {
             let cross = (cross, KeySplit::for_heads(&[cross], sms)[0]);
             self.act = Some(Activations::new(&s, cfg, b, &heads, cross)?);
         }
-        let mask = inputs.merged_mask(cfg);
         let key_pad: Vec<u8> = self
             .heads
             .iter()
-            .flat_map(|h| h.plan.column_padding(&h.plan.window_padding(&mask, b), b))
+            .flat_map(|h| h.plan.column_padding(&h.plan.window_padding(mask, b), b))
             .collect();
-        let qpos: Vec<f32> = (0..b).flat_map(|_| query.data.iter().copied()).collect();
+        let qpos: Vec<f32> = (0..b).flat_map(|_| query.iter().copied()).collect();
         let poison = self.poison;
-        let act = self
-            .act
-            .as_mut()
-            .ok_or_else(|| Error::invalid("engine", "no activations"))?;
+        let act = self.act.as_mut().ok_or_else(no_activations)?;
         if poison {
             act.poison(&s)?;
         }
-        let what = || "uploading inputs".to_string();
-        s.memcpy_htod(&inputs.merged_tokens(), &mut act.x)
-            .cuda(what)?;
-        s.memcpy_htod(&mask, &mut act.mask).cuda(what)?;
+        let what = || "uploading the masks".to_string();
+        s.memcpy_htod(mask, &mut act.mask).cuda(what)?;
         s.memcpy_htod(&key_pad, &mut act.key_pad).cuda(what)?;
         s.memcpy_htod(&qpos, &mut act.qpos).cuda(what)
+    }
+
+    /// Device-resident inputs, part two: the merged tokens `(L_all, batch, c)` (templates 1
+    /// and 2, then the search region), for the caller to write on the engine's stream. A run
+    /// overwrites them (the encoder works in place).
+    pub fn tokens_mut(&mut self) -> Result<&mut DeviceBuffer<f32>> {
+        Ok(&mut self.act.as_mut().ok_or_else(no_activations)?.x)
+    }
+
+    /// The outputs on the device after a run: the encoder output at the search tokens
+    /// `(search_tokens, batch, c)` and `hs` `(batch, c)`.
+    pub fn device_outputs(&self) -> Result<(CudaView<'_, f32>, CudaView<'_, f32>)> {
+        let cfg = &self.weights.config;
+        let act = self.act.as_ref().ok_or_else(no_activations)?;
+        let (b, c) = (act.batch, cfg.d_model);
+        Ok((act.x.slice(cfg.search_offset() * b * c..), act.hs.as_view()))
     }
 
     /// Queues `part` on the main stream for the inputs loaded last, recording a span per
@@ -677,4 +714,8 @@ impl Backend for GpuEngine {
     fn trace(&mut self, inputs: &Inputs) -> Result<Vec<Span>> {
         GpuEngine::trace(self, inputs)
     }
+}
+
+fn no_activations() -> Error {
+    Error::invalid("GPU engine", "no inputs were loaded (no activations)")
 }

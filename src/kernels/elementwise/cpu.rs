@@ -19,3 +19,13 @@ pub fn relu_backward(dx: &mut [f32], y: &[f32]) {
         .filter(|(_, y)| y.is_nan() || **y <= 0.0)
         .for_each(|(d, _)| *d = 0.0);
 }
+
+/// `y[r] = x[r] * dot(x[r], v)` for each row `x[r]` of `v.len()` values (the dot in f64).
+pub fn scale_by_dot(x: &[f32], v: &[f32]) -> Vec<f32> {
+    x.chunks_exact(v.len())
+        .flat_map(|row| {
+            let d: f64 = row.iter().zip(v).map(|(&a, &b)| a as f64 * b as f64).sum();
+            row.iter().map(move |&a| (a as f64 * d) as f32)
+        })
+        .collect()
+}

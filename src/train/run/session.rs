@@ -17,10 +17,11 @@ use crate::train::data::Dataset;
 use crate::train::models::ModelSpec;
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run::calibrate::Calibration;
-use crate::train::run::checkpoint;
+use crate::train::run::checkpoint::{self, Damaged, Latest};
 use crate::train::run::engine::{CpuEngine, Engine, ReplicaEngine, State};
+use crate::train::run::fault::Faults;
 use crate::train::run::spec::{DEFAULT_LR, TrainSpec};
-use crate::train::run::trainer::{Job, Outcome, Progress, TrainOptions, train};
+use crate::train::run::trainer::{Job, OnCheckpointError, Outcome, Progress, TrainOptions, train};
 use crate::{Error, Result};
 
 /// A flag that SIGINT and SIGTERM set: a run that watches it checkpoints at the next step
@@ -71,8 +72,11 @@ pub struct RunSettings {
     pub checkpoint_dir: Option<PathBuf>,
     /// Save every this many steps (0: only on stop and at the end).
     pub checkpoint_every: u64,
-    /// Continue from the newest checkpoint in `checkpoint_dir`.
+    /// Continue from the newest intact checkpoint in `checkpoint_dir`.
     pub resume: bool,
+    /// What a periodic checkpoint that cannot be written does (default: stop the run).
+    #[serde(default)]
+    pub on_checkpoint_error: OnCheckpointError,
     /// Batches the loader prepares ahead.
     pub prefetch: usize,
 }
@@ -89,6 +93,7 @@ impl RunSettings {
             checkpoint_dir: None,
             checkpoint_every: 0,
             resume: false,
+            on_checkpoint_error: OnCheckpointError::Stop,
             prefetch: 2,
         }
     }
@@ -115,12 +120,18 @@ pub struct Session {
     precision: Precision,
     settings: RunSettings,
     engine: Box<dyn Engine>,
+    resume_from: Option<Latest>,
     start_step: u64,
+    /// Newer checkpoints than the one resumed from that did not load (set aside).
+    damaged: Vec<Damaged>,
+    faults: Faults,
 }
 
 impl Session {
-    /// Opens the job's data and model and a fresh engine on its devices; errors about the
-    /// job's keys name the file, the job and the key.
+    /// Opens the job's data and model and a fresh engine on its devices, and with `resume`
+    /// reads the newest intact checkpoint (damaged newer ones are set aside and listed by
+    /// [`Session::damaged`]); errors about the job's keys name the file, the job and the
+    /// key.
     pub fn open(cfg: SessionConfig) -> Result<Session> {
         let SessionConfig {
             origin,
@@ -132,6 +143,7 @@ impl Session {
             settings,
         } = cfg;
         let ctx = |key: &str| format!("{origin}: job '{name}': {key}");
+        let faults = Faults::from_env(&name)?;
         let dataset = Arc::new(Dataset::open(
             &spec.dataset,
             settings.seed,
@@ -170,11 +182,16 @@ impl Session {
                 state,
             )),
         };
-        let start_step = match (&settings.checkpoint_dir, settings.resume) {
-            // The step only: training loads and verifies the checkpoint itself.
-            (Some(dir), true) => checkpoint::latest_step(dir)?.unwrap_or(0),
-            _ => 0,
+        let mut resume_from = match (&settings.checkpoint_dir, settings.resume) {
+            (Some(dir), true) => checkpoint::load_latest(dir)?,
+            _ => None,
         };
+        let damaged = resume_from
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.damaged))
+            .unwrap_or_default();
+        checkpoint::set_aside(&damaged)?;
+        let start_step = resume_from.as_ref().map_or(0, |l| l.meta.step);
         Ok(Session {
             job: Job {
                 name,
@@ -188,7 +205,10 @@ impl Session {
             precision,
             settings,
             engine,
+            resume_from,
             start_step,
+            damaged,
+            faults,
         })
     }
 
@@ -209,6 +229,12 @@ impl Session {
         self.start_step
     }
 
+    /// Checkpoints newer than the one resumed from that did not load, newest first; they
+    /// were renamed to `*.damaged` ([`checkpoint::set_aside`]).
+    pub fn damaged(&self) -> &[Damaged] {
+        &self.damaged
+    }
+
     /// A line about how the engine runs (e.g. a fallback), if any.
     pub fn notice(&self) -> Option<String> {
         self.engine.notice()
@@ -221,7 +247,8 @@ impl Session {
     }
 
     /// Trains to the end, or until `stop` is set (after a checkpoint), starting with the split
-    /// `dr`; `dr_updates` (from a multi-job manager) change it at step boundaries.
+    /// `dr`; `dr_updates` (from a multi-job manager) change it at step boundaries. A session
+    /// trains once.
     pub fn train(
         &mut self,
         dr: DistributionRatio,
@@ -237,7 +264,9 @@ impl Session {
             dr,
             checkpoint_dir: s.checkpoint_dir.clone(),
             checkpoint_every: s.checkpoint_every,
-            resume: s.resume,
+            resume_from: self.resume_from.take(),
+            on_checkpoint_error: s.on_checkpoint_error,
+            faults: self.faults.clone(),
             prefetch: s.prefetch,
             stop,
             dr_updates,

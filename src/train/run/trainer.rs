@@ -2,19 +2,24 @@
 //! [`Engine`], checkpointed every K steps and when asked to stop, resumable.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
 use crate::train::data::batches::{Loader, shard_ranges};
 use crate::train::models::{Layout, ModelSpec};
 use crate::train::optim::Optimizer;
-use crate::train::run::checkpoint::{self, CheckpointMeta};
+use crate::train::run::checkpoint::{self, CheckpointMeta, Latest};
 use crate::train::run::engine::{Engine, State};
+use crate::train::run::fault::{self, Faults, StepFault};
 use crate::{Error, Result};
 
 /// One job, resolved: its model and data.
@@ -38,8 +43,12 @@ pub struct TrainOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// Save every this many steps (0: only on stop and at the end).
     pub checkpoint_every: u64,
-    /// Continue from the newest checkpoint in `checkpoint_dir`, if there is one.
-    pub resume: bool,
+    /// The checkpoint to continue from (checked against the job and these options).
+    pub resume_from: Option<Latest>,
+    /// What a checkpoint that cannot be written (a full disk) does to the run.
+    pub on_checkpoint_error: OnCheckpointError,
+    /// Faults injected by a test ([`fault`]); none in a real run.
+    pub faults: Faults,
     /// Batches assembled ahead of the loop.
     pub prefetch: usize,
     /// Set (by a signal handler, say) to stop at the next step boundary after a checkpoint.
@@ -65,7 +74,9 @@ impl TrainOptions {
             dr,
             checkpoint_dir: None,
             checkpoint_every: 0,
-            resume: false,
+            resume_from: None,
+            on_checkpoint_error: OnCheckpointError::Stop,
+            faults: Faults::none(),
             prefetch: 2,
             stop: Arc::new(AtomicBool::new(false)),
             dr_updates: None,
@@ -73,8 +84,47 @@ impl TrainOptions {
     }
 }
 
-/// After each step, for progress output.
-#[derive(Clone, Copy, Debug)]
+/// What a periodic checkpoint that cannot be written does to the run. Either way the previous
+/// checkpoint stays as it was; the last one, at the end or on a stop, is always required.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCheckpointError {
+    /// End the run with the error (the default: a run that cannot save is not safe to go on).
+    #[default]
+    Stop,
+    /// Say so and go on training; the next checkpoint tries again.
+    Continue,
+}
+
+impl OnCheckpointError {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnCheckpointError::Stop => "stop",
+            OnCheckpointError::Continue => "continue",
+        }
+    }
+}
+
+impl fmt::Display for OnCheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OnCheckpointError {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "stop" => Ok(OnCheckpointError::Stop),
+            "continue" => Ok(OnCheckpointError::Continue),
+            _ => Err(format!("'{s}' is not one of stop, continue")),
+        }
+    }
+}
+
+/// After each step (and its checkpoint, when one was due), for progress output.
+#[derive(Clone, Debug)]
 pub struct Progress {
     /// Steps completed, out of `iterations`.
     pub step: u64,
@@ -87,6 +137,9 @@ pub struct Progress {
     /// Seconds from the previous step's end (or the start) to this one's: the step's share of
     /// the wall time, waiting for the batch included.
     pub step_s: f64,
+    /// The step's checkpoint could not be written and the run goes on
+    /// ([`OnCheckpointError::Continue`]): why, and which checkpoint is kept instead.
+    pub checkpoint_error: Option<String>,
 }
 
 /// How a run ended.
@@ -120,18 +173,19 @@ pub fn train(
     check_dr(job, &opts.dr, engine.devices())?;
     let layout = job.model.layout();
     let mut start_step = 0;
-    if opts.resume
-        && let Some(dir) = &opts.checkpoint_dir
-        && let Some((meta, tensors)) = checkpoint::load_latest(dir)?
-    {
-        check_resumable(job, opts, &meta)?;
+    // The newest checkpoint on disk: what a failed save leaves the run with.
+    let mut kept: Option<(u64, PathBuf)> = None;
+    if let Some(latest) = &opts.resume_from {
+        let meta = &latest.meta;
+        check_resumable(job, opts, meta)?;
         engine.set_state(&state_from_tensors(
             &layout,
             &opts.optimizer,
-            &tensors,
-            &meta,
+            &latest.tensors,
+            meta,
         )?)?;
         start_step = meta.step;
+        kept = Some((meta.step, latest.json.clone()));
     }
 
     let mut loader = Loader::spawn(
@@ -188,14 +242,30 @@ pub fn train(
         if submitted == outcome.step {
             break; // every step done, or stopped
         }
-        let stats = engine.finish()?;
+        let mut stats = engine.finish()?;
         outcome.step += 1;
+        match opts.faults.step(outcome.step) {
+            Some(StepFault::Oom) => {
+                return Err(Error::invalid(
+                    format!("job '{}': step {}", job.name, outcome.step),
+                    format!("out of GPU memory (injected by {})", fault::ENV),
+                ));
+            }
+            Some(StepFault::Nan) => stats.loss = f64::NAN,
+            Some(StepFault::Hang) => fault::hang(),
+            Some(StepFault::Kill) => fault::kill_self(),
+            None => {}
+        }
         if !stats.loss.is_finite() {
+            // Not rolled back: the run is deterministic, so from its checkpoint it would
+            // diverge again at the same step.
             return Err(Error::invalid(
                 format!("job '{}'", job.name),
                 format!(
-                    "the loss is {} at step {} (training diverged; lower the learning rate)",
-                    stats.loss, outcome.step
+                    "the loss is {} at step {} (training diverged; lower the learning rate); {}",
+                    stats.loss,
+                    outcome.step,
+                    kept_words(&kept)
                 ),
             ));
         }
@@ -211,23 +281,35 @@ pub fn train(
         }
         outcome.loss = stats.loss;
         outcome.accuracy = stats.correct as f64 / job.batch_size as f64;
-        on_step(&Progress {
+        let mut progress = Progress {
             step: outcome.step,
             iterations: job.iterations,
             loss: outcome.loss,
             accuracy: outcome.accuracy,
             samples_per_s: outcome.samples_per_s,
             step_s: finished_at.elapsed().as_secs_f64(),
-        });
+            checkpoint_error: None,
+        };
+        // A checkpoint's time counts in the next step's share, as the host spends it between
+        // the two.
         finished_at = Instant::now();
         if checkpoint_due(opts, outcome.step) {
-            outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
-            saved_at = outcome.step;
+            match save(job, engine, opts, &layout, outcome.step, &mut kept) {
+                Ok(path) => {
+                    outcome.last_checkpoint = path;
+                    saved_at = outcome.step;
+                }
+                Err(e) if opts.on_checkpoint_error == OnCheckpointError::Continue => {
+                    progress.checkpoint_error = Some(e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
         }
+        on_step(&progress);
     }
     outcome.stopped = outcome.step < job.iterations;
     if saved_at != outcome.step {
-        outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step)?;
+        outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step, &mut kept)?;
     }
     outcome.elapsed_s = started.elapsed().as_secs_f64();
     Ok(outcome)
@@ -248,16 +330,44 @@ fn check_dr(job: &Job, dr: &DistributionRatio, devices: usize) -> Result<()> {
     Ok(())
 }
 
+/// What is on disk instead of a checkpoint that could not be written.
+fn kept_words(kept: &Option<(u64, PathBuf)>) -> String {
+    match kept {
+        Some((step, json)) => format!("the checkpoint of step {step} ({}) is kept", json.display()),
+        None => "there is no earlier checkpoint".into(),
+    }
+}
+
+/// Saves step `step` and records it in `kept`; an error says which checkpoint is kept instead.
 fn save(
     job: &Job,
     engine: &mut dyn Engine,
     opts: &TrainOptions,
     layout: &Layout,
     step: u64,
+    kept: &mut Option<(u64, PathBuf)>,
 ) -> Result<Option<PathBuf>> {
     let Some(dir) = &opts.checkpoint_dir else {
         return Ok(None);
     };
+    let written = write_checkpoint(job, engine, opts, layout, step, dir).map_err(|e| {
+        Error::invalid(
+            format!("job '{}': checkpoint of step {step}", job.name),
+            format!("not written ({e}); {}", kept_words(kept)),
+        )
+    })?;
+    *kept = Some((step, written.clone()));
+    Ok(Some(written))
+}
+
+fn write_checkpoint(
+    job: &Job,
+    engine: &mut dyn Engine,
+    opts: &TrainOptions,
+    layout: &Layout,
+    step: u64,
+    dir: &Path,
+) -> Result<PathBuf> {
     let state = engine.state()?;
     let names: Vec<Vec<String>> = (0..=state.optimizer.len())
         .map(|k| {
@@ -291,7 +401,7 @@ fn save(
         tensors_file: String::new(),
         sha256: String::new(),
     };
-    checkpoint::save(dir, &meta, &tensors).map(Some)
+    checkpoint::save(dir, &meta, &tensors, opts.faults.save(step))
 }
 
 /// `param/NAME` for the parameters (k = 0), `opt{k-1}/NAME` for optimizer state vector k-1.

@@ -1,0 +1,119 @@
+//! `max_pool`: PyTorch's `MaxPool2d` (floor mode, no dilation) over NHWC tensors, with the
+//! argmax of every window kept for the backward pass. [`cpu`] is the reference;
+//! [`MaxPoolKernels`] launches `kernels/max_pool.cu`: forward in f32 and bf16 (the maximum is
+//! one of the inputs, so bf16 loses nothing), backward in f32. Indices are `iy * width + ix`
+//! within the image plane, as PyTorch's `return_indices` gives them.
+
+pub mod cpu;
+
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use super::KernelModule;
+use super::launch::{Args, elementwise};
+use super::pool::Pool2d;
+use crate::error::Result;
+use crate::gpu::{Gpu, Kernel};
+
+/// `max_pool_f32`, `max_pool_bf16` and `max_pool_backward_f32`, loaded once.
+#[derive(Debug, Clone)]
+pub struct MaxPoolKernels {
+    forward_f32: Kernel,
+    forward_bf16: Kernel,
+    backward: Kernel,
+}
+
+/// Pushes the geometry arguments every max_pool kernel ends with.
+fn geometry<'a>(args: Args<'a>, pool: &Pool2d) -> Result<Args<'a>> {
+    let [oh, ow] = pool.out_size();
+    args.int("batch", pool.batch)?
+        .int("height", pool.height)?
+        .int("width", pool.width)?
+        .int("channels", pool.channels)?
+        .int("out height", oh)?
+        .int("out width", ow)?
+        .int("kernel", pool.kernel)?
+        .int("stride", pool.stride)?
+        .int("pad", pool.pad)
+}
+
+impl MaxPoolKernels {
+    pub fn load(gpu: &Gpu) -> Result<MaxPoolKernels> {
+        let k = |name| gpu.kernel(KernelModule::MaxPool, name);
+        Ok(MaxPoolKernels {
+            forward_f32: k("max_pool_f32")?,
+            forward_bf16: k("max_pool_bf16")?,
+            backward: k("max_pool_backward_f32")?,
+        })
+    }
+
+    /// `y` = the maximum of every window of `x`, `idx` = its position (f32).
+    pub fn forward(
+        &self,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<f32>,
+        idx: &mut impl DevicePtrMut<i32>,
+    ) -> Result<()> {
+        // SAFETY: max_pool_f32(const float* x, float* y, int* idx, geometry).
+        unsafe { self.launch_forward(&self.forward_f32, stream, pool, x, y, idx) }
+    }
+
+    /// [`Self::forward`] on bf16 tensors.
+    pub fn forward_bf16(
+        &self,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<bf16>,
+        idx: &mut impl DevicePtrMut<i32>,
+    ) -> Result<()> {
+        // SAFETY: max_pool_bf16(const bf16* x, bf16* y, int* idx, geometry).
+        unsafe { self.launch_forward(&self.forward_bf16, stream, pool, x, y, idx) }
+    }
+
+    /// # Safety
+    /// `kernel` takes `(const T* x, T* y, int* idx)` and then the geometry.
+    unsafe fn launch_forward<T>(
+        &self,
+        kernel: &Kernel,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+        idx: &mut impl DevicePtrMut<i32>,
+    ) -> Result<()> {
+        pool.check("max_pool")?;
+        let n = pool.output_len();
+        let args = Args::new(kernel, stream)
+            .input("x", x, pool.input_len())?
+            .output("y", y, n)?
+            .output("idx", idx, n)?;
+        let args = geometry(args, pool)?;
+        // SAFETY: the caller's signature; x holds the input, y and idx one value per output,
+        // and each thread reads inside its window (check: padding at most half the kernel).
+        unsafe { args.launch(elementwise(n)) }
+    }
+
+    /// `dx` = every output's gradient `dy` added at its argmax `idx` (f32; deterministic).
+    pub fn backward(
+        &self,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        dy: &impl DevicePtr<f32>,
+        idx: &impl DevicePtr<i32>,
+        dx: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        pool.check("max_pool backward")?;
+        let n = pool.output_len();
+        let args = Args::new(&self.backward, stream)
+            .input("dy", dy, n)?
+            .input("idx", idx, n)?
+            .output("dx", dx, pool.input_len())?;
+        let args = geometry(args, pool)?;
+        // SAFETY: max_pool_backward_f32(const float* dy, const int* idx, float* dx,
+        // geometry); dy and idx hold one value per output, dx one per input.
+        unsafe { args.launch(elementwise(pool.input_len())) }
+    }
+}

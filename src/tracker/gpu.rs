@@ -1,0 +1,1041 @@
+//! The tracker's network on one GPU: the frame uploaded once as `uint8`, one crop kernel
+//! (crop, zero padding, OpenCV's resize, normalisation), ResNet-50 to `layer3` and the
+//! bottleneck on cuDNN (NHWC, batch norms folded into the biases at load, bias + ReLU and
+//! bias + residual + ReLU fused into the convolutions), the transformer through its GPU
+//! engine fed on the device, the corner head (features weighted by `hs`, cuDNN
+//! convolutions, soft-argmax) and the score head (the linear op's few-rows kernels).
+//!
+//! Precisions: `f32` (f32 storage, cuDNN's FMA math, the engine's CUDA-core f32: the f32
+//! golden tolerances), `tf32` (f32 storage, tensor cores with f32 accumulation everywhere),
+//! `bf16` (the convolutions store bf16 activations and weights; the transformer and the
+//! score head keep f32 storage with bf16 products). Soft-argmax sums in f64 in every one.
+//!
+//! Everything a step needs is allocated once; the templates' tokens live in two f32 buffers
+//! copied into the transformer's input every step (its encoder works in place). With the
+//! graph on, the whole search step (crop -> corners and logit) is captured into one CUDA
+//! graph after one eager step (which plans cuDNN's algorithms) and replayed every frame: the
+//! host writes only what the graph reads (the frame, the crop window, the masks when they
+//! change, the templates when updated) and reads back four corners and the logit.
+//!
+//! The transformer does not read positional encodings, so none are computed here; the
+//! golden check takes them from the host's cache.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, ValidAsZeroBits};
+use half::bf16;
+
+use super::crop::{Crop, CropWindow, crop_window};
+use super::frame::{BBox, Frame};
+use super::track::{
+    Activation, BackboneStages, CropKind, Features, Network, Prediction, SearchDetail, StageTimes,
+    corners_to_box,
+};
+use super::weights::{Conv, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
+use crate::base::{Precision, Tensor};
+use crate::cswintt::gpu::{GpuEngine, Part};
+use crate::cswintt::{Backend, Mode};
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, download, upload};
+use crate::kernels::cast::CastKernels;
+use crate::kernels::conv2d::{Conv2dKernels, Element, Epilogue};
+use crate::kernels::crop::cpu::sampled_mask;
+use crate::kernels::crop::{CropExtras, CropKernels, DeviceWindow};
+use crate::kernels::elementwise::ElementwiseKernels;
+use crate::kernels::linear::{self, LinearKernels};
+use crate::kernels::max_pool::MaxPoolKernels;
+use crate::kernels::pool::Pool2d;
+use crate::kernels::soft_argmax::SoftArgmaxKernels;
+use crate::model::weights::Linear;
+
+/// The storage of the convolutions' tensors: f32 (the f32 and tf32 precisions) or bf16.
+pub trait Storage: Element + ValidAsZeroBits {
+    /// `y = f32(x)` for `n` values (f32: a copy; bf16: exact widening).
+    fn widen(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, Self>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()>;
+    /// The max pool of `x` into `y` (`idx`: the argmax, unused here).
+    fn max_pool(
+        k: &MaxPoolKernels,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, Self>,
+        y: &mut CudaViewMut<'_, Self>,
+        idx: &mut DeviceBuffer<i32>,
+    ) -> Result<()>;
+}
+
+impl Storage for f32 {
+    fn widen(
+        _: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        stream
+            .memcpy_dtod(x, y)
+            .cuda(|| "copying features into the transformer's input".into())
+    }
+    fn max_pool(
+        k: &MaxPoolKernels,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        idx: &mut DeviceBuffer<i32>,
+    ) -> Result<()> {
+        k.forward(stream, pool, x, y, idx)
+    }
+}
+
+impl Storage for bf16 {
+    fn widen(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, bf16>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let n = x.len();
+        cast.f32(stream, x, y, n)
+    }
+    fn max_pool(
+        k: &MaxPoolKernels,
+        stream: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, bf16>,
+        y: &mut CudaViewMut<'_, bf16>,
+        idx: &mut DeviceBuffer<i32>,
+    ) -> Result<()> {
+        k.forward_bf16(stream, pool, x, y, idx)
+    }
+}
+
+/// One convolution on the device: KRSC weights and the folded bias, in the storage type.
+struct DeviceConv<T> {
+    weight: DeviceBuffer<T>,
+    bias: DeviceBuffer<T>,
+    conv: Conv,
+}
+
+impl<T: Storage> DeviceConv<T> {
+    fn upload(stream: &Arc<CudaStream>, conv: &Conv) -> Result<DeviceConv<T>> {
+        let krsc = conv.shape(1, 1).weight_to_gpu(&conv.weight);
+        let to = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
+        Ok(DeviceConv {
+            weight: upload(stream, &to(&krsc))?,
+            bias: upload(stream, &to(&conv.bias))?,
+            conv: conv.clone(),
+        })
+    }
+}
+
+struct DeviceBlock<T> {
+    conv1: DeviceConv<T>,
+    conv2: DeviceConv<T>,
+    conv3: DeviceConv<T>,
+    downsample: Option<DeviceConv<T>>,
+}
+
+struct DeviceLinear {
+    weight: DeviceBuffer<f32>,
+    bias: DeviceBuffer<f32>,
+    out_features: usize,
+    in_features: usize,
+}
+
+/// Every parameter on the device, uploaded once.
+struct Params<T> {
+    stem: DeviceConv<T>,
+    stages: Vec<Vec<DeviceBlock<T>>>,
+    bottleneck: DeviceConv<T>,
+    /// The top-left and bottom-right branches: their 3x3 layers, then the 1x1 score layer.
+    corners: [Vec<DeviceConv<T>>; 2],
+    score_head: Vec<DeviceLinear>,
+}
+
+impl<T: Storage> Params<T> {
+    fn upload(s: &Arc<CudaStream>, w: &TrackerWeights) -> Result<Params<T>> {
+        let conv = |c: &Conv| DeviceConv::upload(s, c);
+        let branch = |b: &super::weights::CornerBranch| -> Result<Vec<DeviceConv<T>>> {
+            b.convs.iter().chain([&b.score]).map(conv).collect()
+        };
+        let linear = |l: &Linear| -> Result<DeviceLinear> {
+            Ok(DeviceLinear {
+                weight: upload(s, &l.weight.data)?,
+                bias: upload(s, &l.bias.data)?,
+                out_features: l.out_features(),
+                in_features: l.in_features(),
+            })
+        };
+        Ok(Params {
+            stem: conv(&w.backbone.stem)?,
+            stages: w
+                .backbone
+                .stages
+                .iter()
+                .map(|stage| {
+                    stage
+                        .iter()
+                        .map(|b| {
+                            Ok(DeviceBlock {
+                                conv1: conv(&b.conv1)?,
+                                conv2: conv(&b.conv2)?,
+                                conv3: conv(&b.conv3)?,
+                                downsample: b.downsample.as_ref().map(conv).transpose()?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .collect::<Result<Vec<_>>>()?,
+            bottleneck: conv(&w.bottleneck)?,
+            corners: [branch(&w.corner_tl)?, branch(&w.corner_br)?],
+            score_head: w.score_head.iter().map(linear).collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// The kernels the network launches, loaded once.
+struct Kernels {
+    conv: Conv2dKernels,
+    crop: CropKernels,
+    cast: CastKernels,
+    elementwise: ElementwiseKernels,
+    max_pool: MaxPoolKernels,
+    soft_argmax: SoftArgmaxKernels,
+    linear: LinearKernels,
+}
+
+/// The device buffers of a step, allocated once.
+struct Buffers<T> {
+    /// The frame as uploaded, `height x width x 3` bytes, and its size.
+    frame: DeviceBuffer<u8>,
+    frame_size: (usize, usize),
+    window: DeviceWindow,
+    /// The crop's pixels and mask (written only when the crop is asked for).
+    pixels: DeviceBuffer<u8>,
+    mask: DeviceBuffer<u8>,
+    /// Four activations of the largest size the backbone makes (the normalised crop too).
+    act: [DeviceBuffer<T>; 4],
+    /// The max pool's argmax (unused, the kernel writes it).
+    pool_idx: DeviceBuffer<i32>,
+    /// The bottleneck's output, `(side, side, c)`.
+    feat: DeviceBuffer<T>,
+    /// Templates 1 and 2, `(template tokens, c)` f32, as the transformer takes them.
+    templates: [DeviceBuffer<f32>; 2],
+    /// The corner head's input and its two ping-pong activations.
+    opt: DeviceBuffer<T>,
+    corner: [DeviceBuffer<T>; 2],
+    /// Both branches' score maps, `(2, search tokens)`.
+    scores: DeviceBuffer<T>,
+    /// `(x_tl, y_tl, x_br, y_br)` in crop pixels.
+    corners: DeviceBuffer<f64>,
+    /// The score head's hidden layers and its logit.
+    hidden: [DeviceBuffer<f32>; 2],
+    logit: DeviceBuffer<f32>,
+}
+
+/// Masks the transformer was given last: templates 1 and 2 and the search region.
+#[derive(Default, Clone, PartialEq)]
+struct Masks([Vec<u8>; 3]);
+
+/// The tracker's network on a GPU, with storage `T` (see the module docs).
+pub struct GpuNetwork<T: Storage> {
+    gpu: Arc<Gpu>,
+    weights: Arc<TrackerWeights>,
+    precision: Precision,
+    engine: GpuEngine,
+    k: Kernels,
+    params: Params<T>,
+    buf: Buffers<T>,
+    /// The masks each slot holds now, and those the engine was given last.
+    masks: Masks,
+    loaded: Option<Masks>,
+    query: Vec<f32>,
+    use_graph: bool,
+    /// Whether one eager step ran since the buffers last changed (a capture needs it).
+    warm: bool,
+    graph: Option<Graph>,
+    timing: bool,
+    stages: Option<StageTimes>,
+}
+
+/// A GPU network of the precision asked for, as a [`Network`].
+pub fn gpu_network(
+    gpu: Arc<Gpu>,
+    weights: Arc<TrackerWeights>,
+    mode: Mode,
+    precision: Precision,
+    graph: bool,
+) -> Result<Box<dyn Network>> {
+    Ok(match precision {
+        Precision::Bf16 => Box::new(GpuNetwork::<bf16>::new(
+            gpu, weights, mode, precision, graph,
+        )?),
+        _ => Box::new(GpuNetwork::<f32>::new(
+            gpu, weights, mode, precision, graph,
+        )?),
+    })
+}
+
+impl<T: Storage> GpuNetwork<T> {
+    /// Uploads `weights` to `gpu` and allocates every buffer; `precision` must match `T`
+    /// (bf16 storage for bf16, f32 otherwise).
+    pub fn new(
+        gpu: Arc<Gpu>,
+        weights: Arc<TrackerWeights>,
+        mode: Mode,
+        precision: Precision,
+        graph: bool,
+    ) -> Result<GpuNetwork<T>> {
+        if (precision == Precision::Bf16) != (T::NAME == "bf16") {
+            return Err(Error::invalid(
+                "--precision",
+                format!("{precision} does not run on {} storage", T::NAME),
+            ));
+        }
+        let s = gpu.stream().clone();
+        let cfg = &weights.config;
+        let tcfg = &weights.transformer.config;
+        let c = weights.d_model();
+        let query = weights
+            .transformer
+            .query_embed
+            .as_ref()
+            .ok_or_else(|| Error::invalid("tracker", "the model has no 'query_embed.weight'"))?
+            .data
+            .clone();
+        let largest = largest_activation(&weights, cfg.search_crop.max(cfg.template_crop));
+        let zeros = |n: usize| -> Result<DeviceBuffer<T>> {
+            s.alloc_zeros::<T>(n.max(1))
+                .cuda(|| format!("allocating {n} tracker activations"))
+        };
+        let f = |n: usize| -> Result<DeviceBuffer<f32>> {
+            s.alloc_zeros::<f32>(n.max(1))
+                .cuda(|| format!("allocating {n} tracker activations"))
+        };
+        let bytes = |n: usize| -> Result<DeviceBuffer<u8>> {
+            s.alloc_zeros::<u8>(n.max(1))
+                .cuda(|| format!("allocating {n} bytes"))
+        };
+        let search_tokens = tcfg.search_tokens();
+        let pixels = cfg.search_crop.max(cfg.template_crop).pow(2);
+        let widest = weights
+            .corner_tl
+            .convs
+            .iter()
+            .map(|cv| cv.out_channels)
+            .max()
+            .unwrap_or(1)
+            .max(c);
+        let buf = Buffers {
+            frame: bytes(3)?,
+            frame_size: (1, 1),
+            window: DeviceWindow::new(&s)?,
+            pixels: bytes(pixels * 3)?,
+            mask: bytes(pixels)?,
+            act: [
+                zeros(largest)?,
+                zeros(largest)?,
+                zeros(largest)?,
+                zeros(largest)?,
+            ],
+            pool_idx: s
+                .alloc_zeros::<i32>(largest)
+                .cuda(|| "allocating the max pool's indices".into())?,
+            feat: zeros(search_tokens.max(tcfg.template_tokens()) * c)?,
+            templates: [
+                f(tcfg.template_tokens() * c)?,
+                f(tcfg.template_tokens() * c)?,
+            ],
+            opt: zeros(search_tokens * c)?,
+            corner: [
+                zeros(search_tokens * widest)?,
+                zeros(search_tokens * widest)?,
+            ],
+            scores: zeros(2 * search_tokens)?,
+            corners: s
+                .alloc_zeros::<f64>(4)
+                .cuda(|| "allocating the corners".into())?,
+            hidden: [f(c)?, f(c)?],
+            logit: f(1)?,
+        };
+        let k = Kernels {
+            conv: Conv2dKernels::load(&gpu, precision)?,
+            crop: CropKernels::load(&gpu)?,
+            cast: CastKernels::load(&gpu)?,
+            elementwise: ElementwiseKernels::load(&gpu)?,
+            max_pool: MaxPoolKernels::load(&gpu)?,
+            soft_argmax: SoftArgmaxKernels::load(&gpu)?,
+            linear: LinearKernels::load_precision(&gpu, precision)?,
+        };
+        let engine =
+            GpuEngine::with_precision(gpu.clone(), weights.transformer.clone(), mode, precision)?;
+        let params = Params::upload(&s, &weights)?;
+        let none = |n: usize| vec![0u8; n];
+        let masks = Masks([
+            none(tcfg.template_tokens()),
+            none(tcfg.template_tokens()),
+            none(search_tokens),
+        ]);
+        Ok(GpuNetwork {
+            gpu,
+            weights,
+            precision,
+            engine,
+            k,
+            params,
+            buf,
+            masks,
+            loaded: None,
+            query,
+            use_graph: graph,
+            warm: false,
+            graph: None,
+            timing: false,
+            stages: None,
+        })
+    }
+
+    /// Uploads `frame`, reallocating the buffer (and dropping the graph, which holds its
+    /// address) when the size changed.
+    fn upload_frame(&mut self, data: &[u8], height: usize, width: usize) -> Result<()> {
+        let s = self.gpu.stream().clone();
+        if self.buf.frame_size != (height, width) {
+            self.graph = None;
+            self.warm = false;
+            self.buf.frame = s
+                .alloc_zeros::<u8>(data.len())
+                .cuda(|| format!("allocating a {width}x{height} frame"))?;
+            self.buf.frame_size = (height, width);
+        }
+        s.memcpy_htod(data, &mut self.buf.frame)
+            .cuda(|| "uploading the frame".into())
+    }
+
+    /// Crops the uploaded frame at `win` into `act[0]` (normalised), and into the pixel and
+    /// mask buffers with `extras`.
+    fn crop_device(&mut self, side: usize, extras: bool) -> Result<()> {
+        let s = self.gpu.stream();
+        let (h, w) = self.buf.frame_size;
+        let n = side * side;
+        let ex = if extras {
+            CropExtras {
+                pixels: Some(self.buf.pixels.slice_mut(..n * 3)),
+                mask: Some(self.buf.mask.slice_mut(..n)),
+            }
+        } else {
+            CropExtras::default()
+        };
+        self.k.crop.run(
+            s,
+            &self.buf.frame,
+            (h, w),
+            &self.buf.window,
+            side,
+            &mut self.buf.act[0].slice_mut(..n * 3),
+            ex,
+        )
+    }
+
+    /// The backbone and bottleneck on the normalised crop in `act[0]` (`side x side`): the
+    /// features in `buf.feat`; with `capture`, every stage's output downloaded.
+    fn backbone(&mut self, side: usize, capture: bool) -> Result<Option<BackboneStages>> {
+        let s = self.gpu.stream().clone();
+        let (p, b, k) = (&self.params, &mut self.buf, &mut self.k);
+        let mut stages = None;
+        // act[0]: the crop; the stem into act[1]; the pool into act[0].
+        let stem = {
+            let [x, y] = pick(&mut b.act, [0, 1]);
+            conv(k, &p.stem, side, side, x, None, true, y.slice_mut(..))?
+        };
+        if capture {
+            stages = Some(BackboneStages {
+                stem: download_activation(&s, &b.act[1], stem)?,
+                layers: Vec::new(),
+            });
+        }
+        let pool = Pool2d {
+            batch: 1,
+            channels: stem.2,
+            height: stem.0,
+            width: stem.1,
+            kernel: 3,
+            stride: 2,
+            pad: 1,
+        };
+        let [ph, pw] = pool.out_size();
+        {
+            let (a0, a1) = b.act.split_at_mut(1);
+            T::max_pool(
+                &k.max_pool,
+                &s,
+                &pool,
+                &a1[0].slice(..pool.input_len()),
+                &mut a0[0].slice_mut(..pool.output_len()),
+                &mut b.pool_idx,
+            )?;
+        }
+        // x in act[ix]; each block's conv1 -> y1, conv2 -> y2, the shortcut -> sc, and
+        // conv3 (+ shortcut, ReLU) over y1's buffer, which becomes the next x.
+        let (mut ix, mut dims) = (0usize, (ph, pw, stem.2));
+        for stage in &p.stages {
+            for block in stage {
+                let others: Vec<usize> = (0..4).filter(|&i| i != ix).collect();
+                let (y1, y2, sc) = (others[0], others[1], others[2]);
+                let d1 = {
+                    let [x, y] = pick(&mut b.act, [ix, y1]);
+                    conv(
+                        k,
+                        &block.conv1,
+                        dims.0,
+                        dims.1,
+                        x,
+                        None,
+                        true,
+                        y.slice_mut(..),
+                    )?
+                };
+                let d2 = {
+                    let [x, y] = pick(&mut b.act, [y1, y2]);
+                    conv(k, &block.conv2, d1.0, d1.1, x, None, true, y.slice_mut(..))?
+                };
+                let shortcut = match &block.downsample {
+                    Some(d) => {
+                        let [x, y] = pick(&mut b.act, [ix, sc]);
+                        conv(k, d, dims.0, dims.1, x, None, false, y.slice_mut(..))?;
+                        sc
+                    }
+                    None => ix,
+                };
+                let out = {
+                    let [x, r, y] = pick(&mut b.act, [y2, shortcut, y1]);
+                    conv(
+                        k,
+                        &block.conv3,
+                        d2.0,
+                        d2.1,
+                        x,
+                        Some(r),
+                        true,
+                        y.slice_mut(..),
+                    )?
+                };
+                ix = y1;
+                dims = out;
+            }
+            if let Some(st) = stages.as_mut() {
+                st.layers.push(download_activation(&s, &b.act[ix], dims)?);
+            }
+        }
+        let feat = b.feat.slice_mut(..);
+        conv(
+            k,
+            &p.bottleneck,
+            dims.0,
+            dims.1,
+            &b.act[ix],
+            None,
+            false,
+            feat,
+        )?;
+        Ok(stages)
+    }
+
+    /// The features in `buf.feat` widened into `dst` (f32 tokens).
+    fn widen_features(&mut self, tokens: usize, dst: Dest) -> Result<()> {
+        let s = self.gpu.stream().clone();
+        let n = tokens * self.weights.d_model();
+        let x = self.buf.feat.slice(..n);
+        match dst {
+            Dest::Template(slot) => T::widen(
+                &self.k.cast,
+                &s,
+                &x,
+                &mut self.buf.templates[slot].slice_mut(..),
+            ),
+            Dest::Search => {
+                let c = self.weights.d_model();
+                let off = self.weights.transformer.config.search_offset() * c;
+                let tokens = self.engine.tokens_mut()?;
+                T::widen(&self.k.cast, &s, &x, &mut tokens.slice_mut(off..off + n))
+            }
+        }
+    }
+
+    /// Gives the engine the masks when they changed since it was given them last.
+    fn load_masks(&mut self) -> Result<()> {
+        if self.loaded.as_ref() != Some(&self.masks) {
+            let merged: Vec<u8> = self.masks.0.concat();
+            self.engine.load_masks(1, &merged, &self.query)?;
+            self.loaded = Some(self.masks.clone());
+        }
+        Ok(())
+    }
+
+    /// The templates into the transformer's input, the transformer, and both heads: the
+    /// corners and the logit on the device.
+    fn transformer_and_heads(&mut self, mut timer: Option<&mut EventTimer>) -> Result<()> {
+        let s = self.gpu.stream().clone();
+        let c = self.weights.d_model();
+        let tt = self.weights.transformer.config.template_tokens() * c;
+        {
+            let tokens = self.engine.tokens_mut()?;
+            for (slot, t) in self.buf.templates.iter().enumerate() {
+                s.memcpy_dtod(t, &mut tokens.slice_mut(slot * tt..(slot + 1) * tt))
+                    .cuda(|| "copying the templates into the transformer's input".into())?;
+            }
+        }
+        let engine = &mut self.engine;
+        span(timer.as_deref_mut(), "transformer", &s, || {
+            engine.enqueue(Part::Transformer, None)
+        })?;
+        let (p, b, k, engine) = (&self.params, &mut self.buf, &mut self.k, &self.engine);
+        let side = self.weights.transformer.config.search_size;
+        span(timer, "heads", &s, || {
+            let (search, hs) = engine.device_outputs()?;
+            let tokens = side * side;
+            let opt = &mut b.opt.slice_mut(..tokens * c);
+            k.elementwise.scale_by_dot(&s, &search, &hs, opt, tokens)?;
+            // Each branch: layer 0 reads `opt`, layer i > 0 reads corner[(i - 1) % 2] and
+            // writes corner[i % 2]; the 1x1 score layer writes the branch's map.
+            for (m, branch) in p.corners.iter().enumerate() {
+                let (hidden, score) = branch.split_at(branch.len() - 1);
+                for (i, layer) in hidden.iter().enumerate() {
+                    if i == 0 {
+                        let y = b.corner[0].slice_mut(..);
+                        conv(k, layer, side, side, &b.opt, None, true, y)?;
+                    } else {
+                        let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
+                        conv(k, layer, side, side, x, None, true, y.slice_mut(..))?;
+                    }
+                }
+                let x = match hidden.len() {
+                    0 => &b.opt,
+                    n => &b.corner[(n - 1) % 2],
+                };
+                let y = b.scores.slice_mut(m * tokens..(m + 1) * tokens);
+                conv(k, &score[0], side, side, x, None, false, y)?;
+            }
+            k.soft_argmax.run(
+                &s,
+                &b.scores,
+                2,
+                side,
+                FEATURE_STRIDE as f32,
+                &mut b.corners,
+            )?;
+            // The score head: hs -> hidden[0] -> hidden[1] -> ... -> the logit.
+            let layers = p.score_head.len();
+            for (i, l) in p.score_head.iter().enumerate() {
+                let shape = (1, l.out_features, l.in_features);
+                let last = i + 1 == layers;
+                let epilogue = if last {
+                    linear::Epilogue::Bias { scale: 1.0 }
+                } else {
+                    linear::Epilogue::BiasRelu
+                };
+                let lin = &k.linear;
+                match (i, last) {
+                    (0, true) => {
+                        lin.run(&s, &hs, &l.weight, &l.bias, shape, &mut b.logit, epilogue)?
+                    }
+                    (0, false) => lin.run(
+                        &s,
+                        &hs,
+                        &l.weight,
+                        &l.bias,
+                        shape,
+                        &mut b.hidden[0],
+                        epilogue,
+                    )?,
+                    (_, true) => {
+                        let x = &b.hidden[(i - 1) % 2];
+                        lin.run(&s, x, &l.weight, &l.bias, shape, &mut b.logit, epilogue)?
+                    }
+                    (_, false) => {
+                        let [x, y] = pick(&mut b.hidden, [(i - 1) % 2, i % 2]);
+                        lin.run(&s, x, &l.weight, &l.bias, shape, y, epilogue)?
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// One search step on the uploaded frame and written window: crop -> corners and logit.
+    fn step(&mut self, timer: Option<&mut EventTimer>) -> Result<()> {
+        let side = self.weights.config.search_crop;
+        let tokens = self.weights.transformer.config.search_tokens();
+        let s = self.gpu.stream().clone();
+        let mut timer = timer;
+        span(timer.as_deref_mut(), "crop", &s, || {
+            self.crop_device(side, false)
+        })?;
+        span(timer.as_deref_mut(), "backbone", &s, || {
+            self.backbone(side, false)?;
+            self.widen_features(tokens, Dest::Search)
+        })?;
+        self.transformer_and_heads(timer)
+    }
+
+    /// Reads the corners and the logit (waits for the stream).
+    fn prediction(&self, resize_factor: f64) -> Result<Prediction> {
+        let s = self.gpu.stream();
+        let corners = download(s, &self.buf.corners)?;
+        let logit = download(s, &self.buf.logit)?[0];
+        let crop = self.weights.config.search_crop as f64;
+        Ok(Prediction {
+            pred_box: corners_to_box([corners[0], corners[1], corners[2], corners[3]], crop),
+            conf_logit: logit as f64,
+            resize_factor,
+        })
+    }
+
+    /// Writes the crop window of `target` in `frame` (uploaded), returning it.
+    fn place(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<CropWindow> {
+        let (factor, _) = kind.geometry(&self.weights.config);
+        let win = crop_window(target, factor, frame.width, frame.height)?;
+        self.upload_frame(&frame.data, frame.height, frame.width)?;
+        let s = self.gpu.stream().clone();
+        self.buf.window.write(&s, &win, frame.width, frame.height)?;
+        Ok(win)
+    }
+
+    /// A template from `frame` around `target` into `slot`.
+    fn template(&mut self, frame: &Frame, target: &BBox, slot: usize) -> Result<()> {
+        let side = self.weights.config.template_crop;
+        let win = self.place(frame, target, CropKind::Template)?;
+        self.crop_device(side, false)?;
+        self.backbone(side, false)?;
+        let tokens = self.weights.transformer.config.template_tokens();
+        self.widen_features(tokens, Dest::Template(slot))?;
+        self.masks.0[slot] = sampled_mask(&win, side, FEATURE_STRIDE);
+        Ok(())
+    }
+}
+
+/// Where [`GpuNetwork::widen_features`] writes.
+#[derive(Clone, Copy)]
+enum Dest {
+    Template(usize),
+    Search,
+}
+
+/// Runs `f` as a span named `name` when timing, else just runs it.
+fn span(
+    timer: Option<&mut EventTimer>,
+    name: &str,
+    s: &CudaStream,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    match timer {
+        Some(t) => t.span(name, 0, s, f),
+        None => f(),
+    }
+}
+
+/// Mutable references to distinct buffers of `bufs` (the indices must differ).
+fn pick<const N: usize, T>(
+    bufs: &mut [DeviceBuffer<T>],
+    idx: [usize; N],
+) -> [&mut DeviceBuffer<T>; N] {
+    bufs.get_disjoint_mut(idx)
+        .expect("the backbone's buffer rotation picks distinct buffers")
+}
+
+/// `y = relu?(conv(x) + bias + residual)` on an `h x w` input, into the front of `y`: the
+/// output's `(h, w, channels)`.
+#[allow(clippy::too_many_arguments)]
+fn conv<T: Storage>(
+    k: &mut Kernels,
+    c: &DeviceConv<T>,
+    h: usize,
+    w: usize,
+    x: &DeviceBuffer<T>,
+    residual: Option<&DeviceBuffer<T>>,
+    relu: bool,
+    mut y: CudaViewMut<'_, T>,
+) -> Result<(usize, usize, usize)> {
+    let shape = c.conv.shape(h, w);
+    let [oh, ow] = shape.out_size();
+    let n = shape.output_len();
+    let bias = c.bias.as_view();
+    let epilogue = match (residual, relu) {
+        (Some(r), _) => Epilogue::bias_add_relu(bias, r.slice(..n)),
+        (None, true) => Epilogue::bias_relu(bias),
+        (None, false) => Epilogue::bias(bias),
+    };
+    let x = x.slice(..shape.input_len());
+    k.conv
+        .forward(&shape, &x, &c.weight, epilogue, &mut y.slice_mut(..n))?;
+    Ok((oh, ow, c.conv.out_channels))
+}
+
+/// An activation of `(h, w, c)` downloaded as f32 (waits for the stream).
+fn download_activation<T: Storage>(
+    s: &Arc<CudaStream>,
+    buf: &DeviceBuffer<T>,
+    (h, w, c): (usize, usize, usize),
+) -> Result<Activation> {
+    let data = download(s, &buf.slice(..h * w * c))?;
+    Ok(Activation {
+        height: h,
+        width: w,
+        channels: c,
+        data: data.into_iter().map(T::to_f32).collect(),
+    })
+}
+
+/// The most elements any backbone activation of a `side x side` crop holds (the crop's
+/// three channels included).
+fn largest_activation(w: &TrackerWeights, side: usize) -> usize {
+    let b = &w.backbone;
+    let stem = b.stem.shape(side, side);
+    let [sh, sw] = stem.out_size();
+    let mut most = (side * side * 3).max(stem.output_len());
+    let (mut h, mut wd) = ((sh + 2 - 3) / 2 + 1, (sw + 2 - 3) / 2 + 1);
+    most = most.max(h * wd * b.stem.out_channels);
+    for stage in &b.stages {
+        for block in stage {
+            let s2 = block.conv2.shape(h, wd);
+            let [oh, ow] = s2.out_size();
+            most = most
+                .max(h * wd * block.conv1.out_channels)
+                .max(s2.output_len())
+                .max(oh * ow * block.conv3.out_channels);
+            (h, wd) = (oh, ow);
+        }
+    }
+    most
+}
+
+impl<T: Storage> Network for GpuNetwork<T> {
+    fn describe(&self) -> String {
+        format!(
+            "GPU tracker ({}, {}, transformer {}{})",
+            self.precision,
+            T::NAME,
+            self.engine.describe(),
+            if self.use_graph {
+                ", one CUDA graph a step"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn device(&self) -> String {
+        format!("cuda:{}", self.gpu.ordinal())
+    }
+
+    fn config(&self) -> &TrackerConfig {
+        &self.weights.config
+    }
+
+    fn crop(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<Crop> {
+        let (_, side) = kind.geometry(&self.weights.config);
+        let win = self.place(frame, target, kind)?;
+        self.crop_device(side, true)?;
+        let s = self.gpu.stream();
+        let n = side * side;
+        Ok(Crop {
+            side,
+            pixels: download(s, &self.buf.pixels.slice(..n * 3))?,
+            mask: download(s, &self.buf.mask.slice(..n))?,
+            resize_factor: win.resize_factor(side),
+        })
+    }
+
+    fn features(
+        &mut self,
+        crop: &Crop,
+        stages: bool,
+    ) -> Result<(Features, Option<BackboneStages>)> {
+        let side = crop.side;
+        let largest = self
+            .weights
+            .config
+            .search_crop
+            .max(self.weights.config.template_crop);
+        if !side.is_multiple_of(FEATURE_STRIDE)
+            || side > largest
+            || crop.pixels.len() != side * side * 3
+            || crop.mask.len() != side * side
+        {
+            return Err(Error::invalid(
+                "crop",
+                format!(
+                    "side {side} with {} pixel bytes and {} mask bytes; expected a multiple of \
+                     {FEATURE_STRIDE} up to {largest}, side^2 x 3 pixel and side^2 mask bytes",
+                    crop.pixels.len(),
+                    crop.mask.len()
+                ),
+            ));
+        }
+        // The crop as a frame of its own, cropped whole: the kernel's copy path.
+        let whole = CropWindow {
+            size: side,
+            x1: 0,
+            y1: 0,
+            x1_pad: 0,
+            x2_pad: 0,
+            y1_pad: 0,
+            y2_pad: 0,
+        };
+        self.upload_frame(&crop.pixels, side, side)?;
+        let s = self.gpu.stream().clone();
+        self.buf.window.write(&s, &whole, side, side)?;
+        self.crop_device(side, false)?;
+        let captured = self.backbone(side, stages)?;
+        let n = side / FEATURE_STRIDE;
+        let c = self.weights.d_model();
+        let feat = download(&s, &self.buf.feat.slice(..n * n * c))?;
+        Ok((
+            Features {
+                side: n,
+                feat: feat.into_iter().map(T::to_f32).collect(),
+                mask: crop.feature_mask(FEATURE_STRIDE),
+            },
+            captured,
+        ))
+    }
+
+    fn set_template(&mut self, slot: usize, features: &Features) -> Result<()> {
+        let t = self.weights.transformer.config.template_size;
+        let c = self.weights.d_model();
+        if slot > 1 || features.side != t || features.feat.len() != t * t * c {
+            return Err(Error::invalid(
+                "template",
+                format!(
+                    "slot {slot} of 2 with {0}x{0} features; expected {t}x{t}x{c}",
+                    features.side
+                ),
+            ));
+        }
+        let s = self.gpu.stream().clone();
+        s.memcpy_htod(&features.feat, &mut self.buf.templates[slot])
+            .cuda(|| "uploading a template".into())?;
+        self.masks.0[slot] = features.mask.clone();
+        Ok(())
+    }
+
+    fn predict(&mut self, search: &Features, resize_factor: f64) -> Result<SearchDetail> {
+        let weights = self.weights.clone();
+        let cfg = &weights.transformer.config;
+        let (side, c) = (cfg.search_size, cfg.d_model);
+        if search.side != side || search.feat.len() != side * side * c {
+            return Err(Error::invalid(
+                "search",
+                format!("{0}x{0} features; expected {side}x{side}x{c}", search.side),
+            ));
+        }
+        self.masks.0[2] = search.mask.clone();
+        self.load_masks()?;
+        let off = cfg.search_offset() * c;
+        let s = self.gpu.stream().clone();
+        {
+            let tokens = self.engine.tokens_mut()?;
+            s.memcpy_htod(
+                &search.feat,
+                &mut tokens.slice_mut(off..off + search.feat.len()),
+            )
+            .cuda(|| "uploading search features".into())?;
+        }
+        let mut timer = EventTimer::start(&s)?;
+        self.transformer_and_heads(Some(&mut timer))?;
+        let prediction = self.prediction(resize_factor)?;
+        let spans = timer.spans()?;
+        let ms = |name: &str| {
+            spans
+                .iter()
+                .find(|sp| sp.name == name)
+                .map_or(0.0, |sp| sp.end_ms - sp.start_ms)
+        };
+        let (_, hs) = self.engine.device_outputs()?;
+        let hs = download(&s, &hs)?;
+        Ok(SearchDetail {
+            prediction,
+            hs: Tensor {
+                shape: vec![1, 1, c],
+                data: hs,
+            },
+            transformer_ms: ms("transformer"),
+            heads_ms: ms("heads"),
+        })
+    }
+
+    fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        self.template(frame, target, 1)?;
+        let s = self.gpu.stream().clone();
+        let [t0, t1] = &mut self.buf.templates;
+        s.memcpy_dtod(&*t1, t0)
+            .cuda(|| "copying the first template".into())?;
+        self.masks.0[0] = self.masks.0[1].clone();
+        Ok(())
+    }
+
+    fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        self.template(frame, target, 1)
+    }
+
+    fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
+        let side = self.weights.config.search_crop;
+        let win = self.place(frame, state, CropKind::Search)?;
+        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
+        self.load_masks()?;
+        let s = self.gpu.stream().clone();
+        if self.use_graph && self.warm && !self.timing {
+            let graph = match self.graph.take() {
+                Some(g) => g,
+                None => Graph::capture(&s, || self.step(None))?,
+            };
+            graph.replay()?;
+            self.graph = Some(graph);
+            self.stages = None;
+        } else {
+            // The eager step plans every convolution (cuDNN's benchmark), so a capture
+            // after it only records launches.
+            let mut timer = if self.timing {
+                Some(EventTimer::start(&s)?)
+            } else {
+                None
+            };
+            self.step(timer.as_mut())?;
+            self.warm = true;
+            if let Some(t) = timer {
+                let spans = t.spans()?;
+                let ms = |name: &str| {
+                    spans
+                        .iter()
+                        .find(|sp| sp.name == name)
+                        .map_or(0.0, |sp| sp.end_ms - sp.start_ms)
+                };
+                self.stages = Some(StageTimes {
+                    crop: ms("crop"),
+                    backbone: ms("backbone"),
+                    transformer: ms("transformer"),
+                    heads: ms("heads"),
+                });
+            }
+        }
+        self.prediction(win.resize_factor(side))
+    }
+
+    fn stage_times(&self) -> Option<StageTimes> {
+        self.stages
+    }
+
+    /// Stage timing records CUDA events between the stages, so steps run eagerly while it is
+    /// on (a graph replays as one).
+    fn set_stage_timing(&mut self, on: bool) {
+        self.timing = on;
+    }
+
+    fn device_memory(&self) -> Option<usize> {
+        let (free, total) = self.gpu.ctx().mem_get_info().ok()?;
+        Some(total - free)
+    }
+}

@@ -292,7 +292,7 @@ fn tracker_golden_bytes(weights: &Arc<TrackerWeights>, dir: &Path) -> Vec<u8> {
             frames: Some(1),
             ..CheckOptions::default()
         };
-        let missing = match check_golden(&path, cpu(&weights), options) {
+        let missing = match check_golden(&path, cpu(weights), options) {
             Ok(_) => return bytes,
             Err(attnrt::Error::Invalid { context, problem }) if problem.contains("missing") => {
                 context

@@ -11,6 +11,9 @@ set -uo pipefail
 cases="${1:-100000}"
 out="${2:-fuzz-long.txt}"
 export ATTNRT_CUDA_ARCHS="${ATTNRT_CUDA_ARCHS:-sm_90}"
+# The checkpoint and frame-folder targets write files every case: on a disk that is 35 times
+# slower than in memory (frame folders: 986 s against 28 s for 100 000 cases).
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ]; then export TMPDIR=/dev/shm; fi
 exe=$(cargo test --release --test fuzz --no-run --message-format=json 2>/dev/null \
     | grep '"name":"fuzz"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$exe" ] || { echo "fuzz-long: building the fuzz binary failed" >&2; exit 1; }

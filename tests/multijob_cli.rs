@@ -276,7 +276,7 @@ fn failing_jobs_are_reported_and_the_others_finish() {
         let mut log = wait_until_running(&lines, &["killed"], 3);
         let (victim, _) = job_processes_of(child.id())
             .into_iter()
-            .find(|(_, cmd)| cmd.contains("--job-process killed"))
+            .find(|(_, cmd)| cmd.contains("--job-process=killed"))
             .expect("the process of job 'killed'");
         assert!(
             Command::new("kill")

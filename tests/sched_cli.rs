@@ -184,3 +184,26 @@ fn help_lists_the_options() {
         assert!(help.contains(word), "{word} missing from:\n{help}");
     }
 }
+
+/// `--period 0` (or 1e-300) is refused naming the flag, for the simulator and for a live
+/// run: the live manager's `while next_round <= now { next_round += period }` never ended.
+#[test]
+fn simulator_hang_period_flag_is_bounded() {
+    let jobs = example();
+    for period in ["0", "1e-300", "1e308"] {
+        for mode in [
+            &["--simulate"][..],
+            &["--gpus", "cpu:2", "--no-calibrate"][..],
+        ] {
+            let mut args = mode.to_vec();
+            args.extend(["--jobs", jobs.as_str(), "--period", period]);
+            let out = train(&args);
+            let err = text(&out.stderr);
+            assert!(!out.status.success(), "{args:?}");
+            assert!(
+                err.contains("--period") && err.contains("0.001..=86400"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}

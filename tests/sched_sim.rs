@@ -177,3 +177,145 @@ proptest! {
         }
     }
 }
+
+/// A two-job file on two GPUs whose job `b` has `key = value` (`sim.` keys in its
+/// `[job.sim]`), through the whole job-file parser.
+fn two_jobs_with(key: &str, value: &str) -> std::result::Result<JobFile, String> {
+    let mut job = vec![("batch_size", "8"), ("iterations", "20")];
+    let mut sim = vec![("sample_ms", "1.0")];
+    match key.strip_prefix("sim.") {
+        Some(k) => {
+            sim.retain(|(s, _)| *s != k);
+            sim.push((k, value));
+        }
+        None => {
+            job.retain(|(s, _)| *s != key);
+            job.push((key, value));
+        }
+    }
+    let lines = |kv: &[(&str, &str)]| -> String {
+        kv.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+    };
+    let text = format!(
+        "[manager]\npolicy = \"thesis\"\n[simulation]\ngpus = 2\n\
+         [[job]]\nname = \"a\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\nbatch_size = 8\n\
+         iterations = 20\n[job.sim]\nsample_ms = 1.0\n\
+         [[job]]\nname = \"b\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\n{}[job.sim]\n{}",
+        lines(&job),
+        lines(&sim)
+    );
+    multijob::JobFile::parse(&text, "jobs.toml")
+        .map(|f| f.sched)
+        .map_err(|e| e.to_string())
+}
+
+/// The fuzzer's six hangs: `1e308` in `arrival_s` or `iter_overhead_ms` is refused at once,
+/// naming the file, the job and the key; so is every other number far out of range.
+#[test]
+fn simulator_hang_huge_times_are_refused_naming_the_key() {
+    for (key, value, named) in [
+        ("arrival_s", "1e308", "job 'b': arrival_s"),
+        ("arrival_s", "1e9", "job 'b': arrival_s"),
+        (
+            "sim.iter_overhead_ms",
+            "1e308",
+            "job 'b': sim.iter_overhead_ms",
+        ),
+        ("sim.sample_ms", "1e308", "job 'b': sim.sample_ms"),
+        ("sim.grad_mb", "1e308", "job 'b': sim.grad_mb"),
+        ("batch_size", "1000000000000", "job 'b': batch_size"),
+    ] {
+        let started = std::time::Instant::now();
+        let e = two_jobs_with(key, value).unwrap_err();
+        assert!(
+            e.starts_with("jobs.toml: ") && e.contains(named),
+            "{key}: {e}"
+        );
+        assert!(started.elapsed().as_secs_f64() < 0.5);
+    }
+    // Each value within its bounds, but an iteration of 12 days.
+    let mut f = two_jobs_with("batch_size", "1048576").unwrap();
+    f.jobs[1].sim.as_mut().unwrap().sample_ms = 1000.0;
+    let e = f.validate("jobs.toml").unwrap_err().to_string();
+    assert!(
+        e.starts_with("jobs.toml: job 'b': sim") && e.contains("a day"),
+        "{e}"
+    );
+    let text =
+        |table: &str| format!("{table}\n[[job]]\nname = \"a\"\nbatch_size = 1\niterations = 1\n");
+    for (table, named) in [
+        ("[manager]\nperiod_s = 1e-300", "[manager] period_s"),
+        ("[manager]\nperiod_s = 1e308", "[manager] period_s"),
+        ("[simulation]\ngpus = 1000000000000", "[simulation] gpus"),
+        (
+            "[simulation]\ngpus = 2\ncolocation_efficiency = 1e-300",
+            "colocation_efficiency",
+        ),
+        (
+            "[simulation]\ngpus = 2\nallreduce_gbps = 1e-300",
+            "allreduce_gbps",
+        ),
+        (
+            "[simulation]\ngpus = 2\nreconfigure_ms = 1e308",
+            "reconfigure_ms",
+        ),
+        (
+            "[simulation]\ngpus = 2\nallreduce_latency_ms = 1e308",
+            "allreduce_latency_ms",
+        ),
+    ] {
+        let e = JobFile::parse(&text(table), "jobs.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("jobs.toml: ") && e.contains(named),
+            "{table}: {e}"
+        );
+    }
+}
+
+/// The simulator skips the idle time before an arrival: a job arriving at the largest time
+/// allowed finishes in a handful of rounds, as it would arriving at 0.
+#[test]
+fn simulator_hang_idle_time_is_skipped() {
+    let late = two_jobs_with("arrival_s", "1e8").unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&late, PolicyKind::Thesis);
+    assert!(started.elapsed().as_secs_f64() < 0.5);
+    assert!(out.stats.rounds < 100, "{:?}", out.stats);
+    // Alone on the machine when it arrives: it runs at its exclusive speed (to the 15 ns an
+    // f64 second resolves at 1e8 s).
+    let b = &out.report.jobs[1];
+    assert!((b.slowdown - 1.0).abs() < 1e-6, "{b:?}");
+}
+
+/// Files within every bound but so long for their period that the rounds alone would take
+/// minutes, or with more iterations than the simulator runs, are refused before they start.
+#[test]
+fn simulator_hang_long_runs_are_refused_before_they_start() {
+    let mut f = two_jobs_with("arrival_s", "0.0").unwrap();
+    f.jobs[1].iterations = 1_000_000_000;
+    let e = simulate(&f, "jobs.toml", &SimOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("jobs.toml: iterations"), "{e}");
+    f.jobs[1].iterations = 100_000;
+    f.jobs[1].sim.as_mut().unwrap().iter_overhead_ms = 3.6e6;
+    let started = std::time::Instant::now();
+    let e = simulate(&f, "jobs.toml", &SimOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("jobs.toml: [manager] period_s"), "{e}");
+    assert!(started.elapsed().as_secs_f64() < 0.5);
+    let e = simulate(
+        &f,
+        "jobs.toml",
+        &SimOptions {
+            period_s: Some(0.0),
+            ..SimOptions::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("period_s"), "{e}");
+}

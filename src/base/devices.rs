@@ -18,6 +18,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The most devices a set may name: far beyond any machine, and small enough that the
+/// per-device state a run allocates (one shard, one ratio entry each) always fits.
+pub const MAX_DEVICES: usize = 4096;
+
 /// What the set grammar accepts, for error messages.
 const LIST_GRAMMAR: &str = "all, cpu, cpu:N, cuda:N[,M...] or GPU ordinals like 0,1";
 
@@ -73,8 +77,10 @@ impl FromStr for DeviceList {
         }
         if let Some(n) = s.strip_prefix("cpu:") {
             return match n.parse::<usize>() {
-                Ok(n) if n >= 1 => Ok(DeviceList::Named(Devices::Cpu(n))),
-                _ => Err(format!("'{s}': cpu:N needs a shard count N of at least 1")),
+                Ok(n) if (1..=MAX_DEVICES).contains(&n) => Ok(DeviceList::Named(Devices::Cpu(n))),
+                _ => Err(format!(
+                    "'{s}': cpu:N needs a shard count N of 1..={MAX_DEVICES}"
+                )),
             };
         }
         let ordinals =
@@ -84,6 +90,9 @@ impl FromStr for DeviceList {
         seen.dedup();
         if seen.len() != ordinals.len() {
             return Err(format!("'{s}' names a GPU twice"));
+        }
+        if ordinals.len() > MAX_DEVICES {
+            return Err(format!("'{s}' names more than {MAX_DEVICES} GPUs"));
         }
         Ok(DeviceList::Named(Devices::Gpus(ordinals)))
     }

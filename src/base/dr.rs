@@ -45,6 +45,21 @@ impl DistributionRatio {
         })
     }
 
+    /// Parses tenths written as `2,8` (spaces allowed) for a machine of `gpus` devices; on
+    /// failure the problem text (without context) is returned, for the caller to name the
+    /// flag or key.
+    pub fn parse(text: &str, gpus: usize) -> std::result::Result<Self, String> {
+        let units: Vec<i64> = text
+            .split(',')
+            .map(|u| u.trim().parse::<i64>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| "expected tenths like 2,8".to_string())?;
+        if units.len() != gpus {
+            return Err(format!("has {} entries for {gpus} devices", units.len()));
+        }
+        Self::from_signed(&units)
+    }
+
     /// All 10 units on GPU `gpu` of `gpus`.
     pub fn exclusive(gpus: usize, gpu: usize) -> Result<Self> {
         if gpu >= gpus {

@@ -36,6 +36,10 @@ pub struct Config {
     pub window_sizes: Vec<usize>,
 }
 
+/// The most tokens a side of the search or template region may have: a 4096-pixel crop at
+/// stride 16, ten times the released model's.
+pub const MAX_SIDE: usize = 256;
+
 impl Config {
     /// The released CSWinTT model: c=256, 8 heads, ff=2048, 6+6 layers, S=24, T=8.
     pub fn released() -> Config {
@@ -196,11 +200,18 @@ impl Config {
                 }
             }
         }
-        if self.l_all() > u32::MAX as usize / 4 {
-            return bad(
-                "search_size",
-                format!("{} tokens is too many", self.l_all()),
-            );
+        // The sides come from a file's metadata and size every activation: bounded, so a
+        // damaged file is an error here rather than an allocation of terabytes later.
+        for (field, side) in [
+            ("search_size", self.search_size),
+            ("template_size", self.template_size),
+        ] {
+            if side > MAX_SIDE {
+                return bad(
+                    field,
+                    format!("{side} tokens a side is more than the {MAX_SIDE} allowed"),
+                );
+            }
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::config::{BIAS_WINDOWS, Config, PartialConfig, default_windows};
+use super::config::{BIAS_WINDOWS, Config, MAX_SIDE, PartialConfig, default_windows};
 use super::golden::weights_for_golden;
 use super::synthetic::{DEFAULT_SEED, default_model};
 use crate::base::safetensors::{OutTensor, TensorFile, write_file};
@@ -408,10 +408,12 @@ pub fn infer_config(file: &TensorFile) -> Result<Config> {
         .nhead
         .or(meta.window_sizes.as_ref().map(|w| w.len()))
         .unwrap_or(8);
-    if nhead == 0 {
+    // Before the default windows are built, one per head: heads split d_model's channels,
+    // so a count above d_model is a damaged file, not a request for that many windows.
+    if nhead == 0 || nhead > d_model {
         return Err(Error::invalid(
             file.meta_context("nhead"),
-            "must be at least 1",
+            format!("must be in 1..=d_model ({d_model}), found {nhead}"),
         ));
     }
     let window_sizes = meta
@@ -468,8 +470,8 @@ fn infer_sizes(
         );
     }
     let mut found = Vec::new();
-    for s in (wmax..=512).step_by(wmax) {
-        for t in (wmax..=512).step_by(wmax) {
+    for s in (wmax..=MAX_SIDE).step_by(wmax) {
+        for t in (wmax..=MAX_SIDE).step_by(wmax) {
             if ms.is_some_and(|m| m != s) || mt.is_some_and(|m| m != t) {
                 continue;
             }

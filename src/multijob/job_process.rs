@@ -1,5 +1,5 @@
 //! The job process: one job of a multi-job run, in a process of its own (`attnrt-train
-//! --job-process NAME`, started by the manager). It reads the manager's commands on standard
+//! --job-process=NAME`, started by the manager). It reads the manager's commands on standard
 //! input, opens its job as the first one ([`Command::Open`]) says, and reports on standard
 //! output ([`super::protocol`]). A process per job is what isolates the jobs: a crash, an
 //! out-of-memory error or a poisoned CUDA context ends one job process, and the manager goes

@@ -33,7 +33,7 @@ pub struct JobProcess {
 }
 
 impl JobProcess {
-    /// Starts `exe --job-process NAME` for job `index` and sends it `config` (the job's name
+    /// Starts `exe --job-process=NAME` for job `index` and sends it `config` (the job's name
     /// is on the command line only so that `ps` shows which job a process trains).
     pub fn spawn(
         exe: &Path,
@@ -43,7 +43,8 @@ impl JobProcess {
     ) -> Result<JobProcess> {
         let name = config.name.clone();
         let mut cmd = Process::new(exe);
-        cmd.arg("--job-process").arg(&name);
+        // One argument, so that a name starting with '-' is not read as a flag.
+        cmd.arg(format!("--job-process={name}"));
         // A process group of its own: Ctrl-C reaches the manager only, which stops every
         // job process in order (each checkpoints first).
         cmd.process_group(0)

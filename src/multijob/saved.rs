@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::base::DistributionRatio;
+use crate::sched::jobs::limits::ARRIVAL_S;
 use crate::sched::report::{FailedJob, JobReport};
 use crate::train::run::calibrate::Calibration;
 use crate::{Error, Result};
@@ -70,9 +71,11 @@ impl SavedRun {
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
     }
 
-    /// The saved state in `dir`, checked against the job file's job names (in order).
-    /// `Ok(None)` when there is none (the run never stopped early).
-    pub fn load(dir: &Path, names: &[&str]) -> Result<Option<SavedRun>> {
+    /// The saved state in `dir`, checked against the job file's job names (in order) and
+    /// the run's `devices`, and its values checked (a damaged file must not start the clock
+    /// at 10^308 s or index past the devices). `Ok(None)` when there is none (the run never
+    /// stopped early).
+    pub fn load(dir: &Path, names: &[&str], devices: usize) -> Result<Option<SavedRun>> {
         let path = Self::path(dir);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -92,6 +95,49 @@ impl SavedRun {
                 ),
             ));
         }
+        saved.check(devices).map_err(|p| Error::invalid(ctx, p))?;
         Ok(Some(saved))
+    }
+
+    fn check(&self, devices: usize) -> std::result::Result<(), String> {
+        let max_s = ARRIVAL_S.1;
+        if !(self.clock_s.is_finite() && (0.0..=max_s).contains(&self.clock_s)) {
+            return Err(format!(
+                "clock_s must be in 0..={max_s} seconds, got {}",
+                self.clock_s
+            ));
+        }
+        if self.busy_s.len() != devices {
+            return Err(format!(
+                "busy_s has {} entries, the run has {devices} devices; resume on the same \
+                 devices",
+                self.busy_s.len()
+            ));
+        }
+        if let Some(b) = self.busy_s.iter().find(|b| !(b.is_finite() && **b >= 0.0)) {
+            return Err(format!("busy_s must hold finite seconds >= 0, found {b}"));
+        }
+        for job in &self.jobs {
+            if let SavedJob::Unfinished {
+                name,
+                calibration,
+                dr,
+            } = job
+            {
+                if let Some(dr) = dr
+                    && dr.gpus() != devices
+                {
+                    return Err(format!(
+                        "job '{name}': dr {dr} is for {} devices, the run has {devices}",
+                        dr.gpus()
+                    ));
+                }
+                if let Some(c) = calibration {
+                    c.check()
+                        .map_err(|p| format!("job '{name}': calibration: {p}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! its calibration, and the machine's all-reduce cost fitted over the jobs
 //! (`--write-sim FILE`; then `attnrt-train --simulate --jobs FILE` predicts the same run).
 
+use crate::sched::jobs::limits::{ALLREDUCE_GBPS, STALL_MS};
 use crate::sched::jobs::{JobSim, SimulationConfig};
 use crate::train::run::calibrate::Calibration;
 
@@ -26,9 +27,11 @@ pub fn calibrated_file(
         .flatten()
         .filter_map(|c| allreduce_s(c).map(|s| (c.grad_mb, s * 1e3)))
         .collect();
+    // A fit through noisy points can land outside what a job file may hold (a 10-minute
+    // all-reduce gives 30 kB/s): held to the bounds, so that the file written loads again.
     if let Some((latency_ms, gbps)) = fit_allreduce(&points) {
-        machine.allreduce_latency_ms = latency_ms;
-        machine.allreduce_gbps = gbps;
+        machine.allreduce_latency_ms = latency_ms.clamp(STALL_MS.0, STALL_MS.1);
+        machine.allreduce_gbps = gbps.clamp(ALLREDUCE_GBPS.0, ALLREDUCE_GBPS.1);
     }
     out.sched.simulation = Some(machine);
     for (job, c) in out.sched.jobs.iter_mut().zip(calibrations) {
@@ -105,6 +108,29 @@ mod tests {
         assert!((allreduce_s(&c).unwrap() - 0.003).abs() < 1e-9);
         let exclusive = 128.0 * sim.sample_ms + sim.iter_overhead_ms;
         assert!((exclusive - 30.0).abs() < 1e-9);
+    }
+
+    /// Found by the fuzzer: calibrations whose split steps differ by 559 s fitted 34 kB/s, a
+    /// value the job file's bounds refuse, so `--write-sim` wrote a file that did not load.
+    #[test]
+    fn fitted_allreduce_stays_within_the_job_file_bounds() {
+        let c = |grad_mb, split_s| {
+            Some(Calibration {
+                full_s: 1e-5,
+                half_s: 0.0,
+                split_s: Some(split_s),
+                grad_mb,
+                batch_size: 1,
+            })
+        };
+        let text = "[[job]]\nname = \"a\"\nmodel = \"mlp\"\ndataset = \"synthetic\"\n\
+                    batch_size = 1\niterations = 1\n[[job]]\nname = \"b\"\nmodel = \"mlp\"\n\
+                    dataset = \"synthetic\"\nbatch_size = 1\niterations = 1\n";
+        let file = JobFile::parse(text, "jobs.toml").unwrap();
+        let out = calibrated_file(&file, 2, &[c(211089.6, 1e-5), c(211108.9, 559.18)]);
+        let machine = out.sched.simulation.as_ref().unwrap();
+        assert_eq!(machine.allreduce_gbps, ALLREDUCE_GBPS.0);
+        JobFile::parse(&out.to_toml().unwrap(), "sim.toml").unwrap();
     }
 
     #[test]

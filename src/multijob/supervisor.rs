@@ -52,7 +52,7 @@ pub struct RunConfig {
     /// The file as loaded, and its path for messages.
     pub file: JobFile,
     pub origin: String,
-    /// This program, which each job process runs (`--job-process NAME`).
+    /// This program, which each job process runs (`--job-process=NAME`).
     pub exe: PathBuf,
     pub devices: Devices,
     /// The command line's training settings. Its `checkpoint_dir` holds one subdirectory per
@@ -180,20 +180,10 @@ impl LiveJob {
     }
 }
 
-/// The directory of job `name`'s checkpoints under `dir`: the name, with anything but
-/// letters, digits, `-`, `_` and `.` replaced, so a job name cannot leave `dir`.
+/// The directory of job `name`'s checkpoints under `dir`, named by
+/// [`file_name_of`](crate::sched::jobs::file_name_of) so a job name cannot leave `dir`.
 pub fn job_checkpoint_dir(dir: &Path, name: &str) -> PathBuf {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    dir.join(format!("job-{safe}"))
+    dir.join(format!("job-{}", crate::sched::jobs::file_name_of(name)))
 }
 
 struct Supervisor<'a> {
@@ -231,7 +221,7 @@ pub fn run(cfg: &RunConfig, report: &mut dyn FnMut(&RunEvent)) -> Result<RunOutc
         ));
     }
     let saved = match (&cfg.settings.checkpoint_dir, cfg.settings.resume) {
-        (Some(dir), true) => SavedRun::load(dir, &names)?,
+        (Some(dir), true) => SavedRun::load(dir, &names, m)?,
         _ => None,
     };
     let (monitor, notice) = Monitor::new(&cfg.devices);

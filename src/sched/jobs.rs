@@ -33,6 +33,10 @@
 //! `initial_dr` entries and sum are checked on load; its length is checked against the GPU
 //! count by whoever knows it ([`JobFile::check_gpus`]: the simulator with `[simulation]
 //! gpus`, the trainer with the machine's).
+//!
+//! Every number is bounded ([`limits`]): far beyond any real machine or job, but tight enough
+//! that a typo (`1e308`, a stray exponent) is an error rather than a simulation of centuries
+//! at sub-microsecond steps, or a machine of 10^18 GPUs allocated up front.
 
 use std::collections::HashSet;
 
@@ -286,9 +290,10 @@ impl JobFile {
     /// Checks every value that does not depend on the GPU count (see the module docs).
     /// [`parse`](Self::parse) calls it; call it again on a file built in code.
     pub fn validate(&self, origin: &str) -> Result<()> {
+        use limits::*;
         let m = &self.manager;
         let mctx = |key: &str| format!("{origin}: [manager] {key}");
-        positive(m.period_s).map_err(|p| Error::invalid(mctx("period_s"), p))?;
+        check_period(m.period_s).map_err(|p| Error::invalid(mctx("period_s"), p))?;
         if !m.sd_threshold.is_finite() || m.sd_threshold < 0.0 {
             return Err(Error::invalid(
                 mctx("sd_threshold"),
@@ -306,55 +311,72 @@ impl JobFile {
         }
         if let Some(s) = &self.simulation {
             let sctx = |key: &str| format!("{origin}: [simulation] {key}");
-            if s.gpus == 0 {
-                return Err(Error::invalid(sctx("gpus"), "must be at least 1, got 0"));
+            if !(1..=MAX_GPUS).contains(&s.gpus) {
+                return Err(Error::invalid(
+                    sctx("gpus"),
+                    format!("must be 1..={MAX_GPUS}, got {}", s.gpus),
+                ));
             }
-            positive(s.colocation_efficiency)
+            within(s.colocation_efficiency, COLOCATION_EFFICIENCY)
                 .map_err(|p| Error::invalid(sctx("colocation_efficiency"), p))?;
-            positive(s.allreduce_gbps).map_err(|p| Error::invalid(sctx("allreduce_gbps"), p))?;
-            non_negative(s.allreduce_latency_ms)
+            within(s.allreduce_gbps, ALLREDUCE_GBPS)
+                .map_err(|p| Error::invalid(sctx("allreduce_gbps"), p))?;
+            within(s.allreduce_latency_ms, STALL_MS)
                 .map_err(|p| Error::invalid(sctx("allreduce_latency_ms"), p))?;
-            non_negative(s.reconfigure_ms)
+            within(s.reconfigure_ms, STALL_MS)
                 .map_err(|p| Error::invalid(sctx("reconfigure_ms"), p))?;
         }
         let mut names = HashSet::new();
+        let mut dirs = HashSet::new();
         for (k, job) in self.jobs.iter().enumerate() {
             let jctx = |key: &str| format!("{origin}: job '{}': {key}", job.name);
-            if job.name.trim().is_empty() {
-                return Err(Error::invalid(
-                    format!("{origin}: job #{}: name", k + 1),
-                    "must not be empty",
-                ));
-            }
+            check_name(&job.name)
+                .map_err(|p| Error::invalid(format!("{origin}: job #{}: name", k + 1), p))?;
             if !names.insert(job.name.as_str()) {
                 return Err(Error::invalid(
                     jctx("name"),
                     "another job has the same name",
                 ));
             }
-            if job.batch_size == 0 {
-                return Err(Error::invalid(jctx("batch_size"), "must be at least 1"));
+            let dir = file_name_of(&job.name);
+            if !dirs.insert(dir.clone()) {
+                return Err(Error::invalid(
+                    jctx("name"),
+                    format!(
+                        "another job's name gives the same file name '{dir}' (each character \
+                         but letters, digits, '-', '_' and '.' becomes '_')"
+                    ),
+                ));
+            }
+            if !(1..=MAX_BATCH_SIZE).contains(&job.batch_size) {
+                return Err(Error::invalid(
+                    jctx("batch_size"),
+                    format!("must be 1..={MAX_BATCH_SIZE}, got {}", job.batch_size),
+                ));
             }
             if job.iterations == 0 {
                 return Err(Error::invalid(jctx("iterations"), "must be at least 1"));
             }
-            non_negative(job.arrival_s).map_err(|p| Error::invalid(jctx("arrival_s"), p))?;
+            within(job.arrival_s, ARRIVAL_S).map_err(|p| Error::invalid(jctx("arrival_s"), p))?;
             if let Some(units) = &job.initial_dr {
                 DistributionRatio::from_signed(units)
                     .map_err(|p| Error::invalid(jctx("initial_dr"), p))?;
             }
             if let Some(sim) = &job.sim {
-                non_negative(sim.sample_ms)
+                within(sim.sample_ms, STALL_MS)
                     .map_err(|p| Error::invalid(jctx("sim.sample_ms"), p))?;
-                non_negative(sim.iter_overhead_ms)
+                within(sim.iter_overhead_ms, STALL_MS)
                     .map_err(|p| Error::invalid(jctx("sim.iter_overhead_ms"), p))?;
-                non_negative(sim.grad_mb).map_err(|p| Error::invalid(jctx("sim.grad_mb"), p))?;
+                within(sim.grad_mb, GRAD_MB).map_err(|p| Error::invalid(jctx("sim.grad_mb"), p))?;
                 let exclusive = job.exclusive_iter_s().unwrap_or(0.0);
-                if !(exclusive.is_finite() && exclusive > 0.0) {
+                if !(exclusive.is_finite() && exclusive > 0.0 && exclusive <= MAX_ITER_S) {
                     return Err(Error::invalid(
                         jctx("sim"),
-                        "batch_size * sample_ms + iter_overhead_ms must be > 0 \
-                         (the exclusive iteration time)",
+                        format!(
+                            "batch_size * sample_ms + iter_overhead_ms (the exclusive \
+                             iteration time) must be > 0 and at most {MAX_ITER_S} s (a day), \
+                             got {exclusive} s"
+                        ),
                     ));
                 }
             }
@@ -369,6 +391,46 @@ impl JobFile {
         }
         Ok(())
     }
+}
+
+/// The longest job name, bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// A job name is shown in tables and logs, passed on command lines and used in file names:
+/// not empty, not too long, and no control characters (a newline would split a log line, an
+/// escape sequence would rewrite the terminal, a NUL cannot be an argument).
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "must be at most {MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{name:?} holds the control character {c:?}; use letters, digits and punctuation"
+        ));
+    }
+    Ok(())
+}
+
+/// A job's name as a file name, safe in any directory: letters, digits, `-`, `_` and `.`
+/// kept, every other character replaced by `_`, and a leading `.` too (no hidden files, no
+/// `..`). [`JobFile::validate`] refuses two jobs with the same file name.
+pub fn file_name_of(name: &str) -> String {
+    name.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.is_ascii_alphanumeric() || "-_".contains(c) || (c == '.' && i > 0) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn parse_job(
@@ -406,19 +468,45 @@ fn parse_job(
     Ok((job, other))
 }
 
-fn positive(v: f64) -> std::result::Result<(), String> {
-    if v.is_finite() && v > 0.0 {
-        Ok(())
-    } else {
-        Err(format!("must be finite and > 0, got {v}"))
-    }
-}
+/// What each number of a job file may hold. The bounds are far beyond any real machine or
+/// job; they exist so that a typo is an error naming the key: times stay where `f64`
+/// seconds keep sub-microsecond resolution, and every GPU and sample count is one that can
+/// be allocated.
+pub mod limits {
+    /// `[manager] period_s`, seconds: a millisecond (the manager cannot act faster than its
+    /// processes report steps) to a day.
+    pub const PERIOD_S: (f64, f64) = (1e-3, 86_400.0);
+    /// `[simulation] gpus`: as many as a device list may name.
+    pub const MAX_GPUS: usize = crate::base::devices::MAX_DEVICES;
+    /// `[simulation] colocation_efficiency`: below 1% a shared GPU does no work; above 10x
+    /// is a typo.
+    pub const COLOCATION_EFFICIENCY: (f64, f64) = (0.01, 10.0);
+    /// `[simulation] allreduce_gbps`: 1 MB/s to 1 PB/s.
+    pub const ALLREDUCE_GBPS: (f64, f64) = (1e-3, 1e6);
+    /// `allreduce_latency_ms`, `reconfigure_ms`, `sample_ms`, `iter_overhead_ms`: zero to
+    /// an hour.
+    pub const STALL_MS: (f64, f64) = (0.0, 3.6e6);
+    /// `[job.sim] grad_mb`: zero to 10 TB.
+    pub const GRAD_MB: (f64, f64) = (0.0, 1e7);
+    /// `arrival_s`: zero to 10^8 s (about three years), where an `f64` second still
+    /// resolves 15 ns.
+    pub const ARRIVAL_S: (f64, f64) = (0.0, 1e8);
+    /// `batch_size`: 2^20 samples.
+    pub const MAX_BATCH_SIZE: u64 = 1 << 20;
+    /// The exclusive iteration time `batch_size * sample_ms + iter_overhead_ms`: a day.
+    pub const MAX_ITER_S: f64 = 86_400.0;
 
-fn non_negative(v: f64) -> std::result::Result<(), String> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(())
-    } else {
-        Err(format!("must be finite and >= 0, got {v}"))
+    pub(super) fn within(v: f64, (lo, hi): (f64, f64)) -> Result<(), String> {
+        if v.is_finite() && (lo..=hi).contains(&v) {
+            Ok(())
+        } else {
+            Err(format!("must be finite and in {lo}..={hi}, got {v}"))
+        }
+    }
+
+    /// `period_s` is checked wherever it comes from (the file or `--period`).
+    pub fn check_period(v: f64) -> Result<(), String> {
+        within(v, PERIOD_S)
     }
 }
 

@@ -35,6 +35,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use super::bound::file_bound;
 use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
 use super::decisions::DecisionLog;
+use super::jobs::limits::check_period;
 use super::jobs::{JobFile, JobSim, ManagerConfig, SimulationConfig};
 use super::policy::{Admission, JobObservation, Manager, PolicyKind};
 use super::report::{JobReport, Report};
@@ -103,12 +104,8 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
         options.util_threshold,
         options.period_s,
     );
-    if !(manager_cfg.period_s.is_finite() && manager_cfg.period_s > 0.0) {
-        return Err(Error::invalid(
-            "period_s",
-            format!("must be finite and > 0, got {}", manager_cfg.period_s),
-        ));
-    }
+    check_period(manager_cfg.period_s).map_err(|p| Error::invalid("period_s", p))?;
+    check_size(file, origin, &machine, manager_cfg.period_s)?;
     let params = manager_cfg.thesis_params()?;
     let jobs = file
         .jobs
@@ -155,6 +152,83 @@ pub fn simulate(file: &JobFile, origin: &str, options: &SimOptions) -> Result<Si
         outcome.report = outcome.report.with_bound(file_bound(file, origin)?);
     }
     Ok(outcome)
+}
+
+/// The most iterations (all jobs together) one simulation runs: about a minute of events.
+pub const MAX_ITERATIONS: u64 = 100_000_000;
+/// The most manager rounds one simulation may need: a few seconds of rounds.
+pub const MAX_ROUNDS: f64 = 1e7;
+
+/// What a simulation of `file` costs at most: its iterations, and an upper bound on its
+/// manager rounds. Rounds happen only while a job runs (idle time is skipped), and while one
+/// runs either some GPU is busy, working through the jobs' total work at a rate of at least
+/// `min(1, colocation_efficiency)`, or every running job waits for an all-reduce or a
+/// reconfiguration; so the time jobs run is at most the total work over that rate plus every
+/// iteration's all-reduce and stall.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SimSize {
+    pub iterations: u64,
+    pub rounds: f64,
+}
+
+/// [`SimSize`] of `file` on `machine` with rounds every `period_s`; jobs without `[job.sim]`
+/// count no time.
+pub fn size(file: &JobFile, machine: &SimulationConfig, period_s: f64) -> SimSize {
+    let rate = machine.colocation_efficiency.min(1.0);
+    let m = machine.gpus as u64;
+    let mut iterations = 0u64;
+    let mut busy_s = 0.0;
+    for job in &file.jobs {
+        iterations = iterations.saturating_add(job.iterations);
+        let Some(sim) = &job.sim else { continue };
+        let shards = job.batch_size.min(m) as f64;
+        let work_ms = job.batch_size as f64 * sim.sample_ms + shards * sim.iter_overhead_ms;
+        let exchange_ms = if m > 1 {
+            machine.allreduce_latency_ms + 2.0 * sim.grad_mb / machine.allreduce_gbps
+        } else {
+            0.0
+        };
+        let iter_ms = work_ms / rate + exchange_ms + machine.reconfigure_ms;
+        busy_s += job.iterations as f64 * iter_ms / 1000.0;
+    }
+    SimSize {
+        iterations,
+        rounds: busy_s / period_s + 2.0 * file.jobs.len() as f64,
+    }
+}
+
+/// Refuses a file that would simulate for minutes: too many iterations, or jobs so long
+/// for `period_s` that the rounds alone would take that long.
+fn check_size(
+    file: &JobFile,
+    origin: &str,
+    machine: &SimulationConfig,
+    period_s: f64,
+) -> Result<()> {
+    let size = size(file, machine, period_s);
+    if size.iterations > MAX_ITERATIONS {
+        return Err(Error::invalid(
+            format!("{origin}: iterations"),
+            format!(
+                "the jobs ask for {} iterations in all; the simulator runs at most \
+                 {MAX_ITERATIONS} (about a minute)",
+                size.iterations
+            ),
+        ));
+    }
+    if size.rounds > MAX_ROUNDS {
+        return Err(Error::invalid(
+            format!("{origin}: [manager] period_s"),
+            format!(
+                "the jobs may run for up to {:.3e} simulated seconds, {:.3e} manager rounds \
+                 of {period_s} s; the simulator runs at most {MAX_ROUNDS:e}: raise period_s \
+                 (or --period), or shorten the jobs (iterations, [job.sim])",
+                size.rounds * period_s,
+                size.rounds
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -406,7 +480,7 @@ impl Simulator {
                     Kind::Resume => self.launch_shards(ev.index, t),
                     Kind::Tick => {
                         need_round = true;
-                        tick_count += 1;
+                        tick_count = self.next_tick(tick_count);
                         if self.finished < self.jobs.len() {
                             let next = self.period_s * tick_count as f64;
                             self.push(next, Kind::Tick, 0, 0);
@@ -425,6 +499,28 @@ impl Simulator {
             self.reschedule(t);
         }
         Ok(self.finish())
+    }
+
+    /// The index of the tick after tick `current`. While no job runs, the rounds until the
+    /// next arrival would see idle GPUs and no job, and decide nothing: skip to the first
+    /// tick at or after that arrival (ticks come last at an instant, so every job arriving
+    /// now is already running).
+    fn next_tick(&self, current: u64) -> u64 {
+        let next = current + 1;
+        if self.jobs.iter().any(|j| j.state == JobState::Running) {
+            return next;
+        }
+        let arrival = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Pending)
+            .map(|j| j.arrival_s)
+            .fold(f64::INFINITY, f64::min);
+        if !arrival.is_finite() {
+            return next;
+        }
+        // Arrivals are bounded (`limits::ARRIVAL_S`), so the index fits easily.
+        next.max((arrival / self.period_s).ceil() as u64)
     }
 
     fn arrive(&mut self, k: usize) -> Result<()> {

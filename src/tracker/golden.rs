@@ -342,10 +342,10 @@ pub fn check_golden(
             format!("expected shape [frames, height, width, 3], found {shape:?}"),
         ));
     };
-    if n == 0 {
+    if n == 0 || h == 0 || w == 0 {
         return Err(Error::invalid(
             g.file.context("input.frames"),
-            "holds no frame",
+            format!("holds no frame of at least one pixel (shape {shape:?})"),
         ));
     }
     let frames: Vec<Frame> = data

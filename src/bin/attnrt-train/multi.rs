@@ -32,7 +32,7 @@ pub fn run(args: &Args, jobs: &Path, file: JobFile) -> Result<ExitCode> {
     if let Some(n) = notice {
         eprintln!("attnrt-train: {n}");
     }
-    let manager = output::manager_config(args, &file);
+    let manager = output::manager_config(args, &file)?;
     let params = manager.thesis_params()?;
     let exe = std::env::current_exe().map_err(|e| Error::io("this program's path", e))?;
     eprintln!(

@@ -8,6 +8,7 @@ use std::path::Path;
 use attnrt::multijob::JobFile;
 use attnrt::sched::decisions::DecisionLog;
 use attnrt::sched::jobs::ManagerConfig;
+use attnrt::sched::jobs::limits::check_period;
 use attnrt::sched::plot::write_trace_svg;
 use attnrt::sched::{Report, Trace};
 use attnrt::{Error, Result};
@@ -32,13 +33,17 @@ pub fn check_plot_path(args: &Args) -> Result<()> {
 }
 
 /// The policy settings: the file's [manager] table with the flags' overrides.
-pub fn manager_config(args: &Args, file: &JobFile) -> ManagerConfig {
-    file.sched.manager.overridden(
+/// `--period` is held to the file's bounds: a zero or tiny period would spin the manager.
+pub fn manager_config(args: &Args, file: &JobFile) -> Result<ManagerConfig> {
+    if let Some(p) = args.period {
+        check_period(p).map_err(|e| Error::invalid(format!("--period {p:?}"), e))?;
+    }
+    Ok(file.sched.manager.overridden(
         args.policy,
         args.sd_threshold,
         args.util_threshold,
         args.period,
-    )
+    ))
 }
 
 /// Prints `summary` and writes the report, decision log and plot the flags ask for. With

@@ -13,7 +13,7 @@ use super::output;
 pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<()> {
     output::check_plot_path(args)?;
     let origin = jobs.display().to_string();
-    let manager = output::manager_config(args, file);
+    let manager = output::manager_config(args, file)?;
     let options = SimOptions {
         policy: Some(manager.policy),
         sd_threshold: Some(manager.sd_threshold),

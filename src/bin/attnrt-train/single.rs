@@ -136,16 +136,5 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
 
 /// `--dr` over `count` devices.
 fn parse_dr(text: &str, count: usize) -> Result<DistributionRatio> {
-    let units: Vec<i64> = text
-        .split(',')
-        .map(|u| u.trim().parse::<i64>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::invalid(format!("--dr {text}"), "expected tenths like 2,8"))?;
-    if units.len() != count {
-        return Err(Error::invalid(
-            format!("--dr {text}"),
-            format!("has {} entries for {count} devices", units.len()),
-        ));
-    }
-    DistributionRatio::from_signed(&units).map_err(|p| Error::invalid(format!("--dr {text}"), p))
+    DistributionRatio::parse(text, count).map_err(|p| Error::invalid(format!("--dr {text}"), p))
 }

@@ -68,6 +68,13 @@ pub struct Dataset {
 }
 
 const SYNTHETIC_DEFAULT_LEN: usize = 50_000;
+/// The most samples `synthetic:N` may have: 2^26, fifty times ImageNet. The samples are drawn
+/// on the fly, but each epoch's order is a permutation of them held in memory (4 bytes a
+/// sample).
+pub const MAX_SYNTHETIC_LEN: usize = 1 << 26;
+/// The largest side `synthetic:N,S` may have: each class's pattern is held in memory
+/// (`3 * S * S` f32s), 120 MB for the ten classes at this side.
+pub const MAX_SYNTHETIC_SIDE: usize = 1024;
 const CLASSES: usize = 10;
 
 impl Dataset {
@@ -86,14 +93,17 @@ impl Dataset {
                     None => (arg, Some(ImageShape::CIFAR.height)),
                 };
                 match (n.trim().parse::<usize>(), side) {
-                    (Ok(n), Some(side)) if n > 0 && side > 0 => {
+                    (Ok(n), Some(side))
+                        if (1..=MAX_SYNTHETIC_LEN).contains(&n)
+                            && (1..=MAX_SYNTHETIC_SIDE).contains(&side) =>
+                    {
                         Ok(Dataset::synthetic_sized(n, side, seed))
                     }
                     _ => Err(Error::invalid(
                         context,
                         format!(
-                            "'{spec}': synthetic:N[,S] needs a sample count N >= 1 and an \
-                             image side S >= 1"
+                            "'{spec}': synthetic:N[,S] needs a sample count N in \
+                             1..={MAX_SYNTHETIC_LEN} and an image side S in 1..={MAX_SYNTHETIC_SIDE}"
                         ),
                     )),
                 }

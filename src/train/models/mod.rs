@@ -39,6 +39,12 @@ pub enum ModelSpec {
 }
 
 const DEFAULT_HIDDEN: [usize; 2] = [512, 256];
+/// The largest size a `model` value may give (a width, a depth, a head count).
+pub const MAX_SIZE: usize = 1 << 20;
+/// The most parameters a model may have: 2^31 (8 GB of f32, four times that with the
+/// gradients and AdamW's moments), far beyond what this trainer trains, so that a typo in
+/// `model` is an error and not an allocation of terabytes.
+pub const MAX_PARAMETERS: usize = 1 << 31;
 /// `vit-tiny` and `vit-small` as `vit:P,D,L,H,M` sizes.
 const TINY: [usize; 5] = [4, 192, 6, 3, 768];
 const SMALL: [usize; 5] = [4, 384, 12, 6, 1536];
@@ -67,9 +73,19 @@ impl ModelSpec {
         };
         let sizes = |list: &str, what: &str| {
             list.split(',')
-                .map(|h| h.trim().parse::<usize>().ok().filter(|&h| h > 0))
+                .map(|h| {
+                    h.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&h| (1..=MAX_SIZE).contains(&h))
+                })
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| Error::invalid(context, format!("'{spec}': {what}")))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        context,
+                        format!("'{spec}': {what} (each at most {MAX_SIZE})"),
+                    )
+                })
         };
         let vit = |v: &[usize], windows: bool| {
             let c = VitConfig {
@@ -97,6 +113,18 @@ impl ModelSpec {
             }
             Ok(ModelSpec::Vit(c))
         };
+        let spec_checked = |model: ModelSpec| {
+            let total = model.layout().total;
+            if total > MAX_PARAMETERS {
+                return Err(Error::invalid(
+                    context,
+                    format!(
+                        "'{spec}' has {total} parameters, more than the {MAX_PARAMETERS} allowed"
+                    ),
+                ));
+            }
+            Ok(model)
+        };
         match (name, arg) {
             ("mlp", hidden) => {
                 let hidden = match hidden {
@@ -109,7 +137,7 @@ impl ModelSpec {
                 let mut dims = vec![image.features()];
                 dims.extend(hidden);
                 dims.push(classes);
-                Ok(ModelSpec::Mlp { dims })
+                spec_checked(ModelSpec::Mlp { dims })
             }
             ("vit-tiny", None) => vit(&TINY, false),
             ("vit-small", None) => vit(&SMALL, false),
@@ -126,7 +154,7 @@ impl ModelSpec {
                 if v.len() != 5 {
                     return Err(Error::invalid(context, format!("'{spec}': {need}")));
                 }
-                vit(&v, windows)
+                spec_checked(vit(&v, windows)?)
             }
             _ => Err(Error::invalid(
                 context,

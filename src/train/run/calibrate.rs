@@ -39,6 +39,27 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// Checks values read back from a file: finite, non-negative times and size, a positive
+    /// full-batch time (the Slow-Down's denominator) and batch. Returns the problem.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let times = [("full_s", self.full_s), ("half_s", self.half_s)]
+            .into_iter()
+            .chain(self.split_s.map(|s| ("split_s", s)))
+            .chain([("grad_mb", self.grad_mb)]);
+        for (key, v) in times {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} must be finite and >= 0, got {v}"));
+            }
+        }
+        if self.full_s <= 0.0 || self.batch_size == 0 {
+            return Err(format!(
+                "full_s and batch_size must be > 0, got {} and {}",
+                self.full_s, self.batch_size
+            ));
+        }
+        Ok(())
+    }
+
     /// Measures `job` on `engine` (device `gpu` for the one-device points). Leaves the
     /// engine's state as it found it.
     pub fn measure(job: &Job, engine: &mut dyn Engine, seed: u64, gpu: usize) -> Result<Self> {

@@ -265,6 +265,16 @@ pub fn load(json_path: &Path) -> Result<(CheckpointMeta, HashMap<String, Tensor>
             ),
         ));
     }
+    // A plain file name: a damaged or planted JSON must not make a resume read elsewhere.
+    if Path::new(&meta.tensors_file).file_name() != Some(std::ffi::OsStr::new(&meta.tensors_file)) {
+        return Err(Error::invalid(
+            json_path.display().to_string(),
+            format!(
+                "tensors_file '{}' must be a file name in the checkpoint's directory",
+                meta.tensors_file
+            ),
+        ));
+    }
     let dir = json_path.parent().unwrap_or(Path::new("."));
     let tensors_path = dir.join(&meta.tensors_file);
     let bytes = std::fs::read(&tensors_path).map_err(|e| Error::io(&tensors_path, e))?;

@@ -32,10 +32,7 @@ mkdir -p "$out"
 : > "$out/status.txt"
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
-if [ -z "${ATTNRT_CUDNN_LIB:-}" ]; then
-  cudnn="$(python3 -c 'import nvidia.cudnn; print(nvidia.cudnn.__path__[0])' 2>/dev/null)" &&
-    export ATTNRT_CUDNN_LIB="$cudnn/lib"
-fi
+source "$stage/cudnn-env.sh"
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output to the
 # terminal and to $out/NAME.txt, and records its exit status.

@@ -12,13 +12,8 @@ bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"
-# cuDNN for the convolutions: the device machine's PyTorch environment holds one (pip's
-# nvidia-cudnn-cu13); an ATTNRT_CUDNN_LIB already set wins.
-if [ -z "${ATTNRT_CUDNN_LIB:-}" ]; then
-  cudnn="$(python3 -c 'import nvidia.cudnn; print(nvidia.cudnn.__path__[0])' 2>/dev/null)" &&
-    export ATTNRT_CUDNN_LIB="$cudnn/lib"
-fi
-echo "ATTNRT_CUDNN_LIB=${ATTNRT_CUDNN_LIB:-(unset: cuDNN from the loader path)}"
+# cuDNN for the convolutions.
+source "$stage/cudnn-env.sh"
 if [ -z "${ATTNRT_GPUS:-}" ] && command -v nvidia-smi >/dev/null; then
   ATTNRT_GPUS="$(nvidia-smi -L | grep -c '^GPU ')"
 fi

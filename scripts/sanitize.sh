@@ -28,10 +28,7 @@ bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"
-if [ -z "${ATTNRT_CUDNN_LIB:-}" ]; then
-  cudnn="$(python3 -c 'import nvidia.cudnn; print(nvidia.cudnn.__path__[0])' 2>/dev/null)" &&
-    export ATTNRT_CUDNN_LIB="$cudnn/lib"
-fi
+source "$stage/cudnn-env.sh"
 if ! command -v compute-sanitizer >/dev/null; then
   echo "compute-sanitizer is not on PATH: nothing checked" | tee "$summary"
   exit 1

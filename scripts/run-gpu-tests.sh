@@ -1,23 +1,15 @@
 #!/usr/bin/env bash
 # Runs every staged test executable with ATTNRT_REQUIRE_GPU=1, so a missing GPU fails instead of
 # skipping, and ends with how many tests ran, were skipped (printed `skipped:`) and failed.
-# ATTNRT_GPUS (default: the GPUs nvidia-smi lists) tells the tests that need several GPUs how many
-# the machine has, so they skip rather than fail on a machine known to have fewer.
+# The environment (the golden files, cuDNN, ATTNRT_GPUS: how many GPUs the tests that need
+# several may count on) comes from test-env.sh.
 # Staged by scripts/gpu-stage.sh; run from the repository root on the device machine.
 # Usage: bash stage/run-gpu-tests.sh [STAGE_DIR] [TEST_NAME_FILTER...]
 set -uo pipefail
 stage="${1:-stage}"
 shift || true
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
-export ATTNRT_REQUIRE_GPU=1
-export ATTNRT_GOLDEN_DIR="$stage/golden"
-export ATTNRT_BIN_DIR="$stage/bin"
-# cuDNN for the convolutions.
-source "$stage/cudnn-env.sh"
-if [ -z "${ATTNRT_GPUS:-}" ] && command -v nvidia-smi >/dev/null; then
-  ATTNRT_GPUS="$(nvidia-smi -L | grep -c '^GPU ')"
-fi
-export ATTNRT_GPUS="${ATTNRT_GPUS:-0}"
+source "$stage/test-env.sh" "$stage"
 log="$(mktemp)"
 failed_bins=0
 for t in "$stage"/tests/*; do

@@ -25,10 +25,7 @@ mkdir -p "$out"
 summary="$out/sanitizer-summary.txt"
 : > "$summary"
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
-export ATTNRT_REQUIRE_GPU=1
-export ATTNRT_GOLDEN_DIR="$stage/golden"
-export ATTNRT_BIN_DIR="$stage/bin"
-source "$stage/cudnn-env.sh"
+source "$stage/test-env.sh" "$stage"
 if ! command -v compute-sanitizer >/dev/null; then
   echo "compute-sanitizer is not on PATH: nothing checked" | tee "$summary"
   exit 1

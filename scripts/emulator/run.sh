@@ -10,10 +10,11 @@
 #   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
 #   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
 #     random frames and boxes, partly outside the frame, every resize path, bit for bit);
-#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores).
+#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores);
+#   conv2d: kernels/conv2d.cu's bf16 bias gradient (partial sums per chunk, then in order).
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax] [GROUP]
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|conv2d] [GROUP]
 # (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -42,4 +43,8 @@ fi
 if [ "$what" = all ] || [ "$what" = soft_argmax ]; then
   g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/soft_argmax" "$here/soft_argmax.cpp"
   "$out/soft_argmax"
+fi
+if [ "$what" = all ] || [ "$what" = conv2d ]; then
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/include" -I"$here/../../kernels" -o "$out/conv2d" "$here/conv2d.cpp"
+  "$out/conv2d"
 fi

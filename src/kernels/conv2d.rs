@@ -49,7 +49,7 @@ use cudarc::cudnn::sys::{
     cudnnConvolutionBwdFilterAlgo_t as FilterAlgo, cudnnConvolutionFwdAlgo_t as FwdAlgo,
     cudnnDataType_t, cudnnDeterminism_t, cudnnMathType_t as Math, cudnnStatus_t as Status,
 };
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 use half::bf16;
 
 use super::KernelModule;
@@ -585,6 +585,40 @@ impl<A: std::fmt::Debug> std::fmt::Display for Choice<A> {
     }
 }
 
+/// The acceptable algorithms of one pass of one shape, fastest first; the first is the one
+/// that runs. cuDNN's benchmark may accept an algorithm that the same call then refuses when
+/// run on the caller's buffers (seen for bf16 on an H100: `CUDNN_STATUS_BAD_PARAM` for some
+/// shapes, depending on which algorithm the timing picked); such a refusal comes from the
+/// call's parameter checks, before anything runs, so the pass moves on to the next one.
+#[derive(Clone, Debug)]
+struct Candidates<A> {
+    /// Never empty.
+    list: Vec<Choice<A>>,
+    /// Why each algorithm passed over was: by the benchmark, or when run.
+    refused: Vec<String>,
+}
+
+impl<A: Copy + std::fmt::Debug> Candidates<A> {
+    fn current(&self) -> Choice<A> {
+        self.list[0]
+    }
+
+    /// Passes over the current algorithm, refused at run time with `e`; false when it was
+    /// the last (it stays, and the pass fails).
+    fn refuse(&mut self, e: CudnnError) -> bool {
+        self.refused.push(format!(
+            "{}: {:?} when run",
+            algo_name(self.list[0].algo),
+            e.0
+        ));
+        if self.list.len() == 1 {
+            return false;
+        }
+        self.list.remove(0);
+        true
+    }
+}
+
 /// More than any pass has algorithms (8 forward, 6 backward data, 7 backward filter).
 const MAX_ALGOS: usize = 8;
 
@@ -595,7 +629,7 @@ fn find<P: Perf>(
     precision: Precision,
     deterministic: bool,
     call: impl FnOnce(i32, &mut i32, *mut P) -> Status,
-) -> Result<Choice<P::Algo>> {
+) -> Result<Candidates<P::Algo>> {
     let mut results = [zeroed::<P>(); MAX_ALGOS];
     let mut n = 0;
     call(MAX_ALGOS as i32, &mut n, results.as_mut_ptr())
@@ -605,14 +639,15 @@ fn find<P: Perf>(
     pick(&results[..n], precision, deterministic, what)
 }
 
-/// The fastest acceptable result of a `cudnnFind...` call (cuDNN sorts them by time), or
-/// an error listing what was refused and why.
+/// The acceptable results of a `cudnnFind...` call, fastest first (cuDNN sorts them by
+/// time), or an error listing what was refused and why.
 fn pick<P: Perf>(
     results: &[P],
     precision: Precision,
     deterministic: bool,
     what: &str,
-) -> Result<Choice<P::Algo>> {
+) -> Result<Candidates<P::Algo>> {
+    let mut list = Vec::new();
     let mut refused = Vec::new();
     for p in results {
         let why = if p.status() != Status::CUDNN_STATUS_SUCCESS {
@@ -624,14 +659,18 @@ fn pick<P: Perf>(
         } else if !math_allowed(precision, p.math()) {
             format!("{} math", math_name(p.math()))
         } else {
-            return Ok(Choice {
+            list.push(Choice {
                 algo: p.algo(),
                 workspace: p.memory(),
                 ms: p.time(),
                 math: p.math(),
             });
+            continue;
         };
         refused.push(format!("{}: {why}", algo_name(p.algo())));
+    }
+    if !list.is_empty() {
+        return Ok(Candidates { list, refused });
     }
     Err(Error::invalid(
         what,
@@ -661,14 +700,14 @@ enum Fused {
 /// The cached plan of one shape: descriptors, and each pass's algorithm once chosen.
 struct Plan {
     d: Descriptors,
-    forward: Choice<FwdAlgo>,
+    forward: Candidates<FwdAlgo>,
     /// The workspace of the implicit-precomputed-GEMM algorithm, the only one cuDNN's fused
     /// call takes with the identity activation; `None` when cuDNN does not offer it here.
     precomputed_workspace: Option<usize>,
     /// The fused call's state per epilogue, indexed by [`fused_index`].
     fused: [Fused; 4],
-    backward_data: Option<Choice<DataAlgo>>,
-    backward_filter: Option<Choice<FilterAlgo>>,
+    backward_data: Option<Candidates<DataAlgo>>,
+    backward_filter: Option<Candidates<FilterAlgo>>,
 }
 
 /// Where a plan keeps the fused call's state for an epilogue: each of the four is tried on
@@ -712,6 +751,8 @@ pub struct Conv2dKernels {
     identity: ActivationDesc,
     /// `conv2d_epilogue_<dtype>`, loaded the first time a shape needs it.
     epilogue: Option<Kernel>,
+    /// `conv2d_bias_grad_{partial,finish}_bf16`, in bf16 only (see [`Self::backward_bias`]).
+    bias_grad: Option<[Kernel; 2]>,
 }
 
 // SAFETY: the cuDNN descriptors are host objects that any thread may use, one at a time;
@@ -756,6 +797,13 @@ impl Conv2dKernels {
             fuse: true,
             plans: HashMap::new(),
             epilogue: None,
+            bias_grad: match precision {
+                Precision::Bf16 => Some([
+                    gpu.kernel(KernelModule::Conv2d, "conv2d_bias_grad_partial_bf16")?,
+                    gpu.kernel(KernelModule::Conv2d, "conv2d_bias_grad_finish_bf16")?,
+                ]),
+                Precision::F32 | Precision::Tf32 => None,
+            },
             handle,
         })
     }
@@ -801,7 +849,8 @@ impl Conv2dKernels {
         let plan = self.plans.get(shape)?;
         let mut s = format!(
             "conv2d {shape} {}: forward {}",
-            self.precision, plan.forward
+            self.precision,
+            plan.forward.current()
         );
         for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
@@ -813,10 +862,10 @@ impl Conv2dKernels {
             }
         }
         if let Some(c) = &plan.backward_data {
-            write!(s, "; backward data {c}").unwrap();
+            write!(s, "; backward data {}", c.current()).unwrap();
         }
         if let Some(c) = &plan.backward_filter {
-            write!(s, "; backward filter {c}").unwrap();
+            write!(s, "; backward filter {}", c.current()).unwrap();
         }
         Some(s)
     }
@@ -851,9 +900,7 @@ impl Conv2dKernels {
         self.plan(shape)?;
         let h = self.handle.bind()?;
         if epilogue.is_none() {
-            return self
-                .convolve(h, shape, [xp, wp, yp])
-                .map_err(cudnn_error(|| what));
+            return self.convolve(h, shape, [xp, wp, yp], &what);
         }
         if self.fuse
             && self
@@ -862,8 +909,7 @@ impl Conv2dKernels {
         {
             return Ok(());
         }
-        self.convolve(h, shape, [xp, wp, yp])
-            .map_err(cudnn_error(|| what.clone()))?;
+        self.convolve(h, shape, [xp, wp, yp], &what)?;
         self.run_epilogue(shape, y, &epilogue)
     }
 
@@ -933,62 +979,76 @@ impl Conv2dKernels {
         )?;
         let (one, beta) = scales(accumulate);
         let (op, dyp, gp) = (op as *const c_void, dyp as *const c_void, gp as *mut c_void);
-        let status = match pass {
+        let h = self.handle.bind()?;
+        match pass {
             Backward::Data => {
-                let choice = self.backward_data_choice(shape)?;
-                let ws = self.workspace_ptr();
-                let h = self.handle.bind()?;
-                let d = &self.plans[shape].d;
-                // SAFETY: the descriptors describe the checked buffers; the workspace holds
-                // at least the chosen algorithm's (grown when it was chosen).
-                unsafe {
-                    dnn::convolution_backward_data(
-                        h,
-                        scalar(&one),
-                        d.w.0,
-                        op,
-                        d.y.0,
-                        dyp,
-                        d.conv.0,
-                        choice.algo,
-                        ws,
-                        choice.workspace,
-                        scalar(&beta),
-                        d.x.0,
-                        gp,
-                    )
-                }
+                self.backward_data_choice(shape)?;
+                self.execute(
+                    shape,
+                    &what,
+                    |p| p.backward_data.as_mut().expect("chosen above"),
+                    |k, choice| {
+                        let ws = k.workspace_ptr();
+                        let d = &k.plans[shape].d;
+                        // SAFETY: the descriptors describe the checked buffers; the workspace
+                        // holds at least the algorithm's (grown by `execute`).
+                        unsafe {
+                            dnn::convolution_backward_data(
+                                h,
+                                scalar(&one),
+                                d.w.0,
+                                op,
+                                d.y.0,
+                                dyp,
+                                d.conv.0,
+                                choice.algo,
+                                ws,
+                                choice.workspace,
+                                scalar(&beta),
+                                d.x.0,
+                                gp,
+                            )
+                        }
+                    },
+                )
             }
             Backward::Filter => {
-                let choice = self.backward_filter_choice(shape)?;
-                let ws = self.workspace_ptr();
-                let h = self.handle.bind()?;
-                let d = &self.plans[shape].d;
-                // SAFETY: as for the data pass.
-                unsafe {
-                    dnn::convolution_backward_filter(
-                        h,
-                        scalar(&one),
-                        d.x.0,
-                        op,
-                        d.y.0,
-                        dyp,
-                        d.conv.0,
-                        choice.algo,
-                        ws,
-                        choice.workspace,
-                        scalar(&beta),
-                        d.w.0,
-                        gp,
-                    )
-                }
+                self.backward_filter_choice(shape)?;
+                self.execute(
+                    shape,
+                    &what,
+                    |p| p.backward_filter.as_mut().expect("chosen above"),
+                    |k, choice| {
+                        let ws = k.workspace_ptr();
+                        let d = &k.plans[shape].d;
+                        // SAFETY: as for the data pass.
+                        unsafe {
+                            dnn::convolution_backward_filter(
+                                h,
+                                scalar(&one),
+                                d.x.0,
+                                op,
+                                d.y.0,
+                                dyp,
+                                d.conv.0,
+                                choice.algo,
+                                ws,
+                                choice.workspace,
+                                scalar(&beta),
+                                d.w.0,
+                                gp,
+                            )
+                        }
+                    },
+                )
             }
-        };
-        status.map_err(cudnn_error(|| what))
+        }
     }
 
     /// `db (+)= sum of dy over batch, height and width`, the gradient of the bias `[out]`;
-    /// `accumulate` adds to `db`.
+    /// `accumulate` adds to `db`. cuDNN's in f32 and tf32; ours in bf16, which cuDNN's
+    /// `cudnnConvolutionBackwardBias` does not take (`CUDNN_STATUS_NOT_SUPPORTED` for every
+    /// shape), in f32 with one rounding.
     pub fn backward_bias<T: Element>(
         &mut self,
         shape: &Conv2dShape,
@@ -1006,6 +1066,9 @@ impl Conv2dKernels {
                 ("db", db.len(), shape.out_channels, dbp),
             ],
         )?;
+        if let Some([partial, finish]) = self.bias_grad.clone() {
+            return self.bias_grad_ours(shape, [partial, finish], dy, db, accumulate);
+        }
         self.plan(shape)?;
         let h = self.handle.bind()?;
         let d = &self.plans[shape].d;
@@ -1024,6 +1087,51 @@ impl Conv2dKernels {
         }
         .result()
         .map_err(cudnn_error(|| what))
+    }
+
+    /// [`Self::backward_bias`] by `conv2d_bias_grad_{partial,finish}_bf16`: f32 partial sums
+    /// per chunk of rows and channel in the workspace, then their sum in chunk order.
+    fn bias_grad_ours<T: Element>(
+        &mut self,
+        shape: &Conv2dShape,
+        [partial, finish]: [Kernel; 2],
+        dy: &impl DevicePtr<T>,
+        db: &mut impl DevicePtrMut<T>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let c = shape.out_channels;
+        let rows = shape.output_len() / c;
+        // Chunks of at least 1024 rows, at most 512 of them: enough blocks to fill the GPU for
+        // the large layers, few partials to add.
+        let chunks = rows.div_ceil(1024).clamp(1, 512);
+        let chunk_rows = rows.div_ceil(chunks);
+        self.grow_workspace(chunks * c * std::mem::size_of::<f32>())?;
+        let ws = self.workspace_ptr() as u64;
+        let stream = self.handle.stream().clone();
+        let args = Args::new(&partial, &stream)
+            .input("dy", dy, rows * c)?
+            .address(ws)
+            .long(rows)
+            .int("channels", c)?
+            .long(chunk_rows);
+        let grid = LaunchConfig {
+            grid_dim: (c.div_ceil(32) as u32, chunks as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: conv2d_bias_grad_partial_bf16(const bf16* dy, float* partial, long long rows,
+        // int c, long long chunk_rows); dy checked, the workspace holds chunks x c floats (grown
+        // above), T is bf16 (the only precision with these kernels, checked by `what`).
+        unsafe { args.launch(grid) }?;
+        let args = Args::new(&finish, &stream)
+            .address(ws)
+            .output("db", db, c)?
+            .int("chunks", chunks)?
+            .int("channels", c)?
+            .int("accumulate", usize::from(accumulate))?;
+        // SAFETY: conv2d_bias_grad_finish_bf16(const float* partial, bf16* db, int chunks, int c,
+        // int accumulate); as above.
+        unsafe { args.launch(elementwise(c)) }
     }
 
     /// `conv2d <pass> <shape> (<dtype>)` for errors, after checking the shape and that `T`
@@ -1077,7 +1185,12 @@ impl Conv2dKernels {
             .ok()
             .map(|()| precomputed)
             .filter(|&bytes| bytes <= WORKSPACE_LIMIT);
-            self.grow_workspace(forward.workspace.max(precomputed_workspace.unwrap_or(0)))?;
+            self.grow_workspace(
+                forward
+                    .current()
+                    .workspace
+                    .max(precomputed_workspace.unwrap_or(0)),
+            )?;
             let bias_bytes = shape.out_channels * std::mem::size_of::<f32>();
             if self.zero_bias.len() < bias_bytes {
                 self.zero_bias = self
@@ -1141,22 +1254,23 @@ impl Conv2dKernels {
         &mut self,
         shape: &Conv2dShape,
         pass: &str,
-        slot: impl Fn(&mut Plan) -> &mut Option<Choice<P::Algo>>,
+        slot: impl Fn(&mut Plan) -> &mut Option<Candidates<P::Algo>>,
         benchmark: impl FnOnce(sys::cudnnHandle_t, &Descriptors, i32, &mut i32, *mut P) -> Status,
     ) -> Result<Choice<P::Algo>> {
         let (precision, deterministic) = (self.precision, self.deterministic);
         let h = self.handle.bind()?;
         let plan = self.plan(shape)?;
-        let choice = match *slot(plan) {
-            Some(c) => c,
+        let choice = match slot(plan) {
+            Some(c) => c.current(),
             None => {
                 let what = format!("conv2d {pass} {shape} ({precision})");
                 let d = &plan.d;
                 let c = find(&what, precision, deterministic, |count, n, perf| {
                     benchmark(h, d, count, n, perf)
                 })?;
+                let first = c.current();
                 *slot(plan) = Some(c);
-                c
+                first
             }
         };
         self.grow_workspace(choice.workspace)?;
@@ -1186,28 +1300,68 @@ impl Conv2dKernels {
         h: sys::cudnnHandle_t,
         shape: &Conv2dShape,
         [x, w, y]: [u64; 3],
-    ) -> std::result::Result<(), CudnnError> {
-        let ws = self.workspace_ptr();
-        let plan = &self.plans[shape];
+        what: &str,
+    ) -> Result<()> {
         let (one, zero) = scales(false);
-        // SAFETY: the plan's descriptors describe the checked buffers; the workspace holds the
-        // chosen algorithm's.
-        unsafe {
-            dnn::convolution_forward(
-                h,
-                scalar(&one),
-                plan.d.x.0,
-                x as *const c_void,
-                plan.d.w.0,
-                w as *const c_void,
-                plan.d.conv.0,
-                plan.forward.algo,
-                ws,
-                plan.forward.workspace,
-                scalar(&zero),
-                plan.d.y.0,
-                y as *mut c_void,
-            )
+        self.execute(
+            shape,
+            what,
+            |p| &mut p.forward,
+            |k, choice| {
+                let ws = k.workspace_ptr();
+                let d = &k.plans[shape].d;
+                // SAFETY: the plan's descriptors describe the checked buffers; the workspace
+                // holds the algorithm's (grown by `execute`).
+                unsafe {
+                    dnn::convolution_forward(
+                        h,
+                        scalar(&one),
+                        d.x.0,
+                        x as *const c_void,
+                        d.w.0,
+                        w as *const c_void,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&zero),
+                        d.y.0,
+                        y as *mut c_void,
+                    )
+                }
+            },
+        )
+    }
+
+    /// Runs one pass of `shape` (`exec(self, algorithm)`) with its current algorithm, moving
+    /// on to the next acceptable one for good when cuDNN refuses it at run time (see
+    /// [`Candidates`]).
+    fn execute<A: Copy + std::fmt::Debug>(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        slot: impl Fn(&mut Plan) -> &mut Candidates<A>,
+        mut exec: impl FnMut(&mut Self, Choice<A>) -> std::result::Result<(), CudnnError>,
+    ) -> Result<()> {
+        loop {
+            let choice = slot(self.plans.get_mut(shape).expect("planned")).current();
+            self.grow_workspace(choice.workspace)?;
+            match exec(self, choice) {
+                Ok(()) => return Ok(()),
+                Err(e) if refuses(e) => {
+                    let candidates = slot(self.plans.get_mut(shape).expect("planned"));
+                    if !candidates.refuse(e) {
+                        return Err(Error::invalid(
+                            what,
+                            format!(
+                                "cuDNN refuses every acceptable algorithm (tried: {})",
+                                candidates.refused.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => return Err(cudnn_error(|| what.to_string())(e)),
+            }
         }
     }
 
@@ -1232,8 +1386,8 @@ impl Conv2dKernels {
         let candidates: Vec<(FwdAlgo, usize)> = match state {
             Fused::Unsupported(_) => return Ok(false),
             Fused::Works(algo) => {
-                let bytes = if *algo == plan.forward.algo {
-                    plan.forward.workspace
+                let bytes = if *algo == plan.forward.current().algo {
+                    plan.forward.current().workspace
                 } else {
                     plan.precomputed_workspace.unwrap_or(0)
                 };
@@ -1242,7 +1396,10 @@ impl Conv2dKernels {
             Fused::Untried => {
                 let mut c = Vec::new();
                 if relu {
-                    c.push((plan.forward.algo, plan.forward.workspace));
+                    c.push((
+                        plan.forward.current().algo,
+                        plan.forward.current().workspace,
+                    ));
                 }
                 if let Some(bytes) = plan.precomputed_workspace
                     && !c.iter().any(|&(a, _)| a == precomputed)
@@ -1477,12 +1634,29 @@ mod tests {
         fma.algo = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD;
         fma.memory = 1024;
         let c = pick(&[tensor_op, fma], Precision::F32, false, "x").unwrap();
-        assert_eq!(c.algo, FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD);
-        let c = pick(&[tensor_op, fma], Precision::Tf32, false, "x").unwrap();
+        assert_eq!(c.list.len(), 1);
         assert_eq!(
-            c.algo,
+            c.current().algo,
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
+        );
+        let mut c = pick(&[tensor_op, fma], Precision::Tf32, false, "x").unwrap();
+        assert_eq!(
+            c.current().algo,
             FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
         );
+        // Refused when run: the next one takes over; the last one stays.
+        let bad_param = CudnnError(Status::CUDNN_STATUS_BAD_PARAM);
+        assert!(c.refuse(bad_param));
+        assert_eq!(
+            c.current().algo,
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
+        );
+        assert!(!c.refuse(bad_param));
+        assert_eq!(
+            c.current().algo,
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
+        );
+        assert!(c.refused[0].contains("IMPLICIT_PRECOMP_GEMM: CUDNN_STATUS_BAD_PARAM when run"));
         let e = pick(&[tensor_op], Precision::F32, false, "conv2d forward");
         let e = e.unwrap_err().to_string();
         assert!(

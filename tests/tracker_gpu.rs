@@ -16,7 +16,6 @@ use attnrt::cswintt::Mode;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::tracker::golden::{CheckOptions, check_golden};
 use attnrt::tracker::gpu_network;
-use attnrt::tracker::synthetic::{SyntheticSpec, write_synthetic_tracker};
 use attnrt::tracker::{BBox, CpuNetwork, Frame, Network, Tracked, Tracker, TrackerWeights};
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
@@ -61,23 +60,9 @@ fn golden_check_passes_on_the_gpu_in_every_mode_and_precision() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
-/// A 160 x 120 frame with a bright 30 x 24 target at `(x, y)` on a patterned background.
+/// The 160 x 120 synthetic frame with the target at `(x, y)`.
 fn frame(x: usize, y: usize) -> Frame {
-    let (w, h) = (160, 120);
-    let mut data = vec![0u8; w * h * 3];
-    for r in 0..h {
-        for c in 0..w {
-            for ch in 0..3 {
-                let inside = (x..x + 30).contains(&c) && (y..y + 24).contains(&r);
-                data[(r * w + c) * 3 + ch] = if inside {
-                    230 - 40 * ch as u8
-                } else {
-                    ((r * 7 + c * 3 + ch * 50) % 97) as u8
-                };
-            }
-        }
-    }
-    Frame::new(h, w, data).unwrap()
+    common::synthetic_frame(160, 120, x, y)
 }
 
 /// Tracks a moving target for 12 frames (template updates every 2, the target reaching
@@ -97,8 +82,7 @@ fn gpu_tracks_a_synthetic_sequence_as_the_cpu_does() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.safetensors");
-    write_synthetic_tracker(&path, &SyntheticSpec::tiny(), 3).unwrap();
+    let path = common::tiny_tracker_file(dir.path(), 3);
     let weights = Arc::new(TrackerWeights::load(&path).unwrap());
     let cpu = track(Box::new(CpuNetwork::new(weights.clone()).unwrap()));
     for mode in MODES {

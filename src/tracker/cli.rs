@@ -186,8 +186,7 @@ pub fn run(
 }
 
 /// The network on the device the flags ask for: `cpu` the CPU reference (f32 only),
-/// `cuda[:N]` the GPU network (an error when unavailable), `auto` the GPU network when one is
-/// usable, else the CPU reference with a notice saying why.
+/// `cuda[:N]` the GPU network (an error when unavailable), `auto` as [`auto_device`] says.
 fn network(
     weights: Arc<TrackerWeights>,
     shared: &Shared,
@@ -206,19 +205,28 @@ fn network(
     match shared.device {
         Device::Cpu => cpu(weights),
         Device::Cuda(n) => gpu(n, weights),
-        Device::Auto => match gpu(0, weights.clone()) {
-            Ok(net) => Ok(net),
-            Err(e) => {
-                let reason = match e {
-                    Error::NoGpu { reason } => reason,
-                    other => other.to_string(),
-                };
-                events(Event::Notice(format!(
-                    "no GPU used ({reason}); the tracker runs on the CPU reference"
-                )));
-                cpu(weights)
-            }
-        },
+        Device::Auto => auto_device(gpu(0, weights.clone()), || cpu(weights), events),
+    }
+}
+
+/// `--device auto`: the GPU network `gpu` made, or the CPU reference with a notice when the
+/// machine has no usable GPU ([`Error::NoGpu`]: no driver, no device, no compiled kernels).
+/// Any other failure (out of device memory, a missing cuDNN, a kernel that does not load) is
+/// returned: a user with a GPU wants to know that it failed, not a CPU run a thousand times
+/// slower.
+pub fn auto_device<N>(
+    gpu: Result<N>,
+    cpu: impl FnOnce() -> Result<N>,
+    events: &mut dyn FnMut(Event),
+) -> Result<N> {
+    match gpu {
+        Err(Error::NoGpu { reason }) => {
+            events(Event::Notice(format!(
+                "no GPU used ({reason}); the tracker runs on the CPU reference"
+            )));
+            cpu()
+        }
+        other => other,
     }
 }
 
@@ -756,4 +764,42 @@ fn time_step(
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_only_without_a_usable_gpu() {
+        let mut notices = Vec::new();
+        let mut events = |e: Event| {
+            if let Event::Notice(n) = e {
+                notices.push(n)
+            }
+        };
+        let none = Err(Error::NoGpu {
+            reason: "the CUDA driver reports 0 devices".into(),
+        });
+        assert_eq!(auto_device(none, || Ok("cpu"), &mut events).unwrap(), "cpu");
+        assert_eq!(
+            auto_device(Ok("gpu"), || Ok("cpu"), &mut events).unwrap(),
+            "gpu"
+        );
+        let failures = [
+            Error::MissingLibrary {
+                library: "cuDNN".into(),
+                reason: "libcudnn.so.9 not found".into(),
+            },
+            Error::invalid("allocating 4096 tracker activations", "out of memory"),
+        ];
+        for failure in failures {
+            let said = failure.to_string();
+            let e =
+                auto_device::<&str>(Err(failure), || panic!("fell back"), &mut events).unwrap_err();
+            assert_eq!(e.to_string(), said);
+        }
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("0 devices"), "{notices:?}");
+    }
 }

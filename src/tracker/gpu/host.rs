@@ -212,6 +212,12 @@ impl HostTraffic {
     /// Queues the copies of the corners and the logit into the landing buffer, and the
     /// event [`HostTraffic::results`] waits for.
     pub fn fetch(&mut self, corners: &DeviceBuffer<f64>, logit: &DeviceBuffer<f32>) -> Result<()> {
+        if corners.len() < 4 || logit.is_empty() {
+            return Err(Error::invalid(
+                "tracker results",
+                "4 corners and 1 logit expected on the device",
+            ));
+        }
         let s = self.stream.clone();
         let landing = self
             .landing
@@ -220,12 +226,6 @@ impl HostTraffic {
         let (to_corners, to_logit) = landing.split_at_mut(CORNER_BYTES);
         let (c, _c) = corners.device_ptr(&s);
         let (l, _l) = logit.device_ptr(&s);
-        if corners.len() < 4 || logit.is_empty() {
-            return Err(Error::invalid(
-                "tracker results",
-                "4 corners and 1 logit expected on the device",
-            ));
-        }
         // SAFETY: the landing buffer is page-locked memory owned by `self`, read only after
         // `landed` (recorded next) completes, and not freed before the stream is done
         // (`Drop`); the sources hold at least the bytes copied (checked above).

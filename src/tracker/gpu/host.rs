@@ -4,7 +4,7 @@
 //!
 //! - Frames go up through two staging slots, each grown when a larger frame comes: one holds
 //!   the frame the current step reads, the other takes the next frame while that step runs
-//!   (the tracking loop's one-frame lookahead, [`super::super::Tracker::track_ahead`]), so
+//!   (the tracking loop's one-frame lookahead, [`crate::tracker::Tracker::track_ahead`]), so
 //!   the host's copy of a frame overlaps the GPU's work on the one before.
 //! - The step's results (four corners, one logit) come back into one small landing buffer,
 //!   waited for with one event: the only wait of a tracking step.
@@ -19,7 +19,7 @@ use crate::tracker::frame::Frame;
 
 /// Which frame a slot holds: its bytes' address and size. A frame staged ahead is known
 /// again by these when its search comes (the caller's promise that it is the same,
-/// unchanged frame: see [`super::super::Tracker::track_ahead`]).
+/// unchanged frame: see [`crate::tracker::Tracker::track_ahead`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameKey {
     addr: usize,

@@ -63,7 +63,8 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
   scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
   scripts/perf-attention.sh scripts/perf-tracker.sh scripts/convert_checkpoint.py \
-  scripts/make_jpeg_sequence.py scripts/sanitize.sh scripts/cudnn-env.sh scripts/test-env.sh examples/train-vit-synthetic.toml "$stage/"
+  scripts/make_jpeg_sequence.py scripts/steps.sh scripts/sanitize.sh scripts/cudnn-env.sh \
+  scripts/test-env.sh examples/train-vit-synthetic.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"

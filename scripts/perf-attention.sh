@@ -19,24 +19,12 @@
 set -uo pipefail
 stage="${1:?usage: perf-attention.sh STAGE_DIR}"
 out="${OUT:-perf-out}"
-mkdir -p "$out"
-: > "$out/status.txt"
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+steps_begin
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"
-
-# step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output appended
-# to $out/NAME.txt, and records its exit status.
-step() {
-  local name="$1" limit="$2"
-  shift 2
-  echo "=== $name: $*" | tee -a "$out/$name.txt"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.txt"
-  local rc=${PIPESTATUS[0]}
-  echo "$name rc=$rc $((SECONDS - start))s: $*" | tee -a "$out/status.txt"
-}
 
 t="$stage/tests"
 step tests 240 "$t/kernels" --test-threads=1 window_attention
@@ -53,5 +41,5 @@ fi
 step kernels 300 "$stage/bench/kernels" "window_attention|linear" --warm-up-time 0.3 \
   --measurement-time 0.7
 step engine 200 "$stage/bench/engine" --reps 100 --precision all --json "$out/engine.json"
-grep -E "rc=[^0]" "$out/status.txt" && exit 1
+steps_failed && exit 1
 exit 0

@@ -10,8 +10,10 @@
 #      --model tracker.safetensors` in every mode x precision, eager and one CUDA graph a step
 #      (p50/p90/p99, frames/s, device memory, the stages): ours.jsonl, one JSON line each, and
 #      tracker.json, the rows in benches/engine.rs's format;
-#   4. a 1000-frame sequence of 1280x720 JPEGs made here (scripts/make_jpeg_sequence.py),
-#      tracked end to end, decoding included, in the best configuration of step 3 (jpeg.json);
+#   4. the best configuration of step 3 traced, one span per stage (trace.txt, its stage
+#      table; tracker-trace.json, the Chrome trace), and a 1000-frame sequence of 1280x720
+#      JPEGs made here (scripts/make_jpeg_sequence.py), tracked end to end in it, decoding
+#      included (jpeg.json);
 #   5. the original's network work for one frame (search backbone + transformer + heads, batch
 #      1; the crop is not in it): eager, torch.compile default and reduce-overhead, f32 (TF32
 #      off) and bf16 autocast, peak memory beside each (original.json, original-bench.txt),
@@ -28,23 +30,11 @@ original="${2:?usage: perf-tracker.sh STAGE_DIR ORIGINAL_DIR}"
 out="${OUT:-perf-out}"
 budget="${PERF_BUDGET:-560}"
 iters="${PERF_ITERS:-300}"
-mkdir -p "$out"
-: > "$out/status.txt"
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+steps_begin
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 source "$stage/cudnn-env.sh"
-
-# step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output to the
-# terminal and to $out/NAME.txt, and records its exit status.
-step() {
-  local name="$1" limit="$2"
-  shift 2
-  echo "=== $name: $*"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
-  local rc=${PIPESTATUS[0]}
-  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$out/status.txt"
-}
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
   > "$out/device.txt" 2>&1
@@ -98,6 +88,9 @@ b = min(rows, key=lambda r: r["p50_ms"])
 print(b["precision"], b["mode"], "--graph" if b["launch"] == "graph" else "")
 ' "$out/tracker.json")"
 read -r bprec bmode bgraph <<< "$best"
+# shellcheck disable=SC2086 # $bgraph is empty or one flag
+step trace 60 "$stage/bin/attnrt-infer" --model "$model" --device cuda --mode "$bmode" \
+  --precision "$bprec" $bgraph --iters 20 --warmup 5 --trace "$out/tracker-trace.json"
 step jpeg-make 120 python3 "$stage/make_jpeg_sequence.py" "$out/jpeg-seq" --frames 1000
 step jpeg 180 bash -c "'$stage/bin/attnrt-infer' --model '$model' --device cuda --mode $bmode \
   --precision $bprec $bgraph --frames '$out/jpeg-seq' --json > '$out/jpeg.json'"
@@ -115,8 +108,5 @@ step original-bench "$left" python3 "$stage/original_cswintt.py" --original "$or
 step table 20 python3 "$stage/perf_table.py" --engine "$out/tracker.json" \
   --original "$out/original.json" --jpeg "$out/jpeg.json" --out "$out/table.md"
 
-if grep -qv ' rc=0 ' "$out/status.txt"; then
-  echo "some steps failed:"
-  grep -v ' rc=0 ' "$out/status.txt"
-  exit 1
-fi
+steps_failed && exit 1
+exit 0

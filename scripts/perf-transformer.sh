@@ -29,23 +29,11 @@ original="${2:?usage: perf-transformer.sh STAGE_DIR ORIGINAL_DIR}"
 out="${OUT:-perf-out}"
 budget="${PERF_BUDGET:-560}"
 batches="${PERF_BATCHES:-1,8,32}"
-mkdir -p "$out"
-: > "$out/status.txt"
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+steps_begin
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
 # A missing GPU fails every step instead of skipping it.
 export ATTNRT_REQUIRE_GPU=1
-
-# step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output to the
-# terminal and to $out/NAME.txt, and records its exit status.
-step() {
-  local name="$1" limit="$2"
-  shift 2
-  echo "=== $name: $*"
-  local start=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee "$out/$name.txt"
-  local rc=${PIPESTATUS[0]}
-  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$out/status.txt"
-}
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
   > "$out/device.txt" 2>&1
@@ -83,8 +71,5 @@ fi
 step table 20 python3 "$stage/perf_table.py" --engine "$out/engine.json" \
   --original "$out/original.json" "${criterion[@]}" --out "$out/table.md"
 
-if grep -qv ' rc=0 ' "$out/status.txt"; then
-  echo "some steps failed:"
-  grep -v ' rc=0 ' "$out/status.txt"
-  exit 1
-fi
+steps_failed && exit 1
+exit 0

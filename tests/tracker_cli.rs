@@ -368,6 +368,14 @@ fn bad_input_is_a_clear_error() {
     // No ground truth and no --init.
     let seq = sequence(&st.path("no_gt"), ".", 2, "png", None);
     track(&seq, &[], &["groundtruth.txt", "--init"]);
+    // --trace times a GPU engine's stages; the CPU reference has none to give.
+    let trace = st.path("trace.json");
+    track(
+        &with_gt("traced", 2, "40,30,30,24\n"),
+        &["--trace", s(&trace)],
+        &["--trace", "needs a GPU engine"],
+    );
+    assert!(!trace.exists());
     // A box outside the image (from --init and from groundtruth.txt).
     track(&seq, &["--init", "500,30,30,24"], &["--init", "outside"]);
     track(&seq, &["--init", "40,30,30"], &["--init"]);

@@ -5,8 +5,9 @@
 
 mod common;
 
+use common::{synthetic_frame as frame, tiny_tracker_file as tiny_file};
+
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,8 +17,8 @@ use attnrt::kernels::conv2d::cpu::{Conv2d, Layout, conv2d};
 use attnrt::tracker::crop::sample_target;
 use attnrt::tracker::golden::{CheckOptions, Measure, check_golden};
 use attnrt::tracker::posenc::{PositionCache, sine_encoding};
-use attnrt::tracker::synthetic::{SyntheticSpec, synthetic_tracker, write_synthetic_tracker};
-use attnrt::tracker::{BBox, CpuNetwork, Frame, Network, Tracker, TrackerWeights, is_tracker};
+use attnrt::tracker::synthetic::{SyntheticSpec, synthetic_tracker};
+use attnrt::tracker::{BBox, CpuNetwork, Network, Tracker, TrackerWeights, is_tracker};
 
 #[test]
 fn golden_first_frames_pass() {
@@ -62,12 +63,6 @@ fn golden_first_frames_pass() {
     {
         assert_eq!(l.differing, 0, "{l:?}");
     }
-}
-
-fn tiny_file(dir: &Path, seed: u64) -> std::path::PathBuf {
-    let p = dir.join(format!("tiny{seed}.safetensors"));
-    write_synthetic_tracker(&p, &SyntheticSpec::tiny(), seed).unwrap();
-    p
 }
 
 /// The tiny tracker's tensors, changed by `edit`, written to a file and loaded.
@@ -253,24 +248,6 @@ fn bad_tracker_files_are_errors_naming_the_tensor() {
         m.insert("update_interval".into(), "0".into());
     }));
     assert!(e.contains("metadata 'update_interval'"), "{e}");
-}
-
-/// A frame with a bright square at `(x, y)` on a textured background.
-fn frame(w: usize, h: usize, x: usize, y: usize) -> Frame {
-    let mut data = vec![0u8; w * h * 3];
-    for r in 0..h {
-        for c in 0..w {
-            for ch in 0..3 {
-                let inside = (x..x + 30).contains(&c) && (y..y + 24).contains(&r);
-                data[(r * w + c) * 3 + ch] = if inside {
-                    230 - 40 * ch as u8
-                } else {
-                    ((r * 7 + c * 3 + ch * 50) % 97) as u8
-                };
-            }
-        }
-    }
-    Frame::new(h, w, data).unwrap()
 }
 
 fn tiny_tracker(interval: usize) -> Tracker<CpuNetwork> {

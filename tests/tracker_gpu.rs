@@ -4,8 +4,10 @@
 //! tolerances (f32: the issue's, max(1e-5, 4x the original's f32 error) and 0.1 px; tf32 /
 //! bf16: 2e-3 / 2e-2 and 1 / 5 px); and a synthetic sequence tracked on the GPU as on the
 //! CPU reference, in every mode, with and without the graph (each network picks its own
-//! cuDNN algorithms, so runs agree to rounding, not bit for bit). Skips without a GPU;
-//! `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
+//! cuDNN algorithms, so runs agree to rounding, not bit for bit); the lookahead and
+//! changing frame sizes on one network; the trace of one step (`Network::trace` and
+//! `attnrt-infer --trace`). Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU
+//! fail.
 
 mod common;
 
@@ -13,10 +15,11 @@ use std::sync::Arc;
 
 use attnrt::base::Precision;
 use attnrt::cswintt::Mode;
+use attnrt::cswintt::gpu::trace::chrome_trace;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::tracker::golden::{CheckOptions, check_golden};
 use attnrt::tracker::gpu_network;
-use attnrt::tracker::synthetic::{SyntheticSpec, write_synthetic_tracker};
+use attnrt::tracker::track::stage_times;
 use attnrt::tracker::{BBox, CpuNetwork, Frame, Network, Tracked, Tracker, TrackerWeights};
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
@@ -61,34 +64,58 @@ fn golden_check_passes_on_the_gpu_in_every_mode_and_precision() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
-/// A 160 x 120 frame with a bright 30 x 24 target at `(x, y)` on a patterned background.
-fn frame(x: usize, y: usize) -> Frame {
-    let (w, h) = (160, 120);
-    let mut data = vec![0u8; w * h * 3];
-    for r in 0..h {
-        for c in 0..w {
-            for ch in 0..3 {
-                let inside = (x..x + 30).contains(&c) && (y..y + 24).contains(&r);
-                data[(r * w + c) * 3 + ch] = if inside {
-                    230 - 40 * ch as u8
-                } else {
-                    ((r * 7 + c * 3 + ch * 50) % 97) as u8
-                };
-            }
-        }
-    }
-    Frame::new(h, w, data).unwrap()
+/// The synthetic sequence: 13 `w x h` frames, the target moving 8 px right and 5 px down
+/// a frame from `(40, 30)` (reaching the edge of a 160 x 120 frame, so crops pad).
+fn frames(w: usize, h: usize) -> Vec<Frame> {
+    (0..=12)
+        .map(|i| common::synthetic_frame(w, h, 40 + 8 * i, 30 + 5 * i))
+        .collect()
 }
 
-/// Tracks a moving target for 12 frames (template updates every 2, the target reaching
-/// the frame's edge so crops pad).
-fn track(net: Box<dyn Network>) -> Vec<Tracked> {
+/// Tracks `frames` (template updates every 2), each step told the frame `ahead` after it
+/// (none for 0); returns the results and the network.
+fn track<N: Network>(net: N, frames: &[Frame], ahead: usize) -> (Vec<Tracked>, N) {
     let mut t = Tracker::new(net, 2).unwrap();
-    t.initialise(&frame(40, 30), BBox::new(40.0, 30.0, 30.0, 24.0))
+    t.initialise(&frames[0], BBox::new(40.0, 30.0, 30.0, 24.0))
         .unwrap();
-    (1..=12)
-        .map(|i| t.track(&frame(40 + 8 * i, 30 + 5 * i)).unwrap())
-        .collect()
+    let got = (1..frames.len())
+        .map(|i| {
+            let next = (ahead > 0).then(|| frames.get(i + ahead)).flatten();
+            t.track_ahead(&frames[i], next).unwrap()
+        })
+        .collect();
+    (got, t.into_network())
+}
+
+/// `got` follows `want` (the CPU reference's) to 0.01 px, with the same template updates.
+fn assert_follows(got: &[Tracked], want: &[Tracked], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, c)) in got.iter().zip(want).enumerate() {
+        let px = g
+            .bbox
+            .to_array()
+            .iter()
+            .zip(c.bbox.to_array())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(px <= 1e-2, "{what} frame {}: {px} px", i + 1);
+        assert_eq!(
+            g.template_updated,
+            c.template_updated,
+            "{what} frame {}",
+            i + 1
+        );
+        assert!(
+            (g.confidence - c.confidence).abs() <= 1e-4,
+            "{what} frame {}",
+            i + 1
+        );
+    }
+}
+
+fn tiny_weights(dir: &tempfile::TempDir) -> Arc<TrackerWeights> {
+    let path = common::tiny_tracker_file(dir.path(), 3);
+    Arc::new(TrackerWeights::load(&path).unwrap())
 }
 
 #[test]
@@ -97,27 +124,143 @@ fn gpu_tracks_a_synthetic_sequence_as_the_cpu_does() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.safetensors");
-    write_synthetic_tracker(&path, &SyntheticSpec::tiny(), 3).unwrap();
-    let weights = Arc::new(TrackerWeights::load(&path).unwrap());
-    let cpu = track(Box::new(CpuNetwork::new(weights.clone()).unwrap()));
+    let weights = tiny_weights(&dir);
+    let seq = frames(160, 120);
+    let cpu = track(CpuNetwork::new(weights.clone()).unwrap(), &seq, 0).0;
     for mode in MODES {
         for graph in [false, true] {
             let net =
                 gpu_network(gpu.clone(), weights.clone(), mode, Precision::F32, graph).unwrap();
-            let got = track(net);
-            for (i, (g, c)) in got.iter().zip(&cpu).enumerate() {
-                let px = g
-                    .bbox
-                    .to_array()
-                    .iter()
-                    .zip(c.bbox.to_array())
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f64::max);
-                assert!(px <= 1e-2, "{mode} graph {graph} frame {}: {px} px", i + 1);
-                assert_eq!(g.template_updated, c.template_updated, "frame {}", i + 1);
-                assert!((g.confidence - c.confidence).abs() <= 1e-4);
+            let got = track(net, &seq, 0).0;
+            assert_follows(&got, &cpu, &format!("{mode} graph {graph}"));
+        }
+    }
+}
+
+/// The lookahead (the next frame staged in page-locked memory while a step runs) changes no
+/// result, bit for bit, nor does a wrong one (the frame after next staged: the search must
+/// copy its own frame); one network tracks sequences of two frame sizes in turn (its
+/// staging grows, its device frame and graph are remade).
+#[test]
+fn lookahead_and_frame_sizes_change_no_result() {
+    let Some(gpu) = gpu_or_skip("lookahead_and_frame_sizes_change_no_result") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&dir);
+    let (small, large) = (frames(160, 120), frames(320, 200));
+    let cpu = |seq: &[Frame]| track(CpuNetwork::new(weights.clone()).unwrap(), seq, 0).0;
+    let (cpu_small, cpu_large) = (cpu(&small), cpu(&large));
+    for graph in [false, true] {
+        let mut net = gpu_network(
+            gpu.clone(),
+            weights.clone(),
+            Mode::Fused,
+            Precision::F32,
+            graph,
+        )
+        .unwrap();
+        for (seq, want, size) in [
+            (&small, &cpu_small, "small"),
+            (&large, &cpu_large, "large"),
+            (&small, &cpu_small, "small again"),
+        ] {
+            let plain;
+            (plain, net) = track(net, seq, 0);
+            assert_follows(&plain, want, &format!("graph {graph} {size}"));
+            for ahead in [1, 2] {
+                let got;
+                (got, net) = track(net, seq, ahead);
+                let boxes = |r: &[Tracked]| r.iter().map(|t| t.bbox).collect::<Vec<_>>();
+                assert_eq!(
+                    boxes(&got),
+                    boxes(&plain),
+                    "graph {graph} {size}: frames staged {ahead} ahead"
+                );
             }
         }
+    }
+}
+
+const STAGES: [&str; 9] = [
+    "crop",
+    "backbone/stem",
+    "backbone/layer1",
+    "backbone/layer2",
+    "backbone/layer3",
+    "backbone/bottleneck",
+    "transformer",
+    "heads/corners",
+    "heads/score",
+];
+
+/// The names of a Chrome trace's events.
+fn trace_names(json: &str) -> Vec<String> {
+    let trace: serde_json::Value = serde_json::from_str(json).expect("the trace parses");
+    trace["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .iter()
+        .map(|e| e["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+/// `Network::trace` and `attnrt-infer --frames ... --trace FILE`: a Chrome trace naming every
+/// stage of one step, and the per-stage table; `--device auto` takes the GPU.
+#[test]
+fn trace_names_every_stage_of_a_step() {
+    let Some(gpu) = gpu_or_skip("trace_names_every_stage_of_a_step") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&dir);
+    let seq = frames(160, 120);
+    let net = gpu_network(gpu, weights, Mode::Streams, Precision::F32, true).unwrap();
+    let mut t = Tracker::new(net, 2).unwrap();
+    t.initialise(&seq[0], BBox::new(40.0, 30.0, 30.0, 24.0))
+        .unwrap();
+    let state = t.state().unwrap();
+    let spans = t.network_mut().trace(&seq[1], &state).unwrap();
+    let names = trace_names(&chrome_trace(&spans).to_string());
+    assert_eq!(names, STAGES, "{spans:?}");
+    let times = stage_times(&spans);
+    for (name, ms) in times.named() {
+        assert!(ms > 0.0, "{name}: {ms} ms");
+    }
+    // The trace leaves the state alone.
+    assert_eq!(t.state(), Some(state));
+
+    let frames_dir = dir.path().join("seq");
+    std::fs::create_dir_all(&frames_dir).unwrap();
+    for (i, f) in seq.iter().enumerate() {
+        image::RgbImage::from_raw(f.width as u32, f.height as u32, f.data.clone())
+            .unwrap()
+            .save(frames_dir.join(format!("{:08}.png", i + 1)))
+            .unwrap();
+    }
+    std::fs::write(frames_dir.join("groundtruth.txt"), "40,30,30,24\n").unwrap();
+    let model = common::tiny_tracker_file(dir.path(), 3);
+    let file = dir.path().join("trace.json");
+    let out = std::process::Command::new(common::bin(
+        "attnrt-infer",
+        env!("CARGO_BIN_EXE_attnrt-infer"),
+    ))
+    .args(["--device", "auto", "--graph", "--model"])
+    .arg(&model)
+    .arg("--frames")
+    .arg(&frames_dir)
+    .arg("--trace")
+    .arg(&file)
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("on cuda:0"), "{stdout}{stderr}");
+    let names = trace_names(&std::fs::read_to_string(&file).unwrap());
+    assert_eq!(names, STAGES);
+    assert!(stdout.contains("trace:"), "{stdout}");
+    for stage in STAGES {
+        assert!(stdout.contains(stage), "{stage} not in the table: {stdout}");
     }
 }

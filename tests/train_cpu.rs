@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{Bf16, F32};
+use attnrt::train::data::MAX_SYNTHETIC_SIDE;
 use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::checkpoint::{self, CheckpointMeta};
@@ -85,6 +86,25 @@ fn cifar10_errors_name_the_file() {
         .unwrap()
         .to_string();
     assert!(e.starts_with("jobs.toml: job 'a': dataset"), "{e}");
+}
+
+#[test]
+fn synthetic_side_is_bounded() {
+    let side = MAX_SYNTHETIC_SIDE;
+    let d = Dataset::open(&format!("synthetic:2,{side}"), 0, "test").unwrap();
+    assert_eq!((d.shape().height, d.shape().width), (side, side));
+    for spec in [format!("synthetic:2,{}", side + 1), "synthetic:2,0".into()] {
+        let e = Dataset::open(&spec, 0, "jobs.toml: job 'a': dataset")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("jobs.toml: job 'a': dataset")
+                && e.contains(&spec)
+                && e.contains(&format!("1..={side}")),
+            "{e}"
+        );
+    }
 }
 
 fn idx(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {

@@ -113,7 +113,9 @@ struct Args {
 
     /// GPU: after the timed runs, time one eager forward pass with CUDA events and write it as a
     /// Chrome-trace JSON (open in ui.perfetto.dev or chrome://tracing): one span per stage and per
-    /// head kernel, one track per stream. Also prints how much the head kernels overlapped.
+    /// head kernel, one track per stream. Also prints how much the head kernels overlapped. With
+    /// a whole tracker, one tracking step (the first tracked frame's with --frames): a span per
+    /// stage (crop, each backbone stage, transformer, heads), also printed as a table.
     #[arg(long, value_name = "FILE", conflicts_with = "check")]
     trace: Option<PathBuf>,
 
@@ -147,6 +149,7 @@ fn run(args: Args) -> Result<ExitCode> {
         iters: args.iters,
         warmup: args.warmup,
         seed: args.seed,
+        trace: args.trace.as_deref(),
     };
     let mut view = TrackView::new(args.json);
     let tracked =

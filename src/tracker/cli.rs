@@ -26,6 +26,7 @@ use super::weights::{FORMAT, TrackerWeights, is_tracker};
 use crate::base::devices::Device;
 use crate::base::{LatencyStats, Precision, TensorFile};
 use crate::cswintt::Mode;
+use crate::cswintt::gpu::trace::chrome_trace;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::model::golden::weights_for_golden;
@@ -105,6 +106,9 @@ pub struct Shared<'a> {
     pub iters: Option<usize>,
     pub warmup: Option<usize>,
     pub seed: u64,
+    /// Write one search step as a Chrome trace (GPU): the first tracked frame's with
+    /// `--frames`, a random frame's when timing.
+    pub trace: Option<&'a Path>,
 }
 
 /// What a run reports while it works, for the binary to show (a progress bar, notices).
@@ -186,8 +190,7 @@ pub fn run(
 }
 
 /// The network on the device the flags ask for: `cpu` the CPU reference (f32 only),
-/// `cuda[:N]` the GPU network (an error when unavailable), `auto` the GPU network when one is
-/// usable, else the CPU reference with a notice saying why.
+/// `cuda[:N]` the GPU network (an error when unavailable), `auto` as [`auto_device`] says.
 fn network(
     weights: Arc<TrackerWeights>,
     shared: &Shared,
@@ -206,19 +209,28 @@ fn network(
     match shared.device {
         Device::Cpu => cpu(weights),
         Device::Cuda(n) => gpu(n, weights),
-        Device::Auto => match gpu(0, weights.clone()) {
-            Ok(net) => Ok(net),
-            Err(e) => {
-                let reason = match e {
-                    Error::NoGpu { reason } => reason,
-                    other => other.to_string(),
-                };
-                events(Event::Notice(format!(
-                    "no GPU used ({reason}); the tracker runs on the CPU reference"
-                )));
-                cpu(weights)
-            }
-        },
+        Device::Auto => auto_device(gpu(0, weights.clone()), || cpu(weights), events),
+    }
+}
+
+/// `--device auto`: the GPU network `gpu` made, or the CPU reference with a notice when the
+/// machine has no usable GPU ([`Error::NoGpu`]: no driver, no device, no compiled kernels).
+/// Any other failure (out of device memory, a missing cuDNN, a kernel that does not load) is
+/// returned: a user with a GPU wants to know that it failed, not a CPU run a thousand times
+/// slower.
+pub fn auto_device<N>(
+    gpu: Result<N>,
+    cpu: impl FnOnce() -> Result<N>,
+    events: &mut dyn FnMut(Event),
+) -> Result<N> {
+    match gpu {
+        Err(Error::NoGpu { reason }) => {
+            events(Event::Notice(format!(
+                "no GPU used ({reason}); the tracker runs on the CPU reference"
+            )));
+            cpu()
+        }
+        other => other,
     }
 }
 
@@ -237,6 +249,8 @@ struct SequenceRun {
     track_s: f64,
     wall_s: f64,
     metrics: Option<Metrics>,
+    /// The traced step's stages, `(name, ms)`, for the sequence `--trace` traced.
+    trace: Option<Vec<(String, f64)>>,
 }
 
 impl SequenceRun {
@@ -292,7 +306,9 @@ fn track(
             .unwrap_or_else(|| seq.layout.update_interval());
         describe = format!("{} on {}", net.describe(), net.device());
         let mut tracker = Tracker::new(net, interval)?;
-        let run = track_sequence(&mut tracker, seq, args, events)?;
+        // The first sequence's first tracked frame is the one traced.
+        let trace = shared.trace.filter(|_| runs.is_empty());
+        let run = track_sequence(&mut tracker, seq, args, trace, events)?;
         runs.push(run);
         net = tracker.into_network();
     }
@@ -352,6 +368,7 @@ fn track(
                     "fps": r.fps(),
                     "fps_end_to_end": r.fps_end_to_end(),
                     "metrics": r.metrics,
+                    "trace": r.trace.as_ref().map(|t| trace_json(shared.trace, t)),
                 })
             })
             .collect();
@@ -397,6 +414,10 @@ fn track(
         )
         .map_err(write_err)?;
     }
+    for (r, t) in runs.iter().filter_map(|r| r.trace.as_ref().map(|t| (r, t))) {
+        let what = format!("{}'s first tracked frame", r.seq.name);
+        write_trace_table(out, shared.trace, &what, t)?;
+    }
     if let (true, Some(o)) = (evaluated.len() > 1, &overall) {
         writeln!(
             out,
@@ -430,11 +451,14 @@ fn metrics_line(m: &Metrics) -> String {
     )
 }
 
-/// Tracks one sequence with frames decoded ahead on other threads.
+/// Tracks one sequence with frames decoded ahead on other threads, each frame's step told
+/// the next frame ([`Tracker::track_ahead`]); with `trace`, the first tracked frame's step
+/// is also traced into that file (before it is tracked, outside the timings).
 fn track_sequence<N: Network>(
     tracker: &mut Tracker<N>,
     seq: Sequence,
     args: &TrackArgs,
+    trace: Option<&Path>,
     events: &mut dyn FnMut(Event),
 ) -> Result<SequenceRun> {
     let (init, init_ctx) = match (&args.init, &seq.groundtruth) {
@@ -451,7 +475,7 @@ fn track_sequence<N: Network>(
     let threads = std::thread::available_parallelism()
         .map_or(1, |p| p.get())
         .clamp(1, 4);
-    let mut frames = Prefetch::new(seq.frames.clone(), threads, DECODE_AHEAD);
+    let mut frames = Prefetch::new(seq.frames.clone(), threads, DECODE_AHEAD).peekable();
     events(Event::Sequence {
         name: &seq.name,
         frames: n,
@@ -462,10 +486,23 @@ fn track_sequence<N: Network>(
     }
     let (mut boxes, mut scores) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut track_s = 0.0;
+    let mut traced = None;
     let start = Instant::now();
-    for (i, frame) in frames.by_ref().enumerate() {
+    let mut i = 0;
+    while let Some(frame) = frames.next() {
         let frame = frame?;
         let path = &seq.frames[i];
+        // Each frame moves from here into the next iteration's `frame`: the address the
+        // network knows a staged frame by stays the frame's (see `track_ahead`).
+        let next = match frames.peek() {
+            Some(Ok(f)) => Some(f),
+            _ => None,
+        };
+        if let (1, Some(p), Some(state)) = (i, trace, tracker.state()) {
+            let t = write_trace(tracker.network_mut(), &frame, &state, p)
+                .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
+            traced = Some(t);
+        }
         let t0 = Instant::now();
         let (bbox, score) = if i == 0 {
             tracker.initialise(&frame, init).map_err(|e| {
@@ -474,7 +511,7 @@ fn track_sequence<N: Network>(
             (init, 1.0)
         } else {
             let r = tracker
-                .track(&frame)
+                .track_ahead(&frame, next)
                 .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
             (r.bbox, r.confidence)
         };
@@ -492,6 +529,7 @@ fn track_sequence<N: Network>(
             done: boxes.len(),
             fps: boxes.len() as f64 / track_s.max(1e-12),
         });
+        i += 1;
     }
     events(Event::SequenceDone);
     let metrics = if seq.fully_annotated() {
@@ -509,6 +547,7 @@ fn track_sequence<N: Network>(
         track_s,
         wall_s: start.elapsed().as_secs_f64(),
         metrics,
+        trace: traced,
     })
 }
 
@@ -668,7 +707,8 @@ fn time_step(
     // Random frames move the box anywhere; it starts over from the middle when the
     // prediction shrinks it to the clip margin, so every step crops a real search region.
     let step = |tracker: &mut Tracker<Box<dyn Network>>, i: usize| -> Result<()> {
-        let b = tracker.track(&frames[i % frames.len()])?.bbox;
+        let (frame, next) = (&frames[i % frames.len()], &frames[(i + 1) % frames.len()]);
+        let b = tracker.track_ahead(frame, Some(next))?.bbox;
         if b.w <= 10.0 || b.h <= 10.0 {
             tracker.set_state(start);
         }
@@ -695,6 +735,10 @@ fn time_step(
         tracker.network_mut().set_stage_timing(false);
     }
     let memory = tracker.network().device_memory();
+    let traced = match (shared.trace, tracker.state()) {
+        (Some(p), Some(state)) => Some(write_trace(tracker.network_mut(), &frames[0], &state, p)?),
+        _ => None,
+    };
     if lat.is_empty() {
         return Err(Error::invalid(
             "--iters",
@@ -721,6 +765,7 @@ fn time_step(
             "fps": stats.per_second(1.0),
             "stages_ms": (!stages.is_empty()).then_some(avg),
             "device_memory_bytes": memory,
+            "trace": traced.as_ref().map(|t| trace_json(shared.trace, t)),
         });
         writeln!(out, "{j}").map_err(write_err)?;
     } else {
@@ -754,6 +799,91 @@ fn time_step(
             )
             .map_err(write_err)?;
         }
+        if let Some(t) = &traced {
+            write_trace_table(out, shared.trace, "a random frame", t)?;
+        }
     }
     Ok(0)
+}
+
+/// `--trace FILE`: one search of `frame` around `state`, traced (a span per stage, from CUDA
+/// events), written to `path` as a Chrome trace; returns its stages as `(name, ms)`.
+fn write_trace(
+    net: &mut dyn Network,
+    frame: &Frame,
+    state: &BBox,
+    path: &Path,
+) -> Result<Vec<(String, f64)>> {
+    let spans = net.trace(frame, state)?;
+    std::fs::write(path, chrome_trace(&spans).to_string()).map_err(|e| Error::io(path, e))?;
+    Ok(spans
+        .iter()
+        .map(|s| (s.name.clone(), s.end_ms - s.start_ms))
+        .collect())
+}
+
+fn trace_json(path: Option<&Path>, stages: &[(String, f64)]) -> serde_json::Value {
+    let stages: Vec<_> = stages
+        .iter()
+        .map(|(name, ms)| json!({"stage": name, "ms": ms}))
+        .collect();
+    json!({"file": path.map(|p| p.display().to_string()), "stages": stages})
+}
+
+/// The traced step's stages, one line each, and where the trace went.
+fn write_trace_table(
+    out: &mut dyn Write,
+    path: Option<&Path>,
+    what: &str,
+    stages: &[(String, f64)],
+) -> Result<()> {
+    let file = path.map_or_else(String::new, |p| format!(" -> {}", p.display()));
+    writeln!(
+        out,
+        "trace:   one eager step of {what}{file} (open in ui.perfetto.dev)"
+    )
+    .map_err(write_err)?;
+    for (name, ms) in stages {
+        writeln!(out, "         {name:<22} {ms:>8.3} ms").map_err(write_err)?;
+    }
+    let total: f64 = stages.iter().map(|(_, ms)| ms).sum();
+    writeln!(out, "         {:<22} {total:>8.3} ms", "(sum)").map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_only_without_a_usable_gpu() {
+        let mut notices = Vec::new();
+        let mut events = |e: Event| {
+            if let Event::Notice(n) = e {
+                notices.push(n)
+            }
+        };
+        let none = Err(Error::NoGpu {
+            reason: "the CUDA driver reports 0 devices".into(),
+        });
+        assert_eq!(auto_device(none, || Ok("cpu"), &mut events).unwrap(), "cpu");
+        assert_eq!(
+            auto_device(Ok("gpu"), || Ok("cpu"), &mut events).unwrap(),
+            "gpu"
+        );
+        let failures = [
+            Error::MissingLibrary {
+                library: "cuDNN".into(),
+                reason: "libcudnn.so.9 not found".into(),
+            },
+            Error::invalid("allocating 4096 tracker activations", "out of memory"),
+        ];
+        for failure in failures {
+            let said = failure.to_string();
+            let e =
+                auto_device::<&str>(Err(failure), || panic!("fell back"), &mut events).unwrap_err();
+            assert_eq!(e.to_string(), said);
+        }
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("0 devices"), "{notices:?}");
+    }
 }

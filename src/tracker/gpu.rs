@@ -10,15 +10,27 @@
 //! `bf16` (the convolutions store bf16 activations and weights; the transformer and the
 //! score head keep f32 storage with bf16 products). Soft-argmax sums in f64 in every one.
 //!
-//! Everything a step needs is allocated once; the templates' tokens live in two f32 buffers
-//! copied into the transformer's input every step (its encoder works in place). With the
-//! graph on, the whole search step (crop -> corners and logit) is captured into one CUDA
-//! graph after one eager step (which plans cuDNN's algorithms) and replayed every frame: the
-//! host writes only what the graph reads (the frame, the crop window, the masks when they
-//! change, the templates when updated) and reads back four corners and the logit.
+//! Everything a step needs is allocated once. The templates' tokens live in one f32 buffer
+//! (template 1, then template 2) copied into the transformer's input by one device copy in
+//! every step: the encoder works in place on its input, overwriting the template rows
+//! too, so they cannot live there between steps. The corner head's two branches (same
+//! shapes) run as one convolution per layer: the first layer's outputs concatenated, the
+//! later 3x3 layers grouped (two groups), the 1x1 score layers as two convolutions over
+//! both branches' channels with the other branch's weights zero (the soft-argmax wants the
+//! two maps apart, not interleaved as one 2-channel output would be).
+//!
+//! With the graph on, the whole search step (crop -> corners and logit) is captured into
+//! one CUDA graph after one eager step (which plans cuDNN's algorithms) and replayed every
+//! frame: the host writes only what the graph reads (the frame, the crop window, the masks
+//! when they change, the templates when updated) and reads back four corners and the logit.
+//! Frames go up and results come back through page-locked memory ([`host`]), the next
+//! frame copied while the current step runs when the caller names it
+//! ([`Network::search_ahead`]); the step waits only for its results.
 //!
 //! The transformer does not read positional encodings, so none are computed here; the
 //! golden check takes them from the host's cache.
+
+mod host;
 
 use std::sync::Arc;
 
@@ -29,16 +41,16 @@ use super::crop::{Crop, CropWindow, crop_window};
 use super::frame::{BBox, Frame};
 use super::track::{
     Activation, BackboneStages, CropKind, Features, Network, Prediction, SearchDetail, StageTimes,
-    corners_to_box,
+    corners_to_box, stage_times,
 };
-use super::weights::{Conv, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
+use super::weights::{Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
 use crate::base::{Precision, Tensor};
 use crate::cswintt::gpu::{GpuEngine, Part};
 use crate::cswintt::{Backend, Mode};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, download, upload};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::cast::CastKernels;
-use crate::kernels::conv2d::{Conv2dKernels, Element, Epilogue};
+use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue};
 use crate::kernels::crop::cpu::sampled_mask;
 use crate::kernels::crop::{CropExtras, CropKernels, DeviceWindow};
 use crate::kernels::elementwise::ElementwiseKernels;
@@ -47,6 +59,7 @@ use crate::kernels::max_pool::MaxPoolKernels;
 use crate::kernels::pool::Pool2d;
 use crate::kernels::soft_argmax::SoftArgmaxKernels;
 use crate::model::weights::Linear;
+use host::HostTraffic;
 
 /// The storage of the convolutions' tensors: f32 (the f32 and tf32 precisions) or bf16.
 pub trait Storage: Element + ValidAsZeroBits {
@@ -113,21 +126,111 @@ impl Storage for bf16 {
     }
 }
 
-/// One convolution on the device: KRSC weights and the folded bias, in the storage type.
+/// One convolution on the device: KRSC weights and the folded bias, in the storage type,
+/// in `groups` groups (`conv`'s channels are all groups' together).
 struct DeviceConv<T> {
     weight: DeviceBuffer<T>,
     bias: DeviceBuffer<T>,
     conv: Conv,
+    groups: usize,
 }
 
 impl<T: Storage> DeviceConv<T> {
     fn upload(stream: &Arc<CudaStream>, conv: &Conv) -> Result<DeviceConv<T>> {
-        let krsc = conv.shape(1, 1).weight_to_gpu(&conv.weight);
+        Self::upload_grouped(stream, conv, 1)
+    }
+
+    fn upload_grouped(
+        stream: &Arc<CudaStream>,
+        conv: &Conv,
+        groups: usize,
+    ) -> Result<DeviceConv<T>> {
+        let shape = conv.shape(1, 1).with_groups(groups);
+        let krsc = shape.weight_to_gpu(&conv.weight);
         let to = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
         Ok(DeviceConv {
             weight: upload(stream, &to(&krsc))?,
             bias: upload(stream, &to(&conv.bias))?,
             conv: conv.clone(),
+            groups,
+        })
+    }
+
+    /// The GPU op's shape on a `(1, h, w, in)` input.
+    fn shape(&self, h: usize, w: usize) -> Conv2dShape {
+        self.conv.shape(h, w).with_groups(self.groups)
+    }
+}
+
+/// The corner head's two branches as one: each hidden layer one convolution over both
+/// branches' channels (top-left first), then the two 1x1 score layers.
+struct CornerHead<T> {
+    hidden: Vec<DeviceConv<T>>,
+    score: [DeviceConv<T>; 2],
+}
+
+impl<T: Storage> CornerHead<T> {
+    /// `tl` and `br` must have the same layer shapes (the checkpoint's do).
+    fn upload(s: &Arc<CudaStream>, tl: &CornerBranch, br: &CornerBranch) -> Result<CornerHead<T>> {
+        let same = |a: &Conv, b: &Conv| {
+            (a.in_channels, a.out_channels, a.kernel, a.stride, a.pad)
+                == (b.in_channels, b.out_channels, b.kernel, b.stride, b.pad)
+        };
+        if tl.convs.len() != br.convs.len()
+            || !tl.convs.iter().zip(&br.convs).all(|(a, b)| same(a, b))
+            || !same(&tl.score, &br.score)
+            || tl.score.out_channels != 1
+        {
+            return Err(Error::invalid(
+                "box_head",
+                "the top-left and bottom-right branches must have the same layers, each \
+                 ending in one score map",
+            ));
+        }
+        let cat = |a: &[f32], b: &[f32]| [a, b].concat();
+        let hidden = tl
+            .convs
+            .iter()
+            .zip(&br.convs)
+            .enumerate()
+            .map(|(i, (a, b))| {
+                // The first layer reads one input for both branches; the later ones each
+                // branch's own half of the channels.
+                let groups = if i == 0 { 1 } else { 2 };
+                let fused = Conv {
+                    weight: cat(&a.weight, &b.weight),
+                    bias: cat(&a.bias, &b.bias),
+                    in_channels: a.in_channels * groups,
+                    out_channels: 2 * a.out_channels,
+                    ..a.clone()
+                };
+                DeviceConv::upload_grouped(s, &fused, groups)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Each score layer over both branches' channels, zero on the other branch's: the
+        // same sums (the added terms are exact zeros) into a map of its own. Without hidden
+        // layers both read the one input as they are.
+        let zeros = vec![0.0; tl.score.weight.len()];
+        let apart = hidden.is_empty();
+        let score = |own: &Conv, first: bool| -> Result<DeviceConv<T>> {
+            if apart {
+                return DeviceConv::upload(s, own);
+            }
+            let weight = if first {
+                cat(&own.weight, &zeros)
+            } else {
+                cat(&zeros, &own.weight)
+            };
+            let wide = Conv {
+                weight,
+                in_channels: 2 * own.in_channels,
+                ..own.clone()
+            };
+            DeviceConv::upload(s, &wide)
+        };
+        Ok(CornerHead {
+            hidden,
+            score: [score(&tl.score, true)?, score(&br.score, false)?],
         })
     }
 }
@@ -151,17 +254,13 @@ struct Params<T> {
     stem: DeviceConv<T>,
     stages: Vec<Vec<DeviceBlock<T>>>,
     bottleneck: DeviceConv<T>,
-    /// The top-left and bottom-right branches: their 3x3 layers, then the 1x1 score layer.
-    corners: [Vec<DeviceConv<T>>; 2],
+    corners: CornerHead<T>,
     score_head: Vec<DeviceLinear>,
 }
 
 impl<T: Storage> Params<T> {
     fn upload(s: &Arc<CudaStream>, w: &TrackerWeights) -> Result<Params<T>> {
         let conv = |c: &Conv| DeviceConv::upload(s, c);
-        let branch = |b: &super::weights::CornerBranch| -> Result<Vec<DeviceConv<T>>> {
-            b.convs.iter().chain([&b.score]).map(conv).collect()
-        };
         let linear = |l: &Linear| -> Result<DeviceLinear> {
             Ok(DeviceLinear {
                 weight: upload(s, &l.weight.data)?,
@@ -191,7 +290,7 @@ impl<T: Storage> Params<T> {
                 })
                 .collect::<Result<Vec<_>>>()?,
             bottleneck: conv(&w.bottleneck)?,
-            corners: [branch(&w.corner_tl)?, branch(&w.corner_br)?],
+            corners: CornerHead::upload(s, &w.corner_tl, &w.corner_br)?,
             score_head: w.score_head.iter().map(linear).collect::<Result<_>>()?,
         })
     }
@@ -223,9 +322,10 @@ struct Buffers<T> {
     pool_idx: DeviceBuffer<i32>,
     /// The bottleneck's output, `(side, side, c)`.
     feat: DeviceBuffer<T>,
-    /// Templates 1 and 2, `(template tokens, c)` f32, as the transformer takes them.
-    templates: [DeviceBuffer<f32>; 2],
-    /// The corner head's input and its two ping-pong activations.
+    /// Templates 1 and 2, each `(template tokens, c)` f32, one after the other as the
+    /// transformer takes them.
+    templates: DeviceBuffer<f32>,
+    /// The corner head's input and its two ping-pong activations (both branches' channels).
     opt: DeviceBuffer<T>,
     corner: [DeviceBuffer<T>; 2],
     /// Both branches' score maps, `(2, search tokens)`.
@@ -250,6 +350,7 @@ pub struct GpuNetwork<T: Storage> {
     k: Kernels,
     params: Params<T>,
     buf: Buffers<T>,
+    host: HostTraffic,
     /// The masks each slot holds now, and those the engine was given last.
     masks: Masks,
     loaded: Option<Masks>,
@@ -329,7 +430,8 @@ impl<T: Storage> GpuNetwork<T> {
             .map(|cv| cv.out_channels)
             .max()
             .unwrap_or(1)
-            .max(c);
+            .max(c)
+            * 2;
         let buf = Buffers {
             frame: bytes(3)?,
             frame_size: (1, 1),
@@ -346,10 +448,7 @@ impl<T: Storage> GpuNetwork<T> {
                 .alloc_zeros::<i32>(largest)
                 .cuda(|| "allocating the max pool's indices".into())?,
             feat: zeros(search_tokens.max(tcfg.template_tokens()) * c)?,
-            templates: [
-                f(tcfg.template_tokens() * c)?,
-                f(tcfg.template_tokens() * c)?,
-            ],
+            templates: f(2 * tcfg.template_tokens() * c)?,
             opt: zeros(search_tokens * c)?,
             corner: [
                 zeros(search_tokens * widest)?,
@@ -374,6 +473,7 @@ impl<T: Storage> GpuNetwork<T> {
         let engine =
             GpuEngine::with_precision(gpu.clone(), weights.transformer.clone(), mode, precision)?;
         let params = Params::upload(&s, &weights)?;
+        let host = HostTraffic::new(&s)?;
         let none = |n: usize| vec![0u8; n];
         let masks = Masks([
             none(tcfg.template_tokens()),
@@ -388,6 +488,7 @@ impl<T: Storage> GpuNetwork<T> {
             k,
             params,
             buf,
+            host,
             masks,
             loaded: None,
             query,
@@ -399,20 +500,26 @@ impl<T: Storage> GpuNetwork<T> {
         })
     }
 
-    /// Uploads `frame`, reallocating the buffer (and dropping the graph, which holds its
-    /// address) when the size changed.
-    fn upload_frame(&mut self, data: &[u8], height: usize, width: usize) -> Result<()> {
-        let s = self.gpu.stream().clone();
+    /// Sizes the device frame for `height x width` frames, reallocating it (and dropping
+    /// the graph, which holds its address) when the size changed.
+    fn frame_buffer(&mut self, height: usize, width: usize) -> Result<()> {
         if self.buf.frame_size != (height, width) {
             self.graph = None;
             self.warm = false;
-            self.buf.frame = s
-                .alloc_zeros::<u8>(data.len())
+            self.buf.frame = self
+                .gpu
+                .stream()
+                .alloc_zeros::<u8>(height * width * 3)
                 .cuda(|| format!("allocating a {width}x{height} frame"))?;
             self.buf.frame_size = (height, width);
         }
-        s.memcpy_htod(data, &mut self.buf.frame)
-            .cuda(|| "uploading the frame".into())
+        Ok(())
+    }
+
+    /// Uploads a `height x width` RGB image as the frame.
+    fn upload_frame(&mut self, data: &[u8], height: usize, width: usize) -> Result<()> {
+        self.frame_buffer(height, width)?;
+        self.host.put(data, &mut self.buf.frame)
     }
 
     /// Crops the uploaded frame at `win` into `act[0]` (normalised), and into the pixel and
@@ -441,33 +548,38 @@ impl<T: Storage> GpuNetwork<T> {
     }
 
     /// The backbone and bottleneck on the normalised crop in `act[0]` (`side x side`): the
-    /// features in `buf.feat`; with `capture`, every stage's output downloaded.
-    fn backbone(&mut self, side: usize, capture: bool) -> Result<Option<BackboneStages>> {
+    /// features in `buf.feat`; with `capture`, every stage's output downloaded; with
+    /// `timer`, a span per stage (`backbone/stem`, `backbone/layerN`, `backbone/bottleneck`).
+    fn backbone(
+        &mut self,
+        side: usize,
+        capture: bool,
+        mut timer: Option<&mut EventTimer>,
+    ) -> Result<Option<BackboneStages>> {
         let s = self.gpu.stream().clone();
         let (p, b, k) = (&self.params, &mut self.buf, &mut self.k);
         let mut stages = None;
         // act[0]: the crop; the stem into act[1]; the pool into act[0].
-        let stem = {
-            let [x, y] = pick(&mut b.act, [0, 1]);
-            conv(k, &p.stem, side, side, x, None, true, y.slice_mut(..))?
-        };
-        if capture {
-            stages = Some(BackboneStages {
-                stem: download_activation(&s, &b.act[1], stem)?,
-                layers: Vec::new(),
-            });
-        }
-        let pool = Pool2d {
-            batch: 1,
-            channels: stem.2,
-            height: stem.0,
-            width: stem.1,
-            kernel: 3,
-            stride: 2,
-            pad: 1,
-        };
-        let [ph, pw] = pool.out_size();
-        {
+        let (stem, pooled) = span(timer.as_deref_mut(), "backbone/stem", &s, || {
+            let stem = {
+                let [x, y] = pick(&mut b.act, [0, 1]);
+                conv(k, &p.stem, side, side, x, None, true, y.slice_mut(..))?
+            };
+            if capture {
+                stages = Some(BackboneStages {
+                    stem: download_activation(&s, &b.act[1], stem)?,
+                    layers: Vec::new(),
+                });
+            }
+            let pool = Pool2d {
+                batch: 1,
+                channels: stem.2,
+                height: stem.0,
+                width: stem.1,
+                kernel: 3,
+                stride: 2,
+                pad: 1,
+            };
             let (a0, a1) = b.act.split_at_mut(1);
             T::max_pool(
                 &k.max_pool,
@@ -477,70 +589,79 @@ impl<T: Storage> GpuNetwork<T> {
                 &mut a0[0].slice_mut(..pool.output_len()),
                 &mut b.pool_idx,
             )?;
-        }
+            Ok((stem, pool.out_size()))
+        })?;
         // x in act[ix]; each block's conv1 -> y1, conv2 -> y2, the shortcut -> sc, and
         // conv3 (+ shortcut, ReLU) over y1's buffer, which becomes the next x.
-        let (mut ix, mut dims) = (0usize, (ph, pw, stem.2));
-        for stage in &p.stages {
-            for block in stage {
-                let others: Vec<usize> = (0..4).filter(|&i| i != ix).collect();
-                let (y1, y2, sc) = (others[0], others[1], others[2]);
-                let d1 = {
-                    let [x, y] = pick(&mut b.act, [ix, y1]);
-                    conv(
-                        k,
-                        &block.conv1,
-                        dims.0,
-                        dims.1,
-                        x,
-                        None,
-                        true,
-                        y.slice_mut(..),
-                    )?
-                };
-                let d2 = {
-                    let [x, y] = pick(&mut b.act, [y1, y2]);
-                    conv(k, &block.conv2, d1.0, d1.1, x, None, true, y.slice_mut(..))?
-                };
-                let shortcut = match &block.downsample {
-                    Some(d) => {
-                        let [x, y] = pick(&mut b.act, [ix, sc]);
-                        conv(k, d, dims.0, dims.1, x, None, false, y.slice_mut(..))?;
-                        sc
-                    }
-                    None => ix,
-                };
-                let out = {
-                    let [x, r, y] = pick(&mut b.act, [y2, shortcut, y1]);
-                    conv(
-                        k,
-                        &block.conv3,
-                        d2.0,
-                        d2.1,
-                        x,
-                        Some(r),
-                        true,
-                        y.slice_mut(..),
-                    )?
-                };
-                ix = y1;
-                dims = out;
-            }
+        let (mut ix, mut dims) = (0usize, (pooled[0], pooled[1], stem.2));
+        for (n, stage) in p.stages.iter().enumerate() {
+            let name = format!("backbone/layer{}", n + 1);
+            (ix, dims) = span(timer.as_deref_mut(), &name, &s, || {
+                let (mut ix, mut dims) = (ix, dims);
+                for block in stage {
+                    let others: Vec<usize> = (0..4).filter(|&i| i != ix).collect();
+                    let (y1, y2, sc) = (others[0], others[1], others[2]);
+                    let d1 = {
+                        let [x, y] = pick(&mut b.act, [ix, y1]);
+                        conv(
+                            k,
+                            &block.conv1,
+                            dims.0,
+                            dims.1,
+                            x,
+                            None,
+                            true,
+                            y.slice_mut(..),
+                        )?
+                    };
+                    let d2 = {
+                        let [x, y] = pick(&mut b.act, [y1, y2]);
+                        conv(k, &block.conv2, d1.0, d1.1, x, None, true, y.slice_mut(..))?
+                    };
+                    let shortcut = match &block.downsample {
+                        Some(d) => {
+                            let [x, y] = pick(&mut b.act, [ix, sc]);
+                            conv(k, d, dims.0, dims.1, x, None, false, y.slice_mut(..))?;
+                            sc
+                        }
+                        None => ix,
+                    };
+                    let out = {
+                        let [x, r, y] = pick(&mut b.act, [y2, shortcut, y1]);
+                        conv(
+                            k,
+                            &block.conv3,
+                            d2.0,
+                            d2.1,
+                            x,
+                            Some(r),
+                            true,
+                            y.slice_mut(..),
+                        )?
+                    };
+                    ix = y1;
+                    dims = out;
+                }
+                Ok((ix, dims))
+            })?;
             if let Some(st) = stages.as_mut() {
                 st.layers.push(download_activation(&s, &b.act[ix], dims)?);
             }
         }
-        let feat = b.feat.slice_mut(..);
-        conv(
-            k,
-            &p.bottleneck,
-            dims.0,
-            dims.1,
-            &b.act[ix],
-            None,
-            false,
-            feat,
-        )?;
+        span(timer, "backbone/bottleneck", &s, || {
+            let feat = b.feat.slice_mut(..);
+            conv(
+                k,
+                &p.bottleneck,
+                dims.0,
+                dims.1,
+                &b.act[ix],
+                None,
+                false,
+                feat,
+            )
+            .map(drop)
+        })?;
         Ok(stages)
     }
 
@@ -554,7 +675,7 @@ impl<T: Storage> GpuNetwork<T> {
                 &self.k.cast,
                 &s,
                 &x,
-                &mut self.buf.templates[slot].slice_mut(..),
+                &mut self.buf.templates.slice_mut(slot * n..(slot + 1) * n),
             ),
             Dest::Search => {
                 let c = self.weights.d_model();
@@ -580,13 +701,11 @@ impl<T: Storage> GpuNetwork<T> {
     fn transformer_and_heads(&mut self, mut timer: Option<&mut EventTimer>) -> Result<()> {
         let s = self.gpu.stream().clone();
         let c = self.weights.d_model();
-        let tt = self.weights.transformer.config.template_tokens() * c;
         {
+            let templates = &self.buf.templates;
             let tokens = self.engine.tokens_mut()?;
-            for (slot, t) in self.buf.templates.iter().enumerate() {
-                s.memcpy_dtod(t, &mut tokens.slice_mut(slot * tt..(slot + 1) * tt))
-                    .cuda(|| "copying the templates into the transformer's input".into())?;
-            }
+            s.memcpy_dtod(templates, &mut tokens.slice_mut(..templates.len()))
+                .cuda(|| "copying the templates into the transformer's input".into())?;
         }
         let engine = &mut self.engine;
         span(timer.as_deref_mut(), "transformer", &s, || {
@@ -594,30 +713,30 @@ impl<T: Storage> GpuNetwork<T> {
         })?;
         let (p, b, k, engine) = (&self.params, &mut self.buf, &mut self.k, &self.engine);
         let side = self.weights.transformer.config.search_size;
-        span(timer, "heads", &s, || {
+        let tokens = side * side;
+        span(timer.as_deref_mut(), "heads/corners", &s, || {
             let (search, hs) = engine.device_outputs()?;
-            let tokens = side * side;
             let opt = &mut b.opt.slice_mut(..tokens * c);
             k.elementwise.scale_by_dot(&s, &search, &hs, opt, tokens)?;
-            // Each branch: layer 0 reads `opt`, layer i > 0 reads corner[(i - 1) % 2] and
-            // writes corner[i % 2]; the 1x1 score layer writes the branch's map.
-            for (m, branch) in p.corners.iter().enumerate() {
-                let (hidden, score) = branch.split_at(branch.len() - 1);
-                for (i, layer) in hidden.iter().enumerate() {
-                    if i == 0 {
-                        let y = b.corner[0].slice_mut(..);
-                        conv(k, layer, side, side, &b.opt, None, true, y)?;
-                    } else {
-                        let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
-                        conv(k, layer, side, side, x, None, true, y.slice_mut(..))?;
-                    }
+            // Layer 0 reads `opt`, layer i > 0 reads corner[(i - 1) % 2] and writes
+            // corner[i % 2]; each score layer writes its branch's map.
+            let head = &p.corners;
+            for (i, layer) in head.hidden.iter().enumerate() {
+                if i == 0 {
+                    let y = b.corner[0].slice_mut(..);
+                    conv(k, layer, side, side, &b.opt, None, true, y)?;
+                } else {
+                    let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
+                    conv(k, layer, side, side, x, None, true, y.slice_mut(..))?;
                 }
-                let x = match hidden.len() {
-                    0 => &b.opt,
-                    n => &b.corner[(n - 1) % 2],
-                };
+            }
+            let x = match head.hidden.len() {
+                0 => &b.opt,
+                n => &b.corner[(n - 1) % 2],
+            };
+            for (m, score) in head.score.iter().enumerate() {
                 let y = b.scores.slice_mut(m * tokens..(m + 1) * tokens);
-                conv(k, &score[0], side, side, x, None, false, y)?;
+                conv(k, score, side, side, x, None, false, y)?;
             }
             k.soft_argmax.run(
                 &s,
@@ -626,7 +745,10 @@ impl<T: Storage> GpuNetwork<T> {
                 side,
                 FEATURE_STRIDE as f32,
                 &mut b.corners,
-            )?;
+            )
+        })?;
+        let hs = engine.device_outputs()?.1;
+        span(timer, "heads/score", &s, || {
             // The score head: hs -> hidden[0] -> hidden[1] -> ... -> the logit.
             let layers = p.score_head.len();
             for (i, l) in p.score_head.iter().enumerate() {
@@ -665,30 +787,26 @@ impl<T: Storage> GpuNetwork<T> {
         })
     }
 
-    /// One search step on the uploaded frame and written window: crop -> corners and logit.
-    fn step(&mut self, timer: Option<&mut EventTimer>) -> Result<()> {
+    /// One search step on the uploaded frame and written window: crop -> corners and logit,
+    /// with a span per stage on `timer` when given.
+    fn step(&mut self, mut timer: Option<&mut EventTimer>) -> Result<()> {
         let side = self.weights.config.search_crop;
         let tokens = self.weights.transformer.config.search_tokens();
         let s = self.gpu.stream().clone();
-        let mut timer = timer;
         span(timer.as_deref_mut(), "crop", &s, || {
             self.crop_device(side, false)
         })?;
-        span(timer.as_deref_mut(), "backbone", &s, || {
-            self.backbone(side, false)?;
-            self.widen_features(tokens, Dest::Search)
-        })?;
+        self.backbone(side, false, timer.as_deref_mut())?;
+        self.widen_features(tokens, Dest::Search)?;
         self.transformer_and_heads(timer)
     }
 
-    /// Reads the corners and the logit (waits for the stream).
+    /// Waits for the corners and the logit that [`HostTraffic::fetch`] queued.
     fn prediction(&self, resize_factor: f64) -> Result<Prediction> {
-        let s = self.gpu.stream();
-        let corners = download(s, &self.buf.corners)?;
-        let logit = download(s, &self.buf.logit)?[0];
+        let (corners, logit) = self.host.results()?;
         let crop = self.weights.config.search_crop as f64;
         Ok(Prediction {
-            pred_box: corners_to_box([corners[0], corners[1], corners[2], corners[3]], crop),
+            pred_box: corners_to_box(corners, crop),
             conf_logit: logit as f64,
             resize_factor,
         })
@@ -696,11 +814,28 @@ impl<T: Storage> GpuNetwork<T> {
 
     /// Writes the crop window of `target` in `frame` (uploaded), returning it.
     fn place(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<CropWindow> {
+        self.upload_frame(&frame.data, frame.height, frame.width)?;
+        self.window(frame, target, kind)
+    }
+
+    /// Writes the crop window of `target` in `frame` (of the frame's size), returning it.
+    fn window(&mut self, frame: &Frame, target: &BBox, kind: CropKind) -> Result<CropWindow> {
         let (factor, _) = kind.geometry(&self.weights.config);
         let win = crop_window(target, factor, frame.width, frame.height)?;
-        self.upload_frame(&frame.data, frame.height, frame.width)?;
         let s = self.gpu.stream().clone();
         self.buf.window.write(&s, &win, frame.width, frame.height)?;
+        Ok(win)
+    }
+
+    /// The search of `frame` (uploaded, or the staged frame) around `state`, up to the
+    /// masks: the window, for the step to run.
+    fn place_search(&mut self, frame: &Frame, state: &BBox) -> Result<CropWindow> {
+        let side = self.weights.config.search_crop;
+        self.frame_buffer(frame.height, frame.width)?;
+        self.host.search_frame(frame, &mut self.buf.frame)?;
+        let win = self.window(frame, state, CropKind::Search)?;
+        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
+        self.load_masks()?;
         Ok(win)
     }
 
@@ -709,7 +844,7 @@ impl<T: Storage> GpuNetwork<T> {
         let side = self.weights.config.template_crop;
         let win = self.place(frame, target, CropKind::Template)?;
         self.crop_device(side, false)?;
-        self.backbone(side, false)?;
+        self.backbone(side, false, None)?;
         let tokens = self.weights.transformer.config.template_tokens();
         self.widen_features(tokens, Dest::Template(slot))?;
         self.masks.0[slot] = sampled_mask(&win, side, FEATURE_STRIDE);
@@ -725,12 +860,12 @@ enum Dest {
 }
 
 /// Runs `f` as a span named `name` when timing, else just runs it.
-fn span(
+fn span<R>(
     timer: Option<&mut EventTimer>,
     name: &str,
     s: &CudaStream,
-    f: impl FnOnce() -> Result<()>,
-) -> Result<()> {
+    f: impl FnOnce() -> Result<R>,
+) -> Result<R> {
     match timer {
         Some(t) => t.span(name, 0, s, f),
         None => f(),
@@ -759,7 +894,7 @@ fn conv<T: Storage>(
     relu: bool,
     mut y: CudaViewMut<'_, T>,
 ) -> Result<(usize, usize, usize)> {
-    let shape = c.conv.shape(h, w);
+    let shape = c.shape(h, w);
     let [oh, ow] = shape.out_size();
     let n = shape.output_len();
     let bias = c.bias.as_view();
@@ -889,7 +1024,7 @@ impl<T: Storage> Network for GpuNetwork<T> {
         let s = self.gpu.stream().clone();
         self.buf.window.write(&s, &whole, side, side)?;
         self.crop_device(side, false)?;
-        let captured = self.backbone(side, stages)?;
+        let captured = self.backbone(side, stages, None)?;
         let n = side / FEATURE_STRIDE;
         let c = self.weights.d_model();
         let feat = download(&s, &self.buf.feat.slice(..n * n * c))?;
@@ -916,8 +1051,12 @@ impl<T: Storage> Network for GpuNetwork<T> {
             ));
         }
         let s = self.gpu.stream().clone();
-        s.memcpy_htod(&features.feat, &mut self.buf.templates[slot])
-            .cuda(|| "uploading a template".into())?;
+        let n = features.feat.len();
+        s.memcpy_htod(
+            &features.feat,
+            &mut self.buf.templates.slice_mut(slot * n..(slot + 1) * n),
+        )
+        .cuda(|| "uploading a template".into())?;
         self.masks.0[slot] = features.mask.clone();
         Ok(())
     }
@@ -946,14 +1085,9 @@ impl<T: Storage> Network for GpuNetwork<T> {
         }
         let mut timer = EventTimer::start(&s)?;
         self.transformer_and_heads(Some(&mut timer))?;
+        self.host.fetch(&self.buf.corners, &self.buf.logit)?;
         let prediction = self.prediction(resize_factor)?;
-        let spans = timer.spans()?;
-        let ms = |name: &str| {
-            spans
-                .iter()
-                .find(|sp| sp.name == name)
-                .map_or(0.0, |sp| sp.end_ms - sp.start_ms)
-        };
+        let times = stage_times(&timer.spans()?);
         let (_, hs) = self.engine.device_outputs()?;
         let hs = download(&s, &hs)?;
         Ok(SearchDetail {
@@ -962,17 +1096,16 @@ impl<T: Storage> Network for GpuNetwork<T> {
                 shape: vec![1, 1, c],
                 data: hs,
             },
-            transformer_ms: ms("transformer"),
-            heads_ms: ms("heads"),
+            transformer_ms: times.transformer,
+            heads_ms: times.heads,
         })
     }
 
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
         self.template(frame, target, 1)?;
-        let s = self.gpu.stream().clone();
-        let [t0, t1] = &mut self.buf.templates;
-        s.memcpy_dtod(&*t1, t0)
-            .cuda(|| "copying the first template".into())?;
+        // The features are still in `buf.feat`: template 1 from them too.
+        let tokens = self.weights.transformer.config.template_tokens();
+        self.widen_features(tokens, Dest::Template(0))?;
         self.masks.0[0] = self.masks.0[1].clone();
         Ok(())
     }
@@ -982,11 +1115,21 @@ impl<T: Storage> Network for GpuNetwork<T> {
     }
 
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
+        self.search_ahead(frame, state, None)
+    }
+
+    /// The step queued, then `next` copied into page-locked memory (and its upload queued
+    /// behind the step) while the GPU runs it, then the wait for the results.
+    fn search_ahead(
+        &mut self,
+        frame: &Frame,
+        state: &BBox,
+        next: Option<&Frame>,
+    ) -> Result<Prediction> {
         let side = self.weights.config.search_crop;
-        let win = self.place(frame, state, CropKind::Search)?;
-        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
-        self.load_masks()?;
+        let win = self.place_search(frame, state)?;
         let s = self.gpu.stream().clone();
+        let mut timer = None;
         if self.use_graph && self.warm && !self.timing {
             let graph = match self.graph.take() {
                 Some(g) => g,
@@ -998,30 +1141,36 @@ impl<T: Storage> Network for GpuNetwork<T> {
         } else {
             // The eager step plans every convolution (cuDNN's benchmark), so a capture
             // after it only records launches.
-            let mut timer = if self.timing {
-                Some(EventTimer::start(&s)?)
-            } else {
-                None
-            };
+            if self.timing {
+                timer = Some(EventTimer::start(&s)?);
+            }
             self.step(timer.as_mut())?;
             self.warm = true;
-            if let Some(t) = timer {
-                let spans = t.spans()?;
-                let ms = |name: &str| {
-                    spans
-                        .iter()
-                        .find(|sp| sp.name == name)
-                        .map_or(0.0, |sp| sp.end_ms - sp.start_ms)
-                };
-                self.stages = Some(StageTimes {
-                    crop: ms("crop"),
-                    backbone: ms("backbone"),
-                    transformer: ms("transformer"),
-                    heads: ms("heads"),
-                });
-            }
         }
-        self.prediction(win.resize_factor(side))
+        self.host.fetch(&self.buf.corners, &self.buf.logit)?;
+        if let Some(next) = next {
+            let same_size = (next.height, next.width) == self.buf.frame_size;
+            let dst = same_size.then_some(&mut self.buf.frame);
+            self.host.stage(next, dst)?;
+        }
+        let prediction = self.prediction(win.resize_factor(side))?;
+        if let Some(t) = timer {
+            self.stages = Some(stage_times(&t.spans()?));
+        }
+        Ok(prediction)
+    }
+
+    fn trace(&mut self, frame: &Frame, state: &BBox) -> Result<Vec<Span>> {
+        let side = self.weights.config.search_crop;
+        let win = self.place(frame, state, CropKind::Search)?;
+        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
+        self.load_masks()?;
+        let s = self.gpu.stream().clone();
+        let mut timer = EventTimer::start(&s)?;
+        self.step(Some(&mut timer))?;
+        self.warm = true;
+        self.gpu.sync()?;
+        timer.spans()
     }
 
     fn stage_times(&self) -> Option<StageTimes> {

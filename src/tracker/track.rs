@@ -9,6 +9,7 @@ use super::frame::{BBox, Frame};
 use super::weights::TrackerConfig;
 use crate::base::Tensor;
 use crate::error::{Error, Result};
+use crate::gpu::Span;
 
 /// Margin of `clip_box`: a state is kept at least this many pixels wide, high and inside.
 pub const CLIP_MARGIN: f64 = 10.0;
@@ -48,6 +49,29 @@ impl StageTimes {
             ("transformer", self.transformer),
             ("heads", self.heads),
         ]
+    }
+}
+
+/// The stages of `spans` (a traced step's, see [`Network::trace`]): each stage's spans
+/// are those named after it or `STAGE/...` (`backbone/layer1`, `heads/score`).
+pub fn stage_times(spans: &[Span]) -> StageTimes {
+    let ms = |stage: &str| -> f64 {
+        spans
+            .iter()
+            .filter(|s| {
+                s.name == stage
+                    || s.name
+                        .strip_prefix(stage)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|s| s.end_ms - s.start_ms)
+            .sum()
+    };
+    StageTimes {
+        crop: ms("crop"),
+        backbone: ms("backbone"),
+        transformer: ms("transformer"),
+        heads: ms("heads"),
     }
 }
 
@@ -162,6 +186,32 @@ pub trait Network {
     fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
     /// Crops the search region around `state` and predicts the box in it.
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction>;
+    /// [`Network::search`], told the frame the next search will be given (see
+    /// [`Tracker::track_ahead`]), which an engine may start moving to the device while
+    /// this search runs. The prediction is `search`'s.
+    fn search_ahead(
+        &mut self,
+        frame: &Frame,
+        state: &BBox,
+        next: Option<&Frame>,
+    ) -> Result<Prediction> {
+        let _ = next;
+        self.search(frame, state)
+    }
+    /// One search of `frame` around `state`, run eagerly and timed: a span per stage
+    /// (`crop`, `backbone/stem`, `backbone/layerN`, `backbone/bottleneck`, `transformer`,
+    /// `heads/corners`, `heads/score`), for `--trace`. Engines that cannot time their
+    /// stages say so.
+    fn trace(&mut self, frame: &Frame, state: &BBox) -> Result<Vec<Span>> {
+        let _ = (frame, state);
+        Err(Error::invalid(
+            "--trace",
+            format!(
+                "needs a GPU engine; {} does not time its stages",
+                self.describe()
+            ),
+        ))
+    }
     /// The last search's time per stage, when the engine measures it.
     fn stage_times(&self) -> Option<StageTimes> {
         None
@@ -210,6 +260,17 @@ impl<T: Network + ?Sized> Network for Box<T> {
     }
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
         (**self).search(frame, state)
+    }
+    fn search_ahead(
+        &mut self,
+        frame: &Frame,
+        state: &BBox,
+        next: Option<&Frame>,
+    ) -> Result<Prediction> {
+        (**self).search_ahead(frame, state, next)
+    }
+    fn trace(&mut self, frame: &Frame, state: &BBox) -> Result<Vec<Span>> {
+        (**self).trace(frame, state)
     }
     fn stage_times(&self) -> Option<StageTimes> {
         (**self).stage_times()
@@ -310,6 +371,18 @@ impl<N: Network> Tracker<N> {
     /// Tracks the next frame: search around the state, map the prediction back to the
     /// frame, clip it, and replace the dynamic template when due and confident.
     pub fn track(&mut self, frame: &Frame) -> Result<Tracked> {
+        self.track_ahead(frame, None)
+    }
+
+    /// [`Tracker::track`], told the frame that comes next: the network may copy `next`
+    /// toward the device while this frame's step runs (the GPU network copies it into
+    /// page-locked memory and queues its upload), taking that copy off the next step's
+    /// critical path. The results are `track`'s. `next` must be the frame of the next call,
+    /// unchanged: the network knows it again by its address and size only, so a different
+    /// frame at the same address (one mutated in place, or a new one where the old one was
+    /// freed) would be tracked as the staged one. A loop that moves each frame from `next`
+    /// to the next call, as `attnrt-infer` does, keeps that.
+    pub fn track_ahead(&mut self, frame: &Frame, next: Option<&Frame>) -> Result<Tracked> {
         let state = self
             .state
             .ok_or_else(|| Error::invalid("tracker", "track() before initialise()"))?;
@@ -324,7 +397,7 @@ impl<N: Network> Tracker<N> {
             ));
         }
         self.frame_id += 1;
-        let prediction = self.net.search(frame, &state)?;
+        let prediction = self.net.search_ahead(frame, &state, next)?;
         let crop = self.net.config().search_crop as f64;
         let unclipped = map_back(&prediction, &state, crop);
         let bbox = unclipped.clip(frame.width, frame.height, CLIP_MARGIN);

@@ -65,3 +65,30 @@ pub fn tracker_golden() -> &'static TrackerGolden {
         }
     })
 }
+
+/// The synthetic sequences' frame: `w x h`, a bright 30 x 24 target at `(x, y)` on a
+/// patterned background (the tracker tests on the CPU and the GPU track it).
+pub fn synthetic_frame(w: usize, h: usize, x: usize, y: usize) -> attnrt::tracker::Frame {
+    let mut data = vec![0u8; w * h * 3];
+    for r in 0..h {
+        for c in 0..w {
+            for ch in 0..3 {
+                let inside = (x..x + 30).contains(&c) && (y..y + 24).contains(&r);
+                data[(r * w + c) * 3 + ch] = if inside {
+                    230 - 40 * ch as u8
+                } else {
+                    ((r * 7 + c * 3 + ch * 50) % 97) as u8
+                };
+            }
+        }
+    }
+    attnrt::tracker::Frame::new(h, w, data).unwrap()
+}
+
+/// The tiny synthetic tracker of `seed`, written into `dir`.
+pub fn tiny_tracker_file(dir: &std::path::Path, seed: u64) -> PathBuf {
+    use attnrt::tracker::synthetic::{SyntheticSpec, write_synthetic_tracker};
+    let p = dir.join(format!("tiny{seed}.safetensors"));
+    write_synthetic_tracker(&p, &SyntheticSpec::tiny(), seed).unwrap();
+    p
+}

@@ -30,7 +30,7 @@
 // The forward keeps the row (c <= 1024) in registers and reads it once; statistics are
 // two-pass (mean, then the mean of squared deviations), which avoids the cancellation of
 // E[v^2] - E[v]^2. The backward's rows have any width: it walks them in global memory.
-#include "common.cuh"
+#include "layer_norm.cuh"
 
 struct LayerNormArgs {
     const float* parts;
@@ -50,9 +50,7 @@ struct LayerNormArgs {
 // The Rust mirror asserts the same size: a field added on one side only fails both builds.
 static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
 
-namespace {
-constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
-}
+using layer_norm::PER_LANE;
 
 // The forward, one row per warp; SAVE also writes xhat and rstd.
 template <bool SAVE>
@@ -62,7 +60,6 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
     const long long base = row * p.c;
     float v[PER_LANE];
-    float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
         const int j = lane + 32 * i;
@@ -71,16 +68,9 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
         for (int s = 0; s < p.n_parts; ++s) v[i] += p.parts[s * p.part_stride + base + j];
         if (p.bias) v[i] += p.bias[j];
         if (p.residual) v[i] += p.residual[base + j];
-        sum += v[i];
     }
-    const float mean = warp_sum(sum) / p.c;
-    float sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        const float d = v[i] - mean;
-        if (lane + 32 * i < p.c) sq = fmaf(d, d, sq);
-    }
-    const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
+    const layer_norm::RowStats st = layer_norm::row_stats(v, p.c, p.eps);
+    const float mean = st.mean, inv = st.inv;
     if (SAVE && lane == 0) p.rstd[row] = inv;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {

@@ -128,3 +128,17 @@ struct Bf16Op {
         mma_bf16(d, a, b);
     }
 };
+
+// One operand rounded as each precision's tensor cores round it, for products computed with
+// f32 FMAs (the few-rows linears, the decoder): f32 as is, tf32, bf16.
+struct RoundF32 {
+    static __device__ __forceinline__ float of(float v) { return v; }
+};
+struct RoundTf32 {
+    static __device__ __forceinline__ float of(float v) { return __uint_as_float(to_tf32(v)); }
+};
+struct RoundBf16 {
+    static __device__ __forceinline__ float of(float v) {
+        return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
+    }
+};

@@ -260,7 +260,7 @@ impl DecoderPlan {
         // k chunks: enough to reach the target with the output columns' blocks, each at least
         // 128 long (a float4 per lane), a multiple of 4 (float4 rows), within shared memory.
         let chunk = |n: usize, k: usize| {
-            let want = target.div_ceil(n.div_ceil(COLUMNS)).clamp(1, (k / 128).max(1));
+            let want = (target / n.div_ceil(COLUMNS)).clamp(1, (k / 128).max(1));
             let len = k.div_ceil(want);
             let len = if k.is_multiple_of(4) {
                 len.next_multiple_of(4)

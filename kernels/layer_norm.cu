@@ -9,14 +9,12 @@
 // products dy * xhat).
 //
 // Layouts (row-major): parts (n_parts, rows, c), part_stride = rows * c apart; bias, gamma,
-// beta (c); residual, add, y, y_plus, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
+// beta (c); residual, y, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
 //
 // Variants:
 //   add_layer_norm_f32       the inference forward: v = parts[0] + ... + parts[n_parts-1] +
 //                            bias + residual (in that order; bias and residual optional),
-//                            y = LN(v) * gamma + beta, and when `add` is non-null also
-//                            y_plus = y + add (the decoder's `t + qpos`, its next query's
-//                            input). The parts are the k-split partial products of
+//                            y = LN(v) * gamma + beta. The parts are the k-split partial products of
 //                            linear_split_k_f32 (linear.cu): summing them here, in a fixed
 //                            order, is the GEMM's epilogue. Plain LayerNorm is one part and no
 //                            bias or residual.
@@ -39,8 +37,6 @@ struct LayerNormArgs {
     const float* gamma;
     const float* beta;
     float* y;
-    const float* add;       // optional, (rows, c)
-    float* y_plus;          // written iff add is non-null
     float* xhat;            // layer_norm_f32 only, (rows, c)
     float* rstd;            // layer_norm_f32 only, (rows)
     long long rows, part_stride;
@@ -48,7 +44,7 @@ struct LayerNormArgs {
     float eps;
 };
 // The Rust mirror asserts the same size: a field added on one side only fails both builds.
-static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
+static_assert(sizeof(LayerNormArgs) == 96, "mirrored in src/kernels/layer_norm.rs");
 
 using layer_norm::PER_LANE;
 
@@ -80,7 +76,6 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
         const float y = h * p.gamma[j] + p.beta[j];
         p.y[base + j] = y;
         if (SAVE) p.xhat[base + j] = h;
-        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
     }
 }
 

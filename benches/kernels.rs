@@ -484,7 +484,10 @@ fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     let shapes = [(dc, dc), (dc, dc), (dc, dc), (dc, dc), (ff, dc), (dc, ff)];
     let layers: Vec<(Vec<(Vec<f32>, Vec<f32>)>, Vec<(Vec<f32>, Vec<f32>)>)> = (0..d.layers)
         .map(|_| {
-            let lin = shapes.iter().map(|&(o, i)| (host(o * i), host(o))).collect();
+            let lin = shapes
+                .iter()
+                .map(|&(o, i)| (host(o * i), host(o)))
+                .collect();
             let norms = (0..3).map(|_| (host(dc), host(dc))).collect();
             (lin, norms)
         })

@@ -271,9 +271,7 @@ impl DecoderPlan {
         };
         let (proj_chunk, ffn1_chunk, ffn2_chunk) = (chunk(c, c), chunk(ff, c), chunk(c, ff));
         let units = batch * dims.heads;
-        let key_splits = target
-            .div_ceil(units)
-            .clamp(1, (dims.l_all / 64).max(1));
+        let key_splits = target.div_ceil(units).clamp(1, (dims.l_all / 64).max(1));
         let keys_per_split = dims.l_all.div_ceil(key_splits).min(MAX_KEYS_PER_SPLIT);
         let splits = |k: usize, chunk: usize| k.div_ceil(chunk);
         let linear = |n: usize, k: usize, chunk: usize| n.div_ceil(COLUMNS) * splits(k, chunk);

@@ -237,10 +237,7 @@ fn decoder_plan_fills_the_gpu_at_the_released_size() {
 
 #[test]
 fn decoder_rejects_bad_shapes() {
-    let d = DecoderDims {
-        heads: 3,
-        ..odd()
-    };
+    let d = DecoderDims { heads: 3, ..odd() };
     let err = DecoderPlan::new(d, 1, 132).unwrap_err().to_string();
     assert!(err.contains("divisible by 3 heads"), "{err}");
     let wide = DecoderDims {

@@ -158,7 +158,9 @@ impl Activations {
             partial,
             head_splits,
         } = self;
-        let all = [x, x1, qkv, concat, hidden, mem_kv, qpos, layers_out, hs, partial];
+        let all = [
+            x, x1, qkv, concat, hidden, mem_kv, qpos, layers_out, hs, partial,
+        ];
         let split_partials = head_splits.iter_mut().map(|b| &mut b.partial);
         for b in all
             .into_iter()

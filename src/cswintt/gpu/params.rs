@@ -125,7 +125,8 @@ impl DeviceParams {
                 norm3: norm(&l.norm3),
             })
             .collect();
-        let decoder = DecoderWeights::upload(s, decoder_dims(&w.config), &layers, norm(&w.post_norm))?;
+        let decoder =
+            DecoderWeights::upload(s, decoder_dims(&w.config), &layers, norm(&w.post_norm))?;
         let kv_parts: Vec<_> = w
             .decoder
             .iter()

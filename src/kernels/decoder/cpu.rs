@@ -60,7 +60,8 @@ pub fn decoder_f64(
             let tq: Vec<f64> = t1.iter().zip(&qp).map(|(a, b)| a + b).collect();
             let q: Vec<f64> = linear(&tq, &p.cross_q).iter().map(|v| v * scale).collect();
             let mut a = vec![0.0f64; c];
-            let at = |token: usize, ch: usize| mem_kv[(token * batch + r) * kv_row + j * 2 * c + ch];
+            let at =
+                |token: usize, ch: usize| mem_kv[(token * batch + r) * kv_row + j * 2 * c + ch];
             for z in 0..dims.heads {
                 let ch = z * hd..(z + 1) * hd;
                 let scores: Vec<f64> = (0..l_all)

@@ -40,8 +40,9 @@
 //
 // Linear phases (GEMV): output column n of N, k chunk s of K: one warp per column, lanes
 // along k (float4 loads where aligned), its rows' inputs from shared memory, written to
-// parts (splits, batch, N). 8 columns a block, `splits` chunks of k: blocks = ceil(N / 8) x
-// splits; rows in groups of at most ROWS (the group's input chunk fits shared memory).
+// parts (splits, batch, N). `columns` (8 per warp round) columns a block, `splits` chunks of
+// k: blocks = ceil(N / columns) x splits; rows in groups of at most ROWS (the group's input
+// chunk fits shared memory).
 // Attention phase: one block per (row, head, key split) walks its keys once: scores (q.k,
 // key padding -inf), their max m, p = exp(s - m), l = sum p, o = sum p v; writes o, m, l.
 // CO's prologue merges the splits: M = max m_s, o = sum o_s e^(m_s - M) / sum l_s e^(m_s - M).
@@ -81,12 +82,14 @@ struct DecoderArgs {
     long long field[decoder::FIELDS];
     int batch, c, ff, heads, layers, l_all;
     // k chunks of the linears (K = c: V, SO, Q, CO; F1; K = ff: F2) and keys per attention
-    // split; the splits follow as ceil(K / chunk).
+    // split; the splits follow as ceil(K / chunk). Output columns per block of each linear (a
+    // multiple of the 8 warps).
     int proj_chunk, ffn1_chunk, ffn2_chunk, keys_per_split;
+    int proj_columns, ffn1_columns, ffn2_columns;
     float scale, eps;
 };
 // The Rust mirror asserts the same size: a field added on one side only fails both builds.
-static_assert(sizeof(DecoderArgs) == 288, "mirrored in src/kernels/decoder.rs");
+static_assert(sizeof(DecoderArgs) == 304, "mirrored in src/kernels/decoder.rs");
 
 namespace decoder {
 
@@ -106,11 +109,11 @@ struct Chain {
     long long per_layer;
 
     __device__ explicit Chain(const DecoderArgs& p) {
-        const long long proj = ceil_div(p.c, WARPS) * ceil_div(p.c, p.proj_chunk);
+        const long long proj = ceil_div(p.c, p.proj_columns) * ceil_div(p.c, p.proj_chunk);
         blocks[V] = blocks[SO] = blocks[Q] = blocks[CO] = proj;
         blocks[A] = (long long)p.batch * p.heads * ceil_div(p.l_all, p.keys_per_split);
-        blocks[F1] = ceil_div(p.ff, WARPS) * ceil_div(p.c, p.ffn1_chunk);
-        blocks[F2] = ceil_div(p.c, WARPS) * ceil_div(p.ff, p.ffn2_chunk);
+        blocks[F1] = ceil_div(p.ff, p.ffn1_columns) * ceil_div(p.c, p.ffn1_chunk);
+        blocks[F2] = ceil_div(p.c, p.ffn2_columns) * ceil_div(p.ff, p.ffn2_chunk);
         per_layer = 0;
         for (int i = 0; i < PHASES; ++i) per_layer += blocks[i];
     }
@@ -268,13 +271,14 @@ struct Decoder {
         return layer == 0 ? nullptr : p.layers_out + (long long)(layer - 1) * p.batch * p.c;
     }
 
-    // A linear phase: W (N, K) in k chunks of `chunk`; `input(r0, rows, k0, kc, xs, stride)`
-    // writes rows [r0, r0 + rows) of the input, columns [k0, k0 + kc), into xs.
+    // A linear phase: W (N, K) in k chunks of `chunk`, `columns` output columns a block;
+    // `input(r0, rows, k0, kc, xs, stride)` writes rows [r0, r0 + rows) of the input, columns
+    // [k0, k0 + kc), into xs.
     template <class Input>
-    __device__ void linear(const float* w, int N, int K, int chunk, Input input) {
-        const long long columns = ceil_div(N, WARPS);
-        const int split = (int)(at.index / columns);
-        const long long n = (at.index % columns) * WARPS + threadIdx.x / 32;
+    __device__ void linear(const float* w, int N, int K, int chunk, int columns, Input input) {
+        const long long blocks = ceil_div(N, columns);
+        const int split = (int)(at.index / blocks);
+        const long long first = at.index % blocks * columns;
         const int k0 = split * chunk, kc = min(chunk, K - k0);
         const int group = min(ROWS, SMEM_FLOATS / chunk);
         float* parts = out + (long long)split * p.batch * N;
@@ -283,7 +287,8 @@ struct Decoder {
             __syncthreads();  // the previous group's readers of smem are done
             input(r0, rows, k0, kc, smem, chunk);
             __syncthreads();
-            gemv<Round>(smem, chunk, r0, rows, w, n, N, K, k0, kc, parts);
+            for (long long n = first + threadIdx.x / 32; n < first + columns; n += WARPS)
+                gemv<Round>(smem, chunk, r0, rows, w, n, N, K, k0, kc, parts);
         }
     }
 
@@ -430,7 +435,7 @@ struct Decoder {
         const int proj_splits = (int)ceil_div(c, p.proj_chunk);
         switch (at.phase) {
         case V:
-            linear(field(j, W_V), c, c, p.proj_chunk,
+            linear(field(j, W_V), c, c, p.proj_chunk, p.proj_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        if (j == 0) {  // t = 0
                            for (int e = threadIdx.x; e < rows * kc; e += THREADS)
@@ -444,14 +449,14 @@ struct Decoder {
                    });
             break;
         case SO:
-            linear(field(j, W_SO), c, c, p.proj_chunk,
+            linear(field(j, W_SO), c, c, p.proj_chunk, p.proj_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        bias_input<false>(r0, rows, k0, kc, xs, stride, proj_splits, c,
                                          field(j, B_V));
                    });
             break;
         case Q:
-            linear(field(j, W_Q), c, c, p.proj_chunk,
+            linear(field(j, W_Q), c, c, p.proj_chunk, p.proj_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        norm_input(r0, rows, k0, kc, xs, stride, proj_splits, field(j, B_SO),
                                   layer_input(j), field(j, G_1), field(j, BETA_1), residual(0),
@@ -462,13 +467,13 @@ struct Decoder {
             attention();
             break;
         case CO:
-            linear(field(j, W_CO), c, c, p.proj_chunk,
+            linear(field(j, W_CO), c, c, p.proj_chunk, p.proj_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        merged_attention(r0, rows, k0, kc, xs, stride);
                    });
             break;
         case F1:
-            linear(field(j, W_1), ff, c, p.ffn1_chunk,
+            linear(field(j, W_1), ff, c, p.ffn1_chunk, p.ffn1_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        norm_input(r0, rows, k0, kc, xs, stride, proj_splits, field(j, B_CO),
                                   residual(0), field(j, G_2), field(j, BETA_2), residual(1),
@@ -476,7 +481,7 @@ struct Decoder {
                    });
             break;
         case F2:
-            linear(field(j, W_2), c, ff, p.ffn2_chunk,
+            linear(field(j, W_2), c, ff, p.ffn2_chunk, p.ffn2_columns,
                    [&](int r0, int rows, int k0, int kc, float* xs, int stride) {
                        const int f1_splits = (int)ceil_div(c, p.ffn1_chunk);
                        bias_input<true>(r0, rows, k0, kc, xs, stride, f1_splits, ff,

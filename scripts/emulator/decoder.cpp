@@ -13,6 +13,7 @@ static float uni(float a = 1.0f) { return std::uniform_real_distribution<float>(
 struct Case {
     int c, heads, ff, layers, l_all, batch;
     int proj_chunk, ffn1_chunk, ffn2_chunk, keys_per_split;
+    int proj_columns, ffn1_columns, ffn2_columns;
 };
 
 using D = std::vector<double>;
@@ -49,10 +50,14 @@ static D add(const D& a, const D& b) {
 int main() {
     int failures = 0;
     const Case cases[] = {
-        {32, 4, 64, 2, 70, 3, 32, 32, 64, 70},   // one split of everything
-        {32, 4, 64, 2, 70, 3, 8, 12, 20, 16},    // several splits, the last ones short
-        {20, 4, 30, 2, 37, 1, 8, 20, 7, 10},     // hd 5, ff not a multiple of 4: scalar loads
-        {16, 2, 24, 1, 19, 9, 16, 8, 12, 8},     // batch 9: two row groups
+        // one split of everything, 8 columns a block
+        {32, 4, 64, 2, 70, 3, 32, 32, 64, 70, 8, 8, 8},
+        // several splits, the last ones short; several columns a warp, the last block short
+        {32, 4, 64, 2, 70, 3, 8, 12, 20, 16, 24, 16, 32},
+        // hd 5, ff not a multiple of 4: scalar loads
+        {20, 4, 30, 2, 37, 1, 8, 20, 7, 10, 8, 16, 24},
+        // batch 9: two row groups
+        {16, 2, 24, 1, 19, 9, 16, 8, 12, 8, 16, 8, 8},
     };
     const char* names[] = {"f32", "tf32", "bf16"};
     const double tols[] = {1e-5, 2e-3, 2e-2};
@@ -125,10 +130,10 @@ int main() {
 
         // The launch's plan, as DecoderPlan computes it from the chunks.
         auto cd = [](long a, long d) { return (a + d - 1) / d; };
-        const long proj = cd(c, 8) * cd(c, k.proj_chunk);
+        const long proj = cd(c, k.proj_columns) * cd(c, k.proj_chunk);
         const long attn = (long)b * k.heads * cd(k.l_all, k.keys_per_split);
-        const long per_layer = 4 * proj + attn + cd(ff, 8) * cd(c, k.ffn1_chunk) +
-                               cd(c, 8) * cd(ff, k.ffn2_chunk);
+        const long per_layer = 4 * proj + attn + cd(ff, k.ffn1_columns) * cd(c, k.ffn1_chunk) +
+                               cd(c, k.ffn2_columns) * cd(ff, k.ffn2_chunk);
         const long blocks = k.layers * per_layer + 1;
         const long half = std::max({cd(c, k.proj_chunk) * b * c, cd(c, k.ffn1_chunk) * b * ff,
                                     cd(ff, k.ffn2_chunk) * b * c, attn * (hd + 2)});
@@ -145,6 +150,8 @@ int main() {
             p.batch = b; p.c = c; p.ff = ff; p.heads = k.heads; p.layers = k.layers; p.l_all = k.l_all;
             p.proj_chunk = k.proj_chunk; p.ffn1_chunk = k.ffn1_chunk; p.ffn2_chunk = k.ffn2_chunk;
             p.keys_per_split = k.keys_per_split; p.scale = scale; p.eps = eps;
+            p.proj_columns = k.proj_columns; p.ffn1_columns = k.ffn1_columns;
+            p.ffn2_columns = k.ffn2_columns;
             std::vector<float> first;
             for (int launch = 0; launch < 2; ++launch) {
                 emu::launch({(unsigned)blocks, 1, 1}, decoder::THREADS, nullptr, 0, [&] {
@@ -171,10 +178,11 @@ int main() {
             const bool same = memcmp(first.data(), hs.data(), hs.size() * 4) == 0;
             const bool bad = !(e_out <= tols[prec] && e_hs <= tols[prec]) || !same;
             failures += bad;
-            printf("%s c=%d heads=%d ff=%d layers=%d keys=%d batch=%d chunks %d/%d/%d/%d (%ld blocks): "
+            printf("%s c=%d heads=%d ff=%d layers=%d keys=%d batch=%d chunks %d/%d/%d/%d columns %d/%d/%d (%ld blocks): "
                    "layers %.2e, hs %.2e%s%s\n",
                    names[prec], c, k.heads, ff, k.layers, k.l_all, b, k.proj_chunk, k.ffn1_chunk,
-                   k.ffn2_chunk, k.keys_per_split, blocks, e_out, e_hs,
+                   k.ffn2_chunk, k.keys_per_split, k.proj_columns, k.ffn1_columns, k.ffn2_columns,
+                   blocks, e_out, e_hs,
                    same ? "" : ", second launch differs", bad ? "  FAIL" : "");
         }
     }

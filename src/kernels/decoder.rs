@@ -47,6 +47,9 @@ struct DecoderArgs {
     ffn1_chunk: i32,
     ffn2_chunk: i32,
     keys_per_split: i32,
+    proj_columns: i32,
+    ffn1_columns: i32,
+    ffn2_columns: i32,
     scale: f32,
     eps: f32,
 }
@@ -55,11 +58,12 @@ struct DecoderArgs {
 unsafe impl DeviceRepr for DecoderArgs {}
 
 // The size `static_assert`ed in the .cu file: the two sides must change together.
-const _: () = assert!(std::mem::size_of::<DecoderArgs>() == 288);
+const _: () = assert!(std::mem::size_of::<DecoderArgs>() == 304);
 
 const THREADS: u32 = 256;
-/// Output columns per block of the linear phases (a warp each).
-const COLUMNS: usize = THREADS as usize / 32;
+/// Warps of a block: a linear phase's block computes a multiple of this many output columns,
+/// one per warp at a time.
+const WARPS: usize = THREADS as usize / 32;
 /// Floats of the kernel's shared buffer (`SMEM_FLOATS`): a k chunk of one row must fit.
 const SMEM_FLOATS: usize = 8192;
 /// The widest model the kernel's LayerNorm keeps in registers (`layer_norm::MAX_C`).
@@ -233,15 +237,55 @@ impl DecoderWeights {
     }
 }
 
-/// How one batch size's launch splits its work: the k chunks of the linears (input c: the
-/// projections and FFN1; input ff: FFN2) and the keys of one attention block, chosen so that
-/// each phase gives about two blocks per multiprocessor where its shape allows.
+/// How one linear phase's product is cut into blocks: k chunks of `chunk` (the splits are
+/// `ceil(k / chunk)`), `columns` output columns a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearSplit {
+    pub chunk: usize,
+    pub columns: usize,
+}
+
+impl LinearSplit {
+    /// For an `(n outputs, k inputs)` product, about `target` blocks: k chunks while the
+    /// output columns' blocks are fewer (each chunk at least 128 long, a float4 per lane; a
+    /// multiple of 4 for float4 rows; within shared memory), then more columns a block while
+    /// the blocks are more.
+    fn new(n: usize, k: usize, target: usize) -> LinearSplit {
+        let column_blocks = n.div_ceil(WARPS);
+        let want = (target / column_blocks).clamp(1, (k / 128).max(1));
+        let chunk = k.div_ceil(want);
+        let chunk = if k.is_multiple_of(4) {
+            chunk.next_multiple_of(4)
+        } else {
+            chunk
+        };
+        let chunk = chunk.min(SMEM_FLOATS);
+        let rounds = (column_blocks * k.div_ceil(chunk)).div_ceil(target).max(1);
+        LinearSplit {
+            chunk,
+            columns: WARPS * rounds,
+        }
+    }
+
+    fn blocks(&self, n: usize, k: usize) -> usize {
+        n.div_ceil(self.columns) * k.div_ceil(self.chunk)
+    }
+
+    fn parts(&self, k: usize) -> usize {
+        k.div_ceil(self.chunk)
+    }
+}
+
+/// How one batch size's launch splits its work: the linears (input c: the projections and
+/// FFN1; input ff: FFN2) and the keys of one attention block, chosen so that each phase is
+/// about one block per multiprocessor (the kernel's registers allow one) where its shape
+/// allows: one wave of blocks per phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderPlan {
     pub batch: usize,
-    pub proj_chunk: usize,
-    pub ffn1_chunk: usize,
-    pub ffn2_chunk: usize,
+    pub proj: LinearSplit,
+    pub ffn1: LinearSplit,
+    pub ffn2: LinearSplit,
     pub keys_per_split: usize,
     /// Blocks of the launch (all phases of all layers, and the post_norm block).
     pub blocks: usize,
@@ -255,35 +299,22 @@ impl DecoderPlan {
         if batch == 0 {
             return Err(Error::invalid("decoder", "batch 0"));
         }
-        let target = 2 * multiprocessors.max(1);
+        let target = multiprocessors.max(1);
         let (c, ff) = (dims.c, dims.ff);
-        // k chunks: enough to reach the target with the output columns' blocks, each at least
-        // 128 long (a float4 per lane), a multiple of 4 (float4 rows), within shared memory.
-        let chunk = |n: usize, k: usize| {
-            let want = (target / n.div_ceil(COLUMNS)).clamp(1, (k / 128).max(1));
-            let len = k.div_ceil(want);
-            let len = if k.is_multiple_of(4) {
-                len.next_multiple_of(4)
-            } else {
-                len
-            };
-            len.min(SMEM_FLOATS)
-        };
-        let (proj_chunk, ffn1_chunk, ffn2_chunk) = (chunk(c, c), chunk(ff, c), chunk(c, ff));
+        let (proj, ffn1, ffn2) = (
+            LinearSplit::new(c, c, target),
+            LinearSplit::new(ff, c, target),
+            LinearSplit::new(c, ff, target),
+        );
         let units = batch * dims.heads;
-        let key_splits = target.div_ceil(units).clamp(1, (dims.l_all / 64).max(1));
+        let key_splits = (target / units).clamp(1, (dims.l_all / 64).max(1));
         let keys_per_split = dims.l_all.div_ceil(key_splits).min(MAX_KEYS_PER_SPLIT);
-        let splits = |k: usize, chunk: usize| k.div_ceil(chunk);
-        let linear = |n: usize, k: usize, chunk: usize| n.div_ceil(COLUMNS) * splits(k, chunk);
-        let attention = units * splits(dims.l_all, keys_per_split);
-        let per_layer = 4 * linear(c, c, proj_chunk)
-            + attention
-            + linear(ff, c, ffn1_chunk)
-            + linear(c, ff, ffn2_chunk);
+        let attention = units * dims.l_all.div_ceil(keys_per_split);
+        let per_layer = 4 * proj.blocks(c, c) + attention + ffn1.blocks(ff, c) + ffn2.blocks(c, ff);
         let work_half = [
-            splits(c, proj_chunk) * batch * c,
-            splits(c, ffn1_chunk) * batch * ff,
-            splits(ff, ffn2_chunk) * batch * c,
+            proj.parts(c) * batch * c,
+            ffn1.parts(c) * batch * ff,
+            ffn2.parts(ff) * batch * c,
             attention * (dims.hd() + 2),
         ]
         .into_iter()
@@ -291,9 +322,9 @@ impl DecoderPlan {
         .unwrap_or(0);
         Ok(DecoderPlan {
             batch,
-            proj_chunk,
-            ffn1_chunk,
-            ffn2_chunk,
+            proj,
+            ffn1,
+            ffn2,
             keys_per_split,
             blocks: dims.layers * per_layer + 1,
             work_half,
@@ -436,10 +467,13 @@ impl DecoderKernels {
             heads: int("heads", d.heads)?,
             layers: int("layers", d.layers)?,
             l_all: int("memory tokens", d.l_all)?,
-            proj_chunk: int("proj_chunk", plan.proj_chunk)?,
-            ffn1_chunk: int("ffn1_chunk", plan.ffn1_chunk)?,
-            ffn2_chunk: int("ffn2_chunk", plan.ffn2_chunk)?,
-            keys_per_split: int("keys_per_split", plan.keys_per_split)?,
+            proj_chunk: int("proj chunk", plan.proj.chunk)?,
+            ffn1_chunk: int("ffn1 chunk", plan.ffn1.chunk)?,
+            ffn2_chunk: int("ffn2 chunk", plan.ffn2.chunk)?,
+            keys_per_split: int("keys per split", plan.keys_per_split)?,
+            proj_columns: int("proj columns", plan.proj.columns)?,
+            ffn1_columns: int("ffn1 columns", plan.ffn1.columns)?,
+            ffn2_columns: int("ffn2 columns", plan.ffn2.columns)?,
             scale,
             eps,
         };

@@ -12,7 +12,7 @@ use attnrt::gpu::{Gpu, testing::gpu_or_skip};
 use attnrt::kernels::decoder::cpu::decoder_f64;
 use attnrt::kernels::decoder::{
     DecoderDims, DecoderIo, DecoderKernels, DecoderPlan, DecoderWeights, DecoderWorkspace,
-    LayerRef, LinearRef, NormRef,
+    LayerRef, LinearRef, LinearSplit, NormRef,
 };
 use rand_chacha::ChaCha8Rng;
 
@@ -221,18 +221,15 @@ fn decoder_plan_fills_the_gpu_at_the_released_size() {
         ..released_short()
     };
     let plan = DecoderPlan::new(d, 1, 132).unwrap();
-    // c x c projections in 2 k chunks (64 blocks), FFN1 whole (256), FFN2 in 8 (256), the
-    // attention 8 heads x 11 key splits of 64 (88); one post_norm block.
+    // One wave of blocks a phase on 132 SMs: c x c projections in 2 k chunks of 128 (64
+    // blocks), FFN1 16 columns a block (128), FFN2 4 k chunks of 512 (128), the attention 8
+    // heads x 11 key splits of 64 (88); one post_norm block.
+    let split = |chunk, columns| LinearSplit { chunk, columns };
     assert_eq!(
-        (
-            plan.proj_chunk,
-            plan.ffn1_chunk,
-            plan.ffn2_chunk,
-            plan.keys_per_split
-        ),
-        (128, 256, 256, 64)
+        (plan.proj, plan.ffn1, plan.ffn2, plan.keys_per_split),
+        (split(128, 8), split(256, 16), split(512, 8), 64)
     );
-    assert_eq!(plan.blocks, 6 * (4 * 64 + 256 + 256 + 88) + 1);
+    assert_eq!(plan.blocks, 6 * (4 * 64 + 88 + 128 + 128) + 1);
 }
 
 #[test]

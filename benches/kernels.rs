@@ -5,16 +5,17 @@
 //! - `linear`: the encoder's QKV projection writing each head's window layout
 //!   (`qkv_windows`), its output projection (`output_split_k`, before `add_layer_norm`), its
 //!   FFN linears (`ffn1_bias_relu`, `ffn2_split_k`), and the decoder's: the cross-attention
-//!   keys and values of all layers (`decoder_memory_kv`), a c x c projection of the one query
-//!   (`decoder_projection`), the FFN linears on one row (`decoder_ffn1_bias_relu`,
+//!   keys and values of all layers (`decoder_memory_kv`); and the few-rows kernels on the
+//!   decoder's one-row shapes, as it ran before its one launch (`decoder` group): a c x c
+//!   projection (`decoder_projection`), the FFN linears (`decoder_ffn1_bias_relu`,
 //!   `decoder_ffn2_split_k`);
 //! - `window_attention` (per precision: the two products on CUDA cores in f32, on tensor cores
 //!   in tf32 and bf16): one head per window size (`w1` .. `w8`) with the key splits the engine
 //!   gives it, the `w = 1` head unsplit (`w1/unsplit`), all 8 heads of a layer in one launch
 //!   of the fused kernel (`fused_8_heads`: the engine's splits, as the `fused` mode runs them;
-//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and the
-//!   decoder's cross attention of one query over 704 keys, 8 heads in one launch, with the
-//!   engine's split (`<precision>/decoder_cross_attention`);
+//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and one
+//!   query over 704 keys, 8 heads in one launch, split as the decoder's cross attention was
+//!   before its one launch (`<precision>/decoder_cross_attention`);
 //! - `layer_norm`: plain LayerNorm, and `add_layer_norm` summing a k-split linear's partial
 //!   products, bias and residual (after the output projection and after FFN2);
 //! - `decoder`: the engine's decoder launch, all 6 layers and post_norm on the memory's k|v

@@ -28,8 +28,8 @@
 //
 // Ordering without a grid barrier or a cooperative launch: each block takes a ticket from
 // control[0] (atomicAdd) when it starts and works on the ticket's place in the chain, not
-// on blockIdx; before its work it waits until control[1] (blocks done) covers every block of
-// the earlier phases. A block only ever waits for blocks with smaller tickets, which have
+// on blockIdx; it asks L2 for its weights (they depend on nothing), then waits until
+// control[1] (blocks done) covers every block of the earlier phases. A block only ever waits for blocks with smaller tickets, which have
 // started and so are resident or finished: the chain makes progress whatever the scheduler's
 // block order or residency (the decoupled look-back argument of single-pass scans). Results
 // are published with __threadfence() before the count and read with __ldcg (L2) after it:
@@ -344,6 +344,49 @@ struct Decoder {
         }
     }
 
+    // Brings the weights of this block's linear phase into L2 (k and v of its keys for the
+    // attention): they do not depend on the earlier phases, so this runs before the wait.
+    __device__ void prefetch() const {
+        const int j = at.layer, c = p.c, ff = p.ff;
+        switch (at.phase) {
+        case V: return prefetch_linear(field(j, W_V), c, c, p.proj_chunk, p.proj_columns);
+        case SO: return prefetch_linear(field(j, W_SO), c, c, p.proj_chunk, p.proj_columns);
+        case Q: return prefetch_linear(field(j, W_Q), c, c, p.proj_chunk, p.proj_columns);
+        case CO: return prefetch_linear(field(j, W_CO), c, c, p.proj_chunk, p.proj_columns);
+        case F1: return prefetch_linear(field(j, W_1), ff, c, p.ffn1_chunk, p.ffn1_columns);
+        case F2: return prefetch_linear(field(j, W_2), c, ff, p.ffn2_chunk, p.ffn2_columns);
+        case A: {
+            const int hd = c / p.heads, splits = (int)ceil_div(p.l_all, p.keys_per_split);
+            const int split = (int)(at.index % splits);
+            const int z = (int)(at.index / splits % p.heads), r = (int)(at.index / splits / p.heads);
+            const int key0 = split * p.keys_per_split, keys = min(p.keys_per_split, p.l_all - key0);
+            const long long kv_row = 2LL * p.layers * c, at_k = (long long)j * 2 * c + z * hd;
+            // Each key's k (then v) channels: one line per 32 floats, and one for a misaligned end.
+            const int lines = (int)ceil_div(hd, 32) + 1;
+            for (int e = threadIdx.x; e < 2 * keys * lines; e += THREADS) {
+                const int which = e / (keys * lines), key = e / lines % keys, line = e % lines;
+                const long long at = ((long long)(key0 + key) * p.batch + r) * kv_row + at_k +
+                                     which * c + min(32 * line, hd - 1);
+                prefetch_l2(p.mem_kv + at);
+            }
+            return;
+        }
+        default:
+            return;
+        }
+    }
+
+    __device__ void prefetch_linear(const float* w, int N, int K, int chunk, int columns) const {
+        const long long blocks = ceil_div(N, columns);
+        const int split = (int)(at.index / blocks), k0 = split * chunk, kc = min(chunk, K - k0);
+        const long long first = at.index % blocks * columns;
+        const int lines = (int)ceil_div(kc, 32) + 1;  // as above
+        for (int e = threadIdx.x; e < columns * lines; e += THREADS) {
+            const long long n = first + e / lines;
+            if (n < N) prefetch_l2(w + n * K + k0 + min(32 * (e % lines), kc - 1));
+        }
+    }
+
     // One (row, head, key split) of the cross attention: o, m, l of its keys.
     __device__ void attention() const {
         const int hd = p.c / p.heads, splits = (int)ceil_div(p.l_all, p.keys_per_split);
@@ -503,16 +546,17 @@ __device__ void run_decoder(const DecoderArgs& p) {
     __syncthreads();
     const Chain chain(p);
     const Place at = place(p, chain, ticket);
+    // The phase's place in the whole chain (the post_norm block follows the last F2).
+    const long long phase = (long long)at.layer * PHASES + (at.phase == POST ? 0 : at.phase);
+    Decoder<Round> d{p, at, p.work + (phase + 1) % 2 * p.work_half,
+                     p.work + phase % 2 * p.work_half, smem};
+    d.prefetch();
     if (tid == 0) {
         // Every block of the earlier phases has a smaller ticket: it is running or done.
         while (*reinterpret_cast<volatile unsigned*>(p.control + 1) < at.before) __nanosleep(64);
         __threadfence();
     }
     __syncthreads();
-    // The phase's place in the whole chain (the post_norm block follows the last F2).
-    const long long phase = (long long)at.layer * PHASES + (at.phase == POST ? 0 : at.phase);
-    Decoder<Round> d{p, at, p.work + (phase + 1) % 2 * p.work_half,
-                     p.work + phase % 2 * p.work_half, smem};
     d.run();
     __threadfence();  // this block's results are visible device-wide before it counts
     __syncthreads();

@@ -81,6 +81,11 @@ __device__ __forceinline__ void cp_async_wait(int pending) {
         asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
+// Asks L2 for the line holding `p` (no register written, nothing waits for it).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 #endif  // ATTNRT_EMULATED_PTX
 
 // One k slice of a tensor-core product, per operand type: K columns of A and rows of B; the

@@ -333,5 +333,7 @@ inline void cp_async16(float* dst, const float* src, int src_bytes) {
 inline void cp_async4(float* dst, const float* src, int src_bytes) {
     emu::cur->copies.push_back({dst, src, 4, src_bytes, emu::cur->committed});
 }
+// Reads the byte, so a wild address faults here too.
+inline void prefetch_l2(const void* p) { (void)*static_cast<const volatile char*>(p); }
 inline void cp_async_commit() { ++emu::cur->committed; }
 inline void cp_async_wait(int pending) { emu::run_copies(emu::cur->committed - pending); }

@@ -483,7 +483,8 @@ fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     let mut host = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.1..0.1)).collect() };
     // Per layer: six linears (weight, bias), three LayerNorms (gamma, beta); then post_norm.
     let shapes = [(dc, dc), (dc, dc), (dc, dc), (dc, dc), (ff, dc), (dc, ff)];
-    let layers: Vec<(Vec<(Vec<f32>, Vec<f32>)>, Vec<(Vec<f32>, Vec<f32>)>)> = (0..d.layers)
+    type Pairs = Vec<(Vec<f32>, Vec<f32>)>;
+    let layers: Vec<(Pairs, Pairs)> = (0..d.layers)
         .map(|_| {
             let lin = shapes
                 .iter()

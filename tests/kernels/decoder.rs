@@ -114,7 +114,7 @@ fn check(gpu: &Gpu, precision: Precision, d: DecoderDims, batch: usize, sms: usi
     let qpos = random(&mut rng, batch * d.c);
     // Every fifth key padded (shifted per row); the first key of each row never.
     let key_pad: Vec<u8> = (0..batch * d.l_all)
-        .map(|i| u8::from(i % d.l_all != 0 && (i * 3 + i / d.l_all) % 5 == 0))
+        .map(|i| u8::from(!i.is_multiple_of(d.l_all) && (i * 3 + i / d.l_all).is_multiple_of(5)))
         .collect();
     let scale = (d.hd() as f64).powf(-0.5);
     let (want_layers, want_hs) = decoder_f64(

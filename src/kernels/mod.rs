@@ -13,6 +13,7 @@ pub mod bias_grad;
 pub mod cast;
 pub mod conv2d;
 pub mod crop;
+pub mod decoder;
 pub mod dropout;
 pub mod elementwise;
 pub mod gelu;

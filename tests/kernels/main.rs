@@ -8,6 +8,7 @@ mod bias_grad;
 mod cast;
 mod conv2d;
 mod crop;
+mod decoder;
 mod elementwise;
 mod gelu;
 mod heads;

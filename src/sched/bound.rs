@@ -36,12 +36,38 @@
 //!    and one cut at each end). The same network with `W_i` as the demand and these caps
 //!    must carry all the work.
 //!
-//! The bound is the smallest `S` at which both networks carry their demand (each a necessary
-//! condition, monotone in `S`), found by bisection, each step two maximum flows (Dinic); the
-//! lower end of the last bracket is returned, so it errs low. The relaxations keep fractional
-//! DRs, free reconfiguration, perfect co-location, a machine pooled into one, and shards that
-//! need not wait for each other. Large workloads coarsen the cells: a job's window is widened
-//! to cell borders, which only adds room, so the result stays a lower bound.
+//! Both networks let a job wait while others run; processor sharing does not:
+//!
+//! 5. **No pausing.** From its arrival to its finish a job is always in an iteration: a stall
+//!    (after a DR change), a shard phase during which at least one of its shards runs, and an
+//!    all-reduce. The shard phase of an iteration on `k` shards lasts at least its largest
+//!    shard over `v`, so over any span the job is without a running shard for at most a
+//!    fraction `phi_i` of it (the largest `off_k / (on_k + off_k)`, `off_k` the stall and the
+//!    all-reduce, `on_k = (B s / k + o) / v`) plus `off_K` (an iteration cut at the span's
+//!    end). On a GPU running `u_g` shards of a set `U` of `u` jobs and `v_g >= 1` of other
+//!    jobs, `U` gets at most `C u_g / (u_g + v_g) <= C u / (u + v_g)` (`C = max(1, c)`), and
+//!    since `v / (u + v)` is concave and 0 at 0, all GPUs together give `U` at most
+//!    `C (m - v / (u + v))` per second while `v` jobs outside `U` have a running shard.
+//!    Take `n` jobs arriving together at `t0`, a time `T = t0 + L`, and `F` those finished by
+//!    `T` (all whose deadline is `<= T`, and any others): the rest run throughout, so, with
+//!    `u + v <= n`, `sum_F N_i x_i <= C m L - (C / n) sum_{j not in F} max(0, L (1 - phi_j)
+//!    - off_K,j)`. A job due later is charged the cheaper of finishing (`N_j x_j`, if its caps
+//!    (2), (3) allow it within `L`) and running (its share above). Checked at every deadline
+//!    of every group of jobs sharing an arrival instant, and of the groups' deadline-order
+//!    prefixes (leaving jobs out keeps the argument valid), it is a closed form. On one GPU it
+//!    is what processor sharing does to the first job to finish (`n` times its exclusive
+//!    time when all `n` arrive together); with `m >= 2` it costs the jobs due at most
+//!    `v / (u + v)` of one GPU, since one job can hold GPUs of its own while the others crowd
+//!    on one. (No valid cap applies to one job alone: it can hold `m - 1` GPUs whatever the
+//!    others do.)
+//!
+//! The bound is the smallest `S` at which the groups pass (5) and both networks carry their
+//! demand (each a necessary condition, monotone in `S`), found by bisection, each step two
+//! maximum flows (Dinic); the lower end of the last bracket is returned, so it errs low. The
+//! relaxations keep fractional DRs, free reconfiguration, perfect co-location, a machine
+//! pooled into one, shards that need not wait for each other, and pausing of jobs that do
+//! not arrive together. Large workloads coarsen the cells: a job's window is widened to cell
+//! borders, which only adds room, so the result stays a lower bound.
 
 use super::cost::{allreduce_s, iteration_shapes, max_gpu_speed, max_shard_speed};
 use super::dr::DR_UNITS;

@@ -50,8 +50,9 @@
 //!    `C (m - v / (u + v))` per second while `v` jobs outside `U` have a running shard.
 //!    Take `n` jobs arriving together at `t0`, a time `T = t0 + L`, and `F` those finished by
 //!    `T` (all whose deadline is `<= T`, and any others): the rest run throughout, so, with
-//!    `u + v <= n`, `sum_F N_i x_i <= C m L - (C / n) sum_{j not in F} max(0, L (1 - phi_j)
-//!    - off_K,j)`. A job due later is charged the cheaper of finishing (`N_j x_j`, if its caps
+//!    `u + v <= n`,
+//!    `sum_F N_i x_i <= C m L - (C / n) sum_{j not in F} max(0, L (1 - phi_j) - off_K,j)`.
+//!    A job due later is charged the cheaper of finishing (`N_j x_j`, if its caps
 //!    (2), (3) allow it within `L`) and running (its share above). Checked at every deadline
 //!    of every group of jobs sharing an arrival instant, and of the groups' deadline-order
 //!    prefixes (leaving jobs out keeps the argument valid), it is a closed form. On one GPU it
@@ -645,8 +646,8 @@ mod tests {
         ];
         let b = max_slowdown_bound(&machine(1), &jobs, DEFAULT_MAX_CELLS).unwrap();
         assert!(b <= 3.0 && b > 2.996, "{b}");
-        // Arriving apart, the short job can be served first: 60 s of work by the long one's
-        // deadline, the short ones finished by theirs.
+        // A second apart there is no group to check, and the flows pause the long jobs
+        // while the short ones run: close to 2 again.
         let apart = vec![
             job(0.0, 300, 1.0, 0.0),
             job(1.0, 200, 1.0, 0.0),

@@ -114,10 +114,65 @@ fn describe_prints_layers_parameters_and_flops() {
     assert!(text.contains("'vgg16' is not one of resnet50"), "{text}");
 }
 
+/// ShuffleNet trains from an image folder through `attnrt-train`: the output and the report
+/// give the loader's rate and wait; an image that does not decode ends the run naming it.
+#[test]
+fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("images");
+    for (k, class) in ["ant", "bee"].iter().enumerate() {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..3u32 {
+            image::RgbImage::from_fn(48 + 8 * i, 40, |x, y| {
+                image::Rgb([(x * 5) as u8, (y * 6) as u8, (k * 200) as u8])
+            })
+            .save(data.join(class).join(format!("{i}.png")))
+            .unwrap();
+        }
+    }
+    let jobs = dir.path().join("jobs.toml");
+    std::fs::write(
+        &jobs,
+        format!(
+            "[[job]]\nname = \"f\"\nmodel = \"shufflenet_v2_x1_0\"\ndataset = \"folder:{},32\"\n\
+             classes = 2\nbatch_size = 4\niterations = 3\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let (code, text) = run(train()
+        .arg("--jobs")
+        .arg(&jobs)
+        .args(["--gpus", "cpu", "--report"])
+        .arg(&report));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("loader: ") && l.contains("samples/s")),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let loader = &json["loader"];
+    assert!(loader["samples_per_s"].as_f64().unwrap() > 0.0, "{json}");
+    assert!(loader["waited_s"].as_f64().unwrap() >= 0.0, "{json}");
+    assert!(loader["limited"].is_boolean(), "{json}");
+
+    std::fs::write(data.join("bee/2.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
+    let (code, text) = run(train().arg("--jobs").arg(&jobs).args(["--gpus", "cpu"]));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("job 'f'") && text.contains("2.png") && text.contains("cannot be decoded"),
+        "{text}"
+    );
+}
+
 use std::sync::Arc;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::F32;
+use attnrt::train::data::Augment;
 use attnrt::train::{
     CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train as train_job,
 };
@@ -346,7 +401,10 @@ fn gradients_match_central_differences() {
         let f = image.features();
         let mut x = vec![0.0f32; 4 * f];
         let labels: Vec<u32> = (0..4)
-            .map(|i| d.sample(i, false, &mut x[i * f..(i + 1) * f]))
+            .map(|i| {
+                d.sample(i, Augment::None, &mut x[i * f..(i + 1) * f])
+                    .unwrap()
+            })
             .collect();
         let mut grads = vec![0.0f32; params.len()];
         let loss = |p: &[f32], g: &mut [f32]| {

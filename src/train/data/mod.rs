@@ -9,10 +9,15 @@
 //!   3072 pixel bytes (channel-major 32x32x3). Missing batches after the first are allowed
 //!   (a small subset), a missing first one is an error.
 //! - `mnist:DIR`: `train-images-idx3-ubyte` and `train-labels-idx1-ubyte` (IDX format).
+//! - `folder:DIR` or `folder:DIR,S`: an ImageNet-style folder, one subfolder of JPEG or PNG
+//!   images per class, read from disk as the batches are assembled and augmented to SxSx3
+//!   (default 224; [`folder`]). Only the file list is held in memory.
 //!
-//! Pixels become `(x / 255 - 0.5) / 0.25`. Every error names the file and what is wrong.
+//! Pixels become `(x / 255 - 0.5) / 0.25` (a folder set: ImageNet's mean and standard
+//! deviation). Every error names the file and what is wrong.
 
 pub mod batches;
+pub mod folder;
 
 use std::path::Path;
 
@@ -53,6 +58,18 @@ enum Source {
     },
     /// Raw pixel bytes, `len x features`.
     Pixels { pixels: Vec<u8>, labels: Vec<u8> },
+    /// Image files, decoded and augmented when a sample is read.
+    Files(folder::Folder),
+}
+
+/// How a sample is augmented: not at all, or as in training with its coin flip and a draw
+/// for the random crop (both functions of the seed and the sample's position in the run).
+/// Each set applies what suits it: CIFAR-10 the flip, a folder set the crop and the flip;
+/// the synthetic set and MNIST nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augment {
+    None,
+    Train { flip: bool, draw: u64 },
 }
 
 /// A dataset held in memory: samples by index, their labels, and the image shape.
@@ -76,6 +93,8 @@ pub const MAX_SYNTHETIC_LEN: usize = 1 << 26;
 /// (`3 * S * S` f32s), 120 MB for the ten classes at this side.
 pub const MAX_SYNTHETIC_SIDE: usize = 1024;
 const CLASSES: usize = 10;
+/// The side of a folder set's images when `folder:DIR` gives none (ImageNet's training crop).
+pub const FOLDER_DEFAULT_SIDE: usize = 224;
 
 impl Dataset {
     /// Opens the dataset named by a job file's `dataset` value. `seed` drives the synthetic
@@ -110,11 +129,33 @@ impl Dataset {
             }
             ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),
             ("mnist", Some(dir)) if !dir.is_empty() => Dataset::mnist(Path::new(dir)),
+            ("folder", Some(arg)) if !arg.is_empty() => {
+                // A trailing `,S` is the side; a folder whose name ends in `,digits` is
+                // written with its side: `folder:DIR,224`.
+                let (dir, side) = match arg.rsplit_once(',') {
+                    Some((dir, s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                        (dir, s.parse::<usize>().ok())
+                    }
+                    _ => (arg, Some(FOLDER_DEFAULT_SIDE)),
+                };
+                match side {
+                    Some(side) if (1..=MAX_SYNTHETIC_SIDE).contains(&side) && !dir.is_empty() => {
+                        Dataset::folder(Path::new(dir), side)
+                    }
+                    _ => Err(Error::invalid(
+                        context,
+                        format!(
+                            "'{spec}': folder:DIR[,S] needs a folder and an image side S in \
+                             1..={MAX_SYNTHETIC_SIDE}"
+                        ),
+                    )),
+                }
+            }
             _ => Err(Error::invalid(
                 context,
                 format!(
                     "'{spec}' is not one of synthetic, synthetic:N, synthetic:N,S, cifar10:DIR, \
-                     mnist:DIR"
+                     mnist:DIR, folder:DIR, folder:DIR,S"
                 ),
             )),
         }
@@ -250,6 +291,28 @@ impl Dataset {
         ))
     }
 
+    /// The image folder `dir` ([`folder`]), its samples cropped to `side x side`.
+    pub fn folder(dir: &Path, side: usize) -> Result<Dataset> {
+        let files = folder::Folder::scan(dir)?;
+        let name = if side == FOLDER_DEFAULT_SIDE {
+            format!("folder:{}", dir.display())
+        } else {
+            format!("folder:{},{side}", dir.display())
+        };
+        Ok(Dataset {
+            name,
+            shape: ImageShape {
+                channels: 3,
+                height: side,
+                width: side,
+            },
+            classes: files.classes.len(),
+            len: files.files.len(),
+            flip: true,
+            source: Source::Files(files),
+        })
+    }
+
     fn from_pixels(
         name: String,
         shape: ImageShape,
@@ -284,9 +347,10 @@ impl Dataset {
     }
 
     /// Writes sample `index`'s normalised features into `out` (`shape().features()` long) and
-    /// returns its label. `flip` mirrors the image left-right (augmentation; ignored by sets
-    /// without it). `index` must be below `len()`.
-    pub fn sample(&self, index: usize, flip: bool, out: &mut [f32]) -> u32 {
+    /// returns its label, augmented as `augment` says ([`Augment`]). `index` must be below
+    /// `len()`. Only a folder set can fail: an image file that cannot be read or decoded.
+    pub fn sample(&self, index: usize, augment: Augment, out: &mut [f32]) -> Result<u32> {
+        let flip = matches!(augment, Augment::Train { flip: true, .. });
         let label = match &self.source {
             Source::Synthetic {
                 seed,
@@ -309,13 +373,19 @@ impl Dataset {
                 }
                 u32::from(labels[index])
             }
+            Source::Files(files) => {
+                let (path, label) = &files.files[index];
+                folder::load(path, self.shape, augment, out)?;
+                // The folder's loader flips as it crops.
+                return Ok(*label);
+            }
         };
         if flip && self.flip {
             for row in out.chunks_mut(self.shape.width) {
                 row.reverse();
             }
         }
-        label
+        Ok(label)
     }
 }
 

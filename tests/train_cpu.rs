@@ -301,6 +301,78 @@ fn image_folder_errors_name_the_folder_or_the_file() {
     assert!(e.contains("broken.jpg"), "{e}");
 }
 
+/// A safetensors file of `n` 3x2x2 images (pixel values `100 i + k`) and the labels given, as
+/// another framework writes one (I64 labels).
+fn write_tensors(path: &std::path::Path, labels: &[i64], meta: &str) {
+    let n = labels.len();
+    let images: Vec<f32> = (0..n * 12)
+        .map(|v| (100 * (v / 12) + v % 12) as f32)
+        .collect();
+    let (a, b) = (n * 48, n * 48 + n * 8);
+    let header = format!(
+        "{{\"images\":{{\"dtype\":\"F32\",\"shape\":[{n},3,2,2],\"data_offsets\":[0,{a}]}},\
+         \"labels\":{{\"dtype\":\"I64\",\"shape\":[{n}],\"data_offsets\":[{a},{b}]}}{meta}}}"
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(images.iter().flat_map(|v| v.to_le_bytes()));
+    bytes.extend(labels.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_tensors_file_is_replayed_in_its_own_order_without_augmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batches.safetensors");
+    write_tensors(&path, &[2, 0, 1, 1], "");
+    let d = Arc::new(Dataset::open(&format!("tensors:{}", path.display()), 5, "t").unwrap());
+    assert_eq!((d.len(), d.classes(), d.shape().features()), (4, 3, 12));
+    let mut x = vec![0.0f32; 12];
+    let flipped = Augment::Train {
+        flip: true,
+        draw: 9,
+    };
+    assert_eq!(d.sample(2, flipped, &mut x).unwrap(), 1);
+    assert_eq!(x, (200..212).map(|v| v as f32).collect::<Vec<_>>());
+    // Batches of 3 over 3 steps: positions 0..9, the file's order each epoch.
+    let mut loader = Loader::spawn(d, 5, 3, 0, 3, 2).unwrap();
+    let mut labels = Vec::new();
+    while let Some(b) = loader.next_batch() {
+        labels.extend(b.labels.iter().copied());
+        assert_eq!(b.features[0], (100 * ((3 * b.step) % 4)) as f32);
+    }
+    assert_eq!(labels, [2, 0, 1, 1, 2, 0, 1, 1, 2]);
+
+    write_tensors(&path, &[0, 1], ",\"__metadata__\":{\"classes\":\"10\"}");
+    let d = Dataset::open(&format!("tensors:{}", path.display()), 0, "t").unwrap();
+    assert_eq!(d.classes(), 10);
+    let err = |labels: &[i64], meta: &str| {
+        write_tensors(&path, labels, meta);
+        Dataset::open(&format!("tensors:{}", path.display()), 0, "t")
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = err(&[0, 5], ",\"__metadata__\":{\"classes\":\"3\"}");
+    assert!(
+        e.contains("labels") && e.contains("label 1 is 5, expected 0..3"),
+        "{e}"
+    );
+    let e = err(&[0, -1], "");
+    assert!(e.contains("label 1 is -1"), "{e}");
+    let e = err(&[0], ",\"__metadata__\":{\"classes\":\"none\"}");
+    assert!(e.contains("classes") && e.contains("'none'"), "{e}");
+    let e = Dataset::open(
+        &format!("tensors:{}", dir.path().join("no").display()),
+        0,
+        "t",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no"), "{e}");
+}
+
 // ---- order, shards, loader ----
 
 #[test]

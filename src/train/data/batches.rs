@@ -31,6 +31,8 @@ pub struct SampleOrder {
     seed: u64,
     epoch: u64,
     perm: Vec<u32>,
+    /// Every epoch in the set's own order ([`Dataset::in_order`]).
+    in_order: bool,
 }
 
 impl SampleOrder {
@@ -40,7 +42,17 @@ impl SampleOrder {
             seed,
             epoch: 0,
             perm: Vec::new(),
+            in_order: false,
         };
+        order.shuffle(0);
+        order
+    }
+
+    /// The order `dataset`'s samples are read in: shuffled per epoch, or in the set's own
+    /// order when it asks for that.
+    pub fn of(dataset: &Dataset, seed: u64) -> SampleOrder {
+        let mut order = SampleOrder::new(dataset.len(), seed);
+        order.in_order = dataset.in_order();
         order.shuffle(0);
         order
     }
@@ -48,9 +60,11 @@ impl SampleOrder {
     fn shuffle(&mut self, epoch: u64) {
         self.epoch = epoch;
         self.perm = (0..self.len as u32).collect();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        self.perm.shuffle(&mut rng);
+        if !self.in_order {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            self.perm.shuffle(&mut rng);
+        }
     }
 
     /// The dataset index at `position`, and its augmentation: a coin for the mirror and a
@@ -197,7 +211,7 @@ impl Loader {
         let thread = std::thread::Builder::new()
             .name("attnrt-loader".into())
             .spawn(move || {
-                let mut order = SampleOrder::new(dataset.len(), seed);
+                let mut order = SampleOrder::of(&dataset, seed);
                 for step in first_step..end_step {
                     let mut batch = spare_rx.try_recv().unwrap_or(Batch {
                         step,

@@ -12,6 +12,11 @@
 //! - `folder:DIR` or `folder:DIR,S`: an ImageNet-style folder, one subfolder of JPEG or PNG
 //!   images per class, read from disk as the batches are assembled and augmented to SxSx3
 //!   (default 224; [`folder`]). Only the file list is held in memory.
+//! - `tensors:FILE`: a safetensors file of `images` (N, C, H, W) (f32, f16 or bf16, used as
+//!   they are: already normalised) and `labels` (N,) (I64 or I32), read *in file order*,
+//!   epoch after epoch, without augmentation: a fixed sequence of batches that another
+//!   framework can replay exactly (`scripts/compare_loss_curves.py`). The classes are the
+//!   metadata's `classes`, else the largest label plus one.
 //!
 //! Pixels become `(x / 255 - 0.5) / 0.25` (a folder set: ImageNet's mean and standard
 //! deviation). Every error names the file and what is wrong.
@@ -25,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::base::TensorFile;
 use crate::{Error, Result};
 
 /// Channels, height and width of one sample; features are channel-major (`c, h, w`).
@@ -60,6 +66,11 @@ enum Source {
     Pixels { pixels: Vec<u8>, labels: Vec<u8> },
     /// Image files, decoded and augmented when a sample is read.
     Files(folder::Folder),
+    /// Ready features, `len x features`, and labels.
+    Features {
+        features: Vec<f32>,
+        labels: Vec<u32>,
+    },
 }
 
 /// How a sample is augmented: not at all, or as in training with its coin flip and a draw
@@ -129,6 +140,7 @@ impl Dataset {
             }
             ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),
             ("mnist", Some(dir)) if !dir.is_empty() => Dataset::mnist(Path::new(dir)),
+            ("tensors", Some(file)) if !file.is_empty() => Dataset::tensors(Path::new(file)),
             ("folder", Some(arg)) if !arg.is_empty() => {
                 // A trailing `,S` is the side; a folder whose name ends in `,digits` is
                 // written with its side: `folder:DIR,224`.
@@ -155,7 +167,7 @@ impl Dataset {
                 context,
                 format!(
                     "'{spec}' is not one of synthetic, synthetic:N, synthetic:N,S, cifar10:DIR, \
-                     mnist:DIR, folder:DIR, folder:DIR,S"
+                     mnist:DIR, folder:DIR, folder:DIR,S, tensors:FILE"
                 ),
             )),
         }
@@ -313,6 +325,74 @@ impl Dataset {
         })
     }
 
+    /// The samples of a safetensors file, in its order (see the module docs).
+    pub fn tensors(path: &Path) -> Result<Dataset> {
+        let file = TensorFile::open(path)?;
+        let images = file.f32("images")?;
+        let (lshape, raw) = file.i64("labels")?;
+        let bad = |what: &str, problem: String| Error::invalid(file.context(what), problem);
+        let [n, channels, height, width] = images.shape[..] else {
+            return Err(bad(
+                "images",
+                format!("shape {:?}, expected (N, C, H, W)", images.shape),
+            ));
+        };
+        if n == 0 || channels == 0 || height == 0 || width == 0 {
+            return Err(bad(
+                "images",
+                format!("shape {:?} holds no image", images.shape),
+            ));
+        }
+        if lshape != [n] {
+            return Err(bad(
+                "labels",
+                format!("shape {lshape:?}, expected ({n},): one per image"),
+            ));
+        }
+        let classes = match file.meta_value("classes") {
+            Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                Error::invalid(
+                    file.meta_context("classes"),
+                    format!("'{k}' is not a positive class count"),
+                )
+            })?,
+            None => raw.iter().copied().max().unwrap_or(0).max(0) as usize + 1,
+        };
+        let mut labels = Vec::with_capacity(n);
+        for (i, &l) in raw.iter().enumerate() {
+            match u32::try_from(l) {
+                Ok(v) if (v as usize) < classes => labels.push(v),
+                _ => {
+                    return Err(bad(
+                        "labels",
+                        format!("label {i} is {l}, expected 0..{classes}"),
+                    ));
+                }
+            }
+        }
+        Ok(Dataset {
+            name: format!("tensors:{}", path.display()),
+            shape: ImageShape {
+                channels,
+                height,
+                width,
+            },
+            classes,
+            len: n,
+            flip: false,
+            source: Source::Features {
+                features: images.data,
+                labels,
+            },
+        })
+    }
+
+    /// Whether the samples are read in the set's own order every epoch rather than shuffled
+    /// (a `tensors:FILE` set, which replays a fixed sequence of batches).
+    pub fn in_order(&self) -> bool {
+        matches!(self.source, Source::Features { .. })
+    }
+
     fn from_pixels(
         name: String,
         shape: ImageShape,
@@ -372,6 +452,11 @@ impl Dataset {
                     *o = (f32::from(*p) / 255.0 - 0.5) / 0.25;
                 }
                 u32::from(labels[index])
+            }
+            Source::Features { features, labels } => {
+                let f = out.len();
+                out.copy_from_slice(&features[index * f..(index + 1) * f]);
+                labels[index]
             }
             Source::Files(files) => {
                 let (path, label) = &files.files[index];

@@ -66,7 +66,8 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   scripts/make_jpeg_sequence.py scripts/sanitize.sh scripts/cudnn-env.sh examples/train-vit-synthetic.toml "$stage/"
 # The CNNs against PyTorch: the speed table and the loss curves.
 cp scripts/perf-cnn.sh scripts/torch_cnn_timing.py scripts/compare_loss_curves.py \
-  scripts/export_torchvision.py scripts/plot_loss_curves.py examples/cnn-share-1gpu.toml "$stage/"
+  scripts/export_torchvision.py scripts/plot_loss_curves.py scripts/multijob-experiment.py \
+  examples/cnn-share-1gpu.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"

@@ -9,7 +9,8 @@ jobs do) x precision (f32 with TF32 off; bf16 autocast) x mode (eager; torch.com
 default mode). Batch 64 (--batch), 1000 classes, channels_last inputs and weights, SGD with
 momentum 0.9. A step is timed with CUDA events around it after --warmup steps; samples/s is
 batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
-warm-up, in MiB.
+warm-up, in MiB. A configuration's timed steps stop after 15 s (at least 3), so that every
+row fits in one device call.
 
 Eager rows run one after another in this process. Compile rows run in child processes, at
 most --jobs at a time (compiling is CPU work): each compiles and warms up its configuration,
@@ -138,7 +139,14 @@ def parse_attnrt(text):
     return rate, limited
 
 
-def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir):
+def save(rows, path):
+    """Writes the rows so far (a run stopped by its time limit keeps what it measured)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir, json_path=None):
     rows = []
     for model in models:
         for size in sizes:
@@ -157,6 +165,7 @@ def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir):
                     if limited:
                         r["error"] = "loader-limited: the synthetic batches, not the GPU, set this rate"
                 rows.append(r)
+                save(rows, json_path)
                 print(json.dumps(r), flush=True)
     return rows
 
@@ -215,7 +224,7 @@ def measure(cfg, batch, warmup, steps, lock=None):
             held = open(lock, "a")
             fcntl.flock(held, fcntl.LOCK_EX)
         try:
-            timing = time_fn(step, steps, 2, dev)
+            timing = time_fn(step, steps, 2, dev, max_seconds=15)
         finally:
             if held:
                 fcntl.flock(held, fcntl.LOCK_UN)
@@ -293,10 +302,7 @@ def main(argv=None):
         p.error("--precisions f32,bf16 and --modes eager,compile")
     if args.attnrt_bin:
         with tempfile.TemporaryDirectory() as d:
-            rows = attnrt_rows(args.attnrt_bin, models, sizes, precisions, args.batch, args.steps, d)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(rows, f, indent=1)
+            attnrt_rows(args.attnrt_bin, models, sizes, precisions, args.batch, args.steps, d, args.json)
         return 0
     try:
         import torch
@@ -310,13 +316,12 @@ def main(argv=None):
     rows = []
     for cfg in configs(models, sizes, precisions, [m for m in modes if m == "eager"]):
         rows.append(measure(cfg, args.batch, args.warmup, args.steps))
+        save(rows, args.json)
         print(json.dumps(rows[-1]), flush=True)
     compile_cfgs = configs(models, sizes, precisions, [m for m in modes if m == "compile"])
     if compile_cfgs:
         rows += run_children(compile_cfgs, args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        save(rows, args.json)
     print(table(rows))
     return 0
 

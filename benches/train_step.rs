@@ -128,7 +128,7 @@ fn run(gpu: Arc<Gpu>, o: &Options) -> Result<()> {
     };
     let mut step = 0;
     let fill = wall_ms(o.steps, || {
-        fill_batch(&data, &mut order, step, o.batch, &mut batch);
+        fill_batch(&data, &mut order, step, o.batch, &mut batch).unwrap();
         step += 1;
         Ok(())
     })?;

@@ -65,6 +65,10 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   scripts/perf-attention.sh scripts/perf-tracker.sh scripts/convert_checkpoint.py \
   scripts/make_jpeg_sequence.py scripts/steps.sh scripts/sanitize.sh scripts/cudnn-env.sh \
   scripts/test-env.sh examples/train-vit-synthetic.toml "$stage/"
+# The CNNs against PyTorch: the speed table and the loss curves.
+cp scripts/perf-cnn.sh scripts/torch_cnn_timing.py scripts/compare_loss_curves.py \
+  scripts/export_torchvision.py scripts/plot_loss_curves.py scripts/multijob-experiment.py \
+  examples/cnn-share-1gpu.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
 # carries (64 MiB): ship them compressed; unpack-stage.sh unpacks them there.
 tar -C "$stage" -cf - bin tests bench | xz -T0 -6 > "$stage/binaries.tar.xz"
@@ -84,3 +88,5 @@ echo "(about 15 minutes; results under \$OUT, summary in sanitizer-summary.txt):
 echo "  bash $stage/sanitize.sh $stage"
 echo "the whole tracker against the original's (about 9 minutes; under \$OUT; carry 'orig'):"
 echo "  bash $stage/perf-tracker.sh $stage orig"
+echo "the CNN speed table against PyTorch (two calls of under 10 minutes; under \$OUT):"
+echo "  bash $stage/perf-cnn.sh $stage eager; bash $stage/perf-cnn.sh $stage compile"

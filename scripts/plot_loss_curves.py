@@ -39,6 +39,18 @@ def panel(x0, title, series, key, ymax, steps):
     return out
 
 
+def write_svg(out_path, series, steps, titles=("training loss (batch mean)", "training accuracy (batch)")):
+    """Writes the loss and accuracy panels of `series`, a list of (label, [(step, loss, acc)])."""
+    ymax = max(r[1] for _, rows in series for r in rows if r[0] <= steps) * 1.05
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" font-family="sans-serif">',
+           f'<rect width="{2 * W}" height="{H}" fill="white"/>']
+    svg += panel(0, titles[0], series, 0, ymax, steps)
+    svg += panel(W, titles[1], series, 1, 1.0, steps)
+    svg.append("</svg>")
+    with open(out_path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
 def main():
     args = sys.argv[1:]
     out_path, steps = args.pop(0), 60
@@ -46,14 +58,7 @@ def main():
         steps = int(args[1])
         args = args[2:]
     series = [(a.rsplit("=", 1)[0], read(a.rsplit("=", 1)[1])) for a in args]
-    ymax = max(r[1] for _, rows in series for r in rows if r[0] <= steps) * 1.05
-    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" font-family="sans-serif">',
-           f'<rect width="{2 * W}" height="{H}" fill="white"/>']
-    svg += panel(0, "training loss (batch mean)", series, 0, ymax, steps)
-    svg += panel(W, "training accuracy (batch)", series, 1, 1.0, steps)
-    svg.append("</svg>")
-    with open(out_path, "w") as f:
-        f.write("\n".join(svg) + "\n")
+    write_svg(out_path, series, steps)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-# The device scripts' steps (sourced by perf-tracker.sh, perf-transformer.sh and
-# perf-attention.sh, from the folder they run from: scripts/ here, the stage folder on the
+# The device scripts' steps (sourced by perf-tracker.sh, perf-transformer.sh,
+# perf-attention.sh and perf-cnn.sh, from the folder they run from: scripts/ here, the stage folder on the
 # device machine). Results go under $out, which the sourcing script sets.
 #
 # steps_begin: makes $out and starts an empty $out/status.txt.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{Bf16, F32};
-use attnrt::train::data::MAX_SYNTHETIC_SIDE;
+use attnrt::train::data::{Augment, MAX_SYNTHETIC_SIDE};
 use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::checkpoint::{self, CheckpointMeta};
@@ -30,10 +30,10 @@ fn synthetic_is_seeded_and_labels_are_classes() {
     let (mut xa, mut xb, mut xc) = (vec![0.0; f], vec![0.0; f], vec![0.0; f]);
     let mut labels = HashSet::new();
     for i in 0..100 {
-        let la = a.sample(i, false, &mut xa);
-        assert_eq!(la, b.sample(i, false, &mut xb));
+        let la = a.sample(i, Augment::None, &mut xa).unwrap();
+        assert_eq!(la, b.sample(i, Augment::None, &mut xb).unwrap());
         assert_eq!(xa, xb);
-        c.sample(i, false, &mut xc);
+        c.sample(i, Augment::None, &mut xc).unwrap();
         assert_ne!(xa, xc);
         assert!(la < 10);
         labels.insert(la);
@@ -61,11 +61,19 @@ fn cifar10_reads_records_and_flips() {
     let d = Dataset::open(&spec, 0, "test").unwrap();
     assert_eq!(d.len(), 12);
     let mut x = vec![0.0; 3072];
-    assert_eq!(d.sample(3, false, &mut x), 3);
+    assert_eq!(d.sample(3, Augment::None, &mut x).unwrap(), 3);
     let expect = |p: usize| ((((p + 3) % 256) as f32) / 255.0 - 0.5) / 0.25;
     assert_eq!(x[0], expect(0));
     assert_eq!(x[3071], expect(3071));
-    d.sample(3, true, &mut x);
+    d.sample(
+        3,
+        Augment::Train {
+            flip: true,
+            draw: 0,
+        },
+        &mut x,
+    )
+    .unwrap();
     assert_eq!(x[0], expect(31), "a flip mirrors each row");
 }
 
@@ -134,7 +142,7 @@ fn mnist_reads_idx_and_rejects_bad_magic() {
     let d = Dataset::open(&spec, 0, "test").unwrap();
     assert_eq!((d.len(), d.shape().features()), (3, 784));
     let mut x = vec![0.0; 784];
-    assert_eq!(d.sample(2, false, &mut x), 6);
+    assert_eq!(d.sample(2, Augment::None, &mut x).unwrap(), 6);
     std::fs::write(
         dir.path().join("train-labels-idx1-ubyte"),
         idx(0x803, &[3], &[4, 5, 6]),
@@ -145,6 +153,243 @@ fn mnist_reads_idx_and_rejects_bad_magic() {
         e.contains("train-labels-idx1-ubyte") && e.contains("magic"),
         "{e}"
     );
+}
+
+// ---- image folders ----
+
+/// A `w x h` RGB image whose pixels vary in both directions (so crops and flips differ).
+fn gradient(w: u32, h: u32, tint: u8) -> image::RgbImage {
+    image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 255 / w.max(1)) as u8, (y * 255 / h.max(1)) as u8, tint])
+    })
+}
+
+/// Three classes, written out of order: `cat` (two PNGs, one grayscale, one in a nested
+/// folder), `dog` (a JPEG and a PNG with a `.JPG` name's case), `emu` (one tiny JPEG), and a
+/// file that is not an image of the set.
+fn write_folder(root: &std::path::Path) {
+    for class in ["emu", "cat", "dog", "cat/more"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+    }
+    gradient(40, 30, 0).save(root.join("cat/a.png")).unwrap();
+    image::GrayImage::from_fn(20, 50, |x, _| image::Luma([(x * 12) as u8]))
+        .save(root.join("cat/more/b.png"))
+        .unwrap();
+    gradient(64, 48, 200)
+        .save_with_format(root.join("dog/c.jpg"), image::ImageFormat::Jpeg)
+        .unwrap();
+    gradient(33, 33, 90)
+        .save_with_format(root.join("dog/d.JPG"), image::ImageFormat::Png)
+        .unwrap();
+    gradient(5, 3, 10)
+        .save_with_format(root.join("emu/e.jpeg"), image::ImageFormat::Jpeg)
+        .unwrap();
+    std::fs::write(root.join("dog/notes.txt"), "not an image").unwrap();
+    std::fs::write(root.join("README"), "top-level files are not classes").unwrap();
+}
+
+#[test]
+fn an_image_folder_lists_classes_in_sorted_order_and_augments_deterministically() {
+    let dir = tempfile::tempdir().unwrap();
+    write_folder(dir.path());
+    let d = Dataset::open(&format!("folder:{},16", dir.path().display()), 0, "test").unwrap();
+    assert_eq!((d.len(), d.classes()), (5, 3));
+    assert_eq!(
+        (d.shape().height, d.shape().width, d.shape().channels),
+        (16, 16, 3)
+    );
+    assert_eq!(d.name(), format!("folder:{},16", dir.path().display()));
+    let default = Dataset::open(&format!("folder:{}", dir.path().display()), 0, "t").unwrap();
+    assert_eq!(default.shape().width, 224);
+    let f = d.shape().features();
+    let mut x = vec![0.0f32; f];
+    // Sorted paths: cat/a.png, cat/more/b.png, dog/c.jpg, dog/d.JPG, emu/e.jpeg.
+    let labels: Vec<u32> = (0..5)
+        .map(|i| d.sample(i, Augment::None, &mut x).unwrap())
+        .collect();
+    assert_eq!(labels, [0, 0, 1, 1, 2]);
+    // A grayscale image is read as RGB: three equal channels before normalising.
+    d.sample(1, Augment::None, &mut x).unwrap();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let pixel = |x: &[f32], ch: usize, p: usize| x[ch * 256 + p] * std[ch] + mean[ch];
+    for p in [0, 17, 255] {
+        assert!((pixel(&x, 0, p) - pixel(&x, 2, p)).abs() < 1e-6);
+    }
+    assert!(x.iter().all(|v| v.is_finite() && v.abs() < 3.0));
+
+    let train = |flip, draw| Augment::Train { flip, draw };
+    let (mut a, mut b) = (vec![0.0f32; f], vec![0.0f32; f]);
+    d.sample(0, train(false, 7), &mut a).unwrap();
+    d.sample(0, train(false, 7), &mut b).unwrap();
+    assert_eq!(a, b, "the same draw crops the same way");
+    d.sample(0, train(false, 8), &mut b).unwrap();
+    assert_ne!(a, b, "another draw crops elsewhere");
+    d.sample(0, train(true, 7), &mut b).unwrap();
+    for ch in 0..3 {
+        for row in 0..16 {
+            for col in 0..16 {
+                let at = |c: usize| ch * 256 + row * 16 + c;
+                assert_eq!(a[at(col)], b[at(15 - col)], "a flip mirrors the crop");
+            }
+        }
+    }
+    // The red channel rises left to right in every crop of image 0 (a gradient).
+    assert!(a[15] > a[0]);
+    // A 5x3 image still gives a 16x16 sample, up-sampled.
+    d.sample(4, train(false, 1), &mut a).unwrap();
+    assert!(a.iter().all(|v| v.is_finite()));
+
+    // The loader gives the same batches from any start, the crops included.
+    let shared = Arc::new(d);
+    let mut order = SampleOrder::new(5, 4);
+    let mut direct = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
+    let mut loader = Loader::spawn(shared.clone(), 4, 3, 2, 5, 2).unwrap();
+    for step in 2..5 {
+        let got = loader.next_batch().unwrap();
+        fill_batch(&shared, &mut order, step, 3, &mut direct).unwrap();
+        assert_eq!(
+            (&got.labels, &got.features),
+            (&direct.labels, &direct.features)
+        );
+    }
+    assert!(loader.next_batch().is_none() && loader.take_error().is_none());
+    let stats = loader.stats();
+    assert!(
+        stats.samples_per_s > 0.0 && stats.waited_s >= 0.0,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn image_folder_errors_name_the_folder_or_the_file() {
+    let err = |spec: String| {
+        Dataset::open(&spec, 0, "jobs.toml: job 'j': dataset")
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let e = err(format!("folder:{}", root.join("missing").display()));
+    assert!(e.contains("missing"), "{e}");
+    let e = err(format!("folder:{}", root.display()));
+    assert!(
+        e.contains(&root.display().to_string()) && e.contains("no class folders"),
+        "{e}"
+    );
+    std::fs::create_dir(root.join("empty")).unwrap();
+    std::fs::write(root.join("empty/x.gif"), "GIF89a").unwrap();
+    let e = err(format!("folder:{}", root.display()));
+    assert!(e.contains("empty") && e.contains("holds no image"), "{e}");
+    for bad in [
+        "folder:",
+        "folder:,16",
+        &format!("folder:{},0", root.display()),
+    ] {
+        let e = err(bad.to_string());
+        assert!(
+            e.starts_with("jobs.toml: job 'j': dataset") && e.contains("folder:DIR"),
+            "{bad}: {e}"
+        );
+    }
+    // An image that does not decode stops the batch that reads it, naming the file.
+    std::fs::remove_file(root.join("empty/x.gif")).unwrap();
+    gradient(8, 8, 0).save(root.join("empty/good.png")).unwrap();
+    std::fs::write(root.join("empty/broken.jpg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
+    let d = Arc::new(Dataset::open(&format!("folder:{},8", root.display()), 0, "t").unwrap());
+    let mut order = SampleOrder::new(2, 1);
+    let mut batch = Batch {
+        step: 0,
+        features: Vec::new(),
+        labels: Vec::new(),
+    };
+    let e = fill_batch(&d, &mut order, 0, 2, &mut batch)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("broken.jpg") && e.contains("cannot be decoded") && e.contains("step 0"),
+        "{e}"
+    );
+    let mut loader = Loader::spawn(d, 1, 2, 0, 3, 2).unwrap();
+    assert!(loader.next_batch().is_none());
+    let e = loader.take_error().unwrap().to_string();
+    assert!(e.contains("broken.jpg"), "{e}");
+}
+
+/// A safetensors file of `n` 3x2x2 images (pixel values `100 i + k`) and the labels given, as
+/// another framework writes one (I64 labels).
+fn write_tensors(path: &std::path::Path, labels: &[i64], meta: &str) {
+    let n = labels.len();
+    let images: Vec<f32> = (0..n * 12)
+        .map(|v| (100 * (v / 12) + v % 12) as f32)
+        .collect();
+    let (a, b) = (n * 48, n * 48 + n * 8);
+    let header = format!(
+        "{{\"images\":{{\"dtype\":\"F32\",\"shape\":[{n},3,2,2],\"data_offsets\":[0,{a}]}},\
+         \"labels\":{{\"dtype\":\"I64\",\"shape\":[{n}],\"data_offsets\":[{a},{b}]}}{meta}}}"
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend(images.iter().flat_map(|v| v.to_le_bytes()));
+    bytes.extend(labels.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_tensors_file_is_replayed_in_its_own_order_without_augmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batches.safetensors");
+    write_tensors(&path, &[2, 0, 1, 1], "");
+    let d = Arc::new(Dataset::open(&format!("tensors:{}", path.display()), 5, "t").unwrap());
+    assert_eq!((d.len(), d.classes(), d.shape().features()), (4, 3, 12));
+    let mut x = vec![0.0f32; 12];
+    let flipped = Augment::Train {
+        flip: true,
+        draw: 9,
+    };
+    assert_eq!(d.sample(2, flipped, &mut x).unwrap(), 1);
+    assert_eq!(x, (200..212).map(|v| v as f32).collect::<Vec<_>>());
+    // Batches of 3 over 3 steps: positions 0..9, the file's order each epoch.
+    let mut loader = Loader::spawn(d, 5, 3, 0, 3, 2).unwrap();
+    let mut labels = Vec::new();
+    while let Some(b) = loader.next_batch() {
+        labels.extend(b.labels.iter().copied());
+        assert_eq!(b.features[0], (100 * ((3 * b.step) % 4)) as f32);
+    }
+    assert_eq!(labels, [2, 0, 1, 1, 2, 0, 1, 1, 2]);
+
+    write_tensors(&path, &[0, 1], ",\"__metadata__\":{\"classes\":\"10\"}");
+    let d = Dataset::open(&format!("tensors:{}", path.display()), 0, "t").unwrap();
+    assert_eq!(d.classes(), 10);
+    let err = |labels: &[i64], meta: &str| {
+        write_tensors(&path, labels, meta);
+        Dataset::open(&format!("tensors:{}", path.display()), 0, "t")
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = err(&[0, 5], ",\"__metadata__\":{\"classes\":\"3\"}");
+    assert!(
+        e.contains("labels") && e.contains("label 1 is 5, expected 0..3"),
+        "{e}"
+    );
+    let e = err(&[0, -1], "");
+    assert!(e.contains("label 1 is -1"), "{e}");
+    let e = err(&[0], ",\"__metadata__\":{\"classes\":\"none\"}");
+    assert!(e.contains("classes") && e.contains("'none'"), "{e}");
+    let e = Dataset::open(
+        &format!("tensors:{}", dir.path().join("no").display()),
+        0,
+        "t",
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("no"), "{e}");
 }
 
 // ---- order, shards, loader ----
@@ -201,7 +446,7 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
         labels: Vec::new(),
     };
     for step in 0..5u64 {
-        fill_batch(&d, &mut order, step, batch_size, &mut batch);
+        fill_batch(&d, &mut order, step, batch_size, &mut batch).unwrap();
         for shard in shard_ranges(&drs[step as usize % drs.len()], batch_size) {
             for i in shard {
                 seen.push(batch.features[i * f..(i + 1) * f].to_vec());
@@ -229,7 +474,7 @@ fn loader_prefetches_the_same_batches_from_any_start() {
     let mut loader = Loader::spawn(d.clone(), 5, 16, 3, 7, 2).unwrap();
     for step in 3..7 {
         let b = loader.next_batch().unwrap();
-        fill_batch(&d, &mut order, step, 16, &mut direct);
+        fill_batch(&d, &mut order, step, 16, &mut direct).unwrap();
         assert_eq!(
             (b.step, &b.labels, &b.features),
             (step, &direct.labels, &direct.features)
@@ -491,7 +736,7 @@ fn check_vit_gradients(model: &str) {
     let labels: Vec<u32> = x
         .chunks_mut(d.shape().features())
         .enumerate()
-        .map(|(i, out)| d.sample(i, false, out))
+        .map(|(i, out)| d.sample(i, Augment::None, out).unwrap())
         .collect();
     let scale = 0.5;
     let mut grads = vec![0.0; params.len()];

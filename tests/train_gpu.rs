@@ -26,6 +26,7 @@ use attnrt::kernels::allreduce::MAX_PEERS;
 use attnrt::kernels::linear::cpu::linear_f64;
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{self, Bf16, F32};
+use attnrt::train::data::Augment;
 use attnrt::train::data::batches::{Batch, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
@@ -110,7 +111,7 @@ fn check_vit_replica(gpu: Arc<Gpu>, model: &str, sizes: &[usize]) {
         let labels: Vec<u32> = x
             .chunks_mut(f)
             .enumerate()
-            .map(|(i, out)| data.sample(i, false, out))
+            .map(|(i, out)| data.sample(i, Augment::None, out).unwrap())
             .collect();
         replica.forward_backward(&x, &labels, 0.25).unwrap();
         let stats = replica.stats().unwrap();
@@ -468,7 +469,7 @@ fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8
         labels: Vec::new(),
     };
     for step in 0..CHANGING_STEPS {
-        fill_batch(data, &mut order, step, batch_size, &mut batch);
+        fill_batch(data, &mut order, step, batch_size, &mut batch).unwrap();
         let shards = shard_ranges(&DistributionRatio::new(dr(step)).unwrap(), batch_size);
         engine
             .submit(step + 1, &Arc::new(batch.clone()), &shards)
@@ -821,7 +822,7 @@ fn bf16_gradients_match_the_cpu_emulation() {
             let labels: Vec<u32> = x
                 .chunks_mut(f)
                 .enumerate()
-                .map(|(i, out)| data.sample(i + n, false, out))
+                .map(|(i, out)| data.sample(i + n, Augment::None, out).unwrap())
                 .collect();
             gpu::poison_nan(gpu.stream(), replica.grads_mut()).unwrap();
             replica.forward_backward(&x, &labels, 0.25).unwrap();

@@ -56,6 +56,8 @@ impl JobFile {
                 precision: None,
                 classes: None,
                 init_weights: None,
+                sync_bn: None,
+                dropout: None,
             })
             .collect();
         JobFile {

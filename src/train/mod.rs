@@ -1,7 +1,7 @@
 //! The data-parallel trainer: one job, its mini-batch split over GPUs by a distribution ratio,
 //! gradients summed peer to peer by our own kernels (no NCCL). By concern:
 //!
-//! - [`data`]: the datasets (synthetic, CIFAR-10, MNIST) and [`data::batches`]: the seeded
+//! - [`data`]: the datasets (synthetic, CIFAR-10, MNIST, image folders) and [`data::batches`]: the seeded
 //!   sample order, batches, DR shards, the prefetching loader;
 //! - [`models`]: model specs and the flat parameter layout, with each model's CPU forward and
 //!   backward ([`models::cpu`], [`models::vit`]): the references and the CPU backend;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use attnrt::base::DistributionRatio;
 use attnrt::multijob::JobFile;
@@ -110,6 +111,20 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
         "done: {} steps, loss {:.4}, accuracy {:.3}, {:.0} samples/s{steady}, {:.2} s",
         outcome.step, outcome.loss, outcome.accuracy, outcome.samples_per_s, outcome.elapsed_s
     );
+    let loader = &outcome.loader;
+    let limited = loader.limited(outcome.elapsed_s);
+    println!(
+        "loader: {:.0} samples/s; the steps waited {:.2} s for batches ({:.1}% of the run){}",
+        loader.samples_per_s,
+        loader.waited_s,
+        100.0 * loader.waited_s / outcome.elapsed_s.max(1e-9),
+        if limited {
+            ": the loader, not the step, limits this run (more CPU threads, a deeper --prefetch, \
+             or smaller images)"
+        } else {
+            ""
+        }
+    );
 
     // Alone on the machine, the job's completion time is its exclusive time: SD = 1.
     let report = Report::new(
@@ -126,12 +141,39 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             .map(|g| if dr.uses(g) { outcome.elapsed_s } else { 0.0 })
             .collect::<Vec<_>>(),
     );
+    // A one-job report also says how the loader kept up (the multi-job report, the
+    // scheduler's, has times and Slow-Downs only).
+    let json = serde_json::to_string_pretty(&WithLoader {
+        report: &report,
+        loader: LoaderReport {
+            samples_per_s: loader.samples_per_s,
+            waited_s: loader.waited_s,
+            limited,
+        },
+    })
+    .map_err(|e| Error::parse("report", e))?;
     match args.report.as_deref() {
-        Some(p) if p == Path::new("-") => println!("{}", report.to_json()),
-        Some(p) => std::fs::write(p, report.to_json() + "\n").map_err(|e| Error::io(p, e))?,
+        Some(p) if p == Path::new("-") => println!("{json}"),
+        Some(p) => std::fs::write(p, json + "\n").map_err(|e| Error::io(p, e))?,
         None => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The report of a one-job run: the scheduler's fields, then `loader`.
+#[derive(Serialize)]
+struct WithLoader<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    loader: LoaderReport,
+}
+
+/// The loader's rate, the steps' wait for batches, and whether that wait limited the run.
+#[derive(Serialize)]
+struct LoaderReport {
+    samples_per_s: f64,
+    waited_s: f64,
+    limited: bool,
 }
 
 /// `--dr` over `count` devices.

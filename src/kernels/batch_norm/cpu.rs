@@ -6,6 +6,12 @@
 //! mean and the *unbiased* variance (`var * rows / (rows - 1)`). Eval mode normalises with
 //! the running statistics. The backward of train mode takes the statistics into account:
 //! `dx = gamma / sigma (dy - mean(dy) - xhat mean(dy xhat))`.
+//!
+//! Synchronised batch norm (a batch normalised as one over several devices' shards) splits
+//! both passes at their reductions: each shard's [`Moments`] (count, sum and sum of squares
+//! per channel) are summed into the batch's statistics before [`batch_norm_apply`], and each
+//! shard's [`NormGrads`] (sums of `dy` and `dy xhat`) into the batch's before
+//! [`backward_input`]. One shard's train-mode functions are the same steps without the sums.
 
 use rayon::prelude::*;
 
@@ -102,6 +108,51 @@ pub fn batch_stats(x: &[f32], channels: usize) -> BatchStats {
     BatchStats { rows, mean, var }
 }
 
+/// A shard's per-channel sums for synchronised batch norm: what the devices exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    pub rows: usize,
+    pub sum: Vec<f64>,
+    pub sum_sq: Vec<f64>,
+}
+
+impl Moments {
+    /// The shard's sums of `x` (`rows x channels`) and of its squares, per channel.
+    pub fn of(x: &[f32], channels: usize) -> Moments {
+        let sum = channel_sums(x, channels, |_, row, acc| {
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(a, &v)| *a += f64::from(v))
+        });
+        let sum_sq = channel_sums(x, channels, |_, row, acc| {
+            acc.iter_mut()
+                .zip(row)
+                .for_each(|(a, &v)| *a += f64::from(v) * f64::from(v))
+        });
+        Moments {
+            rows: x.len() / channels.max(1),
+            sum,
+            sum_sq,
+        }
+    }
+
+    /// The statistics of the batch the shards `parts` make together (in f64, the variance as
+    /// `E[x^2] - mean^2`, clamped at 0 against rounding).
+    pub fn stats(parts: &[Moments]) -> BatchStats {
+        let c = parts.first().map_or(0, |p| p.sum.len());
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let n = rows.max(1) as f64;
+        let total = |f: fn(&Moments) -> &Vec<f64>, j: usize| -> f64 {
+            parts.iter().map(|p| f(p)[j]).sum::<f64>()
+        };
+        let mean: Vec<f64> = (0..c).map(|j| total(|p| &p.sum, j) / n).collect();
+        let var = (0..c)
+            .map(|j| (total(|p| &p.sum_sq, j) / n - mean[j] * mean[j]).max(0.0))
+            .collect();
+        BatchStats { rows, mean, var }
+    }
+}
+
 /// `y = gamma (x - mean) / sqrt(var + eps) + beta` per channel.
 fn normalise(
     x: &[f32],
@@ -135,6 +186,27 @@ pub fn batch_norm_train(
     let stats = batch_stats(x, channels);
     let y = normalise(x, channels, &stats.mean, &stats.inv_std(), gamma, beta);
     Ok((y, stats))
+}
+
+/// Train mode with the statistics given: a shard of a batch normalised as one
+/// (synchronised batch norm; `stats` from [`Moments::stats`]).
+pub fn batch_norm_apply(
+    x: &[f32],
+    channels: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    stats: &BatchStats,
+) -> Result<Vec<f32>> {
+    check_operands(x, channels, gamma, beta)?;
+    check("statistics", stats.mean.len(), channels)?;
+    Ok(normalise(
+        x,
+        channels,
+        &stats.mean,
+        &stats.inv_std(),
+        gamma,
+        beta,
+    ))
 }
 
 /// Eval mode: normalised with the running statistics.
@@ -189,6 +261,87 @@ pub fn update_running(
     Ok(())
 }
 
+/// The backward pass's per-channel sums over a shard's rows: `sum(dy xhat)` (the weight's
+/// gradient) and `sum(dy)` (the bias's). Synchronised batch norm sums them over the shards
+/// ([`NormGrads::total`]) before [`backward_input`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct NormGrads {
+    pub dgamma: Vec<f64>,
+    pub dbeta: Vec<f64>,
+}
+
+impl NormGrads {
+    /// The sums over several shards.
+    pub fn total(parts: &[NormGrads]) -> NormGrads {
+        let c = parts.first().map_or(0, |p| p.dbeta.len());
+        let sum = |f: fn(&NormGrads) -> &Vec<f64>| -> Vec<f64> {
+            (0..c)
+                .map(|j| parts.iter().map(|p| f(p)[j]).sum())
+                .collect()
+        };
+        NormGrads {
+            dgamma: sum(|p| &p.dgamma),
+            dbeta: sum(|p| &p.dbeta),
+        }
+    }
+
+    /// As f32 gradients: `(dgamma, dbeta)`.
+    pub fn to_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect();
+        (f(&self.dgamma), f(&self.dbeta))
+    }
+}
+
+/// `xhat` of row `r`, channel `j` of `x` under `stats`, with `inv` its `1 / sigma`.
+fn xhat(x: &[f32], c: usize, stats: &BatchStats, inv: &[f64], r: usize, j: usize) -> f64 {
+    (f64::from(x[r * c + j]) - stats.mean[j]) * inv[j]
+}
+
+/// A shard's [`NormGrads`] from its input `x`, the statistics it was normalised with and
+/// the output's gradient `dy`.
+pub fn backward_sums(x: &[f32], dy: &[f32], stats: &BatchStats) -> Result<NormGrads> {
+    let c = stats.mean.len();
+    check("backward dy", dy.len(), x.len())?;
+    let inv = stats.inv_std();
+    let dbeta = channel_sums(dy, c, |_, row, acc| {
+        acc.iter_mut()
+            .zip(row)
+            .for_each(|(a, &g)| *a += f64::from(g))
+    });
+    let dgamma = channel_sums(dy, c, |r, row, acc| {
+        for (j, (a, &g)) in acc.iter_mut().zip(row).enumerate() {
+            *a += f64::from(g) * xhat(x, c, stats, &inv, r, j);
+        }
+    });
+    Ok(NormGrads { dgamma, dbeta })
+}
+
+/// The input's gradient of a shard, `gamma / sigma (dy - mean(dy) - xhat mean(dy xhat))`,
+/// with the means over the `stats.rows` rows the statistics were taken over and `sums` the
+/// sums over those same rows (the shard's own, or every shard's for synchronised batch norm).
+pub fn backward_input(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    stats: &BatchStats,
+    sums: &NormGrads,
+) -> Vec<f32> {
+    let c = gamma.len();
+    let inv = stats.inv_std();
+    let m = stats.rows as f64;
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
+        for j in 0..c {
+            let g = f64::from(dy[r * c + j]);
+            let v = f64::from(gamma[j])
+                * inv[j]
+                * (g - sums.dbeta[j] / m - xhat(x, c, stats, &inv, r, j) * sums.dgamma[j] / m);
+            dxr[j] = v as f32;
+        }
+    });
+    dx
+}
+
 /// The train-mode backward: `(dx, dgamma, dbeta)` from the forward's input `x`, its
 /// statistics and the output's gradient `dy`.
 pub fn batch_norm_backward(
@@ -197,33 +350,12 @@ pub fn batch_norm_backward(
     gamma: &[f32],
     stats: &BatchStats,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let c = gamma.len();
-    check("backward dy", dy.len(), x.len())?;
-    check("backward input", x.len(), stats.rows * c)?;
-    let inv = stats.inv_std();
-    let xhat = |r: usize, j: usize| (f64::from(x[r * c + j]) - stats.mean[j]) * inv[j];
-    // sum(dy) and sum(dy xhat) per channel: dbeta and dgamma.
-    let dbeta = channel_sums(dy, c, |_, row, acc| {
-        acc.iter_mut()
-            .zip(row)
-            .for_each(|(a, &g)| *a += f64::from(g))
-    });
-    let dgamma = channel_sums(dy, c, |r, row, acc| {
-        for (j, (a, &g)) in acc.iter_mut().zip(row).enumerate() {
-            *a += f64::from(g) * xhat(r, j);
-        }
-    });
-    let m = stats.rows as f64;
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(c).enumerate().for_each(|(r, dxr)| {
-        for j in 0..c {
-            let g = f64::from(dy[r * c + j]);
-            let v = f64::from(gamma[j]) * inv[j] * (g - dbeta[j] / m - xhat(r, j) * dgamma[j] / m);
-            dxr[j] = v as f32;
-        }
-    });
-    let f = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect();
-    Ok((dx, f(dgamma), f(dbeta)))
+    check("backward input", x.len(), stats.rows * gamma.len())?;
+    check("statistics", stats.mean.len(), gamma.len())?;
+    let sums = backward_sums(x, dy, stats)?;
+    let dx = backward_input(x, dy, gamma, stats, &sums);
+    let (dgamma, dbeta) = sums.to_f32();
+    Ok((dx, dgamma, dbeta))
 }
 
 #[cfg(test)]
@@ -315,5 +447,48 @@ mod tests {
             });
             assert!((g - f64::from(dbeta[j])).abs() < 2e-3, "dbeta[{j}]");
         }
+    }
+
+    /// Shards normalised as one batch (their moments and backward sums added) give the
+    /// whole batch's output, gradients and statistics, uneven shards included.
+    #[test]
+    fn synchronised_shards_match_the_whole_batch() {
+        let (rows, c) = (11, 3);
+        let x: Vec<f32> = values(rows * c, 5).iter().map(|v| 3.0 * v + 1.5).collect();
+        let gamma = values(c, 6);
+        let beta = values(c, 7);
+        let dy = values(rows * c, 8);
+        let (y, whole) = batch_norm_train(&x, c, &gamma, &beta).unwrap();
+        let (dx, dgamma, dbeta) = batch_norm_backward(&x, &dy, &gamma, &whole).unwrap();
+        let cuts = [0, 2, 3, 11];
+        let part = |v: &[f32], k: usize| v[cuts[k] * c..cuts[k + 1] * c].to_vec();
+        let moments: Vec<Moments> = (0..3).map(|k| Moments::of(&part(&x, k), c)).collect();
+        let stats = Moments::stats(&moments);
+        assert_eq!(stats.rows, rows);
+        for j in 0..c {
+            assert!((stats.mean[j] - whole.mean[j]).abs() < 1e-12);
+            assert!((stats.var[j] - whole.var[j]).abs() < 1e-12);
+        }
+        let sums: Vec<NormGrads> = (0..3)
+            .map(|k| backward_sums(&part(&x, k), &part(&dy, k), &stats).unwrap())
+            .collect();
+        let total = NormGrads::total(&sums);
+        let (tg, tb) = total.to_f32();
+        for j in 0..c {
+            assert!((tg[j] - dgamma[j]).abs() < 1e-6 && (tb[j] - dbeta[j]).abs() < 1e-6);
+        }
+        for k in 0..3 {
+            let yk = batch_norm_apply(&part(&x, k), c, &gamma, &beta, &stats).unwrap();
+            let dxk = backward_input(&part(&x, k), &part(&dy, k), &gamma, &stats, &total);
+            for (a, b) in yk
+                .iter()
+                .zip(part(&y, k))
+                .chain(dxk.iter().zip(part(&dx, k)))
+            {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        let e = batch_norm_apply(&x, c, &gamma, &beta, &Moments::stats(&[])).unwrap_err();
+        assert!(e.to_string().contains("statistics"), "{e}");
     }
 }

@@ -10,16 +10,18 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::base::DistributionRatio;
-use crate::train::data::Dataset;
+use crate::train::data::{Augment, Dataset};
 use crate::{Error, Result};
 
 /// Maps sample positions to dataset indices (see the module docs). Keeps the current
@@ -29,6 +31,8 @@ pub struct SampleOrder {
     seed: u64,
     epoch: u64,
     perm: Vec<u32>,
+    /// Every epoch in the set's own order ([`Dataset::in_order`]).
+    in_order: bool,
 }
 
 impl SampleOrder {
@@ -38,7 +42,17 @@ impl SampleOrder {
             seed,
             epoch: 0,
             perm: Vec::new(),
+            in_order: false,
         };
+        order.shuffle(0);
+        order
+    }
+
+    /// The order `dataset`'s samples are read in: shuffled per epoch, or in the set's own
+    /// order when it asks for that.
+    pub fn of(dataset: &Dataset, seed: u64) -> SampleOrder {
+        let mut order = SampleOrder::new(dataset.len(), seed);
+        order.in_order = dataset.in_order();
         order.shuffle(0);
         order
     }
@@ -46,23 +60,29 @@ impl SampleOrder {
     fn shuffle(&mut self, epoch: u64) {
         self.epoch = epoch;
         self.perm = (0..self.len as u32).collect();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        self.perm.shuffle(&mut rng);
+        if !self.in_order {
+            let mut rng =
+                ChaCha8Rng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            self.perm.shuffle(&mut rng);
+        }
     }
 
-    /// The dataset index at `position`, and whether augmentation mirrors it (a coin drawn
-    /// from the seed and the position, so a resumed run flips the same samples).
-    pub fn at(&mut self, position: u64) -> (usize, bool) {
+    /// The dataset index at `position`, and its augmentation: a coin for the mirror and a
+    /// draw for the crop, from the seed and the position, so a resumed run augments the same
+    /// samples the same way.
+    pub fn at(&mut self, position: u64) -> (usize, Augment) {
         let epoch = position / self.len as u64;
         if epoch != self.epoch {
             self.shuffle(epoch);
         }
-        let flip = ChaCha8Rng::seed_from_u64(self.seed ^ position.rotate_left(17) ^ 0xF11F)
-            .random_bool(0.5);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ position.rotate_left(17) ^ 0xF11F);
+        let flip = rng.random_bool(0.5);
         (
             self.perm[(position % self.len as u64) as usize] as usize,
-            flip,
+            Augment::Train {
+                flip,
+                draw: rng.next_u64(),
+            },
         )
     }
 }
@@ -84,17 +104,19 @@ impl Batch {
     }
 }
 
-/// Fills `batch` with step `step` of size `batch_size`, in parallel over samples.
+/// Fills `batch` with step `step` of size `batch_size`, in parallel over samples (a folder
+/// set's images are decoded and augmented on rayon's threads). The error is the first
+/// sample's that failed (an image that does not decode), with the step.
 pub fn fill_batch(
     dataset: &Dataset,
     order: &mut SampleOrder,
     step: u64,
     batch_size: usize,
     batch: &mut Batch,
-) {
+) -> Result<()> {
     let features = dataset.shape().features();
     let first = step * batch_size as u64;
-    let picks: Vec<(usize, bool)> = (0..batch_size as u64)
+    let picks: Vec<(usize, Augment)> = (0..batch_size as u64)
         .map(|i| order.at(first + i))
         .collect();
     batch.step = step;
@@ -105,7 +127,38 @@ pub fn fill_batch(
         .par_chunks_mut(features)
         .zip(batch.labels.par_iter_mut())
         .zip(picks.par_iter())
-        .for_each(|((out, label), &(index, flip))| *label = dataset.sample(index, flip, out));
+        .map(|((out, label), &(index, augment))| {
+            *label = dataset.sample(index, augment, out)?;
+            Ok(())
+        })
+        .collect::<Result<()>>()
+        .map_err(|e| {
+            Error::invalid(
+                format!("{}: batch of step {step}", dataset.name()),
+                e.to_string(),
+            )
+        })
+}
+
+/// How fast the loader assembles batches, and how long the training loop waited for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoaderStats {
+    /// Samples assembled (read, decoded, augmented) per second of the loader's work.
+    pub samples_per_s: f64,
+    /// Seconds the consumer waited for a batch, the first batch excepted (every run waits for
+    /// that one).
+    pub waited_s: f64,
+}
+
+impl LoaderStats {
+    /// The share of a run's `elapsed_s` above which the loader counts as what limited it.
+    pub const LIMITING_SHARE: f64 = 0.05;
+
+    /// Whether waiting for batches took more than [`Self::LIMITING_SHARE`] of `elapsed_s`:
+    /// the loader, not the step, set the pace.
+    pub fn limited(&self, elapsed_s: f64) -> bool {
+        self.waited_s > Self::LIMITING_SHARE * elapsed_s
+    }
 }
 
 /// The per-GPU shards of a batch of `batch` samples under `dr`: consecutive ranges whose
@@ -128,9 +181,16 @@ pub fn shard_ranges(dr: &DistributionRatio, batch: usize) -> Vec<Range<usize>> {
 /// through [`Loader::recycle`] so steady state allocates nothing. Dropping the loader stops
 /// the thread.
 pub struct Loader {
-    ready: Option<Receiver<Batch>>,
+    ready: Option<Receiver<Result<Batch>>>,
     spare: SyncSender<Batch>,
     thread: Option<JoinHandle<()>>,
+    /// The loader thread's samples assembled and nanoseconds spent on them.
+    work: Arc<[AtomicU64; 2]>,
+    /// The consumer's wait for batches after the first.
+    waited: Duration,
+    received: u64,
+    /// Why the loader stopped early.
+    error: Option<Error>,
 }
 
 impl Loader {
@@ -143,22 +203,30 @@ impl Loader {
         depth: usize,
     ) -> Result<Loader> {
         let depth = depth.max(1);
-        let (ready_tx, ready_rx) = sync_channel::<Batch>(depth);
+        let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth);
+        let work: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let counters = work.clone();
         // Room for every buffer in flight, so recycling never blocks the consumer.
         let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 2);
         let thread = std::thread::Builder::new()
             .name("attnrt-loader".into())
             .spawn(move || {
-                let mut order = SampleOrder::new(dataset.len(), seed);
+                let mut order = SampleOrder::of(&dataset, seed);
                 for step in first_step..end_step {
                     let mut batch = spare_rx.try_recv().unwrap_or(Batch {
                         step,
                         features: Vec::new(),
                         labels: Vec::new(),
                     });
-                    fill_batch(&dataset, &mut order, step, batch_size, &mut batch);
-                    if ready_tx.send(batch).is_err() {
-                        return; // the consumer is gone
+                    let started = Instant::now();
+                    let filled = fill_batch(&dataset, &mut order, step, batch_size, &mut batch);
+                    counters[0].fetch_add(batch_size as u64, Ordering::Relaxed);
+                    counters[1].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let failed = filled.is_err();
+                    // The consumer gone, or a batch that could not be made: either ends the
+                    // thread (the error is the consumer's to report).
+                    if ready_tx.send(filled.map(|()| batch)).is_err() || failed {
+                        return;
                     }
                 }
             })
@@ -167,12 +235,45 @@ impl Loader {
             ready: Some(ready_rx),
             spare: spare_tx,
             thread: Some(thread),
+            work,
+            waited: Duration::ZERO,
+            received: 0,
+            error: None,
         })
     }
 
-    /// The next batch, waiting for it if needed; `None` after the last step.
+    /// The next batch, waiting for it if needed; `None` after the last step, or when a batch
+    /// could not be made ([`Loader::take_error`] says why).
     pub fn next_batch(&mut self) -> Option<Batch> {
-        self.ready.as_ref().and_then(|r| r.recv().ok())
+        let started = Instant::now();
+        let next = self.ready.as_ref().and_then(|r| r.recv().ok());
+        if self.received > 0 {
+            self.waited += started.elapsed();
+        }
+        self.received += 1;
+        match next? {
+            Ok(batch) => Some(batch),
+            Err(e) => {
+                self.error = Some(e);
+                self.ready = None;
+                None
+            }
+        }
+    }
+
+    /// Why the loader stopped before its last step, once.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+
+    /// The loader's rate so far and the consumer's wait.
+    pub fn stats(&self) -> LoaderStats {
+        let samples = self.work[0].load(Ordering::Relaxed) as f64;
+        let busy_s = self.work[1].load(Ordering::Relaxed) as f64 * 1e-9;
+        LoaderStats {
+            samples_per_s: if busy_s > 0.0 { samples / busy_s } else { 0.0 },
+            waited_s: self.waited.as_secs_f64(),
+        }
     }
 
     /// Hands a used batch's buffers back for reuse.

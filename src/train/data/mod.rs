@@ -9,10 +9,20 @@
 //!   3072 pixel bytes (channel-major 32x32x3). Missing batches after the first are allowed
 //!   (a small subset), a missing first one is an error.
 //! - `mnist:DIR`: `train-images-idx3-ubyte` and `train-labels-idx1-ubyte` (IDX format).
+//! - `folder:DIR` or `folder:DIR,S`: an ImageNet-style folder, one subfolder of JPEG or PNG
+//!   images per class, read from disk as the batches are assembled and augmented to SxSx3
+//!   (default 224; [`folder`]). Only the file list is held in memory.
+//! - `tensors:FILE`: a safetensors file of `images` (N, C, H, W) (f32, f16 or bf16, used as
+//!   they are: already normalised) and `labels` (N,) (I64 or I32), read *in file order*,
+//!   epoch after epoch, without augmentation: a fixed sequence of batches that another
+//!   framework can replay exactly (`scripts/compare_loss_curves.py`). The classes are the
+//!   metadata's `classes`, else the largest label plus one.
 //!
-//! Pixels become `(x / 255 - 0.5) / 0.25`. Every error names the file and what is wrong.
+//! Pixels become `(x / 255 - 0.5) / 0.25` (a folder set: ImageNet's mean and standard
+//! deviation). Every error names the file and what is wrong.
 
 pub mod batches;
+pub mod folder;
 
 use std::path::Path;
 
@@ -20,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
+use crate::base::TensorFile;
 use crate::{Error, Result};
 
 /// Channels, height and width of one sample; features are channel-major (`c, h, w`).
@@ -53,6 +64,23 @@ enum Source {
     },
     /// Raw pixel bytes, `len x features`.
     Pixels { pixels: Vec<u8>, labels: Vec<u8> },
+    /// Image files, decoded and augmented when a sample is read.
+    Files(folder::Folder),
+    /// Ready features, `len x features`, and labels.
+    Features {
+        features: Vec<f32>,
+        labels: Vec<u32>,
+    },
+}
+
+/// How a sample is augmented: not at all, or as in training with its coin flip and a draw
+/// for the random crop (both functions of the seed and the sample's position in the run).
+/// Each set applies what suits it: CIFAR-10 the flip, a folder set the crop and the flip;
+/// the synthetic set and MNIST nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augment {
+    None,
+    Train { flip: bool, draw: u64 },
 }
 
 /// A dataset held in memory: samples by index, their labels, and the image shape.
@@ -76,6 +104,8 @@ pub const MAX_SYNTHETIC_LEN: usize = 1 << 26;
 /// (`3 * S * S` f32s), 120 MB for the ten classes at this side.
 pub const MAX_SYNTHETIC_SIDE: usize = 1024;
 const CLASSES: usize = 10;
+/// The side of a folder set's images when `folder:DIR` gives none (ImageNet's training crop).
+pub const FOLDER_DEFAULT_SIDE: usize = 224;
 
 impl Dataset {
     /// Opens the dataset named by a job file's `dataset` value. `seed` drives the synthetic
@@ -110,11 +140,34 @@ impl Dataset {
             }
             ("cifar10", Some(dir)) if !dir.is_empty() => Dataset::cifar10(Path::new(dir)),
             ("mnist", Some(dir)) if !dir.is_empty() => Dataset::mnist(Path::new(dir)),
+            ("tensors", Some(file)) if !file.is_empty() => Dataset::tensors(Path::new(file)),
+            ("folder", Some(arg)) if !arg.is_empty() => {
+                // A trailing `,S` is the side; a folder whose name ends in `,digits` is
+                // written with its side: `folder:DIR,224`.
+                let (dir, side) = match arg.rsplit_once(',') {
+                    Some((dir, s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                        (dir, s.parse::<usize>().ok())
+                    }
+                    _ => (arg, Some(FOLDER_DEFAULT_SIDE)),
+                };
+                match side {
+                    Some(side) if (1..=MAX_SYNTHETIC_SIDE).contains(&side) && !dir.is_empty() => {
+                        Dataset::folder(Path::new(dir), side)
+                    }
+                    _ => Err(Error::invalid(
+                        context,
+                        format!(
+                            "'{spec}': folder:DIR[,S] needs a folder and an image side S in \
+                             1..={MAX_SYNTHETIC_SIDE}"
+                        ),
+                    )),
+                }
+            }
             _ => Err(Error::invalid(
                 context,
                 format!(
                     "'{spec}' is not one of synthetic, synthetic:N, synthetic:N,S, cifar10:DIR, \
-                     mnist:DIR"
+                     mnist:DIR, folder:DIR, folder:DIR,S, tensors:FILE"
                 ),
             )),
         }
@@ -250,6 +303,96 @@ impl Dataset {
         ))
     }
 
+    /// The image folder `dir` ([`folder`]), its samples cropped to `side x side`.
+    pub fn folder(dir: &Path, side: usize) -> Result<Dataset> {
+        let files = folder::Folder::scan(dir)?;
+        let name = if side == FOLDER_DEFAULT_SIDE {
+            format!("folder:{}", dir.display())
+        } else {
+            format!("folder:{},{side}", dir.display())
+        };
+        Ok(Dataset {
+            name,
+            shape: ImageShape {
+                channels: 3,
+                height: side,
+                width: side,
+            },
+            classes: files.classes.len(),
+            len: files.files.len(),
+            flip: true,
+            source: Source::Files(files),
+        })
+    }
+
+    /// The samples of a safetensors file, in its order (see the module docs).
+    pub fn tensors(path: &Path) -> Result<Dataset> {
+        let file = TensorFile::open(path)?;
+        let images = file.f32("images")?;
+        let (lshape, raw) = file.i64("labels")?;
+        let bad = |what: &str, problem: String| Error::invalid(file.context(what), problem);
+        let [n, channels, height, width] = images.shape[..] else {
+            return Err(bad(
+                "images",
+                format!("shape {:?}, expected (N, C, H, W)", images.shape),
+            ));
+        };
+        if n == 0 || channels == 0 || height == 0 || width == 0 {
+            return Err(bad(
+                "images",
+                format!("shape {:?} holds no image", images.shape),
+            ));
+        }
+        if lshape != [n] {
+            return Err(bad(
+                "labels",
+                format!("shape {lshape:?}, expected ({n},): one per image"),
+            ));
+        }
+        let classes = match file.meta_value("classes") {
+            Some(k) => k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                Error::invalid(
+                    file.meta_context("classes"),
+                    format!("'{k}' is not a positive class count"),
+                )
+            })?,
+            None => raw.iter().copied().max().unwrap_or(0).max(0) as usize + 1,
+        };
+        let mut labels = Vec::with_capacity(n);
+        for (i, &l) in raw.iter().enumerate() {
+            match u32::try_from(l) {
+                Ok(v) if (v as usize) < classes => labels.push(v),
+                _ => {
+                    return Err(bad(
+                        "labels",
+                        format!("label {i} is {l}, expected 0..{classes}"),
+                    ));
+                }
+            }
+        }
+        Ok(Dataset {
+            name: format!("tensors:{}", path.display()),
+            shape: ImageShape {
+                channels,
+                height,
+                width,
+            },
+            classes,
+            len: n,
+            flip: false,
+            source: Source::Features {
+                features: images.data,
+                labels,
+            },
+        })
+    }
+
+    /// Whether the samples are read in the set's own order every epoch rather than shuffled
+    /// (a `tensors:FILE` set, which replays a fixed sequence of batches).
+    pub fn in_order(&self) -> bool {
+        matches!(self.source, Source::Features { .. })
+    }
+
     fn from_pixels(
         name: String,
         shape: ImageShape,
@@ -284,9 +427,10 @@ impl Dataset {
     }
 
     /// Writes sample `index`'s normalised features into `out` (`shape().features()` long) and
-    /// returns its label. `flip` mirrors the image left-right (augmentation; ignored by sets
-    /// without it). `index` must be below `len()`.
-    pub fn sample(&self, index: usize, flip: bool, out: &mut [f32]) -> u32 {
+    /// returns its label, augmented as `augment` says ([`Augment`]). `index` must be below
+    /// `len()`. Only a folder set can fail: an image file that cannot be read or decoded.
+    pub fn sample(&self, index: usize, augment: Augment, out: &mut [f32]) -> Result<u32> {
+        let flip = matches!(augment, Augment::Train { flip: true, .. });
         let label = match &self.source {
             Source::Synthetic {
                 seed,
@@ -309,13 +453,24 @@ impl Dataset {
                 }
                 u32::from(labels[index])
             }
+            Source::Features { features, labels } => {
+                let f = out.len();
+                out.copy_from_slice(&features[index * f..(index + 1) * f]);
+                labels[index]
+            }
+            Source::Files(files) => {
+                let (path, label) = &files.files[index];
+                folder::load(path, self.shape, augment, out)?;
+                // The folder's loader flips as it crops.
+                return Ok(*label);
+            }
         };
         if flip && self.flip {
             for row in out.chunks_mut(self.shape.width) {
                 row.reverse();
             }
         }
-        label
+        Ok(label)
     }
 }
 

@@ -105,7 +105,10 @@ fn median_step_s(
     for t in 1..=steps {
         let started = Instant::now();
         let Some(b) = loader.next_batch() else {
-            break;
+            match loader.take_error() {
+                Some(e) => return Err(e),
+                None => break,
+            }
         };
         engine.step(t as u64, &Arc::new(b), &shards)?;
         if t > WARMUP_STEPS {

@@ -108,6 +108,8 @@ pub struct CpuEngine {
     /// bf16 is emulated: GEMM operands rounded to bf16 ([`Precision::operand`]).
     precision: Precision,
     devices: usize,
+    /// The CNNs' batch norms normalise over every shard of a step ([`CpuEngine::with_sync_bn`]).
+    sync_bn: bool,
     state: State,
     grads: Vec<f32>,
     shard_grads: Vec<f32>,
@@ -139,11 +141,34 @@ impl CpuEngine {
             optimizer,
             precision,
             devices,
+            sync_bn: false,
             state,
             grads: vec![0.0; n],
             shard_grads: vec![0.0; n],
             done: VecDeque::new(),
         }
+    }
+}
+
+impl CpuEngine {
+    /// With `sync`, a CNN's batch norms normalise each step over all its shards' samples, as
+    /// one device with the whole batch (the devices exchanging their statistics); without, each
+    /// shard normalises its own samples as a device of a data-parallel job does.
+    pub fn with_sync_bn(mut self, sync: bool) -> CpuEngine {
+        self.sync_bn = sync;
+        self
+    }
+
+    /// A CNN's dropout layers with probability `p` instead of the architecture's.
+    pub fn with_dropout(mut self, p: f32) -> CpuEngine {
+        self.graph = self.graph.map(|g| g.with_dropout(p));
+        self
+    }
+
+    /// The dropout seed of the shard starting at sample `start` of step `t`: masks differ per
+    /// step and per sample position in the batch.
+    fn dropout_seed(t: u64, start: usize) -> u64 {
+        t.wrapping_mul(0x9E37_79B9) ^ (start as u64) << 40
     }
 }
 
@@ -157,48 +182,77 @@ impl Engine for CpuEngine {
         let features = self.model.features();
         let scale = 1.0 / batch.len() as f32;
         let mut stats = ShardStats::default();
-        self.grads.fill(0.0);
-        // Each shard normalises its own samples (as each GPU does); the running statistics
-        // move by the shards' statistics weighted by their share of the batch.
+        // The parts the running statistics move by, each with its weight.
         let mut norms = Vec::new();
-        for r in shards {
-            let (x, labels) = (
-                &batch.features[r.start * features..r.end * features],
-                &batch.labels[r.clone()],
-            );
-            match &self.graph {
-                Some(graph) => {
-                    // Dropout masks differ per step and per sample position in the batch.
-                    let seed = t.wrapping_mul(0x9E37_79B9) ^ (r.start as u64) << 40;
-                    let pass = cnn::cpu::forward_backward(
-                        graph,
-                        self.precision,
-                        &self.state.params,
-                        x,
-                        labels,
-                        scale,
-                        seed,
-                        &mut self.shard_grads,
-                    )?;
-                    stats += pass.stats;
-                    norms.push((r.len() as f64 / batch.len() as f64, pass.norms));
-                }
-                None => {
-                    stats += cpu::forward_backward(
-                        &self.model,
-                        self.precision,
-                        &self.state.params,
-                        x,
-                        labels,
-                        scale,
-                        &mut self.shard_grads,
-                    )
+        match (&self.graph, self.sync_bn) {
+            (Some(graph), true) => {
+                let parts: Vec<cnn::cpu::Shard> = shards
+                    .iter()
+                    .map(|r| cnn::cpu::Shard {
+                        x: &batch.features[r.start * features..r.end * features],
+                        labels: &batch.labels[r.clone()],
+                        seed: CpuEngine::dropout_seed(t, r.start),
+                    })
+                    .collect();
+                let passes = cnn::cpu::forward_backward_synced(
+                    graph,
+                    self.precision,
+                    &self.state.params,
+                    &parts,
+                    scale,
+                    &mut self.grads,
+                )?;
+                for p in passes {
+                    stats += p.stats;
+                    // Every shard normalised with the step's statistics: one part.
+                    if norms.is_empty() && !p.norms.is_empty() {
+                        norms.push((1.0, p.norms));
+                    }
                 }
             }
-            self.grads
-                .iter_mut()
-                .zip(&self.shard_grads)
-                .for_each(|(g, s)| *g += s);
+            _ => {
+                self.grads.fill(0.0);
+                // Each shard normalises its own samples (as each GPU does); the running
+                // statistics move by the shards' statistics weighted by their share of the
+                // batch.
+                for r in shards {
+                    let (x, labels) = (
+                        &batch.features[r.start * features..r.end * features],
+                        &batch.labels[r.clone()],
+                    );
+                    match &self.graph {
+                        Some(graph) => {
+                            let pass = cnn::cpu::forward_backward(
+                                graph,
+                                self.precision,
+                                &self.state.params,
+                                x,
+                                labels,
+                                scale,
+                                CpuEngine::dropout_seed(t, r.start),
+                                &mut self.shard_grads,
+                            )?;
+                            stats += pass.stats;
+                            norms.push((r.len() as f64 / batch.len() as f64, pass.norms));
+                        }
+                        None => {
+                            stats += cpu::forward_backward(
+                                &self.model,
+                                self.precision,
+                                &self.state.params,
+                                x,
+                                labels,
+                                scale,
+                                &mut self.shard_grads,
+                            )
+                        }
+                    }
+                    self.grads
+                        .iter_mut()
+                        .zip(&self.shard_grads)
+                        .for_each(|(g, s)| *g += s);
+                }
+            }
         }
         if let Some(graph) = &self.graph {
             let parts: Vec<_> = norms.iter().map(|(w, n)| (*w, n)).collect();

@@ -196,17 +196,42 @@ impl Session {
                 State::fresh(params, &optimizer).with_buffers(buffers)
             }
         };
+        if let (Some(_), ModelSpec::Cnn(config)) = (spec.dropout, &model)
+            && !cnn::graph(*config).has_dropout()
+        {
+            return Err(Error::invalid(
+                ctx("dropout"),
+                format!("model '{}' has no dropout layer", spec.model),
+            ));
+        }
+        let sync_bn = spec.sync_bn.unwrap_or(false);
         let engine: Box<dyn Engine> = match &devices {
-            Devices::Gpus(ordinals) => Box::new(ReplicaEngine::new(
-                ordinals, &model, optimizer, precision, &state,
-            )?),
-            Devices::Cpu(n) => Box::new(CpuEngine::new(
-                model.clone(),
-                optimizer,
-                precision,
-                *n,
-                state,
-            )),
+            Devices::Gpus(ordinals) => {
+                // The GPU replica normalises each shard alone and keeps the architecture's
+                // dropout; until it exchanges batch statistics, the keys are refused here
+                // rather than ignored.
+                for (key, set) in [("sync_bn", sync_bn), ("dropout", spec.dropout.is_some())] {
+                    if set {
+                        return Err(Error::invalid(
+                            ctx(key),
+                            format!(
+                                "not supported on GPUs yet (devices {devices}); train on the CPU with --gpus cpu:N"
+                            ),
+                        ));
+                    }
+                }
+                Box::new(ReplicaEngine::new(
+                    ordinals, &model, optimizer, precision, &state,
+                )?)
+            }
+            Devices::Cpu(n) => {
+                let engine = CpuEngine::new(model.clone(), optimizer, precision, *n, state)
+                    .with_sync_bn(sync_bn);
+                Box::new(match spec.dropout {
+                    Some(p) => engine.with_dropout(p as f32),
+                    None => engine,
+                })
+            }
         };
         let mut resume_from = match (&settings.checkpoint_dir, settings.resume) {
             (Some(dir), true) => checkpoint::load_latest(dir)?,

@@ -1,11 +1,12 @@
 //! A job's training keys in the job file, typed and checked once: `model`, `dataset`, and the
 //! optional `optimizer`, `lr` and `precision` (the command line's flags override these
-//! three), `classes` and `init_weights`. The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
+//! three), and the CNNs' `classes`, `init_weights`, `sync_bn` and `dropout`. The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
 
 use serde::{Deserialize, Serialize};
 
 use crate::base::Precision;
 use crate::train::PRECISIONS;
+use crate::train::models::cnn::Arch;
 use crate::train::optim::OptimizerKind;
 use crate::{Error, Result};
 
@@ -33,6 +34,14 @@ pub struct TrainSpec {
     /// A safetensors file of initial weights under torchvision's names (the CNNs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<String>,
+    /// The CNNs' batch norms normalise over the whole batch, all devices' shards together
+    /// (default false: each device its own shard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_bn: Option<bool>,
+    /// The probability of the CNNs' dropout layers, in [0, 1) (default: the architecture's,
+    /// 0.5 for AlexNet); 0 turns dropout off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
 }
 
 /// The learning rate when neither the job file nor `--lr` gives one.
@@ -54,11 +63,15 @@ struct Written {
     classes: Option<i64>,
     #[serde(default)]
     init_weights: Option<String>,
+    #[serde(default)]
+    sync_bn: Option<bool>,
+    #[serde(default)]
+    dropout: Option<f64>,
 }
 
 impl TrainSpec {
     /// The `[[job]]` keys this type reads.
-    pub const KEYS: [&'static str; 7] = [
+    pub const KEYS: [&'static str; 9] = [
         "model",
         "dataset",
         "optimizer",
@@ -66,6 +79,8 @@ impl TrainSpec {
         "precision",
         "classes",
         "init_weights",
+        "sync_bn",
+        "dropout",
     ];
 
     /// Reads and checks a job's training keys; `label` (the file and the job, e.g.
@@ -115,6 +130,31 @@ impl TrainSpec {
         {
             return Err(Error::invalid(ctx("init_weights"), "must not be empty"));
         }
+        // Batch norm and dropout layers are the CNNs' alone.
+        let cnn_only = |key: &str| {
+            Error::invalid(
+                ctx(key),
+                format!(
+                    "only the torchvision CNNs have it, model '{}' does not",
+                    w.model
+                ),
+            )
+        };
+        let is_cnn = Arch::from_name(&w.model).is_some();
+        if w.sync_bn.is_some() && !is_cnn {
+            return Err(cnn_only("sync_bn"));
+        }
+        if let Some(p) = w.dropout {
+            if !is_cnn {
+                return Err(cnn_only("dropout"));
+            }
+            if !(0.0..1.0).contains(&p) {
+                return Err(Error::invalid(
+                    ctx("dropout"),
+                    format!("must be in [0, 1), got {p}"),
+                ));
+            }
+        }
         Ok(TrainSpec {
             model: w.model,
             dataset: w.dataset,
@@ -123,6 +163,8 @@ impl TrainSpec {
             precision,
             classes,
             init_weights: w.init_weights,
+            sync_bn: w.sync_bn,
+            dropout: w.dropout,
         })
     }
 }
@@ -202,6 +244,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(empty.contains("job 'j': model"), "{empty}");
+    }
+
+    #[test]
+    fn sync_bn_and_dropout_are_the_cnns_keys() {
+        let cnn = |extra: &str| {
+            let text = format!("model = \"resnet50\"\ndataset = \"synthetic\"\n{extra}");
+            TrainSpec::from_table(toml::from_str(&text).unwrap(), "jobs.toml: job 'j'")
+        };
+        let s = cnn("sync_bn = true\ndropout = 0.0").unwrap();
+        assert_eq!((s.sync_bn, s.dropout), (Some(true), Some(0.0)));
+        assert_eq!(cnn("").unwrap().sync_bn, None);
+        let e = err("sync_bn = true");
+        assert!(
+            e.starts_with("jobs.toml: job 'j': sync_bn") && e.contains("model 'mlp'"),
+            "{e}"
+        );
+        let e = err("dropout = 0.1");
+        assert!(e.starts_with("jobs.toml: job 'j': dropout"), "{e}");
+        for bad in ["dropout = 1.0", "dropout = -0.5", "dropout = nan"] {
+            let e = cnn(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("jobs.toml: job 'j': dropout: must be in [0, 1)"),
+                "{e}"
+            );
+        }
+        let e = cnn("sync_bn = \"yes\"").unwrap_err().to_string();
+        assert!(e.contains("job 'j'") && e.contains("sync_bn"), "{e}");
     }
 
     #[test]

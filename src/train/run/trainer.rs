@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
-use crate::train::data::batches::{Loader, shard_ranges};
+use crate::train::data::batches::{Loader, LoaderStats, shard_ranges};
 use crate::train::models::{Layout, ModelSpec};
 use crate::train::optim::Optimizer;
 use crate::train::run::checkpoint::{self, CheckpointMeta, Latest};
@@ -161,6 +161,9 @@ pub struct Outcome {
     pub loss: f64,
     pub accuracy: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// The loader's rate and how long the steps waited for it
+    /// ([`LoaderStats::limited`]: whether it set the pace).
+    pub loader: LoaderStats,
 }
 
 /// Trains `job` on `engine` from scratch or from the newest checkpoint.
@@ -209,6 +212,7 @@ pub fn train(
         loss: f64::NAN,
         accuracy: f64::NAN,
         last_checkpoint: None,
+        loader: LoaderStats::default(),
     };
     let mut saved_at = start_step;
     // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
@@ -228,10 +232,11 @@ pub fn train(
                 shards = shard_ranges(&dr, job.batch_size);
             }
             let Some(batch) = loader.next_batch() else {
-                return Err(Error::invalid(
-                    format!("job '{}'", job.name),
-                    "the loader stopped before the last step",
-                ));
+                let why = loader.take_error().map_or_else(
+                    || "the loader stopped before the last step".to_string(),
+                    |e| e.to_string(),
+                );
+                return Err(Error::invalid(format!("job '{}'", job.name), why));
             };
             let batch = Arc::new(batch);
             engine.submit(submitted + 1, &batch, &shards)?;
@@ -313,6 +318,7 @@ pub fn train(
         outcome.last_checkpoint = save(job, engine, opts, &layout, outcome.step, &mut kept)?;
     }
     outcome.elapsed_s = started.elapsed().as_secs_f64();
+    outcome.loader = loader.stats();
     Ok(outcome)
 }
 

@@ -3,10 +3,19 @@
 //! kept for the backward pass; a value read by several layers (a shortcut, DenseNet's
 //! features) sums the gradients they send back. In bf16 the convolutions and linears read
 //! operands rounded to bf16 ([`Precision::operand`]), as the MLP's CPU pass does.
+//!
+//! Several shards of one step can walk together, layer by layer, with their batch norms
+//! synchronised ([`forward_backward_synced`]): each batch norm sums the shards' moments
+//! before normalising and their backward sums before the input's gradient, as devices
+//! exchanging those sums would, so the shards compute what one device with the whole batch
+//! does.
 
 use crate::base::Precision;
 use crate::kernels::avg_pool::cpu::{Windows, avg_pool, avg_pool_backward};
-use crate::kernels::batch_norm::cpu::{BatchStats, batch_norm_backward, batch_norm_train};
+use crate::kernels::batch_norm::cpu::{
+    BatchStats, Moments, NormGrads, backward_input, backward_sums, batch_norm_apply,
+    batch_norm_backward, batch_norm_train,
+};
 use crate::kernels::bias_grad::cpu::bias_grad;
 use crate::kernels::conv2d::cpu::{Conv2d, backward_data, backward_filter, conv2d};
 use crate::kernels::dropout::cpu::dropout;
@@ -51,80 +60,247 @@ pub fn forward_backward(
     seed: u64,
     grads: &mut [f32],
 ) -> Result<Pass> {
-    grads.fill(0.0);
-    let n = labels.len();
-    let [h, w, c] = graph.shapes[0];
-    if x.len() != n * h * w * c || params.len() != graph.layout.total {
-        return Err(Error::invalid(
-            graph.config.arch.name(),
-            format!(
-                "{} input values for {n} images of {c}x{h}x{w}, {} parameters for {}",
-                x.len(),
-                params.len(),
-                graph.layout.total
-            ),
-        ));
-    }
-    if n == 0 {
-        return Ok(Pass {
-            stats: ShardStats::default(),
-            logits: Vec::new(),
-            norms: Vec::new(),
-        });
-    }
-    let slot = |i: usize| &params[graph.layout.slots[i].range()];
-
-    // The image, channel-major, to NHWC.
-    let mut input = vec![0.0f32; x.len()];
-    for b in 0..n {
-        for ch in 0..c {
-            for p in 0..h * w {
-                input[(b * h * w + p) * c + ch] = x[(b * c + ch) * h * w + p];
-            }
-        }
-    }
-    let mut values: Vec<Vec<f32>> = vec![input];
-    let mut saved = Vec::with_capacity(graph.nodes.len());
-    let mut norms = Vec::with_capacity(graph.norms.len());
-    for (i, node) in graph.nodes.iter().enumerate() {
-        let (y, s) = forward(graph, node, n, &values, &slot, precision, seed ^ i as u64)?;
-        if let Saved::Norm(stats) = &s {
-            norms.push(stats.clone());
-        }
-        debug_assert_eq!(values.len(), node.output);
-        values.push(y);
-        saved.push(s);
-    }
-    let classes = graph.config.classes;
-    let logits = values.last().expect("a graph has layers").clone();
-    let (loss, dlogits) = softmax_cross_entropy(&logits, labels, classes, scale);
-
-    let mut dvalues: Vec<Option<Vec<f32>>> = vec![None; values.len()];
-    *dvalues.last_mut().expect("logits") = Some(dlogits);
-    for (node, s) in graph.nodes.iter().zip(&saved).rev() {
-        let Some(dy) = dvalues[node.output].take() else {
-            continue;
-        };
-        let dxs = backward(
-            graph, node, n, &values, s, &dy, &slot, precision, grads, seed,
-        )?;
-        for (&input, dx) in node.inputs.iter().zip(dxs) {
-            let Some(dx) = dx else { continue };
-            match &mut dvalues[input] {
-                Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, d)| *a += d),
-                empty => *empty = Some(dx),
-            }
-        }
-        // Values no later layer reads are dropped as the walk passes their producer.
-        values[node.output] = Vec::new();
-    }
-    Ok(Pass {
-        stats: ShardStats::from(loss),
-        logits,
-        norms,
-    })
+    let shard = Shard { x, labels, seed };
+    let mut passes = walk(graph, precision, params, &[shard], scale, false, grads)?;
+    Ok(passes.remove(0))
 }
 
+/// One shard of a step: its images (as [`forward_backward`]'s `x`), labels and dropout seed.
+#[derive(Clone, Copy, Debug)]
+pub struct Shard<'a> {
+    pub x: &'a [f32],
+    pub labels: &'a [u32],
+    pub seed: u64,
+}
+
+/// Forward and backward over the shards of one step with synchronised batch norm: every
+/// batch norm normalises with the statistics of all the shards' samples, and its backward
+/// uses all the shards' sums. Writes the sum of the shards' gradients of
+/// `scale * sum(cross_entropy)` into `grads` (overwriting it). Each [`Pass`] holds its
+/// shard's loss and logits; their `norms` are the whole step's statistics. An empty shard
+/// takes no part and gets an empty pass.
+pub fn forward_backward_synced(
+    graph: &Graph,
+    precision: Precision,
+    params: &[f32],
+    shards: &[Shard],
+    scale: f32,
+    grads: &mut [f32],
+) -> Result<Vec<Pass>> {
+    walk(graph, precision, params, shards, scale, true, grads)
+}
+
+/// One shard's walk: its values, what each layer kept, and the gradients flowing back.
+struct Walk<'a> {
+    shard: Shard<'a>,
+    values: Vec<Vec<f32>>,
+    saved: Vec<Saved>,
+    dvalues: Vec<Option<Vec<f32>>>,
+}
+
+/// The walker of [`forward_backward`] and [`forward_backward_synced`]: the shards go through
+/// the graph together, layer by layer; with `sync` their batch norms are one.
+fn walk(
+    graph: &Graph,
+    precision: Precision,
+    params: &[f32],
+    shards: &[Shard],
+    scale: f32,
+    sync: bool,
+    grads: &mut [f32],
+) -> Result<Vec<Pass>> {
+    grads.fill(0.0);
+    let [h, w, c] = graph.shapes[0];
+    for s in shards {
+        let n = s.labels.len();
+        if s.x.len() != n * h * w * c || params.len() != graph.layout.total {
+            return Err(Error::invalid(
+                graph.config.arch.name(),
+                format!(
+                    "{} input values for {n} images of {c}x{h}x{w}, {} parameters for {}",
+                    s.x.len(),
+                    params.len(),
+                    graph.layout.total
+                ),
+            ));
+        }
+    }
+    let slot = |i: usize| &params[graph.layout.slots[i].range()];
+    // The image, channel-major, to NHWC.
+    let mut walks: Vec<Walk> = shards
+        .iter()
+        .filter(|s| !s.labels.is_empty())
+        .map(|s| {
+            let mut input = vec![0.0f32; s.x.len()];
+            for b in 0..s.labels.len() {
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        input[(b * h * w + p) * c + ch] = s.x[(b * c + ch) * h * w + p];
+                    }
+                }
+            }
+            Walk {
+                shard: *s,
+                values: vec![input],
+                saved: Vec::with_capacity(graph.nodes.len()),
+                dvalues: Vec::new(),
+            }
+        })
+        .collect();
+
+    for (i, node) in graph.nodes.iter().enumerate() {
+        // A synchronised batch norm's statistics: the shards' moments summed.
+        let synced = match node.op {
+            Op::BatchNorm { .. } if sync => {
+                let ch = graph.shapes[node.inputs[0]][2];
+                let parts: Vec<Moments> = walks
+                    .iter()
+                    .map(|w| Moments::of(&w.values[node.inputs[0]], ch))
+                    .collect();
+                Some(Moments::stats(&parts))
+            }
+            _ => None,
+        };
+        for w in &mut walks {
+            let n = w.shard.labels.len();
+            let seed = w.shard.seed ^ i as u64;
+            let (y, s) = forward(
+                graph,
+                node,
+                n,
+                &w.values,
+                &slot,
+                precision,
+                seed,
+                synced.as_ref(),
+            )?;
+            debug_assert_eq!(w.values.len(), node.output);
+            w.values.push(y);
+            w.saved.push(s);
+        }
+    }
+
+    // Each shard's batch statistics, in the graph's batch norm order (the whole step's when
+    // synchronised).
+    let norms: Vec<Vec<BatchStats>> = walks
+        .iter()
+        .map(|w| {
+            w.saved
+                .iter()
+                .filter_map(|s| match s {
+                    Saved::Norm(stats) => Some(stats.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    let classes = graph.config.classes;
+    let mut losses = Vec::with_capacity(walks.len());
+    for w in &mut walks {
+        let logits = w.values.last().expect("a graph has layers").clone();
+        let (loss, dlogits) = softmax_cross_entropy(&logits, w.shard.labels, classes, scale);
+        w.dvalues = vec![None; w.values.len()];
+        *w.dvalues.last_mut().expect("logits") = Some(dlogits);
+        losses.push((loss, logits));
+    }
+    for (k, node) in graph.nodes.iter().enumerate().rev() {
+        let dys: Vec<Option<Vec<f32>>> = walks
+            .iter_mut()
+            .map(|w| w.dvalues[node.output].take())
+            .collect();
+        match node.op {
+            Op::BatchNorm { weight, bias, .. } if sync => {
+                // The shards share the step's statistics (no walk: no shard has samples).
+                let Some(Saved::Norm(stats)) = walks.first().map(|w| &w.saved[k]) else {
+                    continue;
+                };
+                let stats = stats.clone();
+                let input = node.inputs[0];
+                let parts: Vec<NormGrads> = walks
+                    .iter()
+                    .zip(&dys)
+                    .filter_map(|(w, dy)| {
+                        dy.as_ref()
+                            .map(|dy| backward_sums(&w.values[input], dy, &stats))
+                    })
+                    .collect::<Result<_>>()?;
+                let total = NormGrads::total(&parts);
+                for part in &parts {
+                    let (dgamma, dbeta) = part.to_f32();
+                    add(grads, graph, weight, &dgamma);
+                    add(grads, graph, bias, &dbeta);
+                }
+                for (w, dy) in walks.iter_mut().zip(dys) {
+                    let Some(dy) = dy else { continue };
+                    let dx = backward_input(&w.values[input], &dy, slot(weight), &stats, &total);
+                    send_back(&mut w.dvalues, node, vec![Some(dx)]);
+                    w.values[node.output] = Vec::new();
+                }
+            }
+            _ => {
+                for (w, dy) in walks.iter_mut().zip(dys) {
+                    let Some(dy) = dy else { continue };
+                    let n = w.shard.labels.len();
+                    let dxs = backward(
+                        graph,
+                        node,
+                        n,
+                        &w.values,
+                        &w.saved[k],
+                        &dy,
+                        &slot,
+                        precision,
+                        grads,
+                        w.shard.seed,
+                    )?;
+                    send_back(&mut w.dvalues, node, dxs);
+                    // Values no later layer reads are dropped as the walk passes their
+                    // producer.
+                    w.values[node.output] = Vec::new();
+                }
+            }
+        }
+    }
+    let mut done = losses.into_iter().zip(norms);
+    Ok(shards
+        .iter()
+        .map(|s| match s.labels.is_empty() {
+            true => Pass {
+                stats: ShardStats::default(),
+                logits: Vec::new(),
+                norms: Vec::new(),
+            },
+            false => {
+                let ((loss, logits), norms) = done.next().expect("a walk per non-empty shard");
+                Pass {
+                    stats: ShardStats::from(loss),
+                    logits,
+                    norms,
+                }
+            }
+        })
+        .collect())
+}
+
+/// Adds `g` to parameter slot `i`'s gradient (each shard's share of the step's gradient).
+fn add(grads: &mut [f32], graph: &Graph, i: usize, g: &[f32]) {
+    grads[graph.layout.slots[i].range()]
+        .iter_mut()
+        .zip(g)
+        .for_each(|(a, b)| *a += b);
+}
+
+/// Sends a layer's input gradients back to the values it read; a value read by several
+/// layers sums them.
+fn send_back(dvalues: &mut [Option<Vec<f32>>], node: &Node, dxs: Vec<Option<Vec<f32>>>) {
+    for (&input, dx) in node.inputs.iter().zip(dxs) {
+        let Some(dx) = dx else { continue };
+        match &mut dvalues[input] {
+            Some(acc) => acc.iter_mut().zip(&dx).for_each(|(a, d)| *a += d),
+            empty => *empty = Some(dx),
+        }
+    }
+}
 fn conv_call(shape: &crate::kernels::conv2d::Conv2dShape, n: usize) -> Conv2d {
     Conv2d::nhwc(crate::kernels::conv2d::Conv2dShape { batch: n, ..*shape })
 }
@@ -185,6 +361,9 @@ fn flatten_map([h, w, c]: [usize; 3]) -> Vec<usize> {
         .collect()
 }
 
+/// A layer's output and what it keeps for the backward pass; a batch norm normalises with
+/// `synced` when given (the statistics of every shard of the step), else with its own.
+#[allow(clippy::too_many_arguments)]
 fn forward<'a>(
     graph: &Graph,
     node: &Node,
@@ -193,6 +372,7 @@ fn forward<'a>(
     slot: &dyn Fn(usize) -> &'a [f32],
     precision: Precision,
     seed: u64,
+    synced: Option<&BatchStats>,
 ) -> Result<(Vec<f32>, Saved)> {
     let x = &values[node.inputs[0]];
     let [_, _, c] = graph.shapes[node.inputs[0]];
@@ -207,10 +387,16 @@ fn forward<'a>(
             let y = conv2d(&conv_call(shape, n), &xo, &wo, bias.map(slot), None)?;
             (y, Saved::None)
         }
-        Op::BatchNorm { weight, bias, .. } => {
-            let (y, stats) = batch_norm_train(x, c, slot(*weight), slot(*bias))?;
-            (y, Saved::Norm(stats))
-        }
+        Op::BatchNorm { weight, bias, .. } => match synced {
+            Some(stats) => (
+                batch_norm_apply(x, c, slot(*weight), slot(*bias), stats)?,
+                Saved::Norm(stats.clone()),
+            ),
+            None => {
+                let (y, stats) = batch_norm_train(x, c, slot(*weight), slot(*bias))?;
+                (y, Saved::Norm(stats))
+            }
+        },
         Op::Relu => (x.iter().map(|&v| v.max(0.0)).collect(), Saved::None),
         Op::MaxPool {
             kernel,
@@ -268,7 +454,7 @@ fn forward<'a>(
 }
 
 /// The gradients of a layer's inputs (None for the image, which needs none) from its
-/// output's `dy`; parameter gradients go into `grads`.
+/// output's `dy`; parameter gradients are added to `grads`.
 #[allow(clippy::too_many_arguments)]
 fn backward<'a>(
     graph: &Graph,
@@ -286,9 +472,7 @@ fn backward<'a>(
     let [_, _, c] = graph.shapes[node.inputs[0]];
     let [_, _, out_c] = graph.shapes[node.output];
     let wants_dx = node.inputs[0] != 0;
-    let mut put = |i: usize, g: Vec<f32>| {
-        grads[graph.layout.slots[i].range()].copy_from_slice(&g);
-    };
+    let mut put = |i: usize, g: Vec<f32>| add(grads, graph, i, &g);
     let dx = match (&node.op, saved) {
         (
             Op::Conv {

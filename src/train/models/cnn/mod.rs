@@ -183,13 +183,25 @@ impl Graph {
 
     /// The same graph with dropout off (the golden files' AlexNet, comparisons with PyTorch,
     /// which draws other masks).
-    pub fn without_dropout(mut self) -> Graph {
+    pub fn without_dropout(self) -> Graph {
+        self.with_dropout(0.0)
+    }
+
+    /// The same graph with every dropout layer's probability set to `p` (a job's `dropout`).
+    pub fn with_dropout(mut self, p: f32) -> Graph {
         for n in &mut self.nodes {
-            if let Op::Dropout { p } = &mut n.op {
-                *p = 0.0;
+            if let Op::Dropout { p: q } = &mut n.op {
+                *q = p;
             }
         }
         self
+    }
+
+    /// Whether the model has a dropout layer (AlexNet's classifier).
+    pub fn has_dropout(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::Dropout { .. }))
     }
 
     /// Forward multiply-adds times two per sample: convolutions and linears.

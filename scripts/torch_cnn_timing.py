@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""PyTorch's side of the CNN speed table: samples/s of one training step (forward, loss,
+backward, SGD step) of each torchvision CNN on one GPU, and its peak memory.
+
+Rows: every model (resnet50, densenet121, alexnet, resnext50_32x4d, shufflenet_v2_x1_0) x
+size (224 and 32; AlexNet's three unpadded poolings need 63 or more, so its "32" row trains
+on the 32x32 images resized to 64x64 once, outside the step, as attnrt's CIFAR-10 AlexNet
+jobs do) x precision (f32 with TF32 off; bf16 autocast) x mode (eager; torch.compile,
+default mode). Batch 64 (--batch), 1000 classes, channels_last inputs and weights, SGD with
+momentum 0.9. A step is timed with CUDA events around it after --warmup steps; samples/s is
+batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
+warm-up, in MiB. A configuration's timed steps stop after 15 s (at least 3), so that every
+row fits in one device call.
+
+Eager rows run one after another in this process. Compile rows run in child processes, at
+most --jobs at a time (compiling is CPU work): each compiles and warms up its configuration,
+then takes a lock file so that only one of them times at a time (other children may still be
+compiling on other cores meanwhile), and a child still running --deadline-s seconds after
+the start is stopped and its row reported as an error.
+
+attnrt's rows for the same table (`--attnrt-bin BIN`, no PyTorch needed): `attnrt-train`
+on a synthetic job per model, size and precision (`synthetic:N,S`, the same batch, --steps
+iterations plus one, `--gpus 0`), samples/s after the first step from its `done:` line; the
+`loader:` line says whether making the synthetic batches limited it (then the row says so:
+the figure is the loader's, not the GPU's). Peak memory is not reported by attnrt-train yet:
+PLACEHOLDER, null in the rows, for the lead to fill from the GPU engine's own figure. A
+model whose GPU path is not built gets an error row saying so.
+
+Usage:
+  python3 scripts/torch_cnn_timing.py [--modes eager,compile] [--models all|M1,M2]
+      [--sizes 224,32] [--precisions f32,bf16] [--batch 64] [--warmup 5] [--steps 20]
+      [--jobs 4] [--deadline-s 540] [--json OUT.json]
+  python3 scripts/torch_cnn_timing.py --attnrt-bin target/release/attnrt-train [--models ..]
+      [--sizes ..] [--precisions ..] [--batch 64] [--steps 20] [--json ATTNRT.json]
+  python3 scripts/torch_cnn_timing.py --table TORCH.json [MORE.json ...] [--attnrt ATTNRT.json]
+      (the markdown table of docs/PERF.md from saved rows; needs no PyTorch)
+
+Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
+peak_mib, error}; --json writes the list, the table goes to standard output.
+"""
+import argparse
+import fcntl
+import json
+import os
+import re
+import subprocess
+import tempfile
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+MODELS = ("resnet50", "densenet121", "alexnet", "resnext50_32x4d", "shufflenet_v2_x1_0")
+# AlexNet's smallest input is 63; its 32x32 rows are resized to this side.
+ALEXNET_SMALL = 64
+
+
+def input_side(model, size):
+    """The side the step actually trains on for a row of `size`."""
+    return ALEXNET_SMALL if model == "alexnet" and size < 63 else size
+
+
+def configs(models, sizes, precisions, modes):
+    return [(m, s, p, mode) for mode in modes for p in precisions for s in sizes for m in models]
+
+
+def row(model, size, precision, mode, batch, timing=None, peak_mib=None, error=None):
+    r = {"model": model, "size": size, "input": input_side(model, size), "precision": precision,
+         "mode": mode, "batch": batch, "samples_per_s": None, "p50_ms": None,
+         "peak_mib": peak_mib, "error": error}
+    if timing:
+        r["p50_ms"] = timing["p50_ms"]
+        r["samples_per_s"] = batch / timing["p50_ms"] * 1e3
+    return r
+
+
+def fmt_rate(r):
+    if r is None:
+        return "-"
+    if r.get("error"):
+        return "error"
+    return f"{r['samples_per_s']:,.0f}" if r.get("samples_per_s") else "-"
+
+
+def fmt_mem(r):
+    return f"{r['peak_mib']:,.0f}" if r and r.get("peak_mib") else "-"
+
+
+def table(rows, attnrt_rows=()):
+    """Markdown: one line per model and size; samples/s (peak MiB) per precision and mode,
+    then attnrt's, and our f32 and bf16 against PyTorch eager's."""
+    key = lambda r: (r["model"], r["size"], r["precision"], r["mode"])  # noqa: E731
+    by = {key(r): r for r in rows}
+    ours = {(r["model"], r["size"], r["precision"]): r for r in attnrt_rows}
+    cols = [("f32", "eager"), ("bf16", "eager"), ("f32", "compile"), ("bf16", "compile")]
+    head = ["model", "size"] + [f"torch {m} {p}" for p, m in cols] + ["attnrt f32", "attnrt bf16",
+                                                                     "f32 vs eager", "bf16 vs eager"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sizes = sorted({r["size"] for r in list(rows) + list(attnrt_rows)}, reverse=True)
+    for m in MODELS:
+        for s in sizes:
+            cells = [m, f"{s}" if input_side(m, s) == s else f"{s} (as {input_side(m, s)})"]
+            if not any(k[0] == m and k[1] == s for k in by) and not any(
+                    k[0] == m and k[1] == s for k in ours):
+                continue
+            for p, mode in cols:
+                r = by.get((m, s, p, mode))
+                cells.append(f"{fmt_rate(r)} ({fmt_mem(r)})" if r else "-")
+            for p in ("f32", "bf16"):
+                r = ours.get((m, s, p))
+                cells.append(f"{fmt_rate(r)} ({fmt_mem(r)})" if r else "-")
+            for p in ("f32", "bf16"):
+                a, t = ours.get((m, s, p)), by.get((m, s, p, "eager"))
+                ok = a and t and a.get("samples_per_s") and t.get("samples_per_s")
+                cells.append(f"{a['samples_per_s'] / t['samples_per_s']:.2f}x" if ok else "-")
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def attnrt_job(model, size, batch, steps, precision):
+    """The synthetic job attnrt-train times for one row."""
+    side = input_side(model, size)
+    return (f'[[job]]\nname = "{model}-{size}-{precision}"\nmodel = "{model}"\n'
+            f'dataset = "synthetic:{batch * (steps + 1)},{side}"\nclasses = 1000\n'
+            f'batch_size = {batch}\niterations = {steps + 1}\noptimizer = "sgd"\nlr = 0.01\n'
+            f'precision = "{precision}"\n')
+
+
+def parse_attnrt(text):
+    """(steady samples/s, loader-limited) from attnrt-train's `done:` and `loader:` lines."""
+    rate, limited = None, False
+    for line in text.splitlines():
+        m = re.search(r"samples/s \((\d+) after the first step\)", line)
+        if line.startswith("done:") and m:
+            rate = float(m[1])
+        if line.startswith("loader:") and "limits this run" in line:
+            limited = True
+    return rate, limited
+
+
+def save(rows, path):
+    """Writes the rows so far (a run stopped by its time limit keeps what it measured)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir, json_path=None):
+    rows = []
+    for model in models:
+        for size in sizes:
+            for precision in precisions:
+                job = os.path.join(workdir, f"{model}-{size}-{precision}.toml")
+                with open(job, "w") as f:
+                    f.write(attnrt_job(model, size, batch, steps, precision))
+                p = subprocess.run([binary, "--jobs", job, "--gpus", "0"], capture_output=True, text=True)
+                text = p.stdout + p.stderr
+                r = row(model, size, precision, "attnrt", batch)
+                rate, limited = parse_attnrt(text)
+                if p.returncode != 0 or rate is None:
+                    r["error"] = (text.strip().splitlines() or ["no output"])[-1][:300]
+                else:
+                    r["samples_per_s"], r["p50_ms"] = rate, batch / rate * 1e3
+                    if limited:
+                        r["error"] = "loader-limited: the synthetic batches, not the GPU, set this rate"
+                rows.append(r)
+                save(rows, json_path)
+                print(json.dumps(r), flush=True)
+    return rows
+
+
+# ---- the parts that need PyTorch ----
+
+def build(model_name, size, precision, mode, batch):
+    """The step function of one configuration, and its device."""
+    import torch
+    import torchvision
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    dev = "cuda"
+    side = input_side(model_name, size)
+    model = torchvision.models.get_model(model_name, weights=None, num_classes=1000)
+    model = model.to(dev).to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    if side != size:
+        x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=dev)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    forward = torch.compile(model) if mode == "compile" else model
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(forward(x), y)
+        loss.backward()
+        opt.step()
+
+    return step, dev
+
+
+def measure(cfg, batch, warmup, steps, lock=None):
+    """One configuration's row; with `lock`, the timing waits for the lock file."""
+    import torch
+    from torch_timing import time_fn
+
+    model, size, precision, mode = cfg
+    try:
+        # The previous row's model and optimizer are gone once collected.
+        import gc
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        step, dev = build(model, size, precision, mode, batch)
+        for _ in range(max(warmup, 1)):  # the first call compiles
+            step()
+        torch.cuda.synchronize()
+        held = None
+        if lock:
+            held = open(lock, "a")
+            fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            timing = time_fn(step, steps, 2, dev, max_seconds=15)
+        finally:
+            if held:
+                fcntl.flock(held, fcntl.LOCK_UN)
+                held.close()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        return row(model, size, precision, mode, batch, timing, peak)
+    except Exception as e:  # an out-of-memory or compile failure is that row's result
+        return row(model, size, precision, mode, batch, error=f"{type(e).__name__}: {e}"[:300])
+
+
+def run_children(cfgs, args):
+    """The compile rows: child processes, --jobs at a time, timing under one lock."""
+    lock = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"torch_cnn_timing.{os.getpid()}.lock")
+    start, pending, running, rows = time.time(), list(cfgs), [], []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            cfg = pending.pop(0)
+            cmd = [sys.executable, __file__, "--child", ",".join(map(str, cfg)), "--lock", lock,
+                   "--batch", str(args.batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            running.append((cfg, subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)))
+        time.sleep(0.5)
+        for cfg, proc in list(running):
+            late = time.time() - start > args.deadline_s
+            if proc.poll() is None and not late:
+                continue
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+                rows.append(row(*cfg, args.batch, error=f"stopped at the {args.deadline_s} s deadline"))
+            else:
+                out = proc.stdout.read().strip().splitlines()
+                rows.append(json.loads(out[-1]) if out and out[-1].startswith("{")
+                            else row(*cfg, args.batch, error=f"child exited {proc.returncode}"))
+            print(json.dumps(rows[-1]), flush=True)
+            running.remove((cfg, proc))
+        if time.time() - start > args.deadline_s:
+            rows += [row(*c, args.batch, error="not started before the deadline") for c in pending]
+            pending = []
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--models", default="all")
+    p.add_argument("--sizes", default="224,32")
+    p.add_argument("--precisions", default="f32,bf16")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=4)
+    p.add_argument("--deadline-s", type=float, default=540)
+    p.add_argument("--json")
+    p.add_argument("--table", nargs="+")
+    p.add_argument("--attnrt")
+    p.add_argument("--attnrt-bin")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--lock", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.table:
+        rows = [r for path in args.table for r in json.load(open(path))]
+        print(table(rows, json.load(open(args.attnrt)) if args.attnrt else ()))
+        return 0
+    if args.child:
+        m, s, prec, mode = args.child.split(",")
+        print(json.dumps(measure((m, int(s), prec, mode), args.batch, args.warmup, args.steps, args.lock)))
+        return 0
+    models = MODELS if args.models == "all" else tuple(args.models.split(","))
+    if any(m not in MODELS for m in models):
+        p.error(f"--models: one of {', '.join(MODELS)}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    precisions = args.precisions.split(",")
+    modes = args.modes.split(",")
+    if any(x not in ("f32", "bf16") for x in precisions) or any(x not in ("eager", "compile") for x in modes):
+        p.error("--precisions f32,bf16 and --modes eager,compile")
+    if args.attnrt_bin:
+        with tempfile.TemporaryDirectory() as d:
+            attnrt_rows(args.attnrt_bin, models, sizes, precisions, args.batch, args.steps, d, args.json)
+        return 0
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            print("torch_cnn_timing: no CUDA device", file=sys.stderr)
+            return 2
+    except ImportError as e:
+        print(f"torch_cnn_timing: needs PyTorch and torchvision ({e})", file=sys.stderr)
+        return 2
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    rows = []
+    for cfg in configs(models, sizes, precisions, [m for m in modes if m == "eager"]):
+        rows.append(measure(cfg, args.batch, args.warmup, args.steps))
+        save(rows, args.json)
+        print(json.dumps(rows[-1]), flush=True)
+    compile_cfgs = configs(models, sizes, precisions, [m for m in modes if m == "compile"])
+    if compile_cfgs:
+        rows += run_children(compile_cfgs, args)
+        save(rows, args.json)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,10 +20,7 @@ pub enum AvgWindows {
     /// `AvgPool2d`'s.
     Fixed(Pool2d),
     /// `AdaptiveAvgPool2d((out_h, out_w))`'s over `[batch, height, width, channels]`.
-    Adaptive {
-        input: [usize; 4],
-        out: [usize; 2],
-    },
+    Adaptive { input: [usize; 4], out: [usize; 2] },
 }
 
 impl AvgWindows {
@@ -56,8 +53,7 @@ impl AvgWindows {
         match self {
             AvgWindows::Fixed(p) => p.check("avg_pool"),
             AvgWindows::Adaptive { input, out } => {
-                if input.contains(&0) || out.contains(&0) || self.input_len() > i32::MAX as usize
-                {
+                if input.contains(&0) || out.contains(&0) || self.input_len() > i32::MAX as usize {
                     return Err(Error::invalid(
                         "adaptive_avg_pool",
                         format!(

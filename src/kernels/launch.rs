@@ -9,8 +9,8 @@
 
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use crate::error::{Error, Result};
 use super::conv2d::Element;
+use crate::error::{Error, Result};
 use crate::gpu::Kernel;
 
 /// Fails unless `len == want`.

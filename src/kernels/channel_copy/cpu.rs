@@ -77,7 +77,9 @@ impl Copy2d {
             return Err(format!("an empty copy: {self:?}"));
         }
         if self.x_off + block > self.x_stride || self.y_off + block > self.y_stride {
-            return Err(format!("a block of {block} values leaves its row: {self:?}"));
+            return Err(format!(
+                "a block of {block} values leaves its row: {self:?}"
+            ));
         }
         if self.x_len().max(self.y_len()) > i32::MAX as usize {
             return Err(format!("over 2^31 values: {self:?}"));

@@ -12,7 +12,7 @@
 
 pub mod cpu;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use super::KernelModule;
 use super::conv2d::Element;
@@ -159,7 +159,7 @@ impl BatchNormKernels {
         y: &mut impl DevicePtrMut<T>,
         saved: &mut Saved,
         workspace: &mut impl Workspace,
-        contrib: Option<(&mut CudaSlice<f32>, f32)>,
+        contrib: Option<(&mut CudaViewMut<'_, f32>, f32)>,
         relu: bool,
     ) -> Result<()> {
         shape.check("forward")?;

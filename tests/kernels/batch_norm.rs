@@ -74,7 +74,7 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
                 &mut y,
                 &mut saved,
                 &mut work,
-                Some((&mut contrib, 1.0)),
+                Some((&mut contrib.slice_mut(..), 1.0)),
                 relu,
             )
             .unwrap();
@@ -258,7 +258,7 @@ fn batch_norm_refuses_short_buffers_and_single_rows() {
             &mut y,
             &mut saved,
             &mut work,
-            Some((&mut contrib, 1.0)),
+            Some((&mut contrib.slice_mut(..), 1.0)),
             false,
         )
         .unwrap_err();

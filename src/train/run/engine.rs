@@ -168,8 +168,7 @@ impl Engine for CpuEngine {
             );
             match &self.graph {
                 Some(graph) => {
-                    // Dropout masks differ per step and per sample position in the batch.
-                    let seed = t.wrapping_mul(0x9E37_79B9) ^ (r.start as u64) << 40;
+                    let seed = cnn::step_seed(t, r.start);
                     let pass = cnn::cpu::forward_backward(
                         graph,
                         self.precision,
@@ -442,10 +441,14 @@ impl ReplicaEngine {
             .iter()
             .map(|g| {
                 let (params, opt_state) = (&state.params, &state.optimizer);
-                Replica::new(g.clone(), model, optimizer, precision, params, opt_state)
+                let mut r =
+                    Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?;
+                r.upload(params, opt_state, &state.buffers)?;
+                Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;
-        let len = state.params.len();
+        // The gradients and, after them, the model buffers' contributions (batch norm).
+        let len = replicas.first().map_or(0, Replica::exchange_len);
         let exchange = if peer {
             Exchange::Peer(
                 replicas.iter().map(Replica::grads_ptr).collect(),
@@ -682,7 +685,7 @@ fn device_loop(
             Command::Finish => replica.take_stats().map(Reply::Stats),
             Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
             Command::Upload(state) => replica
-                .upload(&state.params, &state.optimizer)
+                .upload(&state.params, &state.optimizer, &state.buffers)
                 .map(|()| Reply::Done),
             Command::Lend => replica.state_ptrs().map(Reply::Addresses),
             // SAFETY: the engine sends only a peer replica's `Lend` addresses (same model and
@@ -737,6 +740,7 @@ impl Work<'_> {
         let _step = nvtx::range(format!("step {t}"));
         let pass = x.and_then(|x| {
             let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
+            replica.set_seed(cnn::step_seed(t, shard.start));
             replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
         });
         let alone = self.group.active.members().len() == 1;

@@ -10,10 +10,12 @@
 #   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
 #   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
 #     random frames and boxes, partly outside the frame, every resize path, bit for bit);
-#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores).
+#   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores);
+#   cnn_ops: kernels/batch_norm.cu (split reductions, finalize, normalisation, fused ReLU,
+#     running update, backward), avg_pool.cu, dropout.cu (the CPU's mask) and channel_copy.cu.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax] [GROUP]
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|cnn_ops] [GROUP]
 # (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -42,4 +44,9 @@ fi
 if [ "$what" = all ] || [ "$what" = soft_argmax ]; then
   g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/soft_argmax" "$here/soft_argmax.cpp"
   "$out/soft_argmax"
+fi
+if [ "$what" = all ] || [ "$what" = cnn_ops ]; then
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/include" -I"$here/../../kernels" -o "$out/cnn_ops" \
+    "$here/cnn_ops.cpp"
+  "$out/cnn_ops"
 fi

@@ -43,13 +43,15 @@ use cudarc::driver::DeviceRepr;
 use half::bf16;
 
 type Group<'a> = BenchmarkGroup<'a, WallTime>;
+/// One op's bench group.
+type GroupFn = fn(&mut Group<'_>, &Gpu);
 
 fn main() {
     let Some(gpu) = gpu_or_skip("cnn_layers bench") else {
         return;
     };
     let mut c = common::criterion();
-    let groups: [(&str, fn(&mut Group<'_>, &Gpu)); 5] = [
+    let groups: [(&str, GroupFn); 5] = [
         ("max_pool", max_pool),
         ("batch_norm", batch_norm::<f32>),
         ("avg_pool", avg_pool),

@@ -173,7 +173,13 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
         let masked: Vec<f32> = dy
             .iter()
             .zip(&mask)
-            .map(|(&g, &m)| if relu && !(m > 0.0) { 0.0 } else { g })
+            .map(|(&g, &m)| {
+                if relu && (m <= 0.0 || m.is_nan()) {
+                    0.0
+                } else {
+                    g
+                }
+            })
             .collect();
         let stats = BatchStats { ..stats.clone() };
         let (want_dx, want_dg, want_db) = batch_norm_backward(&x, &masked, &gamma, &stats).unwrap();

@@ -255,11 +255,28 @@ enum Step {
     BnRelu { bn: usize, relu: usize },
 }
 
-/// Where a convolution's filters (KRSC) and bias sit in the convolution buffers.
-#[derive(Clone, Copy, Debug)]
+/// Where a convolution's filters (KRSC) and bias sit in the convolution buffers, and their
+/// parameters' ranges.
+#[derive(Clone, Debug)]
 struct ConvSlot {
+    shape: Conv2dShape,
     weight: usize,
     bias: Option<usize>,
+    params: std::ops::Range<usize>,
+    bias_params: Option<std::ops::Range<usize>>,
+}
+
+impl ConvSlot {
+    /// The filters' transpose from PyTorch's `(out, in / groups, kh, kw)` to KRSC, or back.
+    fn transpose(&self, to_krsc: bool) -> Copy2d {
+        let s = &self.shape;
+        let (cin, khw) = (s.group_in_channels(), s.kernel_h * s.kernel_w);
+        if to_krsc {
+            Copy2d::transpose(s.out_channels, cin, khw)
+        } else {
+            Copy2d::transpose(s.out_channels, khw, cin)
+        }
+    }
 }
 
 /// A linear layer's f32 operands (the activations may be bf16; cuBLASLt's GEMMs take f32
@@ -364,10 +381,19 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             at
         };
         for (i, n) in nodes.iter().enumerate() {
-            if let Op::Conv { shape, bias, .. } = &n.op {
-                let weight = take(shape.weight_len());
-                let bias = bias.map(|_| take(shape.out_channels));
-                conv_slots[i] = Some(ConvSlot { weight, bias });
+            if let Op::Conv {
+                shape,
+                weight,
+                bias,
+            } = &n.op
+            {
+                conv_slots[i] = Some(ConvSlot {
+                    shape: *shape,
+                    weight: take(shape.weight_len()),
+                    bias: bias.map(|_| take(shape.out_channels)),
+                    params: graph.layout.slots[*weight].range(),
+                    bias_params: bias.map(|b| graph.layout.slots[b].range()),
+                });
             }
         }
         let mut norm_at = vec![0; nodes.len()];
@@ -496,41 +522,19 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
 
     /// The parameters' filters in KRSC order (and the biases) into the convolution buffer.
     fn stage_filters(&mut self, s: &Arc<CudaStream>, params: &CudaSlice<f32>) -> Result<()> {
-        let g = &self.graph;
-        for (node, slot) in g.nodes.iter().zip(&self.conv_slots) {
-            let (
-                Op::Conv {
-                    shape,
-                    weight,
-                    bias,
-                },
-                Some(slot),
-            ) = (&node.op, slot)
-            else {
-                continue;
-            };
-            let r = g.layout.slots[*weight].range();
-            let khw = shape.kernel_h * shape.kernel_w;
-            let t = Copy2d::transpose(shape.out_channels, shape.group_in_channels(), khw);
-            let mut dst = self.conv_w32.slice_mut(slot.weight..slot.weight + r.len());
-            self.copy.run(s, &t, &params.slice(r), &mut dst, false)?;
-            if let (Some(b), Some(at)) = (bias, slot.bias) {
-                let r = g.layout.slots[*b].range();
-                let len = r.len();
-                copy(
-                    s,
-                    &params.slice(r),
-                    &mut self.conv_w32.slice_mut(at..at + len),
-                )?;
+        for slot in self.conv_slots.iter().flatten() {
+            let (r, at) = (slot.params.clone(), slot.weight);
+            let mut dst = self.conv_w32.slice_mut(at..at + r.len());
+            self.copy
+                .run(s, &slot.transpose(true), &params.slice(r), &mut dst, false)?;
+            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
+                let mut dst = self.conv_w32.slice_mut(at..at + r.len());
+                copy(s, &params.slice(r), &mut dst)?;
             }
         }
         let len = self.conv_len;
-        T::cast_in(
-            &self.cast,
-            s,
-            &self.conv_w32.slice(..len),
-            &mut self.conv_w.slice_mut(..len),
-        )
+        let (src, mut dst) = (self.conv_w32.slice(..len), self.conv_w.slice_mut(..len));
+        T::cast_in(&self.cast, s, &src, &mut dst)
     }
 
     /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order.
@@ -540,38 +544,21 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         grads: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let len = self.conv_len;
-        T::cast_out(
-            &self.cast,
-            s,
-            &self.conv_dw.slice(..len),
-            &mut self.conv_dw32.slice_mut(..len),
-        )?;
-        let g = &self.graph;
-        for (node, slot) in g.nodes.iter().zip(&self.conv_slots) {
-            let (
-                Op::Conv {
-                    shape,
-                    weight,
-                    bias,
-                },
-                Some(slot),
-            ) = (&node.op, slot)
-            else {
-                continue;
-            };
-            let r = g.layout.slots[*weight].range();
-            let khw = shape.kernel_h * shape.kernel_w;
-            let t = Copy2d::transpose(shape.out_channels, khw, shape.group_in_channels());
-            let src = self.conv_dw32.slice(slot.weight..slot.weight + r.len());
-            self.copy.run(s, &t, &src, &mut grads.slice_mut(r), false)?;
-            if let (Some(b), Some(at)) = (bias, slot.bias) {
-                let r = g.layout.slots[*b].range();
-                let len = r.len();
-                copy(
-                    s,
-                    &self.conv_dw32.slice(at..at + len),
-                    &mut grads.slice_mut(r),
-                )?;
+        let (src, mut dst) = (self.conv_dw.slice(..len), self.conv_dw32.slice_mut(..len));
+        T::cast_out(&self.cast, s, &src, &mut dst)?;
+        for slot in self.conv_slots.iter().flatten() {
+            let (r, at) = (slot.params.clone(), slot.weight);
+            let src = self.conv_dw32.slice(at..at + r.len());
+            self.copy.run(
+                s,
+                &slot.transpose(false),
+                &src,
+                &mut grads.slice_mut(r),
+                false,
+            )?;
+            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
+                let src = self.conv_dw32.slice(at..at + r.len());
+                copy(s, &src, &mut grads.slice_mut(r))?;
             }
         }
         Ok(())
@@ -635,7 +622,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         let x = view(&self.values, &self.graph, node.inputs[0], n);
         match &node.op {
             Op::Conv { shape, .. } => {
-                let slot = self.conv_slots[i].expect("a convolution's slot");
+                let slot = self.conv_slots[i].clone().expect("a convolution's slot");
                 let wt = self
                     .conv_w
                     .slice(slot.weight..slot.weight + shape.weight_len());
@@ -892,7 +879,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         match &node.op {
             Op::Conv { shape, .. } => {
                 let call = batched(shape, n);
-                let slot = self.conv_slots[i].expect("a convolution's slot");
+                let slot = self.conv_slots[i].clone().expect("a convolution's slot");
                 let x = view(&self.values, &self.graph, node.inputs[0], n);
                 let dyv = dy.slice(..out_len);
                 let wl = shape.weight_len();
@@ -1118,7 +1105,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         };
         let wants_dx = input != 0;
         let w = p.params.slice(wr.clone());
-        let dx = wants_dx.then(|| (w, &mut bufs.dx));
+        let dx = wants_dx.then_some((w, &mut bufs.dx));
         p.linear
             .backward(x, dyf, &mut p.grads.slice_mut(wr), dx, n, din, dout)?;
         self.bias_grad

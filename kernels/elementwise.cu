@@ -3,29 +3,53 @@
 // Layouts: flat f32 arrays of n values; add_periodic's pos holds one period.
 //
 // Variants:
-//   add_f32            y[i] += x[i]: residual connections and gradient sums.
+//   add_{f32,bf16}     y[i] += x[i]: residual connections and gradient sums.
 //   add_periodic_f32   y[i] += pos[i % period]: the ViT's position embedding (period =
 //                      tokens * width), added to every image's rows.
-//   relu_backward_f32  dx[i] = 0 where the ReLU's output y[i] was not positive (its gradient
-//                      is zero there); the forward ReLU is fused into the linear layers'
-//                      epilogues (linear.cu, cuBLASLt's), so only the backward is a kernel.
+//   relu_{f32,bf16}    y[i] = max(x[i], 0): the CNNs' ReLUs that no epilogue takes (the
+//                      linear layers' and most convolutions' and batch norms' are fused).
+//   relu_backward_{f32,bf16}  dx[i] = 0 where the ReLU's output y[i] was not positive (its
+//                      gradient is zero there).
+// The bf16 variants read and write bf16 storage and compute in f32 (dtype.cuh).
 //   scale_by_dot_{f32,bf16}  each row times its dot product with a vector (see below; one
 //                      warp per row, not one thread per element).
 #include "common.cuh"
+#include "dtype.cuh"
 
-ATTNRT_KERNEL void add_f32(float* __restrict__ y, const float* __restrict__ x, long long n) {
-    GRID_STRIDE(i, n) { y[i] += x[i]; }
+template <typename T>
+__device__ __forceinline__ void add(T* __restrict__ y, const T* __restrict__ x, long long n) {
+    GRID_STRIDE(i, n) { store_f(y, i, load_f(y, i) + load_f(x, i)); }
 }
+
+ATTNRT_KERNEL void add_f32(float* y, const float* x, long long n) { add(y, x, n); }
+ATTNRT_KERNEL void add_bf16(bf16_t* y, const bf16_t* x, long long n) { add(y, x, n); }
 
 ATTNRT_KERNEL void add_periodic_f32(float* __restrict__ y, const float* __restrict__ pos, long long n,
                                     int period) {
     GRID_STRIDE(i, n) { y[i] += pos[i % period]; }
 }
 
-ATTNRT_KERNEL void relu_backward_f32(float* __restrict__ dx, const float* __restrict__ y, long long n) {
+template <typename T>
+__device__ __forceinline__ void relu(const T* __restrict__ x, T* __restrict__ y, long long n) {
+    GRID_STRIDE(i, n) { store_f(y, i, fmaxf(load_f(x, i), 0.0f)); }
+}
+
+ATTNRT_KERNEL void relu_f32(const float* x, float* y, long long n) { relu(x, y, n); }
+ATTNRT_KERNEL void relu_bf16(const bf16_t* x, bf16_t* y, long long n) { relu(x, y, n); }
+
+template <typename T>
+__device__ __forceinline__ void relu_backward(T* __restrict__ dx, const T* __restrict__ y,
+                                              long long n) {
     GRID_STRIDE(i, n) {
-        if (!(y[i] > 0.0f)) dx[i] = 0.0f;
+        if (!(load_f(y, i) > 0.0f)) store_f(dx, i, 0.0f);
     }
+}
+
+ATTNRT_KERNEL void relu_backward_f32(float* dx, const float* y, long long n) {
+    relu_backward(dx, y, n);
+}
+ATTNRT_KERNEL void relu_backward_bf16(bf16_t* dx, const bf16_t* y, long long n) {
+    relu_backward(dx, y, n);
 }
 
 // scale_by_dot_<out>: y[r][:] = x[r][:] * dot(x[r][:], v) over `rows` rows of `width` values

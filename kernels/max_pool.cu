@@ -1,5 +1,5 @@
 // max_pool: 2-D max pooling over NHWC tensors, PyTorch's MaxPool2d (floor mode, no dilation),
-// forward in f32 and bf16 and backward in f32. The CPU reference is src/kernels/max_pool/cpu.rs.
+// forward and backward in f32 and bf16 (the backward's sums in f32). The CPU reference is src/kernels/max_pool/cpu.rs.
 //
 // Math: output (b, oy, ox, c) is the maximum of input (b, iy, ix, c) over the window
 //   iy in [oy s - p, oy s - p + k) and ix in [ox s - p, ox s - p + k), clipped to the input,
@@ -18,7 +18,7 @@
 //
 // Variants:
 //   max_pool_f32, max_pool_bf16  y = max over the window, idx = its argmax.
-//   max_pool_backward_f32        dx from dy and idx.
+//   max_pool_backward_f32, max_pool_backward_bf16   dx from dy and idx.
 #include <cuda_bf16.h>
 
 #include "common.cuh"
@@ -81,9 +81,15 @@ __device__ __forceinline__ void covering(int i, int out, int k, int s, int p, in
     *last = min(hi / s, out - 1);
 }
 
-ATTNRT_KERNEL void max_pool_backward_f32(const float* __restrict__ dy, const int* __restrict__ idx,
-                                         float* __restrict__ dx, int n, int h, int w, int c,
-                                         int oh, int ow, int k, int s, int p) {
+__device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
+    p[i] = __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void backward(const T* __restrict__ dy, const int* __restrict__ idx,
+                                         T* __restrict__ dx, int n, int h, int w, int c, int oh,
+                                         int ow, int k, int s, int p) {
     GRID_STRIDE(i, (long long)n * h * w * c) {
         int ch = (int)(i % c);
         long long t = i / c;
@@ -99,9 +105,20 @@ ATTNRT_KERNEL void max_pool_backward_f32(const float* __restrict__ dy, const int
         for (int oy = oy0; oy <= oy1; ++oy) {
             for (int ox = ox0; ox <= ox1; ++ox) {
                 long long o = (((long long)b * oh + oy) * ow + ox) * c + ch;
-                if (idx[o] == here) sum += dy[o];
+                if (idx[o] == here) sum += load(dy, o);
             }
         }
-        dx[i] = sum;
+        store(dx, i, sum);
     }
+}
+
+ATTNRT_KERNEL void max_pool_backward_f32(const float* dy, const int* idx, float* dx, int n, int h,
+                                         int w, int c, int oh, int ow, int k, int s, int p) {
+    backward(dy, idx, dx, n, h, w, c, oh, ow, k, s, p);
+}
+
+ATTNRT_KERNEL void max_pool_backward_bf16(const __nv_bfloat16* dy, const int* idx,
+                                          __nv_bfloat16* dx, int n, int h, int w, int c, int oh,
+                                          int ow, int k, int s, int p) {
+    backward(dy, idx, dx, n, h, w, c, oh, ow, k, s, p);
 }

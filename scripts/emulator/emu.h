@@ -150,12 +150,14 @@ inline void entry(int i) {
     swapcontext(&cur->ctx, &sched);
 }
 
-// Runs `fn` (a kernel call) over the grid with `threads` threads per block, `smem` poisoned.
-inline void launch(dim3 grid, int threads, float* smem, size_t smem_floats,
+// Runs `fn` (a kernel call) over the grid with `block` threads per block (x fastest, as CUDA
+// numbers them), `smem` poisoned.
+inline void launch(dim3 grid, dim3 block, float* smem, size_t smem_floats,
                    const std::function<void()>& fn) {
     static std::vector<Fiber> fibers(1024);
+    const int threads = (int)(block.x * block.y * block.z);
     grid_dim = grid;
-    block_dim = {(unsigned)threads, 1, 1};
+    block_dim = block;
     nthreads = threads;
     body = fn;
     for (unsigned bz = 0; bz < grid.z; ++bz)
@@ -168,7 +170,7 @@ inline void launch(dim3 grid, int threads, float* smem, size_t smem_floats,
                 for (int i = 0; i < threads; ++i) {
                     Fiber& f = fibers[i];
                     f.linear = i;
-                    f.tid = {(unsigned)i, 0, 0};
+                    f.tid = {i % block.x, i / block.x % block.y, i / (block.x * block.y)};
                     f.done = false;
                     f.copies.clear();
                     f.committed = 0;
@@ -198,6 +200,12 @@ inline void launch(dim3 grid, int threads, float* smem, size_t smem_floats,
                     }
                 }
             }
+}
+
+// One-dimensional blocks of `threads`.
+inline void launch(dim3 grid, int threads, float* smem, size_t smem_floats,
+                   const std::function<void()>& fn) {
+    launch(grid, dim3{(unsigned)threads, 1, 1}, smem, smem_floats, fn);
 }
 
 }  // namespace emu

@@ -1,5 +1,5 @@
-//! Launchers for `kernels/elementwise.cu`: residual adds, the position embedding, ReLU's
-//! backward, and rows scaled by their dot product with a vector (the tracker's corner head
+//! Launchers for `kernels/elementwise.cu`: residual adds, the position embedding, ReLU and
+//! its backward (the adds and ReLUs in f32 or bf16), and rows scaled by their dot product with a vector (the tracker's corner head
 //! input). Each works on the first `n` elements of its buffers.
 
 pub mod cpu;
@@ -8,16 +8,17 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::KernelModule;
 use super::conv2d::Element;
-use super::launch::{Args, elementwise, warp_rows};
+use super::launch::{Args, by_dtype, elementwise, warp_rows};
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel};
 
-/// `add_f32`, `add_periodic_f32` and `relu_backward_f32`, loaded once.
+/// The kernels of `kernels/elementwise.cu`, loaded once.
 #[derive(Debug, Clone)]
 pub struct ElementwiseKernels {
-    add: Kernel,
+    add: [Kernel; 2],
     add_periodic: Kernel,
-    relu_backward: Kernel,
+    relu: [Kernel; 2],
+    relu_backward: [Kernel; 2],
     scale_by_dot_f32: Kernel,
     scale_by_dot_bf16: Kernel,
 }
@@ -26,27 +27,28 @@ impl ElementwiseKernels {
     pub fn load(gpu: &Gpu) -> Result<ElementwiseKernels> {
         let k = |name| gpu.kernel(KernelModule::Elementwise, name);
         Ok(ElementwiseKernels {
-            add: k("add_f32")?,
+            add: [k("add_f32")?, k("add_bf16")?],
             add_periodic: k("add_periodic_f32")?,
-            relu_backward: k("relu_backward_f32")?,
+            relu: [k("relu_f32")?, k("relu_bf16")?],
+            relu_backward: [k("relu_backward_f32")?, k("relu_backward_bf16")?],
             scale_by_dot_f32: k("scale_by_dot_f32")?,
             scale_by_dot_bf16: k("scale_by_dot_bf16")?,
         })
     }
 
-    /// `y[i] += x[i]`.
-    pub fn add(
+    /// `y[i] += x[i]` (f32 or bf16).
+    pub fn add<T: Element>(
         &self,
         stream: &CudaStream,
-        y: &mut impl DevicePtrMut<f32>,
-        x: &impl DevicePtr<f32>,
+        y: &mut impl DevicePtrMut<T>,
+        x: &impl DevicePtr<T>,
         n: usize,
     ) -> Result<()> {
-        let args = Args::new(&self.add, stream)
+        let args = Args::new(by_dtype::<T>(&self.add), stream)
             .output("y", y, n)?
             .input("x", x, n)?
             .long(n);
-        // SAFETY: add_f32(float* y, const float* x, long long n); both hold n.
+        // SAFETY: add_<dtype>(T* y, const T* x, long long n); both hold n.
         unsafe { args.launch(elementwise(n)) }
     }
 
@@ -69,19 +71,35 @@ impl ElementwiseKernels {
         unsafe { args.launch(elementwise(n)) }
     }
 
-    /// `dx[i] = 0` where `y[i] <= 0` (`y`: the ReLU's output).
-    pub fn relu_backward(
+    /// `y[i] = max(x[i], 0)` (f32 or bf16).
+    pub fn relu<T: Element>(
         &self,
         stream: &CudaStream,
-        dx: &mut impl DevicePtrMut<f32>,
-        y: &impl DevicePtr<f32>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
         n: usize,
     ) -> Result<()> {
-        let args = Args::new(&self.relu_backward, stream)
+        let args = Args::new(by_dtype::<T>(&self.relu), stream)
+            .input("x", x, n)?
+            .output("y", y, n)?
+            .long(n);
+        // SAFETY: relu_<dtype>(const T* x, T* y, long long n); both hold n.
+        unsafe { args.launch(elementwise(n)) }
+    }
+
+    /// `dx[i] = 0` where `y[i] <= 0` (`y`: the ReLU's output; f32 or bf16).
+    pub fn relu_backward<T: Element>(
+        &self,
+        stream: &CudaStream,
+        dx: &mut impl DevicePtrMut<T>,
+        y: &impl DevicePtr<T>,
+        n: usize,
+    ) -> Result<()> {
+        let args = Args::new(by_dtype::<T>(&self.relu_backward), stream)
             .output("dx", dx, n)?
             .input("y", y, n)?
             .long(n);
-        // SAFETY: relu_backward_f32(float* dx, const float* y, long long n); both hold n.
+        // SAFETY: relu_backward_<dtype>(T* dx, const T* y, long long n); both hold n.
         unsafe { args.launch(elementwise(n)) }
     }
 

@@ -9,6 +9,7 @@
 
 use cudarc::driver::{CudaStream, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 
+use super::conv2d::Element;
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
 
@@ -53,6 +54,11 @@ pub(crate) fn warp_rows(rows: usize) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// The kernel of a `[f32, bf16]` pair for activations of type `T`.
+pub(crate) fn by_dtype<T: Element>(pair: &[Kernel; 2]) -> &Kernel {
+    if T::NAME == "f32" { &pair[0] } else { &pair[1] }
 }
 
 /// The device address of `buf` (read).

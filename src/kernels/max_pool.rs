@@ -1,7 +1,7 @@
 //! `max_pool`: PyTorch's `MaxPool2d` (floor mode, no dilation) over NHWC tensors, with the
 //! argmax of every window kept for the backward pass. [`cpu`] is the reference;
 //! [`MaxPoolKernels`] launches `kernels/max_pool.cu`: forward in f32 and bf16 (the maximum is
-//! one of the inputs, so bf16 loses nothing), backward in f32. Indices are `iy * width + ix`
+//! one of the inputs, so bf16 loses nothing), backward in f32 and bf16 (f32 sums). Indices are `iy * width + ix`
 //! within the image plane, as PyTorch's `return_indices` gives them.
 
 pub mod cpu;
@@ -10,17 +10,18 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use super::KernelModule;
-use super::launch::{Args, elementwise};
+use super::conv2d::Element;
+use super::launch::{Args, by_dtype, elementwise};
 use super::pool::Pool2d;
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel};
 
-/// `max_pool_f32`, `max_pool_bf16` and `max_pool_backward_f32`, loaded once.
+/// `max_pool_<dtype>` and `max_pool_backward_<dtype>`, loaded once.
 #[derive(Debug, Clone)]
 pub struct MaxPoolKernels {
     forward_f32: Kernel,
     forward_bf16: Kernel,
-    backward: Kernel,
+    backward: [Kernel; 2],
 }
 
 /// Pushes the geometry arguments every max_pool kernel ends with.
@@ -43,7 +44,7 @@ impl MaxPoolKernels {
         Ok(MaxPoolKernels {
             forward_f32: k("max_pool_f32")?,
             forward_bf16: k("max_pool_bf16")?,
-            backward: k("max_pool_backward_f32")?,
+            backward: [k("max_pool_backward_f32")?, k("max_pool_backward_bf16")?],
         })
     }
 
@@ -96,24 +97,25 @@ impl MaxPoolKernels {
         unsafe { args.launch(elementwise(n)) }
     }
 
-    /// `dx` = every output's gradient `dy` added at its argmax `idx` (f32; deterministic).
-    pub fn backward(
+    /// `dx` = every output's gradient `dy` added at its argmax `idx` (f32 or bf16;
+    /// deterministic).
+    pub fn backward<T: Element>(
         &self,
         stream: &CudaStream,
         pool: &Pool2d,
-        dy: &impl DevicePtr<f32>,
+        dy: &impl DevicePtr<T>,
         idx: &impl DevicePtr<i32>,
-        dx: &mut impl DevicePtrMut<f32>,
+        dx: &mut impl DevicePtrMut<T>,
     ) -> Result<()> {
         pool.check("max_pool backward")?;
         let n = pool.output_len();
-        let args = Args::new(&self.backward, stream)
+        let args = Args::new(by_dtype::<T>(&self.backward), stream)
             .input("dy", dy, n)?
             .input("idx", idx, n)?
             .output("dx", dx, pool.input_len())?;
         let args = geometry(args, pool)?;
-        // SAFETY: max_pool_backward_f32(const float* dy, const int* idx, float* dx,
-        // geometry); dy and idx hold one value per output, dx one per input.
+        // SAFETY: max_pool_backward_<dtype>(const T* dy, const int* idx, T* dx, geometry);
+        // dy and idx hold one value per output, dx one per input.
         unsafe { args.launch(elementwise(pool.input_len())) }
     }
 }

@@ -11,6 +11,7 @@ pub mod avg_pool;
 pub mod batch_norm;
 pub mod bias_grad;
 pub mod cast;
+pub mod channel_copy;
 pub mod conv2d;
 pub mod crop;
 pub mod decoder;

@@ -31,6 +31,8 @@ use attnrt::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Pas
 use half::bf16;
 use rand_chacha::ChaCha8Rng;
 
+use crate::typed::{download, poisoned, random, upload};
+
 fn required() -> bool {
     std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1")
 }
@@ -110,30 +112,6 @@ fn tolerance(precision: Precision) -> f64 {
         Precision::Tf32 => 2e-3,
         Precision::Bf16 => 4e-3,
     }
-}
-
-/// `n` random values in [-1, 1), as the storage type holds them (the reference takes these).
-fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    let mut v = crate::random(rng, n);
-    v.iter_mut().for_each(|x| *x = T::from_f32(*x).to_f32());
-    v
-}
-
-fn upload<T: Element>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
-    let host: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
-    gpu::upload(gpu.stream(), &host).unwrap()
-}
-
-/// A device buffer of `n` NaNs.
-fn poisoned<T: Element>(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<T> {
-    let mut b = gpu::upload(gpu.stream(), &vec![T::default(); n]).unwrap();
-    gpu::poison_nan(gpu.stream(), &mut b).unwrap();
-    b
-}
-
-fn download<T: Element>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
-    let v: Vec<T> = gpu::download(gpu.stream(), b).unwrap();
-    v.into_iter().map(T::to_f32).collect()
 }
 
 /// The reference's description of `shape` (NHWC).

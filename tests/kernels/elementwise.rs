@@ -77,3 +77,58 @@ fn scale_by_dot_matches_the_cpu_reference() {
         );
     }
 }
+
+/// The CNNs' ReLU and its backward, and the residual add, in f32 and bf16 storage: one f32
+/// operation per value (rounded once in bf16), so bit for bit.
+#[test]
+fn relu_and_add_match_the_host_in_f32_and_bf16() {
+    use attnrt::kernels::conv2d::Element;
+    use half::bf16;
+
+    use crate::typed::{download, random as typed_random, rounded, upload};
+
+    fn one<T: Element>(gpu: &attnrt::gpu::Gpu, kernels: &ElementwiseKernels, n: usize) {
+        let s = gpu.stream();
+        let mut rng = crate::rng(39);
+        let (x, g) = (
+            typed_random::<T>(&mut rng, n),
+            typed_random::<T>(&mut rng, n),
+        );
+        let relu: Vec<f32> = x.iter().map(|&v| v.max(0.0)).collect();
+        let mut y = upload::<T>(gpu, &g);
+        kernels.relu(s, &upload::<T>(gpu, &x), &mut y, n).unwrap();
+        assert_eq!(
+            to_bits(&download(gpu, &y)),
+            to_bits(&relu),
+            "relu {}",
+            T::NAME
+        );
+        let mut want = g.clone();
+        relu_backward(&mut want, &relu);
+        let mut dx = upload::<T>(gpu, &g);
+        kernels.relu_backward(s, &mut dx, &y, n).unwrap();
+        assert_eq!(
+            to_bits(&download(gpu, &dx)),
+            to_bits(&want),
+            "relu_backward {}",
+            T::NAME
+        );
+        let mut want = g.clone();
+        add(&mut want, &x);
+        let mut sum = upload::<T>(gpu, &g);
+        kernels.add(s, &mut sum, &upload::<T>(gpu, &x), n).unwrap();
+        assert_eq!(
+            to_bits(&download(gpu, &sum)),
+            to_bits(&rounded::<T>(&want)),
+            "add {}",
+            T::NAME
+        );
+    }
+
+    let Some(gpu) = gpu_or_skip("relu_and_add_match_the_host_in_f32_and_bf16") else {
+        return;
+    };
+    let kernels = ElementwiseKernels::load(&gpu).unwrap();
+    one::<f32>(&gpu, &kernels, 4099);
+    one::<bf16>(&gpu, &kernels, 4099);
+}

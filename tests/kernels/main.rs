@@ -4,11 +4,15 @@
 //! values and outputs are poisoned (NaN) first, so an unwritten element fails. Skips without
 //! a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
+mod avg_pool;
+mod batch_norm;
 mod bias_grad;
 mod cast;
+mod channel_copy;
 mod conv2d;
 mod crop;
 mod decoder;
+mod dropout;
 mod elementwise;
 mod gelu;
 mod heads;
@@ -69,4 +73,42 @@ pub fn down(gpu: &Gpu, b: &gpu::DeviceBuffer<f32>) -> Vec<f32> {
 
 pub fn to_bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Helpers for kernels of either activation type ([`Element`]: f32 or bf16 storage), values
+/// passed as f32.
+pub mod typed {
+    use attnrt::gpu::{self, Gpu};
+    use attnrt::kernels::conv2d::Element;
+    use rand_chacha::ChaCha8Rng;
+
+    /// `n` random values in [-1, 1), as the storage type holds them (the reference takes
+    /// these).
+    pub fn random<T: Element>(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+        let mut v = crate::random(rng, n);
+        v.iter_mut().for_each(|x| *x = T::from_f32(*x).to_f32());
+        v
+    }
+
+    pub fn upload<T: Element>(gpu: &Gpu, v: &[f32]) -> gpu::DeviceBuffer<T> {
+        let host: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
+        gpu::upload(gpu.stream(), &host).unwrap()
+    }
+
+    /// A device buffer of `n` NaNs.
+    pub fn poisoned<T: Element>(gpu: &Gpu, n: usize) -> gpu::DeviceBuffer<T> {
+        let mut b = gpu::upload(gpu.stream(), &vec![T::default(); n]).unwrap();
+        gpu::poison_nan(gpu.stream(), &mut b).unwrap();
+        b
+    }
+
+    pub fn download<T: Element>(gpu: &Gpu, b: &gpu::DeviceBuffer<T>) -> Vec<f32> {
+        let v: Vec<T> = gpu::download(gpu.stream(), b).unwrap();
+        v.into_iter().map(T::to_f32).collect()
+    }
+
+    /// `v` rounded to the storage type (what a kernel writing `T` can at best give).
+    pub fn rounded<T: Element>(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| T::from_f32(x).to_f32()).collect()
+    }
 }

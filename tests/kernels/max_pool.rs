@@ -1,5 +1,6 @@
 //! `kernels/max_pool.cu` against `max_pool::cpu`: outputs and argmax indices identical (the
-//! maximum is one of the inputs, in f32 and in bf16), the backward within f32 rounding.
+//! maximum is one of the inputs, in f32 and in bf16), the backward within f32 rounding (bf16:
+//! one rounding of the output).
 
 use attnrt::gpu::{self, testing::gpu_or_skip};
 use attnrt::kernels::max_pool::MaxPoolKernels;
@@ -85,6 +86,19 @@ fn max_pool_matches_the_cpu_reference() {
             gpu::download(s, &idx).unwrap(),
             want_idx,
             "{pool} bf16 indices"
+        );
+
+        // bf16 backward: f32 sums of the rounded gradients, rounded once.
+        let dyb = crate::typed::random::<bf16>(&mut rng, m);
+        let mut dxb = crate::typed::poisoned::<bf16>(&gpu, pool.input_len());
+        let gdy = crate::typed::upload::<bf16>(&gpu, &dyb);
+        kernels.backward(s, &pool, &gdy, &idx, &mut dxb).unwrap();
+        let want_dx = max_pool_backward(&pool, &want_idx, &dyb).unwrap();
+        crate::assert_within(
+            &format!("{pool} bf16 backward"),
+            &crate::typed::download(&gpu, &dxb),
+            &want_dx,
+            4e-3,
         );
     }
 }

@@ -6,22 +6,35 @@ use std::process::ExitCode;
 
 use attnrt::base::{DeviceList, Devices};
 use attnrt::train::data::ImageShape;
+use attnrt::train::gpu::cnn::golden_step;
 use attnrt::train::models::cnn::{Arch, CnnConfig, build, golden};
 use attnrt::{Error, Result};
 
-/// Runs the check on the CPU (`all` means the CPU here: the GPU path is not built yet);
-/// exit 1 when a family is over its tolerance.
+/// Runs the check on the CPU, or on the one GPU `--gpus` names (`all` keeps the CPU, the
+/// reference); exit 1 when a family is over its tolerance.
 pub fn check(path: &Path, gpus: &DeviceList) -> Result<ExitCode> {
-    if let DeviceList::Named(Devices::Gpus(_)) = gpus {
-        return Err(Error::invalid(
-            "--gpus",
-            "the CNN GPU path is not built yet: check on the CPU (--gpus cpu)",
-        ));
-    }
+    let gpu = match gpus {
+        DeviceList::Named(Devices::Gpus(list)) => match list[..] {
+            [one] => Some(one),
+            _ => {
+                return Err(Error::invalid(
+                    "--gpus",
+                    format!("--check runs on one GPU, not {}", list.len()),
+                ));
+            }
+        },
+        _ => None,
+    };
     let started = std::time::Instant::now();
-    let report = golden::check(path)?;
+    let (report, device) = match gpu {
+        Some(ordinal) => (
+            golden::check_with(path, |input| golden_step(ordinal, input))?,
+            format!("GPU {ordinal}"),
+        ),
+        None => (golden::check(path)?, "the CPU".to_string()),
+    };
     println!(
-        "{}: {} on the CPU, batch {} of {}x{}, one step in {:.2} s",
+        "{}: {} on {device}, batch {} of {}x{}, one step in {:.2} s",
         path.display(),
         report.model,
         report.batch,

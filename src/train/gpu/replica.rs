@@ -1,7 +1,8 @@
 //! One model replica on one GPU: its parameters, gradients and optimizer state (flat f32
 //! vectors in the [`Layout`](crate::train::models::Layout) order), the shard's input staged through
-//! page-locked memory, and the model's forward/backward pass ([`MlpNet`] here, the ViT in
-//! [`crate::train::gpu::vit`]): the linear layers' GEMMs through cuBLASLt ([`crate::train::gpu::linear`], in the
+//! page-locked memory, the model's buffers (batch norm's running statistics), and the
+//! model's forward/backward pass ([`MlpNet`] here, the ViT in [`crate::train::gpu::vit`], the
+//! CNNs in [`crate::train::gpu::cnn`]): the linear layers' GEMMs through cuBLASLt ([`crate::train::gpu::linear`], in the
 //! replica's precision), attention's through cuBLAS ([`crate::train::gpu::blas`]), the rest through our
 //! kernels.
 
@@ -20,16 +21,19 @@ use crate::kernels::bias_grad::BiasGradKernels;
 use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::optimizer::OptimizerKernels;
 use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
+use crate::train::gpu::cnn::CnnNet;
 use crate::train::gpu::linear::{GemmEpilogue, Linear};
 use crate::train::gpu::vit::VitNet;
 use crate::train::models::ModelSpec;
+use crate::train::models::cnn::Graph;
 use crate::train::models::cpu::ShardStats;
 use crate::train::optim::{Optimizer, Step};
 use crate::train::run::engine::State;
 
 /// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the
-/// parameters, the gradient buffer to fill, the shard (`rows` samples) and its labels, the
-/// loss scale and the stats buffer the loss kernel adds to.
+/// parameters, the gradient buffer to fill (the parameters' gradient, then the buffers'
+/// contributions), the shard (`rows` samples) and its labels, the loss scale, the stats buffer
+/// the loss kernel adds to, and the step's dropout seed.
 pub struct Pass<'a> {
     pub gpu: &'a Gpu,
     pub blas: &'a CudaBlas,
@@ -41,11 +45,13 @@ pub struct Pass<'a> {
     pub rows: usize,
     pub scale: f32,
     pub stats: &'a mut CudaSlice<f32>,
+    pub seed: u64,
 }
 
 enum Net {
     Mlp(Box<MlpNet>),
     Vit(Box<VitNet>),
+    Cnn(Box<CnnNet>),
 }
 
 /// Steps whose stats may be pending at once: the trainer enqueues one step ahead.
@@ -59,8 +65,14 @@ pub struct Replica {
     optimizer_kernels: OptimizerKernels,
     features: usize,
     params: CudaSlice<f32>,
+    /// The parameters' gradient, then the contributions to the buffers (summed over the
+    /// GPUs with it): [`exchange_len`](Self::exchange_len) values.
     grads: CudaSlice<f32>,
     state: Vec<CudaSlice<f32>>,
+    /// The model's buffers ([`ModelSpec::buffers`]); `None` for models without any.
+    buffers: Option<CudaSlice<f32>>,
+    /// The step's dropout seed, for the next pass.
+    seed: u64,
     /// Samples the input and label buffers hold.
     capacity: usize,
     input: CudaSlice<f32>,
@@ -94,6 +106,50 @@ impl Replica {
         params: &[f32],
         state: &[Vec<f32>],
     ) -> Result<Replica> {
+        let net = match model {
+            ModelSpec::Mlp { dims } => Net::Mlp(Box::new(MlpNet::new(&gpu, dims.clone())?)),
+            ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(&gpu, *c)?)),
+            ModelSpec::Cnn(c) => {
+                let graph = crate::train::models::cnn::graph(*c);
+                Net::Cnn(Box::new(CnnNet::new(&gpu, graph, precision)?))
+            }
+        };
+        let model = (net, model.features(), model.initial_buffers());
+        Replica::with_net(gpu, model, optimizer, precision, params, state)
+    }
+
+    /// A replica of a CNN given as its graph (e.g. [`Graph::without_dropout`]'s, for a
+    /// comparison with PyTorch); its buffers start at [`Graph::initial_buffers`].
+    pub fn for_graph(
+        gpu: Arc<Gpu>,
+        graph: Graph,
+        optimizer: Optimizer,
+        precision: Precision,
+        params: &[f32],
+        state: &[Vec<f32>],
+    ) -> Result<Replica> {
+        let features = graph.shapes[0].iter().product();
+        let buffers = graph.initial_buffers();
+        let net = Net::Cnn(Box::new(CnnNet::new(&gpu, graph, precision)?));
+        Replica::with_net(
+            gpu,
+            (net, features, buffers),
+            optimizer,
+            precision,
+            params,
+            state,
+        )
+    }
+
+    /// The replica around a model's pass, its input features and initial buffers.
+    fn with_net(
+        gpu: Arc<Gpu>,
+        (net, features, buffers): (Net, usize, Vec<f32>),
+        optimizer: Optimizer,
+        precision: Precision,
+        params: &[f32],
+        state: &[Vec<f32>],
+    ) -> Result<Replica> {
         let s = gpu.stream().clone();
         let blas = CudaBlas::new(s.clone()).map_err(|e| Error::Blas {
             what: format!("creating a cuBLAS handle on cuda:{}", gpu.ordinal()),
@@ -116,24 +172,20 @@ impl Replica {
             Ok::<_, Error>((host, event()?))
         };
         let stats_slots = [slot()?, slot()?];
-        let net = match model {
-            ModelSpec::Mlp { dims } => Net::Mlp(Box::new(MlpNet::new(&gpu, dims.clone())?)),
-            ModelSpec::Vit(c) => Net::Vit(Box::new(VitNet::new(&gpu, *c)?)),
-            ModelSpec::Cnn(c) => {
-                return Err(Error::invalid(
-                    c.arch.name(),
-                    "the CNN GPU path is not built yet: train it on the CPU (--gpus cpu or cpu:N)",
-                ));
-            }
-        };
         Ok(Replica {
             blas,
             linear: Linear::new(gpu.clone(), precision)?,
             optimizer,
             optimizer_kernels: OptimizerKernels::load(&gpu)?,
-            features: model.features(),
+            features,
             params: up(params)?,
-            grads: one(params.len())?,
+            grads: one(params.len() + buffers.len())?,
+            buffers: if buffers.is_empty() {
+                None
+            } else {
+                Some(up(&buffers)?)
+            },
+            seed: 0,
             state: state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?,
             capacity: 0,
             input: one(1)?,
@@ -154,6 +206,16 @@ impl Replica {
         &self.gpu
     }
 
+    /// Values the all-reduce sums: the parameters' gradient and the buffers' contributions.
+    pub fn exchange_len(&self) -> usize {
+        self.grads.len()
+    }
+
+    /// The dropout seed of the next pass ([`crate::train::models::cnn::step_seed`]).
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+    }
+
     /// The gradient buffer's device address, for peers' all-reduce kernels.
     pub fn grads_ptr(&self) -> u64 {
         let (p, _) = self.grads.device_ptr(self.gpu.stream());
@@ -164,33 +226,34 @@ impl Replica {
         &mut self.grads
     }
 
-    /// Waits for the replica's pending work, then gives the device addresses of its parameters
-    /// and optimizer state vectors (in that order), for a stale peer to copy from
+    /// Waits for the replica's pending work, then gives the device addresses of its parameters,
+    /// optimizer state vectors and buffers (in that order), for a stale peer to copy from
     /// ([`copy_state_from`](Self::copy_state_from)).
     pub fn state_ptrs(&self) -> Result<Vec<u64>> {
         self.gpu.sync()?;
         let s = self.gpu.stream();
         Ok(std::iter::once(&self.params)
             .chain(&self.state)
+            .chain(&self.buffers)
             .map(|b| b.device_ptr(s).0)
             .collect())
     }
 
-    /// Overwrites parameters and optimizer state with a peer's, device to device, and waits for
-    /// the copy. `src` is the peer's [`state_ptrs`](Self::state_ptrs).
+    /// Overwrites parameters, optimizer state and buffers with a peer's, device to device, and
+    /// waits for the copy. `src` is the peer's [`state_ptrs`](Self::state_ptrs).
     ///
     /// # Safety
     /// `src` must come from a replica of the same model and optimizer whose memory this GPU can
     /// reach (the same GPU, or a peer with peer access enabled), and that replica must not
     /// write those buffers until this returns.
     pub unsafe fn copy_state_from(&mut self, src: &[u64]) -> Result<()> {
-        if src.len() != 1 + self.state.len() {
+        let own = 1 + self.state.len() + usize::from(self.buffers.is_some());
+        if src.len() != own {
             return Err(Error::invalid(
                 "refreshing a replica",
                 format!(
-                    "{} source buffers for {} parameter and optimizer buffers",
+                    "{} source buffers for {own} parameter, optimizer and model buffers",
                     src.len(),
-                    1 + self.state.len()
                 ),
             ));
         }
@@ -198,6 +261,7 @@ impl Replica {
         let copy = AllreduceKernels::load(&self.gpu)?;
         for (dst, &from) in std::iter::once(&mut self.params)
             .chain(self.state.iter_mut())
+            .chain(self.buffers.iter_mut())
             .zip(src)
         {
             let len = dst.len();
@@ -321,10 +385,12 @@ impl Replica {
             rows,
             scale,
             stats: &mut self.stats,
+            seed: self.seed,
         };
         match &mut self.net {
             Net::Mlp(net) => net.forward_backward(pass),
             Net::Vit(net) => net.forward_backward(pass),
+            Net::Cnn(net) => net.forward_backward(pass),
         }
     }
 
@@ -382,8 +448,11 @@ impl Replica {
         })
     }
 
-    /// Enqueues optimizer step `t` (from 1) with the gradient buffer as it is now.
+    /// Enqueues the buffers' update by the (summed) contributions after the gradient (batch
+    /// norm's running statistics), then optimizer step `t` (from 1) with the gradient buffer as
+    /// it is now.
     pub fn optimizer_step(&mut self, t: u64) -> Result<()> {
+        self.update_buffers()?;
         let s = self.gpu.stream().clone();
         let k = &self.optimizer_kernels;
         match self.optimizer.at_step(t) {
@@ -396,26 +465,47 @@ impl Replica {
         }
     }
 
-    /// Parameters and optimizer state, and the gradients, copied to the host.
+    /// Enqueues the buffers' update by the contributions after the gradient (nothing for
+    /// models without buffers).
+    pub fn update_buffers(&mut self) -> Result<()> {
+        let s = self.gpu.stream().clone();
+        if let (Some(b), Net::Cnn(net)) = (&mut self.buffers, &self.net) {
+            let n = self.params.len();
+            let len = b.len();
+            net.update_buffers(&s, b, &self.grads.slice(n..n + len))?;
+        }
+        Ok(())
+    }
+
+    /// Parameters, optimizer state and buffers, and the parameters' gradient, copied to the
+    /// host.
     pub fn download(&self) -> Result<(State, Vec<f32>)> {
         let s = self.gpu.stream();
         let get = |b: &CudaSlice<f32>| s.clone_dtoh(b).cuda(|| "downloading state".into());
         let params = get(&self.params)?;
         let optimizer = self.state.iter().map(get).collect::<Result<Vec<_>>>()?;
-        let grads = get(&self.grads)?;
+        let mut grads = get(&self.grads)?;
+        grads.truncate(params.len());
+        let buffers = self
+            .buffers
+            .as_ref()
+            .map(get)
+            .transpose()?
+            .unwrap_or_default();
         s.synchronize().cuda(|| "synchronising".into())?;
         Ok((
             State {
                 params,
                 optimizer,
-                buffers: Vec::new(),
+                buffers,
             },
             grads,
         ))
     }
 
-    /// Replaces parameters and optimizer state (resume).
-    pub fn upload(&mut self, params: &[f32], state: &[Vec<f32>]) -> Result<()> {
+    /// Replaces parameters and optimizer state (resume), and the buffers when `buffers` has
+    /// them (a state without buffers keeps the replica's).
+    pub fn upload(&mut self, params: &[f32], state: &[Vec<f32>], buffers: &[f32]) -> Result<()> {
         let s = self.gpu.stream().clone();
         s.memcpy_htod(params, &mut self.params)
             .cuda(|| "uploading parameters".into())?;
@@ -423,7 +513,27 @@ impl Replica {
             s.memcpy_htod(h.as_slice(), d)
                 .cuda(|| "uploading optimizer state".into())?;
         }
+        if let Some(b) = &mut self.buffers
+            && !buffers.is_empty()
+        {
+            if buffers.len() != b.len() {
+                return Err(Error::invalid(
+                    "uploading model buffers",
+                    format!("{} values, expected {}", buffers.len(), b.len()),
+                ));
+            }
+            s.memcpy_htod(buffers, b)
+                .cuda(|| "uploading model buffers".into())?;
+        }
         s.synchronize().cuda(|| "synchronising".into())
+    }
+
+    /// The last pass's logits, for models that keep them on the device (the CNNs).
+    pub fn logits(&self) -> Option<&CudaSlice<f32>> {
+        match &self.net {
+            Net::Cnn(net) => Some(net.logits()),
+            _ => None,
+        }
     }
 }
 

@@ -164,12 +164,6 @@ impl CpuEngine {
         self.graph = self.graph.map(|g| g.with_dropout(p));
         self
     }
-
-    /// The dropout seed of the shard starting at sample `start` of step `t`: masks differ per
-    /// step and per sample position in the batch.
-    fn dropout_seed(t: u64, start: usize) -> u64 {
-        t.wrapping_mul(0x9E37_79B9) ^ (start as u64) << 40
-    }
 }
 
 impl Engine for CpuEngine {
@@ -191,7 +185,7 @@ impl Engine for CpuEngine {
                     .map(|r| cnn::cpu::Shard {
                         x: &batch.features[r.start * features..r.end * features],
                         labels: &batch.labels[r.clone()],
-                        seed: CpuEngine::dropout_seed(t, r.start),
+                        seed: cnn::step_seed(t, r.start),
                     })
                     .collect();
                 let passes = cnn::cpu::forward_backward_synced(
@@ -229,7 +223,7 @@ impl Engine for CpuEngine {
                                 x,
                                 labels,
                                 scale,
-                                CpuEngine::dropout_seed(t, r.start),
+                                cnn::step_seed(t, r.start),
                                 &mut self.shard_grads,
                             )?;
                             stats += pass.stats;
@@ -496,10 +490,14 @@ impl ReplicaEngine {
             .iter()
             .map(|g| {
                 let (params, opt_state) = (&state.params, &state.optimizer);
-                Replica::new(g.clone(), model, optimizer, precision, params, opt_state)
+                let mut r =
+                    Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?;
+                r.upload(params, opt_state, &state.buffers)?;
+                Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;
-        let len = state.params.len();
+        // The gradients and, after them, the model buffers' contributions (batch norm).
+        let len = replicas.first().map_or(0, Replica::exchange_len);
         let exchange = if peer {
             Exchange::Peer(
                 replicas.iter().map(Replica::grads_ptr).collect(),
@@ -736,7 +734,7 @@ fn device_loop(
             Command::Finish => replica.take_stats().map(Reply::Stats),
             Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
             Command::Upload(state) => replica
-                .upload(&state.params, &state.optimizer)
+                .upload(&state.params, &state.optimizer, &state.buffers)
                 .map(|()| Reply::Done),
             Command::Lend => replica.state_ptrs().map(Reply::Addresses),
             // SAFETY: the engine sends only a peer replica's `Lend` addresses (same model and
@@ -791,6 +789,7 @@ impl Work<'_> {
         let _step = nvtx::range(format!("step {t}"));
         let pass = x.and_then(|x| {
             let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
+            replica.set_seed(cnn::step_seed(t, shard.start));
             replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
         });
         let alone = self.group.active.members().len() == 1;

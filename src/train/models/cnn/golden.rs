@@ -1,7 +1,8 @@
 //! One training step checked against a train-step golden file (PyTorch in f64, with the f32
 //! error of PyTorch's own f32 run per quantity family): the model and weights from the file,
 //! forward in train mode, cross-entropy, backward, and the running statistics' update, then
-//! one [`Family`] line per family of compared quantities.
+//! one [`Family`] line per family of compared quantities. The step itself is a function
+//! ([`check_with`]): the CPU's ([`cpu_step`]) or a GPU's (`train::gpu::cnn::golden_step`).
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use crate::base::{Precision, TensorFile};
 use crate::train::data::ImageShape;
 use crate::{Error, Result};
 
-use super::{Arch, CnnConfig, build, cpu};
+use super::{Arch, CnnConfig, Graph, build, cpu};
 
 /// The file's `format`.
 pub const FORMAT: &str = "attnrt-train-step-golden";
@@ -56,8 +57,61 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     if num == 0.0 { 0.0 } else { (num / den).sqrt() }
 }
 
+/// What a step starts from: the file's model (dropout off), weights, running statistics and
+/// batch (`images`: `n x (3, s, s)`, channel-major).
+pub struct StepInput<'a> {
+    pub graph: &'a Graph,
+    pub params: &'a [f32],
+    pub buffers: &'a [f32],
+    pub images: &'a [f32],
+    pub labels: &'a [u32],
+}
+
+/// What a step gives: the logits (`n x classes`), the mean cross-entropy, the parameters'
+/// gradient and the running statistics after their update.
+pub struct StepOutput {
+    pub logits: Vec<f32>,
+    pub loss: f64,
+    pub grads: Vec<f32>,
+    pub buffers: Vec<f32>,
+}
+
+/// The step on the CPU (the reference walker, f32).
+pub fn cpu_step(input: &StepInput<'_>) -> Result<StepOutput> {
+    let mut grads = vec![0.0f32; input.params.len()];
+    let scale = 1.0 / input.labels.len() as f32;
+    let pass = cpu::forward_backward(
+        input.graph,
+        Precision::F32,
+        input.params,
+        input.images,
+        input.labels,
+        scale,
+        0,
+        &mut grads,
+    )?;
+    let mut buffers = input.buffers.to_vec();
+    input
+        .graph
+        .update_buffers(&mut buffers, &[(1.0, &pass.norms)])?;
+    Ok(StepOutput {
+        logits: pass.logits,
+        loss: pass.stats.loss,
+        grads,
+        buffers,
+    })
+}
+
 /// Runs the step of `path` on the CPU and compares.
 pub fn check(path: &Path) -> Result<Report> {
+    check_with(path, cpu_step)
+}
+
+/// Runs the step of `path` with `step` and compares.
+pub fn check_with(
+    path: &Path,
+    step: impl FnOnce(&StepInput<'_>) -> Result<StepOutput>,
+) -> Result<Report> {
     let file = TensorFile::open(path)?;
     let meta = |key: &str| {
         file.meta_value(key)
@@ -124,36 +178,34 @@ pub fn check(path: &Path) -> Result<Report> {
         &file.context("input.images"),
     )?
     .without_dropout();
-    let (params, mut buffers) = graph.load(&file, "weights.")?;
-
-    let mut grads = vec![0.0f32; params.len()];
-    let scale = 1.0 / batch as f32;
-    let pass = cpu::forward_backward(
-        &graph,
-        Precision::F32,
-        &params,
-        &images.data,
-        &labels,
-        scale,
-        0,
-        &mut grads,
-    )?;
-    graph.update_buffers(&mut buffers, &[(1.0, &pass.norms)])?;
+    let (params, buffers) = graph.load(&file, "weights.")?;
+    let StepOutput {
+        logits: got_logits,
+        loss: got_loss,
+        grads,
+        buffers,
+    } = step(&StepInput {
+        graph: &graph,
+        params: &params,
+        buffers: &buffers,
+        images: &images.data,
+        labels: &labels,
+    })?;
 
     let mut families = Vec::new();
     let logits = file.f32_shaped("expected.logits", &[batch, classes])?;
     families.push(Family {
         name: "logits",
-        error: rel(&pass.logits, &logits.data),
+        error: rel(&got_logits, &logits.data),
         tolerance: tolerance("logits")?,
         what: "relative Frobenius error".into(),
     });
     let loss = file.f32_shaped("expected.loss", &[1])?;
     families.push(Family {
         name: "loss",
-        error: (pass.stats.loss - f64::from(loss.data[0])).abs() / f64::from(loss.data[0]).abs(),
+        error: (got_loss - f64::from(loss.data[0])).abs() / f64::from(loss.data[0]).abs(),
         tolerance: tolerance("loss")?,
-        what: format!("relative error (loss {:.6})", pass.stats.loss),
+        what: format!("relative error (loss {got_loss:.6})"),
     });
 
     // Gradient norms: the largest absolute error over the largest norm.

@@ -380,6 +380,13 @@ impl Graph {
     }
 }
 
+/// The dropout seed of a shard's pass in training step `t` (from 1), the shard starting at
+/// sample `start` of the batch: masks differ per step and per sample position, and every
+/// engine draws the same ones.
+pub fn step_seed(t: u64, start: usize) -> u64 {
+    t.wrapping_mul(0x9E37_79B9) ^ (start as u64) << 40
+}
+
 /// The graph of a configuration [`build`] has accepted (a [`ModelSpec`](super::ModelSpec)'s).
 pub fn graph(config: CnnConfig) -> Graph {
     assemble(config, "").expect("a configuration checked when the model was parsed")

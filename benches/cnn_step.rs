@@ -1,0 +1,179 @@
+//! Samples per second of one GPU training step of each torchvision CNN, and the device memory
+//! it holds, for the table against PyTorch (`docs/PERF.md`): per model, input size (224 and
+//! 32; AlexNet's smallest is 63, so its small size is 64) and precision (f32 with cuDNN's FMA
+//! math, no TF32; bf16 activations with f32 master weights), batch 64 by default.
+//!
+//! A step is the replica's forward + backward (`Replica::pass`) and its SGD update, on a batch
+//! already on the GPU (random images): the loader and the copy to the GPU are outside it, as
+//! in a PyTorch loop timing `loss.backward(); opt.step()` on resident tensors. Two warm-up
+//! steps run first (the first allocates and lets cuDNN benchmark its algorithms); then
+//! `--steps` steps back to back between two CUDA events.
+//!
+//! Memory: the device's used memory (`cuMemGetInfo`) after the warm-up minus before the
+//! replica existed: parameters, gradients, optimizer state, activations, the gradient pool
+//! and the cuDNN/cuBLASLt workspaces, as allocated (PyTorch's `max_memory_reserved` is the
+//! comparable figure; nothing is allocated after the first step).
+//!
+//! Output: one line per configuration, then a JSON array with one object per configuration
+//! (`model`, `size`, `batch`, `precision`, `ms_per_step`, `samples_per_s`, `memory_mib`, or
+//! `error`).
+//!
+//! Run: `cargo bench --bench cnn_step -- [--steps N] [--batch B] [--models a,b]
+//! [--sizes 224,32] [--precisions f32,bf16]` (a plain program; skips without a GPU, fails
+//! instead with `ATTNRT_REQUIRE_GPU=1`).
+
+use std::sync::Arc;
+
+use attnrt::Result;
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{Gpu, time_ms};
+use attnrt::train::data::ImageShape;
+use attnrt::train::gpu::replica::Replica;
+use attnrt::train::models::cnn::Arch;
+use attnrt::train::{ModelSpec, Optimizer, Precision, State};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Options {
+    steps: usize,
+    batch: usize,
+    models: Vec<Arch>,
+    sizes: Vec<usize>,
+    precisions: Vec<Precision>,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        steps: 10,
+        batch: 64,
+        models: Arch::ALL.to_vec(),
+        sizes: vec![224, 32],
+        precisions: vec![Precision::F32, Precision::Bf16],
+    };
+    let list = |v: String| -> Vec<String> { v.split(',').map(str::to_string).collect() };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_default();
+        match a.as_str() {
+            "--steps" => o.steps = value().parse().unwrap_or(o.steps).max(1),
+            "--batch" => o.batch = value().parse().unwrap_or(o.batch).max(1),
+            "--models" => {
+                o.models = list(value())
+                    .iter()
+                    .filter_map(|m| Arch::from_name(m))
+                    .collect()
+            }
+            "--sizes" => {
+                o.sizes = list(value())
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect()
+            }
+            "--precisions" => {
+                o.precisions = list(value())
+                    .iter()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            }
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    o
+}
+
+fn main() {
+    let Some(gpu) = gpu_or_skip("cnn_step") else {
+        return;
+    };
+    let o = options();
+    println!(
+        "cnn_step: batch {}, {} timed steps each, on {}",
+        o.batch,
+        o.steps,
+        gpu.describe()
+    );
+    let mut rows = Vec::new();
+    for &arch in &o.models {
+        for &size in &o.sizes {
+            let size = size.max(arch.min_size().next_multiple_of(2));
+            for &precision in &o.precisions {
+                let row = match measure(&gpu, arch, size, precision, &o) {
+                    Ok((ms, mib)) => {
+                        let per_s = o.batch as f64 * 1e3 / ms;
+                        println!(
+                            "{:<20} {size:>4} {precision:<5} {ms:>9.2} ms/step {per_s:>9.0} samples/s {mib:>7.0} MiB",
+                            arch.name()
+                        );
+                        serde_json::json!({
+                            "model": arch.name(), "size": size, "batch": o.batch,
+                            "precision": precision.to_string(), "ms_per_step": ms,
+                            "samples_per_s": per_s, "memory_mib": mib,
+                        })
+                    }
+                    Err(e) => {
+                        println!("{:<20} {size:>4} {precision:<5} failed: {e}", arch.name());
+                        serde_json::json!({
+                            "model": arch.name(), "size": size, "batch": o.batch,
+                            "precision": precision.to_string(), "error": e.to_string(),
+                        })
+                    }
+                };
+                rows.push(row);
+            }
+        }
+    }
+    println!("{}", serde_json::Value::Array(rows));
+}
+
+/// Used device memory in MiB.
+fn used_mib(gpu: &Gpu) -> Result<f64> {
+    let (free, total) = gpu
+        .ctx()
+        .mem_get_info()
+        .map_err(|e| attnrt::Error::invalid("cuMemGetInfo", e.to_string()))?;
+    Ok((total - free) as f64 / (1 << 20) as f64)
+}
+
+/// Milliseconds a step and the MiB the replica holds.
+fn measure(
+    gpu: &Arc<Gpu>,
+    arch: Arch,
+    size: usize,
+    precision: Precision,
+    o: &Options,
+) -> Result<(f64, f64)> {
+    gpu.sync()?;
+    let before = used_mib(gpu)?;
+    let image = ImageShape {
+        channels: 3,
+        height: size,
+        width: size,
+    };
+    let model = ModelSpec::parse(arch.name(), image, 1000, "--models")?;
+    let opt = Optimizer::sgd(1e-3);
+    let state = State::fresh(model.init(1), &opt);
+    let (params, opt_state) = (&state.params, &state.optimizer);
+    let mut replica = Replica::new(gpu.clone(), &model, opt, precision, params, opt_state)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let x: Vec<f32> = (0..o.batch * model.features())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let y: Vec<u32> = (0..o.batch).map(|_| rng.random_range(0..1000)).collect();
+    replica.load_shard(&x, &y)?;
+    let scale = 1.0 / o.batch as f32;
+    let mut t = 0;
+    let mut step = |replica: &mut Replica| {
+        t += 1;
+        replica.pass(scale)?;
+        replica.optimizer_step(t)
+    };
+    for _ in 0..2 {
+        step(&mut replica)?;
+    }
+    gpu.sync()?;
+    let memory = used_mib(gpu)? - before;
+    let ms = time_ms(gpu.stream(), || {
+        (0..o.steps).try_for_each(|_| step(&mut replica))
+    })?;
+    Ok((ms / o.steps as f64, memory))
+}

@@ -1,0 +1,243 @@
+// batch_norm: PyTorch's BatchNorm2d over NHWC tensors seen as rows x c (rows = batch x height
+// x width), activations f32 or bf16 (dtype.cuh), statistics and parameters f32. The CPU
+// reference is src/kernels/batch_norm/cpu.rs.
+//
+// Math (train mode): mean and biased var per channel over the rows, then
+//   y = gamma (x - mean) / sqrt(var + eps) + beta      (then max(y, 0) when fused with a ReLU)
+// Backward, with xhat = (x - mean) invstd and g = dy (masked by y > 0 when fused):
+//   dbeta = sum g,  dgamma = sum g xhat,  dx = gamma invstd (g - dbeta / m - xhat dgamma / m).
+// Eval mode normalises with the running statistics. The running statistics move by
+//   r = (1 - momentum) r + momentum s
+// where s is the batch's mean and unbiased variance, or (data-parallel) the sum over the
+// GPUs of each one's statistics weighted by its share of the batch: finalize writes that
+// weighted contribution, the trainer sums it with the gradients and running applies it.
+//
+// Reductions: one pass over the rows per statistic, no atomics. A block is 32 channels
+// (threadIdx.x: a warp reads 32 consecutive channels of a row) x 8 row lanes (threadIdx.y);
+// blockIdx.y takes one split of the rows. Each thread sums its rows in f32, the block sums
+// its 8 lanes through shared memory and writes one partial per (split, channel); finalize
+// (one thread per channel) adds the splits in f64. The forward sums are shifted by the
+// channel's first value k (sums of x - k and (x - k)^2) so the variance does not cancel
+// when the mean is large against the spread; split 0 stores k after the partials.
+//
+// Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c]. mean, invstd: [c].
+//
+// Variants (<dtype> = f32 or bf16: the activations' storage):
+//   batch_norm_stats_<dtype>             partials of x.
+//   batch_norm_finalize_f32              mean, invstd, and the running contribution.
+//   batch_norm_apply_<dtype>             y from x, mean, invstd, gamma, beta (relu flag).
+//   batch_norm_eval_stats_f32            mean, invstd from the running statistics.
+//   batch_norm_running_f32               r = (1 - momentum) r + momentum s, element-wise.
+//   batch_norm_backward_reduce_<dtype>   partials of g and g xhat.
+//   batch_norm_backward_finalize_f32     dgamma, dbeta.
+//   batch_norm_backward_apply_<dtype>    dx.
+#include "common.cuh"
+#include "dtype.cuh"
+
+#define BN_CH 32
+#define BN_LANES 8
+#define BN_EPS 1e-5
+
+// The block's per-channel sums of its lanes' (a, b), written as the split's partial.
+__device__ __forceinline__ void block_partial(float a, float b, float* partial, int c, int ch) {
+    __shared__ float sa[BN_LANES][BN_CH + 1], sb[BN_LANES][BN_CH + 1];
+    sa[threadIdx.y][threadIdx.x] = a;
+    sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+        for (int j = 1; j < BN_LANES; ++j) {
+            a += sa[j][threadIdx.x];
+            b += sb[j][threadIdx.x];
+        }
+        long long at = ((long long)blockIdx.y * c + ch) * 2;
+        partial[at] = a;
+        partial[at + 1] = b;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void stats(const T* __restrict__ x, float* __restrict__ partial,
+                                      int rows, int c, int per_split) {
+    const int ch = blockIdx.x * BN_CH + threadIdx.x;
+    const int r0 = blockIdx.y * per_split, r1 = min(r0 + per_split, rows);
+    float s = 0.f, q = 0.f;
+    if (ch < c) {
+        const float k = load_f(x, ch);
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
+            float d = load_f(x, (long long)r * c + ch) - k;
+            s += d;
+            q += d * d;
+        }
+        if (blockIdx.y == 0 && threadIdx.y == 0) partial[(long long)gridDim.y * c * 2 + ch] = k;
+    }
+    block_partial(s, q, partial, c, ch);
+}
+
+ATTNRT_KERNEL void batch_norm_stats_f32(const float* x, float* partial, int rows, int c,
+                                        int per_split) {
+    stats(x, partial, rows, c, per_split);
+}
+
+ATTNRT_KERNEL void batch_norm_stats_bf16(const bf16_t* x, float* partial, int rows, int c,
+                                         int per_split) {
+    stats(x, partial, rows, c, per_split);
+}
+
+// contrib (nullable): weight x mean at [ch], weight x unbiased var at [c + ch].
+ATTNRT_KERNEL void batch_norm_finalize_f32(const float* __restrict__ partial, int splits,
+                                           int rows, int c, float* __restrict__ mean,
+                                           float* __restrict__ invstd,
+                                           float* __restrict__ contrib, float weight) {
+    GRID_STRIDE(ch, c) {
+        double s = 0.0, q = 0.0;
+        for (int i = 0; i < splits; ++i) {
+            s += partial[((long long)i * c + ch) * 2];
+            q += partial[((long long)i * c + ch) * 2 + 1];
+        }
+        const double n = rows, d = s / n;
+        const double var = fmax(q / n - d * d, 0.0);
+        const double m = (double)partial[(long long)splits * c * 2 + ch] + d;
+        mean[ch] = (float)m;
+        invstd[ch] = (float)(1.0 / sqrt(var + BN_EPS));
+        if (contrib) {
+            contrib[ch] = (float)(weight * m);
+            contrib[c + ch] = (float)(weight * var * n / (n - 1.0));
+        }
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void apply(const T* __restrict__ x, T* __restrict__ y,
+                                      const float* __restrict__ mean,
+                                      const float* __restrict__ invstd,
+                                      const float* __restrict__ gamma,
+                                      const float* __restrict__ beta, long long n, int c,
+                                      int relu) {
+    GRID_STRIDE(i, n) {
+        const int ch = (int)(i % c);
+        float v = (load_f(x, i) - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
+        store_f(y, i, relu ? fmaxf(v, 0.f) : v);
+    }
+}
+
+ATTNRT_KERNEL void batch_norm_apply_f32(const float* x, float* y, const float* mean,
+                                        const float* invstd, const float* gamma,
+                                        const float* beta, long long n, int c, int relu) {
+    apply(x, y, mean, invstd, gamma, beta, n, c, relu);
+}
+
+ATTNRT_KERNEL void batch_norm_apply_bf16(const bf16_t* x, bf16_t* y, const float* mean,
+                                         const float* invstd, const float* gamma,
+                                         const float* beta, long long n, int c, int relu) {
+    apply(x, y, mean, invstd, gamma, beta, n, c, relu);
+}
+
+ATTNRT_KERNEL void batch_norm_eval_stats_f32(const float* __restrict__ running_mean,
+                                             const float* __restrict__ running_var,
+                                             float* __restrict__ mean,
+                                             float* __restrict__ invstd, int c) {
+    GRID_STRIDE(ch, c) {
+        mean[ch] = running_mean[ch];
+        invstd[ch] = (float)(1.0 / sqrt((double)running_var[ch] + BN_EPS));
+    }
+}
+
+ATTNRT_KERNEL void batch_norm_running_f32(float* __restrict__ running,
+                                          const float* __restrict__ batch, long long n,
+                                          float momentum) {
+    GRID_STRIDE(i, n) {
+        running[i] = (float)((1.0 - momentum) * (double)running[i] + (double)momentum * batch[i]);
+    }
+}
+
+// g: dy, zero where the fused ReLU's output y (nullable) is not positive.
+template <typename T>
+__device__ __forceinline__ float grad_in(const T* dy, const T* y, long long i) {
+    float g = load_f(dy, i);
+    return (y && !(load_f(y, i) > 0.f)) ? 0.f : g;
+}
+
+template <typename T>
+__device__ __forceinline__ void backward_reduce(const T* __restrict__ x, const T* __restrict__ dy,
+                                                const T* __restrict__ y,
+                                                const float* __restrict__ mean,
+                                                const float* __restrict__ invstd,
+                                                float* __restrict__ partial, int rows, int c,
+                                                int per_split) {
+    const int ch = blockIdx.x * BN_CH + threadIdx.x;
+    const int r0 = blockIdx.y * per_split, r1 = min(r0 + per_split, rows);
+    float s = 0.f, q = 0.f;
+    if (ch < c) {
+        const float m = mean[ch], is = invstd[ch];
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
+            long long i = (long long)r * c + ch;
+            float g = grad_in(dy, y, i);
+            s += g;
+            q += g * (load_f(x, i) - m) * is;
+        }
+    }
+    block_partial(s, q, partial, c, ch);
+}
+
+ATTNRT_KERNEL void batch_norm_backward_reduce_f32(const float* x, const float* dy,
+                                                  const float* y, const float* mean,
+                                                  const float* invstd, float* partial,
+                                                  int rows, int c, int per_split) {
+    backward_reduce(x, dy, y, mean, invstd, partial, rows, c, per_split);
+}
+
+ATTNRT_KERNEL void batch_norm_backward_reduce_bf16(const bf16_t* x, const bf16_t* dy,
+                                                   const bf16_t* y, const float* mean,
+                                                   const float* invstd, float* partial,
+                                                   int rows, int c, int per_split) {
+    backward_reduce(x, dy, y, mean, invstd, partial, rows, c, per_split);
+}
+
+ATTNRT_KERNEL void batch_norm_backward_finalize_f32(const float* __restrict__ partial,
+                                                    int splits, int c,
+                                                    float* __restrict__ dgamma,
+                                                    float* __restrict__ dbeta) {
+    GRID_STRIDE(ch, c) {
+        double s = 0.0, q = 0.0;
+        for (int i = 0; i < splits; ++i) {
+            s += partial[((long long)i * c + ch) * 2];
+            q += partial[((long long)i * c + ch) * 2 + 1];
+        }
+        dbeta[ch] = (float)s;
+        dgamma[ch] = (float)q;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T* __restrict__ dy,
+                                               const T* __restrict__ y, T* __restrict__ dx,
+                                               const float* __restrict__ mean,
+                                               const float* __restrict__ invstd,
+                                               const float* __restrict__ gamma,
+                                               const float* __restrict__ dgamma,
+                                               const float* __restrict__ dbeta, int rows, int c) {
+    const float inv_m = 1.f / (float)rows;
+    GRID_STRIDE(i, (long long)rows * c) {
+        const int ch = (int)(i % c);
+        const float is = invstd[ch];
+        const float xhat = (load_f(x, i) - mean[ch]) * is;
+        const float g = grad_in(dy, y, i);
+        store_f(dx, i, gamma[ch] * is * (g - dbeta[ch] * inv_m - xhat * dgamma[ch] * inv_m));
+    }
+}
+
+ATTNRT_KERNEL void batch_norm_backward_apply_f32(const float* x, const float* dy, const float* y,
+                                                 float* dx, const float* mean,
+                                                 const float* invstd, const float* gamma,
+                                                 const float* dgamma, const float* dbeta,
+                                                 int rows, int c) {
+    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c);
+}
+
+ATTNRT_KERNEL void batch_norm_backward_apply_bf16(const bf16_t* x, const bf16_t* dy,
+                                                  const bf16_t* y, bf16_t* dx,
+                                                  const float* mean, const float* invstd,
+                                                  const float* gamma, const float* dgamma,
+                                                  const float* dbeta, int rows, int c) {
+    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c);
+}

@@ -1,0 +1,1170 @@
+//! The CNNs' forward and backward pass on one GPU ([`CnnNet`]): the walker of
+//! [`crate::train::models::cnn::cpu`] over the same [`Graph`] and the same flat parameters
+//! (PyTorch's layouts, so checkpoints, `init_weights` and the optimizer are shared), layer for
+//! layer on the ops of [`crate::kernels`]: convolutions on cuDNN ([`Conv2dKernels`]), the
+//! linear layers through [`Linear`](crate::train::gpu::linear::Linear) (cuBLASLt), batch norm, pooling, dropout, the channel
+//! copies and ReLU through our kernels.
+//!
+//! Activations are NHWC in the walker's type `T` ([`Act`]): f32, or bf16 for
+//! `precision = "bf16"` (convolutions on bf16 tensors with f32 accumulation, batch norm's
+//! statistics and every parameter f32: the master weights stay f32 and each step casts the
+//! convolutions' copy). The convolutions' filters are kept in cuDNN's KRSC order in a buffer
+//! of their own, transposed from the parameters once per step, and their gradients are
+//! transposed back into the gradient buffer's PyTorch order.
+//!
+//! Memory: every value the forward makes has its own buffer for the shard capacity, except a
+//! batch norm's output that only a ReLU reads: the two run as one fused kernel (batch norm
+//! then ReLU, and the backward masked by the ReLU's output). Gradients of values come from a
+//! pool: a buffer goes back to it once the layer that made the value has run backward, so
+//! only the gradients in flight are held (the first pass allocates, later passes reuse).
+//!
+//! Batch norm's running statistics: each layer writes its contribution (the shard's share
+//! of the batch times its mean and unbiased variance) after the parameters' gradient in the
+//! gradient buffer, in [`Graph::buffers`]' layout; the trainer's all-reduce sums it with the
+//! gradients and the replica applies it ([`crate::train::gpu::replica::Replica`]).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
+use half::bf16;
+
+use crate::base::Precision;
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::avg_pool::{AvgPoolKernels, AvgWindows};
+use crate::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
+use crate::kernels::bias_grad::BiasGradKernels;
+use crate::kernels::cast::CastKernels;
+use crate::kernels::channel_copy::{ChannelCopyKernels, Copy2d};
+use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
+use crate::kernels::dropout::DropoutKernels;
+use crate::kernels::elementwise::ElementwiseKernels;
+use crate::kernels::max_pool::MaxPoolKernels;
+use crate::kernels::pool::Pool2d;
+use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
+use crate::train::gpu::linear::GemmEpilogue;
+use crate::train::gpu::replica::{Pass, Replica};
+use crate::train::models::cnn::golden::{StepInput, StepOutput};
+use crate::train::models::cnn::{Graph, Node, Op};
+use crate::train::optim::Optimizer;
+
+/// An activation type of the walker: how f32 values (the input, the linear layers' operands)
+/// become `Self` and back.
+pub trait Act: Element {
+    /// `y = x` as `Self` (f32: a copy; bf16: rounded to nearest even).
+    fn cast_in(
+        cast: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, Self>,
+    ) -> Result<()>;
+    /// `y = x` as f32 (exact).
+    fn cast_out(
+        cast: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, Self>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()>;
+    /// The buffer itself when `Self` is f32 (no copy needed).
+    fn as_f32(b: &CudaSlice<Self>) -> Option<&CudaSlice<f32>>;
+    /// The max pooling forward of this type.
+    fn max_pool(
+        k: &MaxPoolKernels,
+        s: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, Self>,
+        y: &mut CudaViewMut<'_, Self>,
+        idx: &mut CudaViewMut<'_, i32>,
+    ) -> Result<()>;
+}
+
+fn copy<T>(s: &Arc<CudaStream>, x: &CudaView<'_, T>, y: &mut CudaViewMut<'_, T>) -> Result<()> {
+    s.memcpy_dtod(x, y)
+        .cuda(|| format!("copying {} values on the GPU", x.len()))
+}
+
+impl Act for f32 {
+    fn cast_in(
+        _: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        copy(s, x, y)
+    }
+    fn cast_out(
+        _: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        copy(s, x, y)
+    }
+    fn as_f32(b: &CudaSlice<f32>) -> Option<&CudaSlice<f32>> {
+        Some(b)
+    }
+    fn max_pool(
+        k: &MaxPoolKernels,
+        s: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+        idx: &mut CudaViewMut<'_, i32>,
+    ) -> Result<()> {
+        k.forward(s, pool, x, y, idx)
+    }
+}
+
+impl Act for bf16 {
+    fn cast_in(
+        cast: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<()> {
+        cast.bf16(s, x, y, x.len())
+    }
+    fn cast_out(
+        cast: &CastKernels,
+        s: &Arc<CudaStream>,
+        x: &CudaView<'_, bf16>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        cast.f32(s, x, y, x.len())
+    }
+    fn as_f32(_: &CudaSlice<bf16>) -> Option<&CudaSlice<f32>> {
+        None
+    }
+    fn max_pool(
+        k: &MaxPoolKernels,
+        s: &CudaStream,
+        pool: &Pool2d,
+        x: &CudaView<'_, bf16>,
+        y: &mut CudaViewMut<'_, bf16>,
+        idx: &mut CudaViewMut<'_, i32>,
+    ) -> Result<()> {
+        k.forward_bf16(s, pool, x, y, idx)
+    }
+}
+
+/// The CNN pass of a replica, in its precision.
+pub struct CnnNet {
+    walker: Walkers,
+}
+
+enum Walkers {
+    F32(Box<Walker<f32>>),
+    Bf16(Box<Walker<bf16>>),
+}
+
+impl CnnNet {
+    /// The pass of `graph` with activations in `precision` (f32 or bf16).
+    pub fn new(gpu: &Arc<Gpu>, graph: Graph, precision: Precision) -> Result<CnnNet> {
+        let walker = match precision {
+            Precision::F32 => Walkers::F32(Box::new(Walker::new(gpu, graph, precision)?)),
+            Precision::Bf16 => Walkers::Bf16(Box::new(Walker::new(gpu, graph, precision)?)),
+            Precision::Tf32 => {
+                return Err(Error::invalid(
+                    graph.config.arch.name(),
+                    "the CNNs train in f32 or bf16, not tf32",
+                ));
+            }
+        };
+        Ok(CnnNet { walker })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        match &self.walker {
+            Walkers::F32(w) => &w.graph,
+            Walkers::Bf16(w) => &w.graph,
+        }
+    }
+
+    /// Enqueues forward and backward over the shard of `p`: the gradient of `p.scale *
+    /// sum(loss)` and, after it, the running statistics' contributions.
+    pub fn forward_backward(&mut self, p: Pass) -> Result<()> {
+        match &mut self.walker {
+            Walkers::F32(w) => w.forward_backward(p),
+            Walkers::Bf16(w) => w.forward_backward(p),
+        }
+    }
+
+    /// `buffers = (1 - momentum) buffers + momentum contributions`: the running statistics
+    /// moved by the batch's (the contributions every GPU's pass wrote, summed).
+    pub fn update_buffers(
+        &self,
+        s: &CudaStream,
+        buffers: &mut CudaSlice<f32>,
+        contributions: &CudaView<'_, f32>,
+    ) -> Result<()> {
+        let bn = match &self.walker {
+            Walkers::F32(w) => &w.bn,
+            Walkers::Bf16(w) => &w.bn,
+        };
+        let n = buffers.len();
+        bn.update_running(s, buffers, contributions, n)
+    }
+
+    /// The last pass's logits, `rows x classes` (f32).
+    pub fn logits(&self) -> &CudaSlice<f32> {
+        match &self.walker {
+            Walkers::F32(w) => &w.logits,
+            Walkers::Bf16(w) => &w.logits,
+        }
+    }
+}
+
+/// One training step of a golden file ([`check_with`](crate::train::models::cnn::golden::check_with)) on GPU `ordinal`, in f32:
+/// forward, loss, backward and the running statistics' update, no optimizer step.
+pub fn golden_step(ordinal: usize, input: &StepInput<'_>) -> Result<StepOutput> {
+    let gpu = Gpu::open(ordinal)?;
+    let (g, n) = (input.graph, input.labels.len());
+    let mut replica = Replica::for_graph(
+        gpu.clone(),
+        g.clone(),
+        Optimizer::sgd(0.0),
+        Precision::F32,
+        input.params,
+        &[],
+    )?;
+    replica.upload(input.params, &[], input.buffers)?;
+    replica.set_seed(0);
+    replica.forward_backward(input.images, input.labels, 1.0 / n as f32)?;
+    replica.update_buffers()?;
+    let loss = replica.stats()?.loss;
+    let logits = replica
+        .logits()
+        .map(|l| gpu.stream().clone_dtoh(&l.slice(..n * g.config.classes)))
+        .transpose()
+        .cuda(|| "reading the logits".into())?
+        .unwrap_or_default();
+    let (state, grads) = replica.download()?;
+    Ok(StepOutput {
+        logits,
+        loss,
+        grads,
+        buffers: state.buffers,
+    })
+}
+
+/// How the forward walks the nodes: one at a time, or a batch norm and the ReLU that alone
+/// reads it as one kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Node(usize),
+    BnRelu { bn: usize, relu: usize },
+}
+
+/// Where a convolution's filters (KRSC) and bias sit in the convolution buffers, and their
+/// parameters' ranges.
+#[derive(Clone, Debug)]
+struct ConvSlot {
+    shape: Conv2dShape,
+    weight: usize,
+    bias: Option<usize>,
+    params: std::ops::Range<usize>,
+    bias_params: Option<std::ops::Range<usize>>,
+}
+
+impl ConvSlot {
+    /// The filters' transpose from PyTorch's `(out, in / groups, kh, kw)` to KRSC, or back.
+    fn transpose(&self, to_krsc: bool) -> Copy2d {
+        let s = &self.shape;
+        let (cin, khw) = (s.group_in_channels(), s.kernel_h * s.kernel_w);
+        if to_krsc {
+            Copy2d::transpose(s.out_channels, cin, khw)
+        } else {
+            Copy2d::transpose(s.out_channels, khw, cin)
+        }
+    }
+}
+
+/// A linear layer's f32 operands (the activations may be bf16; cuBLASLt's GEMMs take f32
+/// and round themselves).
+struct LinearBufs {
+    x: CudaSlice<f32>,
+    y: CudaSlice<f32>,
+    dy: CudaSlice<f32>,
+    dx: CudaSlice<f32>,
+}
+
+/// cuDNN wants 16-byte aligned tensors: offsets in the convolution buffers are multiples of
+/// 8 values (16 bytes of bf16, 32 of f32).
+const ALIGN: usize = 8;
+
+struct Walker<T: Act> {
+    graph: Graph,
+    plan: Vec<Step>,
+    /// Per node: its convolution's place (convolutions only).
+    conv_slots: Vec<Option<ConvSlot>>,
+    conv_len: usize,
+    /// Per node: its batch norm's offset in the running statistics' layout.
+    norm_at: Vec<usize>,
+    conv: Conv2dKernels,
+    bn: BatchNormKernels,
+    avg: AvgPoolKernels,
+    max: MaxPoolKernels,
+    dropout: DropoutKernels,
+    copy: ChannelCopyKernels,
+    elementwise: ElementwiseKernels,
+    cast: CastKernels,
+    loss: SoftmaxCrossEntropyKernels,
+    bias_grad: BiasGradKernels,
+    /// Images the buffers hold.
+    capacity: usize,
+    /// Per value (none for a batch norm fused with its ReLU).
+    values: Vec<Option<CudaSlice<T>>>,
+    /// Per node: a max pooling's argmax, a batch norm's statistics, a linear's operands.
+    argmax: Vec<Option<CudaSlice<i32>>>,
+    saved: Vec<Option<Saved>>,
+    linears: Vec<Option<LinearBufs>>,
+    norm_work: CudaSlice<f32>,
+    image: CudaSlice<f32>,
+    /// The filters and biases (KRSC) as cuDNN reads them, their f32 staging, their
+    /// gradients and those widened to f32.
+    conv_w: CudaSlice<T>,
+    conv_w32: CudaSlice<f32>,
+    conv_dw: CudaSlice<T>,
+    conv_dw32: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    dlogits: CudaSlice<f32>,
+    /// A biased convolution's output gradient widened to f32 (bf16 only).
+    bias_dy: CudaSlice<f32>,
+    /// The values' gradients in flight, and the pool they come from.
+    dvalues: Vec<Option<CudaSlice<T>>>,
+    free: Vec<CudaSlice<T>>,
+}
+
+/// Values in `shape` for `n` images.
+fn numel(shape: [usize; 3], n: usize) -> usize {
+    n * shape.iter().product::<usize>()
+}
+
+fn alloc<U: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    n: usize,
+    what: &str,
+) -> Result<CudaSlice<U>> {
+    gpu.stream()
+        .alloc_zeros::<U>(n.max(1))
+        .cuda(|| format!("allocating {n} values for {what}"))
+}
+
+impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
+    fn new(gpu: &Arc<Gpu>, graph: Graph, precision: Precision) -> Result<Walker<T>> {
+        let nodes = &graph.nodes;
+        // Who reads each value.
+        let mut readers = vec![0usize; graph.shapes.len()];
+        for n in nodes {
+            n.inputs.iter().for_each(|&i| readers[i] += 1);
+        }
+        let mut plan = Vec::with_capacity(nodes.len());
+        let mut i = 0;
+        while i < nodes.len() {
+            let fused = matches!(nodes[i].op, Op::BatchNorm { .. })
+                && nodes.get(i + 1).is_some_and(|r| {
+                    r.op == Op::Relu
+                        && r.inputs == [nodes[i].output]
+                        && readers[nodes[i].output] == 1
+                });
+            if fused {
+                plan.push(Step::BnRelu { bn: i, relu: i + 1 });
+                i += 2;
+            } else {
+                plan.push(Step::Node(i));
+                i += 1;
+            }
+        }
+        let mut conv_slots = vec![None; nodes.len()];
+        let mut conv_len = 0;
+        let mut take = |len: usize| {
+            let at = conv_len;
+            conv_len += len.div_ceil(ALIGN) * ALIGN;
+            at
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            if let Op::Conv {
+                shape,
+                weight,
+                bias,
+            } = &n.op
+            {
+                conv_slots[i] = Some(ConvSlot {
+                    shape: *shape,
+                    weight: take(shape.weight_len()),
+                    bias: bias.map(|_| take(shape.out_channels)),
+                    params: graph.layout.slots[*weight].range(),
+                    bias_params: bias.map(|b| graph.layout.slots[b].range()),
+                });
+            }
+        }
+        let mut norm_at = vec![0; nodes.len()];
+        let mut at = 0;
+        for (i, n) in nodes.iter().enumerate() {
+            if let Op::BatchNorm { norm, .. } = n.op {
+                norm_at[i] = at;
+                at += 2 * graph.norms[norm].1;
+            }
+        }
+        let values = graph.shapes.len();
+        Ok(Walker {
+            plan,
+            conv_slots,
+            conv_len,
+            norm_at,
+            conv: Conv2dKernels::load(gpu, precision)?,
+            bn: BatchNormKernels::load(gpu)?,
+            avg: AvgPoolKernels::load(gpu)?,
+            max: MaxPoolKernels::load(gpu)?,
+            dropout: DropoutKernels::load(gpu)?,
+            copy: ChannelCopyKernels::load(gpu)?,
+            elementwise: ElementwiseKernels::load(gpu)?,
+            cast: CastKernels::load(gpu)?,
+            loss: SoftmaxCrossEntropyKernels::load(gpu)?,
+            bias_grad: BiasGradKernels::load(gpu)?,
+            capacity: 0,
+            values: (0..values).map(|_| None).collect(),
+            argmax: (0..nodes.len()).map(|_| None).collect(),
+            saved: (0..nodes.len()).map(|_| None).collect(),
+            linears: (0..nodes.len()).map(|_| None).collect(),
+            norm_work: alloc(gpu, 1, "batch norm")?,
+            image: alloc(gpu, 1, "the image")?,
+            conv_w: alloc(gpu, conv_len, "the filters")?,
+            conv_w32: alloc(gpu, conv_len, "the filters")?,
+            conv_dw: alloc(gpu, conv_len, "the filters' gradients")?,
+            conv_dw32: alloc(gpu, conv_len, "the filters' gradients")?,
+            logits: alloc(gpu, 1, "logits")?,
+            dlogits: alloc(gpu, 1, "logits")?,
+            bias_dy: alloc(gpu, 1, "bias gradients")?,
+            dvalues: (0..values).map(|_| None).collect(),
+            free: Vec::new(),
+            graph,
+        })
+    }
+
+    /// Buffers for `n` images (kept when they hold as many already), and every convolution
+    /// planned for that batch (cuDNN's benchmark runs once per shape).
+    fn reserve(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        if n <= self.capacity {
+            return Ok(());
+        }
+        let g = &self.graph;
+        let fused_away: Vec<usize> = self
+            .plan
+            .iter()
+            .filter_map(|s| match s {
+                Step::BnRelu { bn, .. } => Some(g.nodes[*bn].output),
+                Step::Node(_) => None,
+            })
+            .collect();
+        for (v, shape) in g.shapes.iter().enumerate() {
+            self.values[v] = if fused_away.contains(&v) {
+                None
+            } else {
+                Some(alloc(gpu, numel(*shape, n), "activations")?)
+            };
+        }
+        let (mut work, mut bias_dy) = (0, 0);
+        for (i, node) in g.nodes.iter().enumerate() {
+            let [h, w, c] = g.shapes[node.inputs[0]];
+            let out = numel(g.shapes[node.output], n);
+            match &node.op {
+                Op::MaxPool { .. } => self.argmax[i] = Some(alloc(gpu, out, "max pooling")?),
+                Op::BatchNorm { .. } => {
+                    self.saved[i] = Some(Saved::new(gpu, c)?);
+                    let shape = NormShape {
+                        rows: n * h * w,
+                        channels: c,
+                    };
+                    work = work.max(shape.workspace_len());
+                }
+                Op::Linear { .. } => {
+                    let din = h * w * c;
+                    self.linears[i] = Some(LinearBufs {
+                        x: alloc(gpu, n * din, "a linear layer")?,
+                        y: alloc(gpu, out, "a linear layer")?,
+                        dy: alloc(gpu, out, "a linear layer")?,
+                        dx: alloc(gpu, n * din, "a linear layer")?,
+                    });
+                }
+                Op::Conv { shape, bias, .. } => {
+                    self.conv.prepare(&batched(shape, n), Passes::Training)?;
+                    if bias.is_some() {
+                        bias_dy = bias_dy.max(out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.norm_work = alloc(gpu, work, "batch norm")?;
+        let bias_dy = if T::NAME == "f32" { 1 } else { bias_dy };
+        self.bias_dy = alloc(gpu, bias_dy, "bias gradients")?;
+        self.image = alloc(gpu, numel(g.shapes[0], n), "the image")?;
+        let classes = g.config.classes;
+        self.logits = alloc(gpu, n * classes, "logits")?;
+        self.dlogits = alloc(gpu, n * classes, "logits")?;
+        self.free.clear();
+        self.capacity = n;
+        Ok(())
+    }
+
+    fn forward_backward(&mut self, mut p: Pass) -> Result<()> {
+        let n = p.rows;
+        self.reserve(p.gpu, n)?;
+        let s = p.gpu.stream().clone();
+        self.stage_filters(&s, p.params)?;
+        self.forward(&s, &mut p)?;
+        let classes = self.graph.config.classes;
+        self.loss.run(
+            &s,
+            &self.logits,
+            p.labels,
+            &mut self.dlogits,
+            p.stats,
+            (n, classes),
+            p.scale,
+        )?;
+        self.backward(&s, &mut p)?;
+        self.unstage_filter_grads(&s, p.grads)
+    }
+
+    /// The parameters' filters in KRSC order (and the biases) into the convolution buffer.
+    fn stage_filters(&mut self, s: &Arc<CudaStream>, params: &CudaSlice<f32>) -> Result<()> {
+        for slot in self.conv_slots.iter().flatten() {
+            let (r, at) = (slot.params.clone(), slot.weight);
+            let mut dst = self.conv_w32.slice_mut(at..at + r.len());
+            self.copy
+                .run(s, &slot.transpose(true), &params.slice(r), &mut dst, false)?;
+            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
+                let mut dst = self.conv_w32.slice_mut(at..at + r.len());
+                copy(s, &params.slice(r), &mut dst)?;
+            }
+        }
+        let len = self.conv_len;
+        let (src, mut dst) = (self.conv_w32.slice(..len), self.conv_w.slice_mut(..len));
+        T::cast_in(&self.cast, s, &src, &mut dst)
+    }
+
+    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order (the
+    /// biases' are written there directly).
+    fn unstage_filter_grads(
+        &mut self,
+        s: &Arc<CudaStream>,
+        grads: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let len = self.conv_len;
+        let (src, mut dst) = (self.conv_dw.slice(..len), self.conv_dw32.slice_mut(..len));
+        T::cast_out(&self.cast, s, &src, &mut dst)?;
+        for slot in self.conv_slots.iter().flatten() {
+            let (r, at) = (slot.params.clone(), slot.weight);
+            let src = self.conv_dw32.slice(at..at + r.len());
+            self.copy.run(
+                s,
+                &slot.transpose(false),
+                &src,
+                &mut grads.slice_mut(r),
+                false,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, s: &Arc<CudaStream>, p: &mut Pass) -> Result<()> {
+        let n = p.rows;
+        let g = &self.graph;
+        // The image, channel-major as the datasets give it, to NHWC.
+        let [h, w, c] = g.shapes[0];
+        let len = numel(g.shapes[0], n);
+        let to_nhwc = Copy2d::transpose(n, c, h * w);
+        let mut image = self.image.slice_mut(..len);
+        self.copy
+            .run(s, &to_nhwc, &p.input.slice(..len), &mut image, false)?;
+        let mut x0 = self.values[0].take().expect("reserve allocates the image");
+        T::cast_in(
+            &self.cast,
+            s,
+            &self.image.slice(..len),
+            &mut x0.slice_mut(..len),
+        )?;
+        self.values[0] = Some(x0);
+        let last = g.nodes.len() - 1;
+        for step in self.plan.clone() {
+            let (i, relu) = match step {
+                Step::Node(i) => (i, None),
+                Step::BnRelu { bn, relu } => (bn, Some(relu)),
+            };
+            let node = &self.graph.nodes[i];
+            let out = relu.map_or(node.output, |r| self.graph.nodes[r].output);
+            let out_len = numel(self.graph.shapes[out], n);
+            if i == last {
+                self.linear_forward(s, p, i, true)?;
+                continue;
+            }
+            let mut y = self.values[out]
+                .take()
+                .expect("reserve allocates every value");
+            let r = self.node_forward(s, p, i, relu.is_some(), &mut y.slice_mut(..out_len));
+            self.values[out] = Some(y);
+            r?;
+        }
+        Ok(())
+    }
+
+    fn node_forward(
+        &mut self,
+        s: &Arc<CudaStream>,
+        p: &mut Pass,
+        i: usize,
+        relu: bool,
+        y: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
+        let n = p.rows;
+        let g = &self.graph;
+        let node = &g.nodes[i];
+        let in_shape = g.shapes[node.inputs[0]];
+        let [h, w, c] = in_shape;
+        let rows = n * h * w;
+        let x = view(&self.values, &self.graph, node.inputs[0], n);
+        match &node.op {
+            Op::Conv { shape, .. } => {
+                let slot = self.conv_slots[i].clone().expect("a convolution's slot");
+                let wt = self
+                    .conv_w
+                    .slice(slot.weight..slot.weight + shape.weight_len());
+                let bias = slot
+                    .bias
+                    .map(|b| self.conv_w.slice(b..b + shape.out_channels));
+                let epilogue = bias.map_or_else(Epilogue::none, Epilogue::bias);
+                self.conv.forward(&batched(shape, n), &x, &wt, epilogue, y)
+            }
+            Op::BatchNorm { weight, bias, .. } => {
+                let shape = NormShape { rows, channels: c };
+                let (gamma, beta) = (
+                    p.params.slice(g.layout.slots[*weight].range()),
+                    p.params.slice(g.layout.slots[*bias].range()),
+                );
+                let affine = Affine {
+                    gamma: &gamma,
+                    beta: &beta,
+                };
+                let at = g.layout.total + self.norm_at[i];
+                let mut contrib = p.grads.slice_mut(at..at + 2 * c);
+                let weight = n as f32 * p.scale;
+                let saved = self.saved[i]
+                    .as_mut()
+                    .expect("reserve allocates statistics");
+                self.bn.forward_train(
+                    s,
+                    shape,
+                    &x,
+                    affine,
+                    y,
+                    saved,
+                    &mut self.norm_work,
+                    Some((&mut contrib, weight)),
+                    relu,
+                )
+            }
+            Op::Relu => self.elementwise.relu(s, &x, y, x.len()),
+            Op::MaxPool {
+                kernel,
+                stride,
+                pad,
+            } => {
+                let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
+                let idx = self.argmax[i].as_mut().expect("reserve allocates argmax");
+                let mut idx = idx.slice_mut(..y.len());
+                T::max_pool(&self.max, s, &pool, &x, y, &mut idx)
+            }
+            Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
+                self.avg.forward(s, &windows(g, node, n), &x, y)
+            }
+            Op::Add => {
+                copy(s, &x, y)?;
+                let other = view(&self.values, &self.graph, node.inputs[1], n);
+                self.elementwise.add(s, y, &other, other.len())
+            }
+            Op::Concat => {
+                let total = g.shapes[node.output][2];
+                let mut at = 0;
+                for j in 0..node.inputs.len() {
+                    let ci = g.shapes[node.inputs[j]][2];
+                    let put = Copy2d::put(rows, total, at, ci);
+                    self.copy.run(
+                        s,
+                        &put,
+                        &view(&self.values, &self.graph, node.inputs[j], n),
+                        y,
+                        false,
+                    )?;
+                    at += ci;
+                }
+                Ok(())
+            }
+            Op::Channels { start, len } => {
+                let take = Copy2d::take(rows, c, *start, *len);
+                self.copy.run(s, &take, &x, y, false)
+            }
+            Op::Shuffle { groups } => {
+                let t = Copy2d::transpose(rows, *groups, c / groups);
+                self.copy.run(s, &t, &x, y, false)
+            }
+            Op::Flatten => {
+                let t = Copy2d::transpose(n, h * w, c);
+                self.copy.run(s, &t, &x, y, false)
+            }
+            Op::Dropout { p: drop } => {
+                copy(s, &x, y)?;
+                let len = y.len();
+                self.dropout.run(s, y, len, *drop, p.seed ^ i as u64)
+            }
+            Op::Linear { .. } => {
+                let len = y.len();
+                self.linear_forward(s, p, i, false)?;
+                let out = &self.linears[i].as_ref().expect("a linear's buffers").y;
+                T::cast_in(&self.cast, s, &out.slice(..len), y)
+            }
+        }
+    }
+
+    /// A linear layer into its f32 output (the logits when `last`).
+    fn linear_forward(
+        &mut self,
+        s: &Arc<CudaStream>,
+        p: &mut Pass,
+        i: usize,
+        last: bool,
+    ) -> Result<()> {
+        let n = p.rows;
+        let g = &self.graph;
+        let node = &g.nodes[i];
+        let Op::Linear { weight, bias } = node.op else {
+            return Err(Error::invalid(
+                &node.name,
+                "the last layer of a CNN graph must be a linear one",
+            ));
+        };
+        let (din, dout) = (numel(g.shapes[node.inputs[0]], 1), g.shapes[node.output][2]);
+        let bufs = self.linears[i]
+            .as_mut()
+            .expect("reserve allocates a linear's buffers");
+        let xv = self.values[node.inputs[0]]
+            .as_ref()
+            .expect("a linear's input");
+        let x = match T::as_f32(xv) {
+            Some(x) => x,
+            None => {
+                let len = n * din;
+                T::cast_out(
+                    &self.cast,
+                    s,
+                    &xv.slice(..len),
+                    &mut bufs.x.slice_mut(..len),
+                )?;
+                &bufs.x
+            }
+        };
+        let w = p.params.slice(g.layout.slots[weight].range());
+        let b = p.params.slice(g.layout.slots[bias].range());
+        let y = if last { &mut self.logits } else { &mut bufs.y };
+        p.linear
+            .forward(x, &w, GemmEpilogue::Bias(b), y, n, din, dout)
+    }
+
+    /// A free gradient buffer of at least `len` values (the smallest that fits).
+    fn grad_buffer(&mut self, gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => Ok(self.free.swap_remove(i)),
+            None => alloc(gpu, len, "gradients"),
+        }
+    }
+
+    /// Hands `grad` (the first `len` values) to value `v`'s gradient: it becomes the
+    /// gradient, or is added to the one there (and goes back to the pool).
+    fn deliver(
+        &mut self,
+        s: &Arc<CudaStream>,
+        v: usize,
+        grad: CudaSlice<T>,
+        len: usize,
+    ) -> Result<()> {
+        match &mut self.dvalues[v] {
+            Some(acc) => {
+                let r = self
+                    .elementwise
+                    .add(s, &mut acc.slice_mut(..len), &grad.slice(..len), len);
+                self.free.push(grad);
+                r
+            }
+            empty => {
+                *empty = Some(grad);
+                Ok(())
+            }
+        }
+    }
+
+    /// Value `v`'s gradient buffer to write, and whether to add to it (it holds another
+    /// reader's gradient) or overwrite it (fresh; zeroed first when `zeroed`).
+    fn target(
+        &mut self,
+        gpu: &Gpu,
+        v: usize,
+        len: usize,
+        zeroed: bool,
+    ) -> Result<(CudaSlice<T>, bool)> {
+        match self.dvalues[v].take() {
+            Some(b) => Ok((b, true)),
+            None => {
+                let mut b = self.grad_buffer(gpu, len)?;
+                if zeroed {
+                    gpu.stream()
+                        .memset_zeros(&mut b.slice_mut(..len))
+                        .cuda(|| "zeroing a gradient".into())?;
+                }
+                Ok((b, zeroed))
+            }
+        }
+    }
+
+    fn backward(&mut self, s: &Arc<CudaStream>, p: &mut Pass) -> Result<()> {
+        let last = self.graph.nodes.len() - 1;
+        for step in self.plan.clone().into_iter().rev() {
+            let (i, relu) = match step {
+                Step::Node(i) => (i, None),
+                Step::BnRelu { bn, relu } => (bn, Some(relu)),
+            };
+            if i == last {
+                self.linear_backward(s, p, i, None)?;
+                continue;
+            }
+            let out = relu.map_or(self.graph.nodes[i].output, |r| self.graph.nodes[r].output);
+            let Some(dy) = self.dvalues[out].take() else {
+                continue;
+            };
+            self.node_backward(s, p, i, relu.is_some(), dy)?;
+        }
+        for d in &mut self.dvalues {
+            if let Some(b) = d.take() {
+                self.free.push(b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `i`'s backward from its output's gradient `dy` (which it consumes).
+    fn node_backward(
+        &mut self,
+        s: &Arc<CudaStream>,
+        p: &mut Pass,
+        i: usize,
+        relu: bool,
+        mut dy: CudaSlice<T>,
+    ) -> Result<()> {
+        let n = p.rows;
+        let gpu = p.gpu;
+        let node = self.graph.nodes[i].clone();
+        let in_shape = self.graph.shapes[node.inputs[0]];
+        let [h, w, c] = in_shape;
+        let rows = n * h * w;
+        let input = node.inputs[0];
+        let in_len = numel(in_shape, n);
+        let out_v = if relu {
+            self.graph.nodes[i + 1].output
+        } else {
+            node.output
+        };
+        let out_len = numel(self.graph.shapes[out_v], n);
+        match &node.op {
+            Op::Conv { shape, .. } => {
+                let call = batched(shape, n);
+                let slot = self.conv_slots[i].clone().expect("a convolution's slot");
+                let x = view(&self.values, &self.graph, node.inputs[0], n);
+                let dyv = dy.slice(..out_len);
+                let wl = shape.weight_len();
+                let mut dw = self.conv_dw.slice_mut(slot.weight..slot.weight + wl);
+                self.conv.backward_filter(&call, &x, &dyv, &mut dw, false)?;
+                if let Some(r) = slot.bias_params.clone() {
+                    // Our reduction, not cuDNN's: its bias gradient refuses bf16 tensors.
+                    let dyf = match T::as_f32(&dy) {
+                        Some(d) => d,
+                        None => {
+                            let mut dst = self.bias_dy.slice_mut(..out_len);
+                            T::cast_out(&self.cast, s, &dyv, &mut dst)?;
+                            &self.bias_dy
+                        }
+                    };
+                    let c = shape.out_channels;
+                    let db = &mut p.grads.slice_mut(r);
+                    self.bias_grad.run(s, dyf, db, out_len / c, c)?;
+                }
+                if input != 0 {
+                    let (mut dx, acc) = self.target(gpu, input, in_len, false)?;
+                    let wt = self.conv_w.slice(slot.weight..slot.weight + wl);
+                    let r = self.conv.backward_data(
+                        &call,
+                        &wt,
+                        &dy.slice(..out_len),
+                        &mut dx.slice_mut(..in_len),
+                        acc,
+                    );
+                    self.dvalues[input] = Some(dx);
+                    r?;
+                }
+            }
+            Op::BatchNorm { weight, bias, .. } => {
+                let shape = NormShape { rows, channels: c };
+                let layout = &self.graph.layout;
+                let (wr, br) = (layout.slots[*weight].range(), layout.slots[*bias].range());
+                let gamma = p.params.slice(wr.clone());
+                let mut dx = self.grad_buffer(gpu, in_len)?;
+                {
+                    let (mut lo, mut hi) = p.grads.split_at_mut(br.start);
+                    let (mut dg, mut db) = (lo.slice_mut(wr.start..), hi.slice_mut(..c));
+                    let x = view(&self.values, &self.graph, node.inputs[0], n);
+                    let mask = relu.then(|| {
+                        self.values[out_v]
+                            .as_ref()
+                            .expect("a fused ReLU's output")
+                            .slice(..out_len)
+                    });
+                    let saved = self.saved[i].as_ref().expect("the forward's statistics");
+                    self.bn.backward(
+                        s,
+                        shape,
+                        &x,
+                        &dy.slice(..out_len),
+                        mask.as_ref(),
+                        saved,
+                        &gamma,
+                        (&mut dg, &mut db),
+                        &mut dx.slice_mut(..in_len),
+                        &mut self.norm_work,
+                    )?;
+                }
+                self.deliver(s, input, dx, in_len)?;
+            }
+            Op::Relu => {
+                let y = self.values[node.output].as_ref().expect("a ReLU's output");
+                self.elementwise.relu_backward(
+                    s,
+                    &mut dy.slice_mut(..out_len),
+                    &y.slice(..out_len),
+                    out_len,
+                )?;
+                return self.deliver(s, input, dy, in_len);
+            }
+            Op::MaxPool {
+                kernel,
+                stride,
+                pad,
+            } => {
+                let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
+                let mut dx = self.grad_buffer(gpu, in_len)?;
+                let idx = self.argmax[i].as_ref().expect("the forward's argmax");
+                self.max.backward(
+                    s,
+                    &pool,
+                    &dy.slice(..out_len),
+                    &idx.slice(..out_len),
+                    &mut dx.slice_mut(..in_len),
+                )?;
+                self.deliver(s, input, dx, in_len)?;
+            }
+            Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
+                let win = windows(&self.graph, &node, n);
+                let mut dx = self.grad_buffer(gpu, in_len)?;
+                self.avg
+                    .backward(s, &win, &dy.slice(..out_len), &mut dx.slice_mut(..in_len))?;
+                self.deliver(s, input, dx, in_len)?;
+            }
+            Op::Add => {
+                let other = node.inputs[1];
+                let mut copy_of = self.grad_buffer(gpu, in_len)?;
+                copy(s, &dy.slice(..in_len), &mut copy_of.slice_mut(..in_len))?;
+                self.deliver(s, other, copy_of, in_len)?;
+                return self.deliver(s, input, dy, in_len);
+            }
+            Op::Concat => {
+                let total = self.graph.shapes[node.output][2];
+                let mut at = 0;
+                for &v in &node.inputs {
+                    let ci = self.graph.shapes[v][2];
+                    let len = numel(self.graph.shapes[v], n);
+                    let (mut dx, acc) = self.target(gpu, v, len, false)?;
+                    let take = Copy2d::take(rows, total, at, ci);
+                    let r = self.copy.run(
+                        s,
+                        &take,
+                        &dy.slice(..out_len),
+                        &mut dx.slice_mut(..len),
+                        acc,
+                    );
+                    self.dvalues[v] = Some(dx);
+                    r?;
+                    at += ci;
+                }
+            }
+            Op::Channels { start, len } => {
+                let (mut dx, _) = self.target(gpu, input, in_len, true)?;
+                let put = Copy2d::put(rows, c, *start, *len);
+                let r = self.copy.run(
+                    s,
+                    &put,
+                    &dy.slice(..out_len),
+                    &mut dx.slice_mut(..in_len),
+                    true,
+                );
+                self.dvalues[input] = Some(dx);
+                r?;
+            }
+            Op::Shuffle { groups } => {
+                let (mut dx, acc) = self.target(gpu, input, in_len, false)?;
+                let t = Copy2d::transpose(rows, c / groups, *groups);
+                let r = self.copy.run(
+                    s,
+                    &t,
+                    &dy.slice(..out_len),
+                    &mut dx.slice_mut(..in_len),
+                    acc,
+                );
+                self.dvalues[input] = Some(dx);
+                r?;
+            }
+            Op::Flatten => {
+                let (mut dx, acc) = self.target(gpu, input, in_len, false)?;
+                let t = Copy2d::transpose(n, c, h * w);
+                let r = self.copy.run(
+                    s,
+                    &t,
+                    &dy.slice(..out_len),
+                    &mut dx.slice_mut(..in_len),
+                    acc,
+                );
+                self.dvalues[input] = Some(dx);
+                r?;
+            }
+            Op::Dropout { p: drop } => {
+                self.dropout.run(
+                    s,
+                    &mut dy.slice_mut(..out_len),
+                    out_len,
+                    *drop,
+                    p.seed ^ i as u64,
+                )?;
+                return self.deliver(s, input, dy, in_len);
+            }
+            Op::Linear { .. } => {
+                self.linear_backward(s, p, i, Some(&dy))?;
+            }
+        }
+        self.free.push(dy);
+        Ok(())
+    }
+
+    /// A linear layer's backward from `dy` (`None`: the logits' gradient), its input's
+    /// gradient delivered.
+    fn linear_backward(
+        &mut self,
+        s: &Arc<CudaStream>,
+        p: &mut Pass,
+        i: usize,
+        dy: Option<&CudaSlice<T>>,
+    ) -> Result<()> {
+        let n = p.rows;
+        let node = self.graph.nodes[i].clone();
+        let Op::Linear { weight, bias } = node.op else {
+            unreachable!("linear_backward of a linear layer")
+        };
+        let input = node.inputs[0];
+        let (din, dout) = (
+            numel(self.graph.shapes[input], 1),
+            self.graph.shapes[node.output][2],
+        );
+        let layout = &self.graph.layout;
+        let (wr, br) = (layout.slots[weight].range(), layout.slots[bias].range());
+        let bufs = self.linears[i].as_mut().expect("a linear's buffers");
+        if let Some(dy) = dy {
+            let len = n * dout;
+            T::cast_out(
+                &self.cast,
+                s,
+                &dy.slice(..len),
+                &mut bufs.dy.slice_mut(..len),
+            )?;
+        }
+        let dyf = if dy.is_some() {
+            &bufs.dy
+        } else {
+            &self.dlogits
+        };
+        let xv = self.values[input].as_ref().expect("a linear's input");
+        let x = match T::as_f32(xv) {
+            Some(x) => x,
+            None => {
+                let len = n * din;
+                T::cast_out(
+                    &self.cast,
+                    s,
+                    &xv.slice(..len),
+                    &mut bufs.x.slice_mut(..len),
+                )?;
+                &bufs.x
+            }
+        };
+        let wants_dx = input != 0;
+        let w = p.params.slice(wr.clone());
+        let dx = wants_dx.then_some((w, &mut bufs.dx));
+        p.linear
+            .backward(x, dyf, &mut p.grads.slice_mut(wr), dx, n, din, dout)?;
+        self.bias_grad
+            .run(s, dyf, &mut p.grads.slice_mut(br), n, dout)?;
+        if wants_dx {
+            let len = n * din;
+            let mut g = self.grad_buffer(p.gpu, len)?;
+            let dx = &self.linears[i].as_ref().expect("a linear's buffers").dx;
+            T::cast_in(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
+            self.deliver(s, input, g, len)?;
+        }
+        Ok(())
+    }
+}
+
+/// Value `v` of `n` images, as a view.
+fn view<'a, T>(
+    values: &'a [Option<CudaSlice<T>>],
+    g: &Graph,
+    v: usize,
+    n: usize,
+) -> CudaView<'a, T> {
+    values[v]
+        .as_ref()
+        .expect("a value a layer reads is kept")
+        .slice(..numel(g.shapes[v], n))
+}
+
+/// `shape` for `n` images.
+fn batched(shape: &Conv2dShape, n: usize) -> Conv2dShape {
+    Conv2dShape { batch: n, ..*shape }
+}
+
+/// The windows of an average pooling node over `n` images.
+fn windows(g: &Graph, node: &Node, n: usize) -> AvgWindows {
+    let [h, w, c] = g.shapes[node.inputs[0]];
+    match node.op {
+        Op::AvgPool { kernel, stride } => {
+            AvgWindows::Fixed(Pool2d::new(n, [h, w, c], kernel, stride, 0))
+        }
+        Op::AdaptiveAvgPool { out } => AvgWindows::Adaptive {
+            input: [n, h, w, c],
+            out,
+        },
+        _ => unreachable!("windows of a pooling layer"),
+    }
+}

@@ -1,0 +1,273 @@
+//! `kernels/batch_norm.cu` against `batch_norm::cpu` (f64 sums), f32 and bf16 activations:
+//! train-mode forward (with and without the fused ReLU; the statistics it keeps and its
+//! contribution to the running statistics), the running statistics' update, eval mode, and
+//! the backward (with the fused ReLU's mask). Inputs sit off zero (mean 3) so a variance
+//! computed as E[x^2] - mean^2 in f32 would show; rows span one to many splits, and channel
+//! counts are below, at and above a block's 32.
+//!
+//! Tolerances (relative Frobenius error): f32 1e-5 forward, 1e-4 backward (f32 sums over up
+//! to thousands of rows); bf16 outputs are rounded once to bf16 (2^-9 relative at most):
+//! 4e-3, the f32 statistics 1e-5 (they are sums of the same, rounded, inputs).
+
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::gpu::{self, Gpu};
+use attnrt::kernels::batch_norm::cpu::{
+    BatchStats, EPS, batch_norm_backward, batch_norm_eval, batch_norm_train, update_running,
+};
+use attnrt::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
+use attnrt::kernels::conv2d::Element;
+use half::bf16;
+
+use crate::typed::{download, poisoned, random, upload};
+use crate::{assert_within, down, rng, up};
+
+/// (rows, channels): odd pixel counts, ShuffleNet's 116, one row of a block, many splits.
+const SHAPES: [(usize, usize); 5] = [
+    (2 * 17 * 19, 24),
+    (3 * 5 * 7, 116),
+    (9, 5),
+    (8205, 64),
+    (98, 1024),
+];
+
+#[test]
+fn batch_norm_matches_the_cpu_reference() {
+    let Some(gpu) = gpu_or_skip("batch_norm_matches_the_cpu_reference") else {
+        return;
+    };
+    for (rows, c) in SHAPES {
+        check::<f32>(&gpu, rows, c, [1e-5, 1e-4]);
+        check::<bf16>(&gpu, rows, c, [4e-3, 4e-3]);
+    }
+}
+
+fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]) {
+    let s = gpu.stream();
+    let kernels = BatchNormKernels::load(gpu).unwrap();
+    let mut rng = rng(51 + rows as u64);
+    let what = |w: &str| format!("{rows}x{c} {} {w}", T::NAME);
+    let x: Vec<f32> = random::<T>(&mut rng, rows * c)
+        .iter()
+        .map(|v| T::from_f32(3.0 + 2.0 * v).to_f32())
+        .collect();
+    let gamma = crate::random(&mut rng, c);
+    let beta = crate::random(&mut rng, c);
+    let shape = NormShape { rows, channels: c };
+    let (gx, gg, gb) = (upload::<T>(gpu, &x), up(gpu, &gamma), up(gpu, &beta));
+    let mut saved = Saved::new(gpu, c).unwrap();
+    let mut work = crate::poisoned(gpu, shape.workspace_len());
+    let mut contrib = crate::poisoned(gpu, 2 * c);
+
+    let (want, stats) = batch_norm_train(&x, c, &gamma, &beta).unwrap();
+    for relu in [false, true] {
+        let mut y = poisoned::<T>(gpu, rows * c);
+        let affine = Affine {
+            gamma: &gg,
+            beta: &gb,
+        };
+        kernels
+            .forward_train(
+                s,
+                shape,
+                &gx,
+                affine,
+                &mut y,
+                &mut saved,
+                &mut work,
+                Some((&mut contrib.slice_mut(..), 1.0)),
+                relu,
+            )
+            .unwrap();
+        let want: Vec<f32> = want
+            .iter()
+            .map(|&v| if relu { v.max(0.0) } else { v })
+            .collect();
+        assert_within(
+            &what(&format!("y relu={relu}")),
+            &download(gpu, &y),
+            &want,
+            tol_y,
+        );
+    }
+    let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<_>>();
+    let inv: Vec<f64> = stats.var.iter().map(|v| 1.0 / (v + EPS).sqrt()).collect();
+    assert_within(
+        &what("mean"),
+        &down(gpu, &saved.mean),
+        &f(&stats.mean),
+        1e-5,
+    );
+    assert_within(&what("invstd"), &down(gpu, &saved.invstd), &f(&inv), 1e-5);
+    let unbiased: Vec<f64> = stats
+        .var
+        .iter()
+        .map(|v| v * rows as f64 / (rows - 1) as f64)
+        .collect();
+    let want_contrib = [f(&stats.mean), f(&unbiased)].concat();
+    assert_within(
+        &what("contribution"),
+        &down(gpu, &contrib),
+        &want_contrib,
+        1e-5,
+    );
+
+    // The running statistics moved by that contribution, then eval mode with them.
+    let (mut rm, mut rv) = (crate::random(&mut rng, c), crate::random(&mut rng, c));
+    rv.iter_mut().for_each(|v| *v = 1.0 + v.abs());
+    let mut running = up(gpu, &[rm.clone(), rv.clone()].concat());
+    kernels
+        .update_running(s, &mut running, &contrib, 2 * c)
+        .unwrap();
+    update_running(&[(1.0, &stats)], &mut rm, &mut rv).unwrap();
+    let got = down(gpu, &running);
+    assert_within(
+        &what("running"),
+        &got,
+        &[rm.clone(), rv.clone()].concat(),
+        1e-6,
+    );
+    let (grm, grv) = (up(gpu, &rm), up(gpu, &rv));
+    let mut y = poisoned::<T>(gpu, rows * c);
+    let affine = Affine {
+        gamma: &gg,
+        beta: &gb,
+    };
+    kernels
+        .forward_eval(
+            s,
+            shape,
+            &gx,
+            affine,
+            (&grm, &grv),
+            &mut y,
+            &mut saved,
+            false,
+        )
+        .unwrap();
+    let want = batch_norm_eval(&x, c, &gamma, &beta, &rm, &rv).unwrap();
+    assert_within(&what("eval y"), &download(gpu, &y), &want, tol_y);
+
+    // Backward, plain and through the fused ReLU (masked where its output is not positive).
+    let mut relu_y = poisoned::<T>(gpu, rows * c);
+    let affine = Affine {
+        gamma: &gg,
+        beta: &gb,
+    };
+    kernels
+        .forward_train(
+            s,
+            shape,
+            &gx,
+            affine,
+            &mut relu_y,
+            &mut saved,
+            &mut work,
+            None,
+            true,
+        )
+        .unwrap();
+    let mask = download(gpu, &relu_y);
+    let dy = random::<T>(&mut rng, rows * c);
+    let gdy = upload::<T>(gpu, &dy);
+    for relu in [false, true] {
+        let masked: Vec<f32> = dy
+            .iter()
+            .zip(&mask)
+            .map(|(&g, &m)| {
+                if relu && (m <= 0.0 || m.is_nan()) {
+                    0.0
+                } else {
+                    g
+                }
+            })
+            .collect();
+        let stats = BatchStats { ..stats.clone() };
+        let (want_dx, want_dg, want_db) = batch_norm_backward(&x, &masked, &gamma, &stats).unwrap();
+        let mut dx = poisoned::<T>(gpu, rows * c);
+        let (mut dg, mut db) = (crate::poisoned(gpu, c), crate::poisoned(gpu, c));
+        kernels
+            .backward(
+                s,
+                shape,
+                &gx,
+                &gdy,
+                relu.then_some(&relu_y),
+                &saved,
+                &gg,
+                (&mut dg, &mut db),
+                &mut dx,
+                &mut work,
+            )
+            .unwrap();
+        assert_within(
+            &what(&format!("dgamma relu={relu}")),
+            &down(gpu, &dg),
+            &want_dg,
+            1e-4,
+        );
+        assert_within(
+            &what(&format!("dbeta relu={relu}")),
+            &down(gpu, &db),
+            &want_db,
+            1e-4,
+        );
+        assert_within(
+            &what(&format!("dx relu={relu}")),
+            &download(gpu, &dx),
+            &want_dx,
+            tol_dx,
+        );
+    }
+}
+
+#[test]
+fn batch_norm_refuses_short_buffers_and_single_rows() {
+    let Some(gpu) = gpu_or_skip("batch_norm_refuses_short_buffers_and_single_rows") else {
+        return;
+    };
+    let s = gpu.stream();
+    let kernels = BatchNormKernels::load(&gpu).unwrap();
+    let shape = NormShape {
+        rows: 4,
+        channels: 3,
+    };
+    let (g, b) = (up(&gpu, &[1.0; 3]), up(&gpu, &[0.0; 3]));
+    let x = up(&gpu, &[0.0; 11]);
+    let mut y = crate::poisoned(&gpu, 12);
+    let mut saved = Saved::new(&gpu, 3).unwrap();
+    let mut work = crate::poisoned(&gpu, shape.workspace_len());
+    let affine = Affine {
+        gamma: &g,
+        beta: &b,
+    };
+    let e = kernels
+        .forward_train(
+            s, shape, &x, affine, &mut y, &mut saved, &mut work, None, false,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("x has 11"), "{e}");
+    let one = NormShape {
+        rows: 1,
+        channels: 3,
+    };
+    let mut contrib = crate::poisoned(&gpu, 6);
+    let affine = Affine {
+        gamma: &g,
+        beta: &b,
+    };
+    let e = kernels
+        .forward_train(
+            s,
+            one,
+            &x,
+            affine,
+            &mut y,
+            &mut saved,
+            &mut work,
+            Some((&mut contrib.slice_mut(..), 1.0)),
+            false,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("more than one value"), "{e}");
+    let _ = gpu::download(s, &y);
+}

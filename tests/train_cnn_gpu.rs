@@ -1,0 +1,312 @@
+//! The torchvision CNNs on the GPU (`train::gpu::cnn`): one training step of each of the five
+//! models against the CPU walker (loss, logits, every gradient, the running statistics),
+//! the shared train-step golden file through `attnrt-train --check --gpus 0`, training that
+//! learns on one GPU, and two replicas (uneven shards, the running statistics' contributions
+//! summed with the gradients) against the CPU engine's two shards.
+//!
+//! Tolerances (relative Frobenius errors, the whole vector):
+//! - f32 against the CPU (f64 sums): loss and logits 1e-5, gradients and running statistics
+//!   1e-4. cuDNN runs FMA math (no TF32); the batch norms' reductions sum in f32 and every
+//!   layer's rounding passes through up to ~150 layers (DenseNet), which is where 1e-4 comes
+//!   from rather than the single ops' 1e-5.
+//! - bf16 against the CPU in f32: every activation and activation gradient is stored in bf16
+//!   (2^-9 relative a rounding) and the convolutions read bf16 filters: loss 2e-2, logits
+//!   5e-2, gradients 1e-1, running statistics 5e-2 (PyTorch's autocast differs from f32 by
+//!   as much).
+//!
+//! Without a GPU every test prints `skipped: <reason>`; `ATTNRT_REQUIRE_GPU=1` makes that a
+//! failure.
+
+mod common;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use attnrt::base::relative_error;
+use attnrt::gpu::testing::gpu_or_skip;
+use attnrt::sched::DistributionRatio;
+use attnrt::train::data::ImageShape;
+use attnrt::train::data::batches::Batch;
+use attnrt::train::gpu::replica::Replica;
+use attnrt::train::models::cnn::{self, Arch, CnnConfig};
+use attnrt::train::{
+    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine, State,
+    TrainOptions, train as train_job,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn err(got: &[f32], want: &[f32]) -> f64 {
+    relative_error(got, want).expect("same length")
+}
+
+/// (loss, logits, gradients, running statistics) tolerances, see the module docs.
+fn tolerances(precision: Precision) -> [f64; 4] {
+    match precision {
+        Precision::Bf16 => [2e-2, 5e-2, 1e-1, 5e-2],
+        _ => [1e-5, 1e-5, 1e-4, 1e-4],
+    }
+}
+
+/// One step of every model on 2 images of 64x64 (AlexNet's dropout on: the GPU draws the
+/// CPU's masks), GPU against the CPU walker in f32.
+#[test]
+fn one_step_of_each_cnn_matches_the_cpu() {
+    let Some(gpu) = gpu_or_skip("one_step_of_each_cnn_matches_the_cpu") else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for arch in Arch::ALL {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let config = CnnConfig {
+                arch,
+                classes: 10,
+                image: ImageShape {
+                    channels: 3,
+                    height: 64,
+                    width: 64,
+                },
+            };
+            let graph = cnn::graph(config);
+            let (n, features) = (2, 3 * 64 * 64);
+            let params = graph.init(3);
+            let x = random(n * features, 4);
+            let labels = [3u32, 7];
+            let (scale, seed) = (1.0 / n as f32, cnn::step_seed(1, 0));
+
+            let mut want_grads = vec![0.0; params.len()];
+            let pass = cnn::cpu::forward_backward(
+                &graph,
+                Precision::F32,
+                &params,
+                &x,
+                &labels,
+                scale,
+                seed,
+                &mut want_grads,
+            )
+            .unwrap();
+            let mut want_buffers = graph.initial_buffers();
+            graph
+                .update_buffers(&mut want_buffers, &[(1.0, &pass.norms)])
+                .unwrap();
+
+            let model = ModelSpec::Cnn(config);
+            let opt = Optimizer::sgd(0.1);
+            let mut replica = Replica::new(
+                gpu.clone(),
+                &model,
+                opt,
+                precision,
+                &params,
+                &[vec![0.0; params.len()]],
+            )
+            .unwrap();
+            replica.set_seed(seed);
+            replica.forward_backward(&x, &labels, scale).unwrap();
+            replica.update_buffers().unwrap();
+            let loss = replica.stats().unwrap().loss;
+            let logits = attnrt::gpu::download(gpu.stream(), replica.logits().unwrap()).unwrap();
+            let (state, grads) = replica.download().unwrap();
+
+            let [tl, tz, tg, tb] = tolerances(precision);
+            let errors = [
+                (
+                    "loss",
+                    (loss - pass.stats.loss).abs() / pass.stats.loss.abs(),
+                    tl,
+                ),
+                (
+                    "logits",
+                    err(&logits[..pass.logits.len()], &pass.logits),
+                    tz,
+                ),
+                ("gradients", err(&grads, &want_grads), tg),
+                ("running statistics", err(&state.buffers, &want_buffers), tb),
+            ];
+            for (what, e, tol) in errors {
+                let line = format!(
+                    "{} {precision}: {what} relative error {e:.3e} (tolerance {tol:.0e})",
+                    arch.name()
+                );
+                println!("{line}");
+                if e.is_nan() || e > tol {
+                    failures.push(line);
+                }
+            }
+            // The worst parameter, to say where a failure comes from.
+            let worst = graph
+                .layout
+                .slots
+                .iter()
+                .map(|s| (err(&grads[s.range()], &want_grads[s.range()]), &s.name))
+                .filter(|(e, _)| e.is_finite())
+                .fold(
+                    (0.0f64, None),
+                    |a, (e, n)| if e > a.0 { (e, Some(n)) } else { a },
+                );
+            println!("  worst gradient: {:?} {:.3e}", worst.1, worst.0);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "over tolerance:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn golden_file(name: &str) -> PathBuf {
+    attnrt::model::golden::golden_dir()
+        .expect("the golden directory")
+        .join("train")
+        .join(name)
+}
+
+fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("running attnrt-train");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn train() -> Command {
+    Command::new(common::bin(
+        "attnrt-train",
+        env!("CARGO_BIN_EXE_attnrt-train"),
+    ))
+}
+
+/// `attnrt-train --check GOLDEN --gpus 0`: the shared ShuffleNet step on the GPU, every
+/// family within PyTorch's own f32 error (x4).
+#[test]
+fn check_passes_the_shufflenet_golden_on_a_gpu() {
+    if gpu_or_skip("check_passes_the_shufflenet_golden_on_a_gpu").is_none() {
+        return;
+    }
+    let golden = golden_file("shufflenet_s1.golden.safetensors");
+    let (code, text) = run(train().arg("--check").arg(&golden).args(["--gpus", "0"]));
+    println!("{text}");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("on GPU 0"), "{text}");
+    for family in ["logits", "loss", "grad_norm", "grad", "buffer"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(family) && l.contains(" ok ")),
+            "{family}: {text}"
+        );
+    }
+    let (code, text) = run(train().arg("--check").arg(&golden).args(["--gpus", "0,1"]));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--check runs on one GPU"), "{text}");
+}
+
+/// ShuffleNet v2 on one GPU, the CPU test's set-up (one batch of 24 synthetic 32x32 images,
+/// AdamW): the loss falls, in f32 and bf16, and the running statistics move.
+#[test]
+fn shufflenet_learns_on_one_gpu() {
+    if gpu_or_skip("shufflenet_learns_on_one_gpu").is_none() {
+        return;
+    }
+    for precision in [Precision::F32, Precision::Bf16] {
+        let d = Arc::new(Dataset::synthetic(24, 3));
+        let model = ModelSpec::parse("shufflenet_v2_x1_0", d.shape(), 10, "test").unwrap();
+        let opt = Optimizer::adamw(1e-3);
+        let fresh = State::fresh(model.init(1), &opt).with_buffers(model.initial_buffers());
+        let mut engine = ReplicaEngine::new(&[0], &model, opt, precision, &fresh).unwrap();
+        let job = Job {
+            name: "s".into(),
+            model_name: "shufflenet_v2_x1_0".into(),
+            model,
+            dataset: d,
+            batch_size: 24,
+            iterations: 20,
+        };
+        let dr = DistributionRatio::new(vec![1]).unwrap();
+        let opts = TrainOptions::in_memory(1, opt, precision, dr);
+        let started = std::time::Instant::now();
+        let mut losses = Vec::new();
+        train_job(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
+        let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+        let (first, last) = (mean(&losses[..4]), mean(&losses[losses.len() - 4..]));
+        println!(
+            "shufflenet on GPU 0 {precision}: loss {first:.3} -> {last:.3}, {:.1} ms a step",
+            started.elapsed().as_secs_f64() * 1e3 / losses.len() as f64
+        );
+        assert!(last < 0.5 * first, "{precision}: loss {first} -> {last}");
+        let state = engine.state().unwrap();
+        assert!(state.buffers.iter().all(|v| v.is_finite()));
+        assert_ne!(state.buffers, fresh.buffers);
+    }
+}
+
+/// `attnrt-train --jobs` with a CNN job on `--gpus 0` trains and exits 0.
+#[test]
+fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
+    if gpu_or_skip("attnrt_train_runs_a_cnn_job_on_gpu_0").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("resnet.toml");
+    std::fs::write(
+        &job,
+        "[[job]]\nname = \"cnn\"\nmodel = \"resnet50\"\ndataset = \"synthetic:16,32\"\n\
+         batch_size = 8\niterations = 4\nclasses = 10\n",
+    )
+    .unwrap();
+    let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
+    println!("{text}");
+    assert_eq!(code, 0, "{text}");
+}
+
+/// Two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7] of a batch, against
+/// the CPU engine's two shards: each normalises its own shard, the running statistics move by
+/// the shards' statistics weighted by size (their contributions summed with the gradients),
+/// and the parameters after two SGD steps agree.
+#[test]
+fn two_replicas_match_two_cpu_shards() {
+    if gpu_or_skip("two_replicas_match_two_cpu_shards").is_none() {
+        return;
+    }
+    let ordinals = if attnrt::gpu::device_count().unwrap_or(0) >= 2 {
+        vec![0, 1]
+    } else {
+        println!("two_replicas_match_two_cpu_shards: two replicas on GPU 0");
+        vec![0, 0]
+    };
+    let d = Dataset::synthetic(10, 5);
+    let model = ModelSpec::parse("shufflenet_v2_x1_0", d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::sgd(0.05);
+    let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
+    let mut gpu = ReplicaEngine::new(&ordinals, &model, opt, Precision::F32, &fresh).unwrap();
+    let mut cpu = CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh);
+    let features = model.features();
+    let batch = Arc::new(Batch {
+        step: 1,
+        features: random(10 * features, 6),
+        labels: (0..10).map(|i| i % 10).collect(),
+    });
+    let shards: [Range<usize>; 2] = [0..3, 3..10];
+    for t in 1..=2 {
+        let g = gpu.step(t, &batch, &shards).unwrap();
+        let c = cpu.step(t, &batch, &shards).unwrap();
+        println!("step {t}: loss GPU {:.6} CPU {:.6}", g.loss, c.loss);
+        assert!(
+            (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
+            "step {t} loss"
+        );
+    }
+    let (g, c) = (gpu.state().unwrap(), cpu.state().unwrap());
+    let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
+    println!("parameters {ep:.3e}, running statistics {eb:.3e}");
+    assert!(
+        ep <= 1e-5 && eb <= 1e-4,
+        "parameters {ep:e}, buffers {eb:e}"
+    );
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use attnrt::sched::DistributionRatio;
 use attnrt::train::Precision::{Bf16, F32};
-use attnrt::train::data::{Augment, MAX_SYNTHETIC_SIDE};
 use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
+use attnrt::train::data::{Augment, MAX_SYNTHETIC_SIDE};
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::checkpoint::{self, CheckpointMeta};
 use attnrt::train::{

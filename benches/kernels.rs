@@ -5,21 +5,18 @@
 //! - `linear`: the encoder's QKV projection writing each head's window layout
 //!   (`qkv_windows`), its output projection (`output_split_k`, before `add_layer_norm`), its
 //!   FFN linears (`ffn1_bias_relu`, `ffn2_split_k`), and the decoder's: the cross-attention
-//!   keys and values of all layers (`decoder_memory_kv`); and the few-rows kernels on the
-//!   decoder's one-row shapes, as it ran before its one launch (`decoder` group): a c x c
-//!   projection (`decoder_projection`), the FFN linears (`decoder_ffn1_bias_relu`,
+//!   keys and values of all layers (`decoder_memory_kv`), a c x c projection of the one query
+//!   (`decoder_projection`), the FFN linears on one row (`decoder_ffn1_bias_relu`,
 //!   `decoder_ffn2_split_k`);
 //! - `window_attention` (per precision: the two products on CUDA cores in f32, on tensor cores
 //!   in tf32 and bf16): one head per window size (`w1` .. `w8`) with the key splits the engine
 //!   gives it, the `w = 1` head unsplit (`w1/unsplit`), all 8 heads of a layer in one launch
 //!   of the fused kernel (`fused_8_heads`: the engine's splits, as the `fused` mode runs them;
-//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and one
-//!   query over 704 keys, 8 heads in one launch, split as the decoder's cross attention was
-//!   before its one launch (`<precision>/decoder_cross_attention`);
+//!   `/unsplit`; `/splitsN`: every head split N ways, to see where splitting pays), and the
+//!   decoder's cross attention of one query over 704 keys, 8 heads in one launch, with the
+//!   engine's split (`<precision>/decoder_cross_attention`);
 //! - `layer_norm`: plain LayerNorm, and `add_layer_norm` summing a k-split linear's partial
-//!   products, bias and residual (after the output projection and after FFN2);
-//! - `decoder`: the engine's decoder launch, all 6 layers and post_norm on the memory's k|v
-//!   (`<precision>/b<batch>`, batch 1, 8 and 32, with the engine's plan for this GPU).
+//!   products, bias and residual (after the output projection and after FFN2).
 //!
 //! Linears and attention run in f32 (CUDA cores), tf32 and bf16 (tensor cores); LayerNorm is
 //! f32 only.
@@ -44,10 +41,6 @@ use attnrt::Result;
 use attnrt::cswintt::{HeadPlan, Plan, Precision};
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
-use attnrt::kernels::decoder::{
-    DecoderDims, DecoderIo, DecoderKernels, DecoderPlan, DecoderWeights, DecoderWorkspace,
-    LayerRef, LinearRef, NormRef,
-};
 use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
 use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
 use attnrt::kernels::window_attention::{
@@ -75,7 +68,6 @@ fn main() {
     linear(&mut c, &gpu, &weights.config);
     window_attention(&mut c, &gpu, &weights);
     layer_norm(&mut c, &gpu, &weights.config);
-    decoder(&mut c, &gpu, &weights.config);
     c.final_summary();
 }
 
@@ -466,101 +458,4 @@ fn cross_attention(
     });
     let id = format!("{}/decoder_cross_attention", kernel.precision());
     bench_launches(group, id, s, || kernel.launch(s, &prepared));
-}
-
-/// The decoder's one launch (every layer and post_norm) at batch 1, 8 and 32, on random
-/// parameters (the values do not change the time).
-fn decoder(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
-    let d = DecoderDims {
-        c: cfg.d_model,
-        ff: cfg.dim_feedforward,
-        heads: cfg.nhead,
-        layers: cfg.dec_layers,
-        l_all: cfg.l_all(),
-    };
-    let (dc, ff) = (d.c, d.ff);
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut host = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-0.1..0.1)).collect() };
-    // Per layer: six linears (weight, bias), three LayerNorms (gamma, beta); then post_norm.
-    let shapes = [(dc, dc), (dc, dc), (dc, dc), (dc, dc), (ff, dc), (dc, ff)];
-    type Pairs = Vec<(Vec<f32>, Vec<f32>)>;
-    let layers: Vec<(Pairs, Pairs)> = (0..d.layers)
-        .map(|_| {
-            let lin = shapes
-                .iter()
-                .map(|&(o, i)| (host(o * i), host(o)))
-                .collect();
-            let norms = (0..3).map(|_| (host(dc), host(dc))).collect();
-            (lin, norms)
-        })
-        .collect();
-    let post = (host(dc), host(dc));
-    fn l(p: &(Vec<f32>, Vec<f32>)) -> (&[f32], &[f32]) {
-        (&p.0, &p.1)
-    }
-    let refs: Vec<LayerRef<'_>> = layers
-        .iter()
-        .map(|(lin, norm)| {
-            let lin = |i: usize| LinearRef {
-                weight: l(&lin[i]).0,
-                bias: l(&lin[i]).1,
-            };
-            let norm = |i: usize| NormRef {
-                gamma: l(&norm[i]).0,
-                beta: l(&norm[i]).1,
-            };
-            LayerRef {
-                self_v: lin(0),
-                self_out: lin(1),
-                cross_q: lin(2),
-                cross_out: lin(3),
-                linear1: lin(4),
-                linear2: lin(5),
-                norm1: norm(0),
-                norm2: norm(1),
-                norm3: norm(2),
-            }
-        })
-        .collect();
-    let post = NormRef {
-        gamma: &post.0,
-        beta: &post.1,
-    };
-    let s = gpu.stream();
-    let weights = DecoderWeights::upload(s, d, &refs, post).expect("decoder weights");
-    let sms = gpu.multiprocessors().expect("the multiprocessor count");
-    let scale = (cfg.hd() as f32).powf(-0.5);
-    let mut group = c.benchmark_group("decoder");
-    for batch in [1, 8, 32] {
-        let plan = DecoderPlan::new(d, batch, sms).expect("a decoder plan");
-        let mut work = DecoderWorkspace::new(s, d, plan).expect("a decoder workspace");
-        let (mem_kv, key_pad, qpos) = (
-            random(gpu, d.l_all * batch * d.kv_row()),
-            zeros::<u8>(gpu, batch * d.l_all),
-            random(gpu, batch * dc),
-        );
-        let (mut outs, mut hs) = (zeros(gpu, d.layers * batch * dc), zeros(gpu, batch * dc));
-        // Per row and layer: the six products and the attention's two; every weight and the
-        // memory's k|v read once.
-        let flops = d.layers * batch * (2 * (4 * dc * dc + 2 * dc * ff) + 4 * d.l_all * dc);
-        let floats = d.layers * (4 * dc * dc + 2 * dc * ff) + d.l_all * batch * d.kv_row();
-        group.throughput(Throughput::ElementsAndBytes {
-            elements: flops as u64,
-            bytes: F32 * floats as u64,
-        });
-        for precision in PRECISIONS {
-            let kernel = DecoderKernels::load_precision(gpu, precision).expect("decoder kernel");
-            bench_launches(&mut group, format!("{precision}/b{batch}"), s, || {
-                let io = DecoderIo {
-                    mem_kv: mem_kv.as_view(),
-                    key_pad: key_pad.as_view(),
-                    qpos: qpos.as_view(),
-                    layers_out: outs.as_view_mut(),
-                    hs: hs.as_view_mut(),
-                };
-                kernel.run(s, &weights, &mut work, io, scale, LN_EPS as f32)
-            });
-        }
-    }
-    group.finish();
 }

@@ -23,8 +23,3 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-
-// Whether `ptr` may be read as float4s.
-__device__ __forceinline__ bool aligned16(const void* ptr) {
-    return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
-}

@@ -9,12 +9,14 @@
 // products dy * xhat).
 //
 // Layouts (row-major): parts (n_parts, rows, c), part_stride = rows * c apart; bias, gamma,
-// beta (c); residual, y, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
+// beta (c); residual, add, y, y_plus, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
 //
 // Variants:
 //   add_layer_norm_f32       the inference forward: v = parts[0] + ... + parts[n_parts-1] +
 //                            bias + residual (in that order; bias and residual optional),
-//                            y = LN(v) * gamma + beta. The parts are the k-split partial products of
+//                            y = LN(v) * gamma + beta, and when `add` is non-null also
+//                            y_plus = y + add (the decoder's `t + qpos`, its next query's
+//                            input). The parts are the k-split partial products of
 //                            linear_split_k_f32 (linear.cu): summing them here, in a fixed
 //                            order, is the GEMM's epilogue. Plain LayerNorm is one part and no
 //                            bias or residual.
@@ -28,7 +30,7 @@
 // The forward keeps the row (c <= 1024) in registers and reads it once; statistics are
 // two-pass (mean, then the mean of squared deviations), which avoids the cancellation of
 // E[v^2] - E[v]^2. The backward's rows have any width: it walks them in global memory.
-#include "layer_norm.cuh"
+#include "common.cuh"
 
 struct LayerNormArgs {
     const float* parts;
@@ -37,6 +39,8 @@ struct LayerNormArgs {
     const float* gamma;
     const float* beta;
     float* y;
+    const float* add;       // optional, (rows, c)
+    float* y_plus;          // written iff add is non-null
     float* xhat;            // layer_norm_f32 only, (rows, c)
     float* rstd;            // layer_norm_f32 only, (rows)
     long long rows, part_stride;
@@ -44,9 +48,11 @@ struct LayerNormArgs {
     float eps;
 };
 // The Rust mirror asserts the same size: a field added on one side only fails both builds.
-static_assert(sizeof(LayerNormArgs) == 96, "mirrored in src/kernels/layer_norm.rs");
+static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
 
-using layer_norm::PER_LANE;
+namespace {
+constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
+}
 
 // The forward, one row per warp; SAVE also writes xhat and rstd.
 template <bool SAVE>
@@ -56,6 +62,7 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
     const long long base = row * p.c;
     float v[PER_LANE];
+    float sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
         const int j = lane + 32 * i;
@@ -64,9 +71,16 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
         for (int s = 0; s < p.n_parts; ++s) v[i] += p.parts[s * p.part_stride + base + j];
         if (p.bias) v[i] += p.bias[j];
         if (p.residual) v[i] += p.residual[base + j];
+        sum += v[i];
     }
-    const layer_norm::RowStats st = layer_norm::row_stats(v, p.c, p.eps);
-    const float mean = st.mean, inv = st.inv;
+    const float mean = warp_sum(sum) / p.c;
+    float sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const float d = v[i] - mean;
+        if (lane + 32 * i < p.c) sq = fmaf(d, d, sq);
+    }
+    const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
     if (SAVE && lane == 0) p.rstd[row] = inv;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
@@ -76,6 +90,7 @@ __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
         const float y = h * p.gamma[j] + p.beta[j];
         p.y[base + j] = y;
         if (SAVE) p.xhat[base + j] = h;
+        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
     }
 }
 

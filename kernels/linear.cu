@@ -61,6 +61,10 @@ namespace {
 constexpr int BM = 64, BN = 64, BK = 32, THREADS = 256;
 constexpr int ROWS = 8;  // the most rows of the few-rows kernels (mirrored in linear.rs)
 
+__device__ __forceinline__ bool aligned16(const void* ptr) {
+    return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
+}
+
 // Four consecutive k of one row, k in [kk, kk + 4), zeros past `k_end` or past `rows`.
 __device__ __forceinline__ float4 load4(const float* base, long long row, long long rows,
                                         long long stride, long long kk, long long k_end,
@@ -252,6 +256,19 @@ __device__ void linear_rows(const LinearArgs& p, long long k_begin, long long k_
         if (lane == 0 && r < p.n) epilogue(r, c, sum);
     }
 }
+
+// Operand rounding of the few-rows products, as each precision's tensor cores round.
+struct RoundF32 {
+    static __device__ __forceinline__ float of(float v) { return v; }
+};
+struct RoundTf32 {
+    static __device__ __forceinline__ float of(float v) { return __uint_as_float(to_tf32(v)); }
+};
+struct RoundBf16 {
+    static __device__ __forceinline__ float of(float v) {
+        return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
+    }
+};
 
 // How a kernel computes its products: 64x64 tiles with a core, or few rows with a rounding.
 template <class Core>

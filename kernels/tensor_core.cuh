@@ -81,11 +81,6 @@ __device__ __forceinline__ void cp_async_wait(int pending) {
         asm volatile("cp.async.wait_group 1;" ::: "memory");
 }
 
-// Asks L2 for the line holding `p` (no register written, nothing waits for it).
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 #endif  // ATTNRT_EMULATED_PTX
 
 // One k slice of a tensor-core product, per operand type: K columns of A and rows of B; the
@@ -131,19 +126,5 @@ struct Bf16Op {
     static __device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4],
                                                const unsigned (&b)[2]) {
         mma_bf16(d, a, b);
-    }
-};
-
-// One operand rounded as each precision's tensor cores round it, for products computed with
-// f32 FMAs (the few-rows linears, the decoder): f32 as is, tf32, bf16.
-struct RoundF32 {
-    static __device__ __forceinline__ float of(float v) { return v; }
-};
-struct RoundTf32 {
-    static __device__ __forceinline__ float of(float v) { return __uint_as_float(to_tf32(v)); }
-};
-struct RoundBf16 {
-    static __device__ __forceinline__ float of(float v) {
-        return __uint_as_float(to_bf16x2(v, 0.0f) << 16);
     }
 };

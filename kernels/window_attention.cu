@@ -136,6 +136,10 @@ struct Smem {
     static constexpr int bytes = floats * 4;
 };
 
+__device__ __forceinline__ bool aligned16(const void* ptr) {
+    return (reinterpret_cast<unsigned long long>(ptr) & 15) == 0;
+}
+
 // Issues the copies of TILE slots from slot `first` (zero rows from `count` on) of one
 // operand, channels [0, hd), into a shared tile of row stride `stride`. Channels [hd, HDP)
 // are not touched (zeroed once per block).

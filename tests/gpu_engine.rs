@@ -421,26 +421,6 @@ fn fused_mode_launches_all_heads_at_once() {
     assert_eq!(head_overlap(&spans).max_concurrent, 0);
 }
 
-/// The decoder is two stages whatever its depth: the memory k|v GEMM of all layers, then one
-/// launch of every layer and post_norm (its intermediates still hold each layer's output:
-/// the golden tests compare them).
-#[test]
-fn decoder_is_one_launch_after_the_memory_gemm() {
-    let Some(gpu) = gpu_or_skip("decoder_is_one_launch_after_the_memory_gemm") else {
-        return;
-    };
-    let weights = Arc::new(synthetic_weights(&Config::released(), 11));
-    let inputs = random_inputs(&weights.config, 2, 5, Padding::Borders, true);
-    let mut e = engine(&gpu, &weights, Mode::Fused);
-    let spans = e.trace(&inputs).unwrap();
-    let decoder: Vec<&str> = spans
-        .iter()
-        .map(|s| s.name.as_str())
-        .filter(|n| n.starts_with("decoder"))
-        .collect();
-    assert_eq!(decoder, ["decoder/memory k|v", "decoder/layers"]);
-}
-
 /// The timeline evidence: in `streams` mode head kernels overlap; in `sequential` they
 /// never do.
 #[test]

@@ -253,7 +253,6 @@ inline float __uint_as_float(unsigned x) { return emu::bits_f(x); }
 inline unsigned __float_as_uint(float x) { return emu::f_bits(x); }
 // Round-to-nearest arithmetic: the host neither contracts nor reorders these (no -ffast-math).
 inline float __fmul_rn(float a, float b) { return a * b; }
-inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
@@ -270,15 +269,6 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
 inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
 inline void __stcg(float* p, float v) { *p = v; }
-inline float __ldg(const float* p) { return *p; }
-inline float4 __ldg(const float4* p) { return *p; }
-// Blocks run one after another, so a block that waits finds its wait already satisfied; a
-// wait that would spin here is a block waiting on a later one (a deadlock on the GPU too).
-inline void __nanosleep(unsigned) {
-    fprintf(stderr, "block (%u,%u,%u) waits on a later block\n", emu::block_idx.x, emu::block_idx.y,
-            emu::block_idx.z);
-    abort();
-}
 
 // tensor_core.cuh's PTX functions.
 #define ATTNRT_EMULATED_PTX
@@ -341,7 +331,5 @@ inline void cp_async16(float* dst, const float* src, int src_bytes) {
 inline void cp_async4(float* dst, const float* src, int src_bytes) {
     emu::cur->copies.push_back({dst, src, 4, src_bytes, emu::cur->committed});
 }
-// Reads the byte, so a wild address faults here too.
-inline void prefetch_l2(const void* p) { (void)*static_cast<const volatile char*>(p); }
 inline void cp_async_commit() { ++emu::cur->committed; }
 inline void cp_async_wait(int pending) { emu::run_copies(emu::cur->committed - pending); }

@@ -12,15 +12,11 @@
 #     random frames and boxes, partly outside the frame, every resize path, bit for bit);
 #   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores);
 #   conv2d: kernels/conv2d.cu's bf16 bias gradient (partial sums per chunk, then in order);
-#   decoder: kernels/decoder.cu, every precision, aligned and odd widths, one and several
-#     splits of every product and of the keys, batch 1, 3 and 9, two launches in a row (the
-#     blocks' ticket order is their launch order here, so no wait ever spins: a block that
-#     would wait on a later one aborts);
 #   cnn_ops: kernels/batch_norm.cu (split reductions, finalize, normalisation, fused ReLU,
 #     running update, backward), avg_pool.cu, dropout.cu (the CPU's mask) and channel_copy.cu.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|conv2d|decoder|cnn_ops] [GROUP]
+# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|conv2d|cnn_ops] [GROUP]
 # (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -53,10 +49,6 @@ fi
 if [ "$what" = all ] || [ "$what" = conv2d ]; then
   g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/include" -I"$here/../../kernels" -o "$out/conv2d" "$here/conv2d.cpp"
   "$out/conv2d"
-fi
-if [ "$what" = all ] || [ "$what" = decoder ]; then
-  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/decoder" "$here/decoder.cpp"
-  "$out/decoder"
 fi
 if [ "$what" = all ] || [ "$what" = cnn_ops ]; then
   g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/include" -I"$here/../../kernels" -o "$out/cnn_ops" \

@@ -20,6 +20,8 @@ struct LayerNormArgs {
     gamma: u64,
     beta: u64,
     y: u64,
+    add: u64,
+    y_plus: u64,
     xhat: u64,
     rstd: u64,
     rows: i64,
@@ -33,7 +35,7 @@ struct LayerNormArgs {
 unsafe impl DeviceRepr for LayerNormArgs {}
 
 // The size `static_assert`ed in the .cu file: the two sides must change together.
-const _: () = assert!(std::mem::size_of::<LayerNormArgs>() == 96);
+const _: () = assert!(std::mem::size_of::<LayerNormArgs>() == 112);
 
 /// The widest row the forward keeps in registers (`MAX_C` in the .cu file).
 pub const MAX_WIDTH: usize = 1024;
@@ -61,9 +63,14 @@ impl<'a> NormInput<'a> {
     }
 }
 
+/// The optional fused sum `y_plus = y + add`: `(add, y_plus)`.
+pub type PlusOutput<'a> = (CudaView<'a, f32>, CudaViewMut<'a, f32>);
+
 /// What the forward writes besides `y`.
 pub enum Extra<'a> {
     Nothing,
+    /// `y_plus = y + add` (inference).
+    Plus(PlusOutput<'a>),
     /// `xhat` and `rstd` for the backward (training).
     Saved(Saved<'a>),
 }
@@ -95,8 +102,8 @@ impl LayerNormKernels {
     }
 
     /// `y = LN(input) * gamma + beta` over rows of `c = gamma.len()` (at most
-    /// [`MAX_WIDTH`]), and what `extra` asks for: nothing, or (the training forward,
-    /// `layer_norm_f32`) `xhat` and `rstd` for the backward.
+    /// [`MAX_WIDTH`]), and what `extra` asks for: `y_plus = y + add`, or (the training
+    /// forward, `layer_norm_f32`) `xhat` and `rstd` for the backward.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -137,6 +144,8 @@ impl LayerNormKernels {
             gamma: ptr(gamma, stream),
             beta: ptr(beta, stream),
             y: ptr_mut(y, stream),
+            add: 0,
+            y_plus: 0,
             xhat: 0,
             rstd: 0,
             rows: rows as i64,
@@ -147,6 +156,12 @@ impl LayerNormKernels {
         };
         match extra {
             Extra::Nothing => {}
+            Extra::Plus((add, mut y_plus)) => {
+                check_len(name, "add", add.len(), rows * c)?;
+                check_len(name, "y_plus", y_plus.len(), rows * c)?;
+                args.add = ptr(&add, stream);
+                args.y_plus = ptr_mut(&mut y_plus, stream);
+            }
             Extra::Saved(mut saved) => {
                 check_len(name, "xhat", saved.xhat.len(), rows * c)?;
                 check_len(name, "rstd", saved.rstd.len(), rows)?;

@@ -14,7 +14,6 @@ pub mod cast;
 pub mod channel_copy;
 pub mod conv2d;
 pub mod crop;
-pub mod decoder;
 pub mod dropout;
 pub mod elementwise;
 pub mod gelu;

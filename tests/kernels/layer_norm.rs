@@ -1,5 +1,5 @@
 //! `kernels/layer_norm.cu` against `layer_norm::cpu`: the inference forward (plain, and the
-//! k-split linear's epilogue with bias and residual), the training
+//! k-split linear's epilogue with bias and residual, with the fused `+ add`), the training
 //! forward (the same y bit for bit, and xhat and rstd), and the backward.
 
 use attnrt::gpu::testing::gpu_or_skip;
@@ -26,23 +26,28 @@ fn layer_norm_forward_matches_the_cpu_reference() {
         .iter()
         .map(|v| 3.0 * v + 0.5)
         .collect();
-    let (gamma, beta, bias, residual) = (
+    let (gamma, beta, bias, residual, add) = (
         random(&mut rng, c),
         random(&mut rng, c),
         random(&mut rng, c),
         random(&mut rng, rows * c),
+        random(&mut rng, rows * c),
     );
     let (dx, dg, db) = (up(&gpu, &x), up(&gpu, &gamma), up(&gpu, &beta));
-    let (dbias, dres) = (up(&gpu, &bias), up(&gpu, &residual));
+    let (dbias, dres, dadd) = (up(&gpu, &bias), up(&gpu, &residual), up(&gpu, &add));
 
-    // Plain LayerNorm of the first part.
+    // Plain LayerNorm of the first part, with the fused `+ add`.
     let want = layer_norm(&x[..rows * c], &gamma, &beta, EPS as f64).y;
+    let want_plus: Vec<f32> = want.iter().zip(&add).map(|(a, b)| a + b).collect();
     let mut y = poisoned(&gpu, rows * c);
+    let mut y_plus = poisoned(&gpu, rows * c);
     let plain = NormInput::of(dx.slice(..rows * c));
+    let plus = Extra::Plus((dadd.as_view(), y_plus.as_view_mut()));
     kernels
-        .forward(s, plain, &dg, &db, EPS, &mut y, Extra::Nothing)
+        .forward(s, plain, &dg, &db, EPS, &mut y, plus)
         .unwrap();
     assert_close("layer norm", &down(&gpu, &y), &want);
+    assert_close("+ add", &down(&gpu, &y_plus), &want_plus);
 
     // The linear epilogue: LN(part 0 + part 1 + part 2 + bias + residual).
     let sum: Vec<f64> = (0..rows * c)

@@ -11,7 +11,6 @@ mod cast;
 mod channel_copy;
 mod conv2d;
 mod crop;
-mod decoder;
 mod dropout;
 mod elementwise;
 mod gelu;

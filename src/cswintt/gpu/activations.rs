@@ -6,12 +6,9 @@ use cudarc::driver::CudaStream;
 
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::{DeviceBuffer, poison_nan};
-use crate::kernels::decoder::{DecoderPlan, DecoderWorkspace};
 use crate::kernels::linear::split_k;
 use crate::kernels::window_attention::{AttentionShape, KeySplit};
 use crate::model::config::Config;
-
-use super::params::decoder_dims;
 
 pub(super) struct Activations {
     pub batch: usize,
@@ -37,17 +34,25 @@ pub(super) struct Activations {
     pub mem_kv: DeviceBuffer<f32>,
     /// `qpos`, the query embedding per batch item, `(batch, c)`.
     pub qpos: DeviceBuffer<f32>,
-    /// Each decoder layer's output `t`, `(dec_layers, batch, c)`.
-    pub layers_out: DeviceBuffer<f32>,
+    /// `t`; the next `t` (a LayerNorm reads `t` as its residual while writing `t_next`;
+    /// then they swap); `t + qpos`.
+    pub t: DeviceBuffer<f32>,
+    pub t_next: DeviceBuffer<f32>,
+    pub tq: DeviceBuffer<f32>,
+    /// Projections and attention output, `(batch, c)`.
+    pub proj: DeviceBuffer<f32>,
+    pub attn: DeviceBuffer<f32>,
+    /// Decoder FFN hidden layer, `(batch, ff)`.
+    pub dhidden: DeviceBuffer<f32>,
     /// `hs = post_norm(t)`.
     pub hs: DeviceBuffer<f32>,
-    /// What the decoder launch's blocks exchange.
-    pub decoder: DecoderWorkspace,
-    /// k-split partial products of the encoder's linears followed by bias + residual +
-    /// LayerNorm, `(splits, rows, c)`, sized for the largest of them.
+    /// k-split partial products of the linears followed by bias + residual + LayerNorm,
+    /// `(splits, rows, c)`, sized for the largest of them.
     pub partial: DeviceBuffer<f32>,
     /// Each encoder head's key split and workspace (heads run concurrently: one each).
     pub head_splits: Vec<SplitBuffers>,
+    /// The decoder's cross attention's.
+    pub cross_split: SplitBuffers,
 }
 
 /// One attention launch's key split and the workspace its blocks merge through.
@@ -90,19 +95,20 @@ impl SplitBuffers {
 }
 
 impl Activations {
-    /// `heads`: each encoder head's attention shape and key splits; `decoder`: the
-    /// decoder launch's plan for this batch.
+    /// `heads` and `cross`: each encoder head's attention shape and key splits, and the
+    /// decoder cross attention's.
     pub fn new(
         s: &Arc<CudaStream>,
         cfg: &Config,
         batch: usize,
         heads: &[(AttentionShape, usize)],
-        decoder: DecoderPlan,
+        cross: (AttentionShape, usize),
     ) -> Result<Activations> {
         let (c, h, ff) = (cfg.d_model, cfg.nhead, cfg.dim_feedforward);
         let n = cfg.l_all() * batch;
-        // The linears before a LayerNorm: output projections (k = c) and FFN2 (k = ff).
-        let partial = [(n, c), (n, ff)]
+        // The linears before a LayerNorm: output projections (k = c) and FFN2 (k = ff), on
+        // the encoder's n rows and the decoder's batch rows.
+        let partial = [(n, c), (n, ff), (batch, c), (batch, ff)]
             .iter()
             .map(|&(rows, k)| split_k(rows, c, k) * rows * c)
             .max()
@@ -127,14 +133,19 @@ impl Activations {
             mask: u(n)?,
             mem_kv: f(n * cfg.dec_layers * 2 * c)?,
             qpos: f(batch * c)?,
-            layers_out: f(cfg.dec_layers * batch * c)?,
+            t: f(batch * c)?,
+            t_next: f(batch * c)?,
+            tq: f(batch * c)?,
+            proj: f(batch * c)?,
+            attn: f(batch * c)?,
+            dhidden: f(batch * ff)?,
             hs: f(batch * c)?,
-            decoder: DecoderWorkspace::new(s, decoder_dims(cfg), decoder)?,
             partial: f(partial)?,
             head_splits: heads
                 .iter()
                 .map(|(shape, splits)| SplitBuffers::new(s, shape, *splits))
                 .collect::<Result<_>>()?,
+            cross_split: SplitBuffers::new(s, &cross.0, cross.1)?,
         })
     }
 
@@ -152,16 +163,25 @@ impl Activations {
             hidden,
             mem_kv,
             qpos,
-            layers_out,
+            t,
+            t_next,
+            tq,
+            proj,
+            attn,
+            dhidden,
             hs,
-            decoder,
             partial,
             head_splits,
+            cross_split,
         } = self;
         let all = [
-            x, x1, qkv, concat, hidden, mem_kv, qpos, layers_out, hs, partial,
+            x, x1, qkv, concat, hidden, mem_kv, qpos, t, t_next, tq, proj, attn, dhidden, hs,
+            partial,
         ];
-        let split_partials = head_splits.iter_mut().map(|b| &mut b.partial);
+        let split_partials = head_splits
+            .iter_mut()
+            .chain(std::iter::once(cross_split))
+            .map(|b| &mut b.partial);
         for b in all
             .into_iter()
             .chain(head_out.iter_mut())
@@ -169,7 +189,6 @@ impl Activations {
         {
             poison_nan(s, b)?;
         }
-        decoder.poison(s)?;
         Ok(())
     }
 }

@@ -12,9 +12,9 @@
 //! keys split over as many blocks as fill the GPU together (`KeySplit::for_heads`); the output
 //! projection with bias + residual, LayerNorm; FFN1 with bias + ReLU; FFN2 with bias +
 //! residual, LayerNorm. The decoder computes every layer's cross-attention k|v of the
-//! encoder output in one GEMM, then all its layers (self attention, with one query and one
-//! key exactly `out_proj(v)`; cross attention; FFN; each followed by LayerNorm) and
-//! `post_norm` in one launch (`kernels/decoder.cu`).
+//! encoder output in one GEMM, then per layer: self attention (with one query and one key,
+//! exactly `out_proj(v)`), cross attention (the same attention kernel with `w = 1`), FFN,
+//! each followed by LayerNorm.
 //!
 //! With [`GpuEngine::set_graph`] on, [`GpuEngine::run`] captures the whole forward pass into
 //! a CUDA graph the first time it runs a batch size and replays it afterwards: the graph
@@ -35,17 +35,18 @@ use cudarc::driver::{CudaStream, CudaView};
 use self::activations::Activations;
 use self::dispatch::{Dispatch, Recorder};
 use self::heads::{HeadIo, HeadWork};
-use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams, decoder_dims};
+use self::params::{DeviceLayerNorm, DeviceLinear, DeviceParams};
 use super::backend::Backend;
 use super::plan::Plan;
 use super::{CPU_F32_TOLERANCE, Inputs, Intermediates, Mode, Outputs, Precision};
 use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
-use crate::kernels::decoder::{DecoderIo, DecoderKernels, DecoderPlan};
-use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
+use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
 use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
-use crate::kernels::window_attention::{KeySplit, WindowAttentionKernels};
+use crate::kernels::window_attention::{
+    AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
+};
 use crate::model::weights::{LN_EPS, Weights};
 
 /// Relative error the GPU engine is held to (f32 throughout, as the CPU reference).
@@ -65,7 +66,6 @@ struct Kernels {
     linear: LinearKernels,
     layer_norm: LayerNormKernels,
     attention: WindowAttentionKernels,
-    decoder: DecoderKernels,
 }
 
 pub struct GpuEngine {
@@ -106,7 +106,6 @@ impl GpuEngine {
             linear: LinearKernels::load_precision(&gpu, precision)?,
             layer_norm: LayerNormKernels::load(&gpu)?,
             attention: WindowAttentionKernels::load_precision(&gpu, precision)?,
-            decoder: DecoderKernels::load_precision(&gpu, precision)?,
         };
         let heads = plan
             .heads
@@ -186,17 +185,7 @@ impl GpuEngine {
                 im.encoder
                     .push(e.fetch(&act.x, vec![e.cfg_l_all(), act.batch, e.c()])?);
             }
-            e.decoder(act, &mut rec)?;
-            let (b, c) = (act.batch, e.c());
-            let layers = download(e.gpu.stream(), &act.layers_out)?;
-            im.decoder = layers
-                .chunks(b * c)
-                .map(|t| Tensor {
-                    shape: vec![1, b, c],
-                    data: t.to_vec(),
-                })
-                .collect();
-            Ok(())
+            e.decoder(act, &mut rec, Some(&mut im))
         })?;
         self.outputs(Some(im))
     }
@@ -272,8 +261,9 @@ impl GpuEngine {
                 .collect();
             let splits = KeySplit::for_heads(&shapes, sms);
             let heads: Vec<_> = shapes.into_iter().zip(splits).collect();
-            let decoder = DecoderPlan::new(decoder_dims(cfg), b, sms)?;
-            self.act = Some(Activations::new(&s, cfg, b, &heads, decoder)?);
+            let cross = cross_attention_shape(cfg, b);
+            let cross = (cross, KeySplit::for_heads(&[cross], sms)[0]);
+            self.act = Some(Activations::new(&s, cfg, b, &heads, cross)?);
         }
         let key_pad: Vec<u8> = self
             .heads
@@ -318,7 +308,7 @@ impl GpuEngine {
             }
             match part {
                 Part::Encoder => Ok(()),
-                Part::Transformer => e.decoder(act, &mut rec),
+                Part::Transformer => e.decoder(act, &mut rec, None),
             }
         })
     }
@@ -388,6 +378,7 @@ impl GpuEngine {
         ln: &DeviceLayerNorm,
         partial: &mut DeviceBuffer<f32>,
         y: &mut DeviceBuffer<f32>,
+        plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let (n, m, k) = lin.shape(rows);
         let splits = split_k(n, m, k);
@@ -408,10 +399,7 @@ impl GpuEngine {
             bias: Some(lin.bias.as_view()),
             residual: Some(residual.as_view()),
         };
-        let eps = LN_EPS as f32;
-        self.kernels
-            .layer_norm
-            .forward(s, input, &ln.gamma, &ln.beta, eps, y, Extra::Nothing)
+        self.layer_norm(s, input, ln, y, plus)
     }
 
     /// `y = LN(x + W2 relu(W1 x + b1) + b2)` over `rows` rows: the feed-forward block with
@@ -433,7 +421,22 @@ impl GpuEngine {
         self.kernels
             .linear
             .run(s, x, &ff1.weight, &ff1.bias, shape, hidden, relu)?;
-        self.linear_add_norm(s, hidden, ff2, rows, x, ln, partial, y)
+        self.linear_add_norm(s, hidden, ff2, rows, x, ln, partial, y, None)
+    }
+
+    fn layer_norm(
+        &self,
+        s: &CudaStream,
+        input: NormInput<'_>,
+        ln: &DeviceLayerNorm,
+        y: &mut DeviceBuffer<f32>,
+        plus: Option<PlusOutput<'_>>,
+    ) -> Result<()> {
+        let eps = LN_EPS as f32;
+        let extra = plus.map_or(Extra::Nothing, Extra::Plus);
+        self.kernels
+            .layer_norm
+            .forward(s, input, &ln.gamma, &ln.beta, eps, y, extra)
     }
 
     /// Encoder layer `i` on `act.x` (spec, encoder steps 1-8); `capture` receives layer 0's
@@ -517,7 +520,7 @@ impl GpuEngine {
         rec.stage(&format!("{name}/output + norm1"), 0, s, || {
             let (o, ln) = (&p.output, &p.norm1);
             let (x, x1, partial) = (&act.x, &mut act.x1, &mut act.partial);
-            self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1)
+            self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1, None)
         })?;
         rec.stage(&format!("{name}/ffn + norm2"), 0, s, || {
             let (hidden, partial) = (&mut act.hidden, &mut act.partial);
@@ -526,35 +529,152 @@ impl GpuEngine {
         })
     }
 
-    /// The decoder on the encoder output `act.x` (spec, "Decoder"): every layer's memory
-    /// k|v in one GEMM, then all layers and `post_norm` in one launch, each layer's `t` into
-    /// `act.layers_out` and `hs` into `act.hs`.
-    fn decoder(&self, act: &mut Activations, rec: &mut Recorder<'_>) -> Result<()> {
+    /// The decoder on the encoder output `act.x` (spec, "Decoder"), then `post_norm` into
+    /// `act.hs`; `capture` receives each layer's `t`.
+    fn decoder(
+        &self,
+        act: &mut Activations,
+        rec: &mut Recorder<'_>,
+        mut capture: Option<&mut Intermediates>,
+    ) -> Result<()> {
         let cfg = &self.weights.config;
         let s = self.gpu.stream();
-        let n = cfg.l_all() * act.batch;
+        let (b, c) = (act.batch, cfg.d_model);
+        let n = cfg.l_all() * b;
+        let lin = &self.kernels.linear;
+        let plain = || Epilogue::Bias { scale: 1.0 };
+
         rec.stage("decoder/memory k|v", 0, s, || {
             let kv = &self.params.cross_kv;
-            let plain = Epilogue::Bias { scale: 1.0 };
-            let (x, mem_kv) = (&act.x, &mut act.mem_kv);
-            self.kernels
-                .linear
-                .run(s, x, &kv.weight, &kv.bias, kv.shape(n), mem_kv, plain)
+            lin.run(
+                s,
+                &act.x,
+                &kv.weight,
+                &kv.bias,
+                kv.shape(n),
+                &mut act.mem_kv,
+                plain(),
+            )?;
+            s.memset_zeros(&mut act.t)
+                .cuda(|| "zeroing the decoder state".into())
         })?;
-        rec.stage("decoder/layers", 0, s, || {
-            let io = DecoderIo {
-                mem_kv: act.mem_kv.as_view(),
-                key_pad: act.mask.as_view(),
-                qpos: act.qpos.as_view(),
-                layers_out: act.layers_out.as_view_mut(),
-                hs: act.hs.as_view_mut(),
-            };
-            let eps = LN_EPS as f32;
-            let (weights, work) = (&self.params.decoder, &mut act.decoder);
-            self.kernels
-                .decoder
-                .run(s, weights, work, io, self.q_scale, eps)
+        let kv_row = self.params.cross_kv.out;
+        for (j, p) in self.params.decoder.iter().enumerate() {
+            let name = format!("decoder {j}");
+            rec.stage(&format!("{name}/self attention + norm1"), 0, s, || {
+                // One query and one key: softmax is exactly 1, the output is out_proj(v).
+                let v = &p.self_v;
+                lin.run(
+                    s,
+                    &act.t,
+                    &v.weight,
+                    &v.bias,
+                    v.shape(b),
+                    &mut act.proj,
+                    plain(),
+                )?;
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                let plus = (act.qpos.as_view(), act.tq.as_view_mut());
+                self.linear_add_norm(
+                    s,
+                    &act.proj,
+                    &p.self_out,
+                    b,
+                    t,
+                    &p.norm1,
+                    partial,
+                    next,
+                    Some(plus),
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            rec.stage(&format!("{name}/cross attention + norm2"), 0, s, || {
+                let q = &p.cross_q;
+                let scaled = Epilogue::Bias {
+                    scale: self.q_scale,
+                };
+                lin.run(
+                    s,
+                    &act.tq,
+                    &q.weight,
+                    &q.bias,
+                    q.shape(b),
+                    &mut act.proj,
+                    scaled,
+                )?;
+                let shape = cross_attention_shape(cfg, b);
+                let at = j * 2 * c;
+                let ops = AttentionOperands {
+                    q: act.proj.as_view(),
+                    q_layout: SlotLayout { batch: c, slot: 0 },
+                    k: act.mem_kv.slice(at..),
+                    v: act.mem_kv.slice(at + c..),
+                    kv_layout: SlotLayout {
+                        batch: kv_row,
+                        slot: b * kv_row,
+                    },
+                    bias: None,
+                    key_pad: act.mask.as_view(),
+                    sr: None,
+                    slot_token: None,
+                    out: act.attn.as_view_mut(),
+                    out_row: c,
+                    out_channel: 0,
+                    head_out: None,
+                    split: act.cross_split.key_split(),
+                };
+                self.kernels.attention.run(s, &shape, ops)?;
+                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                self.linear_add_norm(
+                    s,
+                    &act.attn,
+                    &p.cross_out,
+                    b,
+                    t,
+                    &p.norm2,
+                    partial,
+                    next,
+                    None,
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            rec.stage(&format!("{name}/ffn + norm3"), 0, s, || {
+                let (hidden, partial) = (&mut act.dhidden, &mut act.partial);
+                let ffn = (&p.linear1, &p.linear2);
+                self.feed_forward(
+                    s,
+                    &act.t,
+                    ffn,
+                    b,
+                    &p.norm3,
+                    hidden,
+                    partial,
+                    &mut act.t_next,
+                )
+            })?;
+            std::mem::swap(&mut act.t, &mut act.t_next);
+            if let Some(im) = capture.as_deref_mut() {
+                im.decoder.push(self.fetch(&act.t, vec![1, b, c])?);
+            }
+        }
+        rec.stage("decoder/post norm", 0, s, || {
+            let input = NormInput::of(act.t.as_view());
+            self.layer_norm(s, input, &self.params.post_norm, &mut act.hs, None)
         })
+    }
+}
+
+/// The decoder's cross attention over `batch` items: the one query against every token of
+/// the encoder output, all heads in one launch (`w = 1`, heads `hd` channels apart).
+fn cross_attention_shape(cfg: &crate::model::config::Config, batch: usize) -> AttentionShape {
+    AttentionShape {
+        w: 1,
+        hd: cfg.hd(),
+        n_queries: 1,
+        n_keys: cfg.l_all(),
+        batch,
+        heads: cfg.nhead,
+        head_stride: cfg.hd(),
     }
 }
 

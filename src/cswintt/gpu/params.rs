@@ -6,8 +6,6 @@ use cudarc::driver::CudaStream;
 
 use crate::error::Result;
 use crate::gpu::{DeviceBuffer, upload};
-use crate::kernels::decoder::{DecoderDims, DecoderWeights, LayerRef, LinearRef, NormRef};
-use crate::model::config::Config;
 use crate::model::weights::{LayerNorm, Linear, Weights};
 
 /// `y = x W^T + b`: `weight` `(out, inp)`, `bias` `(out)`.
@@ -20,7 +18,12 @@ pub(super) struct DeviceLinear {
 
 impl DeviceLinear {
     fn new(s: &Arc<CudaStream>, lin: &Linear) -> Result<DeviceLinear> {
-        Self::stack(s, &[(lin, 0, lin.out_features())])
+        Self::rows(s, lin, 0, lin.out_features())
+    }
+
+    /// Output rows `[from, to)` of `lin` (a slice of a fused projection such as `in_proj`).
+    fn rows(s: &Arc<CudaStream>, lin: &Linear, from: usize, to: usize) -> Result<DeviceLinear> {
+        Self::stack(s, &[(lin, from, to)])
     }
 
     /// Output rows of several layers stacked into one projection, in order.
@@ -68,21 +71,33 @@ pub(super) struct EncoderParams {
     pub norm2: DeviceLayerNorm,
 }
 
+/// One decoder layer. Only the parts of the attention projections that are used: the self
+/// attention has one query and one key, so its softmax is exactly 1 and its output is
+/// `out_proj(v)` (q and k projections drop out); the cross attention's k and v depend only
+/// on the encoder output and live, for all layers at once, in [`DeviceParams::cross_kv`].
+pub(super) struct DecoderParams {
+    pub self_v: DeviceLinear,
+    pub self_out: DeviceLinear,
+    pub cross_q: DeviceLinear,
+    pub cross_out: DeviceLinear,
+    pub linear1: DeviceLinear,
+    pub linear2: DeviceLinear,
+    pub norm1: DeviceLayerNorm,
+    pub norm2: DeviceLayerNorm,
+    pub norm3: DeviceLayerNorm,
+}
+
 pub(super) struct DeviceParams {
     pub encoder: Vec<EncoderParams>,
-    /// The decoder's layers and post_norm, packed for its one launch. Only the parts of the
-    /// attention projections that are used: the self attention has one query and one key,
-    /// so its softmax is exactly 1 and its output is `out_proj(v)` (q and k projections drop
-    /// out); the cross attention's k and v depend only on the encoder output and live, for
-    /// all layers at once, in [`DeviceParams::cross_kv`].
-    pub decoder: DecoderWeights,
+    pub decoder: Vec<DecoderParams>,
     /// Every decoder layer's cross-attention k|v projection, stacked: `(dec_layers * 2c, c)`;
     /// one GEMM over the encoder output serves all layers.
     pub cross_kv: DeviceLinear,
+    pub post_norm: DeviceLayerNorm,
 }
 
 impl DeviceParams {
-    pub fn upload<'a>(s: &Arc<CudaStream>, w: &'a Weights) -> Result<DeviceParams> {
+    pub fn upload(s: &Arc<CudaStream>, w: &Weights) -> Result<DeviceParams> {
         let c = w.config.d_model;
         let encoder = w
             .encoder
@@ -98,35 +113,23 @@ impl DeviceParams {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let rows = |lin: &'a Linear, from: usize, to: usize| LinearRef {
-            weight: &lin.weight.data[from * c..to * c],
-            bias: &lin.bias.data[from..to],
-        };
-        let all = |lin: &'a Linear| LinearRef {
-            weight: &lin.weight.data,
-            bias: &lin.bias.data,
-        };
-        let norm = |ln: &'a LayerNorm| NormRef {
-            gamma: &ln.weight.data,
-            beta: &ln.bias.data,
-        };
-        let layers: Vec<LayerRef<'_>> = w
+        let decoder = w
             .decoder
             .iter()
-            .map(|l| LayerRef {
-                self_v: rows(&l.self_attn.in_proj, 2 * c, 3 * c),
-                self_out: all(&l.self_attn.out_proj),
-                cross_q: rows(&l.cross_attn.in_proj, 0, c),
-                cross_out: all(&l.cross_attn.out_proj),
-                linear1: all(&l.linear1),
-                linear2: all(&l.linear2),
-                norm1: norm(&l.norm1),
-                norm2: norm(&l.norm2),
-                norm3: norm(&l.norm3),
+            .map(|l| {
+                Ok(DecoderParams {
+                    self_v: DeviceLinear::rows(s, &l.self_attn.in_proj, 2 * c, 3 * c)?,
+                    self_out: DeviceLinear::new(s, &l.self_attn.out_proj)?,
+                    cross_q: DeviceLinear::rows(s, &l.cross_attn.in_proj, 0, c)?,
+                    cross_out: DeviceLinear::new(s, &l.cross_attn.out_proj)?,
+                    linear1: DeviceLinear::new(s, &l.linear1)?,
+                    linear2: DeviceLinear::new(s, &l.linear2)?,
+                    norm1: DeviceLayerNorm::new(s, &l.norm1)?,
+                    norm2: DeviceLayerNorm::new(s, &l.norm2)?,
+                    norm3: DeviceLayerNorm::new(s, &l.norm3)?,
+                })
             })
-            .collect();
-        let decoder =
-            DecoderWeights::upload(s, decoder_dims(&w.config), &layers, norm(&w.post_norm))?;
+            .collect::<Result<Vec<_>>>()?;
         let kv_parts: Vec<_> = w
             .decoder
             .iter()
@@ -136,17 +139,7 @@ impl DeviceParams {
             encoder,
             decoder,
             cross_kv: DeviceLinear::stack(s, &kv_parts)?,
+            post_norm: DeviceLayerNorm::new(s, &w.post_norm)?,
         })
-    }
-}
-
-/// The decoder's sizes in `cfg`: its memory is the whole encoder output.
-pub(super) fn decoder_dims(cfg: &Config) -> DecoderDims {
-    DecoderDims {
-        c: cfg.d_model,
-        ff: cfg.dim_feedforward,
-        heads: cfg.nhead,
-        layers: cfg.dec_layers,
-        l_all: cfg.l_all(),
     }
 }

@@ -115,7 +115,7 @@ impl Dataset {
             Some((k, a)) => (k, Some(a)),
             None => (spec, None),
         };
-        match (kind, arg) {
+        let opened = match (kind, arg) {
             ("synthetic", None) => Ok(Dataset::synthetic(SYNTHETIC_DEFAULT_LEN, seed)),
             ("synthetic", Some(arg)) => {
                 let (n, side) = match arg.split_once(',') {
@@ -170,7 +170,13 @@ impl Dataset {
                      mnist:DIR, folder:DIR, folder:DIR,S, tensors:FILE"
                 ),
             )),
-        }
+        };
+        // A file the dataset could not read names itself; the job file's key says where
+        // it was asked for.
+        opened.map_err(|e| match e {
+            Error::Io { .. } => Error::invalid(context, format!("'{spec}': {e}")),
+            e => e,
+        })
     }
 
     /// `len` synthetic 32x32x3 samples in 10 classes, drawn from `seed`.

@@ -1105,19 +1105,8 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             &self.dlogits
         };
         let xv = self.values[input].as_ref().expect("a linear's input");
-        let x = match T::as_f32(xv) {
-            Some(x) => x,
-            None => {
-                let len = n * din;
-                T::cast_out(
-                    &self.cast,
-                    s,
-                    &xv.slice(..len),
-                    &mut bufs.x.slice_mut(..len),
-                )?;
-                &bufs.x
-            }
-        };
+        // The forward pass widened a bf16 input into `bufs.x`, which only this layer writes.
+        let x = T::as_f32(xv).unwrap_or(&bufs.x);
         let wants_dx = input != 0;
         let w = p.params.slice(wr.clone());
         let dx = wants_dx.then_some((w, &mut bufs.dx));

@@ -202,22 +202,8 @@ fn one_step_of_each_cnn_matches_the_cpu() {
                 }
             }
             if failures.iter().any(|f| f.starts_with(arch.name())) {
-                for line in replica.describe_convs() {
-                    println!("  {line}");
-                }
+                explain(&graph, &mut replica, (&x, &labels), pass, (&got, &want));
             }
-            // The worst parameter, to say where a failure comes from.
-            let worst = graph
-                .layout
-                .slots
-                .iter()
-                .map(|s| (err(&got.grads[s.range()], &want.grads[s.range()]), &s.name))
-                .filter(|(e, _)| e.is_finite())
-                .fold(
-                    (0.0f64, None),
-                    |a, (e, n)| if e > a.0 { (e, Some(n)) } else { a },
-                );
-            println!("  worst gradient: {:?} {:.3e}", worst.1, worst.0);
         }
     }
     assert!(
@@ -225,6 +211,65 @@ fn one_step_of_each_cnn_matches_the_cpu() {
         "over tolerance:\n{}",
         failures.join("\n")
     );
+}
+
+/// Says where a failing step's gradient error comes from: cuDNN's choices, how far a second
+/// identical GPU pass lands from the first (the non-deterministic algorithms' share), and the
+/// parameters holding most of the error, in graph order.
+fn explain(
+    graph: &cnn::Graph,
+    replica: &mut Replica,
+    (x, labels): (&[f32], &[u32]),
+    (scale, seed): (f32, u64),
+    (got, want): (&Step, &Step),
+) {
+    for line in replica.describe_convs() {
+        println!("  {line}");
+    }
+    replica.set_seed(seed);
+    replica.forward_backward(x, labels, scale).unwrap();
+    let (_, again) = replica.download().unwrap();
+    println!(
+        "  a second GPU pass against the first: gradients {:.3e}",
+        err(&again, &got.grads)
+    );
+    replica.set_deterministic(true);
+    replica.set_seed(seed);
+    replica.forward_backward(x, labels, scale).unwrap();
+    let (_, fixed) = replica.download().unwrap();
+    println!(
+        "  deterministic algorithms: gradients {:.3e} from the CPU's",
+        err(&fixed, &want.grads)
+    );
+    for line in replica.describe_convs().iter().take(3) {
+        println!("  {line}");
+    }
+    let sq = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+            .sum()
+    };
+    let total = sq(&got.grads, &want.grads);
+    let slots = &graph.layout.slots;
+    let mut share: Vec<(usize, f64)> = (0..slots.len())
+        .map(|i| {
+            let r = slots[i].range();
+            (i, sq(&got.grads[r.clone()], &want.grads[r]) / total)
+        })
+        .collect();
+    share.sort_by(|a, b| b.1.total_cmp(&a.1));
+    share.truncate(12);
+    share.sort_by_key(|&(i, _)| i);
+    for (i, part) in share {
+        let r = slots[i].range();
+        println!(
+            "  {:<40} {:5.1}% of the error, relative {:.3e}",
+            slots[i].name,
+            100.0 * part,
+            err(&got.grads[r.clone()], &want.grads[r])
+        );
+    }
 }
 
 fn golden_file(name: &str) -> PathBuf {
@@ -293,7 +338,7 @@ fn shufflenet_learns_on_one_gpu() {
             batch_size: 24,
             iterations: 20,
         };
-        let dr = DistributionRatio::new(vec![1]).unwrap();
+        let dr = DistributionRatio::new(vec![10]).unwrap();
         let opts = TrainOptions::in_memory(1, opt, precision, dr);
         let started = std::time::Instant::now();
         let mut losses = Vec::new();

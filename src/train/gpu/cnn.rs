@@ -205,6 +205,15 @@ impl CnnNet {
         bn.update_running(s, buffers, contributions, n)
     }
 
+    /// Only deterministic cuDNN algorithms from the next pass on (bit-identical gradients run
+    /// to run; see [`Conv2dKernels::set_deterministic`]).
+    pub fn set_deterministic(&mut self, deterministic: bool) {
+        match &mut self.walker {
+            Walkers::F32(w) => w.conv.set_deterministic(deterministic),
+            Walkers::Bf16(w) => w.conv.set_deterministic(deterministic),
+        }
+    }
+
     /// One line per convolution: its module name and what cuDNN runs for it at the planned
     /// batch ([`Conv2dKernels::describe`]); empty before the first pass.
     pub fn describe_convs(&self) -> Vec<String> {

@@ -528,6 +528,14 @@ impl Replica {
         s.synchronize().cuda(|| "synchronising".into())
     }
 
+    /// Only deterministic cuDNN algorithms from the next pass on (the CNNs; the other models'
+    /// passes are deterministic already).
+    pub fn set_deterministic(&mut self, deterministic: bool) {
+        if let Net::Cnn(net) = &mut self.net {
+            net.set_deterministic(deterministic);
+        }
+    }
+
     /// What cuDNN runs for each convolution (the CNNs; empty for the others).
     pub fn describe_convs(&self) -> Vec<String> {
         match &self.net {

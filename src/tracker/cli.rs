@@ -21,7 +21,7 @@ use super::eval::{Metrics, evaluate, mean, success_plot};
 use super::frame::{BBox, Frame};
 use super::golden::{CheckLine, CheckOptions, Measure, check_golden};
 use super::gpu::gpu_network;
-use super::track::{DEFAULT_UPDATE_INTERVAL, Network, StageTimes, Tracker};
+use super::track::{DEFAULT_UPDATE_INTERVAL, Network, OpTiming, StageTimes, Tracker};
 use super::weights::{FORMAT, TrackerWeights, is_tracker};
 use crate::base::devices::Device;
 use crate::base::{LatencyStats, Precision, TensorFile};
@@ -73,6 +73,12 @@ pub struct TrackArgs {
     /// Draw the success plot of the evaluated sequences as SVG.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    /// When timing the step (GPU): time every operation of one search step on its own
+    /// (each convolution with its shape, cuDNN's algorithm and its FLOP rate): GPU time per
+    /// call from a CUDA graph of 20 calls, host time to queue one call.
+    #[arg(long)]
+    pub ops: bool,
 }
 
 impl TrackArgs {
@@ -149,12 +155,24 @@ pub fn run(
         })?;
         let weights = Arc::new(TrackerWeights::load(model)?);
         let net = network(weights.clone(), shared, events)?;
+        if args.ops {
+            return Err(Error::invalid(
+                "--ops",
+                "applies to timing the step (--model TRACKER alone), not to --frames",
+            ));
+        }
         return track(args, shared, model, weights, net, out, events).map(Some);
     }
     if let Some(flag) = args.tracking_only() {
         return Err(Error::invalid(
             flag,
             "applies to tracking; pass --frames DIR",
+        ));
+    }
+    if args.ops && shared.check.is_some() {
+        return Err(Error::invalid(
+            "--ops",
+            "applies to timing the step (--model TRACKER alone), not to --check",
         ));
     }
     if let Some(golden) = shared.check {
@@ -184,7 +202,7 @@ pub fn run(
     {
         let weights = Arc::new(TrackerWeights::load(model)?);
         let net = network(weights.clone(), shared, events)?;
-        return time_step(shared, model, weights, net, out).map(Some);
+        return time_step(shared, args.ops, model, weights, net, out).map(Some);
     }
     Ok(None)
 }
@@ -678,9 +696,14 @@ pub fn check_line(l: &CheckLine) -> String {
     format!("{:<44} {what}  {verdict}", l.name)
 }
 
-/// Tracks `iters` random frames after `warmup` and reports the step's latency and stages.
+/// Calls of each operation `--ops` times.
+pub const OPS_REPS: usize = 20;
+
+/// Tracks `iters` random frames after `warmup` and reports the step's latency and stages;
+/// with `ops`, every operation of one more step timed on its own.
 fn time_step(
     shared: &Shared,
+    ops: bool,
     model: &Path,
     weights: Arc<TrackerWeights>,
     net: Box<dyn Network>,
@@ -739,6 +762,14 @@ fn time_step(
         (Some(p), Some(state)) => Some(write_trace(tracker.network_mut(), &frames[0], &state, p)?),
         _ => None,
     };
+    let op_rows = match (ops, tracker.state()) {
+        (true, Some(state)) => Some(
+            tracker
+                .network_mut()
+                .profile_ops(&frames[0], &state, OPS_REPS)?,
+        ),
+        _ => None,
+    };
     if lat.is_empty() {
         return Err(Error::invalid(
             "--iters",
@@ -766,6 +797,7 @@ fn time_step(
             "stages_ms": (!stages.is_empty()).then_some(avg),
             "device_memory_bytes": memory,
             "trace": traced.as_ref().map(|t| trace_json(shared.trace, t)),
+            "ops": op_rows.as_ref().map(|rows| json!({"reps": OPS_REPS, "rows": rows})),
         });
         writeln!(out, "{j}").map_err(write_err)?;
     } else {
@@ -802,8 +834,68 @@ fn time_step(
         if let Some(t) = &traced {
             write_trace_table(out, shared.trace, "a random frame", t)?;
         }
+        if let Some(rows) = &op_rows {
+            write_ops_table(out, rows)?;
+        }
     }
     Ok(0)
+}
+
+/// `--ops`: one line per operation (GPU time per call in a graph, its FLOP rate, the host's
+/// time to queue it, the eager wall-clock per call, a convolution's shape and plan), then
+/// the sums.
+fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
+    writeln!(
+        out,
+        "ops:     every operation of one search step on its own, {OPS_REPS} calls each: GPU us \
+         per call in one CUDA graph, host us to queue one, eager us per call waited for"
+    )
+    .map_err(write_err)?;
+    writeln!(
+        out,
+        "         {:<22} {:>9} {:>8} {:>8} {:>9}  shape and plan",
+        "op", "GPU us", "TFLOP/s", "host us", "eager us"
+    )
+    .map_err(write_err)?;
+    let rate = |flops: f64, us: f64| {
+        if flops > 0.0 && us > 0.0 {
+            format!("{:.2}", flops / us * 1e-6)
+        } else {
+            "-".into()
+        }
+    };
+    for r in rows {
+        writeln!(
+            out,
+            "         {:<22} {:>9.1} {:>8} {:>8.1} {:>9.1}  {}",
+            r.name,
+            r.graph_us,
+            rate(r.flops, r.graph_us),
+            r.host_us,
+            r.eager_us,
+            r.detail
+        )
+        .map_err(write_err)?;
+    }
+    let sum = |convs: bool| {
+        let picked = rows.iter().filter(|r| !convs || r.flops > 0.0);
+        picked.fold([0.0; 4], |[f, g, h, e], r| {
+            [f + r.flops, g + r.graph_us, h + r.host_us, e + r.eager_us]
+        })
+    };
+    for (name, [flops, graph, host, eager]) in [
+        ("(convolutions)", sum(true)),
+        ("(all)", sum(false)),
+    ] {
+        writeln!(
+            out,
+            "         {name:<22} {graph:>9.1} {:>8} {host:>8.1} {eager:>9.1}  {:.2} GFLOP",
+            rate(flops, graph),
+            flops * 1e-9
+        )
+        .map_err(write_err)?;
+    }
+    Ok(())
 }
 
 /// `--trace FILE`: one search of `frame` around `state`, traced (a span per stage, from CUDA

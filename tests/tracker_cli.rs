@@ -376,6 +376,16 @@ fn bad_input_is_a_clear_error() {
         &["--trace", "needs a GPU engine"],
     );
     assert!(!trace.exists());
+    // --ops times the step's operations: not with --frames, nor on the CPU reference.
+    track(
+        &with_gt("ops", 2, "40,30,30,24\n"),
+        &["--ops"],
+        &["--ops", "not to --frames"],
+    );
+    fails(
+        &["--model", &m, "--device", "cpu", "--iters", "1", "--ops"],
+        &["--ops", "needs a GPU engine"],
+    );
     // A box outside the image (from --init and from groundtruth.txt).
     track(&seq, &["--init", "500,30,30,24"], &["--init", "outside"]);
     track(&seq, &["--init", "40,30,30"], &["--init"]);

@@ -842,7 +842,8 @@ fn time_step(
 }
 
 /// `--ops`: one line per operation (GPU time per call in a graph, its FLOP rate, the host's
-/// time to queue it, the eager wall-clock per call, a convolution's shape and plan), then
+/// time to queue it, the eager wall-clock per call, a convolution's shape and plan, and on
+/// a line below, the forward algorithms cuDNN's benchmark timed), then
 /// the sums.
 fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
     writeln!(
@@ -876,6 +877,9 @@ fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
             r.detail
         )
         .map_err(write_err)?;
+        if !r.candidates.is_empty() {
+            writeln!(out, "{:>69}  cuDNN's benchmark: {}", "", r.candidates).map_err(write_err)?;
+        }
     }
     let sum = |convs: bool| {
         let picked = rows.iter().filter(|r| !convs || r.flops > 0.0);

@@ -13,19 +13,19 @@
 //! Everything a step needs is allocated once. The templates' tokens live in one f32 buffer
 //! (template 1, then template 2) copied into the transformer's input by one device copy in
 //! every step: the encoder works in place on its input, overwriting the template rows
-//! too, so they cannot live there between steps. The corner head's two branches (same
-//! shapes) run as one convolution per layer: the first layer's outputs concatenated, the
-//! later 3x3 layers grouped (two groups), the 1x1 score layers as two convolutions over
-//! both branches' channels with the other branch's weights zero (the soft-argmax wants the
-//! two maps apart, not interleaved as one 2-channel output would be).
+//! too, so they cannot live there between steps. The corner head's two branches run in
+//! the faster of two forms, measured on the first step ([`CornerForm`]).
 //!
-//! With the graph on, the whole search step (crop -> corners and logit) is captured into
-//! one CUDA graph after one eager step (which plans cuDNN's algorithms) and replayed every
-//! frame: the host writes only what the graph reads (the frame, the crop window, the masks
-//! when they change, the templates when updated) and reads back four corners and the logit.
-//! Frames go up and results come back through page-locked memory ([`host`]), the next
-//! frame copied while the current step runs when the caller names it
-//! ([`Network::search_ahead`]); the step waits only for its results.
+//! Initialising plans the search step (one eager search around the first box: cuDNN's
+//! algorithm searches, the corner head's choice), so no tracked frame pays for it. With the
+//! graph on, it then captures the whole search step (crop -> corners and logit) into one
+//! CUDA graph, replayed every frame, and the template step into another, replayed at each
+//! template update: the host writes only what the graphs read (the frame, the crop window,
+//! the masks when they change, the templates when updated) and reads back four corners and
+//! the logit. Frames go up and results come back through page-locked memory ([`host`]), the
+//! next frame copied while the current step runs when the caller names it
+//! ([`Network::search_ahead`]); the step waits only for its results. `--ops` times every
+//! operation of a step on its own ([`profile`]).
 //!
 //! The transformer does not read positional encodings, so none are computed here; the
 //! golden check takes them from the host's cache.
@@ -809,22 +809,12 @@ impl<T: Storage> GpuNetwork<T> {
         }
         let s = self.gpu.stream().clone();
         let side = self.weights.transformer.config.search_size;
-        let (head, b, k) = (&self.params.corners, &mut self.buf, &mut self.k);
-        let mut ms = [0.0; 2];
-        for (i, form) in [CornerForm::Grouped, CornerForm::Split].into_iter().enumerate() {
-            corner_head(k, head, form, b, side)?;
-            let run = || (0..CHOICE_REPS).try_for_each(|_| corner_head(k, head, form, b, side));
-            let total = if self.use_graph {
-                let graph = Graph::capture(&s, run)?;
-                graph.replay()?;
-                time_ms(&s, || graph.replay())?
-            } else {
-                s.synchronize()
-                    .cuda(|| "waiting before timing the corner head".into())?;
-                time_ms(&s, run)?
-            };
-            ms[i] = total / CHOICE_REPS as f64;
-        }
+        // The measuring runs are not the step's operations (and `--ops` cannot time inside
+        // their capture).
+        let profile = self.k.profile.take();
+        let ms = self.time_corner_forms(&s, side);
+        self.k.profile = profile;
+        let ms = ms?;
         let head = &mut self.params.corners;
         head.form = Some(if ms[1] < ms[0] {
             CornerForm::Split
@@ -833,6 +823,28 @@ impl<T: Storage> GpuNetwork<T> {
         });
         head.measured = Some(ms);
         Ok(())
+    }
+
+    /// Milliseconds per run of the grouped and the split corner head (see
+    /// [`Self::choose_corner_form`]).
+    fn time_corner_forms(&mut self, s: &Arc<CudaStream>, side: usize) -> Result<[f64; 2]> {
+        let (head, b, k) = (&self.params.corners, &mut self.buf, &mut self.k);
+        let mut ms = [0.0; 2];
+        for (i, form) in [CornerForm::Grouped, CornerForm::Split].into_iter().enumerate() {
+            corner_head(k, head, form, b, side)?;
+            let run = || (0..CHOICE_REPS).try_for_each(|_| corner_head(k, head, form, b, side));
+            let total = if self.use_graph {
+                let graph = Graph::capture(s, run)?;
+                graph.replay()?;
+                time_ms(s, || graph.replay())?
+            } else {
+                s.synchronize()
+                    .cuda(|| "waiting before timing the corner head".into())?;
+                time_ms(s, run)?
+            };
+            ms[i] = total / CHOICE_REPS as f64;
+        }
+        Ok(ms)
     }
 
     /// Forces the corner head's form (`None`: measure both on the next step and keep the
@@ -1089,6 +1101,7 @@ fn conv<T: Storage>(
     })?;
     if let Some(row) = row {
         row.detail = k.conv.describe(&shape).unwrap_or_default();
+        row.candidates = k.conv.forward_candidates(&shape).unwrap_or_default();
     }
     Ok((oh, ow, c.conv.out_channels))
 }

@@ -60,6 +60,9 @@ pub struct OpTiming {
     pub name: String,
     /// A convolution's shape and cuDNN's plan for it; empty for other operations.
     pub detail: String,
+    /// A convolution's forward algorithms as cuDNN's benchmark timed them when planning,
+    /// fastest first, and those passed over; empty for other operations.
+    pub candidates: String,
     /// Floating-point operations (multiply-adds times two) of a convolution; 0 for others.
     pub flops: f64,
     /// GPU microseconds per call: the calls captured into one CUDA graph, one replay timed

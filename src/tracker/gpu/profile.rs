@@ -39,7 +39,7 @@ impl Profiler {
     }
 
     /// Runs `f` (the operation `name`, of `flops`) and times it as the module docs say; its
-    /// row, for the caller to add a detail to.
+    /// row, for the caller to add details to.
     pub fn op(
         &mut self,
         name: &str,
@@ -65,6 +65,7 @@ impl Profiler {
         self.rows.push(OpTiming {
             name: name.to_string(),
             detail: String::new(),
+            candidates: String::new(),
             flops,
             graph_us: per_call(ms * 1e-3),
             host_us: per_call(queued.as_secs_f64()),

@@ -18,14 +18,14 @@ use std::sync::Arc;
 use attnrt::base::Precision;
 use attnrt::cswintt::Mode;
 use attnrt::cswintt::gpu::trace::chrome_trace;
+use attnrt::gpu::Gpu;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::tracker::golden::{CheckOptions, check_golden};
-use attnrt::gpu::Gpu;
 use attnrt::tracker::gpu::{CornerForm, Storage};
-use attnrt::tracker::{GpuNetwork, gpu_network};
-use half::bf16;
 use attnrt::tracker::track::stage_times;
 use attnrt::tracker::{BBox, CpuNetwork, Frame, Network, Tracked, Tracker, TrackerWeights};
+use attnrt::tracker::{GpuNetwork, gpu_network};
+use half::bf16;
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
@@ -367,7 +367,10 @@ fn ops_time_every_operation_of_a_step() {
         assert!(names.contains(&name), "{name} not in {names:?}");
     }
     for r in &rows {
-        assert!(r.graph_us > 0.0 && r.host_us > 0.0 && r.eager_us > 0.0, "{r:?}");
+        assert!(
+            r.graph_us > 0.0 && r.host_us > 0.0 && r.eager_us > 0.0,
+            "{r:?}"
+        );
         assert_eq!(r.flops > 0.0, r.detail.starts_with("conv2d "), "{r:?}");
     }
     assert_eq!(t.state(), Some(state));
@@ -379,14 +382,22 @@ fn ops_time_every_operation_of_a_step() {
         "attnrt-infer",
         env!("CARGO_BIN_EXE_attnrt-infer"),
     ))
-    .args(["--device", "cuda", "--graph", "--iters", "3", "--ops", "--model"])
+    .args([
+        "--device", "cuda", "--graph", "--iters", "3", "--ops", "--model",
+    ])
     .arg(&model)
     .output()
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    for part in ["ops:", "layer2.0.conv2", "TFLOP/s", "(convolutions)", "(all)"] {
+    for part in [
+        "ops:",
+        "layer2.0.conv2",
+        "TFLOP/s",
+        "(convolutions)",
+        "(all)",
+    ] {
         assert!(stdout.contains(part), "{part} not in {stdout}");
     }
 }

@@ -887,10 +887,9 @@ fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
             [f + r.flops, g + r.graph_us, h + r.host_us, e + r.eager_us]
         })
     };
-    for (name, [flops, graph, host, eager]) in [
-        ("(convolutions)", sum(true)),
-        ("(all)", sum(false)),
-    ] {
+    for (name, [flops, graph, host, eager]) in
+        [("(convolutions)", sum(true)), ("(all)", sum(false))]
+    {
         writeln!(
             out,
             "         {name:<22} {graph:>9.1} {:>8} {host:>8.1} {eager:>9.1}  {:.2} GFLOP",

@@ -729,24 +729,34 @@ fn time_step(
     );
     // Random frames move the box anywhere; it starts over from the middle when the
     // prediction shrinks it to the clip margin, so every step crops a real search region.
-    let step = |tracker: &mut Tracker<Box<dyn Network>>, i: usize| -> Result<()> {
+    // Whether the step also replaced the template.
+    let step = |tracker: &mut Tracker<Box<dyn Network>>, i: usize| -> Result<bool> {
         let (frame, next) = (&frames[i % frames.len()], &frames[(i + 1) % frames.len()]);
-        let b = tracker.track_ahead(frame, Some(next))?.bbox;
+        let tracked = tracker.track_ahead(frame, Some(next))?;
+        let b = tracked.bbox;
         if b.w <= 10.0 || b.h <= 10.0 {
             tracker.set_state(start);
         }
-        Ok(())
+        Ok(tracked.template_updated)
     };
     let mut lat = Vec::with_capacity(iters);
+    // The timed steps that did not replace the template: the search alone.
+    let mut search_lat = Vec::with_capacity(iters);
     let mut stages = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let t0 = Instant::now();
-        step(&mut tracker, i)?;
+        let updated = step(&mut tracker, i)?;
         if i >= warmup {
-            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            lat.push(ms);
+            if !updated {
+                search_lat.push(ms);
+            }
             stages.extend(tracker.network().stage_times());
         }
     }
+    let updates = lat.len() - search_lat.len();
+    let search_stats = LatencyStats::new(&search_lat);
     if stages.is_empty() {
         // An engine that replays one graph a step times its stages only in eager steps:
         // a few of those after the timed ones.
@@ -793,6 +803,11 @@ fn time_step(
             "warmup": warmup,
             "iters": iters,
             "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
+            "template_updates": updates,
+            "update_interval": interval,
+            "search_latency_ms": search_stats.as_ref().map(|s| {
+                json!({"p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean})
+            }),
             "fps": stats.per_second(1.0),
             "stages_ms": (!stages.is_empty()).then_some(avg),
             "device_memory_bytes": memory,
@@ -814,6 +829,16 @@ fn time_step(
         )
         .map_err(write_err)?;
         writeln!(out, "latency: {stats}").map_err(write_err)?;
+        if updates > 0 {
+            writeln!(
+                out,
+                "updates: {updates} of the {} timed steps also replaced the template (every \
+                 {interval} frames when confident); the others alone: {}",
+                lat.len(),
+                search_stats.map_or_else(|| "none".to_string(), |s| s.to_string())
+            )
+            .map_err(write_err)?;
+        }
         writeln!(out, "fps:     {:.2} frames/s", stats.per_second(1.0)).map_err(write_err)?;
         if !stages.is_empty() {
             let parts: Vec<String> = avg

@@ -319,6 +319,7 @@ fn timing_the_tracking_step() {
     let j: Value = serde_json::from_str(&out).unwrap();
     assert!(j["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(j["fps"].as_f64().unwrap() > 0.0);
+    assert!(j["template_updates"].as_u64().unwrap() <= 2, "{out}");
     for stage in ["crop", "backbone", "transformer", "heads"] {
         assert!(j["stages_ms"][stage].as_f64().unwrap() >= 0.0, "{out}");
     }

@@ -394,6 +394,9 @@ fn ops_time_every_operation_of_a_step() {
     for part in [
         "ops:",
         "layer2.0.conv2",
+        "cuDNN's benchmark:",
+        "(layer3)",
+        "(corner)",
         "TFLOP/s",
         "(convolutions)",
         "(all)",

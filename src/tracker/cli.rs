@@ -868,8 +868,8 @@ fn time_step(
 
 /// `--ops`: one line per operation (GPU time per call in a graph, its FLOP rate, the host's
 /// time to queue it, the eager wall-clock per call, a convolution's shape and plan, and on
-/// a line below, the forward algorithms cuDNN's benchmark timed), then
-/// the sums.
+/// a line below, the forward algorithms cuDNN's benchmark timed), then the sums per layer,
+/// over the corner head, over the convolutions and over everything.
 fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
     writeln!(
         out,
@@ -906,15 +906,33 @@ fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
             writeln!(out, "{:>69}  cuDNN's benchmark: {}", "", r.candidates).map_err(write_err)?;
         }
     }
-    let sum = |convs: bool| {
-        let picked = rows.iter().filter(|r| !convs || r.flops > 0.0);
-        picked.fold([0.0; 4], |[f, g, h, e], r| {
-            [f + r.flops, g + r.graph_us, h + r.host_us, e + r.eager_us]
-        })
+    // Sums over the rows `keep` picks: FLOPs, GPU, host and eager us.
+    let sum = |keep: &dyn Fn(&OpTiming) -> bool| {
+        rows.iter()
+            .filter(|r| keep(r))
+            .fold([0.0; 4], |[f, g, h, e], r| {
+                [f + r.flops, g + r.graph_us, h + r.host_us, e + r.eager_us]
+            })
     };
-    for (name, [flops, graph, host, eager]) in
-        [("(convolutions)", sum(true)), ("(all)", sum(false))]
-    {
+    // Each group of rows named `GROUP.…` (layer1, layer2, layer3, corner), then the
+    // convolutions and everything.
+    let group = |r: &OpTiming| r.name.split_once('.').map(|(g, _)| g.to_string());
+    let groups: Vec<String> = rows.iter().filter_map(group).fold(Vec::new(), |mut g, n| {
+        if !g.contains(&n) {
+            g.push(n);
+        }
+        g
+    });
+    let mut sums: Vec<(String, [f64; 4])> = groups
+        .iter()
+        .map(|g| {
+            let in_group = |r: &OpTiming| group(r).as_ref() == Some(g);
+            (format!("({g})"), sum(&in_group))
+        })
+        .collect();
+    sums.push(("(convolutions)".into(), sum(&|r| r.flops > 0.0)));
+    sums.push(("(all)".into(), sum(&|_| true)));
+    for (name, [flops, graph, host, eager]) in sums {
         writeln!(
             out,
             "         {name:<22} {graph:>9.1} {:>8} {host:>8.1} {eager:>9.1}  {:.2} GFLOP",

@@ -982,72 +982,65 @@ fn corner_head<T: Storage>(
     side: usize,
 ) -> Result<()> {
     let tokens = side * side;
-    let (scores, rest) = b.scores.split_at_mut(tokens);
-    let mut maps = [scores, rest];
     match form {
         CornerForm::Grouped => {
-            // Layer 0 reads `opt`, layer i > 0 reads corner[(i - 1) % 2] and writes
-            // corner[i % 2]; each score layer writes its branch's map.
-            for (i, layer) in head.grouped.iter().enumerate() {
-                if i == 0 {
-                    let y = b.corner[0].as_view_mut();
-                    conv(k, layer, side, side, b.opt.as_view(), None, true, y)?;
-                } else {
-                    let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
-                    conv(
-                        k,
-                        layer,
-                        side,
-                        side,
-                        x.as_view(),
-                        None,
-                        true,
-                        y.as_view_mut(),
-                    )?;
-                }
-            }
-            let x = match head.grouped.len() {
-                0 => b.opt.as_view(),
-                n => b.corner[(n - 1) % 2].as_view(),
-            };
-            for (score, map) in head.grouped_score.iter().zip(&mut maps) {
-                conv(
-                    k,
-                    score,
-                    side,
-                    side,
-                    x.slice(..),
-                    None,
-                    false,
-                    map.slice_mut(..),
-                )?;
+            let all = 0..b.corner[0].len();
+            let last = hidden_layers(k, &head.grouped, b, all.clone(), side)?;
+            for (m, score) in head.grouped_score.iter().enumerate() {
+                let (x, y) = layer_io(b, last, all.clone(), m * tokens..(m + 1) * tokens);
+                conv(k, score, side, side, x, None, false, y)?;
             }
         }
         CornerForm::Split => {
-            // As the grouped form, each branch in its half of the ping-pong buffers.
             let half = b.corner_half;
-            for (m, (branch, map)) in head.split.iter().zip(&mut maps).enumerate() {
+            for (m, branch) in head.split.iter().enumerate() {
                 let (score, hidden) = branch.split_last().expect("a score layer per branch");
                 let at = m * half..(m + 1) * half;
-                for (i, layer) in hidden.iter().enumerate() {
-                    if i == 0 {
-                        let y = b.corner[0].slice_mut(at.clone());
-                        conv(k, layer, side, side, b.opt.as_view(), None, true, y)?;
-                    } else {
-                        let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
-                        let (x, y) = (x.slice(at.clone()), y.slice_mut(at.clone()));
-                        conv(k, layer, side, side, x, None, true, y)?;
-                    }
-                }
-                let x = match hidden.len() {
-                    0 => b.opt.as_view(),
-                    n => b.corner[(n - 1) % 2].slice(at),
-                };
-                conv(k, score, side, side, x, None, false, map.slice_mut(..))?;
+                let last = hidden_layers(k, hidden, b, at.clone(), side)?;
+                let (x, y) = layer_io(b, last, at, m * tokens..(m + 1) * tokens);
+                conv(k, score, side, side, x, None, false, y)?;
             }
         }
     }
     Ok(())
+}
+
+/// The corner head's hidden `layers` (ReLU) one after the other, the first on `b.opt`, the
+/// others ping-ponging through elements `at` of `b.corner`: which of the two holds the
+/// last output, `None` without layers.
+fn hidden_layers<T: Storage>(
+    k: &mut Kernels,
+    layers: &[DeviceConv<T>],
+    b: &mut Buffers<T>,
+    at: std::ops::Range<usize>,
+    side: usize,
+) -> Result<Option<usize>> {
+    let mut last = None;
+    for (i, layer) in layers.iter().enumerate() {
+        let [x, y] = pick(&mut b.corner, [(i + 1) % 2, i % 2]);
+        let x = match last {
+            None => b.opt.as_view(),
+            Some(_) => x.slice(at.clone()),
+        };
+        conv(k, layer, side, side, x, None, true, y.slice_mut(at.clone()))?;
+        last = Some(i % 2);
+    }
+    Ok(last)
+}
+
+/// A score layer's input (the last hidden output in elements `at` of `b.corner[last]`, or
+/// `b.opt` without hidden layers) and its output, elements `map` of `b.scores`.
+fn layer_io<T: Storage>(
+    b: &mut Buffers<T>,
+    last: Option<usize>,
+    at: std::ops::Range<usize>,
+    map: std::ops::Range<usize>,
+) -> (CudaView<'_, T>, CudaViewMut<'_, T>) {
+    let x = match last {
+        None => b.opt.as_view(),
+        Some(i) => b.corner[i].slice(at),
+    };
+    (x, b.scores.slice_mut(map))
 }
 
 /// The score head: `hs` -> `hidden[0]` -> `hidden[1]` -> ... -> the logit.

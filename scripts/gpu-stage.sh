@@ -5,7 +5,8 @@
 # toolchain. Prints the commands that run every GPU test there, and the measurements against
 # the original CSWinTT code.
 #
-# Usage: scripts/gpu-stage.sh [STAGE_DIR]   (default: stage)
+# Usage: [ATTNRT_STAGE_BENCHES="engine kernels ..."|all] scripts/gpu-stage.sh [STAGE_DIR]
+#        (default stage: stage)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -41,18 +42,24 @@ cp "$target"/release/attnrt-infer "$target"/release/attnrt-train "$stage/bin/"
 for t in "${tests[@]}"; do
   # Drop cargo's hash suffix so the names are stable: gpu_smoke-0123abcd -> gpu_smoke.
   name="$(basename "$t")"
-  # Test executables that never touch a GPU (the scheduler's, the fuzz targets, the CPU
-  # references' and the CNNs' CPU path, the two-minute cpu:4 soak): CI runs them; staging them
-  # would only spend device minutes and carry space.
+  # Test executables that never touch a GPU (the library's and the binaries' unit tests, the
+  # scheduler's, the fuzz targets, the CPU references' and the CNNs' CPU path, the two-minute
+  # cpu:4 soak): CI runs them; staging them would only spend device minutes and carry space.
   case "${name%-*}" in
-    soak | fuzz | sched_sim | sched_cli | sched_policy | sched_minmax | cswintt_cpu | train_cpu | \
-      train_cnn) continue ;;
+    attnrt | attnrt_infer | attnrt_train | soak | fuzz | sched_sim | sched_cli | sched_policy | \
+      sched_minmax | cswintt_cpu | cswintt_golden | tracker_cpu | train_cpu | train_cnn) continue ;;
   esac
   cp "$t" "$stage/tests/${name%-*}"
 done
+# Each benchmark embeds every kernel (about 10 MB): only those the device scripts run travel
+# unless ATTNRT_STAGE_BENCHES names others ("all" for every one), so the stage and the
+# repository fit the device tool's 64 MiB.
+want_benches=" ${ATTNRT_STAGE_BENCHES:-engine kernels} "
 for b in "${benches[@]}"; do
   name="$(basename "$b")"
-  cp "$b" "$stage/bench/${name%-*}"
+  case "$want_benches" in
+    " all " | *" ${name%-*} "*) cp "$b" "$stage/bench/${name%-*}" ;;
+  esac
 done
 strip "$stage"/bin/* "$stage"/tests/* "$stage"/bench/*
 golden="${ATTNRT_GOLDEN_DIR:-$root/../shared/golden}"

@@ -4,7 +4,10 @@
 # threads of a block), initcheck (reads of device memory nothing wrote) and synccheck (barriers
 # that not every thread reaches, bad masks on warp operations). The test executables that
 # launch kernels are run: `kernels` (every op against its CPU reference, odd shapes), and the
-# engines' GPU tests where they are staged (`gpu_engine`, `train_gpu`, `tracker_gpu`).
+# engines' GPU tests where they are staged (`gpu_engine`, `train_gpu`, `tracker_gpu`,
+# `train_cnn_gpu`). SANITIZE_TESTS="NAME[:FILTER] ..." runs others or fewer, FILTER being a
+# libtest name filter (e.g. `gpu_engine:golden_tiny`: every mode and precision on the small
+# golden files, for a tool that is too slow on the released size).
 #
 # cuBLAS/cuBLASLt and cuDNN launch kernels of their own; their reports are kept apart in the
 # summary (a finding there is theirs or our misuse of them: read it before dismissing it).
@@ -43,17 +46,20 @@ limit() {
 
 failed=0
 for tool in "${tools[@]}"; do
-  for name in kernels gpu_engine train_gpu tracker_gpu; do
+  for test in ${SANITIZE_TESTS:-kernels gpu_engine train_gpu tracker_gpu train_cnn_gpu}; do
+    name="${test%%:*}"
+    filter=()
+    [ "$name" = "$test" ] || filter=("${test#*:}")
     exe="$stage/tests/$name"
     [ -x "$exe" ] || continue
     log="$out/sanitizer-$tool-$name.txt"
     start=$SECONDS
     timeout "$(limit "$tool")" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      --print-limit 20 "$exe" --test-threads=1 > "$log" 2>&1
+      --print-limit 20 "$exe" --test-threads=1 "${filter[@]}" > "$log" 2>&1
     rc=$?
     errors="$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$log" | awk '{ s += $3 } END { print s + 0 }')"
     libs="$(grep -Ec '(cublas|cudnn|cutlass|sm90_xmma|ampere_|cutensor)' "$log")"
-    echo "$tool $name rc=$rc $((SECONDS - start))s errors=$errors library-lines=$libs" |
+    echo "$tool $test rc=$rc $((SECONDS - start))s errors=$errors library-lines=$libs" |
       tee -a "$summary"
     [ "$rc" -eq 0 ] || failed=1
   done

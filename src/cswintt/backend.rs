@@ -11,7 +11,7 @@ use super::{Inputs, Mode, Outputs, Precision};
 use crate::base::LatencyStats;
 use crate::base::devices::Device;
 use crate::error::{Error, Result};
-use crate::gpu::Span;
+use crate::gpu::{Span, gpu_or_cpu};
 use crate::model::weights::Weights;
 
 /// An engine that runs the transformer on a batch of inputs.
@@ -114,22 +114,14 @@ pub fn select_backend(
             backend: gpu_backend(n, weights, options)?,
             notice: None,
         }),
-        Device::Auto => match gpu_backend(0, weights.clone(), options) {
-            Ok(backend) => Ok(Selected {
+        Device::Auto => {
+            let gpu = gpu_backend(0, weights.clone(), options);
+            let (backend, why) = gpu_or_cpu(gpu, || cpu_backend(weights, options))?;
+            Ok(Selected {
                 backend,
-                notice: None,
-            }),
-            Err(e) => {
-                let reason = match e {
-                    Error::NoGpu { reason } => reason,
-                    other => other.to_string(),
-                };
-                Ok(Selected {
-                    backend: cpu_backend(weights, options)?,
-                    notice: Some(format!("no GPU used ({reason}); running on the CPU")),
-                })
-            }
-        },
+                notice: why.map(|reason| format!("no GPU used ({reason}); running on the CPU")),
+            })
+        }
     }
 }
 

@@ -30,6 +30,21 @@ pub fn device_count() -> Result<usize> {
     Ok(n as usize)
 }
 
+/// `--device auto`: what `gpu` made, or what `cpu` makes with the reason when the machine has
+/// no usable GPU ([`Error::NoGpu`]: no driver, no device, no compiled kernels). Any other
+/// failure (out of device memory, a missing cuDNN, a kernel that does not load) is returned:
+/// a user with a GPU wants to know that it failed, not a CPU run a thousand times slower.
+pub fn gpu_or_cpu<N>(
+    gpu: Result<N>,
+    cpu: impl FnOnce() -> Result<N>,
+) -> Result<(N, Option<String>)> {
+    match gpu {
+        Ok(n) => Ok((n, None)),
+        Err(Error::NoGpu { reason }) => Ok((cpu()?, Some(reason))),
+        Err(e) => Err(e),
+    }
+}
+
 /// One GPU: its context, a main stream, and the modules and kernels loaded on it so far.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -144,4 +159,34 @@ fn not_compiled_reason() -> String {
     "this build has no compiled CUDA kernels (nvcc was not found when it was built); \
      run scripts/setup-cuda.sh, then rebuild"
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_only_without_a_usable_gpu() {
+        let none = Err(Error::NoGpu {
+            reason: "the CUDA driver reports 0 devices".into(),
+        });
+        let (got, why) = gpu_or_cpu(none, || Ok("cpu")).unwrap();
+        assert_eq!(
+            (got, why.as_deref()),
+            ("cpu", Some("the CUDA driver reports 0 devices"))
+        );
+        assert_eq!(gpu_or_cpu(Ok("gpu"), || Ok("cpu")).unwrap(), ("gpu", None));
+        let failures = [
+            Error::MissingLibrary {
+                library: "cuDNN".into(),
+                reason: "libcudnn.so.9 not found".into(),
+            },
+            Error::invalid("allocating 4096 tracker activations", "out of memory"),
+        ];
+        for failure in failures {
+            let said = failure.to_string();
+            let e = gpu_or_cpu::<&str>(Err(failure), || panic!("fell back")).unwrap_err();
+            assert_eq!(e.to_string(), said);
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub mod testing;
 mod timing;
 
 pub use buffer::{DeviceBuffer, download, poison_nan, upload};
-pub use device::{Gpu, device_count};
+pub use device::{Gpu, device_count, gpu_or_cpu};
 pub use graph::Graph;
 pub use module::{Kernel, Launch};
 pub use stream::StreamSet;

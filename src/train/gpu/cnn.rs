@@ -205,6 +205,15 @@ impl CnnNet {
         bn.update_running(s, buffers, contributions, n)
     }
 
+    /// One line per convolution: its module name and what cuDNN runs for it at the planned
+    /// batch ([`Conv2dKernels::describe`]); empty before the first pass.
+    pub fn describe_convs(&self) -> Vec<String> {
+        match &self.walker {
+            Walkers::F32(w) => w.describe_convs(),
+            Walkers::Bf16(w) => w.describe_convs(),
+        }
+    }
+
     /// The last pass's logits, `rows x classes` (f32).
     pub fn logits(&self) -> &CudaSlice<f32> {
         match &self.walker {
@@ -440,6 +449,19 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             free: Vec::new(),
             graph,
         })
+    }
+
+    fn describe_convs(&self) -> Vec<String> {
+        let convs = self.graph.nodes.iter().filter_map(|node| match &node.op {
+            Op::Conv { shape, .. } => Some((&node.name, shape)),
+            _ => None,
+        });
+        convs
+            .filter_map(|(name, shape)| {
+                let line = self.conv.describe(&batched(shape, self.capacity))?;
+                Some(format!("{name}: {line}"))
+            })
+            .collect()
     }
 
     /// Buffers for `n` images (kept when they hold as many already), and every convolution

@@ -528,6 +528,14 @@ impl Replica {
         s.synchronize().cuda(|| "synchronising".into())
     }
 
+    /// What cuDNN runs for each convolution (the CNNs; empty for the others).
+    pub fn describe_convs(&self) -> Vec<String> {
+        match &self.net {
+            Net::Cnn(net) => net.describe_convs(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The last pass's logits, for models that keep them on the device (the CNNs).
     pub fn logits(&self) -> Option<&CudaSlice<f32>> {
         match &self.net {

@@ -169,8 +169,8 @@ impl<T: Storage> DeviceConv<T> {
 }
 
 /// How the corner head runs its two branches (same layer shapes): cuDNN's speed differs
-/// between them by precision and card (in bf16 on an H200 the grouped 3x3 layers were
-/// several times slower than in f32), so the step measures both once and keeps the faster
+/// between them by precision and card (an eager bf16 step on an H200 spent 1.77 ms in the
+/// grouped head, an f32 one 0.29 ms), so the step measures both once and keeps the faster
 /// ([`GpuNetwork::set_corner_form`] forces one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CornerForm {
@@ -503,7 +503,7 @@ impl<T: Storage> GpuNetwork<T> {
             .unwrap_or(1)
             .max(c)
             * 2;
-        // Each branch's half starts on a 32-byte boundary, as cuDNN wants its tensors.
+        // Each branch's half starts on a 16-byte boundary (8 elements), as cuDNN wants.
         let corner_half = (search_tokens * widest / 2).next_multiple_of(8);
         let buf = Buffers {
             frame: bytes(3)?,

@@ -11,7 +11,8 @@
 #      (p50/p90/p99, frames/s, device memory, the stages): ours.jsonl, one JSON line each, and
 #      tracker.json, the rows in benches/engine.rs's format;
 #   4. the best configuration of step 3 traced, one span per stage (trace.txt, its stage
-#      table; tracker-trace.json, the Chrome trace), and a 1000-frame sequence of 1280x720
+#      table and every operation timed on its own, `--ops`; tracker-trace.json, the Chrome
+#      trace), and a 1000-frame sequence of 1280x720
 #      JPEGs made here (scripts/make_jpeg_sequence.py), tracked end to end in it, decoding
 #      included (jpeg.json);
 #   5. the original's network work for one frame (search backbone + transformer + heads, batch
@@ -24,9 +25,18 @@
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here, with
 # STAGE_DIR and ORIGINAL_DIR carried): bash STAGE_DIR/perf-tracker.sh STAGE_DIR ORIGINAL_DIR
+#
+# Or, where the step's time goes, without the original (about 1 minute, STAGE_DIR carried):
+#   bash STAGE_DIR/perf-tracker.sh STAGE_DIR --ops [MODEL]
+# runs `attnrt-infer --model MODEL --mode fused --graph --ops` in f32, tf32 and bf16: the
+# step's timing, then every operation of one step timed on its own (each convolution's
+# shape, cuDNN's algorithm, GPU us in a graph, TFLOP/s, host us, eager us), in
+# ops-PRECISION.txt. MODEL defaults to tracker_s1's weights, made from the staged golden
+# file's recipe (real crop sizes and ResNet-50 to layer3, a small transformer).
 set -uo pipefail
-stage="${1:?usage: perf-tracker.sh STAGE_DIR ORIGINAL_DIR}"
-original="${2:?usage: perf-tracker.sh STAGE_DIR ORIGINAL_DIR}"
+usage="usage: perf-tracker.sh STAGE_DIR ORIGINAL_DIR | STAGE_DIR --ops [MODEL]"
+stage="${1:?$usage}"
+original="${2:?$usage}"
 out="${OUT:-perf-out}"
 budget="${PERF_BUDGET:-560}"
 iters="${PERF_ITERS:-300}"
@@ -35,6 +45,19 @@ steps_begin
 bash "$stage/unpack-stage.sh" "$stage" || exit 1
 export ATTNRT_REQUIRE_GPU=1
 source "$stage/cudnn-env.sh"
+
+if [ "$original" = "--ops" ]; then
+  model="${3:-$out/tracker_s1.safetensors}"
+  [ -n "${3:-}" ] || step weights 60 python3 "$stage/golden/make_weights.py" \
+    "$stage/golden/tracker_s1.golden.safetensors" "$model"
+  for precision in f32 tf32 bf16; do
+    step "ops-$precision" 120 "$stage/bin/attnrt-infer" --model "$model" --device cuda \
+      --mode fused --precision "$precision" --graph --iters "$iters" --warmup 30 --ops
+  done
+  [ -n "${3:-}" ] || rm -f "$model"
+  steps_failed && exit 1
+  exit 0
+fi
 
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
   > "$out/device.txt" 2>&1
@@ -90,7 +113,7 @@ print(b["precision"], b["mode"], "--graph" if b["launch"] == "graph" else "")
 read -r bprec bmode bgraph <<< "$best"
 # shellcheck disable=SC2086 # $bgraph is empty or one flag
 step trace 60 "$stage/bin/attnrt-infer" --model "$model" --device cuda --mode "$bmode" \
-  --precision "$bprec" $bgraph --iters 20 --warmup 5 --trace "$out/tracker-trace.json"
+  --precision "$bprec" $bgraph --iters 20 --warmup 5 --trace "$out/tracker-trace.json" --ops
 step jpeg-make 120 python3 "$stage/make_jpeg_sequence.py" "$out/jpeg-seq" --frames 1000
 step jpeg 180 bash -c "'$stage/bin/attnrt-infer' --model '$model' --device cuda --mode $bmode \
   --precision $bprec $bgraph --frames '$out/jpeg-seq' --json > '$out/jpeg.json'"

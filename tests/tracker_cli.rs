@@ -319,6 +319,7 @@ fn timing_the_tracking_step() {
     let j: Value = serde_json::from_str(&out).unwrap();
     assert!(j["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(j["fps"].as_f64().unwrap() > 0.0);
+    assert!(j["template_updates"].as_u64().unwrap() <= 2, "{out}");
     for stage in ["crop", "backbone", "transformer", "heads"] {
         assert!(j["stages_ms"][stage].as_f64().unwrap() >= 0.0, "{out}");
     }
@@ -376,6 +377,16 @@ fn bad_input_is_a_clear_error() {
         &["--trace", "needs a GPU engine"],
     );
     assert!(!trace.exists());
+    // --ops times the step's operations: not with --frames, nor on the CPU reference.
+    track(
+        &with_gt("ops", 2, "40,30,30,24\n"),
+        &["--ops"],
+        &["--ops", "not to --frames"],
+    );
+    fails(
+        &["--model", &m, "--device", "cpu", "--iters", "1", "--ops"],
+        &["--ops", "needs a GPU engine"],
+    );
     // A box outside the image (from --init and from groundtruth.txt).
     track(&seq, &["--init", "500,30,30,24"], &["--init", "outside"]);
     track(&seq, &["--init", "40,30,30"], &["--init"]);

@@ -6,8 +6,10 @@
 //! CPU reference, in every mode, with and without the graph (each network picks its own
 //! cuDNN algorithms, so runs agree to rounding, not bit for bit); the lookahead and
 //! changing frame sizes on one network; the trace of one step (`Network::trace` and
-//! `attnrt-infer --trace`). Skips without a GPU; `ATTNRT_REQUIRE_GPU=1` makes a missing GPU
-//! fail.
+//! `attnrt-infer --trace`); both forms of the corner head (grouped, split) against the
+//! golden and the CPU reference; every operation of a step timed on its own
+//! (`Network::profile_ops`, `attnrt-infer --ops`). Skips without a GPU;
+//! `ATTNRT_REQUIRE_GPU=1` makes a missing GPU fail.
 
 mod common;
 
@@ -16,11 +18,14 @@ use std::sync::Arc;
 use attnrt::base::Precision;
 use attnrt::cswintt::Mode;
 use attnrt::cswintt::gpu::trace::chrome_trace;
+use attnrt::gpu::Gpu;
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::tracker::golden::{CheckOptions, check_golden};
-use attnrt::tracker::gpu_network;
+use attnrt::tracker::gpu::{CornerForm, Storage};
 use attnrt::tracker::track::stage_times;
 use attnrt::tracker::{BBox, CpuNetwork, Frame, Network, Tracked, Tracker, TrackerWeights};
+use attnrt::tracker::{GpuNetwork, gpu_network};
+use half::bf16;
 
 const MODES: [Mode; 3] = [Mode::Sequential, Mode::Streams, Mode::Fused];
 
@@ -262,5 +267,140 @@ fn trace_names_every_stage_of_a_step() {
     assert!(stdout.contains("trace:"), "{stdout}");
     for stage in STAGES {
         assert!(stdout.contains(stage), "{stage} not in the table: {stdout}");
+    }
+}
+
+/// A GPU network (fused, graph) with the corner head's form forced.
+fn forced<T: Storage>(
+    gpu: &Arc<Gpu>,
+    weights: &Arc<TrackerWeights>,
+    precision: Precision,
+    form: CornerForm,
+) -> GpuNetwork<T> {
+    let mut net =
+        GpuNetwork::<T>::new(gpu.clone(), weights.clone(), Mode::Fused, precision, true).unwrap();
+    net.set_corner_form(Some(form));
+    net
+}
+
+/// Both forms of the corner head pass the golden check in f32 and bf16 and track the
+/// synthetic sequence as the CPU reference does; a network left to choose measures both
+/// and says so.
+#[test]
+fn both_corner_head_forms_match_the_reference() {
+    let Some(gpu) = gpu_or_skip("both_corner_head_forms_match_the_reference") else {
+        return;
+    };
+    let g = common::tracker_golden();
+    let golden_weights = Arc::new(TrackerWeights::load(&g.weights).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&dir);
+    let seq = frames(160, 120);
+    let cpu = track(CpuNetwork::new(weights.clone()).unwrap(), &seq, 0).0;
+    let mut failed = Vec::new();
+    for form in [CornerForm::Grouped, CornerForm::Split] {
+        for precision in [Precision::F32, Precision::Bf16] {
+            let net: Box<dyn Network> = match precision {
+                Precision::Bf16 => Box::new(forced::<bf16>(&gpu, &golden_weights, precision, form)),
+                _ => Box::new(forced::<f32>(&gpu, &golden_weights, precision, form)),
+            };
+            let options = CheckOptions::for_precision(precision);
+            let report = check_golden(&g.golden, net, options).unwrap();
+            assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+            for l in report.lines.iter().filter(|l| !l.ok) {
+                failed.push(format!("{form} {precision}: {l:?}"));
+            }
+        }
+        let (got, net) = track(forced::<f32>(&gpu, &weights, Precision::F32, form), &seq, 1);
+        assert_follows(&got, &cpu, &format!("corner head {form}"));
+        assert_eq!(net.corner_form(), Some(form));
+        let says = format!("corner head {form} (forced)");
+        assert!(net.describe().contains(&says), "{}", net.describe());
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+    let net = GpuNetwork::<bf16>::new(gpu, weights, Mode::Fused, Precision::Bf16, true).unwrap();
+    let (_, net) = track(net, &seq, 1);
+    assert!(net.corner_form().is_some());
+    assert!(
+        net.describe().contains("(measured: grouped"),
+        "{}",
+        net.describe()
+    );
+}
+
+/// `Network::profile_ops` names every operation of a step, each convolution with its
+/// FLOPs and cuDNN's plan, and leaves the tracker as it was; `attnrt-infer --ops` prints
+/// the table.
+#[test]
+fn ops_time_every_operation_of_a_step() {
+    let Some(gpu) = gpu_or_skip("ops_time_every_operation_of_a_step") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let weights = tiny_weights(&dir);
+    let seq = frames(160, 120);
+    let cpu = track(CpuNetwork::new(weights.clone()).unwrap(), &seq, 0).0;
+    let net = gpu_network(gpu, weights, Mode::Streams, Precision::F32, true).unwrap();
+    let mut t = Tracker::new(net, 2).unwrap();
+    t.initialise(&seq[0], BBox::new(40.0, 30.0, 30.0, 24.0))
+        .unwrap();
+    let state = t.state().unwrap();
+    let rows = t.network_mut().profile_ops(&seq[1], &state, 3).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    for name in [
+        "crop",
+        "stem",
+        "maxpool",
+        "layer1.0.conv1",
+        "layer1.0.downsample",
+        "layer1.1.conv3",
+        "layer3.0.conv3",
+        "bottleneck",
+        "features -> tokens",
+        "transformer",
+        "scale_by_dot",
+        "corner.score.tl",
+        "corner.score.br",
+        "soft_argmax",
+        "score head",
+    ] {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    for r in &rows {
+        assert!(
+            r.graph_us > 0.0 && r.host_us > 0.0 && r.eager_us > 0.0,
+            "{r:?}"
+        );
+        assert_eq!(r.flops > 0.0, r.detail.starts_with("conv2d "), "{r:?}");
+    }
+    assert_eq!(t.state(), Some(state));
+    let got: Vec<Tracked> = seq[1..].iter().map(|f| t.track(f).unwrap()).collect();
+    assert_follows(&got, &cpu, "tracking after --ops");
+
+    let model = common::tiny_tracker_file(dir.path(), 3);
+    let out = std::process::Command::new(common::bin(
+        "attnrt-infer",
+        env!("CARGO_BIN_EXE_attnrt-infer"),
+    ))
+    .args([
+        "--device", "cuda", "--graph", "--iters", "3", "--ops", "--model",
+    ])
+    .arg(&model)
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    for part in [
+        "ops:",
+        "layer2.0.conv2",
+        "cuDNN's benchmark:",
+        "(layer3)",
+        "(corner)",
+        "TFLOP/s",
+        "(convolutions)",
+        "(all)",
+    ] {
+        assert!(stdout.contains(part), "{part} not in {stdout}");
     }
 }

@@ -883,6 +883,19 @@ impl Conv2dKernels {
         Some(s)
     }
 
+    /// cuDNN's benchmark of `shape`'s forward pass as planned: every acceptable algorithm,
+    /// fastest first (the first runs), with its math, cuDNN's time and workspace, then those
+    /// passed over and why; `None` before `shape` was planned.
+    pub fn forward_candidates(&self, shape: &Conv2dShape) -> Option<String> {
+        let forward = &self.plans.get(shape)?.forward;
+        let list: Vec<String> = forward.list.iter().map(|c| c.to_string()).collect();
+        let mut s = list.join(", ");
+        if !forward.refused.is_empty() {
+            write!(s, "; passed over: {}", forward.refused.join(", ")).unwrap();
+        }
+        Some(s)
+    }
+
     /// `y = epilogue(conv(x, w))`: `x` `[batch][h][w][in]`, `w` `[out][kh][kw][in / groups]`,
     /// `y` `[batch][out_h][out_w][out]` (see [`Epilogue`]).
     pub fn forward<T: Element>(

@@ -21,7 +21,7 @@ use super::eval::{Metrics, evaluate, mean, success_plot};
 use super::frame::{BBox, Frame};
 use super::golden::{CheckLine, CheckOptions, Measure, check_golden};
 use super::gpu::gpu_network;
-use super::track::{DEFAULT_UPDATE_INTERVAL, Network, StageTimes, Tracker};
+use super::track::{DEFAULT_UPDATE_INTERVAL, Network, OpTiming, StageTimes, Tracker};
 use super::weights::{FORMAT, TrackerWeights, is_tracker};
 use crate::base::devices::Device;
 use crate::base::{LatencyStats, Precision, TensorFile};
@@ -74,6 +74,12 @@ pub struct TrackArgs {
     /// Draw the success plot of the evaluated sequences as SVG.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    /// When timing the step (GPU): time every operation of one search step on its own
+    /// (each convolution with its shape, cuDNN's algorithm and its FLOP rate): GPU time per
+    /// call from a CUDA graph of 20 calls, host time to queue one call.
+    #[arg(long)]
+    pub ops: bool,
 }
 
 impl TrackArgs {
@@ -150,12 +156,24 @@ pub fn run(
         })?;
         let weights = Arc::new(TrackerWeights::load(model)?);
         let net = network(weights.clone(), shared, events)?;
+        if args.ops {
+            return Err(Error::invalid(
+                "--ops",
+                "applies to timing the step (--model TRACKER alone), not to --frames",
+            ));
+        }
         return track(args, shared, model, weights, net, out, events).map(Some);
     }
     if let Some(flag) = args.tracking_only() {
         return Err(Error::invalid(
             flag,
             "applies to tracking; pass --frames DIR",
+        ));
+    }
+    if args.ops && shared.check.is_some() {
+        return Err(Error::invalid(
+            "--ops",
+            "applies to timing the step (--model TRACKER alone), not to --check",
         ));
     }
     if let Some(golden) = shared.check {
@@ -185,7 +203,7 @@ pub fn run(
     {
         let weights = Arc::new(TrackerWeights::load(model)?);
         let net = network(weights.clone(), shared, events)?;
-        return time_step(shared, model, weights, net, out).map(Some);
+        return time_step(shared, args.ops, model, weights, net, out).map(Some);
     }
     Ok(None)
 }
@@ -673,9 +691,14 @@ pub fn check_line(l: &CheckLine) -> String {
     format!("{:<44} {what}  {verdict}", l.name)
 }
 
-/// Tracks `iters` random frames after `warmup` and reports the step's latency and stages.
+/// Calls of each operation `--ops` times.
+pub const OPS_REPS: usize = 20;
+
+/// Tracks `iters` random frames after `warmup` and reports the step's latency and stages;
+/// with `ops`, every operation of one more step timed on its own.
 fn time_step(
     shared: &Shared,
+    ops: bool,
     model: &Path,
     weights: Arc<TrackerWeights>,
     net: Box<dyn Network>,
@@ -701,24 +724,34 @@ fn time_step(
     );
     // Random frames move the box anywhere; it starts over from the middle when the
     // prediction shrinks it to the clip margin, so every step crops a real search region.
-    let step = |tracker: &mut Tracker<Box<dyn Network>>, i: usize| -> Result<()> {
+    // Whether the step also replaced the template.
+    let step = |tracker: &mut Tracker<Box<dyn Network>>, i: usize| -> Result<bool> {
         let (frame, next) = (&frames[i % frames.len()], &frames[(i + 1) % frames.len()]);
-        let b = tracker.track_ahead(frame, Some(next))?.bbox;
+        let tracked = tracker.track_ahead(frame, Some(next))?;
+        let b = tracked.bbox;
         if b.w <= 10.0 || b.h <= 10.0 {
             tracker.set_state(start);
         }
-        Ok(())
+        Ok(tracked.template_updated)
     };
     let mut lat = Vec::with_capacity(iters);
+    // The timed steps that did not replace the template: the search alone.
+    let mut search_lat = Vec::with_capacity(iters);
     let mut stages = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let t0 = Instant::now();
-        step(&mut tracker, i)?;
+        let updated = step(&mut tracker, i)?;
         if i >= warmup {
-            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            lat.push(ms);
+            if !updated {
+                search_lat.push(ms);
+            }
             stages.extend(tracker.network().stage_times());
         }
     }
+    let updates = lat.len() - search_lat.len();
+    let search_stats = LatencyStats::new(&search_lat);
     if stages.is_empty() {
         // An engine that replays one graph a step times its stages only in eager steps:
         // a few of those after the timed ones.
@@ -732,6 +765,14 @@ fn time_step(
     let memory = tracker.network().device_memory();
     let traced = match (shared.trace, tracker.state()) {
         (Some(p), Some(state)) => Some(write_trace(tracker.network_mut(), &frames[0], &state, p)?),
+        _ => None,
+    };
+    let op_rows = match (ops, tracker.state()) {
+        (true, Some(state)) => Some(
+            tracker
+                .network_mut()
+                .profile_ops(&frames[0], &state, OPS_REPS)?,
+        ),
         _ => None,
     };
     if lat.is_empty() {
@@ -757,10 +798,16 @@ fn time_step(
             "warmup": warmup,
             "iters": iters,
             "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
+            "template_updates": updates,
+            "update_interval": interval,
+            "search_latency_ms": search_stats.as_ref().map(|s| {
+                json!({"p50": s.p50, "p90": s.p90, "p99": s.p99, "mean": s.mean})
+            }),
             "fps": stats.per_second(1.0),
             "stages_ms": (!stages.is_empty()).then_some(avg),
             "device_memory_bytes": memory,
             "trace": traced.as_ref().map(|t| trace_json(shared.trace, t)),
+            "ops": op_rows.as_ref().map(|rows| json!({"reps": OPS_REPS, "rows": rows})),
         });
         writeln!(out, "{j}").map_err(write_err)?;
     } else {
@@ -777,6 +824,16 @@ fn time_step(
         )
         .map_err(write_err)?;
         writeln!(out, "latency: {stats}").map_err(write_err)?;
+        if updates > 0 {
+            writeln!(
+                out,
+                "updates: {updates} of the {} timed steps also replaced the template (every \
+                 {interval} frames when confident); the others alone: {}",
+                lat.len(),
+                search_stats.map_or_else(|| "none".to_string(), |s| s.to_string())
+            )
+            .map_err(write_err)?;
+        }
         writeln!(out, "fps:     {:.2} frames/s", stats.per_second(1.0)).map_err(write_err)?;
         if !stages.is_empty() {
             let parts: Vec<String> = avg
@@ -797,8 +854,89 @@ fn time_step(
         if let Some(t) = &traced {
             write_trace_table(out, shared.trace, "a random frame", t)?;
         }
+        if let Some(rows) = &op_rows {
+            write_ops_table(out, rows)?;
+        }
     }
     Ok(0)
+}
+
+/// `--ops`: one line per operation (GPU time per call in a graph, its FLOP rate, the host's
+/// time to queue it, the eager wall-clock per call, a convolution's shape and plan, and on
+/// a line below, the forward algorithms cuDNN's benchmark timed), then the sums per layer,
+/// over the corner head, over the convolutions and over everything.
+fn write_ops_table(out: &mut dyn Write, rows: &[OpTiming]) -> Result<()> {
+    writeln!(
+        out,
+        "ops:     every operation of one search step on its own, {OPS_REPS} calls each: GPU us \
+         per call in one CUDA graph, host us to queue one, eager us per call waited for"
+    )
+    .map_err(write_err)?;
+    writeln!(
+        out,
+        "         {:<22} {:>9} {:>8} {:>8} {:>9}  shape and plan",
+        "op", "GPU us", "TFLOP/s", "host us", "eager us"
+    )
+    .map_err(write_err)?;
+    let rate = |flops: f64, us: f64| {
+        if flops > 0.0 && us > 0.0 {
+            format!("{:.2}", flops / us * 1e-6)
+        } else {
+            "-".into()
+        }
+    };
+    for r in rows {
+        writeln!(
+            out,
+            "         {:<22} {:>9.1} {:>8} {:>8.1} {:>9.1}  {}",
+            r.name,
+            r.graph_us,
+            rate(r.flops, r.graph_us),
+            r.host_us,
+            r.eager_us,
+            r.detail
+        )
+        .map_err(write_err)?;
+        if !r.candidates.is_empty() {
+            writeln!(out, "{:>69}  cuDNN's benchmark: {}", "", r.candidates).map_err(write_err)?;
+        }
+    }
+    // Sums over the rows `keep` picks: FLOPs, GPU, host and eager us.
+    let sum = |keep: &dyn Fn(&OpTiming) -> bool| {
+        rows.iter()
+            .filter(|r| keep(r))
+            .fold([0.0; 4], |[f, g, h, e], r| {
+                [f + r.flops, g + r.graph_us, h + r.host_us, e + r.eager_us]
+            })
+    };
+    // Each group of rows named `GROUP.…` (layer1, layer2, layer3, corner), then the
+    // convolutions and everything.
+    let group = |r: &OpTiming| r.name.split_once('.').map(|(g, _)| g.to_string());
+    let groups: Vec<String> = rows.iter().filter_map(group).fold(Vec::new(), |mut g, n| {
+        if !g.contains(&n) {
+            g.push(n);
+        }
+        g
+    });
+    let mut sums: Vec<(String, [f64; 4])> = groups
+        .iter()
+        .map(|g| {
+            let in_group = |r: &OpTiming| group(r).as_ref() == Some(g);
+            (format!("({g})"), sum(&in_group))
+        })
+        .collect();
+    sums.push(("(convolutions)".into(), sum(&|r| r.flops > 0.0)));
+    sums.push(("(all)".into(), sum(&|_| true)));
+    for (name, [flops, graph, host, eager]) in sums {
+        writeln!(
+            out,
+            "         {name:<22} {graph:>9.1} {:>8} {host:>8.1} {eager:>9.1}  {:.2} GFLOP",
+            rate(flops, graph),
+            flops * 1e-9
+        )
+        .map_err(write_err)?;
+    }
+    Ok(())
 }
 
 /// `--trace FILE`: one search of `frame` around `state`, traced (a span per stage, from CUDA

@@ -13,24 +13,25 @@
 //! Everything a step needs is allocated once. The templates' tokens live in one f32 buffer
 //! (template 1, then template 2) copied into the transformer's input by one device copy in
 //! every step: the encoder works in place on its input, overwriting the template rows
-//! too, so they cannot live there between steps. The corner head's two branches (same
-//! shapes) run as one convolution per layer: the first layer's outputs concatenated, the
-//! later 3x3 layers grouped (two groups), the 1x1 score layers as two convolutions over
-//! both branches' channels with the other branch's weights zero (the soft-argmax wants the
-//! two maps apart, not interleaved as one 2-channel output would be).
+//! too, so they cannot live there between steps. The corner head's two branches run in
+//! the faster of two forms, measured on the first step ([`CornerForm`]).
 //!
-//! With the graph on, the whole search step (crop -> corners and logit) is captured into
-//! one CUDA graph after one eager step (which plans cuDNN's algorithms) and replayed every
-//! frame: the host writes only what the graph reads (the frame, the crop window, the masks
-//! when they change, the templates when updated) and reads back four corners and the logit.
-//! Frames go up and results come back through page-locked memory ([`host`]), the next
-//! frame copied while the current step runs when the caller names it
-//! ([`Network::search_ahead`]); the step waits only for its results.
+//! Initialising plans the search step (one eager search around the first box: cuDNN's
+//! algorithm searches, the corner head's choice), so no tracked frame pays for it. With the
+//! graph on, it then captures the whole search step (crop -> corners and logit) into one
+//! CUDA graph, replayed every frame, and the template step into another, replayed at each
+//! template update: the host writes only what the graphs read (the frame, the crop window,
+//! the masks when they change, the templates when updated) and reads back four corners and
+//! the logit. Frames go up and results come back through page-locked memory ([`host`]), the
+//! next frame copied while the current step runs when the caller names it
+//! ([`Network::search_ahead`]); the step waits only for its results. `--ops` times every
+//! operation of a step on its own ([`profile`]).
 //!
 //! The transformer does not read positional encodings, so none are computed here; the
 //! golden check takes them from the host's cache.
 
 mod host;
+mod profile;
 
 use std::sync::Arc;
 
@@ -40,15 +41,15 @@ use half::bf16;
 use super::crop::{Crop, CropWindow, crop_window};
 use super::frame::{BBox, Frame};
 use super::track::{
-    Activation, BackboneStages, CropKind, Features, Network, Prediction, SearchDetail, StageTimes,
-    corners_to_box, stage_times,
+    Activation, BackboneStages, CropKind, Features, Network, OpTiming, Prediction, SearchDetail,
+    StageTimes, corners_to_box, stage_times,
 };
 use super::weights::{Conv, CornerBranch, FEATURE_STRIDE, TrackerConfig, TrackerWeights};
 use crate::base::{Precision, Tensor};
 use crate::cswintt::gpu::{GpuEngine, Part};
 use crate::cswintt::{Backend, Mode};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
+use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, time_ms, upload};
 use crate::kernels::cast::CastKernels;
 use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue};
 use crate::kernels::crop::cpu::sampled_mask;
@@ -60,6 +61,7 @@ use crate::kernels::pool::Pool2d;
 use crate::kernels::soft_argmax::SoftArgmaxKernels;
 use crate::model::weights::Linear;
 use host::HostTraffic;
+use profile::{Profiler, op};
 
 /// The storage of the convolutions' tensors: f32 (the f32 and tf32 precisions) or bf16.
 pub trait Storage: Element + ValidAsZeroBits {
@@ -127,8 +129,10 @@ impl Storage for bf16 {
 }
 
 /// One convolution on the device: KRSC weights and the folded bias, in the storage type,
-/// in `groups` groups (`conv`'s channels are all groups' together).
+/// in `groups` groups (`conv`'s channels are all groups' together), and its name in
+/// `--ops` tables.
 struct DeviceConv<T> {
+    name: String,
     weight: DeviceBuffer<T>,
     bias: DeviceBuffer<T>,
     conv: Conv,
@@ -136,12 +140,13 @@ struct DeviceConv<T> {
 }
 
 impl<T: Storage> DeviceConv<T> {
-    fn upload(stream: &Arc<CudaStream>, conv: &Conv) -> Result<DeviceConv<T>> {
-        Self::upload_grouped(stream, conv, 1)
+    fn upload(stream: &Arc<CudaStream>, name: String, conv: &Conv) -> Result<DeviceConv<T>> {
+        Self::upload_grouped(stream, name, conv, 1)
     }
 
     fn upload_grouped(
         stream: &Arc<CudaStream>,
+        name: String,
         conv: &Conv,
         groups: usize,
     ) -> Result<DeviceConv<T>> {
@@ -149,6 +154,7 @@ impl<T: Storage> DeviceConv<T> {
         let krsc = shape.weight_to_gpu(&conv.weight);
         let to = |v: &[f32]| v.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>();
         Ok(DeviceConv {
+            name,
             weight: upload(stream, &to(&krsc))?,
             bias: upload(stream, &to(&conv.bias))?,
             conv: conv.clone(),
@@ -162,11 +168,43 @@ impl<T: Storage> DeviceConv<T> {
     }
 }
 
-/// The corner head's two branches as one: each hidden layer one convolution over both
-/// branches' channels (top-left first), then the two 1x1 score layers.
+/// How the corner head runs its two branches (same layer shapes): cuDNN's speed differs
+/// between them by precision and card (an eager bf16 step on an H200 spent 1.77 ms in the
+/// grouped head, an f32 one 0.29 ms), so the step measures both once and keeps the faster
+/// ([`GpuNetwork::set_corner_form`] forces one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CornerForm {
+    /// One convolution per layer over both branches' channels: the first layer's outputs
+    /// concatenated, the later 3x3 layers in two groups, each 1x1 score layer over both
+    /// branches' channels with the other branch's weights zero (the soft-argmax wants the
+    /// two maps apart, not interleaved as one 2-channel output would be). Half the launches.
+    Grouped,
+    /// Each branch's own convolutions, top-left then bottom-right, each branch's activations
+    /// in its own half of the ping-pong buffers.
+    Split,
+}
+
+impl std::fmt::Display for CornerForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CornerForm::Grouped => "grouped",
+            CornerForm::Split => "split",
+        })
+    }
+}
+
+/// The corner head in both forms ([`CornerForm`]), and the one the step runs.
 struct CornerHead<T> {
-    hidden: Vec<DeviceConv<T>>,
-    score: [DeviceConv<T>; 2],
+    /// The grouped form's hidden layers, then its two score layers.
+    grouped: Vec<DeviceConv<T>>,
+    grouped_score: [DeviceConv<T>; 2],
+    /// The split form: each branch's hidden layers, then its score layer.
+    split: [Vec<DeviceConv<T>>; 2],
+    /// The form forced, else measured on the first step.
+    forced: Option<CornerForm>,
+    form: Option<CornerForm>,
+    /// Milliseconds per run of the grouped and the split form, when measured.
+    measured: Option<[f64; 2]>,
 }
 
 impl<T: Storage> CornerHead<T> {
@@ -188,7 +226,7 @@ impl<T: Storage> CornerHead<T> {
             ));
         }
         let cat = |a: &[f32], b: &[f32]| [a, b].concat();
-        let hidden = tl
+        let grouped = tl
             .convs
             .iter()
             .zip(&br.convs)
@@ -197,24 +235,25 @@ impl<T: Storage> CornerHead<T> {
                 // The first layer reads one input for both branches; the later ones each
                 // branch's own half of the channels.
                 let groups = if i == 0 { 1 } else { 2 };
-                let fused = Conv {
+                let both = Conv {
                     weight: cat(&a.weight, &b.weight),
                     bias: cat(&a.bias, &b.bias),
                     in_channels: a.in_channels * groups,
                     out_channels: 2 * a.out_channels,
                     ..a.clone()
                 };
-                DeviceConv::upload_grouped(s, &fused, groups)
+                DeviceConv::upload_grouped(s, format!("corner.{i}"), &both, groups)
             })
             .collect::<Result<Vec<_>>>()?;
         // Each score layer over both branches' channels, zero on the other branch's: the
         // same sums (the added terms are exact zeros) into a map of its own. Without hidden
         // layers both read the one input as they are.
         let zeros = vec![0.0; tl.score.weight.len()];
-        let apart = hidden.is_empty();
+        let apart = grouped.is_empty();
         let score = |own: &Conv, first: bool| -> Result<DeviceConv<T>> {
+            let name = format!("corner.score.{}", if first { "tl" } else { "br" });
             if apart {
-                return DeviceConv::upload(s, own);
+                return DeviceConv::upload(s, name, own);
             }
             let weight = if first {
                 cat(&own.weight, &zeros)
@@ -226,11 +265,29 @@ impl<T: Storage> CornerHead<T> {
                 in_channels: 2 * own.in_channels,
                 ..own.clone()
             };
-            DeviceConv::upload(s, &wide)
+            DeviceConv::upload(s, name, &wide)
+        };
+        let branch = |b: &CornerBranch, which: &str| -> Result<Vec<DeviceConv<T>>> {
+            let mut convs = b
+                .convs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| DeviceConv::upload(s, format!("corner.{i}.{which}"), c))
+                .collect::<Result<Vec<_>>>()?;
+            convs.push(DeviceConv::upload(
+                s,
+                format!("corner.score.{which}"),
+                &b.score,
+            )?);
+            Ok(convs)
         };
         Ok(CornerHead {
-            hidden,
-            score: [score(&tl.score, true)?, score(&br.score, false)?],
+            grouped,
+            grouped_score: [score(&tl.score, true)?, score(&br.score, false)?],
+            split: [branch(tl, "tl")?, branch(br, "br")?],
+            forced: None,
+            form: None,
+            measured: None,
         })
     }
 }
@@ -260,7 +317,7 @@ struct Params<T> {
 
 impl<T: Storage> Params<T> {
     fn upload(s: &Arc<CudaStream>, w: &TrackerWeights) -> Result<Params<T>> {
-        let conv = |c: &Conv| DeviceConv::upload(s, c);
+        let conv = |name: String, c: &Conv| DeviceConv::upload(s, name, c);
         let linear = |l: &Linear| -> Result<DeviceLinear> {
             Ok(DeviceLinear {
                 weight: upload(s, &l.weight.data)?,
@@ -270,26 +327,33 @@ impl<T: Storage> Params<T> {
             })
         };
         Ok(Params {
-            stem: conv(&w.backbone.stem)?,
+            stem: conv("stem".into(), &w.backbone.stem)?,
             stages: w
                 .backbone
                 .stages
                 .iter()
-                .map(|stage| {
+                .enumerate()
+                .map(|(n, stage)| {
                     stage
                         .iter()
-                        .map(|b| {
+                        .enumerate()
+                        .map(|(i, b)| {
+                            let name = |part: &str| format!("layer{}.{i}.{part}", n + 1);
                             Ok(DeviceBlock {
-                                conv1: conv(&b.conv1)?,
-                                conv2: conv(&b.conv2)?,
-                                conv3: conv(&b.conv3)?,
-                                downsample: b.downsample.as_ref().map(conv).transpose()?,
+                                conv1: conv(name("conv1"), &b.conv1)?,
+                                conv2: conv(name("conv2"), &b.conv2)?,
+                                conv3: conv(name("conv3"), &b.conv3)?,
+                                downsample: b
+                                    .downsample
+                                    .as_ref()
+                                    .map(|d| conv(name("downsample"), d))
+                                    .transpose()?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()
                 })
                 .collect::<Result<Vec<_>>>()?,
-            bottleneck: conv(&w.bottleneck)?,
+            bottleneck: conv("bottleneck".into(), &w.bottleneck)?,
             corners: CornerHead::upload(s, &w.corner_tl, &w.corner_br)?,
             score_head: w.score_head.iter().map(linear).collect::<Result<_>>()?,
         })
@@ -305,6 +369,8 @@ struct Kernels {
     max_pool: MaxPoolKernels,
     soft_argmax: SoftArgmaxKernels,
     linear: LinearKernels,
+    /// On while `--ops` times a step's operations.
+    profile: Option<Profiler>,
 }
 
 /// The device buffers of a step, allocated once.
@@ -325,9 +391,12 @@ struct Buffers<T> {
     /// Templates 1 and 2, each `(template tokens, c)` f32, one after the other as the
     /// transformer takes them.
     templates: DeviceBuffer<f32>,
-    /// The corner head's input and its two ping-pong activations (both branches' channels).
+    /// The corner head's input and its two ping-pong activations (both branches' channels:
+    /// interleaved per pixel in the grouped form, the bottom-right branch's from element
+    /// `corner_half` in the split form).
     opt: DeviceBuffer<T>,
     corner: [DeviceBuffer<T>; 2],
+    corner_half: usize,
     /// Both branches' score maps, `(2, search tokens)`.
     scores: DeviceBuffer<T>,
     /// `(x_tl, y_tl, x_br, y_br)` in crop pixels.
@@ -359,6 +428,8 @@ pub struct GpuNetwork<T: Storage> {
     /// Whether one eager step ran since the buffers last changed (a capture needs it).
     warm: bool,
     graph: Option<Graph>,
+    /// The template step (crop -> features into template 2), captured at initialisation.
+    template_graph: Option<Graph>,
     timing: bool,
     stages: Option<StageTimes>,
 }
@@ -432,6 +503,8 @@ impl<T: Storage> GpuNetwork<T> {
             .unwrap_or(1)
             .max(c)
             * 2;
+        // Each branch's half starts on a 16-byte boundary (8 elements), as cuDNN wants.
+        let corner_half = (search_tokens * widest / 2).next_multiple_of(8);
         let buf = Buffers {
             frame: bytes(3)?,
             frame_size: (1, 1),
@@ -450,10 +523,8 @@ impl<T: Storage> GpuNetwork<T> {
             feat: zeros(search_tokens.max(tcfg.template_tokens()) * c)?,
             templates: f(2 * tcfg.template_tokens() * c)?,
             opt: zeros(search_tokens * c)?,
-            corner: [
-                zeros(search_tokens * widest)?,
-                zeros(search_tokens * widest)?,
-            ],
+            corner: [zeros(2 * corner_half)?, zeros(2 * corner_half)?],
+            corner_half,
             scores: zeros(2 * search_tokens)?,
             corners: s
                 .alloc_zeros::<f64>(4)
@@ -469,6 +540,7 @@ impl<T: Storage> GpuNetwork<T> {
             max_pool: MaxPoolKernels::load(&gpu)?,
             soft_argmax: SoftArgmaxKernels::load(&gpu)?,
             linear: LinearKernels::load_precision(&gpu, precision)?,
+            profile: None,
         };
         let engine =
             GpuEngine::with_precision(gpu.clone(), weights.transformer.clone(), mode, precision)?;
@@ -495,16 +567,18 @@ impl<T: Storage> GpuNetwork<T> {
             use_graph: graph,
             warm: false,
             graph: None,
+            template_graph: None,
             timing: false,
             stages: None,
         })
     }
 
     /// Sizes the device frame for `height x width` frames, reallocating it (and dropping
-    /// the graph, which holds its address) when the size changed.
+    /// the graphs, which hold its address) when the size changed.
     fn frame_buffer(&mut self, height: usize, width: usize) -> Result<()> {
         if self.buf.frame_size != (height, width) {
             self.graph = None;
+            self.template_graph = None;
             self.warm = false;
             self.buf.frame = self
                 .gpu
@@ -525,26 +599,30 @@ impl<T: Storage> GpuNetwork<T> {
     /// Crops the uploaded frame at `win` into `act[0]` (normalised), and into the pixel and
     /// mask buffers with `extras`.
     fn crop_device(&mut self, side: usize, extras: bool) -> Result<()> {
-        let s = self.gpu.stream();
+        let s = self.gpu.stream().clone();
         let (h, w) = self.buf.frame_size;
         let n = side * side;
-        let ex = if extras {
-            CropExtras {
-                pixels: Some(self.buf.pixels.slice_mut(..n * 3)),
-                mask: Some(self.buf.mask.slice_mut(..n)),
-            }
-        } else {
-            CropExtras::default()
-        };
-        self.k.crop.run(
-            s,
-            &self.buf.frame,
-            (h, w),
-            &self.buf.window,
-            side,
-            &mut self.buf.act[0].slice_mut(..n * 3),
-            ex,
-        )
+        let (k, b) = (&mut self.k, &mut self.buf);
+        op(&mut k.profile, "crop", 0.0, || {
+            let ex = if extras {
+                CropExtras {
+                    pixels: Some(b.pixels.slice_mut(..n * 3)),
+                    mask: Some(b.mask.slice_mut(..n)),
+                }
+            } else {
+                CropExtras::default()
+            };
+            k.crop.run(
+                &s,
+                &b.frame,
+                (h, w),
+                &b.window,
+                side,
+                &mut b.act[0].slice_mut(..n * 3),
+                ex,
+            )
+        })
+        .map(drop)
     }
 
     /// The backbone and bottleneck on the normalised crop in `act[0]` (`side x side`): the
@@ -563,7 +641,16 @@ impl<T: Storage> GpuNetwork<T> {
         let (stem, pooled) = span(timer.as_deref_mut(), "backbone/stem", &s, || {
             let stem = {
                 let [x, y] = pick(&mut b.act, [0, 1]);
-                conv(k, &p.stem, side, side, x, None, true, y.slice_mut(..))?
+                conv(
+                    k,
+                    &p.stem,
+                    side,
+                    side,
+                    x.as_view(),
+                    None,
+                    true,
+                    y.as_view_mut(),
+                )?
             };
             if capture {
                 stages = Some(BackboneStages {
@@ -581,14 +668,17 @@ impl<T: Storage> GpuNetwork<T> {
                 pad: 1,
             };
             let (a0, a1) = b.act.split_at_mut(1);
-            T::max_pool(
-                &k.max_pool,
-                &s,
-                &pool,
-                &a1[0].slice(..pool.input_len()),
-                &mut a0[0].slice_mut(..pool.output_len()),
-                &mut b.pool_idx,
-            )?;
+            let idx = &mut b.pool_idx;
+            op(&mut k.profile, "maxpool", 0.0, || {
+                T::max_pool(
+                    &k.max_pool,
+                    &s,
+                    &pool,
+                    &a1[0].slice(..pool.input_len()),
+                    &mut a0[0].slice_mut(..pool.output_len()),
+                    idx,
+                )
+            })?;
             Ok((stem, pool.out_size()))
         })?;
         // x in act[ix]; each block's conv1 -> y1, conv2 -> y2, the shortcut -> sc, and
@@ -603,41 +693,27 @@ impl<T: Storage> GpuNetwork<T> {
                     let (y1, y2, sc) = (others[0], others[1], others[2]);
                     let d1 = {
                         let [x, y] = pick(&mut b.act, [ix, y1]);
-                        conv(
-                            k,
-                            &block.conv1,
-                            dims.0,
-                            dims.1,
-                            x,
-                            None,
-                            true,
-                            y.slice_mut(..),
-                        )?
+                        let (x, y) = (x.as_view(), y.as_view_mut());
+                        conv(k, &block.conv1, dims.0, dims.1, x, None, true, y)?
                     };
                     let d2 = {
                         let [x, y] = pick(&mut b.act, [y1, y2]);
-                        conv(k, &block.conv2, d1.0, d1.1, x, None, true, y.slice_mut(..))?
+                        let (x, y) = (x.as_view(), y.as_view_mut());
+                        conv(k, &block.conv2, d1.0, d1.1, x, None, true, y)?
                     };
                     let shortcut = match &block.downsample {
                         Some(d) => {
                             let [x, y] = pick(&mut b.act, [ix, sc]);
-                            conv(k, d, dims.0, dims.1, x, None, false, y.slice_mut(..))?;
+                            let (x, y) = (x.as_view(), y.as_view_mut());
+                            conv(k, d, dims.0, dims.1, x, None, false, y)?;
                             sc
                         }
                         None => ix,
                     };
                     let out = {
                         let [x, r, y] = pick(&mut b.act, [y2, shortcut, y1]);
-                        conv(
-                            k,
-                            &block.conv3,
-                            d2.0,
-                            d2.1,
-                            x,
-                            Some(r),
-                            true,
-                            y.slice_mut(..),
-                        )?
+                        let (x, r, y) = (x.as_view(), Some(r.as_view()), y.as_view_mut());
+                        conv(k, &block.conv3, d2.0, d2.1, x, r, true, y)?
                     };
                     ix = y1;
                     dims = out;
@@ -649,18 +725,8 @@ impl<T: Storage> GpuNetwork<T> {
             }
         }
         span(timer, "backbone/bottleneck", &s, || {
-            let feat = b.feat.slice_mut(..);
-            conv(
-                k,
-                &p.bottleneck,
-                dims.0,
-                dims.1,
-                &b.act[ix],
-                None,
-                false,
-                feat,
-            )
-            .map(drop)
+            let (x, y) = (b.act[ix].as_view(), b.feat.as_view_mut());
+            conv(k, &p.bottleneck, dims.0, dims.1, x, None, false, y).map(drop)
         })?;
         Ok(stages)
     }
@@ -669,21 +735,19 @@ impl<T: Storage> GpuNetwork<T> {
     fn widen_features(&mut self, tokens: usize, dst: Dest) -> Result<()> {
         let s = self.gpu.stream().clone();
         let n = tokens * self.weights.d_model();
-        let x = self.buf.feat.slice(..n);
-        match dst {
-            Dest::Template(slot) => T::widen(
-                &self.k.cast,
-                &s,
-                &x,
-                &mut self.buf.templates.slice_mut(slot * n..(slot + 1) * n),
-            ),
+        let (k, b) = (&mut self.k, &mut self.buf);
+        let x = b.feat.slice(..n);
+        let mut y = match dst {
+            Dest::Template(slot) => b.templates.slice_mut(slot * n..(slot + 1) * n),
             Dest::Search => {
-                let c = self.weights.d_model();
-                let off = self.weights.transformer.config.search_offset() * c;
-                let tokens = self.engine.tokens_mut()?;
-                T::widen(&self.k.cast, &s, &x, &mut tokens.slice_mut(off..off + n))
+                let off = self.weights.transformer.config.search_offset() * self.weights.d_model();
+                self.engine.tokens_mut()?.slice_mut(off..off + n)
             }
-        }
+        };
+        op(&mut k.profile, "features -> tokens", 0.0, || {
+            T::widen(&k.cast, &s, &x, &mut y)
+        })
+        .map(drop)
     }
 
     /// Gives the engine the masks when they changed since it was given them last.
@@ -702,89 +766,120 @@ impl<T: Storage> GpuNetwork<T> {
         let s = self.gpu.stream().clone();
         let c = self.weights.d_model();
         {
-            let templates = &self.buf.templates;
-            let tokens = self.engine.tokens_mut()?;
-            s.memcpy_dtod(templates, &mut tokens.slice_mut(..templates.len()))
-                .cuda(|| "copying the templates into the transformer's input".into())?;
+            let (engine, templates, k) = (&mut self.engine, &self.buf.templates, &mut self.k);
+            span(timer.as_deref_mut(), "transformer", &s, || {
+                op(&mut k.profile, "transformer", 0.0, || {
+                    let tokens = engine.tokens_mut()?;
+                    s.memcpy_dtod(templates, &mut tokens.slice_mut(..templates.len()))
+                        .cuda(|| "copying the templates into the transformer's input".into())?;
+                    engine.enqueue(Part::Transformer, None)
+                })
+                .map(drop)
+            })?;
         }
-        let engine = &mut self.engine;
-        span(timer.as_deref_mut(), "transformer", &s, || {
-            engine.enqueue(Part::Transformer, None)
-        })?;
+        if self.params.corners.form.is_none() {
+            self.choose_corner_form()?;
+        }
         let (p, b, k, engine) = (&self.params, &mut self.buf, &mut self.k, &self.engine);
         let side = self.weights.transformer.config.search_size;
         let tokens = side * side;
+        let form = p.corners.form.expect("chosen above");
         span(timer.as_deref_mut(), "heads/corners", &s, || {
             let (search, hs) = engine.device_outputs()?;
             let opt = &mut b.opt.slice_mut(..tokens * c);
-            k.elementwise.scale_by_dot(&s, &search, &hs, opt, tokens)?;
-            // Layer 0 reads `opt`, layer i > 0 reads corner[(i - 1) % 2] and writes
-            // corner[i % 2]; each score layer writes its branch's map.
-            let head = &p.corners;
-            for (i, layer) in head.hidden.iter().enumerate() {
-                if i == 0 {
-                    let y = b.corner[0].slice_mut(..);
-                    conv(k, layer, side, side, &b.opt, None, true, y)?;
-                } else {
-                    let [x, y] = pick(&mut b.corner, [(i - 1) % 2, i % 2]);
-                    conv(k, layer, side, side, x, None, true, y.slice_mut(..))?;
-                }
-            }
-            let x = match head.hidden.len() {
-                0 => &b.opt,
-                n => &b.corner[(n - 1) % 2],
-            };
-            for (m, score) in head.score.iter().enumerate() {
-                let y = b.scores.slice_mut(m * tokens..(m + 1) * tokens);
-                conv(k, score, side, side, x, None, false, y)?;
-            }
-            k.soft_argmax.run(
-                &s,
-                &b.scores,
-                2,
-                side,
-                FEATURE_STRIDE as f32,
-                &mut b.corners,
-            )
+            op(&mut k.profile, "scale_by_dot", 0.0, || {
+                k.elementwise.scale_by_dot(&s, &search, &hs, opt, tokens)
+            })?;
+            corner_head(k, &p.corners, form, b, side)?;
+            let (scores, corners) = (&b.scores, &mut b.corners);
+            op(&mut k.profile, "soft_argmax", 0.0, || {
+                k.soft_argmax
+                    .run(&s, scores, 2, side, FEATURE_STRIDE as f32, corners)
+            })
+            .map(drop)
         })?;
         let hs = engine.device_outputs()?.1;
         span(timer, "heads/score", &s, || {
-            // The score head: hs -> hidden[0] -> hidden[1] -> ... -> the logit.
-            let layers = p.score_head.len();
-            for (i, l) in p.score_head.iter().enumerate() {
-                let shape = (1, l.out_features, l.in_features);
-                let last = i + 1 == layers;
-                let epilogue = if last {
-                    linear::Epilogue::Bias { scale: 1.0 }
-                } else {
-                    linear::Epilogue::BiasRelu
-                };
-                let lin = &k.linear;
-                match (i, last) {
-                    (0, true) => {
-                        lin.run(&s, &hs, &l.weight, &l.bias, shape, &mut b.logit, epilogue)?
-                    }
-                    (0, false) => lin.run(
-                        &s,
-                        &hs,
-                        &l.weight,
-                        &l.bias,
-                        shape,
-                        &mut b.hidden[0],
-                        epilogue,
-                    )?,
-                    (_, true) => {
-                        let x = &b.hidden[(i - 1) % 2];
-                        lin.run(&s, x, &l.weight, &l.bias, shape, &mut b.logit, epilogue)?
-                    }
-                    (_, false) => {
-                        let [x, y] = pick(&mut b.hidden, [(i - 1) % 2, i % 2]);
-                        lin.run(&s, x, &l.weight, &l.bias, shape, y, epilogue)?
-                    }
-                }
-            }
-            Ok(())
+            op(&mut k.profile, "score head", 0.0, || {
+                score_head(
+                    &k.linear,
+                    &s,
+                    &p.score_head,
+                    &hs,
+                    &mut b.hidden,
+                    &mut b.logit,
+                )
+            })
+            .map(drop)
         })
+    }
+
+    /// Runs both forms of the corner head on the current buffers (planning their
+    /// convolutions), times each as the step runs it (`CHOICE_REPS` runs: in one CUDA graph
+    /// when the graph is on, else eagerly), and keeps the faster, or the forced form.
+    fn choose_corner_form(&mut self) -> Result<()> {
+        let head = &mut self.params.corners;
+        if let Some(forced) = head.forced {
+            head.form = Some(forced);
+            return Ok(());
+        }
+        let s = self.gpu.stream().clone();
+        let side = self.weights.transformer.config.search_size;
+        // The measuring runs are not the step's operations (and `--ops` cannot time inside
+        // their capture).
+        let profile = self.k.profile.take();
+        let ms = self.time_corner_forms(&s, side);
+        self.k.profile = profile;
+        let ms = ms?;
+        let head = &mut self.params.corners;
+        head.form = Some(if ms[1] < ms[0] {
+            CornerForm::Split
+        } else {
+            CornerForm::Grouped
+        });
+        head.measured = Some(ms);
+        Ok(())
+    }
+
+    /// Milliseconds per run of the grouped and the split corner head (see
+    /// [`Self::choose_corner_form`]).
+    fn time_corner_forms(&mut self, s: &Arc<CudaStream>, side: usize) -> Result<[f64; 2]> {
+        let (head, b, k) = (&self.params.corners, &mut self.buf, &mut self.k);
+        let mut ms = [0.0; 2];
+        for (i, form) in [CornerForm::Grouped, CornerForm::Split]
+            .into_iter()
+            .enumerate()
+        {
+            corner_head(k, head, form, b, side)?;
+            let run = || (0..CHOICE_REPS).try_for_each(|_| corner_head(k, head, form, b, side));
+            let total = if self.use_graph {
+                let graph = Graph::capture(s, run)?;
+                graph.replay()?;
+                time_ms(s, || graph.replay())?
+            } else {
+                s.synchronize()
+                    .cuda(|| "waiting before timing the corner head".into())?;
+                time_ms(s, run)?
+            };
+            ms[i] = total / CHOICE_REPS as f64;
+        }
+        Ok(ms)
+    }
+
+    /// Forces the corner head's form (`None`: measure both on the next step and keep the
+    /// faster, the default); the next step runs eagerly and captures the graph again.
+    pub fn set_corner_form(&mut self, form: Option<CornerForm>) {
+        let head = &mut self.params.corners;
+        head.forced = form;
+        head.form = None;
+        head.measured = None;
+        self.graph = None;
+        self.warm = false;
+    }
+
+    /// The corner head's form, once chosen.
+    pub fn corner_form(&self) -> Option<CornerForm> {
+        self.params.corners.form
     }
 
     /// One search step on the uploaded frame and written window: crop -> corners and logit,
@@ -799,6 +894,40 @@ impl<T: Storage> GpuNetwork<T> {
         self.backbone(side, false, timer.as_deref_mut())?;
         self.widen_features(tokens, Dest::Search)?;
         self.transformer_and_heads(timer)
+    }
+
+    /// The template step on the uploaded frame and written window: crop -> features into
+    /// template 2.
+    fn template_step(&mut self) -> Result<()> {
+        self.crop_device(self.weights.config.template_crop, false)?;
+        self.backbone(self.weights.config.template_crop, false, None)?;
+        let tokens = self.weights.transformer.config.template_tokens();
+        self.widen_features(tokens, Dest::Template(1))
+    }
+
+    /// Plans the search step before the first tracked frame, so that no tracked frame pays
+    /// for cuDNN's benchmarks, the corner head's measurement or a graph capture: one eager
+    /// search around `target` on the uploaded frame (its results unused: the next search
+    /// writes every buffer it reads), then, with the graph on, the captures of the search
+    /// and the template steps. Nothing to do when an earlier sequence of this frame size
+    /// left them ready.
+    fn prepare_search(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
+        let graphs = self.graph.is_some() && self.template_graph.is_some();
+        if self.warm && (graphs || !self.use_graph) {
+            return Ok(());
+        }
+        let side = self.weights.config.search_crop;
+        let win = self.window(frame, target, CropKind::Search)?;
+        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
+        self.load_masks()?;
+        self.step(None)?;
+        self.warm = true;
+        if self.use_graph {
+            let s = self.gpu.stream().clone();
+            self.graph = Some(Graph::capture(&s, || self.step(None))?);
+            self.template_graph = Some(Graph::capture(&s, || self.template_step())?);
+        }
+        Ok(())
     }
 
     /// Waits for the corners and the logit that [`HostTraffic::fetch`] queued.
@@ -838,18 +967,113 @@ impl<T: Storage> GpuNetwork<T> {
         self.load_masks()?;
         Ok(win)
     }
+}
 
-    /// A template from `frame` around `target` into `slot`.
-    fn template(&mut self, frame: &Frame, target: &BBox, slot: usize) -> Result<()> {
-        let side = self.weights.config.template_crop;
-        let win = self.place(frame, target, CropKind::Template)?;
-        self.crop_device(side, false)?;
-        self.backbone(side, false, None)?;
-        let tokens = self.weights.transformer.config.template_tokens();
-        self.widen_features(tokens, Dest::Template(slot))?;
-        self.masks.0[slot] = sampled_mask(&win, side, FEATURE_STRIDE);
-        Ok(())
+/// Runs of each corner-head form timed when choosing between them.
+const CHOICE_REPS: usize = 10;
+
+/// The corner head in `form` on `b.opt` (the search features weighted by `hs`): both
+/// branches' score maps in `b.scores`.
+fn corner_head<T: Storage>(
+    k: &mut Kernels,
+    head: &CornerHead<T>,
+    form: CornerForm,
+    b: &mut Buffers<T>,
+    side: usize,
+) -> Result<()> {
+    let tokens = side * side;
+    match form {
+        CornerForm::Grouped => {
+            let all = 0..b.corner[0].len();
+            let last = hidden_layers(k, &head.grouped, b, all.clone(), side)?;
+            for (m, score) in head.grouped_score.iter().enumerate() {
+                let (x, y) = layer_io(b, last, all.clone(), m * tokens..(m + 1) * tokens);
+                conv(k, score, side, side, x, None, false, y)?;
+            }
+        }
+        CornerForm::Split => {
+            let half = b.corner_half;
+            for (m, branch) in head.split.iter().enumerate() {
+                let (score, hidden) = branch.split_last().expect("a score layer per branch");
+                let at = m * half..(m + 1) * half;
+                let last = hidden_layers(k, hidden, b, at.clone(), side)?;
+                let (x, y) = layer_io(b, last, at, m * tokens..(m + 1) * tokens);
+                conv(k, score, side, side, x, None, false, y)?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// The corner head's hidden `layers` (ReLU) one after the other, the first on `b.opt`, the
+/// others ping-ponging through elements `at` of `b.corner`: which of the two holds the
+/// last output, `None` without layers.
+fn hidden_layers<T: Storage>(
+    k: &mut Kernels,
+    layers: &[DeviceConv<T>],
+    b: &mut Buffers<T>,
+    at: std::ops::Range<usize>,
+    side: usize,
+) -> Result<Option<usize>> {
+    let mut last = None;
+    for (i, layer) in layers.iter().enumerate() {
+        let [x, y] = pick(&mut b.corner, [(i + 1) % 2, i % 2]);
+        let x = match last {
+            None => b.opt.as_view(),
+            Some(_) => x.slice(at.clone()),
+        };
+        conv(k, layer, side, side, x, None, true, y.slice_mut(at.clone()))?;
+        last = Some(i % 2);
+    }
+    Ok(last)
+}
+
+/// A score layer's input (the last hidden output in elements `at` of `b.corner[last]`, or
+/// `b.opt` without hidden layers) and its output, elements `map` of `b.scores`.
+fn layer_io<T: Storage>(
+    b: &mut Buffers<T>,
+    last: Option<usize>,
+    at: std::ops::Range<usize>,
+    map: std::ops::Range<usize>,
+) -> (CudaView<'_, T>, CudaViewMut<'_, T>) {
+    let x = match last {
+        None => b.opt.as_view(),
+        Some(i) => b.corner[i].slice(at),
+    };
+    (x, b.scores.slice_mut(map))
+}
+
+/// The score head: `hs` -> `hidden[0]` -> `hidden[1]` -> ... -> the logit.
+fn score_head(
+    lin: &LinearKernels,
+    s: &Arc<CudaStream>,
+    layers: &[DeviceLinear],
+    hs: &CudaView<'_, f32>,
+    hidden: &mut [DeviceBuffer<f32>; 2],
+    logit: &mut DeviceBuffer<f32>,
+) -> Result<()> {
+    for (i, l) in layers.iter().enumerate() {
+        let shape = (1, l.out_features, l.in_features);
+        let last = i + 1 == layers.len();
+        let epilogue = if last {
+            linear::Epilogue::Bias { scale: 1.0 }
+        } else {
+            linear::Epilogue::BiasRelu
+        };
+        match (i, last) {
+            (0, true) => lin.run(s, hs, &l.weight, &l.bias, shape, logit, epilogue)?,
+            (0, false) => lin.run(s, hs, &l.weight, &l.bias, shape, &mut hidden[0], epilogue)?,
+            (_, true) => {
+                let x = &hidden[(i - 1) % 2];
+                lin.run(s, x, &l.weight, &l.bias, shape, logit, epilogue)?
+            }
+            (_, false) => {
+                let [x, y] = pick(hidden, [(i - 1) % 2, i % 2]);
+                lin.run(s, x, &l.weight, &l.bias, shape, y, epilogue)?
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where [`GpuNetwork::widen_features`] writes.
@@ -882,30 +1106,38 @@ fn pick<const N: usize, T>(
 }
 
 /// `y = relu?(conv(x) + bias + residual)` on an `h x w` input, into the front of `y`: the
-/// output's `(h, w, channels)`.
+/// output's `(h, w, channels)`. Profiled as a row named after the convolution, with its
+/// shape and cuDNN's plan.
 #[allow(clippy::too_many_arguments)]
 fn conv<T: Storage>(
     k: &mut Kernels,
     c: &DeviceConv<T>,
     h: usize,
     w: usize,
-    x: &DeviceBuffer<T>,
-    residual: Option<&DeviceBuffer<T>>,
+    x: CudaView<'_, T>,
+    residual: Option<CudaView<'_, T>>,
     relu: bool,
     mut y: CudaViewMut<'_, T>,
 ) -> Result<(usize, usize, usize)> {
     let shape = c.shape(h, w);
     let [oh, ow] = shape.out_size();
     let n = shape.output_len();
-    let bias = c.bias.as_view();
-    let epilogue = match (residual, relu) {
-        (Some(r), _) => Epilogue::bias_add_relu(bias, r.slice(..n)),
-        (None, true) => Epilogue::bias_relu(bias),
-        (None, false) => Epilogue::bias(bias),
-    };
     let x = x.slice(..shape.input_len());
-    k.conv
-        .forward(&shape, &x, &c.weight, epilogue, &mut y.slice_mut(..n))?;
+    let residual = residual.map(|r| r.slice(..n));
+    let row = op(&mut k.profile, &c.name, shape.flops(), || {
+        let bias = c.bias.as_view();
+        let epilogue = match &residual {
+            Some(r) => Epilogue::bias_add_relu(bias, r.slice(..)),
+            None if relu => Epilogue::bias_relu(bias),
+            None => Epilogue::bias(bias),
+        };
+        k.conv
+            .forward(&shape, &x, &c.weight, epilogue, &mut y.slice_mut(..n))
+    })?;
+    if let Some(row) = row {
+        row.detail = k.conv.describe(&shape).unwrap_or_default();
+        row.candidates = k.conv.forward_candidates(&shape).unwrap_or_default();
+    }
     Ok((oh, ow, c.conv.out_channels))
 }
 
@@ -949,8 +1181,16 @@ fn largest_activation(w: &TrackerWeights, side: usize) -> usize {
 
 impl<T: Storage> Network for GpuNetwork<T> {
     fn describe(&self) -> String {
+        let head = &self.params.corners;
+        let corners = match (head.form, head.measured) {
+            (Some(form), Some([grouped, split])) => format!(
+                ", corner head {form} (measured: grouped {grouped:.3} ms, split {split:.3} ms)"
+            ),
+            (Some(form), None) => format!(", corner head {form} (forced)"),
+            (None, _) => String::new(),
+        };
         format!(
-            "GPU tracker ({}, {}, transformer {}{})",
+            "GPU tracker ({}, {}, transformer {}{corners}{})",
             self.precision,
             T::NAME,
             self.engine.describe(),
@@ -1102,16 +1342,42 @@ impl<T: Storage> Network for GpuNetwork<T> {
     }
 
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
-        self.template(frame, target, 1)?;
+        let side = self.weights.config.template_crop;
+        let win = self.place(frame, target, CropKind::Template)?;
+        self.template_step()?;
+        self.masks.0[1] = sampled_mask(&win, side, FEATURE_STRIDE);
         // The features are still in `buf.feat`: template 1 from them too.
         let tokens = self.weights.transformer.config.template_tokens();
         self.widen_features(tokens, Dest::Template(0))?;
         self.masks.0[0] = self.masks.0[1].clone();
-        Ok(())
+        self.prepare_search(frame, target)
     }
 
+    /// The frame of the search just before is still in page-locked memory, and often on
+    /// the device: uploaded again only when the next frame's upload replaced it, and that
+    /// upload queued again after the template step. With the graph on, the template step
+    /// is a graph replay.
     fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()> {
-        self.template(frame, target, 1)
+        let side = self.weights.config.template_crop;
+        let same_size = (frame.height, frame.width) == self.buf.frame_size;
+        if !(same_size && self.host.restore_searched(frame, &mut self.buf.frame)?) {
+            self.upload_frame(&frame.data, frame.height, frame.width)?;
+        }
+        let win = self.window(frame, target, CropKind::Template)?;
+        if self.use_graph {
+            let s = self.gpu.stream().clone();
+            let graph = match self.template_graph.take() {
+                Some(g) => g,
+                None => Graph::capture(&s, || self.template_step())?,
+            };
+            graph.replay()?;
+            self.template_graph = Some(graph);
+        } else {
+            self.template_step()?;
+        }
+        self.masks.0[1] = sampled_mask(&win, side, FEATURE_STRIDE);
+        let size = self.buf.frame_size;
+        self.host.restage(size, &mut self.buf.frame)
     }
 
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction> {
@@ -1171,6 +1437,20 @@ impl<T: Storage> Network for GpuNetwork<T> {
         self.warm = true;
         self.gpu.sync()?;
         timer.spans()
+    }
+
+    fn profile_ops(&mut self, frame: &Frame, state: &BBox, reps: usize) -> Result<Vec<OpTiming>> {
+        let side = self.weights.config.search_crop;
+        let win = self.place(frame, state, CropKind::Search)?;
+        self.masks.0[2] = sampled_mask(&win, side, FEATURE_STRIDE);
+        self.load_masks()?;
+        let s = self.gpu.stream().clone();
+        self.k.profile = Some(Profiler::new(&s, reps));
+        let ran = self.step(None);
+        let rows = self.k.profile.take().map(Profiler::into_rows);
+        ran?;
+        self.gpu.sync()?;
+        Ok(rows.unwrap_or_default())
     }
 
     fn stage_times(&self) -> Option<StageTimes> {

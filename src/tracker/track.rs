@@ -52,6 +52,29 @@ impl StageTimes {
     }
 }
 
+/// One operation of a search step timed on its own ([`Network::profile_ops`], `attnrt-infer
+/// --ops`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OpTiming {
+    /// `crop`, `stem`, `layer2.0.conv1`, `transformer`, `corner.1`, ...
+    pub name: String,
+    /// A convolution's shape and cuDNN's plan for it; empty for other operations.
+    pub detail: String,
+    /// A convolution's forward algorithms as cuDNN's benchmark timed them when planning,
+    /// fastest first, and those passed over; empty for other operations.
+    pub candidates: String,
+    /// Floating-point operations (multiply-adds times two) of a convolution; 0 for others.
+    pub flops: f64,
+    /// GPU microseconds per call: the calls captured into one CUDA graph, one replay timed
+    /// by CUDA events (what a step replayed as a graph pays).
+    pub graph_us: f64,
+    /// Host microseconds to queue one call eagerly (not waited for).
+    pub host_us: f64,
+    /// Wall-clock microseconds per call of eager calls, waited for (what an eager step
+    /// pays: the larger of the host's and the GPU's time).
+    pub eager_us: f64,
+}
+
 /// The stages of `spans` (a traced step's, see [`Network::trace`]): each stage's spans
 /// are those named after it or `STAGE/...` (`backbone/layer1`, `heads/score`).
 pub fn stage_times(spans: &[Span]) -> StageTimes {
@@ -183,6 +206,8 @@ pub trait Network {
     /// Crops the template around `target` and makes it both templates (the first frame).
     fn init_templates(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
     /// Crops a template around `target` and makes it the dynamic template (template 2).
+    /// Called with the frame of the search just before it (the tracking loop's order), an
+    /// engine may crop the copy of that frame it already holds: the frame must be unchanged.
     fn update_template(&mut self, frame: &Frame, target: &BBox) -> Result<()>;
     /// Crops the search region around `state` and predicts the box in it.
     fn search(&mut self, frame: &Frame, state: &BBox) -> Result<Prediction>;
@@ -208,6 +233,19 @@ pub trait Network {
             "--trace",
             format!(
                 "needs a GPU engine; {} does not time its stages",
+                self.describe()
+            ),
+        ))
+    }
+    /// Every operation of one search of `frame` around `state`, each run `reps` times on
+    /// its own and timed ([`OpTiming`]), in step order, for `--ops`. The search's results
+    /// are discarded. Engines that cannot time their operations say so.
+    fn profile_ops(&mut self, frame: &Frame, state: &BBox, reps: usize) -> Result<Vec<OpTiming>> {
+        let _ = (frame, state, reps);
+        Err(Error::invalid(
+            "--ops",
+            format!(
+                "needs a GPU engine; {} does not time its operations",
                 self.describe()
             ),
         ))
@@ -271,6 +309,9 @@ impl<T: Network + ?Sized> Network for Box<T> {
     }
     fn trace(&mut self, frame: &Frame, state: &BBox) -> Result<Vec<Span>> {
         (**self).trace(frame, state)
+    }
+    fn profile_ops(&mut self, frame: &Frame, state: &BBox, reps: usize) -> Result<Vec<OpTiming>> {
+        (**self).profile_ops(frame, state, reps)
     }
     fn stage_times(&self) -> Option<StageTimes> {
         (**self).stage_times()

@@ -6,6 +6,9 @@
 //!   the frame the current step reads, the other takes the next frame while that step runs
 //!   (the tracking loop's one-frame lookahead, [`crate::tracker::Tracker::track_ahead`]), so
 //!   the host's copy of a frame overlaps the GPU's work on the one before.
+//! - A template update right after the search of the same frame crops the frame the search
+//!   used: no host copy; one upload when the next frame's replaced it on the device, and
+//!   that next frame's upload queued again behind the template step.
 //! - The step's results (four corners, one logit) come back into one small landing buffer,
 //!   waited for with one event: the only wait of a tracking step.
 
@@ -66,6 +69,9 @@ pub struct HostTraffic {
     /// The slot the frame on the device came from last.
     current: usize,
     staged: Option<Staged>,
+    /// The slot holding the frame of the last search, and that frame, until a slot is
+    /// written again.
+    searched: Option<(usize, FrameKey)>,
     landing: PinnedHostSlice<u8>,
     landed: CudaEvent,
 }
@@ -96,6 +102,7 @@ impl HostTraffic {
             ],
             current: 0,
             staged: None,
+            searched: None,
             landing,
             landed: event()?,
         })
@@ -103,6 +110,9 @@ impl HostTraffic {
 
     /// Copies `data` into slot `i`, once the slot's last upload is done.
     fn write(&mut self, i: usize, data: &[u8]) -> Result<()> {
+        if self.searched.is_some_and(|(slot, _)| slot == i) {
+            self.searched = None;
+        }
         let slot = &mut self.slots[i];
         slot.uploaded
             .synchronize()
@@ -196,17 +206,55 @@ impl HostTraffic {
     /// unless already queued), else copied as [`HostTraffic::put`] does. The staged frame
     /// is spent either way.
     pub fn search_frame(&mut self, frame: &Frame, dst: &mut DeviceBuffer<u8>) -> Result<()> {
+        self.searched = None;
         match self.staged.take() {
             Some(st) if st.key == FrameKey::of(frame) => {
                 if st.on_device {
                     self.current = st.slot;
-                    Ok(())
                 } else {
-                    self.upload(st.slot, frame.data.len(), dst)
+                    self.upload(st.slot, frame.data.len(), dst)?;
                 }
             }
-            _ => self.put(&frame.data, dst),
+            _ => self.put(&frame.data, dst)?,
         }
+        self.searched = Some((self.current, FrameKey::of(frame)));
+        Ok(())
+    }
+
+    /// Puts the frame of the last search back into `dst` (of its size) when `frame` is it,
+    /// from the slot that still holds it: nothing to do when the device frame still is it,
+    /// one upload when the staged frame's upload replaced it. False when no slot holds
+    /// `frame` (the caller uploads it).
+    pub fn restore_searched(&mut self, frame: &Frame, dst: &mut DeviceBuffer<u8>) -> Result<bool> {
+        let Some((slot, key)) = self.searched else {
+            return Ok(false);
+        };
+        if key != FrameKey::of(frame) {
+            return Ok(false);
+        }
+        if self.current != slot {
+            self.upload(slot, key.len, dst)?;
+            if let Some(st) = self.staged.as_mut() {
+                st.on_device = false;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Queues the staged frame's upload into `dst` (the device frame, `size` its height
+    /// and width) again when another upload replaced it and it has that size.
+    pub fn restage(&mut self, size: (usize, usize), dst: &mut DeviceBuffer<u8>) -> Result<()> {
+        if let Some(st) = self.staged
+            && !st.on_device
+            && (st.key.height, st.key.width) == size
+        {
+            self.upload(st.slot, st.key.len, dst)?;
+            self.staged = Some(Staged {
+                on_device: true,
+                ..st
+            });
+        }
+        Ok(())
     }
 
     /// Queues the copies of the corners and the logit into the landing buffer, and the

@@ -106,16 +106,16 @@ fn tolerances(precision: Precision, own: [f64; 4]) -> [f64; 4] {
     std::array::from_fn(|i| floor[i].max(times * own[i]))
 }
 
-/// The model's own noise at `precision` around the f32 step `base` (see the module docs).
-fn own_noise(
+/// The CPU step that measures the model's own noise at `precision` (see the module docs):
+/// its errors against the plain f32 step are the noise.
+fn noise_step(
     graph: &cnn::Graph,
     precision: Precision,
     params: &[f32],
     data: (&[f32], &[u32]),
     pass: (f32, u64),
-    base: &Step,
-) -> [f64; 4] {
-    let moved = match precision {
+) -> Step {
+    match precision {
         Precision::Bf16 => Step::cpu(graph, Precision::Bf16, params, data, pass),
         _ => {
             let mut rng = ChaCha8Rng::seed_from_u64(11);
@@ -132,8 +132,7 @@ fn own_noise(
                 .collect();
             Step::cpu(graph, Precision::F32, &ulp, data, pass)
         }
-    };
-    moved.errors(base)
+    }
 }
 
 /// One step of every model on 2 images of 64x64 (AlexNet's dropout on: the GPU draws the
@@ -162,7 +161,8 @@ fn one_step_of_each_cnn_matches_the_cpu() {
         let pass = (1.0 / n as f32, cnn::step_seed(1, 0));
         let want = Step::cpu(&graph, Precision::F32, &params, (&x, &labels), pass);
         for precision in [Precision::F32, Precision::Bf16] {
-            let own = own_noise(&graph, precision, &params, (&x, &labels), pass, &want);
+            let noisy = noise_step(&graph, precision, &params, (&x, &labels), pass);
+            let own = noisy.errors(&want);
             let model = ModelSpec::Cnn(config);
             let opt = Optimizer::sgd(0.1);
             let mut replica = Replica::new(
@@ -202,7 +202,13 @@ fn one_step_of_each_cnn_matches_the_cpu() {
                 }
             }
             if failures.iter().any(|f| f.starts_with(arch.name())) {
-                explain(&graph, &mut replica, (&x, &labels), pass, (&got, &want));
+                explain(
+                    &graph,
+                    &mut replica,
+                    (&x, &labels),
+                    pass,
+                    [&got, &want, &noisy],
+                );
             }
         }
     }
@@ -214,14 +220,15 @@ fn one_step_of_each_cnn_matches_the_cpu() {
 }
 
 /// Says where a failing step's gradient error comes from: cuDNN's choices, how far a second
-/// identical GPU pass lands from the first (the non-deterministic algorithms' share), and the
-/// parameters holding most of the error, in graph order.
+/// identical GPU pass lands from the first (the non-deterministic algorithms' share), the
+/// parameters holding most of the error, and each parameter's error over its own noise in the
+/// order the backward pass reaches them (the first large ratio is the layer to suspect).
 fn explain(
     graph: &cnn::Graph,
     replica: &mut Replica,
     (x, labels): (&[f32], &[u32]),
     (scale, seed): (f32, u64),
-    (got, want): (&Step, &Step),
+    [got, want, noisy]: [&Step; 3],
 ) {
     for line in replica.describe_convs() {
         println!("  {line}");
@@ -269,6 +276,20 @@ fn explain(
             100.0 * part,
             err(&got.grads[r.clone()], &want.grads[r])
         );
+    }
+    let ratios: Vec<String> = slots
+        .iter()
+        .rev()
+        .map(|slot| {
+            let r = slot.range();
+            let e = err(&got.grads[r.clone()], &want.grads[r.clone()]);
+            let own = err(&noisy.grads[r.clone()], &want.grads[r]);
+            format!("{} {:.0e}/{:.0e}", slot.name, e, own)
+        })
+        .collect();
+    println!("  error/own noise, backward order:");
+    for chunk in ratios.chunks(4) {
+        println!("    {}", chunk.join("  "));
     }
 }
 

@@ -132,9 +132,8 @@ fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) ->
         pass().unwrap();
     }
     gpu.sync().unwrap();
-    let mut timed = || -> attnrt::Result<Vec<f64>> {
-        (0..o.reps).map(|_| time_ms(s, &mut pass)).collect()
-    };
+    let mut timed =
+        || -> attnrt::Result<Vec<f64>> { (0..o.reps).map(|_| time_ms(s, &mut pass)).collect() };
     let ms = if o.profile {
         gpu.profiled(timed)
     } else {

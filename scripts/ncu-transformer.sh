@@ -6,17 +6,20 @@
 #   2. engine-batches.json / batches.txt: benches/engine.rs at batches $NCU_BATCHES (default
 #      1,8,32), fused and streams modes, every precision, eager and graph: p50, frames/s and the
 #      fraction of the precision's peak;
-#   3. ncu-query.txt: the metrics this card's ncu knows (`ncu --query-metrics`); the script's
+#   3. trace/transformer_fused{,_bf16}.json: the stages of one eager pass of the fused
+#      transformer in f32 and bf16, timed by CUDA events (`--trace-dir`; no counters needed);
+#   4. ncu-query.txt: the metrics this card's ncu knows (`ncu --query-metrics`); the script's
 #      metric list less the unknown ones (metrics-left-out.txt);
-#   4. ncu-PART-PRECISION.csv for the encoder and the whole transformer in f32 and bf16: ncu's
+#   5. ncu-PART-PRECISION.csv for the encoder and the whole transformer in f32 and bf16: ncu's
 #      raw page of $NCU_REPS (default 1) eager passes of the fused engine (graphs off, so each
 #      kernel is its own launch), only the timed passes (`--profile`, collection off from the
 #      start), clocks left at boost (`--clock-control none`, so the datasheet peaks apply);
 #      caches flushed before each kernel (ncu's default), so DRAM bytes are cold-cache bytes.
 #      When ncu rejects the list, the run is repeated with the metrics a table needs;
-#   5. roofline.md / roofline.json: scripts/ncu_roofline.py's tables for docs/PERF.md (it runs
+#   6. roofline.md / roofline.json: scripts/ncu_roofline.py's tables for docs/PERF.md (it runs
 #      anywhere: `python3 scripts/ncu_roofline.py table --device NAME --run PART PRECISION CSV
-#      ... --engine engine-batches.json` remakes them from the fetched files).
+#      ... --engine engine-batches.json --trace PRECISION JSON ...` remakes them from the
+#      fetched files).
 # Each step's exit status is in status.txt; the script exits 1 when one failed.
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here, with
@@ -39,6 +42,13 @@ device="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
 step batches 90 "$stage/bench/engine" --reps 50 --warmup 5 --precision all --batch "$batches" \
   --modes fused,streams --json "$out/engine-batches.json"
+
+# Stage times from CUDA events (one eager pass each, after the timed ones): they need no
+# profiler counters, so they stand if ncu cannot read them.
+for precision in f32 bf16; do
+  step "trace-$precision" 40 "$stage/bench/engine" --reps 5 --warmup 3 --precision "$precision" \
+    --modes fused --parts transformer --launch eager --trace-dir "$out/trace"
+done
 
 ncu="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
   2>/dev/null | head -1)"
@@ -96,8 +106,10 @@ for run in "encoder bf16" "encoder f32" "transformer bf16" "transformer f32"; do
   runs+=(--run "$part" "$precision" "$out/ncu-$part-$precision.csv")
 done
 step table 20 python3 "$stage/ncu_roofline.py" table --device "$device" --passes "$reps" \
-  --engine "$out/engine-batches.json" "${runs[@]}" --out "$out/roofline.md" \
-  --json "$out/roofline.json"
+  --engine "$out/engine-batches.json" "${runs[@]}" \
+  --trace f32 "$out/trace/transformer_fused.json" \
+  --trace bf16 "$out/trace/transformer_fused_bf16.json" \
+  --out "$out/roofline.md" --json "$out/roofline.json"
 
 steps_failed && exit 1
 exit 0

@@ -9,13 +9,15 @@ Subcommands:
       named on stderr), so one unknown name cannot stop the whole run; launch__ metrics are
       launch attributes, not listed there, and always kept.
   table --device NAME --run PART PRECISION CSV [--run ...] [--passes N] [--engine JSON]
-        [--peak-bf16 T] [--peak-tf32 T] [--peak-fma T] [--peak-dram TB] [--out MD] [--json OUT]
+        [--trace PRECISION JSON ...] [--peak-bf16 T] [--peak-tf32 T] [--peak-fma T]
+        [--peak-dram TB] [--out MD] [--json OUT]
       One table per run (`ncu --csv --page raw --print-units base` of PART's passes at PRECISION):
       each kernel (by name, grid and block) with its launches and time per pass, its FLOP/s and
       DRAM bytes/s, the fraction of its roofline it reaches, SM and memory throughput, occupancy
       and the limiter. --engine adds the model's FLOP count of the part to check the counted
       FLOPs against, and the engine's batch table (frames/s, fraction of peak) when it holds
-      several batches.
+      several batches. --trace adds the event-timed stages of one eager pass (no counters
+      needed: the per-stage times stand when the card's counters cannot be read).
   batches --engine JSON [--out MD]
       Only the batch table.
 
@@ -328,6 +330,30 @@ def batch_table(engine):
     return out
 
 
+def stage_table(precision, trace):
+    """Event-timed stages of one eager pass (`benches/engine.rs --trace-dir`), summed over the
+    layers: `encoder 3/qkv` counts as `encoder */qkv`. Needs no profiler counters."""
+    groups = {}
+    for e in trace.get("traceEvents", []):
+        name = e["name"]
+        head, sep, rest = name.partition("/")
+        parts = head.split(" ")
+        if sep and len(parts) == 2 and parts[1].isdigit():
+            name = f"{parts[0]} */{rest}"
+        g = groups.setdefault(name, [0, 0.0])
+        g[0] += 1
+        g[1] += e["dur"]
+    lanes = {e.get("tid", 0) for e in trace.get("traceEvents", [])}
+    total = sum(e["dur"] for e in trace.get("traceEvents", []) if e.get("tid", 0) == 0)
+    out = [f"**stages, {precision}** (CUDA events around each stage of one eager pass, fused; "
+           f"{total:.1f} us on the main stream{'' if lanes <= {0} else ', head lanes apart'}):",
+           "", "| stage | calls | time, us | share |", "|---|---:|---:|---:|"]
+    for name, (calls, dur) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
+        share = f"{100 * dur / total:.0f}%" if total else "-"
+        out.append(f"| {name} | {calls} | {dur:.1f} | {share} |")
+    return out
+
+
 def cmd_metrics(args):
     text = pathlib.Path(args.query).read_text() if args.query else None
     keep, dropped = select_metrics(text)
@@ -363,6 +389,11 @@ def cmd_table(args):
                          dram_peak)
         out += run_table(part, precision, rows, expected_flop(engine, part, precision)) + [""]
         summary.append({"part": part, "precision": precision, "kernels": rows})
+    for precision, path in args.trace:
+        if pathlib.Path(path).exists():
+            out += stage_table(precision, json.loads(pathlib.Path(path).read_text())) + [""]
+        else:
+            out += [f"**stages, {precision}**: no trace ({path} missing).", ""]
     if engine and len({r.get("batch", 1) for r in engine_rows(engine)}) > 1:
         out += batch_table(engine) + [""]
     emit(args, out)
@@ -393,6 +424,8 @@ def main(argv=None):
     t.add_argument("--run", nargs=3, action="append", default=[],
                    metavar=("PART", "PRECISION", "CSV"))
     t.add_argument("--passes", type=int, default=1, help="profiled passes in each CSV")
+    t.add_argument("--trace", nargs=2, action="append", default=[], metavar=("PRECISION", "JSON"),
+                   help="benches/engine.rs --trace-dir's transformer_fused*.json")
     t.add_argument("--engine", help="benches/engine.rs --json output")
     for name in ("bf16", "tf32", "fma"):
         t.add_argument(f"--peak-{name}", type=float, help="TFLOP/s")

@@ -150,14 +150,34 @@ def engine_json():
             "rows": rows}
 
 
+TRACE = {"traceEvents": [
+    {"name": "encoder 0/qkv", "ph": "X", "ts": 0.0, "dur": 10.0, "pid": 0, "tid": 0},
+    {"name": "encoder 0/attention", "ph": "X", "ts": 10.0, "dur": 30.0, "pid": 0, "tid": 0},
+    {"name": "encoder 1/qkv", "ph": "X", "ts": 40.0, "dur": 12.0, "pid": 0, "tid": 0},
+    {"name": "encoder 1/attention", "ph": "X", "ts": 52.0, "dur": 28.0, "pid": 0, "tid": 0},
+    {"name": "decoder/post norm", "ph": "X", "ts": 80.0, "dur": 20.0, "pid": 0, "tid": 0}]}
+
+
+def test_stages():
+    lines = roofline.stage_table("bf16", TRACE)
+    check("100.0 us on the main stream" in lines[0], lines[0])
+    check("| encoder */attention | 2 | 58.0 | 58% |" in lines, "layers summed")
+    check("| encoder */qkv | 2 | 22.0 | 22% |" in lines, "qkv summed")
+    check("| decoder/post norm | 1 | 20.0 | 20% |" in lines, "unnumbered stage kept")
+    check(lines.index("| encoder */attention | 2 | 58.0 | 58% |")
+          < lines.index("| encoder */qkv | 2 | 22.0 | 22% |"), "sorted by time")
+
+
 def test_cli():
     with tempfile.TemporaryDirectory() as d:
         d = pathlib.Path(d)
         (d / "engine.json").write_text(json.dumps(engine_json()))
+        (d / "trace.json").write_text(json.dumps(TRACE))
         cmd = [sys.executable, str(HERE / "ncu_roofline.py"), "table", "--device", "NVIDIA H200",
                "--run", "encoder", "bf16", str(DATA / "ncu_raw_bf16.csv"),
                "--run", "transformer", "f32", str(d / "missing.csv"),
                "--run", "transformer", "bf16", str(HERE / "test_ncu_roofline.py"),
+               "--trace", "bf16", str(d / "trace.json"), "--trace", "f32", str(d / "none.json"),
                "--engine", str(d / "engine.json"), "--out", str(d / "t.md"),
                "--json", str(d / "t.json")]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -169,6 +189,8 @@ def test_cli():
         check("| `linear_tc_bf16` (24,11,1) | 1 | 20.0 (28%) | 409.6 | 200 | 41 (compute) | 80 | "
               "45 | 40 (50) | compute: tensor pipe 75% |" in md, "linear row")
         check("**transformer, f32**: no ncu output" in md, "a missing run is named")
+        check("**stages, bf16** (CUDA events" in md and "**stages, f32**: no trace" in md,
+              "stage tables")
         check("**transformer, bf16**: no ncu table:" in md, "a run without a table is named")
         check("| encoder | bf16 | 8 | 2.828 (fused, graph) | 2828 | 39.9 | 4.0 (989.4) |" in md,
               "batch table row")
@@ -191,6 +213,7 @@ if __name__ == "__main__":
     test_metrics()
     test_parse()
     test_roofline()
+    test_stages()
     test_cli()
     if FAILURES:
         print(f"{len(FAILURES)} check(s) failed")

@@ -237,7 +237,7 @@ fn decoder_ffn2_norm(group: &mut Group<'_>, gpu: &Gpu, shape: (usize, usize, usi
         let kernels = LinearKernels::load_precision(gpu, precision).expect("loading linear.cu");
         let id = format!("decoder_ffn2_split_k_norm/{precision}");
         bench_launches(group, id, s, || {
-            let norm = RowNorm {
+            let norm = Box::new(RowNorm {
                 residual: residual.as_view(),
                 gamma: gamma.as_view(),
                 beta: beta.as_view(),
@@ -245,7 +245,7 @@ fn decoder_ffn2_norm(group: &mut Group<'_>, gpu: &Gpu, shape: (usize, usize, usi
                 y: y.as_view_mut(),
                 plus: None,
                 arrived: arrived.as_view_mut(),
-            };
+            });
             let epilogue = Epilogue::SplitKNorm { splits, norm };
             kernels.run(s, x, weight, bias, *shape, out, epilogue)
         });

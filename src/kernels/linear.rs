@@ -94,7 +94,10 @@ pub enum Epilogue<'a> {
     /// the bias and the residual (the sum in `add_layer_norm_f32`'s order, by its code):
     /// `add_layer_norm_f32` without a launch of its own. Few rows only (at most [`ROWS`]):
     /// the last block to finish normalises every row, a warp each.
-    SplitKNorm { splits: usize, norm: RowNorm<'a> },
+    SplitKNorm {
+        splits: usize,
+        norm: Box<RowNorm<'a>>,
+    },
     /// The encoder's QKV projection (`m = 3c`, rows `token * batch + b`): q (times `scale`),
     /// k and v go to `out[which][head][b][slot][hd]` with `slot = token_slot[head][token]`.
     QkvWindows {
@@ -259,7 +262,7 @@ impl LinearKernels {
                     mut y,
                     plus,
                     mut arrived,
-                } = norm;
+                } = *norm;
                 check_len(name, "gamma", gamma.len(), m)?;
                 let mut ln = LayerNormArgs::forward(name, stream, &gamma, &beta, eps, &mut y)?;
                 check_len(name, "y", y.len(), n * m)?;

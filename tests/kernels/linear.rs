@@ -188,7 +188,7 @@ fn check_split_k_norm(
     for launch in ["first", "second"] {
         let mut out = poisoned(gpu, splits * n * m);
         let (mut y, mut plus) = (poisoned(gpu, n * m), poisoned(gpu, n * m));
-        let norm = RowNorm {
+        let norm = Box::new(RowNorm {
             residual: dres.as_view(),
             gamma: dgamma.as_view(),
             beta: dbeta.as_view(),
@@ -196,7 +196,7 @@ fn check_split_k_norm(
             y: y.as_view_mut(),
             plus: Some((dadd.as_view(), plus.as_view_mut())),
             arrived: arrived.as_view_mut(),
-        };
+        });
         let fused = Epilogue::SplitKNorm { splits, norm };
         kernels
             .run(s, &dx, &dw, &db, (n, m, k), &mut out, fused)
@@ -230,7 +230,7 @@ fn check_split_k_norm(
         up(gpu, &random(&mut rng, rows * m)),
     );
     let (mut out, mut y) = (poisoned(gpu, splits * rows * m), poisoned(gpu, rows * m));
-    let norm = RowNorm {
+    let norm = Box::new(RowNorm {
         residual: dres.as_view(),
         gamma: dgamma.as_view(),
         beta: dbeta.as_view(),
@@ -238,7 +238,7 @@ fn check_split_k_norm(
         y: y.as_view_mut(),
         plus: None,
         arrived: arrived.as_view_mut(),
-    };
+    });
     let fused = Epilogue::SplitKNorm { splits, norm };
     let err = kernels
         .run(s, &dx, &dw, &db, (rows, m, k), &mut out, fused)

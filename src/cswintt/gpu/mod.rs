@@ -393,7 +393,7 @@ impl GpuEngine {
                 .run(s, x, w, b, (n, m, k), out, epilogue)
         };
         if rows <= linear::ROWS {
-            let norm = RowNorm {
+            let norm = Box::new(RowNorm {
                 residual: residual.as_view(),
                 gamma: ln.gamma.as_view(),
                 beta: ln.beta.as_view(),
@@ -401,7 +401,7 @@ impl GpuEngine {
                 y: y.as_view_mut(),
                 plus,
                 arrived: arrived.as_view_mut(),
-            };
+            });
             return product(partial, Epilogue::SplitKNorm { splits, norm });
         }
         product(partial, Epilogue::SplitK { splits })?;

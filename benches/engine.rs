@@ -8,11 +8,19 @@
 //!
 //! `--precision f32|tf32|bf16` (default f32) picks the arithmetic of the linear layers and of
 //! attention's products (tf32 and bf16: tensor cores); `--precision all` times the three in turn. `--json PATH` also writes every
-//! row (part, mode, precision, launch, p50/p10/p90 ms, GFLOP/s) as JSON, for
-//! `scripts/perf_table.py`.
+//! row (part, mode, precision, launch, batch, p50/p10/p90 ms, GFLOP/s, frames/s, fraction of
+//! peak) as JSON, for `scripts/perf_table.py` and `scripts/ncu_roofline.py`.
 //!
-//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--precision P] [--trace-dir DIR]
-//! [--json PATH]`
+//! `--batch 1,8,32` times each batch size in turn (frames/s = batch / p50), and each row gives
+//! the fraction of the card's peak its matrix products reach: the dense tensor-core peak of
+//! its precision, the FMA peak for f32 ([`peak_tflops`]). `--modes`, `--parts` and `--launch`
+//! narrow what is timed; `--profile` brackets the timed passes (not the set-up or warm-up)
+//! with the profiler's start and stop, for `ncu --profile-from-start off`
+//! (`scripts/ncu-transformer.sh`).
+//!
+//! Run: `cargo bench --bench engine -- [--reps N] [--warmup N] [--precision P] [--batch B,..]
+//! [--modes M,..] [--parts encoder,transformer] [--launch eager|graph|all] [--profile]
+//! [--trace-dir DIR] [--json PATH]`
 //! (a plain program, not criterion: p50 of event-timed passes is the figure we report).
 
 use std::path::PathBuf;
@@ -33,6 +41,19 @@ struct Options {
     trace_dir: Option<PathBuf>,
     json: Option<PathBuf>,
     precisions: Vec<Precision>,
+    batches: Vec<usize>,
+    modes: Vec<Mode>,
+    parts: Vec<Part>,
+    launches: Vec<&'static str>,
+    profile: bool,
+}
+
+/// A comma-separated list of `T`, or the flag's usage on a bad element.
+fn list<T: std::str::FromStr>(value: &str, usage: &str) -> Vec<T> {
+    value
+        .split(',')
+        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{usage}")))
+        .collect()
 }
 
 fn options() -> Options {
@@ -42,6 +63,11 @@ fn options() -> Options {
         trace_dir: None,
         json: None,
         precisions: vec![Precision::F32],
+        batches: vec![1],
+        modes: vec![Mode::Sequential, Mode::Streams, Mode::Fused],
+        parts: vec![Part::Encoder, Part::Transformer],
+        launches: vec!["eager", "graph"],
+        profile: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -57,22 +83,63 @@ fn options() -> Options {
                     p => vec![p.parse().expect("--precision f32|tf32|bf16|all")],
                 }
             }
+            "--batch" => o.batches = list(&value(), "--batch N[,N..] (positive sizes)"),
+            "--modes" => o.modes = list(&value(), "--modes sequential|streams|fused[,..]"),
+            "--parts" => {
+                o.parts = value()
+                    .split(',')
+                    .map(|p| match p.trim() {
+                        "encoder" => Part::Encoder,
+                        "transformer" => Part::Transformer,
+                        _ => panic!("--parts encoder|transformer[,..]"),
+                    })
+                    .collect()
+            }
+            "--launch" => {
+                o.launches = match value().as_str() {
+                    "all" => vec!["eager", "graph"],
+                    "eager" => vec!["eager"],
+                    "graph" => vec!["graph"],
+                    _ => panic!("--launch eager|graph|all"),
+                }
+            }
+            "--profile" => o.profile = true,
             _ => {} // cargo bench passes `--bench`
         }
     }
+    assert!(
+        o.batches.iter().all(|&b| b > 0),
+        "--batch: sizes must be positive"
+    );
     o
 }
 
-/// Times `pass` `reps` times with events on the main stream, in milliseconds.
+/// Dense peak TFLOP/s of the matrix products at `precision` on an H100 SXM or an H200 (the
+/// same SMs and clocks): tensor cores for tf32 and bf16, FMAs on the CUDA cores for f32.
+fn peak_tflops(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => 66.9,
+        Precision::Tf32 => 494.7,
+        Precision::Bf16 => 989.4,
+    }
+}
+
+/// Times `pass` `reps` times with events on the main stream, in milliseconds; with
+/// `--profile`, only the timed passes run under the profiler.
 fn time(gpu: &Gpu, o: &Options, mut pass: impl FnMut() -> attnrt::Result<()>) -> LatencyStats {
     let s = gpu.stream();
     for _ in 0..o.warmup {
         pass().unwrap();
     }
     gpu.sync().unwrap();
-    let ms: Vec<f64> = (0..o.reps)
-        .map(|_| time_ms(s, &mut pass).unwrap())
-        .collect();
+    let mut timed =
+        || -> attnrt::Result<Vec<f64>> { (0..o.reps).map(|_| time_ms(s, &mut pass)).collect() };
+    let ms = if o.profile {
+        gpu.profiled(timed)
+    } else {
+        timed()
+    }
+    .unwrap();
     LatencyStats::new(&ms).expect("--reps is at least 1")
 }
 
@@ -82,20 +149,23 @@ fn main() {
         return;
     };
     let weights = Arc::new(synthetic_weights(&Config::released(), 2022));
-    let inputs = random_inputs(&weights.config, 1, 1, Padding::None, true);
     let rows: Vec<_> = o
         .precisions
         .iter()
-        .flat_map(|&precision| bench_precision(&gpu, &o, &weights, &inputs, precision))
+        .flat_map(|&precision| bench_precision(&gpu, &o, &weights, precision))
         .collect();
     if let Some(path) = &o.json {
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "device": gpu.describe(),
-            "batch": 1,
+            "batches": o.batches,
             "reps": o.reps,
             "warmup": o.warmup,
             "rows": rows,
         });
+        // One batch keeps the file's older shape (`scripts/perf_table.py` reads `batch`).
+        if let [b] = o.batches[..] {
+            report["batch"] = b.into();
+        }
         std::fs::write(path, format!("{report:#}\n")).unwrap();
     }
 }
@@ -104,58 +174,85 @@ fn bench_precision(
     gpu: &Arc<Gpu>,
     o: &Options,
     weights: &Arc<attnrt::model::Weights>,
-    inputs: &attnrt::cswintt::Inputs,
     precision: Precision,
 ) -> Vec<serde_json::Value> {
+    let peak = peak_tflops(precision);
     println!(
-        "{}; released size, batch 1, {precision} linear layers; p50 (p10-p90) over {} passes \
-         after {} warm-up",
+        "{}; released size, {precision} linear layers; p50 (p10-p90) over {} passes after {} \
+         warm-up; peak {peak} TFLOP/s ({})",
         gpu.describe(),
         o.reps,
-        o.warmup
+        o.warmup,
+        if precision == Precision::F32 {
+            "FMA"
+        } else {
+            "dense tensor cores"
+        }
     );
     println!(
-        "{:<12} {:<12} {:<8} {:>24} {:>10}",
-        "part", "mode", "launch", "ms", "GFLOP/s"
+        "{:<12} {:<12} {:<8} {:>5} {:>24} {:>9} {:>10} {:>7}",
+        "part", "mode", "launch", "batch", "ms", "frames/s", "GFLOP/s", "% peak"
     );
     let mut p50 = Vec::new();
     let mut rows = Vec::new();
-    for mode in [Mode::Sequential, Mode::Streams, Mode::Fused] {
+    for &mode in &o.modes {
         let mut e =
             GpuEngine::with_precision(gpu.clone(), weights.clone(), mode, precision).unwrap();
-        e.load_inputs(inputs).unwrap();
-        for part in [Part::Encoder, Part::Transformer] {
-            // GFLOP/s of the matrix products (`cswintt::encoder_flops`, `cswintt::flops`).
-            let part_flops = match part {
-                Part::Encoder => encoder_flops(&weights.config, 1),
-                Part::Transformer => flops(&weights.config, 1),
-            };
-            let eager = time(gpu, o, || e.enqueue(part, None));
-            let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
-            let replay = time(gpu, o, || graph.replay());
-            for (launch, ms) in [("eager", &eager), ("graph", &replay)] {
-                let rate = part_flops / (ms.p50 * 1e6);
-                println!(
-                    "{:<12} {:<12} {:<8} {:>8.3} ({:.3}-{:.3}) {:>10}",
-                    format!("{part:?}").to_lowercase(),
-                    mode.to_string(),
-                    launch,
-                    ms.p50,
-                    ms.p10,
-                    ms.p90,
-                    format!("{rate:.0}")
-                );
-                p50.push(((part, mode, launch), ms.p50));
-                rows.push(serde_json::json!({
-                    "part": format!("{part:?}").to_lowercase(),
-                    "mode": mode.to_string(),
-                    "precision": precision.to_string(),
-                    "launch": launch,
-                    "p50_ms": ms.p50,
-                    "p10_ms": ms.p10,
-                    "p90_ms": ms.p90,
-                    "gflops": rate,
-                }));
+        for &batch in &o.batches {
+            e.load_inputs(&random_inputs(
+                &weights.config,
+                batch,
+                1,
+                Padding::None,
+                true,
+            ))
+            .unwrap();
+            for &part in &o.parts {
+                // GFLOP/s of the matrix products (`cswintt::encoder_flops`, `cswintt::flops`).
+                let part_flops = match part {
+                    Part::Encoder => encoder_flops(&weights.config, batch),
+                    Part::Transformer => flops(&weights.config, batch),
+                };
+                for &launch in &o.launches {
+                    let ms = if launch == "eager" {
+                        time(gpu, o, || e.enqueue(part, None))
+                    } else {
+                        let graph = Graph::capture(gpu.stream(), || e.enqueue(part, None)).unwrap();
+                        time(gpu, o, || graph.replay())
+                    };
+                    let rate = part_flops / (ms.p50 * 1e6);
+                    let fps = batch as f64 * 1e3 / ms.p50;
+                    let fraction = rate / (peak * 1e3);
+                    let part_name = format!("{part:?}").to_lowercase();
+                    println!(
+                        "{:<12} {:<12} {:<8} {:>5} {:>8.3} ({:.3}-{:.3}) {:>9.0} {:>10.0} {:>6.1}%",
+                        part_name,
+                        mode.to_string(),
+                        launch,
+                        batch,
+                        ms.p50,
+                        ms.p10,
+                        ms.p90,
+                        fps,
+                        rate,
+                        fraction * 100.0
+                    );
+                    p50.push(((part, mode, launch, batch), ms.p50));
+                    rows.push(serde_json::json!({
+                        "part": part_name,
+                        "mode": mode.to_string(),
+                        "precision": precision.to_string(),
+                        "launch": launch,
+                        "batch": batch,
+                        "p50_ms": ms.p50,
+                        "p10_ms": ms.p10,
+                        "p90_ms": ms.p90,
+                        "gflops": rate,
+                        "frames_per_s": fps,
+                        "peak_tflops": peak,
+                        "peak_fraction": fraction,
+                    }));
+                }
             }
         }
         if let Some(dir) = &o.trace_dir {
@@ -172,20 +269,18 @@ fn bench_precision(
             std::fs::write(&path, chrome_trace(&spans).to_string()).unwrap();
         }
     }
-    for part in [Part::Encoder, Part::Transformer] {
-        for launch in ["eager", "graph"] {
-            let get = |mode| {
-                p50.iter()
-                    .find(|(k, _)| *k == (part, mode, launch))
-                    .map_or(f64::NAN, |(_, v)| *v)
-            };
-            let seq = get(Mode::Sequential);
-            for mode in [Mode::Streams, Mode::Fused] {
-                println!(
-                    "{part:?} {launch} {precision}: {mode} vs sequential p50 {:+.1}%",
-                    (get(mode) - seq) / seq * 100.0
-                );
-            }
+    for ((part, mode, launch, batch), ms) in &p50 {
+        let Some((_, seq)) = p50
+            .iter()
+            .find(|(k, _)| *k == (*part, Mode::Sequential, *launch, *batch))
+        else {
+            continue;
+        };
+        if *mode != Mode::Sequential {
+            println!(
+                "{part:?} {launch} {precision} batch {batch}: {mode} vs sequential p50 {:+.1}%",
+                (ms - seq) / seq * 100.0
+            );
         }
     }
     rows

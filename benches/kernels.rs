@@ -7,7 +7,9 @@
 //!   FFN linears (`ffn1_bias_relu`, `ffn2_split_k`), and the decoder's: the cross-attention
 //!   keys and values of all layers (`decoder_memory_kv`), a c x c projection of the one query
 //!   (`decoder_projection`), the FFN linears on one row (`decoder_ffn1_bias_relu`,
-//!   `decoder_ffn2_split_k`);
+//!   `decoder_ffn2_split_k`), and that last one with its bias + residual + LayerNorm in the
+//!   same launch, as the decoder runs it (`decoder_ffn2_split_k_norm`: against
+//!   `decoder_ffn2_split_k` plus an `add_layer_norm` launch);
 //! - `window_attention` (per precision: the two products on CUDA cores in f32, on tensor cores
 //!   in tf32 and bf16): one head per window size (`w1` .. `w8`) with the key splits the engine
 //!   gives it, the `w = 1` head unsplit (`w1/unsplit`), all 8 heads of a layer in one launch
@@ -42,7 +44,7 @@ use attnrt::cswintt::{HeadPlan, Plan, Precision};
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{CudaStream, DeviceBuffer, Gpu, time_ms, upload};
 use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
-use attnrt::kernels::linear::{Epilogue, LinearKernels, split_k};
+use attnrt::kernels::linear::{Epilogue, LinearKernels, RowNorm, split_k};
 use attnrt::kernels::window_attention::{
     AttentionOperands, AttentionShape, KeySplit, PreparedAttention, SlotLayout,
     WindowAttentionKernels,
@@ -205,7 +207,49 @@ fn linear(c: &mut Criterion, gpu: &Gpu, cfg: &Config) {
     ffn2.bench(&mut group, gpu, "decoder_ffn2_split_k", move || {
         Epilogue::SplitK { splits }
     });
+    decoder_ffn2_norm(&mut group, gpu, (1, d, ff));
     group.finish();
+}
+
+/// The decoder's FFN2 with its bias + residual + LayerNorm in the same launch
+/// (`Epilogue::SplitKNorm`), in every precision as `decoder_ffn2_split_k_norm/{precision}`.
+fn decoder_ffn2_norm(group: &mut Group<'_>, gpu: &Gpu, shape: (usize, usize, usize)) {
+    let (mut ffn2, splits) = split_k_linear(gpu, shape);
+    let (n, m, _) = shape;
+    let (residual, gamma, beta) = (random(gpu, n * m), random(gpu, m), random(gpu, m));
+    let mut y = zeros(gpu, n * m);
+    let mut arrived = zeros::<u32>(gpu, 1);
+    let mut throughput = ffn2.throughput();
+    if let Throughput::ElementsAndBytes { bytes, .. } = &mut throughput {
+        // Also reads the residual, gamma and beta and writes y.
+        *bytes += F32 * (2 * n * m + 2 * m) as u64;
+    }
+    group.throughput(throughput);
+    let s = gpu.stream();
+    let Linear {
+        shape,
+        x,
+        weight,
+        bias,
+        out,
+    } = &mut ffn2;
+    for precision in PRECISIONS {
+        let kernels = LinearKernels::load_precision(gpu, precision).expect("loading linear.cu");
+        let id = format!("decoder_ffn2_split_k_norm/{precision}");
+        bench_launches(group, id, s, || {
+            let norm = Box::new(RowNorm {
+                residual: residual.as_view(),
+                gamma: gamma.as_view(),
+                beta: beta.as_view(),
+                eps: LN_EPS as f32,
+                y: y.as_view_mut(),
+                plus: None,
+                arrived: arrived.as_view_mut(),
+            });
+            let epilogue = Epilogue::SplitKNorm { splits, norm };
+            kernels.run(s, x, weight, bias, *shape, out, epilogue)
+        });
+    }
 }
 
 /// One encoder head's tables on the device, as the engine uploads them.

@@ -19,7 +19,8 @@
 //                            input). The parts are the k-split partial products of
 //                            linear_split_k_f32 (linear.cu): summing them here, in a fixed
 //                            order, is the GEMM's epilogue. Plain LayerNorm is one part and no
-//                            bias or residual.
+//                            bias or residual. linear_split_k_norm_* (linear.cu) runs the same
+//                            rows (layer_norm.cuh) at the end of the GEMM itself.
 //   layer_norm_f32           the training forward: the same body (one template, so both
 //                            compute bit for bit alike), which also writes xhat and rstd for
 //                            the backward. It is a second entry point, not a run-time flag,
@@ -30,68 +31,14 @@
 // The forward keeps the row (c <= 1024) in registers and reads it once; statistics are
 // two-pass (mean, then the mean of squared deviations), which avoids the cancellation of
 // E[v^2] - E[v]^2. The backward's rows have any width: it walks them in global memory.
-#include "common.cuh"
-
-struct LayerNormArgs {
-    const float* parts;
-    const float* bias;      // optional, (c)
-    const float* residual;  // optional, (rows, c)
-    const float* gamma;
-    const float* beta;
-    float* y;
-    const float* add;       // optional, (rows, c)
-    float* y_plus;          // written iff add is non-null
-    float* xhat;            // layer_norm_f32 only, (rows, c)
-    float* rstd;            // layer_norm_f32 only, (rows)
-    long long rows, part_stride;
-    int c, n_parts;
-    float eps;
-};
-// The Rust mirror asserts the same size: a field added on one side only fails both builds.
-static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
-
-namespace {
-constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
-}
+#include "layer_norm.cuh"
 
 // The forward, one row per warp; SAVE also writes xhat and rstd.
 template <bool SAVE>
 __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
-    const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
-    const long long base = row * p.c;
-    float v[PER_LANE];
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        const int j = lane + 32 * i;
-        v[i] = 0.0f;
-        if (j >= p.c) continue;
-        for (int s = 0; s < p.n_parts; ++s) v[i] += p.parts[s * p.part_stride + base + j];
-        if (p.bias) v[i] += p.bias[j];
-        if (p.residual) v[i] += p.residual[base + j];
-        sum += v[i];
-    }
-    const float mean = warp_sum(sum) / p.c;
-    float sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        const float d = v[i] - mean;
-        if (lane + 32 * i < p.c) sq = fmaf(d, d, sq);
-    }
-    const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
-    if (SAVE && lane == 0) p.rstd[row] = inv;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        const int j = lane + 32 * i;
-        if (j >= p.c) continue;
-        const float h = (v[i] - mean) * inv;
-        const float y = h * p.gamma[j] + p.beta[j];
-        p.y[base + j] = y;
-        if (SAVE) p.xhat[base + j] = h;
-        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
-    }
+    add_layer_norm_row<SAVE>(p, row, threadIdx.x & 31);
 }
 
 ATTNRT_KERNEL void add_layer_norm_f32(LayerNormArgs p) { add_layer_norm<false>(p); }

@@ -38,8 +38,22 @@
 // when aligned) and a warp sum per row, no shared memory: m / 8 blocks that each read their
 // weight rows once, coalesced, where the 64x64 tiles would give m / 64 blocks walking k in
 // 16-wide steps. Operands are rounded as the precision's tensor cores round them (tf32, bf16;
-// f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS.
+// f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS. One more
+// epilogue runs only here:
+//   linear_rows_split_k_norm_f32  linear_split_k, then bias + residual + LayerNorm in the same
+//                             launch: the last block to finish (of every column block and
+//                             split) sums the partials as add_layer_norm_f32 does
+//                             (layer_norm.cuh: same order, same code), one warp a row, so the
+//                             normalisation needs no launch of its own. Blocks count themselves
+//                             in `arrived` (one counter, zero before the launch; the last block
+//                             zeroes it again, so graph replays need no reset) after a fence,
+//                             and the last one reads the partials through L2. Needs m <= 1024
+//                             (a row in one warp's registers) and y apart from x and W (other
+//                             blocks may still read them). With tiles the last block would
+//                             normalise its 64 rows 8 to a warp, one after another, where
+//                             add_layer_norm_f32 spreads them over 88 blocks: not done there.
 #include "common.cuh"
+#include "layer_norm.cuh"
 #include "tensor_core.cuh"
 
 struct LinearArgs {
@@ -49,7 +63,7 @@ struct LinearArgs {
     float* out;
     const unsigned* token_slot;   // linear_qkv_windows_f32 only: (heads, l_all)
     long long n, m, k;
-    long long k_chunk;            // linear_split_k_f32 only
+    long long k_chunk;            // linear_split_k_f32 and _norm only
     float scale;
     int batch, l_all, heads, hd;  // linear_qkv_windows_f32 only
 };
@@ -223,37 +237,40 @@ __device__ void linear_rows(const LinearArgs& p, long long k_begin, long long k_
                             Epilogue epilogue) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long c = (long long)blockIdx.x * (THREADS / 32) + warp;
-    if (c >= p.m) return;  // a whole warp: the sums below need all its lanes
-    const float* w = p.weight + c * p.k;
-    float acc[ROWS] = {};
-    // k_begin and k_end are multiples of 4 whenever the loads can be float4s (as in load4).
-    if (p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight)) {
-        for (long long kk = k_begin + 4 * lane; kk < k_end; kk += 128) {
-            const float4 b = *reinterpret_cast<const float4*>(w + kk);
+    // A whole warp past m skips the products (the sums below need all its lanes) but does
+    // not return: linear_split_k_norm's barriers after them count every thread.
+    if (c < p.m) {
+        const float* w = p.weight + c * p.k;
+        float acc[ROWS] = {};
+        // k_begin and k_end are multiples of 4 whenever the loads can be float4s (as in load4).
+        if (p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight)) {
+            for (long long kk = k_begin + 4 * lane; kk < k_end; kk += 128) {
+                const float4 b = *reinterpret_cast<const float4*>(w + kk);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (r >= p.n) break;
-                const float4 a = *reinterpret_cast<const float4*>(p.x + r * p.k + kk);
-                acc[r] = fmaf(Round::of(a.x), Round::of(b.x), acc[r]);
-                acc[r] = fmaf(Round::of(a.y), Round::of(b.y), acc[r]);
-                acc[r] = fmaf(Round::of(a.z), Round::of(b.z), acc[r]);
-                acc[r] = fmaf(Round::of(a.w), Round::of(b.w), acc[r]);
+                for (int r = 0; r < ROWS; ++r) {
+                    if (r >= p.n) break;
+                    const float4 a = *reinterpret_cast<const float4*>(p.x + r * p.k + kk);
+                    acc[r] = fmaf(Round::of(a.x), Round::of(b.x), acc[r]);
+                    acc[r] = fmaf(Round::of(a.y), Round::of(b.y), acc[r]);
+                    acc[r] = fmaf(Round::of(a.z), Round::of(b.z), acc[r]);
+                    acc[r] = fmaf(Round::of(a.w), Round::of(b.w), acc[r]);
+                }
+            }
+        } else {
+            for (long long kk = k_begin + lane; kk < k_end; kk += 32) {
+                const float b = Round::of(w[kk]);
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    if (r >= p.n) break;
+                    acc[r] = fmaf(Round::of(p.x[r * p.k + kk]), b, acc[r]);
+                }
             }
         }
-    } else {
-        for (long long kk = k_begin + lane; kk < k_end; kk += 32) {
-            const float b = Round::of(w[kk]);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (r >= p.n) break;
-                acc[r] = fmaf(Round::of(p.x[r * p.k + kk]), b, acc[r]);
-            }
+        for (int r = 0; r < ROWS; ++r) {
+            const float sum = warp_sum(acc[r]);
+            if (lane == 0 && r < p.n) epilogue(r, c, sum);
         }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-        const float sum = warp_sum(acc[r]);
-        if (lane == 0 && r < p.n) epilogue(r, c, sum);
     }
 }
 
@@ -288,7 +305,7 @@ struct Rows {
     }
 };
 
-// The four epilogues, each over any way of computing the products (`Product`: Tiles<Core>
+// The epilogues, each over any way of computing the products (`Product`: Tiles<Core>
 // or Rows<Round>); the kernels below instantiate them per precision.
 template <class Product>
 __device__ void linear_bias(const LinearArgs& p) {
@@ -312,6 +329,26 @@ __device__ void linear_split_k(const LinearArgs& p) {
                  [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
+// Few rows only (n <= ROWS <= the block's warps): each warp normalises at most one row.
+static_assert(ROWS <= THREADS / 32, "linear_split_k_norm: a warp per row");
+// `norm` is add_layer_norm_f32's with parts = p.out; `arrived` one counter. (Separate kernel
+// parameters: inside LinearArgs they would change every other kernel's register allocation.)
+template <class Product>
+__device__ void linear_split_k_norm(const LinearArgs& p, const LayerNormArgs& norm,
+                                    unsigned* arrived) {
+    linear_split_k<Product>(p);
+    __shared__ bool last;
+    __threadfence();  // this block's partials are visible device-wide before its count
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(arrived, 1u) == gridDim.x * gridDim.z - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // every other block counted after its fence: read their partials
+    const long long row = threadIdx.x / 32;
+    if (row < p.n) add_layer_norm_row<false>(norm, row, threadIdx.x & 31);
+    if (threadIdx.x == 0) *arrived = 0;  // ready for the next launch
+}
+
 template <class Product>
 __device__ void linear_qkv_windows(const LinearArgs& p) {
     const long long width = p.m / 3;  // c
@@ -329,9 +366,18 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
 }  // namespace
 
 // linear_<epilogue>_<precision>: f32 (CUDA cores), tf32 and bf16 (tensor cores); and
-// linear_rows_<epilogue>_<precision> for few rows (no QKV variant: the encoder has many rows).
+// linear_rows_<epilogue>_<precision> for few rows (no QKV variant: the encoder has many rows;
+// the LayerNorm epilogue only there).
 #define LINEAR_KERNEL(NAME, BODY, PRODUCT)                                                 \
     ATTNRT_KERNEL void __launch_bounds__(THREADS) NAME(LinearArgs p) { BODY<PRODUCT>(p); }
+// The split-k LayerNorm's row (32 floats a lane) would take its few-rows GEMM from 40 to about
+// 120 registers, two blocks an SM instead of eight, for a tail that one block runs: held to four
+// blocks an SM, the row spills a few hundred bytes to L1 instead.
+#define LINEAR_NORM_KERNEL(NAME, PRODUCT)                                                  \
+    ATTNRT_KERNEL void __launch_bounds__(THREADS, 4)                                       \
+        NAME(LinearArgs p, LayerNormArgs norm, unsigned* arrived) {                        \
+        linear_split_k_norm<PRODUCT>(p, norm, arrived);                                    \
+    }
 #define LINEAR_KERNELS(PRECISION, CORE, ROUND)                                             \
     LINEAR_KERNEL(linear_bias_##PRECISION, linear_bias, Tiles<CORE>)                       \
     LINEAR_KERNEL(linear_bias_relu_##PRECISION, linear_bias_relu, Tiles<CORE>)             \
@@ -339,7 +385,8 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
     LINEAR_KERNEL(linear_qkv_windows_##PRECISION, linear_qkv_windows, Tiles<CORE>)         \
     LINEAR_KERNEL(linear_rows_bias_##PRECISION, linear_bias, Rows<ROUND>)                  \
     LINEAR_KERNEL(linear_rows_bias_relu_##PRECISION, linear_bias_relu, Rows<ROUND>)        \
-    LINEAR_KERNEL(linear_rows_split_k_##PRECISION, linear_split_k, Rows<ROUND>)
+    LINEAR_KERNEL(linear_rows_split_k_##PRECISION, linear_split_k, Rows<ROUND>)          \
+    LINEAR_NORM_KERNEL(linear_rows_split_k_norm_##PRECISION, Rows<ROUND>)
 
 LINEAR_KERNELS(f32, SimtF32, RoundF32)
 LINEAR_KERNELS(tf32, Tf32Core, RoundTf32)

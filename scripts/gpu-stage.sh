@@ -71,7 +71,8 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
   scripts/perf-attention.sh scripts/perf-tracker.sh scripts/convert_checkpoint.py \
   scripts/make_jpeg_sequence.py scripts/steps.sh scripts/sanitize.sh scripts/cudnn-env.sh \
-  scripts/test-env.sh examples/train-vit-synthetic.toml "$stage/"
+  scripts/test-env.sh scripts/ncu-transformer.sh scripts/ncu_roofline.py \
+  examples/train-vit-synthetic.toml "$stage/"
 # The CNNs against PyTorch: the speed table and the loss curves.
 cp scripts/perf-cnn.sh scripts/torch_cnn_timing.py scripts/compare_loss_curves.py \
   scripts/export_torchvision.py scripts/plot_loss_curves.py scripts/multijob-experiment.py \
@@ -90,6 +91,9 @@ echo "'orig', a checkout of the original repository, SkyeSong38/CSWinTT, git-ign
 echo "  bash $stage/perf-transformer.sh $stage orig"
 echo "the attention and linear checks and measurements (about 6 minutes; under \$OUT):"
 echo "  bash $stage/perf-attention.sh $stage"
+echo "each kernel of the transformer against the roofline (ncu), and frames/s at batch 1, 8"
+echo "and 32 (about 5 minutes; under \$OUT):"
+echo "  bash $stage/ncu-transformer.sh $stage"
 echo "every kernel test under compute-sanitizer's memcheck, racecheck, initcheck, synccheck"
 echo "(about 15 minutes; results under \$OUT, summary in sanitizer-summary.txt):"
 echo "  bash $stage/sanitize.sh $stage"

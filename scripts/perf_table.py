@@ -322,7 +322,7 @@ def torch_section(engine, torch_res):
     table, notes = side_by_side(engine, torch_res)
     out = [
         f"Ours: {engine['device']}, `benches/engine.rs`, p50 over {engine['reps']} passes after "
-        f"{engine['warmup']} warm-up, batch {engine['batch']}. PyTorch: {torch_res.get('device', '?')}"
+        f"{engine['warmup']} warm-up, batch {engine.get('batch', engine.get('batches'))}. PyTorch: {torch_res.get('device', '?')}"
         f", `scripts/torch_reference.py`, p50 over {torch_res.get('iters', '?')} calls, batch "
         f"{torch_res.get('batch', '?')}, {torch_res.get('precision', 'fp32')}. Both timed per "
         "pass with CUDA events. Columns `vs X`: PyTorch's p50 / ours (above 1: ours is faster); "

@@ -6,7 +6,8 @@
 # checks compare against float64 loops (the same cases as the GPU tests, smaller):
 #   window_attention: kernels/window_attention.cu, every precision, window, head width
 #     (1-128), key split and the fused launch;
-#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision;
+#   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision (the
+#     split-k LayerNorm's counters included);
 #   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
 #   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
 #     random frames and boxes, partly outside the frame, every resize path, bit for bit);
@@ -28,7 +29,8 @@ if [ "$what" = all ] || [ "$what" = window_attention ]; then
   "$out/window_attention" "${2:-}"
 fi
 if [ "$what" = all ] || [ "$what" = linear ]; then
-  g++ -std=c++17 -O1 -I"$here/../../kernels" -o "$out/linear_rows" "$here/linear.cpp"
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/../../kernels" -o "$out/linear_rows" \
+    "$here/linear.cpp"
   g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -DTILES -I"$here/../../kernels" -o "$out/linear_tiles" \
     "$here/linear.cpp"
   "$out/linear_rows"

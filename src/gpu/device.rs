@@ -153,6 +153,28 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().cuda(|| "synchronising".into())
     }
+
+    /// Runs `f` and waits for its work with the profiler collecting, so a profiler started
+    /// with collection off (`ncu --profile-from-start off`) sees only that work, not the
+    /// set-up and warm-up around it. Without a profiler attached it just runs `f`.
+    pub fn profiled<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        use cudarc::driver::sys;
+        self.ctx
+            .bind_to_thread()
+            .cuda(|| "making the context current to start the profiler".into())?;
+        // SAFETY: the context is current on this thread; both calls take no arguments.
+        unsafe { sys::cuProfilerStart() }
+            .result()
+            .cuda(|| "starting the profiler".into())?;
+        let out = f().and_then(|v| self.sync().map(|()| v));
+        // SAFETY: as above; stopping is attempted even when `f` failed.
+        let stopped = unsafe { sys::cuProfilerStop() }
+            .result()
+            .cuda(|| "stopping the profiler".into());
+        let v = out?;
+        stopped?;
+        Ok(v)
+    }
 }
 
 fn not_compiled_reason() -> String {

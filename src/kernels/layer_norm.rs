@@ -10,10 +10,11 @@ use super::launch::{Args, check_len, opt_ptr, ptr, ptr_mut, warp_rows};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
-/// Mirrors `LayerNormArgs` in `kernels/layer_norm.cu`.
+/// Mirrors `LayerNormArgs` in `kernels/layer_norm.cuh` (also a parameter of `linear.cu`'s
+/// `linear_rows_split_k_norm_*`).
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct LayerNormArgs {
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LayerNormArgs {
     parts: u64,
     bias: u64,
     residual: u64,
@@ -37,7 +38,7 @@ unsafe impl DeviceRepr for LayerNormArgs {}
 // The size `static_assert`ed in the .cu file: the two sides must change together.
 const _: () = assert!(std::mem::size_of::<LayerNormArgs>() == 112);
 
-/// The widest row the forward keeps in registers (`MAX_C` in the .cu file).
+/// The widest row the forward keeps in registers (`MAX_C` in `layer_norm.cuh`).
 pub const MAX_WIDTH: usize = 1024;
 
 /// What is normalised: `parts[0] + ... + parts[n-1] + bias + residual` per row, where
@@ -82,6 +83,80 @@ pub struct Saved<'a> {
     pub rstd: CudaViewMut<'a, f32>,
 }
 
+impl LayerNormArgs {
+    /// The forward's arguments for rows of `c = gamma.len()` (1 to [`MAX_WIDTH`]) written to
+    /// `y` (`rows = y.len() / c`), with no parts, bias or residual yet.
+    pub(super) fn forward(
+        name: &str,
+        stream: &CudaStream,
+        gamma: &impl DevicePtr<f32>,
+        beta: &impl DevicePtr<f32>,
+        eps: f32,
+        y: &mut impl DevicePtrMut<f32>,
+    ) -> Result<LayerNormArgs> {
+        let c = gamma.len();
+        if c == 0 || c > MAX_WIDTH {
+            return Err(Error::invalid(
+                name,
+                format!("rows of {c} (1 to {MAX_WIDTH})"),
+            ));
+        }
+        check_len(name, "beta", beta.len(), c)?;
+        let rows = y.len() / c;
+        check_len(name, "y", y.len(), rows * c)?;
+        Ok(LayerNormArgs {
+            gamma: ptr(gamma, stream),
+            beta: ptr(beta, stream),
+            y: ptr_mut(y, stream),
+            rows: rows as i64,
+            part_stride: (rows * c) as i64,
+            c: c as i32,
+            eps,
+            ..LayerNormArgs::default()
+        })
+    }
+
+    /// What is summed before the residual: `n_parts` blocks of `(rows, c)` at `parts`, and
+    /// the `(c)` bias at `bias` (0: none). The caller has checked both lengths.
+    pub(super) fn sum_of(&mut self, parts: u64, n_parts: usize, bias: u64) {
+        (self.parts, self.n_parts, self.bias) = (parts, n_parts as i32, bias);
+    }
+
+    /// Adds the optional `(rows, c)` residual.
+    pub(super) fn residual_from(
+        &mut self,
+        name: &str,
+        residual: Option<&CudaView<'_, f32>>,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        if let Some(r) = residual {
+            check_len(
+                name,
+                "residual",
+                r.len(),
+                (self.rows * self.c as i64) as usize,
+            )?;
+        }
+        self.residual = opt_ptr(residual, stream);
+        Ok(())
+    }
+
+    /// Adds `y_plus = y + add`, both `(rows, c)`.
+    pub(super) fn plus_from(
+        &mut self,
+        name: &str,
+        (add, mut y_plus): PlusOutput<'_>,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        let len = (self.rows * self.c as i64) as usize;
+        check_len(name, "add", add.len(), len)?;
+        check_len(name, "y_plus", y_plus.len(), len)?;
+        self.add = ptr(&add, stream);
+        self.y_plus = ptr_mut(&mut y_plus, stream);
+        Ok(())
+    }
+}
+
 /// `add_layer_norm_f32` (inference), `layer_norm_f32` (training: also saves `xhat` and
 /// `rstd`) and `layer_norm_backward_f32`, loaded once.
 #[derive(Debug, Clone)]
@@ -120,48 +195,21 @@ impl LayerNormKernels {
             _ => &self.forward,
         };
         let name = kernel.name();
-        let c = gamma.len();
-        if c == 0 || c > MAX_WIDTH || input.n_parts == 0 {
-            return Err(Error::invalid(
-                name,
-                format!("rows of {c} (1 to {MAX_WIDTH}) and {} parts", input.n_parts),
-            ));
+        let mut args = LayerNormArgs::forward(name, stream, gamma, beta, eps, y)?;
+        let (rows, c) = (args.rows as usize, args.c as usize);
+        if input.n_parts == 0 {
+            return Err(Error::invalid(name, "0 parts"));
         }
-        check_len(name, "beta", beta.len(), c)?;
-        let rows = y.len() / c;
-        check_len(name, "y", y.len(), rows * c)?;
         check_len(name, "parts", input.parts.len(), input.n_parts * rows * c)?;
         if let Some(b) = &input.bias {
             check_len(name, "bias", b.len(), c)?;
         }
-        if let Some(r) = &input.residual {
-            check_len(name, "residual", r.len(), rows * c)?;
-        }
-        let mut args = LayerNormArgs {
-            parts: ptr(&input.parts, stream),
-            bias: opt_ptr(input.bias.as_ref(), stream),
-            residual: opt_ptr(input.residual.as_ref(), stream),
-            gamma: ptr(gamma, stream),
-            beta: ptr(beta, stream),
-            y: ptr_mut(y, stream),
-            add: 0,
-            y_plus: 0,
-            xhat: 0,
-            rstd: 0,
-            rows: rows as i64,
-            part_stride: (rows * c) as i64,
-            c: c as i32,
-            n_parts: input.n_parts as i32,
-            eps,
-        };
+        let bias = opt_ptr(input.bias.as_ref(), stream);
+        args.sum_of(ptr(&input.parts, stream), input.n_parts, bias);
+        args.residual_from(name, input.residual.as_ref(), stream)?;
         match extra {
             Extra::Nothing => {}
-            Extra::Plus((add, mut y_plus)) => {
-                check_len(name, "add", add.len(), rows * c)?;
-                check_len(name, "y_plus", y_plus.len(), rows * c)?;
-                args.add = ptr(&add, stream);
-                args.y_plus = ptr_mut(&mut y_plus, stream);
-            }
+            Extra::Plus(plus) => args.plus_from(name, plus, stream)?,
             Extra::Saved(mut saved) => {
                 check_len(name, "xhat", saved.xhat.len(), rows * c)?;
                 check_len(name, "rstd", saved.rstd.len(), rows)?;

@@ -5,10 +5,13 @@
 pub mod cpu;
 pub mod gemm;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+};
 
 use super::KernelModule;
-use super::launch::{check_len, ptr, ptr_mut};
+use super::launch::{check_at_least, check_len, ptr, ptr_mut};
+use super::layer_norm::{LayerNormArgs, PlusOutput};
 use crate::base::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
@@ -58,6 +61,25 @@ pub fn split_k(n: usize, m: usize, k: usize) -> usize {
     (264usize.div_ceil(tiles)).clamp(1, (k / 128).max(1))
 }
 
+/// The LayerNorm [`Epilogue::SplitKNorm`] applies to each row of `x W^T + bias + residual`
+/// (`m` wide, at most `layer_norm::MAX_WIDTH`): `y = LN(..) * gamma + beta`, and `y_plus = y +
+/// add` with `plus`. `y` must not be `x` or the weight (other blocks may still read them).
+#[derive(Debug)]
+pub struct RowNorm<'a> {
+    /// `(n, m)`.
+    pub residual: CudaView<'a, f32>,
+    /// `(m)` each.
+    pub gamma: CudaView<'a, f32>,
+    pub beta: CudaView<'a, f32>,
+    pub eps: f32,
+    /// `(n, m)`.
+    pub y: CudaViewMut<'a, f32>,
+    pub plus: Option<PlusOutput<'a>>,
+    /// One counter, zero before the launch (the kernel leaves it zero): allocate it zeroed
+    /// and never poison it.
+    pub arrived: CudaViewMut<'a, u32>,
+}
+
 /// What happens to each result element `acc` (row `r`, column `c`).
 #[derive(Debug)]
 pub enum Epilogue<'a> {
@@ -68,6 +90,14 @@ pub enum Epilogue<'a> {
     /// No bias: `out[z][r][c]` is the product over the `z`-th of `splits` chunks of k,
     /// `out` `(splits, n, m)`; `layer_norm`'s `add_layer_norm_f32` sums them.
     SplitK { splits: usize },
+    /// `SplitK` into `out`, then in the same launch `norm` of the sum of the partial products,
+    /// the bias and the residual (the sum in `add_layer_norm_f32`'s order, by its code):
+    /// `add_layer_norm_f32` without a launch of its own. Few rows only (at most [`ROWS`]):
+    /// the last block to finish normalises every row, a warp each.
+    SplitKNorm {
+        splits: usize,
+        norm: Box<RowNorm<'a>>,
+    },
     /// The encoder's QKV projection (`m = 3c`, rows `token * batch + b`): q (times `scale`),
     /// k and v go to `out[which][head][b][slot][hd]` with `slot = token_slot[head][token]`.
     QkvWindows {
@@ -88,10 +118,12 @@ pub struct LinearKernels {
     bias_relu: Kernel,
     split_k: Kernel,
     qkv_windows: Kernel,
-    /// The few-rows kernels of `bias`, `bias_relu` and `split_k`.
+    /// The few-rows kernels of `bias`, `bias_relu` and `split_k`, and the split-k
+    /// LayerNorm, which only they have.
     rows_bias: Kernel,
     rows_bias_relu: Kernel,
     rows_split_k: Kernel,
+    rows_split_k_norm: Kernel,
 }
 
 impl LinearKernels {
@@ -112,6 +144,7 @@ impl LinearKernels {
                     concat!("linear_rows_bias_", $p),
                     concat!("linear_rows_bias_relu_", $p),
                     concat!("linear_rows_split_k_", $p),
+                    concat!("linear_rows_split_k_norm_", $p),
                 ]
             };
         }
@@ -123,6 +156,7 @@ impl LinearKernels {
             rows_bias,
             rows_bias_relu,
             rows_split_k,
+            rows_split_k_norm,
         ] = match precision {
             Precision::F32 => names!("f32"),
             Precision::Tf32 => names!("tf32"),
@@ -138,6 +172,7 @@ impl LinearKernels {
             rows_bias: k(rows_bias)?,
             rows_bias_relu: k(rows_bias_relu)?,
             rows_split_k: k(rows_split_k)?,
+            rows_split_k_norm: k(rows_split_k_norm)?,
         })
     }
 
@@ -146,7 +181,8 @@ impl LinearKernels {
     }
 
     /// `out = epilogue(x W^T + bias)` with `x` `(n, k)`, `weight` `(m, k)`, `bias` `(m)`; `out`
-    /// is `(n, m)` (for `QkvWindows` in the window layout; for `SplitK`, `(splits, n, m)`).
+    /// is `(n, m)` (for `QkvWindows` in the window layout; for `SplitK` and `SplitKNorm`,
+    /// `(splits, n, m)`).
     /// Products of at most [`ROWS`] rows run in the few-rows kernels.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
@@ -165,9 +201,16 @@ impl LinearKernels {
             Epilogue::Bias { .. } if rows => &self.rows_bias,
             Epilogue::BiasRelu if rows => &self.rows_bias_relu,
             Epilogue::SplitK { .. } if rows => &self.rows_split_k,
+            Epilogue::SplitKNorm { .. } if rows => &self.rows_split_k_norm,
             Epilogue::Bias { .. } => &self.bias,
             Epilogue::BiasRelu => &self.bias_relu,
             Epilogue::SplitK { .. } => &self.split_k,
+            Epilogue::SplitKNorm { .. } => {
+                return Err(Error::invalid(
+                    self.rows_split_k_norm.name(),
+                    format!("{n} rows: the fused LayerNorm takes at most {ROWS}"),
+                ));
+            }
             Epilogue::QkvWindows { .. } => &self.qkv_windows,
         };
         let name = kernel.name();
@@ -175,7 +218,7 @@ impl LinearKernels {
         check_len(name, "weight", weight.len(), m * k)?;
         check_len(name, "bias", bias.len(), m)?;
         let splits = match epilogue {
-            Epilogue::SplitK { splits } => splits,
+            Epilogue::SplitK { splits } | Epilogue::SplitKNorm { splits, .. } => splits,
             _ => 1,
         };
         check_len(name, "out", out.len(), splits * n * m)?;
@@ -195,14 +238,42 @@ impl LinearKernels {
             heads: 0,
             hd: 0,
         };
-        match &epilogue {
-            Epilogue::Bias { scale } => args.scale = *scale,
-            Epilogue::BiasRelu => {}
-            Epilogue::SplitK { splits } => {
-                if *splits == 0 || *splits > k.max(1) {
-                    return Err(Error::invalid(name, format!("{splits} splits of k = {k}")));
+        // The split-k LayerNorm's own parameters, after `args`.
+        let mut norm_args = None;
+        if matches!(
+            epilogue,
+            Epilogue::SplitK { .. } | Epilogue::SplitKNorm { .. }
+        ) {
+            if splits == 0 || splits > k.max(1) {
+                return Err(Error::invalid(name, format!("{splits} splits of k = {k}")));
+            }
+            args.k_chunk = k.div_ceil(splits).next_multiple_of(K_STEP) as i64;
+        }
+        args.out = ptr_mut(out, stream);
+        match epilogue {
+            Epilogue::Bias { scale } => args.scale = scale,
+            Epilogue::BiasRelu | Epilogue::SplitK { .. } => {}
+            Epilogue::SplitKNorm { norm, .. } => {
+                let RowNorm {
+                    residual,
+                    gamma,
+                    beta,
+                    eps,
+                    mut y,
+                    plus,
+                    mut arrived,
+                } = *norm;
+                check_len(name, "gamma", gamma.len(), m)?;
+                let mut ln = LayerNormArgs::forward(name, stream, &gamma, &beta, eps, &mut y)?;
+                check_len(name, "y", y.len(), n * m)?;
+                ln.residual_from(name, Some(&residual), stream)?;
+                if let Some(plus) = plus {
+                    ln.plus_from(name, plus, stream)?;
                 }
-                args.k_chunk = k.div_ceil(*splits).next_multiple_of(K_STEP) as i64;
+                // The partial products and the bias the GEMM skipped.
+                ln.sum_of(args.out, splits, args.bias);
+                check_at_least(name, "arrived", arrived.len(), 1)?;
+                norm_args = Some((ln, ptr_mut(&mut arrived, stream)));
             }
             Epilogue::QkvWindows {
                 token_slot,
@@ -212,10 +283,10 @@ impl LinearKernels {
             } => {
                 let c = m / 3;
                 if !m.is_multiple_of(3)
-                    || *heads == 0
-                    || !c.is_multiple_of(*heads)
-                    || *batch == 0
-                    || !n.is_multiple_of(*batch)
+                    || heads == 0
+                    || !c.is_multiple_of(heads)
+                    || batch == 0
+                    || !n.is_multiple_of(batch)
                 {
                     return Err(Error::invalid(
                         name,
@@ -227,15 +298,14 @@ impl LinearKernels {
                 }
                 let l_all = n / batch;
                 check_len(name, "token_slot", token_slot.len(), heads * l_all)?;
-                args.token_slot = ptr(*token_slot, stream);
-                args.scale = *scale;
-                args.batch = *batch as i32;
+                args.token_slot = ptr(token_slot, stream);
+                args.scale = scale;
+                args.batch = batch as i32;
                 args.l_all = l_all as i32;
-                args.heads = *heads as i32;
+                args.heads = heads as i32;
                 args.hd = (c / heads) as i32;
             }
         }
-        args.out = ptr_mut(out, stream);
         let grid_dim = if rows {
             (m.div_ceil(ROWS_COLUMNS) as u32, 1, splits as u32)
         } else {
@@ -250,8 +320,13 @@ impl LinearKernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: `args` mirrors the kernel's struct; every buffer was checked against the
-        // shape the kernel reads or writes.
-        unsafe { kernel.on(stream).arg(&args).go(cfg) }
+        let mut launch = kernel.on(stream);
+        launch.arg(&args);
+        if let Some((ln, arrived)) = &norm_args {
+            launch.arg(ln).arg(arrived);
+        }
+        // SAFETY: `args` (and the LayerNorm's `norm` and `arrived`) mirror the kernel's
+        // parameters; every buffer was checked against the shape the kernel reads or writes.
+        unsafe { launch.go(cfg) }
     }
 }

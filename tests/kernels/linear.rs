@@ -2,9 +2,11 @@
 //! (tensor cores; tests named `*_tf32_*`, `*_bf16_*`), held to 2e-3 and 1e-2.
 
 use attnrt::base::Precision;
-use attnrt::gpu::{Gpu, testing::gpu_or_skip};
+use attnrt::gpu::{Gpu, download, testing::gpu_or_skip};
+use attnrt::kernels::layer_norm::cpu::normalize;
+use attnrt::kernels::layer_norm::{Extra, LayerNormKernels, NormInput};
 use attnrt::kernels::linear::cpu::linear_f64;
-use attnrt::kernels::linear::{Epilogue, LinearKernels, ROWS};
+use attnrt::kernels::linear::{Epilogue, LinearKernels, ROWS, RowNorm};
 use rand::seq::SliceRandom;
 
 use crate::{TOL, assert_within, down, poisoned, random, rng, up};
@@ -121,6 +123,130 @@ fn linear_few_rows_match_the_cpu_reference() {
             check_epilogues(&gpu, precision, n, m, k);
         }
     }
+}
+
+/// The few-rows split-k GEMM with its LayerNorm fused (`Epilogue::SplitKNorm`, the decoder's
+/// `linear_add_norm`): the y and y + add of the split-k GEMM followed by `add_layer_norm_f32`
+/// (one row code, one summation order: equal to 1e-6), and the f64 reference's; launched twice
+/// on one counter, which it leaves zero; more than ROWS rows refused. m = 256 with k = 2048
+/// in 16 splits is the decoder's FFN2; m = 97 leaves warps without a column.
+#[test]
+fn linear_split_k_norm_matches_split_k_then_add_layer_norm() {
+    let Some(gpu) = gpu_or_skip("linear_split_k_norm_matches_split_k_then_add_layer_norm") else {
+        return;
+    };
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        for (n, m, k, splits) in [(1, 256, 2048, 16), (3, 97, 45, 2), (ROWS, 256, 256, 2)] {
+            check_split_k_norm(&gpu, precision, (n, m, k), splits);
+        }
+    }
+}
+
+fn check_split_k_norm(
+    gpu: &Gpu,
+    precision: Precision,
+    (n, m, k): (usize, usize, usize),
+    splits: usize,
+) {
+    const EPS: f32 = 1e-5;
+    let s = gpu.stream();
+    let kernels = LinearKernels::load_precision(gpu, precision).unwrap();
+    let norms = LayerNormKernels::load(gpu).unwrap();
+    let label = format!("{precision} ({n}, {m}, {k}) in {splits} splits");
+    let mut rng = rng(11 + k as u64);
+    let (x, w, bias) = (
+        random(&mut rng, n * k),
+        random(&mut rng, m * k),
+        random(&mut rng, m),
+    );
+    let (residual, add) = (random(&mut rng, n * m), random(&mut rng, n * m));
+    let (gamma, beta) = (random(&mut rng, m), random(&mut rng, m));
+    let (dx, dw, db) = (up(gpu, &x), up(gpu, &w), up(gpu, &bias));
+    let (dres, dadd) = (up(gpu, &residual), up(gpu, &add));
+    let (dgamma, dbeta) = (up(gpu, &gamma), up(gpu, &beta));
+
+    // The two launches it replaces.
+    let mut parts = poisoned(gpu, splits * n * m);
+    let split = Epilogue::SplitK { splits };
+    kernels
+        .run(s, &dx, &dw, &db, (n, m, k), &mut parts, split)
+        .unwrap();
+    let (mut y0, mut plus0) = (poisoned(gpu, n * m), poisoned(gpu, n * m));
+    let input = NormInput {
+        parts: parts.as_view(),
+        n_parts: splits,
+        bias: Some(db.as_view()),
+        residual: Some(dres.as_view()),
+    };
+    let extra = Extra::Plus((dadd.as_view(), plus0.as_view_mut()));
+    norms
+        .forward(s, input, &dgamma, &dbeta, EPS, &mut y0, extra)
+        .unwrap();
+    let (y0, plus0) = (down(gpu, &y0), down(gpu, &plus0));
+
+    let mut arrived = s.alloc_zeros::<u32>(1).unwrap();
+    for launch in ["first", "second"] {
+        let mut out = poisoned(gpu, splits * n * m);
+        let (mut y, mut plus) = (poisoned(gpu, n * m), poisoned(gpu, n * m));
+        let norm = Box::new(RowNorm {
+            residual: dres.as_view(),
+            gamma: dgamma.as_view(),
+            beta: dbeta.as_view(),
+            eps: EPS,
+            y: y.as_view_mut(),
+            plus: Some((dadd.as_view(), plus.as_view_mut())),
+            arrived: arrived.as_view_mut(),
+        });
+        let fused = Epilogue::SplitKNorm { splits, norm };
+        kernels
+            .run(s, &dx, &dw, &db, (n, m, k), &mut out, fused)
+            .unwrap();
+        let what = format!("{label}, {launch} launch");
+        assert_within(&format!("y, {what}"), &down(gpu, &y), &y0, 1e-6);
+        assert_within(&format!("y + add, {what}"), &down(gpu, &plus), &plus0, 1e-6);
+        assert_eq!(
+            download(s, &arrived).unwrap(),
+            vec![0u32],
+            "{what}: the counter"
+        );
+    }
+
+    let mut v = linear_f64(&x, &w, Some(&bias), (n, m, k));
+    for (v, r) in v.iter_mut().zip(&residual) {
+        *v += *r as f64;
+    }
+    let want = normalize(&v, &gamma, &beta, EPS as f64).y;
+    assert_within(
+        &format!("y, {label}, f64"),
+        &y0,
+        &want,
+        tolerance(precision),
+    );
+
+    // Tiles (more than ROWS rows) have no fused LayerNorm: refused, naming the kernel.
+    let rows = ROWS + 1;
+    let (dx, dres) = (
+        up(gpu, &random(&mut rng, rows * k)),
+        up(gpu, &random(&mut rng, rows * m)),
+    );
+    let (mut out, mut y) = (poisoned(gpu, splits * rows * m), poisoned(gpu, rows * m));
+    let norm = Box::new(RowNorm {
+        residual: dres.as_view(),
+        gamma: dgamma.as_view(),
+        beta: dbeta.as_view(),
+        eps: EPS,
+        y: y.as_view_mut(),
+        plus: None,
+        arrived: arrived.as_view_mut(),
+    });
+    let fused = Epilogue::SplitKNorm { splits, norm };
+    let err = kernels
+        .run(s, &dx, &dw, &db, (rows, m, k), &mut out, fused)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("linear_rows_split_k_norm"),
+        "{err}"
+    );
 }
 
 #[test]

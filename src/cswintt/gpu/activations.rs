@@ -49,6 +49,9 @@ pub(super) struct Activations {
     /// k-split partial products of the linears followed by bias + residual + LayerNorm,
     /// `(splits, rows, c)`, sized for the largest of them.
     pub partial: DeviceBuffer<f32>,
+    /// The counter of the decoder's split-k linears with their LayerNorm fused
+    /// (`Epilogue::SplitKNorm`): zero between launches (allocated zeroed, never poisoned).
+    pub norm_arrived: DeviceBuffer<u32>,
     /// Each encoder head's key split and workspace (heads run concurrently: one each).
     pub head_splits: Vec<SplitBuffers>,
     /// The decoder's cross attention's.
@@ -141,6 +144,9 @@ impl Activations {
             dhidden: f(batch * ff)?,
             hs: f(batch * c)?,
             partial: f(partial)?,
+            norm_arrived: s
+                .alloc_zeros::<u32>(1)
+                .cuda(|| "allocating the fused LayerNorm's counters".to_string())?,
             head_splits: heads
                 .iter()
                 .map(|(shape, splits)| SplitBuffers::new(s, shape, *splits))
@@ -171,6 +177,7 @@ impl Activations {
             dhidden,
             hs,
             partial,
+            norm_arrived: _,
             head_splits,
             cross_split,
         } = self;

@@ -43,7 +43,7 @@ use crate::base::tensor::Tensor;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, upload};
 use crate::kernels::layer_norm::{Extra, LayerNormKernels, NormInput, PlusOutput};
-use crate::kernels::linear::{Epilogue, LinearKernels, split_k};
+use crate::kernels::linear::{self, Epilogue, LinearKernels, RowNorm, split_k};
 use crate::kernels::window_attention::{
     AttentionOperands, AttentionShape, KeySplit, SlotLayout, WindowAttentionKernels,
 };
@@ -366,7 +366,9 @@ impl GpuEngine {
 
     /// `y = LN(x W^T + bias + residual)` over `rows` rows: the linear split over k into
     /// `partial` (its outputs are only c wide: split-k gives the GEMM enough blocks), then
-    /// one row kernel as its epilogue: partial sums, bias, residual, LayerNorm.
+    /// the partial sums, bias, residual and LayerNorm: for the decoder's few rows by the
+    /// GEMM's last block (`Epilogue::SplitKNorm`, no launch of its own), for the encoder's
+    /// by one row kernel (a block's tail would normalise 64 rows 8 to a warp).
     #[allow(clippy::too_many_arguments)]
     fn linear_add_norm(
         &self,
@@ -376,23 +378,33 @@ impl GpuEngine {
         rows: usize,
         residual: &DeviceBuffer<f32>,
         ln: &DeviceLayerNorm,
-        partial: &mut DeviceBuffer<f32>,
+        (partial, arrived): (&mut DeviceBuffer<f32>, &mut DeviceBuffer<u32>),
         y: &mut DeviceBuffer<f32>,
         plus: Option<PlusOutput<'_>>,
     ) -> Result<()> {
         let (n, m, k) = lin.shape(rows);
         let splits = split_k(n, m, k);
         let len = splits * n * m;
-        let epilogue = Epilogue::SplitK { splits };
-        self.kernels.linear.run(
-            s,
-            x,
-            &lin.weight,
-            &lin.bias,
-            (n, m, k),
-            &mut partial.slice_mut(..len),
-            epilogue,
-        )?;
+        let product = |partial: &mut DeviceBuffer<f32>, epilogue| {
+            let out = &mut partial.slice_mut(..len);
+            let (w, b) = (&lin.weight, &lin.bias);
+            self.kernels
+                .linear
+                .run(s, x, w, b, (n, m, k), out, epilogue)
+        };
+        if rows <= linear::ROWS {
+            let norm = Box::new(RowNorm {
+                residual: residual.as_view(),
+                gamma: ln.gamma.as_view(),
+                beta: ln.beta.as_view(),
+                eps: LN_EPS as f32,
+                y: y.as_view_mut(),
+                plus,
+                arrived: arrived.as_view_mut(),
+            });
+            return product(partial, Epilogue::SplitKNorm { splits, norm });
+        }
+        product(partial, Epilogue::SplitK { splits })?;
         let input = NormInput {
             parts: partial.slice(..len),
             n_parts: splits,
@@ -413,7 +425,7 @@ impl GpuEngine {
         rows: usize,
         ln: &DeviceLayerNorm,
         hidden: &mut DeviceBuffer<f32>,
-        partial: &mut DeviceBuffer<f32>,
+        partial: (&mut DeviceBuffer<f32>, &mut DeviceBuffer<u32>),
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         let relu = Epilogue::BiasRelu;
@@ -519,11 +531,13 @@ impl GpuEngine {
 
         rec.stage(&format!("{name}/output + norm1"), 0, s, || {
             let (o, ln) = (&p.output, &p.norm1);
-            let (x, x1, partial) = (&act.x, &mut act.x1, &mut act.partial);
+            let (x, x1) = (&act.x, &mut act.x1);
+            let partial = (&mut act.partial, &mut act.norm_arrived);
             self.linear_add_norm(s, &act.concat, o, n, x, ln, partial, x1, None)
         })?;
         rec.stage(&format!("{name}/ffn + norm2"), 0, s, || {
-            let (hidden, partial) = (&mut act.hidden, &mut act.partial);
+            let hidden = &mut act.hidden;
+            let partial = (&mut act.partial, &mut act.norm_arrived);
             let ffn = (&p.ff1, &p.ff2);
             self.feed_forward(s, &act.x1, ffn, n, &p.norm2, hidden, partial, &mut act.x)
         })
@@ -573,7 +587,8 @@ impl GpuEngine {
                     &mut act.proj,
                     plain(),
                 )?;
-                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                let (t, next) = (&act.t, &mut act.t_next);
+                let partial = (&mut act.partial, &mut act.norm_arrived);
                 let plus = (act.qpos.as_view(), act.tq.as_view_mut());
                 self.linear_add_norm(
                     s,
@@ -624,7 +639,8 @@ impl GpuEngine {
                     split: act.cross_split.key_split(),
                 };
                 self.kernels.attention.run(s, &shape, ops)?;
-                let (t, next, partial) = (&act.t, &mut act.t_next, &mut act.partial);
+                let (t, next) = (&act.t, &mut act.t_next);
+                let partial = (&mut act.partial, &mut act.norm_arrived);
                 self.linear_add_norm(
                     s,
                     &act.attn,
@@ -639,7 +655,8 @@ impl GpuEngine {
             })?;
             std::mem::swap(&mut act.t, &mut act.t_next);
             rec.stage(&format!("{name}/ffn + norm3"), 0, s, || {
-                let (hidden, partial) = (&mut act.dhidden, &mut act.partial);
+                let hidden = &mut act.dhidden;
+                let partial = (&mut act.partial, &mut act.norm_arrived);
                 let ffn = (&p.linear1, &p.linear2);
                 self.feed_forward(
                     s,

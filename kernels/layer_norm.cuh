@@ -1,0 +1,76 @@
+// The LayerNorm forward's row: layer_norm.cu's kernels, and linear.cu's few-rows split-k GEMM
+// that normalises its own rows (linear_rows_split_k_norm_*), share it so that both compute bit
+// for bit alike. Math, layouts and variants: layer_norm.cu.
+#pragma once
+#include "common.cuh"
+
+struct LayerNormArgs {
+    const float* parts;
+    const float* bias;      // optional, (c)
+    const float* residual;  // optional, (rows, c)
+    const float* gamma;
+    const float* beta;
+    float* y;
+    const float* add;       // optional, (rows, c)
+    float* y_plus;          // written iff add is non-null
+    float* xhat;            // layer_norm_f32 only, (rows, c)
+    float* rstd;            // layer_norm_f32 only, (rows)
+    long long rows, part_stride;
+    int c, n_parts;
+    float eps;
+};
+// The Rust mirror asserts the same size: a field added on one side only fails both builds.
+static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
+
+namespace layer_norm {
+constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
+}
+
+// Row `row` of the forward, by one whole warp (`lane` its lane); SAVE also writes xhat and
+// rstd. The parts are read through L2 (__ldcg): in linear_rows_split_k_norm other blocks of
+// the same launch wrote them.
+template <bool SAVE>
+__device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long long row,
+                                                   int lane) {
+    using layer_norm::PER_LANE;
+    const long long base = row * p.c;
+    float v[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) v[i] = 0.0f;
+    // Part by part, each lane's elements at once: one memory latency a part, not one an
+    // element and part (each element still sums parts[0], parts[1], ... in order).
+    for (int s = 0; s < p.n_parts; ++s) {
+        const float* part = p.parts + s * p.part_stride + base;
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i)
+            if (lane + 32 * i < p.c) v[i] += __ldcg(part + lane + 32 * i);
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const int j = lane + 32 * i;
+        if (j >= p.c) continue;
+        if (p.bias) v[i] += p.bias[j];
+        if (p.residual) v[i] += p.residual[base + j];
+        sum += v[i];
+    }
+    const float mean = warp_sum(sum) / p.c;
+    float sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const float d = v[i] - mean;
+        if (lane + 32 * i < p.c) sq = fmaf(d, d, sq);
+    }
+    const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
+    if (SAVE && lane == 0) p.rstd[row] = inv;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+        const int j = lane + 32 * i;
+        if (j >= p.c) continue;
+        const float h = (v[i] - mean) * inv;
+        const float y = h * p.gamma[j] + p.beta[j];
+        p.y[base + j] = y;
+        if (SAVE) p.xhat[base + j] = h;
+        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
+    }
+}

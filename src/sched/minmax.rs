@@ -164,25 +164,28 @@ fn plan(
             .into_iter()
             .map(ahead)
             .collect();
-    // Sprints of the jobs predicted most slowed down, on each number of GPUs up to their
-    // fastest split: the best of each job, and the search from there.
-    let mut by_sd: Vec<usize> = (0..model.jobs.len()).collect();
-    by_sd.sort_by(|&a, &b| {
-        search.state[b]
-            .sd
-            .total_cmp(&search.state[a].sd)
-            .then(a.cmp(&b))
-    });
-    for &i in by_sd.iter().take(SPRINTED) {
-        let best = (1..=fastest[i].1)
-            .filter_map(|k| sprint(model, &search.dr, i, k))
-            .map(ahead)
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some(best) = best {
-            let mut refined = Search::new(model, current.to_vec(), best.1.clone(), params);
-            refined.run();
-            alternatives.push(best);
-            alternatives.push(ahead(refined.dr));
+    // With no more jobs than GPUs, sprints of the jobs predicted most slowed down, on each
+    // number of GPUs up to their fastest split: the best of each job, and the search from
+    // there. (With more jobs, the deadline-ordered placements clear GPUs for the urgent.)
+    if model.jobs.len() <= model.machine.gpus {
+        let mut by_sd: Vec<usize> = (0..model.jobs.len()).collect();
+        by_sd.sort_by(|&a, &b| {
+            search.state[b]
+                .sd
+                .total_cmp(&search.state[a].sd)
+                .then(a.cmp(&b))
+        });
+        for &i in by_sd.iter().take(SPRINTED) {
+            let best = (1..=fastest[i].1)
+                .filter_map(|k| sprint(model, &search.dr, i, k))
+                .map(ahead)
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some(best) = best {
+                let mut refined = Search::new(model, current.to_vec(), best.1.clone(), params);
+                refined.run();
+                alternatives.push(best);
+                alternatives.push(ahead(refined.dr));
+            }
         }
     }
     let searched = ahead(search.dr);

@@ -1403,6 +1403,59 @@ mod tests {
     }
 
     #[test]
+    fn fastest_split_and_pooled_rates() {
+        // 100 samples of 1 ms, nothing else: [3,3,2,2] on four GPUs, 30 ms of 100.
+        let mut m = model(4, 1);
+        m.jobs[0].costs.grad_mb = 0.0;
+        let (rate, k) = fastest_split(&m.jobs[0], &m.machine);
+        assert!((rate - 100.0 / 30.0).abs() < 1e-9 && k == 4, "{rate} {k}");
+        // A 1 GB all-reduce (100 ms on two GPUs) makes any split slower than one GPU.
+        assert_eq!(fastest_split(&model(4, 1).jobs[0], &m.machine), (1.0, 1));
+        // The pooled machine lets a job run at its rate: 3 s of work at 3 per second, due
+        // after 1 s already spent of 3 alone: (1 + 1) / 3.
+        let job = Pooled {
+            work: 3.0,
+            elapsed: 1.0,
+            exclusive: 3.0,
+            rate: 3.0,
+        };
+        assert!((pooled_slowdown(&[job], 4.0) - 2.0 / 3.0).abs() < 1e-3);
+        // Two such jobs on three GPUs cannot both run at 3: 6 s of work on 3 GPUs.
+        let s = pooled_slowdown(&[job, job], 3.0);
+        assert!((s - 1.0).abs() < 1e-3, "{s}");
+    }
+
+    #[test]
+    fn a_sprint_clears_gpus_for_one_job() {
+        let m = model(4, 2);
+        let drs = [dr(&[5, 5, 0, 0]), dr(&[0, 5, 5, 0])];
+        // Job 0 keeps its two GPUs; job 1 keeps its other one.
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 5, 0, 0]), dr(&[0, 0, 10, 0])]
+        );
+        // On three, it takes the GPU nobody uses before the one job 1 is on.
+        assert_eq!(
+            sprint(&m, &drs, 0, 3).unwrap(),
+            [dr(&[4, 3, 0, 3]), dr(&[0, 0, 10, 0])]
+        );
+        // Free GPUs before shared ones: job 1 stays; a job with nothing left goes to the free
+        // GPU the fewest jobs use.
+        let drs = [dr(&[10, 0, 0, 0]), dr(&[0, 10, 0, 0])];
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 0, 5, 0]), dr(&[0, 10, 0, 0])]
+        );
+        let drs = [dr(&[5, 5, 0, 0]), dr(&[0, 10, 0, 0])];
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 5, 0, 0]), dr(&[0, 0, 10, 0])]
+        );
+        // Every GPU leaves none for the others.
+        assert!(sprint(&m, &drs, 0, 4).is_none());
+    }
+
+    #[test]
     fn more_jobs_than_gpus_are_served_by_deadline() {
         // Jobs of 10, 100, 100 and 100 s on two GPUs, all on GPU 0, the short one waiting for
         // 10 s already: it keeps GPU 0 (it is there), the others queue on GPU 1.

@@ -28,6 +28,13 @@
 //! Slow-Downs sorted from the largest are lexicographically smaller by more than the
 //! hysteresis margin at the first place they differ: the largest predicted Slow-Down never
 //! rises, and a move must beat its reconfiguration stall, which is part of the prediction.
+//!
+//! That prediction keeps a placement until every job finishes, so it never crowds some jobs
+//! for a while to let others finish. Alternatives are judged by a short lookahead instead
+//! ([`lookahead`]: the placement for a while, then the pooled machine): with more jobs than
+//! GPUs, placements that give the jobs due first a GPU each and queue the others on a few
+//! ([`deadline_order`]); with no more, sprints ([`sprint`]) that clear GPUs for one of the
+//! jobs predicted most slowed down, and the search from the best of them.
 
 use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
 use super::dr::{DR_UNITS, DistributionRatio, apportion, largest_remainder};
@@ -131,7 +138,7 @@ pub fn predicted_max_slowdown(model: &RoundModel, drs: &[DistributionRatio]) -> 
 
 /// The DRs `minmax` chooses at one round of `model`, starting from `current`: the local
 /// search from the current DRs, or from a placement rebuilt from scratch when that predicts
-/// better.
+/// better, unless a deadline-ordered placement or a sprint looks better ahead.
 fn plan(
     model: &RoundModel,
     current: &[DistributionRatio],
@@ -277,12 +284,14 @@ fn sprint(
     Some(out)
 }
 
-/// With more jobs than GPUs, the placement that serves the jobs by deadline: the deadlines
-/// that the pooled machine can just meet ([`pooled_slowdown`]), the `m - 1` earliest each
-/// alone on a GPU (the one holding most of its units when no earlier job took it), every
-/// other job queued on the last GPU, where it progresses slowly until a GPU frees up.
-/// Processor sharing cannot pause a job; crowding the jobs that can wait on one GPU is the
-/// closest it comes. `None` with no more jobs than GPUs.
+/// With more jobs than GPUs, the placements that serve the jobs by deadline: the deadlines
+/// that the pooled machine can just meet ([`pooled_slowdown`], each job at its `rates`
+/// entry), for each `q` in `1..=QUEUES`, the `m - q` earliest each alone on a GPU (the one
+/// holding most of its units when no earlier job took it), every other job queued on the
+/// other `q` GPUs (its own when that is one of them, else the shortest queue), where it
+/// progresses slowly until a GPU frees up. Processor sharing cannot pause a job; crowding
+/// the jobs that can wait on a few GPUs is the closest it comes. Empty with no more jobs
+/// than GPUs.
 fn deadline_order(
     model: &RoundModel,
     current: &[DistributionRatio],
@@ -490,11 +499,13 @@ fn fastest_split(job: &JobModel, machine: &SimulationConfig) -> (f64, usize) {
 }
 
 /// The smallest `S` at which `jobs` can all finish by `S exclusive - elapsed` from now on
-/// `capacity` pooled GPUs, each job on at most one at a time, preempted and migrated at
-/// will (to a relative 1e-4). All jobs being present, the prefix condition is exact: the
-/// deadlines `d` can be met if and only if, at every deadline `d_k`,
-/// `capacity d_k + sum_{d_j > d_k} min(work_j, d_j - d_k) >= sum work` (the work that must
-/// still be done after `d_k` fits before its deadlines), and `work_j <= d_j`.
+/// `capacity` pooled GPUs, each job doing at most `rate` exclusive seconds of work per
+/// second, preempted and migrated at will (to a relative 1e-4), as far as the prefix
+/// condition sees: at every deadline `d_k`,
+/// `capacity d_k + sum_{d_j > d_k} min(work_j, rate_j (d_j - d_k)) >= sum work` (the work that
+/// must still be done after `d_k` fits before its deadlines), and `work_j <= rate_j d_j`. All
+/// jobs being present and every rate 1 (each job on one GPU at a time), it is exact; with
+/// larger rates it is necessary, which is enough for a score.
 fn pooled_slowdown(jobs: &[Pooled], capacity: f64) -> f64 {
     let jobs: Vec<Pooled> = jobs.iter().copied().filter(|j| j.work > 0.0).collect();
     if jobs.is_empty() {

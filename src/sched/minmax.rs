@@ -28,9 +28,16 @@
 //! Slow-Downs sorted from the largest are lexicographically smaller by more than the
 //! hysteresis margin at the first place they differ: the largest predicted Slow-Down never
 //! rises, and a move must beat its reconfiguration stall, which is part of the prediction.
+//!
+//! That prediction keeps a placement until every job finishes, so it never crowds some jobs
+//! for a while to let others finish. Alternatives are judged by a short lookahead instead
+//! ([`lookahead`]: the placement for a while, then the pooled machine): with more jobs than
+//! GPUs, placements that give the jobs due first a GPU each and queue the others on a few
+//! ([`deadline_order`]); with no more, sprints ([`sprint`]) that clear GPUs for one of the
+//! jobs predicted most slowed down, and the search from the best of them.
 
 use super::cost::{JobModel, RoundModel, allreduce_s, shard_work};
-use super::dr::{DR_UNITS, DistributionRatio, largest_remainder};
+use super::dr::{DR_UNITS, DistributionRatio, apportion, largest_remainder};
 use super::jobs::SimulationConfig;
 use super::policy::{
     Action, Admission, Decision, PeriodInputs, Policy, ThesisParams, ThesisPolicy, initial_or_even,
@@ -53,9 +60,9 @@ pub struct MinmaxParams {
     pub patience: usize,
     /// Moves per round: `max_moves + jobs / 8`; the search goes on at the next round.
     pub max_moves: usize,
-    /// With more jobs than GPUs, the deadline-ordered placement replaces the searched one
-    /// when its lookahead is lower by this fraction.
-    pub queue_margin: f64,
+    /// A deadline-ordered placement or a sprint replaces the searched placement when its
+    /// lookahead is lower by this fraction.
+    pub lookahead_margin: f64,
 }
 
 impl Default for MinmaxParams {
@@ -67,7 +74,7 @@ impl Default for MinmaxParams {
             moves_per_job: 3,
             patience: 8,
             max_moves: 16,
-            queue_margin: 0.001,
+            lookahead_margin: 0.001,
         }
     }
 }
@@ -131,7 +138,7 @@ pub fn predicted_max_slowdown(model: &RoundModel, drs: &[DistributionRatio]) -> 
 
 /// The DRs `minmax` chooses at one round of `model`, starting from `current`: the local
 /// search from the current DRs, or from a placement rebuilt from scratch when that predicts
-/// better.
+/// better, unless a deadline-ordered placement or a sprint looks better ahead.
 fn plan(
     model: &RoundModel,
     current: &[DistributionRatio],
@@ -150,39 +157,161 @@ fn plan(
         }
     };
     search.run();
-    let Some(queued) = deadline_order(model, current) else {
-        return search.dr;
-    };
-    let horizon = lookahead_horizon(model);
-    let ahead = |drs: &[DistributionRatio]| lookahead(model, current, drs, horizon);
-    if ahead(&queued) < ahead(&search.dr) * (1.0 - params.queue_margin) {
-        queued
-    } else {
-        search.dr
+    let fastest: Vec<(f64, usize)> = model
+        .jobs
+        .iter()
+        .map(|j| fastest_split(j, &model.machine))
+        .collect();
+    let rates: Vec<f64> = fastest.iter().map(|f| f.0).collect();
+    let horizon = lookahead_horizon(model, &rates);
+    let ahead =
+        |drs: Vec<DistributionRatio>| (lookahead(model, current, &drs, horizon, &rates), drs);
+    let mut alternatives: Vec<(f64, Vec<DistributionRatio>)> =
+        deadline_order(model, current, &rates)
+            .into_iter()
+            .map(ahead)
+            .collect();
+    // With no more jobs than GPUs, sprints of the jobs predicted most slowed down, on each
+    // number of GPUs up to their fastest split: the best of each job, and the search from
+    // there. (With more jobs, the deadline-ordered placements clear GPUs for the urgent.)
+    if model.jobs.len() <= model.machine.gpus {
+        let mut by_sd: Vec<usize> = (0..model.jobs.len()).collect();
+        by_sd.sort_by(|&a, &b| {
+            search.state[b]
+                .sd
+                .total_cmp(&search.state[a].sd)
+                .then(a.cmp(&b))
+        });
+        for &i in by_sd.iter().take(SPRINTED) {
+            let best = (1..=fastest[i].1)
+                .filter_map(|k| sprint(model, &search.dr, i, k))
+                .map(ahead)
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some(best) = best {
+                let mut refined = Search::new(model, current.to_vec(), best.1.clone(), params);
+                refined.run();
+                alternatives.push(best);
+                alternatives.push(ahead(refined.dr));
+            }
+        }
     }
+    let searched = ahead(search.dr);
+    let mut chosen = (searched.0 * (1.0 - params.lookahead_margin), searched.1);
+    for alt in alternatives {
+        if alt.0 < chosen.0 {
+            chosen = alt;
+        }
+    }
+    chosen.1
 }
 
-/// With more jobs than GPUs, the placement that serves the jobs by deadline: the deadlines
-/// that the pooled machine can just meet ([`pooled_slowdown`]), the `m - 1` earliest each
-/// alone on a GPU (the one holding most of its units when no earlier job took it), every
-/// other job queued on the last GPU, where it progresses slowly until a GPU frees up.
-/// Processor sharing cannot pause a job; crowding the jobs that can wait on one GPU is the
-/// closest it comes. `None` with no more jobs than GPUs.
+/// Job `i` alone on `k` GPUs at an even split (those holding most of its units first, then
+/// those the fewest other jobs use), every other job moved off them: a job that also runs
+/// elsewhere keeps its other units (scaled back to ten), one that does not goes to the free
+/// GPU the fewest jobs use. A sprint: near a job's finish, clearing GPUs for the job that
+/// limits the largest Slow-Down pays even though the others are crowded for a while. `None`
+/// when no GPU is left for the others.
+fn sprint(
+    model: &RoundModel,
+    drs: &[DistributionRatio],
+    i: usize,
+    k: usize,
+) -> Option<Vec<DistributionRatio>> {
+    let m = model.machine.gpus;
+    if k == 0 || k >= m {
+        return None;
+    }
+    let mut users = vec![0usize; m];
+    for (j, dr) in drs.iter().enumerate() {
+        if j != i {
+            for g in dr.used_gpus() {
+                users[g] += 1;
+            }
+        }
+    }
+    let mut gpus: Vec<usize> = (0..m).collect();
+    gpus.sort_by_key(|&g| (std::cmp::Reverse(drs[i].get(g)), users[g], g));
+    let mut taken = vec![false; m];
+    let mut units = vec![0u8; m];
+    for (r, &g) in gpus[..k].iter().enumerate() {
+        taken[g] = true;
+        units[g] = DR_UNITS / k as u8 + u8::from((r as u8) < DR_UNITS % k as u8);
+    }
+    let mut out = drs.to_vec();
+    out[i] = DistributionRatio::new(units).ok()?;
+    let mut load = vec![0usize; m];
+    for (j, dr) in drs.iter().enumerate() {
+        if j != i && !dr.used_gpus().any(|g| taken[g]) {
+            for g in dr.used_gpus() {
+                load[g] += 1;
+            }
+        }
+    }
+    for (j, dr) in drs.iter().enumerate() {
+        if j == i || !dr.used_gpus().any(|g| taken[g]) {
+            continue;
+        }
+        let left: u32 = dr
+            .used_gpus()
+            .filter(|&g| !taken[g])
+            .map(|g| u32::from(dr.get(g)))
+            .sum();
+        out[j] = if left > 0 {
+            let quotas: Vec<f64> = (0..m)
+                .map(|g| {
+                    if taken[g] {
+                        0.0
+                    } else {
+                        f64::from(dr.get(g)) * f64::from(DR_UNITS) / f64::from(left)
+                    }
+                })
+                .collect();
+            let units: Vec<u8> = largest_remainder(&quotas, u64::from(DR_UNITS))
+                .into_iter()
+                .map(|u| u as u8)
+                .collect();
+            DistributionRatio::new(units).ok()?
+        } else {
+            let g = (0..m)
+                .filter(|&g| !taken[g])
+                .min_by_key(|&g| (load[g], g))?;
+            DistributionRatio::exclusive(m, g).ok()?
+        };
+        for g in out[j].used_gpus() {
+            load[g] += 1;
+        }
+    }
+    Some(out)
+}
+
+/// With more jobs than GPUs, the placements that serve the jobs by deadline: the deadlines
+/// that the pooled machine can just meet ([`pooled_slowdown`], each job at its `rates`
+/// entry), for each `q` in `1..=QUEUES`, the `m - q` earliest each alone on a GPU (the one
+/// holding most of its units when no earlier job took it), every other job queued on the
+/// other `q` GPUs (its own when that is one of them, else the shortest queue), where it
+/// progresses slowly until a GPU frees up. Processor sharing cannot pause a job; crowding
+/// the jobs that can wait on a few GPUs is the closest it comes. Empty with no more jobs
+/// than GPUs.
 fn deadline_order(
     model: &RoundModel,
     current: &[DistributionRatio],
-) -> Option<Vec<DistributionRatio>> {
+    rates: &[f64],
+) -> Vec<Vec<DistributionRatio>> {
     let m = model.machine.gpus;
     let n = model.jobs.len();
-    if n <= m || m == 0 {
-        return None;
+    if n <= m || m <= 1 {
+        return Vec::new();
     }
-    let left: Vec<Pooled> = model.jobs.iter().map(Pooled::of).collect();
+    let left: Vec<Pooled> = model
+        .jobs
+        .iter()
+        .zip(rates)
+        .map(|(j, &r)| Pooled::of(j, r))
+        .collect();
     let s = pooled_slowdown(&left, m as f64);
     let deadline = |j: usize| s * left[j].exclusive - left[j].elapsed;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| deadline(a).total_cmp(&deadline(b)).then(a.cmp(&b)));
-    let (first, queued) = order.split_at(m - 1);
     // The GPU holding most of each job's units, the lowest on a tie.
     let main_gpu: Vec<usize> = current
         .iter()
@@ -192,32 +321,47 @@ fn deadline_order(
                 .unwrap_or(0)
         })
         .collect();
-    let mut taken = vec![false; m];
-    let mut gpu_of: Vec<Option<usize>> = vec![None; n];
-    for &j in first {
-        let g = main_gpu[j];
-        if !taken[g] {
-            taken[g] = true;
-            gpu_of[j] = Some(g);
-        }
-    }
-    // The queue stays on the free GPU already holding most of it.
-    let mut holding = vec![0usize; m];
-    for &j in queued {
-        holding[main_gpu[j]] += 1;
-    }
-    let queue_gpu = (0..m)
-        .filter(|&g| !taken[g])
-        .max_by_key(|&g| (holding[g], std::cmp::Reverse(g)))?;
-    taken[queue_gpu] = true;
-    let mut free = (0..m).filter(|&g| !taken[g]);
-    for &j in first {
-        if gpu_of[j].is_none() {
-            gpu_of[j] = free.next();
-        }
-    }
-    (0..n)
-        .map(|j| DistributionRatio::exclusive(m, gpu_of[j].unwrap_or(queue_gpu)).ok())
+    (1..=QUEUES.min(m - 1))
+        .filter_map(|queues| {
+            let (first, queued) = order.split_at(m - queues);
+            let mut taken = vec![false; m];
+            let mut gpu_of: Vec<Option<usize>> = vec![None; n];
+            for &j in first {
+                let g = main_gpu[j];
+                if !taken[g] {
+                    taken[g] = true;
+                    gpu_of[j] = Some(g);
+                }
+            }
+            // The queues stay on the free GPUs already holding most of them.
+            let mut holding = vec![0usize; m];
+            for &j in queued {
+                holding[main_gpu[j]] += 1;
+            }
+            let mut free: Vec<usize> = (0..m).filter(|&g| !taken[g]).collect();
+            free.sort_by_key(|&g| (std::cmp::Reverse(holding[g]), g));
+            let queue_gpus: Vec<usize> = free.iter().copied().take(queues).collect();
+            let mut others = free.into_iter().skip(queues);
+            for &j in first {
+                if gpu_of[j].is_none() {
+                    gpu_of[j] = others.next();
+                }
+            }
+            // A queued job stays on its queue GPU, or joins the queue with the fewest jobs.
+            let mut count = vec![0usize; m];
+            for &j in queued {
+                let g = if queue_gpus.contains(&main_gpu[j]) {
+                    main_gpu[j]
+                } else {
+                    *queue_gpus.iter().min_by_key(|&&g| (count[g], g))?
+                };
+                count[g] += 1;
+                gpu_of[j] = Some(g);
+            }
+            (0..n)
+                .map(|j| DistributionRatio::exclusive(m, gpu_of[j]?).ok())
+                .collect()
+        })
         .collect()
 }
 
@@ -252,11 +396,12 @@ fn instant_times(model: &RoundModel, drs: &[DistributionRatio]) -> Vec<f64> {
 /// alone, so that no job is predicted past its finish, where the next rounds re-plan (the
 /// suite's mean distance from the bound is flat from 0.1 to 0.6 times; whole times, or the
 /// `m`-th shortest, lose 2 to 8%).
-fn lookahead_horizon(model: &RoundModel) -> f64 {
+fn lookahead_horizon(model: &RoundModel, rates: &[f64]) -> f64 {
     0.3 * model
         .jobs
         .iter()
-        .map(|j| Pooled::of(j).work)
+        .zip(rates)
+        .map(|(j, &r)| Pooled::of(j, r).work)
         .fold(f64::INFINITY, f64::min)
 }
 
@@ -270,6 +415,7 @@ fn lookahead(
     current: &[DistributionRatio],
     drs: &[DistributionRatio],
     horizon: f64,
+    rates: &[f64],
 ) -> f64 {
     let stall = model.machine.reconfigure_ms / 1000.0;
     let t = instant_times(model, drs);
@@ -292,6 +438,7 @@ fn lookahead(
             work: (remaining - done) * job.exclusive_iter_s,
             elapsed: job.elapsed_s + horizon,
             exclusive: job.exclusive_s(),
+            rate: rates[k],
         });
     }
     worst.max(pooled_slowdown(&left, model.machine.gpus as f64))
@@ -304,24 +451,61 @@ struct Pooled {
     work: f64,
     elapsed: f64,
     exclusive: f64,
+    /// The most exclusive seconds of work it does per second (its fastest split alone).
+    rate: f64,
 }
 
 impl Pooled {
-    fn of(job: &JobModel) -> Self {
+    fn of(job: &JobModel, rate: f64) -> Self {
         Pooled {
             work: job.remaining_iters() as f64 * job.exclusive_iter_s,
             elapsed: job.elapsed_s,
             exclusive: job.exclusive_s(),
+            rate,
         }
     }
 }
 
+/// The fastest a job can run alone: the exclusive seconds of work it does per second at its
+/// fastest even split (10 units as evenly as integers allow over `k` GPUs, `k` up to
+/// `min(gpus, 10, batch)`; where the units sit changes nothing alone), and that `k`.
+fn fastest_split(job: &JobModel, machine: &SimulationConfig) -> (f64, usize) {
+    let max_k = machine
+        .gpus
+        .min(usize::from(DR_UNITS))
+        .min(usize::try_from(job.batch_size).unwrap_or(usize::MAX))
+        .max(1);
+    let (sample_s, overhead_s) = (
+        job.costs.sample_ms / 1000.0,
+        job.costs.iter_overhead_ms / 1000.0,
+    );
+    let mut best = (job.exclusive_iter_s, 1);
+    for k in 2..=max_k {
+        let units: Vec<u64> = (0..k)
+            .map(|g| {
+                u64::from(DR_UNITS) / k as u64
+                    + u64::from((g as u64) < u64::from(DR_UNITS) % k as u64)
+            })
+            .collect();
+        let largest = apportion(&units, job.batch_size)
+            .and_then(|s| s.into_iter().max())
+            .unwrap_or(job.batch_size);
+        let t = largest as f64 * sample_s + overhead_s + allreduce_s(machine, k, job.costs.grad_mb);
+        if t < best.0 {
+            best = (t, k);
+        }
+    }
+    (job.exclusive_iter_s / best.0, best.1)
+}
+
 /// The smallest `S` at which `jobs` can all finish by `S exclusive - elapsed` from now on
-/// `capacity` pooled GPUs, each job on at most one at a time, preempted and migrated at
-/// will (to a relative 1e-4). All jobs being present, the prefix condition is exact: the
-/// deadlines `d` can be met if and only if, at every deadline `d_k`,
-/// `capacity d_k + sum_{d_j > d_k} min(work_j, d_j - d_k) >= sum work` (the work that must
-/// still be done after `d_k` fits before its deadlines), and `work_j <= d_j`.
+/// `capacity` pooled GPUs, each job doing at most `rate` exclusive seconds of work per
+/// second, preempted and migrated at will (to a relative 1e-4), as far as the prefix
+/// condition sees: at every deadline `d_k`,
+/// `capacity d_k + sum_{d_j > d_k} min(work_j, rate_j (d_j - d_k)) >= sum work` (the work that
+/// must still be done after `d_k` fits before its deadlines), and `work_j <= rate_j d_j`. All
+/// jobs being present and every rate 1 (each job on one GPU at a time), it is exact; with
+/// larger rates it is necessary, which is enough for a score.
 fn pooled_slowdown(jobs: &[Pooled], capacity: f64) -> f64 {
     let jobs: Vec<Pooled> = jobs.iter().copied().filter(|j| j.work > 0.0).collect();
     if jobs.is_empty() {
@@ -330,27 +514,33 @@ fn pooled_slowdown(jobs: &[Pooled], capacity: f64) -> f64 {
     let total: f64 = jobs.iter().map(|j| j.work).sum();
     let feasible = |s: f64| {
         let d: Vec<f64> = jobs.iter().map(|j| s * j.exclusive - j.elapsed).collect();
-        // Latest starts `d - work` and deadlines, each ascending.
+        // Latest starts `d - work / rate` and deadlines, each ascending.
+        let start: Vec<f64> = jobs
+            .iter()
+            .zip(&d)
+            .map(|(j, d)| d - j.work / j.rate)
+            .collect();
         let mut by_start: Vec<usize> = (0..jobs.len()).collect();
-        by_start.sort_by(|&a, &b| (d[a] - jobs[a].work).total_cmp(&(d[b] - jobs[b].work)));
+        by_start.sort_by(|&a, &b| start[a].total_cmp(&start[b]));
         let mut by_end = by_start.clone();
         by_end.sort_by(|&a, &b| d[a].total_cmp(&d[b]));
         let (mut early, mut late) = (0, 0);
-        // The jobs still needing all their work after `t`, and the sum and count of the
-        // deadlines of those already started (each needs `d - t` more).
+        // The jobs still needing all their work after `t`, and the sums of `rate * d` and
+        // of the rates of those already started (each needs `rate (d - t)` more).
         let (mut whole, mut ends, mut started) = (total, 0.0, 0.0);
         for &k in &by_end {
             let t = d[k];
-            while early < by_start.len() && d[by_start[early]] - jobs[by_start[early]].work < t {
+            while early < by_start.len() && start[by_start[early]] < t {
                 let j = by_start[early];
                 whole -= jobs[j].work;
-                ends += d[j];
-                started += 1.0;
+                ends += jobs[j].rate * d[j];
+                started += jobs[j].rate;
                 early += 1;
             }
             while late < by_end.len() && d[by_end[late]] <= t {
-                ends -= d[by_end[late]];
-                started -= 1.0;
+                let j = by_end[late];
+                ends -= jobs[j].rate * d[j];
+                started -= jobs[j].rate;
                 late += 1;
             }
             if capacity * t + whole + (ends - started * t) < total * (1.0 - 1e-12) {
@@ -362,7 +552,7 @@ fn pooled_slowdown(jobs: &[Pooled], capacity: f64) -> f64 {
     // Each job alone from now is the least it can reach.
     let mut lo = jobs
         .iter()
-        .map(|j| (j.elapsed + j.work) / j.exclusive)
+        .map(|j| (j.elapsed + j.work / j.rate) / j.exclusive)
         .fold(0.0, f64::max);
     if feasible(lo) {
         return lo;
@@ -413,6 +603,11 @@ const LOCAL_SWEEPS: usize = 1;
 const SHORTLIST: usize = DR_UNITS as usize;
 /// A job's own moves evaluated in full, of those its own prediction ranks best.
 const SCREENED: usize = 2;
+/// With more jobs than GPUs, the deadline-ordered placements tried: 1 to this many GPUs
+/// shared by the jobs that can wait.
+const QUEUES: usize = 5;
+/// Jobs given a sprint each round: those with the largest predicted Slow-Downs.
+const SPRINTED: usize = 2;
 /// Most shards of one job (a DR has 10 units).
 const MAX_SHARDS: usize = DR_UNITS as usize;
 
@@ -1199,6 +1394,7 @@ mod tests {
             work,
             elapsed: exclusive - work,
             exclusive,
+            rate: 1.0,
         };
         // One GPU, fresh jobs of 1 and 2 s: the short one first, the long one done at 3 s.
         let s = pooled_slowdown(&[job(1.0, 1.0), job(2.0, 2.0)], 1.0);
@@ -1211,9 +1407,63 @@ mod tests {
             work: 0.5,
             elapsed: 2.0,
             exclusive: 1.0,
+            rate: 1.0,
         };
         assert!((pooled_slowdown(&[late, job(1.0, 1.0)], 2.0) - 2.5).abs() < 1e-3);
         assert_eq!(pooled_slowdown(&[], 4.0), 0.0);
+    }
+
+    #[test]
+    fn fastest_split_and_pooled_rates() {
+        // 100 samples of 1 ms, nothing else: [3,3,2,2] on four GPUs, 30 ms of 100.
+        let mut m = model(4, 1);
+        m.jobs[0].costs.grad_mb = 0.0;
+        let (rate, k) = fastest_split(&m.jobs[0], &m.machine);
+        assert!((rate - 100.0 / 30.0).abs() < 1e-9 && k == 4, "{rate} {k}");
+        // A 1 GB all-reduce (100 ms on two GPUs) makes any split slower than one GPU.
+        assert_eq!(fastest_split(&model(4, 1).jobs[0], &m.machine), (1.0, 1));
+        // The pooled machine lets a job run at its rate: 3 s of work at 3 per second, due
+        // after 1 s already spent of 3 alone: (1 + 1) / 3.
+        let job = Pooled {
+            work: 3.0,
+            elapsed: 1.0,
+            exclusive: 3.0,
+            rate: 3.0,
+        };
+        assert!((pooled_slowdown(&[job], 4.0) - 2.0 / 3.0).abs() < 1e-3);
+        // Two such jobs on three GPUs cannot both run at 3: 6 s of work on 3 GPUs.
+        let s = pooled_slowdown(&[job, job], 3.0);
+        assert!((s - 1.0).abs() < 1e-3, "{s}");
+    }
+
+    #[test]
+    fn a_sprint_clears_gpus_for_one_job() {
+        let m = model(4, 2);
+        let drs = [dr(&[5, 5, 0, 0]), dr(&[0, 5, 5, 0])];
+        // Job 0 keeps its two GPUs; job 1 keeps its other one.
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 5, 0, 0]), dr(&[0, 0, 10, 0])]
+        );
+        // On three, it takes the GPU nobody uses before the one job 1 is on.
+        assert_eq!(
+            sprint(&m, &drs, 0, 3).unwrap(),
+            [dr(&[4, 3, 0, 3]), dr(&[0, 0, 10, 0])]
+        );
+        // Free GPUs before shared ones: job 1 stays; a job with nothing left goes to the free
+        // GPU the fewest jobs use.
+        let drs = [dr(&[10, 0, 0, 0]), dr(&[0, 10, 0, 0])];
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 0, 5, 0]), dr(&[0, 10, 0, 0])]
+        );
+        let drs = [dr(&[5, 5, 0, 0]), dr(&[0, 10, 0, 0])];
+        assert_eq!(
+            sprint(&m, &drs, 0, 2).unwrap(),
+            [dr(&[5, 5, 0, 0]), dr(&[0, 0, 10, 0])]
+        );
+        // Every GPU leaves none for the others.
+        assert!(sprint(&m, &drs, 0, 4).is_none());
     }
 
     #[test]
@@ -1226,14 +1476,14 @@ mod tests {
         }
         m.jobs[0].elapsed_s = 10.0;
         let start = vec![dr(&[10, 0]); 4];
-        let drs = deadline_order(&m, &start).unwrap();
+        let drs = deadline_order(&m, &start, &[1.0; 4]).swap_remove(0);
         assert_eq!(
             drs,
             [dr(&[10, 0]), dr(&[0, 10]), dr(&[0, 10]), dr(&[0, 10])]
         );
         let t = instant_times(&m, &drs);
         assert!((t[0] - 0.1).abs() < 1e-12 && (t[3] - 0.3).abs() < 1e-12);
-        assert!(deadline_order(&model(4, 4), &vec![dr(&[10, 0, 0, 0]); 4]).is_none());
+        assert!(deadline_order(&model(4, 4), &vec![dr(&[10, 0, 0, 0]); 4], &[1.0; 4]).is_empty());
         // The round takes it: one step ahead, the late short job alone leaves less for the
         // pooled machine than pairing it with a long one, which the search alone chooses.
         assert_eq!(plan(&m, &start, MinmaxParams::default()), drs);

@@ -387,26 +387,6 @@ fn bad_cnn_jobs_are_errors_naming_the_file_and_key() {
     }
 }
 
-/// The GPU replica does not exchange batch statistics yet: a job asking for them on a GPU
-/// is refused, naming the key, instead of training without them.
-#[test]
-fn sync_bn_and_dropout_are_refused_on_gpus_for_now() {
-    let dir = tempfile::tempdir().unwrap();
-    for (model, side, extra, key) in [
-        ("shufflenet_v2_x1_0", 32, "sync_bn = true\n", "sync_bn"),
-        ("alexnet", 63, "dropout = 0.0\n", "dropout"),
-    ] {
-        let job = cnn_job(dir.path(), model, side, 1, extra);
-        let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
-        assert_eq!(code, 1, "{text}");
-        let ctx = format!(
-            "{}: job 'cnn': {key}: not supported on GPUs yet",
-            job.display()
-        );
-        assert!(text.contains(&ctx), "{text}");
-    }
-}
-
 /// `sync_bn`: three uneven CPU shards (1, 2 and 3 of 6 samples) train as one device with the
 /// whole batch: ShuffleNet at 64x64, parameters and running statistics after two SGD steps
 /// within f32 rounding of the whole batch's; without `sync_bn` the same split trains

@@ -2,7 +2,9 @@
 //! models against the CPU walker (loss, logits, every gradient, the running statistics),
 //! the shared train-step golden file through `attnrt-train --check --gpus 0`, training that
 //! learns on one GPU, and two replicas (uneven shards, the running statistics' contributions
-//! summed with the gradients) against the CPU engine's two shards.
+//! summed with the gradients) against the CPU engine's two shards, without and with
+//! synchronised batch norm; a job's `dropout` on a GPU against the CPU's, and `attnrt-train`
+//! running jobs with `sync_bn` and `dropout` on GPUs.
 //!
 //! Tolerances (relative Frobenius errors, the whole vector) of the step against the CPU walker
 //! in f32 (f64 sums). Batch norm at a batch of two makes these models ill-conditioned (one f32
@@ -35,8 +37,8 @@ use attnrt::train::data::batches::Batch;
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cnn::{self, Arch, CnnConfig};
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine, State,
-    TrainOptions, train as train_job,
+    CnnOptions, CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine,
+    State, TrainOptions, train as train_job,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -375,6 +377,16 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
     assert_eq!(code, 0, "{text}");
 }
 
+/// GPUs 0 and 1, or twice GPU 0 (two contexts of one GPU: the exchanges work the same).
+fn two_ordinals(test: &str) -> Vec<usize> {
+    if attnrt::gpu::device_count().unwrap_or(0) >= 2 {
+        vec![0, 1]
+    } else {
+        println!("{test}: two replicas on GPU 0");
+        vec![0, 0]
+    }
+}
+
 /// Two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7] of a batch, against
 /// the CPU engine's two shards: each normalises its own shard, the running statistics move by
 /// the shards' statistics weighted by size (their contributions summed with the gradients),
@@ -384,12 +396,7 @@ fn two_replicas_match_two_cpu_shards() {
     if gpu_or_skip("two_replicas_match_two_cpu_shards").is_none() {
         return;
     }
-    let ordinals = if attnrt::gpu::device_count().unwrap_or(0) >= 2 {
-        vec![0, 1]
-    } else {
-        println!("two_replicas_match_two_cpu_shards: two replicas on GPU 0");
-        vec![0, 0]
-    };
+    let ordinals = two_ordinals("two_replicas_match_two_cpu_shards");
     let d = Dataset::synthetic(10, 5);
     let model = ModelSpec::parse("shufflenet_v2_x1_0", d.shape(), 10, "test").unwrap();
     let opt = Optimizer::sgd(0.05);
@@ -419,4 +426,140 @@ fn two_replicas_match_two_cpu_shards() {
         ep <= 1e-5 && eb <= 1e-4,
         "parameters {ep:e}, buffers {eb:e}"
     );
+}
+
+/// `sync_bn` on two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7]:
+/// every batch norm normalises with the whole batch's statistics, summed over the replicas
+/// during the pass, against the CPU engine's synchronised shards, for two SGD steps of
+/// ShuffleNet and ResNet-50. The split matters without synchronisation (the unsynchronised
+/// CPU run is checked to be far off), so agreeing is not an accident of the shapes.
+#[test]
+fn two_replicas_with_sync_bn_match_the_cpu_engine() {
+    if gpu_or_skip("two_replicas_with_sync_bn_match_the_cpu_engine").is_none() {
+        return;
+    }
+    let ordinals = two_ordinals("two_replicas_with_sync_bn_match_the_cpu_engine");
+    let d = Dataset::synthetic(10, 5);
+    for name in ["shufflenet_v2_x1_0", "resnet50"] {
+        let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
+        let opt = Optimizer::sgd(0.05);
+        let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
+        let sync = CnnOptions {
+            sync_bn: true,
+            dropout: None,
+        };
+        let mut gpu =
+            ReplicaEngine::with_cnn_options(&ordinals, &model, opt, Precision::F32, &fresh, sync)
+                .unwrap();
+        let cpu_engine = |sync| {
+            CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh.clone()).with_sync_bn(sync)
+        };
+        let (mut cpu, mut apart) = (cpu_engine(true), cpu_engine(false));
+        let features = model.features();
+        let batch = Arc::new(Batch {
+            step: 1,
+            features: random(10 * features, 6),
+            labels: (0..10).map(|i| i % 10).collect(),
+        });
+        let shards: [Range<usize>; 2] = [0..3, 3..10];
+        for t in 1..=2 {
+            let g = gpu.step(t, &batch, &shards).unwrap();
+            let c = cpu.step(t, &batch, &shards).unwrap();
+            apart.step(t, &batch, &shards).unwrap();
+            println!("{name} step {t}: loss GPU {:.6} CPU {:.6}", g.loss, c.loss);
+            assert!(
+                (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
+                "{name} step {t} loss"
+            );
+        }
+        let (g, c, a) = (
+            gpu.state().unwrap(),
+            cpu.state().unwrap(),
+            apart.state().unwrap(),
+        );
+        let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
+        let (sp, sb) = (err(&a.params, &c.params), err(&a.buffers, &c.buffers));
+        println!(
+            "{name}: parameters {ep:.3e}, running statistics {eb:.3e} (unsynchronised CPU: \
+             {sp:.3e}, {sb:.3e})"
+        );
+        assert!(
+            ep <= 1e-5 && eb <= 1e-4,
+            "{name}: parameters {ep:e}, buffers {eb:e}"
+        );
+        assert!(
+            sb > 10.0 * eb.max(1e-6),
+            "{name}: the split should matter: {sb:e}"
+        );
+    }
+}
+
+/// A job's `dropout` on the GPU: AlexNet with its dropout layers at 0.2 instead of 0.5 takes
+/// the CPU engine's step with the same override (the GPU draws the CPU's masks), and not the
+/// step of the architecture's 0.5.
+#[test]
+fn dropout_override_on_a_gpu_matches_the_cpu() {
+    if gpu_or_skip("dropout_override_on_a_gpu_matches_the_cpu").is_none() {
+        return;
+    }
+    let d = Dataset::synthetic_sized(4, 63, 5);
+    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::sgd(0.05);
+    let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
+    let options = CnnOptions {
+        sync_bn: false,
+        dropout: Some(0.2),
+    };
+    let mut gpu =
+        ReplicaEngine::with_cnn_options(&[0], &model, opt, Precision::F32, &fresh, options)
+            .unwrap();
+    let mut cpu =
+        CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.2);
+    let mut plain = CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh);
+    let features = model.features();
+    let batch = Arc::new(Batch {
+        step: 1,
+        features: random(4 * features, 8),
+        labels: vec![1, 2, 3, 4],
+    });
+    let shards = [0..4];
+    gpu.step(1, &batch, &shards).unwrap();
+    cpu.step(1, &batch, &shards).unwrap();
+    plain.step(1, &batch, &shards).unwrap();
+    let (g, c, p) = (
+        gpu.state().unwrap(),
+        cpu.state().unwrap(),
+        plain.state().unwrap(),
+    );
+    let (e, apart) = (err(&g.params, &c.params), err(&p.params, &c.params));
+    println!("alexnet dropout 0.2: parameters {e:.3e} (the architecture's 0.5: {apart:.3e})");
+    assert!(e <= 1e-5, "parameters {e:e}");
+    assert!(apart > 10.0 * e.max(1e-7), "0.2 and 0.5 differ: {apart:e}");
+}
+
+/// `attnrt-train --jobs` with `sync_bn = true` (ShuffleNet) and `dropout = 0.0` (AlexNet) on
+/// `--gpus 0`: both train and exit 0 (they were refused on GPUs before).
+#[test]
+fn sync_bn_and_dropout_jobs_train_on_a_gpu() {
+    if gpu_or_skip("sync_bn_and_dropout_jobs_train_on_a_gpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (model, side, extra) in [
+        ("shufflenet_v2_x1_0", 32, "sync_bn = true"),
+        ("alexnet", 63, "dropout = 0.0"),
+    ] {
+        let job = dir.path().join(format!("{model}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "[[job]]\nname = \"cnn\"\nmodel = \"{model}\"\ndataset = \"synthetic:16,{side}\"\n\
+                 batch_size = 4\niterations = 2\nclasses = 10\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
+        println!("{text}");
+        assert_eq!(code, 0, "{model} {extra}: {text}");
+    }
 }

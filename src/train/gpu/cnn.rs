@@ -22,6 +22,13 @@
 //! of the batch times its mean and unbiased variance) after the parameters' gradient in the
 //! gradient buffer, in [`Graph::buffers`]' layout; the trainer's all-reduce sums it with the
 //! gradients and the replica applies it ([`crate::train::gpu::replica::Replica`]).
+//!
+//! Synchronised batch norm (a pass given a [`NormSync`](crate::train::gpu::replica::NormSync)): each batch norm writes its moments
+//! into the walker's exchange buffer, sums them over the step's GPUs and normalises with the
+//! total; its backward adds its `dgamma` and `dbeta` to the gradient as usual (the all-reduce
+//! sums them) and sums a copy over the GPUs for the input's gradient. Each GPU's share of the
+//! running statistics' contribution is then its share of the batch times the step's
+//! statistics, so the all-reduce's sum is the step's statistics once.
 
 use std::sync::Arc;
 
@@ -223,6 +230,16 @@ impl CnnNet {
         }
     }
 
+    /// The synchronised batch norms' exchange buffer and the exchanges a pass makes
+    /// ([`Replica::norm_buffer`]); `None` without batch norm.
+    pub fn norm_buffer(&mut self) -> Option<(&mut CudaSlice<f32>, usize)> {
+        let (buf, norms) = match &mut self.walker {
+            Walkers::F32(w) => (&mut w.sync_buf, w.graph.norms.len()),
+            Walkers::Bf16(w) => (&mut w.sync_buf, w.graph.norms.len()),
+        };
+        (norms > 0).then_some((buf, 2 * norms))
+    }
+
     /// The last pass's logits, `rows x classes` (f32).
     pub fn logits(&self) -> &CudaSlice<f32> {
         match &self.walker {
@@ -337,6 +354,9 @@ struct Walker<T: Act> {
     saved: Vec<Option<Saved>>,
     linears: Vec<Option<LinearBufs>>,
     norm_work: CudaSlice<f32>,
+    /// Synchronised batch norm's moments or backward sums, summed over the GPUs in place:
+    /// allocated once, so peers can keep its address.
+    sync_buf: CudaSlice<f32>,
     image: CudaSlice<f32>,
     /// The filters and biases (KRSC) as cuDNN reads them, their f32 staging, their
     /// gradients and those widened to f32.
@@ -425,6 +445,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             }
         }
         let values = graph.shapes.len();
+        let widest = graph.norms.iter().map(|n| n.1).max().unwrap_or(0);
         Ok(Walker {
             plan,
             conv_slots,
@@ -446,6 +467,11 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             saved: (0..nodes.len()).map(|_| None).collect(),
             linears: (0..nodes.len()).map(|_| None).collect(),
             norm_work: alloc(gpu, 1, "batch norm")?,
+            sync_buf: alloc(
+                gpu,
+                BatchNormKernels::moments_len(widest),
+                "synchronised batch norm",
+            )?,
             image: alloc(gpu, 1, "the image")?,
             conv_w: alloc(gpu, conv_len, "the filters")?,
             conv_w32: alloc(gpu, conv_len, "the filters")?,
@@ -684,17 +710,21 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let saved = self.saved[i]
                     .as_mut()
                     .expect("reserve allocates statistics");
-                self.bn.forward_train(
-                    s,
-                    shape,
-                    &x,
-                    affine,
-                    y,
-                    saved,
-                    &mut self.norm_work,
-                    Some((&mut contrib, weight)),
-                    relu,
-                )
+                let contrib = Some((&mut contrib, weight));
+                let Some(sync) = p.sync else {
+                    let work = &mut self.norm_work;
+                    return self
+                        .bn
+                        .forward_train(s, shape, &x, affine, y, saved, work, contrib, relu);
+                };
+                let m = BatchNormKernels::moments_len(c);
+                let mut moments = self.sync_buf.slice_mut(..m);
+                self.bn
+                    .moments(s, shape, &x, &mut self.norm_work, &mut moments)?;
+                sync.sum(p.gpu, &mut self.sync_buf, m)?;
+                let total = (&self.sync_buf.slice(..m), sync.images() * h * w);
+                self.bn
+                    .forward_from_moments(s, shape, total, &x, affine, y, saved, contrib, relu)
             }
             Op::Relu => self.elementwise.relu(s, &x, y, x.len()),
             Op::MaxPool {
@@ -966,18 +996,37 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                             .slice(..out_len)
                     });
                     let saved = self.saved[i].as_ref().expect("the forward's statistics");
-                    self.bn.backward(
-                        s,
-                        shape,
-                        &x,
-                        &dy.slice(..out_len),
-                        mask.as_ref(),
-                        saved,
-                        &gamma,
-                        (&mut dg, &mut db),
-                        &mut dx.slice_mut(..in_len),
-                        &mut self.norm_work,
-                    )?;
+                    let x_dy = (&x, &dy.slice(..out_len), mask.as_ref());
+                    let mut dxv = dx.slice_mut(..in_len);
+                    match p.sync {
+                        None => self.bn.backward(
+                            s,
+                            shape,
+                            x_dy.0,
+                            x_dy.1,
+                            x_dy.2,
+                            saved,
+                            &gamma,
+                            (&mut dg, &mut db),
+                            &mut dxv,
+                            &mut self.norm_work,
+                        )?,
+                        Some(sync) => {
+                            let sums = (&mut dg, &mut db);
+                            self.bn
+                                .backward_sums(s, shape, x_dy, saved, sums, &mut self.norm_work)?;
+                            // This GPU's sums stay in the gradient (the all-reduce adds
+                            // them up); the input's gradient needs the step's.
+                            let (mut tg, mut tb) = self.sync_buf.split_at_mut(c);
+                            copy(s, &dg.as_view(), &mut tg.slice_mut(..c))?;
+                            copy(s, &db.as_view(), &mut tb.slice_mut(..c))?;
+                            sync.sum(gpu, &mut self.sync_buf, 2 * c)?;
+                            let (tg, tb) = (self.sync_buf.slice(..c), self.sync_buf.slice(c..2 * c));
+                            let total = (&tg, &tb, sync.images() * h * w);
+                            self.bn
+                                .backward_input(s, shape, x_dy, saved, &gamma, total, &mut dxv)?;
+                        }
+                    }
                 }
                 self.deliver(s, input, dx, in_len)?;
             }

@@ -366,8 +366,6 @@ struct Walker<T: Act> {
     conv_dw32: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     dlogits: CudaSlice<f32>,
-    /// A biased convolution's output gradient widened to f32 (bf16 only).
-    bias_dy: CudaSlice<f32>,
     /// The values' gradients in flight, and the pool they come from.
     dvalues: Vec<Option<CudaSlice<T>>>,
     free: Vec<CudaSlice<T>>,
@@ -479,7 +477,6 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             conv_dw32: alloc(gpu, conv_len, "the filters' gradients")?,
             logits: alloc(gpu, 1, "logits")?,
             dlogits: alloc(gpu, 1, "logits")?,
-            bias_dy: alloc(gpu, 1, "bias gradients")?,
             dvalues: (0..values).map(|_| None).collect(),
             free: Vec::new(),
             graph,
@@ -521,7 +518,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 Some(alloc(gpu, numel(*shape, n), "activations")?)
             };
         }
-        let (mut work, mut bias_dy) = (0, 0);
+        let mut work = 0;
         for (i, node) in g.nodes.iter().enumerate() {
             let [h, w, c] = g.shapes[node.inputs[0]];
             let out = numel(g.shapes[node.output], n);
@@ -544,18 +541,13 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                         dx: alloc(gpu, n * din, "a linear layer")?,
                     });
                 }
-                Op::Conv { shape, bias, .. } => {
+                Op::Conv { shape, .. } => {
                     self.conv.prepare(&batched(shape, n), Passes::Training)?;
-                    if bias.is_some() {
-                        bias_dy = bias_dy.max(out);
-                    }
                 }
                 _ => {}
             }
         }
         self.norm_work = alloc(gpu, work, "batch norm")?;
-        let bias_dy = if T::NAME == "f32" { 1 } else { bias_dy };
-        self.bias_dy = alloc(gpu, bias_dy, "bias gradients")?;
         self.image = alloc(gpu, numel(g.shapes[0], n), "the image")?;
         let classes = g.config.classes;
         self.logits = alloc(gpu, n * classes, "logits")?;
@@ -602,8 +594,8 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         T::cast_in(&self.cast, s, &src, &mut dst)
     }
 
-    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order (the
-    /// biases' are written there directly).
+    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order, and
+    /// the biases'.
     fn unstage_filter_grads(
         &mut self,
         s: &Arc<CudaStream>,
@@ -622,6 +614,10 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 &mut grads.slice_mut(r),
                 false,
             )?;
+            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
+                let src = self.conv_dw32.slice(at..at + r.len());
+                copy(s, &src, &mut grads.slice_mut(r))?;
+            }
         }
         Ok(())
     }
@@ -951,19 +947,9 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let wl = shape.weight_len();
                 let mut dw = self.conv_dw.slice_mut(slot.weight..slot.weight + wl);
                 self.conv.backward_filter(&call, &x, &dyv, &mut dw, false)?;
-                if let Some(r) = slot.bias_params.clone() {
-                    // Our reduction, not cuDNN's: its bias gradient refuses bf16 tensors.
-                    let dyf = match T::as_f32(&dy) {
-                        Some(d) => d,
-                        None => {
-                            let mut dst = self.bias_dy.slice_mut(..out_len);
-                            T::cast_out(&self.cast, s, &dyv, &mut dst)?;
-                            &self.bias_dy
-                        }
-                    };
-                    let c = shape.out_channels;
-                    let db = &mut p.grads.slice_mut(r);
-                    self.bias_grad.run(s, dyf, db, out_len / c, c)?;
+                if let Some(b) = slot.bias {
+                    let mut db = self.conv_dw.slice_mut(b..b + shape.out_channels);
+                    self.conv.backward_bias(&call, &dyv, &mut db, false)?;
                 }
                 if input != 0 {
                     let (mut dx, acc) = self.target(gpu, input, in_len, false)?;

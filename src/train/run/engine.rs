@@ -89,6 +89,12 @@ pub trait Engine {
     fn set_state(&mut self, state: &State) -> Result<()>;
     /// A line to show the user about how the engine runs (e.g. a fallback), if any.
     fn notice(&self) -> Option<String>;
+    /// Per GPU, the most device memory in use at once since the engine was made, in bytes
+    /// ([`Gpu::memory_peak`]: the allocator's high-water mark, `None` where the allocator
+    /// keeps none); empty for engines without GPUs.
+    fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
+        Ok(Vec::new())
+    }
 }
 
 fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Result<()> {
@@ -457,6 +463,8 @@ struct DeviceThread {
 /// replica.
 pub struct ReplicaEngine {
     threads: Vec<DeviceThread>,
+    /// The devices, for their memory peaks (the replicas belong to the threads).
+    gpus: Vec<Arc<Gpu>>,
     /// The members of each submitted step not finished yet, oldest first: each enqueued its
     /// share and deferred its stats read-back.
     pending: VecDeque<Vec<usize>>,
@@ -595,7 +603,10 @@ impl ReplicaEngine {
                 thread: Some(thread),
             });
         }
+        // The peaks count from here: the replicas' own buffers, then what the steps add.
+        gpus.iter().try_for_each(|g| g.reset_memory_peak())?;
         Ok(ReplicaEngine {
+            gpus,
             freshness: Freshness::new(threads.len()),
             pending: VecDeque::new(),
             threads,
@@ -777,6 +788,10 @@ impl Engine for ReplicaEngine {
 
     fn notice(&self) -> Option<String> {
         self.notice.clone()
+    }
+
+    fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
+        self.gpus.iter().map(|g| g.memory_peak()).collect()
     }
 }
 

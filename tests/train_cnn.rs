@@ -156,6 +156,9 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
     assert!(loader["samples_per_s"].as_f64().unwrap() > 0.0, "{json}");
     assert!(loader["waited_s"].as_f64().unwrap() >= 0.0, "{json}");
     assert!(loader["limited"].is_boolean(), "{json}");
+    // No GPU, no memory peak: neither the line nor the field.
+    assert!(json.get("gpu_memory_peak_mib").is_none(), "{json}");
+    assert!(!text.contains("gpu memory:"), "{text}");
 
     std::fs::write(data.join("bee/2.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
     let (code, text) = run(train().arg("--jobs").arg(&jobs).args(["--gpus", "cpu"]));

@@ -372,9 +372,23 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
          batch_size = 8\niterations = 4\nclasses = 10\n",
     )
     .unwrap();
-    let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
+    let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0", "--report", "-"]));
     println!("{text}");
     assert_eq!(code, 0, "{text}");
+    // The peak memory in use: ResNet-50's parameters, gradients and optimizer state alone
+    // are over 250 MiB.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gpu memory: peak in use during the steps"))
+        .unwrap_or_else(|| panic!("no gpu memory line: {text}"));
+    let mib: f64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "steps")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(mib > 250.0, "{line}");
+    assert!(text.contains("\"gpu_memory_peak_mib\""), "{text}");
 }
 
 /// GPUs 0 and 1, or twice GPU 0 (two contexts of one GPU: the exchanges work the same).

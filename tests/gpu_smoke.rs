@@ -132,7 +132,10 @@ fn memory_peak_sees_a_freed_buffer_until_reset() {
     gpu.reset_memory_peak().unwrap();
     let after = gpu.memory_peak().unwrap().unwrap();
     // (Other tests of this binary may hold a few MiB meanwhile.)
-    assert!(after + 512 * mib <= peak, "after a reset {after}, before {peak}");
+    assert!(
+        after + 512 * mib <= peak,
+        "after a reset {after}, before {peak}"
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ use attnrt::train::data::ImageShape;
 use attnrt::train::data::batches::Batch;
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cnn::{self, Arch, CnnConfig};
+use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
     CnnOptions, CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine,
     State, TrainOptions, train as train_job,
@@ -372,7 +373,10 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
          batch_size = 8\niterations = 4\nclasses = 10\n",
     )
     .unwrap();
-    let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0", "--report", "-"]));
+    let (code, text) = run(train()
+        .arg("--jobs")
+        .arg(&job)
+        .args(["--gpus", "0", "--report", "-"]));
     println!("{text}");
     assert_eq!(code, 0, "{text}");
     // The peak memory in use: ResNet-50's parameters, gradients and optimizer state alone
@@ -401,22 +405,35 @@ fn two_ordinals(test: &str) -> Vec<usize> {
     }
 }
 
-/// Two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7] of a batch, against
-/// the CPU engine's two shards: each normalises its own shard, the running statistics move by
-/// the shards' statistics weighted by size (their contributions summed with the gradients),
-/// and the parameters after two SGD steps agree.
-#[test]
-fn two_replicas_match_two_cpu_shards() {
-    if gpu_or_skip("two_replicas_match_two_cpu_shards").is_none() {
-        return;
-    }
-    let ordinals = two_ordinals("two_replicas_match_two_cpu_shards");
+/// Two SGD steps of `name` on shards [3, 7] of one batch of 10 synthetic images: on two
+/// replicas (GPUs 0 and 1, or twice GPU 0) with `sync_bn` as given, exchanging as `choice`
+/// says, and on the CPU engine with and without it. Checks each step's loss against the CPU's
+/// with the same `sync_bn`; returns the states after the steps: the GPUs', that CPU's, and the
+/// other CPU's.
+fn two_replica_steps(test: &str, name: &str, sync_bn: bool, choice: ExchangeChoice) -> [State; 3] {
+    let ordinals = two_ordinals(test);
     let d = Dataset::synthetic(10, 5);
-    let model = ModelSpec::parse("shufflenet_v2_x1_0", d.shape(), 10, "test").unwrap();
+    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
     let opt = Optimizer::sgd(0.05);
     let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
-    let mut gpu = ReplicaEngine::new(&ordinals, &model, opt, Precision::F32, &fresh).unwrap();
-    let mut cpu = CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh);
+    let options = CnnOptions {
+        sync_bn,
+        dropout: None,
+    };
+    let mut gpu = ReplicaEngine::with_exchange(
+        &ordinals,
+        &model,
+        opt,
+        Precision::F32,
+        &fresh,
+        choice,
+        options,
+    )
+    .unwrap();
+    let cpu_engine = |sync| {
+        CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh.clone()).with_sync_bn(sync)
+    };
+    let (mut cpu, mut other) = (cpu_engine(sync_bn), cpu_engine(!sync_bn));
     let features = model.features();
     let batch = Arc::new(Batch {
         step: 1,
@@ -427,13 +444,31 @@ fn two_replicas_match_two_cpu_shards() {
     for t in 1..=2 {
         let g = gpu.step(t, &batch, &shards).unwrap();
         let c = cpu.step(t, &batch, &shards).unwrap();
-        println!("step {t}: loss GPU {:.6} CPU {:.6}", g.loss, c.loss);
+        other.step(t, &batch, &shards).unwrap();
+        println!(
+            "{name} sync_bn={sync_bn} {choice:?} step {t}: loss GPU {:.6} CPU {:.6}",
+            g.loss, c.loss
+        );
         assert!(
             (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
-            "step {t} loss"
+            "{name} step {t} loss"
         );
     }
-    let (g, c) = (gpu.state().unwrap(), cpu.state().unwrap());
+    [gpu.state(), cpu.state(), other.state()].map(Result::unwrap)
+}
+
+/// Two replicas with uneven shards [3, 7] of a batch, against the CPU engine's two shards:
+/// each normalises its own shard, the running statistics move by the shards' statistics
+/// weighted by size (their contributions summed with the gradients), and the parameters
+/// after two SGD steps agree.
+#[test]
+fn two_replicas_match_two_cpu_shards() {
+    let test = "two_replicas_match_two_cpu_shards";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    let auto = ExchangeChoice::Auto;
+    let [g, c, _] = two_replica_steps(test, "shufflenet_v2_x1_0", false, auto);
     let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
     println!("parameters {ep:.3e}, running statistics {eb:.3e}");
     assert!(
@@ -442,60 +477,29 @@ fn two_replicas_match_two_cpu_shards() {
     );
 }
 
-/// `sync_bn` on two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7]:
-/// every batch norm normalises with the whole batch's statistics, summed over the replicas
-/// during the pass, against the CPU engine's synchronised shards, for two SGD steps of
-/// ShuffleNet and ResNet-50. The split matters without synchronisation (the unsynchronised
-/// CPU run is checked to be far off), so agreeing is not an accident of the shapes.
+/// `sync_bn` on two replicas with uneven shards [3, 7]: every batch norm normalises with the
+/// whole batch's statistics, summed over the replicas during the pass, against the CPU
+/// engine's synchronised shards, for two SGD steps of ShuffleNet and ResNet-50 over peer
+/// memory and ShuffleNet through the host. The split matters without synchronisation (the
+/// unsynchronised CPU run is checked to be far off), so agreeing is not an accident of the
+/// shapes.
 #[test]
 fn two_replicas_with_sync_bn_match_the_cpu_engine() {
-    if gpu_or_skip("two_replicas_with_sync_bn_match_the_cpu_engine").is_none() {
+    let test = "two_replicas_with_sync_bn_match_the_cpu_engine";
+    if gpu_or_skip(test).is_none() {
         return;
     }
-    let ordinals = two_ordinals("two_replicas_with_sync_bn_match_the_cpu_engine");
-    let d = Dataset::synthetic(10, 5);
-    for name in ["shufflenet_v2_x1_0", "resnet50"] {
-        let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
-        let opt = Optimizer::sgd(0.05);
-        let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
-        let sync = CnnOptions {
-            sync_bn: true,
-            dropout: None,
-        };
-        let mut gpu =
-            ReplicaEngine::with_cnn_options(&ordinals, &model, opt, Precision::F32, &fresh, sync)
-                .unwrap();
-        let cpu_engine = |sync| {
-            CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh.clone()).with_sync_bn(sync)
-        };
-        let (mut cpu, mut apart) = (cpu_engine(true), cpu_engine(false));
-        let features = model.features();
-        let batch = Arc::new(Batch {
-            step: 1,
-            features: random(10 * features, 6),
-            labels: (0..10).map(|i| i % 10).collect(),
-        });
-        let shards: [Range<usize>; 2] = [0..3, 3..10];
-        for t in 1..=2 {
-            let g = gpu.step(t, &batch, &shards).unwrap();
-            let c = cpu.step(t, &batch, &shards).unwrap();
-            apart.step(t, &batch, &shards).unwrap();
-            println!("{name} step {t}: loss GPU {:.6} CPU {:.6}", g.loss, c.loss);
-            assert!(
-                (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
-                "{name} step {t} loss"
-            );
-        }
-        let (g, c, a) = (
-            gpu.state().unwrap(),
-            cpu.state().unwrap(),
-            apart.state().unwrap(),
-        );
+    for (name, choice) in [
+        ("shufflenet_v2_x1_0", ExchangeChoice::Auto),
+        ("resnet50", ExchangeChoice::Auto),
+        ("shufflenet_v2_x1_0", ExchangeChoice::Host),
+    ] {
+        let [g, c, apart] = two_replica_steps(test, name, true, choice);
         let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
-        let (sp, sb) = (err(&a.params, &c.params), err(&a.buffers, &c.buffers));
+        let sb = err(&apart.buffers, &c.buffers);
         println!(
-            "{name}: parameters {ep:.3e}, running statistics {eb:.3e} (unsynchronised CPU: \
-             {sp:.3e}, {sb:.3e})"
+            "{name} {choice:?}: parameters {ep:.3e}, running statistics {eb:.3e} \
+             (unsynchronised CPU's running statistics: {sb:.3e})"
         );
         assert!(
             ep <= 1e-5 && eb <= 1e-4,
@@ -524,8 +528,9 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
         sync_bn: false,
         dropout: Some(0.2),
     };
+    let auto = ExchangeChoice::Auto;
     let mut gpu =
-        ReplicaEngine::with_cnn_options(&[0], &model, opt, Precision::F32, &fresh, options)
+        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
             .unwrap();
     let mut cpu =
         CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.2);

@@ -245,7 +245,12 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
     let mut rng = rng(71 + rows as u64);
     let what = |w: &str| format!("synced {rows}x{c} {} {w}", T::NAME);
     let round = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| T::from_f32(a).to_f32()).collect() };
-    let x = round(random::<T>(&mut rng, rows * c).iter().map(|v| 3.0 + 2.0 * v).collect());
+    let x = round(
+        random::<T>(&mut rng, rows * c)
+            .iter()
+            .map(|v| 3.0 + 2.0 * v)
+            .collect(),
+    );
     let dy = round(random::<T>(&mut rng, rows * c));
     let gamma = crate::random(&mut rng, c);
     let beta = crate::random(&mut rng, c);
@@ -340,7 +345,10 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
             rows: r.len(),
             channels: c,
         };
-        let (gx, gdy) = (upload::<T>(gpu, &part(&x, r)), upload::<T>(gpu, &part(&dy, r)));
+        let (gx, gdy) = (
+            upload::<T>(gpu, &part(&x, r)),
+            upload::<T>(gpu, &part(&dy, r)),
+        );
         let mut work = crate::poisoned(gpu, shape.workspace_len());
         let (mut dg, mut db) = (crate::poisoned(gpu, c), crate::poisoned(gpu, c));
         let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
@@ -369,7 +377,10 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
             rows: r.len(),
             channels: c,
         };
-        let (gx, gdy) = (upload::<T>(gpu, &part(&x, r)), upload::<T>(gpu, &part(&dy, r)));
+        let (gx, gdy) = (
+            upload::<T>(gpu, &part(&x, r)),
+            upload::<T>(gpu, &part(&dy, r)),
+        );
         let mut dx = poisoned::<T>(gpu, r.len() * c);
         let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
         kernels

@@ -999,15 +999,22 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                         )?,
                         Some(sync) => {
                             let sums = (&mut dg, &mut db);
-                            self.bn
-                                .backward_sums(s, shape, x_dy, saved, sums, &mut self.norm_work)?;
+                            self.bn.backward_sums(
+                                s,
+                                shape,
+                                x_dy,
+                                saved,
+                                sums,
+                                &mut self.norm_work,
+                            )?;
                             // This GPU's sums stay in the gradient (the all-reduce adds
                             // them up); the input's gradient needs the step's.
                             let (mut tg, mut tb) = self.sync_buf.split_at_mut(c);
                             copy(s, &dg.as_view(), &mut tg.slice_mut(..c))?;
                             copy(s, &db.as_view(), &mut tb.slice_mut(..c))?;
                             sync.sum(gpu, &mut self.sync_buf, 2 * c)?;
-                            let (tg, tb) = (self.sync_buf.slice(..c), self.sync_buf.slice(c..2 * c));
+                            let (tg, tb) =
+                                (self.sync_buf.slice(..c), self.sync_buf.slice(c..2 * c));
                             let total = (&tg, &tb, sync.images() * h * w);
                             self.bn
                                 .backward_input(s, shape, x_dy, saved, &gamma, total, &mut dxv)?;

@@ -20,10 +20,10 @@
 //! exchanges in the same order, and a member whose pass fails still takes its part in the
 //! remaining ones (skipping the work), so none is left waiting at a barrier.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::cell::Cell;
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
@@ -484,38 +484,13 @@ impl ReplicaEngine {
         precision: Precision,
         state: &State,
     ) -> Result<ReplicaEngine> {
-        let auto = ExchangeChoice::Auto;
-        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
+        let (auto, cnn) = (ExchangeChoice::Auto, CnnOptions::default());
+        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto, cnn)
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
-    /// says.
+    /// says, a CNN's batch norm and dropout as `options` says.
     pub fn with_exchange(
-        ordinals: &[usize],
-        model: &ModelSpec,
-        optimizer: Optimizer,
-        precision: Precision,
-        state: &State,
-        choice: ExchangeChoice,
-    ) -> Result<ReplicaEngine> {
-        let cnn = CnnOptions::default();
-        ReplicaEngine::start(ordinals, model, optimizer, precision, state, choice, cnn)
-    }
-
-    /// As [`new`](Self::new), a CNN's batch norm and dropout as `cnn` says.
-    pub fn with_cnn_options(
-        ordinals: &[usize],
-        model: &ModelSpec,
-        optimizer: Optimizer,
-        precision: Precision,
-        state: &State,
-        cnn: CnnOptions,
-    ) -> Result<ReplicaEngine> {
-        let auto = ExchangeChoice::Auto;
-        ReplicaEngine::start(ordinals, model, optimizer, precision, state, auto, cnn)
-    }
-
-    fn start(
         ordinals: &[usize],
         model: &ModelSpec,
         optimizer: Optimizer,
@@ -549,7 +524,14 @@ impl ReplicaEngine {
                 let mut r = match (model, options.dropout) {
                     (ModelSpec::Cnn(c), Some(p)) => {
                         let graph = cnn::graph(*c).with_dropout(p);
-                        Replica::for_graph(g.clone(), graph, optimizer, precision, params, opt_state)?
+                        Replica::for_graph(
+                            g.clone(),
+                            graph,
+                            optimizer,
+                            precision,
+                            params,
+                            opt_state,
+                        )?
                     }
                     _ => Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?,
                 };

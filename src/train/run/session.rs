@@ -19,7 +19,9 @@ use crate::train::models::cnn::{self, Arch};
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run::calibrate::Calibration;
 use crate::train::run::checkpoint::{self, Damaged, Latest};
-use crate::train::run::engine::{CnnOptions, CpuEngine, Engine, ReplicaEngine, State};
+use crate::train::run::engine::{
+    CnnOptions, CpuEngine, Engine, ExchangeChoice, ReplicaEngine, State,
+};
 use crate::train::run::fault::Faults;
 use crate::train::run::spec::{DEFAULT_LR, TrainSpec};
 use crate::train::run::trainer::{Job, OnCheckpointError, Outcome, Progress, TrainOptions, train};
@@ -211,8 +213,14 @@ impl Session {
                     sync_bn,
                     dropout: spec.dropout.map(|p| p as f32),
                 };
-                Box::new(ReplicaEngine::with_cnn_options(
-                    ordinals, &model, optimizer, precision, &state, cnn,
+                Box::new(ReplicaEngine::with_exchange(
+                    ordinals,
+                    &model,
+                    optimizer,
+                    precision,
+                    &state,
+                    ExchangeChoice::Auto,
+                    cnn,
                 )?)
             }
             Devices::Cpu(n) => {

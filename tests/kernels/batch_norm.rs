@@ -39,9 +39,31 @@ fn batch_norm_matches_the_cpu_reference() {
         return;
     };
     for (rows, c) in SHAPES {
-        check::<f32>(&gpu, rows, c, [1e-5, 1e-4]);
-        check::<bf16>(&gpu, rows, c, [4e-3, 4e-3]);
+        for synced in [false, true] {
+            run::<f32>(&gpu, rows, c, synced, [1e-5, 1e-4]);
+            run::<bf16>(&gpu, rows, c, synced, [4e-3, 4e-3]);
+        }
     }
+}
+
+/// The plain check, or (`synced`, for shapes of 30 rows or more) the synchronised one.
+fn run<T: Element>(gpu: &Gpu, rows: usize, c: usize, synced: bool, tol: [f64; 2]) {
+    match synced {
+        false => check::<T>(gpu, rows, c, tol),
+        true if rows >= 30 => check_synced::<T>(gpu, rows, c, tol),
+        true => {}
+    }
+}
+
+/// Inputs off zero (mean 3) in `T`'s precision, and the affine's scale and shift.
+fn inputs<T: Element>(rng: &mut rand_chacha::ChaCha8Rng, rows: usize, c: usize) -> [Vec<f32>; 3] {
+    let x: Vec<f32> = random::<T>(rng, rows * c)
+        .iter()
+        .map(|v| T::from_f32(3.0 + 2.0 * v).to_f32())
+        .collect();
+    let gamma = crate::random(rng, c);
+    let beta = crate::random(rng, c);
+    [x, gamma, beta]
 }
 
 fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]) {
@@ -49,12 +71,7 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
     let kernels = BatchNormKernels::load(gpu).unwrap();
     let mut rng = rng(51 + rows as u64);
     let what = |w: &str| format!("{rows}x{c} {} {w}", T::NAME);
-    let x: Vec<f32> = random::<T>(&mut rng, rows * c)
-        .iter()
-        .map(|v| T::from_f32(3.0 + 2.0 * v).to_f32())
-        .collect();
-    let gamma = crate::random(&mut rng, c);
-    let beta = crate::random(&mut rng, c);
+    let [x, gamma, beta] = inputs::<T>(&mut rng, rows, c);
     let shape = NormShape { rows, channels: c };
     let (gx, gg, gb) = (upload::<T>(gpu, &x), up(gpu, &gamma), up(gpu, &beta));
     let mut saved = Saved::new(gpu, c).unwrap();
@@ -228,32 +245,13 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
 /// exchange's part), and each shard normalises and takes its input gradient with the
 /// totals, against the CPU reference's synchronised steps. The contributions to the
 /// running statistics, weighted by each shard's share, add up to the batch's.
-#[test]
-fn synchronised_batch_norm_matches_the_cpu_reference() {
-    let Some(gpu) = gpu_or_skip("synchronised_batch_norm_matches_the_cpu_reference") else {
-        return;
-    };
-    for (rows, c) in SHAPES.into_iter().filter(|&(rows, _)| rows >= 30) {
-        check_synced::<f32>(&gpu, rows, c, [1e-5, 1e-4]);
-        check_synced::<bf16>(&gpu, rows, c, [4e-3, 4e-3]);
-    }
-}
-
 fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]) {
     let s = gpu.stream();
     let kernels = BatchNormKernels::load(gpu).unwrap();
     let mut rng = rng(71 + rows as u64);
     let what = |w: &str| format!("synced {rows}x{c} {} {w}", T::NAME);
-    let round = |v: Vec<f32>| -> Vec<f32> { v.iter().map(|&a| T::from_f32(a).to_f32()).collect() };
-    let x = round(
-        random::<T>(&mut rng, rows * c)
-            .iter()
-            .map(|v| 3.0 + 2.0 * v)
-            .collect(),
-    );
-    let dy = round(random::<T>(&mut rng, rows * c));
-    let gamma = crate::random(&mut rng, c);
-    let beta = crate::random(&mut rng, c);
+    let [x, gamma, beta] = inputs::<T>(&mut rng, rows, c);
+    let dy = random::<T>(&mut rng, rows * c);
     let (gg, gb) = (up(gpu, &gamma), up(gpu, &beta));
     let cuts = [0, rows / 10, rows * 4 / 10, rows];
     let shards: Vec<std::ops::Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
@@ -270,29 +268,35 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
             .collect()
     };
 
+    // Each shard's geometry and operands on the device.
+    let on_gpu: Vec<_> = shards
+        .iter()
+        .map(|r| {
+            let shape = NormShape {
+                rows: r.len(),
+                channels: c,
+            };
+            let (gx, gdy) = (
+                upload::<T>(gpu, &part(&x, r)),
+                upload::<T>(gpu, &part(&dy, r)),
+            );
+            (r, shape, gx, gdy)
+        })
+        .collect();
+
     // Forward: every shard's moments, their sum, and each shard normalised with it.
     let m = BatchNormKernels::moments_len(c);
     let mut moments = Vec::new();
-    for r in &shards {
-        let shape = NormShape {
-            rows: r.len(),
-            channels: c,
-        };
+    for (_, shape, gx, _) in &on_gpu {
         let mut work = crate::poisoned(gpu, shape.workspace_len());
         let mut out = crate::poisoned(gpu, m);
-        let gx = upload::<T>(gpu, &part(&x, r));
-        kernels.moments(s, shape, &gx, &mut work, &mut out).unwrap();
+        kernels.moments(s, *shape, gx, &mut work, &mut out).unwrap();
         moments.push(down(gpu, &out));
     }
     let total = up(gpu, &sum_f64(&moments));
     let mut contribs = Vec::new();
     let mut saved_all = Vec::new();
-    for r in &shards {
-        let shape = NormShape {
-            rows: r.len(),
-            channels: c,
-        };
-        let gx = upload::<T>(gpu, &part(&x, r));
+    for (r, shape, gx, _) in &on_gpu {
         let mut y = poisoned::<T>(gpu, r.len() * c);
         let mut saved = Saved::new(gpu, c).unwrap();
         let mut contrib = crate::poisoned(gpu, 2 * c);
@@ -304,9 +308,9 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
         kernels
             .forward_from_moments(
                 s,
-                shape,
+                *shape,
                 (&total, rows),
-                &gx,
+                gx,
                 affine,
                 &mut y,
                 &mut saved,
@@ -340,23 +344,15 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
     // Backward: every shard's sums, their total, and each shard's input gradient with it.
     let mut sums = Vec::new();
     let mut parts = Vec::new();
-    for (r, saved) in shards.iter().zip(&saved_all) {
-        let shape = NormShape {
-            rows: r.len(),
-            channels: c,
-        };
-        let (gx, gdy) = (
-            upload::<T>(gpu, &part(&x, r)),
-            upload::<T>(gpu, &part(&dy, r)),
-        );
+    for ((r, shape, gx, gdy), saved) in on_gpu.iter().zip(&saved_all) {
         let mut work = crate::poisoned(gpu, shape.workspace_len());
         let (mut dg, mut db) = (crate::poisoned(gpu, c), crate::poisoned(gpu, c));
         let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
         kernels
             .backward_sums(
                 s,
-                shape,
-                (&gx, &gdy, no_mask),
+                *shape,
+                (gx, gdy, no_mask),
                 saved,
                 (&mut dg, &mut db),
                 &mut work,
@@ -372,22 +368,14 @@ fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [
     let total = sum_f64(&sums);
     let want_total = NormGrads::total(&parts);
     let (tg, tb) = (up(gpu, &total[..c]), up(gpu, &total[c..]));
-    for (r, saved) in shards.iter().zip(&saved_all) {
-        let shape = NormShape {
-            rows: r.len(),
-            channels: c,
-        };
-        let (gx, gdy) = (
-            upload::<T>(gpu, &part(&x, r)),
-            upload::<T>(gpu, &part(&dy, r)),
-        );
+    for ((r, shape, gx, gdy), saved) in on_gpu.iter().zip(&saved_all) {
         let mut dx = poisoned::<T>(gpu, r.len() * c);
         let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
         kernels
             .backward_input(
                 s,
-                shape,
-                (&gx, &gdy, no_mask),
+                *shape,
+                (gx, gdy, no_mask),
                 saved,
                 &gg,
                 (&tg, &tb, rows),

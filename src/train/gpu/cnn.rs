@@ -5,7 +5,7 @@
 //! linear layers through [`Linear`](crate::train::gpu::linear::Linear) (cuBLASLt), batch norm, pooling, dropout, the channel
 //! copies and ReLU through our kernels.
 //!
-//! Activations are NHWC in the walker's type `T` ([`Act`]): f32, or bf16 for
+//! Activations are NHWC in the walker's type `T` ([`Storage`]): f32, or bf16 for
 //! `precision = "bf16"` (convolutions on bf16 tensors with f32 accumulation, batch norm's
 //! statistics and every parameter f32: the master weights stay f32 and each step casts the
 //! convolutions' copy). The convolutions' filters are kept in cuDNN's KRSC order in a buffer
@@ -41,9 +41,9 @@ use crate::gpu::Gpu;
 use crate::kernels::avg_pool::{AvgPoolKernels, AvgWindows};
 use crate::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
 use crate::kernels::bias_grad::BiasGradKernels;
-use crate::kernels::cast::CastKernels;
+use crate::kernels::cast::{CastKernels, Storage};
 use crate::kernels::channel_copy::{ChannelCopyKernels, Copy2d};
-use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
+use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Epilogue, Passes};
 use crate::kernels::dropout::DropoutKernels;
 use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::max_pool::MaxPoolKernels;
@@ -55,103 +55,9 @@ use crate::train::models::cnn::golden::{StepInput, StepOutput};
 use crate::train::models::cnn::{Graph, Node, Op};
 use crate::train::optim::Optimizer;
 
-/// An activation type of the walker: how f32 values (the input, the linear layers' operands)
-/// become `Self` and back.
-pub trait Act: Element {
-    /// `y = x` as `Self` (f32: a copy; bf16: rounded to nearest even).
-    fn cast_in(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, Self>,
-    ) -> Result<()>;
-    /// `y = x` as f32 (exact).
-    fn cast_out(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()>;
-    /// The buffer itself when `Self` is f32 (no copy needed).
-    fn as_f32(b: &CudaSlice<Self>) -> Option<&CudaSlice<f32>>;
-    /// The max pooling forward of this type.
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, Self>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()>;
-}
-
 fn copy<T>(s: &Arc<CudaStream>, x: &CudaView<'_, T>, y: &mut CudaViewMut<'_, T>) -> Result<()> {
     s.memcpy_dtod(x, y)
         .cuda(|| format!("copying {} values on the GPU", x.len()))
-}
-
-impl Act for f32 {
-    fn cast_in(
-        _: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        copy(s, x, y)
-    }
-    fn cast_out(
-        _: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        copy(s, x, y)
-    }
-    fn as_f32(b: &CudaSlice<f32>) -> Option<&CudaSlice<f32>> {
-        Some(b)
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()> {
-        k.forward(s, pool, x, y, idx)
-    }
-}
-
-impl Act for bf16 {
-    fn cast_in(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, bf16>,
-    ) -> Result<()> {
-        cast.bf16(s, x, y, x.len())
-    }
-    fn cast_out(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        cast.f32(s, x, y, x.len())
-    }
-    fn as_f32(_: &CudaSlice<bf16>) -> Option<&CudaSlice<f32>> {
-        None
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, bf16>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()> {
-        k.forward_bf16(s, pool, x, y, idx)
-    }
 }
 
 /// The CNN pass of a replica, in its precision.
@@ -327,7 +233,7 @@ struct LinearBufs {
 /// 8 values (16 bytes of bf16, 32 of f32).
 const ALIGN: usize = 8;
 
-struct Walker<T: Act> {
+struct Walker<T: Storage> {
     graph: Graph,
     plan: Vec<Step>,
     /// Per node: its convolution's place (convolutions only).
@@ -386,7 +292,7 @@ fn alloc<U: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         .cuda(|| format!("allocating {n} values for {what}"))
 }
 
-impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
+impl<T: Storage> Walker<T> {
     fn new(gpu: &Arc<Gpu>, graph: Graph, precision: Precision) -> Result<Walker<T>> {
         let nodes = &graph.nodes;
         // Who reads each value.
@@ -591,7 +497,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         }
         let len = self.conv_len;
         let (src, mut dst) = (self.conv_w32.slice(..len), self.conv_w.slice_mut(..len));
-        T::cast_in(&self.cast, s, &src, &mut dst)
+        T::narrow(&self.cast, s, &src, &mut dst)
     }
 
     /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order, and
@@ -603,7 +509,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
     ) -> Result<()> {
         let len = self.conv_len;
         let (src, mut dst) = (self.conv_dw.slice(..len), self.conv_dw32.slice_mut(..len));
-        T::cast_out(&self.cast, s, &src, &mut dst)?;
+        T::widen(&self.cast, s, &src, &mut dst)?;
         for slot in self.conv_slots.iter().flatten() {
             let (r, at) = (slot.params.clone(), slot.weight);
             let src = self.conv_dw32.slice(at..at + r.len());
@@ -633,7 +539,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         self.copy
             .run(s, &to_nhwc, &p.input.slice(..len), &mut image, false)?;
         let mut x0 = self.values[0].take().expect("reserve allocates the image");
-        T::cast_in(
+        T::narrow(
             &self.cast,
             s,
             &self.image.slice(..len),
@@ -731,7 +637,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
                 let idx = self.argmax[i].as_mut().expect("reserve allocates argmax");
                 let mut idx = idx.slice_mut(..y.len());
-                T::max_pool(&self.max, s, &pool, &x, y, &mut idx)
+                self.max.forward(s, &pool, &x, y, &mut idx)
             }
             Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
                 self.avg.forward(s, &windows(g, node, n), &x, y)
@@ -779,7 +685,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let len = y.len();
                 self.linear_forward(s, p, i, false)?;
                 let out = &self.linears[i].as_ref().expect("a linear's buffers").y;
-                T::cast_in(&self.cast, s, &out.slice(..len), y)
+                T::narrow(&self.cast, s, &out.slice(..len), y)
             }
         }
     }
@@ -812,7 +718,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             Some(x) => x,
             None => {
                 let len = n * din;
-                T::cast_out(
+                T::widen(
                     &self.cast,
                     s,
                     &xv.slice(..len),
@@ -1165,7 +1071,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         let bufs = self.linears[i].as_mut().expect("a linear's buffers");
         if let Some(dy) = dy {
             let len = n * dout;
-            T::cast_out(
+            T::widen(
                 &self.cast,
                 s,
                 &dy.slice(..len),
@@ -1191,7 +1097,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             let len = n * din;
             let mut g = self.grad_buffer(p.gpu, len)?;
             let dx = &self.linears[i].as_ref().expect("a linear's buffers").dx;
-            T::cast_in(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
+            T::narrow(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
             self.deliver(s, input, g, len)?;
         }
         Ok(())

@@ -139,10 +139,16 @@ impl CnnNet {
     /// The synchronised batch norms' exchange buffer and the exchanges a pass makes
     /// ([`Replica::norm_buffer`]); `None` without batch norm.
     pub fn norm_buffer(&mut self) -> Option<(&mut CudaSlice<f32>, usize)> {
-        let (buf, norms) = match &mut self.walker {
-            Walkers::F32(w) => (&mut w.sync_buf, w.graph.norms.len()),
-            Walkers::Bf16(w) => (&mut w.sync_buf, w.graph.norms.len()),
+        let (buf, graph) = match &mut self.walker {
+            Walkers::F32(w) => (&mut w.sync_buf, &w.graph),
+            Walkers::Bf16(w) => (&mut w.sync_buf, &w.graph),
         };
+        // One exchange in each batch norm's forward and one in its backward.
+        let norms = graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .count();
         (norms > 0).then_some((buf, 2 * norms))
     }
 

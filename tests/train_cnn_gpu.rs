@@ -541,10 +541,11 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
         features: random(4 * features, 8),
         labels: vec![1, 2, 3, 4],
     });
-    let shards = [0..4];
-    gpu.step(1, &batch, &shards).unwrap();
-    cpu.step(1, &batch, &shards).unwrap();
-    plain.step(1, &batch, &shards).unwrap();
+    let all = 0..4;
+    let shards = std::slice::from_ref(&all);
+    gpu.step(1, &batch, shards).unwrap();
+    cpu.step(1, &batch, shards).unwrap();
+    plain.step(1, &batch, shards).unwrap();
     let (g, c, p) = (
         gpu.state().unwrap(),
         cpu.state().unwrap(),

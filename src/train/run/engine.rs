@@ -517,7 +517,7 @@ impl ReplicaEngine {
             ExchangeChoice::Auto => gpus.len() == 1 || allreduce::enable_peer_access(&gpus)?,
             ExchangeChoice::Host => false,
         };
-        let replicas = gpus
+        let mut replicas = gpus
             .iter()
             .map(|g| {
                 let (params, opt_state) = (&state.params, &state.optimizer);
@@ -539,7 +539,6 @@ impl ReplicaEngine {
                 Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut replicas = replicas;
         let norm = match options.sync_bn {
             false => None,
             true => norm_exchange(&gpus, &mut replicas, peer)?,
@@ -1038,6 +1037,8 @@ impl StepNormSync<'_> {
             ))
         };
         for _ in 0..missed {
+            // Each only waits at the barriers and returns the skip: the pass's error is the
+            // one to report.
             let _ = self
                 .work
                 .all_reduce(self.exchange, &gpu, buf, (self.rank, 0), skipped());

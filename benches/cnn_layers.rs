@@ -121,7 +121,7 @@ fn max_pool(group: &mut Group<'_>, gpu: &Gpu) {
         });
         group.throughput(Throughput::Bytes(2 * n + 6 * m));
         bench_launches(group, gpu, format!("{name}/forward/bf16"), || {
-            kernels.forward_bf16(s, &p, &xb, &mut yb, &mut idx)
+            kernels.forward(s, &p, &xb, &mut yb, &mut idx)
         });
         group.throughput(Throughput::Bytes(4 * n + 8 * m));
         bench_launches(group, gpu, format!("{name}/backward/f32"), || {

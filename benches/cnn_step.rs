@@ -12,11 +12,17 @@
 //! Memory: the device's used memory (`cuMemGetInfo`) after the warm-up minus before the
 //! replica existed: parameters, gradients, optimizer state, activations, the gradient pool
 //! and the cuDNN/cuBLASLt workspaces, as allocated (PyTorch's `max_memory_reserved` is the
-//! comparable figure; nothing is allocated after the first step).
+//! comparable figure; nothing is allocated after the first step). Peak: the most memory in
+//! use at once during the timed steps, from the memory pool every buffer comes from
+//! ([`Gpu::memory_peak`], reset after the warm-up). It is the figure to hold against
+//! PyTorch's `max_memory_allocated`: it counts what the allocator handed out, not what the
+//! device shows as used (which includes the context, cuDNN's and cuBLAS's own allocations and
+//! other processes on the GPU), and it sees a step's transient peak, which a before/after
+//! reading cannot.
 //!
 //! Output: one line per configuration, then a JSON array with one object per configuration
-//! (`model`, `size`, `batch`, `precision`, `ms_per_step`, `samples_per_s`, `memory_mib`, or
-//! `error`).
+//! (`model`, `size`, `batch`, `precision`, `ms_per_step`, `samples_per_s`, `memory_mib`,
+//! `peak_mib` (null where the allocator keeps no mark), or `error`).
 //!
 //! Run: `cargo bench --bench cnn_step -- [--steps N] [--batch B] [--models a,b]
 //! [--sizes 224,32] [--precisions f32,bf16]` (a plain program; skips without a GPU, fails
@@ -98,16 +104,17 @@ fn main() {
             let size = size.max(arch.min_size().next_multiple_of(2));
             for &precision in &o.precisions {
                 let row = match measure(&gpu, arch, size, precision, &o) {
-                    Ok((ms, mib)) => {
+                    Ok((ms, mib, peak)) => {
                         let per_s = o.batch as f64 * 1e3 / ms;
+                        let peak_text = peak.map_or("-".into(), |p| format!("{p:.0}"));
                         println!(
-                            "{:<20} {size:>4} {precision:<5} {ms:>9.2} ms/step {per_s:>9.0} samples/s {mib:>7.0} MiB",
+                            "{:<20} {size:>4} {precision:<5} {ms:>9.2} ms/step {per_s:>9.0} samples/s {mib:>7.0} MiB (peak {peak_text} MiB)",
                             arch.name()
                         );
                         serde_json::json!({
                             "model": arch.name(), "size": size, "batch": o.batch,
                             "precision": precision.to_string(), "ms_per_step": ms,
-                            "samples_per_s": per_s, "memory_mib": mib,
+                            "samples_per_s": per_s, "memory_mib": mib, "peak_mib": peak,
                         })
                     }
                     Err(e) => {
@@ -134,14 +141,14 @@ fn used_mib(gpu: &Gpu) -> Result<f64> {
     Ok((total - free) as f64 / (1 << 20) as f64)
 }
 
-/// Milliseconds a step and the MiB the replica holds.
+/// Milliseconds a step, the MiB the replica holds and the MiB in use at the steps' peak.
 fn measure(
     gpu: &Arc<Gpu>,
     arch: Arch,
     size: usize,
     precision: Precision,
     o: &Options,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Option<f64>)> {
     gpu.sync()?;
     let before = used_mib(gpu)?;
     let image = ImageShape {
@@ -172,8 +179,10 @@ fn measure(
     }
     gpu.sync()?;
     let memory = used_mib(gpu)? - before;
+    gpu.reset_memory_peak()?;
     let ms = time_ms(gpu.stream(), || {
         (0..o.steps).try_for_each(|_| step(&mut replica))
     })?;
-    Ok((ms / o.steps as f64, memory))
+    let peak = gpu.memory_peak()?.map(|b| b as f64 / (1u64 << 20) as f64);
+    Ok((ms / o.steps as f64, memory, peak))
 }

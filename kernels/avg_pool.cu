@@ -9,7 +9,7 @@
 //   adaptive  start = floor(j s / o), end = ceil((j + 1) s / o), div = end - start.
 // Backward: dx (b, iy, ix, c) = sum over the outputs whose window holds (iy, ix) of
 // dy / (div_y div_x), gathered per input element (no atomics: deterministic). Along an axis
-// those outputs are, fixed, the ones max_pool.cu's `covering` gives and, adaptive,
+// those outputs are, fixed, pool.cuh's `fixed_covering` (as for max_pool.cu) and, adaptive,
 // j in [floor(i o / s), floor(((i + 1) o - 1) / s)].
 //
 // Layouts: x, dx (n, h, w, c); y, dy (n, oh, ow, c). One thread per output element (forward)
@@ -19,6 +19,7 @@
 // the windows (k, stride, pad are then unused).
 #include "common.cuh"
 #include "dtype.cuh"
+#include "pool.cuh"
 
 // The window of output j along an axis: [*start, *end) clipped, and its divisor.
 __device__ __forceinline__ int window(int j, int size, int out, int k, int s, int p,
@@ -45,9 +46,7 @@ __device__ __forceinline__ void covering(int i, int size, int out, int k, int s,
         *first = (int)((long long)i * out / size);
         *last = (int)(((long long)(i + 1) * out - 1) / size);
     } else {
-        int hi = i + p, lo = hi - k + 1;
-        *first = lo <= 0 ? 0 : (lo + s - 1) / s;
-        *last = min(hi / s, out - 1);
+        fixed_covering(i, out, k, s, p, first, last);
     }
 }
 
@@ -56,15 +55,11 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
                                         int w, int c, int oh, int ow, int k, int s, int p,
                                         int adaptive) {
     GRID_STRIDE(i, (long long)n * oh * ow * c) {
-        int ch = (int)(i % c);
-        long long t = i / c;
-        int ox = (int)(t % ow);
-        t /= ow;
-        int oy = (int)(t % oh);
-        int b = (int)(t / oh);
+        const Nhwc o = nhwc_at(i, oh, ow, c);
+        const int b = o.b, ch = o.ch;
         int ys, ye, xs, xe;
-        int dy = window(oy, h, oh, k, s, p, adaptive, &ys, &ye);
-        int dx = window(ox, w, ow, k, s, p, adaptive, &xs, &xe);
+        int dy = window(o.y, h, oh, k, s, p, adaptive, &ys, &ye);
+        int dx = window(o.x, w, ow, k, s, p, adaptive, &xs, &xe);
         float sum = 0.f;
         for (int iy = ys; iy < ye; ++iy)
             for (int ix = xs; ix < xe; ++ix)
@@ -78,15 +73,11 @@ __device__ __forceinline__ void backward(const T* __restrict__ dy, T* __restrict
                                          int h, int w, int c, int oh, int ow, int k, int s,
                                          int p, int adaptive) {
     GRID_STRIDE(i, (long long)n * h * w * c) {
-        int ch = (int)(i % c);
-        long long t = i / c;
-        int ix = (int)(t % w);
-        t /= w;
-        int iy = (int)(t % h);
-        int b = (int)(t / h);
+        const Nhwc at = nhwc_at(i, h, w, c);
+        const int b = at.b, ch = at.ch;
         int oy0, oy1, ox0, ox1, unused0, unused1;
-        covering(iy, h, oh, k, s, p, adaptive, &oy0, &oy1);
-        covering(ix, w, ow, k, s, p, adaptive, &ox0, &ox1);
+        covering(at.y, h, oh, k, s, p, adaptive, &oy0, &oy1);
+        covering(at.x, w, ow, k, s, p, adaptive, &ox0, &ox1);
         float sum = 0.f;
         for (int oy = oy0; oy <= oy1; ++oy) {
             int dvy = window(oy, h, oh, k, s, p, adaptive, &unused0, &unused1);

@@ -20,17 +20,26 @@
 // channel's first value k (sums of x - k and (x - k)^2) so the variance does not cancel
 // when the mean is large against the spread; split 0 stores k after the partials.
 //
+// Synchronised batch norm (the GPUs of a step normalise with the whole step's statistics):
+// each GPU turns its partials into moments (the unshifted sums, laid out as one split with
+// shift 0), the trainer sums them over the GPUs and finalize reads the sum with the step's
+// rows. The backward's sums (dgamma, dbeta) are summed likewise before backward_apply, whose
+// `count` is then the step's rows instead of the GPU's.
+//
 // Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c]. mean, invstd: [c].
 //
 // Variants (<dtype> = f32 or bf16: the activations' storage):
 //   batch_norm_stats_<dtype>             partials of x.
 //   batch_norm_finalize_f32              mean, invstd, and the running contribution.
+//   batch_norm_moments_f32               a shard's sums of x and x^2 from its partials (for
+//                                        synchronised batch norm: summed over the GPUs, then
+//                                        finalized as one split with shift 0).
 //   batch_norm_apply_<dtype>             y from x, mean, invstd, gamma, beta (relu flag).
 //   batch_norm_eval_stats_f32            mean, invstd from the running statistics.
 //   batch_norm_running_f32               r = (1 - momentum) r + momentum s, element-wise.
 //   batch_norm_backward_reduce_<dtype>   partials of g and g xhat.
 //   batch_norm_backward_finalize_f32     dgamma, dbeta.
-//   batch_norm_backward_apply_<dtype>    dx.
+//   batch_norm_backward_apply_<dtype>    dx (m = count: the rows the sums cover).
 #include "common.cuh"
 #include "dtype.cuh"
 
@@ -103,6 +112,22 @@ ATTNRT_KERNEL void batch_norm_finalize_f32(const float* __restrict__ partial, in
             contrib[ch] = (float)(weight * m);
             contrib[c + ch] = (float)(weight * var * n / (n - 1.0));
         }
+    }
+}
+
+// moments: [c][2] (sum of x, sum of x^2) then [c] zeros (the shift).
+ATTNRT_KERNEL void batch_norm_moments_f32(const float* __restrict__ partial, int splits,
+                                          int rows, int c, float* __restrict__ moments) {
+    GRID_STRIDE(ch, c) {
+        double s = 0.0, q = 0.0;
+        for (int i = 0; i < splits; ++i) {
+            s += partial[((long long)i * c + ch) * 2];
+            q += partial[((long long)i * c + ch) * 2 + 1];
+        }
+        const double k = partial[(long long)splits * c * 2 + ch], n = rows;
+        moments[2 * ch] = (float)(s + n * k);
+        moments[2 * ch + 1] = (float)(q + 2.0 * k * s + n * k * k);
+        moments[2 * c + ch] = 0.f;
     }
 }
 
@@ -215,8 +240,9 @@ __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T*
                                                const float* __restrict__ invstd,
                                                const float* __restrict__ gamma,
                                                const float* __restrict__ dgamma,
-                                               const float* __restrict__ dbeta, int rows, int c) {
-    const float inv_m = 1.f / (float)rows;
+                                               const float* __restrict__ dbeta, int rows, int c,
+                                               int count) {
+    const float inv_m = 1.f / (float)count;
     GRID_STRIDE(i, (long long)rows * c) {
         const int ch = (int)(i % c);
         const float is = invstd[ch];
@@ -230,14 +256,15 @@ ATTNRT_KERNEL void batch_norm_backward_apply_f32(const float* x, const float* dy
                                                  float* dx, const float* mean,
                                                  const float* invstd, const float* gamma,
                                                  const float* dgamma, const float* dbeta,
-                                                 int rows, int c) {
-    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c);
+                                                 int rows, int c, int count) {
+    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
 }
 
 ATTNRT_KERNEL void batch_norm_backward_apply_bf16(const bf16_t* x, const bf16_t* dy,
                                                   const bf16_t* y, bf16_t* dx,
                                                   const float* mean, const float* invstd,
                                                   const float* gamma, const float* dgamma,
-                                                  const float* dbeta, int rows, int c) {
-    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c);
+                                                  const float* dbeta, int rows, int c,
+                                                  int count) {
+    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
 }

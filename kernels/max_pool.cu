@@ -22,6 +22,7 @@
 #include <cuda_bf16.h>
 
 #include "common.cuh"
+#include "pool.cuh"
 
 __device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float load(const __nv_bfloat16* p, long long i) {
@@ -33,13 +34,9 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, T* __restrict__
                                         int* __restrict__ idx, int n, int h, int w, int c,
                                         int oh, int ow, int k, int s, int p) {
     GRID_STRIDE(i, (long long)n * oh * ow * c) {
-        int ch = (int)(i % c);
-        long long t = i / c;
-        int ox = (int)(t % ow);
-        t /= ow;
-        int oy = (int)(t % oh);
-        int b = (int)(t / oh);
-        int y0 = oy * s - p, x0 = ox * s - p;
+        const Nhwc o = nhwc_at(i, oh, ow, c);
+        const int b = o.b, ch = o.ch;
+        int y0 = o.y * s - p, x0 = o.x * s - p;
         int ys = max(y0, 0), ye = min(y0 + k, h);
         int xs = max(x0, 0), xe = min(x0 + k, w);
         long long plane = (long long)b * h * w;
@@ -72,15 +69,6 @@ ATTNRT_KERNEL void max_pool_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, int* 
     forward(x, y, idx, n, h, w, c, oh, ow, k, s, p);
 }
 
-// The outputs whose windows cover input position i (along one axis): [first, last].
-__device__ __forceinline__ void covering(int i, int out, int k, int s, int p, int* first,
-                                         int* last) {
-    int hi = i + p;  // o s <= i + p
-    int lo = hi - k + 1;  // o s > i + p - k
-    *first = lo <= 0 ? 0 : (lo + s - 1) / s;
-    *last = min(hi / s, out - 1);
-}
-
 __device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, long long i, float v) {
     p[i] = __float2bfloat16_rn(v);
@@ -91,16 +79,12 @@ __device__ __forceinline__ void backward(const T* __restrict__ dy, const int* __
                                          T* __restrict__ dx, int n, int h, int w, int c, int oh,
                                          int ow, int k, int s, int p) {
     GRID_STRIDE(i, (long long)n * h * w * c) {
-        int ch = (int)(i % c);
-        long long t = i / c;
-        int ix = (int)(t % w);
-        t /= w;
-        int iy = (int)(t % h);
-        int b = (int)(t / h);
+        const Nhwc at = nhwc_at(i, h, w, c);
+        const int b = at.b, ch = at.ch;
         int oy0, oy1, ox0, ox1;
-        covering(iy, oh, k, s, p, &oy0, &oy1);
-        covering(ix, ow, k, s, p, &ox0, &ox1);
-        int here = iy * w + ix;
+        fixed_covering(at.y, oh, k, s, p, &oy0, &oy1);
+        fixed_covering(at.x, ow, k, s, p, &ox0, &ox1);
+        int here = at.y * w + at.x;
         float sum = 0.f;
         for (int oy = oy0; oy <= oy1; ++oy) {
             for (int ox = ox0; ox <= ox1; ++ox) {

@@ -22,9 +22,10 @@ attnrt's rows for the same table (`--attnrt-bin BIN`, no PyTorch needed): `attnr
 on a synthetic job per model, size and precision (`synthetic:N,S`, the same batch, --steps
 iterations plus one, `--gpus 0`), samples/s after the first step from its `done:` line; the
 `loader:` line says whether making the synthetic batches limited it (then the row says so:
-the figure is the loader's, not the GPU's). Peak memory is not reported by attnrt-train yet:
-PLACEHOLDER, null in the rows, for the lead to fill from the GPU engine's own figure. A
-model whose GPU path is not built gets an error row saying so.
+the figure is the loader's, not the GPU's). Peak memory is attnrt-train's `gpu memory:` line:
+the most memory in use at once during the run, from the CUDA memory pool every buffer comes
+from (the counterpart of max_memory_allocated). A model whose GPU path is not built gets an
+error row saying so.
 
 Usage:
   python3 scripts/torch_cnn_timing.py [--modes eager,compile] [--models all|M1,M2]
@@ -128,15 +129,19 @@ def attnrt_job(model, size, batch, steps, precision):
 
 
 def parse_attnrt(text):
-    """(steady samples/s, loader-limited) from attnrt-train's `done:` and `loader:` lines."""
-    rate, limited = None, False
+    """(steady samples/s, loader-limited, peak MiB) from attnrt-train's `done:`, `loader:` and
+    `gpu memory:` lines (None for what is missing)."""
+    rate, limited, peak = None, False, None
     for line in text.splitlines():
         m = re.search(r"samples/s \((\d+) after the first step\)", line)
         if line.startswith("done:") and m:
             rate = float(m[1])
         if line.startswith("loader:") and "limits this run" in line:
             limited = True
-    return rate, limited
+        m = re.search(r"([\d.]+) MiB on GPU 0", line)
+        if line.startswith("gpu memory:") and m:
+            peak = float(m[1])
+    return rate, limited, peak
 
 
 def save(rows, path):
@@ -157,11 +162,12 @@ def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir, json_p
                 p = subprocess.run([binary, "--jobs", job, "--gpus", "0"], capture_output=True, text=True)
                 text = p.stdout + p.stderr
                 r = row(model, size, precision, "attnrt", batch)
-                rate, limited = parse_attnrt(text)
+                rate, limited, peak = parse_attnrt(text)
                 if p.returncode != 0 or rate is None:
                     r["error"] = (text.strip().splitlines() or ["no output"])[-1][:300]
                 else:
                     r["samples_per_s"], r["p50_ms"] = rate, batch / rate * 1e3
+                    r["peak_mib"] = peak
                     if limited:
                         r["error"] = "loader-limited: the synthetic batches, not the GPU, set this rate"
                 rows.append(r)

@@ -1,5 +1,6 @@
 //! Smoke tests of the runtime layer on a real GPU: a kernel from `kernels/` on random data with
-//! poisoned outputs, 8 streams forking and joining, graph capture/replay, and event timing.
+//! poisoned outputs, 8 streams forking and joining, graph capture/replay, event timing, and
+//! the memory pool's peak.
 //! Without a GPU each prints `skipped: <reason>` and passes; `ATTNRT_REQUIRE_GPU=1` makes them fail.
 
 use attnrt::gpu::{self, EventTimer, Graph, StreamSet, testing::gpu_or_skip};
@@ -107,6 +108,34 @@ fn captured_graph_replays_with_the_same_result() {
     graph.replay().unwrap();
     let twice = gpu::download(s, &dy0).unwrap();
     assert_eq!(twice, axpy_cpu(2.0, &x, &once.0));
+}
+
+/// `Gpu::memory_peak` sees a buffer that came and went, and a reset starts it again from
+/// what is in use.
+#[test]
+fn memory_peak_sees_a_freed_buffer_until_reset() {
+    let Some(gpu) = gpu_or_skip("memory_peak_sees_a_freed_buffer_until_reset") else {
+        return;
+    };
+    gpu.sync().unwrap();
+    gpu.reset_memory_peak().unwrap();
+    let Some(base) = gpu.memory_peak().unwrap() else {
+        println!("memory_peak_sees_a_freed_buffer_until_reset: no memory pool on this device");
+        return;
+    };
+    let mib = 1u64 << 20;
+    let buf = gpu.stream().alloc_zeros::<u8>(1 << 30).unwrap();
+    drop(buf);
+    gpu.sync().unwrap();
+    let peak = gpu.memory_peak().unwrap().unwrap();
+    assert!(peak >= base + 1024 * mib, "peak {peak} from {base}");
+    gpu.reset_memory_peak().unwrap();
+    let after = gpu.memory_peak().unwrap().unwrap();
+    // (Other tests of this binary may hold a few MiB meanwhile.)
+    assert!(
+        after + 512 * mib <= peak,
+        "after a reset {after}, before {peak}"
+    );
 }
 
 #[test]

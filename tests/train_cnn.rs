@@ -156,6 +156,9 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
     assert!(loader["samples_per_s"].as_f64().unwrap() > 0.0, "{json}");
     assert!(loader["waited_s"].as_f64().unwrap() >= 0.0, "{json}");
     assert!(loader["limited"].is_boolean(), "{json}");
+    // No GPU, no memory peak: neither the line nor the field.
+    assert!(json.get("gpu_memory_peak_mib").is_none(), "{json}");
+    assert!(!text.contains("gpu memory:"), "{text}");
 
     std::fs::write(data.join("bee/2.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
     let (code, text) = run(train().arg("--jobs").arg(&jobs).args(["--gpus", "cpu"]));
@@ -384,26 +387,6 @@ fn bad_cnn_jobs_are_errors_naming_the_file_and_key() {
             text.contains(&ctx) && text.contains(want),
             "{model} {extra}: {text}"
         );
-    }
-}
-
-/// The GPU replica does not exchange batch statistics yet: a job asking for them on a GPU
-/// is refused, naming the key, instead of training without them.
-#[test]
-fn sync_bn_and_dropout_are_refused_on_gpus_for_now() {
-    let dir = tempfile::tempdir().unwrap();
-    for (model, side, extra, key) in [
-        ("shufflenet_v2_x1_0", 32, "sync_bn = true\n", "sync_bn"),
-        ("alexnet", 63, "dropout = 0.0\n", "dropout"),
-    ] {
-        let job = cnn_job(dir.path(), model, side, 1, extra);
-        let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
-        assert_eq!(code, 1, "{text}");
-        let ctx = format!(
-            "{}: job 'cnn': {key}: not supported on GPUs yet",
-            job.display()
-        );
-        assert!(text.contains(&ctx), "{text}");
     }
 }
 

@@ -2,7 +2,9 @@
 //! models against the CPU walker (loss, logits, every gradient, the running statistics),
 //! the shared train-step golden file through `attnrt-train --check --gpus 0`, training that
 //! learns on one GPU, and two replicas (uneven shards, the running statistics' contributions
-//! summed with the gradients) against the CPU engine's two shards.
+//! summed with the gradients) against the CPU engine's two shards, without and with
+//! synchronised batch norm; a job's `dropout` on a GPU against the CPU's, and `attnrt-train`
+//! running jobs with `sync_bn` and `dropout` on GPUs.
 //!
 //! Tolerances (relative Frobenius errors, the whole vector) of the step against the CPU walker
 //! in f32 (f64 sums). Batch norm at a batch of two makes these models ill-conditioned (one f32
@@ -34,9 +36,10 @@ use attnrt::train::data::ImageShape;
 use attnrt::train::data::batches::Batch;
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cnn::{self, Arch, CnnConfig};
+use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine, State,
-    TrainOptions, train as train_job,
+    CnnOptions, CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Precision, ReplicaEngine,
+    State, TrainOptions, train as train_job,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -391,32 +394,67 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
          batch_size = 8\niterations = 4\nclasses = 10\n",
     )
     .unwrap();
-    let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
+    let (code, text) = run(train()
+        .arg("--jobs")
+        .arg(&job)
+        .args(["--gpus", "0", "--report", "-"]));
     println!("{text}");
     assert_eq!(code, 0, "{text}");
+    // The peak memory in use: ResNet-50's parameters, gradients and optimizer state alone
+    // are over 250 MiB.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gpu memory: peak in use during the steps"))
+        .unwrap_or_else(|| panic!("no gpu memory line: {text}"));
+    let mib: f64 = line
+        .split_whitespace()
+        .skip_while(|w| *w != "steps")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(mib > 250.0, "{line}");
+    assert!(text.contains("\"gpu_memory_peak_mib\""), "{text}");
 }
 
-/// Two replicas (GPUs 0 and 1, or twice GPU 0) with uneven shards [3, 7] of a batch, against
-/// the CPU engine's two shards: each normalises its own shard, the running statistics move by
-/// the shards' statistics weighted by size (their contributions summed with the gradients),
-/// and the parameters after two SGD steps agree.
-#[test]
-fn two_replicas_match_two_cpu_shards() {
-    if gpu_or_skip("two_replicas_match_two_cpu_shards").is_none() {
-        return;
-    }
-    let ordinals = if attnrt::gpu::device_count().unwrap_or(0) >= 2 {
+/// GPUs 0 and 1, or twice GPU 0 (two contexts of one GPU: the exchanges work the same).
+fn two_ordinals(test: &str) -> Vec<usize> {
+    if attnrt::gpu::device_count().unwrap_or(0) >= 2 {
         vec![0, 1]
     } else {
-        println!("two_replicas_match_two_cpu_shards: two replicas on GPU 0");
+        println!("{test}: two replicas on GPU 0");
         vec![0, 0]
-    };
+    }
+}
+
+/// Two SGD steps of `name` on shards [3, 7] of one batch of 10 synthetic images: on two
+/// replicas (GPUs 0 and 1, or twice GPU 0) with `sync_bn` as given, exchanging as `choice`
+/// says, and on the CPU engine with and without it. Checks each step's loss against the CPU's
+/// with the same `sync_bn`; returns the states after the steps: the GPUs', that CPU's, and the
+/// other CPU's.
+fn two_replica_steps(test: &str, name: &str, sync_bn: bool, choice: ExchangeChoice) -> [State; 3] {
+    let ordinals = two_ordinals(test);
     let d = Dataset::synthetic(10, 5);
-    let model = ModelSpec::parse("shufflenet_v2_x1_0", d.shape(), 10, "test").unwrap();
+    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
     let opt = Optimizer::sgd(0.05);
     let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
-    let mut gpu = ReplicaEngine::new(&ordinals, &model, opt, Precision::F32, &fresh).unwrap();
-    let mut cpu = CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh);
+    let options = CnnOptions {
+        sync_bn,
+        dropout: None,
+    };
+    let mut gpu = ReplicaEngine::with_exchange(
+        &ordinals,
+        &model,
+        opt,
+        Precision::F32,
+        &fresh,
+        choice,
+        options,
+    )
+    .unwrap();
+    let cpu_engine = |sync| {
+        CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh.clone()).with_sync_bn(sync)
+    };
+    let (mut cpu, mut other) = (cpu_engine(sync_bn), cpu_engine(!sync_bn));
     let features = model.features();
     let batch = Arc::new(Batch {
         step: 1,
@@ -427,17 +465,142 @@ fn two_replicas_match_two_cpu_shards() {
     for t in 1..=2 {
         let g = gpu.step(t, &batch, &shards).unwrap();
         let c = cpu.step(t, &batch, &shards).unwrap();
-        println!("step {t}: loss GPU {:.6} CPU {:.6}", g.loss, c.loss);
+        other.step(t, &batch, &shards).unwrap();
+        println!(
+            "{name} sync_bn={sync_bn} {choice:?} step {t}: loss GPU {:.6} CPU {:.6}",
+            g.loss, c.loss
+        );
         assert!(
             (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
-            "step {t} loss"
+            "{name} step {t} loss"
         );
     }
-    let (g, c) = (gpu.state().unwrap(), cpu.state().unwrap());
+    [gpu.state(), cpu.state(), other.state()].map(Result::unwrap)
+}
+
+/// Two replicas with uneven shards [3, 7] of a batch, against the CPU engine's two shards:
+/// each normalises its own shard, the running statistics move by the shards' statistics
+/// weighted by size (their contributions summed with the gradients), and the parameters
+/// after two SGD steps agree.
+#[test]
+fn two_replicas_match_two_cpu_shards() {
+    let test = "two_replicas_match_two_cpu_shards";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    let auto = ExchangeChoice::Auto;
+    let [g, c, _] = two_replica_steps(test, "shufflenet_v2_x1_0", false, auto);
     let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
     println!("parameters {ep:.3e}, running statistics {eb:.3e}");
     assert!(
         ep <= 1e-5 && eb <= 1e-4,
         "parameters {ep:e}, buffers {eb:e}"
     );
+}
+
+/// `sync_bn` on two replicas with uneven shards [3, 7]: every batch norm normalises with the
+/// whole batch's statistics, summed over the replicas during the pass, against the CPU
+/// engine's synchronised shards, for two SGD steps of ShuffleNet and ResNet-50 over peer
+/// memory and ShuffleNet through the host. The split matters without synchronisation (the
+/// unsynchronised CPU run is checked to be far off), so agreeing is not an accident of the
+/// shapes.
+#[test]
+fn two_replicas_with_sync_bn_match_the_cpu_engine() {
+    let test = "two_replicas_with_sync_bn_match_the_cpu_engine";
+    if gpu_or_skip(test).is_none() {
+        return;
+    }
+    for (name, choice) in [
+        ("shufflenet_v2_x1_0", ExchangeChoice::Auto),
+        ("resnet50", ExchangeChoice::Auto),
+        ("shufflenet_v2_x1_0", ExchangeChoice::Host),
+    ] {
+        let [g, c, apart] = two_replica_steps(test, name, true, choice);
+        let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
+        let sb = err(&apart.buffers, &c.buffers);
+        println!(
+            "{name} {choice:?}: parameters {ep:.3e}, running statistics {eb:.3e} \
+             (unsynchronised CPU's running statistics: {sb:.3e})"
+        );
+        assert!(
+            ep <= 1e-5 && eb <= 1e-4,
+            "{name}: parameters {ep:e}, buffers {eb:e}"
+        );
+        assert!(
+            sb > 10.0 * eb.max(1e-6),
+            "{name}: the split should matter: {sb:e}"
+        );
+    }
+}
+
+/// A job's `dropout` on the GPU: AlexNet with its dropout layers at 0.2 instead of 0.5 takes
+/// the CPU engine's step with the same override (the GPU draws the CPU's masks), and not the
+/// step of the architecture's 0.5.
+#[test]
+fn dropout_override_on_a_gpu_matches_the_cpu() {
+    if gpu_or_skip("dropout_override_on_a_gpu_matches_the_cpu").is_none() {
+        return;
+    }
+    let d = Dataset::synthetic_sized(4, 63, 5);
+    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::sgd(0.05);
+    let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
+    let options = CnnOptions {
+        sync_bn: false,
+        dropout: Some(0.2),
+    };
+    let auto = ExchangeChoice::Auto;
+    let mut gpu =
+        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
+            .unwrap();
+    let mut cpu =
+        CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.2);
+    let mut plain = CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh);
+    let features = model.features();
+    let batch = Arc::new(Batch {
+        step: 1,
+        features: random(4 * features, 8),
+        labels: vec![1, 2, 3, 4],
+    });
+    let all = 0..4;
+    let shards = std::slice::from_ref(&all);
+    gpu.step(1, &batch, shards).unwrap();
+    cpu.step(1, &batch, shards).unwrap();
+    plain.step(1, &batch, shards).unwrap();
+    let (g, c, p) = (
+        gpu.state().unwrap(),
+        cpu.state().unwrap(),
+        plain.state().unwrap(),
+    );
+    let (e, apart) = (err(&g.params, &c.params), err(&p.params, &c.params));
+    println!("alexnet dropout 0.2: parameters {e:.3e} (the architecture's 0.5: {apart:.3e})");
+    assert!(e <= 1e-5, "parameters {e:e}");
+    assert!(apart > 10.0 * e.max(1e-7), "0.2 and 0.5 differ: {apart:e}");
+}
+
+/// `attnrt-train --jobs` with `sync_bn = true` (ShuffleNet) and `dropout = 0.0` (AlexNet) on
+/// `--gpus 0`: both train and exit 0 (they were refused on GPUs before).
+#[test]
+fn sync_bn_and_dropout_jobs_train_on_a_gpu() {
+    if gpu_or_skip("sync_bn_and_dropout_jobs_train_on_a_gpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (model, side, extra) in [
+        ("shufflenet_v2_x1_0", 32, "sync_bn = true"),
+        ("alexnet", 63, "dropout = 0.0"),
+    ] {
+        let job = dir.path().join(format!("{model}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "[[job]]\nname = \"cnn\"\nmodel = \"{model}\"\ndataset = \"synthetic:16,{side}\"\n\
+                 batch_size = 4\niterations = 2\nclasses = 10\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let (code, text) = run(train().arg("--jobs").arg(&job).args(["--gpus", "0"]));
+        println!("{text}");
+        assert_eq!(code, 0, "{model} {extra}: {text}");
+    }
 }

@@ -35,8 +35,8 @@ use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cpu::forward_backward;
 use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
-    CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Progress, ReplicaEngine, State,
-    TrainOptions, train,
+    CnnOptions, CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Progress, ReplicaEngine,
+    State, TrainOptions, train,
 };
 use cudarc::driver::DevicePtr;
 use rand::{Rng, SeedableRng};
@@ -572,8 +572,9 @@ fn host_staging_matches_the_peer_path() {
     let fresh = State::fresh(model.init(5), &opt);
     let mut params = Vec::new();
     for choice in [ExchangeChoice::Auto, ExchangeChoice::Host] {
+        let none = CnnOptions::default();
         let mut engine =
-            ReplicaEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice).unwrap();
+            ReplicaEngine::with_exchange(&pair, &model, opt, F32, &fresh, choice, none).unwrap();
         assert_eq!(
             engine.notice().is_some(),
             choice == ExchangeChoice::Host,

@@ -1,6 +1,6 @@
 // Emulated checks of the CNN ops' kernels against float64 loops over their definitions:
 // kernels/batch_norm.cu (the split reductions with their block sums through shared memory,
-// finalize, the normalisation with and without the fused ReLU, the running update, the
+// finalize, the moments synchronised batch norm exchanges, the normalisation with and without the fused ReLU, the running update, the
 // backward with and without the ReLU mask), kernels/avg_pool.cu (fixed windows counting their
 // padding, adaptive ones, forward and gathered backward), kernels/dropout.cu (the mask of
 // src/kernels/dropout/cpu.rs, recomputed here) and kernels/channel_copy.cu (the shuffle's
@@ -77,6 +77,17 @@ static void batch_norm_case(int rows, int c) {
     char what[96];
     snprintf(what, sizeof what, "batch_norm %dx%d mean", rows, c);
     expect_close(what, m, mean, 1e-6);
+    // Synchronised batch norm's path: the moments, read back as one split with shift 0.
+    std::vector<float> moments(3 * c, NAN), m1(c, NAN), is1(c, NAN);
+    emu::launch({cb, 1, 1}, 256, nullptr, 0,
+                [&] { batch_norm_moments_f32(work.data(), ns, rows, c, moments.data()); });
+    emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
+        batch_norm_finalize_f32(moments.data(), 1, rows, c, m1.data(), is1.data(), nullptr, 0.f);
+    });
+    snprintf(what, sizeof what, "batch_norm %dx%d mean from moments", rows, c);
+    expect_close(what, m1, mean, 1e-6);
+    snprintf(what, sizeof what, "batch_norm %dx%d invstd from moments", rows, c);
+    expect_close(what, is1, want_is, 1e-5);
     snprintf(what, sizeof what, "batch_norm %dx%d invstd", rows, c);
     expect_close(what, is, want_is, 1e-5);
     snprintf(what, sizeof what, "batch_norm %dx%d contribution", rows, c);
@@ -105,7 +116,7 @@ static void batch_norm_case(int rows, int c) {
                     [&] { batch_norm_backward_finalize_f32(work.data(), ns, c, dg.data(), db.data()); });
         emu::launch({eb, 1, 1}, 256, nullptr, 0, [&] {
             batch_norm_backward_apply_f32(x.data(), dy.data(), mask, dx.data(), m.data(), is.data(),
-                                          gamma.data(), dg.data(), db.data(), rows, c);
+                                          gamma.data(), dg.data(), db.data(), rows, c, rows);
         });
         std::vector<double> wdb(c, 0), wdg(c, 0), wdx(n);
         for (long long i = 0; i < n; ++i) {

@@ -14,7 +14,8 @@
 #   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores);
 #   conv2d: kernels/conv2d.cu's bf16 bias gradient (partial sums per chunk, then in order);
 #   cnn_ops: kernels/batch_norm.cu (split reductions, finalize, normalisation, fused ReLU,
-#     running update, backward), avg_pool.cu, dropout.cu (the CPU's mask) and channel_copy.cu.
+#     running update, backward, synchronised batch norm's moments), avg_pool.cu, dropout.cu
+#     (the CPU's mask) and channel_copy.cu.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
 # Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|conv2d|cnn_ops] [GROUP]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, sys};
 
 use crate::error::{CudaContext as _, Error, Result};
 
@@ -147,6 +147,51 @@ impl Gpu {
         let kernel = Kernel::new(name, func);
         loaded.kernels.insert((module, name), kernel.clone());
         Ok(kernel)
+    }
+
+    /// The most device memory in use at once since the last
+    /// [`reset_memory_peak`](Self::reset_memory_peak), in bytes: the high-water mark of the
+    /// memory pool that cudarc allocates every buffer from (`CU_MEMPOOL_ATTR_USED_MEM_HIGH`,
+    /// the figure PyTorch's `max_memory_allocated` gives for its allocator). Counted for the
+    /// device: every context of this process on it. `None` where allocations bypass the pool
+    /// (no stream-ordered allocator).
+    pub fn memory_peak(&self) -> Result<Option<u64>> {
+        let Some(pool) = self.pool()? else {
+            return Ok(None);
+        };
+        let mut bytes: u64 = 0;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        // SAFETY: `pool` is the device's current pool; the attribute is a cuuint64_t.
+        unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&raw mut bytes).cast()) }
+            .result()
+            .cuda(|| format!("reading cuda:{}'s peak memory", self.ordinal()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Starts [`memory_peak`](Self::memory_peak) again from the memory in use now.
+    pub fn reset_memory_peak(&self) -> Result<()> {
+        let Some(pool) = self.pool()? else {
+            return Ok(());
+        };
+        let mut zero: u64 = 0;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        // SAFETY: as in memory_peak; setting the high-water mark takes 0 only.
+        unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&raw mut zero).cast()) }
+            .result()
+            .cuda(|| format!("resetting cuda:{}'s peak memory", self.ordinal()))
+    }
+
+    /// The device's current memory pool, where cudarc allocates from one.
+    fn pool(&self) -> Result<Option<sys::CUmemoryPool>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer and device.
+        unsafe { sys::cuDeviceGetMemPool(&mut pool, self.ctx.cu_device()) }
+            .result()
+            .cuda(|| format!("finding cuda:{}'s memory pool", self.ordinal()))?;
+        Ok(Some(pool))
     }
 
     /// Blocks until all work on the main stream is done.

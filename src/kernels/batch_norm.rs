@@ -9,6 +9,12 @@
 //! the batch's mean and unbiased variance, laid out as the running statistics are); summed
 //! over the GPUs of a step (with the gradients) and applied by
 //! [`BatchNormKernels::update_running`], that is the CPU's `update_running`.
+//!
+//! Synchronised batch norm splits both passes at their reductions, as the CPU reference's
+//! `Moments` and `NormGrads` do: [`BatchNormKernels::moments`] gives a GPU's sums, the
+//! caller sums them over the step's GPUs and [`BatchNormKernels::forward_from_moments`]
+//! normalises with the total; [`BatchNormKernels::backward_sums`] gives `dgamma` and `dbeta`,
+//! whose totals [`BatchNormKernels::backward_input`] takes with the step's row count.
 
 pub mod cpu;
 
@@ -117,6 +123,7 @@ pub struct Affine<'a, G: DevicePtr<f32>> {
 pub struct BatchNormKernels {
     stats: [Kernel; 2],
     finalize: Kernel,
+    moments: Kernel,
     apply: [Kernel; 2],
     eval_stats: Kernel,
     running: Kernel,
@@ -131,6 +138,7 @@ impl BatchNormKernels {
         Ok(BatchNormKernels {
             stats: [k("batch_norm_stats_f32")?, k("batch_norm_stats_bf16")?],
             finalize: k("batch_norm_finalize_f32")?,
+            moments: k("batch_norm_moments_f32")?,
             apply: [k("batch_norm_apply_f32")?, k("batch_norm_apply_bf16")?],
             eval_stats: k("batch_norm_eval_stats_f32")?,
             running: k("batch_norm_running_f32")?,
@@ -163,23 +171,107 @@ impl BatchNormKernels {
         relu: bool,
     ) -> Result<()> {
         shape.check("forward")?;
+        let splits = self.partials(stream, shape, x, workspace)?;
+        let partial = (&*workspace, shape.workspace_len());
+        self.finalize(stream, partial, splits, shape, saved, contrib)?;
+        self.apply(stream, shape, x, affine, y, saved, relu)
+    }
+
+    /// A shard's moments for synchronised batch norm: per channel the sums of `x` and of its
+    /// squares (`[channels][2]`, then `channels` zeros), [`moments_len`](Self::moments_len)
+    /// values of `moments`, to be summed over the step's GPUs.
+    pub fn moments<T: Element>(
+        &self,
+        stream: &CudaStream,
+        shape: NormShape,
+        x: &impl DevicePtr<T>,
+        workspace: &mut impl Workspace,
+        moments: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        shape.check("moments")?;
+        let splits = self.partials(stream, shape, x, workspace)?;
+        let c = shape.channels;
+        let args = Args::new(&self.moments, stream)
+            .input("workspace", &*workspace, shape.workspace_len())?
+            .int("splits", splits)?
+            .int("rows", shape.rows)?
+            .int("channels", c)?
+            .output("moments", moments, Self::moments_len(c))?;
+        // SAFETY: batch_norm_moments_f32(const float* partial, int splits, int rows, int c,
+        // float* moments); moments holds 3c.
+        unsafe { args.launch(elementwise(c)) }
+    }
+
+    /// The values [`moments`](Self::moments) writes for `channels`.
+    pub fn moments_len(channels: usize) -> usize {
+        3 * channels
+    }
+
+    /// Train mode with the step's statistics: `total` is the sum of every GPU's
+    /// [`moments`](Self::moments), over `total_rows` rows; otherwise as
+    /// [`forward_train`](Self::forward_train).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_from_moments<T: Element, G: DevicePtr<f32>>(
+        &self,
+        stream: &CudaStream,
+        shape: NormShape,
+        (total, total_rows): (&impl DevicePtr<f32>, usize),
+        x: &impl DevicePtr<T>,
+        affine: Affine<'_, G>,
+        y: &mut impl DevicePtrMut<T>,
+        saved: &mut Saved,
+        contrib: Option<(&mut CudaViewMut<'_, f32>, f32)>,
+        relu: bool,
+    ) -> Result<()> {
+        shape.check("forward")?;
+        let whole = NormShape {
+            rows: total_rows,
+            ..shape
+        };
+        let partial = (total, Self::moments_len(shape.channels));
+        self.finalize(stream, partial, 1, whole, saved, contrib)?;
+        self.apply(stream, shape, x, affine, y, saved, relu)
+    }
+
+    /// The stats kernel's partials of `x` in `workspace`; returns their splits.
+    fn partials<T: Element>(
+        &self,
+        stream: &CudaStream,
+        shape: NormShape,
+        x: &impl DevicePtr<T>,
+        workspace: &mut impl Workspace,
+    ) -> Result<usize> {
+        let (splits, per) = shape.splits();
+        let args = Args::new(by_dtype::<T>(&self.stats), stream)
+            .input("x", x, shape.len())?
+            .output("workspace", workspace, shape.workspace_len())?
+            .int("rows", shape.rows)?
+            .int("channels", shape.channels)?
+            .int("rows per split", per)?;
+        // SAFETY: batch_norm_stats_<dtype>(const T* x, float* partial, int rows, int c, int
+        // per_split) on the reduction grid; the workspace holds splits x c x 2 + c.
+        unsafe { args.launch(shape.reduction_grid())? };
+        Ok(splits)
+    }
+
+    /// Mean and invstd from `splits` partials (`len` values) over `shape.rows` rows, and the
+    /// running statistics' contribution.
+    fn finalize(
+        &self,
+        stream: &CudaStream,
+        (partial, len): (&impl DevicePtr<f32>, usize),
+        splits: usize,
+        shape: NormShape,
+        saved: &mut Saved,
+        contrib: Option<(&mut CudaViewMut<'_, f32>, f32)>,
+    ) -> Result<()> {
+        let c = shape.channels;
         if shape.rows < 2 && contrib.is_some() {
             return Err(Error::invalid(
                 "batch_norm running statistics",
                 "train mode needs more than one value per channel (batch x height x width >= 2)",
             ));
         }
-        let (splits, per) = shape.splits();
-        let c = shape.channels;
-        let args = Args::new(by_dtype::<T>(&self.stats), stream)
-            .input("x", x, shape.len())?
-            .output("workspace", workspace, shape.workspace_len())?
-            .int("rows", shape.rows)?
-            .int("channels", c)?
-            .int("rows per split", per)?;
-        // SAFETY: batch_norm_stats_<dtype>(const T* x, float* partial, int rows, int c, int
-        // per_split) on the reduction grid; the workspace holds splits x c x 2 + c.
-        unsafe { args.launch(shape.reduction_grid())? };
         let (contrib, weight) = match contrib {
             Some((b, w)) => {
                 super::launch::check_at_least(
@@ -193,7 +285,7 @@ impl BatchNormKernels {
             None => (None, 0.0),
         };
         let args = Args::new(&self.finalize, stream)
-            .input("workspace", &*workspace, shape.workspace_len())?
+            .input("partials", partial, len)?
             .int("splits", splits)?
             .int("rows", shape.rows)?
             .int("channels", c)?
@@ -206,8 +298,7 @@ impl BatchNormKernels {
         .float(weight);
         // SAFETY: batch_norm_finalize_f32(const float* partial, int splits, int rows, int c,
         // float* mean, float* invstd, float* contrib (nullable, 2c), float weight).
-        unsafe { args.launch(elementwise(c))? };
-        self.apply(stream, shape, x, affine, y, saved, relu)
+        unsafe { args.launch(elementwise(c)) }
     }
 
     /// Eval mode: normalised with the running statistics (`saved` receives them as mean and
@@ -301,6 +392,24 @@ impl BatchNormKernels {
         dx: &mut impl DevicePtrMut<T>,
         workspace: &mut W,
     ) -> Result<()> {
+        let (x_dy, rows) = ((x, dy, relu_out), shape.rows);
+        self.backward_sums(stream, shape, x_dy, saved, (dgamma, dbeta), workspace)?;
+        let sums = (&*dgamma, &*dbeta, rows);
+        self.backward_input(stream, shape, x_dy, saved, gamma, sums, dx)
+    }
+
+    /// The backward's reductions over this GPU's rows: `dgamma = sum g xhat` and `dbeta =
+    /// sum g` (overwritten), `g` being `dy` masked by the fused ReLU's output when given.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn backward_sums<T: Element, D: DevicePtrMut<f32>, R: DevicePtr<T>>(
+        &self,
+        stream: &CudaStream,
+        shape: NormShape,
+        (x, dy, relu_out): (&impl DevicePtr<T>, &impl DevicePtr<T>, Option<&R>),
+        saved: &Saved,
+        (dgamma, dbeta): (&mut D, &mut D),
+        workspace: &mut impl Workspace,
+    ) -> Result<()> {
         shape.check("backward")?;
         let (n, c) = (shape.len(), shape.channels);
         let (splits, per) = shape.splits();
@@ -326,7 +435,25 @@ impl BatchNormKernels {
             .output("dbeta", dbeta, c)?;
         // SAFETY: batch_norm_backward_finalize_f32(const float* partial, int splits, int c,
         // float* dgamma, float* dbeta).
-        unsafe { args.launch(elementwise(c))? };
+        unsafe { args.launch(elementwise(c)) }
+    }
+
+    /// `dx` from the sums `dgamma` and `dbeta` over `count` rows: this GPU's
+    /// ([`backward_sums`](Self::backward_sums), `count = shape.rows`), or the step's
+    /// (synchronised batch norm: every GPU's sums added, over the step's rows).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    pub fn backward_input<T: Element, R: DevicePtr<T>>(
+        &self,
+        stream: &CudaStream,
+        shape: NormShape,
+        (x, dy, relu_out): (&impl DevicePtr<T>, &impl DevicePtr<T>, Option<&R>),
+        saved: &Saved,
+        gamma: &impl DevicePtr<f32>,
+        (dgamma, dbeta, count): (&impl DevicePtr<f32>, &impl DevicePtr<f32>, usize),
+        dx: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        shape.check("backward")?;
+        let (n, c) = (shape.len(), shape.channels);
         let args = Args::new(by_dtype::<T>(&self.backward_apply), stream)
             .input("x", x, n)?
             .input("dy", dy, n)?
@@ -335,13 +462,14 @@ impl BatchNormKernels {
             .input("mean", &saved.mean, c)?
             .input("invstd", &saved.invstd, c)?
             .input("gamma", gamma, c)?
-            .input("dgamma", &*dgamma, c)?
-            .input("dbeta", &*dbeta, c)?
+            .input("dgamma", dgamma, c)?
+            .input("dbeta", dbeta, c)?
             .int("rows", shape.rows)?
-            .int("channels", c)?;
+            .int("channels", c)?
+            .int("count", count)?;
         // SAFETY: batch_norm_backward_apply_<dtype>(const T* x, const T* dy, const T* y
         // (nullable), T* dx, const float* mean, invstd, gamma, dgamma, dbeta, int rows, int
-        // c); the activations hold rows x c, the rest c.
+        // c, int count); the activations hold rows x c, the rest c.
         unsafe { args.launch(elementwise(n)) }
     }
 }

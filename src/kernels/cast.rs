@@ -1,14 +1,21 @@
 //! Launchers for `kernels/cast.cu`: the bf16 copies of the trainer's GEMM operands, and bf16
-//! activations widened back to f32 (exact). Its CPU
+//! activations widened back to f32 (exact); and [`Storage`], the activation types (f32 or
+//! bf16) the CNN trainer and the tracker keep their tensors in, moved to and from f32 by
+//! these kernels or a plain copy. Its CPU
 //! counterpart is [`Precision::operand`](crate::base::Precision::operand), which rounds the
 //! same way (the bottom layer holds it, since the CPU engines use it without any kernel).
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, ValidAsZeroBits,
+};
 use half::bf16;
 
 use super::KernelModule;
+use super::conv2d::Element;
 use super::launch::{Args, elementwise};
-use crate::error::Result;
+use crate::error::{CudaContext as _, Result};
 use crate::gpu::{Gpu, Kernel};
 
 /// `cast_bf16_f32`, loaded once.
@@ -60,5 +67,80 @@ impl CastKernels {
         // SAFETY: cast_f32_bf16(const unsigned short*, float*, long long n): bf16 is the
         // kernel's 16-bit unsigned short; both buffers hold n.
         unsafe { args.launch(elementwise(n)) }
+    }
+}
+
+/// An activation storage type: f32, or bf16 (`precision = "bf16"`), and how f32 values
+/// become it and back.
+pub trait Storage: Element + ValidAsZeroBits {
+    /// `y = x` as `Self` (f32: a copy; bf16: rounded to nearest even).
+    fn narrow(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, Self>,
+    ) -> Result<()>;
+    /// `y = x` as f32 (f32: a copy; bf16: exact widening).
+    fn widen(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, Self>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()>;
+    /// The buffer itself when `Self` is f32 (no copy needed).
+    fn as_f32(b: &CudaSlice<Self>) -> Option<&CudaSlice<f32>>;
+}
+
+fn copy(
+    stream: &Arc<CudaStream>,
+    x: &CudaView<'_, f32>,
+    y: &mut CudaViewMut<'_, f32>,
+) -> Result<()> {
+    stream
+        .memcpy_dtod(x, y)
+        .cuda(|| format!("copying {} values on the GPU", x.len()))
+}
+
+impl Storage for f32 {
+    fn narrow(
+        _: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        copy(stream, x, y)
+    }
+    fn widen(
+        _: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        copy(stream, x, y)
+    }
+    fn as_f32(b: &CudaSlice<f32>) -> Option<&CudaSlice<f32>> {
+        Some(b)
+    }
+}
+
+impl Storage for bf16 {
+    fn narrow(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, f32>,
+        y: &mut CudaViewMut<'_, bf16>,
+    ) -> Result<()> {
+        cast.bf16(stream, x, y, x.len())
+    }
+    fn widen(
+        cast: &CastKernels,
+        stream: &Arc<CudaStream>,
+        x: &CudaView<'_, bf16>,
+        y: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        cast.f32(stream, x, y, x.len())
+    }
+    fn as_f32(_: &CudaSlice<bf16>) -> Option<&CudaSlice<f32>> {
+        None
     }
 }

@@ -7,7 +7,6 @@
 pub mod cpu;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
-use half::bf16;
 
 use super::KernelModule;
 use super::conv2d::Element;
@@ -19,8 +18,7 @@ use crate::gpu::{Gpu, Kernel};
 /// `max_pool_<dtype>` and `max_pool_backward_<dtype>`, loaded once.
 #[derive(Debug, Clone)]
 pub struct MaxPoolKernels {
-    forward_f32: Kernel,
-    forward_bf16: Kernel,
+    forward: [Kernel; 2],
     backward: [Kernel; 2],
 }
 
@@ -42,36 +40,23 @@ impl MaxPoolKernels {
     pub fn load(gpu: &Gpu) -> Result<MaxPoolKernels> {
         let k = |name| gpu.kernel(KernelModule::MaxPool, name);
         Ok(MaxPoolKernels {
-            forward_f32: k("max_pool_f32")?,
-            forward_bf16: k("max_pool_bf16")?,
+            forward: [k("max_pool_f32")?, k("max_pool_bf16")?],
             backward: [k("max_pool_backward_f32")?, k("max_pool_backward_bf16")?],
         })
     }
 
-    /// `y` = the maximum of every window of `x`, `idx` = its position (f32).
-    pub fn forward(
+    /// `y` = the maximum of every window of `x`, `idx` = its position (f32 or bf16).
+    pub fn forward<T: Element>(
         &self,
         stream: &CudaStream,
         pool: &Pool2d,
-        x: &impl DevicePtr<f32>,
-        y: &mut impl DevicePtrMut<f32>,
+        x: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
         idx: &mut impl DevicePtrMut<i32>,
     ) -> Result<()> {
-        // SAFETY: max_pool_f32(const float* x, float* y, int* idx, geometry).
-        unsafe { self.launch_forward(&self.forward_f32, stream, pool, x, y, idx) }
-    }
-
-    /// [`Self::forward`] on bf16 tensors.
-    pub fn forward_bf16(
-        &self,
-        stream: &CudaStream,
-        pool: &Pool2d,
-        x: &impl DevicePtr<bf16>,
-        y: &mut impl DevicePtrMut<bf16>,
-        idx: &mut impl DevicePtrMut<i32>,
-    ) -> Result<()> {
-        // SAFETY: max_pool_bf16(const bf16* x, bf16* y, int* idx, geometry).
-        unsafe { self.launch_forward(&self.forward_bf16, stream, pool, x, y, idx) }
+        let kernel = by_dtype::<T>(&self.forward);
+        // SAFETY: max_pool_<dtype>(const T* x, T* y, int* idx, geometry).
+        unsafe { self.launch_forward(kernel, stream, pool, x, y, idx) }
     }
 
     /// # Safety

@@ -35,7 +35,7 @@ mod profile;
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, ValidAsZeroBits};
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::crop::{Crop, CropWindow, crop_window};
@@ -50,8 +50,8 @@ use crate::cswintt::gpu::{GpuEngine, Part};
 use crate::cswintt::{Backend, Mode};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceBuffer, EventTimer, Gpu, Graph, Span, download, time_ms, upload};
-use crate::kernels::cast::CastKernels;
-use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue};
+use crate::kernels::cast::{CastKernels, Storage};
+use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Epilogue};
 use crate::kernels::crop::cpu::sampled_mask;
 use crate::kernels::crop::{CropExtras, CropKernels, DeviceWindow};
 use crate::kernels::elementwise::ElementwiseKernels;
@@ -62,71 +62,6 @@ use crate::kernels::soft_argmax::SoftArgmaxKernels;
 use crate::model::weights::Linear;
 use host::HostTraffic;
 use profile::{Profiler, op};
-
-/// The storage of the convolutions' tensors: f32 (the f32 and tf32 precisions) or bf16.
-pub trait Storage: Element + ValidAsZeroBits {
-    /// `y = f32(x)` for `n` values (f32: a copy; bf16: exact widening).
-    fn widen(
-        cast: &CastKernels,
-        stream: &Arc<CudaStream>,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()>;
-    /// The max pool of `x` into `y` (`idx`: the argmax, unused here).
-    fn max_pool(
-        k: &MaxPoolKernels,
-        stream: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, Self>,
-        idx: &mut DeviceBuffer<i32>,
-    ) -> Result<()>;
-}
-
-impl Storage for f32 {
-    fn widen(
-        _: &CastKernels,
-        stream: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        stream
-            .memcpy_dtod(x, y)
-            .cuda(|| "copying features into the transformer's input".into())
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        stream: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-        idx: &mut DeviceBuffer<i32>,
-    ) -> Result<()> {
-        k.forward(stream, pool, x, y, idx)
-    }
-}
-
-impl Storage for bf16 {
-    fn widen(
-        cast: &CastKernels,
-        stream: &Arc<CudaStream>,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        let n = x.len();
-        cast.f32(stream, x, y, n)
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        stream: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, bf16>,
-        idx: &mut DeviceBuffer<i32>,
-    ) -> Result<()> {
-        k.forward_bf16(stream, pool, x, y, idx)
-    }
-}
 
 /// One convolution on the device: KRSC weights and the folded bias, in the storage type,
 /// in `groups` groups (`conv`'s channels are all groups' together), and its name in
@@ -670,8 +605,7 @@ impl<T: Storage> GpuNetwork<T> {
             let (a0, a1) = b.act.split_at_mut(1);
             let idx = &mut b.pool_idx;
             op(&mut k.profile, "maxpool", 0.0, || {
-                T::max_pool(
-                    &k.max_pool,
+                k.max_pool.forward(
                     &s,
                     &pool,
                     &a1[0].slice(..pool.input_len()),

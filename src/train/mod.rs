@@ -28,7 +28,7 @@ pub use optim::Optimizer;
 /// The precisions the trainer runs: f32, or bf16 GEMM operands with f32 accumulation.
 pub const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
 pub use run::checkpoint;
-pub use run::engine::{CpuEngine, Engine, ReplicaEngine, State};
+pub use run::engine::{CnnOptions, CpuEngine, Engine, ReplicaEngine, State};
 pub use run::fault;
 pub use run::session::{RunSettings, Session, SessionConfig, resolve_devices, stop_on_signals};
 pub use run::spec::{TrainSpec, parse_precision};

@@ -1,7 +1,9 @@
 //! `kernels/batch_norm.cu` against `batch_norm::cpu` (f64 sums), f32 and bf16 activations:
 //! train-mode forward (with and without the fused ReLU; the statistics it keeps and its
 //! contribution to the running statistics), the running statistics' update, eval mode, and
-//! the backward (with the fused ReLU's mask). Inputs sit off zero (mean 3) so a variance
+//! the backward (with the fused ReLU's mask); synchronised batch norm's split passes over
+//! uneven shards (moments and backward sums added up on the host, as the trainer's exchange
+//! does) against the CPU's `Moments` and `NormGrads`. Inputs sit off zero (mean 3) so a variance
 //! computed as E[x^2] - mean^2 in f32 would show; rows span one to many splits, and channel
 //! counts are below, at and above a block's 32.
 //!
@@ -12,7 +14,8 @@
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{self, Gpu};
 use attnrt::kernels::batch_norm::cpu::{
-    BatchStats, EPS, batch_norm_backward, batch_norm_eval, batch_norm_train, update_running,
+    BatchStats, EPS, Moments, NormGrads, backward_input, backward_sums, batch_norm_apply,
+    batch_norm_backward, batch_norm_eval, batch_norm_train, update_running,
 };
 use attnrt::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
 use attnrt::kernels::conv2d::Element;
@@ -36,9 +39,31 @@ fn batch_norm_matches_the_cpu_reference() {
         return;
     };
     for (rows, c) in SHAPES {
-        check::<f32>(&gpu, rows, c, [1e-5, 1e-4]);
-        check::<bf16>(&gpu, rows, c, [4e-3, 4e-3]);
+        for synced in [false, true] {
+            run::<f32>(&gpu, rows, c, synced, [1e-5, 1e-4]);
+            run::<bf16>(&gpu, rows, c, synced, [4e-3, 4e-3]);
+        }
     }
+}
+
+/// The plain check, or (`synced`, for shapes of 30 rows or more) the synchronised one.
+fn run<T: Element>(gpu: &Gpu, rows: usize, c: usize, synced: bool, tol: [f64; 2]) {
+    match synced {
+        false => check::<T>(gpu, rows, c, tol),
+        true if rows >= 30 => check_synced::<T>(gpu, rows, c, tol),
+        true => {}
+    }
+}
+
+/// Inputs off zero (mean 3) in `T`'s precision, and the affine's scale and shift.
+fn inputs<T: Element>(rng: &mut rand_chacha::ChaCha8Rng, rows: usize, c: usize) -> [Vec<f32>; 3] {
+    let x: Vec<f32> = random::<T>(rng, rows * c)
+        .iter()
+        .map(|v| T::from_f32(3.0 + 2.0 * v).to_f32())
+        .collect();
+    let gamma = crate::random(rng, c);
+    let beta = crate::random(rng, c);
+    [x, gamma, beta]
 }
 
 fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]) {
@@ -46,12 +71,7 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
     let kernels = BatchNormKernels::load(gpu).unwrap();
     let mut rng = rng(51 + rows as u64);
     let what = |w: &str| format!("{rows}x{c} {} {w}", T::NAME);
-    let x: Vec<f32> = random::<T>(&mut rng, rows * c)
-        .iter()
-        .map(|v| T::from_f32(3.0 + 2.0 * v).to_f32())
-        .collect();
-    let gamma = crate::random(&mut rng, c);
-    let beta = crate::random(&mut rng, c);
+    let [x, gamma, beta] = inputs::<T>(&mut rng, rows, c);
     let shape = NormShape { rows, channels: c };
     let (gx, gg, gb) = (upload::<T>(gpu, &x), up(gpu, &gamma), up(gpu, &beta));
     let mut saved = Saved::new(gpu, c).unwrap();
@@ -215,6 +235,158 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
             &what(&format!("dx relu={relu}")),
             &download(gpu, &dx),
             &want_dx,
+            tol_dx,
+        );
+    }
+}
+
+/// Synchronised batch norm over three uneven shards of one batch (a tenth, three tenths,
+/// the rest): each shard's moments and backward sums are added up on the host in f64 (the
+/// exchange's part), and each shard normalises and takes its input gradient with the
+/// totals, against the CPU reference's synchronised steps. The contributions to the
+/// running statistics, weighted by each shard's share, add up to the batch's.
+fn check_synced<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]) {
+    let s = gpu.stream();
+    let kernels = BatchNormKernels::load(gpu).unwrap();
+    let mut rng = rng(71 + rows as u64);
+    let what = |w: &str| format!("synced {rows}x{c} {} {w}", T::NAME);
+    let [x, gamma, beta] = inputs::<T>(&mut rng, rows, c);
+    let dy = random::<T>(&mut rng, rows * c);
+    let (gg, gb) = (up(gpu, &gamma), up(gpu, &beta));
+    let cuts = [0, rows / 10, rows * 4 / 10, rows];
+    let shards: Vec<std::ops::Range<usize>> = cuts.windows(2).map(|w| w[0]..w[1]).collect();
+    let part = |v: &[f32], r: &std::ops::Range<usize>| v[r.start * c..r.end * c].to_vec();
+    let stats = Moments::stats(
+        &shards
+            .iter()
+            .map(|r| Moments::of(&part(&x, r), c))
+            .collect::<Vec<_>>(),
+    );
+    let sum_f64 = |parts: &[Vec<f32>]| -> Vec<f32> {
+        (0..parts[0].len())
+            .map(|i| parts.iter().map(|p| f64::from(p[i])).sum::<f64>() as f32)
+            .collect()
+    };
+
+    // Each shard's geometry and operands on the device.
+    let on_gpu: Vec<_> = shards
+        .iter()
+        .map(|r| {
+            let shape = NormShape {
+                rows: r.len(),
+                channels: c,
+            };
+            let (gx, gdy) = (
+                upload::<T>(gpu, &part(&x, r)),
+                upload::<T>(gpu, &part(&dy, r)),
+            );
+            (r, shape, gx, gdy)
+        })
+        .collect();
+
+    // Forward: every shard's moments, their sum, and each shard normalised with it.
+    let m = BatchNormKernels::moments_len(c);
+    let mut moments = Vec::new();
+    for (_, shape, gx, _) in &on_gpu {
+        let mut work = crate::poisoned(gpu, shape.workspace_len());
+        let mut out = crate::poisoned(gpu, m);
+        kernels.moments(s, *shape, gx, &mut work, &mut out).unwrap();
+        moments.push(down(gpu, &out));
+    }
+    let total = up(gpu, &sum_f64(&moments));
+    let mut contribs = Vec::new();
+    let mut saved_all = Vec::new();
+    for (r, shape, gx, _) in &on_gpu {
+        let mut y = poisoned::<T>(gpu, r.len() * c);
+        let mut saved = Saved::new(gpu, c).unwrap();
+        let mut contrib = crate::poisoned(gpu, 2 * c);
+        let weight = r.len() as f32 / rows as f32;
+        let affine = Affine {
+            gamma: &gg,
+            beta: &gb,
+        };
+        kernels
+            .forward_from_moments(
+                s,
+                *shape,
+                (&total, rows),
+                gx,
+                affine,
+                &mut y,
+                &mut saved,
+                Some((&mut contrib.slice_mut(..), weight)),
+                false,
+            )
+            .unwrap();
+        let want = batch_norm_apply(&part(&x, r), c, &gamma, &beta, &stats).unwrap();
+        assert_within(
+            &what(&format!("y of rows {r:?}")),
+            &download(gpu, &y),
+            &want,
+            tol_y,
+        );
+        contribs.push(down(gpu, &contrib));
+        saved_all.push(saved);
+    }
+    let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<_>>();
+    let unbiased: Vec<f64> = stats
+        .var
+        .iter()
+        .map(|v| v * rows as f64 / (rows - 1) as f64)
+        .collect();
+    assert_within(
+        &what("contributions' sum"),
+        &sum_f64(&contribs),
+        &[f(&stats.mean), f(&unbiased)].concat(),
+        1e-5,
+    );
+
+    // Backward: every shard's sums, their total, and each shard's input gradient with it.
+    let mut sums = Vec::new();
+    let mut parts = Vec::new();
+    for ((r, shape, gx, gdy), saved) in on_gpu.iter().zip(&saved_all) {
+        let mut work = crate::poisoned(gpu, shape.workspace_len());
+        let (mut dg, mut db) = (crate::poisoned(gpu, c), crate::poisoned(gpu, c));
+        let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
+        kernels
+            .backward_sums(
+                s,
+                *shape,
+                (gx, gdy, no_mask),
+                saved,
+                (&mut dg, &mut db),
+                &mut work,
+            )
+            .unwrap();
+        let want = backward_sums(&part(&x, r), &part(&dy, r), &stats).unwrap();
+        let (wg, wb) = want.to_f32();
+        assert_within(&what("shard dgamma"), &down(gpu, &dg), &wg, 1e-4);
+        assert_within(&what("shard dbeta"), &down(gpu, &db), &wb, 1e-4);
+        sums.push([down(gpu, &dg), down(gpu, &db)].concat());
+        parts.push(want);
+    }
+    let total = sum_f64(&sums);
+    let want_total = NormGrads::total(&parts);
+    let (tg, tb) = (up(gpu, &total[..c]), up(gpu, &total[c..]));
+    for ((r, shape, gx, gdy), saved) in on_gpu.iter().zip(&saved_all) {
+        let mut dx = poisoned::<T>(gpu, r.len() * c);
+        let no_mask: Option<&gpu::DeviceBuffer<T>> = None;
+        kernels
+            .backward_input(
+                s,
+                *shape,
+                (gx, gdy, no_mask),
+                saved,
+                &gg,
+                (&tg, &tb, rows),
+                &mut dx,
+            )
+            .unwrap();
+        let want = backward_input(&part(&x, r), &part(&dy, r), &gamma, &stats, &want_total);
+        assert_within(
+            &what(&format!("dx of rows {r:?}")),
+            &download(gpu, &dx),
+            &want,
             tol_dx,
         );
     }

@@ -73,9 +73,7 @@ fn max_pool_matches_the_cpu_reference() {
         let mut yb = s.alloc_zeros::<bf16>(m).unwrap();
         gpu::poison_nan(s, &mut yb).unwrap();
         let xb = gpu::upload(s, &xb).unwrap();
-        kernels
-            .forward_bf16(s, &pool, &xb, &mut yb, &mut idx)
-            .unwrap();
+        kernels.forward(s, &pool, &xb, &mut yb, &mut idx).unwrap();
         let got: Vec<f32> = gpu::download(s, &yb)
             .unwrap()
             .iter()

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use attnrt::base::DistributionRatio;
+use attnrt::base::{Devices, DistributionRatio};
 use attnrt::multijob::JobFile;
 use attnrt::sched::report::{JobReport, Report};
 use attnrt::train::{Session, resolve_devices, stop_on_signals};
@@ -125,6 +125,25 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             ""
         }
     );
+    let peaks_mib: Vec<Option<f64>> = outcome
+        .memory_peaks
+        .iter()
+        .map(|b| b.map(|b| b as f64 / (1u64 << 20) as f64))
+        .collect();
+    if let (false, Devices::Gpus(ordinals)) = (peaks_mib.is_empty(), &devices) {
+        let each: Vec<String> = peaks_mib
+            .iter()
+            .zip(ordinals)
+            .map(|(p, g)| match p {
+                Some(mib) => format!("{mib:.0} MiB on GPU {g}"),
+                None => format!("not tracked on GPU {g}"),
+            })
+            .collect();
+        println!(
+            "gpu memory: peak in use during the steps {} (the allocator's high-water mark)",
+            each.join(", ")
+        );
+    }
 
     // Alone on the machine, the job's completion time is its exclusive time: SD = 1.
     let report = Report::new(
@@ -150,6 +169,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             waited_s: loader.waited_s,
             limited,
         },
+        gpu_memory_peak_mib: peaks_mib,
     })
     .map_err(|e| Error::parse("report", e))?;
     match args.report.as_deref() {
@@ -166,6 +186,10 @@ struct WithLoader<'a> {
     #[serde(flatten)]
     report: &'a Report,
     loader: LoaderReport,
+    /// Per GPU of the run, the most memory in use at once (MiB; null where the allocator
+    /// keeps no mark); absent on the CPU.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    gpu_memory_peak_mib: Vec<Option<f64>>,
 }
 
 /// The loader's rate, the steps' wait for batches, and whether that wait limited the run.

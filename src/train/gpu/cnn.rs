@@ -5,7 +5,7 @@
 //! linear layers through [`Linear`](crate::train::gpu::linear::Linear) (cuBLASLt), batch norm, pooling, dropout, the channel
 //! copies and ReLU through our kernels.
 //!
-//! Activations are NHWC in the walker's type `T` ([`Act`]): f32, or bf16 for
+//! Activations are NHWC in the walker's type `T` ([`Storage`]): f32, or bf16 for
 //! `precision = "bf16"` (convolutions on bf16 tensors with f32 accumulation, batch norm's
 //! statistics and every parameter f32: the master weights stay f32 and each step casts the
 //! convolutions' copy). The convolutions' filters are kept in cuDNN's KRSC order in a buffer
@@ -22,6 +22,13 @@
 //! of the batch times its mean and unbiased variance) after the parameters' gradient in the
 //! gradient buffer, in [`Graph::buffers`]' layout; the trainer's all-reduce sums it with the
 //! gradients and the replica applies it ([`crate::train::gpu::replica::Replica`]).
+//!
+//! Synchronised batch norm (a pass given a [`NormSync`](crate::train::gpu::replica::NormSync)): each batch norm writes its moments
+//! into the walker's exchange buffer, sums them over the step's GPUs and normalises with the
+//! total; its backward adds its `dgamma` and `dbeta` to the gradient as usual (the all-reduce
+//! sums them) and sums a copy over the GPUs for the input's gradient. Each GPU's share of the
+//! running statistics' contribution is then its share of the batch times the step's
+//! statistics, so the all-reduce's sum is the step's statistics once.
 
 use std::sync::Arc;
 
@@ -34,9 +41,9 @@ use crate::gpu::Gpu;
 use crate::kernels::avg_pool::{AvgPoolKernels, AvgWindows};
 use crate::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
 use crate::kernels::bias_grad::BiasGradKernels;
-use crate::kernels::cast::CastKernels;
+use crate::kernels::cast::{CastKernels, Storage};
 use crate::kernels::channel_copy::{ChannelCopyKernels, Copy2d};
-use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Element, Epilogue, Passes};
+use crate::kernels::conv2d::{Conv2dKernels, Conv2dShape, Epilogue, Passes};
 use crate::kernels::dropout::DropoutKernels;
 use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::max_pool::MaxPoolKernels;
@@ -48,103 +55,9 @@ use crate::train::models::cnn::golden::{StepInput, StepOutput};
 use crate::train::models::cnn::{Graph, Node, Op};
 use crate::train::optim::Optimizer;
 
-/// An activation type of the walker: how f32 values (the input, the linear layers' operands)
-/// become `Self` and back.
-pub trait Act: Element {
-    /// `y = x` as `Self` (f32: a copy; bf16: rounded to nearest even).
-    fn cast_in(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, Self>,
-    ) -> Result<()>;
-    /// `y = x` as f32 (exact).
-    fn cast_out(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()>;
-    /// The buffer itself when `Self` is f32 (no copy needed).
-    fn as_f32(b: &CudaSlice<Self>) -> Option<&CudaSlice<f32>>;
-    /// The max pooling forward of this type.
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, Self>,
-        y: &mut CudaViewMut<'_, Self>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()>;
-}
-
 fn copy<T>(s: &Arc<CudaStream>, x: &CudaView<'_, T>, y: &mut CudaViewMut<'_, T>) -> Result<()> {
     s.memcpy_dtod(x, y)
         .cuda(|| format!("copying {} values on the GPU", x.len()))
-}
-
-impl Act for f32 {
-    fn cast_in(
-        _: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        copy(s, x, y)
-    }
-    fn cast_out(
-        _: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        copy(s, x, y)
-    }
-    fn as_f32(b: &CudaSlice<f32>) -> Option<&CudaSlice<f32>> {
-        Some(b)
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, f32>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()> {
-        k.forward(s, pool, x, y, idx)
-    }
-}
-
-impl Act for bf16 {
-    fn cast_in(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, f32>,
-        y: &mut CudaViewMut<'_, bf16>,
-    ) -> Result<()> {
-        cast.bf16(s, x, y, x.len())
-    }
-    fn cast_out(
-        cast: &CastKernels,
-        s: &Arc<CudaStream>,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, f32>,
-    ) -> Result<()> {
-        cast.f32(s, x, y, x.len())
-    }
-    fn as_f32(_: &CudaSlice<bf16>) -> Option<&CudaSlice<f32>> {
-        None
-    }
-    fn max_pool(
-        k: &MaxPoolKernels,
-        s: &CudaStream,
-        pool: &Pool2d,
-        x: &CudaView<'_, bf16>,
-        y: &mut CudaViewMut<'_, bf16>,
-        idx: &mut CudaViewMut<'_, i32>,
-    ) -> Result<()> {
-        k.forward_bf16(s, pool, x, y, idx)
-    }
 }
 
 /// The CNN pass of a replica, in its precision.
@@ -221,6 +134,22 @@ impl CnnNet {
             Walkers::F32(w) => w.describe_convs(),
             Walkers::Bf16(w) => w.describe_convs(),
         }
+    }
+
+    /// The synchronised batch norms' exchange buffer and the exchanges a pass makes
+    /// ([`Replica::norm_buffer`]); `None` without batch norm.
+    pub fn norm_buffer(&mut self) -> Option<(&mut CudaSlice<f32>, usize)> {
+        let (buf, graph) = match &mut self.walker {
+            Walkers::F32(w) => (&mut w.sync_buf, &w.graph),
+            Walkers::Bf16(w) => (&mut w.sync_buf, &w.graph),
+        };
+        // One exchange in each batch norm's forward and one in its backward.
+        let norms = graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::BatchNorm { .. }))
+            .count();
+        (norms > 0).then_some((buf, 2 * norms))
     }
 
     /// The last pass's logits, `rows x classes` (f32).
@@ -310,7 +239,7 @@ struct LinearBufs {
 /// 8 values (16 bytes of bf16, 32 of f32).
 const ALIGN: usize = 8;
 
-struct Walker<T: Act> {
+struct Walker<T: Storage> {
     graph: Graph,
     plan: Vec<Step>,
     /// Per node: its convolution's place (convolutions only).
@@ -337,6 +266,9 @@ struct Walker<T: Act> {
     saved: Vec<Option<Saved>>,
     linears: Vec<Option<LinearBufs>>,
     norm_work: CudaSlice<f32>,
+    /// Synchronised batch norm's moments or backward sums, summed over the GPUs in place:
+    /// allocated once, so peers can keep its address.
+    sync_buf: CudaSlice<f32>,
     image: CudaSlice<f32>,
     /// The filters and biases (KRSC) as cuDNN reads them, their f32 staging, their
     /// gradients and those widened to f32.
@@ -346,8 +278,6 @@ struct Walker<T: Act> {
     conv_dw32: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     dlogits: CudaSlice<f32>,
-    /// A biased convolution's output gradient widened to f32 (bf16 only).
-    bias_dy: CudaSlice<f32>,
     /// The values' gradients in flight, and the pool they come from.
     dvalues: Vec<Option<CudaSlice<T>>>,
     free: Vec<CudaSlice<T>>,
@@ -368,7 +298,7 @@ fn alloc<U: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
         .cuda(|| format!("allocating {n} values for {what}"))
 }
 
-impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
+impl<T: Storage> Walker<T> {
     fn new(gpu: &Arc<Gpu>, graph: Graph, precision: Precision) -> Result<Walker<T>> {
         let nodes = &graph.nodes;
         // Who reads each value.
@@ -425,6 +355,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             }
         }
         let values = graph.shapes.len();
+        let widest = graph.norms.iter().map(|n| n.1).max().unwrap_or(0);
         Ok(Walker {
             plan,
             conv_slots,
@@ -446,6 +377,11 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             saved: (0..nodes.len()).map(|_| None).collect(),
             linears: (0..nodes.len()).map(|_| None).collect(),
             norm_work: alloc(gpu, 1, "batch norm")?,
+            sync_buf: alloc(
+                gpu,
+                BatchNormKernels::moments_len(widest),
+                "synchronised batch norm",
+            )?,
             image: alloc(gpu, 1, "the image")?,
             conv_w: alloc(gpu, conv_len, "the filters")?,
             conv_w32: alloc(gpu, conv_len, "the filters")?,
@@ -453,7 +389,6 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             conv_dw32: alloc(gpu, conv_len, "the filters' gradients")?,
             logits: alloc(gpu, 1, "logits")?,
             dlogits: alloc(gpu, 1, "logits")?,
-            bias_dy: alloc(gpu, 1, "bias gradients")?,
             dvalues: (0..values).map(|_| None).collect(),
             free: Vec::new(),
             graph,
@@ -495,7 +430,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 Some(alloc(gpu, numel(*shape, n), "activations")?)
             };
         }
-        let (mut work, mut bias_dy) = (0, 0);
+        let mut work = 0;
         for (i, node) in g.nodes.iter().enumerate() {
             let [h, w, c] = g.shapes[node.inputs[0]];
             let out = numel(g.shapes[node.output], n);
@@ -518,18 +453,13 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                         dx: alloc(gpu, n * din, "a linear layer")?,
                     });
                 }
-                Op::Conv { shape, bias, .. } => {
+                Op::Conv { shape, .. } => {
                     self.conv.prepare(&batched(shape, n), Passes::Training)?;
-                    if bias.is_some() {
-                        bias_dy = bias_dy.max(out);
-                    }
                 }
                 _ => {}
             }
         }
         self.norm_work = alloc(gpu, work, "batch norm")?;
-        let bias_dy = if T::NAME == "f32" { 1 } else { bias_dy };
-        self.bias_dy = alloc(gpu, bias_dy, "bias gradients")?;
         self.image = alloc(gpu, numel(g.shapes[0], n), "the image")?;
         let classes = g.config.classes;
         self.logits = alloc(gpu, n * classes, "logits")?;
@@ -573,11 +503,11 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         }
         let len = self.conv_len;
         let (src, mut dst) = (self.conv_w32.slice(..len), self.conv_w.slice_mut(..len));
-        T::cast_in(&self.cast, s, &src, &mut dst)
+        T::narrow(&self.cast, s, &src, &mut dst)
     }
 
-    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order (the
-    /// biases' are written there directly).
+    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order, and
+    /// the biases'.
     fn unstage_filter_grads(
         &mut self,
         s: &Arc<CudaStream>,
@@ -585,7 +515,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
     ) -> Result<()> {
         let len = self.conv_len;
         let (src, mut dst) = (self.conv_dw.slice(..len), self.conv_dw32.slice_mut(..len));
-        T::cast_out(&self.cast, s, &src, &mut dst)?;
+        T::widen(&self.cast, s, &src, &mut dst)?;
         for slot in self.conv_slots.iter().flatten() {
             let (r, at) = (slot.params.clone(), slot.weight);
             let src = self.conv_dw32.slice(at..at + r.len());
@@ -596,6 +526,10 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 &mut grads.slice_mut(r),
                 false,
             )?;
+            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
+                let src = self.conv_dw32.slice(at..at + r.len());
+                copy(s, &src, &mut grads.slice_mut(r))?;
+            }
         }
         Ok(())
     }
@@ -611,7 +545,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         self.copy
             .run(s, &to_nhwc, &p.input.slice(..len), &mut image, false)?;
         let mut x0 = self.values[0].take().expect("reserve allocates the image");
-        T::cast_in(
+        T::narrow(
             &self.cast,
             s,
             &self.image.slice(..len),
@@ -684,17 +618,21 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let saved = self.saved[i]
                     .as_mut()
                     .expect("reserve allocates statistics");
-                self.bn.forward_train(
-                    s,
-                    shape,
-                    &x,
-                    affine,
-                    y,
-                    saved,
-                    &mut self.norm_work,
-                    Some((&mut contrib, weight)),
-                    relu,
-                )
+                let contrib = Some((&mut contrib, weight));
+                let Some(sync) = p.sync else {
+                    let work = &mut self.norm_work;
+                    return self
+                        .bn
+                        .forward_train(s, shape, &x, affine, y, saved, work, contrib, relu);
+                };
+                let m = BatchNormKernels::moments_len(c);
+                let mut moments = self.sync_buf.slice_mut(..m);
+                self.bn
+                    .moments(s, shape, &x, &mut self.norm_work, &mut moments)?;
+                sync.sum(p.gpu, &mut self.sync_buf, m)?;
+                let total = (&self.sync_buf.slice(..m), sync.images() * h * w);
+                self.bn
+                    .forward_from_moments(s, shape, total, &x, affine, y, saved, contrib, relu)
             }
             Op::Relu => self.elementwise.relu(s, &x, y, x.len()),
             Op::MaxPool {
@@ -705,7 +643,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
                 let idx = self.argmax[i].as_mut().expect("reserve allocates argmax");
                 let mut idx = idx.slice_mut(..y.len());
-                T::max_pool(&self.max, s, &pool, &x, y, &mut idx)
+                self.max.forward(s, &pool, &x, y, &mut idx)
             }
             Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
                 self.avg.forward(s, &windows(g, node, n), &x, y)
@@ -753,7 +691,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let len = y.len();
                 self.linear_forward(s, p, i, false)?;
                 let out = &self.linears[i].as_ref().expect("a linear's buffers").y;
-                T::cast_in(&self.cast, s, &out.slice(..len), y)
+                T::narrow(&self.cast, s, &out.slice(..len), y)
             }
         }
     }
@@ -786,7 +724,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             Some(x) => x,
             None => {
                 let len = n * din;
-                T::cast_out(
+                T::widen(
                     &self.cast,
                     s,
                     &xv.slice(..len),
@@ -921,19 +859,9 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                 let wl = shape.weight_len();
                 let mut dw = self.conv_dw.slice_mut(slot.weight..slot.weight + wl);
                 self.conv.backward_filter(&call, &x, &dyv, &mut dw, false)?;
-                if let Some(r) = slot.bias_params.clone() {
-                    // Our reduction, not cuDNN's: its bias gradient refuses bf16 tensors.
-                    let dyf = match T::as_f32(&dy) {
-                        Some(d) => d,
-                        None => {
-                            let mut dst = self.bias_dy.slice_mut(..out_len);
-                            T::cast_out(&self.cast, s, &dyv, &mut dst)?;
-                            &self.bias_dy
-                        }
-                    };
-                    let c = shape.out_channels;
-                    let db = &mut p.grads.slice_mut(r);
-                    self.bias_grad.run(s, dyf, db, out_len / c, c)?;
+                if let Some(b) = slot.bias {
+                    let mut db = self.conv_dw.slice_mut(b..b + shape.out_channels);
+                    self.conv.backward_bias(&call, &dyv, &mut db, false)?;
                 }
                 if input != 0 {
                     let (mut dx, acc) = self.target(gpu, input, in_len, false)?;
@@ -966,18 +894,44 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
                             .slice(..out_len)
                     });
                     let saved = self.saved[i].as_ref().expect("the forward's statistics");
-                    self.bn.backward(
-                        s,
-                        shape,
-                        &x,
-                        &dy.slice(..out_len),
-                        mask.as_ref(),
-                        saved,
-                        &gamma,
-                        (&mut dg, &mut db),
-                        &mut dx.slice_mut(..in_len),
-                        &mut self.norm_work,
-                    )?;
+                    let x_dy = (&x, &dy.slice(..out_len), mask.as_ref());
+                    let mut dxv = dx.slice_mut(..in_len);
+                    match p.sync {
+                        None => self.bn.backward(
+                            s,
+                            shape,
+                            x_dy.0,
+                            x_dy.1,
+                            x_dy.2,
+                            saved,
+                            &gamma,
+                            (&mut dg, &mut db),
+                            &mut dxv,
+                            &mut self.norm_work,
+                        )?,
+                        Some(sync) => {
+                            let sums = (&mut dg, &mut db);
+                            self.bn.backward_sums(
+                                s,
+                                shape,
+                                x_dy,
+                                saved,
+                                sums,
+                                &mut self.norm_work,
+                            )?;
+                            // This GPU's sums stay in the gradient (the all-reduce adds
+                            // them up); the input's gradient needs the step's.
+                            let (mut tg, mut tb) = self.sync_buf.split_at_mut(c);
+                            copy(s, &dg.as_view(), &mut tg.slice_mut(..c))?;
+                            copy(s, &db.as_view(), &mut tb.slice_mut(..c))?;
+                            sync.sum(gpu, &mut self.sync_buf, 2 * c)?;
+                            let (tg, tb) =
+                                (self.sync_buf.slice(..c), self.sync_buf.slice(c..2 * c));
+                            let total = (&tg, &tb, sync.images() * h * w);
+                            self.bn
+                                .backward_input(s, shape, x_dy, saved, &gamma, total, &mut dxv)?;
+                        }
+                    }
                 }
                 self.deliver(s, input, dx, in_len)?;
             }
@@ -1123,7 +1077,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
         let bufs = self.linears[i].as_mut().expect("a linear's buffers");
         if let Some(dy) = dy {
             let len = n * dout;
-            T::cast_out(
+            T::widen(
                 &self.cast,
                 s,
                 &dy.slice(..len),
@@ -1149,7 +1103,7 @@ impl<T: Act + cudarc::driver::ValidAsZeroBits> Walker<T> {
             let len = n * din;
             let mut g = self.grad_buffer(p.gpu, len)?;
             let dx = &self.linears[i].as_ref().expect("a linear's buffers").dx;
-            T::cast_in(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
+            T::narrow(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
             self.deliver(s, input, g, len)?;
         }
         Ok(())

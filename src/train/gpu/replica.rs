@@ -33,7 +33,8 @@ use crate::train::run::engine::State;
 /// What a model's pass gets: the device, its stream's cuBLAS handle and linear-layer GEMMs, the
 /// parameters, the gradient buffer to fill (the parameters' gradient, then the buffers'
 /// contributions), the shard (`rows` samples) and its labels, the loss scale, the stats buffer
-/// the loss kernel adds to, and the step's dropout seed.
+/// the loss kernel adds to, the step's dropout seed, and synchronised batch norm's exchange
+/// (`None`: each GPU normalises its own shard).
 pub struct Pass<'a> {
     pub gpu: &'a Gpu,
     pub blas: &'a CudaBlas,
@@ -46,6 +47,19 @@ pub struct Pass<'a> {
     pub scale: f32,
     pub stats: &'a mut CudaSlice<f32>,
     pub seed: u64,
+    pub sync: Option<&'a dyn NormSync>,
+}
+
+/// Synchronised batch norm's exchange among the GPUs of a step: each batch norm sums its
+/// moments through it before normalising, and its backward sums before the input's gradient
+/// (the CPU's `forward_backward_synced` does the same over shards).
+pub trait NormSync {
+    /// Images in the whole step (every GPU's shard).
+    fn images(&self) -> usize;
+    /// `buf[..len]` summed over the step's GPUs, into every GPU's `buf`, in the same order
+    /// on each (so every GPU normalises with bit-identical statistics). `buf` is the
+    /// replica's [`Replica::norm_buffer`].
+    fn sum(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>, len: usize) -> Result<()>;
 }
 
 enum Net {
@@ -311,8 +325,30 @@ impl Replica {
     /// Enqueues forward and backward over a shard (`x`: `rows x features`), leaving the
     /// gradient of `scale * sum(loss)` in the gradient buffer. An empty shard zeroes it.
     pub fn forward_backward(&mut self, x: &[f32], labels: &[u32], scale: f32) -> Result<()> {
+        self.forward_backward_synced(x, labels, scale, None)
+    }
+
+    /// As [`forward_backward`](Self::forward_backward), a CNN's batch norms normalising
+    /// with the statistics of the whole step through `sync` when given.
+    pub fn forward_backward_synced(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        scale: f32,
+        sync: Option<&dyn NormSync>,
+    ) -> Result<()> {
         self.load_shard(x, labels)?;
-        self.pass(scale)
+        self.pass_synced(scale, sync)
+    }
+
+    /// The buffer a CNN's synchronised batch norms exchange through [`NormSync::sum`] (its
+    /// address is fixed for the replica's life), and how many exchanges one pass makes;
+    /// `None` for models without batch norm.
+    pub fn norm_buffer(&mut self) -> Option<(&mut CudaSlice<f32>, usize)> {
+        match &mut self.net {
+            Net::Cnn(net) => net.norm_buffer(),
+            _ => None,
+        }
     }
 
     /// Copies a shard (`x`: `rows x features`) through the page-locked staging buffers and
@@ -365,6 +401,10 @@ impl Replica {
     /// Enqueues forward and backward over the shard [`load_shard`](Self::load_shard) loaded,
     /// with loss scale `scale`.
     pub fn pass(&mut self, scale: f32) -> Result<()> {
+        self.pass_synced(scale, None)
+    }
+
+    fn pass_synced(&mut self, scale: f32, sync: Option<&dyn NormSync>) -> Result<()> {
         let rows = self.last_rows;
         let s = self.gpu.stream().clone();
         s.memset_zeros(&mut self.stats)
@@ -386,6 +426,7 @@ impl Replica {
             scale,
             stats: &mut self.stats,
             seed: self.seed,
+            sync,
         };
         match &mut self.net {
             Net::Mlp(net) => net.forward_backward(pass),

@@ -13,7 +13,14 @@
 //! works again or is read, copies parameters and optimizer state into it from an up-to-date
 //! one (device to device over peer access, else through the host). Leaving an idle device out
 //! of the sum changes no value: it used to add zeros.
+//!
+//! With synchronised batch norm ([`CnnOptions::sync_bn`]) the step's members also sum each
+//! batch norm's moments and backward sums during the pass, through a second exchange of the
+//! same kind over the replicas' small [`Replica::norm_buffer`]s; every member makes the same
+//! exchanges in the same order, and a member whose pass fails still takes its part in the
+//! remaining ones (skipping the work), so none is left waiting at a barrier.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -24,7 +31,9 @@ use crate::base::Precision;
 use crate::gpu::{Gpu, nvtx};
 use crate::train::data::batches::Batch;
 use crate::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
-use crate::train::gpu::replica::Replica;
+use cudarc::driver::{CudaSlice, DevicePtr};
+
+use crate::train::gpu::replica::{NormSync, Replica};
 use crate::train::models::ModelSpec;
 use crate::train::models::cnn;
 use crate::train::models::cpu::{self, ShardStats};
@@ -80,6 +89,12 @@ pub trait Engine {
     fn set_state(&mut self, state: &State) -> Result<()>;
     /// A line to show the user about how the engine runs (e.g. a fallback), if any.
     fn notice(&self) -> Option<String>;
+    /// Per GPU, the most device memory in use at once since the engine was made, in bytes
+    /// ([`Gpu::memory_peak`]: the allocator's high-water mark, `None` where the allocator
+    /// keeps none); empty for engines without GPUs.
+    fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
+        Ok(Vec::new())
+    }
 }
 
 fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Result<()> {
@@ -386,10 +401,23 @@ enum Exchange {
     Host(HostExchange),
 }
 
-/// What the device threads share for the whole run.
+/// What the device threads share for the whole run: the gradients' exchange (of `len`
+/// values) and, with synchronised batch norm, the norm buffers' and the exchanges one pass
+/// makes through it.
 struct Shared {
     exchange: Exchange,
     len: usize,
+    norm: Option<(Exchange, usize)>,
+}
+
+/// A CNN job's batch norm and dropout on the GPUs (its `sync_bn` and `dropout` keys).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CnnOptions {
+    /// Every batch norm normalises with the statistics of the whole step, summed over the
+    /// GPUs (as [`CpuEngine::with_sync_bn`]).
+    pub sync_bn: bool,
+    /// The dropout layers' probability instead of the architecture's.
+    pub dropout: Option<f32>,
 }
 
 /// One step's participants: the active devices and the barrier that they, and only they, wait
@@ -435,6 +463,8 @@ struct DeviceThread {
 /// replica.
 pub struct ReplicaEngine {
     threads: Vec<DeviceThread>,
+    /// The devices, for their memory peaks (the replicas belong to the threads).
+    gpus: Vec<Arc<Gpu>>,
     /// The members of each submitted step not finished yet, oldest first: each enqueued its
     /// share and deferred its stats read-back.
     pending: VecDeque<Vec<usize>>,
@@ -454,12 +484,12 @@ impl ReplicaEngine {
         precision: Precision,
         state: &State,
     ) -> Result<ReplicaEngine> {
-        let auto = ExchangeChoice::Auto;
-        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto)
+        let (auto, cnn) = (ExchangeChoice::Auto, CnnOptions::default());
+        ReplicaEngine::with_exchange(ordinals, model, optimizer, precision, state, auto, cnn)
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
-    /// says.
+    /// says, a CNN's batch norm and dropout as `options` says.
     pub fn with_exchange(
         ordinals: &[usize],
         model: &ModelSpec,
@@ -467,6 +497,7 @@ impl ReplicaEngine {
         precision: Precision,
         state: &State,
         choice: ExchangeChoice,
+        options: CnnOptions,
     ) -> Result<ReplicaEngine> {
         if ordinals.is_empty() || ordinals.len() > crate::kernels::allreduce::MAX_PEERS {
             return Err(Error::invalid(
@@ -486,16 +517,32 @@ impl ReplicaEngine {
             ExchangeChoice::Auto => gpus.len() == 1 || allreduce::enable_peer_access(&gpus)?,
             ExchangeChoice::Host => false,
         };
-        let replicas = gpus
+        let mut replicas = gpus
             .iter()
             .map(|g| {
                 let (params, opt_state) = (&state.params, &state.optimizer);
-                let mut r =
-                    Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?;
+                let mut r = match (model, options.dropout) {
+                    (ModelSpec::Cnn(c), Some(p)) => {
+                        let graph = cnn::graph(*c).with_dropout(p);
+                        Replica::for_graph(
+                            g.clone(),
+                            graph,
+                            optimizer,
+                            precision,
+                            params,
+                            opt_state,
+                        )?
+                    }
+                    _ => Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?,
+                };
                 r.upload(params, opt_state, &state.buffers)?;
                 Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;
+        let norm = match options.sync_bn {
+            false => None,
+            true => norm_exchange(&gpus, &mut replicas, peer)?,
+        };
         // The gradients and, after them, the model buffers' contributions (batch norm).
         let len = replicas.first().map_or(0, Replica::exchange_len);
         let exchange = if peer {
@@ -516,7 +563,11 @@ impl ReplicaEngine {
                 Some("gradients are summed through host memory, as asked (slower)")
             }
         };
-        let shared = Arc::new(Shared { exchange, len });
+        let shared = Arc::new(Shared {
+            exchange,
+            len,
+            norm,
+        });
         let features = model.features();
         let mut threads = Vec::new();
         for (device, replica) in replicas.into_iter().enumerate() {
@@ -533,7 +584,10 @@ impl ReplicaEngine {
                 thread: Some(thread),
             });
         }
+        // The peaks count from here: the replicas' own buffers, then what the steps add.
+        gpus.iter().try_for_each(|g| g.reset_memory_peak())?;
         Ok(ReplicaEngine {
+            gpus,
             freshness: Freshness::new(threads.len()),
             pending: VecDeque::new(),
             threads,
@@ -604,6 +658,31 @@ impl ReplicaEngine {
         stale.iter().for_each(|&d| self.freshness.refreshed(d));
         Ok(())
     }
+}
+
+/// The exchange of the replicas' norm buffers (peer or host, as the gradients'), and the
+/// exchanges one pass makes; `None` for a model without batch norm (AlexNet: nothing to
+/// synchronise, as on the CPU).
+fn norm_exchange(
+    gpus: &[Arc<Gpu>],
+    replicas: &mut [Replica],
+    peer: bool,
+) -> Result<Option<(Exchange, usize)>> {
+    let mut bufs = Vec::new();
+    let mut shape = (0, 0);
+    for r in replicas.iter_mut() {
+        let gpu = r.gpu().clone();
+        let Some((buf, exchanges)) = r.norm_buffer() else {
+            return Ok(None);
+        };
+        bufs.push(buf.device_ptr(gpu.stream()).0);
+        shape = (buf.len(), exchanges);
+    }
+    let exchange = match peer {
+        true => Exchange::Peer(bufs, PhaseEvents::new(gpus)?),
+        false => Exchange::Host(HostExchange::new(gpus, shape.0)?),
+    };
+    Ok(Some((exchange, shape.1)))
 }
 
 fn unexpected_reply(device: usize, to: &str) -> Error {
@@ -690,6 +769,10 @@ impl Engine for ReplicaEngine {
 
     fn notice(&self) -> Option<String> {
         self.notice.clone()
+    }
+
+    fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
+        self.gpus.iter().map(|g| g.memory_peak()).collect()
     }
 }
 
@@ -787,22 +870,38 @@ impl Work<'_> {
             });
         // NVTX ranges name what this thread enqueues, for nsys timelines.
         let _step = nvtx::range(format!("step {t}"));
+        let alone = self.group.active.members().len() == 1;
+        let rank = self.group.active.rank(self.device).filter(|_| !alone);
+        // Alone, or (never) not a member: nothing to exchange, and batch norm is the step's.
+        let sync = match (&self.shared.norm, rank) {
+            (Some((exchange, _)), Some(rank)) => Some(StepNormSync {
+                work: self,
+                exchange,
+                rank,
+                images: batch.len(),
+                done: Cell::new(0),
+            }),
+            _ => None,
+        };
         let pass = x.and_then(|x| {
             let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
             replica.set_seed(cnn::step_seed(t, shard.start));
-            replica.forward_backward(x, &batch.labels[shard], 1.0 / batch.len() as f32)
+            let (labels, scale) = (&batch.labels[shard], 1.0 / batch.len() as f32);
+            let sync = sync.as_ref().map(|s| s as &dyn NormSync);
+            replica.forward_backward_synced(x, labels, scale, sync)
         });
-        let alone = self.group.active.members().len() == 1;
-        match (alone, self.group.active.rank(self.device)) {
-            (false, Some(rank)) => {
-                let _r = nvtx::range("all-reduce");
-                match &self.shared.exchange {
-                    Exchange::Peer(bufs, events) => self.peer(replica, rank, bufs, events, pass),
-                    Exchange::Host(host) => self.host(replica, host, pass),
-                }
-            }
-            // Alone, or (never) not a member: nothing to exchange.
+        let pass = match (&sync, &self.shared.norm) {
+            (Some(sync), Some((_, exchanges))) => sync.finish(replica, *exchanges, pass),
             _ => pass,
+        };
+        match rank {
+            Some(rank) => {
+                let _r = nvtx::range("all-reduce");
+                let gpu = replica.gpu().clone();
+                let (exchange, len) = (&self.shared.exchange, self.shared.len);
+                self.all_reduce(exchange, &gpu, replica.grads_mut(), (rank, len), pass)
+            }
+            None => pass,
         }?;
         let _r = nvtx::range("optimizer");
         replica.optimizer_step(t)?;
@@ -810,21 +909,36 @@ impl Work<'_> {
         Ok(Reply::Enqueued)
     }
 
-    /// The direct all-reduce among the step's members. Every member waits at the same
-    /// barriers whatever happens, so one failing thread cannot leave the others waiting
+    /// Sums `buf` (its first `len` values, this member's buffer of `exchange`) over the
+    /// step's members, as member `rank`. Every member waits at the same barriers whatever
+    /// happens, so one failing thread (an error in `result`) cannot leave the others waiting
     /// forever; it skips its work and reports.
+    fn all_reduce(
+        &self,
+        exchange: &Exchange,
+        gpu: &Gpu,
+        buf: &mut CudaSlice<f32>,
+        (rank, len): (usize, usize),
+        result: Result<()>,
+    ) -> Result<()> {
+        match exchange {
+            Exchange::Peer(bufs, events) => self.peer(gpu, rank, (bufs, len), events, result),
+            Exchange::Host(host) => self.host(gpu, host, buf, result),
+        }
+    }
+
+    /// The direct all-reduce among the step's members over peer memory.
     fn peer(
         &self,
-        replica: &Replica,
+        gpu: &Gpu,
         rank: usize,
-        all_bufs: &[u64],
+        (all_bufs, len): (&[u64], usize),
         events: &PhaseEvents,
         mut result: Result<()>,
     ) -> Result<()> {
-        let (own, len) = (self.device, self.shared.len);
+        let own = self.device;
         let members = self.group.active.members();
         let bufs: Vec<u64> = members.iter().map(|&d| all_bufs[d]).collect();
-        let gpu = replica.gpu();
         let stream = gpu.stream();
         // The barriers order the enqueues (each event is recorded before anyone waits on it);
         // the events order the GPUs' work, with no host synchronisation.
@@ -859,26 +973,78 @@ impl Work<'_> {
         result
     }
 
-    /// The host-staged exchange among the step's members; the same barriers whatever happens,
-    /// as in [`peer`](Self::peer). No barrier is needed after the sums: the staged buffers are
-    /// written again only in the next step, which starts after every member has replied.
+    /// The host-staged exchange among the step's members. No barrier is needed after the
+    /// sums: a member's staged buffer is written again only after the next barrier, which
+    /// every member reaches after its sum.
     fn host(
         &self,
-        replica: &mut Replica,
+        gpu: &Gpu,
         host: &HostExchange,
+        buf: &mut CudaSlice<f32>,
         mut result: Result<()>,
     ) -> Result<()> {
-        let gpu = replica.gpu().clone();
         self.group.barrier.wait();
         if result.is_ok() {
-            result = host.stage(&gpu, replica.grads_mut(), self.device);
+            result = host.stage(gpu, buf, self.device);
         }
         self.group.barrier.wait();
         if result.is_ok() {
             let members = self.group.active.members();
-            result = host.sum_into(&gpu, replica.grads_mut(), self.device, members);
+            result = host.sum_into(gpu, buf, self.device, members);
         }
         result
+    }
+}
+
+/// One member's synchronised batch norm exchange in one step ([`NormSync`]): the norm
+/// exchange among the step's members, counting the exchanges made.
+struct StepNormSync<'a> {
+    work: &'a Work<'a>,
+    exchange: &'a Exchange,
+    rank: usize,
+    images: usize,
+    done: Cell<usize>,
+}
+
+impl NormSync for StepNormSync<'_> {
+    fn images(&self) -> usize {
+        self.images
+    }
+
+    fn sum(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>, len: usize) -> Result<()> {
+        self.done.set(self.done.get() + 1);
+        self.work
+            .all_reduce(self.exchange, gpu, buf, (self.rank, len), Ok(()))
+    }
+}
+
+impl StepNormSync<'_> {
+    /// After the pass (`result`): when it stopped early, takes part in the `exchanges` it
+    /// did not make, without work, so the other members' exchanges complete.
+    fn finish(&self, replica: &mut Replica, exchanges: usize, result: Result<()>) -> Result<()> {
+        let missed = exchanges.saturating_sub(self.done.get());
+        if missed == 0 {
+            return result;
+        }
+        let gpu = replica.gpu().clone();
+        let Some((buf, _)) = replica.norm_buffer() else {
+            return result;
+        };
+        let skipped = || {
+            Err(Error::invalid(
+                "synchronised batch norm",
+                "this GPU's pass stopped early",
+            ))
+        };
+        for _ in 0..missed {
+            // Each only waits at the barriers and returns the skip: the pass's error is the
+            // one to report.
+            let _ = self
+                .work
+                .all_reduce(self.exchange, &gpu, buf, (self.rank, 0), skipped());
+        }
+        self.done.set(exchanges);
+        result.and_then(|()| skipped())
     }
 }
 

@@ -19,7 +19,9 @@ use crate::train::models::cnn::{self, Arch};
 use crate::train::optim::{Optimizer, OptimizerKind};
 use crate::train::run::calibrate::Calibration;
 use crate::train::run::checkpoint::{self, Damaged, Latest};
-use crate::train::run::engine::{CpuEngine, Engine, ReplicaEngine, State};
+use crate::train::run::engine::{
+    CnnOptions, CpuEngine, Engine, ExchangeChoice, ReplicaEngine, State,
+};
 use crate::train::run::fault::Faults;
 use crate::train::run::spec::{DEFAULT_LR, TrainSpec};
 use crate::train::run::trainer::{Job, OnCheckpointError, Outcome, Progress, TrainOptions, train};
@@ -207,21 +209,18 @@ impl Session {
         let sync_bn = spec.sync_bn.unwrap_or(false);
         let engine: Box<dyn Engine> = match &devices {
             Devices::Gpus(ordinals) => {
-                // The GPU replica normalises each shard alone and keeps the architecture's
-                // dropout; until it exchanges batch statistics, the keys are refused here
-                // rather than ignored.
-                for (key, set) in [("sync_bn", sync_bn), ("dropout", spec.dropout.is_some())] {
-                    if set {
-                        return Err(Error::invalid(
-                            ctx(key),
-                            format!(
-                                "not supported on GPUs yet (devices {devices}); train on the CPU with --gpus cpu:N"
-                            ),
-                        ));
-                    }
-                }
-                Box::new(ReplicaEngine::new(
-                    ordinals, &model, optimizer, precision, &state,
+                let cnn = CnnOptions {
+                    sync_bn,
+                    dropout: spec.dropout.map(|p| p as f32),
+                };
+                Box::new(ReplicaEngine::with_exchange(
+                    ordinals,
+                    &model,
+                    optimizer,
+                    precision,
+                    &state,
+                    ExchangeChoice::Auto,
+                    cnn,
                 )?)
             }
             Devices::Cpu(n) => {

@@ -164,6 +164,9 @@ pub struct Outcome {
     /// The loader's rate and how long the steps waited for it
     /// ([`LoaderStats::limited`]: whether it set the pace).
     pub loader: LoaderStats,
+    /// Per GPU of the engine, the most device memory in use at once during the run, in bytes
+    /// ([`Engine::memory_peaks`]); empty on the CPU.
+    pub memory_peaks: Vec<Option<u64>>,
 }
 
 /// Trains `job` on `engine` from scratch or from the newest checkpoint.
@@ -213,6 +216,7 @@ pub fn train(
         accuracy: f64::NAN,
         last_checkpoint: None,
         loader: LoaderStats::default(),
+        memory_peaks: Vec::new(),
     };
     let mut saved_at = start_step;
     // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
@@ -319,6 +323,7 @@ pub fn train(
     }
     outcome.elapsed_s = started.elapsed().as_secs_f64();
     outcome.loader = loader.stats();
+    outcome.memory_peaks = engine.memory_peaks()?;
     Ok(outcome)
 }
 

@@ -8,6 +8,7 @@ pub use crate::gpu::images::{KernelModule, compiled};
 
 pub mod allreduce;
 pub mod avg_pool;
+pub mod blaslt;
 pub mod batch_norm;
 pub mod bias_grad;
 pub mod cast;

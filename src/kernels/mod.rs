@@ -8,9 +8,9 @@ pub use crate::gpu::images::{KernelModule, compiled};
 
 pub mod allreduce;
 pub mod avg_pool;
-pub mod blaslt;
 pub mod batch_norm;
 pub mod bias_grad;
+pub mod blaslt;
 pub mod cast;
 pub mod channel_copy;
 pub mod conv2d;

@@ -738,7 +738,7 @@ struct Plan {
 }
 
 /// Whether a shape's forward pass runs as a cuBLASLt GEMM, and why.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Gemm {
     /// Not a GEMM shape, or the GEMM path is off ([`Conv2dKernels::set_gemm`]).
     No,
@@ -746,12 +746,14 @@ enum Gemm {
     Forced,
     /// Measured: the GEMM's and cuDNN's milliseconds a call; the faster runs.
     Measured { gemm_ms: f64, cudnn_ms: f64 },
+    /// Left to choose, but cuBLASLt refused the GEMM (this error): cuDNN runs it.
+    Refused(String),
 }
 
 impl Gemm {
-    fn runs(self) -> bool {
-        match self {
-            Gemm::No => false,
+    fn runs(&self) -> bool {
+        match *self {
+            Gemm::No | Gemm::Refused(_) => false,
             Gemm::Forced => true,
             Gemm::Measured { gemm_ms, cudnn_ms } => gemm_ms < cudnn_ms,
         }
@@ -915,8 +917,9 @@ impl Conv2dKernels {
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
         let cudnn = plan.forward.current();
-        let forward = match plan.gemm {
+        let forward = match &plan.gemm {
             Gemm::No => cudnn.to_string(),
+            Gemm::Refused(why) => format!("{cudnn} (cuBLASLt GEMM refused: {why})"),
             Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
             Gemm::Measured { gemm_ms, cudnn_ms } if plan.gemm.runs() => format!(
                 "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
@@ -1348,8 +1351,12 @@ impl Conv2dKernels {
             Ok(ms / GEMM_TIMED_CALLS as f64)
         };
         let cudnn_ms = time(self, false)?;
-        let gemm_ms = time(self, true)?;
-        Ok(Gemm::Measured { gemm_ms, cudnn_ms })
+        // cuBLASLt may offer no algorithm for a shape's sizes and alignments; cuDNN runs it then.
+        Ok(match time(self, true) {
+            Ok(gemm_ms) => Gemm::Measured { gemm_ms, cudnn_ms },
+            Err(e @ (Error::BlasLt { .. } | Error::Invalid { .. })) => Gemm::Refused(e.to_string()),
+            Err(e) => return Err(e),
+        })
     }
 
     /// `y = epilogue(x W^T)` of a GEMM shape by cuBLASLt: the residual as C (beta = 1), the

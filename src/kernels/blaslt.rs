@@ -116,7 +116,7 @@ impl Drop for LtGemm {
     }
 }
 
-pub fn lt_error(what: String) -> impl FnOnce(CublasError) -> Error {
+fn lt_error(what: String) -> impl FnOnce(CublasError) -> Error {
     move |source| Error::BlasLt { what, source }
 }
 
@@ -148,10 +148,6 @@ impl LtGemm {
             stream,
             gpu,
         })
-    }
-
-    pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
     }
 
     /// Enqueues `D = epilogue(op(A) op(B) + beta C)` (`what` names it in errors), building the

@@ -39,12 +39,23 @@
 //! shape tries it; where cuDNN answers that it does not support the configuration, the shape
 //! runs the plain convolution followed by `conv2d_epilogue_<dtype>` (`kernels/conv2d.cu`) from
 //! then on. [`Conv2dKernels::describe`] says which it runs.
+//!
+//! A 1x1, stride-1, unpadded, ungrouped convolution is a GEMM, `y[rows x out] = x[rows x in]
+//! W^T` (rows = batch x height x width, W `[out][in]`), and cuDNN runs those badly: its chosen
+//! algorithm for them computes without tensor cores (2-9 TFLOP/s in bf16 on an H100, where its
+//! 3x3 convolutions reach 85-100). Planning such a shape times cuDNN's algorithm and a
+//! cuBLASLt GEMM ([`super::blaslt`]) a few calls each and keeps the faster for the forward
+//! pass; the GEMM fuses every epilogue (the residual as its C with beta = 1, bias and ReLU
+//! after it). Its math follows the precision: exact f32 (`CUBLAS_COMPUTE_32F`), TF32
+//! (`CUBLAS_COMPUTE_32F_FAST_TF32`), bf16 tensors with f32 accumulation. The backward passes
+//! stay on cuDNN. [`Conv2dKernels::set_gemm`] forces either path.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use cudarc::cublaslt::sys::{cublasComputeType_t, cublasLtEpilogue_t, cudaDataType_t};
 use cudarc::cudnn::result::{self as dnn, CudnnError};
 use cudarc::cudnn::sys::{
     self, cudnnActivationMode_t as Act, cudnnConvolutionBwdDataAlgo_t as DataAlgo,
@@ -55,11 +66,12 @@ use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, L
 use half::bf16;
 
 use super::KernelModule;
+use super::blaslt::{LtGemm, Operands, Product, Types};
 use super::launch::{Args, check_len, elementwise, ptr, ptr_mut};
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::cudnn::{CudnnHandle, cudnn_error};
-use crate::gpu::{Gpu, Kernel};
+use crate::gpu::{Gpu, Kernel, time_ms};
 
 pub mod cpu;
 
@@ -721,7 +733,35 @@ struct Plan {
     fused: [Fused; 4],
     backward_data: Option<Candidates<DataAlgo>>,
     backward_filter: Option<Candidates<FilterAlgo>>,
+    /// The forward pass's GEMM path, for the shapes that are GEMMs.
+    gemm: Gemm,
 }
+
+/// Whether a shape's forward pass runs as a cuBLASLt GEMM, and why.
+#[derive(Clone, Debug, PartialEq)]
+enum Gemm {
+    /// Not a GEMM shape, or the GEMM path is off ([`Conv2dKernels::set_gemm`]).
+    No,
+    /// Forced on.
+    Forced,
+    /// Measured: the GEMM's and cuDNN's milliseconds a call; the faster runs.
+    Measured { gemm_ms: f64, cudnn_ms: f64 },
+    /// Left to choose, but cuBLASLt refused the GEMM (this error): cuDNN runs it.
+    Refused(String),
+}
+
+impl Gemm {
+    fn runs(&self) -> bool {
+        match *self {
+            Gemm::No | Gemm::Refused(_) => false,
+            Gemm::Forced => true,
+            Gemm::Measured { gemm_ms, cudnn_ms } => gemm_ms < cudnn_ms,
+        }
+    }
+}
+
+/// Calls of each path timed when planning a GEMM shape (after one untimed call each).
+const GEMM_TIMED_CALLS: usize = 5;
 
 /// Where a plan keeps the fused call's state for an epilogue: each of the four is tried on
 /// its own, since cuDNN may take one and refuse another.
@@ -766,6 +806,10 @@ pub struct Conv2dKernels {
     epilogue: Option<Kernel>,
     /// `conv2d_bias_grad_{partial,finish}_bf16`, in bf16 only (see [`Self::backward_bias`]).
     bias_grad: Option<[Kernel; 2]>,
+    /// `Some(forced)` or `None` (measure); see [`Self::set_gemm`].
+    gemm: Option<bool>,
+    /// cuBLASLt, made when the first GEMM shape is planned.
+    lt: Option<LtGemm>,
 }
 
 // SAFETY: the cuDNN descriptors are host objects that any thread may use, one at a time;
@@ -808,6 +852,8 @@ impl Conv2dKernels {
             precision,
             deterministic: false,
             fuse: true,
+            gemm: None,
+            lt: None,
             plans: HashMap::new(),
             epilogue: None,
             bias_grad: match precision {
@@ -840,6 +886,16 @@ impl Conv2dKernels {
         self.fuse = fuse;
     }
 
+    /// How 1x1, stride-1, unpadded, ungrouped convolutions run their forward pass:
+    /// `Some(true)` always as a cuBLASLt GEMM, `Some(false)` always on cuDNN, `None` (the
+    /// default) by whichever planning measures faster. Forgets the plans made so far.
+    pub fn set_gemm(&mut self, gemm: Option<bool>) {
+        if gemm != self.gemm {
+            self.gemm = gemm;
+            self.plans.clear();
+        }
+    }
+
     /// The bytes of workspace the plans made so far share.
     pub fn workspace_bytes(&self) -> usize {
         self.workspace.len()
@@ -860,11 +916,20 @@ impl Conv2dKernels {
     /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned.
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
-        let mut s = format!(
-            "conv2d {shape} {}: forward {}",
-            self.precision,
-            plan.forward.current()
-        );
+        let cudnn = plan.forward.current();
+        let forward = match &plan.gemm {
+            Gemm::No => cudnn.to_string(),
+            Gemm::Refused(why) => format!("{cudnn} (cuBLASLt GEMM refused: {why})"),
+            Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
+            Gemm::Measured { gemm_ms, cudnn_ms } if plan.gemm.runs() => format!(
+                "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
+                algo_name(cudnn.algo)
+            ),
+            Gemm::Measured { gemm_ms, cudnn_ms } => {
+                format!("{cudnn} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)")
+            }
+        };
+        let mut s = format!("conv2d {shape} {}: forward {forward}", self.precision);
         for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
                 Fused::Untried => {}
@@ -923,7 +988,10 @@ impl Conv2dKernels {
             operands.push(("residual", z.len(), shape.output_len(), zp));
         }
         check_operands(&what, &operands)?;
-        self.plan(shape)?;
+        if self.plan(shape)?.gemm.runs() {
+            let ops = [xp, wp, yp];
+            return self.gemm_forward(shape, &what, ops, bias, residual, epilogue.relu);
+        }
         let h = self.handle.bind()?;
         if epilogue.is_none() {
             return self.convolve(h, shape, [xp, wp, yp], &what);
@@ -1234,10 +1302,105 @@ impl Conv2dKernels {
                     fused: std::array::from_fn(|_| Fused::Untried),
                     backward_data: None,
                     backward_filter: None,
+                    gemm: Gemm::No,
                 },
             );
+            if is_gemm(shape) {
+                let gemm = match self.gemm {
+                    Some(false) => Gemm::No,
+                    Some(true) => Gemm::Forced,
+                    None => self.measure_gemm(shape, &what)?,
+                };
+                self.plans.get_mut(shape).expect("planned above").gemm = gemm;
+            }
         }
         Ok(self.plans.get_mut(shape).expect("planned above"))
+    }
+
+    /// Times `shape`'s forward pass (no epilogue) by cuDNN's algorithm and as a GEMM, on
+    /// scratch tensors of zeros: [`GEMM_TIMED_CALLS`] calls each after one untimed call.
+    fn measure_gemm(&mut self, shape: &Conv2dShape, what: &str) -> Result<Gemm> {
+        let bytes = if storage(self.precision) == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
+            2
+        } else {
+            4
+        };
+        let stream = self.handle.stream().clone();
+        let alloc = |n: usize| {
+            stream
+                .alloc_zeros::<u8>(n * bytes)
+                .cuda(|| format!("allocating tensors to time {what}"))
+        };
+        let (x, w, mut y) = (
+            alloc(shape.input_len())?,
+            alloc(shape.weight_len())?,
+            alloc(shape.output_len())?,
+        );
+        let ops = [ptr(&x, &stream), ptr(&w, &stream), ptr_mut(&mut y, &stream)];
+        let time = |k: &mut Self, gemm: bool| -> Result<f64> {
+            let call = |k: &mut Self| {
+                if gemm {
+                    k.gemm_forward(shape, what, ops, None, None, false)
+                } else {
+                    let h = k.handle.bind()?;
+                    k.convolve(h, shape, ops, what)
+                }
+            };
+            call(k)?;
+            let ms = time_ms(&stream, || (0..GEMM_TIMED_CALLS).try_for_each(|_| call(k)))?;
+            Ok(ms / GEMM_TIMED_CALLS as f64)
+        };
+        let cudnn_ms = time(self, false)?;
+        // cuBLASLt may offer no algorithm for a shape's sizes and alignments; cuDNN runs it then.
+        Ok(match time(self, true) {
+            Ok(gemm_ms) => Gemm::Measured { gemm_ms, cudnn_ms },
+            Err(e @ (Error::BlasLt { .. } | Error::Invalid { .. })) => Gemm::Refused(e.to_string()),
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// `y = epilogue(x W^T)` of a GEMM shape by cuBLASLt: the residual as C (beta = 1), the
+    /// bias and ReLU in cuBLASLt's epilogue, which follows C.
+    fn gemm_forward(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        [x, w, y]: [u64; 3],
+        bias: Option<u64>,
+        residual: Option<u64>,
+        relu: bool,
+    ) -> Result<()> {
+        use cublasLtEpilogue_t as E;
+        let epilogue = match (bias.is_some(), relu) {
+            (false, false) => E::CUBLASLT_EPILOGUE_DEFAULT,
+            (true, false) => E::CUBLASLT_EPILOGUE_BIAS,
+            (false, true) => E::CUBLASLT_EPILOGUE_RELU,
+            (true, true) => E::CUBLASLT_EPILOGUE_RELU_BIAS,
+        };
+        let (cin, cout) = (shape.in_channels, shape.out_channels);
+        let rows = shape.output_len() / cout;
+        // Row-major y = x W^T is column-major y^T = W x^T: A = W (op T), B = x (op N); the
+        // bias is per row of y^T, as cuBLASLt's epilogue adds it.
+        let product = Product {
+            trans: (true, false),
+            mnk: (cout, rows, cin),
+            ld: (cin, cin, cout),
+        };
+        let ops = Operands {
+            a: w,
+            b: x,
+            c: residual.unwrap_or(y),
+            d: y,
+            bias,
+            beta: if residual.is_some() { 1.0 } else { 0.0 },
+        };
+        let types = gemm_types(self.precision);
+        if self.lt.is_none() {
+            let gpu = self.handle.gpu().clone();
+            self.lt = Some(LtGemm::new(gpu, self.handle.stream().clone())?);
+        }
+        let lt = self.lt.as_mut().expect("made above");
+        lt.matmul(what, product, types, epilogue, ops)
     }
 
     /// The backward-data algorithm of `shape`, chosen on first use.
@@ -1512,6 +1675,39 @@ impl Conv2dKernels {
         // SAFETY: conv2d_epilogue_<dtype>(T* y, const T* bias, const T* z, long long n, int c,
         // int relu); every buffer was checked for the elements it covers.
         unsafe { args.launch(elementwise(n)) }
+    }
+}
+
+/// Whether `shape`'s forward pass is a GEMM: a 1x1 kernel, stride 1, no padding, one group.
+fn is_gemm(shape: &Conv2dShape) -> bool {
+    shape.kernel_h == 1
+        && shape.kernel_w == 1
+        && shape.stride == 1
+        && shape.pad == 0
+        && shape.groups == 1
+}
+
+/// The GEMM path's types: f32 exact (no TF32: f32 promises FMA-exact sums), tf32 on TF32
+/// tensor cores, bf16 tensors with f32 accumulation.
+fn gemm_types(precision: Precision) -> Types {
+    let (data, compute) = match precision {
+        Precision::F32 => (
+            cudaDataType_t::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+        Precision::Tf32 => (
+            cudaDataType_t::CUDA_R_32F,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        ),
+        Precision::Bf16 => (
+            cudaDataType_t::CUDA_R_16BF,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+    };
+    Types {
+        ab: data,
+        cd: data,
+        compute,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod allreduce;
 pub mod avg_pool;
 pub mod batch_norm;
 pub mod bias_grad;
+pub mod blaslt;
 pub mod cast;
 pub mod channel_copy;
 pub mod conv2d;

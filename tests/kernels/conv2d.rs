@@ -153,14 +153,46 @@ const EPILOGUES: [(&str, bool, bool, bool); 4] = [
     ("bias+residual+relu", true, true, true),
 ];
 
+/// The 1x1 shapes that are GEMMs (stride 1, no padding, one group), named: the tracker's
+/// backbone's and odd ones.
+fn gemm_cases() -> Vec<(&'static str, Conv2dShape)> {
+    let s = Conv2dShape::new;
+    vec![
+        ("1x1", s(2, [9, 7], 64, 32, 1)),
+        ("corner head 32 -> 1", s(1, [24, 24], 32, 1, 1)),
+        ("odd channels 5 -> 7", s(1, [5, 3], 5, 7, 1)),
+        ("backbone 1024 -> 256", s(1, [24, 24], 1024, 256, 1)),
+        ("bottleneck 64 -> 256", s(2, [20, 20], 64, 256, 1)),
+    ]
+}
+
 fn forward_cases<T: Element>(test: &str, precision: Precision) {
+    check_forward::<T>(test, precision, None, cases());
+}
+
+/// The GEMM shapes with the GEMM path forced, then left to choose.
+fn gemm_forward_cases<T: Element>(test: &str, precision: Precision) {
+    for gemm in [Some(true), None] {
+        check_forward::<T>(test, precision, gemm, gemm_cases());
+    }
+}
+
+/// Every epilogue of every shape in `cases` (the GEMM path set to `gemm`) against the CPU
+/// reference, into outputs poisoned first.
+fn check_forward<T: Element>(
+    test: &str,
+    precision: Precision,
+    gemm: Option<bool>,
+    cases: Vec<(&'static str, Conv2dShape)>,
+) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
+    conv.set_gemm(gemm);
     let mut rng = crate::rng(0xC02D);
     let mut failures = Vec::new();
     let tol = tolerance(precision);
-    for (name, shape) in cases() {
+    for (name, shape) in cases {
         let x = random::<T>(&mut rng, shape.input_len());
         let w_oihw = random::<T>(&mut rng, shape.weight_len());
         let bias = random::<T>(&mut rng, shape.out_channels);
@@ -193,8 +225,13 @@ fn forward_cases<T: Element>(test: &str, precision: Precision) {
                     relu,
                 };
                 let what = format!(
-                    "{precision} {name} [{shape}] {epi}{}",
-                    if fused { "" } else { " (our epilogue kernel)" }
+                    "{precision} {name} [{shape}] {epi}{}{}",
+                    if fused { "" } else { " (our epilogue kernel)" },
+                    if gemm == Some(true) {
+                        " (GEMM forced)"
+                    } else {
+                        ""
+                    }
                 );
                 match conv.forward(&shape, &dx, &dw, epilogue, &mut y) {
                     Ok(()) => compare(what, &download(&gpu, &y), &want, tol, &mut failures),
@@ -205,7 +242,11 @@ fn forward_cases<T: Element>(test: &str, precision: Precision) {
                 }
             }
         }
-        println!("  {}", conv.describe(&shape).unwrap_or_default());
+        let described = conv.describe(&shape).unwrap_or_default();
+        println!("  {described}");
+        if gemm == Some(true) && !described.contains("forward cuBLASLt GEMM") {
+            failures.push(format!("{name}: the GEMM was forced but {described}"));
+        }
     }
     finish(test, failures);
 }
@@ -223,6 +264,30 @@ fn conv2d_forward_tf32_matches_the_reference() {
 #[test]
 fn conv2d_forward_bf16_matches_the_reference() {
     forward_cases::<bf16>("conv2d_forward_bf16_matches_the_reference", Precision::Bf16);
+}
+
+#[test]
+fn conv2d_gemm_forward_f32_matches_the_reference() {
+    gemm_forward_cases::<f32>(
+        "conv2d_gemm_forward_f32_matches_the_reference",
+        Precision::F32,
+    );
+}
+
+#[test]
+fn conv2d_gemm_forward_tf32_matches_the_reference() {
+    gemm_forward_cases::<f32>(
+        "conv2d_gemm_forward_tf32_matches_the_reference",
+        Precision::Tf32,
+    );
+}
+
+#[test]
+fn conv2d_gemm_forward_bf16_matches_the_reference() {
+    gemm_forward_cases::<bf16>(
+        "conv2d_gemm_forward_bf16_matches_the_reference",
+        Precision::Bf16,
+    );
 }
 
 fn backward_cases<T: Element>(test: &str, precision: Precision) {

@@ -16,33 +16,21 @@
 //! the replica refreshes; a weight is used twice a step, and its casts are ~5% of the cast
 //! traffic (vit-small: ~0.05 ms a step). The backward rounds dY once for both products.
 //!
-//! A step repeats a few shapes, so each shape's descriptors and the heuristic's algorithm are
-//! built once and cached: a heuristic query costs host time on every call otherwise. The key
-//! holds each matrix pointer's alignment too, since the heuristic only offers algorithms that
-//! accept it. A bias not 16-byte aligned (small models' odd offsets in the flat parameter
+//! The GEMMs and their plan cache are [`crate::kernels::blaslt`]'s. A bias not 16-byte aligned (small models' odd offsets in the flat parameter
 //! vector) is copied to an aligned buffer first: the epilogue's bias loads need it.
 
-use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublaslt::result::{self, CublasError};
-use cudarc::cublaslt::sys::{
-    self, cublasComputeType_t, cublasLtEpilogue_t, cublasLtMatmulDescAttributes_t as Desc,
-    cublasLtMatmulPreferenceAttributes_t as Pref, cudaDataType_t,
-};
+use cudarc::cublaslt::sys::{cublasComputeType_t, cublasLtEpilogue_t, cudaDataType_t};
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::base::Precision;
-use crate::error::{CudaContext as _, Error, Result};
+use crate::error::{CudaContext as _, Result};
 use crate::gpu::Gpu;
+use crate::kernels::blaslt::{LtGemm, Operands, Product, Types};
 use crate::kernels::cast::CastKernels;
 use crate::train::gpu::blas::check;
-
-/// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
-const WORKSPACE: usize = 32 << 20;
 
 /// The bias alignment the epilogue needs (its vector loads).
 const BIAS_ALIGN: u64 = 16;
@@ -58,49 +46,6 @@ pub enum GemmEpilogue<'a> {
     BiasRelu(CudaView<'a, f32>),
 }
 
-/// One column-major product `C = op(A) op(B)` as cuBLAS names it: whether A and B are
-/// transposed, `(m, n, k)` (C is `m x n`, the inner size `k`), and the leading dimensions of
-/// A, B and C.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Product {
-    trans: (bool, bool),
-    mnk: (usize, usize, usize),
-    ld: (usize, usize, usize),
-}
-
-/// The cache key: a product, its epilogue, and the byte alignment (up to 256) of A, B and C.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Gemm {
-    product: Product,
-    epilogue: cublasLtEpilogue_t,
-    align: [u32; 3],
-}
-
-/// A cached shape: its descriptors and algorithm (null handles are not yet created).
-struct Plan {
-    desc: sys::cublasLtMatmulDesc_t,
-    /// A, B, and C (which is also D).
-    layouts: [sys::cublasLtMatrixLayout_t; 3],
-    algo: sys::cublasLtMatmulAlgo_t,
-}
-
-impl Drop for Plan {
-    fn drop(&mut self) {
-        // SAFETY: each handle was created by cuBLASLt (or is null) and is destroyed once.
-        // Errors cannot be reported from a drop; a failed destroy only leaks host memory.
-        unsafe {
-            for &l in &self.layouts {
-                if !l.is_null() {
-                    let _ = result::destroy_matrix_layout(l);
-                }
-            }
-            if !self.desc.is_null() {
-                let _ = result::destroy_matmul_desc(self.desc);
-            }
-        }
-    }
-}
-
 /// Which bf16 scratch buffer an operand is cast into.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -109,57 +54,22 @@ enum Slot {
     W = 2,
 }
 
-/// The linear layers' GEMMs of one replica: a cuBLASLt handle on the replica's stream, its
-/// workspace, the cached shapes, and the bf16 scratch.
+/// The linear layers' GEMMs of one replica: cuBLASLt on the replica's stream, and the bf16
+/// scratch.
 pub struct Linear {
-    gpu: Arc<Gpu>,
     stream: Arc<CudaStream>,
     cast: CastKernels,
     precision: Precision,
-    handle: sys::cublasLtHandle_t,
-    workspace: CudaSlice<u8>,
-    plans: HashMap<Gemm, Plan>,
+    lt: LtGemm,
     /// bf16 copies of the X, dY and W operands of the product being issued (bf16 only).
     scratch: [CudaSlice<bf16>; 3],
     /// A 16-byte aligned copy of a bias that is not.
     bias: CudaSlice<f32>,
 }
 
-// SAFETY: the cuBLASLt handle and descriptors are host objects that any thread may use, one at
-// a time; `Linear` is used through `&mut self` only, from the thread that owns it.
-unsafe impl Send for Linear {}
-
-impl Drop for Linear {
-    fn drop(&mut self) {
-        self.plans.clear(); // the descriptors go before the handle
-        // SAFETY: created in `new`, destroyed once; nothing uses it after this.
-        let _ = unsafe { result::destroy_handle(self.handle) };
-    }
-}
-
-fn lt_error(what: String) -> impl FnOnce(CublasError) -> Error {
-    move |source| Error::BlasLt { what, source }
-}
-
-/// The largest power of two (up to 256) dividing a device address.
-fn alignment(ptr: u64) -> u32 {
-    1 << ptr.trailing_zeros().min(8)
-}
-
 impl Linear {
     /// A handle on `gpu`'s stream computing in `precision`.
     pub fn new(gpu: Arc<Gpu>, precision: Precision) -> Result<Linear> {
-        let what = || format!("creating a cuBLASLt handle on cuda:{}", gpu.ordinal());
-        // SAFETY: only tries to load the library (dynamic loading), as the first call would.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(Error::invalid(
-                what(),
-                "libcublasLt could not be loaded (it ships with cuBLAS; check the CUDA \
-                 libraries are on the library path)",
-            ));
-        }
-        gpu.ctx().bind_to_thread().cuda(what)?;
-        let handle = result::create_handle().map_err(lt_error(what()))?;
         let stream = gpu.stream().clone();
         let alloc = || {
             stream
@@ -167,19 +77,14 @@ impl Linear {
                 .cuda(|| "allocating GEMM scratch".into())
         };
         Ok(Linear {
-            workspace: stream
-                .alloc_zeros::<u8>(WORKSPACE)
-                .cuda(|| "allocating the cuBLASLt workspace".into())?,
-            plans: HashMap::new(),
+            lt: LtGemm::new(gpu.clone(), stream.clone())?,
             scratch: [alloc()?, alloc()?, alloc()?],
             bias: stream
                 .alloc_zeros::<f32>(1)
                 .cuda(|| "allocating GEMM scratch".into())?,
             cast: CastKernels::load(&gpu)?,
             precision,
-            handle,
             stream,
-            gpu,
         })
     }
 
@@ -312,164 +217,40 @@ impl Linear {
         Ok(dst.device_ptr(&self.stream).0)
     }
 
-    /// Enqueues `C = op(A) op(B)` (then the epilogue with `bias`) at the addresses `[A, B, C]`,
-    /// building the shape's plan on first use.
+    /// Enqueues `C = op(A) op(B)` (then the epilogue with `bias`) at the addresses `[A, B, C]`.
     fn matmul(
         &mut self,
         what: &str,
         product: Product,
         epilogue: cublasLtEpilogue_t,
-        ptrs: [u64; 3],
+        [a, b, c]: [u64; 3],
         bias: Option<u64>,
     ) -> Result<()> {
-        let mnk = product.mnk;
-        let shown = || format!("{what} (m, n, k) = {mnk:?}");
-        if mnk.0 == 0 || mnk.1 == 0 || mnk.2 == 0 {
-            return Err(Error::invalid(shown(), "a GEMM needs every size >= 1"));
-        }
-        let key = Gemm {
-            product,
-            epilogue,
-            align: ptrs.map(alignment),
-        };
-        self.gpu.ctx().bind_to_thread().cuda(shown)?;
-        if !self.plans.contains_key(&key) {
-            let plan = self.plan(&key).map_err(lt_error(format!(
-                "choosing an algorithm for {} ({})",
-                shown(),
-                self.precision
-            )))?;
-            self.plans.insert(key, plan);
-        }
-        let plan = &self.plans[&key];
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let workspace = self.workspace.device_ptr(&self.stream).0;
-        // SAFETY: the plan was built for this shape and these alignments; the callers checked
-        // every buffer's length against the shape; the bias (when the epilogue has one) holds
-        // `m` values; alpha and beta are host f32 (the default pointer mode, scale type f32).
-        unsafe {
-            if let Some(bias) = bias {
-                set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
-                    .map_err(lt_error(shown()))?;
-            }
-            let [a, b, c] = ptrs;
-            result::matmul(
-                self.handle,
-                plan.desc,
-                (&alpha as *const f32).cast(),
-                (&beta as *const f32).cast(),
-                a as *const c_void,
-                plan.layouts[0],
-                b as *const c_void,
-                plan.layouts[1],
-                c as *const c_void,
-                plan.layouts[2],
-                c as *mut c_void,
-                plan.layouts[2],
-                &plan.algo,
-                workspace as *mut c_void,
-                WORKSPACE,
-                self.stream.cu_stream() as sys::cudaStream_t,
-            )
-        }
-        .map_err(lt_error(shown()))
-    }
-
-    /// The descriptors of `key` and the heuristic's best algorithm for them.
-    fn plan(&self, key: &Gemm) -> std::result::Result<Plan, CublasError> {
         // The trainer refuses tf32 when a job is opened (`train::PRECISIONS`); were it to get
         // here, its operands would stay f32 under the exact f32 compute type below.
         let ab = match self.precision {
             Precision::F32 | Precision::Tf32 => cudaDataType_t::CUDA_R_32F,
             Precision::Bf16 => cudaDataType_t::CUDA_R_16BF,
         };
-        let f32t = cudaDataType_t::CUDA_R_32F;
-        let Product { trans, mnk, ld } = key.product;
-        let (m, n, k) = (mnk.0 as u64, mnk.1 as u64, mnk.2 as u64);
-        let (lda, ldb, ldc) = (ld.0 as i64, ld.1 as i64, ld.2 as i64);
-        // The stored matrices: op T means A is stored k x m, B n x k.
-        let a_dims = if trans.0 { (k, m) } else { (m, k) };
-        let b_dims = if trans.1 { (n, k) } else { (k, n) };
-        let mut plan = Plan {
-            desc: std::ptr::null_mut(),
-            layouts: [std::ptr::null_mut(); 3],
-            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        let types = Types {
+            ab,
+            cd: cudaDataType_t::CUDA_R_32F,
+            compute: cublasComputeType_t::CUBLAS_COMPUTE_32F,
         };
-        // One at a time, so that a failure drops (destroys) those created before it.
-        plan.desc = result::create_matmul_desc(cublasComputeType_t::CUBLAS_COMPUTE_32F, f32t)?;
-        plan.layouts[0] = result::create_matrix_layout(ab, a_dims.0, a_dims.1, lda)?;
-        plan.layouts[1] = result::create_matrix_layout(ab, b_dims.0, b_dims.1, ldb)?;
-        plan.layouts[2] = result::create_matrix_layout(f32t, m, n, ldc)?;
-        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        // SAFETY: the descriptors are live; each attribute gets a value of its documented type.
-        unsafe {
-            set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_TRANSA, &op(trans.0))?;
-            set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_TRANSB, &op(trans.1))?;
-            set_desc(
-                plan.desc,
-                Desc::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &key.epilogue,
-            )?;
-        }
-        let pref = result::create_matmul_pref()?;
-        // SAFETY: as above, for the preference descriptor, destroyed right after the query.
-        let found = unsafe {
-            let [a, b, c] = key.align;
-            let prefs = [
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c),
-                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c),
-            ];
-            let workspace = WORKSPACE as u64;
-            let set = |attr, v: *const c_void, size| {
-                result::set_matmul_pref_attribute(pref, attr, v, size)
-            };
-            set(
-                Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&workspace as *const u64).cast(),
-                8,
-            )
-            .and_then(|()| {
-                prefs
-                    .iter()
-                    .try_for_each(|(attr, v)| set(*attr, (v as *const u32).cast(), 4))
-            })
-            .and_then(|()| {
-                result::get_matmul_algo_heuristic(
-                    self.handle,
-                    plan.desc,
-                    plan.layouts[0],
-                    plan.layouts[1],
-                    plan.layouts[2],
-                    plan.layouts[2],
-                    pref,
-                )
-            })
+        let ops = Operands {
+            a,
+            b,
+            c,
+            d: c,
+            bias,
+            beta: 0.0,
         };
-        // SAFETY: created above, not used after this.
-        let _ = unsafe { result::destroy_matmul_pref(pref) };
-        plan.algo = found?.algo;
-        Ok(plan)
-    }
-}
-
-/// Sets a matmul descriptor attribute to `value`.
-///
-/// # Safety
-/// `desc` must be live and `T` the attribute's documented type.
-unsafe fn set_desc<T>(
-    desc: sys::cublasLtMatmulDesc_t,
-    attr: Desc,
-    value: &T,
-) -> std::result::Result<(), CublasError> {
-    // SAFETY: forwarded to the caller; `value` outlives the call, which copies it.
-    unsafe {
-        result::set_matmul_desc_attribute(
-            desc,
-            attr,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>(),
+        self.lt.matmul(
+            &format!("{what} ({})", self.precision),
+            product,
+            types,
+            epilogue,
+            ops,
         )
     }
 }

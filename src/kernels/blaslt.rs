@@ -1,0 +1,306 @@
+//! cuBLASLt GEMMs with a fused epilogue: a handle, its workspace and the plans of the shapes
+//! seen, shared by the trainer's linear layers (`train::gpu::linear`) and the 1x1
+//! convolutions' GEMM path (`conv2d`).
+//!
+//! Products are column-major, as cuBLAS names them; a row-major caller issues each product as
+//! its transpose. `D = epilogue(alpha op(A) op(B) + beta C)`: the epilogue (bias, ReLU) applies
+//! after C is added, so a residual passed as C with beta = 1 lands before the ReLU.
+//!
+//! A caller repeats a few shapes, so each shape's descriptors and the heuristic's algorithm are
+//! built once and cached: a heuristic query costs host time on every call otherwise. The key
+//! holds each matrix pointer's alignment too, since the heuristic only offers algorithms that
+//! accept it.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublaslt::result::{self, CublasError};
+use cudarc::cublaslt::sys::{
+    self, cublasComputeType_t, cublasLtEpilogue_t, cublasLtMatmulDescAttributes_t as Desc,
+    cublasLtMatmulPreferenceAttributes_t as Pref, cudaDataType_t,
+};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::Gpu;
+
+/// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
+const WORKSPACE: usize = 32 << 20;
+
+/// One column-major product `C = op(A) op(B)` as cuBLAS names it: whether A and B are
+/// transposed, `(m, n, k)` (C is `m x n`, the inner size `k`), and the leading dimensions of
+/// A, B and C.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Product {
+    pub trans: (bool, bool),
+    pub mnk: (usize, usize, usize),
+    pub ld: (usize, usize, usize),
+}
+
+/// The element types and compute type of a product: A and B are `ab`, C and D `cd` (the bias
+/// too, cuBLASLt's default), scaled in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Types {
+    pub ab: cudaDataType_t,
+    pub cd: cudaDataType_t,
+    pub compute: cublasComputeType_t,
+}
+
+/// The cache key: a product, its types, its epilogue, and the byte alignment (up to 256) of
+/// A, B, C and D.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Gemm {
+    product: Product,
+    types: Types,
+    epilogue: cublasLtEpilogue_t,
+    align: [u32; 4],
+}
+
+/// A cached shape: its descriptors and algorithm (null handles are not yet created).
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    /// A, B, and C (which is also D's).
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by cuBLASLt (or is null) and is destroyed once.
+        // Errors cannot be reported from a drop; a failed destroy only leaks host memory.
+        unsafe {
+            for &l in &self.layouts {
+                if !l.is_null() {
+                    let _ = result::destroy_matrix_layout(l);
+                }
+            }
+            if !self.desc.is_null() {
+                let _ = result::destroy_matmul_desc(self.desc);
+            }
+        }
+    }
+}
+
+/// The addresses of one product's operands; `c` may be `d` (then `beta` is 0).
+#[derive(Clone, Copy)]
+pub struct Operands {
+    pub a: u64,
+    pub b: u64,
+    pub c: u64,
+    pub d: u64,
+    /// The epilogue's bias (`m` values, 16-byte aligned), when it has one.
+    pub bias: Option<u64>,
+    pub beta: f32,
+}
+
+/// A cuBLASLt handle, its workspace and cached plans, issuing on one stream.
+pub struct LtGemm {
+    gpu: Arc<Gpu>,
+    stream: Arc<CudaStream>,
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    plans: HashMap<Gemm, Plan>,
+}
+
+// SAFETY: the cuBLASLt handle and descriptors are host objects that any thread may use, one at
+// a time; `LtGemm` is used through `&mut self` only, from the thread that owns it.
+unsafe impl Send for LtGemm {}
+
+impl Drop for LtGemm {
+    fn drop(&mut self) {
+        self.plans.clear(); // the descriptors go before the handle
+        // SAFETY: created in `new`, destroyed once; nothing uses it after this.
+        let _ = unsafe { result::destroy_handle(self.handle) };
+    }
+}
+
+fn lt_error(what: String) -> impl FnOnce(CublasError) -> Error {
+    move |source| Error::BlasLt { what, source }
+}
+
+/// The largest power of two (up to 256) dividing a device address.
+fn alignment(ptr: u64) -> u32 {
+    1 << ptr.trailing_zeros().min(8)
+}
+
+impl LtGemm {
+    /// A handle issuing on `stream` of `gpu`.
+    pub fn new(gpu: Arc<Gpu>, stream: Arc<CudaStream>) -> Result<LtGemm> {
+        let what = || format!("creating a cuBLASLt handle on cuda:{}", gpu.ordinal());
+        // SAFETY: only tries to load the library (dynamic loading), as the first call would.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::invalid(
+                what(),
+                "libcublasLt could not be loaded (it ships with cuBLAS; check the CUDA \
+                 libraries are on the library path)",
+            ));
+        }
+        gpu.ctx().bind_to_thread().cuda(what)?;
+        let handle = result::create_handle().map_err(lt_error(what()))?;
+        Ok(LtGemm {
+            workspace: stream
+                .alloc_zeros::<u8>(WORKSPACE)
+                .cuda(|| "allocating the cuBLASLt workspace".into())?,
+            plans: HashMap::new(),
+            handle,
+            stream,
+            gpu,
+        })
+    }
+
+    /// Enqueues `D = epilogue(op(A) op(B) + beta C)` (`what` names it in errors), building the
+    /// shape's plan on first use.
+    pub fn matmul(
+        &mut self,
+        what: &str,
+        product: Product,
+        types: Types,
+        epilogue: cublasLtEpilogue_t,
+        ops: Operands,
+    ) -> Result<()> {
+        let mnk = product.mnk;
+        let shown = || format!("{what} (m, n, k) = {mnk:?}");
+        if mnk.0 == 0 || mnk.1 == 0 || mnk.2 == 0 {
+            return Err(Error::invalid(shown(), "a GEMM needs every size >= 1"));
+        }
+        let key = Gemm {
+            product,
+            types,
+            epilogue,
+            align: [ops.a, ops.b, ops.c, ops.d].map(alignment),
+        };
+        self.gpu.ctx().bind_to_thread().cuda(shown)?;
+        if !self.plans.contains_key(&key) {
+            let plan = self.plan(&key).map_err(lt_error(format!(
+                "choosing an algorithm for {} ({types:?})",
+                shown()
+            )))?;
+            self.plans.insert(key, plan);
+        }
+        let plan = &self.plans[&key];
+        let alpha = 1.0f32;
+        let workspace = self.workspace.device_ptr(&self.stream).0;
+        // SAFETY: the plan was built for this shape, types and alignments; the callers checked
+        // every buffer's length against the shape; the bias (when the epilogue has one) holds
+        // `m` values; alpha and beta are host f32 (the default pointer mode, scale type f32).
+        unsafe {
+            if let Some(bias) = ops.bias {
+                set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
+                    .map_err(lt_error(shown()))?;
+            }
+            result::matmul(
+                self.handle,
+                plan.desc,
+                (&alpha as *const f32).cast(),
+                (&ops.beta as *const f32).cast(),
+                ops.a as *const c_void,
+                plan.layouts[0],
+                ops.b as *const c_void,
+                plan.layouts[1],
+                ops.c as *const c_void,
+                plan.layouts[2],
+                ops.d as *mut c_void,
+                plan.layouts[2],
+                &plan.algo,
+                workspace as *mut c_void,
+                WORKSPACE,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(lt_error(shown()))
+    }
+
+    /// The descriptors of `key` and the heuristic's best algorithm for them.
+    fn plan(&self, key: &Gemm) -> std::result::Result<Plan, CublasError> {
+        let Types { ab, cd, compute } = key.types;
+        let Product { trans, mnk, ld } = key.product;
+        let (m, n, k) = (mnk.0 as u64, mnk.1 as u64, mnk.2 as u64);
+        let (lda, ldb, ldc) = (ld.0 as i64, ld.1 as i64, ld.2 as i64);
+        // The stored matrices: op T means A is stored k x m, B n x k.
+        let a_dims = if trans.0 { (k, m) } else { (m, k) };
+        let b_dims = if trans.1 { (n, k) } else { (k, n) };
+        let mut plan = Plan {
+            desc: std::ptr::null_mut(),
+            layouts: [std::ptr::null_mut(); 3],
+            algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+        };
+        // One at a time, so that a failure drops (destroys) those created before it.
+        plan.desc = result::create_matmul_desc(compute, cudaDataType_t::CUDA_R_32F)?;
+        plan.layouts[0] = result::create_matrix_layout(ab, a_dims.0, a_dims.1, lda)?;
+        plan.layouts[1] = result::create_matrix_layout(ab, b_dims.0, b_dims.1, ldb)?;
+        plan.layouts[2] = result::create_matrix_layout(cd, m, n, ldc)?;
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        // SAFETY: the descriptors are live; each attribute gets a value of its documented type.
+        unsafe {
+            set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_TRANSA, &op(trans.0))?;
+            set_desc(plan.desc, Desc::CUBLASLT_MATMUL_DESC_TRANSB, &op(trans.1))?;
+            set_desc(
+                plan.desc,
+                Desc::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &key.epilogue,
+            )?;
+        }
+        let pref = result::create_matmul_pref()?;
+        // SAFETY: as above, for the preference descriptor, destroyed right after the query.
+        let found = unsafe {
+            let [a, b, c, d] = key.align;
+            let prefs = [
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c),
+                (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d),
+            ];
+            let workspace = WORKSPACE as u64;
+            let set = |attr, v: *const c_void, size| {
+                result::set_matmul_pref_attribute(pref, attr, v, size)
+            };
+            set(
+                Pref::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace as *const u64).cast(),
+                8,
+            )
+            .and_then(|()| {
+                prefs
+                    .iter()
+                    .try_for_each(|(attr, v)| set(*attr, (v as *const u32).cast(), 4))
+            })
+            .and_then(|()| {
+                result::get_matmul_algo_heuristic(
+                    self.handle,
+                    plan.desc,
+                    plan.layouts[0],
+                    plan.layouts[1],
+                    plan.layouts[2],
+                    plan.layouts[2],
+                    pref,
+                )
+            })
+        };
+        // SAFETY: created above, not used after this.
+        let _ = unsafe { result::destroy_matmul_pref(pref) };
+        plan.algo = found?.algo;
+        Ok(plan)
+    }
+}
+
+/// Sets a matmul descriptor attribute to `value`.
+///
+/// # Safety
+/// `desc` must be live and `T` the attribute's documented type.
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: Desc,
+    value: &T,
+) -> std::result::Result<(), CublasError> {
+    // SAFETY: forwarded to the caller; `value` outlives the call, which copies it.
+    unsafe {
+        result::set_matmul_desc_attribute(
+            desc,
+            attr,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>(),
+        )
+    }
+}

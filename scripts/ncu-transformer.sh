@@ -32,12 +32,8 @@ reps="${NCU_REPS:-1}"
 batches="${NCU_BATCHES:-1,8,32}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 steps_begin
-bash "$stage/unpack-stage.sh" "$stage" || exit 1
-export ATTNRT_REQUIRE_GPU=1
+device_begin "$stage"
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
-  > "$out/device.txt" 2>&1
-cat "$out/device.txt"
 device="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 
 step batches 90 "$stage/bench/engine" --reps 50 --warmup 5 --precision all --batch "$batches" \

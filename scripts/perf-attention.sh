@@ -21,8 +21,7 @@ stage="${1:?usage: perf-attention.sh STAGE_DIR}"
 out="${OUT:-perf-out}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 steps_begin
-bash "$stage/unpack-stage.sh" "$stage" || exit 1
-export ATTNRT_REQUIRE_GPU=1
+device_begin "$stage"
 export ATTNRT_GOLDEN_DIR="$stage/golden"
 export ATTNRT_BIN_DIR="$stage/bin"
 

@@ -20,13 +20,10 @@ part="${2:-eager}"
 out="${OUT:-perf-out}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 steps_begin
-bash "$stage/unpack-stage.sh" "$stage" || exit 1
+device_begin "$stage"
 # cuDNN for attnrt-train: PyTorch's, the only one it can reach (cudnn-env.sh says why).
 source "$stage/cudnn-env.sh"
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
-  > "$out/device.txt" 2>&1
-cat "$out/device.txt"
 case "$part" in
   eager)
     step torch-eager 300 python3 "$stage/torch_cnn_timing.py" --modes eager \

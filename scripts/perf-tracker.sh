@@ -42,8 +42,7 @@ budget="${PERF_BUDGET:-560}"
 iters="${PERF_ITERS:-300}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 steps_begin
-bash "$stage/unpack-stage.sh" "$stage" || exit 1
-export ATTNRT_REQUIRE_GPU=1
+device_begin "$stage"
 source "$stage/cudnn-env.sh"
 
 if [ "$original" = "--ops" ]; then
@@ -59,9 +58,6 @@ if [ "$original" = "--ops" ]; then
   exit 0
 fi
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
-  > "$out/device.txt" 2>&1
-cat "$out/device.txt"
 model="$out/tracker.safetensors"
 step weights 120 bash -c "python3 '$stage/original_cswintt.py' --original '$original' \
   --save-state-dict '$out/tracker.pth' && python3 '$stage/convert_checkpoint.py' \

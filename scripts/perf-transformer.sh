@@ -31,13 +31,8 @@ budget="${PERF_BUDGET:-560}"
 batches="${PERF_BATCHES:-1,8,32}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 steps_begin
-bash "$stage/unpack-stage.sh" "$stage" || exit 1
-# A missing GPU fails every step instead of skipping it.
-export ATTNRT_REQUIRE_GPU=1
+device_begin "$stage"
 
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
-  > "$out/device.txt" 2>&1
-cat "$out/device.txt"
 
 step engine 120 "$stage/bench/engine" --reps 100 --warmup 10 --precision all \
   --json "$out/engine.json"

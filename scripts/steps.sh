@@ -3,6 +3,8 @@
 # device machine). Results go under $out, which the sourcing script sets.
 #
 # steps_begin: makes $out and starts an empty $out/status.txt.
+# device_begin STAGE: unpacks STAGE's executables (or exits 1), makes a missing GPU fail every
+#   step instead of skipping it (ATTNRT_REQUIRE_GPU=1) and records the card in $out/device.txt.
 # step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output to the
 #   terminal and appended to $out/NAME.txt (several steps may share a name), and records
 #   "NAME rc=STATUS SECONDSs: COMMAND" in $out/status.txt.
@@ -12,6 +14,14 @@
 steps_begin() {
   mkdir -p "$out"
   : > "$out/status.txt"
+}
+
+device_begin() {
+  bash "$1/unpack-stage.sh" "$1" || exit 1
+  export ATTNRT_REQUIRE_GPU=1
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv \
+    > "$out/device.txt" 2>&1
+  cat "$out/device.txt"
 }
 
 step() {

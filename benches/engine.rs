@@ -48,11 +48,17 @@ struct Options {
     profile: bool,
 }
 
+/// Stops with the flag's usage: a bad flag is a message and exit status 2, not a panic.
+fn usage(text: &str) -> ! {
+    eprintln!("engine bench: expected {text}");
+    std::process::exit(2)
+}
+
 /// A comma-separated list of `T`, or the flag's usage on a bad element.
-fn list<T: std::str::FromStr>(value: &str, usage: &str) -> Vec<T> {
+fn list<T: std::str::FromStr>(value: &str, text: &str) -> Vec<T> {
     value
         .split(',')
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{usage}")))
+        .map(|v| v.trim().parse().unwrap_or_else(|_| usage(text)))
         .collect()
 }
 
@@ -71,16 +77,22 @@ fn options() -> Options {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = || args.next().expect("a value after the flag");
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage("a value after the flag"))
+        };
         match a.as_str() {
-            "--reps" => o.reps = value().parse().expect("--reps N"),
-            "--warmup" => o.warmup = value().parse().expect("--warmup N"),
+            "--reps" => o.reps = value().parse().unwrap_or_else(|_| usage("--reps N")),
+            "--warmup" => o.warmup = value().parse().unwrap_or_else(|_| usage("--warmup N")),
             "--trace-dir" => o.trace_dir = Some(PathBuf::from(value())),
             "--json" => o.json = Some(PathBuf::from(value())),
             "--precision" => {
                 o.precisions = match value().as_str() {
                     "all" => vec![Precision::F32, Precision::Tf32, Precision::Bf16],
-                    p => vec![p.parse().expect("--precision f32|tf32|bf16|all")],
+                    p => vec![
+                        p.parse()
+                            .unwrap_or_else(|_| usage("--precision f32|tf32|bf16|all")),
+                    ],
                 }
             }
             "--batch" => o.batches = list(&value(), "--batch N[,N..] (positive sizes)"),
@@ -91,7 +103,7 @@ fn options() -> Options {
                     .map(|p| match p.trim() {
                         "encoder" => Part::Encoder,
                         "transformer" => Part::Transformer,
-                        _ => panic!("--parts encoder|transformer[,..]"),
+                        _ => usage("--parts encoder|transformer[,..]"),
                     })
                     .collect()
             }
@@ -100,17 +112,16 @@ fn options() -> Options {
                     "all" => vec!["eager", "graph"],
                     "eager" => vec!["eager"],
                     "graph" => vec!["graph"],
-                    _ => panic!("--launch eager|graph|all"),
+                    _ => usage("--launch eager|graph|all"),
                 }
             }
             "--profile" => o.profile = true,
             _ => {} // cargo bench passes `--bench`
         }
     }
-    assert!(
-        o.batches.iter().all(|&b| b > 0),
-        "--batch: sizes must be positive"
-    );
+    if o.batches.contains(&0) {
+        usage("--batch N[,N..] (positive sizes)");
+    }
     o
 }
 

@@ -387,6 +387,8 @@ fn bad_input_is_a_clear_error() {
         &["--model", &m, "--device", "cpu", "--iters", "1", "--ops"],
         &["--ops", "needs a GPU engine"],
     );
+    // ... nor on the transformer alone (the built-in model), which it would otherwise ignore.
+    fails(&["--iters", "1", "--ops"], &["--ops", "whole tracker"]);
     // A box outside the image (from --init and from groundtruth.txt).
     track(&seq, &["--init", "500,30,30,24"], &["--init", "outside"]);
     track(&seq, &["--init", "40,30,30"], &["--init"]);

@@ -205,6 +205,13 @@ pub fn run(
         let net = network(weights.clone(), shared, events)?;
         return time_step(shared, args.ops, model, weights, net, out).map(Some);
     }
+    if args.ops {
+        return Err(Error::invalid(
+            "--ops",
+            "times a whole tracker's operations: pass --model TRACKER.safetensors (this model is \
+             the transformer alone)",
+        ));
+    }
     Ok(None)
 }
 

@@ -19,6 +19,17 @@
 //!   that, and never needs to beat 2e-2 (loss), 5e-2 (logits, running statistics), 1e-1
 //!   (gradients). AlexNet (no batch norm) stays at the floors.
 //!
+//! The gradients are checked against the CPU's backward *along the GPU's forward values*
+//! ([`cnn::cpu::forward_backward_along`]: the CPU takes the GPU's activations as its own, so
+//! every ReLU mask and batch-norm statistic is the GPU's), with the noise measured the same
+//! way along them. Against the CPU's own forward they are not comparable: a ReLU input within
+//! rounding of zero (one in a million values; ResNet-50 and DenseNet-121 have such inputs at
+//! 64x64) is passed by one f32 computation and blocked by the other, and batch norm over 8-32
+//! rows spreads that one difference into 1e-3..1e-2 of every gradient before it. The CPU
+//! against itself shows it: its parameters moved by 1e-7 (relative) move ResNet-50's
+//! gradients by 4e-3..7e-3 and DenseNet-121's by 1e-5 or 4e-3, depending on whether a mask
+//! flips (docs/TRAINING.md). That error is printed, not checked.
+//!
 //! Without a GPU every test prints `skipped: <reason>`; `ATTNRT_REQUIRE_GPU=1` makes that a
 //! failure.
 
@@ -87,6 +98,29 @@ impl Step {
         }
     }
 
+    /// The CPU step of `params` at `precision` along another pass's forward `values`
+    /// ([`cnn::cpu::forward_backward_along`]).
+    fn along(
+        graph: &cnn::Graph,
+        precision: Precision,
+        params: &[f32],
+        (x, labels): (&[f32], &[u32]),
+        (scale, seed): (f32, u64),
+        values: &[Option<Vec<f32>>],
+    ) -> Step {
+        let mut grads = vec![0.0; params.len()];
+        let pass = cnn::cpu::forward_backward_along(
+            graph, precision, params, x, labels, scale, seed, values, &mut grads,
+        )
+        .unwrap();
+        Step {
+            loss: pass.stats.loss,
+            logits: pass.logits,
+            grads,
+            buffers: Vec::new(),
+        }
+    }
+
     /// Relative errors of `self` against `want`, in (loss, logits, gradients, running
     /// statistics) order.
     fn errors(&self, want: &Step) -> [f64; 4] {
@@ -120,22 +154,43 @@ fn noise_step(
 ) -> Step {
     match precision {
         Precision::Bf16 => Step::cpu(graph, Precision::Bf16, params, data, pass),
-        _ => {
-            let mut rng = ChaCha8Rng::seed_from_u64(11);
-            let ulp: Vec<f32> = params
-                .iter()
-                .map(|&p| {
-                    let up = f32::from_bits(p.to_bits() + 1);
-                    if rng.random_bool(0.5) {
-                        up
-                    } else {
-                        p - (up - p)
-                    }
-                })
-                .collect();
-            Step::cpu(graph, Precision::F32, &ulp, data, pass)
-        }
+        _ => Step::cpu(graph, Precision::F32, &ulp_moved(params), data, pass),
     }
+}
+
+/// The gradients' reference along the GPU pass's forward `values` and the step that measures
+/// their noise (module docs): f32, the CPU along them with every parameter moved by one ulp;
+/// bf16, the CPU along them with bf16 operands against f32 ones.
+fn along_reference(
+    graph: &cnn::Graph,
+    precision: Precision,
+    params: &[f32],
+    data: (&[f32], &[u32]),
+    pass: (f32, u64),
+    values: &[Option<Vec<f32>>],
+) -> (Step, Step) {
+    let want = Step::along(graph, Precision::F32, params, data, pass, values);
+    let noisy = match precision {
+        Precision::Bf16 => Step::along(graph, Precision::Bf16, params, data, pass, values),
+        _ => Step::along(graph, precision, &ulp_moved(params), data, pass, values),
+    };
+    (want, noisy)
+}
+
+/// `params`, each moved by one f32 ulp up or down (random signs, seeded).
+fn ulp_moved(params: &[f32]) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    params
+        .iter()
+        .map(|&p| {
+            let up = f32::from_bits(p.to_bits() + 1);
+            if rng.random_bool(0.5) {
+                up
+            } else {
+                p - (up - p)
+            }
+        })
+        .collect()
 }
 
 /// One step of every model on 2 images of 64x64 (AlexNet's dropout on: the GPU draws the
@@ -189,9 +244,28 @@ fn one_step_of_each_cnn_matches_the_cpu() {
                 grads,
                 buffers: state.buffers,
             };
+            let values = replica.forward_values().expect("a CNN").unwrap();
+            let data = (x.as_slice(), labels.as_slice());
+            let (along, along_noisy) =
+                along_reference(&graph, precision, &params, data, pass, &values);
+            let mut own = own;
+            own[2] = along_noisy.errors(&along)[2];
+            let mut errors = got.errors(&want);
+            println!(
+                "{} {precision}: gradients relative error {:.3e} against the CPU's own forward \
+                 (not checked: ReLU inputs within rounding of zero; module docs)",
+                arch.name(),
+                errors[2]
+            );
+            errors[2] = got.errors(&along)[2];
             let tolerance = tolerances(precision, own);
-            let names = ["loss", "logits", "gradients", "running statistics"];
-            for (i, e) in got.errors(&want).into_iter().enumerate() {
+            let names = [
+                "loss",
+                "logits",
+                "gradients (along the GPU's forward)",
+                "running statistics",
+            ];
+            for (i, e) in errors.into_iter().enumerate() {
                 let line = format!(
                     "{} {precision}: {} relative error {e:.3e} (tolerance {:.1e}; own noise {:.1e})",
                     arch.name(),
@@ -210,7 +284,7 @@ fn one_step_of_each_cnn_matches_the_cpu() {
                     &mut replica,
                     (&x, &labels),
                     pass,
-                    [&got, &want, &noisy],
+                    [&got, &along, &along_noisy],
                 );
             }
         }
@@ -426,15 +500,32 @@ fn two_ordinals(test: &str) -> Vec<usize> {
     }
 }
 
-/// Two SGD steps of `name` on shards [3, 7] of one batch of 10 synthetic images: on two
+/// One SGD step of `name` (64x64 images) on shards [3, 7] of one batch of 10: on two
 /// replicas (GPUs 0 and 1, or twice GPU 0) with `sync_bn` as given, exchanging as `choice`
-/// says, and on the CPU engine with and without it. Checks each step's loss against the CPU's
-/// with the same `sync_bn`; returns the states after the steps: the GPUs', that CPU's, and the
-/// other CPU's.
-fn two_replica_steps(test: &str, name: &str, sync_bn: bool, choice: ExchangeChoice) -> [State; 3] {
+/// says, and on the CPU engine with and without it. Checks the loss against the CPU's with the
+/// same `sync_bn`; returns the states after the step (the GPUs', that CPU's, the other CPU's)
+/// and the parameters it started from.
+///
+/// One step, and the parameters compared by their update: at shards of 3 and 7 images the
+/// batch norms make the gradients jump wherever a ReLU input is within rounding of zero (the
+/// module docs), so the CPU's own update moves by up to 5e-3 (ShuffleNet) and 2.4e-2
+/// (ResNet-50) when its parameters move by one ulp, and a second step compounds it. The
+/// update's tolerance, 1e-1, is 4x that and still far below what a lost, doubled or
+/// misweighted shard does (30% and more); the forward's results (loss, running statistics)
+/// stay at f32 tolerances.
+fn two_replica_step(
+    test: &str,
+    name: &str,
+    sync_bn: bool,
+    choice: ExchangeChoice,
+) -> ([State; 3], Vec<f32>) {
     let ordinals = two_ordinals(test);
-    let d = Dataset::synthetic(10, 5);
-    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
+    let image = ImageShape {
+        channels: 3,
+        height: 64,
+        width: 64,
+    };
+    let model = ModelSpec::parse(name, image, 10, "test").unwrap();
     let opt = Optimizer::sgd(0.05);
     let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
     let options = CnnOptions {
@@ -462,26 +553,33 @@ fn two_replica_steps(test: &str, name: &str, sync_bn: bool, choice: ExchangeChoi
         labels: (0..10).map(|i| i % 10).collect(),
     });
     let shards: [Range<usize>; 2] = [0..3, 3..10];
-    for t in 1..=2 {
-        let g = gpu.step(t, &batch, &shards).unwrap();
-        let c = cpu.step(t, &batch, &shards).unwrap();
-        other.step(t, &batch, &shards).unwrap();
-        println!(
-            "{name} sync_bn={sync_bn} {choice:?} step {t}: loss GPU {:.6} CPU {:.6}",
-            g.loss, c.loss
-        );
-        assert!(
-            (g.loss - c.loss).abs() <= 1e-4 * c.loss.abs(),
-            "{name} step {t} loss"
-        );
-    }
-    [gpu.state(), cpu.state(), other.state()].map(Result::unwrap)
+    let g = gpu.step(1, &batch, &shards).unwrap();
+    let c = cpu.step(1, &batch, &shards).unwrap();
+    other.step(1, &batch, &shards).unwrap();
+    println!(
+        "{name} sync_bn={sync_bn} {choice:?}: loss GPU {:.7} CPU {:.7}",
+        g.loss, c.loss
+    );
+    assert!(
+        (g.loss - c.loss).abs() <= 1e-5 * c.loss.abs(),
+        "{name} loss {} against {}",
+        g.loss,
+        c.loss
+    );
+    let states = [gpu.state(), cpu.state(), other.state()].map(Result::unwrap);
+    (states, fresh.params)
+}
+
+/// The relative error of the update `got - from` against `want - from`.
+fn update_error(got: &[f32], want: &[f32], from: &[f32]) -> f64 {
+    let step = |p: &[f32]| -> Vec<f32> { p.iter().zip(from).map(|(a, b)| a - b).collect() };
+    err(&step(got), &step(want))
 }
 
 /// Two replicas with uneven shards [3, 7] of a batch, against the CPU engine's two shards:
 /// each normalises its own shard, the running statistics move by the shards' statistics
-/// weighted by size (their contributions summed with the gradients), and the parameters
-/// after two SGD steps agree.
+/// weighted by size (their contributions summed with the gradients), and the shards'
+/// gradients are summed into one update.
 #[test]
 fn two_replicas_match_two_cpu_shards() {
     let test = "two_replicas_match_two_cpu_shards";
@@ -489,19 +587,19 @@ fn two_replicas_match_two_cpu_shards() {
         return;
     }
     let auto = ExchangeChoice::Auto;
-    let [g, c, _] = two_replica_steps(test, "shufflenet_v2_x1_0", false, auto);
-    let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
-    println!("parameters {ep:.3e}, running statistics {eb:.3e}");
-    assert!(
-        ep <= 1e-5 && eb <= 1e-4,
-        "parameters {ep:e}, buffers {eb:e}"
+    let ([g, c, _], from) = two_replica_step(test, "shufflenet_v2_x1_0", false, auto);
+    let (eu, eb) = (
+        update_error(&g.params, &c.params, &from),
+        err(&g.buffers, &c.buffers),
     );
+    println!("update {eu:.3e}, running statistics {eb:.3e}");
+    assert!(eu <= 1e-1 && eb <= 1e-4, "update {eu:e}, buffers {eb:e}");
 }
 
 /// `sync_bn` on two replicas with uneven shards [3, 7]: every batch norm normalises with the
 /// whole batch's statistics, summed over the replicas during the pass, against the CPU
-/// engine's synchronised shards, for two SGD steps of ShuffleNet and ResNet-50 over peer
-/// memory and ShuffleNet through the host. The split matters without synchronisation (the
+/// engine's synchronised shards, for a step of ShuffleNet and ResNet-50 over peer memory and
+/// ShuffleNet through the host. The split matters without synchronisation (the
 /// unsynchronised CPU run is checked to be far off), so agreeing is not an accident of the
 /// shapes.
 #[test]
@@ -515,16 +613,22 @@ fn two_replicas_with_sync_bn_match_the_cpu_engine() {
         ("resnet50", ExchangeChoice::Auto),
         ("shufflenet_v2_x1_0", ExchangeChoice::Host),
     ] {
-        let [g, c, apart] = two_replica_steps(test, name, true, choice);
-        let (ep, eb) = (err(&g.params, &c.params), err(&g.buffers, &c.buffers));
-        let sb = err(&apart.buffers, &c.buffers);
+        let ([g, c, apart], from) = two_replica_step(test, name, true, choice);
+        let (eu, eb) = (
+            update_error(&g.params, &c.params, &from),
+            err(&g.buffers, &c.buffers),
+        );
+        let (su, sb) = (
+            update_error(&apart.params, &c.params, &from),
+            err(&apart.buffers, &c.buffers),
+        );
         println!(
-            "{name} {choice:?}: parameters {ep:.3e}, running statistics {eb:.3e} \
-             (unsynchronised CPU's running statistics: {sb:.3e})"
+            "{name} {choice:?}: update {eu:.3e}, running statistics {eb:.3e} (unsynchronised \
+             CPU's: update {su:.3e}, running statistics {sb:.3e})"
         );
         assert!(
-            ep <= 1e-5 && eb <= 1e-4,
-            "{name}: parameters {ep:e}, buffers {eb:e}"
+            eu <= 1e-1 && eb <= 1e-4,
+            "{name}: update {eu:e}, buffers {eb:e}"
         );
         assert!(
             sb > 10.0 * eb.max(1e-6),

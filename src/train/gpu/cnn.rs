@@ -37,7 +37,7 @@ use half::bf16;
 
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, download};
 use crate::kernels::avg_pool::{AvgPoolKernels, AvgWindows};
 use crate::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
 use crate::kernels::bias_grad::BiasGradKernels;
@@ -152,6 +152,17 @@ impl CnnNet {
         (norms > 0).then_some((buf, 2 * norms))
     }
 
+    /// The last pass's forward values on the host (f32, NHWC, by value index, the logits
+    /// last; `None` for a batch norm's output that its fused ReLU replaced): what
+    /// [`forward_backward_along`](crate::train::models::cnn::cpu::forward_backward_along)
+    /// walks along to check this pass's gradients.
+    pub fn forward_values(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
+        match &self.walker {
+            Walkers::F32(w) => w.forward_values(gpu),
+            Walkers::Bf16(w) => w.forward_values(gpu),
+        }
+    }
+
     /// The last pass's logits, `rows x classes` (f32).
     pub fn logits(&self) -> &CudaSlice<f32> {
         match &self.walker {
@@ -257,8 +268,9 @@ struct Walker<T: Storage> {
     cast: CastKernels,
     loss: SoftmaxCrossEntropyKernels,
     bias_grad: BiasGradKernels,
-    /// Images the buffers hold.
+    /// Images the buffers hold, and the last pass's.
     capacity: usize,
+    rows: usize,
     /// Per value (none for a batch norm fused with its ReLU).
     values: Vec<Option<CudaSlice<T>>>,
     /// Per node: a max pooling's argmax, a batch norm's statistics, a linear's operands.
@@ -372,6 +384,7 @@ impl<T: Storage> Walker<T> {
             loss: SoftmaxCrossEntropyKernels::load(gpu)?,
             bias_grad: BiasGradKernels::load(gpu)?,
             capacity: 0,
+            rows: 0,
             values: (0..values).map(|_| None).collect(),
             argmax: (0..nodes.len()).map(|_| None).collect(),
             saved: (0..nodes.len()).map(|_| None).collect(),
@@ -472,6 +485,7 @@ impl<T: Storage> Walker<T> {
     fn forward_backward(&mut self, mut p: Pass) -> Result<()> {
         let n = p.rows;
         self.reserve(p.gpu, n)?;
+        self.rows = n;
         let s = p.gpu.stream().clone();
         self.stage_filters(&s, p.params)?;
         self.forward(&s, &mut p)?;
@@ -738,6 +752,28 @@ impl<T: Storage> Walker<T> {
         let y = if last { &mut self.logits } else { &mut bufs.y };
         p.linear
             .forward(x, &w, GemmEpilogue::Bias(b), y, n, din, dout)
+    }
+
+    /// The last pass's forward values as f32 on the host, by value index, the logits last;
+    /// `None` for a batch norm's output that its fused ReLU's replaced.
+    fn forward_values(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
+        let s = gpu.stream();
+        let logits = self.graph.nodes[self.graph.nodes.len() - 1].output;
+        let mut out = Vec::with_capacity(self.values.len());
+        for (v, value) in self.values.iter().enumerate() {
+            let len = numel(self.graph.shapes[v], self.rows);
+            let host = match value {
+                _ if v == logits => Some(download(s, &self.logits.slice(..len))?),
+                Some(b) => {
+                    let mut wide = alloc::<f32>(gpu, len, "a forward value")?;
+                    T::widen(&self.cast, s, &b.slice(..len), &mut wide.slice_mut(..len))?;
+                    Some(download(s, &wide.slice(..len))?)
+                }
+                None => None,
+            };
+            out.push(host);
+        }
+        Ok(out)
     }
 
     /// A free gradient buffer of at least `len` values (the smallest that fits).

@@ -585,6 +585,14 @@ impl Replica {
         }
     }
 
+    /// The last pass's forward values on the host, for the CNNs ([`CnnNet::forward_values`]).
+    pub fn forward_values(&self) -> Option<Result<Vec<Option<Vec<f32>>>>> {
+        match &self.net {
+            Net::Cnn(net) => Some(net.forward_values(&self.gpu)),
+            _ => None,
+        }
+    }
+
     /// The last pass's logits, for models that keep them on the device (the CNNs).
     pub fn logits(&self) -> Option<&CudaSlice<f32>> {
         match &self.net {

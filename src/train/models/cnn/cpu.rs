@@ -61,7 +61,51 @@ pub fn forward_backward(
     grads: &mut [f32],
 ) -> Result<Pass> {
     let shard = Shard { x, labels, seed };
-    let mut passes = walk(graph, precision, params, &[shard], scale, false, grads)?;
+    let mut passes = walk(
+        graph,
+        precision,
+        params,
+        &[shard],
+        scale,
+        false,
+        None,
+        grads,
+    )?;
+    Ok(passes.remove(0))
+}
+
+/// [`forward_backward`] along another implementation's forward pass: each value that
+/// `along` holds (by value index, NHWC, `None` where it has none, e.g. a batch norm's output
+/// that a fused ReLU replaced) replaces the CPU's own as soon as its layer has run, so the
+/// later layers, the batch norms' statistics and every ReLU's mask in the backward pass are
+/// that implementation's. The gradient is then the one it should have computed from its own
+/// forward values: a ReLU input within rounding of zero, which one f32 computation passes and
+/// another blocks, no longer separates the two (at a small batch, batch norm spreads one such
+/// flip into percent-level changes of every gradient before it).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward_along(
+    graph: &Graph,
+    precision: Precision,
+    params: &[f32],
+    x: &[f32],
+    labels: &[u32],
+    scale: f32,
+    seed: u64,
+    along: &[Option<Vec<f32>>],
+    grads: &mut [f32],
+) -> Result<Pass> {
+    let shard = Shard { x, labels, seed };
+    let along = Some(along);
+    let mut passes = walk(
+        graph,
+        precision,
+        params,
+        &[shard],
+        scale,
+        false,
+        along,
+        grads,
+    )?;
     Ok(passes.remove(0))
 }
 
@@ -87,7 +131,7 @@ pub fn forward_backward_synced(
     scale: f32,
     grads: &mut [f32],
 ) -> Result<Vec<Pass>> {
-    walk(graph, precision, params, shards, scale, true, grads)
+    walk(graph, precision, params, shards, scale, true, None, grads)
 }
 
 /// One shard's walk: its values, what each layer kept, and the gradients flowing back.
@@ -98,8 +142,10 @@ struct Walk<'a> {
     dvalues: Vec<Option<Vec<f32>>>,
 }
 
-/// The walker of [`forward_backward`] and [`forward_backward_synced`]: the shards go through
-/// the graph together, layer by layer; with `sync` their batch norms are one.
+/// The walker of [`forward_backward`], [`forward_backward_along`] and
+/// [`forward_backward_synced`]: the shards go through the graph together, layer by layer;
+/// with `sync` their batch norms are one; `along` (one shard) replaces the values it holds.
+#[allow(clippy::too_many_arguments)]
 fn walk(
     graph: &Graph,
     precision: Precision,
@@ -107,6 +153,7 @@ fn walk(
     shards: &[Shard],
     scale: f32,
     sync: bool,
+    along: Option<&[Option<Vec<f32>>]>,
     grads: &mut [f32],
 ) -> Result<Vec<Pass>> {
     grads.fill(0.0);
@@ -139,14 +186,14 @@ fn walk(
                     }
                 }
             }
-            Walk {
+            Ok(Walk {
                 shard: *s,
-                values: vec![input],
+                values: vec![adopt(graph, along, 0, input)?],
                 saved: Vec::with_capacity(graph.nodes.len()),
                 dvalues: Vec::new(),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     for (i, node) in graph.nodes.iter().enumerate() {
         // A synchronised batch norm's statistics: the shards' moments summed.
@@ -175,7 +222,7 @@ fn walk(
                 synced.as_ref(),
             )?;
             debug_assert_eq!(w.values.len(), node.output);
-            w.values.push(y);
+            w.values.push(adopt(graph, along, node.output, y)?);
             w.saved.push(s);
         }
     }
@@ -280,6 +327,27 @@ fn walk(
             }
         })
         .collect())
+}
+
+/// Value `v`: `along`'s when it holds one (of the same length as the CPU's `own`), else `own`.
+fn adopt(
+    graph: &Graph,
+    along: Option<&[Option<Vec<f32>>]>,
+    v: usize,
+    own: Vec<f32>,
+) -> Result<Vec<f32>> {
+    match along.and_then(|a| a.get(v)).and_then(Option::as_ref) {
+        None => Ok(own),
+        Some(theirs) if theirs.len() == own.len() => Ok(theirs.clone()),
+        Some(theirs) => Err(Error::invalid(
+            format!("{} value {v}", graph.config.arch.name()),
+            format!(
+                "the forward values to walk along hold {} numbers, the CPU's {}",
+                theirs.len(),
+                own.len()
+            ),
+        )),
+    }
 }
 
 /// Adds `g` to parameter slot `i`'s gradient (each shard's share of the step's gradient).

@@ -527,6 +527,78 @@ fn gradients_match_central_differences() {
     }
 }
 
+/// `forward_backward_along`: along no values it is `forward_backward`; the values it is given
+/// replace the CPU's own (the logits here, so the loss's gradient follows them); a value of the
+/// wrong length is an error naming it. And a golden check of a step that hands over its
+/// forward values scores the gradients' families along them too (here the CPU's own step:
+/// along its values the error is zero).
+#[test]
+fn the_cpu_walks_along_given_forward_values() {
+    use attnrt::train::models::cnn::cpu::{forward_backward, forward_backward_along};
+    let image = attnrt::train::data::ImageShape {
+        channels: 3,
+        height: 32,
+        width: 32,
+    };
+    let config = CnnConfig {
+        arch: Arch::ShuffleNetV2,
+        classes: 10,
+        image,
+    };
+    let graph = cnn::build(config, "test").unwrap();
+    let params = graph.init(5);
+    let x: Vec<f32> = (0..2 * image.features())
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let labels = [1u32, 4];
+    let values = graph.nodes.len() + 1;
+    let mut plain = vec![0.0f32; params.len()];
+    let p = forward_backward(&graph, F32, &params, &x, &labels, 0.5, 9, &mut plain).unwrap();
+    let mut grads = vec![0.0f32; params.len()];
+    let none = vec![None; values];
+    let q = forward_backward_along(&graph, F32, &params, &x, &labels, 0.5, 9, &none, &mut grads)
+        .unwrap();
+    assert_eq!(
+        (&q.logits, q.stats.loss, &grads),
+        (&p.logits, p.stats.loss, &plain)
+    );
+
+    let mut logits = none.clone();
+    let shifted: Vec<f32> = p.logits.iter().map(|v| v + 1.0 - 0.2 * v).collect();
+    logits[values - 1] = Some(shifted.clone());
+    let q = forward_backward_along(
+        &graph, F32, &params, &x, &labels, 0.5, 9, &logits, &mut grads,
+    )
+    .unwrap();
+    assert_eq!(q.logits, shifted);
+    assert_ne!(grads, plain);
+
+    let mut short = none.clone();
+    short[3] = Some(vec![0.0; 5]);
+    let e = forward_backward_along(
+        &graph, F32, &params, &x, &labels, 0.5, 9, &short, &mut grads,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("value 3") && e.contains("hold 5 numbers"), "{e}");
+
+    let path = golden_file("shufflenet_s1.golden.safetensors");
+    let report = golden::check_with(&path, |input| {
+        let mut out = golden::cpu_step(input)?;
+        out.values = Some(vec![None; input.graph.nodes.len() + 1]);
+        Ok(out)
+    })
+    .unwrap();
+    for f in &report.families {
+        match f.name {
+            // The step is the CPU's own: along its values it is the reference itself.
+            "grad" | "grad_norm" => assert_eq!(f.along, Some(0.0), "{f:?}"),
+            _ => assert_eq!(f.along, None, "{f:?}"),
+        }
+    }
+    assert!(report.passed(), "{report:?}");
+}
+
 /// A CNN's running statistics are saved with its checkpoints (`buffer/NAME`) and a resumed
 /// run continues from them.
 #[test]

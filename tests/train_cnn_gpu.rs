@@ -249,7 +249,7 @@ fn one_step_of_each_cnn_matches_the_cpu() {
             let (along, along_noisy) =
                 along_reference(&graph, precision, &params, data, pass, &values);
             let mut own = own;
-            own[2] = along_noisy.errors(&along)[2];
+            own[2] = err(&along_noisy.grads, &along.grads);
             let mut errors = got.errors(&want);
             println!(
                 "{} {precision}: gradients relative error {:.3e} against the CPU's own forward \
@@ -257,7 +257,7 @@ fn one_step_of_each_cnn_matches_the_cpu() {
                 arch.name(),
                 errors[2]
             );
-            errors[2] = got.errors(&along)[2];
+            errors[2] = err(&got.grads, &along.grads);
             let tolerance = tolerances(precision, own);
             let names = [
                 "loss",
@@ -410,6 +410,10 @@ fn check_passes_the_shufflenet_golden_on_a_gpu() {
             "{family}: {text}"
         );
     }
+    assert!(
+        text.contains("against the CPU's step along this run's forward values"),
+        "{text}"
+    );
     let (code, text) = run(train().arg("--check").arg(&golden).args(["--gpus", "0,1"]));
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("--check runs on one GPU"), "{text}");

@@ -197,11 +197,13 @@ pub fn golden_step(ordinal: usize, input: &StepInput<'_>) -> Result<StepOutput> 
         .cuda(|| "reading the logits".into())?
         .unwrap_or_default();
     let (state, grads) = replica.download()?;
+    let values = replica.forward_values().transpose()?;
     Ok(StepOutput {
         logits,
         loss,
         grads,
         buffers: state.buffers,
+        values,
     })
 }
 

@@ -17,6 +17,14 @@ pub const FORMAT: &str = "attnrt-train-step-golden";
 
 /// One family's result: the error (see [`Family::what`]), and the tolerance, max(1e-4, 4x
 /// PyTorch's own f32 error).
+///
+/// The gradients' families of a step that ran elsewhere than on the CPU (a GPU) also carry
+/// `along`: the same error against the CPU's step along that run's own forward values
+/// ([`cpu::forward_backward_along`]), and pass on either. A ReLU input within rounding of zero
+/// makes the gradients of these models jump: PyTorch's own f32 step, or even its f64 one,
+/// with the weights moved by 1e-7 misses the file's gradients by 1.5e-3..3.6e-3 on
+/// `shufflenet_s1` (docs/TRAINING.md), so the file's tolerance holds for the gradients only
+/// when no such input flips; along the run's own forward it holds whatever flips.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Family {
     pub name: &'static str,
@@ -24,11 +32,12 @@ pub struct Family {
     pub tolerance: f64,
     /// How the error is measured, and where it is worst.
     pub what: String,
+    pub along: Option<f64>,
 }
 
 impl Family {
     pub fn passed(&self) -> bool {
-        self.error <= self.tolerance
+        self.error <= self.tolerance || self.along.is_some_and(|e| e <= self.tolerance)
     }
 }
 
@@ -74,6 +83,9 @@ pub struct StepOutput {
     pub loss: f64,
     pub grads: Vec<f32>,
     pub buffers: Vec<f32>,
+    /// The forward pass's values by value index (f32, NHWC; `None` where the run keeps none),
+    /// for a step that did not run on the CPU: what the gradients are also checked along.
+    pub values: Option<Vec<Option<Vec<f32>>>>,
 }
 
 /// The step on the CPU (the reference walker, f32).
@@ -99,6 +111,7 @@ pub fn cpu_step(input: &StepInput<'_>) -> Result<StepOutput> {
         loss: pass.stats.loss,
         grads,
         buffers,
+        values: None,
     })
 }
 
@@ -184,6 +197,7 @@ pub fn check_with(
         loss: got_loss,
         grads,
         buffers,
+        values,
     } = step(&StepInput {
         graph: &graph,
         params: &params,
@@ -191,6 +205,27 @@ pub fn check_with(
         images: &images.data,
         labels: &labels,
     })?;
+    // The CPU's gradients along the run's forward values (see `Family`).
+    let along = match values {
+        Some(values) => {
+            let mut want = vec![0.0f32; params.len()];
+            let scale = 1.0 / batch as f32;
+            let (x, l) = (&images.data, &labels);
+            cpu::forward_backward_along(
+                &graph,
+                Precision::F32,
+                &params,
+                x,
+                l,
+                scale,
+                0,
+                &values,
+                &mut want,
+            )?;
+            Some(want)
+        }
+        None => None,
+    };
 
     let mut families = Vec::new();
     let logits = file.f32_shaped("expected.logits", &[batch, classes])?;
@@ -199,6 +234,7 @@ pub fn check_with(
         error: rel(&got_logits, &logits.data),
         tolerance: tolerance("logits")?,
         what: "relative Frobenius error".into(),
+        along: None,
     });
     let loss = file.f32_shaped("expected.loss", &[1])?;
     families.push(Family {
@@ -206,31 +242,38 @@ pub fn check_with(
         error: (got_loss - f64::from(loss.data[0])).abs() / f64::from(loss.data[0]).abs(),
         tolerance: tolerance("loss")?,
         what: format!("relative error (loss {got_loss:.6})"),
+        along: None,
     });
 
     // Gradient norms: the largest absolute error over the largest norm.
-    let (mut worst, mut worst_name, mut largest) = (0.0f64, String::new(), 0.0f64);
-    for s in &graph.layout.slots {
-        let want = f64::from(
-            file.f32_shaped(&format!("expected.grad_norm.{}", s.name), &[1])?
-                .data[0],
-        );
-        let got = grads[s.range()]
-            .iter()
-            .map(|&g| f64::from(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        largest = largest.max(want);
-        if (got - want).abs() > worst {
-            worst = (got - want).abs();
-            worst_name = s.name.clone();
-        }
-    }
+    let norm = |g: &[f32]| g.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    let norm_error =
+        |want: &dyn Fn(&crate::train::models::Slot) -> Result<f64>| -> Result<(f64, String)> {
+            let (mut worst, mut worst_name, mut largest) = (0.0f64, String::new(), 0.0f64);
+            for s in &graph.layout.slots {
+                let (want, got) = (want(s)?, norm(&grads[s.range()]));
+                largest = largest.max(want);
+                if (got - want).abs() > worst {
+                    worst = (got - want).abs();
+                    worst_name = s.name.clone();
+                }
+            }
+            Ok((worst / largest, worst_name))
+        };
+    let (e, at) = norm_error(&|s| {
+        let name = format!("expected.grad_norm.{}", s.name);
+        Ok(f64::from(file.f32_shaped(&name, &[1])?.data[0]))
+    })?;
+    let along_norms = along
+        .as_ref()
+        .map(|a| norm_error(&|s| Ok(norm(&a[s.range()]))))
+        .transpose()?;
     families.push(Family {
         name: "grad_norm",
-        error: worst / largest,
+        error: e,
         tolerance: tolerance("grad_norm")?,
-        what: format!("largest absolute error over the largest norm (worst: {worst_name})"),
+        what: format!("largest absolute error over the largest norm (worst: {at})"),
+        along: along_norms.map(|(e, _)| e),
     });
 
     let worst_of =
@@ -265,11 +308,23 @@ pub fn check_with(
             .map(|s| all[s.range()].to_vec())
     };
     let (e, at) = worst_of("expected.grad.", &|n| slot_of(&graph.layout, &grads, n))?;
+    // Along the run's forward: the same tensors against the CPU's gradients.
+    let along_grads = along.as_ref().map(|a| {
+        file.names()
+            .iter()
+            .filter_map(|name| name.strip_prefix("expected.grad."))
+            .filter_map(|n| {
+                let got = slot_of(&graph.layout, &grads, n)?;
+                Some(rel(&got, &slot_of(&graph.layout, a, n)?))
+            })
+            .fold(0.0f64, f64::max)
+    });
     families.push(Family {
         name: "grad",
         error: e,
         tolerance: tolerance("grad")?,
         what: format!("largest relative Frobenius error of a full gradient (worst: {at})"),
+        along: along_grads,
     });
     let buffer_layout = graph.buffers();
     let (e, at) = worst_of("expected.buffer.", &|n| {
@@ -280,6 +335,7 @@ pub fn check_with(
         error: e,
         tolerance: tolerance("buffer")?,
         what: format!("largest relative Frobenius error of a running statistic (worst: {at})"),
+        along: None,
     });
     Ok(Report {
         model: model.to_string(),

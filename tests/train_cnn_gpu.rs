@@ -134,12 +134,15 @@ impl Step {
 }
 
 /// The tolerances of a GPU step at `precision` given the model's own noise `own` (see the
-/// module docs).
-fn tolerances(precision: Precision, own: [f64; 4]) -> [f64; 4] {
+/// module docs). The loss's noise is at least the logits': one perturbed run's loss can land
+/// much closer than its logits (ResNeXt-50: 3.7e-7 against 2.7e-5), while the GPU's logits,
+/// as far off as the noise allows, move the loss by as much (1.0e-5).
+fn tolerances(precision: Precision, mut own: [f64; 4]) -> [f64; 4] {
     let (floor, times): ([f64; 4], f64) = match precision {
         Precision::Bf16 => ([2e-2, 5e-2, 1e-1, 5e-2], 8.0),
         _ => ([1e-5, 1e-5, 1e-4, 1e-4], 16.0),
     };
+    own[0] = own[0].max(own[1]);
     std::array::from_fn(|i| floor[i].max(times * own[i]))
 }
 

@@ -78,27 +78,13 @@ impl Step {
         graph: &cnn::Graph,
         precision: Precision,
         params: &[f32],
-        (x, labels): (&[f32], &[u32]),
-        (scale, seed): (f32, u64),
+        data: (&[f32], &[u32]),
+        pass: (f32, u64),
     ) -> Step {
-        let mut grads = vec![0.0; params.len()];
-        let pass = cnn::cpu::forward_backward(
-            graph, precision, params, x, labels, scale, seed, &mut grads,
-        )
-        .unwrap();
-        let mut buffers = graph.initial_buffers();
-        graph
-            .update_buffers(&mut buffers, &[(1.0, &pass.norms)])
-            .unwrap();
-        Step {
-            loss: pass.stats.loss,
-            logits: pass.logits,
-            grads,
-            buffers,
-        }
+        Step::along(graph, precision, params, data, pass, &[])
     }
 
-    /// The CPU step of `params` at `precision` along another pass's forward `values`
+    /// [`Step::cpu`] along another pass's forward `values`
     /// ([`cnn::cpu::forward_backward_along`]).
     fn along(
         graph: &cnn::Graph,
@@ -113,11 +99,15 @@ impl Step {
             graph, precision, params, x, labels, scale, seed, values, &mut grads,
         )
         .unwrap();
+        let mut buffers = graph.initial_buffers();
+        graph
+            .update_buffers(&mut buffers, &[(1.0, &pass.norms)])
+            .unwrap();
         Step {
             loss: pass.stats.loss,
             logits: pass.logits,
             grads,
-            buffers: Vec::new(),
+            buffers,
         }
     }
 

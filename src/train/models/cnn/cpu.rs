@@ -60,22 +60,11 @@ pub fn forward_backward(
     seed: u64,
     grads: &mut [f32],
 ) -> Result<Pass> {
-    let shard = Shard { x, labels, seed };
-    let mut passes = walk(
-        graph,
-        precision,
-        params,
-        &[shard],
-        scale,
-        false,
-        None,
-        grads,
-    )?;
-    Ok(passes.remove(0))
+    forward_backward_along(graph, precision, params, x, labels, scale, seed, &[], grads)
 }
 
 /// [`forward_backward`] along another implementation's forward pass: each value that
-/// `along` holds (by value index, NHWC, `None` where it has none, e.g. a batch norm's output
+/// `along` holds (by value index, NHWC, `None` or missing where it has none, e.g. a batch norm's output
 /// that a fused ReLU replaced) replaces the CPU's own as soon as its layer has run, so the
 /// later layers, the batch norms' statistics and every ReLU's mask in the backward pass are
 /// that implementation's. The gradient is then the one it should have computed from its own
@@ -95,7 +84,6 @@ pub fn forward_backward_along(
     grads: &mut [f32],
 ) -> Result<Pass> {
     let shard = Shard { x, labels, seed };
-    let along = Some(along);
     let mut passes = walk(
         graph,
         precision,
@@ -131,7 +119,7 @@ pub fn forward_backward_synced(
     scale: f32,
     grads: &mut [f32],
 ) -> Result<Vec<Pass>> {
-    walk(graph, precision, params, shards, scale, true, None, grads)
+    walk(graph, precision, params, shards, scale, true, &[], grads)
 }
 
 /// One shard's walk: its values, what each layer kept, and the gradients flowing back.
@@ -144,7 +132,8 @@ struct Walk<'a> {
 
 /// The walker of [`forward_backward`], [`forward_backward_along`] and
 /// [`forward_backward_synced`]: the shards go through the graph together, layer by layer;
-/// with `sync` their batch norms are one; `along` (one shard) replaces the values it holds.
+/// with `sync` their batch norms are one; `along` (one shard; empty for none) replaces the
+/// values it holds.
 #[allow(clippy::too_many_arguments)]
 fn walk(
     graph: &Graph,
@@ -153,7 +142,7 @@ fn walk(
     shards: &[Shard],
     scale: f32,
     sync: bool,
-    along: Option<&[Option<Vec<f32>>]>,
+    along: &[Option<Vec<f32>>],
     grads: &mut [f32],
 ) -> Result<Vec<Pass>> {
     grads.fill(0.0);
@@ -330,13 +319,8 @@ fn walk(
 }
 
 /// Value `v`: `along`'s when it holds one (of the same length as the CPU's `own`), else `own`.
-fn adopt(
-    graph: &Graph,
-    along: Option<&[Option<Vec<f32>>]>,
-    v: usize,
-    own: Vec<f32>,
-) -> Result<Vec<f32>> {
-    match along.and_then(|a| a.get(v)).and_then(Option::as_ref) {
+fn adopt(graph: &Graph, along: &[Option<Vec<f32>>], v: usize, own: Vec<f32>) -> Result<Vec<f32>> {
+    match along.get(v).and_then(Option::as_ref) {
         None => Ok(own),
         Some(theirs) if theirs.len() == own.len() => Ok(theirs.clone()),
         Some(theirs) => Err(Error::invalid(

@@ -1555,7 +1555,8 @@ impl Conv2dKernels {
     }
 
     /// Runs the fused call when cuDNN takes this shape and activation: `Ok(true)` when it
-    /// ran, `Ok(false)` when the shape needs the unfused path (decided on its first call).
+    /// ran, `Ok(false)` when the shape needs the unfused path (decided on the first call
+    /// cuDNN refuses, for good).
     fn fused(
         &mut self,
         h: sys::cudnnHandle_t,
@@ -1631,7 +1632,11 @@ impl Conv2dKernels {
                     *state = Fused::Works(algo);
                     return Ok(true);
                 }
-                Err(e) if matches!(state, Fused::Untried) && refuses(e) => {
+                // A refusal after earlier successes too (AlexNet's bf16 first layer at batch 64
+                // of 224x224 had its fused call refused with BAD_PARAM in a training run, an
+                // error then): the shape moves to the unfused path for good, as a refused
+                // algorithm moves to the next (`Candidates`).
+                Err(e) if refuses(e) => {
                     refused.push(format!("{}: {:?}", algo_name(algo), e.0));
                 }
                 Err(e) => return Err(e),

@@ -19,6 +19,19 @@ fn dr(units: &[u8]) -> DistributionRatio {
     DistributionRatio::new(units.to_vec()).unwrap()
 }
 
+/// A job of `iterations` batches of `batch_size` from `dataset`, training `model` (10
+/// classes).
+fn job(model: &str, dataset: &Arc<Dataset>, batch_size: usize, iterations: u64) -> Job {
+    Job {
+        name: "test".into(),
+        model_name: model.into(),
+        model: ModelSpec::parse(model, dataset.shape(), 10, "test").unwrap(),
+        dataset: dataset.clone(),
+        batch_size,
+        iterations,
+    }
+}
+
 // ---- data ----
 
 #[test]
@@ -800,27 +813,9 @@ fn vit_window_partition_is_a_rolled_permutation() {
 #[test]
 fn vit_window_training_lowers_the_loss() {
     let d = Arc::new(Dataset::synthetic(256, 9));
-    let name = "vit:8,16,1,4,32,win";
-    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
-    let opt = Optimizer::adamw(3e-3);
-    let mut engine = CpuEngine::new(
-        model.clone(),
-        opt,
-        F32,
-        1,
-        State::fresh(model.init(1), &opt),
-    );
-    let job = Job {
-        name: "w".into(),
-        model_name: name.into(),
-        model,
-        dataset: d,
-        batch_size: 32,
-        iterations: 30,
-    };
-    let opts = TrainOptions::in_memory(1, opt, F32, dr(&[10]));
-    let mut losses = Vec::new();
-    train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
+    let job = job("vit:8,16,1,4,32,win", &d, 32, 30);
+    let opts = TrainOptions::in_memory(1, Optimizer::adamw(3e-3), F32, dr(&[10]));
+    let (losses, _) = train_on_cpu(&job, 1, &opts);
     let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
     let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
     println!("loss: first 5 steps {first:.3}, last 5 {last:.3}");
@@ -831,39 +826,9 @@ fn vit_window_training_lowers_the_loss() {
 /// full-batch update. Same seed, 20 steps, DR [10] vs [5,5] vs [2,8] vs [0,10] on the CPU.
 #[test]
 fn any_dr_gives_the_full_batch_update_on_cpu() {
-    let d = Arc::new(Dataset::synthetic(256, 4));
-    let model = ModelSpec::parse("mlp:16", d.shape(), 10, "test").unwrap();
-    let run = |units: &[u8]| {
-        let opt = Optimizer::sgd(0.05);
-        let mut engine = CpuEngine::new(
-            model.clone(),
-            opt,
-            F32,
-            units.len(),
-            State::fresh(model.init(1), &opt),
-        );
-        let job = Job {
-            name: "j".into(),
-            model_name: "mlp:16".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 30,
-            iterations: 20,
-        };
-        let opts = TrainOptions::in_memory(1, opt, F32, dr(units));
-        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
-        engine.state().unwrap().params
-    };
-    let whole = run(&[10]);
-    for units in [&[5u8, 5][..], &[2, 8], &[0, 10]] {
-        let split = run(units);
-        let worst = whole
-            .iter()
-            .zip(&split)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "DR {units:?}: max |diff| {worst}");
-    }
+    let job = job("mlp:16", &Arc::new(Dataset::synthetic(256, 4)), 30, 20);
+    let opts = |units: &[u8]| TrainOptions::in_memory(1, Optimizer::sgd(0.05), F32, dr(units));
+    assert_any_dr_gives_the_full_batch_update(&job, 1, opts, &[&[5, 5], &[2, 8], &[0, 10]]);
 }
 
 #[test]
@@ -911,35 +876,41 @@ fn model_names_are_checked_with_the_job_named() {
 /// full-batch update of DR [10] (3 AdamW steps of a tiny ViT).
 #[test]
 fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
-    let d = Arc::new(Dataset::synthetic(64, 6));
-    let model = ModelSpec::parse("vit:8,8,1,2,16", d.shape(), 10, "test").unwrap();
-    let run = |units: &[u8]| {
-        let opt = Optimizer::adamw(1e-3);
-        let mut engine = CpuEngine::new(
-            model.clone(),
-            opt,
-            F32,
-            units.len(),
-            State::fresh(model.init(3), &opt),
-        );
-        let job = Job {
-            name: "v".into(),
-            model_name: "vit:8,8,1,2,16".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 10,
-            iterations: 3,
-        };
-        let opts = TrainOptions {
-            prefetch: 1,
-            ..TrainOptions::in_memory(2, opt, F32, dr(units))
-        };
-        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
-        engine.state().unwrap().params
+    let job = job(
+        "vit:8,8,1,2,16",
+        &Arc::new(Dataset::synthetic(64, 6)),
+        10,
+        3,
+    );
+    let opts = |units: &[u8]| TrainOptions {
+        prefetch: 1,
+        ..TrainOptions::in_memory(2, Optimizer::adamw(1e-3), F32, dr(units))
     };
-    let whole = run(&[10]);
-    for units in [&[5u8, 5][..], &[3, 7]] {
-        let split = run(units);
+    assert_any_dr_gives_the_full_batch_update(&job, 3, opts, &[&[5, 5], &[3, 7]]);
+}
+
+/// `job` trained by the CPU engine from `job.model.init(init)` with `opts` (a device per
+/// entry of `opts.dr`): the loss of every step and the last parameters.
+fn train_on_cpu(job: &Job, init: u64, opts: &TrainOptions) -> (Vec<f64>, Vec<f32>) {
+    let (model, opt) = (job.model.clone(), opts.optimizer);
+    let fresh = State::fresh(model.init(init), &opt);
+    let mut engine = CpuEngine::new(model, opt, opts.precision, opts.dr.gpus(), fresh);
+    let mut losses = Vec::new();
+    train(job, &mut engine, opts, &mut |p| losses.push(p.loss)).unwrap();
+    (losses, engine.state().unwrap().params)
+}
+
+/// The shard weighting: `job` trained with `opts(split)` ends within 1e-5 of the parameters
+/// it ends with on one shard (`opts(&[10])`), for every split of `splits`.
+fn assert_any_dr_gives_the_full_batch_update(
+    job: &Job,
+    init: u64,
+    opts: impl Fn(&[u8]) -> TrainOptions,
+    splits: &[&[u8]],
+) {
+    let (_, whole) = train_on_cpu(job, init, &opts(&[10]));
+    for units in splits {
+        let (_, split) = train_on_cpu(job, init, &opts(units));
         let worst = whole
             .iter()
             .zip(&split)
@@ -977,24 +948,10 @@ fn checkpoints_record_the_precision_and_older_ones_read_as_f32() {
 /// not f32's, so the rounding is on.
 #[test]
 fn bf16_emulation_on_the_cpu_learns_like_f32() {
-    let d = Arc::new(Dataset::synthetic(1024, 9));
-    let model = ModelSpec::parse("mlp:64,32", d.shape(), 10, "test").unwrap();
+    let job = job("mlp:64,32", &Arc::new(Dataset::synthetic(1024, 9)), 64, 20);
     let run = |precision| {
-        let opt = Optimizer::adamw(2e-3);
-        let fresh = State::fresh(model.init(1), &opt);
-        let mut engine = CpuEngine::new(model.clone(), opt, precision, 1, fresh);
-        let job = Job {
-            name: "p".into(),
-            model_name: "mlp:64,32".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 64,
-            iterations: 20,
-        };
-        let opts = TrainOptions::in_memory(5, opt, precision, dr(&[10]));
-        let mut losses = Vec::new();
-        train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
-        (losses, engine.state().unwrap().params)
+        let opts = TrainOptions::in_memory(5, Optimizer::adamw(2e-3), precision, dr(&[10]));
+        train_on_cpu(&job, 1, &opts)
     };
     let ((bf16, p16), (f32, p32)) = (run(Bf16), run(F32));
     let gap = bf16

@@ -10,6 +10,7 @@ use attnrt::train::Precision::{Bf16, F32};
 use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::data::{Augment, MAX_SYNTHETIC_SIDE};
 use attnrt::train::models::cpu::forward_backward;
+use attnrt::train::models::vit::VitConfig;
 use attnrt::train::run::checkpoint::{self, CheckpointMeta};
 use attnrt::train::{
     CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
@@ -253,23 +254,8 @@ fn an_image_folder_lists_classes_in_sorted_order_and_augments_deterministically(
     assert!(a.iter().all(|v| v.is_finite()));
 
     // The loader gives the same batches from any start, the crops included.
-    let shared = Arc::new(d);
-    let mut order = SampleOrder::new(5, 4);
-    let mut direct = Batch {
-        step: 0,
-        features: Vec::new(),
-        labels: Vec::new(),
-    };
-    let mut loader = Loader::spawn(shared.clone(), 4, 3, 2, 5, 2).unwrap();
-    for step in 2..5 {
-        let got = loader.next_batch().unwrap();
-        fill_batch(&shared, &mut order, step, 3, &mut direct).unwrap();
-        assert_eq!(
-            (&got.labels, &got.features),
-            (&direct.labels, &direct.features)
-        );
-    }
-    assert!(loader.next_batch().is_none() && loader.take_error().is_none());
+    let mut loader = assert_loader_gives_the_batches_filled_directly(&Arc::new(d), 4, 3, 2..5);
+    assert!(loader.take_error().is_none());
     let stats = loader.stats();
     assert!(
         stats.samples_per_s > 0.0 && stats.waited_s >= 0.0,
@@ -478,16 +464,27 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
 #[test]
 fn loader_prefetches_the_same_batches_from_any_start() {
     let d = Arc::new(Dataset::synthetic(40, 2));
-    let mut order = SampleOrder::new(40, 5);
+    assert_loader_gives_the_batches_filled_directly(&d, 5, 16, 3..7);
+}
+
+/// A loader of `steps` (seed `seed`, two batches prefetched) gives the batches that
+/// `fill_batch` fills on this thread, then ends; returned for what else a test asks of it.
+fn assert_loader_gives_the_batches_filled_directly(
+    d: &Arc<Dataset>,
+    seed: u64,
+    batch_size: usize,
+    steps: std::ops::Range<u64>,
+) -> Loader {
+    let mut order = SampleOrder::new(d.len(), seed);
     let mut direct = Batch {
         step: 0,
         features: Vec::new(),
         labels: Vec::new(),
     };
-    let mut loader = Loader::spawn(d.clone(), 5, 16, 3, 7, 2).unwrap();
-    for step in 3..7 {
+    let mut loader = Loader::spawn(d.clone(), seed, batch_size, steps.start, steps.end, 2).unwrap();
+    for step in steps {
         let b = loader.next_batch().unwrap();
-        fill_batch(&d, &mut order, step, 16, &mut direct).unwrap();
+        fill_batch(d, &mut order, step, batch_size, &mut direct).unwrap();
         assert_eq!(
             (b.step, &b.labels, &b.features),
             (step, &direct.labels, &direct.features)
@@ -495,6 +492,7 @@ fn loader_prefetches_the_same_batches_from_any_start() {
         loader.recycle(b);
     }
     assert!(loader.next_batch().is_none());
+    loader
 }
 
 // ---- checkpoints ----
@@ -716,26 +714,42 @@ fn cpu_gradients_match_finite_differences() {
         .map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0)
         .collect();
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-    let scale = 1.0 / 8.0;
-    let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
-    let mut scratch = vec![0.0; params.len()];
+    let shard = (&x[..], &labels[..], 1.0 / 8.0);
     // Small enough that no ReLU input crosses zero (1e-3 does here), large enough for f32.
-    let eps = 1e-4f32;
-    for i in 0..params.len() {
-        let mut p = params.clone();
-        p[i] += eps;
-        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        let fd = (up - down) / (2.0 * f64::from(eps));
-        let err = (fd - f64::from(grads[i])).abs();
+    for (i, analytic, fd) in gradients_and_differences(&model, &params, shard, 1e-4, 1) {
+        let err = (fd - analytic).abs();
         assert!(
             err <= 2e-3 * fd.abs().max(0.05),
-            "param {i}: analytic {} fd {fd}",
-            grads[i]
+            "param {i}: analytic {analytic} fd {fd}"
         );
     }
+}
+
+/// For every `stride`-th parameter `i`: `(i, the gradient forward_backward gives, the central
+/// difference of the loss with step eps)`, on the shard `(x, labels, scale)` in f32.
+fn gradients_and_differences(
+    model: &ModelSpec,
+    params: &[f32],
+    (x, labels, scale): (&[f32], &[u32], f32),
+    eps: f32,
+    stride: usize,
+) -> Vec<(usize, f64, f64)> {
+    let mut grads = vec![0.0; params.len()];
+    forward_backward(model, F32, params, x, labels, scale, &mut grads);
+    let mut scratch = vec![0.0; params.len()];
+    let mut loss = |p: &[f32]| forward_backward(model, F32, p, x, labels, scale, &mut scratch).loss;
+    (0..params.len())
+        .step_by(stride)
+        .map(|i| {
+            let mut p = params.to_vec();
+            p[i] += eps;
+            let up = loss(&p);
+            p[i] -= 2.0 * eps;
+            let down = loss(&p);
+            let fd = (up - down) / (2.0 * f64::from(eps));
+            (i, f64::from(grads[i]), fd)
+        })
+        .collect()
 }
 
 /// Every ViT layer of `model` against central differences on every third parameter (every
@@ -751,22 +765,12 @@ fn check_vit_gradients(model: &str) {
         .enumerate()
         .map(|(i, out)| d.sample(i, Augment::None, out).unwrap())
         .collect();
-    let scale = 0.5;
-    let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
-    let mut scratch = vec![0.0; params.len()];
-    let eps = 1e-3f32;
     let mut worst = 0.0f64;
-    for i in (0..params.len()).step_by(3) {
-        let mut p = params.clone();
-        p[i] += eps;
-        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        let fd = (up - down) / (2.0 * f64::from(eps));
-        let err = (fd - f64::from(grads[i])).abs() / fd.abs().max(0.01);
+    for (i, analytic, fd) in gradients_and_differences(&model, &params, (&x, &labels, 0.5), 1e-3, 3)
+    {
+        let err = (fd - analytic).abs() / fd.abs().max(0.01);
         worst = worst.max(err);
-        assert!(err <= 1e-2, "param {i}: analytic {} fd {fd}", grads[i]);
+        assert!(err <= 1e-2, "param {i}: analytic {analytic} fd {fd}");
     }
     println!("worst relative error {worst:.2e}");
 }
@@ -778,15 +782,21 @@ fn vit_gradients_match_finite_differences() {
     check_vit_gradients("vit:8,8,2,2,16");
 }
 
+/// A 1-block ViT with 4 heads of window attention on a 4x4 token grid.
+fn window_vit_4x4() -> VitConfig {
+    let shape = Dataset::synthetic(1, 0).shape();
+    match ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() {
+        ModelSpec::Vit(c) => c,
+        other => panic!("not a ViT: {other:?}"),
+    }
+}
+
 /// The same with CSWinTT's window attention on a 4x4 token grid: 4 heads get windows
 /// 1, 2, 4, 1, the last two heads shifted (the window-2 head's shift is 1, that of window 1
 /// is 0), so unshifted and shifted windows, and a window covering the grid, are all checked.
 #[test]
 fn vit_window_gradients_match_finite_differences() {
-    let shape = Dataset::synthetic(1, 0).shape();
-    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
-        panic!("not a ViT")
-    };
+    let c = window_vit_4x4();
     let windows: Vec<_> = (0..4).map(|h| c.head_window(h)).collect();
     assert_eq!(windows, [(1, 0), (2, 0), (4, 2), (1, 0)]);
     check_vit_gradients("vit:8,8,2,4,16,win");
@@ -796,10 +806,7 @@ fn vit_window_gradients_match_finite_differences() {
 /// first slot of window-4 head 2 on a 4x4 grid holds token (2, 2).
 #[test]
 fn vit_window_partition_is_a_rolled_permutation() {
-    let shape = Dataset::synthetic(1, 0).shape();
-    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
-        panic!("not a ViT")
-    };
+    let c = window_vit_4x4();
     let plans = c.head_plans();
     for plan in &plans {
         let mut seen = plan.partition_index();

@@ -250,12 +250,11 @@ fn check_backward(
 /// output pixels its value reached, in f64. (The epilogue's ReLU and residual add are
 /// other ops' gradients; `conv.relu` is ignored.)
 pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-    let weight_len = conv.shape.weight_len();
     let [[h, w, cin, cout], [oh, ow, s, pad], [kh, kw, cin_g, cout_g]] = check_backward(
         conv,
         "backward data",
         dy,
-        &[("weight", weight.len(), weight_len)],
+        &[("weight", weight.len(), conv.shape.weight_len())],
     )?;
     // The output pixel (oy) that tap ky of input row iy feeds, if any.
     let tap = |i: usize, k: usize, out: usize| -> Option<usize> {
@@ -289,12 +288,11 @@ pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f3
 /// `input` and the output's gradient `dy`: sums over the batch and every output pixel, in
 /// f64.
 pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-    let input_len = conv.shape.input_len();
     let [[h, w, cin, cout], [oh, ow, s, pad], [kh, kw, cin_g, cout_g]] = check_backward(
         conv,
         "backward filter",
         dy,
-        &[("input", input.len(), input_len)],
+        &[("input", input.len(), conv.shape.input_len())],
     )?;
     let per_out = cin_g * kh * kw;
     let mut dw = vec![0.0f32; conv.shape.weight_len()];

@@ -117,6 +117,11 @@ fn sequence(dir: &Path, sub: &str, n: u32, ext: &str, gt: Option<(&str, &str)>) 
     dir.to_path_buf()
 }
 
+/// `n` frames in `dir` itself with a comma-separated `groundtruth.txt`.
+fn plain_sequence(dir: &Path, n: u32, ext: &str) -> PathBuf {
+    sequence(dir, ".", n, ext, Some(("groundtruth.txt", ",")))
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     model: PathBuf,
@@ -134,8 +139,8 @@ impl Setup {
         self.dir.path().join(rel)
     }
 
-    /// Tracks `dir` on the CPU with `extra` flags and returns the JSON report.
-    fn track_json(&self, dir: &Path, extra: &[&str]) -> Value {
+    /// Tracks `dir` on the CPU with `extra` flags and returns what it printed.
+    fn track(&self, dir: &Path, extra: &[&str]) -> String {
         let mut args = vec![
             "--model",
             s(&self.model),
@@ -143,23 +148,22 @@ impl Setup {
             s(dir),
             "--device",
             "cpu",
-            "--json",
         ];
         args.extend_from_slice(extra);
-        serde_json::from_str(&ok(&args)).unwrap()
+        ok(&args)
+    }
+
+    /// [`Setup::track`]'s JSON report.
+    fn track_json(&self, dir: &Path, extra: &[&str]) -> Value {
+        let json: Vec<&str> = ["--json"].iter().chain(extra).copied().collect();
+        serde_json::from_str(&self.track(dir, &json)).unwrap()
     }
 }
 
 #[test]
 fn tracks_a_frames_folder_with_every_output() {
     let st = setup();
-    let seq = sequence(
-        &st.path("seq"),
-        ".",
-        6,
-        "png",
-        Some(("groundtruth.txt", ",")),
-    );
+    let seq = plain_sequence(&st.path("seq"), 6, "png");
     let (boxes, scores, show, plot) = (
         st.path("b.txt"),
         st.path("s.txt"),
@@ -209,14 +213,7 @@ fn tracks_a_frames_folder_with_every_output() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
 
     // Text output: one line for the sequence with its scores.
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&seq),
-        "--device",
-        "cpu",
-    ]);
+    let out = st.track(&seq, &[]);
     assert!(
         out.contains("seq: 6 frames") && out.contains("success AUC"),
         "{out}"
@@ -240,13 +237,7 @@ fn dataset_layouts_and_several_sequences() {
     lines[3] = "NaN,NaN,NaN,NaN";
     std::fs::write(lasot.join("groundtruth.txt"), lines.join("\n")).unwrap();
     // GOT-10k: frames and groundtruth.txt, with its label files.
-    let got = sequence(
-        &root.join("got/GOT-10k_Test_000001"),
-        ".",
-        3,
-        "jpg",
-        Some(("groundtruth.txt", ",")),
-    );
+    let got = plain_sequence(&root.join("got/GOT-10k_Test_000001"), 3, "jpg");
     std::fs::write(got.join("absence.label"), "0\n0\n0\n").unwrap();
     // OTB: img/ and groundtruth_rect.txt (spaces).
     sequence(
@@ -291,14 +282,7 @@ fn init_box_without_ground_truth_is_not_evaluated() {
     assert!(j["overall"].is_null());
     // Only the first line of ground truth (GOT-10k's test set): tracked, not evaluated.
     std::fs::write(seq.join("groundtruth.txt"), "40 30 30 24\n").unwrap();
-    let out = ok(&[
-        "--model",
-        s(&st.model),
-        "--frames",
-        s(&seq),
-        "--device",
-        "cpu",
-    ]);
+    let out = st.track(&seq, &[]);
     assert!(out.contains("not evaluated"), "{out}");
 }
 
@@ -396,13 +380,7 @@ fn bad_input_is_a_clear_error() {
     track(&seq, &[], &["groundtruth.txt:1", "outside"]);
 
     // A corrupt frame, named.
-    let seq = sequence(
-        &st.path("corrupt"),
-        ".",
-        3,
-        "jpg",
-        Some(("groundtruth.txt", ",")),
-    );
+    let seq = plain_sequence(&st.path("corrupt"), 3, "jpg");
     std::fs::write(
         seq.join("00000002.jpg"),
         b"\xff\xd8\xff\xe0 not really a jpeg",
@@ -410,13 +388,7 @@ fn bad_input_is_a_clear_error() {
     .unwrap();
     track(&seq, &[], &["00000002.jpg", "decode"]);
     // Frames of different sizes.
-    let seq = sequence(
-        &st.path("sizes"),
-        ".",
-        3,
-        "png",
-        Some(("groundtruth.txt", ",")),
-    );
+    let seq = plain_sequence(&st.path("sizes"), 3, "png");
     frame(120, 100, 40, 30)
         .save(seq.join("00000003.png"))
         .unwrap();
@@ -425,13 +397,7 @@ fn bad_input_is_a_clear_error() {
     // A transformer-only model asked to track.
     let golden = attnrt::model::golden::golden_dir().unwrap();
     let transformer = golden.join("tiny_s1.weights.safetensors");
-    let seq = sequence(
-        &st.path("ok"),
-        ".",
-        2,
-        "png",
-        Some(("groundtruth.txt", ",")),
-    );
+    let seq = plain_sequence(&st.path("ok"), 2, "png");
     fails(
         &["--model", s(&transformer), "--frames", s(&seq)],
         &["holds only a transformer", "convert_checkpoint.py"],

@@ -10,6 +10,7 @@ use attnrt::train::Precision::{Bf16, F32};
 use attnrt::train::data::batches::{Batch, Loader, SampleOrder, fill_batch, shard_ranges};
 use attnrt::train::data::{Augment, MAX_SYNTHETIC_SIDE};
 use attnrt::train::models::cpu::forward_backward;
+use attnrt::train::models::vit::VitConfig;
 use attnrt::train::run::checkpoint::{self, CheckpointMeta};
 use attnrt::train::{
     CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, State, TrainOptions, train,
@@ -17,6 +18,19 @@ use attnrt::train::{
 
 fn dr(units: &[u8]) -> DistributionRatio {
     DistributionRatio::new(units.to_vec()).unwrap()
+}
+
+/// A job of `iterations` batches of `batch_size` from `dataset`, training `model` (10
+/// classes).
+fn job(model: &str, dataset: &Arc<Dataset>, batch_size: usize, iterations: u64) -> Job {
+    Job {
+        name: "test".into(),
+        model_name: model.into(),
+        model: ModelSpec::parse(model, dataset.shape(), 10, "test").unwrap(),
+        dataset: dataset.clone(),
+        batch_size,
+        iterations,
+    }
 }
 
 // ---- data ----
@@ -240,23 +254,8 @@ fn an_image_folder_lists_classes_in_sorted_order_and_augments_deterministically(
     assert!(a.iter().all(|v| v.is_finite()));
 
     // The loader gives the same batches from any start, the crops included.
-    let shared = Arc::new(d);
-    let mut order = SampleOrder::new(5, 4);
-    let mut direct = Batch {
-        step: 0,
-        features: Vec::new(),
-        labels: Vec::new(),
-    };
-    let mut loader = Loader::spawn(shared.clone(), 4, 3, 2, 5, 2).unwrap();
-    for step in 2..5 {
-        let got = loader.next_batch().unwrap();
-        fill_batch(&shared, &mut order, step, 3, &mut direct).unwrap();
-        assert_eq!(
-            (&got.labels, &got.features),
-            (&direct.labels, &direct.features)
-        );
-    }
-    assert!(loader.next_batch().is_none() && loader.take_error().is_none());
+    let mut loader = assert_loader_gives_the_batches_filled_directly(&Arc::new(d), 4, 3, 2..5);
+    assert!(loader.take_error().is_none());
     let stats = loader.stats();
     assert!(
         stats.samples_per_s > 0.0 && stats.waited_s >= 0.0,
@@ -465,16 +464,27 @@ fn changing_the_dr_between_steps_never_drops_or_repeats_a_sample() {
 #[test]
 fn loader_prefetches_the_same_batches_from_any_start() {
     let d = Arc::new(Dataset::synthetic(40, 2));
-    let mut order = SampleOrder::new(40, 5);
+    assert_loader_gives_the_batches_filled_directly(&d, 5, 16, 3..7);
+}
+
+/// A loader of `steps` (seed `seed`, two batches prefetched) gives the batches that
+/// `fill_batch` fills on this thread, then ends; returned for what else a test asks of it.
+fn assert_loader_gives_the_batches_filled_directly(
+    d: &Arc<Dataset>,
+    seed: u64,
+    batch_size: usize,
+    steps: std::ops::Range<u64>,
+) -> Loader {
+    let mut order = SampleOrder::new(d.len(), seed);
     let mut direct = Batch {
         step: 0,
         features: Vec::new(),
         labels: Vec::new(),
     };
-    let mut loader = Loader::spawn(d.clone(), 5, 16, 3, 7, 2).unwrap();
-    for step in 3..7 {
+    let mut loader = Loader::spawn(d.clone(), seed, batch_size, steps.start, steps.end, 2).unwrap();
+    for step in steps {
         let b = loader.next_batch().unwrap();
-        fill_batch(&d, &mut order, step, 16, &mut direct).unwrap();
+        fill_batch(d, &mut order, step, batch_size, &mut direct).unwrap();
         assert_eq!(
             (b.step, &b.labels, &b.features),
             (step, &direct.labels, &direct.features)
@@ -482,6 +492,7 @@ fn loader_prefetches_the_same_batches_from_any_start() {
         loader.recycle(b);
     }
     assert!(loader.next_batch().is_none());
+    loader
 }
 
 // ---- checkpoints ----
@@ -703,26 +714,42 @@ fn cpu_gradients_match_finite_differences() {
         .map(|i| ((i * 37 % 17) as f32 / 8.0) - 1.0)
         .collect();
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-    let scale = 1.0 / 8.0;
-    let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
-    let mut scratch = vec![0.0; params.len()];
+    let shard = (&x[..], &labels[..], 1.0 / 8.0);
     // Small enough that no ReLU input crosses zero (1e-3 does here), large enough for f32.
-    let eps = 1e-4f32;
-    for i in 0..params.len() {
-        let mut p = params.clone();
-        p[i] += eps;
-        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        let fd = (up - down) / (2.0 * f64::from(eps));
-        let err = (fd - f64::from(grads[i])).abs();
+    for (i, analytic, fd) in gradients_and_differences(&model, &params, shard, 1e-4, 1) {
+        let err = (fd - analytic).abs();
         assert!(
             err <= 2e-3 * fd.abs().max(0.05),
-            "param {i}: analytic {} fd {fd}",
-            grads[i]
+            "param {i}: analytic {analytic} fd {fd}"
         );
     }
+}
+
+/// For every `stride`-th parameter `i`: `(i, the gradient forward_backward gives, the central
+/// difference of the loss with step eps)`, on the shard `(x, labels, scale)` in f32.
+fn gradients_and_differences(
+    model: &ModelSpec,
+    params: &[f32],
+    (x, labels, scale): (&[f32], &[u32], f32),
+    eps: f32,
+    stride: usize,
+) -> Vec<(usize, f64, f64)> {
+    let mut grads = vec![0.0; params.len()];
+    forward_backward(model, F32, params, x, labels, scale, &mut grads);
+    let mut scratch = vec![0.0; params.len()];
+    let mut loss = |p: &[f32]| forward_backward(model, F32, p, x, labels, scale, &mut scratch).loss;
+    (0..params.len())
+        .step_by(stride)
+        .map(|i| {
+            let mut p = params.to_vec();
+            p[i] += eps;
+            let up = loss(&p);
+            p[i] -= 2.0 * eps;
+            let down = loss(&p);
+            let fd = (up - down) / (2.0 * f64::from(eps));
+            (i, f64::from(grads[i]), fd)
+        })
+        .collect()
 }
 
 /// Every ViT layer of `model` against central differences on every third parameter (every
@@ -738,22 +765,12 @@ fn check_vit_gradients(model: &str) {
         .enumerate()
         .map(|(i, out)| d.sample(i, Augment::None, out).unwrap())
         .collect();
-    let scale = 0.5;
-    let mut grads = vec![0.0; params.len()];
-    forward_backward(&model, F32, &params, &x, &labels, scale, &mut grads);
-    let mut scratch = vec![0.0; params.len()];
-    let eps = 1e-3f32;
     let mut worst = 0.0f64;
-    for i in (0..params.len()).step_by(3) {
-        let mut p = params.clone();
-        p[i] += eps;
-        let up = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        p[i] -= 2.0 * eps;
-        let down = forward_backward(&model, F32, &p, &x, &labels, scale, &mut scratch).loss;
-        let fd = (up - down) / (2.0 * f64::from(eps));
-        let err = (fd - f64::from(grads[i])).abs() / fd.abs().max(0.01);
+    for (i, analytic, fd) in gradients_and_differences(&model, &params, (&x, &labels, 0.5), 1e-3, 3)
+    {
+        let err = (fd - analytic).abs() / fd.abs().max(0.01);
         worst = worst.max(err);
-        assert!(err <= 1e-2, "param {i}: analytic {} fd {fd}", grads[i]);
+        assert!(err <= 1e-2, "param {i}: analytic {analytic} fd {fd}");
     }
     println!("worst relative error {worst:.2e}");
 }
@@ -765,15 +782,21 @@ fn vit_gradients_match_finite_differences() {
     check_vit_gradients("vit:8,8,2,2,16");
 }
 
+/// A 1-block ViT with 4 heads of window attention on a 4x4 token grid.
+fn window_vit_4x4() -> VitConfig {
+    let shape = Dataset::synthetic(1, 0).shape();
+    match ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() {
+        ModelSpec::Vit(c) => c,
+        other => panic!("not a ViT: {other:?}"),
+    }
+}
+
 /// The same with CSWinTT's window attention on a 4x4 token grid: 4 heads get windows
 /// 1, 2, 4, 1, the last two heads shifted (the window-2 head's shift is 1, that of window 1
 /// is 0), so unshifted and shifted windows, and a window covering the grid, are all checked.
 #[test]
 fn vit_window_gradients_match_finite_differences() {
-    let shape = Dataset::synthetic(1, 0).shape();
-    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
-        panic!("not a ViT")
-    };
+    let c = window_vit_4x4();
     let windows: Vec<_> = (0..4).map(|h| c.head_window(h)).collect();
     assert_eq!(windows, [(1, 0), (2, 0), (4, 2), (1, 0)]);
     check_vit_gradients("vit:8,8,2,4,16,win");
@@ -783,10 +806,7 @@ fn vit_window_gradients_match_finite_differences() {
 /// first slot of window-4 head 2 on a 4x4 grid holds token (2, 2).
 #[test]
 fn vit_window_partition_is_a_rolled_permutation() {
-    let shape = Dataset::synthetic(1, 0).shape();
-    let ModelSpec::Vit(c) = ModelSpec::parse("vit:8,8,1,4,16,win", shape, 10, "t").unwrap() else {
-        panic!("not a ViT")
-    };
+    let c = window_vit_4x4();
     let plans = c.head_plans();
     for plan in &plans {
         let mut seen = plan.partition_index();
@@ -800,27 +820,9 @@ fn vit_window_partition_is_a_rolled_permutation() {
 #[test]
 fn vit_window_training_lowers_the_loss() {
     let d = Arc::new(Dataset::synthetic(256, 9));
-    let name = "vit:8,16,1,4,32,win";
-    let model = ModelSpec::parse(name, d.shape(), 10, "test").unwrap();
-    let opt = Optimizer::adamw(3e-3);
-    let mut engine = CpuEngine::new(
-        model.clone(),
-        opt,
-        F32,
-        1,
-        State::fresh(model.init(1), &opt),
-    );
-    let job = Job {
-        name: "w".into(),
-        model_name: name.into(),
-        model,
-        dataset: d,
-        batch_size: 32,
-        iterations: 30,
-    };
-    let opts = TrainOptions::in_memory(1, opt, F32, dr(&[10]));
-    let mut losses = Vec::new();
-    train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
+    let job = job("vit:8,16,1,4,32,win", &d, 32, 30);
+    let opts = TrainOptions::in_memory(1, Optimizer::adamw(3e-3), F32, dr(&[10]));
+    let (losses, _) = train_on_cpu(&job, 1, &opts);
     let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
     let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
     println!("loss: first 5 steps {first:.3}, last 5 {last:.3}");
@@ -831,39 +833,9 @@ fn vit_window_training_lowers_the_loss() {
 /// full-batch update. Same seed, 20 steps, DR [10] vs [5,5] vs [2,8] vs [0,10] on the CPU.
 #[test]
 fn any_dr_gives_the_full_batch_update_on_cpu() {
-    let d = Arc::new(Dataset::synthetic(256, 4));
-    let model = ModelSpec::parse("mlp:16", d.shape(), 10, "test").unwrap();
-    let run = |units: &[u8]| {
-        let opt = Optimizer::sgd(0.05);
-        let mut engine = CpuEngine::new(
-            model.clone(),
-            opt,
-            F32,
-            units.len(),
-            State::fresh(model.init(1), &opt),
-        );
-        let job = Job {
-            name: "j".into(),
-            model_name: "mlp:16".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 30,
-            iterations: 20,
-        };
-        let opts = TrainOptions::in_memory(1, opt, F32, dr(units));
-        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
-        engine.state().unwrap().params
-    };
-    let whole = run(&[10]);
-    for units in [&[5u8, 5][..], &[2, 8], &[0, 10]] {
-        let split = run(units);
-        let worst = whole
-            .iter()
-            .zip(&split)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-5, "DR {units:?}: max |diff| {worst}");
-    }
+    let job = job("mlp:16", &Arc::new(Dataset::synthetic(256, 4)), 30, 20);
+    let opts = |units: &[u8]| TrainOptions::in_memory(1, Optimizer::sgd(0.05), F32, dr(units));
+    assert_any_dr_gives_the_full_batch_update(&job, 1, opts, &[&[5, 5], &[2, 8], &[0, 10]]);
 }
 
 #[test]
@@ -911,35 +883,41 @@ fn model_names_are_checked_with_the_job_named() {
 /// full-batch update of DR [10] (3 AdamW steps of a tiny ViT).
 #[test]
 fn vit_any_dr_gives_the_full_batch_update_on_cpu() {
-    let d = Arc::new(Dataset::synthetic(64, 6));
-    let model = ModelSpec::parse("vit:8,8,1,2,16", d.shape(), 10, "test").unwrap();
-    let run = |units: &[u8]| {
-        let opt = Optimizer::adamw(1e-3);
-        let mut engine = CpuEngine::new(
-            model.clone(),
-            opt,
-            F32,
-            units.len(),
-            State::fresh(model.init(3), &opt),
-        );
-        let job = Job {
-            name: "v".into(),
-            model_name: "vit:8,8,1,2,16".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 10,
-            iterations: 3,
-        };
-        let opts = TrainOptions {
-            prefetch: 1,
-            ..TrainOptions::in_memory(2, opt, F32, dr(units))
-        };
-        train(&job, &mut engine, &opts, &mut |_| {}).unwrap();
-        engine.state().unwrap().params
+    let job = job(
+        "vit:8,8,1,2,16",
+        &Arc::new(Dataset::synthetic(64, 6)),
+        10,
+        3,
+    );
+    let opts = |units: &[u8]| TrainOptions {
+        prefetch: 1,
+        ..TrainOptions::in_memory(2, Optimizer::adamw(1e-3), F32, dr(units))
     };
-    let whole = run(&[10]);
-    for units in [&[5u8, 5][..], &[3, 7]] {
-        let split = run(units);
+    assert_any_dr_gives_the_full_batch_update(&job, 3, opts, &[&[5, 5], &[3, 7]]);
+}
+
+/// `job` trained by the CPU engine from `job.model.init(init)` with `opts` (a device per
+/// entry of `opts.dr`): the loss of every step and the last parameters.
+fn train_on_cpu(job: &Job, init: u64, opts: &TrainOptions) -> (Vec<f64>, Vec<f32>) {
+    let (model, opt) = (job.model.clone(), opts.optimizer);
+    let fresh = State::fresh(model.init(init), &opt);
+    let mut engine = CpuEngine::new(model, opt, opts.precision, opts.dr.gpus(), fresh);
+    let mut losses = Vec::new();
+    train(job, &mut engine, opts, &mut |p| losses.push(p.loss)).unwrap();
+    (losses, engine.state().unwrap().params)
+}
+
+/// The shard weighting: `job` trained with `opts(split)` ends within 1e-5 of the parameters
+/// it ends with on one shard (`opts(&[10])`), for every split of `splits`.
+fn assert_any_dr_gives_the_full_batch_update(
+    job: &Job,
+    init: u64,
+    opts: impl Fn(&[u8]) -> TrainOptions,
+    splits: &[&[u8]],
+) {
+    let (_, whole) = train_on_cpu(job, init, &opts(&[10]));
+    for units in splits {
+        let (_, split) = train_on_cpu(job, init, &opts(units));
         let worst = whole
             .iter()
             .zip(&split)
@@ -977,24 +955,10 @@ fn checkpoints_record_the_precision_and_older_ones_read_as_f32() {
 /// not f32's, so the rounding is on.
 #[test]
 fn bf16_emulation_on_the_cpu_learns_like_f32() {
-    let d = Arc::new(Dataset::synthetic(1024, 9));
-    let model = ModelSpec::parse("mlp:64,32", d.shape(), 10, "test").unwrap();
+    let job = job("mlp:64,32", &Arc::new(Dataset::synthetic(1024, 9)), 64, 20);
     let run = |precision| {
-        let opt = Optimizer::adamw(2e-3);
-        let fresh = State::fresh(model.init(1), &opt);
-        let mut engine = CpuEngine::new(model.clone(), opt, precision, 1, fresh);
-        let job = Job {
-            name: "p".into(),
-            model_name: "mlp:64,32".into(),
-            model: model.clone(),
-            dataset: d.clone(),
-            batch_size: 64,
-            iterations: 20,
-        };
-        let opts = TrainOptions::in_memory(5, opt, precision, dr(&[10]));
-        let mut losses = Vec::new();
-        train(&job, &mut engine, &opts, &mut |p| losses.push(p.loss)).unwrap();
-        (losses, engine.state().unwrap().params)
+        let opts = TrainOptions::in_memory(5, Optimizer::adamw(2e-3), precision, dr(&[10]));
+        train_on_cpu(&job, 1, &opts)
     };
     let ((bf16, p16), (f32, p32)) = (run(Bf16), run(F32));
     let gap = bf16

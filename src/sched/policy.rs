@@ -151,6 +151,15 @@ impl Decision {
         }
     }
 
+    /// Every job of `inputs` keeps its DR: the fixed policies' round.
+    fn keep_all(inputs: &PeriodInputs) -> Vec<Self> {
+        inputs
+            .jobs()
+            .iter()
+            .map(|j| Decision::keep(&j.dr))
+            .collect()
+    }
+
     /// Whether the DR differs from `old`.
     pub fn changes(&self, old: &DistributionRatio) -> bool {
         self.dr != *old
@@ -212,11 +221,7 @@ impl Policy for StaticPolicy {
         initial_or_even(gpus, job)
     }
     fn evaluate(&mut self, inputs: &PeriodInputs) -> Result<Vec<Decision>> {
-        Ok(inputs
-            .jobs()
-            .iter()
-            .map(|j| Decision::keep(&j.dr))
-            .collect())
+        Ok(Decision::keep_all(inputs))
     }
 }
 
@@ -265,11 +270,7 @@ impl Policy for PackedPolicy {
         DistributionRatio::exclusive(gpus, job.job_index % gpus)
     }
     fn evaluate(&mut self, inputs: &PeriodInputs) -> Result<Vec<Decision>> {
-        Ok(inputs
-            .jobs()
-            .iter()
-            .map(|j| Decision::keep(&j.dr))
-            .collect())
+        Ok(Decision::keep_all(inputs))
     }
 }
 
@@ -787,19 +788,24 @@ mod tests {
         JobObservation { sd, dr: dr(u) }
     }
 
+    /// A period of GPU utilisation `util` and jobs `(sd, dr units)`.
+    fn inputs(util: &[f64], jobs: &[(f64, &[u8])]) -> PeriodInputs {
+        let jobs = jobs.iter().map(|&(sd, u)| obs(sd, u)).collect();
+        PeriodInputs::new(util.to_vec(), jobs).unwrap()
+    }
+
     #[test]
     fn thesis_worked_example() {
         // Utilisation 90/80/20/50, the job on [5,5,0,0] is the most slowed down, 90-20 > 20.
-        let inputs = PeriodInputs::new(
-            vec![90.0, 80.0, 20.0, 50.0],
-            vec![
-                obs(2.0, &[5, 5, 0, 0]),
-                obs(1.2, &[5, 5, 0, 0]),
-                obs(1.5, &[0, 0, 5, 5]),
-                obs(1.0, &[0, 0, 0, 10]),
+        let inputs = inputs(
+            &[90.0, 80.0, 20.0, 50.0],
+            &[
+                (2.0, &[5, 5, 0, 0]),
+                (1.2, &[5, 5, 0, 0]),
+                (1.5, &[0, 0, 5, 5]),
+                (1.0, &[0, 0, 0, 10]),
             ],
-        )
-        .unwrap();
+        );
         let mut p = ThesisPolicy::default();
         let d = p.evaluate(&inputs).unwrap();
         assert_eq!(d[0].dr.units(), &[1, 2, 7, 0]);
@@ -832,16 +838,15 @@ mod tests {
     fn sd_update_moves_half_the_range() {
         // Gap in utilisation small: SD rule. max 2.0, min 0.8: bring the job to 1.4.
         // E = 2.0 / 6 = 1/3; r = round(0.6 / (1/3)) = round(1.8) = 2.
-        let inputs = PeriodInputs::new(
-            vec![80.0, 75.0, 70.0, 70.0],
-            vec![
-                obs(2.0, &[6, 4, 0, 0]),
-                obs(0.8, &[0, 0, 10, 0]),
-                obs(1.2, &[0, 5, 0, 5]),
-                obs(1.1, &[5, 0, 0, 5]),
+        let inputs = inputs(
+            &[80.0, 75.0, 70.0, 70.0],
+            &[
+                (2.0, &[6, 4, 0, 0]),
+                (0.8, &[0, 0, 10, 0]),
+                (1.2, &[0, 5, 0, 5]),
+                (1.1, &[5, 0, 0, 5]),
             ],
-        )
-        .unwrap();
+        );
         let d = ThesisPolicy::default().evaluate(&inputs).unwrap();
         // Mean SD per GPU: 0: (2.0+1.1)/2, 1: (2.0+1.2)/2, 2: 0.8, 3: (1.2+1.1)/2 -> GPU 2.
         assert_eq!(d[0].dr.units(), &[4, 4, 2, 0]);
@@ -866,16 +871,15 @@ mod tests {
 
     #[test]
     fn thesis_thresholds() {
-        let inputs = PeriodInputs::new(
-            vec![90.0, 80.0, 20.0, 50.0],
-            vec![
-                obs(1.05, &[5, 5, 0, 0]),
-                obs(1.0, &[5, 5, 0, 0]),
-                obs(1.0, &[0, 0, 5, 5]),
-                obs(1.0, &[0, 0, 0, 10]),
+        let inputs = inputs(
+            &[90.0, 80.0, 20.0, 50.0],
+            &[
+                (1.05, &[5, 5, 0, 0]),
+                (1.0, &[5, 5, 0, 0]),
+                (1.0, &[0, 0, 5, 5]),
+                (1.0, &[0, 0, 0, 10]),
             ],
-        )
-        .unwrap();
+        );
         // Below sd_threshold: nobody moves.
         let d = ThesisPolicy::default().evaluate(&inputs).unwrap();
         assert!(d.iter().all(|d| d.action == Action::Keep));
@@ -889,11 +893,10 @@ mod tests {
 
     #[test]
     fn fewer_jobs_than_gpus_get_one_gpu_each() {
-        let inputs = PeriodInputs::new(
-            vec![100.0, 0.0, 30.0, 0.0],
-            vec![obs(3.0, &[5, 5, 0, 0]), obs(1.0, &[5, 5, 0, 0])],
-        )
-        .unwrap();
+        let inputs = inputs(
+            &[100.0, 0.0, 30.0, 0.0],
+            &[(3.0, &[5, 5, 0, 0]), (1.0, &[5, 5, 0, 0])],
+        );
         let d = ThesisPolicy::default().evaluate(&inputs).unwrap();
         assert_eq!(d[0].dr.units(), &[0, 10, 0, 0]);
         assert_eq!(d[1].dr.units(), &[0, 0, 0, 10]);
@@ -902,15 +905,10 @@ mod tests {
     #[test]
     fn ties_break_to_lowest_index() {
         // Two jobs tie for the largest SD: only job 0 moves.
-        let inputs = PeriodInputs::new(
-            vec![90.0, 90.0, 10.0],
-            vec![
-                obs(2.0, &[5, 5, 0]),
-                obs(2.0, &[5, 5, 0]),
-                obs(1.0, &[0, 0, 10]),
-            ],
-        )
-        .unwrap();
+        let inputs = inputs(
+            &[90.0, 90.0, 10.0],
+            &[(2.0, &[5, 5, 0]), (2.0, &[5, 5, 0]), (1.0, &[0, 0, 10])],
+        );
         let d = ThesisPolicy::default().evaluate(&inputs).unwrap();
         assert_ne!(d[0].action, Action::Keep);
         assert_eq!(d[1].action, Action::Keep);
@@ -919,7 +917,7 @@ mod tests {
 
     #[test]
     fn fixed_policies() {
-        let inputs = PeriodInputs::new(vec![50.0; 4], vec![obs(5.0, &[5, 5, 0, 0])]).unwrap();
+        let inputs = inputs(&[50.0; 4], &[(5.0, &[5, 5, 0, 0])]);
         let adm = Admission {
             job_index: 5,
             initial_dr: Some(dr(&[5, 5, 0, 0])),
@@ -954,7 +952,7 @@ mod tests {
         assert!(PeriodInputs::new(vec![1.0, 2.0], vec![obs(1.0, &[10])]).is_err());
         assert!(PeriodInputs::new(vec![1.0], vec![obs(-1.0, &[10])]).is_err());
         let mut mgr = Manager::new(2, PolicyKind::Thesis.build(ThesisParams::default())).unwrap();
-        let three = PeriodInputs::new(vec![0.0; 3], vec![]).unwrap();
+        let three = inputs(&[0.0; 3], &[]);
         assert!(mgr.evaluate(&three).is_err());
         assert!(Manager::new(0, Box::new(StaticPolicy)).is_err());
         assert_eq!("thesis".parse::<PolicyKind>().unwrap(), PolicyKind::Thesis);
@@ -963,8 +961,7 @@ mod tests {
 
     #[test]
     fn one_gpu_machine_never_moves() {
-        let inputs =
-            PeriodInputs::new(vec![100.0], vec![obs(3.0, &[10]), obs(1.0, &[10])]).unwrap();
+        let inputs = inputs(&[100.0], &[(3.0, &[10]), (1.0, &[10])]);
         let d = ThesisPolicy::default().evaluate(&inputs).unwrap();
         assert!(d.iter().all(|d| d.action == Action::Keep));
     }

@@ -210,8 +210,15 @@ pub fn conv2d(
     })
 }
 
-/// Checks an NHWC backward call's operand lengths (named in errors).
-fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) -> Result<()> {
+/// Checks an NHWC backward call's operand lengths, then `dy`'s (named in errors), and gives
+/// the sizes its loops walk: `[h, w, cin, cout]`, `[oh, ow, stride, pad]` and
+/// `[kh, kw, cin / groups, cout / groups]`.
+fn check_backward(
+    conv: &Conv2d,
+    pass: &str,
+    dy: &[f32],
+    operands: &[(&str, usize, usize)],
+) -> Result<[[usize; 4]; 3]> {
     conv.shape.check()?;
     if conv.layout != Layout::Nhwc {
         return Err(Error::invalid(
@@ -219,7 +226,8 @@ fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) 
             "the backward references take NHWC tensors",
         ));
     }
-    for &(name, got, want) in operands {
+    let dy = ("dy", dy.len(), conv.shape.output_len());
+    for &(name, got, want) in operands.iter().chain([&dy]) {
         if got != want {
             return Err(Error::invalid(
                 format!("conv2d {pass} {name}"),
@@ -227,7 +235,14 @@ fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) 
             ));
         }
     }
-    Ok(())
+    let g = &conv.shape;
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let [oh, ow] = g.out_size();
+    Ok([
+        [g.height, g.width, cin, cout],
+        [oh, ow, g.stride, g.pad],
+        [g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups],
+    ])
 }
 
 /// The input's gradient `dx` (NHWC) of the convolution alone, given the output's gradient
@@ -235,18 +250,12 @@ fn check_backward(conv: &Conv2d, pass: &str, operands: &[(&str, usize, usize)]) 
 /// output pixels its value reached, in f64. (The epilogue's ReLU and residual add are
 /// other ops' gradients; `conv.relu` is ignored.)
 pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-    check_backward(
+    let [[h, w, cin, cout], [oh, ow, s, pad], [kh, kw, cin_g, cout_g]] = check_backward(
         conv,
         "backward data",
-        &[
-            ("weight", weight.len(), conv.shape.weight_len()),
-            ("dy", dy.len(), conv.shape.output_len()),
-        ],
+        dy,
+        &[("weight", weight.len(), conv.shape.weight_len())],
     )?;
-    let g = &conv.shape;
-    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
-    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
-    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     // The output pixel (oy) that tap ky of input row iy feeds, if any.
     let tap = |i: usize, k: usize, out: usize| -> Option<usize> {
         let o = (i + pad).checked_sub(k)?;
@@ -279,18 +288,12 @@ pub fn backward_data(conv: &Conv2d, weight: &[f32], dy: &[f32]) -> Result<Vec<f3
 /// `input` and the output's gradient `dy`: sums over the batch and every output pixel, in
 /// f64.
 pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-    check_backward(
+    let [[h, w, cin, cout], [oh, ow, s, pad], [kh, kw, cin_g, cout_g]] = check_backward(
         conv,
         "backward filter",
-        &[
-            ("input", input.len(), conv.shape.input_len()),
-            ("dy", dy.len(), conv.shape.output_len()),
-        ],
+        dy,
+        &[("input", input.len(), conv.shape.input_len())],
     )?;
-    let g = &conv.shape;
-    let (h, w, cin, cout) = (g.height, g.width, g.in_channels, g.out_channels);
-    let ([oh, ow], s, pad) = (g.out_size(), g.stride, g.pad);
-    let (kh, kw, cin_g, cout_g) = (g.kernel_h, g.kernel_w, cin / g.groups, cout / g.groups);
     let per_out = cin_g * kh * kw;
     let mut dw = vec![0.0f32; conv.shape.weight_len()];
     dw.par_chunks_mut(per_out).enumerate().for_each(|(o, dwo)| {
@@ -329,11 +332,7 @@ pub fn backward_filter(conv: &Conv2d, input: &[f32], dy: &[f32]) -> Result<Vec<f
 /// The bias's gradient `(out)`: the output's gradient `dy` (NHWC) summed over the batch
 /// and every pixel, in f64.
 pub fn backward_bias(conv: &Conv2d, dy: &[f32]) -> Result<Vec<f32>> {
-    check_backward(
-        conv,
-        "backward bias",
-        &[("dy", dy.len(), conv.shape.output_len())],
-    )?;
+    check_backward(conv, "backward bias", dy, &[])?;
     let mut acc = vec![0.0f64; conv.shape.out_channels];
     for px in dy.chunks(conv.shape.out_channels) {
         for (a, &g) in acc.iter_mut().zip(px) {

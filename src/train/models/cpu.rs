@@ -38,6 +38,17 @@ impl From<Loss> for ShardStats {
     }
 }
 
+/// What a dense model's (MLP, ViT) pass over one non-empty shard reads: [`forward_backward`]'s
+/// arguments but the model and the gradient.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DenseShard<'a> {
+    pub precision: Precision,
+    pub params: &'a [f32],
+    pub x: &'a [f32],
+    pub labels: &'a [u32],
+    pub scale: f32,
+}
+
 /// Forward and backward over one shard: `x` is `n x features` row-major, `labels` has `n`
 /// entries. Writes the gradient of `scale * sum(cross_entropy)` into `grads` (overwriting it;
 /// all zeros for an empty shard). `precision` is that of the linear layers' GEMMs.
@@ -50,11 +61,14 @@ pub fn forward_backward(
     scale: f32,
     grads: &mut [f32],
 ) -> ShardStats {
+    let shard = DenseShard {
+        precision,
+        params,
+        x,
+        labels,
+        scale,
+    };
     match model {
-        ModelSpec::Mlp { dims } => mlp(dims, precision, params, x, labels, scale, grads),
-        ModelSpec::Vit(c) => crate::train::models::vit::forward_backward(
-            c, precision, params, x, labels, scale, grads,
-        ),
         // The engines run the CNNs through their graph ([`super::cnn::cpu`]), which also
         // gives the batch statistics; here only the loss is wanted.
         ModelSpec::Cnn(c) => {
@@ -69,23 +83,19 @@ pub fn forward_backward(
                 },
             }
         }
+        // No loss and no gradient: the dense passes need a sample.
+        _ if labels.is_empty() => {
+            grads.fill(0.0);
+            ShardStats::default()
+        }
+        ModelSpec::Mlp { dims } => mlp(dims, &shard, grads),
+        ModelSpec::Vit(c) => crate::train::models::vit::forward_backward(c, &shard, grads),
     }
 }
 
-fn mlp(
-    dims: &[usize],
-    precision: Precision,
-    params: &[f32],
-    x: &[f32],
-    labels: &[u32],
-    scale: f32,
-    grads: &mut [f32],
-) -> ShardStats {
+fn mlp(dims: &[usize], s: &DenseShard, grads: &mut [f32]) -> ShardStats {
     grads.fill(0.0);
-    let n = labels.len();
-    if n == 0 {
-        return ShardStats::default();
-    }
+    let (precision, params, n) = (s.precision, s.params, s.labels.len());
     // Offsets of each layer's weight and bias, in the layout's order.
     let mut offsets = Vec::new();
     let mut at = 0;
@@ -96,7 +106,7 @@ fn mlp(
     let layers = dims.len() - 1;
 
     // Forward: acts[l] is layer l's input (post-ReLU), acts[layers] the logits.
-    let mut acts: Vec<Vec<f32>> = vec![x.to_vec()];
+    let mut acts: Vec<Vec<f32>> = vec![s.x.to_vec()];
     for l in 0..layers {
         let (din, dout) = (dims[l], dims[l + 1]);
         let (wo, bo) = offsets[l];
@@ -110,7 +120,7 @@ fn mlp(
     }
 
     let classes = dims[layers];
-    let (loss, mut dy) = softmax_cross_entropy(&acts[layers], labels, classes, scale);
+    let (loss, mut dy) = softmax_cross_entropy(&acts[layers], s.labels, classes, s.scale);
 
     // Backward.
     for l in (0..layers).rev() {

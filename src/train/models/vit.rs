@@ -34,7 +34,7 @@ use crate::kernels::softmax_cross_entropy::cpu::softmax_cross_entropy;
 use crate::kernels::window_attention::cpu::{Head, window_attention, window_attention_backward};
 use crate::train::data::ImageShape;
 use crate::train::models::Layout;
-use crate::train::models::cpu::ShardStats;
+use crate::train::models::cpu::{DenseShard, ShardStats};
 
 /// A ViT's sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,21 +376,10 @@ struct BlockCache {
     act: Vec<f32>,
 }
 
-/// Forward and backward over `n` images; the contract of `cpu::forward_backward`.
-pub fn forward_backward(
-    c: &VitConfig,
-    pr: Precision,
-    params: &[f32],
-    x: &[f32],
-    labels: &[u32],
-    scale: f32,
-    grads: &mut [f32],
-) -> ShardStats {
+/// Forward and backward over `n > 0` images; the contract of `cpu::forward_backward`.
+pub(crate) fn forward_backward(c: &VitConfig, s: &DenseShard, grads: &mut [f32]) -> ShardStats {
     grads.fill(0.0);
-    let n = labels.len();
-    if n == 0 {
-        return ShardStats::default();
-    }
+    let (pr, params, n) = (s.precision, s.params, s.labels.len());
     let (_, off) = layout(c);
     let (d, t, pd) = (c.dim, c.tokens(), c.patch_dim());
     let w = |o: usize, len: usize| &params[o..o + len];
@@ -404,7 +393,7 @@ pub fn forward_backward(
         side: c.image.width,
         patch: c.patch,
     };
-    let patches = patchify(x, images);
+    let patches = patchify(s.x, images);
     let mut xs = linear(
         pr,
         &patches,
@@ -462,7 +451,7 @@ pub fn forward_backward(
         w(off.head_b, c.classes),
         c.classes,
     );
-    let (loss, dlogits) = softmax_cross_entropy(&logits, labels, c.classes, scale);
+    let (loss, dlogits) = softmax_cross_entropy(&logits, s.labels, c.classes, s.scale);
 
     // Backward.
     let dpooled = linear_back(

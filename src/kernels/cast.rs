@@ -42,14 +42,10 @@ impl CastKernels {
         y: &mut impl DevicePtrMut<bf16>,
         n: usize,
     ) -> Result<()> {
-        let args = Args::new(&self.bf16, stream)
-            .input("x", x, n)?
-            .output("y", y, n)?
-            .long(n);
         // SAFETY: cast_bf16_f32(const float*, unsigned short*, long long n): bf16 is the
-        // kernel's 16-bit unsigned short; both buffers hold n. The grid is sized for the
-        // kernel's four-wide loop (it strides either way).
-        unsafe { args.launch(elementwise(n.div_ceil(4))) }
+        // kernel's 16-bit unsigned short. The grid is sized for the kernel's four-wide loop
+        // (it strides either way).
+        unsafe { launch(&self.bf16, stream, x, y, n, n.div_ceil(4)) }
     }
 
     /// `y[i] = f32(x[i])` for the first `n` elements (exact).
@@ -60,14 +56,31 @@ impl CastKernels {
         y: &mut impl DevicePtrMut<f32>,
         n: usize,
     ) -> Result<()> {
-        let args = Args::new(&self.f32, stream)
-            .input("x", x, n)?
-            .output("y", y, n)?
-            .long(n);
         // SAFETY: cast_f32_bf16(const unsigned short*, float*, long long n): bf16 is the
-        // kernel's 16-bit unsigned short; both buffers hold n.
-        unsafe { args.launch(elementwise(n)) }
+        // kernel's 16-bit unsigned short.
+        unsafe { launch(&self.f32, stream, x, y, n, n) }
     }
+}
+
+/// Launches `kernel(x, y, n)` on `threads` threads, once both buffers are checked to hold
+/// `n`.
+///
+/// # Safety
+/// `kernel` takes `(const X*, Y*, long long n)`, in types of `X`'s and `Y`'s layout.
+unsafe fn launch<X, Y>(
+    kernel: &Kernel,
+    stream: &CudaStream,
+    x: &impl DevicePtr<X>,
+    y: &mut impl DevicePtrMut<Y>,
+    n: usize,
+    threads: usize,
+) -> Result<()> {
+    let args = Args::new(kernel, stream)
+        .input("x", x, n)?
+        .output("y", y, n)?
+        .long(n);
+    // SAFETY: the caller's kernel signature; both buffers hold n.
+    unsafe { args.launch(elementwise(threads)) }
 }
 
 /// An activation storage type: f32, or bf16 (`precision = "bf16"`), and how f32 values

@@ -779,6 +779,66 @@ enum Backward {
     Filter,
 }
 
+/// What the two backward passes differ in: the name, the plan's slot, the operand's and the
+/// gradient's descriptors (`(w, dx)` for data, `(x, dw)` for filter), and cuDNN's benchmark
+/// and call, which both take those two around dy's and the convolution's.
+struct BackwardFns<P: Perf, A, G> {
+    name: &'static str,
+    slot: fn(&mut Plan) -> &mut Option<Candidates<P::Algo>>,
+    descriptors: fn(&Descriptors) -> (A, G),
+    find: unsafe fn(
+        sys::cudnnHandle_t,
+        A,
+        sys::cudnnTensorDescriptor_t,
+        sys::cudnnConvolutionDescriptor_t,
+        G,
+        i32,
+        *mut i32,
+        *mut P,
+    ) -> Status,
+    /// cuDNN's signature, as cudarc wraps it.
+    #[allow(clippy::type_complexity)]
+    run: unsafe fn(
+        sys::cudnnHandle_t,
+        *const c_void,
+        A,
+        *const c_void,
+        sys::cudnnTensorDescriptor_t,
+        *const c_void,
+        sys::cudnnConvolutionDescriptor_t,
+        P::Algo,
+        *mut c_void,
+        usize,
+        *const c_void,
+        G,
+        *mut c_void,
+    ) -> std::result::Result<(), CudnnError>,
+}
+
+const DATA: BackwardFns<
+    sys::cudnnConvolutionBwdDataAlgoPerf_t,
+    sys::cudnnFilterDescriptor_t,
+    sys::cudnnTensorDescriptor_t,
+> = BackwardFns {
+    name: "backward data",
+    slot: |p| &mut p.backward_data,
+    descriptors: |d| (d.w.0, d.x.0),
+    find: sys::cudnnFindConvolutionBackwardDataAlgorithm,
+    run: dnn::convolution_backward_data,
+};
+
+const FILTER: BackwardFns<
+    sys::cudnnConvolutionBwdFilterAlgoPerf_t,
+    sys::cudnnTensorDescriptor_t,
+    sys::cudnnFilterDescriptor_t,
+> = BackwardFns {
+    name: "backward filter",
+    slot: |p| &mut p.backward_filter,
+    descriptors: |d| (d.x.0, d.w.0),
+    find: sys::cudnnFindConvolutionBackwardFilterAlgorithm,
+    run: dnn::convolution_backward_filter,
+};
+
 /// The passes [`Conv2dKernels::prepare`] plans for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Passes {
@@ -906,8 +966,8 @@ impl Conv2dKernels {
     pub fn prepare(&mut self, shape: &Conv2dShape, passes: Passes) -> Result<()> {
         self.plan(shape)?;
         if passes == Passes::Training {
-            self.backward_data_choice(shape)?;
-            self.backward_filter_choice(shape)?;
+            self.backward_choice(shape, &DATA)?;
+            self.backward_choice(shape, &FILTER)?;
         }
         Ok(())
     }
@@ -1074,68 +1134,10 @@ impl Conv2dKernels {
         let (one, beta) = scales(accumulate);
         let (op, dyp, gp) = (op as *const c_void, dyp as *const c_void, gp as *mut c_void);
         let h = self.handle.bind()?;
+        let call = (h, [op, dyp], gp);
         match pass {
-            Backward::Data => {
-                self.backward_data_choice(shape)?;
-                self.execute(
-                    shape,
-                    &what,
-                    |p| p.backward_data.as_mut().expect("chosen above"),
-                    |k, choice| {
-                        let ws = k.workspace_ptr();
-                        let d = &k.plans[shape].d;
-                        // SAFETY: the descriptors describe the checked buffers; the workspace
-                        // holds at least the algorithm's (grown by `execute`).
-                        unsafe {
-                            dnn::convolution_backward_data(
-                                h,
-                                scalar(&one),
-                                d.w.0,
-                                op,
-                                d.y.0,
-                                dyp,
-                                d.conv.0,
-                                choice.algo,
-                                ws,
-                                choice.workspace,
-                                scalar(&beta),
-                                d.x.0,
-                                gp,
-                            )
-                        }
-                    },
-                )
-            }
-            Backward::Filter => {
-                self.backward_filter_choice(shape)?;
-                self.execute(
-                    shape,
-                    &what,
-                    |p| p.backward_filter.as_mut().expect("chosen above"),
-                    |k, choice| {
-                        let ws = k.workspace_ptr();
-                        let d = &k.plans[shape].d;
-                        // SAFETY: as for the data pass.
-                        unsafe {
-                            dnn::convolution_backward_filter(
-                                h,
-                                scalar(&one),
-                                d.x.0,
-                                op,
-                                d.y.0,
-                                dyp,
-                                d.conv.0,
-                                choice.algo,
-                                ws,
-                                choice.workspace,
-                                scalar(&beta),
-                                d.w.0,
-                                gp,
-                            )
-                        }
-                    },
-                )
-            }
+            Backward::Data => self.backward_pass(shape, &what, &DATA, call, [one, beta]),
+            Backward::Filter => self.backward_pass(shape, &what, &FILTER, call, [one, beta]),
         }
     }
 
@@ -1403,34 +1405,55 @@ impl Conv2dKernels {
         lt.matmul(what, product, types, epilogue, ops)
     }
 
-    /// The backward-data algorithm of `shape`, chosen on first use.
-    fn backward_data_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<DataAlgo>> {
-        self.choice(
-            shape,
-            "backward data",
-            |p| &mut p.backward_data,
-            |h, d, count, n, perf| {
-                // SAFETY: live handle and descriptors; `perf` holds `count` results.
-                unsafe {
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        h, d.w.0, d.y.0, d.conv.0, d.x.0, count, n, perf,
-                    )
-                }
-            },
-        )
+    /// The algorithm of the backward pass `pass` of `shape`, chosen on first use.
+    fn backward_choice<P: Perf, A: Copy, G: Copy>(
+        &mut self,
+        shape: &Conv2dShape,
+        pass: &BackwardFns<P, A, G>,
+    ) -> Result<Choice<P::Algo>> {
+        self.choice(shape, pass.name, pass.slot, |h, d, count, n, perf| {
+            let (operand, grad) = (pass.descriptors)(d);
+            // SAFETY: live handle and descriptors; `perf` holds `count` results.
+            unsafe { (pass.find)(h, operand, d.y.0, d.conv.0, grad, count, n, perf) }
+        })
     }
 
-    /// The backward-filter algorithm of `shape`, chosen on first use.
-    fn backward_filter_choice(&mut self, shape: &Conv2dShape) -> Result<Choice<FilterAlgo>> {
-        self.choice(
+    /// The backward pass `pass` of `shape` on the checked buffers: `(handle, [operand, dy],
+    /// grad)`, scaled by `[alpha, beta]`.
+    fn backward_pass<P: Perf, A: Copy, G: Copy>(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: &BackwardFns<P, A, G>,
+        (h, [op, dyp], gp): (sys::cudnnHandle_t, [*const c_void; 2], *mut c_void),
+        [one, beta]: [f32; 2],
+    ) -> Result<()> {
+        self.backward_choice(shape, pass)?;
+        self.execute(
             shape,
-            "backward filter",
-            |p| &mut p.backward_filter,
-            |h, d, count, n, perf| {
-                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+            what,
+            |p| (pass.slot)(p).as_mut().expect("chosen above"),
+            |k, choice| {
+                let ws = k.workspace_ptr();
+                let d = &k.plans[shape].d;
+                let (operand, grad) = (pass.descriptors)(d);
+                // SAFETY: the descriptors describe the checked buffers; the workspace holds at
+                // least the algorithm's (grown by `execute`).
                 unsafe {
-                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                        h, d.x.0, d.y.0, d.conv.0, d.w.0, count, n, perf,
+                    (pass.run)(
+                        h,
+                        scalar(&one),
+                        operand,
+                        op,
+                        d.y.0,
+                        dyp,
+                        d.conv.0,
+                        choice.algo,
+                        ws,
+                        choice.workspace,
+                        scalar(&beta),
+                        grad,
+                        gp,
                     )
                 }
             },

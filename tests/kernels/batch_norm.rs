@@ -19,6 +19,7 @@ use attnrt::kernels::batch_norm::cpu::{
 };
 use attnrt::kernels::batch_norm::{Affine, BatchNormKernels, NormShape, Saved};
 use attnrt::kernels::conv2d::Element;
+use cudarc::driver::CudaViewMut;
 use half::bf16;
 
 use crate::typed::{download, poisoned, random, upload};
@@ -78,26 +79,26 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
     let mut work = crate::poisoned(gpu, shape.workspace_len());
     let mut contrib = crate::poisoned(gpu, 2 * c);
 
-    let (want, stats) = batch_norm_train(&x, c, &gamma, &beta).unwrap();
-    for relu in [false, true] {
-        let mut y = poisoned::<T>(gpu, rows * c);
+    // The train-mode forward of `x` into `y`, its statistics into `saved`.
+    let train = |y: &mut gpu::DeviceBuffer<T>,
+                 saved: &mut Saved,
+                 work: &mut gpu::DeviceBuffer<f32>,
+                 contrib: Option<(&mut CudaViewMut<'_, f32>, f32)>,
+                 relu: bool| {
         let affine = Affine {
             gamma: &gg,
             beta: &gb,
         };
         kernels
-            .forward_train(
-                s,
-                shape,
-                &gx,
-                affine,
-                &mut y,
-                &mut saved,
-                &mut work,
-                Some((&mut contrib.slice_mut(..), 1.0)),
-                relu,
-            )
+            .forward_train(s, shape, &gx, affine, y, saved, work, contrib, relu)
             .unwrap();
+    };
+
+    let (want, stats) = batch_norm_train(&x, c, &gamma, &beta).unwrap();
+    for relu in [false, true] {
+        let mut y = poisoned::<T>(gpu, rows * c);
+        let contrib = Some((&mut contrib.slice_mut(..), 1.0));
+        train(&mut y, &mut saved, &mut work, contrib, relu);
         let want: Vec<f32> = want
             .iter()
             .map(|&v| if relu { v.max(0.0) } else { v })
@@ -169,23 +170,7 @@ fn check<T: Element>(gpu: &Gpu, rows: usize, c: usize, [tol_y, tol_dx]: [f64; 2]
 
     // Backward, plain and through the fused ReLU (masked where its output is not positive).
     let mut relu_y = poisoned::<T>(gpu, rows * c);
-    let affine = Affine {
-        gamma: &gg,
-        beta: &gb,
-    };
-    kernels
-        .forward_train(
-            s,
-            shape,
-            &gx,
-            affine,
-            &mut relu_y,
-            &mut saved,
-            &mut work,
-            None,
-            true,
-        )
-        .unwrap();
+    train(&mut relu_y, &mut saved, &mut work, None, true);
     let mask = download(gpu, &relu_y);
     let dy = random::<T>(&mut rng, rows * c);
     let gdy = upload::<T>(gpu, &dy);

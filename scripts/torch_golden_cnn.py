@@ -23,7 +23,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from original_cswintt import read_safetensors  # noqa: E402
+from original_cswintt import SetupError, read_safetensors  # noqa: E402
 
 
 def step(model, images, labels):
@@ -71,20 +71,31 @@ def main(argv=None):
     ap.add_argument("--perturb", default="0,1e-7")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= {"f32", "f64"}:
+        ap.error(f"--dtypes: expected f32 and/or f64, not '{args.dtypes}'")
+    try:
+        perturb = [float(e) for e in args.perturb.split(",")]
+    except ValueError:
+        ap.error(f"--perturb: expected numbers separated by commas, not '{args.perturb}'")
     import torch
     import torchvision
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    tensors, md = read_safetensors(args.golden)
+    try:
+        tensors, md = read_safetensors(args.golden)
+    except SetupError as e:
+        print(f"torch_golden_cnn.py: {e}", file=sys.stderr)
+        return 2
     own = json.loads(md["f32_vs_f64_max_rel_err"])
     tol = {k: max(1e-4, 4 * v) for k, v in own.items()}
     classes = int(md["classes"])
     weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")}
     print(f"{md['model']}: batch {tuple(tensors['input.images'].shape)}, tolerances "
           + " ".join(f"{k} {v:.1e}" for k, v in tol.items()))
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in dtypes:
         dtype = {"f32": torch.float32, "f64": torch.float64}[dtype_name]
-        for eps in (float(e) for e in args.perturb.split(",")):
+        for eps in perturb:
             for seed in range(args.seeds if eps else 1):
                 model = getattr(torchvision.models, md["model"])(num_classes=classes)
                 if hasattr(model, "classifier"):

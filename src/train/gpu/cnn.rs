@@ -757,20 +757,30 @@ impl<T: Storage> Walker<T> {
     }
 
     /// The last pass's forward values as f32 on the host, by value index, the logits last;
-    /// `None` for a batch norm's output that its fused ReLU's replaced.
+    /// `None` for a batch norm's output that its fused ReLU replaced. bf16 values are
+    /// widened through one scratch buffer of the largest value; f32 ones are read directly.
     fn forward_values(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
         let s = gpu.stream();
         let logits = self.graph.nodes[self.graph.nodes.len() - 1].output;
+        let len = |v: usize| numel(self.graph.shapes[v], self.rows);
+        let mut wide: Option<CudaSlice<f32>> = None;
         let mut out = Vec::with_capacity(self.values.len());
         for (v, value) in self.values.iter().enumerate() {
-            let len = numel(self.graph.shapes[v], self.rows);
+            let n = len(v);
             let host = match value {
-                _ if v == logits => Some(download(s, &self.logits.slice(..len))?),
-                Some(b) => {
-                    let mut wide = alloc::<f32>(gpu, len, "a forward value")?;
-                    T::widen(&self.cast, s, &b.slice(..len), &mut wide.slice_mut(..len))?;
-                    Some(download(s, &wide.slice(..len))?)
-                }
+                _ if v == logits => Some(download(s, &self.logits.slice(..n))?),
+                Some(b) => match T::as_f32(b) {
+                    Some(b) => Some(download(s, &b.slice(..n))?),
+                    None => {
+                        if wide.is_none() {
+                            let most = (0..self.values.len()).map(len).max().unwrap_or(0);
+                            wide = Some(alloc::<f32>(gpu, most, "a forward value")?);
+                        }
+                        let w = wide.as_mut().expect("allocated above");
+                        T::widen(&self.cast, s, &b.slice(..n), &mut w.slice_mut(..n))?;
+                        Some(download(s, &w.slice(..n))?)
+                    }
+                },
                 None => None,
             };
             out.push(host);

@@ -45,22 +45,15 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
         for (int i = 0; i < PER_LANE; ++i)
             if (lane + 32 * i < p.c) v[i] += __ldcg(part + lane + 32 * i);
     }
-    // Small predicated bodies, each under one uniform test: the compiler issues a loop's loads
-    // together instead of waiting for each element's before the next (a latency an element).
-    if (p.bias) {
-#pragma unroll
-        for (int i = 0; i < PER_LANE; ++i)
-            if (lane + 32 * i < p.c) v[i] += p.bias[lane + 32 * i];
-    }
-    if (p.residual) {
-#pragma unroll
-        for (int i = 0; i < PER_LANE; ++i)
-            if (lane + 32 * i < p.c) v[i] += p.residual[base + lane + 32 * i];
-    }
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < PER_LANE; ++i)
-        if (lane + 32 * i < p.c) sum += v[i];
+    for (int i = 0; i < PER_LANE; ++i) {
+        const int j = lane + 32 * i;
+        if (j >= p.c) continue;
+        if (p.bias) v[i] += p.bias[j];
+        if (p.residual) v[i] += p.residual[base + j];
+        sum += v[i];
+    }
     const float mean = warp_sum(sum) / p.c;
     float sq = 0.0f;
 #pragma unroll
@@ -70,28 +63,14 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
     }
     const float inv = rsqrtf(warp_sum(sq) / p.c + p.eps);
     if (SAVE && lane == 0) p.rstd[row] = inv;
-    // Every load before the first store: gamma, beta and add might alias y as far as the
-    // compiler knows, so a load after a store would wait for it. v becomes xhat (SAVE) or
-    // y + add; y goes to its own registers.
-    float y[PER_LANE];
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-        const int j = lane + 32 * i;
-        const float h = (v[i] - mean) * inv;
-        y[i] = j < p.c ? h * p.gamma[j] + p.beta[j] : 0.0f;
-        v[i] = h;
-    }
-    if (!SAVE && p.add) {
-#pragma unroll
-        for (int i = 0; i < PER_LANE; ++i)
-            if (lane + 32 * i < p.c) v[i] = y[i] + p.add[base + lane + 32 * i];
-    }
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
         const int j = lane + 32 * i;
         if (j >= p.c) continue;
-        p.y[base + j] = y[i];
-        if (SAVE) p.xhat[base + j] = v[i];
-        if (!SAVE && p.add) p.y_plus[base + j] = v[i];
+        const float h = (v[i] - mean) * inv;
+        const float y = h * p.gamma[j] + p.beta[j];
+        p.y[base + j] = y;
+        if (SAVE) p.xhat[base + j] = h;
+        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
     }
 }

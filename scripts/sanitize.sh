@@ -5,14 +5,17 @@
 # that not every thread reaches, bad masks on warp operations). The test executables that
 # launch kernels are run: `kernels` (every op against its CPU reference, odd shapes), and the
 # engines' GPU tests where they are staged (`gpu_engine`, `train_gpu`, `tracker_gpu`,
-# `train_cnn_gpu`). SANITIZE_TESTS="NAME[:FILTER] ..." runs others or fewer, FILTER being a
-# libtest name filter (e.g. `gpu_engine:golden_tiny`: every mode and precision on the small
-# golden files, for a tool that is too slow on the released size).
+# `train_cnn_gpu`). SANITIZE_TESTS="NAME[:ARGS] ..." runs others or fewer, ARGS being libtest
+# arguments separated by commas (e.g. `gpu_engine:golden_tiny`: every mode and precision on the
+# small golden files, for a tool that is too slow on the released size; `kernels:--skip,conv2d`:
+# every kernel test but cuDNN's convolutions). SANITIZE_LIMIT_S overrides each run's time limit.
+# Several instances may run at once on one GPU (each with its own $OUT) to share a call's time.
 #
 # cuBLAS/cuBLASLt and cuDNN launch kernels of their own; their reports are kept apart in the
 # summary (a finding there is theirs or our misuse of them: read it before dismissing it).
 #
-# Output under $OUT (./perf-out when unset): sanitizer-TOOL-TEST.txt, one per run, and
+# Output under $OUT (./perf-out when unset): sanitizer-TOOL-TEST.txt, one per run (TEST with
+# its arguments, other characters as `_`), and
 # sanitizer-summary.txt: per run, its exit status, seconds and the error count compute-sanitizer
 # printed. Exit 1 when any run found an error or failed.
 #
@@ -36,6 +39,10 @@ fi
 
 # Seconds a tool may take per test executable: racecheck and initcheck slow kernels the most.
 limit() {
+  if [ -n "${SANITIZE_LIMIT_S:-}" ]; then
+    echo "$SANITIZE_LIMIT_S"
+    return
+  fi
   case "$1" in
     memcheck) echo 240 ;;
     racecheck) echo 300 ;;
@@ -49,10 +56,10 @@ for tool in "${tools[@]}"; do
   for test in ${SANITIZE_TESTS:-kernels gpu_engine train_gpu tracker_gpu train_cnn_gpu}; do
     name="${test%%:*}"
     filter=()
-    [ "$name" = "$test" ] || filter=("${test#*:}")
+    [ "$name" = "$test" ] || IFS=, read -ra filter <<< "${test#*:}"
     exe="$stage/tests/$name"
     [ -x "$exe" ] || continue
-    log="$out/sanitizer-$tool-$name.txt"
+    log="$out/sanitizer-$tool-$(tr -c 'A-Za-z0-9_\n' _ <<< "$test").txt"
     start=$SECONDS
     timeout "$(limit "$tool")" compute-sanitizer --tool "$tool" --error-exitcode 1 \
       --print-limit 20 "$exe" --test-threads=1 "${filter[@]}" > "$log" 2>&1

@@ -8,6 +8,9 @@
 #     (1-128), key split and the fused launch;
 #   linear: kernels/linear.cu's tile and few-rows kernels, every epilogue and precision (the
 #     split-k LayerNorm's counters included);
+#   layer_norm: kernels/layer_norm.cu's forwards, every width kernel (256, 512, 1024) on rows
+#     on both sides of each limit: values, xhat and rstd, the same bits from every kernel that
+#     holds a row, the training forward's y the inference forward's;
 #   max_pool: kernels/max_pool.cu's forward (f32, bf16: values and argmax) and backward;
 #   crop: kernels/crop.cu against the tracker's CPU crop (the Rust test builds and feeds it:
 #     random frames and boxes, partly outside the frame, every resize path, bit for bit);
@@ -18,7 +21,7 @@
 #     (the CPU's mask) and channel_copy.cu.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
 # another), and anything the PTX ISA leaves to the hardware (the GPU tests cover those).
-# Usage: scripts/emulator/run.sh [window_attention|linear|max_pool|crop|soft_argmax|conv2d|cnn_ops] [GROUP]
+# Usage: scripts/emulator/run.sh [window_attention|linear|layer_norm|max_pool|crop|soft_argmax|conv2d|cnn_ops] [GROUP]
 # (needs g++)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,6 +39,10 @@ if [ "$what" = all ] || [ "$what" = linear ]; then
     "$here/linear.cpp"
   "$out/linear_rows"
   "$out/linear_tiles"
+fi
+if [ "$what" = all ] || [ "$what" = layer_norm ]; then
+  g++ -std=c++17 -O1 -I"$here/../../kernels" -o "$out/layer_norm" "$here/layer_norm.cpp"
+  "$out/layer_norm"
 fi
 if [ "$what" = all ] || [ "$what" = max_pool ]; then
   # include/ stands in for the CUDA headers the kernel includes (bf16 storage).

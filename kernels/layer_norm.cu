@@ -11,7 +11,7 @@
 // Layouts (row-major): parts (n_parts, rows, c), part_stride = rows * c apart; bias, gamma,
 // beta (c); residual, add, y, y_plus, xhat, dy, dx, dyxhat (rows, c); rstd (rows).
 //
-// Variants:
+// Variants (each forward as _c256, _c512 and _c1024, for rows of at most that width):
 //   add_layer_norm_f32       the inference forward: v = parts[0] + ... + parts[n_parts-1] +
 //                            bias + residual (in that order; bias and residual optional),
 //                            y = LN(v) * gamma + beta, and when `add` is non-null also
@@ -33,17 +33,22 @@
 // E[v^2] - E[v]^2. The backward's rows have any width: it walks them in global memory.
 #include "layer_norm.cuh"
 
-// The forward, one row per warp; SAVE also writes xhat and rstd.
-template <bool SAVE>
+// The forward, one row per warp, rows of at most C; SAVE also writes xhat and rstd.
+template <int C, bool SAVE>
 __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
-    add_layer_norm_row<SAVE>(p, row, threadIdx.x & 31);
+    add_layer_norm_row<C / 32, SAVE>(p, row, threadIdx.x & 31);
 }
 
-ATTNRT_KERNEL void add_layer_norm_f32(LayerNormArgs p) { add_layer_norm<false>(p); }
-
-ATTNRT_KERNEL void layer_norm_f32(LayerNormArgs p) { add_layer_norm<true>(p); }
+// Each forward for rows of at most 256, 512 and 1024 (the launcher takes the narrowest that
+// holds c): the same code and the same sums in the same order, so the same bits.
+#define LAYER_NORM_FORWARD(C)                                                                    \
+    ATTNRT_KERNEL void add_layer_norm_f32_c##C(LayerNormArgs p) { add_layer_norm<C, false>(p); } \
+    ATTNRT_KERNEL void layer_norm_f32_c##C(LayerNormArgs p) { add_layer_norm<C, true>(p); }
+LAYER_NORM_FORWARD(256)
+LAYER_NORM_FORWARD(512)
+LAYER_NORM_FORWARD(1024)
 
 ATTNRT_KERNEL void layer_norm_backward_f32(const float* __restrict__ dy, const float* __restrict__ xhat,
                                            const float* __restrict__ rstd, const float* __restrict__ gamma,

@@ -23,16 +23,19 @@ struct LayerNormArgs {
 static_assert(sizeof(LayerNormArgs) == 112, "mirrored in src/kernels/layer_norm.rs");
 
 namespace layer_norm {
-constexpr int MAX_C = 1024, PER_LANE = MAX_C / 32;
+constexpr int MAX_C = 1024;
 }
 
-// Row `row` of the forward, by one whole warp (`lane` its lane); SAVE also writes xhat and
-// rstd. The parts are read through L2 (__ldcg): in linear_rows_split_k_norm other blocks of
-// the same launch wrote them.
-template <bool SAVE>
+// Row `row` of the forward, by one whole warp (`lane` its lane), for rows of c <= 32 *
+// PER_LANE: a lane holds PER_LANE values in registers, so a kernel for narrower rows needs
+// fewer registers and keeps more warps resident (the ViT trainer's c = 384: 55 registers with
+// 16 a lane against 80 with 32, and the row at the memory speed of the three-pass kernel it
+// replaced). SAVE also writes xhat and rstd. The parts are read through L2 (__ldcg): in
+// linear_rows_split_k_norm other blocks of the same launch wrote them.
+template <int PER_LANE, bool SAVE>
 __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long long row,
                                                    int lane) {
-    using layer_norm::PER_LANE;
+    static_assert(PER_LANE * 32 <= layer_norm::MAX_C, "rows of at most MAX_C");
     const long long base = row * p.c;
     float v[PER_LANE];
 #pragma unroll

@@ -157,12 +157,17 @@ impl LayerNormArgs {
     }
 }
 
-/// `add_layer_norm_f32` (inference), `layer_norm_f32` (training: also saves `xhat` and
-/// `rstd`) and `layer_norm_backward_f32`, loaded once.
+/// The forwards' row widths: `add_layer_norm_f32_cW` and `layer_norm_f32_cW` take rows of at
+/// most `W`, a lane holding `W / 32` values in registers; a launch takes the narrowest that
+/// holds its rows (fewer registers, more warps resident).
+const FORWARD_WIDTHS: [usize; 3] = [256, 512, MAX_WIDTH];
+
+/// `add_layer_norm_f32_c*` (inference), `layer_norm_f32_c*` (training: also saves `xhat` and
+/// `rstd`), one of each per [`FORWARD_WIDTHS`], and `layer_norm_backward_f32`, loaded once.
 #[derive(Debug, Clone)]
 pub struct LayerNormKernels {
-    forward: Kernel,
-    forward_saving: Kernel,
+    forward: [Kernel; FORWARD_WIDTHS.len()],
+    forward_saving: [Kernel; FORWARD_WIDTHS.len()],
     backward: Kernel,
 }
 
@@ -170,15 +175,23 @@ impl LayerNormKernels {
     pub fn load(gpu: &Gpu) -> Result<LayerNormKernels> {
         let k = |name| gpu.kernel(KernelModule::LayerNorm, name);
         Ok(LayerNormKernels {
-            forward: k("add_layer_norm_f32")?,
-            forward_saving: k("layer_norm_f32")?,
+            forward: [
+                k("add_layer_norm_f32_c256")?,
+                k("add_layer_norm_f32_c512")?,
+                k("add_layer_norm_f32_c1024")?,
+            ],
+            forward_saving: [
+                k("layer_norm_f32_c256")?,
+                k("layer_norm_f32_c512")?,
+                k("layer_norm_f32_c1024")?,
+            ],
             backward: k("layer_norm_backward_f32")?,
         })
     }
 
     /// `y = LN(input) * gamma + beta` over rows of `c = gamma.len()` (at most
     /// [`MAX_WIDTH`]), and what `extra` asks for: `y_plus = y + add`, or (the training
-    /// forward, `layer_norm_f32`) `xhat` and `rstd` for the backward.
+    /// forward, `layer_norm_f32_c*`) `xhat` and `rstd` for the backward.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -190,10 +203,14 @@ impl LayerNormKernels {
         y: &mut impl DevicePtrMut<f32>,
         extra: Extra<'_>,
     ) -> Result<()> {
-        let kernel = match extra {
+        let family = match extra {
             Extra::Saved(_) => &self.forward_saving,
             _ => &self.forward,
         };
+        // Past MAX_WIDTH the widest kernel's name is the one LayerNormArgs::forward's error
+        // names.
+        let width = FORWARD_WIDTHS.iter().position(|&w| gamma.len() <= w);
+        let kernel = &family[width.unwrap_or(FORWARD_WIDTHS.len() - 1)];
         let name = kernel.name();
         let mut args = LayerNormArgs::forward(name, stream, gamma, beta, eps, y)?;
         let (rows, c) = (args.rows as usize, args.c as usize);

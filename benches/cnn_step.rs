@@ -28,6 +28,9 @@
 //! [--sizes 224,32] [--precisions f32,bf16]` (a plain program; skips without a GPU, fails
 //! instead with `ATTNRT_REQUIRE_GPU=1`).
 
+#[allow(dead_code)] // each bench uses part of it
+mod common;
+
 use std::sync::Arc;
 
 use attnrt::Result;
@@ -37,6 +40,7 @@ use attnrt::train::data::ImageShape;
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::cnn::Arch;
 use attnrt::train::{ModelSpec, Optimizer, Precision, State};
+use common::flags::Flags;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -56,31 +60,18 @@ fn options() -> Options {
         sizes: vec![224, 32],
         precisions: vec![Precision::F32, Precision::Bf16],
     };
-    let list = |v: String| -> Vec<String> { v.split(',').map(str::to_string).collect() };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_default();
-        match a.as_str() {
-            "--steps" => o.steps = value().parse().unwrap_or(o.steps).max(1),
-            "--batch" => o.batch = value().parse().unwrap_or(o.batch).max(1),
+    let mut flags = Flags::new("cnn_step");
+    while let Some(flag) = flags.next_flag() {
+        match flag.as_str() {
+            "--steps" => o.steps = flags.count("--steps N (N > 0)"),
+            "--batch" => o.batch = flags.count("--batch B (B > 0)"),
             "--models" => {
-                o.models = list(value())
-                    .iter()
-                    .filter_map(|m| Arch::from_name(m))
-                    .collect()
+                let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+                let text = format!("--models M[,M..] of {}", names.join(", "));
+                o.models = flags.list_with(&text, Arch::from_name)
             }
-            "--sizes" => {
-                o.sizes = list(value())
-                    .iter()
-                    .filter_map(|s| s.parse().ok())
-                    .collect()
-            }
-            "--precisions" => {
-                o.precisions = list(value())
-                    .iter()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            }
+            "--sizes" => o.sizes = flags.list("--sizes S[,S..] (input sides)"),
+            "--precisions" => o.precisions = flags.list("--precisions f32|bf16[,..]"),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -88,10 +79,11 @@ fn options() -> Options {
 }
 
 fn main() {
+    // Flags first: a typo is reported on any machine.
+    let o = options();
     let Some(gpu) = gpu_or_skip("cnn_step") else {
         return;
     };
-    let o = options();
     println!(
         "cnn_step: batch {}, {} timed steps each, on {}",
         o.batch,

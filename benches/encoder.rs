@@ -15,6 +15,7 @@
 //!
 //! Run: `cargo bench --bench encoder [-- FILTER] [--warm-up-time S] [--measurement-time S]`.
 
+#[allow(dead_code)] // each bench uses part of it
 mod common;
 
 use std::sync::Arc;

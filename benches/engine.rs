@@ -23,6 +23,9 @@
 //! [--trace-dir DIR] [--json PATH]`
 //! (a plain program, not criterion: p50 of event-timed passes is the figure we report).
 
+#[allow(dead_code)] // each bench uses part of it
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,6 +37,7 @@ use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::gpu::{EventTimer, Gpu, Graph, time_ms};
 use attnrt::model::Config;
 use attnrt::model::synthetic::{Padding, random_inputs, synthetic_weights};
+use common::flags::Flags;
 
 struct Options {
     reps: usize,
@@ -46,20 +50,6 @@ struct Options {
     parts: Vec<Part>,
     launches: Vec<&'static str>,
     profile: bool,
-}
-
-/// Stops with the flag's usage: a bad flag is a message and exit status 2, not a panic.
-fn usage(text: &str) -> ! {
-    eprintln!("engine bench: expected {text}");
-    std::process::exit(2)
-}
-
-/// A comma-separated list of `T`, or the flag's usage on a bad element.
-fn list<T: std::str::FromStr>(value: &str, text: &str) -> Vec<T> {
-    value
-        .split(',')
-        .map(|v| v.trim().parse().unwrap_or_else(|_| usage(text)))
-        .collect()
 }
 
 fn options() -> Options {
@@ -75,52 +65,44 @@ fn options() -> Options {
         launches: vec!["eager", "graph"],
         profile: false,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| usage("a value after the flag"))
-        };
-        match a.as_str() {
-            "--reps" => o.reps = value().parse().unwrap_or_else(|_| usage("--reps N")),
-            "--warmup" => o.warmup = value().parse().unwrap_or_else(|_| usage("--warmup N")),
-            "--trace-dir" => o.trace_dir = Some(PathBuf::from(value())),
-            "--json" => o.json = Some(PathBuf::from(value())),
+    let mut flags = Flags::new("engine");
+    while let Some(flag) = flags.next_flag() {
+        match flag.as_str() {
+            "--reps" => o.reps = flags.value("--reps N"),
+            "--warmup" => o.warmup = flags.value("--warmup N"),
+            "--trace-dir" => o.trace_dir = Some(PathBuf::from(flags.word("--trace-dir DIR"))),
+            "--json" => o.json = Some(PathBuf::from(flags.word("--json FILE"))),
             "--precision" => {
-                o.precisions = match value().as_str() {
+                let text = "--precision f32|tf32|bf16|all";
+                o.precisions = match flags.word(text).as_str() {
                     "all" => vec![Precision::F32, Precision::Tf32, Precision::Bf16],
-                    p => vec![
-                        p.parse()
-                            .unwrap_or_else(|_| usage("--precision f32|tf32|bf16|all")),
-                    ],
+                    p => vec![p.parse().unwrap_or_else(|_| flags.usage(text))],
                 }
             }
-            "--batch" => o.batches = list(&value(), "--batch N[,N..] (positive sizes)"),
-            "--modes" => o.modes = list(&value(), "--modes sequential|streams|fused[,..]"),
+            "--batch" => {
+                let text = "--batch N[,N..] (positive sizes)";
+                o.batches = flags.list_with(text, |v| v.parse().ok().filter(|&n| n > 0))
+            }
+            "--modes" => o.modes = flags.list("--modes sequential|streams|fused[,..]"),
             "--parts" => {
-                o.parts = value()
-                    .split(',')
-                    .map(|p| match p.trim() {
-                        "encoder" => Part::Encoder,
-                        "transformer" => Part::Transformer,
-                        _ => usage("--parts encoder|transformer[,..]"),
-                    })
-                    .collect()
+                o.parts = flags.list_with("--parts encoder|transformer[,..]", |p| match p {
+                    "encoder" => Some(Part::Encoder),
+                    "transformer" => Some(Part::Transformer),
+                    _ => None,
+                })
             }
             "--launch" => {
-                o.launches = match value().as_str() {
+                let text = "--launch eager|graph|all";
+                o.launches = match flags.word(text).as_str() {
                     "all" => vec!["eager", "graph"],
                     "eager" => vec!["eager"],
                     "graph" => vec!["graph"],
-                    _ => usage("--launch eager|graph|all"),
+                    _ => flags.usage(text),
                 }
             }
             "--profile" => o.profile = true,
             _ => {} // cargo bench passes `--bench`
         }
-    }
-    if o.batches.contains(&0) {
-        usage("--batch N[,N..] (positive sizes)");
     }
     o
 }

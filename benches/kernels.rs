@@ -35,6 +35,7 @@
 //!
 //! Run: `cargo bench --bench kernels [-- FILTER] [--warm-up-time S] [--measurement-time S]`.
 
+#[allow(dead_code)] // each bench uses part of it
 mod common;
 
 use std::time::Duration;

@@ -15,6 +15,9 @@
 //! [--precision f32|bf16]`
 //! (a plain program; skips without a GPU, fails instead with `ATTNRT_REQUIRE_GPU=1`).
 
+#[allow(dead_code)] // each bench uses part of it
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +36,7 @@ use attnrt::train::gpu::linear::{GemmEpilogue, Linear};
 use attnrt::train::gpu::replica::Replica;
 use attnrt::train::models::vit::VitConfig;
 use attnrt::train::{Dataset, Engine, ModelSpec, Optimizer, Precision, ReplicaEngine, State};
+use common::flags::Flags;
 use cudarc::driver::CudaSlice;
 
 struct Options {
@@ -49,14 +53,13 @@ fn options() -> Options {
         model: "vit-small".into(),
         precision: Precision::F32,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_default();
-        match a.as_str() {
-            "--steps" => o.steps = value().parse().unwrap_or(o.steps).max(1),
-            "--batch" => o.batch = value().parse().unwrap_or(o.batch).max(1),
-            "--model" => o.model = value(),
-            "--precision" => o.precision = value().parse().unwrap_or(o.precision),
+    let mut flags = Flags::new("train_step");
+    while let Some(flag) = flags.next_flag() {
+        match flag.as_str() {
+            "--steps" => o.steps = flags.count("--steps N (N > 0)"),
+            "--batch" => o.batch = flags.count("--batch B (B > 0)"),
+            "--model" => o.model = flags.word("--model SPEC"),
+            "--precision" => o.precision = flags.value("--precision f32|bf16"),
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -64,10 +67,12 @@ fn options() -> Options {
 }
 
 fn main() {
+    // Flags first: a typo is reported on any machine.
+    let o = options();
     let Some(gpu) = gpu_or_skip("train_step") else {
         return;
     };
-    if let Err(e) = run(gpu, &options()) {
+    if let Err(e) = run(gpu, &o) {
         eprintln!("train_step: {e}");
         std::process::exit(1);
     }

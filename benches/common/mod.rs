@@ -1,5 +1,6 @@
-//! What the criterion GPU benches (`kernels.rs`, `encoder.rs`) share: short default times, and
-//! the released-size synthetic model.
+//! What the benches share: for the criterion GPU benches, short default times and the
+//! released-size synthetic model; for those with their own timing loop, their flags
+//! (`flags`). Each bench uses part of it, so each declares it `#[allow(dead_code)]`.
 
 use std::time::Duration;
 
@@ -24,3 +25,5 @@ pub fn criterion() -> Criterion {
 pub fn released_weights() -> Weights {
     synthetic_weights(&Config::released(), 2022)
 }
+
+pub mod flags;

@@ -48,7 +48,10 @@
 //! pass; the GEMM fuses every epilogue (the residual as its C with beta = 1, bias and ReLU
 //! after it). Its math follows the precision: exact f32 (`CUBLAS_COMPUTE_32F`), TF32
 //! (`CUBLAS_COMPUTE_32F_FAST_TF32`), bf16 tensors with f32 accumulation. The backward passes
-//! stay on cuDNN. [`Conv2dKernels::set_gemm`] forces either path.
+//! of such a shape are GEMMs too, `dx (+)= dy W` and `dW (+)= dy^T x` (the accumulation as C
+//! with beta = 1): each is timed against cuDNN's choice on its first use (or at
+//! [`Conv2dKernels::prepare`]) and the faster kept. [`Conv2dKernels::set_gemm`] forces either
+//! path for every pass.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -735,9 +738,11 @@ struct Plan {
     backward_filter: Option<Candidates<FilterAlgo>>,
     /// The forward pass's GEMM path, for the shapes that are GEMMs.
     gemm: Gemm,
+    /// The backward passes' GEMM paths (data, filter), decided on first use.
+    backward_gemm: [Option<Gemm>; 2],
 }
 
-/// Whether a shape's forward pass runs as a cuBLASLt GEMM, and why.
+/// Whether a pass of a shape runs as a cuBLASLt GEMM, and why.
 #[derive(Clone, Debug, PartialEq)]
 enum Gemm {
     /// Not a GEMM shape, or the GEMM path is off ([`Conv2dKernels::set_gemm`]).
@@ -751,6 +756,22 @@ enum Gemm {
 }
 
 impl Gemm {
+    /// The pass as it runs, `cudnn` being cuDNN's choice for it.
+    fn describe<A: std::fmt::Debug>(&self, cudnn: Choice<A>) -> String {
+        match self {
+            Gemm::No => cudnn.to_string(),
+            Gemm::Refused(why) => format!("{cudnn} (cuBLASLt GEMM refused: {why})"),
+            Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
+            Gemm::Measured { gemm_ms, cudnn_ms } if self.runs() => format!(
+                "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
+                algo_name(cudnn.algo)
+            ),
+            Gemm::Measured { gemm_ms, cudnn_ms } => {
+                format!("{cudnn} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)")
+            }
+        }
+    }
+
     fn runs(&self) -> bool {
         match *self {
             Gemm::No | Gemm::Refused(_) => false,
@@ -777,6 +798,23 @@ const FUSED_NAMES: [&str; 4] = ["bias", "bias+residual", "bias+relu", "bias+resi
 enum Backward {
     Data,
     Filter,
+}
+
+impl Backward {
+    /// The pass's slot in [`Plan::backward_gemm`].
+    fn index(self) -> usize {
+        match self {
+            Backward::Data => 0,
+            Backward::Filter => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Backward::Data => "backward data",
+            Backward::Filter => "backward filter",
+        }
+    }
 }
 
 /// What the two backward passes differ in: the name, the plan's slot, the operand's and the
@@ -946,9 +984,9 @@ impl Conv2dKernels {
         self.fuse = fuse;
     }
 
-    /// How 1x1, stride-1, unpadded, ungrouped convolutions run their forward pass:
-    /// `Some(true)` always as a cuBLASLt GEMM, `Some(false)` always on cuDNN, `None` (the
-    /// default) by whichever planning measures faster. Forgets the plans made so far.
+    /// How 1x1, stride-1, unpadded, ungrouped convolutions run each pass: `Some(true)` always
+    /// as a cuBLASLt GEMM, `Some(false)` always on cuDNN, `None` (the default) by whichever
+    /// measures faster. Forgets the plans made so far.
     pub fn set_gemm(&mut self, gemm: Option<bool>) {
         if gemm != self.gemm {
             self.gemm = gemm;
@@ -968,6 +1006,10 @@ impl Conv2dKernels {
         if passes == Passes::Training {
             self.backward_choice(shape, &DATA)?;
             self.backward_choice(shape, &FILTER)?;
+            for pass in [Backward::Data, Backward::Filter] {
+                let what = format!("conv2d {} {shape} ({})", pass.name(), self.precision);
+                self.backward_gemm(shape, pass, &what)?;
+            }
         }
         Ok(())
     }
@@ -976,19 +1018,7 @@ impl Conv2dKernels {
     /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned.
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
-        let cudnn = plan.forward.current();
-        let forward = match &plan.gemm {
-            Gemm::No => cudnn.to_string(),
-            Gemm::Refused(why) => format!("{cudnn} (cuBLASLt GEMM refused: {why})"),
-            Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
-            Gemm::Measured { gemm_ms, cudnn_ms } if plan.gemm.runs() => format!(
-                "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
-                algo_name(cudnn.algo)
-            ),
-            Gemm::Measured { gemm_ms, cudnn_ms } => {
-                format!("{cudnn} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)")
-            }
-        };
+        let forward = plan.gemm.describe(plan.forward.current());
         let mut s = format!("conv2d {shape} {}: forward {forward}", self.precision);
         for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
@@ -999,11 +1029,13 @@ impl Conv2dKernels {
                 }
             }
         }
+        // A backward pass not yet decided runs cuDNN's choice.
+        let [data_gemm, filter_gemm] = plan.backward_gemm.clone().map(|g| g.unwrap_or(Gemm::No));
         if let Some(c) = &plan.backward_data {
-            write!(s, "; backward data {}", c.current()).unwrap();
+            write!(s, "; backward data {}", data_gemm.describe(c.current())).unwrap();
         }
         if let Some(c) = &plan.backward_filter {
-            write!(s, "; backward filter {}", c.current()).unwrap();
+            write!(s, "; backward filter {}", filter_gemm.describe(c.current())).unwrap();
         }
         Some(s)
     }
@@ -1104,19 +1136,11 @@ impl Conv2dKernels {
         grad: &mut impl DevicePtrMut<T>,
         accumulate: bool,
     ) -> Result<()> {
-        let (name, [operand_name, grad_name], [operand_len, grad_len]) = match pass {
-            Backward::Data => (
-                "backward data",
-                ["w", "dx"],
-                [shape.weight_len(), shape.input_len()],
-            ),
-            Backward::Filter => (
-                "backward filter",
-                ["x", "dw"],
-                [shape.input_len(), shape.weight_len()],
-            ),
+        let ([operand_name, grad_name], [operand_len, grad_len]) = match pass {
+            Backward::Data => (["w", "dx"], [shape.weight_len(), shape.input_len()]),
+            Backward::Filter => (["x", "dw"], [shape.input_len(), shape.weight_len()]),
         };
-        let what = self.what::<T>(name, shape)?;
+        let what = self.what::<T>(pass.name(), shape)?;
         let stream = self.handle.stream().clone();
         let (op, dyp, gp) = (
             ptr(operand, &stream),
@@ -1131,14 +1155,94 @@ impl Conv2dKernels {
                 (grad_name, grad.len(), grad_len, gp),
             ],
         )?;
+        if is_gemm(shape) && self.backward_gemm(shape, pass, &what)?.runs() {
+            return self.gemm_backward(shape, &what, pass, [op, dyp, gp], accumulate);
+        }
+        self.cudnn_backward(shape, &what, pass, [op, dyp, gp], accumulate)
+    }
+
+    /// The backward pass `pass` by cuDNN on checked buffers `[operand, dy, grad]`.
+    fn cudnn_backward(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Backward,
+        [op, dyp, gp]: [u64; 3],
+        accumulate: bool,
+    ) -> Result<()> {
         let (one, beta) = scales(accumulate);
         let (op, dyp, gp) = (op as *const c_void, dyp as *const c_void, gp as *mut c_void);
         let h = self.handle.bind()?;
         let call = (h, [op, dyp], gp);
         match pass {
-            Backward::Data => self.backward_pass(shape, &what, &DATA, call, [one, beta]),
-            Backward::Filter => self.backward_pass(shape, &what, &FILTER, call, [one, beta]),
+            Backward::Data => self.backward_pass(shape, what, &DATA, call, [one, beta]),
+            Backward::Filter => self.backward_pass(shape, what, &FILTER, call, [one, beta]),
         }
+    }
+
+    /// The backward pass `pass` overwriting its gradient, by cuBLASLt (`gemm`) or cuDNN.
+    fn backward_by(
+        &mut self,
+        gemm: bool,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Backward,
+        ops: [u64; 3],
+    ) -> Result<()> {
+        if gemm {
+            self.gemm_backward(shape, what, pass, ops, false)
+        } else {
+            self.cudnn_backward(shape, what, pass, ops, false)
+        }
+    }
+
+    /// Whether the backward pass `pass` of the GEMM shape `shape` runs as a GEMM: decided
+    /// on its first call (measured unless [`Self::set_gemm`] forced it) and kept in the plan.
+    fn backward_gemm(&mut self, shape: &Conv2dShape, pass: Backward, what: &str) -> Result<Gemm> {
+        if let Some(gemm) = &self.plan(shape)?.backward_gemm[pass.index()] {
+            return Ok(gemm.clone());
+        }
+        let gemm = match (is_gemm(shape), self.gemm) {
+            (false, _) | (true, Some(false)) => Gemm::No,
+            (true, Some(true)) => Gemm::Forced,
+            (true, None) => self.measure_gemm(shape, what, Some(pass))?,
+        };
+        self.plan(shape)?.backward_gemm[pass.index()] = Some(gemm.clone());
+        Ok(gemm)
+    }
+
+    /// `dx (+)= dy W` (data) or `dW (+)= dy^T x` (filter) of a GEMM shape by cuBLASLt, on
+    /// checked buffers `[operand, dy, grad]` (the operand W or x); accumulating is C = grad
+    /// with beta = 1.
+    fn gemm_backward(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Backward,
+        [op, dy, grad]: [u64; 3],
+        accumulate: bool,
+    ) -> Result<()> {
+        let product = gemm_product(shape, Some(pass));
+        let ops = Operands {
+            a: op,
+            b: dy,
+            c: grad,
+            d: grad,
+            bias: None,
+            beta: if accumulate { 1.0 } else { 0.0 },
+        };
+        let epilogue = cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT;
+        let types = gemm_types(self.precision);
+        self.lt()?.matmul(what, product, types, epilogue, ops)
+    }
+
+    /// The cuBLASLt handle, made on first use.
+    fn lt(&mut self) -> Result<&mut LtGemm> {
+        if self.lt.is_none() {
+            let gpu = self.handle.gpu().clone();
+            self.lt = Some(LtGemm::new(gpu, self.handle.stream().clone())?);
+        }
+        Ok(self.lt.as_mut().expect("made above"))
     }
 
     /// `db (+)= sum of dy over batch, height and width`, the gradient of the bias `[out]`;
@@ -1305,13 +1409,14 @@ impl Conv2dKernels {
                     backward_data: None,
                     backward_filter: None,
                     gemm: Gemm::No,
+                    backward_gemm: [None, None],
                 },
             );
             if is_gemm(shape) {
                 let gemm = match self.gemm {
                     Some(false) => Gemm::No,
                     Some(true) => Gemm::Forced,
-                    None => self.measure_gemm(shape, &what)?,
+                    None => self.measure_gemm(shape, &what, None)?,
                 };
                 self.plans.get_mut(shape).expect("planned above").gemm = gemm;
             }
@@ -1319,9 +1424,16 @@ impl Conv2dKernels {
         Ok(self.plans.get_mut(shape).expect("planned above"))
     }
 
-    /// Times `shape`'s forward pass (no epilogue) by cuDNN's algorithm and as a GEMM, on
-    /// scratch tensors of zeros: [`GEMM_TIMED_CALLS`] calls each after one untimed call.
-    fn measure_gemm(&mut self, shape: &Conv2dShape, what: &str) -> Result<Gemm> {
+    /// Times a pass of `shape` (the forward without an epilogue for `None`, else that
+    /// backward pass, overwriting) by cuDNN's algorithm and as a GEMM, on scratch tensors of
+    /// zeros: [`GEMM_TIMED_CALLS`] calls each after one untimed call (which makes cuDNN's
+    /// choice and the GEMM's plan).
+    fn measure_gemm(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Option<Backward>,
+    ) -> Result<Gemm> {
         let bytes = if storage(self.precision) == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
             2
         } else {
@@ -1338,14 +1450,18 @@ impl Conv2dKernels {
             alloc(shape.weight_len())?,
             alloc(shape.output_len())?,
         );
-        let ops = [ptr(&x, &stream), ptr(&w, &stream), ptr_mut(&mut y, &stream)];
+        let [x, w, y] = [ptr(&x, &stream), ptr(&w, &stream), ptr_mut(&mut y, &stream)];
         let time = |k: &mut Self, gemm: bool| -> Result<f64> {
-            let call = |k: &mut Self| {
-                if gemm {
-                    k.gemm_forward(shape, what, ops, None, None, false)
-                } else {
+            // y stands in for dy; the gradient overwrites x (data) or w (filter).
+            let call = |k: &mut Self| match (pass, gemm) {
+                (None, true) => k.gemm_forward(shape, what, [x, w, y], None, None, false),
+                (None, false) => {
                     let h = k.handle.bind()?;
-                    k.convolve(h, shape, ops, what)
+                    k.convolve(h, shape, [x, w, y], what)
+                }
+                (Some(b @ Backward::Data), gemm) => k.backward_by(gemm, shape, what, b, [w, y, x]),
+                (Some(b @ Backward::Filter), gemm) => {
+                    k.backward_by(gemm, shape, what, b, [x, y, w])
                 }
             };
             call(k)?;
@@ -1379,15 +1495,7 @@ impl Conv2dKernels {
             (false, true) => E::CUBLASLT_EPILOGUE_RELU,
             (true, true) => E::CUBLASLT_EPILOGUE_RELU_BIAS,
         };
-        let (cin, cout) = (shape.in_channels, shape.out_channels);
-        let rows = shape.output_len() / cout;
-        // Row-major y = x W^T is column-major y^T = W x^T: A = W (op T), B = x (op N); the
-        // bias is per row of y^T, as cuBLASLt's epilogue adds it.
-        let product = Product {
-            trans: (true, false),
-            mnk: (cout, rows, cin),
-            ld: (cin, cin, cout),
-        };
+        let product = gemm_product(shape, None);
         let ops = Operands {
             a: w,
             b: x,
@@ -1397,12 +1505,7 @@ impl Conv2dKernels {
             beta: if residual.is_some() { 1.0 } else { 0.0 },
         };
         let types = gemm_types(self.precision);
-        if self.lt.is_none() {
-            let gpu = self.handle.gpu().clone();
-            self.lt = Some(LtGemm::new(gpu, self.handle.stream().clone())?);
-        }
-        let lt = self.lt.as_mut().expect("made above");
-        lt.matmul(what, product, types, epilogue, ops)
+        self.lt()?.matmul(what, product, types, epilogue, ops)
     }
 
     /// The algorithm of the backward pass `pass` of `shape`, chosen on first use.
@@ -1715,6 +1818,36 @@ fn is_gemm(shape: &Conv2dShape) -> bool {
         && shape.groups == 1
 }
 
+/// The column-major product a pass of a GEMM shape is (the forward for `None`), with
+/// rows = batch x height x width. Row-major matrices read column-major are their
+/// transposes: W `[out][in]` is W^T (in x out), x `[rows][in]` is x^T (in x rows), y and dy
+/// `[rows][out]` are y^T and dy^T (out x rows).
+fn gemm_product(shape: &Conv2dShape, pass: Option<Backward>) -> Product {
+    let (cin, cout) = (shape.in_channels, shape.out_channels);
+    let rows = shape.output_len() / cout;
+    match pass {
+        // y^T (out x rows) = W x^T: A = W (op T), B = x (op N); the bias is per row of y^T,
+        // as cuBLASLt's epilogue adds it.
+        None => Product {
+            trans: (true, false),
+            mnk: (cout, rows, cin),
+            ld: (cin, cin, cout),
+        },
+        // dx^T (in x rows) = W^T dy^T: A = W (op N), B = dy (op N).
+        Some(Backward::Data) => Product {
+            trans: (false, false),
+            mnk: (cin, rows, cout),
+            ld: (cin, cout, cin),
+        },
+        // dW^T (in x out) = x^T dy: A = x (op N), B = dy (op T).
+        Some(Backward::Filter) => Product {
+            trans: (false, true),
+            mnk: (cin, cout, rows),
+            ld: (cin, cout, cin),
+        },
+    }
+}
+
 /// The GEMM path's types: f32 exact (no TF32: f32 promises FMA-exact sums), tf32 on TF32
 /// tensor cores, bf16 tensors with f32 accumulation.
 fn gemm_types(precision: Precision) -> Types {
@@ -1783,6 +1916,64 @@ fn zeroed<P: Copy>() -> P {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `op(A) op(B)` column-major on the host, as cuBLAS defines the product.
+    fn host_product(p: Product, a: &[f32], b: &[f32]) -> Vec<f32> {
+        let ((m, n, k), (lda, ldb, ldc)) = (p.mnk, p.ld);
+        let op_a = |i: usize, l: usize| {
+            if p.trans.0 {
+                a[l + i * lda]
+            } else {
+                a[i + l * lda]
+            }
+        };
+        let op_b = |l: usize, j: usize| {
+            if p.trans.1 {
+                b[j + l * ldb]
+            } else {
+                b[l + j * ldb]
+            }
+        };
+        let mut c = vec![0.0f32; ldc * n];
+        for j in 0..n {
+            for i in 0..m {
+                let dot: f64 = (0..k).map(|l| op_a(i, l) as f64 * op_b(l, j) as f64).sum();
+                c[i + j * ldc] = dot as f32;
+            }
+        }
+        c
+    }
+
+    /// The forward and both backward passes of a 1x1 shape, as the GEMMs `gemm_product`
+    /// describes, give the CPU reference's convolution and gradients (on the host: the
+    /// operand order, transposes and leading dimensions the GPU's cuBLASLt calls take).
+    #[test]
+    fn gemm_products_are_the_convolution_and_its_gradients() {
+        let shape = Conv2dShape::new(2, [3, 5], 6, 4, 1);
+        let conv = cpu::Conv2d::nhwc(shape);
+        let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
+        let x: Vec<f32> = (0..shape.input_len()).map(|i| value(i, 13)).collect();
+        let w: Vec<f32> = (0..shape.weight_len()).map(|i| value(i, 11)).collect();
+        let dy: Vec<f32> = (0..shape.output_len()).map(|i| value(i, 17)).collect();
+        let close = |what: &str, got: &[f32], want: &[f32]| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (g, e) in got.iter().zip(want) {
+                assert!((g - e).abs() < 1e-5, "{what}: {g} against {e}");
+            }
+        };
+        let y = cpu::conv2d(&conv, &x, &w, None, None).unwrap();
+        close(
+            "forward",
+            &host_product(gemm_product(&shape, None), &w, &x),
+            &y,
+        );
+        let dx = cpu::backward_data(&conv, &w, &dy).unwrap();
+        let data = gemm_product(&shape, Some(Backward::Data));
+        close("backward data", &host_product(data, &w, &dy), &dx);
+        let dw = cpu::backward_filter(&conv, &x, &dy).unwrap();
+        let filter = gemm_product(&shape, Some(Backward::Filter));
+        close("backward filter", &host_product(filter, &x, &dy), &dw);
+    }
 
     #[test]
     fn output_sizes_and_lengths_follow_the_geometry() {

@@ -291,13 +291,32 @@ fn conv2d_gemm_forward_bf16_matches_the_reference() {
 }
 
 fn backward_cases<T: Element>(test: &str, precision: Precision) {
+    check_backward::<T>(test, precision, None, cases());
+}
+
+/// The GEMM shapes' backward passes with the GEMM path forced, then left to choose.
+fn gemm_backward_cases<T: Element>(test: &str, precision: Precision) {
+    for gemm in [Some(true), None] {
+        check_backward::<T>(test, precision, gemm, gemm_cases());
+    }
+}
+
+/// Both backward passes and the bias gradient of every shape in `cases` (the GEMM path set
+/// to `gemm`), overwriting and accumulating, against the CPU reference.
+fn check_backward<T: Element>(
+    test: &str,
+    precision: Precision,
+    gemm: Option<bool>,
+    cases: Vec<(&'static str, Conv2dShape)>,
+) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
+    conv.set_gemm(gemm);
     let mut rng = crate::rng(0xBAC2D);
     let mut failures = Vec::new();
     let tol = tolerance(precision);
-    for (name, shape) in cases() {
+    for (name, shape) in cases {
         let r = reference(&shape, false);
         let x = random::<T>(&mut rng, shape.input_len());
         let w_oihw = random::<T>(&mut rng, shape.weight_len());
@@ -354,7 +373,15 @@ fn backward_cases<T: Element>(test: &str, precision: Precision) {
                 &mut failures,
             );
         }
-        println!("  {}", conv.describe(&shape).unwrap_or_default());
+        let described = conv.describe(&shape).unwrap_or_default();
+        println!("  {described}");
+        let forced = [
+            "backward data cuBLASLt GEMM",
+            "backward filter cuBLASLt GEMM",
+        ];
+        if gemm == Some(true) && !forced.iter().all(|f| described.contains(f)) {
+            failures.push(format!("{name}: backward not run as GEMMs: {described}"));
+        }
     }
     finish(test, failures);
 }
@@ -393,6 +420,30 @@ fn conv2d_backward_tf32_matches_the_reference() {
 fn conv2d_backward_bf16_matches_the_reference() {
     backward_cases::<bf16>(
         "conv2d_backward_bf16_matches_the_reference",
+        Precision::Bf16,
+    );
+}
+
+#[test]
+fn conv2d_gemm_backward_f32_matches_the_reference() {
+    gemm_backward_cases::<f32>(
+        "conv2d_gemm_backward_f32_matches_the_reference",
+        Precision::F32,
+    );
+}
+
+#[test]
+fn conv2d_gemm_backward_tf32_matches_the_reference() {
+    gemm_backward_cases::<f32>(
+        "conv2d_gemm_backward_tf32_matches_the_reference",
+        Precision::Tf32,
+    );
+}
+
+#[test]
+fn conv2d_gemm_backward_bf16_matches_the_reference() {
+    gemm_backward_cases::<bf16>(
+        "conv2d_gemm_backward_bf16_matches_the_reference",
         Precision::Bf16,
     );
 }

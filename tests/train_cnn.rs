@@ -142,7 +142,7 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
     let (code, text) = run(train()
         .arg("--jobs")
         .arg(&jobs)
-        .args(["--gpus", "cpu", "--report"])
+        .args(["--gpus", "cpu", "--show-convs", "--report"])
         .arg(&report));
     assert_eq!(code, 0, "{text}");
     assert!(
@@ -150,6 +150,7 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
             .any(|l| l.starts_with("loader: ") && l.contains("samples/s")),
         "{text}"
     );
+    assert!(text.contains("convolutions: none ran on a GPU"), "{text}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let loader = &json["loader"];
@@ -158,7 +159,26 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
     assert!(loader["limited"].is_boolean(), "{json}");
     // No GPU, no memory peak: neither the line nor the field.
     assert!(json.get("gpu_memory_peak_mib").is_none(), "{json}");
+    assert!(json.get("conv_paths").is_none(), "{json}");
     assert!(!text.contains("gpu memory:"), "{text}");
+
+    // --show-convs describes one job's run: a file of two is refused by name.
+    let two = dir.path().join("two.toml");
+    let job = std::fs::read_to_string(&jobs).unwrap();
+    std::fs::write(
+        &two,
+        format!("{job}\n{}", job.replace("name = \"f\"", "name = \"g\"")),
+    )
+    .unwrap();
+    let (code, text) = run(train()
+        .arg("--jobs")
+        .arg(&two)
+        .args(["--gpus", "cpu", "--show-convs"]));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("--show-convs") && text.contains("two.toml") && text.contains("2 jobs"),
+        "{text}"
+    );
 
     std::fs::write(data.join("bee/2.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
     let (code, text) = run(train().arg("--jobs").arg(&jobs).args(["--gpus", "cpu"]));

@@ -756,18 +756,29 @@ enum Gemm {
 }
 
 impl Gemm {
-    /// The pass as it runs, `cudnn` being cuDNN's choice for it.
-    fn describe<A: std::fmt::Debug>(&self, cudnn: Choice<A>) -> String {
+    /// The pass as it runs, `cudnn` being cuDNN's choice for it (`None` when cuDNN was never
+    /// asked: a forced GEMM).
+    fn describe<A: std::fmt::Debug>(&self, cudnn: Option<Choice<A>>) -> String {
+        let chosen = || {
+            cudnn
+                .as_ref()
+                .map_or("cuDNN (not chosen)".to_string(), Choice::to_string)
+        };
         match self {
-            Gemm::No => cudnn.to_string(),
-            Gemm::Refused(why) => format!("{cudnn} (cuBLASLt GEMM refused: {why})"),
+            Gemm::No => chosen(),
+            Gemm::Refused(why) => format!("{} (cuBLASLt GEMM refused: {why})", chosen()),
             Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
             Gemm::Measured { gemm_ms, cudnn_ms } if self.runs() => format!(
                 "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
-                algo_name(cudnn.algo)
+                cudnn
+                    .as_ref()
+                    .map_or("?".to_string(), |c| algo_name(&c.algo))
             ),
             Gemm::Measured { gemm_ms, cudnn_ms } => {
-                format!("{cudnn} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)")
+                format!(
+                    "{} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)",
+                    chosen()
+                )
             }
         }
     }
@@ -1018,7 +1029,7 @@ impl Conv2dKernels {
     /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned.
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
-        let forward = plan.gemm.describe(plan.forward.current());
+        let forward = plan.gemm.describe(Some(plan.forward.current()));
         let mut s = format!("conv2d {shape} {}: forward {forward}", self.precision);
         for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
@@ -1029,13 +1040,18 @@ impl Conv2dKernels {
                 }
             }
         }
-        // A backward pass not yet decided runs cuDNN's choice.
-        let [data_gemm, filter_gemm] = plan.backward_gemm.clone().map(|g| g.unwrap_or(Gemm::No));
-        if let Some(c) = &plan.backward_data {
-            write!(s, "; backward data {}", data_gemm.describe(c.current())).unwrap();
+        // A backward pass is described once it ran: by cuDNN (a choice), or as a GEMM (which a
+        // forced GEMM decides without asking cuDNN).
+        let [data_gemm, filter_gemm] = &plan.backward_gemm;
+        let data = plan.backward_data.as_ref().map(Candidates::current);
+        if data_gemm.is_some() || data.is_some() {
+            let gemm = data_gemm.clone().unwrap_or(Gemm::No);
+            write!(s, "; backward data {}", gemm.describe(data)).unwrap();
         }
-        if let Some(c) = &plan.backward_filter {
-            write!(s, "; backward filter {}", filter_gemm.describe(c.current())).unwrap();
+        let filter = plan.backward_filter.as_ref().map(Candidates::current);
+        if filter_gemm.is_some() || filter.is_some() {
+            let gemm = filter_gemm.clone().unwrap_or(Gemm::No);
+            write!(s, "; backward filter {}", gemm.describe(filter)).unwrap();
         }
         Some(s)
     }

@@ -184,6 +184,12 @@ pub struct TrainArgs {
     /// Batches the loader prepares ahead.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub prefetch: usize,
+
+    /// One-job runs of a CNN on GPUs: at the end, print what ran each convolution's forward
+    /// and backward passes on the first GPU (cuDNN's algorithm or a cuBLASLt GEMM, with the
+    /// timings that chose it). The JSON report holds the same lines as `conv_paths`.
+    #[arg(long)]
+    pub show_convs: bool,
 }
 
 impl TrainArgs {

@@ -80,7 +80,17 @@ fn run(args: &Args, jobs: &Path) -> attnrt::Result<ExitCode> {
     if args.train.resume && args.train.checkpoint_dir.is_none() {
         return Err(attnrt::Error::invalid("--resume", "needs --checkpoint-dir"));
     }
-    if file.sched.jobs.len() == 1 {
+    let count = file.sched.jobs.len();
+    if args.train.show_convs && count != 1 {
+        return Err(attnrt::Error::invalid(
+            "--show-convs",
+            format!(
+                "works with a one-job file; {} has {count} jobs",
+                jobs.display()
+            ),
+        ));
+    }
+    if count == 1 {
         single::run(args, jobs, &file)
     } else {
         multi::run(args, jobs, file)

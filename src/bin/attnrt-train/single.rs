@@ -144,6 +144,14 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             each.join(", ")
         );
     }
+    if train.show_convs {
+        if outcome.conv_paths.is_empty() {
+            println!("convolutions: none ran on a GPU");
+        }
+        for line in &outcome.conv_paths {
+            println!("conv {line}");
+        }
+    }
 
     // Alone on the machine, the job's completion time is its exclusive time: SD = 1.
     let report = Report::new(
@@ -170,6 +178,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             limited,
         },
         gpu_memory_peak_mib: peaks_mib,
+        conv_paths: &outcome.conv_paths,
     })
     .map_err(|e| Error::parse("report", e))?;
     match args.report.as_deref() {
@@ -190,6 +199,9 @@ struct WithLoader<'a> {
     /// keeps no mark); absent on the CPU.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     gpu_memory_peak_mib: Vec<Option<f64>>,
+    /// What ran each convolution pass on the first GPU; absent on the CPU.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    conv_paths: &'a [String],
 }
 
 /// The loader's rate, the steps' wait for batches, and whether that wait limited the run.

@@ -95,6 +95,12 @@ pub trait Engine {
     fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
         Ok(Vec::new())
     }
+    /// What runs each convolution pass on the first device (cuDNN's algorithm or a cuBLASLt
+    /// GEMM, and the timings that chose it), one line per convolution; empty for engines
+    /// without convolutions on a GPU.
+    fn conv_paths(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 fn check_shards(devices: usize, batch: &Batch, shards: &[Range<usize>]) -> Result<()> {
@@ -442,6 +448,8 @@ enum Command {
     Lend,
     /// Copy parameters and optimizer state from a peer's [`Command::Lend`] addresses.
     CopyFrom(Vec<u64>),
+    /// What runs each convolution ([`Engine::conv_paths`]).
+    ConvPaths,
 }
 
 enum Reply {
@@ -450,6 +458,7 @@ enum Reply {
     Enqueued,
     State(State),
     Addresses(Vec<u64>),
+    Lines(Vec<String>),
     Done,
 }
 
@@ -774,6 +783,13 @@ impl Engine for ReplicaEngine {
     fn memory_peaks(&self) -> Result<Vec<Option<u64>>> {
         self.gpus.iter().map(|g| g.memory_peak()).collect()
     }
+
+    fn conv_paths(&self) -> Result<Vec<String>> {
+        match self.call(&[0], |_| Command::ConvPaths)?.pop() {
+            Some(Reply::Lines(lines)) => Ok(lines),
+            _ => Err(unexpected_reply(0, "the convolutions' paths")),
+        }
+    }
 }
 
 impl Drop for ReplicaEngine {
@@ -820,6 +836,7 @@ fn device_loop(
                 .upload(&state.params, &state.optimizer, &state.buffers)
                 .map(|()| Reply::Done),
             Command::Lend => replica.state_ptrs().map(Reply::Addresses),
+            Command::ConvPaths => Ok(Reply::Lines(replica.describe_convs())),
             // SAFETY: the engine sends only a peer replica's `Lend` addresses (same model and
             // optimizer, peer access enabled between all its GPUs), and keeps that peer idle
             // until this copy has finished.

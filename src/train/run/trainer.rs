@@ -167,6 +167,9 @@ pub struct Outcome {
     /// Per GPU of the engine, the most device memory in use at once during the run, in bytes
     /// ([`Engine::memory_peaks`]); empty on the CPU.
     pub memory_peaks: Vec<Option<u64>>,
+    /// What ran each convolution pass on the first GPU ([`Engine::conv_paths`]); empty on the
+    /// CPU and for models without convolutions.
+    pub conv_paths: Vec<String>,
 }
 
 /// Trains `job` on `engine` from scratch or from the newest checkpoint.
@@ -217,6 +220,7 @@ pub fn train(
         last_checkpoint: None,
         loader: LoaderStats::default(),
         memory_peaks: Vec::new(),
+        conv_paths: Vec::new(),
     };
     let mut saved_at = start_step;
     // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
@@ -324,6 +328,7 @@ pub fn train(
     outcome.elapsed_s = started.elapsed().as_secs_f64();
     outcome.loader = loader.stats();
     outcome.memory_peaks = engine.memory_peaks()?;
+    outcome.conv_paths = engine.conv_paths()?;
     Ok(outcome)
 }
 

@@ -30,9 +30,8 @@ constexpr int MAX_C = 1024;
 // PER_LANE: a lane holds PER_LANE values in registers, so a kernel for narrower rows needs
 // fewer registers and keeps more warps resident (the ViT trainer's c = 384 runs with 16 a
 // lane: 56 registers against 80 with 32, by cuobjdump -res-usage, and 29.6 us a launch against
-// 38.7 on an H100: docs/PERF.md). SAVE also writes
-// xhat and rstd. The parts are read through L2 (__ldcg): in
-// linear_rows_split_k_norm other blocks of the same launch wrote them.
+// 38.7 on an H100: docs/PERF.md). SAVE also writes xhat and rstd. The parts are read through
+// L2 (__ldcg): in linear_rows_split_k_norm other blocks of the same launch wrote them.
 template <int PER_LANE, bool SAVE>
 __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long long row,
                                                    int lane) {

@@ -70,8 +70,8 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   scripts/original_cswintt.py scripts/torch_reference.py scripts/torch_timing.py \
   scripts/perf_table.py scripts/compare-builds.sh scripts/compare_engine.py \
   scripts/perf-attention.sh scripts/perf-tracker.sh scripts/convert_checkpoint.py \
-  scripts/make_jpeg_sequence.py scripts/steps.sh scripts/sanitize.sh scripts/cudnn-env.sh \
-  scripts/test-env.sh scripts/ncu-transformer.sh scripts/ncu_roofline.py \
+  scripts/make_jpeg_sequence.py scripts/steps.sh scripts/sanitize.sh scripts/peak-rss.py \
+  scripts/cudnn-env.sh scripts/test-env.sh scripts/ncu-transformer.sh scripts/ncu_roofline.py \
   examples/train-vit-synthetic.toml "$stage/"
 # The CNNs against PyTorch: the speed table and the loss curves.
 cp scripts/perf-cnn.sh scripts/torch_cnn_timing.py scripts/compare_loss_curves.py \

@@ -16,8 +16,9 @@
 #
 # Output under $OUT (./perf-out when unset): sanitizer-TOOL-TEST.txt, one per run (TEST with
 # its arguments, other characters as `_`), and
-# sanitizer-summary.txt: per run, its exit status, seconds and the error count compute-sanitizer
-# printed. Exit 1 when any run found an error or failed.
+# sanitizer-summary.txt: per run, its exit status, seconds, the error count compute-sanitizer
+# printed and the run's peak host memory (peak_rss, MiB); after runs killed by a signal, the
+# kernel log's lines on killed processes. Exit 1 when any run found an error or failed.
 #
 # Usage (repository root on the device machine, STAGE_DIR carried):
 #   bash STAGE_DIR/sanitize.sh STAGE_DIR [TOOL...]     (default: all four tools)
@@ -61,14 +62,26 @@ for tool in "${tools[@]}"; do
     [ -x "$exe" ] || continue
     log="$out/sanitizer-$tool-$(tr -c 'A-Za-z0-9_\n' _ <<< "$test").txt"
     start=$SECONDS
-    timeout "$(limit "$tool")" compute-sanitizer --tool "$tool" --error-exitcode 1 \
-      --print-limit 20 "$exe" --test-threads=1 "${filter[@]}" > "$log" 2>&1
+    # peak_rss: the largest resident set of the run's processes (compute-sanitizer or the test),
+    # so a run ended by the out-of-memory killer (exit status 9 or 137, no summary) shows how
+    # much host memory it held.
+    python3 "$stage/peak-rss.py" "$log.rss" timeout "$(limit "$tool")" compute-sanitizer \
+      --tool "$tool" --error-exitcode 1 --print-limit 20 "$exe" --test-threads=1 "${filter[@]}" \
+      > "$log" 2>&1
     rc=$?
     errors="$(grep -Eo 'ERROR SUMMARY: [0-9]+' "$log" | awk '{ s += $3 } END { print s + 0 }')"
     libs="$(grep -Ec '(cublas|cudnn|cutlass|sm90_xmma|ampere_|cutensor)' "$log")"
-    echo "$tool $test rc=$rc $((SECONDS - start))s errors=$errors library-lines=$libs" |
+    rss="$(cat "$log.rss" 2>/dev/null || echo -)"
+    rm -f "$log.rss"
+    echo "$tool $test rc=$rc $((SECONDS - start))s errors=$errors library-lines=$libs peak_rss=$rss" |
       tee -a "$summary"
     [ "$rc" -eq 0 ] || failed=1
   done
 done
+# A run killed by a signal (no summary of its own): what the kernel log says of killed
+# processes (the out-of-memory killer names them), where the log is readable.
+if grep -Eq ' rc=(9|137) ' "$summary"; then
+  dmesg 2>/dev/null | grep -Ei 'killed process|out of memory' | tail -20 | sed 's/^/dmesg: /' |
+    tee -a "$summary"
+fi
 exit "$failed"

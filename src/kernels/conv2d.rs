@@ -1018,7 +1018,7 @@ impl Conv2dKernels {
             self.backward_choice(shape, &DATA)?;
             self.backward_choice(shape, &FILTER)?;
             for pass in [Backward::Data, Backward::Filter] {
-                let what = format!("conv2d {} {shape} ({})", pass.name(), self.precision);
+                let what = pass_label(pass.name(), shape, self.precision);
                 self.backward_gemm(shape, pass, &what)?;
             }
         }
@@ -1042,17 +1042,21 @@ impl Conv2dKernels {
         }
         // A backward pass is described once it ran: by cuDNN (a choice), or as a GEMM (which a
         // forced GEMM decides without asking cuDNN).
+        fn backward<A: Copy + std::fmt::Debug>(
+            s: &mut String,
+            pass: Backward,
+            gemm: &Option<Gemm>,
+            cudnn: &Option<Candidates<A>>,
+        ) {
+            let cudnn = cudnn.as_ref().map(Candidates::current);
+            if gemm.is_some() || cudnn.is_some() {
+                let gemm = gemm.clone().unwrap_or(Gemm::No);
+                write!(s, "; {} {}", pass.name(), gemm.describe(cudnn)).unwrap();
+            }
+        }
         let [data_gemm, filter_gemm] = &plan.backward_gemm;
-        let data = plan.backward_data.as_ref().map(Candidates::current);
-        if data_gemm.is_some() || data.is_some() {
-            let gemm = data_gemm.clone().unwrap_or(Gemm::No);
-            write!(s, "; backward data {}", gemm.describe(data)).unwrap();
-        }
-        let filter = plan.backward_filter.as_ref().map(Candidates::current);
-        if filter_gemm.is_some() || filter.is_some() {
-            let gemm = filter_gemm.clone().unwrap_or(Gemm::No);
-            write!(s, "; backward filter {}", gemm.describe(filter)).unwrap();
-        }
+        backward(&mut s, Backward::Data, data_gemm, &plan.backward_data);
+        backward(&mut s, Backward::Filter, filter_gemm, &plan.backward_filter);
         Some(s)
     }
 
@@ -1353,7 +1357,7 @@ impl Conv2dKernels {
     /// `conv2d <pass> <shape> (<dtype>)` for errors, after checking the shape and that `T`
     /// is this precision's element type.
     fn what<T: Element>(&self, pass: &str, shape: &Conv2dShape) -> Result<String> {
-        let what = format!("conv2d {pass} {shape} ({})", self.precision);
+        let what = pass_label(pass, shape, self.precision);
         shape.check()?;
         if T::DATA_TYPE != storage(self.precision) {
             let want = if storage(self.precision) == cudnnDataType_t::CUDNN_DATA_BFLOAT16 {
@@ -1373,7 +1377,7 @@ impl Conv2dKernels {
     fn plan(&mut self, shape: &Conv2dShape) -> Result<&mut Plan> {
         if !self.plans.contains_key(shape) {
             let precision = self.precision;
-            let what = format!("conv2d forward {shape} ({precision})");
+            let what = pass_label("forward", shape, precision);
             let d = Descriptors::new(shape, precision).map_err(cudnn_error(|| what.clone()))?;
             let h = self.handle.bind()?;
             let forward = find(&what, precision, self.deterministic, |count, n, perf| {
@@ -1594,7 +1598,7 @@ impl Conv2dKernels {
         let choice = match slot(plan) {
             Some(c) => c.current(),
             None => {
-                let what = format!("conv2d {pass} {shape} ({precision})");
+                let what = pass_label(pass, shape, precision);
                 let d = &plan.d;
                 let c = find(&what, precision, deterministic, |count, n, perf| {
                     benchmark(h, d, count, n, perf)
@@ -1832,6 +1836,12 @@ fn is_gemm(shape: &Conv2dShape) -> bool {
         && shape.stride == 1
         && shape.pad == 0
         && shape.groups == 1
+}
+
+/// How errors and timings name a pass of a shape: `conv2d backward data 2x9x7x64 -> 32 k1x1 s1
+/// p0 g1 (bf16)`.
+fn pass_label(pass: &str, shape: &Conv2dShape, precision: Precision) -> String {
+    format!("conv2d {pass} {shape} ({precision})")
 }
 
 /// The column-major product a pass of a GEMM shape is (the forward for `None`), with

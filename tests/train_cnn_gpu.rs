@@ -521,7 +521,9 @@ fn two_ordinals(test: &str) -> Vec<usize> {
 /// (ResNet-50) when its parameters move by one ulp, and a second step compounds it. The
 /// update's tolerance, 1e-1, is 4x that and still far below what a lost, doubled or
 /// misweighted shard does (30% and more); the forward's results (loss, running statistics)
-/// stay at f32 tolerances.
+/// stay at f32 tolerances, the loss's measured as the module docs say (ResNet-50's loss landed
+/// 1.03e-5 from the CPU's under compute-sanitizer, whose timing made cuDNN choose other
+/// algorithms, against a fixed 1e-5 before).
 fn two_replica_step(
     test: &str,
     name: &str,
@@ -555,6 +557,11 @@ fn two_replica_step(
         CpuEngine::new(model.clone(), opt, Precision::F32, 2, fresh.clone()).with_sync_bn(sync)
     };
     let (mut cpu, mut other) = (cpu_engine(sync_bn), cpu_engine(!sync_bn));
+    // The loss's own noise (module docs): the same CPU step from parameters moved by one ulp.
+    let mut moved = fresh.clone();
+    moved.params = ulp_moved(&fresh.params);
+    let mut noisy =
+        CpuEngine::new(model.clone(), opt, Precision::F32, 2, moved).with_sync_bn(sync_bn);
     let features = model.features();
     let batch = Arc::new(Batch {
         step: 1,
@@ -565,13 +572,20 @@ fn two_replica_step(
     let g = gpu.step(1, &batch, &shards).unwrap();
     let c = cpu.step(1, &batch, &shards).unwrap();
     other.step(1, &batch, &shards).unwrap();
+    let n = noisy.step(1, &batch, &shards).unwrap();
+    let relative = |loss: f64| (loss - c.loss).abs() / c.loss.abs();
+    let tolerance = tolerances(Precision::F32, [relative(n.loss), 0.0, 0.0, 0.0])[0];
     println!(
-        "{name} sync_bn={sync_bn} {choice:?}: loss GPU {:.7} CPU {:.7}",
-        g.loss, c.loss
+        "{name} sync_bn={sync_bn} {choice:?}: loss GPU {:.7} CPU {:.7}, relative error {:.2e} \
+         (tolerance {tolerance:.1e}; own noise {:.1e})",
+        g.loss,
+        c.loss,
+        relative(g.loss),
+        relative(n.loss)
     );
     assert!(
-        (g.loss - c.loss).abs() <= 1e-5 * c.loss.abs(),
-        "{name} loss {} against {}",
+        relative(g.loss) <= tolerance,
+        "{name} loss {} against {} (tolerance {tolerance:.1e})",
         g.loss,
         c.loss
     );

@@ -24,9 +24,13 @@
 //! (`model`, `size`, `batch`, `precision`, `ms_per_step`, `samples_per_s`, `memory_mib`,
 //! `peak_mib` (null where the allocator keeps no mark), or `error`).
 //!
+//! `--profile` brackets the timed steps (not the set-up or warm-up) with the profiler's start
+//! and stop, for `ncu --profile-from-start off` (`scripts/ncu-cnn.sh`: where a step's time
+//! goes, kernel by kernel, against PyTorch's).
+//!
 //! Run: `cargo bench --bench cnn_step -- [--steps N] [--batch B] [--models a,b]
-//! [--sizes 224,32] [--precisions f32,bf16]` (a plain program; skips without a GPU, fails
-//! instead with `ATTNRT_REQUIRE_GPU=1`).
+//! [--sizes 224,32] [--precisions f32,bf16] [--profile]` (a plain program; skips without a
+//! GPU, fails instead with `ATTNRT_REQUIRE_GPU=1`).
 
 #[allow(dead_code)] // each bench uses part of it
 mod common;
@@ -50,6 +54,7 @@ struct Options {
     models: Vec<Arch>,
     sizes: Vec<usize>,
     precisions: Vec<Precision>,
+    profile: bool,
 }
 
 fn options() -> Options {
@@ -59,6 +64,7 @@ fn options() -> Options {
         models: Arch::ALL.to_vec(),
         sizes: vec![224, 32],
         precisions: vec![Precision::F32, Precision::Bf16],
+        profile: false,
     };
     let mut flags = Flags::new("cnn_step");
     while let Some(flag) = flags.next_flag() {
@@ -72,6 +78,7 @@ fn options() -> Options {
             }
             "--sizes" => o.sizes = flags.list("--sizes S[,S..] (input sides)"),
             "--precisions" => o.precisions = flags.list("--precisions f32|bf16[,..]"),
+            "--profile" => o.profile = true,
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -172,9 +179,16 @@ fn measure(
     gpu.sync()?;
     let memory = used_mib(gpu)? - before;
     gpu.reset_memory_peak()?;
-    let ms = time_ms(gpu.stream(), || {
-        (0..o.steps).try_for_each(|_| step(&mut replica))
-    })?;
+    let mut timed = || {
+        time_ms(gpu.stream(), || {
+            (0..o.steps).try_for_each(|_| step(&mut replica))
+        })
+    };
+    let ms = if o.profile {
+        gpu.profiled(timed)?
+    } else {
+        timed()?
+    };
     let peak = gpu.memory_peak()?.map(|b| b as f64 / (1u64 << 20) as f64);
     Ok((ms / o.steps as f64, memory, peak))
 }

@@ -54,7 +54,7 @@ done
 # Each benchmark embeds every kernel (about 10 MB): only those the device scripts run travel
 # unless ATTNRT_STAGE_BENCHES names others ("all" for every one), so the stage and the
 # repository fit the device tool's 64 MiB.
-want_benches=" ${ATTNRT_STAGE_BENCHES:-engine kernels} "
+want_benches=" ${ATTNRT_STAGE_BENCHES:-engine kernels cnn_step} "
 for b in "${benches[@]}"; do
   name="$(basename "$b")"
   case "$want_benches" in
@@ -75,6 +75,7 @@ cp scripts/unpack-stage.sh scripts/run-gpu-tests.sh scripts/perf-transformer.sh 
   examples/train-vit-synthetic.toml "$stage/"
 # The CNNs against PyTorch: the speed table and the loss curves.
 cp scripts/perf-cnn.sh scripts/torch_cnn_timing.py scripts/compare_loss_curves.py \
+  scripts/ncu-cnn.sh scripts/ncu_step_breakdown.py \
   scripts/export_torchvision.py scripts/plot_loss_curves.py scripts/multijob-experiment.py \
   examples/cnn-share-1gpu.toml "$stage/"
 # Every executable embeds the kernels' fatbins (about 10 MB each), more than the device tool
@@ -101,3 +102,6 @@ echo "the whole tracker against the original's (about 9 minutes; under \$OUT; ca
 echo "  bash $stage/perf-tracker.sh $stage orig"
 echo "the CNN speed table against PyTorch (two calls of under 10 minutes; under \$OUT):"
 echo "  bash $stage/perf-cnn.sh $stage eager; bash $stage/perf-cnn.sh $stage compile"
+echo "where a CNN training step's GPU time goes, kernel by kernel, against PyTorch eager (ncu;"
+echo "ResNet-50 in f32 and bf16 by default, about 4 minutes; under \$OUT):"
+echo "  bash $stage/ncu-cnn.sh $stage [MODELS] [PRECISIONS]"

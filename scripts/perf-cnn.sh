@@ -10,7 +10,8 @@
 #     processes and timed one at a time, stopped at $PERF_DEADLINE seconds (default 500).
 # `python3 scripts/torch_cnn_timing.py --table torch-eager.json torch-compile.json --attnrt
 # attnrt.json` remakes the table for docs/PERF.md from the fetched files, anywhere.
-# attnrt's peak memory is a PLACEHOLDER (null): attnrt-train does not report it yet.
+# attnrt's peak memory is attnrt-train's `gpu memory:` line (the CUDA memory pool's high-water
+# mark, the counterpart of PyTorch's max_memory_allocated).
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here,
 # STAGE_DIR carried): bash STAGE_DIR/perf-cnn.sh STAGE_DIR [eager|compile]

@@ -38,6 +38,10 @@ Usage:
 
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
 peak_mib, error}; --json writes the list, the table goes to standard output.
+
+--profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
+the CUDA profiler's start and stop, for `ncu --profile-from-start off` (scripts/ncu-cnn.sh
+compares where a step's time goes, kernel by kernel, with attnrt's `cnn_step --profile`).
 """
 import argparse
 import fcntl
@@ -209,8 +213,9 @@ def build(model_name, size, precision, mode, batch):
     return step, dev
 
 
-def measure(cfg, batch, warmup, steps, lock=None):
-    """One configuration's row; with `lock`, the timing waits for the lock file."""
+def measure(cfg, batch, warmup, steps, lock=None, profile=False):
+    """One configuration's row; with `lock`, the timing waits for the lock file; with
+    `profile`, the steps run under the CUDA profiler untimed."""
     import torch
     from torch_timing import time_fn
 
@@ -225,6 +230,13 @@ def measure(cfg, batch, warmup, steps, lock=None):
         for _ in range(max(warmup, 1)):  # the first call compiles
             step()
         torch.cuda.synchronize()
+        if profile:
+            torch.cuda.profiler.start()
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            return row(model, size, precision, mode, batch)
         held = None
         if lock:
             held = open(lock, "a")
@@ -284,6 +296,7 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=4)
     p.add_argument("--deadline-s", type=float, default=540)
     p.add_argument("--json")
+    p.add_argument("--profile", action="store_true")
     p.add_argument("--table", nargs="+")
     p.add_argument("--attnrt")
     p.add_argument("--attnrt-bin")
@@ -306,6 +319,8 @@ def main(argv=None):
     modes = args.modes.split(",")
     if any(x not in ("f32", "bf16") for x in precisions) or any(x not in ("eager", "compile") for x in modes):
         p.error("--precisions f32,bf16 and --modes eager,compile")
+    if args.profile and (args.attnrt_bin or "compile" in modes):
+        p.error("--profile: PyTorch eager rows only (--modes eager; attnrt's is cnn_step --profile)")
     if args.attnrt_bin:
         with tempfile.TemporaryDirectory() as d:
             attnrt_rows(args.attnrt_bin, models, sizes, precisions, args.batch, args.steps, d, args.json)
@@ -321,7 +336,7 @@ def main(argv=None):
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     rows = []
     for cfg in configs(models, sizes, precisions, [m for m in modes if m == "eager"]):
-        rows.append(measure(cfg, args.batch, args.warmup, args.steps))
+        rows.append(measure(cfg, args.batch, args.warmup, args.steps, profile=args.profile))
         save(rows, args.json)
         print(json.dumps(rows[-1]), flush=True)
     compile_cfgs = configs(models, sizes, precisions, [m for m in modes if m == "compile"])

@@ -769,17 +769,17 @@ impl Gemm {
             Gemm::Refused(why) => format!("{} (cuBLASLt GEMM refused: {why})", chosen()),
             Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
             Gemm::Measured { gemm_ms, cudnn_ms } if self.runs() => format!(
-                "cuBLASLt GEMM ({gemm_ms:.3} ms) over cuDNN {} ({cudnn_ms:.3} ms)",
+                "cuBLASLt GEMM, chosen over cuDNN's {} when timed here ({gemm_ms:.3} ms \
+                 against {cudnn_ms:.3})",
                 cudnn
                     .as_ref()
                     .map_or("?".to_string(), |c| algo_name(&c.algo))
             ),
-            Gemm::Measured { gemm_ms, cudnn_ms } => {
-                format!(
-                    "{} ({cudnn_ms:.3} ms) over cuBLASLt GEMM ({gemm_ms:.3} ms)",
-                    chosen()
-                )
-            }
+            Gemm::Measured { gemm_ms, cudnn_ms } => format!(
+                "{}, kept over the cuBLASLt GEMM when timed here ({cudnn_ms:.3} ms against \
+                 {gemm_ms:.3})",
+                chosen()
+            ),
         }
     }
 
@@ -1026,7 +1026,9 @@ impl Conv2dKernels {
     }
 
     /// One line per planned pass of `shape`: the algorithm, its math, cuDNN's time and the
-    /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned.
+    /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned. A
+    /// GEMM shape's pass also says which of cuDNN and the cuBLASLt GEMM won our own timing of
+    /// both ("when timed here"), whose times differ from cuDNN's benchmark in the brackets.
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
         let forward = plan.gemm.describe(Some(plan.forward.current()));

@@ -10,6 +10,9 @@
 //                      linear layers' and most convolutions' and batch norms' are fused).
 //   relu_backward_{f32,bf16}  dx[i] = 0 where the ReLU's output y[i] was not positive (its
 //                      gradient is zero there).
+//   add_relu_{f32,bf16}  y[i] = max(a[i] + b[i], 0): a residual connection and the ReLU after
+//                      it in one pass (ResNet's blocks), the sum rounded once (for bf16 the
+//                      same value as rounding the sum, then the ReLU).
 // The bf16 variants read and write bf16 storage and compute in f32 (dtype.cuh).
 //   scale_by_dot_{f32,bf16}  each row times its dot product with a vector (see below; one
 //                      warp per row, not one thread per element).
@@ -36,6 +39,19 @@ __device__ __forceinline__ void relu(const T* __restrict__ x, T* __restrict__ y,
 
 ATTNRT_KERNEL void relu_f32(const float* x, float* y, long long n) { relu(x, y, n); }
 ATTNRT_KERNEL void relu_bf16(const bf16_t* x, bf16_t* y, long long n) { relu(x, y, n); }
+
+template <typename T>
+__device__ __forceinline__ void add_relu(const T* __restrict__ a, const T* __restrict__ b,
+                                         T* __restrict__ y, long long n) {
+    GRID_STRIDE(i, n) { store_f(y, i, fmaxf(load_f(a, i) + load_f(b, i), 0.0f)); }
+}
+
+ATTNRT_KERNEL void add_relu_f32(const float* a, const float* b, float* y, long long n) {
+    add_relu(a, b, y, n);
+}
+ATTNRT_KERNEL void add_relu_bf16(const bf16_t* a, const bf16_t* b, bf16_t* y, long long n) {
+    add_relu(a, b, y, n);
+}
 
 template <typename T>
 __device__ __forceinline__ void relu_backward(T* __restrict__ dx, const T* __restrict__ y,

@@ -1,5 +1,5 @@
 //! Launchers for `kernels/elementwise.cu`: residual adds, the position embedding, ReLU and
-//! its backward (the adds and ReLUs in f32 or bf16), and rows scaled by their dot product with a vector (the tracker's corner head
+//! its backward, a residual add and its ReLU in one (the adds and ReLUs in f32 or bf16), and rows scaled by their dot product with a vector (the tracker's corner head
 //! input). Each works on the first `n` elements of its buffers.
 
 pub mod cpu;
@@ -19,6 +19,7 @@ pub struct ElementwiseKernels {
     add_periodic: Kernel,
     relu: [Kernel; 2],
     relu_backward: [Kernel; 2],
+    add_relu: [Kernel; 2],
     scale_by_dot_f32: Kernel,
     scale_by_dot_bf16: Kernel,
 }
@@ -31,6 +32,7 @@ impl ElementwiseKernels {
             add_periodic: k("add_periodic_f32")?,
             relu: [k("relu_f32")?, k("relu_bf16")?],
             relu_backward: [k("relu_backward_f32")?, k("relu_backward_bf16")?],
+            add_relu: [k("add_relu_f32")?, k("add_relu_bf16")?],
             scale_by_dot_f32: k("scale_by_dot_f32")?,
             scale_by_dot_bf16: k("scale_by_dot_bf16")?,
         })
@@ -100,6 +102,24 @@ impl ElementwiseKernels {
             .input("y", y, n)?
             .long(n);
         // SAFETY: relu_backward_<dtype>(T* dx, const T* y, long long n); both hold n.
+        unsafe { args.launch(elementwise(n)) }
+    }
+
+    /// `y[i] = max(a[i] + b[i], 0)` (f32 or bf16; `y` apart from `a` and `b`).
+    pub fn add_relu<T: Element>(
+        &self,
+        stream: &CudaStream,
+        a: &impl DevicePtr<T>,
+        b: &impl DevicePtr<T>,
+        y: &mut impl DevicePtrMut<T>,
+        n: usize,
+    ) -> Result<()> {
+        let args = Args::new(by_dtype::<T>(&self.add_relu), stream)
+            .input("a", a, n)?
+            .input("b", b, n)?
+            .output("y", y, n)?
+            .long(n);
+        // SAFETY: add_relu_<dtype>(const T* a, const T* b, T* y, long long n); all hold n.
         unsafe { args.launch(elementwise(n)) }
     }
 

@@ -2,7 +2,7 @@
 
 use attnrt::gpu::{self, testing::gpu_or_skip};
 use attnrt::kernels::elementwise::ElementwiseKernels;
-use attnrt::kernels::elementwise::cpu::{add, add_periodic, relu_backward, scale_by_dot};
+use attnrt::kernels::elementwise::cpu::{add, add_periodic, add_relu, relu_backward, scale_by_dot};
 
 use crate::{assert_within, down, poisoned, random, rng, to_bits, up};
 
@@ -78,8 +78,8 @@ fn scale_by_dot_matches_the_cpu_reference() {
     }
 }
 
-/// The CNNs' ReLU and its backward, and the residual add, in f32 and bf16 storage: one f32
-/// operation per value (rounded once in bf16), so bit for bit.
+/// The CNNs' ReLU and its backward, the residual add, and the two in one, in f32 and bf16
+/// storage: f32 arithmetic per value, rounded once in bf16, so bit for bit.
 #[test]
 fn relu_and_add_match_the_host_in_f32_and_bf16() {
     use attnrt::kernels::conv2d::Element;
@@ -121,6 +121,15 @@ fn relu_and_add_match_the_host_in_f32_and_bf16() {
             to_bits(&download(gpu, &sum)),
             to_bits(&rounded::<T>(&want)),
             "add {}",
+            T::NAME
+        );
+        let mut y = upload::<T>(gpu, &vec![f32::NAN; n]);
+        let (a, b) = (upload::<T>(gpu, &x), upload::<T>(gpu, &g));
+        kernels.add_relu(s, &a, &b, &mut y, n).unwrap();
+        assert_eq!(
+            to_bits(&download(gpu, &y)),
+            to_bits(&rounded::<T>(&add_relu(&x, &g))),
+            "add_relu {}",
             T::NAME
         );
     }

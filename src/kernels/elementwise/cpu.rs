@@ -20,6 +20,11 @@ pub fn relu_backward(dx: &mut [f32], y: &[f32]) {
         .for_each(|(d, _)| *d = 0.0);
 }
 
+/// `max(a[i] + b[i], 0)`.
+pub fn add_relu(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| (x + y).max(0.0)).collect()
+}
+
 /// `y[r] = x[r] * dot(x[r], v)` for each row `x[r]` of `v.len()` values (the dot in f64).
 pub fn scale_by_dot(x: &[f32], v: &[f32]) -> Vec<f32> {
     x.chunks_exact(v.len())

@@ -12,11 +12,16 @@
 //! of their own, transposed from the parameters once per step, and their gradients are
 //! transposed back into the gradient buffer's PyTorch order.
 //!
-//! Memory: every value the forward makes has its own buffer for the shard capacity, except a
-//! batch norm's output that only a ReLU reads: the two run as one fused kernel (batch norm
-//! then ReLU, and the backward masked by the ReLU's output). Gradients of values come from a
-//! pool: a buffer goes back to it once the layer that made the value has run backward, so
-//! only the gradients in flight are held (the first pass allocates, later passes reuse).
+//! Memory: a value that the backward pass reads (a convolution's, batch norm's or linear
+//! layer's input, a ReLU's output) has its own buffer for the shard capacity. A batch norm's
+//! or residual add's output that only a ReLU reads is never made: the two run as one kernel
+//! (and the backward is masked by the ReLU's output). Every other value (a batch norm's
+//! output that a residual add reads, a pooling's or channel copy's output that only such
+//! layers read, ...) is needed only until its last reader has run forward: it takes a buffer
+//! from a pool and gives it back then, as a PyTorch allocator would. Gradients of values come
+//! from the same pool: a buffer goes back to it once the layer that made the value has run
+//! backward, so only the gradients in flight are held (the first pass allocates, later
+//! passes reuse).
 //!
 //! Batch norm's running statistics: each layer writes its contribution (the shard's share
 //! of the batch times its mean and unbiased variance) after the parameters' gradient in the
@@ -207,12 +212,20 @@ pub fn golden_step(ordinal: usize, input: &StepInput<'_>) -> Result<StepOutput> 
     })
 }
 
-/// How the forward walks the nodes: one at a time, or a batch norm and the ReLU that alone
-/// reads it as one kernel.
+/// How the forward walks the nodes: one at a time, or a batch norm or a residual add and the
+/// ReLU that alone reads it as one kernel (`relu`: that ReLU's node; the value between the
+/// two is never made).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    Node(usize),
-    BnRelu { bn: usize, relu: usize },
+struct Step {
+    node: usize,
+    relu: Option<usize>,
+}
+
+impl Step {
+    /// The value the step makes: its ReLU's output when it has one.
+    fn output(&self, g: &Graph) -> usize {
+        g.nodes[self.relu.unwrap_or(self.node)].output
+    }
 }
 
 /// Where a convolution's filters (KRSC) and bias sit in the convolution buffers, and their
@@ -273,8 +286,14 @@ struct Walker<T: Storage> {
     /// Images the buffers hold, and the last pass's.
     capacity: usize,
     rows: usize,
-    /// Per value (none for a batch norm fused with its ReLU).
+    /// Per value: its buffer while it is held (always for those the backward reads, see
+    /// `kept`; never for the output of a step's fused ReLU input).
     values: Vec<Option<CudaSlice<T>>>,
+    /// Per value: whether the backward pass reads it (so it keeps its own buffer).
+    kept: Vec<bool>,
+    /// Per step: the values whose last forward reader it is and that are not kept, given
+    /// back to the pool after it.
+    release: Vec<Vec<usize>>,
     /// Per node: a max pooling's argmax, a batch norm's statistics, a linear's operands.
     argmax: Vec<Option<CudaSlice<i32>>>,
     saved: Vec<Option<Saved>>,
@@ -292,7 +311,8 @@ struct Walker<T: Storage> {
     conv_dw32: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     dlogits: CudaSlice<f32>,
-    /// The values' gradients in flight, and the pool they come from.
+    /// The values' gradients in flight, and the pool they and the values that are not kept
+    /// come from.
     dvalues: Vec<Option<CudaSlice<T>>>,
     free: Vec<CudaSlice<T>>,
 }
@@ -323,20 +343,17 @@ impl<T: Storage> Walker<T> {
         let mut plan = Vec::with_capacity(nodes.len());
         let mut i = 0;
         while i < nodes.len() {
-            let fused = matches!(nodes[i].op, Op::BatchNorm { .. })
+            let fused = matches!(nodes[i].op, Op::BatchNorm { .. } | Op::Add)
                 && nodes.get(i + 1).is_some_and(|r| {
                     r.op == Op::Relu
                         && r.inputs == [nodes[i].output]
                         && readers[nodes[i].output] == 1
                 });
-            if fused {
-                plan.push(Step::BnRelu { bn: i, relu: i + 1 });
-                i += 2;
-            } else {
-                plan.push(Step::Node(i));
-                i += 1;
-            }
+            let relu = fused.then_some(i + 1);
+            plan.push(Step { node: i, relu });
+            i += 1 + usize::from(fused);
         }
+        let (kept, release) = lifetimes(&graph, &plan);
         let mut conv_slots = vec![None; nodes.len()];
         let mut conv_len = 0;
         let mut take = |len: usize| {
@@ -388,6 +405,8 @@ impl<T: Storage> Walker<T> {
             capacity: 0,
             rows: 0,
             values: (0..values).map(|_| None).collect(),
+            kept,
+            release,
             argmax: (0..nodes.len()).map(|_| None).collect(),
             saved: (0..nodes.len()).map(|_| None).collect(),
             linears: (0..nodes.len()).map(|_| None).collect(),
@@ -430,19 +449,11 @@ impl<T: Storage> Walker<T> {
             return Ok(());
         }
         let g = &self.graph;
-        let fused_away: Vec<usize> = self
-            .plan
-            .iter()
-            .filter_map(|s| match s {
-                Step::BnRelu { bn, .. } => Some(g.nodes[*bn].output),
-                Step::Node(_) => None,
-            })
-            .collect();
         for (v, shape) in g.shapes.iter().enumerate() {
-            self.values[v] = if fused_away.contains(&v) {
-                None
-            } else {
+            self.values[v] = if self.kept[v] {
                 Some(alloc(gpu, numel(*shape, n), "activations")?)
+            } else {
+                None
             };
         }
         let mut work = 0;
@@ -569,24 +580,27 @@ impl<T: Storage> Walker<T> {
         )?;
         self.values[0] = Some(x0);
         let last = g.nodes.len() - 1;
-        for step in self.plan.clone() {
-            let (i, relu) = match step {
-                Step::Node(i) => (i, None),
-                Step::BnRelu { bn, relu } => (bn, Some(relu)),
-            };
-            let node = &self.graph.nodes[i];
-            let out = relu.map_or(node.output, |r| self.graph.nodes[r].output);
-            let out_len = numel(self.graph.shapes[out], n);
+        for (k, step) in self.plan.clone().into_iter().enumerate() {
+            let i = step.node;
             if i == last {
                 self.linear_forward(s, p, i, true)?;
                 continue;
             }
-            let mut y = self.values[out]
-                .take()
-                .expect("reserve allocates every value");
-            let r = self.node_forward(s, p, i, relu.is_some(), &mut y.slice_mut(..out_len));
+            let out = step.output(&self.graph);
+            let out_len = numel(self.graph.shapes[out], n);
+            let mut y = match self.values[out].take() {
+                Some(y) => y,
+                None => self.buffer(p.gpu, out_len)?,
+            };
+            let r = self.node_forward(s, p, i, step.relu.is_some(), &mut y.slice_mut(..out_len));
             self.values[out] = Some(y);
             r?;
+            for v in self.release[k].clone() {
+                let b = self.values[v]
+                    .take()
+                    .expect("a value is held until its last reader");
+                self.free.push(b);
+            }
         }
         Ok(())
     }
@@ -665,8 +679,11 @@ impl<T: Storage> Walker<T> {
                 self.avg.forward(s, &windows(g, node, n), &x, y)
             }
             Op::Add => {
-                copy(s, &x, y)?;
                 let other = view(&self.values, &self.graph, node.inputs[1], n);
+                if relu {
+                    return self.elementwise.add_relu(s, &x, &other, y, other.len());
+                }
+                copy(s, &x, y)?;
                 self.elementwise.add(s, y, &other, other.len())
             }
             Op::Concat => {
@@ -757,7 +774,8 @@ impl<T: Storage> Walker<T> {
     }
 
     /// The last pass's forward values as f32 on the host, by value index, the logits last;
-    /// `None` for a batch norm's output that its fused ReLU replaced. bf16 values are
+    /// `None` for a value that a fused ReLU replaced and for one no backward reads (its
+    /// buffer went back to the pool). bf16 values are
     /// widened through one scratch buffer of the largest value; f32 ones are read directly.
     fn forward_values(&self, gpu: &Gpu) -> Result<Vec<Option<Vec<f32>>>> {
         let s = gpu.stream();
@@ -788,8 +806,9 @@ impl<T: Storage> Walker<T> {
         Ok(out)
     }
 
-    /// A free gradient buffer of at least `len` values (the smallest that fits).
-    fn grad_buffer(&mut self, gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
+    /// A free buffer from the pool of at least `len` values (the smallest that fits), for a
+    /// gradient or a value that is not kept.
+    fn buffer(&mut self, gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
         let best = self
             .free
             .iter()
@@ -799,7 +818,7 @@ impl<T: Storage> Walker<T> {
             .map(|(i, _)| i);
         match best {
             Some(i) => Ok(self.free.swap_remove(i)),
-            None => alloc(gpu, len, "gradients"),
+            None => alloc(gpu, len, "activations or their gradients"),
         }
     }
 
@@ -839,7 +858,7 @@ impl<T: Storage> Walker<T> {
         match self.dvalues[v].take() {
             Some(b) => Ok((b, true)),
             None => {
-                let mut b = self.grad_buffer(gpu, len)?;
+                let mut b = self.buffer(gpu, len)?;
                 if zeroed {
                     gpu.stream()
                         .memset_zeros(&mut b.slice_mut(..len))
@@ -853,19 +872,15 @@ impl<T: Storage> Walker<T> {
     fn backward(&mut self, s: &Arc<CudaStream>, p: &mut Pass) -> Result<()> {
         let last = self.graph.nodes.len() - 1;
         for step in self.plan.clone().into_iter().rev() {
-            let (i, relu) = match step {
-                Step::Node(i) => (i, None),
-                Step::BnRelu { bn, relu } => (bn, Some(relu)),
-            };
+            let i = step.node;
             if i == last {
                 self.linear_backward(s, p, i, None)?;
                 continue;
             }
-            let out = relu.map_or(self.graph.nodes[i].output, |r| self.graph.nodes[r].output);
-            let Some(dy) = self.dvalues[out].take() else {
+            let Some(dy) = self.dvalues[step.output(&self.graph)].take() else {
                 continue;
             };
-            self.node_backward(s, p, i, relu.is_some(), dy)?;
+            self.node_backward(s, p, i, step.relu.is_some(), dy)?;
         }
         for d in &mut self.dvalues {
             if let Some(b) = d.take() {
@@ -930,7 +945,7 @@ impl<T: Storage> Walker<T> {
                 let layout = &self.graph.layout;
                 let (wr, br) = (layout.slots[*weight].range(), layout.slots[*bias].range());
                 let gamma = p.params.slice(wr.clone());
-                let mut dx = self.grad_buffer(gpu, in_len)?;
+                let mut dx = self.buffer(gpu, in_len)?;
                 {
                     let (mut lo, mut hi) = p.grads.split_at_mut(br.start);
                     let (mut dg, mut db) = (lo.slice_mut(wr.start..), hi.slice_mut(..c));
@@ -999,7 +1014,7 @@ impl<T: Storage> Walker<T> {
                 pad,
             } => {
                 let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
-                let mut dx = self.grad_buffer(gpu, in_len)?;
+                let mut dx = self.buffer(gpu, in_len)?;
                 let idx = self.argmax[i].as_ref().expect("the forward's argmax");
                 self.max.backward(
                     s,
@@ -1012,14 +1027,19 @@ impl<T: Storage> Walker<T> {
             }
             Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
                 let win = windows(&self.graph, &node, n);
-                let mut dx = self.grad_buffer(gpu, in_len)?;
+                let mut dx = self.buffer(gpu, in_len)?;
                 self.avg
                     .backward(s, &win, &dy.slice(..out_len), &mut dx.slice_mut(..in_len))?;
                 self.deliver(s, input, dx, in_len)?;
             }
             Op::Add => {
+                if relu {
+                    let y = self.values[out_v].as_ref().expect("a fused ReLU's output");
+                    let (mut dyv, yv) = (dy.slice_mut(..out_len), y.slice(..out_len));
+                    self.elementwise.relu_backward(s, &mut dyv, &yv, out_len)?;
+                }
                 let other = node.inputs[1];
-                let mut copy_of = self.grad_buffer(gpu, in_len)?;
+                let mut copy_of = self.buffer(gpu, in_len)?;
                 copy(s, &dy.slice(..in_len), &mut copy_of.slice_mut(..in_len))?;
                 self.deliver(s, other, copy_of, in_len)?;
                 return self.deliver(s, input, dy, in_len);
@@ -1149,7 +1169,7 @@ impl<T: Storage> Walker<T> {
             .run(s, dyf, &mut p.grads.slice_mut(br), n, dout)?;
         if wants_dx {
             let len = n * din;
-            let mut g = self.grad_buffer(p.gpu, len)?;
+            let mut g = self.buffer(p.gpu, len)?;
             let dx = &self.linears[i].as_ref().expect("a linear's buffers").dx;
             T::narrow(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
             self.deliver(s, input, g, len)?;
@@ -1189,4 +1209,35 @@ fn windows(g: &Graph, node: &Node, n: usize) -> AvgWindows {
         },
         _ => unreachable!("windows of a pooling layer"),
     }
+}
+
+/// Which values the backward pass reads (`kept`: the image, a ReLU's output, the input of a
+/// convolution, batch norm or linear layer), and per step of `plan` the other values whose
+/// last forward reader it is (freed after it).
+fn lifetimes(g: &Graph, plan: &[Step]) -> (Vec<bool>, Vec<Vec<usize>>) {
+    let mut kept = vec![false; g.shapes.len()];
+    kept[0] = true;
+    let mut last_reader = vec![None; g.shapes.len()];
+    for (k, step) in plan.iter().enumerate() {
+        let node = &g.nodes[step.node];
+        if step.relu.is_some() || node.op == Op::Relu {
+            kept[step.output(g)] = true;
+        }
+        for &v in &node.inputs {
+            if matches!(
+                node.op,
+                Op::Conv { .. } | Op::BatchNorm { .. } | Op::Linear { .. }
+            ) {
+                kept[v] = true;
+            }
+            last_reader[v] = Some(k);
+        }
+    }
+    let mut release = vec![Vec::new(); plan.len()];
+    for (v, reader) in last_reader.into_iter().enumerate() {
+        if let (false, Some(k)) = (kept[v], reader) {
+            release[k].push(v);
+        }
+    }
+    (kept, release)
 }

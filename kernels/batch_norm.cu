@@ -26,7 +26,11 @@
 // rows. The backward's sums (dgamma, dbeta) are summed likewise before backward_apply, whose
 // `count` is then the step's rows instead of the GPU's.
 //
-// Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c]. mean, invstd: [c].
+// Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c].
+//
+// The element-wise kernels (apply, backward_apply) take `vec`, the values a thread handles (8,
+// 4, 2 or 1: the launcher's largest that divides c and the buffers' alignment, dtype.cuh's
+// load_vec), with the same arithmetic per value whatever it is. mean, invstd: [c].
 //
 // Variants (<dtype> = f32 or bf16: the activations' storage):
 //   batch_norm_stats_<dtype>             partials of x.
@@ -131,30 +135,41 @@ ATTNRT_KERNEL void batch_norm_moments_f32(const float* __restrict__ partial, int
     }
 }
 
-template <typename T>
+// V values a thread (the channels a multiple of V, so they share a row): the per-channel
+// factors read once per value as before, the same float operations, one vector load and store.
+template <int V, typename T>
 __device__ __forceinline__ void apply(const T* __restrict__ x, T* __restrict__ y,
                                       const float* __restrict__ mean,
                                       const float* __restrict__ invstd,
                                       const float* __restrict__ gamma,
                                       const float* __restrict__ beta, long long n, int c,
                                       int relu) {
-    GRID_STRIDE(i, n) {
-        const int ch = (int)(i % c);
-        float v = (load_f(x, i) - mean[ch]) * invstd[ch] * gamma[ch] + beta[ch];
-        store_f(y, i, relu ? fmaxf(v, 0.f) : v);
+    GRID_STRIDE(iv, n / V) {
+        const long long i = iv * V;
+        const int ch = (int)((unsigned)i % (unsigned)c);  // n < 2^31 (NormShape::check)
+        float f[V];
+        load_vec<V>(x, i, f);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const float v = (f[j] - mean[ch + j]) * invstd[ch + j] * gamma[ch + j] + beta[ch + j];
+            f[j] = relu ? fmaxf(v, 0.f) : v;
+        }
+        store_vec<V>(y, i, f);
     }
 }
 
 ATTNRT_KERNEL void batch_norm_apply_f32(const float* x, float* y, const float* mean,
                                         const float* invstd, const float* gamma,
-                                        const float* beta, long long n, int c, int relu) {
-    apply(x, y, mean, invstd, gamma, beta, n, c, relu);
+                                        const float* beta, long long n, int c, int relu,
+                                        int vec) {
+    BY_VEC(vec, apply, x, y, mean, invstd, gamma, beta, n, c, relu);
 }
 
 ATTNRT_KERNEL void batch_norm_apply_bf16(const bf16_t* x, bf16_t* y, const float* mean,
                                          const float* invstd, const float* gamma,
-                                         const float* beta, long long n, int c, int relu) {
-    apply(x, y, mean, invstd, gamma, beta, n, c, relu);
+                                         const float* beta, long long n, int c, int relu,
+                                         int vec) {
+    BY_VEC(vec, apply, x, y, mean, invstd, gamma, beta, n, c, relu);
 }
 
 ATTNRT_KERNEL void batch_norm_eval_stats_f32(const float* __restrict__ running_mean,
@@ -233,7 +248,8 @@ ATTNRT_KERNEL void batch_norm_backward_finalize_f32(const float* __restrict__ pa
     }
 }
 
-template <typename T>
+// V values a thread, as apply.
+template <int V, typename T>
 __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T* __restrict__ dy,
                                                const T* __restrict__ y, T* __restrict__ dx,
                                                const float* __restrict__ mean,
@@ -243,12 +259,26 @@ __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T*
                                                const float* __restrict__ dbeta, int rows, int c,
                                                int count) {
     const float inv_m = 1.f / (float)count;
-    GRID_STRIDE(i, (long long)rows * c) {
-        const int ch = (int)(i % c);
-        const float is = invstd[ch];
-        const float xhat = (load_f(x, i) - mean[ch]) * is;
-        const float g = grad_in(dy, y, i);
-        store_f(dx, i, gamma[ch] * is * (g - dbeta[ch] * inv_m - xhat * dgamma[ch] * inv_m));
+    GRID_STRIDE(iv, (long long)rows * c / V) {
+        const long long i = iv * V;
+        const int ch = (int)((unsigned)i % (unsigned)c);  // rows x c < 2^31 (NormShape::check)
+        float fx[V], g[V];
+        load_vec<V>(x, i, fx);
+        load_vec<V>(dy, i, g);
+        if (y) {
+            float fy[V];
+            load_vec<V>(y, i, fy);
+#pragma unroll
+            for (int j = 0; j < V; ++j) g[j] = fy[j] > 0.f ? g[j] : 0.f;
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+            const float is = invstd[ch + j];
+            const float xhat = (fx[j] - mean[ch + j]) * is;
+            fx[j] = gamma[ch + j] * is *
+                    (g[j] - dbeta[ch + j] * inv_m - xhat * dgamma[ch + j] * inv_m);
+        }
+        store_vec<V>(dx, i, fx);
     }
 }
 
@@ -256,8 +286,8 @@ ATTNRT_KERNEL void batch_norm_backward_apply_f32(const float* x, const float* dy
                                                  float* dx, const float* mean,
                                                  const float* invstd, const float* gamma,
                                                  const float* dgamma, const float* dbeta,
-                                                 int rows, int c, int count) {
-    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
+                                                 int rows, int c, int count, int vec) {
+    BY_VEC(vec, backward_apply, x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
 }
 
 ATTNRT_KERNEL void batch_norm_backward_apply_bf16(const bf16_t* x, const bf16_t* dy,
@@ -265,6 +295,6 @@ ATTNRT_KERNEL void batch_norm_backward_apply_bf16(const bf16_t* x, const bf16_t*
                                                   const float* mean, const float* invstd,
                                                   const float* gamma, const float* dgamma,
                                                   const float* dbeta, int rows, int c,
-                                                  int count) {
-    backward_apply(x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
+                                                  int count, int vec) {
+    BY_VEC(vec, backward_apply, x, dy, y, dx, mean, invstd, gamma, dgamma, dbeta, rows, c, count);
 }

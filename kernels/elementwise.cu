@@ -13,19 +13,32 @@
 //   add_relu_{f32,bf16}  y[i] = max(a[i] + b[i], 0): a residual connection and the ReLU after
 //                      it in one pass (ResNet's blocks), the sum rounded once (for bf16 the
 //                      same value as rounding the sum, then the ReLU).
-// The bf16 variants read and write bf16 storage and compute in f32 (dtype.cuh).
+// The bf16 variants read and write bf16 storage and compute in f32 (dtype.cuh). add, add_relu
+// and relu_backward take `vec`, the values a thread handles (8, 4, 2 or 1: the launcher's
+// largest that divides n and the buffers' alignment), with the same arithmetic whatever it is.
 //   scale_by_dot_{f32,bf16}  each row times its dot product with a vector (see below; one
 //                      warp per row, not one thread per element).
 #include "common.cuh"
 #include "dtype.cuh"
 
-template <typename T>
+template <int V, typename T>
 __device__ __forceinline__ void add(T* __restrict__ y, const T* __restrict__ x, long long n) {
-    GRID_STRIDE(i, n) { store_f(y, i, load_f(y, i) + load_f(x, i)); }
+    GRID_STRIDE(iv, n / V) {
+        float a[V], b[V];
+        load_vec<V>(y, iv * V, a);
+        load_vec<V>(x, iv * V, b);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a[j] += b[j];
+        store_vec<V>(y, iv * V, a);
+    }
 }
 
-ATTNRT_KERNEL void add_f32(float* y, const float* x, long long n) { add(y, x, n); }
-ATTNRT_KERNEL void add_bf16(bf16_t* y, const bf16_t* x, long long n) { add(y, x, n); }
+ATTNRT_KERNEL void add_f32(float* y, const float* x, long long n, int vec) {
+    BY_VEC(vec, add, y, x, n);
+}
+ATTNRT_KERNEL void add_bf16(bf16_t* y, const bf16_t* x, long long n, int vec) {
+    BY_VEC(vec, add, y, x, n);
+}
 
 ATTNRT_KERNEL void add_periodic_f32(float* __restrict__ y, const float* __restrict__ pos, long long n,
                                     int period) {
@@ -40,32 +53,45 @@ __device__ __forceinline__ void relu(const T* __restrict__ x, T* __restrict__ y,
 ATTNRT_KERNEL void relu_f32(const float* x, float* y, long long n) { relu(x, y, n); }
 ATTNRT_KERNEL void relu_bf16(const bf16_t* x, bf16_t* y, long long n) { relu(x, y, n); }
 
-template <typename T>
+template <int V, typename T>
 __device__ __forceinline__ void add_relu(const T* __restrict__ a, const T* __restrict__ b,
                                          T* __restrict__ y, long long n) {
-    GRID_STRIDE(i, n) { store_f(y, i, fmaxf(load_f(a, i) + load_f(b, i), 0.0f)); }
-}
-
-ATTNRT_KERNEL void add_relu_f32(const float* a, const float* b, float* y, long long n) {
-    add_relu(a, b, y, n);
-}
-ATTNRT_KERNEL void add_relu_bf16(const bf16_t* a, const bf16_t* b, bf16_t* y, long long n) {
-    add_relu(a, b, y, n);
-}
-
-template <typename T>
-__device__ __forceinline__ void relu_backward(T* __restrict__ dx, const T* __restrict__ y,
-                                              long long n) {
-    GRID_STRIDE(i, n) {
-        if (!(load_f(y, i) > 0.0f)) store_f(dx, i, 0.0f);
+    GRID_STRIDE(iv, n / V) {
+        float fa[V], fb[V];
+        load_vec<V>(a, iv * V, fa);
+        load_vec<V>(b, iv * V, fb);
+#pragma unroll
+        for (int j = 0; j < V; ++j) fa[j] = fmaxf(fa[j] + fb[j], 0.0f);
+        store_vec<V>(y, iv * V, fa);
     }
 }
 
-ATTNRT_KERNEL void relu_backward_f32(float* dx, const float* y, long long n) {
-    relu_backward(dx, y, n);
+ATTNRT_KERNEL void add_relu_f32(const float* a, const float* b, float* y, long long n, int vec) {
+    BY_VEC(vec, add_relu, a, b, y, n);
 }
-ATTNRT_KERNEL void relu_backward_bf16(bf16_t* dx, const bf16_t* y, long long n) {
-    relu_backward(dx, y, n);
+ATTNRT_KERNEL void add_relu_bf16(const bf16_t* a, const bf16_t* b, bf16_t* y, long long n,
+                                 int vec) {
+    BY_VEC(vec, add_relu, a, b, y, n);
+}
+
+template <int V, typename T>
+__device__ __forceinline__ void relu_backward(T* __restrict__ dx, const T* __restrict__ y,
+                                              long long n) {
+    GRID_STRIDE(iv, n / V) {
+        float d[V], fy[V];
+        load_vec<V>(dx, iv * V, d);
+        load_vec<V>(y, iv * V, fy);
+#pragma unroll
+        for (int j = 0; j < V; ++j) d[j] = fy[j] > 0.0f ? d[j] : 0.0f;
+        store_vec<V>(dx, iv * V, d);
+    }
+}
+
+ATTNRT_KERNEL void relu_backward_f32(float* dx, const float* y, long long n, int vec) {
+    BY_VEC(vec, relu_backward, dx, y, n);
+}
+ATTNRT_KERNEL void relu_backward_bf16(bf16_t* dx, const bf16_t* y, long long n, int vec) {
+    BY_VEC(vec, relu_backward, dx, y, n);
 }
 
 // scale_by_dot_<out>: y[r][:] = x[r][:] * dot(x[r][:], v) over `rows` rows of `width` values

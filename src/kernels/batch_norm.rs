@@ -22,7 +22,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut
 
 use super::KernelModule;
 use super::conv2d::Element;
-use super::launch::{Args, by_dtype, elementwise};
+use super::launch::{Args, by_dtype, elementwise, ptr, ptr_mut, vector_width};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
@@ -341,6 +341,11 @@ impl BatchNormKernels {
         relu: bool,
     ) -> Result<()> {
         let (n, c) = (shape.len(), shape.channels);
+        let vec = vector_width(
+            std::mem::size_of::<T>(),
+            c,
+            &[ptr(x, stream), ptr_mut(y, stream)],
+        );
         let args = Args::new(by_dtype::<T>(&self.apply), stream)
             .input("x", x, n)?
             .output("y", y, n)?
@@ -350,10 +355,12 @@ impl BatchNormKernels {
             .input("beta", affine.beta, c)?
             .long(n)
             .int("channels", c)?
-            .int("relu", usize::from(relu))?;
+            .int("relu", usize::from(relu))?
+            .int("vec", vec)?;
         // SAFETY: batch_norm_apply_<dtype>(const T* x, T* y, const float* mean, invstd, gamma,
-        // beta, long long n, int c, int relu); x and y hold n, the rest c.
-        unsafe { args.launch(elementwise(n)) }
+        // beta, long long n, int c, int relu, int vec); x and y hold n, the rest c; vec
+        // divides c and both addresses' alignment in values.
+        unsafe { args.launch(elementwise(n / vec)) }
     }
 
     /// `running = (1 - 0.1) running + 0.1 batch` over the first `n` values: the running
@@ -454,6 +461,9 @@ impl BatchNormKernels {
     ) -> Result<()> {
         shape.check("backward")?;
         let (n, c) = (shape.len(), shape.channels);
+        let mut addrs = vec![ptr(x, stream), ptr(dy, stream), ptr_mut(dx, stream)];
+        addrs.extend(relu_out.map(|r| ptr(r, stream)));
+        let vec = vector_width(std::mem::size_of::<T>(), c, &addrs);
         let args = Args::new(by_dtype::<T>(&self.backward_apply), stream)
             .input("x", x, n)?
             .input("dy", dy, n)?
@@ -466,10 +476,12 @@ impl BatchNormKernels {
             .input("dbeta", dbeta, c)?
             .int("rows", shape.rows)?
             .int("channels", c)?
-            .int("count", count)?;
+            .int("count", count)?
+            .int("vec", vec)?;
         // SAFETY: batch_norm_backward_apply_<dtype>(const T* x, const T* dy, const T* y
         // (nullable), T* dx, const float* mean, invstd, gamma, dgamma, dbeta, int rows, int
-        // c, int count); the activations hold rows x c, the rest c.
-        unsafe { args.launch(elementwise(n)) }
+        // c, int count, int vec); the activations hold rows x c, the rest c; vec divides c
+        // and every activation's alignment in values.
+        unsafe { args.launch(elementwise(n / vec)) }
     }
 }

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::KernelModule;
 use super::conv2d::Element;
-use super::launch::{Args, by_dtype, elementwise, warp_rows};
+use super::launch::{Args, by_dtype, elementwise, ptr, ptr_mut, vector_width, warp_rows};
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel};
 
@@ -46,12 +46,15 @@ impl ElementwiseKernels {
         x: &impl DevicePtr<T>,
         n: usize,
     ) -> Result<()> {
+        let vec = vec_of::<T>(n, &[ptr_mut(y, stream), ptr(x, stream)]);
         let args = Args::new(by_dtype::<T>(&self.add), stream)
             .output("y", y, n)?
             .input("x", x, n)?
-            .long(n);
-        // SAFETY: add_<dtype>(T* y, const T* x, long long n); both hold n.
-        unsafe { args.launch(elementwise(n)) }
+            .long(n)
+            .int("vec", vec)?;
+        // SAFETY: add_<dtype>(T* y, const T* x, long long n, int vec); both hold n; vec
+        // divides n and both addresses' alignment in values.
+        unsafe { args.launch(elementwise(n / vec)) }
     }
 
     /// `y[i] += pos[i % period]`.
@@ -97,12 +100,15 @@ impl ElementwiseKernels {
         y: &impl DevicePtr<T>,
         n: usize,
     ) -> Result<()> {
+        let vec = vec_of::<T>(n, &[ptr_mut(dx, stream), ptr(y, stream)]);
         let args = Args::new(by_dtype::<T>(&self.relu_backward), stream)
             .output("dx", dx, n)?
             .input("y", y, n)?
-            .long(n);
-        // SAFETY: relu_backward_<dtype>(T* dx, const T* y, long long n); both hold n.
-        unsafe { args.launch(elementwise(n)) }
+            .long(n)
+            .int("vec", vec)?;
+        // SAFETY: relu_backward_<dtype>(T* dx, const T* y, long long n, int vec); both hold
+        // n; vec divides n and both addresses' alignment in values.
+        unsafe { args.launch(elementwise(n / vec)) }
     }
 
     /// `y[i] = max(a[i] + b[i], 0)` (f32 or bf16; `y` apart from `a` and `b`).
@@ -114,13 +120,16 @@ impl ElementwiseKernels {
         y: &mut impl DevicePtrMut<T>,
         n: usize,
     ) -> Result<()> {
+        let vec = vec_of::<T>(n, &[ptr(a, stream), ptr(b, stream), ptr_mut(y, stream)]);
         let args = Args::new(by_dtype::<T>(&self.add_relu), stream)
             .input("a", a, n)?
             .input("b", b, n)?
             .output("y", y, n)?
-            .long(n);
-        // SAFETY: add_relu_<dtype>(const T* a, const T* b, T* y, long long n); all hold n.
-        unsafe { args.launch(elementwise(n)) }
+            .long(n)
+            .int("vec", vec)?;
+        // SAFETY: add_relu_<dtype>(const T* a, const T* b, T* y, long long n, int vec); all
+        // hold n; vec divides n and every address's alignment in values.
+        unsafe { args.launch(elementwise(n / vec)) }
     }
 
     /// `y[r] = x[r] * dot(x[r], v)` over `rows` rows of `v.len()` values; `y` in `T` (f32,
@@ -149,4 +158,9 @@ impl ElementwiseKernels {
         // width); one warp per row (warp_rows), x and y hold rows * width, v width.
         unsafe { args.launch(warp_rows(rows)) }
     }
+}
+
+/// The vector width of a kernel over `n` values of `T` at `addrs` ([`vector_width`]).
+fn vec_of<T>(n: usize, addrs: &[u64]) -> usize {
+    vector_width(std::mem::size_of::<T>(), n, addrs)
 }

@@ -47,6 +47,16 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
+/// The values a thread of a vectorised element-wise kernel handles (`dtype.cuh`'s
+/// `load_vec`): the largest of 8, 4 and 2 that divides `n` (the values a row must not split:
+/// a batch norm's channels) and every address in `addrs` in values of `elem` bytes, else 1.
+pub(crate) fn vector_width(elem: usize, n: usize, addrs: &[u64]) -> usize {
+    [8, 4, 2]
+        .into_iter()
+        .find(|&v| n % v == 0 && addrs.iter().all(|a| a % (v * elem) as u64 == 0))
+        .unwrap_or(1)
+}
+
 /// A grid for the kernels that give each of `rows` rows one warp: 8 rows a block.
 pub(crate) fn warp_rows(rows: usize) -> LaunchConfig {
     LaunchConfig {

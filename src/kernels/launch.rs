@@ -53,7 +53,7 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
 pub(crate) fn vector_width(elem: usize, n: usize, addrs: &[u64]) -> usize {
     [8, 4, 2]
         .into_iter()
-        .find(|&v| n % v == 0 && addrs.iter().all(|a| a % (v * elem) as u64 == 0))
+        .find(|&v| n.is_multiple_of(v) && addrs.iter().all(|a| a.is_multiple_of((v * elem) as u64)))
         .unwrap_or(1)
 }
 

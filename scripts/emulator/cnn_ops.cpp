@@ -5,6 +5,8 @@
 // padding, adaptive ones, forward and gathered backward), kernels/dropout.cu (the mask of
 // src/kernels/dropout/cpu.rs, recomputed here) and kernels/channel_copy.cu (the shuffle's
 // transpose, accumulated). f32 storage; the bf16 paths share the code through dtype.cuh.
+// Batch norm runs at every vector width that divides the channels (the launcher's `vec`,
+// from 64-byte aligned buffers), the reductions on the launcher's block shape for it.
 #include "emu.h"
 #include <cmath>
 #include <random>
@@ -12,6 +14,8 @@
 using std::fmax;
 using std::fmaxf;
 using std::sqrt;
+// batch_norm.cu's dynamic shared memory (its block_partial), poisoned before every block.
+float shared_sums[2 * 256 * 8];
 #include "../../kernels/batch_norm.cu"
 namespace pool {
 #include "../../kernels/avg_pool.cu"
@@ -21,6 +25,9 @@ namespace drop {
 }
 namespace copy2d {
 #include "../../kernels/channel_copy.cu"
+}
+namespace ew {
+#include "../../kernels/elementwise.cu"
 }
 static std::mt19937_64 rng(9);
 static int failures = 0;
@@ -46,8 +53,35 @@ static void splits(int rows, int c, int* n, int* per) {
     *n = (rows + *per - 1) / *per;
 }
 
-static void batch_norm_case(int rows, int c) {
-    std::vector<float> x(rows * c), gamma(c), beta(c), dy(rows * c);
+// 64-byte aligned storage, so every vector width's loads are aligned as on the GPU.
+template <typename T>
+struct Aligned {
+    using value_type = T;
+    Aligned() = default;
+    template <typename U>
+    Aligned(const Aligned<U>&) {}
+    T* allocate(size_t n) { return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)); }
+    void deallocate(T* p, size_t) { std::free(p); }
+    bool operator==(const Aligned&) const { return true; }
+    bool operator!=(const Aligned&) const { return false; }
+};
+using Floats = std::vector<float, Aligned<float>>;
+
+static void expect_close(const char* what, const Floats& got, const std::vector<double>& want,
+                         double tol) {
+    expect_close(what, std::vector<float>(got.begin(), got.end()), want, tol);
+}
+
+// src/kernels/batch_norm.rs's reduction_grid for `vec` channels a thread.
+static void reduction_grid(int c, int vec, int ns, dim3* grid, dim3* block) {
+    int vectors = c / vec, tx = 1;
+    while (tx < vectors && tx < 32) tx *= 2;
+    *grid = dim3{(unsigned)((vectors + tx - 1) / tx), (unsigned)ns, 1};
+    *block = dim3{(unsigned)tx, (unsigned)(256 / tx), 1};
+}
+
+static void batch_norm_case(int rows, int c, int vec) {
+    Floats x(rows * c), gamma(c), beta(c), dy(rows * c);
     for (auto& v : x) v = 3.f + 2.f * uniform();
     for (auto& v : gamma) v = uniform();
     for (auto& v : beta) v = uniform();
@@ -60,10 +94,12 @@ static void batch_norm_case(int rows, int c) {
     }
     int ns, per;
     splits(rows, c, &ns, &per);
-    std::vector<float> work(ns * c * 2 + c, NAN), m(c, NAN), is(c, NAN), contrib(2 * c, NAN);
-    dim3 grid{(unsigned)((c + 31) / 32), (unsigned)ns, 1};
-    emu::launch(grid, dim3{32, 8, 1}, nullptr, 0,
-                [&] { batch_norm_stats_f32(x.data(), work.data(), rows, c, per); });
+    Floats work(ns * c * 2 + c, NAN), m(c, NAN), is(c, NAN), contrib(2 * c, NAN);
+    dim3 grid, block;
+    reduction_grid(c, vec, ns, &grid, &block);
+    const size_t shared = 2 * 256 * (size_t)vec;
+    emu::launch(grid, block, shared_sums, shared,
+                [&] { batch_norm_stats_f32(x.data(), work.data(), rows, c, per, vec); });
     unsigned cb = (unsigned)((c + 255) / 256);
     emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(work.data(), ns, rows, c, m.data(), is.data(), contrib.data(), 0.5f);
@@ -74,30 +110,31 @@ static void batch_norm_case(int rows, int c) {
         want_contrib[j] = 0.5 * mean[j];
         want_contrib[c + j] = 0.5 * var[j] * rows / (rows - 1);
     }
-    char what[96];
-    snprintf(what, sizeof what, "batch_norm %dx%d mean", rows, c);
+    char what[128];
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d mean", rows, c, vec);
     expect_close(what, m, mean, 1e-6);
     // Synchronised batch norm's path: the moments, read back as one split with shift 0.
-    std::vector<float> moments(3 * c, NAN), m1(c, NAN), is1(c, NAN);
+    Floats moments(3 * c, NAN), m1(c, NAN), is1(c, NAN);
     emu::launch({cb, 1, 1}, 256, nullptr, 0,
                 [&] { batch_norm_moments_f32(work.data(), ns, rows, c, moments.data()); });
     emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(moments.data(), 1, rows, c, m1.data(), is1.data(), nullptr, 0.f);
     });
-    snprintf(what, sizeof what, "batch_norm %dx%d mean from moments", rows, c);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d mean from moments", rows, c, vec);
     expect_close(what, m1, mean, 1e-6);
-    snprintf(what, sizeof what, "batch_norm %dx%d invstd from moments", rows, c);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d invstd from moments", rows, c, vec);
     expect_close(what, is1, want_is, 1e-5);
-    snprintf(what, sizeof what, "batch_norm %dx%d invstd", rows, c);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d invstd", rows, c, vec);
     expect_close(what, is, want_is, 1e-5);
-    snprintf(what, sizeof what, "batch_norm %dx%d contribution", rows, c);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d contribution", rows, c, vec);
     expect_close(what, contrib, want_contrib, 1e-5);
     long long n = (long long)rows * c;
-    unsigned eb = (unsigned)std::min<long long>((n + 255) / 256, 65535);
+    unsigned eb = (unsigned)std::min<long long>((n / vec + 255) / 256, 65535);
     for (int relu = 0; relu < 2; ++relu) {
-        std::vector<float> y(n, NAN), dx(n, NAN), dg(c, NAN), db(c, NAN);
+        Floats y(n, NAN), dx(n, NAN), dg(c, NAN), db(c, NAN);
         emu::launch({eb, 1, 1}, 256, nullptr, 0, [&] {
-            batch_norm_apply_f32(x.data(), y.data(), m.data(), is.data(), gamma.data(), beta.data(), n, c, relu);
+            batch_norm_apply_f32(x.data(), y.data(), m.data(), is.data(), gamma.data(), beta.data(), n, c, relu,
+                                 vec);
         });
         std::vector<double> want_y(n), g(n);
         for (long long i = 0; i < n; ++i) {
@@ -106,17 +143,18 @@ static void batch_norm_case(int rows, int c) {
             want_y[i] = relu ? fmax(v, 0.0) : v;
             g[i] = relu && !(y[i] > 0.f) ? 0.0 : dy[i];
         }
-        snprintf(what, sizeof what, "batch_norm %dx%d forward relu=%d", rows, c, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d forward relu=%d", rows, c, vec, relu);
         expect_close(what, y, want_y, 1e-5);
         const float* mask = relu ? y.data() : nullptr;
-        emu::launch(grid, dim3{32, 8, 1}, nullptr, 0, [&] {
-            batch_norm_backward_reduce_f32(x.data(), dy.data(), mask, m.data(), is.data(), work.data(), rows, c, per);
+        emu::launch(grid, block, shared_sums, shared, [&] {
+            batch_norm_backward_reduce_f32(x.data(), dy.data(), mask, m.data(), is.data(), work.data(), rows, c, per,
+                                           vec);
         });
         emu::launch({cb, 1, 1}, 256, nullptr, 0,
                     [&] { batch_norm_backward_finalize_f32(work.data(), ns, c, dg.data(), db.data()); });
         emu::launch({eb, 1, 1}, 256, nullptr, 0, [&] {
             batch_norm_backward_apply_f32(x.data(), dy.data(), mask, dx.data(), m.data(), is.data(),
-                                          gamma.data(), dg.data(), db.data(), rows, c, rows);
+                                          gamma.data(), dg.data(), db.data(), rows, c, rows, vec);
         });
         std::vector<double> wdb(c, 0), wdg(c, 0), wdx(n);
         for (long long i = 0; i < n; ++i) {
@@ -129,14 +167,14 @@ static void batch_norm_case(int rows, int c) {
             double xhat = (x[i] - mean[j]) * want_is[j];
             wdx[i] = gamma[j] * want_is[j] * (g[i] - wdb[j] / rows - xhat * wdg[j] / rows);
         }
-        snprintf(what, sizeof what, "batch_norm %dx%d dgamma relu=%d", rows, c, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dgamma relu=%d", rows, c, vec, relu);
         expect_close(what, dg, wdg, 1e-5);
-        snprintf(what, sizeof what, "batch_norm %dx%d dbeta relu=%d", rows, c, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dbeta relu=%d", rows, c, vec, relu);
         expect_close(what, db, wdb, 1e-5);
-        snprintf(what, sizeof what, "batch_norm %dx%d dx relu=%d", rows, c, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dx relu=%d", rows, c, vec, relu);
         expect_close(what, dx, wdx, 1e-4);
     }
-    std::vector<float> running(2 * c);
+    Floats running(2 * c);
     std::vector<double> want_running(2 * c);
     for (int i = 0; i < 2 * c; ++i) {
         running[i] = uniform();
@@ -144,7 +182,7 @@ static void batch_norm_case(int rows, int c) {
     }
     emu::launch({cb, 1, 1}, 256, nullptr, 0,
                 [&] { batch_norm_running_f32(running.data(), contrib.data(), 2 * c, 0.1f); });
-    snprintf(what, sizeof what, "batch_norm %dx%d running", rows, c);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d running", rows, c, vec);
     expect_close(what, running, want_running, 1e-6);
 }
 
@@ -203,8 +241,10 @@ static bool keep(unsigned long long seed, long long i, float p) {
 }
 
 int main() {
-    int bn[][2] = {{2 * 17 * 19, 24}, {3 * 5 * 7, 116}, {9, 5}, {2000, 40}, {18, 70}};
-    for (auto& b : bn) batch_norm_case(b[0], b[1]);
+    int bn[][2] = {{2 * 17 * 19, 24}, {3 * 5 * 7, 116}, {9, 5}, {2000, 40}, {18, 70}, {300, 512}};
+    for (auto& b : bn)
+        for (int vec : {1, 2, 4, 8})
+            if (b[1] % vec == 0) batch_norm_case(b[0], b[1], vec);
     avg_pool_case(2, 9, 7, 5, 4, 3, 2, 2, 0, false);
     avg_pool_case(1, 7, 6, 3, 4, 3, 3, 2, 1, false);
     avg_pool_case(2, 7, 7, 6, 1, 1, 0, 0, 0, true);
@@ -238,6 +278,25 @@ int main() {
         float want = before[r * cc + o] + a[r * cc + (o % g) * per + o / g];
         if (out[r * cc + o] != want && failures++ < 10)
             printf("FAIL channel_copy shuffle at %d,%d: %g want %g\n", r, o, out[r * cc + o], want);
+    }
+    // The vectorised element-wise kernels at every width: add, add+ReLU, the ReLU's backward.
+    for (int vec : {1, 2, 4, 8}) {
+        long long len = 8 * 301;
+        Floats a(len), b(len), y(len, NAN), acc(len), d(len);
+        for (auto& v : a) v = uniform();
+        for (auto& v : b) v = uniform();
+        for (auto& v : d) v = uniform();
+        acc = a;
+        unsigned blocks = (unsigned)((len / vec + 255) / 256);
+        emu::launch({blocks, 1, 1}, 256, nullptr, 0, [&] { ew::add_relu_f32(a.data(), b.data(), y.data(), len, vec); });
+        emu::launch({blocks, 1, 1}, 256, nullptr, 0, [&] { ew::add_f32(acc.data(), b.data(), len, vec); });
+        Floats dd = d;
+        emu::launch({blocks, 1, 1}, 256, nullptr, 0, [&] { ew::relu_backward_f32(dd.data(), y.data(), len, vec); });
+        for (long long i = 0; i < len; ++i) {
+            const float sum = a[i] + b[i], relu = sum > 0.f ? sum : 0.f;
+            if ((y[i] != relu || acc[i] != sum || dd[i] != (relu > 0.f ? d[i] : 0.f)) && failures++ < 10)
+                printf("FAIL elementwise vec %d at %lld\n", vec, i);
+        }
     }
     printf("cnn_ops: %d failures\n", failures);
     return failures != 0;

@@ -12,12 +12,11 @@
 // GPUs of each one's statistics weighted by its share of the batch: finalize writes that
 // weighted contribution, the trainer sums it with the gradients and running applies it.
 //
-// Reductions: one pass over the rows per statistic, no atomics. A block is 256 threads:
-// blockDim.x channel vectors (V consecutive channels a thread, one vector load; the launcher
-// picks V and blockDim.x = min(32, channels / V rounded up to a power of two), so a warp reads
-// whole runs of a row) x blockDim.y row lanes; blockIdx.y takes one split of the rows. Each
-// thread sums its rows in f32, the block sums its lanes through shared memory and writes one
-// partial per (split, channel); finalize (one thread per channel) adds the splits in f64. The forward sums are shifted by the
+// Reductions: one pass over the rows per statistic, no atomics. A block is 32 channels
+// (threadIdx.x: a warp reads 32 consecutive channels of a row) x 8 row lanes (threadIdx.y);
+// blockIdx.y takes one split of the rows. Each thread sums its rows in f32, the block sums
+// its 8 lanes through shared memory and writes one partial per (split, channel); finalize
+// (one thread per channel) adds the splits in f64. The forward sums are shifted by the
 // channel's first value k (sums of x - k and (x - k)^2) so the variance does not cancel
 // when the mean is large against the spread; split 0 stores k after the partials.
 //
@@ -29,9 +28,9 @@
 //
 // Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c].
 //
-// Every kernel over the activations takes `vec`, the values a thread handles (8, 4, 2 or 1:
-// the launcher's largest that divides c and the buffers' alignment, dtype.cuh's load_vec);
-// the element-wise ones do the same arithmetic per value whatever it is. mean, invstd: [c].
+// The element-wise kernels (apply, backward_apply) take `vec`, the values a thread handles (8,
+// 4, 2 or 1: the launcher's largest that divides c and the buffers' alignment, dtype.cuh's
+// load_vec), with the same arithmetic per value whatever it is. mean, invstd: [c].
 //
 // Variants (<dtype> = f32 or bf16: the activations' storage):
 //   batch_norm_stats_<dtype>             partials of x.
@@ -48,75 +47,53 @@
 #include "common.cuh"
 #include "dtype.cuh"
 
+#define BN_CH 32
+#define BN_LANES 8
 #define BN_EPS 1e-5
 
-// The block's per-channel sums of its lanes' (a[j], b[j]), written as the split's partial.
-// A reduction block is 256 threads: blockDim.x channel vectors of V channels each (the
-// block's tx x V channels) by blockDim.y row lanes; column t of the shared rows is channel
-// blockIdx.x x tx x V + t, summed over the lanes by thread t.
-template <int V>
-__device__ __forceinline__ void block_partial(const float (&a)[V], const float (&b)[V],
-                                              float* partial, int c) {
-    // Dynamic: 2 x 256 x V floats (the launcher's shared_mem_bytes), one buffer for every V.
-    extern __shared__ float shared_sums[];
-    const int width = blockDim.x * V;
-    float* sa = shared_sums;
-    float* sb = shared_sums + blockDim.y * width;
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-        sa[threadIdx.y * width + threadIdx.x * V + j] = a[j];
-        sb[threadIdx.y * width + threadIdx.x * V + j] = b[j];
-    }
+// The block's per-channel sums of its lanes' (a, b), written as the split's partial.
+__device__ __forceinline__ void block_partial(float a, float b, float* partial, int c, int ch) {
+    __shared__ float sa[BN_LANES][BN_CH + 1], sb[BN_LANES][BN_CH + 1];
+    sa[threadIdx.y][threadIdx.x] = a;
+    sb[threadIdx.y][threadIdx.x] = b;
     __syncthreads();
-    const int t = threadIdx.y * blockDim.x + threadIdx.x;
-    const int ch = blockIdx.x * width + t;
-    if (t < width && ch < c) {
-        float s = 0.f, q = 0.f;
-        for (int l = 0; l < blockDim.y; ++l) {
-            s += sa[l * width + t];
-            q += sb[l * width + t];
+    if (threadIdx.y == 0 && ch < c) {
+        for (int j = 1; j < BN_LANES; ++j) {
+            a += sa[j][threadIdx.x];
+            b += sb[j][threadIdx.x];
         }
-        const long long at = ((long long)blockIdx.y * c + ch) * 2;
-        partial[at] = s;
-        partial[at + 1] = q;
+        long long at = ((long long)blockIdx.y * c + ch) * 2;
+        partial[at] = a;
+        partial[at + 1] = b;
     }
 }
 
-template <int V, typename T>
+template <typename T>
 __device__ __forceinline__ void stats(const T* __restrict__ x, float* __restrict__ partial,
                                       int rows, int c, int per_split) {
-    const int ch = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    const int ch = blockIdx.x * BN_CH + threadIdx.x;
     const int r0 = blockIdx.y * per_split, r1 = min(r0 + per_split, rows);
-    float s[V] = {}, q[V] = {};
+    float s = 0.f, q = 0.f;
     if (ch < c) {
-        float k[V];
-        load_vec<V>(x, ch, k);
-        for (int r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
-            float f[V];
-            load_vec<V>(x, (long long)r * c + ch, f);
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-                const float d = f[j] - k[j];
-                s[j] += d;
-                q[j] += d * d;
-            }
+        const float k = load_f(x, ch);
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
+            float d = load_f(x, (long long)r * c + ch) - k;
+            s += d;
+            q += d * d;
         }
-        if (blockIdx.y == 0 && threadIdx.y == 0) {
-#pragma unroll
-            for (int j = 0; j < V; ++j) partial[(long long)gridDim.y * c * 2 + ch + j] = k[j];
-        }
+        if (blockIdx.y == 0 && threadIdx.y == 0) partial[(long long)gridDim.y * c * 2 + ch] = k;
     }
-    block_partial<V>(s, q, partial, c);
+    block_partial(s, q, partial, c, ch);
 }
 
 ATTNRT_KERNEL void batch_norm_stats_f32(const float* x, float* partial, int rows, int c,
-                                        int per_split, int vec) {
-    BY_VEC(vec, stats, x, partial, rows, c, per_split);
+                                        int per_split) {
+    stats(x, partial, rows, c, per_split);
 }
 
 ATTNRT_KERNEL void batch_norm_stats_bf16(const bf16_t* x, float* partial, int rows, int c,
-                                         int per_split, int vec) {
-    BY_VEC(vec, stats, x, partial, rows, c, per_split);
+                                         int per_split) {
+    stats(x, partial, rows, c, per_split);
 }
 
 // contrib (nullable): weight x mean at [ch], weight x unbiased var at [c + ch].
@@ -213,62 +190,47 @@ ATTNRT_KERNEL void batch_norm_running_f32(float* __restrict__ running,
     }
 }
 
-// g: dy, zero where the fused ReLU's output y (nullable) is not positive; V values from i.
-template <int V, typename T>
-__device__ __forceinline__ void grad_in(const T* dy, const T* y, long long i, float (&g)[V]) {
-    load_vec<V>(dy, i, g);
-    if (y) {
-        float fy[V];
-        load_vec<V>(y, i, fy);
-#pragma unroll
-        for (int j = 0; j < V; ++j) g[j] = fy[j] > 0.f ? g[j] : 0.f;
-    }
+// g: dy, zero where the fused ReLU's output y (nullable) is not positive.
+template <typename T>
+__device__ __forceinline__ float grad_in(const T* dy, const T* y, long long i) {
+    float g = load_f(dy, i);
+    return (y && !(load_f(y, i) > 0.f)) ? 0.f : g;
 }
 
-template <int V, typename T>
+template <typename T>
 __device__ __forceinline__ void backward_reduce(const T* __restrict__ x, const T* __restrict__ dy,
                                                 const T* __restrict__ y,
                                                 const float* __restrict__ mean,
                                                 const float* __restrict__ invstd,
                                                 float* __restrict__ partial, int rows, int c,
                                                 int per_split) {
-    const int ch = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+    const int ch = blockIdx.x * BN_CH + threadIdx.x;
     const int r0 = blockIdx.y * per_split, r1 = min(r0 + per_split, rows);
-    float s[V] = {}, q[V] = {};
+    float s = 0.f, q = 0.f;
     if (ch < c) {
-        float m[V], is[V];
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-            m[j] = mean[ch + j];
-            is[j] = invstd[ch + j];
-        }
-        for (int r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
-            const long long i = (long long)r * c + ch;
-            float g[V], f[V];
-            grad_in<V>(dy, y, i, g);
-            load_vec<V>(x, i, f);
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-                s[j] += g[j];
-                q[j] += g[j] * (f[j] - m[j]) * is[j];
-            }
+        const float m = mean[ch], is = invstd[ch];
+        for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
+            long long i = (long long)r * c + ch;
+            float g = grad_in(dy, y, i);
+            s += g;
+            q += g * (load_f(x, i) - m) * is;
         }
     }
-    block_partial<V>(s, q, partial, c);
+    block_partial(s, q, partial, c, ch);
 }
 
 ATTNRT_KERNEL void batch_norm_backward_reduce_f32(const float* x, const float* dy,
                                                   const float* y, const float* mean,
                                                   const float* invstd, float* partial,
-                                                  int rows, int c, int per_split, int vec) {
-    BY_VEC(vec, backward_reduce, x, dy, y, mean, invstd, partial, rows, c, per_split);
+                                                  int rows, int c, int per_split) {
+    backward_reduce(x, dy, y, mean, invstd, partial, rows, c, per_split);
 }
 
 ATTNRT_KERNEL void batch_norm_backward_reduce_bf16(const bf16_t* x, const bf16_t* dy,
                                                    const bf16_t* y, const float* mean,
                                                    const float* invstd, float* partial,
-                                                   int rows, int c, int per_split, int vec) {
-    BY_VEC(vec, backward_reduce, x, dy, y, mean, invstd, partial, rows, c, per_split);
+                                                   int rows, int c, int per_split) {
+    backward_reduce(x, dy, y, mean, invstd, partial, rows, c, per_split);
 }
 
 ATTNRT_KERNEL void batch_norm_backward_finalize_f32(const float* __restrict__ partial,
@@ -302,7 +264,13 @@ __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T*
         const int ch = (int)((unsigned)i % (unsigned)c);  // rows x c < 2^31 (NormShape::check)
         float fx[V], g[V];
         load_vec<V>(x, i, fx);
-        grad_in<V>(dy, y, i, g);
+        load_vec<V>(dy, i, g);
+        if (y) {
+            float fy[V];
+            load_vec<V>(y, i, fy);
+#pragma unroll
+            for (int j = 0; j < V; ++j) g[j] = fy[j] > 0.f ? g[j] : 0.f;
+        }
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const float is = invstd[ch + j];

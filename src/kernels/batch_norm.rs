@@ -26,12 +26,9 @@ use super::launch::{Args, by_dtype, elementwise, ptr, ptr_mut, vector_width};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
-/// The channels and row lanes a reduction's row splits are sized for (the blocks' shape
-/// follows the vector width, [`NormShape::reduction_grid`]).
+/// Channels per reduction block and its row lanes (`BN_CH`, `BN_LANES` in the kernel file).
 const BLOCK_CHANNELS: usize = 32;
 const LANES: usize = 8;
-/// Threads of a reduction block.
-const REDUCTION_THREADS: usize = 256;
 /// Blocks a reduction aims for: a few per multiprocessor on the largest GPUs.
 const TARGET_BLOCKS: usize = 1024;
 
@@ -75,18 +72,16 @@ impl NormShape {
         Ok(())
     }
 
-    /// The reduction kernels' grid for `vec` channels a thread: a block of up to 32 channel
-    /// vectors (fewer for narrow layers, so the threads are not idle) by as many row lanes
-    /// as make 256 threads, one block row per split.
-    fn reduction_grid(&self, vec: usize) -> LaunchConfig {
+    fn reduction_grid(&self) -> LaunchConfig {
         let (splits, _) = self.splits();
-        let vectors = self.channels / vec;
-        let tx = vectors.next_power_of_two().min(32);
         LaunchConfig {
-            grid_dim: (vectors.div_ceil(tx) as u32, splits as u32, 1),
-            block_dim: (tx as u32, (REDUCTION_THREADS / tx) as u32, 1),
-            // The lanes' sums of both statistics per channel (`block_partial`).
-            shared_mem_bytes: (2 * REDUCTION_THREADS * vec * size_of::<f32>()) as u32,
+            grid_dim: (
+                self.channels.div_ceil(BLOCK_CHANNELS) as u32,
+                splits as u32,
+                1,
+            ),
+            block_dim: (BLOCK_CHANNELS as u32, LANES as u32, 1),
+            shared_mem_bytes: 0,
         }
     }
 }
@@ -247,18 +242,15 @@ impl BatchNormKernels {
         workspace: &mut impl Workspace,
     ) -> Result<usize> {
         let (splits, per) = shape.splits();
-        let vec = vector_width(size_of::<T>(), shape.channels, &[ptr(x, stream)]);
         let args = Args::new(by_dtype::<T>(&self.stats), stream)
             .input("x", x, shape.len())?
             .output("workspace", workspace, shape.workspace_len())?
             .int("rows", shape.rows)?
             .int("channels", shape.channels)?
-            .int("rows per split", per)?
-            .int("vec", vec)?;
+            .int("rows per split", per)?;
         // SAFETY: batch_norm_stats_<dtype>(const T* x, float* partial, int rows, int c, int
-        // per_split, int vec) on the reduction grid for vec (which divides c and x's
-        // alignment in values); the workspace holds splits x c x 2 + c.
-        unsafe { args.launch(shape.reduction_grid(vec))? };
+        // per_split) on the reduction grid; the workspace holds splits x c x 2 + c.
+        unsafe { args.launch(shape.reduction_grid())? };
         Ok(splits)
     }
 
@@ -349,7 +341,11 @@ impl BatchNormKernels {
         relu: bool,
     ) -> Result<()> {
         let (n, c) = (shape.len(), shape.channels);
-        let vec = vector_width(size_of::<T>(), c, &[ptr(x, stream), ptr_mut(y, stream)]);
+        let vec = vector_width(
+            std::mem::size_of::<T>(),
+            c,
+            &[ptr(x, stream), ptr_mut(y, stream)],
+        );
         let args = Args::new(by_dtype::<T>(&self.apply), stream)
             .input("x", x, n)?
             .output("y", y, n)?
@@ -424,9 +420,6 @@ impl BatchNormKernels {
         shape.check("backward")?;
         let (n, c) = (shape.len(), shape.channels);
         let (splits, per) = shape.splits();
-        let mut addrs = vec![ptr(x, stream), ptr(dy, stream)];
-        addrs.extend(relu_out.map(|r| ptr(r, stream)));
-        let vec = vector_width(size_of::<T>(), c, &addrs);
         let args = Args::new(by_dtype::<T>(&self.backward_reduce), stream)
             .input("x", x, n)?
             .input("dy", dy, n)?
@@ -436,13 +429,11 @@ impl BatchNormKernels {
             .output("workspace", workspace, shape.workspace_len())?
             .int("rows", shape.rows)?
             .int("channels", c)?
-            .int("rows per split", per)?
-            .int("vec", vec)?;
+            .int("rows per split", per)?;
         // SAFETY: batch_norm_backward_reduce_<dtype>(const T* x, const T* dy, const T* y
         // (nullable), const float* mean, invstd, float* partial, int rows, int c, int
-        // per_split, int vec) on the reduction grid for vec (which divides c and every
-        // activation's alignment in values).
-        unsafe { args.launch(shape.reduction_grid(vec))? };
+        // per_split) on the reduction grid.
+        unsafe { args.launch(shape.reduction_grid())? };
         let args = Args::new(&self.backward_finalize, stream)
             .input("workspace", &*workspace, shape.workspace_len())?
             .int("splits", splits)?
@@ -472,7 +463,7 @@ impl BatchNormKernels {
         let (n, c) = (shape.len(), shape.channels);
         let mut addrs = vec![ptr(x, stream), ptr(dy, stream), ptr_mut(dx, stream)];
         addrs.extend(relu_out.map(|r| ptr(r, stream)));
-        let vec = vector_width(size_of::<T>(), c, &addrs);
+        let vec = vector_width(std::mem::size_of::<T>(), c, &addrs);
         let args = Args::new(by_dtype::<T>(&self.backward_apply), stream)
             .input("x", x, n)?
             .input("dy", dy, n)?

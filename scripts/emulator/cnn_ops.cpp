@@ -5,8 +5,8 @@
 // padding, adaptive ones, forward and gathered backward), kernels/dropout.cu (the mask of
 // src/kernels/dropout/cpu.rs, recomputed here) and kernels/channel_copy.cu (the shuffle's
 // transpose, accumulated). f32 storage; the bf16 paths share the code through dtype.cuh.
-// Batch norm runs at every vector width that divides the channels (the launcher's `vec`,
-// from 64-byte aligned buffers), the reductions on the launcher's block shape for it.
+// Batch norm's element-wise kernels run at every vector width that divides the channels (the
+// launcher's `vec`, from 64-byte aligned buffers).
 #include "emu.h"
 #include <cmath>
 #include <random>
@@ -14,8 +14,6 @@
 using std::fmax;
 using std::fmaxf;
 using std::sqrt;
-// batch_norm.cu's dynamic shared memory (its block_partial), poisoned before every block.
-float shared_sums[2 * 256 * 8];
 #include "../../kernels/batch_norm.cu"
 namespace pool {
 #include "../../kernels/avg_pool.cu"
@@ -72,14 +70,6 @@ static void expect_close(const char* what, const Floats& got, const std::vector<
     expect_close(what, std::vector<float>(got.begin(), got.end()), want, tol);
 }
 
-// src/kernels/batch_norm.rs's reduction_grid for `vec` channels a thread.
-static void reduction_grid(int c, int vec, int ns, dim3* grid, dim3* block) {
-    int vectors = c / vec, tx = 1;
-    while (tx < vectors && tx < 32) tx *= 2;
-    *grid = dim3{(unsigned)((vectors + tx - 1) / tx), (unsigned)ns, 1};
-    *block = dim3{(unsigned)tx, (unsigned)(256 / tx), 1};
-}
-
 static void batch_norm_case(int rows, int c, int vec) {
     Floats x(rows * c), gamma(c), beta(c), dy(rows * c);
     for (auto& v : x) v = 3.f + 2.f * uniform();
@@ -95,11 +85,9 @@ static void batch_norm_case(int rows, int c, int vec) {
     int ns, per;
     splits(rows, c, &ns, &per);
     Floats work(ns * c * 2 + c, NAN), m(c, NAN), is(c, NAN), contrib(2 * c, NAN);
-    dim3 grid, block;
-    reduction_grid(c, vec, ns, &grid, &block);
-    const size_t shared = 2 * 256 * (size_t)vec;
-    emu::launch(grid, block, shared_sums, shared,
-                [&] { batch_norm_stats_f32(x.data(), work.data(), rows, c, per, vec); });
+    dim3 grid{(unsigned)((c + 31) / 32), (unsigned)ns, 1};
+    emu::launch(grid, dim3{32, 8, 1}, nullptr, 0,
+                [&] { batch_norm_stats_f32(x.data(), work.data(), rows, c, per); });
     unsigned cb = (unsigned)((c + 255) / 256);
     emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(work.data(), ns, rows, c, m.data(), is.data(), contrib.data(), 0.5f);
@@ -146,9 +134,8 @@ static void batch_norm_case(int rows, int c, int vec) {
         snprintf(what, sizeof what, "batch_norm %dx%d vec %d forward relu=%d", rows, c, vec, relu);
         expect_close(what, y, want_y, 1e-5);
         const float* mask = relu ? y.data() : nullptr;
-        emu::launch(grid, block, shared_sums, shared, [&] {
-            batch_norm_backward_reduce_f32(x.data(), dy.data(), mask, m.data(), is.data(), work.data(), rows, c, per,
-                                           vec);
+        emu::launch(grid, dim3{32, 8, 1}, nullptr, 0, [&] {
+            batch_norm_backward_reduce_f32(x.data(), dy.data(), mask, m.data(), is.data(), work.data(), rows, c, per);
         });
         emu::launch({cb, 1, 1}, 256, nullptr, 0,
                     [&] { batch_norm_backward_finalize_f32(work.data(), ns, c, dg.data(), db.data()); });

@@ -17,7 +17,8 @@
 #   soft_argmax: kernels/soft_argmax.cu (block reductions in f64, f32 and bf16 scores);
 #   conv2d: kernels/conv2d.cu's bf16 bias gradient (partial sums per chunk, then in order);
 #   cnn_ops: kernels/batch_norm.cu (split reductions, finalize, normalisation, fused ReLU,
-#     running update, backward, synchronised batch norm's moments; every vector width),
+#     running update, backward, synchronised batch norm's moments; the element-wise ones at
+#     every vector width),
 #     avg_pool.cu, dropout.cu (the CPU's mask), channel_copy.cu and elementwise.cu's
 #     vectorised add, add+ReLU and ReLU backward.
 # What it cannot see: timing, memory-model effects between blocks (blocks run one after
@@ -62,7 +63,7 @@ if [ "$what" = all ] || [ "$what" = conv2d ]; then
   "$out/conv2d"
 fi
 if [ "$what" = all ] || [ "$what" = cnn_ops ]; then
-  g++ -std=c++17 -O1 -I"$here/include" -I"$here/../../kernels" -o "$out/cnn_ops" \
+  g++ -std=c++17 -O1 -DEMU_STATIC_SHARED -I"$here/include" -I"$here/../../kernels" -o "$out/cnn_ops" \
     "$here/cnn_ops.cpp"
   "$out/cnn_ops"
 fi

@@ -34,8 +34,7 @@ if [ ! -x "$stage/bench/cnn_step" ]; then
     "cnn_step\" scripts/gpu-stage.sh $stage)" | tee -a "$out/status.txt"
   exit 1
 fi
-ncu="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
-  2>/dev/null | head -1)"
+ncu="$(find_ncu)"
 [ -n "$ncu" ] || echo "ncu: not found on PATH nor under /usr/local/cuda*/bin," \
   "/opt/nvidia/nsight-compute: step times only" | tee -a "$out/status.txt"
 ncu_args=(--csv --page raw --print-units base --metrics gpu__time_duration.sum

@@ -46,8 +46,7 @@ for precision in f32 bf16; do
     --modes fused --parts transformer --launch eager --trace-dir "$out/trace"
 done
 
-ncu="$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
-  2>/dev/null | head -1)"
+ncu="$(find_ncu)"
 if [ -z "$ncu" ]; then
   echo "ncu: not found on PATH nor under /usr/local/cuda*/bin, /opt/nvidia/nsight-compute" \
     | tee -a "$out/status.txt"

@@ -8,6 +8,8 @@
 # step NAME LIMIT_S COMMAND...: runs COMMAND for at most LIMIT_S seconds, its output to the
 #   terminal and appended to $out/NAME.txt (several steps may share a name), and records
 #   "NAME rc=STATUS SECONDSs: COMMAND" in $out/status.txt.
+# find_ncu: prints the path of Nsight Compute's ncu (PATH, /usr/local/cuda*/bin,
+#   /opt/nvidia/nsight-compute), nothing when there is none.
 # steps_failed: prints the status lines whose exit status is not 0 and succeeds when there is
 #   one (a script ends with `steps_failed && exit 1`).
 
@@ -32,6 +34,11 @@ step() {
   timeout "$limit" "$@" 2>&1 | tee -a "$out/$name.txt"
   local rc=${PIPESTATUS[0]}
   echo "$name rc=$rc $((SECONDS - start))s: $*" | tee -a "$out/status.txt"
+}
+
+find_ncu() {
+  command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null \
+    | head -1
 }
 
 # Lines without an `rc=` are notes (a step skipped on purpose); `rc=0` is a success only when

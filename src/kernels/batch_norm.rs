@@ -341,11 +341,7 @@ impl BatchNormKernels {
         relu: bool,
     ) -> Result<()> {
         let (n, c) = (shape.len(), shape.channels);
-        let vec = vector_width(
-            std::mem::size_of::<T>(),
-            c,
-            &[ptr(x, stream), ptr_mut(y, stream)],
-        );
+        let vec = vector_width::<T>(c, &[ptr(x, stream), ptr_mut(y, stream)]);
         let args = Args::new(by_dtype::<T>(&self.apply), stream)
             .input("x", x, n)?
             .output("y", y, n)?
@@ -463,7 +459,7 @@ impl BatchNormKernels {
         let (n, c) = (shape.len(), shape.channels);
         let mut addrs = vec![ptr(x, stream), ptr(dy, stream), ptr_mut(dx, stream)];
         addrs.extend(relu_out.map(|r| ptr(r, stream)));
-        let vec = vector_width(std::mem::size_of::<T>(), c, &addrs);
+        let vec = vector_width::<T>(c, &addrs);
         let args = Args::new(by_dtype::<T>(&self.backward_apply), stream)
             .input("x", x, n)?
             .input("dy", dy, n)?

@@ -46,7 +46,7 @@ impl ElementwiseKernels {
         x: &impl DevicePtr<T>,
         n: usize,
     ) -> Result<()> {
-        let vec = vec_of::<T>(n, &[ptr_mut(y, stream), ptr(x, stream)]);
+        let vec = vector_width::<T>(n, &[ptr_mut(y, stream), ptr(x, stream)]);
         let args = Args::new(by_dtype::<T>(&self.add), stream)
             .output("y", y, n)?
             .input("x", x, n)?
@@ -100,7 +100,7 @@ impl ElementwiseKernels {
         y: &impl DevicePtr<T>,
         n: usize,
     ) -> Result<()> {
-        let vec = vec_of::<T>(n, &[ptr_mut(dx, stream), ptr(y, stream)]);
+        let vec = vector_width::<T>(n, &[ptr_mut(dx, stream), ptr(y, stream)]);
         let args = Args::new(by_dtype::<T>(&self.relu_backward), stream)
             .output("dx", dx, n)?
             .input("y", y, n)?
@@ -120,7 +120,7 @@ impl ElementwiseKernels {
         y: &mut impl DevicePtrMut<T>,
         n: usize,
     ) -> Result<()> {
-        let vec = vec_of::<T>(n, &[ptr(a, stream), ptr(b, stream), ptr_mut(y, stream)]);
+        let vec = vector_width::<T>(n, &[ptr(a, stream), ptr(b, stream), ptr_mut(y, stream)]);
         let args = Args::new(by_dtype::<T>(&self.add_relu), stream)
             .input("a", a, n)?
             .input("b", b, n)?
@@ -158,9 +158,4 @@ impl ElementwiseKernels {
         // width); one warp per row (warp_rows), x and y hold rows * width, v width.
         unsafe { args.launch(warp_rows(rows)) }
     }
-}
-
-/// The vector width of a kernel over `n` values of `T` at `addrs` ([`vector_width`]).
-fn vec_of<T>(n: usize, addrs: &[u64]) -> usize {
-    vector_width(std::mem::size_of::<T>(), n, addrs)
 }

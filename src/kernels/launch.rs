@@ -47,10 +47,11 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
     }
 }
 
-/// The values a thread of a vectorised element-wise kernel handles (`dtype.cuh`'s
+/// The values of `T` a thread of a vectorised element-wise kernel handles (`dtype.cuh`'s
 /// `load_vec`): the largest of 8, 4 and 2 that divides `n` (the values a row must not split:
-/// a batch norm's channels) and every address in `addrs` in values of `elem` bytes, else 1.
-pub(crate) fn vector_width(elem: usize, n: usize, addrs: &[u64]) -> usize {
+/// a batch norm's channels) and every address in `addrs` in values, else 1.
+pub(crate) fn vector_width<T>(n: usize, addrs: &[u64]) -> usize {
+    let elem = size_of::<T>();
     [8, 4, 2]
         .into_iter()
         .find(|&v| n.is_multiple_of(v) && addrs.iter().all(|a| a.is_multiple_of((v * elem) as u64)))

@@ -595,7 +595,7 @@ impl<T: Storage> Walker<T> {
             let r = self.node_forward(s, p, i, step.relu.is_some(), &mut y.slice_mut(..out_len));
             self.values[out] = Some(y);
             r?;
-            for v in self.release[k].clone() {
+            for &v in &self.release[k] {
                 let b = self.values[v]
                     .take()
                     .expect("a value is held until its last reader");

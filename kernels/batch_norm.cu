@@ -28,9 +28,12 @@
 //
 // Layouts: x, y, dy, dx: rows x c. partial: [splits][c][2] then k [c].
 //
-// The element-wise kernels (apply, backward_apply) take `vec`, the values a thread handles (8,
-// 4, 2 or 1: the launcher's largest that divides c and the buffers' alignment, dtype.cuh's
-// load_vec), with the same arithmetic per value whatever it is. mean, invstd: [c].
+// The element-wise kernels (apply, backward_apply) take `vec`, the values a thread handles at
+// once (8, 4, 2 or 1: the launcher's largest that divides c and the buffers' alignment,
+// dtype.cuh's load_vec), with the same arithmetic per value whatever it is. Each thread stays
+// on one group of vec channels and walks rows (channel_rows), so it loads the per-channel
+// factors once into registers, not once per value (they were four or five scalar loads a
+// value, which bounded these kernels). mean, invstd: [c].
 //
 // Variants (<dtype> = f32 or bf16: the activations' storage):
 //   batch_norm_stats_<dtype>             partials of x.
@@ -135,8 +138,21 @@ ATTNRT_KERNEL void batch_norm_moments_f32(const float* __restrict__ partial, int
     }
 }
 
-// V values a thread (the channels a multiple of V, so they share a row): the per-channel
-// factors read once per value as before, the same float operations, one vector load and store.
+// The element-wise kernels' work: the c / V channel groups of V values (c a multiple of V, so
+// a group shares a row) times `lanes` row lanes, lanes = the grid's threads / groups (at least
+// 1). Unit u (a thread's own index, then a grid's stride further while fewer threads than
+// groups run) is channel group u % groups on rows u / groups, + lanes, + 2 lanes, ...
+struct ChannelRows {
+    long long groups, lanes, threads;
+};
+
+__device__ __forceinline__ ChannelRows channel_rows(int c, int v) {
+    const long long threads = (long long)gridDim.x * blockDim.x, groups = c / v;
+    return {groups, threads >= groups ? threads / groups : 1, threads};
+}
+
+// V values at a time (see ChannelRows): the per-channel factors loaded once per unit, then
+// per value the same float operations as one value a thread, one vector load and store.
 template <int V, typename T>
 __device__ __forceinline__ void apply(const T* __restrict__ x, T* __restrict__ y,
                                       const float* __restrict__ mean,
@@ -144,17 +160,30 @@ __device__ __forceinline__ void apply(const T* __restrict__ x, T* __restrict__ y
                                       const float* __restrict__ gamma,
                                       const float* __restrict__ beta, long long n, int c,
                                       int relu) {
-    GRID_STRIDE(iv, n / V) {
-        const long long i = iv * V;
-        const int ch = (int)((unsigned)i % (unsigned)c);  // n < 2^31 (NormShape::check)
-        float f[V];
-        load_vec<V>(x, i, f);
+    const long long rows = n / c;
+    const ChannelRows w = channel_rows(c, V);
+    for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < w.groups * w.lanes;
+         u += w.threads) {
+        const int ch = (int)(u % w.groups) * V;
+        float m[V], is[V], ga[V], be[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const float v = (f[j] - mean[ch + j]) * invstd[ch + j] * gamma[ch + j] + beta[ch + j];
-            f[j] = relu ? fmaxf(v, 0.f) : v;
+            m[j] = mean[ch + j];
+            is[j] = invstd[ch + j];
+            ga[j] = gamma[ch + j];
+            be[j] = beta[ch + j];
         }
-        store_vec<V>(y, i, f);
+        for (long long r = u / w.groups; r < rows; r += w.lanes) {
+            const long long i = r * c + ch;
+            float f[V];
+            load_vec<V>(x, i, f);
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const float v = (f[j] - m[j]) * is[j] * ga[j] + be[j];
+                f[j] = relu ? fmaxf(v, 0.f) : v;
+            }
+            store_vec<V>(y, i, f);
+        }
     }
 }
 
@@ -248,7 +277,7 @@ ATTNRT_KERNEL void batch_norm_backward_finalize_f32(const float* __restrict__ pa
     }
 }
 
-// V values a thread, as apply.
+// V values at a time, as apply.
 template <int V, typename T>
 __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T* __restrict__ dy,
                                                const T* __restrict__ y, T* __restrict__ dx,
@@ -259,26 +288,37 @@ __device__ __forceinline__ void backward_apply(const T* __restrict__ x, const T*
                                                const float* __restrict__ dbeta, int rows, int c,
                                                int count) {
     const float inv_m = 1.f / (float)count;
-    GRID_STRIDE(iv, (long long)rows * c / V) {
-        const long long i = iv * V;
-        const int ch = (int)((unsigned)i % (unsigned)c);  // rows x c < 2^31 (NormShape::check)
-        float fx[V], g[V];
-        load_vec<V>(x, i, fx);
-        load_vec<V>(dy, i, g);
-        if (y) {
-            float fy[V];
-            load_vec<V>(y, i, fy);
-#pragma unroll
-            for (int j = 0; j < V; ++j) g[j] = fy[j] > 0.f ? g[j] : 0.f;
-        }
+    const ChannelRows w = channel_rows(c, V);
+    for (long long u = (long long)blockIdx.x * blockDim.x + threadIdx.x; u < w.groups * w.lanes;
+         u += w.threads) {
+        const int ch = (int)(u % w.groups) * V;
+        float m[V], is[V], ga[V], dg[V], db[V];
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            const float is = invstd[ch + j];
-            const float xhat = (fx[j] - mean[ch + j]) * is;
-            fx[j] = gamma[ch + j] * is *
-                    (g[j] - dbeta[ch + j] * inv_m - xhat * dgamma[ch + j] * inv_m);
+            m[j] = mean[ch + j];
+            is[j] = invstd[ch + j];
+            ga[j] = gamma[ch + j];
+            dg[j] = dgamma[ch + j];
+            db[j] = dbeta[ch + j];
         }
-        store_vec<V>(dx, i, fx);
+        for (long long r = u / w.groups; r < rows; r += w.lanes) {
+            const long long i = r * c + ch;
+            float fx[V], g[V];
+            load_vec<V>(x, i, fx);
+            load_vec<V>(dy, i, g);
+            if (y) {
+                float fy[V];
+                load_vec<V>(y, i, fy);
+#pragma unroll
+                for (int j = 0; j < V; ++j) g[j] = fy[j] > 0.f ? g[j] : 0.f;
+            }
+#pragma unroll
+            for (int j = 0; j < V; ++j) {
+                const float xhat = (fx[j] - m[j]) * is[j];
+                fx[j] = ga[j] * is[j] * (g[j] - db[j] * inv_m - xhat * dg[j] * inv_m);
+            }
+            store_vec<V>(dx, i, fx);
+        }
     }
 }
 

@@ -51,6 +51,13 @@ static void splits(int rows, int c, int* n, int* per) {
     *n = (rows + *per - 1) / *per;
 }
 
+// The element-wise passes' blocks (NormShape::channel_grid): the channel groups times up to
+// one row lane per row, for 2^18 threads.
+static unsigned channel_blocks(int rows, int c, int vec) {
+    long long groups = c / vec, lanes = std::min<long long>(std::max(1LL, (1LL << 18) / groups), rows);
+    return (unsigned)std::min<long long>((groups * lanes + 255) / 256, 65535);
+}
+
 // 64-byte aligned storage, so every vector width's loads are aligned as on the GPU.
 template <typename T>
 struct Aligned {
@@ -70,7 +77,9 @@ static void expect_close(const char* what, const Floats& got, const std::vector<
     expect_close(what, std::vector<float>(got.begin(), got.end()), want, tol);
 }
 
-static void batch_norm_case(int rows, int c, int vec) {
+// `eb` blocks of 256 run the element-wise passes: the launcher's grid, or one block (fewer
+// threads than channel groups in the wide cases).
+static void batch_norm_case(int rows, int c, int vec, unsigned eb) {
     Floats x(rows * c), gamma(c), beta(c), dy(rows * c);
     for (auto& v : x) v = 3.f + 2.f * uniform();
     for (auto& v : gamma) v = uniform();
@@ -99,7 +108,7 @@ static void batch_norm_case(int rows, int c, int vec) {
         want_contrib[c + j] = 0.5 * var[j] * rows / (rows - 1);
     }
     char what[128];
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d mean", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u mean", rows, c, vec, eb);
     expect_close(what, m, mean, 1e-6);
     // Synchronised batch norm's path: the moments, read back as one split with shift 0.
     Floats moments(3 * c, NAN), m1(c, NAN), is1(c, NAN);
@@ -108,16 +117,15 @@ static void batch_norm_case(int rows, int c, int vec) {
     emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(moments.data(), 1, rows, c, m1.data(), is1.data(), nullptr, 0.f);
     });
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d mean from moments", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u mean from moments", rows, c, vec, eb);
     expect_close(what, m1, mean, 1e-6);
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d invstd from moments", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u invstd from moments", rows, c, vec, eb);
     expect_close(what, is1, want_is, 1e-5);
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d invstd", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u invstd", rows, c, vec, eb);
     expect_close(what, is, want_is, 1e-5);
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d contribution", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u contribution", rows, c, vec, eb);
     expect_close(what, contrib, want_contrib, 1e-5);
     long long n = (long long)rows * c;
-    unsigned eb = (unsigned)std::min<long long>((n / vec + 255) / 256, 65535);
     for (int relu = 0; relu < 2; ++relu) {
         Floats y(n, NAN), dx(n, NAN), dg(c, NAN), db(c, NAN);
         emu::launch({eb, 1, 1}, 256, nullptr, 0, [&] {
@@ -131,7 +139,7 @@ static void batch_norm_case(int rows, int c, int vec) {
             want_y[i] = relu ? fmax(v, 0.0) : v;
             g[i] = relu && !(y[i] > 0.f) ? 0.0 : dy[i];
         }
-        snprintf(what, sizeof what, "batch_norm %dx%d vec %d forward relu=%d", rows, c, vec, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u forward relu=%d", rows, c, vec, eb, relu);
         expect_close(what, y, want_y, 1e-5);
         const float* mask = relu ? y.data() : nullptr;
         emu::launch(grid, dim3{32, 8, 1}, nullptr, 0, [&] {
@@ -154,11 +162,11 @@ static void batch_norm_case(int rows, int c, int vec) {
             double xhat = (x[i] - mean[j]) * want_is[j];
             wdx[i] = gamma[j] * want_is[j] * (g[i] - wdb[j] / rows - xhat * wdg[j] / rows);
         }
-        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dgamma relu=%d", rows, c, vec, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u dgamma relu=%d", rows, c, vec, eb, relu);
         expect_close(what, dg, wdg, 1e-5);
-        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dbeta relu=%d", rows, c, vec, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u dbeta relu=%d", rows, c, vec, eb, relu);
         expect_close(what, db, wdb, 1e-5);
-        snprintf(what, sizeof what, "batch_norm %dx%d vec %d dx relu=%d", rows, c, vec, relu);
+        snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u dx relu=%d", rows, c, vec, eb, relu);
         expect_close(what, dx, wdx, 1e-4);
     }
     Floats running(2 * c);
@@ -169,7 +177,7 @@ static void batch_norm_case(int rows, int c, int vec) {
     }
     emu::launch({cb, 1, 1}, 256, nullptr, 0,
                 [&] { batch_norm_running_f32(running.data(), contrib.data(), 2 * c, 0.1f); });
-    snprintf(what, sizeof what, "batch_norm %dx%d vec %d running", rows, c, vec);
+    snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u running", rows, c, vec, eb);
     expect_close(what, running, want_running, 1e-6);
 }
 
@@ -231,7 +239,10 @@ int main() {
     int bn[][2] = {{2 * 17 * 19, 24}, {3 * 5 * 7, 116}, {9, 5}, {2000, 40}, {18, 70}, {300, 512}};
     for (auto& b : bn)
         for (int vec : {1, 2, 4, 8})
-            if (b[1] % vec == 0) batch_norm_case(b[0], b[1], vec);
+            if (b[1] % vec == 0) {
+                batch_norm_case(b[0], b[1], vec, channel_blocks(b[0], b[1], vec));
+                batch_norm_case(b[0], b[1], vec, 1);
+            }
     avg_pool_case(2, 9, 7, 5, 4, 3, 2, 2, 0, false);
     avg_pool_case(1, 7, 6, 3, 4, 3, 3, 2, 1, false);
     avg_pool_case(2, 7, 7, 6, 1, 1, 0, 0, 0, true);

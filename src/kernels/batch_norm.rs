@@ -31,6 +31,9 @@ const BLOCK_CHANNELS: usize = 32;
 const LANES: usize = 8;
 /// Blocks a reduction aims for: a few per multiprocessor on the largest GPUs.
 const TARGET_BLOCKS: usize = 1024;
+/// Threads the element-wise passes aim for: the largest GPUs full (132 multiprocessors x
+/// 2048), each thread walking a few rows of its channels, whose factors it loads once.
+const TARGET_THREADS: usize = 1 << 18;
 
 /// A batch norm's operand geometry: `rows` (batch x height x width) of `channels`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +73,14 @@ impl NormShape {
             ));
         }
         Ok(())
+    }
+
+    /// The element-wise passes' grid at `vec` values a thread: the `channels / vec` channel
+    /// groups times up to one row lane per row (`ChannelRows` in the kernel file).
+    fn channel_grid(&self, vec: usize) -> LaunchConfig {
+        let groups = self.channels / vec;
+        let lanes = (TARGET_THREADS / groups).clamp(1, self.rows);
+        elementwise(groups * lanes)
     }
 
     fn reduction_grid(&self) -> LaunchConfig {
@@ -356,7 +367,7 @@ impl BatchNormKernels {
         // SAFETY: batch_norm_apply_<dtype>(const T* x, T* y, const float* mean, invstd, gamma,
         // beta, long long n, int c, int relu, int vec); x and y hold n, the rest c; vec
         // divides c and both addresses' alignment in values.
-        unsafe { args.launch(elementwise(n / vec)) }
+        unsafe { args.launch(shape.channel_grid(vec)) }
     }
 
     /// `running = (1 - 0.1) running + 0.1 batch` over the first `n` values: the running
@@ -478,6 +489,6 @@ impl BatchNormKernels {
         // (nullable), T* dx, const float* mean, invstd, gamma, dgamma, dbeta, int rows, int
         // c, int count, int vec); the activations hold rows x c, the rest c; vec divides c
         // and every activation's alignment in values.
-        unsafe { args.launch(elementwise(n / vec)) }
+        unsafe { args.launch(shape.channel_grid(vec)) }
     }
 }

@@ -19,7 +19,8 @@ use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublaslt::result::{self, CublasError};
 use cudarc::cublaslt::sys::{
     self, cublasComputeType_t, cublasLtEpilogue_t, cublasLtMatmulDescAttributes_t as Desc,
-    cublasLtMatmulPreferenceAttributes_t as Pref, cudaDataType_t,
+    cublasLtMatmulPreferenceAttributes_t as Pref, cublasLtMatrixLayoutAttribute_t as Layout,
+    cudaDataType_t,
 };
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
@@ -31,12 +32,21 @@ const WORKSPACE: usize = 32 << 20;
 
 /// One column-major product `C = op(A) op(B)` as cuBLAS names it: whether A and B are
 /// transposed, `(m, n, k)` (C is `m x n`, the inner size `k`), and the leading dimensions of
-/// A, B and C.
+/// A, B and C; or a strided batch of such products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Product {
     pub trans: (bool, bool),
     pub mnk: (usize, usize, usize),
     pub ld: (usize, usize, usize),
+    pub batch: Option<Batch>,
+}
+
+/// `count` products of one shape, the i-th on A, B and C (and D) at `i * strides` elements
+/// from their first (a stride of 0 shares that operand).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Batch {
+    pub count: usize,
+    pub strides: (usize, usize, usize),
 }
 
 /// The element types and compute type of a product: A and B are `ab`, C and D `cd` (the bias
@@ -165,6 +175,17 @@ impl LtGemm {
         if mnk.0 == 0 || mnk.1 == 0 || mnk.2 == 0 {
             return Err(Error::invalid(shown(), "a GEMM needs every size >= 1"));
         }
+        if let Some(b) = product.batch
+            && (b.count == 0 || b.count > i32::MAX as usize)
+        {
+            return Err(Error::invalid(
+                shown(),
+                format!(
+                    "a batch of {} products (cuBLASLt takes 1 to 2^31 - 1)",
+                    b.count
+                ),
+            ));
+        }
         let key = Gemm {
             product,
             types,
@@ -215,7 +236,12 @@ impl LtGemm {
     /// The descriptors of `key` and the heuristic's best algorithm for them.
     fn plan(&self, key: &Gemm) -> std::result::Result<Plan, CublasError> {
         let Types { ab, cd, compute } = key.types;
-        let Product { trans, mnk, ld } = key.product;
+        let Product {
+            trans,
+            mnk,
+            ld,
+            batch,
+        } = key.product;
         let (m, n, k) = (mnk.0 as u64, mnk.1 as u64, mnk.2 as u64);
         let (lda, ldb, ldc) = (ld.0 as i64, ld.1 as i64, ld.2 as i64);
         // The stored matrices: op T means A is stored k x m, B n x k.
@@ -231,6 +257,22 @@ impl LtGemm {
         plan.layouts[0] = result::create_matrix_layout(ab, a_dims.0, a_dims.1, lda)?;
         plan.layouts[1] = result::create_matrix_layout(ab, b_dims.0, b_dims.1, ldb)?;
         plan.layouts[2] = result::create_matrix_layout(cd, m, n, ldc)?;
+        if let Some(Batch { count, strides }) = batch {
+            let count = count as i32; // `matmul` checked that it fits
+            let strides = [strides.0, strides.1, strides.2].map(|s| s as i64);
+            for (&layout, stride) in plan.layouts.iter().zip(strides) {
+                // SAFETY: the layout is live; the count is an i32 and the offset an i64, as
+                // documented.
+                unsafe {
+                    set_layout(layout, Layout::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count)?;
+                    set_layout(
+                        layout,
+                        Layout::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        &stride,
+                    )?;
+                }
+            }
+        }
         let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
         // SAFETY: the descriptors are live; each attribute gets a value of its documented type.
         unsafe {
@@ -282,6 +324,26 @@ impl LtGemm {
         let _ = unsafe { result::destroy_matmul_pref(pref) };
         plan.algo = found?.algo;
         Ok(plan)
+    }
+}
+
+/// Sets a matrix layout attribute to `value`.
+///
+/// # Safety
+/// `layout` must be live and `T` the attribute's documented type.
+unsafe fn set_layout<T>(
+    layout: sys::cublasLtMatrixLayout_t,
+    attr: Layout,
+    value: &T,
+) -> std::result::Result<(), CublasError> {
+    // SAFETY: forwarded to the caller; `value` outlives the call, which copies it.
+    unsafe {
+        result::set_matrix_layout_attribute(
+            layout,
+            attr,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>(),
+        )
     }
 }
 

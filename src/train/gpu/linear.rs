@@ -128,6 +128,7 @@ impl Linear {
             trans: (true, false),
             mnk: (dout, rows, din),
             ld: (din, din, dout),
+            batch: None,
         };
         self.matmul(WHAT, product, kind, [a, b, c], bias)
     }
@@ -163,6 +164,7 @@ impl Linear {
             trans: (false, true),
             mnk: (din, dout, rows),
             ld: (din, dout, din),
+            batch: None,
         };
         self.matmul(WHAT_W, product, plain, [x, dy, gw], None)?;
         if let Some((w, dx)) = dx {
@@ -173,6 +175,7 @@ impl Linear {
                 trans: (false, false),
                 mnk: (din, rows, dout),
                 ld: (din, dout, din),
+                batch: None,
             };
             self.matmul(WHAT_X, product, plain, [w, dy, dx], None)?;
         }

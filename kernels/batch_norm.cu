@@ -16,7 +16,8 @@
 // (threadIdx.x: a warp reads 32 consecutive channels of a row) x 8 row lanes (threadIdx.y);
 // blockIdx.y takes one split of the rows. Each thread sums its rows in f32, the block sums
 // its 8 lanes through shared memory and writes one partial per (split, channel); finalize
-// (one thread per channel) adds the splits in f64. The forward sums are shifted by the
+// (one warp per channel: split_sums) adds the splits in f64. The row loops are unrolled, so a
+// thread has several loads in flight (the sums' order is unchanged). The forward sums are shifted by the
 // channel's first value k (sums of x - k and (x - k)^2) so the variance does not cancel
 // when the mean is large against the spread; split 0 stores k after the partials.
 //
@@ -53,6 +54,8 @@
 #define BN_CH 32
 #define BN_LANES 8
 #define BN_EPS 1e-5
+// Channels (warps) per block of the finalize kernels.
+#define BN_FIN_WARPS 8
 
 // The block's per-channel sums of its lanes' (a, b), written as the split's partial.
 __device__ __forceinline__ void block_partial(float a, float b, float* partial, int c, int ch) {
@@ -79,6 +82,7 @@ __device__ __forceinline__ void stats(const T* __restrict__ x, float* __restrict
     float s = 0.f, q = 0.f;
     if (ch < c) {
         const float k = load_f(x, ch);
+#pragma unroll 4
         for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
             float d = load_f(x, (long long)r * c + ch) - k;
             s += d;
@@ -99,17 +103,36 @@ ATTNRT_KERNEL void batch_norm_stats_bf16(const bf16_t* x, float* partial, int ro
     stats(x, partial, rows, c, per_split);
 }
 
+// The finalize kernels' channel: one a warp (blocks of 32 x BN_FIN_WARPS threads), since a
+// thread adding up to a thousand splits one after another took ~11 us a launch.
+__device__ __forceinline__ int finalize_channel() {
+    return blockIdx.x * BN_FIN_WARPS + threadIdx.x / 32;
+}
+
+// Channel ch's sums of the splits' two partials, in every lane of its warp: lane l adds splits
+// l, l + 32, ... in f64, then the warp adds its lanes (a fixed order: the same bits every run).
+__device__ __forceinline__ void split_sums(const float* __restrict__ partial, int splits, int c,
+                                           int ch, double& s, double& q) {
+    s = 0.0;
+    q = 0.0;
+    for (int i = threadIdx.x % 32; i < splits; i += 32) {
+        s += partial[((long long)i * c + ch) * 2];
+        q += partial[((long long)i * c + ch) * 2 + 1];
+    }
+    s = warp_sum_f64(s);
+    q = warp_sum_f64(q);
+}
+
 // contrib (nullable): weight x mean at [ch], weight x unbiased var at [c + ch].
 ATTNRT_KERNEL void batch_norm_finalize_f32(const float* __restrict__ partial, int splits,
                                            int rows, int c, float* __restrict__ mean,
                                            float* __restrict__ invstd,
                                            float* __restrict__ contrib, float weight) {
-    GRID_STRIDE(ch, c) {
-        double s = 0.0, q = 0.0;
-        for (int i = 0; i < splits; ++i) {
-            s += partial[((long long)i * c + ch) * 2];
-            q += partial[((long long)i * c + ch) * 2 + 1];
-        }
+    const int ch = finalize_channel();
+    if (ch >= c) return;  // the whole warp
+    double s, q;
+    split_sums(partial, splits, c, ch, s, q);
+    if (threadIdx.x % 32 == 0) {
         const double n = rows, d = s / n;
         const double var = fmax(q / n - d * d, 0.0);
         const double m = (double)partial[(long long)splits * c * 2 + ch] + d;
@@ -125,12 +148,11 @@ ATTNRT_KERNEL void batch_norm_finalize_f32(const float* __restrict__ partial, in
 // moments: [c][2] (sum of x, sum of x^2) then [c] zeros (the shift).
 ATTNRT_KERNEL void batch_norm_moments_f32(const float* __restrict__ partial, int splits,
                                           int rows, int c, float* __restrict__ moments) {
-    GRID_STRIDE(ch, c) {
-        double s = 0.0, q = 0.0;
-        for (int i = 0; i < splits; ++i) {
-            s += partial[((long long)i * c + ch) * 2];
-            q += partial[((long long)i * c + ch) * 2 + 1];
-        }
+    const int ch = finalize_channel();
+    if (ch >= c) return;  // the whole warp
+    double s, q;
+    split_sums(partial, splits, c, ch, s, q);
+    if (threadIdx.x % 32 == 0) {
         const double k = partial[(long long)splits * c * 2 + ch], n = rows;
         moments[2 * ch] = (float)(s + n * k);
         moments[2 * ch + 1] = (float)(q + 2.0 * k * s + n * k * k);
@@ -238,6 +260,7 @@ __device__ __forceinline__ void backward_reduce(const T* __restrict__ x, const T
     float s = 0.f, q = 0.f;
     if (ch < c) {
         const float m = mean[ch], is = invstd[ch];
+#pragma unroll 4
         for (int r = r0 + threadIdx.y; r < r1; r += BN_LANES) {
             long long i = (long long)r * c + ch;
             float g = grad_in(dy, y, i);
@@ -266,12 +289,11 @@ ATTNRT_KERNEL void batch_norm_backward_finalize_f32(const float* __restrict__ pa
                                                     int splits, int c,
                                                     float* __restrict__ dgamma,
                                                     float* __restrict__ dbeta) {
-    GRID_STRIDE(ch, c) {
-        double s = 0.0, q = 0.0;
-        for (int i = 0; i < splits; ++i) {
-            s += partial[((long long)i * c + ch) * 2];
-            q += partial[((long long)i * c + ch) * 2 + 1];
-        }
+    const int ch = finalize_channel();
+    if (ch >= c) return;  // the whole warp
+    double s, q;
+    split_sums(partial, splits, c, ch, s, q);
+    if (threadIdx.x % 32 == 0) {
         dbeta[ch] = (float)s;
         dgamma[ch] = (float)q;
     }

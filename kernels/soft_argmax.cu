@@ -17,12 +17,6 @@ __device__ __forceinline__ float soft_argmax_load(const unsigned short* p, long 
     return __uint_as_float((unsigned)p[i] << 16);
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 template <typename T>
 __device__ __forceinline__ void soft_argmax(const T* __restrict__ scores, int cells, int side, float stride,
                                             double* __restrict__ out) {

@@ -98,7 +98,8 @@ static void batch_norm_case(int rows, int c, int vec, unsigned eb) {
     emu::launch(grid, dim3{32, 8, 1}, nullptr, 0,
                 [&] { batch_norm_stats_f32(x.data(), work.data(), rows, c, per); });
     unsigned cb = (unsigned)((c + 255) / 256);
-    emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
+    unsigned fb = (unsigned)((c + 7) / 8);  // the finalize kernels: a warp a channel
+    emu::launch({fb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(work.data(), ns, rows, c, m.data(), is.data(), contrib.data(), 0.5f);
     });
     std::vector<double> want_is(c), want_contrib(2 * c);
@@ -112,9 +113,9 @@ static void batch_norm_case(int rows, int c, int vec, unsigned eb) {
     expect_close(what, m, mean, 1e-6);
     // Synchronised batch norm's path: the moments, read back as one split with shift 0.
     Floats moments(3 * c, NAN), m1(c, NAN), is1(c, NAN);
-    emu::launch({cb, 1, 1}, 256, nullptr, 0,
+    emu::launch({fb, 1, 1}, 256, nullptr, 0,
                 [&] { batch_norm_moments_f32(work.data(), ns, rows, c, moments.data()); });
-    emu::launch({cb, 1, 1}, 256, nullptr, 0, [&] {
+    emu::launch({fb, 1, 1}, 256, nullptr, 0, [&] {
         batch_norm_finalize_f32(moments.data(), 1, rows, c, m1.data(), is1.data(), nullptr, 0.f);
     });
     snprintf(what, sizeof what, "batch_norm %dx%d vec %d blocks %u mean from moments", rows, c, vec, eb);
@@ -145,7 +146,7 @@ static void batch_norm_case(int rows, int c, int vec, unsigned eb) {
         emu::launch(grid, dim3{32, 8, 1}, nullptr, 0, [&] {
             batch_norm_backward_reduce_f32(x.data(), dy.data(), mask, m.data(), is.data(), work.data(), rows, c, per);
         });
-        emu::launch({cb, 1, 1}, 256, nullptr, 0,
+        emu::launch({fb, 1, 1}, 256, nullptr, 0,
                     [&] { batch_norm_backward_finalize_f32(work.data(), ns, c, dg.data(), db.data()); });
         emu::launch({eb, 1, 1}, 256, nullptr, 0, [&] {
             batch_norm_backward_apply_f32(x.data(), dy.data(), mask, dx.data(), m.data(), is.data(),

@@ -97,6 +97,16 @@ impl NormShape {
     }
 }
 
+/// The finalize kernels' grid for `channels`: a warp per channel, 8 a block (`BN_FIN_WARPS`).
+fn finalize_grid(channels: usize) -> LaunchConfig {
+    const WARPS: usize = 8;
+    LaunchConfig {
+        grid_dim: (channels.div_ceil(WARPS) as u32, 1, 1),
+        block_dim: (32 * WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// What a forward pass keeps for its backward pass: per channel, the mean and `1 / sqrt(var
 /// + eps)` it normalised with.
 #[derive(Debug)]
@@ -210,7 +220,7 @@ impl BatchNormKernels {
             .output("moments", moments, Self::moments_len(c))?;
         // SAFETY: batch_norm_moments_f32(const float* partial, int splits, int rows, int c,
         // float* moments); moments holds 3c.
-        unsafe { args.launch(elementwise(c)) }
+        unsafe { args.launch(finalize_grid(c)) }
     }
 
     /// The values [`moments`](Self::moments) writes for `channels`.
@@ -309,7 +319,7 @@ impl BatchNormKernels {
         .float(weight);
         // SAFETY: batch_norm_finalize_f32(const float* partial, int splits, int rows, int c,
         // float* mean, float* invstd, float* contrib (nullable, 2c), float weight).
-        unsafe { args.launch(elementwise(c)) }
+        unsafe { args.launch(finalize_grid(c)) }
     }
 
     /// Eval mode: normalised with the running statistics (`saved` receives them as mean and
@@ -449,7 +459,7 @@ impl BatchNormKernels {
             .output("dbeta", dbeta, c)?;
         // SAFETY: batch_norm_backward_finalize_f32(const float* partial, int splits, int c,
         // float* dgamma, float* dbeta).
-        unsafe { args.launch(elementwise(c)) }
+        unsafe { args.launch(finalize_grid(c)) }
     }
 
     /// `dx` from the sums `dgamma` and `dbeta` over `count` rows: this GPU's

@@ -188,6 +188,8 @@ fn tracks_a_frames_folder_with_every_output() {
     assert_eq!(seq0["layout"], "frames folder");
     assert_eq!(seq0["update_interval"], 200);
     assert!(seq0["fps"].as_f64().unwrap() > 0.0);
+    assert!(seq0["fps_after_first"].as_f64().unwrap() > 0.0);
+    assert!(seq0["first_frame_s"].as_f64().unwrap() > 0.0);
     let m = &seq0["metrics"];
     assert_eq!(m["frames"], 6);
     assert_eq!(m["success"].as_array().unwrap().len(), 21);

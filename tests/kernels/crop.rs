@@ -171,16 +171,24 @@ fn crop_matches_the_cpu_reference_bit_for_bit() {
     assert!(e.unwrap_err().to_string().contains("frame"));
 }
 
-/// Builds `scripts/emulator/crop.cpp` with g++ (None without g++).
+/// Builds `scripts/emulator/crop.cpp` with g++ (None without g++). The source is looked up in
+/// the checkout the test was built in, else in the current directory: a staged test binary
+/// runs from the repository root of another machine's copy of the tree.
 fn build_emulator() -> Option<std::path::PathBuf> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = "scripts/emulator/crop.cpp";
+    let built_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if built_in.join(source).exists() {
+        built_in
+    } else {
+        std::path::Path::new(".")
+    };
     let out = std::env::temp_dir().join(format!("attnrt-crop-emulator-{}", std::process::id()));
     let status = Command::new("g++")
         .args(["-std=c++17", "-O1"])
         .arg(format!("-I{}", root.join("kernels").display()))
         .arg("-o")
         .arg(&out)
-        .arg(root.join("scripts/emulator/crop.cpp"))
+        .arg(root.join(source))
         .status()
         .ok()?;
     assert!(status.success(), "g++ failed on scripts/emulator/crop.cpp");

@@ -508,8 +508,8 @@ fn track_sequence<N: Network>(
     };
     let n = seq.frames.len();
     // Every core but the tracking thread's decodes: a 1280x720 JPEG takes a core 12-16 ms
-    // (the `image` crate), so four decoders (the earlier limit, about 317 frames/s) held an
-    // H100's 1.8 ms step to 317 frames/s end to end (docs/PERF.md).
+    // (the `image` crate), so four decoders (the earlier limit) held an H100's 1.8 ms step to
+    // 317 frames/s end to end (docs/PERF.md).
     let threads = std::thread::available_parallelism()
         .map_or(1, |p| p.get().saturating_sub(1))
         .clamp(1, MAX_DECODERS);

@@ -10,15 +10,19 @@
 //   shuffle    (g, c / g) channels transposed to (c / g, g): a = g, b = c / g (the backward
 //              is the inverse transpose, a = c / g, b = g);
 //   flatten    one image's (h w, c) to PyTorch's (c, h w) order: rows = batch, a = h w, b = c.
+//   filters    the f32 parameters' (out, in, kh kw) to KRSC's (out, kh kw, in) in the
+//              activations' type, and the gradients back to f32 (the converting variants).
 // `accumulate` adds to y instead of overwriting it (gradients of a value read twice).
+// Values pass through f32, so a converting copy rounds exactly as cast.cu does.
 //
 // One thread per destination value, grid-stride.
-// Variants: channel_copy_f32, channel_copy_bf16.
+// Variants (source to destination): channel_copy_f32, channel_copy_bf16,
+// channel_copy_f32_to_bf16, channel_copy_bf16_to_f32.
 #include "common.cuh"
 #include "dtype.cuh"
 
-template <typename T>
-__device__ __forceinline__ void copy(const T* __restrict__ x, T* __restrict__ y, long long rows,
+template <typename X, typename Y>
+__device__ __forceinline__ void copy(const X* __restrict__ x, Y* __restrict__ y, long long rows,
                                      int x_stride, int x_off, int y_stride, int y_off, int a,
                                      int b, int accumulate) {
     const long long block = (long long)a * b;
@@ -33,14 +37,13 @@ __device__ __forceinline__ void copy(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
-ATTNRT_KERNEL void channel_copy_f32(const float* x, float* y, long long rows, int x_stride,
-                                    int x_off, int y_stride, int y_off, int a, int b,
-                                    int accumulate) {
-    copy(x, y, rows, x_stride, x_off, y_stride, y_off, a, b, accumulate);
-}
+#define CHANNEL_COPY(name, X, Y)                                                              \
+    ATTNRT_KERNEL void name(const X* x, Y* y, long long rows, int x_stride, int x_off,          \
+                            int y_stride, int y_off, int a, int b, int accumulate) {            \
+        copy(x, y, rows, x_stride, x_off, y_stride, y_off, a, b, accumulate);                   \
+    }
 
-ATTNRT_KERNEL void channel_copy_bf16(const bf16_t* x, bf16_t* y, long long rows, int x_stride,
-                                     int x_off, int y_stride, int y_off, int a, int b,
-                                     int accumulate) {
-    copy(x, y, rows, x_stride, x_off, y_stride, y_off, a, b, accumulate);
-}
+CHANNEL_COPY(channel_copy_f32, float, float)
+CHANNEL_COPY(channel_copy_f32_to_bf16, float, bf16_t)
+CHANNEL_COPY(channel_copy_bf16_to_f32, bf16_t, float)
+CHANNEL_COPY(channel_copy_bf16, bf16_t, bf16_t)

@@ -58,6 +58,44 @@ fn synthetic_is_seeded_and_labels_are_classes() {
     );
 }
 
+/// A synthetic sample is its class's pattern plus noise of standard deviation 3, different for
+/// every sample (a window of a noise table at a drawn offset and sign): around the mean of a
+/// class's samples, the values spread with variance about 9, and no two samples repeat.
+#[test]
+fn synthetic_noise_has_its_spread_and_differs_per_sample() {
+    let d = Dataset::synthetic(1000, 3);
+    let f = d.shape().features();
+    let mut class0 = Vec::new();
+    let mut x = vec![0.0f32; f];
+    for i in 0..1000 {
+        if d.sample(i, Augment::None, &mut x).unwrap() == 0 {
+            class0.push(x.clone());
+        }
+    }
+    let n = class0.len() as f64;
+    assert!(n >= 50.0, "{n} samples of class 0");
+    let mean: Vec<f64> = (0..f)
+        .map(|j| class0.iter().map(|s| f64::from(s[j])).sum::<f64>() / n)
+        .collect();
+    let var = class0
+        .iter()
+        .flat_map(|s| {
+            s.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (f64::from(v) - m).powi(2))
+        })
+        .sum::<f64>()
+        / (n - 1.0)
+        / f as f64;
+    assert!(
+        (8.0..10.0).contains(&var),
+        "noise variance {var}, expected about 9"
+    );
+    for (a, b) in class0.iter().zip(&class0[1..]) {
+        assert_ne!(a, b);
+    }
+}
+
 fn write_cifar(dir: &std::path::Path, records: usize) {
     let mut bytes = Vec::new();
     for r in 0..records {

@@ -796,9 +796,14 @@ fn worst_tensor(model: &ModelSpec, got: &[f32], want: &[f32]) -> (f64, String) {
 /// rounding boundary, so the emulation is not matched value for value: tensor by tensor the
 /// relative L2 error is within 5e-3 of the emulation (a 1e-6 relative perturbation of the
 /// parameters moves the CPU's own emulated gradients by up to 1.6e-3; bf16 against f32 is
-/// 4e-3 to 7e-3 in the worst tensor; one H100 measured 4.2e-4 and 5.4e-3) and 2e-2 of f32,
-/// and every value within 5e-2 relative plus 5e-3 of the largest gradient of the emulation. The loss within 1e-3 relative of the
-/// emulation, the correct count within one sample (a flip can decide a near tie).
+/// 4e-3 to 7e-3 in the worst tensor; one H100 measured 4.2e-4 and 5.4e-3) and, for the ViTs,
+/// 2e-2 of f32, and every value within 5e-2 relative plus 5e-3 of the largest gradient of the
+/// emulation. The loss within 1e-3 relative of the emulation, the correct count within one
+/// sample (a flip can decide a near tie). The MLP has no f32 bound: with five samples its
+/// bf16 gradient is itself far from f32 wherever a rounding flips a hidden ReLU, by how much
+/// depending on the samples (the CPU's emulation against f32 in its worst tensor: 6.4e-2 on
+/// this data set, 0.22 and 0.37 on the next seeds', 5e-3 on others); the ViTs' LayerNorms keep
+/// theirs at 4e-3 to 7e-3 on each of those.
 #[test]
 fn bf16_gradients_match_the_cpu_emulation() {
     let Some(gpu) = gpu_or_skip("bf16_gradients_match_the_cpu_emulation") else {
@@ -854,7 +859,9 @@ fn bf16_gradients_match_the_cpu_emulation() {
                 e_emu <= 5e-3,
                 "{name} n {n}: {t_emu} {e_emu} vs the emulation"
             );
-            assert!(e_f32 <= 2e-2, "{name} n {n}: {t_f32} {e_f32} vs f32");
+            if !name.starts_with("mlp") {
+                assert!(e_f32 <= 2e-2, "{name} n {n}: {t_f32} {e_f32} vs f32");
+            }
             assert!((stats.loss - emu_stats.loss).abs() <= 1e-3 * emu_stats.loss);
             assert!(stats.correct.abs_diff(emu_stats.correct) <= 1);
         }

@@ -4,7 +4,7 @@
 // backward with and without the ReLU mask), kernels/avg_pool.cu (fixed windows counting their
 // padding, adaptive ones, forward and gathered backward), kernels/dropout.cu (the mask of
 // src/kernels/dropout/cpu.rs, recomputed here) and kernels/channel_copy.cu (the shuffle's
-// transpose, accumulated). f32 storage; the bf16 paths share the code through dtype.cuh.
+// transpose, accumulated; a filter bank to KRSC and back). f32 storage; the bf16 paths share the code through dtype.cuh.
 // Batch norm's element-wise kernels run at every vector width that divides the channels (the
 // launcher's `vec`, from 64-byte aligned buffers).
 #include "emu.h"
@@ -277,6 +277,22 @@ int main() {
         float want = before[r * cc + o] + a[r * cc + (o % g) * per + o / g];
         if (out[r * cc + o] != want && failures++ < 10)
             printf("FAIL channel_copy shuffle at %d,%d: %g want %g\n", r, o, out[r * cc + o], want);
+    }
+    // A filter bank (out 5, in 7, 3x3) to KRSC and back, as the CNN walker stages filters:
+    // transpose(out, in, kh kw), then transpose(out, kh kw, in) restores every value.
+    {
+        const int k = 5, c = 7, rs = 9;
+        Floats w(k * c * rs), krsc(k * c * rs, NAN), back(k * c * rs, NAN);
+        for (auto& v : w) v = uniform();
+        emu::launch({2, 1, 1}, 64, nullptr, 0,
+                    [&] { copy2d::channel_copy_f32(w.data(), krsc.data(), k, c * rs, 0, c * rs, 0, c, rs, 0); });
+        emu::launch({2, 1, 1}, 64, nullptr, 0,
+                    [&] { copy2d::channel_copy_f32(krsc.data(), back.data(), k, c * rs, 0, c * rs, 0, rs, c, 0); });
+        for (int o = 0; o < k; ++o) for (int i = 0; i < c; ++i) for (int p = 0; p < rs; ++p) {
+            const float want = w[(o * c + i) * rs + p];
+            if ((krsc[(o * rs + p) * c + i] != want || back[(o * c + i) * rs + p] != want) && failures++ < 10)
+                printf("FAIL channel_copy filter %d,%d,%d\n", o, i, p);
+        }
     }
     // The vectorised element-wise kernels at every width: add, add+ReLU, the ReLU's backward.
     for (int vec : {1, 2, 4, 8}) {

@@ -1,7 +1,8 @@
 //! `channel_copy`: the copies of the CNNs' channel plumbing (DenseNet's concatenation,
 //! ShuffleNet's channel split and shuffle, the NHWC-to-PyTorch flatten, and their
-//! backwards), as one strided, optionally transposing copy (`kernels/channel_copy.cu`), f32
-//! or bf16. [`cpu`] is its reference; [`Copy2d`] describes one copy.
+//! backwards, and the CNN filters' layout change from the f32 parameters), as one strided,
+//! optionally transposing copy (`kernels/channel_copy.cu`) from f32 or bf16 to f32 or bf16.
+//! [`cpu`] is its reference; [`Copy2d`] describes one copy.
 
 pub mod cpu;
 
@@ -9,36 +10,43 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::KernelModule;
 use super::conv2d::Element;
-use super::launch::{Args, by_dtype, elementwise};
+use super::launch::{Args, elementwise};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
 pub use cpu::Copy2d;
 
-/// `channel_copy_f32` and `channel_copy_bf16`, loaded once.
+/// The four `channel_copy` variants, loaded once, at `2 * bf16(source) + bf16(destination)`.
 #[derive(Debug, Clone)]
 pub struct ChannelCopyKernels {
-    kernels: [Kernel; 2],
+    kernels: [Kernel; 4],
 }
 
 impl ChannelCopyKernels {
     pub fn load(gpu: &Gpu) -> Result<ChannelCopyKernels> {
         let k = |name| gpu.kernel(KernelModule::ChannelCopy, name);
         Ok(ChannelCopyKernels {
-            kernels: [k("channel_copy_f32")?, k("channel_copy_bf16")?],
+            kernels: [
+                k("channel_copy_f32")?,
+                k("channel_copy_f32_to_bf16")?,
+                k("channel_copy_bf16_to_f32")?,
+                k("channel_copy_bf16")?,
+            ],
         })
     }
 
-    /// `copy` from `x` into `y` (added to `y` when `accumulate`).
-    pub fn run<T: Element>(
+    /// `copy` from `x` into `y` (added to `y` when `accumulate`), converting from `X` to `Y`
+    /// (rounded to nearest even, as [`crate::kernels::cast`]).
+    pub fn run<X: Element, Y: Element>(
         &self,
         stream: &CudaStream,
         copy: &Copy2d,
-        x: &impl DevicePtr<T>,
-        y: &mut impl DevicePtrMut<T>,
+        x: &impl DevicePtr<X>,
+        y: &mut impl DevicePtrMut<Y>,
         accumulate: bool,
     ) -> Result<()> {
-        let kernel = by_dtype::<T>(&self.kernels);
+        let bf16 = |name: &str| usize::from(name == "bf16");
+        let kernel = &self.kernels[2 * bf16(X::NAME) + bf16(Y::NAME)];
         copy.check().map_err(|p| Error::invalid(kernel.name(), p))?;
         let n = copy.rows * copy.a * copy.b;
         let args = Args::new(kernel, stream)
@@ -52,7 +60,7 @@ impl ChannelCopyKernels {
             .int("a", copy.a)?
             .int("b", copy.b)?
             .int("accumulate", usize::from(accumulate))?;
-        // SAFETY: channel_copy_<dtype>(const T* x, T* y, long long rows, int x_stride, int
+        // SAFETY: channel_copy_<variant>(const X* x, Y* y, long long rows, int x_stride, int
         // x_off, int y_stride, int y_off, int a, int b, int accumulate); check keeps every
         // block inside its row, and x and y hold the rows.
         unsafe { args.launch(elementwise(n)) }

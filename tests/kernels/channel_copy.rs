@@ -1,7 +1,8 @@
 //! `kernels/channel_copy.cu` against `channel_copy::cpu`: every copy the CNNs make (concat
-//! into a channel range, a channel split, the shuffle and its inverse, the flatten), written
-//! and accumulated, f32 and bf16. Copies are exact, and an accumulation is one f32 add
-//! (rounded once in bf16), so the results are compared bit for bit.
+//! into a channel range, a channel split, the shuffle and its inverse, the flatten, a filter's
+//! layout change), written and accumulated, between every pair of f32 and bf16. Copies are
+//! exact, a conversion to bf16 and an accumulation round once (to nearest even), so the
+//! results are compared bit for bit.
 
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::kernels::channel_copy::cpu::channel_copy;
@@ -25,40 +26,48 @@ fn channel_copy_matches_the_cpu_reference() {
         Copy2d::transpose(3 * 3, 2, 58),
         Copy2d::transpose(3 * 3, 58, 2),
         Copy2d::transpose(2, 6 * 6, 13),
+        // A 3x3 filter bank (out 5, in 7) to KRSC and back, and a bias as one row.
+        Copy2d::transpose(5, 7, 9),
+        Copy2d::transpose(5, 9, 7),
+        Copy2d::take(1, 37, 0, 37),
     ];
     for copy in copies {
         for accumulate in [false, true] {
-            one::<f32>(&gpu, &kernels, &copy, accumulate, &mut rng);
-            one::<bf16>(&gpu, &kernels, &copy, accumulate, &mut rng);
+            one::<f32, f32>(&gpu, &kernels, &copy, accumulate, &mut rng);
+            one::<f32, bf16>(&gpu, &kernels, &copy, accumulate, &mut rng);
+            one::<bf16, f32>(&gpu, &kernels, &copy, accumulate, &mut rng);
+            one::<bf16, bf16>(&gpu, &kernels, &copy, accumulate, &mut rng);
         }
     }
 }
 
-fn one<T: Element>(
+/// One copy from `X` to `Y` against the reference (in f32, rounded once to `Y`).
+fn one<X: Element, Y: Element>(
     gpu: &attnrt::gpu::Gpu,
     kernels: &ChannelCopyKernels,
     copy: &Copy2d,
     accumulate: bool,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) {
-    let x = random::<T>(rng, copy.x_len());
-    let y0 = random::<T>(rng, copy.y_len());
+    let x = random::<X>(rng, copy.x_len());
+    let y0 = random::<Y>(rng, copy.y_len());
     let mut want = y0.clone();
     channel_copy(copy, &x, &mut want, accumulate);
-    let mut y = upload::<T>(gpu, &y0);
+    let mut y = upload::<Y>(gpu, &y0);
     kernels
         .run(
             gpu.stream(),
             copy,
-            &upload::<T>(gpu, &x),
+            &upload::<X>(gpu, &x),
             &mut y,
             accumulate,
         )
         .unwrap();
     assert_eq!(
         to_bits(&download(gpu, &y)),
-        to_bits(&rounded::<T>(&want)),
-        "{copy:?} accumulate={accumulate} {}",
-        T::NAME
+        to_bits(&rounded::<Y>(&want)),
+        "{copy:?} accumulate={accumulate} {} to {}",
+        X::NAME,
+        Y::NAME
     );
 }

@@ -112,12 +112,16 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
         outcome.step, outcome.loss, outcome.accuracy, outcome.samples_per_s, outcome.elapsed_s
     );
     let loader = &outcome.loader;
-    let limited = loader.limited(outcome.elapsed_s);
+    // Judged on the steps after the first (one step: nothing to judge).
+    let steady = outcome.steady_s.zip(outcome.steady_samples_per_s);
+    let limited = steady.is_some_and(|(s, rate)| loader.limited(s, rate));
+    let share = steady.map_or(0.0, |(s, _)| 100.0 * loader.waited_s / s);
     println!(
-        "loader: {:.0} samples/s; the steps waited {:.2} s for batches ({:.1}% of the run){}",
+        "loader: {:.0} samples/s; the steps after the first waited {:.2} s for batches ({:.1}% \
+         of their time){}",
         loader.samples_per_s,
         loader.waited_s,
-        100.0 * loader.waited_s / outcome.elapsed_s.max(1e-9),
+        share,
         if limited {
             ": the loader, not the step, limits this run (more CPU threads, a deeper --prefetch, \
              or smaller images)"

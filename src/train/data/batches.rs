@@ -151,13 +151,18 @@ pub struct LoaderStats {
 }
 
 impl LoaderStats {
-    /// The share of a run's `elapsed_s` above which the loader counts as what limited it.
+    /// The share of the steps' time above which waiting for batches counts as the loader
+    /// limiting them.
     pub const LIMITING_SHARE: f64 = 0.05;
 
-    /// Whether waiting for batches took more than [`Self::LIMITING_SHARE`] of `elapsed_s`:
-    /// the loader, not the step, set the pace.
-    pub fn limited(&self, elapsed_s: f64) -> bool {
-        self.waited_s > Self::LIMITING_SHARE * elapsed_s
+    /// Whether the loader, not the step, set the pace of the steps after the first (which
+    /// took `steady_s` seconds at `steady_rate` samples/s): it made batches more slowly than
+    /// the steps used them (a short run can hide that behind batches made during its first
+    /// step, a long one cannot), or the steps waited for batches for more than
+    /// [`Self::LIMITING_SHARE`] of their time. The first step's one-off costs (cuDNN's
+    /// planning: seconds) are left out, as they would hide the wait of a short run.
+    pub fn limited(&self, steady_s: f64, steady_rate: f64) -> bool {
+        self.samples_per_s < steady_rate || self.waited_s > Self::LIMITING_SHARE * steady_s
     }
 }
 
@@ -290,5 +295,25 @@ impl Drop for Loader {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoaderStats;
+
+    #[test]
+    fn a_loader_slower_than_the_steps_or_waited_for_limits_them() {
+        let stats = |samples_per_s, waited_s| LoaderStats {
+            samples_per_s,
+            waited_s,
+        };
+        // 2 s of steps at 1000 samples/s.
+        assert!(!stats(1500.0, 0.0).limited(2.0, 1000.0));
+        assert!(!stats(1500.0, 0.09).limited(2.0, 1000.0));
+        // Slower than the steps, though a short run's prefetched batches hid the wait.
+        assert!(stats(900.0, 0.0).limited(2.0, 1000.0));
+        // Waited for more than 5% of the steps' time.
+        assert!(stats(1500.0, 0.11).limited(2.0, 1000.0));
     }
 }

@@ -4,7 +4,8 @@
 //! - `synthetic` (or `synthetic:N`, N samples, default 50 000): 32x32x3 images, 10 classes;
 //!   `synthetic:N,S` the same with SxSx3 images (the CNNs that need larger ones).
 //!   Each class has a fixed random smooth pattern; a sample is its class pattern plus
-//!   Gaussian noise, both drawn from the seed, so a model can learn it and accuracy rises.
+//!   Gaussian noise (a window of a noise table, at an offset and with a sign drawn per
+//!   sample), all drawn from the seed, so a model can learn it and accuracy rises.
 //! - `cifar10:DIR`: `data_batch_1.bin` .. `data_batch_5.bin`, records of 1 label byte and
 //!   3072 pixel bytes (channel-major 32x32x3). Missing batches after the first are allowed
 //!   (a small subset), a missing first one is an error.
@@ -53,14 +54,32 @@ impl ImageShape {
     }
 }
 
+/// Standard deviation of the synthetic samples' noise (the patterns' amplitude is 1).
+const SYNTHETIC_NOISE: f32 = 3.0;
+
+/// Distinct noise windows a synthetic sample's offset can pick: `features + NOISE_WINDOWS`
+/// noise values, drawn once per dataset (about 4.6 MiB at 224x224).
+const NOISE_WINDOWS: usize = 1 << 20;
+
+/// The synthetic dataset's noise table for samples of `features` values.
+fn noise_table(rng: &mut ChaCha8Rng, features: usize) -> Vec<f32> {
+    let normal = Normal::new(0.0f32, SYNTHETIC_NOISE).unwrap_or_else(|_| unreachable!());
+    (0..features + NOISE_WINDOWS)
+        .map(|_| normal.sample(&mut *rng))
+        .collect()
+}
+
 /// Where the samples come from.
 enum Source {
-    /// Class patterns (`classes x features`) and the noise level; samples are generated on
-    /// demand from `(seed, index)`, so nothing but the patterns is held.
+    /// Class patterns (`classes x features`) and a table of Gaussian noise; samples are
+    /// generated on demand from `(seed, index)`: the class's pattern plus a window of the
+    /// table at a drawn offset, with a drawn sign. Drawing every noise value per sample kept
+    /// the loader at about 5,000 224x224 samples/s on 16 cores (AlexNet's GPU step takes
+    /// 20,000); a window is a vectorised add.
     Synthetic {
         seed: u64,
         patterns: Vec<f32>,
-        noise: f32,
+        noise: Vec<f32>,
     },
     /// Raw pixel bytes, `len x features`.
     Pixels { pixels: Vec<u8>, labels: Vec<u8> },
@@ -220,7 +239,7 @@ impl Dataset {
             source: Source::Synthetic {
                 seed,
                 patterns,
-                noise: 3.0,
+                noise: noise_table(&mut rng, shape.features()),
             },
         }
     }
@@ -445,10 +464,12 @@ impl Dataset {
             } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(index as u64));
                 let label = rng.random_range(0..self.classes);
-                let pattern = &patterns[label * out.len()..(label + 1) * out.len()];
-                let normal = Normal::new(0.0f32, *noise).unwrap_or_else(|_| unreachable!());
-                for (o, p) in out.iter_mut().zip(pattern) {
-                    *o = p + normal.sample(&mut rng);
+                let f = out.len();
+                let pattern = &patterns[label * f..(label + 1) * f];
+                let at = rng.random_range(0..=noise.len() - f);
+                let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
+                for ((o, p), n) in out.iter_mut().zip(pattern).zip(&noise[at..at + f]) {
+                    *o = p + sign * n;
                 }
                 label as u32
             }

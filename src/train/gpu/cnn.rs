@@ -270,7 +270,6 @@ struct Walker<T: Storage> {
     plan: Vec<Step>,
     /// Per node: its convolution's place (convolutions only).
     conv_slots: Vec<Option<ConvSlot>>,
-    conv_len: usize,
     /// Per node: its batch norm's offset in the running statistics' layout.
     norm_at: Vec<usize>,
     conv: Conv2dKernels,
@@ -302,13 +301,11 @@ struct Walker<T: Storage> {
     /// Synchronised batch norm's moments or backward sums, summed over the GPUs in place:
     /// allocated once, so peers can keep its address.
     sync_buf: CudaSlice<f32>,
-    image: CudaSlice<f32>,
-    /// The filters and biases (KRSC) as cuDNN reads them, their f32 staging, their
-    /// gradients and those widened to f32.
+    /// The filters and biases (KRSC) as cuDNN reads them, and their gradients, in the
+    /// activations' type: one converting, transposing copy each way from and to the f32
+    /// parameters (no f32 staging copy of every filter).
     conv_w: CudaSlice<T>,
-    conv_w32: CudaSlice<f32>,
     conv_dw: CudaSlice<T>,
-    conv_dw32: CudaSlice<f32>,
     logits: CudaSlice<f32>,
     dlogits: CudaSlice<f32>,
     /// The values' gradients in flight, and the pool they and the values that are not kept
@@ -390,7 +387,6 @@ impl<T: Storage> Walker<T> {
         Ok(Walker {
             plan,
             conv_slots,
-            conv_len,
             norm_at,
             conv: Conv2dKernels::load(gpu, precision)?,
             bn: BatchNormKernels::load(gpu)?,
@@ -416,11 +412,8 @@ impl<T: Storage> Walker<T> {
                 BatchNormKernels::moments_len(widest),
                 "synchronised batch norm",
             )?,
-            image: alloc(gpu, 1, "the image")?,
             conv_w: alloc(gpu, conv_len, "the filters")?,
-            conv_w32: alloc(gpu, conv_len, "the filters")?,
             conv_dw: alloc(gpu, conv_len, "the filters' gradients")?,
-            conv_dw32: alloc(gpu, conv_len, "the filters' gradients")?,
             logits: alloc(gpu, 1, "logits")?,
             dlogits: alloc(gpu, 1, "logits")?,
             dvalues: (0..values).map(|_| None).collect(),
@@ -486,7 +479,6 @@ impl<T: Storage> Walker<T> {
             }
         }
         self.norm_work = alloc(gpu, work, "batch norm")?;
-        self.image = alloc(gpu, numel(g.shapes[0], n), "the image")?;
         let classes = g.config.classes;
         self.logits = alloc(gpu, n * classes, "logits")?;
         self.dlogits = alloc(gpu, n * classes, "logits")?;
@@ -516,21 +508,22 @@ impl<T: Storage> Walker<T> {
         self.unstage_filter_grads(&s, p.grads)
     }
 
-    /// The parameters' filters in KRSC order (and the biases) into the convolution buffer.
+    /// The parameters' filters in KRSC order (and the biases) into the convolution buffer, in
+    /// the activations' type.
     fn stage_filters(&mut self, s: &Arc<CudaStream>, params: &CudaSlice<f32>) -> Result<()> {
         for slot in self.conv_slots.iter().flatten() {
             let (r, at) = (slot.params.clone(), slot.weight);
-            let mut dst = self.conv_w32.slice_mut(at..at + r.len());
+            let mut dst = self.conv_w.slice_mut(at..at + r.len());
             self.copy
                 .run(s, &slot.transpose(true), &params.slice(r), &mut dst, false)?;
             if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
-                let mut dst = self.conv_w32.slice_mut(at..at + r.len());
-                copy(s, &params.slice(r), &mut dst)?;
+                let mut dst = self.conv_w.slice_mut(at..at + r.len());
+                let whole = Copy2d::take(1, r.len(), 0, r.len());
+                self.copy
+                    .run(s, &whole, &params.slice(r), &mut dst, false)?;
             }
         }
-        let len = self.conv_len;
-        let (src, mut dst) = (self.conv_w32.slice(..len), self.conv_w.slice_mut(..len));
-        T::narrow(&self.cast, s, &src, &mut dst)
+        Ok(())
     }
 
     /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order, and
@@ -540,12 +533,9 @@ impl<T: Storage> Walker<T> {
         s: &Arc<CudaStream>,
         grads: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let len = self.conv_len;
-        let (src, mut dst) = (self.conv_dw.slice(..len), self.conv_dw32.slice_mut(..len));
-        T::widen(&self.cast, s, &src, &mut dst)?;
         for slot in self.conv_slots.iter().flatten() {
             let (r, at) = (slot.params.clone(), slot.weight);
-            let src = self.conv_dw32.slice(at..at + r.len());
+            let src = self.conv_dw.slice(at..at + r.len());
             self.copy.run(
                 s,
                 &slot.transpose(false),
@@ -554,8 +544,10 @@ impl<T: Storage> Walker<T> {
                 false,
             )?;
             if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
-                let src = self.conv_dw32.slice(at..at + r.len());
-                copy(s, &src, &mut grads.slice_mut(r))?;
+                let src = self.conv_dw.slice(at..at + r.len());
+                let whole = Copy2d::take(1, r.len(), 0, r.len());
+                self.copy
+                    .run(s, &whole, &src, &mut grads.slice_mut(r), false)?;
             }
         }
         Ok(())
@@ -564,21 +556,21 @@ impl<T: Storage> Walker<T> {
     fn forward(&mut self, s: &Arc<CudaStream>, p: &mut Pass) -> Result<()> {
         let n = p.rows;
         let g = &self.graph;
-        // The image, channel-major as the datasets give it, to NHWC.
+        // The image, channel-major f32 as the datasets give it, to NHWC in the activations'
+        // type, in one copy.
         let [h, w, c] = g.shapes[0];
         let len = numel(g.shapes[0], n);
         let to_nhwc = Copy2d::transpose(n, c, h * w);
-        let mut image = self.image.slice_mut(..len);
-        self.copy
-            .run(s, &to_nhwc, &p.input.slice(..len), &mut image, false)?;
-        let mut x0 = self.values[0].take().expect("reserve allocates the image");
-        T::narrow(
-            &self.cast,
+        let x0 = self.values[0]
+            .as_mut()
+            .expect("reserve allocates the image");
+        self.copy.run(
             s,
-            &self.image.slice(..len),
+            &to_nhwc,
+            &p.input.slice(..len),
             &mut x0.slice_mut(..len),
+            false,
         )?;
-        self.values[0] = Some(x0);
         let last = g.nodes.len() - 1;
         for (k, step) in self.plan.clone().into_iter().enumerate() {
             let i = step.node;

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
 use rayon::prelude::*;
 
 use crate::base::Precision;
@@ -87,18 +87,26 @@ pub struct Replica {
     buffers: Option<CudaSlice<f32>>,
     /// The step's dropout seed, for the next pass.
     seed: u64,
-    /// Samples the input and label buffers hold.
+    /// Samples each input and label buffer holds.
     capacity: usize,
-    input: CudaSlice<f32>,
-    labels: CudaSlice<u32>,
+    /// Two device buffers for the shard (inputs, labels): the next shard is copied into one on
+    /// `copy_stream` while the pass before may still read the other, so a large batch's upload
+    /// (AlexNet at 224: 38.5 MB a step) does not queue behind the step before it.
+    inputs: [(CudaSlice<f32>, CudaSlice<u32>); 2],
+    /// The buffer the next pass reads: the one the last shard went to.
+    current: usize,
+    copy_stream: Arc<CudaStream>,
+    /// Per buffer, recorded on `copy_stream` after its shard's copy: the pass waits on it, and
+    /// the staging buffers are not rewritten or freed before it. (Our contexts run without
+    /// cudarc's event tracking, so a pinned slice's own event is never recorded.)
+    copied: [CudaEvent; 2],
+    /// Per buffer, recorded on the compute stream after the pass that read it: the next copy
+    /// into it waits on it.
+    consumed: [CudaEvent; 2],
     stats: CudaSlice<f32>,
     /// Page-locked staging for the shard, so the copy to the device is a real async DMA.
     pinned_x: Option<PinnedHostSlice<f32>>,
     pinned_y: Option<PinnedHostSlice<u32>>,
-    /// Recorded after the staged shard's copies to the device: the staging buffers are not
-    /// rewritten or freed before it. (Our contexts run without cudarc's event tracking, so a
-    /// pinned slice's own event is never recorded and cannot be waited on.)
-    staged: CudaEvent,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
     /// Page-locked landing slots for the stats of steps whose read-back is deferred
@@ -186,6 +194,14 @@ impl Replica {
             Ok::<_, Error>((host, event()?))
         };
         let stats_slots = [slot()?, slot()?];
+        let shard = || {
+            let labels = s.alloc_zeros::<u32>(1).cuda(|| "allocating".into())?;
+            Ok::<_, Error>((one(1)?, labels))
+        };
+        let copy_stream = gpu
+            .ctx()
+            .new_stream()
+            .cuda(|| format!("creating cuda:{}'s copy stream", gpu.ordinal()))?;
         Ok(Replica {
             blas,
             linear: Linear::new(gpu.clone(), precision)?,
@@ -202,12 +218,14 @@ impl Replica {
             seed: 0,
             state: state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?,
             capacity: 0,
-            input: one(1)?,
-            labels: s.alloc_zeros::<u32>(1).cuda(|| "allocating".into())?,
+            inputs: [shard()?, shard()?],
+            current: 0,
+            copy_stream,
+            copied: [event()?, event()?],
+            consumed: [event()?, event()?],
             stats: one(2)?,
             pinned_x: None,
             pinned_y: None,
-            staged: event()?,
             last_rows: 0,
             stats_slots,
             stats_pending: VecDeque::new(),
@@ -288,17 +306,24 @@ impl Replica {
     }
 
     /// Makes the page-locked staging buffers exactly `rows` samples long (a copy moves a whole
-    /// pinned buffer) and the device input at least that long. Shard sizes change only with
+    /// pinned buffer) and the device inputs at least that long. Shard sizes change only with
     /// the DR, so this reallocates rarely.
     fn stage(&mut self, rows: usize) -> Result<()> {
         let s = self.gpu.stream().clone();
         if rows > self.capacity {
-            self.input = s
-                .alloc_zeros::<f32>(rows * self.features)
-                .cuda(|| "allocating the input".into())?;
-            self.labels = s
-                .alloc_zeros::<u32>(rows)
-                .cuda(|| "allocating labels".into())?;
+            // No copy may still write the old buffers; passes that read them are on the
+            // compute stream, which frees them after those passes (they were allocated on it).
+            self.copy_stream
+                .synchronize()
+                .cuda(|| "waiting for the shard copies".into())?;
+            for (input, labels) in &mut self.inputs {
+                *input = s
+                    .alloc_zeros::<f32>(rows * self.features)
+                    .cuda(|| "allocating the input".into())?;
+                *labels = s
+                    .alloc_zeros::<u32>(rows)
+                    .cuda(|| "allocating labels".into())?;
+            }
             self.capacity = rows;
         }
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
@@ -352,8 +377,9 @@ impl Replica {
     }
 
     /// Copies a shard (`x`: `rows x features`) through the page-locked staging buffers and
-    /// enqueues its copy to the device. Split from [`pass`](Self::pass) so that
-    /// `benches/train_step.rs` can time the two.
+    /// enqueues its copy to the device on the copy stream, into the input buffer the last pass
+    /// did not read. Split from [`pass`](Self::pass) so that `benches/train_step.rs` can time
+    /// the two.
     pub fn load_shard(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
         let rows = labels.len();
         if x.len() != rows * self.features {
@@ -371,7 +397,7 @@ impl Replica {
             return Ok(());
         }
         // The previous shard's copies may still be queued (the trainer runs a step ahead).
-        self.staged
+        self.copied[self.current]
             .synchronize()
             .cuda(|| "waiting for the previous shard's copy".into())?;
         self.stage(rows)?;
@@ -388,14 +414,26 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
-        let s = self.gpu.stream();
-        s.memcpy_htod(&*px, &mut self.input.slice_mut(..x.len()))
+        let next = 1 - self.current;
+        let c = &self.copy_stream;
+        // The pass that last read this buffer (queued two shards ago) must be done with it.
+        c.wait(&self.consumed[next])
+            .cuda(|| "ordering the shard's copy after the pass before".into())?;
+        let (input, labels) = &mut self.inputs[next];
+        c.memcpy_htod(&*px, &mut input.slice_mut(..x.len()))
             .cuda(|| "copying the shard to the GPU".into())?;
-        s.memcpy_htod(&*py, &mut self.labels.slice_mut(..rows))
+        c.memcpy_htod(&*py, &mut labels.slice_mut(..rows))
             .cuda(|| "copying labels to the GPU".into())?;
-        self.staged
-            .record(s)
-            .cuda(|| "recording the shard's copy".into())
+        self.copied[next]
+            .record(c)
+            .cuda(|| "recording the shard's copy".into())?;
+        self.current = next;
+        Ok(())
+    }
+
+    /// The stream the shards' copies to the device run on (for a benchmark's timing).
+    pub fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy_stream
     }
 
     /// Enqueues forward and backward over the shard [`load_shard`](Self::load_shard) loaded,
@@ -414,14 +452,18 @@ impl Replica {
                 .memset_zeros(&mut self.grads)
                 .cuda(|| "zeroing gradients".into());
         }
+        let b = self.current;
+        s.wait(&self.copied[b])
+            .cuda(|| "waiting for the shard's copy".into())?;
+        let (input, labels) = &self.inputs[b];
         let pass = Pass {
             gpu: &self.gpu,
             blas: &self.blas,
             linear: &mut self.linear,
             params: &self.params,
             grads: &mut self.grads,
-            input: &self.input,
-            labels: &self.labels,
+            input,
+            labels,
             rows,
             scale,
             stats: &mut self.stats,
@@ -432,7 +474,10 @@ impl Replica {
             Net::Mlp(net) => net.forward_backward(pass),
             Net::Vit(net) => net.forward_backward(pass),
             Net::Cnn(net) => net.forward_backward(pass),
-        }
+        }?;
+        self.consumed[b]
+            .record(&s)
+            .cuda(|| "recording the pass's read of its shard".into())
     }
 
     /// Waits for the step's work and returns the last shard's loss and correct count. Not
@@ -599,6 +644,15 @@ impl Replica {
             Net::Cnn(net) => Some(net.logits()),
             _ => None,
         }
+    }
+}
+
+impl Drop for Replica {
+    /// Shard copies may still be queued on the copy stream: they must not outlive the staging
+    /// and device buffers they read and write.
+    fn drop(&mut self) {
+        // Nothing to report to from a drop; a failed wait means the context is gone anyway.
+        let _ = self.copy_stream.synchronize();
     }
 }
 

@@ -157,6 +157,9 @@ pub struct Outcome {
     /// steady rate, without the first step's one-off costs (buffer allocation, cuBLAS's
     /// kernel loading, the first batch). `None` before the second step.
     pub steady_samples_per_s: Option<f64>,
+    /// Seconds from the end of the run's first step to the end of its last (`None` before
+    /// the second step).
+    pub steady_s: Option<f64>,
     /// The last step's loss and accuracy (NaN when no step ran).
     pub loss: f64,
     pub accuracy: f64,
@@ -215,6 +218,7 @@ pub fn train(
         elapsed_s: 0.0,
         samples_per_s: 0.0,
         steady_samples_per_s: None,
+        steady_s: None,
         loss: f64::NAN,
         accuracy: f64::NAN,
         last_checkpoint: None,
@@ -290,7 +294,9 @@ pub fn train(
             None => first_finished = Some(Instant::now()),
             Some(t) => {
                 let steady = (outcome.step - start_step - 1) as f64 * job.batch_size as f64;
-                outcome.steady_samples_per_s = Some(steady / t.elapsed().as_secs_f64().max(1e-9));
+                let steady_s = t.elapsed().as_secs_f64().max(1e-9);
+                outcome.steady_s = Some(steady_s);
+                outcome.steady_samples_per_s = Some(steady / steady_s);
             }
         }
         outcome.loss = stats.loss;

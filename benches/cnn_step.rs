@@ -18,11 +18,14 @@
 //! PyTorch's `max_memory_allocated`: it counts what the allocator handed out, not what the
 //! device shows as used (which includes the context, cuDNN's and cuBLAS's own allocations and
 //! other processes on the GPU), and it sees a step's transient peak, which a before/after
-//! reading cannot.
+//! reading cannot. Held: what the replica's buffers add up to by what they are for
+//! (`Replica::held`: state, shard buffers, kept activations, the gradient pool, filters, cuDNN's
+//! workspace, ...), after the timed steps: where that peak goes.
 //!
-//! Output: one line per configuration, then a JSON array with one object per configuration
-//! (`model`, `size`, `batch`, `precision`, `ms_per_step`, `samples_per_s`, `memory_mib`,
-//! `peak_mib` (null where the allocator keeps no mark), or `error`).
+//! Output: two lines per configuration (the figures, then `held, MiB:`), then a JSON array
+//! with one object per configuration (`model`, `size`, `batch`, `precision`, `ms_per_step`,
+//! `samples_per_s`, `memory_mib`, `peak_mib` (null where the allocator keeps no mark),
+//! `held_mib` (MiB by what they are for), or `error`).
 //!
 //! `--profile` brackets the timed steps (not the set-up or warm-up) with the profiler's start
 //! and stop, for `ncu --profile-from-start off` (`scripts/ncu-cnn.sh`: where a step's time
@@ -103,17 +106,30 @@ fn main() {
             let size = size.max(arch.min_size().next_multiple_of(2));
             for &precision in &o.precisions {
                 let row = match measure(&gpu, arch, size, precision, &o) {
-                    Ok((ms, mib, peak)) => {
+                    Ok(Measured {
+                        ms,
+                        mib,
+                        peak,
+                        held,
+                    }) => {
                         let per_s = o.batch as f64 * 1e3 / ms;
                         let peak_text = peak.map_or("-".into(), |p| format!("{p:.0}"));
                         println!(
                             "{:<20} {size:>4} {precision:<5} {ms:>9.2} ms/step {per_s:>9.0} samples/s {mib:>7.0} MiB (peak {peak_text} MiB)",
                             arch.name()
                         );
+                        let held: serde_json::Map<String, serde_json::Value> = held
+                            .into_iter()
+                            .map(|(what, bytes)| (what.to_string(), mib_of(bytes).into()))
+                            .collect();
+                        let items: Vec<String> =
+                            held.iter().map(|(k, v)| format!("{k} {v:.0}")).collect();
+                        println!("  held, MiB: {}", items.join("; "));
                         serde_json::json!({
                             "model": arch.name(), "size": size, "batch": o.batch,
                             "precision": precision.to_string(), "ms_per_step": ms,
                             "samples_per_s": per_s, "memory_mib": mib, "peak_mib": peak,
+                            "held_mib": held,
                         })
                     }
                     Err(e) => {
@@ -131,6 +147,10 @@ fn main() {
     println!("{}", serde_json::Value::Array(rows));
 }
 
+fn mib_of(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
 /// Used device memory in MiB.
 fn used_mib(gpu: &Gpu) -> Result<f64> {
     let (free, total) = gpu
@@ -140,14 +160,25 @@ fn used_mib(gpu: &Gpu) -> Result<f64> {
     Ok((total - free) as f64 / (1 << 20) as f64)
 }
 
-/// Milliseconds a step, the MiB the replica holds and the MiB in use at the steps' peak.
+/// One configuration's figures.
+struct Measured {
+    /// Milliseconds a step.
+    ms: f64,
+    /// MiB the replica holds (the driver's used memory after the warm-up less before).
+    mib: f64,
+    /// MiB in use at the timed steps' peak.
+    peak: Option<f64>,
+    /// The bytes the replica holds by what they are for ([`Replica::held`]).
+    held: Vec<(&'static str, usize)>,
+}
+
 fn measure(
     gpu: &Arc<Gpu>,
     arch: Arch,
     size: usize,
     precision: Precision,
     o: &Options,
-) -> Result<(f64, f64, Option<f64>)> {
+) -> Result<Measured> {
     gpu.sync()?;
     let before = used_mib(gpu)?;
     let image = ImageShape {
@@ -189,6 +220,11 @@ fn measure(
     } else {
         timed()?
     };
-    let peak = gpu.memory_peak()?.map(|b| b as f64 / (1u64 << 20) as f64);
-    Ok((ms / o.steps as f64, memory, peak))
+    let peak = gpu.memory_peak()?.map(|b| mib_of(b as usize));
+    Ok(Measured {
+        ms: ms / o.steps as f64,
+        mib: memory,
+        peak,
+        held: replica.held(),
+    })
 }

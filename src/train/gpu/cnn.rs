@@ -141,6 +141,14 @@ impl CnnNet {
         }
     }
 
+    /// The device memory the pass holds, in bytes by what it is for ([`Walker::held`]).
+    pub fn held(&self) -> Vec<(&'static str, usize)> {
+        match &self.walker {
+            Walkers::F32(w) => w.held(),
+            Walkers::Bf16(w) => w.held(),
+        }
+    }
+
     /// The synchronised batch norms' exchange buffer and the exchanges a pass makes
     /// ([`Replica::norm_buffer`]); `None` without batch norm.
     pub fn norm_buffer(&mut self) -> Option<(&mut CudaSlice<f32>, usize)> {
@@ -420,6 +428,47 @@ impl<T: Storage> Walker<T> {
             free: Vec::new(),
             graph,
         })
+    }
+
+    /// The device memory the walker holds, in bytes by what it is for: where a pass's peak
+    /// goes (every buffer it allocates stays held, the pool's included, so after a pass the
+    /// sum is its high-water mark but for cuBLASLt's and cuDNN's own allocations).
+    fn held(&self) -> Vec<(&'static str, usize)> {
+        fn bytes<U>(b: &CudaSlice<U>) -> usize {
+            b.len() * std::mem::size_of::<U>()
+        }
+        let sum = |bufs: &[Option<CudaSlice<T>>]| bufs.iter().flatten().map(bytes).sum();
+        let linear = self.linears.iter().flatten();
+        let saved = self.saved.iter().flatten();
+        vec![
+            ("values kept for the backward pass", sum(&self.values)),
+            ("gradients in flight", sum(&self.dvalues)),
+            ("pool of free buffers", self.free.iter().map(bytes).sum()),
+            (
+                "filters and their gradients (KRSC)",
+                bytes(&self.conv_w) + bytes(&self.conv_dw),
+            ),
+            ("cuDNN workspace", self.conv.workspace_bytes()),
+            (
+                "linear layers' f32 operands",
+                linear
+                    .map(|l| bytes(&l.x) + bytes(&l.y) + bytes(&l.dy) + bytes(&l.dx))
+                    .sum(),
+            ),
+            (
+                "max pooling's argmax",
+                self.argmax.iter().flatten().map(bytes).sum(),
+            ),
+            (
+                "batch norm's statistics and work",
+                saved
+                    .map(|b| bytes(&b.mean) + bytes(&b.invstd))
+                    .sum::<usize>()
+                    + bytes(&self.norm_work)
+                    + bytes(&self.sync_buf),
+            ),
+            ("logits", bytes(&self.logits) + bytes(&self.dlogits)),
+        ]
     }
 
     fn describe_convs(&self) -> Vec<String> {

@@ -622,6 +622,30 @@ impl Replica {
         }
     }
 
+    /// The device memory the replica holds, in bytes by what it is for: its state and shard
+    /// buffers, then the CNNs' pass ([`CnnNet::held`]; the other models' passes are not
+    /// itemised).
+    pub fn held(&self) -> Vec<(&'static str, usize)> {
+        fn bytes<U>(b: &CudaSlice<U>) -> usize {
+            b.len() * std::mem::size_of::<U>()
+        }
+        let state = std::iter::once(&self.params)
+            .chain(&self.state)
+            .chain(&self.buffers)
+            .map(bytes)
+            .sum::<usize>();
+        let shards = self.inputs.iter().map(|(x, y)| bytes(x) + bytes(y)).sum();
+        let mut held = vec![
+            ("parameters, optimizer state and model buffers (f32)", state),
+            ("gradient exchange buffer (f32)", bytes(&self.grads)),
+            ("shard input buffers (two)", shards),
+        ];
+        if let Net::Cnn(net) = &self.net {
+            held.extend(net.held());
+        }
+        held
+    }
+
     /// What cuDNN runs for each convolution (the CNNs; empty for the others).
     pub fn describe_convs(&self) -> Vec<String> {
         match &self.net {

@@ -6,17 +6,20 @@
 #   PART=eager (default): device.txt; torch eager rows (torch-eager.json, ~4 minutes); attnrt's
 #     rows (attnrt.json: attnrt-train on a synthetic job per model, size and precision,
 #     `--gpus 0`; rows of models whose GPU path is not built say so); table.md;
-#   PART=compile: torch.compile rows (torch-compile.json), compiled 4 at a time in child
-#     processes and timed one at a time, stopped at $PERF_DEADLINE seconds (default 500).
+#   PART=compile [MODELS] [SIZES]: torch.compile rows (torch-compile.json), each compiled,
+#     warmed up and timed alone (`--jobs 1`: compiling several at once disturbed the timed
+#     one, torch_cnn_timing.py says how), stopped at $PERF_DEADLINE seconds (default 500):
+#     a row takes 1-2 minutes, so the 20 rows need several calls (e.g. MODELS
+#     resnet50,alexnet and SIZES 224 in one; default all models at 224 and 32).
 # `python3 scripts/torch_cnn_timing.py --table torch-eager.json torch-compile.json --attnrt
 # attnrt.json` remakes the table for docs/PERF.md from the fetched files, anywhere.
 # attnrt's peak memory is attnrt-train's `gpu memory:` line (the CUDA memory pool's high-water
 # mark, the counterpart of PyTorch's max_memory_allocated).
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here,
-# STAGE_DIR carried): bash STAGE_DIR/perf-cnn.sh STAGE_DIR [eager|compile]
+# STAGE_DIR carried): bash STAGE_DIR/perf-cnn.sh STAGE_DIR [eager|compile [MODELS] [SIZES]]
 set -uo pipefail
-stage="${1:?usage: perf-cnn.sh STAGE_DIR [eager|compile]}"
+stage="${1:?usage: perf-cnn.sh STAGE_DIR [eager|compile [MODELS] [SIZES]]}"
 part="${2:-eager}"
 out="${OUT:-perf-out}"
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
@@ -36,8 +39,8 @@ case "$part" in
     ;;
   compile)
     step torch-compile "$(( ${PERF_DEADLINE:-500} + 30 ))" python3 "$stage/torch_cnn_timing.py" \
-      --modes compile --jobs 4 --deadline-s "${PERF_DEADLINE:-500}" \
-      --json "$out/torch-compile.json"
+      --modes compile --jobs 1 --models "${3:-all}" --sizes "${4:-224,32}" \
+      --deadline-s "${PERF_DEADLINE:-500}" --json "$out/torch-compile.json"
     ;;
   *)
     echo "perf-cnn.sh: PART is eager or compile, not '$part'" >&2

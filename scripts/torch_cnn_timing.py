@@ -13,10 +13,15 @@ warm-up, in MiB. A configuration's timed steps stop after 15 s (at least 3), so 
 row fits in one device call.
 
 Eager rows run one after another in this process. Compile rows run in child processes, at
-most --jobs at a time (compiling is CPU work): each compiles and warms up its configuration,
-then takes a lock file so that only one of them times at a time (other children may still be
-compiling on other cores meanwhile), and a child still running --deadline-s seconds after
-the start is stopped and its row reported as an error.
+most --jobs at a time (default 1): each compiles and warms up its configuration, then takes
+a lock file so that only one of them times at a time, and a child still running --deadline-s
+seconds after the start is stopped and its row reported as an error. More than one job
+shortens the run (compiling is CPU work) but disturbs it: a child's first call is not only
+the compile but also steps on the GPU, whose convolutions cuDNN benchmarks
+(`cudnn.benchmark`), so the children still compiling share the GPU with the one being timed,
+and each benchmarks under that contention and may keep algorithms that only won under it
+(with --jobs 4, most compiled rows came out below PyTorch's own eager ones; H100,
+2026-12-06, docs/PERF.md). Take the table's rows with --jobs 1.
 
 attnrt's rows for the same table (`--attnrt-bin BIN`, no PyTorch needed): `attnrt-train`
 on a synthetic job per model, size and precision (`synthetic:N,S`, the same batch, --steps
@@ -30,7 +35,7 @@ error row saying so.
 Usage:
   python3 scripts/torch_cnn_timing.py [--modes eager,compile] [--models all|M1,M2]
       [--sizes 224,32] [--precisions f32,bf16] [--batch 64] [--warmup 5] [--steps 20]
-      [--jobs 4] [--deadline-s 540] [--json OUT.json]
+      [--jobs 1] [--deadline-s 540] [--json OUT.json]
   python3 scripts/torch_cnn_timing.py --attnrt-bin target/release/attnrt-train [--models ..]
       [--sizes ..] [--precisions ..] [--batch 64] [--steps 20] [--json ATTNRT.json]
   python3 scripts/torch_cnn_timing.py --table TORCH.json [MORE.json ...] [--attnrt ATTNRT.json]
@@ -293,7 +298,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--jobs", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--deadline-s", type=float, default=540)
     p.add_argument("--json")
     p.add_argument("--profile", action="store_true")

@@ -485,7 +485,11 @@ fn sync_bn_shards_train_as_one_device_with_the_whole_batch() {
 /// before it). Coordinates deeper in are not checked this way: with batch norm over 4 values
 /// per channel the f32 loss is too rough there for a difference quotient to converge (in
 /// ResNet's stem it moves by 2x between steps of 1e-3 and 1e-4); the golden file checks the
-/// stem's gradient and every gradient's norm against PyTorch instead.
+/// stem's gradient and every gradient's norm against PyTorch instead. The step is 3e-3 of the
+/// coordinate (at least 3e-4): at 1e-3 the f32 loss's rounding still moved the quotient past
+/// the tolerance on two of four synthetic data sets (ShuffleNet's `conv5.0.weight`, gradient
+/// 7.5e-5: quotients 8.5e-5, 8.3e-5, 1.8e-4, -5.1e-4 at 1e-2, 3e-3, 1e-3, 3e-4), while 3e-3
+/// met it for every model on all four.
 #[test]
 fn gradients_match_central_differences() {
     use attnrt::train::models::cnn::cpu::forward_backward;
@@ -528,7 +532,7 @@ fn gradients_match_central_differences() {
         let slots = &graph.layout.slots;
         for s in &slots[slots.len().saturating_sub(last)..] {
             let i = s.offset + s.len / 2;
-            let h = 1e-3 * params[i].abs().max(0.1);
+            let h = 3e-3 * params[i].abs().max(0.1);
             let mut p = params.clone();
             p[i] += h;
             let up = loss(&p, &mut scratch);

@@ -413,9 +413,12 @@ fn bad_cnn_jobs_are_errors_naming_the_file_and_key() {
 /// `sync_bn`: three uneven CPU shards (1, 2 and 3 of 6 samples) train as one device with the
 /// whole batch: ShuffleNet at 64x64, parameters and running statistics after two SGD steps
 /// within f32 rounding of the whole batch's; without `sync_bn` the same split trains
-/// differently. Two steps, because with six samples per batch norm the network is so
-/// ill-conditioned that the rounding of the shards' gradient sums (1e-7) grows a
-/// hundredfold a step (to 1e-3 by the third), whatever computes it. At 32x32 the last maps
+/// differently. With six samples per batch norm the network is so ill-conditioned that the
+/// rounding of the shards' gradient sums grows a thousandfold a step, whatever computes it
+/// (largest relative parameter difference after steps 1 and 2, seeds 4 to 7: 3e-8 to 1.2e-7,
+/// then 4e-7 to 9.9e-4; without `sync_bn` 0.29 to 1.0, then 0.69 to 1.9): so within 1e-5
+/// after the first step and 1e-2 after the second, each far below the unsynchronised
+/// difference, which must exceed 1e-1. At 32x32 the last maps
 /// are 1x1, so a one-sample shard has one value per channel: alone it cannot update the
 /// running variance (an error, as in PyTorch), synchronised it can.
 #[test]
@@ -447,32 +450,34 @@ fn sync_bn_shards_train_as_one_device_with_the_whole_batch() {
             features: Vec::new(),
             labels: Vec::new(),
         };
-        for t in 1..=2u64 {
+        for (t, bound) in [(1u64, 1e-5), (2, 1e-2)] {
             fill_batch(&d, &mut order, t - 1, 6, &mut batch).unwrap();
             let b = Arc::new(batch.clone());
             whole.step(t, &b, &one).unwrap();
             synced.step(t, &b, &split).unwrap();
             let alone = plain.step(t, &b, &split);
+            let (a, b) = (whole.state().unwrap(), synced.state().unwrap());
+            let (dp, db) = (worst(&a.params, &b.params), worst(&a.buffers, &b.buffers));
+            println!(
+                "{side}x{side} step {t}: sync_bn over 1+2+3 vs one device: params {dp:.2e}, \
+                 running statistics {db:.2e}"
+            );
+            assert!(
+                dp < bound && db < bound,
+                "step {t}: params {dp}, buffers {db}"
+            );
+            assert_ne!(a.params, fresh.params);
             if side == 32 {
                 let e = alone.unwrap_err().to_string();
                 assert!(e.contains("more than one value per channel"), "{e}");
                 break;
             }
             alone.unwrap();
-        }
-        let (a, b) = (whole.state().unwrap(), synced.state().unwrap());
-        let (dp, db) = (worst(&a.params, &b.params), worst(&a.buffers, &b.buffers));
-        println!(
-            "{side}x{side}: sync_bn over 1+2+3 vs one device: params {dp:.2e}, running statistics {db:.2e}"
-        );
-        assert!(dp < 1e-5 && db < 1e-5, "params {dp}, buffers {db}");
-        assert_ne!(a.params, fresh.params);
-        if side == 64 {
             let c = plain.state().unwrap();
             let (dp, db) = (worst(&a.params, &c.params), worst(&a.buffers, &c.buffers));
             assert!(
-                dp > 1e-4 && db > 1e-4,
-                "shards normalised alone: {dp}, {db}"
+                dp > 1e-1 && db > 1e-1,
+                "step {t}: shards normalised alone: {dp}, {db}"
             );
         }
     }
@@ -486,10 +491,10 @@ fn sync_bn_shards_train_as_one_device_with_the_whole_batch() {
 /// per channel the f32 loss is too rough there for a difference quotient to converge (in
 /// ResNet's stem it moves by 2x between steps of 1e-3 and 1e-4); the golden file checks the
 /// stem's gradient and every gradient's norm against PyTorch instead. The step is 3e-3 of the
-/// coordinate (at least 3e-4): at 1e-3 the f32 loss's rounding still moved the quotient past
-/// the tolerance on two of four synthetic data sets (ShuffleNet's `conv5.0.weight`, gradient
-/// 7.5e-5: quotients 8.5e-5, 8.3e-5, 1.8e-4, -5.1e-4 at 1e-2, 3e-3, 1e-3, 3e-4), while 3e-3
-/// met it for every model on all four.
+/// coordinate (at least 3e-4): at 1e-3 the f32 loss's rounding moved the quotient past the
+/// tolerance on this data set (ShuffleNet's `conv5.0.weight`, gradient 2.78e-4: quotients
+/// 2.6e-4, 3.0e-4, 1.7e-4, 4.8e-4 at 1e-2, 3e-3, 1e-3, 3e-4 of the coordinate), while 3e-3
+/// met it for every model on four synthetic data sets (seeds 1 to 4).
 #[test]
 fn gradients_match_central_differences() {
     use attnrt::train::models::cnn::cpu::forward_backward;

@@ -62,9 +62,8 @@ const SYNTHETIC_NOISE: f32 = 3.0;
 /// noise values, drawn once per dataset (about 4.6 MiB at 224x224).
 const NOISE_WINDOWS: usize = 1 << 20;
 
-/// The synthetic dataset's noise table for samples of `features` values, drawn from `seed`.
-fn noise_table(seed: u64, features: usize) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0015_E7AB_1E00);
+/// The synthetic dataset's noise table for samples of `features` values, drawn from `rng`.
+fn noise_table(mut rng: ChaCha8Rng, features: usize) -> Vec<f32> {
     let normal = Normal::new(0.0f32, SYNTHETIC_NOISE).unwrap_or_else(|_| unreachable!());
     (0..features + NOISE_WINDOWS)
         .map(|_| normal.sample(&mut rng))
@@ -83,6 +82,9 @@ enum Source {
         seed: u64,
         patterns: Vec<f32>,
         noise: OnceLock<Vec<f32>>,
+        /// The generator the table is drawn from: the patterns' after them (boxed: the
+        /// other sources are a few words).
+        noise_rng: Box<ChaCha8Rng>,
     },
     /// Raw pixel bytes, `len x features`.
     Pixels { pixels: Vec<u8>, labels: Vec<u8> },
@@ -243,6 +245,7 @@ impl Dataset {
                 seed,
                 patterns,
                 noise: OnceLock::new(),
+                noise_rng: Box::new(rng),
             },
         }
     }
@@ -464,12 +467,13 @@ impl Dataset {
                 seed,
                 patterns,
                 noise,
+                noise_rng,
             } => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(index as u64));
                 let label = rng.random_range(0..self.classes);
                 let f = out.len();
                 let pattern = &patterns[label * f..(label + 1) * f];
-                let noise = noise.get_or_init(|| noise_table(*seed, f));
+                let noise = noise.get_or_init(|| noise_table((**noise_rng).clone(), f));
                 let at = rng.random_range(0..=noise.len() - f);
                 let sign = if rng.random::<bool>() { 1.0 } else { -1.0 };
                 for ((o, p), n) in out.iter_mut().zip(pattern).zip(&noise[at..at + f]) {

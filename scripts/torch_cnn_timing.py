@@ -319,7 +319,10 @@ def main(argv=None):
     models = MODELS if args.models == "all" else tuple(args.models.split(","))
     if any(m not in MODELS for m in models):
         p.error(f"--models: one of {', '.join(MODELS)}")
-    sizes = [int(s) for s in args.sizes.split(",")]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes: comma-separated image sides such as 224,32, not '{args.sizes}'")
     precisions = args.precisions.split(",")
     modes = args.modes.split(",")
     if any(x not in ("f32", "bf16") for x in precisions) or any(x not in ("eager", "compile") for x in modes):

@@ -434,40 +434,43 @@ impl<T: Storage> Walker<T> {
     /// goes (every buffer it allocates stays held, the pool's included, so after a pass the
     /// sum is its high-water mark but for cuBLASLt's and cuDNN's own allocations).
     fn held(&self) -> Vec<(&'static str, usize)> {
-        fn bytes<U>(b: &CudaSlice<U>) -> usize {
-            b.len() * std::mem::size_of::<U>()
-        }
-        let sum = |bufs: &[Option<CudaSlice<T>>]| bufs.iter().flatten().map(bytes).sum();
+        let sum =
+            |bufs: &[Option<CudaSlice<T>>]| bufs.iter().flatten().map(CudaSlice::num_bytes).sum();
         let linear = self.linears.iter().flatten();
         let saved = self.saved.iter().flatten();
         vec![
             ("values kept for the backward pass", sum(&self.values)),
             ("gradients in flight", sum(&self.dvalues)),
-            ("pool of free buffers", self.free.iter().map(bytes).sum()),
+            (
+                "pool of free buffers",
+                self.free.iter().map(CudaSlice::num_bytes).sum(),
+            ),
             (
                 "filters and their gradients (KRSC)",
-                bytes(&self.conv_w) + bytes(&self.conv_dw),
+                self.conv_w.num_bytes() + self.conv_dw.num_bytes(),
             ),
             ("cuDNN workspace", self.conv.workspace_bytes()),
             (
                 "linear layers' f32 operands",
                 linear
-                    .map(|l| bytes(&l.x) + bytes(&l.y) + bytes(&l.dy) + bytes(&l.dx))
+                    .map(|l| {
+                        l.x.num_bytes() + l.y.num_bytes() + l.dy.num_bytes() + l.dx.num_bytes()
+                    })
                     .sum(),
             ),
             (
                 "max pooling's argmax",
-                self.argmax.iter().flatten().map(bytes).sum(),
+                self.argmax.iter().flatten().map(CudaSlice::num_bytes).sum(),
             ),
             (
                 "batch norm's statistics and work",
                 saved
-                    .map(|b| bytes(&b.mean) + bytes(&b.invstd))
+                    .map(|b| b.mean.num_bytes() + b.invstd.num_bytes())
                     .sum::<usize>()
-                    + bytes(&self.norm_work)
-                    + bytes(&self.sync_buf),
+                    + self.norm_work.num_bytes()
+                    + self.sync_buf.num_bytes(),
             ),
-            ("logits", bytes(&self.logits) + bytes(&self.dlogits)),
+            ("logits", self.logits.num_bytes() + self.dlogits.num_bytes()),
         ]
     }
 

@@ -626,18 +626,19 @@ impl Replica {
     /// buffers, then the CNNs' pass ([`CnnNet::held`]; the other models' passes are not
     /// itemised).
     pub fn held(&self) -> Vec<(&'static str, usize)> {
-        fn bytes<U>(b: &CudaSlice<U>) -> usize {
-            b.len() * std::mem::size_of::<U>()
-        }
         let state = std::iter::once(&self.params)
             .chain(&self.state)
             .chain(&self.buffers)
-            .map(bytes)
+            .map(CudaSlice::num_bytes)
             .sum::<usize>();
-        let shards = self.inputs.iter().map(|(x, y)| bytes(x) + bytes(y)).sum();
+        let shards = self
+            .inputs
+            .iter()
+            .map(|(x, y)| x.num_bytes() + y.num_bytes())
+            .sum();
         let mut held = vec![
             ("parameters, optimizer state and model buffers (f32)", state),
-            ("gradient exchange buffer (f32)", bytes(&self.grads)),
+            ("gradient exchange buffer (f32)", self.grads.num_bytes()),
             ("shard input buffers (two)", shards),
         ];
         if let Net::Cnn(net) = &self.net {

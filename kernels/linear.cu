@@ -2,15 +2,19 @@
 //
 // Precision: the tile's arithmetic is a template parameter of `linear_tile` (the "core"):
 // SimtF32 (fp32 FMAs on CUDA cores, the 4x4 register blocks below), Tf32Core and Bf16Core
-// (mma.sync on tensor cores, f32 accumulation; operands are rounded from the f32 shared tiles
-// in registers). Loads, shared memory and epilogues are shared; each epilogue is instantiated
-// once per core as linear_<epilogue>_<f32|tf32|bf16> (LINEAR_KERNELS at the end).
+// (mma.sync on tensor cores, f32 accumulation). Each core names the shared-memory layout of
+// its operand tiles: f32 k-major tiles for SimtF32 and Tf32Core (tf32 operands are rounded in
+// registers), bf16 row-major tiles for Bf16Core, rounded once as they are stored (the same
+// round-to-nearest-even the fragments applied before, so the same bits) and read as whole
+// fragments by ldmatrix: three instructions per 16-wide k step of a warp where gathering
+// and rounding f32 values took 24 loads and 12 conversions (ncu on an H100: the f32-tile
+// bf16 kernels were bound by shared-memory load instructions, 80-86% of the L1 pipe).
+// Global loads and epilogues are shared; each epilogue is instantiated once per core as
+// linear_<epilogue>_<f32|tf32|bf16> (LINEAR_KERNELS at the end).
 //
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
-// result in 32-wide k steps through two shared-memory buffers (one barrier a step); each of
-// its 256 threads keeps a 4x4 register block (rows 4 ty + i, columns 4 tx + j), read from
-// shared memory as float4s.
+// result in 32-wide k steps through two shared-memory buffers (one barrier a step).
 // Global loads are float4s when k is a multiple of 4 and x, W are 16-byte aligned (the
 // engine's buffers), and the next k step's loads are issued before the current step's
 // products (register prefetch). Every load and store is bounds-checked: any n, m, k.
@@ -91,21 +95,54 @@ __device__ __forceinline__ float4 load4(const float* base, long long row, long l
                        kk + 2 < k_end ? src[2] : 0.0f, kk + 3 < k_end ? src[3] : 0.0f);
 }
 
-// The tile's arithmetic, one struct per precision (the template parameter of `linear_tile`).
-// Each holds its threads' share of the 64x64 accumulator tile, adds one BK step from the
-// shared-memory tiles xs[k][row], ws[k][col] (both f32), and hands every element it holds
-// to the epilogue. Loads, shared memory and epilogues are common to all three.
+// The operand tiles of one k step in shared memory, one layout per kind of core. `put`
+// stores four consecutive k (from kk) of tile row `r` of x and of W.
 
-// f32 on CUDA cores: a 4x4 register block per thread (rows 4 ty + i, columns 4 tx + j).
+// f32, k-major (xs[k][row], ws[k][col]): a k run of a row has stride BM + 4 = 68 floats, which
+// keeps the rows 16-byte aligned for SimtF32's float4 reads.
+struct F32Tiles {
+    float x[BK][BM + 4];
+    float w[BK][BN + 4];
+
+    __device__ __forceinline__ void put(int r, int kk, float4 xv, float4 wv) {
+        x[kk][r] = xv.x, x[kk + 1][r] = xv.y, x[kk + 2][r] = xv.z, x[kk + 3][r] = xv.w;
+        w[kk][r] = wv.x, w[kk + 1][r] = wv.y, w[kk + 2][r] = wv.z, w[kk + 3][r] = wv.w;
+    }
+};
+
+// bf16, row-major (x[row][k], w[col][k]), rounded to nearest even as stored. Rows are BK + 8
+// = 40 values (80 bytes): ldmatrix's eight 16-byte row reads of one 8x8 matrix then fall in
+// eight distinct groups of four banks.
+struct Bf16Tiles {
+    static constexpr int STRIDE = BK + 8;
+    unsigned short x[BM][STRIDE];
+    unsigned short w[BN][STRIDE];
+
+    __device__ __forceinline__ void put(int r, int kk, float4 xv, float4 wv) {
+        *reinterpret_cast<uint2*>(&x[r][kk]) =
+            make_uint2(to_bf16x2(xv.x, xv.y), to_bf16x2(xv.z, xv.w));
+        *reinterpret_cast<uint2*>(&w[r][kk]) =
+            make_uint2(to_bf16x2(wv.x, wv.y), to_bf16x2(wv.z, wv.w));
+    }
+};
+
+// The tile's arithmetic, one struct per precision (the template parameter of `linear_tile`).
+// Each names its operand tiles (`Tiles`), holds its threads' share of the 64x64 accumulator
+// tile, adds one BK step from the shared tiles, and hands every element it holds to the
+// epilogue. Global loads and epilogues are common to all three.
+
+// f32 on CUDA cores: a 4x4 register block per thread (rows 4 ty + i, columns 4 tx + j), read
+// from shared memory as float4s.
 struct SimtF32 {
+    using Tiles = F32Tiles;
     float acc[4][4] = {};
 
-    __device__ __forceinline__ void step(const float (*xs)[BM + 4], const float (*ws)[BN + 4]) {
+    __device__ __forceinline__ void step(const Tiles& s) {
         const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
-            const float4 a4 = *reinterpret_cast<const float4*>(&xs[kk][4 * ty]);
-            const float4 b4 = *reinterpret_cast<const float4*>(&ws[kk][4 * tx]);
+            const float4 a4 = *reinterpret_cast<const float4*>(&s.x[kk][4 * ty]);
+            const float4 b4 = *reinterpret_cast<const float4*>(&s.w[kk][4 * tx]);
             const float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
 #pragma unroll
             for (int i = 0; i < 4; ++i)
@@ -129,34 +166,11 @@ struct SimtF32 {
 };
 
 // Tensor cores (mma.sync, f32 accumulators). The 8 warps tile the 64x64 block 2 x 4: warp w
-// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles. Op is
-// the operand type (tensor_core.cuh, with the PTX fragment layouts): Tf32Op (m16n8k8,
-// cvt.rna.tf32.f32) or Bf16Op (m16n8k16, round to nearest even), rounded from the f32 tiles
-// in registers; the tiles are k-major (xs[k][row]), so a row's k run has stride BM + 4.
-template <class Op>
-struct MmaCore {
+// owns rows 32 (w / 4) + [0, 32) and columns 16 (w % 4) + [0, 16) as 2 x 2 m16n8 tiles, in
+// the C fragment layout (tensor_core.cuh). The cores below differ in how they gather the
+// operand fragments of a k step.
+struct MmaAccumulators {
     float acc[2][2][4] = {};  // [m16 tile][n8 tile][c0..c3]
-
-    __device__ __forceinline__ void step(const float (*xs)[BM + 4], const float (*ws)[BN + 4]) {
-        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-        const int g = lane / 4, t = lane % 4;
-        const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
-#pragma unroll
-        for (int k = 0; k < BK; k += Op::K) {
-            unsigned a[2][4], b[2][2];
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi) {
-                const int r = wr + 16 * mi + g;
-                Op::a(a[mi], &xs[0][r], &xs[0][r + 8], BM + 4, k, t);
-            }
-#pragma unroll
-            for (int ni = 0; ni < 2; ++ni) Op::b(b[ni], &ws[0][wc + 8 * ni + g], BN + 4, k, t);
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 2; ++ni) Op::mma(acc[mi][ni], a[mi], b[ni]);
-        }
-    }
 
     template <class Epilogue>
     __device__ __forceinline__ void store(const LinearArgs& p, long long row0, long long col0,
@@ -177,8 +191,62 @@ struct MmaCore {
     }
 };
 
-using Tf32Core = MmaCore<Tf32Op>;
-using Bf16Core = MmaCore<Bf16Op>;
+// tf32 (m16n8k8): fragments gathered from the f32 k-major tiles (a row's k run has stride
+// BM + 4) and rounded in registers (cvt.rna.tf32.f32).
+struct Tf32Core : MmaAccumulators {
+    using Tiles = F32Tiles;
+
+    __device__ __forceinline__ void step(const Tiles& s) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int g = lane / 4, t = lane % 4;
+        const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
+#pragma unroll
+        for (int k = 0; k < BK; k += Tf32Op::K) {
+            unsigned a[2][4], b[2][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                const int r = wr + 16 * mi + g;
+                Tf32Op::a(a[mi], &s.x[0][r], &s.x[0][r + 8], BM + 4, k, t);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 2; ++ni)
+                Tf32Op::b(b[ni], &s.w[0][wc + 8 * ni + g], BN + 4, k, t);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni]);
+        }
+    }
+};
+
+// bf16 (m16n8k16): each fragment is one ldmatrix.x4 from the row-major bf16 tiles. For A (16
+// rows x 16 k) lanes 8j..8j+7 give the rows of matrix j = a_j: rows + (j & 1) * 8, k + (j >> 1)
+// * 8; for B (two n8 tiles x 16 k) matrix j is n8 tile j >> 1, k half j & 1, so registers
+// (0, 1) are the first n8 tile's b0, b1 and (2, 3) the second's.
+struct Bf16Core : MmaAccumulators {
+    using Tiles = Bf16Tiles;
+
+    __device__ __forceinline__ void step(const Tiles& s) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
+        const int j = lane / 8, row = lane % 8;
+#pragma unroll
+        for (int k = 0; k < BK; k += 16) {
+            unsigned a[2][4], b[4];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+                ldmatrix_x4(a[mi], &s.x[wr + 16 * mi + row + 8 * (j & 1)][k + 8 * (j >> 1)]);
+            ldmatrix_x4(b, &s.w[wc + row + 8 * (j >> 1)][k + 8 * (j & 1)]);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 2; ++ni) {
+                    const unsigned bn[2] = {b[2 * ni], b[2 * ni + 1]};
+                    mma_bf16(acc[mi][ni], a[mi], bn);
+                }
+        }
+    }
+};
 
 // Accumulates x W^T over k in [k_begin, k_end) for this block's tile with `Core`'s
 // arithmetic, then applies `epilogue` to every element of the tile inside (n, m).
@@ -186,10 +254,8 @@ template <class Core, class Epilogue>
 __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_end,
                             Epilogue epilogue) {
     // Two buffers: a step's products read one while the next step's operands are stored
-    // into the other, one barrier per step. Rows padded to 68 floats: still 16-byte aligned
-    // for the float4 reads.
-    __shared__ __align__(16) float xs[2][BK][BM + 4];
-    __shared__ __align__(16) float ws[2][BK][BN + 4];
+    // into the other, one barrier per step.
+    __shared__ __align__(16) typename Core::Tiles tiles[2];
     const int tid = threadIdx.x;
     const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
     // Loading: thread -> tile rows tid / 8 and tid / 8 + 32, four consecutive k from
@@ -207,13 +273,7 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
     };
     auto store = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int r = lr + 32 * i;
-            xs[buf][lk][r] = xv[i].x, xs[buf][lk + 1][r] = xv[i].y;
-            xs[buf][lk + 2][r] = xv[i].z, xs[buf][lk + 3][r] = xv[i].w;
-            ws[buf][lk][r] = wv[i].x, ws[buf][lk + 1][r] = wv[i].y;
-            ws[buf][lk + 2][r] = wv[i].z, ws[buf][lk + 3][r] = wv[i].w;
-        }
+        for (int i = 0; i < 2; ++i) tiles[buf].put(lr + 32 * i, lk, xv[i], wv[i]);
     };
     load(k_begin);
     store(0);
@@ -222,7 +282,7 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
     for (long long k0 = k_begin; k0 < k_end; k0 += BK, buf ^= 1) {
         const bool more = k0 + BK < k_end;
         if (more) load(k0 + BK);  // in flight during this step's products
-        core.step(xs[buf], ws[buf]);
+        core.step(tiles[buf]);
         // The other buffer's last readers finished before the previous barrier.
         if (more) store(buf ^ 1);
         __syncthreads();

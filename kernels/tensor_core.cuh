@@ -50,6 +50,17 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// ldmatrix.x4: four 8x8 matrices of 16-bit values from shared memory, one register each.
+// Lane l gives the address of one 16-byte row: row l % 8 of matrix l / 8. Register j of lane
+// l receives matrix j's row l / 4, values 2 (l % 4) and 2 (l % 4) + 1 (the lower one in the
+// lower half): for bf16 tiles stored row-major, exactly an mma A or B fragment register.
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 // Asynchronous global -> shared copies (cp.async): `src_bytes` of `bytes` are read, the rest
 // of the destination is zero-filled (src_bytes = 0: zeros, `src` is not read). 16-byte copies
 // bypass L1 (.cg); 4-byte ones must go through it (.ca is the only form of that size).

@@ -39,6 +39,10 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 
 namespace emu {
 
@@ -319,6 +323,23 @@ inline void mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[
         float s = 0.0f;
         for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, c);
         d[e] += s;
+    }
+}
+
+inline void ldmatrix_x4(unsigned (&r)[4], const void* row) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(row);
+    if (at % 16) {
+        fprintf(stderr, "ldmatrix row misaligned\n");
+        abort();
+    }
+    const unsigned mine[2] = {(unsigned)at, (unsigned)(at >> 32)};
+    const unsigned par = emu::exchange(0xffffffffu, nullptr, mine, 2);
+    auto& u = emu::group(0xffffffffu).u[par];
+    const int l = emu::lane();
+    for (int j = 0; j < 4; ++j) {
+        const int src = 8 * j + l / 4;
+        const uintptr_t a = (uintptr_t)u[src][0] | (uintptr_t)u[src][1] << 32;
+        memcpy(&r[j], reinterpret_cast<const char*>(a) + 4 * (l % 4), 4);
     }
 }
 

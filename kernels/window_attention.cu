@@ -569,8 +569,13 @@ static_assert(sizeof(AttentionHeads) == 2760, "mirrored in src/kernels/window_at
     WINDOW_ATTENTION(HDP, f32, SimtF32, MIN_BLOCKS)        \
     WINDOW_ATTENTION(HDP, tf32, Tf32Mma, MIN_BLOCKS)       \
     WINDOW_ATTENTION(HDP, bf16, Bf16Mma, MIN_BLOCKS)
-WINDOW_ATTENTION_PRECISIONS(16, 2)
-WINDOW_ATTENTION_PRECISIONS(32, 2)
+// Blocks an SM holds at once (mirrored by blocks_per_sm in src/kernels/window_attention.rs,
+// which sizes the key splits to fill the GPU once): three for hd <= 32 (52 KB of shared
+// memory a block; registers held to 80, which spills at most 28 bytes), where two left a
+// layer's 220 blocks walking up to 6 key chunks each, latency-bound at 20% of the warps an SM
+// holds (ncu, H100); two for hd 64 (76 KB), one for hd 128 (125 KB).
+WINDOW_ATTENTION_PRECISIONS(16, 3)
+WINDOW_ATTENTION_PRECISIONS(32, 3)
 WINDOW_ATTENTION_PRECISIONS(64, 2)
 WINDOW_ATTENTION_PRECISIONS(128, 1)
 

@@ -199,7 +199,7 @@ impl KeySplit<'_> {
 
     /// The key splits of attentions that run together on a GPU of `sms` multiprocessors (one
     /// layer's heads, in any dispatch mode; or one launch alone): together they fill it once
-    /// ([`BLOCKS_PER_SM`] blocks on each), each head's share in proportion to its cost per
+    /// ([`blocks_per_sm`] blocks on each), each head's share in proportion to its cost per
     /// key chunk, about twice as high for `w = 1` (64 query windows of scores, softmax and
     /// bias per tile, against 16 or fewer) so that the heads finish together. The same
     /// shapes give the same splits however they are dispatched, so the modes agree bit for
@@ -209,14 +209,21 @@ impl KeySplit<'_> {
         let total: usize = shapes.iter().map(cost).sum::<usize>().max(1);
         shapes
             .iter()
-            .map(|s| Self::for_blocks(s, BLOCKS_PER_SM * sms * cost(s) / total))
+            .map(|s| Self::for_blocks(s, blocks_per_sm(s.hd) * sms * cost(s) / total))
             .collect()
     }
 }
 
-/// Attention blocks a multiprocessor holds at once (their registers and shared memory allow
-/// two): what [`KeySplit::for_heads`] fills the GPU with.
-pub const BLOCKS_PER_SM: usize = 2;
+/// Attention blocks a multiprocessor holds at once for heads of `hd` channels (the minimum
+/// of the variant's `__launch_bounds__` in `window_attention.cu`, which its registers and
+/// shared memory allow): what [`KeySplit::for_heads`] fills the GPU with.
+pub fn blocks_per_sm(hd: usize) -> usize {
+    match hd {
+        0..=32 => 3,
+        33..=64 => 2,
+        _ => 1,
+    }
+}
 
 /// Where slot `s` of batch item `b` starts (in elements): `b * batch + s * slot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -677,7 +684,8 @@ mod tests {
             KeySplit::partial_len(&shape(704, 1, 1), 4),
             4 * 11 * 64 * 34
         );
-        // The released layer on 132 SMs: w = 1 heads twice the blocks of the others; the
+        // The released layer on 132 SMs (three blocks on each at hd 32): w = 1 heads about
+        // twice the blocks of the others (6 splits of 2 chunks, against 4 of 3); the
         // decoder's one query (8 heads in one launch) one block per chunk.
         let layer: Vec<_> = [1, 2, 4, 8, 1, 2, 4, 8]
             .iter()
@@ -688,7 +696,7 @@ mod tests {
             .collect();
         assert_eq!(
             KeySplit::for_heads(&layer, 132),
-            vec![4, 2, 2, 2, 4, 2, 2, 2]
+            vec![6, 4, 4, 4, 6, 4, 4, 4]
         );
         let cross = AttentionShape {
             n_queries: 1,

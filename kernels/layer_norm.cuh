@@ -41,7 +41,11 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) v[i] = 0.0f;
     // Part by part, each lane's elements at once: one memory latency a part, not one an
-    // element and part (each element still sums parts[0], parts[1], ... in order).
+    // element and part (each element still sums parts[0], parts[1], ... in order). Narrow
+    // rows unroll four parts, so that their loads are in flight together (the decoder's FFN2
+    // sums 16 parts of a row); wide rows would need four times their registers for it.
+    constexpr int PART_UNROLL = PER_LANE <= 8 ? 4 : 1;
+#pragma unroll PART_UNROLL
     for (int s = 0; s < p.n_parts; ++s) {
         const float* part = p.parts + s * p.part_stride + base;
 #pragma unroll

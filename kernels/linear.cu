@@ -44,7 +44,7 @@
 // 16-wide steps. Operands are rounded as the precision's tensor cores round them (tf32, bf16;
 // f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS. One more
 // epilogue runs only here:
-//   linear_rows_split_k_norm_f32  linear_split_k, then bias + residual + LayerNorm in the same
+//   linear_rows_split_k_norm_c<W>_f32  linear_split_k, then bias + residual + LayerNorm in the same
 //                             launch: the last block to finish (of every column block and
 //                             split) sums the partials as add_layer_norm_f32 does
 //                             (layer_norm.cuh: same order, same code), one warp a row, so the
@@ -389,11 +389,12 @@ __device__ void linear_split_k(const LinearArgs& p) {
                  [&](long long r, long long c, float acc) { out[r * p.m + c] = acc; });
 }
 
-// Few rows only (n <= ROWS <= the block's warps): each warp normalises at most one row.
+// Few rows only (n <= ROWS <= the block's warps): each warp normalises at most one row, of at
+// most C values (the width variants of add_layer_norm_f32_c*).
 static_assert(ROWS <= THREADS / 32, "linear_split_k_norm: a warp per row");
 // `norm` is add_layer_norm_f32's with parts = p.out; `arrived` one counter. (Separate kernel
 // parameters: inside LinearArgs they would change every other kernel's register allocation.)
-template <class Product>
+template <class Product, int C>
 __device__ void linear_split_k_norm(const LinearArgs& p, const LayerNormArgs& norm,
                                     unsigned* arrived) {
     linear_split_k<Product>(p);
@@ -405,7 +406,7 @@ __device__ void linear_split_k_norm(const LinearArgs& p, const LayerNormArgs& no
     if (!last) return;
     __threadfence();  // every other block counted after its fence: read their partials
     const long long row = threadIdx.x / 32;
-    if (row < p.n) add_layer_norm_row<layer_norm::MAX_C / 32, false>(norm, row, threadIdx.x & 31);
+    if (row < p.n) add_layer_norm_row<C / 32, false>(norm, row, threadIdx.x & 31);
     if (threadIdx.x == 0) *arrived = 0;  // ready for the next launch
 }
 
@@ -430,13 +431,17 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
 // the LayerNorm epilogue only there).
 #define LINEAR_KERNEL(NAME, BODY, PRODUCT)                                                 \
     ATTNRT_KERNEL void __launch_bounds__(THREADS) NAME(LinearArgs p) { BODY<PRODUCT>(p); }
-// The split-k LayerNorm's row (32 floats a lane) would take its few-rows GEMM from 40 to about
-// 120 registers, two blocks an SM instead of eight, for a tail that one block runs: held to four
-// blocks an SM, the row spills a few hundred bytes to L1 instead.
-#define LINEAR_NORM_KERNEL(NAME, PRODUCT)                                                  \
+// The split-k LayerNorm comes in the row widths of add_layer_norm_f32_c* (256, 512, 1024
+// values: 8, 16, 32 a lane), the launcher taking the narrowest that holds the row. The widest
+// row would take the few-rows GEMM from 40 to about 120 registers, two blocks an SM instead of
+// eight, for a tail that one block runs: held to four blocks an SM, it spills a few hundred
+// bytes to L1 instead. (With one width for all, the decoder's rows of 256 paid for it: its
+// three split-k LayerNorms a layer took 14-25 us each under ncu on an H100, the same GEMMs
+// without the tail 4-5 us.)
+#define LINEAR_NORM_KERNEL(NAME, PRODUCT, C)                                               \
     ATTNRT_KERNEL void __launch_bounds__(THREADS, 4)                                       \
         NAME(LinearArgs p, LayerNormArgs norm, unsigned* arrived) {                        \
-        linear_split_k_norm<PRODUCT>(p, norm, arrived);                                    \
+        linear_split_k_norm<PRODUCT, C>(p, norm, arrived);                                 \
     }
 #define LINEAR_KERNELS(PRECISION, CORE, ROUND)                                             \
     LINEAR_KERNEL(linear_bias_##PRECISION, linear_bias, Tiles<CORE>)                       \
@@ -446,7 +451,9 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
     LINEAR_KERNEL(linear_rows_bias_##PRECISION, linear_bias, Rows<ROUND>)                  \
     LINEAR_KERNEL(linear_rows_bias_relu_##PRECISION, linear_bias_relu, Rows<ROUND>)        \
     LINEAR_KERNEL(linear_rows_split_k_##PRECISION, linear_split_k, Rows<ROUND>)          \
-    LINEAR_NORM_KERNEL(linear_rows_split_k_norm_##PRECISION, Rows<ROUND>)
+    LINEAR_NORM_KERNEL(linear_rows_split_k_norm_c256_##PRECISION, Rows<ROUND>, 256)      \
+    LINEAR_NORM_KERNEL(linear_rows_split_k_norm_c512_##PRECISION, Rows<ROUND>, 512)      \
+    LINEAR_NORM_KERNEL(linear_rows_split_k_norm_c1024_##PRECISION, Rows<ROUND>, 1024)
 
 LINEAR_KERNELS(f32, SimtF32, RoundF32)
 LINEAR_KERNELS(tf32, Tf32Core, RoundTf32)

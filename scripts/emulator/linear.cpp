@@ -1,7 +1,8 @@
 // Emulated checks of kernels/linear.cu against a float64 loop: the few-rows kernels (default)
 // or, with -DTILES, the 64x64 tile kernels (both with -DEMU_STATIC_SHARED: one __shared__
 // variable per block); every epilogue and precision, odd and aligned k, partial tiles. The
-// few-rows split-k LayerNorm runs twice on one counter (it must come back to zero).
+// few-rows split-k LayerNorm runs twice on one counter (it must come back to zero), in each
+// of its row widths.
 #include "emu.h"
 #include "../../kernels/linear.cu"
 #include <random>
@@ -11,7 +12,10 @@ static float uni() { return std::uniform_real_distribution<float>(-1, 1)(rng); }
 int failures = 0;
 using Fn = void (*)(LinearArgs);
 using NormFn = void (*)(LinearArgs, LayerNormArgs, unsigned*);
-struct K { const char* prec; Fn bias, relu, split; NormFn norm; double tol; };
+// The split-k LayerNorm's width variants (rows of at most 256, 512, 1024): the launcher's pick.
+struct Norms { NormFn c256, c512, c1024; };
+static NormFn pick(const Norms& n, int m) { return m <= 256 ? n.c256 : m <= 512 ? n.c512 : n.c1024; }
+struct K { const char* prec; Fn bias, relu, split; Norms norm; double tol; };
 #ifdef TILES
 #define linear_rows_bias_f32 linear_bias_f32
 #define linear_rows_bias_relu_f32 linear_bias_relu_f32
@@ -23,23 +27,23 @@ struct K { const char* prec; Fn bias, relu, split; NormFn norm; double tol; };
 #define linear_rows_bias_relu_bf16 linear_bias_relu_bf16
 #define linear_rows_split_k_bf16 linear_split_k_bf16
 // The split-k LayerNorm runs on few rows only.
-#define linear_rows_split_k_norm_f32 nullptr
-#define linear_rows_split_k_norm_tf32 nullptr
-#define linear_rows_split_k_norm_bf16 nullptr
+#define NORMS(p) {nullptr, nullptr, nullptr}
 #define NS {70, 131}
 #define GRID(m, n, s) {(unsigned)((m + 63) / 64), (unsigned)((n + 63) / 64), (unsigned)s}
 #define MS {13, 97}
 #define KS {5, 45, 48, 300}
 #else
+#define NORMS(p) {linear_rows_split_k_norm_c256_##p, linear_rows_split_k_norm_c512_##p, linear_rows_split_k_norm_c1024_##p}
 #define NS {1, 3, 8}
 #define GRID(m, n, s) {(unsigned)((m + 7) / 8), 1, (unsigned)s}
-#define MS {1, 13, 70}
+// 300 and 600: rows for the split-k LayerNorm's 512 and 1024 variants.
+#define MS {1, 13, 70, 300, 600}
 #define KS {5, 45, 48, 300}
 #endif
 int main() {
-    K ks[] = {{"f32", linear_rows_bias_f32, linear_rows_bias_relu_f32, linear_rows_split_k_f32, linear_rows_split_k_norm_f32, 1e-5},
-              {"tf32", linear_rows_bias_tf32, linear_rows_bias_relu_tf32, linear_rows_split_k_tf32, linear_rows_split_k_norm_tf32, 2e-3},
-              {"bf16", linear_rows_bias_bf16, linear_rows_bias_relu_bf16, linear_rows_split_k_bf16, linear_rows_split_k_norm_bf16, 1e-2}};
+    K ks[] = {{"f32", linear_rows_bias_f32, linear_rows_bias_relu_f32, linear_rows_split_k_f32, NORMS(f32), 1e-5},
+              {"tf32", linear_rows_bias_tf32, linear_rows_bias_relu_tf32, linear_rows_split_k_tf32, NORMS(tf32), 2e-3},
+              {"bf16", linear_rows_bias_bf16, linear_rows_bias_relu_bf16, linear_rows_split_k_bf16, NORMS(bf16), 1e-2}};
     for (auto& kk : ks)
     for (int n : NS)
     for (int m : MS)
@@ -48,7 +52,8 @@ int main() {
         for (auto& v : x) v = uni(); for (auto& v : w) v = uni(); for (auto& v : b) v = uni();
         std::vector<double> ref(n * m);
         for (int r = 0; r < n; ++r) for (int c = 0; c < m; ++c) { double s = 0; for (int i = 0; i < k; ++i) s += (double)x[r*k+i]*w[c*k+i]; ref[r*m+c] = s; }
-        for (int e = 0; e < (kk.norm ? 4 : 3); ++e) {
+        const NormFn norm = pick(kk.norm, m);
+        for (int e = 0; e < (norm ? 4 : 3); ++e) {
             const int splits = e >= 2 ? (k >= 48 ? 3 : 1) : 1;
             const long long chunk = ((k + splits - 1) / splits + 31) / 32 * 32;
             std::vector<float> out((size_t)splits * n * m, NAN);
@@ -67,7 +72,7 @@ int main() {
             }
             for (int launch = 0; launch < (e == 3 ? 2 : 1); ++launch)
                 emu::launch(GRID(m, n, splits), 256, nullptr, 0, [&] {
-                    if (e == 3) kk.norm(a, ln, arrived.data()); else f(a);
+                    if (e == 3) norm(a, ln, arrived.data()); else f(a);
                 });
             for (unsigned v : arrived) if (v != 0) { printf("FAIL %s n=%d m=%d k=%d: counter %u left\n", kk.prec, n, m, k, v); ++failures; }
             // The LayerNorm's reference rows: (v - mean) / sqrt(var + eps) * gamma + beta.

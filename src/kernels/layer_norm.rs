@@ -157,10 +157,20 @@ impl LayerNormArgs {
     }
 }
 
-/// The forwards' row widths: `add_layer_norm_f32_cW` and `layer_norm_f32_cW` take rows of at
-/// most `W`, a lane holding `W / 32` values in registers; a launch takes the narrowest that
-/// holds its rows (fewer registers, more warps resident).
-const FORWARD_WIDTHS: [usize; 3] = [256, 512, MAX_WIDTH];
+/// The forwards' row widths: `add_layer_norm_f32_cW` and `layer_norm_f32_cW` (and `linear.cu`'s
+/// `linear_rows_split_k_norm_cW_*`) take rows of at most `W`, a lane holding `W / 32` values in
+/// registers; a launch takes the narrowest that holds its rows (fewer registers, more warps
+/// resident).
+pub(crate) const FORWARD_WIDTHS: [usize; 3] = [256, 512, MAX_WIDTH];
+
+/// The index in [`FORWARD_WIDTHS`] of the narrowest forward that holds rows of `c` (past
+/// [`MAX_WIDTH`] the widest, whose name the width error then names).
+pub(crate) fn forward_width(c: usize) -> usize {
+    FORWARD_WIDTHS
+        .iter()
+        .position(|&w| c <= w)
+        .unwrap_or(FORWARD_WIDTHS.len() - 1)
+}
 
 /// `add_layer_norm_f32_c*` (inference), `layer_norm_f32_c*` (training: also saves `xhat` and
 /// `rstd`), one of each per [`FORWARD_WIDTHS`], and `layer_norm_backward_f32`, loaded once.
@@ -207,10 +217,7 @@ impl LayerNormKernels {
             Extra::Saved(_) => &self.forward_saving,
             _ => &self.forward,
         };
-        // Past MAX_WIDTH the widest kernel's name is the one LayerNormArgs::forward's error
-        // names.
-        let width = FORWARD_WIDTHS.iter().position(|&w| gamma.len() <= w);
-        let kernel = &family[width.unwrap_or(FORWARD_WIDTHS.len() - 1)];
+        let kernel = &family[forward_width(gamma.len())];
         let name = kernel.name();
         let mut args = LayerNormArgs::forward(name, stream, gamma, beta, eps, y)?;
         let (rows, c) = (args.rows as usize, args.c as usize);

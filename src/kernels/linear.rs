@@ -11,7 +11,7 @@ use cudarc::driver::{
 
 use super::KernelModule;
 use super::launch::{check_at_least, check_len, ptr, ptr_mut};
-use super::layer_norm::{LayerNormArgs, PlusOutput};
+use super::layer_norm::{FORWARD_WIDTHS, LayerNormArgs, PlusOutput, forward_width};
 use crate::base::Precision;
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu, Kernel};
@@ -119,11 +119,12 @@ pub struct LinearKernels {
     split_k: Kernel,
     qkv_windows: Kernel,
     /// The few-rows kernels of `bias`, `bias_relu` and `split_k`, and the split-k
-    /// LayerNorm, which only they have.
+    /// LayerNorm, which only they have (one per LayerNorm row width: `_c256`, `_c512`,
+    /// `_c1024`).
     rows_bias: Kernel,
     rows_bias_relu: Kernel,
     rows_split_k: Kernel,
-    rows_split_k_norm: Kernel,
+    rows_split_k_norm: [Kernel; FORWARD_WIDTHS.len()],
 }
 
 impl LinearKernels {
@@ -144,7 +145,9 @@ impl LinearKernels {
                     concat!("linear_rows_bias_", $p),
                     concat!("linear_rows_bias_relu_", $p),
                     concat!("linear_rows_split_k_", $p),
-                    concat!("linear_rows_split_k_norm_", $p),
+                    concat!("linear_rows_split_k_norm_c256_", $p),
+                    concat!("linear_rows_split_k_norm_c512_", $p),
+                    concat!("linear_rows_split_k_norm_c1024_", $p),
                 ]
             };
         }
@@ -156,7 +159,9 @@ impl LinearKernels {
             rows_bias,
             rows_bias_relu,
             rows_split_k,
-            rows_split_k_norm,
+            norm_c256,
+            norm_c512,
+            norm_c1024,
         ] = match precision {
             Precision::F32 => names!("f32"),
             Precision::Tf32 => names!("tf32"),
@@ -172,7 +177,7 @@ impl LinearKernels {
             rows_bias: k(rows_bias)?,
             rows_bias_relu: k(rows_bias_relu)?,
             rows_split_k: k(rows_split_k)?,
-            rows_split_k_norm: k(rows_split_k_norm)?,
+            rows_split_k_norm: [k(norm_c256)?, k(norm_c512)?, k(norm_c1024)?],
         })
     }
 
@@ -201,13 +206,13 @@ impl LinearKernels {
             Epilogue::Bias { .. } if rows => &self.rows_bias,
             Epilogue::BiasRelu if rows => &self.rows_bias_relu,
             Epilogue::SplitK { .. } if rows => &self.rows_split_k,
-            Epilogue::SplitKNorm { .. } if rows => &self.rows_split_k_norm,
+            Epilogue::SplitKNorm { .. } if rows => &self.rows_split_k_norm[forward_width(m)],
             Epilogue::Bias { .. } => &self.bias,
             Epilogue::BiasRelu => &self.bias_relu,
             Epilogue::SplitK { .. } => &self.split_k,
             Epilogue::SplitKNorm { .. } => {
                 return Err(Error::invalid(
-                    self.rows_split_k_norm.name(),
+                    self.rows_split_k_norm[forward_width(m)].name(),
                     format!("{n} rows: the fused LayerNorm takes at most {ROWS}"),
                 ));
             }

@@ -14,7 +14,8 @@
 //
 // Layouts (row-major): x (n, k); W (m, k), PyTorch's nn.Linear layout, so both operands are
 // read along k ("NT" product); bias (m). One block computes a 64x64 tile of the (n, m)
-// result in 32-wide k steps through two shared-memory buffers (one barrier a step).
+// result in k steps of its tile layout's width (Tiles::K: 32 for the f32 tiles, 64 for the
+// bf16 ones) through two shared-memory buffers (one barrier a step).
 // Global loads are float4s when k is a multiple of 4 and x, W are 16-byte aligned (the
 // engine's buffers), and the next k step's loads are issued before the current step's
 // products (register prefetch). Every load and store is bounds-checked: any n, m, k.
@@ -76,7 +77,7 @@ static_assert(sizeof(LinearArgs) == 96, "mirrored in src/kernels/linear.rs");
 
 namespace {
 
-constexpr int BM = 64, BN = 64, BK = 32, THREADS = 256;
+constexpr int BM = 64, BN = 64, THREADS = 256;
 constexpr int ROWS = 8;  // the most rows of the few-rows kernels (mirrored in linear.rs)
 
 __device__ __forceinline__ bool aligned16(const void* ptr) {
@@ -95,14 +96,17 @@ __device__ __forceinline__ float4 load4(const float* base, long long row, long l
                        kk + 2 < k_end ? src[2] : 0.0f, kk + 3 < k_end ? src[3] : 0.0f);
 }
 
-// The operand tiles of one k step in shared memory, one layout per kind of core. `put`
-// stores four consecutive k (from kk) of tile row `r` of x and of W.
+// The operand tiles of one k step in shared memory, one layout per kind of core: K values of
+// k for BM rows of x and BN rows of W. `put` stores four consecutive k (from kk) of tile row
+// `r` of x and of W.
 
 // f32, k-major (xs[k][row], ws[k][col]): a k run of a row has stride BM + 4 = 68 floats, which
-// keeps the rows 16-byte aligned for SimtF32's float4 reads.
+// keeps the rows 16-byte aligned for SimtF32's float4 reads. (Two buffers of K = 32 take 34 KB
+// of the 48 KB a block may hold statically.)
 struct F32Tiles {
-    float x[BK][BM + 4];
-    float w[BK][BN + 4];
+    static constexpr int K = 32;
+    float x[K][BM + 4];
+    float w[K][BN + 4];
 
     __device__ __forceinline__ void put(int r, int kk, float4 xv, float4 wv) {
         x[kk][r] = xv.x, x[kk + 1][r] = xv.y, x[kk + 2][r] = xv.z, x[kk + 3][r] = xv.w;
@@ -110,11 +114,13 @@ struct F32Tiles {
     }
 };
 
-// bf16, row-major (x[row][k], w[col][k]), rounded to nearest even as stored. Rows are BK + 8
-// = 40 values (80 bytes): ldmatrix's eight 16-byte row reads of one 8x8 matrix then fall in
-// eight distinct groups of four banks.
+// bf16, row-major (x[row][k], w[col][k]), rounded to nearest even as stored. K = 64 (two
+// buffers: 36 KB): at batch 1 a block's time is its chain of k steps, each waiting for its
+// global loads (ncu, H200: the ldmatrix kernels latency-bound at 0.25-0.67 waves), and twice
+// the step halves the chain. Rows are K + 8 = 72 values (144 bytes): ldmatrix's eight 16-byte
+// row reads of one 8x8 matrix then fall in eight distinct groups of four banks.
 struct Bf16Tiles {
-    static constexpr int STRIDE = BK + 8;
+    static constexpr int K = 64, STRIDE = K + 8;
     unsigned short x[BM][STRIDE];
     unsigned short w[BN][STRIDE];
 
@@ -128,7 +134,7 @@ struct Bf16Tiles {
 
 // The tile's arithmetic, one struct per precision (the template parameter of `linear_tile`).
 // Each names its operand tiles (`Tiles`), holds its threads' share of the 64x64 accumulator
-// tile, adds one BK step from the shared tiles, and hands every element it holds to the
+// tile, adds one k step from the shared tiles, and hands every element it holds to the
 // epilogue. Global loads and epilogues are common to all three.
 
 // f32 on CUDA cores: a 4x4 register block per thread (rows 4 ty + i, columns 4 tx + j), read
@@ -140,7 +146,7 @@ struct SimtF32 {
     __device__ __forceinline__ void step(const Tiles& s) {
         const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
+        for (int kk = 0; kk < Tiles::K; ++kk) {
             const float4 a4 = *reinterpret_cast<const float4*>(&s.x[kk][4 * ty]);
             const float4 b4 = *reinterpret_cast<const float4*>(&s.w[kk][4 * tx]);
             const float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
@@ -201,7 +207,7 @@ struct Tf32Core : MmaAccumulators {
         const int g = lane / 4, t = lane % 4;
         const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
 #pragma unroll
-        for (int k = 0; k < BK; k += Tf32Op::K) {
+        for (int k = 0; k < Tiles::K; k += Tf32Op::K) {
             unsigned a[2][4], b[2][2];
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
@@ -231,7 +237,7 @@ struct Bf16Core : MmaAccumulators {
         const int wr = 32 * (warp / 4), wc = 16 * (warp % 4);
         const int j = lane / 8, row = lane % 8;
 #pragma unroll
-        for (int k = 0; k < BK; k += 16) {
+        for (int k = 0; k < Tiles::K; k += 16) {
             unsigned a[2][4], b[4];
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
@@ -255,33 +261,38 @@ __device__ void linear_tile(const LinearArgs& p, long long k_begin, long long k_
                             Epilogue epilogue) {
     // Two buffers: a step's products read one while the next step's operands are stored
     // into the other, one barrier per step.
-    __shared__ __align__(16) typename Core::Tiles tiles[2];
+    using Tiles = typename Core::Tiles;
+    constexpr int K = Tiles::K;
+    __shared__ __align__(16) Tiles tiles[2];
     const int tid = threadIdx.x;
     const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
-    // Loading: thread -> tile rows tid / 8 and tid / 8 + 32, four consecutive k from
-    // (tid % 8) * 4: eight threads read 32 consecutive k (128 bytes) of a row.
-    const int lr = tid / 8, lk = (tid % 8) * 4;
+    // Loading: K / 4 threads read a row's K consecutive k (four each, from lk), THREADS / (K /
+    // 4) rows at a time, PASSES times (rows lr + i * ROWS_AT_ONCE).
+    constexpr int PER_ROW = K / 4, ROWS_AT_ONCE = THREADS / PER_ROW, PASSES = BM / ROWS_AT_ONCE;
+    static_assert(BM == BN && BM % ROWS_AT_ONCE == 0, "whole passes over both tiles");
+    const int lr = tid / PER_ROW, lk = (tid % PER_ROW) * 4;
     const bool vector = p.k % 4 == 0 && aligned16(p.x) && aligned16(p.weight);
     Core core;
-    float4 xv[2], wv[2];
+    float4 xv[PASSES], wv[PASSES];
     auto load = [&](long long k0) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            xv[i] = load4(p.x, row0 + lr + 32 * i, p.n, p.k, k0 + lk, k_end, vector);
-            wv[i] = load4(p.weight, col0 + lr + 32 * i, p.m, p.k, k0 + lk, k_end, vector);
+        for (int i = 0; i < PASSES; ++i) {
+            const int r = lr + i * ROWS_AT_ONCE;
+            xv[i] = load4(p.x, row0 + r, p.n, p.k, k0 + lk, k_end, vector);
+            wv[i] = load4(p.weight, col0 + r, p.m, p.k, k0 + lk, k_end, vector);
         }
     };
     auto store = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) tiles[buf].put(lr + 32 * i, lk, xv[i], wv[i]);
+        for (int i = 0; i < PASSES; ++i) tiles[buf].put(lr + i * ROWS_AT_ONCE, lk, xv[i], wv[i]);
     };
     load(k_begin);
     store(0);
     __syncthreads();
     int buf = 0;
-    for (long long k0 = k_begin; k0 < k_end; k0 += BK, buf ^= 1) {
-        const bool more = k0 + BK < k_end;
-        if (more) load(k0 + BK);  // in flight during this step's products
+    for (long long k0 = k_begin; k0 < k_end; k0 += K, buf ^= 1) {
+        const bool more = k0 + K < k_end;
+        if (more) load(k0 + K);  // in flight during this step's products
         core.step(tiles[buf]);
         // The other buffer's last readers finished before the previous barrier.
         if (more) store(buf ^ 1);

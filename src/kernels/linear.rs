@@ -109,8 +109,9 @@ pub enum Epilogue<'a> {
 }
 
 /// The kernels of `linear.cu` for one precision, loaded once: `linear_<epilogue>_<precision>`,
-/// f32 on CUDA cores, tf32 and bf16 on tensor cores (f32 operands in memory, rounded in
-/// registers; f32 accumulation). Every variant takes the same arguments and shapes.
+/// f32 on CUDA cores, tf32 and bf16 on tensor cores (f32 operands in memory, rounded on the
+/// way to the tensor cores; f32 accumulation). Every variant takes the same arguments and
+/// shapes.
 #[derive(Debug, Clone)]
 pub struct LinearKernels {
     precision: Precision,

@@ -45,7 +45,9 @@ const _: () = assert!(std::mem::size_of::<LinearArgs>() == 96);
 /// The tile edge of the kernel's output blocks (`BM`, `BN` in the .cu file).
 const TILE: usize = 64;
 const THREADS: u32 = 256;
-/// The k step of the kernel's main loop (`BK`): k-split chunks are multiples of it.
+/// The k step of the f32 tiles' main loop (`F32Tiles::K`; the bf16 tiles step twice as far
+/// and end a chunk of an odd number of these on a half-empty step): k-split chunks are
+/// multiples of it.
 const K_STEP: usize = 32;
 /// Products of at most this many rows run in the few-rows kernels (`ROWS` in the .cu file):
 /// one warp per output column instead of 64x64 tiles.

@@ -143,7 +143,11 @@ pub fn fill_batch(
 /// How fast the loader assembles batches, and how long the training loop waited for them.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LoaderStats {
-    /// Samples assembled (read, decoded, augmented) per second of the loader's work.
+    /// Samples assembled (read, decoded, augmented) per second of the loader's work, in steady
+    /// state: over the batches made in a recycled buffer, which leaves out the first batches'
+    /// one-off costs (allocating and first touching the buffers, the synthetic set's noise
+    /// table drawn at its first sample), as the steps' rate leaves out the first step's. Over
+    /// every batch when none was recycled (a run of a few steps).
     pub samples_per_s: f64,
     /// Seconds the consumer waited for a batch, the first batch excepted (every run waits for
     /// that one).
@@ -181,6 +185,38 @@ pub fn shard_ranges(dr: &DistributionRatio, batch: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// The loader thread's samples and nanoseconds of work: over every batch, and over the batches
+/// made in a recycled buffer (the steady state: [`LoaderStats::samples_per_s`]).
+#[derive(Debug, Default)]
+struct Work {
+    all: [AtomicU64; 2],
+    recycled: [AtomicU64; 2],
+}
+
+impl Work {
+    fn add(&self, recycled: bool, samples: usize, took: Duration) {
+        let ns = took.as_nanos() as u64;
+        let count = |c: &[AtomicU64; 2]| {
+            c[0].fetch_add(samples as u64, Ordering::Relaxed);
+            c[1].fetch_add(ns, Ordering::Relaxed);
+        };
+        count(&self.all);
+        if recycled {
+            count(&self.recycled);
+        }
+    }
+
+    /// Samples per second of work: the recycled batches' when there are any, else every
+    /// batch's; 0 before the first.
+    fn samples_per_s(&self) -> f64 {
+        let rate = |c: &[AtomicU64; 2]| {
+            let ns = c[1].load(Ordering::Relaxed);
+            (ns > 0).then(|| c[0].load(Ordering::Relaxed) as f64 / (ns as f64 * 1e-9))
+        };
+        rate(&self.recycled).or(rate(&self.all)).unwrap_or(0.0)
+    }
+}
+
 /// Assembles batches `first_step..end_step` on a background thread (the samples of each batch
 /// in parallel), keeping up to `depth` ready ahead of the consumer. Used buffers go back
 /// through [`Loader::recycle`] so steady state allocates nothing. Dropping the loader stops
@@ -189,8 +225,8 @@ pub struct Loader {
     ready: Option<Receiver<Result<Batch>>>,
     spare: SyncSender<Batch>,
     thread: Option<JoinHandle<()>>,
-    /// The loader thread's samples assembled and nanoseconds spent on them.
-    work: Arc<[AtomicU64; 2]>,
+    /// The loader thread's work: [`Work`]'s counters.
+    work: Arc<Work>,
     /// The consumer's wait for batches after the first.
     waited: Duration,
     received: u64,
@@ -209,7 +245,7 @@ impl Loader {
     ) -> Result<Loader> {
         let depth = depth.max(1);
         let (ready_tx, ready_rx) = sync_channel::<Result<Batch>>(depth);
-        let work: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let work = Arc::new(Work::default());
         let counters = work.clone();
         // Room for every buffer in flight, so recycling never blocks the consumer.
         let (spare_tx, spare_rx) = sync_channel::<Batch>(depth + 2);
@@ -218,15 +254,16 @@ impl Loader {
             .spawn(move || {
                 let mut order = SampleOrder::of(&dataset, seed);
                 for step in first_step..end_step {
-                    let mut batch = spare_rx.try_recv().unwrap_or(Batch {
+                    let spare = spare_rx.try_recv().ok();
+                    let recycled = spare.is_some();
+                    let mut batch = spare.unwrap_or(Batch {
                         step,
                         features: Vec::new(),
                         labels: Vec::new(),
                     });
                     let started = Instant::now();
                     let filled = fill_batch(&dataset, &mut order, step, batch_size, &mut batch);
-                    counters[0].fetch_add(batch_size as u64, Ordering::Relaxed);
-                    counters[1].fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    counters.add(recycled, batch_size, started.elapsed());
                     let failed = filled.is_err();
                     // The consumer gone, or a batch that could not be made: either ends the
                     // thread (the error is the consumer's to report).
@@ -273,10 +310,8 @@ impl Loader {
 
     /// The loader's rate so far and the consumer's wait.
     pub fn stats(&self) -> LoaderStats {
-        let samples = self.work[0].load(Ordering::Relaxed) as f64;
-        let busy_s = self.work[1].load(Ordering::Relaxed) as f64 * 1e-9;
         LoaderStats {
-            samples_per_s: if busy_s > 0.0 { samples / busy_s } else { 0.0 },
+            samples_per_s: self.work.samples_per_s(),
             waited_s: self.waited.as_secs_f64(),
         }
     }
@@ -300,7 +335,21 @@ impl Drop for Loader {
 
 #[cfg(test)]
 mod tests {
-    use super::LoaderStats;
+    use super::{LoaderStats, Work};
+    use std::time::Duration;
+
+    #[test]
+    fn the_loader_rate_leaves_out_batches_in_new_buffers_once_one_was_recycled() {
+        let work = Work::default();
+        assert_eq!(work.samples_per_s(), 0.0);
+        // The first batch: a new buffer and the one-off set-up, 64 samples in 0.5 s.
+        work.add(false, 64, Duration::from_millis(500));
+        assert_eq!(work.samples_per_s(), 128.0);
+        // Then recycled buffers: 2 x 64 samples in 0.01 s each.
+        work.add(true, 64, Duration::from_millis(10));
+        work.add(true, 64, Duration::from_millis(10));
+        assert!((work.samples_per_s() - 6400.0).abs() < 1e-6);
+    }
 
     #[test]
     fn a_loader_slower_than_the_steps_or_waited_for_limits_them() {

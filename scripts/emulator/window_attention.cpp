@@ -296,6 +296,9 @@ int main(int argc, char** argv) {
             single("split", window_case(8, 5, 6, 1), p, 6);
             single("split", one_query_case(3, 8, 45, 2), p, 1);
             single("split", one_query_case(8, 32, 200, 2), p, 4);
+            // Many splits for one merge (the decoder's 11).
+            single("split", one_query_case(8, 32, 704, 1), p, 11);
+            single("split", window_case(1, 8, 600, 1), p, 10);
         }
     }
     if (only.empty() || only == "fused") {

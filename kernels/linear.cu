@@ -45,7 +45,9 @@
 // 16-wide steps. Operands are rounded as the precision's tensor cores round them (tf32, bf16;
 // f32 as is), products and sums in f32. LinearKernels::run picks them for n <= ROWS. One more
 // epilogue runs only here:
-//   linear_rows_split_k_norm_c<W>_f32  linear_split_k, then bias + residual + LayerNorm in the same
+//   linear_rows_split_k_norm_c<W>_f32, W = 256, 512, 1024 (the widest row it normalises, as
+//   in add_layer_norm_f32_c<W>; the launcher takes the narrowest that holds it):
+//                             linear_split_k, then bias + residual + LayerNorm in the same
 //                             launch: the last block to finish (of every column block and
 //                             split) sums the partials as add_layer_norm_f32 does
 //                             (layer_norm.cuh: same order, same code), one warp a row, so the

@@ -46,6 +46,8 @@ def test_table():
     assert lines[0].startswith("| model | size | torch eager f32") and len(lines) == 4, text
     r50 = [l for l in lines if l.startswith("| resnet50")][0]
     assert "1,280 (9,000)" in r50 and "1,600 (-)" in r50 and "1.25x" in r50, r50
+    reserved = t.row("resnet50", 224, "bf16", "eager", 64, timing, 3069.4, reserved_mib=3712.0)
+    assert t.fmt_mem(reserved) == "3,069 / 3,712", t.fmt_mem(reserved)
     alex = [l for l in lines if l.startswith("| alexnet")][0]
     assert "32 (as 64)" in alex and "error" in alex, alex
 

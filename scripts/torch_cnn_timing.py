@@ -9,7 +9,8 @@ jobs do) x precision (f32 with TF32 off; bf16 autocast) x mode (eager; torch.com
 default mode). Batch 64 (--batch), 1000 classes, channels_last inputs and weights, SGD with
 momentum 0.9. A step is timed with CUDA events around it after --warmup steps; samples/s is
 batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
-warm-up, in MiB. A configuration's timed steps stop after 15 s (at least 3), so that every
+warm-up, in MiB, and beside it max_memory_reserved(): what the caching allocator held from
+the GPU at most, its cached free blocks included. A configuration's timed steps stop after 15 s (at least 3), so that every
 row fits in one device call.
 
 Eager rows run one after another in this process. Compile rows run in child processes, at
@@ -28,8 +29,12 @@ on a synthetic job per model, size and precision (`synthetic:N,S`, the same batc
 iterations plus one, `--gpus 0`), samples/s after the first step from its `done:` line; the
 `loader:` line says whether making the synthetic batches limited it (then the row says so:
 the figure is the loader's, not the GPU's). Peak memory is attnrt-train's `gpu memory:` line:
-the most memory in use at once during the run, from the CUDA memory pool every buffer comes
-from (the counterpart of max_memory_allocated). A model whose GPU path is not built gets an
+the most memory allocated at once during the run from the CUDA memory pool every buffer
+comes from. That count includes attnrt's own cache (the CNN walker's pool of free buffers,
+kept for the next reader), as PyTorch's reserved figure includes its caching allocator's
+free blocks: attnrt's peak is like for like with max_memory_reserved (what the GPU must
+have free for the run), and an upper bound on the counterpart of max_memory_allocated.
+A model whose GPU path is not built gets an
 error row saying so.
 
 Usage:
@@ -42,7 +47,7 @@ Usage:
       (the markdown table of docs/PERF.md from saved rows; needs no PyTorch)
 
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
-peak_mib, error}; --json writes the list, the table goes to standard output.
+peak_mib, reserved_mib (PyTorch's rows), error}; --json writes the list, the table goes to standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
 the CUDA profiler's start and stop, for `ncu --profile-from-start off` (scripts/ncu-cnn.sh
@@ -75,10 +80,11 @@ def configs(models, sizes, precisions, modes):
     return [(m, s, p, mode) for mode in modes for p in precisions for s in sizes for m in models]
 
 
-def row(model, size, precision, mode, batch, timing=None, peak_mib=None, error=None):
+def row(model, size, precision, mode, batch, timing=None, peak_mib=None, error=None,
+        reserved_mib=None):
     r = {"model": model, "size": size, "input": input_side(model, size), "precision": precision,
          "mode": mode, "batch": batch, "samples_per_s": None, "p50_ms": None,
-         "peak_mib": peak_mib, "error": error}
+         "peak_mib": peak_mib, "reserved_mib": reserved_mib, "error": error}
     if timing:
         r["p50_ms"] = timing["p50_ms"]
         r["samples_per_s"] = batch / timing["p50_ms"] * 1e3
@@ -94,12 +100,17 @@ def fmt_rate(r):
 
 
 def fmt_mem(r):
-    return f"{r['peak_mib']:,.0f}" if r and r.get("peak_mib") else "-"
+    """Peak MiB; PyTorch's as allocated / reserved."""
+    if not r or not r.get("peak_mib"):
+        return "-"
+    reserved = f" / {r['reserved_mib']:,.0f}" if r.get("reserved_mib") else ""
+    return f"{r['peak_mib']:,.0f}{reserved}"
 
 
 def table(rows, attnrt_rows=()):
-    """Markdown: one line per model and size; samples/s (peak MiB) per precision and mode,
-    then attnrt's, and our f32 and bf16 against PyTorch eager's."""
+    """Markdown: one line per model and size; samples/s (peak MiB: PyTorch's allocated /
+    reserved, attnrt's pool high-water mark) per precision and mode, then attnrt's, and our
+    f32 and bf16 against PyTorch eager's."""
     key = lambda r: (r["model"], r["size"], r["precision"], r["mode"])  # noqa: E731
     by = {key(r): r for r in rows}
     ours = {(r["model"], r["size"], r["precision"]): r for r in attnrt_rows}
@@ -253,7 +264,8 @@ def measure(cfg, batch, warmup, steps, lock=None, profile=False):
                 fcntl.flock(held, fcntl.LOCK_UN)
                 held.close()
         peak = torch.cuda.max_memory_allocated() / 2**20
-        return row(model, size, precision, mode, batch, timing, peak)
+        reserved = torch.cuda.max_memory_reserved() / 2**20
+        return row(model, size, precision, mode, batch, timing, peak, reserved_mib=reserved)
     except Exception as e:  # an out-of-memory or compile failure is that row's result
         return row(model, size, precision, mode, batch, error=f"{type(e).__name__}: {e}"[:300])
 

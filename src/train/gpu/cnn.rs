@@ -852,6 +852,13 @@ impl<T: Storage> Walker<T> {
 
     /// A free buffer from the pool of at least `len` values (the smallest that fits), for a
     /// gradient or a value that is not kept.
+    ///
+    /// When none fits, every free buffer is smaller than `len`: they go back to the device's
+    /// memory pool before the new one is allocated, so that it can take their memory. Kept,
+    /// they would sit idle beside it and count in the pass's peak: the backward's gradients
+    /// grow toward the stem, so the pool used to end a pass holding one idle buffer of every
+    /// size on the way (ResNet-50, bf16, 224: 380 MiB of the 3,583 MiB peak). Dropping a
+    /// buffer frees it in stream order, after the kernels queued on it.
     fn buffer(&mut self, gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
         let best = self
             .free
@@ -862,7 +869,10 @@ impl<T: Storage> Walker<T> {
             .map(|(i, _)| i);
         match best {
             Some(i) => Ok(self.free.swap_remove(i)),
-            None => alloc(gpu, len, "activations or their gradients"),
+            None => {
+                self.free.clear();
+                alloc(gpu, len, "activations or their gradients")
+            }
         }
     }
 

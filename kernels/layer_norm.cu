@@ -38,7 +38,9 @@ template <int C, bool SAVE>
 __device__ __forceinline__ void add_layer_norm(const LayerNormArgs& p) {
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= p.rows) return;  // whole warps leave together: the shuffles stay full
-    add_layer_norm_row<C / 32, SAVE>(p, row, threadIdx.x & 31);
+    // Rows of up to 256 (8 values a lane) load early; wider ones would hold five times
+    // their values in registers for it.
+    add_layer_norm_row<C / 32, SAVE, (C <= 256)>(p, row, threadIdx.x & 31);
 }
 
 // Each forward for rows of at most 256, 512 and 1024 (the launcher takes the narrowest that

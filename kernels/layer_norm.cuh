@@ -32,11 +32,30 @@ constexpr int MAX_C = 1024;
 // lane: 56 registers against 80 with 32, by cuobjdump -res-usage, and 29.6 us a launch against
 // 38.7 on an H100: docs/PERF.md). SAVE also writes xhat and rstd. The parts are read through
 // L2 (__ldcg): in linear_rows_split_k_norm other blocks of the same launch wrote them.
-template <int PER_LANE, bool SAVE>
+// EARLY loads the row's other operands before the parts (below); the split-k GEMM's tail
+// leaves it off: within the GEMM's 64 registers it spilled 220-240 bytes (ptxas).
+template <int PER_LANE, bool SAVE, bool EARLY>
 __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long long row,
                                                    int lane) {
     static_assert(PER_LANE * 32 <= layer_norm::MAX_C, "rows of at most MAX_C");
     const long long base = row * p.c;
+    // EARLY: the bias, residual, gamma, beta and add are loaded before the parts, so that
+    // their loads are in flight with the parts' instead of waiting behind the sums (a chain
+    // of four memory latencies a row becomes two); the arithmetic is the same either way.
+    constexpr int E = EARLY ? PER_LANE : 1;
+    float e_bias[E], e_res[E], e_gamma[E], e_beta[E], e_add[E];
+    if constexpr (EARLY) {
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            const int j = lane + 32 * i;
+            const bool in = j < p.c;
+            e_bias[i] = in && p.bias ? p.bias[j] : 0.0f;
+            e_res[i] = in && p.residual ? p.residual[base + j] : 0.0f;
+            e_gamma[i] = in ? p.gamma[j] : 0.0f;
+            e_beta[i] = in ? p.beta[j] : 0.0f;
+            e_add[i] = in && p.add ? p.add[base + j] : 0.0f;
+        }
+    }
     float v[PER_LANE];
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) v[i] = 0.0f;
@@ -57,8 +76,8 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
     for (int i = 0; i < PER_LANE; ++i) {
         const int j = lane + 32 * i;
         if (j >= p.c) continue;
-        if (p.bias) v[i] += p.bias[j];
-        if (p.residual) v[i] += p.residual[base + j];
+        if (p.bias) v[i] += EARLY ? e_bias[i % E] : p.bias[j];
+        if (p.residual) v[i] += EARLY ? e_res[i % E] : p.residual[base + j];
         sum += v[i];
     }
     const float mean = warp_sum(sum) / p.c;
@@ -75,9 +94,11 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
         const int j = lane + 32 * i;
         if (j >= p.c) continue;
         const float h = (v[i] - mean) * inv;
-        const float y = h * p.gamma[j] + p.beta[j];
+        const float gamma = EARLY ? e_gamma[i % E] : p.gamma[j];
+        const float beta = EARLY ? e_beta[i % E] : p.beta[j];
+        const float y = h * gamma + beta;
         p.y[base + j] = y;
         if (SAVE) p.xhat[base + j] = h;
-        if (p.add) p.y_plus[base + j] = y + p.add[base + j];
+        if (p.add) p.y_plus[base + j] = y + (EARLY ? e_add[i % E] : p.add[base + j]);
     }
 }

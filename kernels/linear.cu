@@ -419,7 +419,7 @@ __device__ void linear_split_k_norm(const LinearArgs& p, const LayerNormArgs& no
     if (!last) return;
     __threadfence();  // every other block counted after its fence: read their partials
     const long long row = threadIdx.x / 32;
-    if (row < p.n) add_layer_norm_row<C / 32, false>(norm, row, threadIdx.x & 31);
+    if (row < p.n) add_layer_norm_row<C / 32, false, false>(norm, row, threadIdx.x & 31);
     if (threadIdx.x == 0) *arrived = 0;  // ready for the next launch
 }
 

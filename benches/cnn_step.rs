@@ -14,11 +14,12 @@
 //! and the cuDNN/cuBLASLt workspaces, as allocated (PyTorch's `max_memory_reserved` is the
 //! comparable figure; nothing is allocated after the first step). Peak: the most memory in
 //! use at once during the timed steps, from the memory pool every buffer comes from
-//! ([`Gpu::memory_peak`], reset after the warm-up). It is the figure to hold against
-//! PyTorch's `max_memory_allocated`: it counts what the allocator handed out, not what the
-//! device shows as used (which includes the context, cuDNN's and cuBLAS's own allocations and
-//! other processes on the GPU), and it sees a step's transient peak, which a before/after
-//! reading cannot. Held: what the replica's buffers add up to by what they are for
+//! ([`Gpu::memory_peak`], reset after the warm-up). It counts every buffer attnrt holds, its
+//! own pool of free buffers included, so it is the figure to hold against PyTorch's
+//! `max_memory_reserved` (which counts the caching allocator's free blocks; its
+//! `max_memory_allocated` does not). Not what the device shows as used (which includes the
+//! context, cuDNN's own allocations and other processes on the GPU); it sees a step's
+//! transient peak, which a before/after reading cannot. Held: what the replica's buffers add up to by what they are for
 //! (`Replica::held`: state, shard buffers, kept activations, the gradient pool, filters, cuDNN's
 //! workspace, ...), after the timed steps: where that peak goes.
 //!

@@ -14,7 +14,8 @@
 # `python3 scripts/torch_cnn_timing.py --table torch-eager.json torch-compile.json --attnrt
 # attnrt.json` remakes the table for docs/PERF.md from the fetched files, anywhere.
 # attnrt's peak memory is attnrt-train's `gpu memory:` line (the CUDA memory pool's high-water
-# mark, the counterpart of PyTorch's max_memory_allocated).
+# mark, attnrt's cached free buffers included: the counterpart of PyTorch's
+# max_memory_reserved, which the table shows beside max_memory_allocated).
 #
 # Usage (repository root on the device machine, after scripts/gpu-stage.sh STAGE_DIR here,
 # STAGE_DIR carried): bash STAGE_DIR/perf-cnn.sh STAGE_DIR [eager|compile [MODELS] [SIZES]]

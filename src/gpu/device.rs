@@ -182,8 +182,10 @@ impl Gpu {
 
     /// The most device memory in use at once since the last
     /// [`reset_memory_peak`](Self::reset_memory_peak), in bytes: the high-water mark of the
-    /// memory pool that cudarc allocates every buffer from (`CU_MEMPOOL_ATTR_USED_MEM_HIGH`,
-    /// the figure PyTorch's `max_memory_allocated` gives for its allocator). Counted for the
+    /// memory pool that cudarc allocates every buffer from (`CU_MEMPOOL_ATTR_USED_MEM_HIGH`).
+    /// Buffers a caller keeps for reuse count (the CNN walker's free-buffer pool), as PyTorch's
+    /// `max_memory_reserved` counts its cached blocks: that is the comparable PyTorch figure,
+    /// and `max_memory_allocated` a lower one. Counted for the
     /// device: every context of this process on it. `None` where allocations bypass the pool
     /// (no stream-ordered allocator).
     pub fn memory_peak(&self) -> Result<Option<u64>> {

@@ -78,6 +78,11 @@ static float replay_p50_us(int kernels, int grid, bool pdl, int reps, unsigned* 
 
 int main(int argc, char** argv) {
     const int reps = argc > 1 ? std::atoi(argv[1]) : 200;
+    if (argc > 2 || reps < 1) {
+        std::fprintf(stderr, "launch_floor: REPS must be a positive number of replays, not '%s'\n"
+                     "usage: launch_floor [REPS]\n", argc > 1 ? argv[1] : "");
+        return 2;
+    }
     cudaDeviceProp prop;
     CHECK(cudaGetDeviceProperties(&prop, 0));
     unsigned* counter;

@@ -448,9 +448,9 @@ __device__ void linear_qkv_windows(const LinearArgs& p) {
 // values: 8, 16, 32 a lane), the launcher taking the narrowest that holds the row. The widest
 // row would take the few-rows GEMM from 40 to about 120 registers, two blocks an SM instead of
 // eight, for a tail that one block runs: held to four blocks an SM, it spills 32 bytes in
-// f32 and none in tf32 and bf16 (ptxas, sm_90). (With one width for all, the decoder's rows of 256 paid for it: its
-// three split-k LayerNorms a layer took 14-25 us each under ncu on an H100, the same GEMMs
-// without the tail 4-5 us.)
+// f32 and none in tf32 and bf16 (ptxas, sm_90). (With one width for all, the decoder's rows
+// of 256 paid for it: its three split-k LayerNorms a layer took 14-25 us each under ncu on
+// an H100, the same GEMMs without the tail 4-5 us.)
 #define LINEAR_NORM_KERNEL(NAME, PRODUCT, C)                                               \
     ATTNRT_KERNEL void __launch_bounds__(THREADS, 4)                                       \
         NAME(LinearArgs p, LayerNormArgs norm, unsigned* arrived) {                        \

@@ -10,8 +10,8 @@ default mode). Batch 64 (--batch), 1000 classes, channels_last inputs and weight
 momentum 0.9. A step is timed with CUDA events around it after --warmup steps; samples/s is
 batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
 warm-up, in MiB, and beside it max_memory_reserved(): what the caching allocator held from
-the GPU at most, its cached free blocks included. A configuration's timed steps stop after 15 s (at least 3), so that every
-row fits in one device call.
+the GPU at most, its cached free blocks included. A configuration's timed steps stop after
+15 s (at least 3), so that every row fits in one device call.
 
 Eager rows run one after another in this process. Compile rows run in child processes, at
 most --jobs at a time (default 1): each compiles and warms up its configuration, then takes
@@ -33,9 +33,8 @@ the most memory allocated at once during the run from the CUDA memory pool every
 comes from. That count includes attnrt's own cache (the CNN walker's pool of free buffers,
 kept for the next reader), as PyTorch's reserved figure includes its caching allocator's
 free blocks: attnrt's peak is like for like with max_memory_reserved (what the GPU must
-have free for the run), and an upper bound on the counterpart of max_memory_allocated.
-A model whose GPU path is not built gets an
-error row saying so.
+have free for the run), and an upper bound on the counterpart of max_memory_allocated. A
+model whose GPU path is not built gets an error row saying so.
 
 Usage:
   python3 scripts/torch_cnn_timing.py [--modes eager,compile] [--models all|M1,M2]
@@ -47,7 +46,8 @@ Usage:
       (the markdown table of docs/PERF.md from saved rows; needs no PyTorch)
 
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
-peak_mib, reserved_mib (PyTorch's rows), error}; --json writes the list, the table goes to standard output.
+peak_mib, reserved_mib (PyTorch's rows), error}; --json writes the list, the table goes to
+standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
 the CUDA profiler's start and stop, for `ncu --profile-from-start off` (scripts/ncu-cnn.sh

@@ -27,7 +27,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 
-/// cuBLASLt's workspace, one per handle: NVIDIA's recommendation for Hopper.
+/// cuBLASLt's workspace: NVIDIA's recommendation for Hopper. The handles on one stream share
+/// it ([`Gpu::stream_scratch`]).
 const WORKSPACE: usize = 32 << 20;
 
 /// One column-major product `C = op(A) op(B)` as cuBLAS names it: whether A and B are
@@ -110,7 +111,7 @@ pub struct LtGemm {
     gpu: Arc<Gpu>,
     stream: Arc<CudaStream>,
     handle: sys::cublasLtHandle_t,
-    workspace: CudaSlice<u8>,
+    workspace: Arc<CudaSlice<u8>>,
     plans: HashMap<Gemm, Plan>,
 }
 
@@ -150,9 +151,7 @@ impl LtGemm {
         gpu.ctx().bind_to_thread().cuda(what)?;
         let handle = result::create_handle().map_err(lt_error(what()))?;
         Ok(LtGemm {
-            workspace: stream
-                .alloc_zeros::<u8>(WORKSPACE)
-                .cuda(|| "allocating the cuBLASLt workspace".into())?,
+            workspace: gpu.stream_scratch(&stream, WORKSPACE, "the cuBLASLt workspace")?,
             plans: HashMap::new(),
             handle,
             stream,

@@ -3,6 +3,7 @@
 // for bit alike. Math, layouts and variants: layer_norm.cu.
 #pragma once
 #include "common.cuh"
+#include "tensor_core.cuh"
 
 struct LayerNormArgs {
     const float* parts;
@@ -54,6 +55,21 @@ __device__ __forceinline__ void add_layer_norm_row(const LayerNormArgs& p, long 
             e_gamma[i] = in ? p.gamma[j] : 0.0f;
             e_beta[i] = in ? p.beta[j] : 0.0f;
             e_add[i] = in && p.add ? p.add[base + j] : 0.0f;
+        }
+    }
+    if constexpr (!EARLY) {
+        // No registers to spare: start the operands' lines toward L1 instead, so that their
+        // loads after the sums hit L1 rather than wait on L2 (the values and the arithmetic
+        // are the same either way).
+#pragma unroll
+        for (int i = 0; i < PER_LANE; ++i) {
+            const int j = lane + 32 * i;
+            if (j >= p.c) continue;
+            if (p.bias) prefetch_l1(p.bias + j);
+            if (p.residual) prefetch_l1(p.residual + base + j);
+            prefetch_l1(p.gamma + j);
+            prefetch_l1(p.beta + j);
+            if (p.add) prefetch_l1(p.add + base + j);
         }
     }
     float v[PER_LANE];

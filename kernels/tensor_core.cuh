@@ -61,6 +61,12 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* row) {
                  : "r"(a));
 }
 
+// Brings the 128-byte line holding `p` into this SM's L1 without waiting for it or holding a
+// register: a later load of it then hits L1 instead of waiting on L2.
+__device__ __forceinline__ void prefetch_l1(const void* p) {
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+}
+
 // Asynchronous global -> shared copies (cp.async): `src_bytes` of `bytes` are read, the rest
 // of the destination is zero-filled (src_bytes = 0: zeros, `src` is not read). 16-byte copies
 // bypass L1 (.cg); 4-byte ones must go through it (.ca is the only form of that size).

@@ -343,6 +343,8 @@ inline void ldmatrix_x4(unsigned (&r)[4], const void* row) {
     }
 }
 
+inline void prefetch_l1(const void*) {}  // a cache hint: nothing to emulate
+
 inline void cp_async16(float* dst, const float* src, int src_bytes) {
     if (reinterpret_cast<uintptr_t>(dst) % 16 || (src_bytes && reinterpret_cast<uintptr_t>(src) % 16)) {
         fprintf(stderr, "cp_async16 misaligned\n");

@@ -248,6 +248,13 @@ struct ConvSlot {
 }
 
 impl ConvSlot {
+    /// The filter gradients at the start of the gradient scratch, the bias's after them
+    /// (aligned for cuDNN).
+    fn grad_len(&self) -> usize {
+        let w = self.shape.weight_len().div_ceil(ALIGN) * ALIGN;
+        w + self.bias.map_or(0, |_| self.shape.out_channels)
+    }
+
     /// The filters' transpose from PyTorch's `(out, in / groups, kh, kw)` to KRSC, or back.
     fn transpose(&self, to_krsc: bool) -> Copy2d {
         let s = &self.shape;
@@ -309,10 +316,14 @@ struct Walker<T: Storage> {
     /// Synchronised batch norm's moments or backward sums, summed over the GPUs in place:
     /// allocated once, so peers can keep its address.
     sync_buf: CudaSlice<f32>,
-    /// The filters and biases (KRSC) as cuDNN reads them, and their gradients, in the
-    /// activations' type: one converting, transposing copy each way from and to the f32
-    /// parameters (no f32 staging copy of every filter).
+    /// The filters and biases (KRSC) as cuDNN reads them, in the activations' type: one
+    /// converting, transposing copy from the f32 parameters (no f32 staging copy of every
+    /// filter).
     conv_w: CudaSlice<T>,
+    /// One convolution's filter and bias gradients (KRSC), the largest's size: each layer's
+    /// are copied back into the gradient buffer's PyTorch order as soon as its backward has
+    /// made them, so no whole-model copy of the gradients in the activations' type is held
+    /// (45 MiB of bf16 for ResNet-50).
     conv_dw: CudaSlice<T>,
     logits: CudaSlice<f32>,
     dlogits: CudaSlice<f32>,
@@ -366,6 +377,7 @@ impl<T: Storage> Walker<T> {
             conv_len += len.div_ceil(ALIGN) * ALIGN;
             at
         };
+        let mut widest_conv = 0;
         for (i, n) in nodes.iter().enumerate() {
             if let Op::Conv {
                 shape,
@@ -373,13 +385,15 @@ impl<T: Storage> Walker<T> {
                 bias,
             } = &n.op
             {
-                conv_slots[i] = Some(ConvSlot {
+                let slot = ConvSlot {
                     shape: *shape,
                     weight: take(shape.weight_len()),
                     bias: bias.map(|_| take(shape.out_channels)),
                     params: graph.layout.slots[*weight].range(),
                     bias_params: bias.map(|b| graph.layout.slots[b].range()),
-                });
+                };
+                widest_conv = widest_conv.max(slot.grad_len());
+                conv_slots[i] = Some(slot);
             }
         }
         let mut norm_at = vec![0; nodes.len()];
@@ -421,7 +435,7 @@ impl<T: Storage> Walker<T> {
                 "synchronised batch norm",
             )?,
             conv_w: alloc(gpu, conv_len, "the filters")?,
-            conv_dw: alloc(gpu, conv_len, "the filters' gradients")?,
+            conv_dw: alloc(gpu, widest_conv, "a convolution's filter gradients")?,
             logits: alloc(gpu, 1, "logits")?,
             dlogits: alloc(gpu, 1, "logits")?,
             dvalues: (0..values).map(|_| None).collect(),
@@ -446,7 +460,7 @@ impl<T: Storage> Walker<T> {
                 self.free.iter().map(CudaSlice::num_bytes).sum(),
             ),
             (
-                "filters and their gradients (KRSC)",
+                "filters and one layer's gradients (KRSC)",
                 self.conv_w.num_bytes() + self.conv_dw.num_bytes(),
             ),
             ("cuDNN workspace", self.conv.workspace_bytes()),
@@ -556,8 +570,7 @@ impl<T: Storage> Walker<T> {
             (n, classes),
             p.scale,
         )?;
-        self.backward(&s, &mut p)?;
-        self.unstage_filter_grads(&s, p.grads)
+        self.backward(&s, &mut p)
     }
 
     /// The parameters' filters in KRSC order (and the biases) into the convolution buffer, in
@@ -578,29 +591,29 @@ impl<T: Storage> Walker<T> {
         Ok(())
     }
 
-    /// The filters' gradients (KRSC) back into the gradient buffer in PyTorch's order, and
-    /// the biases'.
+    /// One convolution's filter gradients (KRSC, at the start of the scratch) back into the
+    /// gradient buffer in PyTorch's order, and its bias's (after them).
     fn unstage_filter_grads(
         &mut self,
         s: &Arc<CudaStream>,
+        slot: &ConvSlot,
         grads: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        for slot in self.conv_slots.iter().flatten() {
-            let (r, at) = (slot.params.clone(), slot.weight);
+        let r = slot.params.clone();
+        let src = self.conv_dw.slice(..r.len());
+        self.copy.run(
+            s,
+            &slot.transpose(false),
+            &src,
+            &mut grads.slice_mut(r),
+            false,
+        )?;
+        if let Some(r) = slot.bias_params.clone() {
+            let at = slot.grad_len() - r.len();
             let src = self.conv_dw.slice(at..at + r.len());
-            self.copy.run(
-                s,
-                &slot.transpose(false),
-                &src,
-                &mut grads.slice_mut(r),
-                false,
-            )?;
-            if let (Some(r), Some(at)) = (slot.bias_params.clone(), slot.bias) {
-                let src = self.conv_dw.slice(at..at + r.len());
-                let whole = Copy2d::take(1, r.len(), 0, r.len());
-                self.copy
-                    .run(s, &whole, &src, &mut grads.slice_mut(r), false)?;
-            }
+            let whole = Copy2d::take(1, r.len(), 0, r.len());
+            self.copy
+                .run(s, &whole, &src, &mut grads.slice_mut(r), false)?;
         }
         Ok(())
     }
@@ -974,12 +987,16 @@ impl<T: Storage> Walker<T> {
                 let x = view(&self.values, &self.graph, node.inputs[0], n);
                 let dyv = dy.slice(..out_len);
                 let wl = shape.weight_len();
-                let mut dw = self.conv_dw.slice_mut(slot.weight..slot.weight + wl);
+                let mut dw = self.conv_dw.slice_mut(..wl);
                 self.conv.backward_filter(&call, &x, &dyv, &mut dw, false)?;
-                if let Some(b) = slot.bias {
-                    let mut db = self.conv_dw.slice_mut(b..b + shape.out_channels);
+                if slot.bias.is_some() {
+                    let at = slot.grad_len() - shape.out_channels;
+                    let mut db = self.conv_dw.slice_mut(at..at + shape.out_channels);
                     self.conv.backward_bias(&call, &dyv, &mut db, false)?;
                 }
+                // The scratch is the next convolution's: its gradients go home now (in
+                // stream order, before the next backward filter pass overwrites them).
+                self.unstage_filter_grads(s, &slot, p.grads)?;
                 if input != 0 {
                     let (mut dx, acc) = self.target(gpu, input, in_len, false)?;
                     let wt = self.conv_w.slice(slot.weight..slot.weight + wl);

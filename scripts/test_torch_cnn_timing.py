@@ -46,6 +46,10 @@ def test_table():
     assert lines[0].startswith("| model | size | torch eager f32") and len(lines) == 4, text
     r50 = [l for l in lines if l.startswith("| resnet50")][0]
     assert "1,280 (9,000)" in r50 and "1,600 (-)" in r50 and "1.25x" in r50, r50
+    # Against the faster of eager and compile: a compiled row twice as fast halves the ratio.
+    faster = [dict(r, samples_per_s=2 * r["samples_per_s"]) if r["mode"] == "compile" else r for r in rows]
+    cells = [c.strip() for c in [l for l in t.table(faster, ours).splitlines() if l.startswith("| resnet50")][0].split("|")]
+    assert cells[-5:-1] == ["1.25x", "-", "0.62x", "-"], cells
     reserved = t.row("resnet50", 224, "bf16", "eager", 64, timing, 3069.4, reserved_mib=3712.0)
     assert t.fmt_mem(reserved) == "3,069 / 3,712", t.fmt_mem(reserved)
     alex = [l for l in lines if l.startswith("| alexnet")][0]

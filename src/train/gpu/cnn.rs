@@ -9,8 +9,9 @@
 //! `precision = "bf16"` (convolutions on bf16 tensors with f32 accumulation, batch norm's
 //! statistics and every parameter f32: the master weights stay f32 and each step casts the
 //! convolutions' copy). The convolutions' filters are kept in cuDNN's KRSC order in a buffer
-//! of their own, transposed from the parameters once per step, and their gradients are
-//! transposed back into the gradient buffer's PyTorch order.
+//! of their own, transposed from the parameters once per step; each layer's gradients, made in
+//! a scratch the size of the largest layer's, are transposed back into the gradient buffer's
+//! PyTorch order right after its backward filter pass.
 //!
 //! Memory: a value that the backward pass reads (a convolution's, batch norm's or linear
 //! layer's input, a ReLU's output) has its own buffer for the shard capacity. A batch norm's

@@ -27,7 +27,9 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::Gpu;
 
-/// cuBLASLt's workspace: NVIDIA's recommendation for Hopper. The handles on one stream share
+/// The most workspace an algorithm may ask for: NVIDIA's recommendation for Hopper. A handle
+/// holds only what the algorithms of its shapes so far asked for (many ask for none; a CNN's
+/// small GEMMs would otherwise hold 32 MiB for nothing), and the handles on one stream share
 /// it ([`Gpu::stream_scratch`]).
 const WORKSPACE: usize = 32 << 20;
 
@@ -75,6 +77,8 @@ struct Plan {
     /// A, B, and C (which is also D's).
     layouts: [sys::cublasLtMatrixLayout_t; 3],
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The workspace the algorithm needs, in bytes.
+    workspace: usize,
 }
 
 impl Drop for Plan {
@@ -111,7 +115,13 @@ pub struct LtGemm {
     gpu: Arc<Gpu>,
     stream: Arc<CudaStream>,
     handle: sys::cublasLtHandle_t,
-    workspace: Arc<CudaSlice<u8>>,
+    /// The stream's shared workspace, once a plan needs one: at least the largest plan's.
+    workspace: Option<Arc<CudaSlice<u8>>>,
+    /// Workspaces outgrown after a graph captured a product with them: the graph's replays
+    /// still use them, so they live as long as the handle (those no graph saw are freed).
+    retired: Vec<Arc<CudaSlice<u8>>>,
+    /// Whether a graph captured a product with the current workspace.
+    captured: bool,
     plans: HashMap<Gemm, Plan>,
 }
 
@@ -151,7 +161,9 @@ impl LtGemm {
         gpu.ctx().bind_to_thread().cuda(what)?;
         let handle = result::create_handle().map_err(lt_error(what()))?;
         Ok(LtGemm {
-            workspace: gpu.stream_scratch(&stream, WORKSPACE, "the cuBLASLt workspace")?,
+            workspace: None,
+            retired: Vec::new(),
+            captured: false,
             plans: HashMap::new(),
             handle,
             stream,
@@ -192,16 +204,37 @@ impl LtGemm {
             align: [ops.a, ops.b, ops.c, ops.d].map(alignment),
         };
         self.gpu.ctx().bind_to_thread().cuda(shown)?;
+        let held = self.workspace.as_ref().map_or(0, |w| w.len());
+        let capturing = self.stream.capture_status().cuda(shown)?
+            != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         if !self.plans.contains_key(&key) {
-            let plan = self.plan(&key).map_err(lt_error(format!(
+            // While a graph is captured nothing may be allocated: the algorithm must fit the
+            // workspace held.
+            let limit = if capturing { held } else { WORKSPACE };
+            let plan = self.plan(&key, limit).map_err(lt_error(format!(
                 "choosing an algorithm for {} ({types:?})",
                 shown()
             )))?;
             self.plans.insert(key, plan);
         }
         let plan = &self.plans[&key];
+        if plan.workspace > held {
+            let grown =
+                self.gpu
+                    .stream_scratch(&self.stream, plan.workspace, "the cuBLASLt workspace")?;
+            // Freed in stream order after the products queued with it, unless a graph holds it.
+            if let Some(old) = self.workspace.replace(grown)
+                && std::mem::take(&mut self.captured)
+            {
+                self.retired.push(old);
+            }
+        }
+        self.captured |= capturing;
         let alpha = 1.0f32;
-        let workspace = self.workspace.device_ptr(&self.stream).0;
+        let (workspace, workspace_len) = match &self.workspace {
+            Some(w) => (w.device_ptr(&self.stream).0, w.len()),
+            None => (0, 0),
+        };
         // SAFETY: the plan was built for this shape, types and alignments; the callers checked
         // every buffer's length against the shape; the bias (when the epilogue has one) holds
         // `m` values; alpha and beta are host f32 (the default pointer mode, scale type f32).
@@ -225,15 +258,16 @@ impl LtGemm {
                 plan.layouts[2],
                 &plan.algo,
                 workspace as *mut c_void,
-                WORKSPACE,
+                workspace_len,
                 self.stream.cu_stream() as sys::cudaStream_t,
             )
         }
         .map_err(lt_error(shown()))
     }
 
-    /// The descriptors of `key` and the heuristic's best algorithm for them.
-    fn plan(&self, key: &Gemm) -> std::result::Result<Plan, CublasError> {
+    /// The descriptors of `key` and the heuristic's best algorithm for them among those that
+    /// need at most `workspace` bytes.
+    fn plan(&self, key: &Gemm, workspace: usize) -> std::result::Result<Plan, CublasError> {
         let Types { ab, cd, compute } = key.types;
         let Product {
             trans,
@@ -250,6 +284,7 @@ impl LtGemm {
             desc: std::ptr::null_mut(),
             layouts: [std::ptr::null_mut(); 3],
             algo: sys::cublasLtMatmulAlgo_t { data: [0; 8] },
+            workspace: 0,
         };
         // One at a time, so that a failure drops (destroys) those created before it.
         plan.desc = result::create_matmul_desc(compute, cudaDataType_t::CUDA_R_32F)?;
@@ -293,7 +328,7 @@ impl LtGemm {
                 (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c),
                 (Pref::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, d),
             ];
-            let workspace = WORKSPACE as u64;
+            let workspace = workspace as u64;
             let set = |attr, v: *const c_void, size| {
                 result::set_matmul_pref_attribute(pref, attr, v, size)
             };
@@ -321,7 +356,9 @@ impl LtGemm {
         };
         // SAFETY: created above, not used after this.
         let _ = unsafe { result::destroy_matmul_pref(pref) };
-        plan.algo = found?.algo;
+        let found = found?;
+        plan.algo = found.algo;
+        plan.workspace = found.workspaceSize;
         Ok(plan)
     }
 }

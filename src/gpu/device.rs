@@ -157,7 +157,7 @@ impl Gpu {
     /// time, so its users never need it at once. cuBLASLt's workspace is one: a CNN replica's
     /// convolutions and linear layers each hold a handle, and two private 32 MiB workspaces
     /// were a tenth of ResNet-50's bf16 peak at 32x32. A holder asking for more than the
-    /// buffer has gets its own.
+    /// buffer has gets a new one, which later askers share.
     pub fn stream_scratch(
         &self,
         stream: &Arc<CudaStream>,

@@ -222,7 +222,13 @@ fn minmax_is_the_fairest_on_a_few_suite_workloads() {
             .map(|r| r.max_slowdown)
             .fold(f64::INFINITY, f64::min);
         for r in &row.reports {
-            assert!(r.max_slowdown >= row.bound, "{}: {r:?}", row.workload);
+            // A job that meets the bound exactly (alone on one GPU) can land a rounding
+            // error below it.
+            assert!(
+                r.max_slowdown >= row.bound * (1.0 - 1e-9),
+                "{}: {r:?}",
+                row.workload
+            );
         }
         assert!(
             row.reports[minmax].max_slowdown <= best + TIE,

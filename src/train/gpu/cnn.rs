@@ -249,11 +249,15 @@ struct ConvSlot {
 }
 
 impl ConvSlot {
-    /// The filter gradients at the start of the gradient scratch, the bias's after them
-    /// (aligned for cuDNN).
+    /// Where the bias's gradient starts in the gradient scratch: after the filters',
+    /// aligned for cuDNN.
+    fn grad_bias_at(&self) -> usize {
+        self.shape.weight_len().div_ceil(ALIGN) * ALIGN
+    }
+
+    /// The scratch this convolution's filter and bias gradients need.
     fn grad_len(&self) -> usize {
-        let w = self.shape.weight_len().div_ceil(ALIGN) * ALIGN;
-        w + self.bias.map_or(0, |_| self.shape.out_channels)
+        self.grad_bias_at() + self.bias.map_or(0, |_| self.shape.out_channels)
     }
 
     /// The filters' transpose from PyTorch's `(out, in / groups, kh, kw)` to KRSC, or back.
@@ -610,7 +614,7 @@ impl<T: Storage> Walker<T> {
             false,
         )?;
         if let Some(r) = slot.bias_params.clone() {
-            let at = slot.grad_len() - r.len();
+            let at = slot.grad_bias_at();
             let src = self.conv_dw.slice(at..at + r.len());
             let whole = Copy2d::take(1, r.len(), 0, r.len());
             self.copy
@@ -991,7 +995,7 @@ impl<T: Storage> Walker<T> {
                 let mut dw = self.conv_dw.slice_mut(..wl);
                 self.conv.backward_filter(&call, &x, &dyv, &mut dw, false)?;
                 if slot.bias.is_some() {
-                    let at = slot.grad_len() - shape.out_channels;
+                    let at = slot.grad_bias_at();
                     let mut db = self.conv_dw.slice_mut(at..at + shape.out_channels);
                     self.conv.backward_bias(&call, &dyv, &mut db, false)?;
                 }

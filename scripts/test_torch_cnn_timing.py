@@ -33,6 +33,9 @@ def test_attnrt_job_and_output():
     memory = out + "gpu memory: peak in use during the steps 1536 MiB on GPU 0 (the allocator's high-water mark)\n"
     assert t.parse_attnrt(memory) == (2047.0, False, 1536.0)
     assert t.parse_attnrt("attnrt-train: error") == (None, False, None)
+    job = tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32-transforms"))["job"][0]
+    assert job["precision"] == "f32" and job["f32_conv_transforms"] is True, job
+    assert "f32_conv_transforms" not in tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32"))["job"][0]
 
 
 def test_table():
@@ -54,6 +57,12 @@ def test_table():
     assert t.fmt_mem(reserved) == "3,069 / 3,712", t.fmt_mem(reserved)
     alex = [l for l in lines if l.startswith("| alexnet")][0]
     assert "32 (as 64)" in alex and "error" in alex, alex
+    # f32 with FFT and Winograd allowed: its own column, and the f32 the ratios take.
+    fast = ours + [t.row("resnet50", 224, "f32-transforms", "attnrt", 64, {"p50_ms": 25.0})]
+    lines = t.table(rows, fast).splitlines()
+    assert "attnrt f32-transforms" in lines[0] and "f32-transforms vs eager" in lines[0], lines[0]
+    cells = [c.strip() for c in [l for l in lines if l.startswith("| resnet50")][0].split("|")]
+    assert cells[7:10] == ["1,600 (-)", "2,560 (-)", "-"] and cells[10] == "2.00x", cells
 
 
 def test_attnrt_rows_report_a_failed_run():

@@ -26,7 +26,9 @@ and each benchmarks under that contention and may keep algorithms that only won 
 
 attnrt's rows for the same table (`--attnrt-bin BIN`, no PyTorch needed): `attnrt-train`
 on a synthetic job per model, size and precision (`synthetic:N,S`, the same batch, --steps
-iterations plus one, `--gpus 0`), samples/s after the first step from its `done:` line; the
+iterations plus one, `--gpus 0`; the precision `f32-transforms` is f32 with the job's
+`f32_conv_transforms = true`: cuDNN's FFT and Winograd allowed, as PyTorch's f32 has them,
+where attnrt's f32 otherwise asks for direct sums), samples/s after the first step from its `done:` line; the
 `loader:` line says whether making the synthetic batches limited it (then the row says so:
 the figure is the loader's, not the GPU's). Peak memory is attnrt-train's `gpu memory:` line:
 the most memory allocated at once during the run from the CUDA memory pool every buffer
@@ -41,7 +43,8 @@ Usage:
       [--sizes 224,32] [--precisions f32,bf16] [--batch 64] [--warmup 5] [--steps 20]
       [--jobs 1] [--deadline-s 540] [--json OUT.json]
   python3 scripts/torch_cnn_timing.py --attnrt-bin target/release/attnrt-train [--models ..]
-      [--sizes ..] [--precisions ..] [--batch 64] [--steps 20] [--json ATTNRT.json]
+      [--sizes ..] [--precisions f32,f32-transforms,bf16] [--batch 64] [--steps 20]
+      [--json ATTNRT.json]
   python3 scripts/torch_cnn_timing.py --table TORCH.json [MORE.json ...] [--attnrt ATTNRT.json]
       (the markdown table of docs/PERF.md from saved rows; needs no PyTorch)
 
@@ -111,14 +114,19 @@ def table(rows, attnrt_rows=()):
     """Markdown: one line per model and size; samples/s (peak MiB: PyTorch's allocated /
     reserved, attnrt's pool high-water mark) per precision and mode, then attnrt's, and our
     f32 and bf16 against PyTorch eager's (the issue's bar) and against the faster of eager
-    and compile (what a PyTorch user would run)."""
+    and compile (what a PyTorch user would run). With `f32-transforms` rows, attnrt's f32
+    with FFT and Winograd allowed gets a column and is the f32 the ratios take (PyTorch's f32
+    chooses among the same algorithms)."""
     key = lambda r: (r["model"], r["size"], r["precision"], r["mode"])  # noqa: E731
     by = {key(r): r for r in rows}
     ours = {(r["model"], r["size"], r["precision"]): r for r in attnrt_rows}
+    transforms = any(r["precision"] == "f32-transforms" for r in attnrt_rows)
+    ours_f32 = "f32-transforms" if transforms else "f32"
     cols = [("f32", "eager"), ("bf16", "eager"), ("f32", "compile"), ("bf16", "compile")]
-    head = ["model", "size"] + [f"torch {m} {p}" for p, m in cols] + ["attnrt f32", "attnrt bf16",
-                                                                     "f32 vs eager", "bf16 vs eager",
-                                                                     "f32 vs best", "bf16 vs best"]
+    ours_cols = ["f32"] + (["f32-transforms"] if transforms else []) + ["bf16"]
+    head = (["model", "size"] + [f"torch {m} {p}" for p, m in cols]
+            + [f"attnrt {p}" for p in ours_cols]
+            + [f"{p} vs {b}" for b in ("eager", "best") for p in (ours_f32, "bf16")])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sizes = sorted({r["size"] for r in list(rows) + list(attnrt_rows)}, reverse=True)
     for m in MODELS:
@@ -130,12 +138,12 @@ def table(rows, attnrt_rows=()):
             for p, mode in cols:
                 r = by.get((m, s, p, mode))
                 cells.append(f"{fmt_rate(r)} ({fmt_mem(r)})" if r else "-")
-            for p in ("f32", "bf16"):
+            for p in ours_cols:
                 r = ours.get((m, s, p))
                 cells.append(f"{fmt_rate(r)} ({fmt_mem(r)})" if r else "-")
             for modes in (("eager",), ("eager", "compile")):
                 for p in ("f32", "bf16"):
-                    a = (ours.get((m, s, p)) or {}).get("samples_per_s")
+                    a = (ours.get((m, s, ours_f32 if p == "f32" else p)) or {}).get("samples_per_s")
                     rates = [(by.get((m, s, p, mode)) or {}).get("samples_per_s") for mode in modes]
                     best = max((r for r in rates if r), default=None)
                     cells.append(f"{a / best:.2f}x" if a and best else "-")
@@ -144,12 +152,15 @@ def table(rows, attnrt_rows=()):
 
 
 def attnrt_job(model, size, batch, steps, precision):
-    """The synthetic job attnrt-train times for one row."""
+    """The synthetic job attnrt-train times for one row (`f32-transforms`: f32 with
+    `f32_conv_transforms = true`)."""
     side = input_side(model, size)
+    transforms = precision == "f32-transforms"
     return (f'[[job]]\nname = "{model}-{size}-{precision}"\nmodel = "{model}"\n'
             f'dataset = "synthetic:{batch * (steps + 1)},{side}"\nclasses = 1000\n'
             f'batch_size = {batch}\niterations = {steps + 1}\noptimizer = "sgd"\nlr = 0.01\n'
-            f'precision = "{precision}"\n')
+            f'precision = "{"f32" if transforms else precision}"\n'
+            + ("f32_conv_transforms = true\n" if transforms else ""))
 
 
 def parse_attnrt(text):
@@ -319,14 +330,14 @@ def main(argv=None):
     p.add_argument("--json")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--table", nargs="+")
-    p.add_argument("--attnrt")
+    p.add_argument("--attnrt", nargs="+")
     p.add_argument("--attnrt-bin")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--lock", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.table:
         rows = [r for path in args.table for r in json.load(open(path))]
-        print(table(rows, json.load(open(args.attnrt)) if args.attnrt else ()))
+        print(table(rows, [r for path in args.attnrt or () for r in json.load(open(path))]))
         return 0
     if args.child:
         m, s, prec, mode = args.child.split(",")
@@ -341,8 +352,9 @@ def main(argv=None):
         p.error(f"--sizes: comma-separated image sides such as 224,32, not '{args.sizes}'")
     precisions = args.precisions.split(",")
     modes = args.modes.split(",")
-    if any(x not in ("f32", "bf16") for x in precisions) or any(x not in ("eager", "compile") for x in modes):
-        p.error("--precisions f32,bf16 and --modes eager,compile")
+    ours = ("f32-transforms",) if args.attnrt_bin else ()
+    if any(x not in ("f32", "bf16") + ours for x in precisions) or any(x not in ("eager", "compile") for x in modes):
+        p.error("--precisions f32,bf16 (and f32-transforms with --attnrt-bin) and --modes eager,compile")
     if args.profile and (args.attnrt_bin or "compile" in modes):
         p.error("--profile: PyTorch eager rows only (--modes eager; attnrt's is cnn_step --profile)")
     if args.attnrt_bin:

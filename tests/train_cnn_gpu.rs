@@ -542,6 +542,7 @@ fn two_replica_step(
     let options = CnnOptions {
         sync_bn,
         dropout: None,
+        f32_conv_transforms: false,
     };
     let mut gpu = ReplicaEngine::with_exchange(
         &ordinals,
@@ -675,6 +676,7 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
     let options = CnnOptions {
         sync_bn: false,
         dropout: Some(0.2),
+        f32_conv_transforms: false,
     };
     let auto = ExchangeChoice::Auto;
     let mut gpu =
@@ -705,8 +707,60 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
     assert!(apart > 10.0 * e.max(1e-7), "0.2 and 0.5 differ: {apart:e}");
 }
 
-/// `attnrt-train --jobs` with `sync_bn = true` (ShuffleNet) and `dropout = 0.0` (AlexNet) on
-/// `--gpus 0`: both train and exit 0 (they were refused on GPUs before).
+/// A job's `f32_conv_transforms`: AlexNet's f32 step with cuDNN's FFT and Winograd allowed
+/// (what it chose is printed) still takes the CPU engine's step, within the transforms'
+/// tolerance (`tests/kernels/conv2d.rs`: 3e-4 a convolution; the parameters after one step
+/// agree far closer, since the update is small against them).
+#[test]
+fn f32_conv_transforms_on_a_gpu_match_the_cpu() {
+    if gpu_or_skip("f32_conv_transforms_on_a_gpu_match_the_cpu").is_none() {
+        return;
+    }
+    let d = Dataset::synthetic_sized(4, 95, 5);
+    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::sgd(0.05);
+    let fresh = State::fresh(model.init(3), &opt).with_buffers(model.initial_buffers());
+    let options = CnnOptions {
+        sync_bn: false,
+        dropout: Some(0.0),
+        f32_conv_transforms: true,
+    };
+    let auto = ExchangeChoice::Auto;
+    let mut engine =
+        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
+            .unwrap();
+    let mut cpu =
+        CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.0);
+    let batch = Arc::new(Batch {
+        step: 1,
+        features: random(4 * model.features(), 9),
+        labels: vec![1, 2, 3, 4],
+    });
+    let all = 0..4;
+    let shards = std::slice::from_ref(&all);
+    engine.step(1, &batch, shards).unwrap();
+    cpu.step(1, &batch, shards).unwrap();
+    let (g, c) = (engine.state().unwrap(), cpu.state().unwrap());
+    let moved: Vec<f32> = c
+        .params
+        .iter()
+        .zip(&fresh.params)
+        .map(|(a, b)| a - b)
+        .collect();
+    let got: Vec<f32> = g
+        .params
+        .iter()
+        .zip(&fresh.params)
+        .map(|(a, b)| a - b)
+        .collect();
+    let (e, update) = (err(&g.params, &c.params), err(&got, &moved));
+    println!("alexnet f32, transforms allowed: parameters {e:.3e}, the update {update:.3e}");
+    assert!(e <= 1e-5, "parameters {e:e}");
+    assert!(update <= 1e-3, "the step's update {update:e}");
+}
+
+/// `attnrt-train --jobs` with `sync_bn = true` (ShuffleNet), `dropout = 0.0` and
+/// `f32_conv_transforms = true` (AlexNet) on `--gpus 0`: each trains and exits 0.
 #[test]
 fn sync_bn_and_dropout_jobs_train_on_a_gpu() {
     if gpu_or_skip("sync_bn_and_dropout_jobs_train_on_a_gpu").is_none() {
@@ -716,6 +770,7 @@ fn sync_bn_and_dropout_jobs_train_on_a_gpu() {
     for (model, side, extra) in [
         ("shufflenet_v2_x1_0", 32, "sync_bn = true"),
         ("alexnet", 63, "dropout = 0.0"),
+        ("alexnet", 63, "f32_conv_transforms = true"),
     ] {
         let job = dir.path().join(format!("{model}.toml"));
         std::fs::write(

@@ -14,8 +14,11 @@
 //! - `f32`: f32 tensors, FMA arithmetic only. cuDNN lets f32 convolutions use TF32 tensor
 //!   cores unless told otherwise; `CUDNN_FMA_MATH` on the convolution descriptor forbids it,
 //!   and an algorithm that reports tensor-op math is refused as well. So are the FFT and
-//!   Winograd algorithms: their transforms lose 1e-5 to 1e-4 a call where a direct sum loses
-//!   about 1e-7, and a batch norm's backward amplifies that in the filter gradient before it.
+//!   Winograd algorithms unless [`Conv2dKernels::set_transforms`] allows them: their
+//!   transforms lose 1e-5 to 1e-4 a call where a direct sum loses about 1e-7, and a batch
+//!   norm's backward amplifies that in the filter gradient before it. PyTorch's f32 (TF32 off,
+//!   `cudnn.benchmark`) takes them where they are fastest (AlexNet's 11x11 and 5x5 filters);
+//!   allowed, ours may too, and its f32 is then as exact as PyTorch's, no more.
 //! - `tf32`: f32 tensors, `CUDNN_TENSOR_OP_MATH` (TF32 tensor cores, f32 accumulation); not
 //!   `_ALLOW_CONVERSION`, which may round f32 operands to f16.
 //! - `bf16`: bf16 tensors (inputs, weights, outputs, bias, residual and gradients) with f32
@@ -662,12 +665,22 @@ impl<A: Copy + std::fmt::Debug> Candidates<A> {
 /// More than any pass has algorithms (8 forward, 6 backward data, 7 backward filter).
 const MAX_ALGOS: usize = 8;
 
+/// What an algorithm must meet, besides fitting [`WORKSPACE_LIMIT`], to be chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rules {
+    precision: Precision,
+    /// Only deterministic algorithms ([`Conv2dKernels::set_deterministic`]).
+    deterministic: bool,
+    /// f32 may use FFT and Winograd ([`Conv2dKernels::set_transforms`]); tf32 and bf16
+    /// always may (their operands' rounding dwarfs the transforms').
+    transforms: bool,
+}
+
 /// Runs one of cuDNN's `cudnnFind*Algorithm` benchmarks (`call(count, &mut returned,
 /// results)`) and [`pick`]s from its results.
 fn find<P: Perf>(
     what: &str,
-    precision: Precision,
-    deterministic: bool,
+    rules: Rules,
     call: impl FnOnce(i32, &mut i32, *mut P) -> Status,
 ) -> Result<Candidates<P::Algo>> {
     let mut results = [zeroed::<P>(); MAX_ALGOS];
@@ -676,17 +689,13 @@ fn find<P: Perf>(
         .result()
         .map_err(cudnn_error(|| what.to_string()))?;
     let n = (n.max(0) as usize).min(MAX_ALGOS);
-    pick(&results[..n], precision, deterministic, what)
+    pick(&results[..n], rules, what)
 }
 
 /// The acceptable results of a `cudnnFind...` call, fastest first (cuDNN sorts them by
 /// time), or an error listing what was refused and why.
-fn pick<P: Perf>(
-    results: &[P],
-    precision: Precision,
-    deterministic: bool,
-    what: &str,
-) -> Result<Candidates<P::Algo>> {
+fn pick<P: Perf>(results: &[P], rules: Rules, what: &str) -> Result<Candidates<P::Algo>> {
+    let precision = rules.precision;
     let mut list = Vec::new();
     let mut refused = Vec::new();
     for p in results {
@@ -694,14 +703,18 @@ fn pick<P: Perf>(
             format!("{:?}", p.status())
         } else if p.memory() > WORKSPACE_LIMIT {
             format!("needs {} MiB of workspace", p.memory() >> 20)
-        } else if deterministic && !p.deterministic() {
+        } else if rules.deterministic && !p.deterministic() {
             "not deterministic".into()
         } else if !math_allowed(precision, p.math()) {
             format!("{} math", math_name(p.math()))
-        } else if precision == Precision::F32 && transform_algo(&algo_name(p.algo())) {
+        } else if precision == Precision::F32
+            && !rules.transforms
+            && transform_algo(&algo_name(p.algo()))
+        {
             // FFT and Winograd lose about 1e-5 to 1e-4 a call in f32, where a direct or
-            // implicit-GEMM sum loses about 1e-7: f32 promises the latter. Batch norm's
-            // zero-sum input gradients amplify the difference in the filter gradient before it.
+            // implicit-GEMM sum loses about 1e-7: f32 promises the latter unless told
+            // otherwise. Batch norm's zero-sum input gradients amplify the difference in the
+            // filter gradient before it.
             "FFT/Winograd transform (f32 asks for direct sums)".into()
         } else {
             list.push(Choice {
@@ -921,6 +934,8 @@ pub struct Conv2dKernels {
     handle: CudnnHandle,
     precision: Precision,
     deterministic: bool,
+    /// f32 may use FFT and Winograd ([`Self::set_transforms`]).
+    transforms: bool,
     fuse: bool,
     plans: HashMap<Conv2dShape, Plan>,
     workspace: CudaSlice<u8>,
@@ -978,6 +993,7 @@ impl Conv2dKernels {
             zero_bias: alloc("zero bias")?,
             precision,
             deterministic: false,
+            transforms: false,
             fuse: true,
             gemm: None,
             lt: None,
@@ -1007,6 +1023,25 @@ impl Conv2dKernels {
         if deterministic != self.deterministic {
             self.deterministic = deterministic;
             self.plans.clear();
+        }
+    }
+
+    /// Whether f32 convolutions may use cuDNN's FFT and Winograd algorithms (as PyTorch's f32
+    /// does; see the module docs for what they cost in exactness). Off by default; tf32 and
+    /// bf16 always may. Forgets the plans made so far.
+    pub fn set_transforms(&mut self, transforms: bool) {
+        if transforms != self.transforms {
+            self.transforms = transforms;
+            self.plans.clear();
+        }
+    }
+
+    /// The rules every algorithm chosen from now on must meet.
+    fn rules(&self) -> Rules {
+        Rules {
+            precision: self.precision,
+            deterministic: self.deterministic,
+            transforms: self.transforms,
         }
     }
 
@@ -1380,7 +1415,7 @@ impl Conv2dKernels {
             let what = pass_label("forward", shape, precision);
             let d = Descriptors::new(shape, precision).map_err(cudnn_error(|| what.clone()))?;
             let h = self.handle.bind()?;
-            let forward = find(&what, precision, self.deterministic, |count, n, perf| {
+            let forward = find(&what, self.rules(), |count, n, perf| {
                 // SAFETY: live handle and descriptors; `perf` holds `count` results.
                 unsafe {
                     sys::cudnnFindConvolutionForwardAlgorithm(
@@ -1588,7 +1623,7 @@ impl Conv2dKernels {
         slot: impl Fn(&mut Plan) -> &mut Option<Candidates<P::Algo>>,
         benchmark: impl FnOnce(sys::cudnnHandle_t, &Descriptors, i32, &mut i32, *mut P) -> Status,
     ) -> Result<Choice<P::Algo>> {
-        let (precision, deterministic) = (self.precision, self.deterministic);
+        let (precision, rules) = (self.precision, self.rules());
         let h = self.handle.bind()?;
         let plan = self.plan(shape)?;
         let choice = match slot(plan) {
@@ -1596,7 +1631,7 @@ impl Conv2dKernels {
             None => {
                 let what = pass_label(pass, shape, precision);
                 let d = &plan.d;
-                let c = find(&what, precision, deterministic, |count, n, perf| {
+                let c = find(&what, rules, |count, n, perf| {
                     benchmark(h, d, count, n, perf)
                 })?;
                 let first = c.current();
@@ -2153,7 +2188,12 @@ mod tests {
         direct.algo = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM;
         direct.memory = 1024;
         let all = [tensor_op, winograd, direct];
-        let c = pick(&all, Precision::F32, false, "x").unwrap();
+        let rules = |precision, transforms| Rules {
+            precision,
+            deterministic: false,
+            transforms,
+        };
+        let c = pick(&all, rules(Precision::F32, false), "x").unwrap();
         assert_eq!(c.list.len(), 1);
         assert_eq!(c.current().algo, FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM);
         assert!(
@@ -2161,7 +2201,14 @@ mod tests {
             "{:?}",
             c.refused
         );
-        let mut c = pick(&all, Precision::Tf32, false, "x").unwrap();
+        // Allowed, f32 takes Winograd (cuDNN's order: the faster first), never tensor ops.
+        let c = pick(&all, rules(Precision::F32, true), "x").unwrap();
+        assert_eq!(c.list.len(), 2);
+        assert_eq!(
+            c.current().algo,
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD
+        );
+        let mut c = pick(&all, rules(Precision::Tf32, false), "x").unwrap();
         assert_eq!(
             c.current().algo,
             FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
@@ -2177,7 +2224,7 @@ mod tests {
         assert!(!c.refuse(bad_param));
         assert_eq!(c.current().algo, FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM);
         assert!(c.refused[0].contains("IMPLICIT_PRECOMP_GEMM: CUDNN_STATUS_BAD_PARAM when run"));
-        let e = pick(&[tensor_op], Precision::F32, false, "conv2d forward");
+        let e = pick(&[tensor_op], rules(Precision::F32, true), "conv2d forward");
         let e = e.unwrap_err().to_string();
         assert!(
             e.contains("no usable f32 algorithm")

@@ -58,6 +58,7 @@ impl JobFile {
                 init_weights: None,
                 sync_bn: None,
                 dropout: None,
+                f32_conv_transforms: None,
             })
             .collect();
         JobFile {

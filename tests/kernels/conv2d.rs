@@ -11,7 +11,8 @@
 //! every failing case before it fails, so one GPU run tells everything.
 //!
 //! Tolerances (relative Frobenius error against the reference):
-//! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3);
+//! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3); 3e-4 with FFT and Winograd allowed
+//!   (`set_transforms`: their transforms lose 1e-5 to 1e-4 a call);
 //! - tf32: 2e-3 (operands rounded to 10-bit mantissas, f32 accumulation);
 //! - bf16: 4e-3. The inputs are bf16, so the reference takes the same (rounded) values; the
 //!   GPU rounds its result to bf16 once (2^-9 relative at most), twice on the unfused path.
@@ -105,6 +106,47 @@ fn cases() -> Vec<(&'static str, Conv2dShape)> {
     ]
 }
 
+/// How a test sets the kernels up: the GEMM path (`Some` forces it or cuDNN, `None`
+/// measures) and whether f32 may use FFT and Winograd.
+#[derive(Clone, Copy, Default)]
+struct Paths {
+    gemm: Option<bool>,
+    transforms: bool,
+}
+
+impl Paths {
+    const GEMM: Paths = Paths {
+        gemm: Some(true),
+        transforms: false,
+    };
+    const TRANSFORMS: Paths = Paths {
+        gemm: None,
+        transforms: true,
+    };
+
+    fn apply(self, conv: &mut Conv2dKernels) {
+        conv.set_gemm(self.gemm);
+        conv.set_transforms(self.transforms);
+    }
+
+    /// What a case's label adds.
+    fn label(self) -> &'static str {
+        match (self.gemm, self.transforms) {
+            (Some(true), _) => " (GEMM forced)",
+            (_, true) => " (FFT/Winograd allowed)",
+            _ => "",
+        }
+    }
+
+    /// The tolerance of `precision` on these paths (see the module docs).
+    fn tolerance(self, precision: Precision) -> f64 {
+        match precision {
+            Precision::F32 if self.transforms => 3e-4,
+            _ => tolerance(precision),
+        }
+    }
+}
+
 /// The tolerance of each precision (see the module docs).
 fn tolerance(precision: Precision) -> f64 {
     match precision {
@@ -176,32 +218,43 @@ fn gemm_cases() -> Vec<(&'static str, Conv2dShape)> {
     ]
 }
 
+/// Shapes where cuDNN's f32 may take FFT or Winograd when allowed: AlexNet's 5x5 and 3x3
+/// layers at their 224x224 sizes (a batch of 2), ResNet's 3x3 at 28x28.
+fn transform_cases() -> Vec<(&'static str, Conv2dShape)> {
+    let s = Conv2dShape::new;
+    vec![
+        ("alexnet 5x5", s(2, [27, 27], 64, 192, 5).with_pad(2)),
+        ("alexnet 3x3", s(2, [13, 13], 192, 384, 3).with_pad(1)),
+        ("resnet 3x3 at 28", s(2, [28, 28], 128, 128, 3).with_pad(1)),
+    ]
+}
+
 fn forward_cases<T: Element>(test: &str, precision: Precision) {
-    check_forward::<T>(test, precision, None, cases());
+    check_forward::<T>(test, precision, Paths::default(), cases());
 }
 
 /// The GEMM shapes with the GEMM path forced, then left to choose.
 fn gemm_forward_cases<T: Element>(test: &str, precision: Precision) {
-    for gemm in [Some(true), None] {
-        check_forward::<T>(test, precision, gemm, gemm_cases());
+    for paths in [Paths::GEMM, Paths::default()] {
+        check_forward::<T>(test, precision, paths, gemm_cases());
     }
 }
 
-/// Every epilogue of every shape in `cases` (the GEMM path set to `gemm`) against the CPU
+/// Every epilogue of every shape in `cases` (the kernels set up as `paths`) against the CPU
 /// reference, into outputs poisoned first.
 fn check_forward<T: Element>(
     test: &str,
     precision: Precision,
-    gemm: Option<bool>,
+    paths: Paths,
     cases: Vec<(&'static str, Conv2dShape)>,
 ) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
-    conv.set_gemm(gemm);
+    paths.apply(&mut conv);
     let mut rng = crate::rng(0xC02D);
     let mut failures = Vec::new();
-    let tol = tolerance(precision);
+    let tol = paths.tolerance(precision);
     for (name, shape) in cases {
         let x = random::<T>(&mut rng, shape.input_len());
         let w_oihw = random::<T>(&mut rng, shape.weight_len());
@@ -221,12 +274,12 @@ fn check_forward<T: Element>(
                 has_residual.then_some(&residual[..]),
             )
             .unwrap();
-            let paths: &[bool] = if epi == "plain" {
+            let fusions: &[bool] = if epi == "plain" {
                 &[true]
             } else {
                 &[true, false]
             };
-            for &fused in paths {
+            for &fused in fusions {
                 conv.set_fused(fused);
                 let mut y = poisoned::<T>(&gpu, shape.output_len());
                 let epilogue = Epilogue {
@@ -237,11 +290,7 @@ fn check_forward<T: Element>(
                 let what = format!(
                     "{precision} {name} [{shape}] {epi}{}{}",
                     if fused { "" } else { " (our epilogue kernel)" },
-                    if gemm == Some(true) {
-                        " (GEMM forced)"
-                    } else {
-                        ""
-                    }
+                    paths.label()
                 );
                 match conv.forward(&shape, &dx, &dw, epilogue, &mut y) {
                     Ok(()) => compare(what, &download(&gpu, &y), &want, tol, &mut failures),
@@ -254,7 +303,7 @@ fn check_forward<T: Element>(
         }
         let described = conv.describe(&shape).unwrap_or_default();
         println!("  {described}");
-        if gemm == Some(true) && !described.contains("forward cuBLASLt GEMM") {
+        if paths.gemm == Some(true) && !described.contains("forward cuBLASLt GEMM") {
             failures.push(format!("{name}: the GEMM was forced but {described}"));
         }
     }
@@ -264,6 +313,14 @@ fn check_forward<T: Element>(
 #[test]
 fn conv2d_forward_f32_matches_the_reference() {
     forward_cases::<f32>("conv2d_forward_f32_matches_the_reference", Precision::F32);
+}
+
+/// f32 with FFT and Winograd allowed (a CNN job's `f32_conv_transforms`).
+#[test]
+fn conv2d_forward_f32_transforms_matches_the_reference() {
+    let test = "conv2d_forward_f32_transforms_matches_the_reference";
+    let all = cases().into_iter().chain(transform_cases()).collect();
+    check_forward::<f32>(test, Precision::F32, Paths::TRANSFORMS, all);
 }
 
 #[test]
@@ -301,31 +358,31 @@ fn conv2d_gemm_forward_bf16_matches_the_reference() {
 }
 
 fn backward_cases<T: Element>(test: &str, precision: Precision) {
-    check_backward::<T>(test, precision, None, cases());
+    check_backward::<T>(test, precision, Paths::default(), cases());
 }
 
 /// The GEMM shapes' backward passes with the GEMM path forced, then left to choose.
 fn gemm_backward_cases<T: Element>(test: &str, precision: Precision) {
-    for gemm in [Some(true), None] {
-        check_backward::<T>(test, precision, gemm, gemm_cases());
+    for paths in [Paths::GEMM, Paths::default()] {
+        check_backward::<T>(test, precision, paths, gemm_cases());
     }
 }
 
-/// Both backward passes and the bias gradient of every shape in `cases` (the GEMM path set
-/// to `gemm`), overwriting and accumulating, against the CPU reference.
+/// Both backward passes and the bias gradient of every shape in `cases` (the kernels set up
+/// as `paths`), overwriting and accumulating, against the CPU reference.
 fn check_backward<T: Element>(
     test: &str,
     precision: Precision,
-    gemm: Option<bool>,
+    paths: Paths,
     cases: Vec<(&'static str, Conv2dShape)>,
 ) {
     let Some((gpu, mut conv)) = conv_or_skip(test, precision) else {
         return;
     };
-    conv.set_gemm(gemm);
+    paths.apply(&mut conv);
     let mut rng = crate::rng(0xBAC2D);
     let mut failures = Vec::new();
-    let tol = tolerance(precision);
+    let tol = paths.tolerance(precision);
     for (name, shape) in cases {
         let r = reference(&shape, false);
         let x = random::<T>(&mut rng, shape.input_len());
@@ -339,7 +396,12 @@ fn check_backward<T: Element>(
             upload::<T>(&gpu, &shape.weight_to_gpu(&w_oihw)),
         );
         let gdy = upload::<T>(&gpu, &dy);
-        let what = |pass: &str| format!("{precision} {name} [{shape}] backward {pass}");
+        let what = |pass: &str| {
+            format!(
+                "{precision} {name} [{shape}] backward {pass}{}",
+                paths.label()
+            )
+        };
         // Overwriting (into NaN), then accumulating onto earlier values.
         for accumulate in [false, true] {
             let start = |n: usize, rng: &mut ChaCha8Rng| -> (Vec<f32>, gpu::DeviceBuffer<T>) {
@@ -393,7 +455,7 @@ fn check_backward<T: Element>(
         } else {
             &["backward data cuBLASLt GEMM"]
         };
-        if gemm == Some(true) && !forced.iter().all(|f| described.contains(f)) {
+        if paths.gemm == Some(true) && !forced.iter().all(|f| described.contains(f)) {
             failures.push(format!("{name}: backward not run as GEMMs: {described}"));
         }
     }
@@ -420,6 +482,14 @@ fn record(
 #[test]
 fn conv2d_backward_f32_matches_the_reference() {
     backward_cases::<f32>("conv2d_backward_f32_matches_the_reference", Precision::F32);
+}
+
+/// f32 with FFT and Winograd allowed (a CNN job's `f32_conv_transforms`).
+#[test]
+fn conv2d_backward_f32_transforms_matches_the_reference() {
+    let test = "conv2d_backward_f32_transforms_matches_the_reference";
+    let all = cases().into_iter().chain(transform_cases()).collect();
+    check_backward::<f32>(test, Precision::F32, Paths::TRANSFORMS, all);
 }
 
 #[test]

@@ -133,6 +133,15 @@ impl CnnNet {
         }
     }
 
+    /// Whether f32 convolutions may use cuDNN's FFT and Winograd algorithms from the next pass
+    /// on, as PyTorch's f32 does ([`Conv2dKernels::set_transforms`]).
+    pub fn set_conv_transforms(&mut self, transforms: bool) {
+        match &mut self.walker {
+            Walkers::F32(w) => w.conv.set_transforms(transforms),
+            Walkers::Bf16(w) => w.conv.set_transforms(transforms),
+        }
+    }
+
     /// One line per convolution: its module name and what cuDNN runs for it at the planned
     /// batch ([`Conv2dKernels::describe`]); empty before the first pass.
     pub fn describe_convs(&self) -> Vec<String> {

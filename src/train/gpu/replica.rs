@@ -622,6 +622,14 @@ impl Replica {
         }
     }
 
+    /// Whether a CNN's f32 convolutions may use cuDNN's FFT and Winograd algorithms from the
+    /// next pass on ([`CnnNet::set_conv_transforms`]); the other models have none.
+    pub fn set_conv_transforms(&mut self, transforms: bool) {
+        if let Net::Cnn(net) = &mut self.net {
+            net.set_conv_transforms(transforms);
+        }
+    }
+
     /// The device memory the replica holds, in bytes by what it is for: its state and shard
     /// buffers, then the CNNs' pass ([`CnnNet::held`]; the other models' passes are not
     /// itemised).

@@ -416,7 +416,8 @@ struct Shared {
     norm: Option<(Exchange, usize)>,
 }
 
-/// A CNN job's batch norm and dropout on the GPUs (its `sync_bn` and `dropout` keys).
+/// A CNN job's batch norm, dropout and f32 convolutions on the GPUs (its `sync_bn`,
+/// `dropout` and `f32_conv_transforms` keys).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CnnOptions {
     /// Every batch norm normalises with the statistics of the whole step, summed over the
@@ -424,6 +425,9 @@ pub struct CnnOptions {
     pub sync_bn: bool,
     /// The dropout layers' probability instead of the architecture's.
     pub dropout: Option<f32>,
+    /// f32 convolutions may use cuDNN's FFT and Winograd algorithms
+    /// ([`Replica::set_conv_transforms`]).
+    pub f32_conv_transforms: bool,
 }
 
 /// One step's participants: the active devices and the barrier that they, and only they, wait
@@ -498,7 +502,7 @@ impl ReplicaEngine {
     }
 
     /// As [`new`](Self::new), exchanging gradients (and refreshing stale replicas) as `choice`
-    /// says, a CNN's batch norm and dropout as `options` says.
+    /// says, a CNN's batch norm, dropout and convolutions as `options` says.
     pub fn with_exchange(
         ordinals: &[usize],
         model: &ModelSpec,
@@ -545,6 +549,7 @@ impl ReplicaEngine {
                     _ => Replica::new(g.clone(), model, optimizer, precision, params, opt_state)?,
                 };
                 r.upload(params, opt_state, &state.buffers)?;
+                r.set_conv_transforms(options.f32_conv_transforms);
                 Ok(r)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -212,6 +212,7 @@ impl Session {
                 let cnn = CnnOptions {
                     sync_bn,
                     dropout: spec.dropout.map(|p| p as f32),
+                    f32_conv_transforms: spec.f32_conv_transforms.unwrap_or(false),
                 };
                 Box::new(ReplicaEngine::with_exchange(
                     ordinals,

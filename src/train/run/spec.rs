@@ -1,6 +1,8 @@
 //! A job's training keys in the job file, typed and checked once: `model`, `dataset`, and the
 //! optional `optimizer`, `lr` and `precision` (the command line's flags override these
-//! three), and the CNNs' `classes`, `init_weights`, `sync_bn` and `dropout`. The other keys of a `[[job]]` are the scheduler's (`crate::sched::jobs`).
+//! three), and the CNNs' `classes`, `init_weights`, `sync_bn`, `dropout` and
+//! `f32_conv_transforms`. The other keys of a `[[job]]` are the scheduler's
+//! (`crate::sched::jobs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,12 @@ pub struct TrainSpec {
     /// 0.5 for AlexNet); 0 turns dropout off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
+    /// Whether the CNNs' f32 convolutions on the GPU may use cuDNN's FFT and Winograd
+    /// algorithms, as PyTorch's f32 does (default false: direct and implicit-GEMM sums, about
+    /// 1e-7 a call where the transforms lose 1e-5 to 1e-4; see `kernels::conv2d`). bf16 may
+    /// always; the CPU's convolutions are direct sums either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f32_conv_transforms: Option<bool>,
 }
 
 /// The learning rate when neither the job file nor `--lr` gives one.
@@ -67,11 +75,13 @@ struct Written {
     sync_bn: Option<bool>,
     #[serde(default)]
     dropout: Option<f64>,
+    #[serde(default)]
+    f32_conv_transforms: Option<bool>,
 }
 
 impl TrainSpec {
     /// The `[[job]]` keys this type reads.
-    pub const KEYS: [&'static str; 9] = [
+    pub const KEYS: [&'static str; 10] = [
         "model",
         "dataset",
         "optimizer",
@@ -81,6 +91,7 @@ impl TrainSpec {
         "init_weights",
         "sync_bn",
         "dropout",
+        "f32_conv_transforms",
     ];
 
     /// Reads and checks a job's training keys; `label` (the file and the job, e.g.
@@ -144,6 +155,9 @@ impl TrainSpec {
         if w.sync_bn.is_some() && !is_cnn {
             return Err(cnn_only("sync_bn"));
         }
+        if w.f32_conv_transforms.is_some() && !is_cnn {
+            return Err(cnn_only("f32_conv_transforms"));
+        }
         if let Some(p) = w.dropout {
             if !is_cnn {
                 return Err(cnn_only("dropout"));
@@ -165,6 +179,7 @@ impl TrainSpec {
             init_weights: w.init_weights,
             sync_bn: w.sync_bn,
             dropout: w.dropout,
+            f32_conv_transforms: w.f32_conv_transforms,
         })
     }
 }
@@ -247,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn sync_bn_and_dropout_are_the_cnns_keys() {
+    fn sync_bn_dropout_and_conv_transforms_are_the_cnns_keys() {
         let cnn = |extra: &str| {
             let text = format!("model = \"resnet50\"\ndataset = \"synthetic\"\n{extra}");
             TrainSpec::from_table(toml::from_str(&text).unwrap(), "jobs.toml: job 'j'")
@@ -271,6 +286,18 @@ mod tests {
         }
         let e = cnn("sync_bn = \"yes\"").unwrap_err().to_string();
         assert!(e.contains("job 'j'") && e.contains("sync_bn"), "{e}");
+        let s = cnn("f32_conv_transforms = true").unwrap();
+        assert_eq!(s.f32_conv_transforms, Some(true));
+        let e = err("f32_conv_transforms = false");
+        assert!(
+            e.starts_with("jobs.toml: job 'j': f32_conv_transforms") && e.contains("model 'mlp'"),
+            "{e}"
+        );
+        let e = cnn("f32_conv_transforms = 1").unwrap_err().to_string();
+        assert!(
+            e.contains("job 'j'") && e.contains("f32_conv_transforms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,13 +23,18 @@ shufflenet_v2_x1_0):
      printed 4 decimals) and its maximum over the steps (it grows: f32 rounding differences
      compound through the updates, fastest with batch norm over small batches), the logs
      OUT/MODEL.{torch,attnrt}.log and a plot OUT/MODEL.svg (scripts/plot_loss_curves.py),
-     and OUT/summary.json.
+     and OUT/summary.json;
+  6. with --control, PyTorch a second time on the same weights and batches with cuDNN's
+     nondeterministic, benchmarked algorithms (PyTorch against itself with only the order of
+     its sums changed): its largest relative difference from the first PyTorch run is how far
+     rounding alone moves this model's curve (OUT/MODEL.control.log, the summary's
+     `control_max_rel`), the yardstick for attnrt's.
 
 Usage (on a machine with PyTorch and torchvision; build attnrt first):
   cargo build --release --bin attnrt-train
   python3 scripts/compare_loss_curves.py [--models all|M1,M2] [--steps 40] [--batch 16]
       [--size 64] [--classes 10] [--optimizer sgd|adamw] [--lr 0.01] [--gpus 0|cpu]
-      [--bin target/release/attnrt-train] [--out loss-curves] [--seed 0]
+      [--bin target/release/attnrt-train] [--out loss-curves] [--seed 0] [--control]
 
 Exit status: 0 compared (whatever the differences: read the table), 1 a run failed, 2 bad
 usage or PyTorch missing. The pure parts (the job file, log parsing, the comparison, the
@@ -94,15 +99,21 @@ def compare(attnrt, torch_rows):
     return out
 
 
-def summary_row(model, device, diffs):
-    """One model's line of the summary: step 1's and the largest relative difference."""
+def summary_row(model, device, diffs, control=None):
+    """One model's line of the summary: step 1's and the largest relative difference, and
+    with `control` (PyTorch's second run against its first, as `compare` gives) the control's
+    largest."""
     if not diffs:
         return {"model": model, "attnrt_device": device, "steps": 0, "step1_rel": None,
                 "max_rel": None, "max_rel_step": None}
     worst = max(diffs, key=lambda d: d[3])
-    return {"model": model, "attnrt_device": device, "steps": len(diffs),
-            "step1_rel": diffs[0][3], "max_rel": worst[3], "max_rel_step": worst[0],
-            "final_attnrt": diffs[-1][1], "final_torch": diffs[-1][2]}
+    row = {"model": model, "attnrt_device": device, "steps": len(diffs),
+           "step1_rel": diffs[0][3], "max_rel": worst[3], "max_rel_step": worst[0],
+           "final_attnrt": diffs[-1][1], "final_torch": diffs[-1][2]}
+    if control:
+        worst = max(control, key=lambda d: d[3])
+        row.update(control_max_rel=worst[3], control_max_rel_step=worst[0])
+    return row
 
 
 def side_by_side(model, device, diffs):
@@ -113,13 +124,19 @@ def side_by_side(model, device, diffs):
 
 
 def summary_table(rows):
-    out = [f"{'model':<20} {'attnrt on':<16} {'steps':>5} {'step 1':>9} {'max':>9} {'at':>4}"]
+    """One line per model; with a control run, its largest difference (torch vs torch)."""
+    control = any("control_max_rel" in r for r in rows)
+    extra = f" {'torch/torch':>11} {'at':>4}" if control else ""
+    out = [f"{'model':<20} {'attnrt on':<16} {'steps':>5} {'step 1':>9} {'max':>9} {'at':>4}{extra}"]
     for r in rows:
         if r["steps"] == 0:
             out.append(f"{r['model']:<20} {r['attnrt_device']:<16} {0:>5} {'-':>9} {'-':>9} {'-':>4}")
-        else:
-            out.append(f"{r['model']:<20} {r['attnrt_device']:<16} {r['steps']:>5} "
-                       f"{r['step1_rel']:>9.2e} {r['max_rel']:>9.2e} {r['max_rel_step']:>4}")
+            continue
+        line = (f"{r['model']:<20} {r['attnrt_device']:<16} {r['steps']:>5} "
+                f"{r['step1_rel']:>9.2e} {r['max_rel']:>9.2e} {r['max_rel_step']:>4}")
+        if "control_max_rel" in r:
+            line += f" {r['control_max_rel']:>11.2e} {r['control_max_rel_step']:>4}"
+        out.append(line)
     return "\n".join(out)
 
 
@@ -152,15 +169,18 @@ def export_weights(model, path, classes, seed):
         raise RuntimeError(f"exporting {model}'s weights failed")
 
 
-def train_torch(model_name, weights, data, classes, batch, steps, optimizer, lr, device):
+def train_torch(model_name, weights, data, classes, batch, steps, optimizer, lr, device,
+                deterministic=True):
+    """PyTorch's rows; `deterministic=False` lets cuDNN benchmark and take nondeterministic
+    algorithms (the control run)."""
     import torch
     import torchvision
     from safetensors.torch import load_file
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
     tensors = load_file(data)
     images, labels = tensors["images"], tensors["labels"]
     state = load_file(weights)
@@ -222,6 +242,8 @@ def main(argv=None):
     p.add_argument("--bin", default=os.path.join(HERE, "..", "target", "release", "attnrt-train"))
     p.add_argument("--out", default="loss-curves")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--control", action="store_true",
+                   help="run PyTorch twice, the second with other cuDNN algorithms")
     args = p.parse_args(argv)
     models = MODELS if args.models == "all" else tuple(args.models.split(","))
     unknown = [m for m in models if m not in MODELS]
@@ -257,7 +279,14 @@ def main(argv=None):
             return 1
         theirs = train_torch(model, weights, data, args.classes, args.batch, args.steps,
                              args.optimizer, args.lr, device)
-        for name, r in (("attnrt", ours), ("torch", theirs)):
+        logs = [("attnrt", ours), ("torch", theirs)]
+        control = None
+        if args.control:
+            again = train_torch(model, weights, data, args.classes, args.batch, args.steps,
+                                args.optimizer, args.lr, device, deterministic=False)
+            logs.append(("control", again))
+            control = compare(again, theirs)
+        for name, r in logs:
             with open(os.path.join(args.out, f"{model}.{name}.log"), "w") as f:
                 f.write(log_lines(r, args.steps))
         write_svg(os.path.join(args.out, f"{model}.svg"),
@@ -266,7 +295,7 @@ def main(argv=None):
         diffs = compare(ours, theirs)
         print(side_by_side(model, where, diffs))
         print(f"  ({time.time() - started:.0f} s)\n")
-        rows.append(summary_row(model, where, diffs))
+        rows.append(summary_row(model, where, diffs, control))
     print(summary_table(rows))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump({"steps": args.steps, "batch": args.batch, "size": args.size,

@@ -48,6 +48,12 @@ def test_parse_compare_and_tables():
     assert row["max_rel_step"] == 3 and row["steps"] == 3 and row["step1_rel"] < 1e-5, row
     table = c.summary_table([row, c.summary_row("resnet50", "0", [])])
     assert "alexnet" in table and "cpu (fallback)" in table and "resnet50" in table, table
+    # A control run (PyTorch against itself) adds its largest difference and its step.
+    twin = c.compare([(1, 2.30258, 0.0625), (2, 2.2520, 0.125)], theirs)
+    row = c.summary_row("alexnet", "0", diffs, twin)
+    assert row["control_max_rel_step"] == 2 and abs(row["control_max_rel"] - 0.001 / 2.251) < 1e-12
+    table = c.summary_table([row, c.summary_row("resnet50", "0", [])]).splitlines()
+    assert "torch/torch" in table[0] and table[1].split()[-2:] == ["4.44e-04", "2"], table
     side = c.side_by_side("alexnet", "0", diffs)
     assert side.splitlines()[2].split()[:3] == ["1", "2.3026", "2.3026"], side
 

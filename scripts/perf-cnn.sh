@@ -4,13 +4,18 @@
 # autocast, channels_last; samples/s and peak memory), everything under $OUT (./perf-out
 # when unset). Two device calls of under 10 minutes each:
 #   PART=eager (default): device.txt; torch eager rows (torch-eager.json, ~4 minutes); attnrt's
-#     rows (attnrt.json: attnrt-train on a synthetic job per model, size and precision,
-#     `--gpus 0`; rows of models whose GPU path is not built say so); table.md;
+#     rows (attnrt.json: attnrt-train on a synthetic job per model, size and precision, f32,
+#     f32 with the job's `f32_conv_transforms` and bf16, `--gpus 0`); table.md;
 #   PART=compile [MODELS] [SIZES]: torch.compile rows (torch-compile.json), each compiled,
 #     warmed up and timed alone (`--jobs 1`: compiling several at once disturbed the timed
-#     one, torch_cnn_timing.py says how), stopped at $PERF_DEADLINE seconds (default 500):
-#     a row takes 1-2 minutes, so the 20 rows need several calls (e.g. MODELS
-#     resnet50,alexnet and SIZES 224 in one; default all models at 224 and 32).
+#     one, torch_cnn_timing.py says how), stopped at $PERF_DEADLINE seconds (default 500).
+#     A fresh compile takes 1-2 minutes a row; Inductor's and Triton's on-disk caches live in
+#     the repository's target/ (kept on a warm device machine between calls), and with
+#     PERF_WARM=1 all twenty rows are first compiled eight at a time (rows discarded: about
+#     250 s on an H100 machine; the timed rows' deadline is then 290 s), after which a timed
+#     row takes about 30-40 s. So: one call
+#     `PERF_WARM=1 ... compile all 224`, then at once (the machine still warm) `... compile
+#     all 32`.
 # `python3 scripts/torch_cnn_timing.py --table torch-eager.json torch-compile.json --attnrt
 # attnrt.json` remakes the table for docs/PERF.md from the fetched files, anywhere.
 # attnrt's peak memory is attnrt-train's `gpu memory:` line (the CUDA memory pool's high-water
@@ -34,14 +39,22 @@ case "$part" in
     step torch-eager 300 python3 "$stage/torch_cnn_timing.py" --modes eager \
       --json "$out/torch-eager.json"
     step attnrt 240 python3 "$stage/torch_cnn_timing.py" --attnrt-bin "$stage/bin/attnrt-train" \
-      --json "$out/attnrt.json"
+      --precisions f32,f32-transforms,bf16 --json "$out/attnrt.json"
     python3 "$stage/torch_cnn_timing.py" --table "$out/torch-eager.json" \
       --attnrt "$out/attnrt.json" > "$out/table.md" && cat "$out/table.md"
     ;;
   compile)
-    step torch-compile "$(( ${PERF_DEADLINE:-500} + 30 ))" python3 "$stage/torch_cnn_timing.py" \
+    export TORCHINDUCTOR_CACHE_DIR="$PWD/target/inductor-cache" TRITON_CACHE_DIR="$PWD/target/triton-cache"
+    mkdir -p target
+    deadline="${PERF_DEADLINE:-500}"
+    if [ "${PERF_WARM:-0}" = 1 ]; then
+      step torch-compile-warm 260 python3 "$stage/torch_cnn_timing.py" --modes compile --jobs 8 \
+        --warmup 1 --steps 3 --deadline-s 240 --json "$out/torch-compile-warm.json"
+      deadline="${PERF_DEADLINE:-290}"
+    fi
+    step torch-compile "$(( deadline + 30 ))" python3 "$stage/torch_cnn_timing.py" \
       --modes compile --jobs 1 --models "${3:-all}" --sizes "${4:-224,32}" \
-      --deadline-s "${PERF_DEADLINE:-500}" --json "$out/torch-compile.json"
+      --deadline-s "$deadline" --json "$out/torch-compile.json"
     ;;
   *)
     echo "perf-cnn.sh: PART is eager or compile, not '$part'" >&2

@@ -661,6 +661,46 @@ fn two_replicas_with_sync_bn_match_the_cpu_engine() {
     }
 }
 
+/// AlexNet on GPU 0 and on the CPU engine from the same fresh state, and a batch for both.
+struct AlexnetOnBoth {
+    gpu: ReplicaEngine,
+    cpu: CpuEngine,
+    model: ModelSpec,
+    opt: Optimizer,
+    fresh: State,
+    batch: Arc<Batch>,
+}
+
+/// AlexNet (10 classes, `side` x `side` images, weights from `seed`, SGD) on GPU 0 with
+/// `options` and on the CPU engine with the same dropout, and a batch of four images.
+fn alexnet_on_both(side: usize, seed: u64, options: CnnOptions) -> AlexnetOnBoth {
+    let d = Dataset::synthetic_sized(4, side, 5);
+    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
+    let opt = Optimizer::sgd(0.05);
+    let fresh = State::fresh(model.init(seed), &opt).with_buffers(model.initial_buffers());
+    let auto = ExchangeChoice::Auto;
+    let gpu =
+        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
+            .unwrap();
+    let mut cpu = CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone());
+    if let Some(p) = options.dropout {
+        cpu = cpu.with_dropout(p);
+    }
+    let batch = Arc::new(Batch {
+        step: 1,
+        features: random(4 * model.features(), seed + 6),
+        labels: vec![1, 2, 3, 4],
+    });
+    AlexnetOnBoth {
+        gpu,
+        cpu,
+        model,
+        opt,
+        fresh,
+        batch,
+    }
+}
+
 /// A job's `dropout` on the GPU: AlexNet with its dropout layers at 0.2 instead of 0.5 takes
 /// the CPU engine's step with the same override (the GPU draws the CPU's masks), and not the
 /// step of the architecture's 0.5.
@@ -669,28 +709,19 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
     if gpu_or_skip("dropout_override_on_a_gpu_matches_the_cpu").is_none() {
         return;
     }
-    let d = Dataset::synthetic_sized(4, 63, 5);
-    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
-    let opt = Optimizer::sgd(0.05);
-    let fresh = State::fresh(model.init(2), &opt).with_buffers(model.initial_buffers());
     let options = CnnOptions {
-        sync_bn: false,
         dropout: Some(0.2),
-        f32_conv_transforms: false,
+        ..CnnOptions::default()
     };
-    let auto = ExchangeChoice::Auto;
-    let mut gpu =
-        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
-            .unwrap();
-    let mut cpu =
-        CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.2);
-    let mut plain = CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh);
-    let features = model.features();
-    let batch = Arc::new(Batch {
-        step: 1,
-        features: random(4 * features, 8),
-        labels: vec![1, 2, 3, 4],
-    });
+    let AlexnetOnBoth {
+        mut gpu,
+        mut cpu,
+        model,
+        opt,
+        fresh,
+        batch,
+    } = alexnet_on_both(63, 2, options);
+    let mut plain = CpuEngine::new(model, opt, Precision::F32, 1, fresh);
     let all = 0..4;
     let shards = std::slice::from_ref(&all);
     gpu.step(1, &batch, shards).unwrap();
@@ -708,38 +739,33 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
 }
 
 /// A job's `f32_conv_transforms`: AlexNet's f32 step with cuDNN's FFT and Winograd allowed
-/// (what it chose is printed) still takes the CPU engine's step, within the transforms'
-/// tolerance (`tests/kernels/conv2d.rs`: 3e-4 a convolution; the parameters after one step
-/// agree far closer, since the update is small against them).
+/// (the algorithms chosen are printed) still takes the CPU engine's step, within the
+/// transforms' tolerance (`tests/kernels/conv2d.rs`: 3e-4 a convolution; the parameters
+/// after one step agree far closer, since the update is small against them).
 #[test]
 fn f32_conv_transforms_on_a_gpu_match_the_cpu() {
     if gpu_or_skip("f32_conv_transforms_on_a_gpu_match_the_cpu").is_none() {
         return;
     }
-    let d = Dataset::synthetic_sized(4, 95, 5);
-    let model = ModelSpec::parse("alexnet", d.shape(), 10, "test").unwrap();
-    let opt = Optimizer::sgd(0.05);
-    let fresh = State::fresh(model.init(3), &opt).with_buffers(model.initial_buffers());
     let options = CnnOptions {
-        sync_bn: false,
         dropout: Some(0.0),
         f32_conv_transforms: true,
+        ..CnnOptions::default()
     };
-    let auto = ExchangeChoice::Auto;
-    let mut engine =
-        ReplicaEngine::with_exchange(&[0], &model, opt, Precision::F32, &fresh, auto, options)
-            .unwrap();
-    let mut cpu =
-        CpuEngine::new(model.clone(), opt, Precision::F32, 1, fresh.clone()).with_dropout(0.0);
-    let batch = Arc::new(Batch {
-        step: 1,
-        features: random(4 * model.features(), 9),
-        labels: vec![1, 2, 3, 4],
-    });
+    let AlexnetOnBoth {
+        gpu: mut engine,
+        mut cpu,
+        fresh,
+        batch,
+        ..
+    } = alexnet_on_both(95, 3, options);
     let all = 0..4;
     let shards = std::slice::from_ref(&all);
     engine.step(1, &batch, shards).unwrap();
     cpu.step(1, &batch, shards).unwrap();
+    for line in engine.conv_paths().unwrap() {
+        println!("  {line}");
+    }
     let (g, c) = (engine.state().unwrap(), cpu.state().unwrap());
     let moved: Vec<f32> = c
         .params
@@ -762,8 +788,8 @@ fn f32_conv_transforms_on_a_gpu_match_the_cpu() {
 /// `attnrt-train --jobs` with `sync_bn = true` (ShuffleNet), `dropout = 0.0` and
 /// `f32_conv_transforms = true` (AlexNet) on `--gpus 0`: each trains and exits 0.
 #[test]
-fn sync_bn_and_dropout_jobs_train_on_a_gpu() {
-    if gpu_or_skip("sync_bn_and_dropout_jobs_train_on_a_gpu").is_none() {
+fn sync_bn_dropout_and_transforms_jobs_train_on_a_gpu() {
+    if gpu_or_skip("sync_bn_dropout_and_transforms_jobs_train_on_a_gpu").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -33,6 +33,9 @@ def test_attnrt_job_and_output():
     memory = out + "gpu memory: peak in use during the steps 1536 MiB on GPU 0 (the allocator's high-water mark)\n"
     assert t.parse_attnrt(memory) == (2047.0, False, 1536.0)
     assert t.parse_attnrt("attnrt-train: error") == (None, False, None)
+    host = ("host: 4.21 ms a step enqueueing GPU 0's work after the first step, 2.95 ms of it "
+            "copying the shard into page-locked memory\n")
+    assert t.parse_host(out + host) == (4.21, 2.95) and t.parse_host(out) is None
     job = tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32-transforms"))["job"][0]
     assert job["precision"] == "f32" and job["f32_conv_transforms"] is True, job
     assert "f32_conv_transforms" not in tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32"))["job"][0]

@@ -49,7 +49,8 @@ Usage:
       (the markdown table of docs/PERF.md from saved rows; needs no PyTorch)
 
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
-peak_mib, reserved_mib (PyTorch's rows), error}; --json writes the list, the table goes to
+peak_mib, reserved_mib (PyTorch's rows), host_ms (attnrt's: its `host:` line, ms a step
+enqueueing and of that staging the shard), error}; --json writes the list, the table goes to
 standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
@@ -179,6 +180,16 @@ def parse_attnrt(text):
     return rate, limited, peak
 
 
+def parse_host(text):
+    """attnrt-train's `host:` line: (ms a step enqueueing the first GPU's work, ms of it
+    staging the shard), or None."""
+    for line in text.splitlines():
+        m = re.match(r"host: ([\d.]+) ms a step .*, ([\d.]+) ms of it", line)
+        if m:
+            return float(m[1]), float(m[2])
+    return None
+
+
 def save(rows, path):
     """Writes the rows so far (a run stopped by its time limit keeps what it measured)."""
     if path:
@@ -203,6 +214,8 @@ def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir, json_p
                 else:
                     r["samples_per_s"], r["p50_ms"] = rate, batch / rate * 1e3
                     r["peak_mib"] = peak
+                    # Beside the step's time: whether the host kept ahead of the GPU.
+                    r["host_ms"] = parse_host(text)
                     if limited:
                         r["error"] = "loader-limited: the synthetic batches, not the GPU, set this rate"
                 rows.append(r)

@@ -157,10 +157,14 @@ fn attnrt_train_reads_an_image_folder_and_reports_the_loader() {
     assert!(loader["samples_per_s"].as_f64().unwrap() > 0.0, "{json}");
     assert!(loader["waited_s"].as_f64().unwrap() >= 0.0, "{json}");
     assert!(loader["limited"].is_boolean(), "{json}");
-    // No GPU, no memory peak: neither the line nor the field.
+    // No GPU, no memory peak and no host time for one: neither the lines nor the fields.
     assert!(json.get("gpu_memory_peak_mib").is_none(), "{json}");
+    assert!(json.get("host_ms_per_step").is_none(), "{json}");
     assert!(json.get("conv_paths").is_none(), "{json}");
-    assert!(!text.contains("gpu memory:"), "{text}");
+    assert!(
+        !text.contains("gpu memory:") && !text.contains("host: "),
+        "{text}"
+    );
 
     // --show-convs describes one job's run: a file of two is refused by name.
     let two = dir.path().join("two.toml");

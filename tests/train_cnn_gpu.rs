@@ -497,6 +497,18 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
         .unwrap_or_else(|| panic!("{line}"));
     assert!(mib > 250.0, "{line}");
     assert!(text.contains("\"gpu_memory_peak_mib\""), "{text}");
+    // The host's time on the three steps after the first: enqueueing them takes some time,
+    // and staging is part of it.
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("host: "))
+        .unwrap_or_else(|| panic!("no host line: {text}"));
+    let ms: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(ms.len() >= 2 && ms[0] > 0.0 && ms[1] <= ms[0], "{line}");
+    assert!(text.contains("\"host_ms_per_step\""), "{text}");
 }
 
 /// GPUs 0 and 1, or twice GPU 0 (two contexts of one GPU: the exchanges work the same).

@@ -148,6 +148,15 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             each.join(", ")
         );
     }
+    // Whether the host keeps ahead of the GPU: beside the step's time above.
+    let host_ms = outcome.host_times.and_then(|h| h.per_step_ms());
+    if let (Some((enqueue, staging)), Devices::Gpus(ordinals)) = (host_ms, &devices) {
+        println!(
+            "host: {enqueue:.2} ms a step enqueueing GPU {}'s work after the first step, {staging:.2} \
+             ms of it copying the shard into page-locked memory",
+            ordinals[0]
+        );
+    }
     if train.show_convs {
         if outcome.conv_paths.is_empty() {
             println!("convolutions: none ran on a GPU");
@@ -182,6 +191,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             limited,
         },
         gpu_memory_peak_mib: peaks_mib,
+        host_ms_per_step: host_ms.map(|(enqueue, staging)| HostMs { enqueue, staging }),
         conv_paths: &outcome.conv_paths,
     })
     .map_err(|e| Error::parse("report", e))?;
@@ -203,9 +213,21 @@ struct WithLoader<'a> {
     /// keeps no mark); absent on the CPU.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     gpu_memory_peak_mib: Vec<Option<f64>>,
+    /// The host's milliseconds a step on the first GPU's work after the first step; absent on
+    /// the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_ms_per_step: Option<HostMs>,
     /// What ran each convolution pass on the first GPU; absent on the CPU.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     conv_paths: &'a [String],
+}
+
+/// Enqueueing a step's work on the host, and copying its shard into page-locked memory, in
+/// milliseconds a step ([`attnrt::train::HostTimes`]).
+#[derive(Serialize)]
+struct HostMs {
+    enqueue: f64,
+    staging: f64,
 }
 
 /// The loader's rate, the steps' wait for batches, and whether that wait limited the run.

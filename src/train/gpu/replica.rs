@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
@@ -114,7 +115,31 @@ pub struct Replica {
     /// taken, oldest first.
     stats_slots: [(PinnedHostSlice<f32>, CudaEvent); STATS_SLOTS],
     stats_pending: VecDeque<(usize, usize)>,
+    /// The host's time on the steps so far ([`HostTimes`]), the staging copy of the step
+    /// being enqueued, and how many steps were enqueued.
+    host: HostTimes,
+    staging: Duration,
+    steps_enqueued: u64,
     net: Net,
+}
+
+/// The host time a replica's thread spent on its steps after its first (whose cuDNN planning
+/// and first allocations would swamp the rest): enqueueing each step's work, and the part of
+/// it spent copying the shard into page-locked memory. When enqueueing takes as long as the
+/// GPU's step, the host sets the pace.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostTimes {
+    pub steps: u64,
+    pub enqueue: Duration,
+    pub staging: Duration,
+}
+
+impl HostTimes {
+    /// Milliseconds a step enqueueing, and staging of it; `None` before a step was counted.
+    pub fn per_step_ms(&self) -> Option<(f64, f64)> {
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / self.steps as f64;
+        (self.steps > 0).then(|| (per(self.enqueue), per(self.staging)))
+    }
 }
 
 impl Replica {
@@ -229,6 +254,9 @@ impl Replica {
             last_rows: 0,
             stats_slots,
             stats_pending: VecDeque::new(),
+            host: HostTimes::default(),
+            staging: Duration::ZERO,
+            steps_enqueued: 0,
             net,
             gpu,
         })
@@ -406,6 +434,7 @@ impl Replica {
             _ => unreachable!("stage allocates the staging buffers"),
         };
         // The shard can be tens of MB: copy it in parallel, one copy thread is the bottleneck.
+        let started = Instant::now();
         px.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .par_chunks_mut(1 << 16)
@@ -414,6 +443,7 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
+        self.staging += started.elapsed();
         let next = 1 - self.current;
         let c = &self.copy_stream;
         // The pass that last read this buffer (queued two shards ago) must be done with it.
@@ -429,6 +459,23 @@ impl Replica {
             .cuda(|| "recording the shard's copy".into())?;
         self.current = next;
         Ok(())
+    }
+
+    /// Counts a step whose work took `took` to enqueue on the host (its staging copy
+    /// included) in [`host_times`](Self::host_times), from the second step on.
+    pub fn record_step(&mut self, took: Duration) {
+        if self.steps_enqueued > 0 {
+            self.host.steps += 1;
+            self.host.enqueue += took;
+            self.host.staging += self.staging;
+        }
+        self.steps_enqueued += 1;
+        self.staging = Duration::ZERO;
+    }
+
+    /// The host's time on the steps recorded so far ([`record_step`](Self::record_step)).
+    pub fn host_times(&self) -> HostTimes {
+        self.host
     }
 
     /// The stream the shards' copies to the device run on (for a benchmark's timing).
@@ -782,5 +829,22 @@ impl MlpNet {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_times_per_step() {
+        assert_eq!(HostTimes::default().per_step_ms(), None);
+        let times = HostTimes {
+            steps: 4,
+            enqueue: Duration::from_millis(10),
+            staging: Duration::from_millis(6),
+        };
+        let (enqueue, staging) = times.per_step_ms().unwrap();
+        assert!((enqueue - 2.5).abs() < 1e-9 && (staging - 1.5).abs() < 1e-9);
     }
 }

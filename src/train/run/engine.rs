@@ -26,6 +26,7 @@ use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::base::Precision;
 use crate::gpu::{Gpu, nvtx};
@@ -33,7 +34,7 @@ use crate::train::data::batches::Batch;
 use crate::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents};
 use cudarc::driver::{CudaSlice, DevicePtr};
 
-use crate::train::gpu::replica::{NormSync, Replica};
+use crate::train::gpu::replica::{HostTimes, NormSync, Replica};
 use crate::train::models::ModelSpec;
 use crate::train::models::cnn;
 use crate::train::models::cpu::{self, ShardStats};
@@ -100,6 +101,11 @@ pub trait Engine {
     /// without convolutions on a GPU.
     fn conv_paths(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+    /// The host's time enqueueing the first device's steps after its first, and staging
+    /// their shards ([`HostTimes`]); `None` for engines without GPUs.
+    fn host_times(&self) -> Result<Option<HostTimes>> {
+        Ok(None)
     }
 }
 
@@ -454,6 +460,8 @@ enum Command {
     CopyFrom(Vec<u64>),
     /// What runs each convolution ([`Engine::conv_paths`]).
     ConvPaths,
+    /// The host's time on the steps ([`Engine::host_times`]).
+    HostTimes,
 }
 
 enum Reply {
@@ -463,6 +471,7 @@ enum Reply {
     State(State),
     Addresses(Vec<u64>),
     Lines(Vec<String>),
+    HostTimes(HostTimes),
     Done,
 }
 
@@ -795,6 +804,13 @@ impl Engine for ReplicaEngine {
             _ => Err(unexpected_reply(0, "the convolutions' paths")),
         }
     }
+
+    fn host_times(&self) -> Result<Option<HostTimes>> {
+        match self.call(&[0], |_| Command::HostTimes)?.pop() {
+            Some(Reply::HostTimes(times)) => Ok(Some(times)),
+            _ => Err(unexpected_reply(0, "the host's times")),
+        }
+    }
 }
 
 impl Drop for ReplicaEngine {
@@ -833,7 +849,10 @@ fn device_loop(
                     shared: &shared,
                     group: &group,
                 };
-                work.step(&mut replica, t, &batch, shard)
+                let started = Instant::now();
+                let reply = work.step(&mut replica, t, &batch, shard);
+                replica.record_step(started.elapsed());
+                reply
             }
             Command::Finish => replica.take_stats().map(Reply::Stats),
             Command::Download => replica.download().map(|(state, _)| Reply::State(state)),
@@ -842,6 +861,7 @@ fn device_loop(
                 .map(|()| Reply::Done),
             Command::Lend => replica.state_ptrs().map(Reply::Addresses),
             Command::ConvPaths => Ok(Reply::Lines(replica.describe_convs())),
+            Command::HostTimes => Ok(Reply::HostTimes(replica.host_times())),
             // SAFETY: the engine sends only a peer replica's `Lend` addresses (same model and
             // optimizer, peer access enabled between all its GPUs), and keeps that peer idle
             // until this copy has finished.

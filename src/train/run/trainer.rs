@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
 use crate::train::data::batches::{Loader, LoaderStats, shard_ranges};
+use crate::train::gpu::replica::HostTimes;
 use crate::train::models::{Layout, ModelSpec};
 use crate::train::optim::Optimizer;
 use crate::train::run::checkpoint::{self, CheckpointMeta, Latest};
@@ -173,6 +174,9 @@ pub struct Outcome {
     /// What ran each convolution pass on the first GPU ([`Engine::conv_paths`]); empty on the
     /// CPU and for models without convolutions.
     pub conv_paths: Vec<String>,
+    /// The host's time enqueueing the first GPU's steps ([`Engine::host_times`]); `None` on
+    /// the CPU.
+    pub host_times: Option<HostTimes>,
 }
 
 /// Trains `job` on `engine` from scratch or from the newest checkpoint.
@@ -225,6 +229,7 @@ pub fn train(
         loader: LoaderStats::default(),
         memory_peaks: Vec::new(),
         conv_paths: Vec::new(),
+        host_times: None,
     };
     let mut saved_at = start_step;
     // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
@@ -335,6 +340,7 @@ pub fn train(
     outcome.loader = loader.stats();
     outcome.memory_peaks = engine.memory_peaks()?;
     outcome.conv_paths = engine.conv_paths()?;
+    outcome.host_times = engine.host_times()?;
     Ok(outcome)
 }
 

@@ -764,21 +764,15 @@ fn f32_conv_transforms_on_a_gpu_match_the_cpu() {
         f32_conv_transforms: true,
         ..CnnOptions::default()
     };
-    let AlexnetOnBoth {
-        gpu: mut engine,
-        mut cpu,
-        fresh,
-        batch,
-        ..
-    } = alexnet_on_both(95, 3, options);
-    let all = 0..4;
+    let mut both = alexnet_on_both(95, 3, options);
+    let (fresh, all) = (&both.fresh, 0..4);
     let shards = std::slice::from_ref(&all);
-    engine.step(1, &batch, shards).unwrap();
-    cpu.step(1, &batch, shards).unwrap();
-    for line in engine.conv_paths().unwrap() {
+    both.gpu.step(1, &both.batch, shards).unwrap();
+    both.cpu.step(1, &both.batch, shards).unwrap();
+    for line in both.gpu.conv_paths().unwrap() {
         println!("  {line}");
     }
-    let (g, c) = (engine.state().unwrap(), cpu.state().unwrap());
+    let (g, c) = (both.gpu.state().unwrap(), both.cpu.state().unwrap());
     let moved: Vec<f32> = c
         .params
         .iter()

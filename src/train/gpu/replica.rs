@@ -124,9 +124,10 @@ pub struct Replica {
 }
 
 /// The host time a replica's thread spent on its steps after its first (whose cuDNN planning
-/// and first allocations would swamp the rest): enqueueing each step's work, and the part of
-/// it spent copying the shard into page-locked memory. When enqueueing takes as long as the
-/// GPU's step, the host sets the pace.
+/// and first allocations would swamp the rest): enqueueing each step's work, waits inside it
+/// included (such as for the previous shard's copy to finish), and the part of it spent
+/// copying the shard into page-locked memory. When enqueueing takes as long as the GPU's
+/// step, the host, or what it waits for, sets the pace.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HostTimes {
     pub steps: u64,

@@ -66,6 +66,12 @@ def test_table():
     assert "attnrt f32-transforms" in lines[0] and "f32-transforms vs eager" in lines[0], lines[0]
     cells = [c.strip() for c in [l for l in lines if l.startswith("| resnet50")][0].split("|")]
     assert cells[7:10] == ["1,600 (-)", "2,560 (-)", "-"] and cells[10] == "2.00x", cells
+    # Eager with the batch uploaded each step: two columns and a ratio pair of their own.
+    uploaded = [t.row("resnet50", 224, p, "eager-upload", 64, {"p50_ms": 80.0}) for p in ("f32", "bf16")]
+    lines = t.table(rows + uploaded, ours).splitlines()
+    assert "torch eager-upload f32" in lines[0] and lines[0].endswith("f32 vs eager-upload | bf16 vs eager-upload |"), lines[0]
+    cells = [c.strip() for c in [l for l in lines if l.startswith("| resnet50")][0].split("|")]
+    assert cells[7:9] == ["800 (-)", "800 (-)"] and cells[-3:-1] == ["2.00x", "-"], cells
 
 
 def test_attnrt_rows_report_a_failed_run():

@@ -6,9 +6,13 @@ Rows: every model (resnet50, densenet121, alexnet, resnext50_32x4d, shufflenet_v
 size (224 and 32; AlexNet's three unpadded poolings need 63 or more, so its "32" row trains
 on the 32x32 images resized to 64x64 once, outside the step, as attnrt's CIFAR-10 AlexNet
 jobs do) x precision (f32 with TF32 off; bf16 autocast) x mode (eager; torch.compile,
-default mode). Batch 64 (--batch), 1000 classes, channels_last inputs and weights, SGD with
-momentum 0.9. A step is timed with CUDA events around it after --warmup steps; samples/s is
-batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
+default mode; eager-upload). Batch 64 (--batch), 1000 classes, channels_last inputs and weights, SGD with
+momentum 0.9. The eager and compile rows train on one batch that stays on the GPU; an
+eager-upload row copies a page-locked, channel-major f32 batch (what a DataLoader with
+pin_memory=True hands over) to the GPU inside every step (`non_blocking`) and makes it
+channels_last there, as a PyTorch training loop does and as attnrt-train's rows must (it
+uploads every step's images). A step is timed with CUDA events around it after --warmup
+steps; samples/s is batch / p50. Peak memory is torch.cuda.max_memory_allocated() over the timed steps and the
 warm-up, in MiB, and beside it max_memory_reserved(): what the caching allocator held from
 the GPU at most, its cached free blocks included. A configuration's timed steps stop after
 15 s (at least 3), so that every row fits in one device call.
@@ -39,7 +43,7 @@ have free for the run), and an upper bound on the counterpart of max_memory_allo
 model whose GPU path is not built gets an error row saying so.
 
 Usage:
-  python3 scripts/torch_cnn_timing.py [--modes eager,compile] [--models all|M1,M2]
+  python3 scripts/torch_cnn_timing.py [--modes eager,compile,eager-upload] [--models all|M1,M2]
       [--sizes 224,32] [--precisions f32,bf16] [--batch 64] [--warmup 5] [--steps 20]
       [--jobs 1] [--deadline-s 540] [--json OUT.json]
   python3 scripts/torch_cnn_timing.py --attnrt-bin target/release/attnrt-train [--models ..]
@@ -124,10 +128,17 @@ def table(rows, attnrt_rows=()):
     transforms = any(r["precision"] == "f32-transforms" for r in attnrt_rows)
     ours_f32 = "f32-transforms" if transforms else "f32"
     cols = [("f32", "eager"), ("bf16", "eager"), ("f32", "compile"), ("bf16", "compile")]
+    uploads = any(r["mode"] == "eager-upload" for r in rows)
+    if uploads:
+        cols += [("f32", "eager-upload"), ("bf16", "eager-upload")]
+    # Ratio groups: against eager, the best of eager and compile, and (when timed) eager with
+    # the batch uploaded each step, like for like with attnrt-train's rows.
+    groups = [("eager",), ("eager", "compile")] + ([("eager-upload",)] if uploads else [])
     ours_cols = ["f32"] + (["f32-transforms"] if transforms else []) + ["bf16"]
     head = (["model", "size"] + [f"torch {m} {p}" for p, m in cols]
             + [f"attnrt {p}" for p in ours_cols]
-            + [f"{p} vs {b}" for b in ("eager", "best") for p in (ours_f32, "bf16")])
+            + [f"{p} vs {'best' if len(g) > 1 else g[0]}" for g in groups
+               for p in (ours_f32, "bf16")])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sizes = sorted({r["size"] for r in list(rows) + list(attnrt_rows)}, reverse=True)
     for m in MODELS:
@@ -142,7 +153,7 @@ def table(rows, attnrt_rows=()):
             for p in ours_cols:
                 r = ours.get((m, s, p))
                 cells.append(f"{fmt_rate(r)} ({fmt_mem(r)})" if r else "-")
-            for modes in (("eager",), ("eager", "compile")):
+            for modes in groups:
                 for p in ("f32", "bf16"):
                     a = (ours.get((m, s, ours_f32 if p == "f32" else p)) or {}).get("samples_per_s")
                     rates = [(by.get((m, s, p, mode)) or {}).get("samples_per_s") for mode in modes]
@@ -246,11 +257,16 @@ def build(model_name, size, precision, mode, batch):
     y = torch.randint(0, 1000, (batch,), device=dev)
     loss_fn = torch.nn.CrossEntropyLoss()
     forward = torch.compile(model) if mode == "compile" else model
+    # eager-upload: the batch as the host hands it over, page-locked and channel-major.
+    host_x = x.contiguous().cpu().pin_memory() if mode == "eager-upload" else None
 
     def step():
         opt.zero_grad(set_to_none=True)
+        xs = x
+        if host_x is not None:
+            xs = host_x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_fn(forward(x), y)
+            loss = loss_fn(forward(xs), y)
         loss.backward()
         opt.step()
 
@@ -366,8 +382,10 @@ def main(argv=None):
     precisions = args.precisions.split(",")
     modes = args.modes.split(",")
     ours = ("f32-transforms",) if args.attnrt_bin else ()
-    if any(x not in ("f32", "bf16") + ours for x in precisions) or any(x not in ("eager", "compile") for x in modes):
-        p.error("--precisions f32,bf16 (and f32-transforms with --attnrt-bin) and --modes eager,compile")
+    if any(x not in ("f32", "bf16") + ours for x in precisions) or any(
+            x not in ("eager", "compile", "eager-upload") for x in modes):
+        p.error("--precisions f32,bf16 (and f32-transforms with --attnrt-bin) and --modes "
+                "eager,compile,eager-upload")
     if args.profile and (args.attnrt_bin or "compile" in modes):
         p.error("--profile: PyTorch eager rows only (--modes eager; attnrt's is cnn_step --profile)")
     if args.attnrt_bin:
@@ -384,7 +402,7 @@ def main(argv=None):
         return 2
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     rows = []
-    for cfg in configs(models, sizes, precisions, [m for m in modes if m == "eager"]):
+    for cfg in configs(models, sizes, precisions, [m for m in modes if m != "compile"]):
         rows.append(measure(cfg, args.batch, args.warmup, args.steps, profile=args.profile))
         save(rows, args.json)
         print(json.dumps(rows[-1]), flush=True)

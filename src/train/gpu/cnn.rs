@@ -56,7 +56,7 @@ use crate::kernels::max_pool::MaxPoolKernels;
 use crate::kernels::pool::Pool2d;
 use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
 use crate::train::gpu::linear::GemmEpilogue;
-use crate::train::gpu::replica::{Pass, Replica};
+use crate::train::gpu::replica::{Input, Pass, Replica};
 use crate::train::models::cnn::golden::{StepInput, StepOutput};
 use crate::train::models::cnn::{Graph, Node, Op};
 use crate::train::optim::Optimizer;
@@ -635,21 +635,20 @@ impl<T: Storage> Walker<T> {
     fn forward(&mut self, s: &Arc<CudaStream>, p: &mut Pass) -> Result<()> {
         let n = p.rows;
         let g = &self.graph;
-        // The image, channel-major f32 as the datasets give it, to NHWC in the activations'
-        // type, in one copy.
+        // The image, channel-major as the datasets give it (f32, or already rounded to bf16
+        // for bf16 activations: `replica::Images`), to NHWC in the activations' type, in one
+        // copy.
         let [h, w, c] = g.shapes[0];
         let len = numel(g.shapes[0], n);
         let to_nhwc = Copy2d::transpose(n, c, h * w);
-        let x0 = self.values[0]
+        let x0 = &mut self.values[0]
             .as_mut()
-            .expect("reserve allocates the image");
-        self.copy.run(
-            s,
-            &to_nhwc,
-            &p.input.slice(..len),
-            &mut x0.slice_mut(..len),
-            false,
-        )?;
+            .expect("reserve allocates the image")
+            .slice_mut(..len);
+        match p.input {
+            Input::F32(x) => self.copy.run(s, &to_nhwc, &x.slice(..len), x0, false),
+            Input::Bf16(x) => self.copy.run(s, &to_nhwc, &x.slice(..len), x0, false),
+        }?;
         let last = g.nodes.len() - 1;
         for (k, step) in self.plan.clone().into_iter().enumerate() {
             let i = step.node;

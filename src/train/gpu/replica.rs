@@ -11,7 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice};
+use cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+    ValidAsZeroBits,
+};
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::base::Precision;
@@ -42,13 +47,31 @@ pub struct Pass<'a> {
     pub linear: &'a mut Linear,
     pub params: &'a CudaSlice<f32>,
     pub grads: &'a mut CudaSlice<f32>,
-    pub input: &'a CudaSlice<f32>,
+    pub input: Input<'a>,
     pub labels: &'a CudaSlice<u32>,
     pub rows: usize,
     pub scale: f32,
     pub stats: &'a mut CudaSlice<f32>,
     pub seed: u64,
     pub sync: Option<&'a dyn NormSync>,
+}
+
+/// The shard's features on the device, as [`Images`] staged them.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    F32(&'a CudaSlice<f32>),
+    Bf16(&'a CudaSlice<bf16>),
+}
+
+impl<'a> Input<'a> {
+    /// The f32 features, for the models whose shards are always staged in f32 (the MLP and
+    /// the ViT: [`Images::for_net`]).
+    pub fn f32(self, model: &str) -> Result<&'a CudaSlice<f32>> {
+        match self {
+            Input::F32(x) => Ok(x),
+            Input::Bf16(_) => Err(Error::invalid(model, "a shard staged in bf16, not f32")),
+        }
+    }
 }
 
 /// Synchronised batch norm's exchange among the GPUs of a step: each batch norm sums its
@@ -61,6 +84,114 @@ pub trait NormSync {
     /// on each (so every GPU normalises with bit-identical statistics). `buf` is the
     /// replica's [`Replica::norm_buffer`].
     fn sum(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>, len: usize) -> Result<()>;
+}
+
+/// A shard's features on their way to the device: staged through page-locked memory into one
+/// of two device buffers. f32 as the datasets give them, except for a bf16 CNN: its first copy
+/// rounds the image to bf16 anyway (to nearest even, as [`crate::kernels::cast`] does), so its
+/// shards are rounded on the host while they are staged, with the same values on the device
+/// and half the bytes to stage and upload (AlexNet at 224: 19.3 MB a step instead of 38.5).
+trait Images: Send {
+    /// Device buffers of at least `len` values (no copy into them may be pending).
+    fn reserve(&mut self, s: &Arc<CudaStream>, len: usize) -> Result<()>;
+    /// Page-locked staging of exactly `len` values (a copy moves a whole pinned buffer; no
+    /// copy from it may be pending).
+    fn fit_staging(&mut self, gpu: &Gpu, len: usize) -> Result<()>;
+    /// `x` into the staging buffer (sized by `fit_staging`), in parallel: one thread cannot
+    /// move tens of MB a step fast enough.
+    fn stage(&mut self, x: &[f32]) -> Result<()>;
+    /// Enqueues the staged values' copy into device buffer `b` on `c`.
+    fn upload(&mut self, c: &Arc<CudaStream>, b: usize) -> Result<()>;
+    fn input(&self, b: usize) -> Input<'_>;
+    /// Bytes of the two device buffers.
+    fn device_bytes(&self) -> usize;
+}
+
+/// An element features are staged as.
+trait Staged: DeviceRepr + ValidAsZeroBits + Copy + Send + Sync + 'static {
+    fn convert(dst: &mut [Self], src: &[f32]);
+    fn input(x: &CudaSlice<Self>) -> Input<'_>;
+}
+
+impl Staged for f32 {
+    fn convert(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn input(x: &CudaSlice<f32>) -> Input<'_> {
+        Input::F32(x)
+    }
+}
+
+impl Staged for bf16 {
+    fn convert(dst: &mut [bf16], src: &[f32]) {
+        dst.convert_from_f32_slice(src);
+    }
+    fn input(x: &CudaSlice<bf16>) -> Input<'_> {
+        Input::Bf16(x)
+    }
+}
+
+struct StagedImages<E: Staged> {
+    pinned: Option<PinnedHostSlice<E>>,
+    device: [CudaSlice<E>; 2],
+}
+
+impl<E: Staged> StagedImages<E> {
+    fn new(s: &Arc<CudaStream>) -> Result<Box<dyn Images>> {
+        let one = || s.alloc_zeros::<E>(1).cuda(|| "allocating".into());
+        Ok(Box::new(StagedImages {
+            pinned: None,
+            device: [one()?, one()?],
+        }))
+    }
+}
+
+impl<E: Staged> Images for StagedImages<E> {
+    fn reserve(&mut self, s: &Arc<CudaStream>, len: usize) -> Result<()> {
+        for d in &mut self.device {
+            *d = s
+                .alloc_zeros::<E>(len)
+                .cuda(|| "allocating the input".into())?;
+        }
+        Ok(())
+    }
+
+    fn fit_staging(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
+        if self.pinned.as_ref().is_some_and(|p| p.len() == len) {
+            return Ok(());
+        }
+        self.pinned = None;
+        // SAFETY: the staging buffer is written in full before each copy reads it.
+        let pinned = unsafe { gpu.ctx().alloc_pinned::<E>(len) }
+            .cuda(|| "allocating pinned staging".into())?;
+        self.pinned = Some(pinned);
+        Ok(())
+    }
+
+    fn stage(&mut self, x: &[f32]) -> Result<()> {
+        let pinned = self.pinned.as_mut().expect("fit_staging sizes the staging");
+        pinned
+            .as_mut_slice()
+            .cuda(|| "waiting for staging".into())?
+            .par_chunks_mut(1 << 16)
+            .zip(x.par_chunks(1 << 16))
+            .for_each(|(d, s)| E::convert(d, s));
+        Ok(())
+    }
+
+    fn upload(&mut self, c: &Arc<CudaStream>, b: usize) -> Result<()> {
+        let pinned = self.pinned.as_ref().expect("fit_staging sizes the staging");
+        c.memcpy_htod(pinned, &mut self.device[b].slice_mut(..pinned.len()))
+            .cuda(|| "copying the shard to the GPU".into())
+    }
+
+    fn input(&self, b: usize) -> Input<'_> {
+        E::input(&self.device[b])
+    }
+
+    fn device_bytes(&self) -> usize {
+        self.device.iter().map(CudaSlice::num_bytes).sum()
+    }
 }
 
 enum Net {
@@ -90,10 +221,12 @@ pub struct Replica {
     seed: u64,
     /// Samples each input and label buffer holds.
     capacity: usize,
-    /// Two device buffers for the shard (inputs, labels): the next shard is copied into one on
+    /// The shard's features: page-locked staging and two device buffers ([`Images`]).
+    images: Box<dyn Images>,
+    /// Two device buffers for the shard (features in `images`, labels): the next shard is copied into one on
     /// `copy_stream` while the pass before may still read the other, so a large batch's upload
     /// (AlexNet at 224: 38.5 MB a step) does not queue behind the step before it.
-    inputs: [(CudaSlice<f32>, CudaSlice<u32>); 2],
+    labels: [CudaSlice<u32>; 2],
     /// The buffer the next pass reads: the one the last shard went to.
     current: usize,
     copy_stream: Arc<CudaStream>,
@@ -105,8 +238,8 @@ pub struct Replica {
     /// into it waits on it.
     consumed: [CudaEvent; 2],
     stats: CudaSlice<f32>,
-    /// Page-locked staging for the shard, so the copy to the device is a real async DMA.
-    pinned_x: Option<PinnedHostSlice<f32>>,
+    /// Page-locked staging for the shard's labels (the features' is in `images`), so the
+    /// copy to the device is a real async DMA.
     pinned_y: Option<PinnedHostSlice<u32>>,
     /// Rows in the last shard, for [`stats`](Self::stats).
     last_rows: usize,
@@ -220,9 +353,10 @@ impl Replica {
             Ok::<_, Error>((host, event()?))
         };
         let stats_slots = [slot()?, slot()?];
-        let shard = || {
-            let labels = s.alloc_zeros::<u32>(1).cuda(|| "allocating".into())?;
-            Ok::<_, Error>((one(1)?, labels))
+        let labels = || s.alloc_zeros::<u32>(1).cuda(|| "allocating".into());
+        let images = match (&net, precision) {
+            (Net::Cnn(_), Precision::Bf16) => StagedImages::<bf16>::new(&s)?,
+            _ => StagedImages::<f32>::new(&s)?,
         };
         let copy_stream = gpu
             .ctx()
@@ -244,13 +378,13 @@ impl Replica {
             seed: 0,
             state: state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?,
             capacity: 0,
-            inputs: [shard()?, shard()?],
+            images,
+            labels: [labels()?, labels()?],
             current: 0,
             copy_stream,
             copied: [event()?, event()?],
             consumed: [event()?, event()?],
             stats: one(2)?,
-            pinned_x: None,
             pinned_y: None,
             last_rows: 0,
             stats_slots,
@@ -345,34 +479,25 @@ impl Replica {
             self.copy_stream
                 .synchronize()
                 .cuda(|| "waiting for the shard copies".into())?;
-            for (input, labels) in &mut self.inputs {
-                *input = s
-                    .alloc_zeros::<f32>(rows * self.features)
-                    .cuda(|| "allocating the input".into())?;
+            self.images.reserve(&s, rows * self.features)?;
+            for labels in &mut self.labels {
                 *labels = s
                     .alloc_zeros::<u32>(rows)
                     .cuda(|| "allocating labels".into())?;
             }
             self.capacity = rows;
         }
+        // The caller waited for the pending copies from the staging buffers.
+        self.images.fit_staging(&self.gpu, rows * self.features)?;
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
             return Ok(());
         }
-        // Drop the old buffers first (the caller waited for their pending copies).
-        self.pinned_x = None;
+        // Drop the old buffer first.
         self.pinned_y = None;
-        let ctx = self.gpu.ctx().clone();
-        // SAFETY: the staging buffers are written in full before each copy reads them.
-        unsafe {
-            self.pinned_x = Some(
-                ctx.alloc_pinned::<f32>(rows * self.features)
-                    .cuda(|| "allocating pinned staging".into())?,
-            );
-            self.pinned_y = Some(
-                ctx.alloc_pinned::<u32>(rows)
-                    .cuda(|| "allocating pinned staging".into())?,
-            );
-        }
+        // SAFETY: the staging buffer is written in full before each copy reads it.
+        let pinned = unsafe { self.gpu.ctx().alloc_pinned::<u32>(rows) }
+            .cuda(|| "allocating pinned staging".into())?;
+        self.pinned_y = Some(pinned);
         Ok(())
     }
 
@@ -430,17 +555,9 @@ impl Replica {
             .synchronize()
             .cuda(|| "waiting for the previous shard's copy".into())?;
         self.stage(rows)?;
-        let (px, py) = match (&mut self.pinned_x, &mut self.pinned_y) {
-            (Some(px), Some(py)) => (px, py),
-            _ => unreachable!("stage allocates the staging buffers"),
-        };
-        // The shard can be tens of MB: copy it in parallel, one copy thread is the bottleneck.
+        let py = self.pinned_y.as_mut().expect("stage allocates the staging");
         let started = Instant::now();
-        px.as_mut_slice()
-            .cuda(|| "waiting for staging".into())?
-            .par_chunks_mut(1 << 16)
-            .zip(x.par_chunks(1 << 16))
-            .for_each(|(d, s)| d.copy_from_slice(s));
+        self.images.stage(x)?;
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
@@ -450,10 +567,8 @@ impl Replica {
         // The pass that last read this buffer (queued two shards ago) must be done with it.
         c.wait(&self.consumed[next])
             .cuda(|| "ordering the shard's copy after the pass before".into())?;
-        let (input, labels) = &mut self.inputs[next];
-        c.memcpy_htod(&*px, &mut input.slice_mut(..x.len()))
-            .cuda(|| "copying the shard to the GPU".into())?;
-        c.memcpy_htod(&*py, &mut labels.slice_mut(..rows))
+        self.images.upload(c, next)?;
+        c.memcpy_htod(&*py, &mut self.labels[next].slice_mut(..rows))
             .cuda(|| "copying labels to the GPU".into())?;
         self.copied[next]
             .record(c)
@@ -503,15 +618,14 @@ impl Replica {
         let b = self.current;
         s.wait(&self.copied[b])
             .cuda(|| "waiting for the shard's copy".into())?;
-        let (input, labels) = &self.inputs[b];
         let pass = Pass {
             gpu: &self.gpu,
             blas: &self.blas,
             linear: &mut self.linear,
             params: &self.params,
             grads: &mut self.grads,
-            input,
-            labels,
+            input: self.images.input(b),
+            labels: &self.labels[b],
             rows,
             scale,
             stats: &mut self.stats,
@@ -687,11 +801,8 @@ impl Replica {
             .chain(&self.buffers)
             .map(CudaSlice::num_bytes)
             .sum::<usize>();
-        let shards = self
-            .inputs
-            .iter()
-            .map(|(x, y)| x.num_bytes() + y.num_bytes())
-            .sum();
+        let labels: usize = self.labels.iter().map(CudaSlice::num_bytes).sum();
+        let shards = self.images.device_bytes() + labels;
         let mut held = vec![
             ("parameters, optimizer state and model buffers (f32)", state),
             ("gradient exchange buffer (f32)", self.grads.num_bytes()),
@@ -783,6 +894,7 @@ impl MlpNet {
 
     fn forward_backward(&mut self, p: Pass) -> Result<()> {
         let (gpu, rows) = (p.gpu, p.rows);
+        let input = p.input.f32("mlp")?;
         self.reserve(gpu, rows)?;
         let s = gpu.stream();
         let layers = self.dims.len() - 1;
@@ -796,7 +908,7 @@ impl MlpNet {
             let (din, dout) = (self.dims[l], self.dims[l + 1]);
             let (wo, bo) = offsets[l];
             let (before, from) = self.acts.split_at_mut(l);
-            let x = if l == 0 { p.input } else { &before[l - 1] };
+            let x = if l == 0 { input } else { &before[l - 1] };
             let b = p.params.slice(bo..bo + dout);
             let epilogue = if l + 1 < layers {
                 GemmEpilogue::BiasRelu(b)
@@ -817,7 +929,7 @@ impl MlpNet {
         for l in (0..layers).rev() {
             let (din, dout) = (self.dims[l], self.dims[l + 1]);
             let (wo, bo) = offsets[l];
-            let x = if l == 0 { p.input } else { &self.acts[l - 1] };
+            let x = if l == 0 { input } else { &self.acts[l - 1] };
             // The first layer has no input gradient.
             let input = (l > 0).then(|| (p.params.slice(wo..bo), &mut *dx));
             let gw = &mut p.grads.slice_mut(wo..bo);

@@ -435,7 +435,8 @@ impl VitNet {
             side,
             patch: c.patch,
         };
-        ops.patchify.run(s, p.input, &mut b.patches, images)?;
+        ops.patchify
+            .run(s, p.input.f32("vit")?, &mut b.patches, images)?;
         let (pw, pb) = (w(off.patch_w, d * pd), Bias(w(off.patch_b, d)));
         lin.forward(&b.patches, &pw, pb, &mut b.x0, rows, pd, d)?;
         let pos = w(off.pos, t * d);

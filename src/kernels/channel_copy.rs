@@ -10,7 +10,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 
 use super::KernelModule;
 use super::conv2d::Element;
-use super::launch::{Args, elementwise};
+use super::launch::{Args, check_at_least, elementwise, ptr, ptr_mut};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 
@@ -45,13 +45,34 @@ impl ChannelCopyKernels {
         y: &mut impl DevicePtrMut<Y>,
         accumulate: bool,
     ) -> Result<()> {
-        let bf16 = |name: &str| usize::from(name == "bf16");
-        let kernel = &self.kernels[2 * bf16(X::NAME) + bf16(Y::NAME)];
+        let name = self.kernel::<X, Y>().name();
+        check_at_least(name, "x", x.len(), copy.x_len())?;
+        check_at_least(name, "y", y.len(), copy.y_len())?;
+        let (x, y) = (ptr(x, stream), ptr_mut(y, stream));
+        // SAFETY: x and y were checked to hold the values the copy covers.
+        unsafe { self.run_at::<X, Y>(stream, copy, x, y, accumulate) }
+    }
+
+    /// [`Self::run`] on raw device addresses, for launchers that hold their buffers as
+    /// addresses (the convolutions' channel-major path, [`super::conv2d`]).
+    ///
+    /// # Safety
+    /// `x` and `y` must address at least `copy.x_len()` values of `X` and `copy.y_len()` of
+    /// `Y` on `stream`'s device, live until the copy has run.
+    pub(crate) unsafe fn run_at<X: Element, Y: Element>(
+        &self,
+        stream: &CudaStream,
+        copy: &Copy2d,
+        x: u64,
+        y: u64,
+        accumulate: bool,
+    ) -> Result<()> {
+        let kernel = self.kernel::<X, Y>();
         copy.check().map_err(|p| Error::invalid(kernel.name(), p))?;
         let n = copy.rows * copy.a * copy.b;
         let args = Args::new(kernel, stream)
-            .input("x", x, copy.x_len())?
-            .output("y", y, copy.y_len())?
+            .address(x)
+            .address(y)
             .long(copy.rows)
             .int("x stride", copy.x_stride)?
             .int("x offset", copy.x_off)?
@@ -62,7 +83,13 @@ impl ChannelCopyKernels {
             .int("accumulate", usize::from(accumulate))?;
         // SAFETY: channel_copy_<variant>(const X* x, Y* y, long long rows, int x_stride, int
         // x_off, int y_stride, int y_off, int a, int b, int accumulate); check keeps every
-        // block inside its row, and x and y hold the rows.
+        // block inside its row, and x and y hold the rows (the caller's promise).
         unsafe { args.launch(elementwise(n)) }
+    }
+
+    /// The variant from `X` to `Y`.
+    fn kernel<X: Element, Y: Element>(&self) -> &Kernel {
+        let bf16 = |name: &str| usize::from(name == "bf16");
+        &self.kernels[2 * bf16(X::NAME) + bf16(Y::NAME)]
     }
 }

@@ -63,6 +63,22 @@
 //! against cuDNN in the same way. cuDNN's own backward-data algorithms for these shapes are
 //! slow in f32 (a direct kernel took 32.5 ms of ResNet-50's 104 ms step on an H100). The
 //! filter pass sums over the rows and stays on cuDNN.
+//!
+//! f32 has a third path for every shape and pass, channel-major: the operands transposed into
+//! scratch copies (NCHW activations `[n][c][h][w]`, KCRS filters `[out][in / groups][kh][kw]`,
+//! by `channel_copy`), cuDNN run on those with their own descriptors and algorithm choice
+//! (under the same rules: FMA math, determinism when asked, FFT and Winograd only when
+//! allowed), and the result transposed back (added to the output where the pass
+//! accumulates). cuDNN's f32 on NHWC tensors offers no FFT algorithm (FFT and FFT_TILING
+//! take NCHW tensors only) and slow direct kernels, where PyTorch's channels_last f32 runs its
+//! NCHW kernels and FFTs: AlexNet at 224 (batch 64, H100) spent 2.9 ms a step in the forward
+//! convolutions against PyTorch's 1.5, 3.1 against 1.5 in backward data and 3.6 against 0.7
+//! in backward filter. When a shape is planned, each of its passes is timed end to end on
+//! this path (the transposes included) against cuDNN on the NHWC tensors, as the GEMM path
+//! is, and the faster kept; a forward epilogue then runs as on the unfused path, by our
+//! kernel on the NHWC output. [`Conv2dKernels::set_channel_major`] forces or forbids it. The
+//! copies share three scratch buffers grown to the largest shape's tensors, counted with the
+//! workspace.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -81,6 +97,7 @@ use half::bf16;
 
 use super::KernelModule;
 use super::blaslt::{Batch, LtGemm, Operands, Product, Types};
+use super::channel_copy::{ChannelCopyKernels, Copy2d};
 use super::launch::{Args, check_len, elementwise, ptr, ptr_mut};
 use crate::base::Precision;
 use crate::error::{CudaContext as _, Error, Result};
@@ -422,9 +439,27 @@ fn to_i32(v: usize) -> i32 {
     v as i32
 }
 
+/// How cuDNN sees a shape's tensors: as the crate stores them (NHWC activations, KRSC
+/// filters), or as the channel-major path's copies of them (NCHW activations, KCRS filters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Nhwc,
+    Nchw,
+}
+
+impl Format {
+    fn tensor_format(self) -> sys::cudnnTensorFormat_t {
+        match self {
+            Format::Nhwc => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+            Format::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        }
+    }
+}
+
 impl TensorDesc {
-    /// An NHWC tensor of `[n, c, h, w]` (cuDNN's dimension order) elements of `dtype`.
-    fn nhwc(
+    /// A packed tensor of `[n, c, h, w]` (cuDNN's dimension order) elements of `dtype`.
+    fn new(
+        format: Format,
         dtype: cudnnDataType_t,
         [n, c, h, w]: [usize; 4],
     ) -> std::result::Result<Self, CudnnError> {
@@ -433,7 +468,7 @@ impl TensorDesc {
         unsafe {
             dnn::set_tensor4d_descriptor(
                 d.0,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                format.tensor_format(),
                 dtype,
                 [n, c, h, w].map(to_i32),
             )
@@ -442,7 +477,7 @@ impl TensorDesc {
     }
 }
 
-/// One shape's descriptors.
+/// One shape's descriptors in one [`Format`].
 struct Descriptors {
     x: TensorDesc,
     w: FilterDesc,
@@ -453,12 +488,17 @@ struct Descriptors {
 }
 
 impl Descriptors {
-    fn new(s: &Conv2dShape, precision: Precision) -> std::result::Result<Self, CudnnError> {
+    fn new(
+        s: &Conv2dShape,
+        precision: Precision,
+        format: Format,
+    ) -> std::result::Result<Self, CudnnError> {
         let dtype = storage(precision);
         let [oh, ow] = s.out_size();
-        let x = TensorDesc::nhwc(dtype, [s.batch, s.in_channels, s.height, s.width])?;
-        let y = TensorDesc::nhwc(dtype, [s.batch, s.out_channels, oh, ow])?;
-        let bias = TensorDesc::nhwc(dtype, [1, s.out_channels, 1, 1])?;
+        let tensor = |dims| TensorDesc::new(format, dtype, dims);
+        let x = tensor([s.batch, s.in_channels, s.height, s.width])?;
+        let y = tensor([s.batch, s.out_channels, oh, ow])?;
+        let bias = tensor([1, s.out_channels, 1, 1])?;
         let w = FilterDesc(dnn::create_filter_descriptor()?);
         let conv = ConvDesc(dnn::create_convolution_descriptor()?);
         // SAFETY: freshly created descriptors.
@@ -466,7 +506,7 @@ impl Descriptors {
             dnn::set_filter4d_descriptor(
                 w.0,
                 dtype,
-                sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                format.tensor_format(),
                 [
                     s.out_channels,
                     s.group_in_channels(),
@@ -755,75 +795,164 @@ enum Fused {
     Unsupported(String),
 }
 
-/// The cached plan of one shape: descriptors, and each pass's algorithm once chosen.
-struct Plan {
+/// cuDNN's side of one shape in one [`Format`]: the descriptors, and each pass's algorithms
+/// once chosen.
+struct Cudnn {
     d: Descriptors,
-    forward: Candidates<FwdAlgo>,
+    forward: Option<Candidates<FwdAlgo>>,
+    backward_data: Option<Candidates<DataAlgo>>,
+    backward_filter: Option<Candidates<FilterAlgo>>,
+}
+
+impl Cudnn {
+    fn new(d: Descriptors) -> Self {
+        Cudnn {
+            d,
+            forward: None,
+            backward_data: None,
+            backward_filter: None,
+        }
+    }
+}
+
+/// The cached plan of one shape: cuDNN's descriptors and algorithms, and how each pass runs.
+struct Plan {
+    /// On the crate's NHWC tensors; the forward algorithm is chosen when the plan is made.
+    nhwc: Cudnn,
+    /// On the channel-major path's NCHW copies (f32), made when that path is first timed or
+    /// forced.
+    nchw: Option<Cudnn>,
     /// The workspace of the implicit-precomputed-GEMM algorithm, the only one cuDNN's fused
     /// call takes with the identity activation; `None` when cuDNN does not offer it here.
     precomputed_workspace: Option<usize>,
     /// The fused call's state per epilogue, indexed by [`fused_index`].
     fused: [Fused; 4],
-    backward_data: Option<Candidates<DataAlgo>>,
-    backward_filter: Option<Candidates<FilterAlgo>>,
-    /// The forward pass's GEMM path, for the shapes that are GEMMs.
-    gemm: Gemm,
-    /// The backward passes' GEMM paths (data, filter), decided on first use.
-    backward_gemm: [Option<Gemm>; 2],
+    /// How the forward pass runs, decided when the plan is made.
+    forward_route: Route,
+    /// How the backward passes (data, filter) run, decided on first use.
+    backward_route: [Option<Route>; 2],
 }
 
-/// Whether a pass of a shape runs as a cuBLASLt GEMM, and why.
+impl Plan {
+    /// The NHWC forward pass's algorithms.
+    fn forward(&self) -> &Candidates<FwdAlgo> {
+        self.nhwc.forward.as_ref().expect("chosen when planned")
+    }
+
+    fn cudnn(&self, format: Format) -> &Cudnn {
+        match format {
+            Format::Nhwc => &self.nhwc,
+            Format::Nchw => self.nchw.as_ref().expect("made by Conv2dKernels::cudnn"),
+        }
+    }
+
+    fn cudnn_mut(&mut self, format: Format) -> &mut Cudnn {
+        match format {
+            Format::Nhwc => &mut self.nhwc,
+            Format::Nchw => self.nchw.as_mut().expect("made by Conv2dKernels::cudnn"),
+        }
+    }
+}
+
+/// A way to run a pass other than cuDNN on the NHWC tensors (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// A cuBLASLt GEMM, for the shapes that are GEMMs ([`is_gemm`]).
+    Gemm,
+    /// cuDNN on NCHW/KCRS copies of the operands, the result copied back (f32).
+    ChannelMajor,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Gemm => "cuBLASLt GEMM",
+            Path::ChannelMajor => "channel-major (NCHW)",
+        }
+    }
+}
+
+/// How one pass of one shape runs, and why.
 #[derive(Clone, Debug, PartialEq)]
-enum Gemm {
-    /// Not a GEMM shape, or the GEMM path is off ([`Conv2dKernels::set_gemm`]).
-    No,
+enum Route {
+    /// cuDNN on the NHWC tensors: no other path applies, or each is off
+    /// ([`Conv2dKernels::set_gemm`], [`Conv2dKernels::set_channel_major`]).
+    Cudnn,
     /// Forced on.
-    Forced,
-    /// Measured: the GEMM's and cuDNN's milliseconds a call; the faster runs.
-    Measured { gemm_ms: f64, cudnn_ms: f64 },
-    /// Left to choose, but cuBLASLt refused the GEMM (this error): cuDNN runs it.
-    Refused(String),
+    Forced(Path),
+    /// Timed here: cuDNN's milliseconds a call on the NHWC tensors, and each other path's, or
+    /// why it was refused (cuBLASLt or cuDNN offering nothing usable): the fastest runs.
+    Measured {
+        cudnn_ms: f64,
+        others: Vec<(Path, std::result::Result<f64, String>)>,
+    },
 }
 
-impl Gemm {
-    /// The pass as it runs, `cudnn` being cuDNN's choice for it (`None` when cuDNN was never
-    /// asked: a forced GEMM).
-    fn describe<A: std::fmt::Debug>(&self, cudnn: Option<Choice<A>>) -> String {
-        let chosen = || {
-            cudnn
-                .as_ref()
+impl Route {
+    /// The path that runs; `None`: cuDNN on the NHWC tensors.
+    fn runs(&self) -> Option<Path> {
+        match self {
+            Route::Cudnn => None,
+            Route::Forced(path) => Some(*path),
+            Route::Measured { cudnn_ms, others } => others
+                .iter()
+                .filter_map(|(path, ms)| Some((*path, *ms.as_ref().ok()?)))
+                .filter(|&(_, ms)| ms < *cudnn_ms)
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(path, _)| path),
+        }
+    }
+
+    /// The pass as it runs, `nhwc` and `nchw` being cuDNN's choices for it in either format
+    /// (`None` where cuDNN was never asked), with the timings that chose it.
+    fn describe<A: std::fmt::Debug>(
+        &self,
+        nhwc: Option<Choice<A>>,
+        nchw: Option<Choice<A>>,
+    ) -> String {
+        let choice = |c: &Option<Choice<A>>| {
+            c.as_ref()
                 .map_or("cuDNN (not chosen)".to_string(), Choice::to_string)
         };
-        match self {
-            Gemm::No => chosen(),
-            Gemm::Refused(why) => format!("{} (cuBLASLt GEMM refused: {why})", chosen()),
-            Gemm::Forced => "cuBLASLt GEMM (forced)".to_string(),
-            Gemm::Measured { gemm_ms, cudnn_ms } if self.runs() => format!(
-                "cuBLASLt GEMM, chosen over cuDNN's {} when timed here ({gemm_ms:.3} ms \
-                 against {cudnn_ms:.3})",
-                cudnn
-                    .as_ref()
-                    .map_or("?".to_string(), |c| algo_name(&c.algo))
-            ),
-            Gemm::Measured { gemm_ms, cudnn_ms } => format!(
-                "{}, kept over the cuBLASLt GEMM when timed here ({cudnn_ms:.3} ms against \
-                 {gemm_ms:.3})",
-                chosen()
-            ),
+        let path = |p: Option<Path>| match p {
+            None => choice(&nhwc),
+            Some(Path::Gemm) => Path::Gemm.name().to_string(),
+            Some(Path::ChannelMajor) => format!("{} {}", Path::ChannelMajor.name(), choice(&nchw)),
+        };
+        let (cudnn_ms, others) = match self {
+            Route::Cudnn => return path(None),
+            Route::Forced(p) => return format!("{} (forced)", path(Some(*p))),
+            Route::Measured { cudnn_ms, others } => (cudnn_ms, others),
+        };
+        let runs = self.runs();
+        let mut times = vec![(None, Ok(*cudnn_ms))];
+        times.extend(others.iter().map(|(p, ms)| (Some(*p), ms.clone())));
+        let (mut won, mut lost) = (String::new(), Vec::new());
+        for (p, ms) in times {
+            let name = match p {
+                None => format!(
+                    "cuDNN's {}",
+                    nhwc.as_ref()
+                        .map_or("?".to_string(), |c| algo_name(&c.algo))
+                ),
+                Some(p) => p.name().to_string(),
+            };
+            match ms {
+                Ok(ms) if p == runs => won = format!("{ms:.3} ms"),
+                Ok(ms) => lost.push(format!("{name} {ms:.3}")),
+                Err(why) => lost.push(format!("{name} refused: {why}")),
+            }
         }
-    }
-
-    fn runs(&self) -> bool {
-        match *self {
-            Gemm::No | Gemm::Refused(_) => false,
-            Gemm::Forced => true,
-            Gemm::Measured { gemm_ms, cudnn_ms } => gemm_ms < cudnn_ms,
-        }
+        format!(
+            "{}, chosen when timed here ({won} against {})",
+            path(runs),
+            lost.join(", ")
+        )
     }
 }
 
-/// Calls of each path timed when planning a GEMM shape (after one untimed call each).
-const GEMM_TIMED_CALLS: usize = 5;
+/// Calls of each path timed when choosing a pass's route (after one untimed call each).
+const TIMED_CALLS: usize = 5;
 
 /// Where a plan keeps the fused call's state for an epilogue: each of the four is tried on
 /// its own, since cuDNN may take one and refuse another.
@@ -863,7 +992,7 @@ impl Backward {
 /// and call, which both take those two around dy's and the convolution's.
 struct BackwardFns<P: Perf, A, G> {
     name: &'static str,
-    slot: fn(&mut Plan) -> &mut Option<Candidates<P::Algo>>,
+    slot: fn(&mut Cudnn) -> &mut Option<Candidates<P::Algo>>,
     descriptors: fn(&Descriptors) -> (A, G),
     find: unsafe fn(
         sys::cudnnHandle_t,
@@ -952,6 +1081,13 @@ pub struct Conv2dKernels {
     gemm: Option<bool>,
     /// cuBLASLt, made when the first GEMM shape is planned.
     lt: Option<LtGemm>,
+    /// `Some(forced)` or `None` (measure); see [`Self::set_channel_major`].
+    channel_major: Option<bool>,
+    /// The channel-major path's transposes, loaded when a shape first takes it.
+    copy: Option<ChannelCopyKernels>,
+    /// The channel-major path's copies of a pass's three tensors, by [`roles`], shared by
+    /// every shape like the workspace and grown to the largest.
+    scratch: [CudaSlice<u8>; 3],
 }
 
 // SAFETY: the cuDNN descriptors are host objects that any thread may use, one at a time;
@@ -997,6 +1133,9 @@ impl Conv2dKernels {
             fuse: true,
             gemm: None,
             lt: None,
+            channel_major: None,
+            copy: None,
+            scratch: [alloc("scratch")?, alloc("scratch")?, alloc("scratch")?],
             plans: HashMap::new(),
             epilogue: None,
             bias_grad: match precision {
@@ -1061,21 +1200,43 @@ impl Conv2dKernels {
         }
     }
 
-    /// The bytes of workspace the plans made so far share.
-    pub fn workspace_bytes(&self) -> usize {
-        self.workspace.len()
+    /// Whether f32 passes may run channel-major, on NCHW copies of their operands (see the
+    /// module docs): `Some(true)` always (over the GEMM path too, where both are forced),
+    /// `Some(false)` never, `None` (the default) where that measures faster. Only f32 has the
+    /// path: forcing it in another precision is an error, and the other settings change
+    /// nothing there. Forgets the plans made so far.
+    pub fn set_channel_major(&mut self, channel_major: Option<bool>) -> Result<()> {
+        if channel_major == Some(true) && self.precision != Precision::F32 {
+            return Err(Error::invalid(
+                format!("conv2d ({})", self.precision),
+                "the channel-major path is f32's only (tf32 and bf16 cuDNN kernels are fast \
+                 on NHWC tensors)",
+            ));
+        }
+        if channel_major != self.channel_major {
+            self.channel_major = channel_major;
+            self.plans.clear();
+        }
+        Ok(())
     }
 
-    /// Plans `shape` for `passes` now (cuDNN's benchmark, the workspace), so that later calls
-    /// only launch: needed before capturing them in a CUDA graph.
+    /// The bytes of device memory the plans made so far share: cuDNN's workspace and the
+    /// channel-major path's copies of the operands.
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.len() + self.scratch.iter().map(CudaSlice::len).sum::<usize>()
+    }
+
+    /// Plans `shape` for `passes` now (cuDNN's benchmark, the timing of the other paths, the
+    /// workspace), so that later calls only launch: needed before capturing them in a CUDA
+    /// graph.
     pub fn prepare(&mut self, shape: &Conv2dShape, passes: Passes) -> Result<()> {
         self.plan(shape)?;
         if passes == Passes::Training {
-            self.backward_choice(shape, &DATA)?;
-            self.backward_choice(shape, &FILTER)?;
+            self.backward_choice(shape, Format::Nhwc, &DATA)?;
+            self.backward_choice(shape, Format::Nhwc, &FILTER)?;
             for pass in [Backward::Data, Backward::Filter] {
                 let what = pass_label(pass.name(), shape, self.precision);
-                self.backward_gemm(shape, pass, &what)?;
+                self.backward_path(shape, pass, &what)?;
             }
         }
         Ok(())
@@ -1083,11 +1244,19 @@ impl Conv2dKernels {
 
     /// One line per planned pass of `shape`: the algorithm, its math, cuDNN's time and the
     /// workspace, and whether the fused epilogue runs; `None` before `shape` was planned. A
-    /// GEMM shape's pass also says which of cuDNN and the cuBLASLt GEMM won our own timing of
-    /// both ("when timed here"), whose times differ from cuDNN's benchmark in the brackets.
+    /// pass that another path may take (a GEMM shape's cuBLASLt GEMM, f32's channel-major
+    /// path) also says which won our own timing of each ("when timed here"), whose times
+    /// differ from cuDNN's benchmark in the brackets.
     pub fn describe(&self, shape: &Conv2dShape) -> Option<String> {
         let plan = self.plans.get(shape)?;
-        let forward = plan.gemm.describe(Some(plan.forward.current()));
+        fn current<A: Copy + std::fmt::Debug>(c: &Option<Candidates<A>>) -> Option<Choice<A>> {
+            c.as_ref().map(Candidates::current)
+        }
+        let nchw = plan.nchw.as_ref();
+        let forward = plan.forward_route.describe(
+            Some(plan.forward().current()),
+            nchw.and_then(|c| current(&c.forward)),
+        );
         let mut s = format!("conv2d {shape} {}: forward {forward}", self.precision);
         for (name, fused) in FUSED_NAMES.iter().zip(&plan.fused) {
             match fused {
@@ -1098,35 +1267,44 @@ impl Conv2dKernels {
                 }
             }
         }
-        // A backward pass is described once it ran: by cuDNN (a choice), or as a GEMM (which a
-        // forced GEMM decides without asking cuDNN).
+        // A backward pass is described once its route is decided, or it ran on cuDNN.
         fn backward<A: Copy + std::fmt::Debug>(
             s: &mut String,
             pass: Backward,
-            gemm: &Option<Gemm>,
-            cudnn: &Option<Candidates<A>>,
+            route: &Option<Route>,
+            [nhwc, nchw]: [Option<Choice<A>>; 2],
         ) {
-            let cudnn = cudnn.as_ref().map(Candidates::current);
-            if gemm.is_some() || cudnn.is_some() {
-                let gemm = gemm.clone().unwrap_or(Gemm::No);
-                write!(s, "; {} {}", pass.name(), gemm.describe(cudnn)).unwrap();
+            if route.is_some() || nhwc.is_some() {
+                let route = route.as_ref().unwrap_or(&Route::Cudnn);
+                write!(s, "; {} {}", pass.name(), route.describe(nhwc, nchw)).unwrap();
             }
         }
-        let [data_gemm, filter_gemm] = &plan.backward_gemm;
-        backward(&mut s, Backward::Data, data_gemm, &plan.backward_data);
-        backward(&mut s, Backward::Filter, filter_gemm, &plan.backward_filter);
+        let [data, filter] = &plan.backward_route;
+        let formats = [Some(&plan.nhwc), nchw];
+        let choices = formats.map(|c| c.and_then(|c| current(&c.backward_data)));
+        backward(&mut s, Backward::Data, data, choices);
+        let choices = formats.map(|c| c.and_then(|c| current(&c.backward_filter)));
+        backward(&mut s, Backward::Filter, filter, choices);
         Some(s)
     }
 
     /// cuDNN's benchmark of `shape`'s forward pass as planned: every acceptable algorithm,
     /// fastest first (the first runs), with its math, cuDNN's time and workspace, then those
-    /// passed over and why; `None` before `shape` was planned.
+    /// passed over and why; then the same for the channel-major path's NCHW tensors where it
+    /// was benchmarked; `None` before `shape` was planned.
     pub fn forward_candidates(&self, shape: &Conv2dShape) -> Option<String> {
-        let forward = &self.plans.get(shape)?.forward;
-        let list: Vec<String> = forward.list.iter().map(|c| c.to_string()).collect();
-        let mut s = list.join(", ");
-        if !forward.refused.is_empty() {
-            write!(s, "; passed over: {}", forward.refused.join(", ")).unwrap();
+        let plan = self.plans.get(shape)?;
+        let line = |c: &Candidates<FwdAlgo>| {
+            let list: Vec<String> = c.list.iter().map(|c| c.to_string()).collect();
+            let mut s = list.join(", ");
+            if !c.refused.is_empty() {
+                write!(s, "; passed over: {}", c.refused.join(", ")).unwrap();
+            }
+            s
+        };
+        let mut s = line(plan.forward());
+        if let Some(nchw) = plan.nchw.as_ref().and_then(|c| c.forward.as_ref()) {
+            write!(s, "; {}: {}", Path::ChannelMajor.name(), line(nchw)).unwrap();
         }
         Some(s)
     }
@@ -1158,13 +1336,24 @@ impl Conv2dKernels {
             operands.push(("residual", z.len(), shape.output_len(), zp));
         }
         check_operands(&what, &operands)?;
-        if self.plan(shape)?.gemm.runs() {
-            let ops = [xp, wp, yp];
-            return self.gemm_forward(shape, &what, ops, bias, residual, epilogue.relu);
+        match self.plan(shape)?.forward_route.runs() {
+            Some(Path::Gemm) => {
+                let ops = [xp, wp, yp];
+                return self.gemm_forward(shape, &what, ops, bias, residual, epilogue.relu);
+            }
+            Some(Path::ChannelMajor) => {
+                // The epilogue follows the copy back to NHWC, as on cuDNN's unfused path.
+                self.channel_major(shape, &what, None, [xp, wp, yp], false)?;
+                if epilogue.is_none() {
+                    return Ok(());
+                }
+                return self.run_epilogue(shape, y, &epilogue);
+            }
+            None => {}
         }
         let h = self.handle.bind()?;
         if epilogue.is_none() {
-            return self.convolve(h, shape, [xp, wp, yp], &what);
+            return self.convolve(h, shape, Format::Nhwc, [xp, wp, yp], &what);
         }
         if self.fuse
             && self
@@ -1173,7 +1362,7 @@ impl Conv2dKernels {
         {
             return Ok(());
         }
-        self.convolve(h, shape, [xp, wp, yp], &what)?;
+        self.convolve(h, shape, Format::Nhwc, [xp, wp, yp], &what)?;
         self.run_epilogue(shape, y, &epilogue)
     }
 
@@ -1233,17 +1422,41 @@ impl Conv2dKernels {
                 (grad_name, grad.len(), grad_len, gp),
             ],
         )?;
-        if is_gemm(shape, Some(pass)) && self.backward_gemm(shape, pass, &what)?.runs() {
-            return self.gemm_backward(shape, &what, pass, [op, dyp, gp], accumulate);
-        }
-        self.cudnn_backward(shape, &what, pass, [op, dyp, gp], accumulate)
+        let path = self.backward_path(shape, pass, &what)?;
+        self.run_pass(path, shape, &what, Some(pass), [op, dyp, gp], accumulate)
     }
 
-    /// The backward pass `pass` by cuDNN on checked buffers `[operand, dy, grad]`.
+    /// One pass of `shape` by `path` (cuDNN on the NHWC tensors for `None`) on checked
+    /// buffers: the forward without an epilogue (`pass` `None`: `[x, w, y]`, overwriting) or a
+    /// backward pass (`[operand, dy, grad]`, the operand w or x; `accumulate` adds to grad).
+    fn run_pass(
+        &mut self,
+        path: Option<Path>,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Option<Backward>,
+        ops: [u64; 3],
+        accumulate: bool,
+    ) -> Result<()> {
+        debug_assert!(pass.is_some() || !accumulate, "the forward pass overwrites");
+        match (path, pass) {
+            (Some(Path::Gemm), None) => self.gemm_forward(shape, what, ops, None, None, false),
+            (Some(Path::Gemm), Some(b)) => self.gemm_backward(shape, what, b, ops, accumulate),
+            (Some(Path::ChannelMajor), _) => self.channel_major(shape, what, pass, ops, accumulate),
+            (None, None) => {
+                let h = self.handle.bind()?;
+                self.convolve(h, shape, Format::Nhwc, ops, what)
+            }
+            (None, Some(b)) => self.cudnn_backward(shape, what, Format::Nhwc, b, ops, accumulate),
+        }
+    }
+
+    /// The backward pass `pass` by cuDNN on checked buffers `[operand, dy, grad]` in `format`.
     fn cudnn_backward(
         &mut self,
         shape: &Conv2dShape,
         what: &str,
+        format: Format,
         pass: Backward,
         [op, dyp, gp]: [u64; 3],
         accumulate: bool,
@@ -1253,40 +1466,60 @@ impl Conv2dKernels {
         let h = self.handle.bind()?;
         let call = (h, [op, dyp], gp);
         match pass {
-            Backward::Data => self.backward_pass(shape, what, &DATA, call, [one, beta]),
-            Backward::Filter => self.backward_pass(shape, what, &FILTER, call, [one, beta]),
+            Backward::Data => self.backward_pass(shape, what, format, &DATA, call, [one, beta]),
+            Backward::Filter => self.backward_pass(shape, what, format, &FILTER, call, [one, beta]),
         }
     }
 
-    /// The backward pass `pass` overwriting its gradient, by cuBLASLt (`gemm`) or cuDNN.
-    fn backward_by(
+    /// The path the backward pass `pass` of `shape` runs by (`None`: cuDNN on the NHWC
+    /// tensors): decided on its first call ([`Self::route`]) and kept in the plan.
+    fn backward_path(
         &mut self,
-        gemm: bool,
         shape: &Conv2dShape,
-        what: &str,
         pass: Backward,
-        ops: [u64; 3],
-    ) -> Result<()> {
-        if gemm {
-            self.gemm_backward(shape, what, pass, ops, false)
-        } else {
-            self.cudnn_backward(shape, what, pass, ops, false)
+        what: &str,
+    ) -> Result<Option<Path>> {
+        if let Some(route) = &self.plan(shape)?.backward_route[pass.index()] {
+            return Ok(route.runs());
         }
+        let route = self.route(shape, what, Some(pass))?;
+        let path = route.runs();
+        self.plan(shape)?.backward_route[pass.index()] = Some(route);
+        Ok(path)
     }
 
-    /// Whether the backward pass `pass` of the GEMM shape `shape` runs as a GEMM: decided
-    /// on its first call (measured unless [`Self::set_gemm`] forced it) and kept in the plan.
-    fn backward_gemm(&mut self, shape: &Conv2dShape, pass: Backward, what: &str) -> Result<Gemm> {
-        if let Some(gemm) = &self.plan(shape)?.backward_gemm[pass.index()] {
-            return Ok(gemm.clone());
-        }
-        let gemm = match (is_gemm(shape, Some(pass)), self.gemm) {
-            (false, _) | (true, Some(false)) => Gemm::No,
-            (true, Some(true)) => Gemm::Forced,
-            (true, None) => self.measure_gemm(shape, what, Some(pass))?,
+    /// How a pass of `shape` (the forward for `None`) runs: a path forced on
+    /// ([`Self::set_channel_major`] before [`Self::set_gemm`]), else, where another path
+    /// applies and is not off, the fastest of it and cuDNN on the NHWC tensors
+    /// ([`Self::measure`]), else the latter. A channel-major route is readied here
+    /// (algorithm, scratch, kernels), so that its calls only launch.
+    fn route(&mut self, shape: &Conv2dShape, what: &str, pass: Option<Backward>) -> Result<Route> {
+        let setting = |set: Option<bool>, applies: bool| if applies { set } else { Some(false) };
+        let paths = [
+            (
+                Path::ChannelMajor,
+                setting(self.channel_major, self.precision == Precision::F32),
+            ),
+            (Path::Gemm, setting(self.gemm, is_gemm(shape, pass))),
+        ];
+        let route = if let Some(&(path, _)) = paths.iter().find(|(_, set)| *set == Some(true)) {
+            Route::Forced(path)
+        } else {
+            let timed: Vec<Path> = paths
+                .iter()
+                .filter(|(_, set)| set.is_none())
+                .map(|&(path, _)| path)
+                .collect();
+            if timed.is_empty() {
+                Route::Cudnn
+            } else {
+                self.measure(shape, what, pass, &timed)?
+            }
         };
-        self.plan(shape)?.backward_gemm[pass.index()] = Some(gemm.clone());
-        Ok(gemm)
+        if route.runs() == Some(Path::ChannelMajor) {
+            self.ready_channel_major(shape, pass)?;
+        }
+        Ok(route)
     }
 
     /// `dx (+)= dy W` (data) or `dW (+)= dy^T x` (filter) of a GEMM shape by cuBLASLt, on
@@ -1413,7 +1646,8 @@ impl Conv2dKernels {
         if !self.plans.contains_key(shape) {
             let precision = self.precision;
             let what = pass_label("forward", shape, precision);
-            let d = Descriptors::new(shape, precision).map_err(cudnn_error(|| what.clone()))?;
+            let d = Descriptors::new(shape, precision, Format::Nhwc)
+                .map_err(cudnn_error(|| what.clone()))?;
             let h = self.handle.bind()?;
             let forward = find(&what, self.rules(), |count, n, perf| {
                 // SAFETY: live handle and descriptors; `perf` holds `count` results.
@@ -1457,38 +1691,38 @@ impl Conv2dKernels {
             self.plans.insert(
                 *shape,
                 Plan {
-                    d,
-                    forward,
+                    nhwc: Cudnn {
+                        forward: Some(forward),
+                        ..Cudnn::new(d)
+                    },
+                    nchw: None,
                     precomputed_workspace,
                     fused: std::array::from_fn(|_| Fused::Untried),
-                    backward_data: None,
-                    backward_filter: None,
-                    gemm: Gemm::No,
-                    backward_gemm: [None, None],
+                    forward_route: Route::Cudnn,
+                    backward_route: [None, None],
                 },
             );
-            if is_gemm(shape, None) {
-                let gemm = match self.gemm {
-                    Some(false) => Gemm::No,
-                    Some(true) => Gemm::Forced,
-                    None => self.measure_gemm(shape, &what, None)?,
-                };
-                self.plans.get_mut(shape).expect("planned above").gemm = gemm;
-            }
+            let route = self.route(shape, &what, None)?;
+            self.plans
+                .get_mut(shape)
+                .expect("planned above")
+                .forward_route = route;
         }
         Ok(self.plans.get_mut(shape).expect("planned above"))
     }
 
     /// Times a pass of `shape` (the forward without an epilogue for `None`, else that
-    /// backward pass, overwriting) by cuDNN's algorithm and as a GEMM, on scratch tensors of
-    /// zeros: [`GEMM_TIMED_CALLS`] calls each after one untimed call (which makes cuDNN's
-    /// choice and the GEMM's plan).
-    fn measure_gemm(
+    /// backward pass, overwriting) by cuDNN on the NHWC tensors and by each of `others`, on
+    /// scratch tensors of zeros: [`TIMED_CALLS`] calls each after one untimed call (which
+    /// makes cuDNN's choice, the GEMM's plan, the channel-major path's choice and scratch),
+    /// each path end to end (the channel-major path's copies included).
+    fn measure(
         &mut self,
         shape: &Conv2dShape,
         what: &str,
         pass: Option<Backward>,
-    ) -> Result<Gemm> {
+        others: &[Path],
+    ) -> Result<Route> {
         let bytes = element_bytes(self.precision);
         let stream = self.handle.stream().clone();
         let alloc = |n: usize| {
@@ -1502,30 +1736,110 @@ impl Conv2dKernels {
             alloc(shape.output_len())?,
         );
         let [x, w, y] = [ptr(&x, &stream), ptr(&w, &stream), ptr_mut(&mut y, &stream)];
-        let time = |k: &mut Self, gemm: bool| -> Result<f64> {
-            // y stands in for dy; the gradient overwrites x (data) or w (filter).
-            let call = |k: &mut Self| match (pass, gemm) {
-                (None, true) => k.gemm_forward(shape, what, [x, w, y], None, None, false),
-                (None, false) => {
-                    let h = k.handle.bind()?;
-                    k.convolve(h, shape, [x, w, y], what)
-                }
-                (Some(b @ Backward::Data), gemm) => k.backward_by(gemm, shape, what, b, [w, y, x]),
-                (Some(b @ Backward::Filter), gemm) => {
-                    k.backward_by(gemm, shape, what, b, [x, y, w])
-                }
-            };
-            call(k)?;
-            let ms = time_ms(&stream, || (0..GEMM_TIMED_CALLS).try_for_each(|_| call(k)))?;
-            Ok(ms / GEMM_TIMED_CALLS as f64)
+        // y stands in for dy; the gradient overwrites x (data) or w (filter).
+        let ops = match pass {
+            None => [x, w, y],
+            Some(Backward::Data) => [w, y, x],
+            Some(Backward::Filter) => [x, y, w],
         };
-        let cudnn_ms = time(self, false)?;
-        // cuBLASLt may offer no algorithm for a shape's sizes and alignments; cuDNN runs it then.
-        Ok(match time(self, true) {
-            Ok(gemm_ms) => Gemm::Measured { gemm_ms, cudnn_ms },
-            Err(e @ (Error::BlasLt { .. } | Error::Invalid { .. })) => Gemm::Refused(e.to_string()),
-            Err(e) => return Err(e),
+        let time = |k: &mut Self, path: Option<Path>| -> Result<f64> {
+            let call = |k: &mut Self| k.run_pass(path, shape, what, pass, ops, false);
+            call(k)?;
+            let ms = time_ms(&stream, || (0..TIMED_CALLS).try_for_each(|_| call(k)))?;
+            Ok(ms / TIMED_CALLS as f64)
+        };
+        let refused = |e: &Error| match e {
+            Error::BlasLt { .. } | Error::Invalid { .. } => true,
+            Error::Cudnn { source, .. } => refuses(*source),
+            _ => false,
+        };
+        let cudnn_ms = time(self, None)?;
+        let mut timed = Vec::new();
+        for &path in others {
+            // cuBLASLt may offer no algorithm for a shape's sizes and alignments, cuDNN none
+            // for its NCHW tensors (or refuse their parameters): cuDNN on the NHWC ones runs
+            // it then.
+            let ms = match time(self, Some(path)) {
+                Ok(ms) => Ok(ms),
+                Err(e) if refused(&e) => Err(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            timed.push((path, ms));
+        }
+        Ok(Route::Measured {
+            cudnn_ms,
+            others: timed,
         })
+    }
+
+    /// Readies the channel-major path for a pass of `shape` (the forward for `None`): the
+    /// transposes' kernels, the scratch copies of its tensors, its NCHW descriptors and
+    /// cuDNN's algorithm for them.
+    fn ready_channel_major(&mut self, shape: &Conv2dShape, pass: Option<Backward>) -> Result<()> {
+        if self.precision != Precision::F32 {
+            // The copies run f32 to f32 (`channel_major`); `route` never takes the path here.
+            return Err(Error::invalid(
+                pass_label("channel-major", shape, self.precision),
+                "the channel-major path is f32's only",
+            ));
+        }
+        if self.copy.is_none() {
+            self.copy = Some(ChannelCopyKernels::load(self.handle.gpu())?);
+        }
+        let copies = channel_major_copies(shape);
+        for (scratch, [to, _]) in self.scratch.iter_mut().zip(&copies) {
+            let bytes = to.y_len() * std::mem::size_of::<f32>();
+            if scratch.len() < bytes {
+                // The old copy is freed in stream order, after the work that used it.
+                *scratch =
+                    self.handle.stream().alloc_zeros::<u8>(bytes).cuda(|| {
+                        format!("allocating {bytes} bytes of conv2d channel-major scratch")
+                    })?;
+            }
+        }
+        match pass {
+            None => self.forward_choice(shape, Format::Nchw).map(drop),
+            Some(Backward::Data) => self.backward_choice(shape, Format::Nchw, &DATA).map(drop),
+            Some(Backward::Filter) => self.backward_choice(shape, Format::Nchw, &FILTER).map(drop),
+        }
+    }
+
+    /// A pass of `shape` channel-major, on checked buffers as [`Self::run_pass`] takes them:
+    /// its two operands transposed into the scratch copies (NCHW activations, KCRS filters),
+    /// cuDNN on those into the third (overwriting), and that transposed back into the result,
+    /// added to it when `accumulate` (cuDNN's beta = 1 on the NHWC tensors).
+    fn channel_major(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        pass: Option<Backward>,
+        ops: [u64; 3],
+        accumulate: bool,
+    ) -> Result<()> {
+        self.ready_channel_major(shape, pass)?;
+        let copy = self.copy.clone().expect("loaded by ready_channel_major");
+        let copies = channel_major_copies(shape);
+        let stream = self.handle.stream().clone();
+        let roles = roles(pass);
+        let nchw = roles.map(|r| ptr_mut(&mut self.scratch[r], &stream));
+        for i in 0..2 {
+            // SAFETY: ops[i] was checked to hold the tensor of its role (the copy's x_len), the
+            // scratch copy was grown to its y_len; both f32, the precision's storage (checked
+            // by ready_channel_major).
+            unsafe {
+                copy.run_at::<f32, f32>(&stream, &copies[roles[i]][0], ops[i], nchw[i], false)
+            }?;
+        }
+        match pass {
+            None => {
+                let h = self.handle.bind()?;
+                self.convolve(h, shape, Format::Nchw, nchw, what)?;
+            }
+            Some(b) => self.cudnn_backward(shape, what, Format::Nchw, b, nchw, false)?,
+        }
+        let back = &copies[roles[2]][1];
+        // SAFETY: as above, the other way.
+        unsafe { copy.run_at::<f32, f32>(&stream, back, nchw[2], ops[2], accumulate) }
     }
 
     /// `y = epilogue(x W^T)` of a GEMM shape by cuBLASLt: the residual as C (beta = 1), the
@@ -1559,88 +1873,126 @@ impl Conv2dKernels {
         self.lt()?.matmul(what, product, types, epilogue, ops)
     }
 
-    /// The algorithm of the backward pass `pass` of `shape`, chosen on first use.
-    fn backward_choice<P: Perf, A: Copy, G: Copy>(
-        &mut self,
-        shape: &Conv2dShape,
-        pass: &BackwardFns<P, A, G>,
-    ) -> Result<Choice<P::Algo>> {
-        self.choice(shape, pass.name, pass.slot, |h, d, count, n, perf| {
-            let (operand, grad) = (pass.descriptors)(d);
-            // SAFETY: live handle and descriptors; `perf` holds `count` results.
-            unsafe { (pass.find)(h, operand, d.y.0, d.conv.0, grad, count, n, perf) }
-        })
-    }
-
-    /// The backward pass `pass` of `shape` on the checked buffers: `(handle, [operand, dy],
-    /// grad)`, scaled by `[alpha, beta]`.
-    fn backward_pass<P: Perf, A: Copy, G: Copy>(
-        &mut self,
-        shape: &Conv2dShape,
-        what: &str,
-        pass: &BackwardFns<P, A, G>,
-        (h, [op, dyp], gp): (sys::cudnnHandle_t, [*const c_void; 2], *mut c_void),
-        [one, beta]: [f32; 2],
-    ) -> Result<()> {
-        self.backward_choice(shape, pass)?;
-        self.execute(
+    /// The algorithm of the forward pass of `shape` in `format`, chosen on first use (when
+    /// the plan is made, for NHWC).
+    fn forward_choice(&mut self, shape: &Conv2dShape, format: Format) -> Result<Choice<FwdAlgo>> {
+        self.choice(
             shape,
-            what,
-            |p| (pass.slot)(p).as_mut().expect("chosen above"),
-            |k, choice| {
-                let ws = k.workspace_ptr();
-                let d = &k.plans[shape].d;
-                let (operand, grad) = (pass.descriptors)(d);
-                // SAFETY: the descriptors describe the checked buffers; the workspace holds at
-                // least the algorithm's (grown by `execute`).
+            "forward",
+            format,
+            |c| &mut c.forward,
+            |h, d, count, n, perf| {
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
                 unsafe {
-                    (pass.run)(
-                        h,
-                        scalar(&one),
-                        operand,
-                        op,
-                        d.y.0,
-                        dyp,
-                        d.conv.0,
-                        choice.algo,
-                        ws,
-                        choice.workspace,
-                        scalar(&beta),
-                        grad,
-                        gp,
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        h, d.x.0, d.w.0, d.conv.0, d.y.0, count, n, perf,
                     )
                 }
             },
         )
     }
 
-    /// The algorithm cached in `slot` of `shape`'s plan, or the one cuDNN's benchmark `find`
-    /// picks now (the workspace grown for it).
+    /// The algorithm of the backward pass `pass` of `shape` in `format`, chosen on first use.
+    fn backward_choice<P: Perf, A: Copy, G: Copy>(
+        &mut self,
+        shape: &Conv2dShape,
+        format: Format,
+        pass: &BackwardFns<P, A, G>,
+    ) -> Result<Choice<P::Algo>> {
+        self.choice(
+            shape,
+            pass.name,
+            format,
+            pass.slot,
+            |h, d, count, n, perf| {
+                let (operand, grad) = (pass.descriptors)(d);
+                // SAFETY: live handle and descriptors; `perf` holds `count` results.
+                unsafe { (pass.find)(h, operand, d.y.0, d.conv.0, grad, count, n, perf) }
+            },
+        )
+    }
+
+    /// The backward pass `pass` of `shape` on the checked buffers in `format`: `(handle,
+    /// [operand, dy], grad)`, scaled by `[alpha, beta]`.
+    fn backward_pass<P: Perf, A: Copy, G: Copy>(
+        &mut self,
+        shape: &Conv2dShape,
+        what: &str,
+        format: Format,
+        pass: &BackwardFns<P, A, G>,
+        (h, [op, dyp], gp): (sys::cudnnHandle_t, [*const c_void; 2], *mut c_void),
+        [one, beta]: [f32; 2],
+    ) -> Result<()> {
+        self.backward_choice(shape, format, pass)?;
+        self.execute(shape, what, format, pass.slot, |k, choice| {
+            let ws = k.workspace_ptr();
+            let d = &k.plans[shape].cudnn(format).d;
+            let (operand, grad) = (pass.descriptors)(d);
+            // SAFETY: the descriptors describe the checked buffers; the workspace holds at
+            // least the algorithm's (grown by `execute`).
+            unsafe {
+                (pass.run)(
+                    h,
+                    scalar(&one),
+                    operand,
+                    op,
+                    d.y.0,
+                    dyp,
+                    d.conv.0,
+                    choice.algo,
+                    ws,
+                    choice.workspace,
+                    scalar(&beta),
+                    grad,
+                    gp,
+                )
+            }
+        })
+    }
+
+    /// The algorithm cached in `slot` of `shape`'s plan in `format`, or the one cuDNN's
+    /// benchmark `find` picks now (the workspace grown for it).
     fn choice<P: Perf>(
         &mut self,
         shape: &Conv2dShape,
         pass: &str,
-        slot: impl Fn(&mut Plan) -> &mut Option<Candidates<P::Algo>>,
+        format: Format,
+        slot: impl Fn(&mut Cudnn) -> &mut Option<Candidates<P::Algo>>,
         benchmark: impl FnOnce(sys::cudnnHandle_t, &Descriptors, i32, &mut i32, *mut P) -> Status,
     ) -> Result<Choice<P::Algo>> {
         let (precision, rules) = (self.precision, self.rules());
         let h = self.handle.bind()?;
-        let plan = self.plan(shape)?;
-        let choice = match slot(plan) {
+        let cudnn = self.cudnn(shape, format)?;
+        let choice = match slot(cudnn) {
             Some(c) => c.current(),
             None => {
-                let what = pass_label(pass, shape, precision);
-                let d = &plan.d;
+                let what = match format {
+                    Format::Nhwc => pass_label(pass, shape, precision),
+                    Format::Nchw => pass_label(&format!("{pass} channel-major"), shape, precision),
+                };
+                let d = &cudnn.d;
                 let c = find(&what, rules, |count, n, perf| {
                     benchmark(h, d, count, n, perf)
                 })?;
                 let first = c.current();
-                *slot(plan) = Some(c);
+                *slot(cudnn) = Some(c);
                 first
             }
         };
         self.grow_workspace(choice.workspace)?;
         Ok(choice)
+    }
+
+    /// cuDNN's side of `shape`'s plan in `format`, the NCHW descriptors made on first use.
+    fn cudnn(&mut self, shape: &Conv2dShape, format: Format) -> Result<&mut Cudnn> {
+        let precision = self.precision;
+        let plan = self.plan(shape)?;
+        if format == Format::Nchw && plan.nchw.is_none() {
+            let what = || pass_label("channel-major", shape, precision);
+            let d = Descriptors::new(shape, precision, format).map_err(cudnn_error(what))?;
+            plan.nchw = Some(Cudnn::new(d));
+        }
+        Ok(plan.cudnn_mut(format))
     }
 
     fn grow_workspace(&mut self, bytes: usize) -> Result<()> {
@@ -1660,22 +2012,25 @@ impl Conv2dKernels {
         ptr_mut(&mut self.workspace, &stream) as *mut c_void
     }
 
-    /// `y = conv(x, w)` with the shape's chosen algorithm.
+    /// `y = conv(x, w)` in `format` with the shape's chosen algorithm.
     fn convolve(
         &mut self,
         h: sys::cudnnHandle_t,
         shape: &Conv2dShape,
+        format: Format,
         [x, w, y]: [u64; 3],
         what: &str,
     ) -> Result<()> {
         let (one, zero) = scales(false);
+        self.forward_choice(shape, format)?;
         self.execute(
             shape,
             what,
-            |p| &mut p.forward,
+            format,
+            |c| &mut c.forward,
             |k, choice| {
                 let ws = k.workspace_ptr();
-                let d = &k.plans[shape].d;
+                let d = &k.plans[shape].cudnn(format).d;
                 // SAFETY: the plan's descriptors describe the checked buffers; the workspace
                 // holds the algorithm's (grown by `execute`).
                 unsafe {
@@ -1699,23 +2054,33 @@ impl Conv2dKernels {
         )
     }
 
-    /// Runs one pass of `shape` (`exec(self, algorithm)`) with its current algorithm, moving
-    /// on to the next acceptable one for good when cuDNN refuses it at run time (see
-    /// [`Candidates`]).
+    /// Runs one pass of `shape` in `format` (`exec(self, algorithm)`) with its current
+    /// algorithm (chosen before), moving on to the next acceptable one for good when cuDNN
+    /// refuses it at run time (see [`Candidates`]).
     fn execute<A: Copy + std::fmt::Debug>(
         &mut self,
         shape: &Conv2dShape,
         what: &str,
-        slot: impl Fn(&mut Plan) -> &mut Candidates<A>,
+        format: Format,
+        slot: impl Fn(&mut Cudnn) -> &mut Option<Candidates<A>>,
         mut exec: impl FnMut(&mut Self, Choice<A>) -> std::result::Result<(), CudnnError>,
     ) -> Result<()> {
+        let current = |k: &mut Self| {
+            let cudnn = k.plans.get_mut(shape).expect("planned").cudnn_mut(format);
+            slot(cudnn).as_mut().expect("chosen before").current()
+        };
         loop {
-            let choice = slot(self.plans.get_mut(shape).expect("planned")).current();
+            let choice = current(self);
             self.grow_workspace(choice.workspace)?;
             match exec(self, choice) {
                 Ok(()) => return Ok(()),
                 Err(e) if refuses(e) => {
-                    let candidates = slot(self.plans.get_mut(shape).expect("planned"));
+                    let cudnn = self
+                        .plans
+                        .get_mut(shape)
+                        .expect("planned")
+                        .cudnn_mut(format);
+                    let candidates = slot(cudnn).as_mut().expect("chosen before");
                     if !candidates.refuse(e) {
                         return Err(Error::invalid(
                             what,
@@ -1748,13 +2113,14 @@ impl Conv2dKernels {
         let zero_bias = ptr(&self.zero_bias, &stream);
         let plan = self.plans.get_mut(shape).expect("planned by forward");
         let act = if relu { &self.relu } else { &self.identity };
+        let forward = plan.forward().current();
         let state = &mut plan.fused[fused_index(relu, residual.is_some())];
         let precomputed = FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
         let candidates: Vec<(FwdAlgo, usize)> = match state {
             Fused::Unsupported(_) => return Ok(false),
             Fused::Works(algo) => {
-                let bytes = if *algo == plan.forward.current().algo {
-                    plan.forward.current().workspace
+                let bytes = if *algo == forward.algo {
+                    forward.workspace
                 } else {
                     plan.precomputed_workspace.unwrap_or(0)
                 };
@@ -1763,10 +2129,7 @@ impl Conv2dKernels {
             Fused::Untried => {
                 let mut c = Vec::new();
                 if relu {
-                    c.push((
-                        plan.forward.current().algo,
-                        plan.forward.current().workspace,
-                    ));
+                    c.push((forward.algo, forward.workspace));
                 }
                 if let Some(bytes) = plan.precomputed_workspace
                     && !c.iter().any(|&(a, _)| a == precomputed)
@@ -1786,21 +2149,21 @@ impl Conv2dKernels {
                 dnn::convolution_bias_activation_forward(
                     h,
                     scalar(&one),
-                    plan.d.x.0,
+                    plan.nhwc.d.x.0,
                     x as *const c_void,
-                    plan.d.w.0,
+                    plan.nhwc.d.w.0,
                     w as *const c_void,
-                    plan.d.conv.0,
+                    plan.nhwc.d.conv.0,
                     algo,
                     ws,
                     bytes,
                     scalar(&alpha2),
-                    plan.d.y.0,
+                    plan.nhwc.d.y.0,
                     residual.unwrap_or(y) as *const c_void,
-                    plan.d.bias.0,
+                    plan.nhwc.d.bias.0,
                     bias.unwrap_or(zero_bias) as *const c_void,
                     act.0,
-                    plan.d.y.0,
+                    plan.nhwc.d.y.0,
                     y as *mut c_void,
                 )
             };
@@ -1872,6 +2235,37 @@ fn is_gemm(shape: &Conv2dShape, pass: Option<Backward>) -> bool {
         && shape.groups == 1
         && (shape.stride == 1
             || (pass != Some(Backward::Filter) && shape.height.is_multiple_of(shape.stride)))
+}
+
+/// The roles of a pass's `[operand, operand, result]` (the forward's `[x, w, y]` for `None`,
+/// a backward pass's `[operand, dy, grad]`): 0 the input's shape (x, dx), 1 the filters' (w,
+/// dw), 2 the output's (y, dy). The channel-major path's scratch copies and transposes are
+/// indexed by role.
+fn roles(pass: Option<Backward>) -> [usize; 3] {
+    match pass {
+        None => [0, 1, 2],
+        Some(Backward::Data) => [1, 2, 0],
+        Some(Backward::Filter) => [0, 2, 1],
+    }
+}
+
+/// The channel-major path's transposes of `shape`'s tensors by role ([`roles`]), each `[to,
+/// back]`: from the crate's layout to cuDNN's channel-major one and back. Activations `[n][h
+/// w][c]` are a batch of n `h w x c` blocks, each transposed to `c x h w` (NCHW); filters
+/// `[k][r s][c / groups]` a batch of k `r s x c / groups` blocks, to KCRS (PyTorch's OIHW,
+/// which a grouped filter descriptor reads as well).
+fn channel_major_copies(shape: &Conv2dShape) -> [[Copy2d; 2]; 3] {
+    let [oh, ow] = shape.out_size();
+    let pair = |rows, a, b| [Copy2d::transpose(rows, a, b), Copy2d::transpose(rows, b, a)];
+    [
+        pair(shape.batch, shape.height * shape.width, shape.in_channels),
+        pair(
+            shape.out_channels,
+            shape.kernel_h * shape.kernel_w,
+            shape.group_in_channels(),
+        ),
+        pair(shape.batch, oh * ow, shape.out_channels),
+    ]
 }
 
 /// How errors and timings name a pass of a shape: `conv2d backward data 2x9x7x64 -> 32 k1x1 s1
@@ -2084,6 +2478,134 @@ mod tests {
         // A stride that does not divide the height leaves uneven rows: cuDNN's.
         let uneven = Conv2dShape::new(1, [5, 4], 2, 2, 1).with_stride(2);
         assert!(!is_gemm(&uneven, None) && !is_gemm(&uneven, Some(Backward::Data)));
+    }
+
+    /// The channel-major path's transposes: activations to NCHW, filters to KCRS (PyTorch's
+    /// OIHW), each `back` the inverse of its `to` (adding when accumulating), the roles'
+    /// lengths those of the tensors each pass hands over, and the forward convolution of the
+    /// transposed operands, transposed back, the NHWC convolution (on the CPU reference).
+    #[test]
+    fn channel_major_copies_are_nchw_and_kcrs() {
+        use super::super::channel_copy::cpu::channel_copy;
+        let s = Conv2dShape::new;
+        let shapes = [
+            s(2, [7, 5], 6, 9, 3)
+                .with_stride(2)
+                .with_pad(1)
+                .with_groups(3),
+            s(2, [6, 6], 4, 4, 3).with_pad(1).with_groups(4),
+            s(1, [5, 4], 3, 2, 1),
+            Conv2dShape {
+                kernel_w: 5,
+                ..s(3, [4, 9], 2, 3, 1).with_pad(2)
+            },
+        ];
+        for shape in shapes {
+            let copies = channel_major_copies(&shape);
+            let value = |i: usize, m: usize| ((i * 7919) % m) as f32 / m as f32 - 0.5;
+            let tensors: [Vec<f32>; 3] = [
+                (0..shape.input_len()).map(|i| value(i, 13)).collect(),
+                (0..shape.weight_len()).map(|i| value(i, 11)).collect(),
+                (0..shape.output_len()).map(|i| value(i, 17)).collect(),
+            ];
+            let copy = |c: &Copy2d, x: &[f32], onto: Option<&[f32]>| {
+                let mut y = onto.map_or(vec![0.0; c.y_len()], <[f32]>::to_vec);
+                channel_copy(c, x, &mut y, onto.is_some());
+                y
+            };
+            let [to, back]: [[Vec<f32>; 3]; 2] =
+                [0, 1].map(|way| std::array::from_fn(|r| copy(&copies[r][way], &tensors[r], None)));
+            for r in 0..3 {
+                let [t, b] = copies[r];
+                assert_eq!(t.x_len(), tensors[r].len(), "{shape} role {r}");
+                assert_eq!(
+                    (t.y_len(), b.x_len(), b.y_len()),
+                    (t.x_len(), t.x_len(), t.x_len())
+                );
+                assert_eq!(copy(&b, &to[r], None), tensors[r], "{shape} role {r}");
+                let twice: Vec<f32> = tensors[r].iter().map(|v| 2.0 * v).collect();
+                assert_eq!(copy(&b, &to[r], Some(&tensors[r])), twice);
+                assert_eq!(copy(&t, &back[r], None), tensors[r]);
+            }
+            // Activation (n, y, x, c) lands at (n, c, y, x); filter (k, ky, kx, c) at (k, c, ky, kx).
+            let (h, w, c) = (shape.height, shape.width, shape.in_channels);
+            let (n, y, x, ci) = (shape.batch - 1, h - 1, 1, c - 1);
+            assert_eq!(
+                to[0][((n * c + ci) * h + y) * w + x],
+                tensors[0][((n * h + y) * w + x) * c + ci]
+            );
+            assert_eq!(to[1], shape.weight_from_gpu(&tensors[1]), "{shape}");
+            // The passes hand over [x, w, y], [w, dy, dx] and [x, dy, dw].
+            let lens = [shape.input_len(), shape.weight_len(), shape.output_len()];
+            for (pass, want) in [
+                (None, [lens[0], lens[1], lens[2]]),
+                (Some(Backward::Data), [lens[1], lens[2], lens[0]]),
+                (Some(Backward::Filter), [lens[0], lens[2], lens[1]]),
+            ] {
+                assert_eq!(roles(pass).map(|r| lens[r]), want);
+            }
+            let nchw = cpu::Conv2d {
+                layout: cpu::Layout::Nchw,
+                ..cpu::Conv2d::nhwc(shape)
+            };
+            let y = cpu::conv2d(&nchw, &to[0], &to[1], None, None).unwrap();
+            let want = cpu::conv2d(&cpu::Conv2d::nhwc(shape), &tensors[0], &to[1], None, None);
+            let got = copy(&copies[2][1], &y, None);
+            for (g, e) in got.iter().zip(&want.unwrap()) {
+                assert!((g - e).abs() < 1e-5, "{shape}: {g} against {e}");
+            }
+        }
+    }
+
+    /// The fastest measured path runs; a refused or slower one never does; a forced one
+    /// always; the description says which and the times that chose it.
+    #[test]
+    fn routes_run_the_fastest_path_and_say_why() {
+        let measured = |others: Vec<(Path, std::result::Result<f64, String>)>| Route::Measured {
+            cudnn_ms: 1.0,
+            others,
+        };
+        let gemm_wins = measured(vec![(Path::Gemm, Ok(0.2)), (Path::ChannelMajor, Ok(0.5))]);
+        assert_eq!(gemm_wins.runs(), Some(Path::Gemm));
+        let nchw_wins = measured(vec![
+            (Path::Gemm, Err("no algorithm".into())),
+            (Path::ChannelMajor, Ok(0.5)),
+        ]);
+        assert_eq!(nchw_wins.runs(), Some(Path::ChannelMajor));
+        assert_eq!(measured(vec![(Path::ChannelMajor, Ok(1.5))]).runs(), None);
+        assert_eq!(Route::Cudnn.runs(), None);
+        assert_eq!(
+            Route::Forced(Path::ChannelMajor).runs(),
+            Some(Path::ChannelMajor)
+        );
+        let choice = |algo, ms| Choice {
+            algo,
+            workspace: 0,
+            ms,
+            math: Math::CUDNN_FMA_MATH,
+        };
+        let nhwc = Some(choice(
+            FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            1.0,
+        ));
+        let nchw = Some(choice(FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_FFT, 0.4));
+        let line = nchw_wins.describe(nhwc, nchw);
+        assert!(
+            line.starts_with("channel-major (NCHW) FFT (fma, 0.400 ms, 0 KiB), chosen when timed")
+                && line.contains("(0.500 ms against cuDNN's IMPLICIT_GEMM 1.000, cuBLASLt GEMM refused: no algorithm)"),
+            "{line}"
+        );
+        let line = Route::Forced(Path::ChannelMajor).describe(nhwc, nchw);
+        assert!(
+            line.starts_with("channel-major (NCHW) FFT") && line.ends_with("(forced)"),
+            "{line}"
+        );
+        let kept = measured(vec![(Path::ChannelMajor, Ok(1.5))]).describe(nhwc, nchw);
+        assert!(
+            kept.starts_with("IMPLICIT_GEMM (fma")
+                && kept.contains("(1.000 ms against channel-major (NCHW) 1.500)"),
+            "{kept}"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `kernels/channel_copy.cu` against `channel_copy::cpu`: every copy the CNNs make (concat
 //! into a channel range, a channel split, the shuffle and its inverse, the flatten, a filter's
-//! layout change), written and accumulated, between every pair of f32 and bf16. Copies are
-//! exact, a conversion to bf16 and an accumulation round once (to nearest even), so the
-//! results are compared bit for bit.
+//! layout change, conv2d's channel-major copies), on both kernels (element-wise, tiled),
+//! written and accumulated, between every pair of f32 and bf16. Copies are exact, a conversion
+//! to bf16 and an accumulation round once (to nearest even), so the results are compared bit
+//! for bit.
 
 use attnrt::gpu::testing::gpu_or_skip;
 use attnrt::kernels::channel_copy::cpu::channel_copy;
@@ -30,6 +31,23 @@ fn channel_copy_matches_the_cpu_reference() {
         Copy2d::transpose(5, 7, 9),
         Copy2d::transpose(5, 9, 7),
         Copy2d::take(1, 37, 0, 37),
+        // Tiled transposes (both sides 16 or more): conv2d's NHWC to NCHW and back with
+        // partial tiles, whole tiles, a KRSC bank of 5x5 filters to KCRS, more rows than a
+        // grid's y (65,535), and one with offsets and padded rows.
+        Copy2d::transpose(2, 9 * 11, 40),
+        Copy2d::transpose(2, 40, 9 * 11),
+        Copy2d::transpose(3, 32, 64),
+        Copy2d::transpose(6, 25, 16),
+        Copy2d::transpose(66_000, 16, 17),
+        Copy2d {
+            rows: 3,
+            x_stride: 50 * 20 + 7,
+            x_off: 5,
+            y_stride: 50 * 20 + 3,
+            y_off: 2,
+            a: 50,
+            b: 20,
+        },
     ];
     for copy in copies {
         for accumulate in [false, true] {

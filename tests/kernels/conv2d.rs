@@ -8,7 +8,9 @@
 //! random values. Each forward epilogue (none, bias, bias + ReLU, bias + residual + ReLU) runs
 //! through cuDNN's fused call and through our epilogue kernel. Each case prints its error and
 //! the plan cuDNN chose (algorithms, math, whether the epilogue was fused), and a test reports
-//! every failing case before it fails, so one GPU run tells everything.
+//! every failing case before it fails, so one GPU run tells everything. f32 runs every case
+//! with the channel-major path (NCHW copies of the operands) left to timing, and again forced
+//! (`set_channel_major`), with and without FFT and Winograd.
 //!
 //! Tolerances (relative Frobenius error against the reference):
 //! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3); 3e-4 with FFT and Winograd allowed
@@ -106,35 +108,81 @@ fn cases() -> Vec<(&'static str, Conv2dShape)> {
     ]
 }
 
-/// How a test sets the kernels up: the GEMM path (`Some` forces it or cuDNN, `None`
-/// measures) and whether f32 may use FFT and Winograd.
+/// How a test sets the kernels up: the GEMM path and f32's channel-major path (`Some`
+/// forces it on or off, `None` measures) and whether f32 may use FFT and Winograd.
 #[derive(Clone, Copy, Default)]
 struct Paths {
     gemm: Option<bool>,
+    channel_major: Option<bool>,
     transforms: bool,
 }
 
 impl Paths {
     const GEMM: Paths = Paths {
         gemm: Some(true),
+        channel_major: None,
         transforms: false,
     };
     const TRANSFORMS: Paths = Paths {
         gemm: None,
+        channel_major: None,
+        transforms: true,
+    };
+    const CHANNEL_MAJOR: Paths = Paths {
+        gemm: None,
+        channel_major: Some(true),
+        transforms: false,
+    };
+    const CHANNEL_MAJOR_TRANSFORMS: Paths = Paths {
+        gemm: None,
+        channel_major: Some(true),
         transforms: true,
     };
 
     fn apply(self, conv: &mut Conv2dKernels) {
         conv.set_gemm(self.gemm);
+        conv.set_channel_major(self.channel_major).unwrap();
         conv.set_transforms(self.transforms);
     }
 
     /// What a case's label adds.
-    fn label(self) -> &'static str {
-        match (self.gemm, self.transforms) {
-            (Some(true), _) => " (GEMM forced)",
-            (_, true) => " (FFT/Winograd allowed)",
-            _ => "",
+    fn label(self) -> String {
+        let mut label = String::new();
+        if self.gemm == Some(true) {
+            label += " (GEMM forced)";
+        }
+        if self.channel_major == Some(true) {
+            label += " (channel-major forced)";
+        }
+        if self.transforms {
+            label += " (FFT/Winograd allowed)";
+        }
+        label
+    }
+
+    /// Records in `failures` each of `passes` ("forward", "backward data", ...) that
+    /// `described` does not run as these paths force.
+    fn check_forced(
+        self,
+        name: &str,
+        described: &str,
+        passes: &[&str],
+        failures: &mut Vec<String>,
+    ) {
+        // Channel-major wins where both are forced.
+        let forced = [
+            (self.channel_major, "channel-major (NCHW)"),
+            (self.gemm, "cuBLASLt GEMM"),
+        ];
+        let Some((_, path)) = forced.iter().find(|(set, _)| *set == Some(true)) else {
+            return;
+        };
+        for pass in passes {
+            if !described.contains(&format!("{pass} {path}")) {
+                failures.push(format!(
+                    "{name}: {pass} not run as the forced {path}: {described}"
+                ));
+            }
         }
     }
 
@@ -303,9 +351,7 @@ fn check_forward<T: Element>(
         }
         let described = conv.describe(&shape).unwrap_or_default();
         println!("  {described}");
-        if paths.gemm == Some(true) && !described.contains("forward cuBLASLt GEMM") {
-            failures.push(format!("{name}: the GEMM was forced but {described}"));
-        }
+        paths.check_forced(name, &described, &["forward"], &mut failures);
     }
     finish(test, failures);
 }
@@ -321,6 +367,21 @@ fn conv2d_forward_f32_transforms_matches_the_reference() {
     let test = "conv2d_forward_f32_transforms_matches_the_reference";
     let all = cases().into_iter().chain(transform_cases()).collect();
     check_forward::<f32>(test, Precision::F32, Paths::TRANSFORMS, all);
+}
+
+/// f32 with every pass of every shape forced onto the channel-major path (NCHW copies).
+#[test]
+fn conv2d_forward_f32_channel_major_matches_the_reference() {
+    let test = "conv2d_forward_f32_channel_major_matches_the_reference";
+    check_forward::<f32>(test, Precision::F32, Paths::CHANNEL_MAJOR, cases());
+}
+
+/// The channel-major path with FFT and Winograd allowed: where cuDNN's f32 offers FFT.
+#[test]
+fn conv2d_forward_f32_channel_major_transforms_matches_the_reference() {
+    let test = "conv2d_forward_f32_channel_major_transforms_matches_the_reference";
+    let all = cases().into_iter().chain(transform_cases()).collect();
+    check_forward::<f32>(test, Precision::F32, Paths::CHANNEL_MAJOR_TRANSFORMS, all);
 }
 
 #[test]
@@ -447,17 +508,14 @@ fn check_backward<T: Element>(
         }
         let described = conv.describe(&shape).unwrap_or_default();
         println!("  {described}");
-        let forced: &[&str] = if shape.stride == 1 {
-            &[
-                "backward data cuBLASLt GEMM",
-                "backward filter cuBLASLt GEMM",
-            ]
+        // A strided 1x1's filter pass is no GEMM (see `gemm_cases`); every pass has the
+        // channel-major path.
+        let passes: &[&str] = if shape.stride == 1 || paths.channel_major == Some(true) {
+            &["backward data", "backward filter"]
         } else {
-            &["backward data cuBLASLt GEMM"]
+            &["backward data"]
         };
-        if paths.gemm == Some(true) && !forced.iter().all(|f| described.contains(f)) {
-            failures.push(format!("{name}: backward not run as GEMMs: {described}"));
-        }
+        paths.check_forced(name, &described, passes, &mut failures);
     }
     finish(test, failures);
 }
@@ -490,6 +548,55 @@ fn conv2d_backward_f32_transforms_matches_the_reference() {
     let test = "conv2d_backward_f32_transforms_matches_the_reference";
     let all = cases().into_iter().chain(transform_cases()).collect();
     check_backward::<f32>(test, Precision::F32, Paths::TRANSFORMS, all);
+}
+
+/// f32 with every pass of every shape forced onto the channel-major path (NCHW copies).
+#[test]
+fn conv2d_backward_f32_channel_major_matches_the_reference() {
+    let test = "conv2d_backward_f32_channel_major_matches_the_reference";
+    check_backward::<f32>(test, Precision::F32, Paths::CHANNEL_MAJOR, cases());
+}
+
+/// The channel-major path with FFT and Winograd allowed: where cuDNN's f32 offers FFT.
+#[test]
+fn conv2d_backward_f32_channel_major_transforms_matches_the_reference() {
+    let test = "conv2d_backward_f32_channel_major_transforms_matches_the_reference";
+    let all = cases().into_iter().chain(transform_cases()).collect();
+    check_backward::<f32>(test, Precision::F32, Paths::CHANNEL_MAJOR_TRANSFORMS, all);
+}
+
+/// Only f32 has the channel-major path: forcing it elsewhere is an error; its scratch
+/// copies are counted with the workspace.
+#[test]
+fn conv2d_channel_major_is_f32_only_and_counted() {
+    let test = "conv2d_channel_major_is_f32_only_and_counted";
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let Some((_, mut conv)) = conv_or_skip(test, precision) else {
+            return;
+        };
+        let e = conv.set_channel_major(Some(true)).unwrap_err().to_string();
+        assert!(e.contains("f32's only"), "{precision}: {e}");
+        conv.set_channel_major(Some(false)).unwrap();
+        conv.set_channel_major(None).unwrap();
+    }
+    let Some((_, mut conv)) = conv_or_skip(test, Precision::F32) else {
+        return;
+    };
+    conv.set_channel_major(Some(true)).unwrap();
+    let shape = Conv2dShape::new(2, [12, 10], 8, 16, 3).with_pad(1);
+    conv.prepare(&shape, Passes::Training).unwrap();
+    let copies = 4 * (shape.input_len() + shape.weight_len() + shape.output_len());
+    let described = conv.describe(&shape).unwrap();
+    println!("{described}; {} bytes", conv.workspace_bytes());
+    assert!(
+        conv.workspace_bytes() >= copies,
+        "{}",
+        conv.workspace_bytes()
+    );
+    for pass in ["forward", "backward data", "backward filter"] {
+        let want = format!("{pass} channel-major (NCHW)");
+        assert!(described.contains(&want), "{described}");
+    }
 }
 
 #[test]
@@ -575,6 +682,12 @@ fn conv2d_runs_inside_a_cuda_graph() {
             graph_case::<f32>(&gpu, &mut conv);
         }
     }
+    // The channel-major path's copies and NCHW convolutions are captured as well.
+    let Some((gpu, mut conv)) = conv_or_skip(test, Precision::F32) else {
+        return;
+    };
+    conv.set_channel_major(Some(true)).unwrap();
+    graph_case::<f32>(&gpu, &mut conv);
 }
 
 fn graph_case<T: Element>(gpu: &Arc<Gpu>, conv: &mut Conv2dKernels) {

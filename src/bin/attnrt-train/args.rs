@@ -186,8 +186,9 @@ pub struct TrainArgs {
     pub prefetch: usize,
 
     /// One-job runs of a CNN on GPUs: at the end, print what ran each convolution's forward
-    /// and backward passes on the first GPU (cuDNN's algorithm or a cuBLASLt GEMM, with the
-    /// timings that chose it). The JSON report holds the same lines as `conv_paths`.
+    /// and backward passes on the first GPU (cuDNN's algorithm, on the NHWC tensors or, in
+    /// f32, on channel-major NCHW copies of them, or a cuBLASLt GEMM, with the timings that
+    /// chose it). The JSON report holds the same lines as `conv_paths`.
     #[arg(long)]
     pub show_convs: bool,
 }

@@ -477,7 +477,10 @@ impl<T: Storage> Walker<T> {
                 "filters and one layer's gradients (KRSC)",
                 self.conv_w.num_bytes() + self.conv_dw.num_bytes(),
             ),
-            ("cuDNN workspace", self.conv.workspace_bytes()),
+            (
+                "cuDNN workspace and channel-major copies",
+                self.conv.workspace_bytes(),
+            ),
             (
                 "linear layers' f32 operands",
                 linear

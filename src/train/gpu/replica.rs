@@ -137,7 +137,7 @@ struct StagedImages<E: Staged> {
 }
 
 impl<E: Staged> StagedImages<E> {
-    fn new(s: &Arc<CudaStream>) -> Result<Box<dyn Images>> {
+    fn boxed(s: &Arc<CudaStream>) -> Result<Box<dyn Images>> {
         let one = || s.alloc_zeros::<E>(1).cuda(|| "allocating".into());
         Ok(Box::new(StagedImages {
             pinned: None,
@@ -355,8 +355,8 @@ impl Replica {
         let stats_slots = [slot()?, slot()?];
         let labels = || s.alloc_zeros::<u32>(1).cuda(|| "allocating".into());
         let images = match (&net, precision) {
-            (Net::Cnn(_), Precision::Bf16) => StagedImages::<bf16>::new(&s)?,
-            _ => StagedImages::<f32>::new(&s)?,
+            (Net::Cnn(_), Precision::Bf16) => StagedImages::<bf16>::boxed(&s)?,
+            _ => StagedImages::<f32>::boxed(&s)?,
         };
         let copy_stream = gpu
             .ctx()

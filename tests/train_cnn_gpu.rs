@@ -227,6 +227,20 @@ fn one_step_of_each_cnn_matches_the_cpu() {
             .unwrap();
             replica.set_seed(pass.1);
             replica.forward_backward(&x, &labels, pass.0).unwrap();
+            // A bf16 CNN's shards are rounded to bf16 while staged (the values its first copy
+            // made on the GPU before; the errors below check them): two buffers of half the
+            // bytes, beside the labels'.
+            let element = if precision == Precision::Bf16 { 2 } else { 4 };
+            let shards = replica
+                .held()
+                .into_iter()
+                .find(|(what, _)| what.starts_with("shard"));
+            assert_eq!(
+                shards.map(|(_, bytes)| bytes),
+                Some(2 * (n * features * element + n * 4)),
+                "{} {precision}: the shard buffers",
+                arch.name()
+            );
             replica.update_buffers().unwrap();
             let loss = replica.stats().unwrap().loss;
             let logits = attnrt::gpu::download(gpu.stream(), replica.logits().unwrap()).unwrap();

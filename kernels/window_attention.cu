@@ -25,13 +25,16 @@
 // tile); O = O * rescale + P' V by the core. That is the windows body: five block-wide
 // phases a chunk, each behind a barrier, the block's threads sharing every tile.
 //
-// Rows body (w == 1 with the bf16 core: the heads of plain attention, the encoder's w = 1
-// sets and the decoder's cross attention). With w == 1 a score is one entry of D and P' is
-// the probability tile, so nothing needs the block's threads to share D: each warp owns 16
-// query rows of the tile and one half (32 keys) of every chunk, flash-attention style. Its
-// Q fragments (read once from global memory), S = Q K^T, the running max and sum and its
-// full-width O stay in registers; the mma C fragment of S is the A fragment of P, so the
-// probabilities never leave them either; the softmax's row reductions are quad shuffles.
+// Rows body (w <= 2 with the bf16 core: the encoder's w = 1 and w = 2 sets, and the
+// decoder's cross attention). For w <= 2 a query window of the tile lies inside a warp's 16
+// rows, so nothing needs the block's threads to share D: each warp owns 16 query rows of the
+// tile and one half (32 keys) of every chunk, flash-attention style. Its Q fragments (read
+// once from global memory), D = Q K^T, the running max and sum and its full-width O stay in
+// registers. With w == 1 a score is one entry of D; with w == 2 each entry of D becomes the
+// score of its window's column (roll = pos ^ src), the wrapped-diagonal sums reduced with
+// two shuffle butterflies (scores_w2), so that each row holds its window's scores permuted
+// and the tile is P'. Either way the mma C fragment of P' is the A fragment of P' V, so the
+// probabilities never leave the registers; the softmax's row reductions are quad shuffles.
 // k and v chunks are double-buffered (cp.async): a chunk's one barrier both publishes it and
 // frees the other buffer, into which the next chunk is loaded while this one is computed.
 // After the walk the two key halves of each row merge through shared memory (o = o_0 f_0 +
@@ -60,7 +63,7 @@
 //
 // Fused heads: window_attention_heads_hd*_<precision> runs up to MAX_FUSED argument sets
 // (heads of different windows, lengths and splits, sharing the variant and batch) in one
-// launch, so one layer's attention fills the GPU; in bf16 a set of w == 1 runs the rows
+// launch, so one layer's attention fills the GPU; in bf16 the sets of w <= 2 run the rows
 // body and the others the windows body, in the same launch. The arguments arrive as one
 // __grid_constant__ struct (2.7 KB of kernel parameters, read in place: no upload, capturable
 // in a graph). blockIdx.x is flattened over the sets: set i owns blocks [block_start[i],
@@ -565,6 +568,36 @@ __device__ void windows_body(const AttentionArgs& p, int tile, int split, int b,
     finish<HDP>(p, tile, split, b, z, lww, live, dr, on, o, run_max, run_sum, dp, last);
 }
 
+// With w == 2, turns the rows body's D tile (the mma C fragment of 16 query slots x 32 key
+// slots, bias included) into its score tile in place: element (query position pos, key slot
+// src of key window l) becomes its window's score at column l*4 + roll, roll = pos ^ src
+// (wrap_diff with w == 2), s = (sum_pos' D[pos'][pos' ^ roll] + sr[roll]) / 4. A (query
+// window, key window) pair's 4 x 4 entries lie in 8 lanes: pos = (p1 p0) in lane bits 3 and 2
+// (g = lane / 4), src = (tl h) with tl in lane bit 0 and h the element. Element h's roll is
+// (r1, r0) = (p1 ^ tl, p0 ^ h): ordered by r0 (the pair swapped where p0 = 1), a lane's two
+// entries and those of the lane across p0 (lane ^ 4) add up to the partial sums over p0, and
+// those of the lane across p1 and tl (lane ^ 9, the same r1) to the scores of both r0.
+// Floating-point addition commutes, so every lane of a window holds the same bits: a
+// window's four rows hold the same scores, permuted, and the softmax goes on as with w == 1,
+// the tile now P' itself. sr_lo, sr_hi: sr[2 r1], sr[2 r1 + 1].
+__device__ __forceinline__ void scores_w2(float (&s)[4][4], float sr_lo, float sr_hi, int g) {
+    const bool p0 = g & 1;
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {  // rows g, then g + 8
+            float u0 = p0 ? s[ni][e + 1] : s[ni][e], u1 = p0 ? s[ni][e] : s[ni][e + 1];
+            u0 += __shfl_xor_sync(0xffffffffu, u0, 4);
+            u1 += __shfl_xor_sync(0xffffffffu, u1, 4);
+            u0 += __shfl_xor_sync(0xffffffffu, u0, 9);
+            u1 += __shfl_xor_sync(0xffffffffu, u1, 9);
+            u0 = (u0 + sr_lo) * 0.25f;
+            u1 = (u1 + sr_hi) * 0.25f;
+            s[ni][e] = p0 ? u1 : u0;
+            s[ni][e + 1] = p0 ? u0 : u1;
+        }
+}
+
 // Shared memory of the rows body, in floats: two buffers of a chunk's k and v (the chunk
 // being read and the one being loaded), then run_max and run_sum (TILE each) and the merge
 // flag. k rows are HDP + 8 wide, so that a lane's two channels of a B fragment are one 8-byte
@@ -581,12 +614,13 @@ struct RowsSmem {
     static_assert(TILE * KS + 4 * TILE <= stats && MAX_SPLITS * TILE <= stats, "buffers");
 };
 
-// The rows body: w == 1 with the bf16 core, flash-attention style. Warp (r, h) = (warp % 4,
-// warp / 4) owns query rows 16 r + [0, 16) of the tile and keys 32 h + [0, 32) of every
-// chunk; its Q fragments, scores, running max and sum and its full-width O accumulators live
-// in registers. Per chunk: S = Q K^T (the C fragment of S is the A fragment of P, so P never
-// leaves the registers), S + mask + bias, the online softmax with quad shuffles, O = O *
-// rescale + P V. The only barrier of a chunk is its load's: the next chunk is loaded into the
+// The rows body: w <= 2 with the bf16 core, flash-attention style. Warp (r, h) = (warp % 4,
+// warp / 4) owns query rows 16 r + [0, 16) of the tile (whole query windows) and keys 32 h +
+// [0, 32) of every chunk (whole key windows); its Q fragments, scores, running max and sum
+// and its full-width O accumulators live in registers. Per chunk: D = bias + Q K^T, with w ==
+// 2 the scores (scores_w2), the mask, the online softmax with quad shuffles, O = O * rescale
+// + P' V (the C fragment of the scores is the A fragment of P', so P' never leaves the
+// registers). The only barrier of a chunk is its load's: the next chunk is loaded into the
 // other buffer while this one is computed. At the end the two key halves of each row merge
 // through shared memory, each warp keeping half of the columns, which is the windows body's
 // ownership of O, so both end in `finish`.
@@ -600,10 +634,17 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
     float* run_sum = run_max + TILE;
     int* last = reinterpret_cast<int*>(run_sum + TILE);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int hd = p.hd, q0 = tile * TILE, live = min(TILE, p.n_queries - q0);
+    const int lw = p.w == 2 ? 1 : 0, lww = 2 * lw, ww = 1 << lww;
+    const int hd = p.hd, q0 = tile * TILE, live_rows = min(TILE, p.n_queries - q0);
     const int dr = 16 * (warp % 4), half = warp / 4, kc = 32 * half;
-    const bool active = dr < live;  // warp-uniform: the rows of a short last tile (or the
-                                    // decoder's one query) leave whole warps idle but loading
+    const bool active = dr < live_rows;  // warp-uniform: the rows of a short last tile (or
+                                         // the decoder's one query) leave whole warps idle
+    // The query position of both of the lane's rows (g and g + 8: ww divides 8), and the
+    // score column that element (ni, h) of the lane's D stands for, k0 + 8 ni + (col ^ h):
+    // key slot 8 ni + 2t + h of window l = slot / ww is column l * ww + roll, the roll that
+    // brings the slot to pos (wrap_diff, pos ^ src with w == 2: h flips its low bit).
+    const int pos = g & (ww - 1);
+    const int col = ((2 * t) & ~(ww - 1)) | wrap_diff(pos, (2 * t) & (ww - 1), lw);
     const long long head = z * p.head_stride;
     const float* q = p.q + b * p.q_batch_stride + head;
     const float* k = p.k + b * p.kv_batch_stride + head;
@@ -620,7 +661,8 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
         for (int e = tid; e < TILE * HDP; e += THREADS) {
             const int r = e / HDP, c = e % HDP;
             if (c >= hd)
-                for (int buf = 0; buf < 2; ++buf) ks(buf)[r * S::KS + c] = vs(buf)[r * S::VS + c] = 0.0f;
+                for (int buf = 0; buf < 2; ++buf)
+                    ks(buf)[r * S::KS + c] = vs(buf)[r * S::VS + c] = 0.0f;
         }
     }
     load_tile<HDP>(ks(0), S::KS, k, p.kv_slot_stride, chunk_begin * TILE, p.n_keys, hd, vector_kv);
@@ -645,29 +687,41 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
         }
     }
 
+    // With w == 2, sr of the lane's two rolls (scores_w2).
+    float sr_lo = 0.0f, sr_hi = 0.0f;
+    if (lw == 1) {
+        const int r1 = ((g >> 1) ^ t) & 1;
+        sr_lo = p.sr[2 * r1];
+        sr_hi = p.sr[2 * r1 + 1];
+    }
+
     // Rows g (lo) and g + 8 (hi) of the warp's 16: running max, and this lane's share of the
     // running sum (its 8 columns of each chunk; the quad's shares are added at the end).
     float o[NO][4] = {}, m_lo = NEG_INF, m_hi = NEG_INF, l_lo = 0.0f, l_hi = 0.0f;
     for (int chunk = chunk_begin; chunk < chunk_end; ++chunk) {
         const int buf = (chunk - chunk_begin) & 1, k0 = chunk * TILE + kc;
         const bool keys = active && k0 < p.n_keys;  // warp-uniform
-        // The bias and mask of the elements each lane holds (columns k0 + 8 ni + 2t + h, rows
-        // dr + g and dr + g + 8), loaded before the wait so that their latency hides behind it:
-        // the bias as the initial accumulators of S, the mask as bits (2 ni + h). Indices are
-        // clamped instead of branched on: a clamped column is masked, a clamped row never
-        // written.
+        // The bias and mask of the score each element of the lane's D stands for (rows dr + g
+        // and dr + g + 8, key slot k0 + 8 ni + 2t + h, that is score column `column(ni, h)`),
+        // loaded before the wait so that their latency hides behind it: the bias as the
+        // initial accumulators of D (with w = 2 the ww entries of a score's sum each carry it,
+        // and the sum is divided by ww), the mask as bits (2 ni + h). Indices are clamped
+        // instead of branched on: a clamped column is masked, a clamped row never written.
         float s[4][4] = {};
         unsigned masked = 0;
         if (keys) {
-            const int last_key = p.n_keys - 1;
+            const int last_key = p.n_keys - 1, last_window = (p.n_queries >> lww) - 1;
+            auto column = [&](int ni, int h) { return k0 + 8 * ni + (col ^ h); };
             if (p.bias) {
-                const float* lo = p.bias + (long long)min(q0 + dr + g, p.n_queries - 1) * p.n_keys;
-                const float* hi = p.bias + (long long)min(q0 + dr + g + 8, p.n_queries - 1) * p.n_keys;
+                const float* lo =
+                    p.bias + (long long)min((q0 + dr + g) >> lww, last_window) * p.n_keys;
+                const float* hi =
+                    p.bias + (long long)min((q0 + dr + g + 8) >> lww, last_window) * p.n_keys;
 #pragma unroll
                 for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
-                        const int col = min(k0 + 8 * ni + 2 * t + h, last_key);
+                        const int col = min(column(ni, h), last_key);
                         s[ni][h] = lo[col];
                         s[ni][2 + h] = hi[col];
                     }
@@ -677,7 +731,7 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
             for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const int col = k0 + 8 * ni + 2 * t + h;
+                    const int col = column(ni, h);
                     if (col > last_key || pad[min(col, last_key)]) masked |= 1u << (2 * ni + h);
                 }
         }
@@ -691,7 +745,7 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
         }
         if (!keys) continue;  // no query rows, or the half is past the keys: nothing to add
 
-        {  // S = bias + Q K^T for the warp's 16 rows x 32 keys
+        {  // D = bias + Q K^T for the warp's 16 rows x 32 keys
             const float* kr = ks(buf) + (kc + g) * S::KS + 2 * t;  // key kc + 8 ni + g
 #pragma unroll
             for (int kk = 0; kk < KT; ++kk)
@@ -704,6 +758,7 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
                     mma_bf16(s[ni], qa[kk], kb);
                 }
         }
+        if (lw == 1) scores_w2(s, sr_lo, sr_hi, g);
         float c_lo = m_lo, c_hi = m_hi;  // new running maxima
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
@@ -719,7 +774,8 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
             c_hi = fmaxf(c_hi, __shfl_xor_sync(0xffffffffu, c_hi, o2));
         }
         // While every column so far is masked, keep the accumulators at 0.
-        const float base_lo = c_lo == NEG_INF ? 0.0f : c_lo, base_hi = c_hi == NEG_INF ? 0.0f : c_hi;
+        const float base_lo = c_lo == NEG_INF ? 0.0f : c_lo;
+        const float base_hi = c_hi == NEG_INF ? 0.0f : c_hi;
         const float r_lo = expf(m_lo - base_lo), r_hi = expf(m_hi - base_hi);
         m_lo = c_lo;
         m_hi = c_hi;
@@ -809,25 +865,27 @@ __device__ void rows_body(const AttentionArgs& p, int tile, int split, int b, in
             m[2] = o[ni][2] * f_hi + x_hi.x * g_hi;
             m[3] = o[ni][3] * f_hi + x_hi.y * g_hi;
         }
-        if (half == 0 && t == 0) {
-            run_max[dr + g] = top_lo;
-            run_max[dr + g + 8] = top_hi;
-            run_sum[dr + g] = l_lo * f_lo + xl[other + dr + g] * g_lo;
-            run_sum[dr + g + 8] = l_hi * f_hi + xl[other + dr + g + 8] * g_hi;
+        // A window's rows hold the same scores (permuted), so the same maxima and, but for
+        // the order of the sums, the same sums: its first row's stand for the window.
+        if (half == 0 && t == 0 && pos == 0) {
+            run_max[(dr + g) >> lww] = top_lo;
+            run_max[(dr + g + 8) >> lww] = top_hi;
+            run_sum[(dr + g) >> lww] = l_lo * f_lo + xl[other + dr + g] * g_lo;
+            run_sum[(dr + g + 8) >> lww] = l_hi * f_hi + xl[other + dr + g + 8] * g_hi;
         }
     }
     __syncthreads();  // the statistics are complete; the buffers are free for the factors
-    finish<HDP>(p, tile, split, b, z, 0, live, dr, HDP / 2 * half, mine, run_max, run_sum, smem,
-                last);
+    finish<HDP>(p, tile, split, b, z, lww, live_rows >> lww, dr, HDP / 2 * half, mine, run_max,
+                run_sum, smem, last);
 }
 
-// A block of either body: the rows body for w == 1 with the bf16 core, the windows body
-// otherwise. Both kernels of a variant call this, so a head computes the same bits alone or
-// fused.
+// A block of either body: the rows body for w <= 2 with the bf16 core (the one core whose C
+// fragment is its A fragment), the windows body otherwise. Both kernels of a variant call
+// this, so a head computes the same bits alone or fused.
 template <class Core, int HDP>
 __device__ void run(const AttentionArgs& p, int tile, int split, int b, int z) {
     if constexpr (std::is_same_v<Core, Bf16Mma>)
-        if (p.w == 1) return rows_body<HDP>(p, tile, split, b, z);
+        if (p.w <= 2) return rows_body<HDP>(p, tile, split, b, z);
     windows_body<Core, HDP>(p, tile, split, b, z);
 }
 
@@ -870,11 +928,11 @@ static_assert(sizeof(AttentionHeads) == 2760, "mirrored in src/kernels/window_at
     WINDOW_ATTENTION(HDP, bf16, Bf16Mma, MIN_BLOCKS)
 // Blocks an SM holds at once (mirrored by blocks_per_sm in src/kernels/window_attention.rs,
 // which sizes the key splits to fill the GPU once): three for hd <= 32 (52 KB of shared
-// memory a block; registers held to 80, which spills at most 28 bytes in f32 and tf32, 60
-// in bf16, whose kernels hold both bodies, against about 100 the rows body alone would
-// take), where two left a layer's 220 blocks walking up to 6 key chunks each, latency-bound
-// at 20% of the warps an SM holds (ncu, H100); two for hd 64 (76 KB), one for hd 128 (125
-// KB; 135 KB in bf16, the rows body's two chunks).
+// memory a block; registers held to 80, which spills at most 28 bytes in f32 and tf32 and
+// up to 116 in bf16, whose kernels hold both bodies: the rows body would take about 104),
+// where two left a layer's 220 blocks walking up to 6 key chunks each, latency-bound at 20%
+// of the warps an SM holds (ncu, H100); two for hd 64 (76 KB), one for hd 128 (125 KB; 135
+// KB in bf16, the rows body's two chunks).
 WINDOW_ATTENTION_PRECISIONS(16, 3)
 WINDOW_ATTENTION_PRECISIONS(32, 3)
 WINDOW_ATTENTION_PRECISIONS(64, 2)

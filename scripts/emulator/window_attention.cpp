@@ -318,10 +318,15 @@ int main(int argc, char** argv) {
                 single("width", window_case(1, hd, 77, 1, 93), p, 1);
             }
     }
-    // Plain attention (w = 1): lengths off the 16- and 64-slot grids, more keys than queries
-    // and fewer, chunks and whole splits without a live key, key halves past the last key.
+    // Plain attention (w = 1) and w = 2 (bf16's rows body): lengths off the 16- and 64-slot
+    // grids, more keys than queries and fewer, chunks and whole splits without a live key, key
+    // halves past the last key.
     if (only.empty() || only == "tokens") {
         for (auto p : precs) {
+            single("tokens", window_case(2, 32, 9, 2, 75), p, 1);
+            single("tokens", window_case(2, 24, 9, 2, 75), p, 3);
+            single("tokens", window_case(2, 64, 37, 1, 11), p, 1);
+            single("tokens", masked_range(window_case(2, 16, 25, 2, 80), 32, 200), p, 5);
             single("tokens", window_case(1, 32, 37, 2, 301), p, 1);
             single("tokens", window_case(1, 32, 37, 2, 301), p, 2);
             single("tokens", window_case(1, 20, 130, 1, 45), p, 1);

@@ -123,7 +123,7 @@ fn names(precision: Precision) -> [(&'static str, &'static str); 4] {
 /// Shared memory per block of the variant `hdp` wide in `precision`: the most either body the
 /// kernel runs needs. The windows body (`Smem<HDP>::bytes` in the .cu file): q and k tiles
 /// (rows of hdp + 4), v (hdp + 8), D (rows of 68), 16 score rows, four per-window arrays and
-/// the merge flag. The rows body (`RowsSmem<HDP>::bytes`; bf16 heads of `w == 1`): two
+/// the merge flag. The rows body (`RowsSmem<HDP>::bytes`; bf16 heads of `w <= 2`): two
 /// chunks of k (rows of hdp + 8) and v (hdp + 4), two per-row arrays and the merge flag.
 fn shared_bytes(precision: Precision, hdp: usize) -> usize {
     let ds = TILE + 4;
@@ -208,7 +208,9 @@ impl KeySplit<'_> {
     /// layer's heads, in any dispatch mode; or one launch alone): together they fill it once
     /// ([`blocks_per_sm`] blocks on each), each head's share in proportion to its cost per
     /// key chunk, about twice as high for `w = 1` (64 query windows of scores, softmax and
-    /// bias per tile, against 16 or fewer) so that the heads finish together. The same
+    /// bias per tile, against 16 or fewer) so that the heads finish together. (That is the
+    /// windows body's cost; bf16 runs `w <= 2` in the rows body, whose cost per chunk has
+    /// not been measured yet, so the shares are the same for every precision.) The same
     /// shapes give the same splits however they are dispatched, so the modes agree bit for
     /// bit.
     pub fn for_heads(shapes: &[AttentionShape], sms: usize) -> Vec<usize> {

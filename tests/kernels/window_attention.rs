@@ -325,8 +325,8 @@ fn every_precision_window_and_width_matches_the_cpu_reference() {
     };
     let mut rng = rng(16);
     // (w, hd, windows, batch, splits): 37, 52, 80 slots leave the last tile and chunk partly
-    // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles. w = 1 runs the
-    // rows body in bf16 at every variant's width, padded (8, 20, 40) or not.
+    // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles. w = 1 and 2 run
+    // the rows body in bf16 at every variant's width, padded (8, 20, 40, 5, 1, 100) or not.
     let cases = [
         (1, 8, 37, 2, 1),
         (1, 32, 150, 1, 1),

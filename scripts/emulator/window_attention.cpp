@@ -349,6 +349,17 @@ int main(int argc, char** argv) {
             single("split", window_case(1, 8, 600, 1), p, 10);
         }
     }
+    // Shapes drawn at random (seeded): every window and width, lengths and splits anywhere.
+    if (only.empty() || only == "random") {
+        std::mt19937_64 draw(11);
+        auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(draw); };
+        for (int i = 0; i < 24; ++i) {
+            const int w = 1 << pick(0, 3), ww = w * w, hd = pick(1, 128);
+            const int max_windows = std::max(1, 400 / ww);
+            const Case c = window_case(w, hd, pick(1, max_windows), pick(1, 2), pick(1, max_windows));
+            for (auto p : precs) single("random", c, p, pick(1, 6));
+        }
+    }
     if (only.empty() || only == "fused") {
         for (auto p : precs) {
             std::vector<Case> cs = {window_case(1, 16, 37, 2), window_case(2, 16, 13, 2),

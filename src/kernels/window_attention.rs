@@ -120,12 +120,19 @@ fn names(precision: Precision) -> [(&'static str, &'static str); 4] {
     }
 }
 
-/// Shared memory per block of the variant `hdp` wide (`Smem<HDP>::bytes` in the .cu file):
-/// q and k tiles (rows of hdp + 4), v (hdp + 8), D (rows of 68), 16 score rows, four
-/// per-window arrays and the merge flag.
-fn shared_bytes(hdp: usize) -> usize {
+/// Shared memory per block of the variant `hdp` wide in `precision`: the most either body the
+/// kernel runs needs. The windows body (`Smem<HDP>::bytes` in the .cu file): q and k tiles
+/// (rows of hdp + 4), v (hdp + 8), D (rows of 68), 16 score rows, four per-window arrays and
+/// the merge flag. The rows body (`RowsSmem<HDP>::bytes`; bf16 heads of `w <= 2`): two
+/// chunks of k (rows of hdp + 8) and v (hdp + 4), two per-row arrays and the merge flag.
+fn shared_bytes(precision: Precision, hdp: usize) -> usize {
     let ds = TILE + 4;
-    let floats = 2 * TILE * (hdp + 4) + TILE * (hdp + 8) + TILE * ds + 16 * ds + 4 * TILE + 4;
+    let windows = 2 * TILE * (hdp + 4) + TILE * (hdp + 8) + TILE * ds + 16 * ds + 4 * TILE + 4;
+    let rows = 2 * TILE * (hdp + 8) + 2 * TILE * (hdp + 4) + 2 * TILE + 4;
+    let floats = match precision {
+        Precision::Bf16 => windows.max(rows),
+        Precision::F32 | Precision::Tf32 => windows,
+    };
     floats * std::mem::size_of::<f32>()
 }
 
@@ -201,7 +208,9 @@ impl KeySplit<'_> {
     /// layer's heads, in any dispatch mode; or one launch alone): together they fill it once
     /// ([`blocks_per_sm`] blocks on each), each head's share in proportion to its cost per
     /// key chunk, about twice as high for `w = 1` (64 query windows of scores, softmax and
-    /// bias per tile, against 16 or fewer) so that the heads finish together. The same
+    /// bias per tile, against 16 or fewer) so that the heads finish together. (That is the
+    /// windows body's cost; bf16 runs `w <= 2` in the rows body, whose cost per chunk has
+    /// not been measured yet, so the shares are the same for every precision.) The same
     /// shapes give the same splits however they are dispatched, so the modes agree bit for
     /// bit.
     pub fn for_heads(shapes: &[AttentionShape], sms: usize) -> Vec<usize> {
@@ -350,7 +359,7 @@ impl WindowAttentionKernels {
                     gpu.kernel(KernelModule::WindowAttention, one)?,
                     gpu.kernel(KernelModule::WindowAttention, fused)?,
                 );
-                let bytes = shared_bytes(hdp);
+                let bytes = shared_bytes(precision, hdp);
                 let allowed = one
                     .allow_dynamic_shared(bytes)
                     .and_then(|()| fused.allow_dynamic_shared(bytes));
@@ -524,7 +533,7 @@ impl WindowAttentionKernels {
         let cfg = LaunchConfig {
             grid_dim: ((p.blocks / p.heads) as u32, p.batch as u32, p.heads as u32),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: shared_bytes(PADDED_WIDTHS[p.variant]) as u32,
+            shared_mem_bytes: shared_bytes(self.precision, PADDED_WIDTHS[p.variant]) as u32,
         };
         // SAFETY: `args` mirrors the kernel's struct; `prepare` checked that every buffer
         // covers the indices the launch reads or writes.
@@ -581,7 +590,7 @@ impl WindowAttentionKernels {
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, first.batch as u32, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: shared_bytes(PADDED_WIDTHS[first.variant]) as u32,
+            shared_mem_bytes: shared_bytes(self.precision, PADDED_WIDTHS[first.variant]) as u32,
         };
         // SAFETY: `heads` mirrors the kernel's struct; each set was checked by `prepare`, and
         // the grid covers exactly the blocks of `block_start`.
@@ -722,11 +731,19 @@ mod tests {
     #[test]
     fn shared_memory_fits_the_target_gpus() {
         // sm_86/89 give a block up to 99 KB, sm_80 163 KB, sm_90 227 KB.
-        assert!(shared_bytes(64) <= 99 * 1024);
-        assert!(shared_bytes(128) <= 163 * 1024);
+        for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            assert!(shared_bytes(precision, 64) <= 99 * 1024);
+            assert!(shared_bytes(precision, 128) <= 163 * 1024);
+            assert_eq!(
+                shared_bytes(precision, 32),
+                4 * (2 * 64 * 36 + 64 * 40 + 64 * 68 + 16 * 68 + 260)
+            );
+        }
+        // The rows body's two chunks outgrow the windows body's tiles at 128 channels.
         assert_eq!(
-            shared_bytes(32),
-            4 * (2 * 64 * 36 + 64 * 40 + 64 * 68 + 16 * 68 + 260)
+            shared_bytes(Precision::Bf16, 128),
+            4 * (2 * 64 * 136 + 2 * 64 * 132 + 132)
         );
+        assert!(shared_bytes(Precision::F32, 128) < shared_bytes(Precision::Bf16, 128));
     }
 }

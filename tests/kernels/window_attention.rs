@@ -325,11 +325,14 @@ fn every_precision_window_and_width_matches_the_cpu_reference() {
     };
     let mut rng = rng(16);
     // (w, hd, windows, batch, splits): 37, 52, 80 slots leave the last tile and chunk partly
-    // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles.
+    // empty; 150 w = 1 windows are three chunks; w = 8 spans several tiles. w = 1 and 2 run
+    // the rows body in bf16 at every variant's width, padded (8, 20, 40, 5, 1, 100) or not.
     let cases = [
         (1, 8, 37, 2, 1),
         (1, 32, 150, 1, 1),
         (1, 32, 150, 2, 3),
+        (1, 20, 77, 2, 2),
+        (1, 40, 130, 1, 3),
         (1, 128, 70, 1, 2),
         (2, 16, 13, 3, 1),
         (2, 5, 40, 2, 2),

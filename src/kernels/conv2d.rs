@@ -69,11 +69,15 @@
 //! by `channel_copy`), cuDNN run on those with their own descriptors and algorithm choice
 //! (under the same rules: FMA math, determinism when asked, FFT and Winograd only when
 //! allowed), and the result transposed back (added to the output where the pass
-//! accumulates). cuDNN's f32 on NHWC tensors offers no FFT algorithm (FFT and FFT_TILING
-//! take NCHW tensors only) and slow direct kernels, where PyTorch's channels_last f32 runs its
-//! NCHW kernels and FFTs: AlexNet at 224 (batch 64, H100) spent 2.9 ms a step in the forward
-//! convolutions against PyTorch's 1.5, 3.1 against 1.5 in backward data and 3.6 against 0.7
-//! in backward filter. When a shape is planned, each of its passes is timed end to end on
+//! accumulates). With FFT and Winograd allowed, cuDNN chose none of them on NHWC f32
+//! tensors and on NCHW copies took them at two to six times the speed: AlexNet at 224 (batch
+//! 64, H100, 2026-12-07) ran its 5x5 forward by FFT_TILING in 0.24 ms against NHWC's
+//! IMPLICIT_PRECOMP_GEMM 0.85, and every pass of its 5x5 and 3x3 layers by FFT, FFT_TILING or
+//! WINOGRAD_NONFUSED, transposes included (PyTorch's channels_last f32 runs such transforms
+//! too; before this path AlexNet spent 2.9 ms a step in forward convolutions against
+//! PyTorch's 1.5, 3.1 against 1.5 in backward data, 3.6 against 0.7 in backward filter).
+//! Without the transforms it pays less often (AlexNet's 11x11 backward data). When a shape
+//! is planned, each of its passes is timed end to end on
 //! this path (the transposes included) against cuDNN on the NHWC tensors, as the GEMM path
 //! is, and the faster kept; a forward epilogue then runs as on the unfused path, by our
 //! kernel on the NHWC output. [`Conv2dKernels::set_channel_major`] forces or forbids it. The
@@ -632,6 +636,8 @@ struct Choice<A> {
 }
 
 /// `CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM` -> `IMPLICIT_GEMM`.
+/// cuDNN's name for an algorithm without its enum's prefix; the backward passes' numbered
+/// ones (`..._ALGO_0`) keep `ALGO_`, so that a line never reads "cuDNN's 1 1.174".
 fn algo_name(algo: impl std::fmt::Debug) -> String {
     let name = format!("{algo:?}");
     for prefix in [
@@ -640,7 +646,10 @@ fn algo_name(algo: impl std::fmt::Debug) -> String {
         "CUDNN_CONVOLUTION_BWD_FILTER_ALGO_",
     ] {
         if let Some(rest) = name.strip_prefix(prefix) {
-            return rest.to_string();
+            return match rest.parse::<u32>() {
+                Ok(_) => format!("ALGO_{rest}"),
+                Err(_) => rest.to_string(),
+            };
         }
     }
     name
@@ -1191,7 +1200,8 @@ impl Conv2dKernels {
     }
 
     /// How the passes that are GEMMs (1x1, unpadded, ungrouped: see the module docs) run:
-    /// `Some(true)` always as a cuBLASLt GEMM, `Some(false)` always on cuDNN, `None` (the
+    /// `Some(true)` always as a cuBLASLt GEMM, `Some(false)` always on cuDNN (in f32 on the
+    /// NHWC tensors or channel-major, as [`Self::set_channel_major`] says), `None` (the
     /// default) by whichever measures faster. Forgets the plans made so far.
     pub fn set_gemm(&mut self, gemm: Option<bool>) {
         if gemm != self.gemm {

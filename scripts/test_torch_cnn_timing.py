@@ -36,6 +36,10 @@ def test_attnrt_job_and_output():
     host = ("host: 4.21 ms a step enqueueing GPU 0's work after the first step, 2.95 ms of it "
             "copying the shard into page-locked memory\n")
     assert t.parse_host(out + host) == (4.21, 2.95) and t.parse_host(out) is None
+    host = ("host: 4.21 ms a step enqueueing GPU 0's work after the first step, 1.50 ms of it "
+            "copying the shard into page-locked memory, 0.02 waiting for the previous shard's "
+            "copy, 2.40 enqueueing forward and backward, 0.29 the rest (exchange, optimizer, stats)\n")
+    assert t.parse_host(out + host) == (4.21, 1.50, 0.02, 2.40, 0.29), t.parse_host(out + host)
     job = tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32-transforms"))["job"][0]
     assert job["precision"] == "f32" and job["f32_conv_transforms"] is True, job
     assert "f32_conv_transforms" not in tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32"))["job"][0]

@@ -54,7 +54,8 @@ Usage:
 
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
 peak_mib, reserved_mib (PyTorch's rows), host_ms (attnrt's: its `host:` line, ms a step
-enqueueing and of that staging the shard), error}; --json writes the list, the table goes to
+enqueueing and of that staging the shard, waiting for the previous shard's copy, the passes
+and the rest), error}; --json writes the list, the table goes to
 standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
@@ -192,12 +193,12 @@ def parse_attnrt(text):
 
 
 def parse_host(text):
-    """attnrt-train's `host:` line: (ms a step enqueueing the first GPU's work, ms of it
-    staging the shard), or None."""
+    """attnrt-train's `host:` line: the ms a step of enqueueing the first GPU's work, then
+    of it: staging the shard, waiting for the previous shard's copy, enqueueing forward and
+    backward, the rest (an older line has only the first two); or None."""
     for line in text.splitlines():
-        m = re.match(r"host: ([\d.]+) ms a step .*, ([\d.]+) ms of it", line)
-        if m:
-            return float(m[1]), float(m[2])
+        if line.startswith("host: "):
+            return tuple(float(x) for x in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line))
     return None
 
 

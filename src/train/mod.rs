@@ -22,7 +22,7 @@ pub mod run;
 
 pub use crate::base::Precision;
 pub use data::Dataset;
-pub use gpu::replica::HostTimes;
+pub use gpu::replica::{HostMs, HostTimes};
 pub use models::ModelSpec;
 pub use optim::Optimizer;
 

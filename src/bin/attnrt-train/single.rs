@@ -11,7 +11,7 @@ use serde::Serialize;
 use attnrt::base::{Devices, DistributionRatio};
 use attnrt::multijob::JobFile;
 use attnrt::sched::report::{JobReport, Report};
-use attnrt::train::{Session, resolve_devices, stop_on_signals};
+use attnrt::train::{HostMs, Session, resolve_devices, stop_on_signals};
 use attnrt::{Error, Result};
 
 use super::args::Args;
@@ -150,11 +150,14 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
     }
     // Whether the host keeps ahead of the GPU: beside the step's time above.
     let host_ms = outcome.host_times.and_then(|h| h.per_step_ms());
-    if let (Some((enqueue, staging)), Devices::Gpus(ordinals)) = (host_ms, &devices) {
+    if let (Some(ms), Devices::Gpus(ordinals)) = (host_ms, &devices) {
+        let rest = ms.enqueue - ms.staging - ms.waiting - ms.pass;
         println!(
-            "host: {enqueue:.2} ms a step enqueueing GPU {}'s work after the first step, {staging:.2} \
-             ms of it copying the shard into page-locked memory",
-            ordinals[0]
+            "host: {:.2} ms a step enqueueing GPU {}'s work after the first step, {:.2} ms of it \
+             copying the shard into page-locked memory, {:.2} waiting for the previous shard's \
+             copy, {:.2} enqueueing forward and backward, {rest:.2} the rest (exchange, \
+             optimizer, stats)",
+            ms.enqueue, ordinals[0], ms.staging, ms.waiting, ms.pass
         );
     }
     if train.show_convs {
@@ -191,7 +194,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             limited,
         },
         gpu_memory_peak_mib: peaks_mib,
-        host_ms_per_step: host_ms.map(|(enqueue, staging)| HostMs { enqueue, staging }),
+        host_ms_per_step: host_ms,
         conv_paths: &outcome.conv_paths,
     })
     .map_err(|e| Error::parse("report", e))?;
@@ -220,14 +223,6 @@ struct WithLoader<'a> {
     /// What ran each convolution pass on the first GPU; absent on the CPU.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     conv_paths: &'a [String],
-}
-
-/// Enqueueing a step's work on the host, and copying its shard into page-locked memory, in
-/// milliseconds a step ([`attnrt::train::HostTimes`]).
-#[derive(Serialize)]
-struct HostMs {
-    enqueue: f64,
-    staging: f64,
 }
 
 /// The loader's rate, the steps' wait for batches, and whether that wait limited the run.

@@ -248,31 +248,57 @@ pub struct Replica {
     /// taken, oldest first.
     stats_slots: [(PinnedHostSlice<f32>, CudaEvent); STATS_SLOTS],
     stats_pending: VecDeque<(usize, usize)>,
-    /// The host's time on the steps so far ([`HostTimes`]), the staging copy of the step
-    /// being enqueued, and how many steps were enqueued.
+    /// The host's time on the steps so far ([`HostTimes`]), the parts of the step being
+    /// enqueued, and how many steps were enqueued.
     host: HostTimes,
-    staging: Duration,
+    current_step: HostTimes,
     steps_enqueued: u64,
     net: Net,
 }
 
 /// The host time a replica's thread spent on its steps after its first (whose cuDNN planning
 /// and first allocations would swamp the rest): enqueueing each step's work, waits inside it
-/// included (such as for the previous shard's copy to finish), and the part of it spent
-/// copying the shard into page-locked memory. When enqueueing takes as long as the GPU's
-/// step, the host, or what it waits for, sets the pace.
+/// included, and of that the parts spent copying the shard into page-locked memory, waiting
+/// for the previous shard's copy to the device (before the staging buffer is rewritten), and
+/// enqueueing the forward and backward passes; the rest is the exchange, the optimizer and
+/// the stats' read-back. When enqueueing takes as long as the GPU's step, the host, or what
+/// it waits for, sets the pace, and the parts say which.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HostTimes {
     pub steps: u64,
     pub enqueue: Duration,
     pub staging: Duration,
+    pub waiting: Duration,
+    pub pass: Duration,
+}
+
+/// [`HostTimes`] in milliseconds a step.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct HostMs {
+    pub enqueue: f64,
+    pub staging: f64,
+    pub waiting: f64,
+    pub pass: f64,
 }
 
 impl HostTimes {
-    /// Milliseconds a step enqueueing, and staging of it; `None` before a step was counted.
-    pub fn per_step_ms(&self) -> Option<(f64, f64)> {
+    /// Milliseconds a step; `None` before a step was counted.
+    pub fn per_step_ms(&self) -> Option<HostMs> {
         let per = |d: Duration| d.as_secs_f64() * 1e3 / self.steps as f64;
-        (self.steps > 0).then(|| (per(self.enqueue), per(self.staging)))
+        (self.steps > 0).then(|| HostMs {
+            enqueue: per(self.enqueue),
+            staging: per(self.staging),
+            waiting: per(self.waiting),
+            pass: per(self.pass),
+        })
+    }
+
+    fn add(&mut self, other: &HostTimes) {
+        self.steps += other.steps;
+        self.enqueue += other.enqueue;
+        self.staging += other.staging;
+        self.waiting += other.waiting;
+        self.pass += other.pass;
     }
 }
 
@@ -390,7 +416,7 @@ impl Replica {
             stats_slots,
             stats_pending: VecDeque::new(),
             host: HostTimes::default(),
-            staging: Duration::ZERO,
+            current_step: HostTimes::default(),
             steps_enqueued: 0,
             net,
             gpu,
@@ -551,9 +577,11 @@ impl Replica {
             return Ok(());
         }
         // The previous shard's copies may still be queued (the trainer runs a step ahead).
+        let waiting = Instant::now();
         self.copied[self.current]
             .synchronize()
             .cuda(|| "waiting for the previous shard's copy".into())?;
+        self.current_step.waiting += waiting.elapsed();
         self.stage(rows)?;
         let py = self.pinned_y.as_mut().expect("stage allocates the staging");
         let started = Instant::now();
@@ -561,7 +589,7 @@ impl Replica {
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
-        self.staging += started.elapsed();
+        self.current_step.staging += started.elapsed();
         let next = 1 - self.current;
         let c = &self.copy_stream;
         // The pass that last read this buffer (queued two shards ago) must be done with it.
@@ -580,13 +608,15 @@ impl Replica {
     /// Counts a step whose work took `took` to enqueue on the host (its staging copy
     /// included) in [`host_times`](Self::host_times), from the second step on.
     pub fn record_step(&mut self, took: Duration) {
+        let step = std::mem::take(&mut self.current_step);
         if self.steps_enqueued > 0 {
-            self.host.steps += 1;
-            self.host.enqueue += took;
-            self.host.staging += self.staging;
+            self.host.add(&HostTimes {
+                steps: 1,
+                enqueue: took,
+                ..step
+            });
         }
         self.steps_enqueued += 1;
-        self.staging = Duration::ZERO;
     }
 
     /// The host's time on the steps recorded so far ([`record_step`](Self::record_step)).
@@ -606,6 +636,13 @@ impl Replica {
     }
 
     fn pass_synced(&mut self, scale: f32, sync: Option<&dyn NormSync>) -> Result<()> {
+        let started = Instant::now();
+        let enqueued = self.enqueue_pass(scale, sync);
+        self.current_step.pass += started.elapsed();
+        enqueued
+    }
+
+    fn enqueue_pass(&mut self, scale: f32, sync: Option<&dyn NormSync>) -> Result<()> {
         let rows = self.last_rows;
         let s = self.gpu.stream().clone();
         s.memset_zeros(&mut self.stats)
@@ -952,12 +989,24 @@ mod tests {
     #[test]
     fn host_times_per_step() {
         assert_eq!(HostTimes::default().per_step_ms(), None);
-        let times = HostTimes {
-            steps: 4,
-            enqueue: Duration::from_millis(10),
-            staging: Duration::from_millis(6),
-        };
-        let (enqueue, staging) = times.per_step_ms().unwrap();
-        assert!((enqueue - 2.5).abs() < 1e-9 && (staging - 1.5).abs() < 1e-9);
+        let ms = Duration::from_millis;
+        let mut times = HostTimes::default();
+        for _ in 0..4 {
+            let step = HostTimes {
+                steps: 1,
+                enqueue: ms(10),
+                staging: ms(6),
+                waiting: ms(1),
+                pass: ms(2),
+            };
+            times.add(&step);
+        }
+        let per = times.per_step_ms().unwrap();
+        let want = [10.0, 6.0, 1.0, 2.0];
+        let got = [per.enqueue, per.staging, per.waiting, per.pass];
+        assert!(
+            got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9),
+            "{per:?}"
+        );
     }
 }

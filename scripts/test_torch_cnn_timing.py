@@ -40,6 +40,9 @@ def test_attnrt_job_and_output():
             "copying the shard into page-locked memory, 0.02 waiting for the previous shard's "
             "copy, 2.40 enqueueing forward and backward, 0.29 the rest (exchange, optimizer, stats)\n")
     assert t.parse_host(out + host) == (4.21, 1.50, 0.02, 2.40, 0.29), t.parse_host(out + host)
+    host = host.replace(" stats)\n", " stats); beside it, 1.48 ms staging the next step's shard "
+                        "on another thread (100% of the shards were staged so)\n")
+    assert t.parse_host(out + host) == (4.21, 1.50, 0.02, 2.40, 0.29, 1.48), t.parse_host(out + host)
     job = tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32-transforms"))["job"][0]
     assert job["precision"] == "f32" and job["f32_conv_transforms"] is True, job
     assert "f32_conv_transforms" not in tomllib.loads(t.attnrt_job("alexnet", 224, 64, 20, "f32"))["job"][0]

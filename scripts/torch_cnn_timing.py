@@ -55,7 +55,7 @@ Usage:
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
 peak_mib, reserved_mib (PyTorch's rows), host_ms (attnrt's: its `host:` line, ms a step
 enqueueing and of that staging the shard, waiting for the previous shard's copy, the passes
-and the rest), error}; --json writes the list, the table goes to
+and the rest; then the ms staging the next shard on another thread), error}; --json writes the list, the table goes to
 standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
@@ -195,7 +195,8 @@ def parse_attnrt(text):
 def parse_host(text):
     """attnrt-train's `host:` line: the ms a step of enqueueing the first GPU's work, then
     of it: staging the shard, waiting for the previous shard's copy, enqueueing forward and
-    backward, the rest (an older line has only the first two); or None."""
+    backward, the rest; then staging the next shard on another thread (older lines have the
+    first two or five); or None."""
     for line in text.splitlines():
         if line.startswith("host: "):
             return tuple(float(x) for x in re.findall(r"(?<![\w.])(\d+\.\d+)(?![\w.])", line))

@@ -32,7 +32,7 @@ use attnrt::train::exchange::allreduce::{self, HostExchange, Phase, PhaseEvents}
 use attnrt::train::gpu::blas::{self, Batched, HeadBatch, MatrixBatch};
 use attnrt::train::gpu::linear::{GemmEpilogue, Linear};
 use attnrt::train::gpu::replica::Replica;
-use attnrt::train::models::cpu::forward_backward;
+use attnrt::train::models::cpu::{ShardStats, forward_backward};
 use attnrt::train::run::engine::ExchangeChoice;
 use attnrt::train::{
     CnnOptions, CpuEngine, Dataset, Engine, Job, ModelSpec, Optimizer, Progress, ReplicaEngine,
@@ -459,26 +459,48 @@ const CHANGING_STEPS: u64 = 18;
 
 /// Steps `engine` through [`CHANGING_STEPS`] batches of 64 of `data` (seed 5), the DR of each
 /// step from `dr` (one unit for a one-device engine), one step submitted ahead as the trainer
-/// does (so a step on other GPUs is enqueued while the previous one may still run).
-fn run_steps(engine: &mut dyn Engine, data: &Dataset, dr: impl Fn(u64) -> Vec<u8>) {
+/// does (so a step on other GPUs is enqueued while the previous one may still run), and, when
+/// `ahead`, each next batch named before a step is submitted ([`Engine::stage_ahead`]), as the
+/// trainer does. Returns each step's stats, and checks that no device keeps a batch once its
+/// step is enqueued (the trainer recycles it then).
+fn run_steps(
+    engine: &mut dyn Engine,
+    data: &Dataset,
+    dr: impl Fn(u64) -> Vec<u8>,
+    ahead: bool,
+) -> Vec<ShardStats> {
     let batch_size = 64;
     let mut order = SampleOrder::new(data.len(), 5);
-    let mut batch = Batch {
-        step: 0,
-        features: Vec::new(),
-        labels: Vec::new(),
-    };
-    for step in 0..CHANGING_STEPS {
+    let mut batches = (0..CHANGING_STEPS).map(|step| {
+        let mut batch = Batch {
+            step,
+            features: Vec::new(),
+            labels: Vec::new(),
+        };
         fill_batch(data, &mut order, step, batch_size, &mut batch).unwrap();
+        Arc::new(batch)
+    });
+    let mut next = batches.next();
+    let mut stats = Vec::new();
+    for step in 0..CHANGING_STEPS {
+        let batch = next.take().unwrap();
+        next = batches.next();
+        if let (true, Some(n)) = (ahead, &next) {
+            engine.stage_ahead(n);
+        }
         let shards = shard_ranges(&DistributionRatio::new(dr(step)).unwrap(), batch_size);
-        engine
-            .submit(step + 1, &Arc::new(batch.clone()), &shards)
-            .unwrap();
+        engine.submit(step + 1, &batch, &shards).unwrap();
+        assert_eq!(
+            Arc::strong_count(&batch),
+            1,
+            "step {step}'s batch is still held"
+        );
         if step > 0 {
-            engine.finish().unwrap();
+            stats.push(engine.finish().unwrap());
         }
     }
-    engine.finish().unwrap();
+    stats.push(engine.finish().unwrap());
+    stats
 }
 
 /// A DR changing every 3 steps among [10,0], [5,5], [0,10], [3,7] on 2 GPUs: the same
@@ -498,7 +520,7 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
     ] {
         let fresh = State::fresh(model.init(5), &opt);
         let mut one = ReplicaEngine::new(&[0], &model, opt, F32, &fresh).unwrap();
-        run_steps(&mut one, &data, |_| vec![10]);
+        run_steps(&mut one, &data, |_| vec![10], true);
         let want = one.state().unwrap();
         let mut two = ReplicaEngine::new(&[0, 1], &model, opt, F32, &fresh).unwrap();
         // Peer access makes the refreshes device-to-device copies; without it they go through
@@ -507,7 +529,7 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
             "{opt}: {}",
             two.notice().unwrap_or_else(|| "peer path".into())
         );
-        run_steps(&mut two, &data, |s| changing_dr(s).to_vec());
+        run_steps(&mut two, &data, |s| changing_dr(s).to_vec(), true);
         // The last steps ran on GPU 1 alone: GPU 0 is stale, and the state must be GPU 1's.
         let got = two.state().unwrap();
         let d = max_abs_diff(&got.params, &want.params);
@@ -520,6 +542,48 @@ fn changing_dr_on_two_gpus_matches_one_gpu() {
         let replicas = two.replica_params().unwrap();
         assert_eq!(replicas[0], replicas[1], "{opt}: replicas differ");
         assert_eq!(replicas[1], got.params, "{opt}: state() is not GPU 1's");
+    }
+}
+
+/// Staging each next shard ahead, on another thread while a step is enqueued, changes no
+/// value: the same losses, correct counts and parameters, bit for bit, as staging each shard
+/// in its step, for an f32 MLP and a bf16 CNN (whose shards are rounded to bf16 while staged)
+/// on a pair of replicas whose DR changes every 3 steps (a changed split stages again), and
+/// the shards of the steps whose split stayed were staged ahead.
+#[test]
+fn staging_ahead_changes_no_value() {
+    const NAME: &str = "staging_ahead_changes_no_value";
+    if gpu_or_skip(NAME).is_none() {
+        return;
+    }
+    let pair = replica_pair(NAME);
+    let data = Dataset::synthetic(256, 9);
+    for (name, precision) in [("mlp:64,32", F32), ("shufflenet_v2_x1_0", Bf16)] {
+        let model = ModelSpec::parse(name, data.shape(), 10, "test").unwrap();
+        let opt = Optimizer::sgd(0.05);
+        let fresh = State::fresh(model.init(5), &opt);
+        let mut runs = [false, true].map(|ahead| {
+            let mut engine = ReplicaEngine::new(&pair, &model, opt, precision, &fresh).unwrap();
+            let stats = run_steps(&mut engine, &data, |s| changing_dr(s).to_vec(), ahead);
+            let times = engine.host_times().unwrap().unwrap();
+            (stats, engine.replica_params().unwrap(), times)
+        });
+        let [(stats, params, plain), (stats_ahead, params_ahead, times)] = &mut runs;
+        let bits = |s: &[ShardStats]| -> Vec<(u64, u64)> {
+            s.iter().map(|s| (s.loss.to_bits(), s.correct)).collect()
+        };
+        assert_eq!(bits(stats), bits(stats_ahead), "{name}: losses differ");
+        assert!(params == params_ahead, "{name}: parameters differ");
+        // GPU 0 has a share in the DR phases of steps 0-5 and 9-14 (12 steps, 11 counted
+        // after its first): the first step of each phase after the first finds the shard of
+        // another split or batch staged and stages again (steps 3, 9, 12), the other 8 find
+        // theirs.
+        assert_eq!(plain.staged_ahead, 0, "{name}: {plain:?}");
+        assert_eq!(
+            (times.staged_ahead, times.steps),
+            (8, 11),
+            "{name}: {times:?}"
+        );
     }
 }
 
@@ -581,7 +645,7 @@ fn host_staging_matches_the_peer_path() {
             "{choice:?}: {:?}",
             engine.notice()
         );
-        run_steps(&mut engine, &data, |s| changing_dr(s).to_vec());
+        run_steps(&mut engine, &data, |s| changing_dr(s).to_vec(), true);
         let replicas = engine.replica_params().unwrap();
         assert_eq!(replicas[0], replicas[1], "{choice:?}: replicas differ");
         params.push(replicas[0].clone());

@@ -156,8 +156,15 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
             "host: {:.2} ms a step enqueueing GPU {}'s work after the first step, {:.2} ms of it \
              copying the shard into page-locked memory, {:.2} waiting for the previous shard's \
              copy, {:.2} enqueueing forward and backward, {rest:.2} the rest (exchange, \
-             optimizer, stats)",
-            ms.enqueue, ordinals[0], ms.staging, ms.waiting, ms.pass
+             optimizer, stats); beside it, {:.2} ms staging the next step's shard on another \
+             thread ({:.0}% of the shards were staged so)",
+            ms.enqueue,
+            ordinals[0],
+            ms.staging,
+            ms.waiting,
+            ms.pass,
+            ms.ahead,
+            ms.staged_ahead * 100.0
         );
     }
     if train.show_convs {

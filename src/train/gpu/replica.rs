@@ -6,8 +6,10 @@
 //! replica's precision), attention's through cuBLAS ([`crate::train::gpu::blas`]), the rest through our
 //! kernels.
 
+use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use cudarc::cublas::CudaBlas;
@@ -27,6 +29,7 @@ use crate::kernels::bias_grad::BiasGradKernels;
 use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::optimizer::OptimizerKernels;
 use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
+use crate::train::data::batches::Batch;
 use crate::train::gpu::cnn::CnnNet;
 use crate::train::gpu::linear::{GemmEpilogue, Linear};
 use crate::train::gpu::vit::VitNet;
@@ -86,25 +89,50 @@ pub trait NormSync {
     fn sum(&self, gpu: &Gpu, buf: &mut CudaSlice<f32>, len: usize) -> Result<()>;
 }
 
-/// A shard's features on their way to the device: staged through page-locked memory into one
-/// of two device buffers. f32 as the datasets give them, except for a bf16 CNN: its first copy
+/// A shard's features on their way to the device: staged through page-locked memory (one slot
+/// per device buffer, so the next step's shard can be staged while this one's copy is pending)
+/// into one of two device buffers. f32 as the datasets give them, except for a bf16 CNN: its first copy
 /// rounds the image to bf16 anyway (to nearest even, as [`crate::kernels::cast`] does), so its
 /// shards are rounded on the host while they are staged, with the same values on the device
 /// and half the bytes to stage and upload (AlexNet at 224: 19.3 MB a step instead of 38.5).
 trait Images: Send {
     /// Device buffers of at least `len` values (no copy into them may be pending).
     fn reserve(&mut self, s: &Arc<CudaStream>, len: usize) -> Result<()>;
-    /// Page-locked staging of exactly `len` values (a copy moves a whole pinned buffer; no
-    /// copy from it may be pending).
-    fn fit_staging(&mut self, gpu: &Gpu, len: usize) -> Result<()>;
-    /// `x` into the staging buffer (sized by `fit_staging`), in parallel: one thread cannot
-    /// move tens of MB a step fast enough.
-    fn stage(&mut self, x: &[f32]) -> Result<()>;
-    /// Enqueues the staged values' copy into device buffer `b` on `c`.
+    /// Page-locked staging slot `b` (one per device buffer) of exactly `len` values (a copy
+    /// moves a whole pinned buffer; no copy from it may be pending).
+    fn fit_staging(&mut self, gpu: &Gpu, b: usize, len: usize) -> Result<()>;
+    /// Staging slot `b` (sized by `fit_staging`), moved out so that another thread can fill
+    /// it while this one enqueues work; [`put_slot`](Self::put_slot) takes it back.
+    fn take_slot(&mut self, b: usize) -> Box<dyn Slot>;
+    fn put_slot(&mut self, b: usize, slot: Box<dyn Slot>);
+    /// Enqueues slot `b`'s copy into device buffer `b` on `c`.
     fn upload(&mut self, c: &Arc<CudaStream>, b: usize) -> Result<()>;
     fn input(&self, b: usize) -> Input<'_>;
     /// Bytes of the two device buffers.
     fn device_bytes(&self) -> usize;
+}
+
+/// A page-locked staging buffer of features, in the element type they are uploaded as.
+trait Slot: Send {
+    /// Writes `x` (as many values as the slot holds) into the slot, in parallel: one thread
+    /// cannot move tens of MB a step fast enough.
+    fn fill(&mut self, x: &[f32]) -> Result<()>;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<E: Staged> Slot for PinnedHostSlice<E> {
+    fn fill(&mut self, x: &[f32]) -> Result<()> {
+        self.as_mut_slice()
+            .cuda(|| "waiting for staging".into())?
+            .par_chunks_mut(1 << 16)
+            .zip(x.par_chunks(1 << 16))
+            .for_each(|(d, s)| E::convert(d, s));
+        Ok(())
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 /// An element features are staged as.
@@ -132,7 +160,7 @@ impl Staged for bf16 {
 }
 
 struct StagedImages<E: Staged> {
-    pinned: Option<PinnedHostSlice<E>>,
+    slots: [Option<PinnedHostSlice<E>>; 2],
     device: [CudaSlice<E>; 2],
 }
 
@@ -140,7 +168,7 @@ impl<E: Staged> StagedImages<E> {
     fn boxed(s: &Arc<CudaStream>) -> Result<Box<dyn Images>> {
         let one = || s.alloc_zeros::<E>(1).cuda(|| "allocating".into());
         Ok(Box::new(StagedImages {
-            pinned: None,
+            slots: [None, None],
             device: [one()?, one()?],
         }))
     }
@@ -156,31 +184,32 @@ impl<E: Staged> Images for StagedImages<E> {
         Ok(())
     }
 
-    fn fit_staging(&mut self, gpu: &Gpu, len: usize) -> Result<()> {
-        if self.pinned.as_ref().is_some_and(|p| p.len() == len) {
+    fn fit_staging(&mut self, gpu: &Gpu, b: usize, len: usize) -> Result<()> {
+        if self.slots[b].as_ref().is_some_and(|p| p.len() == len) {
             return Ok(());
         }
-        self.pinned = None;
-        // SAFETY: the staging buffer is written in full before each copy reads it.
+        self.slots[b] = None;
+        // SAFETY: a slot is written in full before each copy reads it.
         let pinned = unsafe { gpu.ctx().alloc_pinned::<E>(len) }
             .cuda(|| "allocating pinned staging".into())?;
-        self.pinned = Some(pinned);
+        self.slots[b] = Some(pinned);
         Ok(())
     }
 
-    fn stage(&mut self, x: &[f32]) -> Result<()> {
-        let pinned = self.pinned.as_mut().expect("fit_staging sizes the staging");
-        pinned
-            .as_mut_slice()
-            .cuda(|| "waiting for staging".into())?
-            .par_chunks_mut(1 << 16)
-            .zip(x.par_chunks(1 << 16))
-            .for_each(|(d, s)| E::convert(d, s));
-        Ok(())
+    fn take_slot(&mut self, b: usize) -> Box<dyn Slot> {
+        Box::new(self.slots[b].take().expect("fit_staging sizes the slot"))
+    }
+
+    fn put_slot(&mut self, b: usize, slot: Box<dyn Slot>) {
+        let slot = slot
+            .into_any()
+            .downcast()
+            .expect("a slot taken from these images");
+        self.slots[b] = Some(*slot);
     }
 
     fn upload(&mut self, c: &Arc<CudaStream>, b: usize) -> Result<()> {
-        let pinned = self.pinned.as_ref().expect("fit_staging sizes the staging");
+        let pinned = self.slots[b].as_ref().expect("fit_staging sizes the slot");
         c.memcpy_htod(pinned, &mut self.device[b].slice_mut(..pinned.len()))
             .cuda(|| "copying the shard to the GPU".into())
     }
@@ -223,6 +252,10 @@ pub struct Replica {
     capacity: usize,
     /// The shard's features: page-locked staging and two device buffers ([`Images`]).
     images: Box<dyn Images>,
+    /// The next step's shard if [`staging_ahead`](Self::staging_ahead) staged it into slot
+    /// `1 - current`: its batch and samples. Weak, so the trainer can recycle a batch this
+    /// device has no step of; the allocation it keeps means no other batch has its address.
+    ahead: Option<(Weak<Batch>, Range<usize>)>,
     /// Two device buffers for the shard (features in `images`, labels): the next shard is copied into one on
     /// `copy_stream` while the pass before may still read the other, so a large batch's upload
     /// (AlexNet at 224: 38.5 MB a step) does not queue behind the step before it.
@@ -270,6 +303,10 @@ pub struct HostTimes {
     pub staging: Duration,
     pub waiting: Duration,
     pub pass: Duration,
+    /// Staging the next step's shard on another thread, off the step's path
+    /// ([`Replica::staging_ahead`]), and the steps whose shard was staged so.
+    pub ahead: Duration,
+    pub staged_ahead: u64,
 }
 
 /// [`HostTimes`] in milliseconds a step.
@@ -279,6 +316,9 @@ pub struct HostMs {
     pub staging: f64,
     pub waiting: f64,
     pub pass: f64,
+    pub ahead: f64,
+    /// Of the steps counted, the fraction whose shard was staged ahead.
+    pub staged_ahead: f64,
 }
 
 impl HostTimes {
@@ -290,6 +330,8 @@ impl HostTimes {
             staging: per(self.staging),
             waiting: per(self.waiting),
             pass: per(self.pass),
+            ahead: per(self.ahead),
+            staged_ahead: self.staged_ahead as f64 / self.steps as f64,
         })
     }
 
@@ -299,6 +341,8 @@ impl HostTimes {
         self.staging += other.staging;
         self.waiting += other.waiting;
         self.pass += other.pass;
+        self.ahead += other.ahead;
+        self.staged_ahead += other.staged_ahead;
     }
 }
 
@@ -405,6 +449,7 @@ impl Replica {
             state: state.iter().map(|v| up(v)).collect::<Result<Vec<_>>>()?,
             capacity: 0,
             images,
+            ahead: None,
             labels: [labels()?, labels()?],
             current: 0,
             copy_stream,
@@ -494,10 +539,10 @@ impl Replica {
         self.gpu.sync()
     }
 
-    /// Makes the page-locked staging buffers exactly `rows` samples long (a copy moves a whole
-    /// pinned buffer) and the device inputs at least that long. Shard sizes change only with
-    /// the DR, so this reallocates rarely.
-    fn stage(&mut self, rows: usize) -> Result<()> {
+    /// Makes staging slot `b` and the labels' staging exactly `rows` samples long (a copy moves
+    /// a whole pinned buffer) and the device inputs at least that long. Shard sizes change only
+    /// with the DR, so this reallocates rarely.
+    fn stage(&mut self, rows: usize, b: usize) -> Result<()> {
         let s = self.gpu.stream().clone();
         if rows > self.capacity {
             // No copy may still write the old buffers; passes that read them are on the
@@ -514,7 +559,8 @@ impl Replica {
             self.capacity = rows;
         }
         // The caller waited for the pending copies from the staging buffers.
-        self.images.fit_staging(&self.gpu, rows * self.features)?;
+        self.images
+            .fit_staging(&self.gpu, b, rows * self.features)?;
         if self.pinned_y.as_ref().is_some_and(|p| p.len() == rows) {
             return Ok(());
         }
@@ -530,20 +576,8 @@ impl Replica {
     /// Enqueues forward and backward over a shard (`x`: `rows x features`), leaving the
     /// gradient of `scale * sum(loss)` in the gradient buffer. An empty shard zeroes it.
     pub fn forward_backward(&mut self, x: &[f32], labels: &[u32], scale: f32) -> Result<()> {
-        self.forward_backward_synced(x, labels, scale, None)
-    }
-
-    /// As [`forward_backward`](Self::forward_backward), a CNN's batch norms normalising
-    /// with the statistics of the whole step through `sync` when given.
-    pub fn forward_backward_synced(
-        &mut self,
-        x: &[f32],
-        labels: &[u32],
-        scale: f32,
-        sync: Option<&dyn NormSync>,
-    ) -> Result<()> {
         self.load_shard(x, labels)?;
-        self.pass_synced(scale, sync)
+        self.pass(scale)
     }
 
     /// The buffer a CNN's synchronised batch norms exchange through [`NormSync::sum`] (its
@@ -561,6 +595,33 @@ impl Replica {
     /// did not read. Split from [`pass`](Self::pass) so that `benches/train_step.rs` can time
     /// the two.
     pub fn load_shard(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
+        self.ahead = None;
+        self.load(x, labels, false)
+    }
+
+    /// [`load_shard`](Self::load_shard) of `batch`'s samples `shard`, whose features need no
+    /// staging when [`staging_ahead`](Self::staging_ahead) staged them during the step before.
+    pub fn load_from(&mut self, batch: &Arc<Batch>, shard: Range<usize>) -> Result<()> {
+        let f = self.features;
+        let x = batch
+            .features
+            .get(shard.start * f..shard.end * f)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "training step",
+                    format!(
+                        "{} feature values for {} samples of {f}",
+                        batch.features.len(),
+                        batch.len()
+                    ),
+                )
+            })?;
+        let staged = matches!(self.ahead.take(), Some((b, r)) if b.as_ptr() == Arc::as_ptr(batch) && r == shard);
+        self.load(x, &batch.labels[shard], staged)
+    }
+
+    /// Loads a shard; `staged`: its features are in the slot already.
+    fn load(&mut self, x: &[f32], labels: &[u32], staged: bool) -> Result<()> {
         let rows = labels.len();
         if x.len() != rows * self.features {
             return Err(Error::invalid(
@@ -582,15 +643,22 @@ impl Replica {
             .synchronize()
             .cuda(|| "waiting for the previous shard's copy".into())?;
         self.current_step.waiting += waiting.elapsed();
-        self.stage(rows)?;
+        let next = 1 - self.current;
+        self.stage(rows, next)?;
         let py = self.pinned_y.as_mut().expect("stage allocates the staging");
         let started = Instant::now();
-        self.images.stage(x)?;
+        if staged {
+            self.current_step.staged_ahead += 1;
+        } else {
+            let mut slot = self.images.take_slot(next);
+            let filled = slot.fill(x);
+            self.images.put_slot(next, slot);
+            filled?;
+        }
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?
             .copy_from_slice(labels);
         self.current_step.staging += started.elapsed();
-        let next = 1 - self.current;
         let c = &self.copy_stream;
         // The pass that last read this buffer (queued two shards ago) must be done with it.
         c.wait(&self.consumed[next])
@@ -603,6 +671,50 @@ impl Replica {
             .cuda(|| "recording the shard's copy".into())?;
         self.current = next;
         Ok(())
+    }
+
+    /// Runs `work` (the rest of a step: its pass, exchange and update) while another thread
+    /// stages `ahead`, the next step's batch and this replica's samples of it (the DR as now),
+    /// into the slot the next [`load_from`](Self::load_from) fills; that load then has nothing
+    /// to stage when the batch and samples are the same. Staging a large shard (AlexNet at
+    /// 224: 1.5 ms) is then off the host's path through the step. `work`'s error comes first.
+    pub fn staging_ahead<R>(
+        &mut self,
+        ahead: Option<(&Arc<Batch>, Range<usize>)>,
+        work: impl FnOnce(&mut Replica) -> Result<R>,
+    ) -> Result<R> {
+        self.ahead = None;
+        let f = self.features;
+        let Some((batch, shard, x)) = ahead.and_then(|(batch, shard)| {
+            let x = batch.features.get(shard.start * f..shard.end * f)?;
+            (!x.is_empty()).then_some((batch, shard, x))
+        }) else {
+            return work(self);
+        };
+        // The slot held the shard before this step's: its copy must be done before it is
+        // rewritten (load_from waited for it unless this step's shard was empty).
+        let b = 1 - self.current;
+        self.copied[b]
+            .synchronize()
+            .cuda(|| "waiting for the previous shard's copy".into())?;
+        self.images.fit_staging(&self.gpu, b, x.len())?;
+        let mut slot = self.images.take_slot(b);
+        let (filled, done) = std::thread::scope(|s| {
+            let filler = s.spawn(|| {
+                let started = Instant::now();
+                slot.fill(x).map(|()| started.elapsed())
+            });
+            let done = work(self);
+            (filler.join(), done)
+        });
+        self.images.put_slot(b, slot);
+        let done = done?;
+        let took = filled.map_err(|_| {
+            Error::invalid("staging the next shard", "the staging thread panicked")
+        })??;
+        self.current_step.ahead += took;
+        self.ahead = Some((Arc::downgrade(batch), shard));
+        Ok(done)
     }
 
     /// Counts a step whose work took `took` to enqueue on the host (its staging copy
@@ -635,7 +747,9 @@ impl Replica {
         self.pass_synced(scale, None)
     }
 
-    fn pass_synced(&mut self, scale: f32, sync: Option<&dyn NormSync>) -> Result<()> {
+    /// As [`pass`](Self::pass), a CNN's batch norms normalising with the statistics of the
+    /// whole step through `sync` when given.
+    pub fn pass_synced(&mut self, scale: f32, sync: Option<&dyn NormSync>) -> Result<()> {
         let started = Instant::now();
         let enqueued = self.enqueue_pass(scale, sync);
         self.current_step.pass += started.elapsed();
@@ -998,12 +1112,21 @@ mod tests {
                 staging: ms(6),
                 waiting: ms(1),
                 pass: ms(2),
+                ahead: ms(3),
+                staged_ahead: 1,
             };
             times.add(&step);
         }
         let per = times.per_step_ms().unwrap();
-        let want = [10.0, 6.0, 1.0, 2.0];
-        let got = [per.enqueue, per.staging, per.waiting, per.pass];
+        let want = [10.0, 6.0, 1.0, 2.0, 3.0, 1.0];
+        let got = [
+            per.enqueue,
+            per.staging,
+            per.waiting,
+            per.pass,
+            per.ahead,
+            per.staged_ahead,
+        ];
         assert!(
             got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-9),
             "{per:?}"

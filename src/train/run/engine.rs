@@ -77,6 +77,10 @@ pub trait Engine {
     fn submit(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<()>;
     /// Waits for the oldest submitted step that has not been finished, and returns its stats.
     fn finish(&mut self) -> Result<ShardStats>;
+    /// Names the batch of the step after the next [`submit`](Self::submit), so the engine
+    /// can stage it while that step's work is enqueued (each device its shard as the DR is
+    /// then; a changed DR stages again). Only a hint: nothing changes but the host's time.
+    fn stage_ahead(&mut self, _next: &Arc<Batch>) {}
     /// Training step `t`, to the end.
     fn step(&mut self, t: u64, batch: &Arc<Batch>, shards: &[Range<usize>]) -> Result<ShardStats> {
         self.submit(t, batch, shards)?;
@@ -449,6 +453,8 @@ enum Command {
         batch: Arc<Batch>,
         shard: Range<usize>,
         group: Arc<Group>,
+        /// The next step's batch, to stage this device's shard of while this step is enqueued.
+        ahead: Option<Arc<Batch>>,
     },
     /// The stats of the oldest step the thread deferred.
     Finish,
@@ -494,6 +500,8 @@ pub struct ReplicaEngine {
     /// Whether a stale replica is refreshed over peer memory (else through the host).
     peer: bool,
     notice: Option<String>,
+    /// The next step's batch ([`Engine::stage_ahead`]), for the next submit's devices.
+    ahead: Option<Arc<Batch>>,
 }
 
 impl ReplicaEngine {
@@ -591,7 +599,6 @@ impl ReplicaEngine {
             len,
             norm,
         });
-        let features = model.features();
         let mut threads = Vec::new();
         for (device, replica) in replicas.into_iter().enumerate() {
             let (ctx, crx) = channel();
@@ -599,7 +606,7 @@ impl ReplicaEngine {
             let shared = shared.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("attnrt-gpu{}", ordinals[device]))
-                .spawn(move || device_loop(device, replica, features, shared, crx, rtx))
+                .spawn(move || device_loop(device, replica, shared, crx, rtx))
                 .map_err(|e| Error::io("GPU device thread", e))?;
             threads.push(DeviceThread {
                 commands: ctx,
@@ -616,6 +623,7 @@ impl ReplicaEngine {
             threads,
             peer,
             notice: notice.map(str::to_string),
+            ahead: None,
         })
     }
 
@@ -729,11 +737,13 @@ impl Engine for ReplicaEngine {
             active,
         });
         let members = group.active.members();
+        let ahead = self.ahead.take();
         let replies = self.call(members, |d| Command::Step {
             t,
             batch: batch.clone(),
             shard: shards[d].clone(),
             group: group.clone(),
+            ahead: ahead.clone(),
         })?;
         // (A failed step returns above: the run stops, whatever the replicas hold.)
         self.freshness.stepped(members);
@@ -749,6 +759,10 @@ impl Engine for ReplicaEngine {
     }
 
     /// Waits for the oldest pending step on its members and sums their stats.
+    fn stage_ahead(&mut self, next: &Arc<Batch>) {
+        self.ahead = Some(next.clone());
+    }
+
     fn finish(&mut self) -> Result<ShardStats> {
         let members = self.pending.pop_front().ok_or_else(nothing_submitted)?;
         let mut stats = ShardStats::default();
@@ -830,7 +844,6 @@ impl Drop for ReplicaEngine {
 fn device_loop(
     device: usize,
     mut replica: Replica,
-    features: usize,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
     replies: Sender<Result<Reply>>,
@@ -842,15 +855,15 @@ fn device_loop(
                 batch,
                 shard,
                 group,
+                ahead,
             } => {
                 let work = Work {
                     device,
-                    features,
                     shared: &shared,
                     group: &group,
                 };
                 let started = Instant::now();
-                let reply = work.step(&mut replica, t, &batch, shard);
+                let reply = work.step(&mut replica, t, &batch, shard, ahead.as_ref());
                 replica.record_step(started.elapsed());
                 reply
             }
@@ -878,7 +891,6 @@ fn device_loop(
 /// One device thread's part in one step.
 struct Work<'a> {
     device: usize,
-    features: usize,
     shared: &'a Shared,
     group: &'a Group,
 }
@@ -892,24 +904,10 @@ impl Work<'_> {
         &self,
         replica: &mut Replica,
         t: u64,
-        batch: &Batch,
+        batch: &Arc<Batch>,
         shard: Range<usize>,
+        ahead: Option<&Arc<Batch>>,
     ) -> Result<Reply> {
-        let f = self.features;
-        // A malformed batch is an error, not a panic: the other members are at the barriers.
-        let x = batch
-            .features
-            .get(shard.start * f..shard.end * f)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "training step",
-                    format!(
-                        "{} feature values for {} samples of {f}",
-                        batch.features.len(),
-                        batch.len()
-                    ),
-                )
-            });
         // NVTX ranges name what this thread enqueues, for nsys timelines.
         let _step = nvtx::range(format!("step {t}"));
         let alone = self.group.active.members().len() == 1;
@@ -925,29 +923,33 @@ impl Work<'_> {
             }),
             _ => None,
         };
-        let pass = x.and_then(|x| {
-            let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
-            replica.set_seed(cnn::step_seed(t, shard.start));
-            let (labels, scale) = (&batch.labels[shard], 1.0 / batch.len() as f32);
-            let sync = sync.as_ref().map(|s| s as &dyn NormSync);
-            replica.forward_backward_synced(x, labels, scale, sync)
-        });
-        let pass = match (&sync, &self.shared.norm) {
-            (Some(sync), Some((_, exchanges))) => sync.finish(replica, *exchanges, pass),
-            _ => pass,
-        };
-        match rank {
-            Some(rank) => {
-                let _r = nvtx::range("all-reduce");
-                let gpu = replica.gpu().clone();
-                let (exchange, len) = (&self.shared.exchange, self.shared.len);
-                self.all_reduce(exchange, &gpu, replica.grads_mut(), (rank, len), pass)
-            }
-            None => pass,
-        }?;
-        let _r = nvtx::range("optimizer");
-        replica.optimizer_step(t)?;
-        replica.stats_later()?;
+        // A malformed batch is an error, not a panic: the other members are at the barriers.
+        let loaded = replica.load_from(batch, shard.clone());
+        let next = ahead.map(|b| (b, shard.clone()));
+        replica.staging_ahead(next, |replica| {
+            let pass = loaded.and_then(|()| {
+                let _r = nvtx::range(format!("forward+backward {} samples", shard.len()));
+                replica.set_seed(cnn::step_seed(t, shard.start));
+                let sync = sync.as_ref().map(|s| s as &dyn NormSync);
+                replica.pass_synced(1.0 / batch.len() as f32, sync)
+            });
+            let pass = match (&sync, &self.shared.norm) {
+                (Some(sync), Some((_, exchanges))) => sync.finish(replica, *exchanges, pass),
+                _ => pass,
+            };
+            match rank {
+                Some(rank) => {
+                    let _r = nvtx::range("all-reduce");
+                    let gpu = replica.gpu().clone();
+                    let (exchange, len) = (&self.shared.exchange, self.shared.len);
+                    self.all_reduce(exchange, &gpu, replica.grads_mut(), (rank, len), pass)
+                }
+                None => pass,
+            }?;
+            let _r = nvtx::range("optimizer");
+            replica.optimizer_step(t)?;
+            replica.stats_later()
+        })?;
         Ok(Reply::Enqueued)
     }
 

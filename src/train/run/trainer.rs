@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::{DistributionRatio, Precision, Tensor};
 use crate::train::data::Dataset;
-use crate::train::data::batches::{Loader, LoaderStats, shard_ranges};
+use crate::train::data::batches::{Batch, Loader, LoaderStats, shard_ranges};
 use crate::train::gpu::replica::HostTimes;
 use crate::train::models::{Layout, ModelSpec};
 use crate::train::optim::Optimizer;
@@ -235,6 +235,8 @@ pub fn train(
     // Steps handed to the engine: up to one ahead of the steps finished, so the engine enqueues
     // step t + 1 while the GPU still runs step t and the GPU does not wait for the host.
     let mut submitted = start_step;
+    // The batch of the step after the last submitted ([`Engine::stage_ahead`]).
+    let mut ahead: Option<Arc<Batch>> = None;
     let mut finished_at = Instant::now();
     let mut first_finished: Option<Instant> = None;
     loop {
@@ -248,14 +250,22 @@ pub fn train(
                 check_dr(job, &dr, engine.devices())?;
                 shards = shard_ranges(&dr, job.batch_size);
             }
-            let Some(batch) = loader.next_batch() else {
+            let Some(batch) = ahead.take().or_else(|| loader.next_batch().map(Arc::new)) else {
                 let why = loader.take_error().map_or_else(
                     || "the loader stopped before the last step".to_string(),
                     |e| e.to_string(),
                 );
                 return Err(Error::invalid(format!("job '{}'", job.name), why));
             };
-            let batch = Arc::new(batch);
+            // The step after this one's batch, now, so the engine stages it while this step
+            // is enqueued. A loader that stops here leaves `ahead` empty: the next step
+            // asks the loader again and reports why.
+            if submitted + 1 < job.iterations {
+                ahead = loader.next_batch().map(Arc::new);
+                if let Some(next) = &ahead {
+                    engine.stage_ahead(next);
+                }
+            }
             engine.submit(submitted + 1, &batch, &shards)?;
             if let Ok(b) = Arc::try_unwrap(batch) {
                 loader.recycle(b);

@@ -55,7 +55,8 @@ Usage:
 Rows are JSON objects {model, size, input, precision, mode, batch, samples_per_s, p50_ms,
 peak_mib, reserved_mib (PyTorch's rows), host_ms (attnrt's: its `host:` line, ms a step
 enqueueing and of that staging the shard, waiting for the previous shard's copy, the passes
-and the rest; then the ms staging the next shard on another thread), error}; --json writes the list, the table goes to
+and the rest; then the ms staging the next shard on another thread), loader (attnrt's
+`loader:` line, where it flagged the run), error}; --json writes the list, the table goes to
 standard output.
 
 --profile (eager rows only): instead of timing, runs --steps steps after the warm-up between
@@ -231,6 +232,8 @@ def attnrt_rows(binary, models, sizes, precisions, batch, steps, workdir, json_p
                     r["host_ms"] = parse_host(text)
                     if limited:
                         r["error"] = "loader-limited: the synthetic batches, not the GPU, set this rate"
+                        # Its rate and the steps' wait: which of the two made the flag.
+                        r["loader"] = next(l for l in text.splitlines() if l.startswith("loader:"))
                 rows.append(r)
                 save(rows, json_path)
                 print(json.dumps(r), flush=True)

@@ -513,8 +513,9 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
     assert!(text.contains("\"gpu_memory_peak_mib\""), "{text}");
     // The host's time on the three steps after the first: enqueueing them takes some time,
     // and staging, waiting for the shard before and enqueueing the passes are parts of it;
-    // beside it, the shards staged on another thread (all but the first step's: the trainer
-    // names each next batch, and one GPU's shard never changes).
+    // beside it, the shards staged on another thread: from the third step on (the trainer
+    // names each next batch from the second step on, and one GPU's shard never changes), so
+    // 2 of the 3 steps counted.
     let line = text
         .lines()
         .find(|l| l.starts_with("host: "))

@@ -259,8 +259,11 @@ pub fn train(
             };
             // The step after this one's batch, now, so the engine stages it while this step
             // is enqueued. A loader that stops here leaves `ahead` empty: the next step
-            // asks the loader again and reports why.
-            if submitted + 1 < job.iterations {
+            // asks the loader again and reports why. From the second step on: the loader
+            // makes the first batches in new buffers, and a wait for the second before the
+            // first step would count as the steps waiting for the loader (the first step's
+            // planning gives it time to get ahead).
+            if submitted > start_step && submitted + 1 < job.iterations {
                 ahead = loader.next_batch().map(Arc::new);
                 if let Some(next) = &ahead {
                     engine.stage_ahead(next);

@@ -599,6 +599,51 @@ fn conv2d_channel_major_is_f32_only_and_counted() {
     }
 }
 
+/// Timing the channel-major path grows its scratch copies to the pass's tensors; after each
+/// pass's route is decided they hold only what the passes that run channel-major need (one
+/// byte each where none does), so a path that loses keeps no memory (DenseNet-121 in f32 at
+/// 224 kept 394 MiB so). The shapes are one where the path may win (3x3 with the transforms)
+/// and ones where it is likely to lose; whichever wins, the bytes must match.
+#[test]
+fn conv2d_channel_major_scratch_fits_the_passes_that_take_it() {
+    let test = "conv2d_channel_major_scratch_fits_the_passes_that_take_it";
+    let Some((_, mut conv)) = conv_or_skip(test, Precision::F32) else {
+        return;
+    };
+    conv.set_transforms(true);
+    let shapes = [
+        Conv2dShape::new(16, [28, 28], 96, 96, 3).with_pad(1),
+        Conv2dShape::new(16, [28, 28], 256, 128, 1),
+        Conv2dShape::new(2, [12, 10], 8, 16, 3).with_pad(1),
+        Conv2dShape::new(16, [56, 56], 64, 64, 7)
+            .with_pad(3)
+            .with_stride(2),
+    ];
+    let mut need = [1usize; 3];
+    for shape in shapes {
+        conv.prepare(&shape, Passes::Training).unwrap();
+        let described = conv.describe(&shape).unwrap();
+        let runs = ["forward", "backward data", "backward filter"]
+            .iter()
+            .any(|pass| described.contains(&format!("{pass} channel-major (NCHW)")));
+        if runs {
+            let bytes = [shape.input_len(), shape.weight_len(), shape.output_len()];
+            for (n, b) in need.iter_mut().zip(bytes) {
+                *n = (*n).max(4 * b);
+            }
+        }
+        println!(
+            "{test}: {shape}: {described}; {} bytes",
+            conv.channel_major_bytes()
+        );
+        assert_eq!(
+            conv.channel_major_bytes(),
+            need.iter().sum::<usize>(),
+            "{shape}: {described}"
+        );
+    }
+}
+
 #[test]
 fn conv2d_backward_tf32_matches_the_reference() {
     backward_cases::<f32>(

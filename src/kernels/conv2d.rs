@@ -1062,8 +1062,21 @@ const FILTER: BackwardFns<
 pub enum Passes {
     /// The forward pass, with any epilogue.
     Forward,
+    /// The forward pass and the filter's gradient: a network's first layer, whose input (the
+    /// images) takes no gradient.
+    ForwardAndFilter,
     /// The forward pass and both backward passes.
     Training,
+}
+
+impl Passes {
+    fn backward(self) -> &'static [Backward] {
+        match self {
+            Passes::Forward => &[],
+            Passes::ForwardAndFilter => &[Backward::Filter],
+            Passes::Training => &[Backward::Data, Backward::Filter],
+        }
+    }
 }
 
 /// 2-D convolutions of one precision on one GPU stream: a cuDNN handle, the plans of every
@@ -1248,13 +1261,15 @@ impl Conv2dKernels {
     /// graph.
     pub fn prepare(&mut self, shape: &Conv2dShape, passes: Passes) -> Result<()> {
         self.plan(shape)?;
-        if passes == Passes::Training {
-            self.backward_choice(shape, Format::Nhwc, &DATA)?;
-            self.backward_choice(shape, Format::Nhwc, &FILTER)?;
-            for pass in [Backward::Data, Backward::Filter] {
-                let what = pass_label(pass.name(), shape, self.precision);
-                self.backward_path(shape, pass, &what)?;
-            }
+        for &pass in passes.backward() {
+            match pass {
+                Backward::Data => self.backward_choice(shape, Format::Nhwc, &DATA).map(drop),
+                Backward::Filter => self.backward_choice(shape, Format::Nhwc, &FILTER).map(drop),
+            }?;
+        }
+        for &pass in passes.backward() {
+            let what = pass_label(pass.name(), shape, self.precision);
+            self.backward_path(shape, pass, &what)?;
         }
         Ok(())
     }

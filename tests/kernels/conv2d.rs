@@ -644,6 +644,41 @@ fn conv2d_channel_major_scratch_fits_the_passes_that_take_it() {
     }
 }
 
+/// A first layer's plan (`Passes::ForwardAndFilter`) holds the forward and the filter's
+/// gradient, not the backward data pass its images never take; that pass is still planned on
+/// its first call.
+#[test]
+fn conv2d_first_layer_plans_no_backward_data() {
+    let test = "conv2d_first_layer_plans_no_backward_data";
+    let Some((gpu, mut conv)) = conv_or_skip(test, Precision::F32) else {
+        return;
+    };
+    let shape = Conv2dShape::new(2, [16, 16], 3, 8, 7)
+        .with_pad(3)
+        .with_stride(2);
+    conv.prepare(&shape, Passes::ForwardAndFilter).unwrap();
+    let described = conv.describe(&shape).unwrap();
+    println!("{test}: {described}");
+    assert!(described.contains("; backward filter "), "{described}");
+    assert!(!described.contains("backward data"), "{described}");
+    let mut rng = crate::rng(7);
+    let w_oihw = random::<f32>(&mut rng, shape.weight_len());
+    let dy = random::<f32>(&mut rng, shape.output_len());
+    let want = cpu::backward_data(&reference(&shape, false), &w_oihw, &dy).unwrap();
+    let w = upload::<f32>(&gpu, &shape.weight_to_gpu(&w_oihw));
+    let gdy = upload::<f32>(&gpu, &dy);
+    let mut dx = poisoned::<f32>(&gpu, shape.input_len());
+    conv.backward_data(&shape, &w, &gdy, &mut dx, false)
+        .unwrap();
+    let mut failures = Vec::new();
+    let got = download(&gpu, &dx);
+    let tol = tolerance(Precision::F32);
+    compare(format!("{test} dx"), &got, &want, tol, &mut failures);
+    finish(test, failures);
+    let described = conv.describe(&shape).unwrap();
+    assert!(described.contains("; backward data "), "{described}");
+}
+
 #[test]
 fn conv2d_backward_tf32_matches_the_reference() {
     backward_cases::<f32>(

@@ -556,7 +556,14 @@ impl<T: Storage> Walker<T> {
                     });
                 }
                 Op::Conv { shape, .. } => {
-                    self.conv.prepare(&batched(shape, n), Passes::Training)?;
+                    // The images (value 0) take no gradient: the backward pass skips the
+                    // first layer's backward data, so planning it would only grow the
+                    // workspace.
+                    let passes = match node.inputs[0] {
+                        0 => Passes::ForwardAndFilter,
+                        _ => Passes::Training,
+                    };
+                    self.conv.prepare(&batched(shape, n), passes)?;
                 }
                 _ => {}
             }

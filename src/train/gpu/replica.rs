@@ -677,7 +677,8 @@ impl Replica {
     /// stages `ahead`, the next step's batch and this replica's samples of it (the DR as now),
     /// into the slot the next [`load_from`](Self::load_from) fills; that load then has nothing
     /// to stage when the batch and samples are the same. Staging a large shard (AlexNet at
-    /// 224: 1.5 ms) is then off the host's path through the step. `work`'s error comes first.
+    /// 224: 1.5 ms) is then off the host's path through the step. `work` always runs (a
+    /// step's devices meet at barriers inside it), and its error comes first.
     pub fn staging_ahead<R>(
         &mut self,
         ahead: Option<(&Arc<Batch>, Range<usize>)>,
@@ -694,10 +695,15 @@ impl Replica {
         // The slot held the shard before this step's: its copy must be done before it is
         // rewritten (load_from waited for it unless this step's shard was empty).
         let b = 1 - self.current;
-        self.copied[b]
+        let ready = self.copied[b]
             .synchronize()
-            .cuda(|| "waiting for the previous shard's copy".into())?;
-        self.images.fit_staging(&self.gpu, b, x.len())?;
+            .cuda(|| "waiting for the previous shard's copy".into())
+            .and_then(|()| self.images.fit_staging(&self.gpu, b, x.len()));
+        if let Err(e) = ready {
+            // `work` runs all the same: the step's other devices wait for this one at its
+            // barriers.
+            return work(self).and(Err(e));
+        }
         let mut slot = self.images.take_slot(b);
         let (filled, done) = std::thread::scope(|s| {
             let filler = s.spawn(|| {

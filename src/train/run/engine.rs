@@ -758,11 +758,11 @@ impl Engine for ReplicaEngine {
         Ok(())
     }
 
-    /// Waits for the oldest pending step on its members and sums their stats.
     fn stage_ahead(&mut self, next: &Arc<Batch>) {
         self.ahead = Some(next.clone());
     }
 
+    /// Waits for the oldest pending step on its members and sums their stats.
     fn finish(&mut self) -> Result<ShardStats> {
         let members = self.pending.pop_front().ok_or_else(nothing_submitted)?;
         let mut stats = ShardStats::default();

@@ -706,18 +706,27 @@ impl Replica {
         }
         let mut slot = self.images.take_slot(b);
         let (filled, done) = std::thread::scope(|s| {
-            let filler = s.spawn(|| {
-                let started = Instant::now();
-                slot.fill(x).map(|()| started.elapsed())
-            });
+            let filler = std::thread::Builder::new()
+                .name("attnrt-staging".into())
+                .spawn_scoped(s, || {
+                    let started = Instant::now();
+                    slot.fill(x).map(|()| started.elapsed())
+                });
             let done = work(self);
-            (filler.join(), done)
+            let filled = match filler {
+                Ok(filler) => filler.join().unwrap_or_else(|_| {
+                    Err(Error::invalid(
+                        "staging the next shard",
+                        "the staging thread panicked",
+                    ))
+                }),
+                Err(e) => Err(Error::io("starting a thread to stage the next shard", e)),
+            };
+            (filled, done)
         });
         self.images.put_slot(b, slot);
         let done = done?;
-        let took = filled.map_err(|_| {
-            Error::invalid("staging the next shard", "the staging thread panicked")
-        })??;
+        let took = filled?;
         self.current_step.ahead += took;
         self.ahead = Some((Arc::downgrade(batch), shard));
         Ok(done)

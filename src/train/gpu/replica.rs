@@ -105,6 +105,8 @@ trait Images: Send {
     /// it while this one enqueues work; [`put_slot`](Self::put_slot) takes it back.
     fn take_slot(&mut self, b: usize) -> Box<dyn Slot>;
     fn put_slot(&mut self, b: usize, slot: Box<dyn Slot>);
+    /// Fills slot `b` with `x` on this thread ([`Slot::fill`]).
+    fn fill(&mut self, b: usize, x: &[f32]) -> Result<()>;
     /// Enqueues slot `b`'s copy into device buffer `b` on `c`.
     fn upload(&mut self, c: &Arc<CudaStream>, b: usize) -> Result<()>;
     fn input(&self, b: usize) -> Input<'_>;
@@ -198,6 +200,11 @@ impl<E: Staged> Images for StagedImages<E> {
 
     fn take_slot(&mut self, b: usize) -> Box<dyn Slot> {
         Box::new(self.slots[b].take().expect("fit_staging sizes the slot"))
+    }
+
+    fn fill(&mut self, b: usize, x: &[f32]) -> Result<()> {
+        let slot = self.slots[b].as_mut().expect("fit_staging sizes the slot");
+        Slot::fill(slot, x)
     }
 
     fn put_slot(&mut self, b: usize, slot: Box<dyn Slot>) {
@@ -650,10 +657,7 @@ impl Replica {
         if staged {
             self.current_step.staged_ahead += 1;
         } else {
-            let mut slot = self.images.take_slot(next);
-            let filled = slot.fill(x);
-            self.images.put_slot(next, slot);
-            filled?;
+            self.images.fill(next, x)?;
         }
         py.as_mut_slice()
             .cuda(|| "waiting for staging".into())?

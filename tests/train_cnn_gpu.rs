@@ -303,6 +303,81 @@ fn one_step_of_each_cnn_matches_the_cpu() {
     );
 }
 
+/// The walker's pool of free buffers is planned from the first pass's requests
+/// (`train::gpu::buffer_pool`): the later passes find every buffer they ask for in it (its
+/// bytes do not change: a miss drops the pool and allocates) and get the first pass's
+/// gradients, with deterministic algorithms (within 1e-6: a buffer given to two requests
+/// whose lifetimes overlap would overwrite a value in flight, far beyond that).
+#[test]
+fn the_planned_pool_serves_later_passes_and_changes_no_gradient() {
+    let Some(gpu) = gpu_or_skip("the_planned_pool_serves_later_passes_and_changes_no_gradient")
+    else {
+        return;
+    };
+    let pool = |replica: &Replica| {
+        replica
+            .held()
+            .into_iter()
+            .find(|(what, _)| *what == "pool of free buffers")
+            .map(|(_, bytes)| bytes)
+            .expect("a CNN's replica holds a pool")
+    };
+    for arch in Arch::ALL {
+        let config = CnnConfig {
+            arch,
+            classes: 10,
+            image: ImageShape {
+                channels: 3,
+                height: 64,
+                width: 64,
+            },
+        };
+        let graph = cnn::graph(config);
+        let n = 3;
+        let params = graph.init(5);
+        let x = random(n * 3 * 64 * 64, 6);
+        let labels = [1u32, 4, 9];
+        for precision in [Precision::F32, Precision::Bf16] {
+            let name = format!("{} {precision}", arch.name());
+            let model = ModelSpec::Cnn(config);
+            let mut replica = Replica::new(
+                gpu.clone(),
+                &model,
+                Optimizer::sgd(0.1),
+                precision,
+                &params,
+                &[vec![0.0; params.len()]],
+            )
+            .unwrap();
+            replica.set_deterministic(true);
+            let pass = |replica: &mut Replica| {
+                replica.set_seed(7);
+                replica
+                    .forward_backward(&x, &labels, 1.0 / n as f32)
+                    .unwrap();
+                replica.download().unwrap().1
+            };
+            let first = pass(&mut replica);
+            let planned = pool(&replica);
+            assert!(planned > 0, "{name}: no buffer planned");
+            for later in 2..=3 {
+                let grads = pass(&mut replica);
+                assert_eq!(
+                    pool(&replica),
+                    planned,
+                    "{name}: pass {later} left the plan"
+                );
+                let e = err(&grads, &first);
+                println!("{name}: pass {later}'s gradients against the first's: {e:.3e}");
+                assert!(
+                    e <= 1e-6,
+                    "{name}: pass {later}'s gradients moved by {e:.3e}"
+                );
+            }
+        }
+    }
+}
+
 /// Says where a failing step's gradient error comes from: cuDNN's choices, how far a second
 /// identical GPU pass lands from the first (the non-deterministic algorithms' share), the
 /// parameters holding most of the error, and each parameter's error over its own noise in the

@@ -21,8 +21,9 @@
 //! layers read, ...) is needed only until its last reader has run forward: it takes a buffer
 //! from a pool and gives it back then, as a PyTorch allocator would. Gradients of values come
 //! from the same pool: a buffer goes back to it once the layer that made the value has run
-//! backward, so only the gradients in flight are held (the first pass allocates, later
-//! passes reuse).
+//! backward, so only the gradients in flight are held (the first pass at a capacity allocates
+//! and is traced; the pool's buffers are then planned from its requests and later passes
+//! reuse them: [`BufferPool`]).
 //!
 //! Batch norm's running statistics: each layer writes its contribution (the shard's share
 //! of the batch times its mean and unbiased variance) after the parameters' gradient in the
@@ -55,6 +56,7 @@ use crate::kernels::elementwise::ElementwiseKernels;
 use crate::kernels::max_pool::MaxPoolKernels;
 use crate::kernels::pool::Pool2d;
 use crate::kernels::softmax_cross_entropy::SoftmaxCrossEntropyKernels;
+use crate::train::gpu::buffer_pool::BufferPool;
 use crate::train::gpu::linear::GemmEpilogue;
 use crate::train::gpu::replica::{Input, Pass, Replica};
 use crate::train::models::cnn::golden::{StepInput, StepOutput};
@@ -344,7 +346,7 @@ struct Walker<T: Storage> {
     /// The values' gradients in flight, and the pool they and the values that are not kept
     /// come from.
     dvalues: Vec<Option<CudaSlice<T>>>,
-    free: Vec<CudaSlice<T>>,
+    pool: BufferPool<T>,
 }
 
 /// Values in `shape` for `n` images.
@@ -352,7 +354,7 @@ fn numel(shape: [usize; 3], n: usize) -> usize {
     n * shape.iter().product::<usize>()
 }
 
-fn alloc<U: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+pub(super) fn alloc<U: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     gpu: &Gpu,
     n: usize,
     what: &str,
@@ -453,7 +455,7 @@ impl<T: Storage> Walker<T> {
             logits: alloc(gpu, 1, "logits")?,
             dlogits: alloc(gpu, 1, "logits")?,
             dvalues: (0..values).map(|_| None).collect(),
-            free: Vec::new(),
+            pool: BufferPool::new(),
             graph,
         })
     }
@@ -469,10 +471,7 @@ impl<T: Storage> Walker<T> {
         vec![
             ("values kept for the backward pass", sum(&self.values)),
             ("gradients in flight", sum(&self.dvalues)),
-            (
-                "pool of free buffers",
-                self.free.iter().map(CudaSlice::num_bytes).sum(),
-            ),
+            ("pool of free buffers", self.pool.held_bytes()),
             (
                 "filters and one layer's gradients (KRSC)",
                 self.conv_w.num_bytes() + self.conv_dw.num_bytes(),
@@ -580,7 +579,8 @@ impl<T: Storage> Walker<T> {
         let classes = g.config.classes;
         self.logits = alloc(gpu, n * classes, "logits")?;
         self.dlogits = alloc(gpu, n * classes, "logits")?;
-        self.free.clear();
+        // The first pass at this capacity is traced; the pool is planned from it.
+        self.pool.retrace();
         self.capacity = n;
         Ok(())
     }
@@ -602,7 +602,9 @@ impl<T: Storage> Walker<T> {
             (n, classes),
             p.scale,
         )?;
-        self.backward(&s, &mut p)
+        self.backward(&s, &mut p)?;
+        // After the first pass at a capacity: the pool's buffers planned from its requests.
+        self.pool.plan(p.gpu)
     }
 
     /// The parameters' filters in KRSC order (and the biases) into the convolution buffer, in
@@ -678,7 +680,7 @@ impl<T: Storage> Walker<T> {
             let out_len = numel(self.graph.shapes[out], n);
             let mut y = match self.values[out].take() {
                 Some(y) => y,
-                None => self.buffer(p.gpu, out_len)?,
+                None => self.pool.take(p.gpu, out_len)?,
             };
             let r = self.node_forward(s, p, i, step.relu.is_some(), &mut y.slice_mut(..out_len));
             self.values[out] = Some(y);
@@ -687,7 +689,7 @@ impl<T: Storage> Walker<T> {
                 let b = self.values[v]
                     .take()
                     .expect("a value is held until its last reader");
-                self.free.push(b);
+                self.pool.give(s, b);
             }
         }
         Ok(())
@@ -894,32 +896,6 @@ impl<T: Storage> Walker<T> {
         Ok(out)
     }
 
-    /// A free buffer from the pool of at least `len` values (the smallest that fits), for a
-    /// gradient or a value that is not kept.
-    ///
-    /// When none fits, every free buffer is smaller than `len`: they go back to the device's
-    /// memory pool before the new one is allocated, so that it can take their memory. Kept,
-    /// they would sit idle beside it and count in the pass's peak: the backward's gradients
-    /// grow toward the stem, so the pool used to end a pass holding one idle buffer of every
-    /// size on the way (ResNet-50, bf16, 224: 380 MiB of the 3,583 MiB peak). Dropping a
-    /// buffer frees it in stream order, after the kernels queued on it.
-    fn buffer(&mut self, gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
-        let best = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.len() >= len)
-            .min_by_key(|(_, b)| b.len())
-            .map(|(i, _)| i);
-        match best {
-            Some(i) => Ok(self.free.swap_remove(i)),
-            None => {
-                self.free.clear();
-                alloc(gpu, len, "activations or their gradients")
-            }
-        }
-    }
-
     /// Hands `grad` (the first `len` values) to value `v`'s gradient: it becomes the
     /// gradient, or is added to the one there (and goes back to the pool).
     fn deliver(
@@ -934,7 +910,7 @@ impl<T: Storage> Walker<T> {
                 let r = self
                     .elementwise
                     .add(s, &mut acc.slice_mut(..len), &grad.slice(..len), len);
-                self.free.push(grad);
+                self.pool.give(s, grad);
                 r
             }
             empty => {
@@ -956,7 +932,7 @@ impl<T: Storage> Walker<T> {
         match self.dvalues[v].take() {
             Some(b) => Ok((b, true)),
             None => {
-                let mut b = self.buffer(gpu, len)?;
+                let mut b = self.pool.take(gpu, len)?;
                 if zeroed {
                     gpu.stream()
                         .memset_zeros(&mut b.slice_mut(..len))
@@ -982,7 +958,7 @@ impl<T: Storage> Walker<T> {
         }
         for d in &mut self.dvalues {
             if let Some(b) = d.take() {
-                self.free.push(b);
+                self.pool.give(s, b);
             }
         }
         Ok(())
@@ -1047,7 +1023,7 @@ impl<T: Storage> Walker<T> {
                 let layout = &self.graph.layout;
                 let (wr, br) = (layout.slots[*weight].range(), layout.slots[*bias].range());
                 let gamma = p.params.slice(wr.clone());
-                let mut dx = self.buffer(gpu, in_len)?;
+                let mut dx = self.pool.take(gpu, in_len)?;
                 {
                     let (mut lo, mut hi) = p.grads.split_at_mut(br.start);
                     let (mut dg, mut db) = (lo.slice_mut(wr.start..), hi.slice_mut(..c));
@@ -1116,7 +1092,7 @@ impl<T: Storage> Walker<T> {
                 pad,
             } => {
                 let pool = Pool2d::new(n, in_shape, *kernel, *stride, *pad);
-                let mut dx = self.buffer(gpu, in_len)?;
+                let mut dx = self.pool.take(gpu, in_len)?;
                 let idx = self.argmax[i].as_ref().expect("the forward's argmax");
                 self.max.backward(
                     s,
@@ -1129,7 +1105,7 @@ impl<T: Storage> Walker<T> {
             }
             Op::AvgPool { .. } | Op::AdaptiveAvgPool { .. } => {
                 let win = windows(&self.graph, &node, n);
-                let mut dx = self.buffer(gpu, in_len)?;
+                let mut dx = self.pool.take(gpu, in_len)?;
                 self.avg
                     .backward(s, &win, &dy.slice(..out_len), &mut dx.slice_mut(..in_len))?;
                 self.deliver(s, input, dx, in_len)?;
@@ -1141,7 +1117,7 @@ impl<T: Storage> Walker<T> {
                     self.elementwise.relu_backward(s, &mut dyv, &yv, out_len)?;
                 }
                 let other = node.inputs[1];
-                let mut copy_of = self.buffer(gpu, in_len)?;
+                let mut copy_of = self.pool.take(gpu, in_len)?;
                 copy(s, &dy.slice(..in_len), &mut copy_of.slice_mut(..in_len))?;
                 self.deliver(s, other, copy_of, in_len)?;
                 return self.deliver(s, input, dy, in_len);
@@ -1219,7 +1195,7 @@ impl<T: Storage> Walker<T> {
                 self.linear_backward(s, p, i, Some(&dy))?;
             }
         }
-        self.free.push(dy);
+        self.pool.give(s, dy);
         Ok(())
     }
 
@@ -1271,7 +1247,7 @@ impl<T: Storage> Walker<T> {
             .run(s, dyf, &mut p.grads.slice_mut(br), n, dout)?;
         if wants_dx {
             let len = n * din;
-            let mut g = self.buffer(p.gpu, len)?;
+            let mut g = self.pool.take(p.gpu, len)?;
             let dx = &self.linears[i].as_ref().expect("a linear's buffers").dx;
             T::narrow(&self.cast, s, &dx.slice(..len), &mut g.slice_mut(..len))?;
             self.deliver(s, input, g, len)?;

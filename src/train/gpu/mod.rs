@@ -3,6 +3,7 @@
 //! and attention's batched GEMMs on cuBLAS ([`blas`]).
 
 pub mod blas;
+mod buffer_pool;
 pub mod cnn;
 pub mod linear;
 pub mod replica;

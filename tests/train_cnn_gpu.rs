@@ -603,7 +603,7 @@ fn attnrt_train_runs_a_cnn_job_on_gpu_0() {
     // Each part rounded to 0.01 ms: their sum may exceed the whole by that much each.
     assert!(ms[1] + ms[2] + ms[3] <= ms[0] + 0.03, "{line}");
     assert!(
-        line.ends_with("(100% of the shards were staged so)"),
+        line.ends_with("(67% of the shards were staged so)"),
         "{line}"
     );
     assert!(
@@ -853,7 +853,7 @@ fn dropout_override_on_a_gpu_matches_the_cpu() {
 
 /// A job's `f32_conv_transforms`: AlexNet's f32 step with cuDNN's FFT and Winograd allowed
 /// (the algorithms chosen are printed) still takes the CPU engine's step, within the
-/// transforms' tolerance (`tests/kernels/conv2d.rs`: 3e-4 a convolution; the parameters
+/// transforms' tolerance (`tests/kernels/conv2d.rs`: 2e-3 a convolution; the parameters
 /// after one step agree far closer, since the update is small against them).
 #[test]
 fn f32_conv_transforms_on_a_gpu_match_the_cpu() {

@@ -13,8 +13,10 @@
 //! (`set_channel_major`), with and without FFT and Winograd.
 //!
 //! Tolerances (relative Frobenius error against the reference):
-//! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3); 3e-4 with FFT and Winograd allowed
-//!   (`set_transforms`: their transforms lose 1e-5 to 1e-4 a call);
+//! - f32: 1e-5 (FMA math; TF32 would show as ~1e-3); 2e-3 with FFT and Winograd allowed
+//!   (`set_transforms`: their transforms lose 1e-5 to 1e-3 a call): on an
+//!   H200 cuDNN took WINOGRAD_NONFUSED for AlexNet's 5x5 (2x27x27x64 -> 192), 9.4e-4 from the
+//!   reference (2026-12-07), where the H100s' choices had stayed under 3e-4;
 //! - tf32: 2e-3 (operands rounded to 10-bit mantissas, f32 accumulation);
 //! - bf16: 4e-3. The inputs are bf16, so the reference takes the same (rounded) values; the
 //!   GPU rounds its result to bf16 once (2^-9 relative at most), twice on the unfused path.
@@ -189,7 +191,7 @@ impl Paths {
     /// The tolerance of `precision` on these paths (see the module docs).
     fn tolerance(self, precision: Precision) -> f64 {
         match precision {
-            Precision::F32 if self.transforms => 3e-4,
+            Precision::F32 if self.transforms => 2e-3,
             _ => tolerance(precision),
         }
     }

@@ -118,7 +118,7 @@ pub fn run(args: &Args, jobs: &Path, file: &JobFile) -> Result<ExitCode> {
     let share = steady.map_or(0.0, |(s, _)| 100.0 * loader.waited_s / s);
     println!(
         "loader: {:.0} samples/s; the steps after the first waited {:.2} s for batches ({:.1}% \
-         of their time){}",
+         of their time; both in steady state, once batches come in reused buffers){}",
         loader.samples_per_s,
         loader.waited_s,
         share,

@@ -46,7 +46,7 @@ pub struct TrainSpec {
     pub dropout: Option<f64>,
     /// Whether the CNNs' f32 convolutions on the GPU may use cuDNN's FFT and Winograd
     /// algorithms, as PyTorch's f32 does (default false: direct and implicit-GEMM sums, about
-    /// 1e-7 a call where the transforms lose 1e-5 to 1e-4; see `kernels::conv2d`). bf16 may
+    /// 1e-7 a call where the transforms lose 1e-5 to 1e-3; see `kernels::conv2d`). bf16 may
     /// always; the CPU's convolutions are direct sums either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub f32_conv_transforms: Option<bool>,

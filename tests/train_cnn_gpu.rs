@@ -186,6 +186,39 @@ fn ulp_moved(params: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// `arch` with 10 classes on 64x64 images.
+fn small(arch: Arch) -> CnnConfig {
+    CnnConfig {
+        arch,
+        classes: 10,
+        image: ImageShape {
+            channels: 3,
+            height: 64,
+            width: 64,
+        },
+    }
+}
+
+/// A replica of `config` in `precision` from `params`, with SGD at learning rate 0.1.
+fn sgd_replica(
+    gpu: &Arc<attnrt::gpu::Gpu>,
+    config: CnnConfig,
+    precision: Precision,
+    params: &[f32],
+) -> Replica {
+    let model = ModelSpec::Cnn(config);
+    let zeros = [vec![0.0; params.len()]];
+    Replica::new(
+        gpu.clone(),
+        &model,
+        Optimizer::sgd(0.1),
+        precision,
+        params,
+        &zeros,
+    )
+    .unwrap()
+}
+
 /// One step of every model on 2 images of 64x64 (AlexNet's dropout on: the GPU draws the
 /// CPU's masks), GPU against the CPU walker in f32.
 #[test]
@@ -195,15 +228,7 @@ fn one_step_of_each_cnn_matches_the_cpu() {
     };
     let mut failures = Vec::new();
     for arch in Arch::ALL {
-        let config = CnnConfig {
-            arch,
-            classes: 10,
-            image: ImageShape {
-                channels: 3,
-                height: 64,
-                width: 64,
-            },
-        };
+        let config = small(arch);
         let graph = cnn::graph(config);
         let (n, features) = (2, 3 * 64 * 64);
         let params = graph.init(3);
@@ -214,17 +239,7 @@ fn one_step_of_each_cnn_matches_the_cpu() {
         for precision in [Precision::F32, Precision::Bf16] {
             let noisy = noise_step(&graph, precision, &params, (&x, &labels), pass);
             let own = noisy.errors(&want);
-            let model = ModelSpec::Cnn(config);
-            let opt = Optimizer::sgd(0.1);
-            let mut replica = Replica::new(
-                gpu.clone(),
-                &model,
-                opt,
-                precision,
-                &params,
-                &[vec![0.0; params.len()]],
-            )
-            .unwrap();
+            let mut replica = sgd_replica(&gpu, config, precision, &params);
             replica.set_seed(pass.1);
             replica.forward_backward(&x, &labels, pass.0).unwrap();
             // A bf16 CNN's shards are rounded to bf16 while staged (the values its first copy
@@ -323,15 +338,7 @@ fn the_planned_pool_serves_later_passes_and_changes_no_gradient() {
             .expect("a CNN's replica holds a pool")
     };
     for arch in Arch::ALL {
-        let config = CnnConfig {
-            arch,
-            classes: 10,
-            image: ImageShape {
-                channels: 3,
-                height: 64,
-                width: 64,
-            },
-        };
+        let config = small(arch);
         let graph = cnn::graph(config);
         let n = 3;
         let params = graph.init(5);
@@ -339,16 +346,7 @@ fn the_planned_pool_serves_later_passes_and_changes_no_gradient() {
         let labels = [1u32, 4, 9];
         for precision in [Precision::F32, Precision::Bf16] {
             let name = format!("{} {precision}", arch.name());
-            let model = ModelSpec::Cnn(config);
-            let mut replica = Replica::new(
-                gpu.clone(),
-                &model,
-                Optimizer::sgd(0.1),
-                precision,
-                &params,
-                &[vec![0.0; params.len()]],
-            )
-            .unwrap();
+            let mut replica = sgd_replica(&gpu, config, precision, &params);
             replica.set_deterministic(true);
             let pass = |replica: &mut Replica| {
                 replica.set_seed(7);

@@ -26,9 +26,9 @@ def test_attnrt_job_and_output():
     assert job["dataset"] == "synthetic:1344,64" and job["iterations"] == 21, job
     assert job["precision"] == "bf16" and job["classes"] == 1000 and job["batch_size"] == 64
     out = ("done: 21 steps, loss 6.9, accuracy 0.000, 1800 samples/s (2047 after the first step), 0.75 s\n"
-           "loader: 9000 samples/s; the steps after the first waited 0.01 s for batches (1.3% of their time)\n")
+           "loader: 9000 samples/s; the steps after the first waited 0.01 s for batches (1.3% of their time; both in steady state, once batches come in reused buffers)\n")
     assert t.parse_attnrt(out) == (2047.0, False, None)
-    limited = out.replace("(1.3% of their time)", "(41.0% of their time): the loader, not the step, limits this run (x)")
+    limited = out.replace("buffers)\n", "buffers): the loader, not the step, limits this run (x)\n")
     assert t.parse_attnrt(limited) == (2047.0, True, None)
     memory = out + "gpu memory: peak in use during the steps 1536 MiB on GPU 0 (the allocator's high-water mark)\n"
     assert t.parse_attnrt(memory) == (2047.0, False, 1536.0)

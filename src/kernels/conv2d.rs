@@ -1263,10 +1263,7 @@ impl Conv2dKernels {
     pub fn prepare(&mut self, shape: &Conv2dShape, passes: Passes) -> Result<()> {
         self.plan(shape)?;
         for &pass in passes.backward() {
-            match pass {
-                Backward::Data => self.backward_choice(shape, Format::Nhwc, &DATA).map(drop),
-                Backward::Filter => self.backward_choice(shape, Format::Nhwc, &FILTER).map(drop),
-            }?;
+            self.ready_choice(shape, Format::Nhwc, Some(pass))?;
         }
         for &pass in passes.backward() {
             let what = pass_label(pass.name(), shape, self.precision);
@@ -1576,9 +1573,19 @@ impl Conv2dKernels {
                 }
             }
         }
+        self.resize_scratch(need, |len, bytes| len > bytes)
+    }
+
+    /// Reallocates each channel-major scratch copy to its `bytes` where `resize(its length,
+    /// bytes)` says so (grow: `len < bytes`; shrink: `len > bytes`).
+    fn resize_scratch(
+        &mut self,
+        bytes: [usize; 3],
+        resize: fn(usize, usize) -> bool,
+    ) -> Result<()> {
         let stream = self.handle.stream().clone();
-        for (scratch, bytes) in self.scratch.iter_mut().zip(need) {
-            if scratch.len() > bytes {
+        for (scratch, bytes) in self.scratch.iter_mut().zip(bytes) {
+            if resize(scratch.len(), bytes) {
                 // The old copy is freed in stream order, after the work that used it.
                 *scratch = stream
                     .alloc_zeros::<u8>(bytes)
@@ -1852,19 +1859,22 @@ impl Conv2dKernels {
         if self.copy.is_none() {
             self.copy = Some(ChannelCopyKernels::load(self.handle.gpu())?);
         }
-        for (scratch, bytes) in self.scratch.iter_mut().zip(scratch_bytes(shape)) {
-            if scratch.len() < bytes {
-                // The old copy is freed in stream order, after the work that used it.
-                *scratch =
-                    self.handle.stream().alloc_zeros::<u8>(bytes).cuda(|| {
-                        format!("allocating {bytes} bytes of conv2d channel-major scratch")
-                    })?;
-            }
-        }
+        self.resize_scratch(scratch_bytes(shape), |len, bytes| len < bytes)?;
+        self.ready_choice(shape, Format::Nchw, pass)
+    }
+
+    /// cuDNN's choice for `pass` of `shape` in `format` (`None`: the forward), benchmarked now
+    /// unless made before.
+    fn ready_choice(
+        &mut self,
+        shape: &Conv2dShape,
+        format: Format,
+        pass: Option<Backward>,
+    ) -> Result<()> {
         match pass {
-            None => self.forward_choice(shape, Format::Nchw).map(drop),
-            Some(Backward::Data) => self.backward_choice(shape, Format::Nchw, &DATA).map(drop),
-            Some(Backward::Filter) => self.backward_choice(shape, Format::Nchw, &FILTER).map(drop),
+            None => self.forward_choice(shape, format).map(drop),
+            Some(Backward::Data) => self.backward_choice(shape, format, &DATA).map(drop),
+            Some(Backward::Filter) => self.backward_choice(shape, format, &FILTER).map(drop),
         }
     }
 

@@ -286,7 +286,9 @@ impl ConvSlot {
 /// A linear layer's f32 operands (the activations may be bf16; cuBLASLt's GEMMs take f32
 /// and round themselves).
 struct LinearBufs {
-    x: CudaSlice<f32>,
+    /// The input widened to f32: allocated by the first forward pass that widens one (bf16
+    /// activations), since f32 inputs are read where they are.
+    x: Option<CudaSlice<f32>>,
     y: CudaSlice<f32>,
     dy: CudaSlice<f32>,
     dx: CudaSlice<f32>,
@@ -484,7 +486,10 @@ impl<T: Storage> Walker<T> {
                 "linear layers' f32 operands",
                 linear
                     .map(|l| {
-                        l.x.num_bytes() + l.y.num_bytes() + l.dy.num_bytes() + l.dx.num_bytes()
+                        l.x.as_ref().map_or(0, CudaSlice::num_bytes)
+                            + l.y.num_bytes()
+                            + l.dy.num_bytes()
+                            + l.dx.num_bytes()
                     })
                     .sum(),
             ),
@@ -566,7 +571,7 @@ impl<T: Storage> Walker<T> {
                 Op::Linear { .. } => {
                     let din = h * w * c;
                     self.linears[i] = Some(LinearBufs {
-                        x: alloc(gpu, n * din, "a linear layer")?,
+                        x: None,
                         y: alloc(gpu, out, "a linear layer")?,
                         dy: alloc(gpu, out, "a linear layer")?,
                         dx: alloc(gpu, n * din, "a linear layer")?,
@@ -847,13 +852,14 @@ impl<T: Storage> Walker<T> {
             Some(x) => x,
             None => {
                 let len = n * din;
-                T::widen(
-                    &self.cast,
-                    s,
-                    &xv.slice(..len),
-                    &mut bufs.x.slice_mut(..len),
-                )?;
-                &bufs.x
+                let wide = match bufs.x {
+                    Some(ref mut x) => x,
+                    None => bufs
+                        .x
+                        .insert(alloc(p.gpu, self.capacity * din, "a linear layer")?),
+                };
+                T::widen(&self.cast, s, &xv.slice(..len), &mut wide.slice_mut(..len))?;
+                wide
             }
         };
         let w = p.params.slice(g.layout.slots[weight].range());
@@ -1237,7 +1243,9 @@ impl<T: Storage> Walker<T> {
         };
         let xv = self.values[input].as_ref().expect("a linear's input");
         // The forward pass widened a bf16 input into `bufs.x`, which only this layer writes.
-        let x = T::as_f32(xv).unwrap_or(&bufs.x);
+        let x = T::as_f32(xv)
+            .or(bufs.x.as_ref())
+            .expect("the forward pass widened a linear's input");
         let wants_dx = input != 0;
         let w = p.params.slice(wr.clone());
         let dx = wants_dx.then_some((w, &mut bufs.dx));

@@ -197,31 +197,24 @@ struct Work {
 }
 
 /// The consumer's waits for batches after the first: over every batch, and over those made in
-/// a recycled buffer (the steady state: [`LoaderStats::waited_s`]).
+/// a recycled buffer (the steady state: [`LoaderStats::waited_s`]; `None` until one comes).
 #[derive(Debug, Default)]
 struct Waits {
     all: Duration,
-    recycled: Duration,
-    any_recycled: bool,
+    recycled: Option<Duration>,
 }
 
 impl Waits {
     fn add(&mut self, recycled: bool, waited: Duration) {
         self.all += waited;
         if recycled {
-            self.recycled += waited;
-            self.any_recycled = true;
+            *self.recycled.get_or_insert(Duration::ZERO) += waited;
         }
     }
 
     /// Seconds waited for the recycled batches when there are any, else for every batch.
     fn seconds(&self) -> f64 {
-        let w = if self.any_recycled {
-            self.recycled
-        } else {
-            self.all
-        };
-        w.as_secs_f64()
+        self.recycled.unwrap_or(self.all).as_secs_f64()
     }
 }
 
